@@ -1,0 +1,75 @@
+use crate::__private::WitError;
+use std::fmt;
+
+/// `Result` with the SDK's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a task or a host call did not succeed.
+///
+/// Converts from any `std::error::Error` with `?`, keeping its message and
+/// causes, so plugin code can mix its own errors with host errors. Like
+/// `anyhow::Error` it does not implement `std::error::Error` itself (that
+/// would conflict with the blanket conversion).
+pub struct Error {
+    repr: WitError,
+}
+
+impl Error {
+    /// An error carrying `message`, recorded as the task's failure reason.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        Error {
+            repr: WitError::Failed(message.to_string()),
+        }
+    }
+
+    /// The error a host call returns while the task is being cancelled.
+    /// Returning it from a factory tells the host the task honoured the
+    /// cancellation.
+    pub fn cancelled() -> Self {
+        Error {
+            repr: WitError::Cancelled,
+        }
+    }
+
+    /// True when this error means "the task is being cancelled".
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self.repr, WitError::Cancelled)
+    }
+
+    pub(crate) fn from_wit(repr: WitError) -> Self {
+        Error { repr }
+    }
+
+    pub(crate) fn into_wit(self) -> WitError {
+        self.repr
+    }
+}
+
+impl<E: std::error::Error> From<E> for Error {
+    fn from(error: E) -> Self {
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        Error::msg(message)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            WitError::Cancelled => f.write_str("cancelled"),
+            WitError::UnknownFactory(name) => write!(f, "unknown factory `{name}`"),
+            WitError::InvalidArgs(message) | WitError::Failed(message) => f.write_str(message),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}

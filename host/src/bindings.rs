@@ -1,0 +1,14 @@
+//! The one place that runs `bindgen!` for the `taskhost:plugin` world.
+//!
+//! Every import is async (a blocking call suspends only its task) and
+//! trappable (the host can end a task from inside a call).
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "taskhost:plugin/plugin",
+    imports: { default: async | trappable },
+    exports: { default: async },
+});
+
+pub use exports::taskhost::plugin::factories::FactoryInfo;
+pub use taskhost::plugin::types::{Error as GuestError, Level};

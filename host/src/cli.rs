@@ -1,0 +1,267 @@
+//! The `taskhost` command line: parses arguments and calls the library.
+//!
+//! Exit codes: 0 success; 1 a task failed (`run --until-idle`) or the host
+//! failed while running; 2 bad usage, bad config or a plugin that cannot be
+//! loaded or built (nothing was started).
+
+use crate::application::{Application, RunOptions, RunSummary};
+use crate::config::{AppConfig, Scope};
+use crate::logging::{self, LogFormat};
+use crate::plugin::build::{self, BuildOptions, BuildOutput, Toolchain};
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "taskhost",
+    version,
+    about = "Runs WebAssembly components as background tasks, Sanic-style",
+    long_about = "Runs WebAssembly components as background tasks, Sanic-style.\n\n\
+        Plugins are components built against the taskhost:plugin WIT world; each \
+        task runs in its own sandboxed instance, and cancellation always works, \
+        even for a task stuck in a loop.\n\n\
+        A day with taskhost:\n  \
+        taskhost build plugins/examples        # plugin crate -> component\n  \
+        taskhost check examples/app.toml       # validate config and plugins\n  \
+        taskhost run examples/app.toml         # run until Ctrl-C\n  \
+        taskhost run --until-idle app.toml     # batch mode: exit when no task is left",
+    after_help = "Exit codes: 0 ok; 1 a task failed (with --until-idle) or the host failed; \
+        2 bad usage, config or plugin (nothing started)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an application: main tasks first, then every worker's tasks.
+    ///
+    /// Runs until SIGINT/SIGTERM, then cancels every task (cooperatively,
+    /// then by force after the grace period), waits for them, and exits 0.
+    /// With --until-idle it exits as soon as no task is left: 0 if none
+    /// failed, 1 otherwise.
+    Run {
+        /// The application's app.toml.
+        app: PathBuf,
+        /// Exit when no task is left instead of waiting for a signal.
+        #[arg(long)]
+        until_idle: bool,
+        #[command(flatten)]
+        logs: LogArgs,
+        #[command(flatten)]
+        build: BuildArgs,
+    },
+    /// Validate app.toml and its plugins without running any task.
+    ///
+    /// Builds `build = ...` plugins, loads every plugin, and checks that each
+    /// task's factory exists and accepts its arguments.
+    Check {
+        /// The application's app.toml.
+        app: PathBuf,
+        #[command(flatten)]
+        logs: LogArgs,
+        #[command(flatten)]
+        build: BuildArgs,
+    },
+    /// Build a plugin crate into a component and print the component's path.
+    ///
+    /// Uses rustup's wasm32-wasip2 target when installed, otherwise Debian's
+    /// Rust (rustc-web, cargo-web, rust-web-src, lld, wasi-libc) plus the
+    /// WASI preview1 adapter. All plugins share one cargo target directory,
+    /// so dependencies and the wasm std are compiled once.
+    Build {
+        /// The plugin crate's directory (holding its Cargo.toml).
+        path: PathBuf,
+        /// Where to write the component [default: PATH/<crate name>.wasm].
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        build: BuildArgs,
+    },
+}
+
+#[derive(Args)]
+struct LogArgs {
+    /// Log line format: human-readable, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// Which lines to show, in RUST_LOG syntax (RUST_LOG wins when set).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Force the toolchain that builds plugins [default: detect; env TASKHOST_TOOLCHAIN].
+    #[arg(long, value_enum)]
+    toolchain: Option<Toolchain>,
+    /// Cargo target directory shared by all plugin builds
+    /// [default: $TASKHOST_TARGET_DIR or ~/.cache/taskhost/wasm-target].
+    #[arg(long)]
+    target_dir: Option<PathBuf>,
+}
+
+impl BuildArgs {
+    fn options(&self) -> BuildOptions {
+        BuildOptions {
+            toolchain: self.toolchain,
+            target_dir: self.target_dir.clone(),
+            out: None,
+            output: BuildOutput::Inherit,
+        }
+    }
+}
+
+/// An error that means "nothing was started" (exit 2) rather than "the run
+/// went wrong" (exit 1).
+struct Refused(anyhow::Error);
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(Refused(error)) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<ExitCode, Refused> {
+    match command {
+        Command::Run {
+            app,
+            until_idle,
+            logs,
+            build,
+        } => {
+            init_logs(&logs)?;
+            let application = load(&app, &build).await?;
+            match application
+                .run(RunOptions { until_idle }, shutdown_signal())
+                .await
+            {
+                Ok(summary) => Ok(exit_code(&summary, until_idle)),
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Check { app, logs, build } => {
+            init_logs(&logs)?;
+            let application = load(&app, &build).await?;
+            print_check(&application);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build { path, out, build } => {
+            let options = BuildOptions {
+                out,
+                ..build.options()
+            };
+            let component = tokio::task::spawn_blocking(move || build::build(&path, &options))
+                .await
+                .map_err(|e| Refused(e.into()))?
+                .map_err(Refused)?;
+            println!("{}", component.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logs(logs: &LogArgs) -> Result<(), Refused> {
+    logging::init(logs.log_format, &logs.log_level).map_err(Refused)
+}
+
+async fn load(app: &std::path::Path, build: &BuildArgs) -> Result<Application, Refused> {
+    let config = AppConfig::load(app).map_err(Refused)?;
+    Application::load(config, &build.options())
+        .await
+        .map_err(Refused)
+}
+
+fn exit_code(summary: &RunSummary, until_idle: bool) -> ExitCode {
+    tracing::info!(
+        done = summary.done,
+        failed = summary.failed,
+        cancelled = summary.cancelled,
+        "taskhost stopped: {} done, {} failed, {} cancelled",
+        summary.done,
+        summary.failed,
+        summary.cancelled
+    );
+    let failed = summary.abandoned > 0 || (until_idle && summary.failed > 0);
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn print_check(application: &Application) {
+    let config = application.config();
+    println!("{}: ok", config.source.display());
+    println!("  app {:?}, {} worker(s)", config.name, config.workers);
+    for plugin in application.plugins() {
+        println!(
+            "  plugin {} ({}, {}): {} factories",
+            plugin.name,
+            plugin.path.display(),
+            plugin.version,
+            plugin.factories.len()
+        );
+        for factory in &plugin.factories {
+            println!("    {:<40} {}", factory.name, factory.description);
+        }
+    }
+    let main = config
+        .tasks
+        .iter()
+        .filter(|t| t.scope == Scope::Main)
+        .count();
+    let worker = config.tasks.len() - main;
+    println!("  tasks: {main} main, {worker} per worker");
+}
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+impl From<anyhow::Error> for Refused {
+    fn from(error: anyhow::Error) -> Self {
+        Refused(error)
+    }
+}

@@ -1,0 +1,375 @@
+//! `app.toml`: what an application is made of, parsed and checked before
+//! anything starts.
+//!
+//! Parsing is strict (unknown keys are errors) because a typo in a task
+//! table would otherwise silently drop the task. Every error names the file
+//! and the key or task at fault. Checks that need the plugins themselves
+//! (does the factory exist, do its arguments decode) happen when the plugins
+//! are loaded; see [`crate::application`].
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long a cancelled task may take to end on its own before it is
+/// interrupted, unless app.toml says otherwise.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_millis(100);
+
+/// A parsed and statically valid `app.toml`.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// The file this was read from, as given (used in every error message).
+    pub source: PathBuf,
+    /// The application's name, returned by `app.name()`.
+    pub name: String,
+    /// How many workers run the `scope = "worker"` tasks.
+    pub workers: u32,
+    /// How long a cancelled task may run on before it is interrupted.
+    pub cancel_grace: Duration,
+    /// Plugins by name, in name order.
+    pub plugins: BTreeMap<String, PluginConfig>,
+    /// The `[config]` table: values tasks read with `app.config(key)`.
+    pub config: BTreeMap<String, serde_json::Value>,
+    /// Startup tasks, in file order.
+    pub tasks: Vec<TaskConfig>,
+}
+
+/// Where a plugin's component comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    /// A component file (`path = "..."`), relative paths resolved against
+    /// the directory of app.toml.
+    File(PathBuf),
+    /// A plugin crate built with `taskhost build` before start
+    /// (`build = "..."`).
+    Build(PathBuf),
+}
+
+/// One `[plugins.NAME]` table.
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    pub name: String,
+    pub source: PluginSource,
+}
+
+/// Where a startup task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Once in every worker (Sanic's tasks added before `app.run`).
+    Worker,
+    /// Once, before any worker starts; workers wait for it to end (Sanic's
+    /// `main_process_start`).
+    Main,
+}
+
+/// One `[[tasks]]` entry.
+#[derive(Debug, Clone)]
+pub struct TaskConfig {
+    /// Position in the `tasks` array, for error messages (`tasks[2]`).
+    pub index: usize,
+    pub plugin: String,
+    pub factory: String,
+    pub name: Option<String>,
+    /// The arguments as JSON (a TOML value converted to JSON; `null` if absent).
+    pub args: serde_json::Value,
+    pub scope: Scope,
+}
+
+impl fmt::Display for TaskConfig {
+    /// `tasks[2] ("notify", examples/notify_started)`: how errors point at a task.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tasks[{}] (", self.index)?;
+        if let Some(name) = &self.name {
+            write!(f, "{name:?}, ")?;
+        }
+        write!(f, "{}/{})", self.plugin, self.factory)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    name: String,
+    #[serde(default = "one")]
+    workers: i64,
+    cancel_grace_ms: Option<u64>,
+    #[serde(default)]
+    plugins: BTreeMap<String, RawPlugin>,
+    #[serde(default)]
+    config: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    tasks: Vec<RawTask>,
+}
+
+fn one() -> i64 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    path: Option<PathBuf>,
+    build: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    plugin: String,
+    factory: String,
+    name: Option<String>,
+    args: Option<toml::Value>,
+    #[serde(default = "worker_scope")]
+    scope: Scope,
+}
+
+fn worker_scope() -> Scope {
+    Scope::Worker
+}
+
+impl AppConfig {
+    /// Reads and checks `path`. Relative plugin paths are resolved against
+    /// the directory that holds it.
+    pub fn load(path: &Path) -> Result<AppConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read app config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path, base)
+    }
+
+    /// Parses `text` as the content of `source`, resolving relative paths
+    /// against `base`.
+    pub fn parse(text: &str, source: &Path, base: &Path) -> Result<AppConfig> {
+        let file = source.display();
+        let raw: RawApp = toml::from_str(text).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+
+        if raw.name.trim().is_empty() {
+            bail!("{file}: `name` must not be empty");
+        }
+        if raw.workers < 1 {
+            bail!("{file}: `workers` must be at least 1 (got {})", raw.workers);
+        }
+        let workers = u32::try_from(raw.workers)
+            .ok()
+            .filter(|w| *w <= MAX_WORKERS)
+            .with_context(|| {
+                format!(
+                    "{file}: `workers` must be at most {MAX_WORKERS} (got {})",
+                    raw.workers
+                )
+            })?;
+
+        let mut plugins = BTreeMap::new();
+        for (name, plugin) in raw.plugins {
+            let source = match (plugin.path, plugin.build) {
+                (Some(path), None) => PluginSource::File(base.join(path)),
+                (None, Some(dir)) => PluginSource::Build(base.join(dir)),
+                (Some(_), Some(_)) => bail!(
+                    "{file}: [plugins.{name}] has both `path` and `build`; give one: \
+                     `path` for a built component, `build` for a plugin crate"
+                ),
+                (None, None) => bail!(
+                    "{file}: [plugins.{name}] needs `path = \"file.wasm\"` or \
+                     `build = \"crate-dir\"`"
+                ),
+            };
+            if let PluginSource::File(path) = &source
+                && !path.is_file()
+            {
+                bail!(
+                    "{file}: [plugins.{name}] path {} does not exist or is not a file{}",
+                    path.display(),
+                    " (build the plugin first with `taskhost build`, or use `build = \"<crate dir>\"`)"
+                );
+            }
+            if let PluginSource::Build(dir) = &source
+                && !dir.join("Cargo.toml").is_file()
+            {
+                bail!(
+                    "{file}: [plugins.{name}] build directory {} has no Cargo.toml",
+                    dir.display()
+                );
+            }
+            plugins.insert(name.clone(), PluginConfig { name, source });
+        }
+
+        let mut config = BTreeMap::new();
+        for (key, value) in raw.config {
+            let json =
+                toml_to_json(value).with_context(|| format!("{file}: [config] key `{key}`"))?;
+            config.insert(key, json);
+        }
+
+        let mut tasks = Vec::new();
+        let mut names: HashSet<(Scope, String)> = HashSet::new();
+        for (index, task) in raw.tasks.into_iter().enumerate() {
+            let args = match task.args {
+                None => serde_json::Value::Null,
+                Some(value) => {
+                    toml_to_json(value).with_context(|| format!("{file}: tasks[{index}].args"))?
+                }
+            };
+            let task = TaskConfig {
+                index,
+                plugin: task.plugin,
+                factory: task.factory,
+                name: task.name,
+                args,
+                scope: task.scope,
+            };
+            if !plugins.contains_key(&task.plugin) {
+                let known: Vec<_> = plugins.keys().map(String::as_str).collect();
+                bail!(
+                    "{file}: {task}: no plugin named `{}` (defined plugins: {})",
+                    task.plugin,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+            }
+            if let Some(name) = &task.name {
+                if name.trim().is_empty() {
+                    bail!("{file}: {task}: `name` must not be empty");
+                }
+                if !names.insert((task.scope, name.clone())) {
+                    bail!(
+                        "{file}: {task}: another task in the same scope is already named \
+                         {name:?}; task names must be unique within a worker"
+                    );
+                }
+            }
+            tasks.push(task);
+        }
+
+        Ok(AppConfig {
+            source: source.to_path_buf(),
+            name: raw.name,
+            workers,
+            cancel_grace: raw
+                .cancel_grace_ms
+                .map(Duration::from_millis)
+                .unwrap_or(DEFAULT_CANCEL_GRACE),
+            plugins,
+            config,
+            tasks,
+        })
+    }
+}
+
+/// More workers than this is a typo, not a deployment: each is an OS thread.
+pub const MAX_WORKERS: u32 = 1024;
+
+/// TOML has datetimes, JSON does not: they become RFC 3339 strings.
+fn toml_to_json(value: toml::Value) -> Result<serde_json::Value> {
+    use serde_json::Value as J;
+    Ok(match value {
+        toml::Value::String(s) => J::String(s),
+        toml::Value::Integer(i) => J::from(i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f)
+            .map(J::Number)
+            .with_context(|| format!("{f} has no JSON representation"))?,
+        toml::Value::Boolean(b) => J::Bool(b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(items) => J::Array(
+            items
+                .into_iter()
+                .map(toml_to_json)
+                .collect::<Result<Vec<_>>>()?,
+        ),
+        toml::Value::Table(table) => J::Object(
+            table
+                .into_iter()
+                .map(|(k, v)| Ok((k, toml_to_json(v)?)))
+                .collect::<Result<serde_json::Map<_, _>>>()?,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AppConfig> {
+        AppConfig::parse(text, Path::new("app.toml"), Path::new("/nonexistent"))
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let err = parse("name = \"x\"\nworkerz = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("app.toml: "), "{err}");
+        assert!(err.contains("unknown field `workerz`"), "{err}");
+    }
+
+    #[test]
+    fn zero_workers_is_refused() {
+        let err = parse("name = \"x\"\nworkers = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "app.toml: `workers` must be at least 1 (got 0)");
+    }
+
+    #[test]
+    fn task_must_name_a_defined_plugin() {
+        let err = parse("name = \"x\"\n[[tasks]]\nplugin = \"p\"\nfactory = \"f\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "app.toml: tasks[0] (p/f): no plugin named `p` (defined plugins: none)"
+        );
+    }
+
+    #[test]
+    fn missing_plugin_file_is_named() {
+        let err = parse("name = \"x\"\n[plugins.p]\npath = \"gone.wasm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[plugins.p] path /nonexistent/gone.wasm does not exist"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn args_and_config_become_json() {
+        let dir = std::env::temp_dir();
+        let wasm = dir.join("taskhost-config-test.wasm");
+        std::fs::write(&wasm, b"").unwrap();
+        let text = format!(
+            "name = \"demo\"\nworkers = 2\n[plugins.p]\npath = {:?}\n[config]\ngreeting = \"hi\"\n\
+             [[tasks]]\nplugin = \"p\"\nfactory = \"f\"\nargs = {{ num = 3, tags = [\"a\"] }}\nscope = \"main\"\n",
+            wasm.display().to_string()
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.workers, 2);
+        assert_eq!(config.config["greeting"], serde_json::json!("hi"));
+        assert_eq!(
+            config.tasks[0].args,
+            serde_json::json!({"num": 3, "tags": ["a"]})
+        );
+        assert_eq!(config.tasks[0].scope, Scope::Main);
+    }
+
+    #[test]
+    fn duplicate_task_names_in_a_scope_are_refused() {
+        let dir = std::env::temp_dir();
+        let wasm = dir.join("taskhost-config-test-dup.wasm");
+        std::fs::write(&wasm, b"").unwrap();
+        let text = format!(
+            "name = \"demo\"\n[plugins.p]\npath = {:?}\n\
+             [[tasks]]\nplugin = \"p\"\nfactory = \"f\"\nname = \"a\"\n\
+             [[tasks]]\nplugin = \"p\"\nfactory = \"g\"\nname = \"a\"\n",
+            wasm.display().to_string()
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("tasks[1] (\"a\", p/g): another task"), "{err}");
+    }
+}

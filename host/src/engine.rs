@@ -1,0 +1,120 @@
+//! The one wasmtime `Engine` of a host, and the epoch ticker that drives
+//! interruption.
+//!
+//! Choices, and why (figures in shared/notes/wasmtime-48-facts.md):
+//! - epoch interruption, not fuel: a relaxed atomic load per loop back-edge,
+//!   and the deadline callback is where cancellation and fairness happen;
+//! - `concurrency_support(false)`: we do not use the component-model async
+//!   ABI, and turning it off makes instantiation ~3x and host calls ~2x
+//!   cheaper;
+//! - the pooling allocator: instantiation from pre-reserved slots is ~2-6x
+//!   faster than mmap per task, which is what makes a task per instance
+//!   affordable.
+
+use anyhow::{Context, Result};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances. A spinning task is interrupted or made to
+/// yield within one or two ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Sizing of the engine's instance pool.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineSettings {
+    /// Most task instances alive at once, across all workers.
+    pub max_instances: u32,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            max_instances: 1000,
+        }
+    }
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true).concurrency_support(false);
+    config
+}
+
+/// Builds the host's engine: pooled when the machine lets us reserve the
+/// pool, on-demand otherwise (e.g. under a small `ulimit -v`), with a
+/// warning, since a slower host beats no host.
+pub fn build_engine(settings: EngineSettings) -> Result<Engine> {
+    let mut pooled = base_config();
+    pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(settings)));
+    match Engine::new(&pooled) {
+        Ok(engine) => Ok(engine),
+        Err(error) => {
+            tracing::warn!(
+                "instance pool unavailable ({error:#}); falling back to on-demand allocation"
+            );
+            Engine::new(&base_config())
+                .map_err(anyhow::Error::from)
+                .context("cannot create the wasmtime engine")
+        }
+    }
+}
+
+fn pooling(settings: EngineSettings) -> PoolingAllocationConfig {
+    let n = settings.max_instances;
+    let mut pool = PoolingAllocationConfig::default();
+    // A component adapted from wasip1 holds several core instances (the
+    // module, the WASI adapter, shims), two memories and a few tables.
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(8))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(4))
+        .total_stacks(n)
+        .max_memories_per_module(2)
+        .max_tables_per_module(2);
+    pool
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on its own thread.
+///
+/// Holds only a weak reference to the engine, so it never keeps one alive;
+/// dropping the ticker stops the thread.
+pub struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub fn start(engine: &Engine) -> Result<EpochTicker> {
+        let weak = engine.weak();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("taskhost-epoch".into())
+            .spawn(move || {
+                while !stop_flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .context("cannot start the epoch ticker thread")?;
+        Ok(EpochTicker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

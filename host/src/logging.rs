@@ -1,0 +1,157 @@
+//! Log output: the subscriber set-up, and the two kinds of attributed lines
+//! the host emits for tasks (what a task logs, and its lifecycle).
+//!
+//! The JSON field names are a public interface (scripts and tests parse
+//! them): `worker` (index, or `"main"`), `task` (name, or id when unnamed),
+//! `task_id`, `plugin`, `factory`, `level`, `message`, and on lifecycle lines
+//! `event` (`started`, `done`, `failed`, `cancelled`) with `result`, `error`
+//! or `stage`. Keep them stable.
+
+use crate::bindings::Level;
+use crate::task::{CancelStage, TaskIdent, WorkerId};
+use anyhow::Result;
+use std::time::Duration;
+use tracing::Value;
+
+/// How log lines are written to stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per line, fields at the top level.
+    Json,
+}
+
+/// Installs the global subscriber. `filter` uses `RUST_LOG` syntax
+/// (`info`, `taskhost=debug`, ...); `RUST_LOG` wins when set.
+pub fn init(format: LogFormat, filter: &str) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_writer(std::io::stdout);
+    let installed = match format {
+        LogFormat::Human => builder.compact().try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
+    installed.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+/// Emits one tracing event at a level chosen at run time (tracing's macros
+/// want it at compile time).
+macro_rules! event_at {
+    ($level:expr, $($rest:tt)*) => {
+        match $level {
+            Level::Trace => tracing::trace!($($rest)*),
+            Level::Debug => tracing::debug!($($rest)*),
+            Level::Info => tracing::info!($($rest)*),
+            Level::Warn => tracing::warn!($($rest)*),
+            Level::Error => tracing::error!($($rest)*),
+        }
+    };
+}
+
+/// Calls `f` with the task's `worker` field value: a number, or `"main"`.
+fn with_worker<R>(worker: WorkerId, f: impl FnOnce(&dyn Value) -> R) -> R {
+    match worker {
+        WorkerId::Main => f(&"main"),
+        WorkerId::Index(index) => f(&index),
+    }
+}
+
+/// A line a task logged through `app.log` (or wrote to stdout/stderr).
+pub fn task_line(ident: &TaskIdent, level: Level, message: &str) {
+    with_worker(ident.worker, |worker| {
+        event_at!(
+            level,
+            worker,
+            task = ident.label(),
+            task_id = ident.id,
+            plugin = &*ident.plugin,
+            factory = ident.factory,
+            "{message}"
+        )
+    })
+}
+
+/// How a task's life moved on; one line per step.
+pub enum Lifecycle<'a> {
+    Started,
+    Done {
+        result: &'a str,
+        elapsed: Duration,
+    },
+    Failed {
+        error: &'a str,
+        elapsed: Duration,
+    },
+    Cancelled {
+        stage: CancelStage,
+        elapsed: Duration,
+    },
+}
+
+pub fn lifecycle(ident: &TaskIdent, step: Lifecycle<'_>) {
+    let task = ident.label();
+    let plugin = &*ident.plugin;
+    let factory = &ident.factory;
+    with_worker(ident.worker, |worker| match step {
+        Lifecycle::Started => tracing::info!(
+            event = "started",
+            worker,
+            task,
+            task_id = ident.id,
+            plugin,
+            factory,
+            version = &*ident.plugin_version,
+            "task {task} started"
+        ),
+        Lifecycle::Done { result, elapsed } => tracing::info!(
+            event = "done",
+            worker,
+            task,
+            task_id = ident.id,
+            plugin,
+            factory,
+            result,
+            elapsed_ms = millis(elapsed),
+            "task {task} done"
+        ),
+        Lifecycle::Failed { error, elapsed } => tracing::error!(
+            event = "failed",
+            worker,
+            task,
+            task_id = ident.id,
+            plugin,
+            factory,
+            error,
+            elapsed_ms = millis(elapsed),
+            "task {task} failed: {error}"
+        ),
+        Lifecycle::Cancelled { stage, elapsed } => tracing::info!(
+            event = "cancelled",
+            worker,
+            task,
+            task_id = ident.id,
+            plugin,
+            factory,
+            stage = stage.as_str(),
+            elapsed_ms = millis(elapsed),
+            "task {task} cancelled ({})",
+            stage.as_str()
+        ),
+    })
+}
+
+/// Milliseconds with microsecond precision, without float noise in the log.
+fn millis(elapsed: Duration) -> f64 {
+    elapsed.as_micros() as f64 / 1e3
+}

@@ -1,0 +1,62 @@
+//! Plugins: component files turned into something tasks can be started
+//! from cheaply.
+//!
+//! A [`Plugin`] is compiled and linked once (`InstancePre`), so starting a
+//! task is an instantiation, not a compile. `load` refuses, with a message
+//! naming the plugin and the file, anything that is not a component of our
+//! world. `build` turns a plugin crate into a component file.
+
+pub mod build;
+mod load;
+
+use crate::app::TaskData;
+use crate::bindings::PluginPre;
+use std::path::PathBuf;
+
+pub use load::PluginLoader;
+
+/// One factory a plugin offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Factory {
+    pub name: String,
+    pub description: String,
+}
+
+/// A loaded plugin, ready to start tasks from.
+pub struct Plugin {
+    pub name: String,
+    /// The component file it was loaded from.
+    pub path: PathBuf,
+    /// `sha256:` + the first 12 hex digits of the file's hash: tells two
+    /// builds apart in logs and listings.
+    pub version: String,
+    pub factories: Vec<Factory>,
+    pre: PluginPre<TaskData>,
+}
+
+impl Plugin {
+    pub fn factory(&self, name: &str) -> Option<&Factory> {
+        self.factories.iter().find(|f| f.name == name)
+    }
+
+    pub(crate) fn pre(&self) -> &PluginPre<TaskData> {
+        &self.pre
+    }
+
+    /// "a, b, c": for error messages that list what exists.
+    pub fn factory_names(&self) -> String {
+        let names: Vec<_> = self.factories.iter().map(|f| f.name.as_str()).collect();
+        names.join(", ")
+    }
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("factories", &self.factories)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,210 @@
+//! The task registry of one worker: Sanic's `app.tasks`, per worker.
+//!
+//! A task is registered before its instance exists (so a name is taken at
+//! once and a duplicate is refused synchronously) and stays listed after it
+//! ends, until purged. Readers get snapshots, never live views, so listing
+//! while tasks come and go is always safe.
+
+use crate::task::{CancelSignal, Outcome, TaskId, TaskIdent, TaskInfo, TaskState, WorkerId};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+use tokio::sync::watch;
+
+/// Ids come from one counter per process, so they are unique across every
+/// worker and every host in it, and never reused.
+static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
+
+pub fn next_task_id() -> TaskId {
+    NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Why a task could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// Another task of this worker, live or ended but not purged, has the name.
+    #[error("a task named {0:?} already exists on this worker")]
+    DuplicateName(String),
+}
+
+/// A way to watch and stop one registered task.
+#[derive(Debug, Clone)]
+pub struct TaskHandle {
+    pub id: TaskId,
+    pub cancel: Arc<CancelSignal>,
+    ended: watch::Receiver<bool>,
+}
+
+impl TaskHandle {
+    /// Resolves once the task has ended (at once if it already has).
+    pub async fn ended(&mut self) {
+        // The sender lives in the registry entry; if the entry was purged the
+        // task had ended, which is what we wait for either way.
+        let _ = self.ended.wait_for(|ended| *ended).await;
+    }
+
+    pub fn is_ended(&self) -> bool {
+        *self.ended.borrow()
+    }
+}
+
+struct Entry {
+    info: TaskInfo,
+    cancel: Arc<CancelSignal>,
+    ended: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct Inner {
+    tasks: BTreeMap<TaskId, Entry>,
+    names: HashMap<String, TaskId>,
+}
+
+/// The tasks of one worker (or of the main scope).
+pub struct TaskRegistry {
+    worker: WorkerId,
+    inner: Mutex<Inner>,
+}
+
+impl TaskRegistry {
+    pub fn new(worker: WorkerId) -> TaskRegistry {
+        TaskRegistry {
+            worker,
+            inner: Mutex::default(),
+        }
+    }
+
+    pub fn worker(&self) -> WorkerId {
+        self.worker
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave it half-updated (every
+        // update is a single insert/remove), so poisoning carries no meaning.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a new task in state `pending`.
+    pub fn register(&self, ident: Arc<TaskIdent>) -> Result<TaskHandle, RegisterError> {
+        let mut inner = self.lock();
+        if let Some(name) = &ident.name {
+            if inner.names.contains_key(name) {
+                return Err(RegisterError::DuplicateName(name.clone()));
+            }
+            inner.names.insert(name.clone(), ident.id);
+        }
+        let cancel = Arc::new(CancelSignal::default());
+        let (ended, ended_rx) = watch::channel(false);
+        let id = ident.id;
+        inner.tasks.insert(
+            id,
+            Entry {
+                info: TaskInfo {
+                    ident,
+                    state: TaskState::Pending,
+                    created_at: SystemTime::now(),
+                    started_at: None,
+                    ended_at: None,
+                    outcome: None,
+                },
+                cancel: cancel.clone(),
+                ended,
+            },
+        );
+        Ok(TaskHandle {
+            id,
+            cancel,
+            ended: ended_rx,
+        })
+    }
+
+    /// The task's instance exists and its factory is about to run.
+    pub(crate) fn mark_running(&self, id: TaskId) {
+        if let Some(entry) = self.lock().tasks.get_mut(&id) {
+            entry.info.state = TaskState::Running;
+            entry.info.started_at = Some(SystemTime::now());
+        }
+    }
+
+    /// Records how the task ended and wakes everyone waiting for it.
+    pub(crate) fn finish(&self, id: TaskId, outcome: Outcome) {
+        if let Some(entry) = self.lock().tasks.get_mut(&id) {
+            entry.info.state = outcome.state();
+            entry.info.ended_at = Some(SystemTime::now());
+            entry.info.outcome = Some(outcome);
+            entry.ended.send_replace(true);
+        }
+    }
+
+    /// Every registered task, oldest first.
+    pub fn snapshot(&self) -> Vec<TaskInfo> {
+        self.lock().tasks.values().map(|e| e.info.clone()).collect()
+    }
+
+    pub fn get(&self, id: TaskId) -> Option<TaskInfo> {
+        self.lock().tasks.get(&id).map(|e| e.info.clone())
+    }
+
+    /// Handles of the tasks that have not ended yet.
+    pub fn live(&self) -> Vec<TaskHandle> {
+        self.lock()
+            .tasks
+            .values()
+            .filter(|e| !e.info.state.is_ended())
+            .map(|e| TaskHandle {
+                id: e.info.ident.id,
+                cancel: e.cancel.clone(),
+                ended: e.ended.subscribe(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ident(name: Option<&str>) -> Arc<TaskIdent> {
+        Arc::new(TaskIdent {
+            id: next_task_id(),
+            name: name.map(String::from),
+            worker: WorkerId::Index(0),
+            plugin: "p".into(),
+            plugin_version: "v".into(),
+            factory: "f".into(),
+        })
+    }
+
+    #[test]
+    fn duplicate_names_are_refused_until_the_first_is_gone() {
+        let registry = TaskRegistry::new(WorkerId::Index(0));
+        registry.register(ident(Some("a"))).unwrap();
+        assert_eq!(
+            registry.register(ident(Some("a"))).unwrap_err(),
+            RegisterError::DuplicateName("a".into())
+        );
+        registry.register(ident(None)).unwrap();
+        registry.register(ident(None)).unwrap();
+        assert_eq!(registry.snapshot().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn finishing_wakes_waiters_and_records_the_outcome() {
+        let registry = TaskRegistry::new(WorkerId::Index(0));
+        let mut handle = registry.register(ident(None)).unwrap();
+        assert_eq!(registry.live().len(), 1);
+        registry.mark_running(handle.id);
+        let waiter = {
+            let mut handle = handle.clone();
+            tokio::spawn(async move { handle.ended().await })
+        };
+        registry.finish(handle.id, Outcome::Done { result: "1".into() });
+        waiter.await.unwrap();
+        handle.ended().await;
+        let info = registry.get(handle.id).unwrap();
+        assert_eq!(info.state, TaskState::Done);
+        assert!(info.started_at.is_some() && info.ended_at.is_some());
+        assert!(registry.live().is_empty());
+    }
+}
