@@ -10,5 +10,5 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use exports::taskhost::plugin::factories::FactoryInfo;
-pub use taskhost::plugin::types::{Error as GuestError, Level};
+pub use self::exports::taskhost::plugin::factories::FactoryInfo;
+pub use self::taskhost::plugin::types::{Error as GuestError, Level};

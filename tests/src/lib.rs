@@ -1,1 +1,290 @@
+//! Helpers for the integration tests: build the real `taskhost` binary and
+//! real plugins once per test process, write app.toml files, run the host
+//! and read its JSON log.
 
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use taskhost::plugin::build::{self, BuildOptions, BuildOutput};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `taskhost` binary of this workspace, built (once per process) with
+/// the same cargo and profile as the tests, so the tests never run a stale
+/// binary.
+pub fn taskhost_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let output = Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "taskhost",
+                "--bin",
+                "taskhost",
+                "--message-format=json-render-diagnostics",
+            ])
+            .current_dir(repo())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("cargo runs");
+        assert!(output.status.success(), "building taskhost failed");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|msg| {
+                msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "taskhost"
+            })
+            .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported the taskhost executable")
+    })
+}
+
+/// The component of plugin crate `plugins/<name>`, built once per process.
+pub fn plugin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    built
+        .entry(name.to_string())
+        .or_insert_with(|| {
+            let options = BuildOptions {
+                output: BuildOutput::Capture,
+                ..BuildOptions::default()
+            };
+            build::build(&repo().join("plugins").join(name), &options)
+                .unwrap_or_else(|e| panic!("building plugin {name} failed: {e:#}"))
+        })
+        .clone()
+}
+
+/// A scratch directory holding an app.toml.
+pub struct TestApp {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    /// Writes `toml` as app.toml; `{examples}`, `{testkit}` are replaced by
+    /// the paths of those built plugins.
+    pub fn new(toml: &str) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut text = toml.to_string();
+        for name in ["examples", "testkit"] {
+            let key = format!("{{{name}}}");
+            if text.contains(&key) {
+                text = text.replace(&key, &plugin(name).display().to_string());
+            }
+        }
+        std::fs::write(dir.path().join("app.toml"), text).expect("write app.toml");
+        TestApp { dir }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("app.toml")
+    }
+
+    /// Writes a file next to app.toml and returns its path.
+    pub fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, bytes).expect("write file");
+        path
+    }
+
+    /// `taskhost run --until-idle --log-format json app.toml`, to the end.
+    pub fn run_until_idle(&self) -> Run {
+        Run::from(taskhost(
+            &["run", "--until-idle", "--log-format", "json"],
+            &self.path(),
+        ))
+    }
+
+    /// `taskhost check app.toml`.
+    pub fn check(&self) -> Run {
+        Run::from(taskhost(&["check"], &self.path()))
+    }
+
+    /// Starts `taskhost run --log-format json app.toml` without waiting.
+    pub fn spawn(&self) -> Running {
+        let child = Command::new(taskhost_bin())
+            .args(["run", "--log-format", "json"])
+            .arg(self.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("taskhost starts");
+        Running::new(child)
+    }
+}
+
+fn taskhost(args: &[&str], app: &Path) -> Output {
+    Command::new(taskhost_bin())
+        .args(args)
+        .arg(app)
+        .output()
+        .expect("taskhost runs")
+}
+
+/// A finished taskhost run: exit code, log lines and stderr.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// stdout lines that parsed as JSON, in order.
+    pub lines: Vec<Value>,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Run {
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let lines = parse_lines(&stdout);
+        Run {
+            code: output.status.code(),
+            stdout,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            lines,
+        }
+    }
+}
+
+fn parse_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+impl Run {
+    /// Lifecycle lines with `event` = `event`.
+    pub fn events(&self, event: &str) -> Vec<&Value> {
+        self.lines.iter().filter(|l| l["event"] == event).collect()
+    }
+
+    /// Lines whose message is exactly `message`.
+    pub fn messages(&self, message: &str) -> Vec<&Value> {
+        self.lines
+            .iter()
+            .filter(|l| l["message"] == message)
+            .collect()
+    }
+
+    /// The single lifecycle line `event` of the task labelled `task`.
+    pub fn event_of(&self, event: &str, task: &str) -> Vec<&Value> {
+        self.events(event)
+            .into_iter()
+            .filter(|l| l["task"] == task)
+            .collect()
+    }
+
+    /// A description for assertion messages.
+    pub fn dump(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A taskhost running in the background, read line by line.
+pub struct Running {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Running {
+    fn new(mut child: Child) -> Running {
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(value) = serde_json::from_str(&line)
+                    && tx.send(value).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Reads log lines until `count` of them satisfy `pred`; panics if the
+    /// host exits first (or 60 s pass, so a hung host fails the test).
+    pub fn wait_for(&mut self, count: usize, pred: impl Fn(&Value) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.seen.iter().filter(|l| pred(l)).count() < count {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "taskhost ended or stalled before the awaited log lines; saw:\n{}",
+                    self.seen
+                        .iter()
+                        .map(Value::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM") to the host.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the host to exit and returns everything it printed.
+    pub fn finish(mut self) -> Run {
+        let status = self.child.wait().expect("wait for taskhost");
+        let mut lines = std::mem::take(&mut self.seen);
+        lines.extend(self.lines.iter());
+        let stdout = lines
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        Run {
+            code: status.code(),
+            stdout,
+            stderr: self
+                .stderr
+                .take()
+                .and_then(|t| t.join().ok())
+                .unwrap_or_default(),
+            lines,
+        }
+    }
+}
+
+impl Drop for Running {
+    /// A failed test must not leave a host running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
