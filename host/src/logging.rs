@@ -34,7 +34,7 @@ pub fn init(format: LogFormat, filter: &str) -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_writer(std::io::stdout);
     let installed = match format {
-        LogFormat::Human => builder.compact().try_init(),
+        LogFormat::Human => builder.event_format(HumanFormat).try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
@@ -112,7 +112,8 @@ pub fn lifecycle(ident: &TaskIdent, step: Lifecycle<'_>) {
             plugin,
             factory,
             version = &*ident.plugin_version,
-            "task {task} started"
+            "started {plugin}/{factory} ({})",
+            ident.plugin_version
         ),
         Lifecycle::Done { result, elapsed } => tracing::info!(
             event = "done",
@@ -123,7 +124,8 @@ pub fn lifecycle(ident: &TaskIdent, step: Lifecycle<'_>) {
             factory,
             result,
             elapsed_ms = millis(elapsed),
-            "task {task} done"
+            "done in {} ms: {result}",
+            millis(elapsed)
         ),
         Lifecycle::Failed { error, elapsed } => tracing::error!(
             event = "failed",
@@ -134,7 +136,8 @@ pub fn lifecycle(ident: &TaskIdent, step: Lifecycle<'_>) {
             factory,
             error,
             elapsed_ms = millis(elapsed),
-            "task {task} failed: {error}"
+            "failed after {} ms: {error}",
+            millis(elapsed)
         ),
         Lifecycle::Cancelled { stage, elapsed } => tracing::info!(
             event = "cancelled",
@@ -145,8 +148,9 @@ pub fn lifecycle(ident: &TaskIdent, step: Lifecycle<'_>) {
             factory,
             stage = stage.as_str(),
             elapsed_ms = millis(elapsed),
-            "task {task} cancelled ({})",
-            stage.as_str()
+            "cancelled ({}) after {} ms",
+            stage.as_str(),
+            millis(elapsed)
         ),
     })
 }
@@ -154,4 +158,83 @@ pub fn lifecycle(ident: &TaskIdent, step: Lifecycle<'_>) {
 /// Milliseconds with microsecond precision, without float noise in the log.
 fn millis(elapsed: Duration) -> f64 {
     elapsed.as_micros() as f64 / 1e3
+}
+
+/// The human format: `TIME LEVEL [worker/task] message`, and for lines that
+/// are not about a task, the message followed by its other fields.
+///
+/// Task lines carry their plugin and factory in the `started` line only, so
+/// the demo's output reads like a program's output, not a field dump.
+struct HumanFormat;
+
+/// Fields a task line shows in its `[worker/task]` prefix or not at all.
+const TASK_FIELDS: &[&str] = &[
+    "worker",
+    "task",
+    "task_id",
+    "plugin",
+    "factory",
+    "event",
+    "version",
+    "result",
+    "error",
+    "stage",
+    "elapsed_ms",
+];
+
+#[derive(Default)]
+struct HumanFields {
+    message: String,
+    worker: Option<String>,
+    task: Option<String>,
+    rest: Vec<(&'static str, String)>,
+}
+
+impl tracing::field::Visit for HumanFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.record(field, value.to_string());
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.record(field, format!("{value:?}"));
+    }
+}
+
+impl HumanFields {
+    fn record(&mut self, field: &tracing::field::Field, value: String) {
+        match field.name() {
+            "message" => self.message = value,
+            "worker" => self.worker = Some(value),
+            "task" => self.task = Some(value),
+            name if TASK_FIELDS.contains(&name) => {}
+            name => self.rest.push((name, value)),
+        }
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for HumanFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use tracing_subscriber::fmt::time::FormatTime;
+        let mut fields = HumanFields::default();
+        event.record(&mut fields);
+        tracing_subscriber::fmt::time::SystemTime.format_time(&mut writer)?;
+        write!(writer, " {:<5} ", event.metadata().level())?;
+        if let (Some(worker), Some(task)) = (&fields.worker, &fields.task) {
+            write!(writer, "[{worker}/{task}] ")?;
+        }
+        write!(writer, "{}", fields.message)?;
+        for (name, value) in &fields.rest {
+            write!(writer, " {name}={value}")?;
+        }
+        writeln!(writer)
+    }
 }

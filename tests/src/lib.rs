@@ -20,7 +20,9 @@ pub fn repo() -> PathBuf {
 
 /// The `taskhost` binary of this workspace, built (once per process) with
 /// the same cargo and profile as the tests, so the tests never run a stale
-/// binary.
+/// binary. `--workspace` makes cargo resolve features as `cargo test
+/// --workspace` does, so this reuses the test build instead of compiling
+/// wasmtime a second time with another feature set.
 pub fn taskhost_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -28,8 +30,7 @@ pub fn taskhost_bin() -> &'static Path {
         let output = Command::new(cargo)
             .args([
                 "build",
-                "-p",
-                "taskhost",
+                "--workspace",
                 "--bin",
                 "taskhost",
                 "--message-format=json-render-diagnostics",

@@ -85,3 +85,23 @@ fn building_a_directory_without_a_crate_says_so() {
         "{stderr}"
     );
 }
+
+#[test]
+fn detection_falls_back_to_debian_when_rustup_has_no_wasm_target() {
+    // A toolchain name rustup does not know makes `rustc` unusable for the
+    // rustup path, as on a machine where the wasm target cannot be fetched.
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("examples.wasm");
+    let output = Command::new(taskhost_bin())
+        .env("RUSTUP_TOOLCHAIN", "taskhost-test-no-such-toolchain")
+        .env_remove(build::TOOLCHAIN_ENV)
+        .args(["build", "--out"])
+        .arg(&target)
+        .arg(repo().join("plugins/examples"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("with Debian rustc-web"), "{stderr}");
+    assert_component_runs(&target);
+}

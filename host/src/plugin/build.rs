@@ -96,6 +96,12 @@ pub fn build(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
     if let Err(missing) = probe(toolchain, crate_dir) {
         bail!("cannot build with {toolchain}: {missing}");
     }
+    if options.output == BuildOutput::Inherit {
+        eprintln!(
+            "taskhost: building {} with {toolchain}",
+            crate_dir.display()
+        );
+    }
 
     let lib_name = cdylib_name(&manifest, toolchain)?;
     let target_dir = match &options.target_dir {
