@@ -1,5 +1,6 @@
 use crate::__private::bindings::taskhost::plugin::{app, types};
-use crate::{Error, Result};
+use crate::{Error, Result, TaskInfo};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// The `app` handle of the running task: Sanic's injected `app`.
@@ -90,6 +91,108 @@ impl App {
     /// propagate it with `?` after any cleanup.
     pub fn sleep(&self, ms: u64) -> Result<()> {
         app::sleep(ms).map_err(Error::from_wit)
+    }
+
+    /// This task's id: unique in the host, never reused.
+    pub fn id(&self) -> u64 {
+        app::task_id()
+    }
+
+    /// Sanic's `app.add_task`: starts an unnamed task of `factory` (of this
+    /// plugin) on this worker with `args`, and returns its id. See
+    /// [`App::task`] to name it or pick another plugin.
+    pub fn add_task(&self, factory: &str, args: impl Serialize) -> Result<u64> {
+        self.task(factory).args(args).start()
+    }
+
+    /// Describes a task to start; finish with [`NewTask::start`].
+    pub fn task<'a>(&self, factory: &'a str) -> NewTask<'a> {
+        NewTask {
+            factory,
+            plugin: None,
+            name: None,
+            args: Ok("null".into()),
+        }
+    }
+
+    /// The task of this worker named `name`, live or ended (until purged);
+    /// a not-found [`Error`] otherwise.
+    pub fn get_task(&self, name: &str) -> Result<TaskInfo> {
+        app::get_task(name)
+            .map(TaskInfo::from)
+            .map_err(Error::from_wit)
+    }
+
+    /// Cancels the task named `name` and returns once it has ended, with its
+    /// final info. Cancelling a task that already ended just returns its
+    /// info. If this task is cancelled while waiting, the target is still
+    /// cancelled and this returns a cancelled [`Error`] at once.
+    pub fn cancel_task(&self, name: &str) -> Result<TaskInfo> {
+        app::cancel_task(name)
+            .map(TaskInfo::from)
+            .map_err(Error::from_wit)
+    }
+
+    /// Every registered task of this worker, oldest first: a snapshot, safe
+    /// to hold while tasks come and go.
+    pub fn tasks(&self) -> Vec<TaskInfo> {
+        app::tasks().into_iter().map(TaskInfo::from).collect()
+    }
+
+    /// Drops every ended task of this worker from the registry (freeing
+    /// their names); returns how many.
+    pub fn purge_tasks(&self) -> u32 {
+        app::purge_tasks()
+    }
+
+    /// Wakes every task, on every worker, waiting for `event`, handing each
+    /// `payload`; returns how many woke.
+    pub fn dispatch(&self, event: &str, payload: &str) -> u32 {
+        app::dispatch(event, payload)
+    }
+
+    /// Waits for the next dispatch of `event` (or, with a trailing `*`, of
+    /// any event starting with the rest) and returns its payload; `None`
+    /// if `timeout_ms` passes first. Fails with a cancelled [`Error`] when
+    /// the task is cancelled.
+    pub fn wait_event(&self, event: &str, timeout_ms: Option<u64>) -> Result<Option<String>> {
+        app::wait_event(event, timeout_ms).map_err(Error::from_wit)
+    }
+}
+
+/// A task about to be started by [`App::task`].
+#[must_use = "a task is only started by `.start()`"]
+pub struct NewTask<'a> {
+    factory: &'a str,
+    plugin: Option<&'a str>,
+    name: Option<&'a str>,
+    args: Result<String>,
+}
+
+impl<'a> NewTask<'a> {
+    /// Names the task; names are unique within a worker until purged.
+    pub fn name(mut self, name: &'a str) -> Self {
+        self.name = Some(name);
+        self
+    }
+
+    /// Takes the factory from another plugin (default: this one).
+    pub fn plugin(mut self, plugin: &'a str) -> Self {
+        self.plugin = Some(plugin);
+        self
+    }
+
+    /// The task's arguments, encoded as JSON.
+    pub fn args(mut self, args: impl Serialize) -> Self {
+        self.args = serde_json::to_string(&args).map_err(Error::from);
+        self
+    }
+
+    /// Starts the task on this worker and returns its id once the factory
+    /// has accepted the arguments.
+    pub fn start(self) -> Result<u64> {
+        let args = self.args?;
+        app::add_task(self.plugin, self.factory, &args, self.name).map_err(Error::from_wit)
     }
 }
 

@@ -4,6 +4,26 @@ use std::fmt;
 /// `Result` with the SDK's [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The kinds of [`Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The task is being cancelled.
+    Cancelled,
+    /// No task of this worker has the name.
+    NotFound,
+    /// A task of this worker already has the name.
+    DuplicateName,
+    /// No plugin has the name.
+    UnknownPlugin,
+    /// The plugin has no such factory.
+    UnknownFactory,
+    /// The factory refused the arguments.
+    InvalidArgs,
+    /// Anything else.
+    Failed,
+}
+
 /// Why a task or a host call did not succeed.
 ///
 /// Converts from any `std::error::Error` with `?`, keeping its message and
@@ -36,6 +56,19 @@ impl Error {
         matches!(self.repr, WitError::Cancelled)
     }
 
+    /// What kind of error this is, for code that handles some kinds.
+    pub fn kind(&self) -> ErrorKind {
+        match &self.repr {
+            WitError::Cancelled => ErrorKind::Cancelled,
+            WitError::UnknownFactory(_) => ErrorKind::UnknownFactory,
+            WitError::InvalidArgs(_) => ErrorKind::InvalidArgs,
+            WitError::Failed(_) => ErrorKind::Failed,
+            WitError::NotFound(_) => ErrorKind::NotFound,
+            WitError::DuplicateName(_) => ErrorKind::DuplicateName,
+            WitError::UnknownPlugin(_) => ErrorKind::UnknownPlugin,
+        }
+    }
+
     pub(crate) fn from_wit(repr: WitError) -> Self {
         Error { repr }
     }
@@ -64,6 +97,9 @@ impl fmt::Display for Error {
             WitError::Cancelled => f.write_str("cancelled"),
             WitError::UnknownFactory(name) => write!(f, "unknown factory `{name}`"),
             WitError::InvalidArgs(message) | WitError::Failed(message) => f.write_str(message),
+            WitError::NotFound(name) => write!(f, "no task named `{name}`"),
+            WitError::DuplicateName(name) => write!(f, "a task named `{name}` already exists"),
+            WitError::UnknownPlugin(name) => write!(f, "no plugin named `{name}`"),
         }
     }
 }

@@ -39,9 +39,11 @@
 pub mod __private;
 mod app;
 mod error;
+mod task;
 
-pub use app::{App, Level};
-pub use error::{Error, Result};
+pub use app::{App, Level, NewTask};
+pub use error::{Error, ErrorKind, Result};
+pub use task::{CancelStage, TaskInfo, TaskState};
 
 /// Declares a plugin's task factories and exports them to the host.
 ///

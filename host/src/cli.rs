@@ -4,8 +4,9 @@
 //! failed while running; 2 bad usage, bad config or a plugin that cannot be
 //! loaded or built (nothing was started).
 
-use crate::application::{Application, RunOptions, RunSummary};
+use crate::application::{Application, RunOptions};
 use crate::config::{AppConfig, Scope};
+use crate::host::RunSummary;
 use crate::logging::{self, LogFormat};
 use crate::plugin::build::{self, BuildOptions, BuildOutput, Toolchain};
 use anyhow::Result;

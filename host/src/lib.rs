@@ -13,6 +13,8 @@ pub mod bindings;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod events;
+pub mod host;
 pub mod logging;
 pub mod plugin;
 pub mod registry;

@@ -55,10 +55,31 @@ struct Entry {
     ended: watch::Sender<bool>,
 }
 
+impl Entry {
+    fn handle(&self) -> TaskHandle {
+        TaskHandle {
+            id: self.info.ident.id,
+            cancel: self.cancel.clone(),
+            ended: self.ended.subscribe(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     tasks: BTreeMap<TaskId, Entry>,
     names: HashMap<String, TaskId>,
+}
+
+impl Inner {
+    fn remove(&mut self, id: TaskId) {
+        if let Some(entry) = self.tasks.remove(&id)
+            && let Some(name) = &entry.info.ident.name
+            && self.names.get(name) == Some(&id)
+        {
+            self.names.remove(name);
+        }
+    }
 }
 
 /// The tasks of one worker (or of the main scope).
@@ -146,17 +167,49 @@ impl TaskRegistry {
         self.lock().tasks.get(&id).map(|e| e.info.clone())
     }
 
+    /// The task named `name`, live or ended (until purged).
+    pub fn get_by_name(&self, name: &str) -> Option<TaskInfo> {
+        let inner = self.lock();
+        let id = inner.names.get(name)?;
+        inner.tasks.get(id).map(|e| e.info.clone())
+    }
+
+    /// A handle on the task named `name`, live or ended (until purged).
+    pub fn handle_by_name(&self, name: &str) -> Option<TaskHandle> {
+        let inner = self.lock();
+        let id = inner.names.get(name)?;
+        inner.tasks.get(id).map(Entry::handle)
+    }
+
+    /// Drops every ended task (done, failed, cancelled), freeing its name;
+    /// returns how many were dropped. Live tasks are untouched.
+    pub fn purge(&self) -> usize {
+        let mut inner = self.lock();
+        let ended: Vec<TaskId> = inner
+            .tasks
+            .iter()
+            .filter(|(_, e)| e.info.state.is_ended())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ended {
+            inner.remove(*id);
+        }
+        ended.len()
+    }
+
+    /// Forgets a task that never ran (its arguments were refused), as if it
+    /// had never been added.
+    pub(crate) fn withdraw(&self, id: TaskId) {
+        self.lock().remove(id);
+    }
+
     /// Handles of the tasks that have not ended yet.
     pub fn live(&self) -> Vec<TaskHandle> {
         self.lock()
             .tasks
             .values()
             .filter(|e| !e.info.state.is_ended())
-            .map(|e| TaskHandle {
-                id: e.info.ident.id,
-                cancel: e.cancel.clone(),
-                ended: e.ended.subscribe(),
-            })
+            .map(Entry::handle)
             .collect()
     }
 }
@@ -187,6 +240,29 @@ mod tests {
         registry.register(ident(None)).unwrap();
         registry.register(ident(None)).unwrap();
         assert_eq!(registry.snapshot().len(), 3);
+    }
+
+    #[test]
+    fn purge_drops_exactly_the_ended_tasks_and_frees_their_names() {
+        let registry = TaskRegistry::new(WorkerId::Index(0));
+        let done = registry.register(ident(Some("done"))).unwrap();
+        let live = registry.register(ident(Some("live"))).unwrap();
+        let failed = registry.register(ident(None)).unwrap();
+        registry.finish(
+            done.id,
+            Outcome::Done {
+                result: "null".into(),
+            },
+        );
+        registry.finish(failed.id, Outcome::Failed { error: "x".into() });
+        assert_eq!(registry.purge(), 2);
+        assert_eq!(registry.purge(), 0);
+        let left: Vec<_> = registry.snapshot().iter().map(|i| i.ident.id).collect();
+        assert_eq!(left, vec![live.id]);
+        assert!(registry.get_by_name("done").is_none());
+        registry
+            .register(ident(Some("done")))
+            .expect("the name is free again");
     }
 
     #[tokio::test]

@@ -1,16 +1,26 @@
 //! Runs one task: a fresh store and instance, the factory call, and the
 //! outcome, told apart into done / failed / cancelled (and by which stage).
 
-use crate::app::{AppContext, TaskData};
+use crate::app::TaskData;
 use crate::bindings::GuestError;
 use crate::plugin::Plugin;
+use crate::registry::TaskHandle;
 use crate::task::{CancelSignal, CancelStage, Outcome, TaskIdent};
+use crate::worker::WorkerCtx;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 /// A store set up the way every task's store must be: its epoch deadline
 /// callback yields to the worker's other tasks each tick (fairness), and
 /// interrupts the guest once its cancellation has been forced.
+///
+/// The yield is tokio's `yield_now`, not wasmtime's plain `Yield`: tokio
+/// defers its wake-up until the runtime has polled its timers and I/O, so a
+/// sleeping task next to a spinner wakes within a tick. A plain re-queue
+/// keeps the run queue busy, and tokio then checks timers only every 61
+/// polls (61 ms with one spinner).
 pub(crate) fn new_store(engine: &Engine, data: TaskData) -> Store<TaskData> {
     let mut store = Store::new(engine, data);
     store.set_epoch_deadline(1);
@@ -18,39 +28,78 @@ pub(crate) fn new_store(engine: &Engine, data: TaskData) -> Store<TaskData> {
         if cx.data().cancel.is_forced() {
             Ok(UpdateDeadline::Interrupt)
         } else {
-            Ok(UpdateDeadline::Yield(1))
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
         }
     });
     store
 }
 
-/// Runs `ident.factory` of `plugin` with `args` in its own instance.
-/// `started` is called once the instance exists and the factory is about to
-/// run.
+/// Runs `ident.factory` of `plugin` with `args` in its own instance on
+/// `worker`. `started` is called once the instance exists and the factory
+/// is about to run.
+///
+/// With a `verdict` channel, the factory first checks `args` and the verdict
+/// is sent back (`add_task` waits for it); a refused task returns `None`:
+/// it never ran.
 pub(crate) async fn run(
-    engine: &Engine,
-    app: Arc<AppContext>,
+    worker: &Arc<WorkerCtx>,
     plugin: &Plugin,
     ident: Arc<TaskIdent>,
     args: &str,
     cancel: Arc<CancelSignal>,
+    verdict: Option<oneshot::Sender<Result<(), GuestError>>>,
     started: impl FnOnce(),
-) -> Outcome {
-    let mut store = new_store(engine, TaskData::new(ident.clone(), app, cancel.clone()));
+) -> Option<Outcome> {
+    let env = worker.env();
+    let data =
+        TaskData::new(ident.clone(), env.app.clone(), cancel.clone()).on_worker(worker.clone());
+    let mut store = new_store(&env.engine, data);
     let instance = match plugin.pre().instantiate_async(&mut store).await {
         Ok(instance) => instance,
         Err(error) => {
-            return Outcome::Failed {
-                error: format!("cannot instantiate plugin `{}`: {error:#}", plugin.name),
+            let error = format!("cannot instantiate plugin `{}`: {error:#}", plugin.name);
+            return match verdict {
+                Some(verdict) => {
+                    let _ = verdict.send(Err(GuestError::Failed(error)));
+                    None
+                }
+                None => Some(Outcome::Failed { error }),
             };
         }
     };
+    let factories = instance.taskhost_plugin_factories();
+    if let Some(verdict) = verdict {
+        let checked = match factories.call_check(&mut store, &ident.factory, args).await {
+            Ok(checked) => checked,
+            Err(trap) => Err(GuestError::Failed(format!(
+                "checking the arguments trapped: {trap:#}"
+            ))),
+        };
+        let accepted = checked.is_ok();
+        let _ = verdict.send(checked);
+        if !accepted {
+            return None;
+        }
+    }
+    if cancel.is_cancelled() {
+        // Cancelled before it began: nothing ran, nothing to clean up.
+        return Some(Outcome::Cancelled {
+            stage: CancelStage::Cooperative,
+        });
+    }
     started();
-    let result = instance
-        .taskhost_plugin_factories()
-        .call_run(&mut store, &ident.factory, args)
-        .await;
-    classify(result, &cancel, store.data())
+    let result = tokio::select! {
+        result = factories.call_run(&mut store, &ident.factory, args) => result,
+        // Epochs cannot interrupt a guest blocked inside a host call (a WASI
+        // poll, say): once forced, drop the call; wasmtime unwinds the guest.
+        _ = cancel.forced() => {
+            return Some(Outcome::Cancelled { stage: CancelStage::Forced });
+        }
+    };
+    Some(classify(result, &cancel, store.data()))
 }
 
 fn classify(
@@ -90,5 +139,25 @@ pub(crate) fn describe(error: &GuestError) -> String {
         GuestError::Cancelled => "returned `cancelled` without being cancelled".into(),
         GuestError::UnknownFactory(name) => format!("unknown factory `{name}`"),
         GuestError::InvalidArgs(message) | GuestError::Failed(message) => message.clone(),
+        GuestError::NotFound(name) => format!("no task named `{name}`"),
+        GuestError::DuplicateName(name) => format!("a task named `{name}` already exists"),
+        GuestError::UnknownPlugin(name) => format!("no plugin named `{name}`"),
     }
+}
+
+/// Asks a task to stop: cooperatively at once, and by force if it has not
+/// ended after `grace`. Returns without waiting; the forcing runs on its
+/// own, so it happens even if whoever asked stops waiting.
+pub fn request_cancel(handle: &TaskHandle, grace: Duration) {
+    if handle.is_ended() || handle.cancel.is_cancelled() {
+        // Ended, or a cancel (with its own forcing timer) is under way.
+        return;
+    }
+    handle.cancel.cancel();
+    let mut handle = handle.clone();
+    tokio::spawn(async move {
+        if tokio::time::timeout(grace, handle.ended()).await.is_err() {
+            handle.cancel.force();
+        }
+    });
 }

@@ -165,7 +165,11 @@ pub struct TaskInfo {
 #[derive(Debug, Default)]
 pub struct CancelSignal {
     token: CancellationToken,
+    /// Checked by the epoch callback every tick: an atomic load, not a lock.
     forced: AtomicBool,
+    /// Wakes a call blocked in a host function (where epochs do not reach)
+    /// so the runner can drop it.
+    forced_token: CancellationToken,
 }
 
 impl CancelSignal {
@@ -186,9 +190,15 @@ impl CancelSignal {
     pub fn force(&self) {
         self.forced.store(true, Ordering::Release);
         self.token.cancel();
+        self.forced_token.cancel();
     }
 
     pub fn is_forced(&self) -> bool {
         self.forced.load(Ordering::Acquire)
+    }
+
+    /// Resolves once `force` has been called.
+    pub async fn forced(&self) {
+        self.forced_token.cancelled().await
     }
 }

@@ -6,14 +6,17 @@
 //! yield each tick so the others still get their turn.
 
 use crate::app::AppContext;
+use crate::bindings::GuestError;
+use crate::events::EventHub;
 use crate::logging::{self, Lifecycle};
 use crate::plugin::Plugin;
 use crate::registry::{RegisterError, TaskHandle, TaskRegistry, next_task_id};
 use crate::runner;
-use crate::task::{Outcome, TaskIdent, WorkerId};
+use crate::task::{Outcome, TaskId, TaskIdent, WorkerId};
 use anyhow::{Context, Result};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
@@ -25,11 +28,25 @@ use wasmtime::Engine;
 pub struct TaskEnv {
     pub engine: Engine,
     pub app: Arc<AppContext>,
+    /// The plugins new tasks start from, by name.
+    pub plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
+    /// Event waiters of every worker.
+    pub events: EventHub,
     /// Every task of the host, so "no task left" can be awaited.
     pub tracker: TaskTracker,
     /// How long a cancelled task may run on before it is interrupted.
     pub cancel_grace: Duration,
     pub stats: TaskStats,
+}
+
+impl TaskEnv {
+    pub fn plugin(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.plugins
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
 }
 
 /// How many tasks ended which way, host-wide.
@@ -51,19 +68,152 @@ impl TaskStats {
     }
 }
 
+/// Why `add_task` did not start a task.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AddTaskError {
+    #[error("no worker {0}")]
+    NoWorker(WorkerId),
+    #[error("no plugin named `{0}`")]
+    UnknownPlugin(String),
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+    /// The factory refused the task before it ran (unknown factory, bad
+    /// arguments), or its instance could not be created.
+    #[error("{}", runner::describe(.0))]
+    Refused(GuestError),
+}
+
+/// A worker as its tasks see it: its registry, its runtime, the host.
+pub struct WorkerCtx {
+    id: WorkerId,
+    registry: TaskRegistry,
+    runtime: Handle,
+    env: Arc<TaskEnv>,
+}
+
+impl WorkerCtx {
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    pub fn registry(&self) -> &TaskRegistry {
+        &self.registry
+    }
+
+    pub fn env(&self) -> &Arc<TaskEnv> {
+        &self.env
+    }
+
+    /// Registers a task and starts it on this worker; returns at once. Its
+    /// arguments are not checked: use this for tasks checked beforehand
+    /// (app.toml's, at load).
+    pub fn spawn(
+        self: &Arc<Self>,
+        plugin: Arc<Plugin>,
+        factory: &str,
+        args: String,
+        name: Option<String>,
+    ) -> Result<TaskHandle, RegisterError> {
+        self.start(plugin, factory, args, name, None)
+    }
+
+    /// Sanic's `add_task`: registers a task and starts it on this worker,
+    /// returning its id once the factory has accepted the arguments. The
+    /// check runs in the task's own instance, so it costs no extra
+    /// instantiation. A refused task leaves no trace in the registry.
+    pub async fn add_task(
+        self: &Arc<Self>,
+        plugin: &str,
+        factory: &str,
+        args: String,
+        name: Option<String>,
+    ) -> Result<TaskId, AddTaskError> {
+        let plugin = self
+            .env
+            .plugin(plugin)
+            .ok_or_else(|| AddTaskError::UnknownPlugin(plugin.to_string()))?;
+        let (verdict, checked) = oneshot::channel();
+        let handle = self.start(plugin, factory, args, name, Some(verdict))?;
+        match checked.await {
+            Ok(Ok(())) => Ok(handle.id),
+            Ok(Err(error)) => Err(AddTaskError::Refused(error)),
+            // The task was dropped before it could answer: the worker is
+            // shutting down.
+            Err(_) => Err(AddTaskError::Refused(GuestError::Cancelled)),
+        }
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        plugin: Arc<Plugin>,
+        factory: &str,
+        args: String,
+        name: Option<String>,
+        verdict: Option<oneshot::Sender<Result<(), GuestError>>>,
+    ) -> Result<TaskHandle, RegisterError> {
+        let ident = Arc::new(TaskIdent {
+            id: next_task_id(),
+            name,
+            worker: self.id,
+            plugin: plugin.name.as_str().into(),
+            plugin_version: plugin.version.as_str().into(),
+            factory: factory.to_string(),
+        });
+        let handle = self.registry.register(ident.clone())?;
+        let cancel = handle.cancel.clone();
+        let worker = self.clone();
+        self.env.tracker.spawn_on(
+            async move {
+                let begun = Instant::now();
+                let run = runner::run(
+                    &worker,
+                    &plugin,
+                    ident.clone(),
+                    &args,
+                    cancel,
+                    verdict,
+                    || {
+                        worker.registry.mark_running(ident.id);
+                        logging::lifecycle(&ident, Lifecycle::Started);
+                    },
+                )
+                .await;
+                let Some(outcome) = run else {
+                    worker.registry.withdraw(ident.id);
+                    return;
+                };
+                let elapsed = begun.elapsed();
+                logging::lifecycle(
+                    &ident,
+                    match &outcome {
+                        Outcome::Done { result } => Lifecycle::Done { result, elapsed },
+                        Outcome::Failed { error } => Lifecycle::Failed { error, elapsed },
+                        Outcome::Cancelled { stage } => Lifecycle::Cancelled {
+                            stage: *stage,
+                            elapsed,
+                        },
+                    },
+                );
+                worker.env.stats.record(&outcome);
+                worker.registry.finish(ident.id, outcome);
+            },
+            &self.runtime,
+        );
+        Ok(handle)
+    }
+}
+
 /// One worker thread and its registry. Dropping it stops the thread; tasks
 /// still running then are dropped mid-call (wasmtime unwinds them safely),
 /// so cancel and await them first for an orderly end.
 pub struct Worker {
-    id: WorkerId,
-    registry: Arc<TaskRegistry>,
-    runtime: Handle,
+    ctx: Arc<WorkerCtx>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Worker {
-    pub fn start(id: WorkerId) -> Result<Worker> {
+    pub fn start(id: WorkerId, env: Arc<TaskEnv>) -> Result<Worker> {
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -90,78 +240,27 @@ impl Worker {
             .context("worker thread died at start")?
             .with_context(|| format!("cannot start the runtime of worker {id}"))?;
         Ok(Worker {
-            id,
-            registry: Arc::new(TaskRegistry::new(id)),
-            runtime,
+            ctx: Arc::new(WorkerCtx {
+                id,
+                registry: TaskRegistry::new(id),
+                runtime,
+                env,
+            }),
             stop: Some(stop),
             thread: Some(thread),
         })
     }
 
+    pub fn ctx(&self) -> &Arc<WorkerCtx> {
+        &self.ctx
+    }
+
     pub fn id(&self) -> WorkerId {
-        self.id
+        self.ctx.id
     }
 
-    pub fn registry(&self) -> &Arc<TaskRegistry> {
-        &self.registry
-    }
-
-    /// Registers a task and starts it on this worker; returns at once.
-    pub fn spawn(
-        &self,
-        env: &Arc<TaskEnv>,
-        plugin: Arc<Plugin>,
-        factory: &str,
-        args: String,
-        name: Option<String>,
-    ) -> Result<TaskHandle, RegisterError> {
-        let ident = Arc::new(TaskIdent {
-            id: next_task_id(),
-            name,
-            worker: self.id,
-            plugin: plugin.name.as_str().into(),
-            plugin_version: plugin.version.as_str().into(),
-            factory: factory.to_string(),
-        });
-        let handle = self.registry.register(ident.clone())?;
-        let cancel = handle.cancel.clone();
-        let registry = self.registry.clone();
-        let env = env.clone();
-        let tracker = env.tracker.clone();
-        tracker.spawn_on(
-            async move {
-                let begun = Instant::now();
-                let outcome = runner::run(
-                    &env.engine,
-                    env.app.clone(),
-                    &plugin,
-                    ident.clone(),
-                    &args,
-                    cancel,
-                    || {
-                        registry.mark_running(ident.id);
-                        logging::lifecycle(&ident, Lifecycle::Started);
-                    },
-                )
-                .await;
-                let elapsed = begun.elapsed();
-                logging::lifecycle(
-                    &ident,
-                    match &outcome {
-                        Outcome::Done { result } => Lifecycle::Done { result, elapsed },
-                        Outcome::Failed { error } => Lifecycle::Failed { error, elapsed },
-                        Outcome::Cancelled { stage } => Lifecycle::Cancelled {
-                            stage: *stage,
-                            elapsed,
-                        },
-                    },
-                );
-                env.stats.record(&outcome);
-                registry.finish(ident.id, outcome);
-            },
-            &self.runtime,
-        );
-        Ok(handle)
+    pub fn registry(&self) -> &TaskRegistry {
+        &self.ctx.registry
     }
 }
 

@@ -4,13 +4,16 @@
 //! `log`, `time` (sleep). `output` turns a guest's stdout/stderr into
 //! attributed log lines.
 
+mod events;
 mod identity;
 mod log;
 mod output;
+mod tasks;
 mod time;
 
 use crate::bindings::taskhost::plugin::types;
 use crate::task::{CancelSignal, TaskIdent};
+use crate::worker::WorkerCtx;
 use std::collections::HashMap;
 use std::sync::Arc;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -51,6 +54,9 @@ pub struct TaskData {
     pub(crate) ident: Arc<TaskIdent>,
     pub(crate) app: Arc<AppContext>,
     pub(crate) cancel: Arc<CancelSignal>,
+    /// The worker the task runs on; none for the throw-away instances that
+    /// list factories and check arguments at load.
+    pub(crate) worker: Option<Arc<WorkerCtx>>,
     wasi: Option<WasiCtx>,
     /// The task's stderr, once WASI exists: its last lines explain a crash.
     stderr: Option<TaskOutput>,
@@ -63,10 +69,16 @@ impl TaskData {
             ident,
             app,
             cancel,
+            worker: None,
             wasi: None,
             stderr: None,
             table: ResourceTable::new(),
         }
+    }
+
+    pub fn on_worker(mut self, worker: Arc<WorkerCtx>) -> TaskData {
+        self.worker = Some(worker);
+        self
     }
 
     /// What the task last wrote to stderr (a panic message, typically).
@@ -122,5 +134,68 @@ impl crate::bindings::taskhost::plugin::app::Host for TaskData {
 
     async fn sleep(&mut self, ms: u64) -> wasmtime::Result<Result<(), types::Error>> {
         Ok(time::sleep(self.cancel.clone(), ms).await)
+    }
+
+    async fn task_id(&mut self) -> wasmtime::Result<u64> {
+        Ok(self.app_task_id())
+    }
+
+    async fn add_task(
+        &mut self,
+        plugin: Option<String>,
+        factory: String,
+        args: String,
+        name: Option<String>,
+    ) -> wasmtime::Result<Result<u64, types::Error>> {
+        Ok(match self.add_task_target(plugin) {
+            Ok((worker, plugin)) => tasks::add_task(worker, plugin, factory, args, name).await,
+            Err(error) => Err(error),
+        })
+    }
+
+    async fn get_task(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<types::TaskInfo, types::Error>> {
+        Ok(self.app_get_task(&name))
+    }
+
+    async fn cancel_task(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<types::TaskInfo, types::Error>> {
+        Ok(match self.cancel_request(&name) {
+            Ok(request) => tasks::cancel_task(request).await,
+            Err(error) => Err(error),
+        })
+    }
+
+    async fn tasks(&mut self) -> wasmtime::Result<Vec<types::TaskInfo>> {
+        Ok(self.app_tasks())
+    }
+
+    async fn purge_tasks(&mut self) -> wasmtime::Result<u32> {
+        Ok(self.app_purge_tasks())
+    }
+
+    async fn dispatch(&mut self, event: String, payload: String) -> wasmtime::Result<u32> {
+        Ok(match &self.worker {
+            Some(worker) => worker.env().events.dispatch(&event, &payload),
+            None => 0,
+        })
+    }
+
+    async fn wait_event(
+        &mut self,
+        event: String,
+        timeout_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<Option<String>, types::Error>> {
+        let Some(worker) = &self.worker else {
+            return Ok(Err(types::Error::Failed(
+                "no worker: events cannot be awaited here".into(),
+            )));
+        };
+        let env = worker.env().clone();
+        Ok(events::wait_event(env, self.cancel.clone(), event, timeout_ms).await)
     }
 }

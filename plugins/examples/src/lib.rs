@@ -1,9 +1,9 @@
 //! The seed's background tasks (Sanic's docs), as taskhost task factories.
 //!
 //! Each factory is a plain function; `plugin!` exports them under their own
-//! names, which app.toml and scripts refer to.
+//! names, which app.toml and scripts refer to: keep the names stable.
 
-use taskhost_guest_sdk::{App, Result, plugin};
+use taskhost_guest_sdk::{App, Result, TaskInfo, plugin};
 
 plugin! {
     /// Waits `delay_ms` (default 5000), then announces that the server started.
@@ -35,5 +35,78 @@ plugin! {
         }
         app.info(format!("even slower work done after {num} steps"));
         Ok(num)
+    }
+
+    /// Sleeps `ms` (default an hour); if cancelled, logs `cleanup` and stops.
+    fn sleeper(app: &App, ms: Option<u64>) -> Result<()> {
+        match app.sleep(ms.unwrap_or(3_600_000)) {
+            Ok(()) => {
+                app.info("slept");
+                Ok(())
+            }
+            Err(error) => {
+                if error.is_cancelled() {
+                    app.info("cleanup");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Computes forever without a single host call: only epoch interruption
+    /// can stop it (asyncio cannot cancel this).
+    fn spinner(_app: &App) -> Result<()> {
+        let mut turns: u64 = 0;
+        loop {
+            turns = core::hint::black_box(turns.wrapping_add(1));
+        }
+    }
+
+    /// The seed's websocket handler: starts a receiver named
+    /// `receiver:<its id>`, handles `events` messages of `event` (default
+    /// `feed`), then cancels its receiver and purges ended tasks.
+    fn feed(app: &App, events: u32, event: Option<String>) -> Result<u32> {
+        let receiver = format!("receiver:{}", app.id());
+        app.task("receiver").name(&receiver).start()?;
+        let event = event.unwrap_or_else(|| "feed".into());
+        let handled = (|| {
+            for _ in 0..events {
+                app.wait_event(&event, None)?;
+            }
+            Ok(events)
+        })();
+        // The seed's `finally:` runs however the loop ended, cancelled too.
+        let cancelled = app.cancel_task(&receiver);
+        app.purge_tasks();
+        cancelled?;
+        handled
+    }
+
+    /// Waits for `event` (default `message`) forever, logging each payload:
+    /// the receiving half of `feed`.
+    fn receiver(app: &App, event: Option<String>) -> Result<()> {
+        let event = event.unwrap_or_else(|| "message".into());
+        loop {
+            if let Some(payload) = app.wait_event(&event, None)? {
+                app.info(format!("received {payload}"));
+            }
+        }
+    }
+
+    /// Starts a `target` task named `victim` (with `args`), waits
+    /// `after_ms`, cancels it, and logs how long the cancel took in
+    /// microseconds. Returns the victim's final info.
+    fn canceller(
+        app: &App,
+        target: String,
+        after_ms: u64,
+        args: Option<serde_json::Value>,
+    ) -> Result<TaskInfo> {
+        app.task(&target).name("victim").args(args).start()?;
+        app.sleep(after_ms)?;
+        let begun = std::time::Instant::now();
+        let victim = app.cancel_task("victim")?;
+        app.info(format!("cancel took {} us", begun.elapsed().as_micros()));
+        Ok(victim)
     }
 }

@@ -1,6 +1,34 @@
 //! Factories the integration tests use to observe the host from inside a task.
 
-use taskhost_guest_sdk::{App, Error, Result, plugin};
+use serde_json::{Value, json};
+use taskhost_guest_sdk::{App, Error, Result, TaskInfo, TaskState, plugin};
+
+/// Polls `name` until its state satisfies `done`: for probes that must
+/// observe a state change from inside a task (there is no event for it).
+fn wait_state(app: &App, name: &str, done: impl Fn(TaskState) -> bool) -> Result<TaskInfo> {
+    loop {
+        let info = app.get_task(name)?;
+        if done(info.state) {
+            return Ok(info);
+        }
+        app.sleep(1)?;
+    }
+}
+
+/// "ok", or the kind of the error, for reports.
+fn outcome<T>(result: Result<T>) -> String {
+    match result {
+        Ok(_) => "ok".into(),
+        Err(error) => format!("{:?}", error.kind()),
+    }
+}
+
+fn names(tasks: &[TaskInfo]) -> Vec<String> {
+    tasks
+        .iter()
+        .map(|t| t.name.clone().unwrap_or_else(|| t.id.to_string()))
+        .collect()
+}
 
 plugin! {
     /// Returns and logs what the injected app handle says about this task.
@@ -24,11 +52,116 @@ plugin! {
         Ok(value)
     }
 
-    /// Sleeps `ms`, then logs `woke`.
-    fn nap(app: &App, ms: u64) -> Result<()> {
+    /// Sleeps `ms`, then logs `woke` and returns `ms`.
+    fn nap(app: &App, ms: u64) -> Result<u64> {
         app.sleep(ms)?;
         app.info("woke");
+        Ok(ms)
+    }
+
+    /// Walks the task registry API on its own worker and reports what it saw.
+    fn tour(app: &App) -> Result<Value> {
+        let added = app.task("nap").name("napper").args(json!({"ms": 30})).start()?;
+        let first = wait_state(app, "napper", |s| s != TaskState::Pending)?;
+        let duplicate = outcome(app.task("nap").name("napper").args(json!({"ms": 1})).start());
+        let get_unknown = outcome(app.get_task("nobody"));
+        let cancel_unknown = outcome(app.cancel_task("nobody"));
+        let bad_args = outcome(app.task("nap").args(json!({"ms": "soon"})).start());
+        let unknown_factory = outcome(app.add_task("no_such_factory", ()));
+        let unknown_plugin = outcome(app.task("nap").plugin("no_such_plugin").start());
+        let finished = wait_state(app, "napper", TaskState::is_ended)?;
+
+        app.task("fail").name("failer").start()?;
+        app.task("nap").name("holder").args(json!({"ms": 600000})).start()?;
+        wait_state(app, "failer", TaskState::is_ended)?;
+        let before_purge = names(&app.tasks());
+        let purged = app.purge_tasks();
+        let after_purge = names(&app.tasks());
+        let holder = app.cancel_task("holder")?;
+        let holder_again = app.cancel_task("holder")?;
+        app.purge_tasks();
+        let reused = outcome(app.task("nap").name("napper").args(json!({"ms": 1})).start());
+        Ok(json!({
+            "worker": app.worker(),
+            "added": added,
+            "first": first,
+            "duplicate": duplicate,
+            "get_unknown": get_unknown,
+            "cancel_unknown": cancel_unknown,
+            "bad_args": bad_args,
+            "unknown_factory": unknown_factory,
+            "unknown_plugin": unknown_plugin,
+            "finished": finished,
+            "before_purge": before_purge,
+            "purged": purged,
+            "after_purge": after_purge,
+            "holder": holder,
+            "holder_again": holder_again,
+            "reused": reused,
+        }))
+    }
+
+    /// Runs the examples plugin's `feed` with `events` events, delivering
+    /// them one by one, and reports what is left in the registry after it.
+    fn feed_scenario(app: &App, events: u32) -> Result<Value> {
+        app.task("feed").plugin("examples").name("feed").args(json!({"events": events})).start()?;
+        let feed_id = app.get_task("feed")?.id;
+        let mut delivered = 0;
+        loop {
+            if app.get_task("feed")?.state.is_ended() {
+                break;
+            }
+            // A dispatch that wakes nobody came while the feed was not
+            // waiting; only count those it heard.
+            if app.dispatch("feed", "tick") > 0 {
+                delivered += 1;
+            } else {
+                app.sleep(1)?;
+            }
+        }
+        Ok(json!({
+            "feed": app.get_task("feed")?,
+            "receiver": format!("receiver:{feed_id}"),
+            "tasks": names(&app.tasks()),
+            "delivered": delivered,
+        }))
+    }
+
+    /// Waits for `event` (with an optional timeout) and returns the payload.
+    fn waiter(app: &App, event: String, timeout_ms: Option<u64>) -> Result<Option<String>> {
+        app.wait_event(&event, timeout_ms)
+    }
+
+    /// Sleeps `ms` and returns how late it woke (ms), then cancels the task
+    /// named `then_cancel`: the probe for fairness next to a spinner.
+    fn late_sleeper(app: &App, ms: u64, then_cancel: Option<String>) -> Result<Value> {
+        let begun = std::time::Instant::now();
+        app.sleep(ms)?;
+        let late_ms = begun.elapsed().as_secs_f64() * 1e3 - ms as f64;
+        let cancelled = match then_cancel {
+            Some(name) => Some(app.cancel_task(&name)?),
+            None => None,
+        };
+        Ok(json!({ "late_ms": late_ms, "cancelled": cancelled }))
+    }
+
+    /// Blocks in WASI (`std::thread::sleep`, a clock poll), where neither
+    /// the app handle's cancellation nor epochs reach: only a forced cancel
+    /// that drops the call ends it.
+    fn wasi_sleeper(app: &App) -> Result<()> {
+        app.info("sleeping in wasi");
+        std::thread::sleep(std::time::Duration::from_secs(3600));
         Ok(())
+    }
+
+    /// Ignores cancellation: sleeps again whenever a sleep says `cancelled`,
+    /// until it is interrupted.
+    fn stubborn(app: &App) -> Result<()> {
+        loop {
+            if app.sleep(3_600_000).is_err() {
+                app.info("ignoring cancellation");
+            }
+        }
     }
 
     /// Panics (Rust panic, which aborts the instance).

@@ -1,0 +1,32 @@
+//! `dispatch` and `wait-event`: Sanic's signals, across all workers.
+
+use crate::bindings::GuestError;
+use crate::task::CancelSignal;
+use crate::worker::TaskEnv;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Waits for the next dispatch matching `pattern`; `None` on timeout,
+/// `cancelled` as soon as the task is cancelled.
+pub(super) async fn wait_event(
+    env: Arc<TaskEnv>,
+    cancel: Arc<CancelSignal>,
+    pattern: String,
+    timeout_ms: Option<u64>,
+) -> Result<Option<String>, GuestError> {
+    if cancel.is_cancelled() {
+        return Err(GuestError::Cancelled);
+    }
+    let mut wait = env.events.subscribe(&pattern);
+    let timeout = async {
+        match timeout_ms {
+            Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        payload = wait.payload() => Ok(Some(payload)),
+        _ = timeout => Ok(None),
+        _ = cancel.cancelled() => Err(GuestError::Cancelled),
+    }
+}

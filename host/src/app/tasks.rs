@@ -1,0 +1,188 @@
+//! `add-task`, `get-task`, `cancel-task`, `tasks`, `purge-tasks`: Sanic's
+//! task registry API, on the caller's own worker.
+
+use super::TaskData;
+use crate::bindings::GuestError;
+use crate::bindings::taskhost::plugin::types;
+use crate::registry::{RegisterError, TaskHandle};
+use crate::runner;
+use crate::task::{CancelStage, Outcome, TaskInfo, TaskState};
+use crate::worker::{AddTaskError, WorkerCtx};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+impl TaskData {
+    /// The caller's worker, or `failed` for the throw-away instances that
+    /// list factories at load time (they have no worker).
+    fn worker_ctx(&self) -> Result<Arc<WorkerCtx>, GuestError> {
+        self.worker
+            .clone()
+            .ok_or_else(|| GuestError::Failed("no worker: tasks cannot be managed here".into()))
+    }
+
+    pub(super) fn app_task_id(&self) -> u64 {
+        self.ident.id
+    }
+
+    pub(super) fn app_get_task(&self, name: &str) -> Result<types::TaskInfo, GuestError> {
+        let worker = self.worker_ctx()?;
+        worker
+            .registry()
+            .get_by_name(name)
+            .map(|info| to_wit(&info))
+            .ok_or_else(|| GuestError::NotFound(name.to_string()))
+    }
+
+    pub(super) fn app_tasks(&self) -> Vec<types::TaskInfo> {
+        match &self.worker {
+            Some(worker) => worker.registry().snapshot().iter().map(to_wit).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    pub(super) fn app_purge_tasks(&self) -> u32 {
+        match &self.worker {
+            Some(worker) => u32::try_from(worker.registry().purge()).unwrap_or(u32::MAX),
+            None => 0,
+        }
+    }
+}
+
+impl TaskData {
+    /// The worker and plugin an `add-task` call targets, or the error to
+    /// return at once (refused while the caller is being cancelled).
+    pub(super) fn add_task_target(
+        &self,
+        plugin: Option<String>,
+    ) -> Result<(Arc<WorkerCtx>, String), GuestError> {
+        if self.cancel.is_cancelled() {
+            return Err(GuestError::Cancelled);
+        }
+        let worker = self.worker_ctx()?;
+        Ok((
+            worker,
+            plugin.unwrap_or_else(|| self.ident.plugin.to_string()),
+        ))
+    }
+}
+
+/// `add-task`: starts a task on the caller's worker and returns its id once
+/// the factory has accepted the arguments.
+pub(super) async fn add_task(
+    worker: Arc<WorkerCtx>,
+    plugin: String,
+    factory: String,
+    args: String,
+    name: Option<String>,
+) -> Result<u64, GuestError> {
+    worker
+        .add_task(&plugin, &factory, args, name)
+        .await
+        .map_err(|error| match error {
+            AddTaskError::UnknownPlugin(name) => GuestError::UnknownPlugin(name),
+            AddTaskError::Register(RegisterError::DuplicateName(name)) => {
+                GuestError::DuplicateName(name)
+            }
+            AddTaskError::Refused(error) => error,
+            AddTaskError::NoWorker(worker) => GuestError::Failed(format!("no worker {worker}")),
+        })
+}
+
+/// What `cancel-task` works with: everything it needs, owned, so its future
+/// does not borrow the store's data across the wait.
+pub(super) struct CancelRequest {
+    worker: Arc<WorkerCtx>,
+    target: TaskHandle,
+    caller: Arc<crate::task::CancelSignal>,
+}
+
+impl TaskData {
+    /// Finds the target of `cancel-task`, or the error to return at once.
+    pub(super) fn cancel_request(&self, name: &str) -> Result<CancelRequest, GuestError> {
+        let worker = self.worker_ctx()?;
+        let target = worker
+            .registry()
+            .handle_by_name(name)
+            .ok_or_else(|| GuestError::NotFound(name.to_string()))?;
+        if target.id == self.ident.id {
+            // Waiting for oneself to end would never return: cancelling
+            // oneself means "I am being cancelled" from here on.
+            self.cancel.cancel();
+            return Err(GuestError::Cancelled);
+        }
+        Ok(CancelRequest {
+            worker,
+            target,
+            caller: self.cancel.clone(),
+        })
+    }
+}
+
+/// `cancel-task`: cancels the target (forced after the grace period) and
+/// returns its final info once it has ended. If the caller is cancelled
+/// meanwhile, the target's cancellation goes on but the call returns
+/// `cancelled` at once, so the caller can unwind.
+pub(super) async fn cancel_task(request: CancelRequest) -> Result<types::TaskInfo, GuestError> {
+    let CancelRequest {
+        worker,
+        mut target,
+        caller,
+    } = request;
+    runner::request_cancel(&target, worker.env().cancel_grace);
+    if caller.is_cancelled() {
+        return Err(GuestError::Cancelled);
+    }
+    tokio::select! {
+        _ = target.ended() => {}
+        _ = caller.cancelled() => return Err(GuestError::Cancelled),
+    }
+    worker
+        .registry()
+        .get(target.id)
+        .map(|info| to_wit(&info))
+        // Purged by someone else between its end and now: it did end.
+        .ok_or_else(|| GuestError::NotFound(format!("task {} was purged", target.id)))
+}
+
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+pub(super) fn to_wit(info: &TaskInfo) -> types::TaskInfo {
+    let (result, error, cancel_stage) = match &info.outcome {
+        Some(Outcome::Done { result }) => (Some(result.clone()), None, None),
+        Some(Outcome::Failed { error }) => (None, Some(error.clone()), None),
+        Some(Outcome::Cancelled { stage }) => (
+            None,
+            None,
+            Some(match stage {
+                CancelStage::Cooperative => types::CancelStage::Cooperative,
+                CancelStage::Forced => types::CancelStage::Forced,
+            }),
+        ),
+        None => (None, None, None),
+    };
+    types::TaskInfo {
+        id: info.ident.id,
+        name: info.ident.name.clone(),
+        plugin: info.ident.plugin.to_string(),
+        plugin_version: info.ident.plugin_version.to_string(),
+        factory: info.ident.factory.clone(),
+        worker: info.ident.worker.index(),
+        state: match info.state {
+            TaskState::Pending => types::TaskState::Pending,
+            TaskState::Running => types::TaskState::Running,
+            TaskState::Done => types::TaskState::Done,
+            TaskState::Failed => types::TaskState::Failed,
+            TaskState::Cancelled => types::TaskState::Cancelled,
+        },
+        created_at_ms: millis(info.created_at),
+        started_at_ms: info.started_at.map(millis),
+        ended_at_ms: info.ended_at.map(millis),
+        result,
+        error,
+        cancel_stage,
+    }
+}

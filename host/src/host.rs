@@ -1,0 +1,254 @@
+//! A running host: its workers, their tasks, and the operations the host
+//! itself (not a guest) performs on them. `taskhost run` drives one; the
+//! control API and in-process tests use the same calls.
+
+use crate::app::AppContext;
+use crate::config::{AppConfig, Scope, TaskConfig};
+use crate::engine::EpochTicker;
+use crate::events::EventHub;
+use crate::plugin::Plugin;
+use crate::registry::TaskHandle;
+use crate::runner;
+use crate::task::{TaskId, TaskInfo, TaskState, WorkerId};
+use crate::worker::{AddTaskError, TaskEnv, TaskStats, Worker, WorkerCtx};
+use anyhow::{Result, anyhow, bail};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio_util::task::TaskTracker;
+use wasmtime::Engine;
+
+/// How long shutdown waits beyond the grace period for tasks to be gone.
+/// Forced tasks end within a tick or two, so this only bounds a host bug.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
+
+/// What happened during a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub done: usize,
+    pub failed: usize,
+    pub cancelled: usize,
+    /// The run was ended by the shutdown signal.
+    pub interrupted: bool,
+    /// Tasks that had not ended when shutdown gave up waiting.
+    pub abandoned: usize,
+}
+
+/// Why the host could not cancel a task.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CancelError {
+    #[error("no worker {0}")]
+    NoWorker(WorkerId),
+    #[error("no task named `{0}` on that worker")]
+    NotFound(String),
+}
+
+/// A running application.
+pub struct Host {
+    config: AppConfig,
+    env: Arc<TaskEnv>,
+    main: Worker,
+    workers: Vec<Worker>,
+    main_handles: Vec<TaskHandle>,
+    _ticker: EpochTicker,
+}
+
+impl Host {
+    pub(crate) fn launch(
+        config: AppConfig,
+        engine: Engine,
+        app: Arc<AppContext>,
+        plugins: BTreeMap<String, Arc<Plugin>>,
+    ) -> Result<Host> {
+        let ticker = EpochTicker::start(&engine)?;
+        let env = Arc::new(TaskEnv {
+            engine,
+            app,
+            plugins: RwLock::new(plugins),
+            events: EventHub::default(),
+            tracker: TaskTracker::new(),
+            cancel_grace: config.cancel_grace,
+            stats: TaskStats::default(),
+        });
+        let main = Worker::start(WorkerId::Main, env.clone())?;
+        let mut host = Host {
+            config,
+            env,
+            main,
+            workers: Vec::new(),
+            main_handles: Vec::new(),
+            _ticker: ticker,
+        };
+        let main_tasks: Vec<TaskConfig> = host.startup_tasks(Scope::Main).cloned().collect();
+        for task in &main_tasks {
+            let handle = host.spawn_startup(host.main.ctx(), task)?;
+            host.main_handles.push(handle);
+        }
+        Ok(host)
+    }
+
+    fn startup_tasks(&self, scope: Scope) -> impl Iterator<Item = &TaskConfig> {
+        self.config.tasks.iter().filter(move |t| t.scope == scope)
+    }
+
+    fn spawn_startup(&self, worker: &Arc<WorkerCtx>, task: &TaskConfig) -> Result<TaskHandle> {
+        let plugin = self
+            .env
+            .plugin(&task.plugin)
+            .ok_or_else(|| anyhow!("no plugin `{}`", task.plugin))?;
+        worker
+            .spawn(
+                plugin,
+                &task.factory,
+                task.args.to_string(),
+                task.name.clone(),
+            )
+            .map_err(|e| anyhow!("{}: {task}: {e}", self.config.source.display()))
+    }
+
+    /// Resolves once every `main` task has ended; an error names those that
+    /// failed (the workers must then not start).
+    pub async fn main_tasks_ended(&mut self) -> Result<()> {
+        for handle in &mut self.main_handles {
+            handle.ended().await;
+        }
+        let failed: Vec<String> = self
+            .main
+            .registry()
+            .snapshot()
+            .into_iter()
+            .filter(|info| info.state == TaskState::Failed)
+            .map(|info| info.ident.label())
+            .collect();
+        if !failed.is_empty() {
+            bail!(
+                "main task(s) failed: {}; the workers were not started",
+                failed.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts the workers, each with the `scope = "worker"` tasks.
+    pub fn start_workers(&mut self) -> Result<()> {
+        for index in 0..self.config.workers {
+            let worker = Worker::start(WorkerId::Index(index), self.env.clone())?;
+            let tasks: Vec<TaskConfig> = self.startup_tasks(Scope::Worker).cloned().collect();
+            for task in &tasks {
+                self.spawn_startup(worker.ctx(), task)?;
+            }
+            self.workers.push(worker);
+        }
+        // Closing only means "the startup tasks are all spawned": tasks can
+        // still be added, and `idle` resolves once none is left.
+        self.env.tracker.close();
+        tracing::info!(
+            app = self.config.name,
+            workers = self.config.workers,
+            "{} started with {} worker(s)",
+            self.config.name,
+            self.config.workers
+        );
+        Ok(())
+    }
+
+    /// Resolves once no task is left on any worker (after `start_workers`).
+    pub async fn idle(&self) {
+        self.env.tracker.wait().await
+    }
+
+    /// The main scope and every started worker.
+    pub fn workers(&self) -> impl Iterator<Item = &Arc<WorkerCtx>> {
+        std::iter::once(self.main.ctx()).chain(self.workers.iter().map(Worker::ctx))
+    }
+
+    pub fn worker(&self, id: WorkerId) -> Option<&Arc<WorkerCtx>> {
+        self.workers().find(|w| w.id() == id)
+    }
+
+    /// Every registered task of every worker.
+    pub fn tasks(&self) -> Vec<TaskInfo> {
+        self.workers()
+            .flat_map(|w| w.registry().snapshot())
+            .collect()
+    }
+
+    /// Starts a task on `worker`, as a guest's `add-task` would.
+    pub async fn add_task(
+        &self,
+        worker: WorkerId,
+        plugin: &str,
+        factory: &str,
+        args: String,
+        name: Option<String>,
+    ) -> Result<TaskId, AddTaskError> {
+        let Some(ctx) = self.worker(worker) else {
+            return Err(AddTaskError::NoWorker(worker));
+        };
+        ctx.add_task(plugin, factory, args, name).await
+    }
+
+    /// Cancels the task `name` of `worker` and waits until it has ended
+    /// (forced after the grace period); returns its final info.
+    pub async fn cancel_task(&self, worker: WorkerId, name: &str) -> Result<TaskInfo, CancelError> {
+        let ctx = self.worker(worker).ok_or(CancelError::NoWorker(worker))?;
+        let mut handle = ctx
+            .registry()
+            .handle_by_name(name)
+            .ok_or_else(|| CancelError::NotFound(name.to_string()))?;
+        runner::request_cancel(&handle, self.env.cancel_grace);
+        handle.ended().await;
+        ctx.registry()
+            .get(handle.id)
+            .ok_or_else(|| CancelError::NotFound(name.to_string()))
+    }
+
+    /// Drops every ended task of every worker; returns how many.
+    pub fn purge(&self) -> usize {
+        self.workers().map(|w| w.registry().purge()).sum()
+    }
+
+    /// Wakes every task waiting for `event`; returns how many woke.
+    pub fn dispatch(&self, event: &str, payload: &str) -> u32 {
+        self.env.events.dispatch(event, payload)
+    }
+
+    pub fn events(&self) -> &EventHub {
+        &self.env.events
+    }
+
+    /// Cancels every live task (each forced after the grace period if it
+    /// does not end), waits a bounded time for all of them, stops the
+    /// workers, and says how the run went.
+    pub async fn shutdown(self, interrupted: bool) -> RunSummary {
+        let env = &self.env;
+        env.tracker.close();
+        let live =
+            || -> Vec<TaskHandle> { self.workers().flat_map(|w| w.registry().live()).collect() };
+        for handle in live() {
+            runner::request_cancel(&handle, env.cancel_grace);
+        }
+        let bound = env.cancel_grace + SHUTDOWN_MARGIN;
+        let abandoned = if tokio::time::timeout(bound, env.tracker.wait())
+            .await
+            .is_ok()
+        {
+            0
+        } else {
+            let abandoned = live().len();
+            tracing::error!(
+                abandoned,
+                "{abandoned} task(s) did not end after being forced"
+            );
+            abandoned
+        };
+        RunSummary {
+            done: env.stats.done.load(Ordering::Relaxed),
+            failed: env.stats.failed.load(Ordering::Relaxed),
+            cancelled: env.stats.cancelled.load(Ordering::Relaxed),
+            interrupted,
+            abandoned,
+        }
+    }
+}
