@@ -157,6 +157,12 @@ impl From<Output> for Run {
     }
 }
 
+/// The `result` of a `done` lifecycle line, parsed as the JSON it holds.
+pub fn result_of(line: &Value) -> Value {
+    serde_json::from_str(line["result"].as_str().expect("done line has a result"))
+        .expect("result is JSON")
+}
+
 fn parse_lines(text: &str) -> Vec<Value> {
     text.lines()
         .filter_map(|line| serde_json::from_str(line).ok())
@@ -177,7 +183,15 @@ impl Run {
             .collect()
     }
 
-    /// The single lifecycle line `event` of the task labelled `task`.
+    /// The results (parsed JSON) of the `done` lines of the task labelled `task`.
+    pub fn results_of(&self, task: &str) -> Vec<Value> {
+        self.event_of("done", task)
+            .into_iter()
+            .map(result_of)
+            .collect()
+    }
+
+    /// The lifecycle lines `event` of the task labelled `task`.
     pub fn event_of(&self, event: &str, task: &str) -> Vec<&Value> {
         self.events(event)
             .into_iter()

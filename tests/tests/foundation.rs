@@ -4,12 +4,7 @@
 
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-use taskhost_tests::{TestApp, repo, taskhost_bin};
-
-fn result_of(line: &Value) -> Value {
-    serde_json::from_str(line["result"].as_str().expect("done line has a result"))
-        .expect("result is JSON")
-}
+use taskhost_tests::{TestApp, repo, result_of, taskhost_bin};
 
 #[test]
 fn demo_app_runs_worker_tasks_once_per_worker_after_the_main_task() {

@@ -3,19 +3,7 @@
 //! are on what they report and on the host's JSON log.
 
 use serde_json::{Value, json};
-use taskhost_tests::{Run, TestApp};
-
-fn result_of(line: &Value) -> Value {
-    serde_json::from_str(line["result"].as_str().expect("done line has a result"))
-        .expect("result is JSON")
-}
-
-fn done_result(run: &Run, task: &str) -> Vec<Value> {
-    run.event_of("done", task)
-        .into_iter()
-        .map(result_of)
-        .collect()
-}
+use taskhost_tests::TestApp;
 
 #[test]
 fn the_registry_api_behaves_like_sanics_without_its_sharp_edges() {
@@ -38,7 +26,7 @@ fn the_registry_api_behaves_like_sanics_without_its_sharp_edges() {
         "the `failer` task fails on purpose\n{}",
         run.dump()
     );
-    let reports = done_result(&run, "tour");
+    let reports = run.results_of("tour");
     assert_eq!(reports.len(), 2, "one tour per worker\n{}", run.dump());
     for report in &reports {
         // The same name in two workers is fine: both adds succeeded.
@@ -75,6 +63,8 @@ fn the_registry_api_behaves_like_sanics_without_its_sharp_edges() {
         );
         // A purged name is free again.
         assert_eq!(report["reused"], "ok", "{report}");
+        assert_eq!(report["self_cancel"], "Cancelled", "{report}");
+        assert_eq!(report["add_after_cancel"], "Cancelled", "{report}");
     }
     assert_ne!(reports[0]["worker"], reports[1]["worker"]);
 }
@@ -95,7 +85,7 @@ fn cancelling_a_sleeping_task_runs_its_cleanup_and_waits_for_it() {
     );
     let run = app.run_until_idle();
     assert_eq!(run.code, Some(0), "{}", run.dump());
-    let victim = &done_result(&run, "canceller")[0];
+    let victim = &run.results_of("canceller")[0];
     assert_eq!(victim["name"], "victim");
     assert_eq!(victim["state"], "cancelled");
     assert_eq!(victim["cancel_stage"], "cooperative");
@@ -144,12 +134,12 @@ fn a_spinning_task_is_cancelled_by_force_and_its_neighbours_finish() {
     );
     let run = app.run_until_idle();
     assert_eq!(run.code, Some(0), "{}", run.dump());
-    let victim = &done_result(&run, "canceller")[0];
+    let victim = &run.results_of("canceller")[0];
     assert_eq!(victim["state"], "cancelled", "{victim}");
     assert_eq!(victim["cancel_stage"], "forced", "{victim}");
     assert_eq!(run.event_of("cancelled", "victim")[0]["stage"], "forced");
     assert_eq!(
-        done_result(&run, "neighbour"),
+        run.results_of("neighbour"),
         vec![json!(30)],
         "{}",
         run.dump()
@@ -219,7 +209,7 @@ fn the_websocket_pattern_leaves_nothing_behind() {
     );
     let run = app.run_until_idle();
     assert_eq!(run.code, Some(0), "{}", run.dump());
-    let report = &done_result(&run, "scenario")[0];
+    let report = &run.results_of("scenario")[0];
     assert_eq!(report["feed"]["state"], "done", "{report}");
     assert_eq!(report["feed"]["result"], "3", "{report}");
     assert_eq!(report["delivered"], 3, "{report}");
@@ -254,7 +244,7 @@ fn a_sleeper_next_to_a_spinner_wakes_on_time() {
     );
     let run = app.run_until_idle();
     assert_eq!(run.code, Some(0), "{}", run.dump());
-    let report = &done_result(&run, "sleeper")[0];
+    let report = &run.results_of("sleeper")[0];
     let late = report["late_ms"].as_f64().unwrap();
     // Without fairness the sleeper would never wake (the spinner never
     // yields) and this run would not end; with it, a few 1 ms ticks.

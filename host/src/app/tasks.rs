@@ -106,8 +106,9 @@ impl TaskData {
             .ok_or_else(|| GuestError::NotFound(name.to_string()))?;
         if target.id == self.ident.id {
             // Waiting for oneself to end would never return: cancelling
-            // oneself means "I am being cancelled" from here on.
-            self.cancel.cancel();
+            // oneself means "I am being cancelled" from here on, with the
+            // same grace period as any other cancel.
+            runner::request_cancel(&target, worker.env().cancel_grace);
             return Err(GuestError::Cancelled);
         }
         Ok(CancelRequest {

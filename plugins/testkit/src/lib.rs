@@ -81,6 +81,16 @@ plugin! {
         let holder_again = app.cancel_task("holder")?;
         app.purge_tasks();
         let reused = outcome(app.task("nap").name("napper").args(json!({"ms": 1})).start());
+        // Last: cancelling oneself returns `cancelled` instead of waiting
+        // forever, and later calls that start work are refused.
+        let my_name = app
+            .tasks()
+            .into_iter()
+            .find(|t| t.id == app.id())
+            .and_then(|t| t.name)
+            .unwrap_or_default();
+        let self_cancel = outcome(app.cancel_task(&my_name));
+        let add_after_cancel = outcome(app.add_task("nap", json!({"ms": 1})));
         Ok(json!({
             "worker": app.worker(),
             "added": added,
@@ -98,6 +108,8 @@ plugin! {
             "holder": holder,
             "holder_again": holder_again,
             "reused": reused,
+            "self_cancel": self_cancel,
+            "add_after_cancel": add_after_cancel,
         }))
     }
 
