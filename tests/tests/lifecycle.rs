@@ -43,6 +43,11 @@ fn the_registry_api_behaves_like_sanics_without_its_sharp_edges() {
         assert_eq!(report["finished"]["result"], "30", "{report}");
         assert_eq!(report["finished"]["name"], "napper", "{report}");
 
+        assert_eq!(report["cancel_failed"]["state"], "failed", "{report}");
+        assert_eq!(
+            report["cancel_failed"]["error"], "testkit failure on purpose",
+            "{report}"
+        );
         // tasks() lists exactly the live and unpurged ones; purge drops
         // exactly the ended ones (napper done, failer failed) and counts them.
         assert_eq!(

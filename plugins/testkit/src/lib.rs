@@ -74,6 +74,9 @@ plugin! {
         app.task("fail").name("failer").start()?;
         app.task("nap").name("holder").args(json!({"ms": 600000})).start()?;
         wait_state(app, "failer", TaskState::is_ended)?;
+        // Unlike Sanic, cancelling a task that failed does not re-raise its
+        // error: it returns the task's final info.
+        let cancel_failed = app.cancel_task("failer")?;
         let before_purge = names(&app.tasks());
         let purged = app.purge_tasks();
         let after_purge = names(&app.tasks());
@@ -102,6 +105,7 @@ plugin! {
             "unknown_factory": unknown_factory,
             "unknown_plugin": unknown_plugin,
             "finished": finished,
+            "cancel_failed": cancel_failed,
             "before_purge": before_purge,
             "purged": purged,
             "after_purge": after_purge,
