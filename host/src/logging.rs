@@ -167,8 +167,9 @@ fn millis(elapsed: Duration) -> f64 {
 /// the demo's output reads like a program's output, not a field dump.
 struct HumanFormat;
 
-/// Fields a task line shows in its `[worker/task]` prefix or not at all.
-const TASK_FIELDS: &[&str] = &[
+/// Fields the human format shows in the `[worker/task]` prefix, or not at
+/// all because the message already says them.
+const HIDDEN_FIELDS: &[&str] = &[
     "worker",
     "task",
     "task_id",
@@ -180,6 +181,11 @@ const TASK_FIELDS: &[&str] = &[
     "error",
     "stage",
     "elapsed_ms",
+    "app",
+    "workers",
+    "done",
+    "failed",
+    "cancelled",
 ];
 
 #[derive(Default)]
@@ -206,7 +212,7 @@ impl HumanFields {
             "message" => self.message = value,
             "worker" => self.worker = Some(value),
             "task" => self.task = Some(value),
-            name if TASK_FIELDS.contains(&name) => {}
+            name if HIDDEN_FIELDS.contains(&name) => {}
             name => self.rest.push((name, value)),
         }
     }
