@@ -6,7 +6,7 @@
 
 use crate::app::AppContext;
 use crate::config::{AppConfig, PluginSource, TaskConfig};
-use crate::engine::{EngineSettings, build_engine};
+use crate::engine::{EngineSettings, HostEngine, build_engine};
 use crate::host::{Host, RunSummary};
 use crate::plugin::build::{self, BuildOptions};
 use crate::plugin::{Plugin, PluginLoader};
@@ -15,12 +15,13 @@ use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use wasmtime::Engine;
+use wasmtime::{Cache, Engine};
 
 /// A loaded application, ready to run.
 pub struct Application {
     config: AppConfig,
     engine: Engine,
+    cache: Option<Cache>,
     app: Arc<AppContext>,
     plugins: BTreeMap<String, Arc<Plugin>>,
 }
@@ -35,8 +36,12 @@ pub struct RunOptions {
 impl Application {
     /// Builds (for `build = ...` plugins) and loads every plugin, then checks
     /// every task: its factory exists and its arguments decode.
-    pub async fn load(config: AppConfig, build_options: &BuildOptions) -> Result<Application> {
-        let engine = build_engine(EngineSettings::default())?;
+    pub async fn load(
+        config: AppConfig,
+        engine_settings: &EngineSettings,
+        build_options: &BuildOptions,
+    ) -> Result<Application> {
+        let HostEngine { engine, cache } = build_engine(engine_settings)?;
         let app = Arc::new(AppContext::new(config.name.clone(), &config.config));
         let loader = PluginLoader::new(&engine, app.clone())?;
         let file = config.source.display().to_string();
@@ -70,6 +75,7 @@ impl Application {
         Ok(Application {
             config,
             engine,
+            cache,
             app,
             plugins,
         })
@@ -77,6 +83,12 @@ impl Application {
 
     pub fn config(&self) -> &AppConfig {
         &self.config
+    }
+
+    /// The compile cache, if enabled: its hit and miss counts say whether
+    /// loading compiled anything.
+    pub fn compile_cache(&self) -> Option<&Cache> {
+        self.cache.as_ref()
     }
 
     pub fn plugins(&self) -> impl Iterator<Item = &Arc<Plugin>> {

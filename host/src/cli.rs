@@ -6,6 +6,8 @@
 
 use crate::application::{Application, RunOptions};
 use crate::config::{AppConfig, Scope};
+use crate::dirs;
+use crate::engine::EngineSettings;
 use crate::host::RunSummary;
 use crate::logging::{self, LogFormat};
 use crate::plugin::build::{self, BuildOptions, BuildOutput, Toolchain};
@@ -53,6 +55,8 @@ enum Command {
         #[command(flatten)]
         logs: LogArgs,
         #[command(flatten)]
+        engine: EngineArgs,
+        #[command(flatten)]
         build: BuildArgs,
     },
     /// Validate app.toml and its plugins without running any task.
@@ -64,6 +68,8 @@ enum Command {
         app: PathBuf,
         #[command(flatten)]
         logs: LogArgs,
+        #[command(flatten)]
+        engine: EngineArgs,
         #[command(flatten)]
         build: BuildArgs,
     },
@@ -92,6 +98,34 @@ struct LogArgs {
     /// Which lines to show, in RUST_LOG syntax (RUST_LOG wins when set).
     #[arg(long, default_value = "info")]
     log_level: String,
+}
+
+#[derive(Args)]
+struct EngineArgs {
+    /// Directory of the compile cache: unchanged components load without
+    /// compiling [default: $TASKHOST_COMPILE_CACHE or ~/.cache/taskhost/compiled].
+    #[arg(long, value_name = "DIR")]
+    compile_cache: Option<PathBuf>,
+    /// Compile every component at load, ignoring the cache.
+    #[arg(long, conflicts_with = "compile_cache")]
+    no_compile_cache: bool,
+}
+
+impl EngineArgs {
+    fn settings(&self) -> Result<EngineSettings> {
+        let compile_cache = if self.no_compile_cache {
+            None
+        } else {
+            match &self.compile_cache {
+                Some(dir) => Some(dir.clone()),
+                None => Some(dirs::compile_cache_dir()?),
+            }
+        };
+        Ok(EngineSettings {
+            compile_cache,
+            ..EngineSettings::default()
+        })
+    }
 }
 
 #[derive(Args)]
@@ -147,10 +181,11 @@ async fn dispatch(command: Command) -> Result<ExitCode, Refused> {
             app,
             until_idle,
             logs,
+            engine,
             build,
         } => {
             init_logs(&logs)?;
-            let application = load(&app, &build).await?;
+            let application = load(&app, &engine, &build).await?;
             match application
                 .run(RunOptions { until_idle }, shutdown_signal())
                 .await
@@ -162,9 +197,14 @@ async fn dispatch(command: Command) -> Result<ExitCode, Refused> {
                 }
             }
         }
-        Command::Check { app, logs, build } => {
+        Command::Check {
+            app,
+            logs,
+            engine,
+            build,
+        } => {
             init_logs(&logs)?;
-            let application = load(&app, &build).await?;
+            let application = load(&app, &engine, &build).await?;
             print_check(&application);
             Ok(ExitCode::SUCCESS)
         }
@@ -187,9 +227,13 @@ fn init_logs(logs: &LogArgs) -> Result<(), Refused> {
     logging::init(logs.log_format, &logs.log_level).map_err(Refused)
 }
 
-async fn load(app: &std::path::Path, build: &BuildArgs) -> Result<Application, Refused> {
+async fn load(
+    app: &std::path::Path,
+    engine: &EngineArgs,
+    build: &BuildArgs,
+) -> Result<Application, Refused> {
     let config = AppConfig::load(app).map_err(Refused)?;
-    Application::load(config, &build.options())
+    Application::load(config, &engine.settings()?, &build.options())
         .await
         .map_err(Refused)
 }
@@ -235,6 +279,15 @@ fn print_check(application: &Application) {
         .count();
     let worker = config.tasks.len() - main;
     println!("  tasks: {main} main, {worker} per worker");
+    match application.compile_cache() {
+        Some(cache) => println!(
+            "  compile cache {}: {} hit(s), {} miss(es)",
+            cache.directory().display(),
+            cache.cache_hits(),
+            cache.cache_misses()
+        ),
+        None => println!("  compile cache: off"),
+    }
 }
 
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.

@@ -12,57 +12,89 @@
 //!   affordable.
 
 use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
 
 /// How often the epoch advances. A spinning task is interrupted or made to
 /// yield within one or two ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// Sizing of the engine's instance pool.
-#[derive(Debug, Clone, Copy)]
+/// How the engine is set up.
+#[derive(Debug, Clone)]
 pub struct EngineSettings {
     /// Most task instances alive at once, across all workers.
     pub max_instances: u32,
+    /// Where compiled components are cached; `None` compiles every time.
+    pub compile_cache: Option<PathBuf>,
 }
 
 impl Default for EngineSettings {
     fn default() -> Self {
         EngineSettings {
             max_instances: 1000,
+            compile_cache: None,
         }
     }
 }
 
-fn base_config() -> Config {
+/// The engine, and its compile cache when it has one (to read hit counts).
+#[derive(Clone)]
+pub struct HostEngine {
+    pub engine: Engine,
+    pub cache: Option<Cache>,
+}
+
+fn base_config(cache: &Option<Cache>) -> Config {
     let mut config = Config::new();
-    config.epoch_interruption(true).concurrency_support(false);
     config
+        .epoch_interruption(true)
+        .concurrency_support(false)
+        .cache(cache.clone());
+    config
+}
+
+/// wasmtime's cache keys an entry by a hash of the component's bytes *and*
+/// of every engine setting that affects code generation, so a changed
+/// engine configuration or wasmtime version never loads stale code.
+fn compile_cache(dir: &Path) -> Result<Cache> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the compile cache {}", dir.display()))?;
+    let mut config = CacheConfig::new();
+    config.with_directory(dir);
+    Cache::new(config).map_err(|e| anyhow::anyhow!("compile cache {}: {e:#}", dir.display()))
 }
 
 /// Builds the host's engine: pooled when the machine lets us reserve the
 /// pool, on-demand otherwise (e.g. under a small `ulimit -v`), with a
 /// warning, since a slower host beats no host.
-pub fn build_engine(settings: EngineSettings) -> Result<Engine> {
-    let mut pooled = base_config();
+pub fn build_engine(settings: &EngineSettings) -> Result<HostEngine> {
+    let cache = match &settings.compile_cache {
+        Some(dir) => Some(compile_cache(dir)?),
+        None => None,
+    };
+    let mut pooled = base_config(&cache);
     pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(settings)));
-    match Engine::new(&pooled) {
-        Ok(engine) => Ok(engine),
+    let engine = match Engine::new(&pooled) {
+        Ok(engine) => engine,
         Err(error) => {
             tracing::warn!(
                 "instance pool unavailable ({error:#}); falling back to on-demand allocation"
             );
-            Engine::new(&base_config())
+            Engine::new(&base_config(&cache))
                 .map_err(anyhow::Error::from)
-                .context("cannot create the wasmtime engine")
+                .context("cannot create the wasmtime engine")?
         }
-    }
+    };
+    Ok(HostEngine { engine, cache })
 }
 
-fn pooling(settings: EngineSettings) -> PoolingAllocationConfig {
+fn pooling(settings: &EngineSettings) -> PoolingAllocationConfig {
     let n = settings.max_instances;
     let mut pool = PoolingAllocationConfig::default();
     // A component adapted from wasip1 holds several core instances (the

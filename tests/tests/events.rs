@@ -4,6 +4,7 @@
 
 use taskhost::application::Application;
 use taskhost::config::AppConfig;
+use taskhost::engine::EngineSettings;
 use taskhost::host::Host;
 use taskhost::plugin::build::BuildOptions;
 use taskhost::task::{CancelStage, Outcome, TaskInfo, WorkerId};
@@ -11,9 +12,10 @@ use taskhost_tests::TestApp;
 
 async fn start(app: &TestApp) -> Host {
     let config = AppConfig::load(&app.path()).expect("valid app.toml");
-    let application = Application::load(config, &BuildOptions::default())
-        .await
-        .expect("plugins load");
+    let application =
+        Application::load(config, &EngineSettings::default(), &BuildOptions::default())
+            .await
+            .expect("plugins load");
     let mut host = application.launch().expect("host starts");
     host.main_tasks_ended().await.expect("no main task fails");
     host.start_workers().expect("workers start");

@@ -207,20 +207,13 @@ const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_RUST_SRC: &str = "/usr/lib/rustlib/src/rust/library/Cargo.lock";
 
-/// `$TASKHOST_TARGET_DIR`, else `$XDG_CACHE_HOME/taskhost/wasm-target`, else
-/// `~/.cache/taskhost/wasm-target`.
+/// `$TASKHOST_TARGET_DIR`, else `<cache home>/wasm-target` (see
+/// [`crate::dirs::cache_home`]).
 pub fn default_target_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os(TARGET_DIR_ENV) {
         return Ok(PathBuf::from(dir));
     }
-    let cache = match std::env::var_os("XDG_CACHE_HOME") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(
-            std::env::var_os("HOME").with_context(|| format!("set {TARGET_DIR_ENV} or HOME"))?,
-        )
-        .join(".cache"),
-    };
-    Ok(cache.join("taskhost").join("wasm-target"))
+    Ok(crate::dirs::cache_home()?.join("wasm-target"))
 }
 
 fn cargo_command(toolchain: Toolchain) -> Command {
