@@ -6,6 +6,7 @@
 
 use crate::app::AppContext;
 use crate::config::{AppConfig, PluginSource, TaskConfig};
+use crate::control::ControlOptions;
 use crate::engine::{EngineSettings, HostEngine, build_engine};
 use crate::host::{Host, RunSummary};
 use crate::plugin::build::{self, BuildOptions};
@@ -15,22 +16,24 @@ use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use wasmtime::{Cache, Engine};
+use wasmtime::Cache;
 
 /// A loaded application, ready to run.
 pub struct Application {
     config: AppConfig,
-    engine: Engine,
+    loader: PluginLoader,
     cache: Option<Cache>,
     app: Arc<AppContext>,
     plugins: BTreeMap<String, Arc<Plugin>>,
 }
 
-/// How `run` ends.
-#[derive(Debug, Clone, Copy, Default)]
+/// How `run` runs and ends.
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// End once no task is left, instead of waiting for a signal.
     pub until_idle: bool,
+    /// Serve the control API (from when the workers start).
+    pub control: Option<ControlOptions>,
 }
 
 impl Application {
@@ -74,7 +77,7 @@ impl Application {
 
         Ok(Application {
             config,
-            engine,
+            loader,
             cache,
             app,
             plugins,
@@ -99,7 +102,7 @@ impl Application {
     /// begin at once. Workers start with [`Host::start_workers`], once the
     /// main tasks have ended ([`Host::main_tasks_ended`]).
     pub fn launch(self) -> Result<Host> {
-        Host::launch(self.config, self.engine, self.app, self.plugins)
+        Host::launch(self.config, self.loader, self.app, self.plugins)
     }
 
     /// The whole life of `taskhost run`: main tasks, then workers with their
@@ -129,6 +132,17 @@ impl Application {
             Some(Ok(())) => {}
         }
         host.start_workers()?;
+        let host = Arc::new(host);
+        let control = match &options.control {
+            Some(control) => match crate::control::serve(host.clone(), control).await {
+                Ok(server) => Some(server),
+                Err(error) => {
+                    host.shutdown(false).await;
+                    return Err(error);
+                }
+            },
+            None => None,
+        };
         let interrupted = tokio::select! {
             _ = host.idle(), if options.until_idle => false,
             _ = &mut shutdown => true,
@@ -136,7 +150,11 @@ impl Application {
         if interrupted {
             tracing::info!("shutting down: cancelling every task");
         }
-        Ok(host.shutdown(interrupted).await)
+        let summary = host.shutdown(interrupted).await;
+        if let Some(control) = control {
+            control.stop().await;
+        }
+        Ok(summary)
     }
 }
 

@@ -1,11 +1,16 @@
 //! The `taskhost` command line: parses arguments and calls the library.
 //!
-//! Exit codes: 0 success; 1 a task failed (`run --until-idle`) or the host
-//! failed while running; 2 bad usage, bad config or a plugin that cannot be
-//! loaded or built (nothing was started).
+//! Exit codes: 0 success; 1 a task failed (`run --until-idle`), the host
+//! failed while running, or a running host refused a request; 2 bad usage,
+//! bad config or a plugin that cannot be loaded or built (nothing was
+//! started); 3 not found (a task, plugin or worker a verb named); 4 no
+//! running host could be reached.
+
+mod remote;
 
 use crate::application::{Application, RunOptions};
 use crate::config::{AppConfig, Scope};
+use crate::control::{self, ControlOptions};
 use crate::dirs;
 use crate::engine::EngineSettings;
 use crate::host::RunSummary;
@@ -30,8 +35,9 @@ use std::process::ExitCode;
         taskhost check examples/app.toml       # validate config and plugins\n  \
         taskhost run examples/app.toml         # run until Ctrl-C\n  \
         taskhost run --until-idle app.toml     # batch mode: exit when no task is left",
-    after_help = "Exit codes: 0 ok; 1 a task failed (with --until-idle) or the host failed; \
-        2 bad usage, config or plugin (nothing started)."
+    after_help = "Exit codes: 0 ok; 1 a task failed (with --until-idle), the host failed, or \
+        it refused a request; 2 bad usage, config or plugin (nothing started); 3 not found; \
+        4 no running host reachable."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -52,6 +58,8 @@ enum Command {
         /// Exit when no task is left instead of waiting for a signal.
         #[arg(long)]
         until_idle: bool,
+        #[command(flatten)]
+        control: ControlArgs,
         #[command(flatten)]
         logs: LogArgs,
         #[command(flatten)]
@@ -88,6 +96,54 @@ enum Command {
         #[command(flatten)]
         build: BuildArgs,
     },
+    #[command(flatten)]
+    Remote(remote::Verb),
+}
+
+#[derive(Args)]
+struct ControlArgs {
+    /// Address of the control API; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    control: std::net::SocketAddr,
+    /// Do not serve the control API.
+    #[arg(long)]
+    no_control: bool,
+    /// Allow --control on an address other than loopback (the token still
+    /// guards every request, but the traffic is not encrypted).
+    #[arg(long)]
+    control_public: bool,
+    #[command(flatten)]
+    file: ControlFileArg,
+}
+
+#[derive(Args)]
+pub(crate) struct ControlFileArg {
+    /// The state file holding the control API's address and token
+    /// [default: $TASKHOST_CONTROL_FILE or ~/.cache/taskhost/control.json].
+    #[arg(long, value_name = "PATH")]
+    control_file: Option<PathBuf>,
+}
+
+impl ControlFileArg {
+    pub(crate) fn path(&self) -> Result<PathBuf> {
+        match &self.control_file {
+            Some(path) => Ok(path.clone()),
+            None => control::default_state_file(),
+        }
+    }
+}
+
+impl ControlArgs {
+    fn options(&self) -> Result<Option<ControlOptions>> {
+        if self.no_control {
+            return Ok(None);
+        }
+        Ok(Some(ControlOptions {
+            bind: self.control,
+            allow_public: self.control_public,
+            state_file: self.file.path()?,
+        }))
+    }
 }
 
 #[derive(Args)]
@@ -180,16 +236,18 @@ async fn dispatch(command: Command) -> Result<ExitCode, Refused> {
         Command::Run {
             app,
             until_idle,
+            control,
             logs,
             engine,
             build,
         } => {
             init_logs(&logs)?;
+            let options = RunOptions {
+                until_idle,
+                control: control.options()?,
+            };
             let application = load(&app, &engine, &build).await?;
-            match application
-                .run(RunOptions { until_idle }, shutdown_signal())
-                .await
-            {
+            match application.run(options, shutdown_signal()).await {
                 Ok(summary) => Ok(exit_code(&summary, until_idle)),
                 Err(error) => {
                     tracing::error!("{error:#}");
@@ -220,6 +278,9 @@ async fn dispatch(command: Command) -> Result<ExitCode, Refused> {
             println!("{}", component.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Remote(verb) => tokio::task::spawn_blocking(move || remote::run(verb))
+            .await
+            .map_err(|e| Refused(e.into())),
     }
 }
 

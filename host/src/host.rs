@@ -6,22 +6,27 @@ use crate::app::AppContext;
 use crate::config::{AppConfig, Scope, TaskConfig};
 use crate::engine::EpochTicker;
 use crate::events::EventHub;
-use crate::plugin::Plugin;
+use crate::plugin::{Plugin, PluginLoader};
 use crate::registry::TaskHandle;
 use crate::runner;
 use crate::task::{TaskId, TaskInfo, TaskState, WorkerId};
 use crate::worker::{AddTaskError, TaskEnv, TaskStats, Worker, WorkerCtx};
 use anyhow::{Result, anyhow, bail};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
-use wasmtime::Engine;
 
 /// How long shutdown waits beyond the grace period for tasks to be gone.
 /// Forced tasks end within a tick or two, so this only bounds a host bug.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
+
+/// How many lifecycle events a slow stream listener may fall behind before
+/// it is told it missed some.
+const LIFECYCLE_BACKLOG: usize = 4096;
 
 /// What happened during a run.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +52,7 @@ pub enum CancelError {
 /// A running application.
 pub struct Host {
     config: AppConfig,
+    loader: PluginLoader,
     env: Arc<TaskEnv>,
     main: Worker,
     workers: Vec<Worker>,
@@ -57,10 +63,11 @@ pub struct Host {
 impl Host {
     pub(crate) fn launch(
         config: AppConfig,
-        engine: Engine,
+        loader: PluginLoader,
         app: Arc<AppContext>,
         plugins: BTreeMap<String, Arc<Plugin>>,
     ) -> Result<Host> {
+        let engine = loader.engine().clone();
         let ticker = EpochTicker::start(&engine)?;
         let env = Arc::new(TaskEnv {
             engine,
@@ -70,10 +77,12 @@ impl Host {
             tracker: TaskTracker::new(),
             cancel_grace: config.cancel_grace,
             stats: TaskStats::default(),
+            lifecycle: broadcast::channel(LIFECYCLE_BACKLOG).0,
         });
         let main = Worker::start(WorkerId::Main, env.clone())?;
         let mut host = Host {
             config,
+            loader,
             env,
             main,
             workers: Vec::new(),
@@ -218,10 +227,74 @@ impl Host {
         &self.env.events
     }
 
+    pub fn config(&self) -> &AppConfig {
+        &self.config
+    }
+
+    /// A receiver of every lifecycle event from now on (the JSON objects of
+    /// the lifecycle log lines, plus `plugin_loaded` / `plugin_refused`).
+    pub fn subscribe(&self) -> broadcast::Receiver<serde_json::Value> {
+        self.env.lifecycle.subscribe()
+    }
+
+    /// The plugins new tasks start from, in name order.
+    pub fn plugins(&self) -> Vec<Arc<Plugin>> {
+        self.env
+            .plugins
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Hot-loads `path` as plugin `name` (new or replacing one): compiled
+    /// off the workers' threads and checked against the world, then swapped
+    /// in at once. New tasks use it; running tasks finish on the version they
+    /// started with, which is dropped when its last task ends. A component
+    /// that does not compile or does not fit the world is refused and the
+    /// old version keeps serving.
+    pub async fn load_plugin(&self, name: &str, path: &Path) -> Result<Arc<Plugin>> {
+        let loaded = self.loader.load(name, path).await;
+        let event = match &loaded {
+            Ok(plugin) => serde_json::json!({
+                "event": "plugin_loaded",
+                "plugin": name,
+                "version": plugin.version,
+                "path": plugin.path,
+            }),
+            Err(error) => serde_json::json!({
+                "event": "plugin_refused",
+                "plugin": name,
+                "path": path,
+                "error": format!("{error:#}"),
+            }),
+        };
+        let _ = self.env.lifecycle.send(event);
+        let plugin = Arc::new(loaded?);
+        let previous = self
+            .env
+            .plugins
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), plugin.clone());
+        tracing::info!(
+            event = "plugin_loaded",
+            plugin = name,
+            version = plugin.version,
+            "plugin {name} {} loaded{}",
+            plugin.version,
+            previous
+                .map(|p| format!(" (replacing {})", p.version))
+                .unwrap_or_default()
+        );
+        Ok(plugin)
+    }
+
     /// Cancels every live task (each forced after the grace period if it
     /// does not end), waits a bounded time for all of them, stops the
     /// workers, and says how the run went.
-    pub async fn shutdown(self, interrupted: bool) -> RunSummary {
+    pub async fn shutdown(&self, interrupted: bool) -> RunSummary {
         let env = &self.env;
         env.tracker.close();
         let live =

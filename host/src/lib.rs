@@ -12,6 +12,7 @@ pub mod application;
 pub mod bindings;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod dirs;
 pub mod engine;
 pub mod events;

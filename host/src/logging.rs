@@ -99,6 +99,39 @@ pub enum Lifecycle<'a> {
     },
 }
 
+/// The lifecycle step as the JSON object the log line carries (the same
+/// field names), for the control API's event stream.
+pub fn lifecycle_json(ident: &TaskIdent, step: &Lifecycle<'_>) -> serde_json::Value {
+    let mut line = serde_json::json!({
+        "worker": match ident.worker {
+            WorkerId::Main => serde_json::json!("main"),
+            WorkerId::Index(i) => serde_json::json!(i),
+        },
+        "task": ident.label(),
+        "task_id": ident.id,
+        "plugin": &*ident.plugin,
+        "factory": ident.factory,
+    });
+    let extra = match step {
+        Lifecycle::Started => {
+            serde_json::json!({"event": "started", "version": &*ident.plugin_version})
+        }
+        Lifecycle::Done { result, elapsed } => {
+            serde_json::json!({"event": "done", "result": result, "elapsed_ms": millis(*elapsed)})
+        }
+        Lifecycle::Failed { error, elapsed } => {
+            serde_json::json!({"event": "failed", "error": error, "elapsed_ms": millis(*elapsed)})
+        }
+        Lifecycle::Cancelled { stage, elapsed } => serde_json::json!({
+            "event": "cancelled", "stage": stage.as_str(), "elapsed_ms": millis(*elapsed)
+        }),
+    };
+    if let (Some(line), serde_json::Value::Object(extra)) = (line.as_object_mut(), extra) {
+        line.extend(extra);
+    }
+    line
+}
+
 pub fn lifecycle(ident: &TaskIdent, step: Lifecycle<'_>) {
     let task = ident.label();
     let plugin = &*ident.plugin;

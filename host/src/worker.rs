@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 use tokio_util::task::TaskTracker;
 use wasmtime::Engine;
 
@@ -37,6 +37,9 @@ pub struct TaskEnv {
     /// How long a cancelled task may run on before it is interrupted.
     pub cancel_grace: Duration,
     pub stats: TaskStats,
+    /// Lifecycle events (the JSON objects of the lifecycle log lines), for
+    /// the control API's stream. Sending costs nothing without listeners.
+    pub lifecycle: broadcast::Sender<serde_json::Value>,
 }
 
 impl TaskEnv {
@@ -143,6 +146,17 @@ impl WorkerCtx {
         }
     }
 
+    /// Logs a lifecycle step and sends it to the stream's listeners.
+    fn announce(&self, ident: &TaskIdent, step: Lifecycle<'_>) {
+        if self.env.lifecycle.receiver_count() > 0 {
+            let _ = self
+                .env
+                .lifecycle
+                .send(logging::lifecycle_json(ident, &step));
+        }
+        logging::lifecycle(ident, step);
+    }
+
     fn start(
         self: &Arc<Self>,
         plugin: Arc<Plugin>,
@@ -174,7 +188,7 @@ impl WorkerCtx {
                     verdict,
                     || {
                         worker.registry.mark_running(ident.id);
-                        logging::lifecycle(&ident, Lifecycle::Started);
+                        worker.announce(&ident, Lifecycle::Started);
                     },
                 )
                 .await;
@@ -183,7 +197,7 @@ impl WorkerCtx {
                     return;
                 };
                 let elapsed = begun.elapsed();
-                logging::lifecycle(
+                worker.announce(
                     &ident,
                     match &outcome {
                         Outcome::Done { result } => Lifecycle::Done { result, elapsed },

@@ -75,12 +75,12 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    /// Writes `toml` as app.toml; `{examples}`, `{greeter}`, `{testkit}` are replaced by
+    /// Writes `toml` as app.toml; `{examples}`, `{greeter}`, `{testkit}`, `{versioned}` are replaced by
     /// the paths of those built plugins.
     pub fn new(toml: &str) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut text = toml.to_string();
-        for name in ["examples", "greeter", "testkit"] {
+        for name in ["examples", "greeter", "testkit", "versioned"] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {
                 text = text.replace(&key, &plugin(name).display().to_string());
@@ -114,10 +114,40 @@ impl TestApp {
         Run::from(taskhost(&["check"], &self.path()))
     }
 
-    /// Starts `taskhost run --log-format json app.toml` without waiting.
+    /// The control state file this app's host writes (in its scratch dir).
+    pub fn control_file(&self) -> PathBuf {
+        self.dir.path().join("control.json")
+    }
+
+    /// Runs a CLI verb against this app's running host.
+    pub fn cli(&self, args: &[&str]) -> Run {
+        Run::from(
+            Command::new(taskhost_bin())
+                .args(args)
+                .env("TASKHOST_CONTROL_FILE", self.control_file())
+                .output()
+                .expect("taskhost runs"),
+        )
+    }
+
+    /// Starts `taskhost run --log-format json app.toml` without waiting,
+    /// and waits until its control API is serving.
     pub fn spawn(&self) -> Running {
+        let mut running = self.spawn_with(&[]);
+        running.wait_for(1, |l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("control API on"))
+        });
+        running
+    }
+
+    /// Starts `taskhost run --log-format json [extra] app.toml` without waiting.
+    pub fn spawn_with(&self, extra: &[&str]) -> Running {
         let child = Command::new(taskhost_bin())
             .args(["run", "--log-format", "json"])
+            .args(extra)
+            .env("TASKHOST_CONTROL_FILE", self.control_file())
             .arg(self.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -261,6 +291,11 @@ impl Running {
                 ),
             }
         }
+    }
+
+    /// Log lines seen so far.
+    pub fn seen(&self) -> &[Value] {
+        &self.seen
     }
 
     /// Sends `signal` (e.g. "TERM") to the host.

@@ -1,0 +1,98 @@
+//! The control API: HTTP + JSON on loopback, so operators (and the CLI)
+//! can see and steer a running host.
+//!
+//! Every request needs the bearer token the host generates at start and
+//! writes, with the address, to a state file only its user can read; the
+//! CLI finds both there. Errors are JSON (`{"error": {"kind", "message"}}`)
+//! with a 4xx status; no request can panic the host.
+
+mod api;
+pub mod client;
+mod state_file;
+
+use crate::host::Host;
+use anyhow::{Context, Result, bail};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+pub use state_file::{ControlState, default_state_file};
+
+/// Largest request body accepted (larger ones get 413).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Where and how to serve the control API.
+#[derive(Debug, Clone)]
+pub struct ControlOptions {
+    /// Address to bind; port 0 picks a free one.
+    pub bind: SocketAddr,
+    /// Allow binding an address other than loopback.
+    pub allow_public: bool,
+    /// Where to write the address and token.
+    pub state_file: PathBuf,
+}
+
+/// A running control server. Dropping it does not stop it: call `stop`.
+pub struct ControlServer {
+    pub address: SocketAddr,
+    state_file: PathBuf,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Binds, writes the state file, and serves `host` until stopped.
+pub async fn serve(host: Arc<Host>, options: &ControlOptions) -> Result<ControlServer> {
+    if !options.bind.ip().is_loopback() && !options.allow_public {
+        bail!(
+            "refusing to serve the control API on {} (not loopback): pass --control-public \
+             to allow it",
+            options.bind
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(options.bind)
+        .await
+        .with_context(|| format!("cannot bind the control API to {}", options.bind))?;
+    let address = listener.local_addr()?;
+    let token = state_file::new_token()?;
+    let state = ControlState {
+        address: address.to_string(),
+        token: token.clone(),
+        pid: std::process::id(),
+        app: host.config().name.clone(),
+    };
+    state.write(&options.state_file)?;
+    let router = api::router(host, token);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+        if let Err(error) = served {
+            tracing::error!("control API stopped: {error}");
+        }
+    });
+    tracing::info!(
+        control = %address,
+        state_file = %options.state_file.display(),
+        "control API on http://{address} (token in {})",
+        options.state_file.display()
+    );
+    Ok(ControlServer {
+        address,
+        state_file: options.state_file.clone(),
+        stop,
+        task,
+    })
+}
+
+impl ControlServer {
+    /// Stops serving (open event streams end) and removes the state file.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.task).await;
+        let _ = std::fs::remove_file(&self.state_file);
+    }
+}

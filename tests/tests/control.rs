@@ -1,0 +1,307 @@
+//! Issue 4: a running host driven only through the CLI (and, for the
+//! malformed-request cases, raw HTTP against its control API).
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use taskhost::control::ControlState;
+use taskhost_tests::{Run, TestApp, repo, taskhost_bin};
+
+fn json_of(run: &Run) -> Value {
+    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", run.dump()))
+}
+
+fn ok(run: Run) -> Run {
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    run
+}
+
+const HOST: &str = r#"
+    name = "steered"
+    workers = 2
+    cancel_grace_ms = 50
+    [plugins.examples]
+    path = "{examples}"
+    [plugins.kit]
+    path = "{testkit}"
+    [[tasks]]
+    plugin = "examples"
+    factory = "sleeper"
+    name = "resident"
+"#;
+
+#[test]
+fn the_cli_lists_adds_gets_cancels_and_purges() {
+    let app = TestApp::new(HOST);
+    let mut host = app.spawn();
+
+    // List: both workers' resident sleepers, as a table and as JSON.
+    host.wait_for(2, |l| l["event"] == "started" && l["task"] == "resident");
+    let table = ok(app.cli(&["tasks"]));
+    assert!(table.stdout.starts_with("ID"), "{}", table.dump());
+    assert_eq!(
+        table.stdout.matches("resident").count(),
+        2,
+        "{}",
+        table.dump()
+    );
+    let listed = json_of(&ok(app.cli(&["tasks", "--json", "--worker", "1"])));
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["worker"], 1);
+    assert_eq!(listed[0]["state"], "running");
+
+    // Add a sleeping task and a spinning one on worker 1.
+    let added = json_of(&ok(app.cli(&[
+        "add", "examples", "sleeper", "--name", "dozer", "--worker", "1", "--json",
+    ])));
+    assert_eq!(added["tasks"][0]["worker"], 1, "{added}");
+    ok(app.cli(&[
+        "add", "examples", "spinner", "--name", "whirl", "--worker", "1",
+    ]));
+    host.wait_for(1, |l| l["event"] == "started" && l["task"] == "whirl");
+
+    // Get.
+    let got = json_of(&ok(app.cli(&["task", "dozer", "--json"])));
+    assert_eq!(got[0]["factory"], "sleeper", "{got}");
+    assert_eq!(got[0]["id"], added["tasks"][0]["id"], "{got}");
+
+    // Cancel: cooperative for the sleeper, forced for the spinner.
+    let dozer = json_of(&ok(app.cli(&["cancel", "dozer", "--json"])));
+    assert_eq!(dozer[0]["state"], "cancelled", "{dozer}");
+    assert_eq!(dozer[0]["cancel_stage"], "cooperative", "{dozer}");
+    let whirl = json_of(&ok(app.cli(&["cancel", "whirl", "--json"])));
+    assert_eq!(whirl[0]["cancel_stage"], "forced", "{whirl}");
+
+    // Purge drops exactly the two ended tasks.
+    let purged = json_of(&ok(app.cli(&["purge", "--json"])));
+    assert_eq!(purged["purged"], 2, "{purged}");
+    let left = json_of(&ok(app.cli(&["tasks", "--json"])));
+    assert_eq!(left.as_array().unwrap().len(), 2, "{left}");
+
+    // Exit codes tell the failures apart.
+    assert_eq!(app.cli(&["task", "nobody"]).code, Some(3));
+    assert_eq!(app.cli(&["cancel", "nobody"]).code, Some(3));
+    assert_eq!(app.cli(&["add", "nowhere", "x"]).code, Some(3));
+    let refused = app.cli(&[
+        "add",
+        "examples",
+        "even_slower",
+        "--args",
+        r#"{"num": "x"}"#,
+    ]);
+    assert_eq!(refused.code, Some(1), "{}", refused.dump());
+    assert!(
+        refused.stderr.contains("argument `num`"),
+        "{}",
+        refused.dump()
+    );
+    let duplicate = app.cli(&["add", "examples", "sleeper", "--name", "resident"]);
+    assert_eq!(duplicate.code, Some(1), "{}", duplicate.dump());
+
+    host.signal("TERM");
+    let run = host.finish();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    // With the host gone, the CLI says so with its own exit code.
+    assert_eq!(app.cli(&["tasks"]).code, Some(4));
+}
+
+#[test]
+fn a_dispatched_event_reaches_a_waiting_task_and_the_stream_follows() {
+    let app = TestApp::new(HOST);
+    let mut host = app.spawn();
+
+    // Follow the event stream from another CLI process.
+    let mut follower = Command::new(taskhost_bin())
+        .args(["events", "--json", "--count", "3"])
+        .env("TASKHOST_CONTROL_FILE", app.control_file())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["event"], "subscribed");
+
+    ok(app.cli(&[
+        "add",
+        "kit",
+        "waiter",
+        "--name",
+        "listener",
+        "--args",
+        r#"{"event": "ping"}"#,
+    ]));
+    let woken = json_of(&ok(app.cli(&[
+        "dispatch",
+        "ping",
+        "pong",
+        "--wait-for",
+        "1",
+        "--json",
+    ])));
+    assert_eq!(woken["woken"], 1, "{woken}");
+    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "listener");
+    let done = host
+        .seen()
+        .iter()
+        .find(|l| l["event"] == "done" && l["task"] == "listener")
+        .unwrap()
+        .clone();
+    assert_eq!(done["result"], "\"pong\"");
+
+    // The follower saw the listener start and end.
+    let rest: Vec<Value> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert_eq!(follower.wait().unwrap().code(), Some(0));
+    let steps: Vec<&str> = rest.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["started", "done"], "{rest:?}");
+    assert!(rest.iter().all(|e| e["task"] == "listener"));
+
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_the_host_keeps_serving() {
+    let app = TestApp::new(HOST);
+    let host = app.spawn();
+    let state = ControlState::read(&app.control_file()).unwrap();
+    let base = format!("http://{}", state.address);
+    let agent = ureq::AgentBuilder::new().build();
+    let bearer = format!("Bearer {}", state.token);
+
+    let status_and_kind = |result: Result<ureq::Response, ureq::Error>| -> (u16, String) {
+        match result {
+            Ok(response) => (response.status(), String::new()),
+            Err(ureq::Error::Status(status, response)) => {
+                let body: Value = response.into_json().expect("error bodies are JSON");
+                (
+                    status,
+                    body["error"]["kind"].as_str().unwrap_or("").to_string(),
+                )
+            }
+            Err(other) => panic!("transport error: {other}"),
+        }
+    };
+
+    let no_token = agent.get(&format!("{base}/v1/tasks")).call();
+    assert_eq!(status_and_kind(no_token), (401, "unauthorized".into()));
+    let wrong = agent
+        .get(&format!("{base}/v1/tasks"))
+        .set("Authorization", "Bearer not-the-token")
+        .call();
+    assert_eq!(status_and_kind(wrong), (401, "unauthorized".into()));
+    let malformed = agent
+        .post(&format!("{base}/v1/tasks"))
+        .set("Authorization", &bearer)
+        .set("Content-Type", "application/json")
+        .send_string("{\"plugin\": ");
+    assert_eq!(status_and_kind(malformed).0, 400);
+    let unknown_field = agent
+        .post(&format!("{base}/v1/tasks"))
+        .set("Authorization", &bearer)
+        .send_json(json!({"plugin": "examples", "factory": "sleeper", "colour": "red"}));
+    assert_eq!(status_and_kind(unknown_field).0, 422);
+    let unknown_factory = agent
+        .post(&format!("{base}/v1/tasks"))
+        .set("Authorization", &bearer)
+        .send_json(json!({"plugin": "examples", "factory": "nope"}));
+    assert_eq!(
+        status_and_kind(unknown_factory),
+        (404, "unknown_factory".into())
+    );
+    let huge = "x".repeat(taskhost::control::MAX_BODY + 1);
+    let oversized = agent
+        .post(&format!("{base}/v1/events/big"))
+        .set("Authorization", &bearer)
+        .send_json(json!({"payload": huge}));
+    assert_eq!(status_and_kind(oversized), (413, "too_large".into()));
+    let nowhere = agent
+        .get(&format!("{base}/v2/everything"))
+        .set("Authorization", &bearer)
+        .call();
+    assert_eq!(status_and_kind(nowhere), (404, "no_route".into()));
+
+    // Still serving.
+    let listed = json_of(&ok(app.cli(&["tasks", "--json"])));
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    drop(host);
+}
+
+/// Builds plugins/versioned with `tag` baked in, to a file of its own.
+fn versioned(tag: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let out = dir.join(format!("versioned-{tag}.wasm"));
+    let status = Command::new(taskhost_bin())
+        .arg("build")
+        .arg(repo().join("plugins/versioned"))
+        .arg("--out")
+        .arg(&out)
+        .env("VERSIONED_TAG", tag)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    out
+}
+
+#[test]
+fn hot_loading_swaps_new_tasks_to_the_new_build_and_refuses_broken_ones() {
+    let app = TestApp::new(
+        r#"
+        name = "hot"
+        workers = 1
+        [plugins.versioned]
+        path = "v1.wasm"
+        "#,
+    );
+    let v1 = versioned("v1", app.dir.path());
+    std::fs::copy(&v1, app.dir.path().join("v1.wasm")).unwrap();
+    let v2 = versioned("v2", app.dir.path());
+    let mut host = app.spawn();
+
+    // A v1 task is running when v2 arrives.
+    ok(app.cli(&[
+        "add",
+        "versioned",
+        "linger",
+        "--name",
+        "old",
+        "--args",
+        r#"{"event": "finish"}"#,
+    ]));
+    host.wait_for(1, |l| l["message"] == "lingering on v1");
+    let before = json_of(&ok(app.cli(&["plugins", "--json"])));
+    let loaded = ok(app.cli(&["load", "versioned", v2.to_str().unwrap()]));
+    assert!(
+        loaded.stdout.contains("loaded versioned sha256:"),
+        "{}",
+        loaded.dump()
+    );
+    let after = json_of(&ok(app.cli(&["plugins", "--json"])));
+    assert_ne!(
+        before[0]["version"], after[0]["version"],
+        "plugins shows the swap"
+    );
+
+    // New tasks run v2; the running one finishes on v1.
+    ok(app.cli(&["add", "versioned", "report", "--name", "new"]));
+    host.wait_for(1, |l| l["message"] == "running v2");
+    ok(app.cli(&["dispatch", "finish", "", "--wait-for", "1"]));
+    host.wait_for(1, |l| l["message"] == "finished on v1");
+
+    // A broken file is refused, and v2 keeps serving.
+    let broken = app.file("broken.wasm", b"\0asm garbage");
+    let refused = app.cli(&["load", "versioned", broken.to_str().unwrap()]);
+    assert_eq!(refused.code, Some(1), "{}", refused.dump());
+    assert!(refused.stderr.contains("broken.wasm"), "{}", refused.dump());
+    ok(app.cli(&["add", "versioned", "report", "--name", "after-refusal"]));
+    host.wait_for(2, |l| l["message"] == "running v2");
+    let still = json_of(&ok(app.cli(&["plugins", "--json"])));
+    assert_eq!(still[0]["version"], after[0]["version"]);
+
+    host.signal("TERM");
+    let run = host.finish();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_eq!(run.event_of("done", "old")[0]["result"], "\"v1\"");
+    assert_eq!(run.event_of("done", "new")[0]["result"], "\"v2\"");
+}
