@@ -246,6 +246,9 @@ async fn dispatch(command: Command) -> Result<ExitCode, Refused> {
                 until_idle,
                 control: control.options()?,
             };
+            if let Some(control) = &options.control {
+                control::ensure_free(&control.state_file)?;
+            }
             let application = load(&app, &engine, &build).await?;
             match application.run(options, shutdown_signal()).await {
                 Ok(summary) => Ok(exit_code(&summary, until_idle)),

@@ -103,15 +103,25 @@ impl TestApp {
 
     /// `taskhost run --until-idle --log-format json app.toml`, to the end.
     pub fn run_until_idle(&self) -> Run {
-        Run::from(taskhost(
-            &["run", "--until-idle", "--log-format", "json"],
-            &self.path(),
-        ))
+        self.run_taskhost(&["run", "--until-idle", "--log-format", "json"])
     }
 
     /// `taskhost check app.toml`.
     pub fn check(&self) -> Run {
-        Run::from(taskhost(&["check"], &self.path()))
+        self.run_taskhost(&["check"])
+    }
+
+    /// `taskhost ARGS app.toml`, with the control file in the scratch dir
+    /// (never the user's own).
+    fn run_taskhost(&self, args: &[&str]) -> Run {
+        Run::from(
+            Command::new(taskhost_bin())
+                .args(args)
+                .arg(self.path())
+                .env("TASKHOST_CONTROL_FILE", self.control_file())
+                .output()
+                .expect("taskhost runs"),
+        )
     }
 
     /// The control state file this app's host writes (in its scratch dir).
@@ -155,14 +165,6 @@ impl TestApp {
             .expect("taskhost starts");
         Running::new(child)
     }
-}
-
-fn taskhost(args: &[&str], app: &Path) -> Output {
-    Command::new(taskhost_bin())
-        .args(args)
-        .arg(app)
-        .output()
-        .expect("taskhost runs")
 }
 
 /// A finished taskhost run: exit code, log lines and stderr.

@@ -162,6 +162,19 @@ fn a_dispatched_event_reaches_a_waiting_task_and_the_stream_follows() {
 }
 
 #[test]
+fn a_second_host_may_not_take_over_a_live_hosts_control_file() {
+    let app = TestApp::new(HOST);
+    let host = app.spawn();
+    let second = app.run_until_idle();
+    assert_eq!(second.code, Some(2), "{}", second.dump());
+    assert!(second.stderr.contains("another host"), "{}", second.dump());
+    assert!(second.events("started").is_empty(), "nothing may start");
+    // The first host still answers through its file.
+    ok(app.cli(&["tasks"]));
+    drop(host);
+}
+
+#[test]
 fn bad_requests_get_json_errors_and_the_host_keeps_serving() {
     let app = TestApp::new(HOST);
     let host = app.spawn();

@@ -8,9 +8,11 @@ use taskhost_tests::{TestApp, repo, result_of, taskhost_bin};
 
 #[test]
 fn demo_app_runs_worker_tasks_once_per_worker_after_the_main_task() {
+    let scratch = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(taskhost_bin())
         .args(["run", "--until-idle", "--log-format", "json"])
         .arg(repo().join("examples/app.toml"))
+        .env("TASKHOST_CONTROL_FILE", scratch.path().join("control.json"))
         .output()
         .expect("taskhost runs");
     let run = taskhost_tests::Run::from(output);

@@ -37,8 +37,26 @@ pub struct ControlOptions {
 pub struct ControlServer {
     pub address: SocketAddr,
     state_file: PathBuf,
+    token: String,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Fails if a live host already serves its control API through
+/// `state_file` (a stale file from a crashed host is fine: it is replaced).
+pub fn ensure_free(state_file: &std::path::Path) -> Result<()> {
+    if let Ok(other) = ControlState::read(state_file)
+        && other.is_alive()
+    {
+        bail!(
+            "another host (app {:?}, pid {}) is serving its control API through {}; give this \
+             one its own with --control-file (or TASKHOST_CONTROL_FILE), or --no-control",
+            other.app,
+            other.pid,
+            state_file.display()
+        );
+    }
+    Ok(())
 }
 
 /// Binds, writes the state file, and serves `host` until stopped.
@@ -50,6 +68,7 @@ pub async fn serve(host: Arc<Host>, options: &ControlOptions) -> Result<ControlS
             options.bind
         );
     }
+    ensure_free(&options.state_file)?;
     let listener = tokio::net::TcpListener::bind(options.bind)
         .await
         .with_context(|| format!("cannot bind the control API to {}", options.bind))?;
@@ -57,12 +76,12 @@ pub async fn serve(host: Arc<Host>, options: &ControlOptions) -> Result<ControlS
     let token = state_file::new_token()?;
     let state = ControlState {
         address: address.to_string(),
-        token: token.clone(),
+        token,
         pid: std::process::id(),
         app: host.config().name.clone(),
     };
     state.write(&options.state_file)?;
-    let router = api::router(host, token);
+    let router = api::router(host, state.token.clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, router)
@@ -83,16 +102,20 @@ pub async fn serve(host: Arc<Host>, options: &ControlOptions) -> Result<ControlS
     Ok(ControlServer {
         address,
         state_file: options.state_file.clone(),
+        token: state.token,
         stop,
         task,
     })
 }
 
 impl ControlServer {
-    /// Stops serving (open event streams end) and removes the state file.
+    /// Stops serving (open event streams end) and removes the state file,
+    /// unless another host has written its own there since.
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.task).await;
-        let _ = std::fs::remove_file(&self.state_file);
+        if ControlState::read(&self.state_file).is_ok_and(|s| s.token == self.token) {
+            let _ = std::fs::remove_file(&self.state_file);
+        }
     }
 }

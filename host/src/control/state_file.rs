@@ -62,6 +62,19 @@ impl ControlState {
         std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
     }
 
+    /// Whether something still answers at the address (a crashed host
+    /// leaves a stale file behind).
+    pub fn is_alive(&self) -> bool {
+        self.address
+            .parse()
+            .ok()
+            .and_then(|addr| {
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300))
+                    .ok()
+            })
+            .is_some()
+    }
+
     pub fn read(path: &Path) -> Result<ControlState> {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!(
