@@ -6,15 +6,15 @@ use crate::app::AppContext;
 use crate::config::{AppConfig, Scope, TaskConfig};
 use crate::engine::EpochTicker;
 use crate::events::EventHub;
+use crate::metrics::Metrics;
 use crate::plugin::{Plugin, PluginLoader};
 use crate::registry::TaskHandle;
 use crate::runner;
 use crate::task::{TaskId, TaskInfo, TaskState, WorkerId};
-use crate::worker::{AddTaskError, TaskEnv, TaskStats, Worker, WorkerCtx};
+use crate::worker::{AddTaskError, TaskEnv, Worker, WorkerCtx};
 use anyhow::{Result, anyhow, bail};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -76,7 +76,7 @@ impl Host {
             events: EventHub::default(),
             tracker: TaskTracker::new(),
             cancel_grace: config.cancel_grace,
-            stats: TaskStats::default(),
+            metrics: Metrics::default(),
             lifecycle: broadcast::channel(LIFECYCLE_BACKLOG).0,
         });
         let main = Worker::start(WorkerId::Main, env.clone())?;
@@ -206,7 +206,7 @@ impl Host {
             .registry()
             .handle_by_name(name)
             .ok_or_else(|| CancelError::NotFound(name.to_string()))?;
-        runner::request_cancel(&handle, self.env.cancel_grace);
+        runner::request_cancel(&handle, &self.env);
         handle.ended().await;
         ctx.registry()
             .get(handle.id)
@@ -229,6 +229,16 @@ impl Host {
 
     pub fn config(&self) -> &AppConfig {
         &self.config
+    }
+
+    /// The Prometheus text exposition of this host's metrics.
+    pub fn metrics_text(&self) -> String {
+        let plugins: Vec<(String, String)> = self
+            .plugins()
+            .iter()
+            .map(|p| (p.name.clone(), p.version.clone()))
+            .collect();
+        self.env.metrics.encode(&self.tasks(), &plugins)
     }
 
     /// A receiver of every lifecycle event from now on (the JSON objects of
@@ -300,7 +310,7 @@ impl Host {
         let live =
             || -> Vec<TaskHandle> { self.workers().flat_map(|w| w.registry().live()).collect() };
         for handle in live() {
-            runner::request_cancel(&handle, env.cancel_grace);
+            runner::request_cancel(&handle, env);
         }
         let bound = env.cancel_grace + SHUTDOWN_MARGIN;
         let abandoned = if tokio::time::timeout(bound, env.tracker.wait())
@@ -317,11 +327,15 @@ impl Host {
             abandoned
         };
         RunSummary {
-            done: env.stats.done.load(Ordering::Relaxed),
-            failed: env.stats.failed.load(Ordering::Relaxed),
-            cancelled: env.stats.cancelled.load(Ordering::Relaxed),
+            done: count(&env.metrics.done),
+            failed: count(&env.metrics.failed),
+            cancelled: count(&env.metrics.cancelled),
             interrupted,
             abandoned,
         }
     }
+}
+
+fn count(counter: &prometheus_client::metrics::counter::Counter) -> usize {
+    usize::try_from(counter.get()).unwrap_or(usize::MAX)
 }

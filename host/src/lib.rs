@@ -18,6 +18,7 @@ pub mod engine;
 pub mod events;
 pub mod host;
 pub mod logging;
+pub mod metrics;
 pub mod plugin;
 pub mod registry;
 pub mod runner;

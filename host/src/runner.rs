@@ -6,9 +6,9 @@ use crate::bindings::GuestError;
 use crate::plugin::Plugin;
 use crate::registry::TaskHandle;
 use crate::task::{CancelSignal, CancelStage, Outcome, TaskIdent};
-use crate::worker::WorkerCtx;
+use crate::worker::{TaskEnv, WorkerCtx};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 use tokio::sync::oneshot;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
@@ -146,18 +146,26 @@ pub(crate) fn describe(error: &GuestError) -> String {
 }
 
 /// Asks a task to stop: cooperatively at once, and by force if it has not
-/// ended after `grace`. Returns without waiting; the forcing runs on its
-/// own, so it happens even if whoever asked stops waiting.
-pub fn request_cancel(handle: &TaskHandle, grace: Duration) {
+/// ended after the grace period. Returns without waiting; the forcing runs
+/// on its own, so it happens even if whoever asked stops waiting. The time
+/// to the task's end is recorded as its cancel latency.
+pub fn request_cancel(handle: &TaskHandle, env: &Arc<TaskEnv>) {
     if handle.is_ended() || handle.cancel.is_cancelled() {
         // Ended, or a cancel (with its own forcing timer) is under way.
         return;
     }
+    let asked = Instant::now();
     handle.cancel.cancel();
     let mut handle = handle.clone();
+    let env = env.clone();
     tokio::spawn(async move {
-        if tokio::time::timeout(grace, handle.ended()).await.is_err() {
+        if tokio::time::timeout(env.cancel_grace, handle.ended())
+            .await
+            .is_err()
+        {
             handle.cancel.force();
+            handle.ended().await;
         }
+        env.metrics.record_cancel(asked.elapsed());
     });
 }

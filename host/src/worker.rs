@@ -9,13 +9,13 @@ use crate::app::AppContext;
 use crate::bindings::GuestError;
 use crate::events::EventHub;
 use crate::logging::{self, Lifecycle};
+use crate::metrics::Metrics;
 use crate::plugin::Plugin;
 use crate::registry::{RegisterError, TaskHandle, TaskRegistry, next_task_id};
 use crate::runner;
 use crate::task::{Outcome, TaskId, TaskIdent, WorkerId};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ pub struct TaskEnv {
     pub tracker: TaskTracker,
     /// How long a cancelled task may run on before it is interrupted.
     pub cancel_grace: Duration,
-    pub stats: TaskStats,
+    pub metrics: Metrics,
     /// Lifecycle events (the JSON objects of the lifecycle log lines), for
     /// the control API's stream. Sending costs nothing without listeners.
     pub lifecycle: broadcast::Sender<serde_json::Value>,
@@ -49,25 +49,6 @@ impl TaskEnv {
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
-    }
-}
-
-/// How many tasks ended which way, host-wide.
-#[derive(Debug, Default)]
-pub struct TaskStats {
-    pub done: AtomicUsize,
-    pub failed: AtomicUsize,
-    pub cancelled: AtomicUsize,
-}
-
-impl TaskStats {
-    fn record(&self, outcome: &Outcome) {
-        let counter = match outcome {
-            Outcome::Done { .. } => &self.done,
-            Outcome::Failed { .. } => &self.failed,
-            Outcome::Cancelled { .. } => &self.cancelled,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -173,6 +154,7 @@ impl WorkerCtx {
             plugin_version: plugin.version.as_str().into(),
             factory: factory.to_string(),
         });
+        let registered = Instant::now();
         let handle = self.registry.register(ident.clone())?;
         let cancel = handle.cancel.clone();
         let worker = self.clone();
@@ -187,6 +169,7 @@ impl WorkerCtx {
                     cancel,
                     verdict,
                     || {
+                        worker.env.metrics.record_spawn(registered.elapsed());
                         worker.registry.mark_running(ident.id);
                         worker.announce(&ident, Lifecycle::Started);
                     },
@@ -208,7 +191,7 @@ impl WorkerCtx {
                         },
                     },
                 );
-                worker.env.stats.record(&outcome);
+                worker.env.metrics.record_end(&outcome);
                 worker.registry.finish(ident.id, outcome);
             },
             &self.runtime,

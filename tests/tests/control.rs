@@ -78,6 +78,22 @@ fn the_cli_lists_adds_gets_cancels_and_purges() {
     let left = json_of(&ok(app.cli(&["tasks", "--json"])));
     assert_eq!(left.as_array().unwrap().len(), 2, "{left}");
 
+    // Metrics count what happened and show what is registered now.
+    let metrics = ok(app.cli(&["metrics"])).stdout;
+    for expected in [
+        "taskhost_tasks_spawned_total 4",
+        "taskhost_tasks_cancelled_total 2",
+        "taskhost_tasks{state=\"running\"} 2",
+        "taskhost_spawn_latency_seconds_count 4",
+        "taskhost_cancel_latency_seconds_count 2",
+        "taskhost_plugin_info{plugin=\"examples\",version=\"sha256:",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from:\n{metrics}"
+        );
+    }
+
     // Exit codes tell the failures apart.
     assert_eq!(app.cli(&["task", "nobody"]).code, Some(3));
     assert_eq!(app.cli(&["cancel", "nobody"]).code, Some(3));

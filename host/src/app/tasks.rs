@@ -108,7 +108,7 @@ impl TaskData {
             // Waiting for oneself to end would never return: cancelling
             // oneself means "I am being cancelled" from here on, with the
             // same grace period as any other cancel.
-            runner::request_cancel(&target, worker.env().cancel_grace);
+            runner::request_cancel(&target, worker.env());
             return Err(GuestError::Cancelled);
         }
         Ok(CancelRequest {
@@ -129,7 +129,7 @@ pub(super) async fn cancel_task(request: CancelRequest) -> Result<types::TaskInf
         mut target,
         caller,
     } = request;
-    runner::request_cancel(&target, worker.env().cancel_grace);
+    runner::request_cancel(&target, worker.env());
     if caller.is_cancelled() {
         return Err(GuestError::Cancelled);
     }

@@ -90,6 +90,11 @@ pub(crate) enum Verb {
         #[command(flatten)]
         common: Common,
     },
+    /// Print the host's metrics (Prometheus / OpenMetrics text).
+    Metrics {
+        #[command(flatten)]
+        common: Common,
+    },
     /// List the plugins of a running host and their versions.
     Plugins {
         #[command(flatten)]
@@ -286,6 +291,9 @@ fn execute(verb: Verb) -> Result<(), ClientError> {
                 seen += 1;
                 count.is_none_or(|limit| seen < limit)
             })?;
+        }
+        Verb::Metrics { common } => {
+            print!("{}", connect(&common)?.get_text("/metrics")?);
         }
         Verb::Plugins { common } => {
             let plugins = connect(&common)?.get("/v1/plugins")?;

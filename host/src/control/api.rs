@@ -12,6 +12,7 @@
 //! | GET | /v1/plugins | plugins and versions |
 //! | PUT | /v1/plugins/{name} | load or replace a plugin |
 //! | GET | /v1/stream | lifecycle events (Server-Sent Events) |
+//! | GET | /metrics | Prometheus / OpenMetrics text |
 
 use super::MAX_BODY;
 use crate::host::{CancelError, Host};
@@ -52,6 +53,7 @@ pub(super) fn router(host: Arc<Host>, token: String) -> Router {
         .route("/v1/plugins", get(list_plugins))
         .route("/v1/plugins/{name}", put(load_plugin))
         .route("/v1/stream", get(stream))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint") })
         .layer(middleware::from_fn_with_state(ctx.clone(), authorize))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -470,6 +472,17 @@ async fn load_plugin(
             format!("{error:#}"),
         )),
     }
+}
+
+async fn metrics(State(ctx): State<Ctx>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        ctx.host.metrics_text(),
+    )
+        .into_response()
 }
 
 async fn stream(

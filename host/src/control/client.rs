@@ -43,6 +43,24 @@ impl Client {
         self.send(self.agent.get(&self.url(path)), None)
     }
 
+    /// GETs a text resource (`/metrics`).
+    pub fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        self.agent
+            .get(&self.url(path))
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .call()
+            .map_err(|e| match e {
+                ureq::Error::Status(404, _) => ClientError::NotFound(format!("{path} not found")),
+                ureq::Error::Status(status, _) => ClientError::Refused(format!("HTTP {status}")),
+                other => ClientError::Unreachable(format!(
+                    "cannot reach the host at {}: {other}",
+                    self.base
+                )),
+            })?
+            .into_string()
+            .map_err(|e| ClientError::Refused(format!("unreadable answer: {e}")))
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         self.send(self.agent.post(&self.url(path)), Some(body))
     }

@@ -1,0 +1,132 @@
+//! What a host counts and measures, in Prometheus terms (served at
+//! `/metrics`), and the totals `taskhost run` reports when it stops.
+
+use crate::task::{Outcome, TaskInfo};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+type Labels = Vec<(String, String)>;
+
+/// Counters and latency histograms, updated as tasks come and go; gauges
+/// (tasks by state, plugin versions) are filled in when scraped.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub spawned: Counter,
+    pub done: Counter,
+    pub failed: Counter,
+    pub cancelled: Counter,
+    /// From `add_task` (registration) to the factory starting to run.
+    spawn_latency: Histogram,
+    /// From a cancel request to the task having ended.
+    cancel_latency: Histogram,
+    tasks: Family<Labels, Gauge>,
+    plugins: Family<Labels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("taskhost");
+        // 1 us .. ~16 s, doubling.
+        let buckets = || exponential_buckets(1e-6, 2.0, 25);
+        let metrics = Metrics {
+            spawned: Counter::default(),
+            done: Counter::default(),
+            failed: Counter::default(),
+            cancelled: Counter::default(),
+            spawn_latency: Histogram::new(buckets()),
+            cancel_latency: Histogram::new(buckets()),
+            tasks: Family::default(),
+            plugins: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("tasks_spawned", "Tasks started", metrics.spawned.clone());
+        registry.register(
+            "tasks_done",
+            "Tasks that returned a result",
+            metrics.done.clone(),
+        );
+        registry.register(
+            "tasks_failed",
+            "Tasks that failed or trapped",
+            metrics.failed.clone(),
+        );
+        registry.register(
+            "tasks_cancelled",
+            "Tasks that ended by cancellation",
+            metrics.cancelled.clone(),
+        );
+        registry.register(
+            "spawn_latency_seconds",
+            "From add_task to the factory starting to run",
+            metrics.spawn_latency.clone(),
+        );
+        registry.register(
+            "cancel_latency_seconds",
+            "From a cancel request to the task having ended",
+            metrics.cancel_latency.clone(),
+        );
+        registry.register(
+            "tasks",
+            "Registered tasks by state (ended ones until purged)",
+            metrics.tasks.clone(),
+        );
+        registry.register(
+            "plugin_info",
+            "Plugins new tasks start from, with their versions",
+            metrics.plugins.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    pub(crate) fn record_end(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Done { .. } => self.done.inc(),
+            Outcome::Failed { .. } => self.failed.inc(),
+            Outcome::Cancelled { .. } => self.cancelled.inc(),
+        };
+    }
+
+    pub(crate) fn record_spawn(&self, latency: Duration) {
+        self.spawned.inc();
+        self.spawn_latency.observe(latency.as_secs_f64());
+    }
+
+    pub(crate) fn record_cancel(&self, latency: Duration) {
+        self.cancel_latency.observe(latency.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition, with the gauges set from `tasks` and
+    /// `plugins` (name, version).
+    pub fn encode(&self, tasks: &[TaskInfo], plugins: &[(String, String)]) -> String {
+        self.tasks.clear();
+        for state in ["pending", "running", "done", "failed", "cancelled"] {
+            let count = tasks.iter().filter(|t| t.state.as_str() == state).count();
+            self.tasks
+                .get_or_create(&vec![("state".into(), state.into())])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        self.plugins.clear();
+        for (name, version) in plugins {
+            self.plugins
+                .get_or_create(&vec![
+                    ("plugin".into(), name.clone()),
+                    ("version".into(), version.clone()),
+                ])
+                .set(1);
+        }
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
