@@ -21,6 +21,7 @@ use wasmtime::Cache;
 /// A loaded application, ready to run.
 pub struct Application {
     config: AppConfig,
+    build_options: BuildOptions,
     loader: PluginLoader,
     cache: Option<Cache>,
     app: Arc<AppContext>,
@@ -34,6 +35,8 @@ pub struct RunOptions {
     pub until_idle: bool,
     /// Serve the control API (from when the workers start).
     pub control: Option<ControlOptions>,
+    /// Rebuild and hot-load plugins when their files or sources change.
+    pub watch: bool,
 }
 
 impl Application {
@@ -77,6 +80,7 @@ impl Application {
 
         Ok(Application {
             config,
+            build_options: build_options.clone(),
             loader,
             cache,
             app,
@@ -105,6 +109,12 @@ impl Application {
         Host::launch(self.config, self.loader, self.app, self.plugins)
     }
 
+    /// Splits off how plugins are built, which outlives the launch (watch).
+    fn launch_keeping_build(self) -> Result<(Host, BuildOptions)> {
+        let build_options = self.build_options.clone();
+        Ok((self.launch()?, build_options))
+    }
+
     /// The whole life of `taskhost run`: main tasks, then workers with their
     /// tasks, until `shutdown` resolves (or, with `until_idle`, until no task
     /// is left); then every task is cancelled, cooperatively first, and
@@ -115,7 +125,7 @@ impl Application {
         shutdown: impl Future<Output = ()>,
     ) -> Result<RunSummary> {
         tokio::pin!(shutdown);
-        let mut host = self.launch()?;
+        let (mut host, build_options) = self.launch_keeping_build()?;
         let main_result = tokio::select! {
             result = host.main_tasks_ended() => Some(result),
             _ = &mut shutdown => None,
@@ -142,6 +152,21 @@ impl Application {
                 }
             },
             None => None,
+        };
+        let _watch = if options.watch {
+            let config = host.config().clone();
+            match crate::watch::start(host.clone(), &config, build_options) {
+                Ok(watch) => Some(watch),
+                Err(error) => {
+                    host.shutdown(false).await;
+                    if let Some(control) = control {
+                        control.stop().await;
+                    }
+                    return Err(error);
+                }
+            }
+        } else {
+            None
         };
         let interrupted = tokio::select! {
             _ = host.idle(), if options.until_idle => false,

@@ -58,6 +58,10 @@ enum Command {
         /// Exit when no task is left instead of waiting for a signal.
         #[arg(long)]
         until_idle: bool,
+        /// Watch plugin files and `build = ...` plugin sources: rebuild and
+        /// hot-load a plugin when it changes.
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         control: ControlArgs,
         #[command(flatten)]
@@ -236,6 +240,7 @@ async fn dispatch(command: Command) -> Result<ExitCode, Refused> {
         Command::Run {
             app,
             until_idle,
+            watch,
             control,
             logs,
             engine,
@@ -245,6 +250,7 @@ async fn dispatch(command: Command) -> Result<ExitCode, Refused> {
             let options = RunOptions {
                 until_idle,
                 control: control.options()?,
+                watch,
             };
             if let Some(control) = &options.control {
                 control::ensure_free(&control.state_file)?;

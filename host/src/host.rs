@@ -281,6 +281,13 @@ impl Host {
             }),
         };
         let _ = self.env.lifecycle.send(event);
+        if let Err(error) = &loaded {
+            tracing::error!(
+                event = "plugin_refused",
+                plugin = name,
+                "plugin {name} refused, the loaded version keeps serving: {error:#}"
+            );
+        }
         let plugin = Arc::new(loaded?);
         let previous = self
             .env

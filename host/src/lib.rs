@@ -23,4 +23,5 @@ pub mod plugin;
 pub mod registry;
 pub mod runner;
 pub mod task;
+pub mod watch;
 pub mod worker;

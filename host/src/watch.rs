@@ -1,0 +1,153 @@
+//! `taskhost run --watch`: plugin files and plugin crates are watched, and a
+//! change is rebuilt (for `build = ...` plugins) and hot-loaded, exactly as
+//! `taskhost load` would: new tasks use the new build, a broken one is
+//! refused and the old build keeps serving.
+
+use crate::config::{AppConfig, PluginSource};
+use crate::host::Host;
+use crate::plugin::build::{self, BuildOptions, BuildOutput};
+use anyhow::{Context, Result};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Editors and builds write in bursts: wait this long without a new change
+/// before rebuilding.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// A running watch; dropping it stops watching.
+pub struct Watch {
+    _watcher: RecommendedWatcher,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What to watch for one plugin, and what a change in it means.
+struct Target {
+    name: String,
+    source: PluginSource,
+    /// A changed path under one of these concerns this plugin.
+    roots: Vec<PathBuf>,
+}
+
+impl Target {
+    fn concerns(&self, path: &Path) -> bool {
+        self.roots.iter().any(|root| path.starts_with(root))
+    }
+}
+
+/// Starts watching every plugin of `config`.
+pub fn start(host: Arc<Host>, config: &AppConfig, build_options: BuildOptions) -> Result<Watch> {
+    let (changes, mut changed) = mpsc::unbounded_channel::<PathBuf>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && matches!(
+                event.kind,
+                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+            )
+        {
+            for path in event.paths {
+                let _ = changes.send(path);
+            }
+        }
+    })
+    .context("cannot start the file watcher")?;
+
+    let mut targets = Vec::new();
+    for (name, plugin) in &config.plugins {
+        let roots = match &plugin.source {
+            PluginSource::File(path) => {
+                let file = std::fs::canonicalize(path)
+                    .with_context(|| format!("cannot watch {}", path.display()))?;
+                // Builds replace the file by renaming: watch its directory.
+                let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+                watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+                vec![file]
+            }
+            PluginSource::Build(dir) => {
+                let dir = std::fs::canonicalize(dir)
+                    .with_context(|| format!("cannot watch {}", dir.display()))?;
+                let src = dir.join("src");
+                let manifest = dir.join("Cargo.toml");
+                watcher.watch(&src, RecursiveMode::Recursive)?;
+                watcher.watch(&manifest, RecursiveMode::NonRecursive)?;
+                vec![src, manifest]
+            }
+        };
+        targets.push(Target {
+            name: name.clone(),
+            source: plugin.source.clone(),
+            roots,
+        });
+    }
+    tracing::info!(
+        plugins = targets.len(),
+        "watching {} plugin(s) for changes",
+        targets.len()
+    );
+
+    let task = tokio::spawn(async move {
+        while let Some(first) = changed.recv().await {
+            let mut paths = vec![first];
+            while let Ok(Some(path)) = tokio::time::timeout(QUIET, changed.recv()).await {
+                paths.push(path);
+            }
+            let touched: BTreeSet<&str> = targets
+                .iter()
+                .filter(|t| paths.iter().any(|p| t.concerns(p)))
+                .map(|t| t.name.as_str())
+                .collect();
+            for target in targets.iter().filter(|t| touched.contains(t.name.as_str())) {
+                reload(&host, target, &build_options).await;
+            }
+        }
+    });
+    Ok(Watch {
+        _watcher: watcher,
+        task,
+    })
+}
+
+async fn reload(host: &Host, target: &Target, build_options: &BuildOptions) {
+    let path = match &target.source {
+        PluginSource::File(path) => path.clone(),
+        PluginSource::Build(dir) => {
+            tracing::info!(
+                plugin = target.name,
+                "plugin {} changed: rebuilding",
+                target.name
+            );
+            let dir = dir.clone();
+            let options = BuildOptions {
+                output: BuildOutput::Capture,
+                ..build_options.clone()
+            };
+            match tokio::task::spawn_blocking(move || build::build(&dir, &options)).await {
+                Ok(Ok(path)) => path,
+                Ok(Err(error)) => {
+                    tracing::error!(
+                        event = "plugin_refused",
+                        plugin = target.name,
+                        "rebuilding plugin {} failed, the loaded version keeps serving: {error:#}",
+                        target.name
+                    );
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!("build thread failed: {error}");
+                    return;
+                }
+            }
+        }
+    };
+    // Refusals are logged and announced by the host itself.
+    let _ = host.load_plugin(&target.name, &path).await;
+}

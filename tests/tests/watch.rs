@@ -1,0 +1,72 @@
+//! `taskhost run --watch`: editing a plugin's source leads, without a
+//! restart, to new tasks running the new code.
+
+use taskhost_tests::{TestApp, repo};
+
+/// A standalone plugin crate whose `report` factory logs `running <tag>`.
+fn write_crate(dir: &std::path::Path, tag: &str) {
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"watched\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n\
+             [lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\n\
+             taskhost-guest-sdk = {{ path = {:?} }}\n\n[workspace]\n\n\
+             # The plugins workspace's profile, so the shared target dir's\n\
+             # dependency builds are reused.\n\
+             [profile.release]\nopt-level = \"s\"\nlto = true\ncodegen-units = 1\n\
+             debug = false\nstrip = \"debuginfo\"\n",
+            repo().join("guest-sdk").display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("src/lib.rs"),
+        format!(
+            "use taskhost_guest_sdk::{{App, Result, plugin}};\n\n\
+             plugin! {{\n    /// Says which source it was built from.\n    \
+             fn report(app: &App) -> Result<()> {{\n        \
+             app.info(\"running {tag}\");\n        Ok(())\n    }}\n}}\n"
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn editing_a_plugins_source_reloads_it_without_a_restart() {
+    let app = TestApp::new(
+        r#"
+        name = "watched"
+        [plugins.watched]
+        build = "watched"
+        "#,
+    );
+    let crate_dir = app.dir.path().join("watched");
+    write_crate(&crate_dir, "first");
+    let mut host = app.spawn_with(&["--watch"]);
+    host.wait_for(1, |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("watching 1 plugin"))
+    });
+    assert_eq!(app.cli(&["add", "watched", "report"]).code, Some(0));
+    host.wait_for(1, |l| l["message"] == "running first");
+
+    write_crate(&crate_dir, "second");
+    host.wait_for(1, |l| {
+        l["event"] == "plugin_loaded" && l["plugin"] == "watched"
+    });
+    assert_eq!(app.cli(&["add", "watched", "report"]).code, Some(0));
+    host.wait_for(1, |l| l["message"] == "running second");
+
+    // A source that does not compile is refused; the last good build serves.
+    std::fs::write(crate_dir.join("src/lib.rs"), "this is not rust").unwrap();
+    host.wait_for(1, |l| {
+        l["event"] == "plugin_refused" && l["plugin"] == "watched"
+    });
+    assert_eq!(app.cli(&["add", "watched", "report"]).code, Some(0));
+    host.wait_for(2, |l| l["message"] == "running second");
+
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
+}
