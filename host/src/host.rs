@@ -15,7 +15,7 @@ use crate::worker::{AddTaskError, TaskEnv, Worker, WorkerCtx};
 use anyhow::{Result, anyhow, bail};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
@@ -57,6 +57,10 @@ pub struct Host {
     main: Worker,
     workers: Vec<Worker>,
     main_handles: Vec<TaskHandle>,
+    /// The worker-scope startup tasks as running now: which worker, which
+    /// app.toml task, which registry entry. `load --restart-tasks` replaces
+    /// entries here.
+    startup: Mutex<Vec<(Arc<WorkerCtx>, TaskConfig, TaskHandle)>>,
     _ticker: EpochTicker,
 }
 
@@ -87,6 +91,7 @@ impl Host {
             main,
             workers: Vec::new(),
             main_handles: Vec::new(),
+            startup: Mutex::default(),
             _ticker: ticker,
         };
         let main_tasks: Vec<TaskConfig> = host.startup_tasks(Scope::Main).cloned().collect();
@@ -144,8 +149,10 @@ impl Host {
         for index in 0..self.config.workers {
             let worker = Worker::start(WorkerId::Index(index), self.env.clone())?;
             let tasks: Vec<TaskConfig> = self.startup_tasks(Scope::Worker).cloned().collect();
-            for task in &tasks {
-                self.spawn_startup(worker.ctx(), task)?;
+            for task in tasks {
+                let handle = self.spawn_startup(worker.ctx(), &task)?;
+                self.startup_entries()
+                    .push((worker.ctx().clone(), task, handle));
             }
             self.workers.push(worker);
         }
@@ -256,6 +263,39 @@ impl Host {
             .values()
             .cloned()
             .collect()
+    }
+
+    fn startup_entries(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<(Arc<WorkerCtx>, TaskConfig, TaskHandle)>> {
+        self.startup.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Restarts the worker-scope startup tasks of `plugin` on its current
+    /// build: each running one is cancelled (forced after the grace period),
+    /// forgotten by its registry so its name is free, and started again.
+    /// Returns how many were restarted.
+    pub async fn restart_startup_tasks(&self, plugin: &str) -> Result<usize> {
+        let entries: Vec<(Arc<WorkerCtx>, TaskConfig, TaskHandle)> = self
+            .startup_entries()
+            .iter()
+            .filter(|(_, task, _)| task.plugin == plugin)
+            .cloned()
+            .collect();
+        let mut restarted = 0;
+        for (worker, task, mut old) in entries {
+            runner::request_cancel(&old, &self.env);
+            old.ended().await;
+            worker.registry().forget(old.id);
+            let new = self.spawn_startup(&worker, &task)?;
+            for entry in self.startup_entries().iter_mut() {
+                if entry.2.id == old.id {
+                    entry.2 = new.clone();
+                }
+            }
+            restarted += 1;
+        }
+        Ok(restarted)
     }
 
     /// Hot-loads `path` as plugin `name` (new or replacing one): compiled

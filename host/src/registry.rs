@@ -203,6 +203,20 @@ impl TaskRegistry {
         self.lock().remove(id);
     }
 
+    /// Drops one ended task, as `purge` would, freeing its name; a live
+    /// task is left alone. Returns whether it was dropped.
+    pub fn forget(&self, id: TaskId) -> bool {
+        let mut inner = self.lock();
+        let ended = inner
+            .tasks
+            .get(&id)
+            .is_some_and(|e| e.info.state.is_ended());
+        if ended {
+            inner.remove(id);
+        }
+        ended
+    }
+
     /// Handles of the tasks that have not ended yet.
     pub fn live(&self) -> Vec<TaskHandle> {
         self.lock()

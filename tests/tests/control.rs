@@ -258,7 +258,13 @@ fn bad_requests_get_json_errors_and_the_host_keeps_serving() {
 }
 
 /// Builds plugins/versioned with `tag` baked in, to a file of its own.
+///
+/// Builds of different tags share cargo's artifact path, and cargo's lock
+/// ends before `taskhost build` copies the artifact out: one build at a
+/// time, so no test copies another's tag.
 fn versioned(tag: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = dir.join(format!("versioned-{tag}.wasm"));
     let status = Command::new(taskhost_bin())
         .arg("build")
@@ -333,4 +339,59 @@ fn hot_loading_swaps_new_tasks_to_the_new_build_and_refuses_broken_ones() {
     assert_eq!(run.code, Some(0), "{}", run.dump());
     assert_eq!(run.event_of("done", "old")[0]["result"], "\"v1\"");
     assert_eq!(run.event_of("done", "new")[0]["result"], "\"v2\"");
+}
+
+#[test]
+fn load_with_restart_tasks_restarts_the_plugins_startup_tasks_on_the_new_build() {
+    let app = TestApp::new(
+        r#"
+        name = "restart"
+        workers = 2
+        [plugins.versioned]
+        path = "v1.wasm"
+        [[tasks]]
+        plugin = "versioned"
+        factory = "linger"
+        name = "resident"
+        args = { event = "never" }
+        "#,
+    );
+    let v1 = versioned("v1", app.dir.path());
+    std::fs::copy(&v1, app.dir.path().join("v1.wasm")).unwrap();
+    let v2 = versioned("v2", app.dir.path());
+    let mut host = app.spawn();
+    host.wait_for(2, |l| l["message"] == "lingering on v1");
+
+    let loaded = ok(app.cli(&["load", "versioned", v2.to_str().unwrap(), "--restart-tasks"]));
+    assert!(
+        loaded.stdout.contains("restarted 2 startup task(s)"),
+        "{}",
+        loaded.dump()
+    );
+    host.wait_for(2, |l| l["message"] == "lingering on v2");
+    // The names were freed and taken again: one `resident` per worker, on v2.
+    let listed = json_of(&ok(app.cli(&["task", "resident", "--json"])));
+    let versions: Vec<&Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["plugin_version"])
+        .collect();
+    assert_eq!(versions.len(), 2, "{listed}");
+    let plugins = json_of(&ok(app.cli(&["plugins", "--json"])));
+    assert!(
+        versions.iter().all(|v| **v == plugins[0]["version"]),
+        "{listed}"
+    );
+
+    host.signal("TERM");
+    let run = host.finish();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    // Two v1 residents cancelled by the restart, two v2 ones by shutdown.
+    assert_eq!(
+        run.event_of("cancelled", "resident").len(),
+        4,
+        "{}",
+        run.dump()
+    );
 }

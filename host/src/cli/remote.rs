@@ -108,6 +108,10 @@ pub(crate) enum Verb {
     Load {
         plugin: String,
         path: std::path::PathBuf,
+        /// Also restart the plugin's startup tasks (from app.toml) on the
+        /// new build: each is cancelled and started again.
+        #[arg(long)]
+        restart_tasks: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -318,12 +322,13 @@ fn execute(verb: Verb) -> Result<(), ClientError> {
         Verb::Load {
             plugin,
             path,
+            restart_tasks,
             common,
         } => {
             let path = std::path::absolute(&path).unwrap_or(path);
             let loaded = connect(&common)?.put(
                 &format!("/v1/plugins/{}", encode(&plugin)),
-                &json!({"path": path}),
+                &json!({"path": path, "restart_tasks": restart_tasks}),
             )?;
             if common.json {
                 println!("{loaded}");
@@ -334,6 +339,9 @@ fn execute(verb: Verb) -> Result<(), ClientError> {
                     plain(&loaded["version"]),
                     plain(&loaded["path"])
                 );
+                if restart_tasks {
+                    println!("restarted {} startup task(s)", loaded["restarted"]);
+                }
             }
         }
     }

@@ -454,6 +454,9 @@ async fn list_plugins(State(ctx): State<Ctx>) -> Json<Vec<Value>> {
 #[serde(deny_unknown_fields)]
 struct LoadRequest {
     path: std::path::PathBuf,
+    /// Restart the plugin's startup tasks on the new build.
+    #[serde(default)]
+    restart_tasks: bool,
 }
 
 async fn load_plugin(
@@ -462,16 +465,34 @@ async fn load_plugin(
     body: Result<Json<LoadRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(request) = body?;
-    match ctx.host.load_plugin(&name, &request.path).await {
-        Ok(plugin) => Ok(Json(
-            json!({"name": plugin.name, "version": plugin.version, "path": plugin.path}),
-        )),
-        Err(error) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "refused",
-            format!("{error:#}"),
-        )),
-    }
+    let plugin = ctx
+        .host
+        .load_plugin(&name, &request.path)
+        .await
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "refused",
+                format!("{error:#}"),
+            )
+        })?;
+    let restarted = if request.restart_tasks {
+        ctx.host
+            .restart_startup_tasks(&name)
+            .await
+            .map_err(|error| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "refused",
+                    format!("{error:#}"),
+                )
+            })?
+    } else {
+        0
+    };
+    Ok(Json(json!({
+        "name": plugin.name, "version": plugin.version, "path": plugin.path, "restarted": restarted,
+    })))
 }
 
 async fn metrics(State(ctx): State<Ctx>) -> Response {
