@@ -144,6 +144,13 @@ impl Outcome {
     }
 }
 
+/// Unix time in milliseconds: how task times cross the WIT and the API.
+pub fn unix_millis(time: SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// A snapshot of one registered task.
 #[derive(Debug, Clone)]
 pub struct TaskInfo {

@@ -6,10 +6,9 @@ use crate::bindings::GuestError;
 use crate::bindings::taskhost::plugin::types;
 use crate::registry::{RegisterError, TaskHandle};
 use crate::runner;
-use crate::task::{CancelStage, Outcome, TaskInfo, TaskState};
+use crate::task::{CancelStage, Outcome, TaskInfo, TaskState, unix_millis};
 use crate::worker::{AddTaskError, WorkerCtx};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 impl TaskData {
     /// The caller's worker, or `failed` for the throw-away instances that
@@ -145,12 +144,6 @@ pub(super) async fn cancel_task(request: CancelRequest) -> Result<types::TaskInf
         .ok_or_else(|| GuestError::NotFound(format!("task {} was purged", target.id)))
 }
 
-fn millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 pub(super) fn to_wit(info: &TaskInfo) -> types::TaskInfo {
     let (result, error, cancel_stage) = match &info.outcome {
         Some(Outcome::Done { result }) => (Some(result.clone()), None, None),
@@ -179,9 +172,9 @@ pub(super) fn to_wit(info: &TaskInfo) -> types::TaskInfo {
             TaskState::Failed => types::TaskState::Failed,
             TaskState::Cancelled => types::TaskState::Cancelled,
         },
-        created_at_ms: millis(info.created_at),
-        started_at_ms: info.started_at.map(millis),
-        ended_at_ms: info.ended_at.map(millis),
+        created_at_ms: unix_millis(info.created_at),
+        started_at_ms: info.started_at.map(unix_millis),
+        ended_at_ms: info.ended_at.map(unix_millis),
         result,
         error,
         cancel_stage,

@@ -16,7 +16,7 @@
 
 use super::MAX_BODY;
 use crate::host::{CancelError, Host};
-use crate::task::{Outcome, TaskInfo, WorkerId};
+use crate::task::{Outcome, TaskInfo, WorkerId, unix_millis};
 use crate::worker::AddTaskError;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -30,7 +30,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio_stream::wrappers::BroadcastStream;
 
 #[derive(Clone)]
@@ -125,12 +125,6 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 fn worker_json(worker: WorkerId) -> Value {
     match worker {
         WorkerId::Main => json!("main"),
@@ -154,9 +148,9 @@ pub(super) fn task_json(info: &TaskInfo) -> Value {
         "plugin_version": &*info.ident.plugin_version,
         "factory": info.ident.factory,
         "state": info.state.as_str(),
-        "created_at_ms": millis(info.created_at),
-        "started_at_ms": info.started_at.map(millis),
-        "ended_at_ms": info.ended_at.map(millis),
+        "created_at_ms": unix_millis(info.created_at),
+        "started_at_ms": info.started_at.map(unix_millis),
+        "ended_at_ms": info.ended_at.map(unix_millis),
         "result": result,
         "error": error,
         "cancel_stage": stage,
@@ -175,6 +169,19 @@ fn parse_worker(text: &str) -> Result<WorkerId, ApiError> {
             format!("`worker` must be an index or `main`, not {text:?}"),
         )
     })
+}
+
+/// `worker` in a JSON body: an index (number or string), or `"main"`.
+fn worker_of(value: &Value) -> Result<WorkerId, ApiError> {
+    match value {
+        Value::String(text) => parse_worker(text),
+        Value::Number(n) => parse_worker(&n.to_string()),
+        other => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("`worker` must be an index or \"main\", not {other}"),
+        )),
+    }
 }
 
 #[derive(Deserialize)]
@@ -271,15 +278,7 @@ async fn add_task(
     } else {
         let worker = match &request.worker {
             None => WorkerId::Index(0),
-            Some(Value::String(text)) => parse_worker(text)?,
-            Some(Value::Number(n)) => parse_worker(&n.to_string())?,
-            Some(other) => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("`worker` must be an index or \"main\", not {other}"),
-                ));
-            }
+            Some(value) => worker_of(value)?,
         };
         vec![worker]
     };
@@ -339,15 +338,7 @@ async fn cancel_task(
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let Json(request) = body?;
     let workers: Vec<WorkerId> = match &request.worker {
-        Some(Value::String(text)) => vec![parse_worker(text)?],
-        Some(Value::Number(n)) => vec![parse_worker(&n.to_string())?],
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("`worker` must be an index or \"main\", not {other}"),
-            ));
-        }
+        Some(value) => vec![worker_of(value)?],
         None => ctx
             .host
             .workers()
