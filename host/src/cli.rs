@@ -106,9 +106,10 @@ enum Command {
 
 #[derive(Args)]
 struct ControlArgs {
-    /// Address of the control API; port 0 picks a free port.
+    /// Where the control API listens: HOST:PORT (port 0 picks a free one),
+    /// or unix:PATH for a Unix socket.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-    control: std::net::SocketAddr,
+    control: control::ControlAddress,
     /// Do not serve the control API.
     #[arg(long)]
     no_control: bool,
@@ -143,7 +144,7 @@ impl ControlArgs {
             return Ok(None);
         }
         Ok(Some(ControlOptions {
-            bind: self.control,
+            bind: self.control.clone(),
             allow_public: self.control_public,
             state_file: self.file.path()?,
         }))
@@ -287,9 +288,7 @@ async fn dispatch(command: Command) -> Result<ExitCode, Refused> {
             println!("{}", component.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Remote(verb) => tokio::task::spawn_blocking(move || remote::run(verb))
-            .await
-            .map_err(|e| Refused(e.into())),
+        Command::Remote(verb) => Ok(remote::run(verb).await),
     }
 }
 

@@ -395,3 +395,36 @@ fn load_with_restart_tasks_restarts_the_plugins_startup_tasks_on_the_new_build()
         run.dump()
     );
 }
+
+#[test]
+fn the_control_api_can_listen_on_a_unix_socket() {
+    let app = TestApp::new(HOST);
+    let socket = app.dir.path().join("control.sock");
+    let control = format!("unix:{}", socket.display());
+    let mut host = app.spawn_with(&["--control", &control]);
+    host.wait_for(1, |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("control API on unix:"))
+    });
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "only the host's user may connect");
+    }
+    let listed = json_of(&ok(app.cli(&["tasks", "--json"])));
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    ok(app.cli(&["add", "examples", "spinner", "--name", "whirl"]));
+    let whirl = json_of(&ok(app.cli(&["cancel", "whirl", "--json"])));
+    assert_eq!(whirl[0]["cancel_stage"], "forced", "{whirl}");
+    assert!(
+        ok(app.cli(&["metrics"]))
+            .stdout
+            .contains("taskhost_tasks_spawned_total 3")
+    );
+
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
+    assert!(!socket.exists(), "the socket is removed at exit");
+}

@@ -126,8 +126,8 @@ pub(crate) struct Common {
     file: ControlFileArg,
 }
 
-pub(crate) fn run(verb: Verb) -> ExitCode {
-    match execute(verb) {
+pub(crate) async fn run(verb: Verb) -> ExitCode {
+    match execute(verb).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
@@ -180,7 +180,7 @@ fn worker_value(worker: &Option<String>) -> Value {
     }
 }
 
-fn execute(verb: Verb) -> Result<(), ClientError> {
+async fn execute(verb: Verb) -> Result<(), ClientError> {
     match verb {
         Verb::Tasks {
             worker,
@@ -189,10 +189,12 @@ fn execute(verb: Verb) -> Result<(), ClientError> {
             common,
         } => {
             let client = connect(&common)?;
-            let tasks = client.get(&format!(
-                "/v1/tasks{}",
-                query(&[("worker", &worker), ("state", &state), ("plugin", &plugin)])
-            ))?;
+            let tasks = client
+                .get(&format!(
+                    "/v1/tasks{}",
+                    query(&[("worker", &worker), ("state", &state), ("plugin", &plugin)])
+                ))
+                .await?;
             print_tasks(&tasks, common.json);
         }
         Verb::Task {
@@ -201,10 +203,12 @@ fn execute(verb: Verb) -> Result<(), ClientError> {
             common,
         } => {
             let client = connect(&common)?;
-            let tasks = client.get(&format!(
-                "/v1/tasks{}",
-                query(&[("name", &Some(name.clone())), ("worker", &worker)])
-            ))?;
+            let tasks = client
+                .get(&format!(
+                    "/v1/tasks{}",
+                    query(&[("name", &Some(name.clone())), ("worker", &worker)])
+                ))
+                .await?;
             if tasks.as_array().is_none_or(Vec::is_empty) {
                 return Err(ClientError::NotFound(format!("no task named `{name}`")));
             }
@@ -232,7 +236,7 @@ fn execute(verb: Verb) -> Result<(), ClientError> {
             if worker.is_some() {
                 body["worker"] = worker_value(&worker);
             }
-            let added = client.post("/v1/tasks", &body)?;
+            let added = client.post("/v1/tasks", &body).await?;
             if common.json {
                 println!("{added}");
             } else {
@@ -256,11 +260,11 @@ fn execute(verb: Verb) -> Result<(), ClientError> {
             if worker.is_some() {
                 body["worker"] = worker_value(&worker);
             }
-            let ended = client.post("/v1/tasks/cancel", &body)?;
+            let ended = client.post("/v1/tasks/cancel", &body).await?;
             print_tasks(&ended, common.json);
         }
         Verb::Purge { common } => {
-            let purged = connect(&common)?.post("/v1/purge", &json!({}))?;
+            let purged = connect(&common)?.post("/v1/purge", &json!({})).await?;
             if common.json {
                 println!("{purged}");
             } else {
@@ -273,10 +277,12 @@ fn execute(verb: Verb) -> Result<(), ClientError> {
             wait_for,
             common,
         } => {
-            let woken = connect(&common)?.post(
-                &format!("/v1/events/{}", encode(&event)),
-                &json!({"payload": payload, "wait_for": wait_for}),
-            )?;
+            let woken = connect(&common)?
+                .post(
+                    &format!("/v1/events/{}", encode(&event)),
+                    &json!({"payload": payload, "wait_for": wait_for}),
+                )
+                .await?;
             if common.json {
                 println!("{woken}");
             } else {
@@ -286,21 +292,23 @@ fn execute(verb: Verb) -> Result<(), ClientError> {
         Verb::Events { count, common } => {
             let client = connect(&common)?;
             let mut seen = 0;
-            client.follow(|event| {
-                if common.json {
-                    println!("{event}");
-                } else {
-                    println!("{}", describe_event(&event));
-                }
-                seen += 1;
-                count.is_none_or(|limit| seen < limit)
-            })?;
+            client
+                .follow(|event| {
+                    if common.json {
+                        println!("{event}");
+                    } else {
+                        println!("{}", describe_event(&event));
+                    }
+                    seen += 1;
+                    count.is_none_or(|limit| seen < limit)
+                })
+                .await?;
         }
         Verb::Metrics { common } => {
-            print!("{}", connect(&common)?.get_text("/metrics")?);
+            print!("{}", connect(&common)?.get_text("/metrics").await?);
         }
         Verb::Plugins { common } => {
-            let plugins = connect(&common)?.get("/v1/plugins")?;
+            let plugins = connect(&common)?.get("/v1/plugins").await?;
             if common.json {
                 println!("{plugins}");
             } else {
@@ -326,10 +334,12 @@ fn execute(verb: Verb) -> Result<(), ClientError> {
             common,
         } => {
             let path = std::path::absolute(&path).unwrap_or(path);
-            let loaded = connect(&common)?.put(
-                &format!("/v1/plugins/{}", encode(&plugin)),
-                &json!({"path": path, "restart_tasks": restart_tasks}),
-            )?;
+            let loaded = connect(&common)?
+                .put(
+                    &format!("/v1/plugins/{}", encode(&plugin)),
+                    &json!({"path": path, "restart_tasks": restart_tasks}),
+                )
+                .await?;
             if common.json {
                 println!("{loaded}");
             } else {

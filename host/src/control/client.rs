@@ -1,8 +1,11 @@
 //! The CLI's side of the control API: finds the host through its state
-//! file and makes authenticated requests.
+//! file and makes authenticated requests, over TCP or a Unix socket.
 
-use super::ControlState;
-use anyhow::Result;
+use super::{ControlAddress, ControlState};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use std::path::Path;
 
@@ -20,110 +23,161 @@ pub enum ClientError {
     Refused(String),
 }
 
-/// A connection to one running host.
+/// A connection recipe for one running host.
 pub struct Client {
-    base: String,
+    address: ControlAddress,
     token: String,
-    agent: ureq::Agent,
 }
+
+type Response = hyper::Response<hyper::body::Incoming>;
 
 impl Client {
     /// Reads the state file a running host wrote.
     pub fn from_state_file(path: &Path) -> Result<Client, ClientError> {
         let state =
             ControlState::read(path).map_err(|e| ClientError::Unreachable(format!("{e:#}")))?;
+        let address = state.address.parse().map_err(|e| {
+            ClientError::Unreachable(format!("{}: bad address: {e}", path.display()))
+        })?;
         Ok(Client {
-            base: format!("http://{}", state.address),
+            address,
             token: state.token,
-            agent: ureq::AgentBuilder::new().build(),
         })
     }
 
-    pub fn get(&self, path: &str) -> Result<Value, ClientError> {
-        self.send(self.agent.get(&self.url(path)), None)
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.json(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.json(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.json(Method::PUT, path, Some(body)).await
     }
 
     /// GETs a text resource (`/metrics`).
-    pub fn get_text(&self, path: &str) -> Result<String, ClientError> {
-        self.agent
-            .get(&self.url(path))
-            .set("Authorization", &format!("Bearer {}", self.token))
-            .call()
-            .map_err(|e| match e {
-                ureq::Error::Status(404, _) => ClientError::NotFound(format!("{path} not found")),
-                ureq::Error::Status(status, _) => ClientError::Refused(format!("HTTP {status}")),
-                other => ClientError::Unreachable(format!(
-                    "cannot reach the host at {}: {other}",
-                    self.base
-                )),
-            })?
-            .into_string()
-            .map_err(|e| ClientError::Refused(format!("unreadable answer: {e}")))
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let response = self.send(Method::GET, path, None).await?;
+        let bytes = checked(response).await?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| ClientError::Refused("the host sent text that is not UTF-8".into()))
     }
 
-    pub fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        self.send(self.agent.post(&self.url(path)), Some(body))
+    async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let response = self.send(method, path, body).await?;
+        let bytes = checked(response).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Refused(format!("the host sent an unreadable answer: {e}")))
     }
 
-    pub fn put(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        self.send(self.agent.put(&self.url(path)), Some(body))
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn send(&self, request: ureq::Request, body: Option<&Value>) -> Result<Value, ClientError> {
-        let request = request.set("Authorization", &format!("Bearer {}", self.token));
-        let response = match body {
-            Some(body) => request.send_json(body),
-            None => request.call(),
+    /// One request on a fresh connection (the CLI makes one or two).
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Response, ClientError> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            ClientError::Unreachable(format!("cannot reach the host at {}: {e}", self.address))
         };
-        match response {
-            Ok(response) => response.into_json().map_err(|e| {
-                ClientError::Refused(format!("the host sent an unreadable answer: {e}"))
-            }),
-            Err(ureq::Error::Status(status, response)) => {
-                let body: Value = response.into_json().unwrap_or(Value::Null);
-                let message = body["error"]["message"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("HTTP {status}"));
-                if status == 404 {
-                    Err(ClientError::NotFound(message))
-                } else {
-                    Err(ClientError::Refused(message))
-                }
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "taskhost")
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Refused(format!("cannot build the request: {e}")))?;
+        macro_rules! over {
+            ($stream:expr) => {{
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new($stream))
+                        .await
+                        .map_err(|e| unreachable(&e))?;
+                tokio::spawn(connection);
+                sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| unreachable(&e))
+            }};
+        }
+        match &self.address {
+            ControlAddress::Tcp(addr) => {
+                over!(
+                    tokio::net::TcpStream::connect(addr)
+                        .await
+                        .map_err(|e| unreachable(&e))?
+                )
             }
-            Err(error) => Err(ClientError::Unreachable(format!(
-                "cannot reach the host at {}: {error}",
-                self.base
-            ))),
+            #[cfg(unix)]
+            ControlAddress::Unix(path) => {
+                over!(
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map_err(|e| unreachable(&e))?
+                )
+            }
+            #[cfg(not(unix))]
+            ControlAddress::Unix(_) => Err(unreachable(&"Unix sockets need a Unix system")),
         }
     }
 
     /// Follows the lifecycle stream, calling `each` with every event until
     /// the host closes it (or `each` returns false).
-    pub fn follow(&self, mut each: impl FnMut(Value) -> bool) -> Result<(), ClientError> {
-        use std::io::BufRead;
-        let response = self
-            .agent
-            .get(&self.url("/v1/stream"))
-            .set("Authorization", &format!("Bearer {}", self.token))
-            .call()
-            .map_err(|e| {
-                ClientError::Unreachable(format!("cannot follow the host's events: {e}"))
-            })?;
-        let reader = std::io::BufReader::new(response.into_reader());
-        for line in reader.lines() {
-            let Ok(line) = line else { break };
-            if let Some(data) = line.strip_prefix("data:")
-                && let Ok(event) = serde_json::from_str(data.trim())
-                && !each(event)
-            {
-                break;
+    pub async fn follow(&self, mut each: impl FnMut(Value) -> bool) -> Result<(), ClientError> {
+        let mut body = self
+            .send(Method::GET, "/v1/stream", None)
+            .await?
+            .into_body();
+        let mut pending = String::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            let Some(chunk) = frame.data_ref() else {
+                continue;
+            };
+            pending.push_str(&String::from_utf8_lossy(chunk));
+            while let Some(end) = pending.find('\n') {
+                let line: String = pending.drain(..=end).collect();
+                if let Some(data) = line.trim_end().strip_prefix("data:")
+                    && let Ok(event) = serde_json::from_str(data.trim())
+                    && !each(event)
+                {
+                    return Ok(());
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// The body of a successful answer, or the error the host explained.
+async fn checked(response: Response) -> Result<Bytes, ClientError> {
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ClientError::Unreachable(format!("the host hung up: {e}")))?
+        .to_bytes();
+    if status.is_success() {
+        return Ok(bytes);
+    }
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let message = body["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("HTTP {status}"));
+    if status == StatusCode::NOT_FOUND {
+        Err(ClientError::NotFound(message))
+    } else {
+        Err(ClientError::Refused(message))
     }
 }

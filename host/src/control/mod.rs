@@ -6,13 +6,15 @@
 //! CLI finds both there. Errors are JSON (`{"error": {"kind", "message"}}`)
 //! with a 4xx status; no request can panic the host.
 
+mod address;
 mod api;
 pub mod client;
 mod state_file;
 
+pub use address::ControlAddress;
+
 use crate::host::Host;
 use anyhow::{Context, Result, bail};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -25,8 +27,8 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// Where and how to serve the control API.
 #[derive(Debug, Clone)]
 pub struct ControlOptions {
-    /// Address to bind; port 0 picks a free one.
-    pub bind: SocketAddr,
+    /// Address to bind (port 0 picks a free one), or a Unix socket path.
+    pub bind: ControlAddress,
     /// Allow binding an address other than loopback.
     pub allow_public: bool,
     /// Where to write the address and token.
@@ -35,7 +37,7 @@ pub struct ControlOptions {
 
 /// A running control server. Dropping it does not stop it: call `stop`.
 pub struct ControlServer {
-    pub address: SocketAddr,
+    pub address: ControlAddress,
     state_file: PathBuf,
     token: String,
     stop: oneshot::Sender<()>,
@@ -61,18 +63,18 @@ pub fn ensure_free(state_file: &std::path::Path) -> Result<()> {
 
 /// Binds, writes the state file, and serves `host` until stopped.
 pub async fn serve(host: Arc<Host>, options: &ControlOptions) -> Result<ControlServer> {
-    if !options.bind.ip().is_loopback() && !options.allow_public {
+    if let ControlAddress::Tcp(bind) = &options.bind
+        && !bind.ip().is_loopback()
+        && !options.allow_public
+    {
         bail!(
-            "refusing to serve the control API on {} (not loopback): pass --control-public \
-             to allow it",
-            options.bind
+            "refusing to serve the control API on {bind} (not loopback): pass --control-public \
+             to allow it"
         );
     }
     ensure_free(&options.state_file)?;
-    let listener = tokio::net::TcpListener::bind(options.bind)
-        .await
-        .with_context(|| format!("cannot bind the control API to {}", options.bind))?;
-    let address = listener.local_addr()?;
+    let listener = Listener::bind(&options.bind).await?;
+    let address = listener.address()?;
     let token = state_file::new_token()?;
     let state = ControlState {
         address: address.to_string(),
@@ -83,12 +85,23 @@ pub async fn serve(host: Arc<Host>, options: &ControlOptions) -> Result<ControlS
     state.write(&options.state_file)?;
     let router = api::router(host, state.token.clone());
     let (stop, stopped) = oneshot::channel::<()>();
+    let until_stopped = async {
+        let _ = stopped.await;
+    };
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
+        let served = match listener {
+            Listener::Tcp(listener) => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(until_stopped)
+                    .await
+            }
+            #[cfg(unix)]
+            Listener::Unix(listener) => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(until_stopped)
+                    .await
+            }
+        };
         if let Err(error) = served {
             tracing::error!("control API stopped: {error}");
         }
@@ -96,7 +109,7 @@ pub async fn serve(host: Arc<Host>, options: &ControlOptions) -> Result<ControlS
     tracing::info!(
         control = %address,
         state_file = %options.state_file.display(),
-        "control API on http://{address} (token in {})",
+        "control API on {address} (token in {})",
         options.state_file.display()
     );
     Ok(ControlServer {
@@ -116,6 +129,58 @@ impl ControlServer {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.task).await;
         if ControlState::read(&self.state_file).is_ok_and(|s| s.token == self.token) {
             let _ = std::fs::remove_file(&self.state_file);
+            if let ControlAddress::Unix(path) = &self.address {
+                let _ = std::fs::remove_file(path);
+            }
         }
+    }
+}
+
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    async fn bind(address: &ControlAddress) -> Result<Listener> {
+        match address {
+            ControlAddress::Tcp(addr) => tokio::net::TcpListener::bind(addr)
+                .await
+                .map(Listener::Tcp)
+                .with_context(|| format!("cannot bind the control API to {addr}")),
+            #[cfg(unix)]
+            ControlAddress::Unix(path) => {
+                // `ensure_free` has checked no live host owns it: a socket
+                // file left there is a crashed host's.
+                if address.is_alive() {
+                    bail!("{} is in use by another process", path.display());
+                }
+                let _ = std::fs::remove_file(path);
+                let listener = tokio::net::UnixListener::bind(path).with_context(|| {
+                    format!("cannot bind the control API to {}", path.display())
+                })?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("cannot restrict {}", path.display()))?;
+                Ok(Listener::Unix(listener))
+            }
+            #[cfg(not(unix))]
+            ControlAddress::Unix(_) => bail!("Unix sockets need a Unix system"),
+        }
+    }
+
+    fn address(&self) -> Result<ControlAddress> {
+        Ok(match self {
+            Listener::Tcp(listener) => ControlAddress::Tcp(listener.local_addr()?),
+            #[cfg(unix)]
+            Listener::Unix(listener) => ControlAddress::Unix(
+                listener
+                    .local_addr()?
+                    .as_pathname()
+                    .map(std::path::Path::to_path_buf)
+                    .context("the control socket has no path")?,
+            ),
+        })
     }
 }

@@ -11,7 +11,7 @@ pub const STATE_FILE_ENV: &str = "TASKHOST_CONTROL_FILE";
 /// What the state file holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ControlState {
-    /// `host:port` of the control API.
+    /// Where the control API listens: `host:port`, or `unix:PATH`.
     pub address: String,
     /// The bearer token every request needs.
     pub token: String,
@@ -66,13 +66,8 @@ impl ControlState {
     /// leaves a stale file behind).
     pub fn is_alive(&self) -> bool {
         self.address
-            .parse()
-            .ok()
-            .and_then(|addr| {
-                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300))
-                    .ok()
-            })
-            .is_some()
+            .parse::<super::ControlAddress>()
+            .is_ok_and(|address| address.is_alive())
     }
 
     pub fn read(path: &Path) -> Result<ControlState> {
