@@ -334,6 +334,21 @@ fn hot_loading_swaps_new_tasks_to_the_new_build_and_refuses_broken_ones() {
     let still = json_of(&ok(app.cli(&["plugins", "--json"])));
     assert_eq!(still[0]["version"], after[0]["version"]);
 
+    // A plugin that was not in app.toml can be loaded too.
+    ok(app.cli(&["load", "newcomer", v1.to_str().unwrap()]));
+    let plugins = json_of(&ok(app.cli(&["plugins", "--json"])));
+    let names: Vec<&str> = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["newcomer", "versioned"], "{plugins}");
+    ok(app.cli(&["add", "newcomer", "report", "--name", "from-newcomer"]));
+    host.wait_for(1, |l| {
+        l["message"] == "running v1" && l["plugin"] == "newcomer"
+    });
+
     host.signal("TERM");
     let run = host.finish();
     assert_eq!(run.code, Some(0), "{}", run.dump());
