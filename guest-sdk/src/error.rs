@@ -20,6 +20,8 @@ pub enum ErrorKind {
     UnknownFactory,
     /// The factory refused the arguments.
     InvalidArgs,
+    /// A limit of the app (`[limits]` in app.toml) was reached.
+    Limit,
     /// Anything else.
     Failed,
 }
@@ -66,6 +68,7 @@ impl Error {
             WitError::NotFound(_) => ErrorKind::NotFound,
             WitError::DuplicateName(_) => ErrorKind::DuplicateName,
             WitError::UnknownPlugin(_) => ErrorKind::UnknownPlugin,
+            WitError::Limit(_) => ErrorKind::Limit,
         }
     }
 
@@ -100,6 +103,7 @@ impl fmt::Display for Error {
             WitError::NotFound(name) => write!(f, "no task named `{name}`"),
             WitError::DuplicateName(name) => write!(f, "a task named `{name}` already exists"),
             WitError::UnknownPlugin(name) => write!(f, "no plugin named `{name}`"),
+            WitError::Limit(message) => f.write_str(message),
         }
     }
 }

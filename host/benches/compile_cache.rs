@@ -20,7 +20,11 @@ async fn load_once(component: &Path, cache: &Path) -> Duration {
         ..EngineSettings::default()
     };
     let engine = build_engine(&settings).expect("engine");
-    let app = Arc::new(AppContext::new("bench".into(), &Default::default()));
+    let app = Arc::new(AppContext::new(
+        "bench".into(),
+        &Default::default(),
+        Default::default(),
+    ));
     let loader = PluginLoader::new(&engine.engine, app).expect("loader");
     let begun = Instant::now();
     loader

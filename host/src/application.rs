@@ -48,7 +48,11 @@ impl Application {
         build_options: &BuildOptions,
     ) -> Result<Application> {
         let HostEngine { engine, cache } = build_engine(engine_settings)?;
-        let app = Arc::new(AppContext::new(config.name.clone(), &config.config));
+        let app = Arc::new(AppContext::new(
+            config.name.clone(),
+            &config.config,
+            config.limits,
+        ));
         let loader = PluginLoader::new(&engine, app.clone())?;
         let file = config.source.display().to_string();
 

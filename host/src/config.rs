@@ -29,6 +29,8 @@ pub struct AppConfig {
     pub workers: u32,
     /// How long a cancelled task may run on before it is interrupted.
     pub cancel_grace: Duration,
+    /// What one task, one worker and the app may use.
+    pub limits: Limits,
     /// Plugins by name, in name order.
     pub plugins: BTreeMap<String, PluginConfig>,
     /// The `[config]` table: values tasks read with `app.config(key)`.
@@ -97,6 +99,8 @@ struct RawApp {
     #[serde(default = "one")]
     workers: i64,
     cancel_grace_ms: Option<u64>,
+    #[serde(default)]
+    limits: Limits,
     #[serde(default)]
     plugins: BTreeMap<String, RawPlugin>,
     #[serde(default)]
@@ -258,7 +262,61 @@ impl AppConfig {
             plugins,
             config,
             tasks,
+            limits: raw.limits.checked(&file.to_string())?,
         })
+    }
+}
+
+/// The `[limits]` table: bounds on what plugins can make the host spend.
+/// Every field has a default, so the table is optional.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Linear memory one task may grow to, in MiB; `memory.grow` past it
+    /// fails (a Rust guest then aborts with "memory allocation failed").
+    pub memory_mb: u64,
+    /// Live tasks one worker may hold; `add_task` past it fails with `limit`.
+    pub tasks_per_worker: usize,
+    /// Live tasks the whole app may hold, across workers.
+    pub tasks_per_app: usize,
+    /// Longest log line a task may emit, in bytes; longer ones are cut.
+    pub log_line_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mb: 64,
+            tasks_per_worker: 10_000,
+            tasks_per_app: 100_000,
+            log_line_bytes: 16 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    fn checked(self, file: &str) -> Result<Limits> {
+        for (key, value) in [
+            ("memory_mb", self.memory_mb as usize),
+            ("tasks_per_worker", self.tasks_per_worker),
+            ("tasks_per_app", self.tasks_per_app),
+            ("log_line_bytes", self.log_line_bytes),
+        ] {
+            if value == 0 {
+                bail!("{file}: [limits] `{key}` must be at least 1");
+            }
+        }
+        if self.memory_mb > 4096 {
+            bail!(
+                "{file}: [limits] `memory_mb` must be at most 4096 (a 32-bit wasm memory), got {}",
+                self.memory_mb
+            );
+        }
+        Ok(self)
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        usize::try_from(self.memory_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
     }
 }
 

@@ -26,6 +26,9 @@ pub enum RegisterError {
     /// Another task of this worker, live or ended but not purged, has the name.
     #[error("a task named {0:?} already exists on this worker")]
     DuplicateName(String),
+    /// The worker or the app holds as many live tasks as `[limits]` allows.
+    #[error("{0}")]
+    Limit(String),
 }
 
 /// A way to watch and stop one registered task.
@@ -69,12 +72,20 @@ impl Entry {
 struct Inner {
     tasks: BTreeMap<TaskId, Entry>,
     names: HashMap<String, TaskId>,
+    /// Registered tasks that have not ended: kept as a count so the
+    /// per-worker cap costs nothing per spawn.
+    live: usize,
 }
 
 impl Inner {
     fn remove(&mut self, id: TaskId) {
-        if let Some(entry) = self.tasks.remove(&id)
-            && let Some(name) = &entry.info.ident.name
+        let Some(entry) = self.tasks.remove(&id) else {
+            return;
+        };
+        if !entry.info.state.is_ended() {
+            self.live -= 1;
+        }
+        if let Some(name) = &entry.info.ident.name
             && self.names.get(name) == Some(&id)
         {
             self.names.remove(name);
@@ -106,9 +117,20 @@ impl TaskRegistry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a new task in state `pending`.
-    pub fn register(&self, ident: Arc<TaskIdent>) -> Result<TaskHandle, RegisterError> {
+    /// Registers a new task in state `pending`, unless the worker already
+    /// holds `max_live` live tasks.
+    pub fn register(
+        &self,
+        ident: Arc<TaskIdent>,
+        max_live: usize,
+    ) -> Result<TaskHandle, RegisterError> {
         let mut inner = self.lock();
+        if inner.live >= max_live {
+            return Err(RegisterError::Limit(format!(
+                "worker {} already runs {max_live} tasks ([limits] tasks_per_worker)",
+                self.worker
+            )));
+        }
         if let Some(name) = &ident.name {
             if inner.names.contains_key(name) {
                 return Err(RegisterError::DuplicateName(name.clone()));
@@ -118,6 +140,7 @@ impl TaskRegistry {
         let cancel = Arc::new(CancelSignal::default());
         let (ended, ended_rx) = watch::channel(false);
         let id = ident.id;
+        inner.live += 1;
         inner.tasks.insert(
             id,
             Entry {
@@ -150,7 +173,12 @@ impl TaskRegistry {
 
     /// Records how the task ended and wakes everyone waiting for it.
     pub(crate) fn finish(&self, id: TaskId, outcome: Outcome) {
-        if let Some(entry) = self.lock().tasks.get_mut(&id) {
+        let mut inner = self.lock();
+        let Inner { tasks, live, .. } = &mut *inner;
+        if let Some(entry) = tasks.get_mut(&id) {
+            if !entry.info.state.is_ended() {
+                *live -= 1;
+            }
             entry.info.state = outcome.state();
             entry.info.ended_at = Some(SystemTime::now());
             entry.info.outcome = Some(outcome);
@@ -217,6 +245,11 @@ impl TaskRegistry {
         ended
     }
 
+    /// How many registered tasks have not ended.
+    pub fn live_count(&self) -> usize {
+        self.lock().live
+    }
+
     /// Handles of the tasks that have not ended yet.
     pub fn live(&self) -> Vec<TaskHandle> {
         self.lock()
@@ -232,6 +265,35 @@ impl TaskRegistry {
 mod tests {
     use super::*;
 
+    impl TaskRegistry {
+        fn register_unbounded(&self, ident: Arc<TaskIdent>) -> Result<TaskHandle, RegisterError> {
+            self.register(ident, usize::MAX)
+        }
+    }
+
+    #[test]
+    fn the_live_cap_counts_only_tasks_that_have_not_ended() {
+        let registry = TaskRegistry::new(WorkerId::Index(0));
+        let first = registry.register(ident(None), 2).unwrap();
+        registry.register(ident(None), 2).unwrap();
+        assert!(matches!(
+            registry.register(ident(None), 2),
+            Err(RegisterError::Limit(_))
+        ));
+        registry.finish(
+            first.id,
+            Outcome::Done {
+                result: "null".into(),
+            },
+        );
+        assert_eq!(registry.live_count(), 1);
+        registry
+            .register(ident(None), 2)
+            .expect("an ended task frees its place");
+        assert_eq!(registry.purge(), 1);
+        assert_eq!(registry.live_count(), 2);
+    }
+
     fn ident(name: Option<&str>) -> Arc<TaskIdent> {
         Arc::new(TaskIdent {
             id: next_task_id(),
@@ -246,22 +308,22 @@ mod tests {
     #[test]
     fn duplicate_names_are_refused_until_the_first_is_gone() {
         let registry = TaskRegistry::new(WorkerId::Index(0));
-        registry.register(ident(Some("a"))).unwrap();
+        registry.register_unbounded(ident(Some("a"))).unwrap();
         assert_eq!(
-            registry.register(ident(Some("a"))).unwrap_err(),
+            registry.register_unbounded(ident(Some("a"))).unwrap_err(),
             RegisterError::DuplicateName("a".into())
         );
-        registry.register(ident(None)).unwrap();
-        registry.register(ident(None)).unwrap();
+        registry.register_unbounded(ident(None)).unwrap();
+        registry.register_unbounded(ident(None)).unwrap();
         assert_eq!(registry.snapshot().len(), 3);
     }
 
     #[test]
     fn purge_drops_exactly_the_ended_tasks_and_frees_their_names() {
         let registry = TaskRegistry::new(WorkerId::Index(0));
-        let done = registry.register(ident(Some("done"))).unwrap();
-        let live = registry.register(ident(Some("live"))).unwrap();
-        let failed = registry.register(ident(None)).unwrap();
+        let done = registry.register_unbounded(ident(Some("done"))).unwrap();
+        let live = registry.register_unbounded(ident(Some("live"))).unwrap();
+        let failed = registry.register_unbounded(ident(None)).unwrap();
         registry.finish(
             done.id,
             Outcome::Done {
@@ -275,14 +337,14 @@ mod tests {
         assert_eq!(left, vec![live.id]);
         assert!(registry.get_by_name("done").is_none());
         registry
-            .register(ident(Some("done")))
+            .register_unbounded(ident(Some("done")))
             .expect("the name is free again");
     }
 
     #[tokio::test]
     async fn finishing_wakes_waiters_and_records_the_outcome() {
         let registry = TaskRegistry::new(WorkerId::Index(0));
-        let mut handle = registry.register(ident(None)).unwrap();
+        let mut handle = registry.register_unbounded(ident(None)).unwrap();
         assert_eq!(registry.live().len(), 1);
         registry.mark_running(handle.id);
         let waiter = {

@@ -23,6 +23,7 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 /// polls (61 ms with one spinner).
 pub(crate) fn new_store(engine: &Engine, data: TaskData) -> Store<TaskData> {
     let mut store = Store::new(engine, data);
+    store.limiter(|data| &mut data.store_limits);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|cx| {
         if cx.data().cancel.is_forced() {
@@ -142,6 +143,7 @@ pub(crate) fn describe(error: &GuestError) -> String {
         GuestError::NotFound(name) => format!("no task named `{name}`"),
         GuestError::DuplicateName(name) => format!("a task named `{name}` already exists"),
         GuestError::UnknownPlugin(name) => format!("no plugin named `{name}`"),
+        GuestError::Limit(message) => message.clone(),
     }
 }
 

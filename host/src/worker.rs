@@ -155,7 +155,16 @@ impl WorkerCtx {
             factory: factory.to_string(),
         });
         let registered = Instant::now();
-        let handle = self.registry.register(ident.clone())?;
+        let limits = &self.env.app.limits;
+        if self.env.tracker.len() >= limits.tasks_per_app {
+            return Err(RegisterError::Limit(format!(
+                "the app already runs {} tasks ([limits] tasks_per_app)",
+                limits.tasks_per_app
+            )));
+        }
+        let handle = self
+            .registry
+            .register(ident.clone(), limits.tasks_per_worker)?;
         let cancel = handle.cancel.clone();
         let worker = self.clone();
         self.env.tracker.spawn_on(

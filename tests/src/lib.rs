@@ -10,6 +10,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use taskhost::plugin::build::{self, BuildOptions, BuildOutput};
 
+/// How long a `run --until-idle` may take before the watchdog ends it.
+const RUN_TIMEOUT_SECS: u32 = 180;
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -112,10 +115,13 @@ impl TestApp {
     }
 
     /// `taskhost ARGS app.toml`, with the control file in the scratch dir
-    /// (never the user's own).
+    /// (never the user's own), under a watchdog: a host that never ends
+    /// fails its test (exit 124) instead of hanging the whole run.
     fn run_taskhost(&self, args: &[&str]) -> Run {
         Run::from(
-            Command::new(taskhost_bin())
+            Command::new("timeout")
+                .arg(RUN_TIMEOUT_SECS.to_string())
+                .arg(taskhost_bin())
                 .args(args)
                 .arg(self.path())
                 .env("TASKHOST_CONTROL_FILE", self.control_file())
@@ -310,9 +316,22 @@ impl Running {
         assert!(status.success());
     }
 
-    /// Waits for the host to exit and returns everything it printed.
+    /// Waits for the host to exit and returns everything it printed. A host
+    /// that has not exited within the watchdog time is killed, so the test
+    /// fails instead of hanging.
     pub fn finish(mut self) -> Run {
+        let pid = self.child.id();
+        let (exited, watched) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let limit = std::time::Duration::from_secs(RUN_TIMEOUT_SECS.into());
+            if watched.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        });
         let status = self.child.wait().expect("wait for taskhost");
+        let _ = exited.send(());
         let mut lines = std::mem::take(&mut self.seen);
         lines.extend(self.lines.iter());
         let stdout = lines

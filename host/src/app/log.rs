@@ -6,7 +6,24 @@ use crate::bindings::Level;
 impl TaskData {
     /// Never fails, even while the task is being cancelled: cleanup code
     /// must be able to say what it did.
+    ///
+    /// Lines longer than `[limits] log_line_bytes` are cut (at a character
+    /// boundary) and say how much was dropped.
     pub(super) fn app_log(&self, level: Level, message: &str) {
-        crate::logging::task_line(&self.ident, level, message);
+        let limit = self.app.limits.log_line_bytes;
+        if message.len() <= limit {
+            crate::logging::task_line(&self.ident, level, message);
+            return;
+        }
+        let mut end = limit;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = format!(
+            "{} [truncated {} bytes]",
+            &message[..end],
+            message.len() - end
+        );
+        crate::logging::task_line(&self.ident, level, &cut);
     }
 }

@@ -12,10 +12,12 @@ mod tasks;
 mod time;
 
 use crate::bindings::taskhost::plugin::types;
+use crate::config::Limits;
 use crate::task::{CancelSignal, TaskIdent};
 use crate::worker::WorkerCtx;
 use std::collections::HashMap;
 use std::sync::Arc;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 pub use output::TaskOutput;
@@ -24,6 +26,7 @@ pub use output::TaskOutput;
 #[derive(Debug)]
 pub struct AppContext {
     pub name: String,
+    pub limits: Limits,
     /// `[config]` values, already encoded as the JSON text `app.config`
     /// returns, so a call costs a lookup and a copy.
     config: HashMap<String, String>,
@@ -33,12 +36,17 @@ impl AppContext {
     pub fn new(
         name: String,
         config: &std::collections::BTreeMap<String, serde_json::Value>,
+        limits: Limits,
     ) -> AppContext {
         let config = config
             .iter()
             .map(|(key, value)| (key.clone(), value.to_string()))
             .collect();
-        AppContext { name, config }
+        AppContext {
+            name,
+            limits,
+            config,
+        }
     }
 
     pub fn config_json(&self, key: &str) -> Option<&str> {
@@ -57,6 +65,8 @@ pub struct TaskData {
     /// The worker the task runs on; none for the throw-away instances that
     /// list factories and check arguments at load.
     pub(crate) worker: Option<Arc<WorkerCtx>>,
+    /// Bounds the task's memory (`[limits] memory_mb`).
+    pub(crate) store_limits: StoreLimits,
     wasi: Option<WasiCtx>,
     /// The task's stderr, once WASI exists: its last lines explain a crash.
     stderr: Option<TaskOutput>,
@@ -65,10 +75,14 @@ pub struct TaskData {
 
 impl TaskData {
     pub fn new(ident: Arc<TaskIdent>, app: Arc<AppContext>, cancel: Arc<CancelSignal>) -> TaskData {
+        let store_limits = StoreLimitsBuilder::new()
+            .memory_size(app.limits.memory_bytes())
+            .build();
         TaskData {
             ident,
             app,
             cancel,
+            store_limits,
             worker: None,
             wasi: None,
             stderr: None,

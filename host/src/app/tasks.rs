@@ -82,6 +82,7 @@ pub(super) async fn add_task(
             AddTaskError::Register(RegisterError::DuplicateName(name)) => {
                 GuestError::DuplicateName(name)
             }
+            AddTaskError::Register(RegisterError::Limit(message)) => GuestError::Limit(message),
             AddTaskError::Refused(error) => error,
             AddTaskError::NoWorker(worker) => GuestError::Failed(format!("no worker {worker}")),
         })

@@ -16,6 +16,7 @@
 
 use super::MAX_BODY;
 use crate::host::{CancelError, Host};
+use crate::registry::RegisterError;
 use crate::task::{Outcome, TaskInfo, WorkerId, unix_millis};
 use crate::worker::AddTaskError;
 use axum::extract::rejection::JsonRejection;
@@ -309,7 +310,12 @@ fn add_error(error: AddTaskError) -> ApiError {
         AddTaskError::UnknownPlugin(_) => {
             ApiError::new(StatusCode::NOT_FOUND, "unknown_plugin", message)
         }
-        AddTaskError::Register(_) => ApiError::new(StatusCode::CONFLICT, "duplicate_name", message),
+        AddTaskError::Register(RegisterError::DuplicateName(_)) => {
+            ApiError::new(StatusCode::CONFLICT, "duplicate_name", message)
+        }
+        AddTaskError::Register(RegisterError::Limit(_)) => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit", message)
+        }
         AddTaskError::Refused(GuestError::UnknownFactory(_)) => {
             ApiError::new(StatusCode::NOT_FOUND, "unknown_factory", message)
         }

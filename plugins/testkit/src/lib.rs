@@ -170,6 +170,46 @@ plugin! {
         Ok(())
     }
 
+    /// Grows its memory 1 MiB at a time, keeping every chunk, until the
+    /// host's memory limit refuses (then Rust aborts the instance).
+    fn memory_bomb(app: &App) -> Result<()> {
+        let mut hoard: Vec<Vec<u8>> = Vec::new();
+        loop {
+            hoard.push(vec![1u8; 1 << 20]);
+            if hoard.len() % 16 == 0 {
+                app.debug(format!("holding {} MiB", hoard.len()));
+            }
+        }
+    }
+
+    /// Adds `waiter` tasks until the host says `limit`; then cancels them
+    /// (a dispatch could miss those not yet waiting) and reports how many it
+    /// started and the error it got.
+    fn spawn_bomb(app: &App) -> Result<Value> {
+        let mut spawned = 0u32;
+        let refusal = loop {
+            let name = format!("bomblet-{spawned}");
+            match app.task("waiter").name(&name).args(json!({"event": "never"})).start() {
+                Ok(_) => spawned += 1,
+                Err(error) => break error,
+            }
+        };
+        for i in 0..spawned {
+            app.cancel_task(&format!("bomblet-{i}"))?;
+        }
+        Ok(json!({
+            "spawned": spawned,
+            "kind": format!("{:?}", refusal.kind()),
+            "message": refusal.to_string(),
+        }))
+    }
+
+    /// Logs one line of `bytes` bytes.
+    fn log_flood(app: &App, bytes: usize) -> Result<()> {
+        app.info("x".repeat(bytes));
+        Ok(())
+    }
+
     /// Ignores cancellation: sleeps again whenever a sleep says `cancelled`,
     /// until it is interrupted.
     fn stubborn(app: &App) -> Result<()> {
