@@ -146,9 +146,10 @@ impl App {
     }
 
     /// Wakes every task, on every worker, waiting for `event`, handing each
-    /// `payload`; returns how many woke.
-    pub fn dispatch(&self, event: &str, payload: &str) -> u32 {
-        app::dispatch(event, payload)
+    /// `payload`; returns how many woke. Fails with a limit [`Error`] for a
+    /// payload over the app's `event_payload_bytes`.
+    pub fn dispatch(&self, event: &str, payload: &str) -> Result<u32> {
+        app::dispatch(event, payload).map_err(Error::from_wit)
     }
 
     /// Waits for the next dispatch of `event` (or, with a trailing `*`, of

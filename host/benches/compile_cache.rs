@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use taskhost::app::AppContext;
+use taskhost::config::AppConfig;
 use taskhost::engine::{EngineSettings, build_engine};
 use taskhost::plugin::PluginLoader;
 use taskhost::plugin::build::{self, BuildOptions, BuildOutput};
@@ -20,11 +21,13 @@ async fn load_once(component: &Path, cache: &Path) -> Duration {
         ..EngineSettings::default()
     };
     let engine = build_engine(&settings).expect("engine");
-    let app = Arc::new(AppContext::new(
-        "bench".into(),
-        &Default::default(),
-        Default::default(),
-    ));
+    let config = AppConfig::parse(
+        "name = \"bench\"\n",
+        Path::new("bench.toml"),
+        Path::new("."),
+    )
+    .expect("config");
+    let app = Arc::new(AppContext::new(&config));
     let loader = PluginLoader::new(&engine.engine, app).expect("loader");
     let begun = Instant::now();
     loader

@@ -47,12 +47,12 @@ impl Application {
         engine_settings: &EngineSettings,
         build_options: &BuildOptions,
     ) -> Result<Application> {
-        let HostEngine { engine, cache } = build_engine(engine_settings)?;
-        let app = Arc::new(AppContext::new(
-            config.name.clone(),
-            &config.config,
-            config.limits,
-        ));
+        let HostEngine { engine, cache } = build_engine(&EngineSettings {
+            max_instances: config.limits.instances,
+            max_wasm_stack: config.limits.wasm_stack_bytes(),
+            ..engine_settings.clone()
+        })?;
+        let app = Arc::new(AppContext::new(&config));
         let loader = PluginLoader::new(&engine, app.clone())?;
         let file = config.source.display().to_string();
 

@@ -30,6 +30,8 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 pub struct EngineSettings {
     /// Most task instances alive at once, across all workers.
     pub max_instances: u32,
+    /// Wasm stack per task, in bytes; deeper recursion traps.
+    pub max_wasm_stack: usize,
     /// Where compiled components are cached; `None` compiles every time.
     pub compile_cache: Option<PathBuf>,
 }
@@ -38,6 +40,7 @@ impl Default for EngineSettings {
     fn default() -> Self {
         EngineSettings {
             max_instances: 1000,
+            max_wasm_stack: 512 * 1024,
             compile_cache: None,
         }
     }
@@ -50,11 +53,12 @@ pub struct HostEngine {
     pub cache: Option<Cache>,
 }
 
-fn base_config(cache: &Option<Cache>) -> Config {
+fn base_config(settings: &EngineSettings, cache: &Option<Cache>) -> Config {
     let mut config = Config::new();
     config
         .epoch_interruption(true)
         .concurrency_support(false)
+        .max_wasm_stack(settings.max_wasm_stack)
         .cache(cache.clone());
     config
 }
@@ -78,7 +82,7 @@ pub fn build_engine(settings: &EngineSettings) -> Result<HostEngine> {
         Some(dir) => Some(compile_cache(dir)?),
         None => None,
     };
-    let mut pooled = base_config(&cache);
+    let mut pooled = base_config(settings, &cache);
     pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(settings)));
     let engine = match Engine::new(&pooled) {
         Ok(engine) => engine,
@@ -86,7 +90,7 @@ pub fn build_engine(settings: &EngineSettings) -> Result<HostEngine> {
             tracing::warn!(
                 "instance pool unavailable ({error:#}); falling back to on-demand allocation"
             );
-            Engine::new(&base_config(&cache))
+            Engine::new(&base_config(settings, &cache))
                 .map_err(anyhow::Error::from)
                 .context("cannot create the wasmtime engine")?
         }

@@ -6,8 +6,9 @@
 //! exactly the waiters registered at that moment (like Sanic, an event is
 //! not remembered for later waiters).
 
+use crate::config::{Limits, MAX_NAME_BYTES};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{oneshot, watch};
 
 /// Every waiter of a host, by pattern.
@@ -27,11 +28,17 @@ impl Default for EventHub {
     }
 }
 
+/// Where one waiter's payload goes; shared by every waiter of a dispatch.
+type PayloadSender = oneshot::Sender<Arc<str>>;
+
 #[derive(Default)]
 struct Waiters {
     next_id: u64,
+    /// The sum of the lists' lengths, kept so that counting costs nothing
+    /// with thousands of waiters.
+    count: usize,
     /// pattern -> (waiter id, where to send the payload)
-    by_pattern: HashMap<String, Vec<(u64, oneshot::Sender<String>)>>,
+    by_pattern: HashMap<String, Vec<(u64, PayloadSender)>>,
 }
 
 /// A registered wait. Dropping it (timeout, cancellation) unregisters it.
@@ -39,7 +46,7 @@ pub struct EventWait<'a> {
     hub: &'a EventHub,
     pattern: String,
     id: u64,
-    payload: Option<oneshot::Receiver<String>>,
+    payload: Option<oneshot::Receiver<Arc<str>>>,
 }
 
 impl EventHub {
@@ -61,7 +68,8 @@ impl EventHub {
             .entry(pattern.to_string())
             .or_default()
             .push((id, tx));
-        self.waiting.send_replace(waiters.count());
+        waiters.count += 1;
+        self.waiting.send_replace(waiters.count);
         EventWait {
             hub: self,
             pattern: pattern.to_string(),
@@ -71,9 +79,11 @@ impl EventHub {
     }
 
     /// Hands `payload` to every current waiter whose pattern matches
-    /// `event`; returns how many were woken.
+    /// `event`; returns how many were woken. The waiters share one copy of
+    /// the payload, so a large payload and many waiters do not multiply.
     pub fn dispatch(&self, event: &str, payload: &str) -> u32 {
-        let woken: Vec<oneshot::Sender<String>> = {
+        let payload: Arc<str> = payload.into();
+        let woken: Vec<PayloadSender> = {
             let mut waiters = self.lock();
             let patterns: Vec<String> = waiters
                 .by_pattern
@@ -86,14 +96,15 @@ impl EventHub {
                 .filter_map(|pattern| waiters.by_pattern.remove(pattern))
                 .flatten()
                 .map(|(_, tx)| tx)
-                .collect();
-            self.waiting.send_replace(waiters.count());
+                .collect::<Vec<_>>();
+            waiters.count -= woken.len();
+            self.waiting.send_replace(waiters.count);
             woken
         };
         woken
             .into_iter()
             .filter(|tx| !tx.is_closed())
-            .map(|tx| tx.send(payload.to_string()).is_ok())
+            .map(|tx| tx.send(payload.clone()).is_ok())
             .filter(|sent| *sent)
             .count() as u32
     }
@@ -110,10 +121,30 @@ impl EventHub {
     }
 }
 
-impl Waiters {
-    fn count(&self) -> usize {
-        self.by_pattern.values().map(Vec::len).sum()
+/// Checks a dispatch against the limits: the event name's length and the
+/// payload's size. The message says which limit was hit.
+pub fn check_dispatch(event: &str, payload: &str, limits: &Limits) -> Result<(), String> {
+    check_name(event)?;
+    if payload.len() > limits.event_payload_bytes {
+        return Err(format!(
+            "the payload of event {:?} is {} bytes, more than {} ([limits] event_payload_bytes)",
+            event,
+            payload.len(),
+            limits.event_payload_bytes
+        ));
     }
+    Ok(())
+}
+
+/// Checks an event name or pattern: waiters are keyed by it.
+pub fn check_name(event: &str) -> Result<(), String> {
+    if event.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "an event name may be at most {MAX_NAME_BYTES} bytes, got {}",
+            event.len()
+        ));
+    }
+    Ok(())
 }
 
 fn matches(pattern: &str, event: &str) -> bool {
@@ -125,7 +156,7 @@ fn matches(pattern: &str, event: &str) -> bool {
 
 impl EventWait<'_> {
     /// Resolves with the payload of the next matching dispatch.
-    pub async fn payload(&mut self) -> String {
+    pub async fn payload(&mut self) -> Arc<str> {
         match self.payload.as_mut() {
             Some(rx) => match rx.await {
                 Ok(payload) => {
@@ -147,13 +178,18 @@ impl Drop for EventWait<'_> {
             return;
         }
         let mut waiters = self.hub.lock();
-        if let Some(list) = waiters.by_pattern.get_mut(&self.pattern) {
+        let Waiters {
+            by_pattern, count, ..
+        } = &mut *waiters;
+        if let Some(list) = by_pattern.get_mut(&self.pattern) {
+            let before = list.len();
             list.retain(|(id, _)| *id != self.id);
+            *count -= before - list.len();
             if list.is_empty() {
-                waiters.by_pattern.remove(&self.pattern);
+                by_pattern.remove(&self.pattern);
             }
         }
-        self.hub.waiting.send_replace(waiters.count());
+        self.hub.waiting.send_replace(*count);
     }
 }
 
@@ -168,8 +204,8 @@ mod tests {
         let mut b = hub.subscribe("jobs.*");
         let _other = hub.subscribe("mail.sent");
         assert_eq!(hub.dispatch("jobs.done", "42"), 2);
-        assert_eq!(a.payload().await, "42");
-        assert_eq!(b.payload().await, "42");
+        assert_eq!(&*a.payload().await, "42");
+        assert_eq!(&*b.payload().await, "42");
         assert_eq!(hub.waiting(), 1, "only the unrelated waiter is left");
         assert_eq!(
             hub.dispatch("jobs.done", "43"),

@@ -75,12 +75,12 @@ impl Host {
         let ticker = EpochTicker::start(&engine)?;
         let env = Arc::new(TaskEnv {
             engine,
-            app,
             plugins: RwLock::new(plugins),
             events: EventHub::default(),
             tracker: TaskTracker::new(),
             cancel_grace: config.cancel_grace,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(app.task_memory.clone()),
+            app,
             lifecycle: broadcast::channel(LIFECYCLE_BACKLOG).0,
         });
         let main = Worker::start(WorkerId::Main, env.clone())?;

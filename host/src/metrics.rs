@@ -26,10 +26,22 @@ pub struct Metrics {
     cancel_latency: Histogram,
     tasks: Family<Labels, Gauge>,
     plugins: Family<Labels, Gauge>,
+    /// Kept current by each task's memory budget.
+    task_memory: Gauge,
+    /// Read from the OS when scraped.
+    resident: Gauge,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::new(Gauge::default())
+    }
+}
+
+impl Metrics {
+    /// Metrics reporting `task_memory` (the linear memory of live tasks,
+    /// which the tasks' memory budgets keep current).
+    pub fn new(task_memory: Gauge) -> Self {
         let mut registry = Registry::with_prefix("taskhost");
         // 1 us .. ~16 s, doubling.
         let buckets = || exponential_buckets(1e-6, 2.0, 25);
@@ -42,6 +54,8 @@ impl Default for Metrics {
             cancel_latency: Histogram::new(buckets()),
             tasks: Family::default(),
             plugins: Family::default(),
+            task_memory,
+            resident: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("tasks_spawned", "Tasks started", metrics.spawned.clone());
@@ -80,11 +94,30 @@ impl Default for Metrics {
             "Plugins new tasks start from, with their versions",
             metrics.plugins.clone(),
         );
+        registry.register(
+            "task_memory_bytes",
+            "Linear memory held by live tasks",
+            metrics.task_memory.clone(),
+        );
+        registry.register(
+            "resident_memory_bytes",
+            "Resident set size of the host process",
+            metrics.resident.clone(),
+        );
         Metrics {
             registry,
             ..metrics
         }
     }
+}
+
+/// The process's resident set, from /proc (Linux); none elsewhere.
+/// `status` reports it in KiB, whatever the page size.
+fn resident_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl Metrics {
@@ -123,6 +156,9 @@ impl Metrics {
                     ("version".into(), version.clone()),
                 ])
                 .set(1);
+        }
+        if let Some(bytes) = resident_bytes() {
+            self.resident.set(bytes);
         }
         let mut text = String::new();
         // Writing to a String cannot fail.

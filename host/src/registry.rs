@@ -6,7 +6,7 @@
 //! while tasks come and go is always safe.
 
 use crate::task::{CancelSignal, Outcome, TaskId, TaskIdent, TaskInfo, TaskState, WorkerId};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -75,6 +75,9 @@ struct Inner {
     /// Registered tasks that have not ended: kept as a count so the
     /// per-worker cap costs nothing per spawn.
     live: usize,
+    /// Ended tasks, oldest end first, for dropping the oldest past the
+    /// retention cap. May hold ids already purged; they are skipped.
+    ended: VecDeque<TaskId>,
 }
 
 impl Inner {
@@ -96,13 +99,16 @@ impl Inner {
 /// The tasks of one worker (or of the main scope).
 pub struct TaskRegistry {
     worker: WorkerId,
+    /// How many ended tasks stay listed (`[limits] ended_tasks_per_worker`).
+    retention: usize,
     inner: Mutex<Inner>,
 }
 
 impl TaskRegistry {
-    pub fn new(worker: WorkerId) -> TaskRegistry {
+    pub fn new(worker: WorkerId, retention: usize) -> TaskRegistry {
         TaskRegistry {
             worker,
+            retention: retention.max(1),
             inner: Mutex::default(),
         }
     }
@@ -171,18 +177,29 @@ impl TaskRegistry {
         }
     }
 
-    /// Records how the task ended and wakes everyone waiting for it.
+    /// Records how the task ended and wakes everyone waiting for it. Past
+    /// the retention cap, the task that ended longest ago is dropped, as a
+    /// purge would.
     pub(crate) fn finish(&self, id: TaskId, outcome: Outcome) {
         let mut inner = self.lock();
-        let Inner { tasks, live, .. } = &mut *inner;
-        if let Some(entry) = tasks.get_mut(&id) {
-            if !entry.info.state.is_ended() {
-                *live -= 1;
+        let Inner {
+            tasks, live, ended, ..
+        } = &mut *inner;
+        let Some(entry) = tasks.get_mut(&id) else {
+            return;
+        };
+        if !entry.info.state.is_ended() {
+            *live -= 1;
+            ended.push_back(id);
+        }
+        entry.info.state = outcome.state();
+        entry.info.ended_at = Some(SystemTime::now());
+        entry.info.outcome = Some(outcome);
+        entry.ended.send_replace(true);
+        while inner.ended.len() > self.retention {
+            if let Some(oldest) = inner.ended.pop_front() {
+                inner.remove(oldest);
             }
-            entry.info.state = outcome.state();
-            entry.info.ended_at = Some(SystemTime::now());
-            entry.info.outcome = Some(outcome);
-            entry.ended.send_replace(true);
         }
     }
 
@@ -222,6 +239,7 @@ impl TaskRegistry {
         for id in &ended {
             inner.remove(*id);
         }
+        inner.ended.clear();
         ended.len()
     }
 
@@ -273,7 +291,7 @@ mod tests {
 
     #[test]
     fn the_live_cap_counts_only_tasks_that_have_not_ended() {
-        let registry = TaskRegistry::new(WorkerId::Index(0));
+        let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX);
         let first = registry.register(ident(None), 2).unwrap();
         registry.register(ident(None), 2).unwrap();
         assert!(matches!(
@@ -307,7 +325,7 @@ mod tests {
 
     #[test]
     fn duplicate_names_are_refused_until_the_first_is_gone() {
-        let registry = TaskRegistry::new(WorkerId::Index(0));
+        let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX);
         registry.register_unbounded(ident(Some("a"))).unwrap();
         assert_eq!(
             registry.register_unbounded(ident(Some("a"))).unwrap_err(),
@@ -320,7 +338,7 @@ mod tests {
 
     #[test]
     fn purge_drops_exactly_the_ended_tasks_and_frees_their_names() {
-        let registry = TaskRegistry::new(WorkerId::Index(0));
+        let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX);
         let done = registry.register_unbounded(ident(Some("done"))).unwrap();
         let live = registry.register_unbounded(ident(Some("live"))).unwrap();
         let failed = registry.register_unbounded(ident(None)).unwrap();
@@ -341,9 +359,26 @@ mod tests {
             .expect("the name is free again");
     }
 
+    #[test]
+    fn past_the_retention_cap_the_oldest_ended_task_is_dropped() {
+        let registry = TaskRegistry::new(WorkerId::Index(0), 2);
+        let live = registry.register_unbounded(ident(Some("live"))).unwrap();
+        let ids: Vec<TaskId> = ["a", "b", "c"]
+            .iter()
+            .map(|name| {
+                let handle = registry.register_unbounded(ident(Some(name))).unwrap();
+                registry.finish(handle.id, Outcome::Failed { error: "x".into() });
+                handle.id
+            })
+            .collect();
+        let left: Vec<_> = registry.snapshot().iter().map(|i| i.ident.id).collect();
+        assert_eq!(left, vec![live.id, ids[1], ids[2]]);
+        assert!(registry.get_by_name("a").is_none(), "its name is free");
+    }
+
     #[tokio::test]
     async fn finishing_wakes_waiters_and_records_the_outcome() {
-        let registry = TaskRegistry::new(WorkerId::Index(0));
+        let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX);
         let mut handle = registry.register_unbounded(ident(None)).unwrap();
         assert_eq!(registry.live().len(), 1);
         registry.mark_running(handle.id);

@@ -23,7 +23,7 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 /// polls (61 ms with one spinner).
 pub(crate) fn new_store(engine: &Engine, data: TaskData) -> Store<TaskData> {
     let mut store = Store::new(engine, data);
-    store.limiter(|data| &mut data.store_limits);
+    store.limiter(|data| &mut data.memory);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|cx| {
         if cx.data().cancel.is_forced() {
@@ -92,15 +92,60 @@ pub(crate) async fn run(
         });
     }
     started();
-    let result = tokio::select! {
-        result = factories.call_run(&mut store, &ident.factory, args) => result,
-        // Epochs cannot interrupt a guest blocked inside a host call (a WASI
-        // poll, say): once forced, drop the call; wasmtime unwinds the guest.
-        _ = cancel.forced() => {
-            return Some(Outcome::Cancelled { stage: CancelStage::Forced });
+    let timeout = store.data().policy.limits.timeout;
+    let mut timed_out = false;
+    let returned = {
+        let call = factories.call_run(&mut store, &ident.factory, args);
+        tokio::pin!(call);
+        tokio::select! {
+            result = &mut call => Some(result),
+            // Epochs cannot interrupt a guest blocked inside a host call (a
+            // WASI poll, say): once forced, drop the call; wasmtime unwinds
+            // the guest.
+            _ = cancel.forced() => None,
+            _ = deadline(timeout) => {
+                // Out of time: cancelled like any task, so it may clean up
+                // within the grace period, then interrupted.
+                timed_out = true;
+                cancel.cancel();
+                tokio::select! {
+                    result = &mut call => Some(result),
+                    _ = cancel.forced() => None,
+                    _ = tokio::time::sleep(env.cancel_grace) => {
+                        cancel.force();
+                        None
+                    }
+                }
+            }
         }
     };
-    Some(classify(result, &cancel, store.data()))
+    let outcome = match returned {
+        Some(result) => classify(result, &cancel, store.data()),
+        None => Outcome::Cancelled {
+            stage: CancelStage::Forced,
+        },
+    };
+    Some(match (outcome, timeout) {
+        (Outcome::Cancelled { stage }, Some(limit)) if timed_out => Outcome::Failed {
+            error: format!(
+                "timed out after {} ms (limit `timeout_ms`); {}",
+                limit.as_millis(),
+                match stage {
+                    CancelStage::Cooperative => "it stopped when told",
+                    CancelStage::Forced => "it was interrupted",
+                }
+            ),
+        },
+        (outcome, _) => outcome,
+    })
+}
+
+/// Resolves when a task with `timeout` has run out of time; never without.
+async fn deadline(timeout: Option<std::time::Duration>) {
+    match timeout {
+        Some(timeout) => tokio::time::sleep(timeout).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn classify(

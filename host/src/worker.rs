@@ -7,6 +7,7 @@
 
 use crate::app::AppContext;
 use crate::bindings::GuestError;
+use crate::config::MAX_NAME_BYTES;
 use crate::events::EventHub;
 use crate::logging::{self, Lifecycle};
 use crate::metrics::Metrics;
@@ -112,6 +113,14 @@ impl WorkerCtx {
         args: String,
         name: Option<String>,
     ) -> Result<TaskId, AddTaskError> {
+        if plugin.len() > MAX_NAME_BYTES {
+            // Not echoed back in an unknown-plugin error: it could be huge.
+            return Err(RegisterError::Limit(format!(
+                "a plugin name may be at most {MAX_NAME_BYTES} bytes, got {}",
+                plugin.len()
+            ))
+            .into());
+        }
         let plugin = self
             .env
             .plugin(plugin)
@@ -156,6 +165,26 @@ impl WorkerCtx {
         });
         let registered = Instant::now();
         let limits = &self.env.app.limits;
+        for (what, text) in [
+            ("task name", ident.name.as_deref()),
+            ("factory name", Some(factory)),
+        ] {
+            if let Some(text) = text
+                && text.len() > MAX_NAME_BYTES
+            {
+                return Err(RegisterError::Limit(format!(
+                    "a {what} may be at most {MAX_NAME_BYTES} bytes, got {}",
+                    text.len()
+                )));
+            }
+        }
+        if args.len() > limits.args_bytes {
+            return Err(RegisterError::Limit(format!(
+                "task arguments are {} bytes, more than {} ([limits] args_bytes)",
+                args.len(),
+                limits.args_bytes
+            )));
+        }
         if self.env.tracker.len() >= limits.tasks_per_app {
             return Err(RegisterError::Limit(format!(
                 "the app already runs {} tasks ([limits] tasks_per_app)",
@@ -248,7 +277,7 @@ impl Worker {
         Ok(Worker {
             ctx: Arc::new(WorkerCtx {
                 id,
-                registry: TaskRegistry::new(id),
+                registry: TaskRegistry::new(id, env.app.limits.ended_tasks_per_worker),
                 runtime,
                 env,
             }),

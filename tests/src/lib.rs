@@ -78,12 +78,12 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    /// Writes `toml` as app.toml; `{examples}`, `{greeter}`, `{testkit}`, `{versioned}` are replaced by
+    /// Writes `toml` as app.toml; `{examples}`, `{greeter}`, `{hostile}`, `{testkit}`, `{versioned}` are replaced by
     /// the paths of those built plugins.
     pub fn new(toml: &str) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut text = toml.to_string();
-        for name in ["examples", "greeter", "testkit", "versioned"] {
+        for name in ["examples", "greeter", "hostile", "testkit", "versioned"] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {
                 text = text.replace(&key, &plugin(name).display().to_string());

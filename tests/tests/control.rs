@@ -239,7 +239,14 @@ fn bad_requests_get_json_errors_and_the_host_keeps_serving() {
         status_and_kind(unknown_factory),
         (404, "unknown_factory".into())
     );
-    let huge = "x".repeat(taskhost::control::MAX_BODY + 1);
+    let limits = taskhost::config::Limits::default();
+    let over_payload = "x".repeat(limits.event_payload_bytes + 1);
+    let over_limit = agent
+        .post(&format!("{base}/v1/events/big"))
+        .set("Authorization", &bearer)
+        .send_json(json!({"payload": over_payload}));
+    assert_eq!(status_and_kind(over_limit), (413, "limit".into()));
+    let huge = "x".repeat(taskhost::control::body_limit(&limits) + 1);
     let oversized = agent
         .post(&format!("{base}/v1/events/big"))
         .set("Authorization", &bearer)

@@ -168,12 +168,14 @@ fn a_trap_or_panic_fails_only_that_task() {
         workers = 2
         [plugins.kit]
         path = "{testkit}"
+        [plugins.hostile]
+        path = "{hostile}"
         [[tasks]]
-        plugin = "kit"
+        plugin = "hostile"
         factory = "panic"
         name = "panics"
         [[tasks]]
-        plugin = "kit"
+        plugin = "hostile"
         factory = "trap"
         name = "traps"
         [[tasks]]
@@ -206,7 +208,7 @@ fn a_trap_or_panic_fails_only_that_task() {
     assert!(
         panics
             .iter()
-            .all(|e| e.contains("testkit panic on purpose")),
+            .all(|e| e.contains("hostile panic on purpose")),
         "{panics:?}"
     );
     let traps = failed("traps");

@@ -161,8 +161,10 @@ fn tasks_that_ignore_cancellation_or_block_in_wasi_are_forced() {
         cancel_grace_ms = 30
         [plugins.kit]
         path = "{testkit}"
+        [plugins.hostile]
+        path = "{hostile}"
         [[tasks]]
-        plugin = "kit"
+        plugin = "hostile"
         factory = "stubborn"
         name = "stubborn"
         [[tasks]]

@@ -1,10 +1,22 @@
 //! `dispatch` and `wait-event`: Sanic's signals, across all workers.
 
+use super::TaskData;
 use crate::bindings::GuestError;
+use crate::events::{check_dispatch, check_name};
 use crate::task::CancelSignal;
 use crate::worker::TaskEnv;
 use std::sync::Arc;
 use std::time::Duration;
+
+impl TaskData {
+    pub(super) fn app_dispatch(&self, event: &str, payload: &str) -> Result<u32, GuestError> {
+        check_dispatch(event, payload, &self.app.limits).map_err(GuestError::Limit)?;
+        Ok(match &self.worker {
+            Some(worker) => worker.env().events.dispatch(event, payload),
+            None => 0,
+        })
+    }
+}
 
 /// Waits for the next dispatch matching `pattern`; `None` on timeout,
 /// `cancelled` as soon as the task is cancelled.
@@ -17,6 +29,7 @@ pub(super) async fn wait_event(
     if cancel.is_cancelled() {
         return Err(GuestError::Cancelled);
     }
+    check_name(&pattern).map_err(GuestError::Limit)?;
     let mut wait = env.events.subscribe(&pattern);
     let timeout = async {
         match timeout_ms {
@@ -25,7 +38,7 @@ pub(super) async fn wait_event(
         }
     };
     tokio::select! {
-        payload = wait.payload() => Ok(Some(payload)),
+        payload = wait.payload() => Ok(Some(payload.to_string())),
         _ = timeout => Ok(None),
         _ = cancel.cancelled() => Err(GuestError::Cancelled),
     }

@@ -1,26 +1,29 @@
 //! The host side of the `app` interface, and what a task's store holds.
 //!
 //! One file per part of the interface: `identity` (name, worker, config),
-//! `log`, `time` (sleep). `output` turns a guest's stdout/stderr into
-//! attributed log lines.
+//! `log`, `time` (sleep), `tasks`, `events`. `output` turns a guest's
+//! stdout/stderr into attributed log lines; `sandbox` holds what a task may
+//! reach and spend.
 
 mod events;
 mod identity;
 mod log;
 mod output;
+mod sandbox;
 mod tasks;
 mod time;
 
 use crate::bindings::taskhost::plugin::types;
-use crate::config::Limits;
+use crate::config::{AppConfig, Grants, Limits, PluginLimits};
 use crate::task::{CancelSignal, TaskIdent};
 use crate::worker::WorkerCtx;
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::sync::Arc;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 pub use output::TaskOutput;
+pub use sandbox::{MemoryBudget, PluginPolicy};
 
 /// What every task of an application shares: built once from app.toml.
 #[derive(Debug)]
@@ -30,27 +33,53 @@ pub struct AppContext {
     /// `[config]` values, already encoded as the JSON text `app.config`
     /// returns, so a call costs a lookup and a copy.
     config: HashMap<String, String>,
+    /// Bounds and grants of the plugins app.toml configures.
+    policies: HashMap<String, Arc<PluginPolicy>>,
+    /// For plugins app.toml does not name (loaded into a running host):
+    /// the app's limits, no grants.
+    default_policy: Arc<PluginPolicy>,
+    /// Linear memory held by live tasks, host-wide (a metric).
+    pub task_memory: Gauge,
 }
 
 impl AppContext {
-    pub fn new(
-        name: String,
-        config: &std::collections::BTreeMap<String, serde_json::Value>,
-        limits: Limits,
-    ) -> AppContext {
-        let config = config
+    pub fn new(config: &AppConfig) -> AppContext {
+        let limits = config.limits;
+        let policies = config
+            .plugins
             .iter()
-            .map(|(key, value)| (key.clone(), value.to_string()))
+            .map(|(name, plugin)| {
+                let policy = PluginPolicy {
+                    limits: limits.for_task(&plugin.limits),
+                    grants: plugin.grants.clone(),
+                };
+                (name.clone(), Arc::new(policy))
+            })
             .collect();
         AppContext {
-            name,
+            name: config.name.clone(),
             limits,
-            config,
+            config: config
+                .config
+                .iter()
+                .map(|(key, value)| (key.clone(), value.to_string()))
+                .collect(),
+            policies,
+            default_policy: Arc::new(PluginPolicy {
+                limits: limits.for_task(&PluginLimits::default()),
+                grants: Grants::default(),
+            }),
+            task_memory: Gauge::default(),
         }
     }
 
     pub fn config_json(&self, key: &str) -> Option<&str> {
         self.config.get(key).map(String::as_str)
+    }
+
+    /// The bounds and grants of `plugin`'s tasks.
+    pub fn policy(&self, plugin: &str) -> &Arc<PluginPolicy> {
+        self.policies.get(plugin).unwrap_or(&self.default_policy)
     }
 }
 
@@ -65,8 +94,9 @@ pub struct TaskData {
     /// The worker the task runs on; none for the throw-away instances that
     /// list factories and check arguments at load.
     pub(crate) worker: Option<Arc<WorkerCtx>>,
-    /// Bounds the task's memory (`[limits] memory_mb`).
-    pub(crate) store_limits: StoreLimits,
+    pub(crate) policy: Arc<PluginPolicy>,
+    /// Bounds the task's memory (`memory_mb`).
+    pub(crate) memory: MemoryBudget,
     wasi: Option<WasiCtx>,
     /// The task's stderr, once WASI exists: its last lines explain a crash.
     stderr: Option<TaskOutput>,
@@ -75,14 +105,14 @@ pub struct TaskData {
 
 impl TaskData {
     pub fn new(ident: Arc<TaskIdent>, app: Arc<AppContext>, cancel: Arc<CancelSignal>) -> TaskData {
-        let store_limits = StoreLimitsBuilder::new()
-            .memory_size(app.limits.memory_bytes())
-            .build();
+        let policy = app.policy(&ident.plugin).clone();
+        let memory = MemoryBudget::new(policy.limits.memory_bytes, app.task_memory.clone());
         TaskData {
             ident,
             app,
             cancel,
-            store_limits,
+            policy,
+            memory,
             worker: None,
             wasi: None,
             stderr: None,
@@ -106,18 +136,11 @@ impl WasiView for TaskData {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         let ident = &self.ident;
         let stderr = &mut self.stderr;
+        let grants = &self.policy.grants;
         let ctx = self.wasi.get_or_insert_with(|| {
             let errors = TaskOutput::stderr(ident.clone());
             *stderr = Some(errors.clone());
-            // Deny by default: no files, no environment, no network, no
-            // stdin. stdout and stderr become log lines of this task.
-            WasiCtxBuilder::new()
-                .stdout(TaskOutput::stdout(ident.clone()))
-                .stderr(errors)
-                .allow_tcp(false)
-                .allow_udp(false)
-                .allow_ip_name_lookup(false)
-                .build()
+            sandbox::wasi_ctx(ident, grants, TaskOutput::stdout(ident.clone()), errors)
         });
         WasiCtxView {
             ctx,
@@ -192,11 +215,12 @@ impl crate::bindings::taskhost::plugin::app::Host for TaskData {
         Ok(self.app_purge_tasks())
     }
 
-    async fn dispatch(&mut self, event: String, payload: String) -> wasmtime::Result<u32> {
-        Ok(match &self.worker {
-            Some(worker) => worker.env().events.dispatch(&event, &payload),
-            None => 0,
-        })
+    async fn dispatch(
+        &mut self,
+        event: String,
+        payload: String,
+    ) -> wasmtime::Result<Result<u32, types::Error>> {
+        Ok(self.app_dispatch(&event, &payload))
     }
 
     async fn wait_event(

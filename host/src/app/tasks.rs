@@ -4,6 +4,7 @@
 use super::TaskData;
 use crate::bindings::GuestError;
 use crate::bindings::taskhost::plugin::types;
+use crate::config::MAX_NAME_BYTES;
 use crate::registry::{RegisterError, TaskHandle};
 use crate::runner;
 use crate::task::{CancelStage, Outcome, TaskInfo, TaskState, unix_millis};
@@ -24,6 +25,7 @@ impl TaskData {
     }
 
     pub(super) fn app_get_task(&self, name: &str) -> Result<types::TaskInfo, GuestError> {
+        check_name(name)?;
         let worker = self.worker_ctx()?;
         worker
             .registry()
@@ -99,6 +101,7 @@ pub(super) struct CancelRequest {
 impl TaskData {
     /// Finds the target of `cancel-task`, or the error to return at once.
     pub(super) fn cancel_request(&self, name: &str) -> Result<CancelRequest, GuestError> {
+        check_name(name)?;
         let worker = self.worker_ctx()?;
         let target = worker
             .registry()
@@ -143,6 +146,18 @@ pub(super) async fn cancel_task(request: CancelRequest) -> Result<types::TaskInf
         .map(|info| to_wit(&info))
         // Purged by someone else between its end and now: it did end.
         .ok_or_else(|| GuestError::NotFound(format!("task {} was purged", target.id)))
+}
+
+/// No task can have a name over the limit, and echoing one back in a
+/// not-found error would hand the guest its giant string again.
+fn check_name(name: &str) -> Result<(), GuestError> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(GuestError::Limit(format!(
+            "a task name may be at most {MAX_NAME_BYTES} bytes, got {}",
+            name.len()
+        )));
+    }
+    Ok(())
 }
 
 pub(super) fn to_wit(info: &TaskInfo) -> types::TaskInfo {

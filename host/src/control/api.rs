@@ -14,7 +14,7 @@
 //! | GET | /v1/stream | lifecycle events (Server-Sent Events) |
 //! | GET | /metrics | Prometheus / OpenMetrics text |
 
-use super::MAX_BODY;
+use super::body_limit;
 use crate::host::{CancelError, Host};
 use crate::registry::RegisterError;
 use crate::task::{Outcome, TaskInfo, WorkerId, unix_millis};
@@ -41,6 +41,7 @@ struct Ctx {
 }
 
 pub(super) fn router(host: Arc<Host>, token: String) -> Router {
+    let body_limit = body_limit(&host.config().limits);
     let ctx = Ctx {
         host,
         token: token.into(),
@@ -57,7 +58,7 @@ pub(super) fn router(host: Arc<Host>, token: String) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint") })
         .layer(middleware::from_fn_with_state(ctx.clone(), authorize))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(ctx)
 }
 
@@ -413,6 +414,8 @@ async fn dispatch(
     body: Result<Json<DispatchRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(request) = body?;
+    crate::events::check_dispatch(&event, &request.payload, &ctx.host.config().limits)
+        .map_err(|message| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "limit", message))?;
     if let Some(count) = request.wait_for {
         let timeout = Duration::from_millis(request.timeout_ms.unwrap_or(10_000));
         tokio::time::timeout(timeout, ctx.host.events().until_waiting(count))

@@ -21,8 +21,22 @@ use tokio::sync::oneshot;
 
 pub use state_file::{ControlState, default_state_file};
 
-/// Largest request body accepted (larger ones get 413).
+/// Room in a request body for everything but task arguments and event
+/// payloads.
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// Largest request body accepted (larger ones get 413): room for the
+/// largest arguments or payload the limits allow, JSON-escaped.
+pub fn body_limit(limits: &crate::config::Limits) -> usize {
+    MAX_BODY + 2 * limits.args_bytes.max(limits.event_payload_bytes)
+}
+
+/// The control API as a service, without a listener: every request must
+/// carry `token` as its bearer token. [`serve`] puts it on a socket; the
+/// fuzz targets call it directly.
+pub fn router(host: Arc<Host>, token: String) -> axum::Router {
+    api::router(host, token)
+}
 
 /// Where and how to serve the control API.
 #[derive(Debug, Clone)]

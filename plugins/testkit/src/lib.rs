@@ -129,7 +129,7 @@ plugin! {
             }
             // A dispatch that wakes nobody came while the feed was not
             // waiting; only count those it heard.
-            if app.dispatch("feed", "tick") > 0 {
+            if app.dispatch("feed", "tick")? > 0 {
                 delivered += 1;
             } else {
                 app.sleep(1)?;
@@ -170,67 +170,41 @@ plugin! {
         Ok(())
     }
 
-    /// Grows its memory 1 MiB at a time, keeping every chunk, until the
-    /// host's memory limit refuses (then Rust aborts the instance).
-    fn memory_bomb(app: &App) -> Result<()> {
-        let mut hoard: Vec<Vec<u8>> = Vec::new();
-        loop {
-            hoard.push(vec![1u8; 1 << 20]);
-            if hoard.len() % 16 == 0 {
-                app.debug(format!("holding {} MiB", hoard.len()));
-            }
+    /// Well-behaved CPU work: `rounds` steps of xorshift64 from a fixed seed,
+    /// returning where it ends (the tests compute the same on the host).
+    fn crunch(_app: &App, rounds: u64) -> Result<u64> {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..rounds {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
         }
+        Ok(x)
     }
 
-    /// Adds `waiter` tasks until the host says `limit`; then cancels them
-    /// (a dispatch could miss those not yet waiting) and reports how many it
-    /// started and the error it got.
-    fn spawn_bomb(app: &App) -> Result<Value> {
-        let mut spawned = 0u32;
-        let refusal = loop {
-            let name = format!("bomblet-{spawned}");
-            match app.task("waiter").name(&name).args(json!({"event": "never"})).start() {
-                Ok(_) => spawned += 1,
-                Err(error) => break error,
-            }
+    /// Tries what WASI grants allow, from inside: reads the guest path
+    /// `read`, writes to the guest path `write`, reads the variables `env`.
+    /// Reports each answer (or the error) rather than failing.
+    fn wasi_probe(
+        _app: &App,
+        read: Option<String>,
+        write: Option<String>,
+        env: Vec<String>,
+    ) -> Result<Value> {
+        let answer = |result: std::io::Result<Value>| match result {
+            Ok(value) => json!({ "ok": value }),
+            Err(error) => json!({ "error": error.to_string() }),
         };
-        for i in 0..spawned {
-            app.cancel_task(&format!("bomblet-{i}"))?;
-        }
-        Ok(json!({
-            "spawned": spawned,
-            "kind": format!("{:?}", refusal.kind()),
-            "message": refusal.to_string(),
-        }))
-    }
-
-    /// Logs one line of `bytes` bytes.
-    fn log_flood(app: &App, bytes: usize) -> Result<()> {
-        app.info("x".repeat(bytes));
-        Ok(())
-    }
-
-    /// Ignores cancellation: sleeps again whenever a sleep says `cancelled`,
-    /// until it is interrupted.
-    fn stubborn(app: &App) -> Result<()> {
-        loop {
-            if app.sleep(3_600_000).is_err() {
-                app.info("ignoring cancellation");
-            }
-        }
-    }
-
-    /// Panics (Rust panic, which aborts the instance).
-    fn panic(_app: &App) -> Result<()> {
-        panic!("testkit panic on purpose");
-    }
-
-    /// Executes a wasm `unreachable` instruction.
-    fn trap(_app: &App) -> Result<()> {
-        #[cfg(target_family = "wasm")]
-        core::arch::wasm32::unreachable();
-        #[cfg(not(target_family = "wasm"))]
-        unreachable!()
+        let read = read.map(|path| answer(std::fs::read_to_string(path).map(Value::from)));
+        let write = write.map(|path| answer(std::fs::write(path, "written by a task").map(|_| Value::Null)));
+        let env: serde_json::Map<String, Value> = env
+            .into_iter()
+            .map(|name| {
+                let value = std::env::var(&name).ok();
+                (name, json!(value))
+            })
+            .collect();
+        Ok(json!({ "read": read, "write": write, "env": env }))
     }
 
     /// Returns an error (the task fails without trapping).

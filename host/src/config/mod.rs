@@ -7,6 +7,12 @@
 //! (does the factory exist, do its arguments decode) happen when the plugins
 //! are loaded; see [`crate::application`].
 
+mod grants;
+mod limits;
+
+pub use grants::{DirGrant, Grants};
+pub use limits::{Limits, MAX_NAME_BYTES, PluginLimits, TaskLimits};
+
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -55,6 +61,10 @@ pub enum PluginSource {
 pub struct PluginConfig {
     pub name: String,
     pub source: PluginSource,
+    /// Per-task bounds that differ from `[limits]`.
+    pub limits: PluginLimits,
+    /// What its tasks may reach through WASI (nothing by default).
+    pub grants: Grants,
 }
 
 /// Where a startup task runs.
@@ -118,6 +128,10 @@ fn one() -> i64 {
 struct RawPlugin {
     path: Option<PathBuf>,
     build: Option<PathBuf>,
+    #[serde(default)]
+    limits: PluginLimits,
+    #[serde(default)]
+    grants: grants::RawGrants,
 }
 
 #[derive(Deserialize)]
@@ -198,7 +212,21 @@ impl AppConfig {
                     dir.display()
                 );
             }
-            plugins.insert(name.clone(), PluginConfig { name, source });
+            let limits = plugin
+                .limits
+                .checked(&format!("{file}: [plugins.{name}.limits]"))?;
+            let grants = plugin
+                .grants
+                .checked(&format!("{file}: [plugins.{name}.grants]"), base)?;
+            plugins.insert(
+                name.clone(),
+                PluginConfig {
+                    name,
+                    source,
+                    limits,
+                    grants,
+                },
+            );
         }
 
         let mut config = BTreeMap::new();
@@ -264,59 +292,6 @@ impl AppConfig {
             tasks,
             limits: raw.limits.checked(&file.to_string())?,
         })
-    }
-}
-
-/// The `[limits]` table: bounds on what plugins can make the host spend.
-/// Every field has a default, so the table is optional.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Linear memory one task may grow to, in MiB; `memory.grow` past it
-    /// fails (a Rust guest then aborts with "memory allocation failed").
-    pub memory_mb: u64,
-    /// Live tasks one worker may hold; `add_task` past it fails with `limit`.
-    pub tasks_per_worker: usize,
-    /// Live tasks the whole app may hold, across workers.
-    pub tasks_per_app: usize,
-    /// Longest log line a task may emit, in bytes; longer ones are cut.
-    pub log_line_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            memory_mb: 64,
-            tasks_per_worker: 10_000,
-            tasks_per_app: 100_000,
-            log_line_bytes: 16 * 1024,
-        }
-    }
-}
-
-impl Limits {
-    fn checked(self, file: &str) -> Result<Limits> {
-        for (key, value) in [
-            ("memory_mb", self.memory_mb as usize),
-            ("tasks_per_worker", self.tasks_per_worker),
-            ("tasks_per_app", self.tasks_per_app),
-            ("log_line_bytes", self.log_line_bytes),
-        ] {
-            if value == 0 {
-                bail!("{file}: [limits] `{key}` must be at least 1");
-            }
-        }
-        if self.memory_mb > 4096 {
-            bail!(
-                "{file}: [limits] `memory_mb` must be at most 4096 (a 32-bit wasm memory), got {}",
-                self.memory_mb
-            );
-        }
-        Ok(self)
-    }
-
-    pub fn memory_bytes(&self) -> usize {
-        usize::try_from(self.memory_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
     }
 }
 

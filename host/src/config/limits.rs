@@ -1,0 +1,213 @@
+//! `[limits]` and `[plugins.NAME.limits]`: bounds on what plugins can make
+//! the host spend. Every bound has a default, so both tables are optional;
+//! a zero is refused rather than read as "unlimited", because a limit that
+//! silently stops limiting is worse than an error.
+
+use anyhow::{Result, bail};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Longest task or event name a guest may use, in bytes. Names are keys in
+/// maps and fields of every log line: they are meant to be short.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Largest wasm stack app.toml may ask for: the host runs each task on a
+/// 2 MiB native stack, which must hold the wasm stack and the host calls
+/// made from it.
+pub const MAX_WASM_STACK_KB: usize = 1536;
+
+/// The app-wide `[limits]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Linear memory one task may grow to, in MiB; `memory.grow` past it
+    /// fails (a Rust guest then aborts with "memory allocation failed").
+    pub memory_mb: u64,
+    /// Wall-clock time a task may run, in milliseconds; then it is
+    /// cancelled (forced after the grace period) and ends `failed`. None
+    /// (the default): background tasks may run as long as the host does.
+    pub timeout_ms: Option<u64>,
+    /// Wasm stack per task, in KiB; deeper recursion traps with a stack
+    /// overflow. Engine-wide, so not settable per plugin.
+    pub wasm_stack_kb: usize,
+    /// Task instances the host keeps slots for (the instance pool); also
+    /// the most tasks that can be alive at once.
+    pub instances: u32,
+    /// Live tasks one worker may hold; `add_task` past it fails with `limit`.
+    pub tasks_per_worker: usize,
+    /// Live tasks the whole app may hold, across workers.
+    pub tasks_per_app: usize,
+    /// Ended tasks one worker keeps listed until purged; past it, the oldest
+    /// ended ones are dropped, so a stream of short tasks cannot grow the
+    /// registry without end.
+    pub ended_tasks_per_worker: usize,
+    /// Longest log line a task may emit, in bytes; longer ones are cut.
+    pub log_line_bytes: usize,
+    /// Largest event payload `dispatch` accepts, in bytes.
+    pub event_payload_bytes: usize,
+    /// Largest `args` (JSON text) a new task may be given, in bytes.
+    pub args_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mb: 64,
+            timeout_ms: None,
+            wasm_stack_kb: 512,
+            instances: 10_000,
+            tasks_per_worker: 10_000,
+            tasks_per_app: 100_000,
+            ended_tasks_per_worker: 10_000,
+            log_line_bytes: 16 * 1024,
+            event_payload_bytes: 1024 * 1024,
+            args_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// `[plugins.NAME.limits]`: the per-task bounds a plugin may override.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginLimits {
+    pub memory_mb: Option<u64>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// What bounds one task, resolved from the app's and its plugin's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskLimits {
+    pub memory_bytes: usize,
+    pub timeout: Option<Duration>,
+}
+
+fn check_memory_mb(table: &str, memory_mb: u64) -> Result<()> {
+    if memory_mb == 0 {
+        bail!("{table} `memory_mb` must be at least 1");
+    }
+    if memory_mb > 4096 {
+        bail!("{table} `memory_mb` must be at most 4096 (a 32-bit wasm memory), got {memory_mb}");
+    }
+    Ok(())
+}
+
+fn check_timeout_ms(table: &str, timeout_ms: Option<u64>) -> Result<()> {
+    if timeout_ms == Some(0) {
+        bail!("{table} `timeout_ms` must be at least 1 (leave it out for no timeout)");
+    }
+    Ok(())
+}
+
+impl Limits {
+    /// Checks every bound; `file` names app.toml in the error.
+    pub(super) fn checked(self, file: &str) -> Result<Limits> {
+        let table = format!("{file}: [limits]");
+        for (key, value) in [
+            ("instances", self.instances as usize),
+            ("tasks_per_worker", self.tasks_per_worker),
+            ("tasks_per_app", self.tasks_per_app),
+            ("ended_tasks_per_worker", self.ended_tasks_per_worker),
+            ("log_line_bytes", self.log_line_bytes),
+            ("event_payload_bytes", self.event_payload_bytes),
+            ("args_bytes", self.args_bytes),
+        ] {
+            if value == 0 {
+                bail!("{table} `{key}` must be at least 1");
+            }
+        }
+        check_memory_mb(&table, self.memory_mb)?;
+        check_timeout_ms(&table, self.timeout_ms)?;
+        if !(16..=MAX_WASM_STACK_KB).contains(&self.wasm_stack_kb) {
+            bail!(
+                "{table} `wasm_stack_kb` must be between 16 and {MAX_WASM_STACK_KB}, got {}",
+                self.wasm_stack_kb
+            );
+        }
+        Ok(self)
+    }
+
+    /// The bounds of a task of a plugin with `overrides`.
+    pub fn for_task(&self, overrides: &PluginLimits) -> TaskLimits {
+        let memory_mb = overrides.memory_mb.unwrap_or(self.memory_mb);
+        TaskLimits {
+            memory_bytes: usize::try_from(memory_mb.saturating_mul(1024 * 1024))
+                .unwrap_or(usize::MAX),
+            timeout: overrides
+                .timeout_ms
+                .or(self.timeout_ms)
+                .map(Duration::from_millis),
+        }
+    }
+
+    /// For the engine's `max_wasm_stack`.
+    pub fn wasm_stack_bytes(&self) -> usize {
+        self.wasm_stack_kb * 1024
+    }
+}
+
+impl PluginLimits {
+    pub(super) fn checked(self, table: &str) -> Result<PluginLimits> {
+        if let Some(memory_mb) = self.memory_mb {
+            check_memory_mb(table, memory_mb)?;
+        }
+        check_timeout_ms(table, self.timeout_ms)?;
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugin_override_wins_and_the_rest_falls_back() {
+        let app = Limits {
+            timeout_ms: Some(1000),
+            ..Limits::default()
+        };
+        let task = app.for_task(&PluginLimits {
+            memory_mb: Some(8),
+            timeout_ms: None,
+        });
+        assert_eq!(task.memory_bytes, 8 << 20);
+        assert_eq!(task.timeout, Some(Duration::from_millis(1000)));
+        assert_eq!(
+            app.for_task(&PluginLimits::default()).memory_bytes,
+            64 << 20
+        );
+    }
+
+    #[test]
+    fn zero_and_out_of_range_values_are_refused() {
+        let zero = Limits {
+            args_bytes: 0,
+            ..Limits::default()
+        };
+        assert_eq!(
+            zero.checked("app.toml").unwrap_err().to_string(),
+            "app.toml: [limits] `args_bytes` must be at least 1"
+        );
+        let stack = Limits {
+            wasm_stack_kb: 4096,
+            ..Limits::default()
+        };
+        assert!(
+            stack
+                .checked("app.toml")
+                .unwrap_err()
+                .to_string()
+                .contains("`wasm_stack_kb` must be between 16 and 1536, got 4096")
+        );
+        let timeout = PluginLimits {
+            timeout_ms: Some(0),
+            ..PluginLimits::default()
+        };
+        assert!(
+            timeout
+                .checked("app.toml: [plugins.p.limits]")
+                .unwrap_err()
+                .to_string()
+                .starts_with("app.toml: [plugins.p.limits] `timeout_ms` must be at least 1")
+        );
+    }
+}
