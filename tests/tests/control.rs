@@ -257,6 +257,21 @@ fn bad_requests_get_json_errors_and_the_host_keeps_serving() {
         .set("Authorization", &bearer)
         .call();
     assert_eq!(status_and_kind(nowhere), (404, "no_route".into()));
+    // Found by the control_request fuzz target: axum's own 405 had no body.
+    let wrong_method = agent
+        .delete(&format!("{base}/v1/tasks/12"))
+        .set("Authorization", &bearer)
+        .call();
+    assert_eq!(
+        status_and_kind(wrong_method),
+        (405, "method_not_allowed".into())
+    );
+    // Also from the fuzzer: a path segment that is not UTF-8.
+    let not_utf8 = agent
+        .post(&format!("{base}/v1/events/%84"))
+        .set("Authorization", &bearer)
+        .send_json(json!({}));
+    assert_eq!(status_and_kind(not_utf8), (400, "bad_request".into()));
 
     // Still serving.
     let listed = json_of(&ok(app.cli(&["tasks", "--json"])));

@@ -57,10 +57,52 @@ pub(super) fn router(host: Arc<Host>, token: String) -> Router {
         .route("/v1/stream", get(stream))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint") })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("this endpoint does not take {method}"),
+            )
+        })
         .layer(middleware::from_fn_with_state(ctx.clone(), authorize))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::map_response(json_errors))
         .with_state(ctx)
 }
+
+/// Extractors answer some bad requests themselves, in plain text (a path
+/// segment that is not UTF-8, say); the API promises JSON errors, so those
+/// are rewrapped here, keeping their status and message.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), MAX_ERROR_TEXT)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
+    let kind = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::NOT_FOUND => "no_route",
+        status if status.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    ApiError::new(status, kind, message).into_response()
+}
+
+/// Longest plain-text error body rewrapped as JSON.
+const MAX_ERROR_TEXT: usize = 16 * 1024;
 
 /// A JSON error with a 4xx/5xx status.
 pub(super) struct ApiError {
