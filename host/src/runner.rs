@@ -61,13 +61,19 @@ pub(crate) async fn run(
     let instance = match plugin.pre().instantiate_async(&mut store).await {
         Ok(instance) => instance,
         Err(error) => {
-            let error = format!("cannot instantiate plugin `{}`: {error:#}", plugin.name);
+            let mut message = format!("cannot instantiate plugin `{}`: {error:#}", plugin.name);
+            if crate::engine::is_out_of_mappings(&error) {
+                message.push_str(
+                    " (the process may have reached vm.max_map_count: raise it, \
+                     or lower [limits] instances)",
+                );
+            }
             return match verdict {
                 Some(verdict) => {
-                    let _ = verdict.send(Err(GuestError::Failed(error)));
+                    let _ = verdict.send(Err(GuestError::Failed(message)));
                     None
                 }
-                None => Some(Outcome::Failed { error }),
+                None => Some(Outcome::Failed { error: message }),
             };
         }
     };
