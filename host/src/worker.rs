@@ -89,6 +89,13 @@ impl WorkerCtx {
         &self.env
     }
 
+    /// The worker thread's runtime: work spawned here shares the thread
+    /// with the worker's tasks (embedders and the speed benchmark use it to
+    /// drive tasks without a cross-thread hop).
+    pub fn runtime(&self) -> &Handle {
+        &self.runtime
+    }
+
     /// Registers a task and starts it on this worker; returns at once. Its
     /// arguments are not checked: use this for tasks checked beforehand
     /// (app.toml's, at load).

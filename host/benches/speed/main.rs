@@ -1,0 +1,644 @@
+//! taskhost against the raw wasmtime floor, in one run, on one engine.
+//!
+//!     cargo bench -p taskhost --bench speed
+//!
+//! Every figure is measured twice: through taskhost (a host with workers,
+//! registry, limits, logging off) and through plain wasmtime driving the
+//! same component on the same engine (`raw.rs`). It prints a Markdown table
+//! the README carries. `SPEED_SCALE=0.1` runs a tenth of the iterations.
+
+mod raw;
+
+use raw::RawPlugin;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+use taskhost::application::Application;
+use taskhost::config::AppConfig;
+use taskhost::engine::EngineSettings;
+use taskhost::host::Host;
+use taskhost::plugin::Plugin;
+use taskhost::plugin::build::{self, BuildOptions, BuildOutput};
+use taskhost::registry::TaskHandle;
+use taskhost::task::{CancelStage, Outcome, TaskState, WorkerId};
+use taskhost::worker::WorkerCtx;
+use wasmtime::Engine;
+
+/// Idle tasks held at once for the memory figure: the default instance
+/// pool's size, so the host runs with the pool a default host has.
+const IDLE_TASKS: usize = 10_000;
+
+fn scale() -> f64 {
+    std::env::var("SPEED_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0)
+}
+
+fn scaled(n: usize) -> usize {
+    ((n as f64 * scale()) as usize).max(10)
+}
+
+struct Percentiles {
+    p50: Duration,
+    p99: Duration,
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    Percentiles {
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} us", d.as_secs_f64() * 1e6)
+}
+
+fn ratio(ours: f64, floor: f64) -> String {
+    format!("{:.2}x", ours / floor)
+}
+
+/// One table row: what, taskhost, raw wasmtime, ratio, target.
+struct Row([String; 5]);
+
+/// Rows are printed as they are measured, so a long run shows progress.
+fn print_row(Row(cells): Row) {
+    println!("| {} |", cells.join(" | "));
+}
+
+fn row(what: &str, ours: String, floor: String, ratio: String, target: &str) -> Row {
+    Row([what.into(), ours, floor, ratio, target.into()])
+}
+
+fn app_toml(component: &Path) -> AppConfig {
+    let text = format!(
+        "name = \"speed\"\nworkers = 2\n\
+         [limits]\ntasks_per_worker = {IDLE_TASKS}\n\
+         [plugins.bench]\npath = {:?}\n",
+        component.display().to_string()
+    );
+    AppConfig::parse(&text, Path::new("speed.toml"), Path::new(".")).expect("config")
+}
+
+async fn host(component: &Path) -> Host {
+    let settings = EngineSettings {
+        compile_cache: None,
+        ..EngineSettings::default()
+    };
+    let app = Application::load(app_toml(component), &settings, &BuildOptions::default())
+        .await
+        .expect("application");
+    let mut host = app.launch().expect("host");
+    host.main_tasks_ended().await.expect("no main tasks");
+    host.start_workers().expect("workers");
+    host
+}
+
+fn worker(host: &Host, index: u32) -> Arc<WorkerCtx> {
+    host.worker(WorkerId::Index(index)).expect("worker").clone()
+}
+
+fn plugin(worker: &WorkerCtx) -> Arc<Plugin> {
+    worker.env().plugin("bench").expect("bench plugin")
+}
+
+/// Runs `f` on the worker's own thread, as its tasks do; starts at once.
+fn on<T: Send + 'static>(
+    worker: &Arc<WorkerCtx>,
+    f: impl Future<Output = T> + Send + 'static,
+) -> impl Future<Output = T> + 'static {
+    let job = worker.runtime().spawn(f);
+    async move { job.await.expect("worker job") }
+}
+
+fn spawn(worker: &Arc<WorkerCtx>, plugin: &Arc<Plugin>, factory: &str, args: &str) -> TaskHandle {
+    worker
+        .spawn(plugin.clone(), factory, args.into(), None)
+        .expect("spawn")
+}
+
+async fn until_running(worker: &WorkerCtx, id: u64) {
+    loop {
+        let info = worker.registry().get(id).expect("task registered");
+        match info.state {
+            TaskState::Running => return,
+            state if state.is_ended() => panic!("task {id} ended {state:?}: {:?}", info.outcome),
+            _ => tokio::task::yield_now().await,
+        }
+    }
+}
+
+/// taskhost: add a trivial task, wait for its end; also when its factory
+/// was entered (the registry's start time).
+async fn spawn_latency(worker: Arc<WorkerCtx>, n: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let plugin = plugin(&worker);
+    let w = worker.clone();
+    on(&worker, async move {
+        let (mut entered, mut ended) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let wall = SystemTime::now();
+            let begun = Instant::now();
+            let mut handle = spawn(&w, &plugin, "noop", "null");
+            handle.ended().await;
+            ended.push(begun.elapsed());
+            let info = w.registry().get(handle.id).expect("task");
+            let started = info.started_at.expect("started");
+            entered.push(started.duration_since(wall).unwrap_or_default());
+            if i % 1000 == 999 {
+                w.registry().purge();
+            }
+        }
+        w.registry().purge();
+        (entered, ended)
+    })
+    .await
+}
+
+/// taskhost's checked `add_task` (what guests and the control API call):
+/// the factory first checks the arguments in the new instance, then runs.
+/// From the call to the factory entered.
+async fn add_task_latency(worker: Arc<WorkerCtx>, n: usize) -> Vec<Duration> {
+    let w = worker.clone();
+    on(&worker, async move {
+        let mut entered = Vec::new();
+        for i in 0..n {
+            let wall = SystemTime::now();
+            let id = w
+                .add_task("bench", "noop", "null".into(), None)
+                .await
+                .expect("add_task");
+            let info = loop {
+                match w.registry().get(id) {
+                    Some(info) if info.state.is_ended() => break info,
+                    _ => tokio::task::yield_now().await,
+                }
+            };
+            let started = info.started_at.expect("started");
+            entered.push(started.duration_since(wall).unwrap_or_default());
+            if i % 1000 == 999 {
+                w.registry().purge();
+            }
+        }
+        w.registry().purge();
+        entered
+    })
+    .await
+}
+
+/// raw: new store, instantiate (entered), call, drop (ended).
+async fn raw_spawn_latency(raw: &RawPlugin, n: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut entered, mut ended) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let begun = Instant::now();
+        let mut store = raw.store();
+        let plugin = raw.instantiate(&mut store).await;
+        entered.push(begun.elapsed());
+        plugin
+            .taskhost_plugin_factories()
+            .call_run(&mut store, "noop", "null")
+            .await
+            .expect("noop")
+            .expect("noop ok");
+        drop(store);
+        ended.push(begun.elapsed());
+    }
+    (entered, ended)
+}
+
+/// Trivial tasks per second on `workers` workers, 64 in flight per worker.
+async fn throughput(host: &Host, workers: u32, n: usize) -> f64 {
+    let per_worker = n / workers as usize;
+    let begun = Instant::now();
+    let mut jobs = Vec::new();
+    for index in 0..workers {
+        let w = worker(host, index);
+        let plugin = plugin(&w);
+        let job = w.clone();
+        jobs.push(on(&w, async move {
+            let mut done = 0;
+            while done < per_worker {
+                let batch: Vec<TaskHandle> = (0..64.min(per_worker - done))
+                    .map(|_| spawn(&job, &plugin, "noop", "null"))
+                    .collect();
+                done += batch.len();
+                for mut handle in batch {
+                    handle.ended().await;
+                }
+                job.registry().purge();
+            }
+        }));
+    }
+    for job in jobs {
+        job.await;
+    }
+    (per_worker * workers as usize) as f64 / begun.elapsed().as_secs_f64()
+}
+
+fn raw_throughput(raw: &Arc<RawPlugin>, threads: usize, n: usize) -> f64 {
+    let per_thread = n / threads;
+    let begun = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let raw = raw.clone();
+            scope.spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(async {
+                    for _ in 0..per_thread {
+                        raw.run("noop", "null").await.expect("noop");
+                    }
+                });
+            });
+        }
+    });
+    (per_thread * threads) as f64 / begun.elapsed().as_secs_f64()
+}
+
+/// From a cancel to the task's end, for tasks of `factory` once they run
+/// (and, for a blocked one, sit in their host call). A blocked task is
+/// cancelled as `cancel_task` does (cooperatively; its sleep returns
+/// `cancelled` and it returns); a spinning one is timed from the moment its
+/// cancel is forced (what happens when the grace period runs out), and must
+/// end by `stage`.
+async fn cancel_latency(
+    worker: Arc<WorkerCtx>,
+    factory: &'static str,
+    stage: CancelStage,
+    n: usize,
+) -> Vec<Duration> {
+    let plugin = plugin(&worker);
+    let w = worker.clone();
+    on(&worker, async move {
+        let mut samples = Vec::new();
+        for _ in 0..n {
+            let mut handle = spawn(&w, &plugin, factory, "null");
+            until_running(&w, handle.id).await;
+            // Let it reach its sleep or its loop.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let begun = Instant::now();
+            match stage {
+                CancelStage::Cooperative => taskhost::runner::request_cancel(&handle, w.env()),
+                CancelStage::Forced => {
+                    handle.cancel.cancel();
+                    handle.cancel.force();
+                }
+            }
+            handle.ended().await;
+            samples.push(begun.elapsed());
+            let info = w.registry().get(handle.id).expect("task");
+            assert_eq!(
+                info.outcome,
+                Some(Outcome::Cancelled { stage }),
+                "{factory} must end {stage:?}"
+            );
+        }
+        w.registry().purge();
+        samples
+    })
+    .await
+}
+
+/// raw: a call blocked in the raw host's sleep, woken with `cancelled`; the
+/// guest returns it.
+async fn raw_cancel_blocked(raw: &Arc<RawPlugin>, n: usize) -> Vec<Duration> {
+    let local = tokio::task::LocalSet::new();
+    let raw = raw.clone();
+    local
+        .run_until(async move {
+            let mut samples = Vec::new();
+            for _ in 0..n {
+                let mut store = raw.store();
+                let stop = store.data().stopper();
+                let plugin = raw.instantiate(&mut store).await;
+                let call = tokio::task::spawn_local(async move {
+                    let result = plugin
+                        .taskhost_plugin_factories()
+                        .call_run(&mut store, "idle", "null")
+                        .await;
+                    assert!(
+                        matches!(result, Ok(Err(_))),
+                        "idle returns its cancelled error, not {result:?}"
+                    );
+                });
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let begun = Instant::now();
+                stop.cancel();
+                call.await.expect("idle task");
+                samples.push(begun.elapsed());
+            }
+            samples
+        })
+        .await
+}
+
+/// raw: a spinning call on a local task, stopped by its epoch callback.
+async fn raw_cancel_spinning(raw: &Arc<RawPlugin>, n: usize) -> Vec<Duration> {
+    let local = tokio::task::LocalSet::new();
+    let raw = raw.clone();
+    local
+        .run_until(async move {
+            let mut samples = Vec::new();
+            for _ in 0..n {
+                let mut store = raw.store();
+                let stop = store.data().stopper();
+                let plugin = raw.instantiate(&mut store).await;
+                let call = tokio::task::spawn_local(async move {
+                    let result = plugin
+                        .taskhost_plugin_factories()
+                        .call_run(&mut store, "spin", "null")
+                        .await;
+                    assert!(result.is_err(), "spin ends only by interruption");
+                });
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let begun = Instant::now();
+                stop.force();
+                call.await.expect("spin task");
+                samples.push(begun.elapsed());
+            }
+            samples
+        })
+        .await
+}
+
+/// Run time of one task of `factory` with `args` on a worker.
+async fn task_time(worker: Arc<WorkerCtx>, factory: &'static str, args: String) -> Duration {
+    let plugin = plugin(&worker);
+    let w = worker.clone();
+    on(&worker, async move {
+        let begun = Instant::now();
+        let mut handle = spawn(&w, &plugin, factory, &args);
+        handle.ended().await;
+        let elapsed = begun.elapsed();
+        let info = w.registry().get(handle.id).expect("task");
+        assert_eq!(info.state, TaskState::Done, "{factory}: {:?}", info.outcome);
+        elapsed
+    })
+    .await
+}
+
+async fn raw_time(raw: &RawPlugin, factory: &str, args: &str) -> Duration {
+    let begun = Instant::now();
+    raw.run(factory, args).await.expect(factory);
+    begun.elapsed()
+}
+
+/// The least of repeated timings: the run least disturbed by the machine.
+fn best(times: Vec<Duration>) -> Duration {
+    times.into_iter().min().expect("samples")
+}
+
+/// The host's engine configuration with epoch interruption off: the
+/// difference is what the epoch checks cost.
+fn engine_without_epochs() -> Engine {
+    let mut config = taskhost::engine::pooled_config(&EngineSettings::default(), &None);
+    config.epoch_interruption(false);
+    Engine::new(&config).expect("engine")
+}
+
+fn resident_bytes() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    kib * 1024.0
+}
+
+/// Resident memory per idle task, measured in a fresh process (this bench
+/// re-run with SPEED_MEMORY set), so earlier allocations do not blur it.
+fn memory_per_idle_task(kind: &str) -> f64 {
+    let exe = std::env::current_exe().expect("bench binary");
+    let out = std::process::Command::new(exe)
+        .env("SPEED_MEMORY", kind)
+        .output()
+        .expect("memory run");
+    assert!(
+        out.status.success(),
+        "memory run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("bytes per task")
+}
+
+async fn memory_run(kind: &str, component: &Path) {
+    let host = host(component).await;
+    let before = resident_bytes();
+    match kind {
+        "taskhost" => {
+            let mut handles = Vec::new();
+            for i in 0..IDLE_TASKS {
+                let w = worker(&host, (i % 2) as u32);
+                handles.push((w.clone(), spawn(&w, &plugin(&w), "idle", "null")));
+            }
+            for (w, handle) in &handles {
+                until_running(w, handle.id).await;
+            }
+            // Running is recorded as the factory is entered; give every
+            // task the moment it needs to reach its sleep, then check that
+            // none ended.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for (w, handle) in &handles {
+                until_running(w, handle.id).await;
+            }
+        }
+        _ => {
+            let raw = Arc::new(RawPlugin::new(&worker(&host, 0).env().engine, component));
+            let local = tokio::task::LocalSet::new();
+            local
+                .run_until(async {
+                    let asleep = Arc::new(AtomicUsize::new(0));
+                    let mut calls = Vec::new();
+                    for _ in 0..IDLE_TASKS {
+                        let (raw, asleep) = (raw.clone(), asleep.clone());
+                        calls.push(tokio::task::spawn_local(async move {
+                            raw.run_counting("idle", "null", &asleep).await
+                        }));
+                    }
+                    while asleep.load(Ordering::Relaxed) < IDLE_TASKS {
+                        if let Some(ended) = calls.iter().position(|c| c.is_finished()) {
+                            let result = calls.swap_remove(ended).await.expect("raw task");
+                            panic!("a raw idle task ended: {result:?}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    println!("{}", (resident_bytes() - before) / IDLE_TASKS as f64);
+                    std::process::exit(0);
+                })
+                .await
+        }
+    }
+    let per_task = (resident_bytes() - before) / IDLE_TASKS as f64;
+    println!("{per_task}");
+    std::process::exit(0);
+}
+
+fn build_component() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let options = BuildOptions {
+        output: BuildOutput::Capture,
+        ..BuildOptions::default()
+    };
+    build::build(&repo.join("plugins/bench"), &options).expect("build plugins/bench")
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let component = build_component();
+    if let Ok(kind) = std::env::var("SPEED_MEMORY") {
+        memory_run(&kind, &component).await;
+    }
+    println!("| measure | taskhost | raw wasmtime | ratio | target |");
+    println!("|---|---|---|---|---|");
+
+    let host = host(&component).await;
+    let engine = worker(&host, 0).env().engine.clone();
+    let raw = Arc::new(RawPlugin::new(&engine, &component));
+    let w0 = worker(&host, 0);
+
+    // Warm up both paths (page faults in the pool, lazy statics).
+    spawn_latency(w0.clone(), 500).await;
+    raw_spawn_latency(&raw, 500).await;
+
+    let n = scaled(20_000);
+    let (entered, ended) = spawn_latency(w0.clone(), n).await;
+    let (raw_entered, raw_ended) = raw_spawn_latency(&raw, n).await;
+    let checked = add_task_latency(w0.clone(), n).await;
+    for (what, ours, floor, target) in [
+        (
+            "spawn: start to guest entered, p50/p99",
+            entered,
+            raw_entered.clone(),
+            "p50 <= 1.5x",
+        ),
+        (
+            "spawn: checked add_task to guest entered, p50/p99",
+            checked,
+            raw_entered,
+            "",
+        ),
+        (
+            "spawn: start to trivial task ended, p50/p99",
+            ended,
+            raw_ended,
+            "",
+        ),
+    ] {
+        let (ours, floor) = (percentiles(ours), percentiles(floor));
+        print_row(row(
+            what,
+            format!("{} / {}", us(ours.p50), us(ours.p99)),
+            format!("{} / {}", us(floor.p50), us(floor.p99)),
+            ratio(ours.p50.as_secs_f64(), floor.p50.as_secs_f64()),
+            target,
+        ));
+    }
+
+    let n = scaled(100_000);
+    for workers in [1u32, 2] {
+        let ours = throughput(&host, workers, n).await;
+        let floor = raw_throughput(&raw, workers as usize, n);
+        print_row(row(
+            &format!("throughput, {workers} worker(s), trivial tasks/s"),
+            format!("{ours:.0}"),
+            format!("{floor:.0}"),
+            ratio(floor, ours),
+            if workers == 2 { ">= 100000/s" } else { "" },
+        ));
+    }
+
+    let n = scaled(2_000);
+    let blocked = cancel_latency(w0.clone(), "idle", CancelStage::Cooperative, n).await;
+    let (blocked, raw_blocked) = (
+        percentiles(blocked),
+        percentiles(raw_cancel_blocked(&raw, n).await),
+    );
+    print_row(row(
+        "cancel a task blocked in sleep (cooperative), p50/p99",
+        format!("{} / {}", us(blocked.p50), us(blocked.p99)),
+        format!("{} / {}", us(raw_blocked.p50), us(raw_blocked.p99)),
+        ratio(blocked.p99.as_secs_f64(), raw_blocked.p99.as_secs_f64()),
+        "p99 < 100 us",
+    ));
+    let n = scaled(1_000);
+    let spinning = cancel_latency(w0.clone(), "spin", CancelStage::Forced, n).await;
+    let spinning = percentiles(spinning);
+    let raw_spinning = percentiles(raw_cancel_spinning(&raw, n).await);
+    print_row(row(
+        "cancel a spinning task, from the force (1 ms ticks), p50/p99",
+        format!("{} / {}", us(spinning.p50), us(spinning.p99)),
+        format!("{} / {}", us(raw_spinning.p50), us(raw_spinning.p99)),
+        ratio(spinning.p99.as_secs_f64(), raw_spinning.p99.as_secs_f64()),
+        "p99 < 1500 us",
+    ));
+
+    let calls = scaled(2_000_000) as u64;
+    let mut ours = Vec::new();
+    let mut floor = Vec::new();
+    for _ in 0..5 {
+        let many = task_time(w0.clone(), "calls", format!("{{\"n\": {calls}}}")).await;
+        let none = task_time(w0.clone(), "calls", "{\"n\": 0}".into()).await;
+        ours.push(many.saturating_sub(none));
+        let many = raw_time(&raw, "calls", &format!("{{\"n\": {calls}}}")).await;
+        let none = raw_time(&raw, "calls", "{\"n\": 0}").await;
+        floor.push(many.saturating_sub(none));
+    }
+    let per_call = |d: Duration| d.as_secs_f64() * 1e9 / calls as f64;
+    let (ours, floor) = (per_call(best(ours)), per_call(best(floor)));
+    print_row(row(
+        "host call round trip (app.task-id)",
+        format!("{ours:.0} ns"),
+        format!("{floor:.0} ns"),
+        ratio(ours, floor),
+        "<= 1.5x",
+    ));
+
+    let ours = memory_per_idle_task("taskhost");
+    let floor = memory_per_idle_task("raw");
+    print_row(row(
+        &format!("resident memory per idle task ({} sleeping)", IDLE_TASKS),
+        format!("{:.1} KiB", ours / 1024.0),
+        format!("{:.1} KiB", floor / 1024.0),
+        ratio(ours, floor),
+        "< 64 KiB",
+    ));
+
+    let rounds = scaled(300_000_000) as u64;
+    let args = format!("{{\"rounds\": {rounds}}}");
+    let no_epochs = RawPlugin::new(&engine_without_epochs(), &component);
+    let mut on_raw = Vec::new();
+    let mut off = Vec::new();
+    let mut ours = Vec::new();
+    for _ in 0..3 {
+        ours.push(task_time(w0.clone(), "kernel", args.clone()).await);
+        on_raw.push(raw_time(&raw, "kernel", &args).await);
+        off.push(raw_time(&no_epochs, "kernel", &args).await);
+    }
+    let (ours, on_raw, off) = (
+        best(ours).as_secs_f64(),
+        best(on_raw).as_secs_f64(),
+        best(off).as_secs_f64(),
+    );
+    print_row(row(
+        "compute kernel, epochs on (taskhost / raw) vs off",
+        format!(
+            "{:.0} ms ({:+.1}% vs off)",
+            ours * 1e3,
+            (ours / off - 1.0) * 100.0
+        ),
+        format!("{:.0} ms on, {:.0} ms off", on_raw * 1e3, off * 1e3),
+        ratio(ours, off),
+        "< 10% over off",
+    ));
+
+    host.shutdown(false).await;
+}

@@ -1,0 +1,210 @@
+//! The floor: the same component on the same engine configuration, driven by
+//! plain wasmtime with nothing of taskhost (no registry, no workers, no
+//! limits, no logging). The `app` imports do the least they can; WASI state
+//! is created only if the guest touches it, as taskhost does, so the two
+//! differ only in taskhost's own machinery.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use taskhost::bindings::taskhost::plugin::{app, types};
+use taskhost::bindings::{Plugin, PluginPre};
+use tokio::sync::Notify;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
+
+pub struct RawData {
+    wasi: Option<WasiCtx>,
+    table: ResourceTable,
+    stop: Stopper,
+    /// Counts the guest's entries into `sleep`, to know idle tasks are idle.
+    asleep: Option<Arc<AtomicUsize>>,
+}
+
+impl RawData {
+    pub fn stopper(&self) -> Stopper {
+        self.stop.clone()
+    }
+}
+
+/// The least a host needs to stop a task: a wake-up that makes a guest
+/// blocked in `sleep` return `cancelled` (cooperative), and a flag the epoch
+/// callback reads to interrupt a guest computing (forced).
+#[derive(Clone, Default)]
+pub struct Stopper {
+    cancelled: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+    forced: Arc<AtomicBool>,
+}
+
+impl Stopper {
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+        self.wake.notify_waiters();
+    }
+
+    pub fn force(&self) {
+        self.forced.store(true, Ordering::Relaxed);
+    }
+}
+
+impl WasiView for RawData {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: self.wasi.get_or_insert_with(WasiCtx::default),
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for RawData {}
+
+type Answer<T> = wasmtime::Result<Result<T, types::Error>>;
+
+impl app::Host for RawData {
+    async fn name(&mut self) -> wasmtime::Result<String> {
+        Ok("raw".into())
+    }
+    async fn worker(&mut self) -> wasmtime::Result<Option<u32>> {
+        Ok(Some(0))
+    }
+    async fn task_id(&mut self) -> wasmtime::Result<u64> {
+        Ok(1)
+    }
+    async fn config(&mut self, _key: String) -> wasmtime::Result<Option<String>> {
+        Ok(None)
+    }
+    async fn log(&mut self, _level: types::Level, _message: String) -> wasmtime::Result<()> {
+        Ok(())
+    }
+    async fn sleep(&mut self, ms: u64) -> Answer<()> {
+        if let Some(asleep) = &self.asleep {
+            asleep.fetch_add(1, Ordering::Relaxed);
+        }
+        let woken = self.stop.wake.notified();
+        if self.stop.cancelled.load(Ordering::Relaxed) {
+            return Ok(Err(types::Error::Cancelled));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(ms.min(u32::MAX.into()))) => Ok(Ok(())),
+            _ = woken => Ok(Err(types::Error::Cancelled)),
+        }
+    }
+    async fn add_task(
+        &mut self,
+        _plugin: Option<String>,
+        _factory: String,
+        _args: String,
+        _name: Option<String>,
+    ) -> Answer<u64> {
+        Ok(Err(types::Error::Failed("raw".into())))
+    }
+    async fn get_task(&mut self, name: String) -> Answer<types::TaskInfo> {
+        Ok(Err(types::Error::NotFound(name)))
+    }
+    async fn cancel_task(&mut self, name: String) -> Answer<types::TaskInfo> {
+        Ok(Err(types::Error::NotFound(name)))
+    }
+    async fn tasks(&mut self) -> wasmtime::Result<Vec<types::TaskInfo>> {
+        Ok(Vec::new())
+    }
+    async fn purge_tasks(&mut self) -> wasmtime::Result<u32> {
+        Ok(0)
+    }
+    async fn dispatch(&mut self, _event: String, _payload: String) -> Answer<u32> {
+        Ok(Ok(0))
+    }
+    async fn wait_event(
+        &mut self,
+        _event: String,
+        _timeout: Option<u64>,
+    ) -> Answer<Option<String>> {
+        Ok(Ok(None))
+    }
+}
+
+/// A component, compiled and pre-instantiated on `engine`.
+pub struct RawPlugin {
+    engine: Engine,
+    pre: PluginPre<RawData>,
+}
+
+impl RawPlugin {
+    pub fn new(engine: &Engine, component: &std::path::Path) -> RawPlugin {
+        let component = Component::from_file(engine, component).expect("component");
+        let mut linker = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
+        Plugin::add_to_linker::<RawData, HasSelf<RawData>>(&mut linker, |d| d).expect("app");
+        let pre = PluginPre::new(linker.instantiate_pre(&component).expect("pre")).expect("pre");
+        RawPlugin {
+            engine: engine.clone(),
+            pre,
+        }
+    }
+
+    /// A store as a task would have one: with epoch interruption on, the
+    /// guest yields every tick and stops once `stop` is set.
+    pub fn store(&self) -> Store<RawData> {
+        let mut store = Store::new(
+            &self.engine,
+            RawData {
+                wasi: None,
+                table: ResourceTable::new(),
+                stop: Stopper::default(),
+                asleep: None,
+            },
+        );
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|cx| {
+            if cx.data().stop.forced.load(Ordering::Relaxed) {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
+            }
+        });
+        store
+    }
+
+    pub async fn instantiate(&self, store: &mut Store<RawData>) -> Plugin {
+        self.pre
+            .instantiate_async(store)
+            .await
+            .expect("instantiate")
+    }
+
+    /// New store, instance, one call of `factory`, dropped: a whole task.
+    pub async fn run(&self, factory: &str, args: &str) -> wasmtime::Result<()> {
+        self.run_in(self.store(), factory, args).await
+    }
+
+    /// `run`, counting in `asleep` each time the guest enters `sleep`.
+    pub async fn run_counting(
+        &self,
+        factory: &str,
+        args: &str,
+        asleep: &Arc<AtomicUsize>,
+    ) -> wasmtime::Result<()> {
+        let mut store = self.store();
+        store.data_mut().asleep = Some(asleep.clone());
+        self.run_in(store, factory, args).await
+    }
+
+    async fn run_in(
+        &self,
+        mut store: Store<RawData>,
+        factory: &str,
+        args: &str,
+    ) -> wasmtime::Result<()> {
+        let plugin = self.instantiate(&mut store).await;
+        plugin
+            .taskhost_plugin_factories()
+            .call_run(&mut store, factory, args)
+            .await?
+            .map(drop)
+            .map_err(|e| wasmtime::Error::msg(format!("{e:?}")))
+    }
+}
