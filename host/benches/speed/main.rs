@@ -304,9 +304,15 @@ async fn cancel_latency(
     .await
 }
 
-/// raw: a call blocked in the raw host's sleep, woken with `cancelled`; the
-/// guest returns it.
-async fn raw_cancel_blocked(raw: &Arc<RawPlugin>, n: usize) -> Vec<Duration> {
+/// raw: the same cancels on plain wasmtime. `Cooperative`: a call of `idle`
+/// blocked in the raw host's sleep is woken with `cancelled`, and the guest
+/// returns it. `Forced`: a call of `spin` is interrupted by its epoch
+/// callback.
+async fn raw_cancel(raw: &Arc<RawPlugin>, stage: CancelStage, n: usize) -> Vec<Duration> {
+    let factory = match stage {
+        CancelStage::Cooperative => "idle",
+        CancelStage::Forced => "spin",
+    };
     let local = tokio::task::LocalSet::new();
     let raw = raw.clone();
     local
@@ -319,46 +325,24 @@ async fn raw_cancel_blocked(raw: &Arc<RawPlugin>, n: usize) -> Vec<Duration> {
                 let call = tokio::task::spawn_local(async move {
                     let result = plugin
                         .taskhost_plugin_factories()
-                        .call_run(&mut store, "idle", "null")
+                        .call_run(&mut store, factory, "null")
                         .await;
+                    let expected = match stage {
+                        CancelStage::Cooperative => matches!(result, Ok(Err(_))),
+                        CancelStage::Forced => result.is_err(),
+                    };
                     assert!(
-                        matches!(result, Ok(Err(_))),
-                        "idle returns its cancelled error, not {result:?}"
+                        expected,
+                        "{factory} cancelled {stage:?} ended with {result:?}"
                     );
                 });
                 tokio::time::sleep(Duration::from_millis(2)).await;
                 let begun = Instant::now();
-                stop.cancel();
-                call.await.expect("idle task");
-                samples.push(begun.elapsed());
-            }
-            samples
-        })
-        .await
-}
-
-/// raw: a spinning call on a local task, stopped by its epoch callback.
-async fn raw_cancel_spinning(raw: &Arc<RawPlugin>, n: usize) -> Vec<Duration> {
-    let local = tokio::task::LocalSet::new();
-    let raw = raw.clone();
-    local
-        .run_until(async move {
-            let mut samples = Vec::new();
-            for _ in 0..n {
-                let mut store = raw.store();
-                let stop = store.data().stopper();
-                let plugin = raw.instantiate(&mut store).await;
-                let call = tokio::task::spawn_local(async move {
-                    let result = plugin
-                        .taskhost_plugin_factories()
-                        .call_run(&mut store, "spin", "null")
-                        .await;
-                    assert!(result.is_err(), "spin ends only by interruption");
-                });
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                let begun = Instant::now();
-                stop.force();
-                call.await.expect("spin task");
+                match stage {
+                    CancelStage::Cooperative => stop.cancel(),
+                    CancelStage::Forced => stop.force(),
+                }
+                call.await.expect("raw task");
                 samples.push(begun.elapsed());
             }
             samples
@@ -560,7 +544,7 @@ async fn main() {
     let blocked = cancel_latency(w0.clone(), "idle", CancelStage::Cooperative, n).await;
     let (blocked, raw_blocked) = (
         percentiles(blocked),
-        percentiles(raw_cancel_blocked(&raw, n).await),
+        percentiles(raw_cancel(&raw, CancelStage::Cooperative, n).await),
     );
     print_row(row(
         "cancel a task blocked in sleep (cooperative), p50/p99",
@@ -572,7 +556,7 @@ async fn main() {
     let n = scaled(1_000);
     let spinning = cancel_latency(w0.clone(), "spin", CancelStage::Forced, n).await;
     let spinning = percentiles(spinning);
-    let raw_spinning = percentiles(raw_cancel_spinning(&raw, n).await);
+    let raw_spinning = percentiles(raw_cancel(&raw, CancelStage::Forced, n).await);
     print_row(row(
         "cancel a spinning task, from the force (1 ms ticks), p50/p99",
         format!("{} / {}", us(spinning.p50), us(spinning.p99)),
