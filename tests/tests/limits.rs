@@ -57,3 +57,55 @@ fn limits_are_checked_in_app_toml() {
         run.dump()
     );
 }
+
+/// A pool too large to reserve, and one that could pass the kernel's cap on
+/// memory mappings, do not stop the host: it says so, says what to do, and
+/// runs its tasks on the slower allocator.
+#[test]
+fn an_oversized_instance_pool_is_named_and_the_host_still_runs() {
+    let instances: u64 = 40_000;
+    let app = TestApp::new(&format!(
+        r#"
+        name = "big-pool"
+        workers = 1
+        [limits]
+        instances = {instances}
+        [plugins.examples]
+        path = "{{examples}}"
+        [[tasks]]
+        plugin = "examples"
+        factory = "even_slower"
+        name = "work"
+        args = {{ num = 1 }}
+        "#
+    ));
+    let run = app.run_until_idle();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_eq!(
+        run.results_of("work"),
+        vec![serde_json::json!(1)],
+        "{}",
+        run.dump()
+    );
+    let said = format!("{}{}", run.stdout, run.stderr);
+    // 40,000 slots of 8 GiB are 320 TiB: more than a 47-bit address space.
+    assert!(
+        said.contains(&format!("instance pool of {instances} slots unavailable"))
+            && said.contains("lower [limits] instances"),
+        "{}",
+        run.dump()
+    );
+    // The map-count warning depends on this machine's setting: it must
+    // appear exactly when the pool could need more mappings than allowed.
+    let max_map_count: u64 = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .expect("/proc/sys/vm/max_map_count")
+        .trim()
+        .parse()
+        .expect("a number");
+    assert_eq!(
+        said.contains("vm.max_map_count is"),
+        instances * 6 + 1000 > max_map_count,
+        "{}",
+        run.dump()
+    );
+}
