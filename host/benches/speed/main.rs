@@ -65,6 +65,25 @@ fn ratio(ours: f64, floor: f64) -> String {
 /// One table row: what, taskhost, raw wasmtime, ratio, target.
 struct Row([String; 5]);
 
+/// A latency row: p50/p99 of both sides, the ratio taken at `at` (the
+/// percentile the target speaks of).
+fn latency_row(
+    what: &str,
+    ours: Vec<Duration>,
+    floor: Vec<Duration>,
+    at: fn(&Percentiles) -> Duration,
+    target: &str,
+) -> Row {
+    let (ours, floor) = (percentiles(ours), percentiles(floor));
+    row(
+        what,
+        format!("{} / {}", us(ours.p50), us(ours.p99)),
+        format!("{} / {}", us(floor.p50), us(floor.p99)),
+        ratio(at(&ours).as_secs_f64(), at(&floor).as_secs_f64()),
+        target,
+    )
+}
+
 /// Rows are printed as they are measured, so a long run shows progress.
 fn print_row(Row(cells): Row) {
     println!("| {} |", cells.join(" | "));
@@ -517,14 +536,7 @@ async fn main() {
             "",
         ),
     ] {
-        let (ours, floor) = (percentiles(ours), percentiles(floor));
-        print_row(row(
-            what,
-            format!("{} / {}", us(ours.p50), us(ours.p99)),
-            format!("{} / {}", us(floor.p50), us(floor.p99)),
-            ratio(ours.p50.as_secs_f64(), floor.p50.as_secs_f64()),
-            target,
-        ));
+        print_row(latency_row(what, ours, floor, |p| p.p50, target));
     }
 
     let n = scaled(100_000);
@@ -540,28 +552,21 @@ async fn main() {
         ));
     }
 
+    let p99 = |p: &Percentiles| p.p99;
     let n = scaled(2_000);
-    let blocked = cancel_latency(w0.clone(), "idle", CancelStage::Cooperative, n).await;
-    let (blocked, raw_blocked) = (
-        percentiles(blocked),
-        percentiles(raw_cancel(&raw, CancelStage::Cooperative, n).await),
-    );
-    print_row(row(
+    print_row(latency_row(
         "cancel a task blocked in sleep (cooperative), p50/p99",
-        format!("{} / {}", us(blocked.p50), us(blocked.p99)),
-        format!("{} / {}", us(raw_blocked.p50), us(raw_blocked.p99)),
-        ratio(blocked.p99.as_secs_f64(), raw_blocked.p99.as_secs_f64()),
+        cancel_latency(w0.clone(), "idle", CancelStage::Cooperative, n).await,
+        raw_cancel(&raw, CancelStage::Cooperative, n).await,
+        p99,
         "p99 < 100 us",
     ));
     let n = scaled(1_000);
-    let spinning = cancel_latency(w0.clone(), "spin", CancelStage::Forced, n).await;
-    let spinning = percentiles(spinning);
-    let raw_spinning = percentiles(raw_cancel(&raw, CancelStage::Forced, n).await);
-    print_row(row(
+    print_row(latency_row(
         "cancel a spinning task, from the force (1 ms ticks), p50/p99",
-        format!("{} / {}", us(spinning.p50), us(spinning.p99)),
-        format!("{} / {}", us(raw_spinning.p50), us(raw_spinning.p99)),
-        ratio(spinning.p99.as_secs_f64(), raw_spinning.p99.as_secs_f64()),
+        cancel_latency(w0.clone(), "spin", CancelStage::Forced, n).await,
+        raw_cancel(&raw, CancelStage::Forced, n).await,
+        p99,
         "p99 < 1500 us",
     ));
 
