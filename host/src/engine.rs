@@ -62,14 +62,29 @@ const KEEP_RESIDENT: usize = 2 << 20;
 /// part and a reserved rest, and its fiber stack), plus one of margin.
 const MAPPINGS_PER_TASK: u64 = 6;
 
-/// Whether `error` is the kernel refusing a mapping (ENOMEM), which with
-/// plenty of free memory means `vm.max_map_count` was reached.
-pub fn is_out_of_mappings(error: &wasmtime::Error) -> bool {
-    error.chain().any(|cause| {
+/// Mappings of the process itself (binary, libraries, thread stacks, heap,
+/// compiled code), before any task.
+const BASE_MAPPINGS: u64 = 1000;
+
+/// What to tell an operator when instantiation failed because the kernel
+/// refused a mapping (ENOMEM): with memory to spare, that is the map count
+/// or the address-space limit, and both are settings. wasmtime reports a
+/// refused `mmap`/`mprotect` as rustix's `Errno`, other paths as
+/// `std::io::Error`.
+pub fn mapping_refused_hint(error: &wasmtime::Error) -> Option<&'static str> {
+    let refused = error.chain().any(|cause| {
         cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.raw_os_error() == Some(12))
-    })
+            .downcast_ref::<rustix::io::Errno>()
+            .is_some_and(|errno| *errno == rustix::io::Errno::NOMEM)
+            || cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::OutOfMemory)
+    });
+    refused.then_some(
+        "the kernel refused a memory mapping: the process may have reached \
+         vm.max_map_count or its address-space limit (ulimit -v); raise them, \
+         or lower [limits] instances",
+    )
 }
 
 fn base_config(settings: &EngineSettings, cache: &Option<Cache>) -> Config {
@@ -98,14 +113,14 @@ fn check_map_count(settings: &EngineSettings) {
     else {
         return;
     };
-    let needed = u64::from(settings.max_instances) * MAPPINGS_PER_TASK + 1000;
+    let needed = u64::from(settings.max_instances) * MAPPINGS_PER_TASK + BASE_MAPPINGS;
     if needed > limit {
         tracing::warn!(
             "[limits] instances = {} may need up to {needed} memory mappings, but \
              vm.max_map_count is {limit}: tasks past about {} live at once will fail to \
              start. Raise it (sysctl -w vm.max_map_count={}) or lower `instances`",
             settings.max_instances,
-            limit.saturating_sub(1000) / MAPPINGS_PER_TASK,
+            limit.saturating_sub(BASE_MAPPINGS) / MAPPINGS_PER_TASK,
             needed.next_power_of_two()
         );
     }

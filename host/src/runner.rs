@@ -62,11 +62,8 @@ pub(crate) async fn run(
         Ok(instance) => instance,
         Err(error) => {
             let mut message = format!("cannot instantiate plugin `{}`: {error:#}", plugin.name);
-            if crate::engine::is_out_of_mappings(&error) {
-                message.push_str(
-                    " (the process may have reached vm.max_map_count: raise it, \
-                     or lower [limits] instances)",
-                );
+            if let Some(hint) = crate::engine::mapping_refused_hint(&error) {
+                message = format!("{message} ({hint})");
             }
             return match verdict {
                 Some(verdict) => {

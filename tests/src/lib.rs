@@ -114,6 +114,23 @@ impl TestApp {
         self.run_taskhost(&["check"])
     }
 
+    /// `taskhost check app.toml` with the address space capped at `kib`
+    /// (`ulimit -v`), as a constrained container or shell would have it.
+    pub fn check_with_address_space(&self, kib: u64) -> Run {
+        Run::from(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "ulimit -v {kib} && exec timeout {RUN_TIMEOUT_SECS} \"$0\" check \"$1\""
+                ))
+                .arg(taskhost_bin())
+                .arg(self.path())
+                .env("TASKHOST_CONTROL_FILE", self.control_file())
+                .output()
+                .expect("taskhost runs"),
+        )
+    }
+
     /// `taskhost ARGS app.toml`, with the control file in the scratch dir
     /// (never the user's own), under a watchdog: a host that never ends
     /// fails its test (exit 124) instead of hanging the whole run.

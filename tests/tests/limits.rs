@@ -109,3 +109,28 @@ fn an_oversized_instance_pool_is_named_and_the_host_still_runs() {
         run.dump()
     );
 }
+
+/// When the kernel refuses the mappings an instance needs (here a 3 GiB
+/// address-space cap, less than one 4 GiB memory reservation), the refusal
+/// names the plugin and says which settings to change, instead of a bare
+/// "Cannot allocate memory".
+#[test]
+fn a_refused_memory_mapping_is_explained() {
+    let app = TestApp::new(
+        r#"
+        name = "capped"
+        [plugins.examples]
+        path = "{examples}"
+        "#,
+    );
+    let run = app.check_with_address_space(3 << 20);
+    assert_eq!(run.code, Some(2), "{}", run.dump());
+    assert!(
+        run.stderr.contains("plugin `examples`")
+            && run.stderr.contains("the kernel refused a memory mapping")
+            && run.stderr.contains("ulimit -v")
+            && run.stderr.contains("vm.max_map_count"),
+        "{}",
+        run.dump()
+    );
+}

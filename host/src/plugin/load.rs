@@ -156,7 +156,15 @@ impl PluginLoader {
         let data = TaskData::new(ident, self.app.clone(), Arc::new(CancelSignal::default()));
         let mut store = runner::new_store(&self.engine, data);
         let work = async {
-            let instance = plugin.pre().instantiate_async(&mut store).await?;
+            let instance = match plugin.pre().instantiate_async(&mut store).await {
+                Ok(instance) => instance,
+                Err(error) => {
+                    return Err(match crate::engine::mapping_refused_hint(&error) {
+                        Some(hint) => error.context(hint),
+                        None => error,
+                    });
+                }
+            };
             call(&instance, &mut store).await
         };
         match tokio::time::timeout(PROBE_TIMEOUT, work).await {
