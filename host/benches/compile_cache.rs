@@ -28,7 +28,7 @@ async fn load_once(component: &Path, cache: &Path) -> Duration {
     )
     .expect("config");
     let app = Arc::new(AppContext::new(&config));
-    let loader = PluginLoader::new(&engine.engine, app).expect("loader");
+    let loader = PluginLoader::new(&engine, app).expect("loader");
     let begun = Instant::now();
     loader
         .load("examples", component)

@@ -5,9 +5,10 @@
 //! config or plugin never leaves a half-started host behind.
 
 use crate::app::AppContext;
+use crate::compile_cache::CompileCache;
 use crate::config::{AppConfig, PluginSource, TaskConfig};
 use crate::control::ControlOptions;
-use crate::engine::{EngineSettings, HostEngine, build_engine};
+use crate::engine::{EngineSettings, build_engine};
 use crate::host::{Host, RunSummary};
 use crate::plugin::build::{self, BuildOptions};
 use crate::plugin::{Plugin, PluginLoader};
@@ -16,14 +17,12 @@ use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use wasmtime::Cache;
 
 /// A loaded application, ready to run.
 pub struct Application {
     config: AppConfig,
     build_options: BuildOptions,
     loader: PluginLoader,
-    cache: Option<Cache>,
     app: Arc<AppContext>,
     plugins: BTreeMap<String, Arc<Plugin>>,
 }
@@ -47,7 +46,7 @@ impl Application {
         engine_settings: &EngineSettings,
         build_options: &BuildOptions,
     ) -> Result<Application> {
-        let HostEngine { engine, cache } = build_engine(&EngineSettings {
+        let engine = build_engine(&EngineSettings {
             max_instances: config.limits.instances,
             max_wasm_stack: config.limits.wasm_stack_bytes(),
             ..engine_settings.clone()
@@ -86,7 +85,6 @@ impl Application {
             config,
             build_options: build_options.clone(),
             loader,
-            cache,
             app,
             plugins,
         })
@@ -98,8 +96,8 @@ impl Application {
 
     /// The compile cache, if enabled: its hit and miss counts say whether
     /// loading compiled anything.
-    pub fn compile_cache(&self) -> Option<&Cache> {
-        self.cache.as_ref()
+    pub fn compile_cache(&self) -> Option<&CompileCache> {
+        self.loader.compile_cache()
     }
 
     pub fn plugins(&self) -> impl Iterator<Item = &Arc<Plugin>> {

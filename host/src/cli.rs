@@ -349,12 +349,21 @@ fn print_check(application: &Application) {
     let worker = config.tasks.len() - main;
     println!("  tasks: {main} main, {worker} per worker");
     match application.compile_cache() {
-        Some(cache) => println!(
-            "  compile cache {}: {} hit(s), {} miss(es)",
-            cache.directory().display(),
-            cache.cache_hits(),
-            cache.cache_misses()
-        ),
+        Some(cache) => {
+            let mut line = format!(
+                "  compile cache {}: {} hit(s), {} miss(es)",
+                cache.directory().display(),
+                cache.hits(),
+                cache.misses()
+            );
+            if cache.rejected() > 0 {
+                line += &format!(", {} damaged entr(ies) replaced", cache.rejected());
+            }
+            if cache.unwritten() > 0 {
+                line += &format!(", {} could not be stored", cache.unwritten());
+            }
+            println!("{line}");
+        }
         None => println!("  compile cache: off"),
     }
 }

@@ -11,15 +11,14 @@
 //!   faster than mmap per task, which is what makes a task per instance
 //!   affordable.
 
+use crate::compile_cache::CompileCache;
 use anyhow::{Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
-};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch advances. A spinning task is interrupted or made to
 /// yield within one or two ticks.
@@ -46,11 +45,11 @@ impl Default for EngineSettings {
     }
 }
 
-/// The engine, and its compile cache when it has one (to read hit counts).
+/// The engine, and its compile cache when it has one.
 #[derive(Clone)]
 pub struct HostEngine {
     pub engine: Engine,
-    pub cache: Option<Cache>,
+    pub cache: Option<Arc<CompileCache>>,
 }
 
 /// Dirty bytes of a freed memory or table slot kept resident and reset in
@@ -87,7 +86,7 @@ pub fn mapping_refused_hint(error: &wasmtime::Error) -> Option<&'static str> {
     )
 }
 
-fn base_config(settings: &EngineSettings, cache: &Option<Cache>) -> Config {
+fn base_config(settings: &EngineSettings) -> Config {
     let mut config = Config::new();
     config
         .epoch_interruption(true)
@@ -98,8 +97,7 @@ fn base_config(settings: &EngineSettings, cache: &Option<Cache>) -> Config {
         // live task instead of 5, and Linux caps a process at
         // `vm.max_map_count` (65530 by default), so 10,000 idle tasks would
         // not fit. Copying the few KiB of a plugin's data is cheap.
-        .memory_init_cow(false)
-        .cache(cache.clone());
+        .memory_init_cow(false);
     config
 }
 
@@ -126,27 +124,16 @@ fn check_map_count(settings: &EngineSettings) {
     }
 }
 
-/// wasmtime's cache keys an entry by a hash of the component's bytes *and*
-/// of every engine setting that affects code generation, so a changed
-/// engine configuration or wasmtime version never loads stale code.
-fn compile_cache(dir: &Path) -> Result<Cache> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the compile cache {}", dir.display()))?;
-    let mut config = CacheConfig::new();
-    config.with_directory(dir);
-    Cache::new(config).map_err(|e| anyhow::anyhow!("compile cache {}: {e:#}", dir.display()))
-}
-
 /// Builds the host's engine: pooled when the machine lets us reserve the
 /// pool, on-demand otherwise (e.g. under a small `ulimit -v`), with a
 /// warning, since a slower host beats no host.
 pub fn build_engine(settings: &EngineSettings) -> Result<HostEngine> {
     let cache = match &settings.compile_cache {
-        Some(dir) => Some(compile_cache(dir)?),
+        Some(dir) => Some(Arc::new(CompileCache::open(dir)?)),
         None => None,
     };
     check_map_count(settings);
-    let engine = match Engine::new(&pooled_config(settings, &cache)) {
+    let engine = match Engine::new(&pooled_config(settings)) {
         Ok(engine) => engine,
         Err(error) => {
             tracing::warn!(
@@ -157,7 +144,7 @@ pub fn build_engine(settings: &EngineSettings) -> Result<HostEngine> {
                  `ulimit -v`",
                 settings.max_instances
             );
-            Engine::new(&base_config(settings, &cache))
+            Engine::new(&base_config(settings))
                 .map_err(anyhow::Error::from)
                 .context("cannot create the wasmtime engine")?
         }
@@ -168,8 +155,8 @@ pub fn build_engine(settings: &EngineSettings) -> Result<HostEngine> {
 /// The configuration of a pooled host engine. Public so that a benchmark
 /// can build the very same engine with one setting changed (epochs off) and
 /// measure what that setting costs.
-pub fn pooled_config(settings: &EngineSettings, cache: &Option<Cache>) -> Config {
-    let mut config = base_config(settings, cache);
+pub fn pooled_config(settings: &EngineSettings) -> Config {
+    let mut config = base_config(settings);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(settings)));
     config
 }

@@ -11,6 +11,7 @@ pub mod app;
 pub mod application;
 pub mod bindings;
 pub mod cli;
+pub mod compile_cache;
 pub mod config;
 pub mod control;
 pub mod dirs;

@@ -134,7 +134,7 @@ impl TestApp {
     /// `taskhost ARGS app.toml`, with the control file in the scratch dir
     /// (never the user's own), under a watchdog: a host that never ends
     /// fails its test (exit 124) instead of hanging the whole run.
-    fn run_taskhost(&self, args: &[&str]) -> Run {
+    pub fn run_taskhost(&self, args: &[&str]) -> Run {
         Run::from(
             Command::new("timeout")
                 .arg(RUN_TIMEOUT_SECS.to_string())

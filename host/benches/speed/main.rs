@@ -399,7 +399,7 @@ fn best(times: Vec<Duration>) -> Duration {
 /// The host's engine configuration with epoch interruption off: the
 /// difference is what the epoch checks cost.
 fn engine_without_epochs() -> Engine {
-    let mut config = taskhost::engine::pooled_config(&EngineSettings::default(), &None);
+    let mut config = taskhost::engine::pooled_config(&EngineSettings::default());
     config.epoch_interruption(false);
     Engine::new(&config).expect("engine")
 }

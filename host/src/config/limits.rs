@@ -11,6 +11,25 @@ use std::time::Duration;
 /// maps and fields of every log line: they are meant to be short.
 pub const MAX_NAME_BYTES: usize = 256;
 
+/// A plugin's name: 1 to [`MAX_NAME_BYTES`] bytes, no control characters.
+/// It is a key in maps, a label of metrics and a field of every log line of
+/// its tasks.
+pub fn check_plugin_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        bail!("a plugin name must not be empty");
+    }
+    if name.len() > MAX_NAME_BYTES {
+        bail!(
+            "a plugin name may be at most {MAX_NAME_BYTES} bytes, got {}",
+            name.len()
+        );
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        bail!("a plugin name may not hold control characters, got {c:?} in {name:?}");
+    }
+    Ok(())
+}
+
 /// Largest wasm stack app.toml may ask for: the host runs each task on a
 /// 2 MiB native stack, which must hold the wasm stack and the host calls
 /// made from it.

@@ -11,7 +11,7 @@ mod grants;
 mod limits;
 
 pub use grants::{DirGrant, Grants};
-pub use limits::{Limits, MAX_NAME_BYTES, PluginLimits, TaskLimits};
+pub use limits::{Limits, MAX_NAME_BYTES, PluginLimits, TaskLimits, check_plugin_name};
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -183,6 +183,7 @@ impl AppConfig {
 
         let mut plugins = BTreeMap::new();
         for (name, plugin) in raw.plugins {
+            check_plugin_name(&name).with_context(|| format!("{file}: [plugins.{name:?}]"))?;
             let source = match (plugin.path, plugin.build) {
                 (Some(path), None) => PluginSource::File(base.join(path)),
                 (None, Some(dir)) => PluginSource::Build(base.join(dir)),

@@ -3,10 +3,14 @@
 use super::{Factory, Plugin};
 use crate::app::{AppContext, TaskData};
 use crate::bindings::{GuestError, PluginPre};
+use crate::compile_cache::CompileCache;
+use crate::config::check_plugin_name;
+use crate::engine::HostEngine;
 use crate::runner;
 use crate::task::{CancelSignal, TaskIdent, WorkerId};
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,16 +24,25 @@ pub const WORLD: &str = "taskhost:plugin/plugin@0.1.0";
 /// these calls do no real work, so a plugin that takes longer is broken.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Largest component file taskhost loads, in bytes (256 MiB). The biggest
+/// real plugins, an interpreter and its standard library built with
+/// componentize-py, are about 40 MiB; a bound keeps a wrong path (a disk
+/// image, a log) from being read into memory whole.
+pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
+
 /// Loads plugins for one engine, with the imports every task gets: WASI p2
 /// (capabilities decided per task, see [`TaskData`]) and the `app` handle.
 pub struct PluginLoader {
     engine: Engine,
+    cache: Option<Arc<CompileCache>>,
     linker: Linker<TaskData>,
     app: Arc<AppContext>,
 }
 
 impl PluginLoader {
-    pub fn new(engine: &Engine, app: Arc<AppContext>) -> Result<PluginLoader> {
+    pub fn new(engine: &HostEngine, app: Arc<AppContext>) -> Result<PluginLoader> {
+        let cache = engine.cache.clone();
+        let engine = &engine.engine;
         let mut linker = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| anyhow!("cannot add WASI to the linker: {e:#}"))?;
@@ -37,6 +50,7 @@ impl PluginLoader {
             .map_err(|e| anyhow!("cannot add the app interface to the linker: {e:#}"))?;
         Ok(PluginLoader {
             engine: engine.clone(),
+            cache,
             linker,
             app,
         })
@@ -46,12 +60,23 @@ impl PluginLoader {
         &self.engine
     }
 
+    /// The compile cache, if enabled: its counts say whether loading
+    /// compiled anything.
+    pub fn compile_cache(&self) -> Option<&CompileCache> {
+        self.cache.as_deref()
+    }
+
     /// Reads, compiles and links the component at `path` as plugin `name`,
-    /// then asks it for its factories.
+    /// then asks it for its factories. Reading and compiling happen off the
+    /// async threads: a slow disk or a big component stalls nothing else.
     pub async fn load(&self, name: &str, path: &Path) -> Result<Plugin> {
+        check_plugin_name(name)?;
         let file = path.display();
-        let bytes =
-            std::fs::read(path).with_context(|| format!("plugin `{name}`: cannot read {file}"))?;
+        let owned = path.to_path_buf();
+        let bytes = tokio::task::spawn_blocking(move || read_component(&owned))
+            .await
+            .context("reader thread failed")?
+            .with_context(|| format!("plugin `{name}`: cannot read {file}"))?;
         if !wasmparser::Parser::is_component(&bytes) {
             if wasmparser::Parser::is_core_wasm(&bytes) {
                 bail!(
@@ -67,11 +92,14 @@ impl PluginLoader {
         // Compiling is CPU-bound and can take a while: keep it off the
         // async threads.
         let engine = self.engine.clone();
-        let component =
-            tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
-                .await
-                .context("compiler thread failed")?
-                .map_err(|e| anyhow!("plugin `{name}`: {file} does not compile: {e:#}"))?;
+        let cache = self.cache.clone();
+        let component = tokio::task::spawn_blocking(move || match cache {
+            Some(cache) => cache.component(&engine, &bytes),
+            None => Component::from_binary(&engine, &bytes),
+        })
+        .await
+        .context("compiler thread failed")?
+        .map_err(|e| anyhow!("plugin `{name}`: {file} does not compile: {e:#}"))?;
 
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow!(
@@ -171,6 +199,73 @@ impl PluginLoader {
             Ok(result) => result.map_err(anyhow::Error::from),
             Err(_) => bail!("no answer within {PROBE_TIMEOUT:?}"),
         }
+    }
+}
+
+/// The bytes of the component file at `path`: a regular file (following
+/// links) of at most [`MAX_COMPONENT_BYTES`]. Anything else is refused
+/// before it is read, and a FIFO or device before it is even opened, since
+/// opening a FIFO blocks until a writer comes, and reading `/dev/zero`
+/// never ends. Blocking: call it off the async threads.
+pub fn read_component(path: &Path) -> Result<Vec<u8>> {
+    let refuse = |meta: &std::fs::Metadata| -> Result<()> {
+        if !meta.is_file() {
+            bail!("it is {}, not a regular file", file_kind(meta));
+        }
+        if meta.len() > MAX_COMPONENT_BYTES {
+            bail!(
+                "it is {} bytes, more than a component may be ({MAX_COMPONENT_BYTES} bytes, 256 MiB)",
+                meta.len()
+            );
+        }
+        Ok(())
+    };
+    refuse(&std::fs::metadata(path)?)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        // Should the path be swapped for a FIFO since the check above, the
+        // open still does not wait for a writer.
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(
+            (rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32,
+        );
+    }
+    let file = options.open(path)?;
+    // What was opened is what counts.
+    refuse(&file.metadata()?)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_COMPONENT_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_COMPONENT_BYTES {
+        bail!("it grew past {MAX_COMPONENT_BYTES} bytes while being read");
+    }
+    Ok(bytes)
+}
+
+/// "a directory", "a FIFO"...: what a path that is not a file is.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = meta.file_type();
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_char_device() {
+            return "a character device";
+        }
+        if kind.is_block_device() {
+            return "a block device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    if meta.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
     }
 }
 

@@ -13,7 +13,7 @@ use crate::app::TaskData;
 use crate::bindings::PluginPre;
 use std::path::PathBuf;
 
-pub use load::PluginLoader;
+pub use load::{MAX_COMPONENT_BYTES, PluginLoader, read_component};
 
 /// One factory a plugin offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
