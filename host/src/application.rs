@@ -48,6 +48,7 @@ impl Application {
     ) -> Result<Application> {
         let engine = build_engine(&EngineSettings {
             max_instances: config.limits.instances,
+            warm_instances: config.limits.warm_instances,
             max_wasm_stack: config.limits.wasm_stack_bytes(),
             ..engine_settings.clone()
         })?;

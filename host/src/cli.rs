@@ -12,7 +12,7 @@ use crate::application::{Application, RunOptions};
 use crate::config::{AppConfig, Scope};
 use crate::control::{self, ControlOptions};
 use crate::dirs;
-use crate::engine::EngineSettings;
+use crate::engine::{EngineSettings, WorstCase};
 use crate::host::RunSummary;
 use crate::logging::{self, LogFormat};
 use crate::plugin::build::{self, BuildOptions, BuildOutput, Toolchain};
@@ -348,6 +348,26 @@ fn print_check(application: &Application) {
         .count();
     let worker = config.tasks.len() - main;
     println!("  tasks: {main} main, {worker} per worker");
+    let worst = WorstCase::of(&config.limits);
+    let machine = crate::config::machine_memory_bytes();
+    println!(
+        "  worst case: {} live tasks could make the host hold {} ({} of task memory, \
+         [limits] memory_total_mb; {} of stacks and bookkeeping; {} kept by the warm pool \
+         after tasks end){}",
+        worst.tasks,
+        mib(worst.total()),
+        mib(worst.task_memory),
+        mib(worst.stacks),
+        mib(worst.warm_kept),
+        match machine {
+            Some(bytes) if worst.total() > bytes => format!(
+                "; MORE than this machine's {}: lower [limits] memory_total_mb or instances",
+                mib(bytes)
+            ),
+            Some(bytes) => format!("; this machine has {}", mib(bytes)),
+            None => String::new(),
+        }
+    );
     match application.compile_cache() {
         Some(cache) => {
             let mut line = format!(
@@ -365,6 +385,16 @@ fn print_check(application: &Application) {
             println!("{line}");
         }
         None => println!("  compile cache: off"),
+    }
+}
+
+/// "1.5 GiB", "72 MiB".
+fn mib(bytes: u64) -> String {
+    let mib = bytes as f64 / f64::from(1 << 20);
+    if mib >= 1024.0 {
+        format!("{:.1} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.0} MiB")
     }
 }
 

@@ -1,5 +1,16 @@
-//! The one wasmtime `Engine` of a host, and the epoch ticker that drives
+//! The wasmtime engines of a host, and the epoch ticker that drives
 //! interruption.
+//!
+//! Two engines, one configuration, two instance pools. Tasks start in the
+//! *warm* pool while it has a free slot: a small pool whose freed slots
+//! keep their few dirty pages resident, so the next task reuses them with
+//! no page faults and no `madvise`. Past it, tasks run in the *cold* pool,
+//! `[limits] instances` slots that give every page back when freed. So a
+//! burst of thousands of tasks costs memory while they live, and after they
+//! end the host holds at most the warm pool's bound
+//! ([`warm_resident_bound`]) more than before. wasmtime keeps what every
+//! ever-used slot of one pool dirtied (48 has no setting that bounds how
+//! many), which is why one pool cannot do both.
 //!
 //! Choices, and why (figures in shared/notes/wasmtime-48-facts.md):
 //! - epoch interruption, not fuel: a relaxed atomic load per loop back-edge,
@@ -27,8 +38,11 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// How the engine is set up.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
-    /// Most task instances alive at once, across all workers.
+    /// Most task instances alive at once, across all workers (the cold
+    /// pool's slots).
     pub max_instances: u32,
+    /// Slots of the warm pool.
+    pub warm_instances: u32,
     /// Wasm stack per task, in bytes; deeper recursion traps.
     pub max_wasm_stack: usize,
     /// Where compiled components are cached; `None` compiles every time.
@@ -39,22 +53,76 @@ impl Default for EngineSettings {
     fn default() -> Self {
         EngineSettings {
             max_instances: 1000,
+            warm_instances: 128,
             max_wasm_stack: 512 * 1024,
             compile_cache: None,
         }
     }
 }
 
-/// The engine, and its compile cache when it has one.
+/// The engines, and the compile cache when there is one.
 #[derive(Clone)]
 pub struct HostEngine {
+    /// The warm pool's engine: where tasks start while it has a free slot.
     pub engine: Engine,
+    /// The cold pool's engine: where the other tasks run.
+    pub cold: Engine,
+    /// Free slots of the warm pool.
+    pub warm_slots: Arc<WarmSlots>,
     pub cache: Option<Arc<CompileCache>>,
 }
 
-/// Dirty bytes of a freed memory or table slot kept resident and reset in
-/// place. Bounded in total by wasmtime's warm-slot cap (100 slots).
-const KEEP_RESIDENT: usize = 2 << 20;
+/// Dirty bytes of a freed warm memory or table slot kept resident and
+/// reset in place (found with the kernel's pagemap scan, so only pages the
+/// task wrote are touched); the rest is decommitted.
+const WARM_KEEP_RESIDENT: usize = 256 << 10;
+
+/// Bytes of a freed warm fiber stack kept resident (zeroed in place).
+const WARM_STACK_KEEP_RESIDENT: usize = 64 << 10;
+
+/// Memories per task: a wasip1-adapted plugin has its own and the
+/// adapter's.
+const MEMORIES_PER_TASK: usize = 2;
+
+/// The most the warm pool keeps resident once its tasks have ended, in
+/// bytes: per slot, two memories' and a stack's kept pages.
+pub fn warm_resident_bound(warm_instances: u32) -> u64 {
+    warm_instances as u64
+        * (MEMORIES_PER_TASK * WARM_KEEP_RESIDENT + WARM_STACK_KEEP_RESIDENT) as u64
+}
+
+/// The warm pool's free slots: a task takes one if it can, and gives it
+/// back when its store is gone.
+#[derive(Debug)]
+pub struct WarmSlots {
+    free: std::sync::atomic::AtomicU32,
+}
+
+/// A slot of the warm pool, held for the life of a task's store.
+#[derive(Debug)]
+pub struct WarmSlot(Arc<WarmSlots>);
+
+impl WarmSlots {
+    pub fn new(slots: u32) -> Arc<WarmSlots> {
+        Arc::new(WarmSlots {
+            free: std::sync::atomic::AtomicU32::new(slots),
+        })
+    }
+
+    /// A slot, if one is free.
+    pub fn take(self: &Arc<Self>) -> Option<WarmSlot> {
+        self.free
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| n.checked_sub(1))
+            .ok()
+            .map(|_| WarmSlot(self.clone()))
+    }
+}
+
+impl Drop for WarmSlot {
+    fn drop(&mut self) {
+        self.0.free.fetch_add(1, Ordering::Release);
+    }
+}
 
 /// Memory mappings a live task holds: 5 measured for a wasip1-adapted
 /// plugin (its module's memory and the WASI adapter's, each an accessible
@@ -90,6 +158,10 @@ fn base_config(settings: &EngineSettings) -> Config {
     let mut config = Config::new();
     config
         .epoch_interruption(true)
+        // A fiber stack's pages are given back (or, in the warm pool, a few
+        // kept and zeroed) when its task ends; without zeroing wasmtime
+        // keeps every page a task ever touched.
+        .async_stack_zeroing(true)
         .concurrency_support(false)
         .max_wasm_stack(settings.max_wasm_stack)
         // Copy-on-write memory images save copying data segments, but map
@@ -111,7 +183,8 @@ fn check_map_count(settings: &EngineSettings) {
     else {
         return;
     };
-    let needed = u64::from(settings.max_instances) * MAPPINGS_PER_TASK + BASE_MAPPINGS;
+    let needed = u64::from(settings.max_instances + settings.warm_instances) * MAPPINGS_PER_TASK
+        + BASE_MAPPINGS;
     if needed > limit {
         tracing::warn!(
             "[limits] instances = {} may need up to {needed} memory mappings, but \
@@ -124,8 +197,8 @@ fn check_map_count(settings: &EngineSettings) {
     }
 }
 
-/// Builds the host's engine: pooled when the machine lets us reserve the
-/// pool, on-demand otherwise (e.g. under a small `ulimit -v`), with a
+/// Builds the host's engines: pooled when the machine lets us reserve the
+/// pools, on-demand otherwise (e.g. under a small `ulimit -v`), with a
 /// warning, since a slower host beats no host.
 pub fn build_engine(settings: &EngineSettings) -> Result<HostEngine> {
     let cache = match &settings.compile_cache {
@@ -133,36 +206,78 @@ pub fn build_engine(settings: &EngineSettings) -> Result<HostEngine> {
         None => None,
     };
     check_map_count(settings);
-    let engine = match Engine::new(&pooled_config(settings)) {
-        Ok(engine) => engine,
+    let engine = pooled_or_on_demand(
+        &pooled_config(settings),
+        settings,
+        "warm",
+        settings.warm_instances,
+    )?;
+    let cold = pooled_or_on_demand(
+        &cold_config(settings),
+        settings,
+        "cold",
+        settings.max_instances,
+    )?;
+    Ok(HostEngine {
+        engine,
+        cold,
+        warm_slots: WarmSlots::new(settings.warm_instances),
+        cache,
+    })
+}
+
+fn pooled_or_on_demand(
+    config: &Config,
+    settings: &EngineSettings,
+    which: &str,
+    slots: u32,
+) -> Result<Engine> {
+    match Engine::new(config) {
+        Ok(engine) => Ok(engine),
         Err(error) => {
             tracing::warn!(
-                "instance pool of {} slots unavailable ({error:#}); falling back to \
-                 on-demand allocation, which starts tasks about 4x slower. Each slot \
+                "{which} instance pool of {slots} slots unavailable ({error:#}); falling back \
+                 to on-demand allocation, which starts tasks about 4x slower. Each slot \
                  reserves 8 GiB of address space (two 4 GiB memories), so about 10,500 \
                  fit in a 47-bit address space: lower [limits] instances, or lift \
-                 `ulimit -v`",
-                settings.max_instances
+                 `ulimit -v`"
             );
             Engine::new(&base_config(settings))
                 .map_err(anyhow::Error::from)
-                .context("cannot create the wasmtime engine")?
+                .context("cannot create the wasmtime engine")
         }
-    };
-    Ok(HostEngine { engine, cache })
+    }
 }
 
-/// The configuration of a pooled host engine. Public so that a benchmark
-/// can build the very same engine with one setting changed (epochs off) and
-/// measure what that setting costs.
+/// The configuration of the warm engine, where tasks start. Public so that
+/// a benchmark can build the very same engine with one setting changed
+/// (epochs off) and measure what that setting costs.
 pub fn pooled_config(settings: &EngineSettings) -> Config {
     let mut config = base_config(settings);
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(settings)));
+    let mut pool = pool(settings.warm_instances);
+    // A freed slot is reset by copying back only the pages its task wrote
+    // (found with the kernel's pagemap scan), up to the bound, instead of
+    // `madvise`: no page faults when the slot is reused, and no TLB
+    // shootdown hitting the other worker. Measured (benches/speed): trivial
+    // tasks on 2 workers, ~34k/s with `madvise`, 65-88k/s kept resident.
+    pool.linear_memory_keep_resident(WARM_KEEP_RESIDENT)
+        .table_keep_resident(WARM_KEEP_RESIDENT)
+        .async_stack_keep_resident(WARM_STACK_KEEP_RESIDENT)
+        .pagemap_scan(wasmtime::Enabled::Auto);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
 }
 
-fn pooling(settings: &EngineSettings) -> PoolingAllocationConfig {
-    let n = settings.max_instances;
+/// The configuration of the cold engine: freed slots keep nothing.
+fn cold_config(settings: &EngineSettings) -> Config {
+    let mut config = base_config(settings);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(
+        settings.max_instances,
+    )));
+    config
+}
+
+fn pool(n: u32) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
     // A component adapted from wasip1 holds several core instances (the
     // module, the WASI adapter, shims), two memories and a few tables.
@@ -173,19 +288,12 @@ fn pooling(settings: &EngineSettings) -> PoolingAllocationConfig {
         .total_stacks(n)
         .max_memories_per_module(2)
         .max_tables_per_module(2);
-    // A freed slot is reset by copying its dirty pages back (found with
-    // the kernel's pagemap scan) instead of `madvise`: no page faults when
-    // the slot is reused, and no TLB shootdown hitting the other worker.
-    // Measured (benches/speed): trivial tasks on 2 workers, ~34k/s before,
-    // 65-88k/s after.
-    pool.linear_memory_keep_resident(KEEP_RESIDENT)
-        .table_keep_resident(KEEP_RESIDENT);
     pool
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] on its own thread.
+/// Advances the engines' epochs every [`EPOCH_TICK`] on its own thread.
 ///
-/// Holds only a weak reference to the engine, so it never keeps one alive;
+/// Holds only weak references to the engines, so it never keeps one alive;
 /// dropping the ticker stops the thread.
 pub struct EpochTicker {
     stop: Arc<AtomicBool>,
@@ -193,8 +301,8 @@ pub struct EpochTicker {
 }
 
 impl EpochTicker {
-    pub fn start(engine: &Engine) -> Result<EpochTicker> {
-        let weak = engine.weak();
+    pub fn start(engines: &[&Engine]) -> Result<EpochTicker> {
+        let weak: Vec<_> = engines.iter().map(|e| e.weak()).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -202,9 +310,13 @@ impl EpochTicker {
             .spawn(move || {
                 while !stop_flag.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
+                    let mut alive = false;
+                    for engine in weak.iter().filter_map(|w| w.upgrade()) {
+                        engine.increment_epoch();
+                        alive = true;
+                    }
+                    if !alive {
+                        break;
                     }
                 }
             })
@@ -222,5 +334,43 @@ impl Drop for EpochTicker {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Host memory each live task may hold besides its linear memory: its
+/// fiber stack's used part (the wasm stack, `wasm_stack_kb`, plus the host
+/// calls' frames) and its instance's bookkeeping (measured: ~50 KiB for an
+/// idle task). The host's frames are shallow: 128 KiB covers both.
+const TASK_OVERHEAD: u64 = 128 << 10;
+
+/// The most memory an app's tasks can make the host hold, by part.
+#[derive(Debug, Clone, Copy)]
+pub struct WorstCase {
+    /// Live tasks at once (`instances` plus the warm pool).
+    pub tasks: u64,
+    /// All linear memory of live tasks together (`memory_total_mb`).
+    pub task_memory: u64,
+    /// Stacks and bookkeeping of that many live tasks.
+    pub stacks: u64,
+    /// What the warm pool keeps once tasks have ended.
+    pub warm_kept: u64,
+}
+
+impl WorstCase {
+    pub fn of(limits: &crate::config::Limits) -> WorstCase {
+        let tasks = u64::from(limits.instances) + u64::from(limits.warm_instances);
+        let per_task = limits.wasm_stack_bytes() as u64 + TASK_OVERHEAD;
+        WorstCase {
+            tasks,
+            task_memory: limits.memory_total_bytes(),
+            stacks: tasks.saturating_mul(per_task),
+            warm_kept: warm_resident_bound(limits.warm_instances),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.task_memory
+            .saturating_add(self.stacks)
+            .saturating_add(self.warm_kept)
     }
 }

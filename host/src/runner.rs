@@ -57,8 +57,32 @@ pub(crate) async fn run(
     let env = worker.env();
     let data =
         TaskData::new(ident.clone(), env.app.clone(), cancel.clone()).on_worker(worker.clone());
-    let mut store = new_store(&env.engine, data);
-    let instance = match plugin.pre().instantiate_async(&mut store).await {
+    // Declared before the store, so dropped after it: the slot is free
+    // again only once the instance has given it back.
+    let mut warm_slot = env.engines.warm_slots.take();
+    let engine = match warm_slot {
+        Some(_) => &env.engines.engine,
+        None => &env.engines.cold,
+    };
+    let mut store = new_store(engine, data);
+    let mut instantiated = plugin
+        .pre_for(warm_slot.is_some())
+        .instantiate_async(&mut store)
+        .await;
+    if warm_slot.is_some()
+        && let Err(error) = &instantiated
+        && error
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+    {
+        // A component larger than the warm pool's slots expect: run it
+        // in the cold pool instead.
+        store = new_store(&env.engines.cold, store.into_data());
+        warm_slot = None;
+        instantiated = plugin.pre_for(false).instantiate_async(&mut store).await;
+    }
+    let _warm_slot = warm_slot;
+    let instance = match instantiated {
         Ok(instance) => instance,
         Err(error) => {
             let mut message = format!("cannot instantiate plugin `{}`: {error:#}", plugin.name);

@@ -8,6 +8,7 @@
 use crate::app::AppContext;
 use crate::bindings::GuestError;
 use crate::config::MAX_NAME_BYTES;
+use crate::engine::HostEngine;
 use crate::events::EventHub;
 use crate::logging::{self, Lifecycle};
 use crate::metrics::Metrics;
@@ -23,11 +24,11 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::{broadcast, oneshot};
 use tokio_util::task::TaskTracker;
-use wasmtime::Engine;
 
 /// What every running task needs from its host, shared by all workers.
 pub struct TaskEnv {
-    pub engine: Engine,
+    /// The warm and cold engines (see [`crate::engine`]).
+    pub engines: HostEngine,
     pub app: Arc<AppContext>,
     /// The plugins new tasks start from, by name.
     pub plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,

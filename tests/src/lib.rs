@@ -302,10 +302,16 @@ impl Running {
     /// host exits first (or 60 s pass, so a hung host fails the test).
     pub fn wait_for(&mut self, count: usize, pred: impl Fn(&Value) -> bool) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while self.seen.iter().filter(|l| pred(l)).count() < count {
+        // Counted as lines arrive: a host that logs tens of thousands of
+        // lines must not make this quadratic.
+        let mut matched = self.seen.iter().filter(|l| pred(l)).count();
+        while matched < count {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
+                Ok(line) => {
+                    matched += usize::from(pred(&line));
+                    self.seen.push(line);
+                }
                 Err(_) => panic!(
                     "taskhost ended or stalled before the awaited log lines; saw:\n{}",
                     self.seen

@@ -292,3 +292,56 @@ fn a_task_past_its_timeout_fails_saying_so() {
     // The app-wide timeout is far away for the other plugin's task.
     assert_eq!(run.results_of("within"), vec![json!(100)]);
 }
+
+/// Resident memory of process `pid`, in MiB.
+fn resident_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("VmRSS")
+        / 1024.0
+}
+
+/// Issue 8: one spawn bomb under the *default* limits filled the worker
+/// with ~10,000 lurkers, and as they ended the host's memory climbed until
+/// it was killed. Now the lurkers beyond the warm pool give their memory
+/// back as they end.
+#[test]
+fn a_spawn_bomb_under_default_limits_leaves_the_host_as_it_was() {
+    let app = TestApp::new(
+        r#"
+        name = "bombed"
+        workers = 1
+        [plugins.hostile]
+        path = "{hostile}"
+        "#,
+    );
+    let mut host = app.spawn();
+    let pid = taskhost::control::ControlState::read(&app.control_file())
+        .unwrap()
+        .pid;
+    let baseline = resident_mib(pid);
+    ok(app.cli(&["add", "hostile", "spawn_bomb", "--name", "bomb"]));
+    host.wait_for(1, |l| ended(l, "bomb"));
+    let report = result_of(end_of(&host, "bomb"));
+    assert_eq!(report["kind"], "Limit", "{report}");
+    // tasks_per_worker (10,000) stopped it, the bomb itself being one.
+    assert_eq!(report["spawned"], 9999, "{report}");
+    let purged = json_of(&ok(app.cli(&["purge", "--json"])));
+    assert_eq!(purged["purged"], 10_000, "{purged}");
+    let after = resident_mib(pid);
+    // The warm pool's bound (128 slots x 576 KiB = 72 MiB) and what the
+    // allocator keeps of the bookkeeping of 10,000 tasks.
+    assert!(
+        after - baseline < 72.0 + 128.0,
+        "resident memory {after:.0} MiB after the bomb, {baseline:.0} MiB before"
+    );
+    ok(app.cli(&["add", "hostile", "trap", "--name", "after"]));
+    host.wait_for(1, |l| ended(l, "after"));
+    host.signal("TERM");
+    let run = host.finish();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+}

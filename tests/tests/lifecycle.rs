@@ -254,9 +254,11 @@ fn a_sleeper_next_to_a_spinner_wakes_on_time() {
     let report = &run.results_of("sleeper")[0];
     let late = report["late_ms"].as_f64().unwrap();
     // Without fairness the sleeper would never wake (the spinner never
-    // yields) and this run would not end; with it, a few 1 ms ticks.
+    // yields) and this run would not end; with it, a few 1 ms ticks. The
+    // bound leaves room for a 2-core machine running other tests' hosts at
+    // once (27 ms was seen there once in five runs; alone it is 1-3 ms).
     eprintln!("woke {late} ms late");
-    assert!(late < 25.0, "woke {late} ms late: {report}");
+    assert!(late < 100.0, "woke {late} ms late: {report}");
     assert_eq!(report["cancelled"]["cancel_stage"], "forced", "{report}");
 }
 

@@ -455,7 +455,10 @@ async fn memory_run(kind: &str, component: &Path) {
             }
         }
         _ => {
-            let raw = Arc::new(RawPlugin::new(&worker(&host, 0).env().engine, component));
+            let raw = Arc::new(RawPlugin::new(
+                &worker(&host, 0).env().engines.engine,
+                component,
+            ));
             let local = tokio::task::LocalSet::new();
             local
                 .run_until(async {
@@ -504,7 +507,7 @@ async fn main() {
     println!("|---|---|---|---|---|");
 
     let host = host(&component).await;
-    let engine = worker(&host, 0).env().engine.clone();
+    let engine = worker(&host, 0).env().engines.engine.clone();
     let raw = Arc::new(RawPlugin::new(&engine, &component));
     let w0 = worker(&host, 0);
 

@@ -40,6 +40,8 @@ pub struct AppContext {
     default_policy: Arc<PluginPolicy>,
     /// Linear memory held by live tasks, host-wide (a metric).
     pub task_memory: Gauge,
+    /// What `task_memory` may reach (`memory_total_mb`, resolved once).
+    pub memory_total_bytes: u64,
 }
 
 impl AppContext {
@@ -70,6 +72,7 @@ impl AppContext {
                 grants: Grants::default(),
             }),
             task_memory: Gauge::default(),
+            memory_total_bytes: limits.memory_total_bytes(),
         }
     }
 
@@ -106,7 +109,11 @@ pub struct TaskData {
 impl TaskData {
     pub fn new(ident: Arc<TaskIdent>, app: Arc<AppContext>, cancel: Arc<CancelSignal>) -> TaskData {
         let policy = app.policy(&ident.plugin).clone();
-        let memory = MemoryBudget::new(policy.limits.memory_bytes, app.task_memory.clone());
+        let memory = MemoryBudget::new(
+            policy.limits.memory_bytes,
+            app.memory_total_bytes,
+            app.task_memory.clone(),
+        );
         TaskData {
             ident,
             app,

@@ -71,6 +71,9 @@ const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 /// store, giving its memory back to the gauge.
 pub struct MemoryBudget {
     limit: usize,
+    /// What all live tasks may hold together (`memory_total_mb`); the
+    /// gauge is their sum.
+    total_limit: i64,
     used: usize,
     /// Growth allowed but not yet done: taken back if the grow fails.
     pending: usize,
@@ -78,22 +81,18 @@ pub struct MemoryBudget {
 }
 
 impl MemoryBudget {
-    pub fn new(limit: usize, gauge: Gauge) -> MemoryBudget {
+    pub fn new(limit: usize, total_limit: u64, gauge: Gauge) -> MemoryBudget {
         MemoryBudget {
             limit,
+            total_limit: i64::try_from(total_limit).unwrap_or(i64::MAX),
             used: 0,
             pending: 0,
             gauge,
         }
     }
 
-    fn gauge_add(&self, bytes: usize, up: bool) {
-        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-        if up {
-            self.gauge.inc_by(bytes);
-        } else {
-            self.gauge.dec_by(bytes);
-        }
+    fn gauge_sub(&self, bytes: usize) {
+        self.gauge.dec_by(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 }
 
@@ -108,15 +107,20 @@ impl ResourceLimiter for MemoryBudget {
         if self.used.saturating_add(growth) > self.limit {
             return Ok(false);
         }
+        let delta = i64::try_from(growth).unwrap_or(i64::MAX);
+        let before = self.gauge.inc_by(delta);
+        if before.saturating_add(delta) > self.total_limit {
+            self.gauge.dec_by(delta);
+            return Ok(false);
+        }
         self.used += growth;
         self.pending = growth;
-        self.gauge_add(growth, true);
         Ok(true)
     }
 
     fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
         self.used -= self.pending;
-        self.gauge_add(self.pending, false);
+        self.gauge_sub(self.pending);
         self.pending = 0;
         Ok(())
     }
@@ -133,6 +137,6 @@ impl ResourceLimiter for MemoryBudget {
 
 impl Drop for MemoryBudget {
     fn drop(&mut self) {
-        self.gauge_add(self.used, false);
+        self.gauge_sub(self.used);
     }
 }

@@ -42,6 +42,11 @@ pub struct Limits {
     /// Linear memory one task may grow to, in MiB; `memory.grow` past it
     /// fails (a Rust guest then aborts with "memory allocation failed").
     pub memory_mb: u64,
+    /// Linear memory all live tasks may hold together, in MiB; a
+    /// `memory.grow` that would pass it fails like one past `memory_mb`.
+    /// None (the default): half of this machine's memory, so that no mix
+    /// of tasks can make the host run the machine out of memory.
+    pub memory_total_mb: Option<u64>,
     /// Wall-clock time a task may run, in milliseconds; then it is
     /// cancelled (forced after the grace period) and ends `failed`. None
     /// (the default): background tasks may run as long as the host does.
@@ -52,6 +57,12 @@ pub struct Limits {
     /// Task instances the host keeps slots for (the instance pool); also
     /// the most tasks that can be alive at once.
     pub instances: u32,
+    /// Slots of the warm pool, where tasks start while one is free: its
+    /// freed slots keep a few pages resident for a fast restart, so after
+    /// tasks end the host keeps at most this many slots' worth
+    /// (`engine::warm_resident_bound`, 576 KiB each). Tasks past it run in
+    /// the cold pool (`instances`), which gives all memory back.
+    pub warm_instances: u32,
     /// Live tasks one worker may hold; `add_task` past it fails with `limit`.
     pub tasks_per_worker: usize,
     /// Live tasks the whole app may hold, across workers.
@@ -72,9 +83,11 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             memory_mb: 64,
+            memory_total_mb: None,
             timeout_ms: None,
             wasm_stack_kb: 512,
             instances: 10_000,
+            warm_instances: 128,
             tasks_per_worker: 10_000,
             tasks_per_app: 100_000,
             ended_tasks_per_worker: 10_000,
@@ -83,6 +96,20 @@ impl Default for Limits {
             args_bytes: 1024 * 1024,
         }
     }
+}
+
+/// Physical memory of this machine (`MemTotal`), if it can be read.
+pub fn machine_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// `[plugins.NAME.limits]`: the per-task bounds a plugin may override.
@@ -123,6 +150,7 @@ impl Limits {
         let table = format!("{file}: [limits]");
         for (key, value) in [
             ("instances", self.instances as usize),
+            ("warm_instances", self.warm_instances as usize),
             ("tasks_per_worker", self.tasks_per_worker),
             ("tasks_per_app", self.tasks_per_app),
             ("ended_tasks_per_worker", self.ended_tasks_per_worker),
@@ -135,6 +163,9 @@ impl Limits {
             }
         }
         check_memory_mb(&table, self.memory_mb)?;
+        if self.memory_total_mb == Some(0) {
+            bail!("{table} `memory_total_mb` must be at least 1");
+        }
         check_timeout_ms(&table, self.timeout_ms)?;
         if !(16..=MAX_WASM_STACK_KB).contains(&self.wasm_stack_kb) {
             bail!(
@@ -155,6 +186,14 @@ impl Limits {
                 .timeout_ms
                 .or(self.timeout_ms)
                 .map(Duration::from_millis),
+        }
+    }
+
+    /// What all live tasks' linear memory may add up to, in bytes.
+    pub fn memory_total_bytes(&self) -> u64 {
+        match self.memory_total_mb {
+            Some(mb) => mb.saturating_mul(1 << 20),
+            None => machine_memory_bytes().map_or(4 << 30, |bytes| bytes / 2),
         }
     }
 

@@ -11,7 +11,9 @@ mod grants;
 mod limits;
 
 pub use grants::{DirGrant, Grants};
-pub use limits::{Limits, MAX_NAME_BYTES, PluginLimits, TaskLimits, check_plugin_name};
+pub use limits::{
+    Limits, MAX_NAME_BYTES, PluginLimits, TaskLimits, check_plugin_name, machine_memory_bytes,
+};
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;

@@ -33,37 +33,44 @@ pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
 /// Loads plugins for one engine, with the imports every task gets: WASI p2
 /// (capabilities decided per task, see [`TaskData`]) and the `app` handle.
 pub struct PluginLoader {
-    engine: Engine,
-    cache: Option<Arc<CompileCache>>,
-    linker: Linker<TaskData>,
+    engines: HostEngine,
+    /// For the warm engine, and for the cold one.
+    linkers: [Linker<TaskData>; 2],
     app: Arc<AppContext>,
 }
 
+/// A linker with everything a task may import.
+fn linker(engine: &Engine) -> Result<Linker<TaskData>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(|e| anyhow!("cannot add WASI to the linker: {e:#}"))?;
+    crate::bindings::Plugin::add_to_linker::<TaskData, HasSelf<TaskData>>(&mut linker, |d| d)
+        .map_err(|e| anyhow!("cannot add the app interface to the linker: {e:#}"))?;
+    Ok(linker)
+}
+
 impl PluginLoader {
-    pub fn new(engine: &HostEngine, app: Arc<AppContext>) -> Result<PluginLoader> {
-        let cache = engine.cache.clone();
-        let engine = &engine.engine;
-        let mut linker = Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| anyhow!("cannot add WASI to the linker: {e:#}"))?;
-        crate::bindings::Plugin::add_to_linker::<TaskData, HasSelf<TaskData>>(&mut linker, |d| d)
-            .map_err(|e| anyhow!("cannot add the app interface to the linker: {e:#}"))?;
+    pub fn new(engines: &HostEngine, app: Arc<AppContext>) -> Result<PluginLoader> {
         Ok(PluginLoader {
-            engine: engine.clone(),
-            cache,
-            linker,
+            linkers: [linker(&engines.engine)?, linker(&engines.cold)?],
+            engines: engines.clone(),
             app,
         })
     }
 
+    /// The warm engine, where tasks start.
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.engines.engine
+    }
+
+    pub fn engines(&self) -> &HostEngine {
+        &self.engines
     }
 
     /// The compile cache, if enabled: its counts say whether loading
     /// compiled anything.
     pub fn compile_cache(&self) -> Option<&CompileCache> {
-        self.cache.as_deref()
+        self.engines.cache.as_deref()
     }
 
     /// Reads, compiles and links the component at `path` as plugin `name`,
@@ -91,25 +98,26 @@ impl PluginLoader {
 
         // Compiling is CPU-bound and can take a while: keep it off the
         // async threads.
-        let engine = self.engine.clone();
-        let cache = self.cache.clone();
-        let component = tokio::task::spawn_blocking(move || match cache {
-            Some(cache) => cache.component(&engine, &bytes),
-            None => Component::from_binary(&engine, &bytes),
-        })
-        .await
-        .context("compiler thread failed")?
-        .map_err(|e| anyhow!("plugin `{name}`: {file} does not compile: {e:#}"))?;
+        let engines = self.engines.clone();
+        let components = tokio::task::spawn_blocking(move || compile(&engines, &bytes))
+            .await
+            .context("compiler thread failed")?
+            .map_err(|e| anyhow!("plugin `{name}`: {file} does not compile: {e:#}"))?;
 
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            anyhow!(
-                "plugin `{name}`: {file} needs an import taskhost does not provide \
-                 (plugins may import `taskhost:plugin/app` and WASI 0.2): {e:#}"
-            )
-        })?;
-        let pre = PluginPre::new(instance_pre).map_err(|e| {
-            anyhow!("plugin `{name}`: {file} does not implement the world `{WORLD}`: {e:#}")
-        })?;
+        let mut pres = Vec::new();
+        for (linker, component) in self.linkers.iter().zip(&components) {
+            let instance_pre = linker.instantiate_pre(component).map_err(|e| {
+                anyhow!(
+                    "plugin `{name}`: {file} needs an import taskhost does not provide \
+                     (plugins may import `taskhost:plugin/app` and WASI 0.2): {e:#}"
+                )
+            })?;
+            pres.push(PluginPre::new(instance_pre).map_err(|e| {
+                anyhow!("plugin `{name}`: {file} does not implement the world `{WORLD}`: {e:#}")
+            })?);
+        }
+        let cold = pres.pop().expect("two engines");
+        let pre = pres.pop().expect("two engines");
 
         let mut plugin = Plugin {
             name: name.to_string(),
@@ -117,6 +125,7 @@ impl PluginLoader {
             version,
             factories: Vec::new(),
             pre,
+            cold,
         };
         let listed = self
             .probe(&plugin, |instance, store| {
@@ -182,9 +191,11 @@ impl PluginLoader {
             factory: String::new(),
         });
         let data = TaskData::new(ident, self.app.clone(), Arc::new(CancelSignal::default()));
-        let mut store = runner::new_store(&self.engine, data);
+        // Probes run on the cold engine: they should not leave pages in
+        // the warm pool.
+        let mut store = runner::new_store(&self.engines.cold, data);
         let work = async {
-            let instance = match plugin.pre().instantiate_async(&mut store).await {
+            let instance = match plugin.pre_for(false).instantiate_async(&mut store).await {
                 Ok(instance) => instance,
                 Err(error) => {
                     return Err(match crate::engine::mapping_refused_hint(&error) {
@@ -200,6 +211,25 @@ impl PluginLoader {
             Err(_) => bail!("no answer within {PROBE_TIMEOUT:?}"),
         }
     }
+}
+
+/// `bytes` compiled for the warm engine (through the compile cache) and
+/// for the cold one. Both engines share one configuration of compiled code,
+/// so the cold one deserializes what the warm one compiled rather than
+/// compiling it again.
+fn compile(engines: &HostEngine, bytes: &[u8]) -> wasmtime::Result<[Component; 2]> {
+    let warm = match &engines.cache {
+        Some(cache) => cache.component(&engines.engine, bytes)?,
+        None => Component::from_binary(&engines.engine, bytes)?,
+    };
+    // SAFETY: these bytes were serialized a moment ago by this process,
+    // from code it compiled itself.
+    let cold = match unsafe { Component::deserialize(&engines.cold, warm.serialize()?) } {
+        Ok(cold) => cold,
+        // An engine fallen back to on-demand allocation may disagree.
+        Err(_) => Component::from_binary(&engines.cold, bytes)?,
+    };
+    Ok([warm, cold])
 }
 
 /// The bytes of the component file at `path`: a regular file (following

@@ -31,7 +31,10 @@ pub struct Plugin {
     /// builds apart in logs and listings.
     pub version: String,
     pub factories: Vec<Factory>,
+    /// Instantiates on the warm engine.
     pre: PluginPre<TaskData>,
+    /// Instantiates on the cold engine.
+    cold: PluginPre<TaskData>,
 }
 
 impl Plugin {
@@ -39,8 +42,9 @@ impl Plugin {
         self.factories.iter().find(|f| f.name == name)
     }
 
-    pub(crate) fn pre(&self) -> &PluginPre<TaskData> {
-        &self.pre
+    /// The pre-instantiated component of the warm engine, or the cold.
+    pub(crate) fn pre_for(&self, warm: bool) -> &PluginPre<TaskData> {
+        if warm { &self.pre } else { &self.cold }
     }
 
     /// "a, b, c": for error messages that list what exists.

@@ -1,0 +1,93 @@
+//! Issue 8: memory that tasks used comes back when they end. A host that
+//! once ran thousands of tasks must not keep their memory resident.
+
+use serde_json::{Value, json};
+use taskhost::control::ControlState;
+use taskhost_tests::TestApp;
+
+/// Resident memory of process `pid`, in MiB.
+fn resident_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib / 1024.0
+}
+
+/// The control API of a running host, over HTTP.
+struct Api {
+    base: String,
+    bearer: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    fn of(app: &TestApp) -> (Api, u32) {
+        let state = ControlState::read(&app.control_file()).unwrap();
+        let api = Api {
+            base: format!("http://{}", state.address),
+            bearer: format!("Bearer {}", state.token),
+            agent: ureq::AgentBuilder::new().build(),
+        };
+        (api, state.pid)
+    }
+
+    fn post(&self, path: &str, body: Value) -> Value {
+        self.agent
+            .post(&format!("{}{path}", self.base))
+            .set("Authorization", &self.bearer)
+            .send_json(body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+            .into_json()
+            .unwrap()
+    }
+}
+
+/// What the host may keep after its tasks ended, over what it held
+/// before: the warm pool's slots (`[limits] warm_instances`, 2 workers x
+/// 64 by default, each keeping at most 64 KiB per memory and 64 KiB of
+/// stack, see engine.rs), plus room for the allocator's own caches.
+const BOUND_MIB: f64 = 72.0 + 48.0;
+
+#[test]
+fn memory_comes_back_after_two_thousand_sleepers_twice() {
+    let app = TestApp::new(
+        r#"
+        name = "cycle"
+        workers = 2
+        [plugins.examples]
+        path = "{examples}"
+        "#,
+    );
+    let _host = app.spawn();
+    let (api, pid) = Api::of(&app);
+    let baseline = resident_mib(pid);
+    for round in 0..2 {
+        for i in 0..2000 {
+            api.post(
+                "/v1/tasks",
+                json!({"plugin": "examples", "factory": "sleeper", "name": format!("s{i}"),
+                       "worker": i % 2}),
+            );
+        }
+        let live = resident_mib(pid);
+        for i in 0..2000 {
+            let ended = api.post("/v1/tasks/cancel", json!({"name": format!("s{i}")}));
+            assert_eq!(ended[0]["state"], "cancelled", "{ended}");
+        }
+        let purged = api.post("/v1/purge", json!({}));
+        assert_eq!(purged["purged"], 2000, "{purged}");
+        let after = resident_mib(pid);
+        eprintln!(
+            "round {round}: baseline {baseline:.1} MiB, 2000 live {live:.1} MiB, after {after:.1} MiB"
+        );
+        assert!(
+            after - baseline <= BOUND_MIB,
+            "round {round}: resident memory {after:.1} MiB after the tasks ended, \
+             {baseline:.1} MiB before: more than {BOUND_MIB} MiB kept"
+        );
+    }
+}
