@@ -254,7 +254,7 @@ async fn dispatch(command: Command) -> Result<ExitCode, Refused> {
                 watch,
             };
             if let Some(control) = &options.control {
-                control::ensure_free(&control.state_file)?;
+                control::ensure_free(&control.state_file).await?;
             }
             let application = load(&app, &engine, &build).await?;
             match application.run(options, shutdown_signal()).await {

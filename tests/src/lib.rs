@@ -167,11 +167,7 @@ impl TestApp {
     /// and waits until its control API is serving.
     pub fn spawn(&self) -> Running {
         let mut running = self.spawn_with(&[]);
-        running.wait_for(1, |l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("control API on"))
-        });
+        running.wait_until_serving();
         running
     }
 
@@ -272,7 +268,8 @@ pub struct Running {
 }
 
 impl Running {
-    fn new(mut child: Child) -> Running {
+    /// Reads the log of `child` (stdout and stderr piped).
+    pub fn new(mut child: Child) -> Running {
         let stdout = child.stdout.take().expect("piped stdout");
         let mut stderr = child.stderr.take().expect("piped stderr");
         let (tx, lines) = std::sync::mpsc::channel();
@@ -322,6 +319,15 @@ impl Running {
                 ),
             }
         }
+    }
+
+    /// Waits until the host says its control API is serving.
+    pub fn wait_until_serving(&mut self) {
+        self.wait_for(1, |l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("control API on"))
+        });
     }
 
     /// Log lines seen so far.

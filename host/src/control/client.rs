@@ -36,12 +36,19 @@ impl Client {
     pub fn from_state_file(path: &Path) -> Result<Client, ClientError> {
         let state =
             ControlState::read(path).map_err(|e| ClientError::Unreachable(format!("{e:#}")))?;
-        let address = state.address.parse().map_err(|e| {
-            ClientError::Unreachable(format!("{}: bad address: {e}", path.display()))
-        })?;
+        Client::from_state(&state)
+            .map_err(|e| ClientError::Unreachable(format!("{}: {e}", path.display())))
+    }
+
+    /// The host a state file describes.
+    pub fn from_state(state: &ControlState) -> Result<Client, ClientError> {
+        let address = state
+            .address
+            .parse()
+            .map_err(|e| ClientError::Unreachable(format!("bad address: {e}")))?;
         Ok(Client {
             address,
-            token: state.token,
+            token: state.token.clone(),
         })
     }
 

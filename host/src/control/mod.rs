@@ -60,10 +60,11 @@ pub struct ControlServer {
 
 /// Fails if a live host already serves its control API through
 /// `state_file` (a stale file from a crashed host is fine: it is replaced).
-pub fn ensure_free(state_file: &std::path::Path) -> Result<()> {
-    if let Ok(other) = ControlState::read(state_file)
-        && other.is_alive()
-    {
+pub async fn ensure_free(state_file: &std::path::Path) -> Result<()> {
+    let Ok(other) = ControlState::read(state_file) else {
+        return Ok(());
+    };
+    if other.is_alive().await {
         bail!(
             "another host (app {:?}, pid {}) is serving its control API through {}; give this \
              one its own with --control-file (or TASKHOST_CONTROL_FILE), or --no-control",
@@ -86,7 +87,7 @@ pub async fn serve(host: Arc<Host>, options: &ControlOptions) -> Result<ControlS
              to allow it"
         );
     }
-    ensure_free(&options.state_file)?;
+    ensure_free(&options.state_file).await?;
     let listener = Listener::bind(&options.bind).await?;
     let address = listener.address()?;
     let token = state_file::new_token()?;

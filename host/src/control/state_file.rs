@@ -1,7 +1,7 @@
 //! The control state file: where a running host tells its CLI the address
 //! and token of its control API. Only the host's user can read it.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -36,19 +36,29 @@ pub fn new_token() -> Result<String> {
 }
 
 impl ControlState {
-    /// Writes the file readable by its owner only, atomically.
+    /// Writes the file readable by its owner only, atomically: to a work
+    /// file with a random name, created exclusively with mode 0600 (never
+    /// an existing file or a planted symlink), then renamed into place. A
+    /// directory where other users could replace the file is refused.
     pub fn write(&self, path: &Path) -> Result<()> {
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let tmp = dir.join(format!(".control.{}.tmp", std::process::id()));
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        check_dir(dir)?;
+        let tmp = dir.join(format!(".control.{}.tmp", &new_token()?[..16]));
         let text = serde_json::to_string_pretty(self)?;
-        {
+        let written = (|| -> Result<()> {
             use std::io::Write;
             let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
+            options.write(true).create_new(true);
             #[cfg(unix)]
             {
                 use std::os::unix::fs::OpenOptionsExt;
@@ -58,27 +68,104 @@ impl ControlState {
                 .open(&tmp)
                 .with_context(|| format!("cannot write {}", tmp.display()))?;
             file.write_all(text.as_bytes())?;
+            drop(file);
+            std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+        written
     }
 
-    /// Whether something still answers at the address (a crashed host
-    /// leaves a stale file behind).
-    pub fn is_alive(&self) -> bool {
-        self.address
-            .parse::<super::ControlAddress>()
-            .is_ok_and(|address| address.is_alive())
+    /// Whether a live host of this file's still serves there: its process
+    /// exists and it answers a request made with this file's token. A bare
+    /// connect is not enough: after a crash the port may belong to anyone.
+    pub async fn is_alive(&self) -> bool {
+        #[cfg(unix)]
+        {
+            let alive = rustix::process::Pid::from_raw(self.pid as i32)
+                .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
+            if !alive {
+                return false;
+            }
+        }
+        let Ok(client) = super::client::Client::from_state(self) else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(2), client.get("/v1/plugins"))
+                .await,
+            Ok(Ok(_))
+        )
     }
 
+    /// Reads a state file, trusting it only if it is this user's and
+    /// nobody else's to read: it holds the token, and a planted one could
+    /// point the CLI at another process.
     pub fn read(path: &Path) -> Result<ControlState> {
-        let text = std::fs::read_to_string(path).with_context(|| {
+        let no_host = || {
             format!(
                 "no running host found: cannot read {} (start one with `taskhost run`, or point \
                  --control-file / {STATE_FILE_ENV} at its state file)",
                 path.display()
             )
-        })?;
+        };
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+            );
+        }
+        let mut file = options.open(path).with_context(no_host)?;
+        let meta = file.metadata().with_context(no_host)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let me = rustix::process::geteuid().as_raw();
+            if !meta.is_file() || meta.uid() != me || meta.mode() & 0o077 != 0 {
+                bail!(
+                    "not trusting the control file {}: it must be a regular file of this \
+                     user's (uid {me}) that nobody else can read, and it is mode {:04o}, uid {}",
+                    path.display(),
+                    meta.mode() & 0o7777,
+                    meta.uid()
+                );
+            }
+        }
+        let mut text = String::new();
+        use std::io::Read;
+        Read::by_ref(&mut file)
+            .take(64 * 1024)
+            .read_to_string(&mut text)
+            .with_context(no_host)?;
         serde_json::from_str(&text)
             .with_context(|| format!("{} is not a control state file", path.display()))
     }
+}
+
+/// Refuses a directory where another user could replace the control file:
+/// writable by its group or others, unless sticky (like /tmp, where only a
+/// file's owner may rename or remove it).
+fn check_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta =
+            std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+        let mode = meta.mode();
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            bail!(
+                "refusing to write the control file in {}: other users can write there \
+                 (mode {:04o}) and could replace it; `chmod go-w {}`, or choose a private \
+                 place with --control-file (or {STATE_FILE_ENV})",
+                dir.display(),
+                mode & 0o7777,
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
