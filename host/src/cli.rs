@@ -338,7 +338,11 @@ fn print_check(application: &Application) {
             plugin.factories.len()
         );
         for factory in &plugin.factories {
-            println!("    {:<40} {}", factory.name, factory.description);
+            println!(
+                "    {:<40} {}",
+                crate::logging::escape_controls(&factory.name, false),
+                crate::logging::escape_controls(&factory.description, false)
+            );
         }
     }
     let main = config

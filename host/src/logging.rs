@@ -193,6 +193,30 @@ fn millis(elapsed: Duration) -> f64 {
     elapsed.as_micros() as f64 / 1e3
 }
 
+/// `text` safe to print on a terminal: control characters (ESC, CR, BEL,
+/// ...) that a guest could use to move the cursor, clear the screen or
+/// forge a line are written as escapes (`\u{1b}`, `\r`). A newline becomes
+/// `\n` too, or, with `continue_lines`, a new line indented by four spaces,
+/// which no line of the host's own starts with. JSON output needs none of
+/// this: it escapes everything already.
+pub fn escape_controls(text: &str, continue_lines: bool) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' if continue_lines => out.push_str("\n    "),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The human format: `TIME LEVEL [worker/task] message`, and for lines that
 /// are not about a task, the message followed by its other fields.
 ///
@@ -268,11 +292,16 @@ where
         tracing_subscriber::fmt::time::SystemTime.format_time(&mut writer)?;
         write!(writer, " {:<5} ", event.metadata().level())?;
         if let (Some(worker), Some(task)) = (&fields.worker, &fields.task) {
-            write!(writer, "[{worker}/{task}] ")?;
+            write!(
+                writer,
+                "[{}/{}] ",
+                escape_controls(worker, false),
+                escape_controls(task, false)
+            )?;
         }
-        write!(writer, "{}", fields.message)?;
+        write!(writer, "{}", escape_controls(&fields.message, true))?;
         for (name, value) in &fields.rest {
-            write!(writer, " {name}={value}")?;
+            write!(writer, " {name}={}", escape_controls(value, false))?;
         }
         writeln!(writer)
     }

@@ -100,6 +100,8 @@ pub struct TaskData {
     pub(crate) policy: Arc<PluginPolicy>,
     /// Bounds the task's memory (`memory_mb`).
     pub(crate) memory: MemoryBudget,
+    /// Bounds the rate of its log lines.
+    log: Arc<log::LogGate>,
     wasi: Option<WasiCtx>,
     /// The task's stderr, once WASI exists: its last lines explain a crash.
     stderr: Option<TaskOutput>,
@@ -115,6 +117,7 @@ impl TaskData {
             app.task_memory.clone(),
         );
         TaskData {
+            log: Arc::new(log::LogGate::new(ident.clone(), &app.limits)),
             ident,
             app,
             cancel,
@@ -142,12 +145,13 @@ impl TaskData {
 impl WasiView for TaskData {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         let ident = &self.ident;
+        let log = &self.log;
         let stderr = &mut self.stderr;
         let grants = &self.policy.grants;
         let ctx = self.wasi.get_or_insert_with(|| {
-            let errors = TaskOutput::stderr(ident.clone());
+            let errors = TaskOutput::stderr(log.clone());
             *stderr = Some(errors.clone());
-            sandbox::wasi_ctx(ident, grants, TaskOutput::stdout(ident.clone()), errors)
+            sandbox::wasi_ctx(ident, grants, TaskOutput::stdout(log.clone()), errors)
         });
         WasiCtxView {
             ctx,

@@ -4,8 +4,8 @@
 //! middle of the host's log: each complete line becomes one log line (info
 //! for stdout, warn for stderr) with the task's fields.
 
+use super::log::LogGate;
 use crate::bindings::Level;
-use crate::task::TaskIdent;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -28,25 +28,25 @@ pub struct TaskOutput {
 }
 
 struct LineBuffer {
-    ident: Arc<TaskIdent>,
+    log: Arc<LogGate>,
     level: Level,
     pending: Vec<u8>,
     tail: VecDeque<String>,
 }
 
 impl TaskOutput {
-    pub fn stdout(ident: Arc<TaskIdent>) -> TaskOutput {
-        Self::new(ident, Level::Info)
+    pub fn stdout(log: Arc<LogGate>) -> TaskOutput {
+        Self::new(log, Level::Info)
     }
 
-    pub fn stderr(ident: Arc<TaskIdent>) -> TaskOutput {
-        Self::new(ident, Level::Warn)
+    pub fn stderr(log: Arc<LogGate>) -> TaskOutput {
+        Self::new(log, Level::Warn)
     }
 
-    fn new(ident: Arc<TaskIdent>, level: Level) -> TaskOutput {
+    fn new(log: Arc<LogGate>, level: Level) -> TaskOutput {
         TaskOutput {
             lines: Arc::new(Mutex::new(LineBuffer {
-                ident,
+                log,
                 level,
                 pending: Vec::new(),
                 tail: VecDeque::new(),
@@ -91,7 +91,7 @@ impl LineBuffer {
     fn emit(&mut self) {
         let text = String::from_utf8_lossy(&self.pending);
         let line = text.strip_suffix('\r').unwrap_or(&text).to_string();
-        crate::logging::task_line(&self.ident, self.level, &line);
+        self.log.line(self.level, &line);
         self.pending.clear();
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();

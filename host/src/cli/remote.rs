@@ -358,11 +358,13 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// A JSON value as table text: strings without quotes, null as `-`.
+/// A JSON value as table text: strings without quotes, null as `-`, and
+/// control characters escaped, so a name holding ESC, CR or LF cannot
+/// forge a row or take over the terminal.
 fn plain(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
-        Value::String(text) => text.clone(),
+        Value::String(text) => crate::logging::escape_controls(text, false).into_owned(),
         other => other.to_string(),
     }
 }
@@ -379,11 +381,14 @@ fn print_tasks(tasks: &Value, as_json: bool) {
     for task in tasks.as_array().into_iter().flatten() {
         let outcome = match task["state"].as_str() {
             Some("done") => plain(&task["result"]),
-            Some("failed") => plain(&task["error"])
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string(),
+            Some("failed") => plain(&Value::from(
+                task["error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .lines()
+                    .next()
+                    .unwrap_or(""),
+            )),
             Some("cancelled") => plain(&task["cancel_stage"]),
             _ => String::new(),
         };

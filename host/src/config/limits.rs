@@ -73,6 +73,12 @@ pub struct Limits {
     pub ended_tasks_per_worker: usize,
     /// Longest log line a task may emit, in bytes; longer ones are cut.
     pub log_line_bytes: usize,
+    /// Log lines per second a task may emit, sustained (a token bucket);
+    /// lines past it are dropped and counted, and a line saying how many
+    /// were dropped comes before the next one let through.
+    pub log_lines_per_second: u32,
+    /// Log lines a task may emit in a burst above that rate.
+    pub log_burst_lines: u32,
     /// Largest event payload `dispatch` accepts, in bytes.
     pub event_payload_bytes: usize,
     /// Largest `args` (JSON text) a new task may be given, in bytes.
@@ -92,6 +98,8 @@ impl Default for Limits {
             tasks_per_app: 100_000,
             ended_tasks_per_worker: 10_000,
             log_line_bytes: 16 * 1024,
+            log_lines_per_second: 1000,
+            log_burst_lines: 2000,
             event_payload_bytes: 1024 * 1024,
             args_bytes: 1024 * 1024,
         }
@@ -155,6 +163,8 @@ impl Limits {
             ("tasks_per_app", self.tasks_per_app),
             ("ended_tasks_per_worker", self.ended_tasks_per_worker),
             ("log_line_bytes", self.log_line_bytes),
+            ("log_lines_per_second", self.log_lines_per_second as usize),
+            ("log_burst_lines", self.log_burst_lines as usize),
             ("event_payload_bytes", self.event_payload_bytes),
             ("args_bytes", self.args_bytes),
         ] {
