@@ -16,10 +16,12 @@
 //! `precompile_compatibility_hash`, which includes its version), so a
 //! changed component, configuration or wasmtime never loads stale code.
 
+use crate::private_files::{
+    create_private_dir, create_work_file, hex, open_nofollow, write_atomically,
+};
 use anyhow::{Context, Result, anyhow, bail};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
-use std::fs::{File, OpenOptions};
 use std::hash::Hash;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -128,10 +130,16 @@ impl CompileCache {
             .join(format!("{}{ENTRY_SUFFIX}", hex(&digest.finalize())))
     }
 
-    /// `component` compiled for `engine`: from a verified entry when there
-    /// is one, else compiled and stored. Fails only if it does not compile.
-    /// Blocking (file I/O and compiling): call it off the async threads.
-    pub fn component(&self, engine: &Engine, component: &[u8]) -> wasmtime::Result<Component> {
+    /// `component` compiled for `engine`, and its serialized form (for
+    /// other engines of the same configuration; `None` if it could not be
+    /// serialized): from a verified entry when there is one, else compiled
+    /// and stored. Fails only if it does not compile. Blocking (file I/O
+    /// and compiling): call it off the async threads.
+    pub fn compiled(
+        &self,
+        engine: &Engine,
+        component: &[u8],
+    ) -> wasmtime::Result<(Component, Option<Vec<u8>>)> {
         let path = self.entry_path(engine, component);
         match self.read_verified(&path) {
             Ok(Some(artifact)) => {
@@ -142,7 +150,7 @@ impl CompileCache {
                 match unsafe { Component::deserialize(engine, &artifact) } {
                     Ok(loaded) => {
                         self.hits.fetch_add(1, Ordering::Relaxed);
-                        return Ok(loaded);
+                        return Ok((loaded, Some(artifact)));
                     }
                     Err(error) => self.reject(&path, &format!("{error:#}")),
                 }
@@ -152,23 +160,23 @@ impl CompileCache {
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let compiled = Component::from_binary(engine, component)?;
-        match compiled.serialize() {
-            Ok(artifact) => {
-                if let Err(error) = self.write(&path, &artifact) {
-                    self.unwritten.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        "compile cache: cannot store {}: {error:#}; the component was \
-                         compiled and runs, it will be compiled again next time",
-                        path.display()
-                    );
-                }
-            }
+        let artifact = match compiled.serialize() {
+            Ok(artifact) => artifact,
             Err(error) => {
                 self.unwritten.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("compile cache: cannot serialize a compiled component: {error:#}");
+                return Ok((compiled, None));
             }
+        };
+        if let Err(error) = self.write(&path, &artifact) {
+            self.unwritten.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "compile cache: cannot store {}: {error:#}; the component was compiled and \
+                 runs, it will be compiled again next time",
+                path.display()
+            );
         }
-        Ok(compiled)
+        Ok((compiled, Some(artifact)))
     }
 
     fn reject(&self, path: &Path, reason: &str) {
@@ -179,8 +187,9 @@ impl CompileCache {
         );
     }
 
-    /// The artifact stored at `path`, if there is an entry; `Err` with the
-    /// reason if there is one but it fails verification.
+    /// The artifact stored at `path` (the entry with its header taken
+    /// off), if there is an entry; `Err` with the reason if there is one
+    /// but it fails verification.
     fn read_verified(&self, path: &Path) -> Result<Option<Vec<u8>>, String> {
         let mut file = match open_nofollow(path) {
             Ok(file) => file,
@@ -211,7 +220,8 @@ impl CompileCache {
         self.mac(path, artifact)
             .verify_slice(tag)
             .map_err(|_| "its checksum does not match: corrupt or tampered".to_string())?;
-        Ok(Some(artifact.to_vec()))
+        bytes.drain(..MAGIC.len() + MAC_LEN);
+        Ok(Some(bytes))
     }
 
     /// The MAC of an entry binds its contents to its name, so a valid
@@ -228,25 +238,10 @@ impl CompileCache {
         mac
     }
 
-    /// Writes an entry: to a private work file first, renamed into place,
-    /// so a reader never sees half an entry; the work file is removed if
-    /// anything fails.
+    /// Writes an entry atomically, so a reader never sees half of one.
     fn write(&self, path: &Path, artifact: &[u8]) -> Result<()> {
         let tag = self.mac(path, artifact).finalize().into_bytes();
-        let (work, mut file) = create_work_file(&self.dir)?;
-        let written = (|| -> Result<()> {
-            file.write_all(MAGIC)?;
-            file.write_all(&tag)?;
-            file.write_all(artifact)?;
-            file.sync_data()?;
-            drop(file);
-            std::fs::rename(&work, path)?;
-            Ok(())
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&work);
-        }
-        written
+        write_atomically(path, WORK_PREFIX, &[MAGIC, &tag, artifact])
     }
 
     /// Removes work files of writes that never finished (a host killed
@@ -286,18 +281,6 @@ impl std::hash::Hasher for HashInto {
     fn finish(&self) -> u64 {
         0
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
 }
 
 /// Refuses a cache directory that another user could write to.
@@ -350,7 +333,7 @@ fn load_or_create_key(dir: &Path) -> Result<[u8; 32]> {
         }
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).map_err(|e| anyhow!("no randomness for the cache key: {e}"))?;
-        let (work, mut file) = create_work_file(dir)?;
+        let (work, mut file) = create_work_file(dir, WORK_PREFIX)?;
         let written = file
             .write_all(&key)
             .and_then(|()| file.sync_data())
@@ -408,39 +391,6 @@ fn read_key(path: &Path) -> Result<Option<[u8; 32]>> {
     Ok(Some(key))
 }
 
-/// Opens `path` for reading, refusing to follow a symlink at its end.
-fn open_nofollow(path: &Path) -> std::io::Result<File> {
-    let mut options = OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(
-            (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
-        );
-    }
-    options.open(path)
-}
-
-/// A new work file in `dir`, created exclusively (never an existing file
-/// or a planted symlink) and readable by this user only.
-fn create_work_file(dir: &Path) -> Result<(PathBuf, File)> {
-    let mut suffix = [0u8; 8];
-    getrandom::fill(&mut suffix).map_err(|e| anyhow!("no randomness for a file name: {e}"))?;
-    let path = dir.join(format!("{WORK_PREFIX}{}", hex(&suffix)));
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let file = options
-        .open(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    Ok((path, file))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,8 +407,8 @@ mod tests {
         let bytes = wat::parse_str(COMPONENT).unwrap();
         let engine = engine();
         let cache = CompileCache::open(dir.path()).unwrap();
-        cache.component(&engine, &bytes).unwrap();
-        cache.component(&engine, &bytes).unwrap();
+        cache.compiled(&engine, &bytes).unwrap();
+        cache.compiled(&engine, &bytes).unwrap();
         assert_eq!((cache.hits(), cache.misses()), (1, 1));
 
         let entry = cache.entry_path(&engine, &bytes);
@@ -466,10 +416,10 @@ mod tests {
         let last = stored.len() - 1;
         stored[last] ^= 0x40;
         std::fs::write(&entry, &stored).unwrap();
-        cache.component(&engine, &bytes).unwrap();
+        cache.compiled(&engine, &bytes).unwrap();
         assert_eq!((cache.hits(), cache.misses(), cache.rejected()), (1, 2, 1));
         // ...and the entry was rewritten.
-        cache.component(&engine, &bytes).unwrap();
+        cache.compiled(&engine, &bytes).unwrap();
         assert_eq!(cache.hits(), 2);
     }
 
@@ -492,7 +442,7 @@ mod tests {
         std::fs::write(&stale, b"half").unwrap();
         std::fs::write(&fresh, b"half").unwrap();
         let old = std::time::SystemTime::now() - 2 * STALE_WORK;
-        File::options()
+        std::fs::File::options()
             .write(true)
             .open(&stale)
             .unwrap()

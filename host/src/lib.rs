@@ -21,6 +21,7 @@ pub mod host;
 pub mod logging;
 pub mod metrics;
 pub mod plugin;
+pub mod private_files;
 pub mod registry;
 pub mod runner;
 pub mod task;

@@ -1,6 +1,7 @@
 //! The control state file: where a running host tells its CLI the address
 //! and token of its control API. Only the host's user can read it.
 
+use crate::private_files::{create_private_dir, hex, open_nofollow, write_atomically};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -32,49 +33,23 @@ pub fn default_state_file() -> Result<PathBuf> {
 pub fn new_token() -> Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for the token: {e}"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&bytes))
 }
 
 impl ControlState {
-    /// Writes the file readable by its owner only, atomically: to a work
-    /// file with a random name, created exclusively with mode 0600 (never
-    /// an existing file or a planted symlink), then renamed into place. A
-    /// directory where other users could replace the file is refused.
+    /// Writes the file readable by its owner only, atomically
+    /// ([`write_atomically`]: never into an existing file or a planted
+    /// symlink). A directory where other users could replace the file is
+    /// refused.
     pub fn write(&self, path: &Path) -> Result<()> {
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder
-            .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        create_private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         check_dir(dir)?;
-        let tmp = dir.join(format!(".control.{}.tmp", &new_token()?[..16]));
         let text = serde_json::to_string_pretty(self)?;
-        let written = (|| -> Result<()> {
-            use std::io::Write;
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let mut file = options
-                .open(&tmp)
-                .with_context(|| format!("cannot write {}", tmp.display()))?;
-            file.write_all(text.as_bytes())?;
-            drop(file);
-            std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
+        write_atomically(path, ".control.", &[text.as_bytes()])
     }
 
     /// Whether a live host of this file's still serves there: its process
@@ -110,16 +85,7 @@ impl ControlState {
                 path.display()
             )
         };
-        let mut options = std::fs::OpenOptions::new();
-        options.read(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.custom_flags(
-                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
-            );
-        }
-        let mut file = options.open(path).with_context(no_host)?;
+        let mut file = open_nofollow(path).with_context(no_host)?;
         let meta = file.metadata().with_context(no_host)?;
         #[cfg(unix)]
         {

@@ -6,6 +6,7 @@ use crate::bindings::{GuestError, PluginPre};
 use crate::compile_cache::CompileCache;
 use crate::config::check_plugin_name;
 use crate::engine::HostEngine;
+use crate::private_files::hex;
 use crate::runner;
 use crate::task::{CancelSignal, TaskIdent, WorkerId};
 use anyhow::{Context, Result, anyhow, bail};
@@ -215,19 +216,25 @@ impl PluginLoader {
 
 /// `bytes` compiled for the warm engine (through the compile cache) and
 /// for the cold one. Both engines share one configuration of compiled code,
-/// so the cold one deserializes what the warm one compiled rather than
-/// compiling it again.
+/// so the cold one deserializes what the warm one compiled (or the cache
+/// held) rather than compiling it again.
 fn compile(engines: &HostEngine, bytes: &[u8]) -> wasmtime::Result<[Component; 2]> {
-    let warm = match &engines.cache {
-        Some(cache) => cache.component(&engines.engine, bytes)?,
-        None => Component::from_binary(&engines.engine, bytes)?,
+    let (warm, artifact) = match &engines.cache {
+        Some(cache) => cache.compiled(&engines.engine, bytes)?,
+        None => {
+            let warm = Component::from_binary(&engines.engine, bytes)?;
+            let artifact = warm.serialize().ok();
+            (warm, artifact)
+        }
     };
-    // SAFETY: these bytes were serialized a moment ago by this process,
-    // from code it compiled itself.
-    let cold = match unsafe { Component::deserialize(&engines.cold, warm.serialize()?) } {
-        Ok(cold) => cold,
+    // SAFETY: the artifact was serialized by this process from code it
+    // compiled, or read from a cache entry whose MAC proves the same.
+    let deserialized =
+        artifact.map(|artifact| unsafe { Component::deserialize(&engines.cold, artifact) });
+    let cold = match deserialized {
+        Some(Ok(cold)) => cold,
         // An engine fallen back to on-demand allocation may disagree.
-        Err(_) => Component::from_binary(&engines.cold, bytes)?,
+        _ => Component::from_binary(&engines.cold, bytes)?,
     };
     Ok([warm, cold])
 }
@@ -297,8 +304,4 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
     } else {
         "not a regular file"
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
