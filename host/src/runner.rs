@@ -78,10 +78,9 @@ pub(crate) async fn run(
         // A component larger than the warm pool's slots expect: run it
         // in the cold pool instead.
         store = new_store(&env.engines.cold, store.into_data());
-        warm_slot = None;
+        drop(warm_slot.take());
         instantiated = plugin.pre_for(false).instantiate_async(&mut store).await;
     }
-    let _warm_slot = warm_slot;
     let instance = match instantiated {
         Ok(instance) => instance,
         Err(error) => {
