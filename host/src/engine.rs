@@ -183,7 +183,8 @@ fn check_map_count(settings: &EngineSettings) {
     else {
         return;
     };
-    let needed = u64::from(settings.max_instances + settings.warm_instances) * MAPPINGS_PER_TASK
+    let needed = (u64::from(settings.max_instances) + u64::from(settings.warm_instances))
+        * MAPPINGS_PER_TASK
         + BASE_MAPPINGS;
     if needed > limit {
         tracing::warn!(

@@ -455,8 +455,10 @@ async fn memory_run(kind: &str, component: &Path) {
             }
         }
         _ => {
+            // 10,000 live instances: the cold pool's engine, where
+            // taskhost's own idle tasks past the warm pool run too.
             let raw = Arc::new(RawPlugin::new(
-                &worker(&host, 0).env().engines.engine,
+                &worker(&host, 0).env().engines.cold,
                 component,
             ));
             let local = tokio::task::LocalSet::new();
