@@ -381,14 +381,11 @@ fn print_tasks(tasks: &Value, as_json: bool) {
     for task in tasks.as_array().into_iter().flatten() {
         let outcome = match task["state"].as_str() {
             Some("done") => plain(&task["result"]),
-            Some("failed") => plain(&Value::from(
-                task["error"]
-                    .as_str()
-                    .unwrap_or("")
-                    .lines()
-                    .next()
-                    .unwrap_or(""),
-            )),
+            Some("failed") => {
+                let error = task["error"].as_str().unwrap_or("");
+                let first = error.lines().next().unwrap_or("");
+                crate::logging::escape_controls(first, false).into_owned()
+            }
             Some("cancelled") => plain(&task["cancel_stage"]),
             _ => String::new(),
         };
