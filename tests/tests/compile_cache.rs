@@ -7,6 +7,13 @@ use taskhost::engine::EngineSettings;
 use taskhost::plugin::build::BuildOptions;
 use taskhost_tests::TestApp;
 
+/// An app with the examples plugin and no task.
+const EXAMPLES: &str = r#"
+    name = "cached"
+    [plugins.examples]
+    path = "{examples}"
+"#;
+
 async fn load(app: &TestApp, cache: &std::path::Path) -> (usize, usize) {
     let config = AppConfig::load(&app.path()).unwrap();
     let settings = EngineSettings {
@@ -23,13 +30,7 @@ async fn load(app: &TestApp, cache: &std::path::Path) -> (usize, usize) {
 #[tokio::test]
 async fn an_unchanged_component_loads_from_the_cache() {
     let cache = tempfile::tempdir().unwrap();
-    let app = TestApp::new(
-        r#"
-        name = "cached"
-        [plugins.examples]
-        path = "{examples}"
-        "#,
-    );
+    let app = TestApp::new(EXAMPLES);
     assert_eq!(
         load(&app, cache.path()).await,
         (0, 1),
@@ -132,13 +133,7 @@ fn a_cache_directory_others_can_write_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let cache = tempfile::tempdir().unwrap();
     std::fs::set_permissions(cache.path(), std::fs::Permissions::from_mode(0o775)).unwrap();
-    let app = TestApp::new(
-        r#"
-        name = "cached"
-        [plugins.examples]
-        path = "{examples}"
-        "#,
-    );
+    let app = TestApp::new(EXAMPLES);
     let check = app.run_taskhost(&["check", "--compile-cache", cache.path().to_str().unwrap()]);
     assert_eq!(check.code, Some(2), "{}", check.dump());
     assert!(

@@ -46,7 +46,7 @@ fn a_planted_symlink_or_open_file_gets_neither_the_token_nor_a_write() {
     let victim = app.file("victim.txt", b"precious");
     let host = spawn_after_planting(&app, &format!("ln -s {} \"$tmp\"", victim.display()));
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
-    let state = ControlState::read(&app.control_file()).unwrap();
+    ControlState::read(&app.control_file()).expect("the CLI trusts the file");
     assert_eq!(mode(&app.control_file()), 0o600);
     drop(host);
 
@@ -63,7 +63,6 @@ fn a_planted_symlink_or_open_file_gets_neither_the_token_nor_a_write() {
             assert!(!text.contains(&token), "{} holds the token", path.display());
         }
     }
-    assert_ne!(state.token, token);
     drop(host);
 }
 

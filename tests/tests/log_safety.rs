@@ -60,20 +60,25 @@ fn assert_clean(text: &str) {
     );
 }
 
-#[test]
-fn control_characters_in_names_cannot_forge_log_lines_or_table_rows() {
-    let app = TestApp::new(&format!(
+/// An app with one task of `examples/factory` named [`EVIL`].
+fn forge_app(factory: &str, args: &str) -> TestApp {
+    TestApp::new(&format!(
         r#"
         name = "forge"
         [plugins.examples]
         path = "{{examples}}"
         [[tasks]]
         plugin = "examples"
-        factory = "slow_work"
+        factory = "{factory}"
         name = {EVIL}
-        args = {{ ms = 1 }}
+        {args}
         "#
-    ));
+    ))
+}
+
+#[test]
+fn control_characters_in_names_cannot_forge_log_lines_or_table_rows() {
+    let app = forge_app("slow_work", "args = { ms = 1 }");
     // The human log.
     let run = app.run_taskhost(&["run", "--until-idle"]);
     assert_eq!(run.code, Some(0), "{}", run.dump());
@@ -81,17 +86,7 @@ fn control_characters_in_names_cannot_forge_log_lines_or_table_rows() {
     assert_clean(&run.stdout);
 
     // The CLI's table, and its JSON, which stays exact.
-    let app = TestApp::new(&format!(
-        r#"
-        name = "forge"
-        [plugins.examples]
-        path = "{{examples}}"
-        [[tasks]]
-        plugin = "examples"
-        factory = "sleeper"
-        name = {EVIL}
-        "#
-    ));
+    let app = forge_app("sleeper", "");
     let mut host = app.spawn();
     host.wait_for(1, |l| l["event"] == "started");
     let table = app.cli(&["tasks"]);

@@ -47,9 +47,10 @@ impl Api {
 }
 
 /// What the host may keep after its tasks ended, over what it held
-/// before: the warm pool's slots (`[limits] warm_instances`, 2 workers x
-/// 64 by default, each keeping at most 64 KiB per memory and 64 KiB of
-/// stack, see engine.rs), plus room for the allocator's own caches.
+/// before: the warm pool's bound (`[limits] warm_instances`, 128 slots,
+/// each keeping at most 256 KiB per memory for two memories and 64 KiB of
+/// stack: 72 MiB, see `engine::warm_resident_bound`), plus room for what
+/// the allocator keeps (14 MiB measured).
 const BOUND_MIB: f64 = 72.0 + 48.0;
 
 #[test]
