@@ -309,30 +309,19 @@ impl Host {
     /// that does not compile or does not fit the world is refused and the
     /// old version keeps serving.
     pub async fn load_plugin(&self, name: &str, path: &Path) -> Result<Arc<Plugin>> {
-        let loaded = self.loader.load(name, path).await;
-        let event = match &loaded {
-            Ok(plugin) => serde_json::json!({
-                "event": "plugin_loaded",
-                "plugin": name,
-                "version": plugin.version,
-                "path": plugin.path,
-            }),
-            Err(error) => serde_json::json!({
-                "event": "plugin_refused",
-                "plugin": name,
-                "path": path,
-                "error": format!("{error:#}"),
-            }),
+        let plugin = match self.loader.load(name, path).await {
+            Ok(plugin) => Arc::new(plugin),
+            Err(error) => {
+                self.refuse_plugin(name, path, &error);
+                return Err(error);
+            }
         };
-        let _ = self.env.lifecycle.send(event);
-        if let Err(error) = &loaded {
-            tracing::error!(
-                event = "plugin_refused",
-                plugin = name,
-                "plugin {name} refused, the loaded version keeps serving: {error:#}"
-            );
-        }
-        let plugin = Arc::new(loaded?);
+        let _ = self.env.lifecycle.send(serde_json::json!({
+            "event": "plugin_loaded",
+            "plugin": name,
+            "version": plugin.version,
+            "path": plugin.path,
+        }));
         let previous = self
             .env
             .plugins
@@ -350,6 +339,23 @@ impl Host {
                 .unwrap_or_default()
         );
         Ok(plugin)
+    }
+
+    /// Says, in the log and on the event stream, that a new build of
+    /// plugin `name` from `path` (a component, or a crate that did not
+    /// build) was refused and the loaded version keeps serving.
+    pub fn refuse_plugin(&self, name: &str, path: &Path, error: &anyhow::Error) {
+        let _ = self.env.lifecycle.send(serde_json::json!({
+            "event": "plugin_refused",
+            "plugin": name,
+            "path": path,
+            "error": format!("{error:#}"),
+        }));
+        tracing::error!(
+            event = "plugin_refused",
+            plugin = name,
+            "plugin {name} refused, the loaded version keeps serving: {error:#}"
+        );
     }
 
     /// Cancels every live task (each forced after the grace period if it

@@ -125,20 +125,15 @@ async fn reload(host: &Host, target: &Target, build_options: &BuildOptions) {
                 "plugin {} changed: rebuilding",
                 target.name
             );
-            let dir = dir.clone();
+            let crate_dir = dir.clone();
             let options = BuildOptions {
                 output: BuildOutput::Capture,
                 ..build_options.clone()
             };
-            match tokio::task::spawn_blocking(move || build::build(&dir, &options)).await {
+            match tokio::task::spawn_blocking(move || build::build(&crate_dir, &options)).await {
                 Ok(Ok(path)) => path,
                 Ok(Err(error)) => {
-                    tracing::error!(
-                        event = "plugin_refused",
-                        plugin = target.name,
-                        "rebuilding plugin {} failed, the loaded version keeps serving: {error:#}",
-                        target.name
-                    );
+                    host.refuse_plugin(&target.name, dir, &error.context("rebuilding failed"));
                     return;
                 }
                 Err(error) => {

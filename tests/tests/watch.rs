@@ -1,7 +1,8 @@
 //! `taskhost run --watch`: editing a plugin's source leads, without a
 //! restart, to new tasks running the new code.
 
-use taskhost_tests::{TestApp, repo};
+use std::process::{Command, Stdio};
+use taskhost_tests::{Running, TestApp, repo, taskhost_bin};
 
 /// A standalone plugin crate whose `report` factory logs `running <tag>`.
 fn write_crate(dir: &std::path::Path, tag: &str) {
@@ -59,10 +60,28 @@ fn editing_a_plugins_source_reloads_it_without_a_restart() {
     assert_eq!(app.cli(&["add", "watched", "report"]).code, Some(0));
     host.wait_for(1, |l| l["message"] == "running second");
 
-    // A source that does not compile is refused; the last good build serves.
+    // A source that does not compile is refused, in the log and on the
+    // event stream; the last good build serves.
+    let mut events = Running::new(
+        Command::new(taskhost_bin())
+            .args(["events", "--json"])
+            .env("TASKHOST_CONTROL_FILE", app.control_file())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("taskhost events runs"),
+    );
+    events.wait_for(1, |e| e["event"] == "subscribed");
     std::fs::write(crate_dir.join("src/lib.rs"), "this is not rust").unwrap();
     host.wait_for(1, |l| {
         l["event"] == "plugin_refused" && l["plugin"] == "watched"
+    });
+    events.wait_for(1, |e| {
+        e["event"] == "plugin_refused"
+            && e["plugin"] == "watched"
+            && e["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("rebuilding failed"))
     });
     assert_eq!(app.cli(&["add", "watched", "report"]).code, Some(0));
     host.wait_for(2, |l| l["message"] == "running second");
