@@ -6,6 +6,24 @@
 //! started); 3 not found (a task, plugin or worker a verb named); 4 no
 //! running host could be reached.
 
+/// `println!` for the verbs' output, except that a reader that has gone
+/// (`taskhost check app.toml | head -3`) ends the process quietly with
+/// status 0, as it ends a Unix tool, where `println!` would panic on the
+/// broken pipe. `run` never prints this way: its log writer ignores a
+/// closed stdout, so the host still ends its tasks.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` with [`outln!`]'s handling of a closed stdout.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!($($arg)*))
+    };
+}
+
 mod remote;
 
 use crate::application::{Application, RunOptions};
@@ -285,7 +303,7 @@ async fn dispatch(command: Command) -> Result<ExitCode, Refused> {
                 .await
                 .map_err(|e| Refused(e.into()))?
                 .map_err(Refused)?;
-            println!("{}", component.display());
+            outln!("{}", component.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Remote(verb) => Ok(remote::run(verb).await),
@@ -327,10 +345,10 @@ fn exit_code(summary: &RunSummary, until_idle: bool) -> ExitCode {
 
 fn print_check(application: &Application) {
     let config = application.config();
-    println!("{}: ok", config.source.display());
-    println!("  app {:?}, {} worker(s)", config.name, config.workers);
+    outln!("{}: ok", config.source.display());
+    outln!("  app {:?}, {} worker(s)", config.name, config.workers);
     for plugin in application.plugins() {
-        println!(
+        outln!(
             "  plugin {} ({}, {}): {} factories",
             plugin.name,
             plugin.path.display(),
@@ -338,7 +356,7 @@ fn print_check(application: &Application) {
             plugin.factories.len()
         );
         for factory in &plugin.factories {
-            println!(
+            outln!(
                 "    {:<40} {}",
                 crate::logging::escape_controls(&factory.name, false),
                 crate::logging::escape_controls(&factory.description, false)
@@ -351,10 +369,10 @@ fn print_check(application: &Application) {
         .filter(|t| t.scope == Scope::Main)
         .count();
     let worker = config.tasks.len() - main;
-    println!("  tasks: {main} main, {worker} per worker");
+    outln!("  tasks: {main} main, {worker} per worker");
     let worst = WorstCase::of(&config.limits);
     let machine = crate::config::machine_memory_bytes();
-    println!(
+    outln!(
         "  worst case: {} live tasks could make the host hold {} ({} of task memory, \
          [limits] memory_total_mb; {} of stacks and bookkeeping; {} kept by the warm pool \
          after tasks end){}",
@@ -386,9 +404,9 @@ fn print_check(application: &Application) {
             if cache.unwritten() > 0 {
                 line += &format!(", {} could not be stored", cache.unwritten());
             }
-            println!("{line}");
+            outln!("{line}");
         }
-        None => println!("  compile cache: off"),
+        None => outln!("  compile cache: off"),
     }
 }
 
@@ -399,6 +417,19 @@ fn mib(bytes: u64) -> String {
         format!("{:.1} GiB", mib / 1024.0)
     } else {
         format!("{mib:.0} MiB")
+    }
+}
+
+/// Writes the verbs' output; see [`outln!`].
+pub(crate) fn write_out(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {error}");
+        std::process::exit(1);
     }
 }
 

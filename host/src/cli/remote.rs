@@ -238,10 +238,10 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             }
             let added = client.post("/v1/tasks", &body).await?;
             if common.json {
-                println!("{added}");
+                outln!("{added}");
             } else {
                 for task in added["tasks"].as_array().into_iter().flatten() {
-                    println!(
+                    outln!(
                         "started task {} on worker {}",
                         task["id"],
                         plain(&task["worker"])
@@ -266,9 +266,9 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
         Verb::Purge { common } => {
             let purged = connect(&common)?.post("/v1/purge", &json!({})).await?;
             if common.json {
-                println!("{purged}");
+                outln!("{purged}");
             } else {
-                println!("purged {} task(s)", purged["purged"]);
+                outln!("purged {} task(s)", purged["purged"]);
             }
         }
         Verb::Dispatch {
@@ -284,9 +284,9 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 )
                 .await?;
             if common.json {
-                println!("{woken}");
+                outln!("{woken}");
             } else {
-                println!("woke {} task(s)", woken["woken"]);
+                outln!("woke {} task(s)", woken["woken"]);
             }
         }
         Verb::Events { count, common } => {
@@ -295,9 +295,9 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             client
                 .follow(|event| {
                     if common.json {
-                        println!("{event}");
+                        outln!("{event}");
                     } else {
-                        println!("{}", describe_event(&event));
+                        outln!("{}", describe_event(&event));
                     }
                     seen += 1;
                     count.is_none_or(|limit| seen < limit)
@@ -305,19 +305,21 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 .await?;
         }
         Verb::Metrics { common } => {
-            print!("{}", connect(&common)?.get_text("/metrics").await?);
+            out!("{}", connect(&common)?.get_text("/metrics").await?);
         }
         Verb::Plugins { common } => {
             let plugins = connect(&common)?.get("/v1/plugins").await?;
             if common.json {
-                println!("{plugins}");
+                outln!("{plugins}");
             } else {
-                println!(
+                outln!(
                     "{:<20} {:<20} {:<10} PATH",
-                    "PLUGIN", "VERSION", "FACTORIES"
+                    "PLUGIN",
+                    "VERSION",
+                    "FACTORIES"
                 );
                 for plugin in plugins.as_array().into_iter().flatten() {
-                    println!(
+                    outln!(
                         "{:<20} {:<20} {:<10} {}",
                         plain(&plugin["name"]),
                         plain(&plugin["version"]),
@@ -341,16 +343,16 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 )
                 .await?;
             if common.json {
-                println!("{loaded}");
+                outln!("{loaded}");
             } else {
-                println!(
+                outln!(
                     "loaded {} {} from {}",
                     plain(&loaded["name"]),
                     plain(&loaded["version"]),
                     plain(&loaded["path"])
                 );
                 if restart_tasks {
-                    println!("restarted {} startup task(s)", loaded["restarted"]);
+                    outln!("restarted {} startup task(s)", loaded["restarted"]);
                 }
             }
         }
@@ -371,12 +373,16 @@ fn plain(value: &Value) -> String {
 
 fn print_tasks(tasks: &Value, as_json: bool) {
     if as_json {
-        println!("{tasks}");
+        outln!("{tasks}");
         return;
     }
-    println!(
+    outln!(
         "{:<8} {:<6} {:<24} {:<24} {:<10} OUTCOME",
-        "ID", "WORKER", "NAME", "PLUGIN/FACTORY", "STATE"
+        "ID",
+        "WORKER",
+        "NAME",
+        "PLUGIN/FACTORY",
+        "STATE"
     );
     for task in tasks.as_array().into_iter().flatten() {
         let outcome = match task["state"].as_str() {
@@ -389,7 +395,7 @@ fn print_tasks(tasks: &Value, as_json: bool) {
             Some("cancelled") => plain(&task["cancel_stage"]),
             _ => String::new(),
         };
-        println!(
+        outln!(
             "{:<8} {:<6} {:<24} {:<24} {:<10} {}",
             plain(&task["id"]),
             plain(&task["worker"]),
