@@ -20,8 +20,9 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
 
-/// How long shutdown waits beyond the grace period for tasks to be gone.
-/// Forced tasks end within a tick or two, so this only bounds a host bug.
+/// How long shutdown waits beyond the grace period for tasks to be gone,
+/// and then for each further task to end. Forced tasks end within a tick
+/// or two, so running out of it means a host bug, not a slow crowd.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
 
 /// How many lifecycle events a slow stream listener may fall behind before
@@ -369,11 +370,26 @@ impl Host {
         for handle in live() {
             runner::request_cancel(&handle, env);
         }
-        let bound = env.cancel_grace + SHUTDOWN_MARGIN;
-        let abandoned = if tokio::time::timeout(bound, env.tracker.wait())
-            .await
-            .is_ok()
-        {
+        let live_count = || -> usize { self.workers().map(|w| w.registry().live_count()).sum() };
+        let mut ended =
+            tokio::time::timeout(env.cancel_grace + SHUTDOWN_MARGIN, env.tracker.wait())
+                .await
+                .is_ok();
+        // Thousands of tasks take a while to end (10,000 took longer than
+        // the margin): wait on while they do, and give up only once a
+        // whole margin passed with none ending.
+        let mut left = live_count();
+        while !ended {
+            ended = tokio::time::timeout(SHUTDOWN_MARGIN, env.tracker.wait())
+                .await
+                .is_ok();
+            let now = live_count();
+            if now >= left {
+                break;
+            }
+            left = now;
+        }
+        let abandoned = if ended {
             0
         } else {
             let abandoned = live().len();

@@ -186,6 +186,39 @@ impl TestApp {
     }
 }
 
+/// The control API of a running host, over HTTP, for tests that make
+/// thousands of requests (a CLI process per request would be the test's
+/// whole run time).
+pub struct Api {
+    base: String,
+    bearer: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    /// The API of `app`'s running host, and the host's pid.
+    pub fn of(app: &TestApp) -> (Api, u32) {
+        let state = taskhost::control::ControlState::read(&app.control_file()).unwrap();
+        let api = Api {
+            base: format!("http://{}", state.address),
+            bearer: format!("Bearer {}", state.token),
+            agent: ureq::AgentBuilder::new().build(),
+        };
+        (api, state.pid)
+    }
+
+    /// POSTs `body` to `path`; panics unless the host answers 2xx.
+    pub fn post(&self, path: &str, body: Value) -> Value {
+        self.agent
+            .post(&format!("{}{path}", self.base))
+            .set("Authorization", &self.bearer)
+            .send_json(body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+            .into_json()
+            .unwrap()
+    }
+}
+
 /// A finished taskhost run: exit code, log lines and stderr.
 pub struct Run {
     pub code: Option<i32>,

@@ -336,3 +336,32 @@ fn shutdown_ends_tasks_in_every_state_and_logs_each_end() {
         assert_eq!(ends, 1, "{task}\n{}", run.dump());
     }
 }
+
+/// Issue 8: SIGTERM with thousands of sleeping tasks exited 1, the status
+/// of a host that gave up on tasks that never ended, though every one of
+/// them ended: shutdown waited a fixed 2 s past the grace period, and
+/// 10,000 tasks take longer to end. The host waits as long as tasks keep
+/// ending.
+#[test]
+fn shutdown_with_thousands_of_tasks_ends_them_all_and_exits_zero() {
+    let app = TestApp::new(
+        r#"
+        name = "crowd"
+        workers = 2
+        [plugins.examples]
+        path = "{examples}"
+        "#,
+    );
+    let host = app.spawn();
+    let (api, _) = taskhost_tests::Api::of(&app);
+    for i in 0..10000 {
+        api.post(
+            "/v1/tasks",
+            json!({"plugin": "examples", "factory": "sleeper", "worker": i % 2}),
+        );
+    }
+    host.signal("TERM");
+    let run = host.finish();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.events("cancelled").len(), 10000);
+}

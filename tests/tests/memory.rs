@@ -1,9 +1,8 @@
 //! Issue 8: memory that tasks used comes back when they end. A host that
 //! once ran thousands of tasks must not keep their memory resident.
 
-use serde_json::{Value, json};
-use taskhost::control::ControlState;
-use taskhost_tests::TestApp;
+use serde_json::json;
+use taskhost_tests::{Api, TestApp};
 
 /// Resident memory of process `pid`, in MiB.
 fn resident_mib(pid: u32) -> f64 {
@@ -15,35 +14,6 @@ fn resident_mib(pid: u32) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .expect("VmRSS in /proc/PID/status");
     kib / 1024.0
-}
-
-/// The control API of a running host, over HTTP.
-struct Api {
-    base: String,
-    bearer: String,
-    agent: ureq::Agent,
-}
-
-impl Api {
-    fn of(app: &TestApp) -> (Api, u32) {
-        let state = ControlState::read(&app.control_file()).unwrap();
-        let api = Api {
-            base: format!("http://{}", state.address),
-            bearer: format!("Bearer {}", state.token),
-            agent: ureq::AgentBuilder::new().build(),
-        };
-        (api, state.pid)
-    }
-
-    fn post(&self, path: &str, body: Value) -> Value {
-        self.agent
-            .post(&format!("{}{path}", self.base))
-            .set("Authorization", &self.bearer)
-            .send_json(body)
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
-            .into_json()
-            .unwrap()
-    }
 }
 
 /// What the host may keep after its tasks ended, over what it held
