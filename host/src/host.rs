@@ -416,8 +416,9 @@ fn count(counter: &prometheus_client::metrics::counter::Counter) -> usize {
 /// Returns the heap's free pages to the kernel. glibc keeps what a burst of
 /// tasks freed (their registry entries, stores, WASI contexts) when live
 /// allocations sit above it: measured, ~37 MiB after 2,000 tasks and ~200
-/// MiB after 10,000, never given back. A trim costs a few ms and runs only
-/// when ended tasks are purged.
+/// MiB after 10,000, never given back. A trim costs a few ms, so it runs
+/// on an operator's purge, not on a guest's `purge-tasks`, which a task
+/// may call in a loop.
 fn give_back_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks glibc's own arenas.

@@ -59,11 +59,6 @@ impl PluginLoader {
         })
     }
 
-    /// The warm engine, where tasks start.
-    pub fn engine(&self) -> &Engine {
-        &self.engines.engine
-    }
-
     pub fn engines(&self) -> &HostEngine {
         &self.engines
     }
@@ -105,20 +100,20 @@ impl PluginLoader {
             .context("compiler thread failed")?
             .map_err(|e| anyhow!("plugin `{name}`: {file} does not compile: {e:#}"))?;
 
-        let mut pres = Vec::new();
-        for (linker, component) in self.linkers.iter().zip(&components) {
+        let link = |linker: &Linker<TaskData>, component: &Component| {
             let instance_pre = linker.instantiate_pre(component).map_err(|e| {
                 anyhow!(
                     "plugin `{name}`: {file} needs an import taskhost does not provide \
                      (plugins may import `taskhost:plugin/app` and WASI 0.2): {e:#}"
                 )
             })?;
-            pres.push(PluginPre::new(instance_pre).map_err(|e| {
+            PluginPre::new(instance_pre).map_err(|e| {
                 anyhow!("plugin `{name}`: {file} does not implement the world `{WORLD}`: {e:#}")
-            })?);
-        }
-        let cold = pres.pop().expect("two engines");
-        let pre = pres.pop().expect("two engines");
+            })
+        };
+        let [warm, cold] = &components;
+        let pre = link(&self.linkers[0], warm)?;
+        let cold = link(&self.linkers[1], cold)?;
 
         let mut plugin = Plugin {
             name: name.to_string(),
