@@ -6,6 +6,7 @@ use crate::app::AppContext;
 use crate::config::{AppConfig, Scope, TaskConfig};
 use crate::engine::EpochTicker;
 use crate::events::EventHub;
+use crate::lifecycle::LifecycleEvent;
 use crate::metrics::Metrics;
 use crate::plugin::{Plugin, PluginLoader};
 use crate::registry::TaskHandle;
@@ -13,9 +14,9 @@ use crate::runner;
 use crate::task::{TaskId, TaskInfo, TaskState, WorkerId};
 use crate::worker::{AddTaskError, TaskEnv, Worker, WorkerCtx};
 use anyhow::{Result, anyhow, bail};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
@@ -62,7 +63,20 @@ pub struct Host {
     /// app.toml task, which registry entry. `load --restart-tasks` replaces
     /// entries here.
     startup: Mutex<Vec<(Arc<WorkerCtx>, TaskConfig, TaskHandle)>>,
+    /// Builds replaced by a hot-load, while their tasks drain.
+    retired: Mutex<Vec<Weak<Plugin>>>,
     _ticker: EpochTicker,
+}
+
+/// One loaded build of a plugin, as [`Host::builds`] lists it.
+#[derive(Debug, Clone)]
+pub struct Build {
+    pub plugin: Arc<Plugin>,
+    /// New tasks start from it; otherwise a newer build replaced it and it
+    /// only runs the tasks that started on it.
+    pub serving: bool,
+    /// Its tasks that have not ended.
+    pub live_tasks: usize,
 }
 
 impl Host {
@@ -93,6 +107,7 @@ impl Host {
             workers: Vec::new(),
             main_handles: Vec::new(),
             startup: Mutex::default(),
+            retired: Mutex::default(),
             _ticker: ticker,
         };
         let main_tasks: Vec<TaskConfig> = host.startup_tasks(Scope::Main).cloned().collect();
@@ -255,7 +270,7 @@ impl Host {
 
     /// A receiver of every lifecycle event from now on (the JSON objects of
     /// the lifecycle log lines, plus `plugin_loaded` / `plugin_refused`).
-    pub fn subscribe(&self) -> broadcast::Receiver<serde_json::Value> {
+    pub fn subscribe(&self) -> broadcast::Receiver<LifecycleEvent> {
         self.env.lifecycle.subscribe()
     }
 
@@ -268,6 +283,48 @@ impl Host {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Every loaded build: the serving one of each plugin, in name order,
+    /// then the replaced builds that still run tasks, oldest first. A
+    /// replaced build is listed until its last task ends.
+    pub fn builds(&self) -> Vec<Build> {
+        let mut live: HashMap<(Arc<str>, Arc<str>), usize> = HashMap::new();
+        for worker in self.workers() {
+            for info in worker.registry().snapshot() {
+                if !info.state.is_ended() {
+                    let key = (info.ident.plugin.clone(), info.ident.plugin_version.clone());
+                    *live.entry(key).or_default() += 1;
+                }
+            }
+        }
+        let count = |plugin: &Plugin| {
+            live.get(&(plugin.name.as_str().into(), plugin.version.as_str().into()))
+                .copied()
+                .unwrap_or(0)
+        };
+        let serving = self.plugins().into_iter().map(|plugin| Build {
+            live_tasks: count(&plugin),
+            serving: true,
+            plugin,
+        });
+        let mut retired = self.retired_builds();
+        retired.retain(|build| build.strong_count() > 0);
+        let draining: Vec<Build> = retired
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|plugin| Build {
+                live_tasks: count(&plugin),
+                serving: false,
+                plugin,
+            })
+            .collect();
+        drop(retired);
+        serving.chain(draining).collect()
+    }
+
+    fn retired_builds(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Plugin>>> {
+        self.retired.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn startup_entries(
@@ -317,28 +374,23 @@ impl Host {
                 return Err(error);
             }
         };
-        let _ = self.env.lifecycle.send(serde_json::json!({
-            "event": "plugin_loaded",
-            "plugin": name,
-            "version": plugin.version,
-            "path": plugin.path,
-        }));
         let previous = self
             .env
             .plugins
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), plugin.clone());
-        tracing::info!(
-            event = "plugin_loaded",
-            plugin = name,
-            version = plugin.version,
-            "plugin {name} {} loaded{}",
-            plugin.version,
-            previous
-                .map(|p| format!(" (replacing {})", p.version))
-                .unwrap_or_default()
-        );
+        self.announce(LifecycleEvent::PluginLoaded {
+            plugin: name.to_string(),
+            version: plugin.version.clone(),
+            path: plugin.path.clone(),
+            replaces: previous.as_ref().map(|p| p.version.clone()),
+        });
+        if let Some(previous) = previous {
+            previous.retire(self.env.lifecycle.clone());
+            self.retired_builds().push(Arc::downgrade(&previous));
+            // Dropped here if none of its tasks runs: announced at once.
+        }
         Ok(plugin)
     }
 
@@ -346,17 +398,17 @@ impl Host {
     /// plugin `name` from `path` (a component, or a crate that did not
     /// build) was refused and the loaded version keeps serving.
     pub fn refuse_plugin(&self, name: &str, path: &Path, error: &anyhow::Error) {
-        let _ = self.env.lifecycle.send(serde_json::json!({
-            "event": "plugin_refused",
-            "plugin": name,
-            "path": path,
-            "error": format!("{error:#}"),
-        }));
-        tracing::error!(
-            event = "plugin_refused",
-            plugin = name,
-            "plugin {name} refused, the loaded version keeps serving: {error:#}"
-        );
+        self.announce(LifecycleEvent::PluginRefused {
+            plugin: name.to_string(),
+            path: path.to_path_buf(),
+            error: format!("{error:#}"),
+        });
+    }
+
+    /// Logs a lifecycle event and sends it to the stream's listeners.
+    fn announce(&self, event: LifecycleEvent) {
+        crate::logging::lifecycle(&event);
+        let _ = self.env.lifecycle.send(event);
     }
 
     /// Cancels every live task (each forced after the grace period if it

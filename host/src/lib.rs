@@ -18,6 +18,7 @@ pub mod dirs;
 pub mod engine;
 pub mod events;
 pub mod host;
+pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod plugin;

@@ -8,9 +8,9 @@
 //! or `stage`. Keep them stable.
 
 use crate::bindings::Level;
-use crate::task::{CancelStage, TaskIdent, WorkerId};
+use crate::lifecycle::{LifecycleEvent, TaskRef};
+use crate::task::{TaskIdent, WorkerId};
 use anyhow::Result;
-use std::time::Duration;
 use tracing::Value;
 
 /// How log lines are written to stdout.
@@ -82,115 +82,110 @@ pub fn task_line(ident: &TaskIdent, level: Level, message: &str) {
     })
 }
 
-/// How a task's life moved on; one line per step.
-pub enum Lifecycle<'a> {
-    Started,
-    Done {
-        result: &'a str,
-        elapsed: Duration,
-    },
-    Failed {
-        error: &'a str,
-        elapsed: Duration,
-    },
-    Cancelled {
-        stage: CancelStage,
-        elapsed: Duration,
-    },
-}
-
-/// The lifecycle step as the JSON object the log line carries (the same
-/// field names), for the control API's event stream.
-pub fn lifecycle_json(ident: &TaskIdent, step: &Lifecycle<'_>) -> serde_json::Value {
-    let mut line = serde_json::json!({
-        "worker": match ident.worker {
-            WorkerId::Main => serde_json::json!("main"),
-            WorkerId::Index(i) => serde_json::json!(i),
-        },
-        "task": ident.label(),
-        "task_id": ident.id,
-        "plugin": &*ident.plugin,
-        "factory": ident.factory,
-    });
-    let extra = match step {
-        Lifecycle::Started => {
-            serde_json::json!({"event": "started", "version": &*ident.plugin_version})
-        }
-        Lifecycle::Done { result, elapsed } => {
-            serde_json::json!({"event": "done", "result": result, "elapsed_ms": millis(*elapsed)})
-        }
-        Lifecycle::Failed { error, elapsed } => {
-            serde_json::json!({"event": "failed", "error": error, "elapsed_ms": millis(*elapsed)})
-        }
-        Lifecycle::Cancelled { stage, elapsed } => serde_json::json!({
-            "event": "cancelled", "stage": stage.as_str(), "elapsed_ms": millis(*elapsed)
+/// Logs a lifecycle event: one line, whose JSON fields are those of
+/// [`LifecycleEvent`]'s serde form (`event`, `worker`, `task`, ...). The
+/// stream-only events (`subscribed`, `lagged`) are not logged.
+pub fn lifecycle(event: &LifecycleEvent) {
+    match event {
+        LifecycleEvent::Started { task, version } => with_task(task, |worker, task_name| {
+            tracing::info!(
+                event = "started",
+                worker,
+                task = task_name,
+                task_id = task.task_id,
+                plugin = task.plugin,
+                factory = task.factory,
+                version,
+                "started {}/{} ({version})",
+                task.plugin,
+                task.factory
+            )
         }),
-    };
-    if let (Some(line), serde_json::Value::Object(extra)) = (line.as_object_mut(), extra) {
-        line.extend(extra);
-    }
-    line
-}
-
-pub fn lifecycle(ident: &TaskIdent, step: Lifecycle<'_>) {
-    let task = ident.label();
-    let plugin = &*ident.plugin;
-    let factory = &ident.factory;
-    with_worker(ident.worker, |worker| match step {
-        Lifecycle::Started => tracing::info!(
-            event = "started",
-            worker,
+        LifecycleEvent::Done {
             task,
-            task_id = ident.id,
-            plugin,
-            factory,
-            version = &*ident.plugin_version,
-            "started {plugin}/{factory} ({})",
-            ident.plugin_version
-        ),
-        Lifecycle::Done { result, elapsed } => tracing::info!(
-            event = "done",
-            worker,
-            task,
-            task_id = ident.id,
-            plugin,
-            factory,
             result,
-            elapsed_ms = millis(elapsed),
-            "done in {} ms: {result}",
-            millis(elapsed)
-        ),
-        Lifecycle::Failed { error, elapsed } => tracing::error!(
-            event = "failed",
-            worker,
+            elapsed_ms,
+        } => with_task(task, |worker, task_name| {
+            tracing::info!(
+                event = "done",
+                worker,
+                task = task_name,
+                task_id = task.task_id,
+                plugin = task.plugin,
+                factory = task.factory,
+                result,
+                elapsed_ms,
+                "done in {elapsed_ms} ms: {result}"
+            )
+        }),
+        LifecycleEvent::Failed {
             task,
-            task_id = ident.id,
-            plugin,
-            factory,
             error,
-            elapsed_ms = millis(elapsed),
-            "failed after {} ms: {error}",
-            millis(elapsed)
-        ),
-        Lifecycle::Cancelled { stage, elapsed } => tracing::info!(
-            event = "cancelled",
-            worker,
+            elapsed_ms,
+        } => with_task(task, |worker, task_name| {
+            tracing::error!(
+                event = "failed",
+                worker,
+                task = task_name,
+                task_id = task.task_id,
+                plugin = task.plugin,
+                factory = task.factory,
+                error,
+                elapsed_ms,
+                "failed after {elapsed_ms} ms: {error}"
+            )
+        }),
+        LifecycleEvent::Cancelled {
             task,
-            task_id = ident.id,
+            stage,
+            elapsed_ms,
+        } => with_task(task, |worker, task_name| {
+            let stage = stage.as_str();
+            tracing::info!(
+                event = "cancelled",
+                worker,
+                task = task_name,
+                task_id = task.task_id,
+                plugin = task.plugin,
+                factory = task.factory,
+                stage,
+                elapsed_ms,
+                "cancelled ({stage}) after {elapsed_ms} ms"
+            )
+        }),
+        LifecycleEvent::PluginLoaded {
             plugin,
-            factory,
-            stage = stage.as_str(),
-            elapsed_ms = millis(elapsed),
-            "cancelled ({}) after {} ms",
-            stage.as_str(),
-            millis(elapsed)
+            version,
+            replaces,
+            ..
+        } => tracing::info!(
+            event = "plugin_loaded",
+            plugin,
+            version,
+            "plugin {plugin} {version} loaded{}",
+            replaces
+                .as_ref()
+                .map(|old| format!(" (replacing {old})"))
+                .unwrap_or_default()
         ),
-    })
+        LifecycleEvent::PluginRefused { plugin, error, .. } => tracing::error!(
+            event = "plugin_refused",
+            plugin,
+            "plugin {plugin} refused, the loaded version keeps serving: {error}"
+        ),
+        LifecycleEvent::PluginDropped { plugin, version } => tracing::info!(
+            event = "plugin_dropped",
+            plugin,
+            version,
+            "plugin {plugin} {version} dropped: its last task ended"
+        ),
+        LifecycleEvent::Subscribed | LifecycleEvent::Lagged { .. } => {}
+    }
 }
 
-/// Milliseconds with microsecond precision, without float noise in the log.
-fn millis(elapsed: Duration) -> f64 {
-    elapsed.as_micros() as f64 / 1e3
+/// Calls `f` with the task's `worker` field value and its label.
+fn with_task<R>(task: &TaskRef, f: impl FnOnce(&dyn Value, &str) -> R) -> R {
+    with_worker(task.worker, |worker| f(worker, &task.task))
 }
 
 /// `text` safe to print on a terminal: control characters (ESC, CR, BEL,

@@ -1,6 +1,7 @@
 //! The vocabulary of a task's life: who it is, what state it is in, how it
 //! ended, and the signal that asks it to stop.
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +12,11 @@ use tokio_util::sync::CancellationToken;
 pub type TaskId = u64;
 
 /// Where a task runs: a worker, or the main scope that runs before workers.
+///
+/// On every wire (the control API, the CLI's `--json`, the JSON log) it is
+/// the worker's index as a number, or the string `"main"`; read back, a
+/// number written as a string (`"1"`, as a query or a CLI flag gives it) is
+/// taken too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum WorkerId {
     /// `scope = "main"` tasks: once, before any worker starts.
@@ -25,6 +31,44 @@ impl WorkerId {
         match self {
             WorkerId::Main => None,
             WorkerId::Index(i) => Some(i),
+        }
+    }
+}
+
+impl std::str::FromStr for WorkerId {
+    type Err = String;
+
+    /// `main`, or an index.
+    fn from_str(text: &str) -> Result<WorkerId, String> {
+        if text == "main" {
+            return Ok(WorkerId::Main);
+        }
+        text.parse()
+            .map(WorkerId::Index)
+            .map_err(|_| format!("a worker is an index or `main`, not {text:?}"))
+    }
+}
+
+impl Serialize for WorkerId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            WorkerId::Main => serializer.serialize_str("main"),
+            WorkerId::Index(i) => serializer.serialize_u32(*i),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WorkerId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<WorkerId, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Index(u32),
+            Text(String),
+        }
+        match Wire::deserialize(deserializer)? {
+            Wire::Index(i) => Ok(WorkerId::Index(i)),
+            Wire::Text(text) => text.parse().map_err(serde::de::Error::custom),
         }
     }
 }
@@ -60,7 +104,8 @@ impl TaskIdent {
 }
 
 /// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Registered; its instance is being created.
     Pending,
@@ -100,7 +145,8 @@ impl fmt::Display for TaskState {
 }
 
 /// Which stage of cancellation ended a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CancelStage {
     /// The task saw `cancelled` from a host call and returned.
     Cooperative,
@@ -161,6 +207,54 @@ pub struct TaskInfo {
     pub ended_at: Option<SystemTime>,
     /// Set once the task has ended.
     pub outcome: Option<Outcome>,
+}
+
+/// A task as the control API, the CLI (`--json`) and scripts see it: the
+/// one serde type of that record, with the names of the guest's
+/// `task-info`. Times are Unix milliseconds; `result` (done), `error`
+/// (failed) and `cancel_stage` (cancelled) are null until the task ends
+/// that way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub id: TaskId,
+    pub name: Option<String>,
+    pub worker: WorkerId,
+    pub plugin: String,
+    pub plugin_version: String,
+    pub factory: String,
+    pub state: TaskState,
+    pub created_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub ended_at_ms: Option<u64>,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub cancel_stage: Option<CancelStage>,
+}
+
+impl From<&TaskInfo> for TaskView {
+    fn from(info: &TaskInfo) -> TaskView {
+        let (result, error, cancel_stage) = match &info.outcome {
+            Some(Outcome::Done { result }) => (Some(result.clone()), None, None),
+            Some(Outcome::Failed { error }) => (None, Some(error.clone()), None),
+            Some(Outcome::Cancelled { stage }) => (None, None, Some(*stage)),
+            None => (None, None, None),
+        };
+        TaskView {
+            id: info.ident.id,
+            name: info.ident.name.clone(),
+            worker: info.ident.worker,
+            plugin: info.ident.plugin.to_string(),
+            plugin_version: info.ident.plugin_version.to_string(),
+            factory: info.ident.factory.clone(),
+            state: info.state,
+            created_at_ms: unix_millis(info.created_at),
+            started_at_ms: info.started_at.map(unix_millis),
+            ended_at_ms: info.ended_at.map(unix_millis),
+            result,
+            error,
+            cancel_stage,
+        }
+    }
 }
 
 /// Asks one task to stop, in two stages.

@@ -10,7 +10,8 @@ use crate::bindings::GuestError;
 use crate::config::MAX_NAME_BYTES;
 use crate::engine::HostEngine;
 use crate::events::EventHub;
-use crate::logging::{self, Lifecycle};
+use crate::lifecycle::{self, LifecycleEvent, TaskRef};
+use crate::logging;
 use crate::metrics::Metrics;
 use crate::plugin::Plugin;
 use crate::registry::{RegisterError, TaskHandle, TaskRegistry, next_task_id};
@@ -41,7 +42,7 @@ pub struct TaskEnv {
     pub metrics: Metrics,
     /// Lifecycle events (the JSON objects of the lifecycle log lines), for
     /// the control API's stream. Sending costs nothing without listeners.
-    pub lifecycle: broadcast::Sender<serde_json::Value>,
+    pub lifecycle: broadcast::Sender<LifecycleEvent>,
 }
 
 impl TaskEnv {
@@ -145,14 +146,11 @@ impl WorkerCtx {
     }
 
     /// Logs a lifecycle step and sends it to the stream's listeners.
-    fn announce(&self, ident: &TaskIdent, step: Lifecycle<'_>) {
+    fn announce(&self, event: LifecycleEvent) {
+        logging::lifecycle(&event);
         if self.env.lifecycle.receiver_count() > 0 {
-            let _ = self
-                .env
-                .lifecycle
-                .send(logging::lifecycle_json(ident, &step));
+            let _ = self.env.lifecycle.send(event);
         }
-        logging::lifecycle(ident, step);
     }
 
     fn start(
@@ -217,7 +215,10 @@ impl WorkerCtx {
                     || {
                         worker.env.metrics.record_spawn(registered.elapsed());
                         worker.registry.mark_running(ident.id);
-                        worker.announce(&ident, Lifecycle::Started);
+                        worker.announce(LifecycleEvent::Started {
+                            task: TaskRef::from(&*ident),
+                            version: ident.plugin_version.to_string(),
+                        });
                     },
                 )
                 .await;
@@ -225,18 +226,25 @@ impl WorkerCtx {
                     worker.registry.withdraw(ident.id);
                     return;
                 };
-                let elapsed = begun.elapsed();
-                worker.announce(
-                    &ident,
-                    match &outcome {
-                        Outcome::Done { result } => Lifecycle::Done { result, elapsed },
-                        Outcome::Failed { error } => Lifecycle::Failed { error, elapsed },
-                        Outcome::Cancelled { stage } => Lifecycle::Cancelled {
-                            stage: *stage,
-                            elapsed,
-                        },
+                let elapsed_ms = lifecycle::millis(begun.elapsed());
+                let task = TaskRef::from(&*ident);
+                worker.announce(match &outcome {
+                    Outcome::Done { result } => LifecycleEvent::Done {
+                        task,
+                        result: result.clone(),
+                        elapsed_ms,
                     },
-                );
+                    Outcome::Failed { error } => LifecycleEvent::Failed {
+                        task,
+                        error: error.clone(),
+                        elapsed_ms,
+                    },
+                    Outcome::Cancelled { stage } => LifecycleEvent::Cancelled {
+                        task,
+                        stage: *stage,
+                        elapsed_ms,
+                    },
+                });
                 worker.env.metrics.record_end(&outcome);
                 worker.registry.finish(ident.id, outcome);
             },

@@ -7,7 +7,7 @@ use crate::bindings::taskhost::plugin::types;
 use crate::config::MAX_NAME_BYTES;
 use crate::registry::{RegisterError, TaskHandle};
 use crate::runner;
-use crate::task::{CancelStage, Outcome, TaskInfo, TaskState, unix_millis};
+use crate::task::{CancelStage, TaskInfo, TaskState, TaskView};
 use crate::worker::{AddTaskError, WorkerCtx};
 use std::sync::Arc;
 
@@ -160,39 +160,31 @@ fn check_name(name: &str) -> Result<(), GuestError> {
     Ok(())
 }
 
+/// The guest's `task-info`: the same record as [`TaskView`], in WIT types.
 pub(super) fn to_wit(info: &TaskInfo) -> types::TaskInfo {
-    let (result, error, cancel_stage) = match &info.outcome {
-        Some(Outcome::Done { result }) => (Some(result.clone()), None, None),
-        Some(Outcome::Failed { error }) => (None, Some(error.clone()), None),
-        Some(Outcome::Cancelled { stage }) => (
-            None,
-            None,
-            Some(match stage {
-                CancelStage::Cooperative => types::CancelStage::Cooperative,
-                CancelStage::Forced => types::CancelStage::Forced,
-            }),
-        ),
-        None => (None, None, None),
-    };
+    let view = TaskView::from(info);
     types::TaskInfo {
-        id: info.ident.id,
-        name: info.ident.name.clone(),
-        plugin: info.ident.plugin.to_string(),
-        plugin_version: info.ident.plugin_version.to_string(),
-        factory: info.ident.factory.clone(),
-        worker: info.ident.worker.index(),
-        state: match info.state {
+        id: view.id,
+        name: view.name,
+        plugin: view.plugin,
+        plugin_version: view.plugin_version,
+        factory: view.factory,
+        worker: view.worker.index(),
+        state: match view.state {
             TaskState::Pending => types::TaskState::Pending,
             TaskState::Running => types::TaskState::Running,
             TaskState::Done => types::TaskState::Done,
             TaskState::Failed => types::TaskState::Failed,
             TaskState::Cancelled => types::TaskState::Cancelled,
         },
-        created_at_ms: unix_millis(info.created_at),
-        started_at_ms: info.started_at.map(unix_millis),
-        ended_at_ms: info.ended_at.map(unix_millis),
-        result,
-        error,
-        cancel_stage,
+        created_at_ms: view.created_at_ms,
+        started_at_ms: view.started_at_ms,
+        ended_at_ms: view.ended_at_ms,
+        result: view.result,
+        error: view.error,
+        cancel_stage: view.cancel_stage.map(|stage| match stage {
+            CancelStage::Cooperative => types::CancelStage::Cooperative,
+            CancelStage::Forced => types::CancelStage::Forced,
+        }),
     }
 }

@@ -15,9 +15,14 @@
 //! | GET | /metrics | Prometheus / OpenMetrics text |
 
 use super::body_limit;
+use super::schema::{
+    AddRequest, Added, AddedTask, BuildState, CancelRequest, DispatchRequest, ErrorBody,
+    ErrorDetail, FactoryView, LoadRequest, Loaded, PluginView, Purged, Woken,
+};
 use crate::host::{CancelError, Host};
+use crate::lifecycle::LifecycleEvent;
 use crate::registry::RegisterError;
-use crate::task::{Outcome, TaskInfo, WorkerId, unix_millis};
+use crate::task::{TaskView, WorkerId};
 use crate::worker::AddTaskError;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -29,7 +34,6 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde::Deserialize;
-use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::wrappers::BroadcastStream;
@@ -123,7 +127,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"kind": self.kind, "message": self.message}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                kind: self.kind.to_string(),
+                message: self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -169,63 +178,10 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn worker_json(worker: WorkerId) -> Value {
-    match worker {
-        WorkerId::Main => json!("main"),
-        WorkerId::Index(i) => json!(i),
-    }
-}
-
-/// The JSON view of a task: the same names as the guest's `task-info`.
-pub(super) fn task_json(info: &TaskInfo) -> Value {
-    let (result, error, stage) = match &info.outcome {
-        Some(Outcome::Done { result }) => (Some(result.as_str()), None, None),
-        Some(Outcome::Failed { error }) => (None, Some(error.as_str()), None),
-        Some(Outcome::Cancelled { stage }) => (None, None, Some(stage.as_str())),
-        None => (None, None, None),
-    };
-    json!({
-        "id": info.ident.id,
-        "name": info.ident.name,
-        "worker": worker_json(info.ident.worker),
-        "plugin": &*info.ident.plugin,
-        "plugin_version": &*info.ident.plugin_version,
-        "factory": info.ident.factory,
-        "state": info.state.as_str(),
-        "created_at_ms": unix_millis(info.created_at),
-        "started_at_ms": info.started_at.map(unix_millis),
-        "ended_at_ms": info.ended_at.map(unix_millis),
-        "result": result,
-        "error": error,
-        "cancel_stage": stage,
-    })
-}
-
 /// `worker` in queries and bodies: an index, or `main`.
 fn parse_worker(text: &str) -> Result<WorkerId, ApiError> {
-    if text == "main" {
-        return Ok(WorkerId::Main);
-    }
-    text.parse().map(WorkerId::Index).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("`worker` must be an index or `main`, not {text:?}"),
-        )
-    })
-}
-
-/// `worker` in a JSON body: an index (number or string), or `"main"`.
-fn worker_of(value: &Value) -> Result<WorkerId, ApiError> {
-    match value {
-        Value::String(text) => parse_worker(text),
-        Value::Number(n) => parse_worker(&n.to_string()),
-        other => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("`worker` must be an index or \"main\", not {other}"),
-        )),
-    }
+    text.parse()
+        .map_err(|message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message))
 }
 
 #[derive(Deserialize)]
@@ -240,7 +196,7 @@ struct TaskFilter {
 async fn list_tasks(
     State(ctx): State<Ctx>,
     query: Result<Query<TaskFilter>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Json<Vec<TaskView>>, ApiError> {
     let Query(filter) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let worker = filter.worker.as_deref().map(parse_worker).transpose()?;
@@ -267,12 +223,15 @@ async fn list_tasks(
                 .as_deref()
                 .is_none_or(|n| t.ident.name.as_deref() == Some(n))
         })
-        .map(|t| task_json(&t))
+        .map(|t| TaskView::from(&t))
         .collect();
     Ok(Json(tasks))
 }
 
-async fn get_task(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_task(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
     let id: u64 = id.parse().map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -283,28 +242,14 @@ async fn get_task(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Json
     ctx.host
         .workers()
         .find_map(|w| w.registry().get(id))
-        .map(|t| Json(task_json(&t)))
+        .map(|t| Json(TaskView::from(&t)))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no task {id}")))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddRequest {
-    plugin: String,
-    factory: String,
-    #[serde(default)]
-    args: Value,
-    name: Option<String>,
-    /// An index or "main"; default worker 0.
-    worker: Option<Value>,
-    #[serde(default)]
-    all_workers: bool,
 }
 
 async fn add_task(
     State(ctx): State<Ctx>,
     body: Result<Json<AddRequest>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Added>), ApiError> {
     let Json(request) = body?;
     let workers: Vec<WorkerId> = if request.all_workers {
         if request.worker.is_some() {
@@ -320,14 +265,10 @@ async fn add_task(
             .filter(|w| *w != WorkerId::Main)
             .collect()
     } else {
-        let worker = match &request.worker {
-            None => WorkerId::Index(0),
-            Some(value) => worker_of(value)?,
-        };
-        vec![worker]
+        vec![request.worker.unwrap_or(WorkerId::Index(0))]
     };
     let args = request.args.to_string();
-    let mut ids = Vec::new();
+    let mut tasks = Vec::new();
     for worker in workers {
         let id = ctx
             .host
@@ -340,9 +281,9 @@ async fn add_task(
             )
             .await
             .map_err(add_error)?;
-        ids.push(json!({"worker": worker_json(worker), "id": id}));
+        tasks.push(AddedTask { worker, id });
     }
-    Ok((StatusCode::CREATED, Json(json!({"tasks": ids}))))
+    Ok((StatusCode::CREATED, Json(Added { tasks })))
 }
 
 fn add_error(error: AddTaskError) -> ApiError {
@@ -371,23 +312,13 @@ fn add_error(error: AddTaskError) -> ApiError {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CancelRequest {
-    name: String,
-    /// An index or "main"; default: every worker that has a task so named.
-    worker: Option<Value>,
-    /// How long to wait for the tasks to end (default 10 s).
-    timeout_ms: Option<u64>,
-}
-
 async fn cancel_task(
     State(ctx): State<Ctx>,
     body: Result<Json<CancelRequest>, JsonRejection>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Json<Vec<TaskView>>, ApiError> {
     let Json(request) = body?;
     let workers: Vec<WorkerId> = match &request.worker {
-        Some(value) => vec![worker_of(value)?],
+        Some(worker) => vec![*worker],
         None => ctx
             .host
             .workers()
@@ -418,7 +349,7 @@ async fn cancel_task(
     ended
         .into_iter()
         .map(|result| match result {
-            Ok(info) => Ok(task_json(&info)),
+            Ok(info) => Ok(TaskView::from(&info)),
             Err(CancelError::NoWorker(w)) => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no_worker",
@@ -434,27 +365,17 @@ async fn cancel_task(
         .map(Json)
 }
 
-async fn purge(State(ctx): State<Ctx>) -> Json<Value> {
-    Json(json!({"purged": ctx.host.purge()}))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct DispatchRequest {
-    #[serde(default)]
-    payload: String,
-    /// Dispatch only once at least this many tasks (host-wide) are waiting
-    /// for some event, so a listener that is about to wait is not missed.
-    wait_for: Option<usize>,
-    /// How long `wait_for` may wait (default 10 s).
-    timeout_ms: Option<u64>,
+async fn purge(State(ctx): State<Ctx>) -> Json<Purged> {
+    Json(Purged {
+        purged: ctx.host.purge(),
+    })
 }
 
 async fn dispatch(
     State(ctx): State<Ctx>,
     Path(event): Path<String>,
     body: Result<Json<DispatchRequest>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Woken>, ApiError> {
     let Json(request) = body?;
     crate::events::check_dispatch(&event, &request.payload, &ctx.host.config().limits)
         .map_err(|message| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "limit", message))?;
@@ -470,42 +391,45 @@ async fn dispatch(
                 )
             })?;
     }
-    Ok(Json(
-        json!({"woken": ctx.host.dispatch(&event, &request.payload)}),
-    ))
+    Ok(Json(Woken {
+        woken: ctx.host.dispatch(&event, &request.payload),
+    }))
 }
 
-async fn list_plugins(State(ctx): State<Ctx>) -> Json<Vec<Value>> {
+async fn list_plugins(State(ctx): State<Ctx>) -> Json<Vec<PluginView>> {
     Json(
         ctx.host
-            .plugins()
-            .iter()
-            .map(|p| {
-                json!({
-                    "name": p.name,
-                    "version": p.version,
-                    "path": p.path,
-                    "factories": p.factories.iter().map(|f| json!({"name": f.name, "description": f.description})).collect::<Vec<_>>(),
-                })
+            .builds()
+            .into_iter()
+            .map(|build| PluginView {
+                name: build.plugin.name.clone(),
+                version: build.plugin.version.clone(),
+                path: build.plugin.path.clone(),
+                state: if build.serving {
+                    BuildState::Serving
+                } else {
+                    BuildState::Draining
+                },
+                live_tasks: build.live_tasks,
+                factories: build
+                    .plugin
+                    .factories
+                    .iter()
+                    .map(|f| FactoryView {
+                        name: f.name.clone(),
+                        description: f.description.clone(),
+                    })
+                    .collect(),
             })
             .collect(),
     )
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoadRequest {
-    path: std::path::PathBuf,
-    /// Restart the plugin's startup tasks on the new build.
-    #[serde(default)]
-    restart_tasks: bool,
 }
 
 async fn load_plugin(
     State(ctx): State<Ctx>,
     Path(name): Path<String>,
     body: Result<Json<LoadRequest>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Loaded>, ApiError> {
     let Json(request) = body?;
     let plugin = ctx
         .host
@@ -532,9 +456,12 @@ async fn load_plugin(
     } else {
         0
     };
-    Ok(Json(json!({
-        "name": plugin.name, "version": plugin.version, "path": plugin.path, "restarted": restarted,
-    })))
+    Ok(Json(Loaded {
+        name: plugin.name.clone(),
+        version: plugin.version.clone(),
+        path: plugin.path.clone(),
+        restarted,
+    }))
 }
 
 async fn metrics(State(ctx): State<Ctx>) -> Response {
@@ -553,16 +480,19 @@ async fn stream(
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
     // The first event says the stream is attached: a follower that waits
     // for it misses nothing that happens afterwards.
-    let hello = futures_util::stream::once(async {
-        Ok(Event::default().data(json!({"event": "subscribed"}).to_string()))
-    });
+    let hello = futures_util::stream::once(async { Ok(sse(&LifecycleEvent::Subscribed)) });
     let events = BroadcastStream::new(ctx.host.subscribe()).map(|item| {
         Ok(match item {
-            Ok(value) => Event::default().data(value.to_string()),
+            Ok(event) => sse(&event),
             Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => {
-                Event::default().data(json!({"event": "lagged", "missed": missed}).to_string())
+                sse(&LifecycleEvent::Lagged { missed })
             }
         })
     });
     Sse::new(hello.chain(events)).keep_alive(KeepAlive::default())
+}
+
+/// One lifecycle event as a Server-Sent Event: its JSON as the data line.
+fn sse(event: &LifecycleEvent) -> Event {
+    Event::default().data(serde_json::to_string(event).unwrap_or_default())
 }

@@ -9,6 +9,7 @@
 mod address;
 mod api;
 pub mod client;
+pub mod schema;
 mod state_file;
 
 pub use address::ControlAddress;

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use wasmtime::Engine;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -122,6 +122,7 @@ impl PluginLoader {
             factories: Vec::new(),
             pre,
             cold,
+            retired: OnceLock::new(),
         };
         let listed = self
             .probe(&plugin, |instance, store| {

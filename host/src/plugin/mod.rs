@@ -11,7 +11,10 @@ mod load;
 
 use crate::app::TaskData;
 use crate::bindings::PluginPre;
+use crate::lifecycle::LifecycleEvent;
 use std::path::PathBuf;
+use std::sync::OnceLock;
+use tokio::sync::broadcast;
 
 pub use load::{MAX_COMPONENT_BYTES, PluginLoader, read_component};
 
@@ -35,6 +38,9 @@ pub struct Plugin {
     pre: PluginPre<TaskData>,
     /// Instantiates on the cold engine.
     cold: PluginPre<TaskData>,
+    /// Set once a newer build replaced this one: where to announce that its
+    /// last task ended (see [`Plugin::retire`]).
+    retired: OnceLock<broadcast::Sender<LifecycleEvent>>,
 }
 
 impl Plugin {
@@ -47,10 +53,31 @@ impl Plugin {
         if warm { &self.pre } else { &self.cold }
     }
 
+    /// Marks this build as replaced: once nothing holds it any more (its
+    /// last task ended), `plugin_dropped` is logged and sent on `stream`.
+    pub(crate) fn retire(&self, stream: broadcast::Sender<LifecycleEvent>) {
+        let _ = self.retired.set(stream);
+    }
+
     /// "a, b, c": for error messages that list what exists.
     pub fn factory_names(&self) -> String {
         let names: Vec<_> = self.factories.iter().map(|f| f.name.as_str()).collect();
         names.join(", ")
+    }
+}
+
+impl Drop for Plugin {
+    /// A replaced build goes when the last task started from it has ended,
+    /// wherever that happens: this is the one place that sees it.
+    fn drop(&mut self) {
+        if let Some(stream) = self.retired.get() {
+            let event = LifecycleEvent::PluginDropped {
+                plugin: self.name.clone(),
+                version: self.version.clone(),
+            };
+            crate::logging::lifecycle(&event);
+            let _ = stream.send(event);
+        }
     }
 }
 

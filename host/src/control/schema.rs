@@ -1,0 +1,141 @@
+//! The control API's bodies, one serde type each, shared by the server
+//! ([`super::api`]) and the CLI's client, so the two cannot drift apart. A
+//! task is [`TaskView`]; a stream item is [`LifecycleEvent`].
+//!
+//! [`TaskView`]: crate::task::TaskView
+//! [`LifecycleEvent`]: crate::lifecycle::LifecycleEvent
+
+use crate::task::{TaskId, WorkerId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// `POST /v1/tasks`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddRequest {
+    pub plugin: String,
+    pub factory: String,
+    /// The factory's arguments, any JSON (null when absent).
+    #[serde(default)]
+    pub args: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Default worker 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerId>,
+    /// One task on every worker (not the main scope).
+    #[serde(default)]
+    pub all_workers: bool,
+}
+
+/// The answer to `POST /v1/tasks`: one entry per task started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Added {
+    pub tasks: Vec<AddedTask>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddedTask {
+    pub worker: WorkerId,
+    pub id: TaskId,
+}
+
+/// `POST /v1/tasks/cancel`; the answer is the ended tasks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    pub name: String,
+    /// Default: every worker that has a task so named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerId>,
+    /// How long to wait for the tasks to end (default 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The answer to `POST /v1/purge`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Purged {
+    pub purged: usize,
+}
+
+/// `POST /v1/events/{event}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchRequest {
+    #[serde(default)]
+    pub payload: String,
+    /// Dispatch only once at least this many tasks (host-wide) are waiting
+    /// for some event, so a listener that is about to wait is not missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for: Option<usize>,
+    /// How long `wait_for` may wait (default 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The answer to `POST /v1/events/{event}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Woken {
+    pub woken: u32,
+}
+
+/// One loaded build of a plugin, in `GET /v1/plugins`: the build new tasks
+/// start from (`serving`), or an older one still running the tasks that
+/// started on it (`draining`), listed until its last task ends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PluginView {
+    pub name: String,
+    pub version: String,
+    pub path: PathBuf,
+    pub state: BuildState,
+    /// Tasks of this build that have not ended.
+    pub live_tasks: usize,
+    pub factories: Vec<FactoryView>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildState {
+    Serving,
+    Draining,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FactoryView {
+    pub name: String,
+    pub description: String,
+}
+
+/// `PUT /v1/plugins/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadRequest {
+    pub path: PathBuf,
+    /// Restart the plugin's startup tasks on the new build.
+    #[serde(default)]
+    pub restart_tasks: bool,
+}
+
+/// The answer to `PUT /v1/plugins/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Loaded {
+    pub name: String,
+    pub version: String,
+    pub path: PathBuf,
+    /// Startup tasks restarted on the new build.
+    pub restarted: usize,
+}
+
+/// Every error: `{"error": {"kind", "message"}}` with a 4xx/5xx status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub kind: String,
+    pub message: String,
+}
