@@ -1,10 +1,5 @@
 //! The `taskhost` command line: parses arguments and calls the library.
-//!
-//! Exit codes: 0 success; 1 a task failed (`run --until-idle`), the host
-//! failed while running, or a running host refused a request; 2 bad usage,
-//! bad config or a plugin that cannot be loaded or built (nothing was
-//! started); 3 not found (a task, plugin or worker a verb named); 4 no
-//! running host could be reached.
+//! Exit codes are [`Exit`].
 
 /// `println!` for the verbs' output, except that a reader that has gone
 /// (`taskhost check app.toml | head -3`) ends the process quietly with
@@ -83,11 +78,7 @@ enum Command {
         #[command(flatten)]
         control: ControlArgs,
         #[command(flatten)]
-        logs: LogArgs,
-        #[command(flatten)]
-        engine: EngineArgs,
-        #[command(flatten)]
-        build: BuildArgs,
+        load: LoadArgs,
     },
     /// Validate app.toml and its plugins without running any task.
     ///
@@ -97,11 +88,7 @@ enum Command {
         /// The application's app.toml.
         app: PathBuf,
         #[command(flatten)]
-        logs: LogArgs,
-        #[command(flatten)]
-        engine: EngineArgs,
-        #[command(flatten)]
-        build: BuildArgs,
+        load: LoadArgs,
     },
     /// Build a plugin crate into a component and print the component's path.
     ///
@@ -169,6 +156,17 @@ impl ControlArgs {
     }
 }
 
+/// What `run` and `check` share: both load the app the same way.
+#[derive(Args)]
+struct LoadArgs {
+    #[command(flatten)]
+    logs: LogArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[command(flatten)]
+    build: BuildArgs,
+}
+
 #[derive(Args)]
 struct LogArgs {
     /// Log line format: human-readable, or one JSON object per line.
@@ -229,8 +227,33 @@ impl BuildArgs {
     }
 }
 
-/// An error that means "nothing was started" (exit 2) rather than "the run
-/// went wrong" (exit 1).
+/// How `taskhost` exits: the one list of its exit codes (`--help` and the
+/// README say the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Exit {
+    /// Success; also a verb whose reader closed its output early.
+    Ok = 0,
+    /// A task failed (`run --until-idle`), the host failed while running,
+    /// or a running host refused a request.
+    Failed = 1,
+    /// Bad usage, bad config, or a plugin that cannot be built or loaded:
+    /// nothing was started. (clap exits 2 for bad usage too.)
+    Refused = 2,
+    /// A task, plugin or worker a verb named does not exist.
+    NotFound = 3,
+    /// No running host could be reached.
+    Unreachable = 4,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> ExitCode {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// An error that means "nothing was started" ([`Exit::Refused`]) rather
+/// than "the run went wrong" ([`Exit::Failed`]).
 struct Refused(anyhow::Error);
 
 pub fn main() -> ExitCode {
@@ -242,30 +265,28 @@ pub fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
+            return Exit::Failed.into();
         }
     };
     match runtime.block_on(dispatch(cli.command)) {
-        Ok(code) => code,
+        Ok(code) => code.into(),
         Err(Refused(error)) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(2)
+            Exit::Refused.into()
         }
     }
 }
 
-async fn dispatch(command: Command) -> Result<ExitCode, Refused> {
+async fn dispatch(command: Command) -> Result<Exit, Refused> {
     match command {
         Command::Run {
             app,
             until_idle,
             watch,
             control,
-            logs,
-            engine,
-            build,
+            load: load_args,
         } => {
-            init_logs(&logs)?;
+            init_logs(&load_args.logs)?;
             let options = RunOptions {
                 until_idle,
                 control: control.options()?,
@@ -274,25 +295,23 @@ async fn dispatch(command: Command) -> Result<ExitCode, Refused> {
             if let Some(control) = &options.control {
                 control::ensure_free(&control.state_file).await?;
             }
-            let application = load(&app, &engine, &build).await?;
+            let application = load(&app, &load_args).await?;
             match application.run(options, shutdown_signal()).await {
                 Ok(summary) => Ok(exit_code(&summary, until_idle)),
                 Err(error) => {
                     tracing::error!("{error:#}");
-                    Ok(ExitCode::FAILURE)
+                    Ok(Exit::Failed)
                 }
             }
         }
         Command::Check {
             app,
-            logs,
-            engine,
-            build,
+            load: load_args,
         } => {
-            init_logs(&logs)?;
-            let application = load(&app, &engine, &build).await?;
+            init_logs(&load_args.logs)?;
+            let application = load(&app, &load_args).await?;
             print_check(&application);
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Ok)
         }
         Command::Build { path, out, build } => {
             let options = BuildOptions {
@@ -304,7 +323,7 @@ async fn dispatch(command: Command) -> Result<ExitCode, Refused> {
                 .map_err(|e| Refused(e.into()))?
                 .map_err(Refused)?;
             outln!("{}", component.display());
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Ok)
         }
         Command::Remote(verb) => Ok(remote::run(verb).await),
     }
@@ -314,18 +333,14 @@ fn init_logs(logs: &LogArgs) -> Result<(), Refused> {
     logging::init(logs.log_format, &logs.log_level).map_err(Refused)
 }
 
-async fn load(
-    app: &std::path::Path,
-    engine: &EngineArgs,
-    build: &BuildArgs,
-) -> Result<Application, Refused> {
+async fn load(app: &std::path::Path, args: &LoadArgs) -> Result<Application, Refused> {
     let config = AppConfig::load(app).map_err(Refused)?;
-    Application::load(config, &engine.settings()?, &build.options())
+    Application::load(config, &args.engine.settings()?, &args.build.options())
         .await
         .map_err(Refused)
 }
 
-fn exit_code(summary: &RunSummary, until_idle: bool) -> ExitCode {
+fn exit_code(summary: &RunSummary, until_idle: bool) -> Exit {
     tracing::info!(
         done = summary.done,
         failed = summary.failed,
@@ -336,11 +351,7 @@ fn exit_code(summary: &RunSummary, until_idle: bool) -> ExitCode {
         summary.cancelled
     );
     let failed = summary.abandoned > 0 || (until_idle && summary.failed > 0);
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    if failed { Exit::Failed } else { Exit::Ok }
 }
 
 fn print_check(application: &Application) {
@@ -460,5 +471,38 @@ async fn shutdown_signal() {
 impl From<anyhow::Error> for Refused {
     fn from(error: anyhow::Error) -> Self {
         Refused(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_old_events_verb_still_follows_the_stream() {
+        let cli = Cli::try_parse_from(["taskhost", "events", "--count", "1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Remote(remote::Verb::Stream { count: Some(1), .. })
+        ));
+    }
+
+    #[test]
+    fn a_worker_flag_is_an_index_or_main() {
+        let cli = Cli::try_parse_from(["taskhost", "tasks", "--worker", "main"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Remote(remote::Verb::Tasks {
+                worker: Some(crate::task::WorkerId::Main),
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["taskhost", "tasks", "--worker", "first"]).is_err());
     }
 }

@@ -128,7 +128,7 @@ fn a_dispatched_event_reaches_a_waiting_task_and_the_stream_follows() {
 
     // Follow the event stream from another CLI process.
     let mut follower = Command::new(taskhost_bin())
-        .args(["events", "--json", "--count", "3"])
+        .args(["events", "--json", "--count", "2"])
         .env("TASKHOST_CONTROL_FILE", app.control_file())
         .stdout(Stdio::piped())
         .spawn()
@@ -340,11 +340,48 @@ fn hot_loading_swaps_new_tasks_to_the_new_build_and_refuses_broken_ones() {
         "plugins shows the swap"
     );
 
-    // New tasks run v2; the running one finishes on v1.
+    // The old build is listed, draining its one task, after the new one.
+    let builds: Vec<(String, String, u64)> = after
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["version"].as_str().unwrap().to_string(),
+                b["state"].as_str().unwrap().to_string(),
+                b["live_tasks"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let v1_version = before[0]["version"].as_str().unwrap().to_string();
+    let v2_version = after[0]["version"].as_str().unwrap().to_string();
+    assert_eq!(
+        builds,
+        [
+            (v2_version.clone(), "serving".into(), 0),
+            (v1_version.clone(), "draining".into(), 1)
+        ],
+        "{after}"
+    );
+    let table = ok(app.cli(&["plugins"])).stdout;
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&v1_version) && l.contains("draining")),
+        "{table}"
+    );
+
+    // New tasks run v2; the running one finishes on v1, and v1 goes.
     ok(app.cli(&["add", "versioned", "report", "--name", "new"]));
     host.wait_for(1, |l| l["message"] == "running v2");
     ok(app.cli(&["dispatch", "finish", "", "--wait-for", "1"]));
     host.wait_for(1, |l| l["message"] == "finished on v1");
+    host.wait_for(1, |l| {
+        l["event"] == "plugin_dropped" && l["version"] == v1_version.as_str()
+    });
+    let dropped = json_of(&ok(app.cli(&["plugins", "--json"])));
+    assert_eq!(dropped.as_array().unwrap().len(), 1, "{dropped}");
+    assert_eq!(dropped[0]["state"], "serving", "{dropped}");
 
     // A broken file is refused, and v2 keeps serving.
     let broken = app.file("broken.wasm", b"\0asm garbage");

@@ -50,3 +50,40 @@ fn the_readme_plugin_example_runs() {
         run.dump()
     );
 }
+
+/// The README's "A task is `{...}`" lists exactly the fields of the one
+/// type the API, the CLI and the guests' `task-info` share.
+#[test]
+fn the_readme_task_record_is_task_view() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let start = readme.find("A task is `{").expect("README describes a task") + 12;
+    let listed: Vec<String> = readme[start..start + readme[start..].find('}').unwrap()]
+        .split(',')
+        .map(|field| field.trim().to_string())
+        .collect();
+    let view = taskhost::task::TaskView {
+        id: 1,
+        name: None,
+        worker: taskhost::task::WorkerId::Main,
+        plugin: String::new(),
+        plugin_version: String::new(),
+        factory: String::new(),
+        state: taskhost::task::TaskState::Pending,
+        created_at_ms: 0,
+        started_at_ms: None,
+        ended_at_ms: None,
+        result: None,
+        error: None,
+        cancel_stage: None,
+    };
+    let fields: Vec<String> = serde_json::to_value(&view)
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(sorted, fields, "README lists {listed:?}");
+}

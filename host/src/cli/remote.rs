@@ -2,25 +2,33 @@
 //! for people, `--json` for scripts, and exit codes that tell "not found"
 //! (3) from "no host" (4) from "refused" (1).
 
-use super::ControlFileArg;
+use super::{ControlFileArg, Exit};
 use crate::control::client::{Client, ClientError};
+use crate::control::schema::{
+    AddRequest, Added, BuildState, CancelRequest, DispatchRequest, LoadRequest, Loaded, PluginView,
+    Purged, Woken,
+};
+use crate::lifecycle::{LifecycleEvent, TaskRef};
+use crate::task::{TaskState, TaskView, WorkerId};
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
-use std::process::ExitCode;
 
 #[derive(Subcommand)]
 pub(crate) enum Verb {
-    /// List the tasks of a running host.
+    /// List the tasks of a running host, with a count by state.
     Tasks {
         /// Only this worker (an index, or `main`).
         #[arg(long)]
-        worker: Option<String>,
-        /// Only tasks in this state (pending, running, done, failed, cancelled).
-        #[arg(long)]
+        worker: Option<WorkerId>,
+        /// Only tasks in this state.
+        #[arg(long, value_parser = STATES)]
         state: Option<String>,
         /// Only tasks of this plugin.
         #[arg(long)]
         plugin: Option<String>,
+        /// Show only the N newest tasks (the count by state still counts
+        /// them all).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
         #[command(flatten)]
         common: Common,
     },
@@ -29,7 +37,7 @@ pub(crate) enum Verb {
         name: String,
         /// Only this worker (an index, or `main`).
         #[arg(long)]
-        worker: Option<String>,
+        worker: Option<WorkerId>,
         #[command(flatten)]
         common: Common,
     },
@@ -45,7 +53,7 @@ pub(crate) enum Verb {
         name: Option<String>,
         /// The worker to run on (an index, or `main`) [default: 0].
         #[arg(long, conflicts_with = "all_workers")]
-        worker: Option<String>,
+        worker: Option<WorkerId>,
         /// Start one on every worker.
         #[arg(long)]
         all_workers: bool,
@@ -57,7 +65,7 @@ pub(crate) enum Verb {
         name: String,
         /// Only on this worker [default: every worker with such a task].
         #[arg(long)]
-        worker: Option<String>,
+        worker: Option<WorkerId>,
         /// Give up waiting after this long.
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
@@ -81,11 +89,16 @@ pub(crate) enum Verb {
         #[command(flatten)]
         common: Common,
     },
-    /// Follow the host's lifecycle events (started, done, failed,
-    /// cancelled, plugin loaded/refused) until it stops.
-    Events {
+    /// Follow the host's lifecycle stream (tasks started, done, failed,
+    /// cancelled; plugin builds loaded, refused, dropped) until it stops.
+    ///
+    /// `events` is the old name of this verb, kept as an alias for one
+    /// release. With --json the first line is `{"event":"subscribed"}`:
+    /// from then on nothing is missed. It is not counted by --count.
+    #[command(visible_alias = "events")]
+    Stream {
         /// Stop after this many events.
-        #[arg(long)]
+        #[arg(long, value_name = "N")]
         count: Option<usize>,
         #[command(flatten)]
         common: Common,
@@ -95,7 +108,8 @@ pub(crate) enum Verb {
         #[command(flatten)]
         common: Common,
     },
-    /// List the plugins of a running host and their versions.
+    /// List the loaded plugin builds: the one each plugin serves new tasks
+    /// from, and older ones still draining their tasks after a hot-load.
     Plugins {
         #[command(flatten)]
         common: Common,
@@ -117,6 +131,9 @@ pub(crate) enum Verb {
     },
 }
 
+/// The states `--state` takes: [`TaskState`]'s serde names.
+const STATES: [&str; 5] = ["pending", "running", "done", "failed", "cancelled"];
+
 #[derive(Args)]
 pub(crate) struct Common {
     /// Print JSON instead of a table.
@@ -126,16 +143,16 @@ pub(crate) struct Common {
     file: ControlFileArg,
 }
 
-pub(crate) async fn run(verb: Verb) -> ExitCode {
+pub(crate) async fn run(verb: Verb) -> Exit {
     match execute(verb).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Ok,
         Err(error) => {
             eprintln!("error: {error}");
-            ExitCode::from(match error {
-                ClientError::Refused(_) => 1,
-                ClientError::NotFound(_) => 3,
-                ClientError::Unreachable(_) => 4,
-            })
+            match error {
+                ClientError::Refused(_) => Exit::Failed,
+                ClientError::NotFound(_) => Exit::NotFound,
+                ClientError::Unreachable(_) => Exit::Unreachable,
+            }
         }
     }
 }
@@ -149,7 +166,7 @@ fn connect(common: &Common) -> Result<Client, ClientError> {
 }
 
 /// `?a=1&b=2` from the present pairs, percent-encoding the values.
-fn query(pairs: &[(&str, &Option<String>)]) -> String {
+fn query(pairs: &[(&str, Option<String>)]) -> String {
     let parts: Vec<String> = pairs
         .iter()
         .filter_map(|(key, value)| value.as_ref().map(|v| format!("{key}={}", encode(v))))
@@ -172,11 +189,11 @@ fn encode(text: &str) -> String {
         .collect()
 }
 
-fn worker_value(worker: &Option<String>) -> Value {
-    match worker.as_deref() {
-        None => Value::Null,
-        Some("main") => json!("main"),
-        Some(text) => text.parse::<u64>().map(Value::from).unwrap_or(json!(text)),
+/// Prints `value` as one line of JSON.
+fn print_json(value: &impl serde::Serialize) {
+    match serde_json::to_string(value) {
+        Ok(text) => outln!("{text}"),
+        Err(error) => eprintln!("error: cannot encode the answer: {error}"),
     }
 }
 
@@ -186,16 +203,27 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             worker,
             state,
             plugin,
+            limit,
             common,
         } => {
             let client = connect(&common)?;
-            let tasks = client
+            let tasks: Vec<TaskView> = client
                 .get(&format!(
                     "/v1/tasks{}",
-                    query(&[("worker", &worker), ("state", &state), ("plugin", &plugin)])
+                    query(&[
+                        ("worker", worker.map(|w| w.to_string())),
+                        ("state", state),
+                        ("plugin", plugin)
+                    ])
                 ))
                 .await?;
-            print_tasks(&tasks, common.json);
+            let shown = &tasks[tasks.len() - limit.unwrap_or(tasks.len()).min(tasks.len())..];
+            if common.json {
+                print_json(&shown);
+            } else {
+                print_tasks(shown);
+                outln!("{}", summary(&tasks, shown.len()));
+            }
         }
         Verb::Task {
             name,
@@ -203,16 +231,23 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             common,
         } => {
             let client = connect(&common)?;
-            let tasks = client
+            let tasks: Vec<TaskView> = client
                 .get(&format!(
                     "/v1/tasks{}",
-                    query(&[("name", &Some(name.clone())), ("worker", &worker)])
+                    query(&[
+                        ("name", Some(name.clone())),
+                        ("worker", worker.map(|w| w.to_string()))
+                    ])
                 ))
                 .await?;
-            if tasks.as_array().is_none_or(Vec::is_empty) {
+            if tasks.is_empty() {
                 return Err(ClientError::NotFound(format!("no task named `{name}`")));
             }
-            print_tasks(&tasks, common.json);
+            if common.json {
+                print_json(&tasks);
+            } else {
+                print_tasks(&tasks);
+            }
         }
         Verb::Add {
             plugin,
@@ -223,29 +258,25 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             all_workers,
             common,
         } => {
-            let args: Value = match args {
+            let args = match args {
                 Some(text) => serde_json::from_str(&text)
                     .map_err(|e| ClientError::Refused(format!("--args is not JSON: {e}")))?,
-                None => Value::Null,
+                None => serde_json::Value::Null,
             };
-            let client = connect(&common)?;
-            let mut body = json!({
-                "plugin": plugin, "factory": factory, "args": args, "name": name,
-                "all_workers": all_workers,
-            });
-            if worker.is_some() {
-                body["worker"] = worker_value(&worker);
-            }
-            let added = client.post("/v1/tasks", &body).await?;
+            let request = AddRequest {
+                plugin,
+                factory,
+                args,
+                name,
+                worker,
+                all_workers,
+            };
+            let added: Added = connect(&common)?.post("/v1/tasks", &request).await?;
             if common.json {
-                outln!("{added}");
+                print_json(&added);
             } else {
-                for task in added["tasks"].as_array().into_iter().flatten() {
-                    outln!(
-                        "started task {} on worker {}",
-                        task["id"],
-                        plain(&task["worker"])
-                    );
+                for task in &added.tasks {
+                    outln!("started task {} on worker {}", task.id, task.worker);
                 }
             }
         }
@@ -255,20 +286,26 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             timeout_ms,
             common,
         } => {
-            let client = connect(&common)?;
-            let mut body = json!({"name": name, "timeout_ms": timeout_ms});
-            if worker.is_some() {
-                body["worker"] = worker_value(&worker);
+            let request = CancelRequest {
+                name,
+                worker,
+                timeout_ms: Some(timeout_ms),
+            };
+            let ended: Vec<TaskView> = connect(&common)?.post("/v1/tasks/cancel", &request).await?;
+            if common.json {
+                print_json(&ended);
+            } else {
+                print_tasks(&ended);
             }
-            let ended = client.post("/v1/tasks/cancel", &body).await?;
-            print_tasks(&ended, common.json);
         }
         Verb::Purge { common } => {
-            let purged = connect(&common)?.post("/v1/purge", &json!({})).await?;
+            let purged: Purged = connect(&common)?
+                .post("/v1/purge", &serde_json::json!({}))
+                .await?;
             if common.json {
-                outln!("{purged}");
+                print_json(&purged);
             } else {
-                outln!("purged {} task(s)", purged["purged"]);
+                outln!("purged {} task(s)", purged.purged);
             }
         }
         Verb::Dispatch {
@@ -277,56 +314,56 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             wait_for,
             common,
         } => {
-            let woken = connect(&common)?
-                .post(
-                    &format!("/v1/events/{}", encode(&event)),
-                    &json!({"payload": payload, "wait_for": wait_for}),
-                )
+            let request = DispatchRequest {
+                payload,
+                wait_for,
+                timeout_ms: None,
+            };
+            let woken: Woken = connect(&common)?
+                .post(&format!("/v1/events/{}", encode(&event)), &request)
                 .await?;
             if common.json {
-                outln!("{woken}");
+                print_json(&woken);
             } else {
-                outln!("woke {} task(s)", woken["woken"]);
+                outln!("woke {} task(s)", woken.woken);
             }
         }
-        Verb::Events { count, common } => {
+        Verb::Stream { count, common } => {
             let client = connect(&common)?;
             let mut seen = 0;
-            client
-                .follow(|event| {
+            let follow = client.follow(|event| {
+                if event == LifecycleEvent::Subscribed {
                     if common.json {
-                        outln!("{event}");
+                        print_json(&event);
                     } else {
-                        outln!("{}", describe_event(&event));
+                        eprintln!("following the host's lifecycle stream");
                     }
-                    seen += 1;
-                    count.is_none_or(|limit| seen < limit)
-                })
-                .await?;
+                    return count != Some(0);
+                }
+                if common.json {
+                    print_json(&event);
+                } else {
+                    outln!("{}", describe_event(&event));
+                }
+                seen += 1;
+                count.is_none_or(|limit| seen < limit)
+            });
+            // A reader that goes away (`| head -1`) ends the verb at once,
+            // not at the next event, which may never come.
+            tokio::select! {
+                followed = follow => followed?,
+                () = stdout_closed() => {}
+            }
         }
         Verb::Metrics { common } => {
             out!("{}", connect(&common)?.get_text("/metrics").await?);
         }
         Verb::Plugins { common } => {
-            let plugins = connect(&common)?.get("/v1/plugins").await?;
+            let builds: Vec<PluginView> = connect(&common)?.get("/v1/plugins").await?;
             if common.json {
-                outln!("{plugins}");
+                print_json(&builds);
             } else {
-                outln!(
-                    "{:<20} {:<20} {:<10} PATH",
-                    "PLUGIN",
-                    "VERSION",
-                    "FACTORIES"
-                );
-                for plugin in plugins.as_array().into_iter().flatten() {
-                    outln!(
-                        "{:<20} {:<20} {:<10} {}",
-                        plain(&plugin["name"]),
-                        plain(&plugin["version"]),
-                        plugin["factories"].as_array().map_or(0, Vec::len),
-                        plain(&plugin["path"])
-                    );
-                }
+                print_plugins(&builds);
             }
         }
         Verb::Load {
@@ -336,23 +373,26 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             common,
         } => {
             let path = std::path::absolute(&path).unwrap_or(path);
-            let loaded = connect(&common)?
+            let loaded: Loaded = connect(&common)?
                 .put(
                     &format!("/v1/plugins/{}", encode(&plugin)),
-                    &json!({"path": path, "restart_tasks": restart_tasks}),
+                    &LoadRequest {
+                        path,
+                        restart_tasks,
+                    },
                 )
                 .await?;
             if common.json {
-                outln!("{loaded}");
+                print_json(&loaded);
             } else {
                 outln!(
                     "loaded {} {} from {}",
-                    plain(&loaded["name"]),
-                    plain(&loaded["version"]),
-                    plain(&loaded["path"])
+                    clean(&loaded.name),
+                    clean(&loaded.version),
+                    clean(&loaded.path.display().to_string())
                 );
                 if restart_tasks {
-                    outln!("restarted {} startup task(s)", loaded["restarted"]);
+                    outln!("restarted {} startup task(s)", loaded.restarted);
                 }
             }
         }
@@ -360,79 +400,217 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// A JSON value as table text: strings without quotes, null as `-`, and
-/// control characters escaped, so a name holding ESC, CR or LF cannot
-/// forge a row or take over the terminal.
-fn plain(value: &Value) -> String {
-    match value {
-        Value::Null => "-".into(),
-        Value::String(text) => crate::logging::escape_controls(text, false).into_owned(),
-        other => other.to_string(),
+/// Resolves once stdout is a pipe whose reader has gone; never otherwise.
+///
+/// A blocked `poll` with no events asked for wakes only on POLLERR or
+/// POLLHUP, which a pipe reports when its last reader closes. It runs on a
+/// thread of its own, not tokio's blocking pool, so that ending the
+/// process never waits for it.
+async fn stdout_closed() {
+    let (closed, on_close) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("stdout-watch".into())
+        .spawn(move || {
+            use rustix::event::{PollFd, PollFlags, poll};
+            let stdout = std::io::stdout();
+            let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+            loop {
+                match poll(&mut fds, None) {
+                    Ok(_) if !fds[0].revents().is_empty() => break,
+                    Ok(_) | Err(rustix::io::Errno::INTR) => continue,
+                    Err(_) => return,
+                }
+            }
+            let _ = closed.send(());
+        });
+    if spawned.is_err() || on_close.await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
-fn print_tasks(tasks: &Value, as_json: bool) {
-    if as_json {
-        outln!("{tasks}");
-        return;
+/// Text from the host, safe for a table: control characters escaped, so a
+/// name holding ESC, CR or LF cannot forge a row or take over the terminal.
+fn clean(text: &str) -> String {
+    crate::logging::escape_controls(text, false).into_owned()
+}
+
+/// `text` cut to `width` characters, the cut marked with `…`.
+fn fit(text: String, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text;
     }
-    outln!(
-        "{:<8} {:<6} {:<24} {:<24} {:<10} OUTCOME",
-        "ID",
-        "WORKER",
-        "NAME",
-        "PLUGIN/FACTORY",
-        "STATE"
+    let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// How wide a table column may grow before its cells are cut.
+const MAX_COLUMN: usize = 40;
+
+/// Rows of cells as aligned columns, each as wide as its widest cell (up
+/// to [`MAX_COLUMN`]); the last column is never padded or cut.
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let columns = header.len();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|row| {
+            row.into_iter()
+                .enumerate()
+                .map(|(i, cell)| {
+                    if i + 1 < columns {
+                        fit(cell, MAX_COLUMN)
+                    } else {
+                        cell
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 < columns {
+                let pad = widths[i] - cell.chars().count();
+                text.push_str(cell);
+                text.push_str(&" ".repeat(pad + 2));
+            } else {
+                text.push_str(cell);
+            }
+        }
+        text.trim_end().to_string()
+    };
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    outln!("{}", line(&header));
+    for row in &rows {
+        outln!("{}", line(row));
+    }
+}
+
+fn print_tasks(tasks: &[TaskView]) {
+    let rows = tasks
+        .iter()
+        .map(|task| {
+            let outcome = match task.state {
+                TaskState::Done => task.result.as_deref().map(clean).unwrap_or_default(),
+                TaskState::Failed => {
+                    let error = task.error.as_deref().unwrap_or("");
+                    clean(error.lines().next().unwrap_or(""))
+                }
+                TaskState::Cancelled => task
+                    .cancel_stage
+                    .map(|stage| stage.as_str().to_string())
+                    .unwrap_or_default(),
+                TaskState::Pending | TaskState::Running => String::new(),
+            };
+            vec![
+                task.id.to_string(),
+                task.worker.to_string(),
+                task.name
+                    .as_deref()
+                    .map(clean)
+                    .unwrap_or_else(|| "-".into()),
+                clean(&format!("{}/{}", task.plugin, task.factory)),
+                task.state.to_string(),
+                outcome,
+            ]
+        })
+        .collect();
+    print_table(
+        &["ID", "WORKER", "NAME", "PLUGIN/FACTORY", "STATE", "OUTCOME"],
+        rows,
     );
-    for task in tasks.as_array().into_iter().flatten() {
-        let outcome = match task["state"].as_str() {
-            Some("done") => plain(&task["result"]),
-            Some("failed") => {
-                let error = task["error"].as_str().unwrap_or("");
-                let first = error.lines().next().unwrap_or("");
-                crate::logging::escape_controls(first, false).into_owned()
-            }
-            Some("cancelled") => plain(&task["cancel_stage"]),
-            _ => String::new(),
-        };
-        outln!(
-            "{:<8} {:<6} {:<24} {:<24} {:<10} {}",
-            plain(&task["id"]),
-            plain(&task["worker"]),
-            plain(&task["name"]),
-            format!("{}/{}", plain(&task["plugin"]), plain(&task["factory"])),
-            plain(&task["state"]),
-            outcome
-        );
-    }
 }
 
-fn describe_event(event: &Value) -> String {
-    match event["event"].as_str() {
-        Some("subscribed") => "following the host's events".to_string(),
-        Some("plugin_loaded") => format!(
-            "plugin {} loaded: {}",
-            plain(&event["plugin"]),
-            plain(&event["version"])
+/// "3 task(s): 1 running, 2 done", and how many of them the table showed.
+fn summary(tasks: &[TaskView], shown: usize) -> String {
+    let mut counts: Vec<(TaskState, usize)> = Vec::new();
+    for task in tasks {
+        match counts.iter_mut().find(|(state, _)| *state == task.state) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((task.state, 1)),
+        }
+    }
+    counts.sort_by_key(|(state, _)| STATES.iter().position(|s| *s == state.as_str()));
+    let by_state: Vec<String> = counts
+        .iter()
+        .map(|(state, n)| format!("{n} {state}"))
+        .collect();
+    let mut line = format!("{} task(s)", tasks.len());
+    if !by_state.is_empty() {
+        line += &format!(": {}", by_state.join(", "));
+    }
+    if shown < tasks.len() {
+        line += &format!(" (the {shown} newest shown)");
+    }
+    line
+}
+
+fn print_plugins(builds: &[PluginView]) {
+    let rows = builds
+        .iter()
+        .map(|build| {
+            vec![
+                clean(&build.name),
+                clean(&build.version),
+                match build.state {
+                    BuildState::Serving => "serving".to_string(),
+                    BuildState::Draining => "draining".to_string(),
+                },
+                build.live_tasks.to_string(),
+                build.factories.len().to_string(),
+                clean(&build.path.display().to_string()),
+            ]
+        })
+        .collect();
+    print_table(
+        &["PLUGIN", "VERSION", "STATE", "TASKS", "FACTORIES", "PATH"],
+        rows,
+    );
+}
+
+fn describe_event(event: &LifecycleEvent) -> String {
+    let task = |task: &TaskRef, step: &str, detail: String| {
+        format!(
+            "[{}/{}] {step} {}/{}{detail}",
+            task.worker,
+            clean(&task.task),
+            clean(&task.plugin),
+            clean(&task.factory)
+        )
+    };
+    match event {
+        LifecycleEvent::Subscribed => "following the host's lifecycle stream".to_string(),
+        LifecycleEvent::Started { task: t, version } => {
+            task(t, "started", format!(" ({})", clean(version)))
+        }
+        LifecycleEvent::Done {
+            task: t, result, ..
+        } => task(t, "done", format!(": {}", clean(result))),
+        LifecycleEvent::Failed { task: t, error, .. } => {
+            task(t, "failed", format!(": {}", clean(error)))
+        }
+        LifecycleEvent::Cancelled { task: t, stage, .. } => {
+            task(t, "cancelled", format!(" ({})", stage.as_str()))
+        }
+        LifecycleEvent::PluginLoaded {
+            plugin, version, ..
+        } => format!("plugin {} loaded: {}", clean(plugin), clean(version)),
+        LifecycleEvent::PluginRefused { plugin, error, .. } => {
+            format!("plugin {} refused: {}", clean(plugin), clean(error))
+        }
+        LifecycleEvent::PluginDropped { plugin, version } => format!(
+            "plugin {} {} dropped: its last task ended",
+            clean(plugin),
+            clean(version)
         ),
-        Some("plugin_refused") => format!(
-            "plugin {} refused: {}",
-            plain(&event["plugin"]),
-            plain(&event["error"])
-        ),
-        Some(step) => format!(
-            "[{}/{}] {step} {}/{}{}",
-            plain(&event["worker"]),
-            plain(&event["task"]),
-            plain(&event["plugin"]),
-            plain(&event["factory"]),
-            match step {
-                "done" => format!(": {}", plain(&event["result"])),
-                "failed" => format!(": {}", plain(&event["error"])),
-                "cancelled" => format!(" ({})", plain(&event["stage"])),
-                _ => String::new(),
-            }
-        ),
-        None => event.to_string(),
+        LifecycleEvent::Lagged { missed } => {
+            format!("(this follower fell behind: {missed} event(s) missed)")
+        }
     }
 }

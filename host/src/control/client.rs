@@ -1,13 +1,22 @@
 //! The CLI's side of the control API: finds the host through its state
 //! file and makes authenticated requests, over TCP or a Unix socket.
 
+use super::schema::ErrorBody;
 use super::{ControlAddress, ControlState};
+use crate::lifecycle::LifecycleEvent;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::path::Path;
+
+/// `body` as JSON text.
+fn encode(body: &impl Serialize) -> Result<String, ClientError> {
+    serde_json::to_string(body)
+        .map_err(|e| ClientError::Refused(format!("cannot encode the request: {e}")))
+}
 
 /// Why a request did not succeed; the CLI maps each to its own exit code.
 #[derive(Debug, thiserror::Error)]
@@ -52,16 +61,27 @@ impl Client {
         })
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+    /// GETs `path` and decodes the answer as `T`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.json(Method::GET, path, None).await
     }
 
-    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        self.json(Method::POST, path, Some(body)).await
+    /// POSTs `body` (as JSON) to `path` and decodes the answer as `T`.
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<T, ClientError> {
+        self.json(Method::POST, path, Some(encode(body)?)).await
     }
 
-    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        self.json(Method::PUT, path, Some(body)).await
+    /// PUTs `body` (as JSON) to `path` and decodes the answer as `T`.
+    pub async fn put<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<T, ClientError> {
+        self.json(Method::PUT, path, Some(encode(body)?)).await
     }
 
     /// GETs a text resource (`/metrics`).
@@ -72,12 +92,12 @@ impl Client {
             .map_err(|_| ClientError::Refused("the host sent text that is not UTF-8".into()))
     }
 
-    async fn json(
+    async fn json<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, ClientError> {
+        body: Option<String>,
+    ) -> Result<T, ClientError> {
         let response = self.send(method, path, body).await?;
         let bytes = checked(response).await?;
         serde_json::from_slice(&bytes)
@@ -89,12 +109,12 @@ impl Client {
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<String>,
     ) -> Result<Response, ClientError> {
         let unreachable = |e: &dyn std::fmt::Display| {
             ClientError::Unreachable(format!("cannot reach the host at {}: {e}", self.address))
         };
-        let body = body.map(Value::to_string).unwrap_or_default();
+        let body = body.unwrap_or_default();
         let request = Request::builder()
             .method(method)
             .uri(path)
@@ -138,8 +158,17 @@ impl Client {
     }
 
     /// Follows the lifecycle stream, calling `each` with every event until
-    /// the host closes it (or `each` returns false).
-    pub async fn follow(&self, mut each: impl FnMut(Value) -> bool) -> Result<(), ClientError> {
+    /// the host closes it (or `each` returns false). Items this client
+    /// cannot decode (from a newer host) are skipped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future closes the stream; no event is half-handled, but
+    /// those the host sent meanwhile are lost to this follower.
+    pub async fn follow(
+        &self,
+        mut each: impl FnMut(LifecycleEvent) -> bool,
+    ) -> Result<(), ClientError> {
         let mut body = self
             .send(Method::GET, "/v1/stream", None)
             .await?
@@ -177,11 +206,9 @@ async fn checked(response: Response) -> Result<Bytes, ClientError> {
     if status.is_success() {
         return Ok(bytes);
     }
-    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let message = body["error"]["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("HTTP {status}"));
+    let message = serde_json::from_slice::<ErrorBody>(&bytes)
+        .map(|body| body.error.message)
+        .unwrap_or_else(|_| format!("HTTP {status}"));
     if status == StatusCode::NOT_FOUND {
         Err(ClientError::NotFound(message))
     } else {

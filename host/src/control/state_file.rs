@@ -68,8 +68,11 @@ impl ControlState {
             return false;
         };
         matches!(
-            tokio::time::timeout(std::time::Duration::from_secs(2), client.get("/v1/plugins"))
-                .await,
+            tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                client.get::<serde::de::IgnoredAny>("/v1/plugins")
+            )
+            .await,
             Ok(Ok(_))
         )
     }
