@@ -156,6 +156,12 @@ fn matches(pattern: &str, event: &str) -> bool {
 
 impl EventWait<'_> {
     /// Resolves with the payload of the next matching dispatch.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the wait stays registered until the `EventWait` itself
+    /// is dropped, so a payload dispatched meanwhile is returned by the
+    /// next call.
     pub async fn payload(&mut self) -> Arc<str> {
         match self.payload.as_mut() {
             Some(rx) => match rx.await {

@@ -10,7 +10,6 @@ use crate::lifecycle::LifecycleEvent;
 use crate::metrics::Metrics;
 use crate::plugin::{Plugin, PluginLoader};
 use crate::registry::TaskHandle;
-use crate::runner;
 use crate::task::{TaskId, TaskInfo, TaskState, WorkerId};
 use crate::worker::{AddTaskError, TaskEnv, Worker, WorkerCtx};
 use anyhow::{Result, anyhow, bail};
@@ -229,7 +228,7 @@ impl Host {
             .registry()
             .handle_by_name(name)
             .ok_or_else(|| CancelError::NotFound(name.to_string()))?;
-        runner::request_cancel(&handle, &self.env);
+        handle.cancel();
         handle.ended().await;
         ctx.registry()
             .get(handle.id)
@@ -346,7 +345,7 @@ impl Host {
             .collect();
         let mut restarted = 0;
         for (worker, task, mut old) in entries {
-            runner::request_cancel(&old, &self.env);
+            old.cancel();
             old.ended().await;
             worker.registry().forget(old.id);
             let new = self.spawn_startup(&worker, &task)?;
@@ -420,7 +419,7 @@ impl Host {
         let live =
             || -> Vec<TaskHandle> { self.workers().flat_map(|w| w.registry().live()).collect() };
         for handle in live() {
-            runner::request_cancel(&handle, env);
+            handle.cancel();
         }
         let live_count = || -> usize { self.workers().map(|w| w.registry().live_count()).sum() };
         let mut ended =

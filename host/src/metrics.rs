@@ -134,8 +134,10 @@ impl Metrics {
         self.spawn_latency.observe(latency.as_secs_f64());
     }
 
-    pub(crate) fn record_cancel(&self, latency: Duration) {
-        self.cancel_latency.observe(latency.as_secs_f64());
+    /// The cancel latency histogram, for the registries' cancel policy
+    /// (a handle on the same buckets).
+    pub(crate) fn cancel_latency(&self) -> Histogram {
+        self.cancel_latency.clone()
     }
 
     /// The Prometheus text exposition, with the gauges set from `tasks` and

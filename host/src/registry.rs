@@ -5,11 +5,13 @@
 //! ends, until purged. Readers get snapshots, never live views, so listing
 //! while tasks come and go is always safe.
 
-use crate::task::{CancelSignal, Outcome, TaskId, TaskIdent, TaskInfo, TaskState, WorkerId};
+use crate::task::{
+    CancelPolicy, CancelSignal, Outcome, TaskId, TaskIdent, TaskInfo, TaskState, WorkerId,
+};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 /// Ids come from one counter per process, so they are unique across every
@@ -35,12 +37,64 @@ pub enum RegisterError {
 #[derive(Debug, Clone)]
 pub struct TaskHandle {
     pub id: TaskId,
-    pub cancel: Arc<CancelSignal>,
+    signal: Arc<CancelSignal>,
     ended: watch::Receiver<bool>,
+    policy: Arc<CancelPolicy>,
 }
 
 impl TaskHandle {
+    /// The one way to cancel a task. It is asked to stop at once
+    /// (cooperatively: its blocked host calls return `cancelled`), and
+    /// interrupted if it has not ended after the worker's grace period
+    /// (`cancel_grace_ms`). The time from this call to the task's end is
+    /// recorded as its cancel latency.
+    ///
+    /// Returns at once; the forcing runs on its own (on the calling
+    /// runtime), so it happens even if nobody waits for [`TaskHandle::ended`].
+    /// Cancelling a task that has ended, or one already being cancelled,
+    /// does nothing: the first cancel's timer stands. A task cancelled
+    /// before its factory starts never runs it and ends `cancelled`.
+    pub fn cancel(&self) {
+        self.cancel_within(self.policy.grace);
+    }
+
+    /// [`TaskHandle::cancel`] with a grace period of `grace` instead of
+    /// the worker's; zero forces the task at once.
+    pub fn cancel_within(&self, grace: Duration) {
+        if self.is_ended() || self.signal.is_cancelled() {
+            return;
+        }
+        let asked = Instant::now();
+        self.signal.cancel();
+        if grace.is_zero() {
+            self.signal.force();
+        }
+        let mut handle = self.clone();
+        tokio::spawn(async move {
+            if tokio::time::timeout(grace, handle.ended()).await.is_err() {
+                handle.signal.force();
+                handle.ended().await;
+            }
+            handle.policy.latency.observe(asked.elapsed().as_secs_f64());
+        });
+    }
+
+    /// Whether the task has been asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.signal.is_cancelled()
+    }
+
+    /// The raw signal, for the task's own store and host calls.
+    pub(crate) fn signal(&self) -> &Arc<CancelSignal> {
+        &self.signal
+    }
+
     /// Resolves once the task has ended (at once if it already has).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the end is a state, not a message, so a later call
+    /// still sees it.
     pub async fn ended(&mut self) {
         // The sender lives in the registry entry; if the entry was purged the
         // task had ended, which is what we wait for either way.
@@ -54,16 +108,17 @@ impl TaskHandle {
 
 struct Entry {
     info: TaskInfo,
-    cancel: Arc<CancelSignal>,
+    signal: Arc<CancelSignal>,
     ended: watch::Sender<bool>,
 }
 
-impl Entry {
-    fn handle(&self) -> TaskHandle {
+impl TaskRegistry {
+    fn handle(&self, entry: &Entry) -> TaskHandle {
         TaskHandle {
-            id: self.info.ident.id,
-            cancel: self.cancel.clone(),
-            ended: self.ended.subscribe(),
+            id: entry.info.ident.id,
+            signal: entry.signal.clone(),
+            ended: entry.ended.subscribe(),
+            policy: self.cancel.clone(),
         }
     }
 }
@@ -99,15 +154,18 @@ impl Inner {
 /// The tasks of one worker (or of the main scope).
 pub struct TaskRegistry {
     worker: WorkerId,
+    /// How its tasks are cancelled.
+    cancel: Arc<CancelPolicy>,
     /// How many ended tasks stay listed (`[limits] ended_tasks_per_worker`).
     retention: usize,
     inner: Mutex<Inner>,
 }
 
 impl TaskRegistry {
-    pub fn new(worker: WorkerId, retention: usize) -> TaskRegistry {
+    pub fn new(worker: WorkerId, retention: usize, cancel: CancelPolicy) -> TaskRegistry {
         TaskRegistry {
             worker,
+            cancel: Arc::new(cancel),
             retention: retention.max(1),
             inner: Mutex::default(),
         }
@@ -143,7 +201,7 @@ impl TaskRegistry {
             }
             inner.names.insert(name.clone(), ident.id);
         }
-        let cancel = Arc::new(CancelSignal::default());
+        let signal = Arc::new(CancelSignal::default());
         let (ended, ended_rx) = watch::channel(false);
         let id = ident.id;
         inner.live += 1;
@@ -158,14 +216,15 @@ impl TaskRegistry {
                     ended_at: None,
                     outcome: None,
                 },
-                cancel: cancel.clone(),
+                signal: signal.clone(),
                 ended,
             },
         );
         Ok(TaskHandle {
             id,
-            cancel,
+            signal,
             ended: ended_rx,
+            policy: self.cancel.clone(),
         })
     }
 
@@ -223,7 +282,7 @@ impl TaskRegistry {
     pub fn handle_by_name(&self, name: &str) -> Option<TaskHandle> {
         let inner = self.lock();
         let id = inner.names.get(name)?;
-        inner.tasks.get(id).map(Entry::handle)
+        inner.tasks.get(id).map(|entry| self.handle(entry))
     }
 
     /// Drops every ended task (done, failed, cancelled), freeing its name;
@@ -274,7 +333,7 @@ impl TaskRegistry {
             .tasks
             .values()
             .filter(|e| !e.info.state.is_ended())
-            .map(Entry::handle)
+            .map(|entry| self.handle(entry))
             .collect()
     }
 }
@@ -291,7 +350,7 @@ mod tests {
 
     #[test]
     fn the_live_cap_counts_only_tasks_that_have_not_ended() {
-        let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX);
+        let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX, CancelPolicy::default());
         let first = registry.register(ident(None), 2).unwrap();
         registry.register(ident(None), 2).unwrap();
         assert!(matches!(
@@ -325,7 +384,7 @@ mod tests {
 
     #[test]
     fn duplicate_names_are_refused_until_the_first_is_gone() {
-        let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX);
+        let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX, CancelPolicy::default());
         registry.register_unbounded(ident(Some("a"))).unwrap();
         assert_eq!(
             registry.register_unbounded(ident(Some("a"))).unwrap_err(),
@@ -338,7 +397,7 @@ mod tests {
 
     #[test]
     fn purge_drops_exactly_the_ended_tasks_and_frees_their_names() {
-        let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX);
+        let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX, CancelPolicy::default());
         let done = registry.register_unbounded(ident(Some("done"))).unwrap();
         let live = registry.register_unbounded(ident(Some("live"))).unwrap();
         let failed = registry.register_unbounded(ident(None)).unwrap();
@@ -361,7 +420,7 @@ mod tests {
 
     #[test]
     fn past_the_retention_cap_the_oldest_ended_task_is_dropped() {
-        let registry = TaskRegistry::new(WorkerId::Index(0), 2);
+        let registry = TaskRegistry::new(WorkerId::Index(0), 2, CancelPolicy::default());
         let live = registry.register_unbounded(ident(Some("live"))).unwrap();
         let ids: Vec<TaskId> = ["a", "b", "c"]
             .iter()
@@ -378,7 +437,7 @@ mod tests {
 
     #[tokio::test]
     async fn finishing_wakes_waiters_and_records_the_outcome() {
-        let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX);
+        let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX, CancelPolicy::default());
         let mut handle = registry.register_unbounded(ident(None)).unwrap();
         assert_eq!(registry.live().len(), 1);
         registry.mark_running(handle.id);
@@ -393,5 +452,60 @@ mod tests {
         assert_eq!(info.state, TaskState::Done);
         assert!(info.started_at.is_some() && info.ended_at.is_some());
         assert!(registry.live().is_empty());
+    }
+
+    /// The histogram's `_count` as the metrics text shows it.
+    fn observations(latency: &prometheus_client::metrics::histogram::Histogram) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("cancel_latency", "", latency.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("cancel_latency_count "))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn a_cancel_forces_only_after_the_grace_period_and_records_its_latency() {
+        let policy = CancelPolicy {
+            grace: Duration::from_millis(20),
+            latency: prometheus_client::metrics::histogram::Histogram::new([1.0]),
+        };
+        let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX, policy.clone());
+        let mut handle = registry.register_unbounded(ident(None)).unwrap();
+        let asked = Instant::now();
+        handle.cancel();
+        assert!(handle.is_cancelled());
+        assert!(!handle.signal().is_forced(), "cooperative first");
+        // A second cancel does not start a second timer or a second sample.
+        handle.cancel();
+        handle.signal().forced().await;
+        assert!(
+            asked.elapsed() >= policy.grace,
+            "forced before the grace ran out"
+        );
+        registry.finish(
+            handle.id,
+            Outcome::Cancelled {
+                stage: crate::task::CancelStage::Forced,
+            },
+        );
+        handle.ended().await;
+        while observations(&policy.latency) != "1" {
+            tokio::task::yield_now().await;
+        }
+        // Cancelling an ended task does nothing.
+        handle.cancel();
+        tokio::task::yield_now().await;
+        assert_eq!(observations(&policy.latency), "1");
+    }
+
+    #[tokio::test]
+    async fn a_cancel_with_no_grace_forces_at_once() {
+        let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX, CancelPolicy::default());
+        let handle = registry.register_unbounded(ident(None)).unwrap();
+        handle.cancel_within(Duration::ZERO);
+        assert!(handle.signal().is_forced());
     }
 }

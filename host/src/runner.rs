@@ -6,9 +6,8 @@ use crate::bindings::GuestError;
 use crate::plugin::Plugin;
 use crate::registry::TaskHandle;
 use crate::task::{CancelSignal, CancelStage, Outcome, TaskIdent};
-use crate::worker::{TaskEnv, WorkerCtx};
+use crate::worker::WorkerCtx;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::oneshot;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
@@ -50,11 +49,12 @@ pub(crate) async fn run(
     plugin: &Plugin,
     ident: Arc<TaskIdent>,
     args: &str,
-    cancel: Arc<CancelSignal>,
+    handle: TaskHandle,
     verdict: Option<oneshot::Sender<Result<(), GuestError>>>,
     started: impl FnOnce(),
 ) -> Option<Outcome> {
     let env = worker.env();
+    let cancel = handle.signal().clone();
     let data =
         TaskData::new(ident.clone(), env.app.clone(), cancel.clone()).on_worker(worker.clone());
     // Declared before the store, so dropped after it: the slot is free
@@ -133,14 +133,10 @@ pub(crate) async fn run(
                 // Out of time: cancelled like any task, so it may clean up
                 // within the grace period, then interrupted.
                 timed_out = true;
-                cancel.cancel();
+                handle.cancel();
                 tokio::select! {
                     result = &mut call => Some(result),
                     _ = cancel.forced() => None,
-                    _ = tokio::time::sleep(env.cancel_grace) => {
-                        cancel.force();
-                        None
-                    }
                 }
             }
         }
@@ -167,6 +163,10 @@ pub(crate) async fn run(
 }
 
 /// Resolves when a task with `timeout` has run out of time; never without.
+///
+/// # Cancel safety
+///
+/// A sleep: dropping it forgets how much time had passed.
 async fn deadline(timeout: Option<std::time::Duration>) {
     match timeout {
         Some(timeout) => tokio::time::sleep(timeout).await,
@@ -216,29 +216,4 @@ pub(crate) fn describe(error: &GuestError) -> String {
         GuestError::UnknownPlugin(name) => format!("no plugin named `{name}`"),
         GuestError::Limit(message) => message.clone(),
     }
-}
-
-/// Asks a task to stop: cooperatively at once, and by force if it has not
-/// ended after the grace period. Returns without waiting; the forcing runs
-/// on its own, so it happens even if whoever asked stops waiting. The time
-/// to the task's end is recorded as its cancel latency.
-pub fn request_cancel(handle: &TaskHandle, env: &Arc<TaskEnv>) {
-    if handle.is_ended() || handle.cancel.is_cancelled() {
-        // Ended, or a cancel (with its own forcing timer) is under way.
-        return;
-    }
-    let asked = Instant::now();
-    handle.cancel.cancel();
-    let mut handle = handle.clone();
-    let env = env.clone();
-    tokio::spawn(async move {
-        if tokio::time::timeout(env.cancel_grace, handle.ended())
-            .await
-            .is_err()
-        {
-            handle.cancel.force();
-            handle.ended().await;
-        }
-        env.metrics.record_cancel(asked.elapsed());
-    });
 }

@@ -257,14 +257,36 @@ impl From<&TaskInfo> for TaskView {
     }
 }
 
-/// Asks one task to stop, in two stages.
+/// How a worker's tasks are cancelled: how long a cancelled task may run
+/// on before it is interrupted, and where the time from a cancel to the
+/// task's end is recorded.
+#[derive(Debug, Clone)]
+pub struct CancelPolicy {
+    pub grace: std::time::Duration,
+    /// `taskhost_cancel_latency_seconds`.
+    pub latency: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for CancelPolicy {
+    fn default() -> CancelPolicy {
+        CancelPolicy {
+            grace: std::time::Duration::from_millis(500),
+            latency: prometheus_client::metrics::histogram::Histogram::new([1.0]),
+        }
+    }
+}
+
+/// The raw two-stage signal behind a task's cancellation, read by the
+/// task's store and host calls. Only [`crate::registry::TaskHandle::cancel`]
+/// sends it, so every cancel gets the grace period, the forcing and the
+/// metric.
 ///
 /// `cancel` is cooperative: blocked host calls wake with `cancelled` and
 /// every later one fails the same way. `force` is for tasks that do not
 /// listen: the store's epoch callback sees it and interrupts the guest at
 /// the next tick, even in a loop with no host calls.
 #[derive(Debug, Default)]
-pub struct CancelSignal {
+pub(crate) struct CancelSignal {
     token: CancellationToken,
     /// Checked by the epoch callback every tick: an atomic load, not a lock.
     forced: AtomicBool,
@@ -274,7 +296,7 @@ pub struct CancelSignal {
 }
 
 impl CancelSignal {
-    pub fn cancel(&self) {
+    pub(crate) fn cancel(&self) {
         self.token.cancel();
     }
 
@@ -283,12 +305,16 @@ impl CancelSignal {
     }
 
     /// Resolves once `cancel` has been called.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping it loses nothing, a new call resolves as well.
     pub async fn cancelled(&self) {
         self.token.cancelled().await
     }
 
     /// Cancels and also interrupts the guest at the next epoch tick.
-    pub fn force(&self) {
+    pub(crate) fn force(&self) {
         self.forced.store(true, Ordering::Release);
         self.token.cancel();
         self.forced_token.cancel();
@@ -299,6 +325,10 @@ impl CancelSignal {
     }
 
     /// Resolves once `force` has been called.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`CancelSignal::cancelled`].
     pub async fn forced(&self) {
         self.forced_token.cancelled().await
     }

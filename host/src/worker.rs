@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::plugin::Plugin;
 use crate::registry::{RegisterError, TaskHandle, TaskRegistry, next_task_id};
 use crate::runner;
-use crate::task::{Outcome, TaskId, TaskIdent, WorkerId};
+use crate::task::{CancelPolicy, Outcome, TaskId, TaskIdent, WorkerId};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -200,7 +200,7 @@ impl WorkerCtx {
         let handle = self
             .registry
             .register(ident.clone(), limits.tasks_per_worker)?;
-        let cancel = handle.cancel.clone();
+        let task_handle = handle.clone();
         let worker = self.clone();
         self.env.tracker.spawn_on(
             async move {
@@ -210,7 +210,7 @@ impl WorkerCtx {
                     &plugin,
                     ident.clone(),
                     &args,
-                    cancel,
+                    task_handle,
                     verdict,
                     || {
                         worker.env.metrics.record_spawn(registered.elapsed());
@@ -293,7 +293,14 @@ impl Worker {
         Ok(Worker {
             ctx: Arc::new(WorkerCtx {
                 id,
-                registry: TaskRegistry::new(id, env.app.limits.ended_tasks_per_worker),
+                registry: TaskRegistry::new(
+                    id,
+                    env.app.limits.ended_tasks_per_worker,
+                    CancelPolicy {
+                        grace: env.cancel_grace,
+                        latency: env.metrics.cancel_latency(),
+                    },
+                ),
                 runtime,
                 env,
             }),

@@ -56,7 +56,10 @@ fn the_readme_plugin_example_runs() {
 #[test]
 fn the_readme_task_record_is_task_view() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let start = readme.find("A task is `{").expect("README describes a task") + 12;
+    let start = readme
+        .find("A task is `{")
+        .expect("README describes a task")
+        + 12;
     let listed: Vec<String> = readme[start..start + readme[start..].find('}').unwrap()]
         .split(',')
         .map(|field| field.trim().to_string())

@@ -302,11 +302,8 @@ async fn cancel_latency(
             tokio::time::sleep(Duration::from_millis(2)).await;
             let begun = Instant::now();
             match stage {
-                CancelStage::Cooperative => taskhost::runner::request_cancel(&handle, w.env()),
-                CancelStage::Forced => {
-                    handle.cancel.cancel();
-                    handle.cancel.force();
-                }
+                CancelStage::Cooperative => handle.cancel(),
+                CancelStage::Forced => handle.cancel_within(Duration::ZERO),
             }
             handle.ended().await;
             samples.push(begun.elapsed());

@@ -109,7 +109,11 @@ pub struct TaskData {
 }
 
 impl TaskData {
-    pub fn new(ident: Arc<TaskIdent>, app: Arc<AppContext>, cancel: Arc<CancelSignal>) -> TaskData {
+    pub(crate) fn new(
+        ident: Arc<TaskIdent>,
+        app: Arc<AppContext>,
+        cancel: Arc<CancelSignal>,
+    ) -> TaskData {
         let policy = app.policy(&ident.plugin).clone();
         let memory = MemoryBudget::new(
             policy.limits.memory_bytes,

@@ -6,7 +6,6 @@ use crate::bindings::GuestError;
 use crate::bindings::taskhost::plugin::types;
 use crate::config::MAX_NAME_BYTES;
 use crate::registry::{RegisterError, TaskHandle};
-use crate::runner;
 use crate::task::{CancelStage, TaskInfo, TaskState, TaskView};
 use crate::worker::{AddTaskError, WorkerCtx};
 use std::sync::Arc;
@@ -111,7 +110,7 @@ impl TaskData {
             // Waiting for oneself to end would never return: cancelling
             // oneself means "I am being cancelled" from here on, with the
             // same grace period as any other cancel.
-            runner::request_cancel(&target, worker.env());
+            target.cancel();
             return Err(GuestError::Cancelled);
         }
         Ok(CancelRequest {
@@ -132,7 +131,7 @@ pub(super) async fn cancel_task(request: CancelRequest) -> Result<types::TaskInf
         mut target,
         caller,
     } = request;
-    runner::request_cancel(&target, worker.env());
+    target.cancel();
     if caller.is_cancelled() {
         return Err(GuestError::Cancelled);
     }
