@@ -12,7 +12,7 @@ use crate::engine::{EngineSettings, build_engine};
 use crate::host::{Host, RunSummary};
 use crate::plugin::build::{self, BuildOptions};
 use crate::plugin::{Plugin, PluginLoader};
-use crate::runner;
+
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -203,6 +203,6 @@ async fn check_task(loader: &PluginLoader, plugin: &Plugin, task: &TaskConfig) -
         .context("checking its arguments failed")?
     {
         Ok(()) => Ok(()),
-        Err(error) => bail!("bad args {args}: {}", runner::describe(&error)),
+        Err(error) => bail!("bad args {args}: {}", crate::bindings::describe(&error)),
     }
 }

@@ -12,3 +12,16 @@ wasmtime::component::bindgen!({
 
 pub use self::exports::taskhost::plugin::factories::FactoryInfo;
 pub use self::taskhost::plugin::types::{Error as GuestError, Level};
+
+/// A guest error as one line of text, for logs and API errors.
+pub fn describe(error: &GuestError) -> String {
+    match error {
+        GuestError::Cancelled => "returned `cancelled` without being cancelled".into(),
+        GuestError::UnknownFactory(name) => format!("unknown factory `{name}`"),
+        GuestError::InvalidArgs(message) | GuestError::Failed(message) => message.clone(),
+        GuestError::NotFound(name) => format!("no task named `{name}`"),
+        GuestError::DuplicateName(name) => format!("a task named `{name}` already exists"),
+        GuestError::UnknownPlugin(name) => format!("no plugin named `{name}`"),
+        GuestError::Limit(message) => message.clone(),
+    }
+}

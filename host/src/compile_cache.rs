@@ -51,8 +51,8 @@ const STALE_WORK: Duration = Duration::from_secs(600);
 
 /// Larger entries are not read: a compiled component is a few times its
 /// component's size, and components are bounded by
-/// [`crate::plugin::MAX_COMPONENT_BYTES`].
-const MAX_ENTRY_BYTES: u64 = 4 * crate::plugin::MAX_COMPONENT_BYTES;
+/// [`crate::config::MAX_COMPONENT_BYTES`].
+const MAX_ENTRY_BYTES: u64 = 4 * crate::config::MAX_COMPONENT_BYTES;
 
 type HmacSha256 = Hmac<Sha256>;
 

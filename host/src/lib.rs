@@ -2,10 +2,33 @@
 //! runs `app.add_task` coroutines, with a sandbox per task and cancellation
 //! that always works.
 //!
-//! Data flows one way: [`config`] (app.toml) -> [`plugin`] (components) ->
-//! [`worker`] (threads with registries) -> [`runner`] (one task's store) ->
-//! [`app`] (the calls a task makes back into the host). [`application`]
-//! strings them together; [`cli`] is a thin shell over it.
+//! # Layers
+//!
+//! Each module uses only modules of the layers below its own (the test
+//! `tests/tests/layers.rs` reads the `use` lines and holds the crate to
+//! this list):
+//!
+//! 1. Vocabulary, no host logic: [`task`] (ids, states, [`task::TaskView`]),
+//!    [`config`] (app.toml), [`bindings`] (the WIT), [`dirs`],
+//!    [`private_files`].
+//! 2. Parts with one job each: [`lifecycle`] (the event type), [`events`]
+//!    (named events), [`registry`] (one worker's tasks, and
+//!    [`registry::TaskHandle::cancel`], the one way to cancel), [`metrics`],
+//!    [`compile_cache`].
+//! 3. [`logging`] (writes lifecycle events and task lines) and [`engine`]
+//!    (the wasmtime engines, through the compile cache).
+//! 4. [`app`]: what one task's store holds and the `app` interface it
+//!    imports. It reaches the worker only through the narrow
+//!    `app::TaskScope` trait, which the worker implements.
+//! 5. [`plugin`]: component files -> linked, pre-instantiated plugins.
+//! 6. [`runner`]: one task in its own instance, to its outcome.
+//! 7. [`worker`]: threads with a registry each, starting tasks.
+//! 8. [`host`]: the workers of a running app and what an operator does to
+//!    them.
+//! 9. [`control`] (the HTTP API) and [`watch`] (hot-load on change), both
+//!    over a [`host::Host`].
+//! 10. [`application`]: app.toml -> a running host with its API and watch.
+//! 11. [`cli`]: a thin shell over all of it.
 
 pub mod app;
 pub mod application;

@@ -5,6 +5,7 @@
 //! ends, until purged. Readers get snapshots, never live views, so listing
 //! while tasks come and go is always safe.
 
+use crate::bindings::GuestError;
 use crate::task::{
     CancelPolicy, CancelSignal, Outcome, TaskId, TaskIdent, TaskInfo, TaskState, WorkerId,
 };
@@ -31,6 +32,21 @@ pub enum RegisterError {
     /// The worker or the app holds as many live tasks as `[limits]` allows.
     #[error("{0}")]
     Limit(String),
+}
+
+/// Why `add_task` did not start a task.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AddTaskError {
+    #[error("no worker {0}")]
+    NoWorker(WorkerId),
+    #[error("no plugin named `{0}`")]
+    UnknownPlugin(String),
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+    /// The factory refused the task before it ran (unknown factory, bad
+    /// arguments), or its instance could not be created.
+    #[error("{}", crate::bindings::describe(.0))]
+    Refused(GuestError),
 }
 
 /// A way to watch and stop one registered task.

@@ -1,51 +1,33 @@
 //! Runs one task: a fresh store and instance, the factory call, and the
 //! outcome, told apart into done / failed / cancelled (and by which stage).
 
-use crate::app::TaskData;
-use crate::bindings::GuestError;
+use crate::app::{AppContext, TaskData, TaskScope, new_store};
+use crate::bindings::{GuestError, describe};
+use crate::engine::HostEngine;
 use crate::plugin::Plugin;
 use crate::registry::TaskHandle;
 use crate::task::{CancelSignal, CancelStage, Outcome, TaskIdent};
-use crate::worker::WorkerCtx;
 use std::sync::Arc;
 use tokio::sync::oneshot;
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::Trap;
 
-/// A store set up the way every task's store must be: its epoch deadline
-/// callback yields to the worker's other tasks each tick (fairness), and
-/// interrupts the guest once its cancellation has been forced.
-///
-/// The yield is tokio's `yield_now`, not wasmtime's plain `Yield`: tokio
-/// defers its wake-up until the runtime has polled its timers and I/O, so a
-/// sleeping task next to a spinner wakes within a tick. A plain re-queue
-/// keeps the run queue busy, and tokio then checks timers only every 61
-/// polls (61 ms with one spinner).
-pub(crate) fn new_store(engine: &Engine, data: TaskData) -> Store<TaskData> {
-    let mut store = Store::new(engine, data);
-    store.limiter(|data| &mut data.memory);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|cx| {
-        if cx.data().cancel.is_forced() {
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(tokio::task::yield_now()),
-            ))
-        }
-    });
-    store
+/// Where a task runs: the engines its store comes from, the app it belongs
+/// to, and the worker it sees through the `app` interface.
+pub(crate) struct Site<'a> {
+    pub engines: &'a HostEngine,
+    pub app: &'a Arc<AppContext>,
+    pub scope: Arc<dyn TaskScope>,
 }
 
-/// Runs `ident.factory` of `plugin` with `args` in its own instance on
-/// `worker`. `started` is called once the instance exists and the factory
+/// Runs `ident.factory` of `plugin` with `args` in its own instance at
+/// `site`. `started` is called once the instance exists and the factory
 /// is about to run.
 ///
 /// With a `verdict` channel, the factory first checks `args` and the verdict
 /// is sent back (`add_task` waits for it); a refused task returns `None`:
 /// it never ran.
 pub(crate) async fn run(
-    worker: &Arc<WorkerCtx>,
+    site: Site<'_>,
     plugin: &Plugin,
     ident: Arc<TaskIdent>,
     args: &str,
@@ -53,16 +35,15 @@ pub(crate) async fn run(
     verdict: Option<oneshot::Sender<Result<(), GuestError>>>,
     started: impl FnOnce(),
 ) -> Option<Outcome> {
-    let env = worker.env();
+    let engines = site.engines;
     let cancel = handle.signal().clone();
-    let data =
-        TaskData::new(ident.clone(), env.app.clone(), cancel.clone()).on_worker(worker.clone());
+    let data = TaskData::new(ident.clone(), site.app.clone(), cancel.clone()).on_worker(site.scope);
     // Declared before the store, so dropped after it: the slot is free
     // again only once the instance has given it back.
-    let mut warm_slot = env.engines.warm_slots.take();
+    let mut warm_slot = engines.warm_slots.take();
     let engine = match warm_slot {
-        Some(_) => &env.engines.engine,
-        None => &env.engines.cold,
+        Some(_) => &engines.engine,
+        None => &engines.cold,
     };
     let mut store = new_store(engine, data);
     let mut instantiated = plugin
@@ -77,7 +58,7 @@ pub(crate) async fn run(
     {
         // A component larger than the warm pool's slots expect: run it
         // in the cold pool instead.
-        store = new_store(&env.engines.cold, store.into_data());
+        store = new_store(&engines.cold, store.into_data());
         drop(warm_slot.take());
         instantiated = plugin.pre_for(false).instantiate_async(&mut store).await;
     }
@@ -203,17 +184,5 @@ fn classify(
             }
             Outcome::Failed { error }
         }
-    }
-}
-
-pub(crate) fn describe(error: &GuestError) -> String {
-    match error {
-        GuestError::Cancelled => "returned `cancelled` without being cancelled".into(),
-        GuestError::UnknownFactory(name) => format!("unknown factory `{name}`"),
-        GuestError::InvalidArgs(message) | GuestError::Failed(message) => message.clone(),
-        GuestError::NotFound(name) => format!("no task named `{name}`"),
-        GuestError::DuplicateName(name) => format!("a task named `{name}` already exists"),
-        GuestError::UnknownPlugin(name) => format!("no plugin named `{name}`"),
-        GuestError::Limit(message) => message.clone(),
     }
 }

@@ -5,7 +5,7 @@
 //! worker's tasks share its thread; the epoch callback makes a busy task
 //! yield each tick so the others still get their turn.
 
-use crate::app::AppContext;
+use crate::app::{AppContext, TaskScope};
 use crate::bindings::GuestError;
 use crate::config::MAX_NAME_BYTES;
 use crate::engine::HostEngine;
@@ -14,11 +14,13 @@ use crate::lifecycle::{self, LifecycleEvent, TaskRef};
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::plugin::Plugin;
-use crate::registry::{RegisterError, TaskHandle, TaskRegistry, next_task_id};
+use crate::registry::{AddTaskError, RegisterError, TaskHandle, TaskRegistry, next_task_id};
 use crate::runner;
 use crate::task::{CancelPolicy, Outcome, TaskId, TaskIdent, WorkerId};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -53,21 +55,6 @@ impl TaskEnv {
             .get(name)
             .cloned()
     }
-}
-
-/// Why `add_task` did not start a task.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AddTaskError {
-    #[error("no worker {0}")]
-    NoWorker(WorkerId),
-    #[error("no plugin named `{0}`")]
-    UnknownPlugin(String),
-    #[error(transparent)]
-    Register(#[from] RegisterError),
-    /// The factory refused the task before it ran (unknown factory, bad
-    /// arguments), or its instance could not be created.
-    #[error("{}", runner::describe(.0))]
-    Refused(GuestError),
 }
 
 /// A worker as its tasks see it: its registry, its runtime, the host.
@@ -205,8 +192,13 @@ impl WorkerCtx {
         self.env.tracker.spawn_on(
             async move {
                 let begun = Instant::now();
+                let site = runner::Site {
+                    engines: &worker.env.engines,
+                    app: &worker.env.app,
+                    scope: worker.clone(),
+                };
                 let run = runner::run(
-                    &worker,
+                    site,
                     &plugin,
                     ident.clone(),
                     &args,
@@ -251,6 +243,26 @@ impl WorkerCtx {
             &self.runtime,
         );
         Ok(handle)
+    }
+}
+
+impl TaskScope for WorkerCtx {
+    fn registry(&self) -> &TaskRegistry {
+        &self.registry
+    }
+
+    fn events(&self) -> &EventHub {
+        &self.env.events
+    }
+
+    fn add_task(
+        self: Arc<Self>,
+        plugin: String,
+        factory: String,
+        args: String,
+        name: Option<String>,
+    ) -> Pin<Box<dyn Future<Output = Result<TaskId, AddTaskError>> + Send>> {
+        Box::pin(async move { WorkerCtx::add_task(&self, &plugin, &factory, args, name).await })
     }
 }
 

@@ -1,18 +1,18 @@
 //! `dispatch` and `wait-event`: Sanic's signals, across all workers.
 
 use super::TaskData;
+use super::TaskScope;
 use crate::bindings::GuestError;
 use crate::events::{check_dispatch, check_name};
 use crate::task::CancelSignal;
-use crate::worker::TaskEnv;
 use std::sync::Arc;
 use std::time::Duration;
 
 impl TaskData {
     pub(super) fn app_dispatch(&self, event: &str, payload: &str) -> Result<u32, GuestError> {
         check_dispatch(event, payload, &self.app.limits).map_err(GuestError::Limit)?;
-        Ok(match &self.worker {
-            Some(worker) => worker.env().events.dispatch(event, payload),
+        Ok(match &self.scope {
+            Some(scope) => scope.events().dispatch(event, payload),
             None => 0,
         })
     }
@@ -21,7 +21,7 @@ impl TaskData {
 /// Waits for the next dispatch matching `pattern`; `None` on timeout,
 /// `cancelled` as soon as the task is cancelled.
 pub(super) async fn wait_event(
-    env: Arc<TaskEnv>,
+    scope: Arc<dyn TaskScope>,
     cancel: Arc<CancelSignal>,
     pattern: String,
     timeout_ms: Option<u64>,
@@ -30,7 +30,7 @@ pub(super) async fn wait_event(
         return Err(GuestError::Cancelled);
     }
     check_name(&pattern).map_err(GuestError::Limit)?;
-    let mut wait = env.events.subscribe(&pattern);
+    let mut wait = scope.events().subscribe(&pattern);
     let timeout = async {
         match timeout_ms {
             Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,

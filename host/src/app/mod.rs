@@ -15,12 +15,38 @@ mod time;
 
 use crate::bindings::taskhost::plugin::types;
 use crate::config::{AppConfig, Grants, Limits, PluginLimits};
-use crate::task::{CancelSignal, TaskIdent};
-use crate::worker::WorkerCtx;
+use crate::events::EventHub;
+use crate::registry::{AddTaskError, TaskRegistry};
+use crate::task::{CancelSignal, TaskId, TaskIdent};
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
+
+/// What the `app` interface needs of the worker a task runs on, and all
+/// it sees of it: the worker's registry, the host's events, and starting a
+/// task beside the caller. The worker implements it, so this module (and
+/// everything below the worker) never names the worker.
+pub(crate) trait TaskScope: Send + Sync {
+    /// The tasks of the caller's worker.
+    fn registry(&self) -> &TaskRegistry;
+
+    /// The named events of the whole host.
+    fn events(&self) -> &EventHub;
+
+    /// Sanic's `add_task` on this worker: resolves with the new task's id
+    /// once its factory has accepted the arguments.
+    fn add_task(
+        self: Arc<Self>,
+        plugin: String,
+        factory: String,
+        args: String,
+        name: Option<String>,
+    ) -> Pin<Box<dyn Future<Output = Result<TaskId, AddTaskError>> + Send>>;
+}
 
 pub use output::TaskOutput;
 pub use sandbox::{MemoryBudget, PluginPolicy};
@@ -86,6 +112,32 @@ impl AppContext {
     }
 }
 
+/// A store set up the way every task's store must be: its epoch deadline
+/// callback yields to the worker's other tasks each tick (fairness), and
+/// interrupts the guest once its cancellation has been forced.
+///
+/// The yield is tokio's `yield_now`, not wasmtime's plain `Yield`: tokio
+/// defers its wake-up until the runtime has polled its timers and I/O, so a
+/// sleeping task next to a spinner wakes within a tick. A plain re-queue
+/// keeps the run queue busy, and tokio then checks timers only every 61
+/// polls (61 ms with one spinner).
+pub(crate) fn new_store(engine: &Engine, data: TaskData) -> Store<TaskData> {
+    let mut store = Store::new(engine, data);
+    store.limiter(|data| &mut data.memory);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|cx| {
+        if cx.data().cancel.is_forced() {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        }
+    });
+    store
+}
+
 /// The data of one task's store.
 ///
 /// WASI state is created on first use: most tasks never touch WASI, and
@@ -96,7 +148,7 @@ pub struct TaskData {
     pub(crate) cancel: Arc<CancelSignal>,
     /// The worker the task runs on; none for the throw-away instances that
     /// list factories and check arguments at load.
-    pub(crate) worker: Option<Arc<WorkerCtx>>,
+    pub(crate) scope: Option<Arc<dyn TaskScope>>,
     pub(crate) policy: Arc<PluginPolicy>,
     /// Bounds the task's memory (`memory_mb`).
     pub(crate) memory: MemoryBudget,
@@ -127,15 +179,16 @@ impl TaskData {
             cancel,
             policy,
             memory,
-            worker: None,
+            scope: None,
             wasi: None,
             stderr: None,
             table: ResourceTable::new(),
         }
     }
 
-    pub fn on_worker(mut self, worker: Arc<WorkerCtx>) -> TaskData {
-        self.worker = Some(worker);
+    /// The task runs on the worker `scope` stands for.
+    pub(crate) fn on_worker(mut self, scope: Arc<dyn TaskScope>) -> TaskData {
+        self.scope = Some(scope);
         self
     }
 
@@ -243,12 +296,11 @@ impl crate::bindings::taskhost::plugin::app::Host for TaskData {
         event: String,
         timeout_ms: Option<u64>,
     ) -> wasmtime::Result<Result<Option<String>, types::Error>> {
-        let Some(worker) = &self.worker else {
+        let Some(scope) = &self.scope else {
             return Ok(Err(types::Error::Failed(
                 "no worker: events cannot be awaited here".into(),
             )));
         };
-        let env = worker.env().clone();
-        Ok(events::wait_event(env, self.cancel.clone(), event, timeout_ms).await)
+        Ok(events::wait_event(scope.clone(), self.cancel.clone(), event, timeout_ms).await)
     }
 }

@@ -2,19 +2,20 @@
 //! task registry API, on the caller's own worker.
 
 use super::TaskData;
+use super::TaskScope;
 use crate::bindings::GuestError;
 use crate::bindings::taskhost::plugin::types;
 use crate::config::MAX_NAME_BYTES;
+use crate::registry::AddTaskError;
 use crate::registry::{RegisterError, TaskHandle};
 use crate::task::{CancelStage, TaskInfo, TaskState, TaskView};
-use crate::worker::{AddTaskError, WorkerCtx};
 use std::sync::Arc;
 
 impl TaskData {
     /// The caller's worker, or `failed` for the throw-away instances that
     /// list factories at load time (they have no worker).
-    fn worker_ctx(&self) -> Result<Arc<WorkerCtx>, GuestError> {
-        self.worker
+    fn worker_ctx(&self) -> Result<Arc<dyn TaskScope>, GuestError> {
+        self.scope
             .clone()
             .ok_or_else(|| GuestError::Failed("no worker: tasks cannot be managed here".into()))
     }
@@ -34,14 +35,14 @@ impl TaskData {
     }
 
     pub(super) fn app_tasks(&self) -> Vec<types::TaskInfo> {
-        match &self.worker {
+        match &self.scope {
             Some(worker) => worker.registry().snapshot().iter().map(to_wit).collect(),
             None => Vec::new(),
         }
     }
 
     pub(super) fn app_purge_tasks(&self) -> u32 {
-        match &self.worker {
+        match &self.scope {
             Some(worker) => u32::try_from(worker.registry().purge()).unwrap_or(u32::MAX),
             None => 0,
         }
@@ -54,7 +55,7 @@ impl TaskData {
     pub(super) fn add_task_target(
         &self,
         plugin: Option<String>,
-    ) -> Result<(Arc<WorkerCtx>, String), GuestError> {
+    ) -> Result<(Arc<dyn TaskScope>, String), GuestError> {
         if self.cancel.is_cancelled() {
             return Err(GuestError::Cancelled);
         }
@@ -69,14 +70,14 @@ impl TaskData {
 /// `add-task`: starts a task on the caller's worker and returns its id once
 /// the factory has accepted the arguments.
 pub(super) async fn add_task(
-    worker: Arc<WorkerCtx>,
+    worker: Arc<dyn TaskScope>,
     plugin: String,
     factory: String,
     args: String,
     name: Option<String>,
 ) -> Result<u64, GuestError> {
     worker
-        .add_task(&plugin, &factory, args, name)
+        .add_task(plugin, factory, args, name)
         .await
         .map_err(|error| match error {
             AddTaskError::UnknownPlugin(name) => GuestError::UnknownPlugin(name),
@@ -92,7 +93,7 @@ pub(super) async fn add_task(
 /// What `cancel-task` works with: everything it needs, owned, so its future
 /// does not borrow the store's data across the wait.
 pub(super) struct CancelRequest {
-    worker: Arc<WorkerCtx>,
+    worker: Arc<dyn TaskScope>,
     target: TaskHandle,
     caller: Arc<crate::task::CancelSignal>,
 }

@@ -11,6 +11,12 @@ use std::time::Duration;
 /// maps and fields of every log line: they are meant to be short.
 pub const MAX_NAME_BYTES: usize = 256;
 
+/// Largest component file taskhost loads, in bytes (256 MiB). The biggest
+/// real plugins, an interpreter and its standard library built with
+/// componentize-py, are about 40 MiB; a bound keeps a wrong path (a disk
+/// image, a log) from being read into memory whole.
+pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
+
 /// A plugin's name: 1 to [`MAX_NAME_BYTES`] bytes, no control characters.
 /// It is a key in maps, a label of metrics and a field of every log line of
 /// its tasks.

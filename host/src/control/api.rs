@@ -21,9 +21,9 @@ use super::schema::{
 };
 use crate::host::{CancelError, Host};
 use crate::lifecycle::LifecycleEvent;
+use crate::registry::AddTaskError;
 use crate::registry::RegisterError;
 use crate::task::{TaskView, WorkerId};
-use crate::worker::AddTaskError;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};

@@ -4,10 +4,10 @@ use super::{Factory, Plugin};
 use crate::app::{AppContext, TaskData};
 use crate::bindings::{GuestError, PluginPre};
 use crate::compile_cache::CompileCache;
-use crate::config::check_plugin_name;
+use crate::config::{MAX_COMPONENT_BYTES, check_plugin_name};
 use crate::engine::HostEngine;
 use crate::private_files::hex;
-use crate::runner;
+
 use crate::task::{CancelSignal, TaskIdent, WorkerId};
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
@@ -24,12 +24,6 @@ pub const WORLD: &str = "taskhost:plugin/plugin@0.1.0";
 /// How long a plugin may take to list its factories or check arguments:
 /// these calls do no real work, so a plugin that takes longer is broken.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Largest component file taskhost loads, in bytes (256 MiB). The biggest
-/// real plugins, an interpreter and its standard library built with
-/// componentize-py, are about 40 MiB; a bound keeps a wrong path (a disk
-/// image, a log) from being read into memory whole.
-pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
 
 /// Loads plugins for one engine, with the imports every task gets: WASI p2
 /// (capabilities decided per task, see [`TaskData`]) and the `app` handle.
@@ -190,7 +184,7 @@ impl PluginLoader {
         let data = TaskData::new(ident, self.app.clone(), Arc::new(CancelSignal::default()));
         // Probes run on the cold engine: they should not leave pages in
         // the warm pool.
-        let mut store = runner::new_store(&self.engines.cold, data);
+        let mut store = crate::app::new_store(&self.engines.cold, data);
         let work = async {
             let instance = match plugin.pre_for(false).instantiate_async(&mut store).await {
                 Ok(instance) => instance,

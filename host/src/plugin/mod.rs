@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use tokio::sync::broadcast;
 
-pub use load::{MAX_COMPONENT_BYTES, PluginLoader, read_component};
+pub use crate::config::MAX_COMPONENT_BYTES;
+pub use load::{PluginLoader, read_component};
 
 /// One factory a plugin offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
