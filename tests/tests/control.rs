@@ -1,4 +1,4 @@
-//! Issue 4: a running host driven only through the CLI (and, for the
+//! A running host driven only through the CLI (and, for the
 //! malformed-request cases, raw HTTP against its control API).
 
 use serde_json::{Value, json};

@@ -1,4 +1,4 @@
-//! Issue 8: the control state file holds the token. Files planted where
+//! The control state file holds the token. Files planted where
 //! the host writes it must not make it leak the token or overwrite
 //! anything, and a stale file must not keep a host from starting.
 

@@ -1,4 +1,4 @@
-//! Issue 2: a plugin built with the guest SDK runs as a task under
+//! A plugin built with the guest SDK runs as a task under
 //! `taskhost run app.toml`. Every test runs the real binary on real
 //! components built from `plugins/`.
 

@@ -1,4 +1,4 @@
-//! Issue 5: WASI is deny-by-default; app.toml grants a plugin directories
+//! WASI is deny-by-default; app.toml grants a plugin directories
 //! (read-only or read-write), named environment variables and stdin, and
 //! nothing else.
 

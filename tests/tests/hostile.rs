@@ -1,4 +1,4 @@
-//! Issue 5: hostile plugins. Every attack in `plugins/hostile` runs on the
+//! Hostile plugins. Every attack in `plugins/hostile` runs on the
 //! same worker as well-behaved tasks; each offender ends with a clear state
 //! and reason, the others finish, the host keeps serving, and memory goes
 //! back to where it was.
@@ -305,7 +305,7 @@ fn resident_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
-/// Issue 8: one spawn bomb under the *default* limits filled the worker
+/// One spawn bomb under the *default* limits filled the worker
 /// with ~10,000 lurkers, and as they ended the host's memory climbed until
 /// it was killed. Now the lurkers beyond the warm pool give their memory
 /// back as they end.

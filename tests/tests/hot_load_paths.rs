@@ -1,4 +1,4 @@
-//! Issue 8: what a hot-load request may read. A FIFO as the path stalled
+//! What a hot-load request may read. A FIFO as the path stalled
 //! the whole control API (and SIGTERM) until someone opened it, and
 //! `/dev/zero` was read until the host ran out of memory. Each is now
 //! refused at once, with the reason, while other clients are served.

@@ -1,4 +1,4 @@
-//! Issue 3: add, name, find, cancel (cooperative and forced), list, purge;
+//! Add, name, find, cancel (cooperative and forced), list, purge;
 //! events. Guests drive the registry through the `app` handle; assertions
 //! are on what they report and on the host's JSON log.
 
@@ -337,7 +337,7 @@ fn shutdown_ends_tasks_in_every_state_and_logs_each_end() {
     }
 }
 
-/// Issue 8: SIGTERM with thousands of sleeping tasks exited 1, the status
+/// SIGTERM with thousands of sleeping tasks exited 1, the status
 /// of a host that gave up on tasks that never ended, though every one of
 /// them ended: shutdown waited a fixed 2 s past the grace period, and
 /// 10,000 tasks take longer to end. The host waits as long as tasks keep

@@ -1,4 +1,4 @@
-//! Issue 5: `[limits]` are checked in app.toml and hold exactly where they
+//! `[limits]` are checked in app.toml and hold exactly where they
 //! say (the full hostile set is in `hostile.rs`).
 
 use taskhost_tests::TestApp;

@@ -1,4 +1,4 @@
-//! Issue 8: what a task logs cannot flood the host or forge its output. A
+//! What a task logs cannot flood the host or forge its output. A
 //! task's lines pass a token bucket; names and text reach terminals with
 //! their control characters escaped (the JSON log stays exact).
 
@@ -92,7 +92,13 @@ fn control_characters_in_names_cannot_forge_log_lines_or_table_rows() {
     let table = app.cli(&["tasks"]);
     assert_eq!(table.code, Some(0), "{}", table.dump());
     assert_clean(&table.stdout);
-    assert_eq!(table.stdout.lines().count(), 2, "{}", table.stdout);
+    // The header, the one task's row, the count by state: no forged row.
+    assert_eq!(table.stdout.lines().count(), 3, "{}", table.stdout);
+    assert!(
+        table.stdout.ends_with("1 task(s): 1 running\n"),
+        "{}",
+        table.stdout
+    );
     let listed = app.cli(&["tasks", "--json"]);
     let tasks: serde_json::Value = serde_json::from_str(listed.stdout.trim()).unwrap();
     assert_eq!(tasks[0]["name"], "esc\u{1b}[2J\r\nFAKE 999 0 line");

@@ -1,4 +1,4 @@
-//! Issue 8: memory that tasks used comes back when they end. A host that
+//! Memory that tasks used comes back when they end. A host that
 //! once ran thousands of tasks must not keep their memory resident.
 
 use serde_json::json;

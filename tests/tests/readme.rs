@@ -51,11 +51,11 @@ fn the_readme_plugin_example_runs() {
     );
 }
 
-/// The README's "A task is `{...}`" lists exactly the fields of the one
-/// type the API, the CLI and the guests' `task-info` share.
+/// The control API's page, "A task is `{...}`", lists exactly the fields
+/// of the one type the API, the CLI and the guests' `task-info` share.
 #[test]
-fn the_readme_task_record_is_task_view() {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+fn the_documented_task_record_is_task_view() {
+    let readme = std::fs::read_to_string(repo().join("docs/control.md")).unwrap();
     let start = readme
         .find("A task is `{")
         .expect("README describes a task")
@@ -88,5 +88,5 @@ fn the_readme_task_record_is_task_view() {
         .collect();
     let mut sorted = listed.clone();
     sorted.sort();
-    assert_eq!(sorted, fields, "README lists {listed:?}");
+    assert_eq!(sorted, fields, "docs/control.md lists {listed:?}");
 }
