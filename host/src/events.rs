@@ -6,7 +6,7 @@
 //! exactly the waiters registered at that moment (like Sanic, an event is
 //! not remembered for later waiters).
 
-use crate::config::{Limits, MAX_NAME_BYTES};
+use crate::config::{Limit, LimitUnit, Limits};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{oneshot, watch};
@@ -122,29 +122,24 @@ impl EventHub {
 }
 
 /// Checks a dispatch against the limits: the event name's length and the
-/// payload's size. The message says which limit was hit.
-pub fn check_dispatch(event: &str, payload: &str, limits: &Limits) -> Result<(), String> {
+/// payload's size.
+pub fn check_dispatch(event: &str, payload: &str, limits: &Limits) -> Result<(), Limit> {
     check_name(event)?;
     if payload.len() > limits.event_payload_bytes {
-        return Err(format!(
-            "the payload of event {:?} is {} bytes, more than {} ([limits] event_payload_bytes)",
-            event,
-            payload.len(),
-            limits.event_payload_bytes
-        ));
+        return Err(Limit {
+            what: format!("the payload of event {event:?}"),
+            max: limits.event_payload_bytes as u64,
+            got: payload.len() as u64,
+            unit: LimitUnit::Bytes,
+            setting: Some("event_payload_bytes"),
+        });
     }
     Ok(())
 }
 
 /// Checks an event name or pattern: waiters are keyed by it.
-pub fn check_name(event: &str) -> Result<(), String> {
-    if event.len() > MAX_NAME_BYTES {
-        return Err(format!(
-            "an event name may be at most {MAX_NAME_BYTES} bytes, got {}",
-            event.len()
-        ));
-    }
-    Ok(())
+pub fn check_name(event: &str) -> Result<(), Limit> {
+    Limit::check_name("an event name", event)
 }
 
 fn matches(pattern: &str, event: &str) -> bool {

@@ -8,7 +8,7 @@ use crate::engine::EpochTicker;
 use crate::events::EventHub;
 use crate::lifecycle::LifecycleEvent;
 use crate::metrics::Metrics;
-use crate::plugin::{Plugin, PluginLoader};
+use crate::plugin::{LoadError, Plugin, PluginLoader};
 use crate::registry::AddTaskError;
 use crate::registry::TaskHandle;
 use crate::task::{TaskId, TaskInfo, TaskState, WorkerId};
@@ -366,7 +366,7 @@ impl Host {
     /// started with, which is dropped when its last task ends. A component
     /// that does not compile or does not fit the world is refused and the
     /// old version keeps serving.
-    pub async fn load_plugin(&self, name: &str, path: &Path) -> Result<Arc<Plugin>> {
+    pub async fn load_plugin(&self, name: &str, path: &Path) -> Result<Arc<Plugin>, LoadError> {
         let plugin = match self.loader.load(name, path).await {
             Ok(plugin) => Arc::new(plugin),
             Err(error) => {
@@ -397,7 +397,7 @@ impl Host {
     /// Says, in the log and on the event stream, that a new build of
     /// plugin `name` from `path` (a component, or a crate that did not
     /// build) was refused and the loaded version keeps serving.
-    pub fn refuse_plugin(&self, name: &str, path: &Path, error: &anyhow::Error) {
+    pub fn refuse_plugin(&self, name: &str, path: &Path, error: &dyn std::fmt::Display) {
         self.announce(LifecycleEvent::PluginRefused {
             plugin: name.to_string(),
             path: path.to_path_buf(),

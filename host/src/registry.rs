@@ -6,6 +6,7 @@
 //! while tasks come and go is always safe.
 
 use crate::bindings::GuestError;
+use crate::config::{Limit, LimitUnit};
 use crate::task::{
     CancelPolicy, CancelSignal, Outcome, TaskId, TaskIdent, TaskInfo, TaskState, WorkerId,
 };
@@ -29,9 +30,9 @@ pub enum RegisterError {
     /// Another task of this worker, live or ended but not purged, has the name.
     #[error("a task named {0:?} already exists on this worker")]
     DuplicateName(String),
-    /// The worker or the app holds as many live tasks as `[limits]` allows.
-    #[error("{0}")]
-    Limit(String),
+    /// A bound of `[limits]` (live tasks, argument size) or a name's length.
+    #[error(transparent)]
+    Limit(#[from] Limit),
 }
 
 /// Why `add_task` did not start a task.
@@ -206,10 +207,13 @@ impl TaskRegistry {
     ) -> Result<TaskHandle, RegisterError> {
         let mut inner = self.lock();
         if inner.live >= max_live {
-            return Err(RegisterError::Limit(format!(
-                "worker {} already runs {max_live} tasks ([limits] tasks_per_worker)",
-                self.worker
-            )));
+            return Err(RegisterError::Limit(Limit {
+                what: format!("the live tasks of worker {}", self.worker),
+                max: max_live as u64,
+                got: max_live as u64 + 1,
+                unit: LimitUnit::Tasks,
+                setting: Some("tasks_per_worker"),
+            }));
         }
         if let Some(name) = &ident.name {
             if inner.names.contains_key(name) {

@@ -7,7 +7,7 @@
 
 use crate::app::{AppContext, TaskScope};
 use crate::bindings::GuestError;
-use crate::config::MAX_NAME_BYTES;
+use crate::config::{Limit, LimitUnit};
 use crate::engine::HostEngine;
 use crate::events::EventHub;
 use crate::lifecycle::{self, LifecycleEvent, TaskRef};
@@ -109,14 +109,8 @@ impl WorkerCtx {
         args: String,
         name: Option<String>,
     ) -> Result<TaskId, AddTaskError> {
-        if plugin.len() > MAX_NAME_BYTES {
-            // Not echoed back in an unknown-plugin error: it could be huge.
-            return Err(RegisterError::Limit(format!(
-                "a plugin name may be at most {MAX_NAME_BYTES} bytes, got {}",
-                plugin.len()
-            ))
-            .into());
-        }
+        // Not echoed back in an unknown-plugin error: it could be huge.
+        Limit::check_name("a plugin name", plugin).map_err(RegisterError::from)?;
         let plugin = self
             .env
             .plugin(plugin)
@@ -158,31 +152,29 @@ impl WorkerCtx {
         });
         let registered = Instant::now();
         let limits = &self.env.app.limits;
-        for (what, text) in [
-            ("task name", ident.name.as_deref()),
-            ("factory name", Some(factory)),
-        ] {
-            if let Some(text) = text
-                && text.len() > MAX_NAME_BYTES
-            {
-                return Err(RegisterError::Limit(format!(
-                    "a {what} may be at most {MAX_NAME_BYTES} bytes, got {}",
-                    text.len()
-                )));
-            }
+        if let Some(name) = &ident.name {
+            Limit::check_name("a task name", name)?;
         }
+        Limit::check_name("a factory name", factory)?;
         if args.len() > limits.args_bytes {
-            return Err(RegisterError::Limit(format!(
-                "task arguments are {} bytes, more than {} ([limits] args_bytes)",
-                args.len(),
-                limits.args_bytes
-            )));
+            return Err(Limit {
+                what: "task arguments".into(),
+                max: limits.args_bytes as u64,
+                got: args.len() as u64,
+                unit: LimitUnit::Bytes,
+                setting: Some("args_bytes"),
+            }
+            .into());
         }
         if self.env.tracker.len() >= limits.tasks_per_app {
-            return Err(RegisterError::Limit(format!(
-                "the app already runs {} tasks ([limits] tasks_per_app)",
-                limits.tasks_per_app
-            )));
+            return Err(Limit {
+                what: "the live tasks of the app".into(),
+                max: limits.tasks_per_app as u64,
+                got: limits.tasks_per_app as u64 + 1,
+                unit: LimitUnit::Tasks,
+                setting: Some("tasks_per_app"),
+            }
+            .into());
         }
         let handle = self
             .registry

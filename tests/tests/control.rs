@@ -246,6 +246,26 @@ fn bad_requests_get_json_errors_and_the_host_keeps_serving() {
         .set("Authorization", &bearer)
         .send_json(json!({"payload": over_payload}));
     assert_eq!(status_and_kind(over_limit), (413, "limit".into()));
+    // A limit says which bound, its maximum and what was asked, typed.
+    let long_name = agent
+        .post(&format!("{base}/v1/tasks"))
+        .set("Authorization", &bearer)
+        .send_json(json!({"plugin": "examples", "factory": "sleeper", "name": "n".repeat(300)}));
+    match long_name {
+        Err(ureq::Error::Status(429, response)) => {
+            let body: Value = response.into_json().unwrap();
+            assert_eq!(
+                body["error"]["limit"],
+                json!({"what": "a task name", "max": 256, "got": 300, "unit": "bytes"}),
+                "{body}"
+            );
+            assert_eq!(
+                body["error"]["message"],
+                "a task name may be at most 256 bytes, got 300"
+            );
+        }
+        other => panic!("a 300-byte name must get 429, got {other:?}"),
+    }
     let huge = "x".repeat(taskhost::control::body_limit(&limits) + 1);
     let oversized = agent
         .post(&format!("{base}/v1/events/big"))

@@ -97,6 +97,11 @@ fn fifos_devices_directories_and_huge_files_are_refused_at_once() {
         "{}",
         named.dump()
     );
+    // A missing file is "not found" (exit 3, HTTP 404), not "refused".
+    let missing = dir.join("missing.wasm");
+    let gone = cli_within(&app, &["load", "examples", missing.to_str().unwrap()]);
+    assert_eq!(gone.code, Some(3), "{}", gone.dump());
+    assert!(gone.stderr.contains("missing.wasm"), "{}", gone.dump());
     // The original plugin still serves.
     let plugins = cli_within(&app, &["plugins", "--json"]);
     assert!(

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 impl TaskData {
     pub(super) fn app_dispatch(&self, event: &str, payload: &str) -> Result<u32, GuestError> {
-        check_dispatch(event, payload, &self.app.limits).map_err(GuestError::Limit)?;
+        check_dispatch(event, payload, &self.app.limits)
+            .map_err(|limit| GuestError::Limit(limit.to_string()))?;
         Ok(match &self.scope {
             Some(scope) => scope.events().dispatch(event, payload),
             None => 0,
@@ -29,7 +30,7 @@ pub(super) async fn wait_event(
     if cancel.is_cancelled() {
         return Err(GuestError::Cancelled);
     }
-    check_name(&pattern).map_err(GuestError::Limit)?;
+    check_name(&pattern).map_err(|limit| GuestError::Limit(limit.to_string()))?;
     let mut wait = scope.events().subscribe(&pattern);
     let timeout = async {
         match timeout_ms {

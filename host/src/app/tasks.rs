@@ -5,7 +5,7 @@ use super::TaskData;
 use super::TaskScope;
 use crate::bindings::GuestError;
 use crate::bindings::taskhost::plugin::types;
-use crate::config::MAX_NAME_BYTES;
+use crate::config::Limit;
 use crate::registry::AddTaskError;
 use crate::registry::{RegisterError, TaskHandle};
 use crate::task::{CancelStage, TaskInfo, TaskState, TaskView};
@@ -84,7 +84,9 @@ pub(super) async fn add_task(
             AddTaskError::Register(RegisterError::DuplicateName(name)) => {
                 GuestError::DuplicateName(name)
             }
-            AddTaskError::Register(RegisterError::Limit(message)) => GuestError::Limit(message),
+            AddTaskError::Register(RegisterError::Limit(limit)) => {
+                GuestError::Limit(limit.to_string())
+            }
             AddTaskError::Refused(error) => error,
             AddTaskError::NoWorker(worker) => GuestError::Failed(format!("no worker {worker}")),
         })
@@ -151,13 +153,7 @@ pub(super) async fn cancel_task(request: CancelRequest) -> Result<types::TaskInf
 /// No task can have a name over the limit, and echoing one back in a
 /// not-found error would hand the guest its giant string again.
 fn check_name(name: &str) -> Result<(), GuestError> {
-    if name.len() > MAX_NAME_BYTES {
-        return Err(GuestError::Limit(format!(
-            "a task name may be at most {MAX_NAME_BYTES} bytes, got {}",
-            name.len()
-        )));
-    }
-    Ok(())
+    Limit::check_name("a task name", name).map_err(|limit| GuestError::Limit(limit.to_string()))
 }
 
 /// The guest's `task-info`: the same record as [`TaskView`], in WIT types.

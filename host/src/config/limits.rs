@@ -17,6 +17,65 @@ pub const MAX_NAME_BYTES: usize = 256;
 /// image, a log) from being read into memory whole.
 pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
 
+/// A request that ran into one of the host's bounds: which bound, its
+/// maximum, and what was asked. Callers branch on the type (the control
+/// API answers 429 or 413, a guest gets `limit`); people read `Display`,
+/// which names the setting that raises the bound when one does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct Limit {
+    /// What is bounded: "task name", "live tasks of worker 0", ...
+    pub what: String,
+    pub max: u64,
+    pub got: u64,
+    pub unit: LimitUnit,
+    /// The `[limits]` key that sets the bound; none for fixed bounds.
+    pub setting: Option<&'static str>,
+}
+
+/// What a [`Limit`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitUnit {
+    Bytes,
+    Tasks,
+}
+
+impl Limit {
+    /// A name (task, factory, plugin, event) longer than [`MAX_NAME_BYTES`].
+    pub fn name(what: &str, got: usize) -> Limit {
+        Limit {
+            what: what.to_string(),
+            max: MAX_NAME_BYTES as u64,
+            got: got as u64,
+            unit: LimitUnit::Bytes,
+            setting: None,
+        }
+    }
+
+    /// `text`'s length against [`MAX_NAME_BYTES`].
+    pub fn check_name(what: &str, text: &str) -> Result<(), Limit> {
+        if text.len() > MAX_NAME_BYTES {
+            return Err(Limit::name(what, text.len()));
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        let unit = match self.unit {
+            LimitUnit::Bytes => " bytes",
+            LimitUnit::Tasks => "",
+        };
+        let mut text = format!(
+            "{} may be at most {}{unit}, got {}",
+            self.what, self.max, self.got
+        );
+        if let Some(setting) = self.setting {
+            text += &format!(" ([limits] {setting})");
+        }
+        text
+    }
+}
+
 /// A plugin's name: 1 to [`MAX_NAME_BYTES`] bytes, no control characters.
 /// It is a key in maps, a label of metrics and a field of every log line of
 /// its tasks.
@@ -24,12 +83,7 @@ pub fn check_plugin_name(name: &str) -> Result<()> {
     if name.is_empty() {
         bail!("a plugin name must not be empty");
     }
-    if name.len() > MAX_NAME_BYTES {
-        bail!(
-            "a plugin name may be at most {MAX_NAME_BYTES} bytes, got {}",
-            name.len()
-        );
-    }
+    Limit::check_name("a plugin name", name)?;
     if let Some(c) = name.chars().find(|c| c.is_control()) {
         bail!("a plugin name may not hold control characters, got {c:?} in {name:?}");
     }

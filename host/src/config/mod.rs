@@ -12,8 +12,8 @@ mod limits;
 
 pub use grants::{DirGrant, Grants};
 pub use limits::{
-    Limits, MAX_COMPONENT_BYTES, MAX_NAME_BYTES, PluginLimits, TaskLimits, check_plugin_name,
-    machine_memory_bytes,
+    Limit, LimitUnit, Limits, MAX_COMPONENT_BYTES, MAX_NAME_BYTES, PluginLimits, TaskLimits,
+    check_plugin_name, machine_memory_bytes,
 };
 
 use anyhow::{Context, Result, bail};

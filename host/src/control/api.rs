@@ -17,10 +17,12 @@
 use super::body_limit;
 use super::schema::{
     AddRequest, Added, AddedTask, BuildState, CancelRequest, DispatchRequest, ErrorBody,
-    ErrorDetail, FactoryView, LoadRequest, Loaded, PluginView, Purged, Woken,
+    ErrorDetail, FactoryView, LimitDetail, LoadRequest, Loaded, PluginView, Purged, Woken,
 };
+use crate::config::Limit;
 use crate::host::{CancelError, Host};
 use crate::lifecycle::LifecycleEvent;
+use crate::plugin::LoadError;
 use crate::registry::AddTaskError;
 use crate::registry::RegisterError;
 use crate::task::{TaskView, WorkerId};
@@ -113,6 +115,8 @@ pub(super) struct ApiError {
     status: StatusCode,
     kind: &'static str,
     message: String,
+    /// Boxed: errors travel in `Result`s, which should stay small.
+    limit: Option<Box<LimitDetail>>,
 }
 
 impl ApiError {
@@ -121,6 +125,15 @@ impl ApiError {
             status,
             kind,
             message: message.into(),
+            limit: None,
+        }
+    }
+
+    /// Kind `limit`, with the bound in the body.
+    fn limit(status: StatusCode, limit: &Limit) -> ApiError {
+        ApiError {
+            limit: Some(Box::new(limit.into())),
+            ..ApiError::new(status, "limit", limit.to_string())
         }
     }
 }
@@ -131,6 +144,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 kind: self.kind.to_string(),
                 message: self.message,
+                limit: self.limit.map(|limit| *limit),
             },
         };
         (self.status, Json(body)).into_response()
@@ -297,8 +311,8 @@ fn add_error(error: AddTaskError) -> ApiError {
         AddTaskError::Register(RegisterError::DuplicateName(_)) => {
             ApiError::new(StatusCode::CONFLICT, "duplicate_name", message)
         }
-        AddTaskError::Register(RegisterError::Limit(_)) => {
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit", message)
+        AddTaskError::Register(RegisterError::Limit(limit)) => {
+            ApiError::limit(StatusCode::TOO_MANY_REQUESTS, &limit)
         }
         AddTaskError::Refused(GuestError::UnknownFactory(_)) => {
             ApiError::new(StatusCode::NOT_FOUND, "unknown_factory", message)
@@ -378,7 +392,7 @@ async fn dispatch(
 ) -> Result<Json<Woken>, ApiError> {
     let Json(request) = body?;
     crate::events::check_dispatch(&event, &request.payload, &ctx.host.config().limits)
-        .map_err(|message| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "limit", message))?;
+        .map_err(|limit| ApiError::limit(StatusCode::PAYLOAD_TOO_LARGE, &limit))?;
     if let Some(count) = request.wait_for {
         let timeout = Duration::from_millis(request.timeout_ms.unwrap_or(10_000));
         tokio::time::timeout(timeout, ctx.host.events().until_waiting(count))
@@ -435,12 +449,15 @@ async fn load_plugin(
         .host
         .load_plugin(&name, &request.path)
         .await
-        .map_err(|error| {
-            ApiError::new(
+        .map_err(|error| match error {
+            LoadError::Missing(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", error.to_string())
+            }
+            LoadError::Refused(_) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "refused",
-                format!("{error:#}"),
-            )
+                error.to_string(),
+            ),
         })?;
     let restarted = if request.restart_tasks {
         ctx.host

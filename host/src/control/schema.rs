@@ -138,4 +138,35 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub kind: String,
     pub message: String,
+    /// With kind `limit`: the bound that was hit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitDetail>,
+}
+
+/// A [`crate::config::Limit`] on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitDetail {
+    pub what: String,
+    pub max: u64,
+    pub got: u64,
+    /// `bytes` or `tasks`.
+    pub unit: String,
+    /// The `[limits]` key that sets the bound, if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setting: Option<String>,
+}
+
+impl From<&crate::config::Limit> for LimitDetail {
+    fn from(limit: &crate::config::Limit) -> LimitDetail {
+        LimitDetail {
+            what: limit.what.clone(),
+            max: limit.max,
+            got: limit.got,
+            unit: match limit.unit {
+                crate::config::LimitUnit::Bytes => "bytes".into(),
+                crate::config::LimitUnit::Tasks => "tasks".into(),
+            },
+            setting: limit.setting.map(str::to_string),
+        }
+    }
 }

@@ -25,6 +25,21 @@ pub const WORLD: &str = "taskhost:plugin/plugin@0.1.0";
 /// these calls do no real work, so a plugin that takes longer is broken.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a component could not be loaded. Callers branch on it: the control
+/// API answers 404 for `Missing` and 422 for `Refused`.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// There is no file at the path.
+    #[error("{0:#}")]
+    Missing(anyhow::Error),
+    /// There is something at the path, but not a plugin this host can run:
+    /// not a regular file, too large, not a component, does not compile,
+    /// needs imports the host lacks or misses the world's exports, or its
+    /// factories could not be listed. Also a bad plugin name.
+    #[error("{0:#}")]
+    Refused(anyhow::Error),
+}
+
 /// Loads plugins for one engine, with the imports every task gets: WASI p2
 /// (capabilities decided per task, see [`TaskData`]) and the `app` handle.
 pub struct PluginLoader {
@@ -66,14 +81,33 @@ impl PluginLoader {
     /// Reads, compiles and links the component at `path` as plugin `name`,
     /// then asks it for its factories. Reading and compiling happen off the
     /// async threads: a slow disk or a big component stalls nothing else.
-    pub async fn load(&self, name: &str, path: &Path) -> Result<Plugin> {
-        check_plugin_name(name)?;
+    pub async fn load(&self, name: &str, path: &Path) -> Result<Plugin, LoadError> {
+        check_plugin_name(name).map_err(LoadError::Refused)?;
         let file = path.display();
         let owned = path.to_path_buf();
         let bytes = tokio::task::spawn_blocking(move || read_component(&owned))
             .await
-            .context("reader thread failed")?
-            .with_context(|| format!("plugin `{name}`: cannot read {file}"))?;
+            .context("reader thread failed")
+            .map_err(LoadError::Refused)?
+            .map_err(|error| {
+                let missing = error
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+                let error = error.context(format!("plugin `{name}`: cannot read {file}"));
+                if missing {
+                    LoadError::Missing(error)
+                } else {
+                    LoadError::Refused(error)
+                }
+            })?;
+        self.load_bytes(name, path, bytes)
+            .await
+            .map_err(LoadError::Refused)
+    }
+
+    /// [`PluginLoader::load`] once the file is read.
+    async fn load_bytes(&self, name: &str, path: &Path, bytes: Vec<u8>) -> Result<Plugin> {
+        let file = path.display();
         if !wasmparser::Parser::is_component(&bytes) {
             if wasmparser::Parser::is_core_wasm(&bytes) {
                 bail!(
