@@ -123,13 +123,23 @@ pub(crate) async fn run(
         }
     };
     let outcome = match returned {
-        Some(result) => classify(result, &cancel, store.data()),
+        Some(result) => classify(result, &cancel, || store.data().last_stderr_line()),
         None => Outcome::Cancelled {
             stage: CancelStage::Forced,
         },
     };
-    Some(match (outcome, timeout) {
-        (Outcome::Cancelled { stage }, Some(limit)) if timed_out => Outcome::Failed {
+    Some(match timeout {
+        Some(limit) if timed_out => after_timeout(outcome, limit),
+        _ => outcome,
+    })
+}
+
+/// How a task that ran out of time ended: cancelled by the timeout is a
+/// failure that says so; a task that returned before the cancel reached it
+/// keeps its own outcome.
+fn after_timeout(outcome: Outcome, limit: std::time::Duration) -> Outcome {
+    match outcome {
+        Outcome::Cancelled { stage } => Outcome::Failed {
             error: format!(
                 "timed out after {} ms (limit `timeout_ms`); {}",
                 limit.as_millis(),
@@ -139,8 +149,8 @@ pub(crate) async fn run(
                 }
             ),
         },
-        (outcome, _) => outcome,
-    })
+        outcome => outcome,
+    }
 }
 
 /// Resolves when a task with `timeout` has run out of time; never without.
@@ -155,10 +165,15 @@ async fn deadline(timeout: Option<std::time::Duration>) {
     }
 }
 
+/// What a factory's return means: its result, its error, or a
+/// cancellation, told apart by whether the task had been cancelled (a
+/// `cancelled` error from a task nobody cancelled is a failure) or forced
+/// (an interrupt trap of a forced task is its forced end, any other trap a
+/// failure, led by the last line the guest wrote to stderr).
 fn classify(
     result: wasmtime::Result<Result<String, GuestError>>,
     cancel: &CancelSignal,
-    data: &TaskData,
+    last_stderr: impl FnOnce() -> Option<String>,
 ) -> Outcome {
     match result {
         Ok(Ok(result)) => Outcome::Done { result },
@@ -179,10 +194,127 @@ fn classify(
             // A Rust guest that panics prints the reason to stderr, then
             // traps: the reason is what people need to see first.
             let mut error = format!("{trap:?}");
-            if let Some(line) = data.last_stderr_line() {
+            if let Some(line) = last_stderr() {
                 error = format!("{line}\n{error}");
             }
             Outcome::Failed { error }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn trap(trap: Trap) -> wasmtime::Result<Result<String, GuestError>> {
+        Err(wasmtime::Error::from(trap))
+    }
+
+    fn no_stderr() -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn a_result_is_done_and_an_error_is_failed() {
+        let quiet = CancelSignal::default();
+        assert_eq!(
+            classify(Ok(Ok("7".into())), &quiet, no_stderr),
+            Outcome::Done { result: "7".into() }
+        );
+        assert_eq!(
+            classify(Ok(Err(GuestError::Failed("no".into()))), &quiet, no_stderr),
+            Outcome::Failed { error: "no".into() }
+        );
+    }
+
+    #[test]
+    fn cancelled_counts_only_when_the_task_was_cancelled() {
+        let quiet = CancelSignal::default();
+        assert_eq!(
+            classify(Ok(Err(GuestError::Cancelled)), &quiet, no_stderr),
+            Outcome::Failed {
+                error: "returned `cancelled` without being cancelled".into()
+            }
+        );
+        let cancelled = CancelSignal::default();
+        cancelled.cancel();
+        assert_eq!(
+            classify(Ok(Err(GuestError::Cancelled)), &cancelled, no_stderr),
+            Outcome::Cancelled {
+                stage: CancelStage::Cooperative
+            }
+        );
+    }
+
+    #[test]
+    fn an_interrupt_is_a_forced_cancel_only_once_forced() {
+        let forced = CancelSignal::default();
+        forced.force();
+        assert_eq!(
+            classify(trap(Trap::Interrupt), &forced, no_stderr),
+            Outcome::Cancelled {
+                stage: CancelStage::Forced
+            }
+        );
+        let cancelled = CancelSignal::default();
+        cancelled.cancel();
+        assert!(matches!(
+            classify(trap(Trap::Interrupt), &cancelled, no_stderr),
+            Outcome::Failed { .. }
+        ));
+        // Any other trap of a forced task is still a failure.
+        assert!(matches!(
+            classify(trap(Trap::UnreachableCodeReached), &forced, no_stderr),
+            Outcome::Failed { .. }
+        ));
+    }
+
+    #[test]
+    fn a_trap_leads_with_what_the_guest_last_wrote_to_stderr() {
+        let quiet = CancelSignal::default();
+        let Outcome::Failed { error } =
+            classify(trap(Trap::UnreachableCodeReached), &quiet, || {
+                Some("panicked at src/lib.rs:3: boom".into())
+            })
+        else {
+            panic!("a trap fails the task");
+        };
+        assert!(
+            error.starts_with("panicked at src/lib.rs:3: boom\n"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_timeout_turns_a_cancel_into_a_failure_that_says_so() {
+        let limit = Duration::from_millis(50);
+        assert_eq!(
+            after_timeout(
+                Outcome::Cancelled {
+                    stage: CancelStage::Cooperative
+                },
+                limit
+            ),
+            Outcome::Failed {
+                error: "timed out after 50 ms (limit `timeout_ms`); it stopped when told".into()
+            }
+        );
+        assert_eq!(
+            after_timeout(
+                Outcome::Cancelled {
+                    stage: CancelStage::Forced
+                },
+                limit
+            ),
+            Outcome::Failed {
+                error: "timed out after 50 ms (limit `timeout_ms`); it was interrupted".into()
+            }
+        );
+        // Returned before the cancel reached it: its own outcome stands.
+        assert_eq!(
+            after_timeout(Outcome::Done { result: "1".into() }, limit),
+            Outcome::Done { result: "1".into() }
+        );
     }
 }
