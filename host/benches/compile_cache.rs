@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use taskhost::app::AppContext;
+use taskhost::bench::AppContext;
 use taskhost::config::AppConfig;
 use taskhost::engine::{EngineSettings, build_engine};
 use taskhost::plugin::PluginLoader;

@@ -10,7 +10,6 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use self::exports::taskhost::plugin::factories::FactoryInfo;
 pub use self::taskhost::plugin::types::{Error as GuestError, Level};
 
 /// A guest error as one line of text, for logs and API errors.

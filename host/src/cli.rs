@@ -1,5 +1,5 @@
 //! The `taskhost` command line: parses arguments and calls the library.
-//! Exit codes are [`Exit`].
+//! Exit codes are one enum, `Exit`; `--help` lists them.
 
 /// `println!` for the verbs' output, except that a reader that has gone
 /// (`taskhost check app.toml | head -3`) ends the process quietly with

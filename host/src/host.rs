@@ -250,6 +250,9 @@ impl Host {
         self.env.events.dispatch(event, payload)
     }
 
+    /// The named events tasks dispatch and wait for (Sanic's signals):
+    /// whoever needs to know that a dispatch will be heard can wait here
+    /// until enough tasks wait.
     pub fn events(&self) -> &EventHub {
         &self.env.events
     }
@@ -268,9 +271,11 @@ impl Host {
         self.env.metrics.encode(&self.tasks(), &plugins)
     }
 
-    /// A receiver of every lifecycle event from now on (the JSON objects of
-    /// the lifecycle log lines, plus `plugin_loaded` / `plugin_refused`).
-    pub fn subscribe(&self) -> broadcast::Receiver<LifecycleEvent> {
+    /// The lifecycle stream from now on: every task's start and end and
+    /// every plugin build loaded, refused or dropped (what the log's
+    /// lifecycle lines say, and `GET /v1/stream` serves). Not to be confused
+    /// with the named events tasks dispatch and wait for ([`Host::events`]).
+    pub fn lifecycle_stream(&self) -> broadcast::Receiver<LifecycleEvent> {
         self.env.lifecycle.subscribe()
     }
 

@@ -9,45 +9,63 @@
 //! this list):
 //!
 //! 1. Vocabulary, no host logic: [`task`] (ids, states, [`task::TaskView`]),
-//!    [`config`] (app.toml), [`bindings`] (the WIT), [`dirs`],
-//!    [`private_files`].
+//!    [`config`] (app.toml), `bindings` (the WIT), `dirs`,
+//!    `private_files`.
 //! 2. Parts with one job each: [`lifecycle`] (the event type), [`events`]
 //!    (named events), [`registry`] (one worker's tasks, and
-//!    [`registry::TaskHandle::cancel`], the one way to cancel), [`metrics`],
+//!    [`registry::TaskHandle::cancel`], the one way to cancel), `metrics`,
 //!    [`compile_cache`].
-//! 3. [`logging`] (writes lifecycle events and task lines) and [`engine`]
+//! 3. `logging` (writes lifecycle events and task lines) and [`engine`]
 //!    (the wasmtime engines, through the compile cache).
-//! 4. [`app`]: what one task's store holds and the `app` interface it
+//! 4. `app`: what one task's store holds and the `app` interface it
 //!    imports. It reaches the worker only through the narrow
 //!    `app::TaskScope` trait, which the worker implements.
 //! 5. [`plugin`]: component files -> linked, pre-instantiated plugins.
-//! 6. [`runner`]: one task in its own instance, to its outcome.
-//! 7. [`worker`]: threads with a registry each, starting tasks.
+//! 6. `runner`: one task in its own instance, to its outcome.
+//! 7. `worker`: threads with a registry each, starting tasks.
 //! 8. [`host`]: the workers of a running app and what an operator does to
 //!    them.
-//! 9. [`control`] (the HTTP API) and [`watch`] (hot-load on change), both
+//! 9. [`control`] (the HTTP API) and `watch` (hot-load on change), both
 //!    over a [`host::Host`].
 //! 10. [`application`]: app.toml -> a running host with its API and watch.
 //! 11. [`cli`]: a thin shell over all of it.
 
-pub mod app;
+// What an embedder uses: load an app, run a host, steer it.
 pub mod application;
-pub mod bindings;
 pub mod cli;
-pub mod compile_cache;
 pub mod config;
 pub mod control;
-pub mod dirs;
 pub mod engine;
-pub mod events;
 pub mod host;
 pub mod lifecycle;
-pub mod logging;
-pub mod metrics;
 pub mod plugin;
-pub mod private_files;
 pub mod registry;
-pub mod runner;
 pub mod task;
-pub mod watch;
-pub mod worker;
+
+// Parts that embedders reach through the types above (`Host::events`,
+// `Application::compile_cache`) or not at all.
+pub(crate) mod app;
+pub(crate) mod bindings;
+pub mod compile_cache;
+pub(crate) mod dirs;
+pub mod events;
+pub(crate) mod logging;
+pub(crate) mod metrics;
+pub(crate) mod private_files;
+pub(crate) mod runner;
+pub(crate) mod watch;
+pub(crate) mod worker;
+
+/// The benchmarks' door to internals (the raw-wasmtime baseline needs the
+/// generated bindings; the per-task numbers need a worker's runtime). Not
+/// an API: it changes without notice.
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::app::AppContext;
+    /// The generated bindings of the `taskhost:plugin` world.
+    pub mod bindings {
+        pub use crate::bindings::{Plugin, PluginPre, taskhost};
+    }
+    pub use crate::engine::pooled_config;
+    pub use crate::worker::{TaskEnv, WorkerCtx};
+}

@@ -317,10 +317,6 @@ impl Worker {
         &self.ctx
     }
 
-    pub fn id(&self) -> WorkerId {
-        self.ctx.id
-    }
-
     pub fn registry(&self) -> &TaskRegistry {
         &self.ctx.registry
     }

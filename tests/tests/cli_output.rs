@@ -117,7 +117,8 @@ fn the_stream_ends_when_its_reader_goes_without_waiting_for_an_event() {
 fn stream_count_counts_events_and_the_banner_goes_to_stderr() {
     let app = TestApp::new(APP);
     let _host = app.spawn();
-    let mut follower = start_cli(&app, &["stream", "--count", "1"]);
+    // Under its old name, `events`, which still works for one release.
+    let mut follower = start_cli(&app, &["events", "--count", "1"]);
     let mut stderr = BufReader::new(follower.stderr.take().unwrap());
     let mut banner = String::new();
     stderr.read_line(&mut banner).unwrap();

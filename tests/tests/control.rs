@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use taskhost::control::ControlState;
-use taskhost_tests::{Run, TestApp, repo, taskhost_bin};
+use taskhost_tests::{Run, Running, TestApp, repo, taskhost_bin};
 
 fn json_of(run: &Run) -> Value {
     serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", run.dump()))
@@ -30,13 +30,17 @@ const HOST: &str = r#"
     name = "resident"
 "#;
 
-#[test]
-fn the_cli_lists_adds_gets_cancels_and_purges() {
+/// A host of `HOST` whose two `resident` sleepers have started.
+fn steered() -> (TestApp, Running) {
     let app = TestApp::new(HOST);
     let mut host = app.spawn();
-
-    // List: both workers' resident sleepers, as a table and as JSON.
     host.wait_for(2, |l| l["event"] == "started" && l["task"] == "resident");
+    (app, host)
+}
+
+#[test]
+fn tasks_lists_every_worker_as_a_table_and_one_worker_as_json() {
+    let (app, _host) = steered();
     let table = ok(app.cli(&["tasks"]));
     assert!(table.stdout.starts_with("ID"), "{}", table.dump());
     assert_eq!(
@@ -49,8 +53,11 @@ fn the_cli_lists_adds_gets_cancels_and_purges() {
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed[0]["worker"], 1);
     assert_eq!(listed[0]["state"], "running");
+}
 
-    // Add a sleeping task and a spinning one on worker 1.
+#[test]
+fn add_get_and_cancel_cooperatively_or_by_force() {
+    let (app, mut host) = steered();
     let added = json_of(&ok(app.cli(&[
         "add", "examples", "sleeper", "--name", "dozer", "--worker", "1", "--json",
     ])));
@@ -60,25 +67,36 @@ fn the_cli_lists_adds_gets_cancels_and_purges() {
     ]));
     host.wait_for(1, |l| l["event"] == "started" && l["task"] == "whirl");
 
-    // Get.
     let got = json_of(&ok(app.cli(&["task", "dozer", "--json"])));
     assert_eq!(got[0]["factory"], "sleeper", "{got}");
     assert_eq!(got[0]["id"], added["tasks"][0]["id"], "{got}");
 
-    // Cancel: cooperative for the sleeper, forced for the spinner.
+    // The sleeper hears the cancel; the spinner must be forced.
     let dozer = json_of(&ok(app.cli(&["cancel", "dozer", "--json"])));
     assert_eq!(dozer[0]["state"], "cancelled", "{dozer}");
     assert_eq!(dozer[0]["cancel_stage"], "cooperative", "{dozer}");
     let whirl = json_of(&ok(app.cli(&["cancel", "whirl", "--json"])));
     assert_eq!(whirl[0]["cancel_stage"], "forced", "{whirl}");
+}
 
-    // Purge drops exactly the two ended tasks.
+#[test]
+fn purge_drops_exactly_the_ended_tasks_and_metrics_count_what_happened() {
+    let (app, mut host) = steered();
+    for name in ["dozer", "napper"] {
+        ok(app.cli(&["add", "examples", "sleeper", "--name", name]));
+    }
+    // Both running, so both count as spawned (a task cancelled before it
+    // starts never does).
+    host.wait_for(1, |l| l["event"] == "started" && l["task"] == "dozer");
+    host.wait_for(1, |l| l["event"] == "started" && l["task"] == "napper");
+    for name in ["dozer", "napper"] {
+        ok(app.cli(&["cancel", name]));
+    }
     let purged = json_of(&ok(app.cli(&["purge", "--json"])));
     assert_eq!(purged["purged"], 2, "{purged}");
     let left = json_of(&ok(app.cli(&["tasks", "--json"])));
     assert_eq!(left.as_array().unwrap().len(), 2, "{left}");
 
-    // Metrics count what happened and show what is registered now.
     let metrics = ok(app.cli(&["metrics"])).stdout;
     for expected in [
         "taskhost_tasks_spawned_total 4",
@@ -93,8 +111,11 @@ fn the_cli_lists_adds_gets_cancels_and_purges() {
             "{expected} missing from:\n{metrics}"
         );
     }
+}
 
-    // Exit codes tell the failures apart.
+#[test]
+fn exit_codes_tell_not_found_refused_and_unreachable_apart() {
+    let (app, host) = steered();
     assert_eq!(app.cli(&["task", "nobody"]).code, Some(3));
     assert_eq!(app.cli(&["cancel", "nobody"]).code, Some(3));
     assert_eq!(app.cli(&["add", "nowhere", "x"]).code, Some(3));

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use taskhost::application::Application;
+use taskhost::bench::WorkerCtx;
 use taskhost::config::AppConfig;
 use taskhost::engine::EngineSettings;
 use taskhost::host::Host;
@@ -22,7 +23,6 @@ use taskhost::plugin::Plugin;
 use taskhost::plugin::build::{self, BuildOptions, BuildOutput};
 use taskhost::registry::TaskHandle;
 use taskhost::task::{CancelStage, Outcome, TaskState, WorkerId};
-use taskhost::worker::WorkerCtx;
 use wasmtime::Engine;
 
 /// Idle tasks held at once for the memory figure: the default instance

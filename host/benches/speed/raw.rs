@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-use taskhost::bindings::taskhost::plugin::{app, types};
-use taskhost::bindings::{Plugin, PluginPre};
+use taskhost::bench::bindings::taskhost::plugin::{app, types};
+use taskhost::bench::bindings::{Plugin, PluginPre};
 use tokio::sync::Notify;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};

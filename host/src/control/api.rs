@@ -498,7 +498,7 @@ async fn stream(
     // The first event says the stream is attached: a follower that waits
     // for it misses nothing that happens afterwards.
     let hello = futures_util::stream::once(async { Ok(sse(&LifecycleEvent::Subscribed)) });
-    let events = BroadcastStream::new(ctx.host.subscribe()).map(|item| {
+    let events = BroadcastStream::new(ctx.host.lifecycle_stream()).map(|item| {
         Ok(match item {
             Ok(event) => sse(&event),
             Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => {

@@ -1,5 +1,5 @@
 //! The control API's bodies, one serde type each, shared by the server
-//! ([`super::api`]) and the CLI's client, so the two cannot drift apart. A
+//! (`control::api`) and the CLI's client, so the two cannot drift apart. A
 //! task is [`TaskView`]; a stream item is [`LifecycleEvent`].
 //!
 //! [`TaskView`]: crate::task::TaskView

@@ -38,7 +38,7 @@ pub fn new_token() -> Result<String> {
 
 impl ControlState {
     /// Writes the file readable by its owner only, atomically
-    /// ([`write_atomically`]: never into an existing file or a planted
+    /// (`write_atomically`: never into an existing file or a planted
     /// symlink). A directory where other users could replace the file is
     /// refused.
     pub fn write(&self, path: &Path) -> Result<()> {

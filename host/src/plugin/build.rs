@@ -208,7 +208,7 @@ const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_RUST_SRC: &str = "/usr/lib/rustlib/src/rust/library/Cargo.lock";
 
 /// `$TASKHOST_TARGET_DIR`, else `<cache home>/wasm-target` (see
-/// [`crate::dirs::cache_home`]).
+/// `dirs::cache_home`).
 pub fn default_target_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os(TARGET_DIR_ENV) {
         return Ok(PathBuf::from(dir));

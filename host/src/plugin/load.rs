@@ -41,7 +41,7 @@ pub enum LoadError {
 }
 
 /// Loads plugins for one engine, with the imports every task gets: WASI p2
-/// (capabilities decided per task, see [`TaskData`]) and the `app` handle.
+/// (capabilities decided per task, see `app::TaskData`) and the `app` handle.
 pub struct PluginLoader {
     engines: HostEngine,
     /// For the warm engine, and for the cold one.
