@@ -139,6 +139,10 @@ impl Host {
 
     /// Resolves once every `main` task has ended; an error names those that
     /// failed (the workers must then not start).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only waits, so a later call waits for what is left.
     pub async fn main_tasks_ended(&mut self) -> Result<()> {
         for handle in &mut self.main_handles {
             handle.ended().await;
@@ -186,6 +190,10 @@ impl Host {
     }
 
     /// Resolves once no task is left on any worker (after `start_workers`).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only waits.
     pub async fn idle(&self) {
         self.env.tracker.wait().await
     }

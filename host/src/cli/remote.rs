@@ -402,6 +402,11 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
 
 /// Resolves once stdout is a pipe whose reader has gone; never otherwise.
 ///
+/// # Cancel safety
+///
+/// Dropping it leaves its watching thread blocked until the process ends
+/// (or the reader goes); a new call starts another.
+///
 /// A blocked `poll` with no events asked for wakes only on POLLERR or
 /// POLLHUP, which a pipe reports when its last reader closes. It runs on a
 /// thread of its own, not tokio's blocking pool, so that ending the
