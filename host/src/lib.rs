@@ -17,18 +17,22 @@
 //!    [`compile_cache`].
 //! 3. `logging` (writes lifecycle events and task lines) and [`engine`]
 //!    (the wasmtime engines, through the compile cache).
-//! 4. `app`: what one task's store holds and the `app` interface it
-//!    imports. It reaches the worker only through the narrow
-//!    `app::TaskScope` trait, which the worker implements.
-//! 5. [`plugin`]: component files -> linked, pre-instantiated plugins.
-//! 6. `runner`: one task in its own instance, to its outcome.
-//! 7. `worker`: threads with a registry each, starting tasks.
-//! 8. [`host`]: the workers of a running app and what an operator does to
+//! 4. The host interfaces a task imports, one module each, owning its
+//!    state and its `add_to_linker`: `app` (the handle to the app; it
+//!    reaches the worker only through the narrow `app::TaskScope` trait,
+//!    which the worker implements) and `wasi` (WASI 0.2, deny by default).
+//!    The next interfaces (outbound HTTP, key-value state) go here.
+//! 5. `store`: one task's store data, composed of the interfaces' states,
+//!    the linker that links them all, and the store's limits.
+//! 6. [`plugin`]: component files -> linked, pre-instantiated plugins.
+//! 7. `runner`: one task in its own instance, to its outcome.
+//! 8. `worker`: threads with a registry each, starting tasks.
+//! 9. [`host`]: the workers of a running app and what an operator does to
 //!    them.
-//! 9. [`control`] (the HTTP API) and `watch` (hot-load on change), both
-//!    over a [`host::Host`].
-//! 10. [`application`]: app.toml -> a running host with its API and watch.
-//! 11. [`cli`]: a thin shell over all of it.
+//! 10. [`control`] (the HTTP API) and `watch` (hot-load on change), both
+//!     over a [`host::Host`].
+//! 11. [`application`]: app.toml -> a running host with its API and watch.
+//! 12. [`cli`]: a thin shell over all of it.
 
 // What an embedder uses: load an app, run a host, steer it.
 pub mod application;
@@ -53,6 +57,8 @@ pub(crate) mod logging;
 pub(crate) mod metrics;
 pub(crate) mod private_files;
 pub(crate) mod runner;
+pub(crate) mod store;
+pub(crate) mod wasi;
 pub(crate) mod watch;
 pub(crate) mod worker;
 

@@ -1,11 +1,12 @@
 //! Runs one task: a fresh store and instance, the factory call, and the
 //! outcome, told apart into done / failed / cancelled (and by which stage).
 
-use crate::app::{AppContext, TaskData, TaskScope, new_store};
+use crate::app::{AppContext, TaskScope};
 use crate::bindings::{GuestError, describe};
 use crate::engine::HostEngine;
 use crate::plugin::Plugin;
 use crate::registry::TaskHandle;
+use crate::store::{TaskData, new_store};
 use crate::task::{CancelSignal, CancelStage, Outcome, TaskIdent};
 use std::sync::Arc;
 use tokio::sync::oneshot;

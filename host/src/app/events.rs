@@ -1,6 +1,6 @@
 //! `dispatch` and `wait-event`: Sanic's signals, across all workers.
 
-use super::TaskData;
+use super::AppState;
 use super::TaskScope;
 use crate::bindings::GuestError;
 use crate::events::{check_dispatch, check_name};
@@ -8,7 +8,7 @@ use crate::task::CancelSignal;
 use std::sync::Arc;
 use std::time::Duration;
 
-impl TaskData {
+impl AppState {
     pub(super) fn app_dispatch(&self, event: &str, payload: &str) -> Result<u32, GuestError> {
         check_dispatch(event, payload, &self.app.limits)
             .map_err(|limit| GuestError::Limit(limit.to_string()))?;

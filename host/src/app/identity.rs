@@ -1,9 +1,9 @@
 //! `app.name()`, `app.worker()`, `app.config(key)`: what a task knows about
 //! where it runs.
 
-use super::TaskData;
+use super::AppState;
 
-impl TaskData {
+impl AppState {
     pub(super) fn app_name(&self) -> String {
         self.app.name.clone()
     }

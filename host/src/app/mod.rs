@@ -1,21 +1,20 @@
-//! The host side of the `app` interface, and what a task's store holds.
+//! The `app` interface: the handle a task gets to the app it belongs to.
+//! This module owns the interface's state ([`AppState`]) and its linking
+//! ([`add_to_linker`]); it sees the worker only through [`TaskScope`].
 //!
 //! One file per part of the interface: `identity` (name, worker, config),
-//! `log`, `time` (sleep), `tasks`, `events`. `output` turns a guest's
-//! stdout/stderr into attributed log lines; `sandbox` holds what a task may
-//! reach and spend.
+//! `log`, `time` (sleep), `tasks`, `events`.
 
 mod events;
 mod identity;
 mod log;
-mod output;
-mod sandbox;
 mod tasks;
 mod time;
 
 use crate::bindings::taskhost::plugin::types;
-use crate::config::{AppConfig, Grants, Limits, PluginLimits};
+use crate::config::{AppConfig, Grants, Limits, PluginLimits, PluginPolicy};
 use crate::events::EventHub;
+use crate::logging::LogGate;
 use crate::registry::{AddTaskError, TaskRegistry};
 use crate::task::{CancelSignal, TaskId, TaskIdent};
 use prometheus_client::metrics::gauge::Gauge;
@@ -23,8 +22,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use wasmtime::{Engine, Store, UpdateDeadline};
-use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
+use wasmtime::component::{HasSelf, Linker};
 
 /// What the `app` interface needs of the worker a task runs on, and all
 /// it sees of it: the worker's registry, the host's events, and starting a
@@ -47,9 +45,6 @@ pub(crate) trait TaskScope: Send + Sync {
         name: Option<String>,
     ) -> Pin<Box<dyn Future<Output = Result<TaskId, AddTaskError>> + Send>>;
 }
-
-pub use output::TaskOutput;
-pub use sandbox::{MemoryBudget, PluginPolicy};
 
 /// What every task of an application shares: built once from app.toml.
 #[derive(Debug)]
@@ -112,114 +107,48 @@ impl AppContext {
     }
 }
 
-/// A store set up the way every task's store must be: its epoch deadline
-/// callback yields to the worker's other tasks each tick (fairness), and
-/// interrupts the guest once its cancellation has been forced.
-///
-/// The yield is tokio's `yield_now`, not wasmtime's plain `Yield`: tokio
-/// defers its wake-up until the runtime has polled its timers and I/O, so a
-/// sleeping task next to a spinner wakes within a tick. A plain re-queue
-/// keeps the run queue busy, and tokio then checks timers only every 61
-/// polls (61 ms with one spinner).
-pub(crate) fn new_store(engine: &Engine, data: TaskData) -> Store<TaskData> {
-    let mut store = Store::new(engine, data);
-    store.limiter(|data| &mut data.memory);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|cx| {
-        if cx.data().cancel.is_forced() {
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(tokio::task::yield_now()),
-            ))
-        }
-    });
-    store
-}
-
-/// The data of one task's store.
-///
-/// WASI state is created on first use: most tasks never touch WASI, and
-/// building a `WasiCtx` is the most expensive part of starting an instance.
-pub struct TaskData {
+/// The `app` interface's state in one task's store: who the task is, the
+/// app it belongs to, its cancellation, its worker, and its log.
+pub struct AppState {
     pub(crate) ident: Arc<TaskIdent>,
     pub(crate) app: Arc<AppContext>,
     pub(crate) cancel: Arc<CancelSignal>,
     /// The worker the task runs on; none for the throw-away instances that
     /// list factories and check arguments at load.
     pub(crate) scope: Option<Arc<dyn TaskScope>>,
-    pub(crate) policy: Arc<PluginPolicy>,
-    /// Bounds the task's memory (`memory_mb`).
-    pub(crate) memory: MemoryBudget,
-    /// Bounds the rate of its log lines.
-    log: Arc<log::LogGate>,
-    wasi: Option<WasiCtx>,
-    /// The task's stderr, once WASI exists: its last lines explain a crash.
-    stderr: Option<TaskOutput>,
-    table: ResourceTable,
+    log: Arc<LogGate>,
 }
 
-impl TaskData {
+impl AppState {
     pub(crate) fn new(
         ident: Arc<TaskIdent>,
         app: Arc<AppContext>,
         cancel: Arc<CancelSignal>,
-    ) -> TaskData {
-        let policy = app.policy(&ident.plugin).clone();
-        let memory = MemoryBudget::new(
-            policy.limits.memory_bytes,
-            app.memory_total_bytes,
-            app.task_memory.clone(),
-        );
-        TaskData {
-            log: Arc::new(log::LogGate::new(ident.clone(), &app.limits)),
+        log: Arc<LogGate>,
+    ) -> AppState {
+        AppState {
             ident,
             app,
             cancel,
-            policy,
-            memory,
             scope: None,
-            wasi: None,
-            stderr: None,
-            table: ResourceTable::new(),
-        }
-    }
-
-    /// The task runs on the worker `scope` stands for.
-    pub(crate) fn on_worker(mut self, scope: Arc<dyn TaskScope>) -> TaskData {
-        self.scope = Some(scope);
-        self
-    }
-
-    /// What the task last wrote to stderr (a panic message, typically).
-    pub(crate) fn last_stderr_line(&self) -> Option<String> {
-        let tail = self.stderr.as_ref()?.tail();
-        (!tail.is_empty()).then(|| tail.join("\n"))
-    }
-}
-
-impl WasiView for TaskData {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        let ident = &self.ident;
-        let log = &self.log;
-        let stderr = &mut self.stderr;
-        let grants = &self.policy.grants;
-        let ctx = self.wasi.get_or_insert_with(|| {
-            let errors = TaskOutput::stderr(log.clone());
-            *stderr = Some(errors.clone());
-            sandbox::wasi_ctx(ident, grants, TaskOutput::stdout(log.clone()), errors)
-        });
-        WasiCtxView {
-            ctx,
-            table: &mut self.table,
+            log,
         }
     }
 }
 
-impl types::Host for TaskData {}
+/// Links the `app` interface (and its `types`) for stores whose data holds
+/// an [`AppState`], reached through `state`.
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    state: fn(&mut T) -> &mut AppState,
+) -> anyhow::Result<()> {
+    crate::bindings::Plugin::add_to_linker::<T, HasSelf<AppState>>(linker, state)
+        .map_err(|e| anyhow::anyhow!("cannot add the app interface to the linker: {e:#}"))
+}
 
-impl crate::bindings::taskhost::plugin::app::Host for TaskData {
+impl types::Host for AppState {}
+
+impl crate::bindings::taskhost::plugin::app::Host for AppState {
     async fn name(&mut self) -> wasmtime::Result<String> {
         Ok(self.app_name())
     }

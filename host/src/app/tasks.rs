@@ -1,7 +1,7 @@
 //! `add-task`, `get-task`, `cancel-task`, `tasks`, `purge-tasks`: Sanic's
 //! task registry API, on the caller's own worker.
 
-use super::TaskData;
+use super::AppState;
 use super::TaskScope;
 use crate::bindings::GuestError;
 use crate::bindings::taskhost::plugin::types;
@@ -11,7 +11,7 @@ use crate::registry::{RegisterError, TaskHandle};
 use crate::task::{CancelStage, TaskInfo, TaskState, TaskView};
 use std::sync::Arc;
 
-impl TaskData {
+impl AppState {
     /// The caller's worker, or `failed` for the throw-away instances that
     /// list factories at load time (they have no worker).
     fn worker_ctx(&self) -> Result<Arc<dyn TaskScope>, GuestError> {
@@ -49,7 +49,7 @@ impl TaskData {
     }
 }
 
-impl TaskData {
+impl AppState {
     /// The worker and plugin an `add-task` call targets, or the error to
     /// return at once (refused while the caller is being cancelled).
     pub(super) fn add_task_target(
@@ -100,7 +100,7 @@ pub(super) struct CancelRequest {
     caller: Arc<crate::task::CancelSignal>,
 }
 
-impl TaskData {
+impl AppState {
     /// Finds the target of `cancel-task`, or the error to return at once.
     pub(super) fn cancel_request(&self, name: &str) -> Result<CancelRequest, GuestError> {
         check_name(name)?;

@@ -27,6 +27,14 @@ use std::time::Duration;
 /// interrupted, unless app.toml says otherwise.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_millis(100);
 
+/// How a plugin's tasks are bounded and what they may reach, resolved
+/// from app.toml once, shared by every task of the plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginPolicy {
+    pub limits: TaskLimits,
+    pub grants: Grants,
+}
+
 /// A parsed and statically valid `app.toml`.
 #[derive(Debug, Clone)]
 pub struct AppConfig {

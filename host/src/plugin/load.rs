@@ -1,12 +1,13 @@
 //! Component file -> [`Plugin`], refusing anything that is not one of ours.
 
 use super::{Factory, Plugin};
-use crate::app::{AppContext, TaskData};
+use crate::app::AppContext;
 use crate::bindings::{GuestError, PluginPre};
 use crate::compile_cache::CompileCache;
 use crate::config::{MAX_COMPONENT_BYTES, check_plugin_name};
 use crate::engine::HostEngine;
 use crate::private_files::hex;
+use crate::store::{TaskData, linker};
 
 use crate::task::{CancelSignal, TaskIdent, WorkerId};
 use anyhow::{Context, Result, anyhow, bail};
@@ -15,8 +16,8 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use wasmtime::Engine;
-use wasmtime::component::{Component, HasSelf, Linker};
+
+use wasmtime::component::{Component, Linker};
 
 /// The world a plugin must implement, as people write it.
 pub const WORLD: &str = "taskhost:plugin/plugin@0.1.0";
@@ -47,16 +48,6 @@ pub struct PluginLoader {
     /// For the warm engine, and for the cold one.
     linkers: [Linker<TaskData>; 2],
     app: Arc<AppContext>,
-}
-
-/// A linker with everything a task may import.
-fn linker(engine: &Engine) -> Result<Linker<TaskData>> {
-    let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-        .map_err(|e| anyhow!("cannot add WASI to the linker: {e:#}"))?;
-    crate::bindings::Plugin::add_to_linker::<TaskData, HasSelf<TaskData>>(&mut linker, |d| d)
-        .map_err(|e| anyhow!("cannot add the app interface to the linker: {e:#}"))?;
-    Ok(linker)
 }
 
 impl PluginLoader {
@@ -218,7 +209,7 @@ impl PluginLoader {
         let data = TaskData::new(ident, self.app.clone(), Arc::new(CancelSignal::default()));
         // Probes run on the cold engine: they should not leave pages in
         // the warm pool.
-        let mut store = crate::app::new_store(&self.engines.cold, data);
+        let mut store = crate::store::new_store(&self.engines.cold, data);
         let work = async {
             let instance = match plugin.pre_for(false).instantiate_async(&mut store).await {
                 Ok(instance) => instance,

@@ -9,9 +9,9 @@
 pub mod build;
 mod load;
 
-use crate::app::TaskData;
 use crate::bindings::PluginPre;
 use crate::lifecycle::LifecycleEvent;
+use crate::store::TaskData;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use tokio::sync::broadcast;

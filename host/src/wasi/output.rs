@@ -4,8 +4,8 @@
 //! middle of the host's log: each complete line becomes one log line (info
 //! for stdout, warn for stderr) with the task's fields.
 
-use super::log::LogGate;
 use crate::bindings::Level;
+use crate::logging::LogGate;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};

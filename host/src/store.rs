@@ -1,0 +1,185 @@
+//! What one task's store holds, composed from the host interfaces it
+//! imports (each owns its state: [`AppState`] for `app`, [`WasiState`] for
+//! WASI) plus what the store itself enforces: the plugin's policy and the
+//! memory budget. [`linker`] links every interface; a new host interface
+//! adds its state here and one line there.
+
+use crate::app::{AppContext, AppState, TaskScope};
+use crate::config::PluginPolicy;
+use crate::logging::LogGate;
+use crate::task::{CancelSignal, TaskIdent};
+use crate::wasi::WasiState;
+use anyhow::Result;
+use prometheus_client::metrics::gauge::Gauge;
+use std::sync::Arc;
+use wasmtime::component::Linker;
+use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtxView, WasiView};
+
+/// The data of one task's store.
+pub struct TaskData {
+    /// The `app` interface's state.
+    pub(crate) app: AppState,
+    /// WASI's state, built on first use.
+    wasi: WasiState,
+    /// The task's cancellation, as the epoch callback reads it.
+    cancel: Arc<CancelSignal>,
+    pub(crate) policy: Arc<PluginPolicy>,
+    /// Bounds the task's memory (`memory_mb`).
+    memory: MemoryBudget,
+}
+
+impl TaskData {
+    pub(crate) fn new(
+        ident: Arc<TaskIdent>,
+        app: Arc<AppContext>,
+        cancel: Arc<CancelSignal>,
+    ) -> TaskData {
+        let policy = app.policy(&ident.plugin).clone();
+        let memory = MemoryBudget::new(
+            policy.limits.memory_bytes,
+            app.memory_total_bytes,
+            app.task_memory.clone(),
+        );
+        // One rate limit for every line of the task: app.log, stdout, stderr.
+        let log = Arc::new(LogGate::new(ident.clone(), &app.limits));
+        TaskData {
+            wasi: WasiState::new(ident.clone(), policy.grants.clone(), log.clone()),
+            app: AppState::new(ident, app, cancel.clone(), log),
+            cancel,
+            policy,
+            memory,
+        }
+    }
+
+    /// The task runs on the worker `scope` stands for.
+    pub(crate) fn on_worker(mut self, scope: Arc<dyn TaskScope>) -> TaskData {
+        self.app.scope = Some(scope);
+        self
+    }
+
+    /// What the task last wrote to stderr (a panic message, typically).
+    pub(crate) fn last_stderr_line(&self) -> Option<String> {
+        self.wasi.last_stderr_line()
+    }
+}
+
+impl WasiView for TaskData {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        self.wasi.view()
+    }
+}
+
+/// A linker with every interface a task may import: WASI 0.2 (what it may
+/// reach decided per task, see [`WasiState`]) and the `app` handle.
+pub(crate) fn linker(engine: &Engine) -> Result<Linker<TaskData>> {
+    let mut linker = Linker::new(engine);
+    crate::wasi::add_to_linker(&mut linker)?;
+    crate::app::add_to_linker(&mut linker, |data: &mut TaskData| &mut data.app)?;
+    Ok(linker)
+}
+
+/// A store set up the way every task's store must be: its epoch deadline
+/// callback yields to the worker's other tasks each tick (fairness), and
+/// interrupts the guest once its cancellation has been forced.
+///
+/// The yield is tokio's `yield_now`, not wasmtime's plain `Yield`: tokio
+/// defers its wake-up until the runtime has polled its timers and I/O, so a
+/// sleeping task next to a spinner wakes within a tick. A plain re-queue
+/// keeps the run queue busy, and tokio then checks timers only every 61
+/// polls (61 ms with one spinner).
+pub(crate) fn new_store(engine: &Engine, data: TaskData) -> Store<TaskData> {
+    let mut store = Store::new(engine, data);
+    store.limiter(|data| &mut data.memory);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|cx| {
+        if cx.data().cancel.is_forced() {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        }
+    });
+    store
+}
+
+/// Table elements one task may grow a table to: function tables of real
+/// programs hold thousands, not millions.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// Bounds the linear memory of one task's store, across all its memories,
+/// and keeps the host-wide gauge of task memory current. Dropped with the
+/// store, giving its memory back to the gauge.
+pub struct MemoryBudget {
+    limit: usize,
+    /// What all live tasks may hold together (`memory_total_mb`); the
+    /// gauge is their sum.
+    total_limit: i64,
+    used: usize,
+    /// Growth allowed but not yet done: taken back if the grow fails.
+    pending: usize,
+    gauge: Gauge,
+}
+
+impl MemoryBudget {
+    pub fn new(limit: usize, total_limit: u64, gauge: Gauge) -> MemoryBudget {
+        MemoryBudget {
+            limit,
+            total_limit: i64::try_from(total_limit).unwrap_or(i64::MAX),
+            used: 0,
+            pending: 0,
+            gauge,
+        }
+    }
+
+    fn gauge_sub(&self, bytes: usize) {
+        self.gauge.dec_by(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+}
+
+impl ResourceLimiter for MemoryBudget {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let growth = desired.saturating_sub(current);
+        if self.used.saturating_add(growth) > self.limit {
+            return Ok(false);
+        }
+        let delta = i64::try_from(growth).unwrap_or(i64::MAX);
+        let before = self.gauge.inc_by(delta);
+        if before.saturating_add(delta) > self.total_limit {
+            self.gauge.dec_by(delta);
+            return Ok(false);
+        }
+        self.used += growth;
+        self.pending = growth;
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.used -= self.pending;
+        self.gauge_sub(self.pending);
+        self.pending = 0;
+        Ok(())
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+impl Drop for MemoryBudget {
+    fn drop(&mut self) {
+        self.gauge_sub(self.used);
+    }
+}

@@ -1,0 +1,117 @@
+//! WASI 0.2 as a task sees it: deny by default, with what its plugin's
+//! grants in app.toml allow (directories, environment variables, stdin),
+//! never the network, and stdout/stderr as log lines of the task. This
+//! module owns the interface's state ([`WasiState`], built on first use)
+//! and its linking ([`add_to_linker`]).
+
+mod output;
+
+pub use output::TaskOutput;
+
+use crate::config::Grants;
+use crate::logging::LogGate;
+use crate::task::TaskIdent;
+use std::sync::Arc;
+use wasmtime::component::Linker;
+use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// The WASI state of one task's store.
+///
+/// The context is created on first use: most tasks never touch WASI, and
+/// building a `WasiCtx` is the most expensive part of starting an instance.
+pub struct WasiState {
+    ident: Arc<TaskIdent>,
+    grants: Grants,
+    log: Arc<LogGate>,
+    ctx: Option<WasiCtx>,
+    /// The task's stderr, once WASI exists: its last lines explain a crash.
+    stderr: Option<TaskOutput>,
+    table: ResourceTable,
+}
+
+impl WasiState {
+    pub fn new(ident: Arc<TaskIdent>, grants: Grants, log: Arc<LogGate>) -> WasiState {
+        WasiState {
+            ident,
+            grants,
+            log,
+            ctx: None,
+            stderr: None,
+            table: ResourceTable::new(),
+        }
+    }
+
+    /// What `wasmtime-wasi` works with, building the context if need be.
+    pub fn view(&mut self) -> WasiCtxView<'_> {
+        let ident = &self.ident;
+        let log = &self.log;
+        let stderr = &mut self.stderr;
+        let grants = &self.grants;
+        let ctx = self.ctx.get_or_insert_with(|| {
+            let errors = TaskOutput::stderr(log.clone());
+            *stderr = Some(errors.clone());
+            wasi_ctx(ident, grants, TaskOutput::stdout(log.clone()), errors)
+        });
+        WasiCtxView {
+            ctx,
+            table: &mut self.table,
+        }
+    }
+
+    /// What the task last wrote to stderr (a panic message, typically).
+    pub fn last_stderr_line(&self) -> Option<String> {
+        let tail = self.stderr.as_ref()?.tail();
+        (!tail.is_empty()).then(|| tail.join("\n"))
+    }
+}
+
+/// Links WASI 0.2 (async) for stores whose data is a [`WasiView`].
+pub fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> anyhow::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)
+        .map_err(|e| anyhow::anyhow!("cannot add WASI to the linker: {e:#}"))
+}
+
+/// The WASI context of a task of a plugin with `grants`: stdout and stderr
+/// become log lines; files, environment and stdin only as granted; never
+/// the network.
+fn wasi_ctx(
+    ident: &Arc<TaskIdent>,
+    grants: &Grants,
+    stdout: TaskOutput,
+    stderr: TaskOutput,
+) -> WasiCtx {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .stdout(stdout)
+        .stderr(stderr)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    if grants.stdin {
+        builder.inherit_stdin();
+    }
+    for name in &grants.env {
+        if let Ok(value) = std::env::var(name) {
+            builder.env(name, value);
+        }
+    }
+    for dir in &grants.dirs {
+        let perms = if dir.write {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
+        // The directory existed when app.toml was loaded; if it has gone
+        // since, the task runs without it rather than not at all, and the
+        // operator is told.
+        if let Err(error) = builder.preopened_dir(&dir.host, &dir.guest, perms) {
+            tracing::warn!(
+                task = %ident.label(),
+                plugin = %ident.plugin,
+                "granted directory {} is unavailable: {error:#}",
+                dir.host.display()
+            );
+        }
+    }
+    builder.build()
+}
