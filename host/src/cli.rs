@@ -381,6 +381,21 @@ fn print_check(application: &Application) {
         .count();
     let worker = config.tasks.len() - main;
     outln!("  tasks: {main} main, {worker} per worker");
+    if !config.config.is_empty() {
+        // Keys only: values may be secrets, and secrets say where from.
+        let keys: Vec<String> = config
+            .config
+            .iter()
+            .map(|(key, value)| match &value.secret {
+                Some(source) => format!("{key} (secret, from {source})"),
+                None => key.clone(),
+            })
+            .collect();
+        outln!(
+            "  config: {}",
+            crate::logging::escape_controls(&keys.join(", "), false)
+        );
+    }
     let worst = WorstCase::of(&config.limits);
     let machine = crate::config::machine_memory_bytes();
     outln!(

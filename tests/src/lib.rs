@@ -135,6 +135,11 @@ impl TestApp {
     /// (never the user's own), under a watchdog: a host that never ends
     /// fails its test (exit 124) instead of hanging the whole run.
     pub fn run_taskhost(&self, args: &[&str]) -> Run {
+        self.run_taskhost_with_env(args, &[])
+    }
+
+    /// [`TestApp::run_taskhost`] with `env` added to the host's environment.
+    pub fn run_taskhost_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         Run::from(
             Command::new("timeout")
                 .arg(RUN_TIMEOUT_SECS.to_string())
@@ -142,6 +147,7 @@ impl TestApp {
                 .args(args)
                 .arg(self.path())
                 .env("TASKHOST_CONTROL_FILE", self.control_file())
+                .envs(env.iter().copied())
                 .output()
                 .expect("taskhost runs"),
         )

@@ -47,7 +47,6 @@ pub(crate) trait TaskScope: Send + Sync {
 }
 
 /// What every task of an application shares: built once from app.toml.
-#[derive(Debug)]
 pub struct AppContext {
     pub name: String,
     pub limits: Limits,
@@ -63,6 +62,19 @@ pub struct AppContext {
     pub task_memory: Gauge,
     /// What `task_memory` may reach (`memory_total_mb`, resolved once).
     pub memory_total_bytes: u64,
+}
+
+impl std::fmt::Debug for AppContext {
+    /// Without the `[config]` values: some are secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut keys: Vec<&String> = self.config.keys().collect();
+        keys.sort();
+        f.debug_struct("AppContext")
+            .field("name", &self.name)
+            .field("limits", &self.limits)
+            .field("config_keys", &keys)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AppContext {
@@ -85,7 +97,7 @@ impl AppContext {
             config: config
                 .config
                 .iter()
-                .map(|(key, value)| (key.clone(), value.to_string()))
+                .map(|(key, value)| (key.clone(), value.value.to_string()))
                 .collect(),
             policies,
             default_policy: Arc::new(PluginPolicy {

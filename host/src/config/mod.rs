@@ -51,7 +51,7 @@ pub struct AppConfig {
     /// Plugins by name, in name order.
     pub plugins: BTreeMap<String, PluginConfig>,
     /// The `[config]` table: values tasks read with `app.config(key)`.
-    pub config: BTreeMap<String, serde_json::Value>,
+    pub config: BTreeMap<String, ConfigValue>,
     /// Startup tasks, in file order.
     pub tasks: Vec<TaskConfig>,
 }
@@ -243,9 +243,9 @@ impl AppConfig {
 
         let mut config = BTreeMap::new();
         for (key, value) in raw.config {
-            let json =
-                toml_to_json(value).with_context(|| format!("{file}: [config] key `{key}`"))?;
-            config.insert(key, json);
+            let value = ConfigValue::resolve(value, base)
+                .with_context(|| format!("{file}: [config] key `{key}`"))?;
+            config.insert(key, value);
         }
 
         let mut tasks = Vec::new();
@@ -305,6 +305,133 @@ impl AppConfig {
             limits: raw.limits.checked(&file.to_string())?,
         })
     }
+}
+
+/// Largest secret file read into `[config]`: a token or a key, not data.
+pub const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
+/// A `[config]` value: written in app.toml, or a secret read at start from
+/// the host's environment (`{ env = "API_TOKEN" }`) or a file (`{ file =
+/// "secrets/token" }`, relative to app.toml) so that it need not be in
+/// app.toml. A secret reaches tasks as a string; it is never logged, and
+/// `Debug` and `taskhost check` show where it came from, not what it is.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConfigValue {
+    /// What `app.config(key)` returns, as JSON.
+    pub value: serde_json::Value,
+    /// Where a secret came from; none for a value written in app.toml.
+    pub secret: Option<SecretSource>,
+}
+
+/// Where a secret `[config]` value is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable of the host process.
+    Env(String),
+    /// A file (the path as resolved against app.toml's directory).
+    File(PathBuf),
+}
+
+impl fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Env(name) => write!(f, "environment variable {name}"),
+            SecretSource::File(path) => write!(f, "file {}", path.display()),
+        }
+    }
+}
+
+impl fmt::Debug for ConfigValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.secret {
+            Some(source) => write!(f, "<secret from {source}>"),
+            None => write!(f, "{:?}", self.value),
+        }
+    }
+}
+
+impl ConfigValue {
+    /// A TOML value as the `[config]` value it stands for: a table of
+    /// exactly `env = "NAME"` or `file = "PATH"` is a secret, read now.
+    fn resolve(value: toml::Value, base: &Path) -> Result<ConfigValue> {
+        let source = match &value {
+            toml::Value::Table(table) if table.len() == 1 => match table.iter().next() {
+                Some((key, toml::Value::String(name))) if key == "env" => {
+                    Some(SecretSource::Env(name.clone()))
+                }
+                Some((key, toml::Value::String(path))) if key == "file" => {
+                    Some(SecretSource::File(base.join(path)))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(source) = source else {
+            return Ok(ConfigValue {
+                value: toml_to_json(value)?,
+                secret: None,
+            });
+        };
+        let text = match &source {
+            SecretSource::Env(name) => match std::env::var(name) {
+                Ok(text) => text,
+                Err(std::env::VarError::NotPresent) => {
+                    bail!("environment variable {name} is not set (set it, or give the value)")
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    bail!("environment variable {name} is not UTF-8")
+                }
+            },
+            SecretSource::File(path) => read_secret(path)
+                .with_context(|| format!("cannot read the secret file {}", path.display()))?,
+        };
+        Ok(ConfigValue {
+            value: serde_json::Value::String(text),
+            secret: Some(source),
+        })
+    }
+}
+
+/// A secret file's text, without its final newline: a regular file (links
+/// followed) of at most [`MAX_SECRET_BYTES`], opened without waiting on a
+/// FIFO.
+fn read_secret(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let check = |meta: &std::fs::Metadata| -> Result<()> {
+        if !meta.is_file() {
+            bail!("it is not a regular file");
+        }
+        if meta.len() > MAX_SECRET_BYTES {
+            bail!(
+                "it is {} bytes, more than a secret may be ({MAX_SECRET_BYTES})",
+                meta.len()
+            );
+        }
+        Ok(())
+    };
+    check(&std::fs::metadata(path)?)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(
+            (rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32,
+        );
+    }
+    let file = options.open(path)?;
+    check(&file.metadata()?)?;
+    let mut text = String::new();
+    file.take(MAX_SECRET_BYTES)
+        .read_to_string(&mut text)
+        .context("it is not UTF-8 text")?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
 }
 
 /// More workers than this is a typo, not a deployment: each is an OS thread.
@@ -395,7 +522,7 @@ mod tests {
         );
         let config = parse(&text).unwrap();
         assert_eq!(config.workers, 2);
-        assert_eq!(config.config["greeting"], serde_json::json!("hi"));
+        assert_eq!(config.config["greeting"].value, serde_json::json!("hi"));
         assert_eq!(
             config.tasks[0].args,
             serde_json::json!({"num": 3, "tags": ["a"]})
@@ -416,5 +543,60 @@ mod tests {
         );
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("tasks[1] (\"a\", p/g): another task"), "{err}");
+    }
+
+    fn config_of(text: &str, base: &Path) -> Result<BTreeMap<String, ConfigValue>> {
+        AppConfig::parse(text, Path::new("app.toml"), base).map(|c| c.config)
+    }
+
+    #[test]
+    fn a_config_value_may_come_from_the_environment_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "s3cret\n").unwrap();
+        let config = config_of(
+            "name = \"a\"\n[config]\npath = { env = \"PATH\" }\ntoken = { file = \"token\" }\n\
+             plain = { env = \"PATH\", other = 1 }\n",
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(
+            config["path"].value,
+            serde_json::json!(std::env::var("PATH").unwrap())
+        );
+        assert_eq!(config["token"].value, serde_json::json!("s3cret"));
+        assert_eq!(
+            config["token"].secret,
+            Some(SecretSource::File(dir.path().join("token")))
+        );
+        // Any other table is a plain value.
+        assert_eq!(config["plain"].secret, None);
+        assert_eq!(config["plain"].value["other"], 1);
+        // Debug says where a secret came from, never what it is.
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("<secret from file"), "{shown}");
+    }
+
+    #[test]
+    fn a_missing_secret_names_the_key_and_where_it_was_looked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = config_of(
+            "name = \"a\"\n[config]\ntoken = { env = \"TASKHOST_UNSET_FOR_THIS_TEST\" }\n",
+            dir.path(),
+        )
+        .unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.contains("[config] key `token`"), "{message}");
+        assert!(
+            message.contains("TASKHOST_UNSET_FOR_THIS_TEST is not set"),
+            "{message}"
+        );
+        let error = config_of(
+            "name = \"a\"\n[config]\ntoken = { file = \".\" }\n",
+            dir.path(),
+        )
+        .unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.contains("not a regular file"), "{message}");
     }
 }
