@@ -53,6 +53,7 @@ pub(crate) mod bindings;
 pub mod compile_cache;
 pub(crate) mod dirs;
 pub mod events;
+pub(crate) mod http;
 pub(crate) mod logging;
 pub(crate) mod metrics;
 pub(crate) mod private_files;

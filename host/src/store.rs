@@ -6,6 +6,7 @@
 
 use crate::app::{AppContext, AppState, TaskScope};
 use crate::config::PluginPolicy;
+use crate::http::HttpState;
 use crate::logging::LogGate;
 use crate::task::{CancelSignal, TaskIdent};
 use crate::wasi::WasiState;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use wasmtime::component::Linker;
 use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 /// The data of one task's store.
 pub struct TaskData {
@@ -22,6 +24,8 @@ pub struct TaskData {
     pub(crate) app: AppState,
     /// WASI's state, built on first use.
     wasi: WasiState,
+    /// Outbound HTTP's state.
+    http: HttpState,
     /// The task's cancellation, as the epoch callback reads it.
     cancel: Arc<CancelSignal>,
     pub(crate) policy: Arc<PluginPolicy>,
@@ -45,6 +49,12 @@ impl TaskData {
         let log = Arc::new(LogGate::new(ident.clone(), &app.limits));
         TaskData {
             wasi: WasiState::new(ident.clone(), policy.grants.clone(), log.clone()),
+            http: HttpState::new(
+                ident.clone(),
+                policy.grants.http.clone().into(),
+                cancel.clone(),
+                &app.limits,
+            ),
             app: AppState::new(ident, app, cancel.clone(), log),
             cancel,
             policy,
@@ -70,11 +80,20 @@ impl WasiView for TaskData {
     }
 }
 
+impl WasiHttpView for TaskData {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        let table = self.wasi.table();
+        self.http.view(table)
+    }
+}
+
 /// A linker with every interface a task may import: WASI 0.2 (what it may
-/// reach decided per task, see [`WasiState`]) and the `app` handle.
+/// reach decided per task, see [`WasiState`]), outbound HTTP behind its
+/// allow-list, and the `app` handle.
 pub(crate) fn linker(engine: &Engine) -> Result<Linker<TaskData>> {
     let mut linker = Linker::new(engine);
     crate::wasi::add_to_linker(&mut linker)?;
+    crate::http::add_to_linker(&mut linker)?;
     crate::app::add_to_linker(&mut linker, |data: &mut TaskData| &mut data.app)?;
     Ok(linker)
 }

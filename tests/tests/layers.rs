@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
         "compile_cache",
     ],
     &["logging", "engine"],
-    &["app", "wasi"],
+    &["app", "wasi", "http"],
     &["store"],
     &["plugin"],
     &["runner"],

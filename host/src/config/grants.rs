@@ -3,8 +3,8 @@
 //! WASI is deny-by-default: a plugin with no grants sees no files, no
 //! environment, no stdin and no network. A grant names exactly what is
 //! opened up, so reading app.toml tells an operator everything a plugin
-//! can touch. There is no network grant: tasks talk to the world through
-//! the host.
+//! can touch. There is no socket grant: tasks reach the network only
+//! through outbound HTTP (`wasi:http`), to the origins `http` lists.
 
 use anyhow::{Result, bail};
 use serde::Deserialize;
@@ -22,6 +22,9 @@ pub struct Grants {
     pub env: Vec<String>,
     /// Whether tasks read the host's stdin.
     pub stdin: bool,
+    /// Origins tasks may send HTTP requests to (`wasi:http`); none by
+    /// default. See [`super::HttpGrant`] for the grammar.
+    pub http: Vec<super::HttpGrant>,
 }
 
 /// One granted directory.
@@ -44,6 +47,8 @@ pub(super) struct RawGrants {
     env: Vec<String>,
     #[serde(default)]
     stdin: bool,
+    #[serde(default)]
+    http: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -88,10 +93,21 @@ impl RawGrants {
                 bail!("{table} env[{index}]: {name:?} is not an environment variable name");
             }
         }
+        let http = self
+            .http
+            .iter()
+            .enumerate()
+            .map(|(index, origin)| {
+                origin
+                    .parse()
+                    .map_err(|error| anyhow::anyhow!("{table} http[{index}]: {error}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Grants {
             dirs,
             env: self.env,
             stdin: self.stdin,
+            http,
         })
     }
 }
@@ -99,7 +115,7 @@ impl RawGrants {
 impl Grants {
     /// Whether anything beyond the default (stdout and stderr) is granted.
     pub fn is_empty(&self) -> bool {
-        self.dirs.is_empty() && self.env.is_empty() && !self.stdin
+        self.dirs.is_empty() && self.env.is_empty() && !self.stdin && self.http.is_empty()
     }
 }
 

@@ -143,6 +143,13 @@ pub struct Limits {
     pub event_payload_bytes: usize,
     /// Largest `args` (JSON text) a new task may be given, in bytes.
     pub args_bytes: usize,
+    /// How long an outbound HTTP request may take to connect.
+    pub http_connect_timeout_ms: u64,
+    /// How long an outbound HTTP request may wait for the response's
+    /// first byte once connected.
+    pub http_first_byte_timeout_ms: u64,
+    /// Largest outbound HTTP response body a task may read, in bytes.
+    pub http_response_bytes: usize,
 }
 
 impl Default for Limits {
@@ -162,6 +169,9 @@ impl Default for Limits {
             log_burst_lines: 2000,
             event_payload_bytes: 1024 * 1024,
             args_bytes: 1024 * 1024,
+            http_connect_timeout_ms: 10_000,
+            http_first_byte_timeout_ms: 30_000,
+            http_response_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -227,6 +237,15 @@ impl Limits {
             ("log_burst_lines", self.log_burst_lines as usize),
             ("event_payload_bytes", self.event_payload_bytes),
             ("args_bytes", self.args_bytes),
+            (
+                "http_connect_timeout_ms",
+                self.http_connect_timeout_ms as usize,
+            ),
+            (
+                "http_first_byte_timeout_ms",
+                self.http_first_byte_timeout_ms as usize,
+            ),
+            ("http_response_bytes", self.http_response_bytes),
         ] {
             if value == 0 {
                 bail!("{table} `{key}` must be at least 1");

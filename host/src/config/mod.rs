@@ -8,9 +8,11 @@
 //! are loaded; see [`crate::application`].
 
 mod grants;
+mod http_grant;
 mod limits;
 
 pub use grants::{DirGrant, Grants};
+pub use http_grant::HttpGrant;
 pub use limits::{
     Limit, LimitUnit, Limits, MAX_COMPONENT_BYTES, MAX_NAME_BYTES, PluginLimits, TaskLimits,
     check_plugin_name, machine_memory_bytes,

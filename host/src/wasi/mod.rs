@@ -58,6 +58,11 @@ impl WasiState {
         }
     }
 
+    /// The store's one resource table, which wasi:http shares.
+    pub fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
     /// What the task last wrote to stderr (a panic message, typically).
     pub fn last_stderr_line(&self) -> Option<String> {
         let tail = self.stderr.as_ref()?.tail();

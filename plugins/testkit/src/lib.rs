@@ -30,6 +30,62 @@ fn names(tasks: &[TaskInfo]) -> Vec<String> {
         .collect()
 }
 
+/// `GET url` through wasi:http/outgoing-handler: the status and the body
+/// as text, or what failed.
+fn http_get_raw(url: &str) -> std::result::Result<(u16, String), String> {
+    use wasi::http::outgoing_handler;
+    use wasi::http::types::{self, Fields, Method, OutgoingRequest, Scheme};
+    use wasi::io::streams::StreamError;
+    let (scheme, rest) = url.split_once("://").ok_or("no scheme in the url")?;
+    let (authority, path) = match rest.find('/') {
+        Some(at) => rest.split_at(at),
+        None => (rest, "/"),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    request.set_method(&Method::Get).map_err(|_| "method")?;
+    let scheme = if scheme == "https" {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    request.set_scheme(Some(&scheme)).map_err(|_| "scheme")?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|_| "authority")?;
+    request
+        .set_path_with_query(Some(path))
+        .map_err(|_| "path")?;
+    let pending = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    let response = loop {
+        match pending.get() {
+            None => pending.subscribe().block(),
+            Some(Err(())) => return Err("the response was taken twice".into()),
+            Some(Ok(Err(error))) => return Err(format!("{error:?}")),
+            Some(Ok(Ok(response))) => break response,
+        }
+    };
+    let status = response.status();
+    let body = response.consume().map_err(|_| "consume")?;
+    let stream = body.stream().map_err(|_| "stream")?;
+    let mut bytes = Vec::new();
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => bytes.extend_from_slice(&chunk),
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(error)) => {
+                return Err(format!(
+                    "reading the body failed: {} {:?}",
+                    error.to_debug_string(),
+                    types::http_error_code(&error)
+                ));
+            }
+        }
+    }
+    drop(stream);
+    drop(body);
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
 plugin! {
     /// Returns and logs what the injected app handle says about this task.
     fn identity(app: &App) -> Result<serde_json::Value> {
@@ -43,6 +99,20 @@ plugin! {
         let seen = serde_json::json!({ "num": num, "label": label, "flag": flag });
         app.info(seen.to_string());
         Ok(seen)
+    }
+
+    /// GETs `url` through wasi:http; returns `{status, body}`. A failed
+    /// request fails the task with the reason, after one `app` call, so a
+    /// task cancelled mid-request ends `cancelled`, as a real one would.
+    fn http_get(app: &App, url: String) -> Result<Value> {
+        match http_get_raw(&url) {
+            Ok((status, body)) => Ok(json!({"status": status, "body": body})),
+            Err(failure) => {
+                app.warn(format!("GET {url} failed: {failure}"));
+                app.sleep(0)?;
+                Err(Error::msg(failure))
+            }
+        }
     }
 
     /// Returns the `[config]` value of `key` as the task's result.

@@ -1,0 +1,206 @@
+//! Outbound HTTP from tasks, against a real HTTP server on 127.0.0.1 that
+//! the test starts: allowed origins answer, anything else is denied with
+//! `HTTP-request-denied` and a host log line saying what to change; limits
+//! and timeouts hold; a cancel ends a task blocked on a request at once,
+//! cooperatively.
+
+use axum::Router;
+use axum::routing::get;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use taskhost_tests::{Run, TestApp};
+
+/// A loopback server: `/hello` (a short text), `/big` (5,000 bytes),
+/// `/redirect` (302 to `/hello` on `localhost`), and `/slow`, which says on
+/// the returned channel that it was asked, then never answers.
+fn server() -> (SocketAddr, mpsc::Receiver<()>) {
+    let (asked, slow_asked) = mpsc::channel();
+    let (bound, address) = mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            bound.send(listener.local_addr().unwrap()).unwrap();
+            let app = Router::new()
+                .route("/hello", get(|| async { "hello from the test server" }))
+                .route("/big", get(|| async { "x".repeat(5000) }))
+                .route(
+                    "/redirect",
+                    get(move || async move {
+                        (
+                            axum::http::StatusCode::FOUND,
+                            [("location", format!("http://localhost:{port}/hello"))],
+                        )
+                    }),
+                )
+                .route(
+                    "/slow",
+                    get(move || {
+                        let asked = asked.clone();
+                        async move {
+                            let _ = asked.send(());
+                            std::future::pending::<&str>().await
+                        }
+                    }),
+                );
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    (address.recv().unwrap(), slow_asked)
+}
+
+fn app(grants: &str, limits: &str, tasks: &str) -> TestApp {
+    TestApp::new(&format!(
+        r#"
+        name = "fetching"
+        cancel_grace_ms = 5000
+        [limits]
+        {limits}
+        [plugins.kit]
+        path = "{{testkit}}"
+        [plugins.kit.grants]
+        {grants}
+        {tasks}
+        "#
+    ))
+}
+
+fn get_task(name: &str, url: &str) -> String {
+    format!(
+        r#"
+        [[tasks]]
+        plugin = "kit"
+        factory = "http_get"
+        name = "{name}"
+        args = {{ url = "{url}" }}
+        "#
+    )
+}
+
+fn error_of<'a>(run: &'a Run, task: &str) -> &'a str {
+    run.event_of("failed", task)
+        .first()
+        .unwrap_or_else(|| panic!("{task} did not fail:\n{}", run.dump()))["error"]
+        .as_str()
+        .unwrap()
+}
+
+#[test]
+fn allowed_origins_answer_and_anything_else_is_denied_naming_the_setting() {
+    let (address, _) = server();
+    let port = address.port();
+    let tasks = [
+        get_task("allowed", &format!("http://127.0.0.1:{port}/hello")),
+        get_task("other-host", &format!("http://localhost:{port}/hello")),
+        get_task(
+            "other-port",
+            &format!("http://127.0.0.1:{}/hello", port + 1),
+        ),
+        get_task("redirected", &format!("http://127.0.0.1:{port}/redirect")),
+    ]
+    .concat();
+    let run = app(
+        &format!(r#"http = ["http://127.0.0.1:{port}"]"#),
+        "",
+        &tasks,
+    )
+    .run_until_idle();
+    assert_eq!(
+        run.results_of("allowed"),
+        vec![json!({"status": 200, "body": "hello from the test server"})],
+        "{}",
+        run.dump()
+    );
+    for task in ["other-host", "other-port"] {
+        assert_eq!(error_of(&run, task), "ErrorCode::HttpRequestDenied");
+    }
+    let denial = run
+        .lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("http://localhost:{port} denied")))
+        })
+        .unwrap_or_else(|| panic!("no denial line:\n{}", run.dump()));
+    assert_eq!(denial["authority"], format!("localhost:{port}"));
+    assert!(
+        denial["message"]
+            .as_str()
+            .unwrap()
+            .contains("[plugins.kit.grants] http"),
+        "{denial}"
+    );
+    // The host does not follow the redirect (to a host not allowed): the
+    // guest sees it, and a request it makes to follow it is checked anew.
+    assert_eq!(run.results_of("redirected")[0]["status"], 302);
+}
+
+#[test]
+fn without_an_http_grant_nothing_is_allowed() {
+    let (address, _) = server();
+    let run = app(
+        "",
+        "",
+        &get_task("loopback", &format!("http://{address}/hello")),
+    )
+    .run_until_idle();
+    assert_eq!(error_of(&run, "loopback"), "ErrorCode::HttpRequestDenied");
+}
+
+#[test]
+fn a_large_response_and_a_silent_server_hit_their_limits() {
+    let (address, _) = server();
+    let tasks = [
+        get_task("big", &format!("http://{address}/big")),
+        get_task("silent", &format!("http://{address}/slow")),
+    ]
+    .concat();
+    let run = app(
+        r#"http = ["http://127.0.0.1:*"]"#,
+        "http_response_bytes = 1000\nhttp_first_byte_timeout_ms = 300",
+        &tasks,
+    )
+    .run_until_idle();
+    let big = error_of(&run, "big");
+    assert!(big.contains("http_response_bytes"), "{big}");
+    let silent = error_of(&run, "silent");
+    assert!(silent.contains("Timeout"), "{silent}");
+}
+
+#[test]
+fn a_cancel_ends_a_task_blocked_on_a_request_cooperatively() {
+    let (address, slow_asked) = server();
+    let app = app(r#"http = ["http://127.0.0.1:*"]"#, "", "");
+    let mut host = app.spawn();
+    let add = app.cli(&[
+        "add",
+        "kit",
+        "http_get",
+        "--name",
+        "waiting",
+        "--args",
+        &json!({"url": format!("http://{address}/slow")}).to_string(),
+    ]);
+    assert_eq!(add.code, Some(0), "{}", add.dump());
+    slow_asked.recv().unwrap();
+    let cancelled = app.cli(&["cancel", "waiting", "--json"]);
+    assert_eq!(cancelled.code, Some(0), "{}", cancelled.dump());
+    let ended: Value = serde_json::from_str(cancelled.stdout.trim()).unwrap();
+    // Forcing would take the 5 s grace period and say `forced`.
+    assert_eq!(ended[0]["state"], "cancelled", "{ended}");
+    assert_eq!(ended[0]["cancel_stage"], "cooperative", "{ended}");
+    host.wait_for(1, |l| {
+        l["task"] == "waiting"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("the task was cancelled"))
+    });
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
+}
