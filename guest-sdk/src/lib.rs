@@ -39,10 +39,12 @@
 pub mod __private;
 mod app;
 mod error;
+mod http;
 mod task;
 
 pub use app::{App, Level, NewTask};
 pub use error::{Error, ErrorKind, Result};
+pub use http::{Http, Response};
 pub use task::{CancelStage, TaskInfo, TaskState};
 
 /// Declares a plugin's task factories and exports them to the host.

@@ -5,13 +5,14 @@
 //! cooperatively.
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use taskhost_tests::{Run, TestApp};
 
 /// A loopback server: `/hello` (a short text), `/big` (5,000 bytes),
+/// `/echo` (POST: the body and the `x-test` header it got, as JSON),
 /// `/redirect` (302 to `/hello` on `localhost`), and `/slow`, which says on
 /// the returned channel that it was asked, then never answers.
 fn server() -> (SocketAddr, mpsc::Receiver<()>) {
@@ -29,6 +30,15 @@ fn server() -> (SocketAddr, mpsc::Receiver<()>) {
             let app = Router::new()
                 .route("/hello", get(|| async { "hello from the test server" }))
                 .route("/big", get(|| async { "x".repeat(5000) }))
+                .route(
+                    "/echo",
+                    post(|headers: axum::http::HeaderMap, body: String| async move {
+                        axum::Json(json!({
+                            "received": body,
+                            "x-test": headers.get("x-test").and_then(|v| v.to_str().ok()),
+                        }))
+                    }),
+                )
                 .route(
                     "/redirect",
                     get(move || async move {
@@ -64,6 +74,10 @@ fn app(grants: &str, limits: &str, tasks: &str) -> TestApp {
         [plugins.kit]
         path = "{{testkit}}"
         [plugins.kit.grants]
+        {grants}
+        [plugins.examples]
+        path = "{{examples}}"
+        [plugins.examples.grants]
         {grants}
         {tasks}
         "#
@@ -201,6 +215,47 @@ fn a_cancel_ends_a_task_blocked_on_a_request_cooperatively() {
                 .as_str()
                 .is_some_and(|m| m.contains("the task was cancelled"))
     });
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
+}
+
+#[test]
+fn the_sdk_sends_a_body_and_headers_and_a_cancel_unwinds_its_task() {
+    let (address, slow_asked) = server();
+    let tasks = format!(
+        r#"
+        [[tasks]]
+        plugin = "examples"
+        factory = "fetch"
+        name = "posted"
+        args = {{ url = "http://{address}/echo", method = "POST", body = '{{"n": 1}}', headers = {{ x-test = "yes" }} }}
+        "#
+    );
+    let run = app(r#"http = ["http://127.0.0.1:*"]"#, "", &tasks).run_until_idle();
+    let posted = &run.results_of("posted")[0];
+    assert_eq!(posted["status"], 200, "{}", run.dump());
+    assert_eq!(posted["headers"]["content-type"], "application/json");
+    let echoed: Value = serde_json::from_str(posted["body"].as_str().unwrap()).unwrap();
+    assert_eq!(echoed, json!({"received": "{\"n\": 1}", "x-test": "yes"}));
+
+    // Through the SDK, a request cut by a cancel unwinds the task as a
+    // cancelled call does: stage cooperative, no `?` handling needed.
+    let app = app(r#"http = ["http://127.0.0.1:*"]"#, "", "");
+    let host = app.spawn();
+    let add = app.cli(&[
+        "add",
+        "examples",
+        "fetch",
+        "--name",
+        "fetching",
+        "--args",
+        &json!({"url": format!("http://{address}/slow")}).to_string(),
+    ]);
+    assert_eq!(add.code, Some(0), "{}", add.dump());
+    slow_asked.recv().unwrap();
+    let cancelled = app.cli(&["cancel", "fetching", "--json"]);
+    let ended: Value = serde_json::from_str(cancelled.stdout.trim()).unwrap();
+    assert_eq!(ended[0]["cancel_stage"], "cooperative", "{ended}");
     host.signal("TERM");
     assert_eq!(host.finish().code, Some(0));
 }

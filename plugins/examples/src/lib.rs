@@ -6,6 +6,32 @@
 use taskhost_guest_sdk::{App, Result, TaskInfo, plugin};
 
 plugin! {
+    /// Sends one HTTP request (`method` default GET) to `url`, which app.toml
+    /// must allow; returns `{status, headers, body}` with the body as text.
+    fn fetch(
+        app: &App,
+        url: String,
+        method: Option<String>,
+        body: Option<String>,
+        headers: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Result<serde_json::Value> {
+        let headers = headers.unwrap_or_default();
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        let method = method.unwrap_or_else(|| "GET".into());
+        let response =
+            app.http()
+                .request(&method, &url, &headers, body.as_deref().map(str::as_bytes))?;
+        app.info(format!("{method} {url}: {}", response.status));
+        Ok(serde_json::json!({
+            "status": response.status,
+            "headers": response.headers.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "body": String::from_utf8_lossy(&response.body),
+        }))
+    }
+
     /// Waits `delay_ms` (default 5000), then announces that the server started.
     fn notify_server_started_after_five_seconds(app: &App, delay_ms: Option<u64>) -> Result<()> {
         app.sleep(delay_ms.unwrap_or(5000))?;
