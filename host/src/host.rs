@@ -94,7 +94,7 @@ impl Host {
             events: EventHub::default(),
             tracker: TaskTracker::new(),
             cancel_grace: config.cancel_grace,
-            metrics: Metrics::new(app.task_memory.clone()),
+            metrics: Metrics::new(app.task_memory.clone(), app.http_metrics.clone()),
             app,
             lifecycle: broadcast::channel(LIFECYCLE_BACKLOG).0,
         });

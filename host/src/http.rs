@@ -12,6 +12,7 @@
 //! that follows one makes a new request, checked like the first.
 
 use crate::config::{HttpGrant, Limits};
+use crate::metrics::HttpMetrics;
 use crate::task::{CancelSignal, TaskIdent};
 use http_body_util::{BodyExt, Limited};
 use std::future::Future;
@@ -34,6 +35,7 @@ struct Hooks {
     ident: Arc<TaskIdent>,
     grants: Arc<[HttpGrant]>,
     cancel: Arc<CancelSignal>,
+    metrics: HttpMetrics,
     connect_timeout: Duration,
     first_byte_timeout: Duration,
     response_bytes: usize,
@@ -45,6 +47,7 @@ impl HttpState {
         grants: Arc<[HttpGrant]>,
         cancel: Arc<CancelSignal>,
         limits: &Limits,
+        metrics: HttpMetrics,
     ) -> HttpState {
         HttpState {
             ctx: WasiHttpCtx::new(),
@@ -52,6 +55,7 @@ impl HttpState {
                 ident,
                 grants,
                 cancel,
+                metrics,
                 connect_timeout: Duration::from_millis(limits.http_connect_timeout_ms),
                 first_byte_timeout: Duration::from_millis(limits.http_first_byte_timeout_ms),
                 response_bytes: limits.http_response_bytes,
@@ -111,6 +115,7 @@ impl WasiHttpHooks for Hooks {
             .is_some_and(|host| self.grants.iter().any(|g| g.allows(&scheme, host, port)));
         let ident = self.ident.clone();
         if !allowed {
+            self.metrics.denied(&ident.plugin);
             tracing::warn!(
                 task = %ident.label(),
                 task_id = ident.id,
@@ -134,6 +139,7 @@ impl WasiHttpHooks for Hooks {
         let cancel = self.cancel.clone();
         let limit = self.response_bytes;
         let method = request.method().clone();
+        let metrics = self.metrics.clone();
         Box::new(async move {
             if cancel.is_cancelled() {
                 return Err(cancelled());
@@ -141,9 +147,20 @@ impl WasiHttpHooks for Hooks {
             let begun = Instant::now();
             let sent = wasmtime_wasi_http::default_send_request(request, Some(options));
             let (response, io) = tokio::select! {
-                sent = sent => sent?,
+                sent = sent => match sent {
+                    Ok(sent) => sent,
+                    Err(error) => {
+                        metrics.record(&ident.plugin, None, begun.elapsed());
+                        return Err(error);
+                    }
+                },
                 () = cancel.cancelled() => return Err(cancelled()),
             };
+            metrics.record(
+                &ident.plugin,
+                Some(response.status().as_u16()),
+                begun.elapsed(),
+            );
             tracing::debug!(
                 task = %ident.label(),
                 plugin = %ident.plugin,

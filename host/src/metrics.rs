@@ -34,14 +34,61 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics::new(Gauge::default())
+        Metrics::new(Gauge::default(), HttpMetrics::default())
+    }
+}
+
+/// What tasks' outbound HTTP requests did, by plugin. Cloning shares the
+/// counters: every task's store holds a clone.
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    /// By `plugin` and `status`: `2xx`..`5xx`, or `error` (no response).
+    requests: Family<Labels, Counter>,
+    /// Requests refused by the allow-list, by `plugin`.
+    denied: Family<Labels, Counter>,
+    /// From sending to the response's head (or the error).
+    duration: Histogram,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        HttpMetrics {
+            requests: Family::default(),
+            denied: Family::default(),
+            // 1 ms .. ~65 s, doubling.
+            duration: Histogram::new(exponential_buckets(1e-3, 2.0, 17)),
+        }
+    }
+}
+
+impl HttpMetrics {
+    /// A request that went out: `status` is none when it got no response.
+    pub fn record(&self, plugin: &str, status: Option<u16>, elapsed: Duration) {
+        let class = match status {
+            Some(status) => format!("{}xx", status / 100),
+            None => "error".to_string(),
+        };
+        self.requests
+            .get_or_create(&vec![
+                ("plugin".to_string(), plugin.to_string()),
+                ("status".to_string(), class),
+            ])
+            .inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// A request the allow-list refused.
+    pub fn denied(&self, plugin: &str) {
+        self.denied
+            .get_or_create(&vec![("plugin".to_string(), plugin.to_string())])
+            .inc();
     }
 }
 
 impl Metrics {
     /// Metrics reporting `task_memory` (the linear memory of live tasks,
     /// which the tasks' memory budgets keep current).
-    pub fn new(task_memory: Gauge) -> Self {
+    pub fn new(task_memory: Gauge, http: HttpMetrics) -> Self {
         let mut registry = Registry::with_prefix("taskhost");
         // 1 us .. ~16 s, doubling.
         let buckets = || exponential_buckets(1e-6, 2.0, 25);
@@ -98,6 +145,21 @@ impl Metrics {
             "task_memory_bytes",
             "Linear memory held by live tasks",
             metrics.task_memory.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "Outbound HTTP requests by plugin and status class (or error)",
+            http.requests,
+        );
+        registry.register(
+            "http_denied",
+            "Outbound HTTP requests the allow-list refused, by plugin",
+            http.denied,
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "From sending a request to its response's head",
+            http.duration,
         );
         registry.register(
             "resident_memory_bytes",

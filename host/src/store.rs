@@ -54,6 +54,7 @@ impl TaskData {
                 policy.grants.http.clone().into(),
                 cancel.clone(),
                 &app.limits,
+                app.http_metrics.clone(),
             ),
             app: AppState::new(ident, app, cancel.clone(), log),
             cancel,

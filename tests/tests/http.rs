@@ -203,6 +203,32 @@ fn a_cancel_ends_a_task_blocked_on_a_request_cooperatively() {
     ]);
     assert_eq!(add.code, Some(0), "{}", add.dump());
     slow_asked.recv().unwrap();
+    // Meanwhile one request is answered and one denied: the metrics say so.
+    for (name, url) in [
+        ("answered", format!("http://{address}/hello")),
+        (
+            "refused",
+            format!("http://localhost:{}/hello", address.port()),
+        ),
+    ] {
+        let args = json!({ "url": url }).to_string();
+        let add = app.cli(&["add", "kit", "http_get", "--name", name, "--args", &args]);
+        assert_eq!(add.code, Some(0), "{}", add.dump());
+        host.wait_for(1, |l| {
+            l["task"] == name && (l["event"] == "done" || l["event"] == "failed")
+        });
+    }
+    let metrics = app.cli(&["metrics"]).stdout;
+    for expected in [
+        "taskhost_http_requests_total{plugin=\"kit\",status=\"2xx\"} 1",
+        "taskhost_http_denied_total{plugin=\"kit\"} 1",
+        "taskhost_http_request_duration_seconds_count 1",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from:\n{metrics}"
+        );
+    }
     let cancelled = app.cli(&["cancel", "waiting", "--json"]);
     assert_eq!(cancelled.code, Some(0), "{}", cancelled.dump());
     let ended: Value = serde_json::from_str(cancelled.stdout.trim()).unwrap();

@@ -15,6 +15,7 @@ use crate::bindings::taskhost::plugin::types;
 use crate::config::{AppConfig, Grants, Limits, PluginLimits, PluginPolicy};
 use crate::events::EventHub;
 use crate::logging::LogGate;
+use crate::metrics::HttpMetrics;
 use crate::registry::{AddTaskError, TaskRegistry};
 use crate::task::{CancelSignal, TaskId, TaskIdent};
 use prometheus_client::metrics::gauge::Gauge;
@@ -60,6 +61,8 @@ pub struct AppContext {
     default_policy: Arc<PluginPolicy>,
     /// Linear memory held by live tasks, host-wide (a metric).
     pub task_memory: Gauge,
+    /// What tasks' outbound HTTP requests did (metrics).
+    pub http_metrics: HttpMetrics,
     /// What `task_memory` may reach (`memory_total_mb`, resolved once).
     pub memory_total_bytes: u64,
 }
@@ -105,6 +108,7 @@ impl AppContext {
                 grants: Grants::default(),
             }),
             task_memory: Gauge::default(),
+            http_metrics: HttpMetrics::default(),
             memory_total_bytes: limits.memory_total_bytes(),
         }
     }
