@@ -394,39 +394,10 @@ impl ConfigValue {
     }
 }
 
-/// A secret file's text, without its final newline: a regular file (links
-/// followed) of at most [`MAX_SECRET_BYTES`], opened without waiting on a
-/// FIFO.
+/// A secret file's text, without its final newline (see [`read_bounded`]).
 fn read_secret(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let check = |meta: &std::fs::Metadata| -> Result<()> {
-        if !meta.is_file() {
-            bail!("it is not a regular file");
-        }
-        if meta.len() > MAX_SECRET_BYTES {
-            bail!(
-                "it is {} bytes, more than a secret may be ({MAX_SECRET_BYTES})",
-                meta.len()
-            );
-        }
-        Ok(())
-    };
-    check(&std::fs::metadata(path)?)?;
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(
-            (rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32,
-        );
-    }
-    let file = options.open(path)?;
-    check(&file.metadata()?)?;
-    let mut text = String::new();
-    file.take(MAX_SECRET_BYTES)
-        .read_to_string(&mut text)
-        .context("it is not UTF-8 text")?;
+    let bytes = read_bounded(path, MAX_SECRET_BYTES, "a secret")?;
+    let mut text = String::from_utf8(bytes).context("it is not UTF-8 text")?;
     if text.ends_with('\n') {
         text.pop();
         if text.ends_with('\r') {
@@ -434,6 +405,76 @@ fn read_secret(path: &Path) -> Result<String> {
         }
     }
     Ok(text)
+}
+
+/// The bytes of the file at `path` that app.toml (or an operator) names: a
+/// regular file (following links) of at most `max` bytes, `what` naming it
+/// in the error ("a component"). Anything else is refused before it is
+/// read, and a FIFO or device before it is even opened, since opening a
+/// FIFO blocks until a writer comes, and reading `/dev/zero` never ends.
+/// Blocking: call it off the async threads.
+pub fn read_bounded(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let refuse = |meta: &std::fs::Metadata| -> Result<()> {
+        if !meta.is_file() {
+            bail!("it is {}, not a regular file", file_kind(meta));
+        }
+        if meta.len() > max {
+            bail!(
+                "it is {} bytes, more than {what} may be ({max} bytes, {} MiB)",
+                meta.len(),
+                max >> 20
+            );
+        }
+        Ok(())
+    };
+    refuse(&std::fs::metadata(path)?)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        // Should the path be swapped for a FIFO since the check above, the
+        // open still does not wait for a writer.
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(
+            (rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32,
+        );
+    }
+    let file = options.open(path)?;
+    // What was opened is what counts.
+    refuse(&file.metadata()?)?;
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        bail!("it grew past {max} bytes while being read");
+    }
+    Ok(bytes)
+}
+
+/// "a directory", "a FIFO"...: what a path that is not a file is.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = meta.file_type();
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_char_device() {
+            return "a character device";
+        }
+        if kind.is_block_device() {
+            return "a block device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    if meta.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
 }
 
 /// More workers than this is a typo, not a deployment: each is an OS thread.

@@ -12,7 +12,6 @@ use crate::store::{TaskData, linker};
 use crate::task::{CancelSignal, TaskIdent, WorkerId};
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -255,68 +254,9 @@ fn compile(engines: &HostEngine, bytes: &[u8]) -> wasmtime::Result<[Component; 2
 }
 
 /// The bytes of the component file at `path`: a regular file (following
-/// links) of at most [`MAX_COMPONENT_BYTES`]. Anything else is refused
-/// before it is read, and a FIFO or device before it is even opened, since
-/// opening a FIFO blocks until a writer comes, and reading `/dev/zero`
-/// never ends. Blocking: call it off the async threads.
+/// links) of at most [`MAX_COMPONENT_BYTES`], read as
+/// [`crate::config::read_bounded`] reads. Blocking: call it off the async
+/// threads.
 pub fn read_component(path: &Path) -> Result<Vec<u8>> {
-    let refuse = |meta: &std::fs::Metadata| -> Result<()> {
-        if !meta.is_file() {
-            bail!("it is {}, not a regular file", file_kind(meta));
-        }
-        if meta.len() > MAX_COMPONENT_BYTES {
-            bail!(
-                "it is {} bytes, more than a component may be ({MAX_COMPONENT_BYTES} bytes, 256 MiB)",
-                meta.len()
-            );
-        }
-        Ok(())
-    };
-    refuse(&std::fs::metadata(path)?)?;
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        // Should the path be swapped for a FIFO since the check above, the
-        // open still does not wait for a writer.
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(
-            (rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32,
-        );
-    }
-    let file = options.open(path)?;
-    // What was opened is what counts.
-    refuse(&file.metadata()?)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_COMPONENT_BYTES + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_COMPONENT_BYTES {
-        bail!("it grew past {MAX_COMPONENT_BYTES} bytes while being read");
-    }
-    Ok(bytes)
-}
-
-/// "a directory", "a FIFO"...: what a path that is not a file is.
-fn file_kind(meta: &std::fs::Metadata) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        let kind = meta.file_type();
-        if kind.is_fifo() {
-            return "a FIFO";
-        }
-        if kind.is_char_device() {
-            return "a character device";
-        }
-        if kind.is_block_device() {
-            return "a block device";
-        }
-        if kind.is_socket() {
-            return "a socket";
-        }
-    }
-    if meta.is_dir() {
-        "a directory"
-    } else {
-        "not a regular file"
-    }
+    crate::config::read_bounded(path, MAX_COMPONENT_BYTES, "a component")
 }
