@@ -11,7 +11,7 @@
 //! ([`add_to_linker`]). Redirects are never followed by the host: a guest
 //! that follows one makes a new request, checked like the first.
 
-use crate::config::{HttpGrant, Limits};
+use crate::config::{Limits, PluginPolicy};
 use crate::metrics::HttpMetrics;
 use crate::task::{CancelSignal, TaskIdent};
 use http_body_util::{BodyExt, Limited};
@@ -33,7 +33,9 @@ pub struct HttpState {
 /// What decides and bounds one task's requests.
 struct Hooks {
     ident: Arc<TaskIdent>,
-    grants: Arc<[HttpGrant]>,
+    /// Whose `grants.http` is the allow-list: shared by every task of the
+    /// plugin, not copied per task.
+    policy: Arc<PluginPolicy>,
     cancel: Arc<CancelSignal>,
     metrics: HttpMetrics,
     connect_timeout: Duration,
@@ -44,7 +46,7 @@ struct Hooks {
 impl HttpState {
     pub fn new(
         ident: Arc<TaskIdent>,
-        grants: Arc<[HttpGrant]>,
+        policy: Arc<PluginPolicy>,
         cancel: Arc<CancelSignal>,
         limits: &Limits,
         metrics: HttpMetrics,
@@ -53,7 +55,7 @@ impl HttpState {
             ctx: WasiHttpCtx::new(),
             hooks: Hooks {
                 ident,
-                grants,
+                policy,
                 cancel,
                 metrics,
                 connect_timeout: Duration::from_millis(limits.http_connect_timeout_ms),
@@ -110,9 +112,13 @@ impl WasiHttpHooks for Hooks {
         let default_port = if scheme == "http" { 80 } else { 443 };
         let port = uri.port_u16().unwrap_or(default_port);
         let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-        let allowed = uri
-            .host()
-            .is_some_and(|host| self.grants.iter().any(|g| g.allows(&scheme, host, port)));
+        let allowed = uri.host().is_some_and(|host| {
+            self.policy
+                .grants
+                .http
+                .iter()
+                .any(|g| g.allows(&scheme, host, port))
+        });
         let ident = self.ident.clone();
         if !allowed {
             self.metrics.denied(&ident.plugin);

@@ -48,10 +48,10 @@ impl TaskData {
         // One rate limit for every line of the task: app.log, stdout, stderr.
         let log = Arc::new(LogGate::new(ident.clone(), &app.limits));
         TaskData {
-            wasi: WasiState::new(ident.clone(), policy.grants.clone(), log.clone()),
+            wasi: WasiState::new(ident.clone(), policy.clone(), log.clone()),
             http: HttpState::new(
                 ident.clone(),
-                policy.grants.http.clone().into(),
+                policy.clone(),
                 cancel.clone(),
                 &app.limits,
                 app.http_metrics.clone(),

@@ -8,7 +8,7 @@ mod output;
 
 pub use output::TaskOutput;
 
-use crate::config::Grants;
+use crate::config::{Grants, PluginPolicy};
 use crate::logging::LogGate;
 use crate::task::TaskIdent;
 use std::sync::Arc;
@@ -21,7 +21,9 @@ use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView
 /// building a `WasiCtx` is the most expensive part of starting an instance.
 pub struct WasiState {
     ident: Arc<TaskIdent>,
-    grants: Grants,
+    /// Whose grants say what WASI may reach: shared by every task of the
+    /// plugin, not copied per task.
+    policy: Arc<PluginPolicy>,
     log: Arc<LogGate>,
     ctx: Option<WasiCtx>,
     /// The task's stderr, once WASI exists: its last lines explain a crash.
@@ -30,10 +32,10 @@ pub struct WasiState {
 }
 
 impl WasiState {
-    pub fn new(ident: Arc<TaskIdent>, grants: Grants, log: Arc<LogGate>) -> WasiState {
+    pub fn new(ident: Arc<TaskIdent>, policy: Arc<PluginPolicy>, log: Arc<LogGate>) -> WasiState {
         WasiState {
             ident,
-            grants,
+            policy,
             log,
             ctx: None,
             stderr: None,
@@ -46,7 +48,7 @@ impl WasiState {
         let ident = &self.ident;
         let log = &self.log;
         let stderr = &mut self.stderr;
-        let grants = &self.grants;
+        let grants = &self.policy.grants;
         let ctx = self.ctx.get_or_insert_with(|| {
             let errors = TaskOutput::stderr(log.clone());
             *stderr = Some(errors.clone());
