@@ -6,7 +6,7 @@
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use taskhost::lifecycle::LifecycleEvent;
 use taskhost::task::{TaskState, TaskView};
 use taskhost_tests::{Run, TestApp, taskhost_bin};
@@ -55,18 +55,33 @@ fn start_cli(app: &TestApp, args: &[&str]) -> Child {
 
 /// Waits for `child` to exit; a child still running after 30 s is killed
 /// and fails the test (the verb never noticed what it should have).
-fn exit_of(child: &mut Child) -> Option<i32> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
+fn exit_of(mut child: Child) -> Option<i32> {
+    let pid = child.id().to_string();
+    let (exited, exit) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = exited.send(child.wait().map(|status| status.code()));
+    });
+    match exit.recv_timeout(Duration::from_secs(30)) {
+        Ok(code) => code.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
             panic!("the verb did not end");
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Adds a task that starts and ends at once: `w`, one `started` and one
+/// `done` event.
+fn add_quick_task(app: &TestApp) {
+    ok(app.cli(&[
+        "add",
+        "examples",
+        "slow_work",
+        "--name",
+        "w",
+        "--args",
+        r#"{"ms": 1}"#,
+    ]));
 }
 
 fn ok(run: Run) -> Run {
@@ -104,7 +119,7 @@ fn the_stream_ends_when_its_reader_goes_without_waiting_for_an_event() {
     assert!(banner.contains("following"), "{banner}");
     // The reader goes while the follower waits for an event.
     drop(follower.stdout.take());
-    assert_eq!(exit_of(&mut follower), Some(0));
+    assert_eq!(exit_of(follower), Some(0));
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     assert!(
@@ -123,23 +138,11 @@ fn stream_count_counts_events_and_the_banner_goes_to_stderr() {
     let mut banner = String::new();
     stderr.read_line(&mut banner).unwrap();
     assert!(banner.contains("following"), "{banner}");
-    ok(app.cli(&[
-        "add",
-        "examples",
-        "slow_work",
-        "--name",
-        "w",
-        "--args",
-        r#"{"ms": 1}"#,
-    ]));
-    assert_eq!(exit_of(&mut follower), Some(0));
+    add_quick_task(&app);
+    let mut output = follower.stdout.take().unwrap();
+    assert_eq!(exit_of(follower), Some(0));
     let mut stdout = String::new();
-    follower
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
+    output.read_to_string(&mut stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "{stdout}");
     assert!(lines[0].contains("started examples/slow_work"), "{stdout}");
@@ -153,20 +156,12 @@ fn the_json_of_tasks_and_events_is_the_libraries_schema() {
     let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
     let subscribed: LifecycleEvent = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(subscribed, LifecycleEvent::Subscribed);
-    ok(app.cli(&[
-        "add",
-        "examples",
-        "slow_work",
-        "--name",
-        "w",
-        "--args",
-        r#"{"ms": 1}"#,
-    ]));
+    add_quick_task(&app);
     host.wait_for(1, |l| l["event"] == "done" && l["task"] == "w");
     let events: Vec<LifecycleEvent> = lines
         .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
         .collect();
-    assert_eq!(exit_of(&mut follower), Some(0));
+    assert_eq!(exit_of(follower), Some(0));
     assert!(
         matches!(&events[..], [LifecycleEvent::Started { task, .. }, LifecycleEvent::Done { .. }]
             if task.task == "w"),
