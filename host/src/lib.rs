@@ -14,7 +14,8 @@
 //! 2. Parts with one job each: [`lifecycle`] (the event type), [`events`]
 //!    (named events), [`registry`] (one worker's tasks, and
 //!    [`registry::TaskHandle::cancel`], the one way to cancel), `metrics`,
-//!    [`compile_cache`].
+//!    [`compile_cache`], [`kv`] (key-value storage: the trait and its
+//!    SQLite backend).
 //! 3. `logging` (writes lifecycle events and task lines) and [`engine`]
 //!    (the wasmtime engines, through the compile cache).
 //! 4. The host interfaces a task imports, one module each, owning its
@@ -54,6 +55,7 @@ pub mod compile_cache;
 pub(crate) mod dirs;
 pub mod events;
 pub(crate) mod http;
+pub mod kv;
 pub(crate) mod logging;
 pub(crate) mod metrics;
 pub(crate) mod private_files;

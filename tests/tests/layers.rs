@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
         "registry",
         "metrics",
         "compile_cache",
+        "kv",
     ],
     &["logging", "engine"],
     &["app", "wasi", "http"],

@@ -5,6 +5,8 @@
 //! opened up, so reading app.toml tells an operator everything a plugin
 //! can touch. There is no socket grant: tasks reach the network only
 //! through outbound HTTP (`wasi:http`), to the origins `http` lists.
+//! Key-value buckets of the plugin's own need no grant; `kv` names the
+//! shared buckets it may open too.
 
 use anyhow::{Result, bail};
 use serde::Deserialize;
@@ -25,6 +27,9 @@ pub struct Grants {
     /// Origins tasks may send HTTP requests to (`wasi:http`); none by
     /// default. See [`super::HttpGrant`] for the grammar.
     pub http: Vec<super::HttpGrant>,
+    /// Shared key-value buckets tasks may open by name, besides the
+    /// plugin's own buckets (which need no grant).
+    pub kv: Vec<String>,
 }
 
 /// One granted directory.
@@ -49,6 +54,8 @@ pub(super) struct RawGrants {
     stdin: bool,
     #[serde(default)]
     http: Vec<String>,
+    #[serde(default)]
+    kv: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -103,11 +110,20 @@ impl RawGrants {
                     .map_err(|error| anyhow::anyhow!("{table} http[{index}]: {error}"))
             })
             .collect::<Result<Vec<_>>>()?;
+        let mut shared = HashSet::new();
+        for (index, bucket) in self.kv.iter().enumerate() {
+            super::check_bucket_name(bucket)
+                .map_err(|error| anyhow::anyhow!("{table} kv[{index}]: {error}"))?;
+            if !shared.insert(bucket) {
+                bail!("{table} kv[{index}]: bucket {bucket:?} is granted twice");
+            }
+        }
         Ok(Grants {
             dirs,
             env: self.env,
             stdin: self.stdin,
             http,
+            kv: self.kv,
         })
     }
 }
@@ -115,7 +131,11 @@ impl RawGrants {
 impl Grants {
     /// Whether anything beyond the default (stdout and stderr) is granted.
     pub fn is_empty(&self) -> bool {
-        self.dirs.is_empty() && self.env.is_empty() && !self.stdin && self.http.is_empty()
+        self.dirs.is_empty()
+            && self.env.is_empty()
+            && !self.stdin
+            && self.http.is_empty()
+            && self.kv.is_empty()
     }
 }
 

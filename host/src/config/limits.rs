@@ -38,6 +38,7 @@ pub struct Limit {
 pub enum LimitUnit {
     Bytes,
     Tasks,
+    Keys,
 }
 
 impl Limit {
@@ -64,6 +65,7 @@ impl Limit {
         let unit = match self.unit {
             LimitUnit::Bytes => " bytes",
             LimitUnit::Tasks => "",
+            LimitUnit::Keys => " keys",
         };
         let mut text = format!(
             "{} may be at most {}{unit}, got {}",
@@ -86,6 +88,32 @@ pub fn check_plugin_name(name: &str) -> Result<()> {
     Limit::check_name("a plugin name", name)?;
     if let Some(c) = name.chars().find(|c| c.is_control()) {
         bail!("a plugin name may not hold control characters, got {c:?} in {name:?}");
+    }
+    Ok(())
+}
+
+/// Longest bucket name, in bytes: names are for people and for URLs.
+pub const MAX_BUCKET_NAME_BYTES: usize = 64;
+
+/// A key-value bucket's name: 1 to [`MAX_BUCKET_NAME_BYTES`] of ASCII
+/// letters, digits, `-`, `_` and `.`, not starting with `.`, so it is safe
+/// in a URL path, a log line and a shell. The error says the rule.
+pub fn check_bucket_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_BUCKET_NAME_BYTES {
+        return Err(format!(
+            "a bucket name must be 1 to {MAX_BUCKET_NAME_BYTES} bytes, got {} ({name:?})",
+            name.len()
+        ));
+    }
+    if name.starts_with('.')
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(format!(
+            "bucket name {name:?} may hold only ASCII letters, digits, `-`, `_` and `.` \
+             (not first)"
+        ));
     }
     Ok(())
 }
@@ -150,6 +178,15 @@ pub struct Limits {
     pub http_first_byte_timeout_ms: u64,
     /// Largest outbound HTTP response body a task may read, in bytes.
     pub http_response_bytes: usize,
+    /// Longest key-value key, in bytes.
+    pub kv_key_bytes: usize,
+    /// Largest key-value value, in bytes.
+    pub kv_value_bytes: usize,
+    /// Most keys one bucket may hold.
+    pub kv_keys_per_bucket: u64,
+    /// Most bytes (keys and values) one plugin's own buckets may hold
+    /// together; a shared bucket counts on its own.
+    pub kv_bytes_per_plugin: u64,
 }
 
 impl Default for Limits {
@@ -172,6 +209,10 @@ impl Default for Limits {
             http_connect_timeout_ms: 10_000,
             http_first_byte_timeout_ms: 30_000,
             http_response_bytes: 16 * 1024 * 1024,
+            kv_key_bytes: 1024,
+            kv_value_bytes: 1024 * 1024,
+            kv_keys_per_bucket: 1_000_000,
+            kv_bytes_per_plugin: 1024 * 1024 * 1024,
         }
     }
 }
@@ -246,6 +287,10 @@ impl Limits {
                 self.http_first_byte_timeout_ms as usize,
             ),
             ("http_response_bytes", self.http_response_bytes),
+            ("kv_key_bytes", self.kv_key_bytes),
+            ("kv_value_bytes", self.kv_value_bytes),
+            ("kv_keys_per_bucket", self.kv_keys_per_bucket as usize),
+            ("kv_bytes_per_plugin", self.kv_bytes_per_plugin as usize),
         ] {
             if value == 0 {
                 bail!("{table} `{key}` must be at least 1");

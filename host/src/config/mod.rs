@@ -14,8 +14,8 @@ mod limits;
 pub use grants::{DirGrant, Grants};
 pub use http_grant::HttpGrant;
 pub use limits::{
-    Limit, LimitUnit, Limits, MAX_COMPONENT_BYTES, MAX_NAME_BYTES, PluginLimits, TaskLimits,
-    check_plugin_name, machine_memory_bytes,
+    Limit, LimitUnit, Limits, MAX_BUCKET_NAME_BYTES, MAX_COMPONENT_BYTES, MAX_NAME_BYTES,
+    PluginLimits, TaskLimits, check_bucket_name, check_plugin_name, machine_memory_bytes,
 };
 
 use anyhow::{Context, Result, bail};
@@ -56,6 +56,32 @@ pub struct AppConfig {
     pub config: BTreeMap<String, ConfigValue>,
     /// Startup tasks, in file order.
     pub tasks: Vec<TaskConfig>,
+    /// Where key-value state lives.
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: where the state tasks keep with `wasi:keyvalue` lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// The storage directory (`path`, relative to app.toml; by default
+    /// `.taskhost` beside it). It holds `kv.sqlite3` and its write-ahead
+    /// log, and one host at a time.
+    pub dir: PathBuf,
+    /// Whether every write waits for the disk (`fsync = true`): without
+    /// it a write survives the host dying but maybe not a power cut.
+    pub fsync: bool,
+}
+
+/// The storage directory when `[storage] path` is not given, beside
+/// app.toml.
+pub const DEFAULT_STORAGE_DIR: &str = ".taskhost";
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    path: Option<PathBuf>,
+    #[serde(default)]
+    fsync: bool,
 }
 
 /// Where a plugin's component comes from.
@@ -130,6 +156,8 @@ struct RawApp {
     config: BTreeMap<String, toml::Value>,
     #[serde(default)]
     tasks: Vec<RawTask>,
+    #[serde(default)]
+    storage: RawStorage,
 }
 
 fn one() -> i64 {
@@ -305,6 +333,14 @@ impl AppConfig {
             config,
             tasks,
             limits: raw.limits.checked(&file.to_string())?,
+            storage: StorageConfig {
+                dir: base.join(
+                    raw.storage
+                        .path
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_STORAGE_DIR)),
+                ),
+                fsync: raw.storage.fsync,
+            },
         })
     }
 }

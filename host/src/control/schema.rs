@@ -149,7 +149,7 @@ pub struct LimitDetail {
     pub what: String,
     pub max: u64,
     pub got: u64,
-    /// `bytes` or `tasks`.
+    /// `bytes`, `tasks` or `keys`.
     pub unit: String,
     /// The `[limits]` key that sets the bound, if one does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,6 +165,7 @@ impl From<&crate::config::Limit> for LimitDetail {
             unit: match limit.unit {
                 crate::config::LimitUnit::Bytes => "bytes".into(),
                 crate::config::LimitUnit::Tasks => "tasks".into(),
+                crate::config::LimitUnit::Keys => "keys".into(),
             },
             setting: limit.setting.map(str::to_string),
         }

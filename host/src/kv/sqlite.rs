@@ -1,0 +1,754 @@
+//! The default [`KvStore`]: one SQLite database, `kv.sqlite3` in the storage
+//! directory (`[storage] path`), through rusqlite's bundled SQLite, so a
+//! fresh machine needs no library.
+//!
+//! Durability: write-ahead logging, and every write commits before its call
+//! returns. With `synchronous = NORMAL` (the default) a commit is in the WAL
+//! file, in the kernel's page cache, when the call returns: it survives the
+//! host process dying, `kill -9` included, but a power cut may lose the
+//! last commits. `[storage] fsync = true` makes every commit wait for the
+//! disk (`synchronous = FULL`), which costs a flush per write.
+//!
+//! One connection behind a mutex: a statement takes microseconds, and the
+//! calls run on the calling worker's thread, since handing each to a thread
+//! pool would cost more than the statement. A `lock` file keeps a second
+//! host off the same directory, so versions (for compare-and-swap) can be
+//! handed out from memory.
+
+use super::{
+    BucketId, BucketStats, KeyPage, KvError, KvFuture, KvLimits, KvStore, Swap, Versioned,
+};
+use crate::config::{Limit, LimitUnit};
+use crate::private_files::create_private_dir;
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+/// The database file in the storage directory.
+pub const DATABASE_FILE: &str = "kv.sqlite3";
+
+/// The layout this build reads and writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// Values are blobs in a rowid table (SQLite keeps big blobs out of the
+/// key's b-tree that way); `buckets` keeps each bucket's key and byte
+/// counts, updated in the transaction of every write, so a limit check
+/// costs a lookup rather than a scan.
+const SCHEMA: &str = "
+CREATE TABLE entries (
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (bucket, key)
+);
+CREATE TABLE buckets (
+    bucket TEXT PRIMARY KEY,
+    owner TEXT,
+    keys INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX buckets_by_owner ON buckets (owner);
+";
+
+pub struct SqliteStore {
+    inner: Mutex<Inner>,
+    /// The database file, named in every error.
+    path: PathBuf,
+    limits: KvLimits,
+    /// Held for the store's life: another host's `try_lock` fails.
+    _lock: Option<File>,
+}
+
+struct Inner {
+    conn: Connection,
+    /// The version the next write gets.
+    next_version: u64,
+}
+
+impl SqliteStore {
+    /// Opens (creating if need be) the store in `dir`, which is created
+    /// private to this user when missing.
+    pub fn open(dir: &Path, limits: KvLimits, fsync: bool) -> Result<SqliteStore> {
+        create_private_dir(dir)
+            .with_context(|| format!("cannot create the storage directory {}", dir.display()))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => bail!(
+                "the storage directory {} is in use by another taskhost: \
+                 give each app its own [storage] path",
+                dir.display()
+            ),
+            Err(TryLockError::Error(error)) => {
+                return Err(error).with_context(|| format!("cannot lock {}", lock_path.display()));
+            }
+        }
+        let path = dir.join(DATABASE_FILE);
+        let conn = Connection::open(&path)
+            .with_context(|| format!("cannot open the key-value database {}", path.display()))?;
+        Self::set_up(conn, path, limits, fsync, Some(lock))
+    }
+
+    /// A store that lives in memory only: for benchmarks and for hosts
+    /// that run no tasks.
+    pub fn in_memory(limits: KvLimits) -> Result<SqliteStore> {
+        let conn = Connection::open_in_memory().context("cannot open an in-memory database")?;
+        Self::set_up(conn, PathBuf::from(":memory:"), limits, false, None)
+    }
+
+    fn set_up(
+        conn: Connection,
+        path: PathBuf,
+        limits: KvLimits,
+        fsync: bool,
+        lock: Option<File>,
+    ) -> Result<SqliteStore> {
+        let file = path.display();
+        conn.busy_timeout(Duration::from_secs(5))
+            .with_context(|| format!("{file}: cannot set the busy timeout"))?;
+        if lock.is_some() {
+            let mode: String = conn
+                .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
+                .with_context(|| format!("{file}: cannot turn on write-ahead logging"))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                bail!("{file}: write-ahead logging refused (journal mode is {mode})");
+            }
+        }
+        let sync = if fsync { "FULL" } else { "NORMAL" };
+        conn.pragma_update(None, "synchronous", sync)
+            .with_context(|| format!("{file}: cannot set synchronous = {sync}"))?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .with_context(|| format!("{file}: not a readable SQLite database"))?;
+        match version {
+            0 => conn
+                .execute_batch(&format!(
+                    "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .with_context(|| format!("{file}: cannot create the tables"))?,
+            SCHEMA_VERSION => {}
+            newer => bail!(
+                "{file}: written by a newer taskhost (layout {newer}; this one reads layout \
+                 {SCHEMA_VERSION}): run that taskhost, or move the file away"
+            ),
+        }
+        let last: i64 = conn
+            .query_row("SELECT coalesce(max(version), 0) FROM entries", [], |row| {
+                row.get(0)
+            })
+            .with_context(|| format!("{file}: cannot read the entries"))?;
+        Ok(SqliteStore {
+            inner: Mutex::new(Inner {
+                conn,
+                next_version: last as u64 + 1,
+            }),
+            path,
+            limits,
+            _lock: lock,
+        })
+    }
+
+    /// The database file (`:memory:` for one in memory).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn locked<T>(
+        &self,
+        op: impl FnOnce(&mut Inner, &KvLimits) -> Result<T, KvError>,
+    ) -> Result<T, KvError> {
+        // A panic mid-transaction rolled it back when the transaction
+        // dropped: the connection is still sound.
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        op(&mut inner, &self.limits).map_err(|error| match error {
+            KvError::Storage(message) => KvError::Storage(format!(
+                "key-value database {}: {message}",
+                self.path.display()
+            )),
+            other => other,
+        })
+    }
+
+    fn read<T>(
+        &self,
+        op: impl FnOnce(&Transaction<'_>) -> Result<T, KvError>,
+    ) -> Result<T, KvError> {
+        self.locked(|inner, _| {
+            let tx = inner.conn.transaction()?;
+            let value = op(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+    }
+
+    fn write<T>(
+        &self,
+        op: impl FnOnce(&mut Writer<'_, '_>) -> Result<T, KvError>,
+    ) -> Result<T, KvError> {
+        self.locked(|inner, limits| {
+            let tx = inner
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut writer = Writer {
+                tx: &tx,
+                limits,
+                next_version: &mut inner.next_version,
+            };
+            let value = op(&mut writer)?;
+            tx.commit()?;
+            Ok(value)
+        })
+    }
+}
+
+impl From<rusqlite::Error> for KvError {
+    fn from(error: rusqlite::Error) -> KvError {
+        KvError::Storage(error.to_string())
+    }
+}
+
+/// One write transaction: every change goes through [`Writer::put`] and
+/// [`Writer::remove`], which keep the bucket counts and check the limits.
+struct Writer<'t, 'c> {
+    tx: &'t Transaction<'c>,
+    limits: &'t KvLimits,
+    next_version: &'t mut u64,
+}
+
+impl Writer<'_, '_> {
+    fn put(&mut self, bucket: &BucketId, key: &str, value: &[u8]) -> Result<(), KvError> {
+        check_key(self.limits, key)?;
+        if value.len() > self.limits.value_bytes {
+            return Err(Limit {
+                what: format!("the value of key {key:?}"),
+                max: self.limits.value_bytes as u64,
+                got: value.len() as u64,
+                unit: LimitUnit::Bytes,
+                setting: Some("kv_value_bytes"),
+            }
+            .into());
+        }
+        let id = bucket.to_string();
+        let old = value_len(self.tx, &id, key)?;
+        let (added_keys, added_bytes) = match old {
+            Some(len) => (0i64, value.len() as i64 - len),
+            None => (1, (key.len() + value.len()) as i64),
+        };
+        if added_keys > 0 {
+            let keys: i64 = self
+                .tx
+                .prepare_cached("SELECT keys FROM buckets WHERE bucket = ?1")?
+                .query_row([&id], |row| row.get(0))
+                .optional()?
+                .unwrap_or(0);
+            if keys as u64 >= self.limits.keys_per_bucket {
+                return Err(Limit {
+                    what: format!("bucket {bucket}"),
+                    max: self.limits.keys_per_bucket,
+                    got: keys as u64 + 1,
+                    unit: LimitUnit::Keys,
+                    setting: Some("kv_keys_per_bucket"),
+                }
+                .into());
+            }
+        }
+        if added_bytes > 0 {
+            let used = self.namespace_bytes(bucket, &id)?;
+            let got = (used + added_bytes) as u64;
+            if got > self.limits.bytes_per_plugin {
+                let what = match bucket.owner() {
+                    Some(plugin) => format!("the key-value data of plugin {plugin}"),
+                    None => format!("shared bucket {bucket}"),
+                };
+                return Err(Limit {
+                    what,
+                    max: self.limits.bytes_per_plugin,
+                    got,
+                    unit: LimitUnit::Bytes,
+                    setting: Some("kv_bytes_per_plugin"),
+                }
+                .into());
+            }
+        }
+        let version = *self.next_version;
+        *self.next_version += 1;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO entries (bucket, key, value, version) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (bucket, key)
+                 DO UPDATE SET value = excluded.value, version = excluded.version",
+            )?
+            .execute(params![id, key, value, version as i64])?;
+        self.count(bucket, &id, added_keys, added_bytes)
+    }
+
+    /// Whether `key` was there.
+    fn remove(&mut self, bucket: &BucketId, key: &str) -> Result<bool, KvError> {
+        let id = bucket.to_string();
+        let Some(len) = value_len(self.tx, &id, key)? else {
+            return Ok(false);
+        };
+        self.tx
+            .prepare_cached("DELETE FROM entries WHERE bucket = ?1 AND key = ?2")?
+            .execute(params![id, key])?;
+        self.count(bucket, &id, -1, -(key.len() as i64 + len))?;
+        self.tx
+            .prepare_cached("DELETE FROM buckets WHERE bucket = ?1 AND keys <= 0")?
+            .execute([&id])?;
+        Ok(true)
+    }
+
+    fn count(&self, bucket: &BucketId, id: &str, keys: i64, bytes: i64) -> Result<(), KvError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO buckets (bucket, owner, keys, bytes) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (bucket)
+                 DO UPDATE SET keys = keys + excluded.keys, bytes = bytes + excluded.bytes",
+            )?
+            .execute(params![id, bucket.owner(), keys, bytes])?;
+        Ok(())
+    }
+
+    /// What `bytes_per_plugin` bounds: the owner's buckets, or the shared
+    /// bucket alone.
+    fn namespace_bytes(&self, bucket: &BucketId, id: &str) -> Result<i64, KvError> {
+        let bytes = match bucket.owner() {
+            Some(owner) => self
+                .tx
+                .prepare_cached("SELECT coalesce(sum(bytes), 0) FROM buckets WHERE owner = ?1")?
+                .query_row([owner], |row| row.get(0))?,
+            None => self
+                .tx
+                .prepare_cached("SELECT bytes FROM buckets WHERE bucket = ?1")?
+                .query_row([id], |row| row.get(0))
+                .optional()?
+                .unwrap_or(0),
+        };
+        Ok(bytes)
+    }
+
+    fn version(&self, id: &str, key: &str) -> Result<Option<u64>, KvError> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT version FROM entries WHERE bucket = ?1 AND key = ?2")?
+            .query_row(params![id, key], |row| row.get::<_, i64>(0))
+            .optional()?
+            .map(|v| v as u64))
+    }
+}
+
+fn check_key(limits: &KvLimits, key: &str) -> Result<(), KvError> {
+    if key.is_empty() {
+        return Err(KvError::EmptyKey);
+    }
+    if key.len() > limits.key_bytes {
+        return Err(Limit {
+            what: "a key".to_string(),
+            max: limits.key_bytes as u64,
+            got: key.len() as u64,
+            unit: LimitUnit::Bytes,
+            setting: Some("kv_key_bytes"),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn value_len(tx: &Transaction<'_>, id: &str, key: &str) -> Result<Option<i64>, KvError> {
+    Ok(tx
+        .prepare_cached("SELECT length(value) FROM entries WHERE bucket = ?1 AND key = ?2")?
+        .query_row(params![id, key], |row| row.get(0))
+        .optional()?)
+}
+
+fn get_value(tx: &Transaction<'_>, id: &str, key: &str) -> Result<Option<Versioned>, KvError> {
+    Ok(tx
+        .prepare_cached("SELECT value, version FROM entries WHERE bucket = ?1 AND key = ?2")?
+        .query_row(params![id, key], |row| {
+            Ok(Versioned {
+                value: row.get(0)?,
+                version: row.get::<_, i64>(1)? as u64,
+            })
+        })
+        .optional()?)
+}
+
+/// A decimal integer, as `increment` stores it (surrounding ASCII
+/// whitespace allowed, as JSON allows it).
+fn parse_integer(value: &[u8]) -> Option<i64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
+impl SqliteStore {
+    fn get_now(&self, bucket: &BucketId, key: &str) -> Result<Option<Versioned>, KvError> {
+        let id = bucket.to_string();
+        self.read(|tx| get_value(tx, &id, key))
+    }
+
+    fn list_now(
+        &self,
+        bucket: &BucketId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, KvError> {
+        let id = bucket.to_string();
+        self.read(|tx| {
+            let mut statement = tx.prepare_cached(
+                "SELECT key FROM entries WHERE bucket = ?1 AND key > ?2 ORDER BY key LIMIT ?3",
+            )?;
+            // One more than asked: whether it comes says if a page follows.
+            let rows = statement.query_map(
+                params![id, after.unwrap_or(""), limit.saturating_add(1) as i64],
+                |row| row.get::<_, String>(0),
+            )?;
+            let mut keys = rows.collect::<Result<Vec<_>, _>>()?;
+            let next = if keys.len() > limit {
+                keys.truncate(limit);
+                keys.last().cloned()
+            } else {
+                None
+            };
+            Ok(KeyPage { keys, next })
+        })
+    }
+
+    fn increment_now(&self, bucket: &BucketId, key: &str, delta: i64) -> Result<i64, KvError> {
+        let id = bucket.to_string();
+        self.write(|writer| {
+            let current = match get_value(writer.tx, &id, key)? {
+                None => 0,
+                Some(found) => {
+                    parse_integer(&found.value).ok_or_else(|| KvError::NotAnInteger {
+                        key: key.to_string(),
+                    })?
+                }
+            };
+            let sum = current
+                .checked_add(delta)
+                .ok_or_else(|| KvError::Overflow {
+                    key: key.to_string(),
+                    delta,
+                })?;
+            writer.put(bucket, key, sum.to_string().as_bytes())?;
+            Ok(sum)
+        })
+    }
+
+    fn swap_now(
+        &self,
+        bucket: &BucketId,
+        key: &str,
+        expected: Option<u64>,
+        value: &[u8],
+    ) -> Result<Swap, KvError> {
+        let id = bucket.to_string();
+        self.write(|writer| {
+            let current = writer.version(&id, key)?;
+            if current != expected {
+                return Ok(Swap::Changed(current));
+            }
+            writer.put(bucket, key, value)?;
+            Ok(Swap::Done)
+        })
+    }
+
+    fn get_many_now(
+        &self,
+        bucket: &BucketId,
+        keys: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        let id = bucket.to_string();
+        self.read(|tx| {
+            keys.iter()
+                .map(|key| Ok(get_value(tx, &id, key)?.map(|found| found.value)))
+                .collect()
+        })
+    }
+
+    fn buckets_now(&self) -> Result<Vec<BucketStats>, KvError> {
+        self.read(|tx| {
+            let mut statement =
+                tx.prepare_cached("SELECT bucket, keys, bytes FROM buckets ORDER BY bucket")?;
+            let rows = statement.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            })?;
+            let mut stats = Vec::new();
+            for row in rows {
+                let (id, keys, bytes) = row?;
+                let bucket = BucketId::parse(&id)
+                    .map_err(|error| KvError::Storage(format!("stored bucket {id:?}: {error}")))?;
+                stats.push(BucketStats {
+                    bucket,
+                    keys: keys as u64,
+                    bytes: bytes as u64,
+                });
+            }
+            Ok(stats)
+        })
+    }
+}
+
+impl KvStore for SqliteStore {
+    fn get<'a>(&'a self, bucket: &'a BucketId, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>> {
+        Box::pin(std::future::ready(
+            self.get_now(bucket, key)
+                .map(|found| found.map(|found| found.value)),
+        ))
+    }
+
+    fn get_versioned<'a>(
+        &'a self,
+        bucket: &'a BucketId,
+        key: &'a str,
+    ) -> KvFuture<'a, Option<Versioned>> {
+        Box::pin(std::future::ready(self.get_now(bucket, key)))
+    }
+
+    fn set<'a>(&'a self, bucket: &'a BucketId, key: &'a str, value: &'a [u8]) -> KvFuture<'a, ()> {
+        Box::pin(std::future::ready(
+            self.write(|writer| writer.put(bucket, key, value)),
+        ))
+    }
+
+    fn delete<'a>(&'a self, bucket: &'a BucketId, key: &'a str) -> KvFuture<'a, bool> {
+        Box::pin(std::future::ready(
+            self.write(|writer| writer.remove(bucket, key)),
+        ))
+    }
+
+    fn list_keys<'a>(
+        &'a self,
+        bucket: &'a BucketId,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> KvFuture<'a, KeyPage> {
+        Box::pin(std::future::ready(self.list_now(bucket, after, limit)))
+    }
+
+    fn increment<'a>(
+        &'a self,
+        bucket: &'a BucketId,
+        key: &'a str,
+        delta: i64,
+    ) -> KvFuture<'a, i64> {
+        Box::pin(std::future::ready(self.increment_now(bucket, key, delta)))
+    }
+
+    fn swap<'a>(
+        &'a self,
+        bucket: &'a BucketId,
+        key: &'a str,
+        expected: Option<u64>,
+        value: &'a [u8],
+    ) -> KvFuture<'a, Swap> {
+        Box::pin(std::future::ready(
+            self.swap_now(bucket, key, expected, value),
+        ))
+    }
+
+    fn get_many<'a>(
+        &'a self,
+        bucket: &'a BucketId,
+        keys: &'a [String],
+    ) -> KvFuture<'a, Vec<Option<Vec<u8>>>> {
+        Box::pin(std::future::ready(self.get_many_now(bucket, keys)))
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        bucket: &'a BucketId,
+        entries: &'a [(String, Vec<u8>)],
+    ) -> KvFuture<'a, ()> {
+        Box::pin(std::future::ready(self.write(|writer| {
+            entries
+                .iter()
+                .try_for_each(|(key, value)| writer.put(bucket, key, value))
+        })))
+    }
+
+    fn delete_many<'a>(&'a self, bucket: &'a BucketId, keys: &'a [String]) -> KvFuture<'a, ()> {
+        Box::pin(std::future::ready(self.write(|writer| {
+            keys.iter()
+                .try_for_each(|key| writer.remove(bucket, key).map(drop))
+        })))
+    }
+
+    fn buckets(&self) -> KvFuture<'_, Vec<BucketStats>> {
+        Box::pin(std::future::ready(self.buckets_now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> KvLimits {
+        KvLimits {
+            key_bytes: 16,
+            value_bytes: 64,
+            keys_per_bucket: 3,
+            bytes_per_plugin: 100,
+        }
+    }
+
+    fn block<T>(future: KvFuture<'_, T>) -> Result<T, KvError> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    #[test]
+    fn values_and_counts_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = BucketId::private("p", "b").unwrap();
+        {
+            let store = SqliteStore::open(dir.path(), limits(), false).unwrap();
+            block(store.set(&a, "k", b"v1")).unwrap();
+            assert_eq!(block(store.increment(&a, "n", 5)).unwrap(), 5);
+            assert!(block(store.delete(&a, "missing")).map(|was| !was).unwrap());
+        }
+        let store = SqliteStore::open(dir.path(), limits(), false).unwrap();
+        assert_eq!(block(store.get(&a, "k")).unwrap(), Some(b"v1".to_vec()));
+        assert_eq!(block(store.get(&a, "n")).unwrap(), Some(b"5".to_vec()));
+        let stats = block(store.buckets()).unwrap();
+        assert_eq!(stats.len(), 1);
+        assert_eq!((stats[0].keys, stats[0].bytes), (2, 1 + 2 + 1 + 1));
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SqliteStore::open(dir.path(), limits(), false).unwrap();
+        let err = SqliteStore::open(dir.path(), limits(), false)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("in use by another taskhost"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_limit_names_its_setting_and_changes_nothing() {
+        let store = SqliteStore::in_memory(limits()).unwrap();
+        let a = BucketId::private("p", "a").unwrap();
+        let setting = |error: KvError| match error {
+            KvError::Limit(limit) => limit.setting.unwrap(),
+            other => panic!("not a limit: {other}"),
+        };
+        let long_key = "k".repeat(17);
+        assert_eq!(
+            setting(block(store.set(&a, &long_key, b"")).unwrap_err()),
+            "kv_key_bytes"
+        );
+        assert_eq!(
+            setting(block(store.set(&a, "k", &[0; 65])).unwrap_err()),
+            "kv_value_bytes"
+        );
+        for key in ["1", "2", "3"] {
+            block(store.set(&a, key, b"x")).unwrap();
+        }
+        assert_eq!(
+            setting(block(store.set(&a, "4", b"x")).unwrap_err()),
+            "kv_keys_per_bucket"
+        );
+        // Overwriting an existing key adds no key.
+        block(store.set(&a, "3", b"y")).unwrap();
+        // 6 bytes used in `a`; a second bucket of the same plugin shares the
+        // 100 bytes.
+        let b = BucketId::private("p", "b").unwrap();
+        block(store.set(&b, "k", &[0; 60])).unwrap();
+        let err = block(store.set(&b, "l", &[0; 40])).unwrap_err();
+        assert_eq!(setting(err), "kv_bytes_per_plugin");
+        // Another plugin has its own budget.
+        let other = BucketId::private("q", "b").unwrap();
+        block(store.set(&other, "l", &[0; 60])).unwrap();
+        assert_eq!(block(store.get(&b, "l")).unwrap(), None);
+        // A batch over a limit writes none of its pairs.
+        let batch = vec![("m".to_string(), vec![1]), ("n".to_string(), vec![0; 40])];
+        assert_eq!(
+            setting(block(store.set_many(&b, &batch)).unwrap_err()),
+            "kv_bytes_per_plugin"
+        );
+        assert_eq!(block(store.get(&b, "m")).unwrap(), None);
+    }
+
+    #[test]
+    fn increment_needs_an_integer_and_refuses_to_overflow() {
+        let store = SqliteStore::in_memory(limits()).unwrap();
+        let a = BucketId::shared("s").unwrap();
+        block(store.set(&a, "text", b"hello")).unwrap();
+        assert!(matches!(
+            block(store.increment(&a, "text", 1)),
+            Err(KvError::NotAnInteger { .. })
+        ));
+        block(store.set(&a, "big", i64::MAX.to_string().as_bytes())).unwrap();
+        assert!(matches!(
+            block(store.increment(&a, "big", 1)),
+            Err(KvError::Overflow { .. })
+        ));
+        assert_eq!(block(store.increment(&a, "n", -2)).unwrap(), -2);
+    }
+
+    #[test]
+    fn swap_succeeds_only_on_the_version_it_read() {
+        let store = SqliteStore::in_memory(limits()).unwrap();
+        let a = BucketId::shared("s").unwrap();
+        assert_eq!(
+            block(store.swap(&a, "k", None, b"first")).unwrap(),
+            Swap::Done
+        );
+        let read = block(store.get_versioned(&a, "k")).unwrap().unwrap();
+        block(store.set(&a, "k", b"meanwhile")).unwrap();
+        let Swap::Changed(Some(now)) =
+            block(store.swap(&a, "k", Some(read.version), b"mine")).unwrap()
+        else {
+            panic!("a stale swap went through");
+        };
+        assert!(now > read.version);
+        assert_eq!(
+            block(store.swap(&a, "k", Some(now), b"mine")).unwrap(),
+            Swap::Done
+        );
+        assert_eq!(block(store.get(&a, "k")).unwrap(), Some(b"mine".to_vec()));
+    }
+
+    #[test]
+    fn keys_come_in_pages_in_byte_order() {
+        let store = SqliteStore::in_memory(KvLimits {
+            keys_per_bucket: 100,
+            ..limits()
+        })
+        .unwrap();
+        let a = BucketId::shared("s").unwrap();
+        for key in ["c", "a", "b", "d", "e"] {
+            block(store.set(&a, key, b"")).unwrap();
+        }
+        let first = block(store.list_keys(&a, None, 2)).unwrap();
+        assert_eq!(first.keys, ["a", "b"]);
+        let second = block(store.list_keys(&a, first.next.as_deref(), 2)).unwrap();
+        assert_eq!(second.keys, ["c", "d"]);
+        let last = block(store.list_keys(&a, second.next.as_deref(), 2)).unwrap();
+        assert_eq!((last.keys, last.next), (vec!["e".to_string()], None));
+        block(store.delete_many(&a, &["a".into(), "zz".into()])).unwrap();
+        assert_eq!(
+            block(store.get_many(&a, &["a".into(), "b".into()])).unwrap(),
+            vec![None, Some(vec![])]
+        );
+    }
+}
