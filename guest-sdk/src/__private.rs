@@ -9,6 +9,8 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__taskhost_export",
         default_bindings_module: "taskhost_guest_sdk::__private::bindings",
+        // wasi:keyvalue is ours to bind: no crate of the field binds draft2.
+        generate_all,
     });
 }
 

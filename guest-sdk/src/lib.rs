@@ -40,11 +40,13 @@ pub mod __private;
 mod app;
 mod error;
 mod http;
+mod kv;
 mod task;
 
 pub use app::{App, Level, NewTask};
 pub use error::{Error, ErrorKind, Result};
 pub use http::{Http, Response};
+pub use kv::Bucket;
 pub use task::{CancelStage, TaskInfo, TaskState};
 
 /// Declares a plugin's task factories and exports them to the host.

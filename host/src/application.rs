@@ -10,6 +10,7 @@ use crate::config::{AppConfig, PluginSource, TaskConfig};
 use crate::control::ControlOptions;
 use crate::engine::{EngineSettings, build_engine};
 use crate::host::{Host, RunSummary};
+use crate::kv::{KvLimits, SqliteStore};
 use crate::plugin::build::{self, BuildOptions};
 use crate::plugin::{Plugin, PluginLoader};
 
@@ -109,6 +110,14 @@ impl Application {
     /// begin at once. Workers start with [`Host::start_workers`], once the
     /// main tasks have ended ([`Host::main_tasks_ended`]).
     pub fn launch(self) -> Result<Host> {
+        let storage = &self.config.storage;
+        let kv = SqliteStore::open(
+            &storage.dir,
+            KvLimits::from(&self.config.limits),
+            storage.fsync,
+        )
+        .with_context(|| format!("{}: [storage]", self.config.source.display()))?;
+        self.app.attach_storage(Arc::new(kv));
         Host::launch(self.config, self.loader, self.app, self.plugins)
     }
 

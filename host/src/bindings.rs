@@ -1,7 +1,15 @@
-//! The one place that runs `bindgen!` for the `taskhost:plugin` world.
+//! The one place that runs `bindgen!` for the `taskhost:plugin` world: the
+//! current version (`wit/plugin.wit`, 0.2.0) and every older one the host
+//! still runs ([`v0_1`]), with [`FactoriesPre`] and [`Factories`] calling a
+//! plugin's exports whichever version it was built against.
 //!
 //! Every import is async (a blocking call suspends only its task) and
-//! trappable (the host can end a task from inside a call).
+//! trappable (the host can end a task from inside a call). The
+//! `wasi:keyvalue` resources stay opaque here (`pub enum Bucket {}`): the
+//! keyvalue interface keeps what a handle stands for in the store's table.
+
+use wasmtime::AsContextMut;
+use wasmtime::component::InstancePre;
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -9,6 +17,126 @@ wasmtime::component::bindgen!({
     imports: { default: async | trappable },
     exports: { default: async },
 });
+
+/// `taskhost:plugin@0.1.0`, from the pinned copy in `wit/compat/0.1.0`.
+/// Its `types` are the current ones: unchanged since, so a 0.1.0 plugin's
+/// answers need no conversion and one `app` implementation serves both.
+pub mod v0_1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/compat/0.1.0",
+        world: "taskhost:plugin/plugin",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: { "taskhost:plugin/types": crate::bindings::taskhost::plugin::types },
+    });
+}
+
+use self::exports::taskhost::plugin::factories::FactoryInfo;
+
+/// A plugin linked and ready to instantiate, by the WIT version its
+/// `factories` export has.
+pub enum FactoriesPre<T: 'static> {
+    Current(PluginPre<T>),
+    V0_1(v0_1::PluginPre<T>),
+}
+
+impl<T: Send + 'static> FactoriesPre<T> {
+    /// Finds the `factories` export, of the current version or an older
+    /// one; the error is the current version's (what to build against).
+    pub fn new(pre: InstancePre<T>) -> wasmtime::Result<FactoriesPre<T>> {
+        match PluginPre::new(pre.clone()) {
+            Ok(current) => Ok(FactoriesPre::Current(current)),
+            Err(error) => match v0_1::PluginPre::new(pre) {
+                Ok(old) => Ok(FactoriesPre::V0_1(old)),
+                Err(_) => Err(error),
+            },
+        }
+    }
+
+    /// The `taskhost:plugin` version the plugin was built against.
+    pub fn wit_version(&self) -> &'static str {
+        match self {
+            FactoriesPre::Current(_) => "0.2.0",
+            FactoriesPre::V0_1(_) => "0.1.0",
+        }
+    }
+
+    pub async fn instantiate_async(
+        &self,
+        store: impl AsContextMut<Data = T>,
+    ) -> wasmtime::Result<Factories> {
+        Ok(match self {
+            FactoriesPre::Current(pre) => Factories::Current(pre.instantiate_async(store).await?),
+            FactoriesPre::V0_1(pre) => Factories::V0_1(pre.instantiate_async(store).await?),
+        })
+    }
+}
+
+/// One instance's `factories` export, of either version.
+pub enum Factories {
+    Current(Plugin),
+    V0_1(v0_1::Plugin),
+}
+
+impl Factories {
+    pub async fn call_list_factories<S: AsContextMut<Data: Send>>(
+        &self,
+        store: S,
+    ) -> wasmtime::Result<Vec<FactoryInfo>> {
+        match self {
+            Factories::Current(p) => {
+                p.taskhost_plugin_factories()
+                    .call_list_factories(store)
+                    .await
+            }
+            Factories::V0_1(p) => {
+                p.taskhost_plugin_factories()
+                    .call_list_factories(store)
+                    .await
+            }
+        }
+    }
+
+    pub async fn call_check<S: AsContextMut<Data: Send>>(
+        &self,
+        store: S,
+        factory: &str,
+        args: &str,
+    ) -> wasmtime::Result<Result<(), GuestError>> {
+        match self {
+            Factories::Current(p) => {
+                p.taskhost_plugin_factories()
+                    .call_check(store, factory, args)
+                    .await
+            }
+            Factories::V0_1(p) => {
+                p.taskhost_plugin_factories()
+                    .call_check(store, factory, args)
+                    .await
+            }
+        }
+    }
+
+    pub async fn call_run<S: AsContextMut<Data: Send>>(
+        &self,
+        store: S,
+        factory: &str,
+        args: &str,
+    ) -> wasmtime::Result<Result<String, GuestError>> {
+        match self {
+            Factories::Current(p) => {
+                p.taskhost_plugin_factories()
+                    .call_run(store, factory, args)
+                    .await
+            }
+            Factories::V0_1(p) => {
+                p.taskhost_plugin_factories()
+                    .call_run(store, factory, args)
+                    .await
+            }
+        }
+    }
+}
 
 pub use self::taskhost::plugin::types::{Error as GuestError, Level};
 

@@ -21,8 +21,9 @@
 //! 4. The host interfaces a task imports, one module each, owning its
 //!    state and its `add_to_linker`: `app` (the handle to the app; it
 //!    reaches the worker only through the narrow `app::TaskScope` trait,
-//!    which the worker implements) and `wasi` (WASI 0.2, deny by default).
-//!    The next interfaces (outbound HTTP, key-value state) go here.
+//!    which the worker implements), `wasi` (WASI 0.2, deny by default),
+//!    `http` (outbound `wasi:http` behind an allow-list) and `keyvalue`
+//!    (`wasi:keyvalue` over [`kv`]).
 //! 5. `store`: one task's store data, composed of the interfaces' states,
 //!    the linker that links them all, and the store's limits.
 //! 6. [`plugin`]: component files -> linked, pre-instantiated plugins.
@@ -55,6 +56,7 @@ pub mod compile_cache;
 pub(crate) mod dirs;
 pub mod events;
 pub(crate) mod http;
+pub(crate) mod keyvalue;
 pub mod kv;
 pub(crate) mod logging;
 pub(crate) mod metrics;

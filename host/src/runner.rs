@@ -79,7 +79,7 @@ pub(crate) async fn run(
             };
         }
     };
-    let factories = instance.taskhost_plugin_factories();
+    let factories = &instance;
     if let Some(verdict) = verdict {
         let checked = match factories.call_check(&mut store, &ident.factory, args).await {
             Ok(checked) => checked,

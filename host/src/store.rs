@@ -1,12 +1,14 @@
 //! What one task's store holds, composed from the host interfaces it
 //! imports (each owns its state: [`AppState`] for `app`, [`WasiState`] for
-//! WASI) plus what the store itself enforces: the plugin's policy and the
+//! WASI, [`HttpState`] for `wasi:http`; `wasi:keyvalue` borrows what the
+//! others hold) plus what the store itself enforces: the plugin's policy and the
 //! memory budget. [`linker`] links every interface; a new host interface
 //! adds its state here and one line there.
 
 use crate::app::{AppContext, AppState, TaskScope};
 use crate::config::PluginPolicy;
 use crate::http::HttpState;
+use crate::keyvalue::KvView;
 use crate::logging::LogGate;
 use crate::task::{CancelSignal, TaskIdent};
 use crate::wasi::WasiState;
@@ -81,6 +83,18 @@ impl WasiView for TaskData {
     }
 }
 
+impl TaskData {
+    /// What `wasi:keyvalue` works with: borrowed, nothing of its own.
+    fn kv(&mut self) -> KvView<'_> {
+        KvView {
+            ident: &self.app.ident,
+            policy: &self.policy,
+            app: &self.app.app,
+            table: self.wasi.table(),
+        }
+    }
+}
+
 impl WasiHttpView for TaskData {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         let table = self.wasi.table();
@@ -90,12 +104,13 @@ impl WasiHttpView for TaskData {
 
 /// A linker with every interface a task may import: WASI 0.2 (what it may
 /// reach decided per task, see [`WasiState`]), outbound HTTP behind its
-/// allow-list, and the `app` handle.
+/// allow-list, the `app` handle, and key-value state.
 pub(crate) fn linker(engine: &Engine) -> Result<Linker<TaskData>> {
     let mut linker = Linker::new(engine);
     crate::wasi::add_to_linker(&mut linker)?;
     crate::http::add_to_linker(&mut linker)?;
     crate::app::add_to_linker(&mut linker, |data: &mut TaskData| &mut data.app)?;
+    crate::keyvalue::add_to_linker(&mut linker, TaskData::kv)?;
     Ok(linker)
 }
 

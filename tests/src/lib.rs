@@ -78,19 +78,34 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    /// Writes `toml` as app.toml; `{examples}`, `{greeter}`, `{hostile}`, `{testkit}`, `{versioned}` are replaced by
+    /// Writes `toml` as app.toml; `{compat010}`, `{examples}`, `{greeter}`, `{hostile}`, `{testkit}`, `{versioned}` are replaced by
     /// the paths of those built plugins.
     pub fn new(toml: &str) -> TestApp {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let app = TestApp {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        app.rewrite(toml);
+        app
+    }
+
+    /// Replaces app.toml (placeholders as in [`TestApp::new`]), keeping
+    /// the directory and what the last run left in it (its storage).
+    pub fn rewrite(&self, toml: &str) {
         let mut text = toml.to_string();
-        for name in ["examples", "greeter", "hostile", "testkit", "versioned"] {
+        for name in [
+            "compat010",
+            "examples",
+            "greeter",
+            "hostile",
+            "testkit",
+            "versioned",
+        ] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {
                 text = text.replace(&key, &plugin(name).display().to_string());
             }
         }
-        std::fs::write(dir.path().join("app.toml"), text).expect("write app.toml");
-        TestApp { dir }
+        std::fs::write(self.path(), text).expect("write app.toml");
     }
 
     pub fn path(&self) -> PathBuf {

@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
         "kv",
     ],
     &["logging", "engine"],
-    &["app", "wasi", "http"],
+    &["app", "wasi", "http", "keyvalue"],
     &["store"],
     &["plugin"],
     &["runner"],

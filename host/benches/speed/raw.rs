@@ -135,7 +135,9 @@ impl RawPlugin {
         let component = Component::from_file(engine, component).expect("component");
         let mut linker = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
-        Plugin::add_to_linker::<RawData, HasSelf<RawData>>(&mut linker, |d| d).expect("app");
+        // Only `app`: the bench plugin imports nothing else of the world.
+        types::add_to_linker::<RawData, HasSelf<RawData>>(&mut linker, |d| d).expect("types");
+        app::add_to_linker::<RawData, HasSelf<RawData>>(&mut linker, |d| d).expect("app");
         let pre = PluginPre::new(linker.instantiate_pre(&component).expect("pre")).expect("pre");
         RawPlugin {
             engine: engine.clone(),

@@ -14,6 +14,7 @@ mod time;
 use crate::bindings::taskhost::plugin::types;
 use crate::config::{AppConfig, Grants, Limits, PluginLimits, PluginPolicy};
 use crate::events::EventHub;
+use crate::kv::KvStore;
 use crate::logging::LogGate;
 use crate::metrics::HttpMetrics;
 use crate::registry::{AddTaskError, TaskRegistry};
@@ -22,7 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use wasmtime::component::{HasSelf, Linker};
 
 /// What the `app` interface needs of the worker a task runs on, and all
@@ -65,6 +66,10 @@ pub struct AppContext {
     pub http_metrics: HttpMetrics,
     /// What `task_memory` may reach (`memory_total_mb`, resolved once).
     pub memory_total_bytes: u64,
+    /// Where key-value state lives, once the host has opened it (at
+    /// launch: `taskhost check` never opens it, so it can run beside a
+    /// host that holds the storage).
+    storage: OnceLock<Arc<dyn KvStore>>,
 }
 
 impl std::fmt::Debug for AppContext {
@@ -110,7 +115,18 @@ impl AppContext {
             task_memory: Gauge::default(),
             http_metrics: HttpMetrics::default(),
             memory_total_bytes: limits.memory_total_bytes(),
+            storage: OnceLock::new(),
         }
+    }
+
+    /// Gives tasks their key-value storage; only the first call counts.
+    pub fn attach_storage(&self, storage: Arc<dyn KvStore>) {
+        let _ = self.storage.set(storage);
+    }
+
+    /// The key-value storage, once attached.
+    pub fn storage(&self) -> Option<&Arc<dyn KvStore>> {
+        self.storage.get()
     }
 
     pub fn config_json(&self, key: &str) -> Option<&str> {
@@ -153,99 +169,116 @@ impl AppState {
 }
 
 /// Links the `app` interface (and its `types`) for stores whose data holds
-/// an [`AppState`], reached through `state`.
+/// an [`AppState`], reached through `state`: the current version and 0.1.0,
+/// so plugins built against either run.
 pub(crate) fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     state: fn(&mut T) -> &mut AppState,
 ) -> anyhow::Result<()> {
-    crate::bindings::Plugin::add_to_linker::<T, HasSelf<AppState>>(linker, state)
+    use crate::bindings::{taskhost::plugin as current, v0_1::taskhost::plugin as v0_1};
+    current::types::add_to_linker::<T, HasSelf<AppState>>(linker, state)
+        .and_then(|()| current::app::add_to_linker::<T, HasSelf<AppState>>(linker, state))
+        // 0.1.0's `types` declares only types: an empty instance links it.
+        .and_then(|()| linker.instance("taskhost:plugin/types@0.1.0").map(drop))
+        .and_then(|()| v0_1::app::add_to_linker::<T, HasSelf<AppState>>(linker, state))
         .map_err(|e| anyhow::anyhow!("cannot add the app interface to the linker: {e:#}"))
 }
 
 impl types::Host for AppState {}
 
-impl crate::bindings::taskhost::plugin::app::Host for AppState {
-    async fn name(&mut self) -> wasmtime::Result<String> {
-        Ok(self.app_name())
-    }
+/// `app`'s functions, once for each WIT version the host links: their
+/// signatures are the same (the types are shared, see `crate::bindings`).
+macro_rules! app_host {
+    ($host:path) => {
+        impl $host for AppState {
+            async fn name(&mut self) -> wasmtime::Result<String> {
+                Ok(self.app_name())
+            }
 
-    async fn worker(&mut self) -> wasmtime::Result<Option<u32>> {
-        Ok(self.app_worker())
-    }
+            async fn worker(&mut self) -> wasmtime::Result<Option<u32>> {
+                Ok(self.app_worker())
+            }
 
-    async fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.app_config(&key))
-    }
+            async fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+                Ok(self.app_config(&key))
+            }
 
-    async fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
-        self.app_log(level, &message);
-        Ok(())
-    }
+            async fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
+                self.app_log(level, &message);
+                Ok(())
+            }
 
-    async fn sleep(&mut self, ms: u64) -> wasmtime::Result<Result<(), types::Error>> {
-        Ok(time::sleep(self.cancel.clone(), ms).await)
-    }
+            async fn sleep(&mut self, ms: u64) -> wasmtime::Result<Result<(), types::Error>> {
+                Ok(time::sleep(self.cancel.clone(), ms).await)
+            }
 
-    async fn task_id(&mut self) -> wasmtime::Result<u64> {
-        Ok(self.app_task_id())
-    }
+            async fn task_id(&mut self) -> wasmtime::Result<u64> {
+                Ok(self.app_task_id())
+            }
 
-    async fn add_task(
-        &mut self,
-        plugin: Option<String>,
-        factory: String,
-        args: String,
-        name: Option<String>,
-    ) -> wasmtime::Result<Result<u64, types::Error>> {
-        Ok(match self.add_task_target(plugin) {
-            Ok((worker, plugin)) => tasks::add_task(worker, plugin, factory, args, name).await,
-            Err(error) => Err(error),
-        })
-    }
+            async fn add_task(
+                &mut self,
+                plugin: Option<String>,
+                factory: String,
+                args: String,
+                name: Option<String>,
+            ) -> wasmtime::Result<Result<u64, types::Error>> {
+                Ok(match self.add_task_target(plugin) {
+                    Ok((worker, plugin)) => {
+                        tasks::add_task(worker, plugin, factory, args, name).await
+                    }
+                    Err(error) => Err(error),
+                })
+            }
 
-    async fn get_task(
-        &mut self,
-        name: String,
-    ) -> wasmtime::Result<Result<types::TaskInfo, types::Error>> {
-        Ok(self.app_get_task(&name))
-    }
+            async fn get_task(
+                &mut self,
+                name: String,
+            ) -> wasmtime::Result<Result<types::TaskInfo, types::Error>> {
+                Ok(self.app_get_task(&name))
+            }
 
-    async fn cancel_task(
-        &mut self,
-        name: String,
-    ) -> wasmtime::Result<Result<types::TaskInfo, types::Error>> {
-        Ok(match self.cancel_request(&name) {
-            Ok(request) => tasks::cancel_task(request).await,
-            Err(error) => Err(error),
-        })
-    }
+            async fn cancel_task(
+                &mut self,
+                name: String,
+            ) -> wasmtime::Result<Result<types::TaskInfo, types::Error>> {
+                Ok(match self.cancel_request(&name) {
+                    Ok(request) => tasks::cancel_task(request).await,
+                    Err(error) => Err(error),
+                })
+            }
 
-    async fn tasks(&mut self) -> wasmtime::Result<Vec<types::TaskInfo>> {
-        Ok(self.app_tasks())
-    }
+            async fn tasks(&mut self) -> wasmtime::Result<Vec<types::TaskInfo>> {
+                Ok(self.app_tasks())
+            }
 
-    async fn purge_tasks(&mut self) -> wasmtime::Result<u32> {
-        Ok(self.app_purge_tasks())
-    }
+            async fn purge_tasks(&mut self) -> wasmtime::Result<u32> {
+                Ok(self.app_purge_tasks())
+            }
 
-    async fn dispatch(
-        &mut self,
-        event: String,
-        payload: String,
-    ) -> wasmtime::Result<Result<u32, types::Error>> {
-        Ok(self.app_dispatch(&event, &payload))
-    }
+            async fn dispatch(
+                &mut self,
+                event: String,
+                payload: String,
+            ) -> wasmtime::Result<Result<u32, types::Error>> {
+                Ok(self.app_dispatch(&event, &payload))
+            }
 
-    async fn wait_event(
-        &mut self,
-        event: String,
-        timeout_ms: Option<u64>,
-    ) -> wasmtime::Result<Result<Option<String>, types::Error>> {
-        let Some(scope) = &self.scope else {
-            return Ok(Err(types::Error::Failed(
-                "no worker: events cannot be awaited here".into(),
-            )));
-        };
-        Ok(events::wait_event(scope.clone(), self.cancel.clone(), event, timeout_ms).await)
-    }
+            async fn wait_event(
+                &mut self,
+                event: String,
+                timeout_ms: Option<u64>,
+            ) -> wasmtime::Result<Result<Option<String>, types::Error>> {
+                let Some(scope) = &self.scope else {
+                    return Ok(Err(types::Error::Failed(
+                        "no worker: events cannot be awaited here".into(),
+                    )));
+                };
+                Ok(events::wait_event(scope.clone(), self.cancel.clone(), event, timeout_ms).await)
+            }
+        }
+    };
 }
+
+app_host!(crate::bindings::taskhost::plugin::app::Host);
+app_host!(crate::bindings::v0_1::taskhost::plugin::app::Host);

@@ -419,6 +419,7 @@ async fn list_plugins(State(ctx): State<Ctx>) -> Json<Vec<PluginView>> {
                 name: build.plugin.name.clone(),
                 version: build.plugin.version.clone(),
                 path: build.plugin.path.clone(),
+                wit: build.plugin.wit_version().to_string(),
                 state: if build.serving {
                     BuildState::Serving
                 } else {

@@ -89,6 +89,9 @@ pub struct PluginView {
     pub name: String,
     pub version: String,
     pub path: PathBuf,
+    /// The `taskhost:plugin` WIT version it was built against ("0.2.0",
+    /// or "0.1.0" for a plugin built before key-value state).
+    pub wit: String,
     pub state: BuildState,
     /// Tasks of this build that have not ended.
     pub live_tasks: usize,

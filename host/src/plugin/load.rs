@@ -2,7 +2,7 @@
 
 use super::{Factory, Plugin};
 use crate::app::AppContext;
-use crate::bindings::{GuestError, PluginPre};
+use crate::bindings::{Factories, FactoriesPre, GuestError};
 use crate::compile_cache::CompileCache;
 use crate::config::{MAX_COMPONENT_BYTES, check_plugin_name};
 use crate::engine::HostEngine;
@@ -19,7 +19,7 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 
 /// The world a plugin must implement, as people write it.
-pub const WORLD: &str = "taskhost:plugin/plugin@0.1.0";
+pub const WORLD: &str = "taskhost:plugin/plugin@0.2.0";
 
 /// How long a plugin may take to list its factories or check arguments:
 /// these calls do no real work, so a plugin that takes longer is broken.
@@ -122,10 +122,11 @@ impl PluginLoader {
             let instance_pre = linker.instantiate_pre(component).map_err(|e| {
                 anyhow!(
                     "plugin `{name}`: {file} needs an import taskhost does not provide \
-                     (plugins may import `taskhost:plugin/app` and WASI 0.2): {e:#}"
+                     (plugins may import `taskhost:plugin/app`, WASI 0.2, `wasi:http` and \
+                     `wasi:keyvalue@0.2.0-draft2`): {e:#}"
                 )
             })?;
-            PluginPre::new(instance_pre).map_err(|e| {
+            FactoriesPre::new(instance_pre).map_err(|e| {
                 anyhow!("plugin `{name}`: {file} does not implement the world `{WORLD}`: {e:#}")
             })
         };
@@ -144,12 +145,7 @@ impl PluginLoader {
         };
         let listed = self
             .probe(&plugin, |instance, store| {
-                Box::pin(async move {
-                    instance
-                        .taskhost_plugin_factories()
-                        .call_list_factories(store)
-                        .await
-                })
+                Box::pin(async move { instance.call_list_factories(store).await })
             })
             .await
             .with_context(|| format!("plugin `{name}`: {file}: listing its factories failed"))?;
@@ -175,12 +171,7 @@ impl PluginLoader {
         let factory = factory.to_string();
         let args = args.to_string();
         self.probe(plugin, move |instance, store| {
-            Box::pin(async move {
-                instance
-                    .taskhost_plugin_factories()
-                    .call_check(store, &factory, &args)
-                    .await
-            })
+            Box::pin(async move { instance.call_check(store, &factory, &args).await })
         })
         .await
     }
@@ -191,7 +182,7 @@ impl PluginLoader {
         &self,
         plugin: &Plugin,
         call: impl for<'a> FnOnce(
-            &'a crate::bindings::Plugin,
+            &'a Factories,
             &'a mut wasmtime::Store<TaskData>,
         ) -> std::pin::Pin<
             Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>,

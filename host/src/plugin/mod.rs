@@ -9,7 +9,7 @@
 pub mod build;
 mod load;
 
-use crate::bindings::PluginPre;
+use crate::bindings::FactoriesPre;
 use crate::lifecycle::LifecycleEvent;
 use crate::store::TaskData;
 use std::path::PathBuf;
@@ -36,9 +36,9 @@ pub struct Plugin {
     pub version: String,
     pub factories: Vec<Factory>,
     /// Instantiates on the warm engine.
-    pre: PluginPre<TaskData>,
+    pre: FactoriesPre<TaskData>,
     /// Instantiates on the cold engine.
-    cold: PluginPre<TaskData>,
+    cold: FactoriesPre<TaskData>,
     /// Set once a newer build replaced this one: where to announce that its
     /// last task ended (see [`Plugin::retire`]).
     retired: OnceLock<broadcast::Sender<LifecycleEvent>>,
@@ -50,7 +50,7 @@ impl Plugin {
     }
 
     /// The pre-instantiated component of the warm engine, or the cold.
-    pub(crate) fn pre_for(&self, warm: bool) -> &PluginPre<TaskData> {
+    pub(crate) fn pre_for(&self, warm: bool) -> &FactoriesPre<TaskData> {
         if warm { &self.pre } else { &self.cold }
     }
 
@@ -58,6 +58,11 @@ impl Plugin {
     /// last task ended), `plugin_dropped` is logged and sent on `stream`.
     pub(crate) fn retire(&self, stream: broadcast::Sender<LifecycleEvent>) {
         let _ = self.retired.set(stream);
+    }
+
+    /// The `taskhost:plugin` WIT version the component was built against.
+    pub fn wit_version(&self) -> &'static str {
+        self.pre.wit_version()
     }
 
     /// "a, b, c": for error messages that list what exists.

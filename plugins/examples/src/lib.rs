@@ -32,6 +32,18 @@ plugin! {
         }))
     }
 
+    /// Increments `key` of bucket `bucket` (default "default") `times` times,
+    /// one atomic step each; returns the key's final value.
+    fn kv_counter(app: &App, bucket: Option<String>, key: String, times: u64) -> Result<i64> {
+        let bucket = app.kv(bucket.as_deref().unwrap_or("default"))?;
+        let mut value = bucket.get::<i64>(&key)?.unwrap_or(0);
+        for _ in 0..times {
+            value = bucket.increment(&key, 1)?;
+        }
+        app.info(format!("{}/{key} = {value}", bucket.name()));
+        Ok(value)
+    }
+
     /// Waits `delay_ms` (default 5000), then announces that the server started.
     fn notify_server_started_after_five_seconds(app: &App, delay_ms: Option<u64>) -> Result<()> {
         app.sleep(delay_ms.unwrap_or(5000))?;

@@ -123,6 +123,33 @@ plugin! {
     }
 
     /// Sleeps `ms`, then logs `woke` and returns `ms`.
+    /// One key-value operation on `bucket`: `get`, `set` (`value`),
+    /// `set_size` (`size` bytes of JSON text), `delete`, `exists`, `keys`,
+    /// `increment` (`delta`), `cas` (`expected`, `value`), `update_add`
+    /// (adds `delta` through a retried compare-and-swap). `times` repeats
+    /// the op (default once). Returns the last answer; a refused call fails
+    /// with the host's error.
+    fn kv(
+        app: &App,
+        bucket: String,
+        op: String,
+        key: Option<String>,
+        value: Option<Value>,
+        size: Option<usize>,
+        delta: Option<i64>,
+        expected: Option<Value>,
+        times: Option<u32>,
+    ) -> Result<Value> {
+        let b = app.kv(&bucket)?;
+        let key = key.unwrap_or_default();
+        let mut last = Value::Null;
+        for _ in 0..times.unwrap_or(1) {
+            last = kv_op(&b, &op, &key, &value, size, delta, &expected)?;
+        }
+        Ok(last)
+    }
+
+
     fn nap(app: &App, ms: u64) -> Result<u64> {
         app.sleep(ms)?;
         app.info("woke");
@@ -288,4 +315,43 @@ plugin! {
         eprintln!("err: {text}");
         Ok(())
     }
+}
+
+/// One op of the `kv` factory.
+fn kv_op(
+    b: &taskhost_guest_sdk::Bucket,
+    op: &str,
+    key: &str,
+    value: &Option<Value>,
+    size: Option<usize>,
+    delta: Option<i64>,
+    expected: &Option<Value>,
+) -> Result<Value> {
+    Ok(match op {
+        "get" => b.get::<Value>(key)?.unwrap_or(Value::Null),
+        "set" => {
+            b.set(key, &value.clone().unwrap_or(Value::Null))?;
+            Value::Bool(true)
+        }
+        "set_size" => {
+            b.set_bytes(key, &vec![b'1'; size.unwrap_or(0)])?;
+            Value::Bool(true)
+        }
+        "delete" => {
+            b.delete(key)?;
+            Value::Bool(true)
+        }
+        "exists" => Value::Bool(b.exists(key)?),
+        "keys" => serde_json::json!(b.keys()?),
+        "increment" => serde_json::json!(b.increment(key, delta.unwrap_or(1))?),
+        "cas" => {
+            let new = value.clone().unwrap_or(Value::Null);
+            Value::Bool(b.compare_and_swap(key, expected.as_ref(), &new)?)
+        }
+        "update_add" => {
+            let add = delta.unwrap_or(1);
+            serde_json::json!(b.update(key, |n: Option<i64>| n.unwrap_or(0) + add)?)
+        }
+        other => return Err(Error::msg(format!("no kv op {other:?}"))),
+    })
 }

@@ -1,0 +1,332 @@
+//! Key-value state for guests, through the standard `wasi:keyvalue`
+//! interfaces (`store`, `atomics`, `batch` of 0.2.0-draft2, as Spin
+//! implements them), so any language's bindings of them work.
+//!
+//! A bucket a task opens is its plugin's own (`PLUGIN/NAME` in the storage,
+//! see [`crate::kv::BucketId`]): no other plugin can name it, so isolation
+//! needs no check at all. A name the plugin's `[plugins.NAME.grants] kv`
+//! lists opens that shared bucket instead. Over a `[limits] kv_*` bound a
+//! call fails with `other("limit: ...")`, naming the setting.
+//!
+//! Calls keep working while the task is being cancelled: cleanup code may
+//! need to save where it stopped, and no call waits on anything but the
+//! storage. The interface has no state of its own: a view borrows what the
+//! store already holds (the task's identity, its plugin's grants, the
+//! app's storage and the resource table), so a task that never opens a
+//! bucket costs nothing more.
+
+use crate::app::AppContext;
+use crate::bindings::wasi::keyvalue::{atomics, batch, store};
+use crate::config::PluginPolicy;
+use crate::kv::{BucketId, KvError, KvStore, Swap};
+use crate::task::TaskIdent;
+use std::sync::Arc;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+/// Keys one `list-keys` call returns at most; the cursor gives the rest.
+const KEYS_PER_PAGE: usize = 1000;
+
+/// What one call works with, borrowed from the task's store.
+pub struct KvView<'a> {
+    pub ident: &'a TaskIdent,
+    pub policy: &'a PluginPolicy,
+    pub app: &'a AppContext,
+    pub table: &'a mut ResourceTable,
+}
+
+/// What a guest's `bucket` handle stands for (kept in the table; the
+/// generated `store::Bucket` is only its name in signatures).
+struct BucketHandle {
+    id: BucketId,
+}
+
+/// What a guest's `cas` handle stands for: the key as it was read.
+struct CasHandle {
+    bucket: BucketId,
+    key: String,
+    /// `None`: the key was absent.
+    version: Option<u64>,
+    value: Option<Vec<u8>>,
+}
+
+struct HasKv;
+
+impl HasData for HasKv {
+    type Data<'a> = KvView<'a>;
+}
+
+/// Links `wasi:keyvalue/store`, `atomics` and `batch` (async) for stores
+/// whose data gives a [`KvView`] through `view`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> KvView<'_>,
+) -> anyhow::Result<()> {
+    store::add_to_linker::<T, HasKv>(linker, view)
+        .and_then(|()| atomics::add_to_linker::<T, HasKv>(linker, view))
+        .and_then(|()| batch::add_to_linker::<T, HasKv>(linker, view))
+        .map_err(|e| anyhow::anyhow!("cannot add wasi:keyvalue to the linker: {e:#}"))
+}
+
+type KvResult<T> = wasmtime::Result<Result<T, store::Error>>;
+
+impl KvView<'_> {
+    fn storage(&self) -> Result<Arc<dyn KvStore>, store::Error> {
+        self.app.storage().cloned().ok_or_else(|| {
+            store::Error::Other(
+                "key-value storage is not open here (`taskhost check` runs no tasks)".into(),
+            )
+        })
+    }
+
+    fn bucket(&self, bucket: &Resource<store::Bucket>) -> wasmtime::Result<BucketId> {
+        let handle: Resource<BucketHandle> = Resource::new_borrow(bucket.rep());
+        Ok(self.table.get(&handle)?.id.clone())
+    }
+
+    fn push_cas(&mut self, cas: CasHandle) -> wasmtime::Result<Resource<atomics::Cas>> {
+        Ok(Resource::new_own(self.table.push(cas)?.rep()))
+    }
+
+    /// A read of `key` as a CAS handle.
+    async fn read_cas(
+        &mut self,
+        bucket: BucketId,
+        key: String,
+    ) -> wasmtime::Result<Result<Resource<atomics::Cas>, store::Error>> {
+        let storage = match self.storage() {
+            Ok(storage) => storage,
+            Err(error) => return Ok(Err(error)),
+        };
+        let read = match storage.get_versioned(&bucket, &key).await {
+            Ok(read) => read,
+            Err(error) => return Ok(Err(self.error(error))),
+        };
+        let (version, value) = match read {
+            Some(read) => (Some(read.version), Some(read.value)),
+            None => (None, None),
+        };
+        Ok(Ok(self.push_cas(CasHandle {
+            bucket,
+            key,
+            version,
+            value,
+        })?))
+    }
+
+    /// The guest's error for a storage error; a limit is logged too, since
+    /// the operator is the one who can raise it.
+    fn error(&self, error: KvError) -> store::Error {
+        match error {
+            KvError::Limit(limit) => {
+                tracing::warn!(
+                    task = %self.ident.label(),
+                    task_id = self.ident.id,
+                    plugin = %self.ident.plugin,
+                    "task {} of plugin {}: key-value write refused: {limit}",
+                    self.ident.label(),
+                    self.ident.plugin,
+                );
+                store::Error::Other(format!("limit: {limit}"))
+            }
+            other => store::Error::Other(other.to_string()),
+        }
+    }
+}
+
+/// The storage, or the guest's error from the enclosing call when there is
+/// none.
+macro_rules! storage {
+    ($view:expr) => {
+        match $view.storage() {
+            Ok(storage) => storage,
+            Err(error) => return Ok(Err(error)),
+        }
+    };
+}
+
+impl store::Host for KvView<'_> {
+    async fn open(&mut self, identifier: String) -> KvResult<Resource<store::Bucket>> {
+        let granted = self.policy.grants.kv.contains(&identifier);
+        let id = if granted {
+            BucketId::shared(&identifier)
+        } else {
+            BucketId::private(&self.ident.plugin, &identifier)
+        };
+        let id = match id {
+            Ok(id) => id,
+            Err(error) => return Ok(Err(store::Error::Other(error.to_string()))),
+        };
+        if let Err(error) = self.storage() {
+            return Ok(Err(error));
+        }
+        let handle = self.table.push(BucketHandle { id })?;
+        Ok(Ok(Resource::new_own(handle.rep())))
+    }
+}
+
+impl store::HostBucket for KvView<'_> {
+    async fn get(
+        &mut self,
+        bucket: Resource<store::Bucket>,
+        key: String,
+    ) -> KvResult<Option<Vec<u8>>> {
+        let id = self.bucket(&bucket)?;
+        let storage = storage!(self);
+        let got = storage.get(&id, &key).await;
+        Ok(got.map_err(|e| self.error(e)))
+    }
+
+    async fn set(
+        &mut self,
+        bucket: Resource<store::Bucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> KvResult<()> {
+        let id = self.bucket(&bucket)?;
+        let storage = storage!(self);
+        let set = storage.set(&id, &key, &value).await;
+        Ok(set.map_err(|e| self.error(e)))
+    }
+
+    async fn delete(&mut self, bucket: Resource<store::Bucket>, key: String) -> KvResult<()> {
+        let id = self.bucket(&bucket)?;
+        let storage = storage!(self);
+        let deleted = storage.delete(&id, &key).await;
+        Ok(deleted.map(drop).map_err(|e| self.error(e)))
+    }
+
+    async fn exists(&mut self, bucket: Resource<store::Bucket>, key: String) -> KvResult<bool> {
+        let id = self.bucket(&bucket)?;
+        let storage = storage!(self);
+        let got = storage.get(&id, &key).await;
+        Ok(got.map(|v| v.is_some()).map_err(|e| self.error(e)))
+    }
+
+    async fn list_keys(
+        &mut self,
+        bucket: Resource<store::Bucket>,
+        cursor: Option<String>,
+    ) -> KvResult<store::KeyResponse> {
+        let id = self.bucket(&bucket)?;
+        let storage = storage!(self);
+        let page = storage
+            .list_keys(&id, cursor.as_deref(), KEYS_PER_PAGE)
+            .await;
+        Ok(page
+            .map(|page| store::KeyResponse {
+                keys: page.keys,
+                cursor: page.next,
+            })
+            .map_err(|e| self.error(e)))
+    }
+
+    async fn drop(&mut self, bucket: Resource<store::Bucket>) -> wasmtime::Result<()> {
+        self.table
+            .delete(Resource::<BucketHandle>::new_own(bucket.rep()))?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for KvView<'_> {
+    async fn increment(
+        &mut self,
+        bucket: Resource<store::Bucket>,
+        key: String,
+        delta: i64,
+    ) -> KvResult<i64> {
+        let id = self.bucket(&bucket)?;
+        let storage = storage!(self);
+        let sum = storage.increment(&id, &key, delta).await;
+        Ok(sum.map_err(|e| self.error(e)))
+    }
+
+    async fn swap(
+        &mut self,
+        cas: Resource<atomics::Cas>,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), atomics::CasError>> {
+        let cas = self
+            .table
+            .delete(Resource::<CasHandle>::new_own(cas.rep()))?;
+        let storage = match self.storage() {
+            Ok(storage) => storage,
+            Err(error) => return Ok(Err(atomics::CasError::StoreError(error))),
+        };
+        let swapped = storage
+            .swap(&cas.bucket, &cas.key, cas.version, &value)
+            .await
+            .map_err(|e| self.error(e));
+        Ok(match swapped {
+            Ok(Swap::Done) => Ok(()),
+            // The spec asks for a handle at the latest version, so the
+            // guest can retry at once.
+            Ok(Swap::Changed(_)) => match self.read_cas(cas.bucket, cas.key).await? {
+                Ok(fresh) => Err(atomics::CasError::CasFailed(fresh)),
+                Err(error) => Err(atomics::CasError::StoreError(error)),
+            },
+            Err(error) => Err(atomics::CasError::StoreError(error)),
+        })
+    }
+}
+
+impl atomics::HostCas for KvView<'_> {
+    async fn new(
+        &mut self,
+        bucket: Resource<store::Bucket>,
+        key: String,
+    ) -> KvResult<Resource<atomics::Cas>> {
+        let id = self.bucket(&bucket)?;
+        self.read_cas(id, key).await
+    }
+
+    async fn current(&mut self, cas: Resource<atomics::Cas>) -> KvResult<Option<Vec<u8>>> {
+        let handle: Resource<CasHandle> = Resource::new_borrow(cas.rep());
+        Ok(Ok(self.table.get(&handle)?.value.clone()))
+    }
+
+    async fn drop(&mut self, cas: Resource<atomics::Cas>) -> wasmtime::Result<()> {
+        self.table
+            .delete(Resource::<CasHandle>::new_own(cas.rep()))?;
+        Ok(())
+    }
+}
+
+impl batch::Host for KvView<'_> {
+    async fn get_many(
+        &mut self,
+        bucket: Resource<store::Bucket>,
+        keys: Vec<String>,
+    ) -> KvResult<Vec<Option<(String, Vec<u8>)>>> {
+        let id = self.bucket(&bucket)?;
+        let storage = storage!(self);
+        let values = storage.get_many(&id, &keys).await;
+        Ok(values.map_err(|e| self.error(e)).map(|values| {
+            keys.into_iter()
+                .zip(values)
+                .map(|(key, value)| value.map(|value| (key, value)))
+                .collect()
+        }))
+    }
+
+    async fn set_many(
+        &mut self,
+        bucket: Resource<store::Bucket>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> KvResult<()> {
+        let id = self.bucket(&bucket)?;
+        let storage = storage!(self);
+        let set = storage.set_many(&id, &key_values).await;
+        Ok(set.map_err(|e| self.error(e)))
+    }
+
+    async fn delete_many(
+        &mut self,
+        bucket: Resource<store::Bucket>,
+        keys: Vec<String>,
+    ) -> KvResult<()> {
+        let id = self.bucket(&bucket)?;
+        let storage = storage!(self);
+        let deleted = storage.delete_many(&id, &keys).await;
+        Ok(deleted.map_err(|e| self.error(e)))
+    }
+}

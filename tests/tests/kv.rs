@@ -1,0 +1,303 @@
+//! Key-value state through `wasi:keyvalue`: it outlives the instance and
+//! the host (a restart, `kill -9` right after a write returned), stays
+//! with its plugin unless a shared bucket is granted, holds under two
+//! workers writing one key, and refuses writes over `[limits]` by name.
+
+use serde_json::{Value, json};
+use taskhost_tests::{Run, TestApp};
+
+/// An app of two plugins built from the same testkit, `kit` and `other`,
+/// running `tasks` (TOML), with `extra` tables in front of them.
+fn app_toml(extra: &str, tasks: &str) -> String {
+    format!(
+        r#"
+        name = "stateful"
+        workers = 1
+        [plugins.kit]
+        path = "{{testkit}}"
+        [plugins.other]
+        path = "{{testkit}}"
+        [plugins.examples]
+        path = "{{examples}}"
+        {extra}
+        {tasks}
+        "#
+    )
+}
+
+/// A `[[tasks]]` entry of testkit's `kv` factory.
+fn kv_task(plugin: &str, name: &str, args: &str) -> String {
+    format!(
+        r#"
+        [[tasks]]
+        plugin = "{plugin}"
+        factory = "kv"
+        name = "{name}"
+        args = {{ {args} }}
+        "#
+    )
+}
+
+fn run(app: &TestApp) -> Run {
+    let run = app.run_until_idle();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    run
+}
+
+fn result(run: &Run, task: &str) -> Value {
+    let results = run.results_of(task);
+    assert_eq!(results.len(), 1, "{task}: {}", run.dump());
+    results[0].clone()
+}
+
+#[test]
+fn values_survive_a_restart_and_stay_with_their_plugin() {
+    let write = kv_task(
+        "kit",
+        "write",
+        r#"bucket = "b", op = "set", key = "greeting", value = { text = "hello" }"#,
+    );
+    let app = TestApp::new(&app_toml("", &write));
+    run(&app);
+
+    let reads = [
+        kv_task(
+            "kit",
+            "mine",
+            r#"bucket = "b", op = "get", key = "greeting""#,
+        ),
+        kv_task(
+            "other",
+            "theirs",
+            r#"bucket = "b", op = "get", key = "greeting""#,
+        ),
+        kv_task("other", "their-keys", r#"bucket = "b", op = "keys""#),
+    ]
+    .concat();
+    app.rewrite(&app_toml("", &reads));
+    let after = run(&app);
+    assert_eq!(result(&after, "mine"), json!({"text": "hello"}));
+    assert_eq!(result(&after, "theirs"), Value::Null, "plugins are apart");
+    assert_eq!(result(&after, "their-keys"), json!([]));
+    assert!(
+        app.dir.path().join(".taskhost/kv.sqlite3").is_file(),
+        "the default storage is beside app.toml"
+    );
+}
+
+#[test]
+fn a_granted_shared_bucket_is_seen_by_both_plugins_and_only_them() {
+    let grants = r#"
+        [plugins.kit.grants]
+        kv = ["feeds"]
+        [plugins.other.grants]
+        kv = ["feeds"]
+    "#;
+    let main_write = r#"
+        [[tasks]]
+        plugin = "kit"
+        factory = "kv"
+        name = "write"
+        scope = "main"
+        args = { bucket = "feeds", op = "set", key = "latest", value = 7 }
+    "#;
+    let tasks = [
+        main_write.to_string(),
+        kv_task(
+            "other",
+            "read",
+            r#"bucket = "feeds", op = "get", key = "latest""#,
+        ),
+    ]
+    .concat();
+    let app = TestApp::new(&app_toml(grants, &tasks));
+    let granted = run(&app);
+    assert_eq!(result(&granted, "read"), json!(7));
+
+    // Without the grant, `feeds` is the plugin's own (empty) bucket.
+    app.rewrite(&app_toml(
+        "",
+        &kv_task(
+            "other",
+            "read",
+            r#"bucket = "feeds", op = "get", key = "latest""#,
+        ),
+    ));
+    assert_eq!(result(&run(&app), "read"), Value::Null);
+}
+
+#[test]
+fn an_acknowledged_write_survives_kill_9() {
+    let tasks = r#"
+        [[tasks]]
+        plugin = "examples"
+        factory = "kv_counter"
+        name = "count"
+        args = { key = "n", times = 300 }
+        [[tasks]]
+        plugin = "kit"
+        factory = "nap"
+        name = "keep-running"
+        args = { ms = 600000 }
+    "#;
+    let app = TestApp::new(&app_toml("", tasks));
+    let mut host = app.spawn_with(&[]);
+    // `done` is logged after the factory returned, so after its last
+    // increment was acknowledged.
+    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "count");
+    host.signal("KILL");
+    let killed = host.finish();
+    assert_eq!(killed.code, None, "killed by the signal: {}", killed.dump());
+
+    // The counter is the examples plugin's: read it as that plugin would.
+    app.rewrite(&app_toml(
+        "",
+        r#"
+        [[tasks]]
+        plugin = "examples"
+        factory = "kv_counter"
+        name = "read"
+        args = { key = "n", times = 0 }
+        "#,
+    ));
+    assert_eq!(result(&run(&app), "read"), json!(300));
+}
+
+#[test]
+fn two_workers_adding_to_one_key_a_thousand_times_each_end_at_two_thousand() {
+    let tasks = [
+        kv_task(
+            "kit",
+            "increment",
+            r#"bucket = "c", op = "increment", key = "n", times = 1000"#,
+        ),
+        kv_task(
+            "kit",
+            "swap",
+            r#"bucket = "c", op = "update_add", key = "m", delta = 1, times = 1000"#,
+        ),
+    ]
+    .concat();
+    let app = TestApp::new(&app_toml("", &tasks).replace("workers = 1", "workers = 2"));
+    let both = run(&app);
+    // Worker-scope tasks run once per worker: two of each.
+    let mut last: Vec<Value> = both.results_of("increment");
+    last.sort_by_key(|v| v.as_i64());
+    assert_eq!(last.len(), 2, "{}", both.dump());
+    assert_eq!(last[1], json!(2000), "{}", both.dump());
+    let mut swapped: Vec<Value> = both.results_of("swap");
+    swapped.sort_by_key(|v| v.as_i64());
+    assert_eq!(swapped[1], json!(2000), "{}", both.dump());
+
+    app.rewrite(&app_toml(
+        "",
+        &[
+            kv_task("kit", "n", r#"bucket = "c", op = "get", key = "n""#),
+            kv_task("kit", "m", r#"bucket = "c", op = "get", key = "m""#),
+        ]
+        .concat(),
+    ));
+    let read = run(&app);
+    assert_eq!(
+        (result(&read, "n"), result(&read, "m")),
+        (json!(2000), json!(2000))
+    );
+}
+
+#[test]
+fn writes_over_a_limit_fail_with_limit_naming_the_setting_and_write_nothing() {
+    let limits = r#"
+        [limits]
+        kv_value_bytes = 100
+        kv_keys_per_bucket = 2
+    "#;
+    let tasks = [
+        kv_task(
+            "kit",
+            "big",
+            r#"bucket = "l", op = "set_size", key = "big", size = 101"#,
+        ),
+        kv_task(
+            "kit",
+            "fits",
+            r#"bucket = "m", op = "set_size", key = "a", size = 100"#,
+        ),
+    ]
+    .concat();
+    let app = TestApp::new(&app_toml(limits, &tasks));
+    let first = app.run_until_idle();
+    let failed = first.event_of("failed", "big");
+    assert_eq!(failed.len(), 1, "{}", first.dump());
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("kv_value_bytes") && error.contains("at most 100 bytes, got 101"),
+        "{error}"
+    );
+    assert!(
+        first.lines.iter().any(|l| {
+            l["message"].as_str().is_some_and(|m| {
+                m.contains("key-value write refused") && m.contains("kv_value_bytes")
+            })
+        }),
+        "the host log says so too: {}",
+        first.dump()
+    );
+    assert_eq!(result(&first, "fits"), json!(true));
+
+    let tasks = [
+        r#"
+        [[tasks]]
+        plugin = "kit"
+        factory = "kv"
+        name = "fill"
+        scope = "main"
+        args = { bucket = "m", op = "set", key = "b", value = 1 }
+        "#
+        .to_string(),
+        kv_task(
+            "kit",
+            "third",
+            r#"bucket = "m", op = "set", key = "c", value = 1"#,
+        ),
+        kv_task(
+            "kit",
+            "absent",
+            r#"bucket = "l", op = "exists", key = "big""#,
+        ),
+    ]
+    .concat();
+    app.rewrite(&app_toml(limits, &tasks));
+    let second = app.run_until_idle();
+    let failed = second.event_of("failed", "third");
+    assert_eq!(failed.len(), 1, "{}", second.dump());
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("bucket kit/m may be at most 2 keys, got 3 ([limits] kv_keys_per_bucket)"),
+        "{}",
+        second.dump()
+    );
+    assert_eq!(result(&second, "absent"), json!(false));
+}
+
+#[test]
+fn compare_and_swap_writes_only_over_the_value_it_expects() {
+    let app = TestApp::new(&app_toml("", ""));
+    // One run per step: tasks of one run may run in any order.
+    for (args, answer) in [
+        (r#"op = "cas", value = 1"#, json!(true)),
+        (r#"op = "cas", value = 2"#, json!(false)),
+        (r#"op = "cas", expected = 5, value = 3"#, json!(false)),
+        (r#"op = "cas", expected = 1, value = 4"#, json!(true)),
+        (r#"op = "get""#, json!(4)),
+    ] {
+        let task = kv_task(
+            "kit",
+            "step",
+            &format!(r#"bucket = "s", key = "k", {args}"#),
+        );
+        app.rewrite(&app_toml("", &task));
+        assert_eq!(result(&run(&app), "step"), answer, "{args}");
+    }
+}
