@@ -261,6 +261,11 @@ impl Host {
     /// The named events tasks dispatch and wait for (Sanic's signals):
     /// whoever needs to know that a dispatch will be heard can wait here
     /// until enough tasks wait.
+    /// The key-value storage tasks use (open in every launched host).
+    pub fn storage(&self) -> Option<&Arc<dyn crate::kv::KvStore>> {
+        self.env.app.storage()
+    }
+
     pub fn events(&self) -> &EventHub {
         &self.env.events
     }

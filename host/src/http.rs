@@ -157,6 +157,14 @@ impl WasiHttpHooks for Hooks {
                     Ok(sent) => sent,
                     Err(error) => {
                         metrics.record(&ident.plugin, None, begun.elapsed());
+                        tracing::debug!(
+                            task = %ident.label(),
+                            plugin = %ident.plugin,
+                            %method,
+                            authority,
+                            ms = begun.elapsed().as_secs_f64() * 1e3,
+                            "HTTP {method} {scheme}://{authority} failed: {error}"
+                        );
                         return Err(error);
                     }
                 },

@@ -28,9 +28,18 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. `filter` uses `RUST_LOG` syntax
 /// (`info`, `taskhost=debug`, ...); `RUST_LOG` wins when set.
+///
+/// wasmtime-wasi-http's own warnings ("connect error: ...") name no task
+/// and repeat what the guest is told: they are kept out unless the filter
+/// names that crate. taskhost logs each request's outcome with its task.
 pub fn init(format: LogFormat, filter: &str) -> Result<()> {
+    let filter = if filter.contains("wasmtime_wasi_http") {
+        filter.to_string()
+    } else {
+        format!("{filter},wasmtime_wasi_http=error")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))?;
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&filter))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

@@ -301,3 +301,99 @@ fn compare_and_swap_writes_only_over_the_value_it_expects() {
         assert_eq!(result(&run(&app), "step"), answer, "{args}");
     }
 }
+
+#[test]
+fn kv_verbs_and_endpoints_inspect_and_repair_state() {
+    let tasks = r#"
+        [limits]
+        kv_value_bytes = 8
+        [[tasks]]
+        plugin = "examples"
+        factory = "kv_counter"
+        name = "count"
+        args = { key = "n", times = 3 }
+        [[tasks]]
+        plugin = "kit"
+        factory = "nap"
+        name = "keep-running"
+        args = { ms = 600000 }
+    "#;
+    let app = TestApp::new(&app_toml("", tasks));
+    let mut host = app.spawn();
+    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "count");
+    let ok = |args: &[&str]| {
+        let run = app.cli(args);
+        assert_eq!(run.code, Some(0), "{args:?}: {}", run.stderr);
+        run.stdout
+    };
+
+    let table = ok(&["kv", "list"]);
+    assert!(
+        table.starts_with("BUCKET") && table.contains("examples/default  1"),
+        "{table}"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&ok(&["kv", "list", "--json"])).unwrap(),
+        json!([{"bucket": "examples/default", "keys": 1, "bytes": 2}])
+    );
+    assert_eq!(ok(&["kv", "list", "examples/default"]), "n\n");
+    assert_eq!(ok(&["kv", "get", "examples/default", "n"]), "3\n");
+
+    // Repair: set the counter, and the next task counts on from there.
+    ok(&["kv", "set", "examples/default", "n", "41"]);
+    ok(&[
+        "add",
+        "examples",
+        "kv_counter",
+        "--name",
+        "again",
+        "--args",
+        r#"{"key": "n", "times": 1}"#,
+    ]);
+    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "again");
+    let again = host
+        .seen()
+        .iter()
+        .find(|l| l["event"] == "done" && l["task"] == "again")
+        .map(taskhost_tests::result_of);
+    assert_eq!(again, Some(json!(42)));
+
+    // Over a limit: refused by name, nothing written.
+    let refused = app.cli(&["kv", "set", "examples/default", "big", "123456789"]);
+    assert_eq!(refused.code, Some(1), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("kv_value_bytes"),
+        "{}",
+        refused.stderr
+    );
+    let missing = app.cli(&["kv", "get", "examples/default", "big"]);
+    assert_eq!(missing.code, Some(3), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("has no key \"big\""),
+        "{}",
+        missing.stderr
+    );
+
+    let bad = app.cli(&["kv", "list", "no such bucket"]);
+    assert_eq!(bad.code, Some(1), "{}", bad.stderr);
+    assert!(bad.stderr.contains("bucket name"), "{}", bad.stderr);
+
+    ok(&["kv", "delete", "examples/default", "n"]);
+    let gone = app.cli(&["kv", "delete", "examples/default", "n"]);
+    assert_eq!(gone.code, Some(3), "{}", gone.stderr);
+    assert_eq!(ok(&["kv", "list", "--json"]), "[]\n");
+
+    host.signal("TERM");
+    let run = host.finish();
+    assert!(
+        run.messages("key-value entry set through the control API")
+            .len()
+            == 1
+            && run
+                .messages("key-value entry deleted through the control API")
+                .len()
+                == 1,
+        "operator writes leave a trace: {}",
+        run.dump()
+    );
+}

@@ -5,8 +5,8 @@
 use super::{ControlFileArg, Exit};
 use crate::control::client::{Client, ClientError};
 use crate::control::schema::{
-    AddRequest, Added, BuildState, CancelRequest, DispatchRequest, LoadRequest, Loaded, PluginView,
-    Purged, Woken,
+    AddRequest, Added, BuildState, CancelRequest, DispatchRequest, KvBucketView, KvEntry, KvKeys,
+    KvPut, KvWritten, LoadRequest, Loaded, PluginView, Purged, Woken,
 };
 use crate::lifecycle::{LifecycleEvent, TaskRef};
 use crate::task::{TaskState, TaskView, WorkerId};
@@ -107,6 +107,15 @@ pub(crate) enum Verb {
     Metrics {
         #[command(flatten)]
         common: Common,
+    },
+    /// Inspect and repair key-value state: list buckets or keys, get, set
+    /// or delete a key.
+    ///
+    /// A plugin's own bucket is PLUGIN/NAME (what its tasks open as NAME); a
+    /// shared bucket is NAME.
+    Kv {
+        #[command(subcommand)]
+        action: KvAction,
     },
     /// List the loaded plugin builds: the one each plugin serves new tasks
     /// from, and older ones still draining their tasks after a hot-load.
@@ -358,6 +367,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
         Verb::Metrics { common } => {
             out!("{}", connect(&common)?.get_text("/metrics").await?);
         }
+        Verb::Kv { action } => kv(action).await?,
         Verb::Plugins { common } => {
             let builds: Vec<PluginView> = connect(&common)?.get("/v1/plugins").await?;
             if common.json {
@@ -394,6 +404,166 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 if restart_tasks {
                     outln!("restarted {} startup task(s)", loaded.restarted);
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What `taskhost kv` does.
+#[derive(Subcommand)]
+pub(crate) enum KvAction {
+    /// List the buckets with their key and byte counts, or with BUCKET its
+    /// keys, in byte order.
+    List {
+        bucket: Option<String>,
+        /// Show at most N keys.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print the value of KEY in BUCKET as stored (exit 3 if it has none).
+    Get {
+        bucket: String,
+        key: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Set KEY in BUCKET to VALUE, stored as given: write JSON ('42',
+    /// '"text"', '{"a":1}') for values tasks read with `get`.
+    Set {
+        bucket: String,
+        key: String,
+        value: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Delete KEY from BUCKET (exit 3 if it had none).
+    Delete {
+        bucket: String,
+        key: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// `/v1/kv/BUCKET/KEY`, percent-encoded.
+fn kv_path(bucket: &str, key: &str) -> String {
+    format!("/v1/kv/{}/{}", encode(bucket), encode(key))
+}
+
+async fn kv(action: KvAction) -> Result<(), ClientError> {
+    match action {
+        KvAction::List {
+            bucket: None,
+            common,
+            ..
+        } => {
+            let buckets: Vec<KvBucketView> = connect(&common)?.get("/v1/kv").await?;
+            if common.json {
+                print_json(&buckets);
+            } else {
+                let rows = buckets
+                    .iter()
+                    .map(|b| vec![clean(&b.bucket), b.keys.to_string(), b.bytes.to_string()])
+                    .collect();
+                print_table(&["BUCKET", "KEYS", "BYTES"], rows);
+            }
+        }
+        KvAction::List {
+            bucket: Some(bucket),
+            limit,
+            common,
+        } => {
+            let client = connect(&common)?;
+            let mut keys = Vec::new();
+            let mut after = None;
+            let wanted = limit.unwrap_or(usize::MAX);
+            while keys.len() < wanted {
+                let page: KvKeys = client
+                    .get(&format!(
+                        "/v1/kv/{}{}",
+                        encode(&bucket),
+                        query(&[
+                            ("after", after.take()),
+                            ("limit", Some((wanted - keys.len()).min(10_000).to_string())),
+                        ])
+                    ))
+                    .await?;
+                keys.extend(page.keys);
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            keys.truncate(wanted);
+            if common.json {
+                print_json(&keys);
+            } else {
+                for key in &keys {
+                    outln!("{}", clean(key));
+                }
+            }
+        }
+        KvAction::Get {
+            bucket,
+            key,
+            common,
+        } => {
+            let entry: KvEntry = connect(&common)?.get(&kv_path(&bucket, &key)).await?;
+            if common.json {
+                print_json(&entry);
+            } else if let Some(text) = &entry.text {
+                outln!("{text}");
+            } else if let Some(encoded) = &entry.base64 {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .map_err(|e| ClientError::Refused(format!("the host sent bad base64: {e}")))?;
+                use std::io::Write;
+                let _ = std::io::stdout().write_all(&bytes);
+            }
+        }
+        KvAction::Set {
+            bucket,
+            key,
+            value,
+            common,
+        } => {
+            let put = KvPut {
+                text: Some(value),
+                base64: None,
+            };
+            let written: KvWritten = connect(&common)?.put(&kv_path(&bucket, &key), &put).await?;
+            if common.json {
+                print_json(&written);
+            } else {
+                outln!(
+                    "set {} {} ({} bytes)",
+                    clean(&written.bucket),
+                    clean(&written.key),
+                    written.bytes
+                );
+            }
+        }
+        KvAction::Delete {
+            bucket,
+            key,
+            common,
+        } => {
+            let written: KvWritten = connect(&common)?.delete(&kv_path(&bucket, &key)).await?;
+            if common.json {
+                print_json(&written);
+            }
+            if !written.deleted {
+                return Err(ClientError::NotFound(format!(
+                    "bucket {} has no key {:?}",
+                    written.bucket, written.key
+                )));
+            }
+            if !common.json {
+                outln!("deleted {} {}", clean(&written.bucket), clean(&written.key));
             }
         }
     }

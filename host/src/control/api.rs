@@ -11,16 +11,21 @@
 //! | POST | /v1/events/{event} | dispatch an event |
 //! | GET | /v1/plugins | plugins and versions |
 //! | PUT | /v1/plugins/{name} | load or replace a plugin |
+//! | GET | /v1/kv | key-value buckets, with key and byte counts |
+//! | GET | /v1/kv/{bucket}?after=&limit= | a page of a bucket's keys |
+//! | GET, PUT, DELETE | /v1/kv/{bucket}/{key} | one value |
 //! | GET | /v1/stream | lifecycle events (Server-Sent Events) |
 //! | GET | /metrics | Prometheus / OpenMetrics text |
 
 use super::body_limit;
 use super::schema::{
     AddRequest, Added, AddedTask, BuildState, CancelRequest, DispatchRequest, ErrorBody,
-    ErrorDetail, FactoryView, LimitDetail, LoadRequest, Loaded, PluginView, Purged, Woken,
+    ErrorDetail, FactoryView, KvBucketView, KvEntry, KvKeys, KvPut, KvWritten, LimitDetail,
+    LoadRequest, Loaded, PluginView, Purged, Woken,
 };
 use crate::config::Limit;
 use crate::host::{CancelError, Host};
+use crate::kv::{BucketId, KvError, KvStore};
 use crate::lifecycle::LifecycleEvent;
 use crate::plugin::LoadError;
 use crate::registry::AddTaskError;
@@ -34,6 +39,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -60,6 +67,12 @@ pub(super) fn router(host: Arc<Host>, token: String) -> Router {
         .route("/v1/events/{event}", post(dispatch))
         .route("/v1/plugins", get(list_plugins))
         .route("/v1/plugins/{name}", put(load_plugin))
+        .route("/v1/kv", get(kv_buckets))
+        .route("/v1/kv/{bucket}", get(kv_keys))
+        .route(
+            "/v1/kv/{bucket}/{*key}",
+            get(kv_get).put(kv_put).delete(kv_delete),
+        )
         .route("/v1/stream", get(stream))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint") })
@@ -513,4 +526,165 @@ async fn stream(
 /// One lifecycle event as a Server-Sent Event: its JSON as the data line.
 fn sse(event: &LifecycleEvent) -> Event {
     Event::default().data(serde_json::to_string(event).unwrap_or_default())
+}
+
+/// The host's key-value storage (always open in a running host).
+fn kv_storage(ctx: &Ctx) -> Result<Arc<dyn KvStore>, ApiError> {
+    ctx.host.storage().cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage",
+            "this host has no key-value storage open",
+        )
+    })
+}
+
+fn bucket_id(text: &str) -> Result<BucketId, ApiError> {
+    BucketId::parse(text)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))
+}
+
+fn kv_error(error: KvError) -> ApiError {
+    match error {
+        KvError::Limit(limit) => ApiError::limit(StatusCode::PAYLOAD_TOO_LARGE, &limit),
+        KvError::EmptyKey => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", error.to_string())
+        }
+        KvError::NotAnInteger { .. } | KvError::Overflow { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "conflict", error.to_string())
+        }
+        KvError::Storage(message) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
+        }
+    }
+}
+
+/// Most keys one `GET /v1/kv/{bucket}` returns.
+const MAX_KEYS_PER_PAGE: usize = 10_000;
+
+async fn kv_buckets(State(ctx): State<Ctx>) -> Result<Json<Vec<KvBucketView>>, ApiError> {
+    let stats = kv_storage(&ctx)?.buckets().await.map_err(kv_error)?;
+    Ok(Json(
+        stats
+            .into_iter()
+            .map(|s| KvBucketView {
+                bucket: s.bucket.to_string(),
+                keys: s.keys,
+                bytes: s.bytes,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn kv_keys(
+    State(ctx): State<Ctx>,
+    Path(bucket): Path<String>,
+    query: Result<Query<KeysQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<KvKeys>, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let id = bucket_id(&bucket)?;
+    let limit = query.limit.unwrap_or(1000).clamp(1, MAX_KEYS_PER_PAGE);
+    let page = kv_storage(&ctx)?
+        .list_keys(&id, query.after.as_deref(), limit)
+        .await
+        .map_err(kv_error)?;
+    Ok(Json(KvKeys {
+        bucket: id.to_string(),
+        keys: page.keys,
+        next: page.next,
+    }))
+}
+
+async fn kv_get(
+    State(ctx): State<Ctx>,
+    Path((bucket, key)): Path<(String, String)>,
+) -> Result<Json<KvEntry>, ApiError> {
+    let id = bucket_id(&bucket)?;
+    let value = kv_storage(&ctx)?
+        .get(&id, &key)
+        .await
+        .map_err(kv_error)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("bucket {id} has no key {key:?}"),
+            )
+        })?;
+    let (text, base64) = match String::from_utf8(value) {
+        Ok(text) => (Some(text), None),
+        Err(error) => (None, Some(BASE64.encode(error.into_bytes()))),
+    };
+    Ok(Json(KvEntry {
+        bucket: id.to_string(),
+        key,
+        text,
+        base64,
+    }))
+}
+
+async fn kv_put(
+    State(ctx): State<Ctx>,
+    Path((bucket, key)): Path<(String, String)>,
+    body: Result<Json<KvPut>, JsonRejection>,
+) -> Result<Json<KvWritten>, ApiError> {
+    let Json(put) = body?;
+    let id = bucket_id(&bucket)?;
+    let value = match (put.text, put.base64) {
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(encoded)) => BASE64.decode(encoded.as_bytes()).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("`base64` is not base64: {e}"),
+            )
+        })?,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give exactly one of `text` and `base64`",
+            ));
+        }
+    };
+    kv_storage(&ctx)?
+        .set(&id, &key, &value)
+        .await
+        .map_err(kv_error)?;
+    // Operators change state tasks rely on: leave a trace of it.
+    tracing::info!(bucket = %id, key, bytes = value.len(), "key-value entry set through the control API");
+    Ok(Json(KvWritten {
+        bucket: id.to_string(),
+        key,
+        bytes: value.len(),
+        deleted: false,
+    }))
+}
+
+async fn kv_delete(
+    State(ctx): State<Ctx>,
+    Path((bucket, key)): Path<(String, String)>,
+) -> Result<Json<KvWritten>, ApiError> {
+    let id = bucket_id(&bucket)?;
+    let deleted = kv_storage(&ctx)?
+        .delete(&id, &key)
+        .await
+        .map_err(kv_error)?;
+    if deleted {
+        tracing::info!(bucket = %id, key, "key-value entry deleted through the control API");
+    }
+    Ok(Json(KvWritten {
+        bucket: id.to_string(),
+        key,
+        bytes: 0,
+        deleted,
+    }))
 }

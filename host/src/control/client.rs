@@ -85,6 +85,10 @@ impl Client {
     }
 
     /// GETs a text resource (`/metrics`).
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.json(Method::DELETE, path, None).await
+    }
+
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
         let response = self.send(Method::GET, path, None).await?;
         let bytes = checked(response).await?;

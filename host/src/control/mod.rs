@@ -29,7 +29,9 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// Largest request body accepted (larger ones get 413): room for the
 /// largest arguments or payload the limits allow, JSON-escaped.
 pub fn body_limit(limits: &crate::config::Limits) -> usize {
-    MAX_BODY + 2 * limits.args_bytes.max(limits.event_payload_bytes)
+    // A key-value value comes as text (escaped: up to 6 bytes per byte in
+    // JSON) or base64 (4/3).
+    MAX_BODY + 2 * limits.args_bytes.max(limits.event_payload_bytes) + 6 * limits.kv_value_bytes
 }
 
 /// The control API as a service, without a listener: every request must

@@ -174,3 +174,57 @@ impl From<&crate::config::Limit> for LimitDetail {
         }
     }
 }
+
+/// One bucket, as `GET /v1/kv` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KvBucketView {
+    /// `PLUGIN/NAME` for a plugin's own bucket, `NAME` for a shared one.
+    pub bucket: String,
+    pub keys: u64,
+    /// Keys and values together.
+    pub bytes: u64,
+}
+
+/// A page of a bucket's keys (`GET /v1/kv/{bucket}`), in byte order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KvKeys {
+    pub bucket: String,
+    pub keys: Vec<String>,
+    /// Pass as `?after=` for the next page; none after the last.
+    pub next: Option<String>,
+}
+
+/// One value (`GET /v1/kv/{bucket}/{key}`): `text` when it is UTF-8 (JSON
+/// a task stored is), else `base64`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KvEntry {
+    pub bucket: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+}
+
+/// What `PUT /v1/kv/{bucket}/{key}` stores: exactly one of `text` (stored
+/// as its UTF-8 bytes: write JSON for values tasks read with `get`) and
+/// `base64`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KvPut {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+}
+
+/// The answer to a `PUT` or `DELETE` of a key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KvWritten {
+    pub bucket: String,
+    pub key: String,
+    /// The value's size now: 0 after a `DELETE`.
+    pub bytes: usize,
+    /// Whether a `DELETE` removed a key (false: there was none).
+    pub deleted: bool,
+}

@@ -44,6 +44,92 @@ plugin! {
         Ok(value)
     }
 
+    /// Polls `url` every `every_ms` with If-None-Match; when the body changed,
+    /// counts the change in KV and dispatches `event` (default
+    /// "feed.changed"). Stops after `times` polls (default: when cancelled).
+    /// Watchers of one URL on several workers count each change once.
+    fn watch(
+        app: &App,
+        url: String,
+        every_ms: u64,
+        times: Option<u64>,
+        event: Option<String>,
+    ) -> Result<serde_json::Value> {
+        let event = event.unwrap_or_else(|| "feed.changed".into());
+        // What survives a restart: the last ETag and body hash, the count.
+        let state = app.kv("watch")?;
+        let (etag_key, hash_key, changes_key) = (
+            format!("{url} etag"),
+            format!("{url} hash"),
+            format!("{url} changes"),
+        );
+        let mut polls = 0u64;
+        let mut failures = 0u64;
+        loop {
+            polls += 1;
+            let etag: Option<String> = state.get(&etag_key)?;
+            let headers: Vec<(&str, &str)> = etag
+                .iter()
+                .map(|tag| ("if-none-match", tag.as_str()))
+                .collect();
+            match app.http().request("GET", &url, &headers, None) {
+                // Cancelled mid-request: unwind like any cancelled call.
+                Err(error) if error.is_cancelled() => return Err(error),
+                // The endpoint being down is the watcher's normal weather:
+                // say so and try again next time.
+                Err(error) => {
+                    failures += 1;
+                    app.warn(format!("poll {polls} of {url} failed: {error}"));
+                }
+                Ok(response) if response.status == 304 => {}
+                Ok(response) if response.status == 200 => {
+                    let hash = format!("{:016x}", fnv1a(&response.body));
+                    let seen: Option<String> = state.get(&hash_key)?;
+                    // Several watchers of one URL (one per worker) count a
+                    // change once: only the one whose swap lands counts it.
+                    if seen.as_deref() != Some(hash.as_str())
+                        && state.compare_and_swap(&hash_key, seen.as_ref(), &hash)?
+                    {
+                        let tag = response.header("etag").map(str::to_string);
+                        match &tag {
+                            Some(tag) => state.set(&etag_key, tag)?,
+                            None => state.delete(&etag_key)?,
+                        }
+                        let changes = state.increment(&changes_key, 1)?;
+                        let payload = serde_json::json!({
+                            "url": url,
+                            "etag": tag,
+                            "changes": changes,
+                            "bytes": response.body.len(),
+                            // Small bodies travel with the event; waiters
+                            // fetch big ones themselves.
+                            "body": (response.body.len() <= 16 * 1024)
+                                .then(|| String::from_utf8_lossy(&response.body)),
+                        });
+                        let woken = app.dispatch(&event, &payload.to_string())?;
+                        app.info(format!(
+                            "{url} changed (change {changes}); told {woken} task(s)"
+                        ));
+                    }
+                }
+                Ok(response) => {
+                    failures += 1;
+                    app.warn(format!("poll {polls} of {url}: status {}", response.status));
+                }
+            }
+            if times.is_some_and(|times| polls >= times) {
+                break;
+            }
+            app.sleep(every_ms)?;
+        }
+        Ok(serde_json::json!({
+            "polls": polls,
+            "failures": failures,
+            "changes": state.get::<u64>(&changes_key)?.unwrap_or(0),
+            "etag": state.get::<String>(&etag_key)?,
+        }))
+    }
+
     /// Waits `delay_ms` (default 5000), then announces that the server started.
     fn notify_server_started_after_five_seconds(app: &App, delay_ms: Option<u64>) -> Result<()> {
         app.sleep(delay_ms.unwrap_or(5000))?;
@@ -147,4 +233,12 @@ plugin! {
         app.info(format!("cancel took {} us", begun.elapsed().as_micros()));
         Ok(victim)
     }
+}
+
+/// FNV-1a: a body fingerprint that needs no dependency (not for security:
+/// it only tells a changed body from the same one).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
