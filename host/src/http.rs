@@ -3,20 +3,22 @@
 //! out only to an origin its plugin's `[plugins.NAME.grants] http` lists
 //! (see [`crate::config::HttpGrant`]); anything else fails in the guest
 //! with `HTTP-request-denied` and a host log line that says what to change.
-//! Requests are bounded by `[limits]` (connect and first-byte timeouts,
-//! response body bytes) and fail at once when their task is cancelled, so
-//! the guest can clean up before its next `app` call returns `cancelled`.
+//! Requests are bounded by `[limits]` and `[plugins.NAME.limits]` (connect
+//! and first-byte timeouts, response and request body bytes, requests open
+//! at once per task) and fail at once when their task is cancelled, so the
+//! guest can clean up before its next `app` call returns `cancelled`.
 //!
 //! This module owns the interface's state ([`HttpState`]) and its linking
 //! ([`add_to_linker`]). Redirects are never followed by the host: a guest
 //! that follows one makes a new request, checked like the first.
 
-use crate::config::{Limits, PluginPolicy};
+use crate::config::{HttpLimits, PluginPolicy};
 use crate::metrics::HttpMetrics;
 use crate::task::{CancelSignal, TaskIdent};
 use http_body_util::{BodyExt, Limited};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::Linker;
 use wasmtime_wasi::ResourceTable;
@@ -38,9 +40,10 @@ struct Hooks {
     policy: Arc<PluginPolicy>,
     cancel: Arc<CancelSignal>,
     metrics: HttpMetrics,
-    connect_timeout: Duration,
-    first_byte_timeout: Duration,
-    response_bytes: usize,
+    limits: HttpLimits,
+    /// Requests open now; made on the first request, so a task that sends
+    /// none allocates nothing.
+    open: Option<Arc<AtomicUsize>>,
 }
 
 impl HttpState {
@@ -48,19 +51,17 @@ impl HttpState {
         ident: Arc<TaskIdent>,
         policy: Arc<PluginPolicy>,
         cancel: Arc<CancelSignal>,
-        limits: &Limits,
         metrics: HttpMetrics,
     ) -> HttpState {
         HttpState {
             ctx: WasiHttpCtx::new(),
             hooks: Hooks {
                 ident,
+                limits: policy.limits.http,
                 policy,
                 cancel,
                 metrics,
-                connect_timeout: Duration::from_millis(limits.http_connect_timeout_ms),
-                first_byte_timeout: Duration::from_millis(limits.http_first_byte_timeout_ms),
-                response_bytes: limits.http_response_bytes,
+                open: None,
             },
         }
     }
@@ -135,15 +136,54 @@ impl WasiHttpHooks for Hooks {
             );
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
+        let open = self.open.get_or_insert_with(Arc::default).clone();
+        let max_open = self.limits.requests_in_flight;
+        if open.fetch_add(1, Ordering::Relaxed) >= max_open {
+            open.fetch_sub(1, Ordering::Relaxed);
+            return Box::new(async move {
+                Err(over_limit(
+                    &ident,
+                    format!(
+                        "requests open at once may be at most {max_open} per task \
+                         ([limits] http_requests_per_task)"
+                    ),
+                ))
+            });
+        }
+        // Open until the response body is dropped (or the request fails).
+        let guard = OpenRequest(open);
+        let request_limit = self.limits.request_body_bytes;
+        let too_large = format!(
+            "the request body is larger than {request_limit} bytes \
+             ([limits] http_request_body_bytes)"
+        );
+        // hyper reports a failed body as a protocol error: the flag lets
+        // the request's failure name the limit instead.
+        let body_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (limited_ident, flag, message) = (ident.clone(), body_over.clone(), too_large.clone());
+        let request = request.map(move |body| {
+            Limited::new(body, request_limit)
+                .map_err(move |error| match error.downcast::<Error>() {
+                    Ok(error) => *error,
+                    Err(_) => {
+                        flag.store(true, Ordering::Relaxed);
+                        over_limit(&limited_ident, message.clone())
+                    }
+                })
+                .boxed_unsync()
+        });
         let options = options.unwrap_or_default();
-        let first_byte = bounded(options.first_byte_timeout, self.first_byte_timeout);
+        let first_byte = bounded(options.first_byte_timeout, self.limits.first_byte_timeout);
         let options = RequestOptions {
-            connect_timeout: Some(bounded(options.connect_timeout, self.connect_timeout)),
+            connect_timeout: Some(bounded(
+                options.connect_timeout,
+                self.limits.connect_timeout,
+            )),
             first_byte_timeout: Some(first_byte),
             between_bytes_timeout: Some(bounded(options.between_bytes_timeout, first_byte)),
         };
         let cancel = self.cancel.clone();
-        let limit = self.response_bytes;
+        let limit = self.limits.response_bytes;
         let method = request.method().clone();
         let metrics = self.metrics.clone();
         Box::new(async move {
@@ -155,6 +195,10 @@ impl WasiHttpHooks for Hooks {
             let (response, io) = tokio::select! {
                 sent = sent => match sent {
                     Ok(sent) => sent,
+                    Err(_) if body_over.load(Ordering::Relaxed) => {
+                        metrics.record(&ident.plugin, None, begun.elapsed());
+                        return Err(limit_error(too_large));
+                    }
                     Err(error) => {
                         metrics.record(&ident.plugin, None, begun.elapsed());
                         tracing::debug!(
@@ -185,8 +229,14 @@ impl WasiHttpHooks for Hooks {
                 "HTTP {method} {scheme}://{authority}: {}",
                 response.status()
             );
-            let response = response.map(|body| {
+            let response = response.map(move |body| {
                 Limited::new(body, limit)
+                    .map_err(move |error| {
+                        // The body holds the guard: the request is open
+                        // until the guest drops the body.
+                        let _open = &guard;
+                        error
+                    })
                     .map_err(move |error| match error.downcast::<Error>() {
                         Ok(error) => *error,
                         Err(_) => Error::InternalError(Some(format!(
@@ -202,6 +252,33 @@ impl WasiHttpHooks for Hooks {
             ))
         })
     }
+}
+
+/// One open request of a task: counted down when dropped.
+struct OpenRequest(Arc<AtomicUsize>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a request over one of the task's bounds fails with; the host log
+/// says so too, since the operator is the one who can raise it.
+fn over_limit(ident: &TaskIdent, message: String) -> Error {
+    tracing::warn!(
+        task = %ident.label(),
+        task_id = ident.id,
+        plugin = %ident.plugin,
+        "task {} of plugin {}: HTTP request refused: {message}",
+        ident.label(),
+        ident.plugin
+    );
+    limit_error(message)
+}
+
+fn limit_error(message: String) -> Error {
+    Error::InternalError(Some(format!("limit: {message}")))
 }
 
 /// What a request of a cancelled task fails with.

@@ -55,7 +55,6 @@ impl TaskData {
                 ident.clone(),
                 policy.clone(),
                 cancel.clone(),
-                &app.limits,
                 app.http_metrics.clone(),
             ),
             app: AppState::new(ident, app, cancel.clone(), log),

@@ -285,3 +285,86 @@ fn the_sdk_sends_a_body_and_headers_and_a_cancel_unwinds_its_task() {
     host.signal("TERM");
     assert_eq!(host.finish().code, Some(0));
 }
+
+#[test]
+fn a_large_request_body_and_too_many_open_requests_hit_their_limits() {
+    let (address, slow_asked) = server();
+    let tasks = format!(
+        r#"
+        [[tasks]]
+        plugin = "examples"
+        factory = "fetch"
+        name = "small"
+        args = {{ url = "http://{address}/echo", method = "POST", body = "0123456789" }}
+        [[tasks]]
+        plugin = "examples"
+        factory = "fetch"
+        name = "large"
+        args = {{ url = "http://{address}/echo", method = "POST", body = "0123456789A" }}
+        [[tasks]]
+        plugin = "kit"
+        factory = "http_parallel"
+        name = "parallel"
+        args = {{ url = "http://{address}/hello", count = 3 }}
+        "#
+    );
+    let run = app(
+        r#"http = ["http://127.0.0.1:*"]"#,
+        "http_request_body_bytes = 10\nhttp_requests_per_task = 2",
+        &tasks,
+    )
+    .run_until_idle();
+    assert_eq!(run.results_of("small")[0]["status"], 200, "{}", run.dump());
+    let large = error_of(&run, "large");
+    assert!(
+        large.contains("larger than 10 bytes ([limits] http_request_body_bytes)"),
+        "{large}"
+    );
+    let parallel = &run.results_of("parallel")[0];
+    assert_eq!(parallel[0], "200", "{}", run.dump());
+    assert_eq!(parallel[1], "200", "{}", run.dump());
+    assert!(
+        parallel[2]
+            .as_str()
+            .unwrap()
+            .contains("at most 2 per task ([limits] http_requests_per_task)"),
+        "{parallel}"
+    );
+    assert!(
+        run.lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("HTTP request refused") && m.contains("parallel"))),
+        "the host log names the task: {}",
+        run.dump()
+    );
+    drop(slow_asked);
+}
+
+#[test]
+fn a_plugin_may_have_its_own_http_limits() {
+    let (address, _) = server();
+    let tasks = [
+        get_task("kit-big", &format!("http://{address}/big")),
+        format!(
+            r#"
+            [[tasks]]
+            plugin = "examples"
+            factory = "fetch"
+            name = "examples-big"
+            args = {{ url = "http://{address}/big" }}
+            [plugins.kit.limits]
+            http_response_bytes = 1000
+            "#
+        ),
+    ]
+    .concat();
+    let run = app(r#"http = ["http://127.0.0.1:*"]"#, "", &tasks).run_until_idle();
+    let error = error_of(&run, "kit-big");
+    assert!(error.contains("http_response_bytes"), "{error}");
+    assert_eq!(
+        run.results_of("examples-big")[0]["status"],
+        200,
+        "{}",
+        run.dump()
+    );
+}

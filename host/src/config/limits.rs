@@ -178,6 +178,11 @@ pub struct Limits {
     pub http_first_byte_timeout_ms: u64,
     /// Largest outbound HTTP response body a task may read, in bytes.
     pub http_response_bytes: usize,
+    /// Largest outbound HTTP request body a task may send, in bytes.
+    pub http_request_body_bytes: usize,
+    /// Outbound HTTP requests one task may have open at once (from the
+    /// send until its response body is dropped).
+    pub http_requests_per_task: usize,
     /// Longest key-value key, in bytes.
     pub kv_key_bytes: usize,
     /// Largest key-value value, in bytes.
@@ -209,6 +214,8 @@ impl Default for Limits {
             http_connect_timeout_ms: 10_000,
             http_first_byte_timeout_ms: 30_000,
             http_response_bytes: 16 * 1024 * 1024,
+            http_request_body_bytes: 16 * 1024 * 1024,
+            http_requests_per_task: 16,
             kv_key_bytes: 1024,
             kv_value_bytes: 1024 * 1024,
             kv_keys_per_bucket: 1_000_000,
@@ -237,6 +244,11 @@ pub fn machine_memory_bytes() -> Option<u64> {
 pub struct PluginLimits {
     pub memory_mb: Option<u64>,
     pub timeout_ms: Option<u64>,
+    pub http_connect_timeout_ms: Option<u64>,
+    pub http_first_byte_timeout_ms: Option<u64>,
+    pub http_response_bytes: Option<usize>,
+    pub http_request_body_bytes: Option<usize>,
+    pub http_requests_per_task: Option<usize>,
 }
 
 /// What bounds one task, resolved from the app's and its plugin's limits.
@@ -244,6 +256,17 @@ pub struct PluginLimits {
 pub struct TaskLimits {
     pub memory_bytes: usize,
     pub timeout: Option<Duration>,
+    pub http: HttpLimits,
+}
+
+/// What bounds one task's outbound HTTP (`[limits] http_*`, per plugin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub response_bytes: usize,
+    pub request_body_bytes: usize,
+    pub requests_in_flight: usize,
 }
 
 fn check_memory_mb(table: &str, memory_mb: u64) -> Result<()> {
@@ -287,6 +310,8 @@ impl Limits {
                 self.http_first_byte_timeout_ms as usize,
             ),
             ("http_response_bytes", self.http_response_bytes),
+            ("http_request_body_bytes", self.http_request_body_bytes),
+            ("http_requests_per_task", self.http_requests_per_task),
             ("kv_key_bytes", self.kv_key_bytes),
             ("kv_value_bytes", self.kv_value_bytes),
             ("kv_keys_per_bucket", self.kv_keys_per_bucket as usize),
@@ -320,6 +345,27 @@ impl Limits {
                 .timeout_ms
                 .or(self.timeout_ms)
                 .map(Duration::from_millis),
+            http: HttpLimits {
+                connect_timeout: Duration::from_millis(
+                    overrides
+                        .http_connect_timeout_ms
+                        .unwrap_or(self.http_connect_timeout_ms),
+                ),
+                first_byte_timeout: Duration::from_millis(
+                    overrides
+                        .http_first_byte_timeout_ms
+                        .unwrap_or(self.http_first_byte_timeout_ms),
+                ),
+                response_bytes: overrides
+                    .http_response_bytes
+                    .unwrap_or(self.http_response_bytes),
+                request_body_bytes: overrides
+                    .http_request_body_bytes
+                    .unwrap_or(self.http_request_body_bytes),
+                requests_in_flight: overrides
+                    .http_requests_per_task
+                    .unwrap_or(self.http_requests_per_task),
+            },
         }
     }
 
@@ -343,6 +389,29 @@ impl PluginLimits {
             check_memory_mb(table, memory_mb)?;
         }
         check_timeout_ms(table, self.timeout_ms)?;
+        for (key, value) in [
+            ("http_connect_timeout_ms", self.http_connect_timeout_ms),
+            (
+                "http_first_byte_timeout_ms",
+                self.http_first_byte_timeout_ms,
+            ),
+            (
+                "http_response_bytes",
+                self.http_response_bytes.map(|v| v as u64),
+            ),
+            (
+                "http_request_body_bytes",
+                self.http_request_body_bytes.map(|v| v as u64),
+            ),
+            (
+                "http_requests_per_task",
+                self.http_requests_per_task.map(|v| v as u64),
+            ),
+        ] {
+            if value == Some(0) {
+                bail!("{table} `{key}` must be at least 1");
+            }
+        }
         Ok(self)
     }
 }
@@ -359,8 +428,11 @@ mod tests {
         };
         let task = app.for_task(&PluginLimits {
             memory_mb: Some(8),
-            timeout_ms: None,
+            http_response_bytes: Some(10),
+            ..PluginLimits::default()
         });
+        assert_eq!(task.http.response_bytes, 10);
+        assert_eq!(task.http.request_body_bytes, 16 << 20);
         assert_eq!(task.memory_bytes, 8 << 20);
         assert_eq!(task.timeout, Some(Duration::from_millis(1000)));
         assert_eq!(

@@ -14,8 +14,9 @@ mod limits;
 pub use grants::{DirGrant, Grants};
 pub use http_grant::HttpGrant;
 pub use limits::{
-    Limit, LimitUnit, Limits, MAX_BUCKET_NAME_BYTES, MAX_COMPONENT_BYTES, MAX_NAME_BYTES,
-    PluginLimits, TaskLimits, check_bucket_name, check_plugin_name, machine_memory_bytes,
+    HttpLimits, Limit, LimitUnit, Limits, MAX_BUCKET_NAME_BYTES, MAX_COMPONENT_BYTES,
+    MAX_NAME_BYTES, PluginLimits, TaskLimits, check_bucket_name, check_plugin_name,
+    machine_memory_bytes,
 };
 
 use anyhow::{Context, Result, bail};

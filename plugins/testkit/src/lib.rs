@@ -33,9 +33,13 @@ fn names(tasks: &[TaskInfo]) -> Vec<String> {
 /// `GET url` through wasi:http/outgoing-handler: the status and the body
 /// as text, or what failed.
 fn http_get_raw(url: &str) -> std::result::Result<(u16, String), String> {
+    http_finish(http_start(url)?)
+}
+
+/// Sends a GET of `url` through wasi:http; the response comes later.
+fn http_start(url: &str) -> std::result::Result<wasi::http::types::FutureIncomingResponse, String> {
     use wasi::http::outgoing_handler;
-    use wasi::http::types::{self, Fields, Method, OutgoingRequest, Scheme};
-    use wasi::io::streams::StreamError;
+    use wasi::http::types::{Fields, Method, OutgoingRequest, Scheme};
     let (scheme, rest) = url.split_once("://").ok_or("no scheme in the url")?;
     let (authority, path) = match rest.find('/') {
         Some(at) => rest.split_at(at),
@@ -55,7 +59,15 @@ fn http_get_raw(url: &str) -> std::result::Result<(u16, String), String> {
     request
         .set_path_with_query(Some(path))
         .map_err(|_| "path")?;
-    let pending = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))
+}
+
+/// Waits for a response and reads its body whole.
+fn http_finish(
+    pending: wasi::http::types::FutureIncomingResponse,
+) -> std::result::Result<(u16, String), String> {
+    use wasi::http::types;
+    use wasi::io::streams::StreamError;
     let response = loop {
         match pending.get() {
             None => pending.subscribe().block(),
@@ -113,6 +125,20 @@ plugin! {
                 Err(Error::msg(failure))
             }
         }
+    }
+
+    /// Sends `count` GETs of `url` at once, then reads each answer:
+    /// returns per request `"200"` or the error it got.
+    fn http_parallel(_app: &App, url: String, count: u32) -> Result<Value> {
+        let pending: Vec<_> = (0..count).map(|_| http_start(&url)).collect();
+        let answers: Vec<String> = pending
+            .into_iter()
+            .map(|sent| match sent.and_then(http_finish) {
+                Ok((status, _)) => status.to_string(),
+                Err(error) => error,
+            })
+            .collect();
+        Ok(json!(answers))
     }
 
     /// Returns the `[config]` value of `key` as the task's result.
