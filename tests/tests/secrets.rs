@@ -106,3 +106,44 @@ fn a_missing_secret_stops_the_start_naming_the_key_and_the_variable() {
         run.dump()
     );
 }
+
+#[test]
+fn no_control_api_answer_holds_a_secret() {
+    let app = secret_app(
+        r#"
+        [[tasks]]
+        plugin = "examples"
+        factory = "sleeper"
+        name = "sleeper"
+        "#,
+    );
+    let child = std::process::Command::new(taskhost_tests::taskhost_bin())
+        .args(["run", "--log-format", "json", "--log-level", "trace"])
+        .env("TASKHOST_CONTROL_FILE", app.control_file())
+        .env("TASKHOST_TEST_TOKEN", TOKEN)
+        .arg(app.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut host = taskhost_tests::Running::new(child);
+    host.wait_until_serving();
+    let mut answers = Vec::new();
+    for verb in [
+        &["tasks", "--json"][..],
+        &["task", "sleeper", "--json"],
+        &["plugins", "--json"],
+        &["kv", "list", "--json"],
+        &["metrics"],
+    ] {
+        let run = app.cli(verb);
+        assert_eq!(run.code, Some(0), "{verb:?}: {}", run.stderr);
+        answers.push(run.stdout + &run.stderr);
+    }
+    host.signal("TERM");
+    let run = host.finish();
+    answers.push(run.stdout + &run.stderr);
+    for answer in answers {
+        assert!(!answer.contains(TOKEN) && !answer.contains(KEY), "{answer}");
+    }
+}
