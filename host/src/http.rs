@@ -214,21 +214,15 @@ impl WasiHttpHooks for Hooks {
                 },
                 () = cancel.cancelled() => return Err(cancelled()),
             };
-            metrics.record(
-                &ident.plugin,
-                Some(response.status().as_u16()),
-                begun.elapsed(),
-            );
-            tracing::debug!(
-                task = %ident.label(),
-                plugin = %ident.plugin,
-                %method,
-                authority,
-                status = response.status().as_u16(),
-                ms = begun.elapsed().as_secs_f64() * 1e3,
-                "HTTP {method} {scheme}://{authority}: {}",
-                response.status()
-            );
+            let status = response.status().as_u16();
+            metrics.record(&ident.plugin, Some(status), begun.elapsed());
+            // One debug line per request, once its body is done with.
+            let mut done = RequestLog {
+                ident: ident.clone(),
+                line: format!("HTTP {method} {scheme}://{authority}: {status}"),
+                bytes: 0,
+                begun,
+            };
             let response = response.map(move |body| {
                 Limited::new(body, limit)
                     .map_err(move |error| {
@@ -236,6 +230,13 @@ impl WasiHttpHooks for Hooks {
                         // until the guest drops the body.
                         let _open = &guard;
                         error
+                    })
+                    .map_frame(move |frame| {
+                        // A method call: the closure owns the whole log
+                        // (a field alone would be captured otherwise, and
+                        // the log written at once).
+                        done.count(&frame);
+                        frame
                     })
                     .map_err(move |error| match error.downcast::<Error>() {
                         Ok(error) => *error,
@@ -251,6 +252,38 @@ impl WasiHttpHooks for Hooks {
                 Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,
             ))
         })
+    }
+}
+
+/// The debug line of one request, written when its response body is
+/// dropped: status, bytes read and time.
+struct RequestLog {
+    ident: Arc<TaskIdent>,
+    line: String,
+    bytes: usize,
+    begun: Instant,
+}
+
+impl RequestLog {
+    fn count(&mut self, frame: &hyper::body::Frame<bytes::Bytes>) {
+        if let Some(data) = frame.data_ref() {
+            self.bytes += data.len();
+        }
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        tracing::debug!(
+            task = %self.ident.label(),
+            plugin = %self.ident.plugin,
+            bytes = self.bytes,
+            ms = self.begun.elapsed().as_secs_f64() * 1e3,
+            "{}, {} bytes in {:.1} ms",
+            self.line,
+            self.bytes,
+            self.begun.elapsed().as_secs_f64() * 1e3
+        );
     }
 }
 

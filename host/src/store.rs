@@ -26,8 +26,9 @@ pub struct TaskData {
     pub(crate) app: AppState,
     /// WASI's state, built on first use.
     wasi: WasiState,
-    /// Outbound HTTP's state.
-    http: HttpState,
+    /// Outbound HTTP's state, built on the task's first request: most
+    /// tasks send none, and a task's start should not pay for it.
+    http: Option<HttpState>,
     /// The task's cancellation, as the epoch callback reads it.
     cancel: Arc<CancelSignal>,
     pub(crate) policy: Arc<PluginPolicy>,
@@ -51,12 +52,7 @@ impl TaskData {
         let log = Arc::new(LogGate::new(ident.clone(), &app.limits));
         TaskData {
             wasi: WasiState::new(ident.clone(), policy.clone(), log.clone()),
-            http: HttpState::new(
-                ident.clone(),
-                policy.clone(),
-                cancel.clone(),
-                app.http_metrics.clone(),
-            ),
+            http: None,
             app: AppState::new(ident, app, cancel.clone(), log),
             cancel,
             policy,
@@ -96,8 +92,23 @@ impl TaskData {
 
 impl WasiHttpView for TaskData {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        let table = self.wasi.table();
-        self.http.view(table)
+        let TaskData {
+            http,
+            app,
+            policy,
+            cancel,
+            wasi,
+            ..
+        } = self;
+        let http = http.get_or_insert_with(|| {
+            HttpState::new(
+                app.ident.clone(),
+                policy.clone(),
+                cancel.clone(),
+                app.app.http_metrics.clone(),
+            )
+        });
+        http.view(wasi.table())
     }
 }
 

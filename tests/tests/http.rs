@@ -368,3 +368,36 @@ fn a_plugin_may_have_its_own_http_limits() {
         run.dump()
     );
 }
+
+#[test]
+fn every_request_is_logged_at_debug_with_status_bytes_and_time() {
+    let (address, _) = server();
+    let app = app(
+        r#"http = ["http://127.0.0.1:*"]"#,
+        "",
+        &get_task("logged", &format!("http://{address}/hello")),
+    );
+    let run = app.run_taskhost(&[
+        "run",
+        "--until-idle",
+        "--log-format",
+        "json",
+        "--log-level",
+        "debug",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    let line = run
+        .lines
+        .iter()
+        .find(|l| {
+            l["message"].as_str().is_some_and(|m| {
+                m.starts_with(&format!("HTTP GET http://{address}: 200, 26 bytes in"))
+            })
+        })
+        .unwrap_or_else(|| panic!("no request line: {}", run.dump()));
+    assert_eq!(
+        (line["task"].clone(), line["bytes"].clone()),
+        (json!("logged"), json!(26))
+    );
+    assert!(line["ms"].as_f64().is_some(), "{line}");
+}

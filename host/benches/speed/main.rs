@@ -93,28 +93,60 @@ fn row(what: &str, ours: String, floor: String, ratio: String, target: &str) -> 
     Row([what.into(), ours, floor, ratio, target.into()])
 }
 
-fn app_toml(component: &Path) -> AppConfig {
+/// The bench app: `bench` (no I/O imports) and `benchio` (imports
+/// wasi:http, allowed to loopback, and wasi:keyvalue), state in `storage`.
+fn app_toml(components: &Components, storage: &Path) -> AppConfig {
     let text = format!(
         "name = \"speed\"\nworkers = 2\n\
          [limits]\ntasks_per_worker = {IDLE_TASKS}\n\
-         [plugins.bench]\npath = {:?}\n",
-        component.display().to_string()
+         [storage]\npath = {:?}\n\
+         [plugins.bench]\npath = {:?}\n\
+         [plugins.benchio]\npath = {:?}\n\
+         [plugins.benchio.grants]\nhttp = [\"http://127.0.0.1:*\"]\n",
+        storage.display().to_string(),
+        components.bench.display().to_string(),
+        components.benchio.display().to_string(),
     );
     AppConfig::parse(&text, Path::new("speed.toml"), Path::new(".")).expect("config")
 }
 
-async fn host(component: &Path) -> Host {
+/// The bench's components, built from `plugins/`.
+struct Components {
+    bench: PathBuf,
+    benchio: PathBuf,
+}
+
+/// A running bench host and the storage directory it keeps its state in
+/// (removed when dropped).
+struct BenchHost {
+    host: Host,
+    storage: tempfile::TempDir,
+}
+
+impl std::ops::Deref for BenchHost {
+    type Target = Host;
+    fn deref(&self) -> &Host {
+        &self.host
+    }
+}
+
+async fn host(components: &Components) -> BenchHost {
     let settings = EngineSettings {
         compile_cache: None,
         ..EngineSettings::default()
     };
-    let app = Application::load(app_toml(component), &settings, &BuildOptions::default())
-        .await
-        .expect("application");
+    let storage = tempfile::tempdir().expect("storage dir");
+    let app = Application::load(
+        app_toml(components, storage.path()),
+        &settings,
+        &BuildOptions::default(),
+    )
+    .await
+    .expect("application");
     let mut host = app.launch().expect("host");
     host.main_tasks_ended().await.expect("no main tasks");
     host.start_workers().expect("workers");
-    host
+    BenchHost { host, storage }
 }
 
 fn worker(host: &Host, index: u32) -> Arc<WorkerCtx> {
@@ -122,7 +154,11 @@ fn worker(host: &Host, index: u32) -> Arc<WorkerCtx> {
 }
 
 fn plugin(worker: &WorkerCtx) -> Arc<Plugin> {
-    worker.env().plugin("bench").expect("bench plugin")
+    plugin_named(worker, "bench")
+}
+
+fn plugin_named(worker: &WorkerCtx, name: &str) -> Arc<Plugin> {
+    worker.env().plugin(name).expect("bench plugin")
 }
 
 /// Runs `f` on the worker's own thread, as its tasks do; starts at once.
@@ -154,7 +190,16 @@ async fn until_running(worker: &WorkerCtx, id: u64) {
 /// taskhost: add a trivial task, wait for its end; also when its factory
 /// was entered (the registry's start time).
 async fn spawn_latency(worker: Arc<WorkerCtx>, n: usize) -> (Vec<Duration>, Vec<Duration>) {
-    let plugin = plugin(&worker);
+    spawn_latency_of(worker, "bench", n).await
+}
+
+/// [`spawn_latency`] of `plugin`'s `noop`.
+async fn spawn_latency_of(
+    worker: Arc<WorkerCtx>,
+    plugin: &str,
+    n: usize,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let plugin = plugin_named(&worker, plugin);
     let w = worker.clone();
     on(&worker, async move {
         let (mut entered, mut ended) = (Vec::new(), Vec::new());
@@ -230,22 +275,35 @@ async fn raw_spawn_latency(raw: &RawPlugin, n: usize) -> (Vec<Duration>, Vec<Dur
 
 /// Trivial tasks per second on `workers` workers, 64 in flight per worker.
 async fn throughput(host: &Host, workers: u32, n: usize) -> f64 {
+    throughput_of(host, workers, n, ("bench", "noop", "null")).await
+}
+
+/// Tasks of `(plugin, factory, args)` per second on `workers` workers, 64
+/// in flight per worker; each must end `done`.
+async fn throughput_of(
+    host: &Host,
+    workers: u32,
+    n: usize,
+    (plugin, factory, args): (&'static str, &'static str, &'static str),
+) -> f64 {
     let per_worker = n / workers as usize;
     let begun = Instant::now();
     let mut jobs = Vec::new();
     for index in 0..workers {
         let w = worker(host, index);
-        let plugin = plugin(&w);
+        let plugin = plugin_named(&w, plugin);
         let job = w.clone();
         jobs.push(on(&w, async move {
             let mut done = 0;
             while done < per_worker {
                 let batch: Vec<TaskHandle> = (0..64.min(per_worker - done))
-                    .map(|_| spawn(&job, &plugin, "noop", "null"))
+                    .map(|_| spawn(&job, &plugin, factory, args))
                     .collect();
                 done += batch.len();
                 for mut handle in batch {
                     handle.ended().await;
+                    let info = job.registry().get(handle.id).expect("task");
+                    assert_eq!(info.state, TaskState::Done, "{factory}: {:?}", info.outcome);
                 }
                 job.registry().purge();
             }
@@ -430,8 +488,9 @@ fn memory_per_idle_task(kind: &str) -> f64 {
         .expect("bytes per task")
 }
 
-async fn memory_run(kind: &str, component: &Path) {
-    let host = host(component).await;
+async fn memory_run(kind: &str, components: &Components) {
+    let host = host(components).await;
+    let component = &components.bench;
     let before = resident_bytes();
     match kind {
         "taskhost" => {
@@ -477,6 +536,7 @@ async fn memory_run(kind: &str, component: &Path) {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                     println!("{}", (resident_bytes() - before) / IDLE_TASKS as f64);
+                    let _ = std::fs::remove_dir_all(host.storage.path());
                     std::process::exit(0);
                 })
                 .await
@@ -484,28 +544,58 @@ async fn memory_run(kind: &str, component: &Path) {
     }
     let per_task = (resident_bytes() - before) / IDLE_TASKS as f64;
     println!("{per_task}");
+    let _ = std::fs::remove_dir_all(host.storage.path());
     std::process::exit(0);
 }
 
-fn build_component() -> PathBuf {
+fn build_components() -> Components {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let options = BuildOptions {
         output: BuildOutput::Capture,
         ..BuildOptions::default()
     };
-    build::build(&repo.join("plugins/bench"), &options).expect("build plugins/bench")
+    let build = |name: &str| {
+        build::build(&repo.join("plugins").join(name), &options)
+            .unwrap_or_else(|e| panic!("build plugins/{name}: {e:#}"))
+    };
+    Components {
+        bench: build("bench"),
+        benchio: build("benchio"),
+    }
+}
+
+/// A loopback HTTP server answering every GET with a short text, on its
+/// own thread; its address.
+fn loopback_server() -> std::net::SocketAddr {
+    let (bound, address) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            bound.send(listener.local_addr().expect("address")).unwrap();
+            let app = axum::Router::new().fallback(|| async { "ok" });
+            axum::serve(listener, app).await.expect("serve");
+        });
+    });
+    address.recv().expect("server address")
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let component = build_component();
+    let components = build_components();
+    let component = components.bench.clone();
     if let Ok(kind) = std::env::var("SPEED_MEMORY") {
-        memory_run(&kind, &component).await;
+        memory_run(&kind, &components).await;
     }
     println!("| measure | taskhost | raw wasmtime | ratio | target |");
     println!("|---|---|---|---|---|");
 
-    let host = host(&component).await;
+    let host = host(&components).await;
     let engine = worker(&host, 0).env().engines.engine.clone();
     let raw = Arc::new(RawPlugin::new(&engine, &component));
     let w0 = worker(&host, 0);
@@ -541,6 +631,40 @@ async fn main() {
         print_row(latency_row(what, ours, floor, |p| p.p50, target));
     }
 
+    // What importing wasi:http and wasi:keyvalue adds to a task's start:
+    // the two components' noop, alternately, in one run; the raw floor is
+    // the same component with those imports stubbed.
+    let raw_io = RawPlugin::new(&engine, &components.benchio);
+    raw_spawn_latency(&raw_io, 500).await;
+    let n = scaled(20_000);
+    let (mut plain, mut io, mut raw_plain) = (Vec::new(), Vec::new(), Vec::new());
+    let mut floor = Vec::new();
+    for _ in 0..4 {
+        plain.extend(spawn_latency_of(w0.clone(), "bench", n / 4).await.0);
+        io.extend(spawn_latency_of(w0.clone(), "benchio", n / 4).await.0);
+        raw_plain.extend(raw_spawn_latency(&raw, n / 4).await.0);
+        floor.extend(raw_spawn_latency(&raw_io, n / 4).await.0);
+    }
+    let (plain, raw_plain) = (percentiles(plain).p50, percentiles(raw_plain).p50);
+    let io_p50 = percentiles(io.clone()).p50;
+    let floor_p50 = percentiles(floor.clone()).p50;
+    print_row(latency_row(
+        &format!(
+            "spawn, plugin importing wasi:http + wasi:keyvalue, p50/p99 (without \
+             them: {} taskhost, {} raw)",
+            us(plain),
+            us(raw_plain)
+        ),
+        io,
+        floor,
+        |p| p.p50,
+        &format!(
+            "p50 <= 1.1x trivial: {} (raw: {})",
+            ratio(io_p50.as_secs_f64(), plain.as_secs_f64()),
+            ratio(floor_p50.as_secs_f64(), raw_plain.as_secs_f64())
+        ),
+    ));
+
     let n = scaled(100_000);
     for workers in [1u32, 2] {
         let ours = throughput(&host, workers, n).await;
@@ -553,6 +677,34 @@ async fn main() {
             if workers == 2 { ">= 100000/s" } else { "" },
         ));
     }
+
+    // Tasks doing real I/O on 2 workers: no raw floor (it would be the
+    // same SQLite and the same HTTP client); the ratio is to trivial tasks.
+    let trivial = throughput(&host, 2, scaled(100_000)).await;
+    let kv = throughput_of(
+        &host,
+        2,
+        scaled(20_000),
+        ("benchio", "kv_get_set", r#"{"key": "k"}"#),
+    )
+    .await;
+    print_row(row(
+        "throughput, 2 workers, tasks doing one KV get + set (SQLite, WAL)/s",
+        format!("{kv:.0}"),
+        "-".into(),
+        format!("{} of trivial", ratio(kv, trivial)),
+        "",
+    ));
+    let url = format!("{{\"url\": \"http://{}/\"}}", loopback_server());
+    let url: &'static str = Box::leak(url.into_boxed_str());
+    let http = throughput_of(&host, 2, scaled(5_000), ("benchio", "http_get", url)).await;
+    print_row(row(
+        "throughput, 2 workers, tasks doing one loopback HTTP GET/s",
+        format!("{http:.0}"),
+        "-".into(),
+        format!("{} of trivial", ratio(http, trivial)),
+        "",
+    ));
 
     let p99 = |p: &Percentiles| p.p99;
     let n = scaled(2_000);

@@ -138,6 +138,12 @@ impl RawPlugin {
         // Only `app`: the bench plugin imports nothing else of the world.
         types::add_to_linker::<RawData, HasSelf<RawData>>(&mut linker, |d| d).expect("types");
         app::add_to_linker::<RawData, HasSelf<RawData>>(&mut linker, |d| d).expect("app");
+        // Anything else it imports (wasi:http, wasi:keyvalue) traps if
+        // called: the floor for a component with those imports that calls
+        // none of them.
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .expect("stubs");
         let pre = PluginPre::new(linker.instantiate_pre(&component).expect("pre")).expect("pre");
         RawPlugin {
             engine: engine.clone(),
