@@ -13,9 +13,12 @@ use tokio::sync::Notify;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub struct RawData {
     wasi: Option<WasiCtx>,
+    /// Built on first use, as taskhost does.
+    http: Option<WasiHttpCtx>,
     table: ResourceTable,
     stop: Stopper,
     /// Counts the guest's entries into `sleep`, to know idle tasks are idle.
@@ -54,6 +57,47 @@ impl WasiView for RawData {
         WasiCtxView {
             ctx: self.wasi.get_or_insert_with(WasiCtx::default),
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for RawData {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: self.http.get_or_insert_with(WasiHttpCtx::new),
+            hooks: wasmtime_wasi_http::default_hooks(),
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Defines the component's `wasi:keyvalue` imports as functions that trap
+/// and resources of no use (wasmtime's `define_unknown_imports_as_traps`
+/// would also shadow WASI's newer-versioned names).
+fn stub_keyvalue(linker: &mut Linker<RawData>, component: &Component) {
+    use wasmtime::component::ResourceType;
+    use wasmtime::component::types::ComponentItem;
+    let engine = linker.engine().clone();
+    for (name, item) in component.component_type().imports(&engine) {
+        let ComponentItem::ComponentInstance(instance) = item.ty else {
+            continue;
+        };
+        if !name.starts_with("wasi:keyvalue/") {
+            continue;
+        }
+        let mut stubs = linker.instance(name).expect("keyvalue instance");
+        for (export, item) in instance.exports(&engine) {
+            match item.ty {
+                ComponentItem::Resource(_) => stubs
+                    .resource(export, ResourceType::host::<()>(), |_, _| Ok(()))
+                    .expect("resource stub"),
+                ComponentItem::ComponentFunc(_) => stubs
+                    .func_new(export, |_, _, _, _| {
+                        wasmtime::bail!("wasi:keyvalue is a stub in the raw floor")
+                    })
+                    .expect("function stub"),
+                _ => {}
+            }
         }
     }
 }
@@ -138,12 +182,11 @@ impl RawPlugin {
         // Only `app`: the bench plugin imports nothing else of the world.
         types::add_to_linker::<RawData, HasSelf<RawData>>(&mut linker, |d| d).expect("types");
         app::add_to_linker::<RawData, HasSelf<RawData>>(&mut linker, |d| d).expect("app");
-        // Anything else it imports (wasi:http, wasi:keyvalue) traps if
-        // called: the floor for a component with those imports that calls
-        // none of them.
-        linker
-            .define_unknown_imports_as_traps(&component)
-            .expect("stubs");
+        // wasi:http for real (no request is sent: only its linking counts);
+        // wasi:keyvalue as stubs that trap if called. The floor for a
+        // component with those imports that calls none of them.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).expect("http");
+        stub_keyvalue(&mut linker, &component);
         let pre = PluginPre::new(linker.instantiate_pre(&component).expect("pre")).expect("pre");
         RawPlugin {
             engine: engine.clone(),
@@ -158,6 +201,7 @@ impl RawPlugin {
             &self.engine,
             RawData {
                 wasi: None,
+                http: None,
                 table: ResourceTable::new(),
                 stop: Stopper::default(),
                 asleep: None,
