@@ -18,7 +18,6 @@ pub use bindings::__taskhost_export as export;
 pub use bindings::exports::taskhost::plugin::factories::Guest;
 pub use bindings::taskhost::plugin::types::{Error as WitError, FactoryInfo};
 
-use crate::Error;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -75,7 +74,12 @@ fn without_position(error: &serde_json::Error) -> String {
 
 /// Encodes a factory's return value as the task's JSON result.
 pub fn encode_result<T: Serialize>(result: crate::Result<T>) -> Result<String, WitError> {
-    let value = result.map_err(Error::into_wit)?;
+    let value = result.map_err(|error| {
+        if error.is_permanent() {
+            bindings::taskhost::plugin::app::stop_retrying();
+        }
+        error.into_wit()
+    })?;
     serde_json::to_string(&value)
         .map_err(|e| WitError::Failed(format!("task result does not encode as JSON: {e}")))
 }

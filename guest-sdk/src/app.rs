@@ -98,6 +98,14 @@ impl App {
         app::task_id()
     }
 
+    /// Which attempt of this task runs: 1, or more when its retry policy
+    /// tried it again after a failure (each attempt in a fresh instance).
+    /// With [`Error::permanent`](crate::Error::permanent), a task decides
+    /// what is worth retrying.
+    pub fn attempt(&self) -> u32 {
+        app::attempt()
+    }
+
     /// Sanic's `app.add_task`: starts an unnamed task of `factory` (of this
     /// plugin) on this worker with `args`, and returns its id. See
     /// [`App::task`] to name it or pick another plugin.

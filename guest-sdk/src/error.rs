@@ -34,6 +34,8 @@ pub enum ErrorKind {
 /// would conflict with the blanket conversion).
 pub struct Error {
     repr: WitError,
+    /// Set by [`Error::permanent`]: a retry would fail the same way.
+    permanent: bool,
 }
 
 impl Error {
@@ -41,7 +43,23 @@ impl Error {
     pub fn msg(message: impl fmt::Display) -> Self {
         Error {
             repr: WitError::Failed(message.to_string()),
+            permanent: false,
         }
+    }
+
+    /// A failure a retry would not cure (bad input, a refused credential):
+    /// returned from a factory, the task is not retried, whatever its
+    /// retry policy.
+    pub fn permanent(message: impl fmt::Display) -> Self {
+        Error {
+            repr: WitError::Failed(message.to_string()),
+            permanent: true,
+        }
+    }
+
+    /// Whether this error stops a task's retries.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
     }
 
     /// The error a host call returns while the task is being cancelled.
@@ -50,6 +68,7 @@ impl Error {
     pub fn cancelled() -> Self {
         Error {
             repr: WitError::Cancelled,
+            permanent: false,
         }
     }
 
@@ -73,7 +92,10 @@ impl Error {
     }
 
     pub(crate) fn from_wit(repr: WitError) -> Self {
-        Error { repr }
+        Error {
+            repr,
+            permanent: false,
+        }
     }
 
     pub(crate) fn into_wit(self) -> WitError {

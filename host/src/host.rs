@@ -3,7 +3,7 @@
 //! control API and in-process tests use the same calls.
 
 use crate::app::AppContext;
-use crate::config::{AppConfig, Scope, TaskConfig};
+use crate::config::{AppConfig, RetryPolicy, Scope, TaskConfig};
 use crate::engine::EpochTicker;
 use crate::events::EventHub;
 use crate::lifecycle::LifecycleEvent;
@@ -133,6 +133,7 @@ impl Host {
                 &task.factory,
                 task.args.to_string(),
                 task.name.clone(),
+                task.retry,
             )
             .map_err(|e| anyhow!("{}: {task}: {e}", self.config.source.display()))
     }
@@ -222,11 +223,12 @@ impl Host {
         factory: &str,
         args: String,
         name: Option<String>,
+        retry: Option<RetryPolicy>,
     ) -> Result<TaskId, AddTaskError> {
         let Some(ctx) = self.worker(worker) else {
             return Err(AddTaskError::NoWorker(worker));
         };
-        ctx.add_task(plugin, factory, args, name).await
+        ctx.add_task(plugin, factory, args, name, retry).await
     }
 
     /// Cancels the task `name` of `worker` and waits until it has ended

@@ -64,6 +64,16 @@ pub enum LifecycleEvent {
         stage: CancelStage,
         elapsed_ms: f64,
     },
+    /// An attempt failed and the task's retry policy allows another:
+    /// `attempt` (the next one) starts after `delay_ms`, in a fresh
+    /// instance.
+    Retrying {
+        #[serde(flatten)]
+        task: TaskRef,
+        attempt: u32,
+        delay_ms: f64,
+        error: String,
+    },
     /// A build of `plugin` was loaded; new tasks start from it.
     PluginLoaded {
         plugin: String,

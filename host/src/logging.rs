@@ -165,6 +165,26 @@ pub fn lifecycle(event: &LifecycleEvent) {
                 "cancelled ({stage}) after {elapsed_ms} ms"
             )
         }),
+        LifecycleEvent::Retrying {
+            task,
+            attempt,
+            delay_ms,
+            error,
+        } => with_task(task, |worker, task_name| {
+            tracing::warn!(
+                event = "retrying",
+                worker,
+                task = task_name,
+                task_id = task.task_id,
+                plugin = task.plugin,
+                factory = task.factory,
+                attempt,
+                delay_ms,
+                error,
+                "attempt {} failed: {error}; attempt {attempt} in {delay_ms} ms",
+                attempt - 1
+            )
+        }),
         LifecycleEvent::PluginLoaded {
             plugin,
             version,

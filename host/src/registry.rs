@@ -235,6 +235,7 @@ impl TaskRegistry {
                     started_at: None,
                     ended_at: None,
                     outcome: None,
+                    attempt: 1,
                 },
                 signal: signal.clone(),
                 ended,
@@ -253,6 +254,13 @@ impl TaskRegistry {
         if let Some(entry) = self.lock().tasks.get_mut(&id) {
             entry.info.state = TaskState::Running;
             entry.info.started_at = Some(SystemTime::now());
+        }
+    }
+
+    /// Records that the task's attempt `attempt` is about to start.
+    pub(crate) fn set_attempt(&self, id: TaskId, attempt: u32) {
+        if let Some(entry) = self.lock().tasks.get_mut(&id) {
+            entry.info.attempt = attempt;
         }
     }
 

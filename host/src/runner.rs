@@ -26,7 +26,8 @@ pub(crate) struct Site<'a> {
 ///
 /// With a `verdict` channel, the factory first checks `args` and the verdict
 /// is sent back (`add_task` waits for it); a refused task returns `None`:
-/// it never ran.
+/// it never ran. `attempt` is what the guest's `app.attempt()` says.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     site: Site<'_>,
     plugin: &Plugin,
@@ -34,11 +35,14 @@ pub(crate) async fn run(
     args: &str,
     handle: TaskHandle,
     verdict: Option<oneshot::Sender<Result<(), GuestError>>>,
+    attempt: u32,
     started: impl FnOnce(),
-) -> Option<Outcome> {
+) -> Option<Ended> {
     let engines = site.engines;
     let cancel = handle.signal().clone();
-    let data = TaskData::new(ident.clone(), site.app.clone(), cancel.clone()).on_worker(site.scope);
+    let mut data =
+        TaskData::new(ident.clone(), site.app.clone(), cancel.clone()).on_worker(site.scope);
+    data.app.attempt = attempt;
     // Declared before the store, so dropped after it: the slot is free
     // again only once the instance has given it back.
     let mut warm_slot = engines.warm_slots.take();
@@ -75,7 +79,10 @@ pub(crate) async fn run(
                     let _ = verdict.send(Err(GuestError::Failed(message)));
                     None
                 }
-                None => Some(Outcome::Failed { error: message }),
+                None => Some(Ended {
+                    outcome: Outcome::Failed { error: message },
+                    retriable: true,
+                }),
             };
         }
     };
@@ -95,8 +102,11 @@ pub(crate) async fn run(
     }
     if cancel.is_cancelled() {
         // Cancelled before it began: nothing ran, nothing to clean up.
-        return Some(Outcome::Cancelled {
-            stage: CancelStage::Cooperative,
+        return Some(Ended {
+            outcome: Outcome::Cancelled {
+                stage: CancelStage::Cooperative,
+            },
+            retriable: false,
         });
     }
     started();
@@ -129,10 +139,25 @@ pub(crate) async fn run(
             stage: CancelStage::Forced,
         },
     };
-    Some(match timeout {
+    // A timed-out attempt is not retried: its timeout cancelled the task's
+    // own signal, which a next attempt would start with.
+    let retriable = matches!(outcome, Outcome::Failed { .. })
+        && !timed_out
+        && !cancel.is_cancelled()
+        && !store.data().app.stop_retrying;
+    let outcome = match timeout {
         Some(limit) if timed_out => after_timeout(outcome, limit),
         _ => outcome,
-    })
+    };
+    Some(Ended { outcome, retriable })
+}
+
+/// How one attempt of a task ended, and whether its retry policy may try
+/// again (a failure, not cancelled, not timed out, not marked permanent by
+/// the guest's `stop-retrying`).
+pub(crate) struct Ended {
+    pub outcome: Outcome,
+    pub retriable: bool,
 }
 
 /// How a task that ran out of time ended: cancelled by the timeout is a

@@ -207,6 +207,8 @@ pub struct TaskInfo {
     pub ended_at: Option<SystemTime>,
     /// Set once the task has ended.
     pub outcome: Option<Outcome>,
+    /// Which attempt runs (or ran last): 1 unless the task was retried.
+    pub attempt: u32,
 }
 
 /// A task as the control API, the CLI (`--json`) and scripts see it: the
@@ -229,6 +231,8 @@ pub struct TaskView {
     pub result: Option<String>,
     pub error: Option<String>,
     pub cancel_stage: Option<CancelStage>,
+    /// Which attempt runs, or ran last (1 unless retried).
+    pub attempt: u32,
 }
 
 impl From<&TaskInfo> for TaskView {
@@ -253,6 +257,7 @@ impl From<&TaskInfo> for TaskView {
             result,
             error,
             cancel_stage,
+            attempt: info.attempt,
         }
     }
 }

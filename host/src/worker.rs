@@ -7,7 +7,7 @@
 
 use crate::app::{AppContext, TaskScope};
 use crate::bindings::GuestError;
-use crate::config::{Limit, LimitUnit};
+use crate::config::{Limit, LimitUnit, RetryPolicy};
 use crate::engine::HostEngine;
 use crate::events::EventHub;
 use crate::lifecycle::{self, LifecycleEvent, TaskRef};
@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::plugin::Plugin;
 use crate::registry::{AddTaskError, RegisterError, TaskHandle, TaskRegistry, next_task_id};
 use crate::runner;
-use crate::task::{CancelPolicy, Outcome, TaskId, TaskIdent, WorkerId};
+use crate::task::{CancelPolicy, CancelStage, Outcome, TaskId, TaskIdent, WorkerId};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -94,8 +94,9 @@ impl WorkerCtx {
         factory: &str,
         args: String,
         name: Option<String>,
+        retry: Option<RetryPolicy>,
     ) -> Result<TaskHandle, RegisterError> {
-        self.start(plugin, factory, args, name, None)
+        self.start(plugin, factory, args, name, retry, None)
     }
 
     /// Sanic's `add_task`: registers a task and starts it on this worker,
@@ -108,6 +109,7 @@ impl WorkerCtx {
         factory: &str,
         args: String,
         name: Option<String>,
+        retry: Option<RetryPolicy>,
     ) -> Result<TaskId, AddTaskError> {
         // Not echoed back in an unknown-plugin error: it could be huge.
         Limit::check_name("a plugin name", plugin).map_err(RegisterError::from)?;
@@ -116,7 +118,7 @@ impl WorkerCtx {
             .plugin(plugin)
             .ok_or_else(|| AddTaskError::UnknownPlugin(plugin.to_string()))?;
         let (verdict, checked) = oneshot::channel();
-        let handle = self.start(plugin, factory, args, name, Some(verdict))?;
+        let handle = self.start(plugin, factory, args, name, retry, Some(verdict))?;
         match checked.await {
             Ok(Ok(())) => Ok(handle.id),
             Ok(Err(error)) => Err(AddTaskError::Refused(error)),
@@ -140,6 +142,7 @@ impl WorkerCtx {
         factory: &str,
         args: String,
         name: Option<String>,
+        retry: Option<RetryPolicy>,
         verdict: Option<oneshot::Sender<Result<(), GuestError>>>,
     ) -> Result<TaskHandle, RegisterError> {
         let ident = Arc::new(TaskIdent {
@@ -184,31 +187,60 @@ impl WorkerCtx {
         self.env.tracker.spawn_on(
             async move {
                 let begun = Instant::now();
-                let site = runner::Site {
-                    engines: &worker.env.engines,
-                    app: &worker.env.app,
-                    scope: worker.clone(),
-                };
-                let run = runner::run(
-                    site,
-                    &plugin,
-                    ident.clone(),
-                    &args,
-                    task_handle,
-                    verdict,
-                    || {
-                        worker.env.metrics.record_spawn(registered.elapsed());
-                        worker.registry.mark_running(ident.id);
-                        worker.announce(LifecycleEvent::Started {
-                            task: TaskRef::from(&*ident),
-                            version: ident.plugin_version.to_string(),
-                        });
-                    },
-                )
-                .await;
-                let Some(outcome) = run else {
-                    worker.registry.withdraw(ident.id);
-                    return;
+                let mut verdict = verdict;
+                let mut attempt = 1;
+                let outcome = loop {
+                    let site = runner::Site {
+                        engines: &worker.env.engines,
+                        app: &worker.env.app,
+                        scope: worker.clone(),
+                    };
+                    let run = runner::run(
+                        site,
+                        &plugin,
+                        ident.clone(),
+                        &args,
+                        task_handle.clone(),
+                        verdict.take(),
+                        attempt,
+                        || {
+                            if attempt == 1 {
+                                worker.env.metrics.record_spawn(registered.elapsed());
+                                worker.registry.mark_running(ident.id);
+                                worker.announce(LifecycleEvent::Started {
+                                    task: TaskRef::from(&*ident),
+                                    version: ident.plugin_version.to_string(),
+                                });
+                            }
+                        },
+                    )
+                    .await;
+                    let Some(ended) = run else {
+                        worker.registry.withdraw(ident.id);
+                        return;
+                    };
+                    let (Some(policy), Outcome::Failed { error }) = (&retry, &ended.outcome) else {
+                        break ended.outcome;
+                    };
+                    if !ended.retriable || attempt >= policy.attempts {
+                        break ended.outcome;
+                    }
+                    let delay = policy.delay(attempt, random_u64());
+                    attempt += 1;
+                    worker.announce(LifecycleEvent::Retrying {
+                        task: TaskRef::from(&*ident),
+                        attempt,
+                        delay_ms: lifecycle::millis(delay),
+                        error: error.clone(),
+                    });
+                    worker.registry.set_attempt(ident.id, attempt);
+                    // The wait is part of the task: a cancel ends it here.
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = task_handle.signal().cancelled() => {
+                            break Outcome::Cancelled { stage: CancelStage::Cooperative };
+                        }
+                    }
                 };
                 let elapsed_ms = lifecycle::millis(begun.elapsed());
                 let task = TaskRef::from(&*ident);
@@ -254,7 +286,9 @@ impl TaskScope for WorkerCtx {
         args: String,
         name: Option<String>,
     ) -> Pin<Box<dyn Future<Output = Result<TaskId, AddTaskError>> + Send>> {
-        Box::pin(async move { WorkerCtx::add_task(&self, &plugin, &factory, args, name).await })
+        Box::pin(
+            async move { WorkerCtx::add_task(&self, &plugin, &factory, args, name, None).await },
+        )
     }
 }
 
@@ -331,4 +365,10 @@ impl Drop for Worker {
             let _ = thread.join();
         }
     }
+}
+
+/// A random u64 for a retry's jitter (no need for more than the OS gives
+/// cheaply; a failure only loses the jitter).
+fn random_u64() -> u64 {
+    getrandom::u64().unwrap_or(0)
 }

@@ -78,6 +78,7 @@ fn the_documented_task_record_is_task_view() {
         result: None,
         error: None,
         cancel_stage: None,
+        attempt: 1,
     };
     let fields: Vec<String> = serde_json::to_value(&view)
         .unwrap()

@@ -172,7 +172,7 @@ fn on<T: Send + 'static>(
 
 fn spawn(worker: &Arc<WorkerCtx>, plugin: &Arc<Plugin>, factory: &str, args: &str) -> TaskHandle {
     worker
-        .spawn(plugin.clone(), factory, args.into(), None)
+        .spawn(plugin.clone(), factory, args.into(), None, None)
         .expect("spawn")
 }
 
@@ -232,7 +232,7 @@ async fn add_task_latency(worker: Arc<WorkerCtx>, n: usize) -> Vec<Duration> {
         for i in 0..n {
             let wall = SystemTime::now();
             let id = w
-                .add_task("bench", "noop", "null".into(), None)
+                .add_task("bench", "noop", "null".into(), None, None)
                 .await
                 .expect("add_task");
             let info = loop {

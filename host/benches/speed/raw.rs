@@ -116,6 +116,12 @@ impl app::Host for RawData {
     async fn task_id(&mut self) -> wasmtime::Result<u64> {
         Ok(1)
     }
+    async fn attempt(&mut self) -> wasmtime::Result<u32> {
+        Ok(1)
+    }
+    async fn stop_retrying(&mut self) -> wasmtime::Result<()> {
+        Ok(())
+    }
     async fn config(&mut self, _key: String) -> wasmtime::Result<Option<String>> {
         Ok(None)
     }

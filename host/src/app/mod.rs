@@ -149,6 +149,10 @@ pub struct AppState {
     /// list factories and check arguments at load.
     pub(crate) scope: Option<Arc<dyn TaskScope>>,
     log: Arc<LogGate>,
+    /// Which attempt of the task this instance runs (1 unless retried).
+    pub(crate) attempt: u32,
+    /// Set by `stop-retrying`: a failure of this attempt is final.
+    pub(crate) stop_retrying: bool,
 }
 
 impl AppState {
@@ -164,6 +168,8 @@ impl AppState {
             cancel,
             scope: None,
             log,
+            attempt: 1,
+            stop_retrying: false,
         }
     }
 }
@@ -189,8 +195,10 @@ impl types::Host for AppState {}
 /// `app`'s functions, once for each WIT version the host links: their
 /// signatures are the same (the types are shared, see `crate::bindings`).
 macro_rules! app_host {
-    ($host:path) => {
+    ($host:path $(, { $($only:tt)* })?) => {
         impl $host for AppState {
+            $($($only)*)?
+
             async fn name(&mut self) -> wasmtime::Result<String> {
                 Ok(self.app_name())
             }
@@ -280,5 +288,14 @@ macro_rules! app_host {
     };
 }
 
-app_host!(crate::bindings::taskhost::plugin::app::Host);
+app_host!(crate::bindings::taskhost::plugin::app::Host, {
+    async fn attempt(&mut self) -> wasmtime::Result<u32> {
+        Ok(self.attempt)
+    }
+
+    async fn stop_retrying(&mut self) -> wasmtime::Result<()> {
+        self.stop_retrying = true;
+        Ok(())
+    }
+});
 app_host!(crate::bindings::v0_1::taskhost::plugin::app::Host);

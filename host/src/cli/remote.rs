@@ -57,6 +57,10 @@ pub(crate) enum Verb {
         /// Start one on every worker.
         #[arg(long)]
         all_workers: bool,
+        /// Try it up to N times in all if it fails, waiting 200 ms, then
+        /// twice as long each time (up to 1 min).
+        #[arg(long, value_name = "N")]
+        retry: Option<u32>,
         #[command(flatten)]
         common: Common,
     },
@@ -265,6 +269,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             name,
             worker,
             all_workers,
+            retry,
             common,
         } => {
             let args = match args {
@@ -279,6 +284,13 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 name,
                 worker,
                 all_workers,
+                retry: retry.map(|attempts| crate::config::RetrySpec {
+                    attempts,
+                    backoff: None,
+                    initial: None,
+                    max: None,
+                    jitter: None,
+                }),
             };
             let added: Added = connect(&common)?.post("/v1/tasks", &request).await?;
             if common.json {
@@ -773,6 +785,16 @@ fn describe_event(event: &LifecycleEvent) -> String {
         LifecycleEvent::Cancelled { task: t, stage, .. } => {
             task(t, "cancelled", format!(" ({})", stage.as_str()))
         }
+        LifecycleEvent::Retrying {
+            task: t,
+            attempt,
+            delay_ms,
+            error,
+        } => task(
+            t,
+            "retrying",
+            format!(": {}; attempt {attempt} in {delay_ms} ms", clean(error)),
+        ),
         LifecycleEvent::PluginLoaded {
             plugin, version, ..
         } => format!("plugin {} loaded: {}", clean(plugin), clean(version)),

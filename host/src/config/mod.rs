@@ -10,6 +10,7 @@
 mod grants;
 mod http_grant;
 mod limits;
+mod retry;
 
 pub use grants::{DirGrant, Grants};
 pub use http_grant::HttpGrant;
@@ -18,6 +19,7 @@ pub use limits::{
     MAX_NAME_BYTES, PluginLimits, TaskLimits, check_bucket_name, check_plugin_name,
     machine_memory_bytes,
 };
+pub use retry::{Backoff, RetryPolicy, RetrySpec};
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -129,6 +131,8 @@ pub struct TaskConfig {
     /// The arguments as JSON (a TOML value converted to JSON; `null` if absent).
     pub args: serde_json::Value,
     pub scope: Scope,
+    /// How it is tried again after failing; none: it is not.
+    pub retry: Option<RetryPolicy>,
 }
 
 impl fmt::Display for TaskConfig {
@@ -185,6 +189,7 @@ struct RawTask {
     args: Option<toml::Value>,
     #[serde(default = "worker_scope")]
     scope: Scope,
+    retry: Option<RetrySpec>,
 }
 
 fn worker_scope() -> Scope {
@@ -288,6 +293,12 @@ impl AppConfig {
                     toml_to_json(value).with_context(|| format!("{file}: tasks[{index}].args"))?
                 }
             };
+            let retry = task
+                .retry
+                .as_ref()
+                .map(RetrySpec::policy)
+                .transpose()
+                .with_context(|| format!("{file}: tasks[{index}].retry"))?;
             let task = TaskConfig {
                 index,
                 plugin: task.plugin,
@@ -295,6 +306,7 @@ impl AppConfig {
                 name: task.name,
                 args,
                 scope: task.scope,
+                retry,
             };
             if !plugins.contains_key(&task.plugin) {
                 let known: Vec<_> = plugins.keys().map(String::as_str).collect();

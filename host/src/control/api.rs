@@ -23,7 +23,7 @@ use super::schema::{
     ErrorDetail, FactoryView, KvBucketView, KvEntry, KvKeys, KvPut, KvWritten, LimitDetail,
     LoadRequest, Loaded, PluginView, Purged, Woken,
 };
-use crate::config::Limit;
+use crate::config::{Limit, RetrySpec};
 use crate::host::{CancelError, Host};
 use crate::kv::{BucketId, KvError, KvStore};
 use crate::lifecycle::LifecycleEvent;
@@ -294,6 +294,18 @@ async fn add_task(
     } else {
         vec![request.worker.unwrap_or(WorkerId::Index(0))]
     };
+    let retry = request
+        .retry
+        .as_ref()
+        .map(RetrySpec::policy)
+        .transpose()
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("retry: {e:#}"),
+            )
+        })?;
     let args = request.args.to_string();
     let mut tasks = Vec::new();
     for worker in workers {
@@ -305,6 +317,7 @@ async fn add_task(
                 &request.factory,
                 args.clone(),
                 request.name.clone(),
+                retry,
             )
             .await
             .map_err(add_error)?;

@@ -27,6 +27,10 @@ pub struct AddRequest {
     /// One task on every worker (not the main scope).
     #[serde(default)]
     pub all_workers: bool,
+    /// Try it again after a failure: `{attempts, backoff?, initial?, max?,
+    /// jitter?}` as in app.toml.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<crate::config::RetrySpec>,
 }
 
 /// The answer to `POST /v1/tasks`: one entry per task started.

@@ -176,6 +176,22 @@ plugin! {
     }
 
 
+    /// Fails its first `fail_times` attempts (permanently, if `permanent`),
+    /// then returns the attempt number; `trap` makes a failure a panic.
+    fn flaky(app: &App, fail_times: u32, permanent: Option<bool>, trap: Option<bool>) -> Result<u32> {
+        let attempt = app.attempt();
+        if attempt > fail_times {
+            return Ok(attempt);
+        }
+        if trap.unwrap_or(false) {
+            panic!("attempt {attempt} panicked");
+        }
+        if permanent.unwrap_or(false) {
+            return Err(Error::permanent(format!("attempt {attempt} failed for good")));
+        }
+        Err(Error::msg(format!("attempt {attempt} failed")))
+    }
+
     fn nap(app: &App, ms: u64) -> Result<u64> {
         app.sleep(ms)?;
         app.info("woke");
