@@ -157,6 +157,20 @@ impl WasiHttpHooks for Hooks {
             "the request body is larger than {request_limit} bytes \
              ([limits] http_request_body_bytes)"
         );
+        // A declared length over the bound is refused before anything is
+        // sent: a server that answers early would otherwise hide the cut.
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > request_limit as u64) {
+            let error = over_limit(&ident, too_large);
+            return Box::new(async move {
+                drop(guard);
+                Err(error)
+            });
+        }
         // hyper reports a failed body as a protocol error: the flag lets
         // the request's failure name the limit instead.
         let body_over = Arc::new(std::sync::atomic::AtomicBool::new(false));

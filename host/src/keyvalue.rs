@@ -26,12 +26,18 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 /// Keys one `list-keys` call returns at most; the cursor gives the rest.
 const KEYS_PER_PAGE: usize = 1000;
 
+/// Bucket and CAS handles one task may hold at once: each costs host
+/// memory outside the task's own, so a loop of `open` must end.
+pub const MAX_HANDLES: u32 = 1024;
+
 /// What one call works with, borrowed from the task's store.
 pub struct KvView<'a> {
     pub ident: &'a TaskIdent,
     pub policy: &'a PluginPolicy,
     pub app: &'a AppContext,
     pub table: &'a mut ResourceTable,
+    /// Bucket and CAS handles the task holds now.
+    pub handles: &'a mut u32,
 }
 
 /// What a guest's `bucket` handle stands for (kept in the table; the
@@ -40,13 +46,14 @@ struct BucketHandle {
     id: BucketId,
 }
 
-/// What a guest's `cas` handle stands for: the key as it was read.
+/// What a guest's `cas` handle stands for: the key's version when it was
+/// read (not its value: `current` reads that, so a held handle costs the
+/// host a few bytes, whatever the value's size).
 struct CasHandle {
     bucket: BucketId,
     key: String,
     /// `None`: the key was absent.
     version: Option<u64>,
-    value: Option<Vec<u8>>,
 }
 
 struct HasKv;
@@ -83,8 +90,30 @@ impl KvView<'_> {
         Ok(self.table.get(&handle)?.id.clone())
     }
 
-    fn push_cas(&mut self, cas: CasHandle) -> wasmtime::Result<Resource<atomics::Cas>> {
-        Ok(Resource::new_own(self.table.push(cas)?.rep()))
+    /// Counts a new handle, or says why not.
+    fn take_handle(&mut self) -> Result<(), store::Error> {
+        if *self.handles >= MAX_HANDLES {
+            return Err(store::Error::Other(format!(
+                "limit: a task may hold at most {MAX_HANDLES} buckets and CAS handles at once; \
+                 drop some"
+            )));
+        }
+        *self.handles += 1;
+        Ok(())
+    }
+
+    fn release_handle(&mut self) {
+        *self.handles = self.handles.saturating_sub(1);
+    }
+
+    fn push_cas(
+        &mut self,
+        cas: CasHandle,
+    ) -> wasmtime::Result<Result<Resource<atomics::Cas>, store::Error>> {
+        if let Err(error) = self.take_handle() {
+            return Ok(Err(error));
+        }
+        Ok(Ok(Resource::new_own(self.table.push(cas)?.rep())))
     }
 
     /// A read of `key` as a CAS handle.
@@ -101,16 +130,11 @@ impl KvView<'_> {
             Ok(read) => read,
             Err(error) => return Ok(Err(self.error(error))),
         };
-        let (version, value) = match read {
-            Some(read) => (Some(read.version), Some(read.value)),
-            None => (None, None),
-        };
-        Ok(Ok(self.push_cas(CasHandle {
+        self.push_cas(CasHandle {
             bucket,
             key,
-            version,
-            value,
-        })?))
+            version: read.map(|read| read.version),
+        })
     }
 
     /// The guest's error for a storage error; a limit is logged too, since
@@ -127,6 +151,19 @@ impl KvView<'_> {
                     self.ident.plugin,
                 );
                 store::Error::Other(format!("limit: {limit}"))
+            }
+            KvError::Storage(message) => {
+                // The details (the database's path among them) are the
+                // operator's, not the sandboxed guest's.
+                tracing::error!(
+                    task = %self.ident.label(),
+                    task_id = self.ident.id,
+                    plugin = %self.ident.plugin,
+                    "task {} of plugin {}: key-value storage failed: {message}",
+                    self.ident.label(),
+                    self.ident.plugin,
+                );
+                store::Error::Other("the key-value storage failed (the host log says why)".into())
             }
             other => store::Error::Other(other.to_string()),
         }
@@ -157,6 +194,9 @@ impl store::Host for KvView<'_> {
             Err(error) => return Ok(Err(store::Error::Other(error.to_string()))),
         };
         if let Err(error) = self.storage() {
+            return Ok(Err(error));
+        }
+        if let Err(error) = self.take_handle() {
             return Ok(Err(error));
         }
         let handle = self.table.push(BucketHandle { id })?;
@@ -223,6 +263,7 @@ impl store::HostBucket for KvView<'_> {
     async fn drop(&mut self, bucket: Resource<store::Bucket>) -> wasmtime::Result<()> {
         self.table
             .delete(Resource::<BucketHandle>::new_own(bucket.rep()))?;
+        self.release_handle();
         Ok(())
     }
 }
@@ -248,6 +289,7 @@ impl atomics::Host for KvView<'_> {
         let cas = self
             .table
             .delete(Resource::<CasHandle>::new_own(cas.rep()))?;
+        self.release_handle();
         let storage = match self.storage() {
             Ok(storage) => storage,
             Err(error) => return Ok(Err(atomics::CasError::StoreError(error))),
@@ -279,14 +321,21 @@ impl atomics::HostCas for KvView<'_> {
         self.read_cas(id, key).await
     }
 
+    /// The key's value now. If it changed since the handle was made, a
+    /// swap with this handle fails and hands back a fresh one.
     async fn current(&mut self, cas: Resource<atomics::Cas>) -> KvResult<Option<Vec<u8>>> {
         let handle: Resource<CasHandle> = Resource::new_borrow(cas.rep());
-        Ok(Ok(self.table.get(&handle)?.value.clone()))
+        let handle = self.table.get(&handle)?;
+        let (bucket, key) = (handle.bucket.clone(), handle.key.clone());
+        let storage = storage!(self);
+        let value = storage.get(&bucket, &key).await;
+        Ok(value.map_err(|e| self.error(e)))
     }
 
     async fn drop(&mut self, cas: Resource<atomics::Cas>) -> wasmtime::Result<()> {
         self.table
             .delete(Resource::<CasHandle>::new_own(cas.rep()))?;
+        self.release_handle();
         Ok(())
     }
 }

@@ -34,6 +34,8 @@ pub struct TaskData {
     pub(crate) policy: Arc<PluginPolicy>,
     /// Bounds the task's memory (`memory_mb`).
     memory: MemoryBudget,
+    /// `wasi:keyvalue` handles the task holds (bounded).
+    kv_handles: u32,
 }
 
 impl TaskData {
@@ -57,6 +59,7 @@ impl TaskData {
             cancel,
             policy,
             memory,
+            kv_handles: 0,
         }
     }
 
@@ -86,6 +89,7 @@ impl TaskData {
             policy: &self.policy,
             app: &self.app.app,
             table: self.wasi.table(),
+            handles: &mut self.kv_handles,
         }
     }
 }

@@ -189,6 +189,9 @@ impl WorkerCtx {
                 let begun = Instant::now();
                 let mut verdict = verdict;
                 let mut attempt = 1;
+                // The task starts with the first attempt that reaches its
+                // factory: an earlier one may fail to instantiate.
+                let started = std::sync::atomic::AtomicBool::new(false);
                 let outcome = loop {
                     let site = runner::Site {
                         engines: &worker.env.engines,
@@ -204,7 +207,7 @@ impl WorkerCtx {
                         verdict.take(),
                         attempt,
                         || {
-                            if attempt == 1 {
+                            if !started.swap(true, std::sync::atomic::Ordering::Relaxed) {
                                 worker.env.metrics.record_spawn(registered.elapsed());
                                 worker.registry.mark_running(ident.id);
                                 worker.announce(LifecycleEvent::Started {

@@ -313,6 +313,17 @@ fn bad_requests_get_json_errors_and_the_host_keeps_serving() {
         .set("Authorization", &bearer)
         .send_json(json!({}));
     assert_eq!(status_and_kind(not_utf8), (400, "bad_request".into()));
+    // A misspelt state used to answer an empty list, as if no task had it.
+    let bogus_state = agent
+        .get(&format!("{base}/v1/tasks?state=runing"))
+        .set("Authorization", &bearer)
+        .call();
+    assert_eq!(status_and_kind(bogus_state), (400, "bad_request".into()));
+    let running = agent
+        .get(&format!("{base}/v1/tasks?state=running"))
+        .set("Authorization", &bearer)
+        .call();
+    assert_eq!(status_and_kind(running).0, 200);
 
     // Still serving.
     let listed = json_of(&ok(app.cli(&["tasks", "--json"])));

@@ -397,3 +397,32 @@ fn kv_verbs_and_endpoints_inspect_and_repair_state() {
         run.dump()
     );
 }
+
+#[test]
+fn a_task_cannot_hoard_handles() {
+    let tasks = r#"
+        [[tasks]]
+        plugin = "kit"
+        factory = "kv_hoard"
+        name = "few"
+        args = { count = 1000 }
+        [[tasks]]
+        plugin = "kit"
+        factory = "kv_hoard"
+        name = "many"
+        args = { count = 5000 }
+    "#;
+    let app = TestApp::new(&app_toml("", tasks));
+    let run = app.run_until_idle();
+    assert_eq!(result(&run, "few"), json!(1000));
+    let failed = run.event_of("failed", "many");
+    assert_eq!(failed.len(), 1, "{}", run.dump());
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 1024 buckets and CAS handles"),
+        "{}",
+        run.dump()
+    );
+}

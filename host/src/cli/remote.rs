@@ -527,7 +527,13 @@ async fn kv(action: KvAction) -> Result<(), ClientError> {
             if common.json {
                 print_json(&entry);
             } else if let Some(text) = &entry.text {
-                outln!("{text}");
+                // A value is what a guest wrote: on a terminal, its control
+                // characters are shown escaped, not obeyed.
+                if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    outln!("{}", clean(text));
+                } else {
+                    outln!("{text}");
+                }
             } else if let Some(encoded) = &entry.base64 {
                 use base64::Engine;
                 let bytes = base64::engine::general_purpose::STANDARD

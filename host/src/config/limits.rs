@@ -118,6 +118,10 @@ pub fn check_bucket_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Largest key-value value app.toml may allow: SQLite's own bound is
+/// 1e9 bytes, and a value is read whole into memory.
+pub const MAX_KV_VALUE_BYTES: usize = 256 << 20;
+
 /// Largest wasm stack app.toml may ask for: the host runs each task on a
 /// 2 MiB native stack, which must hold the wasm stack and the host calls
 /// made from it.
@@ -320,6 +324,12 @@ impl Limits {
             if value == 0 {
                 bail!("{table} `{key}` must be at least 1");
             }
+        }
+        if self.kv_value_bytes > MAX_KV_VALUE_BYTES {
+            bail!(
+                "{table} `kv_value_bytes` must be at most {MAX_KV_VALUE_BYTES} (256 MiB), got {}",
+                self.kv_value_bytes
+            );
         }
         check_memory_mb(&table, self.memory_mb)?;
         if self.memory_total_mb == Some(0) {

@@ -11,6 +11,9 @@ use std::time::Duration;
 /// Most attempts a task may be given.
 pub const MAX_ATTEMPTS: u32 = 100;
 
+/// Longest wait between attempts: a day. Longer is a schedule's job.
+pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
 /// A retry policy as written (durations as text: `"200ms"`, `"1m"`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +84,9 @@ impl RetrySpec {
         }
         if max < initial {
             bail!("`max` ({max:?}) must not be less than `initial` ({initial:?})");
+        }
+        if max > MAX_WAIT {
+            bail!("`max` ({max:?}) must be at most a day");
         }
         Ok(RetryPolicy {
             attempts: self.attempts,

@@ -30,7 +30,7 @@ use crate::lifecycle::LifecycleEvent;
 use crate::plugin::LoadError;
 use crate::registry::AddTaskError;
 use crate::registry::RegisterError;
-use crate::task::{TaskView, WorkerId};
+use crate::task::{TaskState, TaskView, WorkerId};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -215,7 +215,9 @@ fn parse_worker(text: &str) -> Result<WorkerId, ApiError> {
 #[serde(deny_unknown_fields)]
 struct TaskFilter {
     worker: Option<String>,
-    state: Option<String>,
+    /// A state's name; anything else is a 400 that lists them, not an
+    /// empty list that looks like "no such tasks".
+    state: Option<TaskState>,
     plugin: Option<String>,
     name: Option<String>,
 }
@@ -232,12 +234,7 @@ async fn list_tasks(
         .tasks()
         .into_iter()
         .filter(|t| worker.is_none_or(|w| t.ident.worker == w))
-        .filter(|t| {
-            filter
-                .state
-                .as_deref()
-                .is_none_or(|s| t.state.as_str() == s)
-        })
+        .filter(|t| filter.state.is_none_or(|s| t.state == s))
         .filter(|t| {
             filter
                 .plugin

@@ -31,7 +31,9 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub fn body_limit(limits: &crate::config::Limits) -> usize {
     // A key-value value comes as text (escaped: up to 6 bytes per byte in
     // JSON) or base64 (4/3).
-    MAX_BODY + 2 * limits.args_bytes.max(limits.event_payload_bytes) + 6 * limits.kv_value_bytes
+    MAX_BODY
+        .saturating_add(2usize.saturating_mul(limits.args_bytes.max(limits.event_payload_bytes)))
+        .saturating_add(6usize.saturating_mul(limits.kv_value_bytes))
 }
 
 /// The control API as a service, without a listener: every request must

@@ -192,6 +192,14 @@ plugin! {
         Err(Error::msg(format!("attempt {attempt} failed")))
     }
 
+    /// Opens bucket `b` `count` times and never drops a handle.
+    fn kv_hoard(app: &App, count: u32) -> Result<u32> {
+        for _ in 0..count {
+            std::mem::forget(app.kv("b")?);
+        }
+        Ok(count)
+    }
+
     fn nap(app: &App, ms: u64) -> Result<u64> {
         app.sleep(ms)?;
         app.info("woke");
