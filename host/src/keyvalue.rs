@@ -10,12 +10,11 @@
 //!
 //! Calls keep working while the task is being cancelled: cleanup code may
 //! need to save where it stopped, and no call waits on anything but the
-//! storage. The interface has no state of its own: a view borrows what the
-//! store already holds (the task's identity, its plugin's grants, the
-//! app's storage and the resource table), so a task that never opens a
-//! bucket costs nothing more.
+//! storage. The interface has no state but a count of open handles: a
+//! view borrows what the store already holds (the task's identity, its
+//! plugin's grants, the app's storage and the resource table), so a task
+//! that never opens a bucket costs nothing more.
 
-use crate::app::AppContext;
 use crate::bindings::wasi::keyvalue::{atomics, batch, store};
 use crate::config::PluginPolicy;
 use crate::kv::{BucketId, KvError, KvStore, Swap};
@@ -34,7 +33,8 @@ pub const MAX_HANDLES: u32 = 1024;
 pub struct KvView<'a> {
     pub ident: &'a TaskIdent,
     pub policy: &'a PluginPolicy,
-    pub app: &'a AppContext,
+    /// The app's storage; none where no host launched (`taskhost check`).
+    pub storage: Option<&'a Arc<dyn KvStore>>,
     pub table: &'a mut ResourceTable,
     /// Bucket and CAS handles the task holds now.
     pub handles: &'a mut u32,
@@ -78,7 +78,7 @@ type KvResult<T> = wasmtime::Result<Result<T, store::Error>>;
 
 impl KvView<'_> {
     fn storage(&self) -> Result<Arc<dyn KvStore>, store::Error> {
-        self.app.storage().cloned().ok_or_else(|| {
+        self.storage.cloned().ok_or_else(|| {
             store::Error::Other(
                 "key-value storage is not open here (`taskhost check` runs no tasks)".into(),
             )

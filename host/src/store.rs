@@ -87,7 +87,7 @@ impl TaskData {
         KvView {
             ident: &self.app.ident,
             policy: &self.policy,
-            app: &self.app.app,
+            storage: self.app.app.storage(),
             table: self.wasi.table(),
             handles: &mut self.kv_handles,
         }
