@@ -194,10 +194,16 @@ impl TestApp {
 
     /// Starts `taskhost run --log-format json [extra] app.toml` without waiting.
     pub fn spawn_with(&self, extra: &[&str]) -> Running {
+        self.spawn_with_env(extra, &[])
+    }
+
+    /// [`TestApp::spawn_with`] with `env` added to the host's environment.
+    pub fn spawn_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Running {
         let child = Command::new(taskhost_bin())
             .args(["run", "--log-format", "json"])
             .args(extra)
             .env("TASKHOST_CONTROL_FILE", self.control_file())
+            .envs(env.iter().copied())
             .arg(self.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

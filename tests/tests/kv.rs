@@ -38,6 +38,25 @@ fn kv_task(plugin: &str, name: &str, args: &str) -> String {
     )
 }
 
+/// `examples/kv_counter` counting key `n` of bucket `default` to `times`
+/// (task `count`), beside a sleeper that keeps the host running.
+fn counting_and_kept_running(times: u32) -> String {
+    format!(
+        r#"
+        [[tasks]]
+        plugin = "examples"
+        factory = "kv_counter"
+        name = "count"
+        args = {{ key = "n", times = {times} }}
+        [[tasks]]
+        plugin = "kit"
+        factory = "nap"
+        name = "keep-running"
+        args = {{ ms = 600000 }}
+        "#
+    )
+}
+
 fn run(app: &TestApp) -> Run {
     let run = app.run_until_idle();
     assert_eq!(run.code, Some(0), "{}", run.dump());
@@ -128,19 +147,7 @@ fn a_granted_shared_bucket_is_seen_by_both_plugins_and_only_them() {
 
 #[test]
 fn an_acknowledged_write_survives_kill_9() {
-    let tasks = r#"
-        [[tasks]]
-        plugin = "examples"
-        factory = "kv_counter"
-        name = "count"
-        args = { key = "n", times = 300 }
-        [[tasks]]
-        plugin = "kit"
-        factory = "nap"
-        name = "keep-running"
-        args = { ms = 600000 }
-    "#;
-    let app = TestApp::new(&app_toml("", tasks));
+    let app = TestApp::new(&app_toml("", &counting_and_kept_running(300)));
     let mut host = app.spawn_with(&[]);
     // `done` is logged after the factory returned, so after its last
     // increment was acknowledged.
@@ -304,21 +311,8 @@ fn compare_and_swap_writes_only_over_the_value_it_expects() {
 
 #[test]
 fn kv_verbs_and_endpoints_inspect_and_repair_state() {
-    let tasks = r#"
-        [limits]
-        kv_value_bytes = 8
-        [[tasks]]
-        plugin = "examples"
-        factory = "kv_counter"
-        name = "count"
-        args = { key = "n", times = 3 }
-        [[tasks]]
-        plugin = "kit"
-        factory = "nap"
-        name = "keep-running"
-        args = { ms = 600000 }
-    "#;
-    let app = TestApp::new(&app_toml("", tasks));
+    let limits = "[limits]\nkv_value_bytes = 8";
+    let app = TestApp::new(&app_toml(limits, &counting_and_kept_running(3)));
     let mut host = app.spawn();
     host.wait_for(1, |l| l["event"] == "done" && l["task"] == "count");
     let ok = |args: &[&str]| {

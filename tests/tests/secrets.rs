@@ -117,16 +117,7 @@ fn no_control_api_answer_holds_a_secret() {
         name = "sleeper"
         "#,
     );
-    let child = std::process::Command::new(taskhost_tests::taskhost_bin())
-        .args(["run", "--log-format", "json", "--log-level", "trace"])
-        .env("TASKHOST_CONTROL_FILE", app.control_file())
-        .env("TASKHOST_TEST_TOKEN", TOKEN)
-        .arg(app.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut host = taskhost_tests::Running::new(child);
+    let mut host = app.spawn_with_env(&["--log-level", "trace"], &[("TASKHOST_TEST_TOKEN", TOKEN)]);
     host.wait_until_serving();
     let mut answers = Vec::new();
     for verb in [
