@@ -96,6 +96,11 @@ impl TaskHandle {
         });
     }
 
+    /// How long a cancel waits before it forces the task.
+    pub(crate) fn grace(&self) -> Duration {
+        self.policy.grace
+    }
+
     /// Whether the task has been asked to stop.
     pub fn is_cancelled(&self) -> bool {
         self.signal.is_cancelled()

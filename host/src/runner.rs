@@ -39,7 +39,13 @@ pub(crate) async fn run(
     started: impl FnOnce(),
 ) -> Option<Ended> {
     let engines = site.engines;
-    let cancel = handle.signal().clone();
+    let timeout = site.app.policy(&ident.plugin).limits.timeout;
+    // With a time limit, the attempt gets a signal of its own, so running
+    // out of time stops this attempt and not the task's next one.
+    let cancel = match timeout {
+        Some(_) => Arc::new(CancelSignal::attempt_of(handle.signal())),
+        None => handle.signal().clone(),
+    };
     let mut data =
         TaskData::new(ident.clone(), site.app.clone(), cancel.clone()).on_worker(site.scope);
     data.app.attempt = attempt;
@@ -110,7 +116,6 @@ pub(crate) async fn run(
         });
     }
     started();
-    let timeout = store.data().policy.limits.timeout;
     let mut timed_out = false;
     let returned = {
         let call = factories.call_run(&mut store, &ident.factory, args);
@@ -123,12 +128,20 @@ pub(crate) async fn run(
             _ = cancel.forced() => None,
             _ = deadline(timeout) => {
                 // Out of time: cancelled like any task, so it may clean up
-                // within the grace period, then interrupted.
+                // within the grace period, then interrupted. Only this
+                // attempt's signal: the task's own stays as it was.
                 timed_out = true;
-                handle.cancel();
+                cancel.cancel();
                 tokio::select! {
                     result = &mut call => Some(result),
                     _ = cancel.forced() => None,
+                    _ = tokio::time::sleep(handle.grace()) => {
+                        cancel.force();
+                        tokio::select! {
+                            result = &mut call => Some(result),
+                            _ = cancel.forced() => None,
+                        }
+                    }
                 }
             }
         }
@@ -139,11 +152,10 @@ pub(crate) async fn run(
             stage: CancelStage::Forced,
         },
     };
-    // A timed-out attempt is not retried: its timeout cancelled the task's
-    // own signal, which a next attempt would start with.
-    let retriable = matches!(outcome, Outcome::Failed { .. })
-        && !timed_out
-        && !cancel.is_cancelled()
+    // A timed-out attempt may be tried again; one of a task that was
+    // cancelled may not.
+    let retriable = (timed_out || matches!(outcome, Outcome::Failed { .. }))
+        && !handle.is_cancelled()
         && !store.data().app.stop_retrying;
     let outcome = match timeout {
         Some(limit) if timed_out => after_timeout(outcome, limit),

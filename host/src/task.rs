@@ -298,9 +298,24 @@ pub(crate) struct CancelSignal {
     /// Wakes a call blocked in a host function (where epochs do not reach)
     /// so the runner can drop it.
     forced_token: CancellationToken,
+    /// The task's own signal when this one is an attempt's: cancelling or
+    /// forcing the task reaches the attempt, not the other way round.
+    parent: Option<Arc<CancelSignal>>,
 }
 
 impl CancelSignal {
+    /// A signal for one attempt of a task with a time limit: the limit
+    /// cancels and forces the attempt alone, so the task may be tried
+    /// again, while a cancel of the task still stops the attempt.
+    pub(crate) fn attempt_of(task: &Arc<CancelSignal>) -> CancelSignal {
+        CancelSignal {
+            token: task.token.child_token(),
+            forced: AtomicBool::new(false),
+            forced_token: task.forced_token.child_token(),
+            parent: Some(task.clone()),
+        }
+    }
+
     pub(crate) fn cancel(&self) {
         self.token.cancel();
     }
@@ -326,7 +341,7 @@ impl CancelSignal {
     }
 
     pub fn is_forced(&self) -> bool {
-        self.forced.load(Ordering::Acquire)
+        self.forced.load(Ordering::Acquire) || self.parent.as_ref().is_some_and(|p| p.is_forced())
     }
 
     /// Resolves once `force` has been called.

@@ -164,3 +164,39 @@ fn a_bad_retry_policy_is_refused_naming_the_task_and_field() {
         check.stderr
     );
 }
+
+#[test]
+fn a_timed_out_attempt_is_retried_and_the_next_gets_the_whole_limit() {
+    // Attempts 1 and 2 hang until `timeout_ms` stops them; attempt 3
+    // returns. Before the limit was per attempt, the first timeout
+    // cancelled the task itself and it ended failed after one attempt.
+    let run = TestApp::new(&format!(
+        r#"
+        name = "retrying"
+        cancel_grace_ms = 100
+        [plugins.kit]
+        path = "{{testkit}}"
+        [plugins.kit.limits]
+        timeout_ms = 150
+        {}
+        "#,
+        flaky(
+            "slow",
+            "fail_times = 2, hang = true",
+            r#"attempts = 3, initial = "1ms""#,
+        )
+    ))
+    .run_until_idle();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_eq!(run.results_of("slow"), vec![json!(3)], "{}", run.dump());
+    let errors: Vec<&Value> = retries(&run, "slow").iter().map(|l| &l["error"]).collect();
+    assert_eq!(
+        errors,
+        vec![
+            &json!("timed out after 150 ms (limit `timeout_ms`); it stopped when told"),
+            &json!("timed out after 150 ms (limit `timeout_ms`); it stopped when told"),
+        ],
+        "{}",
+        run.dump()
+    );
+}

@@ -178,10 +178,20 @@ plugin! {
 
     /// Fails its first `fail_times` attempts (permanently, if `permanent`),
     /// then returns the attempt number; `trap` makes a failure a panic.
-    fn flaky(app: &App, fail_times: u32, permanent: Option<bool>, trap: Option<bool>) -> Result<u32> {
+    fn flaky(
+        app: &App,
+        fail_times: u32,
+        permanent: Option<bool>,
+        trap: Option<bool>,
+        hang: Option<bool>,
+    ) -> Result<u32> {
         let attempt = app.attempt();
         if attempt > fail_times {
             return Ok(attempt);
+        }
+        if hang.unwrap_or(false) {
+            // Until a time limit or a cancel stops this attempt.
+            app.sleep(u64::MAX)?;
         }
         if trap.unwrap_or(false) {
             panic!("attempt {attempt} panicked");
