@@ -10,9 +10,9 @@ use crate::config::{AppConfig, PluginSource, TaskConfig};
 use crate::control::ControlOptions;
 use crate::engine::{EngineSettings, build_engine};
 use crate::host::{Host, RunSummary};
-use crate::kv::{KvLimits, SqliteStore};
 use crate::plugin::build::{self, BuildOptions};
 use crate::plugin::{Plugin, PluginLoader};
+use crate::storage::{KvLimits, SqliteStore, StoreOptions};
 
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
@@ -109,22 +109,23 @@ impl Application {
     /// Starts the host: the epoch ticker and the main scope, whose tasks
     /// begin at once. Workers start with [`Host::start_workers`], once the
     /// main tasks have ended ([`Host::main_tasks_ended`]).
-    pub fn launch(self) -> Result<Host> {
+    pub async fn launch(self) -> Result<Host> {
         let storage = &self.config.storage;
-        let kv = SqliteStore::open(
-            &storage.dir,
-            KvLimits::from(&self.config.limits),
-            storage.fsync,
-        )
-        .with_context(|| format!("{}: [storage]", self.config.source.display()))?;
-        self.app.attach_storage(Arc::new(kv));
-        Host::launch(self.config, self.loader, self.app, self.plugins)
+        let options = StoreOptions {
+            kv: KvLimits::from(&self.config.limits),
+            fsync: storage.fsync,
+            keep_ended: storage.keep_ended_tasks,
+        };
+        let store = SqliteStore::open(&storage.dir, options)
+            .with_context(|| format!("{}: [storage]", self.config.source.display()))?;
+        self.app.attach_storage(Arc::new(store));
+        Host::launch(self.config, self.loader, self.app, self.plugins).await
     }
 
     /// Splits off how plugins are built, which outlives the launch (watch).
-    fn launch_keeping_build(self) -> Result<(Host, BuildOptions)> {
+    async fn launch_keeping_build(self) -> Result<(Host, BuildOptions)> {
         let build_options = self.build_options.clone();
-        Ok((self.launch()?, build_options))
+        Ok((self.launch().await?, build_options))
     }
 
     /// The whole life of `taskhost run`: main tasks, then workers with their
@@ -137,7 +138,7 @@ impl Application {
         shutdown: impl Future<Output = ()>,
     ) -> Result<RunSummary> {
         tokio::pin!(shutdown);
-        let (mut host, build_options) = self.launch_keeping_build()?;
+        let (mut host, build_options) = self.launch_keeping_build().await?;
         let main_result = tokio::select! {
             result = host.main_tasks_ended() => Some(result),
             _ = &mut shutdown => None,
@@ -153,7 +154,10 @@ impl Application {
             }
             Some(Ok(())) => {}
         }
-        host.start_workers()?;
+        if let Err(error) = host.start_workers().await {
+            host.shutdown(false).await;
+            return Err(error);
+        }
         let host = Arc::new(host);
         let control = match &options.control {
             Some(control) => match crate::control::serve(host.clone(), control).await {

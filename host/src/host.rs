@@ -3,17 +3,16 @@
 //! control API and in-process tests use the same calls.
 
 use crate::app::AppContext;
-use crate::config::{AppConfig, RetryPolicy, Scope, TaskConfig};
+use crate::config::{AppConfig, Scope, TaskConfig, TaskSpec};
 use crate::engine::EpochTicker;
 use crate::events::EventHub;
 use crate::lifecycle::LifecycleEvent;
 use crate::metrics::Metrics;
 use crate::plugin::{LoadError, Plugin, PluginLoader};
-use crate::registry::AddTaskError;
-use crate::registry::TaskHandle;
-use crate::task::{TaskId, TaskInfo, TaskState, WorkerId};
+use crate::registry::{AddTaskError, Added, TaskHandle};
+use crate::task::{TaskInfo, TaskState, WorkerId};
 use crate::worker::{TaskEnv, Worker, WorkerCtx};
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -49,6 +48,9 @@ pub enum CancelError {
     NoWorker(WorkerId),
     #[error("no task named `{0}` on that worker")]
     NotFound(String),
+    /// A durable task's cancel could not be recorded, so it was not sent.
+    #[error("{0}")]
+    Storage(String),
 }
 
 /// A running application.
@@ -80,7 +82,7 @@ pub struct Build {
 }
 
 impl Host {
-    pub(crate) fn launch(
+    pub(crate) async fn launch(
         config: AppConfig,
         loader: PluginLoader,
         app: Arc<AppContext>,
@@ -97,6 +99,8 @@ impl Host {
             metrics: Metrics::new(app.task_memory.clone(), app.http_metrics.clone()),
             app,
             lifecycle: broadcast::channel(LIFECYCLE_BACKLOG).0,
+            workers: RwLock::default(),
+            durable: Mutex::default(),
         });
         let main = Worker::start(WorkerId::Main, env.clone())?;
         let mut host = Host {
@@ -110,9 +114,16 @@ impl Host {
             retired: Mutex::default(),
             _ticker: ticker,
         };
+        // Durable tasks first: an unfinished one runs again before any
+        // startup task, and a durable startup task that ended is listed,
+        // so it is found rather than started.
+        let recovered = crate::worker::recover(std::slice::from_ref(host.main.ctx()))
+            .await
+            .with_context(|| format!("{}: [storage]", host.config.source.display()))?;
+        host.main_handles.extend(recovered);
         let main_tasks: Vec<TaskConfig> = host.startup_tasks(Scope::Main).cloned().collect();
         for task in &main_tasks {
-            let handle = host.spawn_startup(host.main.ctx(), task)?;
+            let handle = host.spawn_startup(host.main.ctx(), task).await?;
             host.main_handles.push(handle);
         }
         Ok(host)
@@ -122,19 +133,18 @@ impl Host {
         self.config.tasks.iter().filter(move |t| t.scope == scope)
     }
 
-    fn spawn_startup(&self, worker: &Arc<WorkerCtx>, task: &TaskConfig) -> Result<TaskHandle> {
+    async fn spawn_startup(
+        &self,
+        worker: &Arc<WorkerCtx>,
+        task: &TaskConfig,
+    ) -> Result<TaskHandle> {
         let plugin = self
             .env
             .plugin(&task.plugin)
             .ok_or_else(|| anyhow!("no plugin `{}`", task.plugin))?;
         worker
-            .spawn(
-                plugin,
-                &task.factory,
-                task.args.to_string(),
-                task.name.clone(),
-                task.retry,
-            )
+            .start_task(plugin, task.spec(worker.id()))
+            .await
             .map_err(|e| anyhow!("{}: {task}: {e}", self.config.source.display()))
     }
 
@@ -165,17 +175,25 @@ impl Host {
         Ok(())
     }
 
-    /// Starts the workers, each with the `scope = "worker"` tasks.
-    pub fn start_workers(&mut self) -> Result<()> {
+    /// Starts the workers: first the durable tasks that had not ended
+    /// when the app last stopped, then on each the `scope = "worker"`
+    /// tasks.
+    pub async fn start_workers(&mut self) -> Result<()> {
         for index in 0..self.config.workers {
             let worker = Worker::start(WorkerId::Index(index), self.env.clone())?;
-            let tasks: Vec<TaskConfig> = self.startup_tasks(Scope::Worker).cloned().collect();
-            for task in tasks {
-                let handle = self.spawn_startup(worker.ctx(), &task)?;
-                self.startup_entries()
-                    .push((worker.ctx().clone(), task, handle));
-            }
             self.workers.push(worker);
+        }
+        let contexts: Vec<Arc<WorkerCtx>> = self.workers.iter().map(|w| w.ctx().clone()).collect();
+        crate::worker::recover(&contexts)
+            .await
+            .with_context(|| format!("{}: [storage]", self.config.source.display()))?;
+        let tasks: Vec<TaskConfig> = self.startup_tasks(Scope::Worker).cloned().collect();
+        for worker in &contexts {
+            for task in &tasks {
+                let handle = self.spawn_startup(worker, task).await?;
+                self.startup_entries()
+                    .push((worker.clone(), task.clone(), handle));
+            }
         }
         // Closing only means "the startup tasks are all spawned": tasks can
         // still be added, and `idle` resolves once none is left.
@@ -215,30 +233,38 @@ impl Host {
             .collect()
     }
 
-    /// Starts a task on `worker`, as a guest's `add-task` would.
+    /// Starts a task on `worker`, as a guest's `add-task` would. A durable
+    /// spec is recorded before this returns; its idempotency key may
+    /// answer with a task that exists (`created` false).
     pub async fn add_task(
         &self,
         worker: WorkerId,
         plugin: &str,
-        factory: &str,
-        args: String,
-        name: Option<String>,
-        retry: Option<RetryPolicy>,
-    ) -> Result<TaskId, AddTaskError> {
+        spec: TaskSpec,
+    ) -> Result<Added, AddTaskError> {
         let Some(ctx) = self.worker(worker) else {
             return Err(AddTaskError::NoWorker(worker));
         };
-        ctx.add_task(plugin, factory, args, name, retry).await
+        ctx.add_task(plugin, spec).await
     }
 
     /// Cancels the task `name` of `worker` and waits until it has ended
-    /// (forced after the grace period); returns its final info.
+    /// (forced after the grace period); returns its final info. The cancel
+    /// of a durable task is recorded first, so it stays cancelled across a
+    /// crash.
     pub async fn cancel_task(&self, worker: WorkerId, name: &str) -> Result<TaskInfo, CancelError> {
         let ctx = self.worker(worker).ok_or(CancelError::NoWorker(worker))?;
         let mut handle = ctx
             .registry()
             .handle_by_name(name)
             .ok_or_else(|| CancelError::NotFound(name.to_string()))?;
+        let durable = ctx.registry().get(handle.id).and_then(|i| i.ident.durable);
+        if let (Some(seq), Some(storage), false) = (durable, self.storage(), handle.is_ended()) {
+            storage
+                .cancel_requested(seq)
+                .await
+                .map_err(|e| CancelError::Storage(format!("cannot record the cancel: {e:#}")))?;
+        }
         handle.cancel();
         handle.ended().await;
         ctx.registry()
@@ -246,13 +272,17 @@ impl Host {
             .ok_or_else(|| CancelError::NotFound(name.to_string()))
     }
 
-    /// Drops every ended task of every worker; returns how many.
-    pub fn purge(&self) -> usize {
+    /// Drops every ended task of every worker, and the kept records of
+    /// ended durable tasks; returns how many tasks were listed.
+    pub async fn purge(&self) -> Result<usize> {
         let purged = self.workers().map(|w| w.registry().purge()).sum();
         if purged > 0 {
             give_back_heap();
         }
-        purged
+        if let Some(storage) = self.storage() {
+            storage.purge_ended().await?;
+        }
+        Ok(purged)
     }
 
     /// Wakes every task waiting for `event`; returns how many woke.
@@ -264,7 +294,7 @@ impl Host {
     /// whoever needs to know that a dispatch will be heard can wait here
     /// until enough tasks wait.
     /// The key-value storage tasks use (open in every launched host).
-    pub fn storage(&self) -> Option<&Arc<dyn crate::kv::KvStore>> {
+    pub fn storage(&self) -> Option<&Arc<dyn crate::storage::Storage>> {
         self.env.app.storage()
     }
 
@@ -369,7 +399,7 @@ impl Host {
             old.cancel();
             old.ended().await;
             worker.registry().forget(old.id);
-            let new = self.spawn_startup(&worker, &task)?;
+            let new = self.spawn_startup(&worker, &task).await?;
             for entry in self.startup_entries().iter_mut() {
                 if entry.2.id == old.id {
                     entry.2 = new.clone();

@@ -3,7 +3,7 @@
 //! implements them), so any language's bindings of them work.
 //!
 //! A bucket a task opens is its plugin's own (`PLUGIN/NAME` in the storage,
-//! see [`crate::kv::BucketId`]): no other plugin can name it, so isolation
+//! see [`crate::storage::BucketId`]): no other plugin can name it, so isolation
 //! needs no check at all. A name the plugin's `[plugins.NAME.grants] kv`
 //! lists opens that shared bucket instead. Over a `[limits] kv_*` bound a
 //! call fails with `other("limit: ...")`, naming the setting.
@@ -17,7 +17,7 @@
 
 use crate::bindings::wasi::keyvalue::{atomics, batch, store};
 use crate::config::PluginPolicy;
-use crate::kv::{BucketId, KvError, KvStore, Swap};
+use crate::storage::{BucketId, KvError, Storage, Swap};
 use crate::task::TaskIdent;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
@@ -34,7 +34,7 @@ pub struct KvView<'a> {
     pub ident: &'a TaskIdent,
     pub policy: &'a PluginPolicy,
     /// The app's storage; none where no host launched (`taskhost check`).
-    pub storage: Option<&'a Arc<dyn KvStore>>,
+    pub storage: Option<&'a Arc<dyn Storage>>,
     pub table: &'a mut ResourceTable,
     /// Bucket and CAS handles the task holds now.
     pub handles: &'a mut u32,
@@ -77,7 +77,7 @@ pub fn add_to_linker<T: Send + 'static>(
 type KvResult<T> = wasmtime::Result<Result<T, store::Error>>;
 
 impl KvView<'_> {
-    fn storage(&self) -> Result<Arc<dyn KvStore>, store::Error> {
+    fn storage(&self) -> Result<Arc<dyn Storage>, store::Error> {
         self.storage.cloned().ok_or_else(|| {
             store::Error::Other(
                 "key-value storage is not open here (`taskhost check` runs no tasks)".into(),

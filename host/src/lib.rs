@@ -14,8 +14,8 @@
 //! 2. Parts with one job each: [`lifecycle`] (the event type), [`events`]
 //!    (named events), [`registry`] (one worker's tasks, and
 //!    [`registry::TaskHandle::cancel`], the one way to cancel), `metrics`,
-//!    [`compile_cache`], [`kv`] (key-value storage: the trait and its
-//!    SQLite backend).
+//!    [`compile_cache`], [`storage`] (what outlives the process: key-value
+//!    state and durable tasks, the traits and their SQLite backend).
 //! 3. `logging` (writes lifecycle events and task lines) and [`engine`]
 //!    (the wasmtime engines, through the compile cache).
 //! 4. The host interfaces a task imports, one module each, owning its
@@ -23,7 +23,7 @@
 //!    reaches the worker only through the narrow `app::TaskScope` trait,
 //!    which the worker implements), `wasi` (WASI 0.2, deny by default),
 //!    `http` (outbound `wasi:http` behind an allow-list) and `keyvalue`
-//!    (`wasi:keyvalue` over [`kv`]).
+//!    (`wasi:keyvalue` over [`storage`]).
 //! 5. `store`: one task's store data, composed of the interfaces' states,
 //!    the linker that links them all, and the store's limits.
 //! 6. [`plugin`]: component files -> linked, pre-instantiated plugins.
@@ -57,11 +57,11 @@ pub(crate) mod dirs;
 pub mod events;
 pub(crate) mod http;
 pub(crate) mod keyvalue;
-pub mod kv;
 pub(crate) mod logging;
 pub(crate) mod metrics;
 pub(crate) mod private_files;
 pub(crate) mod runner;
+pub mod storage;
 pub(crate) mod store;
 pub(crate) mod wasi;
 pub(crate) mod watch;

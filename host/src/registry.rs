@@ -48,6 +48,24 @@ pub enum AddTaskError {
     /// arguments), or its instance could not be created.
     #[error("{}", crate::bindings::describe(.0))]
     Refused(GuestError),
+    /// The request itself does not hold together (an idempotency key
+    /// without `durable`, say).
+    #[error("{0}")]
+    Invalid(String),
+    /// A durable task could not be recorded, so it was not started.
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// A task `add_task` answered for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Added {
+    pub worker: WorkerId,
+    pub id: TaskId,
+    pub name: Option<String>,
+    /// False when a durable submission's idempotency key named a task
+    /// that already existed: that task is the answer, nothing started.
+    pub created: bool,
 }
 
 /// A way to watch and stop one registered task.
@@ -295,6 +313,42 @@ impl TaskRegistry {
         }
     }
 
+    /// Lists a task that ended before this host started (a durable task's
+    /// kept outcome) as ended, under a new id. Refused if its name is
+    /// taken; it does not count against the live tasks.
+    pub(crate) fn restore(&self, info: TaskInfo) -> Result<TaskHandle, RegisterError> {
+        let mut inner = self.lock();
+        if let Some(name) = &info.ident.name {
+            if inner.names.contains_key(name) {
+                return Err(RegisterError::DuplicateName(name.clone()));
+            }
+            inner.names.insert(name.clone(), info.ident.id);
+        }
+        let id = info.ident.id;
+        let signal = Arc::new(CancelSignal::default());
+        let (ended, ended_rx) = watch::channel(true);
+        inner.ended.push_back(id);
+        inner.tasks.insert(
+            id,
+            Entry {
+                info,
+                signal: signal.clone(),
+                ended,
+            },
+        );
+        while inner.ended.len() > self.retention {
+            if let Some(oldest) = inner.ended.pop_front() {
+                inner.remove(oldest);
+            }
+        }
+        Ok(TaskHandle {
+            id,
+            signal,
+            ended: ended_rx,
+            policy: self.cancel.clone(),
+        })
+    }
+
     /// Every registered task, oldest first.
     pub fn snapshot(&self) -> Vec<TaskInfo> {
         self.lock().tasks.values().map(|e| e.info.clone()).collect()
@@ -312,6 +366,12 @@ impl TaskRegistry {
     }
 
     /// A handle on the task named `name`, live or ended (until purged).
+    /// A handle to the task `id`, if it is listed.
+    pub fn handle_of(&self, id: TaskId) -> Option<TaskHandle> {
+        let inner = self.lock();
+        inner.tasks.get(&id).map(|entry| self.handle(entry))
+    }
+
     pub fn handle_by_name(&self, name: &str) -> Option<TaskHandle> {
         let inner = self.lock();
         let id = inner.names.get(name)?;
@@ -412,6 +472,7 @@ mod tests {
             plugin: "p".into(),
             plugin_version: "v".into(),
             factory: "f".into(),
+            durable: None,
         })
     }
 

@@ -20,13 +20,22 @@ pub(crate) struct Site<'a> {
     pub scope: Arc<dyn TaskScope>,
 }
 
+/// Which attempt of a task an instance runs, as its guest sees it.
+pub(crate) struct Attempt {
+    /// 1 for the first (`app.attempt()`).
+    pub number: u32,
+    /// A durable task's key (`app.idempotency-key()`).
+    pub idempotency_key: Option<Arc<str>>,
+}
+
 /// Runs `ident.factory` of `plugin` with `args` in its own instance at
 /// `site`. `started` is called once the instance exists and the factory
 /// is about to run.
 ///
 /// With a `verdict` channel, the factory first checks `args` and the verdict
 /// is sent back (`add_task` waits for it); a refused task returns `None`:
-/// it never ran. `attempt` is what the guest's `app.attempt()` says.
+/// it never ran. `attempt` is what the guest's `app.attempt()` and
+/// `app.idempotency-key()` say.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     site: Site<'_>,
@@ -35,7 +44,7 @@ pub(crate) async fn run(
     args: &str,
     handle: TaskHandle,
     verdict: Option<oneshot::Sender<Result<(), GuestError>>>,
-    attempt: u32,
+    attempt: Attempt,
     started: impl FnOnce(),
 ) -> Option<Ended> {
     let engines = site.engines;
@@ -48,7 +57,8 @@ pub(crate) async fn run(
     };
     let mut data =
         TaskData::new(ident.clone(), site.app.clone(), cancel.clone()).on_worker(site.scope);
-    data.app.attempt = attempt;
+    data.app.attempt = attempt.number;
+    data.app.idempotency_key = attempt.idempotency_key;
     // Declared before the store, so dropped after it: the slot is free
     // again only once the instance has given it back.
     let mut warm_slot = engines.warm_slots.take();

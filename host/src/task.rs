@@ -91,6 +91,9 @@ pub struct TaskIdent {
     pub plugin: Arc<str>,
     pub plugin_version: Arc<str>,
     pub factory: String,
+    /// A durable task's record number in storage (see
+    /// `crate::storage::tasks`); none for a task that lives in memory only.
+    pub durable: Option<u64>,
 }
 
 impl TaskIdent {
@@ -233,6 +236,10 @@ pub struct TaskView {
     pub cancel_stage: Option<CancelStage>,
     /// Which attempt runs, or ran last (1 unless retried).
     pub attempt: u32,
+    /// Recorded in storage: run again after a crash, its outcome kept
+    /// across restarts.
+    #[serde(default)]
+    pub durable: bool,
 }
 
 impl From<&TaskInfo> for TaskView {
@@ -258,6 +265,7 @@ impl From<&TaskInfo> for TaskView {
             error,
             cancel_stage,
             attempt: info.attempt,
+            durable: info.ident.durable.is_some(),
         }
     }
 }

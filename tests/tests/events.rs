@@ -16,9 +16,9 @@ async fn start(app: &TestApp) -> Host {
         Application::load(config, &EngineSettings::default(), &BuildOptions::default())
             .await
             .expect("plugins load");
-    let mut host = application.launch().expect("host starts");
+    let mut host = application.launch().await.expect("host starts");
     host.main_tasks_ended().await.expect("no main task fails");
-    host.start_workers().expect("workers start");
+    host.start_workers().await.expect("workers start");
     host
 }
 

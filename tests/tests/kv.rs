@@ -99,7 +99,7 @@ fn values_survive_a_restart_and_stay_with_their_plugin() {
     assert_eq!(result(&after, "theirs"), Value::Null, "plugins are apart");
     assert_eq!(result(&after, "their-keys"), json!([]));
     assert!(
-        app.dir.path().join(".taskhost/kv.sqlite3").is_file(),
+        app.dir.path().join(".taskhost/taskhost.sqlite3").is_file(),
         "the default storage is beside app.toml"
     );
 }

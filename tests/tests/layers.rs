@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
         "registry",
         "metrics",
         "compile_cache",
-        "kv",
+        "storage",
     ],
     &["logging", "engine"],
     &["app", "wasi", "http", "keyvalue"],

@@ -79,6 +79,7 @@ fn the_documented_task_record_is_task_view() {
         error: None,
         cancel_stage: None,
         attempt: 1,
+        durable: false,
     };
     let fields: Vec<String> = serde_json::to_value(&view)
         .unwrap()

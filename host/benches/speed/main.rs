@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use taskhost::application::Application;
 use taskhost::bench::WorkerCtx;
-use taskhost::config::AppConfig;
+use taskhost::config::{AppConfig, TaskSpec};
 use taskhost::engine::EngineSettings;
 use taskhost::host::Host;
 use taskhost::plugin::Plugin;
@@ -143,9 +143,9 @@ async fn host(components: &Components) -> BenchHost {
     )
     .await
     .expect("application");
-    let mut host = app.launch().expect("host");
+    let mut host = app.launch().await.expect("host");
     host.main_tasks_ended().await.expect("no main tasks");
-    host.start_workers().expect("workers");
+    host.start_workers().await.expect("workers");
     BenchHost { host, storage }
 }
 
@@ -172,7 +172,14 @@ fn on<T: Send + 'static>(
 
 fn spawn(worker: &Arc<WorkerCtx>, plugin: &Arc<Plugin>, factory: &str, args: &str) -> TaskHandle {
     worker
-        .spawn(plugin.clone(), factory, args.into(), None, None)
+        .spawn(
+            plugin.clone(),
+            TaskSpec {
+                factory: factory.into(),
+                args: args.into(),
+                ..TaskSpec::default()
+            },
+        )
         .expect("spawn")
 }
 
@@ -232,9 +239,17 @@ async fn add_task_latency(worker: Arc<WorkerCtx>, n: usize) -> Vec<Duration> {
         for i in 0..n {
             let wall = SystemTime::now();
             let id = w
-                .add_task("bench", "noop", "null".into(), None, None)
+                .add_task(
+                    "bench",
+                    TaskSpec {
+                        factory: "noop".into(),
+                        args: "null".into(),
+                        ..TaskSpec::default()
+                    },
+                )
                 .await
-                .expect("add_task");
+                .expect("add_task")
+                .id;
             let info = loop {
                 match w.registry().get(id) {
                     Some(info) if info.state.is_ended() => break info,

@@ -122,6 +122,9 @@ impl app::Host for RawData {
     async fn stop_retrying(&mut self) -> wasmtime::Result<()> {
         Ok(())
     }
+    async fn idempotency_key(&mut self) -> wasmtime::Result<Option<String>> {
+        Ok(None)
+    }
     async fn config(&mut self, _key: String) -> wasmtime::Result<Option<String>> {
         Ok(None)
     }
@@ -147,6 +150,15 @@ impl app::Host for RawData {
         _factory: String,
         _args: String,
         _name: Option<String>,
+    ) -> Answer<u64> {
+        Ok(Err(types::Error::Failed("raw".into())))
+    }
+    async fn start_task(
+        &mut self,
+        _plugin: Option<String>,
+        _factory: String,
+        _args: String,
+        _options: app::TaskOptions,
     ) -> Answer<u64> {
         Ok(Err(types::Error::Failed("raw".into())))
     }

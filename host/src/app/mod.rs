@@ -12,12 +12,12 @@ mod tasks;
 mod time;
 
 use crate::bindings::taskhost::plugin::types;
-use crate::config::{AppConfig, Grants, Limits, PluginLimits, PluginPolicy};
+use crate::config::{AppConfig, Grants, Limits, PluginLimits, PluginPolicy, TaskSpec};
 use crate::events::EventHub;
-use crate::kv::KvStore;
 use crate::logging::LogGate;
 use crate::metrics::HttpMetrics;
 use crate::registry::{AddTaskError, TaskRegistry};
+use crate::storage::Storage;
 use crate::task::{CancelSignal, TaskId, TaskIdent};
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
@@ -42,9 +42,7 @@ pub(crate) trait TaskScope: Send + Sync {
     fn add_task(
         self: Arc<Self>,
         plugin: String,
-        factory: String,
-        args: String,
-        name: Option<String>,
+        spec: TaskSpec,
     ) -> Pin<Box<dyn Future<Output = Result<TaskId, AddTaskError>> + Send>>;
 }
 
@@ -69,7 +67,7 @@ pub struct AppContext {
     /// Where key-value state lives, once the host has opened it (at
     /// launch: `taskhost check` never opens it, so it can run beside a
     /// host that holds the storage).
-    storage: OnceLock<Arc<dyn KvStore>>,
+    storage: OnceLock<Arc<dyn Storage>>,
 }
 
 impl std::fmt::Debug for AppContext {
@@ -120,12 +118,12 @@ impl AppContext {
     }
 
     /// Gives tasks their key-value storage; only the first call counts.
-    pub fn attach_storage(&self, storage: Arc<dyn KvStore>) {
+    pub fn attach_storage(&self, storage: Arc<dyn Storage>) {
         let _ = self.storage.set(storage);
     }
 
-    /// The key-value storage, once attached.
-    pub fn storage(&self) -> Option<&Arc<dyn KvStore>> {
+    /// The storage (key-value state, durable tasks), once attached.
+    pub fn storage(&self) -> Option<&Arc<dyn Storage>> {
         self.storage.get()
     }
 
@@ -153,6 +151,8 @@ pub struct AppState {
     pub(crate) attempt: u32,
     /// Set by `stop-retrying`: a failure of this attempt is final.
     pub(crate) stop_retrying: bool,
+    /// A durable task's idempotency key (`idempotency-key`).
+    pub(crate) idempotency_key: Option<Arc<str>>,
 }
 
 impl AppState {
@@ -170,6 +170,7 @@ impl AppState {
             log,
             attempt: 1,
             stop_retrying: false,
+            idempotency_key: None,
         }
     }
 }
@@ -231,10 +232,14 @@ macro_rules! app_host {
                 args: String,
                 name: Option<String>,
             ) -> wasmtime::Result<Result<u64, types::Error>> {
+                let spec = TaskSpec {
+                    factory,
+                    args,
+                    name,
+                    ..TaskSpec::default()
+                };
                 Ok(match self.add_task_target(plugin) {
-                    Ok((worker, plugin)) => {
-                        tasks::add_task(worker, plugin, factory, args, name).await
-                    }
+                    Ok((worker, plugin)) => tasks::add_task(worker, plugin, spec).await,
                     Err(error) => Err(error),
                 })
             }
@@ -296,6 +301,27 @@ app_host!(crate::bindings::taskhost::plugin::app::Host, {
     async fn stop_retrying(&mut self) -> wasmtime::Result<()> {
         self.stop_retrying = true;
         Ok(())
+    }
+
+    async fn idempotency_key(&mut self) -> wasmtime::Result<Option<String>> {
+        Ok(self.idempotency_key.as_deref().map(str::to_string))
+    }
+
+    async fn start_task(
+        &mut self,
+        plugin: Option<String>,
+        factory: String,
+        args: String,
+        options: crate::bindings::taskhost::plugin::app::TaskOptions,
+    ) -> wasmtime::Result<Result<u64, types::Error>> {
+        let spec = match tasks::spec_of(factory, args, options) {
+            Ok(spec) => spec,
+            Err(error) => return Ok(Err(error)),
+        };
+        Ok(match self.add_task_target(plugin) {
+            Ok((worker, plugin)) => tasks::add_task(worker, plugin, spec).await,
+            Err(error) => Err(error),
+        })
     }
 });
 app_host!(crate::bindings::v0_1::taskhost::plugin::app::Host);

@@ -4,10 +4,12 @@
 use super::AppState;
 use super::TaskScope;
 use crate::bindings::GuestError;
-use crate::bindings::taskhost::plugin::types;
+use crate::bindings::taskhost::plugin::{app, types};
 use crate::config::Limit;
+use crate::config::{Backoff, RetrySpec, TaskSpec};
 use crate::registry::AddTaskError;
 use crate::registry::{RegisterError, TaskHandle};
+use crate::storage::Storage;
 use crate::task::{CancelStage, TaskInfo, TaskState, TaskView};
 use std::sync::Arc;
 
@@ -72,12 +74,10 @@ impl AppState {
 pub(super) async fn add_task(
     worker: Arc<dyn TaskScope>,
     plugin: String,
-    factory: String,
-    args: String,
-    name: Option<String>,
+    spec: TaskSpec,
 ) -> Result<u64, GuestError> {
     worker
-        .add_task(plugin, factory, args, name)
+        .add_task(plugin, spec)
         .await
         .map_err(|error| match error {
             AddTaskError::UnknownPlugin(name) => GuestError::UnknownPlugin(name),
@@ -89,7 +89,44 @@ pub(super) async fn add_task(
             }
             AddTaskError::Refused(error) => error,
             AddTaskError::NoWorker(worker) => GuestError::Failed(format!("no worker {worker}")),
+            AddTaskError::Invalid(message) => GuestError::InvalidArgs(message),
+            AddTaskError::Storage(message) => GuestError::Failed(message),
         })
+}
+
+/// `start-task`'s options as a spec; bad ones are `invalid-args` naming
+/// the field.
+pub(super) fn spec_of(
+    factory: String,
+    args: String,
+    options: app::TaskOptions,
+) -> Result<TaskSpec, GuestError> {
+    let retry = options
+        .retry
+        .map(|retry| {
+            RetrySpec {
+                attempts: retry.attempts,
+                backoff: Some(if retry.exponential {
+                    Backoff::Exponential
+                } else {
+                    Backoff::Fixed
+                }),
+                initial: Some(format!("{}ms", retry.initial_ms)),
+                max: Some(format!("{}ms", retry.max_ms)),
+                jitter: Some(retry.jitter),
+            }
+            .policy()
+            .map_err(|e| GuestError::InvalidArgs(format!("task-options.retry: {e:#}")))
+        })
+        .transpose()?;
+    Ok(TaskSpec {
+        factory,
+        args,
+        name: options.name,
+        retry,
+        durable: options.durable,
+        idempotency_key: options.idempotency_key,
+    })
 }
 
 /// What `cancel-task` works with: everything it needs, owned, so its future
@@ -98,6 +135,9 @@ pub(super) struct CancelRequest {
     worker: Arc<dyn TaskScope>,
     target: TaskHandle,
     caller: Arc<crate::task::CancelSignal>,
+    /// A durable target's storage and record: the cancel is recorded
+    /// before it is sent.
+    durable: Option<(Arc<dyn Storage>, u64)>,
 }
 
 impl AppState {
@@ -116,10 +156,16 @@ impl AppState {
             target.cancel();
             return Err(GuestError::Cancelled);
         }
+        let durable = worker
+            .registry()
+            .get(target.id)
+            .and_then(|info| info.ident.durable)
+            .and_then(|seq| Some((self.app.storage()?.clone(), seq)));
         Ok(CancelRequest {
             worker,
             target,
             caller: self.cancel.clone(),
+            durable,
         })
     }
 }
@@ -133,7 +179,16 @@ pub(super) async fn cancel_task(request: CancelRequest) -> Result<types::TaskInf
         worker,
         mut target,
         caller,
+        durable,
     } = request;
+    if let Some((storage, seq)) = durable
+        && !target.is_ended()
+    {
+        storage
+            .cancel_requested(seq)
+            .await
+            .map_err(|e| GuestError::Failed(format!("cannot record the cancel: {e:#}")))?;
+    }
     target.cancel();
     if caller.is_cancelled() {
         return Err(GuestError::Cancelled);

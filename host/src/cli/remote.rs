@@ -61,6 +61,20 @@ pub(crate) enum Verb {
         /// twice as long each time (up to 1 min).
         #[arg(long, value_name = "N")]
         retry: Option<u32>,
+        /// Record it in the app's storage before it starts, and run it
+        /// again after a crash until it ends (at least once; its outcome is
+        /// kept across restarts).
+        #[arg(long)]
+        durable: bool,
+        /// With --durable: a second `add` with the same KEY starts nothing
+        /// and shows the first one's task.
+        #[arg(
+            long,
+            value_name = "KEY",
+            requires = "durable",
+            conflicts_with = "all_workers"
+        )]
+        idempotency_key: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -270,6 +284,8 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             worker,
             all_workers,
             retry,
+            durable,
+            idempotency_key,
             common,
         } => {
             let args = match args {
@@ -291,13 +307,28 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                     max: None,
                     jitter: None,
                 }),
+                durable,
+                idempotency_key,
             };
             let added: Added = connect(&common)?.post("/v1/tasks", &request).await?;
             if common.json {
                 print_json(&added);
             } else {
                 for task in &added.tasks {
-                    outln!("started task {} on worker {}", task.id, task.worker);
+                    let name = task
+                        .name
+                        .as_deref()
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default();
+                    if task.created {
+                        outln!("started task {}{name} on worker {}", task.id, task.worker);
+                    } else {
+                        outln!(
+                            "task {}{name} on worker {} has that idempotency key: nothing started",
+                            task.id,
+                            task.worker
+                        );
+                    }
                 }
             }
         }

@@ -63,17 +63,23 @@ pub struct AppConfig {
     pub storage: StorageConfig,
 }
 
-/// `[storage]`: where the state tasks keep with `wasi:keyvalue` lives.
+/// `[storage]`: where key-value state and durable tasks live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageConfig {
     /// The storage directory (`path`, relative to app.toml; by default
-    /// `.taskhost` beside it). It holds `kv.sqlite3` and its write-ahead
-    /// log, and one host at a time.
+    /// `.taskhost` beside it). It holds `taskhost.sqlite3` and its
+    /// write-ahead log, and one host at a time.
     pub dir: PathBuf,
     /// Whether every write waits for the disk (`fsync = true`): without
     /// it a write survives the host dying but maybe not a power cut.
     pub fsync: bool,
+    /// How many ended durable tasks keep their record (and so their
+    /// outcome across restarts); the oldest go first.
+    pub keep_ended_tasks: u64,
 }
+
+/// `[storage] keep_ended_tasks` when not given.
+pub const DEFAULT_KEEP_ENDED_TASKS: u64 = 10_000;
 
 /// The storage directory when `[storage] path` is not given, beside
 /// app.toml.
@@ -85,6 +91,7 @@ struct RawStorage {
     path: Option<PathBuf>,
     #[serde(default)]
     fsync: bool,
+    keep_ended_tasks: Option<u64>,
 }
 
 /// Where a plugin's component comes from.
@@ -133,6 +140,46 @@ pub struct TaskConfig {
     pub scope: Scope,
     /// How it is tried again after failing; none: it is not.
     pub retry: Option<RetryPolicy>,
+    /// Recorded in storage and run to its end once, across restarts: a
+    /// durable startup task that ended is not started again.
+    pub durable: bool,
+}
+
+impl TaskConfig {
+    /// What to start on `worker` for this entry. A durable entry's
+    /// idempotency key is its place (`app.toml/WORKER/NAME`), so each
+    /// start of the app finds the record of the one before.
+    pub fn spec(&self, worker: impl fmt::Display) -> TaskSpec {
+        TaskSpec {
+            factory: self.factory.clone(),
+            args: self.args.to_string(),
+            name: self.name.clone(),
+            retry: self.retry,
+            durable: self.durable,
+            idempotency_key: match (&self.name, self.durable) {
+                (Some(name), true) => Some(format!("app.toml/{worker}/{name}")),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// What to start as a task: its factory and arguments, and how it lives.
+/// Every way of adding a task (app.toml, a guest's `add-task`, the API,
+/// the CLI) comes down to one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskSpec {
+    pub factory: String,
+    /// The arguments as JSON text.
+    pub args: String,
+    pub name: Option<String>,
+    pub retry: Option<RetryPolicy>,
+    /// Recorded in storage before it is acknowledged and run again after a
+    /// crash (at least once) until it ends.
+    pub durable: bool,
+    /// Durable only: a second submission with the same key is the same
+    /// task.
+    pub idempotency_key: Option<String>,
 }
 
 impl fmt::Display for TaskConfig {
@@ -190,6 +237,8 @@ struct RawTask {
     #[serde(default = "worker_scope")]
     scope: Scope,
     retry: Option<RetrySpec>,
+    #[serde(default)]
+    durable: bool,
 }
 
 fn worker_scope() -> Scope {
@@ -307,6 +356,7 @@ impl AppConfig {
                 args,
                 scope: task.scope,
                 retry,
+                durable: task.durable,
             };
             if !plugins.contains_key(&task.plugin) {
                 let known: Vec<_> = plugins.keys().map(String::as_str).collect();
@@ -318,6 +368,12 @@ impl AppConfig {
                     } else {
                         known.join(", ")
                     }
+                );
+            }
+            if task.durable && task.name.is_none() {
+                bail!(
+                    "{file}: {task}: a durable task needs a `name`: it is how the next start \
+                     finds the task's record"
                 );
             }
             if let Some(name) = &task.name {
@@ -334,6 +390,12 @@ impl AppConfig {
             tasks.push(task);
         }
 
+        if raw.storage.keep_ended_tasks == Some(0) {
+            bail!(
+                "{file}: [storage] keep_ended_tasks must be at least 1 (how many ended durable \
+                 tasks keep their outcome; default {DEFAULT_KEEP_ENDED_TASKS})"
+            );
+        }
         Ok(AppConfig {
             source: source.to_path_buf(),
             name: raw.name,
@@ -353,6 +415,10 @@ impl AppConfig {
                         .unwrap_or_else(|| PathBuf::from(DEFAULT_STORAGE_DIR)),
                 ),
                 fsync: raw.storage.fsync,
+                keep_ended_tasks: raw
+                    .storage
+                    .keep_ended_tasks
+                    .unwrap_or(DEFAULT_KEEP_ENDED_TASKS),
             },
         })
     }

@@ -99,6 +99,19 @@ impl RetrySpec {
 }
 
 impl RetryPolicy {
+    /// The spec that reads back as this policy (how a durable task's
+    /// policy is stored).
+    pub fn spec(&self) -> RetrySpec {
+        let text = |d: Duration| humantime::format_duration(d).to_string();
+        RetrySpec {
+            attempts: self.attempts,
+            backoff: Some(self.backoff),
+            initial: Some(text(self.initial)),
+            max: Some(text(self.max)),
+            jitter: Some(self.jitter),
+        }
+    }
+
     /// The wait after attempt `failed` (1 for the first) failed, before
     /// any jitter.
     pub fn base_delay(&self, failed: u32) -> Duration {
@@ -155,6 +168,15 @@ mod tests {
                 "{wait:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_policy_reads_back_from_its_spec() {
+        let policy = spec(
+            "attempts = 4\nbackoff = \"fixed\"\ninitial = \"1s 250ms\"\nmax = \"3m\"\njitter = false",
+        )
+        .unwrap();
+        assert_eq!(policy.spec().policy().unwrap(), policy);
     }
 
     #[test]

@@ -23,13 +23,13 @@ use super::schema::{
     ErrorDetail, FactoryView, KvBucketView, KvEntry, KvKeys, KvPut, KvWritten, LimitDetail,
     LoadRequest, Loaded, PluginView, Purged, Woken,
 };
-use crate::config::{Limit, RetrySpec};
+use crate::config::{Limit, RetrySpec, TaskSpec};
 use crate::host::{CancelError, Host};
-use crate::kv::{BucketId, KvError, KvStore};
 use crate::lifecycle::LifecycleEvent;
 use crate::plugin::LoadError;
 use crate::registry::AddTaskError;
 use crate::registry::RegisterError;
+use crate::storage::{BucketId, KvError, Storage};
 use crate::task::{TaskState, TaskView, WorkerId};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -303,24 +303,45 @@ async fn add_task(
                 format!("retry: {e:#}"),
             )
         })?;
-    let args = request.args.to_string();
+    if request.idempotency_key.is_some() && workers.len() > 1 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "an idempotency key names one task: give `worker`, not `all_workers`",
+        ));
+    }
+    let spec = TaskSpec {
+        factory: request.factory.clone(),
+        args: request.args.to_string(),
+        name: request.name.clone(),
+        retry,
+        durable: request.durable,
+        idempotency_key: request.idempotency_key.clone(),
+    };
     let mut tasks = Vec::new();
+    let mut created = false;
     for worker in workers {
-        let id = ctx
+        let added = ctx
             .host
-            .add_task(
-                worker,
-                &request.plugin,
-                &request.factory,
-                args.clone(),
-                request.name.clone(),
-                retry,
-            )
+            .add_task(worker, &request.plugin, spec.clone())
             .await
             .map_err(add_error)?;
-        tasks.push(AddedTask { worker, id });
+        created |= added.created;
+        tasks.push(AddedTask {
+            worker: added.worker,
+            id: added.id,
+            name: added.name,
+            created: added.created,
+        });
     }
-    Ok((StatusCode::CREATED, Json(Added { tasks })))
+    // A durable submission whose key named an existing task created
+    // nothing: 200 with that task, not 201.
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(Added { tasks })))
 }
 
 fn add_error(error: AddTaskError) -> ApiError {
@@ -345,6 +366,10 @@ fn add_error(error: AddTaskError) -> ApiError {
         }
         AddTaskError::Refused(_) => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", message)
+        }
+        AddTaskError::Invalid(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message),
+        AddTaskError::Storage(_) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
         }
     }
 }
@@ -397,15 +422,25 @@ async fn cancel_task(
                 "not_found",
                 format!("no task named `{name}` on that worker"),
             )),
+            Err(CancelError::Storage(message)) => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage",
+                message,
+            )),
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Json)
 }
 
-async fn purge(State(ctx): State<Ctx>) -> Json<Purged> {
-    Json(Purged {
-        purged: ctx.host.purge(),
-    })
+async fn purge(State(ctx): State<Ctx>) -> Result<Json<Purged>, ApiError> {
+    let purged = ctx.host.purge().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage",
+            format!("{e:#}"),
+        )
+    })?;
+    Ok(Json(Purged { purged }))
 }
 
 async fn dispatch(
@@ -539,7 +574,7 @@ fn sse(event: &LifecycleEvent) -> Event {
 }
 
 /// The host's key-value storage (always open in a running host).
-fn kv_storage(ctx: &Ctx) -> Result<Arc<dyn KvStore>, ApiError> {
+fn kv_storage(ctx: &Ctx) -> Result<Arc<dyn Storage>, ApiError> {
     ctx.host.storage().cloned().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -31,6 +31,14 @@ pub struct AddRequest {
     /// jitter?}` as in app.toml.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<crate::config::RetrySpec>,
+    /// Record it in the app's storage before answering, and run it again
+    /// after a crash until it ends (at least once).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub durable: bool,
+    /// Durable only: a second request with the same key answers with the
+    /// first one's task (status 200, `created` false) and starts nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// The answer to `POST /v1/tasks`: one entry per task started.
@@ -43,6 +51,16 @@ pub struct Added {
 pub struct AddedTask {
     pub worker: WorkerId,
     pub id: TaskId,
+    /// Its name (a durable task without one is named `durable-N`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// False when an idempotency key named a task that existed.
+    #[serde(default = "yes")]
+    pub created: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `POST /v1/tasks/cancel`; the answer is the ended tasks.

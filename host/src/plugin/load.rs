@@ -195,6 +195,7 @@ impl PluginLoader {
             plugin: plugin.name.as_str().into(),
             plugin_version: plugin.version.as_str().into(),
             factory: String::new(),
+            durable: None,
         });
         let data = TaskData::new(ident, self.app.clone(), Arc::new(CancelSignal::default()));
         // Probes run on the cold engine: they should not leave pages in

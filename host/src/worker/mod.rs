@@ -4,24 +4,31 @@
 //! task registry, like a Sanic worker process with its event loop. All of a
 //! worker's tasks share its thread; the epoch callback makes a busy task
 //! yield each tick so the others still get their turn.
+//!
+//! Durable tasks (recorded in storage, run again after a crash) start here
+//! too, through `durable`.
+
+mod durable;
+
+pub(crate) use durable::recover;
 
 use crate::app::{AppContext, TaskScope};
 use crate::bindings::GuestError;
-use crate::config::{Limit, LimitUnit, RetryPolicy};
+use crate::config::{Limit, LimitUnit, RetryPolicy, TaskSpec};
 use crate::engine::HostEngine;
 use crate::events::EventHub;
 use crate::lifecycle::{self, LifecycleEvent, TaskRef};
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::plugin::Plugin;
-use crate::registry::{AddTaskError, RegisterError, TaskHandle, TaskRegistry, next_task_id};
+use crate::registry::{AddTaskError, Added, RegisterError, TaskHandle, TaskRegistry, next_task_id};
 use crate::runner;
 use crate::task::{CancelPolicy, CancelStage, Outcome, TaskId, TaskIdent, WorkerId};
 use anyhow::{Context, Result};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
@@ -45,6 +52,13 @@ pub struct TaskEnv {
     /// Lifecycle events (the JSON objects of the lifecycle log lines), for
     /// the control API's stream. Sending costs nothing without listeners.
     pub lifecycle: broadcast::Sender<LifecycleEvent>,
+    /// Every worker of the host, the main scope included, so a durable
+    /// task found by its idempotency key is found on the worker it runs on.
+    pub workers: RwLock<Vec<Weak<WorkerCtx>>>,
+    /// The durable tasks this process has listed: record number -> worker
+    /// and task id. An entry whose task was purged since is stale, which
+    /// [`TaskEnv::durable_task`] checks.
+    pub durable: Mutex<HashMap<u64, (WorkerId, TaskId)>>,
 }
 
 impl TaskEnv {
@@ -55,6 +69,35 @@ impl TaskEnv {
             .get(name)
             .cloned()
     }
+
+    /// The worker `id`, if it has started.
+    pub fn worker(&self, id: WorkerId) -> Option<Arc<WorkerCtx>> {
+        self.workers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|w| w.id == id)
+    }
+
+    /// Where the durable task `seq` is listed in this process, if it is.
+    pub fn durable_task(&self, seq: u64) -> Option<(Arc<WorkerCtx>, TaskHandle)> {
+        let (worker, id) = *self
+            .durable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&seq)?;
+        let worker = self.worker(worker)?;
+        let handle = worker.registry.handle_of(id)?;
+        Some((worker, handle))
+    }
+
+    fn list_durable(&self, seq: u64, worker: WorkerId, id: TaskId) {
+        self.durable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(seq, (worker, id));
+    }
 }
 
 /// A worker as its tasks see it: its registry, its runtime, the host.
@@ -63,6 +106,50 @@ pub struct WorkerCtx {
     registry: TaskRegistry,
     runtime: Handle,
     env: Arc<TaskEnv>,
+}
+
+/// A durable task's run in this process: its record, the attempt it starts
+/// with, and the key its guest sees.
+struct DurableRun {
+    seq: u64,
+    first_attempt: u32,
+    key: Arc<str>,
+}
+
+/// Everything `start` needs, resolved.
+struct Launch {
+    plugin: Arc<Plugin>,
+    factory: String,
+    args: String,
+    name: Option<String>,
+    retry: Option<RetryPolicy>,
+    durable: Option<DurableRun>,
+}
+
+impl Launch {
+    fn new(plugin: Arc<Plugin>, spec: TaskSpec, durable: Option<DurableRun>) -> Launch {
+        Launch {
+            plugin,
+            factory: spec.factory,
+            args: spec.args,
+            name: spec.name,
+            retry: spec.retry,
+            durable,
+        }
+    }
+}
+
+/// Waits for the factory's verdict on a task's arguments.
+async fn await_verdict(
+    checked: oneshot::Receiver<Result<(), GuestError>>,
+) -> Result<(), AddTaskError> {
+    match checked.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(AddTaskError::Refused(error)),
+        // The task was dropped before it could answer: the worker is
+        // shutting down.
+        Err(_) => Err(AddTaskError::Refused(GuestError::Cancelled)),
+    }
 }
 
 impl WorkerCtx {
@@ -85,47 +172,76 @@ impl WorkerCtx {
         &self.runtime
     }
 
-    /// Registers a task and starts it on this worker; returns at once. Its
-    /// arguments are not checked: use this for tasks checked beforehand
-    /// (app.toml's, at load).
+    /// Registers a task that lives in memory only and starts it on this
+    /// worker; returns at once. Its arguments are not checked: use this
+    /// for tasks checked beforehand (app.toml's, at load). A durable spec
+    /// is refused: it must be recorded first ([`WorkerCtx::start_task`]).
     pub fn spawn(
         self: &Arc<Self>,
         plugin: Arc<Plugin>,
-        factory: &str,
-        args: String,
-        name: Option<String>,
-        retry: Option<RetryPolicy>,
-    ) -> Result<TaskHandle, RegisterError> {
-        self.start(plugin, factory, args, name, retry, None)
+        spec: TaskSpec,
+    ) -> Result<TaskHandle, AddTaskError> {
+        if spec.durable {
+            return Err(AddTaskError::Invalid(
+                "a durable task is recorded before it starts: use `start_task`".into(),
+            ));
+        }
+        Ok(self.start(Launch::new(plugin, spec, None), None)?)
+    }
+
+    /// [`WorkerCtx::spawn`] for any spec: a durable one is recorded first
+    /// (or found by its idempotency key).
+    pub async fn start_task(
+        self: &Arc<Self>,
+        plugin: Arc<Plugin>,
+        spec: TaskSpec,
+    ) -> Result<TaskHandle, AddTaskError> {
+        if spec.durable {
+            return self
+                .submit(plugin, spec, false)
+                .await
+                .map(|(_, handle)| handle);
+        }
+        self.spawn(plugin, spec)
     }
 
     /// Sanic's `add_task`: registers a task and starts it on this worker,
-    /// returning its id once the factory has accepted the arguments. The
-    /// check runs in the task's own instance, so it costs no extra
-    /// instantiation. A refused task leaves no trace in the registry.
+    /// returning once the factory has accepted the arguments. The check
+    /// runs in the task's own instance, so it costs no extra
+    /// instantiation. A refused task leaves no trace in the registry (nor,
+    /// for a durable one, in storage).
     pub async fn add_task(
         self: &Arc<Self>,
         plugin: &str,
-        factory: &str,
-        args: String,
-        name: Option<String>,
-        retry: Option<RetryPolicy>,
-    ) -> Result<TaskId, AddTaskError> {
+        spec: TaskSpec,
+    ) -> Result<Added, AddTaskError> {
         // Not echoed back in an unknown-plugin error: it could be huge.
         Limit::check_name("a plugin name", plugin).map_err(RegisterError::from)?;
         let plugin = self
             .env
             .plugin(plugin)
             .ok_or_else(|| AddTaskError::UnknownPlugin(plugin.to_string()))?;
-        let (verdict, checked) = oneshot::channel();
-        let handle = self.start(plugin, factory, args, name, retry, Some(verdict))?;
-        match checked.await {
-            Ok(Ok(())) => Ok(handle.id),
-            Ok(Err(error)) => Err(AddTaskError::Refused(error)),
-            // The task was dropped before it could answer: the worker is
-            // shutting down.
-            Err(_) => Err(AddTaskError::Refused(GuestError::Cancelled)),
+        if spec.durable {
+            return self
+                .submit(plugin, spec, true)
+                .await
+                .map(|(added, _)| added);
         }
+        if spec.idempotency_key.is_some() {
+            return Err(AddTaskError::Invalid(
+                "an idempotency key is for durable tasks: add `durable`".into(),
+            ));
+        }
+        let name = spec.name.clone();
+        let (verdict, checked) = oneshot::channel();
+        let handle = self.start(Launch::new(plugin, spec, None), Some(verdict))?;
+        await_verdict(checked).await?;
+        Ok(Added {
+            worker: self.id,
+            id: handle.id,
+            name,
+            created: true,
+        })
     }
 
     /// Logs a lifecycle step and sends it to the stream's listeners.
@@ -136,26 +252,11 @@ impl WorkerCtx {
         }
     }
 
-    fn start(
-        self: &Arc<Self>,
-        plugin: Arc<Plugin>,
-        factory: &str,
-        args: String,
-        name: Option<String>,
-        retry: Option<RetryPolicy>,
-        verdict: Option<oneshot::Sender<Result<(), GuestError>>>,
-    ) -> Result<TaskHandle, RegisterError> {
-        let ident = Arc::new(TaskIdent {
-            id: next_task_id(),
-            name,
-            worker: self.id,
-            plugin: plugin.name.as_str().into(),
-            plugin_version: plugin.version.as_str().into(),
-            factory: factory.to_string(),
-        });
-        let registered = Instant::now();
+    /// The bounds a task is checked against before it is registered (or,
+    /// if durable, recorded).
+    fn check(&self, name: &Option<String>, factory: &str, args: &str) -> Result<(), RegisterError> {
         let limits = &self.env.app.limits;
-        if let Some(name) = &ident.name {
+        if let Some(name) = name {
             Limit::check_name("a task name", name)?;
         }
         Limit::check_name("a factory name", factory)?;
@@ -179,16 +280,49 @@ impl WorkerCtx {
             }
             .into());
         }
+        Ok(())
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        launch: Launch,
+        verdict: Option<oneshot::Sender<Result<(), GuestError>>>,
+    ) -> Result<TaskHandle, RegisterError> {
+        let Launch {
+            plugin,
+            factory,
+            args,
+            name,
+            retry,
+            durable,
+        } = launch;
+        let registered = Instant::now();
+        self.check(&name, &factory, &args)?;
+        let ident = Arc::new(TaskIdent {
+            id: next_task_id(),
+            name,
+            worker: self.id,
+            plugin: plugin.name.as_str().into(),
+            plugin_version: plugin.version.as_str().into(),
+            factory,
+            durable: durable.as_ref().map(|d| d.seq),
+        });
         let handle = self
             .registry
-            .register(ident.clone(), limits.tasks_per_worker)?;
+            .register(ident.clone(), self.env.app.limits.tasks_per_worker)?;
+        if let Some(durable) = &durable {
+            self.env.list_durable(durable.seq, self.id, ident.id);
+        }
         let task_handle = handle.clone();
         let worker = self.clone();
         self.env.tracker.spawn_on(
             async move {
                 let begun = Instant::now();
                 let mut verdict = verdict;
-                let mut attempt = 1;
+                let mut attempt = durable.as_ref().map_or(1, |d| d.first_attempt);
+                let storage = durable
+                    .as_ref()
+                    .and_then(|_| worker.env.app.storage().cloned());
                 // The task starts with the first attempt that reaches its
                 // factory: an earlier one may fail to instantiate.
                 let started = std::sync::atomic::AtomicBool::new(false);
@@ -205,7 +339,10 @@ impl WorkerCtx {
                         &args,
                         task_handle.clone(),
                         verdict.take(),
-                        attempt,
+                        runner::Attempt {
+                            number: attempt,
+                            idempotency_key: durable.as_ref().map(|d| d.key.clone()),
+                        },
                         || {
                             if !started.swap(true, std::sync::atomic::Ordering::Relaxed) {
                                 worker.env.metrics.record_spawn(registered.elapsed());
@@ -244,7 +381,27 @@ impl WorkerCtx {
                             break Outcome::Cancelled { stage: CancelStage::Cooperative };
                         }
                     }
+                    if let (Some(storage), Some(durable)) = (&storage, &durable)
+                        && let Err(error) = storage.attempt_started(durable.seq, attempt).await
+                    {
+                        tracing::error!(
+                            "task {}: cannot record attempt {attempt} in storage ({error:#}); \
+                             after a crash its attempt count will be low",
+                            ident.label()
+                        );
+                    }
                 };
+                // Recorded before the end is told to anyone: whoever saw
+                // it end will not see it run again after a crash.
+                if let (Some(storage), Some(durable)) = (&storage, &durable)
+                    && let Err(error) = storage.ended(durable.seq, &outcome).await
+                {
+                    tracing::error!(
+                        "task {}: cannot record its end in storage ({error:#}); the next \
+                         start will run it again",
+                        ident.label()
+                    );
+                }
                 let elapsed_ms = lifecycle::millis(begun.elapsed());
                 let task = TaskRef::from(&*ident);
                 worker.announce(match &outcome {
@@ -285,13 +442,13 @@ impl TaskScope for WorkerCtx {
     fn add_task(
         self: Arc<Self>,
         plugin: String,
-        factory: String,
-        args: String,
-        name: Option<String>,
+        spec: TaskSpec,
     ) -> Pin<Box<dyn Future<Output = Result<TaskId, AddTaskError>> + Send>> {
-        Box::pin(
-            async move { WorkerCtx::add_task(&self, &plugin, &factory, args, name, None).await },
-        )
+        Box::pin(async move {
+            WorkerCtx::add_task(&self, &plugin, spec)
+                .await
+                .map(|added| added.id)
+        })
     }
 }
 
@@ -331,7 +488,7 @@ impl Worker {
             .recv()
             .context("worker thread died at start")?
             .with_context(|| format!("cannot start the runtime of worker {id}"))?;
-        Ok(Worker {
+        let worker = Worker {
             ctx: Arc::new(WorkerCtx {
                 id,
                 registry: TaskRegistry::new(
@@ -347,7 +504,15 @@ impl Worker {
             }),
             stop: Some(stop),
             thread: Some(thread),
-        })
+        };
+        worker
+            .ctx
+            .env
+            .workers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&worker.ctx));
+        Ok(worker)
     }
 
     pub fn ctx(&self) -> &Arc<WorkerCtx> {

@@ -2,20 +2,11 @@
 //! the storage behind `wasi:keyvalue` (see `crate::keyvalue`) and behind
 //! `taskhost kv`.
 //!
-//! [`KvStore`] is the seam between the two and a backend. The default
-//! backend is an embedded SQLite database ([`SqliteStore`]); a clustered
-//! backend goes behind the same trait, which is why its calls return
-//! futures even though SQLite answers at once.
-//!
 //! Buckets are named by [`BucketId`]. A plugin's own buckets live under its
 //! name (`PLUGIN/BUCKET`), so plugin A never sees plugin B's keys; a shared
 //! bucket, opened to a plugin by `[plugins.NAME.grants] kv`, has a bare
 //! name. Every write is checked against [`KvLimits`] inside the same
 //! transaction that makes it, so a limit holds under concurrent writers.
-
-mod sqlite;
-
-pub use sqlite::SqliteStore;
 
 use crate::config::Limit;
 use std::fmt;

@@ -1,6 +1,7 @@
-//! The default [`KvStore`]: one SQLite database, `kv.sqlite3` in the storage
-//! directory (`[storage] path`), through rusqlite's bundled SQLite, so a
-//! fresh machine needs no library.
+//! The default [`Storage`](super::Storage): one SQLite database,
+//! `taskhost.sqlite3` in the storage directory (`[storage] path`), through
+//! rusqlite's bundled SQLite, so a fresh machine needs no library. Key-value
+//! state is here; durable tasks are in `tasks`.
 //!
 //! Durability: write-ahead logging, and every write commits before its call
 //! returns. With `synchronous = NORMAL` (the default) a commit is in the WAL
@@ -15,7 +16,7 @@
 //! host off the same directory, so versions (for compare-and-swap) can be
 //! handed out from memory.
 
-use super::{
+use super::kv::{
     BucketId, BucketStats, KeyPage, KvError, KvFuture, KvLimits, KvStore, Swap, Versioned,
 };
 use crate::config::{Limit, LimitUnit};
@@ -27,11 +28,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-/// The database file in the storage directory.
-pub const DATABASE_FILE: &str = "kv.sqlite3";
+mod tasks;
 
-/// The layout this build reads and writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// The database file in the storage directory.
+pub const DATABASE_FILE: &str = "taskhost.sqlite3";
+
+/// What taskhost 0.2 (key-value only) named it: renamed at open.
+const LEGACY_FILE: &str = "kv.sqlite3";
+
+/// The layout this build reads and writes (`PRAGMA user_version`): 1 had
+/// key-value state only, 2 adds durable tasks.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Values are blobs in a rowid table (SQLite keeps big blobs out of the
 /// key's b-tree that way); `buckets` keeps each bucket's key and byte
@@ -54,11 +61,50 @@ CREATE TABLE buckets (
 CREATE INDEX buckets_by_owner ON buckets (owner);
 ";
 
+/// Durable tasks (layout 2). `state` is `live` until the outcome is
+/// recorded; ended records are found by `ended_ms` for retention.
+const TASKS_SCHEMA: &str = "
+CREATE TABLE durable_tasks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    plugin_version TEXT NOT NULL,
+    factory TEXT NOT NULL,
+    args TEXT NOT NULL,
+    retry TEXT,
+    idempotency_key TEXT UNIQUE,
+    attempt INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    error TEXT,
+    cancel_stage TEXT,
+    created_ms INTEGER NOT NULL,
+    ended_ms INTEGER
+);
+CREATE INDEX durable_tasks_live ON durable_tasks (seq) WHERE state = 'live';
+CREATE INDEX durable_tasks_ended ON durable_tasks (ended_ms, seq) WHERE state <> 'live';
+";
+
+/// How a store is opened: the key-value limits, whether commits wait for
+/// the disk, and how many ended durable tasks it keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    pub kv: KvLimits,
+    /// `synchronous = FULL` instead of `NORMAL` (see the module docs).
+    pub fsync: bool,
+    /// Ended durable task records kept (`[storage] keep_ended_tasks`); the
+    /// oldest go first.
+    pub keep_ended: u64,
+}
+
 pub struct SqliteStore {
     inner: Mutex<Inner>,
     /// The database file, named in every error.
     path: PathBuf,
     limits: KvLimits,
+    keep_ended: u64,
     /// Held for the store's life: another host's `try_lock` fails.
     _lock: Option<File>,
 }
@@ -67,12 +113,14 @@ struct Inner {
     conn: Connection,
     /// The version the next write gets.
     next_version: u64,
+    /// Ended durable task records, so retention costs a count, not a scan.
+    ended_tasks: u64,
 }
 
 impl SqliteStore {
     /// Opens (creating if need be) the store in `dir`, which is created
     /// private to this user when missing.
-    pub fn open(dir: &Path, limits: KvLimits, fsync: bool) -> Result<SqliteStore> {
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<SqliteStore> {
         create_private_dir(dir)
             .with_context(|| format!("cannot create the storage directory {}", dir.display()))?;
         let lock_path = dir.join("lock");
@@ -94,25 +142,35 @@ impl SqliteStore {
             }
         }
         let path = dir.join(DATABASE_FILE);
+        rename_legacy(dir, &path)?;
         let conn = Connection::open(&path)
-            .with_context(|| format!("cannot open the key-value database {}", path.display()))?;
-        Self::set_up(conn, path, limits, fsync, Some(lock))
+            .with_context(|| format!("cannot open the database {}", path.display()))?;
+        Self::set_up(conn, path, options, Some(lock))
     }
 
     /// A store that lives in memory only: for benchmarks and for hosts
     /// that run no tasks.
     pub fn in_memory(limits: KvLimits) -> Result<SqliteStore> {
         let conn = Connection::open_in_memory().context("cannot open an in-memory database")?;
-        Self::set_up(conn, PathBuf::from(":memory:"), limits, false, None)
+        let options = StoreOptions {
+            kv: limits,
+            fsync: false,
+            keep_ended: 10_000,
+        };
+        Self::set_up(conn, PathBuf::from(":memory:"), options, None)
     }
 
     fn set_up(
         conn: Connection,
         path: PathBuf,
-        limits: KvLimits,
-        fsync: bool,
+        options: StoreOptions,
         lock: Option<File>,
     ) -> Result<SqliteStore> {
+        let StoreOptions {
+            kv: limits,
+            fsync,
+            keep_ended,
+        } = options;
         let file = path.display();
         conn.busy_timeout(Duration::from_secs(5))
             .with_context(|| format!("{file}: cannot set the busy timeout"))?;
@@ -133,9 +191,14 @@ impl SqliteStore {
         match version {
             0 => conn
                 .execute_batch(&format!(
-                    "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {SCHEMA} {TASKS_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .with_context(|| format!("{file}: cannot create the tables"))?,
+            1 => conn
+                .execute_batch(&format!(
+                    "BEGIN; {TASKS_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .with_context(|| format!("{file}: cannot add the durable task table"))?,
             SCHEMA_VERSION => {}
             newer => bail!(
                 "{file}: written by a newer taskhost (layout {newer}; this one reads layout \
@@ -147,13 +210,22 @@ impl SqliteStore {
                 row.get(0)
             })
             .with_context(|| format!("{file}: cannot read the entries"))?;
+        let ended_tasks: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM durable_tasks WHERE state <> 'live'",
+                [],
+                |row| row.get(0),
+            )
+            .with_context(|| format!("{file}: cannot read the durable tasks"))?;
         Ok(SqliteStore {
             inner: Mutex::new(Inner {
                 conn,
                 next_version: last as u64 + 1,
+                ended_tasks: ended_tasks as u64,
             }),
             path,
             limits,
+            keep_ended: keep_ended.max(1),
             _lock: lock,
         })
     }
@@ -171,10 +243,9 @@ impl SqliteStore {
         // dropped: the connection is still sound.
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         op(&mut inner, &self.limits).map_err(|error| match error {
-            KvError::Storage(message) => KvError::Storage(format!(
-                "key-value database {}: {message}",
-                self.path.display()
-            )),
+            KvError::Storage(message) => {
+                KvError::Storage(format!("database {}: {message}", self.path.display()))
+            }
             other => other,
         })
     }
@@ -209,6 +280,25 @@ impl SqliteStore {
             Ok(value)
         })
     }
+}
+
+/// Moves a database of the name taskhost 0.2 gave it (and its write-ahead
+/// log) to today's name, once: under the directory's lock, before opening.
+fn rename_legacy(dir: &Path, path: &Path) -> Result<()> {
+    let legacy = dir.join(LEGACY_FILE);
+    if path.exists() || !legacy.exists() {
+        return Ok(());
+    }
+    for suffix in ["-wal", "-shm", ""] {
+        let from = PathBuf::from(format!("{}{suffix}", legacy.display()));
+        if from.exists() {
+            let to = PathBuf::from(format!("{}{suffix}", path.display()));
+            std::fs::rename(&from, &to)
+                .with_context(|| format!("cannot rename {} to {}", from.display(), to.display()))?;
+        }
+    }
+    tracing::info!("renamed {} to {}", legacy.display(), path.display());
+    Ok(())
 }
 
 impl From<rusqlite::Error> for KvError {
@@ -596,6 +686,14 @@ impl KvStore for SqliteStore {
 mod tests {
     use super::*;
 
+    fn options() -> StoreOptions {
+        StoreOptions {
+            kv: limits(),
+            fsync: false,
+            keep_ended: 10,
+        }
+    }
+
     fn limits() -> KvLimits {
         KvLimits {
             key_bytes: 16,
@@ -617,12 +715,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = BucketId::private("p", "b").unwrap();
         {
-            let store = SqliteStore::open(dir.path(), limits(), false).unwrap();
+            let store = SqliteStore::open(dir.path(), options()).unwrap();
             block(store.set(&a, "k", b"v1")).unwrap();
             assert_eq!(block(store.increment(&a, "n", 5)).unwrap(), 5);
             assert!(block(store.delete(&a, "missing")).map(|was| !was).unwrap());
         }
-        let store = SqliteStore::open(dir.path(), limits(), false).unwrap();
+        let store = SqliteStore::open(dir.path(), options()).unwrap();
         assert_eq!(block(store.get(&a, "k")).unwrap(), Some(b"v1".to_vec()));
         assert_eq!(block(store.get(&a, "n")).unwrap(), Some(b"5".to_vec()));
         let stats = block(store.buckets()).unwrap();
@@ -633,10 +731,8 @@ mod tests {
     #[test]
     fn a_second_store_on_the_same_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = SqliteStore::open(dir.path(), limits(), false).unwrap();
-        let err = SqliteStore::open(dir.path(), limits(), false)
-            .err()
-            .unwrap();
+        let _first = SqliteStore::open(dir.path(), options()).unwrap();
+        let err = SqliteStore::open(dir.path(), options()).err().unwrap();
         assert!(
             err.to_string().contains("in use by another taskhost"),
             "{err}"

@@ -1,0 +1,42 @@
+//! What outlives a task's instance and the host process, in one embedded
+//! database: key-value state ([`KvStore`]: `wasi:keyvalue`, `taskhost kv`)
+//! and durable tasks ([`TaskStore`]: `durable = true`, run again after a
+//! crash).
+//!
+//! [`Storage`] is the seam between the host and a backend: every part of
+//! the host that keeps state holds an `Arc<dyn Storage>`. The default
+//! backend is an SQLite file ([`SqliteStore`]); a clustered backend goes
+//! behind the same traits, which is why their calls return futures even
+//! though SQLite answers at once.
+//!
+//! # Which writes are durable
+//!
+//! Every write below has committed when its future returns `Ok`, and the
+//! caller acknowledges only after that:
+//! - a key-value write, before the guest's call returns;
+//! - a durable task's record, before `add_task` (guest, API, CLI) returns;
+//! - a cancel of a durable task, before the cancel is sent to the task;
+//! - a durable task's outcome, before its `done`/`failed`/`cancelled` line
+//!   is logged and its end is visible to waiters;
+//! - a retry's attempt number, before that attempt starts.
+//!
+//! "Committed" means: in the write-ahead log, so it survives the process
+//! dying (`kill -9`); with `[storage] fsync = true`, also on the disk, so
+//! it survives a power cut. `docs/speed.md` says what each costs.
+
+pub mod kv;
+mod sqlite;
+pub mod tasks;
+
+pub use kv::{
+    BadBucket, BucketId, BucketStats, KeyPage, KvError, KvFuture, KvLimits, KvStore, Swap,
+    Versioned,
+};
+pub use sqlite::{DATABASE_FILE, SqliteStore, StoreOptions};
+pub use tasks::{NewTask, Submitted, TaskRecord, TaskStore, TaskStoreFuture};
+
+/// A backend for everything the host keeps: key-value state and durable
+/// tasks, in one place, so one backend swap moves both.
+pub trait Storage: KvStore + TaskStore {}
+
+impl<T: KvStore + TaskStore> Storage for T {}

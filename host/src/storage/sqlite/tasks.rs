@@ -1,0 +1,414 @@
+//! Durable task records in the SQLite store: one row per task, written in
+//! its own transaction at submission, at each retry or re-run, at a cancel
+//! and at the end.
+
+use super::{Inner, SqliteStore};
+use crate::config::RetrySpec;
+use crate::storage::tasks::{
+    NewTask, Submitted, TaskRecord, TaskStore, TaskStoreFuture, outcome_columns,
+    outcome_from_columns,
+};
+use crate::task::{Outcome, WorkerId, unix_millis};
+use anyhow::{Context, Result};
+use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
+use std::sync::PoisonError;
+use std::time::SystemTime;
+
+const COLUMNS: &str = "seq, name, worker, plugin, factory, args, retry, idempotency_key, attempt, \
+                       state, cancel_requested, result, error, cancel_stage, created_ms, ended_ms, \
+                       plugin_version";
+
+fn record(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
+    let worker: String = row.get(2)?;
+    let retry: Option<String> = row.get(6)?;
+    let state: String = row.get(9)?;
+    Ok(TaskRecord {
+        seq: row.get::<_, i64>(0)? as u64,
+        name: row.get(1)?,
+        // Written by `submit` from a WorkerId: always one.
+        worker: worker.parse().unwrap_or(WorkerId::Index(0)),
+        plugin: row.get(3)?,
+        plugin_version: row.get(16)?,
+        factory: row.get(4)?,
+        args: row.get(5)?,
+        // Written by `submit` from a RetrySpec; a record whose policy
+        // cannot be read back runs without retries rather than not at all.
+        retry: retry.and_then(|text| serde_json::from_str::<RetrySpec>(&text).ok()),
+        idempotency_key: row.get(7)?,
+        attempt: row.get::<_, i64>(8)? as u32,
+        outcome: outcome_from_columns(&state, row.get(11)?, row.get(12)?, row.get(13)?),
+        cancel_requested: row.get::<_, i64>(10)? != 0,
+        created_ms: row.get::<_, i64>(14)? as u64,
+        ended_ms: row.get::<_, Option<i64>>(15)?.map(|ms| ms as u64),
+    })
+}
+
+fn now_ms() -> i64 {
+    unix_millis(SystemTime::now()) as i64
+}
+
+impl SqliteStore {
+    /// Runs `op` on the connection; errors name the database file.
+    fn tasks_op<T>(&self, what: &str, op: impl FnOnce(&mut Inner) -> Result<T>) -> Result<T> {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        op(&mut inner).with_context(|| format!("database {}: {what}", self.path.display()))
+    }
+
+    fn submit_now(&self, task: &NewTask) -> Result<Submitted> {
+        self.tasks_op("cannot record a durable task", |inner| {
+            let tx = inner
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(key) = &task.idempotency_key {
+                let existing = tx
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM durable_tasks WHERE idempotency_key = ?1"
+                    ))?
+                    .query_row([key], record)
+                    .optional()?;
+                if let Some(existing) = existing {
+                    return Ok(Submitted::Existing(existing));
+                }
+            }
+            let retry = task.retry.as_ref().map(serde_json::to_string).transpose()?;
+            tx.prepare_cached(
+                "INSERT INTO durable_tasks
+                   (name, worker, plugin, factory, args, retry, idempotency_key, attempt, state,
+                    created_ms, plugin_version)
+                 VALUES (coalesce(?1, ''), ?2, ?3, ?4, ?5, ?6, ?7, 1, 'live', ?8, ?9)",
+            )?
+            .execute(params![
+                task.name,
+                task.worker.to_string(),
+                task.plugin,
+                task.factory,
+                task.args,
+                retry,
+                task.idempotency_key,
+                now_ms(),
+                task.plugin_version,
+            ])?;
+            let seq = tx.last_insert_rowid();
+            if task.name.is_none() {
+                tx.prepare_cached(
+                    "UPDATE durable_tasks SET name = 'durable-' || seq WHERE seq = ?1",
+                )?
+                .execute([seq])?;
+            }
+            let stored = tx
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM durable_tasks WHERE seq = ?1"
+                ))?
+                .query_row([seq], record)?;
+            tx.commit()?;
+            Ok(Submitted::New(stored))
+        })
+    }
+
+    fn execute(&self, what: &str, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
+        self.tasks_op(what, |inner| {
+            Ok(inner.conn.prepare_cached(sql)?.execute(params)?)
+        })
+    }
+
+    fn ended_now(&self, seq: u64, outcome: &Outcome) -> Result<bool> {
+        let keep = self.keep_ended;
+        self.tasks_op("cannot record how a durable task ended", |inner| {
+            let (state, result, error, stage) = outcome_columns(outcome);
+            // A cancel is an end only if it was asked for (and recorded).
+            let changed = inner
+                .conn
+                .prepare_cached(
+                    "UPDATE durable_tasks
+                     SET state = ?2, result = ?3, error = ?4, cancel_stage = ?5, ended_ms = ?6
+                     WHERE seq = ?1 AND state = 'live' AND (?2 <> 'cancelled' OR cancel_requested)",
+                )?
+                .execute(params![seq as i64, state, result, error, stage, now_ms()])?;
+            if changed == 0 {
+                return Ok(false);
+            }
+            inner.ended_tasks += 1;
+            // Retention, amortized: trim to `keep` once it is an eighth over.
+            if inner.ended_tasks > keep + keep / 8 {
+                let dropped = inner
+                    .conn
+                    .prepare_cached(
+                        "DELETE FROM durable_tasks WHERE seq IN (
+                           SELECT seq FROM durable_tasks WHERE state <> 'live'
+                           ORDER BY ended_ms, seq LIMIT ?1)",
+                    )?
+                    .execute([(inner.ended_tasks - keep) as i64])?;
+                inner.ended_tasks -= dropped as u64;
+            }
+            Ok(true)
+        })
+    }
+
+    fn select(
+        &self,
+        what: &str,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<TaskRecord>> {
+        self.tasks_op(what, |inner| {
+            let mut statement = inner.conn.prepare_cached(sql)?;
+            let rows = statement.query_map(params, record)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+}
+
+impl TaskStore for SqliteStore {
+    fn submit<'a>(&'a self, task: &'a NewTask) -> TaskStoreFuture<'a, Submitted> {
+        Box::pin(std::future::ready(self.submit_now(task)))
+    }
+
+    fn forget(&self, seq: u64) -> TaskStoreFuture<'_, ()> {
+        Box::pin(std::future::ready(
+            self.execute(
+                "cannot drop a durable task",
+                "DELETE FROM durable_tasks WHERE seq = ?1",
+                [seq as i64],
+            )
+            .map(drop),
+        ))
+    }
+
+    fn attempt_started(&self, seq: u64, attempt: u32) -> TaskStoreFuture<'_, ()> {
+        Box::pin(std::future::ready(
+            self.execute(
+                "cannot record a durable task's attempt",
+                "UPDATE durable_tasks SET attempt = ?2 WHERE seq = ?1",
+                params![seq as i64, attempt],
+            )
+            .map(drop),
+        ))
+    }
+
+    fn cancel_requested(&self, seq: u64) -> TaskStoreFuture<'_, ()> {
+        Box::pin(std::future::ready(
+            self.execute(
+                "cannot record a durable task's cancel",
+                "UPDATE durable_tasks SET cancel_requested = 1 WHERE seq = ?1",
+                [seq as i64],
+            )
+            .map(drop),
+        ))
+    }
+
+    fn ended<'a>(&'a self, seq: u64, outcome: &'a Outcome) -> TaskStoreFuture<'a, bool> {
+        Box::pin(std::future::ready(self.ended_now(seq, outcome)))
+    }
+
+    fn unfinished(&self) -> TaskStoreFuture<'_, Vec<TaskRecord>> {
+        Box::pin(std::future::ready(self.select(
+            "cannot read the unfinished durable tasks",
+            &format!(
+                "SELECT {COLUMNS} FROM durable_tasks
+                 WHERE state = 'live' ORDER BY seq"
+            ),
+            [],
+        )))
+    }
+
+    fn recently_ended(&self, limit: usize) -> TaskStoreFuture<'_, Vec<TaskRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Box::pin(std::future::ready(
+            self.select(
+                "cannot read the ended durable tasks",
+                &format!(
+                    "SELECT {COLUMNS} FROM durable_tasks WHERE state <> 'live'
+                     ORDER BY ended_ms DESC, seq DESC LIMIT ?1"
+                ),
+                [limit],
+            )
+            .map(|mut records| {
+                records.reverse();
+                records
+            }),
+        ))
+    }
+
+    fn record(&self, seq: u64) -> TaskStoreFuture<'_, Option<TaskRecord>> {
+        Box::pin(std::future::ready(
+            self.select(
+                "cannot read a durable task",
+                &format!("SELECT {COLUMNS} FROM durable_tasks WHERE seq = ?1"),
+                [seq as i64],
+            )
+            .map(|mut records| records.pop()),
+        ))
+    }
+
+    fn purge_ended(&self) -> TaskStoreFuture<'_, u64> {
+        Box::pin(std::future::ready(self.tasks_op(
+            "cannot purge the ended durable tasks",
+            |inner| {
+                let dropped = inner
+                    .conn
+                    .prepare_cached("DELETE FROM durable_tasks WHERE state <> 'live'")?
+                    .execute([])? as u64;
+                inner.ended_tasks = 0;
+                Ok(dropped)
+            },
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{KvLimits, StoreOptions};
+    use crate::task::CancelStage;
+
+    fn store(dir: &std::path::Path, keep_ended: u64) -> SqliteStore {
+        let kv = KvLimits {
+            key_bytes: 16,
+            value_bytes: 16,
+            keys_per_bucket: 4,
+            bytes_per_plugin: 64,
+        };
+        SqliteStore::open(
+            dir,
+            StoreOptions {
+                kv,
+                fsync: false,
+                keep_ended,
+            },
+        )
+        .unwrap()
+    }
+
+    fn block<T>(future: TaskStoreFuture<'_, T>) -> T {
+        futures_lite_block(future).unwrap()
+    }
+
+    /// The store's futures are ready at once.
+    fn futures_lite_block<T>(future: TaskStoreFuture<'_, T>) -> Result<T> {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut future = future;
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(value) => value,
+            std::task::Poll::Pending => panic!("a SQLite store future was not ready"),
+        }
+    }
+
+    fn new_task(name: Option<&str>, key: Option<&str>) -> NewTask {
+        NewTask {
+            name: name.map(str::to_string),
+            worker: WorkerId::Index(1),
+            plugin: "kit".into(),
+            plugin_version: "1".into(),
+            factory: "nap".into(),
+            args: r#"{"ms":1}"#.into(),
+            retry: Some(RetrySpec {
+                attempts: 3,
+                backoff: None,
+                initial: Some("1ms".into()),
+                max: None,
+                jitter: None,
+            }),
+            idempotency_key: key.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn records_survive_reopening_and_ends_are_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = {
+            let store = store(dir.path(), 10);
+            let Submitted::New(a) = block(store.submit(&new_task(Some("a"), None))) else {
+                panic!("not new")
+            };
+            let Submitted::New(b) = block(store.submit(&new_task(None, None))) else {
+                panic!("not new")
+            };
+            let Submitted::New(c) = block(store.submit(&new_task(Some("c"), None))) else {
+                panic!("not new")
+            };
+            assert_eq!(b.name, format!("durable-{}", b.seq));
+            block(store.attempt_started(a.seq, 2));
+            let done = Outcome::Done { result: "1".into() };
+            assert!(block(store.ended(b.seq, &done)));
+            // An end is recorded once.
+            assert!(!block(store.ended(b.seq, &done)));
+            // A cancel nobody recorded leaves the task to run again.
+            let cancelled = Outcome::Cancelled {
+                stage: CancelStage::Cooperative,
+            };
+            assert!(!block(store.ended(c.seq, &cancelled)));
+            (a, b, c)
+        };
+        let store = store(dir.path(), 10);
+        let unfinished = block(store.unfinished());
+        assert_eq!(
+            unfinished
+                .iter()
+                .map(|r| (r.name.as_str(), r.attempt))
+                .collect::<Vec<_>>(),
+            vec![("a", 2), ("c", 1)]
+        );
+        assert_eq!(unfinished[0].retry, a.retry);
+        assert_eq!(unfinished[0].worker, WorkerId::Index(1));
+        let ended = block(store.recently_ended(10));
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].seq, b.seq);
+        assert_eq!(ended[0].outcome, Some(Outcome::Done { result: "1".into() }));
+        // A recorded cancel: still unfinished (the caller records it as
+        // cancelled rather than run it), and its end is recorded.
+        block(store.cancel_requested(c.seq));
+        assert!(block(store.unfinished())[1].cancel_requested);
+        let cancelled = Outcome::Cancelled {
+            stage: CancelStage::Forced,
+        };
+        assert!(block(store.ended(c.seq, &cancelled)));
+        assert_eq!(block(store.record(c.seq)).unwrap().outcome, Some(cancelled));
+    }
+
+    #[test]
+    fn an_idempotency_key_is_one_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 10);
+        let Submitted::New(first) = block(store.submit(&new_task(None, Some("k1")))) else {
+            panic!("not new")
+        };
+        let Submitted::Existing(again) = block(store.submit(&new_task(Some("other"), Some("k1"))))
+        else {
+            panic!("a second task was recorded")
+        };
+        assert_eq!(again.seq, first.seq);
+        assert_eq!(block(store.unfinished()).len(), 1);
+        // A forgotten task frees its key.
+        block(store.forget(first.seq));
+        assert!(matches!(
+            block(store.submit(&new_task(None, Some("k1")))),
+            Submitted::New(_)
+        ));
+    }
+
+    #[test]
+    fn ended_records_are_kept_up_to_the_retention_then_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 8);
+        for i in 0..30 {
+            let Submitted::New(task) = block(store.submit(&new_task(None, None))) else {
+                panic!("not new")
+            };
+            let done = Outcome::Done {
+                result: i.to_string(),
+            };
+            assert!(block(store.ended(task.seq, &done)));
+        }
+        let kept = block(store.recently_ended(100));
+        assert!((8..=9).contains(&kept.len()), "{}", kept.len());
+        assert_eq!(
+            kept.last().unwrap().outcome,
+            Some(Outcome::Done {
+                result: "29".into()
+            })
+        );
+        assert_eq!(block(store.purge_ended()), kept.len() as u64);
+        assert!(block(store.recently_ended(100)).is_empty());
+    }
+}

@@ -1,0 +1,159 @@
+//! Durable tasks: the record of every `durable = true` task, written before
+//! its submission is acknowledged and kept until its outcome has been
+//! retained long enough, so a host that died (`kill -9`, a power cut, a
+//! graceful stop) runs the unfinished ones again at its next start.
+//!
+//! At-least-once: a task that was running when the host died runs again
+//! from its start, with its attempt number one higher. A task whose
+//! outcome was recorded never runs again. The guest can tell a re-run by
+//! `app.attempt()` and make its effects idempotent with
+//! `app.idempotency-key()`.
+
+use crate::config::RetrySpec;
+use crate::task::{CancelStage, Outcome, TaskState, WorkerId};
+use std::future::Future;
+use std::pin::Pin;
+
+/// What a [`TaskStore`] call returns.
+pub type TaskStoreFuture<'a, T> = Pin<Box<dyn Future<Output = anyhow::Result<T>> + Send + 'a>>;
+
+/// A durable task as submitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask {
+    /// None: the store names it `durable-SEQ`, a name that survives the
+    /// restart (task ids do not).
+    pub name: Option<String>,
+    pub worker: WorkerId,
+    pub plugin: String,
+    /// The build it was submitted on (a re-run uses the build loaded then).
+    pub plugin_version: String,
+    pub factory: String,
+    pub args: String,
+    pub retry: Option<RetrySpec>,
+    /// A second submission with the same key gets the first one's record
+    /// instead of a new task.
+    pub idempotency_key: Option<String>,
+}
+
+/// How a submission went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    /// Recorded, as attempt 1.
+    New(TaskRecord),
+    /// A task with the same idempotency key exists: nothing was written.
+    Existing(TaskRecord),
+}
+
+/// A durable task as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRecord {
+    /// Its number in the store, fixed for its life.
+    pub seq: u64,
+    pub name: String,
+    pub worker: WorkerId,
+    pub plugin: String,
+    pub plugin_version: String,
+    pub factory: String,
+    pub args: String,
+    pub retry: Option<RetrySpec>,
+    pub idempotency_key: Option<String>,
+    /// Attempts started so far (the one running included).
+    pub attempt: u32,
+    /// Its outcome once recorded; none while it has to run (again).
+    pub outcome: Option<Outcome>,
+    /// A cancel was asked for and recorded: the next start does not run
+    /// it again even if it had not ended.
+    pub cancel_requested: bool,
+    pub created_ms: u64,
+    pub ended_ms: Option<u64>,
+}
+
+impl TaskRecord {
+    pub fn state(&self) -> Option<TaskState> {
+        self.outcome.as_ref().map(Outcome::state)
+    }
+
+    /// The key the guest sees: the one it was submitted with, or one made
+    /// from the record's number, stable across restarts.
+    pub fn effective_key(&self) -> String {
+        self.idempotency_key
+            .clone()
+            .unwrap_or_else(|| format!("durable-{}", self.seq))
+    }
+}
+
+/// A backend for durable task records.
+pub trait TaskStore: Send + Sync + 'static {
+    /// Records a new task, or returns the one already submitted with the
+    /// same idempotency key.
+    fn submit<'a>(&'a self, task: &'a NewTask) -> TaskStoreFuture<'a, Submitted>;
+
+    /// Drops the record of a task that never ran (its factory refused its
+    /// arguments, or its name was taken).
+    fn forget(&self, seq: u64) -> TaskStoreFuture<'_, ()>;
+
+    /// Attempt `attempt` is about to start.
+    fn attempt_started(&self, seq: u64, attempt: u32) -> TaskStoreFuture<'_, ()>;
+
+    /// A cancel was asked for: from now on the task is not run again.
+    fn cancel_requested(&self, seq: u64) -> TaskStoreFuture<'_, ()>;
+
+    /// The task ended with `outcome`. A cancel nobody asked for through
+    /// [`TaskStore::cancel_requested`] (the host stopping, a plugin's
+    /// startup tasks restarted) is not an end: the record stays unfinished
+    /// and the call returns `false`.
+    fn ended<'a>(&'a self, seq: u64, outcome: &'a Outcome) -> TaskStoreFuture<'a, bool>;
+
+    /// Every task whose end is not recorded, oldest first: to run again,
+    /// or, if its cancel was recorded, to record as cancelled.
+    fn unfinished(&self) -> TaskStoreFuture<'_, Vec<TaskRecord>>;
+
+    /// The `limit` most recently ended tasks, oldest first.
+    fn recently_ended(&self, limit: usize) -> TaskStoreFuture<'_, Vec<TaskRecord>>;
+
+    /// The record of `seq`, if it is kept.
+    fn record(&self, seq: u64) -> TaskStoreFuture<'_, Option<TaskRecord>>;
+
+    /// Drops every ended record; returns how many.
+    fn purge_ended(&self) -> TaskStoreFuture<'_, u64>;
+}
+
+/// How an outcome is stored: state, result, error, cancel stage.
+pub(crate) fn outcome_columns(
+    outcome: &Outcome,
+) -> (
+    &'static str,
+    Option<&str>,
+    Option<&str>,
+    Option<&'static str>,
+) {
+    match outcome {
+        Outcome::Done { result } => ("done", Some(result), None, None),
+        Outcome::Failed { error } => ("failed", None, Some(error), None),
+        Outcome::Cancelled { stage } => ("cancelled", None, None, Some(stage.as_str())),
+    }
+}
+
+/// An outcome read back from its columns; none for an unfinished task.
+pub(crate) fn outcome_from_columns(
+    state: &str,
+    result: Option<String>,
+    error: Option<String>,
+    stage: Option<String>,
+) -> Option<Outcome> {
+    match state {
+        "done" => Some(Outcome::Done {
+            result: result.unwrap_or_default(),
+        }),
+        "failed" => Some(Outcome::Failed {
+            error: error.unwrap_or_default(),
+        }),
+        "cancelled" => Some(Outcome::Cancelled {
+            stage: match stage.as_deref() {
+                Some("forced") => CancelStage::Forced,
+                _ => CancelStage::Cooperative,
+            },
+        }),
+        _ => None,
+    }
+}

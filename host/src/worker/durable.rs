@@ -1,0 +1,282 @@
+//! Durable tasks on workers: recorded before they start, found again by
+//! their idempotency key, run again after a restart, and listed with their
+//! kept outcome once they ended (see `crate::storage::tasks`).
+
+use super::{DurableRun, Launch, WorkerCtx, await_verdict};
+use crate::config::{RetrySpec, TaskSpec};
+use crate::plugin::Plugin;
+use crate::registry::{AddTaskError, Added, RegisterError, TaskHandle, next_task_id};
+use crate::storage::{NewTask, Storage, Submitted, TaskRecord};
+use crate::task::{CancelStage, Outcome, TaskIdent, TaskInfo, WorkerId};
+use anyhow::Result;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+fn storage_error(error: anyhow::Error) -> AddTaskError {
+    AddTaskError::Storage(format!("{error:#}"))
+}
+
+impl WorkerCtx {
+    fn storage(&self) -> Result<Arc<dyn Storage>, AddTaskError> {
+        self.env.app.storage().cloned().ok_or_else(|| {
+            AddTaskError::Storage(
+                "durable tasks need the app's storage, which only a running host opens".into(),
+            )
+        })
+    }
+
+    /// Records a durable task, then starts it (waiting for the factory's
+    /// verdict with `check`); or, when its idempotency key names a task
+    /// recorded before, answers with that task and starts nothing new
+    /// (unless that task had not ended and is not running in this
+    /// process: then it runs again).
+    pub(super) async fn submit(
+        self: &Arc<Self>,
+        plugin: Arc<Plugin>,
+        spec: TaskSpec,
+        check: bool,
+    ) -> Result<(Added, TaskHandle), AddTaskError> {
+        let storage = self.storage()?;
+        // Bounds first: a task over them is refused without a record.
+        self.check(&spec.name, &spec.factory, &spec.args)?;
+        let new = NewTask {
+            name: spec.name.clone(),
+            worker: self.id,
+            plugin: plugin.name.clone(),
+            plugin_version: plugin.version.clone(),
+            factory: spec.factory.clone(),
+            args: spec.args.clone(),
+            retry: spec.retry.as_ref().map(|policy| policy.spec()),
+            idempotency_key: spec.idempotency_key.clone(),
+        };
+        let record = match storage.submit(&new).await.map_err(storage_error)? {
+            Submitted::New(record) => record,
+            Submitted::Existing(record) => return self.adopt(record).await,
+        };
+        let name = record.name.clone();
+        let run = DurableRun {
+            seq: record.seq,
+            first_attempt: 1,
+            key: record.effective_key().into(),
+        };
+        let spec = TaskSpec {
+            name: Some(name.clone()),
+            ..spec
+        };
+        let (verdict, checked) = if check {
+            let (verdict, checked) = oneshot::channel();
+            (Some(verdict), Some(checked))
+        } else {
+            (None, None)
+        };
+        let handle = match self.start(Launch::new(plugin, spec, Some(run)), verdict) {
+            Ok(handle) => handle,
+            Err(error) => {
+                self.forget(&*storage, record.seq).await;
+                return Err(error.into());
+            }
+        };
+        if let Some(checked) = checked
+            && let Err(error) = await_verdict(checked).await
+        {
+            self.forget(&*storage, record.seq).await;
+            return Err(error);
+        }
+        Ok((
+            Added {
+                worker: self.id,
+                id: handle.id,
+                name: Some(name),
+                created: true,
+            },
+            handle,
+        ))
+    }
+
+    /// Drops the record of a task that never ran.
+    async fn forget(&self, storage: &dyn Storage, seq: u64) {
+        if let Err(error) = storage.forget(seq).await {
+            tracing::error!(
+                "cannot drop the record of durable task {seq}, which never ran ({error:#}); \
+                 the next start will run it"
+            );
+        }
+    }
+
+    /// The answer to a submission whose key names `record`: the task as
+    /// this process lists it, listing it first if need be.
+    async fn adopt(
+        self: &Arc<Self>,
+        record: TaskRecord,
+    ) -> Result<(Added, TaskHandle), AddTaskError> {
+        let (worker, handle) = match self.env.durable_task(record.seq) {
+            Some(found) => found,
+            None => {
+                let worker = self
+                    .env
+                    .worker(record.worker)
+                    .unwrap_or_else(|| self.clone());
+                let handle = worker.list_record(record.clone()).await?;
+                (worker, handle)
+            }
+        };
+        Ok((
+            Added {
+                worker: worker.id,
+                id: handle.id,
+                name: Some(record.name),
+                created: false,
+            },
+            handle,
+        ))
+    }
+
+    /// Lists a durable task this process does not list yet: an ended (or
+    /// cancelled) one with its kept outcome, an unfinished one by running
+    /// it again.
+    async fn list_record(self: &Arc<Self>, record: TaskRecord) -> Result<TaskHandle, AddTaskError> {
+        if record.outcome.is_some() || record.cancel_requested {
+            return self.restore(record).await;
+        }
+        self.resume(record).await
+    }
+
+    /// Runs an unfinished durable task again, as its next attempt.
+    async fn resume(self: &Arc<Self>, record: TaskRecord) -> Result<TaskHandle, AddTaskError> {
+        let storage = self.storage()?;
+        let plugin = self
+            .env
+            .plugin(&record.plugin)
+            .ok_or_else(|| AddTaskError::UnknownPlugin(record.plugin.clone()))?;
+        let retry = match record.retry.as_ref().map(RetrySpec::policy).transpose() {
+            Ok(retry) => retry,
+            Err(error) => {
+                tracing::warn!(
+                    "durable task {}: its stored retry policy does not read back ({error:#}); \
+                     it runs without retries",
+                    record.name
+                );
+                None
+            }
+        };
+        let attempt = record.attempt + 1;
+        storage
+            .attempt_started(record.seq, attempt)
+            .await
+            .map_err(storage_error)?;
+        let run = DurableRun {
+            seq: record.seq,
+            first_attempt: attempt,
+            key: record.effective_key().into(),
+        };
+        let spec = TaskSpec {
+            factory: record.factory,
+            args: record.args,
+            name: Some(record.name),
+            retry,
+            durable: true,
+            idempotency_key: record.idempotency_key,
+        };
+        Ok(self.start(Launch::new(plugin, spec, Some(run)), None)?)
+    }
+
+    /// Lists an ended durable task with its kept outcome. A task whose
+    /// cancel was recorded but not its end (the host died between the two)
+    /// ends `cancelled` now.
+    async fn restore(self: &Arc<Self>, record: TaskRecord) -> Result<TaskHandle, AddTaskError> {
+        let outcome = match record.outcome.clone() {
+            Some(outcome) => outcome,
+            None => {
+                let outcome = Outcome::Cancelled {
+                    stage: CancelStage::Cooperative,
+                };
+                self.storage()?
+                    .ended(record.seq, &outcome)
+                    .await
+                    .map_err(storage_error)?;
+                outcome
+            }
+        };
+        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+        let ident = Arc::new(TaskIdent {
+            id: next_task_id(),
+            name: Some(record.name),
+            worker: self.id,
+            plugin: record.plugin.into(),
+            plugin_version: record.plugin_version.into(),
+            factory: record.factory,
+            durable: Some(record.seq),
+        });
+        let info = TaskInfo {
+            state: outcome.state(),
+            created_at: at(record.created_ms),
+            started_at: None,
+            ended_at: Some(record.ended_ms.map_or_else(SystemTime::now, at)),
+            outcome: Some(outcome),
+            attempt: record.attempt,
+            ident: ident.clone(),
+        };
+        let handle = self.registry.restore(info)?;
+        self.env.list_durable(record.seq, self.id, ident.id);
+        Ok(handle)
+    }
+}
+
+/// At start: runs again every unfinished durable task of `workers` (the
+/// main scope alone, or every worker), then lists the ones that ended
+/// before with their outcome, as far as the registries keep ended tasks.
+/// A record of a worker index the app no longer has goes to index modulo
+/// the workers. Returns the handles of the tasks started (the main scope
+/// waits for its own).
+pub(crate) async fn recover(workers: &[Arc<WorkerCtx>]) -> Result<Vec<TaskHandle>> {
+    let Some(first) = workers.first() else {
+        return Ok(Vec::new());
+    };
+    let Some(storage) = first.env.app.storage().cloned() else {
+        return Ok(Vec::new());
+    };
+    let main = first.id == WorkerId::Main;
+    let place = |worker: WorkerId| -> Option<&Arc<WorkerCtx>> {
+        match (worker, main) {
+            (WorkerId::Main, true) => workers.first(),
+            (WorkerId::Index(i), false) => workers.get(i as usize % workers.len()),
+            _ => None,
+        }
+    };
+    let mut started = Vec::new();
+    for record in storage.unfinished().await? {
+        let Some(worker) = place(record.worker) else {
+            continue;
+        };
+        let name = record.name.clone();
+        let attempt = record.attempt + 1;
+        match worker.list_record(record).await {
+            Ok(handle) if !handle.is_ended() => {
+                tracing::info!(
+                    "durable task {name} had not ended: running it again on worker {} \
+                     (attempt {attempt})",
+                    worker.id
+                );
+                started.push(handle);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(
+                "durable task {name} had not ended but cannot run again now: {error}; it stays \
+                 recorded for the next start"
+            ),
+        }
+    }
+    let keep = first.env.app.limits.ended_tasks_per_worker * workers.len();
+    for record in storage.recently_ended(keep).await? {
+        let Some(worker) = place(record.worker) else {
+            continue;
+        };
+        match worker.restore(record).await {
+            // A later task took the name: the newer one is listed.
+            Ok(_) | Err(AddTaskError::Register(RegisterError::DuplicateName(_))) => {}
+            Err(error) => return Err(anyhow::anyhow!("{error}")),
+        }
+    }
+    Ok(started)
+}
