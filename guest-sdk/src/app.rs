@@ -106,6 +106,15 @@ impl App {
         app::attempt()
     }
 
+    /// A durable task's idempotency key: the one it was started with, or
+    /// `durable-N` made by the host. A durable task runs at least once (a
+    /// run cut off by a crash runs again from its start), so an effect it
+    /// must not repeat should carry this key. `None` for a task that is
+    /// not durable.
+    pub fn idempotency_key(&self) -> Option<String> {
+        app::idempotency_key()
+    }
+
     /// Sanic's `app.add_task`: starts an unnamed task of `factory` (of this
     /// plugin) on this worker with `args`, and returns its id. See
     /// [`App::task`] to name it or pick another plugin.
@@ -120,6 +129,9 @@ impl App {
             plugin: None,
             name: None,
             args: Ok("null".into()),
+            retry: None,
+            durable: false,
+            idempotency_key: None,
         }
     }
 
@@ -176,6 +188,39 @@ pub struct NewTask<'a> {
     plugin: Option<&'a str>,
     name: Option<&'a str>,
     args: Result<String>,
+    retry: Option<Retry>,
+    durable: bool,
+    idempotency_key: Option<&'a str>,
+}
+
+/// How a task is tried again after a failed attempt (each attempt in a
+/// fresh instance; [`App::attempt`] says which one runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Attempts in all, the first included (1..=100).
+    pub attempts: u32,
+    /// The wait after the first failure.
+    pub initial_ms: u64,
+    /// The longest wait (at most a day).
+    pub max_ms: u64,
+    /// Double the wait after each failure (else always `initial_ms`).
+    pub exponential: bool,
+    /// Spread each wait over [wait/2, wait].
+    pub jitter: bool,
+}
+
+impl Retry {
+    /// `attempts` in all, with the host's defaults: 200 ms, doubling up to
+    /// a minute, jittered.
+    pub fn attempts(attempts: u32) -> Retry {
+        Retry {
+            attempts,
+            initial_ms: 200,
+            max_ms: 60_000,
+            exponential: true,
+            jitter: true,
+        }
+    }
 }
 
 impl<'a> NewTask<'a> {
@@ -197,11 +242,47 @@ impl<'a> NewTask<'a> {
         self
     }
 
+    /// Tries it again after a failure.
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// Records it in the app's storage before [`NewTask::start`] returns:
+    /// it runs again after a crash until it ends (at least once).
+    pub fn durable(mut self) -> Self {
+        self.durable = true;
+        self
+    }
+
+    /// With [`NewTask::durable`]: a second start with the same key returns
+    /// the first task's id and starts nothing.
+    pub fn idempotency_key(mut self, key: &'a str) -> Self {
+        self.idempotency_key = Some(key);
+        self
+    }
+
     /// Starts the task on this worker and returns its id once the factory
-    /// has accepted the arguments.
+    /// has accepted the arguments (and, if durable, it is recorded).
     pub fn start(self) -> Result<u64> {
         let args = self.args?;
-        app::add_task(self.plugin, self.factory, &args, self.name).map_err(Error::from_wit)
+        if self.retry.is_none() && !self.durable && self.idempotency_key.is_none() {
+            return app::add_task(self.plugin, self.factory, &args, self.name)
+                .map_err(Error::from_wit);
+        }
+        let options = app::TaskOptions {
+            name: self.name.map(str::to_string),
+            retry: self.retry.map(|r| app::RetryPolicy {
+                attempts: r.attempts,
+                initial_ms: r.initial_ms,
+                max_ms: r.max_ms,
+                exponential: r.exponential,
+                jitter: r.jitter,
+            }),
+            durable: self.durable,
+            idempotency_key: self.idempotency_key.map(str::to_string),
+        };
+        app::start_task(self.plugin, self.factory, &args, &options).map_err(Error::from_wit)
     }
 }
 

@@ -43,7 +43,7 @@ mod http;
 mod kv;
 mod task;
 
-pub use app::{App, Level, NewTask};
+pub use app::{App, Level, NewTask, Retry};
 pub use error::{Error, ErrorKind, Result};
 pub use http::{Http, Response};
 pub use kv::Bucket;

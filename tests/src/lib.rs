@@ -236,11 +236,28 @@ impl Api {
 
     /// POSTs `body` to `path`; panics unless the host answers 2xx.
     pub fn post(&self, path: &str, body: Value) -> Value {
-        self.agent
+        self.post_status(path, body).1
+    }
+
+    /// POSTs `body` to `path`: the status and the answer; panics unless
+    /// the host answers 2xx.
+    pub fn post_status(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .agent
             .post(&format!("{}{path}", self.base))
             .set("Authorization", &self.bearer)
             .send_json(body)
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        (response.status(), response.into_json().unwrap())
+    }
+
+    /// GETs `path`; panics unless the host answers 2xx.
+    pub fn get(&self, path: &str) -> Value {
+        self.agent
+            .get(&format!("{}{path}", self.base))
+            .set("Authorization", &self.bearer)
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
             .into_json()
             .unwrap()
     }

@@ -210,6 +210,30 @@ plugin! {
         Ok(count)
     }
 
+    /// Sleeps `ms`, then says which attempt it was and its durable key.
+    fn keyed_nap(app: &App, ms: u64) -> Result<Value> {
+        app.sleep(ms)?;
+        Ok(json!({"ms": ms, "attempt": app.attempt(), "key": app.idempotency_key()}))
+    }
+
+    /// Starts a durable `keyed_nap` twice with the same idempotency key
+    /// and reports both answers (the same id: one task).
+    fn start_durable_twice(app: &App, key: String, ms: u64) -> Result<Value> {
+        let start = || {
+            app.task("keyed_nap")
+                .name("guest-durable")
+                .args(json!({"ms": ms}))
+                .durable()
+                .idempotency_key(&key)
+                .retry(taskhost_guest_sdk::Retry::attempts(2))
+                .start()
+        };
+        let first = start()?;
+        let second = start()?;
+        let plain = app.task("nap").args(json!({"ms": 1})).idempotency_key("k").start();
+        Ok(json!({"first": first, "second": second, "key_without_durable": outcome(plain)}))
+    }
+
     fn nap(app: &App, ms: u64) -> Result<u64> {
         app.sleep(ms)?;
         app.info("woke");

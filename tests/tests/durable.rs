@@ -1,0 +1,242 @@
+//! Durable tasks against the real binary and the real database file: they
+//! survive `kill -9`, none is lost, none that ended runs again, outcomes
+//! are visible after the restart, an idempotency key is one task, and a
+//! cancel recorded before the crash stays.
+
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use taskhost_tests::{Api, Run, TestApp};
+
+fn app() -> TestApp {
+    TestApp::new(
+        r#"
+        name = "durable"
+        workers = 2
+        [plugins.kit]
+        path = "{testkit}"
+        "#,
+    )
+}
+
+fn names_with(lines: &[Value], event: &str) -> BTreeSet<String> {
+    lines
+        .iter()
+        .filter(|l| l["event"] == event)
+        .filter_map(|l| l["task"].as_str())
+        .filter(|name| name.starts_with("job-"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn add(api: &Api, body: Value) -> (u16, Value) {
+    api.post_status("/v1/tasks", body)
+}
+
+#[test]
+fn durable_tasks_survive_kill_9_none_lost_none_run_twice() {
+    let app = app();
+    let mut host = app.spawn();
+    let (api, _) = Api::of(&app);
+    // 100 tasks on two workers, sleeping 150 ms to ~2.1 s, so some end
+    // before the kill and most do not.
+    let all: BTreeSet<String> = (0..100).map(|i| format!("job-{i:03}")).collect();
+    for (i, name) in all.iter().enumerate() {
+        let (status, added) = add(
+            &api,
+            json!({
+                "plugin": "kit", "factory": "keyed_nap", "name": name,
+                "worker": i % 2, "args": {"ms": 150 + 20 * i}, "durable": true,
+            }),
+        );
+        assert_eq!(status, 201, "{added}");
+        assert_eq!(added["tasks"][0]["created"], true, "{added}");
+    }
+    // One cancelled before the crash: it must stay cancelled.
+    let (status, _) = add(
+        &api,
+        json!({"plugin": "kit", "factory": "nap", "name": "to-cancel", "args": {"ms": 600000},
+               "durable": true}),
+    );
+    assert_eq!(status, 201);
+    let cancelled = app.cli(&["cancel", "to-cancel", "--json"]);
+    assert_eq!(cancelled.code, Some(0), "{}", cancelled.stderr);
+
+    host.wait_for(10, |l| {
+        l["event"] == "done" && l["task"].as_str().is_some_and(|t| t.starts_with("job-"))
+    });
+    host.signal("KILL");
+    let first = host.finish();
+    let done_before = names_with(&first.lines, "done");
+    assert!(
+        (10..100).contains(&done_before.len()),
+        "the kill came too late to test anything: {} done",
+        done_before.len()
+    );
+
+    let mut host = app.spawn();
+    let left = all.len() - done_before.len();
+    host.wait_for(left, |l| {
+        l["event"] == "done" && l["task"].as_str().is_some_and(|t| t.starts_with("job-"))
+    });
+    let (api, _) = Api::of(&app);
+    // Results of tasks that ended before the crash, after the restart.
+    let before = done_before.iter().next().unwrap();
+    let shown = api.get(&format!("/v1/tasks?name={before}"));
+    assert_eq!(shown[0]["state"], "done", "{shown}");
+    assert_eq!(shown[0]["durable"], true, "{shown}");
+    let result: Value = serde_json::from_str(shown[0]["result"].as_str().unwrap()).unwrap();
+    assert_eq!(result["attempt"], 1, "{shown}");
+    // The cancelled one is listed cancelled and did not start again.
+    let cancelled = app.cli(&["task", "to-cancel", "--json"]);
+    let cancelled: Value = serde_json::from_str(&cancelled.stdout).unwrap();
+    assert_eq!(cancelled[0]["state"], "cancelled", "{cancelled}");
+
+    host.signal("TERM");
+    let second = host.finish();
+    let started_after = names_with(&second.lines, "started");
+    let done_after = names_with(&second.lines, "done");
+    // None that had ended ran again; every other one ran to its end.
+    assert!(
+        done_before.is_disjoint(&started_after),
+        "ran again: {:?}",
+        done_before.intersection(&started_after).collect::<Vec<_>>()
+    );
+    let ended: BTreeSet<String> = done_before.union(&done_after).cloned().collect();
+    assert_eq!(ended, all, "lost: {:?}", all.difference(&ended));
+    // A re-run is the next attempt, and its key survived.
+    let rerun = second
+        .lines
+        .iter()
+        .find(|l| l["event"] == "done" && l["task"].as_str().is_some_and(|t| t.starts_with("job-")))
+        .unwrap();
+    let result: Value = serde_json::from_str(rerun["result"].as_str().unwrap()).unwrap();
+    assert_eq!(result["attempt"], 2, "{rerun}");
+    assert!(
+        result["key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("durable-")),
+        "{rerun}"
+    );
+    assert!(
+        second.event_of("started", "to-cancel").is_empty(),
+        "{}",
+        second.dump()
+    );
+}
+
+#[test]
+fn an_idempotency_key_is_one_task_from_the_api_the_cli_and_a_guest() {
+    let app = app();
+    let mut host = app.spawn();
+    let (api, _) = Api::of(&app);
+    let body = json!({"plugin": "kit", "factory": "keyed_nap", "args": {"ms": 1},
+                      "durable": true, "idempotency_key": "order-17", "worker": 1});
+    let (status, first) = add(&api, body.clone());
+    assert_eq!(status, 201, "{first}");
+    let name = first["tasks"][0]["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("durable-"), "{first}");
+    host.wait_for(1, |l| l["event"] == "done" && l["task"] == name.as_str());
+    // After it ended, and from another worker: the same task, nothing new.
+    let mut other = body.clone();
+    other["worker"] = json!(0);
+    let (status, again) = add(&api, other);
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["tasks"][0]["created"], false, "{again}");
+    assert_eq!(again["tasks"][0]["id"], first["tasks"][0]["id"], "{again}");
+    let cli = app.cli(&[
+        "add",
+        "kit",
+        "keyed_nap",
+        "--args",
+        r#"{"ms": 1}"#,
+        "--durable",
+        "--idempotency-key",
+        "order-17",
+        "--worker",
+        "1",
+    ]);
+    assert_eq!(cli.code, Some(0), "{}", cli.stderr);
+    assert!(cli.stdout.contains("nothing started"), "{}", cli.stdout);
+    // A key without `durable` is refused, naming what to add.
+    let refused = app.cli(&["add", "kit", "nap", "--idempotency-key", "k"]);
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+
+    // A guest's start-task: the same id twice, and a key on a task that is
+    // not durable refused.
+    let (_, guest) = add(
+        &api,
+        json!({"plugin": "kit", "factory": "start_durable_twice", "name": "starter",
+               "args": {"key": "guest-key", "ms": 1}}),
+    );
+    assert_eq!(guest["tasks"][0]["created"], true);
+    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "guest-durable");
+    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "starter");
+    host.signal("TERM");
+    let run: Run = host.finish();
+    let report = &run.results_of("starter")[0];
+    assert_eq!(report["first"], report["second"], "{report}");
+    assert_eq!(report["key_without_durable"], "InvalidArgs", "{report}");
+    let keyed = &run.results_of("guest-durable")[0];
+    assert_eq!(keyed["key"], "guest-key", "{keyed}");
+    assert_eq!(
+        run.event_of("started", "guest-durable").len(),
+        1,
+        "{}",
+        run.dump()
+    );
+    assert_eq!(run.event_of("started", &name).len(), 1, "{}", run.dump());
+}
+
+#[test]
+fn a_durable_startup_task_runs_to_its_end_once_across_starts() {
+    let app = TestApp::new(
+        r#"
+        name = "durable"
+        [plugins.kit]
+        path = "{testkit}"
+        [[tasks]]
+        plugin = "kit"
+        factory = "keyed_nap"
+        name = "once"
+        args = { ms = 1 }
+        durable = true
+        [[tasks]]
+        plugin = "kit"
+        factory = "nap"
+        name = "every-time"
+        args = { ms = 1 }
+        "#,
+    );
+    let first = app.run_until_idle();
+    assert_eq!(first.code, Some(0), "{}", first.dump());
+    assert_eq!(first.results_of("once")[0]["key"], "app.toml/0/once");
+    let second = app.run_until_idle();
+    assert_eq!(second.code, Some(0), "{}", second.dump());
+    assert!(
+        second.event_of("started", "once").is_empty(),
+        "{}",
+        second.dump()
+    );
+    assert_eq!(second.event_of("started", "every-time").len(), 1);
+
+    // A durable startup task needs a name, and the error says why.
+    app.rewrite(
+        r#"
+        name = "durable"
+        [plugins.kit]
+        path = "{testkit}"
+        [[tasks]]
+        plugin = "kit"
+        factory = "nap"
+        args = { ms = 1 }
+        durable = true
+        "#,
+    );
+    let check = app.check();
+    assert_eq!(check.code, Some(2), "{}", check.dump());
+    assert!(
+        check.stderr.contains("tasks[0]") && check.stderr.contains("needs a `name`"),
+        "{}",
+        check.stderr
+    );
+}
