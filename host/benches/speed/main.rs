@@ -95,11 +95,11 @@ fn row(what: &str, ours: String, floor: String, ratio: String, target: &str) -> 
 
 /// The bench app: `bench` (no I/O imports) and `benchio` (imports
 /// wasi:http, allowed to loopback, and wasi:keyvalue), state in `storage`.
-fn app_toml(components: &Components, storage: &Path) -> AppConfig {
+fn app_toml(components: &Components, storage: &Path, fsync: bool) -> AppConfig {
     let text = format!(
         "name = \"speed\"\nworkers = 2\n\
          [limits]\ntasks_per_worker = {IDLE_TASKS}\n\
-         [storage]\npath = {:?}\n\
+         [storage]\npath = {:?}\nfsync = {fsync}\n\
          [plugins.bench]\npath = {:?}\n\
          [plugins.benchio]\npath = {:?}\n\
          [plugins.benchio.grants]\nhttp = [\"http://127.0.0.1:*\"]\n",
@@ -131,13 +131,18 @@ impl std::ops::Deref for BenchHost {
 }
 
 async fn host(components: &Components) -> BenchHost {
+    host_with(components, false).await
+}
+
+/// A bench host whose storage commits wait for the disk with `fsync`.
+async fn host_with(components: &Components, fsync: bool) -> BenchHost {
     let settings = EngineSettings {
         compile_cache: None,
         ..EngineSettings::default()
     };
     let storage = tempfile::tempdir().expect("storage dir");
     let app = Application::load(
-        app_toml(components, storage.path()),
+        app_toml(components, storage.path(), fsync),
         &settings,
         &BuildOptions::default(),
     )
@@ -264,6 +269,43 @@ async fn add_task_latency(worker: Arc<WorkerCtx>, n: usize) -> Vec<Duration> {
         }
         w.registry().purge();
         entered
+    })
+    .await
+}
+
+/// `n` trivial tasks added back to back on `worker` (durable or in memory):
+/// how long each `add_task` took to return (for a durable task: recorded
+/// and committed), and tasks per second until the last one ended (a
+/// durable task also commits its outcome).
+async fn add_task_ack(worker: Arc<WorkerCtx>, n: usize, durable: bool) -> (Vec<Duration>, f64) {
+    let w = worker.clone();
+    on(&worker, async move {
+        let mut acks = Vec::with_capacity(n);
+        let begun = Instant::now();
+        for i in 0..n {
+            let asked = Instant::now();
+            w.add_task(
+                "bench",
+                TaskSpec {
+                    factory: "noop".into(),
+                    args: "null".into(),
+                    durable,
+                    ..TaskSpec::default()
+                },
+            )
+            .await
+            .expect("add_task");
+            acks.push(asked.elapsed());
+            if i % 1000 == 999 {
+                w.registry().purge();
+            }
+        }
+        while w.registry().live_count() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let per_second = n as f64 / begun.elapsed().as_secs_f64();
+        w.registry().purge();
+        (acks, per_second)
     })
     .await
 }
@@ -718,6 +760,42 @@ async fn main() {
         format!("{http:.0}"),
         "-".into(),
         format!("{} of trivial", ratio(http, trivial)),
+        "",
+    ));
+
+    // Durable add_task against the in-memory one, on one worker: the
+    // third column is the in-memory add_task, not raw wasmtime.
+    add_task_ack(w0.clone(), 200, true).await;
+    let n = scaled(5_000);
+    let (memory, memory_rate) = add_task_ack(w0.clone(), n, false).await;
+    let (durable, durable_rate) = add_task_ack(w0.clone(), n, true).await;
+    let synced_host = host_with(&components, true).await;
+    let (synced, synced_rate) =
+        add_task_ack(worker(&synced_host, 0), scaled(500), true).await;
+    synced_host.shutdown(false).await;
+    print_row(latency_row(
+        "durable add_task acknowledged (recorded), p50/p99; third column: in memory",
+        durable,
+        memory.clone(),
+        |p| p.p50,
+        "",
+    ));
+    print_row(latency_row(
+        "durable add_task with [storage] fsync = true, p50/p99; third column: in memory",
+        synced,
+        memory,
+        |p| p.p50,
+        "",
+    ));
+    print_row(row(
+        "durable trivial tasks/s, 1 worker, added to ended (fsync off / on); third: in memory",
+        format!("{durable_rate:.0} / {synced_rate:.0}"),
+        format!("{memory_rate:.0}"),
+        format!(
+            "{} / {}",
+            ratio(memory_rate, durable_rate),
+            ratio(memory_rate, synced_rate)
+        ),
         "",
     ));
 
