@@ -122,6 +122,21 @@ impl App {
         self.task(factory).args(args).start()
     }
 
+    /// Adds a schedule (or replaces one a guest added): `spec` has the
+    /// fields of app.toml's `[[schedules]]`, e.g.
+    /// `json!({"name": "refresh", "factory": "refresh", "every": "30s"})`
+    /// (`plugin` defaults to this one). The host keeps it across restarts
+    /// until [`App::remove_schedule`].
+    pub fn add_schedule(&self, spec: impl Serialize) -> Result<()> {
+        let spec = serde_json::to_string(&spec)?;
+        app::add_schedule(&spec).map_err(Error::from_wit)
+    }
+
+    /// Removes a schedule a guest added; `false` if there was none.
+    pub fn remove_schedule(&self, name: &str) -> Result<bool> {
+        app::remove_schedule(name).map_err(Error::from_wit)
+    }
+
     /// Describes a task to start; finish with [`NewTask::start`].
     pub fn task<'a>(&self, factory: &'a str) -> NewTask<'a> {
         NewTask {

@@ -6,7 +6,7 @@
 
 use crate::app::AppContext;
 use crate::compile_cache::CompileCache;
-use crate::config::{AppConfig, PluginSource, TaskConfig};
+use crate::config::{AppConfig, PluginSource};
 use crate::control::ControlOptions;
 use crate::engine::{EngineSettings, build_engine};
 use crate::host::{Host, RunSummary};
@@ -78,9 +78,24 @@ impl Application {
         }
 
         for task in &config.tasks {
-            check_task(&loader, &plugins[&task.plugin], task)
-                .await
-                .with_context(|| format!("{file}: {task}"))?;
+            check_task(
+                &loader,
+                &plugins[&task.plugin],
+                &task.factory,
+                &task.args.to_string(),
+            )
+            .await
+            .with_context(|| format!("{file}: {task}"))?;
+        }
+        for (index, schedule) in config.schedules.iter().enumerate() {
+            check_task(
+                &loader,
+                &plugins[&schedule.plugin],
+                &schedule.factory,
+                &schedule.args,
+            )
+            .await
+            .with_context(|| format!("{file}: schedules[{index}] ({:?})", schedule.name))?;
         }
 
         Ok(Application {
@@ -199,19 +214,22 @@ impl Application {
     }
 }
 
-/// The task's factory exists and accepts its arguments.
-async fn check_task(loader: &PluginLoader, plugin: &Plugin, task: &TaskConfig) -> Result<()> {
-    if plugin.factory(&task.factory).is_none() {
+/// The factory exists and accepts the arguments (JSON text).
+async fn check_task(
+    loader: &PluginLoader,
+    plugin: &Plugin,
+    factory: &str,
+    args: &str,
+) -> Result<()> {
+    if plugin.factory(factory).is_none() {
         bail!(
-            "plugin `{}` has no factory `{}` (it has: {})",
+            "plugin `{}` has no factory `{factory}` (it has: {})",
             plugin.name,
-            task.factory,
             plugin.factory_names()
         );
     }
-    let args = task.args.to_string();
     match loader
-        .check_args(plugin, &task.factory, &args)
+        .check_args(plugin, factory, args)
         .await
         .context("checking its arguments failed")?
     {

@@ -87,6 +87,10 @@ enum Command {
     Check {
         /// The application's app.toml.
         app: PathBuf,
+        /// List each schedule's next fire times from this time (RFC 3339,
+        /// e.g. 2026-03-27T00:00:00Z) instead of from now.
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        from: Option<std::time::SystemTime>,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -306,11 +310,15 @@ async fn dispatch(command: Command) -> Result<Exit, Refused> {
         }
         Command::Check {
             app,
+            from,
             load: load_args,
         } => {
             init_logs(&load_args.logs)?;
             let application = load(&app, &load_args).await?;
-            print_check(&application);
+            print_check(
+                &application,
+                from.unwrap_or_else(std::time::SystemTime::now),
+            );
             Ok(Exit::Ok)
         }
         Command::Build { path, out, build } => {
@@ -354,7 +362,17 @@ fn exit_code(summary: &RunSummary, until_idle: bool) -> Exit {
     if failed { Exit::Failed } else { Exit::Ok }
 }
 
-fn print_check(application: &Application) {
+/// A time as RFC 3339 (`2026-03-27T00:00:00Z`).
+fn parse_time(text: &str) -> Result<std::time::SystemTime, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc).into())
+        .map_err(|e| format!("not an RFC 3339 time such as 2026-03-27T00:00:00Z: {e}"))
+}
+
+/// How many fire times `taskhost check` shows per schedule.
+const CHECK_FIRE_TIMES: usize = 5;
+
+fn print_check(application: &Application, from: std::time::SystemTime) {
     let config = application.config();
     outln!("{}: ok", config.source.display());
     outln!("  app {:?}, {} worker(s)", config.name, config.workers);
@@ -381,6 +399,26 @@ fn print_check(application: &Application) {
         .count();
     let worker = config.tasks.len() - main;
     outln!("  tasks: {main} main, {worker} per worker");
+    for schedule in &config.schedules {
+        let next: Vec<String> = schedule
+            .when
+            .upcoming(from, CHECK_FIRE_TIMES)
+            .into_iter()
+            .map(crate::config::tick_label)
+            .collect();
+        outln!(
+            "  schedule {} ({}/{}, {}): next {}",
+            schedule.name,
+            schedule.plugin,
+            schedule.factory,
+            schedule.when,
+            if next.is_empty() {
+                "never".to_string()
+            } else {
+                next.join(", ")
+            }
+        );
+    }
     if !config.config.is_empty() {
         // Keys only: values may be secrets, and secrets say where from.
         let keys: Vec<String> = config

@@ -10,6 +10,7 @@ use crate::lifecycle::LifecycleEvent;
 use crate::metrics::Metrics;
 use crate::plugin::{LoadError, Plugin, PluginLoader};
 use crate::registry::{AddTaskError, Added, TaskHandle};
+use crate::scheduler::Scheduler;
 use crate::task::{TaskInfo, TaskState, WorkerId};
 use crate::worker::{TaskEnv, Worker, WorkerCtx};
 use anyhow::{Context, Result, anyhow, bail};
@@ -67,6 +68,8 @@ pub struct Host {
     startup: Mutex<Vec<(Arc<WorkerCtx>, TaskConfig, TaskHandle)>>,
     /// Builds replaced by a hot-load, while their tasks drain.
     retired: Mutex<Vec<Weak<Plugin>>>,
+    /// The schedules, once the workers started.
+    scheduler: Option<Arc<Scheduler>>,
     _ticker: EpochTicker,
 }
 
@@ -101,6 +104,7 @@ impl Host {
             lifecycle: broadcast::channel(LIFECYCLE_BACKLOG).0,
             workers: RwLock::default(),
             durable: Mutex::default(),
+            schedules: std::sync::OnceLock::new(),
         });
         let main = Worker::start(WorkerId::Main, env.clone())?;
         let mut host = Host {
@@ -112,6 +116,7 @@ impl Host {
             main_handles: Vec::new(),
             startup: Mutex::default(),
             retired: Mutex::default(),
+            scheduler: None,
             _ticker: ticker,
         };
         // Durable tasks first: an unfinished one runs again before any
@@ -195,6 +200,10 @@ impl Host {
                     .push((worker.clone(), task.clone(), handle));
             }
         }
+        let scheduler = Scheduler::start(self.env.clone(), contexts, &self.config.schedules)
+            .await
+            .with_context(|| format!("{}: [[schedules]]", self.config.source.display()))?;
+        self.scheduler = Some(scheduler);
         // Closing only means "the startup tasks are all spawned": tasks can
         // still be added, and `idle` resolves once none is left.
         self.env.tracker.close();
@@ -296,6 +305,11 @@ impl Host {
     /// The key-value storage tasks use (open in every launched host).
     pub fn storage(&self) -> Option<&Arc<dyn crate::storage::Storage>> {
         self.env.app.storage()
+    }
+
+    /// The schedules (none before the workers started).
+    pub fn scheduler(&self) -> Option<&Arc<Scheduler>> {
+        self.scheduler.as_ref()
     }
 
     pub fn events(&self) -> &EventHub {
@@ -465,6 +479,10 @@ impl Host {
     /// does not end), waits a bounded time for all of them, stops the
     /// workers, and says how the run went.
     pub async fn shutdown(&self, interrupted: bool) -> RunSummary {
+        // No tick may start a task while the others are being cancelled.
+        if let Some(scheduler) = &self.scheduler {
+            scheduler.stop().await;
+        }
         let env = &self.env;
         env.tracker.close();
         let live =

@@ -29,12 +29,14 @@
 //! 6. [`plugin`]: component files -> linked, pre-instantiated plugins.
 //! 7. `runner`: one task in its own instance, to its outcome.
 //! 8. `worker`: threads with a registry each, starting tasks.
-//! 9. [`host`]: the workers of a running app and what an operator does to
-//!    them.
-//! 10. [`control`] (the HTTP API) and `watch` (hot-load on change), both
+//! 9. [`scheduler`]: `[[schedules]]`, a loop each, starting tasks on the
+//!    workers.
+//! 10. [`host`]: the workers of a running app and what an operator does to
+//!     them.
+//! 11. [`control`] (the HTTP API) and `watch` (hot-load on change), both
 //!     over a [`host::Host`].
-//! 11. [`application`]: app.toml -> a running host with its API and watch.
-//! 12. [`cli`]: a thin shell over all of it.
+//! 12. [`application`]: app.toml -> a running host with its API and watch.
+//! 13. [`cli`]: a thin shell over all of it.
 
 // What an embedder uses: load an app, run a host, steer it.
 pub mod application;
@@ -61,6 +63,7 @@ pub(crate) mod logging;
 pub(crate) mod metrics;
 pub(crate) mod private_files;
 pub(crate) mod runner;
+pub mod scheduler;
 pub mod storage;
 pub(crate) mod store;
 pub(crate) mod wasi;

@@ -92,9 +92,52 @@ pub enum LifecycleEvent {
     /// An older build of `plugin`, replaced by a newer one, ran its last
     /// task and was dropped.
     PluginDropped { plugin: String, version: String },
+    /// Schedule `schedule` started `tasks` for its tick at `tick` (RFC
+    /// 3339, UTC), on its timer, by an operator's trigger, or to catch up
+    /// ticks missed while the host was down.
+    ScheduleFired {
+        schedule: String,
+        tick: String,
+        trigger: ScheduleTrigger,
+        tasks: Vec<String>,
+    },
+    /// Schedule `schedule` did not run for `missed` tick(s), the last at
+    /// `tick`: its previous run was still going (`overlap = "skip"`), or
+    /// the host was down (`catch_up`).
+    ScheduleMissed {
+        schedule: String,
+        tick: String,
+        missed: u64,
+        reason: String,
+    },
     /// The follower fell behind and `missed` events were lost to it. Only
     /// on the stream.
     Lagged { missed: u64 },
+}
+
+/// Why a schedule fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleTrigger {
+    /// Its time came.
+    Tick,
+    /// `taskhost schedule trigger` (or the API).
+    Manual,
+    /// A tick missed while the host was down (`catch_up`).
+    CatchUp,
+    /// A tick that waited for the previous run (`overlap = "queue"`).
+    Queued,
+}
+
+impl ScheduleTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScheduleTrigger::Tick => "tick",
+            ScheduleTrigger::Manual => "manual",
+            ScheduleTrigger::CatchUp => "catch_up",
+            ScheduleTrigger::Queued => "queued",
+        }
+    }
 }
 
 /// Milliseconds with microsecond precision, without float noise.

@@ -211,6 +211,34 @@ pub fn lifecycle(event: &LifecycleEvent) {
             version,
             "plugin {plugin} {version} dropped: its last task ended"
         ),
+        LifecycleEvent::ScheduleFired {
+            schedule,
+            tick,
+            trigger,
+            tasks,
+        } => tracing::info!(
+            event = "schedule_fired",
+            schedule,
+            tick,
+            trigger = trigger.as_str(),
+            tasks = tasks.join(","),
+            "schedule {schedule} fired ({}) for {tick}: {}",
+            trigger.as_str(),
+            tasks.join(", ")
+        ),
+        LifecycleEvent::ScheduleMissed {
+            schedule,
+            tick,
+            missed,
+            reason,
+        } => tracing::warn!(
+            event = "schedule_missed",
+            schedule,
+            tick,
+            missed,
+            reason,
+            "schedule {schedule} missed {missed} tick(s), the last at {tick}: {reason}"
+        ),
         LifecycleEvent::Subscribed | LifecycleEvent::Lagged { .. } => {}
     }
 }

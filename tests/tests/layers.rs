@@ -22,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["plugin"],
     &["runner"],
     &["worker"],
+    &["scheduler"],
     &["host"],
     &["control", "watch"],
     &["application"],

@@ -770,8 +770,7 @@ async fn main() {
     let (memory, memory_rate) = add_task_ack(w0.clone(), n, false).await;
     let (durable, durable_rate) = add_task_ack(w0.clone(), n, true).await;
     let synced_host = host_with(&components, true).await;
-    let (synced, synced_rate) =
-        add_task_ack(worker(&synced_host, 0), scaled(500), true).await;
+    let (synced, synced_rate) = add_task_ack(worker(&synced_host, 0), scaled(500), true).await;
     synced_host.shutdown(false).await;
     print_row(latency_row(
         "durable add_task acknowledged (recorded), p50/p99; third column: in memory",

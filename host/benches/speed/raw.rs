@@ -162,6 +162,12 @@ impl app::Host for RawData {
     ) -> Answer<u64> {
         Ok(Err(types::Error::Failed("raw".into())))
     }
+    async fn add_schedule(&mut self, _spec: String) -> Answer<()> {
+        Ok(Err(types::Error::Failed("raw".into())))
+    }
+    async fn remove_schedule(&mut self, _name: String) -> Answer<bool> {
+        Ok(Err(types::Error::Failed("raw".into())))
+    }
     async fn get_task(&mut self, name: String) -> Answer<types::TaskInfo> {
         Ok(Err(types::Error::NotFound(name)))
     }

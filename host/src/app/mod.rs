@@ -11,6 +11,7 @@ mod log;
 mod tasks;
 mod time;
 
+use crate::bindings::GuestError;
 use crate::bindings::taskhost::plugin::types;
 use crate::config::{AppConfig, Grants, Limits, PluginLimits, PluginPolicy, TaskSpec};
 use crate::events::EventHub;
@@ -44,6 +45,20 @@ pub(crate) trait TaskScope: Send + Sync {
         plugin: String,
         spec: TaskSpec,
     ) -> Pin<Box<dyn Future<Output = Result<TaskId, AddTaskError>> + Send>>;
+
+    /// Adds a schedule (JSON spec) of `plugin` unless it names another;
+    /// the error says what is wrong.
+    fn add_schedule(
+        self: Arc<Self>,
+        plugin: String,
+        spec: String,
+    ) -> Pin<Box<dyn Future<Output = Result<(), GuestError>> + Send>>;
+
+    /// Removes a schedule a guest added; whether there was one.
+    fn remove_schedule(
+        self: Arc<Self>,
+        name: String,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, GuestError>> + Send>>;
 }
 
 /// What every task of an application shares: built once from app.toml.
@@ -301,6 +316,25 @@ app_host!(crate::bindings::taskhost::plugin::app::Host, {
     async fn stop_retrying(&mut self) -> wasmtime::Result<()> {
         self.stop_retrying = true;
         Ok(())
+    }
+
+    async fn add_schedule(&mut self, spec: String) -> wasmtime::Result<Result<(), types::Error>> {
+        let worker = match self.add_task_target(None) {
+            Ok((worker, plugin)) => (worker, plugin),
+            Err(error) => return Ok(Err(error)),
+        };
+        Ok(worker.0.add_schedule(worker.1, spec).await)
+    }
+
+    async fn remove_schedule(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<bool, types::Error>> {
+        let worker = match self.add_task_target(None) {
+            Ok((worker, _)) => worker,
+            Err(error) => return Ok(Err(error)),
+        };
+        Ok(worker.remove_schedule(name).await)
     }
 
     async fn idempotency_key(&mut self) -> wasmtime::Result<Option<String>> {

@@ -6,7 +6,7 @@ use super::{ControlFileArg, Exit};
 use crate::control::client::{Client, ClientError};
 use crate::control::schema::{
     AddRequest, Added, BuildState, CancelRequest, DispatchRequest, KvBucketView, KvEntry, KvKeys,
-    KvPut, KvWritten, LoadRequest, Loaded, PluginView, Purged, Woken,
+    KvPut, KvWritten, LoadRequest, Loaded, PluginView, Purged, ScheduleView, Triggered, Woken,
 };
 use crate::lifecycle::{LifecycleEvent, TaskRef};
 use crate::task::{TaskState, TaskView, WorkerId};
@@ -138,6 +138,24 @@ pub(crate) enum Verb {
     /// List the loaded plugin builds: the one each plugin serves new tasks
     /// from, and older ones still draining their tasks after a hot-load.
     Plugins {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List the schedules of a running host: when each runs next, how its
+    /// last run went, how many runs and misses it counts.
+    Schedules {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Pause, resume or trigger the schedule NAME of a running host.
+    ///
+    /// A pause holds across restarts (ticks while paused are neither run
+    /// nor missed); `trigger` runs it now, paused or not, unless its last
+    /// run is still going and its `overlap` is "skip" (exit 1).
+    Schedule {
+        #[arg(value_parser = ["pause", "resume", "trigger"])]
+        action: String,
+        name: String,
         #[command(flatten)]
         common: Common,
     },
@@ -411,6 +429,41 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             out!("{}", connect(&common)?.get_text("/metrics").await?);
         }
         Verb::Kv { action } => kv(action).await?,
+        Verb::Schedules { common } => {
+            let schedules: Vec<ScheduleView> = connect(&common)?.get("/v1/schedules").await?;
+            if common.json {
+                print_json(&schedules);
+            } else {
+                print_schedules(&schedules);
+            }
+        }
+        Verb::Schedule {
+            action,
+            name,
+            common,
+        } => {
+            let path = format!("/v1/schedules/{}/{action}", encode(&name));
+            let client = connect(&common)?;
+            if action == "trigger" {
+                let triggered: Triggered = client.post(&path, &serde_json::json!({})).await?;
+                if common.json {
+                    print_json(&triggered);
+                } else {
+                    outln!(
+                        "schedule {} started {}",
+                        clean(&triggered.schedule),
+                        clean(&triggered.tasks.join(", "))
+                    );
+                }
+            } else {
+                let schedule: ScheduleView = client.post(&path, &serde_json::json!({})).await?;
+                if common.json {
+                    print_json(&schedule);
+                } else {
+                    print_schedules(std::slice::from_ref(&schedule));
+                }
+            }
+        }
         Verb::Plugins { common } => {
             let builds: Vec<PluginView> = connect(&common)?.get("/v1/plugins").await?;
             if common.json {
@@ -716,6 +769,49 @@ fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+fn print_schedules(schedules: &[ScheduleView]) {
+    let time = |ms: Option<u64>| {
+        ms.map(|ms| {
+            crate::config::tick_label(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        })
+        .unwrap_or_else(|| "-".into())
+    };
+    let rows = schedules
+        .iter()
+        .map(|s| {
+            vec![
+                clean(&s.name),
+                clean(&format!("{}/{}", s.plugin, s.factory)),
+                clean(&s.when),
+                if s.paused {
+                    "paused".into()
+                } else {
+                    time(s.next_at_ms)
+                },
+                match (&s.last_task, s.last_state) {
+                    (Some(task), Some(state)) => format!("{} {state}", clean(task)),
+                    (Some(task), None) => format!("{} (purged)", clean(task)),
+                    _ => "-".into(),
+                },
+                s.runs.to_string(),
+                s.misses.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "NAME",
+            "PLUGIN/FACTORY",
+            "WHEN",
+            "NEXT",
+            "LAST RUN",
+            "RUNS",
+            "MISSES",
+        ],
+        rows,
+    );
+}
+
 fn print_tasks(tasks: &[TaskView]) {
     let rows = tasks
         .iter()
@@ -842,6 +938,27 @@ fn describe_event(event: &LifecycleEvent) -> String {
             "plugin {} {} dropped: its last task ended",
             clean(plugin),
             clean(version)
+        ),
+        LifecycleEvent::ScheduleFired {
+            schedule,
+            tick,
+            trigger,
+            tasks,
+        } => format!(
+            "schedule {} fired ({}) for {tick}: {}",
+            clean(schedule),
+            trigger.as_str(),
+            clean(&tasks.join(", "))
+        ),
+        LifecycleEvent::ScheduleMissed {
+            schedule,
+            tick,
+            missed,
+            reason,
+        } => format!(
+            "schedule {} missed {missed} tick(s), the last at {tick}: {}",
+            clean(schedule),
+            clean(reason)
         ),
         LifecycleEvent::Lagged { missed } => {
             format!("(this follower fell behind: {missed} event(s) missed)")

@@ -11,6 +11,7 @@ mod grants;
 mod http_grant;
 mod limits;
 mod retry;
+mod schedule;
 
 pub use grants::{DirGrant, Grants};
 pub use http_grant::HttpGrant;
@@ -20,6 +21,9 @@ pub use limits::{
     machine_memory_bytes,
 };
 pub use retry::{Backoff, RetryPolicy, RetrySpec};
+pub use schedule::{
+    CatchUp, MAX_CATCH_UP, Overlap, ScheduleConfig, ScheduleScope, ScheduleSpec, When, tick_label,
+};
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -61,6 +65,8 @@ pub struct AppConfig {
     pub tasks: Vec<TaskConfig>,
     /// Where key-value state lives.
     pub storage: StorageConfig,
+    /// `[[schedules]]`, in file order.
+    pub schedules: Vec<ScheduleConfig>,
 }
 
 /// `[storage]`: where key-value state and durable tasks live.
@@ -210,6 +216,8 @@ struct RawApp {
     tasks: Vec<RawTask>,
     #[serde(default)]
     storage: RawStorage,
+    #[serde(default)]
+    schedules: Vec<ScheduleSpec>,
 }
 
 fn one() -> i64 {
@@ -390,6 +398,18 @@ impl AppConfig {
             tasks.push(task);
         }
 
+        let mut schedules: Vec<ScheduleConfig> = Vec::new();
+        for (index, spec) in raw.schedules.iter().enumerate() {
+            let at = |name: &str| format!("{file}: schedules[{index}] ({name:?})");
+            let schedule = spec.checked(None).with_context(|| at(&spec.name))?;
+            if !plugins.contains_key(&schedule.plugin) {
+                bail!("{}: no plugin named `{}`", at(&spec.name), schedule.plugin);
+            }
+            if schedules.iter().any(|s| s.name == schedule.name) {
+                bail!("{}: another schedule has that name", at(&spec.name));
+            }
+            schedules.push(schedule);
+        }
         if raw.storage.keep_ended_tasks == Some(0) {
             bail!(
                 "{file}: [storage] keep_ended_tasks must be at least 1 (how many ended durable \
@@ -420,6 +440,7 @@ impl AppConfig {
                     .keep_ended_tasks
                     .unwrap_or(DEFAULT_KEEP_ENDED_TASKS),
             },
+            schedules,
         })
     }
 }

@@ -14,6 +14,8 @@
 //! | GET | /v1/kv | key-value buckets, with key and byte counts |
 //! | GET | /v1/kv/{bucket}?after=&limit= | a page of a bucket's keys |
 //! | GET, PUT, DELETE | /v1/kv/{bucket}/{key} | one value |
+//! | GET | /v1/schedules | schedules: next run, last outcome, runs, misses |
+//! | POST | /v1/schedules/{name}/{pause,resume,trigger} | steer one |
 //! | GET | /v1/stream | lifecycle events (Server-Sent Events) |
 //! | GET | /metrics | Prometheus / OpenMetrics text |
 
@@ -21,7 +23,7 @@ use super::body_limit;
 use super::schema::{
     AddRequest, Added, AddedTask, BuildState, CancelRequest, DispatchRequest, ErrorBody,
     ErrorDetail, FactoryView, KvBucketView, KvEntry, KvKeys, KvPut, KvWritten, LimitDetail,
-    LoadRequest, Loaded, PluginView, Purged, Woken,
+    LoadRequest, Loaded, PluginView, Purged, ScheduleView, Triggered, Woken,
 };
 use crate::config::{Limit, RetrySpec, TaskSpec};
 use crate::host::{CancelError, Host};
@@ -29,6 +31,7 @@ use crate::lifecycle::LifecycleEvent;
 use crate::plugin::LoadError;
 use crate::registry::AddTaskError;
 use crate::registry::RegisterError;
+use crate::scheduler::{ScheduleError, Scheduler};
 use crate::storage::{BucketId, KvError, Storage};
 use crate::task::{TaskState, TaskView, WorkerId};
 use axum::extract::rejection::JsonRejection;
@@ -73,6 +76,8 @@ pub(super) fn router(host: Arc<Host>, token: String) -> Router {
             "/v1/kv/{bucket}/{*key}",
             get(kv_get).put(kv_put).delete(kv_delete),
         )
+        .route("/v1/schedules", get(list_schedules))
+        .route("/v1/schedules/{name}/{action}", post(steer_schedule))
         .route("/v1/stream", get(stream))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint") })
@@ -566,6 +571,73 @@ async fn stream(
         })
     });
     Sse::new(hello.chain(events)).keep_alive(KeepAlive::default())
+}
+
+fn scheduler(ctx: &Ctx) -> Result<&Arc<Scheduler>, ApiError> {
+    ctx.host.scheduler().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting",
+            "the schedules start with the workers",
+        )
+    })
+}
+
+fn schedule_error(error: ScheduleError) -> ApiError {
+    let message = error.to_string();
+    match error {
+        ScheduleError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+        ScheduleError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+        ScheduleError::Invalid(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message),
+        ScheduleError::Storage(_) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
+        }
+    }
+}
+
+async fn list_schedules(State(ctx): State<Ctx>) -> Result<Json<Vec<ScheduleView>>, ApiError> {
+    Ok(Json(
+        scheduler(&ctx)?
+            .list()
+            .iter()
+            .map(ScheduleView::from)
+            .collect(),
+    ))
+}
+
+/// `pause` and `resume` answer with the schedule; `trigger` with the tasks
+/// it started (409 when its `overlap` refuses).
+async fn steer_schedule(
+    State(ctx): State<Ctx>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let scheduler = scheduler(&ctx)?;
+    let answer = match action.as_str() {
+        "pause" | "resume" => {
+            let info = scheduler
+                .set_paused(&name, action == "pause")
+                .await
+                .map_err(schedule_error)?;
+            serde_json::to_value(ScheduleView::from(&info))
+        }
+        "trigger" => {
+            let tasks = scheduler.trigger(&name).await.map_err(schedule_error)?;
+            serde_json::to_value(Triggered {
+                schedule: name,
+                tasks,
+            })
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                format!("no schedule action `{other}` (pause, resume, trigger)"),
+            ));
+        }
+    };
+    answer
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
 /// One lifecycle event as a Server-Sent Event: its JSON as the data line.

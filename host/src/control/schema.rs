@@ -250,3 +250,61 @@ pub struct KvWritten {
     /// Whether a `DELETE` removed a key (false: there was none).
     pub deleted: bool,
 }
+
+/// A schedule, as `GET /v1/schedules` and `taskhost schedules --json` show
+/// it. Times are Unix milliseconds; `last_tick` is also RFC 3339 text, as
+/// in task names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleView {
+    pub name: String,
+    pub plugin: String,
+    pub factory: String,
+    /// `every 30s`, or `cron "*/5 * * * *" (UTC)`.
+    pub when: String,
+    pub scope: crate::config::ScheduleScope,
+    pub overlap: crate::config::Overlap,
+    pub catch_up: crate::config::CatchUp,
+    /// Added at run time by a guest, not app.toml.
+    pub added: bool,
+    pub paused: bool,
+    /// None while paused.
+    pub next_at_ms: Option<u64>,
+    pub last_tick: Option<String>,
+    /// The last run's task, and its state (none once purged).
+    pub last_task: Option<String>,
+    pub last_state: Option<crate::task::TaskState>,
+    /// Runs started (ticks, triggers, catch-ups).
+    pub runs: u64,
+    /// Ticks that did not run: skipped by `overlap`, or missed while the
+    /// host was down.
+    pub misses: u64,
+}
+
+impl From<&crate::scheduler::ScheduleInfo> for ScheduleView {
+    fn from(info: &crate::scheduler::ScheduleInfo) -> ScheduleView {
+        ScheduleView {
+            name: info.name.clone(),
+            plugin: info.plugin.clone(),
+            factory: info.factory.clone(),
+            when: info.when.clone(),
+            scope: info.scope,
+            overlap: info.overlap,
+            catch_up: info.catch_up,
+            added: info.added,
+            paused: info.paused,
+            next_at_ms: info.next.map(crate::task::unix_millis),
+            last_tick: info.last_tick.map(crate::config::tick_label),
+            last_task: info.last_task.clone(),
+            last_state: info.last_state,
+            runs: info.runs,
+            misses: info.misses,
+        }
+    }
+}
+
+/// The answer to `POST /v1/schedules/{name}/trigger`: the tasks started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Triggered {
+    pub schedule: String,
+    pub tasks: Vec<String>,
+}

@@ -1,7 +1,8 @@
 //! What outlives a task's instance and the host process, in one embedded
-//! database: key-value state ([`KvStore`]: `wasi:keyvalue`, `taskhost kv`)
-//! and durable tasks ([`TaskStore`]: `durable = true`, run again after a
-//! crash).
+//! database: key-value state ([`KvStore`]: `wasi:keyvalue`, `taskhost kv`),
+//! durable tasks ([`TaskStore`]: `durable = true`, run again after a
+//! crash) and schedules' progress ([`ScheduleStore`]: `catch_up`, pauses,
+//! schedules guests added).
 //!
 //! [`Storage`] is the seam between the host and a backend: every part of
 //! the host that keeps state holds an `Arc<dyn Storage>`. The default
@@ -18,13 +19,17 @@
 //! - a cancel of a durable task, before the cancel is sent to the task;
 //! - a durable task's outcome, before its `done`/`failed`/`cancelled` line
 //!   is logged and its end is visible to waiters;
-//! - a retry's attempt number, before that attempt starts.
+//! - a retry's attempt number, before that attempt starts;
+//! - a schedule's progress after each tick, and a pause or resume before
+//!   it is acknowledged; a schedule a guest adds, before `add-schedule`
+//!   returns.
 //!
 //! "Committed" means: in the write-ahead log, so it survives the process
 //! dying (`kill -9`); with `[storage] fsync = true`, also on the disk, so
 //! it survives a power cut. `docs/speed.md` says what each costs.
 
 pub mod kv;
+pub mod schedules;
 mod sqlite;
 pub mod tasks;
 
@@ -32,11 +37,13 @@ pub use kv::{
     BadBucket, BucketId, BucketStats, KeyPage, KvError, KvFuture, KvLimits, KvStore, Swap,
     Versioned,
 };
+pub use schedules::{ScheduleMark, ScheduleStore};
 pub use sqlite::{DATABASE_FILE, SqliteStore, StoreOptions};
 pub use tasks::{NewTask, Submitted, TaskRecord, TaskStore, TaskStoreFuture};
 
-/// A backend for everything the host keeps: key-value state and durable
-/// tasks, in one place, so one backend swap moves both.
-pub trait Storage: KvStore + TaskStore {}
+/// A backend for everything the host keeps: key-value state, durable
+/// tasks and schedules' progress, in one place, so one backend swap moves
+/// them all.
+pub trait Storage: KvStore + TaskStore + ScheduleStore {}
 
-impl<T: KvStore + TaskStore> Storage for T {}
+impl<T: KvStore + TaskStore + ScheduleStore> Storage for T {}

@@ -28,7 +28,7 @@ use anyhow::{Context, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
@@ -59,9 +59,35 @@ pub struct TaskEnv {
     /// and task id. An entry whose task was purged since is stale, which
     /// [`TaskEnv::durable_task`] checks.
     pub durable: Mutex<HashMap<u64, (WorkerId, TaskId)>>,
+    /// The host's schedules, once they started: what a guest's
+    /// `add-schedule` and `remove-schedule` reach.
+    pub schedules: OnceLock<Weak<dyn ScheduleControl>>,
+}
+
+/// What guests may do to the host's schedules. The scheduler implements
+/// it; it sits above the workers, so they reach it through this.
+pub trait ScheduleControl: Send + Sync {
+    /// Adds (or replaces) a schedule from its spec (JSON, as app.toml's
+    /// `[[schedules]]`), of `plugin` unless the spec names another.
+    fn add_schedule(
+        self: Arc<Self>,
+        plugin: String,
+        spec: String,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+    /// Removes a schedule added at run time; whether there was one.
+    fn remove_schedule(
+        self: Arc<Self>,
+        name: String,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>;
 }
 
 impl TaskEnv {
+    /// The host's schedules, if they have started.
+    pub fn schedules(&self) -> Option<Arc<dyn ScheduleControl>> {
+        self.schedules.get().and_then(Weak::upgrade)
+    }
+
     pub fn plugin(&self, name: &str) -> Option<Arc<Plugin>> {
         self.plugins
             .read()
@@ -450,6 +476,39 @@ impl TaskScope for WorkerCtx {
                 .map(|added| added.id)
         })
     }
+
+    fn add_schedule(
+        self: Arc<Self>,
+        plugin: String,
+        spec: String,
+    ) -> Pin<Box<dyn Future<Output = Result<(), GuestError>> + Send>> {
+        Box::pin(async move {
+            let schedules = self.env.schedules().ok_or_else(no_schedules)?;
+            schedules
+                .add_schedule(plugin, spec)
+                .await
+                .map_err(GuestError::InvalidArgs)
+        })
+    }
+
+    fn remove_schedule(
+        self: Arc<Self>,
+        name: String,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, GuestError>> + Send>> {
+        Box::pin(async move {
+            let schedules = self.env.schedules().ok_or_else(no_schedules)?;
+            schedules
+                .remove_schedule(name)
+                .await
+                .map_err(GuestError::Failed)
+        })
+    }
+}
+
+/// What a guest gets for a schedule call before the schedules started
+/// (a `main` task runs before them).
+fn no_schedules() -> GuestError {
+    GuestError::Failed("schedules start with the workers: not from a `main` task".into())
 }
 
 /// One worker thread and its registry. Dropping it stops the thread; tasks

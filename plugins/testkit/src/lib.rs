@@ -234,6 +234,19 @@ plugin! {
         Ok(json!({"first": first, "second": second, "key_without_durable": outcome(plain)}))
     }
 
+    /// Adds the schedule `spec` (app.toml's fields, as JSON), or with
+    /// `remove` removes the one so named; reports what the host said.
+    fn steer_schedule(app: &App, spec: Value, remove: Option<bool>) -> Result<Value> {
+        if remove.unwrap_or(false) {
+            let name = spec["name"].as_str().unwrap_or_default();
+            return Ok(json!({"removed": outcome(app.remove_schedule(name))}));
+        }
+        Ok(match app.add_schedule(&spec) {
+            Ok(()) => json!({"added": "ok"}),
+            Err(error) => json!({"added": format!("{:?}", error.kind()), "error": error.to_string()}),
+        })
+    }
+
     fn nap(app: &App, ms: u64) -> Result<u64> {
         app.sleep(ms)?;
         app.info("woke");

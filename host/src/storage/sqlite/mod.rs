@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+mod schedules;
 mod tasks;
 
 /// The database file in the storage directory.
@@ -37,8 +38,8 @@ pub const DATABASE_FILE: &str = "taskhost.sqlite3";
 const LEGACY_FILE: &str = "kv.sqlite3";
 
 /// The layout this build reads and writes (`PRAGMA user_version`): 1 had
-/// key-value state only, 2 adds durable tasks.
-const SCHEMA_VERSION: i64 = 2;
+/// key-value state only, 2 adds durable tasks, 3 schedules.
+const SCHEMA_VERSION: i64 = 3;
 
 /// Values are blobs in a rowid table (SQLite keeps big blobs out of the
 /// key's b-tree that way); `buckets` keeps each bucket's key and byte
@@ -85,6 +86,17 @@ CREATE TABLE durable_tasks (
 );
 CREATE INDEX durable_tasks_live ON durable_tasks (seq) WHERE state = 'live';
 CREATE INDEX durable_tasks_ended ON durable_tasks (ended_ms, seq) WHERE state <> 'live';
+";
+
+/// Schedules' progress (layout 3); `spec` only for schedules added at run
+/// time.
+const SCHEDULES_SCHEMA: &str = "
+CREATE TABLE schedules (
+    name TEXT PRIMARY KEY,
+    seen_until_ms INTEGER,
+    paused INTEGER NOT NULL DEFAULT 0,
+    spec TEXT
+);
 ";
 
 /// How a store is opened: the key-value limits, whether commits wait for
@@ -191,14 +203,21 @@ impl SqliteStore {
         match version {
             0 => conn
                 .execute_batch(&format!(
-                    "BEGIN; {SCHEMA} {TASKS_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {SCHEMA} {TASKS_SCHEMA} {SCHEDULES_SCHEMA} \
+                     PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .with_context(|| format!("{file}: cannot create the tables"))?,
             1 => conn
                 .execute_batch(&format!(
-                    "BEGIN; {TASKS_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {TASKS_SCHEMA} {SCHEDULES_SCHEMA} \
+                     PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .with_context(|| format!("{file}: cannot add the durable task table"))?,
+            2 => conn
+                .execute_batch(&format!(
+                    "BEGIN; {SCHEDULES_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .with_context(|| format!("{file}: cannot add the schedule table"))?,
             SCHEMA_VERSION => {}
             newer => bail!(
                 "{file}: written by a newer taskhost (layout {newer}; this one reads layout \

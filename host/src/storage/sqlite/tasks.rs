@@ -49,7 +49,11 @@ fn now_ms() -> i64 {
 
 impl SqliteStore {
     /// Runs `op` on the connection; errors name the database file.
-    fn tasks_op<T>(&self, what: &str, op: impl FnOnce(&mut Inner) -> Result<T>) -> Result<T> {
+    pub(super) fn tasks_op<T>(
+        &self,
+        what: &str,
+        op: impl FnOnce(&mut Inner) -> Result<T>,
+    ) -> Result<T> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         op(&mut inner).with_context(|| format!("database {}: {what}", self.path.display()))
     }
@@ -105,7 +109,12 @@ impl SqliteStore {
         })
     }
 
-    fn execute(&self, what: &str, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
+    pub(super) fn execute(
+        &self,
+        what: &str,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<usize> {
         self.tasks_op(what, |inner| {
             Ok(inner.conn.prepare_cached(sql)?.execute(params)?)
         })
