@@ -104,6 +104,7 @@ impl Host {
             lifecycle: broadcast::channel(LIFECYCLE_BACKLOG).0,
             workers: RwLock::default(),
             durable: Mutex::default(),
+            durable_submit: tokio::sync::Mutex::new(()),
             schedules: std::sync::OnceLock::new(),
         });
         let main = Worker::start(WorkerId::Main, env.clone())?;

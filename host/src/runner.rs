@@ -175,8 +175,8 @@ pub(crate) async fn run(
 }
 
 /// How one attempt of a task ended, and whether its retry policy may try
-/// again (a failure, not cancelled, not timed out, not marked permanent by
-/// the guest's `stop-retrying`).
+/// again (a failure or a timeout, of a task nobody cancelled, not marked
+/// permanent by the guest's `stop-retrying`).
 pub(crate) struct Ended {
     pub outcome: Outcome,
     pub retriable: bool,

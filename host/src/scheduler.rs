@@ -193,8 +193,13 @@ impl Scheduler {
             commands,
             stop: self.stop.child_token(),
         });
-        self.lock()
+        // One lock for the swap: a replaced schedule's loop always stops.
+        let replaced = self
+            .lock()
             .insert(schedule.config.name.clone(), schedule.clone());
+        if let Some(old) = replaced {
+            old.stop.cancel();
+        }
         let now = SystemTime::now();
         if let Some(mark) = mark {
             let from = UNIX_EPOCH + Duration::from_millis(mark.seen_until_ms);
@@ -361,7 +366,7 @@ impl Scheduler {
         let config = &schedule.config;
         {
             let mut state = schedule.state();
-            if state.paused && trigger == ScheduleTrigger::Tick {
+            if state.paused && matches!(trigger, ScheduleTrigger::Tick | ScheduleTrigger::Queued) {
                 return Ok(Vec::new());
             }
             // A backlog (catch_up) and an explicit queue entry run anyway.
@@ -397,7 +402,14 @@ impl Scheduler {
         if let (Some(jitter), ScheduleTrigger::Tick) = (config.jitter, trigger) {
             let spread = jitter.as_nanos().min(u64::MAX as u128) as u64;
             let wait = getrandom::u64().unwrap_or(0) % spread.max(1);
-            tokio::time::sleep(Duration::from_nanos(wait)).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_nanos(wait)) => {}
+                () = schedule.stop.cancelled() => return Ok(Vec::new()),
+            }
+            // Paused while it waited: the tick is dropped as a paused one.
+            if schedule.state().paused {
+                return Ok(Vec::new());
+            }
         }
         let targets: Vec<Arc<WorkerCtx>> = match config.scope {
             ScheduleScope::Worker => self.workers.clone(),
@@ -425,13 +437,18 @@ impl Scheduler {
                 name: Some(name.clone()),
                 retry: config.retry,
                 durable: config.durable,
-                idempotency_key: config.durable.then(|| {
-                    format!(
+                // Per worker only where each worker runs the tick: an `any`
+                // run is one task whichever worker it lands on.
+                idempotency_key: config.durable.then(|| match config.scope {
+                    ScheduleScope::Any => {
+                        format!("schedule/{}/{}", config.name, unix_millis(tick))
+                    }
+                    ScheduleScope::Worker => format!(
                         "schedule/{}/{}/{}",
                         config.name,
                         unix_millis(tick),
                         worker.id()
-                    )
+                    ),
                 }),
             };
             match worker.start_task(plugin.clone(), spec).await {
@@ -484,16 +501,27 @@ impl Scheduler {
         paused: bool,
     ) -> Result<ScheduleInfo, ScheduleError> {
         let schedule = self.get(name)?;
+        // Ticks that fell while paused are not due after a resume.
+        let seen_until = if paused {
+            schedule.state().seen_until
+        } else {
+            Some(SystemTime::now())
+        };
+        // Recorded first: a pause the storage did not take is not made.
+        if let Some(storage) = &self.storage {
+            let mark = ScheduleMark {
+                seen_until_ms: unix_millis(seen_until.unwrap_or_else(SystemTime::now)),
+                paused,
+            };
+            storage
+                .set_schedule_mark(name, mark)
+                .await
+                .map_err(ScheduleError::Storage)?;
+        }
         {
             let mut state = schedule.state();
             state.paused = paused;
-            if !paused {
-                // Ticks that fell while paused are not due now.
-                state.seen_until = Some(SystemTime::now());
-            }
-        }
-        if let Some(error) = self.record(&schedule).await {
-            return Err(ScheduleError::Storage(error));
+            state.seen_until = seen_until;
         }
         let _ = schedule.commands.send(Command::Wake);
         Ok(schedule.info())
@@ -547,9 +575,6 @@ impl Scheduler {
                 .add_schedule(&config.name, &text)
                 .await
                 .map_err(ScheduleError::Storage)?;
-        }
-        if let Some(old) = self.lock().remove(&config.name) {
-            old.stop.cancel();
         }
         self.launch(config, true)
             .await

@@ -240,3 +240,67 @@ fn a_durable_startup_task_runs_to_its_end_once_across_starts() {
         check.stderr
     );
 }
+
+#[test]
+fn a_stop_is_not_an_end_even_for_a_task_that_fails_on_it_but_a_cancel_is() {
+    let app = app();
+    let mut host = app.spawn();
+    let (api, _) = Api::of(&app);
+    let durable = |name: &str, factory: &str, args: Value| {
+        let (status, body) = add(
+            &api,
+            json!({"plugin": "kit", "factory": factory, "name": name, "args": args,
+                   "durable": true}),
+        );
+        assert_eq!(status, 201, "{body}");
+    };
+    // Fails with its own error when the host stops it: before the fix
+    // that failure was recorded as its end, and it never ran again.
+    durable("stubborn", "stubborn_nap", json!({"ms": 600000}));
+    // Cancels itself: before the fix that cancel was not recorded, and it
+    // ran again at every start.
+    durable("quitter", "cancel_self", json!({"name": "quitter"}));
+    host.wait_for(1, |l| l["event"] == "started" && l["task"] == "stubborn");
+    host.wait_for(1, |l| l["event"] == "cancelled" && l["task"] == "quitter");
+    // The host's own key prefixes are not for submissions.
+    let refused = app.cli(&[
+        "add",
+        "kit",
+        "nap",
+        "--args",
+        r#"{"ms": 1}"#,
+        "--durable",
+        "--idempotency-key",
+        "schedule/beat/1",
+    ]);
+    assert_eq!(refused.code, Some(1), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("the host's own"),
+        "{}",
+        refused.stderr
+    );
+    host.signal("TERM");
+    let first = host.finish();
+    assert_eq!(
+        first.event_of("failed", "stubborn")[0]["error"],
+        "attempt 1 was interrupted",
+        "{}",
+        first.dump()
+    );
+
+    let mut host = app.spawn();
+    host.wait_for(1, |l| l["event"] == "started" && l["task"] == "stubborn");
+    let shown = app.cli(&["task", "stubborn", "--json"]);
+    let shown: Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!(shown[0]["attempt"], 2, "{shown}");
+    let quitter = app.cli(&["task", "quitter", "--json"]);
+    let quitter: Value = serde_json::from_str(&quitter.stdout).unwrap();
+    assert_eq!(quitter[0]["state"], "cancelled", "{quitter}");
+    host.signal("TERM");
+    let second = host.finish();
+    assert!(
+        second.event_of("started", "quitter").is_empty(),
+        "{}",
+        second.dump()
+    );
+}

@@ -138,6 +138,8 @@ pub(super) struct CancelRequest {
     /// A durable target's storage and record: the cancel is recorded
     /// before it is sent.
     durable: Option<(Arc<dyn Storage>, u64)>,
+    /// The caller cancels itself.
+    is_self: bool,
 }
 
 impl AppState {
@@ -149,22 +151,17 @@ impl AppState {
             .registry()
             .handle_by_name(name)
             .ok_or_else(|| GuestError::NotFound(name.to_string()))?;
-        if target.id == self.ident.id {
-            // Waiting for oneself to end would never return: cancelling
-            // oneself means "I am being cancelled" from here on, with the
-            // same grace period as any other cancel.
-            target.cancel();
-            return Err(GuestError::Cancelled);
-        }
         let durable = worker
             .registry()
             .get(target.id)
             .and_then(|info| info.ident.durable)
             .and_then(|seq| Some((self.app.storage()?.clone(), seq)));
+        let is_self = target.id == self.ident.id;
         Ok(CancelRequest {
             worker,
             target,
             caller: self.cancel.clone(),
+            is_self,
             durable,
         })
     }
@@ -180,6 +177,7 @@ pub(super) async fn cancel_task(request: CancelRequest) -> Result<types::TaskInf
         mut target,
         caller,
         durable,
+        is_self,
     } = request;
     if let Some((storage, seq)) = durable
         && !target.is_ended()
@@ -190,7 +188,10 @@ pub(super) async fn cancel_task(request: CancelRequest) -> Result<types::TaskInf
             .map_err(|e| GuestError::Failed(format!("cannot record the cancel: {e:#}")))?;
     }
     target.cancel();
-    if caller.is_cancelled() {
+    // Waiting for oneself to end would never return: cancelling oneself
+    // means "I am being cancelled" from here on, with the same grace period
+    // as any other cancel.
+    if is_self || caller.is_cancelled() {
         return Err(GuestError::Cancelled);
     }
     tokio::select! {

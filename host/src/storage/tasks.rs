@@ -98,11 +98,18 @@ pub trait TaskStore: Send + Sync + 'static {
     /// A cancel was asked for: from now on the task is not run again.
     fn cancel_requested(&self, seq: u64) -> TaskStoreFuture<'_, ()>;
 
-    /// The task ended with `outcome`. A cancel nobody asked for through
+    /// The task ended with `outcome`; `stopped` says it had been asked to
+    /// stop. A task stopped by a cancel nobody recorded through
     /// [`TaskStore::cancel_requested`] (the host stopping, a plugin's
-    /// startup tasks restarted) is not an end: the record stays unfinished
-    /// and the call returns `false`.
-    fn ended<'a>(&'a self, seq: u64, outcome: &'a Outcome) -> TaskStoreFuture<'a, bool>;
+    /// startup tasks restarted) has not ended unless it is done, whatever
+    /// it returned on the way out: the record stays unfinished and the call
+    /// returns `false`.
+    fn ended<'a>(
+        &'a self,
+        seq: u64,
+        outcome: &'a Outcome,
+        stopped: bool,
+    ) -> TaskStoreFuture<'a, bool>;
 
     /// Every task whose end is not recorded, oldest first: to run again,
     /// or, if its cancel was recorded, to record as cancelled.

@@ -40,6 +40,11 @@ impl WorkerCtx {
         let storage = self.storage()?;
         // Bounds first: a task over them is refused without a record.
         self.check(&spec.name, &spec.factory, &spec.args)?;
+        let env = self.env.clone();
+        let _one_at_a_time = match spec.idempotency_key {
+            Some(_) => Some(env.durable_submit.lock().await),
+            None => None,
+        };
         let new = NewTask {
             name: spec.name.clone(),
             worker: self.id,
@@ -192,7 +197,7 @@ impl WorkerCtx {
                     stage: CancelStage::Cooperative,
                 };
                 self.storage()?
-                    .ended(record.seq, &outcome)
+                    .ended(record.seq, &outcome, true)
                     .await
                     .map_err(storage_error)?;
                 outcome
@@ -245,10 +250,15 @@ pub(crate) async fn recover(workers: &[Arc<WorkerCtx>]) -> Result<Vec<TaskHandle
         }
     };
     let mut started = Vec::new();
+    let env = &first.env;
     for record in storage.unfinished().await? {
         let Some(worker) = place(record.worker) else {
             continue;
         };
+        // Already listed: a `main` task found it by its key and ran it.
+        if env.durable_task(record.seq).is_some() {
+            continue;
+        }
         let name = record.name.clone();
         let attempt = record.attempt + 1;
         match worker.list_record(record).await {
@@ -267,13 +277,25 @@ pub(crate) async fn recover(workers: &[Arc<WorkerCtx>]) -> Result<Vec<TaskHandle
             ),
         }
     }
-    let keep = first.env.app.limits.ended_tasks_per_worker * workers.len();
-    for record in storage.recently_ended(keep).await? {
+    let keep = env.app.limits.ended_tasks_per_worker * workers.len();
+    // Of two records with one name on one worker, the newer is listed;
+    // they are listed oldest first, as the registry drops the oldest.
+    let ended = storage.recently_ended(keep).await?;
+    let mut seen = std::collections::HashSet::new();
+    let newest: std::collections::HashSet<u64> = ended
+        .iter()
+        .rev()
+        .filter(|r| seen.insert((place(r.worker).map(|w| w.id), r.name.clone())))
+        .map(|r| r.seq)
+        .collect();
+    for record in ended.into_iter().filter(|r| newest.contains(&r.seq)) {
         let Some(worker) = place(record.worker) else {
             continue;
         };
+        if env.durable_task(record.seq).is_some() {
+            continue;
+        }
         match worker.restore(record).await {
-            // A later task took the name: the newer one is listed.
             Ok(_) | Err(AddTaskError::Register(RegisterError::DuplicateName(_))) => {}
             Err(error) => return Err(anyhow::anyhow!("{error}")),
         }

@@ -59,6 +59,9 @@ pub struct TaskEnv {
     /// and task id. An entry whose task was purged since is stale, which
     /// [`TaskEnv::durable_task`] checks.
     pub durable: Mutex<HashMap<u64, (WorkerId, TaskId)>>,
+    /// Held from the lookup of an idempotency key to the listing of its
+    /// task, so two submissions with one key cannot both start it.
+    pub durable_submit: tokio::sync::Mutex<()>,
     /// The host's schedules, once they started: what a guest's
     /// `add-schedule` and `remove-schedule` reach.
     pub schedules: OnceLock<Weak<dyn ScheduleControl>>,
@@ -119,10 +122,24 @@ impl TaskEnv {
     }
 
     fn list_durable(&self, seq: u64, worker: WorkerId, id: TaskId) {
-        self.durable
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(seq, (worker, id));
+        let mut durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
+        durable.insert(seq, (worker, id));
+        // Entries of purged tasks are dropped now and then, so the map
+        // holds about what the registries list.
+        if durable.len() >= 4096 && durable.len().is_power_of_two() {
+            let workers: Vec<Arc<WorkerCtx>> = self
+                .workers
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter_map(Weak::upgrade)
+                .collect();
+            durable.retain(|_, (worker, id)| {
+                workers
+                    .iter()
+                    .any(|w| w.id == *worker && w.registry.get(*id).is_some())
+            });
+        }
     }
 }
 
@@ -133,6 +150,11 @@ pub struct WorkerCtx {
     runtime: Handle,
     env: Arc<TaskEnv>,
 }
+
+/// Idempotency key prefixes the host gives its own durable tasks
+/// (app.toml's `app.toml/WORKER/NAME`, a schedule's `schedule/NAME/TICK`),
+/// which a submission may not take.
+const RESERVED_KEYS: [&str; 2] = ["app.toml/", "schedule/"];
 
 /// A durable task's run in this process: its record, the attempt it starts
 /// with, and the key its guest sees.
@@ -247,6 +269,14 @@ impl WorkerCtx {
             .env
             .plugin(plugin)
             .ok_or_else(|| AddTaskError::UnknownPlugin(plugin.to_string()))?;
+        if let Some(key) = &spec.idempotency_key
+            && let Some(reserved) = RESERVED_KEYS.iter().find(|p| key.starts_with(*p))
+        {
+            return Err(AddTaskError::Invalid(format!(
+                "idempotency keys starting with `{reserved}` are the host's own (startup tasks \
+                 and schedules): pick another"
+            )));
+        }
         if spec.durable {
             return self
                 .submit(plugin, spec, true)
@@ -338,6 +368,10 @@ impl WorkerCtx {
             .register(ident.clone(), self.env.app.limits.tasks_per_worker)?;
         if let Some(durable) = &durable {
             self.env.list_durable(durable.seq, self.id, ident.id);
+            // A re-run after a restart goes on counting.
+            if durable.first_attempt > 1 {
+                self.registry.set_attempt(ident.id, durable.first_attempt);
+            }
         }
         let task_handle = handle.clone();
         let worker = self.clone();
@@ -418,9 +452,12 @@ impl WorkerCtx {
                     }
                 };
                 // Recorded before the end is told to anyone: whoever saw
-                // it end will not see it run again after a crash.
+                // it end will not see it run again after a crash. A task
+                // stopped by a cancel nobody recorded (the host stopping)
+                // has not ended, whatever it returned on the way out.
+                let stopped = task_handle.is_cancelled();
                 if let (Some(storage), Some(durable)) = (&storage, &durable)
-                    && let Err(error) = storage.ended(durable.seq, &outcome).await
+                    && let Err(error) = storage.ended(durable.seq, &outcome, stopped).await
                 {
                     tracing::error!(
                         "task {}: cannot record its end in storage ({error:#}); the next \

@@ -247,6 +247,21 @@ plugin! {
         })
     }
 
+    /// Sleeps `ms`, and fails (rather than returning `cancelled`) when
+    /// stopped: a guest that unwraps its way out of a cancel.
+    fn stubborn_nap(app: &App, ms: u64) -> Result<Value> {
+        match app.sleep(ms) {
+            Ok(()) => Ok(json!({"ms": ms, "attempt": app.attempt()})),
+            Err(_) => Err(Error::msg(format!("attempt {} was interrupted", app.attempt()))),
+        }
+    }
+
+    /// Cancels itself (it is named `name`) and returns what that said.
+    fn cancel_self(app: &App, name: String) -> Result<Value> {
+        app.cancel_task(&name)?;
+        Ok(json!("still here"))
+    }
+
     fn nap(app: &App, ms: u64) -> Result<u64> {
         app.sleep(ms)?;
         app.info("woke");

@@ -120,19 +120,30 @@ impl SqliteStore {
         })
     }
 
-    fn ended_now(&self, seq: u64, outcome: &Outcome) -> Result<bool> {
+    fn ended_now(&self, seq: u64, outcome: &Outcome, stopped: bool) -> Result<bool> {
         let keep = self.keep_ended;
         self.tasks_op("cannot record how a durable task ended", |inner| {
             let (state, result, error, stage) = outcome_columns(outcome);
-            // A cancel is an end only if it was asked for (and recorded).
+            // A task that was stopped ended only if it is done or its
+            // cancel was recorded; a cancelled outcome always was stopped.
+            let stopped = stopped || state == "cancelled";
             let changed = inner
                 .conn
                 .prepare_cached(
                     "UPDATE durable_tasks
                      SET state = ?2, result = ?3, error = ?4, cancel_stage = ?5, ended_ms = ?6
-                     WHERE seq = ?1 AND state = 'live' AND (?2 <> 'cancelled' OR cancel_requested)",
+                     WHERE seq = ?1 AND state = 'live'
+                       AND (?2 = 'done' OR NOT ?7 OR cancel_requested)",
                 )?
-                .execute(params![seq as i64, state, result, error, stage, now_ms()])?;
+                .execute(params![
+                    seq as i64,
+                    state,
+                    result,
+                    error,
+                    stage,
+                    now_ms(),
+                    stopped
+                ])?;
             if changed == 0 {
                 return Ok(false);
             }
@@ -205,8 +216,13 @@ impl TaskStore for SqliteStore {
         ))
     }
 
-    fn ended<'a>(&'a self, seq: u64, outcome: &'a Outcome) -> TaskStoreFuture<'a, bool> {
-        Box::pin(std::future::ready(self.ended_now(seq, outcome)))
+    fn ended<'a>(
+        &'a self,
+        seq: u64,
+        outcome: &'a Outcome,
+        stopped: bool,
+    ) -> TaskStoreFuture<'a, bool> {
+        Box::pin(std::future::ready(self.ended_now(seq, outcome, stopped)))
     }
 
     fn unfinished(&self) -> TaskStoreFuture<'_, Vec<TaskRecord>> {
@@ -339,14 +355,19 @@ mod tests {
             assert_eq!(b.name, format!("durable-{}", b.seq));
             block(store.attempt_started(a.seq, 2));
             let done = Outcome::Done { result: "1".into() };
-            assert!(block(store.ended(b.seq, &done)));
+            assert!(block(store.ended(b.seq, &done, false)));
             // An end is recorded once.
-            assert!(!block(store.ended(b.seq, &done)));
+            assert!(!block(store.ended(b.seq, &done, false)));
             // A cancel nobody recorded leaves the task to run again.
             let cancelled = Outcome::Cancelled {
                 stage: CancelStage::Cooperative,
             };
-            assert!(!block(store.ended(c.seq, &cancelled)));
+            assert!(!block(store.ended(c.seq, &cancelled, true)));
+            // Nor a failure on the way out of such a stop; done is done.
+            let failed = Outcome::Failed {
+                error: "unwrapped `cancelled`".into(),
+            };
+            assert!(!block(store.ended(c.seq, &failed, true)));
             (a, b, c)
         };
         let store = store(dir.path(), 10);
@@ -371,7 +392,7 @@ mod tests {
         let cancelled = Outcome::Cancelled {
             stage: CancelStage::Forced,
         };
-        assert!(block(store.ended(c.seq, &cancelled)));
+        assert!(block(store.ended(c.seq, &cancelled, true)));
         assert_eq!(block(store.record(c.seq)).unwrap().outcome, Some(cancelled));
     }
 
@@ -407,7 +428,7 @@ mod tests {
             let done = Outcome::Done {
                 result: i.to_string(),
             };
-            assert!(block(store.ended(task.seq, &done)));
+            assert!(block(store.ended(task.seq, &done, false)));
         }
         let kept = block(store.recently_ended(100));
         assert!((8..=9).contains(&kept.len()), "{}", kept.len());
