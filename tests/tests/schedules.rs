@@ -431,3 +431,26 @@ fn guests_add_and_remove_schedules_which_outlive_a_restart() {
         run.dump()
     );
 }
+
+#[test]
+fn the_readme_schedule_checks_and_lists_its_fire_times() {
+    let readme = std::fs::read_to_string(taskhost_tests::repo().join("README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Time and durability")
+        .expect("README has the section")..];
+    let block = &section[section.find("```toml\n").unwrap() + 8..];
+    let block = &block[..block.find("```").unwrap()];
+    let app = TestApp::new(&format!(
+        "name = \"readme\"\n[plugins.examples]\npath = \"{{examples}}\"\n{block}"
+    ));
+    let check = app.run_taskhost(&["check", "--from", "2026-12-01T10:00:05Z"]);
+    assert_eq!(check.code, Some(0), "{}", check.dump());
+    assert!(
+        check.stdout.contains(
+            "schedule refresh (examples/slow_work, every 30s): next 2026-12-01T10:00:30.000Z, \
+             2026-12-01T10:01:00.000Z, 2026-12-01T10:01:30.000Z"
+        ),
+        "{}",
+        check.stdout
+    );
+}
