@@ -36,11 +36,17 @@ struct Target {
     source: PluginSource,
     /// A changed path under one of these concerns this plugin.
     roots: Vec<PathBuf>,
+    /// A Python plugin: its directory holds its build output and caches
+    /// too, so only `.py` files and `pyproject.toml` count.
+    python: bool,
 }
 
 impl Target {
     fn concerns(&self, path: &Path) -> bool {
         self.roots.iter().any(|root| path.starts_with(root))
+            && (!self.python
+                || path.extension().is_some_and(|e| e == "py")
+                || path.file_name().is_some_and(|n| n == "pyproject.toml"))
     }
 }
 
@@ -63,6 +69,7 @@ pub fn start(host: Arc<Host>, config: &AppConfig, build_options: BuildOptions) -
 
     let mut targets = Vec::new();
     for (name, plugin) in &config.plugins {
+        let python = matches!(&plugin.source, PluginSource::Build(dir) if build::python::is_python_plugin(dir));
         let roots = match &plugin.source {
             PluginSource::File(path) => {
                 let file = std::fs::canonicalize(path)
@@ -71,6 +78,12 @@ pub fn start(host: Arc<Host>, config: &AppConfig, build_options: BuildOptions) -
                 let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
                 watcher.watch(&dir, RecursiveMode::NonRecursive)?;
                 vec![file]
+            }
+            PluginSource::Build(dir) if python => {
+                let dir = std::fs::canonicalize(dir)
+                    .with_context(|| format!("cannot watch {}", dir.display()))?;
+                watcher.watch(&dir, RecursiveMode::Recursive)?;
+                vec![dir]
             }
             PluginSource::Build(dir) => {
                 let dir = std::fs::canonicalize(dir)
@@ -86,6 +99,7 @@ pub fn start(host: Arc<Host>, config: &AppConfig, build_options: BuildOptions) -
             name: name.clone(),
             source: plugin.source.clone(),
             roots,
+            python,
         });
     }
     tracing::info!(

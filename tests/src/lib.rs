@@ -78,8 +78,9 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    /// Writes `toml` as app.toml; `{compat010}`, `{examples}`, `{greeter}`, `{hostile}`, `{testkit}`, `{versioned}` are replaced by
-    /// the paths of those built plugins.
+    /// Writes `toml` as app.toml; `{compat010}`, `{examples}`, `{greeter}`,
+    /// `{hostile}`, `{testkit}`, `{versioned}` and `{py-examples}` are
+    /// replaced by the paths of those built plugins.
     pub fn new(toml: &str) -> TestApp {
         let app = TestApp {
             dir: tempfile::tempdir().expect("temp dir"),
@@ -99,6 +100,7 @@ impl TestApp {
             "hostile",
             "testkit",
             "versioned",
+            "py-examples",
         ] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {

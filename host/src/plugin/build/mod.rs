@@ -1,4 +1,5 @@
-//! `taskhost build`: a plugin crate -> a component file.
+//! `taskhost build`: a plugin crate -> a component file. (A Python plugin
+//! goes through [`python`] instead.)
 //!
 //! Two toolchains can do it, tried in this order:
 //! - **rustup** with the `wasm32-wasip2` target: rustc links a component
@@ -11,6 +12,8 @@
 //! All plugins share one cargo target directory, so dependencies, and the
 //! wasm std on the Debian path, are compiled once and reused by every plugin
 //! and every later build.
+
+pub mod python;
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::ffi::OsString;
@@ -73,12 +76,17 @@ pub const TOOLCHAIN_ENV: &str = "TASKHOST_TOOLCHAIN";
 /// Env var that sets the shared cargo target directory.
 pub const TARGET_DIR_ENV: &str = "TASKHOST_TARGET_DIR";
 
-/// Builds the plugin crate in `crate_dir` and returns the component's path.
+/// Builds the plugin in `crate_dir` (a Rust crate, or a Python project,
+/// see [`python`]) and returns the component's path.
 pub fn build(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
+    if python::is_python_plugin(crate_dir) {
+        return python::build(crate_dir, options);
+    }
     let manifest = crate_dir.join("Cargo.toml");
     if !manifest.is_file() {
         bail!(
-            "{} is not a plugin crate: it has no Cargo.toml",
+            "{} is not a plugin: it has no Cargo.toml (a Rust plugin) or pyproject.toml (a \
+             Python plugin)",
             crate_dir.display()
         );
     }

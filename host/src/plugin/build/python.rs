@@ -1,0 +1,276 @@
+//! `taskhost build` for a Python plugin: a directory whose `pyproject.toml`
+//! has a `[tool.taskhost]` table naming the module of its `@task`
+//! functions. componentize-py turns it, the taskhost SDK and the WIT into
+//! a component.
+//!
+//! Nothing is installed by hand: componentize-py goes into a virtual
+//! environment in taskhost's cache (`<cache>/python/componentize-py-V`),
+//! made with the machine's `python3` (or `$TASKHOST_PYTHON`) the first
+//! time. The WIT and the SDK are the ones this taskhost was built with,
+//! so a plugin always matches the host that builds it.
+
+use super::{BuildOptions, BuildOutput, write_atomically};
+use anyhow::{Context, Result, anyhow, bail};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The componentize-py taskhost installs and builds with.
+pub const COMPONENTIZE_PY: &str = "0.25.1";
+
+/// Env var naming the Python interpreter that makes the tool environment.
+pub const PYTHON_ENV: &str = "TASKHOST_PYTHON";
+
+/// The WIT files, as this taskhost links them.
+const WIT: &[(&str, &str)] = &[
+    ("plugin.wit", include_str!("../../../../wit/plugin.wit")),
+    (
+        "deps/keyvalue/atomic.wit",
+        include_str!("../../../../wit/deps/keyvalue/atomic.wit"),
+    ),
+    (
+        "deps/keyvalue/batch.wit",
+        include_str!("../../../../wit/deps/keyvalue/batch.wit"),
+    ),
+    (
+        "deps/keyvalue/store.wit",
+        include_str!("../../../../wit/deps/keyvalue/store.wit"),
+    ),
+    (
+        "deps/keyvalue/watch.wit",
+        include_str!("../../../../wit/deps/keyvalue/watch.wit"),
+    ),
+    (
+        "deps/keyvalue/world.wit",
+        include_str!("../../../../wit/deps/keyvalue/world.wit"),
+    ),
+];
+
+/// The Python SDK (`guest-sdk/python`), as this taskhost ships it.
+const SDK: &str = include_str!("../../../../guest-sdk/python/taskhost/__init__.py");
+
+/// Whether `dir` holds a Python plugin.
+pub fn is_python_plugin(dir: &Path) -> bool {
+    !dir.join("Cargo.toml").is_file() && dir.join("pyproject.toml").is_file()
+}
+
+/// What `[tool.taskhost]` and `[project]` say.
+struct Project {
+    /// The output's name: the project's, `-` turned into `_`.
+    name: String,
+    /// The module of the `@task` functions.
+    module: String,
+}
+
+fn read_project(dir: &Path) -> Result<Project> {
+    let path = dir.join("pyproject.toml");
+    let file = path.display();
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {file}"))?;
+    let doc: toml::Table = text
+        .parse()
+        .with_context(|| format!("{file} is not valid TOML"))?;
+    let tool = doc
+        .get("tool")
+        .and_then(|t| t.get("taskhost"))
+        .ok_or_else(|| {
+            anyhow!(
+                "{file} has no [tool.taskhost] table: add one with `module = \"app\"` (the \
+                 module of the plugin's @task functions)"
+            )
+        })?;
+    let module = tool
+        .get("module")
+        .and_then(|m| m.as_str())
+        .ok_or_else(|| anyhow!("{file}: [tool.taskhost] needs `module = \"...\"` (a string)"))?;
+    if module.is_empty()
+        || !module
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+    {
+        bail!("{file}: [tool.taskhost] module = {module:?} is not a Python module name");
+    }
+    let name = doc
+        .get("project")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .ok_or_else(|| anyhow!("{file}: [project] needs a `name`, which names the component"))?;
+    Ok(Project {
+        name: name.replace('-', "_"),
+        module: module.to_string(),
+    })
+}
+
+/// Builds the Python plugin in `dir`; returns the component's path.
+pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
+    let project = read_project(dir)?;
+    let module_file = dir.join(format!("{}.py", project.module.replace('.', "/")));
+    let package = dir
+        .join(project.module.replace('.', "/"))
+        .join("__init__.py");
+    if !module_file.is_file() && !package.is_file() {
+        bail!(
+            "{}: [tool.taskhost] module = {:?}, but there is no {}",
+            dir.join("pyproject.toml").display(),
+            project.module,
+            module_file.display()
+        );
+    }
+    let cache = crate::dirs::cache_home()?.join("python");
+    let tool = componentize_py(&cache, options.output)?;
+    if options.output == BuildOutput::Inherit {
+        eprintln!(
+            "taskhost: building {} with componentize-py {COMPONENTIZE_PY}",
+            dir.display()
+        );
+    }
+    let work = WorkDir::new(&cache)?;
+    let wit = work.path().join("wit");
+    for (name, text) in WIT {
+        let path = wit.join(name);
+        std::fs::create_dir_all(path.parent().unwrap_or(&wit))?;
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let sdk = work.path().join("sdk");
+    std::fs::create_dir_all(sdk.join("taskhost"))?;
+    std::fs::write(sdk.join("taskhost/__init__.py"), SDK)?;
+    let entry = work.path().join("entry");
+    std::fs::create_dir_all(&entry)?;
+    std::fs::write(
+        entry.join("taskhost_entry.py"),
+        format!(
+            "# Made by `taskhost build`: the plugin's module registers its tasks.\n\
+             import {}\nfrom taskhost import Factories\n",
+            project.module
+        ),
+    )?;
+    let component = work.path().join("plugin.wasm");
+    let mut command = Command::new(&tool);
+    command
+        .arg("-d")
+        .arg(&wit)
+        .args(["-w", "plugin", "componentize", "taskhost_entry"])
+        .arg("-p")
+        .arg(&entry)
+        .arg("-p")
+        .arg(&sdk)
+        .arg("-p")
+        .arg(dir)
+        .arg("-o")
+        .arg(&component);
+    run(command, options.output, "componentize-py")?;
+    let bytes = std::fs::read(&component).with_context(|| {
+        format!(
+            "componentize-py succeeded but wrote no {}",
+            component.display()
+        )
+    })?;
+    let out = match &options.out {
+        Some(out) => out.clone(),
+        None => dir.join(format!("{}.wasm", project.name)),
+    };
+    write_atomically(&out, &bytes)?;
+    Ok(out)
+}
+
+/// Runs `command`, its output shown (Inherit) or kept for the error.
+fn run(mut command: Command, output: BuildOutput, what: &str) -> Result<()> {
+    let status = match output {
+        BuildOutput::Inherit => command
+            .status()
+            .with_context(|| format!("cannot run {what}"))?,
+        BuildOutput::Capture => {
+            let out = command
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .output()
+                .with_context(|| format!("cannot run {what}"))?;
+            if !out.status.success() {
+                bail!(
+                    "{what} failed ({}):\n{}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            out.status
+        }
+    };
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// componentize-py's path, installing it into taskhost's cache the first
+/// time (under a lock, so parallel builds install it once).
+fn componentize_py(cache: &Path, output: BuildOutput) -> Result<PathBuf> {
+    let venv = cache.join(format!("componentize-py-{COMPONENTIZE_PY}"));
+    let tool = venv.join("bin/componentize-py");
+    let done = venv.join(".installed");
+    if done.is_file() {
+        return Ok(tool);
+    }
+    std::fs::create_dir_all(cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    let lock_path = cache.join(".install-lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    if done.is_file() {
+        return Ok(tool);
+    }
+    let python = std::env::var(PYTHON_ENV).unwrap_or_else(|_| "python3".into());
+    eprintln!(
+        "taskhost: installing componentize-py {COMPONENTIZE_PY} into {} (once)",
+        venv.display()
+    );
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)
+            .with_context(|| format!("cannot clear a half-made {}", venv.display()))?;
+    }
+    let mut make = Command::new(&python);
+    make.args(["-m", "venv"]).arg(&venv);
+    run(make, BuildOutput::Capture, &format!("{python} -m venv")).map_err(|e| {
+        anyhow!(
+            "building a Python plugin needs Python 3.10 or newer with its venv module \
+             (`{python}`; set {PYTHON_ENV} to use another, or install python3-venv): {e:#}"
+        )
+    })?;
+    let mut install = Command::new(venv.join("bin/pip"));
+    install
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("componentize-py=={COMPONENTIZE_PY}"));
+    run(install, output, "pip install componentize-py")?;
+    std::fs::write(&done, COMPONENTIZE_PY)
+        .with_context(|| format!("cannot write {}", done.display()))?;
+    Ok(tool)
+}
+
+/// A scratch directory for one build, removed when dropped.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new(cache: &Path) -> Result<WorkDir> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = cache.join(format!("build-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot make the build directory {}", dir.display()))?;
+        Ok(WorkDir(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

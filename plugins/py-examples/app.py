@@ -1,0 +1,120 @@
+"""The seed's background tasks (Sanic's examples) as a Python plugin, and
+probes the tests use."""
+
+from typing import Optional
+
+from taskhost import App, Cancelled, task
+
+
+@task
+def slow_work(app: App, ms: int = 100) -> None:
+    """Sleeps, then says so."""
+    app.sleep(ms)
+    app.info("slow work done")
+
+
+@task
+def even_slower(app: App, num: int = 10) -> int:
+    """Sleeps num x 10 ms, logging as it goes; returns num."""
+    for i in range(num):
+        app.sleep(10)
+        app.debug(f"step {i}")
+    app.info(f"even slower: {num} steps")
+    return num
+
+
+@task
+def notify_server_started_after_five_seconds(app: App, delay_ms: int = 5000) -> None:
+    """Waits, then says the server started (Sanic's example)."""
+    app.sleep(delay_ms)
+    app.info("Server successfully started!")
+
+
+@task
+def auto_inject(app: App, delay_ms: int = 0) -> dict:
+    """Reports what the injected app knows about itself."""
+    app.sleep(delay_ms)
+    info = {"app": app.name(), "worker": app.worker(), "greeting": app.config("greeting")}
+    app.info(f"app {info['app']} on worker {info['worker']}")
+    return info
+
+
+@task
+def sleeper(app: App, ms: int = 60000, marker: Optional[str] = None) -> str:
+    """Sleeps; when cancelled, cleans up in `finally` even under a broad
+    `except Exception:`, and records it in the bucket `cleanup`."""
+    try:
+        try:
+            app.sleep(ms)
+        except Exception:
+            app.error("a broad except caught the cancel: a bug in the SDK")
+            raise
+    finally:
+        if marker:
+            app.kv("cleanup").set(marker, "cleaned up")
+        app.info("cleanup ran")
+    return "slept"
+
+
+@task
+def spinner(app: App) -> None:
+    """Spins without a host call: only a forced cancel stops it."""
+    while True:
+        pass
+
+
+@task
+def typed(app: App, num: int, label: str, flag: Optional[bool] = None) -> dict:
+    """Echoes typed arguments."""
+    return {"num": num, "label": label, "flag": flag}
+
+
+@task
+def boom(app: App) -> None:
+    """Raises, uncaught: the task fails with the traceback."""
+    helper_that_fails()
+
+
+def helper_that_fails() -> None:
+    raise ValueError("the python guest blew up")
+
+
+@task
+def hog(app: App, mb: int = 200) -> str:
+    """Allocates `mb` MiB, reporting a MemoryError instead of dying."""
+    try:
+        block = bytearray(mb * 1024 * 1024)
+        return f"allocated {len(block)}"
+    except MemoryError:
+        return "MemoryError"
+
+
+@task
+def tour(app: App) -> dict:
+    """Walks the task registry, events and config from Python."""
+    app.add_task("sleeper", {"ms": 60000}, name="py-napper")
+    seen = app.get_task("py-napper")
+    try:
+        app.get_task("nobody")
+        missing = "found?"
+    except Exception as error:
+        missing = type(error).__name__
+    try:
+        app.add_task("typed", {"num": "x", "label": "l"})
+        bad = "accepted?"
+    except Exception as error:
+        bad = type(error).__name__
+    cancelled = app.cancel_task("py-napper")
+    woken = app.dispatch("py.nobody-listens", "x")
+    listed = [t.name for t in app.tasks()]
+    purged = app.purge_tasks()
+    return {
+        "seen": seen.state,
+        "missing": missing,
+        "bad_args": bad,
+        "cancelled": cancelled.state,
+        "woken": woken,
+        "listed": "py-napper" in listed,
+        "purged": purged >= 1,
+        "greeting": app.config("greeting"),
+    }
