@@ -81,7 +81,28 @@ fn building_a_directory_without_a_crate_says_so() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("is not a plugin crate: it has no Cargo.toml"),
+        stderr.contains("is not a plugin: it has no Cargo.toml (a Rust plugin) or pyproject.toml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_pyproject_without_a_taskhost_table_says_what_to_add() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pyproject.toml"),
+        "[project]\nname = \"p\"\n",
+    )
+    .unwrap();
+    let output = Command::new(taskhost_bin())
+        .arg("build")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("has no [tool.taskhost] table") && stderr.contains("module = \"app\""),
         "{stderr}"
     );
 }
