@@ -50,7 +50,7 @@ fn fixture() -> &'static Fixture {
             let app = Application::load(config, &settings, &BuildOptions::default())
                 .await
                 .expect("application");
-            Arc::new(app.launch().expect("host"))
+            Arc::new(app.launch().await.expect("host"))
         });
         let router = taskhost::control::router(host.clone(), TOKEN.into());
         Fixture {
