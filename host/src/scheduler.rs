@@ -489,10 +489,6 @@ impl Scheduler {
         self.lock().values().map(|s| s.info()).collect()
     }
 
-    pub fn info(&self, name: &str) -> Result<ScheduleInfo, ScheduleError> {
-        Ok(self.get(name)?.info())
-    }
-
     /// Pauses (`true`) or resumes a schedule; recorded, so it holds across
     /// restarts. Ticks while paused are neither run nor missed.
     pub async fn set_paused(

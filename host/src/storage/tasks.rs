@@ -10,7 +10,7 @@
 //! `app.idempotency-key()`.
 
 use crate::config::RetrySpec;
-use crate::task::{CancelStage, Outcome, TaskState, WorkerId};
+use crate::task::{CancelStage, Outcome, WorkerId};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -69,10 +69,6 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
-    pub fn state(&self) -> Option<TaskState> {
-        self.outcome.as_ref().map(Outcome::state)
-    }
-
     /// The key the guest sees: the one it was submitted with, or one made
     /// from the record's number, stable across restarts.
     pub fn effective_key(&self) -> String {
@@ -117,9 +113,6 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// The `limit` most recently ended tasks, oldest first.
     fn recently_ended(&self, limit: usize) -> TaskStoreFuture<'_, Vec<TaskRecord>>;
-
-    /// The record of `seq`, if it is kept.
-    fn record(&self, seq: u64) -> TaskStoreFuture<'_, Option<TaskRecord>>;
 
     /// Drops every ended record; returns how many.
     fn purge_ended(&self) -> TaskStoreFuture<'_, u64>;
