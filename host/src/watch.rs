@@ -36,17 +36,44 @@ struct Target {
     source: PluginSource,
     /// A changed path under one of these concerns this plugin.
     roots: Vec<PathBuf>,
-    /// A Python plugin: its directory holds its build output and caches
-    /// too, so only `.py` files and `pyproject.toml` count.
-    python: bool,
+    /// A Python or JavaScript plugin: its directory holds its build output
+    /// and caches too, so only its sources count.
+    script: Option<Script>,
+}
+
+/// A plugin built from a whole directory of scripts.
+#[derive(Clone, Copy)]
+enum Script {
+    Python,
+    JavaScript,
+}
+
+impl Script {
+    fn of(dir: &Path) -> Option<Script> {
+        if build::python::is_python_plugin(dir) {
+            Some(Script::Python)
+        } else if build::js::is_js_plugin(dir) {
+            Some(Script::JavaScript)
+        } else {
+            None
+        }
+    }
+
+    fn is_source(self, path: &Path) -> bool {
+        match self {
+            Script::Python => {
+                path.extension().is_some_and(|e| e == "py")
+                    || path.file_name().is_some_and(|n| n == "pyproject.toml")
+            }
+            Script::JavaScript => build::js::is_source(path),
+        }
+    }
 }
 
 impl Target {
     fn concerns(&self, path: &Path) -> bool {
         self.roots.iter().any(|root| path.starts_with(root))
-            && (!self.python
-                || path.extension().is_some_and(|e| e == "py")
-                || path.file_name().is_some_and(|n| n == "pyproject.toml"))
+            && self.script.is_none_or(|script| script.is_source(path))
     }
 }
 
@@ -69,7 +96,10 @@ pub fn start(host: Arc<Host>, config: &AppConfig, build_options: BuildOptions) -
 
     let mut targets = Vec::new();
     for (name, plugin) in &config.plugins {
-        let python = matches!(&plugin.source, PluginSource::Build(dir) if build::python::is_python_plugin(dir));
+        let script = match &plugin.source {
+            PluginSource::Build(dir) => Script::of(dir),
+            PluginSource::File(_) => None,
+        };
         let roots = match &plugin.source {
             PluginSource::File(path) => {
                 let file = std::fs::canonicalize(path)
@@ -79,7 +109,7 @@ pub fn start(host: Arc<Host>, config: &AppConfig, build_options: BuildOptions) -
                 watcher.watch(&dir, RecursiveMode::NonRecursive)?;
                 vec![file]
             }
-            PluginSource::Build(dir) if python => {
+            PluginSource::Build(dir) if script.is_some() => {
                 let dir = std::fs::canonicalize(dir)
                     .with_context(|| format!("cannot watch {}", dir.display()))?;
                 watcher.watch(&dir, RecursiveMode::Recursive)?;
@@ -99,7 +129,7 @@ pub fn start(host: Arc<Host>, config: &AppConfig, build_options: BuildOptions) -
             name: name.clone(),
             source: plugin.source.clone(),
             roots,
-            python,
+            script,
         });
     }
     tracing::info!(

@@ -79,8 +79,8 @@ pub struct TestApp {
 
 impl TestApp {
     /// Writes `toml` as app.toml; `{compat010}`, `{examples}`, `{greeter}`,
-    /// `{hostile}`, `{testkit}`, `{versioned}` and `{py-examples}` are
-    /// replaced by the paths of those built plugins.
+    /// `{hostile}`, `{testkit}`, `{versioned}`, `{py-examples}` and
+    /// `{js-examples}` are replaced by the paths of those built plugins.
     pub fn new(toml: &str) -> TestApp {
         let app = TestApp {
             dir: tempfile::tempdir().expect("temp dir"),
@@ -101,6 +101,7 @@ impl TestApp {
             "testkit",
             "versioned",
             "py-examples",
+            "js-examples",
         ] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {

@@ -81,8 +81,66 @@ fn building_a_directory_without_a_crate_says_so() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("is not a plugin: it has no Cargo.toml (a Rust plugin) or pyproject.toml"),
+        stderr.contains(
+            "is not a plugin: it has no Cargo.toml (a Rust plugin), pyproject.toml (a Python \
+             plugin) or package.json (a JavaScript plugin)"
+        ),
         "{stderr}"
+    );
+}
+
+#[test]
+fn a_package_json_without_a_taskhost_entry_says_what_to_add() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("package.json"), r#"{"name": "p"}"#).unwrap();
+    let output = Command::new(taskhost_bin())
+        .arg("build")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("package.json has no \"taskhost\" entry")
+            && stderr.contains(r#""taskhost": { "main": "app.js" }"#),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_js_plugin_without_node_names_the_command_and_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("package.json"),
+        r#"{"name": "p", "taskhost": {"main": "app.js"}}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("app.js"), "export {};\n").unwrap();
+    let output = Command::new(taskhost_bin())
+        .arg("build")
+        .arg(dir.path())
+        .env("XDG_CACHE_HOME", cache.path())
+        .env("TASKHOST_NODE", "/nonexistent/node")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "cannot run `/nonexistent/node` (set TASKHOST_NODE to use another, or install Node.js"
+        ),
+        "{stderr}"
+    );
+    // Nothing half-installed is taken for an install next time.
+    let tools = cache.path().join("taskhost/js");
+    assert!(
+        !std::fs::read_dir(&tools)
+            .unwrap()
+            .flatten()
+            .any(|e| e.path().join(".installed").exists()),
+        "{}",
+        tools.display()
     );
 }
 

@@ -1,5 +1,5 @@
 //! `taskhost build`: a plugin crate -> a component file. (A Python plugin
-//! goes through [`python`] instead.)
+//! goes through [`python`], a JavaScript one through [`js`] instead.)
 //!
 //! Two toolchains can do it, tried in this order:
 //! - **rustup** with the `wasm32-wasip2` target: rustc links a component
@@ -13,7 +13,9 @@
 //! wasm std on the Debian path, are compiled once and reused by every plugin
 //! and every later build.
 
+pub mod js;
 pub mod python;
+mod tools;
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::ffi::OsString;
@@ -76,17 +78,21 @@ pub const TOOLCHAIN_ENV: &str = "TASKHOST_TOOLCHAIN";
 /// Env var that sets the shared cargo target directory.
 pub const TARGET_DIR_ENV: &str = "TASKHOST_TARGET_DIR";
 
-/// Builds the plugin in `crate_dir` (a Rust crate, or a Python project,
-/// see [`python`]) and returns the component's path.
+/// Builds the plugin in `crate_dir` (a Rust crate, a Python project, see
+/// [`python`], or a JavaScript package, see [`js`]) and returns the
+/// component's path.
 pub fn build(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
     if python::is_python_plugin(crate_dir) {
         return python::build(crate_dir, options);
     }
+    if js::is_js_plugin(crate_dir) {
+        return js::build(crate_dir, options);
+    }
     let manifest = crate_dir.join("Cargo.toml");
     if !manifest.is_file() {
         bail!(
-            "{} is not a plugin: it has no Cargo.toml (a Rust plugin) or pyproject.toml (a \
-             Python plugin)",
+            "{} is not a plugin: it has no Cargo.toml (a Rust plugin), pyproject.toml (a \
+             Python plugin) or package.json (a JavaScript plugin)",
             crate_dir.display()
         );
     }

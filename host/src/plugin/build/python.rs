@@ -9,41 +9,17 @@
 //! time. The WIT and the SDK are the ones this taskhost was built with,
 //! so a plugin always matches the host that builds it.
 
+use super::tools::{WorkDir, install_once, missing_tool, run, write_wit};
 use super::{BuildOptions, BuildOutput, write_atomically};
 use anyhow::{Context, Result, anyhow, bail};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// The componentize-py taskhost installs and builds with.
 pub const COMPONENTIZE_PY: &str = "0.25.1";
 
 /// Env var naming the Python interpreter that makes the tool environment.
 pub const PYTHON_ENV: &str = "TASKHOST_PYTHON";
-
-/// The WIT files, as this taskhost links them.
-const WIT: &[(&str, &str)] = &[
-    ("plugin.wit", include_str!("../../../../wit/plugin.wit")),
-    (
-        "deps/keyvalue/atomic.wit",
-        include_str!("../../../../wit/deps/keyvalue/atomic.wit"),
-    ),
-    (
-        "deps/keyvalue/batch.wit",
-        include_str!("../../../../wit/deps/keyvalue/batch.wit"),
-    ),
-    (
-        "deps/keyvalue/store.wit",
-        include_str!("../../../../wit/deps/keyvalue/store.wit"),
-    ),
-    (
-        "deps/keyvalue/watch.wit",
-        include_str!("../../../../wit/deps/keyvalue/watch.wit"),
-    ),
-    (
-        "deps/keyvalue/world.wit",
-        include_str!("../../../../wit/deps/keyvalue/world.wit"),
-    ),
-];
 
 /// The Python SDK (`guest-sdk/python`), as this taskhost ships it.
 const SDK: &str = include_str!("../../../../guest-sdk/python/taskhost/__init__.py");
@@ -124,11 +100,7 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
     }
     let work = WorkDir::new(&cache)?;
     let wit = work.path().join("wit");
-    for (name, text) in WIT {
-        let path = wit.join(name);
-        std::fs::create_dir_all(path.parent().unwrap_or(&wit))?;
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
+    write_wit(&wit)?;
     let sdk = work.path().join("sdk");
     std::fs::create_dir_all(sdk.join("taskhost"))?;
     std::fs::write(sdk.join("taskhost/__init__.py"), SDK)?;
@@ -171,106 +143,31 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Runs `command`, its output shown (Inherit) or kept for the error.
-fn run(mut command: Command, output: BuildOutput, what: &str) -> Result<()> {
-    let status = match output {
-        BuildOutput::Inherit => command
-            .status()
-            .with_context(|| format!("cannot run {what}"))?,
-        BuildOutput::Capture => {
-            let out = command
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .output()
-                .with_context(|| format!("cannot run {what}"))?;
-            if !out.status.success() {
-                bail!(
-                    "{what} failed ({}):\n{}{}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            out.status
-        }
-    };
-    if !status.success() {
-        bail!("{what} failed ({status})");
-    }
-    Ok(())
-}
-
 /// componentize-py's path, installing it into taskhost's cache the first
-/// time (under a lock, so parallel builds install it once).
+/// time.
 fn componentize_py(cache: &Path, output: BuildOutput) -> Result<PathBuf> {
     let venv = cache.join(format!("componentize-py-{COMPONENTIZE_PY}"));
-    let tool = venv.join("bin/componentize-py");
-    let done = venv.join(".installed");
-    if done.is_file() {
-        return Ok(tool);
-    }
-    std::fs::create_dir_all(cache).with_context(|| format!("cannot create {}", cache.display()))?;
-    let lock_path = cache.join(".install-lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open {}", lock_path.display()))?;
-    lock.lock()
-        .with_context(|| format!("cannot lock {}", lock_path.display()))?;
-    if done.is_file() {
-        return Ok(tool);
-    }
-    let python = std::env::var(PYTHON_ENV).unwrap_or_else(|_| "python3".into());
-    eprintln!(
-        "taskhost: installing componentize-py {COMPONENTIZE_PY} into {} (once)",
-        venv.display()
-    );
-    if venv.exists() {
-        std::fs::remove_dir_all(&venv)
-            .with_context(|| format!("cannot clear a half-made {}", venv.display()))?;
-    }
-    let mut make = Command::new(&python);
-    make.args(["-m", "venv"]).arg(&venv);
-    run(make, BuildOutput::Capture, &format!("{python} -m venv")).map_err(|e| {
-        anyhow!(
-            "building a Python plugin needs Python 3.10 or newer with its venv module \
-             (`{python}`; set {PYTHON_ENV} to use another, or install python3-venv): {e:#}"
-        )
-    })?;
-    let mut install = Command::new(venv.join("bin/pip"));
-    install
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .arg(format!("componentize-py=={COMPONENTIZE_PY}"));
-    run(install, output, "pip install componentize-py")?;
-    std::fs::write(&done, COMPONENTIZE_PY)
-        .with_context(|| format!("cannot write {}", done.display()))?;
-    Ok(tool)
-}
-
-/// A scratch directory for one build, removed when dropped.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn new(cache: &Path) -> Result<WorkDir> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = cache.join(format!("build-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot make the build directory {}", dir.display()))?;
-        Ok(WorkDir(dir))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    install_once(
+        &venv,
+        &format!("componentize-py {COMPONENTIZE_PY}"),
+        |venv| {
+            let python = std::env::var(PYTHON_ENV).unwrap_or_else(|_| "python3".into());
+            let mut make = Command::new(&python);
+            make.args(["-m", "venv"]).arg(venv);
+            run(make, BuildOutput::Capture, &format!("{python} -m venv")).map_err(|e| {
+                missing_tool(
+                    &python,
+                    PYTHON_ENV,
+                    "Python 3.10 or newer with its venv module (python3-venv)",
+                    e,
+                )
+            })?;
+            let mut install = Command::new(venv.join("bin/pip"));
+            install
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .arg(format!("componentize-py=={COMPONENTIZE_PY}"));
+            run(install, output, "pip install componentize-py")
+        },
+    )?;
+    Ok(venv.join("bin/componentize-py"))
 }

@@ -1,0 +1,104 @@
+// Types for taskhost's JavaScript guest SDK (see index.js).
+
+export type ArgType = 'integer' | 'number' | 'string' | 'boolean' | 'object' | 'array' | 'any';
+export type ArgSpec = ArgType | `${ArgType}?` | { type?: ArgType; default?: unknown; optional?: boolean };
+
+export interface TaskOptions {
+  /** One line saying what a task of this factory does. */
+  description?: string;
+  /** Each argument's type: with it, bad arguments are refused before the task runs. */
+  args?: Record<string, ArgSpec>;
+  /** The factory's name, if not its export's. */
+  name?: string;
+}
+
+export type TaskState = 'pending' | 'running' | 'done' | 'failed' | 'cancelled';
+
+export interface TaskInfo {
+  id: number | bigint;
+  name: string | null;
+  plugin: string;
+  pluginVersion: string;
+  factory: string;
+  worker: number | null;
+  state: TaskState;
+  createdAtMs: number;
+  startedAtMs: number | null;
+  endedAtMs: number | null;
+  /** A done task's result, as JSON text. */
+  result: string | null;
+  error: string | null;
+  cancelStage: 'cooperative' | 'forced' | null;
+  ended: boolean;
+}
+
+export interface Retry {
+  attempts: number;
+  initialMs?: number;
+  maxMs?: number;
+  exponential?: boolean;
+  jitter?: boolean;
+}
+
+export interface AddTaskOptions {
+  name?: string;
+  plugin?: string;
+  retry?: Retry;
+  durable?: boolean;
+  idempotencyKey?: string;
+}
+
+export class Cancelled extends Error {}
+export class TaskhostError extends Error {
+  kind: string;
+}
+export class UnknownFactory extends TaskhostError {}
+export class InvalidArgs extends TaskhostError {}
+export class Failed extends TaskhostError {}
+export class NotFound extends TaskhostError {}
+export class DuplicateName extends TaskhostError {}
+export class UnknownPlugin extends TaskhostError {}
+export class LimitExceeded extends TaskhostError {}
+export class Permanent extends Error {}
+
+export class Bucket {
+  get<T = unknown>(key: string, fallback?: T): T;
+  set(key: string, value: unknown): void;
+  delete(key: string): void;
+  exists(key: string): boolean;
+  keys(): string[];
+  increment(key: string, delta?: number): number;
+}
+
+export class App {
+  name(): string;
+  worker(): number | null;
+  id(): number | bigint;
+  attempt(): number;
+  idempotencyKey(): string | null;
+  stopRetrying(): void;
+  config<T = unknown>(key: string, fallback?: T): T;
+  log(level: 'trace' | 'debug' | 'info' | 'warn' | 'error', message: string): void;
+  debug(message: string): void;
+  info(message: string): void;
+  warn(message: string): void;
+  error(message: string): void;
+  sleep(ms: number | bigint): void;
+  addTask(factory: string, args?: unknown, options?: AddTaskOptions): number | bigint;
+  getTask(name: string): TaskInfo;
+  cancelTask(name: string): TaskInfo;
+  tasks(): TaskInfo[];
+  purgeTasks(): number;
+  dispatch(event: string, payload?: string): number;
+  waitEvent(event: string, options?: { timeoutMs?: number }): string | null;
+  addSchedule(spec: Record<string, unknown>): void;
+  removeSchedule(name: string): boolean;
+  kv(bucket: string): Bucket;
+}
+
+export function task<A = any, R = unknown>(
+  fn: (app: App, args: A) => R | Promise<R>,
+  options?: TaskOptions,
+): (app: App, args: A) => R | Promise<R>;
+
+export function factoriesFrom(module: Record<string, unknown>): unknown;

@@ -1,0 +1,528 @@
+// taskhost's guest SDK for JavaScript (and TypeScript): task factories as
+// exported functions.
+//
+//     import { task } from 'taskhost';
+//
+//     export const slow_work = task((app, { ms }) => {
+//       app.sleep(ms);
+//       app.info('slow work done');
+//     }, { description: 'Sleeps, then says so.', args: { ms: { type: 'integer', default: 100 } } });
+//
+// `taskhost build` bundles a directory whose package.json has a
+// `"taskhost": { "main": "app.js" }` entry with this SDK and turns it into
+// a component (componentize-js). Every export made with `task()` is a
+// factory named after its export. Every task runs in its own instance;
+// `app` speaks for that task alone.
+//
+// A cancelled task sees a `Cancelled` error. JavaScript has no exception a
+// `catch` cannot see, so the SDK also remembers the cancel: a task that
+// swallows it still ends `cancelled`, and every later waiting call throws
+// `Cancelled` again. Other host errors are `TaskhostError` subclasses; any
+// other uncaught error fails the task with its stack as the error.
+
+import * as host from 'taskhost:plugin/app@0.2.0';
+import * as store from 'wasi:keyvalue/store@0.2.0-draft2';
+import * as atomics from 'wasi:keyvalue/atomics@0.2.0-draft2';
+
+/** The task is being cancelled: let it propagate (clean up in `finally`). */
+export class Cancelled extends Error {
+  constructor() {
+    super('cancelled');
+    this.name = 'Cancelled';
+  }
+}
+
+/** An error the host returned; `kind` names it as the WIT does. */
+export class TaskhostError extends Error {
+  constructor(message = '', kind = 'failed') {
+    super(message);
+    this.name = 'TaskhostError';
+    this.kind = kind;
+  }
+}
+
+function errorClass(name, kind) {
+  const cls = class extends TaskhostError {
+    constructor(message = '') {
+      super(message, kind);
+      this.name = name;
+    }
+  };
+  Object.defineProperty(cls, 'name', { value: name });
+  return cls;
+}
+
+export const UnknownFactory = errorClass('UnknownFactory', 'unknown-factory');
+export const InvalidArgs = errorClass('InvalidArgs', 'invalid-args');
+export const Failed = errorClass('Failed', 'failed');
+export const NotFound = errorClass('NotFound', 'not-found');
+export const DuplicateName = errorClass('DuplicateName', 'duplicate-name');
+export const UnknownPlugin = errorClass('UnknownPlugin', 'unknown-plugin');
+export const LimitExceeded = errorClass('LimitExceeded', 'limit');
+
+const BY_KIND = {
+  'unknown-factory': UnknownFactory,
+  'invalid-args': InvalidArgs,
+  failed: Failed,
+  'not-found': NotFound,
+  'duplicate-name': DuplicateName,
+  'unknown-plugin': UnknownPlugin,
+  limit: LimitExceeded,
+};
+
+/** Throw it to fail the task for good: its retry policy does not try again. */
+export class Permanent extends Error {
+  constructor(message = '') {
+    super(message);
+    this.name = 'Permanent';
+  }
+}
+
+/** Set once a host call said `cancelled`: the task ends cancelled whatever
+ * it does next. */
+let cancelSeen = false;
+
+/** Calls a host function, turning its WIT error into the SDK's. */
+function call(fn, ...args) {
+  try {
+    return fn(...args);
+  } catch (error) {
+    const payload = error && error.payload;
+    if (!payload || typeof payload.tag !== 'string') throw error;
+    if (payload.tag === 'cancelled') {
+      cancelSeen = true;
+      throw new Cancelled();
+    }
+    const cls = BY_KIND[payload.tag] || Failed;
+    throw new cls(payload.val === undefined ? payload.tag : String(payload.val));
+  }
+}
+
+/** A u64 from the host as a Number when it fits exactly, else a BigInt. */
+function fromU64(value) {
+  if (value === undefined || value === null) return null;
+  const big = BigInt(value);
+  return big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
+}
+
+/** A count of milliseconds (Number or BigInt) as the host's u64. */
+function toU64(value, what) {
+  if (typeof value === 'bigint') {
+    if (value < 0n) throw new RangeError(`${what} must not be negative`);
+    return value;
+  }
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
+    throw new RangeError(`${what} must be a non-negative number, got ${value}`);
+  }
+  return BigInt(Math.ceil(value));
+}
+
+/** A snapshot of one task of the caller's worker. */
+function taskInfo(info) {
+  const state = info.state;
+  return {
+    id: fromU64(info.id),
+    name: info.name ?? null,
+    plugin: info.plugin,
+    pluginVersion: info.pluginVersion,
+    factory: info.factory,
+    worker: info.worker ?? null,
+    state,
+    createdAtMs: fromU64(info.createdAtMs),
+    startedAtMs: fromU64(info.startedAtMs),
+    endedAtMs: fromU64(info.endedAtMs),
+    result: info.result ?? null,
+    error: info.error ?? null,
+    cancelStage: info.cancelStage ?? null,
+    ended: state === 'done' || state === 'failed' || state === 'cancelled',
+  };
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Calls a wasi:keyvalue function, mapping its errors: `limit: ...` to
+ * `LimitExceeded`, a cancel to `Cancelled`, the rest to `Failed`. */
+function kvCall(fn, ...args) {
+  try {
+    return fn(...args);
+  } catch (error) {
+    const payload = error && error.payload;
+    if (!payload) throw error;
+    const message = payload.val !== undefined ? String(payload.val) : payload.tag;
+    if (message.startsWith('limit: ')) throw new LimitExceeded(message.slice('limit: '.length));
+    if (message.includes('cancelled')) {
+      cancelSeen = true;
+      throw new Cancelled();
+    }
+    throw new Failed(message);
+  }
+}
+
+/** A key-value bucket (`app.kv(name)`): the plugin's own, or a shared one
+ * app.toml grants. Values are JSON. */
+export class Bucket {
+  constructor(bucket) {
+    this._bucket = bucket;
+  }
+
+  get(key, fallback = null) {
+    const raw = kvCall(() => this._bucket.get(key));
+    return raw === undefined ? fallback : JSON.parse(decoder.decode(raw));
+  }
+
+  set(key, value) {
+    kvCall(() => this._bucket.set(key, encoder.encode(JSON.stringify(value))));
+  }
+
+  delete(key) {
+    kvCall(() => this._bucket.delete(key));
+  }
+
+  exists(key) {
+    return kvCall(() => this._bucket.exists(key));
+  }
+
+  keys() {
+    const keys = [];
+    let cursor;
+    do {
+      const page = kvCall(() => this._bucket.listKeys(cursor));
+      keys.push(...page.keys);
+      cursor = page.cursor;
+    } while (cursor !== undefined);
+    return keys;
+  }
+
+  /** Adds `delta` atomically; returns the new value. */
+  increment(key, delta = 1) {
+    return Number(kvCall(atomics.increment, this._bucket, key, BigInt(delta)));
+  }
+}
+
+const LEVELS = ['trace', 'debug', 'info', 'warn', 'error'];
+
+/** The handle to the app a task belongs to (Sanic's `app`). */
+export class App {
+  /** The app's name (`name` in app.toml). */
+  name() {
+    return host.name();
+  }
+
+  /** This task's worker index; null for a `scope = "main"` task. */
+  worker() {
+    return host.worker() ?? null;
+  }
+
+  /** This task's id: unique in the host. */
+  id() {
+    return fromU64(host.taskId());
+  }
+
+  /** 1, or more when a retry or a re-run after a crash runs it again. */
+  attempt() {
+    return host.attempt();
+  }
+
+  /** A durable task's key, for effects that must not happen twice. */
+  idempotencyKey() {
+    return host.idempotencyKey() ?? null;
+  }
+
+  /** Makes this attempt's failure final. */
+  stopRetrying() {
+    host.stopRetrying();
+  }
+
+  /** The value of `key` in app.toml's `[config]`, decoded. */
+  config(key, fallback = null) {
+    const raw = host.config(key);
+    return raw === undefined ? fallback : JSON.parse(raw);
+  }
+
+  log(level, message) {
+    if (!LEVELS.includes(level)) throw new RangeError(`log level ${level} is not one of ${LEVELS.join(', ')}`);
+    host.log(level, String(message));
+  }
+
+  debug(message) {
+    this.log('debug', message);
+  }
+
+  info(message) {
+    this.log('info', message);
+  }
+
+  warn(message) {
+    this.log('warn', message);
+  }
+
+  error(message) {
+    this.log('error', message);
+  }
+
+  /** Sleeps `ms` milliseconds; throws `Cancelled` when cancelled. */
+  sleep(ms) {
+    call(host.sleep, toU64(ms, 'sleep(ms)'));
+  }
+
+  /** Starts a task on this worker; returns its id once its factory
+   * accepted `args`. Options: `name`, `plugin`, `retry` ({attempts,
+   * initialMs, maxMs, exponential, jitter}), `durable`, `idempotencyKey`. */
+  addTask(factory, args = null, options = {}) {
+    const { name, plugin, retry, durable = false, idempotencyKey } = options;
+    const text = JSON.stringify(args ?? null);
+    if (retry === undefined && !durable && idempotencyKey === undefined) {
+      return fromU64(call(host.addTask, plugin, factory, text, name));
+    }
+    const taskOptions = {
+      name,
+      retry:
+        retry === undefined
+          ? undefined
+          : {
+              attempts: retry.attempts,
+              initialMs: toU64(retry.initialMs ?? 200, 'retry.initialMs'),
+              maxMs: toU64(retry.maxMs ?? 60000, 'retry.maxMs'),
+              exponential: retry.exponential ?? true,
+              jitter: retry.jitter ?? true,
+            },
+      durable,
+      idempotencyKey,
+    };
+    return fromU64(call(host.startTask, plugin, factory, text, taskOptions));
+  }
+
+  getTask(name) {
+    return taskInfo(call(host.getTask, name));
+  }
+
+  /** Cancels the task `name` and returns its final info once ended. */
+  cancelTask(name) {
+    return taskInfo(call(host.cancelTask, name));
+  }
+
+  tasks() {
+    return host.tasks().map(taskInfo);
+  }
+
+  purgeTasks() {
+    return host.purgeTasks();
+  }
+
+  /** Wakes every task waiting for `event`; returns how many woke. */
+  dispatch(event, payload = '') {
+    return call(host.dispatch, event, String(payload));
+  }
+
+  /** The next payload of `event`, or null when `timeoutMs` passes first. */
+  waitEvent(event, { timeoutMs } = {}) {
+    const timeout = timeoutMs === undefined ? undefined : toU64(timeoutMs, 'timeoutMs');
+    return call(host.waitEvent, event, timeout) ?? null;
+  }
+
+  /** Adds a schedule with app.toml's `[[schedules]]` fields. */
+  addSchedule(spec) {
+    call(host.addSchedule, JSON.stringify(spec));
+  }
+
+  removeSchedule(name) {
+    return call(host.removeSchedule, name);
+  }
+
+  /** Opens a key-value bucket. */
+  kv(bucket) {
+    return new Bucket(kvCall(store.open, bucket));
+  }
+}
+
+const TASK = Symbol('taskhost.task');
+const TYPES = ['integer', 'number', 'string', 'boolean', 'object', 'array', 'any'];
+
+/** An argument's declared type as `{type, optional, default}`. */
+function argSpec(factory, name, spec) {
+  let parsed;
+  if (typeof spec === 'string') {
+    const optional = spec.endsWith('?');
+    parsed = { type: optional ? spec.slice(0, -1) : spec, optional };
+  } else if (spec && typeof spec === 'object') {
+    parsed = { type: spec.type ?? 'any', optional: !!spec.optional || 'default' in spec, default: spec.default };
+  } else {
+    throw new TypeError(`task ${factory}: argument ${name} must be declared as a type name or {type, default}`);
+  }
+  if (!TYPES.includes(parsed.type)) {
+    throw new TypeError(`task ${factory}: argument ${name} has type ${parsed.type}, not one of ${TYPES.join(', ')}`);
+  }
+  return parsed;
+}
+
+function fits(value, type) {
+  switch (type) {
+    case 'integer':
+      return Number.isInteger(value);
+    case 'number':
+      return typeof value === 'number';
+    case 'string':
+      return typeof value === 'string';
+    case 'boolean':
+      return typeof value === 'boolean';
+    case 'object':
+      return value !== null && typeof value === 'object' && !Array.isArray(value);
+    case 'array':
+      return Array.isArray(value);
+    default:
+      return true;
+  }
+}
+
+const A = { integer: 'an integer', number: 'a number', string: 'a string', boolean: 'true or false', object: 'an object', array: 'an array' };
+
+/**
+ * Makes `fn(app, args)` a task factory. Export the result: the export's
+ * name is the factory's. Options:
+ * - `description`: one line saying what a task does;
+ * - `args`: each argument's type (`'integer'`, `'number'`, `'string'`,
+ *   `'boolean'`, `'object'`, `'array'`, `'any'`; a trailing `?` makes it
+ *   optional) or `{type, default}`. With `args`, unknown, missing and
+ *   mistyped arguments are refused before the task runs (`invalid-args`);
+ *   without it, `fn` gets the JSON args as they are.
+ * - `name`: the factory's name, if not the export's.
+ * `fn` may be async: the task ends when its promise settles.
+ */
+export function task(fn, options = {}) {
+  if (typeof fn !== 'function') throw new TypeError('task() takes the task function first');
+  fn[TASK] = { description: options.description ?? '', args: options.args, name: options.name };
+  return fn;
+}
+
+class Factory {
+  constructor(name, fn) {
+    const declared = fn[TASK] ?? {};
+    this.name = declared.name ?? name;
+    this.fn = fn;
+    this.description = declared.description ?? '';
+    this.args =
+      declared.args === undefined
+        ? undefined
+        : Object.entries(declared.args).map(([arg, spec]) => [arg, argSpec(this.name, arg, spec)]);
+  }
+
+  /** The argument object for `text` (JSON), or `InvalidArgs`. */
+  decode(text) {
+    let args;
+    try {
+      args = text ? JSON.parse(text) : null;
+    } catch (error) {
+      throw new InvalidArgs(`factory ${this.name}: arguments are not JSON: ${error.message}`);
+    }
+    if (this.args === undefined) return args ?? {};
+    if (args === null) args = {};
+    if (typeof args !== 'object' || Array.isArray(args)) {
+      throw new InvalidArgs(`factory ${this.name}: arguments must be a JSON object, got ${JSON.stringify(args)}`);
+    }
+    const known = this.args.map(([name]) => name);
+    const unknown = Object.keys(args).filter((k) => !known.includes(k)).sort();
+    if (unknown.length) {
+      throw new InvalidArgs(
+        `factory ${this.name}: unknown argument \`${unknown[0]}\` (it takes: ${[...known].sort().join(', ') || 'none'})`,
+      );
+    }
+    const decoded = {};
+    for (const [name, spec] of this.args) {
+      const value = args[name];
+      if (value === undefined || (value === null && spec.optional)) {
+        if (!spec.optional) throw new InvalidArgs(`factory ${this.name}: missing argument \`${name}\``);
+        decoded[name] = spec.default === undefined ? null : spec.default;
+      } else if (!fits(value, spec.type)) {
+        throw new InvalidArgs(
+          `factory ${this.name}: argument \`${name}\` must be ${A[spec.type]}, got ${JSON.stringify(value)}`,
+        );
+      } else {
+        decoded[name] = value;
+      }
+    }
+    return decoded;
+  }
+}
+
+/** The WIT error a thrown value becomes. */
+function toWit(error) {
+  if (error instanceof Cancelled || cancelSeen) return { tag: 'cancelled' };
+  if (error instanceof TaskhostError) return { tag: error.kind, val: error.message };
+  if (error instanceof Permanent) {
+    host.stopRetrying();
+    return { tag: 'failed', val: error.message || 'Permanent' };
+  }
+  if (error instanceof Error) {
+    const stack = error.stack ? `\n${error.stack.trimEnd()}` : '';
+    return { tag: 'failed', val: `${error.name}: ${error.message}${stack}` };
+  }
+  return { tag: 'failed', val: `uncaught ${typeof error}: ${String(error)}` };
+}
+
+function resultText(result) {
+  if (cancelSeen) throw { tag: 'cancelled' };
+  const text = JSON.stringify(result === undefined ? null : result);
+  if (text === undefined) throw { tag: 'failed', val: `the result is not JSON: ${String(result)}` };
+  return text;
+}
+
+/**
+ * The plugin's `factories` export for a module's exports: every export
+ * made with `task()` (and every function of a default-exported object) is
+ * a factory. `taskhost build` calls it; plugins do not need to.
+ */
+export function factoriesFrom(module) {
+  const found = new Map();
+  const add = (name, fn) => {
+    const factory = new Factory(name, fn);
+    found.set(factory.name, factory);
+  };
+  for (const [name, value] of Object.entries(module)) {
+    if (name !== 'default' && typeof value === 'function' && value[TASK]) add(name, value);
+  }
+  const fallback = module.default;
+  if (fallback && typeof fallback === 'object') {
+    for (const [name, value] of Object.entries(fallback)) {
+      if (typeof value === 'function') add(name, value);
+    }
+  }
+  const lookup = (name) => {
+    const factory = found.get(name);
+    if (!factory) {
+      throw { tag: 'unknown-factory', val: `${name} (this plugin has: ${[...found.keys()].sort().join(', ') || 'none'})` };
+    }
+    return factory;
+  };
+  const decode = (factory, args) => {
+    try {
+      return factory.decode(args);
+    } catch (error) {
+      throw toWit(error);
+    }
+  };
+  return {
+    listFactories() {
+      return [...found.values()].map((f) => ({ name: f.name, description: f.description }));
+    },
+    check(name, args) {
+      decode(lookup(name), args);
+    },
+    run(name, args) {
+      const factory = lookup(name);
+      const decoded = decode(factory, args);
+      let result;
+      try {
+        result = factory.fn(new App(), decoded);
+      } catch (error) {
+        throw toWit(error);
+      }
+      if (result && typeof result.then === 'function') {
+        return result.then(resultText, (error) => {
+          throw toWit(error);
+        });
+      }
+      return resultText(result);
+    },
+  };
+}

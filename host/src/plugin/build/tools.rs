@@ -1,0 +1,148 @@
+//! What the Python and JavaScript builds share: the WIT they build
+//! against, a scratch directory per build, running a tool with its output
+//! shown or kept, and installing a tool into taskhost's cache once.
+
+use super::BuildOutput;
+use anyhow::{Context, Result, anyhow, bail};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The WIT files, as this taskhost links them: a guest is always built
+/// against the host that builds it.
+const WIT: &[(&str, &str)] = &[
+    ("plugin.wit", include_str!("../../../../wit/plugin.wit")),
+    (
+        "deps/keyvalue/atomic.wit",
+        include_str!("../../../../wit/deps/keyvalue/atomic.wit"),
+    ),
+    (
+        "deps/keyvalue/batch.wit",
+        include_str!("../../../../wit/deps/keyvalue/batch.wit"),
+    ),
+    (
+        "deps/keyvalue/store.wit",
+        include_str!("../../../../wit/deps/keyvalue/store.wit"),
+    ),
+    (
+        "deps/keyvalue/watch.wit",
+        include_str!("../../../../wit/deps/keyvalue/watch.wit"),
+    ),
+    (
+        "deps/keyvalue/world.wit",
+        include_str!("../../../../wit/deps/keyvalue/world.wit"),
+    ),
+];
+
+/// Writes the WIT package into `dir` (`plugin.wit` and `deps/`).
+pub(super) fn write_wit(dir: &Path) -> Result<()> {
+    for (name, text) in WIT {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap_or(dir))?;
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs `command`, its output shown (Inherit) or kept for the error.
+pub(super) fn run(mut command: Command, output: BuildOutput, what: &str) -> Result<()> {
+    let status = match output {
+        BuildOutput::Inherit => command
+            .status()
+            .with_context(|| format!("cannot run {what}"))?,
+        BuildOutput::Capture => {
+            let out = command
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .output()
+                .with_context(|| format!("cannot run {what}"))?;
+            if !out.status.success() {
+                bail!(
+                    "{what} failed ({}):\n{}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            out.status
+        }
+    };
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Makes `dir` hold an installed tool, running `install` into it unless a
+/// finished install (its `.installed` marker) is there already. Parallel
+/// builds take a lock in `dir`'s parent so only one installs; a half-made
+/// `dir` (an install that died) is cleared first.
+pub(super) fn install_once(
+    dir: &Path,
+    what: &str,
+    install: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    let done = dir.join(".installed");
+    if done.is_file() {
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let lock_path = parent.join(".install-lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    if done.is_file() {
+        return Ok(());
+    }
+    eprintln!("taskhost: installing {what} into {} (once)", dir.display());
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("cannot clear a half-made {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    install(dir)?;
+    std::fs::write(&done, what).with_context(|| format!("cannot write {}", done.display()))
+}
+
+/// Explains a missing interpreter: which command, the env var that picks
+/// another, and what to install.
+pub(super) fn missing_tool(
+    command: &str,
+    env: &str,
+    install: &str,
+    error: anyhow::Error,
+) -> anyhow::Error {
+    anyhow!("cannot run `{command}` (set {env} to use another, or install {install}): {error:#}")
+}
+
+/// A scratch directory for one build, removed when dropped.
+pub(super) struct WorkDir(PathBuf);
+
+impl WorkDir {
+    pub(super) fn new(cache: &Path) -> Result<WorkDir> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = cache.join(format!("build-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot make the build directory {}", dir.display()))?;
+        Ok(WorkDir(dir))
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

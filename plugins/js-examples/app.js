@@ -1,0 +1,180 @@
+// The seed's background tasks (Sanic's examples) as a JavaScript plugin,
+// and probes the tests use. `taskhost build plugins/js-examples` makes
+// js_examples.wasm; every `task()` export is a factory named after it.
+import { task, Cancelled } from 'taskhost';
+
+export const slow_work = task(
+  (app, { ms }) => {
+    app.sleep(ms);
+    app.info('slow work done');
+  },
+  { description: 'Sleeps, then says so.', args: { ms: { type: 'integer', default: 100 } } },
+);
+
+export const even_slower = task(
+  (app, { num }) => {
+    for (let i = 0; i < num; i++) {
+      app.sleep(10);
+      app.debug(`step ${i}`);
+    }
+    app.info(`even slower: ${num} steps`);
+    return num;
+  },
+  { description: 'Sleeps num x 10 ms, logging as it goes; returns num.', args: { num: { type: 'integer', default: 10 } } },
+);
+
+export const notify_server_started_after_five_seconds = task(
+  (app, { delay_ms }) => {
+    app.sleep(delay_ms);
+    app.info('Server successfully started!');
+  },
+  { description: "Waits, then says the server started (Sanic's example).", args: { delay_ms: { type: 'integer', default: 5000 } } },
+);
+
+export const auto_inject = task(
+  async (app, { delay_ms }) => {
+    app.sleep(delay_ms);
+    const info = { app: app.name(), worker: app.worker(), greeting: app.config('greeting') };
+    app.info(`app ${info.app} on worker ${info.worker}`);
+    return info;
+  },
+  { description: 'Reports what the injected app knows about itself (an async task).', args: { delay_ms: { type: 'integer', default: 0 } } },
+);
+
+export const sleeper = task(
+  (app, { ms, marker }) => {
+    try {
+      try {
+        app.sleep(ms);
+      } catch (error) {
+        if (!(error instanceof Cancelled)) throw error;
+        // A careless catch that swallows the cancel: the task still ends
+        // cancelled, because the SDK remembers it.
+        app.info(`caught ${error.name}`);
+      }
+    } finally {
+      if (marker) app.kv('cleanup').set(marker, 'cleaned up');
+      app.info('cleanup ran');
+    }
+    return 'slept';
+  },
+  {
+    description: 'Sleeps; when cancelled, cleans up in `finally` and records it in the bucket `cleanup`.',
+    args: { ms: { type: 'integer', default: 60000 }, marker: 'string?' },
+  },
+);
+
+export const spinner = task(
+  () => {
+    for (;;) {}
+  },
+  { description: 'Spins without a host call: only a forced cancel stops it.' },
+);
+
+export const typed = task((app, { num, label, flag }) => ({ num, label, flag }), {
+  description: 'Echoes typed arguments.',
+  args: { num: 'integer', label: 'string', flag: 'boolean?' },
+});
+
+function helperThatFails() {
+  throw new TypeError('the js guest blew up');
+}
+
+export const boom = task(
+  () => {
+    helperThatFails();
+  },
+  { description: 'Throws, uncaught: the task fails with the stack.' },
+);
+
+export const hog = task(
+  (app, { mb }) => {
+    try {
+      const block = new Uint8Array(mb * 1024 * 1024);
+      block.fill(1);
+      return `allocated ${block.length}`;
+    } catch (error) {
+      return `caught ${error instanceof Error ? error.name : typeof error}: ${String(error)}`;
+    }
+  },
+  { description: 'Allocates `mb` MiB, reporting the error instead of dying.', args: { mb: { type: 'integer', default: 200 } } },
+);
+
+export const fetch_text = task(
+  async (app, { url }) => {
+    const response = await fetch(url);
+    const body = await response.text();
+    app.info(`fetched ${url}: ${response.status}`);
+    return { status: response.status, body };
+  },
+  { description: 'GETs `url` with fetch() (app.toml must allow it); returns {status, body}.', args: { url: 'string' } },
+);
+
+export const feed = task(
+  (app, { events, event }) => {
+    // The seed's websocket handler: a receiver named after this task,
+    // `events` messages handled, then the receiver cancelled and purged
+    // however the loop ended.
+    const receiver = `receiver:${app.id()}`;
+    app.addTask('receiver', {}, { name: receiver });
+    try {
+      for (let i = 0; i < events; i++) app.waitEvent(event);
+      return events;
+    } finally {
+      try {
+        app.cancelTask(receiver);
+      } finally {
+        app.purgeTasks();
+      }
+    }
+  },
+  {
+    description: "The seed's websocket handler: starts receiver:<id>, handles `events` events, then cancels it.",
+    args: { events: { type: 'integer', default: 3 }, event: { type: 'string', default: 'feed' } },
+  },
+);
+
+export const receiver = task(
+  (app, { event }) => {
+    for (;;) {
+      const payload = app.waitEvent(event);
+      if (payload !== null) app.info(`received ${payload}`);
+    }
+  },
+  { description: 'Logs every payload of `event`: the receiving half of `feed`.', args: { event: { type: 'string', default: 'message' } } },
+);
+
+export const tour = task(
+  (app) => {
+    app.addTask('sleeper', { ms: 60000 }, { name: 'js-napper' });
+    const seen = app.getTask('js-napper');
+    let missing = 'found?';
+    try {
+      app.getTask('nobody');
+    } catch (error) {
+      missing = error.name;
+    }
+    let bad = 'accepted?';
+    try {
+      app.addTask('typed', { num: 'x', label: 'l' });
+    } catch (error) {
+      bad = error.name;
+    }
+    const cancelled = app.cancelTask('js-napper');
+    const woken = app.dispatch('js.nobody-listens', 'x');
+    const listed = app.tasks().map((t) => t.name);
+    const purged = app.purgeTasks();
+    return {
+      seen: seen.state,
+      missing,
+      bad_args: bad,
+      cancelled: cancelled.state,
+      woken,
+      listed: listed.includes('js-napper'),
+      purged: purged >= 1,
+      greeting: app.config('greeting'),
+      id_type: typeof app.id(),
+    };
+  },
+  { description: 'Walks the task registry, events and config from JavaScript.' },
+);
