@@ -57,6 +57,32 @@ def sleeper(app: App, ms: int = 60000, marker: Optional[str] = None) -> str:
 
 
 @task
+def feed(app: App, events: int = 3, event: str = "feed") -> int:
+    """The seed's websocket handler: starts receiver:<id>, handles `events`
+    events, then cancels its receiver and purges, however it ended."""
+    receiver_name = f"receiver:{app.id()}"
+    app.add_task("receiver", {}, name=receiver_name)
+    try:
+        for _ in range(events):
+            app.wait_event(event)
+        return events
+    finally:
+        try:
+            app.cancel_task(receiver_name)
+        finally:
+            app.purge_tasks()
+
+
+@task
+def receiver(app: App, event: str = "message") -> None:
+    """Logs every payload of `event`: the receiving half of `feed`."""
+    while True:
+        payload = app.wait_event(event)
+        if payload is not None:
+            app.info(f"received {payload}")
+
+
+@task
 def spinner(app: App) -> None:
     """Spins without a host call: only a forced cancel stops it."""
     while True:

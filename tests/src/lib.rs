@@ -79,8 +79,9 @@ pub struct TestApp {
 
 impl TestApp {
     /// Writes `toml` as app.toml; `{compat010}`, `{examples}`, `{greeter}`,
-    /// `{hostile}`, `{testkit}`, `{versioned}`, `{py-examples}` and
-    /// `{js-examples}` are replaced by the paths of those built plugins.
+    /// `{hostile}`, `{testkit}`, `{versioned}`, `{py-examples}`,
+    /// `{js-examples}`, `{py-greeter}` and `{js-greeter}` are replaced by
+    /// the paths of those built plugins.
     pub fn new(toml: &str) -> TestApp {
         let app = TestApp {
             dir: tempfile::tempdir().expect("temp dir"),
@@ -102,6 +103,8 @@ impl TestApp {
             "versioned",
             "py-examples",
             "js-examples",
+            "py-greeter",
+            "js-greeter",
         ] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {

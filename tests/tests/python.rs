@@ -3,7 +3,7 @@
 //! SDK, run through the real binary.
 
 use serde_json::{Value, json};
-use taskhost_tests::TestApp;
+use taskhost_tests::{Run, TestApp};
 
 fn app(tasks: &str) -> TestApp {
     TestApp::new(&format!(
@@ -103,17 +103,33 @@ fn a_python_cancel_runs_finally_past_a_broad_except_and_a_loop_is_forced() {
     let app = app(&[
         task("sleeper", "sleeper", r#"{ marker = "m1" }"#),
         task("spinner", "spinner", "{}"),
+        task("feed", "feed", r#"{ events = 100, event = "py.feed" }"#),
     ]
     .concat());
     let mut host = app.spawn();
-    host.wait_for(2, |l| l["event"] == "started" && l["task"] == "spinner");
-    host.wait_for(2, |l| l["event"] == "started" && l["task"] == "sleeper");
+    for name in ["spinner", "sleeper", "feed"] {
+        host.wait_for(2, |l| l["event"] == "started" && l["task"] == name);
+    }
     let cancelled = app.cli(&["cancel", "sleeper", "--worker", "0", "--json"]);
     assert_eq!(cancelled.code, Some(0), "{}", cancelled.stderr);
     let ended: Value = serde_json::from_str(cancelled.stdout.trim()).unwrap();
     assert_eq!(ended[0]["cancel_stage"], "cooperative", "{ended}");
     let cleaned = app.cli(&["kv", "get", "py/cleanup", "m1"]);
     assert!(cleaned.stdout.contains("cleaned up"), "{}", cleaned.dump());
+    // The seed's feed: a message reaches both receivers; cancelling a
+    // feed cancels its receiver in its `finally`.
+    let sent = app.cli(&["dispatch", "message", "hi there", "--wait-for", "4"]);
+    assert_eq!(sent.code, Some(0), "{}", sent.dump());
+    host.wait_for(2, |l| l["message"] == "received hi there");
+    let feed = app.cli(&["cancel", "feed", "--worker", "1", "--json"]);
+    assert_eq!(feed.code, Some(0), "{}", feed.dump());
+    host.wait_for(1, |l| {
+        l["event"] == "cancelled"
+            && l["worker"] == 1
+            && l["task"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("receiver:"))
+    });
     let forced = app.cli(&["cancel", "spinner", "--worker", "0", "--json"]);
     let forced: Value = serde_json::from_str(forced.stdout.trim()).unwrap();
     assert_eq!(forced[0]["cancel_stage"], "forced", "{forced}");
@@ -125,4 +141,90 @@ fn a_python_cancel_runs_finally_past_a_broad_except_and_a_loop_is_forced() {
         "{}",
         run.dump()
     );
+}
+
+/// A Python plugin whose `linger` waits for `finish` and says which build
+/// it ran on, and whose `report` says which build runs it.
+fn write_python_plugin(dir: &std::path::Path, tag: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("pyproject.toml"),
+        "[project]\nname = \"live\"\nversion = \"0.1.0\"\n\n[tool.taskhost]\nmodule = \"app\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("app.py"),
+        format!(
+            "from taskhost import App, task\n\n\n\
+             @task\ndef linger(app: App) -> None:\n    \
+             app.info(\"lingering on {tag}\")\n    \
+             app.wait_event(\"finish\")\n    \
+             app.info(\"finished on {tag}\")\n\n\n\
+             @task\ndef report(app: App) -> None:\n    \
+             app.info(\"running {tag}\")\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn json_of(run: &Run) -> Value {
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    serde_json::from_str(run.stdout.trim()).unwrap()
+}
+
+#[test]
+fn editing_a_python_plugin_hot_loads_it_while_old_tasks_drain_on_the_old_build() {
+    let app = TestApp::new(
+        r#"
+        name = "pywatch"
+        [plugins.live]
+        build = "live"
+        [[tasks]]
+        plugin = "live"
+        factory = "linger"
+        name = "linger"
+        "#,
+    );
+    let dir = app.dir.path().join("live");
+    write_python_plugin(&dir, "v1");
+    let mut host = app.spawn_with(&["--watch"]);
+    host.wait_for(1, |l| l["message"] == "lingering on v1");
+    let before = json_of(&app.cli(&["plugins", "--json"]));
+    let v1 = before[0]["version"].as_str().unwrap().to_string();
+
+    write_python_plugin(&dir, "v2");
+    host.wait_for(1, |l| {
+        l["event"] == "plugin_loaded" && l["plugin"] == "live"
+    });
+    let after = json_of(&app.cli(&["plugins", "--json"]));
+    let builds: Vec<(String, u64)> = after
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["state"].as_str().unwrap().to_string(),
+                b["live_tasks"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        builds,
+        [("serving".to_string(), 0), ("draining".to_string(), 1)],
+        "{after}"
+    );
+    assert_eq!(after[1]["version"], v1.as_str(), "{after}");
+
+    // New tasks run the new build; the old task ends on the old one, and
+    // the old build goes.
+    assert_eq!(app.cli(&["add", "live", "report"]).code, Some(0));
+    host.wait_for(1, |l| l["message"] == "running v2");
+    let finished = app.cli(&["dispatch", "finish", "", "--wait-for", "1"]);
+    assert_eq!(finished.code, Some(0), "{}", finished.dump());
+    host.wait_for(1, |l| l["message"] == "finished on v1");
+    host.wait_for(1, |l| {
+        l["event"] == "plugin_dropped" && l["version"] == v1.as_str()
+    });
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
 }

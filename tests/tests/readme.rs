@@ -51,6 +51,147 @@ fn the_readme_plugin_example_runs() {
     );
 }
 
+/// The fenced block of `lang` that follows `heading`'s `name` line.
+fn readme_block(heading: &str, name: &str, lang: &str) -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = &readme[readme
+        .find(heading)
+        .unwrap_or_else(|| panic!("README has {heading}"))..];
+    let fence = format!("`{name}`:\n\n```{lang}\n");
+    let code = &section[section
+        .find(&fence)
+        .unwrap_or_else(|| panic!("{heading} shows {name}"))
+        + fence.len()..];
+    code[..code.find("```").unwrap()].to_string()
+}
+
+#[test]
+fn the_readme_python_and_javascript_examples_are_the_greeter_plugins() {
+    for (heading, name, lang, file) in [
+        (
+            "### In Python",
+            "pyproject.toml",
+            "toml",
+            "plugins/py-greeter/pyproject.toml",
+        ),
+        (
+            "### In Python",
+            "app.py",
+            "python",
+            "plugins/py-greeter/app.py",
+        ),
+        (
+            "### In JavaScript",
+            "package.json",
+            "json",
+            "plugins/js-greeter/package.json",
+        ),
+        (
+            "### In JavaScript",
+            "app.js",
+            "js",
+            "plugins/js-greeter/app.js",
+        ),
+    ] {
+        let plugin = std::fs::read_to_string(repo().join(file)).unwrap();
+        assert_eq!(
+            readme_block(heading, name, lang),
+            plugin,
+            "README's {name} under {heading} and {file} differ"
+        );
+    }
+}
+
+#[test]
+fn the_readme_python_and_javascript_examples_run() {
+    for (plugin, worker) in [("py-greeter", "worker 0"), ("js-greeter", "worker 0")] {
+        let app = TestApp::new(&format!(
+            r#"
+            name = "readme"
+            [plugins.greeter]
+            path = "{{{plugin}}}"
+            [config]
+            greeting = "ahoy"
+            [[tasks]]
+            plugin = "greeter"
+            factory = "add"
+            name = "sum"
+            args = {{ a = 2, b = 3 }}
+            [[tasks]]
+            plugin = "greeter"
+            factory = "notify_started"
+            args = {{ delay_ms = 1 }}
+            "#
+        ));
+        let run = app.run_until_idle();
+        assert_eq!(run.code, Some(0), "{plugin}: {}", run.dump());
+        assert_eq!(
+            run.event_of("done", "sum")[0]["result"],
+            json!("5"),
+            "{plugin}"
+        );
+        assert_eq!(
+            run.messages(&format!("ahoy from readme on {worker}")).len(),
+            1,
+            "{plugin}: {}",
+            run.dump()
+        );
+        // Mistyped arguments are refused before anything runs.
+        app.rewrite(
+            &std::fs::read_to_string(app.path())
+                .unwrap()
+                .replace("a = 2", "a = \"two\""),
+        );
+        let check = app.check();
+        assert_eq!(check.code, Some(2), "{plugin}: {}", check.dump());
+        assert!(
+            check
+                .stderr
+                .contains("factory add: argument `a` must be an integer"),
+            "{plugin}: {}",
+            check.stderr
+        );
+    }
+}
+
+/// `examples/polyglot.toml` runs Rust, Python and JavaScript tasks side
+/// by side, building each plugin from source as it says.
+#[test]
+fn the_polyglot_example_runs_three_languages_side_by_side() {
+    let scratch = tempfile::tempdir().unwrap();
+    let run = taskhost_tests::Run::from(
+        std::process::Command::new("timeout")
+            .arg("600")
+            .arg(taskhost_tests::taskhost_bin())
+            .args(["run", "--until-idle", "--log-format", "json"])
+            .arg(repo().join("examples/polyglot.toml"))
+            .env("TASKHOST_CONTROL_FILE", scratch.path().join("control.json"))
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_eq!(
+        run.messages("Server successfully started!").len(),
+        6,
+        "{}",
+        run.dump()
+    );
+    for name in ["notify_rs", "notify_py", "notify_js"] {
+        assert_eq!(
+            run.event_of("done", name).len(),
+            2,
+            "{name}: {}",
+            run.dump()
+        );
+    }
+    assert_eq!(
+        run.results_of("main_setup"),
+        vec![json!({"app": "polyglot", "worker": null, "greeting": "hello"})]
+    );
+    assert_eq!(run.results_of("slower_py"), vec![json!(5), json!(5)]);
+    assert_eq!(run.event_of("done", "inject_js").len(), 2, "{}", run.dump());
+}
+
 /// The control API's page, "A task is `{...}`", lists exactly the fields
 /// of the one type the API, the CLI and the guests' `task-info` share.
 #[test]

@@ -309,11 +309,16 @@ impl AppConfig {
                     " (build the plugin first with `taskhost build`, or use `build = \"<crate dir>\"`)"
                 );
             }
+            // Which of these says how to build it is `taskhost build`'s
+            // business; here it only must be a plugin at all.
             if let PluginSource::Build(dir) = &source
-                && !dir.join("Cargo.toml").is_file()
+                && !["Cargo.toml", "pyproject.toml", "package.json"]
+                    .iter()
+                    .any(|manifest| dir.join(manifest).is_file())
             {
                 bail!(
-                    "{file}: [plugins.{name}] build directory {} has no Cargo.toml",
+                    "{file}: [plugins.{name}] build directory {} has no Cargo.toml (a Rust \
+                     plugin), pyproject.toml (Python) or package.json (JavaScript)",
                     dir.display()
                 );
             }
