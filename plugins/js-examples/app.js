@@ -64,6 +64,15 @@ export const sleeper = task(
   },
 );
 
+export const noop = task(() => {}, { description: 'Does nothing: what a task costs by itself (the speed bench).' });
+
+export const idle = task(
+  (app) => {
+    app.sleep(2n ** 63n);
+  },
+  { description: 'Sleeps until cancelled: an idle task (the speed bench).' },
+);
+
 export const spinner = task(
   () => {
     for (;;) {}
@@ -178,3 +187,11 @@ export const tour = task(
   },
   { description: 'Walks the task registry, events and config from JavaScript.' },
 );
+
+// Plain functions of a default-exported object are factories too (their
+// args unchecked).
+export default {
+  plain_echo(app, args) {
+    return args;
+  },
+};

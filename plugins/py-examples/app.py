@@ -83,6 +83,17 @@ def receiver(app: App, event: str = "message") -> None:
 
 
 @task
+def noop(app: App) -> None:
+    """Does nothing: what a task costs by itself (the speed bench)."""
+
+
+@task
+def idle(app: App) -> None:
+    """Sleeps until cancelled: an idle task (the speed bench)."""
+    app.sleep(2**63)
+
+
+@task
 def spinner(app: App) -> None:
     """Spins without a host call: only a forced cancel stops it."""
     while True:

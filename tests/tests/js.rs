@@ -56,6 +56,7 @@ fn js_tasks_run_per_worker_with_typed_args_app_calls_fetch_and_stacks() {
             task("slow_work", "slow", "{ ms = 10 }"),
             task("auto_inject", "inject", "{}"),
             task("typed", "typed", r#"{ num = 7, label = "seven" }"#),
+            task("plain_echo", "echo", "{ anything = [1, 2] }"),
             task("tour", "tour", "{}"),
             task("boom", "boom", "{}"),
             task("hog", "hog", "{ mb = 200 }"),
@@ -90,6 +91,7 @@ fn js_tasks_run_per_worker_with_typed_args_app_calls_fetch_and_stacks() {
         run.results_of("typed")[0],
         json!({"num": 7, "label": "seven", "flag": null})
     );
+    assert_eq!(run.results_of("echo")[0], json!({"anything": [1, 2]}));
     // u64 ids arrive as plain numbers, errors as the SDK's classes.
     assert_eq!(
         run.results_of("tour")[0],

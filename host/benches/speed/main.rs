@@ -7,6 +7,7 @@
 //! same component on the same engine (`raw.rs`). It prints a Markdown table
 //! the README carries. `SPEED_SCALE=0.1` runs a tenth of the iterations.
 
+mod guests;
 mod raw;
 
 use raw::RawPlugin;
@@ -644,6 +645,13 @@ fn loopback_server() -> std::net::SocketAddr {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    if let Ok(plugin) = std::env::var("GUESTS_MEMORY") {
+        guests::memory_run(&plugin).await;
+    }
+    if std::env::args().any(|arg| arg == "guests") {
+        guests::run().await;
+        return;
+    }
     let components = build_components();
     let component = components.bench.clone();
     if let Ok(kind) = std::env::var("SPEED_MEMORY") {

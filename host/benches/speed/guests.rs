@@ -1,0 +1,208 @@
+//! Rust, Python and JavaScript guests side by side, in one run:
+//!
+//!     cargo bench -p taskhost --bench speed -- guests
+//!
+//! The same trivial task (`noop`) and idle task (`idle`) from
+//! `plugins/bench` (Rust), `plugins/py-examples` (componentize-py) and
+//! `plugins/js-examples` (componentize-js), on one host with two workers:
+//! spawn latency, trivial tasks per second, and resident memory per idle
+//! task (in a fresh process each). Ratios are to Rust.
+
+use super::{
+    Percentiles, percentiles, plugin_named, ratio, resident_bytes, scaled, spawn, spawn_latency_of,
+    throughput_of, until_running, us, worker,
+};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use taskhost::application::Application;
+use taskhost::config::AppConfig;
+use taskhost::engine::EngineSettings;
+use taskhost::host::Host;
+use taskhost::plugin::build::{self, BuildOptions, BuildOutput};
+
+/// The guests: app.toml plugin name, source directory, and how many idle
+/// tasks the memory figure holds (a Python task held 11.6 MiB before
+/// copy-on-write images, so not 10,000 of them).
+const GUESTS: [(&str, &str, usize); 3] = [
+    ("rust", "bench", 2000),
+    ("python", "py-examples", 200),
+    ("js", "js-examples", 200),
+];
+
+fn components() -> Vec<PathBuf> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let options = BuildOptions {
+        output: BuildOutput::Capture,
+        ..BuildOptions::default()
+    };
+    GUESTS
+        .iter()
+        .map(|(_, dir, _)| {
+            build::build(&repo.join("plugins").join(dir), &options)
+                .unwrap_or_else(|e| panic!("build plugins/{dir}: {e:#}"))
+        })
+        .collect()
+}
+
+async fn host(components: &[PathBuf]) -> (Host, tempfile::TempDir) {
+    let storage = tempfile::tempdir().expect("storage dir");
+    let mut text = format!(
+        "name = \"guests\"\nworkers = 2\n[limits]\ntasks_per_worker = 10000\n\
+         [storage]\npath = {:?}\n",
+        storage.path().display().to_string()
+    );
+    for ((name, _, _), path) in GUESTS.iter().zip(components) {
+        text.push_str(&format!(
+            "[plugins.{name}]\npath = {:?}\n",
+            path.display().to_string()
+        ));
+    }
+    let config = AppConfig::parse(&text, Path::new("guests.toml"), Path::new(".")).expect("config");
+    let settings = EngineSettings {
+        compile_cache: None,
+        ..EngineSettings::default()
+    };
+    let app = Application::load(config, &settings, &BuildOptions::default())
+        .await
+        .expect("application");
+    let mut host = app.launch().await.expect("host");
+    host.main_tasks_ended().await.expect("no main tasks");
+    host.start_workers().await.expect("workers");
+    (host, storage)
+}
+
+/// `GUESTS_MEMORY=<plugin>` re-runs this bench to measure one guest's idle
+/// memory in a fresh process: prints bytes per idle task, then exits.
+pub async fn memory_run(plugin: &str) {
+    let components = components();
+    let (host, storage) = host(&components).await;
+    let count = GUESTS
+        .iter()
+        .find(|(name, _, _)| *name == plugin)
+        .expect("a guest")
+        .2;
+    // One task first, so the plugin's first-use costs are not counted.
+    let w = worker(&host, 0);
+    let first = spawn(&w, &plugin_named(&w, plugin), "idle", "null");
+    until_running(&w, first.id).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = resident_bytes();
+    let mut handles = Vec::new();
+    for i in 0..count {
+        let w = worker(&host, (i % 2) as u32);
+        let plugin = plugin_named(&w, plugin);
+        handles.push((w.clone(), spawn(&w, &plugin, "idle", "null")));
+    }
+    for (w, handle) in &handles {
+        until_running(w, handle.id).await;
+    }
+    // Running is recorded as the factory is entered: give every task the
+    // moment it needs to reach its sleep, then check that none ended.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (w, handle) in &handles {
+        until_running(w, handle.id).await;
+    }
+    println!("{}", (resident_bytes() - before) / count as f64);
+    drop(storage);
+    std::process::exit(0);
+}
+
+fn memory_per_idle_task(plugin: &str) -> f64 {
+    let exe = std::env::current_exe().expect("bench binary");
+    let out = std::process::Command::new(exe)
+        .env("GUESTS_MEMORY", plugin)
+        .output()
+        .expect("memory run");
+    assert!(
+        out.status.success(),
+        "memory run of {plugin} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("bytes per task")
+}
+
+fn both(p: &Percentiles) -> String {
+    format!("{} / {}", us(p.p50), us(p.p99))
+}
+
+pub async fn run() {
+    let components = components();
+    let (host, _storage) = host(&components).await;
+    println!("| measure | Rust | Python | JavaScript | Python / Rust, JS / Rust |");
+    println!("|---|---|---|---|---|");
+    let w0 = worker(&host, 0);
+    let mut entered = Vec::new();
+    let mut ended = Vec::new();
+    for (name, _, _) in GUESTS {
+        // Warm up: page faults, lazy statics, the first instance.
+        spawn_latency_of(w0.clone(), name, 20).await;
+        let n = if name == "rust" {
+            scaled(5_000)
+        } else {
+            scaled(500)
+        };
+        let (e, d) = spawn_latency_of(w0.clone(), name, n).await;
+        entered.push(percentiles(e));
+        ended.push(percentiles(d));
+    }
+    for (what, figures) in [
+        ("spawn: start to guest entered, p50 / p99", &entered),
+        ("spawn: start to trivial task ended, p50 / p99", &ended),
+    ] {
+        let p50 = |i: usize| figures[i].p50.as_secs_f64();
+        print_row(
+            what,
+            figures.iter().map(both).collect(),
+            [p50(0), p50(1), p50(2)],
+        );
+    }
+
+    let mut rates = Vec::new();
+    for (name, _, _) in GUESTS {
+        let n = if name == "rust" {
+            scaled(50_000)
+        } else {
+            scaled(2_000)
+        };
+        rates.push(throughput_of(&host, 2, n, (name, "noop", "null")).await);
+    }
+    // Fewer tasks per second is worse: the ratio is of time per task.
+    print_row(
+        "throughput, 2 workers, trivial tasks/s",
+        rates.iter().map(|r| format!("{r:.0}")).collect(),
+        [1.0 / rates[0], 1.0 / rates[1], 1.0 / rates[2]],
+    );
+    host.shutdown(false).await;
+
+    let memory: Vec<f64> = GUESTS
+        .iter()
+        .map(|(name, _, _)| memory_per_idle_task(name))
+        .collect();
+    print_row(
+        &format!(
+            "resident memory per idle task ({} / {} / {} sleeping)",
+            GUESTS[0].2, GUESTS[1].2, GUESTS[2].2
+        ),
+        memory
+            .iter()
+            .map(|m| format!("{:.1} KiB", m / 1024.0))
+            .collect(),
+        [memory[0], memory[1], memory[2]],
+    );
+}
+
+/// One row: what, each guest's figure, and Python's and JS's cost over
+/// Rust's (`cost` is per guest, larger is worse).
+fn print_row(what: &str, cells: Vec<String>, cost: [f64; 3]) {
+    println!(
+        "| {what} | {} | {} | {} | {}, {} |",
+        cells[0],
+        cells[1],
+        cells[2],
+        ratio(cost[1], cost[0]),
+        ratio(cost[2], cost[0])
+    );
+}
