@@ -1,8 +1,10 @@
 //! The wasmtime engines of a host, and the epoch ticker that drives
 //! interruption.
 //!
-//! Two engines, one configuration, two instance pools. Tasks start in the
-//! *warm* pool while it has a free slot: a small pool whose freed slots
+//! Three engines. Two share one configuration and differ in their
+//! instance pools (for plugins with small memory images, such as Rust
+//! ones); the third maps large memory images copy-on-write (for
+//! interpreters: Python, JavaScript). Tasks start in the *warm* pool while it has a free slot: a small pool whose freed slots
 //! keep their few dirty pages resident, so the next task reuses them with
 //! no page faults and no `madvise`. Past it, tasks run in the *cold* pool,
 //! `[limits] instances` slots that give every page back when freed. So a
@@ -11,6 +13,15 @@
 //! ([`warm_resident_bound`]) more than before. wasmtime keeps what every
 //! ever-used slot of one pool dirtied (48 has no setting that bounds how
 //! many), which is why one pool cannot do both.
+//!
+//! A plugin whose data segments exceed [`IMAGE_THRESHOLD`] (a Python
+//! component holds an 11 MB interpreter snapshot) runs on the *image*
+//! engine instead: its memory image is mapped copy-on-write, so a task pays
+//! only for the pages it writes, not for copying the whole snapshot into
+//! fresh pages. Its instances are allocated on demand: such a component has
+//! a dozen or more core instances, which a pool sized for small plugins
+//! would run out of, and its per-task cost is its page faults and its
+//! interpreter's first call, not the allocation.
 //!
 //! Choices, and why (figures in shared/notes/wasmtime-48-facts.md):
 //! - epoch interruption, not fuel: a relaxed atomic load per loop back-edge,
@@ -67,6 +78,9 @@ pub struct HostEngine {
     pub engine: Engine,
     /// The cold pool's engine: where the other tasks run.
     pub cold: Engine,
+    /// The engine of plugins with large memory images (copy-on-write, on
+    /// demand).
+    pub images: Engine,
     /// Free slots of the warm pool.
     pub warm_slots: Arc<WarmSlots>,
     pub cache: Option<Arc<CompileCache>>,
@@ -168,7 +182,8 @@ fn base_config(settings: &EngineSettings) -> Config {
         // the image separately from the rest of the memory: 8 mappings per
         // live task instead of 5, and Linux caps a process at
         // `vm.max_map_count` (65530 by default), so 10,000 idle tasks would
-        // not fit. Copying the few KiB of a plugin's data is cheap.
+        // not fit. Copying the few KiB of a small plugin's data is cheap;
+        // large images get their own engine ([`image_config`]).
         .memory_init_cow(false);
     config
 }
@@ -219,9 +234,13 @@ pub fn build_engine(settings: &EngineSettings) -> Result<HostEngine> {
         "cold",
         settings.max_instances,
     )?;
+    let images = Engine::new(&image_config(settings))
+        .map_err(anyhow::Error::from)
+        .context("cannot create the wasmtime engine for large memory images")?;
     Ok(HostEngine {
         engine,
         cold,
+        images,
         warm_slots: WarmSlots::new(settings.warm_instances),
         cache,
     })
@@ -276,6 +295,40 @@ fn cold_config(settings: &EngineSettings) -> Config {
         settings.max_instances,
     )));
     config
+}
+
+/// Data segment bytes (summed over a component's core modules) past which
+/// a plugin runs on the image engine. Rust plugins hold a few KiB; the
+/// interpreters of componentize-py and componentize-js, 11-12 MB.
+pub const IMAGE_THRESHOLD: u64 = 1 << 20;
+
+/// The configuration of the image engine: copy-on-write memory images,
+/// instances allocated on demand. A pool of its own measured the same
+/// (`cargo bench --bench speed -- guests`, one session: an idle Python task
+/// 0.90 MiB proportional set size pooled, 0.88 on demand; spawn p50 884 and
+/// 854 us), and on demand there is no pool to size for components of a
+/// dozen core instances, nor more address space to reserve.
+fn image_config(settings: &EngineSettings) -> Config {
+    let mut config = base_config(settings);
+    config
+        .memory_init_cow(true)
+        .allocation_strategy(InstanceAllocationStrategy::OnDemand);
+    config
+}
+
+/// Bytes of data segments in all the core modules of `component`: what
+/// each new instance would copy without a copy-on-write image.
+pub fn data_segment_bytes(component: &[u8]) -> u64 {
+    let mut total = 0;
+    for payload in wasmparser::Parser::new(0).parse_all(component) {
+        let Ok(wasmparser::Payload::DataSection(reader)) = payload else {
+            continue;
+        };
+        for data in reader.into_iter().flatten() {
+            total += data.data.len() as u64;
+        }
+    }
+    total
 }
 
 fn pool(n: u32) -> PoolingAllocationConfig {

@@ -92,7 +92,7 @@ impl Host {
         plugins: BTreeMap<String, Arc<Plugin>>,
     ) -> Result<Host> {
         let engines = loader.engines().clone();
-        let ticker = EpochTicker::start(&[&engines.engine, &engines.cold])?;
+        let ticker = EpochTicker::start(&[&engines.engine, &engines.cold, &engines.images])?;
         let env = Arc::new(TaskEnv {
             engines,
             plugins: RwLock::new(plugins),

@@ -61,16 +61,13 @@ pub(crate) async fn run(
     data.app.idempotency_key = attempt.idempotency_key;
     // Declared before the store, so dropped after it: the slot is free
     // again only once the instance has given it back.
-    let mut warm_slot = engines.warm_slots.take();
-    let engine = match warm_slot {
-        Some(_) => &engines.engine,
-        None => &engines.cold,
+    let mut warm_slot = match plugin.has_large_image() {
+        true => None,
+        false => engines.warm_slots.take(),
     };
+    let (engine, pre) = plugin.instantiation(engines, warm_slot.is_some());
     let mut store = new_store(engine, data);
-    let mut instantiated = plugin
-        .pre_for(warm_slot.is_some())
-        .instantiate_async(&mut store)
-        .await;
+    let mut instantiated = pre.instantiate_async(&mut store).await;
     if warm_slot.is_some()
         && let Err(error) = &instantiated
         && error
@@ -79,9 +76,10 @@ pub(crate) async fn run(
     {
         // A component larger than the warm pool's slots expect: run it
         // in the cold pool instead.
-        store = new_store(&engines.cold, store.into_data());
+        let (engine, pre) = plugin.instantiation(engines, false);
+        store = new_store(engine, store.into_data());
         drop(warm_slot.take());
-        instantiated = plugin.pre_for(false).instantiate_async(&mut store).await;
+        instantiated = pre.instantiate_async(&mut store).await;
     }
     let instance = match instantiated {
         Ok(instance) => instance,

@@ -380,6 +380,12 @@ fn hot_loading_swaps_new_tasks_to_the_new_build_and_refuses_broken_ones() {
     ]));
     host.wait_for(1, |l| l["message"] == "lingering on v1");
     let before = json_of(&ok(app.cli(&["plugins", "--json"])));
+    // A Rust plugin's few KiB of data are copied into each task.
+    assert_eq!(before[0]["memory_image"], "copied", "{before}");
+    assert!(
+        before[0]["data_bytes"].as_u64().unwrap() < 1 << 20,
+        "{before}"
+    );
     let loaded = ok(app.cli(&["load", "versioned", v2.to_str().unwrap()]));
     assert!(
         loaded.stdout.contains("loaded versioned sha256:"),

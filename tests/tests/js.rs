@@ -212,6 +212,10 @@ fn a_js_cancel_runs_finally_even_when_caught_the_feed_cleans_up_and_a_loop_is_fo
                 .as_str()
                 .is_some_and(|t| t.starts_with("receiver:"))
     });
+    // StarlingMonkey's snapshot is mapped copy-on-write, not copied.
+    let plugins = app.cli(&["plugins", "--json"]);
+    let plugins: Value = serde_json::from_str(plugins.stdout.trim()).unwrap();
+    assert_eq!(plugins[0]["memory_image"], "copy_on_write", "{plugins}");
     let forced = app.cli(&["cancel", "spinner", "--worker", "0", "--json"]);
     let forced: Value = serde_json::from_str(forced.stdout.trim()).unwrap();
     assert_eq!(forced[0]["cancel_stage"], "forced", "{forced}");

@@ -191,6 +191,12 @@ fn editing_a_python_plugin_hot_loads_it_while_old_tasks_drain_on_the_old_build()
     host.wait_for(1, |l| l["message"] == "lingering on v1");
     let before = json_of(&app.cli(&["plugins", "--json"]));
     let v1 = before[0]["version"].as_str().unwrap().to_string();
+    // The interpreter's snapshot is mapped copy-on-write, not copied.
+    assert_eq!(before[0]["memory_image"], "copy_on_write", "{before}");
+    assert!(
+        before[0]["data_bytes"].as_u64().unwrap() > 1 << 20,
+        "{before}"
+    );
 
     write_python_plugin(&dir, "v2");
     host.wait_for(1, |l| {

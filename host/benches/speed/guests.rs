@@ -9,8 +9,8 @@
 //! task (in a fresh process each). Ratios are to Rust.
 
 use super::{
-    Percentiles, percentiles, plugin_named, ratio, resident_bytes, scaled, spawn, spawn_latency_of,
-    throughput_of, until_running, us, worker,
+    Percentiles, percentiles, plugin_named, ratio, scaled, spawn, spawn_latency_of, throughput_of,
+    until_running, us, worker,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -86,7 +86,7 @@ pub async fn memory_run(plugin: &str) {
     let first = spawn(&w, &plugin_named(&w, plugin), "idle", "null");
     until_running(&w, first.id).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = resident_bytes();
+    let before = proportional_bytes();
     let mut handles = Vec::new();
     for i in 0..count {
         let w = worker(&host, (i % 2) as u32);
@@ -102,9 +102,24 @@ pub async fn memory_run(plugin: &str) {
     for (w, handle) in &handles {
         until_running(w, handle.id).await;
     }
-    println!("{}", (resident_bytes() - before) / count as f64);
+    println!("{}", (proportional_bytes() - before) / count as f64);
     drop(storage);
     std::process::exit(0);
+}
+
+/// The process's proportional set size: resident memory with each shared
+/// page counted once however many tasks map it (a copy-on-write image is
+/// mapped by every task of its plugin, and VmRSS would count it per
+/// mapping).
+fn proportional_bytes() -> f64 {
+    let rollup =
+        std::fs::read_to_string("/proc/self/smaps_rollup").expect("/proc/self/smaps_rollup");
+    let kib: f64 = rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("Pss");
+    kib * 1024.0
 }
 
 fn memory_per_idle_task(plugin: &str) -> f64 {

@@ -23,7 +23,7 @@ use super::body_limit;
 use super::schema::{
     AddRequest, Added, AddedTask, BuildState, CancelRequest, DispatchRequest, ErrorBody,
     ErrorDetail, FactoryView, KvBucketView, KvEntry, KvKeys, KvPut, KvWritten, LimitDetail,
-    LoadRequest, Loaded, PluginView, Purged, ScheduleView, Triggered, Woken,
+    LoadRequest, Loaded, MemoryImage, PluginView, Purged, ScheduleView, Triggered, Woken,
 };
 use crate::config::{Limit, RetrySpec, TaskSpec};
 use crate::host::{CancelError, Host};
@@ -489,6 +489,12 @@ async fn list_plugins(State(ctx): State<Ctx>) -> Json<Vec<PluginView>> {
                     BuildState::Draining
                 },
                 live_tasks: build.live_tasks,
+                data_bytes: build.plugin.data_bytes,
+                memory_image: if build.plugin.has_large_image() {
+                    MemoryImage::CopyOnWrite
+                } else {
+                    MemoryImage::Copied
+                },
                 factories: build
                     .plugin
                     .factories

@@ -117,7 +117,22 @@ pub struct PluginView {
     pub state: BuildState,
     /// Tasks of this build that have not ended.
     pub live_tasks: usize,
+    /// Bytes of data segments (the initial memory) in its core modules.
+    pub data_bytes: u64,
+    /// How a task gets that initial memory.
+    pub memory_image: MemoryImage,
     pub factories: Vec<FactoryView>,
+}
+
+/// How a plugin's tasks get their initial memory (see `engine.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryImage {
+    /// Each task copies the data segments: a small plugin's few KiB.
+    Copied,
+    /// Each task maps the image and copies only the pages it writes: an
+    /// interpreter's snapshot (Python, JavaScript).
+    CopyOnWrite,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

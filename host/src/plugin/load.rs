@@ -1,11 +1,11 @@
 //! Component file -> [`Plugin`], refusing anything that is not one of ours.
 
-use super::{Factory, Plugin};
+use super::{Factory, Instances, Plugin};
 use crate::app::AppContext;
 use crate::bindings::{Factories, FactoriesPre, GuestError};
 use crate::compile_cache::CompileCache;
 use crate::config::{MAX_COMPONENT_BYTES, check_plugin_name};
-use crate::engine::HostEngine;
+use crate::engine::{HostEngine, IMAGE_THRESHOLD, data_segment_bytes};
 use crate::private_files::hex;
 use crate::store::{TaskData, linker};
 
@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
 /// The world a plugin must implement, as people write it.
@@ -44,15 +45,19 @@ pub enum LoadError {
 /// (capabilities decided per task, see `app::TaskData`) and the `app` handle.
 pub struct PluginLoader {
     engines: HostEngine,
-    /// For the warm engine, and for the cold one.
-    linkers: [Linker<TaskData>; 2],
+    /// For the warm engine, the cold one and the image one.
+    linkers: [Linker<TaskData>; 3],
     app: Arc<AppContext>,
 }
 
 impl PluginLoader {
     pub fn new(engines: &HostEngine, app: Arc<AppContext>) -> Result<PluginLoader> {
         Ok(PluginLoader {
-            linkers: [linker(&engines.engine)?, linker(&engines.cold)?],
+            linkers: [
+                linker(&engines.engine)?,
+                linker(&engines.cold)?,
+                linker(&engines.images)?,
+            ],
             engines: engines.clone(),
             app,
         })
@@ -113,7 +118,8 @@ impl PluginLoader {
         // Compiling is CPU-bound and can take a while: keep it off the
         // async threads.
         let engines = self.engines.clone();
-        let components = tokio::task::spawn_blocking(move || compile(&engines, &bytes))
+        let data_bytes = data_segment_bytes(&bytes);
+        let components = tokio::task::spawn_blocking(move || compile(&engines, &bytes, data_bytes))
             .await
             .context("compiler thread failed")?
             .map_err(|e| anyhow!("plugin `{name}`: {file} does not compile: {e:#}"))?;
@@ -130,17 +136,21 @@ impl PluginLoader {
                 anyhow!("plugin `{name}`: {file} does not implement the world `{WORLD}`: {e:#}")
             })
         };
-        let [warm, cold] = &components;
-        let pre = link(&self.linkers[0], warm)?;
-        let cold = link(&self.linkers[1], cold)?;
+        let instances = match &components {
+            Compiled::Pooled { warm, cold } => Instances::Pooled {
+                warm: link(&self.linkers[0], warm)?,
+                cold: link(&self.linkers[1], cold)?,
+            },
+            Compiled::Image(component) => Instances::Image(link(&self.linkers[2], component)?),
+        };
 
         let mut plugin = Plugin {
             name: name.to_string(),
             path: path.to_path_buf(),
             version,
             factories: Vec::new(),
-            pre,
-            cold,
+            data_bytes,
+            instances,
             retired: OnceLock::new(),
         };
         let listed = self
@@ -200,9 +210,10 @@ impl PluginLoader {
         let data = TaskData::new(ident, self.app.clone(), Arc::new(CancelSignal::default()));
         // Probes run on the cold engine: they should not leave pages in
         // the warm pool.
-        let mut store = crate::store::new_store(&self.engines.cold, data);
+        let (engine, pre) = plugin.instantiation(&self.engines, false);
+        let mut store = crate::store::new_store(engine, data);
         let work = async {
-            let instance = match plugin.pre_for(false).instantiate_async(&mut store).await {
+            let instance = match pre.instantiate_async(&mut store).await {
                 Ok(instance) => instance,
                 Err(error) => {
                     return Err(match crate::engine::mapping_refused_hint(&error) {
@@ -220,19 +231,30 @@ impl PluginLoader {
     }
 }
 
-/// `bytes` compiled for the warm engine (through the compile cache) and
-/// for the cold one. Both engines share one configuration of compiled code,
-/// so the cold one deserializes what the warm one compiled (or the cache
-/// held) rather than compiling it again.
-fn compile(engines: &HostEngine, bytes: &[u8]) -> wasmtime::Result<[Component; 2]> {
-    let (warm, artifact) = match &engines.cache {
-        Some(cache) => cache.compiled(&engines.engine, bytes)?,
+/// A component compiled for the engines its tasks will run on.
+enum Compiled {
+    Pooled { warm: Component, cold: Component },
+    Image(Component),
+}
+
+/// `bytes` compiled for the image engine when its data segments exceed
+/// [`IMAGE_THRESHOLD`], else for the warm engine (through the compile
+/// cache) and the cold one. Warm and cold share one configuration of
+/// compiled code, so the cold one deserializes what the warm one compiled
+/// (or the cache held) rather than compiling it again.
+fn compile(engines: &HostEngine, bytes: &[u8], data_bytes: u64) -> wasmtime::Result<Compiled> {
+    let cached = |engine: &Engine| match &engines.cache {
+        Some(cache) => cache.compiled(engine, bytes),
         None => {
-            let warm = Component::from_binary(&engines.engine, bytes)?;
-            let artifact = warm.serialize().ok();
-            (warm, artifact)
+            let component = Component::from_binary(engine, bytes)?;
+            let artifact = component.serialize().ok();
+            Ok((component, artifact))
         }
     };
+    if data_bytes > IMAGE_THRESHOLD {
+        return Ok(Compiled::Image(cached(&engines.images)?.0));
+    }
+    let (warm, artifact) = cached(&engines.engine)?;
     // SAFETY: the artifact was serialized by this process from code it
     // compiled, or read from a cache entry whose MAC proves the same.
     let deserialized =
@@ -242,7 +264,7 @@ fn compile(engines: &HostEngine, bytes: &[u8]) -> wasmtime::Result<[Component; 2
         // An engine fallen back to on-demand allocation may disagree.
         _ => Component::from_binary(&engines.cold, bytes)?,
     };
-    Ok([warm, cold])
+    Ok(Compiled::Pooled { warm, cold })
 }
 
 /// The bytes of the component file at `path`: a regular file (following

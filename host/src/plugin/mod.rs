@@ -10,6 +10,7 @@ pub mod build;
 mod load;
 
 use crate::bindings::FactoriesPre;
+use crate::engine::HostEngine;
 use crate::lifecycle::LifecycleEvent;
 use crate::store::TaskData;
 use std::path::PathBuf;
@@ -26,6 +27,19 @@ pub struct Factory {
     pub description: String,
 }
 
+/// Where a plugin's tasks are instantiated (see [`crate::engine`]).
+pub(crate) enum Instances {
+    /// A small memory image: the warm pool while it has a free slot, else
+    /// the cold pool.
+    Pooled {
+        warm: FactoriesPre<TaskData>,
+        cold: FactoriesPre<TaskData>,
+    },
+    /// A large memory image (an interpreter's snapshot): the image engine,
+    /// which maps it copy-on-write.
+    Image(FactoriesPre<TaskData>),
+}
+
 /// A loaded plugin, ready to start tasks from.
 pub struct Plugin {
     pub name: String,
@@ -35,10 +49,11 @@ pub struct Plugin {
     /// builds apart in logs and listings.
     pub version: String,
     pub factories: Vec<Factory>,
-    /// Instantiates on the warm engine.
-    pre: FactoriesPre<TaskData>,
-    /// Instantiates on the cold engine.
-    cold: FactoriesPre<TaskData>,
+    /// Bytes of data segments in its core modules: what decides whether
+    /// its tasks map their memory copy-on-write.
+    pub data_bytes: u64,
+    /// Where its tasks are instantiated.
+    instances: Instances,
     /// Set once a newer build replaced this one: where to announce that its
     /// last task ended (see [`Plugin::retire`]).
     retired: OnceLock<broadcast::Sender<LifecycleEvent>>,
@@ -49,9 +64,26 @@ impl Plugin {
         self.factories.iter().find(|f| f.name == name)
     }
 
-    /// The pre-instantiated component of the warm engine, or the cold.
-    pub(crate) fn pre_for(&self, warm: bool) -> &FactoriesPre<TaskData> {
-        if warm { &self.pre } else { &self.cold }
+    /// Whether its tasks run on the image engine (and so take no slot of
+    /// the warm pool).
+    pub fn has_large_image(&self) -> bool {
+        matches!(self.instances, Instances::Image(_))
+    }
+
+    /// The engine a task of this plugin is instantiated on, and the
+    /// pre-instantiated component for it: the warm pool's when `warm` (a
+    /// warm slot is held), else the cold pool's; a large-image plugin's
+    /// always.
+    pub(crate) fn instantiation<'a>(
+        &'a self,
+        engines: &'a HostEngine,
+        warm: bool,
+    ) -> (&'a wasmtime::Engine, &'a FactoriesPre<TaskData>) {
+        match &self.instances {
+            Instances::Pooled { warm: pre, .. } if warm => (&engines.engine, pre),
+            Instances::Pooled { cold, .. } => (&engines.cold, cold),
+            Instances::Image(pre) => (&engines.images, pre),
+        }
     }
 
     /// Marks this build as replaced: once nothing holds it any more (its
@@ -62,7 +94,10 @@ impl Plugin {
 
     /// The `taskhost:plugin` WIT version the component was built against.
     pub fn wit_version(&self) -> &'static str {
-        self.pre.wit_version()
+        match &self.instances {
+            Instances::Pooled { warm, .. } => warm.wit_version(),
+            Instances::Image(pre) => pre.wit_version(),
+        }
     }
 
     /// "a, b, c": for error messages that list what exists.
