@@ -1,7 +1,7 @@
 """The seed's background tasks (Sanic's examples) as a Python plugin, and
 probes the tests use."""
 
-from typing import Optional
+from typing import Any, Optional
 
 from taskhost import App, Cancelled, task
 
@@ -80,6 +80,15 @@ def receiver(app: App, event: str = "message") -> None:
         payload = app.wait_event(event)
         if payload is not None:
             app.info(f"received {payload}")
+
+
+@task
+def fetch_text(app: App, url: str, body: Any = None) -> dict:
+    """GETs `url` (POSTs `body` as JSON if given) with app.fetch; app.toml
+    must allow it. Returns {status, body}."""
+    response = app.fetch(url, "POST" if body is not None else "GET", body=body)
+    app.info(f"fetched {url}: {response.status}")
+    return {"status": response.status, "body": response.text}
 
 
 @task

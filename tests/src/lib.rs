@@ -471,3 +471,27 @@ impl Drop for Running {
         let _ = self.child.wait();
     }
 }
+
+/// A loopback HTTP server on its own thread answering `GET /hello` with
+/// "hello from the test server" and `POST /echo` with the body it got, and
+/// never answering `GET /slow`; its address.
+pub fn hello_server() -> std::net::SocketAddr {
+    use axum::routing::{get, post};
+    let (bound, address) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            bound.send(listener.local_addr().unwrap()).unwrap();
+            let app = axum::Router::new()
+                .route("/hello", get(|| async { "hello from the test server" }))
+                .route("/echo", post(|body: String| async move { body }))
+                .route("/slow", get(std::future::pending::<String>));
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    address.recv().unwrap()
+}

@@ -2,11 +2,8 @@
 //! (esbuild and componentize-js, installed by taskhost into its cache)
 //! with the JavaScript SDK, run through the real binary.
 
-use axum::Router;
-use axum::routing::get;
 use serde_json::{Value, json};
-use std::net::SocketAddr;
-use taskhost_tests::TestApp;
+use taskhost_tests::{TestApp, hello_server};
 
 fn app(extra: &str, tasks: &str) -> TestApp {
     TestApp::new(&format!(
@@ -29,27 +26,9 @@ fn task(factory: &str, name: &str, args: &str) -> String {
     )
 }
 
-/// A loopback server answering `/hello` with a short text.
-fn server() -> SocketAddr {
-    let (bound, address) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            bound.send(listener.local_addr().unwrap()).unwrap();
-            let app = Router::new().route("/hello", get(|| async { "hello from the test server" }));
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    address.recv().unwrap()
-}
-
 #[test]
 fn js_tasks_run_per_worker_with_typed_args_app_calls_fetch_and_stacks() {
-    let address = server();
+    let address = hello_server();
     let run = app(
         &format!("[plugins.js.grants]\nhttp = [\"http://{address}\"]"),
         &[

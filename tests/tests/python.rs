@@ -3,15 +3,20 @@
 //! SDK, run through the real binary.
 
 use serde_json::{Value, json};
-use taskhost_tests::{Run, TestApp};
+use taskhost_tests::{Run, TestApp, hello_server};
 
 fn app(tasks: &str) -> TestApp {
+    app_with("", tasks)
+}
+
+fn app_with(extra: &str, tasks: &str) -> TestApp {
     TestApp::new(&format!(
         r#"
         name = "py"
         workers = 2
         [plugins.py]
         path = "{{py-examples}}"
+        {extra}
         [config]
         greeting = "hallo"
         {tasks}
@@ -27,14 +32,33 @@ fn task(factory: &str, name: &str, args: &str) -> String {
 
 #[test]
 fn python_tasks_run_per_worker_with_typed_args_app_calls_and_tracebacks() {
-    let run = app(&[
-        task("slow_work", "slow", "{ ms = 10 }"),
-        task("typed", "typed", r#"{ num = 7, label = "seven" }"#),
-        task("tour", "tour", "{}"),
-        task("boom", "boom", "{}"),
-        task("hog", "hog", "{ mb = 200 }"),
-    ]
-    .concat())
+    let address = hello_server();
+    let run = app_with(
+        &format!("[plugins.py.grants]\nhttp = [\"http://{address}\"]"),
+        &[
+            task("slow_work", "slow", "{ ms = 10 }"),
+            task("typed", "typed", r#"{ num = 7, label = "seven" }"#),
+            task("tour", "tour", "{}"),
+            task("boom", "boom", "{}"),
+            task("hog", "hog", "{ mb = 200 }"),
+            task(
+                "fetch_text",
+                "fetch",
+                &format!(r#"{{ url = "http://{address}/hello" }}"#),
+            ),
+            task(
+                "fetch_text",
+                "post",
+                &format!(r#"{{ url = "http://{address}/echo", body = {{ n = 1 }} }}"#),
+            ),
+            task(
+                "fetch_text",
+                "denied",
+                r#"{ url = "http://127.0.0.1:9/nowhere" }"#,
+            ),
+        ]
+        .concat(),
+    )
     .run_until_idle();
     assert_eq!(run.code, Some(1), "boom fails the run\n{}", run.dump());
     // Startup tasks run once per worker.
@@ -62,6 +86,27 @@ fn python_tasks_run_per_worker_with_typed_args_app_calls_and_tracebacks() {
             && error.contains("helper_that_fails")
             && error.contains("ValueError: the python guest blew up"),
         "{error}"
+    );
+    // app.fetch goes through the host's wasi:http and its allow-list.
+    assert_eq!(
+        run.results_of("fetch")[0],
+        json!({"status": 200, "body": "hello from the test server"}),
+        "{}",
+        run.dump()
+    );
+    assert_eq!(
+        run.results_of("post")[0],
+        json!({"status": 200, "body": "{\"n\": 1}"}),
+        "{}",
+        run.dump()
+    );
+    let denied = run.event_of("failed", "denied")[0]["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        denied.contains("HttpError: GET http://127.0.0.1:9/nowhere failed: HttpRequestDenied"),
+        "{denied}"
     );
     // 200 MiB against the 64 MiB default: a MemoryError inside the guest.
     assert_eq!(
@@ -100,14 +145,23 @@ fn python_arguments_are_checked_by_name_and_type_before_anything_runs() {
 
 #[test]
 fn a_python_cancel_runs_finally_past_a_broad_except_and_a_loop_is_forced() {
-    let app = app(&[
-        task("sleeper", "sleeper", r#"{ marker = "m1" }"#),
-        task("spinner", "spinner", "{}"),
-        task("feed", "feed", r#"{ events = 100, event = "py.feed" }"#),
-    ]
-    .concat());
+    let address = hello_server();
+    let app = app_with(
+        &format!("[plugins.py.grants]\nhttp = [\"http://{address}\"]"),
+        &[
+            task("sleeper", "sleeper", r#"{ marker = "m1" }"#),
+            task("spinner", "spinner", "{}"),
+            task("feed", "feed", r#"{ events = 100, event = "py.feed" }"#),
+            task(
+                "fetch_text",
+                "waiting",
+                &format!(r#"{{ url = "http://{address}/slow" }}"#),
+            ),
+        ]
+        .concat(),
+    );
     let mut host = app.spawn();
-    for name in ["spinner", "sleeper", "feed"] {
+    for name in ["spinner", "sleeper", "feed", "waiting"] {
         host.wait_for(2, |l| l["event"] == "started" && l["task"] == name);
     }
     let cancelled = app.cli(&["cancel", "sleeper", "--worker", "0", "--json"]);
@@ -116,6 +170,11 @@ fn a_python_cancel_runs_finally_past_a_broad_except_and_a_loop_is_forced() {
     assert_eq!(ended[0]["cancel_stage"], "cooperative", "{ended}");
     let cleaned = app.cli(&["kv", "get", "py/cleanup", "m1"]);
     assert!(cleaned.stdout.contains("cleaned up"), "{}", cleaned.dump());
+    // A task waiting on an HTTP response sees the cancel as Cancelled.
+    let waiting = app.cli(&["cancel", "waiting", "--worker", "0", "--json"]);
+    let waiting: Value = serde_json::from_str(waiting.stdout.trim()).unwrap();
+    assert_eq!(waiting[0]["state"], "cancelled", "{waiting}");
+    assert_eq!(waiting[0]["cancel_stage"], "cooperative", "{waiting}");
     // The seed's feed: a message reaches both receivers; cancelling a
     // feed cancels its receiver in its `finally`.
     let sent = app.cli(&["dispatch", "message", "hi there", "--wait-for", "4"]);

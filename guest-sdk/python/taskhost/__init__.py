@@ -25,12 +25,17 @@ import traceback
 import typing
 from typing import Any, Callable, Dict, List, Optional
 
-from componentize_py_types import Err
+from urllib.parse import urlsplit
+
+from componentize_py_types import Err, Ok
 from wit_world import exports
 from wit_world.imports import app as _app
 from wit_world.imports import atomics as _atomics
+from wit_world.imports import outgoing_handler as _outgoing
 from wit_world.imports import store as _store
-from wit_world.imports import types as _types
+from wit_world.imports import streams as _streams
+from wit_world.imports import taskhost_plugin_types as _types
+from wit_world.imports import wasi_http_types as _http
 
 __all__ = [
     "App",
@@ -39,10 +44,12 @@ __all__ = [
     "DuplicateName",
     "Factories",
     "Failed",
+    "HttpError",
     "InvalidArgs",
     "LimitExceeded",
     "NotFound",
     "Permanent",
+    "Response",
     "Retry",
     "TaskInfo",
     "TaskhostError",
@@ -94,6 +101,13 @@ class UnknownPlugin(TaskhostError):
 
 class LimitExceeded(TaskhostError):
     kind = "limit"
+
+
+class HttpError(TaskhostError):
+    """An outbound request failed: refused by app.toml's allow-list
+    (`HttpRequestDenied`), unreachable, timed out, too large..."""
+
+    kind = "failed"
 
 
 class Permanent(Exception):
@@ -225,6 +239,117 @@ def _kv(function: Callable[..., Any], *args: Any) -> Any:
         raise Failed(message) from None
 
 
+@dataclasses.dataclass
+class Response:
+    """What `app.fetch` got back."""
+
+    status: int
+    #: Header names (lower case) and values; a repeated header's values
+    #: joined with ", ".
+    headers: Dict[str, str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+_METHODS = {
+    "GET": _http.Method_Get,
+    "HEAD": _http.Method_Head,
+    "POST": _http.Method_Post,
+    "PUT": _http.Method_Put,
+    "DELETE": _http.Method_Delete,
+    "OPTIONS": _http.Method_Options,
+    "PATCH": _http.Method_Patch,
+}
+
+
+def _http_failed(method: str, url: str, what: Any) -> typing.NoReturn:
+    """Raises `Cancelled` if the request failed because the task is being
+    cancelled (the host fails its requests at once then), else
+    `HttpError` naming the request and the error."""
+    try:
+        _app.sleep(0)
+    except Err as err:
+        if isinstance(err.value, _types.Error_Cancelled):
+            raise Cancelled() from None
+    name = type(what).__name__.replace("ErrorCode_", "")
+    detail = getattr(what, "value", None)
+    message = f"{method} {url} failed: {name}" + (f" ({detail})" if detail is not None else "")
+    raise HttpError(message) from None
+
+
+def _fetch(url: str, method: str, headers: Optional[Dict[str, str]], body: Any) -> Response:
+    method = method.upper()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"fetch: {url!r} is not an http:// or https:// URL")
+    if isinstance(body, str):
+        data = body.encode()
+    elif isinstance(body, (bytes, bytearray)):
+        data = bytes(body)
+    elif body is None:
+        data = b""
+    else:
+        data = json.dumps(body).encode()
+        headers = {"content-type": "application/json", **(headers or {})}
+    fields = _http.Fields.from_list([(k.lower(), str(v).encode()) for k, v in (headers or {}).items()])
+    request = _http.OutgoingRequest(fields)
+    request.set_method(_METHODS[method]() if method in _METHODS else _http.Method_Other(method))
+    request.set_scheme(_http.Scheme_Http() if parts.scheme == "http" else _http.Scheme_Https())
+    request.set_authority(parts.netloc)
+    request.set_path_with_query((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+    outgoing = request.body()
+    try:
+        future = _outgoing.handle(request, None)
+    except Err as err:
+        _http_failed(method, url, err.value)
+    try:
+        with outgoing.write() as stream:
+            for at in range(0, len(data), 4096):
+                stream.blocking_write_and_flush(data[at : at + 4096])
+        _http.OutgoingBody.finish(outgoing, None)
+    except Err as err:
+        _http_failed(method, url, err.value)
+    with future:
+        while True:
+            got = future.get()
+            if got is not None:
+                break
+            with future.subscribe() as ready:
+                ready.block()
+    if isinstance(got, Err) or isinstance(got.value, Err):
+        _http_failed(method, url, got.value if isinstance(got, Err) else got.value.value)
+    with got.value.value as response:
+        status = response.status()
+        with response.headers() as fields:
+            found: Dict[str, List[str]] = {}
+            for name, value in fields.entries():
+                found.setdefault(name.lower(), []).append(value.decode("latin-1"))
+        chunks = []
+        incoming = response.consume()
+        try:
+            with incoming.stream() as stream:
+                while True:
+                    try:
+                        chunks.append(stream.blocking_read(65536))
+                    except Err as err:
+                        if isinstance(err.value, _streams.StreamError_Closed):
+                            break
+                        _http_failed(method, url, err.value)
+        finally:
+            _http.IncomingBody.finish(incoming).__exit__(None, None, None)
+    return Response(
+        status=status,
+        headers={name: ", ".join(values) for name, values in found.items()},
+        body=b"".join(chunks),
+    )
+
+
 class App:
     """The handle to the app a task belongs to (Sanic's `app`)."""
 
@@ -340,6 +465,21 @@ class App:
 
     def remove_schedule(self, name: str) -> bool:
         return _call(_app.remove_schedule, name)
+
+    def fetch(
+        self,
+        url: str,
+        method: str = "GET",
+        *,
+        headers: Optional[Dict[str, str]] = None,
+        body: Any = None,
+    ) -> Response:
+        """Sends one HTTP request through the host (app.toml's
+        `[plugins.NAME.grants] http` must allow its origin) and returns the
+        whole response. `body` may be bytes, text, or anything JSON (sent
+        as application/json). Raises `HttpError` when the request fails,
+        `Cancelled` when the task is cancelled meanwhile."""
+        return _fetch(url, method, headers, body)
 
     def kv(self, bucket: str) -> Bucket:
         """Opens a key-value bucket."""

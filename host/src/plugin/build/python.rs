@@ -21,6 +21,35 @@ pub const COMPONENTIZE_PY: &str = "0.25.1";
 /// Env var naming the Python interpreter that makes the tool environment.
 pub const PYTHON_ENV: &str = "TASKHOST_PYTHON";
 
+/// What Python plugins import besides the plugin world: the world
+/// `python-plugin` (the plugin world plus `wasi:http/outgoing-handler`, for
+/// the SDK's `app.fetch`) and the WASI packages it needs, copied from
+/// wasmtime-wasi-http 48.0.8's `wit/` (the version this host links).
+/// componentize-py makes bindings only for what the world imports, and a
+/// Rust guest's wasi crate brings its own, so only Python needs these.
+const PYTHON_WIT: &[(&str, &str)] = &[
+    ("python.wit", include_str!("wit-python/python.wit")),
+    ("deps/cli.wit", include_str!("wit-python/deps/cli.wit")),
+    (
+        "deps/clocks.wit",
+        include_str!("wit-python/deps/clocks.wit"),
+    ),
+    (
+        "deps/filesystem.wit",
+        include_str!("wit-python/deps/filesystem.wit"),
+    ),
+    ("deps/http.wit", include_str!("wit-python/deps/http.wit")),
+    ("deps/io.wit", include_str!("wit-python/deps/io.wit")),
+    (
+        "deps/random.wit",
+        include_str!("wit-python/deps/random.wit"),
+    ),
+    (
+        "deps/sockets.wit",
+        include_str!("wit-python/deps/sockets.wit"),
+    ),
+];
+
 /// The Python SDK (`guest-sdk/python`), as this taskhost ships it.
 const SDK: &str = include_str!("../../../../guest-sdk/python/taskhost/__init__.py");
 
@@ -101,6 +130,10 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
     let work = WorkDir::new(&cache)?;
     let wit = work.path().join("wit");
     write_wit(&wit)?;
+    for (name, text) in PYTHON_WIT {
+        let path = wit.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let sdk = work.path().join("sdk");
     std::fs::create_dir_all(sdk.join("taskhost"))?;
     std::fs::write(sdk.join("taskhost/__init__.py"), SDK)?;
@@ -119,7 +152,7 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
     command
         .arg("-d")
         .arg(&wit)
-        .args(["-w", "plugin", "componentize", "taskhost_entry"])
+        .args(["-w", "python-plugin", "componentize", "taskhost_entry"])
         .arg("-p")
         .arg(&entry)
         .arg("-p")
