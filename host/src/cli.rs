@@ -94,16 +94,25 @@ enum Command {
         #[command(flatten)]
         load: LoadArgs,
     },
-    /// Build a plugin crate into a component and print the component's path.
+    /// Build a plugin (Rust, Python or JavaScript) into a component and print
+    /// the component's path.
     ///
-    /// Uses rustup's wasm32-wasip2 target when installed, otherwise Debian's
-    /// Rust (rustc-web, cargo-web, rust-web-src, lld, wasi-libc) plus the
-    /// WASI preview1 adapter. All plugins share one cargo target directory,
-    /// so dependencies and the wasm std are compiled once.
+    /// A Rust crate (Cargo.toml) builds with rustup's wasm32-wasip2 target
+    /// when installed, otherwise Debian's Rust (rustc-web, cargo-web,
+    /// rust-web-src, lld, wasi-libc) plus the WASI preview1 adapter; all
+    /// plugins share one cargo target directory, so dependencies and the
+    /// wasm std are compiled once. A Python project (pyproject.toml with
+    /// [tool.taskhost] module = "app") builds with componentize-py, a
+    /// JavaScript package (package.json with "taskhost": {"main": "app.js"})
+    /// with esbuild and componentize-js: taskhost installs them into its
+    /// cache the first time (python3 with venv, or node and npm, must be on
+    /// the PATH; TASKHOST_PYTHON, TASKHOST_NODE and TASKHOST_NPM pick
+    /// others).
     Build {
-        /// The plugin crate's directory (holding its Cargo.toml).
+        /// The plugin's directory (holding its Cargo.toml, pyproject.toml or
+        /// package.json).
         path: PathBuf,
-        /// Where to write the component [default: PATH/<crate name>.wasm].
+        /// Where to write the component [default: PATH/<package name>.wasm].
         #[arg(long, short)]
         out: Option<PathBuf>,
         #[command(flatten)]
