@@ -115,14 +115,17 @@ impl PluginLoader {
         }
         let version = format!("sha256:{}", &hex(&Sha256::digest(&bytes))[..12]);
 
-        // Compiling is CPU-bound and can take a while: keep it off the
-        // async threads.
+        // Reading the data segments of an 18 MB component and compiling
+        // are CPU-bound: keep them off the async threads.
         let engines = self.engines.clone();
-        let data_bytes = data_segment_bytes(&bytes);
-        let components = tokio::task::spawn_blocking(move || compile(&engines, &bytes, data_bytes))
-            .await
-            .context("compiler thread failed")?
-            .map_err(|e| anyhow!("plugin `{name}`: {file} does not compile: {e:#}"))?;
+        let (data_bytes, components) = tokio::task::spawn_blocking(move || {
+            let data_bytes = data_segment_bytes(&bytes);
+            (data_bytes, compile(&engines, &bytes, data_bytes))
+        })
+        .await
+        .context("compiler thread failed")?;
+        let components =
+            components.map_err(|e| anyhow!("plugin `{name}`: {file} does not compile: {e:#}"))?;
 
         let link = |linker: &Linker<TaskData>, component: &Component| {
             let instance_pre = linker.instantiate_pre(component).map_err(|e| {

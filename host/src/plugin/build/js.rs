@@ -10,7 +10,7 @@
 //! `$TASKHOST_NODE` / `$TASKHOST_NPM`). The WIT and the SDK are the ones
 //! this taskhost was built with.
 
-use super::tools::{WorkDir, install_once, missing_tool, run, write_wit};
+use super::tools::{WorkDir, componentize, install_once, missing_tool, run, write_wit};
 use super::{BuildOptions, BuildOutput, write_atomically};
 use anyhow::{Context, Result, anyhow, bail};
 use std::path::{Path, PathBuf};
@@ -154,20 +154,12 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
         .arg(&wit)
         .arg(work.path().join("bundle.js"))
         .arg(&component);
-    run(command, options.output, "componentize-js")
-        .with_context(|| format!("building {} (node: `{node}`)", dir.display()))?;
-    let bytes = std::fs::read(&component).with_context(|| {
-        format!(
-            "componentize-js succeeded but wrote no {}",
-            component.display()
-        )
-    })?;
     let out = match &options.out {
         Some(out) => out.clone(),
         None => dir.join(format!("{}.wasm", package.name)),
     };
-    write_atomically(&out, &bytes)?;
-    Ok(out)
+    componentize(command, options.output, "componentize-js", &component, out)
+        .with_context(|| format!("building {} (node: `{node}`)", dir.display()))
 }
 
 /// The directory whose `node_modules` holds componentize-js and esbuild,

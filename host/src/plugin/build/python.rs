@@ -9,8 +9,10 @@
 //! time. The WIT and the SDK are the ones this taskhost was built with,
 //! so a plugin always matches the host that builds it.
 
-use super::tools::{WorkDir, install_once, missing_tool, run, write_wit};
-use super::{BuildOptions, BuildOutput, write_atomically};
+use super::tools::{
+    WorkDir, componentize, install_once, missing_tool, run, write_files, write_wit,
+};
+use super::{BuildOptions, BuildOutput};
 use anyhow::{Context, Result, anyhow, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -130,10 +132,7 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
     let work = WorkDir::new(&cache)?;
     let wit = work.path().join("wit");
     write_wit(&wit)?;
-    for (name, text) in PYTHON_WIT {
-        let path = wit.join(name);
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
+    write_files(&wit, PYTHON_WIT)?;
     let sdk = work.path().join("sdk");
     std::fs::create_dir_all(sdk.join("taskhost"))?;
     std::fs::write(sdk.join("taskhost/__init__.py"), SDK)?;
@@ -161,19 +160,11 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
         .arg(dir)
         .arg("-o")
         .arg(&component);
-    run(command, options.output, "componentize-py")?;
-    let bytes = std::fs::read(&component).with_context(|| {
-        format!(
-            "componentize-py succeeded but wrote no {}",
-            component.display()
-        )
-    })?;
     let out = match &options.out {
         Some(out) => out.clone(),
         None => dir.join(format!("{}.wasm", project.name)),
     };
-    write_atomically(&out, &bytes)?;
-    Ok(out)
+    componentize(command, options.output, "componentize-py", &component, out)
 }
 
 /// componentize-py's path, installing it into taskhost's cache the first

@@ -35,12 +35,34 @@ const WIT: &[(&str, &str)] = &[
 
 /// Writes the WIT package into `dir` (`plugin.wit` and `deps/`).
 pub(super) fn write_wit(dir: &Path) -> Result<()> {
-    for (name, text) in WIT {
+    write_files(dir, WIT)
+}
+
+/// Writes `files` (relative path, text) under `dir`, making directories.
+pub(super) fn write_files(dir: &Path, files: &[(&str, &str)]) -> Result<()> {
+    for (name, text) in files {
         let path = dir.join(name);
         std::fs::create_dir_all(path.parent().unwrap_or(dir))?;
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Runs the componentizer `command`, which writes `component`, and moves
+/// what it wrote to `out` (atomically: a running host watching `out` never
+/// sees half a file). Returns `out`.
+pub(super) fn componentize(
+    command: Command,
+    output: BuildOutput,
+    what: &str,
+    component: &Path,
+    out: PathBuf,
+) -> Result<PathBuf> {
+    run(command, output, what)?;
+    let bytes = std::fs::read(component)
+        .with_context(|| format!("{what} succeeded but wrote no {}", component.display()))?;
+    super::write_atomically(&out, &bytes)?;
+    Ok(out)
 }
 
 /// Runs `command`, its output shown (Inherit) or kept for the error.
