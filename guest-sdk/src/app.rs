@@ -160,8 +160,9 @@ impl App {
 
     /// Cancels the task named `name` and returns once it has ended, with its
     /// final info. Cancelling a task that already ended just returns its
-    /// info. If this task is cancelled while waiting, the target is still
-    /// cancelled and this returns a cancelled [`Error`] at once.
+    /// info. A task being cancelled may still call it in its cleanup and
+    /// wait (to purge the target after); only once this task is forced
+    /// does it return a cancelled [`Error`] at once.
     pub fn cancel_task(&self, name: &str) -> Result<TaskInfo> {
         app::cancel_task(name)
             .map(TaskInfo::from)

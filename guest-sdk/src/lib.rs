@@ -38,12 +38,14 @@
 #[doc(hidden)]
 pub mod __private;
 mod app;
+mod connection;
 mod error;
 mod http;
 mod kv;
 mod task;
 
 pub use app::{App, Level, NewTask, Retry};
+pub use connection::{Connection, Message, Request};
 pub use error::{Error, ErrorKind, Result};
 pub use http::{Http, Response};
 pub use kv::Bucket;

@@ -28,6 +28,10 @@ pub struct Application {
     plugins: BTreeMap<String, Arc<Plugin>>,
 }
 
+/// How long shutdown waits, beyond the grace period, for the public
+/// listener's connections to close.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// How `run` runs and ends.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -37,6 +41,8 @@ pub struct RunOptions {
     pub control: Option<ControlOptions>,
     /// Rebuild and hot-load plugins when their files or sources change.
     pub watch: bool,
+    /// Where the public listener binds instead of `[listen] address`.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Application {
@@ -96,6 +102,23 @@ impl Application {
             )
             .await
             .with_context(|| format!("{file}: schedules[{index}] ({:?})", schedule.name))?;
+        }
+        for route in &config.routes {
+            check_task(
+                &loader,
+                &plugins[&route.plugin],
+                &route.factory,
+                &route.sample_args(),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "{file}: routes[{}] ({}): the factory must take the route's `args` and a \
+                     `request` argument",
+                    route.index,
+                    route.label()
+                )
+            })?;
         }
 
         Ok(Application {
@@ -184,6 +207,21 @@ impl Application {
             },
             None => None,
         };
+        let listener = match &host.config().listen {
+            Some(listen) => {
+                match crate::listener::serve(host.clone(), listen, options.listen).await {
+                    Ok(listener) => Some(listener),
+                    Err(error) => {
+                        host.shutdown(false).await;
+                        if let Some(control) = control {
+                            control.stop().await;
+                        }
+                        return Err(error);
+                    }
+                }
+            }
+            None => None,
+        };
         let _watch = if options.watch {
             let config = host.config().clone();
             match crate::watch::start(host.clone(), &config, build_options) {
@@ -205,6 +243,13 @@ impl Application {
         };
         if interrupted {
             tracing::info!("shutting down: cancelling every task");
+        }
+        // Connections first: each closes with 1001 after what its task
+        // queued, then its task is cancelled like every other.
+        if let Some(listener) = listener {
+            listener
+                .stop(host.config().cancel_grace + SHUTDOWN_WAIT)
+                .await;
         }
         let summary = host.shutdown(interrupted).await;
         if let Some(control) = control {

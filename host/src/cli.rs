@@ -75,6 +75,12 @@ enum Command {
         /// hot-load a plugin when it changes.
         #[arg(long)]
         watch: bool,
+        /// Where the public listener binds (HOST:PORT, port 0 picks a free
+        /// one), instead of app.toml's `[listen] address`. It serves the
+        /// `[[routes]]` (websockets and webhooks that start tasks); an app
+        /// without routes has no listener.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
         #[command(flatten)]
         control: ControlArgs,
         #[command(flatten)]
@@ -296,6 +302,7 @@ async fn dispatch(command: Command) -> Result<Exit, Refused> {
             app,
             until_idle,
             watch,
+            listen,
             control,
             load: load_args,
         } => {
@@ -304,11 +311,18 @@ async fn dispatch(command: Command) -> Result<Exit, Refused> {
                 until_idle,
                 control: control.options()?,
                 watch,
+                listen,
             };
             if let Some(control) = &options.control {
                 control::ensure_free(&control.state_file).await?;
             }
             let application = load(&app, &load_args).await?;
+            if listen.is_some() && application.config().routes.is_empty() {
+                return Err(Refused(anyhow::anyhow!(
+                    "--listen: {} has no [[routes]], so there is nothing to listen for",
+                    app.display()
+                )));
+            }
             match application.run(options, shutdown_signal()).await {
                 Ok(summary) => Ok(exit_code(&summary, until_idle)),
                 Err(error) => {

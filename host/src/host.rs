@@ -295,6 +295,16 @@ impl Host {
         Ok(purged)
     }
 
+    /// What the public listener's routes count.
+    pub(crate) fn route_metrics(&self) -> &crate::metrics::RouteMetrics {
+        &self.env.metrics.routes
+    }
+
+    /// The open websocket connections, as tasks reach them.
+    pub(crate) fn connections(&self) -> &Arc<crate::connection_hub::ConnectionHub> {
+        &self.env.app.connections
+    }
+
     /// Wakes every task waiting for `event`; returns how many woke.
     pub fn dispatch(&self, event: &str, payload: &str) -> u32 {
         self.env.events.dispatch(event, payload)

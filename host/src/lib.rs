@@ -15,15 +15,17 @@
 //!    (named events), [`registry`] (one worker's tasks, and
 //!    [`registry::TaskHandle::cancel`], the one way to cancel), `metrics`,
 //!    [`compile_cache`], [`storage`] (what outlives the process: key-value
-//!    state and durable tasks, the traits and their SQLite backend).
+//!    state and durable tasks, the traits and their SQLite backend),
+//!    `connection_hub` (the listener's open connections, as tasks see them).
 //! 3. `logging` (writes lifecycle events and task lines) and [`engine`]
 //!    (the wasmtime engines, through the compile cache).
 //! 4. The host interfaces a task imports, one module each, owning its
 //!    state and its `add_to_linker`: `app` (the handle to the app; it
 //!    reaches the worker only through the narrow `app::TaskScope` trait,
 //!    which the worker implements), `wasi` (WASI 0.2, deny by default),
-//!    `http` (outbound `wasi:http` behind an allow-list) and `keyvalue`
-//!    (`wasi:keyvalue` over [`storage`]).
+//!    `http` (outbound `wasi:http` behind an allow-list), `keyvalue`
+//!    (`wasi:keyvalue` over [`storage`]) and `connections` (websocket
+//!    connections of the public listener).
 //! 5. `store`: one task's store data, composed of the interfaces' states,
 //!    the linker that links them all, and the store's limits.
 //! 6. [`plugin`]: component files -> linked, pre-instantiated plugins.
@@ -33,8 +35,9 @@
 //!    workers.
 //! 10. [`host`]: the workers of a running app and what an operator does to
 //!     them.
-//! 11. [`control`] (the HTTP API) and `watch` (hot-load on change), both
-//!     over a [`host::Host`].
+//! 11. [`control`] (the HTTP API), `listener` (the public routes:
+//!     websockets and webhooks that start tasks) and `watch` (hot-load on
+//!     change), all over a [`host::Host`].
 //! 12. [`application`]: app.toml -> a running host with its API and watch.
 //! 13. [`cli`]: a thin shell over all of it.
 
@@ -55,10 +58,13 @@ pub mod task;
 pub(crate) mod app;
 pub(crate) mod bindings;
 pub mod compile_cache;
+pub(crate) mod connection_hub;
+pub(crate) mod connections;
 pub(crate) mod dirs;
 pub mod events;
 pub(crate) mod http;
 pub(crate) mod keyvalue;
+pub(crate) mod listener;
 pub(crate) mod logging;
 pub(crate) mod metrics;
 pub(crate) mod private_files;

@@ -30,6 +30,83 @@ pub struct Metrics {
     task_memory: Gauge,
     /// Read from the OS when scraped.
     resident: Gauge,
+    /// What the public listener's routes did.
+    pub routes: RouteMetrics,
+}
+
+/// What the public listener's routes did, by `route` (`websocket /feed`,
+/// `POST /hooks/build`). Cloning shares the counters.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    /// Open websocket connections.
+    pub open: Family<Labels, Gauge>,
+    /// Websocket messages, by `direction` (`in`: from clients).
+    messages: Family<Labels, Counter>,
+    /// Connections the host ended, by `reason`: `slow` (a full send
+    /// buffer), `idle`, `too_big` (a message over the limit), `refused`
+    /// (over a connection limit).
+    dropped: Family<Labels, Counter>,
+    /// HTTP answers (webhooks and refused upgrades), by `status`.
+    requests: Family<Labels, Counter>,
+    /// From a request's arrival to its answer (webhooks), by route.
+    latency: Family<Labels, Histogram>,
+}
+
+impl Default for RouteMetrics {
+    fn default() -> Self {
+        RouteMetrics {
+            open: Family::default(),
+            messages: Family::default(),
+            dropped: Family::default(),
+            requests: Family::default(),
+            // 100 us .. ~52 s, doubling.
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(1e-4, 2.0, 20))
+            }),
+        }
+    }
+}
+
+fn route_label(route: &str) -> Labels {
+    vec![("route".to_string(), route.to_string())]
+}
+
+fn labels(route: &str, key: &str, value: &str) -> Labels {
+    vec![
+        ("route".to_string(), route.to_string()),
+        (key.to_string(), value.to_string()),
+    ]
+}
+
+impl RouteMetrics {
+    pub fn opened(&self, route: &str) {
+        self.open.get_or_create(&route_label(route)).inc();
+    }
+
+    pub fn closed(&self, route: &str) {
+        self.open.get_or_create(&route_label(route)).dec();
+    }
+
+    pub fn message(&self, route: &str, direction: &str) {
+        self.messages
+            .get_or_create(&labels(route, "direction", direction))
+            .inc();
+    }
+
+    pub fn dropped(&self, route: &str, reason: &str) {
+        self.dropped
+            .get_or_create(&labels(route, "reason", reason))
+            .inc();
+    }
+
+    pub fn answered(&self, route: &str, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&labels(route, "status", &status.to_string()))
+            .inc();
+        self.latency
+            .get_or_create(&route_label(route))
+            .observe(elapsed.as_secs_f64());
+    }
 }
 
 impl Default for Metrics {
@@ -103,6 +180,7 @@ impl Metrics {
             plugins: Family::default(),
             task_memory,
             resident: Gauge::default(),
+            routes: RouteMetrics::default(),
             registry: Registry::default(),
         };
         registry.register("tasks_spawned", "Tasks started", metrics.spawned.clone());
@@ -160,6 +238,31 @@ impl Metrics {
             "http_request_duration_seconds",
             "From sending a request to its response's head",
             http.duration,
+        );
+        registry.register(
+            "connections_open",
+            "Open websocket connections of the public listener, by route",
+            metrics.routes.open.clone(),
+        );
+        registry.register(
+            "connection_messages",
+            "Websocket messages by route and direction (in: from clients)",
+            metrics.routes.messages.clone(),
+        );
+        registry.register(
+            "connections_dropped",
+            "Connections the host ended, by route and reason (slow, idle, too_big, refused)",
+            metrics.routes.dropped.clone(),
+        );
+        registry.register(
+            "route_requests",
+            "Answers of the public listener's HTTP routes, by route and status",
+            metrics.routes.requests.clone(),
+        );
+        registry.register(
+            "route_latency_seconds",
+            "From a webhook request's arrival to its answer, by route",
+            metrics.routes.latency.clone(),
         );
         registry.register(
             "resident_memory_bytes",

@@ -1,12 +1,14 @@
 //! What one task's store holds, composed from the host interfaces it
 //! imports (each owns its state: [`AppState`] for `app`, [`WasiState`] for
-//! WASI, [`HttpState`] for `wasi:http`; `wasi:keyvalue` borrows what the
+//! WASI, [`HttpState`] for `wasi:http`, [`ConnectionsState`] for
+//! `connections`; `wasi:keyvalue` borrows what the
 //! others hold) plus what the store itself enforces: the plugin's policy and the
 //! memory budget. [`linker`] links every interface; a new host interface
 //! adds its state here and one line there.
 
 use crate::app::{AppContext, AppState, TaskScope};
 use crate::config::PluginPolicy;
+use crate::connections::ConnectionsState;
 use crate::http::HttpState;
 use crate::keyvalue::KvView;
 use crate::logging::LogGate;
@@ -36,6 +38,8 @@ pub struct TaskData {
     memory: MemoryBudget,
     /// `wasi:keyvalue` handles the task holds (bounded).
     kv_handles: u32,
+    /// The `connections` interface's state.
+    connections: ConnectionsState,
 }
 
 impl TaskData {
@@ -52,7 +56,13 @@ impl TaskData {
         );
         // One rate limit for every line of the task: app.log, stdout, stderr.
         let log = Arc::new(LogGate::new(ident.clone(), &app.limits));
+        let connections = ConnectionsState {
+            plugin: ident.plugin.clone(),
+            cancel: cancel.clone(),
+            hub: app.connections.clone(),
+        };
         TaskData {
+            connections,
             wasi: WasiState::new(ident.clone(), policy.clone(), log.clone()),
             http: None,
             app: AppState::new(ident, app, cancel.clone(), log),
@@ -125,6 +135,7 @@ pub(crate) fn linker(engine: &Engine) -> Result<Linker<TaskData>> {
     crate::http::add_to_linker(&mut linker)?;
     crate::app::add_to_linker(&mut linker, |data: &mut TaskData| &mut data.app)?;
     crate::keyvalue::add_to_linker(&mut linker, TaskData::kv)?;
+    crate::connections::add_to_linker(&mut linker, |data: &mut TaskData| &mut data.connections)?;
     Ok(linker)
 }
 

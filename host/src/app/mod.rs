@@ -77,6 +77,9 @@ pub struct AppContext {
     pub task_memory: Gauge,
     /// What tasks' outbound HTTP requests did (metrics).
     pub http_metrics: HttpMetrics,
+    /// The public listener's open websocket connections, which tasks
+    /// reach through the `connections` interface.
+    pub connections: Arc<crate::connection_hub::ConnectionHub>,
     /// What `task_memory` may reach (`memory_total_mb`, resolved once).
     pub memory_total_bytes: u64,
     /// Where key-value state lives, once the host has opened it (at
@@ -127,6 +130,7 @@ impl AppContext {
             }),
             task_memory: Gauge::default(),
             http_metrics: HttpMetrics::default(),
+            connections: Arc::default(),
             memory_total_bytes: limits.memory_total_bytes(),
             storage: OnceLock::new(),
         }

@@ -168,9 +168,11 @@ impl AppState {
 }
 
 /// `cancel-task`: cancels the target (forced after the grace period) and
-/// returns its final info once it has ended. If the caller is cancelled
-/// meanwhile, the target's cancellation goes on but the call returns
-/// `cancelled` at once, so the caller can unwind.
+/// returns its final info once it has ended. A caller being cancelled
+/// still waits, as Sanic's `await app.cancel_task(...)` in a `finally:`
+/// does: the seed's cleanup cancels its receiver and then purges it, which
+/// needs the receiver to have ended. The wait is bounded by the target's
+/// grace period; only the caller being forced cuts it short.
 pub(super) async fn cancel_task(request: CancelRequest) -> Result<types::TaskInfo, GuestError> {
     let CancelRequest {
         worker,
@@ -191,12 +193,12 @@ pub(super) async fn cancel_task(request: CancelRequest) -> Result<types::TaskInf
     // Waiting for oneself to end would never return: cancelling oneself
     // means "I am being cancelled" from here on, with the same grace period
     // as any other cancel.
-    if is_self || caller.is_cancelled() {
+    if is_self || caller.is_forced() {
         return Err(GuestError::Cancelled);
     }
     tokio::select! {
         _ = target.ended() => {}
-        _ = caller.cancelled() => return Err(GuestError::Cancelled),
+        _ = caller.forced() => return Err(GuestError::Cancelled),
     }
     worker
         .registry()

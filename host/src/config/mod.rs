@@ -11,6 +11,7 @@ mod grants;
 mod http_grant;
 mod limits;
 mod retry;
+mod routes;
 mod schedule;
 
 pub use grants::{DirGrant, Grants};
@@ -21,6 +22,9 @@ pub use limits::{
     machine_memory_bytes,
 };
 pub use retry::{Backoff, RetryPolicy, RetrySpec};
+pub use routes::{
+    DEFAULT_LISTEN, HttpRoute, ListenConfig, Respond, RouteConfig, RouteKind, WebSocketRoute,
+};
 pub use schedule::{
     CatchUp, MAX_CATCH_UP, Overlap, ScheduleConfig, ScheduleScope, ScheduleSpec, When, tick_label,
 };
@@ -67,6 +71,10 @@ pub struct AppConfig {
     pub storage: StorageConfig,
     /// `[[schedules]]`, in file order.
     pub schedules: Vec<ScheduleConfig>,
+    /// `[listen]`: where the public listener binds; none without routes.
+    pub listen: Option<ListenConfig>,
+    /// `[[routes]]`, in file order.
+    pub routes: Vec<RouteConfig>,
 }
 
 /// `[storage]`: where key-value state and durable tasks live.
@@ -218,6 +226,10 @@ struct RawApp {
     storage: RawStorage,
     #[serde(default)]
     schedules: Vec<ScheduleSpec>,
+    #[serde(default)]
+    listen: routes::RawListen,
+    #[serde(default)]
+    routes: Vec<routes::RawRoute>,
 }
 
 fn one() -> i64 {
@@ -415,6 +427,25 @@ impl AppConfig {
             }
             schedules.push(schedule);
         }
+        let mut routes = Vec::new();
+        for (index, route) in raw.routes.into_iter().enumerate() {
+            let route = route
+                .checked(index, base)
+                .with_context(|| format!("{file}: routes[{index}]"))?;
+            if !plugins.contains_key(&route.plugin) {
+                bail!(
+                    "{file}: routes[{index}] ({}): no plugin named `{}`",
+                    route.label(),
+                    route.plugin
+                );
+            }
+            routes.push(route);
+        }
+        routes::check_unique(&routes).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+        let listen = raw
+            .listen
+            .checked(routes.len())
+            .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
         if raw.storage.keep_ended_tasks == Some(0) {
             bail!(
                 "{file}: [storage] keep_ended_tasks must be at least 1 (how many ended durable \
@@ -446,6 +477,8 @@ impl AppConfig {
                     .unwrap_or(DEFAULT_KEEP_ENDED_TASKS),
             },
             schedules,
+            listen,
+            routes,
         })
     }
 }

@@ -3,7 +3,7 @@
 //! Each factory is a plain function; `plugin!` exports them under their own
 //! names, which app.toml and scripts refer to: keep the names stable.
 
-use taskhost_guest_sdk::{App, Result, TaskInfo, plugin};
+use taskhost_guest_sdk::{App, Connection, Message, Request, Result, TaskInfo, plugin};
 
 plugin! {
     /// Sends one HTTP request (`method` default GET) to `url`, which app.toml
@@ -186,35 +186,84 @@ plugin! {
         }
     }
 
-    /// The seed's websocket handler: starts a receiver named
-    /// `receiver:<its id>`, handles `events` messages of `event` (default
-    /// `feed`), then cancels its receiver and purges ended tasks.
-    fn feed(app: &App, events: u32, event: Option<String>) -> Result<u32> {
-        let receiver = format!("receiver:{}", app.id());
-        app.task("receiver").name(&receiver).start()?;
-        let event = event.unwrap_or_else(|| "feed".into());
-        let handled = (|| {
-            for _ in 0..events {
-                app.wait_event(&event, None)?;
+    /// The seed's websocket handler, for a `[[routes]] websocket` route:
+    /// starts `receiver:<connection id>` (which logs what the client
+    /// sends), then sends "A message" each time `event` (default
+    /// `my.custom.event`) is dispatched. When the client closes, its
+    /// cleanup cancels the receiver and purges ended tasks. Without a
+    /// connection (a plain task) it handles `events` dispatches the same
+    /// way, its receiver waiting for `message` events instead.
+    fn feed(
+        app: &App,
+        request: Option<Request>,
+        events: Option<u32>,
+        event: Option<String>,
+    ) -> Result<u32> {
+        let connection = request.as_ref().map(Request::connection).transpose()?;
+        let receiver = format!(
+            "receiver:{}",
+            connection.map_or(app.id(), |c| c.id())
+        );
+        app.task("receiver")
+            .name(&receiver)
+            .args(connection.map(|c| serde_json::json!({ "connection": c.id() })))
+            .start()?;
+        let event = event.unwrap_or_else(|| "my.custom.event".into());
+        let mut handled = 0;
+        let outcome = loop {
+            if events.is_some_and(|events| handled >= events) {
+                break Ok(handled);
             }
-            Ok(events)
-        })();
+            if let Err(error) = app.wait_event(&event, None) {
+                break Err(error);
+            }
+            if let Some(connection) = connection
+                && let Err(error) = connection.send("A message")
+            {
+                break Err(error);
+            }
+            handled += 1;
+        };
         // The seed's `finally:` runs however the loop ended, cancelled too.
         let cancelled = app.cancel_task(&receiver);
         app.purge_tasks();
         cancelled?;
-        handled
+        outcome
     }
 
-    /// Waits for `event` (default `message`) forever, logging each payload:
-    /// the receiving half of `feed`.
-    fn receiver(app: &App, event: Option<String>) -> Result<()> {
+    /// The receiving half of `feed`: logs each message of websocket
+    /// `connection` until it is over; without one, waits for `event`
+    /// (default `message`) forever, logging each payload.
+    fn receiver(app: &App, connection: Option<u64>, event: Option<String>) -> Result<()> {
+        if let Some(id) = connection {
+            let connection = Connection::new(id);
+            while let Some(message) = connection.recv()? {
+                match message {
+                    Message::Text(text) => app.info(format!("received {text}")),
+                    Message::Binary(bytes) => app.info(format!("received {} bytes", bytes.len())),
+                }
+            }
+            return Ok(());
+        }
         let event = event.unwrap_or_else(|| "message".into());
         loop {
             if let Some(payload) = app.wait_event(&event, None)? {
                 app.info(format!("received {payload}"));
             }
         }
+    }
+
+    /// A webhook's handler (`[[routes]] http = ...`): returns
+    /// `{"received": <the request's body>}`, the body as JSON when it was
+    /// sent as JSON.
+    fn on_hook(app: &App, request: Request) -> Result<serde_json::Value> {
+        app.info(format!(
+            "{} {} from {}",
+            request.method.as_deref().unwrap_or("?"),
+            request.path,
+            request.remote
+        ));
+        Ok(serde_json::json!({ "received": request.body }))
     }
 
     /// Starts a `target` task named `victim` (with `args`), waits

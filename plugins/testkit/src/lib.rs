@@ -1,7 +1,7 @@
 //! Factories the integration tests use to observe the host from inside a task.
 
 use serde_json::{Value, json};
-use taskhost_guest_sdk::{App, Error, Result, TaskInfo, TaskState, plugin};
+use taskhost_guest_sdk::{App, Error, Message, Request, Result, TaskInfo, TaskState, plugin};
 
 /// Polls `name` until its state satisfies `done`: for probes that must
 /// observe a state change from inside a task (there is no event for it).
@@ -326,10 +326,75 @@ plugin! {
         }))
     }
 
+    /// A websocket route's task that behaves as `request.query.mode` says:
+    /// `return` (sends "hello", returns), `trap` (sends "hello", panics),
+    /// `echo` (echoes each message; logs `echo cleanup` when cancelled),
+    /// `flood` (sends `count` messages of `bytes` bytes, then returns what
+    /// the last send said), `close` (closes with 4000 "done here", then
+    /// sleeps until cancelled), `idle` (sleeps until cancelled), `oversize`
+    /// (sends one message of `bytes` bytes; returns the error).
+    fn ws_probe(app: &App, request: Request) -> Result<Value> {
+        let connection = request.connection()?;
+        let mode = request.query.get("mode").map(String::as_str).unwrap_or("echo");
+        let number = |key: &str, default: usize| {
+            request.query.get(key).and_then(|v| v.parse().ok()).unwrap_or(default)
+        };
+        match mode {
+            "return" => {
+                connection.send("hello")?;
+                Ok(json!("returned"))
+            }
+            "trap" => {
+                connection.send("hello")?;
+                panic!("the probe traps on purpose");
+            }
+            "echo" => {
+                let echoed = (|| -> Result<u64> {
+                    let mut echoed = 0;
+                    while let Some(message) = connection.recv()? {
+                        connection.send(message)?;
+                        echoed += 1;
+                    }
+                    Ok(echoed)
+                })();
+                if echoed.as_ref().is_err_and(Error::is_cancelled) {
+                    app.info("echo cleanup");
+                }
+                Ok(json!(echoed?))
+            }
+            "flood" => {
+                let (count, bytes) = (number("count", 1000), number("bytes", 1024));
+                let payload = "x".repeat(bytes);
+                for sent in 0..count {
+                    if let Err(error) = connection.send(payload.as_str()) {
+                        app.warn(format!("send {sent} failed: {error}"));
+                        return Err(error);
+                    }
+                }
+                Ok(json!(count))
+            }
+            "close" => {
+                connection.close(4000, "done here")?;
+                app.sleep(3_600_000)?;
+                Ok(Value::Null)
+            }
+            "idle" => {
+                app.sleep(3_600_000)?;
+                Ok(Value::Null)
+            }
+            "oversize" => {
+                let error = connection.send(vec![0u8; number("bytes", 1 << 20)]).unwrap_err();
+                connection.send(Message::Text(format!("{error}")))?;
+                Ok(json!(error.to_string()))
+            }
+            other => Err(Error::msg(format!("no mode {other:?}"))),
+        }
+    }
+
     /// Runs the examples plugin's `feed` with `events` events, delivering
     /// them one by one, and reports what is left in the registry after it.
     fn feed_scenario(app: &App, events: u32) -> Result<Value> {
-        app.task("feed").plugin("examples").name("feed").args(json!({"events": events})).start()?;
+        app.task("feed").plugin("examples").name("feed").args(json!({"events": events, "event": "feed"})).start()?;
         let feed_id = app.get_task("feed")?.id;
         let mut delivered = 0;
         loop {

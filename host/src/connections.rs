@@ -1,0 +1,81 @@
+//! The `connections` interface: what a task does with a websocket
+//! connection the public listener accepted (`recv`, `send`, `close`),
+//! through the app's [`ConnectionHub`].
+
+use crate::bindings::taskhost::plugin::connections::{self as wit, Message};
+use crate::bindings::taskhost::plugin::types::Error as GuestError;
+use crate::connection_hub::{Connection, ConnectionHub};
+use crate::task::CancelSignal;
+use std::sync::Arc;
+use wasmtime::component::{HasData, Linker};
+
+/// The interface's state in one task's store: its plugin, its cancel
+/// signal, and the app's connections.
+pub struct ConnectionsState {
+    pub(crate) plugin: Arc<str>,
+    pub(crate) cancel: Arc<CancelSignal>,
+    pub(crate) hub: Arc<ConnectionHub>,
+}
+
+struct HasConnections;
+
+impl HasData for HasConnections {
+    type Data<'a> = &'a mut ConnectionsState;
+}
+
+/// Links `taskhost:plugin/connections` for stores whose data holds a
+/// [`ConnectionsState`], reached through `state`.
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    state: fn(&mut T) -> &mut ConnectionsState,
+) -> anyhow::Result<()> {
+    wit::add_to_linker::<T, HasConnections>(linker, state)
+        .map_err(|e| anyhow::anyhow!("cannot add the connections interface to the linker: {e:#}"))
+}
+
+impl ConnectionsState {
+    /// The connection (none: it is over) and the caller's signal, owned:
+    /// the call's future must not borrow the store's data across an await.
+    fn target(&self, id: u64) -> Result<(Option<Arc<Connection>>, Arc<CancelSignal>), GuestError> {
+        Ok((self.hub.get(id, &self.plugin)?, self.cancel.clone()))
+    }
+}
+
+fn closed(id: u64) -> GuestError {
+    GuestError::Failed(format!("connection {id} is closed"))
+}
+
+impl wit::Host for ConnectionsState {
+    async fn recv(&mut self, id: u64) -> wasmtime::Result<Result<Option<Message>, GuestError>> {
+        Ok(match self.target(id) {
+            Ok((Some(connection), cancel)) => connection.recv(&cancel).await,
+            Ok((None, _)) => Ok(None),
+            Err(error) => Err(error),
+        })
+    }
+
+    async fn send(
+        &mut self,
+        id: u64,
+        message: Message,
+    ) -> wasmtime::Result<Result<(), GuestError>> {
+        Ok(match self.target(id) {
+            Ok((Some(connection), cancel)) => connection.send(message, &cancel).await,
+            Ok((None, _)) => Err(closed(id)),
+            Err(error) => Err(error),
+        })
+    }
+
+    async fn close(
+        &mut self,
+        id: u64,
+        code: u16,
+        reason: String,
+    ) -> wasmtime::Result<Result<(), GuestError>> {
+        Ok(match self.target(id) {
+            Ok((Some(connection), cancel)) => connection.close(code, reason, &cancel).await,
+            Ok((None, _)) => Err(closed(id)),
+            Err(error) => Err(error),
+        })
+    }
+}

@@ -1,0 +1,473 @@
+//! Websocket routes: each accepted connection starts one task, named
+//! `ws:<connection id>`, bound to the connection for its whole life.
+//!
+//! - The client closing (or vanishing) cancels the task, cooperatively
+//!   then forced after the grace period, so its cleanup runs. Tasks still
+//!   `recv`ing on the connection see none only once that task has ended.
+//! - The task ending closes the connection, after what it queued: 1000
+//!   after a result, 1011 after a failure, 1001 after a cancel.
+//! - The host stopping closes every connection with 1001 (going away).
+//! - Bounded: a client's message over `max_message_bytes` closes with
+//!   1009; a client that does not read is dropped once a task's `send` has
+//!   waited `send_timeout` on its full buffer; a client that sends nothing
+//!   (not even a pong to the pings sent every third of `idle_timeout`) for
+//!   `idle_timeout` is closed with 1001. Connections over a route's or the
+//!   listener's `max_connections` are refused with 503 before the upgrade.
+//!
+//! When the connection is over, its task's record is dropped from the
+//! registry: a connection leaves nothing in `taskhost tasks` (the log's
+//! lifecycle lines keep its story).
+
+use super::{Shared, error, request_json, task_args};
+use crate::config::{RouteConfig, TaskSpec, WebSocketRoute};
+use crate::connection_hub::{ConnectionEnds, ConnectionLimits, Message, Outgoing};
+use crate::registry::TaskHandle;
+use crate::task::{TaskState, WorkerId};
+use axum::extract::ConnectInfo;
+use axum::extract::ws::{self, CloseFrame, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc};
+
+/// How long a close handshake may take before the socket is dropped.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
+
+/// One websocket route, as its handler holds it.
+struct Route {
+    shared: Arc<Shared>,
+    config: RouteConfig,
+    settings: WebSocketRoute,
+    label: String,
+    /// Open connections of this route.
+    slots: Arc<Semaphore>,
+}
+
+pub(super) fn handler(
+    shared: Arc<Shared>,
+    config: RouteConfig,
+    settings: WebSocketRoute,
+) -> axum::routing::MethodRouter {
+    let route = Arc::new(Route {
+        label: config.label(),
+        slots: Arc::new(Semaphore::new(settings.max_connections as usize)),
+        shared,
+        config,
+        settings,
+    });
+    axum::routing::get(
+        move |upgrade: Result<WebSocketUpgrade, ws::rejection::WebSocketUpgradeRejection>,
+              ConnectInfo(remote): ConnectInfo<SocketAddr>,
+              uri: Uri,
+              headers: HeaderMap| {
+            let route = route.clone();
+            async move { accept(route, upgrade, remote, uri, headers) }
+        },
+    )
+}
+
+fn accept(
+    route: Arc<Route>,
+    upgrade: Result<WebSocketUpgrade, ws::rejection::WebSocketUpgradeRejection>,
+    remote: SocketAddr,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let metrics = route.shared.host.route_metrics();
+    let refuse = |status: StatusCode, kind: &str, message: String| {
+        metrics.answered(&route.label, status.as_u16(), Duration::ZERO);
+        error(status, kind, message)
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            return refuse(
+                StatusCode::UPGRADE_REQUIRED,
+                "not_websocket",
+                format!(
+                    "{} takes websocket connections only: {rejection}",
+                    route.label
+                ),
+            );
+        }
+    };
+    if route.shared.shutdown.is_cancelled() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping",
+            "the host is stopping".into(),
+        );
+    }
+    let Ok(own) = route.slots.clone().try_acquire_owned() else {
+        metrics.dropped(&route.label, "refused");
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "limit",
+            format!(
+                "{} has {} open connections, its `max_connections`; try again later",
+                route.label, route.settings.max_connections
+            ),
+        );
+    };
+    let Ok(total) = route.shared.connections.clone().try_acquire_owned() else {
+        metrics.dropped(&route.label, "refused");
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "limit",
+            format!(
+                "the listener has {} open connections, [listen] `max_connections`; try again \
+                 later",
+                route.shared.max_connections
+            ),
+        );
+    };
+    let request = request_json(&route.config, &uri, &headers, remote);
+    let max = route.settings.max_message_bytes;
+    let tracker = route.shared.tracker.clone();
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                serve(route, socket, request, remote).await;
+                drop((own, total));
+            })
+        })
+}
+
+/// Why a connection ended, from the listener's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client sent a close frame.
+    ClientClosed,
+    /// The socket ended or failed without a close.
+    ClientGone,
+    /// A close the host sent was answered (or timed out).
+    Closed,
+    /// A task's `send` gave up on the full buffer.
+    TooSlow,
+    /// Nothing came from the client for `idle_timeout`.
+    Idle,
+}
+
+impl End {
+    fn as_str(self) -> &'static str {
+        match self {
+            End::ClientClosed => "client closed",
+            End::ClientGone => "client gone",
+            End::Closed => "closed",
+            End::TooSlow => "client too slow",
+            End::Idle => "idle timeout",
+        }
+    }
+
+    /// The task lives on after the connection: the client went away.
+    fn leaves_task(self) -> bool {
+        !matches!(self, End::Closed)
+    }
+}
+
+/// What the writer is told besides the task's messages.
+enum Control {
+    Ping,
+    /// Send what is queued now, then close.
+    CloseAfterQueued(u16, &'static str),
+    /// Close at once.
+    CloseNow(u16, &'static str),
+}
+
+async fn serve(
+    route: Arc<Route>,
+    socket: WebSocket,
+    request: serde_json::Map<String, serde_json::Value>,
+    remote: SocketAddr,
+) {
+    let host = &route.shared.host;
+    let metrics = host.route_metrics();
+    let limits = ConnectionLimits {
+        max_message_bytes: route.settings.max_message_bytes,
+        send_buffer: route.settings.send_buffer,
+        send_timeout: route.settings.send_timeout,
+    };
+    let (connection, ends) = host.connections().open(&route.config.plugin, limits);
+    let id = connection.id;
+    drop(connection);
+    let mut request = request;
+    request.insert("connection".into(), id.into());
+    let name = format!("ws:{id}");
+    let spec = TaskSpec {
+        factory: route.config.factory.clone(),
+        args: task_args(&route.config, request),
+        name: Some(name.clone()),
+        ..TaskSpec::default()
+    };
+    metrics.opened(&route.label);
+    let worker = route.shared.next_worker();
+    let started = host.add_task(worker, &route.config.plugin, spec).await;
+    let task = started.ok().and_then(|added| {
+        host.worker(added.worker)
+            .and_then(|w| w.registry().handle_of(added.id))
+            .map(|handle| (added.worker, handle))
+    });
+    let Some((worker, handle)) = task else {
+        // The start failed (its error is in the log's lifecycle lines, or
+        // the host is stopping): say so to the client and go.
+        tracing::warn!(
+            connection = id,
+            route = route.label,
+            "connection {id} on {}: its task {name} could not start; closing with 1011",
+            route.label
+        );
+        let mut socket = socket;
+        let _ = socket
+            .send(ws::Message::Close(Some(CloseFrame {
+                code: 1011,
+                reason: "the task could not start".into(),
+            })))
+            .await;
+        host.connections().remove(id);
+        metrics.closed(&route.label);
+        return;
+    };
+    tracing::info!(
+        connection = id,
+        route = route.label,
+        task = name,
+        remote = %remote,
+        "connection {id} on {} from {remote}: task {name} on worker {worker}",
+        route.label
+    );
+    let ConnectionEnds {
+        outgoing,
+        incoming,
+        too_slow,
+    } = ends;
+    let end = run(
+        &route,
+        socket,
+        outgoing,
+        &incoming,
+        too_slow,
+        handle.clone(),
+        worker,
+    )
+    .await;
+    metrics.closed(&route.label);
+    finish(&route, id, &name, worker, handle, end, incoming).await;
+}
+
+/// Drives one connection until it is over from the socket's side.
+async fn run(
+    route: &Route,
+    socket: WebSocket,
+    mut outgoing: mpsc::Receiver<Outgoing>,
+    incoming: &mpsc::Sender<Message>,
+    too_slow: tokio_util::sync::CancellationToken,
+    handle: TaskHandle,
+    worker: WorkerId,
+) -> End {
+    let metrics = route.shared.host.route_metrics();
+    let label = route.label.as_str();
+    let (mut sink, mut stream) = socket.split();
+    let (control, mut controls) = mpsc::channel::<Control>(4);
+    let writer = async {
+        loop {
+            let (message, last) = tokio::select! {
+                biased;
+                command = controls.recv() => match command {
+                    Some(Control::Ping) => (ws::Message::Ping(Default::default()), false),
+                    Some(Control::CloseAfterQueued(code, reason)) => {
+                        while let Ok(Outgoing::Message(message)) = outgoing.try_recv() {
+                            if sink.send(to_ws(message)).await.is_err() {
+                                return;
+                            }
+                            metrics.message(label, "out");
+                        }
+                        (close(code, reason), true)
+                    }
+                    Some(Control::CloseNow(code, reason)) => (close(code, reason), true),
+                    None => return,
+                },
+                item = outgoing.recv() => match item {
+                    Some(Outgoing::Message(message)) => {
+                        metrics.message(label, "out");
+                        (to_ws(message), false)
+                    }
+                    Some(Outgoing::Close(code, reason)) => (
+                        ws::Message::Close(Some(CloseFrame { code, reason: reason.into() })),
+                        true,
+                    ),
+                    None => return,
+                },
+            };
+            if sink.send(message).await.is_err() || last {
+                return;
+            }
+        }
+    };
+    tokio::pin!(writer);
+    let idle = route.settings.idle_timeout;
+    let mut pings = tokio::time::interval(idle / 3);
+    pings.tick().await;
+    let mut last_heard = Instant::now();
+    let mut pending: Option<Message> = None;
+    let mut task = handle.clone();
+    let mut task_ended = false;
+    let mut writer_done = false;
+    // Set once the host sent (or queued) its close: the client's answer,
+    // or this deadline, ends the connection.
+    let mut closing: Option<tokio::time::Instant> = None;
+    let never = tokio::time::Instant::now() + Duration::from_secs(365 * 86_400);
+    loop {
+        tokio::select! {
+            biased;
+            _ = too_slow.cancelled() => {
+                metrics.dropped(label, "slow");
+                return End::TooSlow;
+            }
+            _ = route.shared.shutdown.cancelled(), if closing.is_none() => {
+                let _ = control.try_send(Control::CloseAfterQueued(1001, "going away"));
+                closing = Some(tokio::time::Instant::now() + CLOSE_HANDSHAKE);
+            }
+            _ = task.ended(), if !task_ended => {
+                task_ended = true;
+                if closing.is_none() {
+                    let state = route.shared.host.worker(worker)
+                        .and_then(|w| w.registry().get(handle.id))
+                        .map(|info| info.state);
+                    let (code, reason) = match state {
+                        Some(TaskState::Done) => (1000, "the task ended"),
+                        Some(TaskState::Cancelled) => (1001, "the task was cancelled"),
+                        _ => (1011, "the task failed"),
+                    };
+                    let _ = control.try_send(Control::CloseAfterQueued(code, reason));
+                    closing = Some(tokio::time::Instant::now() + CLOSE_HANDSHAKE);
+                }
+            }
+            () = &mut writer, if !writer_done => {
+                writer_done = true;
+                // A close the task asked for, or a dead socket: either way
+                // only the client's answer is left to wait for.
+                if closing.is_none() {
+                    closing = Some(tokio::time::Instant::now() + CLOSE_HANDSHAKE);
+                }
+            }
+            permit = incoming.reserve(), if pending.is_some() => match permit {
+                Ok(permit) => permit.send(pending.take().expect("guarded by the branch")),
+                // Nobody can receive any more: drop what the client sends.
+                Err(_) => pending = None,
+            },
+            frame = stream.next(), if pending.is_none() => {
+                last_heard = Instant::now();
+                match frame {
+                    Some(Ok(ws::Message::Text(text))) => {
+                        metrics.message(label, "in");
+                        pending = Some(Message::Text(text.as_str().to_string()));
+                    }
+                    Some(Ok(ws::Message::Binary(bytes))) => {
+                        metrics.message(label, "in");
+                        pending = Some(Message::Binary(bytes.to_vec()));
+                    }
+                    Some(Ok(ws::Message::Ping(_) | ws::Message::Pong(_))) => {}
+                    Some(Ok(ws::Message::Close(_))) => {
+                        return if closing.is_some() { End::Closed } else { End::ClientClosed };
+                    }
+                    Some(Err(error)) => {
+                        if closing.is_some() {
+                            return End::Closed;
+                        }
+                        if let Some((code, reason, why)) = refusal(error) {
+                            metrics.dropped(label, why);
+                            let _ = control.try_send(Control::CloseNow(code, reason));
+                            closing = Some(tokio::time::Instant::now() + CLOSE_HANDSHAKE);
+                        } else {
+                            return End::ClientGone;
+                        }
+                    }
+                    None => return if closing.is_some() { End::Closed } else { End::ClientGone },
+                }
+            }
+            _ = pings.tick(), if closing.is_none() => {
+                if last_heard.elapsed() >= idle {
+                    metrics.dropped(label, "idle");
+                    let _ = control.try_send(Control::CloseNow(1001, "idle timeout"));
+                    // The client is gone in all but name.
+                    let _ = tokio::time::timeout(CLOSE_HANDSHAKE, &mut writer).await;
+                    return End::Idle;
+                }
+                let _ = control.try_send(Control::Ping);
+            }
+            _ = tokio::time::sleep_until(closing.unwrap_or(never)), if closing.is_some() => {
+                return End::Closed;
+            }
+        }
+    }
+}
+
+/// A read error the host answers with a close code (and a metric reason)
+/// rather than by dropping the socket.
+fn refusal(error: axum::Error) -> Option<(u16, &'static str, &'static str)> {
+    let error = error.into_inner();
+    match error.downcast_ref::<tungstenite::Error>()? {
+        tungstenite::Error::Capacity(_) => Some((1009, "message too big", "too_big")),
+        tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_) => {
+            Some((1002, "protocol error", "protocol"))
+        }
+        _ => None,
+    }
+}
+
+fn close(code: u16, reason: &'static str) -> ws::Message {
+    ws::Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+fn to_ws(message: Message) -> ws::Message {
+    match message {
+        Message::Text(text) => ws::Message::Text(text.into()),
+        Message::Binary(bytes) => ws::Message::Binary(bytes.into()),
+    }
+}
+
+/// After the socket: the task is cancelled if the client left, awaited,
+/// and then the connection and its task's record are dropped.
+async fn finish(
+    route: &Route,
+    id: u64,
+    name: &str,
+    worker: WorkerId,
+    mut handle: TaskHandle,
+    end: End,
+    incoming: mpsc::Sender<Message>,
+) {
+    let host = &route.shared.host;
+    if end.leaves_task() && !handle.is_ended() {
+        handle.cancel();
+    }
+    handle.ended().await;
+    // Only now: tasks blocked in `recv` on it see none, and later calls
+    // find it over.
+    drop(incoming);
+    host.connections().remove(id);
+    let state = host
+        .worker(worker)
+        .and_then(|w| w.registry().get(handle.id))
+        .map(|info| info.state);
+    if let Some(worker) = host.worker(worker) {
+        worker.registry().forget(handle.id);
+    }
+    tracing::info!(
+        connection = id,
+        route = route.label,
+        task = name,
+        "connection {id} on {} over ({}); task {name} ended {}",
+        route.label,
+        end.as_str(),
+        state.map_or("and was purged", |s| s.as_str())
+    );
+}
