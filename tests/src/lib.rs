@@ -257,6 +257,18 @@ impl Api {
         (response.status(), response.into_json().unwrap())
     }
 
+    /// GETs `path` as text (`/metrics`); panics unless the host answers
+    /// 2xx.
+    pub fn get_text(&self, path: &str) -> String {
+        self.agent
+            .get(&format!("{}{path}", self.base))
+            .set("Authorization", &self.bearer)
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .into_string()
+            .unwrap()
+    }
+
     /// GETs `path`; panics unless the host answers 2xx.
     pub fn get(&self, path: &str) -> Value {
         self.agent

@@ -2,7 +2,8 @@
 //! `ws:<connection id>`, bound to the connection for its whole life.
 //!
 //! - The client closing (or vanishing) cancels the task, cooperatively
-//!   then forced after the grace period, so its cleanup runs. Tasks still
+//!   then forced after the grace period, so its cleanup runs; so does the
+//!   end of a close handshake the task or the host began. Tasks still
 //!   `recv`ing on the connection see none only once that task has ended.
 //! - The task ending closes the connection, after what it queued: 1000
 //!   after a result, 1011 after a failure, 1001 after a cancel.
@@ -162,11 +163,6 @@ impl End {
             End::TooSlow => "client too slow",
             End::Idle => "idle timeout",
         }
-    }
-
-    /// The task lives on after the connection: the client went away.
-    fn leaves_task(self) -> bool {
-        !matches!(self, End::Closed)
     }
 }
 
@@ -434,7 +430,7 @@ fn to_ws(message: Message) -> ws::Message {
     }
 }
 
-/// After the socket: the task is cancelled if the client left, awaited,
+/// After the socket: the task is cancelled if it still runs, awaited,
 /// and then the connection and its task's record are dropped.
 async fn finish(
     route: &Route,
@@ -446,7 +442,8 @@ async fn finish(
     incoming: mpsc::Sender<Message>,
 ) {
     let host = &route.shared.host;
-    if end.leaves_task() && !handle.is_ended() {
+    // However it ended, a connection that is over takes its task along.
+    if !handle.is_ended() {
         handle.cancel();
     }
     handle.ended().await;
