@@ -450,3 +450,110 @@ pub(super) fn check_unique(routes: &[RouteConfig]) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::AppConfig;
+    use std::path::Path;
+
+    /// An app.toml with one plugin (its file exists) and `rest`.
+    fn parse(rest: &str) -> anyhow::Result<AppConfig> {
+        let wasm = std::env::temp_dir().join("taskhost-routes-test.wasm");
+        std::fs::write(&wasm, b"").unwrap();
+        let text = format!(
+            "name = \"x\"\n[plugins.p]\npath = {:?}\n{rest}",
+            wasm.display().to_string()
+        );
+        AppConfig::parse(&text, Path::new("app.toml"), Path::new("/nonexistent"))
+    }
+
+    fn error(rest: &str) -> String {
+        format!("{:#}", parse(rest).unwrap_err())
+    }
+
+    #[test]
+    fn routes_are_off_by_default_and_listen_defaults_to_loopback_8080() {
+        let config = parse("").unwrap();
+        assert!(config.listen.is_none() && config.routes.is_empty());
+        let config =
+            parse("[[routes]]\nwebsocket = \"/feed\"\nplugin = \"p\"\nfactory = \"f\"\n").unwrap();
+        let listen = config.listen.unwrap();
+        assert_eq!(listen.address.to_string(), super::DEFAULT_LISTEN);
+        assert_eq!(config.routes[0].label(), "websocket /feed");
+    }
+
+    #[test]
+    fn bad_routes_are_refused_naming_the_route_and_field() {
+        let cases = [
+            (
+                "[listen]\naddress = \"127.0.0.1:1\"\n",
+                "[listen] is set but there are no [[routes]]",
+            ),
+            (
+                "[[routes]]\nplugin = \"p\"\nfactory = \"f\"\n",
+                "routes[0]: needs `websocket = \"/path\"` or `http = \"METHOD /path\"`",
+            ),
+            (
+                "[[routes]]\nhttp = \"/hooks\"\nplugin = \"p\"\nfactory = \"f\"\n",
+                "must be \"METHOD /path\"",
+            ),
+            (
+                "[[routes]]\nwebsocket = \"feed\"\nplugin = \"p\"\nfactory = \"f\"\n",
+                "path \"feed\" must start with `/`",
+            ),
+            (
+                "[[routes]]\nwebsocket = \"/f\"\nplugin = \"p\"\nfactory = \"f\"\nrespond = \"result\"\n",
+                "`respond` is not a setting of a websocket route",
+            ),
+            (
+                "[[routes]]\nhttp = \"POST /h\"\nplugin = \"p\"\nfactory = \"f\"\nsecret = \"short\"\n",
+                "`secret` must be at least 16 bytes long",
+            ),
+            (
+                "[[routes]]\nhttp = \"POST /h\"\nplugin = \"p\"\nfactory = \"f\"\nrespond = \"result\"\ndurable = true\n",
+                "`durable = true` needs `respond = \"accepted\"`",
+            ),
+            (
+                "[[routes]]\nwebsocket = \"/f\"\nplugin = \"q\"\nfactory = \"f\"\n",
+                "routes[0] (websocket /f): no plugin named `q`",
+            ),
+            (
+                "[[routes]]\nwebsocket = \"/f\"\nplugin = \"p\"\nfactory = \"f\"\nsend_buffer = 0\n",
+                "`send_buffer` must be between 1 and",
+            ),
+            (
+                "[[routes]]\nwebsocket = \"/f\"\nplugin = \"p\"\nfactory = \"f\"\n\
+                 [[routes]]\nhttp = \"GET /f\"\nplugin = \"p\"\nfactory = \"g\"\n",
+                "routes[1] (GET /f) serves what routes[0] (websocket /f) already does",
+            ),
+            (
+                "[[routes]]\nwebsocket = \"/f\"\nplugin = \"p\"\nfactory = \"f\"\nargs = { request = 1 }\n",
+                "`args` must not have a `request` key",
+            ),
+        ];
+        for (rest, expected) in cases {
+            let message = error(rest);
+            assert!(message.starts_with("app.toml: "), "{message}");
+            assert!(message.contains(expected), "{rest}\n=> {message}");
+        }
+    }
+
+    #[test]
+    fn a_route_secret_may_come_from_the_environment() {
+        let config = parse(
+            "[[routes]]\nhttp = \"POST /h\"\nplugin = \"p\"\nfactory = \"f\"\n\
+             secret = { env = \"PATH\" }\n",
+        );
+        // PATH is set and long enough on any machine the tests run on.
+        let config = config.unwrap();
+        let super::RouteKind::Http(route) = &config.routes[0].kind else {
+            panic!("an http route");
+        };
+        assert_eq!(
+            route.secret_bytes(),
+            Some(std::env::var("PATH").unwrap().as_bytes())
+        );
+        // Debug never shows it.
+        assert!(!format!("{route:?}").contains(&std::env::var("PATH").unwrap()));
+    }
+}

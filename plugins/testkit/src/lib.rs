@@ -391,6 +391,19 @@ plugin! {
         }
     }
 
+    /// A webhook route's task: `mode` (the route's `args`) `fail` fails,
+    /// `sleep` sleeps `ms` first; every mode returns the request it got.
+    fn hook_probe(app: &App, request: Request, mode: Option<String>, ms: Option<u64>) -> Result<Request> {
+        match mode.as_deref() {
+            Some("fail") => Err(Error::msg("the hook probe fails on purpose")),
+            Some("sleep") => {
+                app.sleep(ms.unwrap_or(3_600_000))?;
+                Ok(request)
+            }
+            _ => Ok(request),
+        }
+    }
+
     /// Runs the examples plugin's `feed` with `events` events, delivering
     /// them one by one, and reports what is left in the registry after it.
     fn feed_scenario(app: &App, events: u32) -> Result<Value> {

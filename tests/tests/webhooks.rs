@@ -1,0 +1,285 @@
+//! HTTP routes (webhooks), against the real binary on 127.0.0.1: a
+//! request becomes a task's `request` argument; the route answers 202 at
+//! once or with the task's result (500 on failure, 504 on timeout); a
+//! signed route refuses a bad signature before anything starts.
+
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use taskhost_tests::{Api, Running, TestApp};
+
+const SECRET: &str = "a-shared-secret-of-some-length";
+
+fn app() -> TestApp {
+    TestApp::new(&format!(
+        r#"
+        name = "hooks"
+        workers = 2
+        [plugins.examples]
+        path = "{{examples}}"
+        [plugins.kit]
+        path = "{{testkit}}"
+
+        [[routes]]
+        http = "POST /hooks/accept"
+        plugin = "kit"
+        factory = "hook_probe"
+        headers = ["x-event"]
+        max_body_bytes = 200
+
+        [[routes]]
+        http = "POST /hooks/build"
+        plugin = "examples"
+        factory = "on_hook"
+        respond = "result"
+
+        [[routes]]
+        http = "POST /hooks/fail"
+        plugin = "kit"
+        factory = "hook_probe"
+        args = {{ mode = "fail" }}
+        respond = "result"
+
+        [[routes]]
+        http = "POST /hooks/slow"
+        plugin = "kit"
+        factory = "hook_probe"
+        args = {{ mode = "sleep" }}
+        respond = "result"
+        timeout = "300ms"
+
+        [[routes]]
+        http = "POST /hooks/signed"
+        plugin = "kit"
+        factory = "hook_probe"
+        secret = "{SECRET}"
+
+        [[routes]]
+        http = "PUT /hooks/durable"
+        plugin = "kit"
+        factory = "hook_probe"
+        durable = true
+        "#
+    ))
+}
+
+fn start(app: &TestApp) -> (Running, SocketAddr) {
+    let mut host = app.spawn_with(&["--listen", "127.0.0.1:0"]);
+    host.wait_until_serving();
+    host.wait_for(1, |l| l["listen"].is_string());
+    let address = host
+        .seen()
+        .iter()
+        .find_map(|l| l["listen"].as_str())
+        .unwrap()
+        .parse()
+        .unwrap();
+    (host, address)
+}
+
+/// Sends `body` to `path` with `headers`: the status and the JSON answer.
+fn send(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Value) {
+    let mut request = ureq::request(method, &format!("http://{address}{path}"));
+    for (name, value) in headers {
+        request = request.set(name, value);
+    }
+    let response = match request.send_string(body) {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("{method} {path}: {error}"),
+    };
+    let status = response.status();
+    let text = response.into_string().unwrap();
+    let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    (status, value)
+}
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+fn signature(body: &str) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    let bytes = mac.finalize().into_bytes();
+    format!(
+        "sha256={}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+#[test]
+fn a_webhook_request_becomes_a_tasks_arguments_and_is_answered_202_with_its_id() {
+    let app = app();
+    let (mut host, address) = start(&app);
+    let (status, answer) = send(
+        address,
+        "POST",
+        "/hooks/accept?ref=main&note=a%20b",
+        &[JSON, ("x-event", "push"), ("cookie", "secret=1")],
+        r#"{"commits": 2}"#,
+    );
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["task_id"].as_u64().unwrap();
+    host.wait_for(1, |l| l["task_id"] == id && l["event"] == "done");
+    let done = host
+        .seen()
+        .iter()
+        .find(|l| l["task_id"] == id && l["event"] == "done")
+        .unwrap();
+    let request: Value = serde_json::from_str(done["result"].as_str().unwrap()).unwrap();
+    assert_eq!(request["method"], "POST");
+    assert_eq!(request["path"], "/hooks/accept");
+    assert_eq!(request["query"], json!({"ref": "main", "note": "a b"}));
+    // Only the headers the route lists reach the task.
+    assert_eq!(request["headers"], json!({"x-event": "push"}));
+    assert_eq!(request["body"], json!({"commits": 2}));
+
+    // Over the body limit: 413, and nothing starts.
+    let (status, answer) = send(address, "POST", "/hooks/accept", &[], &"x".repeat(300));
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`max_body_bytes`")
+    );
+    // JSON that is not: 400.
+    let (status, _) = send(address, "POST", "/hooks/accept", &[JSON], "{nope");
+    assert_eq!(status, 400);
+    // No route: 404, as JSON.
+    let (status, answer) = send(address, "POST", "/hooks/none", &[], "");
+    assert_eq!(status, 404, "{answer}");
+
+    // A durable route's task is recorded before the answer.
+    let (status, answer) = send(address, "PUT", "/hooks/durable", &[], "once");
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["task_id"].as_u64().unwrap();
+    host.wait_for(1, |l| l["task_id"] == id && l["event"] == "done");
+    let (api, _) = Api::of(&app);
+    let tasks = api.get("/v1/tasks");
+    let task = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id)
+        .unwrap();
+    assert_eq!(task["durable"], true, "{task}");
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
+}
+
+#[test]
+fn respond_result_answers_with_the_result_500_on_failure_and_504_on_timeout() {
+    let app = app();
+    let (host, address) = start(&app);
+    let (status, answer) = send(
+        address,
+        "POST",
+        "/hooks/build",
+        &[JSON],
+        r#"{"ref": "main"}"#,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, json!({"received": {"ref": "main"}}));
+    // Text stays text.
+    let (status, answer) = send(address, "POST", "/hooks/build", &[], "plain words");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, json!({"received": "plain words"}));
+
+    let (status, answer) = send(address, "POST", "/hooks/fail", &[], "");
+    assert_eq!(status, 500, "{answer}");
+    assert_eq!(answer["error"]["kind"], "task_failed");
+    // The task's error stays in the host's log.
+    assert!(!answer.to_string().contains("on purpose"), "{answer}");
+
+    let (status, answer) = send(address, "POST", "/hooks/slow", &[], "");
+    assert_eq!(status, 504, "{answer}");
+    let id = answer["task_id"].as_u64().unwrap();
+    let (api, _) = Api::of(&app);
+    let tasks = api.get("/v1/tasks");
+    let slow = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id)
+        .unwrap();
+    assert_eq!(slow["state"], "running", "the task goes on: {slow}");
+    host.signal("TERM");
+    let run = host.finish();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+}
+
+#[test]
+fn a_signed_route_refuses_a_missing_or_wrong_signature_before_any_task_starts() {
+    let app = app();
+    let (host, address) = start(&app);
+    let body = r#"{"action": "opened"}"#;
+    let (status, answer) = send(address, "POST", "/hooks/signed", &[JSON], body);
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(answer["error"]["kind"], "bad_signature");
+    let wrong = signature("another body");
+    let (status, _) = send(
+        address,
+        "POST",
+        "/hooks/signed",
+        &[JSON, ("x-hub-signature-256", &wrong)],
+        body,
+    );
+    assert_eq!(status, 401);
+    let (api, _) = Api::of(&app);
+    assert_eq!(api.get("/v1/tasks"), json!([]), "no task started");
+
+    let right = signature(body);
+    let (status, answer) = send(
+        address,
+        "POST",
+        "/hooks/signed",
+        &[JSON, ("x-hub-signature-256", &right)],
+        body,
+    );
+    assert_eq!(status, 202, "{answer}");
+    let metrics = api.get_text("/metrics");
+    assert!(
+        metrics.contains(
+            r#"taskhost_route_requests_total{route="POST /hooks/signed",status="401"} 2"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"taskhost_route_requests_total{route="POST /hooks/signed",status="202"} 1"#
+        ),
+        "{metrics}"
+    );
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
+}
+
+#[test]
+fn check_refuses_a_route_whose_factory_does_not_take_a_request() {
+    let app = TestApp::new(
+        r#"
+        name = "hooks"
+        [plugins.examples]
+        path = "{examples}"
+        [[routes]]
+        http = "POST /hooks/sleep"
+        plugin = "examples"
+        factory = "sleeper"
+        "#,
+    );
+    let run = app.check();
+    assert_ne!(run.code, Some(0), "{}", run.dump());
+    assert!(
+        run.stderr
+            .contains("routes[0] (POST /hooks/sleep): the factory must take"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("request"), "{}", run.stderr);
+}
