@@ -185,6 +185,11 @@ fn the_seeds_feed_sends_on_each_event_its_receiver_logs_and_closing_cleans_up_ev
     host.wait_for(1, message("receiver:1", "received second"));
 
     client.close();
+    // The host answers the close: a clean handshake, not a dropped socket.
+    assert!(
+        matches!(client.next(), Some(Message::Close(Some(_)))),
+        "the host did not answer the close"
+    );
     host.wait_for(1, over(1));
     let ended = |task: &str| {
         host.seen()

@@ -269,7 +269,7 @@ async fn run(
     let label = route.label.as_str();
     let (mut sink, mut stream) = socket.split();
     let (control, mut controls) = mpsc::channel::<Control>(4);
-    let writer = async {
+    let mut writer = Box::pin(async {
         loop {
             let (message, last) = tokio::select! {
                 biased;
@@ -303,8 +303,7 @@ async fn run(
                 return;
             }
         }
-    };
-    tokio::pin!(writer);
+    });
     let idle = route.settings.idle_timeout;
     let mut pings = tokio::time::interval(idle / 3);
     pings.tick().await;
@@ -317,12 +316,12 @@ async fn run(
     // or this deadline, ends the connection.
     let mut closing: Option<tokio::time::Instant> = None;
     let never = tokio::time::Instant::now() + Duration::from_secs(365 * 86_400);
-    loop {
+    let end = loop {
         tokio::select! {
             biased;
             _ = too_slow.cancelled() => {
                 metrics.dropped(label, "slow");
-                return End::TooSlow;
+                break End::TooSlow;
             }
             _ = route.shared.shutdown.cancelled(), if closing.is_none() => {
                 let _ = control.try_send(Control::CloseAfterQueued(1001, "going away"));
@@ -369,21 +368,21 @@ async fn run(
                     }
                     Some(Ok(ws::Message::Ping(_) | ws::Message::Pong(_))) => {}
                     Some(Ok(ws::Message::Close(_))) => {
-                        return if closing.is_some() { End::Closed } else { End::ClientClosed };
+                        break if closing.is_some() { End::Closed } else { End::ClientClosed };
                     }
                     Some(Err(error)) => {
                         if closing.is_some() {
-                            return End::Closed;
+                            break End::Closed;
                         }
                         if let Some((code, reason, why)) = refusal(error) {
                             metrics.dropped(label, why);
                             let _ = control.try_send(Control::CloseNow(code, reason));
                             closing = Some(tokio::time::Instant::now() + CLOSE_HANDSHAKE);
                         } else {
-                            return End::ClientGone;
+                            break End::ClientGone;
                         }
                     }
-                    None => return if closing.is_some() { End::Closed } else { End::ClientGone },
+                    None => break if closing.is_some() { End::Closed } else { End::ClientGone },
                 }
             }
             _ = pings.tick(), if closing.is_none() => {
@@ -392,15 +391,22 @@ async fn run(
                     let _ = control.try_send(Control::CloseNow(1001, "idle timeout"));
                     // The client is gone in all but name.
                     let _ = tokio::time::timeout(CLOSE_HANDSHAKE, &mut writer).await;
-                    return End::Idle;
+                    break End::Idle;
                 }
                 let _ = control.try_send(Control::Ping);
             }
             _ = tokio::time::sleep_until(closing.unwrap_or(never)), if closing.is_some() => {
-                return End::Closed;
+                break End::Closed;
             }
         }
+    };
+    drop(writer);
+    // The close a client began is answered (tungstenite queued the reply;
+    // this flushes it), so the client sees a clean close, not 1006.
+    if end == End::ClientClosed {
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, sink.close()).await;
     }
+    end
 }
 
 /// A read error the host answers with a close code (and a metric reason)
