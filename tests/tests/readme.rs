@@ -233,3 +233,101 @@ fn the_documented_task_record_is_task_view() {
     sorted.sort();
     assert_eq!(sorted, fields, "docs/control.md lists {listed:?}");
 }
+
+/// `examples/websocket.toml` runs as the README's session shows, building
+/// the plugin as it says (on a free port instead of 8080): the client gets
+/// "A message" on each `taskhost dispatch my.custom.event`, the receiver
+/// logs what the client sent, closing cleans up, and the webhook answers
+/// with what it received.
+#[test]
+fn the_websocket_example_runs_as_the_readme_session_shows() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let example = std::fs::read_to_string(repo().join("examples/websocket.toml")).unwrap();
+    let shown = readme_block("## Connections and webhooks", "examples/websocket.toml", "toml");
+    for line in shown.lines().map(|l| l.split('#').next().unwrap().trim()) {
+        assert!(
+            example.lines().any(|l| l.split('#').next().unwrap().trim() == line),
+            "the README shows {line:?}, which examples/websocket.toml does not have"
+        );
+    }
+
+    let scratch = tempfile::tempdir().unwrap();
+    let control = scratch.path().join("control.json");
+    let child = std::process::Command::new(taskhost_tests::taskhost_bin())
+        .args(["run", "--log-format", "json", "--listen", "127.0.0.1:0"])
+        .arg(repo().join("examples/websocket.toml"))
+        .env("TASKHOST_CONTROL_FILE", &control)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut host = taskhost_tests::Running::new(child);
+    host.wait_for(1, |l| l["listen"].is_string());
+    host.wait_until_serving();
+    let address = host
+        .seen()
+        .iter()
+        .find_map(|l| l["listen"].as_str())
+        .unwrap()
+        .to_string();
+    let cli = |args: &[&str]| {
+        taskhost_tests::Run::from(
+            std::process::Command::new(taskhost_tests::taskhost_bin())
+                .args(args)
+                .env("TASKHOST_CONTROL_FILE", &control)
+                .output()
+                .unwrap(),
+        )
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut ws, _) = runtime
+        .block_on(tokio_tungstenite::connect_async(format!(
+            "ws://{address}/feed"
+        )))
+        .unwrap();
+    runtime
+        .block_on(ws.send(Message::text("hello")))
+        .unwrap();
+    host.wait_for(1, |l| l["task"] == "receiver:1" && l["message"] == "received hello");
+    let dispatched = cli(&["dispatch", "my.custom.event"]);
+    assert_eq!(dispatched.stdout.trim(), "woke 1 task(s)", "{}", dispatched.dump());
+    let got = runtime.block_on(async {
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_secs(20), ws.next())
+                .await
+                .unwrap()
+            {
+                Some(Ok(Message::Text(text))) => break text.to_string(),
+                Some(Ok(_)) => continue,
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+    assert_eq!(got, "A message");
+    runtime.block_on(ws.close(None)).unwrap();
+    host.wait_for(1, |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("connection 1 on websocket /feed over (client closed)"))
+    });
+    let answer: serde_json::Value = ureq::post(&format!("http://{address}/hooks/build"))
+        .set("content-type", "application/json")
+        .send_string(r#"{"ref": "main"}"#)
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(answer, json!({"received": {"ref": "main"}}));
+    let tasks = cli(&["tasks"]);
+    assert!(tasks.stdout.contains("1 task(s)"), "only the webhook's: {}", tasks.dump());
+    host.signal("TERM");
+    let run = host.finish();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    for task in ["ws:1", "receiver:1"] {
+        assert_eq!(run.event_of("cancelled", task).len(), 1, "{task}: {}", run.dump());
+    }
+}

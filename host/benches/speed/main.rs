@@ -7,6 +7,7 @@
 //! same component on the same engine (`raw.rs`). It prints a Markdown table
 //! the README carries. `SPEED_SCALE=0.1` runs a tenth of the iterations.
 
+mod connections;
 mod guests;
 mod raw;
 
@@ -650,6 +651,10 @@ async fn main() {
     }
     if std::env::args().any(|arg| arg == "guests") {
         guests::run().await;
+        return;
+    }
+    if std::env::args().any(|arg| arg == "connections") {
+        connections::run().await;
         return;
     }
     let components = build_components();

@@ -34,6 +34,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 
+/// tungstenite's read buffer per connection. Its default, 128 KiB, is
+/// zero-filled on every read, so each connection held 128 KiB resident
+/// (measured: 208 KiB per connection with its task, 55 KiB of it the
+/// task); a bigger message still gets a buffer of its own size. Writes go
+/// out frame by frame (`write_buffer_size(0)`), each flushed by `send`.
+const READ_BUFFER: usize = 4096;
+
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 
@@ -131,6 +138,8 @@ fn accept(
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
                 serve(route, socket, request, remote).await;

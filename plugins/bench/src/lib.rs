@@ -1,7 +1,7 @@
 //! The tasks `cargo bench -p taskhost --bench speed` measures: each does one
 //! thing, so a figure means one thing.
 
-use taskhost_guest_sdk::{App, Result, plugin};
+use taskhost_guest_sdk::{App, Request, Result, plugin};
 
 plugin! {
     /// Returns at once: the cost of a task is then all start-up and end.
@@ -13,6 +13,16 @@ plugin! {
     /// call.
     fn idle(app: &App) -> Result<()> {
         app.sleep(u64::MAX)
+    }
+
+    /// A websocket route's idle task: waits in `recv` on its connection
+    /// until the client closes (then it is cancelled), echoing anything.
+    fn connection_idle(_app: &App, request: Request) -> Result<()> {
+        let connection = request.connection()?;
+        while let Some(message) = connection.recv()? {
+            connection.send(message)?;
+        }
+        Ok(())
     }
 
     /// Computes forever without host calls: only epochs can stop it.
