@@ -94,6 +94,34 @@ export class App {
   addSchedule(spec: Record<string, unknown>): void;
   removeSchedule(name: string): boolean;
   kv(bucket: string): Bucket;
+  /** The websocket connection of a route's `request` (or by its id). */
+  connection(request: Request | number): Connection;
+}
+
+/** What a `[[routes]]` route passes to its task as `request`. */
+export interface Request {
+  /** The connection's id (websocket routes). */
+  connection?: number;
+  path: string;
+  query: Record<string, string>;
+  /** The headers the route lets through, lower case. */
+  headers: Record<string, string>;
+  remote: string;
+  /** HTTP routes: the method and the body (parsed JSON for a JSON content type, else text). */
+  method?: string;
+  body?: unknown;
+}
+
+/** A websocket connection of the host's listener. */
+export class Connection implements Iterable<string | Uint8Array> {
+  constructor(id: number);
+  readonly id: number;
+  /** The client's next message; null once the connection is over. */
+  recv(): string | Uint8Array | null;
+  send(message: string | Uint8Array): void;
+  /** Closes with `code` (1000, or 3000-4999) after what was queued. */
+  close(code?: number, reason?: string): void;
+  [Symbol.iterator](): Iterator<string | Uint8Array>;
 }
 
 export function task<A = any, R = unknown>(

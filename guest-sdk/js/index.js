@@ -21,6 +21,7 @@
 // other uncaught error fails the task with its stack as the error.
 
 import * as host from 'taskhost:plugin/app@0.2.0';
+import * as connections from 'taskhost:plugin/connections@0.2.0';
 import * as store from 'wasi:keyvalue/store@0.2.0-draft2';
 import * as atomics from 'wasi:keyvalue/atomics@0.2.0-draft2';
 
@@ -203,6 +204,50 @@ export class Bucket {
 const LEVELS = ['trace', 'debug', 'info', 'warn', 'error'];
 
 /** The handle to the app a task belongs to (Sanic's `app`). */
+/**
+ * A websocket connection of the host's listener: a `[[routes]] websocket`
+ * route starts a task per connection and passes its id in
+ * `request.connection`. Any task of the plugin given the id may use it (the
+ * seed's receiver does). The client closing cancels the connection's task
+ * (`Cancelled`); the task returning closes the connection.
+ */
+export class Connection {
+  constructor(id) {
+    this.id = fromU64(id);
+  }
+
+  /** The client's next message (a string, or a Uint8Array for binary);
+   * null once the connection is over. */
+  recv() {
+    const message = call(connections.recv, toU64(this.id, 'a connection id'));
+    if (message === undefined || message === null) return null;
+    return message.tag === 'text' ? message.val : new Uint8Array(message.val);
+  }
+
+  /** Queues a message (a string, or bytes) for the client; waits while its
+   * buffer is full, fails once the client was dropped or closed. */
+  send(message) {
+    const wit = typeof message === 'string'
+      ? { tag: 'text', val: message }
+      : { tag: 'binary', val: new Uint8Array(message) };
+    call(connections.send, toU64(this.id, 'a connection id'), wit);
+  }
+
+  /** Closes with `code` (1000, or 3000-4999) after what was queued. */
+  close(code = 1000, reason = '') {
+    call(connections.close, toU64(this.id, 'a connection id'), code, reason);
+  }
+
+  /** The client's messages until the connection is over. */
+  *[Symbol.iterator]() {
+    for (;;) {
+      const message = this.recv();
+      if (message === null) return;
+      yield message;
+    }
+  }
+}
+
 export class App {
   /** The app's name (`name` in app.toml). */
   name() {
@@ -328,6 +373,17 @@ export class App {
 
   removeSchedule(name) {
     return call(host.removeSchedule, name);
+  }
+
+  /** The websocket connection of a route's `request` (or by its id). */
+  connection(request) {
+    if (request !== null && typeof request === 'object') {
+      if (request.connection === undefined || request.connection === null) {
+        throw new Failed('this request has no websocket connection');
+      }
+      return new Connection(request.connection);
+    }
+    return new Connection(request);
   }
 
   /** Opens a key-value bucket. */

@@ -120,15 +120,22 @@ export const fetch_text = task(
 );
 
 export const feed = task(
-  (app, { events, event }) => {
-    // The seed's websocket handler: a receiver named after this task,
-    // `events` messages handled, then the receiver cancelled and purged
-    // however the loop ended.
-    const receiver = `receiver:${app.id()}`;
-    app.addTask('receiver', {}, { name: receiver });
+  (app, { request, events, event }) => {
+    // The seed's websocket handler: a receiver named after the connection
+    // (or this task), "A message" sent on each event, and the receiver
+    // cancelled and purged however the loop ended (the client closing
+    // cancels this task).
+    const connection = request ? app.connection(request) : null;
+    const receiver = `receiver:${connection ? connection.id : app.id()}`;
+    app.addTask('receiver', connection ? { connection: connection.id } : {}, { name: receiver });
+    let handled = 0;
     try {
-      for (let i = 0; i < events; i++) app.waitEvent(event);
-      return events;
+      while (events === null || handled < events) {
+        app.waitEvent(event);
+        if (connection) connection.send('A message');
+        handled += 1;
+      }
+      return handled;
     } finally {
       try {
         app.cancelTask(receiver);
@@ -138,19 +145,30 @@ export const feed = task(
     }
   },
   {
-    description: "The seed's websocket handler: starts receiver:<id>, handles `events` events, then cancels it.",
-    args: { events: { type: 'integer', default: 3 }, event: { type: 'string', default: 'feed' } },
+    description: "The seed's websocket handler: starts receiver:<id>, sends \"A message\" on each event, cancels the receiver when it ends.",
+    args: {
+      request: { type: 'object', default: null },
+      events: { type: 'integer', default: null },
+      event: { type: 'string', default: 'my.custom.event' },
+    },
   },
 );
 
 export const receiver = task(
-  (app, { event }) => {
+  (app, { connection, event }) => {
+    if (connection !== null) {
+      for (const message of app.connection(connection)) app.info(`received ${message}`);
+      return;
+    }
     for (;;) {
       const payload = app.waitEvent(event);
       if (payload !== null) app.info(`received ${payload}`);
     }
   },
-  { description: 'Logs every payload of `event`: the receiving half of `feed`.', args: { event: { type: 'string', default: 'message' } } },
+  {
+    description: 'Logs what the client of `connection` sends, or every payload of `event`: the receiving half of `feed`.',
+    args: { connection: { type: 'integer', default: null }, event: { type: 'string', default: 'message' } },
+  },
 );
 
 export const tour = task(

@@ -57,15 +57,24 @@ def sleeper(app: App, ms: int = 60000, marker: Optional[str] = None) -> str:
 
 
 @task
-def feed(app: App, events: int = 3, event: str = "feed") -> int:
-    """The seed's websocket handler: starts receiver:<id>, handles `events`
-    events, then cancels its receiver and purges, however it ended."""
-    receiver_name = f"receiver:{app.id()}"
-    app.add_task("receiver", {}, name=receiver_name)
+def feed(app: App, request: Optional[dict] = None, events: Optional[int] = None,
+         event: str = "my.custom.event") -> int:
+    """The seed's websocket handler: starts receiver:<id>, sends "A message"
+    on each `event`; its cleanup cancels the receiver and purges, however
+    it ended (the client closing cancels it). Without a websocket
+    `request`, it handles `events` events the same way."""
+    connection = app.connection(request) if request else None
+    receiver_name = f"receiver:{connection.id if connection else app.id()}"
+    app.add_task("receiver", {"connection": connection.id} if connection else {},
+                 name=receiver_name)
+    handled = 0
     try:
-        for _ in range(events):
+        while events is None or handled < events:
             app.wait_event(event)
-        return events
+            if connection:
+                connection.send("A message")
+            handled += 1
+        return handled
     finally:
         try:
             app.cancel_task(receiver_name)
@@ -74,8 +83,13 @@ def feed(app: App, events: int = 3, event: str = "feed") -> int:
 
 
 @task
-def receiver(app: App, event: str = "message") -> None:
-    """Logs every payload of `event`: the receiving half of `feed`."""
+def receiver(app: App, connection: Optional[int] = None, event: str = "message") -> None:
+    """Logs what the client of `connection` sends until it is over, or
+    (without one) every payload of `event`: the receiving half of `feed`."""
+    if connection is not None:
+        for message in app.connection(connection):
+            app.info(f"received {message}")
+        return
     while True:
         payload = app.wait_event(event)
         if payload is not None:

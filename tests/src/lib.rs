@@ -2,6 +2,8 @@
 //! real plugins once per test process, write app.toml files, run the host
 //! and read its JSON log.
 
+pub mod routes;
+
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

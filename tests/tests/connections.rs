@@ -4,95 +4,9 @@
 //! and the limits.
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
-use std::net::SocketAddr;
-use std::time::Duration;
-use taskhost_tests::{Api, Running, TestApp};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use taskhost_tests::routes::{Client, PATIENCE, Stream, line, over, runtime, seed_session, start};
+use taskhost_tests::{Api, TestApp};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-
-type Stream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A websocket client with a blocking face, so tests read top to bottom
-/// beside the host's (blocking) log reader.
-struct Client {
-    runtime: tokio::runtime::Runtime,
-    stream: Stream,
-}
-
-/// How long a test waits for any one thing from the host.
-const PATIENCE: Duration = Duration::from_secs(20);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-impl Client {
-    fn connect(address: SocketAddr, path: &str) -> Result<Client, WsError> {
-        let runtime = runtime();
-        let url = format!("ws://{address}{path}");
-        let (stream, _) = runtime.block_on(tokio_tungstenite::connect_async(url))?;
-        Ok(Client { runtime, stream })
-    }
-
-    fn send(&mut self, text: &str) {
-        self.runtime
-            .block_on(self.stream.send(Message::text(text)))
-            .unwrap();
-    }
-
-    /// The next text, binary or close message; none when the stream ended.
-    fn next(&mut self) -> Option<Message> {
-        loop {
-            let stream = &mut self.stream;
-            let next = self
-                .runtime
-                .block_on(async { tokio::time::timeout(PATIENCE, stream.next()).await })
-                .expect("the host answers in time");
-            match next {
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(message)) => return Some(message),
-                Some(Err(_)) | None => return None,
-            }
-        }
-    }
-
-    fn text(&mut self) -> String {
-        match self.next() {
-            Some(Message::Text(text)) => text.to_string(),
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
-
-    /// Reads until the host's close frame: its code and reason.
-    fn close_frame(&mut self) -> (u16, String) {
-        loop {
-            match self.next() {
-                Some(Message::Close(Some(frame))) => {
-                    return (u16::from(frame.code), frame.reason.to_string());
-                }
-                Some(Message::Close(None)) => return (1005, String::new()),
-                Some(_) => continue,
-                None => panic!("the connection ended without a close frame"),
-            }
-        }
-    }
-
-    fn close(&mut self) {
-        self.runtime
-            .block_on(self.stream.close(Some(
-                tokio_tungstenite::tungstenite::protocol::CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: "bye".into(),
-                },
-            )))
-            .unwrap();
-    }
-}
 
 fn app(settings: &str, routes: &str) -> TestApp {
     TestApp::new(&format!(
@@ -117,49 +31,6 @@ const PROBE: &str = r#"
     factory = "ws_probe"
 "#;
 
-/// Starts the host with its listener on a free port: the host and the
-/// listener's address.
-fn start(app: &TestApp) -> (Running, SocketAddr) {
-    let mut host = app.spawn_with(&["--listen", "127.0.0.1:0"]);
-    host.wait_until_serving();
-    host.wait_for(1, |l| l["listen"].is_string());
-    let address = host
-        .seen()
-        .iter()
-        .find_map(|l| l["listen"].as_str())
-        .unwrap()
-        .parse()
-        .unwrap();
-    (host, address)
-}
-
-fn line(task: &str, event: &str) -> impl Fn(&Value) -> bool {
-    let (task, event) = (task.to_string(), event.to_string());
-    move |l: &Value| l["task"] == task.as_str() && l["event"] == event.as_str()
-}
-
-fn message(task: &str, text: &str) -> impl Fn(&Value) -> bool {
-    let (task, text) = (task.to_string(), text.to_string());
-    move |l: &Value| l["task"] == task.as_str() && l["message"] == text.as_str()
-}
-
-fn over(connection: u64) -> impl Fn(&Value) -> bool {
-    move |l: &Value| {
-        l["connection"] == connection
-            && l["message"].as_str().is_some_and(|m| m.contains(" over ("))
-    }
-}
-
-/// Dispatches `event` once a task waits for it (the API's `wait_for`):
-/// a dispatch that wakes nobody is lost, as in Sanic.
-fn dispatch_heard(api: &Api, event: &str) {
-    let woken = api.post(
-        &format!("/v1/events/{event}"),
-        serde_json::json!({ "payload": "", "wait_for": 1 }),
-    );
-    assert_eq!(woken["woken"], 1, "{woken}");
-}
-
 #[test]
 fn the_seeds_feed_sends_on_each_event_its_receiver_logs_and_closing_cleans_up_everything() {
     let app = app(
@@ -173,38 +44,7 @@ fn the_seeds_feed_sends_on_each_event_its_receiver_logs_and_closing_cleans_up_ev
     );
     let (mut host, address) = start(&app);
     let (api, _) = Api::of(&app);
-    let mut client = Client::connect(address, "/feed?room=1").unwrap();
-    host.wait_for(1, line("receiver:1", "started"));
-    for _ in 0..3 {
-        dispatch_heard(&api, "my.custom.event");
-        assert_eq!(client.text(), "A message");
-    }
-    client.send("first");
-    client.send("second");
-    host.wait_for(1, message("receiver:1", "received first"));
-    host.wait_for(1, message("receiver:1", "received second"));
-
-    client.close();
-    // The host answers the close: a clean handshake, not a dropped socket.
-    assert!(
-        matches!(client.next(), Some(Message::Close(Some(_)))),
-        "the host did not answer the close"
-    );
-    host.wait_for(1, over(1));
-    let ended = |task: &str| {
-        host.seen()
-            .iter()
-            .find(|l| l["task"] == task && l["event"] == "cancelled")
-            .unwrap_or_else(|| panic!("{task} was not cancelled"))["stage"]
-            .clone()
-    };
-    assert_eq!(ended("ws:1"), "cooperative");
-    assert_eq!(ended("receiver:1"), "cooperative");
-    let tasks = app.cli(&["tasks", "--json"]);
-    assert_eq!(tasks.code, Some(0), "{}", tasks.dump());
-    let tasks: Vec<Value> = serde_json::from_str(&tasks.stdout).unwrap();
-    assert!(tasks.is_empty(), "{tasks:?}");
-
+    assert_eq!(seed_session(&app, &mut host, address, "/feed?room=1", 3), 1);
     let metrics = api.get_text("/metrics");
     assert!(
         metrics.contains(
@@ -411,7 +251,7 @@ fn a_client_that_answers_no_ping_is_closed_after_the_idle_timeout() {
     // pings reached a socket already closed, whose reset then discards what
     // was left to read: either way, its connection is over.
     loop {
-        match quiet.next() {
+        match quiet.receive() {
             Some(Message::Close(Some(frame))) => {
                 assert_eq!(u16::from(frame.code), 1001);
                 assert_eq!(frame.reason.as_str(), "idle timeout");

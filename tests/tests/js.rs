@@ -202,3 +202,22 @@ fn a_js_cancel_runs_finally_even_when_caught_the_feed_cleans_up_and_a_loop_is_fo
     let run = host.finish();
     assert_eq!(run.messages("caught Cancelled").len(), 2, "{}", run.dump());
 }
+
+/// The seed's websocket feed, written in JavaScript: the same session as the Rust one.
+#[test]
+fn a_js_feed_serves_the_seeds_websocket_session() {
+    let app = app(
+        r#"
+        [[routes]]
+        websocket = "/feed"
+        plugin = "js"
+        factory = "feed"
+        "#,
+        "",
+    );
+    let (mut host, address) = taskhost_tests::routes::start(&app);
+    taskhost_tests::routes::seed_session(&app, &mut host, address, "/feed", 2);
+    host.signal("TERM");
+    let run = host.finish();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+}

@@ -293,3 +293,22 @@ fn editing_a_python_plugin_hot_loads_it_while_old_tasks_drain_on_the_old_build()
     host.signal("TERM");
     assert_eq!(host.finish().code, Some(0));
 }
+
+/// The seed's websocket feed, written in Python: the same session as the Rust one.
+#[test]
+fn a_python_feed_serves_the_seeds_websocket_session() {
+    let app = app_with(
+        r#"
+        [[routes]]
+        websocket = "/feed"
+        plugin = "py"
+        factory = "feed"
+        "#,
+        "",
+    );
+    let (mut host, address) = taskhost_tests::routes::start(&app);
+    taskhost_tests::routes::seed_session(&app, &mut host, address, "/feed", 2);
+    host.signal("TERM");
+    let run = host.finish();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+}

@@ -241,14 +241,17 @@ fn the_documented_task_record_is_task_view() {
 /// with what it received.
 #[test]
 fn the_websocket_example_runs_as_the_readme_session_shows() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     let example = std::fs::read_to_string(repo().join("examples/websocket.toml")).unwrap();
-    let shown = readme_block("## Connections and webhooks", "examples/websocket.toml", "toml");
+    let shown = readme_block(
+        "## Connections and webhooks",
+        "examples/websocket.toml",
+        "toml",
+    );
     for line in shown.lines().map(|l| l.split('#').next().unwrap().trim()) {
         assert!(
-            example.lines().any(|l| l.split('#').next().unwrap().trim() == line),
+            example
+                .lines()
+                .any(|l| l.split('#').next().unwrap().trim() == line),
             "the README shows {line:?}, which examples/websocket.toml does not have"
         );
     }
@@ -281,40 +284,24 @@ fn the_websocket_example_runs_as_the_readme_session_shows() {
                 .unwrap(),
         )
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (mut ws, _) = runtime
-        .block_on(tokio_tungstenite::connect_async(format!(
-            "ws://{address}/feed"
-        )))
-        .unwrap();
-    runtime
-        .block_on(ws.send(Message::text("hello")))
-        .unwrap();
-    host.wait_for(1, |l| l["task"] == "receiver:1" && l["message"] == "received hello");
-    let dispatched = cli(&["dispatch", "my.custom.event"]);
-    assert_eq!(dispatched.stdout.trim(), "woke 1 task(s)", "{}", dispatched.dump());
-    let got = runtime.block_on(async {
-        loop {
-            match tokio::time::timeout(std::time::Duration::from_secs(20), ws.next())
-                .await
-                .unwrap()
-            {
-                Some(Ok(Message::Text(text))) => break text.to_string(),
-                Some(Ok(_)) => continue,
-                other => panic!("{other:?}"),
-            }
-        }
-    });
-    assert_eq!(got, "A message");
-    runtime.block_on(ws.close(None)).unwrap();
+    let address: std::net::SocketAddr = address.parse().unwrap();
+    let mut client = taskhost_tests::routes::Client::connect(address, "/feed").unwrap();
+    client.send("hello");
     host.wait_for(1, |l| {
-        l["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("connection 1 on websocket /feed over (client closed)"))
+        l["task"] == "receiver:1" && l["message"] == "received hello"
     });
+    // As the README's command, with --wait-for 1 so the test cannot race
+    // the feed on its way to waiting.
+    let dispatched = cli(&["dispatch", "my.custom.event", "--wait-for", "1"]);
+    assert_eq!(
+        dispatched.stdout.trim(),
+        "woke 1 task(s)",
+        "{}",
+        dispatched.dump()
+    );
+    assert_eq!(client.text(), "A message");
+    client.close();
+    host.wait_for(1, taskhost_tests::routes::over(1));
     let answer: serde_json::Value = ureq::post(&format!("http://{address}/hooks/build"))
         .set("content-type", "application/json")
         .send_string(r#"{"ref": "main"}"#)
@@ -323,11 +310,20 @@ fn the_websocket_example_runs_as_the_readme_session_shows() {
         .unwrap();
     assert_eq!(answer, json!({"received": {"ref": "main"}}));
     let tasks = cli(&["tasks"]);
-    assert!(tasks.stdout.contains("1 task(s)"), "only the webhook's: {}", tasks.dump());
+    assert!(
+        tasks.stdout.contains("1 task(s)"),
+        "only the webhook's: {}",
+        tasks.dump()
+    );
     host.signal("TERM");
     let run = host.finish();
     assert_eq!(run.code, Some(0), "{}", run.dump());
     for task in ["ws:1", "receiver:1"] {
-        assert_eq!(run.event_of("cancelled", task).len(), 1, "{task}: {}", run.dump());
+        assert_eq!(
+            run.event_of("cancelled", task).len(),
+            1,
+            "{task}: {}",
+            run.dump()
+        );
     }
 }

@@ -6,7 +6,8 @@
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use taskhost_tests::{Api, Running, TestApp};
+use taskhost_tests::routes::start;
+use taskhost_tests::{Api, TestApp};
 
 const SECRET: &str = "a-shared-secret-of-some-length";
 
@@ -61,20 +62,6 @@ fn app() -> TestApp {
         durable = true
         "#
     ))
-}
-
-fn start(app: &TestApp) -> (Running, SocketAddr) {
-    let mut host = app.spawn_with(&["--listen", "127.0.0.1:0"]);
-    host.wait_until_serving();
-    host.wait_for(1, |l| l["listen"].is_string());
-    let address = host
-        .seen()
-        .iter()
-        .find_map(|l| l["listen"].as_str())
-        .unwrap()
-        .parse()
-        .unwrap();
-    (host, address)
 }
 
 /// Sends `body` to `path` with `headers`: the status and the JSON answer.

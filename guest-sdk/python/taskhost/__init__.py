@@ -23,7 +23,7 @@ import inspect
 import json
 import traceback
 import typing
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 from urllib.parse import urlsplit
 
@@ -31,6 +31,7 @@ from componentize_py_types import Err, Ok
 from wit_world import exports
 from wit_world.imports import app as _app
 from wit_world.imports import atomics as _atomics
+from wit_world.imports import connections as _connections
 from wit_world.imports import outgoing_handler as _outgoing
 from wit_world.imports import store as _store
 from wit_world.imports import streams as _streams
@@ -350,6 +351,48 @@ def _fetch(url: str, method: str, headers: Optional[Dict[str, str]], body: Any) 
     )
 
 
+class Connection:
+    """A websocket connection of the host's listener: a `[[routes]]
+    websocket` route starts a task per connection and passes its id in
+    `request["connection"]`. Any task of the plugin given the id may use
+    it (the seed's receiver does). The client closing cancels the
+    connection's task (`Cancelled`); the task returning closes it."""
+
+    def __init__(self, id: int):
+        self.id = id
+
+    def recv(self) -> Optional[Union[str, bytes]]:
+        """The client's next message (text as `str`, binary as `bytes`);
+        None once the connection is over."""
+        message = _call(_connections.recv, self.id)
+        if message is None:
+            return None
+        if isinstance(message, _connections.Message_Text):
+            return message.value
+        return bytes(message.value)
+
+    def send(self, message: Union[str, bytes]) -> None:
+        """Queues a message for the client; waits while its buffer is full,
+        fails once the client was dropped as too slow or closed."""
+        if isinstance(message, str):
+            wit = _connections.Message_Text(message)
+        else:
+            wit = _connections.Message_Binary(bytes(message))
+        _call(_connections.send, self.id, wit)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Closes with `code` (1000, or 3000-4999) after what was queued."""
+        _call(_connections.close, self.id, code, reason)
+
+    def __iter__(self) -> Iterator[Union[str, bytes]]:
+        """The client's messages until the connection is over."""
+        while True:
+            message = self.recv()
+            if message is None:
+                return
+            yield message
+
+
 class App:
     """The handle to the app a task belongs to (Sanic's `app`)."""
 
@@ -480,6 +523,14 @@ class App:
         as application/json). Raises `HttpError` when the request fails,
         `Cancelled` when the task is cancelled meanwhile."""
         return _fetch(url, method, headers, body)
+
+    def connection(self, request: Union[Dict[str, Any], int]) -> Connection:
+        """The websocket connection of a route's `request` (or by its id)."""
+        if isinstance(request, dict):
+            if request.get("connection") is None:
+                raise Failed("this request has no websocket connection")
+            return Connection(request["connection"])
+        return Connection(request)
 
     def kv(self, bucket: str) -> Bucket:
         """Opens a key-value bucket."""
