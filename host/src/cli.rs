@@ -442,6 +442,41 @@ fn print_check(application: &Application, from: std::time::SystemTime) {
             }
         );
     }
+    if let Some(listen) = &config.listen {
+        outln!(
+            "  listen {} (up to {} websocket connections)",
+            listen.address,
+            listen.max_connections
+        );
+    }
+    for route in &config.routes {
+        let extra = match &route.kind {
+            crate::config::RouteKind::WebSocket(ws) => {
+                format!("up to {} connections", ws.max_connections)
+            }
+            crate::config::RouteKind::Http(http) => format!(
+                "respond {}{}{}",
+                match http.respond {
+                    crate::config::Respond::Accepted => "accepted",
+                    crate::config::Respond::Result => "result",
+                },
+                match &http.secret {
+                    Some(secret) => match &secret.secret {
+                        Some(source) => format!(", signed (secret from {source})"),
+                        None => ", signed".to_string(),
+                    },
+                    None => String::new(),
+                },
+                if http.durable { ", durable" } else { "" }
+            ),
+        };
+        outln!(
+            "  route {} -> {}/{} ({extra})",
+            route.label(),
+            route.plugin,
+            route.factory
+        );
+    }
     if !config.config.is_empty() {
         // Keys only: values may be secrets, and secrets say where from.
         let keys: Vec<String> = config

@@ -270,3 +270,23 @@ fn check_refuses_a_route_whose_factory_does_not_take_a_request() {
     );
     assert!(run.stderr.contains("request"), "{}", run.stderr);
 }
+
+#[test]
+fn check_lists_the_listener_and_every_route() {
+    let run = app().check();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    for line in [
+        "  listen 127.0.0.1:8080 (up to 10000 websocket connections)",
+        "  route POST /hooks/accept -> kit/hook_probe (respond accepted)",
+        "  route POST /hooks/build -> examples/on_hook (respond result)",
+        "  route POST /hooks/signed -> kit/hook_probe (respond accepted, signed)",
+        "  route PUT /hooks/durable -> kit/hook_probe (respond accepted, durable)",
+    ] {
+        assert!(
+            run.stdout.lines().any(|l| l == line),
+            "{line}\n{}",
+            run.stdout
+        );
+    }
+    assert!(!run.stdout.contains(SECRET), "the secret is never shown");
+}
