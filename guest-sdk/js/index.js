@@ -227,9 +227,12 @@ export class Connection {
   /** Queues a message (a string, or bytes) for the client; waits while its
    * buffer is full, fails once the client was dropped or closed. */
   send(message) {
-    const wit = typeof message === 'string'
-      ? { tag: 'text', val: message }
-      : { tag: 'binary', val: new Uint8Array(message) };
+    let wit;
+    if (typeof message === 'string') wit = { tag: 'text', val: message };
+    else if (message instanceof ArrayBuffer) wit = { tag: 'binary', val: new Uint8Array(message) };
+    else if (ArrayBuffer.isView(message)) {
+      wit = { tag: 'binary', val: new Uint8Array(message.buffer, message.byteOffset, message.byteLength) };
+    } else throw new TypeError(`send takes a string or bytes, not ${typeof message}`);
     call(connections.send, toU64(this.id, 'a connection id'), wit);
   }
 

@@ -129,15 +129,17 @@ impl ConnectionHub {
     }
 
     /// Connection `id`, if it is open and `plugin`'s. `Ok(None)`: it was
-    /// open once and is over; an id never handed out is `not-found`.
+    /// open once and is over; an id never handed out, or one of another
+    /// plugin's open connections, is `not-found`.
     pub(crate) fn get(&self, id: u64, plugin: &str) -> Result<Option<Arc<Connection>>, GuestError> {
-        if let Some(connection) = self.lock().get(&id).filter(|c| c.plugin == plugin) {
-            return Ok(Some(connection.clone()));
+        let not_found = || GuestError::NotFound(format!("connection {id}"));
+        match self.lock().get(&id) {
+            Some(connection) if connection.plugin == plugin => Ok(Some(connection.clone())),
+            // Another plugin's: as if it did not exist.
+            Some(_) => Err(not_found()),
+            None if id >= 1 && id <= self.next_id.load(Ordering::Relaxed) => Ok(None),
+            None => Err(not_found()),
         }
-        if id >= 1 && id <= self.next_id.load(Ordering::Relaxed) {
-            return Ok(None);
-        }
-        Err(GuestError::NotFound(format!("connection {id}")))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Connection>>> {

@@ -171,11 +171,30 @@ struct Inner {
     /// per-worker cap costs nothing per spawn.
     live: usize,
     /// Ended tasks, oldest end first, for dropping the oldest past the
-    /// retention cap. May hold ids already purged; they are skipped.
+    /// retention cap. May hold ids already forgotten; `stale` counts them.
     ended: VecDeque<TaskId>,
+    /// Ids in `ended` whose tasks were forgotten since: they must not count
+    /// against the cap, or every forgotten task (one per closed websocket
+    /// connection) would push a listed one out early.
+    stale: usize,
 }
 
 impl Inner {
+    /// Drops the ended tasks that ended longest ago while more than
+    /// `retention` are listed.
+    fn evict(&mut self, retention: usize) {
+        while self.ended.len() - self.stale > retention {
+            let Some(oldest) = self.ended.pop_front() else {
+                break;
+            };
+            if self.tasks.contains_key(&oldest) {
+                self.remove(oldest);
+            } else {
+                self.stale = self.stale.saturating_sub(1);
+            }
+        }
+    }
+
     fn remove(&mut self, id: TaskId) {
         let Some(entry) = self.tasks.remove(&id) else {
             return;
@@ -306,11 +325,7 @@ impl TaskRegistry {
         entry.info.ended_at = Some(SystemTime::now());
         entry.info.outcome = Some(outcome);
         entry.ended.send_replace(true);
-        while inner.ended.len() > self.retention {
-            if let Some(oldest) = inner.ended.pop_front() {
-                inner.remove(oldest);
-            }
-        }
+        inner.evict(self.retention);
     }
 
     /// Lists a task that ended before this host started (a durable task's
@@ -336,11 +351,7 @@ impl TaskRegistry {
                 ended,
             },
         );
-        while inner.ended.len() > self.retention {
-            if let Some(oldest) = inner.ended.pop_front() {
-                inner.remove(oldest);
-            }
-        }
+        inner.evict(self.retention);
         Ok(TaskHandle {
             id,
             signal,
@@ -392,6 +403,7 @@ impl TaskRegistry {
             inner.remove(*id);
         }
         inner.ended.clear();
+        inner.stale = 0;
         ended.len()
     }
 
@@ -411,6 +423,7 @@ impl TaskRegistry {
             .is_some_and(|e| e.info.state.is_ended());
         if ended {
             inner.remove(id);
+            inner.stale += 1;
         }
         ended
     }
@@ -527,6 +540,28 @@ mod tests {
         let left: Vec<_> = registry.snapshot().iter().map(|i| i.ident.id).collect();
         assert_eq!(left, vec![live.id, ids[1], ids[2]]);
         assert!(registry.get_by_name("a").is_none(), "its name is free");
+    }
+
+    /// A forgotten task (a closed connection's) does not count against
+    /// the cap: it failed before, evicting a listed task early.
+    #[test]
+    fn a_forgotten_task_does_not_push_a_listed_one_out() {
+        let registry = TaskRegistry::new(WorkerId::Index(0), 2, CancelPolicy::default());
+        let end = |name: &str| {
+            let handle = registry.register_unbounded(ident(Some(name))).unwrap();
+            registry.finish(handle.id, Outcome::Failed { error: "x".into() });
+            handle.id
+        };
+        let c = end("c");
+        let a = end("a");
+        assert!(registry.forget(a));
+        let d = end("d");
+        let left: Vec<_> = registry.snapshot().iter().map(|i| i.ident.id).collect();
+        assert_eq!(left, vec![c, d]);
+        // Past the cap, the oldest listed one still goes.
+        let e = end("e");
+        let left: Vec<_> = registry.snapshot().iter().map(|i| i.ident.id).collect();
+        assert_eq!(left, vec![d, e]);
     }
 
     #[tokio::test]

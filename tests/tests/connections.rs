@@ -80,10 +80,16 @@ fn a_task_that_returns_closes_normally_one_that_traps_closes_with_an_error_and_s
     assert_eq!(traps.text(), "hello");
     assert_eq!(traps.close_frame(), (1011, "the task failed".into()));
 
+    // A close the task queued before returning is the one the client gets,
+    // after what it sent first.
+    let mut last = Client::connect(address, "/probe?mode=close_and_return").unwrap();
+    assert_eq!(last.text(), "last words");
+    assert_eq!(last.close_frame(), (4001, "closed by the task".into()));
+
     let mut closes = Client::connect(address, "/probe?mode=close").unwrap();
     assert_eq!(closes.close_frame(), (4000, "done here".into()));
     // The task lives on until the connection is over, then is cancelled.
-    host.wait_for(1, over(3));
+    host.wait_for(1, over(4));
 
     let mut echoes: Vec<Client> = (0..3)
         .map(|_| Client::connect(address, "/probe?mode=echo").unwrap())
@@ -318,6 +324,27 @@ fn a_thousand_connections_each_with_its_task_are_all_served() {
     let (api, _) = Api::of(&app);
     let tasks = api.get("/v1/tasks");
     assert_eq!(tasks.as_array().map(Vec::len), Some(0), "{tasks}");
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
+}
+
+#[test]
+fn a_connection_whose_task_cannot_start_for_a_limit_is_told_to_try_again_later() {
+    let app = app("[limits]\ntasks_per_worker = 1\n", PROBE);
+    let (mut host, address) = start(&app);
+    // Connections go to the workers in turn: one idle task fills each.
+    let _first = Client::connect(address, "/probe?mode=idle").unwrap();
+    let _second = Client::connect(address, "/probe?mode=idle").unwrap();
+    host.wait_for(1, line("ws:1", "started"));
+    host.wait_for(1, line("ws:2", "started"));
+    let mut refused = Client::connect(address, "/probe?mode=idle").unwrap();
+    assert_eq!(refused.close_frame(), (1013, "try again later".into()));
+    host.wait_for(1, |l| {
+        l["connection"] == 3
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("could not start") && m.contains("tasks_per_worker"))
+    });
     host.signal("TERM");
     assert_eq!(host.finish().code, Some(0));
 }

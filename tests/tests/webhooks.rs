@@ -138,9 +138,11 @@ fn a_webhook_request_becomes_a_tasks_arguments_and_is_answered_202_with_its_id()
     // JSON that is not: 400.
     let (status, _) = send(address, "POST", "/hooks/accept", &[JSON], "{nope");
     assert_eq!(status, 400);
-    // No route: 404, as JSON.
+    // No route: 404, as JSON; a served path with another method: 405.
     let (status, answer) = send(address, "POST", "/hooks/none", &[], "");
     assert_eq!(status, 404, "{answer}");
+    let (status, answer) = send(address, "GET", "/hooks/build", &[], "");
+    assert_eq!(status, 405, "{answer}");
 
     // A durable route's task is recorded before the answer.
     let (status, answer) = send(address, "PUT", "/hooks/durable", &[], "once");
@@ -289,4 +291,63 @@ fn check_lists_the_listener_and_every_route() {
         );
     }
     assert!(!run.stdout.contains(SECRET), "the secret is never shown");
+}
+
+#[test]
+fn requests_in_flight_are_bounded_by_listen_max_requests() {
+    use std::io::Write;
+    let app = TestApp::new(
+        r#"
+        name = "hooks"
+        [plugins.examples]
+        path = "{examples}"
+        [listen]
+        max_requests = 1
+        [[routes]]
+        http = "POST /hooks/build"
+        plugin = "examples"
+        factory = "on_hook"
+        "#,
+    );
+    let (host, address) = start(&app);
+    // A client that sends its headers and then never its body holds the
+    // one request slot (until it goes, or the body timeout).
+    let mut trickle = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        trickle,
+        "POST /hooks/build HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n"
+    )
+    .unwrap();
+    // The slot is taken once the host has read those headers; until then a
+    // request may still get through (and start a task, which is fine).
+    let mut refused = None;
+    for _ in 0..200 {
+        let (status, answer) = send(address, "POST", "/hooks/build", &[], "x");
+        if status == 503 {
+            refused = Some(answer);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let refused = refused.expect("a second request in flight is refused");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[listen] `max_requests`"),
+        "{refused}"
+    );
+    // The trickling client goes: its slot is free again.
+    drop(trickle);
+    let mut accepted = false;
+    for _ in 0..200 {
+        if send(address, "POST", "/hooks/build", &[], "x").0 == 202 {
+            accepted = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(accepted, "the slot came back");
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
 }

@@ -376,8 +376,10 @@ class Connection:
         fails once the client was dropped as too slow or closed."""
         if isinstance(message, str):
             wit = _connections.Message_Text(message)
-        else:
+        elif isinstance(message, (bytes, bytearray, memoryview)):
             wit = _connections.Message_Binary(bytes(message))
+        else:
+            raise TypeError(f"send takes str or bytes, not {type(message).__name__}")
         _call(_connections.send, self.id, wit)
 
     def close(self, code: int = 1000, reason: str = "") -> None:

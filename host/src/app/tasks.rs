@@ -171,8 +171,10 @@ impl AppState {
 /// returns its final info once it has ended. A caller being cancelled
 /// still waits, as Sanic's `await app.cancel_task(...)` in a `finally:`
 /// does: the seed's cleanup cancels its receiver and then purges it, which
-/// needs the receiver to have ended. The wait is bounded by the target's
-/// grace period; only the caller being forced cuts it short.
+/// needs the receiver to have ended. The wait is bounded: by the target's
+/// grace period, and by what is left of the caller's own (the caller being
+/// forced cuts it short), so a helper that ignores its cancel costs the
+/// caller the rest of its cleanup.
 pub(super) async fn cancel_task(request: CancelRequest) -> Result<types::TaskInfo, GuestError> {
     let CancelRequest {
         worker,

@@ -446,6 +446,22 @@ impl AppConfig {
             .listen
             .checked(routes.len())
             .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+        let limits = raw.limits.checked(&file.to_string())?;
+        for route in &routes {
+            if let RouteKind::Http(http) = &route.kind
+                && http.max_body_bytes > limits.args_bytes
+            {
+                bail!(
+                    "{file}: routes[{}] ({}): `max_body_bytes` ({}) is more than [limits] \
+                     args_bytes ({}), so a body it accepts could not become the task's \
+                     arguments; lower the one or raise the other",
+                    route.index,
+                    route.label(),
+                    http.max_body_bytes,
+                    limits.args_bytes
+                );
+            }
+        }
         if raw.storage.keep_ended_tasks == Some(0) {
             bail!(
                 "{file}: [storage] keep_ended_tasks must be at least 1 (how many ended durable \
@@ -463,7 +479,7 @@ impl AppConfig {
             plugins,
             config,
             tasks,
-            limits: raw.limits.checked(&file.to_string())?,
+            limits,
             storage: StorageConfig {
                 dir: base.join(
                     raw.storage

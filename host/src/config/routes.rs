@@ -36,6 +36,9 @@ pub struct ListenConfig {
     pub address: SocketAddr,
     /// Open websocket connections of every route together.
     pub max_connections: u32,
+    /// Webhook requests in flight, every route together (each may hold its
+    /// route's `max_body_bytes` while it is read).
+    pub max_requests: u32,
 }
 
 /// One `[[routes]]` entry, checked.
@@ -164,6 +167,7 @@ impl RouteConfig {
 pub(super) struct RawListen {
     address: Option<String>,
     max_connections: Option<u32>,
+    max_requests: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -190,6 +194,21 @@ pub(super) struct RawRoute {
     signature_header: Option<String>,
     durable: Option<bool>,
 }
+
+/// The methods an HTTP route may serve (what the router can match).
+const ROUTABLE: [http::Method; 8] = [
+    http::Method::GET,
+    http::Method::POST,
+    http::Method::PUT,
+    http::Method::DELETE,
+    http::Method::PATCH,
+    http::Method::HEAD,
+    http::Method::OPTIONS,
+    http::Method::TRACE,
+];
+
+/// The shortest `idle_timeout`: the host pings every third of it.
+const MIN_IDLE: Duration = Duration::from_millis(100);
 
 /// Bounds of a route's settings: anything past them is a typo.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -245,7 +264,10 @@ fn check_path(field: &str, path: &str) -> Result<()> {
 impl RawListen {
     pub(super) fn checked(self, routes: usize) -> Result<Option<ListenConfig>> {
         if routes == 0 {
-            if self.address.is_some() || self.max_connections.is_some() {
+            if self.address.is_some()
+                || self.max_connections.is_some()
+                || self.max_requests.is_some()
+            {
                 bail!(
                     "[listen] is set but there are no [[routes]]: the listener serves routes \
                      only (add a `[[routes]]` entry, or remove [listen])"
@@ -263,9 +285,11 @@ impl RawListen {
             10_000,
             1_000_000,
         )?;
+        let max_requests = positive("[listen] max_requests", self.max_requests, 1_000, 1_000_000)?;
         Ok(Some(ListenConfig {
             address,
             max_connections,
+            max_requests,
         }))
     }
 }
@@ -341,7 +365,13 @@ impl RawRoute {
                         "idle_timeout",
                         self.idle_timeout.as_deref(),
                         Duration::from_secs(60),
-                    )?,
+                    )
+                    .and_then(|idle| {
+                        if idle < MIN_IDLE {
+                            bail!("`idle_timeout` must be at least {MIN_IDLE:?} (got {idle:?})");
+                        }
+                        Ok(idle)
+                    })?,
                 })
             }
             (None, Some(spec)) => {
@@ -351,11 +381,20 @@ impl RawRoute {
                         "`http` = {spec:?} must be \"METHOD /path\", e.g. \"POST /hooks/build\""
                     )
                 })?;
-                let method = http::Method::from_bytes(method.as_bytes())
-                    .ok()
-                    .filter(|m| m.as_str().chars().all(|c| c.is_ascii_uppercase()))
+                let method = ROUTABLE
+                    .iter()
+                    .find(|m| m.as_str() == method)
+                    .cloned()
                     .with_context(|| {
-                        format!("`http` = {spec:?}: {method:?} is not an HTTP method such as POST")
+                        format!(
+                            "`http` = {spec:?}: {method:?} is not a method a route can serve \
+                             (one of {})",
+                            ROUTABLE
+                                .iter()
+                                .map(http::Method::as_str)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
                     })?;
                 let path = path.trim().to_string();
                 check_path("http", &path)?;

@@ -31,6 +31,10 @@ struct Shared {
     /// Open connections of all websocket routes together.
     connections: Arc<Semaphore>,
     max_connections: u32,
+    /// Webhook requests in flight, all routes together: each may hold its
+    /// route's `max_body_bytes`.
+    requests: Arc<Semaphore>,
+    max_requests: u32,
     /// Cancelled when the host stops: connections close with 1001.
     shutdown: CancellationToken,
     /// Every connection's task on the listener side, to wait for at stop.
@@ -60,13 +64,18 @@ pub async fn serve(
     config: &ListenConfig,
     address: Option<SocketAddr>,
 ) -> Result<Listener> {
-    let address = address.unwrap_or(config.address);
     let source = host.config().source.display().to_string();
+    let (address, from) = match address {
+        Some(address) => (address, "--listen".to_string()),
+        None => (config.address, format!("{source}: [listen] address")),
+    };
     let routes: Vec<RouteConfig> = host.config().routes.clone();
     let shared = Arc::new(Shared {
         host,
         connections: Arc::new(Semaphore::new(config.max_connections as usize)),
         max_connections: config.max_connections,
+        requests: Arc::new(Semaphore::new(config.max_requests as usize)),
+        max_requests: config.max_requests,
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
         next_worker: AtomicU32::new(0),
@@ -83,16 +92,24 @@ pub async fn serve(
             }
         };
     }
-    let router = router.fallback(|| async {
-        error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no route serves this method and path (see [[routes]] in app.toml)",
-        )
-    });
+    let router = router
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no route serves this path (see [[routes]] in app.toml)",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "a route serves this path, with another method (see [[routes]] in app.toml)",
+            )
+        });
     let listener = tokio::net::TcpListener::bind(address)
         .await
-        .with_context(|| format!("{source}: [listen]: cannot bind {address}"))?;
+        .with_context(|| format!("{from}: cannot bind {address}"))?;
     let address = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

@@ -15,7 +15,7 @@
 
 use super::{Shared, error, request_json, task_args};
 use crate::config::{HttpRoute, RouteConfig, TaskSpec};
-use crate::registry::AddTaskError;
+use crate::registry::{AddTaskError, RegisterError};
 use crate::task::{Outcome, TaskState};
 use anyhow::Result;
 use axum::body::Body;
@@ -26,6 +26,10 @@ use hmac::{Hmac, Mac};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// How long a request's body may take to arrive: a client trickling one
+/// in holds a request slot and its buffer meanwhile.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 struct Route {
     shared: Arc<Shared>,
@@ -78,15 +82,35 @@ async fn answer(route: &Route, remote: SocketAddr, request: Request) -> Response
             "the host is stopping",
         );
     }
+    // Held until the answer: what bounds the bodies held at once.
+    let Ok(_slot) = route.shared.requests.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "limit",
+            format!(
+                "the listener has {} webhook requests in flight, [listen] `max_requests`; try \
+                 again later",
+                route.shared.max_requests
+            ),
+        );
+    };
     let (parts, body) = request.into_parts();
     let max = route.settings.max_body_bytes;
-    let body = match axum::body::to_bytes(Body::new(body), max).await {
-        Ok(body) => body,
-        Err(_) => {
+    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(Body::new(body), max));
+    let body = match read.await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
                 format!("the body is over {max} bytes, the route's `max_body_bytes`"),
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!("the body did not arrive within {BODY_TIMEOUT:?}"),
             );
         }
     };
@@ -246,6 +270,16 @@ fn refusal(route: &Route, refused: AddTaskError) -> Response {
                 crate::bindings::describe(&guest)
             ),
         ),
+        // The request made arguments over `args_bytes`: no retry helps.
+        AddTaskError::Register(RegisterError::Limit(limit))
+            if limit.setting == Some("args_bytes") =>
+        {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the request as the task's arguments: {limit}"),
+            )
+        }
         AddTaskError::Register(register) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "limit",
@@ -287,7 +321,7 @@ fn signed(secret: &[u8], name: &str, headers: &axum::http::HeaderMap, body: &[u8
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())

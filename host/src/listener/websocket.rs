@@ -22,7 +22,7 @@
 use super::{Shared, error, request_json, task_args};
 use crate::config::{RouteConfig, TaskSpec, WebSocketRoute};
 use crate::connection_hub::{ConnectionEnds, ConnectionLimits, Message, Outgoing};
-use crate::registry::TaskHandle;
+use crate::registry::{AddTaskError, RegisterError, TaskHandle};
 use crate::task::{TaskState, WorkerId};
 use axum::extract::ConnectInfo;
 use axum::extract::ws::{self, CloseFrame, WebSocket, WebSocketUpgrade};
@@ -134,17 +134,17 @@ fn accept(
     };
     let request = request_json(&route.config, &uri, &headers, remote);
     let max = route.settings.max_message_bytes;
-    let tracker = route.shared.tracker.clone();
+    // Counted from the answer on, so a stop that begins between the 101
+    // and the upgrade's completion still waits for this connection.
+    let tracked = route.shared.tracker.token();
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                serve(route, socket, request, remote).await;
-                drop((own, total));
-            })
+        .on_upgrade(move |socket| async move {
+            serve(route, socket, request, remote).await;
+            drop((own, total, tracked));
         })
 }
 
@@ -175,13 +175,15 @@ impl End {
     }
 }
 
-/// What the writer is told besides the task's messages.
-enum Control {
-    Ping,
-    /// Send what is queued now, then close.
-    CloseAfterQueued(u16, &'static str),
+/// A close the host asks the writer for. On a channel of its own (a
+/// `watch`), so no queue of pings can crowd it out.
+#[derive(Debug, Clone, Copy)]
+enum Closing {
+    /// Send what is queued now (a close the task queued among it wins),
+    /// then close.
+    AfterQueued(u16, &'static str),
     /// Close at once.
-    CloseNow(u16, &'static str),
+    Now(u16, &'static str),
 }
 
 async fn serve(
@@ -212,30 +214,44 @@ async fn serve(
     metrics.opened(&route.label);
     let worker = route.shared.next_worker();
     let started = host.add_task(worker, &route.config.plugin, spec).await;
-    let task = started.ok().and_then(|added| {
+    let task = started.map(|added| {
         host.worker(added.worker)
             .and_then(|w| w.registry().handle_of(added.id))
             .map(|handle| (added.worker, handle))
     });
-    let Some((worker, handle)) = task else {
-        // The start failed (its error is in the log's lifecycle lines, or
-        // the host is stopping): say so to the client and go.
-        tracing::warn!(
-            connection = id,
-            route = route.label,
-            "connection {id} on {}: its task {name} could not start; closing with 1011",
-            route.label
-        );
-        let mut socket = socket;
-        let _ = socket
-            .send(ws::Message::Close(Some(CloseFrame {
-                code: 1011,
-                reason: "the task could not start".into(),
-            })))
+    let (worker, handle) = match task {
+        Ok(Some(task)) => task,
+        failed => {
+            // A limit (live tasks) is worth trying again later (1013); the
+            // rest is the app's to fix, and the log says what.
+            let (code, why) = match &failed {
+                Err(AddTaskError::Register(RegisterError::Limit(_))) => (1013, "try again later"),
+                _ => (1011, "the task could not start"),
+            };
+            let error = match failed {
+                Err(error) => error.to_string(),
+                Ok(_) => "it ended and was purged at once".to_string(),
+            };
+            tracing::warn!(
+                connection = id,
+                route = route.label,
+                "connection {id} on {}: its task {name} could not start ({error}); closing \
+                 with {code}",
+                route.label
+            );
+            let mut socket = socket;
+            let _ = tokio::time::timeout(
+                CLOSE_HANDSHAKE,
+                socket.send(ws::Message::Close(Some(CloseFrame {
+                    code,
+                    reason: why.into(),
+                }))),
+            )
             .await;
-        host.connections().remove(id);
-        metrics.closed(&route.label);
-        return;
+            host.connections().remove(id);
+            metrics.closed(&route.label);
+            return;
+        }
     };
     tracing::info!(
         connection = id,
@@ -277,25 +293,46 @@ async fn run(
     let metrics = route.shared.host.route_metrics();
     let label = route.label.as_str();
     let (mut sink, mut stream) = socket.split();
-    let (control, mut controls) = mpsc::channel::<Control>(4);
+    let (ping, mut pings_out) = mpsc::channel::<()>(1);
+    let (close_tx, mut close_rx) = tokio::sync::watch::channel::<Option<Closing>>(None);
     let mut writer = Box::pin(async {
         loop {
             let (message, last) = tokio::select! {
                 biased;
-                command = controls.recv() => match command {
-                    Some(Control::Ping) => (ws::Message::Ping(Default::default()), false),
-                    Some(Control::CloseAfterQueued(code, reason)) => {
-                        while let Ok(Outgoing::Message(message)) = outgoing.try_recv() {
-                            if sink.send(to_ws(message)).await.is_err() {
-                                return;
-                            }
-                            metrics.message(label, "out");
-                        }
-                        (close(code, reason), true)
+                changed = close_rx.changed() => {
+                    if changed.is_err() {
+                        return;
                     }
-                    Some(Control::CloseNow(code, reason)) => (close(code, reason), true),
-                    None => return,
-                },
+                    let closing = *close_rx.borrow_and_update();
+                    match closing {
+                        Some(Closing::AfterQueued(code, reason)) => {
+                            let mut frame = close(code, reason);
+                            while let Ok(item) = outgoing.try_recv() {
+                                match item {
+                                    Outgoing::Message(message) => {
+                                        if sink.send(to_ws(message)).await.is_err() {
+                                            return;
+                                        }
+                                        metrics.message(label, "out");
+                                    }
+                                    // The task's own close, queued before
+                                    // it ended, is the one the client gets.
+                                    Outgoing::Close(code, reason) => {
+                                        frame = ws::Message::Close(Some(CloseFrame {
+                                            code,
+                                            reason: reason.into(),
+                                        }));
+                                        break;
+                                    }
+                                }
+                            }
+                            (frame, true)
+                        }
+                        Some(Closing::Now(code, reason)) => (close(code, reason), true),
+                        None => continue,
+                    }
+                }
+                Some(()) = pings_out.recv() => (ws::Message::Ping(Default::default()), false),
                 item = outgoing.recv() => match item {
                     Some(Outgoing::Message(message)) => {
                         metrics.message(label, "out");
@@ -321,9 +358,11 @@ async fn run(
     let mut task = handle.clone();
     let mut task_ended = false;
     let mut writer_done = false;
-    // Set once the host sent (or queued) its close: the client's answer,
-    // or this deadline, ends the connection.
+    // Set once the host asked for a close: the client's answer, or this
+    // deadline, ends the connection. What was queued gets `send_timeout`
+    // to go out first; the handshake then gets `CLOSE_HANDSHAKE`.
     let mut closing: Option<tokio::time::Instant> = None;
+    let after_queue = CLOSE_HANDSHAKE + route.settings.send_timeout;
     let never = tokio::time::Instant::now() + Duration::from_secs(365 * 86_400);
     let end = loop {
         tokio::select! {
@@ -333,8 +372,8 @@ async fn run(
                 break End::TooSlow;
             }
             _ = route.shared.shutdown.cancelled(), if closing.is_none() => {
-                let _ = control.try_send(Control::CloseAfterQueued(1001, "going away"));
-                closing = Some(tokio::time::Instant::now() + CLOSE_HANDSHAKE);
+                let _ = close_tx.send(Some(Closing::AfterQueued(1001, "going away")));
+                closing = Some(tokio::time::Instant::now() + after_queue);
             }
             _ = task.ended(), if !task_ended => {
                 task_ended = true;
@@ -347,23 +386,26 @@ async fn run(
                         Some(TaskState::Cancelled) => (1001, "the task was cancelled"),
                         _ => (1011, "the task failed"),
                     };
-                    let _ = control.try_send(Control::CloseAfterQueued(code, reason));
-                    closing = Some(tokio::time::Instant::now() + CLOSE_HANDSHAKE);
+                    let _ = close_tx.send(Some(Closing::AfterQueued(code, reason)));
+                    closing = Some(tokio::time::Instant::now() + after_queue);
                 }
             }
             () = &mut writer, if !writer_done => {
                 writer_done = true;
-                // A close the task asked for, or a dead socket: either way
-                // only the client's answer is left to wait for.
-                if closing.is_none() {
-                    closing = Some(tokio::time::Instant::now() + CLOSE_HANDSHAKE);
-                }
+                // A close sent (the host's or the task's), or a dead
+                // socket: either way only the client's answer is left.
+                closing = Some(tokio::time::Instant::now() + CLOSE_HANDSHAKE);
             }
-            permit = incoming.reserve(), if pending.is_some() => match permit {
-                Ok(permit) => permit.send(pending.take().expect("guarded by the branch")),
-                // Nobody can receive any more: drop what the client sends.
-                Err(_) => pending = None,
-            },
+            permit = incoming.reserve(), if pending.is_some() => {
+                match permit {
+                    Ok(permit) => permit.send(pending.take().expect("guarded by the branch")),
+                    // Nobody can receive any more: drop what the client sends.
+                    Err(_) => pending = None,
+                }
+                // The host, not the client, held the socket unread
+                // meanwhile: that is not the client being idle.
+                last_heard = Instant::now();
+            }
             frame = stream.next(), if pending.is_none() => {
                 last_heard = Instant::now();
                 match frame {
@@ -385,7 +427,7 @@ async fn run(
                         }
                         if let Some((code, reason, why)) = refusal(error) {
                             metrics.dropped(label, why);
-                            let _ = control.try_send(Control::CloseNow(code, reason));
+                            let _ = close_tx.send(Some(Closing::Now(code, reason)));
                             closing = Some(tokio::time::Instant::now() + CLOSE_HANDSHAKE);
                         } else {
                             break End::ClientGone;
@@ -395,14 +437,16 @@ async fn run(
                 }
             }
             _ = pings.tick(), if closing.is_none() => {
-                if last_heard.elapsed() >= idle {
+                // While a message waits for a `recv`, the socket is not
+                // read, so a pong could not be seen: not idle.
+                if pending.is_none() && last_heard.elapsed() >= idle {
                     metrics.dropped(label, "idle");
-                    let _ = control.try_send(Control::CloseNow(1001, "idle timeout"));
+                    let _ = close_tx.send(Some(Closing::Now(1001, "idle timeout")));
                     // The client is gone in all but name.
                     let _ = tokio::time::timeout(CLOSE_HANDSHAKE, &mut writer).await;
                     break End::Idle;
                 }
-                let _ = control.try_send(Control::Ping);
+                let _ = ping.try_send(());
             }
             _ = tokio::time::sleep_until(closing.unwrap_or(never)), if closing.is_some() => {
                 break End::Closed;

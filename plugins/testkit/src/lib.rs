@@ -329,6 +329,7 @@ plugin! {
     /// A websocket route's task that behaves as `request.query.mode` says:
     /// `return` (sends "hello", returns), `trap` (sends "hello", panics),
     /// `echo` (echoes each message; logs `echo cleanup` when cancelled),
+    /// `close_and_return` (sends "last words", closes with 4001, returns),
     /// `flood` (sends `count` messages of `bytes` bytes, then returns what
     /// the last send said), `close` (closes with 4000 "done here", then
     /// sleeps until cancelled), `idle` (sleeps until cancelled), `oversize`
@@ -372,6 +373,11 @@ plugin! {
                     }
                 }
                 Ok(json!(count))
+            }
+            "close_and_return" => {
+                connection.send("last words")?;
+                connection.close(4001, "closed by the task")?;
+                Ok(json!("returned"))
             }
             "close" => {
                 connection.close(4000, "done here")?;
