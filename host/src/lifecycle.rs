@@ -18,6 +18,9 @@ pub struct TaskRef {
     pub task_id: TaskId,
     pub plugin: String,
     pub factory: String,
+    /// The websocket connection the task serves (`[[routes]]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<u64>,
 }
 
 impl From<&TaskIdent> for TaskRef {
@@ -28,6 +31,7 @@ impl From<&TaskIdent> for TaskRef {
             task_id: ident.id,
             plugin: ident.plugin.to_string(),
             factory: ident.factory.clone(),
+            connection: ident.connection,
         }
     }
 }
@@ -158,6 +162,7 @@ mod tests {
                 task_id: 7,
                 plugin: "p".into(),
                 factory: "f".into(),
+                connection: None,
             },
             stage: CancelStage::Forced,
             elapsed_ms: 1.5,

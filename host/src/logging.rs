@@ -107,6 +107,7 @@ pub fn lifecycle(event: &LifecycleEvent) {
                 task_id = task.task_id,
                 plugin = task.plugin,
                 factory = task.factory,
+                connection = task.connection,
                 version,
                 "started {}/{} ({version})",
                 task.plugin,
@@ -125,6 +126,7 @@ pub fn lifecycle(event: &LifecycleEvent) {
                 task_id = task.task_id,
                 plugin = task.plugin,
                 factory = task.factory,
+                connection = task.connection,
                 result,
                 elapsed_ms,
                 "done in {elapsed_ms} ms: {result}"
@@ -142,6 +144,7 @@ pub fn lifecycle(event: &LifecycleEvent) {
                 task_id = task.task_id,
                 plugin = task.plugin,
                 factory = task.factory,
+                connection = task.connection,
                 error,
                 elapsed_ms,
                 "failed after {elapsed_ms} ms: {error}"
@@ -160,6 +163,7 @@ pub fn lifecycle(event: &LifecycleEvent) {
                 task_id = task.task_id,
                 plugin = task.plugin,
                 factory = task.factory,
+                connection = task.connection,
                 stage,
                 elapsed_ms,
                 "cancelled ({stage}) after {elapsed_ms} ms"
@@ -178,6 +182,7 @@ pub fn lifecycle(event: &LifecycleEvent) {
                 task_id = task.task_id,
                 plugin = task.plugin,
                 factory = task.factory,
+                connection = task.connection,
                 attempt,
                 delay_ms,
                 error,

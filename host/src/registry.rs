@@ -486,6 +486,7 @@ mod tests {
             plugin_version: "v".into(),
             factory: "f".into(),
             durable: None,
+            connection: None,
         })
     }
 

@@ -450,6 +450,7 @@ impl Scheduler {
                         worker.id()
                     ),
                 }),
+                connection: None,
             };
             match worker.start_task(plugin.clone(), spec).await {
                 Ok(handle) => started.push((worker, handle, name.clone())),

@@ -94,6 +94,8 @@ pub struct TaskIdent {
     /// A durable task's record number in storage (see
     /// `crate::storage::tasks`); none for a task that lives in memory only.
     pub durable: Option<u64>,
+    /// The websocket connection the task serves, if a route started it.
+    pub connection: Option<u64>,
 }
 
 impl TaskIdent {

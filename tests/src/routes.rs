@@ -183,6 +183,13 @@ pub fn seed_session(
             .unwrap_or_else(|| panic!("{name} was not cancelled"));
         assert_eq!(ended["stage"], "cooperative", "{ended}");
     }
+    // The connection's task's lifecycle lines carry its connection id.
+    let started = host
+        .seen()
+        .iter()
+        .find(|l| l["task"] == task.as_str() && l["event"] == "started")
+        .unwrap();
+    assert_eq!(started["connection"], connection, "{started}");
     let tasks = api.get("/v1/tasks");
     assert_eq!(
         tasks,

@@ -126,6 +126,7 @@ pub(super) fn spec_of(
         retry,
         durable: options.durable,
         idempotency_key: options.idempotency_key,
+        connection: None,
     })
 }
 

@@ -174,6 +174,7 @@ impl TaskConfig {
                 (Some(name), true) => Some(format!("app.toml/{worker}/{name}")),
                 _ => None,
             },
+            connection: None,
         }
     }
 }
@@ -194,6 +195,9 @@ pub struct TaskSpec {
     /// Durable only: a second submission with the same key is the same
     /// task.
     pub idempotency_key: Option<String>,
+    /// The websocket connection the task serves (a `[[routes]]` route's
+    /// task): its lifecycle lines carry the id.
+    pub connection: Option<u64>,
 }
 
 impl fmt::Display for TaskConfig {

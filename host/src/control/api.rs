@@ -322,6 +322,7 @@ async fn add_task(
         retry,
         durable: request.durable,
         idempotency_key: request.idempotency_key.clone(),
+        connection: None,
     };
     let mut tasks = Vec::new();
     let mut created = false;

@@ -209,6 +209,7 @@ async fn serve(
         factory: route.config.factory.clone(),
         args: task_args(&route.config, request),
         name: Some(name.clone()),
+        connection: Some(id),
         ..TaskSpec::default()
     };
     metrics.opened(&route.label);

@@ -209,6 +209,7 @@ impl PluginLoader {
             plugin_version: plugin.version.as_str().into(),
             factory: String::new(),
             durable: None,
+            connection: None,
         });
         let data = TaskData::new(ident, self.app.clone(), Arc::new(CancelSignal::default()));
         // Probes run on the cold engine: they should not leave pages in

@@ -182,6 +182,7 @@ impl WorkerCtx {
             retry,
             durable: true,
             idempotency_key: record.idempotency_key,
+            connection: None,
         };
         Ok(self.start(Launch::new(plugin, spec, Some(run)), None)?)
     }
@@ -212,6 +213,7 @@ impl WorkerCtx {
             plugin_version: record.plugin_version.into(),
             factory: record.factory,
             durable: Some(record.seq),
+            connection: None,
         });
         let info = TaskInfo {
             state: outcome.state(),

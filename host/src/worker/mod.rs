@@ -172,6 +172,7 @@ struct Launch {
     name: Option<String>,
     retry: Option<RetryPolicy>,
     durable: Option<DurableRun>,
+    connection: Option<u64>,
 }
 
 impl Launch {
@@ -183,6 +184,7 @@ impl Launch {
             name: spec.name,
             retry: spec.retry,
             durable,
+            connection: spec.connection,
         }
     }
 }
@@ -351,6 +353,7 @@ impl WorkerCtx {
             name,
             retry,
             durable,
+            connection,
         } = launch;
         let registered = Instant::now();
         self.check(&name, &factory, &args)?;
@@ -362,6 +365,7 @@ impl WorkerCtx {
             plugin_version: plugin.version.as_str().into(),
             factory,
             durable: durable.as_ref().map(|d| d.seq),
+            connection,
         });
         let handle = self
             .registry
