@@ -337,10 +337,25 @@ fn catch_up_handles_the_ticks_missed_while_the_host_was_down() {
     let run = run_a_while(&app);
     let caught = ticks(&fired(&run.lines, "beat", "catch_up"));
     let first = ticks(&fired(&run.lines, "beat", "tick"))[0];
+    // A regular tick that came while the catch-up runs still went is
+    // skipped (overlap = "skip") and logged as missed: a start just before
+    // a tick makes one. It is not the catch-up's to run.
+    let skipped: Vec<SystemTime> = run
+        .lines
+        .iter()
+        .filter(|l| l["event"] == "schedule_missed" && l["schedule"] == "beat")
+        .flat_map(|l| {
+            let last = time(&l["tick"]);
+            let count = l["missed"].as_u64().unwrap() as u32;
+            (0..count).map(move |back| last - period * back)
+        })
+        .collect();
     let mut expected = Vec::new();
     let mut tick = last_tick(&before, "beat") + period;
     while tick < first {
-        expected.push(tick);
+        if !skipped.contains(&tick) {
+            expected.push(tick);
+        }
         tick += period;
     }
     assert!(expected.len() >= 4, "{}", run.dump());
