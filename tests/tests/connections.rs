@@ -5,7 +5,7 @@
 
 use futures_util::{SinkExt, StreamExt};
 use taskhost_tests::routes::{Client, PATIENCE, Stream, line, over, runtime, seed_session, start};
-use taskhost_tests::{Api, TestApp};
+use taskhost_tests::{Api, Running, TestApp};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 fn app(settings: &str, routes: &str) -> TestApp {
@@ -30,6 +30,18 @@ const PROBE: &str = r#"
     plugin = "kit"
     factory = "ws_probe"
 "#;
+
+/// The probe route with `settings` of its own (`send_buffer = 16`, ...).
+fn probe_with(settings: &str) -> String {
+    format!("{PROBE}{settings}\n")
+}
+
+/// Stops the host as an operator would and expects a clean exit.
+fn stop(host: Running) {
+    host.signal("TERM");
+    let run = host.finish();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+}
 
 #[test]
 fn the_seeds_feed_sends_on_each_event_its_receiver_logs_and_closing_cleans_up_everything() {
@@ -62,8 +74,7 @@ fn the_seeds_feed_sends_on_each_event_its_receiver_logs_and_closing_cleans_up_ev
         metrics.contains(r#"taskhost_connections_open{route="websocket /feed"} 0"#),
         "{metrics}"
     );
-    host.signal("TERM");
-    assert_eq!(host.finish().code, Some(0));
+    stop(host);
 }
 
 #[test]
@@ -124,14 +135,7 @@ fn resident_kib(pid: u32) -> u64 {
 fn a_client_that_never_reads_is_dropped_when_its_buffer_stays_full_and_memory_stays_bounded() {
     let app = app(
         "",
-        r#"
-        [[routes]]
-        websocket = "/probe"
-        plugin = "kit"
-        factory = "ws_probe"
-        send_buffer = 16
-        send_timeout = "500ms"
-        "#,
+        &probe_with("send_buffer = 16\nsend_timeout = \"500ms\""),
     );
     let (mut host, address) = start(&app);
     let (api, pid) = Api::of(&app);
@@ -170,8 +174,7 @@ fn a_client_that_never_reads_is_dropped_when_its_buffer_stays_full_and_memory_st
         ),
         "{metrics}"
     );
-    host.signal("TERM");
-    assert_eq!(host.finish().code, Some(0));
+    stop(host);
 }
 
 #[test]
@@ -228,22 +231,12 @@ fn connection_and_message_limits_answer_with_503_and_1009() {
         Err(ureq::Error::Status(426, _)) => {}
         other => panic!("expected 426, got {other:?}"),
     }
-    host.signal("TERM");
-    assert_eq!(host.finish().code, Some(0));
+    stop(host);
 }
 
 #[test]
 fn a_client_that_answers_no_ping_is_closed_after_the_idle_timeout() {
-    let app = app(
-        "",
-        r#"
-        [[routes]]
-        websocket = "/probe"
-        plugin = "kit"
-        factory = "ws_probe"
-        idle_timeout = "600ms"
-        "#,
-    );
+    let app = app("", &probe_with(r#"idle_timeout = "600ms""#));
     let (mut host, address) = start(&app);
     // Never polled until the host gave up on it: no pong goes back.
     let mut quiet = Client::connect(address, "/probe?mode=idle").unwrap();
@@ -268,22 +261,13 @@ fn a_client_that_answers_no_ping_is_closed_after_the_idle_timeout() {
             None => break,
         }
     }
-    host.signal("TERM");
-    assert_eq!(host.finish().code, Some(0));
+    stop(host);
 }
 
 #[test]
 fn a_thousand_connections_each_with_its_task_are_all_served() {
     const CONNECTIONS: usize = 1000;
-    let app = app(
-        "",
-        r#"
-        [[routes]]
-        websocket = "/probe"
-        plugin = "kit"
-        factory = "ws_probe"
-        "#,
-    );
+    let app = app("", PROBE);
     let (mut host, address) = start(&app);
     let runtime = runtime();
     let echoed = runtime.block_on(async {
@@ -324,8 +308,7 @@ fn a_thousand_connections_each_with_its_task_are_all_served() {
     let (api, _) = Api::of(&app);
     let tasks = api.get("/v1/tasks");
     assert_eq!(tasks.as_array().map(Vec::len), Some(0), "{tasks}");
-    host.signal("TERM");
-    assert_eq!(host.finish().code, Some(0));
+    stop(host);
 }
 
 #[test]
@@ -345,6 +328,5 @@ fn a_connection_whose_task_cannot_start_for_a_limit_is_told_to_try_again_later()
                 .as_str()
                 .is_some_and(|m| m.contains("could not start") && m.contains("tasks_per_worker"))
     });
-    host.signal("TERM");
-    assert_eq!(host.finish().code, Some(0));
+    stop(host);
 }
