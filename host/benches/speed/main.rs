@@ -9,6 +9,7 @@
 
 mod connections;
 mod guests;
+mod mass;
 mod raw;
 
 use raw::RawPlugin;
@@ -661,6 +662,10 @@ async fn main() {
     let component = components.bench.clone();
     if let Ok(kind) = std::env::var("SPEED_MEMORY") {
         memory_run(&kind, &components).await;
+    }
+    if std::env::args().any(|arg| arg == "mass") {
+        mass::run(&components).await;
+        return;
     }
     println!("| measure | taskhost | raw wasmtime | ratio | target |");
     println!("|---|---|---|---|---|");

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-use taskhost::bench::bindings::taskhost::plugin::{app, types};
+use taskhost::bench::bindings::taskhost::plugin::{app, connections, types};
 use taskhost::bench::bindings::{Plugin, PluginPre};
 use tokio::sync::Notify;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -28,6 +28,11 @@ pub struct RawData {
 impl RawData {
     pub fn stopper(&self) -> Stopper {
         self.stop.clone()
+    }
+
+    /// Counts in `asleep` each time the guest enters `sleep`.
+    pub fn count_sleeps(&mut self, asleep: &Arc<AtomicUsize>) {
+        self.asleep = Some(asleep.clone());
     }
 }
 
@@ -103,6 +108,20 @@ fn stub_keyvalue(linker: &mut Linker<RawData>, component: &Component) {
 }
 
 impl types::Host for RawData {}
+
+/// The bench plugin imports `connections` (its websocket task); the raw
+/// floor has no connections, so each call says so.
+impl connections::Host for RawData {
+    async fn recv(&mut self, id: u64) -> Answer<Option<connections::Message>> {
+        Ok(Err(types::Error::NotFound(format!("connection {id}"))))
+    }
+    async fn send(&mut self, id: u64, _message: connections::Message) -> Answer<()> {
+        Ok(Err(types::Error::NotFound(format!("connection {id}"))))
+    }
+    async fn close(&mut self, id: u64, _code: u16, _reason: String) -> Answer<()> {
+        Ok(Err(types::Error::NotFound(format!("connection {id}"))))
+    }
+}
 
 type Answer<T> = wasmtime::Result<Result<T, types::Error>>;
 
@@ -203,9 +222,12 @@ impl RawPlugin {
         let component = Component::from_file(engine, component).expect("component");
         let mut linker = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
-        // Only `app`: the bench plugin imports nothing else of the world.
+        // `app` and `connections`: the bench plugin imports nothing else of
+        // the world.
         types::add_to_linker::<RawData, HasSelf<RawData>>(&mut linker, |d| d).expect("types");
         app::add_to_linker::<RawData, HasSelf<RawData>>(&mut linker, |d| d).expect("app");
+        connections::add_to_linker::<RawData, HasSelf<RawData>>(&mut linker, |d| d)
+            .expect("connections");
         // wasi:http for real (no request is sent: only its linking counts);
         // wasi:keyvalue as stubs that trap if called. The floor for a
         // component with those imports that calls none of them.
@@ -254,7 +276,7 @@ impl RawPlugin {
 
     /// New store, instance, one call of `factory`, dropped: a whole task.
     pub async fn run(&self, factory: &str, args: &str) -> wasmtime::Result<()> {
-        self.run_in(self.store(), factory, args).await
+        self.run_store(self.store(), factory, args).await
     }
 
     /// `run`, counting in `asleep` each time the guest enters `sleep`.
@@ -265,11 +287,12 @@ impl RawPlugin {
         asleep: &Arc<AtomicUsize>,
     ) -> wasmtime::Result<()> {
         let mut store = self.store();
-        store.data_mut().asleep = Some(asleep.clone());
-        self.run_in(store, factory, args).await
+        store.data_mut().count_sleeps(asleep);
+        self.run_store(store, factory, args).await
     }
 
-    async fn run_in(
+    /// `run` in a store made beforehand.
+    pub async fn run_store(
         &self,
         mut store: Store<RawData>,
         factory: &str,
