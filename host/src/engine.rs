@@ -288,12 +288,17 @@ pub fn pooled_config(settings: &EngineSettings) -> Config {
     config
 }
 
+/// Freed cold slots whose pages are given back together, in one
+/// `process_madvise` call (one TLB flush on Linux 6.16 and later, instead of
+/// one per slot).
+const COLD_DECOMMIT_BATCH: usize = 64;
+
 /// The configuration of the cold engine: freed slots keep nothing.
 fn cold_config(settings: &EngineSettings) -> Config {
     let mut config = base_config(settings);
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(
-        settings.max_instances,
-    )));
+    let mut pool = pool(settings.max_instances);
+    pool.decommit_batch_size(COLD_DECOMMIT_BATCH);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
 }
 
