@@ -13,7 +13,7 @@ use crate::task::{
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 /// Ids come from one counter per process, so they are unique across every
@@ -80,15 +80,16 @@ pub struct TaskHandle {
 impl TaskHandle {
     /// The one way to cancel a task. It is asked to stop at once
     /// (cooperatively: its blocked host calls return `cancelled`), and
-    /// interrupted if it has not ended after the worker's grace period
-    /// (`cancel_grace_ms`). The time from this call to the task's end is
-    /// recorded as its cancel latency.
+    /// interrupted if it has not ended a grace period (`cancel_grace_ms`)
+    /// after it first ran again (see [`TaskHandle::supervise`]). The time
+    /// from this call to the task's end is recorded as its cancel latency.
     ///
-    /// Returns at once; the forcing runs on its own (on the calling
-    /// runtime), so it happens even if nobody waits for [`TaskHandle::ended`].
+    /// Returns at once; the forcing happens in the task's own future, so
+    /// it happens even if nobody waits for [`TaskHandle::ended`].
     /// Cancelling a task that has ended, or one already being cancelled,
-    /// does nothing: the first cancel's timer stands. A task cancelled
-    /// before its factory starts never runs it and ends `cancelled`.
+    /// does nothing: the first cancel's grace period stands. A task
+    /// cancelled before its factory starts never runs it and ends
+    /// `cancelled`.
     pub fn cancel(&self) {
         self.cancel_within(self.policy.grace);
     }
@@ -99,19 +100,45 @@ impl TaskHandle {
         if self.is_ended() || self.signal.is_cancelled() {
             return;
         }
-        let asked = Instant::now();
-        self.signal.cancel();
+        self.signal.cancel_with_grace(grace);
         if grace.is_zero() {
             self.signal.force();
         }
-        let mut handle = self.clone();
-        tokio::spawn(async move {
-            if tokio::time::timeout(grace, handle.ended()).await.is_err() {
-                handle.signal.force();
-                handle.ended().await;
-            }
-            handle.policy.latency.observe(asked.elapsed().as_secs_f64());
-        });
+    }
+
+    /// Runs `task`, the whole life of this handle's task, and enforces its
+    /// cancellation: once cancelled, the task is forced when its grace
+    /// period has passed, counted from the moment the task first runs after
+    /// the cancel, not from the cancel itself.
+    ///
+    /// Why from then: when thousands of tasks of one worker are cancelled
+    /// at once (shutdown, a hot-load draining, a mass cancel), they run
+    /// their cleanup one after another on the worker's thread; counted from
+    /// the cancel, the last ones would be forced before they had run at
+    /// all. Counted from their first turn, each gets the whole grace period
+    /// for its cleanup, and a task that ignores the cancel is still forced
+    /// one grace period after its turn came. The cancel wakes this future
+    /// (it waits on the signal) whatever the task is blocked in, so its turn
+    /// always comes.
+    pub(crate) async fn supervise<F: Future>(&self, task: F) -> F::Output {
+        let signal = &self.signal;
+        let enforce = async {
+            signal.cancelled().await;
+            // The task's turn: this future is being polled.
+            let grace = signal.asked().map_or(self.policy.grace, |(_, grace)| grace);
+            tokio::time::sleep(grace).await;
+            signal.force();
+            std::future::pending::<()>().await
+        };
+        let output = tokio::select! {
+            biased;
+            () = enforce => unreachable!("enforcing a cancel never ends"),
+            output = task => output,
+        };
+        if let Some((asked, _)) = signal.asked() {
+            self.policy.latency.observe(asked.elapsed().as_secs_f64());
+        }
+        output
     }
 
     /// How long a cancel waits before it forces the task.
@@ -596,25 +623,46 @@ mod tests {
             .to_string()
     }
 
-    #[tokio::test]
-    async fn a_cancel_forces_only_after_the_grace_period_and_records_its_latency() {
+    #[tokio::test(start_paused = true)]
+    async fn the_grace_period_starts_when_the_task_first_runs_after_its_cancel() {
         let policy = CancelPolicy {
             grace: Duration::from_millis(20),
             latency: prometheus_client::metrics::histogram::Histogram::new([1.0]),
         };
         let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX, policy.clone());
         let mut handle = registry.register_unbounded(ident(None)).unwrap();
-        let asked = Instant::now();
+        // A task that never returns on its own: only a force stops it.
+        let supervised = handle.clone();
+        let turn = Arc::new(tokio::sync::Notify::new());
+        let task = {
+            let (turn, signal) = (turn.clone(), handle.signal().clone());
+            tokio::spawn(async move {
+                // Its worker is busy elsewhere for a while after the cancel:
+                // this task's first turn comes only when `turn` is notified.
+                turn.notified().await;
+                supervised.supervise(signal.forced()).await;
+            })
+        };
+        tokio::task::yield_now().await;
         handle.cancel();
         assert!(handle.is_cancelled());
         assert!(!handle.signal().is_forced(), "cooperative first");
         // A second cancel does not start a second timer or a second sample.
         handle.cancel();
-        handle.signal().forced().await;
+        tokio::time::sleep(policy.grace * 5).await;
         assert!(
-            asked.elapsed() >= policy.grace,
-            "forced before the grace ran out"
+            !handle.signal().is_forced(),
+            "forced before the task had its turn"
         );
+        let turned = tokio::time::Instant::now();
+        turn.notify_one();
+        handle.signal().forced().await;
+        assert_eq!(
+            turned.elapsed(),
+            policy.grace,
+            "forced one grace period after its turn"
+        );
+        task.await.unwrap();
         registry.finish(
             handle.id,
             Outcome::Cancelled {
@@ -622,9 +670,7 @@ mod tests {
             },
         );
         handle.ended().await;
-        while observations(&policy.latency) != "1" {
-            tokio::task::yield_now().await;
-        }
+        assert_eq!(observations(&policy.latency), "1");
         // Cancelling an ended task does nothing.
         handle.cancel();
         tokio::task::yield_now().await;

@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 /// A task's id: unique across all workers of a host, never reused.
@@ -303,6 +303,9 @@ impl Default for CancelPolicy {
 #[derive(Debug, Default)]
 pub(crate) struct CancelSignal {
     token: CancellationToken,
+    /// When the task was asked to stop, and the grace period it was given
+    /// (set once, before `token` is cancelled).
+    asked: OnceLock<(Instant, Duration)>,
     /// Checked by the epoch callback every tick: an atomic load, not a lock.
     forced: AtomicBool,
     /// Wakes a call blocked in a host function (where epochs do not reach)
@@ -320,6 +323,7 @@ impl CancelSignal {
     pub(crate) fn attempt_of(task: &Arc<CancelSignal>) -> CancelSignal {
         CancelSignal {
             token: task.token.child_token(),
+            asked: OnceLock::new(),
             forced: AtomicBool::new(false),
             forced_token: task.forced_token.child_token(),
             parent: Some(task.clone()),
@@ -328,6 +332,19 @@ impl CancelSignal {
 
     pub(crate) fn cancel(&self) {
         self.token.cancel();
+    }
+
+    /// Cancels, recording when and with what grace period; the first
+    /// cancel's record stands.
+    pub(crate) fn cancel_with_grace(&self, grace: Duration) {
+        let _ = self.asked.set((Instant::now(), grace));
+        self.token.cancel();
+    }
+
+    /// When the task was asked to stop and with what grace period, if a
+    /// cancel with a grace period reached it.
+    pub(crate) fn asked(&self) -> Option<(Instant, Duration)> {
+        self.asked.get().copied()
     }
 
     pub fn is_cancelled(&self) -> bool {

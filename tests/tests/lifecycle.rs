@@ -342,8 +342,14 @@ fn shutdown_ends_tasks_in_every_state_and_logs_each_end() {
 /// them ended: shutdown waited a fixed 2 s past the grace period, and
 /// 10,000 tasks take longer to end. The host waits as long as tasks keep
 /// ending.
+///
+/// And each of them gets to clean up: a worker ends its cancelled tasks
+/// one after another, so a grace period counted from the cancel ran out for
+/// most of them before their turn came, and they were forced without
+/// running their cleanup (9,046 of 10,000 in this test). It is now
+/// counted from each task's turn.
 #[test]
-fn shutdown_with_thousands_of_tasks_ends_them_all_and_exits_zero() {
+fn shutdown_with_thousands_of_tasks_ends_them_all_cooperatively_and_exits_zero() {
     let app = TestApp::new(
         r#"
         name = "crowd"
@@ -363,5 +369,12 @@ fn shutdown_with_thousands_of_tasks_ends_them_all_and_exits_zero() {
     host.signal("TERM");
     let run = host.finish();
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert_eq!(run.events("cancelled").len(), 10000);
+    let cancelled = run.events("cancelled");
+    assert_eq!(cancelled.len(), 10000);
+    let forced = cancelled
+        .iter()
+        .filter(|line| line["stage"] != "cooperative")
+        .count();
+    assert_eq!(forced, 0, "tasks forced at shutdown with the default grace");
+    assert_eq!(run.messages("cleanup").len(), 10000, "every cleanup ran");
 }

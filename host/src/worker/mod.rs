@@ -378,119 +378,121 @@ impl WorkerCtx {
             }
         }
         let task_handle = handle.clone();
+        let supervisor = handle.clone();
         let worker = self.clone();
-        self.env.tracker.spawn_on(
-            async move {
-                let begun = Instant::now();
-                let mut verdict = verdict;
-                let mut attempt = durable.as_ref().map_or(1, |d| d.first_attempt);
-                let storage = durable
-                    .as_ref()
-                    .and_then(|_| worker.env.app.storage().cloned());
-                // The task starts with the first attempt that reaches its
-                // factory: an earlier one may fail to instantiate.
-                let started = std::sync::atomic::AtomicBool::new(false);
-                let outcome = loop {
-                    let site = runner::Site {
-                        engines: &worker.env.engines,
-                        app: &worker.env.app,
-                        scope: worker.clone(),
-                    };
-                    let run = runner::run(
-                        site,
-                        &plugin,
-                        ident.clone(),
-                        &args,
-                        task_handle.clone(),
-                        verdict.take(),
-                        runner::Attempt {
-                            number: attempt,
-                            idempotency_key: durable.as_ref().map(|d| d.key.clone()),
-                        },
-                        || {
-                            if !started.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                                worker.env.metrics.record_spawn(registered.elapsed());
-                                worker.registry.mark_running(ident.id);
-                                worker.announce(LifecycleEvent::Started {
-                                    task: TaskRef::from(&*ident),
-                                    version: ident.plugin_version.to_string(),
-                                });
-                            }
-                        },
-                    )
-                    .await;
-                    let Some(ended) = run else {
-                        worker.registry.withdraw(ident.id);
-                        return;
-                    };
-                    let (Some(policy), Outcome::Failed { error }) = (&retry, &ended.outcome) else {
-                        break ended.outcome;
-                    };
-                    if !ended.retriable || attempt >= policy.attempts {
-                        break ended.outcome;
-                    }
-                    let delay = policy.delay(attempt, random_u64());
-                    attempt += 1;
-                    worker.announce(LifecycleEvent::Retrying {
-                        task: TaskRef::from(&*ident),
-                        attempt,
-                        delay_ms: lifecycle::millis(delay),
-                        error: error.clone(),
-                    });
-                    worker.registry.set_attempt(ident.id, attempt);
-                    // The wait is part of the task: a cancel ends it here.
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = task_handle.signal().cancelled() => {
-                            break Outcome::Cancelled { stage: CancelStage::Cooperative };
-                        }
-                    }
-                    if let (Some(storage), Some(durable)) = (&storage, &durable)
-                        && let Err(error) = storage.attempt_started(durable.seq, attempt).await
-                    {
-                        tracing::error!(
-                            "task {}: cannot record attempt {attempt} in storage ({error:#}); \
-                             after a crash its attempt count will be low",
-                            ident.label()
-                        );
-                    }
+        let task = async move {
+            let begun = Instant::now();
+            let mut verdict = verdict;
+            let mut attempt = durable.as_ref().map_or(1, |d| d.first_attempt);
+            let storage = durable
+                .as_ref()
+                .and_then(|_| worker.env.app.storage().cloned());
+            // The task starts with the first attempt that reaches its
+            // factory: an earlier one may fail to instantiate.
+            let started = std::sync::atomic::AtomicBool::new(false);
+            let outcome = loop {
+                let site = runner::Site {
+                    engines: &worker.env.engines,
+                    app: &worker.env.app,
+                    scope: worker.clone(),
                 };
-                // Recorded before the end is told to anyone: whoever saw
-                // it end will not see it run again after a crash. A task
-                // stopped by a cancel nobody recorded (the host stopping)
-                // has not ended, whatever it returned on the way out.
-                let stopped = task_handle.is_cancelled();
+                let run = runner::run(
+                    site,
+                    &plugin,
+                    ident.clone(),
+                    &args,
+                    task_handle.clone(),
+                    verdict.take(),
+                    runner::Attempt {
+                        number: attempt,
+                        idempotency_key: durable.as_ref().map(|d| d.key.clone()),
+                    },
+                    || {
+                        if !started.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            worker.env.metrics.record_spawn(registered.elapsed());
+                            worker.registry.mark_running(ident.id);
+                            worker.announce(LifecycleEvent::Started {
+                                task: TaskRef::from(&*ident),
+                                version: ident.plugin_version.to_string(),
+                            });
+                        }
+                    },
+                )
+                .await;
+                let Some(ended) = run else {
+                    worker.registry.withdraw(ident.id);
+                    return;
+                };
+                let (Some(policy), Outcome::Failed { error }) = (&retry, &ended.outcome) else {
+                    break ended.outcome;
+                };
+                if !ended.retriable || attempt >= policy.attempts {
+                    break ended.outcome;
+                }
+                let delay = policy.delay(attempt, random_u64());
+                attempt += 1;
+                worker.announce(LifecycleEvent::Retrying {
+                    task: TaskRef::from(&*ident),
+                    attempt,
+                    delay_ms: lifecycle::millis(delay),
+                    error: error.clone(),
+                });
+                worker.registry.set_attempt(ident.id, attempt);
+                // The wait is part of the task: a cancel ends it here.
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = task_handle.signal().cancelled() => {
+                        break Outcome::Cancelled { stage: CancelStage::Cooperative };
+                    }
+                }
                 if let (Some(storage), Some(durable)) = (&storage, &durable)
-                    && let Err(error) = storage.ended(durable.seq, &outcome, stopped).await
+                    && let Err(error) = storage.attempt_started(durable.seq, attempt).await
                 {
                     tracing::error!(
-                        "task {}: cannot record its end in storage ({error:#}); the next \
-                         start will run it again",
+                        "task {}: cannot record attempt {attempt} in storage ({error:#}); \
+                             after a crash its attempt count will be low",
                         ident.label()
                     );
                 }
-                let elapsed_ms = lifecycle::millis(begun.elapsed());
-                let task = TaskRef::from(&*ident);
-                worker.announce(match &outcome {
-                    Outcome::Done { result } => LifecycleEvent::Done {
-                        task,
-                        result: result.clone(),
-                        elapsed_ms,
-                    },
-                    Outcome::Failed { error } => LifecycleEvent::Failed {
-                        task,
-                        error: error.clone(),
-                        elapsed_ms,
-                    },
-                    Outcome::Cancelled { stage } => LifecycleEvent::Cancelled {
-                        task,
-                        stage: *stage,
-                        elapsed_ms,
-                    },
-                });
-                worker.env.metrics.record_end(&outcome);
-                worker.registry.finish(ident.id, outcome);
-            },
+            };
+            // Recorded before the end is told to anyone: whoever saw
+            // it end will not see it run again after a crash. A task
+            // stopped by a cancel nobody recorded (the host stopping)
+            // has not ended, whatever it returned on the way out.
+            let stopped = task_handle.is_cancelled();
+            if let (Some(storage), Some(durable)) = (&storage, &durable)
+                && let Err(error) = storage.ended(durable.seq, &outcome, stopped).await
+            {
+                tracing::error!(
+                    "task {}: cannot record its end in storage ({error:#}); the next \
+                         start will run it again",
+                    ident.label()
+                );
+            }
+            let elapsed_ms = lifecycle::millis(begun.elapsed());
+            let task = TaskRef::from(&*ident);
+            worker.announce(match &outcome {
+                Outcome::Done { result } => LifecycleEvent::Done {
+                    task,
+                    result: result.clone(),
+                    elapsed_ms,
+                },
+                Outcome::Failed { error } => LifecycleEvent::Failed {
+                    task,
+                    error: error.clone(),
+                    elapsed_ms,
+                },
+                Outcome::Cancelled { stage } => LifecycleEvent::Cancelled {
+                    task,
+                    stage: *stage,
+                    elapsed_ms,
+                },
+            });
+            worker.env.metrics.record_end(&outcome);
+            worker.registry.finish(ident.id, outcome);
+        };
+        self.env.tracker.spawn_on(
+            async move { supervisor.supervise(task).await },
             &self.runtime,
         );
         Ok(handle)
