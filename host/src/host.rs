@@ -336,7 +336,7 @@ impl Host {
         let plugins: Vec<(String, String)> = self
             .plugins()
             .iter()
-            .map(|p| (p.name.clone(), p.version.clone()))
+            .map(|p| (p.name.to_string(), p.version.to_string()))
             .collect();
         self.env.metrics.encode(&self.tasks(), &plugins)
     }
@@ -374,7 +374,7 @@ impl Host {
             }
         }
         let count = |plugin: &Plugin| {
-            live.get(&(plugin.name.as_str().into(), plugin.version.as_str().into()))
+            live.get(&(plugin.name.clone(), plugin.version.clone()))
                 .copied()
                 .unwrap_or(0)
         };
@@ -457,9 +457,9 @@ impl Host {
             .insert(name.to_string(), plugin.clone());
         self.announce(LifecycleEvent::PluginLoaded {
             plugin: name.to_string(),
-            version: plugin.version.clone(),
+            version: plugin.version.to_string(),
             path: plugin.path.clone(),
-            replaces: previous.as_ref().map(|p| p.version.clone()),
+            replaces: previous.as_ref().map(|p| p.version.to_string()),
         });
         if let Some(previous) = previous {
             previous.retire(self.env.lifecycle.clone());

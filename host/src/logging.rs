@@ -94,6 +94,13 @@ pub fn task_line(ident: &TaskIdent, level: Level, message: &str) {
     })
 }
 
+/// Whether [`lifecycle`] would write anything: false when logging is off or
+/// filtered above `info` (`--log-level warn`), so a task's start and end
+/// need not build the event at all.
+pub fn lifecycle_enabled() -> bool {
+    tracing::enabled!(tracing::Level::INFO)
+}
+
 /// Logs a lifecycle event: one line, whose JSON fields are those of
 /// [`LifecycleEvent`]'s serde form (`event`, `worker`, `task`, ...). The
 /// stream-only events (`subscribed`, `lagged`) are not logged.

@@ -480,8 +480,8 @@ async fn list_plugins(State(ctx): State<Ctx>) -> Json<Vec<PluginView>> {
             .builds()
             .into_iter()
             .map(|build| PluginView {
-                name: build.plugin.name.clone(),
-                version: build.plugin.version.clone(),
+                name: build.plugin.name.to_string(),
+                version: build.plugin.version.to_string(),
                 path: build.plugin.path.clone(),
                 wit: build.plugin.wit_version().to_string(),
                 state: if build.serving {
@@ -545,8 +545,8 @@ async fn load_plugin(
         0
     };
     Ok(Json(Loaded {
-        name: plugin.name.clone(),
-        version: plugin.version.clone(),
+        name: plugin.name.to_string(),
+        version: plugin.version.to_string(),
         path: plugin.path.clone(),
         restarted,
     }))

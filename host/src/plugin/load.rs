@@ -148,9 +148,9 @@ impl PluginLoader {
         };
 
         let mut plugin = Plugin {
-            name: name.to_string(),
+            name: name.into(),
             path: path.to_path_buf(),
-            version,
+            version: version.into(),
             factories: Vec::new(),
             data_bytes,
             instances,
@@ -205,8 +205,8 @@ impl PluginLoader {
             id: 0,
             name: Some(format!("{}:probe", plugin.name)),
             worker: WorkerId::Main,
-            plugin: plugin.name.as_str().into(),
-            plugin_version: plugin.version.as_str().into(),
+            plugin: plugin.name.clone(),
+            plugin_version: plugin.version.clone(),
             factory: String::new(),
             durable: None,
             connection: None,

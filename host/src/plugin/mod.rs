@@ -14,7 +14,7 @@ use crate::engine::HostEngine;
 use crate::lifecycle::LifecycleEvent;
 use crate::store::TaskData;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::broadcast;
 
 pub use crate::config::MAX_COMPONENT_BYTES;
@@ -42,12 +42,13 @@ pub(crate) enum Instances {
 
 /// A loaded plugin, ready to start tasks from.
 pub struct Plugin {
-    pub name: String,
+    /// Shared with the identity of each of its tasks (no copy per task).
+    pub name: Arc<str>,
     /// The component file it was loaded from.
     pub path: PathBuf,
     /// `sha256:` + the first 12 hex digits of the file's hash: tells two
-    /// builds apart in logs and listings.
-    pub version: String,
+    /// builds apart in logs and listings. Shared as `name` is.
+    pub version: Arc<str>,
     pub factories: Vec<Factory>,
     /// Bytes of data segments in its core modules: what decides whether
     /// its tasks map their memory copy-on-write.
@@ -113,8 +114,8 @@ impl Drop for Plugin {
     fn drop(&mut self) {
         if let Some(stream) = self.retired.get() {
             let event = LifecycleEvent::PluginDropped {
-                plugin: self.name.clone(),
-                version: self.version.clone(),
+                plugin: self.name.to_string(),
+                version: self.version.to_string(),
             };
             crate::logging::lifecycle(&event);
             let _ = stream.send(event);

@@ -48,8 +48,8 @@ impl WorkerCtx {
         let new = NewTask {
             name: spec.name.clone(),
             worker: self.id,
-            plugin: plugin.name.clone(),
-            plugin_version: plugin.version.clone(),
+            plugin: plugin.name.to_string(),
+            plugin_version: plugin.version.to_string(),
             factory: spec.factory.clone(),
             args: spec.args.clone(),
             retry: spec.retry.as_ref().map(|policy| policy.spec()),

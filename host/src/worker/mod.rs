@@ -302,10 +302,17 @@ impl WorkerCtx {
         })
     }
 
-    /// Logs a lifecycle step and sends it to the stream's listeners.
-    fn announce(&self, event: LifecycleEvent) {
+    /// Logs a lifecycle step and sends it to the stream's listeners. The
+    /// event (a few strings copied from the task's identity) is built only
+    /// if the log or a listener will see it.
+    fn announce(&self, event: impl FnOnce() -> LifecycleEvent) {
+        let listeners = self.env.lifecycle.receiver_count() > 0;
+        if !listeners && !logging::lifecycle_enabled() {
+            return;
+        }
+        let event = event();
         logging::lifecycle(&event);
-        if self.env.lifecycle.receiver_count() > 0 {
+        if listeners {
             let _ = self.env.lifecycle.send(event);
         }
     }
@@ -361,8 +368,8 @@ impl WorkerCtx {
             id: next_task_id(),
             name,
             worker: self.id,
-            plugin: plugin.name.as_str().into(),
-            plugin_version: plugin.version.as_str().into(),
+            plugin: plugin.name.clone(),
+            plugin_version: plugin.version.clone(),
             factory,
             durable: durable.as_ref().map(|d| d.seq),
             connection,
@@ -411,7 +418,7 @@ impl WorkerCtx {
                         if !started.swap(true, std::sync::atomic::Ordering::Relaxed) {
                             worker.env.metrics.record_spawn(registered.elapsed());
                             worker.registry.mark_running(ident.id);
-                            worker.announce(LifecycleEvent::Started {
+                            worker.announce(|| LifecycleEvent::Started {
                                 task: TaskRef::from(&*ident),
                                 version: ident.plugin_version.to_string(),
                             });
@@ -431,7 +438,7 @@ impl WorkerCtx {
                 }
                 let delay = policy.delay(attempt, random_u64());
                 attempt += 1;
-                worker.announce(LifecycleEvent::Retrying {
+                worker.announce(|| LifecycleEvent::Retrying {
                     task: TaskRef::from(&*ident),
                     attempt,
                     delay_ms: lifecycle::millis(delay),
@@ -470,23 +477,25 @@ impl WorkerCtx {
                 );
             }
             let elapsed_ms = lifecycle::millis(begun.elapsed());
-            let task = TaskRef::from(&*ident);
-            worker.announce(match &outcome {
-                Outcome::Done { result } => LifecycleEvent::Done {
-                    task,
-                    result: result.clone(),
-                    elapsed_ms,
-                },
-                Outcome::Failed { error } => LifecycleEvent::Failed {
-                    task,
-                    error: error.clone(),
-                    elapsed_ms,
-                },
-                Outcome::Cancelled { stage } => LifecycleEvent::Cancelled {
-                    task,
-                    stage: *stage,
-                    elapsed_ms,
-                },
+            worker.announce(|| {
+                let task = TaskRef::from(&*ident);
+                match &outcome {
+                    Outcome::Done { result } => LifecycleEvent::Done {
+                        task,
+                        result: result.clone(),
+                        elapsed_ms,
+                    },
+                    Outcome::Failed { error } => LifecycleEvent::Failed {
+                        task,
+                        error: error.clone(),
+                        elapsed_ms,
+                    },
+                    Outcome::Cancelled { stage } => LifecycleEvent::Cancelled {
+                        task,
+                        stage: *stage,
+                        elapsed_ms,
+                    },
+                }
             });
             worker.env.metrics.record_end(&outcome);
             worker.registry.finish(ident.id, outcome);
