@@ -11,6 +11,8 @@ mod connections;
 mod guests;
 mod mass;
 mod raw;
+mod sanic;
+mod scaling;
 
 use raw::RawPlugin;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,30 @@ use wasmtime::Engine;
 /// Idle tasks held at once for the memory figure: the default instance
 /// pool's size, so the host runs with the pool a default host has.
 const IDLE_TASKS: usize = 10_000;
+
+/// Under `perf record --control fifo:CTL -D -1`, with `SPEED_PERF_CTL=CTL`
+/// and `SPEED_PROFILE=SECTION`: records only that section of the bench
+/// (`spawn`, `raw-spawn`, `throughput`, `raw-throughput`, `mass`), not the
+/// set-up around it, and the bench stops after it.
+fn profile(section: &str, command: &str) {
+    let (Ok(fifo), Ok(wanted)) = (
+        std::env::var("SPEED_PERF_CTL"),
+        std::env::var("SPEED_PROFILE"),
+    ) else {
+        return;
+    };
+    if wanted == section {
+        use std::io::Write;
+        let mut ctl = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo)
+            .expect("perf control fifo");
+        writeln!(ctl, "{command}").expect("perf control");
+        if command == "disable" {
+            std::process::exit(0);
+        }
+    }
+}
 
 fn scale() -> f64 {
     std::env::var("SPEED_SCALE")
@@ -191,6 +217,25 @@ fn spawn(worker: &Arc<WorkerCtx>, plugin: &Arc<Plugin>, factory: &str, args: &st
         .expect("spawn")
 }
 
+fn spawn_named(
+    worker: &Arc<WorkerCtx>,
+    plugin: &Arc<Plugin>,
+    factory: &str,
+    name: String,
+) -> TaskHandle {
+    worker
+        .spawn(
+            plugin.clone(),
+            TaskSpec {
+                factory: factory.into(),
+                args: "null".into(),
+                name: Some(name),
+                ..TaskSpec::default()
+            },
+        )
+        .expect("spawn")
+}
+
 async fn until_running(worker: &WorkerCtx, id: u64) {
     loop {
         let info = worker.registry().get(id).expect("task registered");
@@ -338,13 +383,28 @@ async fn throughput(host: &Host, workers: u32, n: usize) -> f64 {
     throughput_of(host, workers, n, ("bench", "noop", "null")).await
 }
 
+/// [`throughput`] of named tasks (Sanic's `add_task(..., name=...)`).
+async fn throughput_named(host: &Host, workers: u32, n: usize) -> f64 {
+    tasks_per_second(host, workers, n, ("bench", "noop", "null"), true).await
+}
+
 /// Tasks of `(plugin, factory, args)` per second on `workers` workers, 64
 /// in flight per worker; each must end `done`.
 async fn throughput_of(
     host: &Host,
     workers: u32,
     n: usize,
+    task: (&'static str, &'static str, &'static str),
+) -> f64 {
+    tasks_per_second(host, workers, n, task, false).await
+}
+
+async fn tasks_per_second(
+    host: &Host,
+    workers: u32,
+    n: usize,
     (plugin, factory, args): (&'static str, &'static str, &'static str),
+    named: bool,
 ) -> f64 {
     let per_worker = n / workers as usize;
     let begun = Instant::now();
@@ -357,7 +417,10 @@ async fn throughput_of(
             let mut done = 0;
             while done < per_worker {
                 let batch: Vec<TaskHandle> = (0..64.min(per_worker - done))
-                    .map(|_| spawn(&job, &plugin, factory, args))
+                    .map(|i| match named {
+                        true => spawn_named(&job, &plugin, factory, format!("burst-{}", done + i)),
+                        false => spawn(&job, &plugin, factory, args),
+                    })
                     .collect();
                 done += batch.len();
                 for mut handle in batch {
@@ -482,6 +545,25 @@ async fn raw_cancel(raw: &Arc<RawPlugin>, stage: CancelStage, n: usize) -> Vec<D
             samples
         })
         .await
+}
+
+/// A guest's `cancel-task` of a sleeper on its own worker, until it ended:
+/// the bench plugin's `cancel_sleepers` times `n` of them itself.
+async fn guest_cancel(worker: Arc<WorkerCtx>, n: usize) -> Vec<Duration> {
+    let plugin = plugin(&worker);
+    let w = worker.clone();
+    on(&worker, async move {
+        let mut handle = spawn(&w, &plugin, "cancel_sleepers", &format!("{{\"n\": {n}}}"));
+        handle.ended().await;
+        let info = w.registry().get(handle.id).expect("task");
+        let Some(Outcome::Done { result }) = info.outcome else {
+            panic!("cancel_sleepers: {:?}", info.outcome);
+        };
+        w.registry().purge();
+        let samples: Vec<u64> = serde_json::from_str(&result).expect("nanoseconds");
+        samples.into_iter().map(Duration::from_nanos).collect()
+    })
+    .await
 }
 
 /// Run time of one task of `factory` with `args` on a worker.
@@ -663,6 +745,10 @@ async fn main() {
     if let Ok(kind) = std::env::var("SPEED_MEMORY") {
         memory_run(&kind, &components).await;
     }
+    if std::env::args().any(|arg| arg == "scaling") {
+        scaling::run(&components).await;
+        return;
+    }
     if std::env::args().any(|arg| arg == "mass") {
         mass::run(&components).await;
         return;
@@ -680,9 +766,17 @@ async fn main() {
     raw_spawn_latency(&raw, 500).await;
 
     let n = scaled(20_000);
+    profile("spawn", "enable");
     let (entered, ended) = spawn_latency(w0.clone(), n).await;
+    profile("spawn", "disable");
+    profile("raw-spawn", "enable");
     let (raw_entered, raw_ended) = raw_spawn_latency(&raw, n).await;
+    profile("raw-spawn", "disable");
     let checked = add_task_latency(w0.clone(), n).await;
+    let (spawn_ours, spawn_raw) = (
+        percentiles(entered.clone()),
+        percentiles(raw_entered.clone()),
+    );
     for (what, ours, floor, target) in [
         (
             "spawn: start to guest entered, p50/p99",
@@ -741,9 +835,16 @@ async fn main() {
     ));
 
     let n = scaled(100_000);
+    let mut rates = Vec::new();
     for workers in [1u32, 2] {
+        profile("throughput", "enable");
         let ours = throughput(&host, workers, n).await;
+        profile("throughput", "disable");
+        profile("raw-throughput", "enable");
         let floor = raw_throughput(&raw, workers as usize, n);
+        profile("raw-throughput", "disable");
+        let named = throughput_named(&host, workers, n).await;
+        rates.push((workers, ours, named, floor));
         print_row(row(
             &format!("throughput, {workers} worker(s), trivial tasks/s"),
             format!("{ours:.0}"),
@@ -818,13 +919,16 @@ async fn main() {
 
     let p99 = |p: &Percentiles| p.p99;
     let n = scaled(2_000);
+    let raw_cancels = raw_cancel(&raw, CancelStage::Cooperative, n).await;
     print_row(latency_row(
         "cancel a task blocked in sleep (cooperative), p50/p99",
         cancel_latency(w0.clone(), "idle", CancelStage::Cooperative, n).await,
-        raw_cancel(&raw, CancelStage::Cooperative, n).await,
+        raw_cancels.clone(),
         p99,
         "p99 < 100 us",
     ));
+    let guest_cancels = percentiles(guest_cancel(w0.clone(), n).await);
+    let raw_cancels = percentiles(raw_cancels);
     let n = scaled(1_000);
     print_row(latency_row(
         "cancel a spinning task, from the force (1 ms ticks), p50/p99",
@@ -857,6 +961,7 @@ async fn main() {
 
     let ours = memory_per_idle_task("taskhost");
     let floor = memory_per_idle_task("raw");
+    let idle = (ours, floor);
     print_row(row(
         &format!("resident memory per idle task ({} sleeping)", IDLE_TASKS),
         format!("{:.1} KiB", ours / 1024.0),
@@ -894,4 +999,63 @@ async fn main() {
     ));
 
     host.shutdown(false).await;
+
+    // Sanic last, with the host stopped: its one loop gets a core to itself,
+    // as each of taskhost's workers had.
+    println!();
+    let n = scaled(20_000);
+    match sanic::measure(n, scaled(100_000), scaled(2_000), IDLE_TASKS) {
+        Err(why) => println!("Sanic column skipped: {why}"),
+        Ok(sanic) => {
+            println!(
+                "| measure (Sanic {}, {}) | taskhost | raw wasmtime | Sanic | taskhost / Sanic |",
+                sanic.sanic,
+                sanic.loop_.as_deref().unwrap_or("asyncio")
+            );
+            println!("|---|---|---|---|---|");
+            let micros = |x: f64| format!("{x:.1} us");
+            print_row(row(
+                "spawn to first line, p50 / p99",
+                format!("{} / {}", us(spawn_ours.p50), us(spawn_ours.p99)),
+                format!("{} / {}", us(spawn_raw.p50), us(spawn_raw.p99)),
+                format!(
+                    "{} / {}",
+                    micros(sanic.spawn.p50_us),
+                    micros(sanic.spawn.p99_us)
+                ),
+                &ratio(spawn_ours.p50.as_secs_f64() * 1e6, sanic.spawn.p50_us),
+            ));
+            for (workers, ours, named, floor) in &rates {
+                print_row(row(
+                    &format!("named trivial tasks/s, {workers} worker(s) (unnamed)"),
+                    format!("{named:.0} ({ours:.0})"),
+                    format!("{floor:.0}"),
+                    format!("{:.0} (one loop)", sanic.burst.per_second),
+                    &ratio(*named, sanic.burst.per_second),
+                ));
+            }
+            print_row(row(
+                "cancel_task of a sleeper on its own worker/loop, p50 / p99",
+                format!("{} / {}", us(guest_cancels.p50), us(guest_cancels.p99)),
+                format!(
+                    "{} / {} (host-side)",
+                    us(raw_cancels.p50),
+                    us(raw_cancels.p99)
+                ),
+                format!(
+                    "{} / {}",
+                    micros(sanic.cancel.p50_us),
+                    micros(sanic.cancel.p99_us)
+                ),
+                &ratio(guest_cancels.p50.as_secs_f64() * 1e6, sanic.cancel.p50_us),
+            ));
+            print_row(row(
+                &format!("resident memory per idle task ({IDLE_TASKS} sleeping)"),
+                format!("{:.1} KiB", idle.0 / 1024.0),
+                format!("{:.1} KiB", idle.1 / 1024.0),
+                format!("{:.1} KiB", sanic.idle.bytes_per_task / 1024.0),
+                &ratio(idle.0, sanic.idle.bytes_per_task),
+            ));
+        }
+    }
 }

@@ -12,9 +12,9 @@
 //! with `cancelled` at once.
 //!
 //! To profile only the cancels (`SPEED_MASS=taskhost` or `raw` runs one
-//! side):
+//! side; see `profile` in main.rs):
 //!
-//!     mkfifo /tmp/ctl; SPEED_PERF_CTL=/tmp/ctl SPEED_MASS=raw \
+//!     mkfifo /tmp/ctl; SPEED_PERF_CTL=/tmp/ctl SPEED_PROFILE=mass SPEED_MASS=raw \
 //!         perf record -g --control fifo:/tmp/ctl -D -1 BENCH_BINARY mass
 
 use super::raw::RawPlugin;
@@ -46,7 +46,7 @@ pub async fn taskhost(components: &Components, n: usize) -> Ending {
     // Running is recorded as the factory is entered: give every task the
     // moment it needs to reach its sleep.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    profile("enable");
+    super::profile("mass", "enable");
     let begun = Instant::now();
     for (_, handle) in &handles {
         handle.cancel();
@@ -55,7 +55,7 @@ pub async fn taskhost(components: &Components, n: usize) -> Ending {
         handle.ended().await;
     }
     let span = begun.elapsed();
-    profile("disable");
+    super::profile("mass", "disable");
     let (mut cooperative, mut forced) = (0, 0);
     for (w, handle) in &handles {
         match w.registry().get(handle.id).and_then(|info| info.outcome) {
@@ -109,7 +109,7 @@ pub async fn raw(components: &Components, n: usize) -> Duration {
             while asleep.load(Ordering::Relaxed) < n {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            profile("enable");
+            super::profile("mass", "enable");
             let begun = Instant::now();
             for stop in &stoppers {
                 stop.cancel();
@@ -119,7 +119,7 @@ pub async fn raw(components: &Components, n: usize) -> Duration {
                 assert!(ended.is_err(), "a cancelled raw sleeper returned Ok");
             }
             let span = begun.elapsed();
-            profile("disable");
+            super::profile("mass", "disable");
             span
         })
         .await;
@@ -168,17 +168,4 @@ pub async fn run(components: &Components) {
         raw_per_end * 1e6,
         per_end / raw_per_end
     );
-}
-
-/// Under `perf record --control fifo:CTL -D -1`, with `SPEED_PERF_CTL=CTL`:
-/// records only the mass cancel itself, not the set-up around it.
-fn profile(command: &str) {
-    if let Ok(fifo) = std::env::var("SPEED_PERF_CTL") {
-        use std::io::Write;
-        let mut ctl = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&fifo)
-            .expect("perf control fifo");
-        writeln!(ctl, "{command}").expect("perf control");
-    }
 }

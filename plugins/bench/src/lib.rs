@@ -1,7 +1,7 @@
 //! The tasks `cargo bench -p taskhost --bench speed` measures: each does one
 //! thing, so a figure means one thing.
 
-use taskhost_guest_sdk::{App, Request, Result, plugin};
+use taskhost_guest_sdk::{App, CancelStage, Error, Request, Result, TaskState, plugin};
 
 plugin! {
     /// Returns at once: the cost of a task is then all start-up and end.
@@ -25,6 +25,11 @@ plugin! {
         Ok(())
     }
 
+    /// Waits for `event` and returns its payload: a waiter of a dispatch.
+    fn wait(app: &App, event: String) -> Result<Option<String>> {
+        app.wait_event(&event, None)
+    }
+
     /// Computes forever without host calls: only epochs can stop it.
     fn spin(_app: &App) -> Result<()> {
         let mut turns: u64 = 0;
@@ -40,6 +45,30 @@ plugin! {
             sum = sum.wrapping_add(app.id());
         }
         Ok(sum)
+    }
+
+    /// `n` times: starts an `idle` task named `sleeper` on this worker, lets
+    /// it reach its sleep, and times `cancel_task` of it until it has ended
+    /// (cooperatively), in nanoseconds: a guest doing what Sanic's
+    /// `await app.cancel_task(name)` does, for the bench's Sanic column.
+    fn cancel_sleepers(app: &App, n: u32) -> Result<Vec<u64>> {
+        let mut samples = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            app.task("idle").name("sleeper").start()?;
+            // As the Sanic script does: let the sleeper reach its sleep.
+            app.sleep(1)?;
+            while app.get_task("sleeper")?.state != TaskState::Running {
+                app.sleep(1)?;
+            }
+            let begun = std::time::Instant::now();
+            let info = app.cancel_task("sleeper")?;
+            samples.push(begun.elapsed().as_nanos() as u64);
+            if info.cancel_stage != Some(CancelStage::Cooperative) {
+                return Err(Error::msg(format!("the sleeper ended {:?}", info.state)));
+            }
+            app.purge_tasks();
+        }
+        Ok(samples)
     }
 
     /// A compute kernel with a loop back-edge per step (where epoch checks
