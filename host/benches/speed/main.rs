@@ -601,6 +601,86 @@ fn engine_without_epochs() -> Engine {
     Engine::new(&config).expect("engine")
 }
 
+/// Resident bytes of each mapping of this process, by start address, with
+/// its size and name (`/proc/self/smaps`).
+fn mappings() -> std::collections::BTreeMap<u64, (u64, String, u64)> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("/proc/self/smaps");
+    let mut out = std::collections::BTreeMap::new();
+    let mut current = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if let Some((start, end)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) =
+                (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        {
+            let name = fields.nth(4).unwrap_or("[anon]").to_string();
+            current = Some(start);
+            out.insert(start, (end - start, name, 0));
+        } else if first == "Rss:"
+            && let Some(start) = current
+            && let Some(kib) = fields.next().and_then(|v| v.parse::<u64>().ok())
+        {
+            out.get_mut(&start).expect("mapping").2 = kib * 1024;
+        }
+    }
+    out
+}
+
+/// Lines saying which mappings grew, per task. The instance pool's
+/// memories and stacks are huge reservations that wasmtime splits into a
+/// mapping per slot as slots are made accessible, so growth is summed by
+/// name and by the size of each mapping (exact under 16 MiB, a power of
+/// two above): one line per kind of mapping, biggest growth first. The host's own
+/// structures are in the heap and malloc's arenas (`[anon]` of 64 MiB).
+fn growth_by_mapping(
+    before: &std::collections::BTreeMap<u64, (u64, String, u64)>,
+    tasks: usize,
+) -> Vec<String> {
+    let mut kinds: std::collections::BTreeMap<(String, u64), (f64, usize)> = Default::default();
+    for (start, (size, name, rss)) in mappings() {
+        let was = before.get(&start).map_or(0, |b| b.2);
+        // Slot-sized mappings (a memory's accessible part, a fiber stack)
+        // by their exact size; reservations by their power of two.
+        let class = if size < 16 << 20 {
+            size
+        } else {
+            size.next_power_of_two()
+        };
+        let kind = kinds.entry((name, class)).or_default();
+        kind.0 += rss as f64 - was as f64;
+        kind.1 += 1;
+    }
+    let mut grown: Vec<_> = kinds
+        .into_iter()
+        .map(|((name, size), (bytes, count))| (bytes / tasks as f64, size, name, count))
+        .filter(|(per_task, ..)| per_task.abs() >= 64.0)
+        .collect();
+    grown.sort_by(|a, b| b.0.total_cmp(&a.0));
+    grown
+        .into_iter()
+        .take(10)
+        .map(|(per_task, size, name, count)| {
+            format!(
+                "{:.1} KiB per task in {count} mapping(s) {name} of {}",
+                per_task / 1024.0,
+                human_size(size)
+            )
+        })
+        .collect()
+}
+
+fn human_size(bytes: u64) -> String {
+    let mut size = bytes as f64;
+    for unit in ["B", "KiB", "MiB", "GiB", "TiB"] {
+        if size < 1024.0 {
+            return format!("{size:.2} {unit}");
+        }
+        size /= 1024.0;
+    }
+    format!("{size:.0} PiB")
+}
+
 fn resident_bytes() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
     let kib: f64 = status
@@ -624,16 +704,25 @@ fn memory_per_idle_task(kind: &str) -> f64 {
         "memory run failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    let per_task = lines
+        .pop()
+        .unwrap_or_default()
         .trim()
         .parse()
-        .expect("bytes per task")
+        .expect("bytes per task");
+    for line in lines {
+        eprintln!("  {kind}: {line}");
+    }
+    per_task
 }
 
 async fn memory_run(kind: &str, components: &Components) {
     let host = host(components).await;
     let component = &components.bench;
     let before = resident_bytes();
+    let before_maps = mappings();
     match kind {
         "taskhost" => {
             let mut handles = Vec::new();
@@ -677,6 +766,9 @@ async fn memory_run(kind: &str, components: &Components) {
                         }
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
+                    for line in growth_by_mapping(&before_maps, IDLE_TASKS) {
+                        println!("{line}");
+                    }
                     println!("{}", (resident_bytes() - before) / IDLE_TASKS as f64);
                     let _ = std::fs::remove_dir_all(host.storage.path());
                     std::process::exit(0);
@@ -685,6 +777,9 @@ async fn memory_run(kind: &str, components: &Components) {
         }
     }
     let per_task = (resident_bytes() - before) / IDLE_TASKS as f64;
+    for line in growth_by_mapping(&before_maps, IDLE_TASKS) {
+        println!("{line}");
+    }
     println!("{per_task}");
     let _ = std::fs::remove_dir_all(host.storage.path());
     std::process::exit(0);
@@ -919,10 +1014,15 @@ async fn main() {
 
     let p99 = |p: &Percentiles| p.p99;
     let n = scaled(2_000);
+    profile("raw-cancel", "enable");
     let raw_cancels = raw_cancel(&raw, CancelStage::Cooperative, n).await;
+    profile("raw-cancel", "disable");
+    profile("cancel", "enable");
+    let cancels = cancel_latency(w0.clone(), "idle", CancelStage::Cooperative, n).await;
+    profile("cancel", "disable");
     print_row(latency_row(
         "cancel a task blocked in sleep (cooperative), p50/p99",
-        cancel_latency(w0.clone(), "idle", CancelStage::Cooperative, n).await,
+        cancels,
         raw_cancels.clone(),
         p99,
         "p99 < 100 us",
