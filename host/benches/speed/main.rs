@@ -248,6 +248,28 @@ async fn until_running(worker: &WorkerCtx, id: u64) {
     }
 }
 
+/// `n` tasks of `factory` spread over the host's 2 workers, each started
+/// (its factory entered), then given 200 ms to reach the host call it
+/// blocks in (`sleep`, `wait-event`): the registry records a task running
+/// when its factory is entered, not when it blocks.
+async fn blocked_tasks(
+    host: &Host,
+    n: usize,
+    factory: &str,
+    args: &str,
+) -> Vec<(Arc<WorkerCtx>, TaskHandle)> {
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let w = worker(host, (i % 2) as u32);
+        handles.push((w.clone(), spawn(&w, &plugin(&w), factory, args)));
+    }
+    for (w, handle) in &handles {
+        until_running(w, handle.id).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    handles
+}
+
 /// taskhost: add a trivial task, wait for its end; also when its factory
 /// was entered (the registry's start time).
 async fn spawn_latency(worker: Arc<WorkerCtx>, n: usize) -> (Vec<Duration>, Vec<Duration>) {
@@ -732,18 +754,8 @@ async fn memory_run(kind: &str, components: &Components) {
     let before_maps = mappings();
     match kind {
         "taskhost" => {
-            let mut handles = Vec::new();
-            for i in 0..IDLE_TASKS {
-                let w = worker(&host, (i % 2) as u32);
-                handles.push((w.clone(), spawn(&w, &plugin(&w), "idle", "null")));
-            }
-            for (w, handle) in &handles {
-                until_running(w, handle.id).await;
-            }
-            // Running is recorded as the factory is entered; give every
-            // task the moment it needs to reach its sleep, then check that
-            // none ended.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            let handles = blocked_tasks(&host, IDLE_TASKS, "idle", "null").await;
+            // None ended meanwhile.
             for (w, handle) in &handles {
                 until_running(w, handle.id).await;
             }

@@ -18,7 +18,7 @@
 //!         perf record -g --control fifo:/tmp/ctl -D -1 BENCH_BINARY mass
 
 use super::raw::RawPlugin;
-use super::{Components, host, plugin, scaled, spawn, until_running, worker};
+use super::{Components, blocked_tasks, host, scaled, worker};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -35,17 +35,7 @@ pub struct Ending {
 /// `n` sleepers on the bench host's 2 workers, cancelled at once.
 pub async fn taskhost(components: &Components, n: usize) -> Ending {
     let host = host(components).await;
-    let mut handles = Vec::with_capacity(n);
-    for i in 0..n {
-        let w = worker(&host, (i % 2) as u32);
-        handles.push((w.clone(), spawn(&w, &plugin(&w), "idle", "null")));
-    }
-    for (w, handle) in &handles {
-        until_running(w, handle.id).await;
-    }
-    // Running is recorded as the factory is entered: give every task the
-    // moment it needs to reach its sleep.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut handles = blocked_tasks(&host, n, "idle", "null").await;
     super::profile("mass", "enable");
     let begun = Instant::now();
     for (_, handle) in &handles {

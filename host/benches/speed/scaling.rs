@@ -9,7 +9,7 @@
 //! waiters are not measured: each waiter is a live instance, and the
 //! default pool holds 10,000.
 
-use super::{Components, on, plugin, spawn, until_running, worker};
+use super::{Components, blocked_tasks, on, plugin, spawn, worker};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use taskhost::application::Application;
@@ -88,20 +88,7 @@ pub async fn run(components: &Components) {
     println!("| N waiters (2 workers) | dispatch call | dispatch to the last waiter ended |");
     println!("|---|---|---|");
     for n in [1_000usize, 10_000] {
-        let mut handles = Vec::with_capacity(n);
-        for i in 0..n {
-            let w = worker(&host, (i % 2) as u32);
-            handles.push((
-                w.clone(),
-                spawn(&w, &plugin(&w), "wait", r#"{"event": "jobs.ready"}"#),
-            ));
-        }
-        for (w, handle) in &handles {
-            until_running(w, handle.id).await;
-        }
-        // Running is recorded as the factory is entered: give every waiter
-        // the moment it needs to reach `wait-event`, then check they all do.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut handles = blocked_tasks(&host, n, "wait", r#"{"event": "jobs.ready"}"#).await;
         let begun = Instant::now();
         let woken = host.dispatch("jobs.ready", "\"go\"");
         let call = begun.elapsed();
