@@ -14,9 +14,7 @@ use super::{
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use taskhost::application::Application;
 use taskhost::config::AppConfig;
-use taskhost::engine::EngineSettings;
 use taskhost::host::Host;
 use taskhost::plugin::build::{self, BuildOptions, BuildOutput};
 
@@ -58,17 +56,7 @@ async fn host(components: &[PathBuf]) -> (Host, tempfile::TempDir) {
         ));
     }
     let config = AppConfig::parse(&text, Path::new("guests.toml"), Path::new(".")).expect("config");
-    let settings = EngineSettings {
-        compile_cache: None,
-        ..EngineSettings::default()
-    };
-    let app = Application::load(config, &settings, &BuildOptions::default())
-        .await
-        .expect("application");
-    let mut host = app.launch().await.expect("host");
-    host.main_tasks_ended().await.expect("no main tasks");
-    host.start_workers().await.expect("workers");
-    (host, storage)
+    (super::launch(config).await, storage)
 }
 
 /// `GUESTS_MEMORY=<plugin>` re-runs this bench to measure one guest's idle

@@ -166,22 +166,25 @@ async fn host(components: &Components) -> BenchHost {
 
 /// A bench host whose storage commits wait for the disk with `fsync`.
 async fn host_with(components: &Components, fsync: bool) -> BenchHost {
+    let storage = tempfile::tempdir().expect("storage dir");
+    let host = launch(app_toml(components, storage.path(), fsync)).await;
+    BenchHost { host, storage }
+}
+
+/// A running host of `config`, no compile cache, its workers started: the
+/// bench hosts of every section.
+async fn launch(config: AppConfig) -> Host {
     let settings = EngineSettings {
         compile_cache: None,
         ..EngineSettings::default()
     };
-    let storage = tempfile::tempdir().expect("storage dir");
-    let app = Application::load(
-        app_toml(components, storage.path(), fsync),
-        &settings,
-        &BuildOptions::default(),
-    )
-    .await
-    .expect("application");
+    let app = Application::load(config, &settings, &BuildOptions::default())
+        .await
+        .expect("application");
     let mut host = app.launch().await.expect("host");
     host.main_tasks_ended().await.expect("no main tasks");
     host.start_workers().await.expect("workers");
-    BenchHost { host, storage }
+    host
 }
 
 fn worker(host: &Host, index: u32) -> Arc<WorkerCtx> {

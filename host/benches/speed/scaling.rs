@@ -12,11 +12,8 @@
 use super::{Components, blocked_tasks, on, plugin, spawn, worker};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use taskhost::application::Application;
 use taskhost::config::AppConfig;
-use taskhost::engine::EngineSettings;
 use taskhost::host::Host;
-use taskhost::plugin::build::BuildOptions;
 
 /// A host of the bench plugin on 2 workers that keeps up to 200,000 ended
 /// tasks listed per worker.
@@ -32,13 +29,7 @@ async fn host(components: &Components) -> (Host, tempfile::TempDir) {
     );
     let config =
         AppConfig::parse(&text, Path::new("scaling.toml"), Path::new(".")).expect("config");
-    let app = Application::load(config, &EngineSettings::default(), &BuildOptions::default())
-        .await
-        .expect("application");
-    let mut host = app.launch().await.expect("host");
-    host.main_tasks_ended().await.expect("no main tasks");
-    host.start_workers().await.expect("workers");
-    (host, storage)
+    (super::launch(config).await, storage)
 }
 
 fn ms(d: Duration) -> String {

@@ -457,7 +457,7 @@ impl WorkerCtx {
                 {
                     tracing::error!(
                         "task {}: cannot record attempt {attempt} in storage ({error:#}); \
-                             after a crash its attempt count will be low",
+                         after a crash its attempt count will be low",
                         ident.label()
                     );
                 }
@@ -472,7 +472,7 @@ impl WorkerCtx {
             {
                 tracing::error!(
                     "task {}: cannot record its end in storage ({error:#}); the next \
-                         start will run it again",
+                     start will run it again",
                     ident.label()
                 );
             }
