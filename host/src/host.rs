@@ -16,6 +16,7 @@ use crate::worker::{TaskEnv, Worker, WorkerCtx};
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -106,6 +107,7 @@ impl Host {
             durable: Mutex::default(),
             durable_submit: tokio::sync::Mutex::new(()),
             schedules: std::sync::OnceLock::new(),
+            stopping: AtomicBool::new(false),
         });
         let main = Worker::start(WorkerId::Main, env.clone())?;
         let mut host = Host {
@@ -462,6 +464,9 @@ impl Host {
             replaces: previous.as_ref().map(|p| p.version.to_string()),
         });
         if let Some(previous) = previous {
+            for worker in self.workers() {
+                worker.forget_prepared(name);
+            }
             previous.retire(self.env.lifecycle.clone());
             self.retired_builds().push(Arc::downgrade(&previous));
             // Dropped here if none of its tasks runs: announced at once.
@@ -495,6 +500,7 @@ impl Host {
             scheduler.stop().await;
         }
         let env = &self.env;
+        env.stopping.store(true, Ordering::Relaxed);
         env.tracker.close();
         let live =
             || -> Vec<TaskHandle> { self.workers().flat_map(|w| w.registry().live()).collect() };

@@ -30,6 +30,10 @@ pub struct Metrics {
     task_memory: Gauge,
     /// Read from the OS when scraped.
     resident: Gauge,
+    /// Instances made ahead of demand, idle until a task takes one.
+    pub prepared: Gauge,
+    /// Tasks that started in an instance made ahead of demand.
+    pub prepared_starts: Counter,
     /// What the public listener's routes did.
     pub routes: RouteMetrics,
 }
@@ -180,6 +184,8 @@ impl Metrics {
             plugins: Family::default(),
             task_memory,
             resident: Gauge::default(),
+            prepared: Gauge::default(),
+            prepared_starts: Counter::default(),
             routes: RouteMetrics::default(),
             registry: Registry::default(),
         };
@@ -263,6 +269,16 @@ impl Metrics {
             "route_latency_seconds",
             "From a webhook request's arrival to its answer, by route",
             metrics.routes.latency.clone(),
+        );
+        registry.register(
+            "prepared_instances",
+            "Instances made ahead of demand, idle until a task of their plugin takes one",
+            metrics.prepared.clone(),
+        );
+        registry.register(
+            "prepared_starts",
+            "Tasks that started in an instance made ahead of demand",
+            metrics.prepared_starts.clone(),
         );
         registry.register(
             "resident_memory_bytes",

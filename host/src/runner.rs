@@ -2,15 +2,15 @@
 //! outcome, told apart into done / failed / cancelled (and by which stage).
 
 use crate::app::{AppContext, TaskScope};
-use crate::bindings::{GuestError, describe};
-use crate::engine::HostEngine;
+use crate::bindings::{Factories, GuestError, describe};
+use crate::engine::{HostEngine, WarmSlot};
 use crate::plugin::Plugin;
 use crate::registry::TaskHandle;
 use crate::store::{TaskData, new_store};
-use crate::task::{CancelSignal, CancelStage, Outcome, TaskIdent};
+use crate::task::{CancelSignal, CancelStage, Outcome, TaskIdent, WorkerId};
 use std::sync::Arc;
 use tokio::sync::oneshot;
-use wasmtime::Trap;
+use wasmtime::{Store, Trap};
 
 /// Where a task runs: the engines its store comes from, the app it belongs
 /// to, and the worker it sees through the `app` interface.
@@ -18,6 +18,83 @@ pub(crate) struct Site<'a> {
     pub engines: &'a HostEngine,
     pub app: &'a Arc<AppContext>,
     pub scope: Arc<dyn TaskScope>,
+    /// An instance of the task's plugin made before the task asked for one
+    /// (see [`prepare`]); without it the task instantiates its own.
+    pub prepared: Option<Prepared>,
+}
+
+/// An instance of a plugin made ahead of demand, on a worker with nothing
+/// else to do, so the next task of that plugin starts without
+/// instantiating: its store holds a stand-in identity until a task adopts
+/// it ([`Prepared::adopt`]).
+///
+/// Only plugins of the warm pool are prepared, each holding a warm slot:
+/// a prepared instance never takes capacity a task could not get
+/// otherwise, and the cold pool's `[limits] instances` stay whole.
+pub(crate) struct Prepared {
+    /// Declared before the slot, so dropped before it: the slot is free
+    /// again only once the instance has given it back.
+    store: Store<TaskData>,
+    instance: Factories,
+    _slot: WarmSlot,
+    /// The build it was made from: a task of another build (after a
+    /// hot-load) cannot use it.
+    pub plugin: Arc<Plugin>,
+}
+
+impl Prepared {
+    /// Hands the instance to the task whose store data is `data`: the
+    /// stand-in identity goes, the memory the instantiation grew is now
+    /// the task's (and counted in `taskhost_task_memory_bytes` from now
+    /// on), and the epoch deadline starts afresh, so the first call is
+    /// not made to yield for the ticks the instance spent waiting.
+    fn adopt(mut self, data: TaskData) -> (Store<TaskData>, Factories, WarmSlot) {
+        let stand_in = std::mem::replace(self.store.data_mut(), data);
+        self.store.data_mut().adopt_memory(stand_in);
+        self.store.set_epoch_deadline(1);
+        (self.store, self.instance, self._slot)
+    }
+}
+
+/// Instantiates `plugin` for a task that does not exist yet, on `worker`,
+/// in a warm slot. None if no warm slot is free, the plugin runs on the
+/// image engine (its instances are large and their cost is their first
+/// call, not instantiation), or instantiation failed or reached for WASI
+/// or outbound HTTP (what it reached would belong to the stand-in, not to
+/// the task): the task then instantiates its own, and says what failed.
+pub(crate) async fn prepare(
+    engines: &HostEngine,
+    app: &Arc<AppContext>,
+    plugin: Arc<Plugin>,
+    worker: WorkerId,
+) -> Option<Prepared> {
+    if plugin.has_large_image() {
+        return None;
+    }
+    let slot = engines.warm_slots.take()?;
+    let ident = Arc::new(TaskIdent {
+        id: 0,
+        name: None,
+        worker,
+        plugin: plugin.name.clone(),
+        plugin_version: plugin.version.clone(),
+        factory: String::new(),
+        durable: None,
+        connection: None,
+    });
+    let data = TaskData::stand_in(ident, app.clone());
+    let (engine, pre) = plugin.instantiation(engines, true);
+    let mut store = new_store(engine, data);
+    let instance = pre.instantiate_async(&mut store).await.ok()?;
+    if store.data().reached_out() {
+        return None;
+    }
+    Some(Prepared {
+        store,
+        instance,
+        _slot: slot,
+        plugin,
+    })
 }
 
 /// Which attempt of a task an instance runs, as its guest sees it.
@@ -39,7 +116,7 @@ pub(crate) struct Attempt {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     site: Site<'_>,
-    plugin: &Plugin,
+    plugin: &Arc<Plugin>,
     ident: Arc<TaskIdent>,
     args: &str,
     handle: TaskHandle,
@@ -59,6 +136,18 @@ pub(crate) async fn run(
         TaskData::new(ident.clone(), site.app.clone(), cancel.clone()).on_worker(site.scope);
     data.app.attempt = attempt.number;
     data.app.idempotency_key = attempt.idempotency_key;
+    let prepared = site
+        .prepared
+        .filter(|prepared| Arc::ptr_eq(&prepared.plugin, plugin));
+    if let Some(prepared) = prepared {
+        // Declared before the store, so dropped after it.
+        let (_slot, mut store, instance);
+        (store, instance, _slot) = prepared.adopt(data);
+        return call(
+            &mut store, &instance, &ident, args, handle, verdict, &cancel, timeout, started,
+        )
+        .await;
+    }
     // Declared before the store, so dropped after it: the slot is free
     // again only once the instance has given it back.
     let mut warm_slot = match plugin.has_large_image() {
@@ -100,9 +189,31 @@ pub(crate) async fn run(
             };
         }
     };
-    let factories = &instance;
+    call(
+        &mut store, &instance, &ident, args, handle, verdict, &cancel, timeout, started,
+    )
+    .await
+}
+
+/// The calls of a task into its instance: the argument check (with a
+/// `verdict` channel), then the factory, to its outcome.
+#[allow(clippy::too_many_arguments)]
+async fn call(
+    store: &mut Store<TaskData>,
+    factories: &Factories,
+    ident: &TaskIdent,
+    args: &str,
+    handle: TaskHandle,
+    verdict: Option<oneshot::Sender<Result<(), GuestError>>>,
+    cancel: &CancelSignal,
+    timeout: Option<std::time::Duration>,
+    started: impl FnOnce(),
+) -> Option<Ended> {
     if let Some(verdict) = verdict {
-        let checked = match factories.call_check(&mut store, &ident.factory, args).await {
+        let checked = match factories
+            .call_check(&mut *store, &ident.factory, args)
+            .await
+        {
             Ok(checked) => checked,
             Err(trap) => Err(GuestError::Failed(format!(
                 "checking the arguments trapped: {trap:#}"
@@ -126,7 +237,7 @@ pub(crate) async fn run(
     started();
     let mut timed_out = false;
     let returned = {
-        let call = factories.call_run(&mut store, &ident.factory, args);
+        let call = factories.call_run(&mut *store, &ident.factory, args);
         tokio::pin!(call);
         tokio::select! {
             result = &mut call => Some(result),
@@ -155,7 +266,7 @@ pub(crate) async fn run(
         }
     };
     let outcome = match returned {
-        Some(result) => classify(result, &cancel, || store.data().last_stderr_line()),
+        Some(result) => classify(result, cancel, || store.data().last_stderr_line()),
         None => Outcome::Cancelled {
             stage: CancelStage::Forced,
         },

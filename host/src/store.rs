@@ -73,6 +73,33 @@ impl TaskData {
         }
     }
 
+    /// The data of an instance made before its task exists (see
+    /// [`crate::runner::Prepared`]): a stand-in identity, a signal nobody
+    /// sends, and a memory budget outside the host's gauge, since no task
+    /// holds that memory yet.
+    pub(crate) fn stand_in(ident: Arc<TaskIdent>, app: Arc<AppContext>) -> TaskData {
+        let mut data = TaskData::new(ident, app, Arc::default());
+        data.memory.gauge = Gauge::default();
+        data
+    }
+
+    /// Takes over the memory `stand_in`'s instantiation grew, as if this
+    /// task had grown it: counted against its limit and in the gauge.
+    pub(crate) fn adopt_memory(&mut self, mut stand_in: TaskData) {
+        let grown = std::mem::take(&mut stand_in.memory.used);
+        self.memory.used += grown;
+        self.memory
+            .gauge
+            .inc_by(i64::try_from(grown).unwrap_or(i64::MAX));
+    }
+
+    /// Whether the instance reached for WASI, outbound HTTP or key-value
+    /// state: a prepared instance that did is not handed to a task, since
+    /// what it opened would be the stand-in's.
+    pub(crate) fn reached_out(&self) -> bool {
+        self.wasi.used() || self.http.is_some() || self.kv_handles > 0
+    }
+
     /// The task runs on the worker `scope` stands for.
     pub(crate) fn on_worker(mut self, scope: Arc<dyn TaskScope>) -> TaskData {
         self.app.scope = Some(scope);

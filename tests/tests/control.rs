@@ -473,6 +473,103 @@ fn hot_loading_swaps_new_tasks_to_the_new_build_and_refuses_broken_ones() {
     assert_eq!(run.event_of("done", "new")[0]["result"], "\"v2\"");
 }
 
+/// A metric's value from the host's `/metrics`.
+fn metric(app: &TestApp, name: &str) -> f64 {
+    let run = ok(app.cli(&["metrics"]));
+    run.stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in\n{}", run.stdout))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Waits (up to 30 s) until metric `name` is `want`.
+fn await_metric(app: &TestApp, name: &str, want: f64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let seen = metric(app, name);
+        if seen == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} stayed {seen}, not {want}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_task_started_in_an_instance_made_ahead_of_demand_is_wholly_itself() {
+    let app = TestApp::new(
+        r#"
+        name = "ahead"
+        workers = 1
+        [plugins.kit]
+        path = "{testkit}"
+        "#,
+    );
+    let mut host = app.spawn();
+    let done = |task: &'static str| move |l: &Value| l["event"] == "done" && l["task"] == task;
+
+    // After a task of `kit` starts, the idle worker makes the next
+    // instance; it is nobody's, so no task's memory counts it.
+    ok(app.cli(&["add", "kit", "identity", "--name", "first"]));
+    host.wait_for(1, done("first"));
+    await_metric(&app, "taskhost_prepared_instances", 1.0);
+    assert_eq!(metric(&app, "taskhost_prepared_starts_total"), 0.0);
+    assert_eq!(metric(&app, "taskhost_task_memory_bytes"), 0.0);
+
+    // The next task takes it, with its own name in what its guest logs.
+    ok(app.cli(&["add", "kit", "identity", "--name", "second"]));
+    host.wait_for(1, done("second"));
+    assert_eq!(metric(&app, "taskhost_prepared_starts_total"), 1.0);
+    let said = host
+        .seen()
+        .iter()
+        .filter(|l| l["event"].is_null() && l["factory"] == "identity")
+        .map(|l| l["task"].as_str().unwrap_or("").to_string())
+        .collect::<Vec<_>>();
+    assert_eq!(said, ["first", "second"], "{:?}", host.seen());
+
+    // A task in a prepared instance owns the memory that instance grew
+    // while it lives, and gives all of it back when it ends.
+    await_metric(&app, "taskhost_prepared_instances", 1.0);
+    ok(app.cli(&[
+        "add",
+        "kit",
+        "nap",
+        "--args",
+        r#"{"ms": 600000}"#,
+        "--name",
+        "third",
+    ]));
+    host.wait_for(1, |l| l["event"] == "started" && l["task"] == "third");
+    assert_eq!(metric(&app, "taskhost_prepared_starts_total"), 2.0);
+    assert!(metric(&app, "taskhost_task_memory_bytes") > 0.0);
+    let cancelled = json_of(&ok(app.cli(&["cancel", "third", "--json"])));
+    assert_eq!(cancelled[0]["cancel_stage"], "cooperative", "{cancelled}");
+    assert_eq!(metric(&app, "taskhost_task_memory_bytes"), 0.0);
+
+    // A hot-load drops the old build's prepared instance at once, so the
+    // old build goes though it ran no task; the next task runs the new one.
+    await_metric(&app, "taskhost_prepared_instances", 1.0);
+    let testkit = taskhost_tests::plugin("testkit");
+    ok(app.cli(&["load", "kit", testkit.to_str().unwrap()]));
+    assert_eq!(metric(&app, "taskhost_prepared_instances"), 0.0);
+    host.wait_for(1, |l| {
+        l["event"] == "plugin_dropped" && l["plugin"] == "kit"
+    });
+    ok(app.cli(&["add", "kit", "identity", "--name", "fourth"]));
+    host.wait_for(1, done("fourth"));
+    assert_eq!(metric(&app, "taskhost_prepared_starts_total"), 2.0);
+    host.signal("TERM");
+    let run = host.finish();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+}
+
 #[test]
 fn load_with_restart_tasks_restarts_the_plugins_startup_tasks_on_the_new_build() {
     let app = TestApp::new(

@@ -60,6 +60,11 @@ impl WasiState {
         }
     }
 
+    /// Whether the task has made a WASI call (the context exists).
+    pub fn used(&self) -> bool {
+        self.ctx.is_some()
+    }
+
     /// The store's one resource table, which wasi:http shares.
     pub fn table(&mut self) -> &mut ResourceTable {
         &mut self.table

@@ -9,6 +9,7 @@
 //! too, through `durable`.
 
 mod durable;
+mod ready;
 
 pub(crate) use durable::recover;
 
@@ -28,6 +29,7 @@ use anyhow::{Context, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -65,6 +67,9 @@ pub struct TaskEnv {
     /// The host's schedules, once they started: what a guest's
     /// `add-schedule` and `remove-schedule` reach.
     pub schedules: OnceLock<Weak<dyn ScheduleControl>>,
+    /// Set once the host began to stop: no instance is made ahead of
+    /// demand from then on.
+    pub stopping: AtomicBool,
 }
 
 /// What guests may do to the host's schedules. The scheduler implements
@@ -149,6 +154,8 @@ pub struct WorkerCtx {
     registry: TaskRegistry,
     runtime: Handle,
     env: Arc<TaskEnv>,
+    /// Instances made ahead of demand for the plugins it runs.
+    ready: ready::ReadyInstances,
 }
 
 /// Idempotency key prefixes the host gives its own durable tasks
@@ -302,6 +309,39 @@ impl WorkerCtx {
         })
     }
 
+    /// Makes the next instance of `plugin` on this worker once the tasks
+    /// queued now have had their turn (see [`ready`]), unless one is ready
+    /// or being made. Not on the main scope (its tasks run once, before the
+    /// workers), nor while the host is stopping.
+    fn prepare_next(self: &Arc<Self>, plugin: &Arc<Plugin>) {
+        if self.id == WorkerId::Main
+            || plugin.has_large_image()
+            || self.env.stopping.load(Ordering::Relaxed)
+            || !self.ready.begin(&plugin.name)
+        {
+            return;
+        }
+        let worker = self.clone();
+        let plugin = plugin.clone();
+        // Queued behind the tasks already waiting for their turn.
+        self.runtime.spawn(async move {
+            let env = &worker.env;
+            let prepared = match env.stopping.load(Ordering::Relaxed) {
+                true => None,
+                false => runner::prepare(&env.engines, &env.app, plugin.clone(), worker.id).await,
+            };
+            worker
+                .ready
+                .finish(&plugin.name, prepared, env.plugin(&plugin.name));
+        });
+    }
+
+    /// Drops the instance made ahead of demand of `plugin`, if there is
+    /// one: a new build of it was loaded.
+    pub(crate) fn forget_prepared(&self, plugin: &str) {
+        self.ready.forget(plugin);
+    }
+
     /// Logs a lifecycle step and sends it to the stream's listeners. The
     /// event (a few strings copied from the task's identity) is built only
     /// if the log or a listener will see it.
@@ -402,7 +442,12 @@ impl WorkerCtx {
                     engines: &worker.env.engines,
                     app: &worker.env.app,
                     scope: worker.clone(),
+                    prepared: worker.ready.take(&plugin),
                 };
+                if site.prepared.is_some() {
+                    worker.env.metrics.prepared_starts.inc();
+                }
+                worker.prepare_next(&plugin);
                 let run = runner::run(
                     site,
                     &plugin,
@@ -611,6 +656,7 @@ impl Worker {
                     },
                 ),
                 runtime,
+                ready: ready::ReadyInstances::new(env.metrics.prepared.clone()),
                 env,
             }),
             stop: Some(stop),
