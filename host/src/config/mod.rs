@@ -7,6 +7,7 @@
 //! (does the factory exist, do its arguments decode) happen when the plugins
 //! are loaded; see [`crate::application`].
 
+pub mod cluster;
 mod grants;
 mod http_grant;
 mod limits;
@@ -14,6 +15,7 @@ mod retry;
 mod routes;
 mod schedule;
 
+pub use cluster::{ClusterAuth, ClusterConfig, ClusterTls};
 pub use grants::{DirGrant, Grants};
 pub use http_grant::HttpGrant;
 pub use limits::{
@@ -75,6 +77,9 @@ pub struct AppConfig {
     pub listen: Option<ListenConfig>,
     /// `[[routes]]`, in file order.
     pub routes: Vec<RouteConfig>,
+    /// `[cluster]`: the NATS this host shares the app over; none for a
+    /// host on its own.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[storage]`: where key-value state and durable tasks live.
@@ -234,6 +239,7 @@ struct RawApp {
     listen: routes::RawListen,
     #[serde(default)]
     routes: Vec<routes::RawRoute>,
+    cluster: Option<cluster::RawCluster>,
 }
 
 fn one() -> i64 {
@@ -472,7 +478,12 @@ impl AppConfig {
                  tasks keep their outcome; default {DEFAULT_KEEP_ENDED_TASKS})"
             );
         }
+        let cluster = raw
+            .cluster
+            .map(|cluster| cluster.checked(&file.to_string(), base))
+            .transpose()?;
         Ok(AppConfig {
+            cluster,
             source: source.to_path_buf(),
             name: raw.name,
             workers,
