@@ -8,8 +8,9 @@
 
 use crate::config::{Limit, LimitUnit, Limits};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use tokio::sync::{oneshot, watch};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Every waiter of a host, by pattern.
 pub struct EventHub {
@@ -17,6 +18,9 @@ pub struct EventHub {
     /// How many waiters are registered, for whoever needs to know that a
     /// dispatch will be heard (tests, the control API).
     waiting: watch::Sender<usize>,
+    /// Where this host's own dispatches go besides its waiters: the
+    /// cluster's other hosts (set once the host joined one).
+    relay: OnceLock<Relay>,
 }
 
 impl Default for EventHub {
@@ -24,8 +28,24 @@ impl Default for EventHub {
         EventHub {
             inner: Mutex::default(),
             waiting: watch::Sender::new(0),
+            relay: OnceLock::new(),
         }
     }
+}
+
+/// The cluster's side of the hub.
+struct Relay {
+    cluster: String,
+    sender: mpsc::Sender<Relayed>,
+    /// Dispatches the other hosts missed because the queue was full.
+    dropped: AtomicU64,
+}
+
+/// A dispatch made on this host, on its way to the others.
+#[derive(Debug, Clone)]
+pub struct Relayed {
+    pub event: String,
+    pub payload: Arc<str>,
 }
 
 /// Where one waiter's payload goes; shared by every waiter of a dispatch.
@@ -78,11 +98,102 @@ impl EventHub {
         }
     }
 
+    /// Sends this host's dispatches to the cluster from now on, through a
+    /// queue of `capacity`; the receiver is the cluster's. Once only.
+    pub fn relay_to(&self, cluster: &str, capacity: usize) -> Option<mpsc::Receiver<Relayed>> {
+        let (sender, receiver) = mpsc::channel(capacity);
+        self.relay
+            .set(Relay {
+                cluster: cluster.to_string(),
+                sender,
+                dropped: AtomicU64::new(0),
+            })
+            .ok()?;
+        Some(receiver)
+    }
+
+    /// Checks that an event name (or, with `pattern`, a wait pattern) can
+    /// travel as a NATS subject when the host is in a cluster: dot-separated
+    /// tokens, none empty, without spaces, `*` or `>` (a pattern may end in
+    /// one `*`, which keeps its meaning: a prefix). Anything goes for a host
+    /// alone.
+    pub fn check_travels(&self, name: &str, pattern: bool) -> Result<(), String> {
+        let Some(relay) = self.relay.get() else {
+            return Ok(());
+        };
+        let (body, open_end) = match name.strip_suffix('*') {
+            Some(prefix) if pattern => (prefix, true),
+            _ => (name, false),
+        };
+        let tokens: Vec<&str> = body.split('.').collect();
+        let last = tokens.len() - 1;
+        let fits = (!body.is_empty() || open_end)
+            && tokens.iter().enumerate().all(|(i, token)| {
+                (!token.is_empty() || (open_end && i == last))
+                    && !token
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '>')
+            });
+        if fits {
+            return Ok(());
+        }
+        Err(format!(
+            "event {what} {name:?} cannot travel between the hosts of cluster `{}`: a NATS \
+             subject is dot-separated tokens, none empty, without spaces, `*` or `>`{}",
+            relay.cluster,
+            if pattern {
+                " (a pattern may end in one `*`)"
+            } else {
+                ""
+            },
+            what = if pattern { "pattern" } else { "name" },
+        ))
+    }
+
     /// Hands `payload` to every current waiter whose pattern matches
-    /// `event`; returns how many were woken. The waiters share one copy of
-    /// the payload, so a large payload and many waiters do not multiply.
+    /// `event`, on this host and, in a cluster, on the others; returns how
+    /// many were woken here. The waiters share one copy of the payload, so
+    /// a large payload and many waiters do not multiply.
     pub fn dispatch(&self, event: &str, payload: &str) -> u32 {
         let payload: Arc<str> = payload.into();
+        if let Some(relay) = self.relay.get() {
+            let relayed = Relayed {
+                event: event.to_string(),
+                payload: payload.clone(),
+            };
+            if relay.sender.try_send(relayed).is_err() {
+                // At most once, as documented: NATS is slower than the
+                // dispatches, or the cluster is gone.
+                let dropped = relay.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        event,
+                        dropped,
+                        "event {event:?} did not reach the other hosts of cluster `{}`: its \
+                         queue to NATS is full ({dropped} missed so far)",
+                        relay.cluster
+                    );
+                }
+            }
+        }
+        self.wake(event, payload)
+    }
+
+    /// Dispatches the other hosts of the cluster missed because the queue
+    /// to NATS was full.
+    pub fn relay_dropped(&self) -> u64 {
+        self.relay
+            .get()
+            .map_or(0, |relay| relay.dropped.load(Ordering::Relaxed))
+    }
+
+    /// Hands `payload` to this host's waiters only: a dispatch that came
+    /// from another host of the cluster.
+    pub fn deliver(&self, event: &str, payload: Arc<str>) -> u32 {
+        self.wake(event, payload)
+    }
+
+    fn wake(&self, event: &str, payload: Arc<str>) -> u32 {
         let woken: Vec<PayloadSender> = {
             let mut waiters = self.lock();
             let patterns: Vec<String> = waiters
@@ -221,5 +332,51 @@ mod tests {
         drop(hub.subscribe("x"));
         assert_eq!(hub.waiting(), 0);
         assert_eq!(hub.dispatch("x", ""), 0);
+    }
+
+    #[tokio::test]
+    async fn in_a_cluster_names_must_be_subject_tokens_and_dispatches_are_relayed() {
+        let hub = EventHub::default();
+        // Alone, anything goes.
+        assert!(hub.check_travels("a b", false).is_ok());
+        let mut relayed = hub.relay_to("prod", 1).unwrap();
+        assert!(hub.relay_to("prod", 1).is_none(), "once only");
+        for good in ["jobs.done", "x", "a-b_c.1"] {
+            assert!(hub.check_travels(good, false).is_ok(), "{good}");
+        }
+        for good in ["jobs.*", "*", "job*"] {
+            assert!(hub.check_travels(good, true).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "jobs.",
+            ".jobs",
+            "a..b",
+            "a.>",
+            "a.*",
+            "tab\there",
+        ] {
+            let error = hub.check_travels(bad, false).unwrap_err();
+            assert!(error.contains("cluster `prod`"), "{error}");
+        }
+        for bad in ["a b*", "a.*.b", ">", "a..*"] {
+            assert!(hub.check_travels(bad, true).is_err(), "{bad}");
+        }
+
+        // A dispatch wakes the local waiter and is queued for the others;
+        // past the queue's room it is dropped and counted.
+        let mut waiter = hub.subscribe("jobs.*");
+        assert_eq!(hub.dispatch("jobs.done", "1"), 1);
+        assert_eq!(&*waiter.payload().await, "1");
+        assert_eq!(hub.dispatch("jobs.done", "2"), 0);
+        assert_eq!(hub.relay_dropped(), 1);
+        let first = relayed.recv().await.unwrap();
+        assert_eq!((first.event.as_str(), &*first.payload), ("jobs.done", "1"));
+        // What came from another host is not relayed again.
+        let mut waiter = hub.subscribe("jobs.*");
+        assert_eq!(hub.deliver("jobs.more", "3".into()), 1);
+        assert_eq!(&*waiter.payload().await, "3");
+        assert!(relayed.try_recv().is_err());
     }
 }

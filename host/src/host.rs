@@ -71,6 +71,8 @@ pub struct Host {
     retired: Mutex<Vec<Weak<Plugin>>>,
     /// The schedules, once the workers started.
     scheduler: Option<Arc<Scheduler>>,
+    /// This host's membership in its cluster (`[cluster]`); none alone.
+    cluster: Option<crate::cluster::Cluster>,
     _ticker: EpochTicker,
 }
 
@@ -109,8 +111,17 @@ impl Host {
             schedules: std::sync::OnceLock::new(),
             stopping: AtomicBool::new(false),
         });
+        // Joined before any task runs, so waiters hear the other hosts'
+        // events from the start.
+        let cluster = match &config.cluster {
+            Some(cluster) => {
+                Some(crate::cluster::Cluster::join(cluster, &config.source, env.clone()).await?)
+            }
+            None => None,
+        };
         let main = Worker::start(WorkerId::Main, env.clone())?;
         let mut host = Host {
+            cluster,
             config,
             loader,
             env,
@@ -340,7 +351,14 @@ impl Host {
             .iter()
             .map(|p| (p.name.to_string(), p.version.to_string()))
             .collect();
-        self.env.metrics.encode(&self.tasks(), &plugins)
+        let metrics = &self.env.metrics;
+        metrics
+            .event_waiters
+            .set(i64::try_from(self.env.events.waiting()).unwrap_or(i64::MAX));
+        if self.cluster.is_some() {
+            metrics.cluster_events_dropped(self.env.events.relay_dropped());
+        }
+        metrics.encode(&self.tasks(), &plugins)
     }
 
     /// The lifecycle stream from now on: every task's start and end and
@@ -536,6 +554,10 @@ impl Host {
             );
             abandoned
         };
+        // Last: what the ending tasks dispatched still reaches the others.
+        if let Some(cluster) = &self.cluster {
+            cluster.leave().await;
+        }
         RunSummary {
             done: count(&env.metrics.done),
             failed: count(&env.metrics.failed),

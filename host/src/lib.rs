@@ -31,19 +31,22 @@
 //! 6. [`plugin`]: component files -> linked, pre-instantiated plugins.
 //! 7. `runner`: one task in its own instance, to its outcome.
 //! 8. `worker`: threads with a registry each, starting tasks.
-//! 9. [`scheduler`]: `[[schedules]]`, a loop each, starting tasks on the
-//!    workers.
-//! 10. [`host`]: the workers of a running app and what an operator does to
+//! 9. [`cluster`]: several hosts as one app over NATS (`[cluster]`): the
+//!    connection, and events relayed between the hosts' hubs.
+//! 10. [`scheduler`]: `[[schedules]]`, a loop each, starting tasks on the
+//!     workers.
+//! 11. [`host`]: the workers of a running app and what an operator does to
 //!     them.
-//! 11. [`control`] (the HTTP API), `listener` (the public routes:
+//! 12. [`control`] (the HTTP API), `listener` (the public routes:
 //!     websockets and webhooks that start tasks) and `watch` (hot-load on
 //!     change), all over a [`host::Host`].
-//! 12. [`application`]: app.toml -> a running host with its API and watch.
-//! 13. [`cli`]: a thin shell over all of it.
+//! 13. [`application`]: app.toml -> a running host with its API and watch.
+//! 14. [`cli`]: a thin shell over all of it.
 
 // What an embedder uses: load an app, run a host, steer it.
 pub mod application;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod engine;

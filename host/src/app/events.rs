@@ -13,7 +13,13 @@ impl AppState {
         check_dispatch(event, payload, &self.app.limits)
             .map_err(|limit| GuestError::Limit(limit.to_string()))?;
         Ok(match &self.scope {
-            Some(scope) => scope.events().dispatch(event, payload),
+            Some(scope) => {
+                let events = scope.events();
+                events
+                    .check_travels(event, false)
+                    .map_err(GuestError::InvalidArgs)?;
+                events.dispatch(event, payload)
+            }
             None => 0,
         })
     }
@@ -31,6 +37,10 @@ pub(super) async fn wait_event(
         return Err(GuestError::Cancelled);
     }
     check_name(&pattern).map_err(|limit| GuestError::Limit(limit.to_string()))?;
+    scope
+        .events()
+        .check_travels(&pattern, true)
+        .map_err(GuestError::InvalidArgs)?;
     let mut wait = scope.events().subscribe(&pattern);
     let timeout = async {
         match timeout_ms {

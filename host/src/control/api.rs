@@ -457,6 +457,10 @@ async fn dispatch(
     let Json(request) = body?;
     crate::events::check_dispatch(&event, &request.payload, &ctx.host.config().limits)
         .map_err(|limit| ApiError::limit(StatusCode::PAYLOAD_TOO_LARGE, &limit))?;
+    ctx.host
+        .events()
+        .check_travels(&event, false)
+        .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message))?;
     if let Some(count) = request.wait_for {
         let timeout = Duration::from_millis(request.timeout_ms.unwrap_or(10_000));
         tokio::time::timeout(timeout, ctx.host.events().until_waiting(count))

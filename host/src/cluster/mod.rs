@@ -1,0 +1,155 @@
+//! Several hosts as one app, over NATS (docs/cluster.md).
+//!
+//! Without `[cluster]` none of this runs. With it, the host connects to
+//! NATS at launch and keeps the connection (the client reconnects on its
+//! own, and resubscribes); every subject starts with the cluster's name:
+//! - `{name}.events.{event}`: a dispatch made on one host, for the others
+//!   ([`events`]).
+
+mod events;
+
+use crate::config::{ClusterAuth, ClusterConfig};
+use crate::worker::TaskEnv;
+use anyhow::{Context, Result};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// The header naming the host a message came from, so a host can tell its
+/// own messages from the others'.
+pub const HOST_HEADER: &str = "Taskhost-Host";
+
+/// How long a host waits for NATS at launch before it says it cannot
+/// reach it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long leaving waits for what is still queued to reach NATS.
+const LEAVE_FLUSH: Duration = Duration::from_secs(2);
+
+/// This host's membership in its cluster.
+pub struct Cluster {
+    config: ClusterConfig,
+    client: async_nats::Client,
+    /// Whether the client is connected now: it reconnects on its own.
+    connected: Arc<AtomicBool>,
+    /// The bridges between NATS and the host (events in, events out).
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Cluster {
+    /// Connects to the cluster's NATS and starts relaying events; `file`
+    /// is the app.toml errors point at.
+    pub async fn join(config: &ClusterConfig, file: &Path, env: Arc<TaskEnv>) -> Result<Cluster> {
+        let connected = Arc::new(AtomicBool::new(false));
+        let client = connect(config, connected.clone()).await.with_context(|| {
+            format!(
+                "{}: [cluster]: cannot reach NATS at {} within {} s; is nats-server running \
+                 there (with -js), and are the URL and credentials right?",
+                file.display(),
+                config.servers.join(", "),
+                CONNECT_TIMEOUT.as_secs()
+            )
+        })?;
+        connected.store(true, Ordering::Relaxed);
+        let tasks = events::bridge(&client, config, env)
+            .await
+            .with_context(|| format!("{}: [cluster]: cannot relay events", file.display()))?;
+        tracing::info!(
+            cluster = config.name,
+            host = config.host,
+            "joined cluster `{}` as host `{}` (NATS {})",
+            config.name,
+            config.host,
+            config.servers.join(", ")
+        );
+        Ok(Cluster {
+            config: config.clone(),
+            client,
+            connected,
+            tasks,
+        })
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// Whether NATS is reachable now.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Sends what is queued (a bounded wait), then stops relaying.
+    pub async fn leave(&self) {
+        let _ = tokio::time::timeout(LEAVE_FLUSH, self.client.flush()).await;
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// A client connected to the cluster's NATS, which keeps `connected`
+/// current and logs its connection's ups and downs.
+async fn connect(config: &ClusterConfig, connected: Arc<AtomicBool>) -> Result<async_nats::Client> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("taskhost {}/{}", config.name, config.host))
+        .connection_timeout(CONNECT_TIMEOUT)
+        .event_callback(move |event| {
+            let connected = connected.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        connected.store(true, Ordering::Relaxed);
+                        tracing::info!("NATS connection back");
+                    }
+                    async_nats::Event::Disconnected => {
+                        connected.store(false, Ordering::Relaxed);
+                        tracing::warn!("NATS connection lost; reconnecting");
+                    }
+                    other => tracing::warn!("NATS: {other}"),
+                }
+            }
+        });
+    options = match &config.auth {
+        ClusterAuth::None => options,
+        ClusterAuth::Credentials(path) => options
+            .credentials_file(path)
+            .await
+            .with_context(|| format!("cannot read the NATS credentials {}", path.display()))?,
+        ClusterAuth::Token(token) => options.token(token.clone()),
+        ClusterAuth::UserPassword { user, password } => {
+            options.user_and_password(user.clone(), password.clone())
+        }
+    };
+    if config.tls.required {
+        options = options.require_tls(true);
+    }
+    if let Some(ca) = &config.tls.ca {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &config.tls.client {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    let servers = config
+        .servers
+        .iter()
+        .map(|url| {
+            url.parse::<async_nats::ServerAddr>()
+                .with_context(|| format!("`{url}` is not a NATS server address"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let client = tokio::time::timeout(CONNECT_TIMEOUT, options.connect(servers))
+        .await
+        .context("timed out")??;
+    Ok(client)
+}
