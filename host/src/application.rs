@@ -197,6 +197,17 @@ impl Application {
             return Err(error);
         }
         let host = Arc::new(host);
+        // Other hosts' tasks come once this host's workers run.
+        if let Some(cluster) = host.cluster() {
+            let submissions = Arc::new(crate::control::TaskSubmissions(host.clone()));
+            if let Err(error) = cluster.serve("tasks", submissions).await {
+                host.shutdown(false).await;
+                return Err(error.context(format!(
+                    "{}: [cluster]: cannot take tasks from the other hosts",
+                    host.config().source.display()
+                )));
+            }
+        }
         let control = match &options.control {
             Some(control) => match crate::control::serve(host.clone(), control).await {
                 Ok(server) => Some(server),

@@ -240,6 +240,11 @@ impl Host {
         self.env.tracker.wait().await
     }
 
+    /// This host's membership in its cluster, if it has a `[cluster]`.
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.cluster.as_ref()
+    }
+
     /// The main scope and every started worker.
     pub fn workers(&self) -> impl Iterator<Item = &Arc<WorkerCtx>> {
         std::iter::once(self.main.ctx()).chain(self.workers.iter().map(Worker::ctx))
@@ -355,8 +360,11 @@ impl Host {
         metrics
             .event_waiters
             .set(i64::try_from(self.env.events.waiting()).unwrap_or(i64::MAX));
-        if self.cluster.is_some() {
+        if let Some(cluster) = &self.cluster {
             metrics.cluster_events_dropped(self.env.events.relay_dropped());
+            metrics
+                .cluster_hosts
+                .set(i64::try_from(cluster.hosts().len()).unwrap_or(i64::MAX));
         }
         metrics.encode(&self.tasks(), &plugins)
     }

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub prepared_starts: Counter,
     /// Tasks waiting for an event on this host (set when scraped).
     pub event_waiters: Gauge,
+    /// Hosts of the cluster heard from lately, this one included (set
+    /// when scraped).
+    pub cluster_hosts: Gauge,
     /// Events between the hosts of a cluster, by `direction`: `sent`,
     /// `received`, `dropped` (the queue to NATS was full).
     cluster_events: Family<Labels, Counter>,
@@ -192,6 +195,7 @@ impl Metrics {
             prepared: Gauge::default(),
             prepared_starts: Counter::default(),
             event_waiters: Gauge::default(),
+            cluster_hosts: Gauge::default(),
             cluster_events: Family::default(),
             routes: RouteMetrics::default(),
             registry: Registry::default(),
@@ -291,6 +295,11 @@ impl Metrics {
             "event_waiters",
             "Tasks waiting for an event on this host",
             metrics.event_waiters.clone(),
+        );
+        registry.register(
+            "cluster_hosts",
+            "Hosts of the cluster heard from in the last 3 s, this one included",
+            metrics.cluster_hosts.clone(),
         );
         registry.register(
             "cluster_events",

@@ -395,7 +395,17 @@ impl Running {
     /// Reads log lines until `count` of them satisfy `pred`; panics if the
     /// host exits first (or 60 s pass, so a hung host fails the test).
     pub fn wait_for(&mut self, count: usize, pred: impl Fn(&Value) -> bool) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        self.wait_for_within(count, pred, std::time::Duration::from_secs(60));
+    }
+
+    /// [`Running::wait_for`] with its own time limit.
+    pub fn wait_for_within(
+        &mut self,
+        count: usize,
+        pred: impl Fn(&Value) -> bool,
+        limit: std::time::Duration,
+    ) {
+        let deadline = std::time::Instant::now() + limit;
         // Counted as lines arrive: a host that logs tens of thousands of
         // lines must not make this quadratic.
         let mut matched = self.seen.iter().filter(|l| pred(l)).count();
@@ -418,13 +428,20 @@ impl Running {
         }
     }
 
-    /// Waits until the host says its control API is serving.
+    /// Waits until the host says its control API is serving. Longer than
+    /// other waits: a host first compiles its plugins, and a debug build
+    /// compiling a 12 MB JavaScript component on a busy 2-core machine took
+    /// over 60 s (the compile cache makes later starts quick).
     pub fn wait_until_serving(&mut self) {
-        self.wait_for(1, |l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("control API on"))
-        });
+        self.wait_for_within(
+            1,
+            |l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("control API on"))
+            },
+            std::time::Duration::from_secs(240),
+        );
     }
 
     /// Log lines seen so far.

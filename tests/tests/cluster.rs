@@ -2,8 +2,9 @@
 //! loopback port; installed by `scripts/setup-nats`), each host a real
 //! `taskhost run` process.
 
-use serde_json::Value;
-use taskhost_tests::{NatsServer, Run, Running, TestApp};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use taskhost_tests::{Api, NatsServer, Run, Running, TestApp};
 
 fn ok(run: Run) -> Run {
     assert_eq!(run.code, Some(0), "{}", run.dump());
@@ -140,6 +141,127 @@ fn one_dispatch_wakes_the_waiters_of_every_host_exactly_once() {
         let run = running.finish();
         assert_eq!(run.code, Some(0), "{}", run.dump());
     }
+}
+
+/// The names of the tasks `app`'s host lists (ended ones too).
+fn task_names(app: &TestApp) -> Vec<String> {
+    let run = ok(app.cli(&["tasks", "--json"]));
+    let tasks: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn tasks_go_to_any_host_a_named_one_or_all_and_no_host_is_a_clear_503() {
+    let nats = NatsServer::start();
+    let hosts: Vec<(TestApp, Running)> = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| host(&nats, "submit", name, 1, ""))
+        .collect();
+    for (app, _) in &hosts {
+        await_metric(app, "taskhost_cluster_hosts", 3.0);
+    }
+    let (api, _) = Api::of(&hosts[0].0);
+
+    // 30 tasks for `any` host: NATS's queue group spreads them.
+    let mut by_host: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 0..30 {
+        let (status, added) = api.post_status(
+            "/v1/tasks",
+            json!({"plugin": "kit", "factory": "identity", "name": format!("any-{i}"), "host": "any"}),
+        );
+        assert_eq!(status, 201, "{added}");
+        let tasks = added["tasks"].as_array().unwrap();
+        assert_eq!(tasks.len(), 1, "{added}");
+        *by_host
+            .entry(tasks[0]["host"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    // Each host got some: a queue group picks at random, and all 30 on two
+    // hosts has a chance of 3 x (2/3)^30, about 1 in 60,000.
+    assert_eq!(
+        by_host.keys().collect::<Vec<_>>(),
+        ["a", "b", "c"],
+        "{by_host:?}"
+    );
+    // Each ran once, on the host its answer named.
+    let mut all_names = Vec::new();
+    for (app, _) in &hosts {
+        let host = app_host(app, &hosts);
+        let names: Vec<String> = task_names(app)
+            .into_iter()
+            .filter(|n| n.starts_with("any-"))
+            .collect();
+        assert_eq!(names.len(), by_host[host], "{host}: {names:?}");
+        all_names.extend(names);
+    }
+    all_names.sort();
+    all_names.dedup();
+    assert_eq!(all_names.len(), 30, "{all_names:?}");
+
+    // A named host, from the CLI.
+    let added = ok(hosts[0]
+        .0
+        .cli(&["add", "kit", "identity", "--name", "only-c", "--host", "c"]));
+    assert!(
+        added.stdout.contains("on host c, worker 0"),
+        "{}",
+        added.dump()
+    );
+    for (app, _) in &hosts {
+        let here = task_names(app).contains(&"only-c".to_string());
+        assert_eq!(here, app_host(app, &hosts) == "c");
+    }
+
+    // All hosts: one task each, said host by host.
+    let (status, added) = api.post_status(
+        "/v1/tasks",
+        json!({"plugin": "kit", "factory": "identity", "name": "everywhere", "host": "all"}),
+    );
+    assert_eq!(status, 201, "{added}");
+    let on: Vec<&str> = added["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(on, ["a", "b", "c"], "{added}");
+    for (app, _) in &hosts {
+        assert!(task_names(app).contains(&"everywhere".to_string()));
+    }
+
+    // No such host: 503, never a quiet local run.
+    let refused = hosts[1]
+        .0
+        .cli(&["add", "kit", "identity", "--name", "lost", "--host", "zzz"]);
+    assert_ne!(refused.code, Some(0), "{}", refused.dump());
+    assert!(
+        refused
+            .stderr
+            .contains("no host of cluster `submit` answers for zzz"),
+        "{}",
+        refused.dump()
+    );
+    assert!(!task_names(&hosts[1].0).contains(&"lost".to_string()));
+
+    for (_, running) in hosts {
+        running.signal("TERM");
+        let run = running.finish();
+        assert_eq!(run.code, Some(0), "{}", run.dump());
+    }
+}
+
+/// Which host of `hosts` `app` is.
+fn app_host<'a>(app: &TestApp, hosts: &[(TestApp, Running)]) -> &'a str {
+    let index = hosts
+        .iter()
+        .position(|(other, _)| std::ptr::eq(other, app))
+        .unwrap();
+    ["a", "b", "c"][index]
 }
 
 #[test]

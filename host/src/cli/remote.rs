@@ -75,6 +75,10 @@ pub(crate) enum Verb {
             conflicts_with = "all_workers"
         )]
         idempotency_key: Option<String>,
+        /// In a cluster: run it on HOST, on `any` one (NATS picks), or on
+        /// `all` hosts present (docs/cluster.md) [default: this host].
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -304,6 +308,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             retry,
             durable,
             idempotency_key,
+            host,
             common,
         } => {
             let args = match args {
@@ -327,6 +332,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 }),
                 durable,
                 idempotency_key,
+                host,
             };
             let added: Added = connect(&common)?.post("/v1/tasks", &request).await?;
             if common.json {
@@ -338,13 +344,16 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                         .as_deref()
                         .map(|n| format!(" ({n})"))
                         .unwrap_or_default();
+                    let place = match &task.host {
+                        Some(host) => format!("host {host}, worker {}", task.worker),
+                        None => format!("worker {}", task.worker),
+                    };
                     if task.created {
-                        outln!("started task {}{name} on worker {}", task.id, task.worker);
+                        outln!("started task {}{name} on {place}", task.id);
                     } else {
                         outln!(
-                            "task {}{name} on worker {} has that idempotency key: nothing started",
+                            "task {}{name} on {place} has that idempotency key: nothing started",
                             task.id,
-                            task.worker
                         );
                     }
                 }

@@ -4,16 +4,24 @@
 //! NATS at launch and keeps the connection (the client reconnects on its
 //! own, and resubscribes); every subject starts with the cluster's name:
 //! - `{name}.events.{event}`: a dispatch made on one host, for the others
-//!   ([`events`]).
+//!   ([`events`]);
+//! - `{name}.hosts.{host}`: each host's heartbeat ([`members`]);
+//! - `{name}.{kind}.any|all|host.{host}`: requests one host makes of others,
+//!   answered as the control API would (`tasks`: add a task; [`requests`]).
 
 mod events;
+pub mod members;
+pub mod requests;
+
+pub use members::HostBeat;
+pub use requests::{Answer, RequestError, Responder, Target};
 
 use crate::config::{ClusterAuth, ClusterConfig};
 use crate::worker::TaskEnv;
 use anyhow::{Context, Result};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
@@ -34,8 +42,10 @@ pub struct Cluster {
     client: async_nats::Client,
     /// Whether the client is connected now: it reconnects on its own.
     connected: Arc<AtomicBool>,
-    /// The bridges between NATS and the host (events in, events out).
-    tasks: Vec<JoinHandle<()>>,
+    members: Arc<members::Members>,
+    /// What runs for the cluster: the events' bridges, the heartbeat,
+    /// the request servers.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Cluster {
@@ -53,9 +63,15 @@ impl Cluster {
             )
         })?;
         connected.store(true, Ordering::Relaxed);
-        let tasks = events::bridge(&client, config, env)
+        let mut tasks = events::bridge(&client, config, env.clone())
             .await
             .with_context(|| format!("{}: [cluster]: cannot relay events", file.display()))?;
+        let members = Arc::new(members::Members::default());
+        tasks.extend(
+            members::start(&client, config, env, members.clone())
+                .await
+                .with_context(|| format!("{}: [cluster]: cannot beat", file.display()))?,
+        );
         tracing::info!(
             cluster = config.name,
             host = config.host,
@@ -68,8 +84,45 @@ impl Cluster {
             config: config.clone(),
             client,
             connected,
-            tasks,
+            members,
+            tasks: Mutex::new(tasks),
         })
+    }
+
+    /// The hosts present now (this one included once its first heartbeat
+    /// came back), by name.
+    pub fn hosts(&self) -> Vec<HostBeat> {
+        self.members.present()
+    }
+
+    /// Answers the requests of `kind` that other hosts (or this one) send
+    /// to `any`, `all` or this host, with `responder`.
+    pub async fn serve(&self, kind: &str, responder: Arc<dyn Responder>) -> Result<()> {
+        let task = requests::serve(&self.client, &self.config, kind, responder).await?;
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+        Ok(())
+    }
+
+    /// Sends a request of `kind` to `target` and returns the answers (one,
+    /// or one per host present for `all`).
+    pub async fn request(
+        &self,
+        kind: &str,
+        target: &Target,
+        payload: bytes::Bytes,
+    ) -> Result<Vec<Answer>, RequestError> {
+        requests::request(
+            &self.client,
+            &self.config,
+            &self.members,
+            kind,
+            target,
+            payload,
+        )
+        .await
     }
 
     pub fn config(&self) -> &ClusterConfig {
@@ -84,7 +137,16 @@ impl Cluster {
     /// Sends what is queued (a bounded wait), then stops relaying.
     pub async fn leave(&self) {
         let _ = tokio::time::timeout(LEAVE_FLUSH, self.client.flush()).await;
-        for task in &self.tasks {
+        self.stop();
+    }
+
+    fn stop(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             task.abort();
         }
     }
@@ -92,9 +154,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.stop();
     }
 }
 

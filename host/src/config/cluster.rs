@@ -124,6 +124,12 @@ impl RawCluster {
                 )
             })?,
         };
+        if host == "any" || host == "all" {
+            bail!(
+                "{}: {host:?} is how a request names any or all hosts; give this host another name",
+                at("host")
+            );
+        }
         if !is_token(&host) {
             bail!(
                 "{}: {host:?} cannot be a NATS subject token; use 1-64 letters, digits, `-` or \

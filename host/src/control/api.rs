@@ -156,15 +156,22 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
+impl ApiError {
+    /// The JSON body of the error, as every endpoint answers it.
+    fn body(&self) -> ErrorBody {
+        ErrorBody {
             error: ErrorDetail {
                 kind: self.kind.to_string(),
-                message: self.message,
-                limit: self.limit.map(|limit| *limit),
+                message: self.message.clone(),
+                limit: self.limit.as_deref().cloned(),
             },
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.body();
         (self.status, Json(body)).into_response()
     }
 }
@@ -280,6 +287,130 @@ async fn add_task(
     body: Result<Json<AddRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Added>), ApiError> {
     let Json(request) = body?;
+    let (status, added) = match request.host.clone() {
+        Some(target) => add_on_hosts(&ctx.host, &target, request).await?,
+        None => add_here(&ctx.host, request).await?,
+    };
+    Ok((status, Json(added)))
+}
+
+/// The cluster's `tasks` requests: other hosts' `POST /v1/tasks` with a
+/// `host` that chose this one, answered as that endpoint answers here.
+pub(crate) struct TaskSubmissions(pub Arc<Host>);
+
+impl crate::cluster::Responder for TaskSubmissions {
+    fn answer(
+        &self,
+        request: bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = (u16, bytes::Bytes)> + Send>> {
+        let host = self.0.clone();
+        Box::pin(async move {
+            let added = match serde_json::from_slice::<AddRequest>(&request) {
+                Ok(request) if request.host.is_none() => add_here(&host, request).await,
+                Ok(_) => Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "a request another host forwards names no `host`",
+                )),
+                Err(error) => Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("a task request from another host does not parse: {error}"),
+                )),
+            };
+            let (status, body) = match added {
+                Ok((status, added)) => (status, serde_json::to_vec(&added)),
+                Err(error) => (error.status, serde_json::to_vec(&error.body())),
+            };
+            (status.as_u16(), body.unwrap_or_default().into())
+        })
+    }
+}
+
+/// `POST /v1/tasks` with a `host`: sent to that host (or `any`, or `all`)
+/// of the cluster, which answers as it would here; each task says where it
+/// runs.
+async fn add_on_hosts(
+    host: &Host,
+    target: &str,
+    mut request: AddRequest,
+) -> Result<(StatusCode, Added), ApiError> {
+    let Some(cluster) = host.cluster() else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "`host` is for a host in a cluster, and this one has no [cluster]: drop `host`",
+        ));
+    };
+    let target: crate::cluster::Target = target.parse().map_err(|message: String| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    })?;
+    request.host = None;
+    let payload = serde_json::to_vec(&request).unwrap_or_default();
+    let answers = cluster
+        .request("tasks", &target, payload.into())
+        .await
+        .map_err(|error| {
+            let status = match error {
+                crate::cluster::RequestError::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            ApiError::new(status, "no_host", error.to_string())
+        })?;
+    let mut added = Added { tasks: Vec::new() };
+    let mut created = false;
+    let mut failed = Vec::new();
+    for answer in answers {
+        let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        if status.is_success() {
+            let Ok(mut theirs) = serde_json::from_slice::<Added>(&answer.body) else {
+                failed.push((
+                    answer.host,
+                    StatusCode::BAD_GATEWAY,
+                    "an answer that does not parse".into(),
+                ));
+                continue;
+            };
+            created |= status == StatusCode::CREATED;
+            for task in &mut theirs.tasks {
+                task.host = Some(answer.host.clone());
+            }
+            added.tasks.extend(theirs.tasks);
+        } else {
+            let detail = serde_json::from_slice::<ErrorBody>(&answer.body)
+                .map(|body| (body.error.kind, body.error.message))
+                .unwrap_or_else(|_| ("internal".into(), "an answer that does not parse".into()));
+            failed.push((answer.host, status, format!("{}: {}", detail.0, detail.1)));
+        }
+    }
+    if let Some((first_host, status, _)) = failed.first() {
+        let status = *status;
+        let said: Vec<String> = failed
+            .iter()
+            .map(|(host, _, message)| format!("host {host}: {message}"))
+            .collect();
+        let started: Vec<String> = added
+            .tasks
+            .iter()
+            .map(|t| format!("{} (task {})", t.host.as_deref().unwrap_or("?"), t.id))
+            .collect();
+        let mut message = said.join("; ");
+        if !started.is_empty() {
+            message = format!("{message}; started on {}", started.join(", "));
+        }
+        let _ = first_host;
+        return Err(ApiError::new(status, "refused", message));
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, added))
+}
+
+/// `POST /v1/tasks` on this host.
+async fn add_here(host: &Host, request: AddRequest) -> Result<(StatusCode, Added), ApiError> {
     let workers: Vec<WorkerId> = if request.all_workers {
         if request.worker.is_some() {
             return Err(ApiError::new(
@@ -288,8 +419,7 @@ async fn add_task(
                 "give `worker` or `all_workers`, not both",
             ));
         }
-        ctx.host
-            .workers()
+        host.workers()
             .map(|w| w.id())
             .filter(|w| *w != WorkerId::Main)
             .collect()
@@ -327,8 +457,7 @@ async fn add_task(
     let mut tasks = Vec::new();
     let mut created = false;
     for worker in workers {
-        let added = ctx
-            .host
+        let added = host
             .add_task(worker, &request.plugin, spec.clone())
             .await
             .map_err(add_error)?;
@@ -338,6 +467,7 @@ async fn add_task(
             id: added.id,
             name: added.name,
             created: added.created,
+            host: None,
         });
     }
     // A durable submission whose key named an existing task created
@@ -347,7 +477,7 @@ async fn add_task(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(Added { tasks })))
+    Ok((status, Added { tasks }))
 }
 
 fn add_error(error: AddTaskError) -> ApiError {

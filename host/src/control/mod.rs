@@ -8,6 +8,7 @@
 
 mod address;
 mod api;
+pub(crate) use api::TaskSubmissions;
 pub mod client;
 pub mod schema;
 mod state_file;

@@ -39,6 +39,10 @@ pub struct AddRequest {
     /// first one's task (status 200, `created` false) and starts nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// In a cluster: `any` (one host, whichever NATS picks), `all` (every
+    /// host present) or a host's name; absent, this host (docs/cluster.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// The answer to `POST /v1/tasks`: one entry per task started.
@@ -57,6 +61,9 @@ pub struct AddedTask {
     /// False when an idempotency key named a task that existed.
     #[serde(default = "yes")]
     pub created: bool,
+    /// The host it runs on, when the request named a `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 fn yes() -> bool {

@@ -1,0 +1,236 @@
+//! Requests to other hosts, answered as their control API would answer:
+//! an HTTP status and a JSON body.
+//!
+//! A kind of request (`tasks`: add a task) has three subjects under the
+//! cluster's name: `{name}.{kind}.any` (a queue group: NATS gives each
+//! request to one host), `{name}.{kind}.host.{host}` and
+//! `{name}.{kind}.all`. The answer carries the [`HOST_HEADER`] and the
+//! [`STATUS_HEADER`].
+
+use super::{HOST_HEADER, members::Members};
+use crate::config::{ClusterConfig, cluster::is_token};
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// The header with an answer's HTTP status.
+pub const STATUS_HEADER: &str = "Taskhost-Status";
+
+/// How long a request waits for its answers.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which hosts a request goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One host, whichever NATS picks.
+    Any,
+    /// This one.
+    Host(String),
+    /// Every host present.
+    All,
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Target, String> {
+        match text {
+            "any" => Ok(Target::Any),
+            "all" => Ok(Target::All),
+            host if is_token(host) => Ok(Target::Host(host.to_string())),
+            other => Err(format!(
+                "host {other:?}: give `any`, `all` or a host's name (letters, digits, `-`, `_`)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Any => f.write_str("any"),
+            Target::All => f.write_str("all"),
+            Target::Host(host) => f.write_str(host),
+        }
+    }
+}
+
+/// One host's answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub host: String,
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// Why a request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// No host of the cluster takes this request (none up, or no host of
+    /// that name).
+    #[error("no host of cluster `{cluster}` answers for {target}")]
+    NoHost { cluster: String, target: Target },
+    /// NATS is not reachable from here now.
+    #[error("NATS is not reachable: {0}")]
+    Unreachable(String),
+    #[error("no answer from {target} within {} s", REQUEST_TIMEOUT.as_secs())]
+    TimedOut { target: Target },
+}
+
+/// What answers requests of one kind on this host.
+pub trait Responder: Send + Sync + 'static {
+    /// The answer to `request`: an HTTP status and a JSON body.
+    fn answer(&self, request: Bytes) -> Pin<Box<dyn Future<Output = (u16, Bytes)> + Send>>;
+}
+
+fn subject(config: &ClusterConfig, kind: &str, target: &Target) -> String {
+    match target {
+        Target::Any => format!("{}.{kind}.any", config.name),
+        Target::All => format!("{}.{kind}.all", config.name),
+        Target::Host(host) => format!("{}.{kind}.host.{host}", config.name),
+    }
+}
+
+/// Answers requests of `kind` for this host, on the three subjects.
+pub(super) async fn serve(
+    client: &async_nats::Client,
+    config: &ClusterConfig,
+    kind: &str,
+    responder: Arc<dyn Responder>,
+) -> Result<JoinHandle<()>> {
+    let any = client
+        .queue_subscribe(
+            subject(config, kind, &Target::Any),
+            format!("{}.{kind}", config.name),
+        )
+        .await;
+    let host = client
+        .subscribe(subject(config, kind, &Target::Host(config.host.clone())))
+        .await;
+    let all = client.subscribe(subject(config, kind, &Target::All)).await;
+    let (any, host, all) = (any, host, all);
+    let mut requests = futures_util::stream::select_all([
+        any.with_context(|| format!("cannot take `{kind}` requests"))?,
+        host.with_context(|| format!("cannot take `{kind}` requests"))?,
+        all.with_context(|| format!("cannot take `{kind}` requests"))?,
+    ]);
+    client
+        .flush()
+        .await
+        .context("NATS did not confirm the subscriptions")?;
+    let client = client.clone();
+    let me = config.host.clone();
+    Ok(tokio::spawn(async move {
+        while let Some(message) = requests.next().await {
+            let Some(reply) = message.reply.clone() else {
+                continue;
+            };
+            let responder = responder.clone();
+            let client = client.clone();
+            let me = me.clone();
+            // Each its own task: a slow answer holds up no other.
+            tokio::spawn(async move {
+                let (status, body) = responder.answer(message.payload).await;
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(HOST_HEADER, me.as_str());
+                headers.insert(STATUS_HEADER, status.to_string().as_str());
+                if let Err(error) = client.publish_with_headers(reply, headers, body).await {
+                    tracing::warn!("cannot answer a cluster request: {error}");
+                }
+            });
+        }
+    }))
+}
+
+/// Sends `payload` as a request of `kind` to `target`: the answer of the
+/// one host for `Any` and `Host`, every present host's for `All` (a host
+/// that did not answer in time is missing from them).
+pub(super) async fn request(
+    client: &async_nats::Client,
+    config: &ClusterConfig,
+    members: &Members,
+    kind: &str,
+    target: &Target,
+    payload: Bytes,
+) -> Result<Vec<Answer>, RequestError> {
+    let subject = subject(config, kind, target);
+    let no_host = || RequestError::NoHost {
+        cluster: config.name.clone(),
+        target: target.clone(),
+    };
+    if *target != Target::All {
+        let request = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(REQUEST_TIMEOUT));
+        let message = client
+            .send_request(subject, request)
+            .await
+            .map_err(|error| match error.kind() {
+                async_nats::RequestErrorKind::NoResponders => no_host(),
+                async_nats::RequestErrorKind::TimedOut => RequestError::TimedOut {
+                    target: target.clone(),
+                },
+                _ => RequestError::Unreachable(error.to_string()),
+            })?;
+        return Ok(vec![answer_of(&message)]);
+    }
+    let expected: BTreeSet<String> = members.present().into_iter().map(|h| h.host).collect();
+    if expected.is_empty() {
+        return Err(no_host());
+    }
+    let inbox = client.new_inbox();
+    let mut answers_in = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|error| RequestError::Unreachable(error.to_string()))?;
+    client
+        .publish_with_reply(subject, inbox, payload)
+        .await
+        .map_err(|error| RequestError::Unreachable(error.to_string()))?;
+    let mut answers = Vec::new();
+    let mut waiting = expected;
+    let deadline = tokio::time::sleep(REQUEST_TIMEOUT);
+    tokio::pin!(deadline);
+    while !waiting.is_empty() {
+        tokio::select! {
+            message = answers_in.next() => {
+                let Some(message) = message else { break };
+                let answer = answer_of(&message);
+                waiting.remove(&answer.host);
+                answers.push(answer);
+            }
+            () = &mut deadline => break,
+        }
+    }
+    if answers.is_empty() {
+        return Err(RequestError::TimedOut {
+            target: target.clone(),
+        });
+    }
+    answers.sort_by(|a, b| a.host.cmp(&b.host));
+    Ok(answers)
+}
+
+fn answer_of(message: &async_nats::Message) -> Answer {
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(name))
+            .map(|value| value.as_str().to_string())
+    };
+    Answer {
+        host: header(HOST_HEADER).unwrap_or_default(),
+        status: header(STATUS_HEADER)
+            .and_then(|status| status.parse().ok())
+            .unwrap_or(502),
+        body: message.payload.clone(),
+    }
+}
