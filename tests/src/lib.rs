@@ -416,8 +416,14 @@ impl Running {
                     matched += usize::from(pred(&line));
                     self.seen.push(line);
                 }
-                Err(_) => panic!(
-                    "taskhost ended or stalled before the awaited log lines; saw:\n{}",
+                Err(why) => panic!(
+                    "{} before the awaited log lines; saw:\n{}",
+                    match why {
+                        std::sync::mpsc::RecvTimeoutError::Timeout =>
+                            format!("taskhost stalled for {} s", limit.as_secs()),
+                        std::sync::mpsc::RecvTimeoutError::Disconnected =>
+                            "taskhost closed its output (it exited)".to_string(),
+                    },
                     self.seen
                         .iter()
                         .map(Value::to_string)
