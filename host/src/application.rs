@@ -200,7 +200,12 @@ impl Application {
         // Other hosts' tasks come once this host's workers run.
         if let Some(cluster) = host.cluster() {
             let submissions = Arc::new(crate::control::TaskSubmissions(host.clone()));
-            if let Err(error) = cluster.serve("tasks", submissions).await {
+            let served = async {
+                cluster.serve("tasks", submissions).await?;
+                let api = crate::control::ClusterApi::new(host.clone())?;
+                cluster.serve("api", Arc::new(api)).await
+            };
+            if let Err(error) = served.await {
                 host.shutdown(false).await;
                 return Err(error.context(format!(
                     "{}: [cluster]: cannot take tasks from the other hosts",

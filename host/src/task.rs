@@ -242,6 +242,9 @@ pub struct TaskView {
     /// across restarts.
     #[serde(default)]
     pub durable: bool,
+    /// The host it runs on, in a listing gathered from a cluster's hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl From<&TaskInfo> for TaskView {
@@ -268,6 +271,7 @@ impl From<&TaskInfo> for TaskView {
             cancel_stage,
             attempt: info.attempt,
             durable: info.ident.durable.is_some(),
+            host: None,
         }
     }
 }

@@ -156,9 +156,9 @@ fn task_names(app: &TestApp) -> Vec<String> {
 }
 
 #[test]
-fn tasks_go_to_any_host_a_named_one_or_all_and_no_host_is_a_clear_503() {
+fn tasks_go_to_any_host_a_named_one_or_all_and_are_seen_and_cancelled_from_any() {
     let nats = NatsServer::start();
-    let hosts: Vec<(TestApp, Running)> = ["a", "b", "c"]
+    let mut hosts: Vec<(TestApp, Running)> = ["a", "b", "c"]
         .into_iter()
         .map(|name| host(&nats, "submit", name, 1, ""))
         .collect();
@@ -247,6 +247,59 @@ fn tasks_go_to_any_host_a_named_one_or_all_and_no_host_is_a_clear_503() {
         refused.dump()
     );
     assert!(!task_names(&hosts[1].0).contains(&"lost".to_string()));
+
+    // The cluster-wide view: hosts, and tasks gathered from every host.
+    let listed = ok(hosts[1].0.cli(&["hosts", "--json"]));
+    let listed: Value = serde_json::from_str(listed.stdout.trim()).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b", "c"], "{listed}");
+    let everywhere = ok(hosts[1]
+        .0
+        .cli(&["task", "everywhere", "--cluster", "--json"]));
+    let everywhere: Value = serde_json::from_str(everywhere.stdout.trim()).unwrap();
+    let on: Vec<&str> = everywhere
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(on, ["a", "b", "c"], "{everywhere}");
+    let table = ok(hosts[1].0.cli(&["tasks", "--cluster"])).stdout;
+    assert!(table.starts_with("HOST"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with('c') && l.contains("only-c")),
+        "{table}"
+    );
+
+    // Cancel by name from a host that does not run it.
+    ok(hosts[0].0.cli(&[
+        "add",
+        "kit",
+        "nap",
+        "--args",
+        r#"{"ms": 600000}"#,
+        "--name",
+        "far",
+        "--host",
+        "c",
+    ]));
+    let (_, running_c) = &mut hosts[2];
+    running_c.wait_for(1, |l| l["event"] == "started" && l["task"] == "far");
+    let ended = ok(hosts[1].0.cli(&["cancel", "far", "--cluster", "--json"]));
+    let ended: Value = serde_json::from_str(ended.stdout.trim()).unwrap();
+    assert_eq!(ended.as_array().unwrap().len(), 1, "{ended}");
+    assert_eq!(ended[0]["host"], "c", "{ended}");
+    assert_eq!(ended[0]["cancel_stage"], "cooperative", "{ended}");
+    // No such task anywhere: not found, as on one host.
+    let missing = hosts[1].0.cli(&["cancel", "nowhere", "--cluster"]);
+    assert_eq!(missing.code, Some(3), "{}", missing.dump());
 
     for (_, running) in hosts {
         running.signal("TERM");

@@ -29,6 +29,9 @@ pub(crate) enum Verb {
         /// them all).
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
+        /// Every host of the cluster's tasks, each with its host.
+        #[arg(long)]
+        cluster: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -38,6 +41,15 @@ pub(crate) enum Verb {
         /// Only this worker (an index, or `main`).
         #[arg(long)]
         worker: Option<WorkerId>,
+        /// On every host of the cluster.
+        #[arg(long)]
+        cluster: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List the hosts of this host's cluster, as their heartbeats say:
+    /// version, workers, live tasks.
+    Hosts {
         #[command(flatten)]
         common: Common,
     },
@@ -88,6 +100,9 @@ pub(crate) enum Verb {
         /// Only on this worker [default: every worker with such a task].
         #[arg(long)]
         worker: Option<WorkerId>,
+        /// On every host of the cluster that has such a task.
+        #[arg(long)]
+        cluster: bool,
         /// Give up waiting after this long.
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
@@ -253,12 +268,14 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             state,
             plugin,
             limit,
+            cluster,
             common,
         } => {
             let client = connect(&common)?;
             let tasks: Vec<TaskView> = client
                 .get(&format!(
-                    "/v1/tasks{}",
+                    "{}/tasks{}",
+                    scope(cluster),
                     query(&[
                         ("worker", worker.map(|w| w.to_string())),
                         ("state", state),
@@ -277,12 +294,14 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
         Verb::Task {
             name,
             worker,
+            cluster,
             common,
         } => {
             let client = connect(&common)?;
             let tasks: Vec<TaskView> = client
                 .get(&format!(
-                    "/v1/tasks{}",
+                    "{}/tasks{}",
+                    scope(cluster),
                     query(&[
                         ("name", Some(name.clone())),
                         ("worker", worker.map(|w| w.to_string()))
@@ -362,6 +381,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
         Verb::Cancel {
             name,
             worker,
+            cluster,
             timeout_ms,
             common,
         } => {
@@ -370,11 +390,32 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 worker,
                 timeout_ms: Some(timeout_ms),
             };
-            let ended: Vec<TaskView> = connect(&common)?.post("/v1/tasks/cancel", &request).await?;
+            let ended: Vec<TaskView> = connect(&common)?
+                .post(&format!("{}/tasks/cancel", scope(cluster)), &request)
+                .await?;
             if common.json {
                 print_json(&ended);
             } else {
                 print_tasks(&ended);
+            }
+        }
+        Verb::Hosts { common } => {
+            let hosts: Vec<crate::cluster::HostBeat> = connect(&common)?.get("/v1/hosts").await?;
+            if common.json {
+                print_json(&hosts);
+            } else {
+                let rows = hosts
+                    .iter()
+                    .map(|h| {
+                        vec![
+                            clean(&h.host),
+                            clean(&h.version),
+                            h.workers.to_string(),
+                            h.live_tasks.to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["HOST", "VERSION", "WORKERS", "LIVE TASKS"], rows);
             }
         }
         Verb::Purge { common } => {
@@ -821,7 +862,15 @@ fn print_schedules(schedules: &[ScheduleView]) {
     );
 }
 
+/// Where a verb's request goes: this host's API, or every host's through
+/// it (`--cluster`).
+fn scope(cluster: bool) -> &'static str {
+    if cluster { "/v1/cluster" } else { "/v1" }
+}
+
 fn print_tasks(tasks: &[TaskView]) {
+    // A listing gathered from a cluster says each task's host.
+    let hosts = tasks.iter().any(|task| task.host.is_some());
     let rows = tasks
         .iter()
         .map(|task| {
@@ -837,7 +886,11 @@ fn print_tasks(tasks: &[TaskView]) {
                     .unwrap_or_default(),
                 TaskState::Pending | TaskState::Running => String::new(),
             };
-            vec![
+            let mut row = Vec::with_capacity(7);
+            if hosts {
+                row.push(clean(task.host.as_deref().unwrap_or("-")));
+            }
+            row.extend([
                 task.id.to_string(),
                 task.worker.to_string(),
                 task.name
@@ -847,13 +900,20 @@ fn print_tasks(tasks: &[TaskView]) {
                 clean(&format!("{}/{}", task.plugin, task.factory)),
                 task.state.to_string(),
                 outcome,
-            ]
+            ]);
+            row
         })
         .collect();
-    print_table(
-        &["ID", "WORKER", "NAME", "PLUGIN/FACTORY", "STATE", "OUTCOME"],
-        rows,
-    );
+    let columns = [
+        "HOST",
+        "ID",
+        "WORKER",
+        "NAME",
+        "PLUGIN/FACTORY",
+        "STATE",
+        "OUTCOME",
+    ];
+    print_table(if hosts { &columns } else { &columns[1..] }, rows);
 }
 
 /// "3 task(s): 1 running, 2 done", and how many of them the table showed.

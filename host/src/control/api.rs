@@ -79,6 +79,11 @@ pub(super) fn router(host: Arc<Host>, token: String) -> Router {
         .route("/v1/schedules", get(list_schedules))
         .route("/v1/schedules/{name}/{action}", post(steer_schedule))
         .route("/v1/stream", get(stream))
+        .route("/v1/hosts", get(list_hosts))
+        .route(
+            "/v1/cluster/{*rest}",
+            get(across_cluster).post(across_cluster),
+        )
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint") })
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
@@ -325,6 +330,200 @@ impl crate::cluster::Responder for TaskSubmissions {
             (status.as_u16(), body.unwrap_or_default().into())
         })
     }
+}
+
+/// A control request another host forwards (`/v1/cluster/...`): the one
+/// serde type of that wire.
+#[derive(serde::Serialize, Deserialize)]
+struct Forwarded {
+    method: String,
+    /// `/v1/...`, with its query.
+    path: String,
+    #[serde(default)]
+    body: Option<serde_json::Value>,
+}
+
+/// The requests that may go to every host at once: listings and the
+/// verbs an operator applies cluster-wide. Not the stream (it never ends),
+/// nor a hot-load (a roll-out is its own thing: docs/cluster.md).
+fn forwardable(method: &str, path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or(path);
+    matches!(
+        (method, path),
+        ("GET", "/v1/tasks" | "/v1/plugins" | "/v1/schedules")
+            | ("POST", "/v1/tasks/cancel" | "/v1/purge")
+    )
+}
+
+/// Answers other hosts' forwarded control requests by replaying them on a
+/// router of its own (its own token: no API need be served here).
+pub(crate) struct ClusterApi {
+    router: Router,
+    bearer: String,
+}
+
+impl ClusterApi {
+    pub(crate) fn new(host: Arc<Host>) -> std::io::Result<ClusterApi> {
+        let token = super::state_file::new_token().map_err(std::io::Error::other)?;
+        Ok(ClusterApi {
+            bearer: format!("Bearer {token}"),
+            router: router(host, token),
+        })
+    }
+}
+
+impl crate::cluster::Responder for ClusterApi {
+    fn answer(
+        &self,
+        request: bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = (u16, bytes::Bytes)> + Send>> {
+        let router = self.router.clone();
+        let bearer = self.bearer.clone();
+        Box::pin(async move {
+            let refuse = |message: String| {
+                let error = ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message);
+                let body = serde_json::to_vec(&error.body()).unwrap_or_default();
+                (400, bytes::Bytes::from(body))
+            };
+            let forwarded: Forwarded = match serde_json::from_slice(&request) {
+                Ok(forwarded) => forwarded,
+                Err(error) => {
+                    return refuse(format!("a forwarded request does not parse: {error}"));
+                }
+            };
+            if !forwardable(&forwarded.method, &forwarded.path) {
+                return refuse(format!(
+                    "{} {} does not go across a cluster",
+                    forwarded.method, forwarded.path
+                ));
+            }
+            let body = match &forwarded.body {
+                Some(body) => axum::body::Body::from(body.to_string()),
+                None => axum::body::Body::empty(),
+            };
+            let request = axum::http::Request::builder()
+                .method(forwarded.method.as_str())
+                .uri(forwarded.path.as_str())
+                .header(header::AUTHORIZATION, bearer)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body);
+            let Ok(request) = request else {
+                return refuse(format!(
+                    "{} {} is not a request",
+                    forwarded.method, forwarded.path
+                ));
+            };
+            let response = match tower::ServiceExt::oneshot(router, request).await {
+                Ok(response) => response,
+                Err(infallible) => match infallible {},
+            };
+            let status = response.status().as_u16();
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap_or_default();
+            (status, body)
+        })
+    }
+}
+
+/// `GET /v1/hosts`: the hosts of this host's cluster, as heard lately.
+async fn list_hosts(
+    State(ctx): State<Ctx>,
+) -> Result<Json<Vec<crate::cluster::HostBeat>>, ApiError> {
+    let cluster = ctx.host.cluster().ok_or_else(no_cluster)?;
+    Ok(Json(cluster.hosts()))
+}
+
+fn no_cluster() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_cluster",
+        "this host has no [cluster]: it is the only host",
+    )
+}
+
+/// `GET|POST /v1/cluster/{rest}`: `/v1/{rest}` on every host present, the
+/// answers' arrays joined, each entry with its `host`. A host's 404 (no
+/// task of that name there) is no error while another host answered.
+async fn across_cluster(
+    State(ctx): State<Ctx>,
+    method: axum::http::Method,
+    Path(rest): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    body: bytes::Bytes,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let cluster = ctx.host.cluster().ok_or_else(no_cluster)?;
+    let mut path = format!("/v1/{rest}");
+    if let Some(query) = query {
+        path = format!("{path}?{query}");
+    }
+    if !forwardable(method.as_str(), &path) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "{method} /v1/{rest} does not go across a cluster; these do: GET /v1/tasks, \
+                 /v1/plugins, /v1/schedules; POST /v1/tasks/cancel, /v1/purge"
+            ),
+        ));
+    }
+    let body = if body.is_empty() {
+        None
+    } else {
+        Some(serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("body: {e}"))
+        })?)
+    };
+    let forwarded = Forwarded {
+        method: method.to_string(),
+        path,
+        body,
+    };
+    let payload = serde_json::to_vec(&forwarded).unwrap_or_default();
+    let answers = cluster
+        .request("api", &crate::cluster::Target::All, payload.into())
+        .await
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_host",
+                error.to_string(),
+            )
+        })?;
+    let mut joined = Vec::new();
+    let mut failures = Vec::new();
+    let mut answered = false;
+    for answer in answers {
+        let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        if status.is_success() {
+            answered = true;
+            if let Ok(serde_json::Value::Array(entries)) = serde_json::from_slice(&answer.body) {
+                for mut entry in entries {
+                    if let Some(object) = entry.as_object_mut() {
+                        object.insert("host".into(), answer.host.clone().into());
+                    }
+                    joined.push(entry);
+                }
+            }
+        } else {
+            let detail = serde_json::from_slice::<ErrorBody>(&answer.body)
+                .map(|body| body.error.message)
+                .unwrap_or_else(|_| "an answer that does not parse".into());
+            failures.push((answer.host, status, detail));
+        }
+    }
+    let fatal: Vec<&(String, StatusCode, String)> = failures
+        .iter()
+        .filter(|(_, status, _)| !(answered && *status == StatusCode::NOT_FOUND))
+        .collect();
+    if let Some((_, status, _)) = fatal.first() {
+        let message: Vec<String> = fatal
+            .iter()
+            .map(|(host, _, detail)| format!("host {host}: {detail}"))
+            .collect();
+        return Err(ApiError::new(*status, "refused", message.join("; ")));
+    }
+    Ok(Json(joined))
 }
 
 /// `POST /v1/tasks` with a `host`: sent to that host (or `any`, or `all`)
