@@ -597,6 +597,39 @@ impl NatsServer {
             store,
         }
     }
+
+    /// `kill -9`s the server (its store stays).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again after [`NatsServer::kill`], on the same port
+    /// and store, and waits until it accepts clients.
+    pub fn restart(&mut self) {
+        let port = self.url.rsplit(':').next().unwrap().to_string();
+        let mut child = Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nats-server starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let mut seen = Vec::new();
+        let mut ready = false;
+        for line in lines.by_ref().map_while(Result::ok) {
+            ready = line.contains("Server is ready");
+            seen.push(line);
+            if ready {
+                break;
+            }
+        }
+        assert!(ready, "nats-server did not come back:\n{}", seen.join("\n"));
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+        self.child = child;
+    }
 }
 
 impl Drop for NatsServer {

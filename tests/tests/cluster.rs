@@ -317,6 +317,85 @@ fn app_host<'a>(app: &TestApp, hosts: &[(TestApp, Running)]) -> &'a str {
     ["a", "b", "c"][index]
 }
 
+/// Waits (up to 30 s) until `app`'s host says it is `status`.
+fn await_health(app: &TestApp, status: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let run = app.cli(&["health", "--json"]);
+        let health: Value = serde_json::from_str(run.stdout.trim()).unwrap_or(Value::Null);
+        if health["status"] == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health stayed {health}, not {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn when_nats_goes_away_local_work_goes_on_and_the_hosts_come_back() {
+    let mut nats = NatsServer::start();
+    let waiter = r#"
+        [[tasks]]
+        plugin = "kit"
+        factory = "waiter"
+        name = "w"
+        args = { event = "jobs.*" }
+    "#;
+    let (a, mut running_a) = host(&nats, "outage", "a", 1, waiter);
+    let (b, running_b) = host(&nats, "outage", "b", 1, "");
+    await_metric(&a, "taskhost_event_waiters", 1.0);
+    for app in [&a, &b] {
+        await_metric(app, "taskhost_cluster_hosts", 2.0);
+        let health = ok(app.cli(&["health"]));
+        assert_eq!(health.stdout.trim(), "ok", "{}", health.dump());
+    }
+
+    // NATS dies: both hosts say they are degraded, and why, and go on
+    // running their own work.
+    nats.kill();
+    for app in [&a, &b] {
+        await_health(app, "degraded");
+    }
+    let said = b.cli(&["health"]);
+    assert_eq!(said.code, Some(1), "{}", said.dump());
+    assert!(
+        said.stdout.contains("NATS is unreachable"),
+        "{}",
+        said.dump()
+    );
+    ok(b.cli(&["add", "kit", "identity", "--name", "meanwhile"]));
+    let tasks = ok(b.cli(&["task", "meanwhile", "--json"]));
+    assert!(tasks.stdout.contains("\"meanwhile\""), "{}", tasks.dump());
+
+    // NATS comes back on its port and store: the hosts reconnect and
+    // resubscribe, and events flow again. A dispatch made before a's
+    // subscription is back reaches nobody there (at most once), so b
+    // dispatches until a's waiter has heard one.
+    nats.restart();
+    for app in [&a, &b] {
+        await_health(app, "ok");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        ok(b.cli(&["dispatch", "jobs.back", "\"again\""]));
+        let heard = ok(a.cli(&["task", "w", "--json"]));
+        if heard.stdout.contains("\"done\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", heard.dump());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    running_a.wait_for(1, |l| l["event"] == "done" && l["task"] == "w");
+    for running in [running_a, running_b] {
+        running.signal("TERM");
+        let run = running.finish();
+        assert_eq!(run.code, Some(0), "{}", run.dump());
+    }
+}
+
 #[test]
 fn a_host_that_cannot_reach_nats_says_where_it_looked() {
     // A port nothing listens on: bound, then released.

@@ -47,6 +47,12 @@ pub(crate) enum Verb {
         #[command(flatten)]
         common: Common,
     },
+    /// Say whether the host is healthy: `ok`, or `degraded` and why (in a
+    /// cluster: NATS unreachable). Exits 1 when degraded.
+    Health {
+        #[command(flatten)]
+        common: Common,
+    },
     /// List the hosts of this host's cluster, as their heartbeats say:
     /// version, workers, live tasks.
     Hosts {
@@ -397,6 +403,23 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 print_json(&ended);
             } else {
                 print_tasks(&ended);
+            }
+        }
+        Verb::Health { common } => {
+            let health: crate::control::schema::Health = connect(&common)?.get("/health").await?;
+            if common.json {
+                print_json(&health);
+            } else {
+                outln!("{}", health.status);
+                for problem in &health.problems {
+                    outln!("  {problem}");
+                }
+            }
+            if health.status != "ok" {
+                return Err(ClientError::Refused(format!(
+                    "the host is {}",
+                    health.status
+                )));
             }
         }
         Verb::Hosts { common } => {

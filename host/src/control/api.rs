@@ -80,6 +80,7 @@ pub(super) fn router(host: Arc<Host>, token: String) -> Router {
         .route("/v1/schedules/{name}/{action}", post(steer_schedule))
         .route("/v1/stream", get(stream))
         .route("/v1/hosts", get(list_hosts))
+        .route("/health", get(health))
         .route(
             "/v1/cluster/{*rest}",
             get(across_cluster).post(across_cluster),
@@ -199,6 +200,10 @@ async fn authorize(
     request: Request,
     next: Next,
 ) -> Response {
+    // Health is for probes that hold no token; it tells only ok or degraded.
+    if request.uri().path() == "/health" {
+        return next.run(request).await;
+    }
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -424,6 +429,30 @@ impl crate::cluster::Responder for ClusterApi {
             (status, body)
         })
     }
+}
+
+/// `GET /health`: `degraded` while a part the host relies on is away (in
+/// a cluster: NATS), `ok` otherwise.
+async fn health(State(ctx): State<Ctx>) -> Json<super::schema::Health> {
+    let mut problems = Vec::new();
+    if let Some(cluster) = ctx.host.cluster()
+        && !cluster.is_connected()
+    {
+        problems.push(format!(
+            "NATS is unreachable: events and tasks do not reach the other hosts of cluster `{}` \
+             (local work goes on; the client reconnects)",
+            cluster.config().name
+        ));
+    }
+    Json(super::schema::Health {
+        status: if problems.is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        }
+        .into(),
+        problems,
+    })
 }
 
 /// `GET /v1/hosts`: the hosts of this host's cluster, as heard lately.

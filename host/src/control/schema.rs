@@ -45,6 +45,16 @@ pub struct AddRequest {
     pub host: Option<String>,
 }
 
+/// `GET /health`: `ok`, or `degraded` with what is wrong. Always 200 while
+/// the host serves: a degraded host still runs its local work.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Health {
+    /// `ok` or `degraded`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
 /// The answer to `POST /v1/tasks`: one entry per task started.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Added {
