@@ -278,6 +278,16 @@ fn tasks_go_to_any_host_a_named_one_or_all_and_are_seen_and_cancelled_from_any()
         "{table}"
     );
 
+    let builds = ok(hosts[0].0.cli(&["plugins", "--cluster", "--json"]));
+    let builds: Value = serde_json::from_str(builds.stdout.trim()).unwrap();
+    let on: Vec<&str> = builds
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(on, ["a", "b", "c"], "{builds}");
+
     // Cancel by name from a host that does not run it.
     ok(hosts[0].0.cli(&[
         "add",

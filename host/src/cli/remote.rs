@@ -163,6 +163,9 @@ pub(crate) enum Verb {
     /// List the loaded plugin builds: the one each plugin serves new tasks
     /// from, and older ones still draining their tasks after a hot-load.
     Plugins {
+        /// Every host of the cluster's builds, each with its host.
+        #[arg(long)]
+        cluster: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -537,8 +540,10 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 }
             }
         }
-        Verb::Plugins { common } => {
-            let builds: Vec<PluginView> = connect(&common)?.get("/v1/plugins").await?;
+        Verb::Plugins { cluster, common } => {
+            let builds: Vec<PluginView> = connect(&common)?
+                .get(&format!("{}/plugins", scope(cluster)))
+                .await?;
             if common.json {
                 print_json(&builds);
             } else {
@@ -964,10 +969,15 @@ fn summary(tasks: &[TaskView], shown: usize) -> String {
 }
 
 fn print_plugins(builds: &[PluginView]) {
+    let hosts = builds.iter().any(|build| build.host.is_some());
     let rows = builds
         .iter()
         .map(|build| {
-            vec![
+            let mut row = Vec::with_capacity(7);
+            if hosts {
+                row.push(clean(build.host.as_deref().unwrap_or("-")));
+            }
+            row.extend([
                 clean(&build.name),
                 clean(&build.version),
                 match build.state {
@@ -977,13 +987,20 @@ fn print_plugins(builds: &[PluginView]) {
                 build.live_tasks.to_string(),
                 build.factories.len().to_string(),
                 clean(&build.path.display().to_string()),
-            ]
+            ]);
+            row
         })
         .collect();
-    print_table(
-        &["PLUGIN", "VERSION", "STATE", "TASKS", "FACTORIES", "PATH"],
-        rows,
-    );
+    let columns = [
+        "HOST",
+        "PLUGIN",
+        "VERSION",
+        "STATE",
+        "TASKS",
+        "FACTORIES",
+        "PATH",
+    ];
+    print_table(if hosts { &columns } else { &columns[1..] }, rows);
 }
 
 fn describe_event(event: &LifecycleEvent) -> String {

@@ -867,6 +867,7 @@ async fn list_plugins(State(ctx): State<Ctx>) -> Json<Vec<PluginView>> {
                         description: f.description.clone(),
                     })
                     .collect(),
+                host: None,
             })
             .collect(),
     )

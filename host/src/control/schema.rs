@@ -139,6 +139,9 @@ pub struct PluginView {
     /// How a task gets that initial memory.
     pub memory_image: MemoryImage,
     pub factories: Vec<FactoryView>,
+    /// The host it is loaded on, in a listing gathered from a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// How a plugin's tasks get their initial memory (see `engine.rs`).
