@@ -327,6 +327,76 @@ fn app_host<'a>(app: &TestApp, hosts: &[(TestApp, Running)]) -> &'a str {
     ["a", "b", "c"][index]
 }
 
+#[test]
+fn a_cluster_scoped_name_is_won_by_one_host_and_freed_by_its_purge() {
+    let nats = NatsServer::start();
+    let hosts: Vec<(TestApp, Running)> = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| host(&nats, "names", name, 1, ""))
+        .collect();
+    for (app, _) in &hosts {
+        await_metric(app, "taskhost_cluster_hosts", 3.0);
+    }
+    let add = |app: &TestApp| {
+        app.cli(&[
+            "add",
+            "kit",
+            "nap",
+            "--args",
+            r#"{"ms": 600000}"#,
+            "--name",
+            "solo",
+            "--scope",
+            "cluster",
+        ])
+    };
+    // The same name on a and b at once: one wins, the other is told who has it.
+    let (app_a, app_b) = (&hosts[0].0, &hosts[1].0);
+    let (on_a, on_b) = std::thread::scope(|s| {
+        let a = s.spawn(|| add(app_a));
+        let b = s.spawn(|| add(app_b));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (winner, loser, lost) = match (on_a.code, on_b.code) {
+        (Some(0), Some(0)) => panic!("both won:\n{}\n{}", on_a.dump(), on_b.dump()),
+        (Some(0), _) => (0, 1, on_b),
+        (_, Some(0)) => (1, 0, on_a),
+        _ => panic!("neither won:\n{}\n{}", on_a.dump(), on_b.dump()),
+    };
+    let winner_name = ["a", "b"][winner];
+    assert!(
+        lost.stderr.contains(&format!("runs on host {winner_name}")),
+        "{}",
+        lost.dump()
+    );
+    // A third host still cannot take it; a per-worker name of the same
+    // text is another thing, and allowed.
+    let third = add(&hosts[2].0);
+    assert_ne!(third.code, Some(0), "{}", third.dump());
+    ok(hosts[2]
+        .0
+        .cli(&["add", "kit", "identity", "--name", "solo"]));
+
+    // Cancelled from the third host, purged where it ran: the name is free.
+    let ended = ok(hosts[2].0.cli(&["cancel", "solo", "--cluster", "--json"]));
+    assert!(
+        ended
+            .stdout
+            .contains(&format!("\"host\":\"{winner_name}\"")),
+        "{}",
+        ended.dump()
+    );
+    ok(hosts[winner].0.cli(&["purge"]));
+    let again = ok(add(&hosts[loser].0));
+    assert!(again.stdout.contains("started task"), "{}", again.dump());
+
+    for (_, running) in hosts {
+        running.signal("TERM");
+        let run = running.finish();
+        assert_eq!(run.code, Some(0), "{}", run.dump());
+    }
+}
+
 /// Waits (up to 30 s) until `app`'s host says it is `status`.
 fn await_health(app: &TestApp, status: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -97,6 +97,11 @@ pub(crate) enum Verb {
         /// `all` hosts present (docs/cluster.md) [default: this host].
         #[arg(long, value_name = "HOST")]
         host: Option<String>,
+        /// Where --name must be unique: its worker, or every host of the
+        /// cluster (`cluster`: a second task of that name anywhere is
+        /// refused) [default: worker].
+        #[arg(long, value_parser = ["worker", "cluster"], requires = "name")]
+        scope: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -337,6 +342,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             durable,
             idempotency_key,
             host,
+            scope,
             common,
         } => {
             let args = match args {
@@ -361,6 +367,10 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 durable,
                 idempotency_key,
                 host,
+                scope: match scope.as_deref() {
+                    Some("cluster") => crate::control::schema::NameScope::Cluster,
+                    _ => crate::control::schema::NameScope::Worker,
+                },
             };
             let added: Added = connect(&common)?.post("/v1/tasks", &request).await?;
             if common.json {

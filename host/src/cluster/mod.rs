@@ -11,6 +11,7 @@
 
 mod events;
 pub mod members;
+pub mod names;
 pub mod requests;
 
 pub use members::HostBeat;
@@ -43,6 +44,8 @@ pub struct Cluster {
     /// Whether the client is connected now: it reconnects on its own.
     connected: Arc<AtomicBool>,
     members: Arc<members::Members>,
+    /// Cluster-scoped task names (`scope = "cluster"`).
+    names: Arc<names::Names>,
     /// What runs for the cluster: the events' bridges, the heartbeat,
     /// the request servers.
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -68,10 +71,16 @@ impl Cluster {
             .with_context(|| format!("{}: [cluster]: cannot relay events", file.display()))?;
         let members = Arc::new(members::Members::default());
         tasks.extend(
-            members::start(&client, config, env, members.clone())
+            members::start(&client, config, env.clone(), members.clone())
                 .await
                 .with_context(|| format!("{}: [cluster]: cannot beat", file.display()))?,
         );
+        let names = Arc::new(
+            names::Names::open(&client, config)
+                .await
+                .with_context(|| format!("{}: [cluster]", file.display()))?,
+        );
+        tasks.push(names::sweeper(names.clone(), members.clone(), env));
         tracing::info!(
             cluster = config.name,
             host = config.host,
@@ -85,6 +94,7 @@ impl Cluster {
             client,
             connected,
             members,
+            names,
             tasks: Mutex::new(tasks),
         })
     }
@@ -134,8 +144,15 @@ impl Cluster {
         self.connected.load(Ordering::Relaxed)
     }
 
-    /// Sends what is queued (a bounded wait), then stops relaying.
+    /// Cluster-scoped task names.
+    pub fn names(&self) -> &names::Names {
+        &self.names
+    }
+
+    /// Frees this host's names, sends what is queued (a bounded wait),
+    /// then stops relaying.
     pub async fn leave(&self) {
+        let _ = tokio::time::timeout(LEAVE_FLUSH, self.names.release_all()).await;
         let _ = tokio::time::timeout(LEAVE_FLUSH, self.client.flush()).await;
         self.stop();
     }

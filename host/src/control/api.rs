@@ -682,13 +682,62 @@ async fn add_here(host: &Host, request: AddRequest) -> Result<(StatusCode, Added
         idempotency_key: request.idempotency_key.clone(),
         connection: None,
     };
+    let claim = match request.scope {
+        super::schema::NameScope::Worker => None,
+        super::schema::NameScope::Cluster => {
+            let Some(cluster) = host.cluster() else {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "`scope = cluster` is for a host in a cluster, and this one has no [cluster]",
+                ));
+            };
+            let Some(name) = &request.name else {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "`scope = cluster` makes a name unique across the cluster: give `name`",
+                ));
+            };
+            if workers.len() != 1 {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "a cluster-scoped name is one task: give `worker`, not `all_workers`",
+                ));
+            }
+            cluster
+                .names()
+                .claim(name, workers[0])
+                .await
+                .map_err(|error| match error {
+                    crate::cluster::names::ClaimError::Taken { .. } => {
+                        ApiError::new(StatusCode::CONFLICT, "duplicate_name", error.to_string())
+                    }
+                    crate::cluster::names::ClaimError::Unreachable(_) => ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no_host",
+                        error.to_string(),
+                    ),
+                })?;
+            Some((cluster.names(), name.clone()))
+        }
+    };
     let mut tasks = Vec::new();
     let mut created = false;
     for worker in workers {
-        let added = host
-            .add_task(worker, &request.plugin, spec.clone())
-            .await
-            .map_err(add_error)?;
+        let added = match host.add_task(worker, &request.plugin, spec.clone()).await {
+            Ok(added) => added,
+            Err(error) => {
+                if let Some((names, name)) = &claim {
+                    names.release(name).await;
+                }
+                return Err(add_error(error));
+            }
+        };
+        if let Some((names, name)) = &claim {
+            names.bind(name, added.worker, added.id);
+        }
         created |= added.created;
         tasks.push(AddedTask {
             worker: added.worker,
@@ -804,6 +853,17 @@ async fn purge(State(ctx): State<Ctx>) -> Result<Json<Purged>, ApiError> {
             format!("{e:#}"),
         )
     })?;
+    // The purged tasks' cluster-scoped names are free at once.
+    if let Some(cluster) = ctx.host.cluster() {
+        let host = &ctx.host;
+        cluster
+            .names()
+            .release_unlisted(|worker, id| {
+                host.worker(worker)
+                    .is_some_and(|w| w.registry().get(id).is_some())
+            })
+            .await;
+    }
     Ok(Json(Purged { purged }))
 }
 

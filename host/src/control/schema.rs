@@ -43,6 +43,25 @@ pub struct AddRequest {
     /// host present) or a host's name; absent, this host (docs/cluster.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Where `name` must be unique: `worker` (the default: its worker's
+    /// registry) or `cluster` (every host's; claimed in NATS first).
+    #[serde(default, skip_serializing_if = "NameScope::is_worker")]
+    pub scope: NameScope,
+}
+
+/// Where a task's name must be unique.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NameScope {
+    #[default]
+    Worker,
+    Cluster,
+}
+
+impl NameScope {
+    fn is_worker(&self) -> bool {
+        *self == NameScope::Worker
+    }
 }
 
 /// `GET /health`: `ok`, or `degraded` with what is wrong. Always 200 while

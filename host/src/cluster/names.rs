@@ -1,0 +1,198 @@
+//! Cluster-scoped task names: a name asked to be unique across the
+//! cluster is claimed in the JetStream KV bucket `{name}-names` before its
+//! task is registered. `create` succeeds for one claimant only, so two
+//! hosts adding the same name at once cannot both win. A claim is freed
+//! when its task is purged, when its host leaves, and, by every other
+//! host, once its host has been silent past the heartbeat expiry.
+
+use super::members::{EXPIRY, Members};
+use crate::config::ClusterConfig;
+use crate::task::{TaskId, WorkerId};
+use anyhow::{Context, Result};
+use async_nats::jetstream::kv;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::task::JoinHandle;
+
+/// Who holds a name: the one serde type of a claim's value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub host: String,
+    pub worker: WorkerId,
+    pub id: TaskId,
+}
+
+/// Why a name could not be claimed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("a task named {name:?} runs on host {} (cluster-scoped names are unique across the cluster)", owner.host)]
+    Taken { name: String, owner: Owner },
+    #[error("cannot claim a cluster-scoped name: {0}")]
+    Unreachable(String),
+}
+
+/// This host's view of the claims.
+pub struct Names {
+    store: kv::Store,
+    host: String,
+    /// The names this host claimed, and for which task.
+    mine: Mutex<HashMap<String, (WorkerId, TaskId)>>,
+}
+
+/// A task name as a KV key: any text, as key characters.
+fn key(name: &str) -> String {
+    URL_SAFE_NO_PAD.encode(name)
+}
+
+impl Names {
+    pub(super) async fn open(client: &async_nats::Client, config: &ClusterConfig) -> Result<Names> {
+        let jetstream = async_nats::jetstream::new(client.clone());
+        let store = jetstream
+            .create_or_update_key_value(kv::Config {
+                bucket: format!("{}-names", config.name),
+                description: "taskhost: cluster-scoped task names and their owners".into(),
+                history: 1,
+                ..Default::default()
+            })
+            .await
+            .context("cannot open the JetStream KV bucket of cluster-scoped names (is JetStream on: nats-server -js?)")?;
+        Ok(Names {
+            store,
+            host: config.host.clone(),
+            mine: Mutex::default(),
+        })
+    }
+
+    fn mine(&self) -> std::sync::MutexGuard<'_, HashMap<String, (WorkerId, TaskId)>> {
+        self.mine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims `name` for a task about to be registered on `worker` of
+    /// this host; [`Names::bind`] then says which task it became, or
+    /// [`Names::release`] frees it if none did.
+    pub async fn claim(&self, name: &str, worker: WorkerId) -> Result<(), ClaimError> {
+        let id = 0;
+        let owner = Owner {
+            host: self.host.clone(),
+            worker,
+            id,
+        };
+        let value = serde_json::to_vec(&owner).unwrap_or_default();
+        match self.store.create(key(name), value.into()).await {
+            Ok(_) => {
+                self.mine().insert(name.to_string(), (worker, id));
+                Ok(())
+            }
+            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let owner = match self.store.get(key(name)).await {
+                    Ok(Some(value)) => serde_json::from_slice(&value).ok(),
+                    _ => None,
+                };
+                Err(ClaimError::Taken {
+                    name: name.to_string(),
+                    owner: owner.unwrap_or(Owner {
+                        host: "?".into(),
+                        worker,
+                        id: 0,
+                    }),
+                })
+            }
+            Err(error) => Err(ClaimError::Unreachable(error.to_string())),
+        }
+    }
+
+    /// Records which task holds `name`, claimed by this host.
+    pub fn bind(&self, name: &str, worker: WorkerId, id: TaskId) {
+        self.mine().insert(name.to_string(), (worker, id));
+    }
+
+    /// Frees `name`, if this host holds it.
+    pub async fn release(&self, name: &str) {
+        if self.mine().remove(name).is_some()
+            && let Err(error) = self.store.delete(key(name)).await
+        {
+            tracing::warn!("cannot free the cluster-scoped name {name:?}: {error}");
+        }
+    }
+
+    /// Frees the names of this host whose tasks `listed` no longer lists
+    /// (purged).
+    pub async fn release_unlisted(&self, listed: impl Fn(WorkerId, TaskId) -> bool) {
+        let gone: Vec<String> = self
+            .mine()
+            .iter()
+            // Id 0: claimed, its task not registered yet.
+            .filter(|(_, (worker, id))| *id != 0 && !listed(*worker, *id))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.release(&name).await;
+        }
+    }
+
+    /// Frees every name this host holds (it is leaving).
+    pub async fn release_all(&self) {
+        let names: Vec<String> = self.mine().keys().cloned().collect();
+        for name in names {
+            self.release(&name).await;
+        }
+    }
+
+    /// Frees the names of hosts silent past the expiry: run by every
+    /// host, so a dead host's names come free whoever notices first. A
+    /// claim younger than the expiry is left alone (its host may not have
+    /// been heard yet).
+    async fn sweep(&self, members: &Members) {
+        let present: Vec<String> = members.present().into_iter().map(|h| h.host).collect();
+        let Ok(mut keys) = self.store.keys().await else {
+            return;
+        };
+        while let Some(Ok(key)) = keys.next().await {
+            let Ok(Some(entry)) = self.store.entry(key.clone()).await else {
+                continue;
+            };
+            let Ok(owner) = serde_json::from_slice::<Owner>(&entry.value) else {
+                continue;
+            };
+            let now = crate::task::unix_millis(std::time::SystemTime::now()) as i128;
+            let created = entry.created.unix_timestamp_nanos() / 1_000_000;
+            let young = now - created < EXPIRY.as_millis() as i128;
+            if present.contains(&owner.host) || young {
+                continue;
+            }
+            tracing::info!(
+                "host {} is gone: its cluster-scoped task name is free again",
+                owner.host
+            );
+            let _ = self.store.delete(key).await;
+        }
+    }
+}
+
+/// Every expiry period: frees this host's names whose tasks were purged
+/// (by an operator or a guest's `purge-tasks`), and the claims of silent
+/// hosts.
+pub(super) fn sweeper(
+    names: Arc<Names>,
+    members: Arc<Members>,
+    env: Arc<crate::worker::TaskEnv>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(EXPIRY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            names
+                .release_unlisted(|worker, id| {
+                    env.worker(worker)
+                        .is_some_and(|w| w.registry().get(id).is_some())
+                })
+                .await;
+            names.sweep(&members).await;
+        }
+    })
+}
