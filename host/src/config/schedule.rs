@@ -8,7 +8,7 @@
 
 use super::{RetryPolicy, RetrySpec};
 use anyhow::{Context, Result, bail};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -118,7 +118,11 @@ impl When {
                 Some(UNIX_EPOCH + Duration::from_nanos(u64::try_from(next).ok()?))
             }
             When::Cron { cron, zone, .. } => {
+                // From the whole second: croner keeps the sub-second part
+                // of its start, which put ticks at .515 s past the second,
+                // different on each host of a cluster.
                 let after: DateTime<Utc> = after.into();
+                let after = after.with_nanosecond(0).unwrap_or(after);
                 let next = cron
                     .find_next_occurrence(&after.with_timezone(zone), false)
                     .ok()?;
@@ -415,5 +419,22 @@ mod tests {
         );
         assert!(error(&format!("{base}every = \"1s\"\njitter = \"2s\"")).contains("`jitter`"));
         assert!(error(&format!("{base}every = \"1s\"\noverlap = \"maybe\"")).contains("overlap"));
+    }
+
+    #[test]
+    fn a_cron_tick_falls_on_the_whole_second_whenever_it_is_asked() {
+        let spec: ScheduleSpec = toml::from_str(
+            r#"
+            name = "beat"
+            plugin = "p"
+            factory = "f"
+            cron = "* * * * * *"
+            "#,
+        )
+        .unwrap();
+        let config = spec.checked(None).unwrap();
+        let asked = UNIX_EPOCH + Duration::from_millis(1_700_000_000_515);
+        let next = config.when.next_after(asked).unwrap();
+        assert_eq!(next, UNIX_EPOCH + Duration::from_secs(1_700_000_001));
     }
 }
