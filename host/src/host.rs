@@ -214,7 +214,8 @@ impl Host {
                     .push((worker.clone(), task.clone(), handle));
             }
         }
-        let scheduler = Scheduler::start(self.env.clone(), contexts, &self.config.schedules)
+        let ticks = self.cluster.as_ref().map(|cluster| cluster.ticks());
+        let scheduler = Scheduler::start(self.env.clone(), contexts, &self.config.schedules, ticks)
             .await
             .with_context(|| format!("{}: [[schedules]]", self.config.source.display()))?;
         self.scheduler = Some(scheduler);

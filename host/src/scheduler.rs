@@ -34,6 +34,8 @@ const LATE: Duration = Duration::from_secs(1);
 
 /// The host's schedules and their loops.
 pub struct Scheduler {
+    /// In a cluster: who runs each tick (see [`crate::cluster::ticks`]).
+    cluster: Option<Arc<crate::cluster::ticks::Ticks>>,
     env: Arc<TaskEnv>,
     workers: Vec<Arc<WorkerCtx>>,
     storage: Option<Arc<dyn Storage>>,
@@ -126,9 +128,11 @@ impl Scheduler {
         env: Arc<TaskEnv>,
         workers: Vec<Arc<WorkerCtx>>,
         configs: &[ScheduleConfig],
+        cluster: Option<Arc<crate::cluster::ticks::Ticks>>,
     ) -> Result<Arc<Scheduler>> {
         let storage = env.app.storage().cloned();
         let scheduler = Arc::new(Scheduler {
+            cluster,
             env: env.clone(),
             workers,
             storage,
@@ -423,6 +427,14 @@ impl Scheduler {
             }
         };
         let name = format!("{}@{}", config.name, tick_label(tick));
+        // In a cluster, a tick runs on one host: the first to claim it.
+        // An operator's trigger is this host's own.
+        if let Some(ticks) = &self.cluster
+            && trigger != ScheduleTrigger::Manual
+            && !ticks.claim(&config.name, &tick_label(tick)).await
+        {
+            return Ok(Vec::new());
+        }
         let Some(plugin) = self.env.plugin(&config.plugin) else {
             let error = format!("plugin `{}` is not loaded", config.plugin);
             tracing::error!("schedule {}: {error}", config.name);

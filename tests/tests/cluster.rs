@@ -397,6 +397,63 @@ fn a_cluster_scoped_name_is_won_by_one_host_and_freed_by_its_purge() {
     }
 }
 
+#[test]
+fn a_schedule_in_a_three_host_cluster_fires_once_per_tick() {
+    let nats = NatsServer::start();
+    let schedule = r#"
+        [[schedules]]
+        name = "beat"
+        plugin = "kit"
+        factory = "identity"
+        cron = "* * * * * *"
+    "#;
+    let hosts: Vec<(TestApp, Running)> = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| host(&nats, "ticks", name, 1, schedule))
+        .collect();
+    // Every host runs the schedule; each tick's task is on one host only.
+    // Five ticks after all three hosts serve.
+    let first: Vec<usize> = hosts
+        .iter()
+        .map(|(app, _)| {
+            task_names(app)
+                .iter()
+                .filter(|n| n.starts_with("beat@"))
+                .count()
+        })
+        .collect();
+    let before: usize = first.iter().sum();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let mut ticks: Vec<String> = hosts
+            .iter()
+            .flat_map(|(app, _)| task_names(app))
+            .filter(|name| name.starts_with("beat@"))
+            .collect();
+        let all = ticks.len();
+        ticks.sort();
+        ticks.dedup();
+        assert_eq!(ticks.len(), all, "a tick ran twice: {ticks:?}");
+        if all >= before + 5 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{ticks:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for (_, running) in hosts {
+        running.signal("TERM");
+        let run = running.finish();
+        assert_eq!(run.code, Some(0), "{}", run.dump());
+        // The ticks a host did not win it left to the others, without
+        // counting them missed.
+        assert!(
+            run.lines.iter().all(|l| l["event"] != "schedule_missed"),
+            "{}",
+            run.dump()
+        );
+    }
+}
+
 /// Waits (up to 30 s) until `app`'s host says it is `status`.
 fn await_health(app: &TestApp, status: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -13,6 +13,7 @@ mod events;
 pub mod members;
 pub mod names;
 pub mod requests;
+pub mod ticks;
 
 pub use members::HostBeat;
 pub use requests::{Answer, RequestError, Responder, Target};
@@ -46,6 +47,8 @@ pub struct Cluster {
     members: Arc<members::Members>,
     /// Cluster-scoped task names (`scope = "cluster"`).
     names: Arc<names::Names>,
+    /// Which host runs each schedule tick.
+    ticks: Arc<ticks::Ticks>,
     /// What runs for the cluster: the events' bridges, the heartbeat,
     /// the request servers.
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -81,6 +84,11 @@ impl Cluster {
                 .with_context(|| format!("{}: [cluster]", file.display()))?,
         );
         tasks.push(names::sweeper(names.clone(), members.clone(), env));
+        let ticks = Arc::new(
+            ticks::Ticks::open(&client, config)
+                .await
+                .with_context(|| format!("{}: [cluster]", file.display()))?,
+        );
         tracing::info!(
             cluster = config.name,
             host = config.host,
@@ -95,6 +103,7 @@ impl Cluster {
             connected,
             members,
             names,
+            ticks,
             tasks: Mutex::new(tasks),
         })
     }
@@ -147,6 +156,11 @@ impl Cluster {
     /// Cluster-scoped task names.
     pub fn names(&self) -> &names::Names {
         &self.names
+    }
+
+    /// Which host runs each schedule tick.
+    pub fn ticks(&self) -> Arc<ticks::Ticks> {
+        self.ticks.clone()
     }
 
     /// Frees this host's names, sends what is queued (a bounded wait),
