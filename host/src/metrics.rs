@@ -303,7 +303,7 @@ impl Metrics {
         );
         registry.register(
             "cluster_events",
-            "Events between the hosts of the cluster, by direction (sent, received, dropped)",
+            "Events between the hosts of the cluster, by direction (sent, received, dropped: queue full, unsent: NATS unreachable)",
             metrics.cluster_events.clone(),
         );
         registry.register(

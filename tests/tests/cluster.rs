@@ -377,6 +377,21 @@ fn a_cluster_scoped_name_is_won_by_one_host_and_freed_by_its_purge() {
         .0
         .cli(&["add", "kit", "identity", "--name", "solo"]));
 
+    // A host that joins later has not heard the others yet: it must not
+    // take their claims for a dead host's.
+    let (late, late_running) = host(&nats, "names", "d", 1, "");
+    let refused = add(&late);
+    assert_ne!(refused.code, Some(0), "{}", refused.dump());
+    assert!(
+        refused
+            .stderr
+            .contains(&format!("runs on host {winner_name}")),
+        "{}",
+        refused.dump()
+    );
+    late_running.signal("TERM");
+    assert_eq!(late_running.finish().code, Some(0));
+
     // Cancelled from the third host, purged where it ran: the name is free.
     let ended = ok(hosts[2].0.cli(&["cancel", "solo", "--cluster", "--json"]));
     assert!(

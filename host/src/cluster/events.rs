@@ -90,17 +90,25 @@ pub(super) async fn bridge(
         let host = config.host.clone();
         tokio::spawn(async move {
             while let Some(relayed) = outgoing.recv().await {
+                if !super::online(&client) {
+                    // At most once: not replayed, stale, after NATS is back.
+                    env.metrics.cluster_event("unsent");
+                    continue;
+                }
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert(HOST_HEADER, host.as_str());
                 let subject = format!("{prefix}{}", relayed.event);
                 let payload = bytes::Bytes::copy_from_slice(relayed.payload.as_bytes());
                 match client.publish_with_headers(subject, headers, payload).await {
                     Ok(()) => env.metrics.cluster_event("sent"),
-                    Err(error) => tracing::warn!(
-                        event = relayed.event,
-                        "cannot send event {:?} to the cluster: {error}",
-                        relayed.event
-                    ),
+                    Err(error) => {
+                        env.metrics.cluster_event("unsent");
+                        tracing::warn!(
+                            event = relayed.event,
+                            "cannot send event {:?} to the cluster: {error}",
+                            relayed.event
+                        )
+                    }
                 }
             }
         })

@@ -33,6 +33,10 @@ pub struct HostBeat {
 #[derive(Default)]
 pub struct Members {
     seen: Mutex<HashMap<String, (Instant, HostBeat)>>,
+    /// This host's name, and since when it has heard its own heartbeats
+    /// without a gap past the expiry: until then (at start, after NATS was
+    /// away) a host missing from `seen` may just not have been heard yet.
+    me: Mutex<(String, Option<Instant>, Option<Instant>)>,
 }
 
 impl Members {
@@ -47,10 +51,32 @@ impl Members {
     }
 
     fn heard(&self, beat: HostBeat) {
+        let now = Instant::now();
+        {
+            let mut me = self.me.lock().unwrap_or_else(|e| e.into_inner());
+            let (host, since, last) = &mut *me;
+            if *host == beat.host {
+                if last.is_none_or(|last| now.duration_since(last) >= EXPIRY) {
+                    *since = Some(now);
+                }
+                *last = Some(now);
+            }
+        }
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(beat.host.clone(), (Instant::now(), beat));
+            .insert(beat.host.clone(), (now, beat));
+    }
+
+    /// Whether a host missing now is known to be gone: this host has heard
+    /// its own heartbeats without a gap for two expiry periods, so it has
+    /// heard every live host's too.
+    pub fn settled(&self) -> bool {
+        let me = self.me.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, since, last) = &*me;
+        let now = Instant::now();
+        matches!((since, last), (Some(since), Some(last))
+            if now.duration_since(*since) >= 2 * EXPIRY && now.duration_since(*last) < EXPIRY)
     }
 }
 
@@ -62,6 +88,7 @@ pub(super) async fn start(
     env: Arc<TaskEnv>,
     members: Arc<Members>,
 ) -> Result<Vec<JoinHandle<()>>> {
+    members.me.lock().unwrap_or_else(|e| e.into_inner()).0 = config.host.clone();
     let mut beats = client
         .subscribe(format!("{}.hosts.*", config.name))
         .await
@@ -94,6 +121,9 @@ pub(super) async fn start(
             let Ok(payload) = serde_json::to_vec(&beat) else {
                 continue;
             };
+            if !super::online(&client) {
+                continue;
+            }
             // A lost beat is the next one's job; NATS being away is logged
             // by the connection.
             let _ = client.publish(subject.clone(), payload.into()).await;

@@ -38,6 +38,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long leaving waits for what is still queued to reach NATS.
 const LEAVE_FLUSH: Duration = Duration::from_secs(2);
 
+/// Whether `client` is connected now. While it is not, the client would
+/// queue what it is given and send it once back, maybe long after anyone
+/// waited for it: a task request, a name's claim, a stale event. So every
+/// NATS call of the cluster is made only while connected, and fails (or is
+/// dropped and counted) at once otherwise.
+pub(crate) fn online(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
+
 /// This host's membership in its cluster.
 pub struct Cluster {
     config: ClusterConfig,

@@ -37,6 +37,7 @@ pub enum ClaimError {
 
 /// This host's view of the claims.
 pub struct Names {
+    client: async_nats::Client,
     store: kv::Store,
     host: String,
     /// The names this host claimed, and for which task.
@@ -61,6 +62,7 @@ impl Names {
             .await
             .context("cannot open the JetStream KV bucket of cluster-scoped names (is JetStream on: nats-server -js?)")?;
         Ok(Names {
+            client: client.clone(),
             store,
             host: config.host.clone(),
             mine: Mutex::default(),
@@ -81,6 +83,11 @@ impl Names {
             worker,
             id,
         };
+        if !super::online(&self.client) {
+            return Err(ClaimError::Unreachable(
+                "NATS is unreachable now (see /health)".into(),
+            ));
+        }
         let value = serde_json::to_vec(&owner).unwrap_or_default();
         match self.store.create(key(name), value.into()).await {
             Ok(_) => {
@@ -147,6 +154,11 @@ impl Names {
     /// claim younger than the expiry is left alone (its host may not have
     /// been heard yet).
     async fn sweep(&self, members: &Members) {
+        // At start, or just after NATS came back, a live host may not have
+        // been heard yet: its claims are not touched until then.
+        if !members.settled() {
+            return;
+        }
         let present: Vec<String> = members.present().into_iter().map(|h| h.host).collect();
         let Ok(mut keys) = self.store.keys().await else {
             return;

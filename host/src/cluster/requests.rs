@@ -160,6 +160,11 @@ pub(super) async fn request(
     target: &Target,
     payload: Bytes,
 ) -> Result<Vec<Answer>, RequestError> {
+    if !super::online(client) {
+        return Err(RequestError::Unreachable(
+            "disconnected, reconnecting (see /health)".into(),
+        ));
+    }
     let subject = subject(config, kind, target);
     let no_host = || RequestError::NoHost {
         cluster: config.name.clone(),

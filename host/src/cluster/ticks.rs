@@ -15,6 +15,7 @@ const KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// Which host runs each tick.
 pub struct Ticks {
+    client: async_nats::Client,
     store: kv::Store,
     host: String,
 }
@@ -33,6 +34,7 @@ impl Ticks {
             .await
             .context("cannot open the JetStream KV bucket of schedule ticks (is JetStream on: nats-server -js?)")?;
         Ok(Ticks {
+            client: client.clone(),
             store,
             host: config.host.clone(),
         })
@@ -43,6 +45,13 @@ impl Ticks {
     /// twice is better than a tick lost while the cluster is degraded), and
     /// the log says so.
     pub async fn claim(&self, schedule: &str, tick: &str) -> bool {
+        if !super::online(&self.client) {
+            tracing::warn!(
+                schedule,
+                "NATS is unreachable: tick {tick} of schedule {schedule} runs here"
+            );
+            return true;
+        }
         let key = URL_SAFE_NO_PAD.encode(format!("{schedule}@{tick}"));
         match self.store.create(key, self.host.clone().into()).await {
             Ok(_) => true,
