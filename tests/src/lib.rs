@@ -192,6 +192,35 @@ impl TestApp {
         )
     }
 
+    /// A metric's value from this app's running host (`taskhost
+    /// metrics`); none while it is not in the text (a labelled counter
+    /// not counted yet).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let run = self.cli(&["metrics"]);
+        assert_eq!(run.code, Some(0), "{}", run.dump());
+        run.stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .map(|value| value.trim().parse().unwrap())
+    }
+
+    /// Waits (up to 30 s) until metric `name` is `want` (absent counts as
+    /// 0).
+    pub fn await_metric(&self, name: &str, want: f64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let seen = self.metric(name).unwrap_or(0.0);
+            if seen == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} stayed {seen}, not {want}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Starts `taskhost run --log-format json app.toml` without waiting,
     /// and waits until its control API is serving.
     pub fn spawn(&self) -> Running {
@@ -465,6 +494,14 @@ impl Running {
         assert!(status.success());
     }
 
+    /// Stops the host with SIGTERM and checks that it exited 0.
+    pub fn stop(self) -> Run {
+        self.signal("TERM");
+        let run = self.finish();
+        assert_eq!(run.code, Some(0), "{}", run.dump());
+        run
+    }
+
     /// Waits for the host to exit and returns everything it printed. A host
     /// that has not exited within the watchdog time is killed, so the test
     /// fails instead of hanging.
@@ -564,33 +601,7 @@ impl NatsServer {
     /// Starts one and waits until it accepts clients.
     pub fn start() -> NatsServer {
         let store = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("nats-server starts");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let mut port = None;
-        let mut seen = Vec::new();
-        // It logs its port, then that it is ready; a server that exits
-        // first ends the lines.
-        for line in lines.by_ref().map_while(Result::ok) {
-            if let Some((_, address)) = line.split_once("Listening for client connections on ") {
-                port = address.trim().rsplit(':').next().map(str::to_string);
-            }
-            let ready = line.contains("Server is ready");
-            seen.push(line);
-            if ready {
-                break;
-            }
-        }
-        let port = port
-            .unwrap_or_else(|| panic!("nats-server did not say its port:\n{}", seen.join("\n")));
-        // Keep reading, so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+        let (child, port) = launch_nats("-1", store.path());
         NatsServer {
             child,
             url: format!("nats://127.0.0.1:{port}"),
@@ -608,28 +619,43 @@ impl NatsServer {
     /// and store, and waits until it accepts clients.
     pub fn restart(&mut self) {
         let port = self.url.rsplit(':').next().unwrap().to_string();
-        let mut child = Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
-            .arg(self.store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("nats-server starts");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let mut seen = Vec::new();
-        let mut ready = false;
-        for line in lines.by_ref().map_while(Result::ok) {
-            ready = line.contains("Server is ready");
-            seen.push(line);
-            if ready {
-                break;
-            }
-        }
-        assert!(ready, "nats-server did not come back:\n{}", seen.join("\n"));
-        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-        self.child = child;
+        self.child = launch_nats(&port, self.store.path()).0;
     }
+}
+
+/// Starts nats-server with JetStream on loopback `port` (`-1`: a free one)
+/// and `store`; returns it, once it is ready, and the port it took.
+fn launch_nats(port: &str, store: &Path) -> (Child, String) {
+    let mut child = Command::new(nats_server_bin())
+        .args(["-a", "127.0.0.1", "-p", port, "-js", "-sd"])
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nats-server starts");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut taken = None;
+    let mut seen = Vec::new();
+    let mut ready = false;
+    // It logs its port, then that it is ready; a server that exits
+    // first ends the lines.
+    for line in lines.by_ref().map_while(Result::ok) {
+        if let Some((_, address)) = line.split_once("Listening for client connections on ") {
+            taken = address.trim().rsplit(':').next().map(str::to_string);
+        }
+        ready = line.contains("Server is ready");
+        seen.push(line);
+        if ready {
+            break;
+        }
+    }
+    let taken = taken
+        .filter(|_| ready)
+        .unwrap_or_else(|| panic!("nats-server did not get ready:\n{}", seen.join("\n")));
+    // Keep reading, so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+    (child, taken)
 }
 
 impl Drop for NatsServer {

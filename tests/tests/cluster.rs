@@ -14,27 +14,11 @@ fn ok(run: Run) -> Run {
 /// A metric's value from a host's `/metrics`; 0 for a labelled counter
 /// not counted yet (absent from the text).
 fn metric(app: &TestApp, name: &str) -> f64 {
-    let run = ok(app.cli(&["metrics"]));
-    run.stdout
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().unwrap())
+    app.metric(name).unwrap_or(0.0)
 }
 
-/// Waits (up to 30 s) until metric `name` of `app` is `want`.
 fn await_metric(app: &TestApp, name: &str, want: f64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let seen = metric(app, name);
-        if seen == want {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name} stayed {seen}, not {want}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    app.await_metric(name, want);
 }
 
 /// A host `host` of cluster `cluster` on `nats`, with `workers` workers and
@@ -137,9 +121,7 @@ fn one_dispatch_wakes_the_waiters_of_every_host_exactly_once() {
     );
 
     for (_, running) in hosts {
-        running.signal("TERM");
-        let run = running.finish();
-        assert_eq!(run.code, Some(0), "{}", run.dump());
+        running.stop();
     }
 }
 
@@ -312,9 +294,7 @@ fn tasks_go_to_any_host_a_named_one_or_all_and_are_seen_and_cancelled_from_any()
     assert_eq!(missing.code, Some(3), "{}", missing.dump());
 
     for (_, running) in hosts {
-        running.signal("TERM");
-        let run = running.finish();
-        assert_eq!(run.code, Some(0), "{}", run.dump());
+        running.stop();
     }
 }
 
@@ -389,8 +369,7 @@ fn a_cluster_scoped_name_is_won_by_one_host_and_freed_by_its_purge() {
         "{}",
         refused.dump()
     );
-    late_running.signal("TERM");
-    assert_eq!(late_running.finish().code, Some(0));
+    late_running.stop();
 
     // Cancelled from the third host, purged where it ran: the name is free.
     let ended = ok(hosts[2].0.cli(&["cancel", "solo", "--cluster", "--json"]));
@@ -406,9 +385,7 @@ fn a_cluster_scoped_name_is_won_by_one_host_and_freed_by_its_purge() {
     assert!(again.stdout.contains("started task"), "{}", again.dump());
 
     for (_, running) in hosts {
-        running.signal("TERM");
-        let run = running.finish();
-        assert_eq!(run.code, Some(0), "{}", run.dump());
+        running.stop();
     }
 }
 
@@ -456,9 +433,7 @@ fn a_schedule_in_a_three_host_cluster_fires_once_per_tick() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     for (_, running) in hosts {
-        running.signal("TERM");
-        let run = running.finish();
-        assert_eq!(run.code, Some(0), "{}", run.dump());
+        let run = running.stop();
         // The ticks a host did not win it left to the others, without
         // counting them missed.
         assert!(
@@ -542,9 +517,7 @@ fn when_nats_goes_away_local_work_goes_on_and_the_hosts_come_back() {
     }
     running_a.wait_for(1, |l| l["event"] == "done" && l["task"] == "w");
     for running in [running_a, running_b] {
-        running.signal("TERM");
-        let run = running.finish();
-        assert_eq!(run.code, Some(0), "{}", run.dump());
+        running.stop();
     }
 }
 

@@ -475,30 +475,12 @@ fn hot_loading_swaps_new_tasks_to_the_new_build_and_refuses_broken_ones() {
 
 /// A metric's value from the host's `/metrics`.
 fn metric(app: &TestApp, name: &str) -> f64 {
-    let run = ok(app.cli(&["metrics"]));
-    run.stdout
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in\n{}", run.stdout))
-        .trim()
-        .parse()
-        .unwrap()
+    app.metric(name)
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
 }
 
-/// Waits (up to 30 s) until metric `name` is `want`.
 fn await_metric(app: &TestApp, name: &str, want: f64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let seen = metric(app, name);
-        if seen == want {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name} stayed {seen}, not {want}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    app.await_metric(name, want);
 }
 
 #[test]

@@ -28,14 +28,8 @@ fn crunch(rounds: u64) -> u64 {
 
 /// A gauge's value from the host's metrics.
 fn gauge(app: &TestApp, name: &str) -> f64 {
-    let run = ok(app.cli(&["metrics"]));
-    run.stdout
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in\n{}", run.stdout))
-        .trim()
-        .parse()
-        .unwrap()
+    app.metric(name)
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
 }
 
 fn ended(line: &Value, task: &str) -> bool {

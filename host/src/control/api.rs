@@ -611,7 +611,7 @@ async fn add_on_hosts(
             failed.push((answer.host, status, format!("{}: {}", detail.0, detail.1)));
         }
     }
-    if let Some((first_host, status, _)) = failed.first() {
+    if let Some((_, status, _)) = failed.first() {
         let status = *status;
         let said: Vec<String> = failed
             .iter()
@@ -626,7 +626,6 @@ async fn add_on_hosts(
         if !started.is_empty() {
             message = format!("{message}; started on {}", started.join(", "));
         }
-        let _ = first_host;
         return Err(ApiError::new(status, "refused", message));
     }
     let status = if created {
