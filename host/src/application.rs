@@ -156,8 +156,14 @@ impl Application {
         };
         let store = SqliteStore::open(&storage.dir, options)
             .with_context(|| format!("{}: [storage]", self.config.source.display()))?;
-        self.app.attach_storage(Arc::new(store));
-        Host::launch(self.config, self.loader, self.app, self.plugins).await
+        Host::launch(
+            self.config,
+            self.loader,
+            self.app,
+            self.plugins,
+            Arc::new(store),
+        )
+        .await
     }
 
     /// Splits off how plugins are built, which outlives the launch (watch).

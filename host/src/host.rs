@@ -93,6 +93,7 @@ impl Host {
         loader: PluginLoader,
         app: Arc<AppContext>,
         plugins: BTreeMap<String, Arc<Plugin>>,
+        storage: Arc<dyn crate::storage::Storage>,
     ) -> Result<Host> {
         let engines = loader.engines().clone();
         let ticker = EpochTicker::start(&[&engines.engine, &engines.cold, &engines.images])?;
@@ -119,6 +120,15 @@ impl Host {
             }
             None => None,
         };
+        // In a cluster, durable tasks go on its queue, so they outlive
+        // this host.
+        env.app.attach_storage(match &cluster {
+            Some(cluster) => Arc::new(crate::cluster::storage::ClusterStorage::new(
+                storage,
+                cluster.durable(),
+            )),
+            None => storage,
+        });
         let main = Worker::start(WorkerId::Main, env.clone())?;
         let mut host = Host {
             cluster,
@@ -206,6 +216,9 @@ impl Host {
         crate::worker::recover(&contexts)
             .await
             .with_context(|| format!("{}: [storage]", self.config.source.display()))?;
+        if let Some(cluster) = &self.cluster {
+            cluster.run_durable(self.env.clone());
+        }
         let tasks: Vec<TaskConfig> = self.startup_tasks(Scope::Worker).cloned().collect();
         for worker in &contexts {
             for task in &tasks {

@@ -55,6 +55,10 @@ pub enum AddTaskError {
     /// A durable task could not be recorded, so it was not started.
     #[error("{0}")]
     Storage(String),
+    /// The store of durable tasks cannot be reached now (a cluster's NATS
+    /// is away): the same submission may succeed later.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A task `add_task` answered for.

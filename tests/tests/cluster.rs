@@ -30,14 +30,30 @@ fn host(
     workers: u32,
     rest: &str,
 ) -> (TestApp, Running) {
+    host_with(nats, cluster, host, workers, "", "", rest)
+}
+
+/// [`host`] with `top` (app.toml's top-level keys) and `fields` of
+/// `[cluster]` besides its address and names.
+fn host_with(
+    nats: &NatsServer,
+    cluster: &str,
+    host: &str,
+    workers: u32,
+    top: &str,
+    fields: &str,
+    rest: &str,
+) -> (TestApp, Running) {
     let app = TestApp::new(&format!(
         r#"
         name = "clustered"
         workers = {workers}
+        {top}
         [cluster]
         nats = "{url}"
         name = "{cluster}"
         host = "{host}"
+        {fields}
         [plugins.kit]
         path = "{{testkit}}"
         {rest}
@@ -548,4 +564,121 @@ fn a_host_that_cannot_reach_nats_says_where_it_looked() {
         "{}",
         run.dump()
     );
+}
+
+/// What cluster `cluster` left in JetStream: the messages of its durable
+/// queue, and its durable tasks' records by name.
+fn durable_state(nats: &NatsServer, cluster: &str) -> (u64, BTreeMap<String, Value>) {
+    use futures_util::StreamExt;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(&nats.url).await.unwrap();
+        let jetstream = async_nats::jetstream::new(client);
+        let bucket = format!("{cluster}-durable");
+        let mut stream = jetstream.get_stream(&bucket).await.unwrap();
+        let messages = stream.info().await.unwrap().state.messages;
+        let records = jetstream.get_key_value(&bucket).await.unwrap();
+        let mut keys = records.keys().await.unwrap();
+        let mut by_name = BTreeMap::new();
+        while let Some(key) = keys.next().await {
+            let key = key.unwrap();
+            if !key.starts_with("t.") {
+                continue;
+            }
+            let value = records.get(&key).await.unwrap().unwrap();
+            let record: Value = serde_json::from_slice(&value).unwrap();
+            by_name.insert(record["name"].as_str().unwrap().to_string(), record);
+        }
+        (messages, by_name)
+    })
+}
+
+#[test]
+fn a_durable_task_outlives_its_host_and_a_cancelled_one_is_not_run_again() {
+    let nats = NatsServer::start();
+    // A short ack_wait, so a dead host's tasks come back within seconds;
+    // a long grace, so a cancelled task is still running when its host dies.
+    let (a, mut running_a) = host_with(
+        &nats,
+        "durable",
+        "a",
+        1,
+        "cancel_grace_ms = 60000",
+        "ack_wait_ms = 2000",
+        "",
+    );
+    let (b, mut running_b) = host_with(&nats, "durable", "b", 1, "", "ack_wait_ms = 2000", "");
+    for app in [&a, &b] {
+        await_metric(app, "taskhost_cluster_hosts", 2.0);
+    }
+
+    // Two durable tasks on a: one to finish elsewhere, one that a cancel
+    // cannot stop at once (pure computation, forced only after the grace).
+    ok(a.cli(&[
+        "add", "kit", "keyed_nap", "--args", r#"{"ms": 5000}"#, "--name", "job", "--durable",
+    ]));
+    ok(a.cli(&[
+        "add",
+        "kit",
+        "crunch",
+        "--args",
+        r#"{"rounds": 1000000000000}"#,
+        "--name",
+        "stuck",
+        "--durable",
+    ]));
+    for name in ["job", "stuck"] {
+        running_a.wait_for(1, |l| l["event"] == "started" && l["task"] == name);
+    }
+    let (queued, records) = durable_state(&nats, "durable");
+    assert_eq!(queued, 2, "{records:?}");
+    assert_eq!(records["job"]["host"], "a", "{records:?}");
+
+    // The cancel of `stuck` is recorded before it is sent; the task goes
+    // on computing, and its host dies before it ends.
+    let cancel = a.cli(&["cancel", "stuck", "--timeout-ms", "200"]);
+    assert_ne!(cancel.code, Some(0), "it cannot have ended: {}", cancel.dump());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while durable_state(&nats, "durable").1["stuck"]["cancel_requested"] != true {
+        assert!(std::time::Instant::now() < deadline, "the cancel was never recorded");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    running_a.signal("KILL");
+    let killed = running_a.finish();
+    assert_eq!(killed.code, None, "{}", killed.dump());
+
+    // b runs `job` again, as attempt 2, once a is gone and its message
+    // came back; `stuck` is recorded as cancelled there, not run.
+    running_b.wait_for(1, |l| l["event"] == "done" && l["task"] == "job");
+    running_b.wait_for(1, |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("stuck was cancelled while host a ran it"))
+    });
+    let done = running_b
+        .seen()
+        .iter()
+        .find(|l| l["event"] == "done" && l["task"] == "job")
+        .unwrap()
+        .clone();
+    let result: Value = serde_json::from_str(done["result"].as_str().unwrap()).unwrap();
+    assert_eq!(result["attempt"], 2, "{done}");
+    assert!(
+        running_b
+            .seen()
+            .iter()
+            .all(|l| !(l["event"] == "started" && l["task"] == "stuck")),
+        "stuck ran again on b"
+    );
+    let (queued, records) = durable_state(&nats, "durable");
+    assert_eq!(queued, 0, "the queue ends empty: {records:?}");
+    assert_eq!(records["job"]["state"], "done", "{records:?}");
+    assert_eq!(records["job"]["host"], "b", "{records:?}");
+    assert_eq!(records["job"]["attempt"], 2, "{records:?}");
+    assert_eq!(records["stuck"]["state"], "cancelled", "{records:?}");
+    assert_eq!(records["stuck"]["attempt"], 1, "{records:?}");
+    running_b.stop();
 }

@@ -9,10 +9,12 @@
 //! - `{name}.{kind}.any|all|host.{host}`: requests one host makes of others,
 //!   answered as the control API would (`tasks`: add a task; [`requests`]).
 
+pub mod durable;
 mod events;
 pub mod members;
 pub mod names;
 pub mod requests;
+pub mod storage;
 pub mod ticks;
 
 pub use members::HostBeat;
@@ -58,6 +60,8 @@ pub struct Cluster {
     names: Arc<names::Names>,
     /// Which host runs each schedule tick.
     ticks: Arc<ticks::Ticks>,
+    /// Durable tasks, on JetStream.
+    durable: Arc<durable::DurableQueue>,
     /// What runs for the cluster: the events' bridges, the heartbeat,
     /// the request servers.
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -98,6 +102,11 @@ impl Cluster {
                 .await
                 .with_context(|| format!("{}: [cluster]", file.display()))?,
         );
+        let durable = Arc::new(
+            durable::DurableQueue::open(&client, config)
+                .await
+                .with_context(|| format!("{}: [cluster]", file.display()))?,
+        );
         tracing::info!(
             cluster = config.name,
             host = config.host,
@@ -113,6 +122,7 @@ impl Cluster {
             members,
             names,
             ticks,
+            durable,
             tasks: Mutex::new(tasks),
         })
     }
@@ -170,6 +180,22 @@ impl Cluster {
     /// Which host runs each schedule tick.
     pub fn ticks(&self) -> Arc<ticks::Ticks> {
         self.ticks.clone()
+    }
+
+    /// The cluster's queue of durable tasks.
+    pub fn durable(&self) -> Arc<durable::DurableQueue> {
+        self.durable.clone()
+    }
+
+    /// Starts taking durable tasks from the queue: this host's own (to
+    /// hold them while they run, or to run them again after a restart) and
+    /// those of hosts gone from the cluster. Called once the workers run.
+    pub fn run_durable(&self, env: Arc<TaskEnv>) {
+        let runner = durable::run(self.durable.clone(), env, self.members.clone());
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(runner);
     }
 
     /// Frees this host's names, sends what is queued (a bounded wait),

@@ -8,6 +8,7 @@ use super::ConfigValue;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// How this host joins its cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +25,22 @@ pub struct ClusterConfig {
     pub auth: ClusterAuth,
     /// TLS beyond what a `tls://` URL asks for.
     pub tls: ClusterTls,
+    /// How long a host may go without saying it still runs a durable
+    /// task (it says so every third of this) before the task is handed to
+    /// another host: the longest a dead host's durable tasks wait.
+    pub ack_wait: Duration,
+    /// Deliveries of one durable task before it is given up and recorded
+    /// as failed (a dead letter), so a task that kills every host it runs
+    /// on does not go round the cluster for ever.
+    pub max_deliveries: u32,
 }
+
+/// The default `ack_wait_ms`: long enough that a busy host's progress
+/// (every 10 s) is not mistaken for its death.
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// The default `max_deliveries`.
+pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
 
 /// NATS authentication: at most one way.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -65,6 +81,8 @@ pub(super) struct RawCluster {
     tls_ca: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    ack_wait_ms: Option<u64>,
+    max_deliveries: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -194,7 +212,29 @@ impl RawCluster {
             (None, None) => None,
             _ => bail!("{}: `tls_cert` and `tls_key` go together", at("tls_cert")),
         };
+        let ack_wait = Duration::from_millis(
+            self.ack_wait_ms
+                .unwrap_or(DEFAULT_ACK_WAIT.as_millis() as u64),
+        );
+        if ack_wait < Duration::from_secs(1) || ack_wait > Duration::from_secs(3600) {
+            bail!(
+                "{}: {} ms is out of range; give 1000 to 3600000 (the default is {})",
+                at("ack_wait_ms"),
+                ack_wait.as_millis(),
+                DEFAULT_ACK_WAIT.as_millis()
+            );
+        }
+        let max_deliveries = self.max_deliveries.unwrap_or(DEFAULT_MAX_DELIVERIES);
+        if max_deliveries == 0 {
+            bail!(
+                "{}: 0 would never run a durable task; give 1 or more (the default is \
+                 {DEFAULT_MAX_DELIVERIES})",
+                at("max_deliveries")
+            );
+        }
         Ok(ClusterConfig {
+            ack_wait,
+            max_deliveries,
             servers,
             name: self.name,
             host,
@@ -268,6 +308,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("[cluster] host"), "{error}");
+        assert_eq!(
+            (config.ack_wait, config.max_deliveries),
+            (DEFAULT_ACK_WAIT, DEFAULT_MAX_DELIVERIES)
+        );
+        let error = parse("nats = \"nats://x:1\"\nname = \"app\"\nack_wait_ms = 10")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("[cluster] ack_wait_ms") && error.contains("1000 to"),
+            "{error}"
+        );
+        let error = parse("nats = \"nats://x:1\"\nname = \"app\"\nmax_deliveries = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("[cluster] max_deliveries"), "{error}");
     }
 
     #[test]

@@ -783,6 +783,9 @@ fn add_error(error: AddTaskError) -> ApiError {
         AddTaskError::Storage(_) => {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
         }
+        AddTaskError::Unavailable(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
     }
 }
 

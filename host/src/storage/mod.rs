@@ -41,6 +41,14 @@ pub use schedules::{ScheduleMark, ScheduleStore};
 pub use sqlite::{DATABASE_FILE, SqliteStore, StoreOptions};
 pub use tasks::{NewTask, Submitted, TaskRecord, TaskStore, TaskStoreFuture};
 
+/// A backend cannot be reached now (a cluster's NATS is away): nothing
+/// was written, and the same call may succeed later. Backends return it
+/// inside their `anyhow::Error` so callers can tell "try again" (HTTP 503)
+/// from a failed write.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
 /// A backend for everything the host keeps: key-value state, durable
 /// tasks and schedules' progress, in one place, so one backend swap moves
 /// them all.

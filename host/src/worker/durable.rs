@@ -14,6 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 fn storage_error(error: anyhow::Error) -> AddTaskError {
+    if error.downcast_ref::<crate::storage::Unavailable>().is_some() {
+        return AddTaskError::Unavailable(format!("{error:#}"));
+    }
     AddTaskError::Storage(format!("{error:#}"))
 }
 
@@ -303,4 +306,28 @@ pub(crate) async fn recover(workers: &[Arc<WorkerCtx>]) -> Result<Vec<TaskHandle
         }
     }
     Ok(started)
+}
+
+/// Runs a durable task handed to this host by its cluster (its host died,
+/// or this host restarted): as its next attempt, on the worker of its
+/// record's index (modulo the workers; a `main` task goes to the first).
+pub(crate) async fn run_handed_over(
+    env: &Arc<super::TaskEnv>,
+    record: TaskRecord,
+) -> Result<TaskHandle, AddTaskError> {
+    let workers: Vec<Arc<WorkerCtx>> = env
+        .workers
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .filter(|w| w.id != WorkerId::Main)
+        .collect();
+    if workers.is_empty() {
+        return Err(AddTaskError::Unavailable(
+            "this host's workers have not started".into(),
+        ));
+    }
+    let index = record.worker.index().unwrap_or(0) as usize % workers.len();
+    workers[index].resume(record).await
 }

@@ -11,7 +11,7 @@
 mod durable;
 mod ready;
 
-pub(crate) use durable::recover;
+pub(crate) use durable::{recover, run_handed_over};
 
 use crate::app::{AppContext, TaskScope};
 use crate::bindings::GuestError;

@@ -1,0 +1,892 @@
+//! Durable tasks in a cluster: the queue of `crate::storage::tasks` on
+//! JetStream, so a task outlives the host that ran it.
+//!
+//! - The work-queue stream `{name}-durable` holds one message per durable
+//!   task that has not ended, on `{name}.durable.{host}` of the host that
+//!   runs it. A message leaves the stream only when its task's end is
+//!   recorded (the ack).
+//! - The KV bucket `{name}-durable` holds each task's record under
+//!   `t.{seq}` (`seq`: the message's stream sequence, unique in the
+//!   cluster) and each idempotency key under `k.{key in base64}`.
+//! - Each host has a pull consumer, `runner-{host}`, on its own subject. A
+//!   host submits a task by publishing it there and starting it at once;
+//!   its consumer hands the message back, and the host holds it
+//!   (unacknowledged) while the task runs, saying so every third of
+//!   `ack_wait` (a progress ack).
+//! - A host that dies stops saying so: JetStream makes the message
+//!   deliverable again after `ack_wait`, and once the host has also
+//!   expired from the cluster (its heartbeat), the others fetch from its
+//!   consumer. The one that gets the message claims the record
+//!   (compare-and-swap: host and attempt) and runs the task again.
+//! - A host that comes back (restarted, or paused past `ack_wait`) finds
+//!   the record claimed by another: its copy is stopped and its end not
+//!   recorded. A cancel is recorded in the record before it is signalled,
+//!   so a task cancelled while its host was dying ends `cancelled` where it
+//!   is delivered next instead of running again.
+//! - After `max_deliveries` deliveries the task is recorded as failed (a
+//!   dead letter) and acknowledged.
+
+use super::members::Members;
+use crate::config::{ClusterConfig, RetrySpec};
+use crate::storage::tasks::{outcome_columns, outcome_from_columns};
+use crate::storage::{
+    NewTask, Submitted, TaskRecord, TaskStore, TaskStoreFuture, Unavailable,
+};
+use crate::task::{Outcome, WorkerId};
+use crate::worker::TaskEnv;
+use anyhow::{Context, Result, anyhow, bail};
+use async_nats::jetstream::{self, AckKind, consumer::pull, kv, stream};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::task::JoinHandle;
+
+/// A durable task as the cluster keeps it: the one serde type of a record
+/// in `{name}-durable` and of a queued message's payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredTask {
+    seq: u64,
+    name: String,
+    /// The host that runs (or last ran) it.
+    host: String,
+    worker: WorkerId,
+    plugin: String,
+    plugin_version: String,
+    factory: String,
+    args: String,
+    #[serde(default)]
+    retry: Option<RetrySpec>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    attempt: u32,
+    /// `pending` until it ended; then `done`, `failed` or `cancelled`.
+    state: String,
+    #[serde(default)]
+    result: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    stage: Option<String>,
+    #[serde(default)]
+    cancel_requested: bool,
+    created_ms: u64,
+    #[serde(default)]
+    ended_ms: Option<u64>,
+}
+
+const PENDING: &str = "pending";
+
+impl StoredTask {
+    fn record(&self) -> TaskRecord {
+        TaskRecord {
+            seq: self.seq,
+            name: self.name.clone(),
+            worker: self.worker,
+            plugin: self.plugin.clone(),
+            plugin_version: self.plugin_version.clone(),
+            factory: self.factory.clone(),
+            args: self.args.clone(),
+            retry: self.retry.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            attempt: self.attempt,
+            outcome: outcome_from_columns(
+                &self.state,
+                self.result.clone(),
+                self.error.clone(),
+                self.stage.clone(),
+            ),
+            cancel_requested: self.cancel_requested,
+            created_ms: self.created_ms,
+            ended_ms: self.ended_ms,
+        }
+    }
+
+    fn is_pending(&self) -> bool {
+        self.state == PENDING
+    }
+
+    fn end(&mut self, outcome: &Outcome) {
+        let (state, result, error, stage) = outcome_columns(outcome);
+        self.state = state.to_string();
+        self.result = result.map(str::to_string);
+        self.error = error.map(str::to_string);
+        self.stage = stage.map(str::to_string);
+        self.ended_ms = Some(now_ms());
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn task_key(seq: u64) -> String {
+    format!("t.{seq}")
+}
+
+fn idempotency_key(key: &str) -> String {
+    format!("k.{}", URL_SAFE_NO_PAD.encode(key))
+}
+
+fn unavailable() -> anyhow::Error {
+    anyhow::Error::new(Unavailable(
+        "NATS is unreachable, so the cluster cannot record a durable task now; try again once \
+         `taskhost health` says ok"
+            .into(),
+    ))
+}
+
+/// The cluster's durable queue, as this host sees it.
+pub struct DurableQueue {
+    client: async_nats::Client,
+    stream: stream::Stream,
+    records: kv::Store,
+    /// `{name}.durable`.
+    prefix: String,
+    host: String,
+    ack_wait: Duration,
+    max_deliveries: u32,
+    /// The attempt this process runs of each task it runs.
+    mine: Mutex<HashMap<u64, u32>>,
+    /// The messages of those tasks, delivered and not acknowledged yet.
+    held: Mutex<HashMap<u64, Arc<jetstream::Message>>>,
+}
+
+impl DurableQueue {
+    pub(super) async fn open(
+        client: &async_nats::Client,
+        config: &ClusterConfig,
+    ) -> Result<DurableQueue> {
+        let jetstream = jetstream::new(client.clone());
+        let name = format!("{}-durable", config.name);
+        let prefix = format!("{}.durable", config.name);
+        let stream = jetstream
+            .get_or_create_stream(stream::Config {
+                name: name.clone(),
+                description: Some("taskhost: durable tasks that have not ended".into()),
+                subjects: vec![format!("{prefix}.*")],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| {
+                format!("cannot open the JetStream stream {name} of durable tasks (is JetStream on: nats-server -js?)")
+            })?;
+        let records = jetstream
+            .create_or_update_key_value(kv::Config {
+                bucket: name.clone(),
+                description: "taskhost: durable tasks' records".into(),
+                history: 1,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot open the JetStream KV bucket {name}"))?;
+        let queue = DurableQueue {
+            client: client.clone(),
+            stream,
+            records,
+            prefix,
+            host: config.host.clone(),
+            ack_wait: config.ack_wait,
+            max_deliveries: config.max_deliveries,
+            mine: Mutex::default(),
+            held: Mutex::default(),
+        };
+        queue.consumer(&config.host).await?;
+        Ok(queue)
+    }
+
+    /// The consumer of `host`'s tasks, made if need be (for this host).
+    async fn consumer(&self, host: &str) -> Result<jetstream::consumer::PullConsumer> {
+        let name = format!("runner-{host}");
+        self.stream
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    description: Some(format!("taskhost: the durable tasks of host {host}")),
+                    filter_subject: format!("{}.{host}", self.prefix),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: self.ack_wait,
+                    max_deliver: -1,
+                    max_ack_pending: 100_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(|| format!("cannot open the JetStream consumer {name}"))
+    }
+
+    fn online(&self) -> Result<()> {
+        if super::online(&self.client) {
+            Ok(())
+        } else {
+            Err(unavailable())
+        }
+    }
+
+    async fn read(&self, seq: u64) -> Result<Option<(StoredTask, u64)>> {
+        let Some(entry) = self
+            .records
+            .entry(task_key(seq))
+            .await
+            .with_context(|| format!("cannot read durable task {seq}'s record"))?
+        else {
+            return Ok(None);
+        };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        let task: StoredTask = serde_json::from_slice(&entry.value)
+            .with_context(|| format!("durable task {seq}'s record does not read back"))?;
+        Ok(Some((task, entry.revision)))
+    }
+
+    /// Changes the record of `seq` with `change` (compare-and-swap, tried
+    /// again when another host wrote in between). `change` says whether to
+    /// write; returns the record as written, or none if it did not write
+    /// (or there is no record).
+    async fn modify(
+        &self,
+        seq: u64,
+        mut change: impl FnMut(&mut StoredTask) -> Result<bool>,
+    ) -> Result<Option<StoredTask>> {
+        self.online()?;
+        for _ in 0..16 {
+            let Some((mut task, revision)) = self.read(seq).await? else {
+                return Ok(None);
+            };
+            if !change(&mut task)? {
+                return Ok(None);
+            }
+            let value = serde_json::to_vec(&task)?;
+            match self
+                .records
+                .update(task_key(seq), value.into(), revision)
+                .await
+            {
+                Ok(_) => return Ok(Some(task)),
+                Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(error) => {
+                    return Err(error).with_context(|| format!("cannot write durable task {seq}"));
+                }
+            }
+        }
+        bail!("durable task {seq}'s record kept changing under this host's write")
+    }
+
+    fn attempt_of(&self, seq: u64) -> Option<u32> {
+        self.mine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&seq)
+            .copied()
+    }
+
+    fn set_attempt(&self, seq: u64, attempt: Option<u32>) {
+        let mut mine = self.mine.lock().unwrap_or_else(|e| e.into_inner());
+        match attempt {
+            Some(attempt) => mine.insert(seq, attempt),
+            None => mine.remove(&seq),
+        };
+    }
+
+    fn hold(&self, seq: u64, message: Arc<jetstream::Message>) {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(seq, message);
+    }
+
+    fn release(&self, seq: u64) -> Option<Arc<jetstream::Message>> {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&seq)
+    }
+
+    async fn submit_task(&self, task: &NewTask) -> Result<Submitted> {
+        self.online()?;
+        if let Some(key) = &task.idempotency_key
+            && let Some(seq) = self.keyed(key).await?
+            && let Some((existing, _)) = self.read(seq).await?
+        {
+            return Ok(Submitted::Existing(existing.record()));
+        }
+        let mut stored = StoredTask {
+            seq: 0,
+            name: task.name.clone().unwrap_or_default(),
+            host: self.host.clone(),
+            worker: task.worker,
+            plugin: task.plugin.clone(),
+            plugin_version: task.plugin_version.clone(),
+            factory: task.factory.clone(),
+            args: task.args.clone(),
+            retry: task.retry.clone(),
+            idempotency_key: task.idempotency_key.clone(),
+            attempt: 1,
+            state: PENDING.into(),
+            result: None,
+            error: None,
+            stage: None,
+            cancel_requested: false,
+            created_ms: now_ms(),
+            ended_ms: None,
+        };
+        let mut publish = jetstream::message::PublishMessage::build()
+            .payload(serde_json::to_vec(&stored)?.into())
+            .header(super::HOST_HEADER, self.host.as_str());
+        if let Some(key) = &task.idempotency_key {
+            publish = publish.message_id(key);
+        }
+        let jetstream = jetstream::new(self.client.clone());
+        let ack = jetstream
+            .send_publish(format!("{}.{}", self.prefix, self.host), publish)
+            .await
+            .context("cannot queue the durable task")?
+            .await
+            .context("JetStream did not take the durable task")?;
+        let seq = ack.sequence;
+        if ack.duplicate {
+            // Submitted with the same key a moment ago (on any host): that
+            // one's record is written right after its publish.
+            for _ in 0..50 {
+                if let Some((existing, _)) = self.read(seq).await? {
+                    return Ok(Submitted::Existing(existing.record()));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            bail!("durable task {seq} was submitted with the same key, but its record never came");
+        }
+        stored.seq = seq;
+        if stored.name.is_empty() {
+            stored.name = format!("durable-{seq}");
+        }
+        self.set_attempt(seq, Some(1));
+        self.records
+            .put(task_key(seq), serde_json::to_vec(&stored)?.into())
+            .await
+            .with_context(|| format!("cannot record durable task {seq}"))?;
+        if let Some(key) = &task.idempotency_key {
+            self.records
+                .put(idempotency_key(key), seq.to_string().into())
+                .await
+                .with_context(|| format!("cannot record durable task {seq}'s key"))?;
+        }
+        Ok(Submitted::New(stored.record()))
+    }
+
+    async fn keyed(&self, key: &str) -> Result<Option<u64>> {
+        let value = self
+            .records
+            .get(idempotency_key(key))
+            .await
+            .context("cannot look the idempotency key up")?;
+        Ok(value.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
+    }
+
+    async fn forget_task(&self, seq: u64) -> Result<()> {
+        self.online()?;
+        self.set_attempt(seq, None);
+        if let Some(message) = self.release(seq) {
+            let _ = message.ack_with(AckKind::Term).await;
+        }
+        if let Some((task, _)) = self.read(seq).await?
+            && let Some(key) = &task.idempotency_key
+        {
+            self.records.purge(idempotency_key(key)).await?;
+        }
+        self.records.purge(task_key(seq)).await?;
+        // Not delivered yet, it is still in the stream.
+        let _ = self.stream.delete_message(seq).await;
+        Ok(())
+    }
+
+    async fn started(&self, seq: u64, attempt: u32) -> Result<()> {
+        let host = self.host.clone();
+        let written = self
+            .modify(seq, |task| {
+                if !task.is_pending() {
+                    bail!("durable task {seq} has ended already");
+                }
+                if task.host != host && task.attempt >= attempt {
+                    bail!(
+                        "durable task {seq} runs on host {} (attempt {}) now",
+                        task.host,
+                        task.attempt
+                    );
+                }
+                task.host = host.clone();
+                task.attempt = attempt;
+                Ok(true)
+            })
+            .await?;
+        if written.is_none() {
+            bail!("durable task {seq} has no record");
+        }
+        self.set_attempt(seq, Some(attempt));
+        Ok(())
+    }
+
+    async fn ended_task(&self, seq: u64, outcome: &Outcome, stopped: bool) -> Result<bool> {
+        let attempt = self.attempt_of(seq);
+        let host = self.host.clone();
+        let mut superseded = false;
+        let written = self
+            .modify(seq, |task| {
+                if !task.is_pending() {
+                    return Ok(false);
+                }
+                match attempt {
+                    Some(attempt) if task.host != host || task.attempt != attempt => {
+                        superseded = true;
+                        return Ok(false);
+                    }
+                    // Not run here: only a recorded cancel ends it.
+                    None if !task.cancel_requested => return Ok(false),
+                    _ => {}
+                }
+                let done = matches!(outcome, Outcome::Done { .. });
+                if stopped && !task.cancel_requested && !done {
+                    return Ok(false);
+                }
+                task.end(outcome);
+                Ok(true)
+            })
+            .await?;
+        self.set_attempt(seq, None);
+        let message = self.release(seq);
+        match (&written, message) {
+            (Some(_), Some(message)) => {
+                if let Err(error) = message.ack().await {
+                    tracing::warn!(
+                        "durable task {seq}: its end is recorded but the queue did not take the \
+                         ack ({error}); the next delivery finds it ended"
+                    );
+                }
+            }
+            // Stopped without ending (this host stopping): handed back at
+            // once, for another host to run once this one has left.
+            (None, Some(message)) if !superseded => {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+            }
+            _ => {}
+        }
+        Ok(written.is_some())
+    }
+
+    async fn ended_here(&self, limit: usize) -> Result<Vec<StoredTask>> {
+        self.online()?;
+        let mut keys = self
+            .records
+            .keys()
+            .await
+            .context("cannot list the durable tasks' records")?;
+        let mut ended = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.context("cannot list the durable tasks' records")?;
+            let Some(seq) = key.strip_prefix("t.").and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            if let Some((task, _)) = self.read(seq).await?
+                && task.host == self.host
+                && !task.is_pending()
+            {
+                ended.push(task);
+            }
+        }
+        ended.sort_by_key(|t| (t.ended_ms, t.seq));
+        let skip = ended.len().saturating_sub(limit);
+        Ok(ended.split_off(skip))
+    }
+
+    async fn purge_ended_here(&self) -> Result<u64> {
+        let ended = self.ended_here(usize::MAX).await?;
+        for task in &ended {
+            if let Some(key) = &task.idempotency_key {
+                self.records.purge(idempotency_key(key)).await?;
+            }
+            self.records.purge(task_key(task.seq)).await?;
+        }
+        Ok(ended.len() as u64)
+    }
+
+    /// How many messages the stream holds: durable tasks not ended.
+    pub async fn queued(&self) -> Result<u64> {
+        let mut stream = self.stream.clone();
+        Ok(stream.info().await?.state.messages)
+    }
+}
+
+impl TaskStore for DurableQueue {
+    fn submit<'a>(&'a self, task: &'a NewTask) -> TaskStoreFuture<'a, Submitted> {
+        Box::pin(self.submit_task(task))
+    }
+
+    fn forget(&self, seq: u64) -> TaskStoreFuture<'_, ()> {
+        Box::pin(self.forget_task(seq))
+    }
+
+    fn attempt_started(&self, seq: u64, attempt: u32) -> TaskStoreFuture<'_, ()> {
+        Box::pin(self.started(seq, attempt))
+    }
+
+    fn cancel_requested(&self, seq: u64) -> TaskStoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.modify(seq, |task| {
+                if !task.is_pending() || task.cancel_requested {
+                    return Ok(false);
+                }
+                task.cancel_requested = true;
+                Ok(true)
+            })
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn ended<'a>(
+        &'a self,
+        seq: u64,
+        outcome: &'a Outcome,
+        stopped: bool,
+    ) -> TaskStoreFuture<'a, bool> {
+        Box::pin(self.ended_task(seq, outcome, stopped))
+    }
+
+    /// None at start: in a cluster an unfinished task comes back through
+    /// the queue (to this host or another), not from a list read at start.
+    fn unfinished(&self) -> TaskStoreFuture<'_, Vec<TaskRecord>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// The tasks this host ran that ended; reads every record (one KV get
+    /// each), so it is for the start, not for a hot path.
+    fn recently_ended(&self, limit: usize) -> TaskStoreFuture<'_, Vec<TaskRecord>> {
+        Box::pin(async move {
+            Ok(self
+                .ended_here(limit)
+                .await?
+                .iter()
+                .map(StoredTask::record)
+                .collect())
+        })
+    }
+
+    fn purge_ended(&self) -> TaskStoreFuture<'_, u64> {
+        Box::pin(self.purge_ended_here())
+    }
+}
+
+/// How long a fetch from this host's own consumer waits for a message.
+const FETCH_WAIT: Duration = Duration::from_secs(1);
+
+/// How many messages one fetch takes at most.
+const FETCH_BATCH: usize = 16;
+
+/// How often the list of hosts' consumers is read again.
+const CONSUMERS_EVERY: Duration = Duration::from_secs(5);
+
+/// Takes this host's durable tasks (and those of hosts gone from the
+/// cluster) from the queue, until the host stops.
+pub(super) fn run(
+    queue: Arc<DurableQueue>,
+    env: Arc<TaskEnv>,
+    members: Arc<Members>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut runner = Runner {
+            queue,
+            env,
+            members,
+            consumers: HashMap::new(),
+            hosts: Vec::new(),
+            hosts_read: None,
+            progress_at: Instant::now(),
+        };
+        runner.run().await;
+    })
+}
+
+struct Runner {
+    queue: Arc<DurableQueue>,
+    env: Arc<TaskEnv>,
+    members: Arc<Members>,
+    consumers: HashMap<String, jetstream::consumer::PullConsumer>,
+    /// The hosts with a consumer, as last read.
+    hosts: Vec<String>,
+    hosts_read: Option<Instant>,
+    progress_at: Instant,
+}
+
+impl Runner {
+    async fn run(&mut self) {
+        let me = self.queue.host.clone();
+        loop {
+            if self.env.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            if !super::online(&self.queue.client) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            if let Err(error) = self.take_from(&me, FETCH_WAIT).await {
+                tracing::debug!("durable queue: {error:#}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            for host in self.gone_hosts().await {
+                if let Err(error) = self.take_from(&host, Duration::ZERO).await {
+                    tracing::debug!("durable queue of host {host}: {error:#}");
+                }
+            }
+            if self.progress_at.elapsed() >= self.queue.ack_wait / 3 {
+                self.progress_at = Instant::now();
+                self.progress().await;
+            }
+        }
+    }
+
+    /// The hosts whose consumer exists but who are gone from the cluster
+    /// (known to be gone: this host has heard the cluster long enough).
+    async fn gone_hosts(&mut self) -> Vec<String> {
+        if !self.members.settled() {
+            return Vec::new();
+        }
+        if self.hosts_read.is_none_or(|at| at.elapsed() >= CONSUMERS_EVERY) {
+            self.hosts_read = Some(Instant::now());
+            let mut names = self.queue.stream.consumer_names();
+            let mut hosts = Vec::new();
+            while let Some(Ok(name)) = names.next().await {
+                if let Some(host) = name.strip_prefix("runner-") {
+                    hosts.push(host.to_string());
+                }
+            }
+            self.hosts = hosts;
+        }
+        let present: Vec<String> = self.members.present().into_iter().map(|b| b.host).collect();
+        self.hosts
+            .iter()
+            .filter(|h| **h != self.queue.host && !present.contains(h))
+            .cloned()
+            .collect()
+    }
+
+    /// Fetches what `host`'s consumer has for this host now, waiting up to
+    /// `wait` for the first message.
+    async fn take_from(&mut self, host: &str, wait: Duration) -> Result<()> {
+        let consumer = match self.consumers.get(host) {
+            Some(consumer) => consumer.clone(),
+            None => {
+                let consumer = self.queue.consumer(host).await?;
+                self.consumers.insert(host.to_string(), consumer.clone());
+                consumer
+            }
+        };
+        let mut messages = if wait.is_zero() {
+            consumer
+                .fetch()
+                .max_messages(FETCH_BATCH)
+                .messages()
+                .await
+                .map_err(|e| anyhow!("{e}"))?
+        } else {
+            consumer
+                .batch()
+                .max_messages(FETCH_BATCH)
+                .expires(wait)
+                .messages()
+                .await
+                .map_err(|e| anyhow!("{e}"))?
+        };
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| anyhow!("{e}"))?;
+            self.take(host, Arc::new(message)).await;
+        }
+        Ok(())
+    }
+
+    /// One delivered task: held if it runs here, acknowledged if it ended,
+    /// or claimed and run (again) here.
+    async fn take(&self, from: &str, message: Arc<jetstream::Message>) {
+        let (seq, delivered) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
+            Err(_) => return,
+        };
+        let queue = &self.queue;
+        let task = match queue.read(seq).await {
+            Ok(Some((task, _))) => task,
+            Ok(None) if delivered < 20 => {
+                // Its record is written right after its publish.
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+                    .await;
+                return;
+            }
+            Ok(None) => {
+                tracing::warn!("durable task {seq} has no record in the cluster: dropped");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
+            Err(error) => {
+                tracing::warn!("durable task {seq}: {error:#}; it comes back later");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+                return;
+            }
+        };
+        if !task.is_pending() {
+            let _ = message.ack().await;
+            return;
+        }
+        let running_here = task.host == queue.host
+            && queue.attempt_of(seq) == Some(task.attempt)
+            && self
+                .env
+                .durable_task(seq)
+                .is_some_and(|(_, handle)| !handle.is_ended());
+        if running_here {
+            queue.hold(seq, message.clone());
+            // It may have ended between the read and the hold, its end
+            // finding nothing to acknowledge.
+            if let Ok(Some((task, _))) = queue.read(seq).await
+                && !task.is_pending()
+                && let Some(message) = queue.release(seq)
+            {
+                let _ = message.ack().await;
+            }
+            return;
+        }
+        if task.cancel_requested {
+            self.end_here(
+                seq,
+                &message,
+                Outcome::Cancelled {
+                    stage: crate::task::CancelStage::Cooperative,
+                },
+            )
+            .await;
+            tracing::info!(
+                task = task.name,
+                host = task.host,
+                "durable task {} was cancelled while host {} ran it: recorded as cancelled, \
+                 not run again",
+                task.name,
+                task.host
+            );
+            return;
+        }
+        if delivered > queue.max_deliveries {
+            let error = format!(
+                "dead letter: delivered {delivered} times (max_deliveries = {}) without ending; \
+                 last run on host {} (attempt {})",
+                queue.max_deliveries, task.host, task.attempt
+            );
+            tracing::error!(task = task.name, "durable task {}: {error}", task.name);
+            self.end_here(seq, &message, Outcome::Failed { error }).await;
+            return;
+        }
+        queue.hold(seq, message.clone());
+        let name = task.name.clone();
+        let previous = task.host.clone();
+        let attempt = task.attempt + 1;
+        match crate::worker::run_handed_over(&self.env, task.record()).await {
+            Ok(_) => tracing::info!(
+                task = name,
+                attempt,
+                "durable task {name} had not ended on host {previous}: running it here \
+                 (attempt {attempt}, from the queue of host {from})"
+            ),
+            Err(error) => {
+                queue.release(seq);
+                queue.set_attempt(seq, None);
+                tracing::warn!(
+                    task = name,
+                    "durable task {name} cannot run here now ({error}); it goes back to the queue"
+                );
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await;
+            }
+        }
+    }
+
+    /// Records `outcome` for a task that does not run here, then
+    /// acknowledges it.
+    async fn end_here(&self, seq: u64, message: &jetstream::Message, outcome: Outcome) {
+        let written = self
+            .queue
+            .modify(seq, |task| {
+                if !task.is_pending() {
+                    return Ok(false);
+                }
+                task.end(&outcome);
+                Ok(true)
+            })
+            .await;
+        match written {
+            Ok(_) => {
+                let _ = message.ack().await;
+            }
+            Err(error) => {
+                tracing::warn!("durable task {seq}: cannot record its end ({error:#})");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+        }
+    }
+
+    /// Says "still running" for every task held here, and stops the copy of
+    /// a task another host took over (this host was away past `ack_wait`).
+    async fn progress(&self) {
+        let held: Vec<(u64, Arc<jetstream::Message>)> = self
+            .queue
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(seq, message)| (*seq, message.clone()))
+            .collect();
+        for (seq, message) in held {
+            let task = match self.queue.read(seq).await {
+                Ok(Some((task, _))) => task,
+                Ok(None) => continue,
+                Err(_) => {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                    continue;
+                }
+            };
+            let mine = self.queue.attempt_of(seq);
+            if !task.is_pending() {
+                if self.queue.release(seq).is_some() {
+                    let _ = message.ack().await;
+                }
+            } else if task.host != self.queue.host || mine != Some(task.attempt) {
+                self.queue.release(seq);
+                self.queue.set_attempt(seq, None);
+                if let Some((_, handle)) = self.env.durable_task(seq)
+                    && !handle.is_ended()
+                {
+                    tracing::warn!(
+                        task = task.name,
+                        "durable task {} runs on host {} now (attempt {}): this host was away \
+                         past ack_wait, so its copy stops",
+                        task.name,
+                        task.host,
+                        task.attempt
+                    );
+                    handle.cancel();
+                }
+            } else {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        }
+    }
+}
