@@ -288,6 +288,23 @@ impl Api {
         (response.status(), response.into_json().unwrap())
     }
 
+    /// POSTs `body` to `path`: the status and the answer, whatever the
+    /// status (an error's JSON body too).
+    pub fn post_any(&self, path: &str, body: Value) -> (u16, Value) {
+        match self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .set("Authorization", &self.bearer)
+            .send_json(body)
+        {
+            Ok(response) => (response.status(), response.into_json().unwrap()),
+            Err(ureq::Error::Status(status, response)) => {
+                (status, response.into_json().unwrap_or(Value::Null))
+            }
+            Err(error) => panic!("POST {path}: {error}"),
+        }
+    }
+
     /// GETs `path` as text (`/metrics`); panics unless the host answers
     /// 2xx.
     pub fn get_text(&self, path: &str) -> String {

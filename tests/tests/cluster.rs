@@ -488,7 +488,7 @@ fn when_nats_goes_away_local_work_goes_on_and_the_hosts_come_back() {
         args = { event = "jobs.*" }
     "#;
     let (a, mut running_a) = host(&nats, "outage", "a", 1, waiter);
-    let (b, running_b) = host(&nats, "outage", "b", 1, "");
+    let (b, mut running_b) = host(&nats, "outage", "b", 1, "");
     await_metric(&a, "taskhost_event_waiters", 1.0);
     for app in [&a, &b] {
         await_metric(app, "taskhost_cluster_hosts", 2.0);
@@ -498,10 +498,28 @@ fn when_nats_goes_away_local_work_goes_on_and_the_hosts_come_back() {
 
     // NATS dies: both hosts say they are degraded, and why, and go on
     // running their own work.
+    // A durable task on b, which ends while NATS is away.
+    ok(b.cli(&[
+        "add", "kit", "keyed_nap", "--args", r#"{"ms": 1500}"#, "--name", "through", "--durable",
+    ]));
+    running_b.wait_for(1, |l| l["event"] == "started" && l["task"] == "through");
     nats.kill();
     for app in [&a, &b] {
         await_health(app, "degraded");
     }
+    running_b.wait_for(1, |l| l["event"] == "done" && l["task"] == "through");
+    // A durable submission cannot be recorded now: 503, nothing started.
+    let (api_b, _) = Api::of(&b);
+    let (status, refused) = api_b.post_any(
+        "/v1/tasks",
+        json!({"plugin": "kit", "factory": "nap", "args": {"ms": 1}, "name": "later", "durable": true}),
+    );
+    assert_eq!(status, 503, "{refused}");
+    assert!(
+        refused.to_string().contains("NATS is unreachable"),
+        "{refused}"
+    );
+    assert!(!task_names(&b).contains(&"later".to_string()));
     let said = b.cli(&["health"]);
     assert_eq!(said.code, Some(1), "{}", said.dump());
     assert!(
@@ -532,6 +550,20 @@ fn when_nats_goes_away_local_work_goes_on_and_the_hosts_come_back() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     running_a.wait_for(1, |l| l["event"] == "done" && l["task"] == "w");
+    // The end of the durable task is recorded once NATS is back, and its
+    // message leaves the queue.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (queued, records) = durable_state(&nats, "outage");
+        if queued == 0 && records["through"]["state"] == "done" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{queued} queued: {records:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     for running in [running_a, running_b] {
         running.stop();
     }

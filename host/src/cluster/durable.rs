@@ -155,6 +155,9 @@ pub struct DurableQueue {
     mine: Mutex<HashMap<u64, u32>>,
     /// The messages of those tasks, delivered and not acknowledged yet.
     held: Mutex<HashMap<u64, Arc<jetstream::Message>>>,
+    /// Ends that could not be recorded (NATS was away), recorded once it
+    /// is back: outcome, and whether the task had been stopped.
+    unrecorded: Mutex<HashMap<u64, (Outcome, bool)>>,
 }
 
 impl DurableQueue {
@@ -197,6 +200,7 @@ impl DurableQueue {
             max_deliveries: config.max_deliveries,
             mine: Mutex::default(),
             held: Mutex::default(),
+            unrecorded: Mutex::default(),
         };
         queue.consumer(&config.host).await?;
         Ok(queue)
@@ -434,7 +438,45 @@ impl DurableQueue {
         Ok(())
     }
 
+    /// Records the end of `seq`, or, when NATS cannot take it now, keeps
+    /// it to record once NATS is back (the task stays held till then).
     async fn ended_task(&self, seq: u64, outcome: &Outcome, stopped: bool) -> Result<bool> {
+        match self.record_end(seq, outcome, stopped).await {
+            Ok(recorded) => Ok(recorded),
+            Err(error) => {
+                tracing::warn!(
+                    "durable task {seq} ended, but its end cannot be recorded in the cluster now \
+                     ({error:#}); it is recorded once NATS is back"
+                );
+                self.unrecorded
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(seq, (outcome.clone(), stopped));
+                Ok(false)
+            }
+        }
+    }
+
+    /// Records the ends kept while NATS was away.
+    async fn record_kept_ends(&self) {
+        let kept: Vec<(u64, (Outcome, bool))> = self
+            .unrecorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for (seq, (outcome, stopped)) in kept {
+            if let Err(error) = self.record_end(seq, &outcome, stopped).await {
+                tracing::debug!("durable task {seq}: its end still cannot be recorded: {error:#}");
+                self.unrecorded
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(seq, (outcome, stopped));
+            }
+        }
+    }
+
+    async fn record_end(&self, seq: u64, outcome: &Outcome, stopped: bool) -> Result<bool> {
         let attempt = self.attempt_of(seq);
         let host = self.host.clone();
         let mut superseded = false;
@@ -636,6 +678,7 @@ impl Runner {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
+            self.queue.record_kept_ends().await;
             if let Err(error) = self.take_from(&me, FETCH_WAIT).await {
                 tracing::debug!("durable queue: {error:#}");
                 tokio::time::sleep(Duration::from_millis(250)).await;
