@@ -209,7 +209,9 @@ impl Application {
             let served = async {
                 cluster.serve("tasks", submissions).await?;
                 let api = crate::control::ClusterApi::new(host.clone())?;
-                cluster.serve("api", Arc::new(api)).await
+                cluster.serve("api", Arc::new(api)).await?;
+                cluster.watch_plugins(Arc::new(crate::control::HostPlugins(host.clone())));
+                anyhow::Ok(())
             };
             if let Err(error) = served.await {
                 host.shutdown(false).await;

@@ -484,7 +484,30 @@ impl Host {
     /// that does not compile or does not fit the world is refused and the
     /// old version keeps serving.
     pub async fn load_plugin(&self, name: &str, path: &Path) -> Result<Arc<Plugin>, LoadError> {
-        let plugin = match self.loader.load(name, path).await {
+        let loaded = self.loader.load(name, path).await;
+        self.install_plugin(name, path, loaded)
+    }
+
+    /// [`Host::load_plugin`] for a component in memory (a cluster's
+    /// roll-out); `from` names where it came from.
+    pub async fn load_plugin_bytes(
+        &self,
+        name: &str,
+        from: &Path,
+        bytes: Vec<u8>,
+    ) -> Result<Arc<Plugin>, LoadError> {
+        let loaded = self.loader.load_component(name, from, bytes).await;
+        self.install_plugin(name, from, loaded)
+    }
+
+    /// Swaps a loaded build in, or says why it was refused.
+    fn install_plugin(
+        &self,
+        name: &str,
+        path: &Path,
+        loaded: Result<Plugin, LoadError>,
+    ) -> Result<Arc<Plugin>, LoadError> {
+        let plugin = match loaded {
             Ok(plugin) => Arc::new(plugin),
             Err(error) => {
                 self.refuse_plugin(name, path, &error);

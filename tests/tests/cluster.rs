@@ -500,7 +500,14 @@ fn when_nats_goes_away_local_work_goes_on_and_the_hosts_come_back() {
     // running their own work.
     // A durable task on b, which ends while NATS is away.
     ok(b.cli(&[
-        "add", "kit", "keyed_nap", "--args", r#"{"ms": 1500}"#, "--name", "through", "--durable",
+        "add",
+        "kit",
+        "keyed_nap",
+        "--args",
+        r#"{"ms": 1500}"#,
+        "--name",
+        "through",
+        "--durable",
     ]));
     running_b.wait_for(1, |l| l["event"] == "started" && l["task"] == "through");
     nats.kill();
@@ -650,7 +657,14 @@ fn a_durable_task_outlives_its_host_and_a_cancelled_one_is_not_run_again() {
     // Two durable tasks on a: one to finish elsewhere, one that a cancel
     // cannot stop at once (pure computation, forced only after the grace).
     ok(a.cli(&[
-        "add", "kit", "keyed_nap", "--args", r#"{"ms": 5000}"#, "--name", "job", "--durable",
+        "add",
+        "kit",
+        "keyed_nap",
+        "--args",
+        r#"{"ms": 5000}"#,
+        "--name",
+        "job",
+        "--durable",
     ]));
     ok(a.cli(&[
         "add",
@@ -672,10 +686,18 @@ fn a_durable_task_outlives_its_host_and_a_cancelled_one_is_not_run_again() {
     // The cancel of `stuck` is recorded before it is sent; the task goes
     // on computing, and its host dies before it ends.
     let cancel = a.cli(&["cancel", "stuck", "--timeout-ms", "200"]);
-    assert_ne!(cancel.code, Some(0), "it cannot have ended: {}", cancel.dump());
+    assert_ne!(
+        cancel.code,
+        Some(0),
+        "it cannot have ended: {}",
+        cancel.dump()
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while durable_state(&nats, "durable").1["stuck"]["cancel_requested"] != true {
-        assert!(std::time::Instant::now() < deadline, "the cancel was never recorded");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cancel was never recorded"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     running_a.signal("KILL");
@@ -713,4 +735,106 @@ fn a_durable_task_outlives_its_host_and_a_cancelled_one_is_not_run_again() {
     assert_eq!(records["stuck"]["state"], "cancelled", "{records:?}");
     assert_eq!(records["stuck"]["attempt"], 1, "{records:?}");
     running_b.stop();
+}
+
+/// The build plugin `plugin` serves on `app`'s host.
+fn serving_build(app: &TestApp, plugin: &str) -> String {
+    let builds = ok(app.cli(&["plugins", "--json"]));
+    let builds: Value = serde_json::from_str(builds.stdout.trim()).unwrap();
+    builds
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == plugin && b["state"] == "serving")
+        .unwrap_or_else(|| panic!("no serving build of {plugin}: {builds}"))["version"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_build_loaded_with_cluster_runs_on_every_host_and_a_bad_digest_nowhere() {
+    let nats = NatsServer::start();
+    // `roll` starts as the greeter; the testkit is rolled out in its place.
+    let roll = r#"
+        [plugins.roll]
+        path = "{greeter}"
+    "#;
+    let mut hosts: Vec<(TestApp, Running)> = ["a", "b"]
+        .into_iter()
+        .map(|name| host(&nats, "rollout", name, 1, roll))
+        .collect();
+    for (app, _) in &hosts {
+        await_metric(app, "taskhost_cluster_hosts", 2.0);
+    }
+    let greeter_build = serving_build(&hosts[0].0, "roll");
+    let testkit = taskhost_tests::plugin("testkit");
+    let loaded = ok(hosts[0].0.cli(&[
+        "load",
+        "roll",
+        testkit.to_str().unwrap(),
+        "--cluster",
+        "--json",
+    ]));
+    let loaded: Value = serde_json::from_str(loaded.stdout.trim()).unwrap();
+    let new_build = loaded["version"].as_str().unwrap().to_string();
+    assert_ne!(new_build, greeter_build);
+    let said: Vec<(&str, &str)> = loaded["rollout"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["host"].as_str().unwrap(), h["build"].as_str().unwrap()))
+        .collect();
+    assert_eq!(said, [("a", &*new_build), ("b", &*new_build)], "{loaded}");
+    // It runs on every host: a factory only the new build has.
+    for (app, running) in &mut hosts {
+        assert_eq!(serving_build(app, "roll"), new_build);
+        ok(app.cli(&["add", "roll", "identity", "--name", "new-build"]));
+        running.wait_for(1, |l| l["event"] == "done" && l["task"] == "new-build");
+    }
+    // A host that joins later loads the rolled-out build at its start.
+    let (c, mut running_c) = host(&nats, "rollout", "c", 1, roll);
+    running_c.wait_for(1, |l| {
+        l["event"] == "plugin_loaded" && l["version"].as_str() == Some(&*new_build)
+    });
+    assert_eq!(serving_build(&c, "roll"), new_build);
+    hosts.push((c, running_c));
+
+    // An object whose bytes do not match the digest it was put with (a
+    // build damaged after its digest was taken: the greeter's bytes, the
+    // digest of those bytes with one changed) is refused by every host,
+    // and the rolled-out build keeps serving.
+    let greeter = std::fs::read(taskhost_tests::plugin("greeter")).unwrap();
+    let mut damaged = greeter.clone();
+    *damaged.last_mut().unwrap() ^= 1;
+    let claimed = taskhost::cluster::rollout::digest_of(&damaged);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(&nats.url).await.unwrap();
+        let store = async_nats::jetstream::new(client)
+            .get_object_store("rollout-plugins")
+            .await
+            .unwrap();
+        let meta = async_nats::jetstream::object_store::ObjectMetadata {
+            name: "roll".into(),
+            metadata: [("digest".to_string(), claimed.clone())].into(),
+            ..Default::default()
+        };
+        store.put(meta, &mut greeter.as_slice()).await.unwrap();
+    });
+    for (app, running) in &mut hosts {
+        running.wait_for(1, |l| {
+            l["event"] == "plugin_refused"
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("does not match its digest"))
+        });
+        assert_eq!(serving_build(app, "roll"), new_build);
+    }
+    for (_, running) in hosts {
+        running.stop();
+    }
 }

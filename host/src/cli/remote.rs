@@ -202,8 +202,15 @@ pub(crate) enum Verb {
         path: std::path::PathBuf,
         /// Also restart the plugin's startup tasks (from app.toml) on the
         /// new build: each is cancelled and started again.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cluster")]
         restart_tasks: bool,
+        /// Roll the build out to every host of the cluster: loaded on this
+        /// host first (a build it refuses goes nowhere), then put in the
+        /// cluster's object store, from which every host (and every host
+        /// that joins later) loads it after checking its digest. Prints
+        /// what each host did; exits 1 if any refused it or did not say.
+        #[arg(long)]
+        cluster: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -564,6 +571,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             plugin,
             path,
             restart_tasks,
+            cluster,
             common,
         } => {
             let path = std::path::absolute(&path).unwrap_or(path);
@@ -573,6 +581,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                     &LoadRequest {
                         path,
                         restart_tasks,
+                        cluster,
                     },
                 )
                 .await?;
@@ -588,6 +597,33 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 if restart_tasks {
                     outln!("restarted {} startup task(s)", loaded.restarted);
                 }
+                for host in &loaded.rollout {
+                    match (&host.build, &host.error) {
+                        (Some(build), None) => {
+                            outln!("host {}: serves {}", clean(&host.host), clean(build))
+                        }
+                        (build, error) => outln!(
+                            "host {}: refused ({}); serves {}",
+                            clean(&host.host),
+                            clean(error.as_deref().unwrap_or("no reason given")),
+                            clean(build.as_deref().unwrap_or("no build"))
+                        ),
+                    }
+                }
+            }
+            let refused: Vec<&str> = loaded
+                .rollout
+                .iter()
+                .filter(|h| h.error.is_some())
+                .map(|h| h.host.as_str())
+                .collect();
+            if !refused.is_empty() {
+                return Err(ClientError::Refused(format!(
+                    "plugin {} {} was not loaded on host(s) {}",
+                    clean(&loaded.name),
+                    clean(&loaded.version),
+                    clean(&refused.join(", "))
+                )));
             }
         }
     }

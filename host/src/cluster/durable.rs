@@ -29,9 +29,7 @@
 use super::members::Members;
 use crate::config::{ClusterConfig, RetrySpec};
 use crate::storage::tasks::{outcome_columns, outcome_from_columns};
-use crate::storage::{
-    NewTask, Submitted, TaskRecord, TaskStore, TaskStoreFuture, Unavailable,
-};
+use crate::storage::{NewTask, Submitted, TaskRecord, TaskStore, TaskStoreFuture, Unavailable};
 use crate::task::{Outcome, WorkerId};
 use crate::worker::TaskEnv;
 use anyhow::{Context, Result, anyhow, bail};
@@ -701,7 +699,10 @@ impl Runner {
         if !self.members.settled() {
             return Vec::new();
         }
-        if self.hosts_read.is_none_or(|at| at.elapsed() >= CONSUMERS_EVERY) {
+        if self
+            .hosts_read
+            .is_none_or(|at| at.elapsed() >= CONSUMERS_EVERY)
+        {
             self.hosts_read = Some(Instant::now());
             let mut names = self.queue.stream.consumer_names();
             let mut hosts = Vec::new();
@@ -832,7 +833,8 @@ impl Runner {
                 queue.max_deliveries, task.host, task.attempt
             );
             tracing::error!(task = task.name, "durable task {}: {error}", task.name);
-            self.end_here(seq, &message, Outcome::Failed { error }).await;
+            self.end_here(seq, &message, Outcome::Failed { error })
+                .await;
             return;
         }
         queue.hold(seq, message.clone());

@@ -14,6 +14,7 @@ mod events;
 pub mod members;
 pub mod names;
 pub mod requests;
+pub mod rollout;
 pub mod storage;
 pub mod ticks;
 
@@ -62,6 +63,8 @@ pub struct Cluster {
     ticks: Arc<ticks::Ticks>,
     /// Durable tasks, on JetStream.
     durable: Arc<durable::DurableQueue>,
+    /// Plugins rolled out to every host.
+    rollout: Arc<rollout::Rollout>,
     /// What runs for the cluster: the events' bridges, the heartbeat,
     /// the request servers.
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -107,6 +110,11 @@ impl Cluster {
                 .await
                 .with_context(|| format!("{}: [cluster]", file.display()))?,
         );
+        let rollout = Arc::new(
+            rollout::Rollout::open(&client, config)
+                .await
+                .with_context(|| format!("{}: [cluster]", file.display()))?,
+        );
         tracing::info!(
             cluster = config.name,
             host = config.host,
@@ -123,6 +131,7 @@ impl Cluster {
             names,
             ticks,
             durable,
+            rollout,
             tasks: Mutex::new(tasks),
         })
     }
@@ -196,6 +205,21 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(runner);
+    }
+
+    /// The cluster's store of rolled-out plugins.
+    pub fn rollout(&self) -> Arc<rollout::Rollout> {
+        self.rollout.clone()
+    }
+
+    /// Starts loading what is rolled out to the cluster into `sink` (the
+    /// latest build of each rolled-out plugin first).
+    pub fn watch_plugins(&self, sink: Arc<dyn rollout::PluginSink>) {
+        let watch = rollout::watch(self.rollout.clone(), sink);
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(watch);
     }
 
     /// Frees this host's names, sends what is queued (a bounded wait),

@@ -195,6 +195,21 @@ pub struct LoadRequest {
     /// Restart the plugin's startup tasks on the new build.
     #[serde(default)]
     pub restart_tasks: bool,
+    /// Roll the build out to every host of the cluster (loaded here first,
+    /// then put in the cluster's object store for the others).
+    #[serde(default)]
+    pub cluster: bool,
+}
+
+/// What one host of the cluster did with a rolled-out build.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostBuild {
+    pub host: String,
+    /// The build it serves now; none if it did not answer in time.
+    pub build: Option<String>,
+    /// Why it refused the new build (the old one keeps serving there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The answer to `PUT /v1/plugins/{name}`.
@@ -205,6 +220,9 @@ pub struct Loaded {
     pub path: PathBuf,
     /// Startup tasks restarted on the new build.
     pub restarted: usize,
+    /// With `cluster`: what each host present did with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollout: Vec<HostBuild>,
 }
 
 /// Every error: `{"error": {"kind", "message"}}` with a 4xx/5xx status.

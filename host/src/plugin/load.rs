@@ -100,6 +100,20 @@ impl PluginLoader {
             .map_err(LoadError::Refused)
     }
 
+    /// [`PluginLoader::load`] for a component already in memory (a
+    /// cluster's roll-out); `from` names where it came from.
+    pub async fn load_component(
+        &self,
+        name: &str,
+        from: &Path,
+        bytes: Vec<u8>,
+    ) -> Result<Plugin, LoadError> {
+        check_plugin_name(name).map_err(LoadError::Refused)?;
+        self.load_bytes(name, from, bytes)
+            .await
+            .map_err(LoadError::Refused)
+    }
+
     /// [`PluginLoader::load`] once the file is read.
     async fn load_bytes(&self, name: &str, path: &Path, bytes: Vec<u8>) -> Result<Plugin> {
         let file = path.display();

@@ -14,7 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 fn storage_error(error: anyhow::Error) -> AddTaskError {
-    if error.downcast_ref::<crate::storage::Unavailable>().is_some() {
+    if error
+        .downcast_ref::<crate::storage::Unavailable>()
+        .is_some()
+    {
         return AddTaskError::Unavailable(format!("{error:#}"));
     }
     AddTaskError::Storage(format!("{error:#}"))
