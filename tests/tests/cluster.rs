@@ -838,3 +838,54 @@ fn a_build_loaded_with_cluster_runs_on_every_host_and_a_bad_digest_nowhere() {
         running.stop();
     }
 }
+
+#[test]
+fn a_host_paused_past_ack_wait_stops_its_copy_of_a_task_rerun_elsewhere() {
+    let nats = NatsServer::start();
+    let (a, mut running_a) = host_with(&nats, "paused", "a", 1, "", "ack_wait_ms = 2000", "");
+    let (b, mut running_b) = host_with(&nats, "paused", "b", 1, "", "ack_wait_ms = 2000", "");
+    for app in [&a, &b] {
+        await_metric(app, "taskhost_cluster_hosts", 2.0);
+    }
+    // Attempt 1 hangs; attempt 2 returns at once.
+    ok(a.cli(&[
+        "add",
+        "kit",
+        "flaky",
+        "--args",
+        r#"{"fail_times": 1, "hang": true}"#,
+        "--name",
+        "held",
+        "--durable",
+    ]));
+    running_a.wait_for(1, |l| l["event"] == "started" && l["task"] == "held");
+
+    // a stops answering (SIGSTOP): b runs the task again and it ends there.
+    running_a.signal("STOP");
+    running_b.wait_for(1, |l| l["event"] == "done" && l["task"] == "held");
+    let done = running_b
+        .seen()
+        .iter()
+        .find(|l| l["event"] == "done" && l["task"] == "held")
+        .unwrap()
+        .clone();
+    assert_eq!(done["result"], "2", "{done}");
+
+    // a wakes up, finds the task claimed by b, and stops its own copy
+    // without recording anything for it.
+    running_a.signal("CONT");
+    running_a.wait_for(1, |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("held runs on host b now (attempt 2)"))
+    });
+    running_a.wait_for(1, |l| l["event"] == "cancelled" && l["task"] == "held");
+    let (queued, records) = durable_state(&nats, "paused");
+    assert_eq!(queued, 0, "{records:?}");
+    assert_eq!(records["held"]["state"], "done", "{records:?}");
+    assert_eq!(records["held"]["host"], "b", "{records:?}");
+    assert_eq!(records["held"]["attempt"], 2, "{records:?}");
+    for running in [running_a, running_b] {
+        running.stop();
+    }
+}

@@ -634,25 +634,44 @@ const FETCH_BATCH: usize = 16;
 const CONSUMERS_EVERY: Duration = Duration::from_secs(5);
 
 /// Takes this host's durable tasks (and those of hosts gone from the
-/// cluster) from the queue, until the host stops.
+/// cluster) from the queue, and says "still running" for those it runs,
+/// until the host stops. Two loops: a fetch that stalls must not stop the
+/// progress acks.
 pub(super) fn run(
     queue: Arc<DurableQueue>,
     env: Arc<TaskEnv>,
     members: Arc<Members>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut runner = Runner {
-            queue,
-            env,
-            members,
-            consumers: HashMap::new(),
-            hosts: Vec::new(),
-            hosts_read: None,
-            progress_at: Instant::now(),
-        };
-        runner.run().await;
-    })
+) -> Vec<JoinHandle<()>> {
+    let fetch = tokio::spawn({
+        let (queue, env) = (queue.clone(), env.clone());
+        async move {
+            let mut runner = Runner {
+                queue,
+                env,
+                members,
+                consumers: HashMap::new(),
+                hosts: Vec::new(),
+                hosts_read: None,
+            };
+            runner.run().await;
+        }
+    });
+    let progress = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(queue.ack_wait / 3);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if super::online(&queue.client) {
+                progress(&queue, &env).await;
+            }
+        }
+    });
+    vec![fetch, progress]
 }
+
+/// How long one fetch may take beyond its own wait before it is given up
+/// (a lost end-of-batch must not stall the queue).
+const FETCH_SLACK: Duration = Duration::from_secs(5);
 
 struct Runner {
     queue: Arc<DurableQueue>,
@@ -662,7 +681,6 @@ struct Runner {
     /// The hosts with a consumer, as last read.
     hosts: Vec<String>,
     hosts_read: Option<Instant>,
-    progress_at: Instant,
 }
 
 impl Runner {
@@ -677,20 +695,22 @@ impl Runner {
                 continue;
             }
             self.queue.record_kept_ends().await;
-            if let Err(error) = self.take_from(&me, FETCH_WAIT).await {
+            if let Err(error) = self.take_within(&me, FETCH_WAIT).await {
                 tracing::debug!("durable queue: {error:#}");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             for host in self.gone_hosts().await {
-                if let Err(error) = self.take_from(&host, Duration::ZERO).await {
+                if let Err(error) = self.take_within(&host, Duration::ZERO).await {
                     tracing::debug!("durable queue of host {host}: {error:#}");
                 }
             }
-            if self.progress_at.elapsed() >= self.queue.ack_wait / 3 {
-                self.progress_at = Instant::now();
-                self.progress().await;
-            }
         }
+    }
+
+    async fn take_within(&mut self, host: &str, wait: Duration) -> Result<()> {
+        tokio::time::timeout(wait + FETCH_SLACK, self.take_from(host, wait))
+            .await
+            .map_err(|_| anyhow!("a fetch from the consumer of host {host} stalled"))?
     }
 
     /// The hosts whose consumer exists but who are gone from the cluster
@@ -837,19 +857,30 @@ impl Runner {
                 .await;
             return;
         }
-        queue.hold(seq, message.clone());
         let name = task.name.clone();
         let previous = task.host.clone();
         let attempt = task.attempt + 1;
         match crate::worker::run_handed_over(&self.env, task.record()).await {
-            Ok(_) => tracing::info!(
-                task = name,
-                attempt,
-                "durable task {name} had not ended on host {previous}: running it here \
-                 (attempt {attempt}, from the queue of host {from})"
-            ),
+            Ok(_) => {
+                tracing::info!(
+                    task = name,
+                    attempt,
+                    "durable task {name} had not ended on host {previous}: running it here \
+                     (attempt {attempt}, from the queue of host {from})"
+                );
+                // Held once the record names this host (a progress check
+                // in between would take it for another host's), and
+                // acknowledged here if it ended before it was held.
+                queue.hold(seq, message.clone());
+                if let Ok(Some((task, _))) = queue.read(seq).await
+                    && !task.is_pending()
+                    && task.host == queue.host
+                    && let Some(message) = queue.release(seq)
+                {
+                    let _ = message.ack().await;
+                }
+            }
             Err(error) => {
-                queue.release(seq);
                 queue.set_attempt(seq, None);
                 tracing::warn!(
                     task = name,
@@ -887,51 +918,53 @@ impl Runner {
             }
         }
     }
+}
 
-    /// Says "still running" for every task held here, and stops the copy of
-    /// a task another host took over (this host was away past `ack_wait`).
-    async fn progress(&self) {
-        let held: Vec<(u64, Arc<jetstream::Message>)> = self
-            .queue
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(seq, message)| (*seq, message.clone()))
-            .collect();
-        for (seq, message) in held {
-            let task = match self.queue.read(seq).await {
-                Ok(Some((task, _))) => task,
-                Ok(None) => continue,
-                Err(_) => {
-                    let _ = message.ack_with(AckKind::Progress).await;
-                    continue;
-                }
-            };
-            let mine = self.queue.attempt_of(seq);
-            if !task.is_pending() {
-                if self.queue.release(seq).is_some() {
-                    let _ = message.ack().await;
-                }
-            } else if task.host != self.queue.host || mine != Some(task.attempt) {
-                self.queue.release(seq);
-                self.queue.set_attempt(seq, None);
-                if let Some((_, handle)) = self.env.durable_task(seq)
-                    && !handle.is_ended()
-                {
-                    tracing::warn!(
-                        task = task.name,
-                        "durable task {} runs on host {} now (attempt {}): this host was away \
-                         past ack_wait, so its copy stops",
-                        task.name,
-                        task.host,
-                        task.attempt
-                    );
-                    handle.cancel();
-                }
-            } else {
+/// Says "still running" for every task held here, and stops the copy of
+/// a task another host took over (this host was away past `ack_wait`).
+async fn progress(queue: &DurableQueue, env: &TaskEnv) {
+    let held: Vec<(u64, Arc<jetstream::Message>)> = queue
+        .held
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(seq, message)| (*seq, message.clone()))
+        .collect();
+    for (seq, message) in held {
+        let task = match queue.read(seq).await {
+            Ok(Some((task, _))) => task,
+            Ok(None) => continue,
+            Err(_) => {
                 let _ = message.ack_with(AckKind::Progress).await;
+                continue;
             }
+        };
+        let mine = queue.attempt_of(seq);
+        // Claimed by another host since this one started it: whether that
+        // one is still running it or has ended it, this copy stops.
+        let superseded = task.host != queue.host || mine.is_some_and(|m| m != task.attempt);
+        if !superseded && !task.is_pending() {
+            if queue.release(seq).is_some() {
+                let _ = message.ack().await;
+            }
+        } else if superseded {
+            queue.release(seq);
+            queue.set_attempt(seq, None);
+            if let Some((_, handle)) = env.durable_task(seq)
+                && !handle.is_ended()
+            {
+                tracing::warn!(
+                    task = task.name,
+                    "durable task {} runs on host {} now (attempt {}): this host was away \
+                         past ack_wait, so its copy stops",
+                    task.name,
+                    task.host,
+                    task.attempt
+                );
+                handle.cancel();
+            }
+        } else {
+            let _ = message.ack_with(AckKind::Progress).await;
         }
     }
 }

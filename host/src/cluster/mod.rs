@@ -200,11 +200,11 @@ impl Cluster {
     /// hold them while they run, or to run them again after a restart) and
     /// those of hosts gone from the cluster. Called once the workers run.
     pub fn run_durable(&self, env: Arc<TaskEnv>) {
-        let runner = durable::run(self.durable.clone(), env, self.members.clone());
+        let runners = durable::run(self.durable.clone(), env, self.members.clone());
         self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(runner);
+            .extend(runners);
     }
 
     /// The cluster's store of rolled-out plugins.
