@@ -126,6 +126,7 @@ impl Host {
             Some(cluster) => Arc::new(crate::cluster::storage::ClusterStorage::new(
                 storage,
                 cluster.durable(),
+                cluster.kv(),
             )),
             None => storage,
         });

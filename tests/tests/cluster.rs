@@ -889,3 +889,140 @@ fn a_host_paused_past_ack_wait_stops_its_copy_of_a_task_rerun_elsewhere() {
         running.stop();
     }
 }
+
+/// Adds testkit's `kv` task `name` with `args` on `app`'s host and returns
+/// its `done` result, or its `failed` error as `Err`.
+fn kv_on(app: &TestApp, running: &mut Running, name: &str, args: Value) -> Result<Value, String> {
+    ok(app.cli(&[
+        "add",
+        "kit",
+        "kv",
+        "--args",
+        &args.to_string(),
+        "--name",
+        name,
+    ]));
+    running.wait_for(1, |l| {
+        (l["event"] == "done" || l["event"] == "failed") && l["task"] == name
+    });
+    let line = running
+        .seen()
+        .iter()
+        .find(|l| (l["event"] == "done" || l["event"] == "failed") && l["task"] == name)
+        .unwrap();
+    if line["event"] == "done" {
+        Ok(serde_json::from_str(line["result"].as_str().unwrap()).unwrap())
+    } else {
+        Err(line["error"].as_str().unwrap().to_string())
+    }
+}
+
+#[test]
+fn key_value_state_is_one_store_for_every_host_and_its_limits_hold_there() {
+    let nats = NatsServer::start();
+    let limits = "[limits]\nkv_keys_per_bucket = 3";
+    let (a, mut running_a) = host_with(&nats, "state", "a", 2, limits, "", "");
+    let (b, mut running_b) = host_with(&nats, "state", "b", 2, limits, "", "");
+    for app in [&a, &b] {
+        await_metric(app, "taskhost_cluster_hosts", 2.0);
+    }
+
+    // Four workers on two hosts add 1 to one key 100 times each, through
+    // compare-and-swap on JetStream: none of the 400 is lost.
+    ok(a.cli(&[
+        "add",
+        "kit",
+        "kv",
+        "--args",
+        r#"{"bucket": "c", "op": "increment", "key": "n", "times": 100}"#,
+        "--name",
+        "count",
+        "--all-workers",
+        "--host",
+        "all",
+    ]));
+    for running in [&mut running_a, &mut running_b] {
+        running.wait_for(2, |l| l["event"] == "done" && l["task"] == "count");
+    }
+    let read = ok(b.cli(&["kv", "get", "kit/c", "n"]));
+    assert_eq!(read.stdout.trim(), "400", "{}", read.dump());
+    assert_eq!(
+        kv_on(
+            &a,
+            &mut running_a,
+            "read-n",
+            json!({"bucket": "c", "op": "get", "key": "n"})
+        ),
+        Ok(json!(400))
+    );
+
+    // The key limit holds across hosts: two keys from a, one from b, and a
+    // fourth from a is refused.
+    let set =
+        |key: &str, value: i64| json!({"bucket": "m", "op": "set", "key": key, "value": value});
+    assert_eq!(
+        kv_on(
+            &a,
+            &mut running_a,
+            "xy",
+            json!({"bucket": "m", "op": "set_many", "key": "x,y", "value": 1})
+        ),
+        Ok(json!(true))
+    );
+    assert_eq!(kv_on(&b, &mut running_b, "z", set("z", 1)), Ok(json!(true)));
+    let refused = kv_on(&a, &mut running_a, "w", set("w", 1)).unwrap_err();
+    assert!(
+        refused.contains("bucket kit/m may be at most 3 keys")
+            && refused.contains("kv_keys_per_bucket"),
+        "{refused}"
+    );
+    // A batch over the limit writes nothing, not even the key it only
+    // overwrites.
+    let refused = kv_on(
+        &b,
+        &mut running_b,
+        "zv",
+        json!({"bucket": "m", "op": "set_many", "key": "z,v", "value": 2}),
+    )
+    .unwrap_err();
+    assert!(refused.contains("kv_keys_per_bucket"), "{refused}");
+    assert_eq!(
+        kv_on(
+            &a,
+            &mut running_a,
+            "read-z",
+            json!({"bucket": "m", "op": "get", "key": "z"})
+        ),
+        Ok(json!(1))
+    );
+    // Deleting frees the keys' room at once, on every host.
+    assert_eq!(
+        kv_on(
+            &b,
+            &mut running_b,
+            "del",
+            json!({"bucket": "m", "op": "delete_many", "key": "x,y"})
+        ),
+        Ok(json!(true))
+    );
+    assert_eq!(
+        kv_on(&a, &mut running_a, "w2", set("w", 2)),
+        Ok(json!(true))
+    );
+    let keys = ok(a.cli(&["kv", "list", "kit/m", "--json"]));
+    let keys: Value = serde_json::from_str(keys.stdout.trim()).unwrap();
+    assert_eq!(keys, json!(["w", "z"]));
+    let buckets = ok(b.cli(&["kv", "list", "--json"]));
+    let buckets: Value = serde_json::from_str(buckets.stdout.trim()).unwrap();
+    let listed: Vec<(&str, u64)> = buckets
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["bucket"].as_str().unwrap(), b["keys"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(listed, [("kit/c", 1), ("kit/m", 2)], "{buckets}");
+
+    for running in [running_a, running_b] {
+        running.stop();
+    }
+}

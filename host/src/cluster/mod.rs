@@ -11,6 +11,7 @@
 
 pub mod durable;
 mod events;
+pub mod kv;
 pub mod members;
 pub mod names;
 pub mod requests;
@@ -65,6 +66,8 @@ pub struct Cluster {
     durable: Arc<durable::DurableQueue>,
     /// Plugins rolled out to every host.
     rollout: Arc<rollout::Rollout>,
+    /// Key-value state, on JetStream KV.
+    kv: Arc<kv::ClusterKv>,
     /// What runs for the cluster: the events' bridges, the heartbeat,
     /// the request servers.
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -99,7 +102,7 @@ impl Cluster {
                 .await
                 .with_context(|| format!("{}: [cluster]", file.display()))?,
         );
-        tasks.push(names::sweeper(names.clone(), members.clone(), env));
+        tasks.push(names::sweeper(names.clone(), members.clone(), env.clone()));
         let ticks = Arc::new(
             ticks::Ticks::open(&client, config)
                 .await
@@ -115,6 +118,11 @@ impl Cluster {
                 .await
                 .with_context(|| format!("{}: [cluster]", file.display()))?,
         );
+        let kv = Arc::new(kv::ClusterKv::new(
+            &client,
+            config,
+            crate::storage::KvLimits::from(&env.app.limits),
+        ));
         tracing::info!(
             cluster = config.name,
             host = config.host,
@@ -132,6 +140,7 @@ impl Cluster {
             ticks,
             durable,
             rollout,
+            kv,
             tasks: Mutex::new(tasks),
         })
     }
@@ -205,6 +214,11 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(runners);
+    }
+
+    /// The cluster's key-value state.
+    pub fn kv(&self) -> Arc<kv::ClusterKv> {
+        self.kv.clone()
     }
 
     /// The cluster's store of rolled-out plugins.

@@ -1,9 +1,11 @@
 //! The host's storage in a cluster: durable tasks on the cluster's
-//! JetStream queue ([`super::durable`]), so they outlive their host; the
-//! rest (key-value state, schedules' progress) in the host's own database
-//! for now (docs/cluster.md says what that means).
+//! JetStream queue ([`super::durable`]), so they outlive their host, and
+//! key-value state in JetStream KV ([`super::kv`]), so every host sees it;
+//! schedules' progress stays in the host's own database, since each tick
+//! is claimed in the cluster anyway (`super::ticks`).
 
 use super::durable::DurableQueue;
+use super::kv::ClusterKv;
 use crate::storage::{
     BucketId, BucketStats, KeyPage, KvFuture, KvStore, NewTask, ScheduleMark, ScheduleStore,
     Storage, Submitted, Swap, TaskRecord, TaskStore, TaskStoreFuture, Versioned,
@@ -11,15 +13,21 @@ use crate::storage::{
 use crate::task::Outcome;
 use std::sync::Arc;
 
-/// Durable tasks in the cluster, everything else in `local`.
+/// Durable tasks and key-value state in the cluster, schedules' progress
+/// in `local`.
 pub struct ClusterStorage {
     local: Arc<dyn Storage>,
     tasks: Arc<DurableQueue>,
+    kv: Arc<ClusterKv>,
 }
 
 impl ClusterStorage {
-    pub fn new(local: Arc<dyn Storage>, tasks: Arc<DurableQueue>) -> ClusterStorage {
-        ClusterStorage { local, tasks }
+    pub fn new(
+        local: Arc<dyn Storage>,
+        tasks: Arc<DurableQueue>,
+        kv: Arc<ClusterKv>,
+    ) -> ClusterStorage {
+        ClusterStorage { local, tasks, kv }
     }
 }
 
@@ -57,20 +65,20 @@ impl TaskStore for ClusterStorage {
 
 impl KvStore for ClusterStorage {
     fn get<'a>(&'a self, bucket: &'a BucketId, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>> {
-        self.local.get(bucket, key)
+        self.kv.get(bucket, key)
     }
     fn get_versioned<'a>(
         &'a self,
         bucket: &'a BucketId,
         key: &'a str,
     ) -> KvFuture<'a, Option<Versioned>> {
-        self.local.get_versioned(bucket, key)
+        self.kv.get_versioned(bucket, key)
     }
     fn set<'a>(&'a self, bucket: &'a BucketId, key: &'a str, value: &'a [u8]) -> KvFuture<'a, ()> {
-        self.local.set(bucket, key, value)
+        self.kv.set(bucket, key, value)
     }
     fn delete<'a>(&'a self, bucket: &'a BucketId, key: &'a str) -> KvFuture<'a, bool> {
-        self.local.delete(bucket, key)
+        self.kv.delete(bucket, key)
     }
     fn list_keys<'a>(
         &'a self,
@@ -78,7 +86,7 @@ impl KvStore for ClusterStorage {
         after: Option<&'a str>,
         limit: usize,
     ) -> KvFuture<'a, KeyPage> {
-        self.local.list_keys(bucket, after, limit)
+        self.kv.list_keys(bucket, after, limit)
     }
     fn increment<'a>(
         &'a self,
@@ -86,7 +94,7 @@ impl KvStore for ClusterStorage {
         key: &'a str,
         delta: i64,
     ) -> KvFuture<'a, i64> {
-        self.local.increment(bucket, key, delta)
+        self.kv.increment(bucket, key, delta)
     }
     fn swap<'a>(
         &'a self,
@@ -95,27 +103,27 @@ impl KvStore for ClusterStorage {
         expected: Option<u64>,
         value: &'a [u8],
     ) -> KvFuture<'a, Swap> {
-        self.local.swap(bucket, key, expected, value)
+        self.kv.swap(bucket, key, expected, value)
     }
     fn get_many<'a>(
         &'a self,
         bucket: &'a BucketId,
         keys: &'a [String],
     ) -> KvFuture<'a, Vec<Option<Vec<u8>>>> {
-        self.local.get_many(bucket, keys)
+        self.kv.get_many(bucket, keys)
     }
     fn set_many<'a>(
         &'a self,
         bucket: &'a BucketId,
         entries: &'a [(String, Vec<u8>)],
     ) -> KvFuture<'a, ()> {
-        self.local.set_many(bucket, entries)
+        self.kv.set_many(bucket, entries)
     }
     fn delete_many<'a>(&'a self, bucket: &'a BucketId, keys: &'a [String]) -> KvFuture<'a, ()> {
-        self.local.delete_many(bucket, keys)
+        self.kv.delete_many(bucket, keys)
     }
     fn buckets(&self) -> KvFuture<'_, Vec<BucketStats>> {
-        self.local.buckets()
+        self.kv.buckets()
     }
 }
 

@@ -152,7 +152,8 @@ plugin! {
     /// One key-value operation on `bucket`: `get`, `set` (`value`),
     /// `set_size` (`size` bytes of JSON text), `delete`, `exists`, `keys`,
     /// `increment` (`delta`), `cas` (`expected`, `value`), `update_add`
-    /// (adds `delta` through a retried compare-and-swap). `times` repeats
+    /// (adds `delta` through a retried compare-and-swap), `set_many` and
+    /// `delete_many` (`key`: keys separated by commas, in one batch). `times` repeats
     /// the op (default once). Returns the last answer; a refused call fails
     /// with the host's error.
     fn kv(
@@ -547,6 +548,21 @@ fn kv_op(
         "update_add" => {
             let add = delta.unwrap_or(1);
             serde_json::json!(b.update(key, |n: Option<i64>| n.unwrap_or(0) + add)?)
+        }
+        // `key` is a comma-separated list: one batch call for all.
+        "set_many" => {
+            let text = serde_json::to_vec(&value.clone().unwrap_or(Value::Null))?;
+            let pairs: Vec<(String, Vec<u8>)> = key
+                .split(',')
+                .map(|k| (k.to_string(), text.clone()))
+                .collect();
+            b.set_many(&pairs)?;
+            Value::Bool(true)
+        }
+        "delete_many" => {
+            let keys: Vec<String> = key.split(',').map(str::to_string).collect();
+            b.delete_many(&keys)?;
+            Value::Bool(true)
         }
         other => return Err(Error::msg(format!("no kv op {other:?}"))),
     })
