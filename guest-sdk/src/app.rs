@@ -281,11 +281,47 @@ impl<'a> NewTask<'a> {
     /// Starts the task on this worker and returns its id once the factory
     /// has accepted the arguments (and, if durable, it is recorded).
     pub fn start(self) -> Result<u64> {
-        let args = self.args?;
         if self.retry.is_none() && !self.durable && self.idempotency_key.is_none() {
+            let args = self.args?;
             return app::add_task(self.plugin, self.factory, &args, self.name)
                 .map_err(Error::from_wit);
         }
+        let (plugin, factory) = (self.plugin, self.factory);
+        let (args, options) = self.options()?;
+        app::start_task(plugin, factory, &args, &options).map_err(Error::from_wit)
+    }
+
+    /// Starts the task on other hosts of the app's cluster: `host` is
+    /// `"any"` (one host the cluster picks), a host's name, or `"all"`
+    /// (one task on every host). Returns where each task runs. Fails with
+    /// `failed` when the app has no `[cluster]` or no host answers.
+    pub fn start_on(self, host: &str) -> Result<Vec<Placed>> {
+        self.start_on_hosts(host, false)
+    }
+
+    /// [`NewTask::start_on`], with the task's name unique across the whole
+    /// cluster rather than within its worker (`duplicate-name` if any host
+    /// has it).
+    pub fn start_on_with_cluster_name(self, host: &str) -> Result<Vec<Placed>> {
+        self.start_on_hosts(host, true)
+    }
+
+    fn start_on_hosts(self, host: &str, cluster_name: bool) -> Result<Vec<Placed>> {
+        let (plugin, factory) = (self.plugin, self.factory);
+        let (args, options) = self.options()?;
+        let placed = app::start_task_on(host, plugin, factory, &args, &options, cluster_name)
+            .map_err(Error::from_wit)?;
+        Ok(placed
+            .into_iter()
+            .map(|p| Placed {
+                host: p.host,
+                id: p.id,
+            })
+            .collect())
+    }
+
+    fn options(self) -> Result<(String, app::TaskOptions)> {
+        let args = self.args?;
         let options = app::TaskOptions {
             name: self.name.map(str::to_string),
             retry: self.retry.map(|r| app::RetryPolicy {
@@ -298,8 +334,17 @@ impl<'a> NewTask<'a> {
             durable: self.durable,
             idempotency_key: self.idempotency_key.map(str::to_string),
         };
-        app::start_task(self.plugin, self.factory, &args, &options).map_err(Error::from_wit)
+        Ok((args, options))
     }
+}
+
+/// Where a task started by [`NewTask::start_on`] runs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Placed {
+    /// The host of the cluster that runs it.
+    pub host: String,
+    /// Its id on that host.
+    pub id: u64,
 }
 
 impl Default for App {

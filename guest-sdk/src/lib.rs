@@ -44,7 +44,7 @@ mod http;
 mod kv;
 mod task;
 
-pub use app::{App, Level, NewTask, Retry};
+pub use app::{App, Level, NewTask, Placed, Retry};
 pub use connection::{Connection, Message, Request};
 pub use error::{Error, ErrorKind, Result};
 pub use http::{Http, Response};

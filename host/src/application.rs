@@ -203,6 +203,10 @@ impl Application {
             return Err(error);
         }
         let host = Arc::new(host);
+        // Guests' `start-task-on`; held here for the run, weakly by the
+        // host (it points back at the host).
+        let guest_submissions: Arc<dyn crate::worker::RemoteTasks> =
+            Arc::new(crate::control::GuestSubmissions(Arc::downgrade(&host)));
         // Other hosts' tasks come once this host's workers run.
         if let Some(cluster) = host.cluster() {
             let submissions = Arc::new(crate::control::TaskSubmissions(host.clone()));
@@ -211,6 +215,7 @@ impl Application {
                 let api = crate::control::ClusterApi::new(host.clone())?;
                 cluster.serve("api", Arc::new(api)).await?;
                 cluster.watch_plugins(Arc::new(crate::control::HostPlugins(host.clone())));
+                host.serve_remote_tasks(Arc::downgrade(&guest_submissions));
                 anyhow::Ok(())
             };
             if let Err(error) = served.await {

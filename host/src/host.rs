@@ -110,6 +110,7 @@ impl Host {
             durable: Mutex::default(),
             durable_submit: tokio::sync::Mutex::new(()),
             schedules: std::sync::OnceLock::new(),
+            remote: std::sync::OnceLock::new(),
             stopping: AtomicBool::new(false),
         });
         // Joined before any task runs, so waiters hear the other hosts'
@@ -253,6 +254,12 @@ impl Host {
     /// Cancel safe: it only waits.
     pub async fn idle(&self) {
         self.env.tracker.wait().await
+    }
+
+    /// Lets guests start tasks on other hosts (`start-task-on`) through
+    /// `remote`; only the first call counts.
+    pub fn serve_remote_tasks(&self, remote: std::sync::Weak<dyn crate::worker::RemoteTasks>) {
+        let _ = self.env.remote.set(remote);
     }
 
     /// This host's membership in its cluster, if it has a `[cluster]`.

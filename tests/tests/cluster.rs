@@ -1026,3 +1026,110 @@ fn key_value_state_is_one_store_for_every_host_and_its_limits_hold_there() {
         running.stop();
     }
 }
+
+/// Adds testkit's `spread` on `app`'s host (`args`) and returns its result.
+fn spread(app: &TestApp, running: &mut Running, name: &str, args: Value) -> Value {
+    ok(app.cli(&[
+        "add",
+        "kit",
+        "spread",
+        "--args",
+        &args.to_string(),
+        "--name",
+        name,
+    ]));
+    running.wait_for(1, |l| l["event"] == "done" && l["task"] == name);
+    let line = running
+        .seen()
+        .iter()
+        .find(|l| l["event"] == "done" && l["task"] == name)
+        .unwrap();
+    serde_json::from_str(line["result"].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn a_guest_starts_tasks_on_any_host_a_named_one_or_all() {
+    let nats = NatsServer::start();
+    let (a, mut running_a) = host(&nats, "guests", "a", 1, "");
+    let (b, mut running_b) = host(&nats, "guests", "b", 1, "");
+    for app in [&a, &b] {
+        await_metric(app, "taskhost_cluster_hosts", 2.0);
+    }
+
+    // All hosts: one task each, and the guest is told where.
+    let all = spread(
+        &a,
+        &mut running_a,
+        "to-all",
+        json!({"host": "all", "name": "everywhere", "ms": 1}),
+    );
+    let hosts: Vec<&str> = all["placed"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{all}"))
+        .iter()
+        .map(|p| p["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["a", "b"], "{all}");
+    running_b.wait_for(1, |l| l["event"] == "done" && l["task"] == "everywhere");
+
+    // A named host, with the name claimed across the cluster: a second
+    // start of that name, for any host, is a duplicate.
+    let solo = spread(
+        &a,
+        &mut running_a,
+        "to-b",
+        json!({"host": "b", "name": "solo", "ms": 600000, "cluster_name": true}),
+    );
+    assert_eq!(solo["placed"][0]["host"], "b", "{solo}");
+    running_b.wait_for(1, |l| l["event"] == "started" && l["task"] == "solo");
+    let again = spread(
+        &a,
+        &mut running_a,
+        "to-any",
+        json!({"host": "any", "name": "solo", "ms": 1, "cluster_name": true}),
+    );
+    assert_eq!(again["error"], "DuplicateName", "{again}");
+
+    // No such host: failed, saying so; nothing runs here instead.
+    let lost = spread(
+        &a,
+        &mut running_a,
+        "to-zzz",
+        json!({"host": "zzz", "name": "lost", "ms": 1}),
+    );
+    assert_eq!(lost["error"], "Failed", "{lost}");
+    assert!(
+        lost["message"]
+            .as_str()
+            .unwrap()
+            .contains("no host of cluster `guests` answers for zzz"),
+        "{lost}"
+    );
+    assert!(!task_names(&a).contains(&"lost".to_string()));
+    for running in [running_a, running_b] {
+        running.stop();
+    }
+
+    // Without a cluster: failed, pointing at start-task.
+    let alone = TestApp::new(
+        r#"
+        name = "alone"
+        workers = 1
+        [plugins.kit]
+        path = "{testkit}"
+        [[tasks]]
+        plugin = "kit"
+        factory = "spread"
+        name = "to-any"
+        args = { host = "any", name = "x", ms = 1 }
+        "#,
+    );
+    let run = ok(alone.run_until_idle());
+    let result = taskhost_tests::result_of(run.events("done")[0]);
+    assert_eq!(result["error"], "Failed", "{}", run.dump());
+    assert!(
+        result["message"].as_str().unwrap().contains("no [cluster]"),
+        "{}",
+        run.dump()
+    );
+}

@@ -181,6 +181,17 @@ impl app::Host for RawData {
     ) -> Answer<u64> {
         Ok(Err(types::Error::Failed("raw".into())))
     }
+    async fn start_task_on(
+        &mut self,
+        _host: String,
+        _plugin: Option<String>,
+        _factory: String,
+        _args: String,
+        _options: app::TaskOptions,
+        _cluster_name: bool,
+    ) -> Answer<Vec<app::PlacedTask>> {
+        Ok(Err(types::Error::Failed("raw".into())))
+    }
     async fn add_schedule(&mut self, _spec: String) -> Answer<()> {
         Ok(Err(types::Error::Failed("raw".into())))
     }

@@ -59,7 +59,21 @@ pub(crate) trait TaskScope: Send + Sync {
         self: Arc<Self>,
         name: String,
     ) -> Pin<Box<dyn Future<Output = Result<bool, GuestError>> + Send>>;
+
+    /// `start-task-on`: starts `spec` of `plugin` on other hosts of the
+    /// cluster; where each task runs.
+    fn start_task_on(
+        self: Arc<Self>,
+        host: String,
+        plugin: String,
+        spec: TaskSpec,
+        cluster_name: bool,
+    ) -> PlacedFuture;
 }
+
+/// Where tasks started on other hosts run (host, id there), or why not.
+pub(crate) type PlacedFuture =
+    Pin<Box<dyn Future<Output = Result<Vec<(String, u64)>, GuestError>> + Send>>;
 
 /// What every task of an application shares: built once from app.toml.
 pub struct AppContext {
@@ -328,6 +342,41 @@ app_host!(crate::bindings::taskhost::plugin::app::Host, {
             Err(error) => return Ok(Err(error)),
         };
         Ok(worker.0.add_schedule(worker.1, spec).await)
+    }
+
+    async fn start_task_on(
+        &mut self,
+        host: String,
+        plugin: Option<String>,
+        factory: String,
+        args: String,
+        options: crate::bindings::taskhost::plugin::app::TaskOptions,
+        cluster_name: bool,
+    ) -> wasmtime::Result<
+        Result<Vec<crate::bindings::taskhost::plugin::app::PlacedTask>, types::Error>,
+    > {
+        let (worker, plugin) = match self.add_task_target(plugin) {
+            Ok(target) => target,
+            Err(error) => return Ok(Err(error)),
+        };
+        let spec = match tasks::spec_of(factory, args, options) {
+            Ok(spec) => spec,
+            Err(error) => return Ok(Err(error)),
+        };
+        Ok(worker
+            .start_task_on(host, plugin, spec, cluster_name)
+            .await
+            .map(|placed| {
+                placed
+                    .into_iter()
+                    .map(
+                        |(host, id)| crate::bindings::taskhost::plugin::app::PlacedTask {
+                            host,
+                            id,
+                        },
+                    )
+                    .collect()
+            }))
     }
 
     async fn remove_schedule(

@@ -628,7 +628,8 @@ async fn add_on_hosts(
                 failed.push((
                     answer.host,
                     StatusCode::BAD_GATEWAY,
-                    "an answer that does not parse".into(),
+                    "internal".to_string(),
+                    "an answer that does not parse".to_string(),
                 ));
                 continue;
             };
@@ -641,14 +642,21 @@ async fn add_on_hosts(
             let detail = serde_json::from_slice::<ErrorBody>(&answer.body)
                 .map(|body| (body.error.kind, body.error.message))
                 .unwrap_or_else(|_| ("internal".into(), "an answer that does not parse".into()));
-            failed.push((answer.host, status, format!("{}: {}", detail.0, detail.1)));
+            failed.push((answer.host, status, detail.0, detail.1));
         }
     }
-    if let Some((_, status, _)) = failed.first() {
+    if let Some((_, status, first_kind, _)) = failed.first() {
         let status = *status;
+        // One kind of refusal from every host that refused keeps its kind
+        // (a guest's `start-task-on` gets `duplicate-name`, say).
+        let kind = if failed.iter().all(|(_, _, kind, _)| kind == first_kind) {
+            known_kind(first_kind)
+        } else {
+            "refused"
+        };
         let said: Vec<String> = failed
             .iter()
-            .map(|(host, _, message)| format!("host {host}: {message}"))
+            .map(|(host, _, kind, message)| format!("host {host}: {kind}: {message}"))
             .collect();
         let started: Vec<String> = added
             .tasks
@@ -659,7 +667,7 @@ async fn add_on_hosts(
         if !started.is_empty() {
             message = format!("{message}; started on {}", started.join(", "));
         }
-        return Err(ApiError::new(status, "refused", message));
+        return Err(ApiError::new(status, kind, message));
     }
     let status = if created {
         StatusCode::CREATED
@@ -667,6 +675,81 @@ async fn add_on_hosts(
         StatusCode::OK
     };
     Ok((status, added))
+}
+
+/// An error kind another host answered with, as one of ours (`refused`
+/// for one this host does not know).
+fn known_kind(kind: &str) -> &'static str {
+    [
+        "duplicate_name",
+        "unknown_plugin",
+        "unknown_factory",
+        "invalid_args",
+        "limit",
+        "no_worker",
+        "bad_request",
+        "unavailable",
+        "storage",
+    ]
+    .into_iter()
+    .find(|known| *known == kind)
+    .unwrap_or("refused")
+}
+
+/// Guests' `start-task-on`: sent to the cluster as `POST /v1/tasks` with
+/// a `host` is, and answered with where each task runs.
+pub(crate) struct GuestSubmissions(pub std::sync::Weak<Host>);
+
+impl crate::worker::RemoteTasks for GuestSubmissions {
+    fn start_on(
+        &self,
+        target: String,
+        plugin: String,
+        spec: TaskSpec,
+        cluster_name: bool,
+    ) -> crate::worker::Placed {
+        use crate::bindings::GuestError;
+        let host = self.0.upgrade();
+        Box::pin(async move {
+            let host = host.ok_or_else(|| GuestError::Failed("the host is stopping".into()))?;
+            let args: serde_json::Value = serde_json::from_str(&spec.args)
+                .map_err(|e| GuestError::InvalidArgs(format!("args are not JSON: {e}")))?;
+            let name = spec.name.clone().unwrap_or_default();
+            let factory = spec.factory.clone();
+            let request = AddRequest {
+                plugin: plugin.clone(),
+                factory: spec.factory,
+                args,
+                name: spec.name,
+                worker: None,
+                all_workers: false,
+                retry: spec.retry.as_ref().map(|policy| policy.spec()),
+                durable: spec.durable,
+                idempotency_key: spec.idempotency_key,
+                host: None,
+                scope: if cluster_name {
+                    super::schema::NameScope::Cluster
+                } else {
+                    super::schema::NameScope::Worker
+                },
+            };
+            match add_on_hosts(&host, &target, request).await {
+                Ok((_, added)) => Ok(added
+                    .tasks
+                    .into_iter()
+                    .map(|task| (task.host.unwrap_or_default(), task.id))
+                    .collect()),
+                Err(error) => Err(match error.kind {
+                    "duplicate_name" => GuestError::DuplicateName(name),
+                    "unknown_plugin" => GuestError::UnknownPlugin(plugin),
+                    "unknown_factory" => GuestError::UnknownFactory(factory),
+                    "invalid_args" | "bad_request" => GuestError::InvalidArgs(error.message),
+                    "limit" => GuestError::Limit(error.message),
+                    _ => GuestError::Failed(error.message),
+                }),
+            }
+        })
+    }
 }
 
 /// `POST /v1/tasks` on this host.

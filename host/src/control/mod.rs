@@ -8,7 +8,7 @@
 
 mod address;
 mod api;
-pub(crate) use api::{ClusterApi, HostPlugins, TaskSubmissions};
+pub(crate) use api::{ClusterApi, GuestSubmissions, HostPlugins, TaskSubmissions};
 pub mod client;
 pub mod schema;
 mod state_file;

@@ -67,9 +67,25 @@ pub struct TaskEnv {
     /// The host's schedules, once they started: what a guest's
     /// `add-schedule` and `remove-schedule` reach.
     pub schedules: OnceLock<Weak<dyn ScheduleControl>>,
+    /// Starting tasks on other hosts, once the cluster serves (none
+    /// without a cluster).
+    pub remote: OnceLock<Weak<dyn RemoteTasks>>,
     /// Set once the host began to stop: no instance is made ahead of
     /// demand from then on.
     pub stopping: AtomicBool,
+}
+
+/// What starting tasks on other hosts resolves to: where each runs (host,
+/// id there), or why not.
+pub type Placed = Pin<Box<dyn Future<Output = Result<Vec<(String, u64)>, GuestError>> + Send>>;
+
+/// Tasks a guest starts on other hosts of the cluster (`start-task-on`).
+/// The control layer implements it once the cluster serves, so the
+/// workers never name the cluster.
+pub trait RemoteTasks: Send + Sync {
+    /// Starts `spec` of `plugin` on `host` (`any`, `all` or a name), its
+    /// name cluster-wide with `cluster_name`; where each task runs.
+    fn start_on(&self, host: String, plugin: String, spec: TaskSpec, cluster_name: bool) -> Placed;
 }
 
 /// What guests may do to the host's schedules. The scheduler implements
@@ -598,6 +614,26 @@ impl TaskScope for WorkerCtx {
                 .remove_schedule(name)
                 .await
                 .map_err(GuestError::Failed)
+        })
+    }
+
+    fn start_task_on(
+        self: Arc<Self>,
+        host: String,
+        plugin: String,
+        spec: TaskSpec,
+        cluster_name: bool,
+    ) -> Placed {
+        let remote = self.env.remote.get().and_then(Weak::upgrade);
+        Box::pin(async move {
+            let remote = remote.ok_or_else(|| {
+                GuestError::Failed(
+                    "start-task-on starts tasks on the hosts of a cluster, and this app has no \
+                     [cluster] (or its cluster does not serve yet): use start-task"
+                        .into(),
+                )
+            })?;
+            remote.start_on(host, plugin, spec, cluster_name).await
         })
     }
 }

@@ -257,6 +257,28 @@ plugin! {
         }
     }
 
+    /// Starts `nap` (`ms`) named `name` on `host` of the cluster (its name
+    /// cluster-wide with `cluster_name`) and reports where it runs, or the
+    /// error's kind and message.
+    fn spread(
+        app: &App,
+        host: String,
+        name: String,
+        ms: u64,
+        cluster_name: Option<bool>,
+    ) -> Result<Value> {
+        let task = app.task("nap").name(&name).args(json!({"ms": ms}));
+        let placed = if cluster_name.unwrap_or(false) {
+            task.start_on_with_cluster_name(&host)
+        } else {
+            task.start_on(&host)
+        };
+        Ok(match placed {
+            Ok(placed) => json!({"placed": placed}),
+            Err(error) => json!({"error": format!("{:?}", error.kind()), "message": error.to_string()}),
+        })
+    }
+
     /// Cancels itself (it is named `name`) and returns what that said.
     fn cancel_self(app: &App, name: String) -> Result<Value> {
         app.cancel_task(&name)?;
