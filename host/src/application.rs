@@ -216,6 +216,7 @@ impl Application {
                 cluster.serve("api", Arc::new(api)).await?;
                 cluster.watch_plugins(Arc::new(crate::control::HostPlugins(host.clone())));
                 host.serve_remote_tasks(Arc::downgrade(&guest_submissions));
+                cluster.start_serving();
                 anyhow::Ok(())
             };
             if let Err(error) = served.await {

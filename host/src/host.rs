@@ -566,6 +566,10 @@ impl Host {
     /// does not end), waits a bounded time for all of them, stops the
     /// workers, and says how the run went.
     pub async fn shutdown(&self, interrupted: bool) -> RunSummary {
+        // Other hosts' tasks go elsewhere from now on.
+        if let Some(cluster) = &self.cluster {
+            cluster.stop_serving();
+        }
         // No tick may start a task while the others are being cancelled.
         if let Some(scheduler) = &self.scheduler {
             scheduler.stop().await;

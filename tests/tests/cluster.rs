@@ -309,6 +309,21 @@ fn tasks_go_to_any_host_a_named_one_or_all_and_are_seen_and_cancelled_from_any()
     let missing = hosts[1].0.cli(&["cancel", "nowhere", "--cluster"]);
     assert_eq!(missing.code, Some(3), "{}", missing.dump());
 
+    // A purge of every host: one count per host, each saying which.
+    let purged = api.post("/v1/cluster/purge", json!({}));
+    let counts: Vec<(&str, u64)> = purged
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["host"].as_str().unwrap(), p["purged"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        counts.iter().map(|(host, _)| *host).collect::<Vec<_>>(),
+        ["a", "b", "c"],
+        "{purged}"
+    );
+    assert!(counts.iter().all(|(_, n)| *n > 0), "{purged}");
+
     for (_, running) in hosts {
         running.stop();
     }
@@ -1132,4 +1147,74 @@ fn a_guest_starts_tasks_on_any_host_a_named_one_or_all() {
         "{}",
         run.dump()
     );
+}
+
+/// Waits (up to 10 s) until `app`'s host sees host `name` say it
+/// serves (or, with `false`, that it does not).
+fn await_serving(app: &TestApp, name: &str, want: bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let hosts: Value =
+            serde_json::from_str(ok(app.cli(&["hosts", "--json"])).stdout.trim()).unwrap();
+        let serves = hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["host"] == name && h["serving"] == true);
+        if serves == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{hosts}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_stopping_host_takes_no_more_tasks_from_the_others() {
+    let nats = NatsServer::start();
+    let (a, _running_a) = host(&nats, "stopping", "a", 1, "");
+    // b's task ignores its cancel (pure computation) for the whole grace,
+    // so b stays a while in its shutdown.
+    let (b, mut running_b) =
+        host_with(&nats, "stopping", "b", 1, "cancel_grace_ms = 60000", "", "");
+    await_serving(&a, "b", true);
+    ok(b.cli(&[
+        "add",
+        "kit",
+        "crunch",
+        "--args",
+        r#"{"rounds": 1000000000000}"#,
+        "--name",
+        "stuck",
+    ]));
+    running_b.wait_for(1, |l| l["event"] == "started" && l["task"] == "stuck");
+    running_b.signal("TERM");
+    running_b.wait_for(1, |l| {
+        l["message"] == "shutting down: cancelling every task"
+    });
+    // b's heartbeat says it no longer serves; its subscriptions are gone.
+    await_serving(&a, "b", false);
+    let (api, _) = Api::of(&a);
+    for i in 0..10 {
+        let (status, added) = api.post_any(
+            "/v1/tasks",
+            json!({"plugin": "kit", "factory": "identity", "name": format!("late-{i}"), "host": "any"}),
+        );
+        assert_eq!(status, 201, "{added}");
+        assert_eq!(added["tasks"][0]["host"], "a", "{added}");
+    }
+    let (status, added) = api.post_any(
+        "/v1/tasks",
+        json!({"plugin": "kit", "factory": "identity", "name": "late-all", "host": "all"}),
+    );
+    assert_eq!(status, 201, "{added}");
+    let on: Vec<&str> = added["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(on, ["a"], "{added}");
+    running_b.signal("KILL");
+    running_b.finish();
 }

@@ -27,6 +27,10 @@ pub struct HostBeat {
     /// Tasks alive on it now.
     pub live_tasks: usize,
     pub workers: u32,
+    /// It takes other hosts' requests (its workers run and it is not
+    /// stopping): a request for `all` expects an answer from these.
+    #[serde(default)]
+    pub serving: bool,
 }
 
 /// The hosts heard from, with when.
@@ -68,6 +72,14 @@ impl Members {
             .insert(beat.host.clone(), (now, beat));
     }
 
+    /// The hosts present now that take requests, by name.
+    pub fn serving(&self) -> Vec<HostBeat> {
+        self.present()
+            .into_iter()
+            .filter(|beat| beat.serving)
+            .collect()
+    }
+
     /// Whether a host missing now is known to be gone: this host has heard
     /// its own heartbeats without a gap for two expiry periods, so it has
     /// heard every live host's too.
@@ -87,6 +99,7 @@ pub(super) async fn start(
     config: &ClusterConfig,
     env: Arc<TaskEnv>,
     members: Arc<Members>,
+    serving: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Vec<JoinHandle<()>>> {
     members.me.lock().unwrap_or_else(|e| e.into_inner()).0 = config.host.clone();
     let mut beats = client
@@ -117,6 +130,7 @@ pub(super) async fn start(
                     .read()
                     .map(|w| w.len().saturating_sub(1) as u32)
                     .unwrap_or(0),
+                serving: serving.load(std::sync::atomic::Ordering::Relaxed),
             };
             let Ok(payload) = serde_json::to_vec(&beat) else {
                 continue;

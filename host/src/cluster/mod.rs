@@ -69,8 +69,12 @@ pub struct Cluster {
     /// Key-value state, on JetStream KV.
     kv: Arc<kv::ClusterKv>,
     /// What runs for the cluster: the events' bridges, the heartbeat,
-    /// the request servers.
+    /// the durable queue's runners, the roll-out watch.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The request servers, stopped first when the host stops.
+    servers: Mutex<Vec<JoinHandle<()>>>,
+    /// Whether this host takes requests now (said in its heartbeat).
+    serving: Arc<AtomicBool>,
 }
 
 impl Cluster {
@@ -92,10 +96,17 @@ impl Cluster {
             .await
             .with_context(|| format!("{}: [cluster]: cannot relay events", file.display()))?;
         let members = Arc::new(members::Members::default());
+        let serving = Arc::new(AtomicBool::new(false));
         tasks.extend(
-            members::start(&client, config, env.clone(), members.clone())
-                .await
-                .with_context(|| format!("{}: [cluster]: cannot beat", file.display()))?,
+            members::start(
+                &client,
+                config,
+                env.clone(),
+                members.clone(),
+                serving.clone(),
+            )
+            .await
+            .with_context(|| format!("{}: [cluster]: cannot beat", file.display()))?,
         );
         let names = Arc::new(
             names::Names::open(&client, config)
@@ -142,6 +153,8 @@ impl Cluster {
             rollout,
             kv,
             tasks: Mutex::new(tasks),
+            servers: Mutex::default(),
+            serving,
         })
     }
 
@@ -155,11 +168,32 @@ impl Cluster {
     /// to `any`, `all` or this host, with `responder`.
     pub async fn serve(&self, kind: &str, responder: Arc<dyn Responder>) -> Result<()> {
         let task = requests::serve(&self.client, &self.config, kind, responder).await?;
-        self.tasks
+        self.servers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(task);
         Ok(())
+    }
+
+    /// Says in this host's heartbeats that it takes requests: once every
+    /// [`Cluster::serve`] is done.
+    pub fn start_serving(&self) {
+        self.serving.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops taking the other hosts' requests (the host is stopping): its
+    /// subscriptions end, so `any` goes to the others at once, and its next
+    /// heartbeat says it no longer serves, so `all` stops waiting for it.
+    pub fn stop_serving(&self) {
+        self.serving.store(false, Ordering::Relaxed);
+        for server in self
+            .servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            server.abort();
+        }
     }
 
     /// Sends a request of `kind` to `target` and returns the answers (one,
@@ -245,6 +279,7 @@ impl Cluster {
     }
 
     fn stop(&self) {
+        self.stop_serving();
         for task in self
             .tasks
             .lock()

@@ -40,8 +40,19 @@ pub struct Names {
     client: async_nats::Client,
     store: kv::Store,
     host: String,
-    /// The names this host claimed, and for which task.
-    mine: Mutex<HashMap<String, (WorkerId, TaskId)>>,
+    /// The names this host claimed: for which task, and the claim's
+    /// revision (a claim is freed only if it is still that revision, so a
+    /// host never frees a claim another host made since).
+    mine: Mutex<HashMap<String, Claim>>,
+}
+
+/// One of this host's claims.
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    worker: WorkerId,
+    /// 0 until its task is registered.
+    id: TaskId,
+    revision: u64,
 }
 
 /// A task name as a KV key: any text, as key characters.
@@ -69,7 +80,7 @@ impl Names {
         })
     }
 
-    fn mine(&self) -> std::sync::MutexGuard<'_, HashMap<String, (WorkerId, TaskId)>> {
+    fn mine(&self) -> std::sync::MutexGuard<'_, HashMap<String, Claim>> {
         self.mine.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -90,8 +101,15 @@ impl Names {
         }
         let value = serde_json::to_vec(&owner).unwrap_or_default();
         match self.store.create(key(name), value.into()).await {
-            Ok(_) => {
-                self.mine().insert(name.to_string(), (worker, id));
+            Ok(revision) => {
+                self.mine().insert(
+                    name.to_string(),
+                    Claim {
+                        worker,
+                        id,
+                        revision,
+                    },
+                );
                 Ok(())
             }
             Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
@@ -112,17 +130,55 @@ impl Names {
         }
     }
 
-    /// Records which task holds `name`, claimed by this host.
-    pub fn bind(&self, name: &str, worker: WorkerId, id: TaskId) {
-        self.mine().insert(name.to_string(), (worker, id));
+    /// Records which task holds `name`, claimed by this host, here and in
+    /// the claim (so `tasks --cluster` and a refused claimant see its id).
+    pub async fn bind(&self, name: &str, worker: WorkerId, id: TaskId) {
+        let Some(claim) = self.mine().get(name).copied() else {
+            return;
+        };
+        let owner = Owner {
+            host: self.host.clone(),
+            worker,
+            id,
+        };
+        let value = serde_json::to_vec(&owner).unwrap_or_default();
+        let revision = match self
+            .store
+            .update(key(name), value.into(), claim.revision)
+            .await
+        {
+            Ok(revision) => revision,
+            // Not this host's claim any more (swept while NATS was away):
+            // the task keeps its name here, and the log says so.
+            Err(error) => {
+                tracing::warn!(
+                    "the cluster-scoped name {name:?} could not be bound to its task: {error}"
+                );
+                claim.revision
+            }
+        };
+        self.mine().insert(
+            name.to_string(),
+            Claim {
+                worker,
+                id,
+                revision,
+            },
+        );
     }
 
-    /// Frees `name`, if this host holds it.
+    /// Frees `name`, if this host holds it (and its claim is still the one
+    /// this host made).
     pub async fn release(&self, name: &str) {
-        if self.mine().remove(name).is_some()
-            && let Err(error) = self.store.delete(key(name)).await
+        let Some(claim) = self.mine().remove(name) else {
+            return;
+        };
+        if let Err(error) = self
+            .store
+            .delete_expect_revision(key(name), Some(claim.revision))
+            .await
         {
-            tracing::warn!("cannot free the cluster-scoped name {name:?}: {error}");
+            tracing::debug!("the cluster-scoped name {name:?} was not freed: {error}");
         }
     }
 
@@ -133,7 +189,7 @@ impl Names {
             .mine()
             .iter()
             // Id 0: claimed, its task not registered yet.
-            .filter(|(_, (worker, id))| *id != 0 && !listed(*worker, *id))
+            .filter(|(_, claim)| claim.id != 0 && !listed(claim.worker, claim.id))
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
@@ -180,7 +236,12 @@ impl Names {
                 "host {} is gone: its cluster-scoped task name is free again",
                 owner.host
             );
-            let _ = self.store.delete(key).await;
+            // Only the claim read: one made since (the name taken again)
+            // stays.
+            let _ = self
+                .store
+                .delete_expect_revision(key, Some(entry.revision))
+                .await;
         }
     }
 }

@@ -186,7 +186,9 @@ pub(super) async fn request(
             })?;
         return Ok(vec![answer_of(&message)]);
     }
-    let expected: BTreeSet<String> = members.present().into_iter().map(|h| h.host).collect();
+    // Hosts that beat but do not serve (starting, or stopping) are not
+    // waited for.
+    let expected: BTreeSet<String> = members.serving().into_iter().map(|h| h.host).collect();
     if expected.is_empty() {
         return Err(no_host());
     }

@@ -559,13 +559,18 @@ async fn across_cluster(
         let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
         if status.is_success() {
             answered = true;
-            if let Ok(serde_json::Value::Array(entries)) = serde_json::from_slice(&answer.body) {
-                for mut entry in entries {
-                    if let Some(object) = entry.as_object_mut() {
-                        object.insert("host".into(), answer.host.clone().into());
-                    }
-                    joined.push(entry);
+            // An array's entries each, an object (a purge's count) as
+            // one entry; each says which host it came from.
+            let entries = match serde_json::from_slice(&answer.body) {
+                Ok(serde_json::Value::Array(entries)) => entries,
+                Ok(object @ serde_json::Value::Object(_)) => vec![object],
+                _ => Vec::new(),
+            };
+            for mut entry in entries {
+                if let Some(object) = entry.as_object_mut() {
+                    object.insert("host".into(), answer.host.clone().into());
                 }
+                joined.push(entry);
             }
         } else {
             let detail = serde_json::from_slice::<ErrorBody>(&answer.body)
@@ -851,7 +856,7 @@ async fn add_here(host: &Host, request: AddRequest) -> Result<(StatusCode, Added
             }
         };
         if let Some((names, name)) = &claim {
-            names.bind(name, added.worker, added.id);
+            names.bind(name, added.worker, added.id).await;
         }
         created |= added.created;
         tasks.push(AddedTask {
