@@ -1218,3 +1218,30 @@ fn a_stopping_host_takes_no_more_tasks_from_the_others() {
     running_b.signal("KILL");
     running_b.finish();
 }
+
+#[test]
+fn an_answer_over_the_nats_message_limit_says_so_instead_of_timing_out() {
+    let nats = NatsServer::start();
+    let (a, _running) = host(&nats, "big", "a", 1, "");
+    let (api, _) = Api::of(&a);
+    // About 4,000 ended tasks with long names: their listing is well over
+    // the server's 1 MiB max_payload.
+    let long = "x".repeat(200);
+    for i in 0..4000 {
+        api.post(
+            "/v1/tasks",
+            json!({"plugin": "kit", "factory": "identity", "name": format!("{long}-{i}")}),
+        );
+    }
+    let listed = a.cli(&["tasks", "--cluster"]);
+    assert_ne!(listed.code, Some(0), "{}", listed.dump());
+    assert!(
+        listed
+            .stderr
+            .contains("over the NATS server's max_payload of 1048576 bytes"),
+        "{}",
+        listed.dump()
+    );
+    // The host's own listing still works.
+    assert!(ok(a.cli(&["tasks", "--json"])).stdout.len() > 1 << 20);
+}

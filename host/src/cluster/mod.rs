@@ -92,6 +92,13 @@ impl Cluster {
             )
         })?;
         connected.store(true, Ordering::Relaxed);
+        check_server_version(&client.server_info().version).with_context(|| {
+            format!(
+                "{}: [cluster]: the NATS server at {}",
+                file.display(),
+                config.servers.join(", ")
+            )
+        })?;
         let mut tasks = events::bridge(&client, config, env.clone())
             .await
             .with_context(|| format!("{}: [cluster]: cannot relay events", file.display()))?;
@@ -297,6 +304,29 @@ impl Drop for Cluster {
     }
 }
 
+/// The oldest nats-server a cluster runs on: key-value batches need its
+/// atomic batch publish, and async-nats 0.51 cannot open a KV bucket on
+/// 2.9 (Debian 12's 2.9.10 was tried).
+const MIN_SERVER: (u64, u64) = (2, 12);
+
+/// Refuses a server older than [`MIN_SERVER`], saying which it is.
+fn check_server_version(version: &str) -> Result<()> {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>().ok());
+    let (major, minor) = (parts.next().flatten(), parts.next().flatten());
+    match (major, minor) {
+        (Some(major), Some(minor)) if (major, minor) >= MIN_SERVER => Ok(()),
+        _ => anyhow::bail!(
+            "is nats-server {version}; taskhost's cluster needs {}.{} or later (tested with \
+             2.15.1; `scripts/setup-nats` installs it)",
+            MIN_SERVER.0,
+            MIN_SERVER.1
+        ),
+    }
+}
+
 /// A client connected to the cluster's NATS, which keeps `connected`
 /// current and logs its connection's ups and downs.
 async fn connect(config: &ClusterConfig, connected: Arc<AtomicBool>) -> Result<async_nats::Client> {
@@ -351,4 +381,18 @@ async fn connect(config: &ClusterConfig, connected: Arc<AtomicBool>) -> Result<a
         .await
         .context("timed out")??;
     Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_server_older_than_2_12_is_refused_by_its_version() {
+        for old in ["2.9.10", "2.11.4", "1.4.1", "", "garbage"] {
+            let error = super::check_server_version(old).unwrap_err().to_string();
+            assert!(error.contains("needs 2.12 or later"), "{old}: {error}");
+        }
+        for new in ["2.12.0", "2.15.1", "3.0.0-beta"] {
+            super::check_server_version(new).unwrap();
+        }
+    }
 }

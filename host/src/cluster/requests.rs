@@ -137,7 +137,24 @@ pub(super) async fn serve(
             let me = me.clone();
             // Each its own task: a slow answer holds up no other.
             tokio::spawn(async move {
-                let (status, body) = responder.answer(message.payload).await;
+                let (mut status, mut body) = responder.answer(message.payload).await;
+                // An answer over the server's message limit would be lost on
+                // the way (the asker would time out): it says so instead.
+                let max = client.server_info().max_payload;
+                if body.len() + 1024 > max {
+                    status = 413;
+                    body = serde_json::to_vec(&serde_json::json!({"error": {
+                        "kind": "too_large",
+                        "message": format!(
+                            "host {me}'s answer is {} bytes, over the NATS server's max_payload \
+                             of {max} bytes: ask that host's control API directly, or narrow \
+                             the request (`tasks --state`, a purge)",
+                            body.len()
+                        ),
+                    }}))
+                    .unwrap_or_default()
+                    .into();
+                }
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert(HOST_HEADER, me.as_str());
                 headers.insert(STATUS_HEADER, status.to_string().as_str());
