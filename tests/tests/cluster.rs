@@ -21,6 +21,22 @@ fn await_metric(app: &TestApp, name: &str, want: f64) {
     app.await_metric(name, want);
 }
 
+/// Waits (up to 30 s) until `app`'s host sees `count` hosts, every one
+/// taking requests (its heartbeat says `serving`).
+fn await_all_serving(app: &TestApp, count: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let hosts: Value =
+            serde_json::from_str(ok(app.cli(&["hosts", "--json"])).stdout.trim()).unwrap();
+        let hosts = hosts.as_array().unwrap();
+        if hosts.len() == count && hosts.iter().all(|h| h["serving"] == true) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{hosts:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A host `host` of cluster `cluster` on `nats`, with `workers` workers and
 /// `rest` of app.toml, started and serving.
 fn host(
@@ -161,7 +177,7 @@ fn tasks_go_to_any_host_a_named_one_or_all_and_are_seen_and_cancelled_from_any()
         .map(|name| host(&nats, "submit", name, 1, ""))
         .collect();
     for (app, _) in &hosts {
-        await_metric(app, "taskhost_cluster_hosts", 3.0);
+        await_all_serving(app, 3);
     }
     let (api, _) = Api::of(&hosts[0].0);
 
@@ -346,7 +362,7 @@ fn a_cluster_scoped_name_is_won_by_one_host_and_freed_by_its_purge() {
         .map(|name| host(&nats, "names", name, 1, ""))
         .collect();
     for (app, _) in &hosts {
-        await_metric(app, "taskhost_cluster_hosts", 3.0);
+        await_all_serving(app, 3);
     }
     let add = |app: &TestApp| {
         app.cli(&[
@@ -506,7 +522,7 @@ fn when_nats_goes_away_local_work_goes_on_and_the_hosts_come_back() {
     let (b, mut running_b) = host(&nats, "outage", "b", 1, "");
     await_metric(&a, "taskhost_event_waiters", 1.0);
     for app in [&a, &b] {
-        await_metric(app, "taskhost_cluster_hosts", 2.0);
+        await_all_serving(app, 2);
         let health = ok(app.cli(&["health"]));
         assert_eq!(health.stdout.trim(), "ok", "{}", health.dump());
     }
@@ -666,7 +682,7 @@ fn a_durable_task_outlives_its_host_and_a_cancelled_one_is_not_run_again() {
     );
     let (b, mut running_b) = host_with(&nats, "durable", "b", 1, "", "ack_wait_ms = 2000", "");
     for app in [&a, &b] {
-        await_metric(app, "taskhost_cluster_hosts", 2.0);
+        await_all_serving(app, 2);
     }
 
     // Two durable tasks on a: one to finish elsewhere, one that a cancel
@@ -780,7 +796,7 @@ fn a_build_loaded_with_cluster_runs_on_every_host_and_a_bad_digest_nowhere() {
         .map(|name| host(&nats, "rollout", name, 1, roll))
         .collect();
     for (app, _) in &hosts {
-        await_metric(app, "taskhost_cluster_hosts", 2.0);
+        await_all_serving(app, 2);
     }
     let greeter_build = serving_build(&hosts[0].0, "roll");
     let testkit = taskhost_tests::plugin("testkit");
@@ -860,7 +876,7 @@ fn a_host_paused_past_ack_wait_stops_its_copy_of_a_task_rerun_elsewhere() {
     let (a, mut running_a) = host_with(&nats, "paused", "a", 1, "", "ack_wait_ms = 2000", "");
     let (b, mut running_b) = host_with(&nats, "paused", "b", 1, "", "ack_wait_ms = 2000", "");
     for app in [&a, &b] {
-        await_metric(app, "taskhost_cluster_hosts", 2.0);
+        await_all_serving(app, 2);
     }
     // Attempt 1 hangs; attempt 2 returns at once.
     ok(a.cli(&[
@@ -939,7 +955,7 @@ fn key_value_state_is_one_store_for_every_host_and_its_limits_hold_there() {
     let (a, mut running_a) = host_with(&nats, "state", "a", 2, limits, "", "");
     let (b, mut running_b) = host_with(&nats, "state", "b", 2, limits, "", "");
     for app in [&a, &b] {
-        await_metric(app, "taskhost_cluster_hosts", 2.0);
+        await_all_serving(app, 2);
     }
 
     // Four workers on two hosts add 1 to one key 100 times each, through
@@ -1068,7 +1084,7 @@ fn a_guest_starts_tasks_on_any_host_a_named_one_or_all() {
     let (a, mut running_a) = host(&nats, "guests", "a", 1, "");
     let (b, mut running_b) = host(&nats, "guests", "b", 1, "");
     for app in [&a, &b] {
-        await_metric(app, "taskhost_cluster_hosts", 2.0);
+        await_all_serving(app, 2);
     }
 
     // All hosts: one task each, and the guest is told where.
@@ -1244,4 +1260,45 @@ fn an_answer_over_the_nats_message_limit_says_so_instead_of_timing_out() {
     );
     // The host's own listing still works.
     assert!(ok(a.cli(&["tasks", "--json"])).stdout.len() > 1 << 20);
+}
+
+#[test]
+fn tasks_for_any_host_go_to_the_hosts_with_room() {
+    let nats = NatsServer::start();
+    // a takes two tasks at most; b many.
+    let (a, _running_a) = host_with(
+        &nats,
+        "room",
+        "a",
+        1,
+        "[limits]\ntasks_per_worker = 2",
+        "",
+        "",
+    );
+    let (b, _running_b) = host(&nats, "room", "b", 1, "");
+    await_serving(&a, "b", true);
+    await_serving(&b, "a", true);
+    // a is full.
+    for name in ["full-1", "full-2"] {
+        ok(a.cli(&[
+            "add",
+            "kit",
+            "nap",
+            "--args",
+            r#"{"ms": 600000}"#,
+            "--name",
+            name,
+        ]));
+    }
+    // Every task for any host goes to b, asked of a or of b: a takes none
+    // (a queue group would have given a about half, each refused).
+    for (i, app) in [&a, &b].into_iter().cycle().take(12).enumerate() {
+        let (api, _) = Api::of(app);
+        let (status, added) = api.post_any(
+            "/v1/tasks",
+            json!({"plugin": "kit", "factory": "nap", "args": {"ms": 600000}, "name": format!("room-{i}"), "host": "any"}),
+        );
+        assert_eq!(status, 201, "{added}");
+        assert_eq!(added["tasks"][0]["host"], "b", "{added}");
+    }
 }

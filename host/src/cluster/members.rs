@@ -31,6 +31,10 @@ pub struct HostBeat {
     /// stopping): a request for `all` expects an answer from these.
     #[serde(default)]
     pub serving: bool,
+    /// How many more tasks it takes now (`tasks_per_worker` on each
+    /// worker, less those alive): `any` goes to hosts with room.
+    #[serde(default)]
+    pub room: usize,
 }
 
 /// The hosts heard from, with when.
@@ -131,6 +135,7 @@ pub(super) async fn start(
                     .map(|w| w.len().saturating_sub(1) as u32)
                     .unwrap_or(0),
                 serving: serving.load(std::sync::atomic::Ordering::Relaxed),
+                room: super::any::room(&env),
             };
             let Ok(payload) = serde_json::to_vec(&beat) else {
                 continue;

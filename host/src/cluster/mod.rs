@@ -7,8 +7,11 @@
 //!   ([`events`]);
 //! - `{name}.hosts.{host}`: each host's heartbeat ([`members`]);
 //! - `{name}.{kind}.any|all|host.{host}`: requests one host makes of others,
-//!   answered as the control API would (`tasks`: add a task; [`requests`]).
+//!   answered as the control API would (`tasks`: add a task; [`requests`]);
+//! - `{name}.any`: tasks for any host, taken by the hosts with room
+//!   ([`any`]).
 
+pub mod any;
 pub mod durable;
 mod events;
 pub mod kv;
@@ -68,6 +71,9 @@ pub struct Cluster {
     rollout: Arc<rollout::Rollout>,
     /// Key-value state, on JetStream KV.
     kv: Arc<kv::ClusterKv>,
+    /// Tasks for any host, taken by the hosts with room.
+    any: Arc<any::AnyQueue>,
+    env: Arc<TaskEnv>,
     /// What runs for the cluster: the events' bridges, the heartbeat,
     /// the durable queue's runners, the roll-out watch.
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -136,6 +142,11 @@ impl Cluster {
                 .await
                 .with_context(|| format!("{}: [cluster]", file.display()))?,
         );
+        let any = Arc::new(
+            any::AnyQueue::open(&client, config)
+                .await
+                .with_context(|| format!("{}: [cluster]", file.display()))?,
+        );
         let kv = Arc::new(kv::ClusterKv::new(
             &client,
             config,
@@ -159,6 +170,8 @@ impl Cluster {
             durable,
             rollout,
             kv,
+            any,
+            env,
             tasks: Mutex::new(tasks),
             servers: Mutex::default(),
             serving,
@@ -174,11 +187,14 @@ impl Cluster {
     /// Answers the requests of `kind` that other hosts (or this one) send
     /// to `any`, `all` or this host, with `responder`.
     pub async fn serve(&self, kind: &str, responder: Arc<dyn Responder>) -> Result<()> {
-        let task = requests::serve(&self.client, &self.config, kind, responder).await?;
-        self.servers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
+        let task = requests::serve(&self.client, &self.config, kind, responder.clone()).await?;
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        servers.push(task);
+        // Tasks for `any` host come from the queue, while this host has
+        // room.
+        if kind == "tasks" {
+            servers.push(any::serve(self.any.clone(), self.env.clone(), responder));
+        }
         Ok(())
     }
 
@@ -211,6 +227,9 @@ impl Cluster {
         target: &Target,
         payload: bytes::Bytes,
     ) -> Result<Vec<Answer>, RequestError> {
+        if kind == "tasks" && *target == Target::Any {
+            return Ok(vec![self.any.submit(&self.members, payload).await?]);
+        }
         requests::request(
             &self.client,
             &self.config,

@@ -82,6 +82,13 @@ pub enum RequestError {
     Unreachable(String),
     #[error("no answer from {target} within {} s", REQUEST_TIMEOUT.as_secs())]
     TimedOut { target: Target },
+    /// Every host is at its task limit (`tasks_per_worker` on each
+    /// worker), as their last heartbeats said.
+    #[error(
+        "no host of cluster `{cluster}` has room for another task: each is at \
+         [limits] tasks_per_worker on every worker"
+    )]
+    NoRoom { cluster: String },
 }
 
 /// What answers requests of one kind on this host.
