@@ -59,6 +59,9 @@ pub enum AddTaskError {
     /// is away): the same submission may succeed later.
     #[error("{0}")]
     Unavailable(String),
+    /// The idempotency key names a durable task running on another host.
+    #[error("{0}")]
+    Elsewhere(String),
 }
 
 /// A task `add_task` answered for.

@@ -90,9 +90,9 @@ pub(super) async fn add_task(
             AddTaskError::Refused(error) => error,
             AddTaskError::NoWorker(worker) => GuestError::Failed(format!("no worker {worker}")),
             AddTaskError::Invalid(message) => GuestError::InvalidArgs(message),
-            AddTaskError::Storage(message) | AddTaskError::Unavailable(message) => {
-                GuestError::Failed(message)
-            }
+            AddTaskError::Storage(message)
+            | AddTaskError::Unavailable(message)
+            | AddTaskError::Elsewhere(message) => GuestError::Failed(message),
         })
 }
 

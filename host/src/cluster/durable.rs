@@ -71,6 +71,9 @@ struct StoredTask {
     stage: Option<String>,
     #[serde(default)]
     cancel_requested: bool,
+    /// How many times another run was started after its host went away.
+    #[serde(default)]
+    handovers: u32,
     created_ms: u64,
     #[serde(default)]
     ended_ms: Option<u64>,
@@ -144,6 +147,11 @@ pub struct DurableQueue {
     client: async_nats::Client,
     stream: stream::Stream,
     records: kv::Store,
+    /// The stream behind `records`, to purge a record without leaving a
+    /// marker behind for every task ever run.
+    records_stream: stream::Stream,
+    /// Its name, the second token of its keys' subjects.
+    records_bucket: String,
     /// `{name}.durable`.
     prefix: String,
     host: String,
@@ -188,10 +196,16 @@ impl DurableQueue {
             })
             .await
             .with_context(|| format!("cannot open the JetStream KV bucket {name}"))?;
+        let records_stream = jetstream
+            .get_stream(format!("KV_{name}"))
+            .await
+            .with_context(|| format!("cannot open the stream of KV bucket {name}"))?;
         let queue = DurableQueue {
             client: client.clone(),
             stream,
             records,
+            records_stream,
+            records_bucket: name.clone(),
             prefix,
             host: config.host.clone(),
             ack_wait: config.ack_wait,
@@ -313,13 +327,25 @@ impl DurableQueue {
             .remove(&seq)
     }
 
+    /// The key a submission's idempotency key is kept under: app.toml's
+    /// durable startup tasks (`app.toml/WORKER/NAME`) run on every host,
+    /// so theirs are this host's own; any other key is the cluster's.
+    fn scoped_key(&self, key: &str) -> String {
+        if key.starts_with("app.toml/") {
+            format!("{}/{key}", self.host)
+        } else {
+            key.to_string()
+        }
+    }
+
     async fn submit_task(&self, task: &NewTask) -> Result<Submitted> {
         self.online()?;
-        if let Some(key) = &task.idempotency_key
+        let key = task.idempotency_key.as_deref().map(|k| self.scoped_key(k));
+        if let Some(key) = &key
             && let Some(seq) = self.keyed(key).await?
             && let Some((existing, _)) = self.read(seq).await?
         {
-            return Ok(Submitted::Existing(existing.record()));
+            return self.existing(existing);
         }
         let mut stored = StoredTask {
             seq: 0,
@@ -338,13 +364,14 @@ impl DurableQueue {
             error: None,
             stage: None,
             cancel_requested: false,
+            handovers: 0,
             created_ms: now_ms(),
             ended_ms: None,
         };
         let mut publish = jetstream::message::PublishMessage::build()
             .payload(serde_json::to_vec(&stored)?.into())
             .header(super::HOST_HEADER, self.host.as_str());
-        if let Some(key) = &task.idempotency_key {
+        if let Some(key) = &key {
             publish = publish.message_id(key);
         }
         let jetstream = jetstream::new(self.client.clone());
@@ -360,7 +387,7 @@ impl DurableQueue {
             // one's record is written right after its publish.
             for _ in 0..50 {
                 if let Some((existing, _)) = self.read(seq).await? {
-                    return Ok(Submitted::Existing(existing.record()));
+                    return self.existing(existing);
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -375,13 +402,38 @@ impl DurableQueue {
             .put(task_key(seq), serde_json::to_vec(&stored)?.into())
             .await
             .with_context(|| format!("cannot record durable task {seq}"))?;
-        if let Some(key) = &task.idempotency_key {
+        if let Some(key) = &key {
             self.records
                 .put(idempotency_key(key), seq.to_string().into())
                 .await
                 .with_context(|| format!("cannot record durable task {seq}'s key"))?;
         }
         Ok(Submitted::New(stored.record()))
+    }
+
+    /// The answer to a submission whose key names `task`: the task, unless
+    /// it has not ended and runs on another host (this host must not run
+    /// it too).
+    fn existing(&self, task: StoredTask) -> Result<Submitted> {
+        if task.is_pending() && task.host != self.host {
+            return Err(anyhow::Error::new(crate::storage::RunsElsewhere(format!(
+                "the idempotency key names durable task {} (seq {}), which has not ended and \
+                 runs on host {} (attempt {}); ask that host, or `taskhost task {} --cluster`",
+                task.name, task.seq, task.host, task.attempt, task.name
+            ))));
+        }
+        Ok(Submitted::Existing(task.record()))
+    }
+
+    /// Removes the record under `key` entirely (a KV purge would leave a
+    /// marker per task for ever).
+    async fn purge_record(&self, key: &str) -> Result<()> {
+        self.records_stream
+            .purge()
+            .filter(format!("$KV.{}.{key}", self.records_bucket))
+            .await
+            .with_context(|| format!("cannot purge {key} from {}", self.records_bucket))?;
+        Ok(())
     }
 
     async fn keyed(&self, key: &str) -> Result<Option<u64>> {
@@ -402,9 +454,10 @@ impl DurableQueue {
         if let Some((task, _)) = self.read(seq).await?
             && let Some(key) = &task.idempotency_key
         {
-            self.records.purge(idempotency_key(key)).await?;
+            self.purge_record(&idempotency_key(&self.scoped_key(key)))
+                .await?;
         }
-        self.records.purge(task_key(seq)).await?;
+        self.purge_record(&task_key(seq)).await?;
         // Not delivered yet, it is still in the stream.
         let _ = self.stream.delete_message(seq).await;
         Ok(())
@@ -412,6 +465,9 @@ impl DurableQueue {
 
     async fn started(&self, seq: u64, attempt: u32) -> Result<()> {
         let host = self.host.clone();
+        // Not a retry of a run of this process: another run, after its
+        // host (this one, restarted, or another) went away.
+        let handover = self.attempt_of(seq).is_none();
         let written = self
             .modify(seq, |task| {
                 if !task.is_pending() {
@@ -426,6 +482,9 @@ impl DurableQueue {
                 }
                 task.host = host.clone();
                 task.attempt = attempt;
+                if handover {
+                    task.handovers += 1;
+                }
                 Ok(true)
             })
             .await?;
@@ -550,9 +609,10 @@ impl DurableQueue {
         let ended = self.ended_here(usize::MAX).await?;
         for task in &ended {
             if let Some(key) = &task.idempotency_key {
-                self.records.purge(idempotency_key(key)).await?;
+                self.purge_record(&idempotency_key(&self.scoped_key(key)))
+                    .await?;
             }
-            self.records.purge(task_key(task.seq)).await?;
+            self.purge_record(&task_key(task.seq)).await?;
         }
         Ok(ended.len() as u64)
     }
@@ -695,22 +755,16 @@ impl Runner {
                 continue;
             }
             self.queue.record_kept_ends().await;
-            if let Err(error) = self.take_within(&me, FETCH_WAIT).await {
+            if let Err(error) = self.take_from(&me, FETCH_WAIT).await {
                 tracing::debug!("durable queue: {error:#}");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             for host in self.gone_hosts().await {
-                if let Err(error) = self.take_within(&host, Duration::ZERO).await {
+                if let Err(error) = self.take_from(&host, Duration::ZERO).await {
                     tracing::debug!("durable queue of host {host}: {error:#}");
                 }
             }
         }
-    }
-
-    async fn take_within(&mut self, host: &str, wait: Duration) -> Result<()> {
-        tokio::time::timeout(wait + FETCH_SLACK, self.take_from(host, wait))
-            .await
-            .map_err(|_| anyhow!("a fetch from the consumer of host {host} stalled"))?
     }
 
     /// The hosts whose consumer exists but who are gone from the cluster
@@ -768,11 +822,19 @@ impl Runner {
                 .await
                 .map_err(|e| anyhow!("{e}"))?
         };
-        while let Some(message) = messages.next().await {
+        // Only the wait for the next message is bounded (a lost end of
+        // batch must not stall the queue); a message taken is handled to
+        // its end.
+        loop {
+            let next = tokio::time::timeout(wait + FETCH_SLACK, messages.next())
+                .await
+                .map_err(|_| anyhow!("a fetch from the consumer of host {host} stalled"))?;
+            let Some(message) = next else {
+                return Ok(());
+            };
             let message = message.map_err(|e| anyhow!("{e}"))?;
             self.take(host, Arc::new(message)).await;
         }
-        Ok(())
     }
 
     /// One delivered task: held if it runs here, acknowledged if it ended,
@@ -809,12 +871,10 @@ impl Runner {
             let _ = message.ack().await;
             return;
         }
-        let running_here = task.host == queue.host
-            && queue.attempt_of(seq) == Some(task.attempt)
-            && self
-                .env
-                .durable_task(seq)
-                .is_some_and(|(_, handle)| !handle.is_ended());
+        // This process runs (or just ran) this attempt: submitted here a
+        // moment ago, not listed yet, or ended while NATS was away with its
+        // end still to record. Held, never handed over.
+        let running_here = task.host == queue.host && queue.attempt_of(seq) == Some(task.attempt);
         if running_here {
             queue.hold(seq, message.clone());
             // It may have ended between the read and the hold, its end
@@ -846,11 +906,21 @@ impl Runner {
             );
             return;
         }
-        if delivered > queue.max_deliveries {
+        // A stopping host claims nothing: handed back for another.
+        if self.env.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+            return;
+        }
+        // Runs counted, not deliveries: a delivery handed back (no room, a
+        // host stopping, a record not written yet) is not a run.
+        if 1 + task.handovers >= queue.max_deliveries {
             let error = format!(
-                "dead letter: delivered {delivered} times (max_deliveries = {}) without ending; \
-                 last run on host {} (attempt {})",
-                queue.max_deliveries, task.host, task.attempt
+                "dead letter: run {} times (max_deliveries = {}) without ending; last run on \
+                 host {} (attempt {})",
+                1 + task.handovers,
+                queue.max_deliveries,
+                task.host,
+                task.attempt
             );
             tracing::error!(task = task.name, "durable task {}: {error}", task.name);
             self.end_here(seq, &message, Outcome::Failed { error })
@@ -920,22 +990,41 @@ impl Runner {
     }
 }
 
-/// Says "still running" for every task held here, and stops the copy of
-/// a task another host took over (this host was away past `ack_wait`).
+/// Says "still running" for every task held here, and stops this
+/// process's copy of a task another host took over (this host was away past
+/// `ack_wait`), whether or not its message had reached this host.
 async fn progress(queue: &DurableQueue, env: &TaskEnv) {
-    let held: Vec<(u64, Arc<jetstream::Message>)> = queue
-        .held
+    let mut seqs: Vec<u64> = queue
+        .mine
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .map(|(seq, message)| (*seq, message.clone()))
+        .keys()
+        .copied()
         .collect();
-    for (seq, message) in held {
+    seqs.extend(
+        queue
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied(),
+    );
+    seqs.sort_unstable();
+    seqs.dedup();
+    for seq in seqs {
+        let held = queue
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&seq)
+            .cloned();
         let task = match queue.read(seq).await {
             Ok(Some((task, _))) => task,
             Ok(None) => continue,
             Err(_) => {
-                let _ = message.ack_with(AckKind::Progress).await;
+                if let Some(message) = held {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
                 continue;
             }
         };
@@ -943,11 +1032,7 @@ async fn progress(queue: &DurableQueue, env: &TaskEnv) {
         // Claimed by another host since this one started it: whether that
         // one is still running it or has ended it, this copy stops.
         let superseded = task.host != queue.host || mine.is_some_and(|m| m != task.attempt);
-        if !superseded && !task.is_pending() {
-            if queue.release(seq).is_some() {
-                let _ = message.ack().await;
-            }
-        } else if superseded {
+        if superseded {
             queue.release(seq);
             queue.set_attempt(seq, None);
             if let Some((_, handle)) = env.durable_task(seq)
@@ -956,14 +1041,18 @@ async fn progress(queue: &DurableQueue, env: &TaskEnv) {
                 tracing::warn!(
                     task = task.name,
                     "durable task {} runs on host {} now (attempt {}): this host was away \
-                         past ack_wait, so its copy stops",
+                     past ack_wait, so its copy stops",
                     task.name,
                     task.host,
                     task.attempt
                 );
                 handle.cancel();
             }
-        } else {
+        } else if !task.is_pending() {
+            if let Some(message) = queue.release(seq) {
+                let _ = message.ack().await;
+            }
+        } else if let Some(message) = held {
             let _ = message.ack_with(AckKind::Progress).await;
         }
     }

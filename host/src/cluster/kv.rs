@@ -235,18 +235,20 @@ impl ClusterKv {
         let Some(bucket) = self.bucket(id, false).await? else {
             return Ok(false);
         };
-        let existed = self.entry(id, key).await?.is_some();
-        if existed {
-            // A purge of the key's subject leaves no marker behind to count
-            // against the bucket's key limit.
-            bucket
-                .stream
-                .purge()
-                .filter(format!("$KV.{}.{}", bucket.name, encode(key)))
-                .await
-                .map_err(storage)?;
-        }
-        Ok(existed)
+        let Some(current) = self.entry(id, key).await? else {
+            return Ok(false);
+        };
+        // A purge of the key's subject leaves no marker behind to count
+        // against the bucket's key limit; only up to the revision read, so
+        // a value another host wrote since stays.
+        bucket
+            .stream
+            .purge()
+            .filter(format!("$KV.{}.{}", bucket.name, encode(key)))
+            .sequence(current.version + 1)
+            .await
+            .map_err(storage)?;
+        Ok(true)
     }
 
     async fn keys_of(&self, id: &BucketId) -> Result<Vec<String>, KvError> {
@@ -351,6 +353,7 @@ impl ClusterKv {
             getrandom::u64().map_err(|e| storage(format!("no randomness for a batch id: {e}")))?
         );
         let last = writes.len();
+        let mut committed = None;
         for (index, (key, value)) in writes.iter().enumerate() {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Batch-Id", batch.as_str());
@@ -379,16 +382,21 @@ impl ClusterKv {
                 let description = error["description"].as_str().unwrap_or("refused");
                 return Err(self.refused(id, description));
             }
+            committed = answer["seq"].as_u64();
         }
-        // Deleted keys leave markers in a batch: purged now, so they do not
-        // count against the key limit.
-        for (key, value) in writes {
-            if value.is_none() {
-                let _ = bucket
-                    .stream
-                    .purge()
-                    .filter(format!("$KV.{}.{}", bucket.name, encode(key)))
-                    .await;
+        // Deleted keys leave markers in a batch: purged now (up to the
+        // batch's last message, so a write made since stays), so they do
+        // not count against the key limit.
+        if let Some(committed) = committed {
+            for (key, value) in writes {
+                if value.is_none() {
+                    let _ = bucket
+                        .stream
+                        .purge()
+                        .filter(format!("$KV.{}.{}", bucket.name, encode(key)))
+                        .sequence(committed + 1)
+                        .await;
+                }
             }
         }
         Ok(())

@@ -72,12 +72,34 @@ impl Names {
             })
             .await
             .context("cannot open the JetStream KV bucket of cluster-scoped names (is JetStream on: nats-server -js?)")?;
-        Ok(Names {
+        let names = Names {
             client: client.clone(),
             store,
             host: config.host.clone(),
             mine: Mutex::default(),
-        })
+        };
+        names.free_left_behind().await;
+        Ok(names)
+    }
+
+    /// Frees the claims an earlier run of this host left (it died, and
+    /// came back before the others swept them): no task of this process
+    /// holds them.
+    async fn free_left_behind(&self) {
+        let Ok(mut keys) = self.store.keys().await else {
+            return;
+        };
+        while let Some(Ok(key)) = keys.next().await {
+            let Ok(Some(entry)) = self.store.entry(key.clone()).await else {
+                continue;
+            };
+            if serde_json::from_slice::<Owner>(&entry.value).is_ok_and(|o| o.host == self.host) {
+                let _ = self
+                    .store
+                    .delete_expect_revision(key, Some(entry.revision))
+                    .await;
+            }
+        }
     }
 
     fn mine(&self) -> std::sync::MutexGuard<'_, HashMap<String, Claim>> {

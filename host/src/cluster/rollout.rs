@@ -243,6 +243,14 @@ impl Rollout {
             .get(plugin)
             .await
             .with_context(|| format!("cannot fetch plugin {plugin} from {}", self.bucket))?;
+        // Checked against the digest of the object fetched: a newer one may
+        // have replaced the one this update announced.
+        let digest = object
+            .info()
+            .metadata
+            .get(DIGEST)
+            .cloned()
+            .unwrap_or_default();
         let mut bytes = Vec::new();
         object
             .read_to_end(&mut bytes)

@@ -305,8 +305,6 @@ async fn add_task(
     Ok((status, Json(added)))
 }
 
-/// The cluster's `tasks` requests: other hosts' `POST /v1/tasks` with a
-/// `host` that chose this one, answered as that endpoint answers here.
 /// The host as the cluster's plugin roll-out sees it.
 pub(crate) struct HostPlugins(pub Arc<Host>);
 
@@ -339,6 +337,8 @@ impl crate::cluster::rollout::PluginSink for HostPlugins {
     }
 }
 
+/// The cluster's `tasks` requests: other hosts' `POST /v1/tasks` with a
+/// `host` that chose this one, answered as that endpoint answers here.
 pub(crate) struct TaskSubmissions(pub Arc<Host>);
 
 impl crate::cluster::Responder for TaskSubmissions {
@@ -695,6 +695,7 @@ fn known_kind(kind: &str) -> &'static str {
         "bad_request",
         "unavailable",
         "storage",
+        "elsewhere",
     ]
     .into_iter()
     .find(|known| *known == kind)
@@ -907,6 +908,7 @@ fn add_error(error: AddTaskError) -> ApiError {
         AddTaskError::Unavailable(_) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
         }
+        AddTaskError::Elsewhere(_) => ApiError::new(StatusCode::CONFLICT, "elsewhere", message),
     }
 }
 

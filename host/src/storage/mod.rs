@@ -49,6 +49,13 @@ pub use tasks::{NewTask, Submitted, TaskRecord, TaskStore, TaskStoreFuture};
 #[error("{0}")]
 pub struct Unavailable(pub String);
 
+/// A submission's idempotency key names a durable task that has not ended
+/// and runs on another host of the cluster: nothing was written or
+/// started here. The message names the task and the host.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RunsElsewhere(pub String);
+
 /// A backend for everything the host keeps: key-value state, durable
 /// tasks and schedules' progress, in one place, so one backend swap moves
 /// them all.

@@ -331,6 +331,13 @@ pub(crate) async fn run_handed_over(
             "this host's workers have not started".into(),
         ));
     }
-    let index = record.worker.index().unwrap_or(0) as usize % workers.len();
-    workers[index].resume(record).await
+    let worker = &workers[record.worker.index().unwrap_or(0) as usize % workers.len()];
+    // An earlier run of it that ended here (a copy stopped when another
+    // host took it over) holds its name: the new run takes it.
+    if let Some(info) = worker.registry.get_by_name(&record.name)
+        && info.state.is_ended()
+    {
+        worker.registry.forget(info.ident.id);
+    }
+    worker.resume(record).await
 }
