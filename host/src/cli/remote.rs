@@ -54,7 +54,8 @@ pub(crate) enum Verb {
         common: Common,
     },
     /// List the hosts of this host's cluster, as their heartbeats say:
-    /// version, workers, live tasks.
+    /// version, workers, live tasks, room for more (what `any` follows),
+    /// and whether it takes requests (no while starting or stopping).
     Hosts {
         #[command(flatten)]
         common: Common,
@@ -455,10 +456,22 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                             clean(&h.version),
                             h.workers.to_string(),
                             h.live_tasks.to_string(),
+                            h.room.to_string(),
+                            if h.serving { "yes" } else { "no" }.to_string(),
                         ]
                     })
                     .collect();
-                print_table(&["HOST", "VERSION", "WORKERS", "LIVE TASKS"], rows);
+                print_table(
+                    &[
+                        "HOST",
+                        "VERSION",
+                        "WORKERS",
+                        "LIVE TASKS",
+                        "ROOM",
+                        "SERVING",
+                    ],
+                    rows,
+                );
             }
         }
         Verb::Purge { common } => {

@@ -104,6 +104,7 @@ pub(super) async fn start(
     env: Arc<TaskEnv>,
     members: Arc<Members>,
     serving: Arc<std::sync::atomic::AtomicBool>,
+    changed: Arc<tokio::sync::Notify>,
 ) -> Result<Vec<JoinHandle<()>>> {
     members.me.lock().unwrap_or_else(|e| e.into_inner()).0 = config.host.clone();
     let mut beats = client
@@ -124,7 +125,11 @@ pub(super) async fn start(
         let mut ticks = tokio::time::interval(HEARTBEAT);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticks.tick().await;
+            // On the beat, and at once when it starts or stops serving.
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = changed.notified() => {}
+            }
             let beat = HostBeat {
                 host: host.clone(),
                 version: env!("CARGO_PKG_VERSION").to_string(),

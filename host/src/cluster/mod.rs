@@ -81,6 +81,8 @@ pub struct Cluster {
     servers: Mutex<Vec<JoinHandle<()>>>,
     /// Whether this host takes requests now (said in its heartbeat).
     serving: Arc<AtomicBool>,
+    /// Wakes the heartbeat when `serving` changes.
+    serving_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Cluster {
@@ -110,6 +112,7 @@ impl Cluster {
             .with_context(|| format!("{}: [cluster]: cannot relay events", file.display()))?;
         let members = Arc::new(members::Members::default());
         let serving = Arc::new(AtomicBool::new(false));
+        let serving_changed = Arc::new(tokio::sync::Notify::new());
         tasks.extend(
             members::start(
                 &client,
@@ -117,6 +120,7 @@ impl Cluster {
                 env.clone(),
                 members.clone(),
                 serving.clone(),
+                serving_changed.clone(),
             )
             .await
             .with_context(|| format!("{}: [cluster]: cannot beat", file.display()))?,
@@ -175,6 +179,7 @@ impl Cluster {
             tasks: Mutex::new(tasks),
             servers: Mutex::default(),
             serving,
+            serving_changed,
         })
     }
 
@@ -202,6 +207,7 @@ impl Cluster {
     /// [`Cluster::serve`] is done.
     pub fn start_serving(&self) {
         self.serving.store(true, Ordering::Relaxed);
+        self.serving_changed.notify_one();
     }
 
     /// Stops taking the other hosts' requests (the host is stopping): its
@@ -209,6 +215,7 @@ impl Cluster {
     /// heartbeat says it no longer serves, so `all` stops waiting for it.
     pub fn stop_serving(&self) {
         self.serving.store(false, Ordering::Relaxed);
+        self.serving_changed.notify_one();
         for server in self
             .servers
             .lock()
