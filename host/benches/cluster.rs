@@ -88,16 +88,18 @@ fn start_host(dir: &Path, name: &str, toml: &str) -> (Process, Client) {
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let mut serving = false;
+    let mut said = Vec::new();
     for line in lines.by_ref().map_while(Result::ok) {
         if line.contains("control API on") {
             serving = true;
             break;
         }
+        said.push(line);
     }
     if !serving {
         let mut stderr = String::new();
         let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
-        panic!("host {name} did not start:\n{stderr}");
+        panic!("host {name} did not start:\n{}\n{stderr}", said.join("\n"));
     }
     // The rest of its log is read and dropped, so it never blocks on a
     // full pipe.
