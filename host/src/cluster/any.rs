@@ -10,7 +10,9 @@
 //! the message if no host took it; a host that fetches it after the
 //! deadline drops it, so a task nobody took in time never starts later.
 
-use super::requests::{Answer, REQUEST_TIMEOUT, RequestError, Responder, STATUS_HEADER, Target};
+use super::requests::{
+    Answer, REQUEST_TIMEOUT, RequestError, Responder, STATUS_HEADER, Target, answer_of,
+};
 use super::{HOST_HEADER, members::Members};
 use crate::config::ClusterConfig;
 use crate::worker::TaskEnv;
@@ -133,23 +135,6 @@ impl AnyQueue {
                 })
             }
         }
-    }
-}
-
-fn answer_of(message: &async_nats::Message) -> Answer {
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(name))
-            .map(|value| value.as_str().to_string())
-    };
-    Answer {
-        host: header(HOST_HEADER).unwrap_or_default(),
-        status: header(STATUS_HEADER)
-            .and_then(|status| status.parse().ok())
-            .unwrap_or(502),
-        body: message.payload.clone(),
     }
 }
 

@@ -249,7 +249,9 @@ pub(super) async fn request(
     Ok(answers)
 }
 
-fn answer_of(message: &async_nats::Message) -> Answer {
+/// An answer as its message carries it: the answering host, the status
+/// (502 when missing) and the body.
+pub(super) fn answer_of(message: &async_nats::Message) -> Answer {
     let header = |name: &str| {
         message
             .headers
