@@ -154,33 +154,6 @@ impl ClusterKv {
         self.jetstream.get_key_value(name).await.map_err(storage)
     }
 
-    fn check(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        if key.is_empty() {
-            return Err(KvError::EmptyKey);
-        }
-        if key.len() > self.limits.key_bytes {
-            return Err(Limit {
-                what: "a key".to_string(),
-                max: self.limits.key_bytes as u64,
-                got: key.len() as u64,
-                unit: LimitUnit::Bytes,
-                setting: Some("kv_key_bytes"),
-            }
-            .into());
-        }
-        if value.len() > self.limits.value_bytes {
-            return Err(Limit {
-                what: format!("the value of key {key:?}"),
-                max: self.limits.value_bytes as u64,
-                got: value.len() as u64,
-                unit: LimitUnit::Bytes,
-                setting: Some("kv_value_bytes"),
-            }
-            .into());
-        }
-        Ok(())
-    }
-
     /// A write JetStream refused: a limit it enforces, or a failure.
     fn refused(&self, id: &BucketId, error: impl std::fmt::Display) -> KvError {
         let text = error.to_string();
@@ -221,7 +194,7 @@ impl ClusterKv {
     }
 
     async fn put(&self, id: &BucketId, key: &str, value: &[u8]) -> Result<(), KvError> {
-        self.check(key, value)?;
+        self.limits.check_write(key, value)?;
         let bucket = self.bucket(id, true).await?.expect("made");
         bucket
             .store
@@ -314,7 +287,7 @@ impl ClusterKv {
         expected: Option<u64>,
         value: &[u8],
     ) -> Result<Swap, KvError> {
-        self.check(key, value)?;
+        self.limits.check_write(key, value)?;
         let bucket = self.bucket(id, true).await?.expect("made");
         let written = match expected {
             None => bucket
@@ -506,7 +479,7 @@ impl KvStore for ClusterKv {
     ) -> KvFuture<'a, ()> {
         Box::pin(async move {
             for (key, value) in entries {
-                self.check(key, value)?;
+                self.limits.check_write(key, value)?;
             }
             let writes: Vec<(&str, Option<&[u8]>)> = entries
                 .iter()

@@ -210,6 +210,43 @@ fn check_bucket_name(name: &str) -> Result<(), BadBucket> {
     crate::config::check_bucket_name(name).map_err(BadBucket)
 }
 
+impl KvLimits {
+    /// A key may be written: not empty, within `kv_key_bytes`.
+    pub fn check_key(&self, key: &str) -> Result<(), KvError> {
+        if key.is_empty() {
+            return Err(KvError::EmptyKey);
+        }
+        if key.len() > self.key_bytes {
+            return Err(Limit {
+                what: "a key".to_string(),
+                max: self.key_bytes as u64,
+                got: key.len() as u64,
+                unit: crate::config::LimitUnit::Bytes,
+                setting: Some("kv_key_bytes"),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// `key` may be set to `value`: the key fits, and the value is within
+    /// `kv_value_bytes`.
+    pub fn check_write(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.check_key(key)?;
+        if value.len() > self.value_bytes {
+            return Err(Limit {
+                what: format!("the value of key {key:?}"),
+                max: self.value_bytes as u64,
+                got: value.len() as u64,
+                unit: crate::config::LimitUnit::Bytes,
+                setting: Some("kv_value_bytes"),
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
 impl From<&crate::config::Limits> for KvLimits {
     fn from(limits: &crate::config::Limits) -> KvLimits {
         KvLimits {

@@ -336,17 +336,7 @@ struct Writer<'t, 'c> {
 
 impl Writer<'_, '_> {
     fn put(&mut self, bucket: &BucketId, key: &str, value: &[u8]) -> Result<(), KvError> {
-        check_key(self.limits, key)?;
-        if value.len() > self.limits.value_bytes {
-            return Err(Limit {
-                what: format!("the value of key {key:?}"),
-                max: self.limits.value_bytes as u64,
-                got: value.len() as u64,
-                unit: LimitUnit::Bytes,
-                setting: Some("kv_value_bytes"),
-            }
-            .into());
-        }
+        self.limits.check_write(key, value)?;
         let id = bucket.to_string();
         let old = value_len(self.tx, &id, key)?;
         let (added_keys, added_bytes) = match old {
@@ -454,23 +444,6 @@ impl Writer<'_, '_> {
             .optional()?
             .map(|v| v as u64))
     }
-}
-
-fn check_key(limits: &KvLimits, key: &str) -> Result<(), KvError> {
-    if key.is_empty() {
-        return Err(KvError::EmptyKey);
-    }
-    if key.len() > limits.key_bytes {
-        return Err(Limit {
-            what: "a key".to_string(),
-            max: limits.key_bytes as u64,
-            got: key.len() as u64,
-            unit: LimitUnit::Bytes,
-            setting: Some("kv_key_bytes"),
-        }
-        .into());
-    }
-    Ok(())
 }
 
 fn value_len(tx: &Transaction<'_>, id: &str, key: &str) -> Result<Option<i64>, KvError> {
