@@ -196,13 +196,7 @@ async fn take(
     responder: &dyn Responder,
     message: jetstream::Message,
 ) {
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(name))
-            .map(|value| value.as_str().to_string())
-    };
+    let header = |name: &str| super::requests::header_of(&message, name);
     let (Some(reply), Some(deadline)) = (
         header(REPLY_HEADER),
         header(DEADLINE_HEADER).and_then(|d| d.parse::<u64>().ok()),

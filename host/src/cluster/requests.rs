@@ -252,13 +252,7 @@ pub(super) async fn request(
 /// An answer as its message carries it: the answering host, the status
 /// (502 when missing) and the body.
 pub(super) fn answer_of(message: &async_nats::Message) -> Answer {
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(name))
-            .map(|value| value.as_str().to_string())
-    };
+    let header = |name: &str| header_of(message, name);
     Answer {
         host: header(HOST_HEADER).unwrap_or_default(),
         status: header(STATUS_HEADER)
@@ -266,4 +260,13 @@ pub(super) fn answer_of(message: &async_nats::Message) -> Answer {
             .unwrap_or(502),
         body: message.payload.clone(),
     }
+}
+
+/// The value of header `name` of `message`, if it has one.
+pub(super) fn header_of(message: &async_nats::Message, name: &str) -> Option<String> {
+    message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(name))
+        .map(|value| value.as_str().to_string())
 }
