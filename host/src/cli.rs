@@ -444,9 +444,12 @@ fn print_check(application: &Application, from: std::time::SystemTime) {
     }
     if let Some(listen) = &config.listen {
         outln!(
-            "  listen {} (up to {} websocket connections)",
+            "  listen {} (up to {} websocket connections, {} connections in all; {:?} to send a \
+             request's head)",
             listen.address,
-            listen.max_connections
+            listen.max_connections,
+            u64::from(listen.max_connections) + u64::from(listen.max_requests),
+            listen.header_timeout
         );
     }
     for route in &config.routes {
@@ -492,25 +495,46 @@ fn print_check(application: &Application, from: std::time::SystemTime) {
             crate::logging::escape_controls(&keys.join(", "), false)
         );
     }
-    let worst = WorstCase::of(&config.limits);
+    let mut worst = WorstCase::of(&config.limits);
+    worst.listener = crate::listener::worst_case_bytes(config);
     let machine = crate::config::machine_memory_bytes();
     outln!(
         "  worst case: {} live tasks could make the host hold {} ({} of task memory, \
          [limits] memory_total_mb; {} of stacks and bookkeeping; {} kept by the warm pool \
-         after tasks end){}",
+         after tasks end{}){}",
         worst.tasks,
         mib(worst.total()),
         mib(worst.task_memory),
         mib(worst.stacks),
         mib(worst.warm_kept),
+        if worst.listener > 0 {
+            format!(
+                "; {} of the listener's connection and request buffers",
+                mib(worst.listener)
+            )
+        } else {
+            String::new()
+        },
         match machine {
             Some(bytes) if worst.total() > bytes => format!(
-                "; MORE than this machine's {}: lower [limits] memory_total_mb or instances",
-                mib(bytes)
+                "; MORE than this machine's {}: lower [limits] memory_total_mb or instances{}",
+                mib(bytes),
+                if worst.listener > 0 {
+                    ", or the routes' max_connections, send_buffer or max_message_bytes"
+                } else {
+                    ""
+                }
             ),
             Some(bytes) => format!("; this machine has {}", mib(bytes)),
             None => String::new(),
         }
+    );
+    let handles = config.limits.handles_per_task as u64;
+    outln!(
+        "  each task may also make the host hold up to {handles} resource handles, {} of \
+         them in HTTP header fields it builds ([limits] handles_per_task, http_fields_bytes; \
+         per plugin too)",
+        mib(handles.saturating_mul(config.limits.http_fields_bytes as u64))
     );
     match application.compile_cache() {
         Some(cache) => {

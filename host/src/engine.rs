@@ -413,6 +413,9 @@ pub struct WorstCase {
     pub stacks: u64,
     /// What the warm pool keeps once tasks have ended.
     pub warm_kept: u64,
+    /// What the public listener's connections and requests may buffer
+    /// (set by whoever knows the routes: zero here).
+    pub listener: u64,
 }
 
 impl WorstCase {
@@ -424,6 +427,7 @@ impl WorstCase {
             task_memory: limits.memory_total_bytes(),
             stacks: tasks.saturating_mul(per_task),
             warm_kept: warm_resident_bound(limits.warm_instances),
+            listener: 0,
         }
     }
 
@@ -431,5 +435,6 @@ impl WorstCase {
         self.task_memory
             .saturating_add(self.stacks)
             .saturating_add(self.warm_kept)
+            .saturating_add(self.listener)
     }
 }

@@ -73,6 +73,8 @@ pub struct Host {
     scheduler: Option<Arc<Scheduler>>,
     /// This host's membership in its cluster (`[cluster]`); none alone.
     cluster: Option<crate::cluster::Cluster>,
+    /// Set while a heap trim is due (see [`Host::trim_heap_soon`]).
+    trim_due: Arc<std::sync::atomic::AtomicBool>,
     _ticker: EpochTicker,
 }
 
@@ -143,6 +145,7 @@ impl Host {
             startup: Mutex::default(),
             retired: Mutex::default(),
             scheduler: None,
+            trim_due: Arc::default(),
             _ticker: ticker,
         };
         // Durable tasks first: an unfinished one runs again before any
@@ -322,17 +325,42 @@ impl Host {
             .ok_or_else(|| CancelError::NotFound(name.to_string()))
     }
 
+    /// Gives the heap's free pages back within a second, once however
+    /// many callers ask meanwhile: for what is freed without a purge
+    /// (connections closing forget their tasks). 1,000 websocket clients
+    /// vanishing at once left the host 70 MiB above its baseline before.
+    pub(crate) fn trim_heap_soon(&self) {
+        use std::sync::atomic::Ordering;
+        if self.trim_due.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let due = self.trim_due.clone();
+        let trims = self.env.metrics.heap_trims.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            due.store(false, Ordering::Release);
+            let _ = tokio::task::spawn_blocking(give_back_heap).await;
+            trims.inc();
+        });
+    }
+
     /// Drops every ended task of every worker, and the kept records of
     /// ended durable tasks; returns how many tasks were listed.
     pub async fn purge(&self) -> Result<usize> {
         let purged = self.workers().map(|w| w.registry().purge()).sum();
         if purged > 0 {
             give_back_heap();
+            self.env.metrics.heap_trims.inc();
         }
         if let Some(storage) = self.storage() {
             storage.purge_ended().await?;
         }
         Ok(purged)
+    }
+
+    /// What the host's two HTTP servers count of their connections.
+    pub(crate) fn server_metrics(&self) -> &crate::metrics::ServerMetrics {
+        &self.env.metrics.servers
     }
 
     /// What the public listener's routes count.

@@ -53,8 +53,12 @@ impl HttpState {
         cancel: Arc<CancelSignal>,
         metrics: HttpMetrics,
     ) -> HttpState {
+        // What one `fields` handle may hold; `handles_per_task` bounds how
+        // many there are.
+        let mut ctx = WasiHttpCtx::new();
+        ctx.set_field_size_limit(policy.limits.http.fields_bytes);
         HttpState {
-            ctx: WasiHttpCtx::new(),
+            ctx,
             hooks: Hooks {
                 ident,
                 limits: policy.limits.http,

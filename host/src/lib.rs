@@ -17,8 +17,9 @@
 //!    [`compile_cache`], [`storage`] (what outlives the process: key-value
 //!    state and durable tasks, the traits and their SQLite backend),
 //!    `connection_hub` (the listener's open connections, as tasks see them).
-//! 3. `logging` (writes lifecycle events and task lines) and [`engine`]
-//!    (the wasmtime engines, through the compile cache).
+//! 3. `logging` (writes lifecycle events and task lines), [`engine`]
+//!    (the wasmtime engines, through the compile cache) and `serve` (how
+//!    the two HTTP servers bound their connections).
 //! 4. The host interfaces a task imports, one module each, owning its
 //!    state and its `add_to_linker`: `app` (the handle to the app; it
 //!    reaches the worker only through the narrow `app::TaskScope` trait,
@@ -73,6 +74,7 @@ pub(crate) mod metrics;
 pub(crate) mod private_files;
 pub(crate) mod runner;
 pub mod scheduler;
+pub(crate) mod serve;
 pub mod storage;
 pub(crate) mod store;
 pub(crate) mod wasi;

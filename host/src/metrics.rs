@@ -34,6 +34,9 @@ pub struct Metrics {
     pub prepared: Gauge,
     /// Tasks that started in an instance made ahead of demand.
     pub prepared_starts: Counter,
+    /// Times the host gave the heap's free pages back (after a purge, or
+    /// after connections closed).
+    pub heap_trims: Counter,
     /// Tasks waiting for an event on this host (set when scraped).
     pub event_waiters: Gauge,
     /// Hosts of the cluster heard from lately, this one included (set
@@ -44,6 +47,42 @@ pub struct Metrics {
     cluster_events: Family<Labels, Counter>,
     /// What the public listener's routes did.
     pub routes: RouteMetrics,
+    /// What the two HTTP servers' connections did.
+    pub servers: ServerMetrics,
+}
+
+/// Connections of the host's HTTP servers (`crate::serve`), by `server`
+/// (`public`, `control`). Cloning shares the counters.
+#[derive(Debug, Clone, Default)]
+pub struct ServerMetrics {
+    /// Open connections (websockets included until they close).
+    open: Family<Labels, Gauge>,
+    /// Connections closed for not sending a request's head in time.
+    timed_out: Family<Labels, Counter>,
+    /// Times the server reached its connection cap and stopped accepting.
+    at_cap: Family<Labels, Counter>,
+}
+
+fn server_label(server: &str) -> Labels {
+    vec![("server".to_string(), server.to_string())]
+}
+
+impl ServerMetrics {
+    pub(crate) fn opened(&self, server: &str) {
+        self.open.get_or_create(&server_label(server)).inc();
+    }
+
+    pub(crate) fn closed(&self, server: &str) {
+        self.open.get_or_create(&server_label(server)).dec();
+    }
+
+    pub(crate) fn timed_out(&self, server: &str) {
+        self.timed_out.get_or_create(&server_label(server)).inc();
+    }
+
+    pub(crate) fn at_cap(&self, server: &str) {
+        self.at_cap.get_or_create(&server_label(server)).inc();
+    }
 }
 
 /// What the public listener's routes did, by `route` (`websocket /feed`,
@@ -194,10 +233,12 @@ impl Metrics {
             resident: Gauge::default(),
             prepared: Gauge::default(),
             prepared_starts: Counter::default(),
+            heap_trims: Counter::default(),
             event_waiters: Gauge::default(),
             cluster_hosts: Gauge::default(),
             cluster_events: Family::default(),
             routes: RouteMetrics::default(),
+            servers: ServerMetrics::default(),
             registry: Registry::default(),
         };
         registry.register("tasks_spawned", "Tasks started", metrics.spawned.clone());
@@ -282,6 +323,21 @@ impl Metrics {
             metrics.routes.latency.clone(),
         );
         registry.register(
+            "server_connections",
+            "Open connections of the host's HTTP servers, by server (public, control)",
+            metrics.servers.open.clone(),
+        );
+        registry.register(
+            "server_header_timeouts",
+            "Connections closed for not sending a request's head within the header timeout, by server",
+            metrics.servers.timed_out.clone(),
+        );
+        registry.register(
+            "server_at_cap",
+            "Times a server reached its connection cap and stopped accepting until one closed, by server",
+            metrics.servers.at_cap.clone(),
+        );
+        registry.register(
             "prepared_instances",
             "Instances made ahead of demand, idle until a task of their plugin takes one",
             metrics.prepared.clone(),
@@ -290,6 +346,11 @@ impl Metrics {
             "prepared_starts",
             "Tasks that started in an instance made ahead of demand",
             metrics.prepared_starts.clone(),
+        );
+        registry.register(
+            "heap_trims",
+            "Times the host gave the heap's free pages back to the kernel (after a purge, or after connections closed)",
+            metrics.heap_trims.clone(),
         );
         registry.register(
             "event_waiters",

@@ -80,7 +80,10 @@ pub struct Added {
 pub struct TaskHandle {
     pub id: TaskId,
     signal: Arc<CancelSignal>,
-    ended: watch::Receiver<bool>,
+    /// The state the task ended in, once it has: kept by every handle, so
+    /// a waiter learns how the task ended even when it is purged before
+    /// the waiter looks it up.
+    ended: watch::Receiver<Option<TaskState>>,
     policy: Arc<CancelPolicy>,
 }
 
@@ -172,10 +175,15 @@ impl TaskHandle {
     pub async fn ended(&mut self) {
         // The sender lives in the registry entry; if the entry was purged the
         // task had ended, which is what we wait for either way.
-        let _ = self.ended.wait_for(|ended| *ended).await;
+        let _ = self.ended.wait_for(Option::is_some).await;
     }
 
     pub fn is_ended(&self) -> bool {
+        self.ended.borrow().is_some()
+    }
+
+    /// The state the task ended in; none while it runs.
+    pub fn end_state(&self) -> Option<TaskState> {
         *self.ended.borrow()
     }
 }
@@ -183,7 +191,7 @@ impl TaskHandle {
 struct Entry {
     info: TaskInfo,
     signal: Arc<CancelSignal>,
-    ended: watch::Sender<bool>,
+    ended: watch::Sender<Option<TaskState>>,
 }
 
 impl TaskRegistry {
@@ -298,7 +306,7 @@ impl TaskRegistry {
             inner.names.insert(name.clone(), ident.id);
         }
         let signal = Arc::new(CancelSignal::default());
-        let (ended, ended_rx) = watch::channel(false);
+        let (ended, ended_rx) = watch::channel(None);
         let id = ident.id;
         inner.live += 1;
         inner.tasks.insert(
@@ -358,7 +366,7 @@ impl TaskRegistry {
         entry.info.state = outcome.state();
         entry.info.ended_at = Some(SystemTime::now());
         entry.info.outcome = Some(outcome);
-        entry.ended.send_replace(true);
+        entry.ended.send_replace(Some(entry.info.state));
         inner.evict(self.retention);
     }
 
@@ -375,7 +383,7 @@ impl TaskRegistry {
         }
         let id = info.ident.id;
         let signal = Arc::new(CancelSignal::default());
-        let (ended, ended_rx) = watch::channel(true);
+        let (ended, ended_rx) = watch::channel(Some(info.state));
         inner.ended.push_back(id);
         inner.tasks.insert(
             id,
@@ -522,6 +530,27 @@ mod tests {
             .expect("an ended task frees its place");
         assert_eq!(registry.purge(), 1);
         assert_eq!(registry.live_count(), 2);
+    }
+
+    /// Issue 24, item 5: a `cancel-task` whose target ended and was purged
+    /// by someone else before it looked the target up reported "no task
+    /// named `task N was purged`". The handle now keeps the end state
+    /// (this test did not compile before: there was none to read).
+    #[test]
+    fn a_handle_keeps_the_end_state_after_its_task_is_purged() {
+        let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX, CancelPolicy::default());
+        let handle = registry.register_unbounded(ident(Some("feed"))).unwrap();
+        assert_eq!(handle.end_state(), None);
+        registry.finish(
+            handle.id,
+            Outcome::Cancelled {
+                stage: crate::task::CancelStage::Cooperative,
+            },
+        );
+        assert_eq!(registry.purge(), 1);
+        assert!(registry.get(handle.id).is_none());
+        assert_eq!(handle.end_state(), Some(TaskState::Cancelled));
+        assert!(handle.is_ended());
     }
 
     fn ident(name: Option<&str>) -> Arc<TaskIdent> {

@@ -351,6 +351,29 @@ fn classify(
             // A Rust guest that panics prints the reason to stderr, then
             // traps: the reason is what people need to see first.
             let mut error = format!("{trap:?}");
+            let out_of_handles = trap.chain().any(|cause| {
+                matches!(
+                    cause.downcast_ref::<wasmtime::component::ResourceTableError>(),
+                    Some(wasmtime::component::ResourceTableError::Full)
+                )
+            });
+            let fields_too_big = trap.chain().any(|cause| {
+                matches!(
+                    cause.downcast_ref::<wasmtime_wasi_http::FieldMapError>(),
+                    Some(wasmtime_wasi_http::FieldMapError::TotalSizeTooBig)
+                )
+            });
+            if fields_too_big {
+                error = format!(
+                    "the task built HTTP header fields past [limits] http_fields_bytes\n{error}"
+                );
+            }
+            if out_of_handles {
+                error = format!(
+                    "the task holds as many resource handles as it may ([limits] \
+                     handles_per_task): drop handles it no longer needs, or raise the bound\n{error}"
+                );
+            }
             if let Some(line) = last_stderr() {
                 error = format!("{line}\n{error}");
             }

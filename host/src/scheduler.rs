@@ -9,6 +9,7 @@
 //! host was down and handles them by `catch_up`. Ticks are announced as
 //! lifecycle events (`schedule_fired`, `schedule_missed`).
 
+use crate::bindings::GuestError;
 use crate::config::{
     CatchUp, MAX_CATCH_UP, Overlap, ScheduleConfig, ScheduleScope, ScheduleSpec, TaskSpec,
     tick_label,
@@ -40,6 +41,9 @@ pub struct Scheduler {
     workers: Vec<Arc<WorkerCtx>>,
     storage: Option<Arc<dyn Storage>>,
     schedules: Mutex<BTreeMap<String, Arc<Schedule>>>,
+    /// Held by `add` from its count to its insert, so that adds at once
+    /// cannot together pass the bounds.
+    adding: tokio::sync::Mutex<()>,
     loops: TaskTracker,
     stop: CancellationToken,
 }
@@ -118,6 +122,10 @@ pub enum ScheduleError {
     Invalid(String),
     #[error("{0:#}")]
     Storage(anyhow::Error),
+    /// Adding would pass `[limits] schedules_per_plugin` or
+    /// `schedules_per_app`.
+    #[error("{0}")]
+    Limit(crate::config::Limit),
 }
 
 impl Scheduler {
@@ -137,6 +145,7 @@ impl Scheduler {
             workers,
             storage,
             schedules: Mutex::default(),
+            adding: tokio::sync::Mutex::new(()),
             loops: TaskTracker::new(),
             stop: CancellationToken::new(),
         });
@@ -144,7 +153,17 @@ impl Scheduler {
             scheduler.launch(config.clone(), false).await?;
         }
         if let Some(storage) = &scheduler.storage {
-            for (name, text) in storage.added_schedules().await? {
+            let added = storage.added_schedules().await?;
+            let most = env.app.limits.schedules_per_app;
+            if added.len() > most {
+                tracing::warn!(
+                    "storage holds {} schedules added by guests, more than [limits] \
+                     schedules_per_app ({most}): only the first {most} by name run; remove the \
+                     others (`remove-schedule`) or raise the bound",
+                    added.len()
+                );
+            }
+            for (name, text) in added.into_iter().take(most) {
                 if scheduler.lock().contains_key(&name) {
                     tracing::warn!(
                         "schedule {name}, added by a guest, has the name of one in app.toml: \
@@ -567,6 +586,7 @@ impl Scheduler {
                 config.plugin
             )));
         }
+        let _adding = self.adding.lock().await;
         if let Some(existing) = self.lock().get(&config.name)
             && !existing.added
         {
@@ -575,6 +595,7 @@ impl Scheduler {
                 config.name
             )));
         }
+        self.check_room(&config)?;
         if let Some(storage) = &self.storage {
             let mut stored = config.spec.clone();
             stored.plugin = Some(config.plugin.clone());
@@ -588,6 +609,48 @@ impl Scheduler {
         self.launch(config, true)
             .await
             .map_err(ScheduleError::Storage)
+    }
+
+    /// Whether one more added schedule fits `[limits] schedules_per_plugin`
+    /// and `schedules_per_app` (replacing one of the same name adds none).
+    fn check_room(&self, config: &ScheduleConfig) -> Result<(), ScheduleError> {
+        let limits = &self.env.app.limits;
+        let schedules = self.lock();
+        if schedules.get(&config.name).is_some_and(|s| s.added) {
+            return Ok(());
+        }
+        let added = schedules.values().filter(|s| s.added);
+        let of_plugin = added
+            .clone()
+            .filter(|s| s.config.plugin == config.plugin)
+            .count();
+        let all = added.count();
+        let over = |what: String, max: usize, got: usize, setting| {
+            ScheduleError::Limit(crate::config::Limit {
+                what,
+                max: max as u64,
+                got: got as u64,
+                unit: crate::config::LimitUnit::Schedules,
+                setting: Some(setting),
+            })
+        };
+        if of_plugin >= limits.schedules_per_plugin {
+            return Err(over(
+                format!("schedules added by plugin {}", config.plugin),
+                limits.schedules_per_plugin,
+                of_plugin + 1,
+                "schedules_per_plugin",
+            ));
+        }
+        if all >= limits.schedules_per_app {
+            return Err(over(
+                "schedules added at run time".to_string(),
+                limits.schedules_per_app,
+                all + 1,
+                "schedules_per_app",
+            ));
+        }
+        Ok(())
     }
 
     /// Removes a schedule a guest added; its running tasks go on.
@@ -674,11 +737,15 @@ impl ScheduleControl for Scheduler {
         self: Arc<Self>,
         plugin: String,
         spec: String,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
+    ) -> Pin<Box<dyn Future<Output = Result<(), GuestError>> + Send>> {
         Box::pin(async move {
-            let spec: ScheduleSpec = serde_json::from_str(&spec)
-                .map_err(|e| format!("the schedule is not a spec as in app.toml: {e}"))?;
-            self.add(spec, &plugin).await.map_err(|e| e.to_string())
+            let spec: ScheduleSpec = serde_json::from_str(&spec).map_err(|e| {
+                GuestError::InvalidArgs(format!("the schedule is not a spec as in app.toml: {e}"))
+            })?;
+            self.add(spec, &plugin).await.map_err(|e| match e {
+                ScheduleError::Limit(limit) => GuestError::Limit(limit.to_string()),
+                other => GuestError::InvalidArgs(other.to_string()),
+            })
         })
     }
 

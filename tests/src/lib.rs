@@ -266,7 +266,10 @@ impl Api {
         let api = Api {
             base: format!("http://{}", state.address),
             bearer: format!("Bearer {}", state.token),
-            agent: ureq::AgentBuilder::new().build(),
+            // A host that cannot answer fails the test instead of hanging it.
+            agent: ureq::AgentBuilder::new()
+                .timeout(std::time::Duration::from_secs(60))
+                .build(),
         };
         (api, state.pid)
     }

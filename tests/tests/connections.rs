@@ -74,6 +74,19 @@ fn the_seeds_feed_sends_on_each_event_its_receiver_logs_and_closing_cleans_up_ev
         metrics.contains(r#"taskhost_connections_open{route="websocket /feed"} 0"#),
         "{metrics}"
     );
+    // Issue 24, item 5: what the closed connection's task held goes back
+    // to the kernel as after a purge (before, only a purge trimmed).
+    app.await_metric("taskhost_heap_trims_total", 1.0);
+    // Item 6: `ws:` names are the connections' own. Before, a task of any
+    // plugin could take `ws:N` and make connection N close with 1011.
+    let (status, refused) = api.post_any(
+        "/v1/tasks",
+        serde_json::json!({"plugin": "kit", "factory": "nap", "name": "ws:2", "args": {"ms": 1}}),
+    );
+    assert_eq!(status, 400, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`ws:`"), "{message}");
+    assert!(message.contains("\"ws:2\""), "{message}");
     stop(host);
 }
 

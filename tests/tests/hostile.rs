@@ -100,6 +100,16 @@ fn every_attack_ends_alone_and_the_host_keeps_serving() {
         factory = "panic"
         name = "panic"
         [[tasks]]
+        plugin = "hostile"
+        factory = "handle_hoard"
+        name = "hoard"
+        args = {{ bytes = 1000, max = 5000 }}
+        [[tasks]]
+        plugin = "hostile"
+        factory = "handle_hoard"
+        name = "bighead"
+        args = {{ bytes = 60000, max = 10 }}
+        [[tasks]]
         plugin = "kit"
         factory = "crunch"
         name = "cruncher"
@@ -113,6 +123,8 @@ fn every_attack_ends_alone_and_the_host_keeps_serving() {
     ));
     let mut host = app.spawn();
     let finite = [
+        "hoard",
+        "bighead",
         "bomb",
         "recursion",
         "spawner",
@@ -138,6 +150,11 @@ fn every_attack_ends_alone_and_the_host_keeps_serving() {
         let error = end["error"].as_str().unwrap();
         assert!(error.contains(needle), "{task}: {error}");
     };
+    // Issue 24, item 2: header fields the host holds for a guest are
+    // bounded in number (handles) and size; before, 5,000 fields of 1 KB
+    // and one of 60 KB were all taken.
+    failed_with("hoard", "[limits] handles_per_task");
+    failed_with("bighead", "[limits] http_fields_bytes");
     failed_with("bomb", "memory allocation");
     failed_with("recursion", "call stack exhausted");
     failed_with("trap", "unreachable");

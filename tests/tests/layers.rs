@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
         "storage",
         "connection_hub",
     ],
-    &["logging", "engine"],
+    &["logging", "engine", "serve"],
     &["app", "wasi", "http", "keyvalue", "connections"],
     &["store"],
     &["plugin"],

@@ -447,6 +447,63 @@ fn guests_add_and_remove_schedules_which_outlive_a_restart() {
     );
 }
 
+/// Issue 24, item 3: schedules guests add are bounded per plugin and per
+/// app, and a replacement takes no more room. Before, 400,000 of them
+/// were all kept (2,855 MiB resident, and every restart loaded them all);
+/// here the third add was taken too.
+#[test]
+fn schedules_guests_add_are_bounded_per_plugin() {
+    let app = app(r#"
+        [limits]
+        schedules_per_plugin = 2
+        "#);
+    let mut host = app.spawn();
+    let (api, _) = Api::of(&app);
+    let add = |name: &str, schedule: &str| {
+        api.post(
+            "/v1/tasks",
+            json!({"plugin": "kit", "factory": "steer_schedule", "name": name,
+                   "args": {"spec": {"name": schedule, "factory": "nap", "every": "1h",
+                                     "args": {"ms": 1}}}}),
+        );
+    };
+    // One after the other: each waits for the one before to be recorded.
+    for (task, schedule) in [
+        ("one", "g1"),
+        ("two", "g2"),
+        ("three", "g3"),
+        ("again", "g1"),
+    ] {
+        add(task, schedule);
+        host.wait_for(1, move |l| l["event"] == "done" && l["task"] == task);
+    }
+    host.signal("TERM");
+    let run = host.finish();
+    for task in ["one", "two", "again"] {
+        assert_eq!(run.results_of(task)[0]["added"], "ok", "{}", run.dump());
+    }
+    let third = &run.results_of("three")[0];
+    assert_eq!(third["added"], "Limit", "{third}");
+    let error = third["error"].as_str().unwrap();
+    assert!(
+        error.contains("schedules added by plugin kit may be at most 2 schedules, got 3")
+            && error.contains("[limits] schedules_per_plugin"),
+        "{error}"
+    );
+    // The refused one was not stored: two come back after a restart.
+    let host = app.spawn();
+    let listed = app.cli(&["schedules", "--json"]);
+    let listed: Value = serde_json::from_str(&listed.stdout).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["g1", "g2"], "{listed}");
+    host.stop();
+}
+
 #[test]
 fn the_readme_schedule_checks_and_lists_its_fire_times() {
     let readme = std::fs::read_to_string(taskhost_tests::repo().join("README.md")).unwrap();

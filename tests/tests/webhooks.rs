@@ -278,7 +278,7 @@ fn check_lists_the_listener_and_every_route() {
     let run = app().check();
     assert_eq!(run.code, Some(0), "{}", run.dump());
     for line in [
-        "  listen 127.0.0.1:8080 (up to 10000 websocket connections)",
+        "  listen 127.0.0.1:8080 (up to 10000 websocket connections, 11000 connections in all; 10s to send a request's head)",
         "  route POST /hooks/accept -> kit/hook_probe (respond accepted)",
         "  route POST /hooks/build -> examples/on_hook (respond result)",
         "  route POST /hooks/signed -> kit/hook_probe (respond accepted, signed)",
@@ -291,6 +291,18 @@ fn check_lists_the_listener_and_every_route() {
         );
     }
     assert!(!run.stdout.contains(SECRET), "the secret is never shown");
+    // Issue 24: the worst case counts what webhook bodies in flight hold.
+    assert!(
+        run.stdout
+            .contains("of the listener's connection and request buffers"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("up to 1000 resource handles"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -350,4 +362,144 @@ fn requests_in_flight_are_bounded_by_listen_max_requests() {
     assert!(accepted, "the slot came back");
     host.signal("TERM");
     assert_eq!(host.finish().code, Some(0));
+}
+
+/// Whether the host closed `stream` (end of stream or a reset) before
+/// `patience` passed; false if it is still open then.
+fn closed_by_host(stream: &mut std::net::TcpStream, patience: std::time::Duration) -> bool {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + patience;
+    let mut buf = [0u8; 1024];
+    while let Some(left) = deadline
+        .checked_duration_since(std::time::Instant::now())
+        .filter(|d| !d.is_zero())
+    {
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Issue 24, item 1: silent and header-trickling clients are disconnected
+/// after `[listen] header_timeout`, the listener holds at most its cap of
+/// connections (lowered to what the open-file limit leaves room for), and
+/// the control API answers while the public listener is saturated. Before
+/// the fix, silent connections stayed open (the first check failed), and
+/// 400 of them against a host limited to 300 descriptors left the control
+/// API unable to accept.
+#[test]
+fn silent_and_trickling_clients_cannot_exhaust_the_listeners() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::time::Duration;
+    let app = TestApp::new(
+        r#"
+        name = "flood"
+        [plugins.kit]
+        path = "{testkit}"
+        [listen]
+        header_timeout = "1s"
+        [[routes]]
+        http = "POST /hooks/accept"
+        plugin = "kit"
+        factory = "hook_probe"
+        "#,
+    );
+    let child = std::process::Command::new("prlimit")
+        .arg("--nofile=300:300")
+        .arg("--")
+        .arg(taskhost_tests::taskhost_bin())
+        .args(["run", "--log-format", "json", "--listen", "127.0.0.1:0"])
+        .env("TASKHOST_CONTROL_FILE", app.control_file())
+        .arg(app.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("prlimit starts taskhost");
+    let mut host = taskhost_tests::Running::new(child);
+    host.wait_until_serving();
+    host.wait_for(1, |l| l["listen"].is_string());
+    let address: SocketAddr = host
+        .seen()
+        .iter()
+        .find_map(|l| l["listen"].as_str())
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The default cap of 11,000 does not fit in 300 descriptors: lowered.
+    host.wait_for(1, |l| {
+        l["message"].as_str().is_some_and(|m| {
+            m.contains("max_connections + max_requests = 11000") && m.contains("(300)")
+        })
+    });
+    let patience = Duration::from_secs(30);
+
+    // A client that never sends a byte is disconnected.
+    let mut silent = TcpStream::connect(address).unwrap();
+    assert!(
+        closed_by_host(&mut silent, patience),
+        "a silent connection was still open after {patience:?}"
+    );
+    // So is one that trickles its head in a byte at a time, forever.
+    let trickle = TcpStream::connect(address).unwrap();
+    let mut writer = trickle.try_clone().unwrap();
+    let trickler = std::thread::spawn(move || {
+        let head = b"POST /hooks/accept HTTP/1.1\r\nHost: x\r\n";
+        for byte in head.iter().chain(std::iter::repeat(&b'a')) {
+            if writer.write_all(&[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let mut reader = trickle;
+    assert!(
+        closed_by_host(&mut reader, patience),
+        "a connection trickling its head was still open after {patience:?}"
+    );
+    trickler.join().unwrap();
+
+    // 400 silent clients: more than the host has descriptors for.
+    let flood: Vec<TcpStream> = (0..400)
+        .map(|_| TcpStream::connect(address).unwrap())
+        .collect();
+    let (api, _) = Api::of(&app);
+    let open = |api: &Api| {
+        api.get_text("/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix("taskhost_server_connections{server=\"public\"} "))
+            .map(|v| v.trim().parse::<f64>().unwrap())
+            .unwrap_or(0.0)
+    };
+    // The control API answers meanwhile, and the listener holds no more
+    // than its lowered cap.
+    for _ in 0..5 {
+        let tasks = api.get("/v1/tasks");
+        assert!(tasks.is_array(), "{tasks}");
+        assert!(open(&api) <= 16.0, "{} public connections open", open(&api));
+    }
+    let timed_out = api
+        .get_text("/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix("taskhost_server_header_timeouts_total{server=\"public\"} "))
+        .map(|v| v.trim().parse::<f64>().unwrap())
+        .unwrap_or(0.0);
+    assert!(timed_out >= 2.0, "header timeouts counted: {timed_out}");
+    // Once they are gone, the listener serves again.
+    drop(flood);
+    let (status, answer) = send(address, "POST", "/hooks/accept", &[JSON], "{}");
+    assert_eq!(status, 202, "{answer}");
+    host.stop();
 }

@@ -143,6 +143,9 @@ pub(super) struct CancelRequest {
     durable: Option<(Arc<dyn Storage>, u64)>,
     /// The caller cancels itself.
     is_self: bool,
+    /// The target's record when the cancel was asked: what is reported if
+    /// it is purged before its end can be read.
+    seen: Option<crate::task::TaskInfo>,
 }
 
 impl AppState {
@@ -154,9 +157,9 @@ impl AppState {
             .registry()
             .handle_by_name(name)
             .ok_or_else(|| GuestError::NotFound(name.to_string()))?;
-        let durable = worker
-            .registry()
-            .get(target.id)
+        let seen = worker.registry().get(target.id);
+        let durable = seen
+            .as_ref()
             .and_then(|info| info.ident.durable)
             .and_then(|seq| Some((self.app.storage()?.clone(), seq)));
         let is_self = target.id == self.ident.id;
@@ -166,6 +169,7 @@ impl AppState {
             caller: self.cancel.clone(),
             is_self,
             durable,
+            seen,
         })
     }
 }
@@ -185,6 +189,7 @@ pub(super) async fn cancel_task(request: CancelRequest) -> Result<types::TaskInf
         caller,
         durable,
         is_self,
+        seen,
     } = request;
     if let Some((storage, seq)) = durable
         && !target.is_ended()
@@ -205,12 +210,22 @@ pub(super) async fn cancel_task(request: CancelRequest) -> Result<types::TaskInf
         _ = target.ended() => {}
         _ = caller.forced() => return Err(GuestError::Cancelled),
     }
-    worker
-        .registry()
-        .get(target.id)
-        .map(|info| to_wit(&info))
-        // Purged by someone else between its end and now: it did end.
-        .ok_or_else(|| GuestError::NotFound(format!("task {} was purged", target.id)))
+    if let Some(info) = worker.registry().get(target.id) {
+        return Ok(to_wit(&info));
+    }
+    // Purged by someone else between its end and now (another
+    // connection's cleanup, say): report the end the handle saw, on the
+    // record seen before the cancel; its result went with the purge.
+    let (Some(mut info), Some(state)) = (seen, target.end_state()) else {
+        return Err(GuestError::Failed(format!(
+            "task {} ended and was purged before its end could be read",
+            target.id
+        )));
+    };
+    info.state = state;
+    info.ended_at.get_or_insert_with(std::time::SystemTime::now);
+    info.outcome = None;
+    Ok(to_wit(&info))
 }
 
 /// No task can have a name over the limit, and echoing one back in a

@@ -39,6 +39,7 @@ pub enum LimitUnit {
     Bytes,
     Tasks,
     Keys,
+    Schedules,
 }
 
 impl Limit {
@@ -66,6 +67,7 @@ impl Limit {
             LimitUnit::Bytes => " bytes",
             LimitUnit::Tasks => "",
             LimitUnit::Keys => " keys",
+            LimitUnit::Schedules => " schedules",
         };
         let mut text = format!(
             "{} may be at most {}{unit}, got {}",
@@ -187,6 +189,21 @@ pub struct Limits {
     /// Outbound HTTP requests one task may have open at once (from the
     /// send until its response body is dropped).
     pub http_requests_per_task: usize,
+    /// Largest set of HTTP header fields a task may build (a wasi:http
+    /// `fields`), in bytes of the host's in-memory form: what one handle
+    /// can make the host hold. Responses' headers are not counted.
+    pub http_fields_bytes: usize,
+    /// Resource handles (streams, pollables, header fields, requests,
+    /// buckets...) one task may hold at once; creating one more fails, and
+    /// a guest that does so traps. Together with `http_fields_bytes`, the
+    /// most host memory a task's handles can hold.
+    pub handles_per_task: usize,
+    /// Schedules the tasks of one plugin may add at run time (kept in
+    /// storage, so they would otherwise outlive every restart); app.toml's
+    /// own do not count.
+    pub schedules_per_plugin: usize,
+    /// Schedules all plugins together may add at run time.
+    pub schedules_per_app: usize,
     /// Longest key-value key, in bytes.
     pub kv_key_bytes: usize,
     /// Largest key-value value, in bytes.
@@ -220,6 +237,10 @@ impl Default for Limits {
             http_response_bytes: 16 * 1024 * 1024,
             http_request_body_bytes: 16 * 1024 * 1024,
             http_requests_per_task: 16,
+            http_fields_bytes: 16 * 1024,
+            handles_per_task: 1_000,
+            schedules_per_plugin: 100,
+            schedules_per_app: 1_000,
             kv_key_bytes: 1024,
             kv_value_bytes: 1024 * 1024,
             kv_keys_per_bucket: 1_000_000,
@@ -253,12 +274,16 @@ pub struct PluginLimits {
     pub http_response_bytes: Option<usize>,
     pub http_request_body_bytes: Option<usize>,
     pub http_requests_per_task: Option<usize>,
+    pub http_fields_bytes: Option<usize>,
+    pub handles_per_task: Option<usize>,
 }
 
 /// What bounds one task, resolved from the app's and its plugin's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskLimits {
     pub memory_bytes: usize,
+    /// Resource handles the task may hold at once.
+    pub handles: usize,
     pub timeout: Option<Duration>,
     pub http: HttpLimits,
 }
@@ -271,6 +296,8 @@ pub struct HttpLimits {
     pub response_bytes: usize,
     pub request_body_bytes: usize,
     pub requests_in_flight: usize,
+    /// Largest header fields the task may build, in bytes (in memory).
+    pub fields_bytes: usize,
 }
 
 fn check_memory_mb(table: &str, memory_mb: u64) -> Result<()> {
@@ -316,6 +343,10 @@ impl Limits {
             ("http_response_bytes", self.http_response_bytes),
             ("http_request_body_bytes", self.http_request_body_bytes),
             ("http_requests_per_task", self.http_requests_per_task),
+            ("http_fields_bytes", self.http_fields_bytes),
+            ("handles_per_task", self.handles_per_task),
+            ("schedules_per_plugin", self.schedules_per_plugin),
+            ("schedules_per_app", self.schedules_per_app),
             ("kv_key_bytes", self.kv_key_bytes),
             ("kv_value_bytes", self.kv_value_bytes),
             ("kv_keys_per_bucket", self.kv_keys_per_bucket as usize),
@@ -355,6 +386,7 @@ impl Limits {
                 .timeout_ms
                 .or(self.timeout_ms)
                 .map(Duration::from_millis),
+            handles: overrides.handles_per_task.unwrap_or(self.handles_per_task),
             http: HttpLimits {
                 connect_timeout: Duration::from_millis(
                     overrides
@@ -375,6 +407,9 @@ impl Limits {
                 requests_in_flight: overrides
                     .http_requests_per_task
                     .unwrap_or(self.http_requests_per_task),
+                fields_bytes: overrides
+                    .http_fields_bytes
+                    .unwrap_or(self.http_fields_bytes),
             },
         }
     }
@@ -417,6 +452,11 @@ impl PluginLimits {
                 "http_requests_per_task",
                 self.http_requests_per_task.map(|v| v as u64),
             ),
+            (
+                "http_fields_bytes",
+                self.http_fields_bytes.map(|v| v as u64),
+            ),
+            ("handles_per_task", self.handles_per_task.map(|v| v as u64)),
         ] {
             if value == Some(0) {
                 bail!("{table} `{key}` must be at least 1");

@@ -415,6 +415,9 @@ impl AppConfig {
                 if name.trim().is_empty() {
                     bail!("{file}: {task}: `name` must not be empty");
                 }
+                if let Some(why) = crate::task::reserved_name(name) {
+                    bail!("{file}: {task}: `name`: {why}");
+                }
                 if !names.insert((task.scope, name.clone())) {
                     bail!(
                         "{file}: {task}: another task in the same scope is already named \

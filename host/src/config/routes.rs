@@ -34,11 +34,17 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenConfig {
     pub address: SocketAddr,
-    /// Open websocket connections of every route together.
+    /// Open websocket connections of every route together; an upgrade
+    /// past it is answered 503. With `max_requests`, the most connections
+    /// the listener holds open at once (lowered to what the process's
+    /// open-file limit leaves room for); past that it stops accepting.
     pub max_connections: u32,
     /// Webhook requests in flight, every route together (each may hold its
     /// route's `max_body_bytes` while it is read).
     pub max_requests: u32,
+    /// How long a client may take to send a request's head, from
+    /// connecting or from its previous answer; then it is disconnected.
+    pub header_timeout: Duration,
 }
 
 /// One `[[routes]]` entry, checked.
@@ -168,6 +174,7 @@ pub(super) struct RawListen {
     address: Option<String>,
     max_connections: Option<u32>,
     max_requests: Option<u32>,
+    header_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -206,6 +213,12 @@ const ROUTABLE: [http::Method; 8] = [
     http::Method::OPTIONS,
     http::Method::TRACE,
 ];
+
+/// How long a client has to send a request's head (nginx's
+/// `client_header_timeout` is 60 s; a slot held by a silent client is a
+/// slot an attacker keeps, so less).
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_HEADER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The shortest `idle_timeout`: the host pings every third of it.
 const MIN_IDLE: Duration = Duration::from_millis(100);
@@ -267,6 +280,7 @@ impl RawListen {
             if self.address.is_some()
                 || self.max_connections.is_some()
                 || self.max_requests.is_some()
+                || self.header_timeout.is_some()
             {
                 bail!(
                     "[listen] is set but there are no [[routes]]: the listener serves routes \
@@ -286,10 +300,22 @@ impl RawListen {
             1_000_000,
         )?;
         let max_requests = positive("[listen] max_requests", self.max_requests, 1_000, 1_000_000)?;
+        let header_timeout = duration(
+            "[listen] header_timeout",
+            self.header_timeout.as_deref(),
+            DEFAULT_HEADER_TIMEOUT,
+        )?;
+        if header_timeout > MAX_HEADER_TIMEOUT {
+            bail!(
+                "`[listen] header_timeout` must be at most {MAX_HEADER_TIMEOUT:?}: a client \
+                 holds a connection slot that long without sending a request (got {header_timeout:?})"
+            );
+        }
         Ok(Some(ListenConfig {
             address,
             max_connections,
             max_requests,
+            header_timeout,
         }))
     }
 }

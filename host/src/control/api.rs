@@ -1240,6 +1240,7 @@ fn schedule_error(error: ScheduleError) -> ApiError {
         ScheduleError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
         ScheduleError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
         ScheduleError::Invalid(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message),
+        ScheduleError::Limit(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit", message),
         ScheduleError::Storage(_) => {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
         }

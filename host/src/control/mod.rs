@@ -19,7 +19,6 @@ use crate::host::Host;
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::oneshot;
 
 pub use state_file::{ControlState, default_state_file};
 
@@ -60,8 +59,7 @@ pub struct ControlServer {
     pub address: ControlAddress,
     state_file: PathBuf,
     token: String,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    server: crate::serve::Server,
 }
 
 /// Fails if a live host already serves its control API through
@@ -104,29 +102,22 @@ pub async fn serve(host: Arc<Host>, options: &ControlOptions) -> Result<ControlS
         app: host.config().name.clone(),
     };
     state.write(&options.state_file)?;
+    let metrics = host.server_metrics().clone();
     let router = api::router(host, state.token.clone());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let until_stopped = async {
-        let _ = stopped.await;
+    crate::serve::raise_open_files();
+    let limits = crate::serve::ConnectionLimits {
+        max_connections: crate::serve::CONTROL_CONNECTIONS,
+        header_timeout: crate::serve::CONTROL_HEADER_TIMEOUT,
     };
-    let task = tokio::spawn(async move {
-        let served = match listener {
-            Listener::Tcp(listener) => {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(until_stopped)
-                    .await
-            }
-            #[cfg(unix)]
-            Listener::Unix(listener) => {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(until_stopped)
-                    .await
-            }
-        };
-        if let Err(error) = served {
-            tracing::error!("control API stopped: {error}");
+    let server = match listener {
+        Listener::Tcp(listener) => {
+            crate::serve::spawn(listener, router, limits, "control", metrics)
         }
-    });
+        #[cfg(unix)]
+        Listener::Unix(listener) => {
+            crate::serve::spawn(listener, router, limits, "control", metrics)
+        }
+    };
     tracing::info!(
         control = %address,
         state_file = %options.state_file.display(),
@@ -137,8 +128,7 @@ pub async fn serve(host: Arc<Host>, options: &ControlOptions) -> Result<ControlS
         address,
         state_file: options.state_file.clone(),
         token: state.token,
-        stop,
-        task,
+        server,
     })
 }
 
@@ -146,8 +136,7 @@ impl ControlServer {
     /// Stops serving (open event streams end) and removes the state file,
     /// unless another host has written its own there since.
     pub async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.task).await;
+        self.server.stop(std::time::Duration::from_secs(2)).await;
         if ControlState::read(&self.state_file).is_ok_and(|s| s.token == self.token) {
             let _ = std::fs::remove_file(&self.state_file);
             if let ControlAddress::Unix(path) = &self.address {

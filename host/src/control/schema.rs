@@ -263,6 +263,7 @@ impl From<&crate::config::Limit> for LimitDetail {
                 crate::config::LimitUnit::Bytes => "bytes".into(),
                 crate::config::LimitUnit::Tasks => "tasks".into(),
                 crate::config::LimitUnit::Keys => "keys".into(),
+                crate::config::LimitUnit::Schedules => "schedules".into(),
             },
             setting: limit.setting.map(str::to_string),
         }

@@ -13,6 +13,7 @@ mod websocket;
 
 use crate::config::{ListenConfig, RouteConfig, RouteKind};
 use crate::host::Host;
+use crate::serve;
 use crate::task::WorkerId;
 use anyhow::{Context, Result};
 use axum::http::StatusCode;
@@ -21,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -50,11 +51,36 @@ impl Shared {
     }
 }
 
+/// The most memory the listener's clients can make the host hold: per
+/// websocket connection, its send queue (`send_buffer` messages), its
+/// receive queue and tungstenite's read and write buffers, each message up
+/// to the route's `max_message_bytes`; per webhook request in flight
+/// (`max_requests`), the largest `max_body_bytes`. Zero without routes.
+pub(crate) fn worst_case_bytes(config: &crate::config::AppConfig) -> u64 {
+    let Some(listen) = &config.listen else {
+        return 0;
+    };
+    let mut websockets = 0u64;
+    let mut largest_body = 0u64;
+    for route in &config.routes {
+        match &route.kind {
+            RouteKind::WebSocket(ws) => {
+                let connections = ws.max_connections.min(listen.max_connections);
+                let messages = ws.send_buffer + crate::connection_hub::RECEIVE_BUFFER + 2;
+                let per_connection = (messages as u64).saturating_mul(ws.max_message_bytes as u64);
+                websockets = websockets
+                    .saturating_add(u64::from(connections).saturating_mul(per_connection));
+            }
+            RouteKind::Http(http) => largest_body = largest_body.max(http.max_body_bytes as u64),
+        }
+    }
+    websockets.saturating_add(u64::from(listen.max_requests).saturating_mul(largest_body))
+}
+
 /// A running listener. Dropping it does not stop it: call `stop`.
 pub struct Listener {
     shared: Arc<Shared>,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    server: crate::serve::Server,
 }
 
 /// Binds `config.address` (or `address`, from `--listen`) and serves the
@@ -111,20 +137,22 @@ pub async fn serve(
         .await
         .with_context(|| format!("{from}: cannot bind {address}"))?;
     let address = listener.local_addr()?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, service)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
-        if let Err(error) = served {
-            tracing::error!("the public listener stopped: {error}");
-        }
-    });
+    let (max_connections, lowered) = serve::public_cap(
+        config.max_connections,
+        config.max_requests,
+        serve::raise_open_files(),
+    );
+    if let Some(why) = lowered {
+        tracing::warn!("{why}");
+    }
+    let limits = serve::ConnectionLimits {
+        max_connections,
+        header_timeout: config.header_timeout,
+    };
+    let metrics = shared.host.server_metrics().clone();
+    let server = serve::spawn(listener, router, limits, "public", metrics);
     tracing::info!(listen = %address, "serving [[routes]] on {address}");
-    Ok(Listener { shared, stop, task })
+    Ok(Listener { shared, server })
 }
 
 impl Listener {
@@ -133,18 +161,19 @@ impl Listener {
     /// `wait`) for the connections to be gone.
     pub async fn stop(self, wait: Duration) {
         self.shared.shutdown.cancel();
-        let _ = self.stop.send(());
         self.shared.tracker.close();
-        if tokio::time::timeout(wait, self.shared.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "{} connection(s) had not closed {wait:?} after shutdown began",
-                self.shared.tracker.len()
-            );
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+        let connections = async {
+            if tokio::time::timeout(wait, self.shared.tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "{} connection(s) had not closed {wait:?} after shutdown began",
+                    self.shared.tracker.len()
+                );
+            }
+        };
+        tokio::join!(self.server.stop(wait), connections);
     }
 }
 

@@ -204,7 +204,7 @@ async fn serve(
     drop(connection);
     let mut request = request;
     request.insert("connection".into(), id.into());
-    let name = format!("ws:{id}");
+    let name = crate::task::connection_task_name(id);
     let spec = TaskSpec {
         factory: route.config.factory.clone(),
         args: task_args(&route.config, request),
@@ -514,10 +514,13 @@ async fn finish(
     let state = host
         .worker(worker)
         .and_then(|w| w.registry().get(handle.id))
-        .map(|info| info.state);
+        .map(|info| info.state)
+        .or(handle.end_state());
     if let Some(worker) = host.worker(worker) {
         worker.registry().forget(handle.id);
     }
+    // What the task and its connection held goes back as a purge's does.
+    host.trim_heap_soon();
     tracing::info!(
         connection = id,
         route = route.label,

@@ -33,13 +33,19 @@ pub struct WasiState {
 
 impl WasiState {
     pub fn new(ident: Arc<TaskIdent>, policy: Arc<PluginPolicy>, log: Arc<LogGate>) -> WasiState {
+        // Every handle the task makes (WASI's, wasi:http's, key-value's)
+        // lives here: bounded, so a guest that creates them without end
+        // traps instead of growing the host (wasmtime's own bound is
+        // 1,000,000 entries).
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(policy.limits.handles);
         WasiState {
             ident,
             policy,
             log,
             ctx: None,
             stderr: None,
-            table: ResourceTable::new(),
+            table,
         }
     }
 

@@ -97,7 +97,7 @@ pub trait ScheduleControl: Send + Sync {
         self: Arc<Self>,
         plugin: String,
         spec: String,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+    ) -> Pin<Box<dyn Future<Output = Result<(), GuestError>> + Send>>;
 
     /// Removes a schedule added at run time; whether there was one.
     fn remove_schedule(
@@ -294,6 +294,11 @@ impl WorkerCtx {
             .env
             .plugin(plugin)
             .ok_or_else(|| AddTaskError::UnknownPlugin(plugin.to_string()))?;
+        if spec.connection.is_none()
+            && let Some(why) = spec.name.as_deref().and_then(crate::task::reserved_name)
+        {
+            return Err(AddTaskError::Invalid(why));
+        }
         if let Some(key) = &spec.idempotency_key
             && let Some(reserved) = RESERVED_KEYS.iter().find(|p| key.starts_with(*p))
         {
@@ -597,10 +602,7 @@ impl TaskScope for WorkerCtx {
     ) -> Pin<Box<dyn Future<Output = Result<(), GuestError>> + Send>> {
         Box::pin(async move {
             let schedules = self.env.schedules().ok_or_else(no_schedules)?;
-            schedules
-                .add_schedule(plugin, spec)
-                .await
-                .map_err(GuestError::InvalidArgs)
+            schedules.add_schedule(plugin, spec).await
         })
     }
 

@@ -118,6 +118,22 @@ plugin! {
         }
     }
 
+    /// Creates wasi:http header fields holding one `bytes`-long header
+    /// each and forgets them, up to `max` of them: every one is held by
+    /// the host, not by the task's memory. Returns how many it made, and
+    /// the error that stopped it, if the host refused one.
+    fn handle_hoard(_app: &App, bytes: usize, max: u32) -> Result<Value> {
+        use wasi::http::types::Fields;
+        let value = vec![b'a'; bytes];
+        for made in 0..max {
+            match Fields::from_list(&[("x-pad".to_string(), value.clone())]) {
+                Ok(fields) => std::mem::forget(fields),
+                Err(error) => return Ok(json!({ "made": made, "error": format!("{error:?}") })),
+            }
+        }
+        Ok(json!({ "made": max }))
+    }
+
     /// Panics (a Rust panic aborts the instance).
     fn panic(_app: &App) -> Result<()> {
         panic!("hostile panic on purpose");
