@@ -45,12 +45,30 @@ impl App {
     /// `Ok(None)` when the key is absent; an error naming the key when the
     /// value does not decode as `T`.
     pub fn config<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        match app::config(key) {
-            None => Ok(None),
-            Some(json) => serde_json::from_str(&json)
-                .map(Some)
-                .map_err(|e| Error::msg(format!("config `{key}`: {e}"))),
-        }
+        let Some(json) = app::config(key) else {
+            return Ok(None);
+        };
+        // serde's own message quotes the value ("invalid type: string
+        // \"tok-...\", expected u64"), and a task's error reaches the log,
+        // `taskhost tasks` and the API: a secret must not ride along. Say
+        // what the value is and what it did not read as, never what it holds.
+        let value: serde_json::Value = serde_json::from_str(&json)
+            .map_err(|_| Error::msg(format!("config `{key}` is not JSON (a host bug)")))?;
+        let kind = match &value {
+            serde_json::Value::Null => "null",
+            serde_json::Value::Bool(_) => "a boolean",
+            serde_json::Value::Number(_) => "a number",
+            serde_json::Value::String(_) => "a string",
+            serde_json::Value::Array(_) => "an array",
+            serde_json::Value::Object(_) => "a table",
+        };
+        T::deserialize(value).map(Some).map_err(|_| {
+            Error::msg(format!(
+                "config `{key}` is {kind}, which does not read as {} (its value is not shown: \
+                 it may be a secret)",
+                std::any::type_name::<T>()
+            ))
+        })
     }
 
     /// Logs `message` at `level`, attributed to this task by the host.

@@ -56,6 +56,34 @@ fn secrets_from_the_environment_and_a_file_reach_the_task() {
     );
 }
 
+/// Issue 24, item 8: a secret read as the wrong type failed the task with
+/// serde's message, which quotes the value (`invalid type: string
+/// "tok-...", expected u64`), into the log and the task's error.
+#[test]
+fn a_secret_read_as_the_wrong_type_is_not_quoted_in_the_error() {
+    let app = secret_app(
+        r#"
+        [[tasks]]
+        plugin = "kit"
+        factory = "config_number"
+        name = "typed"
+        args = { key = "token" }
+        "#,
+    );
+    let run = app.run_taskhost_with_env(
+        &["run", "--until-idle", "--log-format", "json"],
+        &[("TASKHOST_TEST_TOKEN", TOKEN)],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    let failed = run.event_of("failed", "typed");
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("config `token` is a string, which does not read as u64"),
+        "{error}"
+    );
+    assert!(!run.dump().contains(TOKEN), "{}", run.dump());
+}
+
 #[test]
 fn the_host_never_shows_a_secret_itself() {
     let app = secret_app(

@@ -148,6 +148,11 @@ plugin! {
         Ok(value)
     }
 
+    /// Reads the `[config]` value of `key` as a number: a string fails.
+    fn config_number(app: &App, key: String) -> Result<Option<u64>> {
+        app.config(&key)
+    }
+
     /// Sleeps `ms`, then logs `woke` and returns `ms`.
     /// One key-value operation on `bucket`: `get`, `set` (`value`),
     /// `set_size` (`size` bytes of JSON text), `delete`, `exists`, `keys`,
