@@ -45,6 +45,51 @@ pub struct RunOptions {
     pub listen: Option<std::net::SocketAddr>,
 }
 
+/// What `run` takes before anything is built or run: the storage lock and
+/// the sockets of the control API and the public listener. Each fails
+/// alone if its resource is taken, before a plugin is compiled or a task
+/// started, so such a start exits 2 with nothing run.
+pub struct Reserved {
+    store: SqliteStore,
+    control: Option<crate::control::BoundControl>,
+    listener: Option<crate::listener::BoundListener>,
+}
+
+impl Reserved {
+    /// Takes the storage lock and binds the sockets `config` and
+    /// `options` ask for.
+    pub async fn take(config: &AppConfig, options: &RunOptions) -> Result<Reserved> {
+        let store = open_store(config)?;
+        let control = match &options.control {
+            Some(control) => Some(crate::control::bind(control).await?),
+            None => None,
+        };
+        let listener = match &config.listen {
+            Some(listen) => {
+                Some(crate::listener::bind(&config.source, listen, options.listen).await?)
+            }
+            None => None,
+        };
+        Ok(Reserved {
+            store,
+            control,
+            listener,
+        })
+    }
+}
+
+/// Opens (and locks) app.toml's `[storage]`.
+fn open_store(config: &AppConfig) -> Result<SqliteStore> {
+    let storage = &config.storage;
+    let options = StoreOptions {
+        kv: KvLimits::from(&config.limits),
+        fsync: storage.fsync,
+        keep_ended: storage.keep_ended_tasks,
+    };
+    SqliteStore::open(&storage.dir, options)
+        .with_context(|| format!("{}: [storage]", config.source.display()))
+}
+
 impl Application {
     /// Builds (for `build = ...` plugins) and loads every plugin, then checks
     /// every task: its factory exists and its arguments decode.
@@ -148,14 +193,11 @@ impl Application {
     /// begin at once. Workers start with [`Host::start_workers`], once the
     /// main tasks have ended ([`Host::main_tasks_ended`]).
     pub async fn launch(self) -> Result<Host> {
-        let storage = &self.config.storage;
-        let options = StoreOptions {
-            kv: KvLimits::from(&self.config.limits),
-            fsync: storage.fsync,
-            keep_ended: storage.keep_ended_tasks,
-        };
-        let store = SqliteStore::open(&storage.dir, options)
-            .with_context(|| format!("{}: [storage]", self.config.source.display()))?;
+        let store = open_store(&self.config)?;
+        self.launch_on(store).await
+    }
+
+    async fn launch_on(self, store: SqliteStore) -> Result<Host> {
         Host::launch(
             self.config,
             self.loader,
@@ -167,22 +209,29 @@ impl Application {
     }
 
     /// Splits off how plugins are built, which outlives the launch (watch).
-    async fn launch_keeping_build(self) -> Result<(Host, BuildOptions)> {
+    async fn launch_keeping_build(self, store: SqliteStore) -> Result<(Host, BuildOptions)> {
         let build_options = self.build_options.clone();
-        Ok((self.launch().await?, build_options))
+        Ok((self.launch_on(store).await?, build_options))
     }
 
     /// The whole life of `taskhost run`: main tasks, then workers with their
     /// tasks, until `shutdown` resolves (or, with `until_idle`, until no task
     /// is left); then every task is cancelled, cooperatively first, and
     /// awaited.
+    /// `reserved` holds what [`Reserved::take`] took for `options`.
     pub async fn run(
         self,
+        reserved: Reserved,
         options: RunOptions,
         shutdown: impl Future<Output = ()>,
     ) -> Result<RunSummary> {
         tokio::pin!(shutdown);
-        let (mut host, build_options) = self.launch_keeping_build().await?;
+        let Reserved {
+            store,
+            control: bound_control,
+            listener: bound_listener,
+        } = reserved;
+        let (mut host, build_options) = self.launch_keeping_build(store).await?;
         let main_result = tokio::select! {
             result = host.main_tasks_ended() => Some(result),
             _ = &mut shutdown => None,
@@ -227,19 +276,21 @@ impl Application {
                 )));
             }
         }
-        let control = match &options.control {
-            Some(control) => match crate::control::serve(host.clone(), control).await {
-                Ok(server) => Some(server),
-                Err(error) => {
-                    host.shutdown(false).await;
-                    return Err(error);
+        let control = match (&options.control, bound_control) {
+            (Some(control), Some(bound)) => {
+                match crate::control::serve(host.clone(), control, bound).await {
+                    Ok(server) => Some(server),
+                    Err(error) => {
+                        host.shutdown(false).await;
+                        return Err(error);
+                    }
                 }
-            },
-            None => None,
+            }
+            _ => None,
         };
-        let listener = match &host.config().listen {
-            Some(listen) => {
-                match crate::listener::serve(host.clone(), listen, options.listen).await {
+        let listener = match (&host.config().listen, bound_listener) {
+            (Some(listen), Some(bound)) => {
+                match crate::listener::serve(host.clone(), listen, bound).await {
                     Ok(listener) => Some(listener),
                     Err(error) => {
                         host.shutdown(false).await;
@@ -250,7 +301,7 @@ impl Application {
                     }
                 }
             }
-            None => None,
+            _ => None,
         };
         let _watch = if options.watch {
             let config = host.config().clone();

@@ -21,7 +21,7 @@ macro_rules! out {
 
 mod remote;
 
-use crate::application::{Application, RunOptions};
+use crate::application::{Application, Reserved, RunOptions};
 use crate::config::{AppConfig, Scope};
 use crate::control::{self, ControlOptions};
 use crate::dirs;
@@ -313,17 +313,18 @@ async fn dispatch(command: Command) -> Result<Exit, Refused> {
                 watch,
                 listen,
             };
-            if let Some(control) = &options.control {
-                control::ensure_free(&control.state_file).await?;
-            }
-            let application = load(&app, &load_args).await?;
-            if listen.is_some() && application.config().routes.is_empty() {
+            // Before anything is built or run: a port or storage directory
+            // in use is a refusal (exit 2) with nothing started.
+            let config = AppConfig::load(&app).map_err(Refused)?;
+            if listen.is_some() && config.routes.is_empty() {
                 return Err(Refused(anyhow::anyhow!(
                     "--listen: {} has no [[routes]], so there is nothing to listen for",
                     app.display()
                 )));
             }
-            match application.run(options, shutdown_signal()).await {
+            let reserved = Reserved::take(&config, &options).await.map_err(Refused)?;
+            let application = load_config(config, &load_args).await?;
+            match application.run(reserved, options, shutdown_signal()).await {
                 Ok(summary) => Ok(exit_code(&summary, until_idle)),
                 Err(error) => {
                     tracing::error!("{error:#}");
@@ -366,6 +367,10 @@ fn init_logs(logs: &LogArgs) -> Result<(), Refused> {
 
 async fn load(app: &std::path::Path, args: &LoadArgs) -> Result<Application, Refused> {
     let config = AppConfig::load(app).map_err(Refused)?;
+    load_config(config, args).await
+}
+
+async fn load_config(config: AppConfig, args: &LoadArgs) -> Result<Application, Refused> {
     Application::load(config, &args.engine.settings()?, &args.build.options())
         .await
         .map_err(Refused)

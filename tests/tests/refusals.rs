@@ -192,3 +192,66 @@ fn args_of_the_wrong_shape_are_refused() {
         ],
     );
 }
+
+/// An app whose main task makes its mark (a log line) the moment it runs,
+/// with a route, so a start binds the public listener.
+fn app_with_a_main_task_and_a_route() -> TestApp {
+    TestApp::new(
+        r#"
+        name = "early"
+        [plugins.kit]
+        path = "{testkit}"
+        [[tasks]]
+        plugin = "kit"
+        factory = "nap"
+        name = "first"
+        scope = "main"
+        args = { ms = 1 }
+        [[routes]]
+        http = "POST /hook"
+        plugin = "kit"
+        factory = "hook_probe"
+        "#,
+    )
+}
+
+/// Issue 24, item 10: with the listen port in use, `main` and worker
+/// tasks ran (HTTP calls, KV writes) before `cannot bind ... Address
+/// already in use` and exit 1. Now the port is bound before anything runs.
+#[test]
+fn a_listen_port_in_use_refuses_the_start_before_any_task_runs() {
+    let app = app_with_a_main_task_and_a_route();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let run = app.run_taskhost(&[
+        "run",
+        "--until-idle",
+        "--log-format",
+        "json",
+        "--listen",
+        &port,
+    ]);
+    assert_refused_run(&run, &["--listen: cannot bind", &port]);
+}
+
+/// Item 10 too: a storage directory another taskhost holds refuses the
+/// start with exit 2 before anything runs (the lock is an flock on
+/// `.taskhost/lock`, taken here as another host would).
+#[test]
+fn storage_another_host_holds_refuses_the_start_before_any_task_runs() {
+    let app = app_with_a_main_task_and_a_route();
+    let dir = app.dir.path().join(".taskhost");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.join("lock")).unwrap();
+    lock.try_lock().unwrap();
+    let run = app.run_taskhost(&[
+        "run",
+        "--until-idle",
+        "--log-format",
+        "json",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_refused_run(&run, &["[storage]", "in use by another taskhost"]);
+    drop(lock);
+}

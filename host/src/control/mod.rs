@@ -80,8 +80,15 @@ pub async fn ensure_free(state_file: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Binds, writes the state file, and serves `host` until stopped.
-pub async fn serve(host: Arc<Host>, options: &ControlOptions) -> Result<ControlServer> {
+/// The control API's socket, bound before anything runs, not yet served
+/// (no state file yet: the CLI finds the API once it answers).
+pub struct BoundControl {
+    listener: Listener,
+}
+
+/// Checks no live host serves through `options.state_file` and binds the
+/// control API's address.
+pub async fn bind(options: &ControlOptions) -> Result<BoundControl> {
     if let ControlAddress::Tcp(bind) = &options.bind
         && !bind.ip().is_loopback()
         && !options.allow_public
@@ -93,6 +100,16 @@ pub async fn serve(host: Arc<Host>, options: &ControlOptions) -> Result<ControlS
     }
     ensure_free(&options.state_file).await?;
     let listener = Listener::bind(&options.bind).await?;
+    Ok(BoundControl { listener })
+}
+
+/// Writes the state file and serves `host` on `bound` until stopped.
+pub async fn serve(
+    host: Arc<Host>,
+    options: &ControlOptions,
+    bound: BoundControl,
+) -> Result<ControlServer> {
+    let listener = bound.listener;
     let address = listener.address()?;
     let token = state_file::new_token()?;
     let state = ControlState {

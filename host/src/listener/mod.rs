@@ -83,18 +83,38 @@ pub struct Listener {
     server: crate::serve::Server,
 }
 
-/// Binds `config.address` (or `address`, from `--listen`) and serves the
-/// routes of `host`'s app.toml.
+/// The listener's socket, bound before anything runs (so a port in use
+/// stops the start before any task has run), not yet served.
+pub struct BoundListener {
+    listener: tokio::net::TcpListener,
+}
+
+/// Binds `config.address` (or `address`, from `--listen`); `source` is
+/// app.toml, for the error.
+pub async fn bind(
+    source: &std::path::Path,
+    config: &ListenConfig,
+    address: Option<SocketAddr>,
+) -> Result<BoundListener> {
+    let (address, from) = match address {
+        Some(address) => (address, "--listen".to_string()),
+        None => (
+            config.address,
+            format!("{}: [listen] address", source.display()),
+        ),
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("{from}: cannot bind {address}"))?;
+    Ok(BoundListener { listener })
+}
+
+/// Serves the routes of `host`'s app.toml on `bound`.
 pub async fn serve(
     host: Arc<Host>,
     config: &ListenConfig,
-    address: Option<SocketAddr>,
+    bound: BoundListener,
 ) -> Result<Listener> {
-    let source = host.config().source.display().to_string();
-    let (address, from) = match address {
-        Some(address) => (address, "--listen".to_string()),
-        None => (config.address, format!("{source}: [listen] address")),
-    };
     let routes: Vec<RouteConfig> = host.config().routes.clone();
     let shared = Arc::new(Shared {
         host,
@@ -133,9 +153,7 @@ pub async fn serve(
                 "a route serves this path, with another method (see [[routes]] in app.toml)",
             )
         });
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("{from}: cannot bind {address}"))?;
+    let listener = bound.listener;
     let address = listener.local_addr()?;
     let (max_connections, lowered) = serve::public_cap(
         config.max_connections,
