@@ -59,11 +59,13 @@ impl Reserved {
     /// Takes the storage lock and binds the sockets `config` and
     /// `options` ask for.
     pub async fn take(config: &AppConfig, options: &RunOptions) -> Result<Reserved> {
-        let store = open_store(config)?;
+        // The control file first: "another host (app, pid) serves here"
+        // says more than the storage lock the same host also holds.
         let control = match &options.control {
             Some(control) => Some(crate::control::bind(control).await?),
             None => None,
         };
+        let store = open_store(config)?;
         let listener = match &config.listen {
             Some(listen) => {
                 Some(crate::listener::bind(&config.source, listen, options.listen).await?)
@@ -198,12 +200,14 @@ impl Application {
     }
 
     async fn launch_on(self, store: SqliteStore) -> Result<Host> {
+        let metrics = store.metrics().clone();
         Host::launch(
             self.config,
             self.loader,
             self.app,
             self.plugins,
             Arc::new(store),
+            metrics,
         )
         .await
     }

@@ -96,6 +96,7 @@ impl Host {
         app: Arc<AppContext>,
         plugins: BTreeMap<String, Arc<Plugin>>,
         storage: Arc<dyn crate::storage::Storage>,
+        storage_metrics: crate::storage::StorageMetrics,
     ) -> Result<Host> {
         let engines = loader.engines().clone();
         let ticker = EpochTicker::start(&[&engines.engine, &engines.cold, &engines.images])?;
@@ -105,7 +106,8 @@ impl Host {
             events: EventHub::default(),
             tracker: TaskTracker::new(),
             cancel_grace: config.cancel_grace,
-            metrics: Metrics::new(app.task_memory.clone(), app.http_metrics.clone()),
+            metrics: Metrics::new(app.task_memory.clone(), app.http_metrics.clone())
+                .with_storage(storage_metrics.call_seconds, storage_metrics.waiting),
             app,
             lifecycle: broadcast::channel(LIFECYCLE_BACKLOG).0,
             workers: RwLock::default(),

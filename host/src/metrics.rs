@@ -379,6 +379,25 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Registers what the storage backend measures of its calls: each
+    /// call's time (waiting for SQLite's locks included) and the calls
+    /// waiting now. A lock held from outside shows as calls that wait.
+    pub(crate) fn with_storage(mut self, call_seconds: Histogram, waiting: Gauge) -> Metrics {
+        self.registry.register(
+            "storage_call_seconds",
+            "Time of each storage call (key-value, durable tasks, schedules), waiting for locks included",
+            call_seconds,
+        );
+        self.registry.register(
+            "storage_calls_waiting",
+            "Storage calls started and not yet answered",
+            waiting,
+        );
+        self
+    }
+}
+
 /// The process's resident set, from /proc (Linux); none elsewhere.
 /// `status` reports it in KiB, whatever the page size.
 fn resident_bytes() -> Option<i64> {

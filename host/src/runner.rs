@@ -272,10 +272,12 @@ async fn call(
         },
     };
     // A timed-out attempt may be tried again; one of a task that was
-    // cancelled may not.
+    // cancelled may not, nor one the sandbox refused an HTTP request: the
+    // next attempt would be refused the same.
     let retriable = (timed_out || matches!(outcome, Outcome::Failed { .. }))
         && !handle.is_cancelled()
-        && !store.data().app.stop_retrying;
+        && !store.data().app.stop_retrying
+        && !store.data().http_denied();
     let outcome = match timeout {
         Some(limit) if timed_out => after_timeout(outcome, limit),
         _ => outcome,
@@ -350,7 +352,7 @@ fn classify(
         Err(trap) => {
             // A Rust guest that panics prints the reason to stderr, then
             // traps: the reason is what people need to see first.
-            let mut error = format!("{trap:?}");
+            let mut error = describe_trap(&trap);
             let out_of_handles = trap.chain().any(|cause| {
                 matches!(
                     cause.downcast_ref::<wasmtime::component::ResourceTableError>(),
@@ -380,6 +382,22 @@ fn classify(
             Outcome::Failed { error }
         }
     }
+}
+
+/// A trap as people read it: the error and its causes (the wasm backtrace
+/// among them), as anyhow's `{:?}` prints them, but never the host's own
+/// Rust backtrace, which `{:?}` adds when `RUST_BACKTRACE` is set: it
+/// names host internals and reaches the log, the API and other tasks.
+fn describe_trap(trap: &wasmtime::Error) -> String {
+    let mut text = trap.to_string();
+    let mut causes = trap.chain().skip(1).peekable();
+    if causes.peek().is_some() {
+        text += "\n\nCaused by:";
+        for cause in causes {
+            text += &format!("\n    {cause}");
+        }
+    }
+    text
 }
 
 #[cfg(test)]

@@ -7,8 +7,9 @@
 //! [`Storage`] is the seam between the host and a backend: every part of
 //! the host that keeps state holds an `Arc<dyn Storage>`. The default
 //! backend is an SQLite file ([`SqliteStore`]); a clustered backend goes
-//! behind the same traits, which is why their calls return futures even
-//! though SQLite answers at once.
+//! behind the same traits. Their calls return futures: SQLite's run on
+//! tokio's blocking pool, so a lock held from outside stalls only the
+//! task that waits for it, never its worker's other tasks.
 //!
 //! # Which writes are durable
 //!
@@ -38,7 +39,7 @@ pub use kv::{
     Versioned,
 };
 pub use schedules::{ScheduleMark, ScheduleStore};
-pub use sqlite::{DATABASE_FILE, SqliteStore, StoreOptions};
+pub use sqlite::{DATABASE_FILE, SqliteStore, StorageMetrics, StoreOptions};
 pub use tasks::{NewTask, Submitted, TaskRecord, TaskStore, TaskStoreFuture};
 
 /// A backend cannot be reached now (a cluster's NATS is away): nothing

@@ -35,12 +35,28 @@ fn record(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
         // cannot be read back runs without retries rather than not at all.
         retry: retry.and_then(|text| serde_json::from_str::<RetrySpec>(&text).ok()),
         idempotency_key: row.get(7)?,
-        attempt: row.get::<_, i64>(8)? as u32,
-        outcome: outcome_from_columns(&state, row.get(11)?, row.get(12)?, row.get(13)?),
+        attempt: u32::try_from(row.get::<_, i64>(8)?).map_err(|_| bad_column(8, "attempt"))?,
+        outcome: match state.as_str() {
+            "live" => None,
+            "done" | "failed" | "cancelled" => {
+                outcome_from_columns(&state, row.get(11)?, row.get(12)?, row.get(13)?)
+            }
+            _ => return Err(bad_column(9, "state (live, done, failed or cancelled)")),
+        },
         cancel_requested: row.get::<_, i64>(10)? != 0,
         created_ms: row.get::<_, i64>(14)? as u64,
         ended_ms: row.get::<_, Option<i64>>(15)?.map(|ms| ms as u64),
     })
+}
+
+/// A column whose value is of the right type but not a value the host
+/// writes: an error naming it (the row is named by `select`).
+fn bad_column(index: usize, what: &'static str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        index,
+        rusqlite::types::Type::Integer,
+        format!("not a valid {what}").into(),
+    )
 }
 
 fn now_ms() -> i64 {
@@ -172,48 +188,65 @@ impl SqliteStore {
     ) -> Result<Vec<TaskRecord>> {
         self.tasks_op(what, |inner| {
             let mut statement = inner.conn.prepare_cached(sql)?;
-            let rows = statement.query_map(params, record)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            let mut rows = statement.query(params)?;
+            let mut records = Vec::new();
+            while let Some(row) = rows.next()? {
+                // A row another program changed names itself, so the
+                // operator knows which one to mend or delete.
+                let read = record(row).with_context(|| match row.get::<_, i64>(0) {
+                    Ok(seq) => format!(
+                        "the row of durable_tasks with seq = {seq} does not read back: mend or \
+                         delete it"
+                    ),
+                    Err(_) => "a row of durable_tasks has no valid seq: mend or delete it".into(),
+                })?;
+                records.push(read);
+            }
+            Ok(records)
         })
     }
 }
 
 impl TaskStore for SqliteStore {
     fn submit<'a>(&'a self, task: &'a NewTask) -> TaskStoreFuture<'a, Submitted> {
-        Box::pin(std::future::ready(self.submit_now(task)))
+        let task = task.clone();
+        self.tasks(move |store| store.submit_now(&task))
     }
 
     fn forget(&self, seq: u64) -> TaskStoreFuture<'_, ()> {
-        Box::pin(std::future::ready(
-            self.execute(
-                "cannot drop a durable task",
-                "DELETE FROM durable_tasks WHERE seq = ?1",
-                [seq as i64],
-            )
-            .map(drop),
-        ))
+        self.tasks(move |store| {
+            store
+                .execute(
+                    "cannot drop a durable task",
+                    "DELETE FROM durable_tasks WHERE seq = ?1",
+                    [seq as i64],
+                )
+                .map(drop)
+        })
     }
 
     fn attempt_started(&self, seq: u64, attempt: u32) -> TaskStoreFuture<'_, ()> {
-        Box::pin(std::future::ready(
-            self.execute(
-                "cannot record a durable task's attempt",
-                "UPDATE durable_tasks SET attempt = ?2 WHERE seq = ?1",
-                params![seq as i64, attempt],
-            )
-            .map(drop),
-        ))
+        self.tasks(move |store| {
+            store
+                .execute(
+                    "cannot record a durable task's attempt",
+                    "UPDATE durable_tasks SET attempt = ?2 WHERE seq = ?1",
+                    params![seq as i64, attempt],
+                )
+                .map(drop)
+        })
     }
 
     fn cancel_requested(&self, seq: u64) -> TaskStoreFuture<'_, ()> {
-        Box::pin(std::future::ready(
-            self.execute(
-                "cannot record a durable task's cancel",
-                "UPDATE durable_tasks SET cancel_requested = 1 WHERE seq = ?1",
-                [seq as i64],
-            )
-            .map(drop),
-        ))
+        self.tasks(move |store| {
+            store
+                .execute(
+                    "cannot record a durable task's cancel",
+                    "UPDATE durable_tasks SET cancel_requested = 1 WHERE seq = ?1",
+                    [seq as i64],
+                )
+                .map(drop)
+        })
     }
 
     fn ended<'a>(
@@ -222,50 +255,53 @@ impl TaskStore for SqliteStore {
         outcome: &'a Outcome,
         stopped: bool,
     ) -> TaskStoreFuture<'a, bool> {
-        Box::pin(std::future::ready(self.ended_now(seq, outcome, stopped)))
+        let outcome = outcome.clone();
+        self.tasks(move |store| store.ended_now(seq, &outcome, stopped))
     }
 
     fn unfinished(&self) -> TaskStoreFuture<'_, Vec<TaskRecord>> {
-        Box::pin(std::future::ready(self.select(
-            "cannot read the unfinished durable tasks",
-            &format!(
-                "SELECT {COLUMNS} FROM durable_tasks
+        self.tasks(move |store| {
+            store.select(
+                "cannot read the unfinished durable tasks",
+                &format!(
+                    "SELECT {COLUMNS} FROM durable_tasks
                  WHERE state = 'live' ORDER BY seq"
-            ),
-            [],
-        )))
+                ),
+                [],
+            )
+        })
     }
 
     fn recently_ended(&self, limit: usize) -> TaskStoreFuture<'_, Vec<TaskRecord>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Box::pin(std::future::ready(
-            self.select(
-                "cannot read the ended durable tasks",
-                &format!(
-                    "SELECT {COLUMNS} FROM durable_tasks WHERE state <> 'live'
+        self.tasks(move |store| {
+            store
+                .select(
+                    "cannot read the ended durable tasks",
+                    &format!(
+                        "SELECT {COLUMNS} FROM durable_tasks WHERE state <> 'live'
                      ORDER BY ended_ms DESC, seq DESC LIMIT ?1"
-                ),
-                [limit],
-            )
-            .map(|mut records| {
-                records.reverse();
-                records
-            }),
-        ))
+                    ),
+                    [limit],
+                )
+                .map(|mut records| {
+                    records.reverse();
+                    records
+                })
+        })
     }
 
     fn purge_ended(&self) -> TaskStoreFuture<'_, u64> {
-        Box::pin(std::future::ready(self.tasks_op(
-            "cannot purge the ended durable tasks",
-            |inner| {
+        self.tasks(move |store| {
+            store.tasks_op("cannot purge the ended durable tasks", |inner| {
                 let dropped = inner
                     .conn
                     .prepare_cached("DELETE FROM durable_tasks WHERE state <> 'live'")?
                     .execute([])? as u64;
                 inner.ended_tasks = 0;
                 Ok(dropped)
-            },
-        )))
+            })
+        })
     }
 }
 
@@ -293,13 +329,16 @@ mod tests {
         .unwrap()
     }
 
-    /// The store's futures are ready at once.
-    fn block<T>(mut future: TaskStoreFuture<'_, T>) -> T {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match future.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(value) => value.unwrap(),
-            std::task::Poll::Pending => panic!("a SQLite store future was not ready"),
-        }
+    /// Runs a store call (on the blocking pool of a runtime of its own).
+    fn block<T>(future: TaskStoreFuture<'_, T>) -> T {
+        block_result(future).unwrap()
+    }
+
+    fn block_result<T>(future: TaskStoreFuture<'_, T>) -> Result<T> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
     }
 
     fn new_task(name: Option<&str>, key: Option<&str>) -> NewTask {
@@ -319,6 +358,56 @@ mod tests {
             }),
             idempotency_key: key.map(str::to_string),
         }
+    }
+
+    /// Issue 24, item 11: a row another program changed (an attempt past
+    /// u32, text where a number belongs, a state the host never writes)
+    /// stopped the start without naming the row, or overflowed, or was
+    /// shown as cancelled. Each now fails naming its seq.
+    #[test]
+    fn a_row_that_does_not_read_back_is_named_by_its_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 10);
+        let mut seqs = Vec::new();
+        for _ in 0..3 {
+            let Submitted::New(task) = block(store.submit(&new_task(None, None))) else {
+                panic!("not new")
+            };
+            seqs.push(task.seq);
+        }
+        let edit = |sql: &str, seq: u64| {
+            store
+                .tasks_op("edit", |inner| {
+                    inner.conn.execute(sql, [seq as i64])?;
+                    Ok(())
+                })
+                .unwrap();
+        };
+        let unfinished = |store: &SqliteStore| block_result(store.unfinished());
+        edit(
+            "UPDATE durable_tasks SET attempt = 4294967296 WHERE seq = ?1",
+            seqs[0],
+        );
+        let error = format!("{:#}", unfinished(&store).unwrap_err());
+        assert!(error.contains(&format!("seq = {}", seqs[0])), "{error}");
+        assert!(error.contains("attempt"), "{error}");
+        edit(
+            "UPDATE durable_tasks SET attempt = 'many' WHERE seq = ?1",
+            seqs[0],
+        );
+        let error = format!("{:#}", unfinished(&store).unwrap_err());
+        assert!(error.contains(&format!("seq = {}", seqs[0])), "{error}");
+        edit("DELETE FROM durable_tasks WHERE seq = ?1", seqs[0]);
+        edit(
+            "UPDATE durable_tasks SET state = 'zombie' WHERE seq = ?1",
+            seqs[1],
+        );
+        let error = format!("{:#}", block_result(store.recently_ended(10)).unwrap_err());
+        assert!(error.contains(&format!("seq = {}", seqs[1])), "{error}");
+        assert!(error.contains("state"), "{error}");
+        // The one row left intact reads back.
+        edit("DELETE FROM durable_tasks WHERE seq = ?1", seqs[1]);
+        assert_eq!(unfinished(&store).unwrap().len(), 1);
     }
 
     #[test]
