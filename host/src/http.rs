@@ -44,6 +44,9 @@ struct Hooks {
     /// Requests open now; made on the first request, so a task that sends
     /// none allocates nothing.
     open: Option<Arc<AtomicUsize>>,
+    /// A request was refused by the allow-list: a retry cannot change
+    /// that, so the task's retry policy does not try again.
+    denied: bool,
 }
 
 impl HttpState {
@@ -66,8 +69,14 @@ impl HttpState {
                 cancel,
                 metrics,
                 open: None,
+                denied: false,
             },
         }
+    }
+
+    /// Whether the allow-list refused one of the task's requests.
+    pub fn denied(&self) -> bool {
+        self.hooks.denied
     }
 
     /// What `wasmtime-wasi-http` works with; `table` is the store's one
@@ -117,6 +126,25 @@ impl WasiHttpHooks for Hooks {
         let default_port = if scheme == "http" { 80 } else { 443 };
         let port = uri.port_u16().unwrap_or(default_port);
         let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+        let ident = self.ident.clone();
+        // `user:pass@host`: no grant names credentials, and hyper would try
+        // to resolve the whole authority as a name. Refused, saying where
+        // credentials go instead (and never echoing them).
+        if authority.contains('@') {
+            let host = authority.rsplit('@').next().unwrap_or_default().to_string();
+            tracing::warn!(
+                task = %ident.label(),
+                task_id = ident.id,
+                plugin = %ident.plugin,
+                "task {} of plugin {}: HTTP request to {scheme}://{host} refused: its URL \
+                 carries a user name or password; send credentials in an Authorization header",
+                ident.label(),
+                ident.plugin
+            );
+            self.metrics.denied(&ident.plugin);
+            self.denied = true;
+            return Box::new(async { Err(Error::HttpRequestUriInvalid) });
+        }
         let allowed = uri.host().is_some_and(|host| {
             self.policy
                 .grants
@@ -124,9 +152,9 @@ impl WasiHttpHooks for Hooks {
                 .iter()
                 .any(|g| g.allows(&scheme, host, port))
         });
-        let ident = self.ident.clone();
         if !allowed {
             self.metrics.denied(&ident.plugin);
+            self.denied = true;
             tracing::warn!(
                 task = %ident.label(),
                 task_id = ident.id,

@@ -267,7 +267,7 @@ fn with_task<R>(task: &TaskRef, f: impl FnOnce(&dyn Value, &str) -> R) -> R {
 /// which no line of the host's own starts with. JSON output needs none of
 /// this: it escapes everything already.
 pub fn escape_controls(text: &str, continue_lines: bool) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(|c| c.is_control() || is_bidi_control(c)) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
@@ -277,11 +277,22 @@ pub fn escape_controls(text: &str, continue_lines: bool) -> std::borrow::Cow<'_,
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c if c.is_control() || is_bidi_control(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
             c => out.push(c),
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// Unicode's bidirectional formatting characters (U+202A..U+202E,
+/// U+2066..U+2069, and the marks U+200E, U+200F, U+061C): not control
+/// characters to Rust, but a U+202E (right-to-left override) reorders
+/// what follows on a terminal, so a guest could make a line read as
+/// something else ("Trojan Source").
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{61c}')
 }
 
 /// The human format: `TIME LEVEL [worker/task] message`, and for lines that
@@ -452,5 +463,25 @@ impl Drop for LogGate {
         if dropped > 0 {
             self.report_dropped(dropped);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_controls;
+
+    /// Issue 24, item 11: U+202E passed into the human log, where it
+    /// reverses what a terminal shows after it.
+    #[test]
+    fn bidirectional_overrides_are_escaped_like_control_characters() {
+        assert_eq!(
+            escape_controls("ok \u{202e}gnp.exe", false),
+            "ok \\u{202e}gnp.exe"
+        );
+        assert_eq!(
+            escape_controls("\u{2066}x\u{2069}", false),
+            "\\u{2066}x\\u{2069}"
+        );
+        assert_eq!(escape_controls("plain, ünïcode", false), "plain, ünïcode");
     }
 }

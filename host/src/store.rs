@@ -43,6 +43,11 @@ pub struct TaskData {
 }
 
 impl TaskData {
+    /// Whether the allow-list refused one of the task's HTTP requests.
+    pub(crate) fn http_denied(&self) -> bool {
+        self.http.as_ref().is_some_and(HttpState::denied)
+    }
+
     pub(crate) fn new(
         ident: Arc<TaskIdent>,
         app: Arc<AppContext>,

@@ -116,6 +116,10 @@ fn allowed_origins_answer_and_anything_else_is_denied_naming_the_setting() {
             &format!("http://127.0.0.1:{}/hello", port + 1),
         ),
         get_task("redirected", &format!("http://127.0.0.1:{port}/redirect")),
+        get_task(
+            "userinfo",
+            &format!("http://user:pw@127.0.0.1:{port}/hello"),
+        ),
     ]
     .concat();
     let run = app(
@@ -153,6 +157,21 @@ fn allowed_origins_answer_and_anything_else_is_denied_naming_the_setting() {
     // The host does not follow the redirect (to a host not allowed): the
     // guest sees it, and a request it makes to follow it is checked anew.
     assert_eq!(run.results_of("redirected")[0]["status"], 302);
+    // Issue 24, item 11: a URL with credentials in it passed the
+    // allow-list and failed as a DNS error; now it is refused, saying why.
+    assert_eq!(
+        error_of(&run, "userinfo"),
+        "ErrorCode::HttpRequestUriInvalid",
+        "{}",
+        run.dump()
+    );
+    assert!(
+        run.lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("carries a user name or password"))),
+        "{}",
+        run.dump()
+    );
 }
 
 #[test]

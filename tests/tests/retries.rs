@@ -200,3 +200,22 @@ fn a_timed_out_attempt_is_retried_and_the_next_gets_the_whole_limit() {
         run.dump()
     );
 }
+
+/// Issue 24, item 11: a task that failed because the allow-list refused
+/// its request was tried again, to be refused again. A policy failure is
+/// now final: one attempt, no `retrying` line.
+#[test]
+fn a_failure_after_a_request_the_allow_list_refused_is_not_retried() {
+    let run = app(r#"
+        [[tasks]]
+        plugin = "kit"
+        factory = "http_get"
+        name = "denied"
+        args = { url = "http://127.0.0.1:9/nowhere" }
+        retry = { attempts = 3, initial = "10ms" }
+        "#)
+    .run_until_idle();
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    assert_eq!(run.event_of("failed", "denied").len(), 1, "{}", run.dump());
+    assert!(retries(&run, "denied").is_empty(), "{}", run.dump());
+}

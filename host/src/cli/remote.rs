@@ -963,10 +963,7 @@ fn print_tasks(tasks: &[TaskView]) {
         .map(|task| {
             let outcome = match task.state {
                 TaskState::Done => task.result.as_deref().map(clean).unwrap_or_default(),
-                TaskState::Failed => {
-                    let error = task.error.as_deref().unwrap_or("");
-                    clean(error.lines().next().unwrap_or(""))
-                }
+                TaskState::Failed => clean(headline(task.error.as_deref().unwrap_or(""))),
                 TaskState::Cancelled => task
                     .cancel_stage
                     .map(|stage| stage.as_str().to_string())
@@ -1001,6 +998,22 @@ fn print_tasks(tasks: &[TaskView]) {
         "OUTCOME",
     ];
     print_table(if hosts { &columns } else { &columns[1..] }, rows);
+}
+
+/// The line of an error that says what went wrong: its first, but for a
+/// Python traceback (which starts `Traceback (most recent call last):`
+/// and ends with the exception) its last unindented line.
+fn headline(error: &str) -> &str {
+    let first = error.lines().next().unwrap_or("");
+    if first.starts_with("Traceback (most recent call last)") {
+        return error
+            .lines()
+            .rev()
+            .find(|line| !line.trim().is_empty() && !line.starts_with(char::is_whitespace))
+            .filter(|line| !line.starts_with("Traceback"))
+            .unwrap_or(first);
+    }
+    first
 }
 
 /// "3 task(s): 1 running, 2 done", and how many of them the table showed.
@@ -1131,5 +1144,21 @@ fn describe_event(event: &LifecycleEvent) -> String {
         LifecycleEvent::Lagged { missed } => {
             format!("(this follower fell behind: {missed} event(s) missed)")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::headline;
+
+    /// Issue 24, item 11: the OUTCOME column showed a Python failure as
+    /// `Traceback (most recent call last):`.
+    #[test]
+    fn a_python_traceback_is_shown_by_its_exception_line() {
+        let traceback = "Traceback (most recent call last):\n  File \"app.py\", line 22, in run\n    \
+                         raise ValueError(\"bad input\")\nValueError: bad input\n";
+        assert_eq!(headline(traceback), "ValueError: bad input");
+        assert_eq!(headline("no such key\nmore"), "no such key");
+        assert_eq!(headline(""), "");
     }
 }

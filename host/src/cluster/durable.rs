@@ -929,7 +929,7 @@ impl Runner {
         }
         let name = task.name.clone();
         let previous = task.host.clone();
-        let attempt = task.attempt + 1;
+        let attempt = task.attempt.saturating_add(1);
         match crate::worker::run_handed_over(&self.env, task.record()).await {
             Ok(_) => {
                 tracing::info!(

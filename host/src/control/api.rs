@@ -19,13 +19,13 @@
 //! | GET | /v1/stream | lifecycle events (Server-Sent Events) |
 //! | GET | /metrics | Prometheus / OpenMetrics text |
 
-use super::body_limit;
 use super::schema::{
     AddRequest, Added, AddedTask, BuildState, CancelRequest, DispatchRequest, ErrorBody,
     ErrorDetail, FactoryView, HostBuild, KvBucketView, KvEntry, KvKeys, KvPut, KvWritten,
     LimitDetail, LoadRequest, Loaded, MemoryImage, PluginView, Purged, ScheduleView, Triggered,
     Woken,
 };
+use super::{body_limit, kv_body_limit};
 use crate::config::{Limit, RetrySpec, TaskSpec};
 use crate::host::{CancelError, Host};
 use crate::lifecycle::LifecycleEvent;
@@ -59,6 +59,7 @@ struct Ctx {
 
 pub(super) fn router(host: Arc<Host>, token: String) -> Router {
     let body_limit = body_limit(&host.config().limits);
+    let kv_body_limit = DefaultBodyLimit::max(kv_body_limit(&host.config().limits));
     let ctx = Ctx {
         host,
         token: token.into(),
@@ -75,7 +76,10 @@ pub(super) fn router(host: Arc<Host>, token: String) -> Router {
         .route("/v1/kv/{bucket}", get(kv_keys))
         .route(
             "/v1/kv/{bucket}/{*key}",
-            get(kv_get).put(kv_put).delete(kv_delete),
+            get(kv_get)
+                .put(kv_put)
+                .delete(kv_delete)
+                .layer(kv_body_limit),
         )
         .route("/v1/schedules", get(list_schedules))
         .route("/v1/schedules/{name}/{action}", post(steer_schedule))

@@ -27,13 +27,20 @@ pub use state_file::{ControlState, default_state_file};
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// Largest request body accepted (larger ones get 413): room for the
-/// largest arguments or payload the limits allow, JSON-escaped.
+/// largest arguments or payload the limits allow, JSON-escaped (2.06 MiB
+/// by default). A key-value write has its own, [`kv_body_limit`].
 pub fn body_limit(limits: &crate::config::Limits) -> usize {
-    // A key-value value comes as text (escaped: up to 6 bytes per byte in
-    // JSON) or base64 (4/3).
     MAX_BODY
         .saturating_add(2usize.saturating_mul(limits.args_bytes.max(limits.event_payload_bytes)))
+}
+
+/// Largest body of a key-value write (`PUT /v1/kv/...`): a value
+/// comes as text (escaped: up to 6 bytes per byte in JSON) or base64
+/// (4/3), so 64 KiB + 6 x `kv_value_bytes` (6.06 MiB by default).
+pub fn kv_body_limit(limits: &crate::config::Limits) -> usize {
+    MAX_BODY
         .saturating_add(6usize.saturating_mul(limits.kv_value_bytes))
+        .max(body_limit(limits))
 }
 
 /// The control API as a service, without a listener: every request must

@@ -171,7 +171,7 @@ impl WorkerCtx {
                 None
             }
         };
-        let attempt = record.attempt + 1;
+        let attempt = record.attempt.saturating_add(1);
         storage
             .attempt_started(record.seq, attempt)
             .await
@@ -268,7 +268,7 @@ pub(crate) async fn recover(workers: &[Arc<WorkerCtx>]) -> Result<Vec<TaskHandle
             continue;
         }
         let name = record.name.clone();
-        let attempt = record.attempt + 1;
+        let attempt = record.attempt.saturating_add(1);
         match worker.list_record(record).await {
             Ok(handle) if !handle.is_ended() => {
                 tracing::info!(
