@@ -294,6 +294,47 @@ fn editing_a_python_plugin_hot_loads_it_while_old_tasks_drain_on_the_old_build()
     assert_eq!(host.finish().code, Some(0));
 }
 
+/// Issue 24, item 9: componentize-py makes new bytes on every build, so
+/// with `build = "..."` every `check` and `run` rebuilt and compiled the
+/// plugin again (1 min 37 s to the first task). A build whose inputs did
+/// not change now keeps the component it made: the same bytes, found in
+/// the compile cache.
+#[test]
+fn an_unchanged_python_plugin_is_not_built_or_compiled_again() {
+    let app = TestApp::new(
+        r#"
+        name = "pysame"
+        [plugins.live]
+        build = "live"
+        "#,
+    );
+    let dir = app.dir.path().join("live");
+    write_python_plugin(&dir, "v1");
+    let first = app.check();
+    assert_eq!(first.code, Some(0), "{}", first.dump());
+    let component = dir.join("live.wasm");
+    let bytes = std::fs::read(&component).unwrap();
+    let second = app.check();
+    assert_eq!(second.code, Some(0), "{}", second.dump());
+    assert!(second.stderr.contains("is up to date"), "{}", second.dump());
+    assert_eq!(
+        std::fs::read(&component).unwrap(),
+        bytes,
+        "the bytes changed"
+    );
+    assert!(
+        second.stdout.contains(": 1 hit(s), 0 miss(es)"),
+        "{}",
+        second.dump()
+    );
+    // A changed source is built again.
+    write_python_plugin(&dir, "v2");
+    let third = app.check();
+    assert_eq!(third.code, Some(0), "{}", third.dump());
+    assert!(!third.stderr.contains("is up to date"), "{}", third.dump());
+    assert_ne!(std::fs::read(&component).unwrap(), bytes);
+}
+
 /// The seed's websocket feed, written in Python: the same session as the Rust one.
 #[test]
 fn a_python_feed_serves_the_seeds_websocket_session() {

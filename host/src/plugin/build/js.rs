@@ -118,6 +118,36 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
     let main = std::fs::canonicalize(&main)
         .with_context(|| format!("cannot resolve {}", main.display()))?;
     let cache = crate::dirs::cache_home()?.join("js");
+    let out = match &options.out {
+        Some(out) => out.clone(),
+        None => dir.join(format!("{}.wasm", package.name)),
+    };
+    let main_text = main.display().to_string();
+    let mut fixed: Vec<&[u8]> = vec![
+        b"componentize-js",
+        COMPONENTIZE_JS.as_bytes(),
+        ESBUILD.as_bytes(),
+        SDK.as_bytes(),
+        SCRIPT.as_bytes(),
+        main_text.as_bytes(),
+    ];
+    fixed.extend(super::tools::wit_texts());
+    // npm rewrites node_modules/.package-lock.json on every install: it
+    // stands for the dependencies, which are not hashed file by file.
+    let lock = Path::new("node_modules/.package-lock.json");
+    let inputs = super::inputs::hash(&cache, dir, &out, &fixed, &[lock])?;
+    if let Some(inputs) = &inputs
+        && inputs.unchanged()
+    {
+        if options.output == BuildOutput::Inherit {
+            eprintln!(
+                "taskhost: {} is up to date with {}",
+                out.display(),
+                dir.display()
+            );
+        }
+        return Ok(out);
+    }
     let tools = install_tools(&cache, options.output)?;
     if options.output == BuildOutput::Inherit {
         eprintln!(
@@ -127,7 +157,7 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
     }
     let script = tools.join("componentize.mjs");
     write_atomically(&script, SCRIPT.as_bytes())?;
-    let work = WorkDir::new(&cache)?;
+    let work = WorkDir::new(&cache, &super::inputs::build_key(&out))?;
     let wit = work.path().join("wit");
     write_wit(&wit)?;
     let sdk = work.path().join("taskhost-sdk.js");
@@ -154,12 +184,12 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
         .arg(&wit)
         .arg(work.path().join("bundle.js"))
         .arg(&component);
-    let out = match &options.out {
-        Some(out) => out.clone(),
-        None => dir.join(format!("{}.wasm", package.name)),
-    };
-    componentize(command, options.output, "componentize-js", &component, out)
-        .with_context(|| format!("building {} (node: `{node}`)", dir.display()))
+    let out = componentize(command, options.output, "componentize-js", &component, out)
+        .with_context(|| format!("building {} (node: `{node}`)", dir.display()))?;
+    if let Some(inputs) = inputs {
+        inputs.record()?;
+    }
+    Ok(out)
 }
 
 /// The directory whose `node_modules` holds componentize-js and esbuild,

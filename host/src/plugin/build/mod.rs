@@ -13,6 +13,7 @@
 //! wasm std on the Debian path, are compiled once and reused by every plugin
 //! and every later build.
 
+mod inputs;
 pub mod js;
 pub mod python;
 mod tools;

@@ -122,6 +122,31 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
         );
     }
     let cache = crate::dirs::cache_home()?.join("python");
+    let out = match &options.out {
+        Some(out) => out.clone(),
+        None => dir.join(format!("{}.wasm", project.name)),
+    };
+    let mut fixed: Vec<&[u8]> = vec![
+        b"componentize-py",
+        COMPONENTIZE_PY.as_bytes(),
+        SDK.as_bytes(),
+        project.module.as_bytes(),
+    ];
+    fixed.extend(super::tools::wit_texts());
+    fixed.extend(PYTHON_WIT.iter().map(|(_, text)| text.as_bytes()));
+    let inputs = super::inputs::hash(&cache, dir, &out, &fixed, &[])?;
+    if let Some(inputs) = &inputs
+        && inputs.unchanged()
+    {
+        if options.output == BuildOutput::Inherit {
+            eprintln!(
+                "taskhost: {} is up to date with {}",
+                out.display(),
+                dir.display()
+            );
+        }
+        return Ok(out);
+    }
     let tool = componentize_py(&cache, options.output)?;
     if options.output == BuildOutput::Inherit {
         eprintln!(
@@ -129,7 +154,7 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
             dir.display()
         );
     }
-    let work = WorkDir::new(&cache)?;
+    let work = WorkDir::new(&cache, &super::inputs::build_key(&out))?;
     let wit = work.path().join("wit");
     write_wit(&wit)?;
     write_files(&wit, PYTHON_WIT)?;
@@ -160,11 +185,15 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
         .arg(dir)
         .arg("-o")
         .arg(&component);
-    let out = match &options.out {
-        Some(out) => out.clone(),
-        None => dir.join(format!("{}.wasm", project.name)),
-    };
-    componentize(command, options.output, "componentize-py", &component, out)
+    // A fixed hash seed: the interpreter's state is snapshotted into the
+    // component, and with a random seed its dicts (so its bytes) differ
+    // from build to build.
+    command.env("PYTHONHASHSEED", "0");
+    let out = componentize(command, options.output, "componentize-py", &component, out)?;
+    if let Some(inputs) = inputs {
+        inputs.record()?;
+    }
+    Ok(out)
 }
 
 /// componentize-py's path, installing it into taskhost's cache the first

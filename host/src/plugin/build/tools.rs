@@ -33,6 +33,11 @@ const WIT: &[(&str, &str)] = &[
     ),
 ];
 
+/// The WIT files' texts, for a build's input digest.
+pub(super) fn wit_texts<'a>() -> impl Iterator<Item = &'a [u8]> {
+    WIT.iter().map(|(_, text)| text.as_bytes())
+}
+
 /// Writes the WIT package into `dir` (`plugin.wit` and `deps/`).
 pub(super) fn write_wit(dir: &Path) -> Result<()> {
     write_files(dir, WIT)
@@ -144,27 +149,45 @@ pub(super) fn missing_tool(
 }
 
 /// A scratch directory for one build, removed when dropped.
-pub(super) struct WorkDir(PathBuf);
+///
+/// Its path is the same for every build of the same plugin (`key`): the
+/// componentizers snapshot an interpreter whose state holds the paths it
+/// read from, so a path that changed from build to build (it held the
+/// process id and the time) made every build's bytes differ. Builds of one
+/// plugin at once take turns (a lock beside the directory).
+pub(super) struct WorkDir {
+    dir: PathBuf,
+    _lock: std::fs::File,
+}
 
 impl WorkDir {
-    pub(super) fn new(cache: &Path) -> Result<WorkDir> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = cache.join(format!("build-{}-{nanos}", std::process::id()));
+    pub(super) fn new(cache: &Path, key: &str) -> Result<WorkDir> {
+        std::fs::create_dir_all(cache)
+            .with_context(|| format!("cannot create {}", cache.display()))?;
+        let dir = cache.join(format!("build-{key}"));
+        let lock_path = cache.join(format!("build-{key}.lock"));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        lock.lock()
+            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+        // What a build that died left behind.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot make the build directory {}", dir.display()))?;
-        Ok(WorkDir(dir))
+        Ok(WorkDir { dir, _lock: lock })
     }
 
     pub(super) fn path(&self) -> &Path {
-        &self.0
+        &self.dir
     }
 }
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
