@@ -181,11 +181,18 @@ pub(crate) fn linker(engine: &Engine) -> Result<Linker<TaskData>> {
 /// keeps the run queue busy, and tokio then checks timers only every 61
 /// polls (61 ms with one spinner).
 pub(crate) fn new_store(engine: &Engine, data: TaskData) -> Store<TaskData> {
+    let durable = data.app.ident.durable.is_some();
     let mut store = Store::new(engine, data);
     store.limiter(|data| &mut data.memory);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|cx| {
-        if cx.data().cancel.is_forced() {
+        let cancel = &cx.data().cancel;
+        if cancel.is_forced() {
+            Ok(UpdateDeadline::Interrupt)
+        } else if cancel.is_fenced() {
+            // A copy whose lease is over stops even in a loop that makes
+            // no host call.
+            cancel.force();
             Ok(UpdateDeadline::Interrupt)
         } else {
             Ok(UpdateDeadline::YieldCustom(
@@ -194,7 +201,27 @@ pub(crate) fn new_store(engine: &Engine, data: TaskData) -> Store<TaskData> {
             ))
         }
     });
+    if durable {
+        fence(&mut store);
+    }
     store
+}
+
+/// Makes every host call of the store's task trap once the task's lease
+/// is over ([`crate::task::Lease`]): a copy of a durable task that another
+/// host of the cluster may be running performs no effect, however it was
+/// held up (a pause, a stall) and whatever it calls next. The task is
+/// forced too, so it ends `cancelled` (forced) rather than `failed`, and
+/// its end is not recorded as the task's (it was stopped, not ended).
+/// Only durable tasks' stores carry the hook: the rest pay nothing.
+pub(crate) fn fence(store: &mut Store<TaskData>) {
+    store.call_hook(|cx, hook| {
+        if matches!(hook, wasmtime::CallHook::CallingHost) && cx.data().cancel.is_fenced() {
+            cx.data().cancel.force();
+            return Err(wasmtime::Trap::Interrupt.into());
+        }
+        Ok(())
+    });
 }
 
 /// Table elements one task may grow a table to: function tables of real

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -318,6 +318,63 @@ pub(crate) struct CancelSignal {
     /// The task's own signal when this one is an attempt's: cancelling or
     /// forcing the task reaches the attempt, not the other way round.
     parent: Option<Arc<CancelSignal>>,
+    /// For a durable task of a cluster: how long this host may go on
+    /// running it (see [`Lease`]). Past it the task is fenced.
+    lease: OnceLock<Arc<Lease>>,
+}
+
+/// How long a host may still act for a task that another host could take
+/// over (a durable task of a cluster): until the end of the lease, renewed
+/// while this host still holds the task's record. A host paused or cut off
+/// past it (SIGSTOP, a long GC-like stall, a partition) finds its lease
+/// over before its copy can act again: the task is *fenced*, every host
+/// call it makes traps and it is stopped, so a stale copy performs no
+/// effect after another host may have started the task again.
+///
+/// Measured on the monotonic clock, which goes on while a process is
+/// stopped, so a pause always counts.
+#[derive(Debug)]
+pub struct Lease {
+    /// Milliseconds since [`lease_origin`] until which the lease holds.
+    until_ms: AtomicU64,
+}
+
+/// The origin of leases' times: the first use in this process.
+fn lease_origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+fn lease_ms(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(lease_origin()).as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Lease {
+    /// A lease that holds for `valid` from `from`.
+    pub(crate) fn new(from: Instant, valid: Duration) -> Lease {
+        let lease = Lease {
+            until_ms: AtomicU64::new(0),
+        };
+        lease.renew(from, valid);
+        lease
+    }
+
+    /// Holds the lease until `valid` after `from` (never shortening it):
+    /// `from` is when the renewal began, before the record was read, so
+    /// the lease never outlasts what the other hosts were told.
+    pub(crate) fn renew(&self, from: Instant, valid: Duration) {
+        let until = lease_ms(from).saturating_add(u64::try_from(valid.as_millis()).unwrap_or(0));
+        self.until_ms.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Ends the lease now: the host knows another holds the task.
+    pub(crate) fn revoke(&self) {
+        self.until_ms.store(0, Ordering::Release);
+    }
+
+    pub(crate) fn holds(&self) -> bool {
+        lease_ms(Instant::now()) < self.until_ms.load(Ordering::Acquire)
+    }
 }
 
 impl CancelSignal {
@@ -331,7 +388,20 @@ impl CancelSignal {
             forced: AtomicBool::new(false),
             forced_token: task.forced_token.child_token(),
             parent: Some(task.clone()),
+            lease: OnceLock::new(),
         }
+    }
+
+    /// Puts the task under `lease` (the first one given stands).
+    pub(crate) fn set_lease(&self, lease: Arc<Lease>) {
+        let _ = self.lease.set(lease);
+    }
+
+    /// Whether the task's lease (its own or its task's, for an attempt) is
+    /// over: it may act no more.
+    pub(crate) fn is_fenced(&self) -> bool {
+        self.lease.get().is_some_and(|lease| !lease.holds())
+            || self.parent.as_ref().is_some_and(|p| p.is_fenced())
     }
 
     pub(crate) fn cancel(&self) {

@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use taskhost_tests::{Api, NatsServer, Run, Running, TestApp};
 
 fn ok(run: Run) -> Run {
@@ -1300,5 +1301,166 @@ fn tasks_for_any_host_go_to_the_hosts_with_room() {
         );
         assert_eq!(status, 201, "{added}");
         assert_eq!(added["tasks"][0]["host"], "b", "{added}");
+    }
+}
+
+/// A loopback HTTP server that answers 200 to every request and keeps
+/// each request line: what a task's effects reached the outside world.
+fn recording_server() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let kept = kept.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut stream = stream;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let request = line.trim().to_string();
+                    // The rest of the head.
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if header == "\r\n" {
+                            break;
+                        }
+                    }
+                    kept.lock().unwrap().push(request);
+                    if stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (address, seen)
+}
+
+/// Issue 24, item 4: a host paused past `ack_wait` while a durable task
+/// makes an HTTP call every 100 ms. The task runs again on b (attempt 2);
+/// when a wakes, its copy's next call used to go out before it noticed.
+/// Now a's lease ran out during the pause: its copy is fenced, makes no
+/// call, and stops; b keeps the task (a never takes it back).
+#[test]
+fn a_paused_hosts_copy_performs_no_effect_after_another_host_took_its_task() {
+    let nats = NatsServer::start();
+    let (server, seen) = recording_server();
+    let grants = r#"
+        [plugins.kit.grants]
+        http = ["http://127.0.0.1:*"]
+    "#;
+    let (a, mut running_a) = host_with(&nats, "fenced", "a", 1, "", "ack_wait_ms = 2000", grants);
+    let (b, mut running_b) = host_with(&nats, "fenced", "b", 1, "", "ack_wait_ms = 2000", grants);
+    for app in [&a, &b] {
+        await_all_serving(app, 2);
+    }
+    let args = json!({"url": format!("http://{server}/tick"), "every_ms": 100, "times": 1_000_000});
+    ok(a.cli(&[
+        "add",
+        "kit",
+        "ticker",
+        "--args",
+        &args.to_string(),
+        "--name",
+        "pulse",
+        "--durable",
+    ]));
+    let count = |attempt: u32| {
+        let needle = format!("attempt={attempt}&");
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(&needle))
+            .count()
+    };
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait("attempt 1 made its first calls", &|| count(1) >= 3);
+
+    running_a.signal("STOP");
+    running_b.wait_for(1, |l| l["event"] == "started" && l["task"] == "pulse");
+    wait("attempt 2 on b made a call", &|| count(2) >= 1);
+    // Whatever attempt 1 sent before the pause has arrived by now.
+    let before = count(1);
+    running_a.signal("CONT");
+    running_a.wait_for(1, |l| l["event"] == "cancelled" && l["task"] == "pulse");
+    // b goes on calling; a's copy never called again.
+    let b_calls = count(2);
+    wait("attempt 2 goes on", &|| count(2) >= b_calls + 5);
+    assert_eq!(count(1), before, "a's stale copy acted after the pause");
+    let (_, records) = durable_state(&nats, "fenced");
+    assert_eq!(records["pulse"]["host"], "b", "{records:?}");
+    assert_eq!(records["pulse"]["attempt"], 2, "{records:?}");
+    ok(b.cli(&["cancel", "pulse"]));
+    for running in [running_a, running_b] {
+        running.stop();
+    }
+}
+
+/// Issue 24, item 4: while host a is paused past the expiry, the others
+/// free its cluster-scoped name and b takes it; a used to go on running
+/// its task of that name, so it ran on both. Back, a re-checks its claims
+/// and stops the task that lost its name.
+#[test]
+fn a_returning_host_stops_a_task_whose_cluster_scoped_name_was_taken_meanwhile() {
+    let nats = NatsServer::start();
+    let (a, mut running_a) = host(&nats, "renamed", "a", 1, "");
+    let (b, running_b) = host(&nats, "renamed", "b", 1, "");
+    for app in [&a, &b] {
+        await_all_serving(app, 2);
+    }
+    let add = |app: &TestApp| {
+        app.cli(&[
+            "add",
+            "kit",
+            "nap",
+            "--args",
+            r#"{"ms": 600000}"#,
+            "--name",
+            "solo",
+            "--scope",
+            "cluster",
+        ])
+    };
+    ok(add(&a));
+    running_a.signal("STOP");
+    // b takes the name once the claim of silent a is swept.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let taken = add(&b);
+        if taken.code == Some(0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", taken.dump());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    running_a.signal("CONT");
+    running_a.wait_for(1, |l| {
+        l["message"].as_str().is_some_and(|m| {
+            m.contains("solo lost its cluster-scoped name") && m.contains("host b")
+        })
+    });
+    running_a.wait_for(1, |l| l["event"] == "cancelled" && l["task"] == "solo");
+    ok(b.cli(&["cancel", "solo"]));
+    for running in [running_a, running_b] {
+        running.stop();
     }
 }

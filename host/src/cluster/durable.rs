@@ -74,6 +74,12 @@ struct StoredTask {
     /// How many times another run was started after its host went away.
     #[serde(default)]
     handovers: u32,
+    /// Until when (Unix ms) `host` holds the task: set when it claims the
+    /// task and renewed every third of `ack_wait` while it runs it. No
+    /// other host claims the task before then, and the holder's own copy
+    /// stops acting earlier (its lease is counted from before the write).
+    #[serde(default)]
+    lease_until_ms: u64,
     created_ms: u64,
     #[serde(default)]
     ended_ms: Option<u64>,
@@ -164,6 +170,9 @@ pub struct DurableQueue {
     /// Ends that could not be recorded (NATS was away), recorded once it
     /// is back: outcome, and whether the task had been stopped.
     unrecorded: Mutex<HashMap<u64, (Outcome, bool)>>,
+    /// The leases of the tasks this process runs (see
+    /// [`crate::task::Lease`]).
+    leases: Mutex<HashMap<u64, Arc<crate::task::Lease>>>,
 }
 
 impl DurableQueue {
@@ -213,6 +222,7 @@ impl DurableQueue {
             mine: Mutex::default(),
             held: Mutex::default(),
             unrecorded: Mutex::default(),
+            leases: Mutex::default(),
         };
         queue.consumer(&config.host).await?;
         Ok(queue)
@@ -327,6 +337,71 @@ impl DurableQueue {
             .remove(&seq)
     }
 
+    /// This process's lease of `seq`, held (or renewed) for `ack_wait`
+    /// from `from`: when it wrote the record that names it the runner,
+    /// counted from before the write, so the lease ends before the one
+    /// the other hosts read in the record.
+    fn hold_lease(&self, seq: u64, from: Instant) -> Arc<crate::task::Lease> {
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let lease = leases
+            .entry(seq)
+            .or_insert_with(|| Arc::new(crate::task::Lease::new(from, self.ack_wait)));
+        lease.renew(from, self.ack_wait);
+        lease.clone()
+    }
+
+    /// Ends this process's lease of `seq`: at once (revoked, its copy is
+    /// fenced) when another host holds the task, or quietly once its copy
+    /// has ended here.
+    fn drop_lease(&self, seq: u64, revoke: bool) {
+        let lease = self
+            .leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&seq);
+        if revoke && let Some(lease) = lease {
+            lease.revoke();
+        }
+    }
+
+    fn lease_of(&self, seq: u64) -> Option<Arc<crate::task::Lease>> {
+        self.leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&seq)
+            .cloned()
+    }
+
+    /// Renews this process's lease of `seq` if the record still names it
+    /// as the runner of the attempt it runs: a write, so a renewal and
+    /// another host's claim cannot both win from the same record. Whether
+    /// it was renewed.
+    async fn renew_lease(&self, seq: u64) -> bool {
+        let Some(lease) = self.lease_of(seq) else {
+            return false;
+        };
+        let mine = self.attempt_of(seq);
+        let host = self.host.clone();
+        let valid_ms = u64::try_from(self.ack_wait.as_millis()).unwrap_or(u64::MAX);
+        let begun = Instant::now();
+        let renewed = self
+            .modify(seq, |task| {
+                if !task.is_pending() || task.host != host || mine != Some(task.attempt) {
+                    return Ok(false);
+                }
+                task.lease_until_ms = now_ms().saturating_add(valid_ms);
+                Ok(true)
+            })
+            .await;
+        match renewed {
+            Ok(Some(_)) => {
+                lease.renew(begun, self.ack_wait);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The key a submission's idempotency key is kept under: app.toml's
     /// durable startup tasks (`app.toml/WORKER/NAME`) run on every host,
     /// so theirs are this host's own; any other key is the cluster's.
@@ -365,6 +440,7 @@ impl DurableQueue {
             stage: None,
             cancel_requested: false,
             handovers: 0,
+            lease_until_ms: 0,
             created_ms: now_ms(),
             ended_ms: None,
         };
@@ -398,10 +474,15 @@ impl DurableQueue {
             stored.name = format!("durable-{seq}");
         }
         self.set_attempt(seq, Some(1));
+        // The submitting host runs it at once: held from before the write.
+        let begun = Instant::now();
+        stored.lease_until_ms =
+            now_ms().saturating_add(u64::try_from(self.ack_wait.as_millis()).unwrap_or(u64::MAX));
         self.records
             .put(task_key(seq), serde_json::to_vec(&stored)?.into())
             .await
             .with_context(|| format!("cannot record durable task {seq}"))?;
+        self.hold_lease(seq, begun);
         if let Some(key) = &key {
             self.records
                 .put(idempotency_key(key), seq.to_string().into())
@@ -465,6 +546,8 @@ impl DurableQueue {
 
     async fn started(&self, seq: u64, attempt: u32) -> Result<()> {
         let host = self.host.clone();
+        let ack_wait_ms = u64::try_from(self.ack_wait.as_millis()).unwrap_or(u64::MAX);
+        let begun = Instant::now();
         // Not a retry of a run of this process: another run, after its
         // host (this one, restarted, or another) went away.
         let handover = self.attempt_of(seq).is_none();
@@ -480,8 +563,21 @@ impl DurableQueue {
                         task.attempt
                     );
                 }
+                // A host that holds the task's lease is running it: never
+                // taken from it (a host back from a pause once took a task
+                // from the healthy host that had taken it over).
+                let now = now_ms();
+                if task.host != host && task.lease_until_ms > now {
+                    bail!(
+                        "durable task {seq} is held by host {} (attempt {}) for {} ms more",
+                        task.host,
+                        task.attempt,
+                        task.lease_until_ms - now
+                    );
+                }
                 task.host = host.clone();
                 task.attempt = attempt;
+                task.lease_until_ms = now.saturating_add(ack_wait_ms);
                 if handover {
                     task.handovers += 1;
                 }
@@ -492,6 +588,7 @@ impl DurableQueue {
             bail!("durable task {seq} has no record");
         }
         self.set_attempt(seq, Some(attempt));
+        self.hold_lease(seq, begun);
         Ok(())
     }
 
@@ -560,6 +657,7 @@ impl DurableQueue {
             })
             .await?;
         self.set_attempt(seq, None);
+        self.drop_lease(seq, false);
         let message = self.release(seq);
         match (&written, message) {
             (Some(_), Some(message)) => {
@@ -681,6 +779,13 @@ impl TaskStore for DurableQueue {
 
     fn purge_ended(&self) -> TaskStoreFuture<'_, u64> {
         Box::pin(self.purge_ended_here())
+    }
+
+    fn lease(&self, seq: u64) -> Option<Arc<crate::task::Lease>> {
+        Some(
+            self.lease_of(seq)
+                .unwrap_or_else(|| self.hold_lease(seq, Instant::now())),
+        )
     }
 }
 
@@ -1035,6 +1140,9 @@ async fn progress(queue: &DurableQueue, env: &TaskEnv) {
         if superseded {
             queue.release(seq);
             queue.set_attempt(seq, None);
+            // Fenced at once: nothing more from this copy, even before the
+            // cancel reaches it.
+            queue.drop_lease(seq, true);
             if let Some((_, handle)) = env.durable_task(seq)
                 && !handle.is_ended()
             {
@@ -1052,8 +1160,14 @@ async fn progress(queue: &DurableQueue, env: &TaskEnv) {
             if let Some(message) = queue.release(seq) {
                 let _ = message.ack().await;
             }
-        } else if let Some(message) = held {
-            let _ = message.ack_with(AckKind::Progress).await;
+        } else {
+            // Still this host's: the lease goes on (or, if the write
+            // failed, runs out and fences the copy), and the queue hears
+            // it is still running.
+            queue.renew_lease(seq).await;
+            if let Some(message) = held {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
         }
     }
 }

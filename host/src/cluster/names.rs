@@ -48,10 +48,10 @@ pub struct Names {
 
 /// One of this host's claims.
 #[derive(Debug, Clone, Copy)]
-struct Claim {
-    worker: WorkerId,
+pub struct Claim {
+    pub worker: WorkerId,
     /// 0 until its task is registered.
-    id: TaskId,
+    pub id: TaskId,
     revision: u64,
 }
 
@@ -219,6 +219,35 @@ impl Names {
         }
     }
 
+    /// The names this host holds whose claims are no longer its own: swept
+    /// by the other hosts while this one was silent (paused, cut off) and
+    /// maybe claimed again since. Forgotten here; the caller stops their
+    /// tasks, so a name never runs on two hosts. A claim that cannot be
+    /// read now (NATS away) is kept.
+    pub async fn lost(&self) -> Vec<(String, Claim, Option<Owner>)> {
+        let held: Vec<(String, Claim)> = self
+            .mine()
+            .iter()
+            .filter(|(_, claim)| claim.id != 0)
+            .map(|(name, claim)| (name.clone(), *claim))
+            .collect();
+        let mut lost = Vec::new();
+        for (name, claim) in held {
+            let entry = match self.store.entry(key(&name)).await {
+                Ok(entry) => entry,
+                Err(_) => continue,
+            };
+            let now = entry.filter(|e| e.operation == kv::Operation::Put);
+            if now.as_ref().is_some_and(|e| e.revision == claim.revision) {
+                continue;
+            }
+            let owner = now.and_then(|e| serde_json::from_slice::<Owner>(&e.value).ok());
+            self.mine().remove(&name);
+            lost.push((name, claim, owner));
+        }
+        lost
+    }
+
     /// Frees every name this host holds (it is leaving).
     pub async fn release_all(&self) {
         let names: Vec<String> = self.mine().keys().cloned().collect();
@@ -279,8 +308,36 @@ pub(super) fn sweeper(
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(EXPIRY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = std::time::Instant::now();
         loop {
             ticks.tick().await;
+            // Back from a silence past the expiry (the monotonic clock goes
+            // on while a process is stopped): the others may have freed
+            // this host's names and given them to other tasks.
+            if last.elapsed() > EXPIRY * 2 {
+                for (name, claim, owner) in names.lost().await {
+                    let Some(handle) = env
+                        .worker(claim.worker)
+                        .and_then(|w| w.registry().handle_of(claim.id))
+                    else {
+                        continue;
+                    };
+                    if handle.is_ended() {
+                        continue;
+                    }
+                    tracing::warn!(
+                        task = name,
+                        "task {name} lost its cluster-scoped name while this host was silent \
+                         past the expiry ({}): it is stopped here",
+                        match owner {
+                            Some(owner) => format!("it runs on host {} now", owner.host),
+                            None => "the other hosts freed it".to_string(),
+                        }
+                    );
+                    handle.cancel();
+                }
+            }
+            last = std::time::Instant::now();
             names
                 .release_unlisted(|worker, id| {
                     env.worker(worker)

@@ -61,6 +61,9 @@ impl TaskStore for ClusterStorage {
     fn purge_ended(&self) -> TaskStoreFuture<'_, u64> {
         self.tasks.purge_ended()
     }
+    fn lease(&self, seq: u64) -> Option<std::sync::Arc<crate::task::Lease>> {
+        self.tasks.lease(seq)
+    }
 }
 
 impl KvStore for ClusterStorage {

@@ -116,6 +116,15 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Drops every ended record; returns how many.
     fn purge_ended(&self) -> TaskStoreFuture<'_, u64>;
+
+    /// The lease under which this host runs task `seq`, for a backend
+    /// where another host may run it again (a cluster): taken when the
+    /// task starts here, renewed while this host holds its record. None
+    /// (the default) where no other host can: one host's SQLite file.
+    fn lease(&self, seq: u64) -> Option<std::sync::Arc<crate::task::Lease>> {
+        let _ = seq;
+        None
+    }
 }
 
 /// How an outcome is stored: state, result, error, cancel stage.

@@ -440,6 +440,15 @@ impl WorkerCtx {
             .register(ident.clone(), self.env.app.limits.tasks_per_worker)?;
         if let Some(durable) = &durable {
             self.env.list_durable(durable.seq, self.id, ident.id);
+            // In a cluster, this copy acts only while its lease holds.
+            if let Some(lease) = self
+                .env
+                .app
+                .storage()
+                .and_then(|storage| storage.lease(durable.seq))
+            {
+                handle.signal().set_lease(lease);
+            }
             // A re-run after a restart goes on counting.
             if durable.first_attempt > 1 {
                 self.registry.set_attempt(ident.id, durable.first_attempt);

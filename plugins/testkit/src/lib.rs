@@ -148,6 +148,18 @@ plugin! {
         Ok(value)
     }
 
+    /// Every `every_ms`, GETs `url` with `?attempt=A&i=I` (its attempt and
+    /// the round), `times` times: a task whose every step is an effect
+    /// outside the sandbox. Returns the rounds made.
+    fn ticker(app: &App, url: String, every_ms: u64, times: u32) -> Result<u32> {
+        for i in 0..times {
+            app.sleep(every_ms)?;
+            http_get_raw(&format!("{url}?attempt={}&i={i}", app.attempt()))
+                .map_err(Error::msg)?;
+        }
+        Ok(times)
+    }
+
     /// Reads the `[config]` value of `key` as a number: a string fails.
     fn config_number(app: &App, key: String) -> Result<Option<u64>> {
         app.config(&key)
