@@ -401,6 +401,56 @@ struct Bucket {
     tokens: f64,
     refilled: Instant,
     dropped: u64,
+    /// When the last "N log line(s) dropped" note went out.
+    noted: Option<Instant>,
+}
+
+/// What the gate does with one line.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Drop,
+    Line,
+    /// Say first that `n` lines were dropped, then the line.
+    NoteThenLine(u64),
+}
+
+/// The shortest time between two "dropped" notes of one task.
+const NOTE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Bucket {
+    /// Refills at `rate` up to `burst` and decides. A note costs a token
+    /// like any line and goes out at most once per [`NOTE_EVERY`]: a task
+    /// writing just above its rate otherwise had a note before every line
+    /// it was allowed, twice its rate in all (issue 24).
+    fn admit(&mut self, now: Instant, rate: f64, burst: f64) -> Admit {
+        let earned = now.saturating_duration_since(self.refilled).as_secs_f64() * rate;
+        self.tokens = (self.tokens + earned).min(burst);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            self.dropped += 1;
+            return Admit::Drop;
+        }
+        if self.dropped == 0 {
+            self.tokens -= 1.0;
+            return Admit::Line;
+        }
+        let note_due = self
+            .noted
+            .is_none_or(|at| now.saturating_duration_since(at) >= NOTE_EVERY);
+        if note_due && self.tokens >= 2.0 {
+            self.tokens -= 2.0;
+            self.noted = Some(now);
+            return Admit::NoteThenLine(std::mem::take(&mut self.dropped));
+        }
+        if note_due {
+            // Room for the note only: it waits for the next token with the
+            // line counted among the dropped.
+            self.dropped += 1;
+            return Admit::Drop;
+        }
+        self.tokens -= 1.0;
+        Admit::Line
+    }
 }
 
 impl LogGate {
@@ -414,27 +464,22 @@ impl LogGate {
                 tokens: burst,
                 refilled: Instant::now(),
                 dropped: 0,
+                noted: None,
             }),
         }
     }
 
     /// Logs `message` as a line of the task, unless it is over its rate.
     pub fn line(&self, level: Level, message: &str) {
-        let dropped = {
-            let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            let earned = now.duration_since(bucket.refilled).as_secs_f64() * self.rate;
-            bucket.tokens = (bucket.tokens + earned).min(self.burst);
-            bucket.refilled = now;
-            if bucket.tokens < 1.0 {
-                bucket.dropped += 1;
-                return;
-            }
-            bucket.tokens -= 1.0;
-            std::mem::take(&mut bucket.dropped)
-        };
-        if dropped > 0 {
-            self.report_dropped(dropped);
+        let admit = self.bucket.lock().unwrap_or_else(|e| e.into_inner()).admit(
+            Instant::now(),
+            self.rate,
+            self.burst,
+        );
+        match admit {
+            Admit::Drop => return,
+            Admit::Line => {}
+            Admit::NoteThenLine(dropped) => self.report_dropped(dropped),
         }
         task_line(&self.ident, level, message);
     }
@@ -468,7 +513,39 @@ impl Drop for LogGate {
 
 #[cfg(test)]
 mod tests {
-    use super::escape_controls;
+    use super::{Admit, Bucket, escape_controls};
+    use std::time::{Duration, Instant};
+
+    /// Issue 24, item 11: a task writing a little above its rate had a
+    /// "N log line(s) dropped" note before every line it was let through:
+    /// 2 lines a token. Now the notes count against the rate and come at
+    /// most once a second.
+    #[test]
+    fn dropped_notes_count_against_the_rate_and_come_once_a_second() {
+        let start = Instant::now();
+        let mut bucket = Bucket {
+            tokens: 0.0,
+            refilled: start,
+            dropped: 0,
+            noted: None,
+        };
+        let (rate, burst) = (10.0, 10.0);
+        let (mut written, mut notes) = (0u64, 0u64);
+        // 20 lines a second for 10 s, twice the rate.
+        for i in 1..=200u64 {
+            let now = start + Duration::from_millis(i * 50);
+            match bucket.admit(now, rate, burst) {
+                Admit::Drop => {}
+                Admit::Line => written += 1,
+                Admit::NoteThenLine(_) => {
+                    written += 2;
+                    notes += 1;
+                }
+            }
+        }
+        assert!(written <= 101, "{written} lines in 10 s at 10 a second");
+        assert!((5..=10).contains(&notes), "{notes} notes in 10 s");
+    }
 
     /// Issue 24, item 11: U+202E passed into the human log, where it
     /// reverses what a terminal shows after it.

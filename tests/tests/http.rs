@@ -202,6 +202,9 @@ fn a_large_response_and_a_silent_server_hit_their_limits() {
     .run_until_idle();
     let big = error_of(&run, "big");
     assert!(big.contains("http_response_bytes"), "{big}");
+    // Issue 24, item 11: with RUST_BACKTRACE set (as the tests run), the
+    // guest's error carried the host's Rust backtrace.
+    assert!(!big.contains("backtrace"), "{big}");
     let silent = error_of(&run, "silent");
     assert!(silent.contains("Timeout"), "{silent}");
 }

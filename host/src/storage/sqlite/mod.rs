@@ -132,6 +132,11 @@ pub struct SqliteStore {
     /// How long each call took, waiting for the connection and SQLite's
     /// locks included, and how many wait now.
     metrics: StorageMetrics,
+    /// The database file's device and inode when opened (none in memory):
+    /// a file deleted or replaced under the running host is noticed.
+    file_id: Option<(u64, u64)>,
+    /// Whether that was logged already.
+    file_lost: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the store's calls cost, in Prometheus types the host registers
@@ -268,7 +273,10 @@ impl SqliteStore {
                 |row| row.get(0),
             )
             .with_context(|| format!("{file}: cannot read the durable tasks"))?;
+        let file_id = lock.as_ref().and_then(|_| file_id(&path));
         Ok(SqliteStore {
+            file_id,
+            file_lost: Arc::default(),
             inner: Arc::new(Mutex::new(Inner {
                 conn,
                 next_version: last as u64 + 1,
@@ -280,6 +288,33 @@ impl SqliteStore {
             _lock: Arc::new(lock),
             metrics: StorageMetrics::default(),
         })
+    }
+
+    /// Fails once the database file is no longer the one this store
+    /// opened (deleted, or replaced): SQLite would go on writing to the
+    /// unlinked file, and everything written would be gone at the next
+    /// start, silently (issue 24). Every call fails instead, naming the
+    /// file, and the host logs it once.
+    fn check_file(&self) -> Result<(), String> {
+        let Some(opened) = self.file_id else {
+            return Ok(());
+        };
+        if file_id(&self.path) == Some(opened) {
+            return Ok(());
+        }
+        let message = format!(
+            "the database file {} was deleted or replaced while this host runs: nothing can be \
+             stored now (what was written since the start is only in the deleted file); stop \
+             the host and restore the file, or restart it to begin a new one",
+            self.path.display()
+        );
+        if !self
+            .file_lost
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::error!("{message}");
+        }
+        Err(message)
     }
 
     /// What the store's calls cost (shared: the host registers them).
@@ -337,6 +372,7 @@ impl SqliteStore {
         &self,
         op: impl FnOnce(&mut Inner, &KvLimits) -> Result<T, KvError>,
     ) -> Result<T, KvError> {
+        self.check_file().map_err(KvError::Storage)?;
         // A panic mid-transaction rolled it back when the transaction
         // dropped: the connection is still sound.
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
@@ -378,6 +414,12 @@ impl SqliteStore {
             Ok(value)
         })
     }
+}
+
+/// A file's device and inode, if it exists.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Moves a database of the name taskhost 0.2 gave it (and its write-ahead
@@ -788,6 +830,30 @@ mod tests {
             .build()
             .unwrap()
             .block_on(future)
+    }
+
+    /// Issue 24, item 11: with the database file deleted under a running
+    /// host, writes went on succeeding into the unlinked file and were
+    /// gone at the next start. Now every call fails, naming the file.
+    #[test]
+    fn a_database_file_deleted_under_the_store_fails_every_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = BucketId::private("p", "b").unwrap();
+        let store = SqliteStore::open(dir.path(), options()).unwrap();
+        block(store.set(&a, "k", b"v1")).unwrap();
+        std::fs::remove_file(dir.path().join(DATABASE_FILE)).unwrap();
+        let error = block(store.set(&a, "k", b"v2")).unwrap_err().to_string();
+        assert!(error.contains("was deleted or replaced"), "{error}");
+        assert!(error.contains(DATABASE_FILE), "{error}");
+        let error = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(crate::storage::TaskStore::unfinished(&store))
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("was deleted or replaced"),
+            "{error:#}"
+        );
     }
 
     #[test]

@@ -70,6 +70,7 @@ impl SqliteStore {
         what: &str,
         op: impl FnOnce(&mut Inner) -> Result<T>,
     ) -> Result<T> {
+        self.check_file().map_err(anyhow::Error::msg)?;
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         op(&mut inner).with_context(|| format!("database {}: {what}", self.path.display()))
     }
