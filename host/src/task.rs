@@ -454,25 +454,3 @@ impl CancelSignal {
         self.forced_token.cancelled().await
     }
 }
-
-/// Task names starting with this are the host's own: the task of
-/// websocket connection N is `ws:N`. Nothing else may take one, so a
-/// connection's task always gets its name and `cancel ws:N` reaches only
-/// that connection's task.
-pub const CONNECTION_NAME_PREFIX: &str = "ws:";
-
-/// The name of websocket connection `id`'s task.
-pub fn connection_task_name(id: u64) -> String {
-    format!("{CONNECTION_NAME_PREFIX}{id}")
-}
-
-/// Why `name` cannot be given to a task that is not a connection's; none
-/// if it can.
-pub fn reserved_name(name: &str) -> Option<String> {
-    name.starts_with(CONNECTION_NAME_PREFIX).then(|| {
-        format!(
-            "task names starting with `{CONNECTION_NAME_PREFIX}` are the host's own (websocket \
-             connections' tasks): pick another than {name:?}"
-        )
-    })
-}

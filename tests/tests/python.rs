@@ -247,7 +247,13 @@ fn editing_a_python_plugin_hot_loads_it_while_old_tasks_drain_on_the_old_build()
     let dir = app.dir.path().join("live");
     write_python_plugin(&dir, "v1");
     let mut host = app.spawn_with(&["--watch"]);
-    host.wait_for(1, |l| l["message"] == "lingering on v1");
+    // The host first builds the plugin and compiles its 20 MB component:
+    // on a busy 2-core machine that passed the usual 60 s (a CI run).
+    host.wait_for_within(
+        1,
+        |l| l["message"] == "lingering on v1",
+        std::time::Duration::from_secs(240),
+    );
     let before = json_of(&app.cli(&["plugins", "--json"]));
     let v1 = before[0]["version"].as_str().unwrap().to_string();
     // The interpreter's snapshot is mapped copy-on-write, not copied.
@@ -258,9 +264,11 @@ fn editing_a_python_plugin_hot_loads_it_while_old_tasks_drain_on_the_old_build()
     );
 
     write_python_plugin(&dir, "v2");
-    host.wait_for(1, |l| {
-        l["event"] == "plugin_loaded" && l["plugin"] == "live"
-    });
+    host.wait_for_within(
+        1,
+        |l| l["event"] == "plugin_loaded" && l["plugin"] == "live",
+        std::time::Duration::from_secs(240),
+    );
     let after = json_of(&app.cli(&["plugins", "--json"]));
     let builds: Vec<(String, u64)> = after
         .as_array()

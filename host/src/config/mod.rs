@@ -19,9 +19,9 @@ pub use cluster::{ClusterAuth, ClusterConfig, ClusterTls};
 pub use grants::{DirGrant, Grants};
 pub use http_grant::HttpGrant;
 pub use limits::{
-    HttpLimits, Limit, LimitUnit, Limits, MAX_BUCKET_NAME_BYTES, MAX_COMPONENT_BYTES,
-    MAX_NAME_BYTES, PluginLimits, TaskLimits, check_bucket_name, check_plugin_name,
-    machine_memory_bytes,
+    CONNECTION_NAME_PREFIX, HttpLimits, Limit, LimitUnit, Limits, MAX_BUCKET_NAME_BYTES,
+    MAX_COMPONENT_BYTES, MAX_NAME_BYTES, PluginLimits, TaskLimits, check_bucket_name,
+    check_plugin_name, connection_task_name, machine_memory_bytes, reserved_name,
 };
 pub use retry::{Backoff, RetryPolicy, RetrySpec};
 pub use routes::{
@@ -415,7 +415,7 @@ impl AppConfig {
                 if name.trim().is_empty() {
                     bail!("{file}: {task}: `name` must not be empty");
                 }
-                if let Some(why) = crate::task::reserved_name(name) {
+                if let Some(why) = crate::config::reserved_name(name) {
                     bail!("{file}: {task}: `name`: {why}");
                 }
                 if !names.insert((task.scope, name.clone())) {

@@ -204,7 +204,7 @@ async fn serve(
     drop(connection);
     let mut request = request;
     request.insert("connection".into(), id.into());
-    let name = crate::task::connection_task_name(id);
+    let name = crate::config::connection_task_name(id);
     let spec = TaskSpec {
         factory: route.config.factory.clone(),
         args: task_args(&route.config, request),

@@ -295,7 +295,7 @@ impl WorkerCtx {
             .plugin(plugin)
             .ok_or_else(|| AddTaskError::UnknownPlugin(plugin.to_string()))?;
         if spec.connection.is_none()
-            && let Some(why) = spec.name.as_deref().and_then(crate::task::reserved_name)
+            && let Some(why) = spec.name.as_deref().and_then(crate::config::reserved_name)
         {
             return Err(AddTaskError::Invalid(why));
         }
