@@ -134,6 +134,24 @@ plugin! {
         Ok(json!({ "made": max }))
     }
 
+    /// Adds schedules `flood-0`, `flood-1`, ... (each of `handle_hoard`
+    /// once an hour) until `n` or the host's first refusal: schedules
+    /// guests add are kept in storage and run after every restart.
+    fn schedule_flood(app: &App, n: u32) -> Result<Value> {
+        for i in 0..n {
+            let spec = json!({
+                "name": format!("flood-{i}"),
+                "factory": "handle_hoard",
+                "every": "1h",
+                "args": {"bytes": 1, "max": 1},
+            });
+            if let Err(error) = app.add_schedule(&spec) {
+                return Ok(json!({ "added": i, "error": error.to_string() }));
+            }
+        }
+        Ok(json!({ "added": n }))
+    }
+
     /// Panics (a Rust panic aborts the instance).
     fn panic(_app: &App) -> Result<()> {
         panic!("hostile panic on purpose");
