@@ -115,6 +115,23 @@ pub(super) fn build_key(out: &Path) -> String {
     hex(&Sha256::digest(out.to_string_lossy().as_bytes()))[..16].to_string()
 }
 
+/// Whether the build of `dir` can be skipped: `inputs` (none when they
+/// could not be hashed) built the file at the output last. Says so when
+/// the build's output is shown.
+pub(super) fn up_to_date(inputs: Option<&Inputs>, dir: &Path, output: super::BuildOutput) -> bool {
+    let Some(inputs) = inputs.filter(|inputs| inputs.unchanged()) else {
+        return false;
+    };
+    if output == super::BuildOutput::Inherit {
+        eprintln!(
+            "taskhost: {} is up to date with {}",
+            inputs.out.display(),
+            dir.display()
+        );
+    }
+    true
+}
+
 impl Inputs {
     /// Whether the last build with these inputs wrote the file that is at
     /// the output now.

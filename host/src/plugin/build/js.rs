@@ -136,16 +136,7 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
     // stands for the dependencies, which are not hashed file by file.
     let lock = Path::new("node_modules/.package-lock.json");
     let inputs = super::inputs::hash(&cache, dir, &out, &fixed, &[lock])?;
-    if let Some(inputs) = &inputs
-        && inputs.unchanged()
-    {
-        if options.output == BuildOutput::Inherit {
-            eprintln!(
-                "taskhost: {} is up to date with {}",
-                out.display(),
-                dir.display()
-            );
-        }
+    if super::inputs::up_to_date(inputs.as_ref(), dir, options.output) {
         return Ok(out);
     }
     let tools = install_tools(&cache, options.output)?;

@@ -135,16 +135,7 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
     fixed.extend(super::tools::wit_texts());
     fixed.extend(PYTHON_WIT.iter().map(|(_, text)| text.as_bytes()));
     let inputs = super::inputs::hash(&cache, dir, &out, &fixed, &[])?;
-    if let Some(inputs) = &inputs
-        && inputs.unchanged()
-    {
-        if options.output == BuildOutput::Inherit {
-            eprintln!(
-                "taskhost: {} is up to date with {}",
-                out.display(),
-                dir.display()
-            );
-        }
+    if super::inputs::up_to_date(inputs.as_ref(), dir, options.output) {
         return Ok(out);
     }
     let tool = componentize_py(&cache, options.output)?;

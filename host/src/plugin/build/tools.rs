@@ -115,15 +115,7 @@ pub(super) fn install_once(
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)
         .with_context(|| format!("cannot create {}", parent.display()))?;
-    let lock_path = parent.join(".install-lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open {}", lock_path.display()))?;
-    lock.lock()
-        .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    let _lock = lock_file(&parent.join(".install-lock"))?;
     if done.is_file() {
         return Ok(());
     }
@@ -135,6 +127,20 @@ pub(super) fn install_once(
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     install(dir)?;
     std::fs::write(&done, what).with_context(|| format!("cannot write {}", done.display()))
+}
+
+/// Opens (creating) `path` and waits for its exclusive lock, held until
+/// the file is dropped: how builds and installs take turns.
+fn lock_file(path: &Path) -> Result<std::fs::File> {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    lock.lock()
+        .with_context(|| format!("cannot lock {}", path.display()))?;
+    Ok(lock)
 }
 
 /// Explains a missing interpreter: which command, the env var that picks
@@ -165,15 +171,7 @@ impl WorkDir {
         std::fs::create_dir_all(cache)
             .with_context(|| format!("cannot create {}", cache.display()))?;
         let dir = cache.join(format!("build-{key}"));
-        let lock_path = cache.join(format!("build-{key}.lock"));
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("cannot open {}", lock_path.display()))?;
-        lock.lock()
-            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+        let lock = lock_file(&cache.join(format!("build-{key}.lock")))?;
         // What a build that died left behind.
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)
