@@ -437,8 +437,11 @@ impl Bucket {
         let note_due = self
             .noted
             .is_none_or(|at| now.saturating_duration_since(at) >= NOTE_EVERY);
-        if note_due && self.tokens >= 2.0 {
-            self.tokens -= 2.0;
+        // A burst under 2 never holds two tokens: there the note rides on
+        // the line's (one extra line a second at most).
+        let cost = if burst >= 2.0 { 2.0 } else { 1.0 };
+        if note_due && self.tokens >= cost {
+            self.tokens -= cost;
             self.noted = Some(now);
             return Admit::NoteThenLine(std::mem::take(&mut self.dropped));
         }
@@ -545,6 +548,23 @@ mod tests {
         }
         assert!(written <= 101, "{written} lines in 10 s at 10 a second");
         assert!((5..=10).contains(&notes), "{notes} notes in 10 s");
+        // A burst of one line still lets lines (and notes) through.
+        let mut bucket = Bucket {
+            tokens: 1.0,
+            refilled: start,
+            dropped: 0,
+            noted: None,
+        };
+        let admitted = (1..=100u64)
+            .filter(|i| {
+                let now = start + Duration::from_millis(i * 100);
+                bucket.admit(now, 1.0, 1.0) != Admit::Drop
+            })
+            .count();
+        assert!(
+            (8..=12).contains(&admitted),
+            "{admitted} of 100 in 10 s at 1 a second"
+        );
     }
 
     /// Issue 24, item 11: U+202E passed into the human log, where it

@@ -49,7 +49,7 @@ impl Prepared {
     /// on), and the epoch deadline starts afresh, so the first call is
     /// not made to yield for the ticks the instance spent waiting.
     fn adopt(mut self, data: TaskData) -> (Store<TaskData>, Factories, WarmSlot) {
-        if data.app.ident.durable.is_some() {
+        if data.is_leased() {
             crate::store::fence(&mut self.store);
         }
         let stand_in = std::mem::replace(self.store.data_mut(), data);

@@ -43,6 +43,11 @@ pub struct TaskData {
 }
 
 impl TaskData {
+    /// Whether the task runs under a lease (a durable task of a cluster).
+    pub(crate) fn is_leased(&self) -> bool {
+        self.cancel.is_leased()
+    }
+
     /// Whether the allow-list refused one of the task's HTTP requests.
     pub(crate) fn http_denied(&self) -> bool {
         self.http.as_ref().is_some_and(HttpState::denied)
@@ -181,7 +186,8 @@ pub(crate) fn linker(engine: &Engine) -> Result<Linker<TaskData>> {
 /// keeps the run queue busy, and tokio then checks timers only every 61
 /// polls (61 ms with one spinner).
 pub(crate) fn new_store(engine: &Engine, data: TaskData) -> Store<TaskData> {
-    let durable = data.app.ident.durable.is_some();
+    // The lease is attached when the task registers, before its store.
+    let leased = data.cancel.is_leased();
     let mut store = Store::new(engine, data);
     store.limiter(|data| &mut data.memory);
     store.set_epoch_deadline(1);
@@ -201,7 +207,7 @@ pub(crate) fn new_store(engine: &Engine, data: TaskData) -> Store<TaskData> {
             ))
         }
     });
-    if durable {
+    if leased {
         fence(&mut store);
     }
     store
@@ -213,7 +219,8 @@ pub(crate) fn new_store(engine: &Engine, data: TaskData) -> Store<TaskData> {
 /// held up (a pause, a stall) and whatever it calls next. The task is
 /// forced too, so it ends `cancelled` (forced) rather than `failed`, and
 /// its end is not recorded as the task's (it was stopped, not ended).
-/// Only durable tasks' stores carry the hook: the rest pay nothing.
+/// Only the stores of leased tasks (durable tasks of a cluster) carry the
+/// hook.
 pub(crate) fn fence(store: &mut Store<TaskData>) {
     store.call_hook(|cx, hook| {
         if matches!(hook, wasmtime::CallHook::CallingHost) && cx.data().cancel.is_fenced() {

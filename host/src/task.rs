@@ -397,6 +397,11 @@ impl CancelSignal {
         let _ = self.lease.set(lease);
     }
 
+    /// Whether the task runs under a lease (its own or its task's).
+    pub(crate) fn is_leased(&self) -> bool {
+        self.lease.get().is_some() || self.parent.as_ref().is_some_and(|p| p.is_leased())
+    }
+
     /// Whether the task's lease (its own or its task's, for an attempt) is
     /// over: it may act no more.
     pub(crate) fn is_fenced(&self) -> bool {

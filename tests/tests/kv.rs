@@ -465,6 +465,22 @@ fn a_lock_held_from_outside_stalls_only_the_task_that_waits_for_it() {
         json!({"plugin": "kit", "factory": "kv", "name": "writer",
                "args": {"bucket": "b", "op": "set", "key": "k", "value": 1}}),
     );
+    // The write is waiting for the lock (not merely not started yet).
+    let waiting = |api: &taskhost_tests::Api| {
+        api.get_text("/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix("taskhost_storage_calls_waiting "))
+            .map(|v| v.trim().parse::<f64>().unwrap())
+            .unwrap_or(0.0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while waiting(&api) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never waited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     api.post(
         "/v1/tasks",
         json!({"plugin": "kit", "factory": "nap", "name": "sleeper", "args": {"ms": 300}}),

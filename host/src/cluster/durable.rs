@@ -342,12 +342,20 @@ impl DurableQueue {
     /// counted from before the write, so the lease ends before the one
     /// the other hosts read in the record.
     fn hold_lease(&self, seq: u64, from: Instant) -> Arc<crate::task::Lease> {
+        let valid = self.local_lease();
         let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         let lease = leases
             .entry(seq)
-            .or_insert_with(|| Arc::new(crate::task::Lease::new(from, self.ack_wait)));
-        lease.renew(from, self.ack_wait);
+            .or_insert_with(|| Arc::new(crate::task::Lease::new(from, valid)));
+        lease.renew(from, valid);
         lease.clone()
+    }
+
+    /// How long this process's copy holds after a write that gave the
+    /// record `ack_wait` more: a tenth less, for the hosts' wall clocks
+    /// (which the others compare the record's time with) to differ by.
+    fn local_lease(&self) -> Duration {
+        self.ack_wait - self.ack_wait / 10
     }
 
     /// Ends this process's lease of `seq`: at once (revoked, its copy is
@@ -395,7 +403,7 @@ impl DurableQueue {
             .await;
         match renewed {
             Ok(Some(_)) => {
-                lease.renew(begun, self.ack_wait);
+                lease.renew(begun, self.local_lease());
                 true
             }
             _ => false,
@@ -527,6 +535,7 @@ impl DurableQueue {
     }
 
     async fn forget_task(&self, seq: u64) -> Result<()> {
+        self.drop_lease(seq, false);
         self.online()?;
         self.set_attempt(seq, None);
         if let Some(message) = self.release(seq) {
@@ -1057,6 +1066,7 @@ impl Runner {
             }
             Err(error) => {
                 queue.set_attempt(seq, None);
+                queue.drop_lease(seq, false);
                 tracing::warn!(
                     task = name,
                     "durable task {name} cannot run here now ({error}); it goes back to the queue"

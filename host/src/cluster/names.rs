@@ -309,12 +309,20 @@ pub(super) fn sweeper(
         let mut ticks = tokio::time::interval(EXPIRY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = std::time::Instant::now();
+        let mut was_online = true;
         loop {
             ticks.tick().await;
-            // Back from a silence past the expiry (the monotonic clock goes
-            // on while a process is stopped): the others may have freed
-            // this host's names and given them to other tasks.
-            if last.elapsed() > EXPIRY * 2 {
+            // Back from a silence the others may have taken for this host
+            // being gone (they drop a host silent for EXPIRY, its
+            // heartbeat coming every second): a tick later than half a
+            // period (the monotonic clock goes on while a process is
+            // stopped, so a pause shows), or NATS back after an outage.
+            // The others may have freed this host's names and given them
+            // to other tasks.
+            let online = super::online(&names.client);
+            let back = online && !was_online;
+            was_online = online;
+            if back || last.elapsed() > EXPIRY + EXPIRY / 2 {
                 for (name, claim, owner) in names.lost().await {
                     let Some(handle) = env
                         .worker(claim.worker)

@@ -8,8 +8,8 @@
 //! the host that keeps state holds an `Arc<dyn Storage>`. The default
 //! backend is an SQLite file ([`SqliteStore`]); a clustered backend goes
 //! behind the same traits. Their calls return futures: SQLite's run on
-//! tokio's blocking pool, so a lock held from outside stalls only the
-//! task that waits for it, never its worker's other tasks.
+//! the store's own thread, so a lock held from outside stalls only the
+//! tasks that wait for storage, never their workers' other tasks.
 //!
 //! # Which writes are durable
 //!

@@ -93,7 +93,11 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> Result<bool> {
         {
             continue;
         }
-        let kind = entry.file_type()?;
+        // Through symbolic links: a linked source is a source. A loop of
+        // links ends at MAX_FILES (the build then just runs).
+        let Ok(kind) = std::fs::metadata(entry.path()).map(|m| m.file_type()) else {
+            continue;
+        };
         if kind.is_dir() {
             if !collect(&entry.path(), files)? {
                 return Ok(false);

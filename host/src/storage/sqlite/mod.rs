@@ -115,8 +115,8 @@ pub struct StoreOptions {
 }
 
 ///
-/// Every call runs on tokio's blocking pool, never on the calling worker's
-/// thread: SQLite waits up to its busy timeout (5 s) for a lock another
+/// Every call runs on the store's own thread, never on the calling
+/// worker's thread: SQLite waits up to its busy timeout (5 s) for a lock another
 /// process holds, and a worker blocked meanwhile would hold up every other
 /// task on it (probed: a 500 ms sleeper woke 6,148 ms late beside an
 /// outside `BEGIN IMMEDIATE`). Cloning shares the one connection.
@@ -137,6 +137,47 @@ pub struct SqliteStore {
     file_id: Option<(u64, u64)>,
     /// Whether that was logged already.
     file_lost: Arc<std::sync::atomic::AtomicBool>,
+    /// The store's thread, which runs every call of the async traits.
+    /// Not tokio's blocking pool: a lock held from outside would park up
+    /// to 512 of its threads on the connection's mutex, and DNS lookups
+    /// and WASI file calls wait in that pool too.
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+/// One call for the store's thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Starts the store's thread; it ends once every clone of the store (each
+/// holds a sender) is gone.
+fn storage_thread(path: &Path) -> Result<std::sync::mpsc::Sender<Job>> {
+    let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("taskhost-storage".into())
+        .spawn(move || {
+            for job in queue {
+                // A panicking call answers nothing (its caller hears so)
+                // and the thread goes on with the next.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            }
+        })
+        .with_context(|| format!("{}: cannot start the storage thread", path.display()))?;
+    Ok(jobs)
+}
+
+/// One call counted in `taskhost_storage_calls_waiting` while it lives.
+struct Waiting(Gauge);
+
+impl Waiting {
+    fn new(gauge: &Gauge) -> Waiting {
+        gauge.inc();
+        Waiting(gauge.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// What the store's calls cost, in Prometheus types the host registers
@@ -274,7 +315,9 @@ impl SqliteStore {
             )
             .with_context(|| format!("{file}: cannot read the durable tasks"))?;
         let file_id = lock.as_ref().and_then(|_| file_id(&path));
+        let jobs = storage_thread(&path)?;
         Ok(SqliteStore {
+            jobs,
             file_id,
             file_lost: Arc::default(),
             inner: Arc::new(Mutex::new(Inner {
@@ -322,18 +365,33 @@ impl SqliteStore {
         &self.metrics
     }
 
-    /// Runs `call` on a clone of the store on tokio's blocking pool, timed.
+    /// Runs `call` on a clone of the store on the store's own thread,
+    /// timed. Calls run one at a time in the order they were made, each
+    /// to its end even if its caller stopped waiting (a task cancelled
+    /// mid-write): so a write a cancelled attempt made never lands after
+    /// the one its retry made.
     fn off_thread<T: Send + 'static>(
         &self,
         call: impl FnOnce(&SqliteStore) -> T + Send + 'static,
-    ) -> impl Future<Output = Result<T, tokio::task::JoinError>> + Send + 'static {
+    ) -> impl Future<Output = Result<T, String>> + Send + 'static {
         let store = self.clone();
-        store.metrics.waiting.inc();
+        let metrics = self.metrics.clone();
+        // Counted down when this call's future goes, answered or dropped.
+        let waiting = Waiting::new(&metrics.waiting);
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let sent = self
+            .jobs
+            .send(Box::new(move || {
+                let _ = answer.send(call(&store));
+            }))
+            .map_err(|_| "the storage thread has stopped".to_string());
         async move {
+            let _waiting = waiting;
             let begun = std::time::Instant::now();
-            let metrics = store.metrics.clone();
-            let done = tokio::task::spawn_blocking(move || call(&store)).await;
-            metrics.waiting.dec();
+            sent?;
+            let done = answered
+                .await
+                .map_err(|_| "the storage call panicked".to_string());
             metrics.call_seconds.observe(begun.elapsed().as_secs_f64());
             done
         }
@@ -345,10 +403,7 @@ impl SqliteStore {
         call: impl FnOnce(&SqliteStore) -> Result<T, KvError> + Send + 'static,
     ) -> KvFuture<'static, T> {
         let done = self.off_thread(call);
-        Box::pin(async move {
-            done.await
-                .unwrap_or_else(|e| Err(KvError::Storage(format!("a storage call failed: {e}"))))
-        })
+        Box::pin(async move { done.await.unwrap_or_else(|e| Err(KvError::Storage(e))) })
     }
 
     /// A durable-task or schedule call, off the caller's thread.
@@ -357,10 +412,7 @@ impl SqliteStore {
         call: impl FnOnce(&SqliteStore) -> Result<T> + Send + 'static,
     ) -> TaskStoreFuture<'static, T> {
         let done = self.off_thread(call);
-        Box::pin(async move {
-            done.await
-                .unwrap_or_else(|e| Err(anyhow::anyhow!("a storage call failed: {e}")))
-        })
+        Box::pin(async move { done.await.unwrap_or_else(|e| Err(anyhow::anyhow!("{e}"))) })
     }
 
     /// The database file (`:memory:` for one in memory).
