@@ -330,7 +330,7 @@ mod tests {
         .unwrap()
     }
 
-    /// Runs a store call (on the blocking pool of a runtime of its own).
+    /// Runs a store call (on the store's thread, awaited on a runtime of its own).
     fn block<T>(future: TaskStoreFuture<'_, T>) -> T {
         block_result(future).unwrap()
     }
