@@ -382,7 +382,11 @@ impl SqliteStore {
         let sent = self
             .jobs
             .send(Box::new(move || {
-                let _ = answer.send(call(&store));
+                let done = call(&store);
+                // Before the answer: whoever hears it may count on this
+                // clone (and the directory's lock it shares) being gone.
+                drop(store);
+                let _ = answer.send(done);
             }))
             .map_err(|_| "the storage thread has stopped".to_string());
         async move {
