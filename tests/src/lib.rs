@@ -320,6 +320,16 @@ impl Api {
             .unwrap()
     }
 
+    /// The value of metric `name` (with its labels, as
+    /// `taskhost_x{label="v"}`) from `/metrics`; 0 while it is not there (a
+    /// labelled counter not counted yet).
+    pub fn metric(&self, name: &str) -> f64 {
+        self.get_text("/metrics")
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .map_or(0.0, |value| value.trim().parse().unwrap())
+    }
+
     /// GETs `path`; panics unless the host answers 2xx.
     pub fn get(&self, path: &str) -> Value {
         self.agent

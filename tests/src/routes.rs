@@ -97,16 +97,21 @@ impl Client {
 /// listener's address.
 pub fn start(app: &TestApp) -> (Running, SocketAddr) {
     let mut host = app.spawn_with(&["--listen", "127.0.0.1:0"]);
+    let address = listen_address(&mut host);
+    (host, address)
+}
+
+/// Waits until `host` serves its control API and its listener, and
+/// returns the listener's address (from its log).
+pub fn listen_address(host: &mut Running) -> SocketAddr {
     host.wait_until_serving();
     host.wait_for(1, |l| l["listen"].is_string());
-    let address = host
-        .seen()
+    host.seen()
         .iter()
         .find_map(|l| l["listen"].as_str())
         .unwrap()
         .parse()
-        .unwrap();
-    (host, address)
+        .unwrap()
 }
 
 pub fn line(task: &str, event: &str) -> impl Fn(&Value) -> bool {

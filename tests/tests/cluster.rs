@@ -355,6 +355,22 @@ fn app_host<'a>(app: &TestApp, hosts: &[(TestApp, Running)]) -> &'a str {
     ["a", "b", "c"][index]
 }
 
+/// Adds a 10-minute `nap` named `solo` on `app`'s host, its name
+/// cluster-scoped.
+fn add_solo(app: &TestApp) -> Run {
+    app.cli(&[
+        "add",
+        "kit",
+        "nap",
+        "--args",
+        r#"{"ms": 600000}"#,
+        "--name",
+        "solo",
+        "--scope",
+        "cluster",
+    ])
+}
+
 #[test]
 fn a_cluster_scoped_name_is_won_by_one_host_and_freed_by_its_purge() {
     let nats = NatsServer::start();
@@ -365,24 +381,11 @@ fn a_cluster_scoped_name_is_won_by_one_host_and_freed_by_its_purge() {
     for (app, _) in &hosts {
         await_all_serving(app, 3);
     }
-    let add = |app: &TestApp| {
-        app.cli(&[
-            "add",
-            "kit",
-            "nap",
-            "--args",
-            r#"{"ms": 600000}"#,
-            "--name",
-            "solo",
-            "--scope",
-            "cluster",
-        ])
-    };
     // The same name on a and b at once: one wins, the other is told who has it.
     let (app_a, app_b) = (&hosts[0].0, &hosts[1].0);
     let (on_a, on_b) = std::thread::scope(|s| {
-        let a = s.spawn(|| add(app_a));
-        let b = s.spawn(|| add(app_b));
+        let a = s.spawn(|| add_solo(app_a));
+        let b = s.spawn(|| add_solo(app_b));
         (a.join().unwrap(), b.join().unwrap())
     });
     let (winner, loser, lost) = match (on_a.code, on_b.code) {
@@ -399,7 +402,7 @@ fn a_cluster_scoped_name_is_won_by_one_host_and_freed_by_its_purge() {
     );
     // A third host still cannot take it; a per-worker name of the same
     // text is another thing, and allowed.
-    let third = add(&hosts[2].0);
+    let third = add_solo(&hosts[2].0);
     assert_ne!(third.code, Some(0), "{}", third.dump());
     ok(hosts[2]
         .0
@@ -408,7 +411,7 @@ fn a_cluster_scoped_name_is_won_by_one_host_and_freed_by_its_purge() {
     // A host that joins later has not heard the others yet: it must not
     // take their claims for a dead host's.
     let (late, late_running) = host(&nats, "names", "d", 1, "");
-    let refused = add(&late);
+    let refused = add_solo(&late);
     assert_ne!(refused.code, Some(0), "{}", refused.dump());
     assert!(
         refused
@@ -429,7 +432,7 @@ fn a_cluster_scoped_name_is_won_by_one_host_and_freed_by_its_purge() {
         ended.dump()
     );
     ok(hosts[winner].0.cli(&["purge"]));
-    let again = ok(add(&hosts[loser].0));
+    let again = ok(add_solo(&hosts[loser].0));
     assert!(again.stdout.contains("started task"), "{}", again.dump());
 
     for (_, running) in hosts {
@@ -1427,25 +1430,12 @@ fn a_returning_host_stops_a_task_whose_cluster_scoped_name_was_taken_meanwhile()
     for app in [&a, &b] {
         await_all_serving(app, 2);
     }
-    let add = |app: &TestApp| {
-        app.cli(&[
-            "add",
-            "kit",
-            "nap",
-            "--args",
-            r#"{"ms": 600000}"#,
-            "--name",
-            "solo",
-            "--scope",
-            "cluster",
-        ])
-    };
-    ok(add(&a));
+    ok(add_solo(&a));
     running_a.signal("STOP");
     // b takes the name once the claim of silent a is swept.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let taken = add(&b);
+        let taken = add_solo(&b);
         if taken.code == Some(0) {
             break;
         }

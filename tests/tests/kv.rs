@@ -466,15 +466,8 @@ fn a_lock_held_from_outside_stalls_only_the_task_that_waits_for_it() {
                "args": {"bucket": "b", "op": "set", "key": "k", "value": 1}}),
     );
     // The write is waiting for the lock (not merely not started yet).
-    let waiting = |api: &taskhost_tests::Api| {
-        api.get_text("/metrics")
-            .lines()
-            .find_map(|l| l.strip_prefix("taskhost_storage_calls_waiting "))
-            .map(|v| v.trim().parse::<f64>().unwrap())
-            .unwrap_or(0.0)
-    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while waiting(&api) < 1.0 {
+    while api.metric("taskhost_storage_calls_waiting") < 1.0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the write never waited"
@@ -501,14 +494,7 @@ fn a_lock_held_from_outside_stalls_only_the_task_that_waits_for_it() {
     host.wait_for(1, ended("writer"));
     let done = host.seen().iter().find(|l| ended("writer")(l)).unwrap();
     assert_eq!(done["event"], "done", "{done}");
-    let waited: f64 = api
-        .get_text("/metrics")
-        .lines()
-        .find_map(|l| l.strip_prefix("taskhost_storage_call_seconds_sum "))
-        .expect("storage call times are in the metrics")
-        .trim()
-        .parse()
-        .unwrap();
+    let waited = api.metric("taskhost_storage_call_seconds_sum");
     assert!(waited >= 0.3, "storage calls took {waited} s in all");
     host.stop();
 }

@@ -429,15 +429,7 @@ fn silent_and_trickling_clients_cannot_exhaust_the_listeners() {
         .spawn()
         .expect("prlimit starts taskhost");
     let mut host = taskhost_tests::Running::new(child);
-    host.wait_until_serving();
-    host.wait_for(1, |l| l["listen"].is_string());
-    let address: SocketAddr = host
-        .seen()
-        .iter()
-        .find_map(|l| l["listen"].as_str())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let address = taskhost_tests::routes::listen_address(&mut host);
     // The default cap of 11,000 does not fit in 300 descriptors: lowered.
     host.wait_for(1, |l| {
         l["message"].as_str().is_some_and(|m| {
@@ -478,13 +470,7 @@ fn silent_and_trickling_clients_cannot_exhaust_the_listeners() {
         .map(|_| TcpStream::connect(address).unwrap())
         .collect();
     let (api, _) = Api::of(&app);
-    let open = |api: &Api| {
-        api.get_text("/metrics")
-            .lines()
-            .find_map(|l| l.strip_prefix("taskhost_server_connections{server=\"public\"} "))
-            .map(|v| v.trim().parse::<f64>().unwrap())
-            .unwrap_or(0.0)
-    };
+    let open = |api: &Api| api.metric("taskhost_server_connections{server=\"public\"}");
     // The control API answers meanwhile, and the listener holds no more
     // than its lowered cap.
     for _ in 0..5 {
@@ -492,12 +478,7 @@ fn silent_and_trickling_clients_cannot_exhaust_the_listeners() {
         assert!(tasks.is_array(), "{tasks}");
         assert!(open(&api) <= 16.0, "{} public connections open", open(&api));
     }
-    let timed_out = api
-        .get_text("/metrics")
-        .lines()
-        .find_map(|l| l.strip_prefix("taskhost_server_header_timeouts_total{server=\"public\"} "))
-        .map(|v| v.trim().parse::<f64>().unwrap())
-        .unwrap_or(0.0);
+    let timed_out = api.metric("taskhost_server_header_timeouts_total{server=\"public\"}");
     assert!(timed_out >= 2.0, "header timeouts counted: {timed_out}");
     // Once they are gone, the listener serves again.
     drop(flood);
