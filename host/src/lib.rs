@@ -5,7 +5,7 @@
 //! # Layers
 //!
 //! Each module uses only modules of the layers below its own (the test
-//! `tests/tests/layers.rs` reads the `use` lines and holds the crate to
+//! `tests/tests/integration/layers.rs` reads the `use` lines and holds the crate to
 //! this list):
 //!
 //! 1. Vocabulary, no host logic: [`task`] (ids, states, [`task::TaskView`]),

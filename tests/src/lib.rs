@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use taskhost::plugin::build::{self, BuildOptions, BuildOutput};
 
 /// How long a `run --until-idle` may take before the watchdog ends it.
@@ -57,21 +57,27 @@ pub fn taskhost_bin() -> &'static Path {
 }
 
 /// The component of plugin crate `plugins/<name>`, built once per process.
+/// Each plugin has its own cell, so tests waiting for a small plugin do
+/// not queue behind the build of a 20 MB Python or JS one.
 pub fn plugin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
-    let built = BUILT.get_or_init(Default::default);
-    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
-    built
+    type Cells = Mutex<HashMap<String, Arc<OnceLock<PathBuf>>>>;
+    static BUILT: OnceLock<Cells> = OnceLock::new();
+    let cell = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
         .entry(name.to_string())
-        .or_insert_with(|| {
-            let options = BuildOptions {
-                output: BuildOutput::Capture,
-                ..BuildOptions::default()
-            };
-            build::build(&repo().join("plugins").join(name), &options)
-                .unwrap_or_else(|e| panic!("building plugin {name} failed: {e:#}"))
-        })
-        .clone()
+        .or_default()
+        .clone();
+    cell.get_or_init(|| {
+        let options = BuildOptions {
+            output: BuildOutput::Capture,
+            ..BuildOptions::default()
+        };
+        build::build(&repo().join("plugins").join(name), &options)
+            .unwrap_or_else(|e| panic!("building plugin {name} failed: {e:#}"))
+    })
+    .clone()
 }
 
 /// A scratch directory holding an app.toml.
@@ -377,6 +383,13 @@ fn parse_lines(text: &str) -> Vec<Value> {
 }
 
 impl Run {
+    /// This run, after asserting that it exited 0 (the dump says why not).
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, Some(0), "{}", self.dump());
+        self
+    }
+
     /// Lifecycle lines with `event` = `event`.
     pub fn events(&self, event: &str) -> Vec<&Value> {
         self.lines.iter().filter(|l| l["event"] == event).collect()

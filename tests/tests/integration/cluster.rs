@@ -7,11 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use taskhost_tests::{Api, NatsServer, Run, Running, TestApp};
 
-fn ok(run: Run) -> Run {
-    assert_eq!(run.code, Some(0), "{}", run.dump());
-    run
-}
-
 /// A metric's value from a host's `/metrics`; 0 for a labelled counter
 /// not counted yet (absent from the text).
 fn metric(app: &TestApp, name: &str) -> f64 {
@@ -28,7 +23,7 @@ fn await_all_serving(app: &TestApp, count: usize) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let hosts: Value =
-            serde_json::from_str(ok(app.cli(&["hosts", "--json"])).stdout.trim()).unwrap();
+            serde_json::from_str(app.cli(&["hosts", "--json"]).ok().stdout.trim()).unwrap();
         let hosts = hosts.as_array().unwrap();
         if hosts.len() == count && hosts.iter().all(|h| h["serving"] == true) {
             return;
@@ -109,7 +104,7 @@ fn one_dispatch_wakes_the_waiters_of_every_host_exactly_once() {
 
     // One dispatch on host a: every waiter of every host gets its payload.
     let payload = r#"{"job": 7, "note": "héllo, wörld \"quoted\""}"#;
-    let woken = ok(hosts[0].0.cli(&["dispatch", "jobs.done", payload]));
+    let woken = hosts[0].0.cli(&["dispatch", "jobs.done", payload]).ok();
     assert!(
         woken.stdout.contains('2'),
         "a's own waiters: {}",
@@ -160,7 +155,7 @@ fn one_dispatch_wakes_the_waiters_of_every_host_exactly_once() {
 
 /// The names of the tasks `app`'s host lists (ended ones too).
 fn task_names(app: &TestApp) -> Vec<String> {
-    let run = ok(app.cli(&["tasks", "--json"]));
+    let run = app.cli(&["tasks", "--json"]).ok();
     let tasks: Value = serde_json::from_str(run.stdout.trim()).unwrap();
     tasks
         .as_array()
@@ -219,9 +214,10 @@ fn tasks_go_to_any_host_a_named_one_or_all_and_are_seen_and_cancelled_from_any()
     assert_eq!(all_names.len(), 30, "{all_names:?}");
 
     // A named host, from the CLI.
-    let added = ok(hosts[0]
+    let added = hosts[0]
         .0
-        .cli(&["add", "kit", "identity", "--name", "only-c", "--host", "c"]));
+        .cli(&["add", "kit", "identity", "--name", "only-c", "--host", "c"])
+        .ok();
     assert!(
         added.stdout.contains("on host c, worker 0"),
         "{}",
@@ -264,7 +260,7 @@ fn tasks_go_to_any_host_a_named_one_or_all_and_are_seen_and_cancelled_from_any()
     assert!(!task_names(&hosts[1].0).contains(&"lost".to_string()));
 
     // The cluster-wide view: hosts, and tasks gathered from every host.
-    let listed = ok(hosts[1].0.cli(&["hosts", "--json"]));
+    let listed = hosts[1].0.cli(&["hosts", "--json"]).ok();
     let listed: Value = serde_json::from_str(listed.stdout.trim()).unwrap();
     let names: Vec<&str> = listed
         .as_array()
@@ -273,9 +269,10 @@ fn tasks_go_to_any_host_a_named_one_or_all_and_are_seen_and_cancelled_from_any()
         .map(|h| h["host"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["a", "b", "c"], "{listed}");
-    let everywhere = ok(hosts[1]
+    let everywhere = hosts[1]
         .0
-        .cli(&["task", "everywhere", "--cluster", "--json"]));
+        .cli(&["task", "everywhere", "--cluster", "--json"])
+        .ok();
     let everywhere: Value = serde_json::from_str(everywhere.stdout.trim()).unwrap();
     let on: Vec<&str> = everywhere
         .as_array()
@@ -284,7 +281,7 @@ fn tasks_go_to_any_host_a_named_one_or_all_and_are_seen_and_cancelled_from_any()
         .map(|t| t["host"].as_str().unwrap())
         .collect();
     assert_eq!(on, ["a", "b", "c"], "{everywhere}");
-    let table = ok(hosts[1].0.cli(&["tasks", "--cluster"])).stdout;
+    let table = hosts[1].0.cli(&["tasks", "--cluster"]).ok().stdout;
     assert!(table.starts_with("HOST"), "{table}");
     assert!(
         table
@@ -293,7 +290,7 @@ fn tasks_go_to_any_host_a_named_one_or_all_and_are_seen_and_cancelled_from_any()
         "{table}"
     );
 
-    let builds = ok(hosts[0].0.cli(&["plugins", "--cluster", "--json"]));
+    let builds = hosts[0].0.cli(&["plugins", "--cluster", "--json"]).ok();
     let builds: Value = serde_json::from_str(builds.stdout.trim()).unwrap();
     let on: Vec<&str> = builds
         .as_array()
@@ -304,20 +301,26 @@ fn tasks_go_to_any_host_a_named_one_or_all_and_are_seen_and_cancelled_from_any()
     assert_eq!(on, ["a", "b", "c"], "{builds}");
 
     // Cancel by name from a host that does not run it.
-    ok(hosts[0].0.cli(&[
-        "add",
-        "kit",
-        "nap",
-        "--args",
-        r#"{"ms": 600000}"#,
-        "--name",
-        "far",
-        "--host",
-        "c",
-    ]));
+    hosts[0]
+        .0
+        .cli(&[
+            "add",
+            "kit",
+            "nap",
+            "--args",
+            r#"{"ms": 600000}"#,
+            "--name",
+            "far",
+            "--host",
+            "c",
+        ])
+        .ok();
     let (_, running_c) = &mut hosts[2];
     running_c.wait_for(1, |l| l["event"] == "started" && l["task"] == "far");
-    let ended = ok(hosts[1].0.cli(&["cancel", "far", "--cluster", "--json"]));
+    let ended = hosts[1]
+        .0
+        .cli(&["cancel", "far", "--cluster", "--json"])
+        .ok();
     let ended: Value = serde_json::from_str(ended.stdout.trim()).unwrap();
     assert_eq!(ended.as_array().unwrap().len(), 1, "{ended}");
     assert_eq!(ended[0]["host"], "c", "{ended}");
@@ -404,9 +407,10 @@ fn a_cluster_scoped_name_is_won_by_one_host_and_freed_by_its_purge() {
     // text is another thing, and allowed.
     let third = add_solo(&hosts[2].0);
     assert_ne!(third.code, Some(0), "{}", third.dump());
-    ok(hosts[2]
+    hosts[2]
         .0
-        .cli(&["add", "kit", "identity", "--name", "solo"]));
+        .cli(&["add", "kit", "identity", "--name", "solo"])
+        .ok();
 
     // A host that joins later has not heard the others yet: it must not
     // take their claims for a dead host's.
@@ -423,7 +427,10 @@ fn a_cluster_scoped_name_is_won_by_one_host_and_freed_by_its_purge() {
     late_running.stop();
 
     // Cancelled from the third host, purged where it ran: the name is free.
-    let ended = ok(hosts[2].0.cli(&["cancel", "solo", "--cluster", "--json"]));
+    let ended = hosts[2]
+        .0
+        .cli(&["cancel", "solo", "--cluster", "--json"])
+        .ok();
     assert!(
         ended
             .stdout
@@ -431,8 +438,8 @@ fn a_cluster_scoped_name_is_won_by_one_host_and_freed_by_its_purge() {
         "{}",
         ended.dump()
     );
-    ok(hosts[winner].0.cli(&["purge"]));
-    let again = ok(add_solo(&hosts[loser].0));
+    hosts[winner].0.cli(&["purge"]).ok();
+    let again = add_solo(&hosts[loser].0).ok();
     assert!(again.stdout.contains("started task"), "{}", again.dump());
 
     for (_, running) in hosts {
@@ -527,14 +534,14 @@ fn when_nats_goes_away_local_work_goes_on_and_the_hosts_come_back() {
     await_metric(&a, "taskhost_event_waiters", 1.0);
     for app in [&a, &b] {
         await_all_serving(app, 2);
-        let health = ok(app.cli(&["health"]));
+        let health = app.cli(&["health"]).ok();
         assert_eq!(health.stdout.trim(), "ok", "{}", health.dump());
     }
 
     // NATS dies: both hosts say they are degraded, and why, and go on
     // running their own work.
     // A durable task on b, which ends while NATS is away.
-    ok(b.cli(&[
+    b.cli(&[
         "add",
         "kit",
         "keyed_nap",
@@ -543,7 +550,8 @@ fn when_nats_goes_away_local_work_goes_on_and_the_hosts_come_back() {
         "--name",
         "through",
         "--durable",
-    ]));
+    ])
+    .ok();
     running_b.wait_for(1, |l| l["event"] == "started" && l["task"] == "through");
     nats.kill();
     for app in [&a, &b] {
@@ -569,8 +577,9 @@ fn when_nats_goes_away_local_work_goes_on_and_the_hosts_come_back() {
         "{}",
         said.dump()
     );
-    ok(b.cli(&["add", "kit", "identity", "--name", "meanwhile"]));
-    let tasks = ok(b.cli(&["task", "meanwhile", "--json"]));
+    b.cli(&["add", "kit", "identity", "--name", "meanwhile"])
+        .ok();
+    let tasks = b.cli(&["task", "meanwhile", "--json"]).ok();
     assert!(tasks.stdout.contains("\"meanwhile\""), "{}", tasks.dump());
 
     // NATS comes back on its port and store: the hosts reconnect and
@@ -583,8 +592,8 @@ fn when_nats_goes_away_local_work_goes_on_and_the_hosts_come_back() {
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        ok(b.cli(&["dispatch", "jobs.back", "\"again\""]));
-        let heard = ok(a.cli(&["task", "w", "--json"]));
+        b.cli(&["dispatch", "jobs.back", "\"again\""]).ok();
+        let heard = a.cli(&["task", "w", "--json"]).ok();
         if heard.stdout.contains("\"done\"") {
             break;
         }
@@ -691,7 +700,7 @@ fn a_durable_task_outlives_its_host_and_a_cancelled_one_is_not_run_again() {
 
     // Two durable tasks on a: one to finish elsewhere, one that a cancel
     // cannot stop at once (pure computation, forced only after the grace).
-    ok(a.cli(&[
+    a.cli(&[
         "add",
         "kit",
         "keyed_nap",
@@ -700,8 +709,9 @@ fn a_durable_task_outlives_its_host_and_a_cancelled_one_is_not_run_again() {
         "--name",
         "job",
         "--durable",
-    ]));
-    ok(a.cli(&[
+    ])
+    .ok();
+    a.cli(&[
         "add",
         "kit",
         "crunch",
@@ -710,7 +720,8 @@ fn a_durable_task_outlives_its_host_and_a_cancelled_one_is_not_run_again() {
         "--name",
         "stuck",
         "--durable",
-    ]));
+    ])
+    .ok();
     for name in ["job", "stuck"] {
         running_a.wait_for(1, |l| l["event"] == "started" && l["task"] == name);
     }
@@ -774,7 +785,7 @@ fn a_durable_task_outlives_its_host_and_a_cancelled_one_is_not_run_again() {
 
 /// The build plugin `plugin` serves on `app`'s host.
 fn serving_build(app: &TestApp, plugin: &str) -> String {
-    let builds = ok(app.cli(&["plugins", "--json"]));
+    let builds = app.cli(&["plugins", "--json"]).ok();
     let builds: Value = serde_json::from_str(builds.stdout.trim()).unwrap();
     builds
         .as_array()
@@ -804,13 +815,16 @@ fn a_build_loaded_with_cluster_runs_on_every_host_and_a_bad_digest_nowhere() {
     }
     let greeter_build = serving_build(&hosts[0].0, "roll");
     let testkit = taskhost_tests::plugin("testkit");
-    let loaded = ok(hosts[0].0.cli(&[
-        "load",
-        "roll",
-        testkit.to_str().unwrap(),
-        "--cluster",
-        "--json",
-    ]));
+    let loaded = hosts[0]
+        .0
+        .cli(&[
+            "load",
+            "roll",
+            testkit.to_str().unwrap(),
+            "--cluster",
+            "--json",
+        ])
+        .ok();
     let loaded: Value = serde_json::from_str(loaded.stdout.trim()).unwrap();
     let new_build = loaded["version"].as_str().unwrap().to_string();
     assert_ne!(new_build, greeter_build);
@@ -824,7 +838,8 @@ fn a_build_loaded_with_cluster_runs_on_every_host_and_a_bad_digest_nowhere() {
     // It runs on every host: a factory only the new build has.
     for (app, running) in &mut hosts {
         assert_eq!(serving_build(app, "roll"), new_build);
-        ok(app.cli(&["add", "roll", "identity", "--name", "new-build"]));
+        app.cli(&["add", "roll", "identity", "--name", "new-build"])
+            .ok();
         running.wait_for(1, |l| l["event"] == "done" && l["task"] == "new-build");
     }
     // A host that joins later loads the rolled-out build at its start.
@@ -883,7 +898,7 @@ fn a_host_paused_past_ack_wait_stops_its_copy_of_a_task_rerun_elsewhere() {
         await_all_serving(app, 2);
     }
     // Attempt 1 hangs; attempt 2 returns at once.
-    ok(a.cli(&[
+    a.cli(&[
         "add",
         "kit",
         "flaky",
@@ -892,7 +907,8 @@ fn a_host_paused_past_ack_wait_stops_its_copy_of_a_task_rerun_elsewhere() {
         "--name",
         "held",
         "--durable",
-    ]));
+    ])
+    .ok();
     running_a.wait_for(1, |l| l["event"] == "started" && l["task"] == "held");
 
     // a stops answering (SIGSTOP): b runs the task again and it ends there.
@@ -928,7 +944,7 @@ fn a_host_paused_past_ack_wait_stops_its_copy_of_a_task_rerun_elsewhere() {
 /// Adds testkit's `kv` task `name` with `args` on `app`'s host and returns
 /// its `done` result, or its `failed` error as `Err`.
 fn kv_on(app: &TestApp, running: &mut Running, name: &str, args: Value) -> Result<Value, String> {
-    ok(app.cli(&[
+    app.cli(&[
         "add",
         "kit",
         "kv",
@@ -936,7 +952,8 @@ fn kv_on(app: &TestApp, running: &mut Running, name: &str, args: Value) -> Resul
         &args.to_string(),
         "--name",
         name,
-    ]));
+    ])
+    .ok();
     running.wait_for(1, |l| {
         (l["event"] == "done" || l["event"] == "failed") && l["task"] == name
     });
@@ -964,7 +981,7 @@ fn key_value_state_is_one_store_for_every_host_and_its_limits_hold_there() {
 
     // Four workers on two hosts add 1 to one key 100 times each, through
     // compare-and-swap on JetStream: none of the 400 is lost.
-    ok(a.cli(&[
+    a.cli(&[
         "add",
         "kit",
         "kv",
@@ -975,11 +992,12 @@ fn key_value_state_is_one_store_for_every_host_and_its_limits_hold_there() {
         "--all-workers",
         "--host",
         "all",
-    ]));
+    ])
+    .ok();
     for running in [&mut running_a, &mut running_b] {
         running.wait_for(2, |l| l["event"] == "done" && l["task"] == "count");
     }
-    let read = ok(b.cli(&["kv", "get", "kit/c", "n"]));
+    let read = b.cli(&["kv", "get", "kit/c", "n"]).ok();
     assert_eq!(read.stdout.trim(), "400", "{}", read.dump());
     assert_eq!(
         kv_on(
@@ -1044,10 +1062,10 @@ fn key_value_state_is_one_store_for_every_host_and_its_limits_hold_there() {
         kv_on(&a, &mut running_a, "w2", set("w", 2)),
         Ok(json!(true))
     );
-    let keys = ok(a.cli(&["kv", "list", "kit/m", "--json"]));
+    let keys = a.cli(&["kv", "list", "kit/m", "--json"]).ok();
     let keys: Value = serde_json::from_str(keys.stdout.trim()).unwrap();
     assert_eq!(keys, json!(["w", "z"]));
-    let buckets = ok(b.cli(&["kv", "list", "--json"]));
+    let buckets = b.cli(&["kv", "list", "--json"]).ok();
     let buckets: Value = serde_json::from_str(buckets.stdout.trim()).unwrap();
     let listed: Vec<(&str, u64)> = buckets
         .as_array()
@@ -1064,7 +1082,7 @@ fn key_value_state_is_one_store_for_every_host_and_its_limits_hold_there() {
 
 /// Adds testkit's `spread` on `app`'s host (`args`) and returns its result.
 fn spread(app: &TestApp, running: &mut Running, name: &str, args: Value) -> Value {
-    ok(app.cli(&[
+    app.cli(&[
         "add",
         "kit",
         "spread",
@@ -1072,7 +1090,8 @@ fn spread(app: &TestApp, running: &mut Running, name: &str, args: Value) -> Valu
         &args.to_string(),
         "--name",
         name,
-    ]));
+    ])
+    .ok();
     running.wait_for(1, |l| l["event"] == "done" && l["task"] == name);
     let line = running
         .seen()
@@ -1159,7 +1178,7 @@ fn a_guest_starts_tasks_on_any_host_a_named_one_or_all() {
         args = { host = "any", name = "x", ms = 1 }
         "#,
     );
-    let run = ok(alone.run_until_idle());
+    let run = alone.run_until_idle().ok();
     let result = taskhost_tests::result_of(run.events("done")[0]);
     assert_eq!(result["error"], "Failed", "{}", run.dump());
     assert!(
@@ -1175,7 +1194,7 @@ fn await_serving(app: &TestApp, name: &str, want: bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let hosts: Value =
-            serde_json::from_str(ok(app.cli(&["hosts", "--json"])).stdout.trim()).unwrap();
+            serde_json::from_str(app.cli(&["hosts", "--json"]).ok().stdout.trim()).unwrap();
         let serves = hosts
             .as_array()
             .unwrap()
@@ -1198,7 +1217,7 @@ fn a_stopping_host_takes_no_more_tasks_from_the_others() {
     let (b, mut running_b) =
         host_with(&nats, "stopping", "b", 1, "cancel_grace_ms = 60000", "", "");
     await_serving(&a, "b", true);
-    ok(b.cli(&[
+    b.cli(&[
         "add",
         "kit",
         "crunch",
@@ -1206,7 +1225,8 @@ fn a_stopping_host_takes_no_more_tasks_from_the_others() {
         r#"{"rounds": 1000000000000}"#,
         "--name",
         "stuck",
-    ]));
+    ])
+    .ok();
     running_b.wait_for(1, |l| l["event"] == "started" && l["task"] == "stuck");
     running_b.signal("TERM");
     running_b.wait_for(1, |l| {
@@ -1263,7 +1283,7 @@ fn an_answer_over_the_nats_message_limit_says_so_instead_of_timing_out() {
         listed.dump()
     );
     // The host's own listing still works.
-    assert!(ok(a.cli(&["tasks", "--json"])).stdout.len() > 1 << 20);
+    assert!(a.cli(&["tasks", "--json"]).ok().stdout.len() > 1 << 20);
 }
 
 #[test]
@@ -1284,7 +1304,7 @@ fn tasks_for_any_host_go_to_the_hosts_with_room() {
     await_serving(&b, "a", true);
     // a is full.
     for name in ["full-1", "full-2"] {
-        ok(a.cli(&[
+        a.cli(&[
             "add",
             "kit",
             "nap",
@@ -1292,7 +1312,8 @@ fn tasks_for_any_host_go_to_the_hosts_with_room() {
             r#"{"ms": 600000}"#,
             "--name",
             name,
-        ]));
+        ])
+        .ok();
     }
     // Every task for any host goes to b, asked of a or of b: a takes none
     // (a queue group would have given a about half, each refused).
@@ -1371,7 +1392,7 @@ fn a_paused_hosts_copy_performs_no_effect_after_another_host_took_its_task() {
         await_all_serving(app, 2);
     }
     let args = json!({"url": format!("http://{server}/tick"), "every_ms": 100, "times": 1_000_000});
-    ok(a.cli(&[
+    a.cli(&[
         "add",
         "kit",
         "ticker",
@@ -1380,7 +1401,8 @@ fn a_paused_hosts_copy_performs_no_effect_after_another_host_took_its_task() {
         "--name",
         "pulse",
         "--durable",
-    ]));
+    ])
+    .ok();
     let count = |attempt: u32| {
         let needle = format!("attempt={attempt}&");
         seen.lock()
@@ -1412,7 +1434,7 @@ fn a_paused_hosts_copy_performs_no_effect_after_another_host_took_its_task() {
     let (_, records) = durable_state(&nats, "fenced");
     assert_eq!(records["pulse"]["host"], "b", "{records:?}");
     assert_eq!(records["pulse"]["attempt"], 2, "{records:?}");
-    ok(b.cli(&["cancel", "pulse"]));
+    b.cli(&["cancel", "pulse"]).ok();
     for running in [running_a, running_b] {
         running.stop();
     }
@@ -1430,7 +1452,7 @@ fn a_returning_host_stops_a_task_whose_cluster_scoped_name_was_taken_meanwhile()
     for app in [&a, &b] {
         await_all_serving(app, 2);
     }
-    ok(add_solo(&a));
+    add_solo(&a).ok();
     running_a.signal("STOP");
     // b takes the name once the claim of silent a is swept.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -1449,7 +1471,7 @@ fn a_returning_host_stops_a_task_whose_cluster_scoped_name_was_taken_meanwhile()
         })
     });
     running_a.wait_for(1, |l| l["event"] == "cancelled" && l["task"] == "solo");
-    ok(b.cli(&["cancel", "solo"]));
+    b.cli(&["cancel", "solo"]).ok();
     for running in [running_a, running_b] {
         running.stop();
     }

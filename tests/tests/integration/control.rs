@@ -11,11 +11,6 @@ fn json_of(run: &Run) -> Value {
     serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", run.dump()))
 }
 
-fn ok(run: Run) -> Run {
-    assert_eq!(run.code, Some(0), "{}", run.dump());
-    run
-}
-
 const HOST: &str = r#"
     name = "steered"
     workers = 2
@@ -41,7 +36,7 @@ fn steered() -> (TestApp, Running) {
 #[test]
 fn tasks_lists_every_worker_as_a_table_and_one_worker_as_json() {
     let (app, _host) = steered();
-    let table = ok(app.cli(&["tasks"]));
+    let table = app.cli(&["tasks"]).ok();
     assert!(table.stdout.starts_with("ID"), "{}", table.dump());
     assert_eq!(
         table.stdout.matches("resident").count(),
@@ -49,7 +44,7 @@ fn tasks_lists_every_worker_as_a_table_and_one_worker_as_json() {
         "{}",
         table.dump()
     );
-    let listed = json_of(&ok(app.cli(&["tasks", "--json", "--worker", "1"])));
+    let listed = json_of(&app.cli(&["tasks", "--json", "--worker", "1"]).ok());
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed[0]["worker"], 1);
     assert_eq!(listed[0]["state"], "running");
@@ -58,24 +53,28 @@ fn tasks_lists_every_worker_as_a_table_and_one_worker_as_json() {
 #[test]
 fn add_get_and_cancel_cooperatively_or_by_force() {
     let (app, mut host) = steered();
-    let added = json_of(&ok(app.cli(&[
-        "add", "examples", "sleeper", "--name", "dozer", "--worker", "1", "--json",
-    ])));
+    let added = json_of(
+        &app.cli(&[
+            "add", "examples", "sleeper", "--name", "dozer", "--worker", "1", "--json",
+        ])
+        .ok(),
+    );
     assert_eq!(added["tasks"][0]["worker"], 1, "{added}");
-    ok(app.cli(&[
+    app.cli(&[
         "add", "examples", "spinner", "--name", "whirl", "--worker", "1",
-    ]));
+    ])
+    .ok();
     host.wait_for(1, |l| l["event"] == "started" && l["task"] == "whirl");
 
-    let got = json_of(&ok(app.cli(&["task", "dozer", "--json"])));
+    let got = json_of(&app.cli(&["task", "dozer", "--json"]).ok());
     assert_eq!(got[0]["factory"], "sleeper", "{got}");
     assert_eq!(got[0]["id"], added["tasks"][0]["id"], "{got}");
 
     // The sleeper hears the cancel; the spinner must be forced.
-    let dozer = json_of(&ok(app.cli(&["cancel", "dozer", "--json"])));
+    let dozer = json_of(&app.cli(&["cancel", "dozer", "--json"]).ok());
     assert_eq!(dozer[0]["state"], "cancelled", "{dozer}");
     assert_eq!(dozer[0]["cancel_stage"], "cooperative", "{dozer}");
-    let whirl = json_of(&ok(app.cli(&["cancel", "whirl", "--json"])));
+    let whirl = json_of(&app.cli(&["cancel", "whirl", "--json"]).ok());
     assert_eq!(whirl[0]["cancel_stage"], "forced", "{whirl}");
 }
 
@@ -83,21 +82,22 @@ fn add_get_and_cancel_cooperatively_or_by_force() {
 fn purge_drops_exactly_the_ended_tasks_and_metrics_count_what_happened() {
     let (app, mut host) = steered();
     for name in ["dozer", "napper"] {
-        ok(app.cli(&["add", "examples", "sleeper", "--name", name]));
+        app.cli(&["add", "examples", "sleeper", "--name", name])
+            .ok();
     }
     // Both running, so both count as spawned (a task cancelled before it
     // starts never does).
     host.wait_for(1, |l| l["event"] == "started" && l["task"] == "dozer");
     host.wait_for(1, |l| l["event"] == "started" && l["task"] == "napper");
     for name in ["dozer", "napper"] {
-        ok(app.cli(&["cancel", name]));
+        app.cli(&["cancel", name]).ok();
     }
-    let purged = json_of(&ok(app.cli(&["purge", "--json"])));
+    let purged = json_of(&app.cli(&["purge", "--json"]).ok());
     assert_eq!(purged["purged"], 2, "{purged}");
-    let left = json_of(&ok(app.cli(&["tasks", "--json"])));
+    let left = json_of(&app.cli(&["tasks", "--json"]).ok());
     assert_eq!(left.as_array().unwrap().len(), 2, "{left}");
 
-    let metrics = ok(app.cli(&["metrics"])).stdout;
+    let metrics = app.cli(&["metrics"]).ok().stdout;
     for expected in [
         "taskhost_tasks_spawned_total 4",
         "taskhost_tasks_cancelled_total 2",
@@ -158,7 +158,7 @@ fn a_dispatched_event_reaches_a_waiting_task_and_the_stream_follows() {
     let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(first["event"], "subscribed");
 
-    ok(app.cli(&[
+    app.cli(&[
         "add",
         "kit",
         "waiter",
@@ -166,15 +166,12 @@ fn a_dispatched_event_reaches_a_waiting_task_and_the_stream_follows() {
         "listener",
         "--args",
         r#"{"event": "ping"}"#,
-    ]));
-    let woken = json_of(&ok(app.cli(&[
-        "dispatch",
-        "ping",
-        "pong",
-        "--wait-for",
-        "1",
-        "--json",
-    ])));
+    ])
+    .ok();
+    let woken = json_of(
+        &app.cli(&["dispatch", "ping", "pong", "--wait-for", "1", "--json"])
+            .ok(),
+    );
     assert_eq!(woken["woken"], 1, "{woken}");
     host.wait_for(1, |l| l["event"] == "done" && l["task"] == "listener");
     let done = host
@@ -207,7 +204,7 @@ fn a_second_host_may_not_take_over_a_live_hosts_control_file() {
     assert!(second.stderr.contains("another host"), "{}", second.dump());
     assert!(second.events("started").is_empty(), "nothing may start");
     // The first host still answers through its file.
-    ok(app.cli(&["tasks"]));
+    app.cli(&["tasks"]).ok();
     drop(host);
 }
 
@@ -338,7 +335,7 @@ fn bad_requests_get_json_errors_and_the_host_keeps_serving() {
     assert_eq!(status_and_kind(running).0, 200);
 
     // Still serving.
-    let listed = json_of(&ok(app.cli(&["tasks", "--json"])));
+    let listed = json_of(&app.cli(&["tasks", "--json"]).ok());
     assert_eq!(listed.as_array().unwrap().len(), 2);
     drop(host);
 }
@@ -381,7 +378,7 @@ fn hot_loading_swaps_new_tasks_to_the_new_build_and_refuses_broken_ones() {
     let mut host = app.spawn();
 
     // A v1 task is running when v2 arrives.
-    ok(app.cli(&[
+    app.cli(&[
         "add",
         "versioned",
         "linger",
@@ -389,22 +386,23 @@ fn hot_loading_swaps_new_tasks_to_the_new_build_and_refuses_broken_ones() {
         "old",
         "--args",
         r#"{"event": "finish"}"#,
-    ]));
+    ])
+    .ok();
     host.wait_for(1, |l| l["message"] == "lingering on v1");
-    let before = json_of(&ok(app.cli(&["plugins", "--json"])));
+    let before = json_of(&app.cli(&["plugins", "--json"]).ok());
     // A Rust plugin's few KiB of data are copied into each task.
     assert_eq!(before[0]["memory_image"], "copied", "{before}");
     assert!(
         before[0]["data_bytes"].as_u64().unwrap() < 1 << 20,
         "{before}"
     );
-    let loaded = ok(app.cli(&["load", "versioned", v2.to_str().unwrap()]));
+    let loaded = app.cli(&["load", "versioned", v2.to_str().unwrap()]).ok();
     assert!(
         loaded.stdout.contains("loaded versioned sha256:"),
         "{}",
         loaded.dump()
     );
-    let after = json_of(&ok(app.cli(&["plugins", "--json"])));
+    let after = json_of(&app.cli(&["plugins", "--json"]).ok());
     assert_ne!(
         before[0]["version"], after[0]["version"],
         "plugins shows the swap"
@@ -433,7 +431,7 @@ fn hot_loading_swaps_new_tasks_to_the_new_build_and_refuses_broken_ones() {
         ],
         "{after}"
     );
-    let table = ok(app.cli(&["plugins"])).stdout;
+    let table = app.cli(&["plugins"]).ok().stdout;
     assert!(
         table
             .lines()
@@ -442,14 +440,15 @@ fn hot_loading_swaps_new_tasks_to_the_new_build_and_refuses_broken_ones() {
     );
 
     // New tasks run v2; the running one finishes on v1, and v1 goes.
-    ok(app.cli(&["add", "versioned", "report", "--name", "new"]));
+    app.cli(&["add", "versioned", "report", "--name", "new"])
+        .ok();
     host.wait_for(1, |l| l["message"] == "running v2");
-    ok(app.cli(&["dispatch", "finish", "", "--wait-for", "1"]));
+    app.cli(&["dispatch", "finish", "", "--wait-for", "1"]).ok();
     host.wait_for(1, |l| l["message"] == "finished on v1");
     host.wait_for(1, |l| {
         l["event"] == "plugin_dropped" && l["version"] == v1_version.as_str()
     });
-    let dropped = json_of(&ok(app.cli(&["plugins", "--json"])));
+    let dropped = json_of(&app.cli(&["plugins", "--json"]).ok());
     assert_eq!(dropped.as_array().unwrap().len(), 1, "{dropped}");
     assert_eq!(dropped[0]["state"], "serving", "{dropped}");
 
@@ -458,14 +457,15 @@ fn hot_loading_swaps_new_tasks_to_the_new_build_and_refuses_broken_ones() {
     let refused = app.cli(&["load", "versioned", broken.to_str().unwrap()]);
     assert_eq!(refused.code, Some(1), "{}", refused.dump());
     assert!(refused.stderr.contains("broken.wasm"), "{}", refused.dump());
-    ok(app.cli(&["add", "versioned", "report", "--name", "after-refusal"]));
+    app.cli(&["add", "versioned", "report", "--name", "after-refusal"])
+        .ok();
     host.wait_for(2, |l| l["message"] == "running v2");
-    let still = json_of(&ok(app.cli(&["plugins", "--json"])));
+    let still = json_of(&app.cli(&["plugins", "--json"]).ok());
     assert_eq!(still[0]["version"], after[0]["version"]);
 
     // A plugin that was not in app.toml can be loaded too.
-    ok(app.cli(&["load", "newcomer", v1.to_str().unwrap()]));
-    let plugins = json_of(&ok(app.cli(&["plugins", "--json"])));
+    app.cli(&["load", "newcomer", v1.to_str().unwrap()]).ok();
+    let plugins = json_of(&app.cli(&["plugins", "--json"]).ok());
     let names: Vec<&str> = plugins
         .as_array()
         .unwrap()
@@ -473,7 +473,8 @@ fn hot_loading_swaps_new_tasks_to_the_new_build_and_refuses_broken_ones() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["newcomer", "versioned"], "{plugins}");
-    ok(app.cli(&["add", "newcomer", "report", "--name", "from-newcomer"]));
+    app.cli(&["add", "newcomer", "report", "--name", "from-newcomer"])
+        .ok();
     host.wait_for(1, |l| {
         l["message"] == "running v1" && l["plugin"] == "newcomer"
     });
@@ -510,14 +511,15 @@ fn a_task_started_in_an_instance_made_ahead_of_demand_is_wholly_itself() {
 
     // After a task of `kit` starts, the idle worker makes the next
     // instance; it is nobody's, so no task's memory counts it.
-    ok(app.cli(&["add", "kit", "identity", "--name", "first"]));
+    app.cli(&["add", "kit", "identity", "--name", "first"]).ok();
     host.wait_for(1, done("first"));
     await_metric(&app, "taskhost_prepared_instances", 1.0);
     assert_eq!(metric(&app, "taskhost_prepared_starts_total"), 0.0);
     assert_eq!(metric(&app, "taskhost_task_memory_bytes"), 0.0);
 
     // The next task takes it, with its own name in what its guest logs.
-    ok(app.cli(&["add", "kit", "identity", "--name", "second"]));
+    app.cli(&["add", "kit", "identity", "--name", "second"])
+        .ok();
     host.wait_for(1, done("second"));
     assert_eq!(metric(&app, "taskhost_prepared_starts_total"), 1.0);
     let said = host
@@ -531,7 +533,7 @@ fn a_task_started_in_an_instance_made_ahead_of_demand_is_wholly_itself() {
     // A task in a prepared instance owns the memory that instance grew
     // while it lives, and gives all of it back when it ends.
     await_metric(&app, "taskhost_prepared_instances", 1.0);
-    ok(app.cli(&[
+    app.cli(&[
         "add",
         "kit",
         "nap",
@@ -539,11 +541,12 @@ fn a_task_started_in_an_instance_made_ahead_of_demand_is_wholly_itself() {
         r#"{"ms": 600000}"#,
         "--name",
         "third",
-    ]));
+    ])
+    .ok();
     host.wait_for(1, |l| l["event"] == "started" && l["task"] == "third");
     assert_eq!(metric(&app, "taskhost_prepared_starts_total"), 2.0);
     assert!(metric(&app, "taskhost_task_memory_bytes") > 0.0);
-    let cancelled = json_of(&ok(app.cli(&["cancel", "third", "--json"])));
+    let cancelled = json_of(&app.cli(&["cancel", "third", "--json"]).ok());
     assert_eq!(cancelled[0]["cancel_stage"], "cooperative", "{cancelled}");
     assert_eq!(metric(&app, "taskhost_task_memory_bytes"), 0.0);
 
@@ -551,12 +554,13 @@ fn a_task_started_in_an_instance_made_ahead_of_demand_is_wholly_itself() {
     // old build goes though it ran no task; the next task runs the new one.
     await_metric(&app, "taskhost_prepared_instances", 1.0);
     let testkit = taskhost_tests::plugin("testkit");
-    ok(app.cli(&["load", "kit", testkit.to_str().unwrap()]));
+    app.cli(&["load", "kit", testkit.to_str().unwrap()]).ok();
     assert_eq!(metric(&app, "taskhost_prepared_instances"), 0.0);
     host.wait_for(1, |l| {
         l["event"] == "plugin_dropped" && l["plugin"] == "kit"
     });
-    ok(app.cli(&["add", "kit", "identity", "--name", "fourth"]));
+    app.cli(&["add", "kit", "identity", "--name", "fourth"])
+        .ok();
     host.wait_for(1, done("fourth"));
     assert_eq!(metric(&app, "taskhost_prepared_starts_total"), 2.0);
     host.signal("TERM");
@@ -585,7 +589,9 @@ fn load_with_restart_tasks_restarts_the_plugins_startup_tasks_on_the_new_build()
     let mut host = app.spawn();
     host.wait_for(2, |l| l["message"] == "lingering on v1");
 
-    let loaded = ok(app.cli(&["load", "versioned", v2.to_str().unwrap(), "--restart-tasks"]));
+    let loaded = app
+        .cli(&["load", "versioned", v2.to_str().unwrap(), "--restart-tasks"])
+        .ok();
     assert!(
         loaded.stdout.contains("restarted 2 startup task(s)"),
         "{}",
@@ -593,7 +599,7 @@ fn load_with_restart_tasks_restarts_the_plugins_startup_tasks_on_the_new_build()
     );
     host.wait_for(2, |l| l["message"] == "lingering on v2");
     // The names were freed and taken again: one `resident` per worker, on v2.
-    let listed = json_of(&ok(app.cli(&["task", "resident", "--json"])));
+    let listed = json_of(&app.cli(&["task", "resident", "--json"]).ok());
     let versions: Vec<&Value> = listed
         .as_array()
         .unwrap()
@@ -601,7 +607,7 @@ fn load_with_restart_tasks_restarts_the_plugins_startup_tasks_on_the_new_build()
         .map(|t| &t["plugin_version"])
         .collect();
     assert_eq!(versions.len(), 2, "{listed}");
-    let plugins = json_of(&ok(app.cli(&["plugins", "--json"])));
+    let plugins = json_of(&app.cli(&["plugins", "--json"]).ok());
     assert!(
         versions.iter().all(|v| **v == plugins[0]["version"]),
         "{listed}"
@@ -636,13 +642,15 @@ fn the_control_api_can_listen_on_a_unix_socket() {
         let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "only the host's user may connect");
     }
-    let listed = json_of(&ok(app.cli(&["tasks", "--json"])));
+    let listed = json_of(&app.cli(&["tasks", "--json"]).ok());
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
-    ok(app.cli(&["add", "examples", "spinner", "--name", "whirl"]));
-    let whirl = json_of(&ok(app.cli(&["cancel", "whirl", "--json"])));
+    app.cli(&["add", "examples", "spinner", "--name", "whirl"])
+        .ok();
+    let whirl = json_of(&app.cli(&["cancel", "whirl", "--json"]).ok());
     assert_eq!(whirl[0]["cancel_stage"], "forced", "{whirl}");
     assert!(
-        ok(app.cli(&["metrics"]))
+        app.cli(&["metrics"])
+            .ok()
             .stdout
             .contains("taskhost_tasks_spawned_total 3")
     );

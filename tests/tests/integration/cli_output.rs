@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use taskhost::lifecycle::LifecycleEvent;
 use taskhost::task::{TaskState, TaskView};
-use taskhost_tests::{Run, TestApp, taskhost_bin};
+use taskhost_tests::{TestApp, taskhost_bin};
 
 const APP: &str = r#"
     name = "piped"
@@ -73,7 +73,7 @@ fn exit_of(mut child: Child) -> Option<i32> {
 /// Adds a task that starts and ends at once: `w`, one `started` and one
 /// `done` event.
 fn add_quick_task(app: &TestApp) {
-    ok(app.cli(&[
+    app.cli(&[
         "add",
         "examples",
         "slow_work",
@@ -81,12 +81,8 @@ fn add_quick_task(app: &TestApp) {
         "w",
         "--args",
         r#"{"ms": 1}"#,
-    ]));
-}
-
-fn ok(run: Run) -> Run {
-    assert_eq!(run.code, Some(0), "{}", run.dump());
-    run
+    ])
+    .ok();
 }
 
 #[test]
@@ -98,7 +94,7 @@ fn verbs_printing_into_a_closed_pipe_end_quietly() {
         &["check", "--no-compile-cache", path.to_str().unwrap()],
     ));
     let host = app.spawn();
-    ok(app.cli(&["add", "examples", "sleeper", "--name", "s"]));
+    app.cli(&["add", "examples", "sleeper", "--name", "s"]).ok();
     assert_quiet_success(into_closed_pipe(&app, &["tasks"]));
     assert_quiet_success(into_closed_pipe(&app, &["tasks", "--json"]));
     assert_quiet_success(into_closed_pipe(&app, &["plugins"]));
@@ -169,7 +165,7 @@ fn the_json_of_tasks_and_events_is_the_libraries_schema() {
     );
 
     // The CLI's --json decodes as TaskView and encodes back to the same.
-    let text = ok(app.cli(&["tasks", "--json"])).stdout;
+    let text = app.cli(&["tasks", "--json"]).ok().stdout;
     let raw: Value = serde_json::from_str(&text).unwrap();
     let tasks: Vec<TaskView> = serde_json::from_str(&text).unwrap();
     assert_eq!(serde_json::to_value(&tasks).unwrap(), raw);
@@ -197,9 +193,10 @@ fn the_task_table_fits_its_data_counts_by_state_and_can_be_limited() {
     let _host = app.spawn();
     let long = "a-task-name-much-longer-than-any-column-should-ever-grow-to";
     for name in ["one", "two", long] {
-        ok(app.cli(&["add", "examples", "sleeper", "--name", name]));
+        app.cli(&["add", "examples", "sleeper", "--name", name])
+            .ok();
     }
-    ok(app.cli(&[
+    app.cli(&[
         "add",
         "examples",
         "slow_work",
@@ -207,11 +204,12 @@ fn the_task_table_fits_its_data_counts_by_state_and_can_be_limited() {
         "quick",
         "--args",
         r#"{"ms": 1}"#,
-    ]));
+    ])
+    .ok();
     // `cancel` waits for the end; a done task is what `quick` becomes.
-    ok(app.cli(&["cancel", "one"]));
+    app.cli(&["cancel", "one"]).ok();
 
-    let all = ok(app.cli(&["tasks"])).stdout;
+    let all = app.cli(&["tasks"]).ok().stdout;
     let lines: Vec<&str> = all.lines().collect();
     assert_eq!(lines.len(), 1 + 4 + 1, "{all}");
     // Every row's STATE cell starts where the header's does.
@@ -237,7 +235,7 @@ fn the_task_table_fits_its_data_counts_by_state_and_can_be_limited() {
     assert!(summary.starts_with("4 task(s): "), "{all}");
     assert!(summary.contains("1 cancelled"), "{all}");
 
-    let limited = ok(app.cli(&["tasks", "--limit", "2"])).stdout;
+    let limited = app.cli(&["tasks", "--limit", "2"]).ok().stdout;
     let lines: Vec<&str> = limited.lines().collect();
     assert_eq!(lines.len(), 1 + 2 + 1, "{limited}");
     assert!(
