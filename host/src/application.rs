@@ -256,19 +256,14 @@ impl Application {
             return Err(error);
         }
         let host = Arc::new(host);
-        // Guests' `start-task-on`; held here for the run, weakly by the
-        // host (it points back at the host).
-        let guest_submissions: Arc<dyn crate::worker::RemoteTasks> =
-            Arc::new(crate::control::GuestSubmissions(Arc::downgrade(&host)));
+        // Every operation on the host: guests' `start-task-on` and the
+        // other hosts' requests. Held here for the run, weakly by the host
+        // (the operations point back at it).
+        let operations = crate::operations::Operations::new(host.clone());
         // Other hosts' tasks come once this host's workers run.
         if let Some(cluster) = host.cluster() {
-            let submissions = Arc::new(crate::control::TaskSubmissions(host.clone()));
             let served = async {
-                cluster.serve("tasks", submissions).await?;
-                let api = crate::control::ClusterApi::new(host.clone())?;
-                cluster.serve("api", Arc::new(api)).await?;
-                cluster.watch_plugins(Arc::new(crate::control::HostPlugins(host.clone())));
-                host.serve_remote_tasks(Arc::downgrade(&guest_submissions));
+                operations.serve_cluster(cluster).await?;
                 cluster.start_serving();
                 anyhow::Ok(())
             };

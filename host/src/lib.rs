@@ -53,6 +53,7 @@ pub mod control;
 pub mod engine;
 pub mod host;
 pub mod lifecycle;
+pub mod operations;
 pub mod plugin;
 pub mod registry;
 pub mod task;

@@ -17,6 +17,7 @@ use crate::config::{AppConfig, Grants, Limits, PluginLimits, PluginPolicy, TaskS
 use crate::events::EventHub;
 use crate::logging::LogGate;
 use crate::metrics::HttpMetrics;
+use crate::operations::types::{OpError, Submission, Submitted};
 use crate::registry::{AddTaskError, TaskRegistry};
 use crate::storage::Storage;
 use crate::task::{CancelSignal, TaskId, TaskIdent};
@@ -60,20 +61,13 @@ pub(crate) trait TaskScope: Send + Sync {
         name: String,
     ) -> Pin<Box<dyn Future<Output = Result<bool, GuestError>> + Send>>;
 
-    /// `start-task-on`: starts `spec` of `plugin` on other hosts of the
-    /// cluster; where each task runs.
-    fn start_task_on(
-        self: Arc<Self>,
-        host: String,
-        plugin: String,
-        spec: TaskSpec,
-        cluster_name: bool,
-    ) -> PlacedFuture;
+    /// `start-task-on`: places `submission` on other hosts of the
+    /// cluster (its `host`); where each task runs.
+    fn start_task_on(self: Arc<Self>, submission: Submission) -> PlacedFuture;
 }
 
-/// Where tasks started on other hosts run (host, id there), or why not.
-pub(crate) type PlacedFuture =
-    Pin<Box<dyn Future<Output = Result<Vec<(String, u64)>, GuestError>> + Send>>;
+/// Where tasks started on other hosts run, or why not.
+pub(crate) type PlacedFuture = Pin<Box<dyn Future<Output = Result<Submitted, OpError>> + Send>>;
 
 /// What every task of an application shares: built once from app.toml.
 pub struct AppContext {
@@ -359,24 +353,30 @@ app_host!(crate::bindings::taskhost::plugin::app::Host, {
             Ok(target) => target,
             Err(error) => return Ok(Err(error)),
         };
-        let spec = match tasks::spec_of(factory, args, options) {
-            Ok(spec) => spec,
-            Err(error) => return Ok(Err(error)),
-        };
+        let submission =
+            match tasks::submission_of(host, plugin, factory, args, options, cluster_name) {
+                Ok(submission) => submission,
+                Err(error) => return Ok(Err(error)),
+            };
+        let about = (
+            submission.plugin.clone(),
+            submission.factory.clone(),
+            submission.name.clone(),
+        );
         Ok(worker
-            .start_task_on(host, plugin, spec, cluster_name)
+            .start_task_on(submission)
             .await
-            .map(|placed| {
-                placed
+            .map(|submitted| {
+                submitted
+                    .tasks
                     .into_iter()
-                    .map(
-                        |(host, id)| crate::bindings::taskhost::plugin::app::PlacedTask {
-                            host,
-                            id,
-                        },
-                    )
+                    .map(|task| crate::bindings::taskhost::plugin::app::PlacedTask {
+                        host: task.host.unwrap_or_default(),
+                        id: task.id,
+                    })
                     .collect()
-            }))
+            })
+            .map_err(|error| error.into_guest(&about.0, &about.1, about.2.as_deref())))
     }
 
     async fn remove_schedule(

@@ -7,6 +7,7 @@ use crate::bindings::GuestError;
 use crate::bindings::taskhost::plugin::{app, types};
 use crate::config::Limit;
 use crate::config::{Backoff, RetrySpec, TaskSpec};
+use crate::operations::types::{NameScope, Submission};
 use crate::registry::AddTaskError;
 use crate::registry::{RegisterError, TaskHandle};
 use crate::storage::Storage;
@@ -96,6 +97,21 @@ pub(super) async fn add_task(
         })
 }
 
+/// `task-options.retry` as app.toml would write it.
+fn retry_spec(retry: app::RetryPolicy) -> RetrySpec {
+    RetrySpec {
+        attempts: retry.attempts,
+        backoff: Some(if retry.exponential {
+            Backoff::Exponential
+        } else {
+            Backoff::Fixed
+        }),
+        initial: Some(format!("{}ms", retry.initial_ms)),
+        max: Some(format!("{}ms", retry.max_ms)),
+        jitter: Some(retry.jitter),
+    }
+}
+
 /// `start-task`'s options as a spec; bad ones are `invalid-args` naming
 /// the field.
 pub(super) fn spec_of(
@@ -106,19 +122,9 @@ pub(super) fn spec_of(
     let retry = options
         .retry
         .map(|retry| {
-            RetrySpec {
-                attempts: retry.attempts,
-                backoff: Some(if retry.exponential {
-                    Backoff::Exponential
-                } else {
-                    Backoff::Fixed
-                }),
-                initial: Some(format!("{}ms", retry.initial_ms)),
-                max: Some(format!("{}ms", retry.max_ms)),
-                jitter: Some(retry.jitter),
-            }
-            .policy()
-            .map_err(|e| GuestError::InvalidArgs(format!("task-options.retry: {e:#}")))
+            retry_spec(retry)
+                .policy()
+                .map_err(|e| GuestError::InvalidArgs(format!("task-options.retry: {e:#}")))
         })
         .transpose()?;
     Ok(TaskSpec {
@@ -129,6 +135,44 @@ pub(super) fn spec_of(
         durable: options.durable,
         idempotency_key: options.idempotency_key,
         connection: None,
+    })
+}
+
+/// `start-task-on`'s call as the one submission every caller makes: on
+/// `host` (`any`, `all` or a name), its name unique cluster-wide with
+/// `cluster_name`.
+pub(super) fn submission_of(
+    host: String,
+    plugin: String,
+    factory: String,
+    args: String,
+    options: app::TaskOptions,
+    cluster_name: bool,
+) -> Result<Submission, GuestError> {
+    let args = serde_json::from_str(&args)
+        .map_err(|e| GuestError::InvalidArgs(format!("args are not JSON: {e}")))?;
+    let retry = options.retry.map(retry_spec);
+    if let Some(retry) = &retry {
+        retry
+            .policy()
+            .map_err(|e| GuestError::InvalidArgs(format!("task-options.retry: {e:#}")))?;
+    }
+    Ok(Submission {
+        plugin,
+        factory,
+        args,
+        name: options.name,
+        worker: None,
+        all_workers: false,
+        retry,
+        durable: options.durable,
+        idempotency_key: options.idempotency_key,
+        host: Some(host),
+        scope: if cluster_name {
+            NameScope::Cluster
+        } else {
+            NameScope::Worker
+        },
     })
 }
 

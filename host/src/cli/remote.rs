@@ -4,11 +4,11 @@
 
 use super::{ControlFileArg, Exit};
 use crate::control::client::{Client, ClientError};
-use crate::control::schema::{
-    AddRequest, Added, BuildState, CancelRequest, DispatchRequest, KvBucketView, KvEntry, KvKeys,
-    KvPut, KvWritten, LoadRequest, Loaded, PluginView, Purged, ScheduleView, Triggered, Woken,
-};
 use crate::lifecycle::{LifecycleEvent, TaskRef};
+use crate::operations::types::{
+    BuildState, CancelRequest, DispatchRequest, KvBucketView, KvEntry, KvKeys, KvPut, KvWritten,
+    LoadRequest, Loaded, PluginView, Purged, ScheduleView, Submission, Submitted, Triggered, Woken,
+};
 use crate::task::{TaskState, TaskView, WorkerId};
 use clap::{Args, Subcommand};
 
@@ -235,8 +235,10 @@ pub(crate) async fn run(verb: Verb) -> Exit {
         Err(error) => {
             eprintln!("error: {error}");
             match error {
-                ClientError::Refused(_) => Exit::Failed,
-                ClientError::NotFound(_) => Exit::NotFound,
+                ClientError::Failed(failed) if failed.kind.exit_code() == Exit::NotFound as u8 => {
+                    Exit::NotFound
+                }
+                ClientError::Failed(_) => Exit::Failed,
                 ClientError::Unreachable(_) => Exit::Unreachable,
             }
         }
@@ -331,7 +333,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 ))
                 .await?;
             if tasks.is_empty() {
-                return Err(ClientError::NotFound(format!("no task named `{name}`")));
+                return Err(ClientError::not_found(format!("no task named `{name}`")));
             }
             if common.json {
                 print_json(&tasks);
@@ -355,10 +357,10 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
         } => {
             let args = match args {
                 Some(text) => serde_json::from_str(&text)
-                    .map_err(|e| ClientError::Refused(format!("--args is not JSON: {e}")))?,
+                    .map_err(|e| ClientError::refused(format!("--args is not JSON: {e}")))?,
                 None => serde_json::Value::Null,
             };
-            let request = AddRequest {
+            let request = Submission {
                 plugin,
                 factory,
                 args,
@@ -376,11 +378,11 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 idempotency_key,
                 host,
                 scope: match scope.as_deref() {
-                    Some("cluster") => crate::control::schema::NameScope::Cluster,
-                    _ => crate::control::schema::NameScope::Worker,
+                    Some("cluster") => crate::operations::types::NameScope::Cluster,
+                    _ => crate::operations::types::NameScope::Worker,
                 },
             };
-            let added: Added = connect(&common)?.post("/v1/tasks", &request).await?;
+            let added: Submitted = connect(&common)?.post("/v1/tasks", &request).await?;
             if common.json {
                 print_json(&added);
             } else {
@@ -427,7 +429,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             }
         }
         Verb::Health { common } => {
-            let health: crate::control::schema::Health = connect(&common)?.get("/health").await?;
+            let health: crate::operations::types::Health = connect(&common)?.get("/health").await?;
             if common.json {
                 print_json(&health);
             } else {
@@ -437,7 +439,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 }
             }
             if health.status != "ok" {
-                return Err(ClientError::Refused(format!(
+                return Err(ClientError::refused(format!(
                     "the host is {}",
                     health.status
                 )));
@@ -631,7 +633,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 .map(|h| h.host.as_str())
                 .collect();
             if !refused.is_empty() {
-                return Err(ClientError::Refused(format!(
+                return Err(ClientError::refused(format!(
                     "plugin {} {} was not loaded on host(s) {}",
                     clean(&loaded.name),
                     clean(&loaded.version),
@@ -759,7 +761,7 @@ async fn kv(action: KvAction) -> Result<(), ClientError> {
                 use base64::Engine;
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(encoded)
-                    .map_err(|e| ClientError::Refused(format!("the host sent bad base64: {e}")))?;
+                    .map_err(|e| ClientError::refused(format!("the host sent bad base64: {e}")))?;
                 use std::io::Write;
                 let _ = std::io::stdout().write_all(&bytes);
             }
@@ -796,7 +798,7 @@ async fn kv(action: KvAction) -> Result<(), ClientError> {
                 print_json(&written);
             }
             if !written.deleted {
-                return Err(ClientError::NotFound(format!(
+                return Err(ClientError::not_found(format!(
                     "bucket {} has no key {:?}",
                     written.bucket, written.key
                 )));

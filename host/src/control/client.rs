@@ -1,12 +1,12 @@
 //! The CLI's side of the control API: finds the host through its state
 //! file and makes authenticated requests, over TCP or a Unix socket.
 
-use super::schema::ErrorBody;
 use super::{ControlAddress, ControlState};
 use crate::lifecycle::LifecycleEvent;
+use crate::operations::{ErrorKind, OpError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode, header};
+use hyper::{Method, Request, header};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -15,21 +15,31 @@ use std::path::Path;
 /// `body` as JSON text.
 fn encode(body: &impl Serialize) -> Result<String, ClientError> {
     serde_json::to_string(body)
-        .map_err(|e| ClientError::Refused(format!("cannot encode the request: {e}")))
+        .map_err(|e| ClientError::refused(format!("cannot encode the request: {e}")))
 }
 
-/// Why a request did not succeed; the CLI maps each to its own exit code.
+/// Why a request did not succeed; the CLI maps each to its exit code
+/// (4 for an unreachable host, else [`ErrorKind::exit_code`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No host could be reached (no state file, or nothing listening).
     #[error("{0}")]
     Unreachable(String),
-    /// The host answered 404.
-    #[error("{0}")]
-    NotFound(String),
-    /// The host refused the request (any other 4xx/5xx).
-    #[error("{0}")]
-    Refused(String),
+    /// The host answered with an error, or the request could not be made.
+    #[error(transparent)]
+    Failed(#[from] OpError),
+}
+
+impl ClientError {
+    /// What a verb named does not exist.
+    pub fn not_found(message: impl Into<String>) -> ClientError {
+        ClientError::Failed(OpError::new(ErrorKind::NotFound, message))
+    }
+
+    /// The request was refused, here or by the host.
+    pub fn refused(message: impl Into<String>) -> ClientError {
+        ClientError::Failed(OpError::new(ErrorKind::Refused, message))
+    }
 }
 
 /// A connection recipe for one running host.
@@ -93,7 +103,7 @@ impl Client {
         let response = self.send(Method::GET, path, None).await?;
         let bytes = checked(response).await?;
         String::from_utf8(bytes.to_vec())
-            .map_err(|_| ClientError::Refused("the host sent text that is not UTF-8".into()))
+            .map_err(|_| ClientError::refused("the host sent text that is not UTF-8"))
     }
 
     async fn json<T: DeserializeOwned>(
@@ -105,7 +115,7 @@ impl Client {
         let response = self.send(method, path, body).await?;
         let bytes = checked(response).await?;
         serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::Refused(format!("the host sent an unreadable answer: {e}")))
+            .map_err(|e| ClientError::refused(format!("the host sent an unreadable answer: {e}")))
     }
 
     /// One request on a fresh connection (the CLI makes one or two).
@@ -126,7 +136,7 @@ impl Client {
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| ClientError::Refused(format!("cannot build the request: {e}")))?;
+            .map_err(|e| ClientError::refused(format!("cannot build the request: {e}")))?;
         macro_rules! over {
             ($stream:expr) => {{
                 let (mut sender, connection) =
@@ -210,12 +220,8 @@ async fn checked(response: Response) -> Result<Bytes, ClientError> {
     if status.is_success() {
         return Ok(bytes);
     }
-    let message = serde_json::from_slice::<ErrorBody>(&bytes)
-        .map(|body| body.error.message)
-        .unwrap_or_else(|_| format!("HTTP {status}"));
-    if status == StatusCode::NOT_FOUND {
-        Err(ClientError::NotFound(message))
-    } else {
-        Err(ClientError::Refused(message))
-    }
+    Err(ClientError::Failed(OpError::of_answer(
+        status.as_u16(),
+        &bytes,
+    )))
 }

@@ -8,9 +8,7 @@
 
 mod address;
 mod api;
-pub(crate) use api::{ClusterApi, GuestSubmissions, HostPlugins, TaskSubmissions};
 pub mod client;
-pub mod schema;
 mod state_file;
 
 pub use address::ControlAddress;

@@ -21,6 +21,7 @@ use crate::events::EventHub;
 use crate::lifecycle::{self, LifecycleEvent, TaskRef};
 use crate::logging;
 use crate::metrics::Metrics;
+use crate::operations::types::{ErrorKind, OpError, Submission, Submitted};
 use crate::plugin::Plugin;
 use crate::registry::{AddTaskError, Added, RegisterError, TaskHandle, TaskRegistry, next_task_id};
 use crate::runner;
@@ -75,17 +76,16 @@ pub struct TaskEnv {
     pub stopping: AtomicBool,
 }
 
-/// What starting tasks on other hosts resolves to: where each runs (host,
-/// id there), or why not.
-pub type Placed = Pin<Box<dyn Future<Output = Result<Vec<(String, u64)>, GuestError>> + Send>>;
+/// What starting tasks on other hosts resolves to: where each runs, or
+/// why not.
+pub type Placed = Pin<Box<dyn Future<Output = Result<Submitted, OpError>> + Send>>;
 
 /// Tasks a guest starts on other hosts of the cluster (`start-task-on`).
-/// The control layer implements it once the cluster serves, so the
-/// workers never name the cluster.
+/// The operations implement it once the cluster serves, so the workers
+/// never name the operations or the cluster.
 pub trait RemoteTasks: Send + Sync {
-    /// Starts `spec` of `plugin` on `host` (`any`, `all` or a name), its
-    /// name cluster-wide with `cluster_name`; where each task runs.
-    fn start_on(&self, host: String, plugin: String, spec: TaskSpec, cluster_name: bool) -> Placed;
+    /// Places `submission` (its `host`: `any`, `all` or a name).
+    fn submit(self: Arc<Self>, submission: Submission) -> Placed;
 }
 
 /// What guests may do to the host's schedules. The scheduler implements
@@ -628,23 +628,17 @@ impl TaskScope for WorkerCtx {
         })
     }
 
-    fn start_task_on(
-        self: Arc<Self>,
-        host: String,
-        plugin: String,
-        spec: TaskSpec,
-        cluster_name: bool,
-    ) -> Placed {
+    fn start_task_on(self: Arc<Self>, submission: Submission) -> Placed {
         let remote = self.env.remote.get().and_then(Weak::upgrade);
         Box::pin(async move {
             let remote = remote.ok_or_else(|| {
-                GuestError::Failed(
+                OpError::new(
+                    ErrorKind::Refused,
                     "start-task-on starts tasks on the hosts of a cluster, and this app has no \
-                     [cluster] (or its cluster does not serve yet): use start-task"
-                        .into(),
+                     [cluster] (or its cluster does not serve yet): use start-task",
                 )
             })?;
-            remote.start_on(host, plugin, spec, cluster_name).await
+            remote.submit(submission).await
         })
     }
 }

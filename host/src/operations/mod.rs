@@ -1,0 +1,647 @@
+//! Every operation a caller may perform on a running host, typed: submit,
+//! get, list, cancel and purge tasks, dispatch events, steer schedules,
+//! read and write key-value state, load plugins, and the same across the
+//! hosts of a cluster. The control API's handlers, the CLI (through the
+//! API), guests' `start-task-on` and the cluster's requests all come here,
+//! with the requests and answers of [`types`], and fail with one
+//! [`OpError`] whose kind maps once to an HTTP status, a CLI exit code and
+//! a guest's error.
+//!
+//! Placement is part of a [`Submission`]: a worker of this host (`worker`,
+//! `all_workers`), or a host of the cluster (`host`: a name, `any` or
+//! `all`), which answers with this same module. Every task start ends in
+//! the worker's `add_task` (`Host::add_task`), the one function the
+//! listener, the scheduler and guests' `add-task` call as well.
+
+pub mod types;
+
+mod cluster;
+
+use crate::host::{CancelError, Host};
+use crate::plugin::LoadError;
+use crate::scheduler::{ScheduleError, Scheduler};
+use crate::storage::{BucketId, Storage};
+use crate::task::{TaskView, WorkerId};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use std::sync::Arc;
+use std::time::Duration;
+use types::{
+    BuildState, CancelRequest, DispatchRequest, FactoryView, Health, KeysQuery, KvBucketView,
+    KvEntry, KvKeys, KvPut, KvWritten, LoadRequest, Loaded, MemoryImage, NameScope, PluginView,
+    Purged, ScheduleAction, ScheduleView, SubmittedTask, TaskFilter, Triggered, Woken,
+};
+pub use types::{ErrorKind, OpError, Submission, Submitted};
+
+/// Most keys one page of a bucket's keys holds.
+const MAX_KEYS_PER_PAGE: usize = 10_000;
+
+/// How long a cancel or a `wait_for` dispatch waits by default.
+const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+
+/// The operations of one running host.
+pub struct Operations {
+    host: Arc<Host>,
+}
+
+impl Operations {
+    pub fn new(host: Arc<Host>) -> Arc<Operations> {
+        Arc::new(Operations { host })
+    }
+
+    /// The host the operations act on.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Starts the tasks `submission` asks for, where it places them.
+    pub async fn submit(&self, submission: Submission) -> Result<Submitted, OpError> {
+        match submission.host.clone() {
+            Some(target) => self.submit_on_hosts(&target, submission).await,
+            None => self.submit_here(submission).await,
+        }
+    }
+
+    /// A submission placed on this host's workers.
+    async fn submit_here(&self, submission: Submission) -> Result<Submitted, OpError> {
+        let host = &self.host;
+        let workers: Vec<WorkerId> = if submission.all_workers {
+            if submission.worker.is_some() {
+                return Err(OpError::bad_request(
+                    "give `worker` or `all_workers`, not both",
+                ));
+            }
+            host.workers()
+                .map(|w| w.id())
+                .filter(|w| *w != WorkerId::Main)
+                .collect()
+        } else {
+            vec![submission.worker.unwrap_or(WorkerId::Index(0))]
+        };
+        if submission.idempotency_key.is_some() && workers.len() > 1 {
+            return Err(OpError::bad_request(
+                "an idempotency key names one task: give `worker`, not `all_workers`",
+            ));
+        }
+        let spec = submission.spec()?;
+        let claim = match submission.scope {
+            NameScope::Worker => None,
+            NameScope::Cluster => {
+                let Some(cluster) = host.cluster() else {
+                    return Err(OpError::bad_request(
+                        "`scope = cluster` is for a host in a cluster, and this one has no \
+                         [cluster]",
+                    ));
+                };
+                let Some(name) = &submission.name else {
+                    return Err(OpError::bad_request(
+                        "`scope = cluster` makes a name unique across the cluster: give `name`",
+                    ));
+                };
+                if workers.len() != 1 {
+                    return Err(OpError::bad_request(
+                        "a cluster-scoped name is one task: give `worker`, not `all_workers`",
+                    ));
+                }
+                cluster
+                    .names()
+                    .claim(name, workers[0])
+                    .await
+                    .map_err(|error| match error {
+                        crate::cluster::names::ClaimError::Taken { .. } => {
+                            OpError::new(ErrorKind::DuplicateName, error.to_string())
+                        }
+                        crate::cluster::names::ClaimError::Unreachable(_) => {
+                            OpError::new(ErrorKind::NoHost, error.to_string())
+                        }
+                    })?;
+                Some((cluster.names(), name.clone()))
+            }
+        };
+        let mut tasks = Vec::new();
+        for worker in workers {
+            let added = match host
+                .add_task(worker, &submission.plugin, spec.clone())
+                .await
+            {
+                Ok(added) => added,
+                Err(error) => {
+                    if let Some((names, name)) = &claim {
+                        names.release(name).await;
+                    }
+                    return Err(error.into());
+                }
+            };
+            if let Some((names, name)) = &claim {
+                names.bind(name, added.worker, added.id).await;
+            }
+            tasks.push(SubmittedTask {
+                worker: added.worker,
+                id: added.id,
+                name: added.name,
+                created: added.created,
+                host: None,
+            });
+        }
+        Ok(Submitted { tasks })
+    }
+
+    /// A submission with a `host`: sent to that host (or `any`, or `all`)
+    /// of the cluster, which answers as it would here; each task says
+    /// where it runs.
+    async fn submit_on_hosts(
+        &self,
+        target: &str,
+        mut submission: Submission,
+    ) -> Result<Submitted, OpError> {
+        let Some(cluster) = self.host.cluster() else {
+            return Err(OpError::bad_request(
+                "`host` is for a host in a cluster, and this one has no [cluster]: drop `host`",
+            ));
+        };
+        let target: crate::cluster::Target = target
+            .parse()
+            .map_err(|message: String| OpError::bad_request(message))?;
+        submission.host = None;
+        let payload = serde_json::to_vec(&submission).unwrap_or_default();
+        let answers = cluster
+            .request(cluster::SUBMISSIONS, &target, payload.into())
+            .await
+            .map_err(cluster::request_error)?;
+        let mut submitted = Submitted { tasks: Vec::new() };
+        let mut failed: Vec<(String, OpError)> = Vec::new();
+        for answer in answers {
+            if !(200..300).contains(&answer.status) {
+                failed.push((answer.host, OpError::of_answer(answer.status, &answer.body)));
+                continue;
+            }
+            match serde_json::from_slice::<Submitted>(&answer.body) {
+                Ok(mut theirs) => {
+                    for task in &mut theirs.tasks {
+                        task.host = Some(answer.host.clone());
+                    }
+                    submitted.tasks.extend(theirs.tasks);
+                }
+                Err(error) => failed.push((
+                    answer.host,
+                    OpError::new(
+                        ErrorKind::Internal,
+                        format!("an answer that does not parse: {error}"),
+                    ),
+                )),
+            }
+        }
+        if failed.is_empty() {
+            return Ok(submitted);
+        }
+        let mut error = cluster::joined_error(&failed);
+        let started: Vec<String> = submitted
+            .tasks
+            .iter()
+            .map(|t| format!("{} (task {})", t.host.as_deref().unwrap_or("?"), t.id))
+            .collect();
+        if !started.is_empty() {
+            error.message = format!("{}; started on {}", error.message, started.join(", "));
+        }
+        Err(error)
+    }
+
+    /// The tasks of this host that `filter` selects.
+    pub fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskView>, OpError> {
+        let worker = filter.worker.as_deref().map(parse_worker).transpose()?;
+        Ok(self
+            .host
+            .tasks()
+            .into_iter()
+            .filter(|t| worker.is_none_or(|w| t.ident.worker == w))
+            .filter(|t| filter.state.is_none_or(|s| t.state == s))
+            .filter(|t| {
+                filter
+                    .plugin
+                    .as_deref()
+                    .is_none_or(|p| &*t.ident.plugin == p)
+            })
+            .filter(|t| {
+                filter
+                    .name
+                    .as_deref()
+                    .is_none_or(|n| t.ident.name.as_deref() == Some(n))
+            })
+            .map(|t| TaskView::from(&t))
+            .collect())
+    }
+
+    /// One task, by its id (as text: a path segment).
+    pub fn task(&self, id: &str) -> Result<TaskView, OpError> {
+        let id: u64 = id
+            .parse()
+            .map_err(|_| OpError::bad_request(format!("task id must be a number, not {id:?}")))?;
+        self.host
+            .workers()
+            .find_map(|w| w.registry().get(id))
+            .map(|t| TaskView::from(&t))
+            .ok_or_else(|| OpError::new(ErrorKind::NotFound, format!("no task {id}")))
+    }
+
+    /// Cancels the tasks named `request.name` (on one worker or all) and
+    /// waits until they ended.
+    pub async fn cancel(&self, request: CancelRequest) -> Result<Vec<TaskView>, OpError> {
+        let host = &self.host;
+        let workers: Vec<WorkerId> = match &request.worker {
+            Some(worker) => vec![*worker],
+            None => host
+                .workers()
+                .filter(|w| w.registry().handle_by_name(&request.name).is_some())
+                .map(|w| w.id())
+                .collect(),
+        };
+        if workers.is_empty() {
+            return Err(OpError::new(
+                ErrorKind::NotFound,
+                format!("no task named `{}`", request.name),
+            ));
+        }
+        let timeout = request
+            .timeout_ms
+            .map_or(DEFAULT_WAIT, Duration::from_millis);
+        let cancels = workers.iter().map(|w| host.cancel_task(*w, &request.name));
+        let ended = tokio::time::timeout(timeout, futures_util::future::join_all(cancels))
+            .await
+            .map_err(|_| {
+                OpError::new(
+                    ErrorKind::Timeout,
+                    format!("`{}` had not ended after {timeout:?}", request.name),
+                )
+            })?;
+        ended
+            .into_iter()
+            .map(|result| match result {
+                Ok(info) => Ok(TaskView::from(&info)),
+                Err(CancelError::NoWorker(w)) => {
+                    Err(OpError::new(ErrorKind::NoWorker, format!("no worker {w}")))
+                }
+                Err(CancelError::NotFound(name)) => Err(OpError::new(
+                    ErrorKind::NotFound,
+                    format!("no task named `{name}` on that worker"),
+                )),
+                Err(CancelError::Storage(message)) => {
+                    Err(OpError::new(ErrorKind::Storage, message))
+                }
+            })
+            .collect()
+    }
+
+    /// Drops every ended task; their cluster-scoped names are free at once.
+    pub async fn purge(&self) -> Result<Purged, OpError> {
+        let host = &self.host;
+        let purged = host
+            .purge()
+            .await
+            .map_err(|e| OpError::new(ErrorKind::Storage, format!("{e:#}")))?;
+        if let Some(cluster) = host.cluster() {
+            cluster
+                .names()
+                .release_unlisted(|worker, id| {
+                    host.worker(worker)
+                        .is_some_and(|w| w.registry().get(id).is_some())
+                })
+                .await;
+        }
+        Ok(Purged { purged })
+    }
+
+    /// Dispatches `event`, after `wait_for` tasks wait for some event.
+    pub async fn dispatch(&self, event: &str, request: DispatchRequest) -> Result<Woken, OpError> {
+        let host = &self.host;
+        crate::events::check_dispatch(event, &request.payload, &host.config().limits)
+            .map_err(|limit| OpError::limit(ErrorKind::SizeLimit, &limit))?;
+        host.events()
+            .check_travels(event, false)
+            .map_err(OpError::bad_request)?;
+        if let Some(count) = request.wait_for {
+            let timeout = request
+                .timeout_ms
+                .map_or(DEFAULT_WAIT, Duration::from_millis);
+            tokio::time::timeout(timeout, host.events().until_waiting(count))
+                .await
+                .map_err(|_| {
+                    OpError::new(
+                        ErrorKind::Timeout,
+                        format!("fewer than {count} task(s) were waiting after {timeout:?}"),
+                    )
+                })?;
+        }
+        Ok(Woken {
+            woken: host.dispatch(event, &request.payload),
+        })
+    }
+
+    /// Every loaded build: the serving one of each plugin, and older ones
+    /// still draining.
+    pub fn plugins(&self) -> Vec<PluginView> {
+        self.host
+            .builds()
+            .into_iter()
+            .map(|build| PluginView {
+                name: build.plugin.name.to_string(),
+                version: build.plugin.version.to_string(),
+                path: build.plugin.path.clone(),
+                wit: build.plugin.wit_version().to_string(),
+                state: if build.serving {
+                    BuildState::Serving
+                } else {
+                    BuildState::Draining
+                },
+                live_tasks: build.live_tasks,
+                data_bytes: build.plugin.data_bytes,
+                memory_image: if build.plugin.has_large_image() {
+                    MemoryImage::CopyOnWrite
+                } else {
+                    MemoryImage::Copied
+                },
+                factories: build
+                    .plugin
+                    .factories
+                    .iter()
+                    .map(|f| FactoryView {
+                        name: f.name.clone(),
+                        description: f.description.clone(),
+                    })
+                    .collect(),
+                host: None,
+            })
+            .collect()
+    }
+
+    /// Loads (or replaces) plugin `name` from `request.path`, here or, with
+    /// `cluster`, on every host of the cluster.
+    pub async fn load_plugin(&self, name: &str, request: LoadRequest) -> Result<Loaded, OpError> {
+        if request.cluster {
+            return cluster::roll_out(&self.host, name, &request).await;
+        }
+        let plugin = self
+            .host
+            .load_plugin(name, &request.path)
+            .await
+            .map_err(load_error)?;
+        let restarted = if request.restart_tasks {
+            self.host
+                .restart_startup_tasks(name)
+                .await
+                .map_err(|error| OpError::new(ErrorKind::Refused, format!("{error:#}")))?
+        } else {
+            0
+        };
+        Ok(Loaded {
+            name: plugin.name.to_string(),
+            version: plugin.version.to_string(),
+            path: plugin.path.clone(),
+            restarted,
+            rollout: Vec::new(),
+        })
+    }
+
+    fn scheduler(&self) -> Result<&Arc<Scheduler>, OpError> {
+        self.host.scheduler().ok_or_else(|| {
+            OpError::new(ErrorKind::Starting, "the schedules start with the workers")
+        })
+    }
+
+    /// Every schedule: next run, last outcome, runs, misses.
+    pub fn schedules(&self) -> Result<Vec<ScheduleView>, OpError> {
+        Ok(self.scheduler()?.list().iter().map(schedule_view).collect())
+    }
+
+    /// `pause` and `resume` answer with the schedule; `trigger` with the
+    /// tasks it started (409 when its `overlap` refuses).
+    pub async fn steer_schedule(
+        &self,
+        name: &str,
+        action: ScheduleAction,
+    ) -> Result<serde_json::Value, OpError> {
+        let scheduler = self.scheduler()?;
+        let answer = match action {
+            ScheduleAction::Pause | ScheduleAction::Resume => {
+                let info = scheduler
+                    .set_paused(name, action == ScheduleAction::Pause)
+                    .await
+                    .map_err(schedule_error)?;
+                serde_json::to_value(schedule_view(&info))
+            }
+            ScheduleAction::Trigger => {
+                let tasks = scheduler.trigger(name).await.map_err(schedule_error)?;
+                serde_json::to_value(Triggered {
+                    schedule: name.to_string(),
+                    tasks,
+                })
+            }
+        };
+        answer.map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))
+    }
+
+    fn storage(&self) -> Result<&Arc<dyn Storage>, OpError> {
+        self.host.storage().ok_or_else(|| {
+            OpError::new(
+                ErrorKind::Unavailable,
+                "this host has no key-value storage open",
+            )
+        })
+    }
+
+    /// Every key-value bucket, with its key and byte counts.
+    pub async fn kv_buckets(&self) -> Result<Vec<KvBucketView>, OpError> {
+        let stats = self.storage()?.buckets().await?;
+        Ok(stats
+            .into_iter()
+            .map(|s| KvBucketView {
+                bucket: s.bucket.to_string(),
+                keys: s.keys,
+                bytes: s.bytes,
+            })
+            .collect())
+    }
+
+    /// A page of `bucket`'s keys, in byte order.
+    pub async fn kv_keys(&self, bucket: &str, query: &KeysQuery) -> Result<KvKeys, OpError> {
+        let id = bucket_id(bucket)?;
+        let limit = query.limit.unwrap_or(1000).clamp(1, MAX_KEYS_PER_PAGE);
+        let page = self
+            .storage()?
+            .list_keys(&id, query.after.as_deref(), limit)
+            .await?;
+        Ok(KvKeys {
+            bucket: id.to_string(),
+            keys: page.keys,
+            next: page.next,
+        })
+    }
+
+    /// One value: as text when it is UTF-8, else base64.
+    pub async fn kv_get(&self, bucket: &str, key: String) -> Result<KvEntry, OpError> {
+        let id = bucket_id(bucket)?;
+        let value = self.storage()?.get(&id, &key).await?.ok_or_else(|| {
+            OpError::new(
+                ErrorKind::NotFound,
+                format!("bucket {id} has no key {key:?}"),
+            )
+        })?;
+        let (text, base64) = match String::from_utf8(value) {
+            Ok(text) => (Some(text), None),
+            Err(error) => (None, Some(BASE64.encode(error.into_bytes()))),
+        };
+        Ok(KvEntry {
+            bucket: id.to_string(),
+            key,
+            text,
+            base64,
+        })
+    }
+
+    /// Stores exactly one of `put.text` and `put.base64` under `key`.
+    pub async fn kv_put(
+        &self,
+        bucket: &str,
+        key: String,
+        put: KvPut,
+    ) -> Result<KvWritten, OpError> {
+        let id = bucket_id(bucket)?;
+        let value = match (put.text, put.base64) {
+            (Some(text), None) => text.into_bytes(),
+            (None, Some(encoded)) => BASE64
+                .decode(encoded.as_bytes())
+                .map_err(|e| OpError::bad_request(format!("`base64` is not base64: {e}")))?,
+            _ => {
+                return Err(OpError::bad_request(
+                    "give exactly one of `text` and `base64`",
+                ));
+            }
+        };
+        self.storage()?.set(&id, &key, &value).await?;
+        // Operators change state tasks rely on: leave a trace of it.
+        tracing::info!(bucket = %id, key, bytes = value.len(), "key-value entry set through the control API");
+        Ok(KvWritten {
+            bucket: id.to_string(),
+            key,
+            bytes: value.len(),
+            deleted: false,
+        })
+    }
+
+    /// Deletes `key`; `deleted` says whether there was one.
+    pub async fn kv_delete(&self, bucket: &str, key: String) -> Result<KvWritten, OpError> {
+        let id = bucket_id(bucket)?;
+        let deleted = self.storage()?.delete(&id, &key).await?;
+        if deleted {
+            tracing::info!(bucket = %id, key, "key-value entry deleted through the control API");
+        }
+        Ok(KvWritten {
+            bucket: id.to_string(),
+            key,
+            bytes: 0,
+            deleted,
+        })
+    }
+
+    /// The hosts of this host's cluster, as heard lately.
+    pub fn hosts(&self) -> Result<Vec<crate::cluster::HostBeat>, OpError> {
+        let cluster = self.host.cluster().ok_or_else(cluster::no_cluster)?;
+        Ok(cluster.hosts())
+    }
+
+    /// `degraded` while a part the host relies on is away (in a cluster:
+    /// NATS), `ok` otherwise.
+    pub fn health(&self) -> Health {
+        let mut problems = Vec::new();
+        if let Some(cluster) = self.host.cluster()
+            && !cluster.is_connected()
+        {
+            problems.push(format!(
+                "NATS is unreachable: events and tasks do not reach the other hosts of cluster \
+                 `{}` (local work goes on; the client reconnects)",
+                cluster.config().name
+            ));
+        }
+        Health {
+            status: if problems.is_empty() {
+                "ok"
+            } else {
+                "degraded"
+            }
+            .into(),
+            problems,
+        }
+    }
+
+    /// `call` answered by this host alone, as JSON.
+    pub async fn call(&self, call: types::ClusterCall) -> Result<serde_json::Value, OpError> {
+        use types::ClusterCall;
+        let value = match call {
+            ClusterCall::ListTasks { filter } => serde_json::to_value(self.list_tasks(&filter)?),
+            ClusterCall::ListPlugins => serde_json::to_value(self.plugins()),
+            ClusterCall::ListSchedules => serde_json::to_value(self.schedules()?),
+            ClusterCall::Cancel { request } => serde_json::to_value(self.cancel(request).await?),
+            ClusterCall::Purge => serde_json::to_value(self.purge().await?),
+        };
+        value.map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))
+    }
+
+    /// `call` on every host of the cluster present: the answers' arrays
+    /// joined, each entry with its `host`. A host's `not_found` (no task
+    /// of that name there) is no error while another host answered.
+    pub async fn across_cluster(
+        &self,
+        call: types::ClusterCall,
+    ) -> Result<Vec<serde_json::Value>, OpError> {
+        cluster::across(&self.host, call).await
+    }
+}
+
+/// `worker` in queries and bodies: an index, or `main`.
+fn parse_worker(text: &str) -> Result<WorkerId, OpError> {
+    text.parse()
+        .map_err(|message: String| OpError::bad_request(message))
+}
+
+fn bucket_id(text: &str) -> Result<BucketId, OpError> {
+    BucketId::parse(text).map_err(|e| OpError::bad_request(e.to_string()))
+}
+
+fn load_error(error: LoadError) -> OpError {
+    let kind = match error {
+        LoadError::Missing(_) => ErrorKind::NotFound,
+        LoadError::Refused(_) => ErrorKind::Refused,
+    };
+    OpError::new(kind, error.to_string())
+}
+
+fn schedule_error(error: ScheduleError) -> OpError {
+    let kind = match error {
+        ScheduleError::NotFound(_) => ErrorKind::NotFound,
+        ScheduleError::Conflict(_) => ErrorKind::Conflict,
+        ScheduleError::Invalid(_) => ErrorKind::BadRequest,
+        ScheduleError::Limit(_) => ErrorKind::Limit,
+        ScheduleError::Storage(_) => ErrorKind::Storage,
+    };
+    OpError::new(kind, error.to_string())
+}
+
+/// A schedule as the API shows it.
+fn schedule_view(info: &crate::scheduler::ScheduleInfo) -> ScheduleView {
+    ScheduleView {
+        name: info.name.clone(),
+        plugin: info.plugin.clone(),
+        factory: info.factory.clone(),
+        when: info.when.clone(),
+        scope: info.scope,
+        overlap: info.overlap,
+        catch_up: info.catch_up,
+        added: info.added,
+        paused: info.paused,
+        next_at_ms: info.next.map(crate::task::unix_millis),
+        last_tick: info.last_tick.map(crate::config::tick_label),
+        last_task: info.last_task.clone(),
+        last_state: info.last_state,
+        runs: info.runs,
+        misses: info.misses,
+    }
+}

@@ -1,0 +1,822 @@
+//! The requests and answers of every operation (`super`), one serde type
+//! each, and the one error type they fail with. The same types are the
+//! control API's JSON bodies, what the CLI's client sends, and what hosts of
+//! a cluster send each other, so no caller copies a request by hand and the
+//! wire cannot drift from the code. A task is [`TaskView`]; a stream item
+//! is [`LifecycleEvent`].
+//!
+//! This module sits low in the layers (beside `logging`) so that the parts
+//! a guest reaches (the `app` interface, the worker) can name a
+//! [`Submission`] and an [`OpError`] without reaching up to the operations
+//! themselves.
+//!
+//! [`TaskView`]: crate::task::TaskView
+//! [`LifecycleEvent`]: crate::lifecycle::LifecycleEvent
+
+use crate::task::{TaskId, WorkerId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// A task to start: `POST /v1/tasks`, `taskhost add`, a guest's
+/// `start-task-on`, and a host of the cluster asking this one. A new
+/// submission option is one field here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Submission {
+    pub plugin: String,
+    pub factory: String,
+    /// The factory's arguments, any JSON (null when absent).
+    #[serde(default)]
+    pub args: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Default worker 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerId>,
+    /// One task on every worker (not the main scope).
+    #[serde(default)]
+    pub all_workers: bool,
+    /// Try it again after a failure: `{attempts, backoff?, initial?, max?,
+    /// jitter?}` as in app.toml.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<crate::config::RetrySpec>,
+    /// Record it in the app's storage before answering, and run it again
+    /// after a crash until it ends (at least once).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub durable: bool,
+    /// Durable only: a second request with the same key answers with the
+    /// first one's task (status 200, `created` false) and starts nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// In a cluster: `any` (one host, whichever NATS picks), `all` (every
+    /// host present) or a host's name; absent, this host (docs/cluster.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Where `name` must be unique: `worker` (the default: its worker's
+    /// registry) or `cluster` (every host's; claimed in NATS first).
+    #[serde(default, skip_serializing_if = "NameScope::is_worker")]
+    pub scope: NameScope,
+}
+
+impl Submission {
+    /// The task each chosen worker starts.
+    pub fn spec(&self) -> Result<crate::config::TaskSpec, OpError> {
+        let retry = self
+            .retry
+            .as_ref()
+            .map(crate::config::RetrySpec::policy)
+            .transpose()
+            .map_err(|e| OpError::bad_request(format!("retry: {e:#}")))?;
+        Ok(crate::config::TaskSpec {
+            factory: self.factory.clone(),
+            args: self.args.to_string(),
+            name: self.name.clone(),
+            retry,
+            durable: self.durable,
+            idempotency_key: self.idempotency_key.clone(),
+            connection: None,
+        })
+    }
+}
+
+/// Where a task's name must be unique.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NameScope {
+    #[default]
+    Worker,
+    Cluster,
+}
+
+impl NameScope {
+    fn is_worker(&self) -> bool {
+        *self == NameScope::Worker
+    }
+}
+
+/// `GET /health`: `ok`, or `degraded` with what is wrong. Always 200 while
+/// the host serves: a degraded host still runs its local work.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Health {
+    /// `ok` or `degraded`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// The answer to a [`Submission`]: one entry per task started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Submitted {
+    pub tasks: Vec<SubmittedTask>,
+}
+
+impl Submitted {
+    /// Whether any task was created (a durable submission whose key named
+    /// an existing task created none: the control API answers 200, not 201).
+    pub fn created(&self) -> bool {
+        self.tasks.iter().any(|t| t.created)
+    }
+}
+
+/// One task a [`Submission`] started (or found, by idempotency key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmittedTask {
+    pub worker: WorkerId,
+    pub id: TaskId,
+    /// Its name (a durable task without one is named `durable-N`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// False when an idempotency key named a task that existed.
+    #[serde(default = "yes")]
+    pub created: bool,
+    /// The host it runs on, when the request named a `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /v1/tasks/cancel`; the answer is the ended tasks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    pub name: String,
+    /// Default: every worker that has a task so named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerId>,
+    /// How long to wait for the tasks to end (default 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The answer to `POST /v1/purge`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Purged {
+    pub purged: usize,
+}
+
+/// `POST /v1/events/{event}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchRequest {
+    #[serde(default)]
+    pub payload: String,
+    /// Dispatch only once at least this many tasks (host-wide) are waiting
+    /// for some event, so a listener that is about to wait is not missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for: Option<usize>,
+    /// How long `wait_for` may wait (default 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The answer to `POST /v1/events/{event}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Woken {
+    pub woken: u32,
+}
+
+/// One loaded build of a plugin, in `GET /v1/plugins`: the build new tasks
+/// start from (`serving`), or an older one still running the tasks that
+/// started on it (`draining`), listed until its last task ends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PluginView {
+    pub name: String,
+    pub version: String,
+    pub path: PathBuf,
+    /// The `taskhost:plugin` WIT version it was built against ("0.2.0",
+    /// or "0.1.0" for a plugin built before key-value state).
+    pub wit: String,
+    pub state: BuildState,
+    /// Tasks of this build that have not ended.
+    pub live_tasks: usize,
+    /// Bytes of data segments (the initial memory) in its core modules.
+    pub data_bytes: u64,
+    /// How a task gets that initial memory.
+    pub memory_image: MemoryImage,
+    pub factories: Vec<FactoryView>,
+    /// The host it is loaded on, in a listing gathered from a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// How a plugin's tasks get their initial memory (see `engine.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryImage {
+    /// Each task copies the data segments: a small plugin's few KiB.
+    Copied,
+    /// Each task maps the image and copies only the pages it writes: an
+    /// interpreter's snapshot (Python, JavaScript).
+    CopyOnWrite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildState {
+    Serving,
+    Draining,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FactoryView {
+    pub name: String,
+    pub description: String,
+}
+
+/// `PUT /v1/plugins/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadRequest {
+    pub path: PathBuf,
+    /// Restart the plugin's startup tasks on the new build.
+    #[serde(default)]
+    pub restart_tasks: bool,
+    /// Roll the build out to every host of the cluster (loaded here first,
+    /// then put in the cluster's object store for the others).
+    #[serde(default)]
+    pub cluster: bool,
+}
+
+/// What one host of the cluster did with a rolled-out build.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostBuild {
+    pub host: String,
+    /// The build it serves now; none if it did not answer in time.
+    pub build: Option<String>,
+    /// Why it refused the new build (the old one keeps serving there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The answer to `PUT /v1/plugins/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Loaded {
+    pub name: String,
+    pub version: String,
+    pub path: PathBuf,
+    /// Startup tasks restarted on the new build.
+    pub restarted: usize,
+    /// With `cluster`: what each host present did with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollout: Vec<HostBuild>,
+}
+
+/// Every error: `{"error": {"kind", "message"}}` with a 4xx/5xx status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub kind: String,
+    pub message: String,
+    /// With kind `limit`: the bound that was hit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitDetail>,
+}
+
+/// A [`crate::config::Limit`] on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitDetail {
+    pub what: String,
+    pub max: u64,
+    pub got: u64,
+    /// `bytes`, `tasks` or `keys`.
+    pub unit: String,
+    /// The `[limits]` key that sets the bound, if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setting: Option<String>,
+}
+
+impl From<&crate::config::Limit> for LimitDetail {
+    fn from(limit: &crate::config::Limit) -> LimitDetail {
+        LimitDetail {
+            what: limit.what.clone(),
+            max: limit.max,
+            got: limit.got,
+            unit: match limit.unit {
+                crate::config::LimitUnit::Bytes => "bytes".into(),
+                crate::config::LimitUnit::Tasks => "tasks".into(),
+                crate::config::LimitUnit::Keys => "keys".into(),
+                crate::config::LimitUnit::Schedules => "schedules".into(),
+            },
+            setting: limit.setting.map(str::to_string),
+        }
+    }
+}
+
+/// One bucket, as `GET /v1/kv` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KvBucketView {
+    /// `PLUGIN/NAME` for a plugin's own bucket, `NAME` for a shared one.
+    pub bucket: String,
+    pub keys: u64,
+    /// Keys and values together.
+    pub bytes: u64,
+}
+
+/// A page of a bucket's keys (`GET /v1/kv/{bucket}`), in byte order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KvKeys {
+    pub bucket: String,
+    pub keys: Vec<String>,
+    /// Pass as `?after=` for the next page; none after the last.
+    pub next: Option<String>,
+}
+
+/// One value (`GET /v1/kv/{bucket}/{key}`): `text` when it is UTF-8 (JSON
+/// a task stored is), else `base64`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KvEntry {
+    pub bucket: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+}
+
+/// What `PUT /v1/kv/{bucket}/{key}` stores: exactly one of `text` (stored
+/// as its UTF-8 bytes: write JSON for values tasks read with `get`) and
+/// `base64`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KvPut {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+}
+
+/// The answer to a `PUT` or `DELETE` of a key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KvWritten {
+    pub bucket: String,
+    pub key: String,
+    /// The value's size now: 0 after a `DELETE`.
+    pub bytes: usize,
+    /// Whether a `DELETE` removed a key (false: there was none).
+    pub deleted: bool,
+}
+
+/// A schedule, as `GET /v1/schedules` and `taskhost schedules --json` show
+/// it. Times are Unix milliseconds; `last_tick` is also RFC 3339 text, as
+/// in task names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleView {
+    pub name: String,
+    pub plugin: String,
+    pub factory: String,
+    /// `every 30s`, or `cron "*/5 * * * *" (UTC)`.
+    pub when: String,
+    pub scope: crate::config::ScheduleScope,
+    pub overlap: crate::config::Overlap,
+    pub catch_up: crate::config::CatchUp,
+    /// Added at run time by a guest, not app.toml.
+    pub added: bool,
+    pub paused: bool,
+    /// None while paused.
+    pub next_at_ms: Option<u64>,
+    pub last_tick: Option<String>,
+    /// The last run's task, and its state (none once purged).
+    pub last_task: Option<String>,
+    pub last_state: Option<crate::task::TaskState>,
+    /// Runs started (ticks, triggers, catch-ups).
+    pub runs: u64,
+    /// Ticks that did not run: skipped by `overlap`, or missed while the
+    /// host was down.
+    pub misses: u64,
+}
+
+/// The answer to `POST /v1/schedules/{name}/trigger`: the tasks started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Triggered {
+    pub schedule: String,
+    pub tasks: Vec<String>,
+}
+
+/// `GET /v1/tasks?worker=&state=&plugin=&name=`: which tasks to list; every
+/// field narrows the list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskFilter {
+    /// A worker's index, or `main`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// A state's name; anything else is a 400 that lists them, not an
+    /// empty list that looks like "no such tasks".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::task::TaskState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `GET /v1/kv/{bucket}?after=&limit=`: a page of a bucket's keys.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysQuery {
+    /// The `next` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Keys per page: default 1,000, at most 10,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// What `POST /v1/schedules/{name}/{action}` does to a schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleAction {
+    Pause,
+    Resume,
+    Trigger,
+}
+
+impl std::str::FromStr for ScheduleAction {
+    type Err = OpError;
+
+    fn from_str(text: &str) -> Result<ScheduleAction, OpError> {
+        match text {
+            "pause" => Ok(ScheduleAction::Pause),
+            "resume" => Ok(ScheduleAction::Resume),
+            "trigger" => Ok(ScheduleAction::Trigger),
+            other => Err(OpError::new(
+                ErrorKind::NoRoute,
+                format!("no schedule action `{other}` (pause, resume, trigger)"),
+            )),
+        }
+    }
+}
+
+/// An operation every host of a cluster answers at once (`GET
+/// /v1/cluster/tasks`, `taskhost tasks --cluster`): listings, and the verbs
+/// an operator applies cluster-wide. Not the stream (it never ends), nor a
+/// hot-load (a roll-out is its own thing: docs/cluster.md). The one serde
+/// type of that wire between hosts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClusterCall {
+    ListTasks { filter: TaskFilter },
+    ListPlugins,
+    ListSchedules,
+    Cancel { request: CancelRequest },
+    Purge,
+}
+
+/// What went wrong, as every caller branches on it. Each kind maps once to
+/// its wire name ([`ErrorKind::wire`]), an HTTP status
+/// ([`ErrorKind::status`]), a CLI exit code ([`ErrorKind::exit_code`]) and
+/// a guest's error ([`OpError::into_guest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request does not hold together (a bad field, two that exclude
+    /// each other).
+    BadRequest,
+    /// A JSON body of the wrong shape (an unknown field, a missing one, a
+    /// wrong type): `bad_request`, 422.
+    BadBody,
+    /// A body that is not declared JSON: `bad_request`, 415.
+    BadMediaType,
+    /// The body is over the API's size bound.
+    TooLarge,
+    /// No token, or the wrong one.
+    Unauthorized,
+    /// No such endpoint.
+    NoRoute,
+    /// The endpoint does not take that method.
+    MethodNotAllowed,
+    /// No task, key, plugin file or schedule of that name or id.
+    NotFound,
+    NoWorker,
+    UnknownPlugin,
+    UnknownFactory,
+    /// A cluster-only request to a host that has no `[cluster]`.
+    NoCluster,
+    /// The factory refused its arguments.
+    InvalidArgs,
+    /// Refused for another reason (a build that does not load, hosts that
+    /// refused for different reasons).
+    Refused,
+    DuplicateName,
+    /// A state conflict (a schedule's `overlap`, a counter that is not an
+    /// integer).
+    Conflict,
+    /// The idempotency key names a durable task running on another host.
+    Elsewhere,
+    /// A count bound of `[limits]` (live tasks, schedules): 429.
+    Limit,
+    /// A size bound of `[limits]` (a value, an event's payload): 413.
+    SizeLimit,
+    /// The operation did not end in the time it was given.
+    Timeout,
+    /// No host of the cluster took the request.
+    NoHost,
+    /// The hosts of the cluster did not answer in time.
+    HostTimedOut,
+    /// A part the operation needs is away now (NATS); it may succeed later.
+    Unavailable,
+    /// The host is still starting (its schedules start with the workers).
+    Starting,
+    /// Storage failed.
+    Storage,
+    Internal,
+}
+
+impl ErrorKind {
+    /// Every kind, for tests and for [`ErrorKind::parse`].
+    pub const ALL: [ErrorKind; 26] = [
+        ErrorKind::BadRequest,
+        ErrorKind::BadBody,
+        ErrorKind::BadMediaType,
+        ErrorKind::TooLarge,
+        ErrorKind::Unauthorized,
+        ErrorKind::NoRoute,
+        ErrorKind::MethodNotAllowed,
+        ErrorKind::NotFound,
+        ErrorKind::NoWorker,
+        ErrorKind::UnknownPlugin,
+        ErrorKind::UnknownFactory,
+        ErrorKind::NoCluster,
+        ErrorKind::InvalidArgs,
+        ErrorKind::Refused,
+        ErrorKind::DuplicateName,
+        ErrorKind::Conflict,
+        ErrorKind::Elsewhere,
+        ErrorKind::Limit,
+        ErrorKind::SizeLimit,
+        ErrorKind::Timeout,
+        ErrorKind::NoHost,
+        ErrorKind::HostTimedOut,
+        ErrorKind::Unavailable,
+        ErrorKind::Starting,
+        ErrorKind::Storage,
+        ErrorKind::Internal,
+    ];
+
+    /// The `kind` of the JSON error (docs/control.md lists them).
+    pub fn wire(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest | ErrorKind::BadBody | ErrorKind::BadMediaType => "bad_request",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::NoWorker => "no_worker",
+            ErrorKind::UnknownPlugin => "unknown_plugin",
+            ErrorKind::UnknownFactory => "unknown_factory",
+            ErrorKind::NoCluster => "no_cluster",
+            ErrorKind::InvalidArgs => "invalid_args",
+            ErrorKind::Refused => "refused",
+            ErrorKind::DuplicateName => "duplicate_name",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Elsewhere => "elsewhere",
+            ErrorKind::Limit | ErrorKind::SizeLimit => "limit",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::NoHost | ErrorKind::HostTimedOut => "no_host",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Starting => "starting",
+            ErrorKind::Storage => "storage",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// A wire name back to its kind; `refused` for one this host does not
+    /// know (a newer host's). Of two kinds with one name, the one a
+    /// cluster's answers carry (`limit`: a task bound; `no_host`;
+    /// `bad_request`); [`OpError::of_answer`] tells them apart by status.
+    pub fn parse(wire: &str) -> ErrorKind {
+        ErrorKind::ALL
+            .into_iter()
+            .find(|kind| kind.wire() == wire)
+            .unwrap_or(ErrorKind::Refused)
+    }
+
+    /// The HTTP status the control API answers with.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::BadRequest => 400,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::NoRoute
+            | ErrorKind::NotFound
+            | ErrorKind::NoWorker
+            | ErrorKind::UnknownPlugin
+            | ErrorKind::UnknownFactory
+            | ErrorKind::NoCluster => 404,
+            ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::BadMediaType => 415,
+            ErrorKind::DuplicateName | ErrorKind::Conflict | ErrorKind::Elsewhere => 409,
+            ErrorKind::TooLarge | ErrorKind::SizeLimit => 413,
+            ErrorKind::BadBody | ErrorKind::InvalidArgs | ErrorKind::Refused => 422,
+            ErrorKind::Limit => 429,
+            ErrorKind::Storage | ErrorKind::Internal => 500,
+            ErrorKind::NoHost | ErrorKind::Unavailable | ErrorKind::Starting => 503,
+            ErrorKind::Timeout | ErrorKind::HostTimedOut => 504,
+        }
+    }
+
+    /// The kind an HTTP status stands for, for an answer without a JSON
+    /// error body (a proxy's, say).
+    pub fn of_status(status: u16) -> ErrorKind {
+        match status {
+            400 => ErrorKind::BadRequest,
+            415 => ErrorKind::BadMediaType,
+            422 => ErrorKind::BadBody,
+            401 | 403 => ErrorKind::Unauthorized,
+            404 => ErrorKind::NotFound,
+            405 => ErrorKind::MethodNotAllowed,
+            409 => ErrorKind::Conflict,
+            413 => ErrorKind::TooLarge,
+            429 => ErrorKind::Limit,
+            503 => ErrorKind::Unavailable,
+            504 => ErrorKind::Timeout,
+            500..=599 => ErrorKind::Internal,
+            _ => ErrorKind::Refused,
+        }
+    }
+
+    /// The CLI's exit code when a host answers with this kind: 3 when the
+    /// task, plugin, worker or key a verb named does not exist, 1 when a
+    /// running host refused (README, "exit codes").
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::NotFound
+            | ErrorKind::NoWorker
+            | ErrorKind::UnknownPlugin
+            | ErrorKind::UnknownFactory
+            | ErrorKind::NoCluster
+            | ErrorKind::NoRoute => 3,
+            _ => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.wire())
+    }
+}
+
+/// Why an operation failed: its kind, a message for people that names the
+/// thing at fault, and for a `[limits]` bound the bound itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct OpError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// Boxed: errors travel in `Result`s, which should stay small.
+    pub limit: Option<Box<LimitDetail>>,
+}
+
+impl OpError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> OpError {
+        OpError {
+            kind,
+            message: message.into(),
+            limit: None,
+        }
+    }
+
+    /// A `[limits]` bound that was hit, of `kind` [`ErrorKind::Limit`] or
+    /// [`ErrorKind::SizeLimit`].
+    pub fn limit(kind: ErrorKind, limit: &crate::config::Limit) -> OpError {
+        OpError {
+            limit: Some(Box::new(limit.into())),
+            ..OpError::new(kind, limit.to_string())
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> OpError {
+        OpError::new(ErrorKind::BadRequest, message)
+    }
+
+    /// The JSON body of the error, as every endpoint answers it.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                kind: self.kind.wire().to_string(),
+                message: self.message.clone(),
+                limit: self.limit.as_deref().cloned(),
+            },
+        }
+    }
+
+    /// The error of an answer with `status` and JSON `body` (another
+    /// host's, or the control API's as the CLI reads it).
+    pub fn of_answer(status: u16, body: &[u8]) -> OpError {
+        match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(ErrorBody { error }) => OpError {
+                kind: match ErrorKind::parse(&error.kind) {
+                    ErrorKind::Limit if status == 413 => ErrorKind::SizeLimit,
+                    ErrorKind::NoHost if status == 504 => ErrorKind::HostTimedOut,
+                    ErrorKind::BadRequest if status == 422 => ErrorKind::BadBody,
+                    ErrorKind::BadRequest if status == 415 => ErrorKind::BadMediaType,
+                    kind => kind,
+                },
+                message: error.message,
+                limit: error.limit.map(Box::new),
+            },
+            Err(_) => OpError::new(
+                ErrorKind::of_status(status),
+                format!("an answer with status {status} that is not a JSON error"),
+            ),
+        }
+    }
+
+    /// What a guest that submitted `factory` of `plugin`, named `name`,
+    /// gets back.
+    pub fn into_guest(
+        self,
+        plugin: &str,
+        factory: &str,
+        name: Option<&str>,
+    ) -> crate::bindings::GuestError {
+        use crate::bindings::GuestError;
+        match self.kind {
+            ErrorKind::DuplicateName => {
+                GuestError::DuplicateName(name.unwrap_or_default().to_string())
+            }
+            ErrorKind::UnknownPlugin => GuestError::UnknownPlugin(plugin.to_string()),
+            ErrorKind::UnknownFactory => GuestError::UnknownFactory(factory.to_string()),
+            ErrorKind::InvalidArgs | ErrorKind::BadRequest => GuestError::InvalidArgs(self.message),
+            ErrorKind::Limit | ErrorKind::SizeLimit => GuestError::Limit(self.message),
+            _ => GuestError::Failed(self.message),
+        }
+    }
+}
+
+impl From<crate::registry::AddTaskError> for OpError {
+    fn from(error: crate::registry::AddTaskError) -> OpError {
+        use crate::bindings::GuestError;
+        use crate::registry::{AddTaskError, RegisterError};
+        let kind = match &error {
+            AddTaskError::Register(RegisterError::Limit(limit)) => {
+                return OpError::limit(ErrorKind::Limit, limit);
+            }
+            AddTaskError::NoWorker(_) => ErrorKind::NoWorker,
+            AddTaskError::UnknownPlugin(_) => ErrorKind::UnknownPlugin,
+            AddTaskError::Register(RegisterError::DuplicateName(_)) => ErrorKind::DuplicateName,
+            AddTaskError::Refused(GuestError::UnknownFactory(_)) => ErrorKind::UnknownFactory,
+            AddTaskError::Refused(GuestError::InvalidArgs(_)) => ErrorKind::InvalidArgs,
+            AddTaskError::Refused(_) => ErrorKind::Refused,
+            AddTaskError::Invalid(_) => ErrorKind::BadRequest,
+            AddTaskError::Storage(_) => ErrorKind::Storage,
+            AddTaskError::Unavailable(_) => ErrorKind::Unavailable,
+            AddTaskError::Elsewhere(_) => ErrorKind::Elsewhere,
+        };
+        OpError::new(kind, error.to_string())
+    }
+}
+
+impl From<crate::storage::KvError> for OpError {
+    fn from(error: crate::storage::KvError) -> OpError {
+        use crate::storage::KvError;
+        match error {
+            KvError::Limit(limit) => OpError::limit(ErrorKind::SizeLimit, &limit),
+            KvError::EmptyKey => OpError::bad_request(error.to_string()),
+            KvError::NotAnInteger { .. } | KvError::Overflow { .. } => {
+                OpError::new(ErrorKind::Conflict, error.to_string())
+            }
+            KvError::Storage(message) => OpError::new(ErrorKind::Storage, message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_survives_the_wire() {
+        for kind in ErrorKind::ALL {
+            let error = OpError::new(kind, "why");
+            let body = serde_json::to_vec(&error.body()).unwrap();
+            let back = OpError::of_answer(kind.status(), &body);
+            assert_eq!(back.kind, kind, "{kind:?} came back as {:?}", back.kind);
+            assert_eq!(back.message, "why");
+        }
+    }
+
+    #[test]
+    fn an_unknown_kind_is_a_refusal_and_a_non_json_answer_its_status() {
+        let body = br#"{"error":{"kind":"from_the_future","message":"m"}}"#;
+        assert_eq!(OpError::of_answer(422, body).kind, ErrorKind::Refused);
+        assert_eq!(OpError::of_answer(404, b"gone").kind, ErrorKind::NotFound);
+        assert_eq!(OpError::of_answer(502, b"").kind, ErrorKind::Internal);
+    }
+
+    #[test]
+    fn not_found_kinds_exit_3_and_refusals_1() {
+        assert_eq!(ErrorKind::UnknownFactory.exit_code(), 3);
+        assert_eq!(ErrorKind::NotFound.exit_code(), 3);
+        assert_eq!(ErrorKind::Limit.exit_code(), 1);
+        assert_eq!(ErrorKind::Refused.exit_code(), 1);
+    }
+}
