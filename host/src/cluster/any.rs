@@ -138,17 +138,6 @@ impl AnyQueue {
     }
 }
 
-/// How many more tasks this host takes now: `tasks_per_worker` on each
-/// worker, less the tasks alive.
-pub(super) fn room(env: &TaskEnv) -> usize {
-    let workers = env
-        .workers
-        .read()
-        .map(|w| w.len().saturating_sub(1))
-        .unwrap_or(0);
-    (env.app.limits.tasks_per_worker * workers).saturating_sub(env.tracker.len())
-}
-
 /// Takes tasks for any host from the queue while this host has room, and
 /// answers each with `responder`, until aborted.
 pub(super) fn serve(
@@ -167,7 +156,7 @@ pub(super) fn serve(
             }
         };
         loop {
-            let room = room(&env);
+            let room = env.room();
             if room == 0 || !super::online(&queue.client) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -207,7 +196,7 @@ async fn take(
     // Full since it asked for tasks (its own filled it): handed back, for
     // a host with room (after a moment, so it does not come straight back
     // to this host's pending fetch).
-    if room(env) == 0 {
+    if env.room() == 0 {
         let _ = message
             .ack_with(AckKind::Nak(Some(Duration::from_millis(50))))
             .await;

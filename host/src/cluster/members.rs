@@ -140,7 +140,7 @@ pub(super) async fn start(
                     .map(|w| w.len().saturating_sub(1) as u32)
                     .unwrap_or(0),
                 serving: serving.load(std::sync::atomic::Ordering::Relaxed),
-                room: super::any::room(&env),
+                room: env.room(),
             };
             let Ok(payload) = serde_json::to_vec(&beat) else {
                 continue;

@@ -107,6 +107,18 @@ pub trait ScheduleControl: Send + Sync {
 }
 
 impl TaskEnv {
+    /// How many more tasks this host takes now: `tasks_per_worker` on each
+    /// worker, less the tasks alive (what a cluster's heartbeat tells the
+    /// other hosts, and when this host fetches tasks for any host).
+    pub fn room(&self) -> usize {
+        let workers = self
+            .workers
+            .read()
+            .map(|w| w.len().saturating_sub(1))
+            .unwrap_or(0);
+        (self.app.limits.tasks_per_worker * workers).saturating_sub(self.tracker.len())
+    }
+
     /// The host's schedules, if they have started.
     pub fn schedules(&self) -> Option<Arc<dyn ScheduleControl>> {
         self.schedules.get().and_then(Weak::upgrade)
