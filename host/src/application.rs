@@ -206,7 +206,7 @@ impl Application {
             self.loader,
             self.app,
             self.plugins,
-            Arc::new(store),
+            crate::storage::Storage::sqlite(store),
             metrics,
         )
         .await

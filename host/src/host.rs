@@ -95,10 +95,22 @@ impl Host {
         loader: PluginLoader,
         app: Arc<AppContext>,
         plugins: BTreeMap<String, Arc<Plugin>>,
-        storage: Arc<dyn crate::storage::Storage>,
+        storage: crate::storage::Storage,
         storage_metrics: crate::storage::StorageMetrics,
     ) -> Result<Host> {
         let engines = loader.engines().clone();
+        // In a cluster, key-value state and durable tasks live in it: the
+        // connection comes first, so the storage is whole from the start.
+        let connection = match &config.cluster {
+            Some(cluster) => {
+                Some(crate::cluster::Connection::open(cluster, &config.source, &app.limits).await?)
+            }
+            None => None,
+        };
+        let storage = match &connection {
+            Some(connection) => connection.storage(storage),
+            None => storage,
+        };
         let ticker = EpochTicker::start(&[&engines.engine, &engines.cold, &engines.images])?;
         let env = Arc::new(TaskEnv {
             engines,
@@ -109,6 +121,7 @@ impl Host {
             metrics: Metrics::new(app.task_memory.clone(), app.http_metrics.clone())
                 .with_storage(storage_metrics.call_seconds, storage_metrics.waiting),
             app,
+            storage,
             lifecycle: broadcast::channel(LIFECYCLE_BACKLOG).0,
             workers: RwLock::default(),
             durable: Mutex::default(),
@@ -119,22 +132,12 @@ impl Host {
         });
         // Joined before any task runs, so waiters hear the other hosts'
         // events from the start.
-        let cluster = match &config.cluster {
-            Some(cluster) => {
-                Some(crate::cluster::Cluster::join(cluster, &config.source, env.clone()).await?)
+        let cluster = match connection {
+            Some(connection) => {
+                Some(crate::cluster::Cluster::join(connection, &config.source, env.clone()).await?)
             }
             None => None,
         };
-        // In a cluster, durable tasks go on its queue, so they outlive
-        // this host.
-        env.app.attach_storage(match &cluster {
-            Some(cluster) => Arc::new(crate::cluster::storage::ClusterStorage::new(
-                storage,
-                cluster.durable(),
-                cluster.kv(),
-            )),
-            None => storage,
-        });
         let main = Worker::start(WorkerId::Main, env.clone())?;
         let mut host = Host {
             cluster,
@@ -314,8 +317,9 @@ impl Host {
             .handle_by_name(name)
             .ok_or_else(|| CancelError::NotFound(name.to_string()))?;
         let durable = ctx.registry().get(handle.id).and_then(|i| i.ident.durable);
-        if let (Some(seq), Some(storage), false) = (durable, self.storage(), handle.is_ended()) {
-            storage
+        if let (Some(seq), false) = (durable, handle.is_ended()) {
+            self.storage()
+                .tasks()
                 .cancel_requested(seq)
                 .await
                 .map_err(|e| CancelError::Storage(format!("cannot record the cancel: {e:#}")))?;
@@ -354,9 +358,7 @@ impl Host {
             give_back_heap();
             self.env.metrics.heap_trims.inc();
         }
-        if let Some(storage) = self.storage() {
-            storage.purge_ended().await?;
-        }
+        self.storage().tasks().purge_ended().await?;
         Ok(purged)
     }
 
@@ -380,12 +382,9 @@ impl Host {
         self.env.events.dispatch(event, payload)
     }
 
-    /// The named events tasks dispatch and wait for (Sanic's signals):
-    /// whoever needs to know that a dispatch will be heard can wait here
-    /// until enough tasks wait.
-    /// The key-value storage tasks use (open in every launched host).
-    pub fn storage(&self) -> Option<&Arc<dyn crate::storage::Storage>> {
-        self.env.app.storage()
+    /// What the host keeps: key-value state, durable tasks, schedules.
+    pub fn storage(&self) -> &crate::storage::Storage {
+        &self.env.storage
     }
 
     /// The schedules (none before the workers started).
@@ -393,6 +392,9 @@ impl Host {
         self.scheduler.as_ref()
     }
 
+    /// The named events tasks dispatch and wait for (Sanic's signals):
+    /// whoever needs to know that a dispatch will be heard can wait here
+    /// until enough tasks wait.
     pub fn events(&self) -> &EventHub {
         &self.env.events
     }

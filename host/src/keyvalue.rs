@@ -17,7 +17,7 @@
 
 use crate::bindings::wasi::keyvalue::{atomics, batch, store};
 use crate::config::PluginPolicy;
-use crate::storage::{BucketId, KvError, Storage, Swap};
+use crate::storage::{BucketId, KvError, KvStore, Swap};
 use crate::task::TaskIdent;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
@@ -33,8 +33,9 @@ pub const MAX_HANDLES: u32 = 1024;
 pub struct KvView<'a> {
     pub ident: &'a TaskIdent,
     pub policy: &'a PluginPolicy,
-    /// The app's storage; none where no host launched (`taskhost check`).
-    pub storage: Option<&'a Arc<dyn Storage>>,
+    /// The host's key-value store; none in the throw-away instances that
+    /// list factories and check arguments at load, which have no worker.
+    pub storage: Option<&'a Arc<dyn KvStore>>,
     pub table: &'a mut ResourceTable,
     /// Bucket and CAS handles the task holds now.
     pub handles: &'a mut u32,
@@ -77,10 +78,12 @@ pub fn add_to_linker<T: Send + 'static>(
 type KvResult<T> = wasmtime::Result<Result<T, store::Error>>;
 
 impl KvView<'_> {
-    fn storage(&self) -> Result<Arc<dyn Storage>, store::Error> {
+    fn storage(&self) -> Result<Arc<dyn KvStore>, store::Error> {
         self.storage.cloned().ok_or_else(|| {
             store::Error::Other(
-                "key-value storage is not open here (`taskhost check` runs no tasks)".into(),
+                "key-value storage is not open here: an instance made at load (to list \
+                 factories or check arguments) runs no task"
+                    .into(),
             )
         })
     }

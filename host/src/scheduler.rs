@@ -16,7 +16,7 @@ use crate::config::{
 };
 use crate::lifecycle::{LifecycleEvent, ScheduleTrigger};
 use crate::registry::TaskHandle;
-use crate::storage::{ScheduleMark, Storage};
+use crate::storage::{ScheduleMark, ScheduleStore};
 use crate::task::{TaskState, unix_millis};
 use crate::worker::{ScheduleControl, TaskEnv, WorkerCtx};
 use anyhow::Result;
@@ -39,7 +39,7 @@ pub struct Scheduler {
     cluster: Option<Arc<crate::cluster::ticks::Ticks>>,
     env: Arc<TaskEnv>,
     workers: Vec<Arc<WorkerCtx>>,
-    storage: Option<Arc<dyn Storage>>,
+    storage: Arc<dyn ScheduleStore>,
     schedules: Mutex<BTreeMap<String, Arc<Schedule>>>,
     /// Held by `add` from its count to its insert, so that adds at once
     /// cannot together pass the bounds.
@@ -138,7 +138,7 @@ impl Scheduler {
         configs: &[ScheduleConfig],
         cluster: Option<Arc<crate::cluster::ticks::Ticks>>,
     ) -> Result<Arc<Scheduler>> {
-        let storage = env.app.storage().cloned();
+        let storage = env.storage.schedules().clone();
         let scheduler = Arc::new(Scheduler {
             cluster,
             env: env.clone(),
@@ -152,8 +152,8 @@ impl Scheduler {
         for config in configs {
             scheduler.launch(config.clone(), false).await?;
         }
-        if let Some(storage) = &scheduler.storage {
-            let added = storage.added_schedules().await?;
+        {
+            let added = scheduler.storage.added_schedules().await?;
             let most = env.app.limits.schedules_per_app;
             if added.len() > most {
                 tracing::warn!(
@@ -201,10 +201,7 @@ impl Scheduler {
 
     /// Starts the loop of one schedule, after its catch-up.
     async fn launch(self: &Arc<Self>, config: ScheduleConfig, added: bool) -> Result<()> {
-        let mark = match &self.storage {
-            Some(storage) => storage.schedule_mark(&config.name).await?,
-            None => None,
-        };
+        let mark = self.storage.schedule_mark(&config.name).await?;
         let (commands, receiver) = mpsc::unbounded_channel();
         let schedule = Arc::new(Schedule {
             config,
@@ -300,7 +297,6 @@ impl Scheduler {
 
     /// Records how far the schedule got, and whether it is paused.
     async fn record(&self, schedule: &Schedule) -> Option<anyhow::Error> {
-        let storage = self.storage.as_ref()?;
         let mark = {
             let state = schedule.state();
             ScheduleMark {
@@ -308,7 +304,8 @@ impl Scheduler {
                 paused: state.paused,
             }
         };
-        let error = storage
+        let error = self
+            .storage
             .set_schedule_mark(&schedule.config.name, mark)
             .await
             .err()?;
@@ -536,12 +533,12 @@ impl Scheduler {
             Some(SystemTime::now())
         };
         // Recorded first: a pause the storage did not take is not made.
-        if let Some(storage) = &self.storage {
+        {
             let mark = ScheduleMark {
                 seen_until_ms: unix_millis(seen_until.unwrap_or_else(SystemTime::now)),
                 paused,
             };
-            storage
+            self.storage
                 .set_schedule_mark(name, mark)
                 .await
                 .map_err(ScheduleError::Storage)?;
@@ -596,12 +593,12 @@ impl Scheduler {
             )));
         }
         self.check_room(&config)?;
-        if let Some(storage) = &self.storage {
+        {
             let mut stored = config.spec.clone();
             stored.plugin = Some(config.plugin.clone());
             let text = serde_json::to_string(&stored)
                 .map_err(|e| ScheduleError::Invalid(e.to_string()))?;
-            storage
+            self.storage
                 .add_schedule(&config.name, &text)
                 .await
                 .map_err(ScheduleError::Storage)?;
@@ -663,12 +660,10 @@ impl Scheduler {
                 "schedule `{name}` is defined in app.toml: pause it instead"
             )));
         }
-        if let Some(storage) = &self.storage {
-            storage
-                .remove_schedule(name)
-                .await
-                .map_err(ScheduleError::Storage)?;
-        }
+        self.storage
+            .remove_schedule(name)
+            .await
+            .map_err(ScheduleError::Storage)?;
         self.lock().remove(name);
         schedule.stop.cancel();
         Ok(true)

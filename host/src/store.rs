@@ -134,7 +134,7 @@ impl TaskData {
         KvView {
             ident: &self.app.ident,
             policy: &self.policy,
-            storage: self.app.app.storage(),
+            storage: self.app.scope.as_ref().map(|scope| scope.storage().kv()),
             table: self.wasi.table(),
             handles: &mut self.kv_handles,
         }

@@ -25,7 +25,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker};
 
 /// What the `app` interface needs of the worker a task runs on, and all
@@ -38,6 +38,9 @@ pub(crate) trait TaskScope: Send + Sync {
 
     /// The named events of the whole host.
     fn events(&self) -> &EventHub;
+
+    /// What the host keeps: key-value state, durable tasks, schedules.
+    fn storage(&self) -> &Storage;
 
     /// Sanic's `add_task` on this worker: resolves with the new task's id
     /// once its factory has accepted the arguments.
@@ -90,10 +93,6 @@ pub struct AppContext {
     pub connections: Arc<crate::connection_hub::ConnectionHub>,
     /// What `task_memory` may reach (`memory_total_mb`, resolved once).
     pub memory_total_bytes: u64,
-    /// Where key-value state lives, once the host has opened it (at
-    /// launch: `taskhost check` never opens it, so it can run beside a
-    /// host that holds the storage).
-    storage: OnceLock<Arc<dyn Storage>>,
 }
 
 impl std::fmt::Debug for AppContext {
@@ -140,18 +139,7 @@ impl AppContext {
             http_metrics: HttpMetrics::default(),
             connections: Arc::default(),
             memory_total_bytes: limits.memory_total_bytes(),
-            storage: OnceLock::new(),
         }
-    }
-
-    /// Gives tasks their key-value storage; only the first call counts.
-    pub fn attach_storage(&self, storage: Arc<dyn Storage>) {
-        let _ = self.storage.set(storage);
-    }
-
-    /// The storage (key-value state, durable tasks), once attached.
-    pub fn storage(&self) -> Option<&Arc<dyn Storage>> {
-        self.storage.get()
     }
 
     pub fn config_json(&self, key: &str) -> Option<&str> {

@@ -10,7 +10,6 @@ use crate::config::{Backoff, RetrySpec, TaskSpec};
 use crate::operations::types::{NameScope, Submission};
 use crate::registry::AddTaskError;
 use crate::registry::{RegisterError, TaskHandle};
-use crate::storage::Storage;
 use crate::task::{CancelStage, TaskInfo, TaskState, TaskView};
 use std::sync::Arc;
 
@@ -182,9 +181,9 @@ pub(super) struct CancelRequest {
     worker: Arc<dyn TaskScope>,
     target: TaskHandle,
     caller: Arc<crate::task::CancelSignal>,
-    /// A durable target's storage and record: the cancel is recorded
-    /// before it is sent.
-    durable: Option<(Arc<dyn Storage>, u64)>,
+    /// A durable target's record: the cancel is recorded before it is
+    /// sent.
+    durable: Option<u64>,
     /// The caller cancels itself.
     is_self: bool,
     /// The target's record when the cancel was asked: what is reported if
@@ -202,10 +201,7 @@ impl AppState {
             .handle_by_name(name)
             .ok_or_else(|| GuestError::NotFound(name.to_string()))?;
         let seen = worker.registry().get(target.id);
-        let durable = seen
-            .as_ref()
-            .and_then(|info| info.ident.durable)
-            .and_then(|seq| Some((self.app.storage()?.clone(), seq)));
+        let durable = seen.as_ref().and_then(|info| info.ident.durable);
         let is_self = target.id == self.ident.id;
         Ok(CancelRequest {
             worker,
@@ -235,10 +231,12 @@ pub(super) async fn cancel_task(request: CancelRequest) -> Result<types::TaskInf
         is_self,
         seen,
     } = request;
-    if let Some((storage, seq)) = durable
+    if let Some(seq) = durable
         && !target.is_ended()
     {
-        storage
+        worker
+            .storage()
+            .tasks()
             .cancel_requested(seq)
             .await
             .map_err(|e| GuestError::Failed(format!("cannot record the cancel: {e:#}")))?;

@@ -452,21 +452,32 @@ impl DurableQueue {
             created_ms: now_ms(),
             ended_ms: None,
         };
-        let mut publish = jetstream::message::PublishMessage::build()
-            .payload(serde_json::to_vec(&stored)?.into())
-            .header(super::HOST_HEADER, self.host.as_str());
-        if let Some(key) = &key {
-            publish = publish.message_id(key);
-        }
         let jetstream = jetstream::new(self.client.clone());
-        let ack = jetstream
-            .send_publish(format!("{}.{}", self.prefix, self.host), publish)
-            .await
-            .context("cannot queue the durable task")?
-            .await
-            .context("JetStream did not take the durable task")?;
-        let seq = ack.sequence;
-        if ack.duplicate {
+        // The key is the message id, so that JetStream takes one of two
+        // submissions racing on two hosts. It remembers ids for its
+        // duplicate window, past a `forget` of the record (a factory that
+        // refused its arguments): a submission after that is sent again
+        // under an id of that forgotten generation, which racing
+        // submissions share in turn.
+        let mut message_id = key.clone();
+        let mut generations = 0;
+        let seq = loop {
+            let mut publish = jetstream::message::PublishMessage::build()
+                .payload(serde_json::to_vec(&stored)?.into())
+                .header(super::HOST_HEADER, self.host.as_str());
+            if let Some(id) = &message_id {
+                publish = publish.message_id(id);
+            }
+            let ack = jetstream
+                .send_publish(format!("{}.{}", self.prefix, self.host), publish)
+                .await
+                .context("cannot queue the durable task")?
+                .await
+                .context("JetStream did not take the durable task")?;
+            let seq = ack.sequence;
+            if !ack.duplicate {
+                break seq;
+            }
             // Submitted with the same key a moment ago (on any host): that
             // one's record is written right after its publish.
             for _ in 0..50 {
@@ -475,8 +486,18 @@ impl DurableQueue {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            bail!("durable task {seq} was submitted with the same key, but its record never came");
-        }
+            let forgotten = match &key {
+                Some(key) => self.keyed(key).await?.is_none(),
+                None => false,
+            };
+            generations += 1;
+            if !forgotten || generations > 8 {
+                bail!(
+                    "durable task {seq} was submitted with the same key, but its record never came"
+                );
+            }
+            message_id = key.as_ref().map(|key| format!("{key}@{seq}"));
+        };
         stored.seq = seq;
         if stored.name.is_empty() {
             stored.name = format!("durable-{seq}");
@@ -771,6 +792,10 @@ impl TaskStore for DurableQueue {
     /// the queue (to this host or another), not from a list read at start.
     fn unfinished(&self) -> TaskStoreFuture<'_, Vec<TaskRecord>> {
         Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn redelivers(&self) -> bool {
+        true
     }
 
     /// The tasks this host ran that ended; reads every record (one KV get

@@ -19,7 +19,6 @@ pub mod members;
 pub mod names;
 pub mod requests;
 pub mod rollout;
-pub mod storage;
 pub mod ticks;
 
 pub use members::HostBeat;
@@ -85,10 +84,26 @@ pub struct Cluster {
     serving_changed: Arc<tokio::sync::Notify>,
 }
 
-impl Cluster {
-    /// Connects to the cluster's NATS and starts relaying events; `file`
-    /// is the app.toml errors point at.
-    pub async fn join(config: &ClusterConfig, file: &Path, env: Arc<TaskEnv>) -> Result<Cluster> {
+/// The cluster's NATS, connected, and the backends that need no host: the
+/// durable tasks' queue and the key-value store. Opened first, so the
+/// host's [`Storage`](crate::storage::Storage) is whole when the host is
+/// made; [`Cluster::join`] then starts the parts that run for the host.
+pub struct Connection {
+    config: ClusterConfig,
+    client: async_nats::Client,
+    connected: Arc<AtomicBool>,
+    durable: Arc<durable::DurableQueue>,
+    kv: Arc<kv::ClusterKv>,
+}
+
+impl Connection {
+    /// Connects to the cluster's NATS and opens its durable queue and
+    /// key-value store; `file` is the app.toml errors point at.
+    pub async fn open(
+        config: &ClusterConfig,
+        file: &Path,
+        limits: &crate::config::Limits,
+    ) -> Result<Connection> {
         let connected = Arc::new(AtomicBool::new(false));
         let client = connect(config, connected.clone()).await.with_context(|| {
             format!(
@@ -107,6 +122,47 @@ impl Cluster {
                 config.servers.join(", ")
             )
         })?;
+        let durable = Arc::new(
+            durable::DurableQueue::open(&client, config)
+                .await
+                .with_context(|| format!("{}: [cluster]", file.display()))?,
+        );
+        let kv = Arc::new(kv::ClusterKv::new(
+            &client,
+            config,
+            crate::storage::KvLimits::from(limits),
+        ));
+        Ok(Connection {
+            config: config.clone(),
+            client,
+            connected,
+            durable,
+            kv,
+        })
+    }
+
+    /// `local` with key-value state and durable tasks on the cluster, so
+    /// every host sees the one and the others outlive their host;
+    /// schedules' progress stays local, since each tick is claimed in the
+    /// cluster anyway ([`ticks`]).
+    pub fn storage(&self, local: crate::storage::Storage) -> crate::storage::Storage {
+        local.with(self.kv.clone(), self.durable.clone())
+    }
+}
+
+impl Cluster {
+    /// Joins the cluster over `connection`: relays events, beats, and
+    /// opens names, ticks, roll-out and the queue for any host; `file` is
+    /// the app.toml errors point at.
+    pub async fn join(connection: Connection, file: &Path, env: Arc<TaskEnv>) -> Result<Cluster> {
+        let Connection {
+            config,
+            client,
+            connected,
+            durable,
+            kv,
+        } = connection;
+        let config = &config;
         let mut tasks = events::bridge(&client, config, env.clone())
             .await
             .with_context(|| format!("{}: [cluster]: cannot relay events", file.display()))?;
@@ -136,11 +192,6 @@ impl Cluster {
                 .await
                 .with_context(|| format!("{}: [cluster]", file.display()))?,
         );
-        let durable = Arc::new(
-            durable::DurableQueue::open(&client, config)
-                .await
-                .with_context(|| format!("{}: [cluster]", file.display()))?,
-        );
         let rollout = Arc::new(
             rollout::Rollout::open(&client, config)
                 .await
@@ -151,11 +202,6 @@ impl Cluster {
                 .await
                 .with_context(|| format!("{}: [cluster]", file.display()))?,
         );
-        let kv = Arc::new(kv::ClusterKv::new(
-            &client,
-            config,
-            crate::storage::KvLimits::from(&env.app.limits),
-        ));
         tracing::info!(
             cluster = config.name,
             host = config.host,

@@ -20,7 +20,7 @@ mod cluster;
 use crate::host::{CancelError, Host};
 use crate::plugin::LoadError;
 use crate::scheduler::{ScheduleError, Scheduler};
-use crate::storage::{BucketId, Storage};
+use crate::storage::{BucketId, KvStore};
 use crate::task::{TaskView, WorkerId};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -439,18 +439,13 @@ impl Operations {
         answer.map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))
     }
 
-    fn storage(&self) -> Result<&Arc<dyn Storage>, OpError> {
-        self.host.storage().ok_or_else(|| {
-            OpError::new(
-                ErrorKind::Unavailable,
-                "this host has no key-value storage open",
-            )
-        })
+    fn kv(&self) -> &Arc<dyn KvStore> {
+        self.host.storage().kv()
     }
 
     /// Every key-value bucket, with its key and byte counts.
     pub async fn kv_buckets(&self) -> Result<Vec<KvBucketView>, OpError> {
-        let stats = self.storage()?.buckets().await?;
+        let stats = self.kv().buckets().await?;
         Ok(stats
             .into_iter()
             .map(|s| KvBucketView {
@@ -466,7 +461,7 @@ impl Operations {
         let id = bucket_id(bucket)?;
         let limit = query.limit.unwrap_or(1000).clamp(1, MAX_KEYS_PER_PAGE);
         let page = self
-            .storage()?
+            .kv()
             .list_keys(&id, query.after.as_deref(), limit)
             .await?;
         Ok(KvKeys {
@@ -479,7 +474,7 @@ impl Operations {
     /// One value: as text when it is UTF-8, else base64.
     pub async fn kv_get(&self, bucket: &str, key: String) -> Result<KvEntry, OpError> {
         let id = bucket_id(bucket)?;
-        let value = self.storage()?.get(&id, &key).await?.ok_or_else(|| {
+        let value = self.kv().get(&id, &key).await?.ok_or_else(|| {
             OpError::new(
                 ErrorKind::NotFound,
                 format!("bucket {id} has no key {key:?}"),
@@ -516,7 +511,7 @@ impl Operations {
                 ));
             }
         };
-        self.storage()?.set(&id, &key, &value).await?;
+        self.kv().set(&id, &key, &value).await?;
         // Operators change state tasks rely on: leave a trace of it.
         tracing::info!(bucket = %id, key, bytes = value.len(), "key-value entry set through the control API");
         Ok(KvWritten {
@@ -530,7 +525,7 @@ impl Operations {
     /// Deletes `key`; `deleted` says whether there was one.
     pub async fn kv_delete(&self, bucket: &str, key: String) -> Result<KvWritten, OpError> {
         let id = bucket_id(bucket)?;
-        let deleted = self.storage()?.delete(&id, &key).await?;
+        let deleted = self.kv().delete(&id, &key).await?;
         if deleted {
             tracing::info!(bucket = %id, key, "key-value entry deleted through the control API");
         }

@@ -4,12 +4,19 @@
 //! crash) and schedules' progress ([`ScheduleStore`]: `catch_up`, pauses,
 //! schedules guests added).
 //!
-//! [`Storage`] is the seam between the host and a backend: every part of
-//! the host that keeps state holds an `Arc<dyn Storage>`. The default
-//! backend is an SQLite file ([`SqliteStore`]); a clustered backend goes
-//! behind the same traits. Their calls return futures: SQLite's run on
-//! the store's own thread, so a lock held from outside stalls only the
-//! tasks that wait for storage, never their workers' other tasks.
+//! [`Storage`] is the seam between the host and its backends: a value of
+//! three handles, one per trait, given to the host when it launches. Each
+//! part of the host uses only the handle it needs, and each handle may
+//! have its own backend: on one host all three are an SQLite file
+//! ([`SqliteStore`]); in a cluster key-value state and durable tasks are
+//! on JetStream while schedules' progress stays in the file. Their calls
+//! return futures: SQLite's run on the store's own thread, so a lock held
+//! from outside stalls only the tasks that wait for storage, never their
+//! workers' other tasks.
+//!
+//! What every backend must do is one test suite, [`contract`], which the
+//! SQLite backend runs in its unit tests and the JetStream one in the
+//! cluster's tests.
 //!
 //! # Which writes are durable
 //!
@@ -29,6 +36,7 @@
 //! dying (`kill -9`); with `[storage] fsync = true`, also on the disk, so
 //! it survives a power cut. `docs/speed.md` says what each costs.
 
+pub mod contract;
 pub mod kv;
 pub mod schedules;
 mod sqlite;
@@ -40,6 +48,8 @@ pub use kv::{
 };
 pub use schedules::{ScheduleMark, ScheduleStore};
 pub use sqlite::{DATABASE_FILE, SqliteStore, StorageMetrics, StoreOptions};
+use std::sync::Arc;
+
 pub use tasks::{NewTask, Submitted, TaskRecord, TaskStore, TaskStoreFuture};
 
 /// A backend cannot be reached now (a cluster's NATS is away): nothing
@@ -57,9 +67,52 @@ pub struct Unavailable(pub String);
 #[error("{0}")]
 pub struct RunsElsewhere(pub String);
 
-/// A backend for everything the host keeps: key-value state, durable
-/// tasks and schedules' progress, in one place, so one backend swap moves
-/// them all.
-pub trait Storage: KvStore + TaskStore + ScheduleStore {}
+/// Everything the host keeps: key-value state, durable tasks and
+/// schedules' progress, each behind its own handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    kv: Arc<dyn KvStore>,
+    tasks: Arc<dyn TaskStore>,
+    schedules: Arc<dyn ScheduleStore>,
+}
 
-impl<T: KvStore + TaskStore + ScheduleStore> Storage for T {}
+impl Storage {
+    pub fn new(
+        kv: Arc<dyn KvStore>,
+        tasks: Arc<dyn TaskStore>,
+        schedules: Arc<dyn ScheduleStore>,
+    ) -> Storage {
+        Storage {
+            kv,
+            tasks,
+            schedules,
+        }
+    }
+
+    /// All three in one SQLite store.
+    pub fn sqlite(store: SqliteStore) -> Storage {
+        let store = Arc::new(store);
+        Storage::new(store.clone(), store.clone(), store)
+    }
+
+    /// Key-value state (`wasi:keyvalue`, `taskhost kv`).
+    pub fn kv(&self) -> &Arc<dyn KvStore> {
+        &self.kv
+    }
+
+    /// Durable tasks' records.
+    pub fn tasks(&self) -> &Arc<dyn TaskStore> {
+        &self.tasks
+    }
+
+    /// Schedules' progress and the schedules guests added.
+    pub fn schedules(&self) -> &Arc<dyn ScheduleStore> {
+        &self.schedules
+    }
+
+    /// This storage with `kv` and `tasks` in place of its own: a cluster's
+    /// backends over a host's file.
+    pub fn with(self, kv: Arc<dyn KvStore>, tasks: Arc<dyn TaskStore>) -> Storage {
+        Storage { kv, tasks, ..self }
+    }
+}

@@ -107,9 +107,19 @@ pub trait TaskStore: Send + Sync + 'static {
         stopped: bool,
     ) -> TaskStoreFuture<'a, bool>;
 
-    /// Every task whose end is not recorded, oldest first: to run again,
-    /// or, if its cancel was recorded, to record as cancelled.
+    /// Every task whose end is not recorded, oldest first, that the host
+    /// must start again itself at launch (or, if its cancel was recorded,
+    /// record as cancelled). None from a backend that
+    /// [redelivers](TaskStore::redelivers) them.
     fn unfinished(&self) -> TaskStoreFuture<'_, Vec<TaskRecord>>;
+
+    /// Whether the backend itself brings unfinished tasks back to a host
+    /// that runs them (a cluster's queue redelivers them, to this host or
+    /// another), so that [`TaskStore::unfinished`] lists none. False (the
+    /// default) for one host's file, read at launch.
+    fn redelivers(&self) -> bool {
+        false
+    }
 
     /// The `limit` most recently ended tasks, oldest first.
     fn recently_ended(&self, limit: usize) -> TaskStoreFuture<'_, Vec<TaskRecord>>;

@@ -6,7 +6,7 @@ use super::{DurableRun, Launch, WorkerCtx, await_verdict};
 use crate::config::{RetrySpec, TaskSpec};
 use crate::plugin::Plugin;
 use crate::registry::{AddTaskError, Added, RegisterError, TaskHandle, next_task_id};
-use crate::storage::{NewTask, Storage, Submitted, TaskRecord};
+use crate::storage::{NewTask, Submitted, TaskRecord, TaskStore};
 use crate::task::{CancelStage, Outcome, TaskIdent, TaskInfo, WorkerId};
 use anyhow::Result;
 use std::sync::Arc;
@@ -24,12 +24,9 @@ fn storage_error(error: anyhow::Error) -> AddTaskError {
 }
 
 impl WorkerCtx {
-    fn storage(&self) -> Result<Arc<dyn Storage>, AddTaskError> {
-        self.env.app.storage().cloned().ok_or_else(|| {
-            AddTaskError::Storage(
-                "durable tasks need the app's storage, which only a running host opens".into(),
-            )
-        })
+    /// Where durable tasks are recorded.
+    fn records(&self) -> Arc<dyn TaskStore> {
+        self.env.storage.tasks().clone()
     }
 
     /// Records a durable task, then starts it (waiting for the factory's
@@ -43,7 +40,7 @@ impl WorkerCtx {
         spec: TaskSpec,
         check: bool,
     ) -> Result<(Added, TaskHandle), AddTaskError> {
-        let storage = self.storage()?;
+        let storage = self.records();
         // Bounds first: a task over them is refused without a record.
         self.check(&spec.name, &spec.factory, &spec.args)?;
         let env = self.env.clone();
@@ -106,7 +103,7 @@ impl WorkerCtx {
     }
 
     /// Drops the record of a task that never ran.
-    async fn forget(&self, storage: &dyn Storage, seq: u64) {
+    async fn forget(&self, storage: &dyn TaskStore, seq: u64) {
         if let Err(error) = storage.forget(seq).await {
             tracing::error!(
                 "cannot drop the record of durable task {seq}, which never ran ({error:#}); \
@@ -155,7 +152,7 @@ impl WorkerCtx {
 
     /// Runs an unfinished durable task again, as its next attempt.
     async fn resume(self: &Arc<Self>, record: TaskRecord) -> Result<TaskHandle, AddTaskError> {
-        let storage = self.storage()?;
+        let storage = self.records();
         let plugin = self
             .env
             .plugin(&record.plugin)
@@ -203,7 +200,7 @@ impl WorkerCtx {
                 let outcome = Outcome::Cancelled {
                     stage: CancelStage::Cooperative,
                 };
-                self.storage()?
+                self.records()
                     .ended(record.seq, &outcome, true)
                     .await
                     .map_err(storage_error)?;
@@ -246,9 +243,7 @@ pub(crate) async fn recover(workers: &[Arc<WorkerCtx>]) -> Result<Vec<TaskHandle
     let Some(first) = workers.first() else {
         return Ok(Vec::new());
     };
-    let Some(storage) = first.env.app.storage().cloned() else {
-        return Ok(Vec::new());
-    };
+    let storage = first.records();
     let main = first.id == WorkerId::Main;
     let place = |worker: WorkerId| -> Option<&Arc<WorkerCtx>> {
         match (worker, main) {

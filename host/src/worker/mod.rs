@@ -43,6 +43,8 @@ pub struct TaskEnv {
     /// The warm and cold engines (see [`crate::engine`]).
     pub engines: HostEngine,
     pub app: Arc<AppContext>,
+    /// What the host keeps: key-value state, durable tasks, schedules.
+    pub storage: crate::storage::Storage,
     /// The plugins new tasks start from, by name.
     pub plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
     /// Event waiters of every worker.
@@ -453,12 +455,7 @@ impl WorkerCtx {
         if let Some(durable) = &durable {
             self.env.list_durable(durable.seq, self.id, ident.id);
             // In a cluster, this copy acts only while its lease holds.
-            if let Some(lease) = self
-                .env
-                .app
-                .storage()
-                .and_then(|storage| storage.lease(durable.seq))
-            {
+            if let Some(lease) = self.env.storage.tasks().lease(durable.seq) {
                 handle.signal().set_lease(lease);
             }
             // A re-run after a restart goes on counting.
@@ -473,9 +470,7 @@ impl WorkerCtx {
             let begun = Instant::now();
             let mut verdict = verdict;
             let mut attempt = durable.as_ref().map_or(1, |d| d.first_attempt);
-            let storage = durable
-                .as_ref()
-                .and_then(|_| worker.env.app.storage().cloned());
+            let storage = durable.as_ref().map(|_| worker.env.storage.tasks().clone());
             // The task starts with the first attempt that reaches its
             // factory: an earlier one may fail to instantiate.
             let started = std::sync::atomic::AtomicBool::new(false);
@@ -602,6 +597,10 @@ impl TaskScope for WorkerCtx {
 
     fn events(&self) -> &EventHub {
         &self.env.events
+    }
+
+    fn storage(&self) -> &crate::storage::Storage {
+        &self.env.storage
     }
 
     fn add_task(

@@ -32,6 +32,7 @@ mod refusals;
 mod retries;
 mod schedules;
 mod secrets;
+mod storage_contract;
 mod watch;
 mod watcher;
 mod webhooks;

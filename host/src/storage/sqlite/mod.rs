@@ -986,67 +986,30 @@ mod tests {
         assert_eq!(block(store.get(&b, "m")).unwrap(), None);
     }
 
+    fn run(future: impl std::future::Future<Output = ()>) {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    /// The backend contract (`storage::contract`), key-value part; values,
+    /// versions, counters, batches, pages, limits and isolation.
     #[test]
-    fn increment_needs_an_integer_and_refuses_to_overflow() {
-        let store = SqliteStore::in_memory(limits()).unwrap();
-        let a = BucketId::shared("s").unwrap();
-        block(store.set(&a, "text", b"hello")).unwrap();
-        assert!(matches!(
-            block(store.increment(&a, "text", 1)),
-            Err(KvError::NotAnInteger { .. })
-        ));
-        block(store.set(&a, "big", i64::MAX.to_string().as_bytes())).unwrap();
-        assert!(matches!(
-            block(store.increment(&a, "big", 1)),
-            Err(KvError::Overflow { .. })
-        ));
-        assert_eq!(block(store.increment(&a, "n", -2)).unwrap(), -2);
+    fn keeps_the_key_value_contract() {
+        let store = SqliteStore::in_memory(crate::storage::contract::KV_LIMITS).unwrap();
+        run(crate::storage::contract::kv(&store));
     }
 
     #[test]
-    fn swap_succeeds_only_on_the_version_it_read() {
+    fn keeps_the_durable_task_contract() {
         let store = SqliteStore::in_memory(limits()).unwrap();
-        let a = BucketId::shared("s").unwrap();
-        assert_eq!(
-            block(store.swap(&a, "k", None, b"first")).unwrap(),
-            Swap::Done
-        );
-        let read = block(store.get_versioned(&a, "k")).unwrap().unwrap();
-        block(store.set(&a, "k", b"meanwhile")).unwrap();
-        let Swap::Changed(Some(now)) =
-            block(store.swap(&a, "k", Some(read.version), b"mine")).unwrap()
-        else {
-            panic!("a stale swap went through");
-        };
-        assert!(now > read.version);
-        assert_eq!(
-            block(store.swap(&a, "k", Some(now), b"mine")).unwrap(),
-            Swap::Done
-        );
-        assert_eq!(block(store.get(&a, "k")).unwrap(), Some(b"mine".to_vec()));
+        run(crate::storage::contract::tasks(&store));
     }
 
     #[test]
-    fn keys_come_in_pages_in_byte_order() {
-        let store = SqliteStore::in_memory(KvLimits {
-            keys_per_bucket: 100,
-            ..limits()
-        })
-        .unwrap();
-        let a = BucketId::shared("s").unwrap();
-        for key in ["c", "a", "b", "d", "e"] {
-            block(store.set(&a, key, b"")).unwrap();
-        }
-        let first = block(store.list_keys(&a, None, 2)).unwrap();
-        assert_eq!(first.keys, ["a", "b"]);
-        let second = block(store.list_keys(&a, first.next.as_deref(), 2)).unwrap();
-        assert_eq!(second.keys, ["c", "d"]);
-        let last = block(store.list_keys(&a, second.next.as_deref(), 2)).unwrap();
-        assert_eq!((last.keys, last.next), (vec!["e".to_string()], None));
-        block(store.delete_many(&a, &["a".into(), "zz".into()])).unwrap();
-        assert_eq!(
-            block(store.get_many(&a, &["a".into(), "b".into()])).unwrap(),
-            vec![None, Some(vec![])]
-        );
+    fn keeps_the_schedule_contract() {
+        let store = SqliteStore::in_memory(limits()).unwrap();
+        run(crate::storage::contract::schedules(&store));
     }
 }
