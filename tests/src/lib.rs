@@ -273,8 +273,13 @@ impl Api {
             base: format!("http://{}", state.address),
             bearer: format!("Bearer {}", state.token),
             // A host that cannot answer fails the test instead of hanging it.
+            // No connection is kept for the next request: the host closes
+            // a connection idle for its header timeout (10 s), and a POST
+            // sent on one just as it closes gets `Unexpected EOF` (ureq
+            // retries only idempotent requests on a reused connection).
             agent: ureq::AgentBuilder::new()
                 .timeout(std::time::Duration::from_secs(60))
+                .max_idle_connections(0)
                 .build(),
         };
         (api, state.pid)

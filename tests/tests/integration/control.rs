@@ -214,7 +214,7 @@ fn bad_requests_get_json_errors_and_the_host_keeps_serving() {
     let host = app.spawn();
     let state = ControlState::read(&app.control_file()).unwrap();
     let base = format!("http://{}", state.address);
-    let agent = ureq::AgentBuilder::new().build();
+    let agent = ureq::AgentBuilder::new().max_idle_connections(0).build();
     let bearer = format!("Bearer {}", state.token);
 
     let status_and_kind = |result: Result<ureq::Response, ureq::Error>| -> (u16, String) {
