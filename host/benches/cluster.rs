@@ -21,6 +21,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use taskhost::control::client::Client;
+use taskhost::control::routes;
+use taskhost::operations::types::{DispatchRequest, Submission};
+
+/// A submission written as the API's JSON.
+fn submission(body: Value) -> Submission {
+    serde_json::from_value(body).expect("a submission")
+}
 use taskhost::lifecycle::LifecycleEvent;
 use taskhost::plugin::build::{self, BuildOptions, BuildOutput};
 
@@ -159,19 +166,20 @@ async fn event_latency(from: &Client, to: &Client, to_file: &Path, n: usize) -> 
     for i in 0..n {
         let name = format!("lat-{i}");
         let event = format!("lat.e{i}");
-        let _: Value = to
-            .post(
-                "/v1/tasks",
-                &json!({"plugin": "bench", "factory": "wait", "args": {"event": event}, "name": name}),
-            )
+        let _ = to
+            .call(&routes::SUBMIT, &[], &submission(json!({"plugin": "bench", "factory": "wait", "args": {"event": event}, "name": name})))
             .await
             .unwrap();
         while waiters(to).await < 1.0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let start = Instant::now();
-        let _: Value = from
-            .post(&format!("/v1/events/{event}"), &json!({"payload": "x"}))
+        let dispatch = DispatchRequest {
+            payload: "x".into(),
+            ..DispatchRequest::default()
+        };
+        let _ = from
+            .call(&routes::DISPATCH, &[&event], &dispatch)
             .await
             .unwrap();
         while let Some(ended) = ended.recv().await {
@@ -194,11 +202,8 @@ async fn any_throughput(file: &Path, n: usize, round: &str) -> f64 {
         let round = round.to_string();
         clients.push(tokio::spawn(async move {
             for i in (c..n).step_by(8) {
-                let _: Value = client
-                    .post(
-                        "/v1/tasks",
-                        &json!({"plugin": "bench", "factory": "noop", "name": format!("any-{round}-{i}"), "host": "any"}),
-                    )
+                let _ = client
+                    .call(&routes::SUBMIT, &[], &submission(json!({"plugin": "bench", "factory": "noop", "name": format!("any-{round}-{i}"), "host": "any"})))
                     .await
                     .unwrap();
             }
@@ -215,11 +220,8 @@ async fn durable_latency(client: &Client, n: usize) -> Vec<Duration> {
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
         let start = Instant::now();
-        let _: Value = client
-            .post(
-                "/v1/tasks",
-                &json!({"plugin": "bench", "factory": "noop", "name": format!("durable-{i}"), "durable": true}),
-            )
+        let _ = client
+            .call(&routes::SUBMIT, &[], &submission(json!({"plugin": "bench", "factory": "noop", "name": format!("durable-{i}"), "durable": true})))
             .await
             .unwrap();
         samples.push(start.elapsed());

@@ -285,6 +285,53 @@ impl Api {
         (api, state.pid)
     }
 
+    /// Calls `route` with its path's `params` and `request` (its query for a
+    /// GET or DELETE, else its JSON body); panics unless the host answers
+    /// 2xx with the route's answer.
+    pub fn call<Request: serde::Serialize, Answer: serde::de::DeserializeOwned>(
+        &self,
+        route: &taskhost::control::routes::Route<Request, Answer>,
+        params: &[&str],
+        request: &Request,
+    ) -> Answer {
+        let mut path = route.path_with(params);
+        let method = route.method.as_str();
+        let body = if route.method.takes_query() {
+            path.push_str(&taskhost::control::client::query_of(request).unwrap());
+            None
+        } else {
+            Some(serde_json::to_value(request).unwrap())
+        };
+        let (status, answer) = self.request_any(method, &path, body);
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {answer}"
+        );
+        serde_json::from_value(answer).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Any request: the status and the answer's JSON (null if it is none).
+    pub fn request_any(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let request = self
+            .agent
+            .request(method, &format!("{}{path}", self.base))
+            .set("Authorization", &self.bearer);
+        let sent = match body {
+            Some(body) => request.send_json(body),
+            None => request.call(),
+        };
+        match sent {
+            Ok(response) => (
+                response.status(),
+                response.into_json().unwrap_or(Value::Null),
+            ),
+            Err(ureq::Error::Status(status, response)) => {
+                (status, response.into_json().unwrap_or(Value::Null))
+            }
+            Err(error) => panic!("{method} {path}: {error}"),
+        }
+    }
+
     /// POSTs `body` to `path`; panics unless the host answers 2xx.
     pub fn post(&self, path: &str, body: Value) -> Value {
         self.post_status(path, body).1

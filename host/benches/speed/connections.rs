@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use taskhost::control::client::Client;
+use taskhost::control::routes;
+use taskhost::operations::types::{Submission, TaskFilter};
 use taskhost::plugin::build::{self, BuildOptions, BuildOutput};
+use taskhost::task::TaskState;
 
 /// A host process and what it printed that we need.
 struct Process {
@@ -91,8 +94,15 @@ fn start(component: &Path) -> Process {
 
 /// Tasks of the host that are running.
 async fn running(client: &Client) -> usize {
-    let tasks: Vec<serde_json::Value> = client.get("/v1/tasks").await.expect("tasks");
-    tasks.iter().filter(|t| t["state"] == "running").count()
+    let filter = TaskFilter {
+        state: Some(TaskState::Running),
+        ..TaskFilter::default()
+    };
+    let tasks = client
+        .call(&routes::LIST_TASKS, &[], &filter)
+        .await
+        .expect("tasks");
+    tasks.len()
 }
 
 async fn until_running(client: &Client, count: usize) {
@@ -172,7 +182,11 @@ pub async fn run() {
             let body = serde_json::json!({
                 "plugin": "bench", "factory": "idle", "worker": worker,
             });
-            let _: serde_json::Value = client.post("/v1/tasks", &body).await.expect("add");
+            let submission: Submission = serde_json::from_value(body).expect("a submission");
+            let _ = client
+                .call(&routes::SUBMIT, &[], &submission)
+                .await
+                .expect("add");
         }
     };
     add(0).await;

@@ -4,10 +4,11 @@
 
 use super::{ControlFileArg, Exit};
 use crate::control::client::{Client, ClientError};
+use crate::control::routes;
 use crate::lifecycle::{LifecycleEvent, TaskRef};
 use crate::operations::types::{
-    BuildState, CancelRequest, DispatchRequest, KvBucketView, KvEntry, KvKeys, KvPut, KvWritten,
-    LoadRequest, Loaded, PluginView, Purged, ScheduleView, Submission, Submitted, Triggered, Woken,
+    BuildState, CancelRequest, DispatchRequest, KeysQuery, KvPut, LoadRequest, PluginView,
+    ScheduleView, Submission, TaskFilter, Triggered,
 };
 use crate::task::{TaskState, TaskView, WorkerId};
 use clap::{Args, Subcommand};
@@ -253,30 +254,6 @@ fn connect(common: &Common) -> Result<Client, ClientError> {
     Client::from_state_file(&path)
 }
 
-/// `?a=1&b=2` from the present pairs, percent-encoding the values.
-fn query(pairs: &[(&str, Option<String>)]) -> String {
-    let parts: Vec<String> = pairs
-        .iter()
-        .filter_map(|(key, value)| value.as_ref().map(|v| format!("{key}={}", encode(v))))
-        .collect();
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", parts.join("&"))
-    }
-}
-
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Prints `value` as one line of JSON.
 fn print_json(value: &impl serde::Serialize) {
     match serde_json::to_string(value) {
@@ -295,18 +272,13 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             cluster,
             common,
         } => {
-            let client = connect(&common)?;
-            let tasks: Vec<TaskView> = client
-                .get(&format!(
-                    "{}/tasks{}",
-                    scope(cluster),
-                    query(&[
-                        ("worker", worker.map(|w| w.to_string())),
-                        ("state", state),
-                        ("plugin", plugin)
-                    ])
-                ))
-                .await?;
+            let filter = TaskFilter {
+                worker: worker.map(|w| w.to_string()),
+                state: parse_state(state)?,
+                plugin,
+                name: None,
+            };
+            let tasks = list_tasks(&connect(&common)?, cluster, &filter).await?;
             let shown = &tasks[tasks.len() - limit.unwrap_or(tasks.len()).min(tasks.len())..];
             if common.json {
                 print_json(&shown);
@@ -321,17 +293,12 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             cluster,
             common,
         } => {
-            let client = connect(&common)?;
-            let tasks: Vec<TaskView> = client
-                .get(&format!(
-                    "{}/tasks{}",
-                    scope(cluster),
-                    query(&[
-                        ("name", Some(name.clone())),
-                        ("worker", worker.map(|w| w.to_string()))
-                    ])
-                ))
-                .await?;
+            let filter = TaskFilter {
+                worker: worker.map(|w| w.to_string()),
+                name: Some(name.clone()),
+                ..TaskFilter::default()
+            };
+            let tasks = list_tasks(&connect(&common)?, cluster, &filter).await?;
             if tasks.is_empty() {
                 return Err(ClientError::not_found(format!("no task named `{name}`")));
             }
@@ -382,7 +349,9 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                     _ => crate::operations::types::NameScope::Worker,
                 },
             };
-            let added: Submitted = connect(&common)?.post("/v1/tasks", &request).await?;
+            let added = connect(&common)?
+                .call(&routes::SUBMIT, &[], &request)
+                .await?;
             if common.json {
                 print_json(&added);
             } else {
@@ -419,9 +388,12 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 worker,
                 timeout_ms: Some(timeout_ms),
             };
-            let ended: Vec<TaskView> = connect(&common)?
-                .post(&format!("{}/tasks/cancel", scope(cluster)), &request)
-                .await?;
+            let client = connect(&common)?;
+            let ended: Vec<TaskView> = if cluster {
+                from_hosts(client.call(&routes::CLUSTER_CANCEL, &[], &request).await?)?
+            } else {
+                client.call(&routes::CANCEL, &[], &request).await?
+            };
             if common.json {
                 print_json(&ended);
             } else {
@@ -429,7 +401,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             }
         }
         Verb::Health { common } => {
-            let health: crate::operations::types::Health = connect(&common)?.get("/health").await?;
+            let health = connect(&common)?.call(&routes::HEALTH, &[], &()).await?;
             if common.json {
                 print_json(&health);
             } else {
@@ -446,7 +418,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             }
         }
         Verb::Hosts { common } => {
-            let hosts: Vec<crate::cluster::HostBeat> = connect(&common)?.get("/v1/hosts").await?;
+            let hosts = connect(&common)?.call(&routes::HOSTS, &[], &()).await?;
             if common.json {
                 print_json(&hosts);
             } else {
@@ -477,9 +449,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             }
         }
         Verb::Purge { common } => {
-            let purged: Purged = connect(&common)?
-                .post("/v1/purge", &serde_json::json!({}))
-                .await?;
+            let purged = connect(&common)?.call(&routes::PURGE, &[], &()).await?;
             if common.json {
                 print_json(&purged);
             } else {
@@ -497,8 +467,8 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 wait_for,
                 timeout_ms: None,
             };
-            let woken: Woken = connect(&common)?
-                .post(&format!("/v1/events/{}", encode(&event)), &request)
+            let woken = connect(&common)?
+                .call(&routes::DISPATCH, &[&event], &request)
                 .await?;
             if common.json {
                 print_json(&woken);
@@ -534,11 +504,14 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             }
         }
         Verb::Metrics { common } => {
-            out!("{}", connect(&common)?.get_text("/metrics").await?);
+            out!(
+                "{}",
+                connect(&common)?.get_text(routes::METRICS.path).await?
+            );
         }
         Verb::Kv { action } => kv(action).await?,
         Verb::Schedules { common } => {
-            let schedules: Vec<ScheduleView> = connect(&common)?.get("/v1/schedules").await?;
+            let schedules = connect(&common)?.call(&routes::SCHEDULES, &[], &()).await?;
             if common.json {
                 print_json(&schedules);
             } else {
@@ -550,10 +523,15 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             name,
             common,
         } => {
-            let path = format!("/v1/schedules/{}/{action}", encode(&name));
             let client = connect(&common)?;
+            let answer = client
+                .call(&routes::STEER_SCHEDULE, &[&name, &action], &())
+                .await?;
+            let unreadable = |e: serde_json::Error| {
+                ClientError::refused(format!("the host sent an unreadable answer: {e}"))
+            };
             if action == "trigger" {
-                let triggered: Triggered = client.post(&path, &serde_json::json!({})).await?;
+                let triggered: Triggered = serde_json::from_value(answer).map_err(unreadable)?;
                 if common.json {
                     print_json(&triggered);
                 } else {
@@ -564,7 +542,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                     );
                 }
             } else {
-                let schedule: ScheduleView = client.post(&path, &serde_json::json!({})).await?;
+                let schedule: ScheduleView = serde_json::from_value(answer).map_err(unreadable)?;
                 if common.json {
                     print_json(&schedule);
                 } else {
@@ -573,9 +551,12 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             }
         }
         Verb::Plugins { cluster, common } => {
-            let builds: Vec<PluginView> = connect(&common)?
-                .get(&format!("{}/plugins", scope(cluster)))
-                .await?;
+            let client = connect(&common)?;
+            let builds: Vec<PluginView> = if cluster {
+                from_hosts(client.call(&routes::CLUSTER_PLUGINS, &[], &()).await?)?
+            } else {
+                client.call(&routes::PLUGINS, &[], &()).await?
+            };
             if common.json {
                 print_json(&builds);
             } else {
@@ -590,15 +571,13 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             common,
         } => {
             let path = std::path::absolute(&path).unwrap_or(path);
-            let loaded: Loaded = connect(&common)?
-                .put(
-                    &format!("/v1/plugins/{}", encode(&plugin)),
-                    &LoadRequest {
-                        path,
-                        restart_tasks,
-                        cluster,
-                    },
-                )
+            let request = LoadRequest {
+                path,
+                restart_tasks,
+                cluster,
+            };
+            let loaded = connect(&common)?
+                .call(&routes::LOAD_PLUGIN, &[&plugin], &request)
                 .await?;
             if common.json {
                 print_json(&loaded);
@@ -683,11 +662,6 @@ pub(crate) enum KvAction {
     },
 }
 
-/// `/v1/kv/BUCKET/KEY`, percent-encoded.
-fn kv_path(bucket: &str, key: &str) -> String {
-    format!("/v1/kv/{}/{}", encode(bucket), encode(key))
-}
-
 async fn kv(action: KvAction) -> Result<(), ClientError> {
     match action {
         KvAction::List {
@@ -695,7 +669,9 @@ async fn kv(action: KvAction) -> Result<(), ClientError> {
             common,
             ..
         } => {
-            let buckets: Vec<KvBucketView> = connect(&common)?.get("/v1/kv").await?;
+            let buckets = connect(&common)?
+                .call(&routes::KV_BUCKETS, &[], &())
+                .await?;
             if common.json {
                 print_json(&buckets);
             } else {
@@ -716,16 +692,11 @@ async fn kv(action: KvAction) -> Result<(), ClientError> {
             let mut after = None;
             let wanted = limit.unwrap_or(usize::MAX);
             while keys.len() < wanted {
-                let page: KvKeys = client
-                    .get(&format!(
-                        "/v1/kv/{}{}",
-                        encode(&bucket),
-                        query(&[
-                            ("after", after.take()),
-                            ("limit", Some((wanted - keys.len()).min(10_000).to_string())),
-                        ])
-                    ))
-                    .await?;
+                let query = KeysQuery {
+                    after: after.take(),
+                    limit: Some((wanted - keys.len()).min(10_000)),
+                };
+                let page = client.call(&routes::KV_KEYS, &[&bucket], &query).await?;
                 keys.extend(page.keys);
                 match page.next {
                     Some(next) => after = Some(next),
@@ -746,7 +717,9 @@ async fn kv(action: KvAction) -> Result<(), ClientError> {
             key,
             common,
         } => {
-            let entry: KvEntry = connect(&common)?.get(&kv_path(&bucket, &key)).await?;
+            let entry = connect(&common)?
+                .call(&routes::KV_GET, &[&bucket, &key], &())
+                .await?;
             if common.json {
                 print_json(&entry);
             } else if let Some(text) = &entry.text {
@@ -776,7 +749,9 @@ async fn kv(action: KvAction) -> Result<(), ClientError> {
                 text: Some(value),
                 base64: None,
             };
-            let written: KvWritten = connect(&common)?.put(&kv_path(&bucket, &key), &put).await?;
+            let written = connect(&common)?
+                .call(&routes::KV_PUT, &[&bucket, &key], &put)
+                .await?;
             if common.json {
                 print_json(&written);
             } else {
@@ -793,7 +768,9 @@ async fn kv(action: KvAction) -> Result<(), ClientError> {
             key,
             common,
         } => {
-            let written: KvWritten = connect(&common)?.delete(&kv_path(&bucket, &key)).await?;
+            let written = connect(&common)?
+                .call(&routes::KV_DELETE, &[&bucket, &key], &())
+                .await?;
             if common.json {
                 print_json(&written);
             }
@@ -951,10 +928,42 @@ fn print_schedules(schedules: &[ScheduleView]) {
     );
 }
 
-/// Where a verb's request goes: this host's API, or every host's through
-/// it (`--cluster`).
-fn scope(cluster: bool) -> &'static str {
-    if cluster { "/v1/cluster" } else { "/v1" }
+/// The tasks `filter` selects: this host's, or every host's (`--cluster`),
+/// each then with its host.
+async fn list_tasks(
+    client: &Client,
+    cluster: bool,
+    filter: &TaskFilter,
+) -> Result<Vec<TaskView>, ClientError> {
+    if cluster {
+        from_hosts(client.call(&routes::CLUSTER_TASKS, &[], filter).await?)
+    } else {
+        client.call(&routes::LIST_TASKS, &[], filter).await
+    }
+}
+
+/// A listing gathered from a cluster's hosts, entry by entry.
+fn from_hosts<T: serde::de::DeserializeOwned>(
+    entries: Vec<serde_json::Value>,
+) -> Result<Vec<T>, ClientError> {
+    entries
+        .into_iter()
+        .map(serde_json::from_value)
+        .collect::<Result<_, _>>()
+        .map_err(|e| ClientError::refused(format!("a host sent an unreadable answer: {e}")))
+}
+
+/// `--state` as the state it names; the error lists the states.
+fn parse_state(state: Option<String>) -> Result<Option<TaskState>, ClientError> {
+    state
+        .map(|text| {
+            serde_json::from_value(serde_json::Value::String(text.clone())).map_err(|_| {
+                ClientError::Failed(crate::operations::OpError::bad_request(format!(
+                    "unknown state `{text}`: pending, running, done, failed, cancelled"
+                )))
+            })
+        })
+        .transpose()
 }
 
 fn print_tasks(tasks: &[TaskView]) {

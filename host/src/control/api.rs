@@ -1,24 +1,7 @@
-//! The control API's routes: HTTP only. Each handler takes its request
-//! apart (path, query, JSON body), calls one operation of
-//! [`crate::operations`] and writes the answer or the error as JSON.
-//!
-//! | method | path | does |
-//! |---|---|---|
-//! | GET | /v1/tasks?worker=&state=&plugin=&name= | list tasks |
-//! | GET | /v1/tasks/{id} | one task |
-//! | POST | /v1/tasks | add a task (one worker, or all) |
-//! | POST | /v1/tasks/cancel | cancel by name, wait until ended |
-//! | POST | /v1/purge | drop ended tasks |
-//! | POST | /v1/events/{event} | dispatch an event |
-//! | GET | /v1/plugins | plugins and versions |
-//! | PUT | /v1/plugins/{name} | load or replace a plugin |
-//! | GET | /v1/kv | key-value buckets, with key and byte counts |
-//! | GET | /v1/kv/{bucket}?after=&limit= | a page of a bucket's keys |
-//! | GET, PUT, DELETE | /v1/kv/{bucket}/{key} | one value |
-//! | GET | /v1/schedules | schedules: next run, last outcome, runs, misses |
-//! | POST | /v1/schedules/{name}/{pause,resume,trigger} | steer one |
-//! | GET | /v1/stream | lifecycle events (Server-Sent Events) |
-//! | GET | /metrics | Prometheus / OpenMetrics text |
+//! The control API's handlers: HTTP only. Each takes its request apart
+//! (path, query, JSON body), calls one operation of [`crate::operations`]
+//! and writes the answer or the error as JSON. The paths and their types
+//! are [`super::routes`].
 
 use super::{body_limit, kv_body_limit};
 use crate::host::Host;
@@ -56,35 +39,36 @@ pub(super) fn router(host: Arc<Host>, token: String) -> Router {
         ops: Operations::new(host),
         token: token.into(),
     };
+    use super::routes as r;
     Router::new()
-        .route("/v1/tasks", get(list_tasks).post(add_task))
-        .route("/v1/tasks/cancel", post(cancel_task))
-        .route("/v1/tasks/{id}", get(get_task))
-        .route("/v1/purge", post(purge))
-        .route("/v1/events/{event}", post(dispatch))
-        .route("/v1/plugins", get(list_plugins))
-        .route("/v1/plugins/{name}", put(load_plugin))
-        .route("/v1/kv", get(kv_buckets))
-        .route("/v1/kv/{bucket}", get(kv_keys))
+        .route(r::LIST_TASKS.path, get(list_tasks).post(add_task))
+        .route(r::CANCEL.path, post(cancel_task))
+        .route(r::TASK.path, get(get_task))
+        .route(r::PURGE.path, post(purge))
+        .route(r::DISPATCH.path, post(dispatch))
+        .route(r::PLUGINS.path, get(list_plugins))
+        .route(r::LOAD_PLUGIN.path, put(load_plugin))
+        .route(r::KV_BUCKETS.path, get(kv_buckets))
+        .route(r::KV_KEYS.path, get(kv_keys))
         .route(
-            "/v1/kv/{bucket}/{*key}",
+            r::KV_GET.path,
             get(kv_get)
                 .put(kv_put)
                 .delete(kv_delete)
                 .layer(kv_body_limit),
         )
-        .route("/v1/schedules", get(list_schedules))
-        .route("/v1/schedules/{name}/{action}", post(steer_schedule))
-        .route("/v1/stream", get(stream))
-        .route("/v1/hosts", get(list_hosts))
-        .route("/health", get(health))
-        .route("/v1/cluster/tasks", get(cluster_tasks))
-        .route("/v1/cluster/plugins", get(cluster_plugins))
-        .route("/v1/cluster/schedules", get(cluster_schedules))
-        .route("/v1/cluster/tasks/cancel", post(cluster_cancel))
-        .route("/v1/cluster/purge", post(cluster_purge))
+        .route(r::SCHEDULES.path, get(list_schedules))
+        .route(r::STEER_SCHEDULE.path, post(steer_schedule))
+        .route(r::STREAM.path, get(stream))
+        .route(r::HOSTS.path, get(list_hosts))
+        .route(r::HEALTH.path, get(health))
+        .route(r::CLUSTER_TASKS.path, get(cluster_tasks))
+        .route(r::CLUSTER_PLUGINS.path, get(cluster_plugins))
+        .route(r::CLUSTER_SCHEDULES.path, get(cluster_schedules))
+        .route(r::CLUSTER_CANCEL.path, post(cluster_cancel))
+        .route(r::CLUSTER_PURGE.path, post(cluster_purge))
         .route("/v1/cluster/{*rest}", get(not_across).post(not_across))
-        .route("/metrics", get(metrics))
+        .route(r::METRICS.path, get(metrics))
         .fallback(|| async { OpError::new(ErrorKind::NoRoute, "no such endpoint") })
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
             OpError::new(
@@ -167,7 +151,7 @@ async fn authorize(
     next: Next,
 ) -> Response {
     // Health is for probes that hold no token; it tells only ok or degraded.
-    if request.uri().path() == "/health" {
+    if request.uri().path() == super::routes::HEALTH.path {
         return next.run(request).await;
     }
     let presented = headers

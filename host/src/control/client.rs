@@ -1,6 +1,7 @@
 //! The CLI's side of the control API: finds the host through its state
 //! file and makes authenticated requests, over TCP or a Unix socket.
 
+use super::routes::{self, Route};
 use super::{ControlAddress, ControlState};
 use crate::lifecycle::LifecycleEvent;
 use crate::operations::{ErrorKind, OpError};
@@ -11,6 +12,32 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
+
+/// `request` as a query string (`?a=1&b=x`, values percent-encoded),
+/// from its JSON object's present fields; empty for none.
+pub fn query_of(request: &impl Serialize) -> Result<String, ClientError> {
+    let value = serde_json::to_value(request)
+        .map_err(|e| ClientError::refused(format!("cannot encode the request: {e}")))?;
+    let serde_json::Value::Object(fields) = value else {
+        return Ok(String::new());
+    };
+    let pairs: Vec<String> = fields
+        .iter()
+        .filter(|(_, value)| !value.is_null())
+        .map(|(key, value)| {
+            let text = match value {
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            format!("{key}={}", routes::encode(&text))
+        })
+        .collect();
+    Ok(if pairs.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", pairs.join("&"))
+    })
+}
 
 /// `body` as JSON text.
 fn encode(body: &impl Serialize) -> Result<String, ClientError> {
@@ -71,34 +98,31 @@ impl Client {
         })
     }
 
-    /// GETs `path` and decodes the answer as `T`.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.json(Method::GET, path, None).await
-    }
-
-    /// POSTs `body` (as JSON) to `path` and decodes the answer as `T`.
-    pub async fn post<T: DeserializeOwned>(
+    /// Calls `route` with its path's `params` and `request` (its query for
+    /// a GET or DELETE, else its JSON body), and decodes the answer.
+    pub async fn call<Request: Serialize, Answer: DeserializeOwned>(
         &self,
-        path: &str,
-        body: &impl Serialize,
-    ) -> Result<T, ClientError> {
-        self.json(Method::POST, path, Some(encode(body)?)).await
-    }
-
-    /// PUTs `body` (as JSON) to `path` and decodes the answer as `T`.
-    pub async fn put<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &impl Serialize,
-    ) -> Result<T, ClientError> {
-        self.json(Method::PUT, path, Some(encode(body)?)).await
+        route: &Route<Request, Answer>,
+        params: &[&str],
+        request: &Request,
+    ) -> Result<Answer, ClientError> {
+        let mut path = route.path_with(params);
+        let method = match route.method {
+            routes::Method::Get => Method::GET,
+            routes::Method::Post => Method::POST,
+            routes::Method::Put => Method::PUT,
+            routes::Method::Delete => Method::DELETE,
+        };
+        let body = if route.method.takes_query() {
+            path.push_str(&query_of(request)?);
+            None
+        } else {
+            Some(encode(request)?)
+        };
+        self.json(method, &path, body).await
     }
 
     /// GETs a text resource (`/metrics`).
-    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.json(Method::DELETE, path, None).await
-    }
-
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
         let response = self.send(Method::GET, path, None).await?;
         let bytes = checked(response).await?;

@@ -9,6 +9,7 @@
 mod address;
 mod api;
 pub mod client;
+pub mod routes;
 mod state_file;
 
 pub use address::ControlAddress;

@@ -70,7 +70,7 @@ impl ControlState {
         matches!(
             tokio::time::timeout(
                 std::time::Duration::from_secs(2),
-                client.get::<serde::de::IgnoredAny>("/v1/plugins")
+                client.call(&super::routes::PLUGINS, &[], &())
             )
             .await,
             Ok(Ok(_))

@@ -659,3 +659,53 @@ fn the_control_api_can_listen_on_a_unix_socket() {
     assert_eq!(host.finish().code, Some(0));
     assert!(!socket.exists(), "the socket is removed at exit");
 }
+
+/// The table of routes (`control::routes`) is what the host serves and
+/// what docs/control.md lists: every route answers with something other
+/// than "no such endpoint" or "not that method", and has its row.
+#[test]
+fn every_route_of_the_table_is_served_and_documented() {
+    use taskhost::control::routes;
+    let docs = std::fs::read_to_string(taskhost_tests::repo().join("docs/control.md")).unwrap();
+    for route in routes::ALL {
+        let row = format!(
+            "| {} | `{}` |",
+            route.method.as_str(),
+            route.path.replace("{*", "{")
+        );
+        assert!(
+            docs.lines().any(|line| line.starts_with(&row)),
+            "docs/control.md has no row `{row}`"
+        );
+    }
+    let app = TestApp::new(HOST);
+    let _host = app.spawn();
+    let (api, _) = taskhost_tests::Api::of(&app);
+    for route in routes::ALL {
+        // The stream never ends; the docs check above covers it.
+        if route.path == routes::STREAM.path {
+            continue;
+        }
+        let mut path = String::new();
+        let mut rest = route.path;
+        while let Some(open) = rest.find('{') {
+            path.push_str(&rest[..open]);
+            let close = open + rest[open..].find('}').unwrap();
+            path.push_str(if &rest[open..=close] == "{action}" {
+                "pause"
+            } else {
+                "sample"
+            });
+            rest = &rest[close + 1..];
+        }
+        path.push_str(rest);
+        let body = (!route.method.takes_query()).then(|| json!({}));
+        let (status, answer) = api.request_any(route.method.as_str(), &path, body);
+        let kind = answer["error"]["kind"].as_str().unwrap_or("");
+        assert!(
+            kind != "no_route" && kind != "method_not_allowed",
+            "{} {path}: {status} {answer}",
+            route.method.as_str()
+        );
+    }
+}
