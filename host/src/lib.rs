@@ -18,8 +18,10 @@
 //!    state and durable tasks, the traits and their SQLite backend),
 //!    `connection_hub` (the listener's open connections, as tasks see them).
 //! 3. `logging` (writes lifecycle events and task lines), [`engine`]
-//!    (the wasmtime engines, through the compile cache) and `serve` (how
-//!    the two HTTP servers bound their connections).
+//!    (the wasmtime engines, through the compile cache), `serve` (how
+//!    the two HTTP servers bound their connections) and
+//!    [`operations::types`] (the requests, answers and error of every
+//!    operation, low so that guests' calls can name them).
 //! 4. The host interfaces a task imports, one module each, owning its
 //!    state and its `add_to_linker`: `app` (the handle to the app; it
 //!    reaches the worker only through the narrow `app::TaskScope` trait,
@@ -33,16 +35,21 @@
 //! 7. `runner`: one task in its own instance, to its outcome.
 //! 8. `worker`: threads with a registry each, starting tasks.
 //! 9. [`cluster`]: several hosts as one app over NATS (`[cluster]`): the
-//!    connection, and events relayed between the hosts' hubs.
+//!    connection and the storage backends on it, claims (names, ticks),
+//!    requests between hosts, events relayed, roll-out.
 //! 10. [`scheduler`]: `[[schedules]]`, a loop each, starting tasks on the
 //!     workers.
-//! 11. [`host`]: the workers of a running app and what an operator does to
-//!     them.
-//! 12. [`control`] (the HTTP API), `listener` (the public routes:
-//!     websockets and webhooks that start tasks) and `watch` (hot-load on
-//!     change), all over a [`host::Host`].
-//! 13. [`application`]: app.toml -> a running host with its API and watch.
-//! 14. [`cli`]: a thin shell over all of it.
+//! 11. [`host`]: the workers of a running app.
+//! 12. [`operations`]: every operation a caller may perform on the host,
+//!     typed, placed on this host or the cluster's.
+//! 13. [`control`] (the HTTP API; [`control::routes`] is its table of
+//!     endpoints), `listener` (the public routes: websockets and webhooks
+//!     that start tasks) and `watch` (hot-load on change), all over a
+//!     [`host::Host`].
+//! 14. [`application`]: app.toml -> a running host with its API and watch.
+//! 15. [`cli`]: a thin shell over all of it: parse, call, render.
+//!
+//! docs/architecture.md walks one request through these layers.
 
 // What an embedder uses: load an app, run a host, steer it.
 pub mod application;
