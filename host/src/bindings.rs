@@ -21,7 +21,7 @@ wasmtime::component::bindgen!({
 /// `taskhost:plugin@0.1.0`, from the pinned copy in `wit/compat/0.1.0`.
 /// Its `types` are the current ones: unchanged since, so a 0.1.0 plugin's
 /// answers need no conversion and one `app` implementation serves both.
-pub mod v0_1 {
+pub(crate) mod v0_1 {
     wasmtime::component::bindgen!({
         path: "../wit/compat/0.1.0",
         world: "taskhost:plugin/plugin",
@@ -35,7 +35,7 @@ use self::exports::taskhost::plugin::factories::FactoryInfo;
 
 /// A plugin linked and ready to instantiate, by the WIT version its
 /// `factories` export has.
-pub enum FactoriesPre<T: 'static> {
+pub(crate) enum FactoriesPre<T: 'static> {
     Current(PluginPre<T>),
     V0_1(v0_1::PluginPre<T>),
 }
@@ -43,7 +43,7 @@ pub enum FactoriesPre<T: 'static> {
 impl<T: Send + 'static> FactoriesPre<T> {
     /// Finds the `factories` export, of the current version or an older
     /// one; the error is the current version's (what to build against).
-    pub fn new(pre: InstancePre<T>) -> wasmtime::Result<FactoriesPre<T>> {
+    pub(crate) fn new(pre: InstancePre<T>) -> wasmtime::Result<FactoriesPre<T>> {
         match PluginPre::new(pre.clone()) {
             Ok(current) => Ok(FactoriesPre::Current(current)),
             Err(error) => match v0_1::PluginPre::new(pre) {
@@ -54,14 +54,14 @@ impl<T: Send + 'static> FactoriesPre<T> {
     }
 
     /// The `taskhost:plugin` version the plugin was built against.
-    pub fn wit_version(&self) -> &'static str {
+    pub(crate) fn wit_version(&self) -> &'static str {
         match self {
             FactoriesPre::Current(_) => "0.2.0",
             FactoriesPre::V0_1(_) => "0.1.0",
         }
     }
 
-    pub async fn instantiate_async(
+    pub(crate) async fn instantiate_async(
         &self,
         store: impl AsContextMut<Data = T>,
     ) -> wasmtime::Result<Factories> {
@@ -73,13 +73,13 @@ impl<T: Send + 'static> FactoriesPre<T> {
 }
 
 /// One instance's `factories` export, of either version.
-pub enum Factories {
+pub(crate) enum Factories {
     Current(Plugin),
     V0_1(v0_1::Plugin),
 }
 
 impl Factories {
-    pub async fn call_list_factories<S: AsContextMut<Data: Send>>(
+    pub(crate) async fn call_list_factories<S: AsContextMut<Data: Send>>(
         &self,
         store: S,
     ) -> wasmtime::Result<Vec<FactoryInfo>> {
@@ -97,7 +97,7 @@ impl Factories {
         }
     }
 
-    pub async fn call_check<S: AsContextMut<Data: Send>>(
+    pub(crate) async fn call_check<S: AsContextMut<Data: Send>>(
         &self,
         store: S,
         factory: &str,
@@ -117,7 +117,7 @@ impl Factories {
         }
     }
 
-    pub async fn call_run<S: AsContextMut<Data: Send>>(
+    pub(crate) async fn call_run<S: AsContextMut<Data: Send>>(
         &self,
         store: S,
         factory: &str,
@@ -138,10 +138,10 @@ impl Factories {
     }
 }
 
-pub use self::taskhost::plugin::types::{Error as GuestError, Level};
+pub(crate) use self::taskhost::plugin::types::{Error as GuestError, Level};
 
 /// A guest error as one line of text, for logs and API errors.
-pub fn describe(error: &GuestError) -> String {
+pub(crate) fn describe(error: &GuestError) -> String {
     match error {
         GuestError::Cancelled => "returned `cancelled` without being cancelled".into(),
         GuestError::UnknownFactory(name) => format!("unknown factory `{name}`"),

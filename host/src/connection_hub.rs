@@ -9,7 +9,7 @@
 //! dropped: the host never holds more than `send_buffer` messages of
 //! `max_message_bytes` for one connection.
 
-pub use crate::bindings::taskhost::plugin::connections::Message;
+pub(crate) use crate::bindings::taskhost::plugin::connections::Message;
 use crate::bindings::taskhost::plugin::types::Error as GuestError;
 use crate::config::{Limit, LimitUnit};
 use crate::task::CancelSignal;
@@ -74,7 +74,7 @@ pub struct ConnectionLimits {
 
 /// Messages from the client that wait for a `recv`; beyond them the
 /// listener stops reading the socket, which back-pressures the client.
-pub const RECEIVE_BUFFER: usize = 16;
+pub(crate) const RECEIVE_BUFFER: usize = 16;
 
 /// Every open connection of the app, by id.
 #[derive(Default)]

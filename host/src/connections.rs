@@ -11,7 +11,7 @@ use wasmtime::component::{HasData, Linker};
 
 /// The interface's state in one task's store: its plugin, its cancel
 /// signal, and the app's connections.
-pub struct ConnectionsState {
+pub(crate) struct ConnectionsState {
     pub(crate) plugin: Arc<str>,
     pub(crate) cancel: Arc<CancelSignal>,
     pub(crate) hub: Arc<ConnectionHub>,

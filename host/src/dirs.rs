@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 /// `$XDG_CACHE_HOME/taskhost`, else `~/.cache/taskhost`.
-pub fn cache_home() -> Result<PathBuf> {
+pub(crate) fn cache_home() -> Result<PathBuf> {
     let base = match std::env::var_os("XDG_CACHE_HOME") {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(
@@ -17,10 +17,10 @@ pub fn cache_home() -> Result<PathBuf> {
 }
 
 /// Env var that moves the compile cache.
-pub const COMPILE_CACHE_ENV: &str = "TASKHOST_COMPILE_CACHE";
+pub(crate) const COMPILE_CACHE_ENV: &str = "TASKHOST_COMPILE_CACHE";
 
 /// `$TASKHOST_COMPILE_CACHE`, else `<cache home>/compiled`.
-pub fn compile_cache_dir() -> Result<PathBuf> {
+pub(crate) fn compile_cache_dir() -> Result<PathBuf> {
     match std::env::var_os(COMPILE_CACHE_ENV) {
         Some(dir) => Ok(PathBuf::from(dir)),
         None => Ok(cache_home()?.join("compiled")),

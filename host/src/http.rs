@@ -27,7 +27,7 @@ use wasmtime_wasi_http::{
 };
 
 /// The `wasi:http` state of one task's store.
-pub struct HttpState {
+pub(crate) struct HttpState {
     ctx: WasiHttpCtx,
     hooks: Hooks,
 }
@@ -50,7 +50,7 @@ struct Hooks {
 }
 
 impl HttpState {
-    pub fn new(
+    pub(crate) fn new(
         ident: Arc<TaskIdent>,
         policy: Arc<PluginPolicy>,
         cancel: Arc<CancelSignal>,
@@ -75,13 +75,13 @@ impl HttpState {
     }
 
     /// Whether the allow-list refused one of the task's requests.
-    pub fn denied(&self) -> bool {
+    pub(crate) fn denied(&self) -> bool {
         self.hooks.denied
     }
 
     /// What `wasmtime-wasi-http` works with; `table` is the store's one
     /// resource table, shared with WASI.
-    pub fn view<'a>(&'a mut self, table: &'a mut ResourceTable) -> WasiHttpCtxView<'a> {
+    pub(crate) fn view<'a>(&'a mut self, table: &'a mut ResourceTable) -> WasiHttpCtxView<'a> {
         WasiHttpCtxView {
             ctx: &mut self.ctx,
             hooks: &mut self.hooks,
@@ -92,7 +92,9 @@ impl HttpState {
 
 /// Links `wasi:http/outgoing-handler` and `wasi:http/types` (async); the
 /// `wasi:io` they use comes with WASI (see [`crate::wasi::add_to_linker`]).
-pub fn add_to_linker<T: WasiHttpView + 'static>(linker: &mut Linker<T>) -> anyhow::Result<()> {
+pub(crate) fn add_to_linker<T: WasiHttpView + 'static>(
+    linker: &mut Linker<T>,
+) -> anyhow::Result<()> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
         .map_err(|e| anyhow::anyhow!("cannot add wasi:http to the linker: {e:#}"))
 }

@@ -27,10 +27,10 @@ const KEYS_PER_PAGE: usize = 1000;
 
 /// Bucket and CAS handles one task may hold at once: each costs host
 /// memory outside the task's own, so a loop of `open` must end.
-pub const MAX_HANDLES: u32 = 1024;
+pub(crate) const MAX_HANDLES: u32 = 1024;
 
 /// What one call works with, borrowed from the task's store.
-pub struct KvView<'a> {
+pub(crate) struct KvView<'a> {
     pub ident: &'a TaskIdent,
     pub policy: &'a PluginPolicy,
     /// The host's key-value store; none in the throw-away instances that
@@ -65,7 +65,7 @@ impl HasData for HasKv {
 
 /// Links `wasi:keyvalue/store`, `atomics` and `batch` (async) for stores
 /// whose data gives a [`KvView`] through `view`.
-pub fn add_to_linker<T: Send + 'static>(
+pub(crate) fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     view: fn(&mut T) -> KvView<'_>,
 ) -> anyhow::Result<()> {

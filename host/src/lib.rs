@@ -51,6 +51,8 @@
 //!
 //! docs/architecture.md walks one request through these layers.
 
+#![warn(unreachable_pub)]
+
 // What an embedder uses: load an app, run a host, steer it.
 pub mod application;
 pub mod cli;

@@ -18,7 +18,7 @@ use tracing::Value;
 
 /// How log lines are written to stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// One readable line per event.
     #[default]
     Human,
@@ -32,7 +32,7 @@ pub enum LogFormat {
 /// wasmtime-wasi-http's own warnings ("connect error: ...") name no task
 /// and repeat what the guest is told: they are kept out unless the filter
 /// names that crate. taskhost logs each request's outcome with its task.
-pub fn init(format: LogFormat, filter: &str) -> Result<()> {
+pub(crate) fn init(format: LogFormat, filter: &str) -> Result<()> {
     let filter = if filter.contains("wasmtime_wasi_http") {
         filter.to_string()
     } else {
@@ -80,7 +80,7 @@ fn with_worker<R>(worker: WorkerId, f: impl FnOnce(&dyn Value) -> R) -> R {
 }
 
 /// A line a task logged through `app.log` (or wrote to stdout/stderr).
-pub fn task_line(ident: &TaskIdent, level: Level, message: &str) {
+pub(crate) fn task_line(ident: &TaskIdent, level: Level, message: &str) {
     with_worker(ident.worker, |worker| {
         event_at!(
             level,
@@ -97,14 +97,14 @@ pub fn task_line(ident: &TaskIdent, level: Level, message: &str) {
 /// Whether [`lifecycle`] would write anything: false when logging is off or
 /// filtered above `info` (`--log-level warn`), so a task's start and end
 /// need not build the event at all.
-pub fn lifecycle_enabled() -> bool {
+pub(crate) fn lifecycle_enabled() -> bool {
     tracing::enabled!(tracing::Level::INFO)
 }
 
 /// Logs a lifecycle event: one line, whose JSON fields are those of
 /// [`LifecycleEvent`]'s serde form (`event`, `worker`, `task`, ...). The
 /// stream-only events (`subscribed`, `lagged`) are not logged.
-pub fn lifecycle(event: &LifecycleEvent) {
+pub(crate) fn lifecycle(event: &LifecycleEvent) {
     match event {
         LifecycleEvent::Started { task, version } => with_task(task, |worker, task_name| {
             tracing::info!(
@@ -266,7 +266,7 @@ fn with_task<R>(task: &TaskRef, f: impl FnOnce(&dyn Value, &str) -> R) -> R {
 /// `\n` too, or, with `continue_lines`, a new line indented by four spaces,
 /// which no line of the host's own starts with. JSON output needs none of
 /// this: it escapes everything already.
-pub fn escape_controls(text: &str, continue_lines: bool) -> std::borrow::Cow<'_, str> {
+pub(crate) fn escape_controls(text: &str, continue_lines: bool) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(|c| c.is_control() || is_bidi_control(c)) {
         return std::borrow::Cow::Borrowed(text);
     }
@@ -390,7 +390,7 @@ where
 /// `log_lines_per_second`. A task ignoring cancellation wrote 95,000 lines
 /// in a 500 ms grace period before this; now it writes the burst, then the
 /// rate, and one line says how many it lost.
-pub struct LogGate {
+pub(crate) struct LogGate {
     ident: Arc<TaskIdent>,
     rate: f64,
     burst: f64,
@@ -457,7 +457,7 @@ impl Bucket {
 }
 
 impl LogGate {
-    pub fn new(ident: Arc<TaskIdent>, limits: &Limits) -> LogGate {
+    pub(crate) fn new(ident: Arc<TaskIdent>, limits: &Limits) -> LogGate {
         let burst = f64::from(limits.log_burst_lines);
         LogGate {
             ident,
@@ -473,7 +473,7 @@ impl LogGate {
     }
 
     /// Logs `message` as a line of the task, unless it is over its rate.
-    pub fn line(&self, level: Level, message: &str) {
+    pub(crate) fn line(&self, level: Level, message: &str) {
         let admit = self.bucket.lock().unwrap_or_else(|e| e.into_inner()).admit(
             Instant::now(),
             self.rate,

@@ -9,13 +9,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Lowercase hex digits of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Creates `dir` and its missing parents with mode 0700 (an existing
 /// directory keeps its mode: callers check it).
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -25,7 +25,7 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Opens `path` for reading, refusing to follow a symlink at its end, and
 /// without waiting should it be a FIFO.
-pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
+pub(crate) fn open_nofollow(path: &Path) -> std::io::Result<File> {
     let mut options = OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
@@ -40,7 +40,7 @@ pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
 
 /// A new file `<prefix><random hex>` in `dir`, created exclusively (never
 /// an existing file or a planted symlink) and readable by this user only.
-pub fn create_work_file(dir: &Path, prefix: &str) -> Result<(PathBuf, File)> {
+pub(crate) fn create_work_file(dir: &Path, prefix: &str) -> Result<(PathBuf, File)> {
     let mut suffix = [0u8; 8];
     getrandom::fill(&mut suffix).map_err(|e| anyhow!("no randomness for a file name: {e}"))?;
     let path = dir.join(format!("{prefix}{}", hex(&suffix)));
@@ -61,7 +61,7 @@ pub fn create_work_file(dir: &Path, prefix: &str) -> Result<(PathBuf, File)> {
 /// file of [`create_work_file`] beside it, synced, then renamed into place,
 /// so a reader never sees half a file; the work file is removed if
 /// anything fails (a full disk leaves nothing behind).
-pub fn write_atomically(path: &Path, work_prefix: &str, parts: &[&[u8]]) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, work_prefix: &str, parts: &[&[u8]]) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -23,7 +23,7 @@ use wasmtime_wasi::{WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 /// The data of one task's store.
-pub struct TaskData {
+pub(crate) struct TaskData {
     /// The `app` interface's state.
     pub(crate) app: AppState,
     /// WASI's state, built on first use.
@@ -238,7 +238,7 @@ const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 /// Bounds the linear memory of one task's store, across all its memories,
 /// and keeps the host-wide gauge of task memory current. Dropped with the
 /// store, giving its memory back to the gauge.
-pub struct MemoryBudget {
+pub(crate) struct MemoryBudget {
     limit: usize,
     /// What all live tasks may hold together (`memory_total_mb`); the
     /// gauge is their sum.
@@ -250,7 +250,7 @@ pub struct MemoryBudget {
 }
 
 impl MemoryBudget {
-    pub fn new(limit: usize, total_limit: u64, gauge: Gauge) -> MemoryBudget {
+    pub(crate) fn new(limit: usize, total_limit: u64, gauge: Gauge) -> MemoryBudget {
         MemoryBudget {
             limit,
             total_limit: i64::try_from(total_limit).unwrap_or(i64::MAX),

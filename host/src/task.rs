@@ -426,7 +426,7 @@ impl CancelSignal {
         self.asked.get().copied()
     }
 
-    pub fn is_cancelled(&self) -> bool {
+    pub(crate) fn is_cancelled(&self) -> bool {
         self.token.is_cancelled()
     }
 
@@ -435,7 +435,7 @@ impl CancelSignal {
     /// # Cancel safety
     ///
     /// Cancel safe: dropping it loses nothing, a new call resolves as well.
-    pub async fn cancelled(&self) {
+    pub(crate) async fn cancelled(&self) {
         self.token.cancelled().await
     }
 
@@ -446,7 +446,7 @@ impl CancelSignal {
         self.forced_token.cancel();
     }
 
-    pub fn is_forced(&self) -> bool {
+    pub(crate) fn is_forced(&self) -> bool {
         self.forced.load(Ordering::Acquire) || self.parent.as_ref().is_some_and(|p| p.is_forced())
     }
 
@@ -455,7 +455,7 @@ impl CancelSignal {
     /// # Cancel safety
     ///
     /// Cancel safe, as [`CancelSignal::cancelled`].
-    pub async fn forced(&self) {
+    pub(crate) async fn forced(&self) {
         self.forced_token.cancelled().await
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 const QUIET: Duration = Duration::from_millis(300);
 
 /// A running watch; dropping it stops watching.
-pub struct Watch {
+pub(crate) struct Watch {
     _watcher: RecommendedWatcher,
     task: tokio::task::JoinHandle<()>,
 }
@@ -78,7 +78,11 @@ impl Target {
 }
 
 /// Starts watching every plugin of `config`.
-pub fn start(host: Arc<Host>, config: &AppConfig, build_options: BuildOptions) -> Result<Watch> {
+pub(crate) fn start(
+    host: Arc<Host>,
+    config: &AppConfig,
+    build_options: BuildOptions,
+) -> Result<Watch> {
     let (changes, mut changed) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event

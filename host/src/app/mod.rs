@@ -154,7 +154,7 @@ impl AppContext {
 
 /// The `app` interface's state in one task's store: who the task is, the
 /// app it belongs to, its cancellation, its worker, and its log.
-pub struct AppState {
+pub(crate) struct AppState {
     pub(crate) ident: Arc<TaskIdent>,
     pub(crate) app: Arc<AppContext>,
     pub(crate) cancel: Arc<CancelSignal>,

@@ -144,12 +144,12 @@ pub fn check_bucket_name(name: &str) -> Result<(), String> {
 
 /// Largest key-value value app.toml may allow: SQLite's own bound is
 /// 1e9 bytes, and a value is read whole into memory.
-pub const MAX_KV_VALUE_BYTES: usize = 256 << 20;
+pub(super) const MAX_KV_VALUE_BYTES: usize = 256 << 20;
 
 /// Largest wasm stack app.toml may ask for: the host runs each task on a
 /// 2 MiB native stack, which must hold the wasm stack and the host calls
 /// made from it.
-pub const MAX_WASM_STACK_KB: usize = 1536;
+pub(super) const MAX_WASM_STACK_KB: usize = 1536;
 
 /// The app-wide `[limits]` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Most attempts a task may be given.
-pub const MAX_ATTEMPTS: u32 = 100;
+pub(super) const MAX_ATTEMPTS: u32 = 100;
 
 /// Longest wait between attempts: a day. Longer is a schedule's job.
-pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+pub(super) const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// A retry policy as written (durations as text: `"200ms"`, `"1m"`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

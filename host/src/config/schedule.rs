@@ -14,7 +14,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The shortest `every` (and the finest a tick can be placed).
-pub const MIN_EVERY: Duration = Duration::from_millis(10);
+pub(super) const MIN_EVERY: Duration = Duration::from_millis(10);
 
 /// Most missed ticks `catch_up = "all"` runs at a start; the rest count
 /// as missed.

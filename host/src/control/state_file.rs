@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Env var naming the state file, for `taskhost run` and the CLI verbs.
-pub const STATE_FILE_ENV: &str = "TASKHOST_CONTROL_FILE";
+pub(super) const STATE_FILE_ENV: &str = "TASKHOST_CONTROL_FILE";
 
 /// What the state file holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,7 +30,7 @@ pub fn default_state_file() -> Result<PathBuf> {
 }
 
 /// 32 random bytes, hex.
-pub fn new_token() -> Result<String> {
+pub(super) fn new_token() -> Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for the token: {e}"))?;
     Ok(hex(&bytes))

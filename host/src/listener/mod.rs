@@ -78,20 +78,20 @@ pub(crate) fn worst_case_bytes(config: &crate::config::AppConfig) -> u64 {
 }
 
 /// A running listener. Dropping it does not stop it: call `stop`.
-pub struct Listener {
+pub(crate) struct Listener {
     shared: Arc<Shared>,
     server: crate::serve::Server,
 }
 
 /// The listener's socket, bound before anything runs (so a port in use
 /// stops the start before any task has run), not yet served.
-pub struct BoundListener {
+pub(crate) struct BoundListener {
     listener: tokio::net::TcpListener,
 }
 
 /// Binds `config.address` (or `address`, from `--listen`); `source` is
 /// app.toml, for the error.
-pub async fn bind(
+pub(crate) async fn bind(
     source: &std::path::Path,
     config: &ListenConfig,
     address: Option<SocketAddr>,
@@ -110,7 +110,7 @@ pub async fn bind(
 }
 
 /// Serves the routes of `host`'s app.toml on `bound`.
-pub async fn serve(
+pub(crate) async fn serve(
     host: Arc<Host>,
     config: &ListenConfig,
     bound: BoundListener,
@@ -177,7 +177,7 @@ impl Listener {
     /// Stops accepting, closes every websocket connection with 1001 (going
     /// away) after what its task already queued, and waits (bounded by
     /// `wait`) for the connections to be gone.
-    pub async fn stop(self, wait: Duration) {
+    pub(crate) async fn stop(self, wait: Duration) {
         self.shared.shutdown.cancel();
         self.shared.tracker.close();
         let connections = async {

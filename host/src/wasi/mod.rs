@@ -6,7 +6,7 @@
 
 mod output;
 
-pub use output::TaskOutput;
+pub(crate) use output::TaskOutput;
 
 use crate::config::{Grants, PluginPolicy};
 use crate::logging::LogGate;
@@ -19,7 +19,7 @@ use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView
 ///
 /// The context is created on first use: most tasks never touch WASI, and
 /// building a `WasiCtx` is the most expensive part of starting an instance.
-pub struct WasiState {
+pub(crate) struct WasiState {
     ident: Arc<TaskIdent>,
     /// Whose grants say what WASI may reach: shared by every task of the
     /// plugin, not copied per task.
@@ -32,7 +32,11 @@ pub struct WasiState {
 }
 
 impl WasiState {
-    pub fn new(ident: Arc<TaskIdent>, policy: Arc<PluginPolicy>, log: Arc<LogGate>) -> WasiState {
+    pub(crate) fn new(
+        ident: Arc<TaskIdent>,
+        policy: Arc<PluginPolicy>,
+        log: Arc<LogGate>,
+    ) -> WasiState {
         // Every handle the task makes (WASI's, wasi:http's, key-value's)
         // lives here: bounded, so a guest that creates them without end
         // traps instead of growing the host (wasmtime's own bound is
@@ -50,7 +54,7 @@ impl WasiState {
     }
 
     /// What `wasmtime-wasi` works with, building the context if need be.
-    pub fn view(&mut self) -> WasiCtxView<'_> {
+    pub(crate) fn view(&mut self) -> WasiCtxView<'_> {
         let ident = &self.ident;
         let log = &self.log;
         let stderr = &mut self.stderr;
@@ -67,24 +71,24 @@ impl WasiState {
     }
 
     /// Whether the task has made a WASI call (the context exists).
-    pub fn used(&self) -> bool {
+    pub(crate) fn used(&self) -> bool {
         self.ctx.is_some()
     }
 
     /// The store's one resource table, which wasi:http shares.
-    pub fn table(&mut self) -> &mut ResourceTable {
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
         &mut self.table
     }
 
     /// What the task last wrote to stderr (a panic message, typically).
-    pub fn last_stderr_line(&self) -> Option<String> {
+    pub(crate) fn last_stderr_line(&self) -> Option<String> {
         let tail = self.stderr.as_ref()?.tail();
         (!tail.is_empty()).then(|| tail.join("\n"))
     }
 }
 
 /// Links WASI 0.2 (async) for stores whose data is a [`WasiView`].
-pub fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> anyhow::Result<()> {
+pub(crate) fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> anyhow::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)
         .map_err(|e| anyhow::anyhow!("cannot add WASI to the linker: {e:#}"))
 }

@@ -23,7 +23,7 @@ const TAIL_LINES: usize = 4;
 
 /// One of a task's output streams. Clones share the pending partial line.
 #[derive(Clone)]
-pub struct TaskOutput {
+pub(crate) struct TaskOutput {
     lines: Arc<Mutex<LineBuffer>>,
 }
 
@@ -35,11 +35,11 @@ struct LineBuffer {
 }
 
 impl TaskOutput {
-    pub fn stdout(log: Arc<LogGate>) -> TaskOutput {
+    pub(crate) fn stdout(log: Arc<LogGate>) -> TaskOutput {
         Self::new(log, Level::Info)
     }
 
-    pub fn stderr(log: Arc<LogGate>) -> TaskOutput {
+    pub(crate) fn stderr(log: Arc<LogGate>) -> TaskOutput {
         Self::new(log, Level::Warn)
     }
 
@@ -63,7 +63,7 @@ impl TaskOutput {
     }
 
     /// The last few lines written, including an unfinished one.
-    pub fn tail(&self) -> Vec<String> {
+    pub(crate) fn tail(&self) -> Vec<String> {
         let buffer = self.buffer();
         let mut lines: Vec<String> = buffer.tail.iter().cloned().collect();
         if !buffer.pending.is_empty() {

@@ -80,7 +80,7 @@ pub struct TaskEnv {
 
 /// What starting tasks on other hosts resolves to: where each runs, or
 /// why not.
-pub type Placed = Pin<Box<dyn Future<Output = Result<Submitted, OpError>> + Send>>;
+pub(crate) type Placed = Pin<Box<dyn Future<Output = Result<Submitted, OpError>> + Send>>;
 
 /// Tasks a guest starts on other hosts of the cluster (`start-task-on`).
 /// The operations implement it once the cluster serves, so the workers
@@ -663,14 +663,14 @@ fn no_schedules() -> GuestError {
 /// One worker thread and its registry. Dropping it stops the thread; tasks
 /// still running then are dropped mid-call (wasmtime unwinds them safely),
 /// so cancel and await them first for an orderly end.
-pub struct Worker {
+pub(crate) struct Worker {
     ctx: Arc<WorkerCtx>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Worker {
-    pub fn start(id: WorkerId, env: Arc<TaskEnv>) -> Result<Worker> {
+    pub(crate) fn start(id: WorkerId, env: Arc<TaskEnv>) -> Result<Worker> {
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -724,11 +724,11 @@ impl Worker {
         Ok(worker)
     }
 
-    pub fn ctx(&self) -> &Arc<WorkerCtx> {
+    pub(crate) fn ctx(&self) -> &Arc<WorkerCtx> {
         &self.ctx
     }
 
-    pub fn registry(&self) -> &TaskRegistry {
+    pub(crate) fn registry(&self) -> &TaskRegistry {
         &self.ctx.registry
     }
 }
