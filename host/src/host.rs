@@ -237,10 +237,14 @@ impl Host {
                     .push((worker.clone(), task.clone(), handle));
             }
         }
-        let ticks = self.cluster.as_ref().map(|cluster| cluster.ticks());
-        let scheduler = Scheduler::start(self.env.clone(), contexts, &self.config.schedules, ticks)
-            .await
-            .with_context(|| format!("{}: [[schedules]]", self.config.source.display()))?;
+        let claims = self
+            .cluster
+            .as_ref()
+            .map(|cluster| -> Arc<dyn crate::scheduler::TickClaims> { cluster.ticks() });
+        let scheduler =
+            Scheduler::start(self.env.clone(), contexts, &self.config.schedules, claims)
+                .await
+                .with_context(|| format!("{}: [[schedules]]", self.config.source.display()))?;
         self.scheduler = Some(scheduler);
         // Closing only means "the startup tasks are all spawned": tasks can
         // still be added, and `idle` resolves once none is left.

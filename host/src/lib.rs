@@ -34,11 +34,12 @@
 //! 6. [`plugin`]: component files -> linked, pre-instantiated plugins.
 //! 7. `runner`: one task in its own instance, to its outcome.
 //! 8. `worker`: threads with a registry each, starting tasks.
-//! 9. [`cluster`]: several hosts as one app over NATS (`[cluster]`): the
-//!    connection and the storage backends on it, claims (names, ticks),
-//!    requests between hosts, events relayed, roll-out.
-//! 10. [`scheduler`]: `[[schedules]]`, a loop each, starting tasks on the
-//!     workers.
+//! 9. [`scheduler`]: `[[schedules]]`, a loop each, starting tasks on the
+//!    workers; in a cluster a tick runs where it is claimed, through the
+//!    narrow [`scheduler::TickClaims`] the cluster implements.
+//! 10. [`cluster`]: several hosts as one app over NATS (`[cluster]`): the
+//!     connection and the storage backends on it, claims (names, ticks),
+//!     requests between hosts, events relayed, roll-out.
 //! 11. [`host`]: the workers of a running app.
 //! 12. [`operations`]: every operation a caller may perform on the host,
 //!     typed, placed on this host or the cluster's.

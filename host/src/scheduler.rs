@@ -33,10 +33,22 @@ use tokio_util::task::TaskTracker;
 /// missed (the machine slept, or the host was starved).
 const LATE: Duration = Duration::from_secs(1);
 
+/// Who runs a schedule's tick when several hosts run the same schedules
+/// (a cluster): the first host to claim it. The cluster implements it, so
+/// the scheduler never names the cluster.
+pub trait TickClaims: Send + Sync {
+    /// Whether this host won tick `tick` (its label) of `schedule`.
+    fn claim<'a>(
+        &'a self,
+        schedule: &'a str,
+        tick: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
+}
+
 /// The host's schedules and their loops.
 pub struct Scheduler {
-    /// In a cluster: who runs each tick (see [`crate::cluster::ticks`]).
-    cluster: Option<Arc<crate::cluster::ticks::Ticks>>,
+    /// In a cluster: who runs each tick (the cluster's claims).
+    claims: Option<Arc<dyn TickClaims>>,
     env: Arc<TaskEnv>,
     workers: Vec<Arc<WorkerCtx>>,
     storage: Arc<dyn ScheduleStore>,
@@ -136,11 +148,11 @@ impl Scheduler {
         env: Arc<TaskEnv>,
         workers: Vec<Arc<WorkerCtx>>,
         configs: &[ScheduleConfig],
-        cluster: Option<Arc<crate::cluster::ticks::Ticks>>,
+        claims: Option<Arc<dyn TickClaims>>,
     ) -> Result<Arc<Scheduler>> {
         let storage = env.storage.schedules().clone();
         let scheduler = Arc::new(Scheduler {
-            cluster,
+            claims,
             env: env.clone(),
             workers,
             storage,
@@ -445,9 +457,9 @@ impl Scheduler {
         let name = format!("{}@{}", config.name, tick_label(tick));
         // In a cluster, a tick runs on one host: the first to claim it.
         // An operator's trigger is this host's own.
-        if let Some(ticks) = &self.cluster
+        if let Some(claims) = &self.claims
             && trigger != ScheduleTrigger::Manual
-            && !ticks.claim(&config.name, &tick_label(tick)).await
+            && !claims.claim(&config.name, &tick_label(tick)).await
         {
             return Ok(Vec::new());
         }

@@ -22,7 +22,7 @@ pub mod rollout;
 pub mod ticks;
 
 pub use members::HostBeat;
-pub use requests::{Answer, RequestError, Responder, Target};
+pub use requests::{Answer, Kind, RequestError, Responder, Target};
 
 use crate::config::{ClusterAuth, ClusterConfig};
 use crate::worker::TaskEnv;
@@ -237,13 +237,13 @@ impl Cluster {
 
     /// Answers the requests of `kind` that other hosts (or this one) send
     /// to `any`, `all` or this host, with `responder`.
-    pub async fn serve(&self, kind: &str, responder: Arc<dyn Responder>) -> Result<()> {
+    pub async fn serve(&self, kind: Kind, responder: Arc<dyn Responder>) -> Result<()> {
         let task = requests::serve(&self.client, &self.config, kind, responder.clone()).await?;
         let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
         servers.push(task);
         // Tasks for `any` host come from the queue, while this host has
         // room.
-        if kind == "tasks" {
+        if kind == Kind::Submissions {
             servers.push(any::serve(self.any.clone(), self.env.clone(), responder));
         }
         Ok(())
@@ -276,11 +276,11 @@ impl Cluster {
     /// or one per host present for `all`).
     pub async fn request(
         &self,
-        kind: &str,
+        kind: Kind,
         target: &Target,
         payload: bytes::Bytes,
     ) -> Result<Vec<Answer>, RequestError> {
-        if kind == "tasks" && *target == Target::Any {
+        if kind == Kind::Submissions && *target == Target::Any {
             return Ok(vec![self.any.submit(&self.members, payload).await?]);
         }
         requests::request(

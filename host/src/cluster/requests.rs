@@ -1,7 +1,7 @@
 //! Requests to other hosts, answered as their control API would answer:
 //! an HTTP status and a JSON body.
 //!
-//! A kind of request (`tasks`: add a task) has three subjects under the
+//! A [`Kind`] of request (`tasks`: start a task) has three subjects under the
 //! cluster's name: `{name}.{kind}.any` (a queue group: NATS gives each
 //! request to one host), `{name}.{kind}.host.{host}` and
 //! `{name}.{kind}.all`. The answer carries the [`HOST_HEADER`] and the
@@ -91,13 +91,40 @@ pub enum RequestError {
     NoRoom { cluster: String },
 }
 
+/// What a request between hosts asks for: each kind has its own subjects
+/// and its own responder, and carries its own serde type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Start tasks: an `operations::types::Submission`.
+    Submissions,
+    /// An operation every host answers: an
+    /// `operations::types::ClusterCall`.
+    Calls,
+}
+
+impl Kind {
+    /// Its part of the subjects (`{name}.{kind}.any`).
+    pub fn subject_part(self) -> &'static str {
+        match self {
+            Kind::Submissions => "tasks",
+            Kind::Calls => "calls",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.subject_part())
+    }
+}
+
 /// What answers requests of one kind on this host.
 pub trait Responder: Send + Sync + 'static {
     /// The answer to `request`: an HTTP status and a JSON body.
     fn answer(&self, request: Bytes) -> Pin<Box<dyn Future<Output = (u16, Bytes)> + Send>>;
 }
 
-fn subject(config: &ClusterConfig, kind: &str, target: &Target) -> String {
+fn subject(config: &ClusterConfig, kind: Kind, target: &Target) -> String {
     match target {
         Target::Any => format!("{}.{kind}.any", config.name),
         Target::All => format!("{}.{kind}.all", config.name),
@@ -109,7 +136,7 @@ fn subject(config: &ClusterConfig, kind: &str, target: &Target) -> String {
 pub(super) async fn serve(
     client: &async_nats::Client,
     config: &ClusterConfig,
-    kind: &str,
+    kind: Kind,
     responder: Arc<dyn Responder>,
 ) -> Result<JoinHandle<()>> {
     let any = client
@@ -180,7 +207,7 @@ pub(super) async fn request(
     client: &async_nats::Client,
     config: &ClusterConfig,
     members: &Members,
-    kind: &str,
+    kind: Kind,
     target: &Target,
     payload: Bytes,
 ) -> Result<Vec<Answer>, RequestError> {

@@ -67,3 +67,13 @@ impl Ticks {
         }
     }
 }
+
+impl crate::scheduler::TickClaims for Ticks {
+    fn claim<'a>(
+        &'a self,
+        schedule: &'a str,
+        tick: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        Box::pin(Ticks::claim(self, schedule, tick))
+    }
+}

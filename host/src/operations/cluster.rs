@@ -10,12 +10,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// The kind of the cluster's requests that carry a [`Submission`].
-pub(super) const SUBMISSIONS: &str = "tasks";
-
-/// The kind of the cluster's requests that carry a [`ClusterCall`].
-const CALLS: &str = "calls";
-
 /// How long a roll-out waits for the hosts to say what they did: a host
 /// compiles the build first (a 12 MB JavaScript component took over 60 s
 /// in a debug build on a busy machine).
@@ -75,7 +69,11 @@ pub(super) async fn across(
     let cluster = host.cluster().ok_or_else(no_cluster)?;
     let payload = serde_json::to_vec(&call).unwrap_or_default();
     let answers = cluster
-        .request(CALLS, &crate::cluster::Target::All, payload.into())
+        .request(
+            crate::cluster::Kind::Calls,
+            &crate::cluster::Target::All,
+            payload.into(),
+        )
         .await
         .map_err(request_error)?;
     let mut joined = Vec::new();
@@ -189,10 +187,16 @@ impl Operations {
         cluster: &crate::cluster::Cluster,
     ) -> anyhow::Result<()> {
         cluster
-            .serve(SUBMISSIONS, Arc::new(Submissions(self.clone())))
+            .serve(
+                crate::cluster::Kind::Submissions,
+                Arc::new(Submissions(self.clone())),
+            )
             .await?;
         cluster
-            .serve(CALLS, Arc::new(ClusterCalls(self.clone())))
+            .serve(
+                crate::cluster::Kind::Calls,
+                Arc::new(ClusterCalls(self.clone())),
+            )
             .await?;
         cluster.watch_plugins(Arc::new(HostPlugins(Arc::downgrade(&self.host))));
         let remote: Arc<dyn crate::worker::RemoteTasks> = self.clone();

@@ -165,7 +165,7 @@ impl Operations {
         submission.host = None;
         let payload = serde_json::to_vec(&submission).unwrap_or_default();
         let answers = cluster
-            .request(cluster::SUBMISSIONS, &target, payload.into())
+            .request(crate::cluster::Kind::Submissions, &target, payload.into())
             .await
             .map_err(cluster::request_error)?;
         let mut submitted = Submitted { tasks: Vec::new() };
