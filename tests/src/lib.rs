@@ -15,6 +15,39 @@ use taskhost::plugin::build::{self, BuildOptions, BuildOutput};
 /// How long a `run --until-idle` may take before the watchdog ends it.
 const RUN_TIMEOUT_SECS: u32 = 180;
 
+/// Polls `probe` until it says done (`Ok`), at most for `limit`, every
+/// `every`; panics with the last thing it saw (`Err`). Only for state that
+/// announces no event (a heartbeat, a record in NATS, a metric): what a
+/// host logs is awaited with [`Running::wait_for`] instead.
+pub fn poll_until<T>(
+    limit: std::time::Duration,
+    every: std::time::Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match probe() {
+            Ok(done) => return done,
+            Err(seen) => assert!(
+                std::time::Instant::now() < deadline,
+                "not so after {} s: {seen}",
+                limit.as_secs()
+            ),
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// `n` seconds.
+pub fn secs(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n)
+}
+
+/// `n` milliseconds.
+pub fn millis(n: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(n)
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -213,18 +246,14 @@ impl TestApp {
     /// Waits (up to 30 s) until metric `name` is `want` (absent counts as
     /// 0).
     pub fn await_metric(&self, name: &str, want: f64) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
+        poll_until(secs(30), millis(20), || {
             let seen = self.metric(name).unwrap_or(0.0);
             if seen == want {
-                return;
+                Ok(())
+            } else {
+                Err(format!("{name} is {seen}, not {want}"))
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name} stayed {seen}, not {want}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        })
     }
 
     /// Starts `taskhost run --log-format json app.toml` without waiting,

@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use taskhost_tests::{Api, NatsServer, Run, Running, TestApp};
+use taskhost_tests::{Api, NatsServer, Run, Running, TestApp, millis, poll_until, secs};
 
 /// A metric's value from a host's `/metrics`; 0 for a labelled counter
 /// not counted yet (absent from the text).
@@ -20,17 +20,20 @@ fn await_metric(app: &TestApp, name: &str, want: f64) {
 /// Waits (up to 30 s) until `app`'s host sees `count` hosts, every one
 /// taking requests (its heartbeat says `serving`).
 fn await_all_serving(app: &TestApp, count: usize) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let hosts: Value =
-            serde_json::from_str(app.cli(&["hosts", "--json"]).ok().stdout.trim()).unwrap();
-        let hosts = hosts.as_array().unwrap();
-        if hosts.len() == count && hosts.iter().all(|h| h["serving"] == true) {
-            return;
+    poll_until(secs(30), millis(50), || {
+        let hosts = hosts_of(app);
+        let all = hosts.as_array().unwrap();
+        if all.len() == count && all.iter().all(|h| h["serving"] == true) {
+            Ok(())
+        } else {
+            Err(format!("hosts: {hosts}"))
         }
-        assert!(std::time::Instant::now() < deadline, "{hosts:?}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    });
+}
+
+/// What `app`'s host says of the hosts of its cluster (`taskhost hosts`).
+fn hosts_of(app: &TestApp) -> Value {
+    serde_json::from_str(app.cli(&["hosts", "--json"]).ok().stdout.trim()).unwrap()
 }
 
 /// A host `host` of cluster `cluster` on `nats`, with `workers` workers and
@@ -473,8 +476,7 @@ fn a_schedule_in_a_three_host_cluster_fires_once_per_tick() {
         })
         .collect();
     let before: usize = first.iter().sum();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
+    poll_until(secs(60), millis(200), || {
         let mut ticks: Vec<String> = hosts
             .iter()
             .flat_map(|(app, _)| task_names(app))
@@ -485,11 +487,11 @@ fn a_schedule_in_a_three_host_cluster_fires_once_per_tick() {
         ticks.dedup();
         assert_eq!(ticks.len(), all, "a tick ran twice: {ticks:?}");
         if all >= before + 5 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("ticks run: {ticks:?}"))
         }
-        assert!(std::time::Instant::now() < deadline, "{ticks:?}");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    });
     for (_, running) in hosts {
         let run = running.stop();
         // The ticks a host did not win it left to the others, without
@@ -504,19 +506,15 @@ fn a_schedule_in_a_three_host_cluster_fires_once_per_tick() {
 
 /// Waits (up to 30 s) until `app`'s host says it is `status`.
 fn await_health(app: &TestApp, status: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    poll_until(secs(30), millis(50), || {
         let run = app.cli(&["health", "--json"]);
         let health: Value = serde_json::from_str(run.stdout.trim()).unwrap_or(Value::Null);
         if health["status"] == status {
-            return;
+            Ok(())
+        } else {
+            Err(format!("health is {health}, not {status}"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "health stayed {health}, not {status}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    });
 }
 
 #[test]
@@ -590,31 +588,26 @@ fn when_nats_goes_away_local_work_goes_on_and_the_hosts_come_back() {
     for app in [&a, &b] {
         await_health(app, "ok");
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    poll_until(secs(30), millis(100), || {
         b.cli(&["dispatch", "jobs.back", "\"again\""]).ok();
         let heard = a.cli(&["task", "w", "--json"]).ok();
         if heard.stdout.contains("\"done\"") {
-            break;
+            Ok(())
+        } else {
+            Err(heard.dump())
         }
-        assert!(std::time::Instant::now() < deadline, "{}", heard.dump());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    });
     running_a.wait_for(1, |l| l["event"] == "done" && l["task"] == "w");
     // The end of the durable task is recorded once NATS is back, and its
     // message leaves the queue.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    poll_until(secs(30), millis(100), || {
         let (queued, records) = durable_state(&nats, "outage");
         if queued == 0 && records["through"]["state"] == "done" {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{queued} queued: {records:?}"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{queued} queued: {records:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    });
     for running in [running_a, running_b] {
         running.stop();
     }
@@ -738,14 +731,14 @@ fn a_durable_task_outlives_its_host_and_a_cancelled_one_is_not_run_again() {
         "it cannot have ended: {}",
         cancel.dump()
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while durable_state(&nats, "durable").1["stuck"]["cancel_requested"] != true {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the cancel was never recorded"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    poll_until(secs(10), millis(50), || {
+        let records = durable_state(&nats, "durable").1;
+        if records["stuck"]["cancel_requested"] == true {
+            Ok(())
+        } else {
+            Err(format!("the cancel is not recorded: {records:?}"))
+        }
+    });
     running_a.signal("KILL");
     let killed = running_a.finish();
     assert_eq!(killed.code, None, "{}", killed.dump());
@@ -1191,21 +1184,19 @@ fn a_guest_starts_tasks_on_any_host_a_named_one_or_all() {
 /// Waits (up to 10 s) until `app`'s host sees host `name` say it
 /// serves (or, with `false`, that it does not).
 fn await_serving(app: &TestApp, name: &str, want: bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let hosts: Value =
-            serde_json::from_str(app.cli(&["hosts", "--json"]).ok().stdout.trim()).unwrap();
+    poll_until(secs(10), millis(50), || {
+        let hosts = hosts_of(app);
         let serves = hosts
             .as_array()
             .unwrap()
             .iter()
             .any(|h| h["host"] == name && h["serving"] == true);
         if serves == want {
-            return;
+            Ok(())
+        } else {
+            Err(format!("hosts: {hosts}"))
         }
-        assert!(std::time::Instant::now() < deadline, "{hosts}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    });
 }
 
 #[test]
@@ -1412,11 +1403,13 @@ fn a_paused_hosts_copy_performs_no_effect_after_another_host_took_its_task() {
             .count()
     };
     let wait = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !done() {
-            assert!(std::time::Instant::now() < deadline, "{what}");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        poll_until(secs(60), millis(50), || {
+            if done() {
+                Ok(())
+            } else {
+                Err(format!("waiting until {what}"))
+            }
+        })
     };
     wait("attempt 1 made its first calls", &|| count(1) >= 3);
 
@@ -1455,15 +1448,14 @@ fn a_returning_host_stops_a_task_whose_cluster_scoped_name_was_taken_meanwhile()
     add_solo(&a).ok();
     running_a.signal("STOP");
     // b takes the name once the claim of silent a is swept.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
+    poll_until(secs(60), millis(200), || {
         let taken = add_solo(&b);
         if taken.code == Some(0) {
-            break;
+            Ok(())
+        } else {
+            Err(taken.dump())
         }
-        assert!(std::time::Instant::now() < deadline, "{}", taken.dump());
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    });
     running_a.signal("CONT");
     running_a.wait_for(1, |l| {
         l["message"].as_str().is_some_and(|m| {

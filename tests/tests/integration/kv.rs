@@ -466,14 +466,14 @@ fn a_lock_held_from_outside_stalls_only_the_task_that_waits_for_it() {
                "args": {"bucket": "b", "op": "set", "key": "k", "value": 1}}),
     );
     // The write is waiting for the lock (not merely not started yet).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while api.metric("taskhost_storage_calls_waiting") < 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the write never waited"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    taskhost_tests::poll_until(
+        taskhost_tests::secs(30),
+        taskhost_tests::millis(20),
+        || match api.metric("taskhost_storage_calls_waiting") {
+            waiting if waiting >= 1.0 => Ok(()),
+            _ => Err("the write does not wait for the lock".into()),
+        },
+    );
     api.post(
         "/v1/tasks",
         json!({"plugin": "kit", "factory": "nap", "name": "sleeper", "args": {"ms": 300}}),
