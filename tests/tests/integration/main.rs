@@ -16,6 +16,7 @@ mod durable;
 mod events;
 mod foundation;
 mod grants;
+mod guests;
 mod hostile;
 mod hot_load_paths;
 mod http;

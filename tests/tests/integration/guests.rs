@@ -1,0 +1,335 @@
+//! The Python and JavaScript SDKs, one table over the two languages:
+//! `plugins/py-examples` and `plugins/js-examples`, built by `taskhost build`
+//! (componentize-py; esbuild and componentize-js; installed by taskhost
+//! into its cache) and run through the real binary. Each test here runs
+//! once per language (`guests::python::...`, `guests::js::...`); what the
+//! two languages do differently (a traceback or a stack, how running out
+//! of memory looks) is a field of [`Language`]. What only Python has (its
+//! build cache, editing a plugin) is in `python.rs`.
+
+use serde_json::{Value, json};
+use taskhost_tests::{Run, TestApp, hello_server};
+
+/// One guest language and what its example plugin does its own way.
+pub(crate) struct Language {
+    /// `py` or `js`: the plugin's name in app.toml and the app's name.
+    pub(crate) short: &'static str,
+    /// The placeholder of its built example plugin.
+    examples: &'static str,
+    /// Whether an uncaught error's text is the language's own, naming the
+    /// helper it came from.
+    uncaught: fn(&str) -> bool,
+    /// What `hog` (200 MiB against the 64 MiB default) returns: the
+    /// guest's own out-of-memory, caught.
+    out_of_memory: &'static str,
+    /// What `tour` answers beyond the fields both answer.
+    tour_extra: fn(&mut serde_json::Map<String, Value>),
+    /// The `unknown argument` message, as the SDK words it.
+    unknown_argument: &'static str,
+    /// Whether the error of a request the allow-list denied is the SDK's
+    /// own, naming the request.
+    denied: fn(&str) -> bool,
+    /// Whether a cancel of a task waiting for an HTTP response is tested
+    /// (JavaScript's is not yet).
+    cancels_http_waits: bool,
+}
+
+const PYTHON: Language = Language {
+    short: "py",
+    examples: "{py-examples}",
+    uncaught: |error| {
+        error.contains("Traceback")
+            && error.contains("helper_that_fails")
+            && error.contains("ValueError: the python guest blew up")
+    },
+    out_of_memory: "MemoryError",
+    tour_extra: |_| {},
+    unknown_argument: "unknown argument `colour`",
+    denied: |error| {
+        error.contains("HttpError: GET http://127.0.0.1:9/nowhere failed: HttpRequestDenied")
+    },
+    cancels_http_waits: true,
+};
+
+const JS: Language = Language {
+    short: "js",
+    examples: "{js-examples}",
+    uncaught: |error| {
+        error.starts_with("TypeError: the js guest blew up") && error.contains("helperThatFails@")
+    },
+    out_of_memory: "caught string: out of memory",
+    // u64 ids arrive as plain numbers.
+    tour_extra: |tour| {
+        tour.insert("id_type".into(), json!("number"));
+    },
+    unknown_argument: "unknown argument `colour` (it takes: flag, label, num)",
+    // fetch() (StarlingMonkey's) rejects with a NetworkError that does not
+    // say why; the host's log line, checked for both languages, names the
+    // grant to add.
+    denied: |error| error.starts_with("TypeError: NetworkError when attempting to fetch resource"),
+    cancels_http_waits: false,
+};
+
+impl Language {
+    /// An app of two workers with the example plugin as `short`, `extra`
+    /// after its table, `[config] greeting` and `tasks`.
+    fn app(&self, extra: &str, tasks: &str) -> TestApp {
+        TestApp::new(&format!(
+            r#"
+            name = "{short}"
+            workers = 2
+            [plugins.{short}]
+            path = "{examples}"
+            {extra}
+            [config]
+            greeting = "hallo"
+            {tasks}
+            "#,
+            short = self.short,
+            examples = self.examples,
+        ))
+    }
+
+    /// A `[[tasks]]` entry of the example plugin.
+    fn task(&self, factory: &str, name: &str, args: &str) -> String {
+        format!(
+            "[[tasks]]\nplugin = \"{}\"\nfactory = \"{factory}\"\nname = \"{name}\"\nargs = {args}\n",
+            self.short
+        )
+    }
+}
+
+/// Each test once per language, as `python::NAME` and `js::NAME`.
+macro_rules! per_language {
+    ($(fn $name:ident($lang:ident: &Language) $body:block)*) => {
+        $(fn $name($lang: &Language) $body)*
+        mod python {
+            $(#[test] fn $name() { super::$name(&super::PYTHON) })*
+        }
+        mod js {
+            $(#[test] fn $name() { super::$name(&super::JS) })*
+        }
+    };
+}
+
+per_language! {
+    fn tasks_run_per_worker_with_typed_args_app_calls_fetch_and_errors(lang: &Language) {
+        let address = hello_server();
+        let short = lang.short;
+        let run = lang
+            .app(
+                &format!("[plugins.{short}.grants]\nhttp = [\"http://{address}\"]"),
+                &[
+                    lang.task("slow_work", "slow", "{ ms = 10 }"),
+                    lang.task("auto_inject", "inject", "{}"),
+                    lang.task("typed", "typed", r#"{ num = 7, label = "seven" }"#),
+                    lang.task("tour", "tour", "{}"),
+                    lang.task("boom", "boom", "{}"),
+                    lang.task("hog", "hog", "{ mb = 200 }"),
+                    lang.task(
+                        "fetch_text",
+                        "fetch",
+                        &format!(r#"{{ url = "http://{address}/hello" }}"#),
+                    ),
+                    lang.task(
+                        "fetch_text",
+                        "denied",
+                        r#"{ url = "http://127.0.0.1:9/nowhere" }"#,
+                    ),
+                ]
+                .concat(),
+            )
+            .run_until_idle();
+        assert_eq!(run.code, Some(1), "boom fails the run\n{}", run.dump());
+        // Startup tasks run once per worker.
+        assert_eq!(run.messages("slow work done").len(), 2, "{}", run.dump());
+        // The injected app knows its name, worker and config.
+        let mut injected = run.results_of("inject");
+        injected.sort_by_key(|r| r["worker"].as_u64());
+        assert_eq!(
+            injected,
+            vec![
+                json!({"app": short, "worker": 0, "greeting": "hallo"}),
+                json!({"app": short, "worker": 1, "greeting": "hallo"}),
+            ],
+            "{}",
+            run.dump()
+        );
+        assert_eq!(
+            run.results_of("typed")[0],
+            json!({"num": 7, "label": "seven", "flag": null})
+        );
+        // Every app call, and errors as the SDK's classes.
+        let mut tour = json!({"seen": "running", "missing": "NotFound", "bad_args": "InvalidArgs",
+                              "cancelled": "cancelled", "woken": 0, "listed": true, "purged": true,
+                              "greeting": "hallo"});
+        (lang.tour_extra)(tour.as_object_mut().unwrap());
+        assert_eq!(run.results_of("tour")[0], tour, "{}", run.dump());
+        // An uncaught error fails the task with the language's own account
+        // of it (a traceback, a stack).
+        let error = run.event_of("failed", "boom")[0]["error"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!((lang.uncaught)(&error), "{error}");
+        // 200 MiB against the 64 MiB default: the guest catches running out.
+        assert_eq!(
+            run.results_of("hog")[0],
+            json!(lang.out_of_memory),
+            "{}",
+            run.dump()
+        );
+        // Outbound HTTP goes through the host's wasi:http and its allow-list.
+        assert_eq!(
+            run.results_of("fetch")[0],
+            json!({"status": 200, "body": "hello from the test server"}),
+            "{}",
+            run.dump()
+        );
+        let denied = run.event_of("failed", "denied");
+        assert_eq!(denied.len(), 2, "{}", run.dump());
+        let error = denied[0]["error"].as_str().unwrap_or_default();
+        assert!((lang.denied)(error), "{error}");
+        let denials = run
+            .lines
+            .iter()
+            .filter(|l| {
+                l["message"].as_str().is_some_and(|m| {
+                    m.contains("http://127.0.0.1:9 denied")
+                        && m.contains(&format!("[plugins.{short}.grants] http"))
+                })
+            })
+            .count();
+        assert!(denials >= 1, "the host says what to allow\n{}", run.dump());
+    }
+
+    fn arguments_are_checked_by_name_and_type_before_anything_runs(lang: &Language) {
+        for (args, says) in [
+            (
+                r#"{ num = "x", label = "l" }"#,
+                "argument `num` must be an integer, got \"x\"",
+            ),
+            (r#"{ num = 1.5, label = "l" }"#, "must be an integer, got 1.5"),
+            (r#"{ num = 1 }"#, "missing argument `label`"),
+            (r#"{ num = 1, label = "l", colour = "red" }"#, lang.unknown_argument),
+        ] {
+            let check = lang.app("", &lang.task("typed", "typed", args)).check();
+            assert_eq!(check.code, Some(2), "{args}: {}", check.dump());
+            assert!(check.stderr.contains(says), "{args}: {}", check.stderr);
+        }
+        let check = lang.app("", &lang.task("no_such", "x", "{}")).check();
+        assert_eq!(check.code, Some(2), "{}", check.dump());
+        assert!(
+            check.stderr.contains("slow_work"),
+            "lists the factories: {}",
+            check.stderr
+        );
+    }
+
+    fn a_cancel_runs_finally_the_feed_cleans_up_and_a_loop_is_forced(lang: &Language) {
+        let short = lang.short;
+        let address = hello_server();
+        let mut tasks = vec![
+            lang.task("sleeper", "sleeper", r#"{ marker = "m1" }"#),
+            lang.task("spinner", "spinner", "{}"),
+            lang.task("feed", "feed", &format!(r#"{{ events = 100, event = "{short}.feed" }}"#)),
+        ];
+        if lang.cancels_http_waits {
+            tasks.push(lang.task(
+                "fetch_text",
+                "waiting",
+                &format!(r#"{{ url = "http://{address}/slow" }}"#),
+            ));
+        }
+        let app = lang.app(
+            &format!("[plugins.{short}.grants]\nhttp = [\"http://{address}\"]"),
+            &tasks.concat(),
+        );
+        let mut host = app.spawn();
+        for name in ["spinner", "sleeper", "feed"] {
+            host.wait_for(2, |l| l["event"] == "started" && l["task"] == name);
+        }
+        host.wait_for(2, |l| {
+            l["event"] == "started"
+                && l["task"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("receiver:"))
+        });
+        // The sleeper's cleanup runs in its `finally`, whatever catches the
+        // cancel on the way: it ends cancelled, cooperatively.
+        let cancelled = app.cli(&["cancel", "sleeper", "--worker", "0", "--json"]);
+        assert_eq!(cancelled.code, Some(0), "{}", cancelled.stderr);
+        let ended: Value = serde_json::from_str(cancelled.stdout.trim()).unwrap();
+        assert_eq!(ended[0]["state"], "cancelled", "{ended}");
+        assert_eq!(ended[0]["cancel_stage"], "cooperative", "{ended}");
+        let cleaned = app.cli(&["kv", "get", &format!("{short}/cleanup"), "m1"]);
+        assert!(cleaned.stdout.contains("cleaned up"), "{}", cleaned.dump());
+        // A task waiting on an HTTP response sees the cancel as Cancelled.
+        if lang.cancels_http_waits {
+            host.wait_for(2, |l| l["event"] == "started" && l["task"] == "waiting");
+            let waiting = app.cli(&["cancel", "waiting", "--worker", "0", "--json"]);
+            let waiting: Value = serde_json::from_str(waiting.stdout.trim()).unwrap();
+            assert_eq!(waiting[0]["state"], "cancelled", "{waiting}");
+            assert_eq!(waiting[0]["cancel_stage"], "cooperative", "{waiting}");
+        }
+        // The seed's feed: a message reaches both receivers; cancelling a
+        // feed cancels its receiver in its `finally`.
+        let sent = app.cli(&["dispatch", "message", "hi there", "--wait-for", "4"]);
+        assert_eq!(sent.code, Some(0), "{}", sent.dump());
+        host.wait_for(2, |l| l["message"] == "received hi there");
+        let feed = app.cli(&["cancel", "feed", "--worker", "1", "--json"]);
+        assert_eq!(feed.code, Some(0), "{}", feed.dump());
+        host.wait_for(1, |l| {
+            l["event"] == "cancelled"
+                && l["worker"] == 1
+                && l["task"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("receiver:"))
+        });
+        // The interpreter's snapshot is mapped copy-on-write, not copied.
+        let plugins = app.cli(&["plugins", "--json"]);
+        let plugins: Value = serde_json::from_str(plugins.stdout.trim()).unwrap();
+        assert_eq!(plugins[0]["memory_image"], "copy_on_write", "{plugins}");
+        let forced = app.cli(&["cancel", "spinner", "--worker", "0", "--json"]);
+        let forced: Value = serde_json::from_str(forced.stdout.trim()).unwrap();
+        assert_eq!(forced[0]["cancel_stage"], "forced", "{forced}");
+        host.signal("TERM");
+        let run = host.finish();
+        assert_sdk_cancels(lang, &run);
+    }
+
+    fn a_feed_serves_the_seeds_websocket_session(lang: &Language) {
+        let app = lang.app(
+            &format!(
+                r#"
+                [[routes]]
+                websocket = "/feed"
+                plugin = "{}"
+                factory = "feed"
+                "#,
+                lang.short
+            ),
+            "",
+        );
+        let (mut host, address) = taskhost_tests::routes::start(&app);
+        taskhost_tests::routes::seed_session(&app, &mut host, address, "/feed", 2);
+        host.signal("TERM");
+        let run = host.finish();
+        assert_eq!(run.code, Some(0), "{}", run.dump());
+    }
+}
+
+/// What each SDK says of the cancels in `run`: Python's never lets a
+/// broad `except` swallow one; JavaScript's sleeper catches `Cancelled`
+/// on each worker and still ends cancelled.
+fn assert_sdk_cancels(lang: &Language, run: &Run) {
+    match lang.short {
+        "py" => assert!(
+            run.messages("a broad except caught the cancel: a bug in the SDK")
+                .is_empty(),
+            "{}",
+            run.dump()
+        ),
+        _ => assert_eq!(run.messages("caught Cancelled").len(), 2, "{}", run.dump()),
+    }
+}
