@@ -479,17 +479,28 @@ impl DurableQueue {
                 break seq;
             }
             // Submitted with the same key a moment ago (on any host): that
-            // one's record is written right after its publish.
+            // one's record is written right after its publish. Or that
+            // submission's record was forgotten since (its message is gone
+            // from the queue and its key from the records): then this one
+            // is sent again as the next generation.
+            let mut forgotten = false;
             for _ in 0..50 {
                 if let Some((existing, _)) = self.read(seq).await? {
                     return self.existing(existing);
                 }
+                // Another host sent the next generation first.
+                if let Some(key) = &key
+                    && let Some(other) = self.keyed(key).await?
+                    && let Some((existing, _)) = self.read(other).await?
+                {
+                    return self.existing(existing);
+                }
+                if key.is_some() && self.keyed_message_gone(seq).await? {
+                    forgotten = true;
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let forgotten = match &key {
-                Some(key) => self.keyed(key).await?.is_none(),
-                None => false,
-            };
             generations += 1;
             if !forgotten || generations > 8 {
                 bail!(
@@ -544,6 +555,20 @@ impl DurableQueue {
             .await
             .with_context(|| format!("cannot purge {key} from {}", self.records_bucket))?;
         Ok(())
+    }
+
+    /// Whether message `seq` is gone from the queue, and no record or key
+    /// names it: what `forget` leaves of a submission.
+    async fn keyed_message_gone(&self, seq: u64) -> Result<bool> {
+        use jetstream::stream::LastRawMessageErrorKind;
+        match self.stream.get_raw_message(seq).await {
+            Ok(_) => Ok(false),
+            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                Ok(self.read(seq).await?.is_none())
+            }
+            Err(error) => Err(anyhow::Error::new(error)
+                .context(format!("cannot read durable task {seq}'s message"))),
+        }
     }
 
     async fn keyed(&self, key: &str) -> Result<Option<u64>> {

@@ -43,12 +43,15 @@ pub(super) fn request_error(error: crate::cluster::RequestError) -> OpError {
 }
 
 /// One error for the hosts that refused: their kind when they all gave
-/// one (a guest's `start-task-on` gets `duplicate-name`, say), else
-/// `refused`; the message says what each host said.
+/// one (a guest's `start-task-on` gets `duplicate-name`, say), `not_found`
+/// when they all found nothing (no such task here, no such worker
+/// there), else `refused`; the message says what each host said.
 pub(super) fn joined_error(failed: &[(String, OpError)]) -> OpError {
     let first = failed.first().map_or(ErrorKind::Refused, |(_, e)| e.kind);
     let kind = if failed.iter().all(|(_, e)| e.kind == first) {
         first
+    } else if failed.iter().all(|(_, e)| e.kind.status() == 404) {
+        ErrorKind::NotFound
     } else {
         ErrorKind::Refused
     };
@@ -99,7 +102,9 @@ pub(super) async fn across(
             joined.push(entry);
         }
     }
-    failed.retain(|(_, error)| !(answered && error.kind == ErrorKind::NotFound));
+    // Any "not here" (no such task, no such worker) of a host is no error
+    // while another host answered.
+    failed.retain(|(_, error)| !(answered && error.kind.status() == 404));
     if failed.is_empty() {
         Ok(joined)
     } else {
@@ -180,8 +185,8 @@ pub(super) async fn roll_out(
 impl Operations {
     /// Answers the other hosts of `cluster`: their submissions and calls,
     /// the builds they roll out, and this host's guests' `start-task-on`.
-    /// The host holds the operations weakly (they point back at it); the
-    /// caller keeps them for the run.
+    /// The workers hold the operations weakly (for `start-task-on`); the
+    /// cluster's responders hold them until the host stops serving.
     pub(crate) async fn serve_cluster(
         self: &Arc<Self>,
         cluster: &crate::cluster::Cluster,

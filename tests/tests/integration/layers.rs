@@ -1,7 +1,11 @@
 //! The host crate's modules form the layers its crate docs describe: every
 //! `use crate::...` (and every `crate::...` path) in a module names a
-//! module of a lower layer, never one of the same layer or above. Cycles
-//! are impossible by construction.
+//! module of a lower layer, never one of the same layer or above, and so
+//! does every `super::` and `self::` path once made absolute. Cycles
+//! between the listed modules are impossible by construction. Paths are
+//! read as text: an item re-exported by a parent (`super::Target`) counts
+//! as the parent's, and `//` inside a string ends what is read of its
+//! line.
 //!
 //! An entry may name a submodule (`operations::types`): it then has a layer
 //! of its own, apart from the rest of its parent, so a module's vocabulary
@@ -134,6 +138,37 @@ fn every_module_uses_only_the_layers_below_it() {
             }
         }
     }
+    // `super::` and `self::` paths too, made absolute: a submodule the list
+    // places apart from its parent (`operations::types`) must not reach up
+    // to it either.
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    for file in files {
+        let own_path = module_path(&file, &src);
+        let module = module_of(&file, &src);
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        let own = layer_of(&module);
+        let text = std::fs::read_to_string(&file).unwrap();
+        for named in named_paths(&text, &own_path) {
+            if named.is_empty() {
+                continue;
+            }
+            let used = listed(&named);
+            // Not a module of the list: an item of the crate root.
+            if !LAYERS.iter().any(|layer| layer.contains(&used.as_str())) {
+                continue;
+            }
+            if used != module && layer_of(&used) >= own {
+                wrong.push(format!(
+                    "{}: `{module}` uses `{used}` (through `{}`)",
+                    file.strip_prefix(&src).unwrap().display(),
+                    named.join("::")
+                ));
+            }
+        }
+    }
     assert!(
         wrong.is_empty(),
         "uses that do not point down the layers:\n{}",
@@ -165,6 +200,9 @@ fn module_path(path: &std::path::Path, src: &std::path::Path) -> Vec<String> {
 /// Every module path a file names (`crate::a::b`, `super::b`,
 /// `self::b`, and each path of a `{...}` group), made absolute.
 fn named_paths(text: &str, own: &[String]) -> Vec<Vec<String>> {
+    // A module's unit tests (`#[cfg(test)] mod tests`, at its end) are not
+    // part of its layering, and their `super::` is the module's own.
+    let text = text.split("#[cfg(test)]").next().unwrap_or(text);
     let code: String = text
         .lines()
         .map(|line| line.split("//").next().unwrap())
