@@ -34,7 +34,7 @@ pub(crate) struct Language {
     cancels_http_waits: bool,
 }
 
-const PYTHON: Language = Language {
+pub(crate) const PYTHON: Language = Language {
     short: "py",
     examples: "{py-examples}",
     uncaught: |error| {
@@ -51,7 +51,7 @@ const PYTHON: Language = Language {
     cancels_http_waits: true,
 };
 
-const JS: Language = Language {
+pub(crate) const JS: Language = Language {
     short: "js",
     examples: "{js-examples}",
     uncaught: |error| {
@@ -73,7 +73,7 @@ const JS: Language = Language {
 impl Language {
     /// An app of two workers with the example plugin as `short`, `extra`
     /// after its table, `[config] greeting` and `tasks`.
-    fn app(&self, extra: &str, tasks: &str) -> TestApp {
+    pub(crate) fn app(&self, extra: &str, tasks: &str) -> TestApp {
         TestApp::new(&format!(
             r#"
             name = "{short}"
@@ -91,7 +91,7 @@ impl Language {
     }
 
     /// A `[[tasks]]` entry of the example plugin.
-    fn task(&self, factory: &str, name: &str, args: &str) -> String {
+    pub(crate) fn task(&self, factory: &str, name: &str, args: &str) -> String {
         format!(
             "[[tasks]]\nplugin = \"{}\"\nfactory = \"{factory}\"\nname = \"{name}\"\nargs = {args}\n",
             self.short

@@ -50,18 +50,7 @@ fn layer_of(module: &str) -> usize {
 /// The module of the layer list a file of `host/src` belongs to: its
 /// top-level module, or a submodule the list names.
 fn module_of(path: &std::path::Path, src: &std::path::Path) -> String {
-    let relative = path.strip_prefix(src).unwrap();
-    let parts: Vec<String> = relative
-        .components()
-        .map(|c| {
-            c.as_os_str()
-                .to_str()
-                .unwrap()
-                .trim_end_matches(".rs")
-                .to_string()
-        })
-        .collect();
-    listed(&parts)
+    listed(&module_path(path, src))
 }
 
 /// The longest prefix of `parts` (`["operations", "types"]`) the layer

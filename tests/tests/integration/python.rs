@@ -3,44 +3,25 @@
 //! Python and JavaScript both do is tested once per language in
 //! `guests.rs`.
 
+use super::guests::PYTHON;
 use serde_json::{Value, json};
 use taskhost_tests::{Run, TestApp, hello_server};
-
-fn app_with(extra: &str, tasks: &str) -> TestApp {
-    TestApp::new(&format!(
-        r#"
-        name = "py"
-        workers = 2
-        [plugins.py]
-        path = "{{py-examples}}"
-        {extra}
-        [config]
-        greeting = "hallo"
-        {tasks}
-        "#
-    ))
-}
-
-fn task(factory: &str, name: &str, args: &str) -> String {
-    format!(
-        "[[tasks]]\nplugin = \"py\"\nfactory = \"{factory}\"\nname = \"{name}\"\nargs = {args}\n"
-    )
-}
 
 /// `app.fetch` with a body POSTs it as JSON (what `guests.rs` runs in both
 /// languages is there; JavaScript's `fetch_text` only GETs).
 #[test]
 fn python_fetch_posts_a_body_as_json() {
     let address = hello_server();
-    let run = app_with(
-        &format!("[plugins.py.grants]\nhttp = [\"http://{address}\"]"),
-        &task(
-            "fetch_text",
-            "post",
-            &format!(r#"{{ url = "http://{address}/echo", body = {{ n = 1 }} }}"#),
-        ),
-    )
-    .run_until_idle();
+    let run = PYTHON
+        .app(
+            &format!("[plugins.py.grants]\nhttp = [\"http://{address}\"]"),
+            &PYTHON.task(
+                "fetch_text",
+                "post",
+                &format!(r#"{{ url = "http://{address}/echo", body = {{ n = 1 }} }}"#),
+            ),
+        )
+        .run_until_idle();
     assert_eq!(run.code, Some(0), "{}", run.dump());
     assert_eq!(
         run.results_of("post")[0],
