@@ -323,14 +323,9 @@ impl Api {
         params: &[&str],
         request: &Request,
     ) -> Answer {
-        let mut path = route.path_with(params);
         let method = route.method.as_str();
-        let body = if route.method.takes_query() {
-            path.push_str(&taskhost::control::client::query_of(request).unwrap());
-            None
-        } else {
-            Some(serde_json::to_value(request).unwrap())
-        };
+        let (path, body) = route.request(params, request).unwrap();
+        let body = body.map(|text| serde_json::from_str(&text).unwrap());
         let (status, answer) = self.request_any(method, &path, body);
         assert!(
             (200..300).contains(&status),

@@ -13,38 +13,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
 
-/// `request` as a query string (`?a=1&b=x`, values percent-encoded),
-/// from its JSON object's present fields; empty for none.
-pub fn query_of(request: &impl Serialize) -> Result<String, ClientError> {
-    let value = serde_json::to_value(request)
-        .map_err(|e| ClientError::refused(format!("cannot encode the request: {e}")))?;
-    let serde_json::Value::Object(fields) = value else {
-        return Ok(String::new());
-    };
-    let pairs: Vec<String> = fields
-        .iter()
-        .filter(|(_, value)| !value.is_null())
-        .map(|(key, value)| {
-            let text = match value {
-                serde_json::Value::String(text) => text.clone(),
-                other => other.to_string(),
-            };
-            format!("{key}={}", routes::encode(&text))
-        })
-        .collect();
-    Ok(if pairs.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", pairs.join("&"))
-    })
-}
-
-/// `body` as JSON text.
-fn encode(body: &impl Serialize) -> Result<String, ClientError> {
-    serde_json::to_string(body)
-        .map_err(|e| ClientError::refused(format!("cannot encode the request: {e}")))
-}
-
 /// Why a request did not succeed; the CLI maps each to its exit code
 /// (4 for an unreachable host, else [`ErrorKind::exit_code`]).
 #[derive(Debug, thiserror::Error)]
@@ -106,18 +74,14 @@ impl Client {
         params: &[&str],
         request: &Request,
     ) -> Result<Answer, ClientError> {
-        let mut path = route.path_with(params);
+        let (path, body) = route
+            .request(params, request)
+            .map_err(ClientError::refused)?;
         let method = match route.method {
             routes::Method::Get => Method::GET,
             routes::Method::Post => Method::POST,
             routes::Method::Put => Method::PUT,
             routes::Method::Delete => Method::DELETE,
-        };
-        let body = if route.method.takes_query() {
-            path.push_str(&query_of(request)?);
-            None
-        } else {
-            Some(encode(request)?)
         };
         self.json(method, &path, body).await
     }

@@ -79,6 +79,28 @@ impl<Request, Answer> Route<Request, Answer> {
         path
     }
 
+    /// The path to call with `params` filled in and `request` as its query
+    /// (a GET or DELETE), and the JSON body (others); the error says why
+    /// the request does not encode.
+    pub fn request(
+        &self,
+        params: &[&str],
+        request: &Request,
+    ) -> Result<(String, Option<String>), String>
+    where
+        Request: serde::Serialize,
+    {
+        let mut path = self.path_with(params);
+        if self.method.takes_query() {
+            path.push_str(&query_of(request)?);
+            Ok((path, None))
+        } else {
+            let body = serde_json::to_string(request)
+                .map_err(|e| format!("cannot encode the request: {e}"))?;
+            Ok((path, Some(body)))
+        }
+    }
+
     /// What [`ALL`] lists of it.
     pub const fn listed(&self) -> Listed {
         Listed {
@@ -95,6 +117,32 @@ pub struct Listed {
     pub method: Method,
     pub path: &'static str,
     pub does: &'static str,
+}
+
+/// `request` as a query string (`?a=1&b=x`, values percent-encoded),
+/// from its JSON object's present fields; empty for none.
+fn query_of(request: &impl serde::Serialize) -> Result<String, String> {
+    let value =
+        serde_json::to_value(request).map_err(|e| format!("cannot encode the request: {e}"))?;
+    let serde_json::Value::Object(fields) = value else {
+        return Ok(String::new());
+    };
+    let pairs: Vec<String> = fields
+        .iter()
+        .filter(|(_, value)| !value.is_null())
+        .map(|(key, value)| {
+            let text = match value {
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            format!("{key}={}", encode(&text))
+        })
+        .collect();
+    Ok(if pairs.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", pairs.join("&"))
+    })
 }
 
 /// Percent-encodes `text` for a path segment or a query value.
