@@ -78,6 +78,10 @@ export class App {
   idempotencyKey(): string | null;
   stopRetrying(): void;
   config<T = unknown>(key: string, fallback?: T): T;
+  /** The plugin's variable `key` (`[plugins.NAME.variables]`, wasi:config/store). */
+  variable(key: string, fallback?: string | null): string | null;
+  /** All of the plugin's variables, by name. */
+  variables(): Record<string, string>;
   log(level: 'trace' | 'debug' | 'info' | 'warn' | 'error', message: string): void;
   debug(message: string): void;
   info(message: string): void;

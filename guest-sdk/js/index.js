@@ -24,6 +24,7 @@ import * as host from 'taskhost:plugin/app@0.2.0';
 import * as connections from 'taskhost:plugin/connections@0.2.0';
 import * as store from 'wasi:keyvalue/store@0.2.0-draft2';
 import * as atomics from 'wasi:keyvalue/atomics@0.2.0-draft2';
+import * as wasiConfig from 'wasi:config/store@0.2.0-rc.1';
 
 /** The task is being cancelled: let it propagate (clean up in `finally`). */
 export class Cancelled extends Error {
@@ -201,6 +202,17 @@ export class Bucket {
   }
 }
 
+/** Calls a wasi:config/store function, throwing `Failed` naming `what`. */
+function variableCall(what, fn) {
+  try {
+    return fn();
+  } catch (error) {
+    const payload = error && error.payload;
+    if (!payload) throw error;
+    throw new Failed(`cannot read ${what}: ${payload.val !== undefined ? payload.val : payload.tag}`);
+  }
+}
+
 const LEVELS = ['trace', 'debug', 'info', 'warn', 'error'];
 
 /** The handle to the app a task belongs to (Sanic's `app`). */
@@ -286,6 +298,18 @@ export class App {
   config(key, fallback = null) {
     const raw = host.config(key);
     return raw === undefined ? fallback : JSON.parse(raw);
+  }
+
+  /** The plugin's variable `key` (`[plugins.NAME.variables]`, through
+   * wasi:config/store): a string, or `fallback` when it is not set. */
+  variable(key, fallback = null) {
+    const value = variableCall(`variable \`${key}\``, () => wasiConfig.get(key));
+    return value === undefined ? fallback : value;
+  }
+
+  /** All of the plugin's variables, as an object by name. */
+  variables() {
+    return Object.fromEntries(variableCall("the plugin's variables", () => wasiConfig.getAll()));
   }
 
   log(level, message) {

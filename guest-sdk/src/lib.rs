@@ -43,6 +43,7 @@ mod error;
 mod http;
 mod kv;
 mod task;
+mod variables;
 
 pub use app::{App, Level, NewTask, Placed, Retry};
 pub use connection::{Connection, Message, Request};

@@ -5,6 +5,7 @@
 use crate::bindings::taskhost::plugin::connections::{self as wit, Message};
 use crate::bindings::taskhost::plugin::types::Error as GuestError;
 use crate::connection_hub::{Connection, ConnectionHub};
+use crate::interface::{Holds, HostInterface, TaskInit};
 use crate::task::CancelSignal;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
@@ -12,9 +13,9 @@ use wasmtime::component::{HasData, Linker};
 /// The interface's state in one task's store: its plugin, its cancel
 /// signal, and the app's connections.
 pub(crate) struct ConnectionsState {
-    pub(crate) plugin: Arc<str>,
-    pub(crate) cancel: Arc<CancelSignal>,
-    pub(crate) hub: Arc<ConnectionHub>,
+    plugin: Arc<str>,
+    cancel: Arc<CancelSignal>,
+    hub: Arc<ConnectionHub>,
 }
 
 struct HasConnections;
@@ -23,14 +24,22 @@ impl HasData for HasConnections {
     type Data<'a> = &'a mut ConnectionsState;
 }
 
-/// Links `taskhost:plugin/connections` for stores whose data holds a
-/// [`ConnectionsState`], reached through `state`.
-pub(crate) fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    state: fn(&mut T) -> &mut ConnectionsState,
-) -> anyhow::Result<()> {
-    wit::add_to_linker::<T, HasConnections>(linker, state)
-        .map_err(|e| anyhow::anyhow!("cannot add the connections interface to the linker: {e:#}"))
+impl HostInterface for ConnectionsState {
+    fn new(task: &TaskInit<'_>) -> ConnectionsState {
+        ConnectionsState {
+            plugin: task.ident.plugin.clone(),
+            cancel: task.cancel.clone(),
+            hub: task.connections.clone(),
+        }
+    }
+
+    fn add_to_linker<T: Holds<Self> + Send + 'static>(
+        linker: &mut Linker<T>,
+    ) -> anyhow::Result<()> {
+        wit::add_to_linker::<T, HasConnections>(linker, Holds::<ConnectionsState>::state).map_err(
+            |e| anyhow::anyhow!("cannot add the connections interface to the linker: {e:#}"),
+        )
+    }
 }
 
 impl ConnectionsState {

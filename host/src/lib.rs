@@ -8,6 +8,10 @@
 //! `tests/tests/integration/layers.rs` reads the `use` lines and holds the crate to
 //! this list):
 //!
+//! 0. Below the vocabulary: `config::value` (a `[config]` value or secret,
+//!    the bounded file read) and, above it, `variables::section` (the
+//!    `[plugins.NAME.variables]` table), so that a host interface owns its
+//!    `app.toml` section while [`config`] embeds it.
 //! 1. Vocabulary, no host logic: [`task`] (ids, states, [`task::TaskView`]),
 //!    [`config`] (app.toml), `bindings` (the WIT), `dirs`,
 //!    `private_files`.
@@ -17,7 +21,9 @@
 //!    [`compile_cache`], [`storage`] (what outlives the process: key-value
 //!    state and durable tasks, the traits and their SQLite backend),
 //!    `connection_hub` (the listener's open connections, as tasks see them).
-//! 3. `logging` (writes lifecycle events and task lines), [`engine`]
+//! 3. `interface` (what a host interface is to the store: its state per
+//!    task and its linking; `store`'s `interfaces!` lists them), `logging`
+//!    (writes lifecycle events and task lines), [`engine`]
 //!    (the wasmtime engines, through the compile cache), `serve` (how
 //!    the two HTTP servers bound their connections) and
 //!    [`operations::types`] (the requests, answers and error of every
@@ -28,7 +34,8 @@
 //!    which the worker implements), `wasi` (WASI 0.2, deny by default),
 //!    `http` (outbound `wasi:http` behind an allow-list), `keyvalue`
 //!    (`wasi:keyvalue` over [`storage`]) and `connections` (websocket
-//!    connections of the public listener).
+//!    connections of the public listener) and `variables` (`wasi:config`:
+//!    the plugin's `[plugins.NAME.variables]`).
 //! 5. `store`: one task's store data, composed of the interfaces' states,
 //!    the linker that links them all, and the store's limits.
 //! 6. [`plugin`]: component files -> linked, pre-instantiated plugins.
@@ -78,6 +85,7 @@ pub(crate) mod connections;
 pub(crate) mod dirs;
 pub mod events;
 pub(crate) mod http;
+pub(crate) mod interface;
 pub(crate) mod keyvalue;
 pub(crate) mod listener;
 pub(crate) mod logging;
@@ -88,6 +96,7 @@ pub mod scheduler;
 pub(crate) mod serve;
 pub mod storage;
 pub(crate) mod store;
+pub(crate) mod variables;
 pub(crate) mod wasi;
 pub(crate) mod watch;
 pub(crate) mod worker;

@@ -8,8 +8,8 @@
 
 use crate::app::{AppContext, AppState, TaskScope};
 use crate::config::PluginPolicy;
-use crate::connections::ConnectionsState;
 use crate::http::HttpState;
+use crate::interface::{Holds, HostInterface, TaskInit};
 use crate::keyvalue::KvView;
 use crate::logging::LogGate;
 use crate::task::{CancelSignal, TaskIdent};
@@ -38,8 +38,8 @@ pub(crate) struct TaskData {
     memory: MemoryBudget,
     /// `wasi:keyvalue` handles the task holds (bounded).
     kv_handles: u32,
-    /// The `connections` interface's state.
-    connections: ConnectionsState,
+    /// The states of the interfaces [`interfaces!`] lists.
+    interfaces: Interfaces,
 }
 
 impl TaskData {
@@ -66,13 +66,14 @@ impl TaskData {
         );
         // One rate limit for every line of the task: app.log, stdout, stderr.
         let log = Arc::new(LogGate::new(ident.clone(), &app.limits));
-        let connections = ConnectionsState {
-            plugin: ident.plugin.clone(),
-            cancel: cancel.clone(),
-            hub: app.connections.clone(),
-        };
+        let interfaces = Interfaces::new(&TaskInit {
+            ident: &ident,
+            policy: &policy,
+            cancel: &cancel,
+            connections: &app.connections,
+        });
         TaskData {
-            connections,
+            interfaces,
             wasi: WasiState::new(ident.clone(), policy.clone(), log.clone()),
             http: None,
             app: AppState::new(ident, app, cancel.clone(), log),
@@ -172,8 +173,47 @@ pub(crate) fn linker(engine: &Engine) -> Result<Linker<TaskData>> {
     crate::http::add_to_linker(&mut linker)?;
     crate::app::add_to_linker(&mut linker, |data: &mut TaskData| &mut data.app)?;
     crate::keyvalue::add_to_linker(&mut linker, TaskData::kv)?;
-    crate::connections::add_to_linker(&mut linker, |data: &mut TaskData| &mut data.connections)?;
+    Interfaces::add_to_linker(&mut linker)?;
     Ok(linker)
+}
+
+/// Declares [`Interfaces`], one field per host interface whose state is
+/// its own ([`HostInterface`]), and links them all.
+macro_rules! interfaces {
+    ($($(#[$doc:meta])* $field:ident: $state:ty,)*) => {
+        /// The states of the host interfaces that [`interfaces!`] lists,
+        /// in one task's store.
+        struct Interfaces {
+            $($(#[$doc])* $field: $state,)*
+        }
+
+        impl Interfaces {
+            fn new(task: &TaskInit<'_>) -> Interfaces {
+                Interfaces {
+                    $($field: <$state as HostInterface>::new(task),)*
+                }
+            }
+
+            fn add_to_linker(linker: &mut Linker<TaskData>) -> Result<()> {
+                $(<$state as HostInterface>::add_to_linker(linker)?;)*
+                Ok(())
+            }
+        }
+
+        $(impl Holds<$state> for TaskData {
+            fn state(&mut self) -> &mut $state {
+                &mut self.interfaces.$field
+            }
+        })*
+    };
+}
+
+// The registration list: a new host interface is one line here.
+interfaces! {
+    /// `taskhost:plugin/connections`: the public listener's websockets.
+    connections: crate::connections::ConnectionsState,
+    /// `wasi:config/store`: the plugin's `[plugins.NAME.variables]`.
+    variables: crate::variables::VariablesState,
 }
 
 /// A store set up the way every task's store must be: its epoch deadline

@@ -31,6 +31,15 @@ export const notify_server_started_after_five_seconds = task(
   { description: "Waits, then says the server started (Sanic's example).", args: { delay_ms: { type: 'integer', default: 5000 } } },
 );
 
+export const variables = task(
+  (app) => ({
+    url: app.variable('db_url'),
+    missing: app.variable('no_such_variable', 'fallback'),
+    all: app.variables(),
+  }),
+  { description: "Reads the plugin's variables through wasi:config/store." },
+);
+
 export const auto_inject = task(
   async (app, { delay_ms }) => {
     app.sleep(delay_ms);

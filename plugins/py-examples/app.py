@@ -31,6 +31,16 @@ def notify_server_started_after_five_seconds(app: App, delay_ms: int = 5000) -> 
 
 
 @task
+def variables(app: App) -> dict:
+    """Reads the plugin's variables through wasi:config/store."""
+    return {
+        "url": app.variable("db_url"),
+        "missing": app.variable("no_such_variable", "fallback"),
+        "all": app.variables(),
+    }
+
+
+@task
 def auto_inject(app: App, delay_ms: int = 0) -> dict:
     """Reports what the injected app knows about itself."""
     app.sleep(delay_ms)

@@ -33,7 +33,8 @@ from wit_world.imports import app as _app
 from wit_world.imports import atomics as _atomics
 from wit_world.imports import connections as _connections
 from wit_world.imports import outgoing_handler as _outgoing
-from wit_world.imports import store as _store
+from wit_world.imports import wasi_config_store as _variables
+from wit_world.imports import wasi_keyvalue_store as _store
 from wit_world.imports import streams as _streams
 from wit_world.imports import taskhost_plugin_types as _types
 from wit_world.imports import wasi_http_types as _http
@@ -240,6 +241,14 @@ def _kv(function: Callable[..., Any], *args: Any) -> Any:
         raise Failed(message) from None
 
 
+def _variable_call(what: str, function: Callable[..., Any], *args: Any) -> Any:
+    """Calls a wasi:config/store function, raising Failed naming `what`."""
+    try:
+        return function(*args)
+    except Err as err:
+        raise Failed(f"cannot read {what}: {err.value.value}") from None
+
+
 @dataclasses.dataclass
 class Response:
     """What `app.fetch` got back."""
@@ -426,6 +435,16 @@ class App:
         """The value of `key` in app.toml's `[config]`, decoded."""
         raw = _app.config(key)
         return default if raw is None else json.loads(raw)
+
+    def variable(self, key: str, default: Optional[str] = None) -> Optional[str]:
+        """The plugin's variable `key` (`[plugins.NAME.variables]`, through
+        wasi:config/store): a string, or `default` when it is not set."""
+        value = _variable_call(f"variable `{key}`", _variables.get, key)
+        return default if value is None else value
+
+    def variables(self) -> Dict[str, str]:
+        """All of the plugin's variables, by name."""
+        return dict(_variable_call("the plugin's variables", _variables.get_all))
 
     def log(self, level: str, message: str) -> None:
         levels = {

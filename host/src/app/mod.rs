@@ -13,7 +13,7 @@ mod time;
 
 use crate::bindings::GuestError;
 use crate::bindings::taskhost::plugin::types;
-use crate::config::{AppConfig, Grants, Limits, PluginLimits, PluginPolicy, TaskSpec};
+use crate::config::{AppConfig, Limits, PluginPolicy, TaskSpec};
 use crate::events::EventHub;
 use crate::logging::LogGate;
 use crate::metrics::HttpMetrics;
@@ -114,13 +114,7 @@ impl AppContext {
         let policies = config
             .plugins
             .iter()
-            .map(|(name, plugin)| {
-                let policy = PluginPolicy {
-                    limits: limits.for_task(&plugin.limits),
-                    grants: plugin.grants.clone(),
-                };
-                (name.clone(), Arc::new(policy))
-            })
+            .map(|(name, plugin)| (name.clone(), Arc::new(plugin.policy(&limits))))
             .collect();
         AppContext {
             name: config.name.clone(),
@@ -131,10 +125,7 @@ impl AppContext {
                 .map(|(key, value)| (key.clone(), value.value.to_string()))
                 .collect(),
             policies,
-            default_policy: Arc::new(PluginPolicy {
-                limits: limits.for_task(&PluginLimits::default()),
-                grants: Grants::default(),
-            }),
+            default_policy: Arc::new(PluginPolicy::unlisted(&limits)),
             task_memory: Gauge::default(),
             http_metrics: HttpMetrics::default(),
             connections: Arc::default(),

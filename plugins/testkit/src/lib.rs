@@ -160,6 +160,14 @@ plugin! {
         Ok(times)
     }
 
+    /// The plugin's variables through `wasi:config/store`: `key`'s value
+    /// and all of them, in name order.
+    fn variables(app: &App, key: String) -> Result<serde_json::Value> {
+        let mut all = app.variables()?;
+        all.sort();
+        Ok(json!({ "value": app.variable(&key)?, "all": all }))
+    }
+
     /// Reads the `[config]` value of `key` as a number: a string fails.
     fn config_number(app: &App, key: String) -> Result<Option<u64>> {
         app.config(&key)

@@ -113,6 +113,26 @@ macro_rules! per_language {
 }
 
 per_language! {
+    fn variables_are_read_through_wasi_config(lang: &Language) {
+        let short = lang.short;
+        let run = lang
+            .app(
+                &format!(
+                    "[plugins.{short}.variables]\ndb_url = \"postgres://127.0.0.1/x\"\nport = 5432"
+                ),
+                &lang.task("variables", "vars", "{}"),
+            )
+            .run_until_idle()
+            .ok();
+        let all = json!({"db_url": "postgres://127.0.0.1/x", "port": "5432"});
+        assert_eq!(
+            run.results_of("vars"),
+            vec![json!({"url": "postgres://127.0.0.1/x", "missing": "fallback", "all": all}); 2],
+            "{}",
+            run.dump()
+        );
+    }
+
     fn tasks_run_per_worker_with_typed_args_app_calls_fetch_and_errors(lang: &Language) {
         let address = hello_server();
         let short = lang.short;

@@ -15,6 +15,8 @@ use taskhost_tests::repo;
 
 /// The layers of `host/src/lib.rs`, bottom first.
 const LAYERS: &[&[&str]] = &[
+    &["config::value"],
+    &["variables::section"],
     &["task", "config", "bindings", "dirs", "private_files"],
     &[
         "lifecycle",
@@ -25,8 +27,21 @@ const LAYERS: &[&[&str]] = &[
         "storage",
         "connection_hub",
     ],
-    &["logging", "engine", "serve", "operations::types"],
-    &["app", "wasi", "http", "keyvalue", "connections"],
+    &[
+        "logging",
+        "engine",
+        "serve",
+        "operations::types",
+        "interface",
+    ],
+    &[
+        "app",
+        "wasi",
+        "http",
+        "keyvalue",
+        "connections",
+        "variables",
+    ],
     &["store"],
     &["plugin"],
     &["runner"],

@@ -34,6 +34,7 @@ mod retries;
 mod schedules;
 mod secrets;
 mod storage_contract;
+mod variables;
 mod watch;
 mod watcher;
 mod webhooks;

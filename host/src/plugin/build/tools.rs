@@ -12,6 +12,14 @@ use std::process::{Command, Stdio};
 const WIT: &[(&str, &str)] = &[
     ("plugin.wit", include_str!("../../../../wit/plugin.wit")),
     (
+        "deps/config/store.wit",
+        include_str!("../../../../wit/deps/config/store.wit"),
+    ),
+    (
+        "deps/config/world.wit",
+        include_str!("../../../../wit/deps/config/world.wit"),
+    ),
+    (
         "deps/keyvalue/atomic.wit",
         include_str!("../../../../wit/deps/keyvalue/atomic.wit"),
     ),

@@ -1,0 +1,36 @@
+//! The plugin's variables (`[plugins.NAME.variables]` in app.toml), read
+//! through the standard `wasi:config/store` interface:
+//!
+//! ```ignore
+//! let url = app.variable("database_url")?.ok_or_else(|| Error::msg("no database_url"))?;
+//! for (key, value) in app.variables()? { app.info(&format!("{key} is set")); }
+//! ```
+//!
+//! Values are strings (a number or a boolean in app.toml arrives as its
+//! text: `"5432"`, `"true"`), one set per plugin, read-only. The app-wide
+//! `[config]` table is [`App::config`], which decodes JSON values instead.
+
+use crate::__private::bindings::wasi::config::store;
+use crate::{App, Error, Result};
+
+/// The host's error, as an [`Error`] naming what was read.
+fn error(what: &str, error: store::Error) -> Error {
+    let message = match error {
+        store::Error::Upstream(message) | store::Error::Io(message) => message,
+    };
+    Error::msg(format!("cannot read {what}: {message}"))
+}
+
+impl App {
+    /// The plugin's variable `key`; `Ok(None)` when app.toml does not set
+    /// it.
+    pub fn variable(&self, key: &str) -> Result<Option<String>> {
+        store::get(key).map_err(|e| error(&format!("variable `{key}`"), e))
+    }
+
+    /// All of the plugin's variables, as (name, value) pairs in no
+    /// particular order.
+    pub fn variables(&self) -> Result<Vec<(String, String)>> {
+        store::get_all().map_err(|e| error("the plugin's variables", e))
+    }
+}
