@@ -177,6 +177,7 @@ impl Application {
         })
     }
 
+    /// The app.toml it was loaded from, checked.
     pub fn config(&self) -> &AppConfig {
         &self.config
     }
@@ -187,6 +188,8 @@ impl Application {
         self.loader.compile_cache()
     }
 
+    /// The plugins app.toml names, loaded and their tasks' arguments
+    /// checked, in name order.
     pub fn plugins(&self) -> impl Iterator<Item = &Arc<Plugin>> {
         self.plugins.values()
     }

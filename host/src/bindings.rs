@@ -8,6 +8,12 @@
 //! `wasi:keyvalue` resources stay opaque here (`pub enum Bucket {}`): the
 //! keyvalue interface keeps what a handle stands for in the store's table.
 
+// What `bindgen!` generates carries the WIT's docs where the WIT has them;
+// the rest (methods, `add_to_linker`, some fields) cannot be given one, and
+// a lint attribute on the macro call is ignored. They are public only
+// through the hidden `bench` module; this file's own items are pub(crate).
+#![allow(missing_docs)]
+
 use wasmtime::AsContextMut;
 use wasmtime::component::InstancePre;
 

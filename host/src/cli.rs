@@ -275,6 +275,9 @@ impl From<Exit> for ExitCode {
 /// than "the run went wrong" ([`Exit::Failed`]).
 struct Refused(anyhow::Error);
 
+/// The `taskhost` binary: parses the arguments, runs the verb on a
+/// one-thread runtime, and exits 0 (ok), 1 (failed), 2 (refused: nothing
+/// started), 3 (not found) or 4 (no host reached).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -95,6 +95,8 @@ impl CompileCache {
         Ok(cache)
     }
 
+    /// The directory it was opened at (for `taskhost`: `--compile-cache`,
+    /// `$TASKHOST_COMPILE_CACHE`, or `compiled` in the user's cache home).
     pub fn directory(&self) -> &Path {
         &self.dir
     }

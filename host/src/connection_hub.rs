@@ -28,6 +28,8 @@ pub enum Outgoing {
 }
 
 impl Message {
+    /// Its size in bytes (the text's UTF-8 or the binary's): what a route's
+    /// `max_message_bytes` bounds.
     pub fn len(&self) -> usize {
         match self {
             Message::Text(text) => text.len(),
@@ -35,6 +37,7 @@ impl Message {
         }
     }
 
+    /// Whether it holds no byte: an empty text or binary message.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

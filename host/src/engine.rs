@@ -83,6 +83,8 @@ pub struct HostEngine {
     pub images: Engine,
     /// Free slots of the warm pool.
     pub warm_slots: Arc<WarmSlots>,
+    /// The compile cache, opened at [`EngineSettings::compile_cache`]; none
+    /// without one: every load compiles.
     pub cache: Option<Arc<CompileCache>>,
 }
 
@@ -117,6 +119,7 @@ pub struct WarmSlots {
 pub struct WarmSlot(Arc<WarmSlots>);
 
 impl WarmSlots {
+    /// A pool with `slots` free slots (`[limits] warm_instances`).
     pub fn new(slots: u32) -> Arc<WarmSlots> {
         Arc::new(WarmSlots {
             free: std::sync::atomic::AtomicU32::new(slots),
@@ -360,6 +363,9 @@ pub struct EpochTicker {
 }
 
 impl EpochTicker {
+    /// Starts the thread that advances `engines`' epoch every
+    /// [`EPOCH_TICK`], 1 ms: what interrupts a guest that makes no host
+    /// calls (a forced cancel, a timeout) and makes a spinning task yield.
     pub fn start(engines: &[&Engine]) -> Result<EpochTicker> {
         let weak: Vec<_> = engines.iter().map(|e| e.weak()).collect();
         let stop = Arc::new(AtomicBool::new(false));
@@ -419,6 +425,8 @@ pub struct WorstCase {
 }
 
 impl WorstCase {
+    /// The worst case `limits` allow; `listener` is left at zero for whoever
+    /// knows the routes.
     pub fn of(limits: &crate::config::Limits) -> WorstCase {
         let tasks = u64::from(limits.instances) + u64::from(limits.warm_instances);
         let per_task = limits.wasm_stack_bytes() as u64 + TASK_OVERHEAD;
@@ -431,6 +439,8 @@ impl WorstCase {
         }
     }
 
+    /// Every part together, in bytes: what `taskhost check` weighs against the
+    /// machine's memory.
     pub fn total(&self) -> u64 {
         self.task_memory
             .saturating_add(self.stacks)

@@ -44,7 +44,9 @@ struct Relay {
 /// A dispatch made on this host, on its way to the others.
 #[derive(Debug, Clone)]
 pub struct Relayed {
+    /// The event's name, as dispatched.
     pub event: String,
+    /// What the waiters get; shared with this host's waiters, not copied.
     pub payload: Arc<str>,
 }
 

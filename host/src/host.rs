@@ -34,8 +34,14 @@ const LIFECYCLE_BACKLOG: usize = 4096;
 /// What happened during a run.
 #[derive(Debug, Clone, Default)]
 pub struct RunSummary {
+    /// Tasks that ended `done` over the whole run
+    /// (`taskhost_tasks_done_total`), purged ones included.
     pub done: usize,
+    /// Tasks that ended `failed` over the whole run
+    /// (`taskhost_tasks_failed_total`).
     pub failed: usize,
+    /// Tasks that ended `cancelled` over the whole run, shutdown's cancels
+    /// included (`taskhost_tasks_cancelled_total`).
     pub cancelled: usize,
     /// The run was ended by the shutdown signal.
     pub interrupted: bool,
@@ -46,8 +52,10 @@ pub struct RunSummary {
 /// Why the host could not cancel a task.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CancelError {
+    /// The cancel named a worker this host does not have.
     #[error("no worker {0}")]
     NoWorker(WorkerId),
+    /// The worker has no task of that name (never, or purged).
     #[error("no task named `{0}` on that worker")]
     NotFound(String),
     /// A durable task's cancel could not be recorded, so it was not sent.
@@ -81,6 +89,7 @@ pub struct Host {
 /// One loaded build of a plugin, as [`Host::builds`] lists it.
 #[derive(Debug, Clone)]
 pub struct Build {
+    /// The build: its name, version, file and factories.
     pub plugin: Arc<Plugin>,
     /// New tasks start from it; otherwise a newer build replaced it and it
     /// only runs the tasks that started on it.
@@ -284,6 +293,7 @@ impl Host {
         std::iter::once(self.main.ctx()).chain(self.workers.iter().map(Worker::ctx))
     }
 
+    /// The main scope (`WorkerId::Main`) or worker `id`; none past the workers.
     pub fn worker(&self, id: WorkerId) -> Option<&Arc<WorkerCtx>> {
         self.workers().find(|w| w.id() == id)
     }
@@ -403,6 +413,7 @@ impl Host {
         &self.env.events
     }
 
+    /// The app.toml this host was launched from, checked.
     pub fn config(&self) -> &AppConfig {
         &self.config
     }

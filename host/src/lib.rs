@@ -59,7 +59,7 @@
 //!
 //! docs/architecture.md walks one request through these layers.
 
-#![warn(unreachable_pub)]
+#![warn(unreachable_pub, missing_docs)]
 
 // What an embedder uses: load an app, run a host, steer it.
 pub mod application;

@@ -12,11 +12,16 @@ use std::time::Duration;
 /// log carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRef {
+    /// The worker it runs on: an index, or `"main"`.
     pub worker: WorkerId,
     /// The task's name, or its id when it has none.
     pub task: String,
+    /// Its id on the host that runs it: tells apart tasks of one name on
+    /// several workers, or over time.
     pub task_id: TaskId,
+    /// The plugin it was started from.
     pub plugin: String,
+    /// The factory it runs.
     pub factory: String,
     /// The websocket connection the task serves (`[[routes]]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,43 +50,67 @@ pub enum LifecycleEvent {
     Subscribed,
     /// The task's factory is about to run on build `version`.
     Started {
+        /// Which task.
         #[serde(flatten)]
         task: TaskRef,
+        /// The build it runs on: `sha256:` and 12 hex digits of the component's
+        /// hash.
         version: String,
     },
+    /// The factory returned a result.
     Done {
+        /// Which task.
         #[serde(flatten)]
         task: TaskRef,
         /// The factory's result, as JSON text.
         result: String,
+        /// Wall time from the task's first attempt (instantiation included) to
+        /// its end, retries and their delays included; microsecond precision.
         elapsed_ms: f64,
     },
+    /// The task ended `failed`: its factory returned an error, it trapped, or
+    /// it could not start.
     Failed {
+        /// Which task.
         #[serde(flatten)]
         task: TaskRef,
+        /// The factory's error message, or the trap with its wasm backtrace.
         error: String,
+        /// Wall time from the task's first attempt to its end, as for `done`.
         elapsed_ms: f64,
     },
+    /// The task ended because it was cancelled.
     Cancelled {
+        /// Which task.
         #[serde(flatten)]
         task: TaskRef,
+        /// Whether it returned on its own or had to be interrupted.
         stage: CancelStage,
+        /// Wall time from the task's first attempt to its end, as for `done`.
         elapsed_ms: f64,
     },
     /// An attempt failed and the task's retry policy allows another:
     /// `attempt` (the next one) starts after `delay_ms`, in a fresh
     /// instance.
     Retrying {
+        /// Which task.
         #[serde(flatten)]
         task: TaskRef,
+        /// The attempt about to run: 2 for the first retry.
         attempt: u32,
+        /// How long the task waits before it, in milliseconds (microsecond
+        /// precision): the policy's backoff and jitter.
         delay_ms: f64,
+        /// Why the attempt before it failed.
         error: String,
     },
     /// A build of `plugin` was loaded; new tasks start from it.
     PluginLoaded {
+        /// The plugin's name.
         plugin: String,
+        /// The new build: `sha256:` and 12 hex digits of the component's hash.
         version: String,
+        /// The component file it was loaded from.
         path: PathBuf,
         /// The build it replaces, which drains its running tasks.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,34 +118,58 @@ pub enum LifecycleEvent {
     },
     /// A new build of `plugin` was refused; the loaded one keeps serving.
     PluginRefused {
+        /// The plugin's name.
         plugin: String,
+        /// The component file that was refused.
         path: PathBuf,
+        /// Why: the build, compile or link error.
         error: String,
     },
     /// An older build of `plugin`, replaced by a newer one, ran its last
     /// task and was dropped.
-    PluginDropped { plugin: String, version: String },
+    PluginDropped {
+        /// The plugin's name.
+        plugin: String,
+        /// The dropped build: `sha256:` and 12 hex digits of its hash.
+        version: String,
+    },
     /// Schedule `schedule` started `tasks` for its tick at `tick` (RFC
     /// 3339, UTC), on its timer, by an operator's trigger, or to catch up
     /// ticks missed while the host was down.
     ScheduleFired {
+        /// The schedule's name.
         schedule: String,
+        /// The tick the run is for: RFC 3339, UTC, to the millisecond, as in
+        /// its tasks' names.
         tick: String,
+        /// Why it ran now: its time came, a trigger, a catch-up or a queued
+        /// tick.
         trigger: ScheduleTrigger,
+        /// The names of the tasks it started (`NAME@TICK`); empty when none
+        /// could start.
         tasks: Vec<String>,
     },
     /// Schedule `schedule` did not run for `missed` tick(s), the last at
     /// `tick`: its previous run was still going (`overlap = "skip"`), or
     /// the host was down (`catch_up`).
     ScheduleMissed {
+        /// The schedule's name.
         schedule: String,
+        /// The last tick missed: RFC 3339, UTC, to the millisecond.
         tick: String,
+        /// How many ticks this event counts: more than 1 only after a
+        /// downtime or a stall.
         missed: u64,
+        /// Why they did not run, for people: the `overlap` or `catch_up` at
+        /// work, or a host that got to them too late.
         reason: String,
     },
     /// The follower fell behind and `missed` events were lost to it. Only
     /// on the stream.
-    Lagged { missed: u64 },
+    Lagged {
+        /// How many events the follower will never see.
+        missed: u64,
+    },
 }
 
 /// Why a schedule fired.
@@ -134,6 +187,7 @@ pub enum ScheduleTrigger {
 }
 
 impl ScheduleTrigger {
+    /// The snake_case name the wire and the logs use (`tick`, `catch_up`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             ScheduleTrigger::Tick => "tick",

@@ -20,6 +20,8 @@ use tokio::sync::watch;
 /// worker and every host in it, and never reused.
 static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A fresh task id, from one counter per process: unique across every worker
+/// and host in it, never reused.
 pub fn next_task_id() -> TaskId {
     NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed)
 }
@@ -38,10 +40,13 @@ pub enum RegisterError {
 /// Why `add_task` did not start a task.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AddTaskError {
+    /// The submission named a worker this host does not have.
     #[error("no worker {0}")]
     NoWorker(WorkerId),
+    /// No plugin of that name is loaded.
     #[error("no plugin named `{0}`")]
     UnknownPlugin(String),
+    /// The registry refused it: a duplicate name or a `[limits]` bound.
     #[error(transparent)]
     Register(#[from] RegisterError),
     /// The factory refused the task before it ran (unknown factory, bad
@@ -67,8 +72,12 @@ pub enum AddTaskError {
 /// A task `add_task` answered for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Added {
+    /// The worker it runs on.
     pub worker: WorkerId,
+    /// Its id on this host.
     pub id: TaskId,
+    /// Its name: the one asked for, or `durable-N` for an unnamed durable task;
+    /// none for an unnamed task.
     pub name: Option<String>,
     /// False when a durable submission's idempotency key named a task
     /// that already existed: that task is the answer, nothing started.
@@ -78,6 +87,7 @@ pub struct Added {
 /// A way to watch and stop one registered task.
 #[derive(Debug, Clone)]
 pub struct TaskHandle {
+    /// The task's id on this host.
     pub id: TaskId,
     signal: Arc<CancelSignal>,
     /// The state the task ended in, once it has: kept by every handle, so
@@ -178,6 +188,7 @@ impl TaskHandle {
         let _ = self.ended.wait_for(Option::is_some).await;
     }
 
+    /// Whether the task has ended, without waiting (see [`TaskHandle::ended`]).
     pub fn is_ended(&self) -> bool {
         self.ended.borrow().is_some()
     }
@@ -263,6 +274,9 @@ pub struct TaskRegistry {
 }
 
 impl TaskRegistry {
+    /// The registry of `worker`'s tasks: it keeps at most `retention` ended
+    /// tasks listed (`[limits] ended_tasks_per_worker`, at least 1) and cancels
+    /// by `cancel`.
     pub fn new(worker: WorkerId, retention: usize, cancel: CancelPolicy) -> TaskRegistry {
         TaskRegistry {
             worker,
@@ -272,6 +286,7 @@ impl TaskRegistry {
         }
     }
 
+    /// The worker whose tasks it holds.
     pub fn worker(&self) -> WorkerId {
         self.worker
     }
@@ -407,6 +422,8 @@ impl TaskRegistry {
         self.lock().tasks.values().map(|e| e.info.clone()).collect()
     }
 
+    /// A snapshot of task `id`, live or ended (until purged); none for another
+    /// worker's task.
     pub fn get(&self, id: TaskId) -> Option<TaskInfo> {
         self.lock().tasks.get(&id).map(|e| e.info.clone())
     }
@@ -418,13 +435,13 @@ impl TaskRegistry {
         inner.tasks.get(id).map(|e| e.info.clone())
     }
 
-    /// A handle on the task named `name`, live or ended (until purged).
     /// A handle to the task `id`, if it is listed.
     pub fn handle_of(&self, id: TaskId) -> Option<TaskHandle> {
         let inner = self.lock();
         inner.tasks.get(&id).map(|entry| self.handle(entry))
     }
 
+    /// A handle on the task named `name`, live or ended (until purged).
     pub fn handle_by_name(&self, name: &str) -> Option<TaskHandle> {
         let inner = self.lock();
         let id = inner.names.get(name)?;

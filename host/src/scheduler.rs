@@ -101,37 +101,59 @@ enum Command {
 /// A schedule as `taskhost schedules` shows it.
 #[derive(Debug, Clone)]
 pub struct ScheduleInfo {
+    /// Unique among the app's schedules; its tasks are named `NAME@TICK`.
     pub name: String,
+    /// The plugin its runs start from.
     pub plugin: String,
+    /// The factory its runs start.
     pub factory: String,
     /// `every 30s` or `cron "..." (zone)`.
     pub when: String,
+    /// Where a tick's task runs: one worker (`any`) or every worker.
     pub scope: ScheduleScope,
+    /// What a tick does while the previous run goes on.
     pub overlap: Overlap,
+    /// What a start does about ticks missed while the host was down.
     pub catch_up: CatchUp,
+    /// Added at run time by a guest (and kept in storage), not in app.toml.
     pub added: bool,
+    /// Paused by an operator; kept across restarts.
     pub paused: bool,
+    /// When it ticks next; none while paused, or for a cron expression that
+    /// never fires again.
     pub next: Option<SystemTime>,
+    /// The tick of the last run since this host started; none before one.
     pub last_tick: Option<SystemTime>,
+    /// The name of the last run's task (of a `worker` schedule, the first one
+    /// still going, else the first); kept after it is purged.
     pub last_task: Option<String>,
     /// How the last run's task ended (or where it is); of a `worker`
     /// schedule, the first one still going, else the first one's.
     pub last_state: Option<TaskState>,
+    /// Runs fired since this host started: ticks, triggers, catch-ups and
+    /// queued ticks.
     pub runs: u64,
+    /// Ticks that did not run since this host started: skipped by `overlap`,
+    /// missed while down or asleep.
     pub misses: u64,
 }
 
 /// Why an operation on a schedule was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
+    /// No schedule of that name (app.toml's or added).
     #[error("no schedule named `{0}`")]
     NotFound(String),
     /// The request does not fit the schedule's policy (a trigger while
     /// the last run goes on under `overlap = "skip"`, say).
     #[error("{0}")]
     Conflict(String),
+    /// A schedule a guest adds that does not check (a bad field, an unknown
+    /// plugin), or that does not encode.
     #[error("{0}")]
     Invalid(String),
+    /// Storage did not take the change, so it was not made (a pause, an added
+    /// schedule).
     #[error("{0:#}")]
     Storage(anyhow::Error),
     /// Adding would pass `[limits] schedules_per_plugin` or

@@ -85,11 +85,18 @@ impl fmt::Display for WorkerId {
 /// Everything that identifies a task in logs and listings. Fixed at spawn.
 #[derive(Debug, Clone)]
 pub struct TaskIdent {
+    /// Unique among the host's tasks, never reused (one counter per process).
     pub id: TaskId,
+    /// Unique in its worker's registry until purged; none for an unnamed task.
     pub name: Option<String>,
+    /// The worker it runs on.
     pub worker: WorkerId,
+    /// The plugin it was started from (`NAME` of `[plugins.NAME]`).
     pub plugin: Arc<str>,
+    /// The build it started on (`sha256:` and 12 hex digits): a hot-load does
+    /// not move a running task.
     pub plugin_version: Arc<str>,
+    /// The factory it runs.
     pub factory: String,
     /// A durable task's record number in storage (see
     /// `crate::storage::tasks`); none for a task that lives in memory only.
@@ -125,6 +132,8 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    /// Whether it has ended (`done`, `failed` or `cancelled`): it no longer
+    /// counts against the live-task bounds, only `ended_tasks_per_worker`.
     pub fn is_ended(self) -> bool {
         matches!(
             self,
@@ -132,6 +141,7 @@ impl TaskState {
         )
     }
 
+    /// The snake_case name the wire and the logs use (`running`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             TaskState::Pending => "pending",
@@ -160,6 +170,8 @@ pub enum CancelStage {
 }
 
 impl CancelStage {
+    /// The snake_case name the wire and the logs use: `cooperative` or
+    /// `forced`.
     pub fn as_str(self) -> &'static str {
         match self {
             CancelStage::Cooperative => "cooperative",
@@ -173,19 +185,24 @@ impl CancelStage {
 pub enum Outcome {
     /// The factory's result, as JSON text.
     Done {
+        /// The factory's result, as JSON text.
         result: String,
     },
     /// Why it failed: the factory's error, or the trap with its wasm
     /// backtrace.
     Failed {
+        /// The factory's error message, or the trap with its wasm backtrace.
         error: String,
     },
+    /// The task was cancelled and ended at `stage`.
     Cancelled {
+        /// Whether it returned on its own or had to be interrupted.
         stage: CancelStage,
     },
 }
 
 impl Outcome {
+    /// The ended state this outcome puts the task in.
     pub fn state(&self) -> TaskState {
         match self {
             Outcome::Done { .. } => TaskState::Done,
@@ -205,10 +222,16 @@ pub fn unix_millis(time: SystemTime) -> u64 {
 /// A snapshot of one registered task.
 #[derive(Debug, Clone)]
 pub struct TaskInfo {
+    /// Who it is: fixed at spawn, shared (not copied) by every snapshot.
     pub ident: Arc<TaskIdent>,
+    /// Where it is in its life, when the snapshot was taken.
     pub state: TaskState,
+    /// When it was registered (wall clock).
     pub created_at: SystemTime,
+    /// When its factory first ran (its first attempt that got that far); none
+    /// while pending, or if no attempt got that far.
     pub started_at: Option<SystemTime>,
+    /// When it ended; none until then.
     pub ended_at: Option<SystemTime>,
     /// Set once the task has ended.
     pub outcome: Option<Outcome>,
@@ -223,18 +246,33 @@ pub struct TaskInfo {
 /// that way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskView {
+    /// Its id on the host that runs it ([`TaskIdent::id`]).
     pub id: TaskId,
+    /// Unique in its worker's registry; none for an unnamed task.
     pub name: Option<String>,
+    /// The worker it runs on: an index, or `"main"`.
     pub worker: WorkerId,
+    /// The plugin it was started from.
     pub plugin: String,
+    /// The build it runs on: `sha256:` and 12 hex digits of the component's
+    /// hash.
     pub plugin_version: String,
+    /// The factory it runs.
     pub factory: String,
+    /// Where it is in its life.
     pub state: TaskState,
+    /// When it was registered (Unix ms).
     pub created_at_ms: u64,
+    /// When its factory first ran (Unix ms); none while pending, or if it
+    /// never did.
     pub started_at_ms: Option<u64>,
+    /// When it ended (Unix ms); none until then.
     pub ended_at_ms: Option<u64>,
+    /// The factory's result, as JSON text, once `done`.
     pub result: Option<String>,
+    /// Why it failed, once `failed`.
     pub error: Option<String>,
+    /// Which stage ended it, once `cancelled`.
     pub cancel_stage: Option<CancelStage>,
     /// Which attempt runs, or ran last (1 unless retried).
     pub attempt: u32,
@@ -281,6 +319,8 @@ impl From<&TaskInfo> for TaskView {
 /// task's end is recorded.
 #[derive(Debug, Clone)]
 pub struct CancelPolicy {
+    /// How long a cancelled task may run on after its first turn before it is
+    /// interrupted: app.toml's `cancel_grace_ms` (default 100 ms).
     pub grace: std::time::Duration,
     /// `taskhost_cancel_latency_seconds`.
     pub latency: prometheus_client::metrics::histogram::Histogram,

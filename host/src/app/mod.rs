@@ -74,7 +74,9 @@ pub(crate) type PlacedFuture = Pin<Box<dyn Future<Output = Result<Submitted, OpE
 
 /// What every task of an application shares: built once from app.toml.
 pub struct AppContext {
+    /// The app's `name` from app.toml: what `app.name()` returns.
     pub name: String,
+    /// `[limits]` as app.toml set them, defaults filled in.
     pub limits: Limits,
     /// `[config]` values, already encoded as the JSON text `app.config`
     /// returns, so a call costs a lookup and a copy.
@@ -109,6 +111,8 @@ impl std::fmt::Debug for AppContext {
 }
 
 impl AppContext {
+    /// The context of the app `config` describes: each configured plugin's
+    /// bounds and grants resolved once, `[config]` encoded as JSON text once.
     pub fn new(config: &AppConfig) -> AppContext {
         let limits = config.limits;
         let policies = config
@@ -133,6 +137,8 @@ impl AppContext {
         }
     }
 
+    /// The `[config]` value of `key` as JSON text (what `app.config(key)`
+    /// returns); none if app.toml sets no such key.
     pub fn config_json(&self, key: &str) -> Option<&str> {
         self.config.get(key).map(String::as_str)
     }

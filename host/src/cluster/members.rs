@@ -21,11 +21,13 @@ pub const EXPIRY: Duration = Duration::from_secs(3);
 /// What a host says of itself: the one serde type of a heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HostBeat {
+    /// Its name (`[cluster] host`, by default its hostname).
     pub host: String,
     /// taskhost's version.
     pub version: String,
     /// Tasks alive on it now.
     pub live_tasks: usize,
+    /// Its started workers, the main scope not counted (0 before they start).
     pub workers: u32,
     /// It takes other hosts' requests (its workers run and it is not
     /// stopping): a request for `all` expects an answer from these.

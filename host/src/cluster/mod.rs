@@ -294,6 +294,7 @@ impl Cluster {
         .await
     }
 
+    /// The `[cluster]` table this host joined with.
     pub fn config(&self) -> &ClusterConfig {
         &self.config
     }

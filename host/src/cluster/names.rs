@@ -21,16 +21,27 @@ use tokio::task::JoinHandle;
 /// Who holds a name: the one serde type of a claim's value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
+    /// The claiming host's name; `?` when a taken claim could not be read.
     pub host: String,
+    /// The worker of that host the task runs on.
     pub worker: WorkerId,
+    /// The task's id on that host; 0 from claim until [`Names::bind`].
     pub id: TaskId,
 }
 
 /// Why a name could not be claimed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimError {
+    /// Another task holds the name: refused as `duplicate_name`.
     #[error("a task named {name:?} runs on host {} (cluster-scoped names are unique across the cluster)", owner.host)]
-    Taken { name: String, owner: Owner },
+    Taken {
+        /// The name asked for.
+        name: String,
+        /// Who holds it, as its claim says.
+        owner: Owner,
+    },
+    /// NATS could not be asked (away, or the bucket refused the call):
+    /// refused as `no_host`.
     #[error("cannot claim a cluster-scoped name: {0}")]
     Unreachable(String),
 }
@@ -49,6 +60,7 @@ pub struct Names {
 /// One of this host's claims.
 #[derive(Debug, Clone, Copy)]
 pub struct Claim {
+    /// The worker the task runs on.
     pub worker: WorkerId,
     /// 0 until its task is registered.
     pub id: TaskId,

@@ -65,8 +65,12 @@ impl fmt::Display for Target {
 /// One host's answer.
 #[derive(Debug, Clone)]
 pub struct Answer {
+    /// The answering host's name.
     pub host: String,
+    /// The HTTP status it answered with, as the control API would (502 if
+    /// the message carried none).
     pub status: u16,
+    /// Its JSON body, as the control API would answer it.
     pub body: Bytes,
 }
 
@@ -76,19 +80,32 @@ pub enum RequestError {
     /// No host of the cluster takes this request (none up, or no host of
     /// that name).
     #[error("no host of cluster `{cluster}` answers for {target}")]
-    NoHost { cluster: String, target: Target },
+    NoHost {
+        /// The cluster's name (`[cluster] name`).
+        cluster: String,
+        /// The host, `any` or `all` the request was for.
+        target: Target,
+    },
     /// NATS is not reachable from here now.
     #[error("NATS is not reachable: {0}")]
     Unreachable(String),
+    /// No answer within [`REQUEST_TIMEOUT`] (10 s); for `all`, from none of
+    /// the hosts (some answering is a partial success).
     #[error("no answer from {target} within {} s", REQUEST_TIMEOUT.as_secs())]
-    TimedOut { target: Target },
+    TimedOut {
+        /// The host, `any` or `all` the request was for.
+        target: Target,
+    },
     /// Every host is at its task limit (`tasks_per_worker` on each
     /// worker), as their last heartbeats said.
     #[error(
         "no host of cluster `{cluster}` has room for another task: each is at \
          [limits] tasks_per_worker on every worker"
     )]
-    NoRoom { cluster: String },
+    NoRoom {
+        /// The cluster's name (`[cluster] name`).
+        cluster: String,
+    },
 }
 
 /// What a request between hosts asks for: each kind has its own subjects

@@ -51,7 +51,9 @@ pub trait PluginSink: Send + Sync + 'static {
 /// report in `{name}-rollout`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RolloutReport {
+    /// The reporting host's name.
     pub host: String,
+    /// The plugin rolled out.
     pub plugin: String,
     /// The digest of the object it was given.
     pub digest: String,

@@ -45,13 +45,18 @@ pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
 /// NATS authentication: at most one way.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ClusterAuth {
+    /// No credentials: a NATS that lets anyone in (a local one, say).
     #[default]
     None,
     /// A `.creds` file (a user JWT and its NKey seed).
     Credentials(PathBuf),
+    /// `token`: a NATS token, as written or read from `{ env }` or `{ file }`.
     Token(String),
+    /// `user` and `password`, which go together.
     UserPassword {
+        /// `user`, as written.
         user: String,
+        /// `password`, as written or read from `{ env }` or `{ file }`.
         password: String,
     },
 }
@@ -61,6 +66,8 @@ pub enum ClusterAuth {
 pub struct ClusterTls {
     /// Refuse a server that does not speak TLS.
     pub required: bool,
+    /// `tls_ca`: a file of CA certificates to check the server's against
+    /// (resolved against app.toml's directory); none: the client's defaults.
     pub ca: Option<PathBuf>,
     /// Certificate and key, both or neither.
     pub client: Option<(PathBuf, PathBuf)>,

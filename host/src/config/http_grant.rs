@@ -15,8 +15,12 @@ use std::fmt;
 /// A parsed allow-list entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpGrant {
+    /// `http` or `https`: a grant for one does not allow the other.
     pub scheme: Scheme,
+    /// Which hosts: one name or address, a `*.suffix`, or any (`*`).
     pub host: HostPattern,
+    /// Which ports: one, or any (`:*`); without a port, the scheme's default
+    /// (80, 443).
     pub port: PortPattern,
 }
 

@@ -26,8 +26,11 @@ pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
 pub struct Limit {
     /// What is bounded: "task name", "live tasks of worker 0", ...
     pub what: String,
+    /// The bound, in `unit`.
     pub max: u64,
+    /// What the request asked for, in `unit`: more than `max`.
     pub got: u64,
+    /// What `max` and `got` count.
     pub unit: LimitUnit,
     /// The `[limits]` key that sets the bound; none for fixed bounds.
     pub setting: Option<&'static str>,
@@ -36,9 +39,14 @@ pub struct Limit {
 /// What a [`Limit`] counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitUnit {
+    /// Bytes: of a name, arguments, a payload, a key or value, a plugin's
+    /// buckets.
     Bytes,
+    /// Live tasks.
     Tasks,
+    /// Keys of a key-value bucket.
     Keys,
+    /// Schedules guests added at run time.
     Schedules,
 }
 
@@ -289,34 +297,57 @@ pub fn machine_memory_bytes() -> Option<u64> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginLimits {
+    /// Overrides `[limits] memory_mb` (MiB of linear memory per task) for this
+    /// plugin's tasks; 1 to 4096.
     pub memory_mb: Option<u64>,
+    /// Overrides `[limits] timeout_ms` for this plugin's tasks (there is no way
+    /// to lift the app's back to none).
     pub timeout_ms: Option<u64>,
+    /// Overrides `[limits] http_connect_timeout_ms` for this plugin's tasks.
     pub http_connect_timeout_ms: Option<u64>,
+    /// Overrides `[limits] http_first_byte_timeout_ms` for this plugin's tasks.
     pub http_first_byte_timeout_ms: Option<u64>,
+    /// Overrides `[limits] http_response_bytes` for this plugin's tasks.
     pub http_response_bytes: Option<usize>,
+    /// Overrides `[limits] http_request_body_bytes` for this plugin's tasks.
     pub http_request_body_bytes: Option<usize>,
+    /// Overrides `[limits] http_requests_per_task` for this plugin's tasks.
     pub http_requests_per_task: Option<usize>,
+    /// Overrides `[limits] http_fields_bytes` for this plugin's tasks.
     pub http_fields_bytes: Option<usize>,
+    /// Overrides `[limits] handles_per_task` for this plugin's tasks.
     pub handles_per_task: Option<usize>,
 }
 
 /// What bounds one task, resolved from the app's and its plugin's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskLimits {
+    /// Linear memory the task may grow to, in bytes: `memory_mb` times 1 MiB.
     pub memory_bytes: usize,
     /// Resource handles the task may hold at once.
     pub handles: usize,
+    /// Wall-clock time the task may run (`timeout_ms`); none: no bound.
     pub timeout: Option<Duration>,
+    /// Its outbound HTTP bounds.
     pub http: HttpLimits,
 }
 
 /// What bounds one task's outbound HTTP (`[limits] http_*`, per plugin).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
+    /// `http_connect_timeout_ms`: how long a request may take to connect.
     pub connect_timeout: Duration,
+    /// `http_first_byte_timeout_ms`: how long a connected request may wait for
+    /// the response's first byte.
     pub first_byte_timeout: Duration,
+    /// `http_response_bytes`: the largest response body the task may read, in
+    /// bytes.
     pub response_bytes: usize,
+    /// `http_request_body_bytes`: the largest request body the task may send,
+    /// in bytes.
     pub request_body_bytes: usize,
+    /// `http_requests_per_task`: requests open at once, from the send until the
+    /// response body is dropped.
     pub requests_in_flight: usize,
     /// Largest header fields the task may build, in bytes (in memory).
     pub fields_bytes: usize,

@@ -51,7 +51,10 @@ pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_millis(100);
 /// from app.toml once, shared by every task of the plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginPolicy {
+    /// `[limits]` with the plugin's `[plugins.NAME.limits]` over it.
     pub limits: TaskLimits,
+    /// `[plugins.NAME.grants]`; a plugin app.toml does not name (hot-loaded)
+    /// gets none.
     pub grants: Grants,
     /// `[plugins.NAME.variables]`, served by `wasi:config/store`.
     pub(crate) variables: Arc<Variables>,
@@ -158,7 +161,9 @@ pub enum PluginSource {
 /// One `[plugins.NAME]` table.
 #[derive(Debug, Clone)]
 pub struct PluginConfig {
+    /// `NAME` of the table: what tasks, routes and schedules name it by.
     pub name: String,
+    /// The component file, or the crate to build it from.
     pub source: PluginSource,
     /// Per-task bounds that differ from `[limits]`.
     pub limits: PluginLimits,
@@ -185,11 +190,16 @@ pub enum Scope {
 pub struct TaskConfig {
     /// Position in the `tasks` array, for error messages (`tasks[2]`).
     pub index: usize,
+    /// The plugin (`NAME` of a `[plugins.NAME]`) it starts from.
     pub plugin: String,
+    /// The factory it runs.
     pub factory: String,
+    /// Unique among the tasks of its scope; required for a durable task.
     pub name: Option<String>,
     /// The arguments as JSON (a TOML value converted to JSON; `null` if absent).
     pub args: serde_json::Value,
+    /// Where it runs: on every worker (`worker`, the default) or once before
+    /// them (`main`).
     pub scope: Scope,
     /// How it is tried again after failing; none: it is not.
     pub retry: Option<RetryPolicy>,
@@ -223,10 +233,13 @@ impl TaskConfig {
 /// the CLI) comes down to one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskSpec {
+    /// The factory of the task's plugin to run.
     pub factory: String,
     /// The arguments as JSON text.
     pub args: String,
+    /// The task's name, unique in its worker's registry; none: unnamed.
     pub name: Option<String>,
+    /// How it is tried again after failing; none: it is not.
     pub retry: Option<RetryPolicy>,
     /// Recorded in storage before it is acknowledged and run again after a
     /// crash (at least once) until it ends.

@@ -20,6 +20,7 @@ pub(super) const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 pub struct RetrySpec {
     /// Attempts in all, the first included (1 = no retry).
     pub attempts: u32,
+    /// How the wait grows: `exponential` (the default) or `fixed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
     /// The wait after the first failure (default 200ms).
@@ -47,10 +48,16 @@ pub enum Backoff {
 /// A checked [`RetrySpec`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
+    /// Attempts in all, the first included: 1 to 100.
     pub attempts: u32,
+    /// How the wait grows between attempts.
     pub backoff: Backoff,
+    /// The wait after the first failure (default 200 ms, more than 0).
     pub initial: Duration,
+    /// The longest wait an exponential backoff reaches (default 1 min, at most
+    /// a day).
     pub max: Duration,
+    /// Whether each wait is drawn from [wait/2, wait] (default true).
     pub jitter: bool,
 }
 

@@ -33,6 +33,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// `[listen]`, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenConfig {
+    /// `address` (default `127.0.0.1:8080`; `taskhost run --listen` overrides
+    /// it; port 0 picks a free one).
     pub address: SocketAddr,
     /// Open websocket connections of every route together; an upgrade
     /// past it is answered 503. With `max_requests`, the most connections
@@ -52,7 +54,9 @@ pub struct ListenConfig {
 pub struct RouteConfig {
     /// Position in the `routes` array, for messages (`routes[1]`).
     pub index: usize,
+    /// The plugin its tasks start from.
     pub plugin: String,
+    /// The factory each connection or request starts.
     pub factory: String,
     /// Fixed arguments of every task the route starts; the host adds
     /// `request` (what the client sent) beside them.
@@ -60,19 +64,25 @@ pub struct RouteConfig {
     /// Request headers that reach the task (lower case); others do not, so
     /// a cookie or a token is not copied into a task's arguments unasked.
     pub headers: Vec<String>,
+    /// Whether it serves websocket connections or HTTP requests, with that
+    /// kind's settings.
     pub kind: RouteKind,
 }
 
 /// What a route serves.
 #[derive(Debug, Clone)]
 pub enum RouteKind {
+    /// `websocket = "/path"`.
     WebSocket(WebSocketRoute),
+    /// `http = "METHOD /path"`.
     Http(HttpRoute),
 }
 
 /// `websocket = "/path"`: each connection starts one task, bound to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebSocketRoute {
+    /// The literal path it is served on (no patterns), as written after
+    /// `websocket =`.
     pub path: String,
     /// Open connections of this route.
     pub max_connections: u32,
@@ -92,12 +102,18 @@ pub struct WebSocketRoute {
 /// `http = "METHOD /path"`: each request starts one task.
 #[derive(Debug, Clone)]
 pub struct HttpRoute {
+    /// The method it answers; another method on its path is answered 405.
     pub method: http::Method,
+    /// The literal path it is served on (no patterns).
     pub path: String,
+    /// Whether the request is answered at once (`accepted`, the default) or
+    /// when the task ends.
     pub respond: Respond,
     /// `respond = "result"`: how long the request waits for the task
     /// before it is answered 504 (the task goes on).
     pub timeout: Duration,
+    /// Largest request body, in bytes (default 1 MiB, at most
+    /// `[limits] args_bytes`); 413 past it.
     pub max_body_bytes: usize,
     /// The shared secret a request's HMAC-SHA256 signature is checked
     /// against; none: requests are not signed.
@@ -160,6 +176,7 @@ impl RouteConfig {
         serde_json::Value::Object(args).to_string()
     }
 
+    /// The path the route is served on, websocket or HTTP.
     pub fn path(&self) -> &str {
         match &self.kind {
             RouteKind::WebSocket(ws) => &ws.path,

@@ -30,27 +30,43 @@ pub struct ScheduleSpec {
     /// In app.toml, required; from a guest, its own plugin by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<String>,
+    /// The factory each run starts.
     pub factory: String,
+    /// The period, as humantime text (`"30s"`, `"5m"`, at least 10 ms); ticks
+    /// fall on its multiples since the Unix epoch. Exactly one of `every` and
+    /// `cron`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every: Option<String>,
+    /// A cron expression of 5 fields, or 6 with seconds first (croner's
+    /// syntax). Exactly one of `every` and `cron`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
     /// An IANA zone (`Europe/Berlin`) the cron fields are read in;
     /// default UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// The arguments of each run's task, any JSON (null when absent).
     #[serde(default)]
     pub args: serde_json::Value,
+    /// Where a tick's task runs; default `any`.
     #[serde(default)]
     pub scope: ScheduleScope,
+    /// What a tick does while the previous run goes on; default `skip`.
     #[serde(default)]
     pub overlap: Overlap,
+    /// Start each run up to this much later, at random (humantime text, shorter
+    /// than `every`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jitter: Option<String>,
+    /// What a start does about the ticks missed while the host was down;
+    /// default `none`.
     #[serde(default)]
     pub catch_up: CatchUp,
+    /// Each run's task retried after a failure, as a task's `retry`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
+    /// Each run's task is durable: recorded in storage and run to its end
+    /// across a crash.
     #[serde(default)]
     pub durable: bool,
 }
@@ -99,9 +115,13 @@ pub enum When {
     /// At every multiple of the period since the Unix epoch, so ticks fall
     /// at the same times whenever the host started.
     Every(Duration),
+    /// At the next time a cron expression matches.
     Cron {
+        /// The parsed expression.
         cron: Box<croner::Cron>,
+        /// The expression as written, for listings.
         text: String,
+        /// The zone its fields are read in (`timezone`, default UTC).
         zone: chrono_tz::Tz,
     },
 }
@@ -198,17 +218,29 @@ impl fmt::Display for When {
 /// A checked [`ScheduleSpec`].
 #[derive(Debug, Clone)]
 pub struct ScheduleConfig {
+    /// Unique among the app's schedules; its tasks are named `NAME@TICK`.
     pub name: String,
+    /// The plugin each run starts from: `plugin` as written, or the guest's
+    /// own.
     pub plugin: String,
+    /// The factory each run starts.
     pub factory: String,
     /// The arguments as JSON text.
     pub args: String,
+    /// When it ticks: `every` or `cron`.
     pub when: When,
+    /// Where a tick's task runs.
     pub scope: ScheduleScope,
+    /// What a tick does while the previous run goes on.
     pub overlap: Overlap,
+    /// The most a tick's run starts late, at random (`jitter`); none: on the
+    /// tick. Triggers and catch-ups do not wait.
     pub jitter: Option<Duration>,
+    /// What a start does about ticks missed while the host was down.
     pub catch_up: CatchUp,
+    /// How each run's task is tried again after failing; none: it is not.
     pub retry: Option<RetryPolicy>,
+    /// Each run's task is durable (`durable = true`).
     pub durable: bool,
     /// As written: how a schedule a guest added is stored.
     pub spec: ScheduleSpec,

@@ -7,9 +7,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+/// Where the control API listens, as `--control` and the state file give
+/// it: `HOST:PORT`, or `unix:PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlAddress {
+    /// A TCP address; port 0 to bind picks a free one. Only loopback unless
+    /// `--control-public`.
     Tcp(SocketAddr),
+    /// A Unix socket, which only the host's user may open.
     Unix(PathBuf),
 }
 

@@ -62,6 +62,7 @@ pub struct ControlOptions {
 
 /// A running control server. Dropping it does not stop it: call `stop`.
 pub struct ControlServer {
+    /// Where it listens: the bound port when the options asked for port 0.
     pub address: ControlAddress,
     state_file: PathBuf,
     token: String,

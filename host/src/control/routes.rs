@@ -20,13 +20,19 @@ use std::marker::PhantomData;
 /// An HTTP method of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
+    /// A read; its request, if any, is the query string.
     Get,
+    /// An action or a new thing; its request is the JSON body.
     Post,
+    /// Sets the thing the path names, whole; its request is the JSON body.
     Put,
+    /// Removes the thing the path names; its request, if any, is the query
+    /// string.
     Delete,
 }
 
 impl Method {
+    /// The method as HTTP spells it: `GET`, `POST`, `PUT`, `DELETE`.
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Get => "GET",
@@ -45,7 +51,10 @@ impl Method {
 /// One endpoint: `Request` is what it takes, `Answer` what a success
 /// answers.
 pub struct Route<Request, Answer> {
+    /// The method it is mounted under; another method on its path is 405.
     pub method: Method,
+    /// As axum mounts it: `{name}` is one segment, `{*name}` the rest of the
+    /// path (see [`Route::path_with`]).
     pub path: &'static str,
     /// What it does, for the docs' table.
     pub does: &'static str,
@@ -114,8 +123,11 @@ impl<Request, Answer> Route<Request, Answer> {
 /// A route without its types, as the docs list it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listed {
+    /// As [`Route::method`].
     pub method: Method,
+    /// As [`Route::path`], with its `{...}` parts unfilled.
     pub path: &'static str,
+    /// As [`Route::does`]: a few words for the docs' table.
     pub does: &'static str,
 }
 
@@ -159,38 +171,64 @@ pub fn encode(text: &str) -> String {
 
 use Method::{Delete, Get, Post, Put};
 
+/// This host's tasks, the query's fields narrowing them; a `state` that is no
+/// state is a 400.
 pub const LIST_TASKS: Route<TaskFilter, Vec<TaskView>> = Route::new(
     Get,
     "/v1/tasks",
     "list tasks (`worker`, `state`, `plugin`, `name`)",
 );
+/// 201 with the tasks started; 200 with `created: false` when the idempotency
+/// key named a task that exists.
 pub const SUBMIT: Route<Submission, Submitted> = Route::new(
     Post,
     "/v1/tasks",
     "add a task (one worker, all, or a host of the cluster)",
 );
+/// Answers once every task so named has ended (forced after the grace period),
+/// or 504 `timeout` past `timeout_ms` (10 s by default).
 pub const CANCEL: Route<CancelRequest, Vec<TaskView>> =
     Route::new(Post, "/v1/tasks/cancel", "cancel by name, wait until ended");
+/// `{id}` is the task's number on this host; 404 `not_found` once it is purged,
+/// or if it never was.
 pub const TASK: Route<(), TaskView> = Route::new(Get, "/v1/tasks/{id}", "one task");
+/// Drops the ended tasks of every worker, and the kept records of ended durable
+/// tasks; their names are free again.
 pub const PURGE: Route<(), Purged> = Route::new(Post, "/v1/purge", "drop ended tasks");
+/// Wakes the tasks waiting for `{event}`; 413 `limit` for a payload over
+/// `event_payload_bytes`.
 pub const DISPATCH: Route<DispatchRequest, Woken> =
     Route::new(Post, "/v1/events/{event}", "dispatch an event");
+/// Every loaded build: each plugin's serving one, and older ones still draining
+/// their tasks.
 pub const PLUGINS: Route<(), Vec<PluginView>> =
     Route::new(Get, "/v1/plugins", "plugins and their builds");
+/// Loads `{name}` from a file on the host; 422 `refused` leaves the old build
+/// serving, 404 `not_found` for no file.
 pub const LOAD_PLUGIN: Route<LoadRequest, Loaded> =
     Route::new(Put, "/v1/plugins/{name}", "load or replace a plugin");
+/// Every bucket that holds a key: `PLUGIN/NAME` for a plugin's own, `NAME` for
+/// a shared one.
 pub const KV_BUCKETS: Route<(), Vec<KvBucketView>> =
     Route::new(Get, "/v1/kv", "key-value buckets, with key and byte counts");
+/// Keys in byte order, 1,000 a page unless `limit` says (at most 10,000).
 pub const KV_KEYS: Route<KeysQuery, KvKeys> = Route::new(
     Get,
     "/v1/kv/{bucket}",
     "a page of a bucket's keys (`after`, `limit`)",
 );
+/// `{*key}` is the rest of the path, so a key may hold `/`; 404 `not_found`
+/// when there is no such key.
 pub const KV_GET: Route<(), KvEntry> = Route::new(Get, "/v1/kv/{bucket}/{*key}", "one value");
+/// Stores `text` or `base64`, logged at info; 413 `limit` past a `kv_*` bound
+/// of `[limits]`.
 pub const KV_PUT: Route<KvPut, KvWritten> =
     Route::new(Put, "/v1/kv/{bucket}/{*key}", "set one value");
+/// `deleted` says whether there was a key; a deletion is logged at info.
 pub const KV_DELETE: Route<(), KvWritten> =
     Route::new(Delete, "/v1/kv/{bucket}/{*key}", "delete one value");
+/// App.toml's schedules and those guests added; 503 `starting` until the
+/// workers have started.
 pub const SCHEDULES: Route<(), Vec<ScheduleView>> = Route::new(
     Get,
     "/v1/schedules",
@@ -203,27 +241,42 @@ pub const STEER_SCHEDULE: Route<(), serde_json::Value> = Route::new(
     "/v1/schedules/{name}/{action}",
     "pause, resume or trigger a schedule",
 );
+/// Server-Sent Events, one [`crate::lifecycle::LifecycleEvent`] each,
+/// `subscribed` first; it ends only with the host.
 pub const STREAM: Route<(), ()> =
     Route::new(Get, "/v1/stream", "lifecycle events (Server-Sent Events)");
+/// The hosts of this host's cluster, as their heartbeats say; 404 `no_cluster`
+/// without `[cluster]`.
 pub const HOSTS: Route<(), Vec<crate::cluster::HostBeat>> =
     Route::new(Get, "/v1/hosts", "the hosts of this host's cluster");
+/// Always 200 while the host serves, degraded or not; the one route that needs
+/// no token.
 pub const HEALTH: Route<(), Health> =
     Route::new(Get, "/health", "ok, or degraded with why (no token needed)");
+/// OpenMetrics text, not JSON; needs the bearer token like every route but
+/// [`HEALTH`].
 pub const METRICS: Route<(), String> = Route::new(Get, "/metrics", "Prometheus / OpenMetrics text");
+/// [`LIST_TASKS`] on every host present: the arrays joined, each entry with its
+/// `host`.
 pub const CLUSTER_TASKS: Route<TaskFilter, Vec<serde_json::Value>> = Route::new(
     Get,
     "/v1/cluster/tasks",
     "every host's tasks, each with its host",
 );
+/// [`PLUGINS`] on every host present, each build with its `host`.
 pub const CLUSTER_PLUGINS: Route<(), Vec<serde_json::Value>> =
     Route::new(Get, "/v1/cluster/plugins", "every host's builds");
+/// [`SCHEDULES`] on every host present, each schedule with its `host`.
 pub const CLUSTER_SCHEDULES: Route<(), Vec<serde_json::Value>> =
     Route::new(Get, "/v1/cluster/schedules", "every host's schedules");
+/// [`CANCEL`] on every host present; a host's `not_found` is an error only if
+/// no host had the task.
 pub const CLUSTER_CANCEL: Route<CancelRequest, Vec<serde_json::Value>> = Route::new(
     Post,
     "/v1/cluster/tasks/cancel",
     "cancel by name on every host that has such a task",
 );
+/// [`PURGE`] on every host present: one `{purged, host}` per host.
 pub const CLUSTER_PURGE: Route<(), Vec<serde_json::Value>> =
     Route::new(Post, "/v1/cluster/purge", "drop ended tasks on every host");
 

@@ -16,6 +16,8 @@ pub struct ControlState {
     pub address: String,
     /// The bearer token every request needs.
     pub token: String,
+    /// The host's process: with the token, how a reader tells a live host
+    /// from the stale file of a crashed one.
     pub pid: u32,
     /// The application's name.
     pub app: String,

@@ -45,6 +45,8 @@ pub struct Operations {
 }
 
 impl Operations {
+    /// The operations on `host`: what the control API and the cluster's
+    /// requests call.
     pub fn new(host: Arc<Host>) -> Arc<Operations> {
         Arc::new(Operations { host })
     }

@@ -24,11 +24,17 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Submission {
+    /// The loaded plugin to start it from (`NAME` of its `[plugins.NAME]`);
+    /// `unknown_plugin` if none.
     pub plugin: String,
+    /// One of that plugin's factories (`GET /v1/plugins` lists them);
+    /// `unknown_factory` if none.
     pub factory: String,
     /// The factory's arguments, any JSON (null when absent).
     #[serde(default)]
     pub args: Value,
+    /// The task's name, unique within `scope`; none leaves it unnamed (listed
+    /// by id), except a durable task, which is named `durable-N`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Default worker 0.
@@ -84,8 +90,12 @@ impl Submission {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NameScope {
+    /// Unique in the registry of the worker it runs on; an ended task keeps its
+    /// name until purged.
     #[default]
     Worker,
+    /// Unique across every host of the cluster: claimed in NATS before the task
+    /// starts, freed when it is purged or its host leaves.
     Cluster,
 }
 
@@ -101,6 +111,7 @@ impl NameScope {
 pub struct Health {
     /// `ok` or `degraded`.
     pub status: String,
+    /// What is wrong, one sentence each; empty while `status` is `ok`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
 }
@@ -108,6 +119,8 @@ pub struct Health {
 /// The answer to a [`Submission`]: one entry per task started.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Submitted {
+    /// One per task: one for a plain submission, one per worker with
+    /// `all_workers`, one per host that started one with `host`.
     pub tasks: Vec<SubmittedTask>,
 }
 
@@ -122,7 +135,10 @@ impl Submitted {
 /// One task a [`Submission`] started (or found, by idempotency key).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubmittedTask {
+    /// The worker it was placed on (on its host, with `host`).
     pub worker: WorkerId,
+    /// Its id on the host that runs it: unique on that host, not across a
+    /// cluster.
     pub id: TaskId,
     /// Its name (a durable task without one is named `durable-N`).
     #[serde(default)]
@@ -143,6 +159,8 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
+    /// The name of the tasks to cancel; a task without a name cannot be
+    /// cancelled this way.
     pub name: String,
     /// Default: every worker that has a task so named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,6 +173,8 @@ pub struct CancelRequest {
 /// The answer to `POST /v1/purge`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Purged {
+    /// How many ended tasks were dropped from the workers' registries (the
+    /// ended durable records dropped with them are not counted).
     pub purged: usize,
 }
 
@@ -162,6 +182,8 @@ pub struct Purged {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DispatchRequest {
+    /// The text each woken task receives (empty by default), at most
+    /// `[limits] event_payload_bytes`.
     #[serde(default)]
     pub payload: String,
     /// Dispatch only once at least this many tasks (host-wide) are waiting
@@ -176,6 +198,7 @@ pub struct DispatchRequest {
 /// The answer to `POST /v1/events/{event}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Woken {
+    /// How many waiting tasks the event woke (0 if none waited for it).
     pub woken: u32,
 }
 
@@ -184,12 +207,18 @@ pub struct Woken {
 /// started on it (`draining`), listed until its last task ends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PluginView {
+    /// The plugin's name: `NAME` of its `[plugins.NAME]`, or the one a hot-load
+    /// gave.
     pub name: String,
+    /// `sha256:` and the first 12 hex digits of the component file's hash.
     pub version: String,
+    /// The component file it was loaded from, as the host reads it.
     pub path: PathBuf,
     /// The `taskhost:plugin` WIT version it was built against ("0.2.0",
     /// or "0.1.0" for a plugin built before key-value state).
     pub wit: String,
+    /// Whether new tasks start from it (`serving`) or it only runs older tasks
+    /// out (`draining`).
     pub state: BuildState,
     /// Tasks of this build that have not ended.
     pub live_tasks: usize,
@@ -197,6 +226,7 @@ pub struct PluginView {
     pub data_bytes: u64,
     /// How a task gets that initial memory.
     pub memory_image: MemoryImage,
+    /// What tasks can be started from it, in the plugin's own order.
     pub factories: Vec<FactoryView>,
     /// The host it is loaded on, in a listing gathered from a cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,16 +244,25 @@ pub enum MemoryImage {
     CopyOnWrite,
 }
 
+/// Whether a loaded build still starts new tasks (`state` in
+/// `GET /v1/plugins`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BuildState {
+    /// New tasks of the plugin start from this build: the last one loaded.
     Serving,
+    /// Replaced by a newer build; still runs the tasks that started on it,
+    /// listed until the last ends.
     Draining,
 }
 
+/// One factory of a plugin, as `GET /v1/plugins` lists it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FactoryView {
+    /// What `factory` names in app.toml, a submission or a schedule.
     pub name: String,
+    /// One line on what its tasks do: the plugin says it (the SDK takes the
+    /// first line of the function's doc comment).
     pub description: String,
 }
 
@@ -231,6 +270,8 @@ pub struct FactoryView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadRequest {
+    /// The component file to load, read by the host (not the caller), so a
+    /// relative path is the host's; the CLI sends it absolute.
     pub path: PathBuf,
     /// Restart the plugin's startup tasks on the new build.
     #[serde(default)]
@@ -244,6 +285,7 @@ pub struct LoadRequest {
 /// What one host of the cluster did with a rolled-out build.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HostBuild {
+    /// The host's name (`[cluster] host`, by default its hostname).
     pub host: String,
     /// The build it serves now; none if it did not answer in time.
     pub build: Option<String>,
@@ -255,8 +297,11 @@ pub struct HostBuild {
 /// The answer to `PUT /v1/plugins/{name}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Loaded {
+    /// The plugin's name.
     pub name: String,
+    /// The new build's version: `sha256:` and 12 hex digits of the file's hash.
     pub version: String,
+    /// The component file it was loaded from.
     pub path: PathBuf,
     /// Startup tasks restarted on the new build.
     pub restarted: usize,
@@ -268,12 +313,17 @@ pub struct Loaded {
 /// Every error: `{"error": {"kind", "message"}}` with a 4xx/5xx status.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// What went wrong.
     pub error: ErrorDetail,
 }
 
+/// The inside of [`ErrorBody`]: which kind of error, and why.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorDetail {
+    /// The kind's wire name ([`ErrorKind::wire`]): `not_found`, `limit`, ...;
+    /// callers branch on it.
     pub kind: String,
+    /// For people: names the thing at fault; callers should not parse it.
     pub message: String,
     /// With kind `limit`: the bound that was hit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,8 +333,11 @@ pub struct ErrorDetail {
 /// A [`crate::config::Limit`] on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimitDetail {
+    /// What was bounded: "a task name", "live tasks of worker 0", ...
     pub what: String,
+    /// The bound, in `unit`.
     pub max: u64,
+    /// What the request asked for, in `unit` (over `max`).
     pub got: u64,
     /// `bytes`, `tasks` or `keys`.
     pub unit: String,
@@ -315,6 +368,7 @@ impl From<&crate::config::Limit> for LimitDetail {
 pub struct KvBucketView {
     /// `PLUGIN/NAME` for a plugin's own bucket, `NAME` for a shared one.
     pub bucket: String,
+    /// How many keys it holds (a bucket without keys is not listed).
     pub keys: u64,
     /// Keys and values together.
     pub bytes: u64,
@@ -323,7 +377,9 @@ pub struct KvBucketView {
 /// A page of a bucket's keys (`GET /v1/kv/{bucket}`), in byte order.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KvKeys {
+    /// `PLUGIN/NAME` or `NAME`, as `GET /v1/kv` lists it.
     pub bucket: String,
+    /// At most `limit` keys, the first ones after `after`.
     pub keys: Vec<String>,
     /// Pass as `?after=` for the next page; none after the last.
     pub next: Option<String>,
@@ -333,10 +389,15 @@ pub struct KvKeys {
 /// a task stored is), else `base64`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KvEntry {
+    /// `PLUGIN/NAME` or `NAME`, as `GET /v1/kv` lists it.
     pub bucket: String,
+    /// The key asked for.
     pub key: String,
+    /// The value, when its bytes are UTF-8; then `base64` is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// The value's bytes in standard base64, when they are not UTF-8; then
+    /// `text` is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base64: Option<String>,
 }
@@ -347,8 +408,10 @@ pub struct KvEntry {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct KvPut {
+    /// The value as text, stored as its UTF-8 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// The value's bytes in standard base64, for a value that is not text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base64: Option<String>,
 }
@@ -356,7 +419,9 @@ pub struct KvPut {
 /// The answer to a `PUT` or `DELETE` of a key.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KvWritten {
+    /// `PLUGIN/NAME` or `NAME`, as `GET /v1/kv` lists it.
     pub bucket: String,
+    /// The key written or deleted.
     pub key: String,
     /// The value's size now: 0 after a `DELETE`.
     pub bytes: usize,
@@ -369,22 +434,34 @@ pub struct KvWritten {
 /// in task names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduleView {
+    /// Its `name`: unique among the app's schedules, and the prefix of its
+    /// tasks' names (`NAME@TIME`).
     pub name: String,
+    /// The plugin its tasks start from.
     pub plugin: String,
+    /// The factory its tasks run.
     pub factory: String,
     /// `every 30s`, or `cron "*/5 * * * *" (UTC)`.
     pub when: String,
+    /// Where a tick's task runs: one worker (`any`) or every worker (`worker`).
     pub scope: crate::config::ScheduleScope,
+    /// What a tick does while the previous run is still going.
     pub overlap: crate::config::Overlap,
+    /// What a start does about ticks that fell while the host was down.
     pub catch_up: crate::config::CatchUp,
     /// Added at run time by a guest, not app.toml.
     pub added: bool,
+    /// Paused by an operator (`taskhost schedule pause`): no ticks run until
+    /// resumed, across restarts too.
     pub paused: bool,
     /// None while paused.
     pub next_at_ms: Option<u64>,
+    /// The tick the last run was for, as RFC 3339 text (UTC, to the
+    /// millisecond); none before a first run.
     pub last_tick: Option<String>,
     /// The last run's task, and its state (none once purged).
     pub last_task: Option<String>,
+    /// The state of `last_task`, none once it is purged or before a first run.
     pub last_state: Option<crate::task::TaskState>,
     /// Runs started (ticks, triggers, catch-ups).
     pub runs: u64,
@@ -396,7 +473,10 @@ pub struct ScheduleView {
 /// The answer to `POST /v1/schedules/{name}/trigger`: the tasks started.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Triggered {
+    /// The schedule's name.
     pub schedule: String,
+    /// The names of the tasks it started (`NAME@TIME`): one, or one per worker
+    /// with `scope = "worker"`.
     pub tasks: Vec<String>,
 }
 
@@ -412,8 +492,10 @@ pub struct TaskFilter {
     /// empty list that looks like "no such tasks".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<crate::task::TaskState>,
+    /// Only tasks of the plugin so named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<String>,
+    /// Only tasks so named (on any worker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
@@ -434,8 +516,11 @@ pub struct KeysQuery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScheduleAction {
+    /// No tick runs until a `resume`; kept across restarts.
     Pause,
+    /// Ticks run again; the ones that fell while paused are not run.
     Resume,
+    /// One run now, paused or not, as the schedule's `overlap` allows.
     Trigger,
 }
 
@@ -463,10 +548,22 @@ impl std::str::FromStr for ScheduleAction {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "call", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClusterCall {
-    ListTasks { filter: TaskFilter },
+    /// `GET /v1/cluster/tasks`: each host's tasks, as `filter` selects them.
+    ListTasks {
+        /// Which tasks each host lists, as `GET /v1/tasks` takes it.
+        filter: TaskFilter,
+    },
+    /// `GET /v1/cluster/plugins`: each host's loaded builds.
     ListPlugins,
+    /// `GET /v1/cluster/schedules`: each host's schedules.
     ListSchedules,
-    Cancel { request: CancelRequest },
+    /// `POST /v1/cluster/tasks/cancel`: the tasks so named, cancelled on each
+    /// host.
+    Cancel {
+        /// The name (and worker, wait) each host cancels by.
+        request: CancelRequest,
+    },
+    /// `POST /v1/cluster/purge`: each host drops its ended tasks.
     Purge,
 }
 
@@ -494,8 +591,12 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// No task, key, plugin file or schedule of that name or id.
     NotFound,
+    /// The `worker` named is not one of this host's (an index past its
+    /// workers).
     NoWorker,
+    /// No plugin of that name is loaded.
     UnknownPlugin,
+    /// The plugin has no factory of that name.
     UnknownFactory,
     /// A cluster-only request to a host that has no `[cluster]`.
     NoCluster,
@@ -504,6 +605,8 @@ pub enum ErrorKind {
     /// Refused for another reason (a build that does not load, hosts that
     /// refused for different reasons).
     Refused,
+    /// A task of that name exists in the name's scope (live, or ended and not
+    /// yet purged).
     DuplicateName,
     /// A state conflict (a schedule's `overlap`, a counter that is not an
     /// integer).
@@ -526,6 +629,7 @@ pub enum ErrorKind {
     Starting,
     /// Storage failed.
     Storage,
+    /// A bug, or an answer from another host that does not parse.
     Internal,
 }
 
@@ -669,13 +773,16 @@ impl std::fmt::Display for ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct OpError {
+    /// Which kind: what callers branch on.
     pub kind: ErrorKind,
+    /// For people: names the thing at fault.
     pub message: String,
     /// Boxed: errors travel in `Result`s, which should stay small.
     pub limit: Option<Box<LimitDetail>>,
 }
 
 impl OpError {
+    /// An error of `kind` with no limit attached.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> OpError {
         OpError {
             kind,
@@ -693,6 +800,8 @@ impl OpError {
         }
     }
 
+    /// An error of kind [`ErrorKind::BadRequest`]: the request does not hold
+    /// together.
     pub fn bad_request(message: impl Into<String>) -> OpError {
         OpError::new(ErrorKind::BadRequest, message)
     }

@@ -51,6 +51,8 @@ pub struct PluginLoader {
 }
 
 impl PluginLoader {
+    /// A loader for `engines`, linking the imports once per engine; `app` is
+    /// what the tasks of the plugins it loads share.
     pub fn new(engines: &HostEngine, app: Arc<AppContext>) -> Result<PluginLoader> {
         Ok(PluginLoader {
             linkers: [
@@ -63,6 +65,7 @@ impl PluginLoader {
         })
     }
 
+    /// The engines it compiles for, which the host's workers run tasks on.
     pub fn engines(&self) -> &HostEngine {
         &self.engines
     }

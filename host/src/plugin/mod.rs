@@ -23,7 +23,10 @@ pub use load::{LoadError, PluginLoader, read_component};
 /// One factory a plugin offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Factory {
+    /// What `factory` names in app.toml, a submission or a schedule.
     pub name: String,
+    /// One line on what its tasks do, as the plugin lists it (the SDK
+    /// takes the first line of the function's doc comment).
     pub description: String,
 }
 
@@ -49,6 +52,7 @@ pub struct Plugin {
     /// `sha256:` + the first 12 hex digits of the file's hash: tells two
     /// builds apart in logs and listings. Shared as `name` is.
     pub version: Arc<str>,
+    /// What it offers, in the order its `list-factories` gave them.
     pub factories: Vec<Factory>,
     /// Bytes of data segments in its core modules: what decides whether
     /// its tasks map their memory copy-on-write.
@@ -61,6 +65,7 @@ pub struct Plugin {
 }
 
 impl Plugin {
+    /// Its factory `name`, if it has one.
     pub fn factory(&self, name: &str) -> Option<&Factory> {
         self.factories.iter().find(|f| f.name == name)
     }

@@ -87,6 +87,7 @@ pub trait KvStore: Send + Sync + 'static {
 /// A value and its version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned {
+    /// The value's bytes, as stored.
     pub value: Vec<u8>,
     /// Changes on every write of the key; never reused within a store.
     pub version: u64,
@@ -95,6 +96,7 @@ pub struct Versioned {
 /// How a [`KvStore::swap`] went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Swap {
+    /// The value was written: the key was still at the expected version.
     Done,
     /// The key changed since it was read: its version now (`None`: absent).
     Changed(Option<u64>),
@@ -103,6 +105,7 @@ pub enum Swap {
 /// One page of a bucket's keys.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeyPage {
+    /// Up to the page's `limit` keys, in byte order.
     pub keys: Vec<String>,
     /// Where the next page starts; none after the last.
     pub next: Option<String>,
@@ -111,7 +114,9 @@ pub struct KeyPage {
 /// What a bucket holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketStats {
+    /// `PLUGIN/NAME` or a shared `NAME`.
     pub bucket: BucketId,
+    /// How many keys it holds (at least 1: an empty bucket is not listed).
     pub keys: u64,
     /// Keys and values together.
     pub bytes: u64,
@@ -120,8 +125,11 @@ pub struct BucketStats {
 /// The bounds every write is checked against (`[limits] kv_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLimits {
+    /// `kv_key_bytes`: the longest key, in bytes.
     pub key_bytes: usize,
+    /// `kv_value_bytes`: the largest value, in bytes.
     pub value_bytes: usize,
+    /// `kv_keys_per_bucket`: the most keys one bucket holds.
     pub keys_per_bucket: u64,
     /// Keys and values of all of one plugin's own buckets; a shared bucket
     /// counts on its own.
@@ -132,12 +140,26 @@ pub struct KvLimits {
 /// `limit` for [`KvError::Limit`], the control API a 413.
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
+    /// A `[limits] kv_*` bound: the key, the value, the bucket's keys or the
+    /// plugin's bytes.
     #[error(transparent)]
     Limit(#[from] Limit),
+    /// `increment` of a value that is not a decimal integer; it is left as
+    /// it was.
     #[error("the value of key {key:?} is not a decimal integer, so it cannot be incremented")]
-    NotAnInteger { key: String },
+    NotAnInteger {
+        /// The key `increment` was asked to add to.
+        key: String,
+    },
+    /// `increment` past the range of a 64-bit integer.
     #[error("incrementing key {key:?} by {delta} would overflow a 64-bit integer")]
-    Overflow { key: String, delta: i64 },
+    Overflow {
+        /// The key `increment` was asked to add to.
+        key: String,
+        /// What was to be added; the stored value is left as it was.
+        delta: i64,
+    },
+    /// An empty key: refused by every call that names one.
     #[error("a key must not be empty")]
     EmptyKey,
     /// The backend failed (disk full, a corrupt file): the message names it.
@@ -183,10 +205,12 @@ impl BucketId {
         }
     }
 
+    /// The plugin whose own bucket it is; none for a shared bucket.
     pub fn owner(&self) -> Option<&str> {
         self.owner.as_deref()
     }
 
+    /// The bucket's name, without its plugin.
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -77,6 +77,8 @@ pub struct Storage {
 }
 
 impl Storage {
+    /// Storage over the three backends given; [`Storage::sqlite`] puts all
+    /// three in one file.
     pub fn new(
         kv: Arc<dyn KvStore>,
         tasks: Arc<dyn TaskStore>,

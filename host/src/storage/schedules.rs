@@ -11,6 +11,8 @@ pub struct ScheduleMark {
     /// Every tick up to this time (Unix ms) was handled: run, skipped or
     /// counted as missed.
     pub seen_until_ms: u64,
+    /// Paused by an operator: written before the pause or resume is
+    /// acknowledged, so a restart keeps it paused.
     pub paused: bool,
 }
 

@@ -23,12 +23,18 @@ pub struct NewTask {
     /// None: the store names it `durable-SEQ`, a name that survives the
     /// restart (task ids do not).
     pub name: Option<String>,
+    /// The worker it was submitted to; a re-run goes to the worker of that
+    /// index (modulo the workers there are then).
     pub worker: WorkerId,
+    /// The plugin it starts from.
     pub plugin: String,
     /// The build it was submitted on (a re-run uses the build loaded then).
     pub plugin_version: String,
+    /// The factory it runs.
     pub factory: String,
+    /// Its arguments, as JSON text.
     pub args: String,
+    /// Its retry policy as written, so a re-run retries the same way.
     pub retry: Option<RetrySpec>,
     /// A second submission with the same key gets the first one's record
     /// instead of a new task.
@@ -49,13 +55,24 @@ pub enum Submitted {
 pub struct TaskRecord {
     /// Its number in the store, fixed for its life.
     pub seq: u64,
+    /// Its name: the one submitted, or `durable-SEQ`; how a restart's listing
+    /// and a cancel find it.
     pub name: String,
+    /// The worker it was submitted to; a re-run goes to the worker of that
+    /// index (modulo the workers there are then).
     pub worker: WorkerId,
+    /// The plugin it starts from.
     pub plugin: String,
+    /// The build it was submitted on: `sha256:` and 12 hex digits.
     pub plugin_version: String,
+    /// The factory it runs.
     pub factory: String,
+    /// Its arguments, as JSON text.
     pub args: String,
+    /// Its retry policy as written.
     pub retry: Option<RetrySpec>,
+    /// The key it was submitted with; none: [`TaskRecord::effective_key`] makes
+    /// one from `seq`.
     pub idempotency_key: Option<String>,
     /// Attempts started so far (the one running included).
     pub attempt: u32,
@@ -64,7 +81,9 @@ pub struct TaskRecord {
     /// A cancel was asked for and recorded: the next start does not run
     /// it again even if it had not ended.
     pub cancel_requested: bool,
+    /// When it was recorded (Unix ms).
     pub created_ms: u64,
+    /// When its outcome was recorded (Unix ms); none while it has to run.
     pub ended_ms: Option<u64>,
 }
 

@@ -42,6 +42,8 @@ use tokio_util::task::TaskTracker;
 pub struct TaskEnv {
     /// The warm and cold engines (see [`crate::engine`]).
     pub engines: HostEngine,
+    /// The app as tasks see it: its name, `[config]`, `[limits]` and each
+    /// plugin's bounds and grants.
     pub app: Arc<AppContext>,
     /// What the host keeps: key-value state, durable tasks, schedules.
     pub storage: crate::storage::Storage,
@@ -53,6 +55,7 @@ pub struct TaskEnv {
     pub tracker: TaskTracker,
     /// How long a cancelled task may run on before it is interrupted.
     pub cancel_grace: Duration,
+    /// The host's Prometheus metrics, which `GET /metrics` encodes.
     pub metrics: Metrics,
     /// Lifecycle events (the JSON objects of the lifecycle log lines), for
     /// the control API's stream. Sending costs nothing without listeners.
@@ -126,6 +129,7 @@ impl TaskEnv {
         self.schedules.get().and_then(Weak::upgrade)
     }
 
+    /// The serving build of plugin `name`, if one is loaded.
     pub fn plugin(&self, name: &str) -> Option<Arc<Plugin>> {
         self.plugins
             .read()
@@ -240,14 +244,17 @@ async fn await_verdict(
 }
 
 impl WorkerCtx {
+    /// Which worker it is: an index, or the main scope.
     pub fn id(&self) -> WorkerId {
         self.id
     }
 
+    /// Its tasks, live and ended (until purged).
     pub fn registry(&self) -> &TaskRegistry {
         &self.registry
     }
 
+    /// What its tasks share with every other worker's.
     pub fn env(&self) -> &Arc<TaskEnv> {
         &self.env
     }

@@ -24,6 +24,7 @@ pub const ESBUILD: &str = "0.28.2";
 
 /// Env vars naming the Node.js and npm commands.
 pub const NODE_ENV: &str = "TASKHOST_NODE";
+/// The npm command to install the build tools with; `npm` when unset.
 pub const NPM_ENV: &str = "TASKHOST_NPM";
 
 /// The JavaScript SDK (`guest-sdk/js`), as this taskhost ships it.

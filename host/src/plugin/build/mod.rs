@@ -71,6 +71,8 @@ pub struct BuildOptions {
     pub target_dir: Option<PathBuf>,
     /// Where to write the component; default `<crate dir>/<crate name>.wasm`.
     pub out: Option<PathBuf>,
+    /// Where the build tools' output goes: to stderr (the CLI's default), or
+    /// kept and shown only if the build fails.
     pub output: BuildOutput,
 }
 

@@ -106,6 +106,7 @@ CREATE TABLE schedules (
 /// the disk, and how many ended durable tasks it keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreOptions {
+    /// `[limits] kv_*`, checked inside each write's transaction.
     pub kv: KvLimits,
     /// `synchronous = FULL` instead of `NORMAL` (see the module docs).
     pub fsync: bool,
@@ -185,7 +186,12 @@ impl Drop for Waiting {
 /// a stall (a lock held from outside, a slow disk) shows there.
 #[derive(Clone, Debug)]
 pub struct StorageMetrics {
+    /// `taskhost_storage_call_seconds`: each call's time from being made to
+    /// being answered, the wait for the store's thread and SQLite's locks
+    /// included.
     pub call_seconds: Histogram,
+    /// `taskhost_storage_calls_waiting`: calls made and not yet answered
+    /// (queued or running).
     pub waiting: Gauge,
 }
 
