@@ -150,8 +150,9 @@ pub enum LifecycleEvent {
         tasks: Vec<String>,
     },
     /// Schedule `schedule` did not run for `missed` tick(s), the last at
-    /// `tick`: its previous run was still going (`overlap = "skip"`), or
-    /// the host was down (`catch_up`).
+    /// `tick`: its previous run was still going (`overlap = "skip"`), a
+    /// run was already waiting for it (`overlap = "queue"`), the host was
+    /// down (`catch_up`), or the host got to the tick too late.
     ScheduleMissed {
         /// The schedule's name.
         schedule: String,

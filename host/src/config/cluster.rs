@@ -42,8 +42,10 @@ pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 /// The default `max_deliveries`.
 pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
 
-/// NATS authentication: at most one way.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// NATS authentication: at most one way. `Debug` shows which way, never
+/// the token or the password (an `AppConfig` printed with `{:?}` must not
+/// carry a secret into a log).
+#[derive(Clone, PartialEq, Eq, Default)]
 pub enum ClusterAuth {
     /// No credentials: a NATS that lets anyone in (a local one, say).
     #[default]
@@ -59,6 +61,21 @@ pub enum ClusterAuth {
         /// `password`, as written or read from `{ env }` or `{ file }`.
         password: String,
     },
+}
+
+impl std::fmt::Debug for ClusterAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClusterAuth::None => f.write_str("None"),
+            ClusterAuth::Credentials(path) => f.debug_tuple("Credentials").field(path).finish(),
+            ClusterAuth::Token(_) => f.write_str("Token(<secret>)"),
+            ClusterAuth::UserPassword { user, .. } => f
+                .debug_struct("UserPassword")
+                .field("user", user)
+                .field("password", &format_args!("<secret>"))
+                .finish(),
+        }
+    }
 }
 
 /// TLS settings: a CA to trust, and a client certificate for mutual TLS.
@@ -278,6 +295,22 @@ mod tests {
     fn parse(text: &str) -> Result<ClusterConfig> {
         let raw: RawCluster = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         raw.checked("app.toml", Path::new("/nonexistent"))
+    }
+
+    /// A derived `Debug` printed the token and the password as written.
+    #[test]
+    fn debug_names_the_way_of_auth_but_never_the_secret() {
+        let token = ClusterAuth::Token("tok-never-shown".into());
+        assert_eq!(format!("{token:?}"), "Token(<secret>)");
+        let user = ClusterAuth::UserPassword {
+            user: "ops".into(),
+            password: "pw-never-shown".into(),
+        };
+        let shown = format!("{user:?}");
+        assert!(
+            shown.contains("ops") && !shown.contains("pw-never-shown"),
+            "{shown}"
+        );
     }
 
     #[test]

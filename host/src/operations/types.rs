@@ -339,7 +339,7 @@ pub struct LimitDetail {
     pub max: u64,
     /// What the request asked for, in `unit` (over `max`).
     pub got: u64,
-    /// `bytes`, `tasks` or `keys`.
+    /// `bytes`, `tasks`, `keys` or `schedules`.
     pub unit: String,
     /// The `[limits]` key that sets the bound, if one does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -459,7 +459,8 @@ pub struct ScheduleView {
     /// The tick the last run was for, as RFC 3339 text (UTC, to the
     /// millisecond); none before a first run.
     pub last_tick: Option<String>,
-    /// The last run's task, and its state (none once purged).
+    /// The last run's task name (it stays after the task is purged); none
+    /// before a first run.
     pub last_task: Option<String>,
     /// The state of `last_task`, none once it is purged or before a first run.
     pub last_state: Option<crate::task::TaskState>,
