@@ -7,7 +7,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use taskhost_tests::routes::start;
-use taskhost_tests::{Api, TestApp};
+use taskhost_tests::{Api, TestApp, millis, poll_until, secs};
 
 const SECRET: &str = "a-shared-secret-of-some-length";
 
@@ -332,16 +332,12 @@ fn requests_in_flight_are_bounded_by_listen_max_requests() {
     .unwrap();
     // The slot is taken once the host has read those headers; until then a
     // request may still get through (and start a task, which is fine).
-    let mut refused = None;
-    for _ in 0..200 {
-        let (status, answer) = send(address, "POST", "/hooks/build", &[], "x");
-        if status == 503 {
-            refused = Some(answer);
-            break;
+    let refused = poll_until(secs(30), millis(10), || {
+        match send(address, "POST", "/hooks/build", &[], "x") {
+            (503, answer) => Ok(answer),
+            (status, _) => Err(format!("a second request in flight got {status}, not 503")),
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let refused = refused.expect("a second request in flight is refused");
+    });
     assert!(
         refused["error"]["message"]
             .as_str()
@@ -351,15 +347,12 @@ fn requests_in_flight_are_bounded_by_listen_max_requests() {
     );
     // The trickling client goes: its slot is free again.
     drop(trickle);
-    let mut accepted = false;
-    for _ in 0..200 {
-        if send(address, "POST", "/hooks/build", &[], "x").0 == 202 {
-            accepted = true;
-            break;
+    poll_until(secs(30), millis(10), || {
+        match send(address, "POST", "/hooks/build", &[], "x").0 {
+            202 => Ok(()),
+            status => Err(format!("the slot did not come back: {status}")),
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert!(accepted, "the slot came back");
+    });
     host.signal("TERM");
     assert_eq!(host.finish().code, Some(0));
 }
