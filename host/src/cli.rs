@@ -415,6 +415,18 @@ fn print_check(application: &Application, from: std::time::SystemTime) {
             plugin.version,
             plugin.factories.len()
         );
+        if let Some(variables) = config
+            .plugins
+            .get(&*plugin.name)
+            .map(|p| p.variables.described())
+            .filter(|names| !names.is_empty())
+        {
+            // Names only, as for [config]: values may be secrets.
+            outln!(
+                "    variables: {}",
+                crate::logging::escape_controls(&variables.join(", "), false)
+            );
+        }
         for factory in &plugin.factories {
             outln!(
                 "    {:<40} {}",
@@ -493,10 +505,7 @@ fn print_check(application: &Application, from: std::time::SystemTime) {
         let keys: Vec<String> = config
             .config
             .iter()
-            .map(|(key, value)| match &value.secret {
-                Some(source) => format!("{key} (secret, from {source})"),
-                None => key.clone(),
-            })
+            .map(|(key, value)| value.described(key))
             .collect();
         outln!(
             "  config: {}",

@@ -7,6 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
+use taskhost::control::routes;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -135,7 +136,7 @@ pub fn over(connection: u64) -> impl Fn(&Value) -> bool {
 /// a dispatch that wakes nobody is lost, as in Sanic.
 pub fn dispatch_heard(api: &Api, event: &str) {
     let woken = api.post(
-        &format!("/v1/events/{event}"),
+        &routes::DISPATCH.path_with(&[event]),
         serde_json::json!({ "payload": "", "wait_for": 1 }),
     );
     assert_eq!(woken["woken"], 1, "{woken}");
@@ -195,7 +196,7 @@ pub fn seed_session(
         .find(|l| l["task"] == task.as_str() && l["event"] == "started")
         .unwrap();
     assert_eq!(started["connection"], connection, "{started}");
-    let tasks = api.get("/v1/tasks");
+    let tasks = api.get(routes::LIST_TASKS.path);
     assert_eq!(
         tasks,
         serde_json::json!([]),

@@ -112,7 +112,7 @@ impl std::fmt::Debug for AppContext {
 
 impl AppContext {
     /// The context of the app `config` describes: each configured plugin's
-    /// bounds and grants resolved once, `[config]` encoded as JSON text once.
+    /// bounds, grants and variables resolved once, `[config]` encoded as JSON text once.
     pub fn new(config: &AppConfig) -> AppContext {
         let limits = config.limits;
         let policies = config
@@ -143,7 +143,7 @@ impl AppContext {
         self.config.get(key).map(String::as_str)
     }
 
-    /// The bounds and grants of `plugin`'s tasks.
+    /// The bounds, grants and variables of `plugin`'s tasks.
     pub fn policy(&self, plugin: &str) -> &Arc<PluginPolicy> {
         self.policies.get(plugin).unwrap_or(&self.default_policy)
     }

@@ -51,6 +51,15 @@ impl fmt::Debug for ConfigValue {
 }
 
 impl ConfigValue {
+    /// How `taskhost check` names the value of `key`: the key, and for a
+    /// secret where it came from, never the value.
+    pub(crate) fn described(&self, key: &str) -> String {
+        match &self.secret {
+            Some(source) => format!("{key} (secret, from {source})"),
+            None => key.to_string(),
+        }
+    }
+
     /// A TOML value as the `[config]` value it stands for: a table of
     /// exactly `env = "NAME"` or `file = "PATH"` is a secret, read now.
     pub(crate) fn resolve(value: toml::Value, base: &Path) -> Result<ConfigValue> {

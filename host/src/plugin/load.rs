@@ -148,8 +148,9 @@ impl PluginLoader {
             let instance_pre = linker.instantiate_pre(component).map_err(|e| {
                 anyhow!(
                     "plugin `{name}`: {file} needs an import taskhost does not provide \
-                     (plugins may import `taskhost:plugin/app`, WASI 0.2, `wasi:http` and \
-                     `wasi:keyvalue@0.2.0-draft2`): {e:#}"
+                     (plugins may import `taskhost:plugin/app` and `connections`, WASI 0.2, \
+                     `wasi:http`, `wasi:keyvalue@0.2.0-draft2` and \
+                     `wasi:config/store@0.2.0-rc.1`): {e:#}"
                 )
             })?;
             FactoriesPre::new(instance_pre).map_err(|e| {

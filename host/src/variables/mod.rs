@@ -1,7 +1,7 @@
 //! `wasi:config/store`: a task reads its plugin's
 //! `[plugins.NAME.variables]` (`get`, `get-all`), read-only, through the
-//! standard interface, so a component written for Spin or wasmCloud reads
-//! its configuration here unchanged. The app-wide `[config]` table stays
+//! standard interface (the `0.2.0-rc.1` that wasmtime implements), so code
+//! that reads its configuration that way needs nothing of taskhost's. The app-wide `[config]` table stays
 //! `app.config` (JSON values); these are strings, one set per plugin, and
 //! no plugin sees another's.
 //!

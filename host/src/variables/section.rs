@@ -2,7 +2,8 @@
 //! `wasi:config/store`, checked when app.toml is read.
 //!
 //! `wasi:config` values are strings, so a value is a string, a number or
-//! a boolean (given to the guest as its TOML text: `3`, `0.5`, `true`), or
+//! a boolean (given to the guest as text, normalised the way TOML reads
+//! it: `3`, `0.5`, `true`; `1e3` is `1000.0`, `0x10` is `16`), or
 //! a secret read at start, as in `[config]`: `{ env = "NAME" }` from the
 //! host's environment, `{ file = "PATH" }` from a file beside app.toml. A
 //! secret is never logged; `Debug` and `taskhost check` say where it came
@@ -28,8 +29,8 @@ pub(crate) struct RawVariables(BTreeMap<String, toml::Value>);
 /// One plugin's variables, checked, with secrets read.
 #[derive(Default)]
 pub(crate) struct Variables {
-    /// Each value as app.toml gave it: what `Debug` shows (a secret as
-    /// its source) and what a change of app.toml is compared by.
+    /// Each value as app.toml gave it: what `Debug` and `taskhost check`
+    /// show (a secret as its source).
     values: BTreeMap<String, ConfigValue>,
     /// The same values as `wasi:config/store` serves them, built once
     /// here rather than at every task's start.
@@ -79,6 +80,15 @@ impl RawVariables {
 }
 
 impl Variables {
+    /// The variables' names as `taskhost check` shows them: a secret with
+    /// where it came from, never a value.
+    pub(crate) fn described(&self) -> Vec<String> {
+        self.values
+            .iter()
+            .map(|(key, value)| value.described(key))
+            .collect()
+    }
+
     /// What `wasi:config/store` serves to the plugin's tasks.
     pub(crate) fn served(&self) -> &WasiConfigVariables {
         &self.served

@@ -5,6 +5,7 @@
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use taskhost::control::routes;
 use taskhost_tests::{Api, NatsServer, Run, Running, TestApp, millis, poll_until, secs};
 
 /// A metric's value from a host's `/metrics`; 0 for a labelled counter
@@ -184,7 +185,7 @@ fn tasks_go_to_any_host_a_named_one_or_all_and_are_seen_and_cancelled_from_any()
     let mut by_host: BTreeMap<String, usize> = BTreeMap::new();
     for i in 0..30 {
         let (status, added) = api.post_status(
-            "/v1/tasks",
+            routes::SUBMIT.path,
             json!({"plugin": "kit", "factory": "identity", "name": format!("any-{i}"), "host": "any"}),
         );
         assert_eq!(status, 201, "{added}");
@@ -233,7 +234,7 @@ fn tasks_go_to_any_host_a_named_one_or_all_and_are_seen_and_cancelled_from_any()
 
     // All hosts: one task each, said host by host.
     let (status, added) = api.post_status(
-        "/v1/tasks",
+        routes::SUBMIT.path,
         json!({"plugin": "kit", "factory": "identity", "name": "everywhere", "host": "all"}),
     );
     assert_eq!(status, 201, "{added}");
@@ -333,7 +334,7 @@ fn tasks_go_to_any_host_a_named_one_or_all_and_are_seen_and_cancelled_from_any()
     assert_eq!(missing.code, Some(3), "{}", missing.dump());
 
     // A purge of every host: one count per host, each saying which.
-    let purged = api.post("/v1/cluster/purge", json!({}));
+    let purged = api.post(routes::CLUSTER_PURGE.path, json!({}));
     let counts: Vec<(&str, u64)> = purged
         .as_array()
         .unwrap()
@@ -559,7 +560,7 @@ fn when_nats_goes_away_local_work_goes_on_and_the_hosts_come_back() {
     // A durable submission cannot be recorded now: 503, nothing started.
     let (api_b, _) = Api::of(&b);
     let (status, refused) = api_b.post_any(
-        "/v1/tasks",
+        routes::SUBMIT.path,
         json!({"plugin": "kit", "factory": "nap", "args": {"ms": 1}, "name": "later", "durable": true}),
     );
     assert_eq!(status, 503, "{refused}");
@@ -1228,14 +1229,14 @@ fn a_stopping_host_takes_no_more_tasks_from_the_others() {
     let (api, _) = Api::of(&a);
     for i in 0..10 {
         let (status, added) = api.post_any(
-            "/v1/tasks",
+            routes::SUBMIT.path,
             json!({"plugin": "kit", "factory": "identity", "name": format!("late-{i}"), "host": "any"}),
         );
         assert_eq!(status, 201, "{added}");
         assert_eq!(added["tasks"][0]["host"], "a", "{added}");
     }
     let (status, added) = api.post_any(
-        "/v1/tasks",
+        routes::SUBMIT.path,
         json!({"plugin": "kit", "factory": "identity", "name": "late-all", "host": "all"}),
     );
     assert_eq!(status, 201, "{added}");
@@ -1260,7 +1261,7 @@ fn an_answer_over_the_nats_message_limit_says_so_instead_of_timing_out() {
     let long = "x".repeat(200);
     for i in 0..4000 {
         api.post(
-            "/v1/tasks",
+            routes::SUBMIT.path,
             json!({"plugin": "kit", "factory": "identity", "name": format!("{long}-{i}")}),
         );
     }
@@ -1311,7 +1312,7 @@ fn tasks_for_any_host_go_to_the_hosts_with_room() {
     for (i, app) in [&a, &b].into_iter().cycle().take(12).enumerate() {
         let (api, _) = Api::of(app);
         let (status, added) = api.post_any(
-            "/v1/tasks",
+            routes::SUBMIT.path,
             json!({"plugin": "kit", "factory": "nap", "args": {"ms": 600000}, "name": format!("room-{i}"), "host": "any"}),
         );
         assert_eq!(status, 201, "{added}");

@@ -4,6 +4,7 @@
 //! and the limits.
 
 use futures_util::{SinkExt, StreamExt};
+use taskhost::control::routes;
 use taskhost_tests::routes::{Client, PATIENCE, Stream, line, over, runtime, seed_session, start};
 use taskhost_tests::{Api, Running, TestApp};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -80,7 +81,7 @@ fn the_seeds_feed_sends_on_each_event_its_receiver_logs_and_closing_cleans_up_ev
     // Item 6: `ws:` names are the connections' own. Before, a task of any
     // plugin could take `ws:N` and make connection N close with 1011.
     let (status, refused) = api.post_any(
-        "/v1/tasks",
+        routes::SUBMIT.path,
         serde_json::json!({"plugin": "kit", "factory": "nap", "name": "ws:2", "args": {"ms": 1}}),
     );
     assert_eq!(status, 400, "{refused}");
@@ -319,7 +320,7 @@ fn a_thousand_connections_each_with_its_task_are_all_served() {
         l["message"].as_str().is_some_and(|m| m.contains(" over ("))
     });
     let (api, _) = Api::of(&app);
-    let tasks = api.get("/v1/tasks");
+    let tasks = api.get(routes::LIST_TASKS.path);
     assert_eq!(tasks.as_array().map(Vec::len), Some(0), "{tasks}");
     stop(host);
 }

@@ -5,6 +5,7 @@
 
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
+use taskhost::control::routes;
 use taskhost_tests::{Api, Run, TestApp};
 
 fn app() -> TestApp {
@@ -29,7 +30,7 @@ fn names_with(lines: &[Value], event: &str) -> BTreeSet<String> {
 }
 
 fn add(api: &Api, body: Value) -> (u16, Value) {
-    api.post_status("/v1/tasks", body)
+    api.post_status(routes::SUBMIT.path, body)
 }
 
 #[test]
@@ -81,7 +82,7 @@ fn durable_tasks_survive_kill_9_none_lost_none_run_twice() {
     let (api, _) = Api::of(&app);
     // Results of tasks that ended before the crash, after the restart.
     let before = done_before.iter().next().unwrap();
-    let shown = api.get(&format!("/v1/tasks?name={before}"));
+    let shown = api.get(&format!("{}?name={before}", routes::LIST_TASKS.path));
     assert_eq!(shown[0]["state"], "done", "{shown}");
     assert_eq!(shown[0]["durable"], true, "{shown}");
     let result: Value = serde_json::from_str(shown[0]["result"].as_str().unwrap()).unwrap();

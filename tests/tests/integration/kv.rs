@@ -4,6 +4,7 @@
 //! workers writing one key, and refuses writes over `[limits]` by name.
 
 use serde_json::{Value, json};
+use taskhost::control::routes;
 use taskhost_tests::{Run, TestApp};
 
 /// An app of two plugins built from the same testkit, `kit` and `other`,
@@ -461,7 +462,7 @@ fn a_lock_held_from_outside_stalls_only_the_task_that_waits_for_it() {
     assert_eq!(said.trim(), "locked");
     let (api, _) = taskhost_tests::Api::of(&app);
     api.post(
-        "/v1/tasks",
+        routes::SUBMIT.path,
         json!({"plugin": "kit", "factory": "kv", "name": "writer",
                "args": {"bucket": "b", "op": "set", "key": "k", "value": 1}}),
     );
@@ -475,7 +476,7 @@ fn a_lock_held_from_outside_stalls_only_the_task_that_waits_for_it() {
         },
     );
     api.post(
-        "/v1/tasks",
+        routes::SUBMIT.path,
         json!({"plugin": "kit", "factory": "nap", "name": "sleeper", "args": {"ms": 300}}),
     );
     let ended = |task: &'static str| {

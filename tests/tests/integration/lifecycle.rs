@@ -3,6 +3,7 @@
 //! are on what they report and on the host's JSON log.
 
 use serde_json::{Value, json};
+use taskhost::control::routes;
 use taskhost_tests::TestApp;
 
 #[test]
@@ -362,7 +363,7 @@ fn shutdown_with_thousands_of_tasks_ends_them_all_cooperatively_and_exits_zero()
     let (api, _) = taskhost_tests::Api::of(&app);
     for i in 0..10000 {
         api.post(
-            "/v1/tasks",
+            routes::SUBMIT.path,
             json!({"plugin": "examples", "factory": "sleeper", "worker": i % 2}),
         );
     }

@@ -2,6 +2,7 @@
 //! once ran thousands of tasks must not keep their memory resident.
 
 use serde_json::json;
+use taskhost::control::routes;
 use taskhost_tests::{Api, TestApp};
 
 /// Resident memory of process `pid`, in MiB.
@@ -39,17 +40,17 @@ fn memory_comes_back_after_two_thousand_sleepers_twice() {
     for round in 0..2 {
         for i in 0..2000 {
             api.post(
-                "/v1/tasks",
+                routes::SUBMIT.path,
                 json!({"plugin": "examples", "factory": "sleeper", "name": format!("s{i}"),
                        "worker": i % 2}),
             );
         }
         let live = resident_mib(pid);
         for i in 0..2000 {
-            let ended = api.post("/v1/tasks/cancel", json!({"name": format!("s{i}")}));
+            let ended = api.post(routes::CANCEL.path, json!({"name": format!("s{i}")}));
             assert_eq!(ended[0]["state"], "cancelled", "{ended}");
         }
-        let purged = api.post("/v1/purge", json!({}));
+        let purged = api.post(routes::PURGE.path, json!({}));
         assert_eq!(purged["purged"], 2000, "{purged}");
         let after = resident_mib(pid);
         eprintln!(

@@ -6,6 +6,7 @@
 
 use serde_json::{Value, json};
 use std::time::{Duration, SystemTime};
+use taskhost::control::routes;
 use taskhost_tests::{Api, Run, Running, TestApp};
 
 fn app(schedules: &str) -> TestApp {
@@ -389,7 +390,7 @@ fn guests_add_and_remove_schedules_which_outlive_a_restart() {
         "#);
     let steer = |api: &Api, name: &str, spec: Value, remove: bool| -> Value {
         api.post(
-            "/v1/tasks",
+            routes::SUBMIT.path,
             json!({"plugin": "kit", "factory": "steer_schedule", "name": name,
                    "args": {"spec": spec, "remove": remove}}),
         );
@@ -471,7 +472,7 @@ fn schedules_guests_add_are_bounded_per_plugin() {
     let (api, _) = Api::of(&app);
     let add = |name: &str, schedule: &str| {
         api.post(
-            "/v1/tasks",
+            routes::SUBMIT.path,
             json!({"plugin": "kit", "factory": "steer_schedule", "name": name,
                    "args": {"spec": {"name": schedule, "factory": "nap", "every": "1h",
                                      "args": {"ms": 1}}}}),

@@ -41,14 +41,14 @@ fn each_plugin_reads_its_own_variables_through_wasi_config() {
         args = { key = "db_url" }
         "#,
     );
-    app.file("token.txt", b"t0k-never-logged\n");
+    app.file("token.txt", b"t0k-from-a-file\n");
     let run = app.run_until_idle().ok();
     assert_eq!(
         run.results_of("billing"),
         vec![json!({
-            "value": "t0k-never-logged",
+            "value": "t0k-from-a-file",
             "all": [["db_url", "postgres://127.0.0.1/billing"], ["pool", "4"],
-                    ["token", "t0k-never-logged"]],
+                    ["token", "t0k-from-a-file"]],
         })],
         "{}",
         run.dump()
@@ -64,6 +64,43 @@ fn each_plugin_reads_its_own_variables_through_wasi_config() {
         vec![json!({"value": null, "all": []})],
         "{}",
         run.dump()
+    );
+}
+
+#[test]
+fn check_lists_variables_by_name_and_a_secret_by_its_source_only() {
+    let app = TestApp::new(
+        r#"
+        name = "vars"
+        [plugins.billing]
+        path = "{testkit}"
+        [plugins.billing.variables]
+        db_url = "postgres://127.0.0.1/billing"
+        db_password = { env = "TASKHOST_TEST_DB_PASSWORD" }
+        "#,
+    );
+    let check = app
+        .run_taskhost_with_env(&["check"], &[("TASKHOST_TEST_DB_PASSWORD", "pw-not-shown")])
+        .ok();
+    assert!(
+        check.stdout.contains(
+            "    variables: db_password (secret, from environment variable \
+             TASKHOST_TEST_DB_PASSWORD), db_url\n"
+        ),
+        "{}",
+        check.dump()
+    );
+    assert!(!check.dump().contains("pw-not-shown"), "{}", check.dump());
+    // Not set: the start stops, naming the variable and what to set.
+    let check = app.run_taskhost(&["check"]);
+    assert_eq!(check.code, Some(2), "{}", check.dump());
+    assert!(
+        check.stderr.contains(
+            "[plugins.billing.variables]: variable `db_password`: environment variable \
+             TASKHOST_TEST_DB_PASSWORD is not set"
+        ),
+        "{}",
+        check.dump()
     );
 }
 

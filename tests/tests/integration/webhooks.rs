@@ -6,6 +6,7 @@
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
+use taskhost::control::routes;
 use taskhost_tests::routes::start;
 use taskhost_tests::{Api, TestApp, millis, poll_until, secs};
 
@@ -150,7 +151,7 @@ fn a_webhook_request_becomes_a_tasks_arguments_and_is_answered_202_with_its_id()
     let id = answer["task_id"].as_u64().unwrap();
     host.wait_for(1, |l| l["task_id"] == id && l["event"] == "done");
     let (api, _) = Api::of(&app);
-    let tasks = api.get("/v1/tasks");
+    let tasks = api.get(routes::LIST_TASKS.path);
     let task = tasks
         .as_array()
         .unwrap()
@@ -190,7 +191,7 @@ fn respond_result_answers_with_the_result_500_on_failure_and_504_on_timeout() {
     assert_eq!(status, 504, "{answer}");
     let id = answer["task_id"].as_u64().unwrap();
     let (api, _) = Api::of(&app);
-    let tasks = api.get("/v1/tasks");
+    let tasks = api.get(routes::LIST_TASKS.path);
     let slow = tasks
         .as_array()
         .unwrap()
@@ -221,7 +222,11 @@ fn a_signed_route_refuses_a_missing_or_wrong_signature_before_any_task_starts() 
     );
     assert_eq!(status, 401);
     let (api, _) = Api::of(&app);
-    assert_eq!(api.get("/v1/tasks"), json!([]), "no task started");
+    assert_eq!(
+        api.get(routes::LIST_TASKS.path),
+        json!([]),
+        "no task started"
+    );
 
     let right = signature(body);
     let (status, answer) = send(
@@ -467,7 +472,7 @@ fn silent_and_trickling_clients_cannot_exhaust_the_listeners() {
     // The control API answers meanwhile, and the listener holds no more
     // than its lowered cap.
     for _ in 0..5 {
-        let tasks = api.get("/v1/tasks");
+        let tasks = api.get(routes::LIST_TASKS.path);
         assert!(tasks.is_array(), "{tasks}");
         assert!(open(&api) <= 16.0, "{} public connections open", open(&api));
     }
