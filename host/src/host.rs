@@ -138,6 +138,7 @@ impl Host {
             schedules: std::sync::OnceLock::new(),
             remote: std::sync::OnceLock::new(),
             stopping: AtomicBool::new(false),
+            queues: crate::queues::Queues::new(&config.queues),
         });
         // Joined before any task runs, so waiters hear the other hosts'
         // events from the start.

@@ -91,6 +91,7 @@ pub(crate) mod listener;
 pub(crate) mod logging;
 pub(crate) mod metrics;
 pub(crate) mod private_files;
+pub(crate) mod queues;
 pub(crate) mod runner;
 pub mod scheduler;
 pub(crate) mod serve;

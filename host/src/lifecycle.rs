@@ -48,6 +48,14 @@ pub enum LifecycleEvent {
     /// The stream is attached: a follower that waits for it misses nothing
     /// that happens afterwards. Only on the stream, never in the log.
     Subscribed,
+    /// The task waits in queue `queue` until the queue lets it start.
+    Queued {
+        /// Which task.
+        #[serde(flatten)]
+        task: TaskRef,
+        /// The queue's name (`[[queues]]`).
+        queue: String,
+    },
     /// The task's factory is about to run on build `version`.
     Started {
         /// Which task.

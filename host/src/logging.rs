@@ -106,6 +106,21 @@ pub(crate) fn lifecycle_enabled() -> bool {
 /// stream-only events (`subscribed`, `lagged`) are not logged.
 pub(crate) fn lifecycle(event: &LifecycleEvent) {
     match event {
+        LifecycleEvent::Queued { task, queue } => with_task(task, |worker, task_name| {
+            tracing::info!(
+                event = "queued",
+                worker,
+                task = task_name,
+                task_id = task.task_id,
+                plugin = task.plugin,
+                factory = task.factory,
+                connection = task.connection,
+                queue,
+                "queued {}/{} in queue {queue}",
+                task.plugin,
+                task.factory
+            )
+        }),
         LifecycleEvent::Started { task, version } => with_task(task, |worker, task_name| {
             tracing::info!(
                 event = "started",

@@ -446,7 +446,14 @@ impl Metrics {
     /// `plugins` (name, version).
     pub fn encode(&self, tasks: &[TaskInfo], plugins: &[(String, String)]) -> String {
         self.tasks.clear();
-        for state in ["pending", "running", "done", "failed", "cancelled"] {
+        for state in [
+            "queued",
+            "pending",
+            "running",
+            "done",
+            "failed",
+            "cancelled",
+        ] {
             let count = tasks.iter().filter(|t| t.state.as_str() == state).count();
             self.tasks
                 .get_or_create(&vec![("state".into(), state.into())])

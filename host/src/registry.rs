@@ -252,7 +252,7 @@ impl Inner {
         let Some(entry) = self.tasks.remove(&id) else {
             return;
         };
-        if !entry.info.state.is_ended() {
+        if !entry.info.state.is_ended() && entry.info.state != TaskState::Queued {
             self.live -= 1;
         }
         if let Some(name) = &entry.info.ident.name
@@ -271,6 +271,9 @@ pub struct TaskRegistry {
     /// How many ended tasks stay listed (`[limits] ended_tasks_per_worker`).
     retention: usize,
     inner: Mutex<Inner>,
+    /// Told when a live task ends: a queued task waiting for room on the
+    /// worker (`tasks_per_worker`) tries again.
+    freed: tokio::sync::Notify,
 }
 
 impl TaskRegistry {
@@ -283,6 +286,7 @@ impl TaskRegistry {
             cancel: Arc::new(cancel),
             retention: retention.max(1),
             inner: Mutex::default(),
+            freed: tokio::sync::Notify::new(),
         }
     }
 
@@ -304,8 +308,20 @@ impl TaskRegistry {
         ident: Arc<TaskIdent>,
         max_live: usize,
     ) -> Result<TaskHandle, RegisterError> {
+        self.insert(ident, Some(max_live))
+    }
+
+    /// Registers `ident`: live (`pending`, counted against `max_live`) or,
+    /// without a bound, `queued` (not counted).
+    fn insert(
+        &self,
+        ident: Arc<TaskIdent>,
+        max_live: Option<usize>,
+    ) -> Result<TaskHandle, RegisterError> {
         let mut inner = self.lock();
-        if inner.live >= max_live {
+        if let Some(max_live) = max_live
+            && inner.live >= max_live
+        {
             return Err(RegisterError::Limit(Limit {
                 what: format!("the live tasks of worker {}", self.worker),
                 max: max_live as u64,
@@ -323,13 +339,18 @@ impl TaskRegistry {
         let signal = Arc::new(CancelSignal::default());
         let (ended, ended_rx) = watch::channel(None);
         let id = ident.id;
-        inner.live += 1;
+        if max_live.is_some() {
+            inner.live += 1;
+        }
         inner.tasks.insert(
             id,
             Entry {
                 info: TaskInfo {
                     ident,
-                    state: TaskState::Pending,
+                    state: match max_live {
+                        Some(_) => TaskState::Pending,
+                        None => TaskState::Queued,
+                    },
                     created_at: SystemTime::now(),
                     started_at: None,
                     ended_at: None,
@@ -346,6 +367,37 @@ impl TaskRegistry {
             ended: ended_rx,
             policy: self.cancel.clone(),
         })
+    }
+
+    /// Registers a task that waits in a queue (state `queued`): its name
+    /// is taken, but it does not count against `tasks_per_worker` until
+    /// [`TaskRegistry::admit`] lets it start.
+    pub(crate) fn register_queued(
+        &self,
+        ident: Arc<TaskIdent>,
+    ) -> Result<TaskHandle, RegisterError> {
+        self.insert(ident, None)
+    }
+
+    /// Waits until the worker has room for one more live task (fewer than
+    /// `max_live`), then moves the queued task `id` to `pending`, counted.
+    pub(crate) async fn admit(&self, id: TaskId, max_live: usize) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut inner = self.lock();
+                if inner.live < max_live {
+                    inner.live += 1;
+                    if let Some(entry) = inner.tasks.get_mut(&id) {
+                        entry.info.state = TaskState::Pending;
+                    }
+                    return;
+                }
+            }
+            freed.await;
+        }
     }
 
     /// The task's instance exists and its factory is about to run.
@@ -375,7 +427,10 @@ impl TaskRegistry {
             return;
         };
         if !entry.info.state.is_ended() {
-            *live -= 1;
+            if entry.info.state != TaskState::Queued {
+                *live -= 1;
+                self.freed.notify_one();
+            }
             ended.push_back(id);
         }
         entry.info.state = outcome.state();
@@ -549,6 +604,29 @@ mod tests {
         assert_eq!(registry.live_count(), 2);
     }
 
+    #[tokio::test]
+    async fn a_queued_task_waits_outside_the_cap_and_is_admitted_when_room_frees() {
+        let registry = Arc::new(TaskRegistry::new(
+            WorkerId::Index(0),
+            usize::MAX,
+            CancelPolicy::default(),
+        ));
+        let running = registry.register(ident(None), 1).unwrap();
+        let queued = registry.register_queued(ident(Some("q"))).unwrap();
+        assert_eq!(registry.live_count(), 1, "a queued task is not live");
+        assert_eq!(registry.get(queued.id).unwrap().state, TaskState::Queued);
+        let admitting = tokio::spawn({
+            let registry = registry.clone();
+            async move { registry.admit(queued.id, 1).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!admitting.is_finished(), "no room while the first runs");
+        registry.finish(running.id, Outcome::Done { result: "1".into() });
+        admitting.await.unwrap();
+        assert_eq!(registry.live_count(), 1);
+        assert_eq!(registry.get(queued.id).unwrap().state, TaskState::Pending);
+    }
+
     /// Issue 24, item 5: a `cancel-task` whose target ended and was purged
     /// by someone else before it looked the target up reported "no task
     /// named `task N was purged`". The handle now keeps the end state
@@ -580,6 +658,7 @@ mod tests {
             factory: "f".into(),
             durable: None,
             connection: None,
+            queue: None,
         })
     }
 

@@ -84,6 +84,7 @@ pub(crate) async fn prepare(
         factory: String::new(),
         durable: None,
         connection: None,
+        queue: None,
     });
     let data = TaskData::stand_in(ident, app.clone());
     let (engine, pre) = plugin.instantiation(engines, true);

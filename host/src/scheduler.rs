@@ -513,6 +513,7 @@ impl Scheduler {
                     ),
                 }),
                 connection: None,
+                queue: None,
             };
             match worker.start_task(plugin.clone(), spec).await {
                 Ok(handle) => started.push((worker, handle, name.clone())),

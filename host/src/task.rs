@@ -103,6 +103,9 @@ pub struct TaskIdent {
     pub durable: Option<u64>,
     /// The websocket connection the task serves, if a route started it.
     pub connection: Option<u64>,
+    /// The queue it was submitted to (`[[queues]]`); none for a task that
+    /// started at once.
+    pub queue: Option<Arc<str>>,
 }
 
 impl TaskIdent {
@@ -119,6 +122,10 @@ impl TaskIdent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
+    /// Waiting in its queue (`[[queues]]`) for the queue to let it start;
+    /// it holds no instance yet and does not count against
+    /// `tasks_per_worker`.
+    Queued,
     /// Registered; its instance is being created.
     Pending,
     /// Its factory is running.
@@ -144,6 +151,7 @@ impl TaskState {
     /// The snake_case name the wire and the logs use (`running`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
+            TaskState::Queued => "queued",
             TaskState::Pending => "pending",
             TaskState::Running => "running",
             TaskState::Done => "done",
@@ -280,6 +288,9 @@ pub struct TaskView {
     /// across restarts.
     #[serde(default)]
     pub durable: bool,
+    /// The queue it was submitted to; none for a task that started at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
     /// The host it runs on, in a listing gathered from a cluster's hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
@@ -309,6 +320,7 @@ impl From<&TaskInfo> for TaskView {
             cancel_stage,
             attempt: info.attempt,
             durable: info.ident.durable.is_some(),
+            queue: info.ident.queue.as_deref().map(str::to_string),
             host: None,
         }
     }

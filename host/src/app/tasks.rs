@@ -134,6 +134,7 @@ pub(super) fn spec_of(
         durable: options.durable,
         idempotency_key: options.idempotency_key,
         connection: None,
+        queue: None,
     })
 }
 
@@ -172,6 +173,7 @@ pub(super) fn submission_of(
         } else {
             NameScope::Worker
         },
+        queue: None,
     })
 }
 
@@ -287,7 +289,10 @@ pub(super) fn to_wit(info: &TaskInfo) -> types::TaskInfo {
         factory: view.factory,
         worker: view.worker.index(),
         state: match view.state {
-            TaskState::Pending => types::TaskState::Pending,
+            // The WIT's `task-state` has no `queued` yet (a new case is a
+            // new type for guests built against 0.2.0): a queued task is
+            // `pending` to a guest, registered and not yet running.
+            TaskState::Queued | TaskState::Pending => types::TaskState::Pending,
             TaskState::Running => types::TaskState::Running,
             TaskState::Done => types::TaskState::Done,
             TaskState::Failed => types::TaskState::Failed,

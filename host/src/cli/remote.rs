@@ -104,6 +104,12 @@ pub(crate) enum Verb {
         /// refused) [default: worker].
         #[arg(long, value_parser = ["worker", "cluster"], requires = "name")]
         scope: Option<String>,
+        /// Wait in QUEUE (app.toml's [[queues]], or `default`) until the
+        /// queue lets it start, instead of starting at once: its state is
+        /// `queued` meanwhile, and it is refused only when QUEUE already
+        /// holds `max_waiting` tasks (docs/queues.md).
+        #[arg(long, value_name = "QUEUE", conflicts_with = "durable")]
+        queue: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -320,6 +326,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             idempotency_key,
             host,
             scope,
+            queue,
             common,
         } => {
             let args = match args {
@@ -348,6 +355,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                     Some("cluster") => crate::operations::types::NameScope::Cluster,
                     _ => crate::operations::types::NameScope::Worker,
                 },
+                queue,
             };
             let added = connect(&common)?
                 .call(&routes::SUBMIT, &[], &request)
@@ -979,6 +987,11 @@ fn print_tasks(tasks: &[TaskView]) {
                     .cancel_stage
                     .map(|stage| stage.as_str().to_string())
                     .unwrap_or_default(),
+                TaskState::Queued => task
+                    .queue
+                    .as_deref()
+                    .map(|queue| format!("in queue {}", clean(queue)))
+                    .unwrap_or_default(),
                 TaskState::Pending | TaskState::Running => String::new(),
             };
             let mut row = Vec::with_capacity(7);
@@ -1098,6 +1111,9 @@ fn describe_event(event: &LifecycleEvent) -> String {
     };
     match event {
         LifecycleEvent::Subscribed => "following the host's lifecycle stream".to_string(),
+        LifecycleEvent::Queued { task: t, queue } => {
+            task(t, "queued", format!(" in queue {}", clean(queue)))
+        }
         LifecycleEvent::Started { task: t, version } => {
             task(t, "started", format!(" ({})", clean(version)))
         }

@@ -11,6 +11,7 @@ pub mod cluster;
 mod grants;
 mod http_grant;
 mod limits;
+mod queues;
 mod retry;
 mod routes;
 mod schedule;
@@ -24,6 +25,7 @@ pub use limits::{
     MAX_COMPONENT_BYTES, MAX_NAME_BYTES, PluginLimits, TaskLimits, check_bucket_name,
     check_plugin_name, connection_task_name, machine_memory_bytes, reserved_name,
 };
+pub use queues::{DEFAULT_MAX_WAITING, DEFAULT_QUEUE, MAX_QUEUE_BOUND, QueueConfig};
 pub use retry::{Backoff, RetryPolicy, RetrySpec};
 pub use routes::{
     DEFAULT_LISTEN, HttpRoute, ListenConfig, Respond, RouteConfig, RouteKind, WebSocketRoute,
@@ -107,6 +109,8 @@ pub struct AppConfig {
     pub storage: StorageConfig,
     /// `[[schedules]]`, in file order.
     pub schedules: Vec<ScheduleConfig>,
+    /// `[[queues]]`, in file order, and `default` (last, unless listed).
+    pub queues: Vec<QueueConfig>,
     /// `[listen]`: where the public listener binds; none without routes.
     pub listen: Option<ListenConfig>,
     /// `[[routes]]`, in file order.
@@ -206,6 +210,9 @@ pub struct TaskConfig {
     /// Recorded in storage and run to its end once, across restarts: a
     /// durable startup task that ended is not started again.
     pub durable: bool,
+    /// The queue it waits in until the queue lets it start; none: it
+    /// starts with its worker.
+    pub queue: Option<String>,
 }
 
 impl TaskConfig {
@@ -224,6 +231,7 @@ impl TaskConfig {
                 _ => None,
             },
             connection: None,
+            queue: self.queue.clone(),
         }
     }
 }
@@ -250,6 +258,9 @@ pub struct TaskSpec {
     /// The websocket connection the task serves (a `[[routes]]` route's
     /// task): its lifecycle lines carry the id.
     pub connection: Option<u64>,
+    /// The queue it waits in until the queue lets it start (`[[queues]]`);
+    /// none: it starts at once or is refused.
+    pub queue: Option<String>,
 }
 
 impl fmt::Display for TaskConfig {
@@ -282,6 +293,8 @@ struct RawApp {
     storage: RawStorage,
     #[serde(default)]
     schedules: Vec<ScheduleSpec>,
+    #[serde(default)]
+    queues: Vec<queues::RawQueue>,
     #[serde(default)]
     listen: routes::RawListen,
     #[serde(default)]
@@ -318,6 +331,7 @@ struct RawTask {
     retry: Option<RetrySpec>,
     #[serde(default)]
     durable: bool,
+    queue: Option<String>,
 }
 
 fn worker_scope() -> Scope {
@@ -421,6 +435,8 @@ impl AppConfig {
             config.insert(key, value);
         }
 
+        let queues = queues::checked(raw.queues, &file.to_string())?;
+
         let mut tasks = Vec::new();
         let mut names: HashSet<(Scope, String)> = HashSet::new();
         for (index, task) in raw.tasks.into_iter().enumerate() {
@@ -445,6 +461,7 @@ impl AppConfig {
                 scope: task.scope,
                 retry,
                 durable: task.durable,
+                queue: task.queue,
             };
             if !plugins.contains_key(&task.plugin) {
                 let known: Vec<_> = plugins.keys().map(String::as_str).collect();
@@ -457,6 +474,28 @@ impl AppConfig {
                         known.join(", ")
                     }
                 );
+            }
+            if let Some(queue) = &task.queue {
+                if !queues.iter().any(|q| &q.name == queue) {
+                    let known: Vec<_> = queues.iter().map(|q| q.name.as_str()).collect();
+                    bail!(
+                        "{file}: {task}: no queue named `{queue}` (queues: {}; add a \
+                         [[queues]] entry to make one)",
+                        known.join(", ")
+                    );
+                }
+                if task.durable {
+                    bail!(
+                        "{file}: {task}: a durable task cannot wait in a queue: drop `queue` \
+                         or `durable` (queued tasks are kept in memory)"
+                    );
+                }
+                if task.scope == Scope::Main {
+                    bail!(
+                        "{file}: {task}: a `main` task runs before the workers and waits in \
+                         no queue: drop `queue`"
+                    );
+                }
             }
             if task.durable && task.name.is_none() {
                 bail!(
@@ -564,6 +603,7 @@ impl AppConfig {
                     .unwrap_or(DEFAULT_KEEP_ENDED_TASKS),
             },
             schedules,
+            queues,
             listen,
             routes,
         })

@@ -63,6 +63,10 @@ pub struct Submission {
     /// registry) or `cluster` (every host's; claimed in NATS first).
     #[serde(default, skip_serializing_if = "NameScope::is_worker")]
     pub scope: NameScope,
+    /// The queue it waits in until the queue lets it start (`[[queues]]`);
+    /// absent, it starts at once or is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
 }
 
 impl Submission {
@@ -82,6 +86,7 @@ impl Submission {
             durable: self.durable,
             idempotency_key: self.idempotency_key.clone(),
             connection: None,
+            queue: self.queue.clone(),
         })
     }
 }

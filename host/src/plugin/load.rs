@@ -228,6 +228,7 @@ impl PluginLoader {
             factory: String::new(),
             durable: None,
             connection: None,
+            queue: None,
         });
         let data = TaskData::new(ident, self.app.clone(), Arc::new(CancelSignal::default()));
         // Probes run on the cold engine: they should not leave pages in

@@ -186,6 +186,7 @@ impl WorkerCtx {
             durable: true,
             idempotency_key: record.idempotency_key,
             connection: None,
+            queue: None,
         };
         Ok(self.start(Launch::new(plugin, spec, Some(run)), None)?)
     }
@@ -217,6 +218,7 @@ impl WorkerCtx {
             factory: record.factory,
             durable: Some(record.seq),
             connection: None,
+            queue: None,
         });
         let info = TaskInfo {
             state: outcome.state(),

@@ -23,6 +23,7 @@ use crate::logging;
 use crate::metrics::Metrics;
 use crate::operations::types::{ErrorKind, OpError, Submission, Submitted};
 use crate::plugin::Plugin;
+use crate::queues::{Queues, Waiting};
 use crate::registry::{AddTaskError, Added, RegisterError, TaskHandle, TaskRegistry, next_task_id};
 use crate::runner;
 use crate::task::{CancelPolicy, CancelStage, Outcome, TaskId, TaskIdent, WorkerId};
@@ -79,6 +80,8 @@ pub struct TaskEnv {
     /// Set once the host began to stop: no instance is made ahead of
     /// demand from then on.
     pub stopping: AtomicBool,
+    /// The app's queues (`[[queues]]`), shared by every worker.
+    pub(crate) queues: Queues,
 }
 
 /// What starting tasks on other hosts resolves to: where each runs, or
@@ -214,6 +217,8 @@ struct Launch {
     retry: Option<RetryPolicy>,
     durable: Option<DurableRun>,
     connection: Option<u64>,
+    /// Its place in its queue: it waits for its turn before it starts.
+    waiting: Option<(Arc<str>, Waiting)>,
 }
 
 impl Launch {
@@ -226,6 +231,7 @@ impl Launch {
             retry: spec.retry,
             durable,
             connection: spec.connection,
+            waiting: None,
         }
     }
 }
@@ -275,6 +281,9 @@ impl WorkerCtx {
         plugin: Arc<Plugin>,
         spec: TaskSpec,
     ) -> Result<TaskHandle, AddTaskError> {
+        if let Some(queue) = spec.queue.clone() {
+            return self.enqueue(plugin, spec, &queue);
+        }
         if spec.durable {
             return Err(AddTaskError::Invalid(
                 "a durable task is recorded before it starts: use `start_task`".into(),
@@ -290,6 +299,10 @@ impl WorkerCtx {
         plugin: Arc<Plugin>,
         spec: TaskSpec,
     ) -> Result<TaskHandle, AddTaskError> {
+        if spec.queue.is_some() {
+            // Refused there if durable: a queued task lives in memory.
+            return self.spawn(plugin, spec);
+        }
         if spec.durable {
             return self
                 .submit(plugin, spec, false)
@@ -328,6 +341,16 @@ impl WorkerCtx {
                  and schedules): pick another"
             )));
         }
+        if let Some(queue) = spec.queue.clone() {
+            let name = spec.name.clone();
+            let handle = self.enqueue(plugin, spec, &queue)?;
+            return Ok(Added {
+                worker: self.id,
+                id: handle.id,
+                name,
+                created: true,
+            });
+        }
         if spec.durable {
             return self
                 .submit(plugin, spec, true)
@@ -349,6 +372,34 @@ impl WorkerCtx {
             name,
             created: true,
         })
+    }
+
+    /// Registers a task that waits in `queue` (state `queued`) and answers
+    /// at once: its arguments are checked when it starts, in its own
+    /// instance, and a refusal then fails the task.
+    fn enqueue(
+        self: &Arc<Self>,
+        plugin: Arc<Plugin>,
+        spec: TaskSpec,
+        queue: &str,
+    ) -> Result<TaskHandle, AddTaskError> {
+        if spec.durable || spec.idempotency_key.is_some() {
+            return Err(AddTaskError::Invalid(
+                "a durable task cannot wait in a queue (queued tasks are kept in memory): \
+                 drop `queue` or `durable`"
+                    .into(),
+            ));
+        }
+        if self.id == WorkerId::Main {
+            return Err(AddTaskError::Invalid(
+                "the main scope runs before the workers and has no queues: pick a worker".into(),
+            ));
+        }
+        let queue = self.env.queues.get(queue).map_err(AddTaskError::Invalid)?;
+        let waiting = queue.enter().map_err(RegisterError::from)?;
+        let mut launch = Launch::new(plugin, spec, None);
+        launch.waiting = Some((queue.name().clone(), waiting));
+        Ok(self.start(launch, None)?)
     }
 
     /// Makes the next instance of `plugin` on this worker once the tasks
@@ -417,7 +468,8 @@ impl WorkerCtx {
             }
             .into());
         }
-        if self.env.tracker.len() >= limits.tasks_per_app {
+        let waiting = usize::try_from(self.env.queues.waiting()).unwrap_or(usize::MAX);
+        if self.env.tracker.len().saturating_sub(waiting) >= limits.tasks_per_app {
             return Err(Limit {
                 what: "the live tasks of the app".into(),
                 max: limits.tasks_per_app as u64,
@@ -443,9 +495,14 @@ impl WorkerCtx {
             retry,
             durable,
             connection,
+            waiting,
         } = launch;
         let registered = Instant::now();
         self.check(&name, &factory, &args)?;
+        let (queue, waiting) = match waiting {
+            Some((queue, waiting)) => (Some(queue), Some(waiting)),
+            None => (None, None),
+        };
         let ident = Arc::new(TaskIdent {
             id: next_task_id(),
             name,
@@ -455,10 +512,20 @@ impl WorkerCtx {
             factory,
             durable: durable.as_ref().map(|d| d.seq),
             connection,
+            queue,
         });
-        let handle = self
-            .registry
-            .register(ident.clone(), self.env.app.limits.tasks_per_worker)?;
+        let handle = match &waiting {
+            Some(_) => self.registry.register_queued(ident.clone())?,
+            None => self
+                .registry
+                .register(ident.clone(), self.env.app.limits.tasks_per_worker)?,
+        };
+        if let Some(queue) = &ident.queue {
+            self.announce(|| LifecycleEvent::Queued {
+                task: TaskRef::from(&*ident),
+                queue: queue.to_string(),
+            });
+        }
         if let Some(durable) = &durable {
             self.env.list_durable(durable.seq, self.id, ident.id);
             // In a cluster, this copy acts only while its lease holds.
@@ -474,6 +541,35 @@ impl WorkerCtx {
         let supervisor = handle.clone();
         let worker = self.clone();
         let task = async move {
+            // A queued task first waits for its queue's turn, then for room
+            // on its worker (`tasks_per_worker`); a cancel meanwhile ends it
+            // without an instance ever being made.
+            let mut _turn = None;
+            let mut registered = registered;
+            if let Some(waiting) = waiting {
+                let admitted = async {
+                    let turn = waiting.turn().await;
+                    let max_live = worker.env.app.limits.tasks_per_worker;
+                    worker.registry.admit(ident.id, max_live).await;
+                    turn
+                };
+                tokio::select! {
+                    turn = admitted => _turn = Some(turn),
+                    () = task_handle.signal().cancelled() => {
+                        let outcome = Outcome::Cancelled { stage: CancelStage::Cooperative };
+                        worker.announce(|| LifecycleEvent::Cancelled {
+                            task: TaskRef::from(&*ident),
+                            stage: CancelStage::Cooperative,
+                            elapsed_ms: 0.0,
+                        });
+                        worker.env.metrics.record_end(&outcome);
+                        worker.registry.finish(ident.id, outcome);
+                        return;
+                    }
+                }
+                // Its start is timed from its turn, not from its wait.
+                registered = Instant::now();
+            }
             let begun = Instant::now();
             let mut verdict = verdict;
             let mut attempt = durable.as_ref().map_or(1, |d| d.first_attempt);

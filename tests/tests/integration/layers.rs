@@ -25,6 +25,7 @@ const LAYERS: &[&[&str]] = &[
         "metrics",
         "compile_cache",
         "storage",
+        "queues",
         "connection_hub",
     ],
     &[

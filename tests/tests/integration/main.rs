@@ -28,6 +28,7 @@ mod limits;
 mod log_safety;
 mod memory;
 mod python;
+mod queues;
 mod readme;
 mod refusals;
 mod retries;

@@ -221,6 +221,8 @@ fn the_documented_task_record_is_task_view() {
         cancel_stage: None,
         attempt: 1,
         durable: false,
+        // Only for a task submitted to a queue (docs/queues.md).
+        queue: None,
         // Only in a listing gathered from a cluster (docs/cluster.md).
         host: None,
     };
