@@ -478,7 +478,7 @@ fn print_check(application: &Application, from: std::time::SystemTime) {
                 format!("up to {} connections", ws.max_connections)
             }
             crate::config::RouteKind::Http(http) => format!(
-                "respond {}{}{}",
+                "respond {}{}{}{}",
                 match http.respond {
                     crate::config::Respond::Accepted => "accepted",
                     crate::config::Respond::Result => "result",
@@ -490,7 +490,11 @@ fn print_check(application: &Application, from: std::time::SystemTime) {
                     },
                     None => String::new(),
                 },
-                if http.durable { ", durable" } else { "" }
+                if http.durable { ", durable" } else { "" },
+                match &http.queue {
+                    Some(queue) => format!(", queue {queue}"),
+                    None => String::new(),
+                }
             ),
         };
         outln!(

@@ -544,6 +544,19 @@ impl AppConfig {
                     route.plugin
                 );
             }
+            if let RouteKind::Http(HttpRoute {
+                queue: Some(queue), ..
+            }) = &route.kind
+                && !queues.iter().any(|q| &q.name == queue)
+            {
+                let known: Vec<_> = queues.iter().map(|q| q.name.as_str()).collect();
+                bail!(
+                    "{file}: routes[{index}] ({}): no queue named `{queue}` (queues: {}; add \
+                     a [[queues]] entry to make one)",
+                    route.label(),
+                    known.join(", ")
+                );
+            }
             routes.push(route);
         }
         routes::check_unique(&routes).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;

@@ -123,6 +123,9 @@ pub struct HttpRoute {
     /// The task is durable: recorded before the request is answered and
     /// run to its end across crashes.
     pub durable: bool,
+    /// The queue its task waits in (`[[queues]]`): a burst of requests is
+    /// queued and answered, not refused at `tasks_per_worker`.
+    pub queue: Option<String>,
 }
 
 impl HttpRoute {
@@ -217,6 +220,7 @@ pub(super) struct RawRoute {
     secret: Option<toml::Value>,
     signature_header: Option<String>,
     durable: Option<bool>,
+    queue: Option<String>,
 }
 
 /// The methods an HTTP route may serve (what the router can match).
@@ -372,6 +376,7 @@ impl RawRoute {
             ("secret", self.secret.is_some()),
             ("signature_header", self.signature_header.is_some()),
             ("durable", self.durable.is_some()),
+            ("queue", self.queue.is_some()),
         ];
         let refuse = |fields: &[(&str, bool)], kind: &str| -> Result<()> {
             if let Some((field, _)) = fields.iter().find(|(_, set)| *set) {
@@ -469,6 +474,12 @@ impl RawRoute {
                 }
                 let respond = self.respond.unwrap_or(Respond::Accepted);
                 let durable = self.durable.unwrap_or(false);
+                if durable && self.queue.is_some() {
+                    bail!(
+                        "`durable = true` and `queue`: a durable task cannot wait in a queue \
+                         (queued tasks are kept in memory); drop one"
+                    );
+                }
                 if durable && respond == Respond::Result {
                     bail!(
                         "`durable = true` needs `respond = \"accepted\"`: a durable task may \
@@ -489,6 +500,7 @@ impl RawRoute {
                     secret,
                     signature_header,
                     durable,
+                    queue: self.queue,
                 })
             }
             (Some(_), Some(_)) => {

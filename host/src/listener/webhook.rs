@@ -178,6 +178,7 @@ async fn answer(route: &Route, remote: SocketAddr, request: Request) -> Response
         factory: route.config.factory.clone(),
         args: task_args(&route.config, request),
         durable: route.settings.durable,
+        queue: route.settings.queue.clone(),
         ..TaskSpec::default()
     };
     let host = &route.shared.host;

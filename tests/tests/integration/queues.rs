@@ -193,3 +193,42 @@ fn bad_queues_and_queue_references_are_refused_at_check() {
         check.dump()
     );
 }
+
+#[test]
+fn a_webhook_burst_is_queued_and_answered_not_refused_at_tasks_per_worker() {
+    let app = TestApp::new(
+        r#"
+        name = "hooked"
+        [limits]
+        tasks_per_worker = 1
+        [plugins.kit]
+        path = "{testkit}"
+        [[queues]]
+        name = "hooks"
+        concurrency = 1
+        [[routes]]
+        http = "POST /hooks/queued"
+        plugin = "kit"
+        factory = "hook_probe"
+        args = { mode = "sleep", ms = 20 }
+        queue = "hooks"
+        "#,
+    );
+    let (mut host, address) = taskhost_tests::routes::start(&app);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let response = ureq::post(&format!("http://{address}/hooks/queued"))
+            .send_string(&format!("burst {i}"))
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(response.status(), 202);
+        let answer: Value = serde_json::from_str(&response.into_string().unwrap()).unwrap();
+        ids.push(answer["task_id"].as_u64().unwrap());
+    }
+    host.wait_for(5, |l| l["event"] == "done");
+    host.signal("TERM");
+    let run = host.finish();
+    let names: Vec<String> = ids.iter().map(u64::to_string).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    assert_eq!(most_running(&run.lines, &names), 1, "{}", run.dump());
+    assert_eq!(run.events("queued").len(), 5, "{}", run.dump());
+}
