@@ -19,6 +19,9 @@ pub(crate) struct Queues {
     by_name: HashMap<String, Arc<Queue>>,
     /// Names in app.toml's order, for error messages.
     names: Vec<String>,
+    /// Tasks waiting in any queue, kept as one count (every queue's places
+    /// add to it) because each task start reads it.
+    waiting: Arc<AtomicU64>,
 }
 
 impl Queues {
@@ -27,8 +30,15 @@ impl Queues {
         let mut queues = Queues {
             by_name: HashMap::new(),
             names: Vec::new(),
+            waiting: Arc::default(),
         };
-        for config in configs {
+        let default = QueueConfig {
+            name: DEFAULT_QUEUE.to_string(),
+            concurrency: None,
+            max_waiting: crate::config::DEFAULT_MAX_WAITING,
+        };
+        let listed = configs.iter().any(|config| config.name == DEFAULT_QUEUE);
+        for config in configs.iter().chain((!listed).then_some(&default)) {
             queues.names.push(config.name.clone());
             queues.by_name.insert(
                 config.name.clone(),
@@ -39,18 +49,7 @@ impl Queues {
                         .map(|n| Arc::new(Semaphore::new(n as usize))),
                     max_waiting: config.max_waiting,
                     waiting: AtomicU64::new(0),
-                }),
-            );
-        }
-        if !queues.by_name.contains_key(DEFAULT_QUEUE) {
-            queues.names.push(DEFAULT_QUEUE.to_string());
-            queues.by_name.insert(
-                DEFAULT_QUEUE.to_string(),
-                Arc::new(Queue {
-                    name: DEFAULT_QUEUE.into(),
-                    running: None,
-                    max_waiting: crate::config::DEFAULT_MAX_WAITING,
-                    waiting: AtomicU64::new(0),
+                    all_waiting: queues.waiting.clone(),
                 }),
             );
         }
@@ -70,10 +69,7 @@ impl Queues {
     /// Tasks waiting in any queue: they hold no instance, so they do not
     /// count against `tasks_per_app`.
     pub(crate) fn waiting(&self) -> u64 {
-        self.by_name
-            .values()
-            .map(|queue| queue.waiting.load(Ordering::Relaxed))
-            .sum()
+        self.waiting.load(Ordering::Relaxed)
     }
 }
 
@@ -84,6 +80,8 @@ pub(crate) struct Queue {
     running: Option<Arc<Semaphore>>,
     max_waiting: u64,
     waiting: AtomicU64,
+    /// [`Queues`]'s count of every queue's waiting tasks.
+    all_waiting: Arc<AtomicU64>,
 }
 
 impl Queue {
@@ -100,9 +98,12 @@ impl Queue {
                 (waiting < self.max_waiting).then_some(waiting + 1)
             });
         match taken {
-            Ok(_) => Ok(Waiting {
-                queue: self.clone(),
-            }),
+            Ok(_) => {
+                self.all_waiting.fetch_add(1, Ordering::AcqRel);
+                Ok(Waiting {
+                    queue: self.clone(),
+                })
+            }
             Err(_) => Err(Limit {
                 what: format!(
                     "the waiting tasks of queue `{}` ([[queues]] max_waiting)",
@@ -145,6 +146,7 @@ impl Waiting {
 impl Drop for Waiting {
     fn drop(&mut self) {
         self.queue.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.queue.all_waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -476,14 +476,8 @@ impl AppConfig {
                 );
             }
             if let Some(queue) = &task.queue {
-                if !queues.iter().any(|q| &q.name == queue) {
-                    let known: Vec<_> = queues.iter().map(|q| q.name.as_str()).collect();
-                    bail!(
-                        "{file}: {task}: no queue named `{queue}` (queues: {}; add a \
-                         [[queues]] entry to make one)",
-                        known.join(", ")
-                    );
-                }
+                queues::check_named(&queues, queue)
+                    .map_err(|e| anyhow::anyhow!("{file}: {task}: {e}"))?;
                 if task.durable {
                     bail!(
                         "{file}: {task}: a durable task cannot wait in a queue: drop `queue` \
@@ -547,15 +541,10 @@ impl AppConfig {
             if let RouteKind::Http(HttpRoute {
                 queue: Some(queue), ..
             }) = &route.kind
-                && !queues.iter().any(|q| &q.name == queue)
             {
-                let known: Vec<_> = queues.iter().map(|q| q.name.as_str()).collect();
-                bail!(
-                    "{file}: routes[{index}] ({}): no queue named `{queue}` (queues: {}; add \
-                     a [[queues]] entry to make one)",
-                    route.label(),
-                    known.join(", ")
-                );
+                queues::check_named(&queues, queue).map_err(|e| {
+                    anyhow::anyhow!("{file}: routes[{index}] ({}): {e}", route.label())
+                })?;
             }
             routes.push(route);
         }

@@ -98,6 +98,19 @@ pub(super) fn checked(raw: Vec<RawQueue>, file: &str) -> Result<Vec<QueueConfig>
     Ok(queues)
 }
 
+/// Refuses a reference to a queue `queues` does not have, listing those
+/// it has (a `[[tasks]]` entry's or a route's `queue`).
+pub(super) fn check_named(queues: &[QueueConfig], queue: &str) -> Result<()> {
+    if !queues.iter().any(|q| q.name == queue) {
+        let known: Vec<_> = queues.iter().map(|q| q.name.as_str()).collect();
+        bail!(
+            "no queue named `{queue}` (queues: {}; add a [[queues]] entry to make one)",
+            known.join(", ")
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
