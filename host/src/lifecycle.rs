@@ -55,6 +55,15 @@ pub enum LifecycleEvent {
         task: TaskRef,
         /// The queue's name (`[[queues]]`).
         queue: String,
+        /// Its key in the queue, if it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        /// Its priority, if not 0 (higher starts first).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        priority: i32,
+        /// When it may start, if delayed (RFC 3339, UTC).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run_at: Option<String>,
     },
     /// The task's factory is about to run on build `version`.
     Started {
@@ -210,6 +219,10 @@ impl ScheduleTrigger {
 /// Milliseconds with microsecond precision, without float noise.
 pub fn millis(elapsed: Duration) -> f64 {
     elapsed.as_micros() as f64 / 1e3
+}
+
+fn is_zero(value: &i32) -> bool {
+    *value == 0
 }
 
 #[cfg(test)]

@@ -106,7 +106,13 @@ pub(crate) fn lifecycle_enabled() -> bool {
 /// stream-only events (`subscribed`, `lagged`) are not logged.
 pub(crate) fn lifecycle(event: &LifecycleEvent) {
     match event {
-        LifecycleEvent::Queued { task, queue } => with_task(task, |worker, task_name| {
+        LifecycleEvent::Queued {
+            task,
+            queue,
+            key,
+            priority,
+            run_at,
+        } => with_task(task, |worker, task_name| {
             tracing::info!(
                 event = "queued",
                 worker,
@@ -116,6 +122,9 @@ pub(crate) fn lifecycle(event: &LifecycleEvent) {
                 factory = task.factory,
                 connection = task.connection,
                 queue,
+                key = key.as_deref(),
+                priority = (*priority != 0).then_some(*priority),
+                run_at = run_at.as_deref(),
                 "queued {}/{} in queue {queue}",
                 task.plugin,
                 task.factory

@@ -174,6 +174,10 @@ pub(super) fn submission_of(
             NameScope::Worker
         },
         queue: None,
+        key: None,
+        priority: None,
+        delay: None,
+        run_at: None,
     })
 }
 

@@ -104,12 +104,8 @@ pub(crate) enum Verb {
         /// refused) [default: worker].
         #[arg(long, value_parser = ["worker", "cluster"], requires = "name")]
         scope: Option<String>,
-        /// Wait in QUEUE (app.toml's [[queues]], or `default`) until the
-        /// queue lets it start, instead of starting at once: its state is
-        /// `queued` meanwhile, and it is refused only when QUEUE already
-        /// holds `max_waiting` tasks (docs/queues.md).
-        #[arg(long, value_name = "QUEUE", conflicts_with = "durable")]
-        queue: Option<String>,
+        #[command(flatten)]
+        queue: Box<QueueFlags>,
         #[command(flatten)]
         common: Common,
     },
@@ -224,6 +220,42 @@ pub(crate) enum Verb {
     },
 }
 
+/// `taskhost add`'s queue options (docs/queues.md).
+#[derive(clap::Args, Debug)]
+pub(crate) struct QueueFlags {
+    /// Wait in QUEUE (app.toml's [[queues]], or `default`) until the
+    /// queue lets it start, instead of starting at once: its state is
+    /// `queued` meanwhile, and it is refused only when QUEUE already
+    /// holds `max_waiting` tasks (docs/queues.md).
+    #[arg(long, value_name = "QUEUE", conflicts_with = "durable")]
+    queue: Option<String>,
+    /// Its key in its queue: the queue's `per_key` and `key_rate` bound
+    /// each key's tasks, keys take turns, and a `dedupe` queue starts
+    /// nothing while KEY has a task waiting [default: from the queue's
+    /// `key_arg`]. Without --queue: the `default` queue.
+    #[arg(long, value_name = "KEY", conflicts_with = "durable")]
+    key: Option<String>,
+    /// From -100 to 100; higher starts first, and a task waiting
+    /// gains one each `ageing` of its queue [default: 0]. Without
+    /// --queue: the `default` queue.
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        conflicts_with = "durable"
+    )]
+    priority: Option<i64>,
+    /// Start no sooner than DURATION from now (`30s`, `10m`, `2h`),
+    /// waiting in its queue meanwhile. Without --queue: the `default`
+    /// queue.
+    #[arg(long, value_name = "DURATION", conflicts_with_all = ["durable", "run_at"])]
+    delay: Option<String>,
+    /// Start no sooner than TIME (RFC 3339: `2026-12-05T14:30:00Z`).
+    /// Without --queue: the `default` queue.
+    #[arg(long, value_name = "TIME", conflicts_with = "durable")]
+    run_at: Option<String>,
+}
+
 /// The states `--state` takes: [`TaskState`]'s serde names.
 const STATES: [&str; 5] = ["pending", "running", "done", "failed", "cancelled"];
 
@@ -329,6 +361,13 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             queue,
             common,
         } => {
+            let QueueFlags {
+                queue,
+                key,
+                priority,
+                delay,
+                run_at,
+            } = *queue;
             let args = match args {
                 Some(text) => serde_json::from_str(&text)
                     .map_err(|e| ClientError::refused(format!("--args is not JSON: {e}")))?,
@@ -356,6 +395,10 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                     _ => crate::operations::types::NameScope::Worker,
                 },
                 queue,
+                key,
+                priority,
+                delay,
+                run_at,
             };
             let added = connect(&common)?
                 .call(&routes::SUBMIT, &[], &request)
@@ -1111,7 +1154,7 @@ fn describe_event(event: &LifecycleEvent) -> String {
     };
     match event {
         LifecycleEvent::Subscribed => "following the host's lifecycle stream".to_string(),
-        LifecycleEvent::Queued { task: t, queue } => {
+        LifecycleEvent::Queued { task: t, queue, .. } => {
             task(t, "queued", format!(" in queue {}", clean(queue)))
         }
         LifecycleEvent::Started { task: t, version } => {

@@ -25,7 +25,11 @@ pub use limits::{
     MAX_COMPONENT_BYTES, MAX_NAME_BYTES, PluginLimits, TaskLimits, check_bucket_name,
     check_plugin_name, connection_task_name, machine_memory_bytes, reserved_name,
 };
-pub use queues::{DEFAULT_MAX_WAITING, DEFAULT_QUEUE, MAX_QUEUE_BOUND, QueueConfig};
+pub use queues::{
+    DEFAULT_AGEING, DEFAULT_MAX_WAITING, DEFAULT_QUEUE, MAX_DELAY, MAX_KEY_BYTES, MAX_PRIORITY,
+    MAX_QUEUE_BOUND, MIN_PRIORITY, Placement, QueueConfig, QueueOptions, Rate, StartAt, check_key,
+    key_of,
+};
 pub use retry::{Backoff, RetryPolicy, RetrySpec};
 pub use routes::{
     DEFAULT_LISTEN, HttpRoute, ListenConfig, Respond, RouteConfig, RouteKind, WebSocketRoute,
@@ -210,9 +214,9 @@ pub struct TaskConfig {
     /// Recorded in storage and run to its end once, across restarts: a
     /// durable startup task that ended is not started again.
     pub durable: bool,
-    /// The queue it waits in until the queue lets it start; none: it
-    /// starts with its worker.
-    pub queue: Option<String>,
+    /// The queue it waits in until the queue lets it start, and its key,
+    /// priority and delay there; none: it starts with its worker.
+    pub queue: Option<Placement>,
 }
 
 impl TaskConfig {
@@ -258,9 +262,10 @@ pub struct TaskSpec {
     /// The websocket connection the task serves (a `[[routes]]` route's
     /// task): its lifecycle lines carry the id.
     pub connection: Option<u64>,
-    /// The queue it waits in until the queue lets it start (`[[queues]]`);
-    /// none: it starts at once or is refused.
-    pub queue: Option<String>,
+    /// The queue it waits in until the queue lets it start (`[[queues]]`),
+    /// and its key, priority and delay there; none: it starts at once or
+    /// is refused.
+    pub queue: Option<Placement>,
 }
 
 impl fmt::Display for TaskConfig {
@@ -332,6 +337,10 @@ struct RawTask {
     #[serde(default)]
     durable: bool,
     queue: Option<String>,
+    key: Option<String>,
+    priority: Option<i64>,
+    delay: Option<String>,
+    run_at: Option<String>,
 }
 
 fn worker_scope() -> Scope {
@@ -452,6 +461,16 @@ impl AppConfig {
                 .map(RetrySpec::policy)
                 .transpose()
                 .with_context(|| format!("{file}: tasks[{index}].retry"))?;
+            let queue = queues::placement_of(
+                &queues,
+                QueueOptions {
+                    queue: task.queue.as_deref(),
+                    key: task.key.as_deref(),
+                    priority: task.priority,
+                    delay: task.delay.as_deref(),
+                    run_at: task.run_at.as_deref(),
+                },
+            );
             let task = TaskConfig {
                 index,
                 plugin: task.plugin,
@@ -461,8 +480,10 @@ impl AppConfig {
                 scope: task.scope,
                 retry,
                 durable: task.durable,
-                queue: task.queue,
+                queue: None,
             };
+            let queue = queue.map_err(|e| anyhow::anyhow!("{file}: {task}: {e}"))?;
+            let task = TaskConfig { queue, ..task };
             if !plugins.contains_key(&task.plugin) {
                 let known: Vec<_> = plugins.keys().map(String::as_str).collect();
                 bail!(
@@ -475,9 +496,12 @@ impl AppConfig {
                     }
                 );
             }
-            if let Some(queue) = &task.queue {
-                queues::check_named(&queues, queue)
-                    .map_err(|e| anyhow::anyhow!("{file}: {task}: {e}"))?;
+            if let Some(placement) = &task.queue {
+                let queue = queues.iter().find(|q| q.name == placement.queue);
+                if let Some(queue) = queue {
+                    key_of(queue, placement.key.as_deref(), &task.args.to_string())
+                        .map_err(|e| anyhow::anyhow!("{file}: {task}: {e}"))?;
+                }
                 if task.durable {
                     bail!(
                         "{file}: {task}: a durable task cannot wait in a queue: drop `queue` \

@@ -178,7 +178,16 @@ async fn answer(route: &Route, remote: SocketAddr, request: Request) -> Response
         factory: route.config.factory.clone(),
         args: task_args(&route.config, request),
         durable: route.settings.durable,
-        queue: route.settings.queue.clone(),
+        queue: route
+            .settings
+            .queue
+            .as_ref()
+            .map(|queue| crate::config::Placement {
+                queue: queue.clone(),
+                key: None,
+                priority: 0,
+                start: None,
+            }),
         ..TaskSpec::default()
     };
     let host = &route.shared.host;

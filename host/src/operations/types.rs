@@ -67,6 +67,19 @@ pub struct Submission {
     /// absent, it starts at once or is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
+    /// Its key in its queue (per-key bounds, fairness between keys,
+    /// dedupe); absent, the queue's `key_arg` names it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// From -100 to 100, higher starts first; absent, 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    /// Start no sooner than this after it is submitted (`"10m"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<String>,
+    /// Start no sooner than this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
 }
 
 impl Submission {
@@ -86,7 +99,15 @@ impl Submission {
             durable: self.durable,
             idempotency_key: self.idempotency_key.clone(),
             connection: None,
-            queue: self.queue.clone(),
+            queue: crate::config::QueueOptions {
+                queue: self.queue.as_deref(),
+                key: self.key.as_deref(),
+                priority: self.priority,
+                delay: self.delay.as_deref(),
+                run_at: self.run_at.as_deref(),
+            }
+            .placement()
+            .map_err(OpError::bad_request)?,
         })
     }
 }

@@ -23,7 +23,7 @@ use crate::logging;
 use crate::metrics::Metrics;
 use crate::operations::types::{ErrorKind, OpError, Submission, Submitted};
 use crate::plugin::Plugin;
-use crate::queues::{Queues, Waiting};
+use crate::queues::{Entered, Owner, Queues, Refused, Waiting};
 use crate::registry::{AddTaskError, Added, RegisterError, TaskHandle, TaskRegistry, next_task_id};
 use crate::runner;
 use crate::task::{CancelPolicy, CancelStage, Outcome, TaskId, TaskIdent, WorkerId};
@@ -219,6 +219,8 @@ struct Launch {
     connection: Option<u64>,
     /// Its place in its queue: it waits for its turn before it starts.
     waiting: Option<(Arc<str>, Waiting)>,
+    /// The id its queue knows it by; none: a new one.
+    id: Option<TaskId>,
 }
 
 impl Launch {
@@ -232,6 +234,7 @@ impl Launch {
             durable,
             connection: spec.connection,
             waiting: None,
+            id: None,
         }
     }
 }
@@ -281,8 +284,8 @@ impl WorkerCtx {
         plugin: Arc<Plugin>,
         spec: TaskSpec,
     ) -> Result<TaskHandle, AddTaskError> {
-        if let Some(queue) = spec.queue.clone() {
-            return self.enqueue(plugin, spec, &queue);
+        if spec.queue.is_some() {
+            return self.enqueue(plugin, spec).map(|(_, handle)| handle);
         }
         if spec.durable {
             return Err(AddTaskError::Invalid(
@@ -341,15 +344,8 @@ impl WorkerCtx {
                  and schedules): pick another"
             )));
         }
-        if let Some(queue) = spec.queue.clone() {
-            let name = spec.name.clone();
-            let handle = self.enqueue(plugin, spec, &queue)?;
-            return Ok(Added {
-                worker: self.id,
-                id: handle.id,
-                name,
-                created: true,
-            });
+        if spec.queue.is_some() {
+            return self.enqueue(plugin, spec).map(|(added, _)| added);
         }
         if spec.durable {
             return self
@@ -374,19 +370,23 @@ impl WorkerCtx {
         })
     }
 
-    /// Registers a task that waits in `queue` (state `queued`) and answers
-    /// at once: its arguments are checked when it starts, in its own
-    /// instance, and a refusal then fails the task.
+    /// Registers a task that waits in its queue (state `queued`) and
+    /// answers at once: its arguments are checked when it starts, in its
+    /// own instance, and a refusal then fails the task. A `dedupe` queue
+    /// whose key already has a task waiting answers with that task
+    /// (`created` false) and registers nothing.
     fn enqueue(
         self: &Arc<Self>,
         plugin: Arc<Plugin>,
         spec: TaskSpec,
-        queue: &str,
-    ) -> Result<TaskHandle, AddTaskError> {
+    ) -> Result<(Added, TaskHandle), AddTaskError> {
+        let Some(placement) = spec.queue.clone() else {
+            unreachable!("enqueue is called for a spec with a queue");
+        };
         if spec.durable || spec.idempotency_key.is_some() {
             return Err(AddTaskError::Invalid(
                 "a durable task cannot wait in a queue (queued tasks are kept in memory): \
-                 drop `queue` or `durable`"
+                 drop `queue` (and `key`, `priority`, `delay`, `run_at`) or `durable`"
                     .into(),
             ));
         }
@@ -395,11 +395,57 @@ impl WorkerCtx {
                 "the main scope runs before the workers and has no queues: pick a worker".into(),
             ));
         }
-        let queue = self.env.queues.get(queue).map_err(AddTaskError::Invalid)?;
-        let waiting = queue.enter().map_err(RegisterError::from)?;
-        let mut launch = Launch::new(plugin, spec, None);
-        launch.waiting = Some((queue.name().clone(), waiting));
-        Ok(self.start(launch, None)?)
+        let queue = self
+            .env
+            .queues
+            .get(&placement.queue)
+            .map_err(AddTaskError::Invalid)?;
+        // Checked before it takes a place: a refused task leaves none.
+        self.check(&spec.name, &spec.factory, &spec.args)?;
+        let id = next_task_id();
+        let owner = Owner {
+            worker: self.id,
+            id,
+            name: spec.name.clone(),
+        };
+        match queue.enter(&placement, &spec.args, owner) {
+            Err(Refused::Full(limit)) => Err(RegisterError::from(limit).into()),
+            Err(Refused::Invalid(why)) => Err(AddTaskError::Invalid(why)),
+            Ok(Entered::Existing(owner)) => {
+                let handle = self
+                    .env
+                    .worker(owner.worker)
+                    .and_then(|worker| worker.registry.handle_of(owner.id))
+                    .ok_or_else(|| {
+                        AddTaskError::Invalid(format!(
+                            "task {} waits with this key in queue `{}` and is being \
+                             registered: submit again",
+                            owner.id, placement.queue
+                        ))
+                    })?;
+                let added = Added {
+                    worker: owner.worker,
+                    id: owner.id,
+                    name: owner.name,
+                    created: false,
+                };
+                Ok((added, handle))
+            }
+            Ok(Entered::Waiting(waiting)) => {
+                let name = spec.name.clone();
+                let mut launch = Launch::new(plugin, spec, None);
+                launch.waiting = Some((queue.name().clone(), waiting));
+                launch.id = Some(id);
+                let handle = self.start(launch, None)?;
+                let added = Added {
+                    worker: self.id,
+                    id,
+                    name,
+                    created: true,
+                };
+                Ok((added, handle))
+            }
+        }
     }
 
     /// Makes the next instance of `plugin` on this worker once the tasks
@@ -496,6 +542,7 @@ impl WorkerCtx {
             durable,
             connection,
             waiting,
+            id,
         } = launch;
         let registered = Instant::now();
         self.check(&name, &factory, &args)?;
@@ -504,7 +551,7 @@ impl WorkerCtx {
             None => (None, None),
         };
         let ident = Arc::new(TaskIdent {
-            id: next_task_id(),
+            id: id.unwrap_or_else(next_task_id),
             name,
             worker: self.id,
             plugin: plugin.name.clone(),
@@ -520,10 +567,16 @@ impl WorkerCtx {
                 .registry
                 .register(ident.clone(), self.env.app.limits.tasks_per_worker)?,
         };
-        if let Some(queue) = &ident.queue {
+        if let (Some(queue), Some(waiting)) = (&ident.queue, &waiting) {
             self.announce(|| LifecycleEvent::Queued {
                 task: TaskRef::from(&*ident),
                 queue: queue.to_string(),
+                key: waiting.key().map(str::to_string),
+                priority: waiting.priority(),
+                run_at: waiting.run_at().map(|at| {
+                    chrono::DateTime::<chrono::Utc>::from(at)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                }),
             });
         }
         if let Some(durable) = &durable {
@@ -548,6 +601,7 @@ impl WorkerCtx {
             let mut registered = registered;
             if let Some(waiting) = waiting {
                 let admitted = async {
+                    let mut waiting = waiting;
                     let turn = waiting.turn().await;
                     let max_live = worker.env.app.limits.tasks_per_worker;
                     worker.registry.admit(ident.id, max_live).await;

@@ -1,8 +1,12 @@
-//! `[[queues]]` (issue 26, its first part): a task submitted to a queue
-//! waits (state `queued`) until the queue lets it start, is refused only
-//! past the queue's `max_waiting`, and can be got and cancelled while it
-//! waits; a queue's `concurrency` holds across workers. Counts and orders
-//! are read from the host's log, in the order it wrote them.
+//! `[[queues]]` (issue 26): a task submitted to a queue waits (state
+//! `queued`) until the queue lets it start, is refused only past the
+//! queue's `max_waiting`, and can be got and cancelled while it waits; a
+//! queue's `concurrency` holds across workers; `per_key`, fairness between
+//! keys, priorities and ageing, `rate`, delays and `dedupe` decide who
+//! starts when. Counts and orders are read from the host's log, in the
+//! order it wrote them; where an order is asserted, a holder task keeps the
+//! queue full until everything is queued, so the order does not depend on
+//! how fast the host enqueues.
 
 use serde_json::Value;
 use taskhost_tests::{Run, TestApp};
@@ -231,4 +235,465 @@ fn a_webhook_burst_is_queued_and_answered_not_refused_at_tasks_per_worker() {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     assert_eq!(most_running(&run.lines, &names), 1, "{}", run.dump());
     assert_eq!(run.events("queued").len(), 5, "{}", run.dump());
+}
+
+/// `[[tasks]]` entries, each `[plugin, factory, extra TOML lines]`.
+fn entries(tasks: &[(&str, String)]) -> String {
+    tasks
+        .iter()
+        .map(|(factory, extra)| {
+            format!("[[tasks]]\nplugin = \"kit\"\nfactory = \"{factory}\"\n{extra}\n")
+        })
+        .collect()
+}
+
+/// The `task` field of the `started` lines, in log order.
+fn start_order(run: &Run) -> Vec<String> {
+    run.events("started")
+        .iter()
+        .map(|line| line["task"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A line's `timestamp`, in seconds.
+fn seconds(line: &Value) -> f64 {
+    let stamp = line["timestamp"].as_str().expect("a timestamp");
+    let time = chrono::DateTime::parse_from_rfc3339(stamp).expect("an RFC 3339 timestamp");
+    time.timestamp_micros() as f64 / 1e6
+}
+
+#[test]
+fn per_key_bounds_each_keys_running_tasks_and_the_rest_wait() {
+    let mut tasks = Vec::new();
+    for key in ["a", "b", "c"] {
+        for i in 0..3 {
+            tasks.push((
+                "waiter",
+                format!(
+                    "name = \"{key}{i}\"\nargs = {{ event = \"go\" }}\nqueue = \"api\"\nkey = \"{key}\""
+                ),
+            ));
+        }
+    }
+    let app = TestApp::new(&format!(
+        r#"
+        name = "keyed"
+        [plugins.kit]
+        path = "{{testkit}}"
+        [[queues]]
+        name = "api"
+        per_key = 2
+        {}
+        "#,
+        entries(&tasks)
+    ));
+    let mut host = app.spawn();
+    // Two of each key start; their waiters hold them, so the third of each
+    // cannot, whatever the timing.
+    host.wait_for(6, |l| l["event"] == "started");
+    app.cli(&["dispatch", "go", "", "--wait-for", "6"]).ok();
+    host.wait_for(9, |l| l["event"] == "started");
+    app.cli(&["dispatch", "go", "", "--wait-for", "3"]).ok();
+    host.wait_for(9, |l| l["event"] == "done");
+    let run = host.stop();
+    let order = start_order(&run);
+    for key in ["a", "b", "c"] {
+        let first_six = &order[..6];
+        assert_eq!(
+            first_six.iter().filter(|t| t.starts_with(key)).count(),
+            2,
+            "two of key {key} among the first six starts: {order:?}"
+        );
+        let names: Vec<String> = (0..3).map(|i| format!("{key}{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(most_running(&run.lines, &names), 2, "{}", run.dump());
+    }
+    assert!(
+        run.events("queued").iter().all(|l| l["key"].is_string()),
+        "the queued lines carry the key\n{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn a_keys_backlog_does_not_hold_back_another_keys_few_tasks() {
+    let mut tasks = vec![(
+        "waiter",
+        "name = \"holder\"\nargs = { event = \"go\" }\nqueue = \"one\"\nkey = \"h\"".to_string(),
+    )];
+    for i in 0..100 {
+        tasks.push((
+            "nap",
+            format!("name = \"a{i}\"\nargs = {{ ms = 1 }}\nqueue = \"one\"\nkey = \"a\""),
+        ));
+    }
+    for i in 0..10 {
+        tasks.push((
+            "nap",
+            format!("name = \"b{i}\"\nargs = {{ ms = 1 }}\nqueue = \"one\"\nkey = \"b\""),
+        ));
+    }
+    let app = TestApp::new(&format!(
+        r#"
+        name = "fair"
+        [plugins.kit]
+        path = "{{testkit}}"
+        [[queues]]
+        name = "one"
+        concurrency = 1
+        {}
+        "#,
+        entries(&tasks)
+    ));
+    let mut host = app.spawn();
+    host.wait_for(111, |l| l["event"] == "queued");
+    app.cli(&["dispatch", "go", "", "--wait-for", "1"]).ok();
+    host.wait_for(111, |l| l["event"] == "done");
+    let run = host.stop();
+    let order = start_order(&run);
+    assert_eq!(order[0], "holder");
+    let b_in_first_20 = order[1..21].iter().filter(|t| t.starts_with('b')).count();
+    assert_eq!(
+        b_in_first_20, 10,
+        "b's ten start within the first 20 after the holder, by turns with a's hundred: {order:?}"
+    );
+    assert_eq!(
+        most_running(
+            &run.lines,
+            &order.iter().map(String::as_str).collect::<Vec<_>>()
+        ),
+        1
+    );
+}
+
+#[test]
+fn higher_priority_starts_first_and_a_long_wait_ages_the_low() {
+    let mut tasks = vec![(
+        "waiter",
+        "name = \"holder\"\nargs = { event = \"go\" }\nqueue = \"strict\"\npriority = 100"
+            .to_string(),
+    )];
+    for (name, priority) in [
+        ("low1", 0),
+        ("high1", 5),
+        ("low2", 0),
+        ("high2", 5),
+        ("neg", -3),
+    ] {
+        tasks.push((
+            "nap",
+            format!(
+                "name = \"{name}\"\nargs = {{ ms = 1 }}\nqueue = \"strict\"\npriority = {priority}"
+            ),
+        ));
+    }
+    let app = TestApp::new(&format!(
+        r#"
+        name = "ranked"
+        [plugins.kit]
+        path = "{{testkit}}"
+        [[queues]]
+        name = "strict"
+        concurrency = 1
+        ageing = "off"
+        [[queues]]
+        name = "aged"
+        concurrency = 1
+        ageing = "100ms"
+        {}
+        "#,
+        entries(&tasks)
+    ));
+    let mut host = app.spawn();
+    host.wait_for(6, |l| l["event"] == "queued");
+    app.cli(&["dispatch", "go", "", "--wait-for", "1"]).ok();
+    host.wait_for(6, |l| l["event"] == "done");
+
+    // Ageing: a priority-0 task that has waited at least 600 ms (six
+    // steps of 100 ms) goes before a priority-3 task submitted after it.
+    // The wait is the condition under test: a slower machine only makes
+    // it longer, which ages the low task more.
+    let add = |args: &[&str]| {
+        let mut all = vec!["add", "kit"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--queue", "aged"]);
+        app.cli(&all).ok()
+    };
+    add(&[
+        "waiter",
+        "--args",
+        r#"{"event": "again"}"#,
+        "--name",
+        "aged-holder",
+    ]);
+    host.wait_for(1, |l| l["event"] == "started" && l["task"] == "aged-holder");
+    add(&[
+        "nap",
+        "--args",
+        r#"{"ms": 1}"#,
+        "--name",
+        "old-low",
+        "--priority",
+        "0",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    add(&[
+        "nap",
+        "--args",
+        r#"{"ms": 1}"#,
+        "--name",
+        "new-high",
+        "--priority",
+        "3",
+    ]);
+    app.cli(&["dispatch", "again", "", "--wait-for", "1"]).ok();
+    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "new-high");
+    let run = host.stop();
+    let order = start_order(&run);
+    assert_eq!(
+        order,
+        [
+            "holder",
+            "high1",
+            "high2",
+            "low1",
+            "low2",
+            "neg",
+            "aged-holder",
+            "old-low",
+            "new-high"
+        ],
+        "{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn a_rate_limited_queue_spaces_its_starts() {
+    // 20 a second, no burst: 30 starts take at least 29 intervals of 50 ms
+    // after the first, however fast the host is.
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            (
+                "nap",
+                format!("name = \"r{i}\"\nargs = {{ ms = 1 }}\nqueue = \"paced\""),
+            )
+        })
+        .collect();
+    let app = TestApp::new(&format!(
+        r#"
+        name = "paced"
+        [plugins.kit]
+        path = "{{testkit}}"
+        [[queues]]
+        name = "paced"
+        rate = "20/s"
+        {}
+        "#,
+        entries(&tasks)
+    ));
+    let run = app.run_until_idle().ok();
+    assert_eq!(run.events("done").len(), 30, "{}", run.dump());
+    // The first task is dispatched as it is queued, before its `queued`
+    // line is written; the last starts no sooner than 29 intervals later.
+    let first_queued = seconds(run.events("queued")[0]);
+    let last_started = seconds(run.events("started")[29]);
+    let span = last_started - first_queued;
+    assert!(
+        span >= 1.45 - 0.05,
+        "30 starts at 20/s took {span:.3} s, less than 29 intervals of 50 ms\n{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn a_delayed_task_waits_its_delay_and_a_dedupe_queue_starts_one_per_waiting_key() {
+    let app = TestApp::new(
+        r#"
+        name = "later"
+        [plugins.kit]
+        path = "{testkit}"
+        [[queues]]
+        name = "once"
+        concurrency = 1
+        dedupe = true
+        "#,
+    );
+    let mut host = app.spawn();
+    let added = json_of(
+        &app.cli(&[
+            "add",
+            "kit",
+            "nap",
+            "--args",
+            r#"{"ms": 1}"#,
+            "--name",
+            "later",
+            "--delay",
+            "1s",
+            "--json",
+        ])
+        .ok(),
+    );
+    assert_eq!(added["tasks"][0]["created"], true, "{added}");
+    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "later");
+
+    // Dedupe: while key `acme` has a task waiting, another submission of it
+    // answers with that task.
+    let add = |name: &str, key: &str| {
+        json_of(
+            &app.cli(&[
+                "add",
+                "kit",
+                "waiter",
+                "--args",
+                r#"{"event": "go"}"#,
+                "--name",
+                name,
+                "--queue",
+                "once",
+                "--key",
+                key,
+                "--json",
+            ])
+            .ok(),
+        )
+    };
+    add("holder", "h");
+    host.wait_for(1, |l| l["event"] == "started" && l["task"] == "holder");
+    let first = add("acme1", "acme");
+    let second = add("acme2", "acme");
+    assert_eq!(first["tasks"][0]["created"], true, "{first}");
+    assert_eq!(second["tasks"][0]["created"], false, "{second}");
+    assert_eq!(
+        second["tasks"][0]["id"], first["tasks"][0]["id"],
+        "{second}"
+    );
+    assert_eq!(second["tasks"][0]["name"], "acme1", "{second}");
+    app.cli(&["dispatch", "go", "", "--wait-for", "1"]).ok();
+    host.wait_for(1, |l| l["event"] == "started" && l["task"] == "acme1");
+    // acme1 runs now, so acme has none waiting: a new one is taken.
+    let third = add("acme3", "acme");
+    assert_eq!(third["tasks"][0]["created"], true, "{third}");
+    app.cli(&["dispatch", "go", "", "--wait-for", "1"]).ok();
+    host.wait_for(1, |l| l["event"] == "started" && l["task"] == "acme3");
+    app.cli(&["dispatch", "go", "", "--wait-for", "1"]).ok();
+    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "acme3");
+    let run = host.stop();
+
+    let queued = run
+        .events("queued")
+        .into_iter()
+        .find(|l| l["task"] == "later")
+        .expect("the delayed task's queued line");
+    assert!(queued["run_at"].is_string(), "{queued}");
+    let started = run
+        .events("started")
+        .into_iter()
+        .find(|l| l["task"] == "later")
+        .expect("the delayed task started");
+    // Its start is due a second after it was queued; its queued line is
+    // written just after that, so allow the few ms in between.
+    let waited = seconds(started) - seconds(queued);
+    assert!(
+        waited >= 0.95,
+        "started {waited:.3} s after it was queued\n{}",
+        run.dump()
+    );
+    assert!(
+        !run.lines.iter().any(|l| l["task"] == "acme2"),
+        "the deduplicated submission made no task\n{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn bad_queue_options_are_refused_naming_the_field_and_nothing_waits() {
+    let bad_rate = TestApp::new(
+        r#"
+        name = "bad"
+        [plugins.kit]
+        path = "{testkit}"
+        [[queues]]
+        name = "api"
+        rate = "10 per s"
+        "#,
+    );
+    let check = bad_rate.run_taskhost(&["check"]);
+    assert_eq!(check.code, Some(2), "{}", check.dump());
+    assert!(
+        check
+            .stderr
+            .contains("queues[0] (`api`): `rate`: \"10 per s\" is not a rate: write COUNT/PERIOD"),
+        "{}",
+        check.dump()
+    );
+    let bad_task = TestApp::new(
+        r#"
+        name = "bad"
+        [plugins.kit]
+        path = "{testkit}"
+        [[tasks]]
+        plugin = "kit"
+        factory = "nap"
+        args = { ms = 1 }
+        run_at = "tomorrow"
+        "#,
+    );
+    let check = bad_task.run_taskhost(&["check"]);
+    assert_eq!(check.code, Some(2), "{}", check.dump());
+    assert!(
+        check
+            .stderr
+            .contains("tasks[0] (kit/nap): `run_at` \"tomorrow\" is not an RFC 3339 time"),
+        "{}",
+        check.dump()
+    );
+
+    let app = TestApp::new(
+        r#"
+        name = "bad"
+        [plugins.kit]
+        path = "{testkit}"
+        [[queues]]
+        name = "api"
+        per_key = 1
+        key_arg = "customer"
+        [[queues]]
+        name = "keyed"
+        per_key = 1
+        "#,
+    );
+    let host = app.spawn();
+    let refused = |args: &[&str], expected: &str| {
+        let mut all = vec!["add", "kit", "nap", "--name", "bad"];
+        all.extend_from_slice(args);
+        let run = app.cli(&all);
+        assert_ne!(run.code, Some(0), "{}", run.dump());
+        assert!(run.stderr.contains(expected), "{expected}\n{}", run.dump());
+    };
+    refused(
+        &["--args", r#"{"ms": 1}"#, "--priority", "101"],
+        "`priority` 101 is out of range: from -100 to 100",
+    );
+    refused(
+        &["--args", r#"{"ms": 1}"#, "--queue", "api"],
+        "queue `api` takes each task's key from its argument `customer` (`key_arg`), which these \
+         arguments do not have",
+    );
+    refused(
+        &["--args", r#"{"ms": 1}"#, "--queue", "keyed"],
+        "queue `keyed` goes by key (`per_key`): give the task a `key`",
+    );
+    refused(
+        &["--args", r#"{"ms": 1}"#, "--run-at", "5pm"],
+        "`run_at` \"5pm\" is not an RFC 3339 time such as \"2026-12-05T14:30:00Z\"",
+    );
+    refused(
+        &["--args", r#"{"ms": 1}"#, "--delay", "soon"],
+        "`delay` \"soon\" is not a duration",
+    );
+    let tasks = json_of(&app.cli(&["tasks", "--json"]).ok());
+    assert_eq!(tasks, serde_json::json!([]), "nothing half-queued: {tasks}");
+    host.stop();
 }

@@ -1,0 +1,712 @@
+//! Which waiting task of a queue starts next: the queue's flow control as
+//! a state machine over explicit instants, so its order is tested without
+//! clocks.
+//!
+//! The order, from the outside in:
+//! - nothing starts while the queue is paused, runs `concurrency` tasks,
+//!   or is past its `rate`;
+//! - a key whose tasks run `per_key` at once, or that is past its
+//!   `key_rate`, is skipped until one ends or its rate allows;
+//! - among the other keys, the one whose next task has the highest
+//!   priority goes first (a waiting task gains one level each `ageing`);
+//! - between keys of equal priority, turns go round: each key keeps a
+//!   pass, raised by one each time it starts a task, and the lowest pass
+//!   goes first; a key that was idle comes back at the pass of the last
+//!   start (start-time fair queueing), so it neither waits behind a busy
+//!   key's backlog nor takes a run of turns for the time it was idle;
+//! - within a key: highest priority, then first submitted.
+//!
+//! Rates are generic cell rates: one instant per rate (when the next start
+//! is due at the steady rate) instead of a bucket of tokens, exact in
+//! integer time.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{MAX_PRIORITY, Rate};
+
+/// A queue's flow control, as [`Dispatch`] applies it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Rules {
+    pub(crate) concurrency: Option<u32>,
+    pub(crate) per_key: Option<u32>,
+    pub(crate) rate: Option<Rate>,
+    pub(crate) key_rate: Option<Rate>,
+    pub(crate) ageing: Option<Duration>,
+}
+
+/// A cell rate: `due` is when the next start is due at the steady rate; a
+/// start is allowed up to `burst - 1` intervals before it.
+#[derive(Debug, Clone)]
+struct Cells {
+    interval: Duration,
+    tolerance: Duration,
+    due: Instant,
+}
+
+impl Cells {
+    fn new(rate: &Rate, now: Instant) -> Cells {
+        let interval = rate.interval();
+        Cells {
+            interval,
+            tolerance: interval * rate.burst.saturating_sub(1),
+            due: now,
+        }
+    }
+
+    /// When the next start is allowed; none: now.
+    fn blocked_until(&self, now: Instant) -> Option<Instant> {
+        let earliest = self.due.checked_sub(self.tolerance)?;
+        (now < earliest).then_some(earliest)
+    }
+
+    fn take(&mut self, now: Instant) {
+        self.due = self.due.max(now) + self.interval;
+    }
+
+    /// Whether it remembers nothing a fresh rate would not: then a key's
+    /// state may go.
+    fn idle(&self, now: Instant) -> bool {
+        self.due <= now
+    }
+}
+
+/// Where a key is in the dispatcher's sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Place {
+    /// In `ready`, under this entry.
+    Ready(ReadyKey),
+    /// In `blocked`, until its rate allows a start.
+    Blocked(Instant),
+    /// In `cooling`: nothing waits or runs, but its rate remembers starts.
+    Cooling(Instant),
+    /// In no set: nothing waits (its tasks run or are delayed), or it
+    /// runs `per_key` tasks.
+    Aside,
+}
+
+/// `ready`'s order: highest head priority, then lowest pass.
+type ReadyKey = (Reverse<i32>, u64, Arc<str>);
+
+#[derive(Debug)]
+struct Key {
+    /// Its tasks that may start, by (priority, submission).
+    waiting: BTreeSet<(Reverse<i32>, u64)>,
+    /// Its delayed tasks' tickets.
+    delayed: BTreeSet<u64>,
+    running: u32,
+    rate: Option<Cells>,
+    pass: u64,
+    place: Place,
+}
+
+#[derive(Debug)]
+struct Entry<T> {
+    key: Arc<str>,
+    level: i32,
+    /// When it may start, while it may not yet.
+    due: Option<Instant>,
+    /// When it next gains a level.
+    promote: Option<Instant>,
+    item: T,
+}
+
+/// A queue's waiting tasks (each an item `T` under a ticket) and what
+/// runs, deciding which start next.
+#[derive(Debug)]
+pub(crate) struct Dispatch<T> {
+    rules: Rules,
+    next_ticket: u64,
+    entries: HashMap<u64, Entry<T>>,
+    keys: HashMap<Arc<str>, Key>,
+    ready: BTreeSet<ReadyKey>,
+    blocked: BTreeSet<(Instant, Arc<str>)>,
+    cooling: BTreeSet<(Instant, Arc<str>)>,
+    delayed: BTreeSet<(Instant, u64)>,
+    ageing: BTreeSet<(Instant, u64)>,
+    running: u32,
+    rate: Option<Cells>,
+    /// The pass of the last start: where an idle key comes back.
+    pass: u64,
+    paused: bool,
+}
+
+/// What [`Dispatch::poll`] found: the tasks to start now, and when to
+/// poll again if nothing else happens first.
+#[derive(Debug)]
+pub(crate) struct Polled<T> {
+    pub(crate) start: Vec<(Arc<str>, T)>,
+    pub(crate) wake: Option<Instant>,
+}
+
+impl<T> Dispatch<T> {
+    pub(crate) fn new(rules: Rules, now: Instant) -> Dispatch<T> {
+        let rate = rules.rate.as_ref().map(|rate| Cells::new(rate, now));
+        Dispatch {
+            rules,
+            next_ticket: 0,
+            entries: HashMap::new(),
+            keys: HashMap::new(),
+            ready: BTreeSet::new(),
+            blocked: BTreeSet::new(),
+            cooling: BTreeSet::new(),
+            delayed: BTreeSet::new(),
+            ageing: BTreeSet::new(),
+            running: 0,
+            rate,
+            pass: 0,
+            paused: false,
+        }
+    }
+
+    /// Tasks waiting, delayed ones included.
+    pub(crate) fn waiting(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Tasks started and not yet [`finished`](Self::finished).
+    #[cfg_attr(not(test), allow(dead_code))] // `taskhost queues`, next.
+    pub(crate) fn running(&self) -> u32 {
+        self.running
+    }
+
+    /// Keys the queue remembers (waiting, running, or within a rate).
+    #[cfg_attr(not(test), allow(dead_code))] // `taskhost queues`, next.
+    pub(crate) fn keys(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Stops (or lets again) any start.
+    #[cfg_attr(not(test), allow(dead_code))] // `taskhost queues`, next.
+    pub(crate) fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    /// A task of `key` waiting (delayed or not), if any: the answer to a
+    /// second submission of a `dedupe` queue.
+    pub(crate) fn waiting_of(&self, key: &str) -> Option<&T> {
+        let state = self.keys.get(key)?;
+        let ticket = match state.waiting.first() {
+            Some((_, ticket)) => ticket,
+            None => state.delayed.first()?,
+        };
+        self.entries.get(ticket).map(|entry| &entry.item)
+    }
+
+    /// Adds a task under `key` at `priority`, startable from `due` (or
+    /// now); its ticket is how it is [`remove`](Self::remove)d.
+    pub(crate) fn push(
+        &mut self,
+        key: Arc<str>,
+        priority: i32,
+        due: Option<Instant>,
+        item: T,
+        now: Instant,
+    ) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let pass = self.pass;
+        let key_rate = self.rules.key_rate;
+        let state = self.keys.entry(key.clone()).or_insert_with(|| Key {
+            waiting: BTreeSet::new(),
+            delayed: BTreeSet::new(),
+            running: 0,
+            rate: key_rate.as_ref().map(|rate| Cells::new(rate, now)),
+            pass,
+            place: Place::Aside,
+        });
+        let due = due.filter(|due| *due > now);
+        let mut entry = Entry {
+            key: key.clone(),
+            level: priority,
+            due,
+            promote: None,
+            item,
+        };
+        match due {
+            Some(due) => {
+                state.delayed.insert(ticket);
+                self.delayed.insert((due, ticket));
+            }
+            None => {
+                state.waiting.insert((Reverse(priority), ticket));
+                entry.promote = self.promotion(priority, now);
+                if let Some(at) = entry.promote {
+                    self.ageing.insert((at, ticket));
+                }
+            }
+        }
+        self.entries.insert(ticket, entry);
+        self.settle(&key, now);
+        ticket
+    }
+
+    /// Takes out a task that has not started (it was cancelled); none if
+    /// it has started or was never here.
+    pub(crate) fn remove(&mut self, ticket: u64, now: Instant) -> Option<T> {
+        let entry = self.entries.remove(&ticket)?;
+        let key = self
+            .keys
+            .get_mut(&entry.key)
+            .expect("an entry's key is kept");
+        match entry.due {
+            Some(due) => {
+                key.delayed.remove(&ticket);
+                self.delayed.remove(&(due, ticket));
+            }
+            None => {
+                key.waiting.remove(&(Reverse(entry.level), ticket));
+            }
+        }
+        if let Some(at) = entry.promote {
+            self.ageing.remove(&(at, ticket));
+        }
+        self.settle(&entry.key, now);
+        Some(entry.item)
+    }
+
+    /// A started task of `key` has ended: its share of the bounds is free.
+    pub(crate) fn finished(&mut self, key: &Arc<str>, now: Instant) {
+        self.running -= 1;
+        if let Some(state) = self.keys.get_mut(key) {
+            state.running -= 1;
+        }
+        self.settle(key, now);
+    }
+
+    /// The tasks that start now, in order, and when to poll next.
+    pub(crate) fn poll(&mut self, now: Instant) -> Polled<T> {
+        self.release(now);
+        let mut start = Vec::new();
+        let mut wake = None;
+        while !self.paused && !self.ready.is_empty() {
+            if self
+                .rules
+                .concurrency
+                .is_some_and(|max| self.running >= max)
+            {
+                break;
+            }
+            if let Some(until) = self.rate.as_ref().and_then(|r| r.blocked_until(now)) {
+                wake = Some(until);
+                break;
+            }
+            let (_, pass, key) = self.ready.pop_first().expect("not empty");
+            let state = self.keys.get_mut(&key).expect("a ready key is kept");
+            state.place = Place::Aside;
+            let (_, ticket) = state.waiting.pop_first().expect("a ready key has waiting");
+            state.running += 1;
+            state.pass = pass + 1;
+            if let Some(rate) = &mut state.rate {
+                rate.take(now);
+            }
+            if let Some(rate) = &mut self.rate {
+                rate.take(now);
+            }
+            self.running += 1;
+            self.pass = self.pass.max(pass);
+            let entry = self
+                .entries
+                .remove(&ticket)
+                .expect("a waiting ticket has its entry");
+            if let Some(at) = entry.promote {
+                self.ageing.remove(&(at, ticket));
+            }
+            self.settle(&key, now);
+            start.push((key, entry.item));
+        }
+        let next = [
+            self.delayed.first().map(|(at, _)| *at),
+            self.blocked.first().map(|(at, _)| *at),
+        ];
+        for at in next.into_iter().flatten() {
+            wake = Some(wake.map_or(at, |wake: Instant| wake.min(at)));
+        }
+        Polled { start, wake }
+    }
+
+    /// Moves what `now` reached: delayed tasks that may start, priorities
+    /// that aged, keys whose rate allows a start, idle keys forgotten.
+    fn release(&mut self, now: Instant) {
+        while let Some(&(due, ticket)) = self.delayed.first() {
+            if due > now {
+                break;
+            }
+            self.delayed.pop_first();
+            let entry = self
+                .entries
+                .get_mut(&ticket)
+                .expect("a delayed ticket has its entry");
+            entry.due = None;
+            entry.promote = self
+                .rules
+                .ageing
+                .filter(|_| entry.level < MAX_PRIORITY)
+                .map(|every| due + every);
+            if let Some(at) = entry.promote {
+                self.ageing.insert((at, ticket));
+            }
+            let key = entry.key.clone();
+            let state = self.keys.get_mut(&key).expect("an entry's key is kept");
+            state.delayed.remove(&ticket);
+            state.waiting.insert((Reverse(entry.level), ticket));
+            self.settle(&key, now);
+        }
+        while let Some(&(at, ticket)) = self.ageing.first() {
+            if at > now {
+                break;
+            }
+            self.ageing.pop_first();
+            let entry = self
+                .entries
+                .get_mut(&ticket)
+                .expect("an ageing ticket has its entry");
+            let state = self
+                .keys
+                .get_mut(&entry.key)
+                .expect("an entry's key is kept");
+            state.waiting.remove(&(Reverse(entry.level), ticket));
+            entry.level += 1;
+            state.waiting.insert((Reverse(entry.level), ticket));
+            entry.promote = self
+                .rules
+                .ageing
+                .filter(|_| entry.level < MAX_PRIORITY)
+                .map(|every| at + every);
+            if let Some(next) = entry.promote {
+                self.ageing.insert((next, ticket));
+            }
+            let key = entry.key.clone();
+            self.settle(&key, now);
+        }
+        let mut due = Vec::new();
+        for set in [&mut self.blocked, &mut self.cooling] {
+            while let Some((at, _)) = set.first() {
+                if *at > now {
+                    break;
+                }
+                due.push(set.pop_first().expect("not empty").1);
+            }
+        }
+        for key in due {
+            if let Some(state) = self.keys.get_mut(&key) {
+                state.place = Place::Aside;
+            }
+            self.settle(&key, now);
+        }
+    }
+
+    fn promotion(&self, level: i32, now: Instant) -> Option<Instant> {
+        self.rules
+            .ageing
+            .filter(|_| level < MAX_PRIORITY)
+            .map(|every| now + every)
+    }
+
+    /// Puts `key` where its state says: ready, blocked by its rate, aside,
+    /// cooling, or gone.
+    fn settle(&mut self, key: &Arc<str>, now: Instant) {
+        let Some(state) = self.keys.get_mut(key) else {
+            return;
+        };
+        match std::mem::replace(&mut state.place, Place::Aside) {
+            Place::Ready(entry) => {
+                self.ready.remove(&entry);
+            }
+            Place::Blocked(at) => {
+                self.blocked.remove(&(at, key.clone()));
+            }
+            Place::Cooling(at) => {
+                self.cooling.remove(&(at, key.clone()));
+            }
+            Place::Aside => {}
+        }
+        let full = self.rules.per_key.is_some_and(|max| state.running >= max);
+        let place = if let Some(&(Reverse(level), _)) = state.waiting.first() {
+            if full {
+                Place::Aside
+            } else if let Some(until) = state.rate.as_ref().and_then(|r| r.blocked_until(now)) {
+                Place::Blocked(until)
+            } else {
+                state.pass = state.pass.max(self.pass);
+                Place::Ready((Reverse(level), state.pass, key.clone()))
+            }
+        } else if state.running > 0 || !state.delayed.is_empty() {
+            Place::Aside
+        } else {
+            match &state.rate {
+                Some(rate) if !rate.idle(now) => Place::Cooling(rate.due),
+                _ => {
+                    self.keys.remove(key);
+                    return;
+                }
+            }
+        };
+        match &place {
+            Place::Ready(entry) => {
+                self.ready.insert(entry.clone());
+            }
+            Place::Blocked(at) => {
+                self.blocked.insert((*at, key.clone()));
+            }
+            Place::Cooling(at) => {
+                self.cooling.insert((*at, key.clone()));
+            }
+            Place::Aside => {}
+        }
+        state.place = place;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(text: &str, burst: u32) -> Option<Rate> {
+        Some(Rate::parse(text, burst).unwrap())
+    }
+
+    /// Polls at `now` and ends every started task at once, returning the
+    /// items in start order.
+    fn run_all(dispatch: &mut Dispatch<u32>, now: Instant) -> Vec<u32> {
+        let polled = dispatch.poll(now);
+        let mut items = Vec::new();
+        for (key, item) in polled.start {
+            dispatch.finished(&key, now);
+            items.push(item);
+        }
+        items
+    }
+
+    #[test]
+    fn one_key_backlog_does_not_hold_back_another_key() {
+        let now = Instant::now();
+        let mut dispatch = Dispatch::new(
+            Rules {
+                per_key: Some(1),
+                ..Rules::default()
+            },
+            now,
+        );
+        for i in 0..10_000 {
+            dispatch.push("a".into(), 0, None, i, now);
+        }
+        // One of a's starts before b's arrive.
+        let first = dispatch.poll(now).start;
+        assert_eq!(first.len(), 1);
+        for i in 0..10 {
+            dispatch.push("b".into(), 0, None, 100_000 + i, now);
+        }
+        dispatch.finished(&first[0].0, now);
+        let mut order = Vec::new();
+        while order.len() < 20 {
+            let started = run_all(&mut dispatch, now);
+            assert!(started.len() <= 2, "per_key 1 and two keys: {started:?}");
+            order.extend(started);
+        }
+        let b = order.iter().filter(|&&item| item >= 100_000).count();
+        assert_eq!(b, 10, "b's ten start within the first 20 starts: {order:?}");
+        // And a new key after a long run comes back at once, not after a
+        // backlog of turns.
+        for _ in 0..100 {
+            run_all(&mut dispatch, now);
+        }
+        dispatch.push("c".into(), 0, None, 200_000, now);
+        let next = dispatch.poll(now).start;
+        assert_eq!(next[0].1, 200_000, "the new key goes first: {next:?}");
+    }
+
+    #[test]
+    fn concurrency_and_per_key_bound_what_runs() {
+        let now = Instant::now();
+        let mut dispatch = Dispatch::new(
+            Rules {
+                concurrency: Some(3),
+                per_key: Some(2),
+                ..Rules::default()
+            },
+            now,
+        );
+        for i in 0..5 {
+            dispatch.push("a".into(), 0, None, i, now);
+            dispatch.push("b".into(), 0, None, 10 + i, now);
+        }
+        let started = dispatch.poll(now).start;
+        assert_eq!(started.len(), 3);
+        assert_eq!(dispatch.running(), 3);
+        assert!(dispatch.poll(now).start.is_empty());
+        // a ran two of them (a, b, a by turns): ending a b lets the next b
+        // start, not an a.
+        let b = started
+            .iter()
+            .find(|(key, _)| &**key == "b")
+            .unwrap()
+            .0
+            .clone();
+        dispatch.finished(&b, now);
+        let next = dispatch.poll(now).start;
+        assert_eq!(next.len(), 1);
+        assert_eq!(&*next[0].0, "b");
+        assert_eq!(dispatch.waiting(), 6);
+    }
+
+    #[test]
+    fn higher_priority_first_and_ageing_lifts_the_low() {
+        let t0 = Instant::now();
+        let mut strict = Dispatch::new(
+            Rules {
+                concurrency: Some(1),
+                ..Rules::default()
+            },
+            t0,
+        );
+        strict.push("".into(), 0, None, 1, t0);
+        strict.push("".into(), 5, None, 2, t0);
+        strict.push("".into(), 5, None, 3, t0);
+        strict.push("".into(), -1, None, 4, t0);
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            order.extend(run_all(&mut strict, t0));
+        }
+        assert_eq!(order, [2, 3, 1, 4]);
+
+        let mut aged = Dispatch::new(
+            Rules {
+                concurrency: Some(1),
+                ageing: Some(Duration::from_secs(1)),
+                ..Rules::default()
+            },
+            t0,
+        );
+        let running = {
+            aged.push("".into(), 0, None, 0, t0);
+            aged.poll(t0).start
+        };
+        aged.push("".into(), 0, None, 1, t0);
+        let later = t0 + Duration::from_secs(3);
+        aged.push("".into(), 2, None, 2, later);
+        aged.push("".into(), 4, None, 3, later);
+        aged.finished(&running[0].0, later);
+        let mut order = Vec::new();
+        for _ in 0..3 {
+            order.extend(run_all(&mut aged, later));
+        }
+        // 1 waited 3 s: level 3, above 2's level 2, below 3's level 4.
+        assert_eq!(order, [3, 1, 2]);
+    }
+
+    #[test]
+    fn a_rate_spaces_starts_and_a_burst_lets_some_at_once() {
+        let t0 = Instant::now();
+        let mut dispatch = Dispatch::new(
+            Rules {
+                rate: rate("10/s", 1),
+                ..Rules::default()
+            },
+            t0,
+        );
+        for i in 0..100 {
+            dispatch.push("".into(), 0, None, i, t0);
+        }
+        // Poll at each wake for 1 s: 10 starts, one each 100 ms.
+        let mut now = t0;
+        let mut starts = Vec::new();
+        loop {
+            let polled = dispatch.poll(now);
+            for (key, _) in &polled.start {
+                starts.push(now - t0);
+                dispatch.finished(key, now);
+            }
+            now = polled.wake.expect("waiting tasks wake the rate");
+            if now - t0 >= Duration::from_secs(1) {
+                break;
+            }
+        }
+        assert_eq!(starts.len(), 10, "{starts:?}");
+        assert_eq!(starts[9], Duration::from_millis(900));
+
+        let mut burst = Dispatch::new(
+            Rules {
+                rate: rate("1/s", 5),
+                ..Rules::default()
+            },
+            t0,
+        );
+        for i in 0..10 {
+            burst.push("".into(), 0, None, i, t0);
+        }
+        let polled = burst.poll(t0);
+        assert_eq!(polled.start.len(), 5);
+        assert_eq!(polled.wake, Some(t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_key_rate_blocks_only_its_key() {
+        let t0 = Instant::now();
+        let mut dispatch = Dispatch::new(
+            Rules {
+                key_rate: rate("1/s", 1),
+                ..Rules::default()
+            },
+            t0,
+        );
+        for i in 0..3 {
+            dispatch.push("a".into(), 0, None, i, t0);
+            dispatch.push("b".into(), 0, None, 10 + i, t0);
+        }
+        assert_eq!(run_all(&mut dispatch, t0), [0, 10]);
+        let polled = dispatch.poll(t0 + Duration::from_millis(999));
+        assert!(polled.start.is_empty());
+        assert_eq!(polled.wake, Some(t0 + Duration::from_secs(1)));
+        assert_eq!(run_all(&mut dispatch, t0 + Duration::from_secs(1)), [1, 11]);
+        // A key whose tasks all ran is remembered until its rate would
+        // allow a start anyway, so a new task cannot skip the rate.
+        run_all(&mut dispatch, t0 + Duration::from_secs(2));
+        assert_eq!(dispatch.keys(), 2);
+        dispatch.push("a".into(), 0, None, 3, t0 + Duration::from_millis(2500));
+        assert!(
+            dispatch
+                .poll(t0 + Duration::from_millis(2500))
+                .start
+                .is_empty()
+        );
+        assert_eq!(run_all(&mut dispatch, t0 + Duration::from_secs(3)), [3]);
+        dispatch.poll(t0 + Duration::from_secs(10));
+        assert_eq!(dispatch.keys(), 0, "idle keys are forgotten");
+    }
+
+    #[test]
+    fn a_delayed_task_starts_at_its_time_and_a_removed_one_never() {
+        let t0 = Instant::now();
+        let mut dispatch = Dispatch::new(Rules::default(), t0);
+        let at = t0 + Duration::from_secs(600);
+        dispatch.push("k".into(), 0, Some(at), 1, t0);
+        let cancelled = dispatch.push("k".into(), 0, None, 2, t0);
+        assert_eq!(dispatch.waiting_of("k"), Some(&2));
+        assert_eq!(dispatch.remove(cancelled, t0), Some(2));
+        assert_eq!(dispatch.remove(cancelled, t0), None);
+        assert_eq!(
+            dispatch.waiting_of("k"),
+            Some(&1),
+            "a delayed task waits too"
+        );
+        let polled = dispatch.poll(t0 + Duration::from_secs(599));
+        assert!(polled.start.is_empty());
+        assert_eq!(polled.wake, Some(at));
+        assert_eq!(run_all(&mut dispatch, at), [1]);
+        assert_eq!((dispatch.waiting(), dispatch.keys()), (0, 0));
+    }
+
+    #[test]
+    fn nothing_starts_while_paused() {
+        let t0 = Instant::now();
+        let mut dispatch = Dispatch::new(Rules::default(), t0);
+        dispatch.push("".into(), 0, None, 1, t0);
+        dispatch.set_paused(true);
+        assert!(dispatch.poll(t0).start.is_empty());
+        dispatch.set_paused(false);
+        assert_eq!(run_all(&mut dispatch, t0), [1]);
+    }
+}

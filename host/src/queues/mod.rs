@@ -1,0 +1,473 @@
+//! The app's queues (`[[queues]]`) at run time: their waiting tasks, what
+//! of each runs, and who starts next.
+//!
+//! A task submitted to a queue is registered at once (state `queued`: it
+//! can be got, listed and cancelled, and keeps its name) but holds no
+//! instance. It takes a waiting place ([`Queue::enter`], refused past
+//! `max_waiting`), then waits for its [`Turn`], which the queue's
+//! [`dispatch::Dispatch`] hands out under the queue's flow control, and
+//! runs holding it until it ends. Every worker's tasks share one
+//! dispatcher per queue, behind a mutex held only to push, pick or end
+//! (no await under it). A timer task per queue polls it when a delay or a
+//! rate comes due; a submission or a task's end polls it at once.
+
+mod dispatch;
+
+use crate::config::{DEFAULT_QUEUE, Limit, LimitUnit, Placement, QueueConfig};
+use crate::task::{TaskId, WorkerId};
+use dispatch::{Dispatch, Rules};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Instant, SystemTime};
+use tokio::sync::{Notify, oneshot};
+
+/// Every queue of the app, by name.
+pub(crate) struct Queues {
+    by_name: HashMap<String, Arc<Queue>>,
+    /// Names in app.toml's order, for error messages.
+    names: Vec<String>,
+    /// Tasks waiting in any queue, kept as one count (every queue's places
+    /// add to it) because each task start reads it.
+    waiting: Arc<AtomicU64>,
+    /// The queues' timer tasks, stopped with the queues.
+    timers: Vec<tokio::task::AbortHandle>,
+}
+
+impl Queues {
+    /// The queues app.toml lists (which always include `default`), each
+    /// with its timer task on the current runtime.
+    pub(crate) fn new(configs: &[QueueConfig]) -> Queues {
+        let mut queues = Queues {
+            by_name: HashMap::new(),
+            names: Vec::new(),
+            waiting: Arc::default(),
+            timers: Vec::new(),
+        };
+        let default = QueueConfig::unbounded(DEFAULT_QUEUE);
+        let listed = configs.iter().any(|config| config.name == DEFAULT_QUEUE);
+        for config in configs.iter().chain((!listed).then_some(&default)) {
+            let rules = Rules {
+                concurrency: config.concurrency,
+                per_key: config.per_key,
+                rate: config.rate,
+                key_rate: config.key_rate,
+                ageing: config.ageing,
+            };
+            let queue = Arc::new(Queue {
+                name: config.name.as_str().into(),
+                config: config.clone(),
+                state: Mutex::new(State {
+                    dispatch: Dispatch::new(rules, Instant::now()),
+                    timer_at: None,
+                }),
+                timer: Arc::new(Notify::new()),
+                all_waiting: queues.waiting.clone(),
+            });
+            queues.timers.push(
+                tokio::spawn(timer(Arc::downgrade(&queue), queue.timer.clone())).abort_handle(),
+            );
+            queues.names.push(config.name.clone());
+            queues.by_name.insert(config.name.clone(), queue);
+        }
+        queues
+    }
+
+    /// The queue `name`, or an error that lists the queues there are.
+    pub(crate) fn get(&self, name: &str) -> Result<&Arc<Queue>, String> {
+        self.by_name.get(name).ok_or_else(|| {
+            format!(
+                "no queue named `{name}` (queues: {}; app.toml's [[queues]] makes one)",
+                self.names.join(", ")
+            )
+        })
+    }
+
+    /// Tasks waiting in any queue: they hold no instance, so they do not
+    /// count against `tasks_per_app`.
+    pub(crate) fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        for timer in &self.timers {
+            timer.abort();
+        }
+    }
+}
+
+/// Polls `queue` whenever its dispatcher asked to be woken (a delay or a
+/// rate comes due) or someone moved its wake earlier; ends with the queue.
+async fn timer(queue: Weak<Queue>, wake: Arc<Notify>) {
+    loop {
+        let at = match queue.upgrade() {
+            Some(queue) => queue.poll(true),
+            None => return,
+        };
+        match at {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at.into()) => {}
+                    () = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+/// The task a waiting place belongs to: the answer to a `dedupe`
+/// submission whose key already has one waiting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Owner {
+    /// Its worker.
+    pub(crate) worker: WorkerId,
+    /// Its id.
+    pub(crate) id: TaskId,
+    /// Its name, if it has one.
+    pub(crate) name: Option<String>,
+}
+
+/// One waiting task, as the dispatcher holds it.
+struct Slot {
+    owner: Owner,
+    turn: oneshot::Sender<Turn>,
+}
+
+struct State {
+    dispatch: Dispatch<Slot>,
+    /// When the timer task will poll next; none: only when woken.
+    timer_at: Option<Instant>,
+}
+
+/// One queue.
+pub(crate) struct Queue {
+    name: Arc<str>,
+    config: QueueConfig,
+    state: Mutex<State>,
+    /// Wakes the timer task: its wake moved earlier.
+    timer: Arc<Notify>,
+    /// [`Queues`]'s count of every queue's waiting tasks.
+    all_waiting: Arc<AtomicU64>,
+}
+
+/// What [`Queue::enter`] did with a submission.
+pub(crate) enum Entered {
+    /// It waits; the task holds this place until its turn.
+    Waiting(Waiting),
+    /// A `dedupe` queue already has a task of its key waiting: that task is
+    /// the answer, and nothing new waits.
+    Existing(Owner),
+}
+
+/// Why [`Queue::enter`] refused a submission.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The queue holds `max_waiting` tasks.
+    Full(Limit),
+    /// The submission does not fit the queue (its key).
+    Invalid(String),
+}
+
+impl Queue {
+    /// The queue's name.
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Takes a waiting place for the task `owner` with `args`, placed as
+    /// `placement` says, or refuses it: past `max_waiting`, or without the
+    /// key the queue goes by.
+    pub(crate) fn enter(
+        self: &Arc<Self>,
+        placement: &Placement,
+        args: &str,
+        owner: Owner,
+    ) -> Result<Entered, Refused> {
+        let key = crate::config::key_of(&self.config, placement.key.as_deref(), args)
+            .map_err(Refused::Invalid)?
+            .unwrap_or_default();
+        let run_at = placement.start.map(|start| start.resolve());
+        let due = run_at
+            .map(|at| Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default());
+        let (send, receive) = oneshot::channel();
+        let ticket = {
+            let mut state = self.state.lock().expect("a queue's lock is never poisoned");
+            if self.config.dedupe
+                && let Some(slot) = state.dispatch.waiting_of(&key)
+            {
+                return Ok(Entered::Existing(slot.owner.clone()));
+            }
+            if state.dispatch.waiting() as u64 >= self.config.max_waiting {
+                return Err(Refused::Full(Limit {
+                    what: format!(
+                        "the waiting tasks of queue `{}` ([[queues]] max_waiting)",
+                        self.name
+                    ),
+                    max: self.config.max_waiting,
+                    got: self.config.max_waiting + 1,
+                    unit: LimitUnit::Tasks,
+                    setting: None,
+                }));
+            }
+            self.all_waiting.fetch_add(1, Ordering::AcqRel);
+            let slot = Slot { owner, turn: send };
+            state.dispatch.push(
+                key.as_str().into(),
+                placement.priority,
+                due,
+                slot,
+                Instant::now(),
+            )
+        };
+        self.poll(false);
+        Ok(Entered::Waiting(Waiting {
+            queue: self.clone(),
+            ticket,
+            turn: receive,
+            started: false,
+            key: (!key.is_empty()).then(|| key.clone()),
+            priority: placement.priority,
+            run_at,
+        }))
+    }
+
+    /// Starts what the dispatcher lets start now, and returns when it
+    /// asks to be polled again. A poll that is not the timer's wakes the
+    /// timer if the next wake moved earlier.
+    fn poll(self: &Arc<Self>, from_timer: bool) -> Option<Instant> {
+        let (start, wake) = {
+            let mut state = self.state.lock().expect("a queue's lock is never poisoned");
+            let polled = state.dispatch.poll(Instant::now());
+            let earlier = match (polled.wake, state.timer_at) {
+                (Some(wake), Some(at)) => wake < at,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if from_timer {
+                state.timer_at = polled.wake;
+            } else if earlier {
+                state.timer_at = polled.wake;
+                self.timer.notify_one();
+            }
+            (polled.start, polled.wake)
+        };
+        self.all_waiting
+            .fetch_sub(start.len() as u64, Ordering::AcqRel);
+        for (key, slot) in start {
+            let turn = Turn {
+                queue: self.clone(),
+                key,
+            };
+            // A place dropped meanwhile drops its turn, which ends it.
+            let _ = slot.turn.send(turn);
+        }
+        wake
+    }
+}
+
+/// A task's place in its queue, given back when it is dropped (the task
+/// got its turn, or was cancelled while waiting).
+pub(crate) struct Waiting {
+    queue: Arc<Queue>,
+    ticket: u64,
+    turn: oneshot::Receiver<Turn>,
+    started: bool,
+    key: Option<String>,
+    priority: i32,
+    run_at: Option<SystemTime>,
+}
+
+impl Waiting {
+    /// Its key in the queue, if it has one.
+    pub(crate) fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// Its priority.
+    pub(crate) fn priority(&self) -> i32 {
+        self.priority
+    }
+
+    /// When it may start, if it was delayed.
+    pub(crate) fn run_at(&self) -> Option<SystemTime> {
+        self.run_at
+    }
+
+    /// Waits for the queue to let the task run. The task holds the
+    /// [`Turn`] until it ends.
+    pub(crate) async fn turn(&mut self) -> Turn {
+        let turn = (&mut self.turn)
+            .await
+            .expect("a waiting place's queue outlives it, and sends its turn before dropping it");
+        self.started = true;
+        turn
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if self.started {
+            return;
+        }
+        let removed = {
+            let mut state = self
+                .queue
+                .state
+                .lock()
+                .expect("a queue's lock is never poisoned");
+            state.dispatch.remove(self.ticket, Instant::now())
+        };
+        if removed.is_some() {
+            self.queue.all_waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        // Not removed: its turn was sent, and is dropped with `self.turn`.
+    }
+}
+
+/// A running task's share of its queue's bounds, given back when the task
+/// has ended.
+pub(crate) struct Turn {
+    queue: Arc<Queue>,
+    key: Arc<str>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        {
+            let mut state = self
+                .queue
+                .state
+                .lock()
+                .expect("a queue's lock is never poisoned");
+            state.dispatch.finished(&self.key, Instant::now());
+        }
+        self.queue.poll(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queues(concurrency: Option<u32>, max_waiting: u64) -> Queues {
+        Queues::new(&[QueueConfig {
+            concurrency,
+            max_waiting,
+            ..QueueConfig::unbounded("q")
+        }])
+    }
+
+    fn placement() -> Placement {
+        Placement {
+            queue: "q".into(),
+            key: None,
+            priority: 0,
+            start: None,
+        }
+    }
+
+    fn owner(id: u64) -> Owner {
+        Owner {
+            worker: WorkerId::Index(0),
+            id,
+            name: None,
+        }
+    }
+
+    fn enter(queue: &Arc<Queue>, id: u64) -> Waiting {
+        match queue.enter(&placement(), "null", owner(id)) {
+            Ok(Entered::Waiting(waiting)) => waiting,
+            _ => panic!("task {id} was not given a place"),
+        }
+    }
+
+    #[tokio::test]
+    async fn waiting_places_are_bounded_and_given_back() {
+        let queues = queues(Some(1), 2);
+        let queue = queues.get("q").unwrap();
+        let _running = enter(queue, 0).turn().await;
+        let first = enter(queue, 1);
+        let _second = enter(queue, 2);
+        let Err(Refused::Full(refused)) = queue.enter(&placement(), "null", owner(3)) else {
+            panic!("a third waiting place past max_waiting 2");
+        };
+        assert_eq!(refused.max, 2);
+        assert!(refused.what.contains("queue `q`"), "{}", refused.what);
+        assert_eq!(queues.waiting(), 2);
+        drop(first);
+        assert_eq!(queues.waiting(), 1);
+        enter(queue, 4);
+        assert!(
+            queues
+                .get("nope")
+                .err()
+                .unwrap()
+                .contains("queues: q, default")
+        );
+    }
+
+    #[tokio::test]
+    async fn turns_are_bounded_by_concurrency_in_arrival_order() {
+        let queues = queues(Some(1), 10);
+        let queue = queues.get("q").unwrap();
+        let first = enter(queue, 0).turn().await;
+        let mut waiting = enter(queue, 1);
+        let second = tokio::spawn(async move { waiting.turn().await });
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished());
+        drop(first);
+        second.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_dedupe_queue_answers_with_the_waiting_task_of_the_key() {
+        let queues = Queues::new(&[QueueConfig {
+            concurrency: Some(1),
+            dedupe: true,
+            ..QueueConfig::unbounded("q")
+        }]);
+        let queue = queues.get("q").unwrap();
+        let keyed = Placement {
+            key: Some("acme".into()),
+            ..placement()
+        };
+        let enter = |id| queue.enter(&keyed, "null", owner(id));
+        let Ok(Entered::Waiting(mut running)) = enter(0) else {
+            panic!("the first of a key waits");
+        };
+        let _turn = running.turn().await;
+        // The first one runs: a second waits.
+        let Ok(Entered::Waiting(_second)) = enter(1) else {
+            panic!("a key with none waiting takes a new task");
+        };
+        let Ok(Entered::Existing(existing)) = enter(2) else {
+            panic!("a key with one waiting answers with it");
+        };
+        assert_eq!(existing, owner(1));
+        let Err(Refused::Invalid(why)) = queue.enter(&placement(), "null", owner(3)) else {
+            panic!("a dedupe queue needs a key");
+        };
+        assert!(why.contains("`dedupe`"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_delayed_task_gets_its_turn_from_the_timer() {
+        let queues = queues(None, 10);
+        let queue = queues.get("q").unwrap();
+        let delayed = Placement {
+            start: Some(crate::config::StartAt::After(
+                std::time::Duration::from_millis(50),
+            )),
+            ..placement()
+        };
+        let Ok(Entered::Waiting(mut waiting)) = queue.enter(&delayed, "null", owner(0)) else {
+            panic!("a delayed task waits");
+        };
+        let started = Instant::now();
+        waiting.turn().await;
+        assert!(started.elapsed() >= std::time::Duration::from_millis(50));
+    }
+}
