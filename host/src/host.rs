@@ -98,6 +98,41 @@ pub struct Build {
     pub live_tasks: usize,
 }
 
+/// Applies what operators set on the queues at run time before this
+/// start (pauses, drains, limits), as storage kept it. A queue app.toml no
+/// longer lists, or a setting its queue no longer takes, is logged and
+/// left out: the app starts as app.toml says.
+async fn restore_queue_settings(
+    queues: &crate::queues::Queues,
+    storage: &crate::storage::Storage,
+    source: &std::path::Path,
+) -> Result<()> {
+    let stored = storage
+        .queues()
+        .queue_settings()
+        .await
+        .with_context(|| format!("{}: [storage]: the queues' settings", source.display()))?;
+    for (name, json) in stored {
+        let applied = match (queues.get(&name), serde_json::from_str(&json)) {
+            (Ok(queue), Ok(settings)) => queue.apply(settings),
+            (Err(missing), _) => Err(missing),
+            (_, Err(error)) => Err(format!("unreadable ({error})")),
+        };
+        match applied {
+            Ok(()) => tracing::info!(
+                queue = name,
+                settings = json,
+                "queue {name}: run-time settings kept from before: {json}"
+            ),
+            Err(why) => tracing::warn!(
+                queue = name,
+                "queue {name}: run-time settings from before not applied: {why}"
+            ),
+        }
+    }
+    Ok(())
+}
+
 impl Host {
     pub(crate) async fn launch(
         config: AppConfig,
@@ -121,14 +156,17 @@ impl Host {
             None => storage,
         };
         let ticker = EpochTicker::start(&[&engines.engine, &engines.cold, &engines.images])?;
+        let metrics = Metrics::new(app.task_memory.clone(), app.http_metrics.clone())
+            .with_storage(storage_metrics.call_seconds, storage_metrics.waiting);
+        let queues = crate::queues::Queues::new(&config.queues, metrics.queues.clone());
+        restore_queue_settings(&queues, &storage, &config.source).await?;
         let env = Arc::new(TaskEnv {
             engines,
             plugins: RwLock::new(plugins),
             events: EventHub::default(),
             tracker: TaskTracker::new(),
             cancel_grace: config.cancel_grace,
-            metrics: Metrics::new(app.task_memory.clone(), app.http_metrics.clone())
-                .with_storage(storage_metrics.call_seconds, storage_metrics.waiting),
+            metrics,
             app,
             storage,
             lifecycle: broadcast::channel(LIFECYCLE_BACKLOG).0,
@@ -138,7 +176,7 @@ impl Host {
             schedules: std::sync::OnceLock::new(),
             remote: std::sync::OnceLock::new(),
             stopping: AtomicBool::new(false),
-            queues: crate::queues::Queues::new(&config.queues),
+            queues,
         });
         // Joined before any task runs, so waiters hear the other hosts'
         // events from the start.
@@ -397,9 +435,15 @@ impl Host {
         self.env.events.dispatch(event, payload)
     }
 
-    /// What the host keeps: key-value state, durable tasks, schedules.
+    /// What the host keeps: key-value state, durable tasks, schedules,
+    /// queues' settings and dead letters.
     pub fn storage(&self) -> &crate::storage::Storage {
         &self.env.storage
+    }
+
+    /// The app's queues (`[[queues]]`).
+    pub(crate) fn queues(&self) -> &crate::queues::Queues {
+        &self.env.queues
     }
 
     /// The schedules (none before the workers started).

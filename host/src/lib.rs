@@ -19,9 +19,11 @@
 //!    (named events), [`registry`] (one worker's tasks, and
 //!    [`registry::TaskHandle::cancel`], the one way to cancel), `metrics`,
 //!    [`compile_cache`], [`storage`] (what outlives the process: key-value
-//!    state and durable tasks, the traits and their SQLite backend),
-//!    `connection_hub` (the listener's open connections, as tasks see them).
-//! 3. `interface` (what a host interface is to the store: its state per
+//!    state, durable tasks, schedules' and queues' state: the traits and
+//!    their SQLite backend), `connection_hub` (the listener's open
+//!    connections, as tasks see them).
+//! 3. `queues` (the app's queues at run time: who starts next, counted in
+//!    `metrics`), `interface` (what a host interface is to the store: its state per
 //!    task and its linking; `store`'s `interfaces!` lists them), `logging`
 //!    (writes lifecycle events and task lines), [`engine`]
 //!    (the wasmtime engines, through the compile cache), `serve` (how

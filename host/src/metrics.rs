@@ -49,6 +49,8 @@ pub struct Metrics {
     pub routes: RouteMetrics,
     /// What the two HTTP servers' connections did.
     pub servers: ServerMetrics,
+    /// What each queue holds and did.
+    pub queues: QueueMetrics,
 }
 
 /// Connections of the host's HTTP servers (`crate::serve`), by `server`
@@ -83,6 +85,46 @@ impl ServerMetrics {
     pub(crate) fn at_cap(&self, server: &str) {
         self.at_cap.get_or_create(&server_label(server)).inc();
     }
+}
+
+/// What each queue (`[[queues]]`) holds and did, by `queue`. Cloning
+/// shares the series.
+#[derive(Debug, Clone)]
+pub struct QueueMetrics {
+    /// Tasks waiting, delayed ones included.
+    pub(crate) waiting: Family<Labels, Gauge>,
+    /// Tasks holding a turn (running, or waiting for room on a worker).
+    pub(crate) running: Family<Labels, Gauge>,
+    /// Tasks the queue let start.
+    pub(crate) started: Family<Labels, Counter>,
+    /// Starts held back by a rate (`rate`, `key_rate`).
+    pub(crate) throttled: Family<Labels, Counter>,
+    /// Tasks that failed their last attempt, kept as dead letters.
+    pub(crate) dead: Family<Labels, Counter>,
+    /// From when a task could start (its submission, or its delay's end)
+    /// to its turn.
+    pub(crate) wait_seconds: Family<Labels, Histogram>,
+}
+
+impl Default for QueueMetrics {
+    fn default() -> Self {
+        QueueMetrics {
+            waiting: Family::default(),
+            running: Family::default(),
+            started: Family::default(),
+            throttled: Family::default(),
+            dead: Family::default(),
+            // 100 us .. ~14.5 h, quadrupling.
+            wait_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(1e-4, 4.0, 16))
+            }),
+        }
+    }
+}
+
+/// The label set of queue `name`'s series.
+pub(crate) fn queue_label(name: &str) -> Labels {
+    vec![("queue".to_string(), name.to_string())]
 }
 
 /// What the public listener's routes did, by `route` (`websocket /feed`,
@@ -239,6 +281,7 @@ impl Metrics {
             cluster_events: Family::default(),
             routes: RouteMetrics::default(),
             servers: ServerMetrics::default(),
+            queues: QueueMetrics::default(),
             registry: Registry::default(),
         };
         registry.register("tasks_spawned", "Tasks started", metrics.spawned.clone());
@@ -366,6 +409,36 @@ impl Metrics {
             "cluster_events",
             "Events between the hosts of the cluster, by direction (sent, received, dropped: queue full, unsent: NATS unreachable)",
             metrics.cluster_events.clone(),
+        );
+        registry.register(
+            "queue_waiting",
+            "Tasks waiting in each queue, delayed ones included",
+            metrics.queues.waiting.clone(),
+        );
+        registry.register(
+            "queue_running",
+            "Tasks of each queue holding a turn (running, or waiting for room on a worker)",
+            metrics.queues.running.clone(),
+        );
+        registry.register(
+            "queue_started",
+            "Tasks each queue let start",
+            metrics.queues.started.clone(),
+        );
+        registry.register(
+            "queue_throttled",
+            "Starts held back by a queue's rate or key rate",
+            metrics.queues.throttled.clone(),
+        );
+        registry.register(
+            "queue_dead_letters",
+            "Tasks of each queue that failed their last attempt, kept as dead letters",
+            metrics.queues.dead.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "From when a queued task could start (submission or delay's end) to its turn",
+            metrics.queues.wait_seconds.clone(),
         );
         registry.register(
             "resident_memory_bytes",

@@ -67,6 +67,9 @@ pub enum AddTaskError {
     /// The idempotency key names a durable task running on another host.
     #[error("{0}")]
     Elsewhere(String),
+    /// The queue named is draining: it takes no new task.
+    #[error("{0}")]
+    Draining(String),
 }
 
 /// A task `add_task` answered for.

@@ -92,7 +92,8 @@ pub(super) async fn add_task(
             AddTaskError::Invalid(message) => GuestError::InvalidArgs(message),
             AddTaskError::Storage(message)
             | AddTaskError::Unavailable(message)
-            | AddTaskError::Elsewhere(message) => GuestError::Failed(message),
+            | AddTaskError::Elsewhere(message)
+            | AddTaskError::Draining(message) => GuestError::Failed(message),
         })
 }
 

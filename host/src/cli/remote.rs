@@ -196,6 +196,48 @@ pub(crate) enum Verb {
         #[command(flatten)]
         common: Common,
     },
+    /// List the queues of a running host: tasks waiting (and delayed),
+    /// running, started per second, the oldest wait, dead letters, limits,
+    /// and the keys with the most waiting.
+    Queues {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Steer the queue NAME of a running host: `pause` (no task starts),
+    /// `drain` (no task is taken in; those waiting go on), `resume` (undo
+    /// both), `reset` (back to app.toml: undo both and drop the limits
+    /// changed at run time), or `set` its limits.
+    ///
+    /// Each holds across restarts. `set` changes only the limits given:
+    /// `taskhost queue set crm --concurrency 8 --rate 20/s`; 0 (or `off`
+    /// for a rate) removes a bound.
+    Queue {
+        #[arg(value_parser = ["pause", "resume", "drain", "reset", "set"])]
+        action: String,
+        name: String,
+        #[command(flatten)]
+        limits: Box<LimitFlags>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List dead letters (queued tasks that failed their last attempt),
+    /// of QUEUE or of every queue; or `retry ID` (submit it again, to its
+    /// queue, and drop it) or `discard ID` (drop it).
+    #[command(args_conflicts_with_subcommands = true)]
+    Dead {
+        /// Only this queue's letters.
+        queue: Option<String>,
+        /// Letters with an id above N (the last page's end).
+        #[arg(long, value_name = "N")]
+        after: Option<u64>,
+        /// At most N letters [default: 100, at most 1000].
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        #[command(subcommand)]
+        action: Option<DeadAction>,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Load PATH as plugin PLUGIN into a running host (new or replacing).
     ///
     /// New tasks use the new version; running ones finish on the old one. A
@@ -218,6 +260,50 @@ pub(crate) enum Verb {
         #[command(flatten)]
         common: Common,
     },
+}
+
+/// What `taskhost dead` does to one letter.
+#[derive(clap::Subcommand)]
+pub(crate) enum DeadAction {
+    /// Submit letter ID again (its queue, key, priority and retry policy)
+    /// and drop it; a refused submission leaves it.
+    Retry {
+        id: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Drop letter ID.
+    Discard {
+        id: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// `taskhost queue set`'s limits: each given replaces the queue's.
+#[derive(clap::Args, Debug)]
+pub(crate) struct LimitFlags {
+    /// At most N of its tasks running at once (0: no bound).
+    #[arg(long, value_name = "N")]
+    concurrency: Option<u32>,
+    /// At most N waiting.
+    #[arg(long, value_name = "N")]
+    max_waiting: Option<u64>,
+    /// At most N running per key (0: no bound).
+    #[arg(long, value_name = "N")]
+    per_key: Option<u32>,
+    /// Starts per period: COUNT/PERIOD (`10/s`, `600/m`, `5/10s`), or `off`.
+    #[arg(long, value_name = "RATE")]
+    rate: Option<String>,
+    /// Starts allowed at once after a quiet spell.
+    #[arg(long, value_name = "N")]
+    burst: Option<u32>,
+    /// Each key's starts per period, or `off`.
+    #[arg(long, value_name = "RATE")]
+    key_rate: Option<String>,
+    /// The key rate's burst.
+    #[arg(long, value_name = "N")]
+    key_burst: Option<u32>,
 }
 
 /// `taskhost add`'s queue options (docs/queues.md).
@@ -561,6 +647,111 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             );
         }
         Verb::Kv { action } => kv(action).await?,
+        Verb::Queues { common } => {
+            let queues = connect(&common)?.call(&routes::QUEUES, &[], &()).await?;
+            if common.json {
+                print_json(&queues);
+            } else {
+                print_queues(&queues);
+            }
+        }
+        Verb::Queue {
+            action,
+            name,
+            limits,
+            common,
+        } => {
+            let LimitFlags {
+                concurrency,
+                max_waiting,
+                per_key,
+                rate,
+                burst,
+                key_rate,
+                key_burst,
+            } = *limits;
+            let change = crate::config::LimitsChange {
+                concurrency,
+                max_waiting,
+                per_key,
+                rate,
+                burst,
+                key_rate,
+                key_burst,
+            };
+            let client = connect(&common)?;
+            let queue = if action == "set" {
+                client
+                    .call(&routes::QUEUE_LIMITS, &[&name], &change)
+                    .await?
+            } else {
+                if !change.is_empty() {
+                    return Err(ClientError::refused(format!(
+                        "limits are changed with `taskhost queue set {name} --...`, not `{action}`"
+                    )));
+                }
+                client
+                    .call(&routes::STEER_QUEUE, &[&name, &action], &())
+                    .await?
+            };
+            if common.json {
+                print_json(&queue);
+            } else {
+                print_queues(std::slice::from_ref(&queue));
+            }
+        }
+        Verb::Dead {
+            queue,
+            after,
+            limit,
+            action,
+            common,
+        } => match action {
+            Some(DeadAction::Retry { id, common }) => {
+                let submitted = connect(&common)?
+                    .call(&routes::RETRY_DEAD, &[&id.to_string()], &())
+                    .await?;
+                if common.json {
+                    print_json(&submitted);
+                } else {
+                    for task in &submitted.tasks {
+                        outln!(
+                            "dead letter {id} submitted again: task {} on worker {}",
+                            task.id,
+                            task.worker
+                        );
+                    }
+                }
+            }
+            Some(DeadAction::Discard { id, common }) => {
+                let letter = connect(&common)?
+                    .call(&routes::DISCARD_DEAD, &[&id.to_string()], &())
+                    .await?;
+                if common.json {
+                    print_json(&letter);
+                } else {
+                    outln!(
+                        "dead letter {id} ({}/{} in queue {}) dropped",
+                        clean(&letter.letter.plugin),
+                        clean(&letter.letter.factory),
+                        clean(&letter.queue)
+                    );
+                }
+            }
+            None => {
+                let query = crate::operations::DeadQuery {
+                    queue,
+                    after,
+                    limit,
+                };
+                let page = connect(&common)?.call(&routes::DEAD, &[], &query).await?;
+                if common.json {
+                    print_json(&page);
+                } else {
+                    print_dead(&page);
+                }
+            }
+        },
         Verb::Schedules { common } => {
             let schedules = connect(&common)?.call(&routes::SCHEDULES, &[], &()).await?;
             if common.json {
@@ -933,6 +1124,117 @@ fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     outln!("{}", line(&header));
     for row in &rows {
         outln!("{}", line(row));
+    }
+}
+
+fn print_queues(queues: &[crate::operations::types::QueueView]) {
+    let rows = queues
+        .iter()
+        .map(|q| {
+            let limits = &q.limits;
+            let mut bounds = Vec::new();
+            if let Some(n) = limits.concurrency {
+                bounds.push(format!("concurrency {n}"));
+            }
+            if let Some(n) = limits.per_key {
+                bounds.push(format!("per_key {n}"));
+            }
+            if let Some(rate) = &limits.rate {
+                bounds.push(format!("rate {}", clean(rate)));
+            }
+            if let Some(rate) = &limits.key_rate {
+                bounds.push(format!("key_rate {}", clean(rate)));
+            }
+            let state = match (q.paused, q.draining) {
+                (true, true) => "paused, draining",
+                (true, false) => "paused",
+                (false, true) => "draining",
+                (false, false) => "open",
+            };
+            vec![
+                clean(&q.name),
+                state.into(),
+                match q.delayed {
+                    0 => q.waiting.to_string(),
+                    delayed => format!("{} ({delayed} delayed)", q.waiting),
+                },
+                q.running.to_string(),
+                format!("{:.1}", q.started_per_second),
+                q.oldest_wait_ms
+                    .map(|ms| {
+                        humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
+                    })
+                    .unwrap_or_else(|| "-".into()),
+                q.dead.to_string(),
+                match bounds.is_empty() {
+                    true => "-".into(),
+                    false => bounds.join(", "),
+                },
+                q.top_keys
+                    .iter()
+                    .map(|k| format!("{} {}/{}", clean(&k.key), k.waiting, k.running))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "QUEUE",
+            "STATE",
+            "WAITING",
+            "RUNNING",
+            "STARTED/S",
+            "OLDEST",
+            "DEAD",
+            "LIMITS",
+            "TOP KEYS (WAITING/RUNNING)",
+        ],
+        rows,
+    );
+    for queue in queues.iter().filter(|q| !q.changed.is_empty()) {
+        outln!(
+            "queue {}: limits set at run time ({}); `taskhost queue reset {}` goes back to \
+             app.toml's",
+            clean(&queue.name),
+            clean(&serde_json::to_string(&queue.changed).unwrap_or_default()),
+            clean(&queue.name)
+        );
+    }
+}
+
+fn print_dead(page: &crate::operations::DeadLetters) {
+    let rows = page
+        .letters
+        .iter()
+        .map(|l| {
+            vec![
+                l.id.to_string(),
+                clean(&l.queue),
+                clean(&format!("{}/{}", l.letter.plugin, l.letter.factory)),
+                clean(l.letter.name.as_deref().unwrap_or("-")),
+                clean(l.letter.key.as_deref().unwrap_or("-")),
+                clean(&l.letter.failed_at),
+                l.letter.attempts.to_string(),
+                clean(&l.letter.error),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID",
+            "QUEUE",
+            "PLUGIN/FACTORY",
+            "NAME",
+            "KEY",
+            "FAILED AT",
+            "ATTEMPTS",
+            "ERROR",
+        ],
+        rows,
+    );
+    if let Some(after) = page.next_after {
+        outln!("more: taskhost dead --after {after}");
     }
 }
 

@@ -26,9 +26,9 @@ pub use limits::{
     check_plugin_name, connection_task_name, machine_memory_bytes, reserved_name,
 };
 pub use queues::{
-    DEFAULT_AGEING, DEFAULT_MAX_WAITING, DEFAULT_QUEUE, MAX_DELAY, MAX_KEY_BYTES, MAX_PRIORITY,
-    MAX_QUEUE_BOUND, MIN_PRIORITY, Placement, QueueConfig, QueueOptions, Rate, StartAt, check_key,
-    key_of,
+    DEFAULT_AGEING, DEFAULT_MAX_DEAD, DEFAULT_MAX_WAITING, DEFAULT_QUEUE, LimitsChange, MAX_DELAY,
+    MAX_KEY_BYTES, MAX_PRIORITY, MAX_QUEUE_BOUND, MIN_PRIORITY, Placement, QueueConfig,
+    QueueOptions, Rate, StartAt, check_key, key_of,
 };
 pub use retry::{Backoff, RetryPolicy, RetrySpec};
 pub use routes::{

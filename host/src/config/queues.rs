@@ -43,6 +43,10 @@ pub const DEFAULT_AGEING: Duration = Duration::from_secs(60);
 /// waiting place, so a far date is a mistake more often than a plan.
 pub const MAX_DELAY: Duration = Duration::from_secs(366 * 24 * 3600);
 
+/// `max_dead` when not given: each letter holds a task's arguments (up to
+/// `args_bytes`), so the list is bounded like the waiting tasks.
+pub const DEFAULT_MAX_DEAD: u64 = 10_000;
+
 /// The longest key, in bytes (a customer id, a tenant, a URL's host).
 pub const MAX_KEY_BYTES: usize = 256;
 
@@ -72,6 +76,8 @@ pub struct QueueConfig {
     /// A submission whose key already has a task waiting answers with
     /// that task and starts nothing.
     pub dedupe: bool,
+    /// At most this many dead letters kept (the oldest go first).
+    pub max_dead: u64,
 }
 
 impl QueueConfig {
@@ -88,6 +94,7 @@ impl QueueConfig {
             key_rate: None,
             ageing: Some(DEFAULT_AGEING),
             dedupe: false,
+            max_dead: DEFAULT_MAX_DEAD,
         }
     }
 
@@ -169,12 +176,16 @@ impl Rate {
 }
 
 impl std::fmt::Display for Rate {
+    /// As app.toml writes it (`10/s`, `5/10s`); the burst is apart.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.count, humantime::format_duration(self.per))?;
-        if self.burst > 1 {
-            write!(f, " (burst {})", self.burst)?;
+        write!(f, "{}/", self.count)?;
+        match self.per.as_secs() {
+            1 if self.per.subsec_nanos() == 0 => write!(f, "s"),
+            60 if self.per.subsec_nanos() == 0 => write!(f, "m"),
+            3600 if self.per.subsec_nanos() == 0 => write!(f, "h"),
+            86_400 if self.per.subsec_nanos() == 0 => write!(f, "d"),
+            _ => write!(f, "{}", humantime::format_duration(self.per)),
         }
-        Ok(())
     }
 }
 
@@ -300,6 +311,117 @@ impl QueueOptions<'_> {
     }
 }
 
+/// A change of a queue's limits at run time (`taskhost queue set`,
+/// `POST /v1/queues/{name}/limits`): each field given replaces the
+/// queue's; `0` (or `"off"` for a rate) removes a bound. Changes add up
+/// until reset, and are kept across restarts as one such value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsChange {
+    /// At most this many running; 0: no bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// At most this many waiting (1 or more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_waiting: Option<u64>,
+    /// At most this many running per key; 0: no bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_key: Option<u32>,
+    /// Starts per period (`"10/s"`); `"off"`: no rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    /// The rate's burst (1 or more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Each key's starts per period; `"off"`: no rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rate: Option<String>,
+    /// The key rate's burst (1 or more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_burst: Option<u32>,
+}
+
+impl LimitsChange {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == LimitsChange::default()
+    }
+
+    /// This change followed by `later`: `later`'s fields win.
+    pub fn then(&self, later: &LimitsChange) -> LimitsChange {
+        LimitsChange {
+            concurrency: later.concurrency.or(self.concurrency),
+            max_waiting: later.max_waiting.or(self.max_waiting),
+            per_key: later.per_key.or(self.per_key),
+            rate: later.rate.clone().or_else(|| self.rate.clone()),
+            burst: later.burst.or(self.burst),
+            key_rate: later.key_rate.clone().or_else(|| self.key_rate.clone()),
+            key_burst: later.key_burst.or(self.key_burst),
+        }
+    }
+
+    /// `config` with this change made, or why it cannot be, naming the
+    /// field.
+    pub fn applied(&self, config: &QueueConfig) -> Result<QueueConfig, String> {
+        let mut changed = config.clone();
+        let bound = |field: &str, value: u64| -> Result<u64, String> {
+            if value > MAX_QUEUE_BOUND {
+                return Err(format!(
+                    "`{field}` must be at most {MAX_QUEUE_BOUND} (0 removes the bound), got {value}"
+                ));
+            }
+            Ok(value)
+        };
+        if let Some(n) = self.concurrency {
+            changed.concurrency = (bound("concurrency", n.into())? > 0).then_some(n);
+        }
+        if let Some(n) = self.per_key {
+            changed.per_key = (bound("per_key", n.into())? > 0).then_some(n);
+        }
+        if let Some(n) = self.max_waiting {
+            if n == 0 {
+                return Err("`max_waiting` must be from 1 to 1000000, got 0".into());
+            }
+            changed.max_waiting = bound("max_waiting", n)?;
+        }
+        let rate = |field: &str,
+                    text: &Option<String>,
+                    burst_field: &str,
+                    burst: Option<u32>,
+                    current: Option<Rate>|
+         -> Result<Option<Rate>, String> {
+            if burst == Some(0) || burst.is_some_and(|b| u64::from(b) > MAX_QUEUE_BOUND) {
+                return Err(format!(
+                    "`{burst_field}` must be from 1 to {MAX_QUEUE_BOUND}"
+                ));
+            }
+            let keep = current.map_or(1, |rate| rate.burst);
+            match (text.as_deref(), burst) {
+                (Some("off"), _) => Ok(None),
+                (Some(text), burst) => Rate::parse(text, burst.unwrap_or(keep))
+                    .map(Some)
+                    .map_err(|e| format!("`{field}`: {e}")),
+                (None, Some(burst)) => match current {
+                    Some(rate) => Ok(Some(Rate { burst, ..rate })),
+                    None => Err(format!(
+                        "`{burst_field}` is the burst of `{field}`, which the queue does not have"
+                    )),
+                },
+                (None, None) => Ok(current),
+            }
+        };
+        changed.rate = rate("rate", &self.rate, "burst", self.burst, config.rate)?;
+        changed.key_rate = rate(
+            "key_rate",
+            &self.key_rate,
+            "key_burst",
+            self.key_burst,
+            config.key_rate,
+        )?;
+        Ok(changed)
+    }
+}
+
 /// Refuses a key that is empty, longer than [`MAX_KEY_BYTES`] or has
 /// control characters (it is shown in lists and logs).
 pub fn check_key(key: &str) -> Result<(), String> {
@@ -327,6 +449,7 @@ pub(super) struct RawQueue {
     ageing: Option<String>,
     #[serde(default)]
     dedupe: bool,
+    max_dead: Option<i64>,
 }
 
 /// Checks the `[[queues]]` of `file` and adds `default` if it is not
@@ -406,7 +529,13 @@ pub(super) fn checked(raw: Vec<RawQueue>, file: &str) -> Result<Vec<QueueConfig>
                 ),
             },
         };
+        let max_dead = queue
+            .max_dead
+            .map(|value| bound("max_dead", value))
+            .transpose()?
+            .unwrap_or(DEFAULT_MAX_DEAD);
         let config = QueueConfig {
+            max_dead,
             name,
             concurrency,
             max_waiting,

@@ -4,13 +4,17 @@
 //! are [`super::routes`].
 
 use super::{body_limit, kv_body_limit};
+use crate::config::LimitsChange;
 use crate::host::Host;
 use crate::lifecycle::LifecycleEvent;
 use crate::operations::types::{
     CancelRequest, ClusterCall, DispatchRequest, Health, KeysQuery, KvBucketView, KvEntry, KvKeys,
-    KvPut, KvWritten, LoadRequest, Loaded, PluginView, Purged, ScheduleView, TaskFilter, Woken,
+    KvPut, KvWritten, LoadRequest, Loaded, PluginView, Purged, QueueView, ScheduleView, TaskFilter,
+    Woken,
 };
+use crate::operations::{DeadLetters, DeadQuery};
 use crate::operations::{ErrorKind, OpError, Operations, Submission, Submitted};
+use crate::storage::StoredLetter;
 use crate::task::TaskView;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -18,7 +22,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -59,6 +63,12 @@ pub(super) fn router(host: Arc<Host>, token: String) -> Router {
         )
         .route(r::SCHEDULES.path, get(list_schedules))
         .route(r::STEER_SCHEDULE.path, post(steer_schedule))
+        .route(r::QUEUES.path, get(list_queues))
+        .route(r::STEER_QUEUE.path, post(steer_queue))
+        .route(r::QUEUE_LIMITS.path, put(set_queue_limits))
+        .route(r::DEAD.path, get(list_dead))
+        .route(r::RETRY_DEAD.path, post(retry_dead))
+        .route(r::DISCARD_DEAD.path, delete(discard_dead))
         .route(r::STREAM.path, get(stream))
         .route(r::HOSTS.path, get(list_hosts))
         .route(r::HEALTH.path, get(health))
@@ -246,6 +256,51 @@ async fn steer_schedule(
 ) -> Answer<serde_json::Value> {
     let action = action.parse()?;
     ctx.ops.steer_schedule(&name, action).await.map(Json)
+}
+
+async fn list_queues(State(ctx): State<Ctx>) -> Answer<Vec<QueueView>> {
+    ctx.ops.queues().await.map(Json)
+}
+
+async fn steer_queue(
+    State(ctx): State<Ctx>,
+    Path((name, action)): Path<(String, String)>,
+) -> Answer<QueueView> {
+    let action = action.parse()?;
+    ctx.ops.steer_queue(&name, action).await.map(Json)
+}
+
+async fn set_queue_limits(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+    body: Result<Json<LimitsChange>, JsonRejection>,
+) -> Answer<QueueView> {
+    let Json(change) = body.map_err(body_error)?;
+    ctx.ops.set_queue_limits(&name, change).await.map(Json)
+}
+
+async fn list_dead(
+    State(ctx): State<Ctx>,
+    query: Result<Query<DeadQuery>, QueryRejection>,
+) -> Answer<DeadLetters> {
+    let Query(query) = query.map_err(query_error)?;
+    ctx.ops.dead(&query).await.map(Json)
+}
+
+fn letter_id(text: &str) -> Result<u64, OpError> {
+    text.parse().map_err(|_| {
+        OpError::bad_request(format!(
+            "{text:?} is not a dead letter's id (a number, as `taskhost dead` lists them)"
+        ))
+    })
+}
+
+async fn retry_dead(State(ctx): State<Ctx>, Path(id): Path<String>) -> Answer<Submitted> {
+    ctx.ops.retry_dead(letter_id(&id)?).await.map(Json)
+}
+
+async fn discard_dead(State(ctx): State<Ctx>, Path(id): Path<String>) -> Answer<StoredLetter> {
+    ctx.ops.discard_dead(letter_id(&id)?).await.map(Json)
 }
 
 async fn health(State(ctx): State<Ctx>) -> Json<Health> {

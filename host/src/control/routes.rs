@@ -9,11 +9,13 @@
 //! GET's or DELETE's request is its query string, others' their JSON body;
 //! `()` is no request.
 
+use crate::config::LimitsChange;
 use crate::operations::types::{
-    CancelRequest, DispatchRequest, Health, KeysQuery, KvBucketView, KvEntry, KvKeys, KvPut,
-    KvWritten, LoadRequest, Loaded, PluginView, Purged, ScheduleView, Submission, Submitted,
-    TaskFilter, Woken,
+    CancelRequest, DeadLetters, DeadQuery, DispatchRequest, Health, KeysQuery, KvBucketView,
+    KvEntry, KvKeys, KvPut, KvWritten, LoadRequest, Loaded, PluginView, Purged, QueueView,
+    ScheduleView, Submission, Submitted, TaskFilter, Woken,
 };
+use crate::storage::StoredLetter;
 use crate::task::TaskView;
 use std::marker::PhantomData;
 
@@ -241,6 +243,33 @@ pub const STEER_SCHEDULE: Route<(), serde_json::Value> = Route::new(
     "/v1/schedules/{name}/{action}",
     "pause, resume or trigger a schedule",
 );
+/// Every queue: waiting, running, start rate, oldest wait, top keys,
+/// dead letters, limits.
+pub const QUEUES: Route<(), Vec<QueueView>> =
+    Route::new(Get, "/v1/queues", "queues: waiting, running, rate, limits");
+/// `pause`, `resume`, `drain` or `reset` a queue, answering with it; kept
+/// across restarts.
+pub const STEER_QUEUE: Route<(), QueueView> = Route::new(
+    Post,
+    "/v1/queues/{name}/{action}",
+    "pause, resume, drain or reset a queue",
+);
+/// Each field given replaces the queue's limit (`0` or `"off"` removes
+/// it); kept across restarts until `reset`.
+pub const QUEUE_LIMITS: Route<LimitsChange, QueueView> = Route::new(
+    Put,
+    "/v1/queues/{name}/limits",
+    "change a queue's limits at run time",
+);
+/// Dead letters, oldest first, a page at a time.
+pub const DEAD: Route<DeadQuery, DeadLetters> =
+    Route::new(Get, "/v1/dead", "dead letters: queued tasks that failed");
+/// Submits a dead letter again and drops it.
+pub const RETRY_DEAD: Route<(), Submitted> =
+    Route::new(Post, "/v1/dead/{id}/retry", "submit a dead letter again");
+/// Drops a dead letter, answering with it.
+pub const DISCARD_DEAD: Route<(), StoredLetter> =
+    Route::new(Delete, "/v1/dead/{id}", "drop a dead letter");
 /// Server-Sent Events, one [`crate::lifecycle::LifecycleEvent`] each,
 /// `subscribed` first; it ends only with the host.
 pub const STREAM: Route<(), ()> =
@@ -281,7 +310,7 @@ pub const CLUSTER_PURGE: Route<(), Vec<serde_json::Value>> =
     Route::new(Post, "/v1/cluster/purge", "drop ended tasks on every host");
 
 /// Every route, in the order the docs list them.
-pub const ALL: [Listed; 24] = [
+pub const ALL: [Listed; 30] = [
     LIST_TASKS.listed(),
     SUBMIT.listed(),
     CANCEL.listed(),
@@ -297,6 +326,12 @@ pub const ALL: [Listed; 24] = [
     KV_DELETE.listed(),
     SCHEDULES.listed(),
     STEER_SCHEDULE.listed(),
+    QUEUES.listed(),
+    STEER_QUEUE.listed(),
+    QUEUE_LIMITS.listed(),
+    DEAD.listed(),
+    RETRY_DEAD.listed(),
+    DISCARD_DEAD.listed(),
     STREAM.listed(),
     HOSTS.listed(),
     HEALTH.listed(),

@@ -29,8 +29,10 @@ use std::time::Duration;
 use types::{
     BuildState, CancelRequest, DispatchRequest, FactoryView, Health, KeysQuery, KvBucketView,
     KvEntry, KvKeys, KvPut, KvWritten, LoadRequest, Loaded, MemoryImage, NameScope, PluginView,
-    Purged, ScheduleAction, ScheduleView, SubmittedTask, TaskFilter, Triggered, Woken,
+    Purged, QueueAction, QueueView, ScheduleAction, ScheduleView, SubmittedTask, TaskFilter,
+    Triggered, Woken,
 };
+pub use types::{DeadLetters, DeadQuery};
 pub use types::{ErrorKind, OpError, Submission, Submitted};
 
 /// Most keys one page of a bucket's keys holds.
@@ -441,6 +443,208 @@ impl Operations {
         answer.map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))
     }
 
+    fn queue(&self, name: &str) -> Result<&Arc<crate::queues::Queue>, OpError> {
+        self.host
+            .queues()
+            .get(name)
+            .map_err(|why| OpError::new(ErrorKind::NotFound, why))
+    }
+
+    /// Every queue, in app.toml's order (`default` last unless listed).
+    pub async fn queues(&self) -> Result<Vec<QueueView>, OpError> {
+        let dead: std::collections::HashMap<String, u64> = self
+            .host
+            .storage()
+            .queues()
+            .dead_counts()
+            .await
+            .map_err(storage_error)?
+            .into_iter()
+            .collect();
+        Ok(self
+            .host
+            .queues()
+            .all()
+            .map(|queue| queue_view(queue, dead.get(&**queue.name()).copied().unwrap_or(0)))
+            .collect())
+    }
+
+    /// One queue, as [`Operations::queues`] lists it.
+    async fn queue_now(&self, queue: &crate::queues::Queue) -> Result<QueueView, OpError> {
+        let dead = self
+            .host
+            .storage()
+            .queues()
+            .dead_counts()
+            .await
+            .map_err(storage_error)?
+            .into_iter()
+            .find(|(name, _)| **name == **queue.name())
+            .map_or(0, |(_, count)| count);
+        Ok(queue_view(queue, dead))
+    }
+
+    /// Pauses, resumes, drains or resets queue `name`; kept across
+    /// restarts.
+    pub async fn steer_queue(&self, name: &str, action: QueueAction) -> Result<QueueView, OpError> {
+        let queue = self.queue(name)?;
+        self.change_queue(queue, |settings| match action {
+            QueueAction::Pause => settings.paused = true,
+            QueueAction::Resume => {
+                settings.paused = false;
+                settings.draining = false;
+            }
+            QueueAction::Drain => settings.draining = true,
+            QueueAction::Reset => *settings = crate::queues::Settings::default(),
+        })
+        .await
+    }
+
+    /// Changes queue `name`'s limits (each field given); kept across
+    /// restarts until a `reset`.
+    pub async fn set_queue_limits(
+        &self,
+        name: &str,
+        change: crate::config::LimitsChange,
+    ) -> Result<QueueView, OpError> {
+        if change.is_empty() {
+            return Err(OpError::bad_request(
+                "no limit to change: give concurrency, max_waiting, per_key, rate, burst, \
+                 key_rate or key_burst",
+            ));
+        }
+        let queue = self.queue(name)?;
+        self.change_queue(queue, |settings| {
+            settings.limits = settings.limits.then(&change)
+        })
+        .await
+    }
+
+    /// Checks a change of `queue`'s settings, records it, then makes it:
+    /// a change the storage did not take is not made.
+    async fn change_queue(
+        &self,
+        queue: &Arc<crate::queues::Queue>,
+        change: impl FnOnce(&mut crate::queues::Settings),
+    ) -> Result<QueueView, OpError> {
+        let name = queue.name().clone();
+        let _one_at_a_time = self.host.queues().changing().await;
+        let settings = queue
+            .planned(change)
+            .map_err(|why| OpError::bad_request(format!("queue `{name}`: {why}")))?;
+        let json = match settings.is_empty() {
+            true => None,
+            false => Some(
+                serde_json::to_string(&settings)
+                    .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))?,
+            ),
+        };
+        self.host
+            .storage()
+            .queues()
+            .set_queue_settings(&name, json.as_deref())
+            .await
+            .map_err(storage_error)?;
+        queue
+            .apply(settings)
+            .map_err(|why| OpError::new(ErrorKind::Internal, why))?;
+        tracing::info!(
+            queue = &*name,
+            settings = json.as_deref().unwrap_or("{}"),
+            "queue {name}: run-time settings now {}",
+            json.as_deref().unwrap_or("app.toml's")
+        );
+        self.queue_now(queue).await
+    }
+
+    /// A page of dead letters, oldest first.
+    pub async fn dead(&self, query: &DeadQuery) -> Result<DeadLetters, OpError> {
+        let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+        let mut letters = self
+            .host
+            .storage()
+            .queues()
+            .dead(query.queue.as_deref(), query.after.unwrap_or(0), limit + 1)
+            .await
+            .map_err(storage_error)?;
+        let next_after = match letters.len() > limit as usize {
+            true => {
+                letters.truncate(limit as usize);
+                letters.last().map(|letter| letter.id)
+            }
+            false => None,
+        };
+        Ok(DeadLetters {
+            letters,
+            next_after,
+        })
+    }
+
+    async fn dead_letter(&self, id: u64) -> Result<crate::storage::StoredLetter, OpError> {
+        self.host
+            .storage()
+            .queues()
+            .dead_letter(id)
+            .await
+            .map_err(storage_error)?
+            .ok_or_else(|| {
+                OpError::new(
+                    ErrorKind::NotFound,
+                    format!("no dead letter {id} (`taskhost dead` lists them)"),
+                )
+            })
+    }
+
+    /// Submits dead letter `id` again, to its queue with its key, priority
+    /// and retry policy, on its worker (worker 0 if that one is gone); the
+    /// letter is dropped once the task is taken in. A refused submission
+    /// (its name is taken, its queue is full) leaves the letter.
+    pub async fn retry_dead(&self, id: u64) -> Result<Submitted, OpError> {
+        let stored = self.dead_letter(id).await?;
+        let letter = stored.letter;
+        let worker = Some(letter.worker)
+            .filter(|worker| self.host.workers().any(|w| w.id() == *worker))
+            .unwrap_or(WorkerId::Index(0));
+        let submission = Submission {
+            plugin: letter.plugin,
+            factory: letter.factory,
+            args: letter.args,
+            name: letter.name,
+            worker: Some(worker),
+            all_workers: false,
+            retry: letter.retry,
+            durable: false,
+            idempotency_key: None,
+            host: None,
+            scope: NameScope::Worker,
+            queue: Some(stored.queue),
+            key: letter.key,
+            priority: Some(i64::from(letter.priority)),
+            delay: None,
+            run_at: None,
+        };
+        let submitted = self.submit_here(submission).await?;
+        if let Err(error) = self.host.storage().queues().remove_dead(id).await {
+            tracing::error!(
+                "dead letter {id} was submitted again but cannot be dropped ({error:#}): \
+                 `taskhost dead discard {id}` drops it"
+            );
+        }
+        Ok(submitted)
+    }
+
+    /// Drops dead letter `id`, answering with it.
+    pub async fn discard_dead(&self, id: u64) -> Result<crate::storage::StoredLetter, OpError> {
+        let stored = self.dead_letter(id).await?;
+        self.host
+            .storage()
+            .queues()
+            .remove_dead(id)
+            .await
+            .map_err(storage_error)?;
+        Ok(stored)
+    }
+
     fn kv(&self) -> &Arc<dyn KvStore> {
         self.host.storage().kv()
     }
@@ -640,5 +844,55 @@ fn schedule_view(info: &crate::scheduler::ScheduleInfo) -> ScheduleView {
         last_state: info.last_state,
         runs: info.runs,
         misses: info.misses,
+    }
+}
+
+/// A storage call's failure, as the API answers it.
+fn storage_error(error: anyhow::Error) -> OpError {
+    OpError::new(ErrorKind::Storage, format!("{error:#}"))
+}
+
+/// `queue` as `GET /v1/queues` shows it, with `dead` letters kept.
+fn queue_view(queue: &crate::queues::Queue, dead: u64) -> QueueView {
+    let stats = queue.stats();
+    let config = &stats.config;
+    QueueView {
+        name: queue.name().to_string(),
+        paused: stats.settings.paused,
+        draining: stats.settings.draining,
+        waiting: stats.waiting,
+        delayed: stats.delayed,
+        running: stats.running,
+        started: stats.started,
+        started_per_second: stats.started_per_second,
+        throttled: stats.throttled,
+        oldest_wait_ms: stats.oldest_wait.map(|wait| wait.as_millis() as u64),
+        dead,
+        keys: stats.keys,
+        limits: types::QueueLimitsView {
+            concurrency: config.concurrency,
+            max_waiting: config.max_waiting,
+            per_key: config.per_key,
+            key_arg: config.key_arg.as_ref().map(|path| path.join(".")),
+            rate: config.rate.map(|rate| rate.to_string()),
+            burst: config.rate.map(|rate| rate.burst),
+            key_rate: config.key_rate.map(|rate| rate.to_string()),
+            key_burst: config.key_rate.map(|rate| rate.burst),
+            ageing: config
+                .ageing
+                .map(|every| humantime::format_duration(every).to_string()),
+            dedupe: config.dedupe,
+            max_dead: config.max_dead,
+        },
+        changed: stats.settings.limits.clone(),
+        top_keys: stats
+            .top_keys
+            .into_iter()
+            .map(|(key, waiting, running)| types::KeyLoadView {
+                key,
+                waiting,
+                running,
+            })
+            .collect(),
     }
 }

@@ -539,6 +539,152 @@ pub struct KeysQuery {
     pub limit: Option<usize>,
 }
 
+/// One queue (`GET /v1/queues`, `taskhost queues`): what waits and runs,
+/// how fast tasks start, and its limits as they are now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueView {
+    /// Its name.
+    pub name: String,
+    /// No task starts until `resume`.
+    pub paused: bool,
+    /// No task is taken in until `resume`; those waiting go on.
+    pub draining: bool,
+    /// Tasks waiting, delayed ones included.
+    pub waiting: u64,
+    /// Of those, tasks whose `delay` or `run_at` has not come.
+    pub delayed: u64,
+    /// Tasks holding a turn (running, or waiting for room on a worker).
+    pub running: u32,
+    /// Tasks it let start since the host started.
+    pub started: u64,
+    /// Starts per second over the last 9 whole seconds.
+    pub started_per_second: f64,
+    /// Starts held back by a rate since the host started.
+    pub throttled: u64,
+    /// How long the task that could start earliest has waited; absent when
+    /// none waits (delayed tasks wait from their time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_wait_ms: Option<u64>,
+    /// Dead letters kept (`GET /v1/dead?queue=NAME`).
+    pub dead: u64,
+    /// Keys it remembers: with tasks waiting or running, or within their
+    /// `key_rate` (tasks without a key count as one).
+    pub keys: u64,
+    /// Its limits now: app.toml's, with the run-time changes.
+    pub limits: QueueLimitsView,
+    /// The limits changed at run time (kept across restarts until `reset`).
+    #[serde(default, skip_serializing_if = "crate::config::LimitsChange::is_empty")]
+    pub changed: crate::config::LimitsChange,
+    /// The keys with the most tasks waiting, at most 5.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_keys: Vec<KeyLoadView>,
+}
+
+/// A queue's limits, as app.toml writes them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueLimitsView {
+    /// At most this many running; absent: no bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// At most this many waiting.
+    pub max_waiting: u64,
+    /// At most this many running per key; absent: no bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_key: Option<u32>,
+    /// Where in the arguments a task's key is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_arg: Option<String>,
+    /// Starts per period (`10/s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    /// The rate's burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Each key's starts per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rate: Option<String>,
+    /// The key rate's burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_burst: Option<u32>,
+    /// Each this long a waiting task gains a priority level; absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ageing: Option<String>,
+    /// A key with a task waiting takes no second one.
+    pub dedupe: bool,
+    /// At most this many dead letters kept.
+    pub max_dead: u64,
+}
+
+/// A key's share of a queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyLoadView {
+    /// The key.
+    pub key: String,
+    /// Its tasks waiting.
+    pub waiting: u64,
+    /// Its tasks running.
+    pub running: u32,
+}
+
+/// What `POST /v1/queues/{name}/{action}` does to a queue; each is kept
+/// across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueAction {
+    /// No task starts until `resume`; tasks are still taken in.
+    Pause,
+    /// Undoes `pause` and `drain`.
+    Resume,
+    /// No task is taken in (409 `conflict`) until `resume`; those waiting
+    /// go on.
+    Drain,
+    /// Back to app.toml's queue: not paused, not draining, the limits
+    /// changed at run time dropped.
+    Reset,
+}
+
+impl std::str::FromStr for QueueAction {
+    type Err = OpError;
+
+    fn from_str(text: &str) -> Result<QueueAction, OpError> {
+        match text {
+            "pause" => Ok(QueueAction::Pause),
+            "resume" => Ok(QueueAction::Resume),
+            "drain" => Ok(QueueAction::Drain),
+            "reset" => Ok(QueueAction::Reset),
+            other => Err(OpError::new(
+                ErrorKind::NoRoute,
+                format!("no queue action `{other}` (pause, resume, drain, reset)"),
+            )),
+        }
+    }
+}
+
+/// `GET /v1/dead`'s query: whose letters, from where, how many.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadQuery {
+    /// Only this queue's letters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Only letters with a greater id (the last page's `next_after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+    /// At most this many (default 100, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// A page of dead letters, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetters {
+    /// The letters.
+    pub letters: Vec<crate::storage::StoredLetter>,
+    /// The `after` of the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<u64>,
+}
+
 /// What `POST /v1/schedules/{name}/{action}` does to a schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -906,6 +1052,7 @@ impl From<crate::registry::AddTaskError> for OpError {
             AddTaskError::Storage(_) => ErrorKind::Storage,
             AddTaskError::Unavailable(_) => ErrorKind::Unavailable,
             AddTaskError::Elsewhere(_) => ErrorKind::Elsewhere,
+            AddTaskError::Draining(_) => ErrorKind::Conflict,
         };
         OpError::new(kind, error.to_string())
     }

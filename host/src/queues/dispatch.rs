@@ -106,6 +106,9 @@ struct Key {
 struct Entry<T> {
     key: Arc<str>,
     level: i32,
+    /// Since when it may start (its submission, or its delay's end): its
+    /// wait is counted from here.
+    since: Instant,
     /// When it may start, while it may not yet.
     due: Option<Instant>,
     /// When it next gains a level.
@@ -131,14 +134,36 @@ pub(crate) struct Dispatch<T> {
     /// The pass of the last start: where an idle key comes back.
     pass: u64,
     paused: bool,
+    /// Startable tasks by since when they wait: the oldest wait.
+    since: BTreeSet<(Instant, u64)>,
+    /// Times a start was held back by a rate (the queue's or a key's).
+    throttled: u64,
 }
 
-/// What [`Dispatch::poll`] found: the tasks to start now, and when to
-/// poll again if nothing else happens first.
+/// What [`Dispatch::poll`] found: the tasks to start now (each with its
+/// key and how long it waited), and when to poll again if nothing else
+/// happens first.
 #[derive(Debug)]
 pub(crate) struct Polled<T> {
-    pub(crate) start: Vec<(Arc<str>, T)>,
+    pub(crate) start: Vec<Started<T>>,
     pub(crate) wake: Option<Instant>,
+}
+
+/// A task [`Dispatch::poll`] lets start.
+#[derive(Debug)]
+pub(crate) struct Started<T> {
+    pub(crate) key: Arc<str>,
+    pub(crate) item: T,
+    /// From when it could start (submission or delay's end) to now.
+    pub(crate) waited: Duration,
+}
+
+/// A key's share of the queue, for `taskhost queues`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyLoad {
+    pub(crate) key: Arc<str>,
+    pub(crate) waiting: usize,
+    pub(crate) running: u32,
 }
 
 impl<T> Dispatch<T> {
@@ -158,7 +183,64 @@ impl<T> Dispatch<T> {
             rate,
             pass: 0,
             paused: false,
+            since: BTreeSet::new(),
+            throttled: 0,
         }
+    }
+
+    /// Applies new limits: each key is placed again under them. A rate
+    /// that changed starts afresh (as after a quiet spell).
+    pub(crate) fn set_rules(&mut self, rules: Rules, now: Instant) {
+        if rules.rate != self.rules.rate {
+            self.rate = rules.rate.as_ref().map(|rate| Cells::new(rate, now));
+        }
+        let key_rate_changed = rules.key_rate != self.rules.key_rate;
+        self.rules = rules;
+        let keys: Vec<Arc<str>> = self.keys.keys().cloned().collect();
+        for key in keys {
+            if key_rate_changed && let Some(state) = self.keys.get_mut(&key) {
+                state.rate = self
+                    .rules
+                    .key_rate
+                    .as_ref()
+                    .map(|rate| Cells::new(rate, now));
+            }
+            self.settle(&key, now);
+        }
+    }
+
+    /// Delayed tasks not yet due.
+    pub(crate) fn delayed(&self) -> usize {
+        self.delayed.len()
+    }
+
+    /// How long the task that may start and has waited longest has waited.
+    pub(crate) fn oldest_wait(&self, now: Instant) -> Option<Duration> {
+        self.since
+            .first()
+            .map(|(since, _)| now.saturating_duration_since(*since))
+    }
+
+    /// Times a start was held back by a rate, since the queue was made.
+    pub(crate) fn throttled(&self) -> u64 {
+        self.throttled
+    }
+
+    /// The `n` keys with the most tasks waiting (then running), most first.
+    pub(crate) fn top_keys(&self, n: usize) -> Vec<KeyLoad> {
+        let mut loads: Vec<KeyLoad> = self
+            .keys
+            .iter()
+            .map(|(key, state)| KeyLoad {
+                key: key.clone(),
+                waiting: state.waiting.len() + state.delayed.len(),
+                running: state.running,
+            })
+            .filter(|load| load.waiting > 0 || load.running > 0)
+            .collect();
+        loads.sort_by(|a, b| (b.waiting, b.running, &a.key).cmp(&(a.waiting, a.running, &b.key)));
+        loads.truncate(n);
+        loads
     }
 
     /// Tasks waiting, delayed ones included.
@@ -167,19 +249,16 @@ impl<T> Dispatch<T> {
     }
 
     /// Tasks started and not yet [`finished`](Self::finished).
-    #[cfg_attr(not(test), allow(dead_code))] // `taskhost queues`, next.
     pub(crate) fn running(&self) -> u32 {
         self.running
     }
 
     /// Keys the queue remembers (waiting, running, or within a rate).
-    #[cfg_attr(not(test), allow(dead_code))] // `taskhost queues`, next.
     pub(crate) fn keys(&self) -> usize {
         self.keys.len()
     }
 
     /// Stops (or lets again) any start.
-    #[cfg_attr(not(test), allow(dead_code))] // `taskhost queues`, next.
     pub(crate) fn set_paused(&mut self, paused: bool) {
         self.paused = paused;
     }
@@ -221,6 +300,7 @@ impl<T> Dispatch<T> {
         let mut entry = Entry {
             key: key.clone(),
             level: priority,
+            since: due.unwrap_or(now),
             due,
             promote: None,
             item,
@@ -232,6 +312,7 @@ impl<T> Dispatch<T> {
             }
             None => {
                 state.waiting.insert((Reverse(priority), ticket));
+                self.since.insert((now, ticket));
                 entry.promote = self.promotion(priority, now);
                 if let Some(at) = entry.promote {
                     self.ageing.insert((at, ticket));
@@ -258,6 +339,7 @@ impl<T> Dispatch<T> {
             }
             None => {
                 key.waiting.remove(&(Reverse(entry.level), ticket));
+                self.since.remove(&(entry.since, ticket));
             }
         }
         if let Some(at) = entry.promote {
@@ -290,6 +372,7 @@ impl<T> Dispatch<T> {
                 break;
             }
             if let Some(until) = self.rate.as_ref().and_then(|r| r.blocked_until(now)) {
+                self.throttled += 1;
                 wake = Some(until);
                 break;
             }
@@ -314,8 +397,13 @@ impl<T> Dispatch<T> {
             if let Some(at) = entry.promote {
                 self.ageing.remove(&(at, ticket));
             }
+            self.since.remove(&(entry.since, ticket));
             self.settle(&key, now);
-            start.push((key, entry.item));
+            start.push(Started {
+                key,
+                item: entry.item,
+                waited: now.saturating_duration_since(entry.since),
+            });
         }
         let next = [
             self.delayed.first().map(|(at, _)| *at),
@@ -340,6 +428,8 @@ impl<T> Dispatch<T> {
                 .get_mut(&ticket)
                 .expect("a delayed ticket has its entry");
             entry.due = None;
+            entry.since = due;
+            self.since.insert((due, ticket));
             entry.promote = self
                 .rules
                 .ageing
@@ -428,6 +518,7 @@ impl<T> Dispatch<T> {
             if full {
                 Place::Aside
             } else if let Some(until) = state.rate.as_ref().and_then(|r| r.blocked_until(now)) {
+                self.throttled += 1;
                 Place::Blocked(until)
             } else {
                 state.pass = state.pass.max(self.pass);
@@ -473,9 +564,9 @@ mod tests {
     fn run_all(dispatch: &mut Dispatch<u32>, now: Instant) -> Vec<u32> {
         let polled = dispatch.poll(now);
         let mut items = Vec::new();
-        for (key, item) in polled.start {
-            dispatch.finished(&key, now);
-            items.push(item);
+        for started in polled.start {
+            dispatch.finished(&started.key, now);
+            items.push(started.item);
         }
         items
     }
@@ -499,7 +590,7 @@ mod tests {
         for i in 0..10 {
             dispatch.push("b".into(), 0, None, 100_000 + i, now);
         }
-        dispatch.finished(&first[0].0, now);
+        dispatch.finished(&first[0].key, now);
         let mut order = Vec::new();
         while order.len() < 20 {
             let started = run_all(&mut dispatch, now);
@@ -515,7 +606,7 @@ mod tests {
         }
         dispatch.push("c".into(), 0, None, 200_000, now);
         let next = dispatch.poll(now).start;
-        assert_eq!(next[0].1, 200_000, "the new key goes first: {next:?}");
+        assert_eq!(next[0].item, 200_000, "the new key goes first: {next:?}");
     }
 
     #[test]
@@ -539,16 +630,11 @@ mod tests {
         assert!(dispatch.poll(now).start.is_empty());
         // a ran two of them (a, b, a by turns): ending a b lets the next b
         // start, not an a.
-        let b = started
-            .iter()
-            .find(|(key, _)| &**key == "b")
-            .unwrap()
-            .0
-            .clone();
+        let b = started.iter().find(|s| &*s.key == "b").unwrap().key.clone();
         dispatch.finished(&b, now);
         let next = dispatch.poll(now).start;
         assert_eq!(next.len(), 1);
-        assert_eq!(&*next[0].0, "b");
+        assert_eq!(&*next[0].key, "b");
         assert_eq!(dispatch.waiting(), 6);
     }
 
@@ -588,7 +674,7 @@ mod tests {
         let later = t0 + Duration::from_secs(3);
         aged.push("".into(), 2, None, 2, later);
         aged.push("".into(), 4, None, 3, later);
-        aged.finished(&running[0].0, later);
+        aged.finished(&running[0].key, later);
         let mut order = Vec::new();
         for _ in 0..3 {
             order.extend(run_all(&mut aged, later));
@@ -615,9 +701,9 @@ mod tests {
         let mut starts = Vec::new();
         loop {
             let polled = dispatch.poll(now);
-            for (key, _) in &polled.start {
+            for started in &polled.start {
                 starts.push(now - t0);
-                dispatch.finished(key, now);
+                dispatch.finished(&started.key, now);
             }
             now = polled.wake.expect("waiting tasks wake the rate");
             if now - t0 >= Duration::from_secs(1) {

@@ -1,68 +1,90 @@
 //! The app's queues (`[[queues]]`) at run time: their waiting tasks, what
-//! of each runs, and who starts next.
+//! of each runs, who starts next, and what an operator changed.
 //!
 //! A task submitted to a queue is registered at once (state `queued`: it
 //! can be got, listed and cancelled, and keeps its name) but holds no
 //! instance. It takes a waiting place ([`Queue::enter`], refused past
-//! `max_waiting`), then waits for its [`Turn`], which the queue's
-//! [`dispatch::Dispatch`] hands out under the queue's flow control, and
-//! runs holding it until it ends. Every worker's tasks share one
-//! dispatcher per queue, behind a mutex held only to push, pick or end
-//! (no await under it). A timer task per queue polls it when a delay or a
-//! rate comes due; a submission or a task's end polls it at once.
+//! `max_waiting` or while the queue drains), then waits for its [`Turn`],
+//! which the queue's [`dispatch::Dispatch`] hands out under the queue's
+//! flow control, and runs holding it until it ends. Every worker's tasks
+//! share one dispatcher per queue, behind a mutex held only to push, pick
+//! or end (no await under it). A timer task per queue polls it when a
+//! delay or a rate comes due; a submission or a task's end polls it at
+//! once.
+//!
+//! An operator may pause, drain or resume a queue and change its limits
+//! at run time; [`Settings`] is what of that is kept across restarts (the
+//! operations layer writes it to storage before it is applied).
 
 mod dispatch;
 
-use crate::config::{DEFAULT_QUEUE, Limit, LimitUnit, Placement, QueueConfig};
+use crate::config::{DEFAULT_QUEUE, Limit, LimitUnit, LimitsChange, Placement, QueueConfig};
+use crate::metrics::{QueueMetrics, queue_label};
 use crate::task::{TaskId, WorkerId};
 use dispatch::{Dispatch, Rules};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, oneshot};
+
+/// How many keys `taskhost queues` shows per queue.
+const TOP_KEYS: usize = 5;
 
 /// Every queue of the app, by name.
 pub(crate) struct Queues {
     by_name: HashMap<String, Arc<Queue>>,
-    /// Names in app.toml's order, for error messages.
+    /// Names in app.toml's order, for error messages and listings.
     names: Vec<String>,
     /// Tasks waiting in any queue, kept as one count (every queue's places
     /// add to it) because each task start reads it.
     waiting: Arc<AtomicU64>,
     /// The queues' timer tasks, stopped with the queues.
     timers: Vec<tokio::task::AbortHandle>,
+    /// Held while an operator's change is written and applied, so two
+    /// changes of one queue do not interleave.
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl Queues {
     /// The queues app.toml lists (which always include `default`), each
     /// with its timer task on the current runtime.
-    pub(crate) fn new(configs: &[QueueConfig]) -> Queues {
+    pub(crate) fn new(configs: &[QueueConfig], metrics: QueueMetrics) -> Queues {
         let mut queues = Queues {
             by_name: HashMap::new(),
             names: Vec::new(),
             waiting: Arc::default(),
             timers: Vec::new(),
+            changes: tokio::sync::Mutex::new(()),
         };
         let default = QueueConfig::unbounded(DEFAULT_QUEUE);
         let listed = configs.iter().any(|config| config.name == DEFAULT_QUEUE);
         for config in configs.iter().chain((!listed).then_some(&default)) {
-            let rules = Rules {
-                concurrency: config.concurrency,
-                per_key: config.per_key,
-                rate: config.rate,
-                key_rate: config.key_rate,
-                ageing: config.ageing,
-            };
+            let labels = queue_label(&config.name);
             let queue = Arc::new(Queue {
                 name: config.name.as_str().into(),
-                config: config.clone(),
+                base: config.clone(),
                 state: Mutex::new(State {
-                    dispatch: Dispatch::new(rules, Instant::now()),
+                    dispatch: Dispatch::new(rules(config), Instant::now()),
                     timer_at: None,
+                    config: Arc::new(config.clone()),
+                    settings: Settings::default(),
+                    started: 0,
+                    recent: Recent::default(),
+                    throttled: 0,
                 }),
                 timer: Arc::new(Notify::new()),
                 all_waiting: queues.waiting.clone(),
+                made: Instant::now(),
+                metrics: SeriesOf {
+                    waiting: queues_gauge(&metrics.waiting, &labels),
+                    running: queues_gauge(&metrics.running, &labels),
+                    started: metrics.started.get_or_create(&labels).clone(),
+                    throttled: metrics.throttled.get_or_create(&labels).clone(),
+                    dead: metrics.dead.get_or_create(&labels).clone(),
+                    wait_seconds: metrics.wait_seconds.get_or_create(&labels).clone(),
+                },
             });
             queues.timers.push(
                 tokio::spawn(timer(Arc::downgrade(&queue), queue.timer.clone())).abort_handle(),
@@ -83,10 +105,40 @@ impl Queues {
         })
     }
 
+    /// Every queue, in app.toml's order (`default` last unless listed).
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<Queue>> {
+        self.names.iter().map(|name| &self.by_name[name])
+    }
+
     /// Tasks waiting in any queue: they hold no instance, so they do not
     /// count against `tasks_per_app`.
     pub(crate) fn waiting(&self) -> u64 {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Held while one operator's change is written and applied.
+    pub(crate) async fn changing(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.changes.lock().await
+    }
+}
+
+fn queues_gauge(
+    family: &prometheus_client::metrics::family::Family<
+        Vec<(String, String)>,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+    labels: &Vec<(String, String)>,
+) -> prometheus_client::metrics::gauge::Gauge {
+    family.get_or_create(labels).clone()
+}
+
+fn rules(config: &QueueConfig) -> Rules {
+    Rules {
+        concurrency: config.concurrency,
+        per_key: config.per_key,
+        rate: config.rate,
+        key_rate: config.key_rate,
+        ageing: config.ageing,
     }
 }
 
@@ -118,6 +170,29 @@ async fn timer(queue: Weak<Queue>, wake: Arc<Notify>) {
     }
 }
 
+/// What an operator set on a queue at run time, kept across restarts as
+/// JSON: paused, draining, and the limits changed (added up until reset).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Settings {
+    /// No task starts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) paused: bool,
+    /// No task is taken in; those waiting go on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) draining: bool,
+    /// The limits changed, over app.toml's.
+    #[serde(default, skip_serializing_if = "LimitsChange::is_empty")]
+    pub(crate) limits: LimitsChange,
+}
+
+impl Settings {
+    /// Whether it is app.toml's queue as written.
+    pub(crate) fn is_empty(&self) -> bool {
+        *self == Settings::default()
+    }
+}
+
 /// The task a waiting place belongs to: the answer to a `dedupe`
 /// submission whose key already has one waiting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,21 +211,84 @@ struct Slot {
     turn: oneshot::Sender<Turn>,
 }
 
+/// Starts per second over the last [`Recent::SECONDS`] whole seconds, one
+/// count per second in a ring.
+#[derive(Default)]
+struct Recent {
+    counts: [u32; Recent::SECONDS],
+    /// The second (since the queue was made) of the newest count.
+    newest: u64,
+}
+
+impl Recent {
+    const SECONDS: usize = 10;
+
+    fn advance(&mut self, second: u64) {
+        let gap = second.saturating_sub(self.newest);
+        for step in 1..=gap.min(Recent::SECONDS as u64) {
+            self.counts[((self.newest + step) % Recent::SECONDS as u64) as usize] = 0;
+        }
+        self.newest = self.newest.max(second);
+    }
+
+    fn add(&mut self, second: u64, starts: u32) {
+        self.advance(second);
+        let slot = (second % Recent::SECONDS as u64) as usize;
+        self.counts[slot] = self.counts[slot].saturating_add(starts);
+    }
+
+    /// Starts per second over the last whole seconds (the current one
+    /// left out: it is not over).
+    fn per_second(&mut self, second: u64) -> f64 {
+        self.advance(second);
+        let current = (second % Recent::SECONDS as u64) as usize;
+        let total: u64 = self
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|(slot, _)| *slot != current)
+            .map(|(_, count)| u64::from(*count))
+            .sum();
+        total as f64 / (Recent::SECONDS - 1) as f64
+    }
+}
+
 struct State {
     dispatch: Dispatch<Slot>,
     /// When the timer task will poll next; none: only when woken.
     timer_at: Option<Instant>,
+    /// The queue as it is now: app.toml's, with the run-time limits.
+    config: Arc<QueueConfig>,
+    settings: Settings,
+    started: u64,
+    recent: Recent,
+    /// The dispatcher's throttled count the metric has seen.
+    throttled: u64,
+}
+
+/// The series of one queue.
+struct SeriesOf {
+    waiting: prometheus_client::metrics::gauge::Gauge,
+    running: prometheus_client::metrics::gauge::Gauge,
+    started: prometheus_client::metrics::counter::Counter,
+    throttled: prometheus_client::metrics::counter::Counter,
+    dead: prometheus_client::metrics::counter::Counter,
+    wait_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// One queue.
 pub(crate) struct Queue {
     name: Arc<str>,
-    config: QueueConfig,
+    /// The queue as app.toml has it: run-time limits apply over it.
+    base: QueueConfig,
     state: Mutex<State>,
     /// Wakes the timer task: its wake moved earlier.
     timer: Arc<Notify>,
     /// [`Queues`]'s count of every queue's waiting tasks.
     all_waiting: Arc<AtomicU64>,
+    /// When it was made: the origin of [`Recent`]'s seconds.
+    made: Instant,
+    metrics: SeriesOf,
 }
 
 /// What [`Queue::enter`] did with a submission.
@@ -169,6 +307,26 @@ pub(crate) enum Refused {
     Full(Limit),
     /// The submission does not fit the queue (its key).
     Invalid(String),
+    /// The queue is draining: it takes no new task.
+    Draining(String),
+}
+
+/// A queue's state, for `taskhost queues` and `GET /v1/queues`.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueStats {
+    pub(crate) config: Arc<QueueConfig>,
+    pub(crate) settings: Settings,
+    pub(crate) waiting: u64,
+    pub(crate) delayed: u64,
+    pub(crate) running: u32,
+    pub(crate) started: u64,
+    pub(crate) started_per_second: f64,
+    pub(crate) throttled: u64,
+    pub(crate) oldest_wait: Option<Duration>,
+    /// Keys the queue remembers (waiting, running, or within a key rate).
+    pub(crate) keys: u64,
+    /// (key, waiting, running), most waiting first.
+    pub(crate) top_keys: Vec<(String, u64, u32)>,
 }
 
 impl Queue {
@@ -177,16 +335,21 @@ impl Queue {
         &self.name
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("a queue's lock is never poisoned")
+    }
+
     /// Takes a waiting place for the task `owner` with `args`, placed as
-    /// `placement` says, or refuses it: past `max_waiting`, or without the
-    /// key the queue goes by.
+    /// `placement` says, or refuses it: past `max_waiting`, while the
+    /// queue drains, or without the key the queue goes by.
     pub(crate) fn enter(
         self: &Arc<Self>,
         placement: &Placement,
         args: &str,
         owner: Owner,
     ) -> Result<Entered, Refused> {
-        let key = crate::config::key_of(&self.config, placement.key.as_deref(), args)
+        let config = self.state().config.clone();
+        let key = crate::config::key_of(&config, placement.key.as_deref(), args)
             .map_err(Refused::Invalid)?
             .unwrap_or_default();
         let run_at = placement.start.map(|start| start.resolve());
@@ -194,33 +357,43 @@ impl Queue {
             .map(|at| Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default());
         let (send, receive) = oneshot::channel();
         let ticket = {
-            let mut state = self.state.lock().expect("a queue's lock is never poisoned");
-            if self.config.dedupe
+            let mut state = self.state();
+            if state.settings.draining {
+                return Err(Refused::Draining(format!(
+                    "queue `{}` is draining: it takes no new task until `taskhost queue resume \
+                     {}`",
+                    self.name, self.name
+                )));
+            }
+            if state.config.dedupe
                 && let Some(slot) = state.dispatch.waiting_of(&key)
             {
                 return Ok(Entered::Existing(slot.owner.clone()));
             }
-            if state.dispatch.waiting() as u64 >= self.config.max_waiting {
+            let max_waiting = state.config.max_waiting;
+            if state.dispatch.waiting() as u64 >= max_waiting {
                 return Err(Refused::Full(Limit {
                     what: format!(
                         "the waiting tasks of queue `{}` ([[queues]] max_waiting)",
                         self.name
                     ),
-                    max: self.config.max_waiting,
-                    got: self.config.max_waiting + 1,
+                    max: max_waiting,
+                    got: max_waiting + 1,
                     unit: LimitUnit::Tasks,
                     setting: None,
                 }));
             }
             self.all_waiting.fetch_add(1, Ordering::AcqRel);
             let slot = Slot { owner, turn: send };
-            state.dispatch.push(
+            let ticket = state.dispatch.push(
                 key.as_str().into(),
                 placement.priority,
                 due,
                 slot,
                 Instant::now(),
-            )
+            );
+            self.metrics.waiting.set(state.dispatch.waiting() as i64);
+            ticket
         };
         self.poll(false);
         Ok(Entered::Waiting(Waiting {
@@ -238,9 +411,10 @@ impl Queue {
     /// asks to be polled again. A poll that is not the timer's wakes the
     /// timer if the next wake moved earlier.
     fn poll(self: &Arc<Self>, from_timer: bool) -> Option<Instant> {
+        let now = Instant::now();
         let (start, wake) = {
-            let mut state = self.state.lock().expect("a queue's lock is never poisoned");
-            let polled = state.dispatch.poll(Instant::now());
+            let mut state = self.state();
+            let polled = state.dispatch.poll(now);
             let earlier = match (polled.wake, state.timer_at) {
                 (Some(wake), Some(at)) => wake < at,
                 (Some(_), None) => true,
@@ -252,19 +426,99 @@ impl Queue {
                 state.timer_at = polled.wake;
                 self.timer.notify_one();
             }
+            if !polled.start.is_empty() {
+                let count = polled.start.len();
+                state.started += count as u64;
+                let second = now.duration_since(self.made).as_secs();
+                state.recent.add(second, count as u32);
+                self.metrics.started.inc_by(count as u64);
+            }
+            let throttled = state.dispatch.throttled();
+            if throttled > state.throttled {
+                self.metrics.throttled.inc_by(throttled - state.throttled);
+                state.throttled = throttled;
+            }
+            self.metrics.waiting.set(state.dispatch.waiting() as i64);
+            self.metrics
+                .running
+                .set(i64::from(state.dispatch.running()));
             (polled.start, polled.wake)
         };
         self.all_waiting
             .fetch_sub(start.len() as u64, Ordering::AcqRel);
-        for (key, slot) in start {
+        for started in start {
+            self.metrics
+                .wait_seconds
+                .observe(started.waited.as_secs_f64());
             let turn = Turn {
                 queue: self.clone(),
-                key,
+                key: started.key,
             };
             // A place dropped meanwhile drops its turn, which ends it.
-            let _ = slot.turn.send(turn);
+            let _ = started.item.turn.send(turn);
         }
         wake
+    }
+
+    /// The queue as it is now: app.toml's, with the run-time limits.
+    pub(crate) fn config(&self) -> Arc<QueueConfig> {
+        self.state().config.clone()
+    }
+
+    /// What it holds and did, now.
+    pub(crate) fn stats(&self) -> QueueStats {
+        let now = Instant::now();
+        let mut state = self.state();
+        let second = now.duration_since(self.made).as_secs();
+        QueueStats {
+            config: state.config.clone(),
+            settings: state.settings.clone(),
+            waiting: state.dispatch.waiting() as u64,
+            delayed: state.dispatch.delayed() as u64,
+            running: state.dispatch.running(),
+            started: state.started,
+            started_per_second: state.recent.per_second(second),
+            throttled: state.dispatch.throttled(),
+            oldest_wait: state.dispatch.oldest_wait(now),
+            keys: state.dispatch.keys() as u64,
+            top_keys: state
+                .dispatch
+                .top_keys(TOP_KEYS + 1)
+                .into_iter()
+                .filter(|load| !load.key.is_empty())
+                .take(TOP_KEYS)
+                .map(|load| (load.key.to_string(), load.waiting as u64, load.running))
+                .collect(),
+        }
+    }
+
+    /// The settings it would have after `change`, checked: an error names
+    /// the field. Nothing changes until [`Queue::apply`].
+    pub(crate) fn planned(&self, change: impl FnOnce(&mut Settings)) -> Result<Settings, String> {
+        let mut settings = self.state().settings.clone();
+        change(&mut settings);
+        settings.limits.applied(&self.base)?;
+        Ok(settings)
+    }
+
+    /// Makes `settings` the queue's (checked by [`Queue::planned`], or read
+    /// back from storage at start); a bad one is refused, naming the field.
+    pub(crate) fn apply(self: &Arc<Self>, settings: Settings) -> Result<(), String> {
+        let config = settings.limits.applied(&self.base)?;
+        {
+            let mut state = self.state();
+            state.dispatch.set_rules(rules(&config), Instant::now());
+            state.dispatch.set_paused(settings.paused);
+            state.config = Arc::new(config);
+            state.settings = settings;
+        }
+        self.poll(false);
+        Ok(())
+    }
+
+    /// Counts a task of the queue kept as a dead letter.
+    pub(crate) fn count_dead(&self) {
+        self.metrics.dead.inc();
     }
 }
 
@@ -313,12 +567,13 @@ impl Drop for Waiting {
             return;
         }
         let removed = {
-            let mut state = self
-                .queue
-                .state
-                .lock()
-                .expect("a queue's lock is never poisoned");
-            state.dispatch.remove(self.ticket, Instant::now())
+            let mut state = self.queue.state();
+            let removed = state.dispatch.remove(self.ticket, Instant::now());
+            self.queue
+                .metrics
+                .waiting
+                .set(state.dispatch.waiting() as i64);
+            removed
         };
         if removed.is_some() {
             self.queue.all_waiting.fetch_sub(1, Ordering::AcqRel);
@@ -334,16 +589,19 @@ pub(crate) struct Turn {
     key: Arc<str>,
 }
 
+impl Turn {
+    /// The queue it is a turn of.
+    pub(crate) fn queue(&self) -> &Arc<Queue> {
+        &self.queue
+    }
+}
+
 impl Drop for Turn {
     fn drop(&mut self) {
-        {
-            let mut state = self
-                .queue
-                .state
-                .lock()
-                .expect("a queue's lock is never poisoned");
-            state.dispatch.finished(&self.key, Instant::now());
-        }
+        self.queue
+            .state()
+            .dispatch
+            .finished(&self.key, Instant::now());
         self.queue.poll(false);
     }
 }
@@ -353,11 +611,14 @@ mod tests {
     use super::*;
 
     fn queues(concurrency: Option<u32>, max_waiting: u64) -> Queues {
-        Queues::new(&[QueueConfig {
-            concurrency,
-            max_waiting,
-            ..QueueConfig::unbounded("q")
-        }])
+        Queues::new(
+            &[QueueConfig {
+                concurrency,
+                max_waiting,
+                ..QueueConfig::unbounded("q")
+            }],
+            QueueMetrics::default(),
+        )
     }
 
     fn placement() -> Placement {
@@ -424,11 +685,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_dedupe_queue_answers_with_the_waiting_task_of_the_key() {
-        let queues = Queues::new(&[QueueConfig {
-            concurrency: Some(1),
-            dedupe: true,
-            ..QueueConfig::unbounded("q")
-        }]);
+        let queues = Queues::new(
+            &[QueueConfig {
+                concurrency: Some(1),
+                dedupe: true,
+                ..QueueConfig::unbounded("q")
+            }],
+            QueueMetrics::default(),
+        );
         let queue = queues.get("q").unwrap();
         let keyed = Placement {
             key: Some("acme".into()),

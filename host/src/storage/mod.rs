@@ -1,15 +1,17 @@
 //! What outlives a task's instance and the host process, in one embedded
 //! database: key-value state ([`KvStore`]: `wasi:keyvalue`, `taskhost kv`),
 //! durable tasks ([`TaskStore`]: `durable = true`, run again after a
-//! crash) and schedules' progress ([`ScheduleStore`]: `catch_up`, pauses,
-//! schedules guests added).
+//! crash), schedules' progress ([`ScheduleStore`]: `catch_up`, pauses,
+//! schedules guests added) and queues' state ([`QueueStore`]: settings
+//! changed at run time, dead letters).
 //!
 //! [`Storage`] is the seam between the host and its backends: a value of
-//! three handles, one per trait, given to the host when it launches. Each
+//! four handles, one per trait, given to the host when it launches. Each
 //! part of the host uses only the handle it needs, and each handle may
-//! have its own backend: on one host all three are an SQLite file
+//! have its own backend: on one host all four are an SQLite file
 //! ([`SqliteStore`]); in a cluster key-value state and durable tasks are
-//! on JetStream while schedules' progress stays in the file. Their calls
+//! on JetStream while schedules' progress and queues' state stay in the
+//! file. Their calls
 //! return futures: SQLite's run on the store's own thread, so a lock held
 //! from outside stalls only the tasks that wait for storage, never their
 //! workers' other tasks.
@@ -38,6 +40,7 @@
 
 pub mod contract;
 pub mod kv;
+pub mod queues;
 pub mod schedules;
 mod sqlite;
 pub mod tasks;
@@ -46,6 +49,7 @@ pub use kv::{
     BadBucket, BucketId, BucketStats, KeyPage, KvError, KvFuture, KvLimits, KvStore, Swap,
     Versioned,
 };
+pub use queues::{DeadLetter, QueueStore, StoredLetter};
 pub use schedules::{ScheduleMark, ScheduleStore};
 pub use sqlite::{DATABASE_FILE, SqliteStore, StorageMetrics, StoreOptions};
 use std::sync::Arc;
@@ -74,27 +78,30 @@ pub struct Storage {
     kv: Arc<dyn KvStore>,
     tasks: Arc<dyn TaskStore>,
     schedules: Arc<dyn ScheduleStore>,
+    queues: Arc<dyn QueueStore>,
 }
 
 impl Storage {
-    /// Storage over the three backends given; [`Storage::sqlite`] puts all
-    /// three in one file.
+    /// Storage over the backends given; [`Storage::sqlite`] puts them all
+    /// in one file.
     pub fn new(
         kv: Arc<dyn KvStore>,
         tasks: Arc<dyn TaskStore>,
         schedules: Arc<dyn ScheduleStore>,
+        queues: Arc<dyn QueueStore>,
     ) -> Storage {
         Storage {
             kv,
             tasks,
             schedules,
+            queues,
         }
     }
 
-    /// All three in one SQLite store.
+    /// All of them in one SQLite store.
     pub fn sqlite(store: SqliteStore) -> Storage {
         let store = Arc::new(store);
-        Storage::new(store.clone(), store.clone(), store)
+        Storage::new(store.clone(), store.clone(), store.clone(), store)
     }
 
     /// Key-value state (`wasi:keyvalue`, `taskhost kv`).
@@ -110,6 +117,11 @@ impl Storage {
     /// Schedules' progress and the schedules guests added.
     pub fn schedules(&self) -> &Arc<dyn ScheduleStore> {
         &self.schedules
+    }
+
+    /// Queues' run-time settings and dead letters.
+    pub fn queues(&self) -> &Arc<dyn QueueStore> {
+        &self.queues
     }
 
     /// This storage with `kv` and `tasks` in place of its own: a cluster's

@@ -400,8 +400,15 @@ impl WorkerCtx {
             .queues
             .get(&placement.queue)
             .map_err(AddTaskError::Invalid)?;
-        // Checked before it takes a place: a refused task leaves none.
+        // Checked before it takes a place: a refused task leaves none (a
+        // name taken meanwhile is still refused at registration, which
+        // gives the place back).
         self.check(&spec.name, &spec.factory, &spec.args)?;
+        if let Some(name) = &spec.name
+            && self.registry.get_by_name(name).is_some()
+        {
+            return Err(RegisterError::DuplicateName(name.clone()).into());
+        }
         let id = next_task_id();
         let owner = Owner {
             worker: self.id,
@@ -411,6 +418,7 @@ impl WorkerCtx {
         match queue.enter(&placement, &spec.args, owner) {
             Err(Refused::Full(limit)) => Err(RegisterError::from(limit).into()),
             Err(Refused::Invalid(why)) => Err(AddTaskError::Invalid(why)),
+            Err(Refused::Draining(why)) => Err(AddTaskError::Draining(why)),
             Ok(Entered::Existing(owner)) => {
                 let handle = self
                     .env
@@ -445,6 +453,48 @@ impl WorkerCtx {
                 };
                 Ok((added, handle))
             }
+        }
+    }
+
+    /// Keeps `letter` in `queue`'s dead letters (at most its `max_dead`).
+    /// A store that refuses it is logged with the letter, so nothing is
+    /// lost without a trace.
+    async fn keep_dead(&self, queue: &crate::queues::Queue, letter: &crate::storage::DeadLetter) {
+        let keep = queue.config().max_dead;
+        match self
+            .env
+            .storage
+            .queues()
+            .add_dead(queue.name(), letter, keep)
+            .await
+        {
+            Ok((id, dropped)) => {
+                queue.count_dead();
+                tracing::info!(
+                    queue = &**queue.name(),
+                    dead_letter = id,
+                    task_id = letter.task_id,
+                    "queue {}: task {} failed its last attempt; kept as dead letter {id} \
+                     (`taskhost dead retry {id}` submits it again)",
+                    queue.name(),
+                    letter.task_id
+                );
+                if dropped > 0 {
+                    tracing::warn!(
+                        queue = &**queue.name(),
+                        dropped,
+                        "queue {}: {dropped} oldest dead letter(s) dropped to keep max_dead = \
+                         {keep}",
+                        queue.name()
+                    );
+                }
+            }
+            Err(error) => tracing::error!(
+                queue = &**queue.name(),
+                "queue {}: cannot keep a dead letter ({error:#}): {}",
+                queue.name(),
+                serde_json::to_string(letter).unwrap_or_default()
+            ),
         }
     }
 
@@ -597,9 +647,11 @@ impl WorkerCtx {
             // A queued task first waits for its queue's turn, then for room
             // on its worker (`tasks_per_worker`); a cancel meanwhile ends it
             // without an instance ever being made.
-            let mut _turn = None;
+            let mut turn = None;
+            let mut placed = None;
             let mut registered = registered;
             if let Some(waiting) = waiting {
+                placed = Some((waiting.key().map(str::to_string), waiting.priority()));
                 let admitted = async {
                     let mut waiting = waiting;
                     let turn = waiting.turn().await;
@@ -608,7 +660,7 @@ impl WorkerCtx {
                     turn
                 };
                 tokio::select! {
-                    turn = admitted => _turn = Some(turn),
+                    given = admitted => turn = Some(given),
                     () = task_handle.signal().cancelled() => {
                         let outcome = Outcome::Cancelled { stage: CancelStage::Cooperative };
                         worker.announce(|| LifecycleEvent::Cancelled {
@@ -715,6 +767,28 @@ impl WorkerCtx {
                     ident.label()
                 );
             }
+            // A queued task that failed its last attempt is kept in its
+            // queue's dead letters, before its end is told to anyone.
+            if let (Some(turn), Some((key, priority)), Outcome::Failed { error }) =
+                (&turn, placed, &outcome)
+            {
+                let letter = crate::storage::DeadLetter {
+                    plugin: plugin.name.to_string(),
+                    factory: ident.factory.to_string(),
+                    args: serde_json::from_str(&args).unwrap_or(serde_json::Value::Null),
+                    name: ident.name.clone(),
+                    key,
+                    priority,
+                    retry: retry.as_ref().map(|policy| policy.spec()),
+                    error: error.clone(),
+                    attempts: attempt,
+                    failed_at: chrono::Utc::now()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    worker: worker.id,
+                    task_id: ident.id,
+                };
+                worker.keep_dead(turn.queue(), &letter).await;
+            }
             let elapsed_ms = lifecycle::millis(begun.elapsed());
             worker.announce(|| {
                 let task = TaskRef::from(&*ident);
@@ -738,6 +812,9 @@ impl WorkerCtx {
             });
             worker.env.metrics.record_end(&outcome);
             worker.registry.finish(ident.id, outcome);
+            // The queue's share goes back once the end is told, so no log
+            // shows more of the queue's tasks running than it allows.
+            drop(turn);
         };
         self.env.tracker.spawn_on(
             async move { supervisor.supervise(task).await },

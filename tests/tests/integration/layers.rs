@@ -25,10 +25,10 @@ const LAYERS: &[&[&str]] = &[
         "metrics",
         "compile_cache",
         "storage",
-        "queues",
         "connection_hub",
     ],
     &[
+        "queues",
         "logging",
         "engine",
         "serve",

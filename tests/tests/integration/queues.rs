@@ -697,3 +697,228 @@ fn bad_queue_options_are_refused_naming_the_field_and_nothing_waits() {
     assert_eq!(tasks, serde_json::json!([]), "nothing half-queued: {tasks}");
     host.stop();
 }
+
+/// `taskhost queues --json`'s entry for `name`.
+fn queue_of(app: &TestApp, name: &str) -> Value {
+    let queues = json_of(&app.cli(&["queues", "--json"]).ok());
+    queues
+        .as_array()
+        .and_then(|all| all.iter().find(|q| q["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no queue {name} in {queues}"))
+}
+
+#[test]
+fn a_queue_is_paused_drained_and_its_limits_changed_at_run_time_and_kept_across_restarts() {
+    let app = TestApp::new(
+        r#"
+        name = "steered"
+        [plugins.kit]
+        path = "{testkit}"
+        [[queues]]
+        name = "api"
+        concurrency = 2
+        per_key = 1
+        "#,
+    );
+    let mut host = app.spawn();
+    host.wait_until_serving();
+    app.cli(&["queue", "pause", "api"]).ok();
+    for key in ["a", "a", "b"] {
+        app.cli(&[
+            "add",
+            "kit",
+            "nap",
+            "--args",
+            r#"{"ms": 1}"#,
+            "--queue",
+            "api",
+            "--key",
+            key,
+        ])
+        .ok();
+    }
+    // Paused: all three wait, none runs, whatever the timing.
+    let paused = queue_of(&app, "api");
+    assert_eq!(paused["paused"], true, "{paused}");
+    assert_eq!(
+        (paused["waiting"].as_u64(), paused["running"].as_u64()),
+        (Some(3), Some(0))
+    );
+    assert_eq!(paused["top_keys"][0]["key"], "a", "{paused}");
+    assert_eq!(paused["top_keys"][0]["waiting"], 2, "{paused}");
+    let table = app.cli(&["queues"]).ok();
+    assert!(table.stdout.contains("paused"), "{}", table.dump());
+
+    // Limits change at run time, each field on its own; bad ones are
+    // refused naming the field.
+    let set = json_of(
+        &app.cli(&[
+            "queue",
+            "set",
+            "api",
+            "--concurrency",
+            "5",
+            "--rate",
+            "50/s",
+            "--json",
+        ])
+        .ok(),
+    );
+    assert_eq!(set["limits"]["concurrency"], 5, "{set}");
+    assert_eq!(set["limits"]["per_key"], 1, "app.toml's stays: {set}");
+    assert_eq!(set["limits"]["rate"], "50/s", "{set}");
+    let bad = app.cli(&["queue", "set", "api", "--rate", "10 per s"]);
+    assert_eq!(bad.code, Some(1), "{}", bad.dump());
+    assert!(
+        bad.stderr
+            .contains("queue `api`: `rate`: \"10 per s\" is not a rate"),
+        "{}",
+        bad.dump()
+    );
+    let unknown = app.cli(&["queue", "pause", "nope"]);
+    assert!(
+        unknown.stderr.contains("no queue named `nope`"),
+        "{}",
+        unknown.dump()
+    );
+
+    app.cli(&["queue", "resume", "api"]).ok();
+    host.wait_for(3, |l| l["event"] == "done");
+
+    // Draining: a submission is refused (409), naming the way back.
+    app.cli(&["queue", "drain", "api"]).ok();
+    let refused = app.cli(&[
+        "add",
+        "kit",
+        "nap",
+        "--args",
+        r#"{"ms": 1}"#,
+        "--queue",
+        "api",
+        "--key",
+        "c",
+    ]);
+    assert_eq!(refused.code, Some(1), "{}", refused.dump());
+    assert!(
+        refused.stderr.contains(
+            "queue `api` is draining: it takes no new task until `taskhost queue resume api`"
+        ),
+        "{}",
+        refused.dump()
+    );
+    host.stop();
+
+    // A restart keeps the drain and the limits set at run time.
+    let mut host = app.spawn();
+    host.wait_until_serving();
+    let kept = queue_of(&app, "api");
+    assert_eq!(kept["draining"], true, "{kept}");
+    assert_eq!(kept["limits"]["concurrency"], 5, "{kept}");
+    assert_eq!(kept["changed"]["rate"], "50/s", "{kept}");
+    let reset = json_of(&app.cli(&["queue", "reset", "api", "--json"]).ok());
+    assert_eq!(reset["draining"], false, "{reset}");
+    assert_eq!(
+        reset["limits"]["concurrency"], 2,
+        "app.toml's again: {reset}"
+    );
+    assert!(reset["limits"]["rate"].is_null(), "{reset}");
+    assert!(reset["changed"].is_null(), "{reset}");
+    host.stop();
+}
+
+#[test]
+fn a_queued_task_that_fails_its_last_attempt_is_a_dead_letter_to_retry_or_discard() {
+    let app = TestApp::new(
+        r#"
+        name = "dead"
+        [plugins.kit]
+        path = "{testkit}"
+        [[queues]]
+        name = "jobs"
+        "#,
+    );
+    let mut host = app.spawn();
+    host.wait_until_serving();
+    app.cli(&[
+        "add",
+        "kit",
+        "fail",
+        "--args",
+        r#"{"reason": "no such customer"}"#,
+        "--name",
+        "job",
+        "--queue",
+        "jobs",
+        "--key",
+        "acme",
+        "--priority",
+        "7",
+        "--retry",
+        "2",
+    ])
+    .ok();
+    host.wait_for(1, |l| l["event"] == "failed" && l["task"] == "job");
+    let page = json_of(&app.cli(&["dead", "jobs", "--json"]).ok());
+    let letter = &page["letters"][0];
+    assert_eq!(letter["queue"], "jobs", "{page}");
+    assert_eq!(letter["factory"], "fail", "{page}");
+    assert_eq!(letter["error"], "no such customer", "{page}");
+    assert_eq!(letter["attempts"], 2, "both attempts were made: {page}");
+    assert_eq!(letter["key"], "acme", "{page}");
+    assert_eq!(letter["priority"], 7, "{page}");
+    assert_eq!(letter["retry"]["attempts"], 2, "{page}");
+    let first = letter["id"].as_u64().unwrap();
+    assert_eq!(queue_of(&app, "jobs")["dead"], 1);
+
+    // Its name is still taken by the failed task: a retry is refused and
+    // the letter stays; once purged, the retry runs it again.
+    let taken = app.cli(&["dead", "retry", &first.to_string()]);
+    assert_eq!(taken.code, Some(1), "{}", taken.dump());
+    assert_eq!(
+        json_of(&app.cli(&["dead", "--json"]).ok())["letters"][0]["id"],
+        first
+    );
+    app.cli(&["purge"]).ok();
+    app.cli(&["dead", "retry", &first.to_string()]).ok();
+    host.wait_for(2, |l| l["event"] == "failed" && l["task"] == "job");
+    let page = json_of(&app.cli(&["dead", "--json"]).ok());
+    let letters = page["letters"].as_array().unwrap();
+    assert_eq!(
+        letters.len(),
+        1,
+        "the retried letter went, its new failure came: {page}"
+    );
+    let second = letters[0]["id"].as_u64().unwrap();
+    assert!(second > first, "{page}");
+
+    let listed = app.cli(&["dead"]).ok();
+    assert!(
+        listed.stdout.contains("no such customer"),
+        "{}",
+        listed.dump()
+    );
+    app.cli(&["dead", "discard", &second.to_string()]).ok();
+    let empty = json_of(&app.cli(&["dead", "--json"]).ok());
+    assert_eq!(empty["letters"], serde_json::json!([]), "{empty}");
+    let missing = app.cli(&["dead", "discard", &second.to_string()]);
+    assert!(
+        missing.stderr.contains(&format!("no dead letter {second}")),
+        "{}",
+        missing.dump()
+    );
+
+    let (api, _) = taskhost_tests::Api::of(&app);
+    let metrics = api.get_text("/metrics");
+    for line in [
+        r#"taskhost_queue_dead_letters_total{queue="jobs"} 2"#,
+        r#"taskhost_queue_started_total{queue="jobs"} 2"#,
+        r#"taskhost_queue_waiting{queue="jobs"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
+    assert!(
+        metrics.contains("taskhost_queue_wait_seconds_bucket{"),
+        "{metrics}"
+    );
+    host.stop();
+}

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+mod queues;
 mod schedules;
 mod tasks;
 
@@ -41,8 +42,9 @@ pub const DATABASE_FILE: &str = "taskhost.sqlite3";
 const LEGACY_FILE: &str = "kv.sqlite3";
 
 /// The layout this build reads and writes (`PRAGMA user_version`): 1 had
-/// key-value state only, 2 adds durable tasks, 3 schedules.
-const SCHEMA_VERSION: i64 = 3;
+/// key-value state only, 2 adds durable tasks, 3 schedules, 4 queues'
+/// settings and dead letters.
+const SCHEMA_VERSION: i64 = 4;
 
 /// Values are blobs in a rowid table (SQLite keeps big blobs out of the
 /// key's b-tree that way); `buckets` keeps each bucket's key and byte
@@ -100,6 +102,20 @@ CREATE TABLE schedules (
     paused INTEGER NOT NULL DEFAULT 0,
     spec TEXT
 );
+";
+
+/// Queues' run-time settings and dead letters (layout 4).
+const QUEUES_SCHEMA: &str = "
+CREATE TABLE queue_settings (
+    name TEXT PRIMARY KEY,
+    settings TEXT NOT NULL
+);
+CREATE TABLE dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    letter TEXT NOT NULL
+);
+CREATE INDEX dead_letters_by_queue ON dead_letters (queue, id);
 ";
 
 /// How a store is opened: the key-value limits, whether commits wait for
@@ -287,21 +303,27 @@ impl SqliteStore {
         match version {
             0 => conn
                 .execute_batch(&format!(
-                    "BEGIN; {SCHEMA} {TASKS_SCHEMA} {SCHEDULES_SCHEMA} \
+                    "BEGIN; {SCHEMA} {TASKS_SCHEMA} {SCHEDULES_SCHEMA} {QUEUES_SCHEMA} \
                      PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .with_context(|| format!("{file}: cannot create the tables"))?,
             1 => conn
                 .execute_batch(&format!(
-                    "BEGIN; {TASKS_SCHEMA} {SCHEDULES_SCHEMA} \
+                    "BEGIN; {TASKS_SCHEMA} {SCHEDULES_SCHEMA} {QUEUES_SCHEMA} \
                      PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .with_context(|| format!("{file}: cannot add the durable task table"))?,
             2 => conn
                 .execute_batch(&format!(
-                    "BEGIN; {SCHEDULES_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {SCHEDULES_SCHEMA} {QUEUES_SCHEMA} \
+                     PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .with_context(|| format!("{file}: cannot add the schedule table"))?,
+            3 => conn
+                .execute_batch(&format!(
+                    "BEGIN; {QUEUES_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .with_context(|| format!("{file}: cannot add the queue tables"))?,
             SCHEMA_VERSION => {}
             newer => bail!(
                 "{file}: written by a newer taskhost (layout {newer}; this one reads layout \
