@@ -442,6 +442,36 @@ fn print_check(application: &Application, from: std::time::SystemTime) {
         .count();
     let worker = config.tasks.len() - main;
     outln!("  tasks: {main} main, {worker} per worker");
+    for queue in &config.queues {
+        let mut limits = vec![format!("max_waiting {}", queue.max_waiting)];
+        if let Some(n) = queue.concurrency {
+            limits.push(format!("concurrency {n}"));
+        }
+        if let Some(n) = queue.per_key {
+            limits.push(format!("per_key {n}"));
+        }
+        if let Some(path) = &queue.key_arg {
+            limits.push(format!("key from argument {}", path.join(".")));
+        }
+        if let Some(rate) = queue.rate {
+            limits.push(format!("rate {rate} (burst {})", rate.burst));
+        }
+        if let Some(rate) = queue.key_rate {
+            limits.push(format!("key_rate {rate} (burst {})", rate.burst));
+        }
+        match queue.ageing {
+            Some(every) => limits.push(format!("ageing {}", humantime::format_duration(every))),
+            None => limits.push("strict priorities".into()),
+        }
+        if queue.dedupe {
+            limits.push("dedupe".into());
+        }
+        outln!(
+            "  queue {}: {}",
+            crate::logging::escape_controls(&queue.name, false),
+            limits.join(", ")
+        );
+    }
     for schedule in &config.schedules {
         let next: Vec<String> = schedule
             .when
@@ -450,11 +480,15 @@ fn print_check(application: &Application, from: std::time::SystemTime) {
             .map(crate::config::tick_label)
             .collect();
         outln!(
-            "  schedule {} ({}/{}, {}): next {}",
+            "  schedule {} ({}/{}, {}{}): next {}",
             schedule.name,
             schedule.plugin,
             schedule.factory,
             schedule.when,
+            match &schedule.queue {
+                Some(placement) => format!(", queue {}", placement.queue),
+                None => String::new(),
+            },
             if next.is_empty() {
                 "never".to_string()
             } else {

@@ -513,7 +513,7 @@ impl Scheduler {
                     ),
                 }),
                 connection: None,
-                queue: None,
+                queue: config.queue.clone(),
             };
             match worker.start_task(plugin.clone(), spec).await {
                 Ok(handle) => started.push((worker, handle, name.clone())),
@@ -617,6 +617,12 @@ impl Scheduler {
                 "no plugin named `{}`",
                 config.plugin
             )));
+        }
+        if let Some(placement) = &config.queue {
+            self.env
+                .queues
+                .get(&placement.queue)
+                .map_err(ScheduleError::Invalid)?;
         }
         let _adding = self.adding.lock().await;
         if let Some(existing) = self.lock().get(&config.name)

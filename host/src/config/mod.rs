@@ -548,6 +548,15 @@ impl AppConfig {
             if schedules.iter().any(|s| s.name == schedule.name) {
                 bail!("{}: another schedule has that name", at(&spec.name));
             }
+            if let Some(placement) = &schedule.queue {
+                queues::check_named(&queues, &placement.queue)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", at(&spec.name)))?;
+                let queue = queues.iter().find(|q| q.name == placement.queue);
+                if let Some(queue) = queue {
+                    key_of(queue, placement.key.as_deref(), &schedule.args)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", at(&spec.name)))?;
+                }
+            }
             schedules.push(schedule);
         }
         let mut routes = Vec::new();

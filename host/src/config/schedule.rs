@@ -69,6 +69,16 @@ pub struct ScheduleSpec {
     /// across a crash.
     #[serde(default)]
     pub durable: bool,
+    /// Each run's task waits in this queue (`[[queues]]`) until the queue
+    /// lets it start; not with `durable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Each run's task's key in its queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Each run's task's priority in its queue (-100 to 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
 }
 
 /// Where a tick's task runs.
@@ -242,6 +252,8 @@ pub struct ScheduleConfig {
     pub retry: Option<RetryPolicy>,
     /// Each run's task is durable (`durable = true`).
     pub durable: bool,
+    /// The queue each run's task waits in, with its key and priority.
+    pub queue: Option<super::Placement>,
     /// As written: how a schedule a guest added is stored.
     pub spec: ScheduleSpec,
 }
@@ -323,6 +335,21 @@ impl ScheduleSpec {
             .map(RetrySpec::policy)
             .transpose()
             .context("`retry`")?;
+        let queue = super::QueueOptions {
+            queue: self.queue.as_deref(),
+            key: self.key.as_deref(),
+            priority: self.priority,
+            delay: None,
+            run_at: None,
+        }
+        .placement()
+        .map_err(anyhow::Error::msg)?;
+        if queue.is_some() && self.durable {
+            bail!(
+                "a durable run cannot wait in a queue (queued tasks are kept in memory): drop \
+                 `queue` (and `key`, `priority`) or `durable`"
+            );
+        }
         Ok(ScheduleConfig {
             name: self.name.clone(),
             plugin,
@@ -335,6 +362,7 @@ impl ScheduleSpec {
             catch_up: self.catch_up,
             retry,
             durable: self.durable,
+            queue,
             spec: self.clone(),
         })
     }

@@ -922,3 +922,106 @@ fn a_queued_task_that_fails_its_last_attempt_is_a_dead_letter_to_retry_or_discar
     );
     host.stop();
 }
+
+#[test]
+fn a_schedules_runs_wait_in_its_queue_and_a_bad_schedule_queue_is_refused_at_check() {
+    let app = TestApp::new(
+        r#"
+        name = "scheduled"
+        [plugins.kit]
+        path = "{testkit}"
+        [[queues]]
+        name = "nightly"
+        per_key = 1
+        [[schedules]]
+        name = "report"
+        plugin = "kit"
+        factory = "nap"
+        args = { ms = 1 }
+        cron = "0 3 * * *"
+        queue = "nightly"
+        key = "reports"
+        priority = 9
+        "#,
+    );
+    let check = app.run_taskhost(&["check"]);
+    assert_eq!(check.code, Some(0), "{}", check.dump());
+    assert!(
+        check
+            .stdout
+            .contains("schedule report (kit/nap, cron \"0 3 * * *\" (UTC), queue nightly)"),
+        "{}",
+        check.dump()
+    );
+    assert!(
+        check.stdout.contains(", queue nightly)"),
+        "{}",
+        check.dump()
+    );
+    assert!(
+        check
+            .stdout
+            .contains("queue nightly: max_waiting 10000, per_key 1"),
+        "{}",
+        check.dump()
+    );
+
+    let mut host = app.spawn();
+    host.wait_until_serving();
+    app.cli(&["queue", "pause", "nightly"]).ok();
+    app.cli(&["schedule", "trigger", "report"]).ok();
+    host.wait_for(1, |l| l["event"] == "queued");
+    let queued = json_of(&app.cli(&["tasks", "--json"]).ok());
+    assert_eq!(queued[0]["state"], "queued", "{queued}");
+    assert_eq!(queued[0]["queue"], "nightly", "{queued}");
+    app.cli(&["queue", "resume", "nightly"]).ok();
+    host.wait_for(1, |l| l["event"] == "done");
+    let run = host.stop();
+    let line = run.events("queued")[0].clone();
+    assert_eq!(
+        (line["key"].as_str(), line["priority"].as_i64()),
+        (Some("reports"), Some(9))
+    );
+
+    for (extra, expected) in [
+        ("queue = \"nope\"", "no queue named `nope`"),
+        (
+            "queue = \"nightly\"\ndurable = true",
+            "a durable run cannot wait in a queue",
+        ),
+        (
+            "queue = \"nightly\"",
+            "queue `nightly` goes by key (`per_key`)",
+        ),
+    ] {
+        app.rewrite(&format!(
+            r#"
+            name = "scheduled"
+            [plugins.kit]
+            path = "{{testkit}}"
+            [[queues]]
+            name = "nightly"
+            per_key = 1
+            [[schedules]]
+            name = "report"
+            plugin = "kit"
+            factory = "nap"
+            args = {{ ms = 1 }}
+            every = "1h"
+            {extra}
+            "#
+        ));
+        let check = app.run_taskhost(&["check"]);
+        assert_eq!(check.code, Some(2), "{extra}: {}", check.dump());
+        assert!(
+            check.stderr.contains("schedules[0] (\"report\")"),
+            "{}",
+            check.dump()
+        );
+        assert!(
+            check.stderr.contains(expected),
+            "{expected}: {}",
+            check.dump()
+        );
+    }
+}
