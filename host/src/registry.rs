@@ -13,7 +13,7 @@ use crate::task::{
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 /// Ids come from one counter per process, so they are unique across every
@@ -226,9 +226,10 @@ struct Inner {
     /// Registered tasks that have not ended: kept as a count so the
     /// per-worker cap costs nothing per spawn.
     live: usize,
-    /// Ended tasks, oldest end first, for dropping the oldest past the
-    /// retention cap. May hold ids already forgotten; `stale` counts them.
-    ended: VecDeque<TaskId>,
+    /// Ended tasks and when they ended, oldest end first, for dropping the
+    /// oldest past the retention cap or age. May hold ids already
+    /// forgotten; `stale` counts them.
+    ended: VecDeque<(TaskId, Instant)>,
     /// Ids in `ended` whose tasks were forgotten since: they must not count
     /// against the cap, or every forgotten task (one per closed websocket
     /// connection) would push a listed one out early.
@@ -237,12 +238,19 @@ struct Inner {
 
 impl Inner {
     /// Drops the ended tasks that ended longest ago while more than
-    /// `retention` are listed.
-    fn evict(&mut self, retention: usize) {
-        while self.ended.len() - self.stale > retention {
-            let Some(oldest) = self.ended.pop_front() else {
-                break;
+    /// `retention` are listed, and those that ended `keep_for` ago or more.
+    fn evict(&mut self, retention: usize, keep_for: Option<Duration>) {
+        let now = keep_for.map(|_| Instant::now());
+        while let Some(&(oldest, ended_at)) = self.ended.front() {
+            let over = self.ended.len() - self.stale > retention;
+            let old = match (keep_for, now) {
+                (Some(keep_for), Some(now)) => now.saturating_duration_since(ended_at) >= keep_for,
+                _ => false,
             };
+            if !over && !old {
+                break;
+            }
+            self.ended.pop_front();
             if self.tasks.contains_key(&oldest) {
                 self.remove(oldest);
             } else {
@@ -273,6 +281,9 @@ pub struct TaskRegistry {
     cancel: Arc<CancelPolicy>,
     /// How many ended tasks stay listed (`[limits] ended_tasks_per_worker`).
     retention: usize,
+    /// How long an ended task stays listed (`[limits] keep_ended`); none:
+    /// until the count drops it or a purge.
+    keep_for: Option<Duration>,
     inner: Mutex<Inner>,
     /// Told when a live task ends: a queued task waiting for room on the
     /// worker (`tasks_per_worker`) tries again.
@@ -288,9 +299,28 @@ impl TaskRegistry {
             worker,
             cancel: Arc::new(cancel),
             retention: retention.max(1),
+            keep_for: None,
             inner: Mutex::default(),
             freed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// This registry, dropping ended tasks `keep_for` after they ended
+    /// (`[limits] keep_ended`): they are gone from every listing, and their
+    /// names free, from then on.
+    pub fn keeping_ended_for(mut self, keep_for: Option<Duration>) -> TaskRegistry {
+        self.keep_for = keep_for;
+        self
+    }
+
+    /// The lock, with the ended tasks past `keep_ended` dropped first, for
+    /// reads that list or find tasks.
+    fn current(&self) -> MutexGuard<'_, Inner> {
+        let mut inner = self.lock();
+        if self.keep_for.is_some() {
+            inner.evict(self.retention, self.keep_for);
+        }
+        inner
     }
 
     /// The worker whose tasks it holds.
@@ -321,7 +351,7 @@ impl TaskRegistry {
         ident: Arc<TaskIdent>,
         max_live: Option<usize>,
     ) -> Result<TaskHandle, RegisterError> {
-        let mut inner = self.lock();
+        let mut inner = self.current();
         if let Some(max_live) = max_live
             && inner.live >= max_live
         {
@@ -434,13 +464,13 @@ impl TaskRegistry {
                 *live -= 1;
                 self.freed.notify_one();
             }
-            ended.push_back(id);
+            ended.push_back((id, Instant::now()));
         }
         entry.info.state = outcome.state();
         entry.info.ended_at = Some(SystemTime::now());
         entry.info.outcome = Some(outcome);
         entry.ended.send_replace(Some(entry.info.state));
-        inner.evict(self.retention);
+        inner.evict(self.retention, self.keep_for);
     }
 
     /// Lists a task that ended before this host started (a durable task's
@@ -457,7 +487,7 @@ impl TaskRegistry {
         let id = info.ident.id;
         let signal = Arc::new(CancelSignal::default());
         let (ended, ended_rx) = watch::channel(Some(info.state));
-        inner.ended.push_back(id);
+        inner.ended.push_back((id, Instant::now()));
         inner.tasks.insert(
             id,
             Entry {
@@ -466,7 +496,7 @@ impl TaskRegistry {
                 ended,
             },
         );
-        inner.evict(self.retention);
+        inner.evict(self.retention, self.keep_for);
         Ok(TaskHandle {
             id,
             signal,
@@ -477,31 +507,35 @@ impl TaskRegistry {
 
     /// Every registered task, oldest first.
     pub fn snapshot(&self) -> Vec<TaskInfo> {
-        self.lock().tasks.values().map(|e| e.info.clone()).collect()
+        self.current()
+            .tasks
+            .values()
+            .map(|e| e.info.clone())
+            .collect()
     }
 
     /// A snapshot of task `id`, live or ended (until purged); none for another
     /// worker's task.
     pub fn get(&self, id: TaskId) -> Option<TaskInfo> {
-        self.lock().tasks.get(&id).map(|e| e.info.clone())
+        self.current().tasks.get(&id).map(|e| e.info.clone())
     }
 
     /// The task named `name`, live or ended (until purged).
     pub fn get_by_name(&self, name: &str) -> Option<TaskInfo> {
-        let inner = self.lock();
+        let inner = self.current();
         let id = inner.names.get(name)?;
         inner.tasks.get(id).map(|e| e.info.clone())
     }
 
     /// A handle to the task `id`, if it is listed.
     pub fn handle_of(&self, id: TaskId) -> Option<TaskHandle> {
-        let inner = self.lock();
+        let inner = self.current();
         inner.tasks.get(&id).map(|entry| self.handle(entry))
     }
 
     /// A handle on the task named `name`, live or ended (until purged).
     pub fn handle_by_name(&self, name: &str) -> Option<TaskHandle> {
-        let inner = self.lock();
+        let inner = self.current();
         let id = inner.names.get(name)?;
         inner.tasks.get(id).map(|entry| self.handle(entry))
     }
@@ -716,6 +750,27 @@ mod tests {
         let left: Vec<_> = registry.snapshot().iter().map(|i| i.ident.id).collect();
         assert_eq!(left, vec![live.id, ids[1], ids[2]]);
         assert!(registry.get_by_name("a").is_none(), "its name is free");
+    }
+
+    /// `keep_ended`: an ended task is listed until it is that old, then
+    /// gone from every read, its name free; live tasks stay.
+    #[test]
+    fn an_ended_task_older_than_keep_ended_is_dropped() {
+        let registry = TaskRegistry::new(WorkerId::Index(0), 100, CancelPolicy::default())
+            .keeping_ended_for(Some(Duration::from_millis(50)));
+        let live = registry.register_unbounded(ident(Some("live"))).unwrap();
+        let ended = registry.register_unbounded(ident(Some("ended"))).unwrap();
+        registry.finish(ended.id, Outcome::Failed { error: "x".into() });
+        assert!(registry.get(ended.id).is_some(), "listed while young");
+        // The time passing is what is tested: a slower machine waits longer.
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(registry.get(ended.id).is_none());
+        assert!(registry.get_by_name("ended").is_none());
+        let left: Vec<_> = registry.snapshot().iter().map(|i| i.ident.id).collect();
+        assert_eq!(left, vec![live.id]);
+        registry
+            .register_unbounded(ident(Some("ended")))
+            .expect("its name is free again");
     }
 
     /// A forgotten task (a closed connection's) does not count against

@@ -10,6 +10,7 @@
 mod connections;
 mod guests;
 mod mass;
+mod queues;
 mod raw;
 mod sanic;
 mod scaling;
@@ -868,6 +869,10 @@ async fn main() {
     }
     if std::env::args().any(|arg| arg == "mass") {
         mass::run(&components).await;
+        return;
+    }
+    if std::env::args().any(|arg| arg == "queues") {
+        queues::run(&components).await;
         return;
     }
     println!("| measure | taskhost | raw wasmtime | ratio | target |");

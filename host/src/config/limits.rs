@@ -159,6 +159,20 @@ pub(super) const MAX_KV_VALUE_BYTES: usize = 256 << 20;
 /// made from it.
 pub(super) const MAX_WASM_STACK_KB: usize = 1536;
 
+/// Reads `keep_ended`: a duration of at least 1 second, as text.
+fn keep_ended<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    match humantime::parse_duration(&text) {
+        Ok(keep) if keep >= std::time::Duration::from_secs(1) => Ok(Some(keep)),
+        _ => Err(serde::de::Error::custom(format!(
+            "`keep_ended` = {text:?} is not a duration of at least 1s such as \"1h\" or \"30m\" \
+             (ended tasks stay listed that long; `ended_tasks_per_worker` bounds their count)"
+        ))),
+    }
+}
+
 /// The app-wide `[limits]` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -195,6 +209,11 @@ pub struct Limits {
     /// ended ones are dropped, so a stream of short tasks cannot grow the
     /// registry without end.
     pub ended_tasks_per_worker: usize,
+    /// How long an ended task stays listed (`keep_ended = "1h"`): past it
+    /// it is dropped as a purge would, whatever the count. None (the
+    /// default): until `ended_tasks_per_worker` or a purge drops it.
+    #[serde(deserialize_with = "keep_ended")]
+    pub keep_ended: Option<std::time::Duration>,
     /// Longest log line a task may emit, in bytes; longer ones are cut.
     pub log_line_bytes: usize,
     /// Log lines per second a task may emit, sustained (a token bucket);
@@ -257,6 +276,7 @@ impl Default for Limits {
             tasks_per_worker: 10_000,
             tasks_per_app: 100_000,
             ended_tasks_per_worker: 10_000,
+            keep_ended: None,
             log_line_bytes: 16 * 1024,
             log_lines_per_second: 1000,
             log_burst_lines: 2000,
@@ -542,6 +562,23 @@ mod tests {
             app.for_task(&PluginLimits::default()).memory_bytes,
             64 << 20
         );
+    }
+
+    #[test]
+    fn keep_ended_is_a_duration_of_a_second_or_more() {
+        let read = |text: &str| toml::from_str::<Limits>(text);
+        assert_eq!(
+            read("keep_ended = \"1h\"").unwrap().keep_ended,
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(read("").unwrap().keep_ended, None);
+        for bad in ["keep_ended = \"soon\"", "keep_ended = \"10ms\""] {
+            let error = read(bad).unwrap_err().to_string();
+            assert!(
+                error.contains("is not a duration of at least 1s"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

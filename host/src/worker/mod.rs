@@ -940,7 +940,8 @@ impl Worker {
                         grace: env.cancel_grace,
                         latency: env.metrics.cancel_latency(),
                     },
-                ),
+                )
+                .keeping_ended_for(env.app.limits.keep_ended),
                 runtime,
                 ready: ready::ReadyInstances::new(env.metrics.prepared.clone()),
                 env,

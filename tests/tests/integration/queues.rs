@@ -1025,3 +1025,50 @@ fn a_schedules_runs_wait_in_its_queue_and_a_bad_schedule_queue_is_refused_at_che
         );
     }
 }
+
+#[test]
+fn keep_ended_drops_an_ended_task_once_it_is_that_old_and_frees_its_name() {
+    let app = TestApp::new(
+        r#"
+        name = "kept"
+        [limits]
+        keep_ended = "1s"
+        [plugins.kit]
+        path = "{testkit}"
+        "#,
+    );
+    let mut host = app.spawn();
+    host.wait_until_serving();
+    app.cli(&[
+        "add",
+        "kit",
+        "nap",
+        "--args",
+        r#"{"ms": 1}"#,
+        "--name",
+        "short",
+    ])
+    .ok();
+    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "short");
+    let listed = json_of(&app.cli(&["tasks", "--json"]).ok());
+    let ended_at = listed[0]["ended_at_ms"].as_u64();
+    // The time passing is what is tested; a slower machine waits longer.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let now = json_of(&app.cli(&["tasks", "--json"]).ok());
+    assert_eq!(
+        now,
+        serde_json::json!([]),
+        "dropped after 1s (ended at {ended_at:?}): {now}"
+    );
+    app.cli(&[
+        "add",
+        "kit",
+        "nap",
+        "--args",
+        r#"{"ms": 1}"#,
+        "--name",
+        "short",
+    ])
+    .ok();
+    host.stop();
+}
