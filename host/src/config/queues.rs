@@ -354,9 +354,17 @@ impl LimitsChange {
             max_waiting: later.max_waiting.or(self.max_waiting),
             per_key: later.per_key.or(self.per_key),
             rate: later.rate.clone().or_else(|| self.rate.clone()),
-            burst: later.burst.or(self.burst),
+            // A new rate comes with its own burst (or app.toml's), not an
+            // older rate's.
+            burst: match later.rate {
+                Some(_) => later.burst,
+                None => later.burst.or(self.burst),
+            },
             key_rate: later.key_rate.clone().or_else(|| self.key_rate.clone()),
-            key_burst: later.key_burst.or(self.key_burst),
+            key_burst: match later.key_rate {
+                Some(_) => later.key_burst,
+                None => later.key_burst.or(self.key_burst),
+            },
         }
     }
 
@@ -410,6 +418,18 @@ impl LimitsChange {
                 (None, None) => Ok(current),
             }
         };
+        if config.key_arg.is_none()
+            && config.needs_key().is_none()
+            && (self.per_key.is_some_and(|n| n > 0)
+                || self.key_rate.as_deref().is_some_and(|rate| rate != "off"))
+        {
+            return Err(format!(
+                "queue `{}` takes tasks without a key (app.toml gives it no `key_arg`, \
+                 `per_key`, `key_rate` or `dedupe`): a per-key limit set now would refuse every \
+                 submission without a `key`; give the queue a `key_arg` in app.toml first",
+                config.name
+            ));
+        }
         changed.rate = rate("rate", &self.rate, "burst", self.burst, config.rate)?;
         changed.key_rate = rate(
             "key_rate",
@@ -522,10 +542,10 @@ pub(super) fn checked(raw: Vec<RawQueue>, file: &str) -> Result<Vec<QueueConfig>
             None => Some(DEFAULT_AGEING),
             Some("off") => None,
             Some(text) => match humantime::parse_duration(text) {
-                Ok(every) if every >= Duration::from_millis(1) => Some(every),
+                Ok(every) if every >= Duration::from_millis(1) && every <= MAX_DELAY => Some(every),
                 _ => bail!(
-                    "{at}: `ageing` {text:?} is not a duration of at least 1ms such as \"30s\" \
-                     or \"5m\", nor \"off\" (strict priorities)"
+                    "{at}: `ageing` {text:?} is not a duration from 1ms to 366 days such as \
+                     \"30s\" or \"5m\", nor \"off\" (strict priorities)"
                 ),
             },
         };
@@ -703,6 +723,54 @@ mod tests {
         assert!(error.to_string().contains("`key_arg`"), "{error}");
         let error = check("[[queues]]\nname = \"q\"\nageing = \"soon\"").unwrap_err();
         assert!(error.to_string().contains("`ageing`"), "{error}");
+    }
+
+    /// Review of 4cc60c0: `ageing = "500000000000y"` passed check, then
+    /// overflowed an instant and panicked under the queue's lock.
+    #[test]
+    fn ageing_is_bounded() {
+        let error = check("[[queues]]\nname = \"q\"\nageing = \"500000000000y\"").unwrap_err();
+        assert!(
+            error.to_string().contains("from 1ms to 366 days"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn limits_changed_at_run_time_add_up_and_a_new_rate_brings_its_own_burst() {
+        let base = QueueConfig {
+            rate: Some(Rate::parse("10/s", 2).unwrap()),
+            ..QueueConfig::unbounded("q")
+        };
+        let change = |text: &str| serde_json::from_str::<LimitsChange>(text).unwrap();
+        let all = change(r#"{"rate": "20/s", "burst": 5}"#)
+            .then(&change(r#"{"concurrency": 3}"#))
+            .then(&change(r#"{"rate": "30/s"}"#));
+        let applied = all.applied(&base).unwrap();
+        assert_eq!(applied.concurrency, Some(3));
+        assert_eq!(applied.rate.unwrap().to_string(), "30/s");
+        assert_eq!(
+            applied.rate.unwrap().burst,
+            2,
+            "app.toml's burst, not the older 5"
+        );
+        let off = change(r#"{"concurrency": 0, "rate": "off"}"#)
+            .applied(&base)
+            .unwrap();
+        assert_eq!((off.concurrency, off.rate), (None, None));
+        let keyed = change(r#"{"per_key": 2}"#).applied(&base).unwrap_err();
+        assert!(keyed.contains("takes tasks without a key"), "{keyed}");
+        let keyed_base = QueueConfig {
+            key_arg: Some(vec!["customer".into()]),
+            ..base.clone()
+        };
+        assert_eq!(
+            change(r#"{"per_key": 2}"#)
+                .applied(&keyed_base)
+                .unwrap()
+                .per_key,
+            Some(2)
+        );
     }
 
     #[test]

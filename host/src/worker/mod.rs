@@ -23,7 +23,7 @@ use crate::logging;
 use crate::metrics::Metrics;
 use crate::operations::types::{ErrorKind, OpError, Submission, Submitted};
 use crate::plugin::Plugin;
-use crate::queues::{Entered, Owner, Queues, Refused, Waiting};
+use crate::queues::{Entered, Owner, Queues, Refused, Turn, Waiting};
 use crate::registry::{AddTaskError, Added, RegisterError, TaskHandle, TaskRegistry, next_task_id};
 use crate::runner;
 use crate::task::{CancelPolicy, CancelStage, Outcome, TaskId, TaskIdent, WorkerId};
@@ -207,6 +207,20 @@ struct DurableRun {
     first_attempt: u32,
     key: Arc<str>,
 }
+
+/// A queued task's key and priority, for its dead letter.
+type KeyAndPriority = (Option<String>, i32);
+
+/// What a queued task runs at its turn: the future that runs it, made and
+/// boxed only then.
+type QueuedBody = Box<
+    dyn FnOnce(
+            Option<Turn>,
+            Option<KeyAndPriority>,
+            Instant,
+        ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send,
+>;
 
 /// Everything `start` needs, resolved.
 struct Launch {
@@ -643,15 +657,19 @@ impl WorkerCtx {
         let task_handle = handle.clone();
         let supervisor = handle.clone();
         let worker = self.clone();
-        let task = async move {
-            // A queued task first waits for its queue's turn, then for room
-            // on its worker (`tasks_per_worker`); a cancel meanwhile ends it
-            // without an instance ever being made.
-            let mut turn = None;
-            let mut placed = None;
-            let mut registered = registered;
-            if let Some(waiting) = waiting {
-                placed = Some((waiting.key().map(str::to_string), waiting.priority()));
+        // A queued task waits in a small future of its own (its place, its
+        // ids): the future that runs it, many KiB, is made and boxed only at
+        // its turn, so a waiting task holds about 1 KiB, not a running
+        // task's state (`-- queues` bench).
+        let waiter = waiting.map(|waiting| {
+            let ident = ident.clone();
+            let worker = self.clone();
+            let task_handle = task_handle.clone();
+            move |body: QueuedBody| async move {
+                // It waits for its queue's turn, then for room on its
+                // worker (`tasks_per_worker`); a cancel meanwhile ends it
+                // without an instance ever being made.
+                let placed = Some((waiting.key().map(str::to_string), waiting.priority()));
                 let admitted = async {
                     let mut waiting = waiting;
                     let turn = waiting.turn().await;
@@ -660,7 +678,10 @@ impl WorkerCtx {
                     turn
                 };
                 tokio::select! {
-                    given = admitted => turn = Some(given),
+                    turn = admitted => {
+                        // Its start is timed from its turn, not its wait.
+                        body(Some(turn), placed, Instant::now()).await;
+                    }
                     () = task_handle.signal().cancelled() => {
                         let outcome = Outcome::Cancelled { stage: CancelStage::Cooperative };
                         worker.announce(|| LifecycleEvent::Cancelled {
@@ -670,12 +691,13 @@ impl WorkerCtx {
                         });
                         worker.env.metrics.record_end(&outcome);
                         worker.registry.finish(ident.id, outcome);
-                        return;
                     }
                 }
-                // Its start is timed from its turn, not from its wait.
-                registered = Instant::now();
             }
+        });
+        let body = move |turn: Option<Turn>,
+                         placed: Option<KeyAndPriority>,
+                         registered: Instant| async move {
             let begun = Instant::now();
             let mut verdict = verdict;
             let mut attempt = durable.as_ref().map_or(1, |d| d.first_attempt);
@@ -816,10 +838,25 @@ impl WorkerCtx {
             // shows more of the queue's tasks running than it allows.
             drop(turn);
         };
-        self.env.tracker.spawn_on(
-            async move { supervisor.supervise(task).await },
-            &self.runtime,
-        );
+        match waiter {
+            Some(waiter) => {
+                let body: QueuedBody = Box::new(move |turn, placed, registered| {
+                    Box::pin(body(turn, placed, registered))
+                });
+                let task = waiter(body);
+                self.env.tracker.spawn_on(
+                    async move { supervisor.supervise(task).await },
+                    &self.runtime,
+                );
+            }
+            None => {
+                let task = body(None, None, registered);
+                self.env.tracker.spawn_on(
+                    async move { supervisor.supervise(task).await },
+                    &self.runtime,
+                );
+            }
+        }
         Ok(handle)
     }
 }
