@@ -312,33 +312,29 @@ pub(crate) struct QueueFlags {
     /// Wait in QUEUE (app.toml's [[queues]], or `default`) until the
     /// queue lets it start, instead of starting at once: its state is
     /// `queued` meanwhile, and it is refused only when QUEUE already
-    /// holds `max_waiting` tasks (docs/queues.md).
-    #[arg(long, value_name = "QUEUE", conflicts_with = "durable")]
+    /// holds `max_waiting` tasks (docs/queues.md). With --durable it
+    /// waits durably: a restart puts it back in QUEUE, keeping its time.
+    #[arg(long, value_name = "QUEUE")]
     queue: Option<String>,
     /// Its key in its queue: the queue's `per_key` and `key_rate` bound
     /// each key's tasks, keys take turns, and a `dedupe` queue starts
     /// nothing while KEY has a task waiting [default: from the queue's
     /// `key_arg`]. Without --queue: the `default` queue.
-    #[arg(long, value_name = "KEY", conflicts_with = "durable")]
+    #[arg(long, value_name = "KEY")]
     key: Option<String>,
     /// From -100 to 100; higher starts first, and a task waiting
     /// gains one each `ageing` of its queue [default: 0]. Without
     /// --queue: the `default` queue.
-    #[arg(
-        long,
-        value_name = "N",
-        allow_negative_numbers = true,
-        conflicts_with = "durable"
-    )]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     priority: Option<i64>,
     /// Start no sooner than DURATION from now (`30s`, `10m`, `2h`),
     /// waiting in its queue meanwhile. Without --queue: the `default`
     /// queue.
-    #[arg(long, value_name = "DURATION", conflicts_with_all = ["durable", "run_at"])]
+    #[arg(long, value_name = "DURATION", conflicts_with = "run_at")]
     delay: Option<String>,
     /// Start no sooner than TIME (RFC 3339: `2026-12-05T14:30:00Z`).
     /// Without --queue: the `default` queue.
-    #[arg(long, value_name = "TIME", conflicts_with = "durable")]
+    #[arg(long, value_name = "TIME")]
     run_at: Option<String>,
 }
 

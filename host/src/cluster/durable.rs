@@ -83,6 +83,9 @@ struct StoredTask {
     created_ms: u64,
     #[serde(default)]
     ended_ms: Option<u64>,
+    /// Where it waits before it starts, if it was submitted to a queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    queued: Option<crate::storage::Queued>,
 }
 
 const PENDING: &str = "pending";
@@ -109,6 +112,7 @@ impl StoredTask {
             cancel_requested: self.cancel_requested,
             created_ms: self.created_ms,
             ended_ms: self.ended_ms,
+            queued: self.queued.clone(),
         }
     }
 
@@ -441,7 +445,8 @@ impl DurableQueue {
             args: task.args.clone(),
             retry: task.retry.clone(),
             idempotency_key: task.idempotency_key.clone(),
-            attempt: 1,
+            // A queued task's first attempt is counted at its turn.
+            attempt: if task.queued.is_some() { 0 } else { 1 },
             state: PENDING.into(),
             result: None,
             error: None,
@@ -451,6 +456,7 @@ impl DurableQueue {
             lease_until_ms: 0,
             created_ms: now_ms(),
             ended_ms: None,
+            queued: task.queued.clone(),
         };
         let jetstream = jetstream::new(self.client.clone());
         // The key is the message id, so that JetStream takes one of two

@@ -502,12 +502,6 @@ impl AppConfig {
                     key_of(queue, placement.key.as_deref(), &task.args.to_string())
                         .map_err(|e| anyhow::anyhow!("{file}: {task}: {e}"))?;
                 }
-                if task.durable {
-                    bail!(
-                        "{file}: {task}: a durable task cannot wait in a queue: drop `queue` \
-                         or `durable` (queued tasks are kept in memory)"
-                    );
-                }
                 if task.scope == Scope::Main {
                     bail!(
                         "{file}: {task}: a `main` task runs before the workers and waits in \

@@ -474,12 +474,6 @@ impl RawRoute {
                 }
                 let respond = self.respond.unwrap_or(Respond::Accepted);
                 let durable = self.durable.unwrap_or(false);
-                if durable && self.queue.is_some() {
-                    bail!(
-                        "`durable = true` and `queue`: a durable task cannot wait in a queue \
-                         (queued tasks are kept in memory); drop one"
-                    );
-                }
                 if durable && respond == Respond::Result {
                     bail!(
                         "`durable = true` needs `respond = \"accepted\"`: a durable task may \

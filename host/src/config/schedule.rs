@@ -344,12 +344,6 @@ impl ScheduleSpec {
         }
         .placement()
         .map_err(anyhow::Error::msg)?;
-        if queue.is_some() && self.durable {
-            bail!(
-                "a durable run cannot wait in a queue (queued tasks are kept in memory): drop \
-                 `queue` (and `key`, `priority`) or `durable`"
-            );
-        }
         Ok(ScheduleConfig {
             name: self.name.clone(),
             plugin,

@@ -342,11 +342,15 @@ impl Queue {
     /// Takes a waiting place for the task `owner` with `args`, placed as
     /// `placement` says, or refuses it: past `max_waiting`, while the
     /// queue drains, or without the key the queue goes by.
+    /// A task put back by a restart (`resumed`: it was taken before) is
+    /// neither deduplicated nor refused past `max_waiting` or while the
+    /// queue drains: nothing taken is lost.
     pub(crate) fn enter(
         self: &Arc<Self>,
         placement: &Placement,
         args: &str,
         owner: Owner,
+        resumed: bool,
     ) -> Result<Entered, Refused> {
         let config = self.state().config.clone();
         let key = crate::config::key_of(&config, placement.key.as_deref(), args)
@@ -358,7 +362,7 @@ impl Queue {
         let (send, receive) = oneshot::channel();
         let ticket = {
             let mut state = self.state();
-            if state.settings.draining {
+            if state.settings.draining && !resumed {
                 return Err(Refused::Draining(format!(
                     "queue `{}` is draining: it takes no new task until `taskhost queue resume \
                      {}`",
@@ -366,12 +370,13 @@ impl Queue {
                 )));
             }
             if state.config.dedupe
+                && !resumed
                 && let Some(slot) = state.dispatch.waiting_of(&key)
             {
                 return Ok(Entered::Existing(slot.owner.clone()));
             }
             let max_waiting = state.config.max_waiting;
-            if state.dispatch.waiting() as u64 >= max_waiting {
+            if state.dispatch.waiting() as u64 >= max_waiting && !resumed {
                 return Err(Refused::Full(Limit {
                     what: format!(
                         "the waiting tasks of queue `{}` ([[queues]] max_waiting)",
@@ -639,7 +644,7 @@ mod tests {
     }
 
     fn enter(queue: &Arc<Queue>, id: u64) -> Waiting {
-        match queue.enter(&placement(), "null", owner(id)) {
+        match queue.enter(&placement(), "null", owner(id), false) {
             Ok(Entered::Waiting(waiting)) => waiting,
             _ => panic!("task {id} was not given a place"),
         }
@@ -652,7 +657,7 @@ mod tests {
         let _running = enter(queue, 0).turn().await;
         let first = enter(queue, 1);
         let _second = enter(queue, 2);
-        let Err(Refused::Full(refused)) = queue.enter(&placement(), "null", owner(3)) else {
+        let Err(Refused::Full(refused)) = queue.enter(&placement(), "null", owner(3), false) else {
             panic!("a third waiting place past max_waiting 2");
         };
         assert_eq!(refused.max, 2);
@@ -698,7 +703,7 @@ mod tests {
             key: Some("acme".into()),
             ..placement()
         };
-        let enter = |id| queue.enter(&keyed, "null", owner(id));
+        let enter = |id| queue.enter(&keyed, "null", owner(id), false);
         let Ok(Entered::Waiting(mut running)) = enter(0) else {
             panic!("the first of a key waits");
         };
@@ -711,7 +716,7 @@ mod tests {
             panic!("a key with one waiting answers with it");
         };
         assert_eq!(existing, owner(1));
-        let Err(Refused::Invalid(why)) = queue.enter(&placement(), "null", owner(3)) else {
+        let Err(Refused::Invalid(why)) = queue.enter(&placement(), "null", owner(3), false) else {
             panic!("a dedupe queue needs a key");
         };
         assert!(why.contains("`dedupe`"), "{why}");
@@ -727,7 +732,8 @@ mod tests {
             )),
             ..placement()
         };
-        let Ok(Entered::Waiting(mut waiting)) = queue.enter(&delayed, "null", owner(0)) else {
+        let Ok(Entered::Waiting(mut waiting)) = queue.enter(&delayed, "null", owner(0), false)
+        else {
             panic!("a delayed task waits");
         };
         let started = Instant::now();

@@ -380,6 +380,7 @@ fn new_task(name: Option<&str>, key: Option<&str>) -> NewTask {
         args: r#"{"n":1}"#.into(),
         retry: None,
         idempotency_key: key.map(str::to_string),
+        queued: None,
     }
 }
 
@@ -400,6 +401,29 @@ pub async fn tasks(store: &dyn TaskStore) {
     assert_eq!(first.attempt, 1, "a new record is attempt 1");
     assert_eq!(first.outcome, None);
     assert_eq!(first.args, r#"{"n":1}"#, "args are kept as submitted");
+    // A queued task keeps where it waits, and has no attempt started yet.
+    let queued = crate::storage::Queued {
+        queue: "jobs".into(),
+        key: Some("acme".into()),
+        priority: -3,
+        run_at_ms: Some(1_796_477_400_000),
+    };
+    let waiting = record(
+        store
+            .submit(&NewTask {
+                queued: Some(queued.clone()),
+                ..new_task(Some("waiting"), None)
+            })
+            .await
+            .unwrap(),
+    );
+    assert_eq!(waiting.queued.as_ref(), Some(&queued), "its place is kept");
+    assert_eq!(
+        waiting.attempt, 0,
+        "a queued record's first attempt is at its turn"
+    );
+    assert_eq!(first.queued, None);
+    store.forget(waiting.seq).await.unwrap();
     let unnamed = record(store.submit(&new_task(None, None)).await.unwrap());
     assert_ne!(unnamed.seq, first.seq, "every record has its own number");
     assert_eq!(

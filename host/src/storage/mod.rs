@@ -53,6 +53,7 @@ pub use queues::{DeadLetter, QueueStore, StoredLetter};
 pub use schedules::{ScheduleMark, ScheduleStore};
 pub use sqlite::{DATABASE_FILE, SqliteStore, StorageMetrics, StoreOptions};
 use std::sync::Arc;
+pub use tasks::Queued;
 
 pub use tasks::{NewTask, Submitted, TaskRecord, TaskStore, TaskStoreFuture};
 

@@ -11,11 +11,47 @@
 
 use crate::config::RetrySpec;
 use crate::task::{CancelStage, Outcome, WorkerId};
+use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
 
 /// What a [`TaskStore`] call returns.
 pub type TaskStoreFuture<'a, T> = Pin<Box<dyn Future<Output = anyhow::Result<T>> + Send + 'a>>;
+
+/// Where a durable task waits before it starts, as stored: its queue, its
+/// key (as resolved at submission), its priority and, if delayed, when it
+/// may start. A restart puts it back in its queue, in submission order,
+/// keeping its time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queued {
+    /// The queue (`[[queues]]`).
+    pub queue: String,
+    /// Its key there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Its priority.
+    #[serde(default)]
+    pub priority: i32,
+    /// When it may start (Unix ms), if delayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at_ms: Option<u64>,
+}
+
+impl Queued {
+    /// The placement it enters its queue with again.
+    pub fn placement(&self) -> crate::config::Placement {
+        crate::config::Placement {
+            queue: self.queue.clone(),
+            key: self.key.clone(),
+            priority: self.priority,
+            start: self.run_at_ms.map(|ms| {
+                crate::config::StartAt::At(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+                )
+            }),
+        }
+    }
+}
 
 /// A durable task as submitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +75,10 @@ pub struct NewTask {
     /// A second submission with the same key gets the first one's record
     /// instead of a new task.
     pub idempotency_key: Option<String>,
+    /// Where it waits first, if it was submitted to a queue: it is
+    /// recorded with no attempt started, and its first attempt is counted
+    /// at its turn.
+    pub queued: Option<Queued>,
 }
 
 /// How a submission went.
@@ -85,6 +125,8 @@ pub struct TaskRecord {
     pub created_ms: u64,
     /// When its outcome was recorded (Unix ms); none while it has to run.
     pub ended_ms: Option<u64>,
+    /// Where it waits before it starts, if it was submitted to a queue.
+    pub queued: Option<Queued>,
 }
 
 impl TaskRecord {

@@ -43,6 +43,12 @@ impl WorkerCtx {
         let storage = self.records();
         // Bounds first: a task over them is refused without a record.
         self.check(&spec.name, &spec.factory, &spec.args)?;
+        // So is one its queue refuses (no such queue, no key); its key and
+        // time are recorded as resolved now.
+        let queued = match &spec.queue {
+            Some(placement) => Some(self.queued_at(placement, &spec.args)?),
+            None => None,
+        };
         let env = self.env.clone();
         let _one_at_a_time = match spec.idempotency_key {
             Some(_) => Some(env.durable_submit.lock().await),
@@ -57,6 +63,7 @@ impl WorkerCtx {
             args: spec.args.clone(),
             retry: spec.retry.as_ref().map(|policy| policy.spec()),
             idempotency_key: spec.idempotency_key.clone(),
+            queued,
         };
         let record = match storage.submit(&new).await.map_err(storage_error)? {
             Submitted::New(record) => record,
@@ -68,6 +75,26 @@ impl WorkerCtx {
             first_attempt: 1,
             key: record.effective_key().into(),
         };
+        if let Some(queued) = &record.queued {
+            let spec = TaskSpec {
+                name: Some(name),
+                queue: Some(queued.placement()),
+                ..spec
+            };
+            // Answered at once, as any queued task; a dedupe queue's answer
+            // (a task of its key waits) leaves no record behind.
+            return match self.enqueue(plugin, spec, Some((run, false))) {
+                Ok((added, handle)) if added.created => Ok((added, handle)),
+                Ok(existing) => {
+                    self.forget(&*storage, record.seq).await;
+                    Ok(existing)
+                }
+                Err(error) => {
+                    self.forget(&*storage, record.seq).await;
+                    Err(error)
+                }
+            };
+        }
         let spec = TaskSpec {
             name: Some(name.clone()),
             ..spec
@@ -100,6 +127,39 @@ impl WorkerCtx {
             },
             handle,
         ))
+    }
+
+    /// Where a durable task submitted with `placement` waits, resolved now:
+    /// its queue checked, its key read, its delay made a time.
+    fn queued_at(
+        &self,
+        placement: &crate::config::Placement,
+        args: &str,
+    ) -> Result<crate::storage::Queued, AddTaskError> {
+        if self.id == WorkerId::Main {
+            return Err(AddTaskError::Invalid(
+                "the main scope runs before the workers and has no queues: pick a worker".into(),
+            ));
+        }
+        let queue = self
+            .env
+            .queues
+            .get(&placement.queue)
+            .map_err(AddTaskError::Invalid)?;
+        let key = crate::config::key_of(&queue.config(), placement.key.as_deref(), args)
+            .map_err(AddTaskError::Invalid)?;
+        Ok(crate::storage::Queued {
+            queue: placement.queue.clone(),
+            key,
+            priority: placement.priority,
+            run_at_ms: placement.start.map(|start| {
+                start
+                    .resolve()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64
+            }),
+        })
     }
 
     /// Drops the record of a task that never ran.
@@ -169,15 +229,33 @@ impl WorkerCtx {
             }
         };
         let attempt = record.attempt.saturating_add(1);
-        storage
-            .attempt_started(record.seq, attempt)
-            .await
-            .map_err(storage_error)?;
         let run = DurableRun {
             seq: record.seq,
             first_attempt: attempt,
             key: record.effective_key().into(),
         };
+        // A queued task goes back in its queue, in submission order (the
+        // records are read oldest first), keeping its time; its attempt
+        // is counted at its turn.
+        if let Some(queued) = &record.queued {
+            let spec = TaskSpec {
+                factory: record.factory,
+                args: record.args,
+                name: Some(record.name),
+                retry,
+                durable: true,
+                idempotency_key: record.idempotency_key,
+                connection: None,
+                queue: Some(queued.placement()),
+            };
+            return self
+                .enqueue(plugin, spec, Some((run, true)))
+                .map(|(_, handle)| handle);
+        }
+        storage
+            .attempt_started(record.seq, attempt)
+            .await
+            .map_err(storage_error)?;
         let spec = TaskSpec {
             factory: record.factory,
             args: record.args,

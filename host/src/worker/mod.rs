@@ -298,13 +298,13 @@ impl WorkerCtx {
         plugin: Arc<Plugin>,
         spec: TaskSpec,
     ) -> Result<TaskHandle, AddTaskError> {
-        if spec.queue.is_some() {
-            return self.enqueue(plugin, spec).map(|(_, handle)| handle);
-        }
         if spec.durable {
             return Err(AddTaskError::Invalid(
                 "a durable task is recorded before it starts: use `start_task`".into(),
             ));
+        }
+        if spec.queue.is_some() {
+            return self.enqueue(plugin, spec, None).map(|(_, handle)| handle);
         }
         Ok(self.start(Launch::new(plugin, spec, None), None)?)
     }
@@ -316,10 +316,6 @@ impl WorkerCtx {
         plugin: Arc<Plugin>,
         spec: TaskSpec,
     ) -> Result<TaskHandle, AddTaskError> {
-        if spec.queue.is_some() {
-            // Refused there if durable: a queued task lives in memory.
-            return self.spawn(plugin, spec);
-        }
         if spec.durable {
             return self
                 .submit(plugin, spec, false)
@@ -358,8 +354,8 @@ impl WorkerCtx {
                  and schedules): pick another"
             )));
         }
-        if spec.queue.is_some() {
-            return self.enqueue(plugin, spec).map(|(added, _)| added);
+        if spec.queue.is_some() && !spec.durable {
+            return self.enqueue(plugin, spec, None).map(|(added, _)| added);
         }
         if spec.durable {
             return self
@@ -389,21 +385,27 @@ impl WorkerCtx {
     /// own instance, and a refusal then fails the task. A `dedupe` queue
     /// whose key already has a task waiting answers with that task
     /// (`created` false) and registers nothing.
+    /// A durable task (`durable`: its record, written first) waits the
+    /// same way; one put back in its queue by a restart (`resumed`) is not
+    /// refused for the queue's bounds or deduplicated: it was taken before.
     fn enqueue(
         self: &Arc<Self>,
         plugin: Arc<Plugin>,
         spec: TaskSpec,
+        durable: Option<(DurableRun, bool)>,
     ) -> Result<(Added, TaskHandle), AddTaskError> {
         let Some(placement) = spec.queue.clone() else {
             unreachable!("enqueue is called for a spec with a queue");
         };
-        if spec.durable || spec.idempotency_key.is_some() {
+        if spec.durable != durable.is_some() {
             return Err(AddTaskError::Invalid(
-                "a durable task cannot wait in a queue (queued tasks are kept in memory): \
-                 drop `queue` (and `key`, `priority`, `delay`, `run_at`) or `durable`"
-                    .into(),
+                "a durable task is recorded before it waits: use `start_task`".into(),
             ));
         }
+        let (durable, resumed) = match durable {
+            Some((run, resumed)) => (Some(run), resumed),
+            None => (None, false),
+        };
         if self.id == WorkerId::Main {
             return Err(AddTaskError::Invalid(
                 "the main scope runs before the workers and has no queues: pick a worker".into(),
@@ -429,7 +431,7 @@ impl WorkerCtx {
             id,
             name: spec.name.clone(),
         };
-        match queue.enter(&placement, &spec.args, owner) {
+        match queue.enter(&placement, &spec.args, owner, resumed) {
             Err(Refused::Full(limit)) => Err(RegisterError::from(limit).into()),
             Err(Refused::Invalid(why)) => Err(AddTaskError::Invalid(why)),
             Err(Refused::Draining(why)) => Err(AddTaskError::Draining(why)),
@@ -455,7 +457,7 @@ impl WorkerCtx {
             }
             Ok(Entered::Waiting(waiting)) => {
                 let name = spec.name.clone();
-                let mut launch = Launch::new(plugin, spec, None);
+                let mut launch = Launch::new(plugin, spec, durable);
                 launch.waiting = Some((queue.name().clone(), waiting));
                 launch.id = Some(id);
                 let handle = self.start(launch, None)?;
@@ -665,6 +667,7 @@ impl WorkerCtx {
             let ident = ident.clone();
             let worker = self.clone();
             let task_handle = task_handle.clone();
+            let durable_seq = durable.as_ref().map(|d| d.seq);
             move |body: QueuedBody| async move {
                 // It waits for its queue's turn, then for room on its
                 // worker (`tasks_per_worker`); a cancel meanwhile ends it
@@ -684,6 +687,23 @@ impl WorkerCtx {
                     }
                     () = task_handle.signal().cancelled() => {
                         let outcome = Outcome::Cancelled { stage: CancelStage::Cooperative };
+                        // A durable one ends only if its cancel was recorded;
+                        // stopped with the host, it waits again after the
+                        // restart.
+                        if let Some(seq) = durable_seq
+                            && let Err(error) = worker
+                                .env
+                                .storage
+                                .tasks()
+                                .ended(seq, &outcome, true)
+                                .await
+                        {
+                            tracing::error!(
+                                "task {}: cannot record its end in storage ({error:#}); the \
+                                 next start will queue it again",
+                                ident.label()
+                            );
+                        }
                         worker.announce(|| LifecycleEvent::Cancelled {
                             task: TaskRef::from(&*ident),
                             stage: CancelStage::Cooperative,
@@ -702,6 +722,17 @@ impl WorkerCtx {
             let mut verdict = verdict;
             let mut attempt = durable.as_ref().map_or(1, |d| d.first_attempt);
             let storage = durable.as_ref().map(|_| worker.env.storage.tasks().clone());
+            // A durable queued task's first attempt is counted at its turn.
+            if turn.is_some()
+                && let (Some(storage), Some(durable)) = (&storage, &durable)
+                && let Err(error) = storage.attempt_started(durable.seq, attempt).await
+            {
+                tracing::error!(
+                    "task {}: cannot record attempt {attempt} in storage ({error:#}); after a \
+                     crash its attempt count will be low",
+                    ident.label()
+                );
+            }
             // The task starts with the first attempt that reaches its
             // factory: an earlier one may fail to instantiate.
             let started = std::sync::atomic::AtomicBool::new(false);
@@ -840,14 +871,15 @@ impl WorkerCtx {
         };
         match waiter {
             Some(waiter) => {
+                // Supervised (a cancel forced after its grace) from its turn:
+                // while it waits, a cancel ends it at once, and the
+                // supervisor's state is not held by every waiting task.
                 let body: QueuedBody = Box::new(move |turn, placed, registered| {
-                    Box::pin(body(turn, placed, registered))
+                    Box::pin(
+                        async move { supervisor.supervise(body(turn, placed, registered)).await },
+                    )
                 });
-                let task = waiter(body);
-                self.env.tracker.spawn_on(
-                    async move { supervisor.supervise(task).await },
-                    &self.runtime,
-                );
+                self.env.tracker.spawn_on(waiter(body), &self.runtime);
             }
             None => {
                 let task = body(None, None, registered);

@@ -986,10 +986,6 @@ fn a_schedules_runs_wait_in_its_queue_and_a_bad_schedule_queue_is_refused_at_che
     for (extra, expected) in [
         ("queue = \"nope\"", "no queue named `nope`"),
         (
-            "queue = \"nightly\"\ndurable = true",
-            "a durable run cannot wait in a queue",
-        ),
-        (
             "queue = \"nightly\"",
             "queue `nightly` goes by key (`per_key`)",
         ),
@@ -1071,4 +1067,104 @@ fn keep_ended_drops_an_ended_task_once_it_is_that_old_and_frees_its_name() {
     ])
     .ok();
     host.stop();
+}
+
+#[test]
+fn durable_queued_tasks_wait_across_kill_9_in_order_and_a_delay_is_kept() {
+    let app = TestApp::new(
+        r#"
+        name = "lasting"
+        [plugins.kit]
+        path = "{testkit}"
+        [[queues]]
+        name = "one"
+        concurrency = 1
+        "#,
+    );
+    let mut host = app.spawn();
+    host.wait_until_serving();
+    // Paused (kept across restarts), so none can start before the kill.
+    app.cli(&["queue", "pause", "one"]).ok();
+    let add = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "add",
+            "kit",
+            "nap",
+            "--args",
+            r#"{"ms": 1}"#,
+            "--name",
+            name,
+            "--queue",
+            "one",
+            "--durable",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        json_of(&app.cli(&args).ok())
+    };
+    for name in ["d1", "d2", "d3"] {
+        let added = add(name, &[]);
+        assert_eq!(added["tasks"][0]["created"], true, "{added}");
+    }
+    let later = add("later", &["--delay", "3s"]);
+    assert_eq!(later["tasks"][0]["name"], "later", "{later}");
+    let submitted = std::time::SystemTime::now();
+    let listed = json_of(&app.cli(&["tasks", "--json"]).ok());
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["state"] == "queued"),
+        "{listed}"
+    );
+    host.signal("KILL");
+    host.finish();
+
+    let mut host = app.spawn();
+    host.wait_until_serving();
+    let back = json_of(&app.cli(&["tasks", "--json"]).ok());
+    let names: Vec<&str> = back
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["state"] == "queued")
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["d1", "d2", "d3", "later"],
+        "back in their queue, in order: {back}"
+    );
+    app.cli(&["queue", "resume", "one"]).ok();
+    host.wait_for(4, |l| l["event"] == "done");
+    // Each ran once, as attempt 1: waiting, and a restart while waiting,
+    // are not attempts.
+    let ended = json_of(&app.cli(&["tasks", "--json"]).ok());
+    for task in ended.as_array().unwrap() {
+        let state = (task["state"].as_str(), task["attempt"].as_u64());
+        assert_eq!(state, (Some("done"), Some(1)), "{ended}");
+    }
+    let run = host.stop();
+    assert_eq!(
+        start_order(&run),
+        ["d1", "d2", "d3", "later"],
+        "{}",
+        run.dump()
+    );
+    let started = run
+        .events("started")
+        .into_iter()
+        .find(|l| l["task"] == "later")
+        .map(seconds)
+        .unwrap();
+    let submitted = submitted
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started >= submitted + 3.0 - 0.05,
+        "the delayed task started {:.3} s after it was submitted, its delay was 3 s",
+        started - submitted
+    );
 }

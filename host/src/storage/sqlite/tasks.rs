@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 const COLUMNS: &str = "seq, name, worker, plugin, factory, args, retry, idempotency_key, attempt, \
                        state, cancel_requested, result, error, cancel_stage, created_ms, ended_ms, \
-                       plugin_version";
+                       plugin_version, queued";
 
 fn record(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
     let worker: String = row.get(2)?;
@@ -46,6 +46,12 @@ fn record(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
         cancel_requested: row.get::<_, i64>(10)? != 0,
         created_ms: row.get::<_, i64>(14)? as u64,
         ended_ms: row.get::<_, Option<i64>>(15)?.map(|ms| ms as u64),
+        // Written by `submit` from a `Queued`.
+        queued: row
+            .get::<_, Option<String>>(17)?
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|_| bad_column(17, "queue placement"))?,
     })
 }
 
@@ -92,11 +98,18 @@ impl SqliteStore {
                 }
             }
             let retry = task.retry.as_ref().map(serde_json::to_string).transpose()?;
+            let queued = task
+                .queued
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()?;
+            // A queued task's first attempt is counted at its turn.
+            let attempt = if queued.is_some() { 0 } else { 1 };
             tx.prepare_cached(
                 "INSERT INTO durable_tasks
                    (name, worker, plugin, factory, args, retry, idempotency_key, attempt, state,
-                    created_ms, plugin_version)
-                 VALUES (coalesce(?1, ''), ?2, ?3, ?4, ?5, ?6, ?7, 1, 'live', ?8, ?9)",
+                    created_ms, plugin_version, queued)
+                 VALUES (coalesce(?1, ''), ?2, ?3, ?4, ?5, ?6, ?7, ?10, 'live', ?8, ?9, ?11)",
             )?
             .execute(params![
                 task.name,
@@ -108,6 +121,8 @@ impl SqliteStore {
                 task.idempotency_key,
                 now_ms(),
                 task.plugin_version,
+                attempt,
+                queued,
             ])?;
             let seq = tx.last_insert_rowid();
             if task.name.is_none() {
@@ -358,6 +373,7 @@ mod tests {
                 jitter: None,
             }),
             idempotency_key: key.map(str::to_string),
+            queued: None,
         }
     }
 
