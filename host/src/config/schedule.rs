@@ -70,7 +70,7 @@ pub struct ScheduleSpec {
     #[serde(default)]
     pub durable: bool,
     /// Each run's task waits in this queue (`[[queues]]`) until the queue
-    /// lets it start; not with `durable`.
+    /// lets it start (durably, for a durable schedule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
     /// Each run's task's key in its queue.
