@@ -119,7 +119,7 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    /// Writes `toml` as app.toml; `{compat010}`, `{examples}`, `{greeter}`,
+    /// Writes `toml` as app.toml; `{compat010}`, `{compat020}`, `{examples}`, `{greeter}`,
     /// `{hostile}`, `{testkit}`, `{versioned}`, `{py-examples}`,
     /// `{js-examples}`, `{py-greeter}` and `{js-greeter}` are replaced by
     /// the paths of those built plugins.
@@ -137,6 +137,7 @@ impl TestApp {
         let mut text = toml.to_string();
         for name in [
             "compat010",
+            "compat020",
             "examples",
             "greeter",
             "hostile",
