@@ -352,16 +352,23 @@ impl Queue {
         owner: Owner,
         resumed: bool,
     ) -> Result<Entered, Refused> {
-        let config = self.state().config.clone();
-        let key = crate::config::key_of(&config, placement.key.as_deref(), args)
-            .map_err(Refused::Invalid)?
-            .unwrap_or_default();
+        // The key is read from the arguments outside the lock, under the
+        // queue's config of that moment; a limits change landing meanwhile
+        // makes it read again under the new one.
+        let mut config = self.state().config.clone();
+        let mut key = key_under(&config, placement, args)?;
         let run_at = placement.start.map(|start| start.resolve());
         let due = run_at
             .map(|at| Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default());
         let (send, receive) = oneshot::channel();
         let ticket = {
             let mut state = self.state();
+            while !Arc::ptr_eq(&config, &state.config) {
+                config = state.config.clone();
+                drop(state);
+                key = key_under(&config, placement, args)?;
+                state = self.state();
+            }
             if state.settings.draining && !resumed {
                 return Err(Refused::Draining(format!(
                     "queue `{}` is draining: it takes no new task until `taskhost queue resume \
@@ -525,6 +532,16 @@ impl Queue {
     pub(crate) fn count_dead(&self) {
         self.metrics.dead.inc();
     }
+}
+
+/// The key a task with `args` waits under in a queue of `config` (empty:
+/// none), or why the queue refuses it.
+fn key_under(config: &QueueConfig, placement: &Placement, args: &str) -> Result<String, Refused> {
+    Ok(
+        crate::config::key_of(config, placement.key.as_deref(), args)
+            .map_err(Refused::Invalid)?
+            .unwrap_or_default(),
+    )
 }
 
 /// A task's place in its queue, given back when it is dropped (the task
