@@ -433,6 +433,29 @@ async fn tasks_per_second(
     (plugin, factory, args): (&'static str, &'static str, &'static str),
     named: bool,
 ) -> f64 {
+    tasks_per_second_by(
+        host,
+        workers,
+        n,
+        plugin,
+        move |job, plugin, i| match named {
+            true => spawn_named(job, plugin, factory, format!("burst-{i}")),
+            false => spawn(job, plugin, factory, args),
+        },
+    )
+    .await
+}
+
+/// Tasks of `plugin` per second on `workers` workers, 64 in flight per
+/// worker, each started by `start` (given its worker, the plugin and its
+/// number on the worker); each must end `done`.
+async fn tasks_per_second_by(
+    host: &Host,
+    workers: u32,
+    n: usize,
+    plugin: &'static str,
+    start: impl Fn(&Arc<WorkerCtx>, &Arc<Plugin>, usize) -> TaskHandle + Clone + Send + 'static,
+) -> f64 {
     let per_worker = n / workers as usize;
     let begun = Instant::now();
     let mut jobs = Vec::new();
@@ -440,20 +463,18 @@ async fn tasks_per_second(
         let w = worker(host, index);
         let plugin = plugin_named(&w, plugin);
         let job = w.clone();
+        let start = start.clone();
         jobs.push(on(&w, async move {
             let mut done = 0;
             while done < per_worker {
                 let batch: Vec<TaskHandle> = (0..64.min(per_worker - done))
-                    .map(|i| match named {
-                        true => spawn_named(&job, &plugin, factory, format!("burst-{}", done + i)),
-                        false => spawn(&job, &plugin, factory, args),
-                    })
+                    .map(|i| start(&job, &plugin, done + i))
                     .collect();
                 done += batch.len();
                 for mut handle in batch {
                     handle.ended().await;
                     let info = job.registry().get(handle.id).expect("task");
-                    assert_eq!(info.state, TaskState::Done, "{factory}: {:?}", info.outcome);
+                    assert_eq!(info.state, TaskState::Done, "{:?}", info.outcome);
                 }
                 job.registry().purge();
             }

@@ -15,13 +15,12 @@
 
 use super::{Components, on, percentiles, plugin, scaled, us, worker};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use taskhost::bench::WorkerCtx;
 use taskhost::config::{AppConfig, Placement, TaskSpec};
 use taskhost::host::Host;
 use taskhost::plugin::Plugin;
 use taskhost::registry::TaskHandle;
-use taskhost::task::TaskState;
 
 /// The bench plugin on 2 workers with the queues the sections use.
 async fn host(components: &Components) -> (Host, tempfile::TempDir) {
@@ -76,36 +75,11 @@ fn queued(
 /// Trivial tasks per second on 2 workers, 64 in flight per worker, each
 /// through `queue` or (none) started directly.
 async fn per_second(host: &Host, n: usize, queue: Option<&'static str>) -> f64 {
-    let per_worker = n / 2;
-    let begun = Instant::now();
-    let mut jobs = Vec::new();
-    for index in 0..2 {
-        let w = worker(host, index);
-        let plugin = plugin(&w);
-        let job = w.clone();
-        jobs.push(on(&w, async move {
-            let mut done = 0;
-            while done < per_worker {
-                let batch: Vec<TaskHandle> = (0..64.min(per_worker - done))
-                    .map(|_| match queue {
-                        Some(queue) => queued(&job, &plugin, "noop", queue, None),
-                        None => super::spawn(&job, &plugin, "noop", "null"),
-                    })
-                    .collect();
-                done += batch.len();
-                for mut handle in batch {
-                    handle.ended().await;
-                    let info = job.registry().get(handle.id).expect("task");
-                    assert_eq!(info.state, TaskState::Done, "{:?}", info.outcome);
-                }
-                job.registry().purge();
-            }
-        }));
-    }
-    for job in jobs {
-        job.await;
-    }
-    (per_worker * 2) as f64 / begun.elapsed().as_secs_f64()
+    super::tasks_per_second_by(host, 2, n, "bench", move |job, plugin, _| match queue {
+        Some(queue) => queued(job, plugin, "noop", queue, None),
+        None => super::spawn(job, plugin, "noop", "null"),
+    })
+    .await
 }
 
 /// From submission to factory entered, `n` tasks one after another on
