@@ -35,6 +35,11 @@ pub(crate) struct Rules {
     pub(crate) rate: Option<Rate>,
     pub(crate) key_rate: Option<Rate>,
     pub(crate) ageing: Option<Duration>,
+    /// At most this many idle keys are remembered for their `key_rate`
+    /// (a client sending new keys must not grow the queue without end);
+    /// past it, the one whose rate frees soonest is forgotten early. None:
+    /// no bound (tests).
+    pub(crate) cooling_keys: Option<usize>,
 }
 
 /// A cell rate: `due` is when the next start is due at the steady rate; a
@@ -249,8 +254,16 @@ impl<T> Dispatch<T> {
             })
             .filter(|load| load.waiting > 0 || load.running > 0)
             .collect();
-        loads.sort_by(|a, b| (b.waiting, b.running, &a.key).cmp(&(a.waiting, a.running, &b.key)));
+        // Under the queue's lock: the top n in linear time, not a sort of
+        // every key.
+        let most_first = |a: &KeyLoad, b: &KeyLoad| {
+            (b.waiting, b.running, &a.key).cmp(&(a.waiting, a.running, &b.key))
+        };
+        if loads.len() > n && n > 0 {
+            loads.select_nth_unstable_by(n - 1, most_first);
+        }
         loads.truncate(n);
+        loads.sort_by(most_first);
         loads
     }
 
@@ -567,6 +580,14 @@ impl<T> Dispatch<T> {
             Place::Aside => {}
         }
         state.place = place;
+        if self
+            .rules
+            .cooling_keys
+            .is_some_and(|most| self.cooling.len() > most)
+            && let Some((_, soonest)) = self.cooling.pop_first()
+        {
+            self.keys.remove(&soonest);
+        }
     }
 }
 
@@ -843,6 +864,27 @@ mod tests {
         assert_eq!(dispatch.keys(), 0, "idle keys are forgotten");
     }
 
+    /// Review of 4cc60c0: with `key_rate = "1/d"` every key that started
+    /// was remembered for a day, so a client sending new keys grew the
+    /// queue without end.
+    #[test]
+    fn idle_keys_remembered_for_their_rate_are_bounded() {
+        let t0 = Instant::now();
+        let mut dispatch = Dispatch::new(
+            Rules {
+                key_rate: rate("1/d", 1),
+                cooling_keys: Some(100),
+                ..Rules::default()
+            },
+            t0,
+        );
+        for i in 0..1_000 {
+            dispatch.push(format!("k{i}").into(), 0, None, i, t0);
+            run_all(&mut dispatch, t0);
+        }
+        assert_eq!(dispatch.keys(), 100);
+    }
+
     #[test]
     fn a_delayed_task_starts_at_its_time_and_a_removed_one_never() {
         let t0 = Instant::now();
@@ -863,6 +905,24 @@ mod tests {
         assert_eq!(polled.wake, Some(at));
         assert_eq!(run_all(&mut dispatch, at), [1]);
         assert_eq!((dispatch.waiting(), dispatch.keys()), (0, 0));
+    }
+
+    #[test]
+    fn top_keys_are_the_most_waiting_first() {
+        let t0 = Instant::now();
+        let mut dispatch = Dispatch::new(Rules::default(), t0);
+        dispatch.set_paused(true);
+        for (key, n) in [("one", 1), ("three", 3), ("two", 2), ("four", 4)] {
+            for i in 0..n {
+                dispatch.push(key.into(), 0, None, i, t0);
+            }
+        }
+        let top: Vec<(String, usize)> = dispatch
+            .top_keys(2)
+            .into_iter()
+            .map(|load| (load.key.to_string(), load.waiting))
+            .collect();
+        assert_eq!(top, [("four".to_string(), 4), ("three".to_string(), 3)]);
     }
 
     #[test]

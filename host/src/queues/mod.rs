@@ -70,6 +70,7 @@ impl Queues {
                     timer_at: None,
                     config: Arc::new(config.clone()),
                     settings: Settings::default(),
+                    admitting: 0,
                     started: 0,
                     recent: Recent::default(),
                     throttled: 0,
@@ -139,6 +140,7 @@ fn rules(config: &QueueConfig) -> Rules {
         rate: config.rate,
         key_rate: config.key_rate,
         ageing: config.ageing,
+        cooling_keys: Some(config.max_waiting as usize),
     }
 }
 
@@ -253,6 +255,19 @@ impl Recent {
     }
 }
 
+impl State {
+    /// Tasks waiting: in the dispatcher, or given their turn and waiting
+    /// for room on their worker.
+    fn waiting(&self) -> u64 {
+        self.dispatch.waiting() as u64 + self.admitting
+    }
+
+    /// Tasks holding a turn and admitted to their worker: running.
+    fn running(&self) -> u64 {
+        u64::from(self.dispatch.running()).saturating_sub(self.admitting)
+    }
+}
+
 struct State {
     dispatch: Dispatch<Slot>,
     /// When the timer task will poll next; none: only when woken.
@@ -260,6 +275,10 @@ struct State {
     /// The queue as it is now: app.toml's, with the run-time limits.
     config: Arc<QueueConfig>,
     settings: Settings,
+    /// Tasks given their turn that wait for room on their worker
+    /// (`tasks_per_worker`): still waiting, for `max_waiting`, the
+    /// listing and `tasks_per_app`, until [`Turn::admitted`].
+    admitting: u64,
     started: u64,
     recent: Recent,
     /// The dispatcher's throttled count the metric has seen.
@@ -383,7 +402,7 @@ impl Queue {
                 return Ok(Entered::Existing(slot.owner.clone()));
             }
             let max_waiting = state.config.max_waiting;
-            if state.dispatch.waiting() as u64 >= max_waiting && !resumed {
+            if state.waiting() >= max_waiting && !resumed {
                 return Err(Refused::Full(Limit {
                     what: format!(
                         "the waiting tasks of queue `{}` ([[queues]] max_waiting)",
@@ -404,7 +423,7 @@ impl Queue {
                 slot,
                 Instant::now(),
             );
-            self.metrics.waiting.set(state.dispatch.waiting() as i64);
+            self.metrics.waiting.set(state.waiting() as i64);
             ticket
         };
         self.poll(false);
@@ -450,14 +469,11 @@ impl Queue {
                 self.metrics.throttled.inc_by(throttled - state.throttled);
                 state.throttled = throttled;
             }
-            self.metrics.waiting.set(state.dispatch.waiting() as i64);
-            self.metrics
-                .running
-                .set(i64::from(state.dispatch.running()));
+            state.admitting += polled.start.len() as u64;
+            self.metrics.waiting.set(state.waiting() as i64);
+            self.metrics.running.set(state.running() as i64);
             (polled.start, polled.wake)
         };
-        self.all_waiting
-            .fetch_sub(start.len() as u64, Ordering::AcqRel);
         for started in start {
             self.metrics
                 .wait_seconds
@@ -465,6 +481,7 @@ impl Queue {
             let turn = Turn {
                 queue: self.clone(),
                 key: started.key,
+                admitting: true,
             };
             // A place dropped meanwhile drops its turn, which ends it.
             let _ = started.item.turn.send(turn);
@@ -485,9 +502,9 @@ impl Queue {
         QueueStats {
             config: state.config.clone(),
             settings: state.settings.clone(),
-            waiting: state.dispatch.waiting() as u64,
+            waiting: state.waiting(),
             delayed: state.dispatch.delayed() as u64,
-            running: state.dispatch.running(),
+            running: state.running() as u32,
             started: state.started,
             started_per_second: state.recent.per_second(second),
             throttled: state.dispatch.throttled(),
@@ -526,6 +543,16 @@ impl Queue {
         }
         self.poll(false);
         Ok(())
+    }
+
+    /// A task given its turn has room on its worker.
+    fn leave_admitting(&self) {
+        let mut state = self.state();
+        state.admitting -= 1;
+        self.metrics.waiting.set(state.waiting() as i64);
+        self.metrics.running.set(state.running() as i64);
+        drop(state);
+        self.all_waiting.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Counts a task of the queue kept as a dead letter.
@@ -591,10 +618,7 @@ impl Drop for Waiting {
         let removed = {
             let mut state = self.queue.state();
             let removed = state.dispatch.remove(self.ticket, Instant::now());
-            self.queue
-                .metrics
-                .waiting
-                .set(state.dispatch.waiting() as i64);
+            self.queue.metrics.waiting.set(state.waiting() as i64);
             removed
         };
         if removed.is_some() {
@@ -609,9 +633,20 @@ impl Drop for Waiting {
 pub(crate) struct Turn {
     queue: Arc<Queue>,
     key: Arc<str>,
+    /// Given, not yet admitted to its worker: the task still counts as
+    /// waiting.
+    admitting: bool,
 }
 
 impl Turn {
+    /// The task has room on its worker: from now on it counts as running,
+    /// not waiting.
+    pub(crate) fn admitted(&mut self) {
+        if std::mem::take(&mut self.admitting) {
+            self.queue.leave_admitting();
+        }
+    }
+
     /// The queue it is a turn of.
     pub(crate) fn queue(&self) -> &Arc<Queue> {
         &self.queue
@@ -620,6 +655,8 @@ impl Turn {
 
 impl Drop for Turn {
     fn drop(&mut self) {
+        // Cancelled while it waited for room on its worker.
+        self.admitted();
         self.queue
             .state()
             .dispatch
@@ -671,7 +708,12 @@ mod tests {
     async fn waiting_places_are_bounded_and_given_back() {
         let queues = queues(Some(1), 2);
         let queue = queues.get("q").unwrap();
-        let _running = enter(queue, 0).turn().await;
+        let mut running = enter(queue, 0).turn().await;
+        // Given its turn, a task waits until its worker has room: until
+        // then it still counts against max_waiting.
+        assert_eq!(queues.waiting(), 1);
+        running.admitted();
+        assert_eq!(queues.waiting(), 0);
         let first = enter(queue, 1);
         let _second = enter(queue, 2);
         let Err(Refused::Full(refused)) = queue.enter(&placement(), "null", owner(3), false) else {

@@ -675,9 +675,10 @@ impl WorkerCtx {
                 let placed = Some((waiting.key().map(str::to_string), waiting.priority()));
                 let admitted = async {
                     let mut waiting = waiting;
-                    let turn = waiting.turn().await;
+                    let mut turn = waiting.turn().await;
                     let max_live = worker.env.app.limits.tasks_per_worker;
                     worker.registry.admit(ident.id, max_live).await;
+                    turn.admitted();
                     turn
                 };
                 tokio::select! {

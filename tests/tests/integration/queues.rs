@@ -1170,3 +1170,62 @@ fn durable_queued_tasks_wait_across_kill_9_in_order_and_a_delay_is_kept() {
         started - submitted
     );
 }
+
+/// Review of 4cc60c0: in a queue without `concurrency`, a task got its
+/// turn at once and then waited for room on its worker outside the
+/// queue's count, so `max_waiting` bounded nothing. Now such a task
+/// waits, and counts, until its worker has room.
+#[test]
+fn tasks_waiting_for_room_on_their_worker_still_count_against_max_waiting() {
+    let app = TestApp::new(
+        r#"
+        name = "roomless"
+        [limits]
+        tasks_per_worker = 1
+        [plugins.kit]
+        path = "{testkit}"
+        [[queues]]
+        name = "open"
+        max_waiting = 2
+        "#,
+    );
+    let mut host = app.spawn();
+    host.wait_until_serving();
+    let add = |name: &str| {
+        app.cli(&[
+            "add",
+            "kit",
+            "waiter",
+            "--args",
+            r#"{"event": "go"}"#,
+            "--name",
+            name,
+            "--queue",
+            "open",
+        ])
+    };
+    add("holder").ok();
+    host.wait_for(1, |l| l["event"] == "started" && l["task"] == "holder");
+    add("second").ok();
+    add("third").ok();
+    let open = queue_of(&app, "open");
+    assert_eq!(
+        (open["waiting"].as_u64(), open["running"].as_u64()),
+        (Some(2), Some(1)),
+        "{open}"
+    );
+    let refused = add("fourth");
+    assert_eq!(refused.code, Some(1), "{}", refused.dump());
+    assert!(
+        refused.stderr.contains(
+            "the waiting tasks of queue `open` ([[queues]] max_waiting) may be at most 2"
+        ),
+        "{}",
+        refused.dump()
+    );
+    for round in 1..=3 {
+        app.cli(&["dispatch", "go", "", "--wait-for", "1"]).ok();
+        host.wait_for(round, |l| l["event"] == "done");
+    }
+    host.stop();
+}
