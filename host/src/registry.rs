@@ -229,7 +229,7 @@ struct Inner {
     /// Ended tasks and when they ended, oldest end first, for dropping the
     /// oldest past the retention cap or age. May hold ids already
     /// forgotten; `stale` counts them.
-    ended: VecDeque<(TaskId, Instant)>,
+    ended: VecDeque<(TaskId, Option<Instant>)>,
     /// Ids in `ended` whose tasks were forgotten since: they must not count
     /// against the cap, or every forgotten task (one per closed websocket
     /// connection) would push a listed one out early.
@@ -243,8 +243,10 @@ impl Inner {
         let now = keep_for.map(|_| Instant::now());
         while let Some(&(oldest, ended_at)) = self.ended.front() {
             let over = self.ended.len() - self.stale > retention;
-            let old = match (keep_for, now) {
-                (Some(keep_for), Some(now)) => now.saturating_duration_since(ended_at) >= keep_for,
+            let old = match (keep_for, now, ended_at) {
+                (Some(keep_for), Some(now), Some(ended_at)) => {
+                    now.saturating_duration_since(ended_at) >= keep_for
+                }
                 _ => false,
             };
             if !over && !old {
@@ -464,7 +466,9 @@ impl TaskRegistry {
                 *live -= 1;
                 self.freed.notify_one();
             }
-            ended.push_back((id, Instant::now()));
+            // Its end's instant only where `keep_ended` needs it: this
+            // runs for every task.
+            ended.push_back((id, self.keep_for.map(|_| Instant::now())));
         }
         entry.info.state = outcome.state();
         entry.info.ended_at = Some(SystemTime::now());
@@ -487,7 +491,15 @@ impl TaskRegistry {
         let id = info.ident.id;
         let signal = Arc::new(CancelSignal::default());
         let (ended, ended_rx) = watch::channel(Some(info.state));
-        inner.ended.push_back((id, Instant::now()));
+        // Aged from when it ended, before this host started.
+        let ended_at = self.keep_for.map(|_| {
+            let ago = info
+                .ended_at
+                .and_then(|at| SystemTime::now().duration_since(at).ok())
+                .unwrap_or_default();
+            Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
+        });
+        inner.ended.push_back((id, ended_at));
         inner.tasks.insert(
             id,
             Entry {

@@ -619,9 +619,14 @@ impl Scheduler {
             )));
         }
         if let Some(placement) = &config.queue {
-            self.env
+            let queue = self
+                .env
                 .queues
                 .get(&placement.queue)
+                .map_err(ScheduleError::Invalid)?;
+            // As app.toml's are checked: a run that could never wait in
+            // its queue is refused now, not at each tick.
+            crate::config::key_of(&queue.config(), placement.key.as_deref(), &config.args)
                 .map_err(ScheduleError::Invalid)?;
         }
         let _adding = self.adding.lock().await;

@@ -572,6 +572,19 @@ impl AppConfig {
                 queues::check_named(&queues, queue).map_err(|e| {
                     anyhow::anyhow!("{file}: routes[{index}] ({}): {e}", route.label())
                 })?;
+                // A request gives no key: one must come from its arguments.
+                if let Some(queue) = queues.iter().find(|q| q.name == *queue)
+                    && queue.key_arg.is_none()
+                    && let Some(field) = queue.needs_key()
+                {
+                    bail!(
+                        "{file}: routes[{index}] ({}): queue `{}` goes by key (`{field}`) and a \
+                         request gives none: give the queue a `key_arg` naming where in the \
+                         request's arguments the key is (such as \"body.customer\")",
+                        route.label(),
+                        queue.name
+                    );
+                }
             }
             routes.push(route);
         }

@@ -598,8 +598,11 @@ impl Operations {
     /// Submits dead letter `id` again, to its queue with its key, priority
     /// and retry policy, on its worker (worker 0 if that one is gone); the
     /// letter is dropped once the task is taken in. A refused submission
-    /// (its name is taken, its queue is full) leaves the letter.
+    /// (its name is taken, its queue is full) leaves the letter. A durable
+    /// task comes back durable (with a new record and key). Retries and
+    /// discards go one at a time, so two of one letter submit it once.
     pub async fn retry_dead(&self, id: u64) -> Result<Submitted, OpError> {
+        let _one_at_a_time = self.host.queues().changing().await;
         let stored = self.dead_letter(id).await?;
         let letter = stored.letter;
         let worker = Some(letter.worker)
@@ -613,7 +616,7 @@ impl Operations {
             worker: Some(worker),
             all_workers: false,
             retry: letter.retry,
-            durable: false,
+            durable: letter.durable,
             idempotency_key: None,
             host: None,
             scope: NameScope::Worker,
@@ -635,6 +638,7 @@ impl Operations {
 
     /// Drops dead letter `id`, answering with it.
     pub async fn discard_dead(&self, id: u64) -> Result<crate::storage::StoredLetter, OpError> {
+        let _one_at_a_time = self.host.queues().changing().await;
         let stored = self.dead_letter(id).await?;
         self.host
             .storage()

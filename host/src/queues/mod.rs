@@ -117,7 +117,8 @@ impl Queues {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Held while one operator's change is written and applied.
+    /// Held while one operator's change is written and applied (a
+    /// setting, a dead letter retried or discarded).
     pub(crate) async fn changing(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.changes.lock().await
     }

@@ -30,6 +30,9 @@ pub struct DeadLetter {
     /// How it was tried again after failing, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<crate::config::RetrySpec>,
+    /// It was durable: a retry is durable too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub durable: bool,
     /// Its last attempt's error.
     pub error: String,
     /// How many attempts it had.

@@ -834,6 +834,7 @@ impl WorkerCtx {
                     key,
                     priority,
                     retry: retry.as_ref().map(|policy| policy.spec()),
+                    durable: durable.is_some(),
                     error: error.clone(),
                     attempts: attempt,
                     failed_at: chrono::Utc::now()

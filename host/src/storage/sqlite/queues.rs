@@ -167,6 +167,7 @@ mod tests {
             key: Some("k".into()),
             priority: 3,
             retry: None,
+            durable: false,
             error: error.into(),
             attempts: 2,
             failed_at: "2026-12-05T10:00:00.000Z".into(),
