@@ -461,16 +461,14 @@ impl AppConfig {
                 .map(RetrySpec::policy)
                 .transpose()
                 .with_context(|| format!("{file}: tasks[{index}].retry"))?;
-            let queue = queues::placement_of(
-                &queues,
-                QueueOptions {
-                    queue: task.queue.as_deref(),
-                    key: task.key.as_deref(),
-                    priority: task.priority,
-                    delay: task.delay.as_deref(),
-                    run_at: task.run_at.as_deref(),
-                },
-            );
+            let queue = QueueOptions {
+                queue: task.queue.as_deref(),
+                key: task.key.as_deref(),
+                priority: task.priority,
+                delay: task.delay.as_deref(),
+                run_at: task.run_at.as_deref(),
+            }
+            .placement();
             let task = TaskConfig {
                 index,
                 plugin: task.plugin,
@@ -497,11 +495,8 @@ impl AppConfig {
                 );
             }
             if let Some(placement) = &task.queue {
-                let queue = queues.iter().find(|q| q.name == placement.queue);
-                if let Some(queue) = queue {
-                    key_of(queue, placement.key.as_deref(), &task.args.to_string())
-                        .map_err(|e| anyhow::anyhow!("{file}: {task}: {e}"))?;
-                }
+                queues::check_placement(&queues, placement, &task.args.to_string())
+                    .map_err(|e| anyhow::anyhow!("{file}: {task}: {e}"))?;
                 if task.scope == Scope::Main {
                     bail!(
                         "{file}: {task}: a `main` task runs before the workers and waits in \
@@ -543,13 +538,8 @@ impl AppConfig {
                 bail!("{}: another schedule has that name", at(&spec.name));
             }
             if let Some(placement) = &schedule.queue {
-                queues::check_named(&queues, &placement.queue)
+                queues::check_placement(&queues, placement, &schedule.args)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", at(&spec.name)))?;
-                let queue = queues.iter().find(|q| q.name == placement.queue);
-                if let Some(queue) = queue {
-                    key_of(queue, placement.key.as_deref(), &schedule.args)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", at(&spec.name)))?;
-                }
             }
             schedules.push(schedule);
         }

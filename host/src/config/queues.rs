@@ -388,7 +388,9 @@ impl LimitsChange {
         }
         if let Some(n) = self.max_waiting {
             if n == 0 {
-                return Err("`max_waiting` must be from 1 to 1000000, got 0".into());
+                return Err(format!(
+                    "`max_waiting` must be from 1 to {MAX_QUEUE_BOUND}, got 0"
+                ));
             }
             changed.max_waiting = bound("max_waiting", n)?;
         }
@@ -587,17 +589,18 @@ pub(super) fn check_named(queues: &[QueueConfig], queue: &str) -> Result<()> {
     Ok(())
 }
 
-/// The raw queue fields of a `[[tasks]]` entry or a route, checked into a
-/// placement against the app's queues.
-pub(super) fn placement_of(
+/// Refuses a placement its queue would refuse at every submission of a
+/// task with `args`: no such queue, or no key where the queue needs one.
+pub(super) fn check_placement(
     queues: &[QueueConfig],
-    options: QueueOptions<'_>,
-) -> Result<Option<Placement>> {
-    let Some(placement) = options.placement().map_err(anyhow::Error::msg)? else {
-        return Ok(None);
-    };
+    placement: &Placement,
+    args: &str,
+) -> Result<()> {
     check_named(queues, &placement.queue)?;
-    Ok(Some(placement))
+    if let Some(queue) = queues.iter().find(|q| q.name == placement.queue) {
+        key_of(queue, placement.key.as_deref(), args).map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
 }
 
 /// The key a task of `config` waits under: its submission's `key`, else

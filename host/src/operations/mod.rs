@@ -567,6 +567,13 @@ impl Operations {
             .dead(query.queue.as_deref(), query.after.unwrap_or(0), limit + 1)
             .await
             .map_err(storage_error)?;
+        // Letters outlive a queue app.toml no longer lists; a name with
+        // neither is a typo.
+        if letters.is_empty()
+            && let Some(queue) = &query.queue
+        {
+            self.queue(queue)?;
+        }
         let next_after = match letters.len() > limit as usize {
             true => {
                 letters.truncate(limit as usize);

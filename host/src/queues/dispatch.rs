@@ -337,7 +337,7 @@ impl<T> Dispatch<T> {
             None => {
                 state.waiting.insert((Reverse(priority), ticket));
                 self.since.insert((now, ticket));
-                entry.promote = self.promotion(priority, now);
+                entry.promote = promotion(self.rules.ageing, priority, now);
                 if let Some(at) = entry.promote {
                     self.ageing.insert((at, ticket));
                 }
@@ -458,11 +458,7 @@ impl<T> Dispatch<T> {
             entry.due = None;
             entry.since = due;
             self.since.insert((due, ticket));
-            entry.promote = self
-                .rules
-                .ageing
-                .filter(|_| entry.level < MAX_PRIORITY)
-                .and_then(|every| due.checked_add(every));
+            entry.promote = promotion(self.rules.ageing, entry.level, due);
             if let Some(at) = entry.promote {
                 self.ageing.insert((at, ticket));
             }
@@ -488,11 +484,7 @@ impl<T> Dispatch<T> {
             state.waiting.remove(&(Reverse(entry.level), ticket));
             entry.level += 1;
             state.waiting.insert((Reverse(entry.level), ticket));
-            entry.promote = self
-                .rules
-                .ageing
-                .filter(|_| entry.level < MAX_PRIORITY)
-                .and_then(|every| at.checked_add(every));
+            entry.promote = promotion(self.rules.ageing, entry.level, at);
             if let Some(next) = entry.promote {
                 self.ageing.insert((next, ticket));
             }
@@ -514,13 +506,6 @@ impl<T> Dispatch<T> {
             }
             self.settle(&key, now);
         }
-    }
-
-    fn promotion(&self, level: i32, now: Instant) -> Option<Instant> {
-        self.rules
-            .ageing
-            .filter(|_| level < MAX_PRIORITY)
-            .and_then(|every| now.checked_add(every))
     }
 
     /// Puts `key` where its state says: ready, blocked by its rate, aside,
@@ -589,6 +574,14 @@ impl<T> Dispatch<T> {
             self.keys.remove(&soonest);
         }
     }
+}
+
+/// When a task at `level` waiting since `from` next gains a level: one
+/// `ageing` on, unless it is at the top (or ages not at all).
+fn promotion(ageing: Option<Duration>, level: i32, from: Instant) -> Option<Instant> {
+    ageing
+        .filter(|_| level < MAX_PRIORITY)
+        .and_then(|every| from.checked_add(every))
 }
 
 #[cfg(test)]

@@ -71,7 +71,6 @@ impl Queues {
                     config: Arc::new(config.clone()),
                     settings: Settings::default(),
                     admitting: 0,
-                    started: 0,
                     recent: Recent::default(),
                     throttled: 0,
                 }),
@@ -79,8 +78,8 @@ impl Queues {
                 all_waiting: queues.waiting.clone(),
                 made: Instant::now(),
                 metrics: SeriesOf {
-                    waiting: queues_gauge(&metrics.waiting, &labels),
-                    running: queues_gauge(&metrics.running, &labels),
+                    waiting: metrics.waiting.get_or_create(&labels).clone(),
+                    running: metrics.running.get_or_create(&labels).clone(),
                     started: metrics.started.get_or_create(&labels).clone(),
                     throttled: metrics.throttled.get_or_create(&labels).clone(),
                     dead: metrics.dead.get_or_create(&labels).clone(),
@@ -122,16 +121,6 @@ impl Queues {
     pub(crate) async fn changing(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.changes.lock().await
     }
-}
-
-fn queues_gauge(
-    family: &prometheus_client::metrics::family::Family<
-        Vec<(String, String)>,
-        prometheus_client::metrics::gauge::Gauge,
-    >,
-    labels: &Vec<(String, String)>,
-) -> prometheus_client::metrics::gauge::Gauge {
-    family.get_or_create(labels).clone()
 }
 
 fn rules(config: &QueueConfig) -> Rules {
@@ -208,9 +197,23 @@ pub(crate) struct Owner {
     pub(crate) name: Option<String>,
 }
 
+/// How a task was placed in its queue, as resolved: its key, priority
+/// and start time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Placed {
+    /// Its key, if it has one.
+    pub(crate) key: Option<String>,
+    /// Its priority as submitted.
+    pub(crate) priority: i32,
+    /// When it may start, if delayed.
+    pub(crate) run_at: Option<SystemTime>,
+}
+
 /// One waiting task, as the dispatcher holds it.
 struct Slot {
     owner: Owner,
+    /// As submitted (its level in the dispatcher ages).
+    priority: i32,
     turn: oneshot::Sender<Turn>,
 }
 
@@ -280,7 +283,6 @@ struct State {
     /// (`tasks_per_worker`): still waiting, for `max_waiting`, the
     /// listing and `tasks_per_app`, until [`Turn::admitted`].
     admitting: u64,
-    started: u64,
     recent: Recent,
     /// The dispatcher's throttled count the metric has seen.
     throttled: u64,
@@ -313,8 +315,9 @@ pub(crate) struct Queue {
 
 /// What [`Queue::enter`] did with a submission.
 pub(crate) enum Entered {
-    /// It waits; the task holds this place until its turn.
-    Waiting(Waiting),
+    /// It waits; the task holds this place until its turn. How it was
+    /// placed is for its `queued` line, not kept while it waits.
+    Waiting(Waiting, Placed),
     /// A `dedupe` queue already has a task of its key waiting: that task is
     /// the answer, and nothing new waits.
     Existing(Owner),
@@ -416,7 +419,11 @@ impl Queue {
                 }));
             }
             self.all_waiting.fetch_add(1, Ordering::AcqRel);
-            let slot = Slot { owner, turn: send };
+            let slot = Slot {
+                owner,
+                priority: placement.priority,
+                turn: send,
+            };
             let ticket = state.dispatch.push(
                 key.as_str().into(),
                 placement.priority,
@@ -428,15 +435,19 @@ impl Queue {
             ticket
         };
         self.poll(false);
-        Ok(Entered::Waiting(Waiting {
-            queue: self.clone(),
-            ticket,
-            turn: receive,
-            started: false,
-            key: (!key.is_empty()).then(|| key.clone()),
-            priority: placement.priority,
-            run_at,
-        }))
+        Ok(Entered::Waiting(
+            Waiting {
+                queue: self.clone(),
+                ticket,
+                turn: receive,
+                started: false,
+            },
+            Placed {
+                key: (!key.is_empty()).then_some(key),
+                priority: placement.priority,
+                run_at,
+            },
+        ))
     }
 
     /// Starts what the dispatcher lets start now, and returns when it
@@ -460,7 +471,6 @@ impl Queue {
             }
             if !polled.start.is_empty() {
                 let count = polled.start.len();
-                state.started += count as u64;
                 let second = now.duration_since(self.made).as_secs();
                 state.recent.add(second, count as u32);
                 self.metrics.started.inc_by(count as u64);
@@ -482,6 +492,7 @@ impl Queue {
             let turn = Turn {
                 queue: self.clone(),
                 key: started.key,
+                priority: started.item.priority,
                 admitting: true,
             };
             // A place dropped meanwhile drops its turn, which ends it.
@@ -506,7 +517,7 @@ impl Queue {
             waiting: state.waiting(),
             delayed: state.dispatch.delayed() as u64,
             running: state.running() as u32,
-            started: state.started,
+            started: self.metrics.started.get(),
             started_per_second: state.recent.per_second(second),
             throttled: state.dispatch.throttled(),
             oldest_wait: state.dispatch.oldest_wait(now),
@@ -579,27 +590,9 @@ pub(crate) struct Waiting {
     ticket: u64,
     turn: oneshot::Receiver<Turn>,
     started: bool,
-    key: Option<String>,
-    priority: i32,
-    run_at: Option<SystemTime>,
 }
 
 impl Waiting {
-    /// Its key in the queue, if it has one.
-    pub(crate) fn key(&self) -> Option<&str> {
-        self.key.as_deref()
-    }
-
-    /// Its priority.
-    pub(crate) fn priority(&self) -> i32 {
-        self.priority
-    }
-
-    /// When it may start, if it was delayed.
-    pub(crate) fn run_at(&self) -> Option<SystemTime> {
-        self.run_at
-    }
-
     /// Waits for the queue to let the task run. The task holds the
     /// [`Turn`] until it ends.
     pub(crate) async fn turn(&mut self) -> Turn {
@@ -634,6 +627,8 @@ impl Drop for Waiting {
 pub(crate) struct Turn {
     queue: Arc<Queue>,
     key: Arc<str>,
+    /// Its priority as submitted.
+    priority: i32,
     /// Given, not yet admitted to its worker: the task still counts as
     /// waiting.
     admitting: bool,
@@ -651,6 +646,16 @@ impl Turn {
     /// The queue it is a turn of.
     pub(crate) fn queue(&self) -> &Arc<Queue> {
         &self.queue
+    }
+
+    /// The task's key, if it has one.
+    pub(crate) fn key(&self) -> Option<&str> {
+        (!self.key.is_empty()).then_some(&*self.key)
+    }
+
+    /// The task's priority as submitted.
+    pub(crate) fn priority(&self) -> i32 {
+        self.priority
     }
 }
 
@@ -700,7 +705,7 @@ mod tests {
 
     fn enter(queue: &Arc<Queue>, id: u64) -> Waiting {
         match queue.enter(&placement(), "null", owner(id), false) {
-            Ok(Entered::Waiting(waiting)) => waiting,
+            Ok(Entered::Waiting(waiting, _)) => waiting,
             _ => panic!("task {id} was not given a place"),
         }
     }
@@ -764,12 +769,12 @@ mod tests {
             ..placement()
         };
         let enter = |id| queue.enter(&keyed, "null", owner(id), false);
-        let Ok(Entered::Waiting(mut running)) = enter(0) else {
+        let Ok(Entered::Waiting(mut running, _)) = enter(0) else {
             panic!("the first of a key waits");
         };
         let _turn = running.turn().await;
         // The first one runs: a second waits.
-        let Ok(Entered::Waiting(_second)) = enter(1) else {
+        let Ok(Entered::Waiting(_second, _)) = enter(1) else {
             panic!("a key with none waiting takes a new task");
         };
         let Ok(Entered::Existing(existing)) = enter(2) else {
@@ -792,7 +797,7 @@ mod tests {
             )),
             ..placement()
         };
-        let Ok(Entered::Waiting(mut waiting)) = queue.enter(&delayed, "null", owner(0), false)
+        let Ok(Entered::Waiting(mut waiting, _)) = queue.enter(&delayed, "null", owner(0), false)
         else {
             panic!("a delayed task waits");
         };

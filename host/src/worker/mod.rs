@@ -208,18 +208,10 @@ struct DurableRun {
     key: Arc<str>,
 }
 
-/// A queued task's key and priority, for its dead letter.
-type KeyAndPriority = (Option<String>, i32);
-
 /// What a queued task runs at its turn: the future that runs it, made and
 /// boxed only then.
 type QueuedBody = Box<
-    dyn FnOnce(
-            Option<Turn>,
-            Option<KeyAndPriority>,
-            Instant,
-        ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
-        + Send,
+    dyn FnOnce(Option<Turn>, Instant) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send,
 >;
 
 /// Everything `start` needs, resolved.
@@ -232,7 +224,7 @@ struct Launch {
     durable: Option<DurableRun>,
     connection: Option<u64>,
     /// Its place in its queue: it waits for its turn before it starts.
-    waiting: Option<(Arc<str>, Waiting)>,
+    waiting: Option<(Arc<str>, Waiting, crate::queues::Placed)>,
     /// The id its queue knows it by; none: a new one.
     id: Option<TaskId>,
 }
@@ -455,10 +447,10 @@ impl WorkerCtx {
                 };
                 Ok((added, handle))
             }
-            Ok(Entered::Waiting(waiting)) => {
+            Ok(Entered::Waiting(waiting, placed)) => {
                 let name = spec.name.clone();
                 let mut launch = Launch::new(plugin, spec, durable);
-                launch.waiting = Some((queue.name().clone(), waiting));
+                launch.waiting = Some((queue.name().clone(), waiting, placed));
                 launch.id = Some(id);
                 let handle = self.start(launch, None)?;
                 let added = Added {
@@ -612,9 +604,9 @@ impl WorkerCtx {
         } = launch;
         let registered = Instant::now();
         self.check(&name, &factory, &args)?;
-        let (queue, waiting) = match waiting {
-            Some((queue, waiting)) => (Some(queue), Some(waiting)),
-            None => (None, None),
+        let (queue, waiting, placed) = match waiting {
+            Some((queue, waiting, placed)) => (Some(queue), Some(waiting), Some(placed)),
+            None => (None, None, None),
         };
         let ident = Arc::new(TaskIdent {
             id: id.unwrap_or_else(next_task_id),
@@ -633,16 +625,13 @@ impl WorkerCtx {
                 .registry
                 .register(ident.clone(), self.env.app.limits.tasks_per_worker)?,
         };
-        if let (Some(queue), Some(waiting)) = (&ident.queue, &waiting) {
+        if let (Some(queue), Some(placed)) = (&ident.queue, placed) {
             self.announce(|| LifecycleEvent::Queued {
                 task: TaskRef::from(&*ident),
                 queue: queue.to_string(),
-                key: waiting.key().map(str::to_string),
-                priority: waiting.priority(),
-                run_at: waiting.run_at().map(|at| {
-                    chrono::DateTime::<chrono::Utc>::from(at)
-                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-                }),
+                key: placed.key,
+                priority: placed.priority,
+                run_at: placed.run_at.map(crate::config::tick_label),
             });
         }
         if let Some(durable) = &durable {
@@ -672,7 +661,6 @@ impl WorkerCtx {
                 // It waits for its queue's turn, then for room on its
                 // worker (`tasks_per_worker`); a cancel meanwhile ends it
                 // without an instance ever being made.
-                let placed = Some((waiting.key().map(str::to_string), waiting.priority()));
                 let admitted = async {
                     let mut waiting = waiting;
                     let mut turn = waiting.turn().await;
@@ -684,7 +672,7 @@ impl WorkerCtx {
                 tokio::select! {
                     turn = admitted => {
                         // Its start is timed from its turn, not its wait.
-                        body(Some(turn), placed, Instant::now()).await;
+                        body(Some(turn), Instant::now()).await;
                     }
                     () = task_handle.signal().cancelled() => {
                         let outcome = Outcome::Cancelled { stage: CancelStage::Cooperative };
@@ -716,9 +704,7 @@ impl WorkerCtx {
                 }
             }
         });
-        let body = move |turn: Option<Turn>,
-                         placed: Option<KeyAndPriority>,
-                         registered: Instant| async move {
+        let body = move |turn: Option<Turn>, registered: Instant| async move {
             let begun = Instant::now();
             let mut verdict = verdict;
             let mut attempt = durable.as_ref().map_or(1, |d| d.first_attempt);
@@ -823,22 +809,19 @@ impl WorkerCtx {
             }
             // A queued task that failed its last attempt is kept in its
             // queue's dead letters, before its end is told to anyone.
-            if let (Some(turn), Some((key, priority)), Outcome::Failed { error }) =
-                (&turn, placed, &outcome)
-            {
+            if let (Some(turn), Outcome::Failed { error }) = (&turn, &outcome) {
                 let letter = crate::storage::DeadLetter {
                     plugin: plugin.name.to_string(),
                     factory: ident.factory.to_string(),
                     args: serde_json::from_str(&args).unwrap_or(serde_json::Value::Null),
                     name: ident.name.clone(),
-                    key,
-                    priority,
+                    key: turn.key().map(str::to_string),
+                    priority: turn.priority(),
                     retry: retry.as_ref().map(|policy| policy.spec()),
                     durable: durable.is_some(),
                     error: error.clone(),
                     attempts: attempt,
-                    failed_at: chrono::Utc::now()
-                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    failed_at: crate::config::tick_label(std::time::SystemTime::now()),
                     worker: worker.id,
                     task_id: ident.id,
                 };
@@ -876,15 +859,13 @@ impl WorkerCtx {
                 // Supervised (a cancel forced after its grace) from its turn:
                 // while it waits, a cancel ends it at once, and the
                 // supervisor's state is not held by every waiting task.
-                let body: QueuedBody = Box::new(move |turn, placed, registered| {
-                    Box::pin(
-                        async move { supervisor.supervise(body(turn, placed, registered)).await },
-                    )
+                let body: QueuedBody = Box::new(move |turn, registered| {
+                    Box::pin(async move { supervisor.supervise(body(turn, registered)).await })
                 });
                 self.env.tracker.spawn_on(waiter(body), &self.runtime);
             }
             None => {
-                let task = body(None, None, registered);
+                let task = body(None, registered);
                 self.env.tracker.spawn_on(
                     async move { supervisor.supervise(task).await },
                     &self.runtime,

@@ -933,6 +933,12 @@ fn a_queued_task_that_fails_its_last_attempt_is_a_dead_letter_to_retry_or_discar
     app.cli(&["dead", "discard", &second.to_string()]).ok();
     let empty = json_of(&app.cli(&["dead", "--json"]).ok());
     assert_eq!(empty["letters"], serde_json::json!([]), "{empty}");
+    let typo = app.cli(&["dead", "jbos"]);
+    assert!(
+        typo.stderr.contains("no queue named `jbos`"),
+        "{}",
+        typo.dump()
+    );
     let missing = app.cli(&["dead", "discard", &second.to_string()]);
     assert!(
         missing.stderr.contains(&format!("no dead letter {second}")),
