@@ -1331,3 +1331,48 @@ fn tasks_waiting_for_room_on_their_worker_still_count_against_max_waiting() {
     }
     host.stop();
 }
+
+/// A limit set at run time bounds the queue's tasks at once, not only its
+/// listing.
+#[test]
+fn a_concurrency_set_at_run_time_bounds_what_runs() {
+    let app = TestApp::new(
+        r#"
+        name = "narrowed"
+        [plugins.kit]
+        path = "{testkit}"
+        [[queues]]
+        name = "q"
+        "#,
+    );
+    let mut host = app.spawn();
+    host.wait_until_serving();
+    app.cli(&["queue", "set", "q", "--concurrency", "1"]).ok();
+    for name in ["w1", "w2", "w3"] {
+        app.cli(&[
+            "add",
+            "kit",
+            "waiter",
+            "--args",
+            r#"{"event": "go"}"#,
+            "--name",
+            name,
+            "--queue",
+            "q",
+        ])
+        .ok();
+    }
+    for round in 1..=3 {
+        host.wait_for(round, |l| l["event"] == "started");
+        let q = queue_of(&app, "q");
+        let counts = (q["running"].as_u64(), q["waiting"].as_u64());
+        assert_eq!(
+            counts,
+            (Some(1), Some(3 - round as u64)),
+            "round {round}: {q}"
+        );
+        app.cli(&["dispatch", "go", "", "--wait-for", "1"]).ok();
+        host.wait_for(round, |l| l["event"] == "done");
+    }
+    host.stop();
+}
