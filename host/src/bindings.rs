@@ -25,16 +25,108 @@ wasmtime::component::bindgen!({
 });
 
 /// `taskhost:plugin@0.1.0`, from the pinned copy in `wit/compat/0.1.0`.
-/// Its `types` are the current ones: unchanged since, so a 0.1.0 plugin's
-/// answers need no conversion and one `app` implementation serves both.
+/// Its `types` are 0.2.0's ([`v0_2_types`]), so one `app` implementation
+/// serves both, converting only a task's listing.
 pub(crate) mod v0_1 {
     wasmtime::component::bindgen!({
         path: "../wit/compat/0.1.0",
         world: "taskhost:plugin/plugin",
         imports: { default: async | trappable },
         exports: { default: async },
-        with: { "taskhost:plugin/types": crate::bindings::taskhost::plugin::types },
+        with: { "taskhost:plugin/types": crate::bindings::v0_2_types },
     });
+}
+
+/// The `types` of `taskhost:plugin@0.1.0` and 0.2.0, for the plugins
+/// built against them: the current types, except a task's listing
+/// (`task-state`, `task-info`), written out here in its 0.2.0 shape so the
+/// current one may grow (bindgen's `with:` maps whole interfaces, and a
+/// component's types are checked by shape, names and order included).
+/// A current task-info comes in through `From`.
+#[allow(unreachable_pub)] // public only because bindgen's `with:` re-exports it
+pub mod v0_2_types {
+    // Public as bindgen's `with:` re-exports it; what the types interface
+    // links (an empty `Host`) is the current one's.
+    pub use super::taskhost::plugin::types::{
+        CancelStage, Error, FactoryInfo, Host, HostWithStore, Level, add_to_linker,
+    };
+    use wasmtime::component::{ComponentType, Lift, Lower};
+
+    /// `task-state` as 0.2.0 has it.
+    #[derive(ComponentType, Lift, Lower, Clone, Copy, Debug, PartialEq, Eq)]
+    #[component(enum)]
+    #[repr(u8)]
+    pub enum TaskState {
+        #[component(name = "pending")]
+        Pending,
+        #[component(name = "running")]
+        Running,
+        #[component(name = "done")]
+        Done,
+        #[component(name = "failed")]
+        Failed,
+        #[component(name = "cancelled")]
+        Cancelled,
+    }
+
+    /// `task-info` as 0.2.0 has it.
+    #[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq)]
+    #[component(record)]
+    pub struct TaskInfo {
+        #[component(name = "id")]
+        pub id: u64,
+        #[component(name = "name")]
+        pub name: Option<String>,
+        #[component(name = "plugin")]
+        pub plugin: String,
+        #[component(name = "plugin-version")]
+        pub plugin_version: String,
+        #[component(name = "factory")]
+        pub factory: String,
+        #[component(name = "worker")]
+        pub worker: Option<u32>,
+        #[component(name = "state")]
+        pub state: TaskState,
+        #[component(name = "created-at-ms")]
+        pub created_at_ms: u64,
+        #[component(name = "started-at-ms")]
+        pub started_at_ms: Option<u64>,
+        #[component(name = "ended-at-ms")]
+        pub ended_at_ms: Option<u64>,
+        #[component(name = "result")]
+        pub result: Option<String>,
+        #[component(name = "error")]
+        pub error: Option<String>,
+        #[component(name = "cancel-stage")]
+        pub cancel_stage: Option<CancelStage>,
+    }
+
+    impl From<super::taskhost::plugin::types::TaskInfo> for TaskInfo {
+        fn from(info: super::taskhost::plugin::types::TaskInfo) -> TaskInfo {
+            use super::taskhost::plugin::types::TaskState as Now;
+            TaskInfo {
+                id: info.id,
+                name: info.name,
+                plugin: info.plugin,
+                plugin_version: info.plugin_version,
+                factory: info.factory,
+                worker: info.worker,
+                state: match info.state {
+                    Now::Pending => TaskState::Pending,
+                    Now::Running => TaskState::Running,
+                    Now::Done => TaskState::Done,
+                    Now::Failed => TaskState::Failed,
+                    Now::Cancelled => TaskState::Cancelled,
+                },
+                created_at_ms: info.created_at_ms,
+                started_at_ms: info.started_at_ms,
+                ended_at_ms: info.ended_at_ms,
+                result: info.result,
+                error: info.error,
+                cancel_stage: info.cancel_stage,
+            }
+        }
+    }
 }
 
 use self::exports::taskhost::plugin::factories::FactoryInfo;

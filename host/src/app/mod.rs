@@ -208,7 +208,9 @@ impl types::Host for AppState {}
 /// `app`'s functions, once for each WIT version the host links: their
 /// signatures are the same (the types are shared, see `crate::bindings`).
 macro_rules! app_host {
-    ($host:path $(, { $($only:tt)* })?) => {
+    // `$info`: the version's task-info; `$listed` makes it from the
+    // current one.
+    ($host:path, $info:ty, $listed:path $(, { $($only:tt)* })?) => {
         impl $host for AppState {
             $($($only)*)?
 
@@ -259,22 +261,22 @@ macro_rules! app_host {
             async fn get_task(
                 &mut self,
                 name: String,
-            ) -> wasmtime::Result<Result<types::TaskInfo, types::Error>> {
-                Ok(self.app_get_task(&name))
+            ) -> wasmtime::Result<Result<$info, types::Error>> {
+                Ok(self.app_get_task(&name).map($listed))
             }
 
             async fn cancel_task(
                 &mut self,
                 name: String,
-            ) -> wasmtime::Result<Result<types::TaskInfo, types::Error>> {
+            ) -> wasmtime::Result<Result<$info, types::Error>> {
                 Ok(match self.cancel_request(&name) {
-                    Ok(request) => tasks::cancel_task(request).await,
+                    Ok(request) => tasks::cancel_task(request).await.map($listed),
                     Err(error) => Err(error),
                 })
             }
 
-            async fn tasks(&mut self) -> wasmtime::Result<Vec<types::TaskInfo>> {
-                Ok(self.app_tasks())
+            async fn tasks(&mut self) -> wasmtime::Result<Vec<$info>> {
+                Ok(self.app_tasks().into_iter().map($listed).collect())
             }
 
             async fn purge_tasks(&mut self) -> wasmtime::Result<u32> {
@@ -305,95 +307,107 @@ macro_rules! app_host {
     };
 }
 
-app_host!(crate::bindings::taskhost::plugin::app::Host, {
-    async fn attempt(&mut self) -> wasmtime::Result<u32> {
-        Ok(self.attempt)
-    }
+app_host!(
+    crate::bindings::taskhost::plugin::app::Host,
+    types::TaskInfo,
+    std::convert::identity,
+    {
+        async fn attempt(&mut self) -> wasmtime::Result<u32> {
+            Ok(self.attempt)
+        }
 
-    async fn stop_retrying(&mut self) -> wasmtime::Result<()> {
-        self.stop_retrying = true;
-        Ok(())
-    }
+        async fn stop_retrying(&mut self) -> wasmtime::Result<()> {
+            self.stop_retrying = true;
+            Ok(())
+        }
 
-    async fn add_schedule(&mut self, spec: String) -> wasmtime::Result<Result<(), types::Error>> {
-        let worker = match self.add_task_target(None) {
-            Ok((worker, plugin)) => (worker, plugin),
-            Err(error) => return Ok(Err(error)),
-        };
-        Ok(worker.0.add_schedule(worker.1, spec).await)
-    }
-
-    async fn start_task_on(
-        &mut self,
-        host: String,
-        plugin: Option<String>,
-        factory: String,
-        args: String,
-        options: crate::bindings::taskhost::plugin::app::TaskOptions,
-        cluster_name: bool,
-    ) -> wasmtime::Result<
-        Result<Vec<crate::bindings::taskhost::plugin::app::PlacedTask>, types::Error>,
-    > {
-        let (worker, plugin) = match self.add_task_target(plugin) {
-            Ok(target) => target,
-            Err(error) => return Ok(Err(error)),
-        };
-        let submission =
-            match tasks::submission_of(host, plugin, factory, args, options, cluster_name) {
-                Ok(submission) => submission,
+        async fn add_schedule(
+            &mut self,
+            spec: String,
+        ) -> wasmtime::Result<Result<(), types::Error>> {
+            let worker = match self.add_task_target(None) {
+                Ok((worker, plugin)) => (worker, plugin),
                 Err(error) => return Ok(Err(error)),
             };
-        let about = (
-            submission.plugin.clone(),
-            submission.factory.clone(),
-            submission.name.clone(),
-        );
-        Ok(worker
-            .start_task_on(submission)
-            .await
-            .map(|submitted| {
-                submitted
-                    .tasks
-                    .into_iter()
-                    .map(|task| crate::bindings::taskhost::plugin::app::PlacedTask {
-                        host: task.host.unwrap_or_default(),
-                        id: task.id,
-                    })
-                    .collect()
+            Ok(worker.0.add_schedule(worker.1, spec).await)
+        }
+
+        async fn start_task_on(
+            &mut self,
+            host: String,
+            plugin: Option<String>,
+            factory: String,
+            args: String,
+            options: crate::bindings::taskhost::plugin::app::TaskOptions,
+            cluster_name: bool,
+        ) -> wasmtime::Result<
+            Result<Vec<crate::bindings::taskhost::plugin::app::PlacedTask>, types::Error>,
+        > {
+            let (worker, plugin) = match self.add_task_target(plugin) {
+                Ok(target) => target,
+                Err(error) => return Ok(Err(error)),
+            };
+            let submission =
+                match tasks::submission_of(host, plugin, factory, args, options, cluster_name) {
+                    Ok(submission) => submission,
+                    Err(error) => return Ok(Err(error)),
+                };
+            let about = (
+                submission.plugin.clone(),
+                submission.factory.clone(),
+                submission.name.clone(),
+            );
+            Ok(worker
+                .start_task_on(submission)
+                .await
+                .map(|submitted| {
+                    submitted
+                        .tasks
+                        .into_iter()
+                        .map(|task| crate::bindings::taskhost::plugin::app::PlacedTask {
+                            host: task.host.unwrap_or_default(),
+                            id: task.id,
+                        })
+                        .collect()
+                })
+                .map_err(|error| error.into_guest(&about.0, &about.1, about.2.as_deref())))
+        }
+
+        async fn remove_schedule(
+            &mut self,
+            name: String,
+        ) -> wasmtime::Result<Result<bool, types::Error>> {
+            let worker = match self.add_task_target(None) {
+                Ok((worker, _)) => worker,
+                Err(error) => return Ok(Err(error)),
+            };
+            Ok(worker.remove_schedule(name).await)
+        }
+
+        async fn idempotency_key(&mut self) -> wasmtime::Result<Option<String>> {
+            Ok(self.idempotency_key.as_deref().map(str::to_string))
+        }
+
+        async fn start_task(
+            &mut self,
+            plugin: Option<String>,
+            factory: String,
+            args: String,
+            options: crate::bindings::taskhost::plugin::app::TaskOptions,
+        ) -> wasmtime::Result<Result<u64, types::Error>> {
+            let spec = match tasks::spec_of(factory, args, options) {
+                Ok(spec) => spec,
+                Err(error) => return Ok(Err(error)),
+            };
+            Ok(match self.add_task_target(plugin) {
+                Ok((worker, plugin)) => tasks::add_task(worker, plugin, spec).await,
+                Err(error) => Err(error),
             })
-            .map_err(|error| error.into_guest(&about.0, &about.1, about.2.as_deref())))
+        }
     }
-
-    async fn remove_schedule(
-        &mut self,
-        name: String,
-    ) -> wasmtime::Result<Result<bool, types::Error>> {
-        let worker = match self.add_task_target(None) {
-            Ok((worker, _)) => worker,
-            Err(error) => return Ok(Err(error)),
-        };
-        Ok(worker.remove_schedule(name).await)
-    }
-
-    async fn idempotency_key(&mut self) -> wasmtime::Result<Option<String>> {
-        Ok(self.idempotency_key.as_deref().map(str::to_string))
-    }
-
-    async fn start_task(
-        &mut self,
-        plugin: Option<String>,
-        factory: String,
-        args: String,
-        options: crate::bindings::taskhost::plugin::app::TaskOptions,
-    ) -> wasmtime::Result<Result<u64, types::Error>> {
-        let spec = match tasks::spec_of(factory, args, options) {
-            Ok(spec) => spec,
-            Err(error) => return Ok(Err(error)),
-        };
-        Ok(match self.add_task_target(plugin) {
-            Ok((worker, plugin)) => tasks::add_task(worker, plugin, spec).await,
-            Err(error) => Err(error),
-        })
-    }
-});
-app_host!(crate::bindings::v0_1::taskhost::plugin::app::Host);
+);
+app_host!(
+    crate::bindings::v0_1::taskhost::plugin::app::Host,
+    crate::bindings::v0_2_types::TaskInfo,
+    crate::bindings::v0_2_types::TaskInfo::from
+);

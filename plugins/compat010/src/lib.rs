@@ -9,7 +9,7 @@ wit_bindgen::generate!({
 
 use exports::taskhost::plugin::factories::Guest;
 use taskhost::plugin::app;
-use taskhost::plugin::types::{Error, FactoryInfo, Level};
+use taskhost::plugin::types::{Error, FactoryInfo, Level, TaskState};
 
 struct Compat;
 
@@ -24,17 +24,23 @@ impl Guest for Compat {
                 name: "sleeper".into(),
                 description: "Sleeps until cancelled, then cleans up".into(),
             },
+            FactoryInfo {
+                name: "observe".into(),
+                description: "Returns the state of the task named in its args, as get-task and \
+                              tasks see it"
+                    .into(),
+            },
         ]
     }
 
     fn check(factory: String, _args: String) -> Result<(), Error> {
         match factory.as_str() {
-            "hello" | "sleeper" => Ok(()),
+            "hello" | "sleeper" | "observe" => Ok(()),
             _ => Err(Error::UnknownFactory(factory)),
         }
     }
 
-    fn run(factory: String, _args: String) -> Result<String, Error> {
+    fn run(factory: String, args: String) -> Result<String, Error> {
         match factory.as_str() {
             "hello" => {
                 let who = app::config("who").unwrap_or_else(|| "null".into());
@@ -52,6 +58,27 @@ impl Guest for Compat {
                     return Err(error);
                 }
             },
+            "observe" => {
+                let name = args.trim().trim_matches('"').to_string();
+                let state = |state: TaskState| match state {
+                    TaskState::Pending => "pending",
+                    TaskState::Running => "running",
+                    TaskState::Done => "done",
+                    TaskState::Failed => "failed",
+                    TaskState::Cancelled => "cancelled",
+                };
+                let got = app::get_task(&name)?;
+                let listed = app::tasks()
+                    .into_iter()
+                    .find(|t| t.name.as_deref() == Some(name.as_str()))
+                    .map(|t| state(t.state))
+                    .unwrap_or("absent");
+                Ok(format!(
+                    "{{\"get\":\"{}\",\"listed\":\"{listed}\",\"plugin_version\":\"{}\"}}",
+                    state(got.state),
+                    got.plugin_version
+                ))
+            }
             _ => Err(Error::UnknownFactory(factory)),
         }
     }

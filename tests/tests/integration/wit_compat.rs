@@ -39,6 +39,47 @@ fn a_plugin_built_against_0_1_0_runs_beside_a_current_one() {
     assert_eq!(run.results_of("identity").len(), 1, "{}", run.dump());
 }
 
+/// A 0.1.0 plugin reads a task's listing in its own shape (0.2.0's types,
+/// which the current ones may outgrow): a task waiting in a queue is
+/// `pending` to it.
+#[test]
+fn a_0_1_0_plugin_lists_tasks_in_its_own_shape() {
+    let app = TestApp::new(&format!(
+        r#"{APP}
+        [[queues]]
+        name = "held"
+        "#
+    ));
+    let mut host = app.spawn();
+    host.wait_until_serving();
+    app.cli(&["queue", "pause", "held"]).ok();
+    app.cli(&[
+        "add", "old", "hello", "--name", "waiting", "--queue", "held",
+    ])
+    .ok();
+    app.cli(&[
+        "add",
+        "old",
+        "observe",
+        "--args",
+        r#""waiting""#,
+        "--name",
+        "observer",
+    ])
+    .ok();
+    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "observer");
+    let run = host.stop();
+    let seen = run.results_of("observer");
+    assert_eq!(seen[0]["get"], "pending", "{}", run.dump());
+    assert_eq!(seen[0]["listed"], "pending", "{}", run.dump());
+    assert!(
+        seen[0]["plugin_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("sha256:")),
+        "{seen:?}"
+    );
+}
+
 #[test]
 fn a_0_1_0_task_is_cancelled_cooperatively_and_listed_with_its_version() {
     let app = TestApp::new(&format!(
