@@ -12,7 +12,7 @@ export interface TaskOptions {
   name?: string;
 }
 
-export type TaskState = 'pending' | 'running' | 'done' | 'failed' | 'cancelled';
+export type TaskState = 'queued' | 'pending' | 'running' | 'done' | 'failed' | 'cancelled';
 
 export interface TaskInfo {
   id: number | bigint;
@@ -46,6 +46,16 @@ export interface AddTaskOptions {
   retry?: Retry;
   durable?: boolean;
   idempotencyKey?: string;
+  /** Wait in this queue (`[[queues]]`) until it lets the task start. */
+  queue?: string;
+  /** Its key in the queue. */
+  key?: string;
+  /** From -100 to 100, higher first. */
+  priority?: number;
+  /** Start no sooner than this many ms from now. */
+  delayMs?: number;
+  /** Start no sooner than this Unix time, in ms. */
+  runAtMs?: number;
 }
 
 export class Cancelled extends Error {}

@@ -20,8 +20,8 @@
 // `Cancelled` again. Other host errors are `TaskhostError` subclasses; any
 // other uncaught error fails the task with its stack as the error.
 
-import * as host from 'taskhost:plugin/app@0.2.0';
-import * as connections from 'taskhost:plugin/connections@0.2.0';
+import * as host from 'taskhost:plugin/app@0.3.0';
+import * as connections from 'taskhost:plugin/connections@0.3.0';
 import * as store from 'wasi:keyvalue/store@0.2.0-draft2';
 import * as atomics from 'wasi:keyvalue/atomics@0.2.0-draft2';
 import * as wasiConfig from 'wasi:config/store@0.2.0-rc.1';
@@ -340,13 +340,27 @@ export class App {
 
   /** Starts a task on this worker; returns its id once its factory
    * accepted `args`. Options: `name`, `plugin`, `retry` ({attempts,
-   * initialMs, maxMs, exponential, jitter}), `durable`, `idempotencyKey`. */
+   * initialMs, maxMs, exponential, jitter}), `durable`, `idempotencyKey`,
+   * and `queue`, `key`, `priority`, `delayMs`, `runAtMs`: the task waits in
+   * that queue (`default` without `queue`) until it lets it start, and the
+   * id comes at once. */
   addTask(factory, args = null, options = {}) {
     const { name, plugin, retry, durable = false, idempotencyKey } = options;
+    const { queue, key, priority, delayMs, runAtMs } = options;
     const text = JSON.stringify(args ?? null);
-    if (retry === undefined && !durable && idempotencyKey === undefined) {
+    const placed = [queue, key, priority, delayMs, runAtMs].some((v) => v !== undefined);
+    if (retry === undefined && !durable && idempotencyKey === undefined && !placed) {
       return fromU64(call(host.addTask, plugin, factory, text, name));
     }
+    let start;
+    if (delayMs !== undefined) {
+      start = { tag: 'delay-ms', val: toU64(delayMs, 'delayMs') };
+    } else if (runAtMs !== undefined) {
+      start = { tag: 'run-at-ms', val: toU64(runAtMs, 'runAtMs') };
+    }
+    const placement = placed
+      ? { queue: queue ?? 'default', key, priority, start }
+      : undefined;
     const taskOptions = {
       name,
       retry:
@@ -361,6 +375,7 @@ export class App {
             },
       durable,
       idempotencyKey,
+      placement,
     };
     return fromU64(call(host.startTask, plugin, factory, text, taskOptions));
   }

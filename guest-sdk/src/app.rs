@@ -165,6 +165,7 @@ impl App {
             retry: None,
             durable: false,
             idempotency_key: None,
+            placement: None,
         }
     }
 
@@ -225,6 +226,7 @@ pub struct NewTask<'a> {
     retry: Option<Retry>,
     durable: bool,
     idempotency_key: Option<&'a str>,
+    placement: Option<app::Placement>,
 }
 
 /// How a task is tried again after a failed attempt (each attempt in a
@@ -289,6 +291,50 @@ impl<'a> NewTask<'a> {
         self
     }
 
+    /// Waits in `queue` (`[[queues]]` in app.toml, or `default`) until the
+    /// queue lets it start; its state is `queued` meanwhile.
+    pub fn queue(mut self, queue: &str) -> Self {
+        self.placed().queue = queue.to_string();
+        self
+    }
+
+    /// Its key in its queue (per-key limits, turns between keys, dedupe).
+    /// Without [`NewTask::queue`]: the `default` queue.
+    pub fn key(mut self, key: &str) -> Self {
+        self.placed().key = Some(key.to_string());
+        self
+    }
+
+    /// From -100 to 100, higher starts first (default 0). Without
+    /// [`NewTask::queue`]: the `default` queue.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.placed().priority = Some(priority);
+        self
+    }
+
+    /// Starts no sooner than `ms` milliseconds from now, waiting in its
+    /// queue meanwhile. Without [`NewTask::queue`]: the `default` queue.
+    pub fn delay_ms(mut self, ms: u64) -> Self {
+        self.placed().start = Some(app::StartAt::DelayMs(ms));
+        self
+    }
+
+    /// Starts no sooner than the Unix time `ms` (milliseconds). Without
+    /// [`NewTask::queue`]: the `default` queue.
+    pub fn run_at_ms(mut self, ms: u64) -> Self {
+        self.placed().start = Some(app::StartAt::RunAtMs(ms));
+        self
+    }
+
+    fn placed(&mut self) -> &mut app::Placement {
+        self.placement.get_or_insert_with(|| app::Placement {
+            queue: "default".into(),
+            key: None,
+            priority: None,
+            start: None,
+        })
+    }
+
     /// With [`NewTask::durable`]: a second start with the same key returns
     /// the first task's id and starts nothing.
     pub fn idempotency_key(mut self, key: &'a str) -> Self {
@@ -299,7 +345,11 @@ impl<'a> NewTask<'a> {
     /// Starts the task on this worker and returns its id once the factory
     /// has accepted the arguments (and, if durable, it is recorded).
     pub fn start(self) -> Result<u64> {
-        if self.retry.is_none() && !self.durable && self.idempotency_key.is_none() {
+        if self.retry.is_none()
+            && !self.durable
+            && self.idempotency_key.is_none()
+            && self.placement.is_none()
+        {
             let args = self.args?;
             return app::add_task(self.plugin, self.factory, &args, self.name)
                 .map_err(Error::from_wit);
@@ -351,6 +401,7 @@ impl<'a> NewTask<'a> {
             }),
             durable: self.durable,
             idempotency_key: self.idempotency_key.map(str::to_string),
+            placement: self.placement,
         };
         Ok((args, options))
     }

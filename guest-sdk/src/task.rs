@@ -29,7 +29,10 @@ pub struct TaskInfo {
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum TaskState {
+    /// Waiting in a queue until the queue lets it start.
+    Queued,
     Pending,
     Running,
     Done,
@@ -67,6 +70,7 @@ impl From<types::TaskInfo> for TaskInfo {
             factory: info.factory,
             worker: info.worker,
             state: match info.state {
+                types::TaskState::Queued => TaskState::Queued,
                 types::TaskState::Pending => TaskState::Pending,
                 types::TaskState::Running => TaskState::Running,
                 types::TaskState::Done => TaskState::Done,

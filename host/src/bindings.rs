@@ -1,5 +1,5 @@
 //! The one place that runs `bindgen!` for the `taskhost:plugin` world: the
-//! current version (`wit/plugin.wit`, 0.2.0) and every older one the host
+//! current version (`wit/plugin.wit`, 0.3.0) and every older one the host
 //! still runs ([`v0_1`]), with [`FactoriesPre`] and [`Factories`] calling a
 //! plugin's exports whichever version it was built against.
 //!
@@ -23,6 +23,23 @@ wasmtime::component::bindgen!({
     imports: { default: async | trappable },
     exports: { default: async },
 });
+
+/// `taskhost:plugin@0.2.0`, from the pinned copy in `wit/compat/0.2.0`:
+/// its own `types` ([`v0_2_types`]); `wasi:keyvalue` and `wasi:config` are
+/// the current ones, unchanged.
+pub(crate) mod v0_2 {
+    wasmtime::component::bindgen!({
+        path: "../wit/compat/0.2.0",
+        world: "taskhost:plugin/plugin",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "taskhost:plugin/types": crate::bindings::v0_2_types,
+            "wasi:keyvalue": crate::bindings::wasi::keyvalue,
+            "wasi:config": crate::bindings::wasi::config,
+        },
+    });
+}
 
 /// `taskhost:plugin@0.1.0`, from the pinned copy in `wit/compat/0.1.0`.
 /// Its `types` are 0.2.0's ([`v0_2_types`]), so one `app` implementation
@@ -112,7 +129,8 @@ pub mod v0_2_types {
                 factory: info.factory,
                 worker: info.worker,
                 state: match info.state {
-                    Now::Pending => TaskState::Pending,
+                    // 0.2.0 has no `queued`: registered, not yet running.
+                    Now::Queued | Now::Pending => TaskState::Pending,
                     Now::Running => TaskState::Running,
                     Now::Done => TaskState::Done,
                     Now::Failed => TaskState::Failed,
@@ -135,6 +153,7 @@ use self::exports::taskhost::plugin::factories::FactoryInfo;
 /// `factories` export has.
 pub(crate) enum FactoriesPre<T: 'static> {
     Current(PluginPre<T>),
+    V0_2(v0_2::PluginPre<T>),
     V0_1(v0_1::PluginPre<T>),
 }
 
@@ -144,9 +163,12 @@ impl<T: Send + 'static> FactoriesPre<T> {
     pub(crate) fn new(pre: InstancePre<T>) -> wasmtime::Result<FactoriesPre<T>> {
         match PluginPre::new(pre.clone()) {
             Ok(current) => Ok(FactoriesPre::Current(current)),
-            Err(error) => match v0_1::PluginPre::new(pre) {
-                Ok(old) => Ok(FactoriesPre::V0_1(old)),
-                Err(_) => Err(error),
+            Err(error) => match v0_2::PluginPre::new(pre.clone()) {
+                Ok(old) => Ok(FactoriesPre::V0_2(old)),
+                Err(_) => match v0_1::PluginPre::new(pre) {
+                    Ok(old) => Ok(FactoriesPre::V0_1(old)),
+                    Err(_) => Err(error),
+                },
             },
         }
     }
@@ -154,7 +176,8 @@ impl<T: Send + 'static> FactoriesPre<T> {
     /// The `taskhost:plugin` version the plugin was built against.
     pub(crate) fn wit_version(&self) -> &'static str {
         match self {
-            FactoriesPre::Current(_) => "0.2.0",
+            FactoriesPre::Current(_) => "0.3.0",
+            FactoriesPre::V0_2(_) => "0.2.0",
             FactoriesPre::V0_1(_) => "0.1.0",
         }
     }
@@ -165,6 +188,7 @@ impl<T: Send + 'static> FactoriesPre<T> {
     ) -> wasmtime::Result<Factories> {
         Ok(match self {
             FactoriesPre::Current(pre) => Factories::Current(pre.instantiate_async(store).await?),
+            FactoriesPre::V0_2(pre) => Factories::V0_2(pre.instantiate_async(store).await?),
             FactoriesPre::V0_1(pre) => Factories::V0_1(pre.instantiate_async(store).await?),
         })
     }
@@ -173,6 +197,7 @@ impl<T: Send + 'static> FactoriesPre<T> {
 /// One instance's `factories` export, of either version.
 pub(crate) enum Factories {
     Current(Plugin),
+    V0_2(v0_2::Plugin),
     V0_1(v0_1::Plugin),
 }
 
@@ -183,6 +208,11 @@ impl Factories {
     ) -> wasmtime::Result<Vec<FactoryInfo>> {
         match self {
             Factories::Current(p) => {
+                p.taskhost_plugin_factories()
+                    .call_list_factories(store)
+                    .await
+            }
+            Factories::V0_2(p) => {
                 p.taskhost_plugin_factories()
                     .call_list_factories(store)
                     .await
@@ -207,6 +237,11 @@ impl Factories {
                     .call_check(store, factory, args)
                     .await
             }
+            Factories::V0_2(p) => {
+                p.taskhost_plugin_factories()
+                    .call_check(store, factory, args)
+                    .await
+            }
             Factories::V0_1(p) => {
                 p.taskhost_plugin_factories()
                     .call_check(store, factory, args)
@@ -223,6 +258,11 @@ impl Factories {
     ) -> wasmtime::Result<Result<String, GuestError>> {
         match self {
             Factories::Current(p) => {
+                p.taskhost_plugin_factories()
+                    .call_run(store, factory, args)
+                    .await
+            }
+            Factories::V0_2(p) => {
                 p.taskhost_plugin_factories()
                     .call_run(store, factory, args)
                     .await

@@ -36,9 +36,14 @@ impl HostInterface for ConnectionsState {
     fn add_to_linker<T: Holds<Self> + Send + 'static>(
         linker: &mut Linker<T>,
     ) -> anyhow::Result<()> {
-        wit::add_to_linker::<T, HasConnections>(linker, Holds::<ConnectionsState>::state).map_err(
-            |e| anyhow::anyhow!("cannot add the connections interface to the linker: {e:#}"),
-        )
+        wit::add_to_linker::<T, HasConnections>(linker, Holds::<ConnectionsState>::state)
+            // Plugins built against 0.2.0 import its own version.
+            .and_then(|()| {
+                old::add_to_linker::<T, HasConnections>(linker, Holds::<ConnectionsState>::state)
+            })
+            .map_err(|e| {
+                anyhow::anyhow!("cannot add the connections interface to the linker: {e:#}")
+            })
     }
 }
 
@@ -86,5 +91,50 @@ impl wit::Host for ConnectionsState {
             Ok((None, _)) => Err(closed(id)),
             Err(error) => Err(error),
         })
+    }
+}
+
+use crate::bindings::v0_2::taskhost::plugin::connections as old;
+
+/// A message of 0.2.0's `connections`, which has the same cases.
+fn message_from_old(message: old::Message) -> Message {
+    match message {
+        old::Message::Text(text) => Message::Text(text),
+        old::Message::Binary(bytes) => Message::Binary(bytes),
+    }
+}
+
+fn message_to_old(message: Message) -> old::Message {
+    match message {
+        Message::Text(text) => old::Message::Text(text),
+        Message::Binary(bytes) => old::Message::Binary(bytes),
+    }
+}
+
+/// `connections@0.2.0`: the current functions, its messages converted.
+impl old::Host for ConnectionsState {
+    async fn recv(
+        &mut self,
+        id: u64,
+    ) -> wasmtime::Result<Result<Option<old::Message>, GuestError>> {
+        let received = wit::Host::recv(self, id).await?;
+        Ok(received.map(|message| message.map(message_to_old)))
+    }
+
+    async fn send(
+        &mut self,
+        id: u64,
+        message: old::Message,
+    ) -> wasmtime::Result<Result<(), GuestError>> {
+        wit::Host::send(self, id, message_from_old(message)).await
+    }
+
+    async fn close(
+        &mut self,
+        id: u64,
+        code: u16,
+        reason: String,
+    ) -> wasmtime::Result<Result<(), GuestError>> {
+        wit::Host::close(self, id, code, reason).await
     }
 }

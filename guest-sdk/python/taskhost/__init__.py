@@ -482,12 +482,35 @@ class App:
         retry: Optional[Retry] = None,
         durable: bool = False,
         idempotency_key: Optional[str] = None,
+        queue: Optional[str] = None,
+        key: Optional[str] = None,
+        priority: Optional[int] = None,
+        delay_ms: Optional[int] = None,
+        run_at_ms: Optional[int] = None,
     ) -> int:
         """Starts a task on this worker; returns its id once its factory
-        accepted `args`."""
+        accepted `args`. With `queue` (or `key`, `priority`, `delay_ms`,
+        `run_at_ms`, which mean the `default` queue without it) it waits in
+        that queue until the queue lets it start, and the id comes at once."""
         text = json.dumps(args)
-        if retry is None and not durable and idempotency_key is None:
+        placed = any(
+            v is not None for v in (queue, key, priority, delay_ms, run_at_ms)
+        )
+        if retry is None and not durable and idempotency_key is None and not placed:
             return _call(_app.add_task, plugin, factory, text, name)
+        placement = None
+        if placed:
+            start = None
+            if delay_ms is not None:
+                start = _app.StartAt_DelayMs(int(delay_ms))
+            elif run_at_ms is not None:
+                start = _app.StartAt_RunAtMs(int(run_at_ms))
+            placement = _app.Placement(
+                queue=queue if queue is not None else "default",
+                key=key,
+                priority=None if priority is None else int(priority),
+                start=start,
+            )
         options = _app.TaskOptions(
             name=name,
             retry=None
@@ -501,6 +524,7 @@ class App:
             ),
             durable=durable,
             idempotency_key=idempotency_key,
+            placement=placement,
         )
         return _call(_app.start_task, plugin, factory, text, options)
 

@@ -188,22 +188,49 @@ impl AppState {
 }
 
 /// Links the `app` interface (and its `types`) for stores whose data holds
-/// an [`AppState`], reached through `state`: the current version and 0.1.0,
-/// so plugins built against either run.
+/// an [`AppState`], reached through `state`: the current version, 0.2.0 and
+/// 0.1.0, so plugins built against any of them run.
 pub(crate) fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     state: fn(&mut T) -> &mut AppState,
 ) -> anyhow::Result<()> {
-    use crate::bindings::{taskhost::plugin as current, v0_1::taskhost::plugin as v0_1};
+    use crate::bindings::taskhost::plugin as current;
+    use crate::bindings::{v0_1::taskhost::plugin as v0_1, v0_2::taskhost::plugin as v0_2};
     current::types::add_to_linker::<T, HasSelf<AppState>>(linker, state)
         .and_then(|()| current::app::add_to_linker::<T, HasSelf<AppState>>(linker, state))
-        // 0.1.0's `types` declares only types: an empty instance links it.
+        // Older versions' `types` declare only types: an empty instance
+        // links each.
+        .and_then(|()| linker.instance("taskhost:plugin/types@0.2.0").map(drop))
+        .and_then(|()| v0_2::app::add_to_linker::<T, HasSelf<AppState>>(linker, state))
         .and_then(|()| linker.instance("taskhost:plugin/types@0.1.0").map(drop))
         .and_then(|()| v0_1::app::add_to_linker::<T, HasSelf<AppState>>(linker, state))
         .map_err(|e| anyhow::anyhow!("cannot add the app interface to the linker: {e:#}"))
 }
 
 impl types::Host for AppState {}
+
+impl From<crate::bindings::v0_2::taskhost::plugin::app::TaskOptions>
+    for crate::bindings::taskhost::plugin::app::TaskOptions
+{
+    fn from(old: crate::bindings::v0_2::taskhost::plugin::app::TaskOptions) -> Self {
+        Self {
+            name: old.name,
+            retry: old.retry.map(
+                |retry| crate::bindings::taskhost::plugin::app::RetryPolicy {
+                    attempts: retry.attempts,
+                    initial_ms: retry.initial_ms,
+                    max_ms: retry.max_ms,
+                    exponential: retry.exponential,
+                    jitter: retry.jitter,
+                },
+            ),
+            durable: old.durable,
+            idempotency_key: old.idempotency_key,
+            // 0.2.0 cannot place a task in a queue.
+            placement: None,
+        }
+    }
+}
 
 /// `app`'s functions, once for each WIT version the host links: their
 /// signatures are the same (the types are shared, see `crate::bindings`).
@@ -307,11 +334,12 @@ macro_rules! app_host {
     };
 }
 
-app_host!(
-    crate::bindings::taskhost::plugin::app::Host,
-    types::TaskInfo,
-    std::convert::identity,
-    {
+/// The functions 0.2.0 added (retries, durable tasks, schedules, other
+/// hosts), for each version that has them: `$options` and `$placed` are
+/// the version's `task-options` (made current with `Into`) and
+/// `placed-task`.
+macro_rules! since_0_2 {
+    ($options:ty, $placed:ty) => {
         async fn attempt(&mut self) -> wasmtime::Result<u32> {
             Ok(self.attempt)
         }
@@ -338,20 +366,25 @@ app_host!(
             plugin: Option<String>,
             factory: String,
             args: String,
-            options: crate::bindings::taskhost::plugin::app::TaskOptions,
+            options: $options,
             cluster_name: bool,
-        ) -> wasmtime::Result<
-            Result<Vec<crate::bindings::taskhost::plugin::app::PlacedTask>, types::Error>,
-        > {
+        ) -> wasmtime::Result<Result<Vec<$placed>, types::Error>> {
+            type PlacedHere = $placed;
             let (worker, plugin) = match self.add_task_target(plugin) {
                 Ok(target) => target,
                 Err(error) => return Ok(Err(error)),
             };
-            let submission =
-                match tasks::submission_of(host, plugin, factory, args, options, cluster_name) {
-                    Ok(submission) => submission,
-                    Err(error) => return Ok(Err(error)),
-                };
+            let submission = match tasks::submission_of(
+                host,
+                plugin,
+                factory,
+                args,
+                options.into(),
+                cluster_name,
+            ) {
+                Ok(submission) => submission,
+                Err(error) => return Ok(Err(error)),
+            };
             let about = (
                 submission.plugin.clone(),
                 submission.factory.clone(),
@@ -364,7 +397,7 @@ app_host!(
                     submitted
                         .tasks
                         .into_iter()
-                        .map(|task| crate::bindings::taskhost::plugin::app::PlacedTask {
+                        .map(|task| PlacedHere {
                             host: task.host.unwrap_or_default(),
                             id: task.id,
                         })
@@ -393,9 +426,9 @@ app_host!(
             plugin: Option<String>,
             factory: String,
             args: String,
-            options: crate::bindings::taskhost::plugin::app::TaskOptions,
+            options: $options,
         ) -> wasmtime::Result<Result<u64, types::Error>> {
-            let spec = match tasks::spec_of(factory, args, options) {
+            let spec = match tasks::spec_of(factory, args, options.into()) {
                 Ok(spec) => spec,
                 Err(error) => return Ok(Err(error)),
             };
@@ -404,6 +437,29 @@ app_host!(
                 Err(error) => Err(error),
             })
         }
+    };
+}
+
+app_host!(
+    crate::bindings::taskhost::plugin::app::Host,
+    types::TaskInfo,
+    std::convert::identity,
+    {
+        since_0_2!(
+            crate::bindings::taskhost::plugin::app::TaskOptions,
+            crate::bindings::taskhost::plugin::app::PlacedTask
+        );
+    }
+);
+app_host!(
+    crate::bindings::v0_2::taskhost::plugin::app::Host,
+    crate::bindings::v0_2_types::TaskInfo,
+    crate::bindings::v0_2_types::TaskInfo::from,
+    {
+        since_0_2!(
+            crate::bindings::v0_2::taskhost::plugin::app::TaskOptions,
+            crate::bindings::v0_2::taskhost::plugin::app::PlacedTask
+        );
     }
 );
 app_host!(

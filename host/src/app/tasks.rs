@@ -112,6 +112,67 @@ fn retry_spec(retry: app::RetryPolicy) -> RetrySpec {
     }
 }
 
+/// `task-options.placement` as the strings every submission's queue
+/// options are: a delay as `"{ms}ms"`, a time as RFC 3339. The queue's
+/// name is bounded first: a refusal echoes it.
+struct PlacementText {
+    queue: String,
+    key: Option<String>,
+    priority: Option<i64>,
+    delay: Option<String>,
+    run_at: Option<String>,
+}
+
+fn placement_text(placement: app::Placement) -> Result<PlacementText, GuestError> {
+    crate::config::Limit::check_name("a queue name", &placement.queue)
+        .map_err(|e| GuestError::InvalidArgs(format!("task-options.placement.queue: {e}")))?;
+    let (delay, run_at) = match placement.start {
+        None => (None, None),
+        Some(app::StartAt::DelayMs(ms)) => (Some(format!("{ms}ms")), None),
+        Some(app::StartAt::RunAtMs(ms)) => {
+            let at = i64::try_from(ms)
+                .ok()
+                .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis)
+                .ok_or_else(|| {
+                    GuestError::InvalidArgs(format!(
+                        "task-options.placement.start: run-at-ms {ms} is not a time"
+                    ))
+                })?;
+            (None, Some(at.to_rfc3339()))
+        }
+    };
+    Ok(PlacementText {
+        queue: placement.queue,
+        key: placement.key,
+        priority: placement.priority.map(i64::from),
+        delay,
+        run_at,
+    })
+}
+
+/// A guest's placement, checked as every submission's is:
+/// `invalid-args` naming the field.
+fn placement_checked(text: &PlacementText) -> Result<crate::config::Placement, GuestError> {
+    let checked = crate::config::QueueOptions {
+        queue: Some(&text.queue),
+        key: text.key.as_deref(),
+        priority: text.priority,
+        delay: text.delay.as_deref(),
+        run_at: text.run_at.as_deref(),
+    }
+    .placement()
+    .map_err(|e| GuestError::InvalidArgs(format!("task-options.placement: {e}")))?;
+    Ok(checked.expect("a queue is named, so there is a placement"))
+}
+
+fn placement_of(
+    placement: Option<app::Placement>,
+) -> Result<Option<crate::config::Placement>, GuestError> {
+    placement
+        .map(|placement| placement_checked(&placement_text(placement)?))
+        .transpose()
+}
+
 /// `start-task`'s options as a spec; bad ones are `invalid-args` naming
 /// the field.
 pub(super) fn spec_of(
@@ -135,7 +196,7 @@ pub(super) fn spec_of(
         durable: options.durable,
         idempotency_key: options.idempotency_key,
         connection: None,
-        queue: None,
+        queue: placement_of(options.placement)?,
     })
 }
 
@@ -158,6 +219,12 @@ pub(super) fn submission_of(
             .policy()
             .map_err(|e| GuestError::InvalidArgs(format!("task-options.retry: {e:#}")))?;
     }
+    // Checked here, as the host that runs it will: a bad one is refused
+    // before it travels.
+    let placement = options.placement.map(placement_text).transpose()?;
+    if let Some(text) = &placement {
+        placement_checked(text)?;
+    }
     Ok(Submission {
         plugin,
         factory,
@@ -174,11 +241,11 @@ pub(super) fn submission_of(
         } else {
             NameScope::Worker
         },
-        queue: None,
-        key: None,
-        priority: None,
-        delay: None,
-        run_at: None,
+        queue: placement.as_ref().map(|p| p.queue.clone()),
+        key: placement.as_ref().and_then(|p| p.key.clone()),
+        priority: placement.as_ref().and_then(|p| p.priority),
+        delay: placement.as_ref().and_then(|p| p.delay.clone()),
+        run_at: placement.and_then(|p| p.run_at),
     })
 }
 
@@ -294,10 +361,9 @@ pub(super) fn to_wit(info: &TaskInfo) -> types::TaskInfo {
         factory: view.factory,
         worker: view.worker.index(),
         state: match view.state {
-            // The WIT's `task-state` has no `queued` yet (a new case is a
-            // new type for guests built against 0.2.0): a queued task is
-            // `pending` to a guest, registered and not yet running.
-            TaskState::Queued | TaskState::Pending => types::TaskState::Pending,
+            // Older guests see it as pending (`bindings::v0_2_types`).
+            TaskState::Queued => types::TaskState::Queued,
+            TaskState::Pending => types::TaskState::Pending,
             TaskState::Running => types::TaskState::Running,
             TaskState::Done => types::TaskState::Done,
             TaskState::Failed => types::TaskState::Failed,

@@ -548,6 +548,36 @@ plugin! {
         Ok(json!({ "read": read, "write": write, "env": env }))
     }
 
+    /// Starts `nap` as task `name` in `queue` with `key`, `priority` and
+    /// `delay_ms` (WIT 0.3.0's placement), then returns the state it reads
+    /// back, or the error the host gave.
+    fn place(
+        app: &App,
+        name: String,
+        queue: Option<String>,
+        key: Option<String>,
+        priority: Option<i32>,
+        delay_ms: Option<u64>,
+    ) -> Result<serde_json::Value> {
+        let mut task = app.task("nap").name(&name).args(json!({"ms": 1}));
+        if let Some(queue) = &queue {
+            task = task.queue(queue);
+        }
+        if let Some(key) = &key {
+            task = task.key(key);
+        }
+        if let Some(priority) = priority {
+            task = task.priority(priority);
+        }
+        if let Some(ms) = delay_ms {
+            task = task.delay_ms(ms);
+        }
+        Ok(match task.start() {
+            Ok(_) => json!({ "state": app.get_task(&name)?.state }),
+            Err(error) => json!({ "error": error.to_string() }),
+        })
+    }
+
     /// Returns an error (the task fails without trapping).
     fn fail(_app: &App, reason: Option<String>) -> Result<()> {
         Err(Error::msg(reason.unwrap_or_else(|| "testkit failure on purpose".into())))

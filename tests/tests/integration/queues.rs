@@ -1376,3 +1376,55 @@ fn a_concurrency_set_at_run_time_bounds_what_runs() {
     }
     host.stop();
 }
+
+/// A guest places a task in a queue (WIT 0.3.0's `task-options.placement`)
+/// and reads it back `queued`; a bad placement is refused naming the
+/// field.
+#[test]
+fn a_guest_starts_a_task_in_a_queue_and_sees_it_queued() {
+    let app = TestApp::new(
+        r#"
+        name = "placed"
+        [plugins.kit]
+        path = "{testkit}"
+        [[queues]]
+        name = "held"
+        "#,
+    );
+    let mut host = app.spawn();
+    host.wait_until_serving();
+    app.cli(&["queue", "pause", "held"]).ok();
+    let mut place = |name: &str, args: &str| -> Value {
+        app.cli(&["add", "kit", "place", "--args", args, "--name", name])
+            .ok();
+        host.wait_for(1, |l| l["event"] == "done" && l["task"] == name);
+        let task = json_of(&app.cli(&["task", name, "--json"]).ok());
+        serde_json::from_str(task[0]["result"].as_str().unwrap()).unwrap()
+    };
+    let placed = place(
+        "placer",
+        r#"{"name": "waiting", "queue": "held", "key": "acme", "priority": 7}"#,
+    );
+    assert_eq!(placed, serde_json::json!({"state": "queued"}));
+    let bad = place(
+        "bad",
+        r#"{"name": "nope", "queue": "held", "priority": 101}"#,
+    );
+    assert!(
+        bad["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("`priority` 101 is out of range")),
+        "{bad}"
+    );
+    let unknown = place("unknown", r#"{"name": "nope2", "queue": "missing"}"#);
+    assert!(
+        unknown["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no queue named `missing`")),
+        "{unknown}"
+    );
+    let waiting = json_of(&app.cli(&["task", "waiting", "--json"]).ok());
+    assert_eq!(waiting[0]["state"], "queued", "{waiting}");
+    assert_eq!(waiting[0]["queue"], "held", "{waiting}");
+    host.stop();
+}
