@@ -40,6 +40,20 @@ export const variables = task(
   { description: "Reads the plugin's variables through wasi:config/store." },
 );
 
+export const place = task(
+  (app) => {
+    app.addTask('noop', null, {
+      name: 'placed',
+      queue: 'held',
+      key: 'acme',
+      priority: 3,
+      delayMs: 2000,
+    });
+    return { state: app.getTask('placed').state };
+  },
+  { description: 'Starts noop in queue held (key, priority, a 2 s delay) and reads its state back.' },
+);
+
 export const auto_inject = task(
   async (app, { delay_ms }) => {
     app.sleep(delay_ms);

@@ -41,6 +41,15 @@ def variables(app: App) -> dict:
 
 
 @task
+def place(app: App) -> dict:
+    """Starts `noop` in queue `held` (key, priority, a 2 s delay) and reads
+    its state back."""
+    app.add_task("noop", None, name="placed", queue="held", key="acme",
+                 priority=3, delay_ms=2000)
+    return {"state": app.get_task("placed").state}
+
+
+@task
 def auto_inject(app: App, delay_ms: int = 0) -> dict:
     """Reports what the injected app knows about itself."""
     app.sleep(delay_ms)

@@ -133,6 +133,25 @@ per_language! {
         );
     }
 
+    fn a_task_is_started_in_a_queue_and_read_back_queued(lang: &Language) {
+        let run = lang
+            .app("[[queues]]\nname = \"held\"", &lang.task("place", "placer", "{}"))
+            .run_until_idle()
+            .ok();
+        assert_eq!(
+            run.results_of("placer"),
+            vec![json!({"state": "queued"}); 2],
+            "{}",
+            run.dump()
+        );
+        let queued = run.events("queued");
+        assert!(
+            queued.iter().all(|l| l["queue"] == "held" && l["key"] == "acme" && l["priority"] == 3),
+            "{}",
+            run.dump()
+        );
+    }
+
     fn tasks_run_per_worker_with_typed_args_app_calls_fetch_and_errors(lang: &Language) {
         let address = hello_server();
         let short = lang.short;
