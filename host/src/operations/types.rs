@@ -240,8 +240,9 @@ pub struct PluginView {
     pub version: String,
     /// The component file it was loaded from, as the host reads it.
     pub path: PathBuf,
-    /// The `taskhost:plugin` WIT version it was built against ("0.2.0",
-    /// or "0.1.0" for a plugin built before key-value state).
+    /// The `taskhost:plugin` WIT version it was built against ("0.3.0",
+    /// "0.2.0" for a plugin built before queues, or "0.1.0" before
+    /// key-value state).
     pub wit: String,
     /// Whether new tasks start from it (`serving`) or it only runs older tasks
     /// out (`draining`).
