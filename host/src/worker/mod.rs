@@ -603,7 +603,10 @@ impl WorkerCtx {
             id,
         } = launch;
         let registered = Instant::now();
-        self.check(&name, &factory, &args)?;
+        // A queued launch was checked by `enqueue`, before it took its place.
+        if waiting.is_none() {
+            self.check(&name, &factory, &args)?;
+        }
         let (queue, waiting, placed) = match waiting {
             Some((queue, waiting, placed)) => (Some(queue), Some(waiting), Some(placed)),
             None => (None, None, None),
