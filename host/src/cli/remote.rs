@@ -1150,9 +1150,14 @@ fn print_queues(queues: &[crate::operations::types::QueueView]) {
             vec![
                 clean(&q.name),
                 state.into(),
-                match q.delayed {
-                    0 => q.waiting.to_string(),
-                    delayed => format!("{} ({delayed} delayed)", q.waiting),
+                match (q.delayed, q.blocked) {
+                    (0, 0) => q.waiting.to_string(),
+                    (delayed, 0) => format!("{} ({delayed} delayed)", q.waiting),
+                    (0, blocked) => format!("{} ({blocked} held by the cluster)", q.waiting),
+                    (delayed, blocked) => format!(
+                        "{} ({delayed} delayed, {blocked} held by the cluster)",
+                        q.waiting
+                    ),
                 },
                 q.running.to_string(),
                 format!("{:.1}", q.started_per_second),

@@ -17,6 +17,7 @@ mod events;
 pub mod kv;
 pub mod members;
 pub mod names;
+pub mod queues;
 pub mod requests;
 pub mod rollout;
 pub mod ticks;
@@ -72,6 +73,8 @@ pub struct Cluster {
     kv: Arc<kv::ClusterKv>,
     /// Tasks for any host, taken by the hosts with room.
     any: Arc<any::AnyQueue>,
+    /// The queues' limits, held across the hosts.
+    queues: Arc<queues::SharedQueues>,
     env: Arc<TaskEnv>,
     /// What runs for the cluster: the events' bridges, the heartbeat,
     /// the durable queue's runners, the roll-out watch.
@@ -202,6 +205,14 @@ impl Cluster {
                 .await
                 .with_context(|| format!("{}: [cluster]", file.display()))?,
         );
+        let queues = Arc::new(
+            queues::SharedQueues::open(&client, config)
+                .await
+                .with_context(|| format!("{}: [cluster]", file.display()))?,
+        );
+        tasks.extend(queues::run(queues.clone(), members.clone()));
+        // Before any task runs: every queued task takes its share.
+        env.queues.share(Arc::new(queues.clone()));
         tracing::info!(
             cluster = config.name,
             host = config.host,
@@ -221,6 +232,7 @@ impl Cluster {
             rollout,
             kv,
             any,
+            queues,
             env,
             tasks: Mutex::new(tasks),
             servers: Mutex::default(),
@@ -350,10 +362,11 @@ impl Cluster {
             .push(watch);
     }
 
-    /// Frees this host's names, sends what is queued (a bounded wait),
+    /// Frees this host's names and queue slots, sends what is queued (a bounded wait),
     /// then stops relaying.
     pub async fn leave(&self) {
         let _ = tokio::time::timeout(LEAVE_FLUSH, self.names.release_all()).await;
+        let _ = tokio::time::timeout(LEAVE_FLUSH, self.queues.free_mine()).await;
         let _ = tokio::time::timeout(LEAVE_FLUSH, self.client.flush()).await;
         self.stop();
     }

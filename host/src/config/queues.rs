@@ -98,6 +98,16 @@ impl QueueConfig {
         }
     }
 
+    /// Whether it bounds its tasks' starts (concurrency, per key, rates):
+    /// in a cluster, such a queue's tasks take a share of its limits
+    /// across the hosts before they run.
+    pub fn limits_starts(&self) -> bool {
+        self.concurrency.is_some()
+            || self.per_key.is_some()
+            || self.rate.is_some()
+            || self.key_rate.is_some()
+    }
+
     /// Whether every task of it needs a key: its per-key bounds and its
     /// dedupe are by key.
     pub fn needs_key(&self) -> Option<&'static str> {

@@ -874,6 +874,7 @@ fn queue_view(queue: &crate::queues::Queue, dead: u64) -> QueueView {
         waiting: stats.waiting,
         delayed: stats.delayed,
         running: stats.running,
+        blocked: stats.blocked,
         started: stats.started,
         started_per_second: stats.started_per_second,
         throttled: stats.throttled,

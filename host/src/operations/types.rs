@@ -556,6 +556,11 @@ pub struct QueueView {
     pub delayed: u64,
     /// Tasks holding a turn (running, or waiting for room on a worker).
     pub running: u32,
+    /// Of the waiting, tasks given their turn on this host that wait for
+    /// the cluster's limits (other hosts hold the slots, or the rate is
+    /// spent); always 0 outside a cluster.
+    #[serde(default)]
+    pub blocked: u64,
     /// Tasks it let start since the host started.
     pub started: u64,
     /// Starts per second over the last 9 whole seconds.

@@ -15,6 +15,12 @@
 //! An operator may pause, drain or resume a queue and change its limits
 //! at run time; [`Settings`] is what of that is kept across restarts (the
 //! operations layer writes it to storage before it is applied).
+//!
+//! In a cluster the limits hold across its hosts: each host's dispatcher
+//! orders its own waiting tasks under the queue's limits, and a task given
+//! its turn then takes its share of the cluster's ([`Shared`], on
+//! JetStream KV) before it runs, waiting (still `queued`) while the other
+//! hosts hold the queue's or its key's slots or its rate is spent.
 
 mod dispatch;
 
@@ -25,7 +31,7 @@ use dispatch::{Dispatch, Rules};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, oneshot};
 
@@ -45,6 +51,22 @@ pub(crate) struct Queues {
     /// Held while an operator's change is written and applied, so two
     /// changes of one queue do not interleave.
     changes: tokio::sync::Mutex<()>,
+    /// The cluster's side of the limits, once the host joined one.
+    shared: Arc<OnceLock<Arc<dyn Shared>>>,
+}
+
+/// A queue's limits as the other hosts of a cluster share them: set once,
+/// when the host joins (`cluster::queues`), before any task runs.
+pub(crate) trait Shared: Send + Sync {
+    /// Waits until `config`'s `concurrency`, `per_key`, `rate` and
+    /// `key_rate` let one more task of `key` (empty: none) start across
+    /// every host, and holds its share of them until the returned value
+    /// is dropped. Dropping the future before it is ready takes nothing.
+    fn hold(
+        &self,
+        config: Arc<QueueConfig>,
+        key: Arc<str>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Box<dyn Send + Sync>> + Send>>;
 }
 
 impl Queues {
@@ -57,6 +79,7 @@ impl Queues {
             waiting: Arc::default(),
             timers: Vec::new(),
             changes: tokio::sync::Mutex::new(()),
+            shared: Arc::default(),
         };
         let default = QueueConfig::unbounded(DEFAULT_QUEUE);
         let listed = configs.iter().any(|config| config.name == DEFAULT_QUEUE);
@@ -73,7 +96,9 @@ impl Queues {
                     admitting: 0,
                     recent: Recent::default(),
                     throttled: 0,
+                    blocked: 0,
                 }),
+                shared: queues.shared.clone(),
                 timer: Arc::new(Notify::new()),
                 all_waiting: queues.waiting.clone(),
                 made: Instant::now(),
@@ -120,6 +145,12 @@ impl Queues {
     /// setting, a dead letter retried or discarded).
     pub(crate) async fn changing(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.changes.lock().await
+    }
+
+    /// Makes every queue's limits hold across a cluster, through `shared`
+    /// (once; a second call changes nothing).
+    pub(crate) fn share(&self, shared: Arc<dyn Shared>) {
+        let _ = self.shared.set(shared);
     }
 }
 
@@ -286,6 +317,9 @@ struct State {
     recent: Recent,
     /// The dispatcher's throttled count the metric has seen.
     throttled: u64,
+    /// Tasks given their turn here that wait for their share of the
+    /// cluster's limits (counted in `admitting`).
+    blocked: u64,
 }
 
 /// The series of one queue.
@@ -311,6 +345,8 @@ pub(crate) struct Queue {
     /// When it was made: the origin of [`Recent`]'s seconds.
     made: Instant,
     metrics: SeriesOf,
+    /// [`Queues`]'s shared limits.
+    shared: Arc<OnceLock<Arc<dyn Shared>>>,
 }
 
 /// What [`Queue::enter`] did with a submission.
@@ -342,6 +378,9 @@ pub(crate) struct QueueStats {
     pub(crate) waiting: u64,
     pub(crate) delayed: u64,
     pub(crate) running: u32,
+    /// Of the waiting, those given their turn here that wait for the
+    /// cluster's limits (the other hosts hold them).
+    pub(crate) blocked: u64,
     pub(crate) started: u64,
     pub(crate) started_per_second: f64,
     pub(crate) throttled: u64,
@@ -494,6 +533,7 @@ impl Queue {
                 key: started.key,
                 priority: started.item.priority,
                 admitting: true,
+                shared: None,
             };
             // A place dropped meanwhile drops its turn, which ends it.
             let _ = started.item.turn.send(turn);
@@ -517,6 +557,7 @@ impl Queue {
             waiting: state.waiting(),
             delayed: state.dispatch.delayed() as u64,
             running: state.running() as u32,
+            blocked: state.blocked,
             started: self.metrics.started.get(),
             started_per_second: state.recent.per_second(second),
             throttled: state.dispatch.throttled(),
@@ -593,14 +634,38 @@ pub(crate) struct Waiting {
 }
 
 impl Waiting {
-    /// Waits for the queue to let the task run. The task holds the
-    /// [`Turn`] until it ends.
+    /// Waits for the queue to let the task run (in a cluster, its share
+    /// of the cluster's limits too). The task holds the [`Turn`] until it
+    /// ends.
     pub(crate) async fn turn(&mut self) -> Turn {
-        let turn = (&mut self.turn)
+        let mut turn = (&mut self.turn)
             .await
             .expect("a waiting place's queue outlives it, and sends its turn before dropping it");
         self.started = true;
+        if let Some(shared) = self.queue.shared.get() {
+            let config = self.queue.config();
+            if config.limits_starts() {
+                let _blocked = Blocked::count(&self.queue);
+                turn.shared = Some(shared.hold(config, turn.key.clone()).await);
+            }
+        }
         turn
+    }
+}
+
+/// Counts a task as waiting for the cluster's limits while it lives.
+struct Blocked<'a>(&'a Queue);
+
+impl<'a> Blocked<'a> {
+    fn count(queue: &'a Queue) -> Blocked<'a> {
+        queue.state().blocked += 1;
+        Blocked(queue)
+    }
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        self.0.state().blocked -= 1;
     }
 }
 
@@ -632,6 +697,8 @@ pub(crate) struct Turn {
     /// Given, not yet admitted to its worker: the task still counts as
     /// waiting.
     admitting: bool,
+    /// Its share of the cluster's limits, given back when dropped.
+    shared: Option<Box<dyn Send + Sync>>,
 }
 
 impl Turn {

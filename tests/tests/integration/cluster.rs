@@ -1469,3 +1469,182 @@ fn a_returning_host_stops_a_task_whose_cluster_scoped_name_was_taken_meanwhile()
         running.stop();
     }
 }
+
+/// `app`'s queue `name`, as `taskhost queues --json` shows it.
+fn queue_on(app: &TestApp, name: &str) -> Value {
+    let queues: Value = serde_json::from_str(app.cli(&["queues", "--json"]).ok().stdout.trim())
+        .expect("queues as JSON");
+    queues
+        .as_array()
+        .and_then(|all| all.iter().find(|q| q["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no queue {name} in {queues}"))
+}
+
+/// The `[[queues]]` entry `api` (one task of a key at a time, across the
+/// cluster) and `count` waiters of key `acme` in it, named `{prefix}N`.
+fn keyed_waiters(prefix: &str, count: usize) -> String {
+    let mut toml = String::from("[[queues]]\nname = \"api\"\nper_key = 1\n");
+    for i in 0..count {
+        toml.push_str(&format!(
+            "[[tasks]]\nplugin = \"kit\"\nfactory = \"waiter\"\nname = \"{prefix}{i}\"\n\
+             args = {{ event = \"go\" }}\nqueue = \"api\"\nkey = \"acme\"\n"
+        ));
+    }
+    toml
+}
+
+/// A line's `timestamp`, in microseconds: the hosts run on one machine,
+/// so their lines merge into one order by it.
+fn micros(line: &Value) -> i64 {
+    let stamp = line["timestamp"].as_str().expect("a timestamp");
+    chrono::DateTime::parse_from_rfc3339(stamp)
+        .expect("an RFC 3339 timestamp")
+        .timestamp_micros()
+}
+
+#[test]
+fn two_hosts_share_one_queues_per_key_limit() {
+    let nats = NatsServer::start();
+    let (a, mut running_a) = host(&nats, "shared", "a", 1, &keyed_waiters("a", 3));
+    let (b, mut running_b) = host(&nats, "shared", "b", 1, &keyed_waiters("b", 3));
+    // Six tasks of one key, three on each host, under `per_key = 1`: one
+    // runs in the whole cluster at a time. Each round waits until every
+    // host with tasks left has its next one running or held by the
+    // cluster (`blocked`), whatever the timing, then sees exactly one
+    // running, and ends it. Without the cluster's share, each host ran
+    // one: two at once.
+    for round in 1..=6u64 {
+        let settled = poll_until(secs(60), millis(50), || {
+            let queues = [queue_on(&a, "api"), queue_on(&b, "api")];
+            let count = |q: &Value, field: &str| q[field].as_u64().unwrap();
+            let ready = queues.iter().all(|q| {
+                count(q, "waiting") + count(q, "running") == 0
+                    || count(q, "running") + count(q, "blocked") >= 1
+            });
+            let running: u64 = queues.iter().map(|q| count(q, "running")).sum();
+            if ready && running >= 1 {
+                Ok(queues)
+            } else {
+                Err(format!("round {round}: {queues:?}"))
+            }
+        });
+        let running: Vec<u64> = settled
+            .iter()
+            .map(|q| q["running"].as_u64().unwrap())
+            .collect();
+        assert_eq!(running.iter().sum::<u64>(), 1, "round {round}: {settled:?}");
+        let (app, host_running) = if running[0] == 1 {
+            (&a, &mut running_a)
+        } else {
+            (&b, &mut running_b)
+        };
+        app.cli(&["dispatch", "go", "", "--wait-for", "1"]).ok();
+        let done = host_running
+            .seen()
+            .iter()
+            .filter(|l| l["event"] == "done")
+            .count();
+        host_running.wait_for(done + 1, |l| l["event"] == "done");
+    }
+    let runs = [running_a.stop(), running_b.stop()];
+    // Replayed in the order the two hosts wrote them: never two running.
+    let mut lines: Vec<&Value> = runs.iter().flat_map(|run| run.lines.iter()).collect();
+    lines.sort_by_key(|line| micros(line));
+    let (mut now, mut most) = (0i32, 0i32);
+    for line in &lines {
+        match line["event"].as_str() {
+            Some("started") => {
+                now += 1;
+                most = most.max(now);
+            }
+            Some("done" | "failed" | "cancelled") => now -= 1,
+            _ => {}
+        }
+    }
+    assert_eq!(most, 1, "{}\n{}", runs[0].dump(), runs[1].dump());
+    for run in &runs {
+        assert_eq!(run.events("done").len(), 3, "{}", run.dump());
+    }
+}
+
+#[test]
+fn a_dead_hosts_queue_slots_come_free_and_its_durable_queued_task_runs_elsewhere() {
+    let nats = NatsServer::start();
+    let (a, mut running_a) = host_with(
+        &nats,
+        "slots",
+        "a",
+        1,
+        "",
+        "ack_wait_ms = 2000",
+        &keyed_waiters("a", 1),
+    );
+    running_a.wait_for(1, |l| l["event"] == "started" && l["task"] == "a0");
+    let (b, mut running_b) = host_with(
+        &nats,
+        "slots",
+        "b",
+        1,
+        "",
+        "ack_wait_ms = 2000",
+        &keyed_waiters("b", 1),
+    );
+    for app in [&a, &b] {
+        await_all_serving(app, 2);
+    }
+    // a holds the key's one slot: b's task waits for the cluster, and a
+    // durable task of the key submitted to a waits in a's queue.
+    poll_until(secs(30), millis(50), || {
+        let api = queue_on(&b, "api");
+        if api["blocked"] == 1 {
+            Ok(())
+        } else {
+            Err(format!("{api}"))
+        }
+    });
+    a.cli(&[
+        "add",
+        "kit",
+        "keyed_nap",
+        "--args",
+        r#"{"ms": 1}"#,
+        "--name",
+        "later",
+        "--durable",
+        "--queue",
+        "api",
+        "--key",
+        "acme",
+    ])
+    .ok();
+    running_a.wait_for(1, |l| l["event"] == "queued" && l["task"] == "later");
+    running_a.signal("KILL");
+    let killed = running_a.finish();
+    assert!(
+        killed
+            .events("started")
+            .iter()
+            .all(|l| l["task"] != "later"),
+        "{}",
+        killed.dump()
+    );
+    // b frees the dead host's slot once a has been silent twice past the
+    // expiry: its own task starts; `later` comes back to b after
+    // ack_wait and runs there once the key's slot is free again.
+    running_b.wait_for(1, |l| l["event"] == "started" && l["task"] == "b0");
+    running_b.wait_for(1, |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("host a is gone: its queue slots are free again"))
+    });
+    b.cli(&["dispatch", "go", "", "--wait-for", "1"]).ok();
+    running_b.wait_for(1, |l| l["event"] == "done" && l["task"] == "b0");
+    running_b.wait_for(1, |l| l["event"] == "done" && l["task"] == "later");
+    let run = running_b.stop();
+    let started: Vec<&str> = run
+        .events("started")
+        .iter()
+        .filter_map(|l| l["task"].as_str())
+        .collect();
+    assert_eq!(started, ["b0", "later"], "{}", run.dump());
+}

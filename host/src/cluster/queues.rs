@@ -1,0 +1,559 @@
+//! Queues whose limits hold across the cluster: a queue is the cluster's,
+//! so its `concurrency`, `per_key`, `rate` and `key_rate` bound every
+//! host's tasks together, not each host's apart.
+//!
+//! Each host keeps ordering its own waiting tasks (priorities, fairness
+//! between keys, delays, dedupe: `queues::dispatch`) under the queue's
+//! limits; a task given its turn there then takes its share of the
+//! cluster's before it runs ([`SharedQueues::hold`]):
+//! - a slot of the queue (`concurrency`) and of its key (`per_key`): the
+//!   JetStream KV bucket `{name}-queue-slots` holds, per queue (`c.{queue}`)
+//!   and per queue and key (`k.{queue}.{key}`), how many each host runs
+//!   (`{"a": 2, "b": 1}`); a host takes one by a compare-and-swap on the
+//!   entry's revision only while the sum is under the limit, and gives it
+//!   back the same way when its task ends (an entry whose sum is 0 is
+//!   deleted, so the bucket holds only what runs);
+//! - a start of the queue's and its key's rate: `{name}-queue-rates` holds
+//!   each rate's theoretical arrival time (a generic cell rate, as on one
+//!   host, in Unix microseconds: the hosts' clocks must agree, as for
+//!   durable tasks' leases), moved on by a compare-and-swap per start.
+//!
+//! A task that finds a slot full waits (still `queued`, counted as
+//! `blocked` in `taskhost queues`) until the bucket changes (every host
+//! watches it) and tries again; a spent rate says how long to wait. A host
+//! that dies holding slots has them freed by the others once it has been
+//! silent past the heartbeat expiry twice in a row; a host that starts
+//! frees what an earlier run of it left, and one that stops frees its own.
+//! Every key of the buckets is a queue and key in base64url, so any text
+//! is a valid key.
+
+use super::members::{EXPIRY, Members};
+use crate::config::{ClusterConfig, QueueConfig, Rate};
+use crate::queues::Shared;
+use anyhow::{Context, Result};
+use async_nats::jetstream::kv;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::StreamExt;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// How long a rate's arrival time is kept after its last start: an entry
+/// gone is a rate at rest, which is right once its time has passed, that
+/// is within `burst` intervals of its last start. A rate whose burst spans
+/// longer (a burst of 10 at `1/d`) may allow a start early after this long
+/// without any.
+const RATE_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long a task waits for a slot before it looks again without being
+/// told of a change (a change missed while the watch was re-opened).
+const RECHECK: Duration = EXPIRY;
+
+/// How long a host waits before it asks NATS again when it could not.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The slots one queue, or one key of it, has running, per host: the one
+/// serde type of a slot entry's value.
+type Holders = BTreeMap<String, u32>;
+
+/// This host's side of the cluster's queue limits.
+pub struct SharedQueues {
+    client: async_nats::Client,
+    slots: kv::Store,
+    rates: kv::Store,
+    host: String,
+    /// Told of every change of `slots` (a slot freed on any host).
+    changed: Notify,
+}
+
+/// What keeps a task from starting now.
+enum Wait {
+    /// A slot it needs is full: until the slots change.
+    Slot,
+    /// A rate is spent: this long.
+    Rate(Duration),
+}
+
+/// A task's share of the cluster's limits: its slots, given back when it
+/// is dropped.
+struct Held {
+    queues: Arc<SharedQueues>,
+    slots: Vec<String>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let slots = std::mem::take(&mut self.slots);
+        if slots.is_empty() {
+            return;
+        }
+        let queues = self.queues.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                for slot in slots {
+                    queues.give_back(&slot).await;
+                }
+            });
+        }
+    }
+}
+
+fn encode(text: &str) -> String {
+    // The empty text is `_`: no base64 of one is, and a KV key token may
+    // not be empty.
+    if text.is_empty() {
+        "_".into()
+    } else {
+        URL_SAFE_NO_PAD.encode(text)
+    }
+}
+
+/// The slot entry of `queue`'s concurrency.
+fn queue_slot(queue: &str) -> String {
+    format!("c.{}", encode(queue))
+}
+
+/// The slot entry (or rate entry) of `key` in `queue`.
+fn key_entry(queue: &str, key: &str) -> String {
+    format!("k.{}.{}", encode(queue), encode(key))
+}
+
+/// The rate entry of `queue`.
+fn queue_rate(queue: &str) -> String {
+    format!("q.{}", encode(queue))
+}
+
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros() as u64)
+}
+
+/// Whether a KV write failed because the entry changed since it was read
+/// (another host wrote it first): read again and retry.
+fn raced(error: &(impl std::fmt::Display + ?Sized)) -> bool {
+    let text = error.to_string();
+    text.contains("wrong last") || text.contains("already exists")
+}
+
+impl SharedQueues {
+    pub(super) async fn open(
+        client: &async_nats::Client,
+        config: &ClusterConfig,
+    ) -> Result<SharedQueues> {
+        let jetstream = async_nats::jetstream::new(client.clone());
+        let slots = jetstream
+            .create_or_update_key_value(kv::Config {
+                bucket: format!("{}-queue-slots", config.name),
+                description: "taskhost: the running tasks of each queue and key, per host".into(),
+                history: 1,
+                ..Default::default()
+            })
+            .await
+            .context("cannot open the JetStream KV bucket of queue slots")?;
+        let rates = jetstream
+            .create_or_update_key_value(kv::Config {
+                bucket: format!("{}-queue-rates", config.name),
+                description: "taskhost: each queue's and key's rate, as its next arrival time"
+                    .into(),
+                history: 1,
+                max_age: RATE_MEMORY,
+                ..Default::default()
+            })
+            .await
+            .context("cannot open the JetStream KV bucket of queue rates")?;
+        let queues = SharedQueues {
+            client: client.clone(),
+            slots,
+            rates,
+            host: config.host.clone(),
+            changed: Notify::new(),
+        };
+        // An earlier run of this host died holding slots, and came back
+        // before the others freed them: no task of this process holds them.
+        queues.free_hosts(|host| host == queues.host).await;
+        Ok(queues)
+    }
+
+    /// Takes a slot of `entry` if fewer than `limit` are taken across the
+    /// cluster.
+    async fn take(&self, entry: &str, limit: u32) -> Result<bool, String> {
+        loop {
+            let current = self.slots.entry(entry).await.map_err(|e| e.to_string())?;
+            let (mut holders, revision) = match current {
+                Some(current) if current.operation == kv::Operation::Put => (
+                    serde_json::from_slice::<Holders>(&current.value).unwrap_or_default(),
+                    Some(current.revision),
+                ),
+                Some(current) => (Holders::new(), Some(current.revision)),
+                None => (Holders::new(), None),
+            };
+            if holders.values().map(|n| u64::from(*n)).sum::<u64>() >= u64::from(limit) {
+                return Ok(false);
+            }
+            *holders.entry(self.host.clone()).or_default() += 1;
+            let value = serde_json::to_vec(&holders).unwrap_or_default().into();
+            let written = match revision {
+                Some(revision) => self
+                    .slots
+                    .update(entry, value, revision)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                None => self
+                    .slots
+                    .create(entry, value)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+            };
+            match written {
+                Ok(()) => return Ok(true),
+                Err(error) if raced(&error) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Gives back one of this host's slots of `entry`, retrying until
+    /// NATS takes it (a slot never given back would shrink the limit for
+    /// good while this host lives).
+    async fn give_back(&self, entry: &str) {
+        let one_less = |holders: &mut Holders, host: &str| {
+            if let Some(count) = holders.get_mut(host) {
+                *count -= 1;
+                if *count == 0 {
+                    holders.remove(host);
+                }
+            }
+        };
+        while let Err(error) = self.remove(entry, one_less).await {
+            tracing::debug!("cannot give back the queue slot {entry}: {error}");
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    /// Changes the holders of `entry` with `change` (given this host's
+    /// name) by compare-and-swap, deleting it once no host holds a slot.
+    async fn remove(&self, entry: &str, change: impl Fn(&mut Holders, &str)) -> Result<(), String> {
+        loop {
+            let Some(current) = self.slots.entry(entry).await.map_err(|e| e.to_string())? else {
+                return Ok(());
+            };
+            if current.operation != kv::Operation::Put {
+                return Ok(());
+            }
+            let mut holders = serde_json::from_slice::<Holders>(&current.value).unwrap_or_default();
+            let before = holders.clone();
+            change(&mut holders, &self.host);
+            if holders == before {
+                return Ok(());
+            }
+            let written = if holders.is_empty() {
+                self.slots
+                    .delete_expect_revision(entry, Some(current.revision))
+                    .await
+                    .map_err(|e| e.to_string())
+            } else {
+                let value = serde_json::to_vec(&holders).unwrap_or_default().into();
+                self.slots
+                    .update(entry, value, current.revision)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            };
+            match written {
+                Ok(()) => return Ok(()),
+                Err(error) if raced(&error) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Takes one start of `rate` at `entry`, or says how long until one
+    /// is allowed.
+    async fn start(&self, entry: &str, rate: Rate) -> Result<Option<Duration>, String> {
+        let interval = (rate.interval().as_micros() as u64).max(1);
+        let tolerance = interval.saturating_mul(u64::from(rate.burst.saturating_sub(1)));
+        loop {
+            let current = self.rates.entry(entry).await.map_err(|e| e.to_string())?;
+            let (arrival, revision) = match current {
+                Some(current) if current.operation == kv::Operation::Put => (
+                    std::str::from_utf8(&current.value)
+                        .ok()
+                        .and_then(|text| text.parse::<u64>().ok())
+                        .unwrap_or(0),
+                    Some(current.revision),
+                ),
+                Some(current) => (0, Some(current.revision)),
+                None => (0, None),
+            };
+            let now = unix_micros();
+            let arrival = arrival.max(now);
+            if arrival - now > tolerance {
+                return Ok(Some(Duration::from_micros(arrival - now - tolerance)));
+            }
+            let value = (arrival + interval).to_string().into_bytes().into();
+            let written = match revision {
+                Some(revision) => self
+                    .rates
+                    .update(entry, value, revision)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                None => self
+                    .rates
+                    .create(entry, value)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+            };
+            match written {
+                Ok(()) => return Ok(None),
+                Err(error) if raced(&error) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// One try at every limit of `config` for a task of `key`: the slots
+    /// taken, or what to wait for (nothing kept).
+    async fn try_hold(
+        self: &Arc<Self>,
+        config: &QueueConfig,
+        key: &str,
+    ) -> Result<Result<Held, Wait>, String> {
+        let mut held = Held {
+            queues: self.clone(),
+            slots: Vec::new(),
+        };
+        let queue = config.name.as_str();
+        if let Some(limit) = config.concurrency {
+            let entry = queue_slot(queue);
+            if !self.take(&entry, limit).await? {
+                return Ok(Err(Wait::Slot));
+            }
+            held.slots.push(entry);
+        }
+        if let Some(limit) = config.per_key {
+            let entry = key_entry(queue, key);
+            if !self.take(&entry, limit).await? {
+                return Ok(Err(Wait::Slot));
+            }
+            held.slots.push(entry);
+        }
+        // The key's rate first: a start of the queue's rate taken for a
+        // task whose key's rate then says "wait" is a start lost, and the
+        // key's is the more often spent.
+        if let Some(rate) = config.key_rate
+            && let Some(wait) = self.start(&key_entry(queue, key), rate).await?
+        {
+            return Ok(Err(Wait::Rate(wait)));
+        }
+        if let Some(rate) = config.rate
+            && let Some(wait) = self.start(&queue_rate(queue), rate).await?
+        {
+            return Ok(Err(Wait::Rate(wait)));
+        }
+        Ok(Ok(held))
+    }
+
+    /// Waits until the task may start and holds its share; gives up
+    /// (holding nothing) once `wanted` is closed.
+    async fn hold_until(
+        self: Arc<Self>,
+        config: Arc<QueueConfig>,
+        key: Arc<str>,
+        mut wanted: tokio::sync::oneshot::Sender<Held>,
+    ) {
+        let mut warned = false;
+        loop {
+            if wanted.is_closed() {
+                return;
+            }
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let outcome = if super::online(&self.client) {
+                self.try_hold(&config, &key).await
+            } else {
+                Err("NATS is unreachable now (see /health)".into())
+            };
+            match outcome {
+                Ok(Ok(held)) => {
+                    // Dropped (slots given back) if no one waits any more.
+                    let _ = wanted.send(held);
+                    return;
+                }
+                Ok(Err(Wait::Slot)) => {
+                    tokio::select! {
+                        () = changed => {}
+                        () = tokio::time::sleep(RECHECK) => {}
+                        () = wanted.closed() => return,
+                    }
+                }
+                Ok(Err(Wait::Rate(wait))) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = wanted.closed() => return,
+                    }
+                }
+                Err(error) => {
+                    if !std::mem::replace(&mut warned, true) {
+                        tracing::warn!(
+                            queue = config.name,
+                            "a task of queue `{}` waits: cannot take its share of the \
+                             cluster's limits ({error}); retrying",
+                            config.name
+                        );
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY) => {}
+                        () = wanted.closed() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes every host `gone` says out of the slot entries.
+    async fn free_hosts(&self, gone: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut freed = Vec::new();
+        let Ok(mut keys) = self.slots.keys().await else {
+            return freed;
+        };
+        let mut entries = Vec::new();
+        while let Some(Ok(key)) = keys.next().await {
+            entries.push(key);
+        }
+        for entry in entries {
+            let removed = std::sync::Mutex::new(Vec::new());
+            let result = self
+                .remove(&entry, |holders, _| {
+                    let leaving: Vec<String> =
+                        holders.keys().filter(|h| gone(h)).cloned().collect();
+                    for host in &leaving {
+                        holders.remove(host);
+                    }
+                    *removed.lock().unwrap_or_else(|e| e.into_inner()) = leaving;
+                })
+                .await;
+            if result.is_ok() {
+                freed.extend(removed.into_inner().unwrap_or_else(|e| e.into_inner()));
+            }
+        }
+        freed
+    }
+
+    /// Frees this host's slots (it is leaving: its tasks have ended).
+    pub async fn free_mine(&self) {
+        let host = self.host.clone();
+        self.free_hosts(|holder| holder == host).await;
+    }
+}
+
+impl Shared for Arc<SharedQueues> {
+    fn hold(
+        &self,
+        config: Arc<QueueConfig>,
+        key: Arc<str>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Box<dyn Send + Sync>> + Send>> {
+        // Taken in a task of its own, so a slot written as the waiting task
+        // is cancelled is given back rather than lost with its future.
+        let (wanted, given) = tokio::sync::oneshot::channel();
+        tokio::spawn(self.clone().hold_until(config, key, wanted));
+        Box::pin(async move {
+            match given.await {
+                Ok(held) => Box::new(held) as Box<dyn Send + Sync>,
+                // The holding task ended without a share: only when the
+                // runtime stops, and then nothing runs anyway.
+                Err(_) => std::future::pending().await,
+            }
+        })
+    }
+}
+
+/// Wakes the tasks waiting for a slot whenever the slots change (on any
+/// host), and every expiry period frees the slots of hosts silent past it
+/// at two looks in a row (a host just started may not have been heard
+/// yet at the first).
+pub(super) fn run(queues: Arc<SharedQueues>, members: Arc<Members>) -> Vec<JoinHandle<()>> {
+    let watcher = {
+        let queues = queues.clone();
+        tokio::spawn(async move {
+            loop {
+                match queues.slots.watch_all().await {
+                    Ok(mut changes) => {
+                        while let Some(change) = changes.next().await {
+                            if change.is_err() {
+                                break;
+                            }
+                            queues.changed.notify_waiters();
+                        }
+                    }
+                    Err(error) => tracing::debug!("queue slots watch: {error}"),
+                }
+                // Whatever changed while the watch was away.
+                queues.changed.notify_waiters();
+                tokio::time::sleep(RETRY).await;
+            }
+        })
+    };
+    let sweeper = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(EXPIRY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut suspects: HashSet<String> = HashSet::new();
+        loop {
+            ticks.tick().await;
+            if !members.settled() || !super::online(&queues.client) {
+                suspects.clear();
+                continue;
+            }
+            let present: HashSet<String> = members.present().into_iter().map(|h| h.host).collect();
+            let absent = std::sync::Mutex::new(HashSet::new());
+            let freed = queues
+                .free_hosts(|host| {
+                    if present.contains(host) {
+                        return false;
+                    }
+                    absent
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(host.to_string());
+                    suspects.contains(host)
+                })
+                .await;
+            let freed: HashSet<String> = freed.into_iter().collect();
+            for host in &freed {
+                tracing::info!("host {host} is gone: its queue slots are free again");
+            }
+            suspects = absent.into_inner().unwrap_or_else(|e| e.into_inner());
+        }
+    });
+    vec![watcher, sweeper]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_queue_and_key_is_a_valid_kv_key() {
+        for (queue, key) in [("q", ""), ("emails", "acme corp/ü"), ("a.b", "*>")] {
+            for entry in [
+                super::queue_slot(queue),
+                super::key_entry(queue, key),
+                super::queue_rate(queue),
+            ] {
+                assert!(
+                    entry
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+                    "{entry}"
+                );
+                assert!(!entry.contains("..") && !entry.ends_with('.'), "{entry}");
+            }
+        }
+    }
+}
