@@ -9,10 +9,12 @@
 //! - a slot of the queue (`concurrency`) and of its key (`per_key`): the
 //!   JetStream KV bucket `{name}-queue-slots` holds, per queue (`c.{queue}`)
 //!   and per queue and key (`k.{queue}.{key}`), how many each host runs
-//!   (`{"a": 2, "b": 1}`); a host takes one by a compare-and-swap on the
-//!   entry's revision only while the sum is under the limit, and gives it
-//!   back the same way when its task ends (an entry whose sum is 0 is
-//!   deleted, so the bucket holds only what runs);
+//!   and has waiting ([`Slots`]); a host takes one by a compare-and-swap
+//!   on the entry's revision only while the sum is under the limit and it
+//!   is its turn (a freed slot goes round the hosts that wait, so one
+//!   host's backlog holds back no other's), and gives it back the same way
+//!   when its task ends (an entry no host holds or waits for is deleted,
+//!   so the bucket holds only what runs and waits);
 //! - a start of the queue's and its key's rate: `{name}-queue-rates` holds
 //!   each rate's theoretical arrival time (a generic cell rate, as on one
 //!   host, in Unix microseconds: the hosts' clocks must agree, as for
@@ -35,6 +37,7 @@ use async_nats::jetstream::kv;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,9 +58,74 @@ const RECHECK: Duration = EXPIRY;
 /// How long a host waits before it asks NATS again when it could not.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// The slots one queue, or one key of it, has running, per host: the one
-/// serde type of a slot entry's value.
-type Holders = BTreeMap<String, u32>;
+/// One slot entry: a queue's, or one key's of it. The one serde type of
+/// its value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Slots {
+    /// How many of its slots each host holds (tasks running).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    holders: BTreeMap<String, u32>,
+    /// How many tasks of each host wait for one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    waiting: BTreeMap<String, u32>,
+    /// The host that took one last: a freed slot goes to the next host
+    /// after it (in name order, round) that has tasks waiting, so one
+    /// host's backlog does not hold back another's few.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last: Option<String>,
+}
+
+impl Slots {
+    fn read(value: &[u8]) -> Slots {
+        serde_json::from_slice(value).unwrap_or_default()
+    }
+
+    fn taken(&self) -> u64 {
+        self.holders.values().map(|n| u64::from(*n)).sum()
+    }
+
+    /// Whether a slot freed now is `host`'s to take: no other host waits,
+    /// or `host` comes first after `last` among the hosts that wait.
+    fn turn_of(&self, host: &str) -> bool {
+        let mut hosts: Vec<&str> = self
+            .waiting
+            .keys()
+            .map(String::as_str)
+            .filter(|waiting| *waiting != host)
+            .collect();
+        if hosts.is_empty() {
+            return true;
+        }
+        hosts.push(host);
+        hosts.sort_unstable();
+        let next = match &self.last {
+            Some(last) => hosts.iter().find(|h| **h > last.as_str()).or(hosts.first()),
+            None => hosts.first(),
+        };
+        next == Some(&host)
+    }
+
+    fn count(map: &mut BTreeMap<String, u32>, host: &str, by: i64) {
+        let now = i64::from(map.get(host).copied().unwrap_or(0)) + by;
+        if now <= 0 {
+            map.remove(host);
+        } else {
+            map.insert(host.to_string(), u32::try_from(now).unwrap_or(u32::MAX));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.holders.is_empty() && self.waiting.is_empty()
+    }
+}
+
+/// What [`SharedQueues::take`] did.
+enum Take {
+    /// A slot is this task's.
+    Taken,
+    /// None for it now: it is counted as waiting in the entry.
+    Wait,
+}
 
 /// This host's side of the cluster's queue limits.
 pub struct SharedQueues {
@@ -90,13 +158,36 @@ impl Drop for Held {
         if slots.is_empty() {
             return;
         }
-        let queues = self.queues.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                for slot in slots {
-                    queues.give_back(&slot).await;
-                }
-            });
+        self.queues.give_back_later(slots, true);
+    }
+}
+
+/// The entries where a task is counted as waiting, until it takes a slot
+/// there or gives up (dropped: the counts are given back).
+struct Registered {
+    queues: Arc<SharedQueues>,
+    entries: HashSet<String>,
+}
+
+impl Registered {
+    /// Takes a slot of `entry` for this task, as [`SharedQueues::take`].
+    async fn take(&mut self, entry: &str, limit: u32) -> Result<Take, String> {
+        let mut registered = self.entries.contains(entry);
+        let outcome = self.queues.take(entry, limit, &mut registered).await;
+        if registered {
+            self.entries.insert(entry.to_string());
+        } else {
+            self.entries.remove(entry);
+        }
+        outcome
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let entries: Vec<String> = self.entries.drain().collect();
+        if !entries.is_empty() {
+            self.queues.give_back_later(entries, false);
         }
     }
 }
@@ -179,23 +270,31 @@ impl SharedQueues {
     }
 
     /// Takes a slot of `entry` if fewer than `limit` are taken across the
-    /// cluster.
-    async fn take(&self, entry: &str, limit: u32) -> Result<bool, String> {
+    /// cluster and it is this host's turn; otherwise counts the task as
+    /// waiting in the entry (once: `registered` says it is).
+    async fn take(&self, entry: &str, limit: u32, registered: &mut bool) -> Result<Take, String> {
         loop {
             let current = self.slots.entry(entry).await.map_err(|e| e.to_string())?;
-            let (mut holders, revision) = match current {
-                Some(current) if current.operation == kv::Operation::Put => (
-                    serde_json::from_slice::<Holders>(&current.value).unwrap_or_default(),
-                    Some(current.revision),
-                ),
-                Some(current) => (Holders::new(), Some(current.revision)),
-                None => (Holders::new(), None),
+            let (mut slots, revision) = match current {
+                Some(current) if current.operation == kv::Operation::Put => {
+                    (Slots::read(&current.value), Some(current.revision))
+                }
+                Some(current) => (Slots::default(), Some(current.revision)),
+                None => (Slots::default(), None),
             };
-            if holders.values().map(|n| u64::from(*n)).sum::<u64>() >= u64::from(limit) {
-                return Ok(false);
+            let take = slots.taken() < u64::from(limit) && slots.turn_of(&self.host);
+            if take {
+                Slots::count(&mut slots.holders, &self.host, 1);
+                if *registered {
+                    Slots::count(&mut slots.waiting, &self.host, -1);
+                }
+                slots.last = Some(self.host.clone());
+            } else if *registered {
+                return Ok(Take::Wait);
+            } else {
+                Slots::count(&mut slots.waiting, &self.host, 1);
             }
-            *holders.entry(self.host.clone()).or_default() += 1;
-            let value = serde_json::to_vec(&holders).unwrap_or_default().into();
+            let value = serde_json::to_vec(&slots).unwrap_or_default().into();
             let written = match revision {
                 Some(revision) => self
                     .slots
@@ -211,24 +310,28 @@ impl SharedQueues {
                     .map_err(|e| e.to_string()),
             };
             match written {
-                Ok(()) => return Ok(true),
+                Ok(()) if take => {
+                    *registered = false;
+                    return Ok(Take::Taken);
+                }
+                Ok(()) => {
+                    *registered = true;
+                    return Ok(Take::Wait);
+                }
                 Err(error) if raced(&error) => continue,
                 Err(error) => return Err(error),
             }
         }
     }
 
-    /// Gives back one of this host's slots of `entry`, retrying until
-    /// NATS takes it (a slot never given back would shrink the limit for
-    /// good while this host lives).
-    async fn give_back(&self, entry: &str) {
-        let one_less = |holders: &mut Holders, host: &str| {
-            if let Some(count) = holders.get_mut(host) {
-                *count -= 1;
-                if *count == 0 {
-                    holders.remove(host);
-                }
-            }
+    /// Gives back one of this host's slots of `entry` (`holding`), or one
+    /// of its waiting counts, retrying until NATS takes it (a slot never
+    /// given back would shrink the limit for good while this host lives,
+    /// and a waiting count would hold the others back).
+    async fn give_back(&self, entry: &str, holding: bool) {
+        let one_less = |slots: &mut Slots, host: &str| match holding {
+            true => Slots::count(&mut slots.holders, host, -1),
+            false => Slots::count(&mut slots.waiting, host, -1),
         };
         while let Err(error) = self.remove(entry, one_less).await {
             tracing::debug!("cannot give back the queue slot {entry}: {error}");
@@ -236,9 +339,10 @@ impl SharedQueues {
         }
     }
 
-    /// Changes the holders of `entry` with `change` (given this host's
-    /// name) by compare-and-swap, deleting it once no host holds a slot.
-    async fn remove(&self, entry: &str, change: impl Fn(&mut Holders, &str)) -> Result<(), String> {
+    /// Changes `entry` with `change` (given this host's name) by
+    /// compare-and-swap, deleting it once no host holds or waits for a
+    /// slot.
+    async fn remove(&self, entry: &str, change: impl Fn(&mut Slots, &str)) -> Result<(), String> {
         loop {
             let Some(current) = self.slots.entry(entry).await.map_err(|e| e.to_string())? else {
                 return Ok(());
@@ -246,19 +350,19 @@ impl SharedQueues {
             if current.operation != kv::Operation::Put {
                 return Ok(());
             }
-            let mut holders = serde_json::from_slice::<Holders>(&current.value).unwrap_or_default();
-            let before = holders.clone();
-            change(&mut holders, &self.host);
-            if holders == before {
+            let mut slots = Slots::read(&current.value);
+            let before = slots.clone();
+            change(&mut slots, &self.host);
+            if slots == before {
                 return Ok(());
             }
-            let written = if holders.is_empty() {
+            let written = if slots.is_empty() {
                 self.slots
                     .delete_expect_revision(entry, Some(current.revision))
                     .await
                     .map_err(|e| e.to_string())
             } else {
-                let value = serde_json::to_vec(&holders).unwrap_or_default().into();
+                let value = serde_json::to_vec(&slots).unwrap_or_default().into();
                 self.slots
                     .update(entry, value, current.revision)
                     .await
@@ -270,6 +374,19 @@ impl SharedQueues {
                 Err(error) if raced(&error) => continue,
                 Err(error) => return Err(error),
             }
+        }
+    }
+
+    /// Gives back this host's slots (`holding`) or waiting counts of
+    /// `entries`, in a task of its own (from a drop).
+    fn give_back_later(self: &Arc<Self>, entries: Vec<String>, holding: bool) {
+        let queues = self.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                for entry in entries {
+                    queues.give_back(&entry, holding).await;
+                }
+            });
         }
     }
 
@@ -325,6 +442,7 @@ impl SharedQueues {
         self: &Arc<Self>,
         config: &QueueConfig,
         key: &str,
+        registered: &mut Registered,
     ) -> Result<Result<Held, Wait>, String> {
         let mut held = Held {
             queues: self.clone(),
@@ -333,14 +451,14 @@ impl SharedQueues {
         let queue = config.name.as_str();
         if let Some(limit) = config.concurrency {
             let entry = queue_slot(queue);
-            if !self.take(&entry, limit).await? {
+            if let Take::Wait = registered.take(&entry, limit).await? {
                 return Ok(Err(Wait::Slot));
             }
             held.slots.push(entry);
         }
         if let Some(limit) = config.per_key {
             let entry = key_entry(queue, key);
-            if !self.take(&entry, limit).await? {
+            if let Take::Wait = registered.take(&entry, limit).await? {
                 return Ok(Err(Wait::Slot));
             }
             held.slots.push(entry);
@@ -370,6 +488,10 @@ impl SharedQueues {
         mut wanted: tokio::sync::oneshot::Sender<Held>,
     ) {
         let mut warned = false;
+        let mut registered = Registered {
+            queues: self.clone(),
+            entries: HashSet::new(),
+        };
         loop {
             if wanted.is_closed() {
                 return;
@@ -378,7 +500,7 @@ impl SharedQueues {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let outcome = if super::online(&self.client) {
-                self.try_hold(&config, &key).await
+                self.try_hold(&config, &key, &mut registered).await
             } else {
                 Err("NATS is unreachable now (see /health)".into())
             };
@@ -432,11 +554,17 @@ impl SharedQueues {
         for entry in entries {
             let removed = std::sync::Mutex::new(Vec::new());
             let result = self
-                .remove(&entry, |holders, _| {
-                    let leaving: Vec<String> =
-                        holders.keys().filter(|h| gone(h)).cloned().collect();
+                .remove(&entry, |slots, _| {
+                    let leaving: Vec<String> = slots
+                        .holders
+                        .keys()
+                        .chain(slots.waiting.keys())
+                        .filter(|h| gone(h))
+                        .cloned()
+                        .collect();
                     for host in &leaving {
-                        holders.remove(host);
+                        slots.holders.remove(host);
+                        slots.waiting.remove(host);
                     }
                     *removed.lock().unwrap_or_else(|e| e.into_inner()) = leaving;
                 })
@@ -538,6 +666,33 @@ pub(super) fn run(queues: Arc<SharedQueues>, members: Arc<Members>) -> Vec<JoinH
 
 #[cfg(test)]
 mod tests {
+    use super::Slots;
+
+    fn slots(waiting: &[&str], last: Option<&str>) -> Slots {
+        Slots {
+            holders: Default::default(),
+            waiting: waiting.iter().map(|h| (h.to_string(), 1)).collect(),
+            last: last.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_freed_slot_goes_round_the_hosts_that_wait() {
+        // Alone, a host takes it whatever came before.
+        assert!(slots(&[], Some("a")).turn_of("a"));
+        assert!(slots(&["a"], Some("a")).turn_of("a"));
+        // b waits and a took the last one: b's turn, not a's again.
+        assert!(!slots(&["a", "b"], Some("a")).turn_of("a"));
+        assert!(slots(&["a", "b"], Some("a")).turn_of("b"));
+        // A host not counted yet (its first try) gets its place in the round.
+        assert!(slots(&["a"], Some("a")).turn_of("b"));
+        assert!(slots(&["b"], Some("b")).turn_of("a"));
+        // Round: after c comes a.
+        assert!(slots(&["a", "b", "c"], Some("c")).turn_of("a"));
+        assert!(slots(&["a", "c"], Some("a")).turn_of("c"));
+        assert!(slots(&["a", "c"], None).turn_of("a"));
+    }
+
     #[test]
     fn every_queue_and_key_is_a_valid_kv_key() {
         for (queue, key) in [("q", ""), ("emails", "acme corp/ü"), ("a.b", "*>")] {

@@ -1648,3 +1648,58 @@ fn a_dead_hosts_queue_slots_come_free_and_its_durable_queued_task_runs_elsewhere
         .collect();
     assert_eq!(started, ["b0", "later"], "{}", run.dump());
 }
+
+#[test]
+fn a_freed_queue_slot_goes_round_the_hosts_so_one_hosts_backlog_holds_back_no_other() {
+    let nats = NatsServer::start();
+    let queue = "[[queues]]\nname = \"fair\"\nconcurrency = 1\n";
+    let (a, mut running_a) = host(&nats, "fair", "a", 1, queue);
+    let (b, mut running_b) = host(&nats, "fair", "b", 1, queue);
+    for app in [&a, &b] {
+        await_all_serving(app, 2);
+    }
+    // A holder on a takes the queue's one slot; then a's backlog of eight
+    // waits behind it on a, and b's three behind it in the cluster (b's
+    // next one held by the cluster).
+    let add = |app: &TestApp, factory: &str, args: &str, name: &str| {
+        app.cli(&[
+            "add", "kit", factory, "--args", args, "--name", name, "--queue", "fair",
+        ])
+        .ok();
+    };
+    add(&a, "waiter", r#"{"event": "go"}"#, "holder");
+    running_a.wait_for(1, |l| l["event"] == "started" && l["task"] == "holder");
+    for i in 0..8 {
+        add(&a, "keyed_nap", r#"{"ms": 20}"#, &format!("A{i}"));
+    }
+    for i in 0..3 {
+        add(&b, "keyed_nap", r#"{"ms": 20}"#, &format!("B{i}"));
+    }
+    poll_until(secs(30), millis(50), || {
+        let queues = [queue_on(&a, "fair"), queue_on(&b, "fair")];
+        if queues[0]["waiting"] == 8 && queues[1]["blocked"] == 1 {
+            Ok(())
+        } else {
+            Err(format!("{queues:?}"))
+        }
+    });
+    a.cli(&["dispatch", "go", "", "--wait-for", "1"]).ok();
+    running_a.wait_for(9, |l| l["event"] == "done");
+    running_b.wait_for(3, |l| l["event"] == "done");
+    let runs = [running_a.stop(), running_b.stop()];
+    let mut starts: Vec<&Value> = runs
+        .iter()
+        .flat_map(|run| run.events("started"))
+        .filter(|l| l["task"] != "holder")
+        .collect();
+    starts.sort_by_key(|line| micros(line));
+    let order: Vec<&str> = starts.iter().filter_map(|l| l["task"].as_str()).collect();
+    // The slot alternates between the hosts while both wait: b's three
+    // start among the first six, not after a's eight.
+    assert_eq!(
+        order[..6].iter().filter(|t| t.starts_with('B')).count(),
+        3,
+        "{order:?}"
+    );
+    assert_eq!(order.len(), 11, "{order:?}");
+}
