@@ -5,7 +5,7 @@
 //! Each host keeps ordering its own waiting tasks (priorities, fairness
 //! between keys, delays, dedupe: `queues::dispatch`) under the queue's
 //! limits; a task given its turn there then takes its share of the
-//! cluster's before it runs ([`SharedQueues::hold`]):
+//! cluster's before it runs ([`Shared::hold`]):
 //! - a slot of the queue (`concurrency`) and of its key (`per_key`): the
 //!   JetStream KV bucket `{name}-queue-slots` holds, per queue (`c.{queue}`)
 //!   and per queue and key (`k.{queue}.{key}`), how many each host runs
