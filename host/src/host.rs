@@ -107,26 +107,15 @@ async fn restore_queue_settings(
     storage: &crate::storage::Storage,
     source: &std::path::Path,
 ) -> Result<()> {
-    use crate::queues::Settings;
     let stored = storage
         .queues()
         .queue_settings()
         .await
         .with_context(|| format!("{}: [storage]: the queues' settings", source.display()))?;
     for (name, json) in stored {
-        let applied = match (queues.get(&name), serde_json::from_str::<Settings>(&json)) {
-            (Ok(queue), Ok(settings)) => queue.apply(settings.clone()).or_else(|why| {
-                // The pause and drain hold even when the limits do not.
-                let kept = Settings {
-                    limits: Default::default(),
-                    ..settings
-                };
-                queue.apply(kept)?;
-                Err(format!("its limits ({why}); its pause and drain are kept"))
-            }),
-            (Err(missing), _) => Err(missing),
-            (_, Err(error)) => Err(format!("unreadable ({error})")),
-        };
+        let applied = queues
+            .get(&name)
+            .and_then(|queue| queue.apply_stored(Some(&json)));
         match applied {
             Ok(()) => tracing::info!(
                 queue = name,

@@ -97,6 +97,8 @@ pub struct Connection {
     connected: Arc<AtomicBool>,
     durable: Arc<durable::DurableQueue>,
     kv: Arc<kv::ClusterKv>,
+    /// Queues' run-time settings, for every host.
+    queue_settings: async_nats::jetstream::kv::Store,
 }
 
 impl Connection {
@@ -135,12 +137,16 @@ impl Connection {
             config,
             crate::storage::KvLimits::from(limits),
         ));
+        let queue_settings = queues::ClusterQueueStore::open(&client, config)
+            .await
+            .with_context(|| format!("{}: [cluster]", file.display()))?;
         Ok(Connection {
             config: config.clone(),
             client,
             connected,
             durable,
             kv,
+            queue_settings,
         })
     }
 
@@ -149,7 +155,13 @@ impl Connection {
     /// schedules' progress stays local, since each tick is claimed in the
     /// cluster anyway ([`ticks`]).
     pub fn storage(&self, local: crate::storage::Storage) -> crate::storage::Storage {
-        local.with(self.kv.clone(), self.durable.clone())
+        let queues = Arc::new(queues::ClusterQueueStore::new(
+            self.queue_settings.clone(),
+            local.queues().clone(),
+        ));
+        local
+            .with(self.kv.clone(), self.durable.clone())
+            .with_queues(queues)
     }
 }
 
@@ -164,6 +176,7 @@ impl Cluster {
             connected,
             durable,
             kv,
+            queue_settings,
         } = connection;
         let config = &config;
         let mut tasks = events::bridge(&client, config, env.clone())
@@ -213,6 +226,7 @@ impl Cluster {
         tasks.extend(queues::run(queues.clone(), members.clone()));
         // Before any task runs: every queued task takes its share.
         env.queues.share(Arc::new(queues.clone()));
+        tasks.push(queues::follow_settings(queue_settings, env.clone()));
         tracing::info!(
             cluster = config.name,
             host = config.host,

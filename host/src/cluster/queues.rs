@@ -32,6 +32,9 @@
 use super::members::{EXPIRY, Members};
 use crate::config::{ClusterConfig, QueueConfig, Rate};
 use crate::queues::Shared;
+use crate::storage::tasks::TaskStoreFuture;
+use crate::storage::{DeadLetter, QueueStore, StoredLetter};
+use crate::worker::TaskEnv;
 use anyhow::{Context, Result};
 use async_nats::jetstream::kv;
 use base64::Engine;
@@ -602,6 +605,174 @@ impl Shared for Arc<SharedQueues> {
             }
         })
     }
+}
+
+/// Queues' run-time settings (an operator's pause, drain and limits) on
+/// the JetStream KV bucket `{name}-queue-settings`, one entry per queue
+/// (its name in base64url), so a change made through any host holds on
+/// every host ([`follow_settings`]) and for hosts that start later; dead
+/// letters stay in each host's own store, with the tasks that failed
+/// there.
+pub struct ClusterQueueStore {
+    settings: kv::Store,
+    local: Arc<dyn QueueStore>,
+}
+
+impl ClusterQueueStore {
+    /// Opens the settings bucket.
+    pub(super) async fn open(
+        client: &async_nats::Client,
+        config: &ClusterConfig,
+    ) -> Result<kv::Store> {
+        async_nats::jetstream::new(client.clone())
+            .create_or_update_key_value(kv::Config {
+                bucket: format!("{}-queue-settings", config.name),
+                description: "taskhost: queues' run-time settings, for every host".into(),
+                history: 1,
+                ..Default::default()
+            })
+            .await
+            .context("cannot open the JetStream KV bucket of queue settings")
+    }
+
+    /// Settings in `settings`, dead letters in `local`.
+    pub(super) fn new(settings: kv::Store, local: Arc<dyn QueueStore>) -> ClusterQueueStore {
+        ClusterQueueStore { settings, local }
+    }
+}
+
+/// A queue's name from its settings entry's key.
+fn decode(key: &str) -> Option<String> {
+    URL_SAFE_NO_PAD
+        .decode(key)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
+impl QueueStore for ClusterQueueStore {
+    fn queue_settings(&self) -> TaskStoreFuture<'_, Vec<(String, String)>> {
+        Box::pin(async move {
+            let mut keys = self
+                .settings
+                .keys()
+                .await
+                .context("cannot list the queues' settings on NATS")?;
+            let mut found = Vec::new();
+            while let Some(key) = keys.next().await {
+                found.push(key.context("cannot list the queues' settings on NATS")?);
+            }
+            let mut all = Vec::new();
+            for key in found {
+                let value = self
+                    .settings
+                    .get(key.clone())
+                    .await
+                    .context("cannot read a queue's settings on NATS")?;
+                if let (Some(name), Some(value)) = (decode(&key), value) {
+                    all.push((name, String::from_utf8_lossy(&value).into_owned()));
+                }
+            }
+            Ok(all)
+        })
+    }
+
+    fn set_queue_settings<'a>(
+        &'a self,
+        name: &'a str,
+        settings: Option<&'a str>,
+    ) -> TaskStoreFuture<'a, ()> {
+        Box::pin(async move {
+            let key = encode(name);
+            match settings {
+                Some(json) => self
+                    .settings
+                    .put(key, json.as_bytes().to_vec().into())
+                    .await
+                    .map(drop)
+                    .with_context(|| format!("cannot write queue `{name}`'s settings on NATS")),
+                None => self
+                    .settings
+                    .delete(key)
+                    .await
+                    .with_context(|| format!("cannot reset queue `{name}`'s settings on NATS")),
+            }
+        })
+    }
+
+    fn add_dead<'a>(
+        &'a self,
+        queue: &'a str,
+        letter: &'a DeadLetter,
+        keep: u64,
+    ) -> TaskStoreFuture<'a, (u64, u64)> {
+        self.local.add_dead(queue, letter, keep)
+    }
+
+    fn dead<'a>(
+        &'a self,
+        queue: Option<&'a str>,
+        after: u64,
+        limit: u32,
+    ) -> TaskStoreFuture<'a, Vec<StoredLetter>> {
+        self.local.dead(queue, after, limit)
+    }
+
+    fn dead_counts(&self) -> TaskStoreFuture<'_, Vec<(String, u64)>> {
+        self.local.dead_counts()
+    }
+
+    fn dead_letter(&self, id: u64) -> TaskStoreFuture<'_, Option<StoredLetter>> {
+        self.local.dead_letter(id)
+    }
+
+    fn remove_dead(&self, id: u64) -> TaskStoreFuture<'_, bool> {
+        self.local.remove_dead(id)
+    }
+}
+
+/// Applies every change of the queues' settings, made through any host,
+/// to this host's queues: the latest value of each (read again under the
+/// queues' change lock, so a change made here meanwhile and one from
+/// another host end as the bucket's last), from the start of the bucket.
+pub(super) fn follow_settings(settings: kv::Store, env: Arc<TaskEnv>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match settings.watch_with_history(">").await {
+                Ok(mut changes) => {
+                    while let Some(Ok(change)) = changes.next().await {
+                        let Some(name) = decode(&change.key) else {
+                            continue;
+                        };
+                        let Ok(queue) = env.queues.get(&name) else {
+                            continue;
+                        };
+                        let _one_at_a_time = env.queues.changing().await;
+                        let Ok(latest) = settings.get(change.key.clone()).await else {
+                            continue;
+                        };
+                        let json = latest.map(|value| String::from_utf8_lossy(&value).into_owned());
+                        let before = queue.settings();
+                        match queue.apply_stored(json.as_deref()) {
+                            Ok(()) if queue.settings() != before => tracing::info!(
+                                queue = name,
+                                settings = json.as_deref().unwrap_or("{}"),
+                                "queue {name}: run-time settings now {} (set in the cluster)",
+                                json.as_deref().unwrap_or("app.toml's")
+                            ),
+                            Ok(()) => {}
+                            Err(why) => tracing::warn!(
+                                queue = name,
+                                "queue {name}: run-time settings set in the cluster not applied \
+                                 here: {why}"
+                            ),
+                        }
+                    }
+                }
+                Err(error) => tracing::debug!("queue settings watch: {error}"),
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    })
 }
 
 /// Wakes the tasks waiting for a slot whenever the slots change (on any

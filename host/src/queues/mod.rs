@@ -598,6 +598,31 @@ impl Queue {
         Ok(())
     }
 
+    /// Applies settings as storage kept them (JSON; none: app.toml's
+    /// queue as written). Unreadable ones are refused; limits this queue
+    /// no longer takes (app.toml changed) are left out, its pause and
+    /// drain still applied, and the error says so.
+    pub(crate) fn apply_stored(self: &Arc<Self>, json: Option<&str>) -> Result<(), String> {
+        let settings = match json {
+            Some(json) => serde_json::from_str::<Settings>(json)
+                .map_err(|error| format!("unreadable ({error})"))?,
+            None => Settings::default(),
+        };
+        self.apply(settings.clone()).or_else(|why| {
+            let kept = Settings {
+                limits: Default::default(),
+                ..settings
+            };
+            self.apply(kept)?;
+            Err(format!("its limits ({why}); its pause and drain are kept"))
+        })
+    }
+
+    /// The settings an operator made, as they are now.
+    pub(crate) fn settings(&self) -> Settings {
+        self.state().settings.clone()
+    }
+
     /// A task given its turn has room on its worker.
     fn leave_admitting(&self) {
         let mut state = self.state();

@@ -10,8 +10,8 @@
 //! part of the host uses only the handle it needs, and each handle may
 //! have its own backend: on one host all four are an SQLite file
 //! ([`SqliteStore`]); in a cluster key-value state and durable tasks are
-//! on JetStream while schedules' progress and queues' state stay in the
-//! file. Their calls
+//! on JetStream, and so are queues' settings (dead letters stay in the
+//! file, as does schedules' progress). Their calls
 //! return futures: SQLite's run on the store's own thread, so a lock held
 //! from outside stalls only the tasks that wait for storage, never their
 //! workers' other tasks.
@@ -129,5 +129,11 @@ impl Storage {
     /// backends over a host's file.
     pub fn with(self, kv: Arc<dyn KvStore>, tasks: Arc<dyn TaskStore>) -> Storage {
         Storage { kv, tasks, ..self }
+    }
+
+    /// This storage with `queues` in place of its own: a cluster's
+    /// queue settings over a host's dead letters.
+    pub fn with_queues(self, queues: Arc<dyn QueueStore>) -> Storage {
+        Storage { queues, ..self }
     }
 }

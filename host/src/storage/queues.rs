@@ -1,7 +1,9 @@
 //! What queues keep across restarts: the settings an operator changed at
 //! run time (limits, paused, draining), and each queue's dead letters (its
 //! tasks that failed their last attempt, kept to be retried or discarded).
-//! Both live in the host's own file, in a cluster too, like schedules.
+//! Both live in the host's own file; in a cluster the settings are the
+//! cluster's (`cluster::queues::ClusterQueueStore`), the dead letters
+//! stay where their tasks failed.
 
 use super::tasks::TaskStoreFuture;
 use crate::task::{TaskId, WorkerId};

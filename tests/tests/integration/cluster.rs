@@ -1703,3 +1703,45 @@ fn a_freed_queue_slot_goes_round_the_hosts_so_one_hosts_backlog_holds_back_no_ot
     );
     assert_eq!(order.len(), 11, "{order:?}");
 }
+
+#[test]
+fn an_operators_queue_change_on_one_host_holds_on_every_host_and_later_ones() {
+    let nats = NatsServer::start();
+    let queue = "[[queues]]\nname = \"fair\"\nconcurrency = 1\n";
+    let (a, running_a) = host(&nats, "steer", "a", 1, queue);
+    let (b, running_b) = host(&nats, "steer", "b", 1, queue);
+    for app in [&a, &b] {
+        await_all_serving(app, 2);
+    }
+    let seen = |app: &TestApp, paused: bool, concurrency: u64| {
+        poll_until(secs(30), millis(50), || {
+            let fair = queue_on(app, "fair");
+            if fair["paused"] == paused && fair["limits"]["concurrency"] == concurrency {
+                Ok(())
+            } else {
+                Err(format!("{fair}"))
+            }
+        });
+    };
+    a.cli(&["queue", "pause", "fair"]).ok();
+    seen(&b, true, 1);
+    b.cli(&["queue", "set", "fair", "--concurrency", "3"]).ok();
+    seen(&a, true, 3);
+    // A host that joins later starts with the cluster's settings.
+    let (c, running_c) = host(&nats, "steer", "c", 1, queue);
+    seen(&c, true, 3);
+    c.cli(&["queue", "reset", "fair"]).ok();
+    for app in [&a, &b, &c] {
+        seen(app, false, 1);
+    }
+    let run = running_a.stop();
+    assert!(
+        run.lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("limits") && m.contains("(set in the cluster)"))),
+        "a logs what b set: {}",
+        run.dump()
+    );
+    running_b.stop();
+    running_c.stop();
+}
