@@ -138,6 +138,9 @@ pub struct SharedQueues {
     host: String,
     /// Told of every change of `slots` (a slot freed on any host).
     changed: Notify,
+    /// The hosts the slot entries named, as the watch saw them: the sweep
+    /// reads the bucket only when one of them is gone, not every period.
+    named: std::sync::Mutex<HashSet<String>>,
 }
 
 /// What keeps a task from starting now.
@@ -265,6 +268,7 @@ impl SharedQueues {
             rates,
             host: config.host.clone(),
             changed: Notify::new(),
+            named: Default::default(),
         };
         // An earlier run of this host died holding slots, and came back
         // before the others freed them: no task of this process holds them.
@@ -778,17 +782,27 @@ pub(super) fn follow_settings(settings: kv::Store, env: Arc<TaskEnv>) -> JoinHan
 /// Wakes the tasks waiting for a slot whenever the slots change (on any
 /// host), and every expiry period frees the slots of hosts silent past it
 /// at two looks in a row (a host just started may not have been heard
-/// yet at the first).
+/// yet at the first). The bucket is read for that only while an entry
+/// the watch saw names a host that is not present.
 pub(super) fn run(queues: Arc<SharedQueues>, members: Arc<Members>) -> Vec<JoinHandle<()>> {
     let watcher = {
         let queues = queues.clone();
         tokio::spawn(async move {
             loop {
-                match queues.slots.watch_all().await {
+                // With history: the entries there are now first, so the
+                // hosts they name are known from the start.
+                match queues.slots.watch_with_history(">").await {
                     Ok(mut changes) => {
-                        while let Some(change) = changes.next().await {
-                            if change.is_err() {
-                                break;
+                        while let Some(Ok(change)) = changes.next().await {
+                            if change.operation == kv::Operation::Put {
+                                let slots = Slots::read(&change.value);
+                                queues
+                                    .named
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .extend(
+                                        slots.holders.into_keys().chain(slots.waiting.into_keys()),
+                                    );
                             }
                             queues.changed.notify_waiters();
                         }
@@ -812,6 +826,18 @@ pub(super) fn run(queues: Arc<SharedQueues>, members: Arc<Members>) -> Vec<JoinH
                 continue;
             }
             let present: HashSet<String> = members.present().into_iter().map(|h| h.host).collect();
+            let gone: HashSet<String> = queues
+                .named
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|host| !present.contains(*host))
+                .cloned()
+                .collect();
+            if gone.is_empty() {
+                suspects.clear();
+                continue;
+            }
             let absent = std::sync::Mutex::new(HashSet::new());
             let freed = queues
                 .free_hosts(|host| {
@@ -830,6 +856,12 @@ pub(super) fn run(queues: Arc<SharedQueues>, members: Arc<Members>) -> Vec<JoinH
                 tracing::info!("host {host} is gone: its queue slots are free again");
             }
             suspects = absent.into_inner().unwrap_or_else(|e| e.into_inner());
+            // A gone host no entry names any more is forgotten.
+            queues
+                .named
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|host| !gone.contains(host) || suspects.contains(host));
         }
     });
     vec![watcher, sweeper]
