@@ -1,6 +1,7 @@
-//! Durable task records in the SQLite store: one row per task, written in
-//! its own transaction at submission, at each retry or re-run, at a cancel
-//! and at the end.
+//! Durable task records in the SQLite store: one row per task, written at
+//! submission, at each retry or re-run, at a cancel and at the end. Each
+//! write commits with the writes queued with it (group commit:
+//! `SqliteStore::grouped_write`), and is answered once they did.
 
 use super::{Inner, SqliteStore};
 use crate::config::RetrySpec;
@@ -10,7 +11,7 @@ use crate::storage::tasks::{
 };
 use crate::task::{Outcome, WorkerId, unix_millis};
 use anyhow::{Context, Result};
-use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, Row, params};
 use std::sync::PoisonError;
 use std::time::SystemTime;
 
@@ -81,11 +82,10 @@ impl SqliteStore {
         op(&mut inner).with_context(|| format!("database {}: {what}", self.path.display()))
     }
 
-    fn submit_now(&self, task: &NewTask) -> Result<Submitted> {
-        self.tasks_op("cannot record a durable task", |inner| {
-            let tx = inner
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    /// Records `task`, inside the group's transaction.
+    fn submit_in(inner: &mut Inner, task: &NewTask) -> Result<Submitted> {
+        {
+            let tx = &inner.conn;
             if let Some(key) = &task.idempotency_key {
                 let existing = tx
                     .prepare_cached(&format!(
@@ -136,9 +136,8 @@ impl SqliteStore {
                     "SELECT {COLUMNS} FROM durable_tasks WHERE seq = ?1"
                 ))?
                 .query_row([seq], record)?;
-            tx.commit()?;
             Ok(Submitted::New(stored))
-        })
+        }
     }
 
     pub(super) fn execute(
@@ -152,9 +151,15 @@ impl SqliteStore {
         })
     }
 
-    fn ended_now(&self, seq: u64, outcome: &Outcome, stopped: bool) -> Result<bool> {
-        let keep = self.keep_ended;
-        self.tasks_op("cannot record how a durable task ended", |inner| {
+    /// Records how task `seq` ended, inside the group's transaction.
+    fn ended_in(
+        inner: &mut Inner,
+        keep: u64,
+        seq: u64,
+        outcome: &Outcome,
+        stopped: bool,
+    ) -> Result<bool> {
+        {
             let (state, result, error, stage) = outcome_columns(outcome);
             // A task that was stopped ended only if it is done or its
             // cancel was recorded; a cancelled outcome always was stopped.
@@ -193,6 +198,19 @@ impl SqliteStore {
                 inner.ended_tasks -= dropped as u64;
             }
             Ok(true)
+        }
+    }
+
+    /// Runs `sql` with `params` as a grouped write (`what` names it).
+    fn write_row<P: rusqlite::Params + Send + 'static>(
+        &self,
+        what: &'static str,
+        sql: &'static str,
+        params: P,
+    ) -> TaskStoreFuture<'static, ()> {
+        self.grouped_write(what, move |inner| {
+            inner.conn.prepare_cached(sql)?.execute(params)?;
+            Ok(())
         })
     }
 
@@ -226,43 +244,33 @@ impl SqliteStore {
 impl TaskStore for SqliteStore {
     fn submit<'a>(&'a self, task: &'a NewTask) -> TaskStoreFuture<'a, Submitted> {
         let task = task.clone();
-        self.tasks(move |store| store.submit_now(&task))
+        self.grouped_write("cannot record a durable task", move |inner| {
+            SqliteStore::submit_in(inner, &task)
+        })
     }
 
     fn forget(&self, seq: u64) -> TaskStoreFuture<'_, ()> {
-        self.tasks(move |store| {
-            store
-                .execute(
-                    "cannot drop a durable task",
-                    "DELETE FROM durable_tasks WHERE seq = ?1",
-                    [seq as i64],
-                )
-                .map(drop)
-        })
+        self.write_row(
+            "cannot drop a durable task",
+            "DELETE FROM durable_tasks WHERE seq = ?1",
+            [seq as i64],
+        )
     }
 
     fn attempt_started(&self, seq: u64, attempt: u32) -> TaskStoreFuture<'_, ()> {
-        self.tasks(move |store| {
-            store
-                .execute(
-                    "cannot record a durable task's attempt",
-                    "UPDATE durable_tasks SET attempt = ?2 WHERE seq = ?1",
-                    params![seq as i64, attempt],
-                )
-                .map(drop)
-        })
+        self.write_row(
+            "cannot record a durable task's attempt",
+            "UPDATE durable_tasks SET attempt = ?2 WHERE seq = ?1",
+            (seq as i64, attempt),
+        )
     }
 
     fn cancel_requested(&self, seq: u64) -> TaskStoreFuture<'_, ()> {
-        self.tasks(move |store| {
-            store
-                .execute(
-                    "cannot record a durable task's cancel",
-                    "UPDATE durable_tasks SET cancel_requested = 1 WHERE seq = ?1",
-                    [seq as i64],
-                )
-                .map(drop)
-        })
+        self.write_row(
+            "cannot record a durable task's cancel",
+            "UPDATE durable_tasks SET cancel_requested = 1 WHERE seq = ?1",
+            [seq as i64],
+        )
     }
 
     fn ended<'a>(
@@ -272,7 +280,10 @@ impl TaskStore for SqliteStore {
         stopped: bool,
     ) -> TaskStoreFuture<'a, bool> {
         let outcome = outcome.clone();
-        self.tasks(move |store| store.ended_now(seq, &outcome, stopped))
+        let keep = self.keep_ended;
+        self.grouped_write("cannot record how a durable task ended", move |inner| {
+            SqliteStore::ended_in(inner, keep, seq, &outcome, stopped)
+        })
     }
 
     fn unfinished(&self) -> TaskStoreFuture<'_, Vec<TaskRecord>> {
@@ -355,6 +366,48 @@ mod tests {
             .build()
             .unwrap()
             .block_on(future)
+    }
+
+    /// Writes queued together share one commit, each under its own
+    /// savepoint: one that fails is rolled back alone, and the others are
+    /// answered once committed.
+    #[test]
+    fn writes_queued_together_commit_together_and_a_failed_one_alone_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 10);
+        // The store's thread waits until all three writes are queued, so
+        // they are one group.
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let held = store.off_thread(move |_| hold.recv().ok());
+        let (one, three) = (new_task(Some("first"), None), new_task(Some("third"), None));
+        // Each call is sent to the store's thread when made.
+        let first = store.submit(&one);
+        let failing = store.grouped_write("cannot do the failing write", |inner| {
+            SqliteStore::submit_in(inner, &new_task(Some("undone"), None))?;
+            Err::<(), _>(anyhow::anyhow!("failed after its insert"))
+        });
+        let third = store.submit(&three);
+        release.send(()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(held).unwrap();
+        let (first, failing, third) =
+            runtime.block_on(async { tokio::join!(first, failing, third) });
+        assert!(matches!(first.unwrap(), Submitted::New(_)));
+        let error = format!("{:#}", failing.unwrap_err());
+        assert!(error.contains("cannot do the failing write"), "{error}");
+        assert!(error.contains("failed after its insert"), "{error}");
+        assert!(matches!(third.unwrap(), Submitted::New(_)));
+        drop(store);
+        // As stored, read back by a new store: the failed write's insert
+        // is gone, the others are there.
+        let store = super::tests::store(dir.path(), 10);
+        let names: Vec<String> = block(store.unfinished())
+            .into_iter()
+            .map(|record| record.name)
+            .collect();
+        assert_eq!(names, ["first", "third"]);
     }
 
     fn new_task(name: Option<&str>, key: Option<&str>) -> NewTask {
