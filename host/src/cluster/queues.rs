@@ -8,8 +8,8 @@
 //! cluster's before it runs ([`Shared::hold`]):
 //! - a slot of the queue (`concurrency`) and of its key (`per_key`): the
 //!   JetStream KV bucket `{name}-queue-slots` holds, per queue (`c.{queue}`)
-//!   and per queue and key (`k.{queue}.{key}`), how many each host runs
-//!   and has waiting ([`Slots`]); a host takes one by a compare-and-swap
+//!   and per queue and key (`k.{queue}.{key}`), which tasks each host runs
+//!   and has waiting, each by a token of its own ([`Slots`]); a host takes one by a compare-and-swap
 //!   on the entry's revision only while the sum is under the limit and it
 //!   is its turn (a freed slot goes round the hosts that wait, so one
 //!   host's backlog holds back no other's), and gives it back the same way
@@ -41,10 +41,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 /// How long a rate's arrival time is kept after its last start: an entry
@@ -58,19 +57,25 @@ const RATE_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// told of a change (a change missed while the watch was re-opened).
 const RECHECK: Duration = EXPIRY;
 
+/// Changes of the slots kept for the waiting tasks to read: one that falls
+/// behind further tries again at once.
+const CHANGES: usize = 1024;
+
 /// How long a host waits before it asks NATS again when it could not.
 const RETRY: Duration = Duration::from_secs(1);
 
 /// One slot entry: a queue's, or one key's of it. The one serde type of
-/// its value.
+/// its value. Tasks are named by a token of their own, so each change is
+/// idempotent: a write whose answer was lost (a timeout after it landed)
+/// and is made again changes nothing more.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Slots {
-    /// How many of its slots each host holds (tasks running).
+    /// The tasks holding one of its slots (running), by host.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    holders: BTreeMap<String, u32>,
-    /// How many tasks of each host wait for one.
+    holders: BTreeMap<String, BTreeSet<u64>>,
+    /// The tasks waiting for one, by host.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    waiting: BTreeMap<String, u32>,
+    waiting: BTreeMap<String, BTreeSet<u64>>,
     /// The host that took one last: a freed slot goes to the next host
     /// after it (in name order, round) that has tasks waiting, so one
     /// host's backlog does not hold back another's few.
@@ -79,12 +84,32 @@ struct Slots {
 }
 
 impl Slots {
-    fn read(value: &[u8]) -> Slots {
-        serde_json::from_slice(value).unwrap_or_default()
+    /// The entry's value; an unreadable one is an error, never taken for
+    /// an empty entry (writing over it would drop the others' counts).
+    fn read(entry: &str, value: &[u8]) -> Result<Slots, String> {
+        serde_json::from_slice(value)
+            .map_err(|error| format!("the queue slot entry {entry} is unreadable: {error}"))
     }
 
     fn taken(&self) -> u64 {
-        self.holders.values().map(|n| u64::from(*n)).sum()
+        self.holders.values().map(|tasks| tasks.len() as u64).sum()
+    }
+
+    fn has(map: &BTreeMap<String, BTreeSet<u64>>, host: &str, token: u64) -> bool {
+        map.get(host).is_some_and(|tasks| tasks.contains(&token))
+    }
+
+    fn add(map: &mut BTreeMap<String, BTreeSet<u64>>, host: &str, token: u64) {
+        map.entry(host.to_string()).or_default().insert(token);
+    }
+
+    fn remove(map: &mut BTreeMap<String, BTreeSet<u64>>, host: &str, token: u64) {
+        if let Some(tasks) = map.get_mut(host) {
+            tasks.remove(&token);
+            if tasks.is_empty() {
+                map.remove(host);
+            }
+        }
     }
 
     /// Whether a slot freed now is `host`'s to take: no other host waits,
@@ -108,15 +133,6 @@ impl Slots {
         next == Some(&host)
     }
 
-    fn count(map: &mut BTreeMap<String, u32>, host: &str, by: i64) {
-        let now = i64::from(map.get(host).copied().unwrap_or(0)) + by;
-        if now <= 0 {
-            map.remove(host);
-        } else {
-            map.insert(host.to_string(), u32::try_from(now).unwrap_or(u32::MAX));
-        }
-    }
-
     fn is_empty(&self) -> bool {
         self.holders.is_empty() && self.waiting.is_empty()
     }
@@ -136,8 +152,12 @@ pub struct SharedQueues {
     slots: kv::Store,
     rates: kv::Store,
     host: String,
-    /// Told of every change of `slots` (a slot freed on any host).
-    changed: Notify,
+    /// The key of every change of `slots` (a slot freed on any host): a
+    /// waiting task wakes for the entry it waits on only.
+    changes: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// The next token of a task of this process (from the clock at
+    /// start, so an earlier run's tokens are not this one's).
+    next_token: std::sync::atomic::AtomicU64,
     /// The hosts the slot entries named, as the watch saw them: the sweep
     /// reads the bucket only when one of them is gone, not every period.
     named: std::sync::Mutex<HashSet<String>>,
@@ -145,8 +165,8 @@ pub struct SharedQueues {
 
 /// What keeps a task from starting now.
 enum Wait {
-    /// A slot it needs is full: until the slots change.
-    Slot,
+    /// The slot entry it needs is full: until that entry changes.
+    Slot(String),
     /// A rate is spent: this long.
     Rate(Duration),
 }
@@ -155,6 +175,7 @@ enum Wait {
 /// is dropped.
 struct Held {
     queues: Arc<SharedQueues>,
+    token: u64,
     slots: Vec<String>,
 }
 
@@ -164,25 +185,27 @@ impl Drop for Held {
         if slots.is_empty() {
             return;
         }
-        self.queues.give_back_later(slots, true);
+        self.queues.give_back_later(slots, self.token);
     }
 }
 
-/// The entries where a task is counted as waiting, until it takes a slot
-/// there or gives up (dropped: the counts are given back).
+/// The entries a waiting task may be named in (waiting there, or a write
+/// of it whose answer was lost) but holds no slot of, so given back when
+/// it stops trying (dropped).
 struct Registered {
     queues: Arc<SharedQueues>,
+    token: u64,
     entries: HashSet<String>,
 }
 
 impl Registered {
     /// Takes a slot of `entry` for this task, as [`SharedQueues::take`].
     async fn take(&mut self, entry: &str, limit: u32) -> Result<Take, String> {
-        let mut registered = self.entries.contains(entry);
-        let outcome = self.queues.take(entry, limit, &mut registered).await;
-        if registered {
-            self.entries.insert(entry.to_string());
-        } else {
+        // Named before the write: whatever becomes of it, it is given back.
+        self.entries.insert(entry.to_string());
+        let outcome = self.queues.take(entry, limit, self.token).await;
+        if let Ok(Take::Taken) = outcome {
+            // Its `Held` gives it back from now on.
             self.entries.remove(entry);
         }
         outcome
@@ -193,7 +216,7 @@ impl Drop for Registered {
     fn drop(&mut self) {
         let entries: Vec<String> = self.entries.drain().collect();
         if !entries.is_empty() {
-            self.queues.give_back_later(entries, false);
+            self.queues.give_back_later(entries, self.token);
         }
     }
 }
@@ -267,7 +290,8 @@ impl SharedQueues {
             slots,
             rates,
             host: config.host.clone(),
-            changed: Notify::new(),
+            changes: tokio::sync::broadcast::channel(CHANGES).0,
+            next_token: std::sync::atomic::AtomicU64::new(unix_micros()),
             named: Default::default(),
         };
         // An earlier run of this host died holding slots, and came back
@@ -276,30 +300,32 @@ impl SharedQueues {
         Ok(queues)
     }
 
-    /// Takes a slot of `entry` if fewer than `limit` are taken across the
-    /// cluster and it is this host's turn; otherwise counts the task as
-    /// waiting in the entry (once: `registered` says it is).
-    async fn take(&self, entry: &str, limit: u32, registered: &mut bool) -> Result<Take, String> {
+    /// Takes a slot of `entry` for the task `token` if fewer than `limit`
+    /// are taken across the cluster and it is this host's turn; otherwise
+    /// names the task as waiting in the entry.
+    async fn take(&self, entry: &str, limit: u32, token: u64) -> Result<Take, String> {
         loop {
             let current = self.slots.entry(entry).await.map_err(|e| e.to_string())?;
             let (mut slots, revision) = match current {
                 Some(current) if current.operation == kv::Operation::Put => {
-                    (Slots::read(&current.value), Some(current.revision))
+                    (Slots::read(entry, &current.value)?, Some(current.revision))
                 }
                 Some(current) => (Slots::default(), Some(current.revision)),
                 None => (Slots::default(), None),
             };
+            // A take of it landed, its answer lost.
+            if Slots::has(&slots.holders, &self.host, token) {
+                return Ok(Take::Taken);
+            }
             let take = slots.taken() < u64::from(limit) && slots.turn_of(&self.host);
             if take {
-                Slots::count(&mut slots.holders, &self.host, 1);
-                if *registered {
-                    Slots::count(&mut slots.waiting, &self.host, -1);
-                }
+                Slots::add(&mut slots.holders, &self.host, token);
+                Slots::remove(&mut slots.waiting, &self.host, token);
                 slots.last = Some(self.host.clone());
-            } else if *registered {
+            } else if Slots::has(&slots.waiting, &self.host, token) {
                 return Ok(Take::Wait);
             } else {
-                Slots::count(&mut slots.waiting, &self.host, 1);
+                Slots::add(&mut slots.waiting, &self.host, token);
             }
             let value = serde_json::to_vec(&slots).unwrap_or_default().into();
             let written = match revision {
@@ -317,30 +343,24 @@ impl SharedQueues {
                     .map_err(|e| e.to_string()),
             };
             match written {
-                Ok(()) if take => {
-                    *registered = false;
-                    return Ok(Take::Taken);
-                }
-                Ok(()) => {
-                    *registered = true;
-                    return Ok(Take::Wait);
-                }
+                Ok(()) if take => return Ok(Take::Taken),
+                Ok(()) => return Ok(Take::Wait),
                 Err(error) if raced(&error) => continue,
                 Err(error) => return Err(error),
             }
         }
     }
 
-    /// Gives back one of this host's slots of `entry` (`holding`), or one
-    /// of its waiting counts, retrying until NATS takes it (a slot never
-    /// given back would shrink the limit for good while this host lives,
-    /// and a waiting count would hold the others back).
-    async fn give_back(&self, entry: &str, holding: bool) {
-        let one_less = |slots: &mut Slots, host: &str| match holding {
-            true => Slots::count(&mut slots.holders, host, -1),
-            false => Slots::count(&mut slots.waiting, host, -1),
+    /// Takes the task `token` out of `entry` (its slot, or its place among
+    /// the waiting), retrying until NATS takes it (a slot never given back
+    /// would shrink the limit for good while this host lives, and a task
+    /// left waiting would hold the other hosts back).
+    async fn give_back(&self, entry: &str, token: u64) {
+        let without = |slots: &mut Slots, host: &str| {
+            Slots::remove(&mut slots.holders, host, token);
+            Slots::remove(&mut slots.waiting, host, token);
         };
-        while let Err(error) = self.remove(entry, one_less).await {
+        while let Err(error) = self.remove(entry, without).await {
             tracing::debug!("cannot give back the queue slot {entry}: {error}");
             tokio::time::sleep(RETRY).await;
         }
@@ -357,7 +377,7 @@ impl SharedQueues {
             if current.operation != kv::Operation::Put {
                 return Ok(());
             }
-            let mut slots = Slots::read(&current.value);
+            let mut slots = Slots::read(entry, &current.value)?;
             let before = slots.clone();
             change(&mut slots, &self.host);
             if slots == before {
@@ -384,14 +404,14 @@ impl SharedQueues {
         }
     }
 
-    /// Gives back this host's slots (`holding`) or waiting counts of
-    /// `entries`, in a task of its own (from a drop).
-    fn give_back_later(self: &Arc<Self>, entries: Vec<String>, holding: bool) {
+    /// Takes the task `token` out of `entries`, in a task of its own (from
+    /// a drop).
+    fn give_back_later(self: &Arc<Self>, entries: Vec<String>, token: u64) {
         let queues = self.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 for entry in entries {
-                    queues.give_back(&entry, holding).await;
+                    queues.give_back(&entry, token).await;
                 }
             });
         }
@@ -453,20 +473,21 @@ impl SharedQueues {
     ) -> Result<Result<Held, Wait>, String> {
         let mut held = Held {
             queues: self.clone(),
+            token: registered.token,
             slots: Vec::new(),
         };
         let queue = config.name.as_str();
         if let Some(limit) = config.concurrency {
             let entry = queue_slot(queue);
             if let Take::Wait = registered.take(&entry, limit).await? {
-                return Ok(Err(Wait::Slot));
+                return Ok(Err(Wait::Slot(entry)));
             }
             held.slots.push(entry);
         }
         if let Some(limit) = config.per_key {
             let entry = key_entry(queue, key);
             if let Take::Wait = registered.take(&entry, limit).await? {
-                return Ok(Err(Wait::Slot));
+                return Ok(Err(Wait::Slot(entry)));
             }
             held.slots.push(entry);
         }
@@ -497,15 +518,17 @@ impl SharedQueues {
         let mut warned = false;
         let mut registered = Registered {
             queues: self.clone(),
+            token: self
+                .next_token
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             entries: HashSet::new(),
         };
+        // Subscribed before the first try, so no change after it is missed.
+        let mut changes = self.changes.subscribe();
         loop {
             if wanted.is_closed() {
                 return;
             }
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
             let outcome = if super::online(&self.client) {
                 self.try_hold(&config, &key, &mut registered).await
             } else {
@@ -517,7 +540,22 @@ impl SharedQueues {
                     let _ = wanted.send(held);
                     return;
                 }
-                Ok(Err(Wait::Slot)) => {
+                Ok(Err(Wait::Slot(entry))) => {
+                    // Only a change of that entry can let it in: its own
+                    // writes to others (a slot taken then given back) do
+                    // not wake it.
+                    let changed = async {
+                        loop {
+                            match changes.recv().await {
+                                Ok(key) if key.is_empty() || *key == *entry => return,
+                                Ok(_) => {}
+                                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                                    std::future::pending::<()>().await
+                                }
+                            }
+                        }
+                    };
                     tokio::select! {
                         () = changed => {}
                         () = tokio::time::sleep(RECHECK) => {}
@@ -794,8 +832,9 @@ pub(super) fn run(queues: Arc<SharedQueues>, members: Arc<Members>) -> Vec<JoinH
                 match queues.slots.watch_with_history(">").await {
                     Ok(mut changes) => {
                         while let Some(Ok(change)) = changes.next().await {
-                            if change.operation == kv::Operation::Put {
-                                let slots = Slots::read(&change.value);
+                            if change.operation == kv::Operation::Put
+                                && let Ok(slots) = Slots::read(&change.key, &change.value)
+                            {
                                 queues
                                     .named
                                     .lock()
@@ -804,13 +843,15 @@ pub(super) fn run(queues: Arc<SharedQueues>, members: Arc<Members>) -> Vec<JoinH
                                         slots.holders.into_keys().chain(slots.waiting.into_keys()),
                                     );
                             }
-                            queues.changed.notify_waiters();
+                            // None waits: no one to tell.
+                            let _ = queues.changes.send(change.key.as_str().into());
                         }
                     }
                     Err(error) => tracing::debug!("queue slots watch: {error}"),
                 }
-                // Whatever changed while the watch was away.
-                queues.changed.notify_waiters();
+                // Whatever changed while the watch was away: every waiting
+                // task looks again (the empty key).
+                let _ = queues.changes.send("".into());
                 tokio::time::sleep(RETRY).await;
             }
         })
@@ -874,7 +915,10 @@ mod tests {
     fn slots(waiting: &[&str], last: Option<&str>) -> Slots {
         Slots {
             holders: Default::default(),
-            waiting: waiting.iter().map(|h| (h.to_string(), 1)).collect(),
+            waiting: waiting
+                .iter()
+                .map(|h| (h.to_string(), [1].into_iter().collect()))
+                .collect(),
             last: last.map(str::to_string),
         }
     }
@@ -894,6 +938,30 @@ mod tests {
         assert!(slots(&["a", "b", "c"], Some("c")).turn_of("a"));
         assert!(slots(&["a", "c"], Some("a")).turn_of("c"));
         assert!(slots(&["a", "c"], None).turn_of("a"));
+    }
+
+    #[test]
+    fn a_task_is_counted_once_however_often_its_write_is_made() {
+        let mut slots = Slots::default();
+        for _ in 0..2 {
+            Slots::add(&mut slots.holders, "a", 7);
+        }
+        Slots::add(&mut slots.holders, "a", 8);
+        assert_eq!(slots.taken(), 2);
+        for _ in 0..2 {
+            Slots::remove(&mut slots.holders, "a", 7);
+        }
+        assert_eq!(slots.taken(), 1, "a second give-back takes nothing more");
+        Slots::remove(&mut slots.holders, "a", 8);
+        assert!(slots.is_empty());
+        assert!(Slots::read("c.x", b"not json").is_err());
+        let written = serde_json::to_string(&Slots {
+            holders: [("a".to_string(), [3].into_iter().collect())].into(),
+            waiting: Default::default(),
+            last: Some("a".into()),
+        })
+        .unwrap();
+        assert_eq!(written, r#"{"holders":{"a":[3]},"last":"a"}"#);
     }
 
     #[test]
