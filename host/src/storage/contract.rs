@@ -466,6 +466,10 @@ pub async fn tasks(store: &dyn TaskStore) {
         assert_eq!(unfinished[0].attempt, 2, "attempt_started is kept");
         assert!(unfinished[1].cancel_requested, "cancel_requested is kept");
         assert!(!unfinished[0].cancel_requested);
+        assert_eq!(
+            unfinished[2], keyed,
+            "what submit answers is the record as stored"
+        );
     } else {
         assert!(
             seqs.is_empty(),

@@ -284,11 +284,23 @@ fn commit_group(group: Vec<Write>) {
                 Err(why)
             }
             Ok(()) => {
-                let mut failed = None;
+                let mut failed: Option<String> = None;
                 for write in group {
                     let Write { store: _, run } = write;
+                    // Once the group failed (SQLite may even have rolled
+                    // it back whole, on a full disk or an I/O error: a
+                    // savepoint opened now would begin a transaction of
+                    // its own and commit), the rest run nothing and hear
+                    // why.
+                    if let Some(why) = &failed {
+                        answers.push(run(Err(why)).1);
+                        continue;
+                    }
                     if let Err(e) = run_cached(&inner.conn, "SAVEPOINT write") {
-                        failed = Some(format!("cannot open a savepoint: {e}"));
+                        let why = format!("cannot open a savepoint: {e}");
+                        answers.push(run(Err(&why)).1);
+                        failed = Some(why);
+                        continue;
                     }
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         run(Ok(&mut inner))
@@ -305,6 +317,8 @@ fn commit_group(group: Vec<Write>) {
                     };
                     if let Err(e) = undo {
                         failed = Some(format!("cannot close a savepoint: {e}"));
+                    } else if inner.conn.is_autocommit() {
+                        failed = Some("SQLite rolled the group's transaction back".into());
                     }
                     answers.extend(answer);
                 }

@@ -105,11 +105,19 @@ impl SqliteStore {
                 .transpose()?;
             // A queued task's first attempt is counted at its turn.
             let attempt = if queued.is_some() { 0 } else { 1 };
+            let created_ms = now_ms();
+            // An unnamed task is named by its seq, which AUTOINCREMENT
+            // gives as one past the largest it ever gave (kept in
+            // sqlite_sequence): written in the one insert, not by an
+            // update after it (checked below).
             tx.prepare_cached(
                 "INSERT INTO durable_tasks
                    (name, worker, plugin, factory, args, retry, idempotency_key, attempt, state,
                     created_ms, plugin_version, queued)
-                 VALUES (coalesce(?1, ''), ?2, ?3, ?4, ?5, ?6, ?7, ?10, 'live', ?8, ?9, ?11)",
+                 VALUES (coalesce(?1, 'durable-' || (
+                           SELECT coalesce(max(seq), 0) + 1 FROM sqlite_sequence
+                           WHERE name = 'durable_tasks')),
+                         ?2, ?3, ?4, ?5, ?6, ?7, ?10, 'live', ?8, ?9, ?11)",
             )?
             .execute(params![
                 task.name,
@@ -119,23 +127,42 @@ impl SqliteStore {
                 task.args,
                 retry,
                 task.idempotency_key,
-                now_ms(),
+                created_ms,
                 task.plugin_version,
                 attempt,
                 queued,
             ])?;
             let seq = tx.last_insert_rowid();
+            let name = match &task.name {
+                Some(name) => name.clone(),
+                None => format!("durable-{seq}"),
+            };
             if task.name.is_none() {
+                // Only if the seq was not the one foreseen (a row written
+                // from outside with a larger seq than any the host gave).
                 tx.prepare_cached(
-                    "UPDATE durable_tasks SET name = 'durable-' || seq WHERE seq = ?1",
+                    "UPDATE durable_tasks SET name = ?2 WHERE seq = ?1 AND name <> ?2",
                 )?
-                .execute([seq])?;
+                .execute(params![seq, name])?;
             }
-            let stored = tx
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM durable_tasks WHERE seq = ?1"
-                ))?
-                .query_row([seq], record)?;
+            // The record as written, built rather than read back.
+            let stored = TaskRecord {
+                seq: seq as u64,
+                name,
+                worker: task.worker,
+                plugin: task.plugin.clone(),
+                plugin_version: task.plugin_version.clone(),
+                factory: task.factory.clone(),
+                args: task.args.clone(),
+                retry: task.retry.clone(),
+                idempotency_key: task.idempotency_key.clone(),
+                attempt: attempt as u32,
+                outcome: None,
+                cancel_requested: false,
+                created_ms: created_ms as u64,
+                ended_ms: None,
+                queued: task.queued.clone(),
+            };
             Ok(Submitted::New(stored))
         }
     }
