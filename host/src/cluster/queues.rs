@@ -57,6 +57,10 @@ const RATE_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// told of a change (a change missed while the watch was re-opened).
 const RECHECK: Duration = EXPIRY;
 
+/// Delete markers kept to purge: past it, the oldest are left in the
+/// stream (a bounded list, a marker left is only space).
+const MARKERS: usize = 100_000;
+
 /// Changes of the slots kept for the waiting tasks to read: one that falls
 /// behind further tries again at once.
 const CHANGES: usize = 1024;
@@ -161,6 +165,12 @@ pub struct SharedQueues {
     /// The hosts the slot entries named, as the watch saw them: the sweep
     /// reads the bucket only when one of them is gone, not every period.
     named: std::sync::Mutex<HashSet<String>>,
+    /// Entries this host deleted (no task holds or waits there), until
+    /// the watch shows the delete's marker.
+    deleted: std::sync::Mutex<HashSet<String>>,
+    /// The markers of those deletes (entry, revision), to purge from the
+    /// stream ([`SharedQueues::purge_markers`]); at most [`MARKERS`].
+    markers: std::sync::Mutex<Vec<(String, u64)>>,
 }
 
 /// What keeps a task from starting now.
@@ -246,6 +256,10 @@ fn queue_rate(queue: &str) -> String {
     format!("q.{}", encode(queue))
 }
 
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn unix_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -293,6 +307,8 @@ impl SharedQueues {
             changes: tokio::sync::broadcast::channel(CHANGES).0,
             next_token: std::sync::atomic::AtomicU64::new(unix_micros()),
             named: Default::default(),
+            deleted: Default::default(),
+            markers: Default::default(),
         };
         // An earlier run of this host died holding slots, and came back
         // before the others freed them: no task of this process holds them.
@@ -384,10 +400,16 @@ impl SharedQueues {
                 return Ok(());
             }
             let written = if slots.is_empty() {
-                self.slots
+                lock(&self.deleted).insert(entry.to_string());
+                let deleted = self
+                    .slots
                     .delete_expect_revision(entry, Some(current.revision))
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string());
+                if deleted.is_err() {
+                    lock(&self.deleted).remove(entry);
+                }
+                deleted
             } else {
                 let value = serde_json::to_vec(&slots).unwrap_or_default().into();
                 self.slots
@@ -621,6 +643,28 @@ impl SharedQueues {
         freed
     }
 
+    /// Removes from the stream the markers this host's deletes left: a
+    /// KV delete keeps one per key for good, and keys come and go (one
+    /// per customer), so without this the bucket, and every host's watch
+    /// of it at start, would grow with every key ever used. Each purge
+    /// takes the entry's messages up to its marker only: a write made
+    /// since stays.
+    async fn purge_markers(&self) {
+        let markers = std::mem::take(&mut *lock(&self.markers));
+        for (entry, revision) in markers {
+            let purged = self
+                .slots
+                .stream
+                .purge()
+                .filter(format!("{}{entry}", self.slots.prefix))
+                .sequence(revision + 1)
+                .await;
+            if let Err(error) = purged {
+                tracing::debug!("cannot purge the queue slot marker of {entry}: {error}");
+            }
+        }
+    }
+
     /// Frees this host's slots (it is leaving: its tasks have ended).
     pub async fn free_mine(&self) {
         let host = self.host.clone();
@@ -843,6 +887,14 @@ pub(super) fn run(queues: Arc<SharedQueues>, members: Arc<Members>) -> Vec<JoinH
                                         slots.holders.into_keys().chain(slots.waiting.into_keys()),
                                     );
                             }
+                            if change.operation != kv::Operation::Put
+                                && lock(&queues.deleted).remove(&change.key)
+                            {
+                                let mut markers = lock(&queues.markers);
+                                if markers.len() < MARKERS {
+                                    markers.push((change.key.clone(), change.revision));
+                                }
+                            }
                             // None waits: no one to tell.
                             let _ = queues.changes.send(change.key.as_str().into());
                         }
@@ -862,6 +914,7 @@ pub(super) fn run(queues: Arc<SharedQueues>, members: Arc<Members>) -> Vec<JoinH
         let mut suspects: HashSet<String> = HashSet::new();
         loop {
             ticks.tick().await;
+            queues.purge_markers().await;
             if !members.settled() || !super::online(&queues.client) {
                 suspects.clear();
                 continue;

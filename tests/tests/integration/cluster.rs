@@ -1480,6 +1480,20 @@ fn queue_on(app: &TestApp, name: &str) -> Value {
         .unwrap_or_else(|| panic!("no queue {name} in {queues}"))
 }
 
+/// How many messages the JetStream stream `name` holds now.
+fn stream_messages(nats: &NatsServer, name: &str) -> u64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(&nats.url).await.unwrap();
+        let jetstream = async_nats::jetstream::new(client);
+        let mut stream = jetstream.get_stream(name).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    })
+}
+
 /// The `[[queues]]` entry `api` (one task of a key at a time, across the
 /// cluster) and `count` waiters of key `acme` in it, named `{prefix}N`.
 fn keyed_waiters(prefix: &str, count: usize) -> String {
@@ -1546,6 +1560,14 @@ fn two_hosts_share_one_queues_per_key_limit() {
             .count();
         host_running.wait_for(done + 1, |l| l["event"] == "done");
     }
+    // Nothing runs or waits: the slot entry is gone, and so is the marker
+    // its delete left in the stream (one per key ever used, otherwise).
+    poll_until(secs(30), millis(100), || {
+        match stream_messages(&nats, "KV_shared-queue-slots") {
+            0 => Ok(()),
+            left => Err(format!("{left} messages left in the slots stream")),
+        }
+    });
     let runs = [running_a.stop(), running_b.stop()];
     // Replayed in the order the two hosts wrote them: never two running.
     let mut lines: Vec<&Value> = runs.iter().flat_map(|run| run.lines.iter()).collect();
