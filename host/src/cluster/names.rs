@@ -105,11 +105,14 @@ impl Names {
             let Ok(Some(entry)) = self.store.entry(key.clone()).await else {
                 continue;
             };
-            if serde_json::from_slice::<Owner>(&entry.value).is_ok_and(|o| o.host == self.host) {
-                let _ = self
+            if serde_json::from_slice::<Owner>(&entry.value).is_ok_and(|o| o.host == self.host)
+                && self
                     .store
-                    .delete_expect_revision(key, Some(entry.revision))
-                    .await;
+                    .delete_expect_revision(&key, Some(entry.revision))
+                    .await
+                    .is_ok()
+            {
+                self.purge_marker(&key).await;
             }
         }
     }
@@ -207,12 +210,38 @@ impl Names {
         let Some(claim) = self.mine().remove(name) else {
             return;
         };
-        if let Err(error) = self
+        match self
             .store
             .delete_expect_revision(key(name), Some(claim.revision))
             .await
         {
-            tracing::debug!("the cluster-scoped name {name:?} was not freed: {error}");
+            Ok(()) => self.purge_marker(&key(name)).await,
+            Err(error) => {
+                tracing::debug!("the cluster-scoped name {name:?} was not freed: {error}")
+            }
+        }
+    }
+
+    /// Removes from the stream the marker a delete of `key` left: a KV
+    /// delete keeps one per key for good, and names come and go, so the
+    /// bucket would grow with every name ever claimed. Only up to the
+    /// marker: a claim made since stays (and replaced the marker anyway).
+    async fn purge_marker(&self, key: &str) {
+        let Ok(Some(entry)) = self.store.entry(key).await else {
+            return;
+        };
+        if entry.operation == kv::Operation::Put {
+            return;
+        }
+        let purged = self
+            .store
+            .stream
+            .purge()
+            .filter(format!("{}{key}", self.store.prefix))
+            .sequence(entry.revision + 1)
+            .await;
+        if let Err(error) = purged {
+            tracing::debug!("the marker of a freed cluster-scoped name stays: {error}");
         }
     }
 
@@ -301,10 +330,14 @@ impl Names {
             );
             // Only the claim read: one made since (the name taken again)
             // stays.
-            let _ = self
+            if self
                 .store
-                .delete_expect_revision(key, Some(entry.revision))
-                .await;
+                .delete_expect_revision(&key, Some(entry.revision))
+                .await
+                .is_ok()
+            {
+                self.purge_marker(&key).await;
+            }
         }
     }
 }
