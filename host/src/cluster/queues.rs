@@ -266,6 +266,28 @@ fn unix_micros() -> u64 {
         .map_or(0, |since| since.as_micros() as u64)
 }
 
+/// Writes `value` at `entry` if the entry is still at `revision` (none:
+/// if it has no value): a compare-and-swap, which [`raced`] tells lost.
+async fn write_at(
+    store: &kv::Store,
+    entry: &str,
+    value: bytes::Bytes,
+    revision: Option<u64>,
+) -> Result<(), String> {
+    match revision {
+        Some(revision) => store
+            .update(entry, value, revision)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        None => store
+            .create(entry, value)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+    }
+}
+
 /// Whether a KV write failed because the entry changed since it was read
 /// (another host wrote it first): read again and retry.
 fn raced(error: &(impl std::fmt::Display + ?Sized)) -> bool {
@@ -344,20 +366,7 @@ impl SharedQueues {
                 Slots::add(&mut slots.waiting, &self.host, token);
             }
             let value = serde_json::to_vec(&slots).unwrap_or_default().into();
-            let written = match revision {
-                Some(revision) => self
-                    .slots
-                    .update(entry, value, revision)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-                None => self
-                    .slots
-                    .create(entry, value)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-            };
+            let written = write_at(&self.slots, entry, value, revision).await;
             match written {
                 Ok(()) if take => return Ok(Take::Taken),
                 Ok(()) => return Ok(Take::Wait),
@@ -463,20 +472,7 @@ impl SharedQueues {
                 return Ok(Some(Duration::from_micros(arrival - now - tolerance)));
             }
             let value = (arrival + interval).to_string().into_bytes().into();
-            let written = match revision {
-                Some(revision) => self
-                    .rates
-                    .update(entry, value, revision)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-                None => self
-                    .rates
-                    .create(entry, value)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-            };
+            let written = write_at(&self.rates, entry, value, revision).await;
             match written {
                 Ok(()) => return Ok(None),
                 Err(error) if raced(&error) => continue,
