@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::watch;
 
 /// Ids come from one counter per process, so they are unique across every
 /// worker and every host in it, and never reused.
@@ -92,11 +91,10 @@ pub struct Added {
 pub struct TaskHandle {
     /// The task's id on this host.
     pub id: TaskId,
+    /// Its cancel, and the state it ended in once it has: kept by every
+    /// handle, so a waiter learns how the task ended even when it is
+    /// purged before the waiter looks it up.
     signal: Arc<CancelSignal>,
-    /// The state the task ended in, once it has: kept by every handle, so
-    /// a waiter learns how the task ended even when it is purged before
-    /// the waiter looks it up.
-    ended: watch::Receiver<Option<TaskState>>,
     policy: Arc<CancelPolicy>,
 }
 
@@ -186,26 +184,33 @@ impl TaskHandle {
     /// Cancel safe: the end is a state, not a message, so a later call
     /// still sees it.
     pub async fn ended(&mut self) {
-        // The sender lives in the registry entry; if the entry was purged the
-        // task had ended, which is what we wait for either way.
-        let _ = self.ended.wait_for(Option::is_some).await;
+        // An entry dropped before its task ended (withdrawn, or its
+        // registry dropped) says so too: nothing is left to wait for.
+        self.signal.ended().await
     }
 
     /// Whether the task has ended, without waiting (see [`TaskHandle::ended`]).
     pub fn is_ended(&self) -> bool {
-        self.ended.borrow().is_some()
+        self.signal.end_state().is_some()
     }
 
     /// The state the task ended in; none while it runs.
     pub fn end_state(&self) -> Option<TaskState> {
-        *self.ended.borrow()
+        self.signal.end_state()
     }
 }
 
 struct Entry {
     info: TaskInfo,
     signal: Arc<CancelSignal>,
-    ended: watch::Sender<Option<TaskState>>,
+}
+
+impl Drop for Entry {
+    /// Who waits for the task's end hears that there will be none it can
+    /// see (a no-op once it ended).
+    fn drop(&mut self) {
+        self.signal.set_ended(None);
+    }
 }
 
 impl TaskRegistry {
@@ -213,7 +218,6 @@ impl TaskRegistry {
         TaskHandle {
             id: entry.info.ident.id,
             signal: entry.signal.clone(),
-            ended: entry.ended.subscribe(),
             policy: self.cancel.clone(),
         }
     }
@@ -372,7 +376,6 @@ impl TaskRegistry {
             inner.names.insert(name.clone(), ident.id);
         }
         let signal = Arc::new(CancelSignal::default());
-        let (ended, ended_rx) = watch::channel(None);
         let id = ident.id;
         if max_live.is_some() {
             inner.live += 1;
@@ -393,13 +396,11 @@ impl TaskRegistry {
                     attempt: 1,
                 },
                 signal: signal.clone(),
-                ended,
             },
         );
         Ok(TaskHandle {
             id,
             signal,
-            ended: ended_rx,
             policy: self.cancel.clone(),
         })
     }
@@ -473,7 +474,7 @@ impl TaskRegistry {
         entry.info.state = outcome.state();
         entry.info.ended_at = Some(SystemTime::now());
         entry.info.outcome = Some(outcome);
-        entry.ended.send_replace(Some(entry.info.state));
+        entry.signal.set_ended(Some(entry.info.state));
         inner.evict(self.retention, self.keep_for);
     }
 
@@ -490,7 +491,7 @@ impl TaskRegistry {
         }
         let id = info.ident.id;
         let signal = Arc::new(CancelSignal::default());
-        let (ended, ended_rx) = watch::channel(Some(info.state));
+        signal.set_ended(Some(info.state));
         // Aged from when it ended, before this host started.
         let ended_at = self.keep_for.map(|_| {
             let ago = info
@@ -505,14 +506,12 @@ impl TaskRegistry {
             Entry {
                 info,
                 signal: signal.clone(),
-                ended,
             },
         );
         inner.evict(self.retention, self.keep_for);
         Ok(TaskHandle {
             id,
             signal,
-            ended: ended_rx,
             policy: self.cancel.clone(),
         })
     }

@@ -6,7 +6,6 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
-use tokio_util::sync::CancellationToken;
 
 /// A task's id: unique across all workers of a host, never reused.
 pub type TaskId = u64;
@@ -347,32 +346,97 @@ impl Default for CancelPolicy {
     }
 }
 
-/// The raw two-stage signal behind a task's cancellation, read by the
-/// task's store and host calls. Only [`crate::registry::TaskHandle::cancel`]
-/// sends it, so every cancel gets the grace period, the forcing and the
-/// metric.
+/// The signals between a task and those who hold its handle: the cancel
+/// going in (two stages) and, for a registered task, its end coming out.
+/// Only [`crate::registry::TaskHandle::cancel`] sends the cancel, so every
+/// cancel gets the grace period, the forcing and the metric.
 ///
 /// `cancel` is cooperative: blocked host calls wake with `cancelled` and
 /// every later one fails the same way. `force` is for tasks that do not
 /// listen: the store's epoch callback sees it and interrupts the guest at
 /// the next tick, even in a loop with no host calls.
-#[derive(Debug, Default)]
+///
+/// One allocation per task, about 200 bytes: it was a cancellation token
+/// for each stage and a watch channel for the end, 760 bytes in three
+/// allocations, the most of what a waiting task held (docs/queues.md,
+/// "Cost").
+#[derive(Default)]
 pub(crate) struct CancelSignal {
-    token: CancellationToken,
+    cancelled: Flag,
     /// When the task was asked to stop, and the grace period it was given
-    /// (set once, before `token` is cancelled).
+    /// (set once, before `cancelled` is).
     asked: OnceLock<(Instant, Duration)>,
-    /// Checked by the epoch callback every tick: an atomic load, not a lock.
-    forced: AtomicBool,
-    /// Wakes a call blocked in a host function (where epochs do not reach)
-    /// so the runner can drop it.
-    forced_token: CancellationToken,
+    /// Checked by the epoch callback every tick (an atomic load); its
+    /// waiters are calls blocked in a host function (where epochs do not
+    /// reach), woken so the runner can drop them.
+    forced: Flag,
     /// The task's own signal when this one is an attempt's: cancelling or
-    /// forcing the task reaches the attempt, not the other way round.
+    /// forcing the task reaches the attempt, not the other way round. A
+    /// task's signal has no parent, so the chain is one link at most.
     parent: Option<Arc<CancelSignal>>,
     /// For a durable task of a cluster: how long this host may go on
     /// running it (see [`Lease`]). Past it the task is fenced.
     lease: OnceLock<Arc<Lease>>,
+    /// Run once, by the first cancel (or at once, if set after it): how a
+    /// task that holds no future, one waiting in its queue, hears it.
+    on_cancel: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// How the task ended, once it has: set by its registry (`None`: it
+    /// was withdrawn, or dropped from the registry before it ended).
+    ended: OnceLock<Option<TaskState>>,
+    ended_notify: tokio::sync::Notify,
+}
+
+impl fmt::Debug for CancelSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelSignal")
+            .field("cancelled", &self.is_cancelled())
+            .field("forced", &self.is_forced())
+            .field("asked", &self.asked)
+            .field("ended", &self.ended.get())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A flag set once that tasks can wait for: the part of a
+/// `CancellationToken` a task's signal uses, without its tree node.
+#[derive(Debug, Default)]
+struct Flag {
+    set: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Flag {
+    /// Sets it; whether this call did (it was not set before).
+    fn set(&self) -> bool {
+        let first = !self.set.swap(true, Ordering::AcqRel);
+        if first {
+            self.notify.notify_waiters();
+        }
+        first
+    }
+
+    fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    /// Resolves once it is set.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the flag is a state, a new call sees it.
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the flag is read, so a `set` between the
+            // two still wakes it.
+            notified.as_mut().enable();
+            if self.is_set() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// How long a host may still act for a task that another host could take
@@ -434,13 +498,10 @@ impl CancelSignal {
     /// cancels and forces the attempt alone, so the task may be tried
     /// again, while a cancel of the task still stops the attempt.
     pub(crate) fn attempt_of(task: &Arc<CancelSignal>) -> CancelSignal {
+        debug_assert!(task.parent.is_none(), "an attempt's signal is a task's");
         CancelSignal {
-            token: task.token.child_token(),
-            asked: OnceLock::new(),
-            forced: AtomicBool::new(false),
-            forced_token: task.forced_token.child_token(),
             parent: Some(task.clone()),
-            lease: OnceLock::new(),
+            ..CancelSignal::default()
         }
     }
 
@@ -462,14 +523,16 @@ impl CancelSignal {
     }
 
     pub(crate) fn cancel(&self) {
-        self.token.cancel();
+        if self.cancelled.set() {
+            self.told_cancel();
+        }
     }
 
     /// Cancels, recording when and with what grace period; the first
     /// cancel's record stands.
     pub(crate) fn cancel_with_grace(&self, grace: Duration) {
         let _ = self.asked.set((Instant::now(), grace));
-        self.token.cancel();
+        self.cancel();
     }
 
     /// When the task was asked to stop and with what grace period, if a
@@ -479,35 +542,110 @@ impl CancelSignal {
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {
-        self.token.is_cancelled()
+        self.cancelled.is_set() || self.parent.as_ref().is_some_and(|p| p.cancelled.is_set())
     }
 
-    /// Resolves once `cancel` has been called.
+    /// Resolves once `cancel` has been called (on it or its task's).
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: dropping it loses nothing, a new call resolves as well.
     pub(crate) async fn cancelled(&self) {
-        self.token.cancelled().await
+        match &self.parent {
+            None => self.cancelled.wait().await,
+            Some(parent) => tokio::select! {
+                () = self.cancelled.wait() => {}
+                () = parent.cancelled.wait() => {}
+            },
+        }
     }
 
     /// Cancels and also interrupts the guest at the next epoch tick.
     pub(crate) fn force(&self) {
-        self.forced.store(true, Ordering::Release);
-        self.token.cancel();
-        self.forced_token.cancel();
+        self.forced.set();
+        self.cancel();
     }
 
     pub(crate) fn is_forced(&self) -> bool {
-        self.forced.load(Ordering::Acquire) || self.parent.as_ref().is_some_and(|p| p.is_forced())
+        self.forced.is_set() || self.parent.as_ref().is_some_and(|p| p.forced.is_set())
     }
 
-    /// Resolves once `force` has been called.
+    /// Resolves once `force` has been called (on it or its task's).
     ///
     /// # Cancel safety
     ///
     /// Cancel safe, as [`CancelSignal::cancelled`].
     pub(crate) async fn forced(&self) {
-        self.forced_token.cancelled().await
+        match &self.parent {
+            None => self.forced.wait().await,
+            Some(parent) => tokio::select! {
+                () = self.forced.wait() => {}
+                () = parent.forced.wait() => {}
+            },
+        }
+    }
+
+    /// Runs `hook` at the first cancel, or now if the task was cancelled
+    /// already; it replaces a hook set before. It runs on the canceller's
+    /// thread, so it must not block.
+    pub(crate) fn on_cancel(&self, hook: Box<dyn FnOnce() + Send>) {
+        let mut slot = self.hook();
+        // Read under the lock `told_cancel` takes after setting the flag:
+        // either it finds the hook, or this sees the flag.
+        if self.cancelled.is_set() {
+            drop(slot);
+            hook();
+        } else {
+            *slot = Some(hook);
+        }
+    }
+
+    /// Drops the hook set by [`CancelSignal::on_cancel`], unrun.
+    pub(crate) fn clear_on_cancel(&self) {
+        self.hook().take();
+    }
+
+    fn hook(&self) -> std::sync::MutexGuard<'_, Option<Box<dyn FnOnce() + Send>>> {
+        // A hook that panicked poisoned nothing it left half-done.
+        self.on_cancel
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn told_cancel(&self) {
+        let hook = self.hook().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+
+    /// Records how the task ended (`None`: it was withdrawn without an
+    /// end) and wakes who waits for it; the first call stands.
+    pub(crate) fn set_ended(&self, state: Option<TaskState>) {
+        if self.ended.set(state).is_ok() {
+            self.ended_notify.notify_waiters();
+        }
+    }
+
+    /// The state the task ended in; none while it runs (or if withdrawn).
+    pub(crate) fn end_state(&self) -> Option<TaskState> {
+        self.ended.get().copied().flatten()
+    }
+
+    /// Resolves once [`CancelSignal::set_ended`] has been called.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the end is a state, a new call sees it.
+    pub(crate) async fn ended(&self) {
+        loop {
+            let notified = self.ended_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.ended.get().is_some() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
