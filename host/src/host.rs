@@ -131,6 +131,14 @@ async fn restore_queue_settings(
     Ok(())
 }
 
+impl Drop for Host {
+    fn drop(&mut self) {
+        // After a shutdown none is left; without one, the tasks still
+        // waiting in a queue are dropped with the host, not leaked.
+        self.env.queues.clear();
+    }
+}
+
 impl Host {
     pub(crate) async fn launch(
         config: AppConfig,

@@ -167,6 +167,7 @@ pub(crate) struct Polled<T> {
 /// A task [`Dispatch::poll`] lets start.
 #[derive(Debug)]
 pub(crate) struct Started<T> {
+    pub(crate) ticket: u64,
     pub(crate) key: Arc<str>,
     pub(crate) item: T,
     /// From when it could start (submission or delay's end) to now.
@@ -296,6 +297,20 @@ impl<T> Dispatch<T> {
             None => state.delayed.first()?,
         };
         self.entries.get(ticket).map(|entry| &entry.item)
+    }
+
+    /// Takes out every task that has not started.
+    pub(crate) fn remove_all(&mut self, now: Instant) -> Vec<T> {
+        let tickets: Vec<u64> = self.entries.keys().copied().collect();
+        tickets
+            .into_iter()
+            .filter_map(|ticket| self.remove(ticket, now))
+            .collect()
+    }
+
+    /// The item of the waiting task `ticket`, to change it.
+    pub(crate) fn item_mut(&mut self, ticket: u64) -> Option<&mut T> {
+        self.entries.get_mut(&ticket).map(|entry| &mut entry.item)
     }
 
     /// Adds a task under `key` at `priority`, startable from `due` (or
@@ -428,6 +443,7 @@ impl<T> Dispatch<T> {
             self.since.remove(&(entry.since, ticket));
             self.settle(&key, now);
             start.push(Started {
+                ticket,
                 key,
                 item: entry.item,
                 waited: now.saturating_duration_since(entry.since),

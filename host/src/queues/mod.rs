@@ -3,10 +3,12 @@
 //!
 //! A task submitted to a queue is registered at once (state `queued`: it
 //! can be got, listed and cancelled, and keeps its name) but holds no
-//! instance. It takes a waiting place ([`Queue::enter`], refused past
-//! `max_waiting` or while the queue drains), then waits for its [`Turn`],
-//! which the queue's [`dispatch::Dispatch`] hands out under the queue's
-//! flow control, and runs holding it until it ends. Every worker's tasks
+//! instance, nor a future: it takes a waiting place ([`Queue::enter`],
+//! refused past `max_waiting` or while the queue drains) and leaves its
+//! [`Start`] there, data the queue holds until the queue's
+//! [`dispatch::Dispatch`] gives it its [`Turn`] under the queue's flow
+//! control. Only then is the task spawned; it runs holding the turn until
+//! it ends. A task cancelled while it waits is taken out ([`Leave`]). Every worker's tasks
 //! share one dispatcher per queue, behind a mutex held only to push, pick
 //! or end (no await under it). A timer task per queue polls it when a
 //! delay or a rate comes due; a submission or a task's end polls it at
@@ -33,7 +35,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 
 /// How many keys `taskhost queues` shows per queue.
 const TOP_KEYS: usize = 5;
@@ -97,6 +99,7 @@ impl Queues {
                     recent: Recent::default(),
                     throttled: 0,
                     blocked: 0,
+                    early: HashMap::new(),
                 }),
                 shared: queues.shared.clone(),
                 timer: Arc::new(Notify::new()),
@@ -145,6 +148,23 @@ impl Queues {
     /// setting, a dead letter retried or discarded).
     pub(crate) async fn changing(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.changes.lock().await
+    }
+
+    /// Drops every waiting task's [`Start`], unrun: the host is dropped
+    /// without the shutdown that cancels them, and each holds its worker,
+    /// which holds the queues (a cycle no drop would break).
+    pub(crate) fn clear(&self) {
+        for queue in self.by_name.values() {
+            let removed = {
+                let mut state = queue.state();
+                let removed = state.dispatch.remove_all(Instant::now());
+                queue.metrics.waiting.set(state.waiting() as i64);
+                removed
+            };
+            self.waiting
+                .fetch_sub(removed.len() as u64, Ordering::AcqRel);
+            drop(removed);
+        }
     }
 
     /// Makes every queue's limits hold across a cluster, through `shared`
@@ -240,12 +260,24 @@ pub(crate) struct Placed {
     pub(crate) run_at: Option<SystemTime>,
 }
 
+/// What a waiting task is, held by its queue in place of a future: how it
+/// runs once given its turn, or ends if it leaves before.
+pub(crate) trait Start: Send {
+    /// Runs the task, holding `turn` until it ends (spawns it: it must not
+    /// block, and runs under no lock of the queue).
+    fn start(self: Box<Self>, turn: Turn);
+    /// The task left its queue before its turn (it was cancelled): ends it
+    /// (as [`Start::start`], without blocking).
+    fn withdraw(self: Box<Self>);
+}
+
 /// One waiting task, as the dispatcher holds it.
 struct Slot {
     owner: Owner,
     /// As submitted (its level in the dispatcher ages).
     priority: i32,
-    turn: oneshot::Sender<Turn>,
+    /// None until [`Waiting::fill`] leaves it.
+    start: Option<Box<dyn Start>>,
 }
 
 /// Starts per second over the last [`Recent::SECONDS`] whole seconds, one
@@ -320,6 +352,9 @@ struct State {
     /// Tasks given their turn here that wait for their share of the
     /// cluster's limits (counted in `admitting`).
     blocked: u64,
+    /// Turns given to places not yet filled ([`Waiting::fill`] takes them
+    /// up): a task's turn may come while it is still being registered.
+    early: HashMap<u64, Turn>,
 }
 
 /// The series of one queue.
@@ -351,8 +386,8 @@ pub(crate) struct Queue {
 
 /// What [`Queue::enter`] did with a submission.
 pub(crate) enum Entered {
-    /// It waits; the task holds this place until its turn. How it was
-    /// placed is for its `queued` line, not kept while it waits.
+    /// It has a place, to be filled with its [`Start`]. How it was placed
+    /// is for its `queued` line, not kept while it waits.
     Waiting(Waiting, Placed),
     /// A `dedupe` queue already has a task of its key waiting: that task is
     /// the answer, and nothing new waits.
@@ -422,7 +457,6 @@ impl Queue {
         let run_at = placement.start.map(|start| start.resolve());
         let due = run_at
             .map(|at| Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default());
-        let (send, receive) = oneshot::channel();
         let ticket = {
             let mut state = self.state();
             while !Arc::ptr_eq(&config, &state.config) {
@@ -461,7 +495,7 @@ impl Queue {
             let slot = Slot {
                 owner,
                 priority: placement.priority,
-                turn: send,
+                start: None,
             };
             let ticket = state.dispatch.push(
                 key.as_str().into(),
@@ -473,13 +507,13 @@ impl Queue {
             self.metrics.waiting.set(state.waiting() as i64);
             ticket
         };
-        self.poll(false);
+        // Not polled until the place is filled: a turn given before is
+        // kept for it (`early`).
         Ok(Entered::Waiting(
             Waiting {
                 queue: self.clone(),
                 ticket,
-                turn: receive,
-                started: false,
+                filled: false,
             },
             Placed {
                 key: (!key.is_empty()).then_some(key),
@@ -494,7 +528,8 @@ impl Queue {
     /// timer if the next wake moved earlier.
     fn poll(self: &Arc<Self>, from_timer: bool) -> Option<Instant> {
         let now = Instant::now();
-        let (start, wake) = {
+        let mut start = Vec::new();
+        let wake = {
             let mut state = self.state();
             let polled = state.dispatch.poll(now);
             let earlier = match (polled.wake, state.timer_at) {
@@ -522,21 +557,28 @@ impl Queue {
             state.admitting += polled.start.len() as u64;
             self.metrics.waiting.set(state.waiting() as i64);
             self.metrics.running.set(state.running() as i64);
-            (polled.start, polled.wake)
+            for started in polled.start {
+                self.metrics
+                    .wait_seconds
+                    .observe(started.waited.as_secs_f64());
+                let turn = Turn {
+                    queue: self.clone(),
+                    key: started.key,
+                    priority: started.item.priority,
+                    admitting: true,
+                    shared: None,
+                };
+                match started.item.start {
+                    Some(task) => start.push((task, turn)),
+                    None => {
+                        state.early.insert(started.ticket, turn);
+                    }
+                }
+            }
+            polled.wake
         };
-        for started in start {
-            self.metrics
-                .wait_seconds
-                .observe(started.waited.as_secs_f64());
-            let turn = Turn {
-                queue: self.clone(),
-                key: started.key,
-                priority: started.item.priority,
-                admitting: true,
-                shared: None,
-            };
-            // A place dropped meanwhile drops its turn, which ends it.
-            let _ = started.item.turn.send(turn);
+        for (task, turn) in start {
+            task.start(turn);
         }
         wake
     }
@@ -649,32 +691,91 @@ fn key_under(config: &QueueConfig, placement: &Placement, args: &str) -> Result<
     )
 }
 
-/// A task's place in its queue, given back when it is dropped (the task
-/// got its turn, or was cancelled while waiting).
+/// A task's place in its queue, taken by [`Queue::enter`] and filled by
+/// [`Waiting::fill`]; given back if dropped unfilled (the task was refused
+/// on the way).
 pub(crate) struct Waiting {
     queue: Arc<Queue>,
     ticket: u64,
-    turn: oneshot::Receiver<Turn>,
-    started: bool,
+    filled: bool,
 }
 
 impl Waiting {
-    /// Waits for the queue to let the task run (in a cluster, its share
-    /// of the cluster's limits too). The task holds the [`Turn`] until it
-    /// ends.
-    pub(crate) async fn turn(&mut self) -> Turn {
-        let mut turn = (&mut self.turn)
-            .await
-            .expect("a waiting place's queue outlives it, and sends its turn before dropping it");
-        self.started = true;
-        if let Some(shared) = self.queue.shared.get() {
-            let config = self.queue.config();
-            if config.limits_starts() {
-                let _blocked = Blocked::count(&self.queue);
-                turn.shared = Some(shared.hold(config, turn.key.clone()).await);
+    /// Leaves the task's [`Start`] in its place: the queue runs it at its
+    /// turn (now, if the turn came already). The returned [`Leave`] takes
+    /// it out again if it is cancelled before.
+    pub(crate) fn fill(mut self, task: Box<dyn Start>) -> Leave {
+        self.filled = true;
+        let queue = self.queue.clone();
+        let ticket = self.ticket;
+        let mut task = Some(task);
+        let early = {
+            let mut state = queue.state();
+            match state.dispatch.item_mut(ticket) {
+                Some(slot) => {
+                    slot.start = task.take();
+                    None
+                }
+                None => Some(state.early.remove(&ticket)),
+            }
+        };
+        let (Some(early), Some(task)) = (early, task) else {
+            queue.poll(false);
+            return Leave { queue, ticket };
+        };
+        match early {
+            Some(turn) => task.start(turn),
+            // Neither waiting nor started: taken out unfilled, which only
+            // a cancel does.
+            None => task.withdraw(),
+        }
+        Leave { queue, ticket }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if self.filled {
+            return;
+        }
+        let (removed, early) = {
+            let mut state = self.queue.state();
+            let removed = state.dispatch.remove(self.ticket, Instant::now());
+            self.queue.metrics.waiting.set(state.waiting() as i64);
+            (removed, state.early.remove(&self.ticket))
+        };
+        if removed.is_some() {
+            self.queue.all_waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        // A turn given meanwhile ends here, outside the lock.
+        drop(early);
+    }
+}
+
+/// How a waiting task leaves its queue before its turn: kept by its cancel
+/// hook.
+pub(crate) struct Leave {
+    queue: Arc<Queue>,
+    ticket: u64,
+}
+
+impl Leave {
+    /// Takes the task out of its queue and ends it ([`Start::withdraw`]),
+    /// if it still waits; once given its turn it is the running task's to
+    /// end, and this does nothing.
+    pub(crate) fn leave(self) {
+        let removed = {
+            let mut state = self.queue.state();
+            let removed = state.dispatch.remove(self.ticket, Instant::now());
+            self.queue.metrics.waiting.set(state.waiting() as i64);
+            removed
+        };
+        if let Some(slot) = removed {
+            self.queue.all_waiting.fetch_sub(1, Ordering::AcqRel);
+            if let Some(task) = slot.start {
+                task.withdraw();
             }
         }
-        turn
     }
 }
 
@@ -694,24 +795,6 @@ impl Drop for Blocked<'_> {
     }
 }
 
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        if self.started {
-            return;
-        }
-        let removed = {
-            let mut state = self.queue.state();
-            let removed = state.dispatch.remove(self.ticket, Instant::now());
-            self.queue.metrics.waiting.set(state.waiting() as i64);
-            removed
-        };
-        if removed.is_some() {
-            self.queue.all_waiting.fetch_sub(1, Ordering::AcqRel);
-        }
-        // Not removed: its turn was sent, and is dropped with `self.turn`.
-    }
-}
-
 /// A running task's share of its queue's bounds, given back when the task
 /// has ended.
 pub(crate) struct Turn {
@@ -727,6 +810,20 @@ pub(crate) struct Turn {
 }
 
 impl Turn {
+    /// In a cluster, waits for the task's share of the cluster's limits
+    /// too (counted as held by the cluster meanwhile), and holds it with
+    /// the turn. Dropped before it is ready, it takes nothing.
+    pub(crate) async fn share(&mut self) {
+        let Some(shared) = self.queue.shared.get() else {
+            return;
+        };
+        let config = self.queue.config();
+        if config.limits_starts() {
+            let _blocked = Blocked::count(&self.queue);
+            self.shared = Some(shared.hold(config, self.key.clone()).await);
+        }
+    }
+
     /// The task has room on its worker: from now on it counts as running,
     /// not waiting.
     pub(crate) fn admitted(&mut self) {
@@ -795,6 +892,29 @@ mod tests {
         }
     }
 
+    /// A task that hands its turn over a channel.
+    struct Told(tokio::sync::oneshot::Sender<Turn>);
+
+    impl Start for Told {
+        fn start(self: Box<Self>, turn: Turn) {
+            let _ = self.0.send(turn);
+        }
+
+        fn withdraw(self: Box<Self>) {}
+    }
+
+    /// A filled place: its turn comes on the receiver, and it leaves its
+    /// queue (as a cancel would) when the [`Leave`] is used.
+    fn wait(waiting: Waiting) -> (tokio::sync::oneshot::Receiver<Turn>, Leave) {
+        let (send, receive) = tokio::sync::oneshot::channel();
+        let leave = waiting.fill(Box::new(Told(send)));
+        (receive, leave)
+    }
+
+    async fn turn(waiting: Waiting) -> Turn {
+        wait(waiting).0.await.expect("a turn")
+    }
+
     fn enter(queue: &Arc<Queue>, id: u64) -> Waiting {
         match queue.enter(&placement(), "null", owner(id), false) {
             Ok(Entered::Waiting(waiting, _)) => waiting,
@@ -806,23 +926,26 @@ mod tests {
     async fn waiting_places_are_bounded_and_given_back() {
         let queues = queues(Some(1), 2);
         let queue = queues.get("q").unwrap();
-        let mut running = enter(queue, 0).turn().await;
+        let mut running = turn(enter(queue, 0)).await;
         // Given its turn, a task waits until its worker has room: until
         // then it still counts against max_waiting.
         assert_eq!(queues.waiting(), 1);
         running.admitted();
         assert_eq!(queues.waiting(), 0);
-        let first = enter(queue, 1);
-        let _second = enter(queue, 2);
+        let (_first, first) = wait(enter(queue, 1));
+        let _second = wait(enter(queue, 2));
         let Err(Refused::Full(refused)) = queue.enter(&placement(), "null", owner(3), false) else {
             panic!("a third waiting place past max_waiting 2");
         };
         assert_eq!(refused.max, 2);
         assert!(refused.what.contains("queue `q`"), "{}", refused.what);
         assert_eq!(queues.waiting(), 2);
-        drop(first);
+        first.leave();
         assert_eq!(queues.waiting(), 1);
-        enter(queue, 4);
+        // A place dropped unfilled (its task refused on the way) is given
+        // back too.
+        drop(enter(queue, 4));
+        assert_eq!(queues.waiting(), 1);
         assert!(
             queues
                 .get("nope")
@@ -833,14 +956,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_turn_given_before_the_place_is_filled_waits_for_it() {
+        let queues = queues(Some(1), 10);
+        let queue = queues.get("q").unwrap();
+        // Another task's end polls the queue while this one is still
+        // being registered: its turn is kept, and taken up by the fill.
+        let early = enter(queue, 0);
+        queue.poll(false);
+        assert_eq!(queue.stats().running, 0, "given its turn, not admitted");
+        let first = turn(early).await;
+        drop(first);
+        // Dropped unfilled with its turn given: the slot comes back.
+        let refused = enter(queue, 1);
+        queue.poll(false);
+        drop(refused);
+        assert_eq!(queues.waiting(), 0);
+        let _third = turn(enter(queue, 2)).await;
+    }
+
+    #[tokio::test]
     async fn turns_are_bounded_by_concurrency_in_arrival_order() {
         let queues = queues(Some(1), 10);
         let queue = queues.get("q").unwrap();
-        let first = enter(queue, 0).turn().await;
-        let mut waiting = enter(queue, 1);
-        let second = tokio::spawn(async move { waiting.turn().await });
+        let first = turn(enter(queue, 0)).await;
+        let (mut second, _leave) = wait(enter(queue, 1));
         tokio::task::yield_now().await;
-        assert!(!second.is_finished());
+        assert!(
+            second.try_recv().is_err(),
+            "no second turn while the first runs"
+        );
         drop(first);
         second.await.unwrap();
     }
@@ -861,14 +1005,15 @@ mod tests {
             ..placement()
         };
         let enter = |id| queue.enter(&keyed, "null", owner(id), false);
-        let Ok(Entered::Waiting(mut running, _)) = enter(0) else {
+        let Ok(Entered::Waiting(running, _)) = enter(0) else {
             panic!("the first of a key waits");
         };
-        let _turn = running.turn().await;
+        let _turn = turn(running).await;
         // The first one runs: a second waits.
-        let Ok(Entered::Waiting(_second, _)) = enter(1) else {
+        let Ok(Entered::Waiting(second, _)) = enter(1) else {
             panic!("a key with none waiting takes a new task");
         };
+        let _second = wait(second);
         let Ok(Entered::Existing(existing)) = enter(2) else {
             panic!("a key with one waiting answers with it");
         };
@@ -889,12 +1034,12 @@ mod tests {
             )),
             ..placement()
         };
-        let Ok(Entered::Waiting(mut waiting, _)) = queue.enter(&delayed, "null", owner(0), false)
+        let Ok(Entered::Waiting(waiting, _)) = queue.enter(&delayed, "null", owner(0), false)
         else {
             panic!("a delayed task waits");
         };
         let started = Instant::now();
-        waiting.turn().await;
+        turn(waiting).await;
         assert!(started.elapsed() >= std::time::Duration::from_millis(50));
     }
 }

@@ -23,7 +23,7 @@ use crate::logging;
 use crate::metrics::Metrics;
 use crate::operations::types::{ErrorKind, OpError, Submission, Submitted};
 use crate::plugin::Plugin;
-use crate::queues::{Entered, Owner, Queues, Refused, Turn, Waiting};
+use crate::queues::{Entered, Owner, Queues, Refused, Turn};
 use crate::registry::{AddTaskError, Added, RegisterError, TaskHandle, TaskRegistry, next_task_id};
 use crate::runner;
 use crate::task::{CancelPolicy, CancelStage, Outcome, TaskId, TaskIdent, WorkerId};
@@ -208,12 +208,6 @@ struct DurableRun {
     key: Arc<str>,
 }
 
-/// What a queued task runs at its turn: the future that runs it, made and
-/// boxed only then.
-type QueuedBody = Box<
-    dyn FnOnce(Option<Turn>, Instant) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send,
->;
-
 /// Everything `start` needs, resolved.
 struct Launch {
     plugin: Arc<Plugin>,
@@ -223,10 +217,6 @@ struct Launch {
     retry: Option<RetryPolicy>,
     durable: Option<DurableRun>,
     connection: Option<u64>,
-    /// Its place in its queue: it waits for its turn before it starts.
-    waiting: Option<(Arc<str>, Waiting, crate::queues::Placed)>,
-    /// The id its queue knows it by; none: a new one.
-    id: Option<TaskId>,
 }
 
 impl Launch {
@@ -239,8 +229,6 @@ impl Launch {
             retry: spec.retry,
             durable,
             connection: spec.connection,
-            waiting: None,
-            id: None,
         }
     }
 }
@@ -408,60 +396,81 @@ impl WorkerCtx {
             .queues
             .get(&placement.queue)
             .map_err(AddTaskError::Invalid)?;
-        // Checked before it takes a place: a refused task leaves none (a
-        // name taken meanwhile is still refused at registration, which
-        // gives the place back).
+        // Checked before it takes a place: a refused task leaves none.
         self.check(&spec.name, &spec.factory, &spec.args)?;
-        if let Some(name) = &spec.name
-            && self.registry.get_by_name(name).is_some()
-        {
-            return Err(RegisterError::DuplicateName(name.clone()).into());
-        }
-        let id = next_task_id();
+        // Registered first, so a task that has a place always has its
+        // entry (a `dedupe` answer finds it); withdrawn if refused.
+        let run = self.register(
+            Launch::new(plugin, spec, durable),
+            Some(queue.name().clone()),
+            None,
+        )?;
+        let ident = run.ident.clone();
         let owner = Owner {
             worker: self.id,
-            id,
-            name: spec.name.clone(),
+            id: ident.id,
+            name: ident.name.clone(),
         };
-        match queue.enter(&placement, &spec.args, owner, resumed) {
-            Err(Refused::Full(limit)) => Err(RegisterError::from(limit).into()),
-            Err(Refused::Invalid(why)) => Err(AddTaskError::Invalid(why)),
-            Err(Refused::Draining(why)) => Err(AddTaskError::Draining(why)),
-            Ok(Entered::Existing(owner)) => {
-                let handle = self
-                    .env
-                    .worker(owner.worker)
-                    .and_then(|worker| worker.registry.handle_of(owner.id))
-                    .ok_or_else(|| {
-                        AddTaskError::Invalid(format!(
-                            "task {} waits with this key in queue `{}` and is being \
-                             registered: submit again",
-                            owner.id, placement.queue
-                        ))
-                    })?;
-                let added = Added {
-                    worker: owner.worker,
-                    id: owner.id,
-                    name: owner.name,
-                    created: false,
-                };
-                Ok((added, handle))
+        let (waiting, placed) = match queue.enter(&placement, &run.args, owner, resumed) {
+            Ok(Entered::Waiting(waiting, placed)) => (waiting, placed),
+            refused => {
+                self.registry.withdraw(ident.id);
+                return Err(match refused {
+                    Err(Refused::Full(limit)) => RegisterError::from(limit).into(),
+                    Err(Refused::Invalid(why)) => AddTaskError::Invalid(why),
+                    Err(Refused::Draining(why)) => AddTaskError::Draining(why),
+                    Ok(Entered::Existing(owner)) => return self.existing(owner, &placement),
+                    Ok(Entered::Waiting(..)) => unreachable!("matched above"),
+                });
             }
-            Ok(Entered::Waiting(waiting, placed)) => {
-                let name = spec.name.clone();
-                let mut launch = Launch::new(plugin, spec, durable);
-                launch.waiting = Some((queue.name().clone(), waiting, placed));
-                launch.id = Some(id);
-                let handle = self.start(launch, None)?;
-                let added = Added {
-                    worker: self.id,
-                    id,
-                    name,
-                    created: true,
-                };
-                Ok((added, handle))
-            }
-        }
+        };
+        self.announce(|| LifecycleEvent::Queued {
+            task: TaskRef::from(&*ident),
+            queue: placement.queue.clone(),
+            key: placed.key,
+            priority: placed.priority,
+            run_at: placed.run_at.map(crate::config::tick_label),
+        });
+        self.adopt_durable(&run);
+        let handle = run.handle.clone();
+        // Its turn may come as soon as its place is filled: only then.
+        let leave = waiting.fill(Box::new(QueuedRun {
+            run,
+            tracked: self.env.tracker.token(),
+        }));
+        handle.signal().on_cancel(Box::new(move || leave.leave()));
+        let added = Added {
+            worker: self.id,
+            id: ident.id,
+            name: ident.name.clone(),
+            created: true,
+        };
+        Ok((added, handle))
+    }
+
+    /// The answer to a `dedupe` submission whose key has `owner` waiting.
+    fn existing(
+        &self,
+        owner: Owner,
+        placement: &crate::config::Placement,
+    ) -> Result<(Added, TaskHandle), AddTaskError> {
+        let handle = self
+            .env
+            .worker(owner.worker)
+            .and_then(|worker| worker.registry.handle_of(owner.id))
+            .ok_or_else(|| {
+                AddTaskError::Invalid(format!(
+                    "task {} waited with this key in queue `{}` and is gone: submit again",
+                    owner.id, placement.queue
+                ))
+            })?;
+        let added = Added {
+            worker: owner.worker,
+            id: owner.id,
+            name: owner.name,
+            created: false,
+        };
+        Ok((added, handle))
     }
 
     /// Keeps `letter` in `queue`'s dead letters (at most its `max_dead`).
@@ -586,11 +595,33 @@ impl WorkerCtx {
         Ok(())
     }
 
+    /// Registers a task and starts it on this worker now.
     fn start(
         self: &Arc<Self>,
         launch: Launch,
         verdict: Option<oneshot::Sender<Result<(), GuestError>>>,
     ) -> Result<TaskHandle, RegisterError> {
+        let registered = Instant::now();
+        self.check(&launch.name, &launch.factory, &launch.args)?;
+        let run = self.register(launch, None, verdict)?;
+        self.adopt_durable(&run);
+        let handle = run.handle.clone();
+        let supervisor = run.handle.clone();
+        self.env.tracker.spawn_on(
+            async move { supervisor.supervise(run.run(None, registered)).await },
+            &self.runtime,
+        );
+        Ok(handle)
+    }
+
+    /// Registers `launch`'s task: waiting in `queue` (state `queued`, not
+    /// counted against `tasks_per_worker`), or pending (counted).
+    fn register(
+        self: &Arc<Self>,
+        launch: Launch,
+        queue: Option<Arc<str>>,
+        verdict: Option<oneshot::Sender<Result<(), GuestError>>>,
+    ) -> Result<Run, RegisterError> {
         let Launch {
             plugin,
             factory,
@@ -599,20 +630,9 @@ impl WorkerCtx {
             retry,
             durable,
             connection,
-            waiting,
-            id,
         } = launch;
-        let registered = Instant::now();
-        // A queued launch was checked by `enqueue`, before it took its place.
-        if waiting.is_none() {
-            self.check(&name, &factory, &args)?;
-        }
-        let (queue, waiting, placed) = match waiting {
-            Some((queue, waiting, placed)) => (Some(queue), Some(waiting), Some(placed)),
-            None => (None, None, None),
-        };
         let ident = Arc::new(TaskIdent {
-            id: id.unwrap_or_else(next_task_id),
+            id: next_task_id(),
             name,
             worker: self.id,
             plugin: plugin.name.clone(),
@@ -622,260 +642,314 @@ impl WorkerCtx {
             connection,
             queue,
         });
-        let handle = match &waiting {
+        let handle = match &ident.queue {
             Some(_) => self.registry.register_queued(ident.clone())?,
             None => self
                 .registry
                 .register(ident.clone(), self.env.app.limits.tasks_per_worker)?,
         };
-        if let (Some(queue), Some(placed)) = (&ident.queue, placed) {
-            self.announce(|| LifecycleEvent::Queued {
-                task: TaskRef::from(&*ident),
-                queue: queue.to_string(),
-                key: placed.key,
-                priority: placed.priority,
-                run_at: placed.run_at.map(crate::config::tick_label),
-            });
+        Ok(Run {
+            worker: self.clone(),
+            plugin,
+            ident,
+            args,
+            retry,
+            durable,
+            handle,
+            verdict,
+        })
+    }
+
+    /// Makes a registered durable task this worker's: listed by its
+    /// record, under its lease in a cluster, its attempts counted on.
+    fn adopt_durable(&self, run: &Run) {
+        let Some(durable) = &run.durable else {
+            return;
+        };
+        self.env.list_durable(durable.seq, self.id, run.ident.id);
+        // In a cluster, this copy acts only while its lease holds.
+        if let Some(lease) = self.env.storage.tasks().lease(durable.seq) {
+            run.handle.signal().set_lease(lease);
         }
-        if let Some(durable) = &durable {
-            self.env.list_durable(durable.seq, self.id, ident.id);
-            // In a cluster, this copy acts only while its lease holds.
-            if let Some(lease) = self.env.storage.tasks().lease(durable.seq) {
-                handle.signal().set_lease(lease);
-            }
-            // A re-run after a restart goes on counting.
-            if durable.first_attempt > 1 {
-                self.registry.set_attempt(ident.id, durable.first_attempt);
-            }
+        // A re-run after a restart goes on counting.
+        if durable.first_attempt > 1 {
+            self.registry
+                .set_attempt(run.ident.id, durable.first_attempt);
         }
-        let task_handle = handle.clone();
-        let supervisor = handle.clone();
-        let worker = self.clone();
-        // A queued task waits in a small future of its own (its place, its
-        // ids): the future that runs it, many KiB, is made and boxed only at
-        // its turn, so a waiting task holds about 1 KiB, not a running
-        // task's state (`-- queues` bench).
-        let waiter = waiting.map(|waiting| {
-            let ident = ident.clone();
-            let worker = self.clone();
-            let task_handle = task_handle.clone();
-            let durable_seq = durable.as_ref().map(|d| d.seq);
-            move |body: QueuedBody| async move {
-                // It waits for its queue's turn, then for room on its
-                // worker (`tasks_per_worker`); a cancel meanwhile ends it
-                // without an instance ever being made.
-                let admitted = async {
-                    let mut waiting = waiting;
-                    let mut turn = waiting.turn().await;
-                    let max_live = worker.env.app.limits.tasks_per_worker;
-                    worker.registry.admit(ident.id, max_live).await;
-                    turn.admitted();
-                    turn
-                };
-                tokio::select! {
-                    turn = admitted => {
-                        // Its start is timed from its turn, not its wait.
-                        body(Some(turn), Instant::now()).await;
-                    }
-                    () = task_handle.signal().cancelled() => {
-                        let outcome = Outcome::Cancelled { stage: CancelStage::Cooperative };
-                        // A durable one ends only if its cancel was recorded;
-                        // stopped with the host, it waits again after the
-                        // restart.
-                        if let Some(seq) = durable_seq
-                            && let Err(error) = worker
-                                .env
-                                .storage
-                                .tasks()
-                                .ended(seq, &outcome, true)
-                                .await
-                        {
-                            tracing::error!(
-                                "task {}: cannot record its end in storage ({error:#}); the \
-                                 next start will queue it again",
-                                ident.label()
-                            );
-                        }
-                        worker.announce(|| LifecycleEvent::Cancelled {
+    }
+}
+
+/// A registered task's run, from its turn (or its registration) to its
+/// end: what `start` spawns, and what a queued task's place holds while it
+/// waits (about 200 bytes, no future).
+struct Run {
+    worker: Arc<WorkerCtx>,
+    plugin: Arc<Plugin>,
+    ident: Arc<TaskIdent>,
+    args: String,
+    retry: Option<RetryPolicy>,
+    durable: Option<DurableRun>,
+    handle: TaskHandle,
+    /// Told the factory's verdict on the arguments (`add_task` waits).
+    verdict: Option<oneshot::Sender<Result<(), GuestError>>>,
+}
+
+/// A queued task while it waits: data in its queue's place, spawned at its
+/// turn.
+struct QueuedRun {
+    run: Run,
+    /// Counts it among the host's tasks until it is spawned, as a spawned
+    /// one counts: shutdown waits for it and `room` counts it.
+    tracked: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
+impl crate::queues::Start for QueuedRun {
+    fn start(self: Box<Self>, turn: Turn) {
+        let QueuedRun { run, tracked } = *self;
+        run.handle.signal().clear_on_cancel();
+        let worker = run.worker.clone();
+        worker
+            .env
+            .tracker
+            .spawn_on(run.at_turn(turn), &worker.runtime);
+        drop(tracked);
+    }
+
+    fn withdraw(self: Box<Self>) {
+        let QueuedRun { run, tracked } = *self;
+        let worker = run.worker.clone();
+        worker
+            .env
+            .tracker
+            .spawn_on(run.withdrawn(), &worker.runtime);
+        drop(tracked);
+    }
+}
+
+impl Run {
+    /// A queued task given its turn: it waits for its share of the
+    /// cluster's limits and for room on its worker (`tasks_per_worker`),
+    /// then runs, supervised (a cancel forced after its grace) from then
+    /// on. A cancel meanwhile ends it without an instance ever made.
+    async fn at_turn(self, mut turn: Turn) {
+        let max_live = self.worker.env.app.limits.tasks_per_worker;
+        let admitted = tokio::select! {
+            () = async {
+                turn.share().await;
+                self.worker.registry.admit(self.ident.id, max_live).await;
+            } => true,
+            () = self.handle.signal().cancelled() => false,
+        };
+        if !admitted {
+            drop(turn);
+            return self.withdrawn().await;
+        }
+        turn.admitted();
+        let supervisor = self.handle.clone();
+        // Its start is timed from its turn, not its wait.
+        supervisor
+            .supervise(self.run(Some(turn), Instant::now()))
+            .await
+    }
+
+    /// A queued task cancelled before it ran: it ends `cancelled`. A
+    /// durable one ends only if its cancel was recorded; stopped with the
+    /// host, it waits again after the restart.
+    async fn withdrawn(self) {
+        let Run {
+            worker,
+            ident,
+            durable,
+            ..
+        } = self;
+        let outcome = Outcome::Cancelled {
+            stage: CancelStage::Cooperative,
+        };
+        if let Some(durable) = &durable
+            && let Err(error) = worker
+                .env
+                .storage
+                .tasks()
+                .ended(durable.seq, &outcome, true)
+                .await
+        {
+            tracing::error!(
+                "task {}: cannot record its end in storage ({error:#}); the next start will \
+                 queue it again",
+                ident.label()
+            );
+        }
+        worker.announce(|| LifecycleEvent::Cancelled {
+            task: TaskRef::from(&*ident),
+            stage: CancelStage::Cooperative,
+            elapsed_ms: 0.0,
+        });
+        worker.env.metrics.record_end(&outcome);
+        worker.registry.finish(ident.id, outcome);
+    }
+
+    /// Runs the task to its end (its attempts, its retries), holding its
+    /// queue's `turn` if it has one; `registered` is when its start is
+    /// timed from.
+    async fn run(self, turn: Option<Turn>, registered: Instant) {
+        let Run {
+            worker,
+            plugin,
+            ident,
+            args,
+            retry,
+            durable,
+            handle: task_handle,
+            verdict,
+        } = self;
+        let begun = Instant::now();
+        let mut verdict = verdict;
+        let mut attempt = durable.as_ref().map_or(1, |d| d.first_attempt);
+        let storage = durable.as_ref().map(|_| worker.env.storage.tasks().clone());
+        // A durable queued task's first attempt is counted at its turn.
+        if turn.is_some()
+            && let (Some(storage), Some(durable)) = (&storage, &durable)
+            && let Err(error) = storage.attempt_started(durable.seq, attempt).await
+        {
+            tracing::error!(
+                "task {}: cannot record attempt {attempt} in storage ({error:#}); after a \
+                 crash its attempt count will be low",
+                ident.label()
+            );
+        }
+        // The task starts with the first attempt that reaches its
+        // factory: an earlier one may fail to instantiate.
+        let started = std::sync::atomic::AtomicBool::new(false);
+        let outcome = loop {
+            let site = runner::Site {
+                engines: &worker.env.engines,
+                app: &worker.env.app,
+                scope: worker.clone(),
+                prepared: worker.ready.take(&plugin),
+            };
+            if site.prepared.is_some() {
+                worker.env.metrics.prepared_starts.inc();
+            }
+            worker.prepare_next(&plugin);
+            let run = runner::run(
+                site,
+                &plugin,
+                ident.clone(),
+                &args,
+                task_handle.clone(),
+                verdict.take(),
+                runner::Attempt {
+                    number: attempt,
+                    idempotency_key: durable.as_ref().map(|d| d.key.clone()),
+                },
+                || {
+                    if !started.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        worker.env.metrics.record_spawn(registered.elapsed());
+                        worker.registry.mark_running(ident.id);
+                        worker.announce(|| LifecycleEvent::Started {
                             task: TaskRef::from(&*ident),
-                            stage: CancelStage::Cooperative,
-                            elapsed_ms: 0.0,
+                            version: ident.plugin_version.to_string(),
                         });
-                        worker.env.metrics.record_end(&outcome);
-                        worker.registry.finish(ident.id, outcome);
                     }
+                },
+            )
+            .await;
+            let Some(ended) = run else {
+                worker.registry.withdraw(ident.id);
+                return;
+            };
+            let (Some(policy), Outcome::Failed { error }) = (&retry, &ended.outcome) else {
+                break ended.outcome;
+            };
+            if !ended.retriable || attempt >= policy.attempts {
+                break ended.outcome;
+            }
+            let delay = policy.delay(attempt, random_u64());
+            attempt += 1;
+            worker.announce(|| LifecycleEvent::Retrying {
+                task: TaskRef::from(&*ident),
+                attempt,
+                delay_ms: lifecycle::millis(delay),
+                error: error.clone(),
+            });
+            worker.registry.set_attempt(ident.id, attempt);
+            // The wait is part of the task: a cancel ends it here.
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = task_handle.signal().cancelled() => {
+                    break Outcome::Cancelled { stage: CancelStage::Cooperative };
                 }
             }
-        });
-        let body = move |turn: Option<Turn>, registered: Instant| async move {
-            let begun = Instant::now();
-            let mut verdict = verdict;
-            let mut attempt = durable.as_ref().map_or(1, |d| d.first_attempt);
-            let storage = durable.as_ref().map(|_| worker.env.storage.tasks().clone());
-            // A durable queued task's first attempt is counted at its turn.
-            if turn.is_some()
-                && let (Some(storage), Some(durable)) = (&storage, &durable)
+            if let (Some(storage), Some(durable)) = (&storage, &durable)
                 && let Err(error) = storage.attempt_started(durable.seq, attempt).await
             {
                 tracing::error!(
-                    "task {}: cannot record attempt {attempt} in storage ({error:#}); after a \
-                     crash its attempt count will be low",
+                    "task {}: cannot record attempt {attempt} in storage ({error:#}); \
+                     after a crash its attempt count will be low",
                     ident.label()
                 );
             }
-            // The task starts with the first attempt that reaches its
-            // factory: an earlier one may fail to instantiate.
-            let started = std::sync::atomic::AtomicBool::new(false);
-            let outcome = loop {
-                let site = runner::Site {
-                    engines: &worker.env.engines,
-                    app: &worker.env.app,
-                    scope: worker.clone(),
-                    prepared: worker.ready.take(&plugin),
-                };
-                if site.prepared.is_some() {
-                    worker.env.metrics.prepared_starts.inc();
-                }
-                worker.prepare_next(&plugin);
-                let run = runner::run(
-                    site,
-                    &plugin,
-                    ident.clone(),
-                    &args,
-                    task_handle.clone(),
-                    verdict.take(),
-                    runner::Attempt {
-                        number: attempt,
-                        idempotency_key: durable.as_ref().map(|d| d.key.clone()),
-                    },
-                    || {
-                        if !started.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                            worker.env.metrics.record_spawn(registered.elapsed());
-                            worker.registry.mark_running(ident.id);
-                            worker.announce(|| LifecycleEvent::Started {
-                                task: TaskRef::from(&*ident),
-                                version: ident.plugin_version.to_string(),
-                            });
-                        }
-                    },
-                )
-                .await;
-                let Some(ended) = run else {
-                    worker.registry.withdraw(ident.id);
-                    return;
-                };
-                let (Some(policy), Outcome::Failed { error }) = (&retry, &ended.outcome) else {
-                    break ended.outcome;
-                };
-                if !ended.retriable || attempt >= policy.attempts {
-                    break ended.outcome;
-                }
-                let delay = policy.delay(attempt, random_u64());
-                attempt += 1;
-                worker.announce(|| LifecycleEvent::Retrying {
-                    task: TaskRef::from(&*ident),
-                    attempt,
-                    delay_ms: lifecycle::millis(delay),
-                    error: error.clone(),
-                });
-                worker.registry.set_attempt(ident.id, attempt);
-                // The wait is part of the task: a cancel ends it here.
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = task_handle.signal().cancelled() => {
-                        break Outcome::Cancelled { stage: CancelStage::Cooperative };
-                    }
-                }
-                if let (Some(storage), Some(durable)) = (&storage, &durable)
-                    && let Err(error) = storage.attempt_started(durable.seq, attempt).await
-                {
-                    tracing::error!(
-                        "task {}: cannot record attempt {attempt} in storage ({error:#}); \
-                         after a crash its attempt count will be low",
-                        ident.label()
-                    );
-                }
-            };
-            // Recorded before the end is told to anyone: whoever saw
-            // it end will not see it run again after a crash. A task
-            // stopped by a cancel nobody recorded (the host stopping)
-            // has not ended, whatever it returned on the way out.
-            let stopped = task_handle.is_cancelled();
-            if let (Some(storage), Some(durable)) = (&storage, &durable)
-                && let Err(error) = storage.ended(durable.seq, &outcome, stopped).await
-            {
-                tracing::error!(
-                    "task {}: cannot record its end in storage ({error:#}); the next \
-                     start will run it again",
-                    ident.label()
-                );
-            }
-            // A queued task that failed its last attempt is kept in its
-            // queue's dead letters, before its end is told to anyone.
-            if let (Some(turn), Outcome::Failed { error }) = (&turn, &outcome) {
-                let letter = crate::storage::DeadLetter {
-                    plugin: plugin.name.to_string(),
-                    factory: ident.factory.to_string(),
-                    args: serde_json::from_str(&args).unwrap_or(serde_json::Value::Null),
-                    name: ident.name.clone(),
-                    key: turn.key().map(str::to_string),
-                    priority: turn.priority(),
-                    retry: retry.as_ref().map(|policy| policy.spec()),
-                    durable: durable.is_some(),
-                    error: error.clone(),
-                    attempts: attempt,
-                    failed_at: crate::config::tick_label(std::time::SystemTime::now()),
-                    worker: worker.id,
-                    task_id: ident.id,
-                };
-                worker.keep_dead(turn.queue(), &letter).await;
-            }
-            let elapsed_ms = lifecycle::millis(begun.elapsed());
-            worker.announce(|| {
-                let task = TaskRef::from(&*ident);
-                match &outcome {
-                    Outcome::Done { result } => LifecycleEvent::Done {
-                        task,
-                        result: result.clone(),
-                        elapsed_ms,
-                    },
-                    Outcome::Failed { error } => LifecycleEvent::Failed {
-                        task,
-                        error: error.clone(),
-                        elapsed_ms,
-                    },
-                    Outcome::Cancelled { stage } => LifecycleEvent::Cancelled {
-                        task,
-                        stage: *stage,
-                        elapsed_ms,
-                    },
-                }
-            });
-            worker.env.metrics.record_end(&outcome);
-            worker.registry.finish(ident.id, outcome);
-            // The queue's share goes back once the end is told, so no log
-            // shows more of the queue's tasks running than it allows.
-            drop(turn);
         };
-        match waiter {
-            Some(waiter) => {
-                // Supervised (a cancel forced after its grace) from its turn:
-                // while it waits, a cancel ends it at once, and the
-                // supervisor's state is not held by every waiting task.
-                let body: QueuedBody = Box::new(move |turn, registered| {
-                    Box::pin(async move { supervisor.supervise(body(turn, registered)).await })
-                });
-                self.env.tracker.spawn_on(waiter(body), &self.runtime);
-            }
-            None => {
-                let task = body(None, registered);
-                self.env.tracker.spawn_on(
-                    async move { supervisor.supervise(task).await },
-                    &self.runtime,
-                );
-            }
+        // Recorded before the end is told to anyone: whoever saw
+        // it end will not see it run again after a crash. A task
+        // stopped by a cancel nobody recorded (the host stopping)
+        // has not ended, whatever it returned on the way out.
+        let stopped = task_handle.is_cancelled();
+        if let (Some(storage), Some(durable)) = (&storage, &durable)
+            && let Err(error) = storage.ended(durable.seq, &outcome, stopped).await
+        {
+            tracing::error!(
+                "task {}: cannot record its end in storage ({error:#}); the next \
+                 start will run it again",
+                ident.label()
+            );
         }
-        Ok(handle)
+        // A queued task that failed its last attempt is kept in its
+        // queue's dead letters, before its end is told to anyone.
+        if let (Some(turn), Outcome::Failed { error }) = (&turn, &outcome) {
+            let letter = crate::storage::DeadLetter {
+                plugin: plugin.name.to_string(),
+                factory: ident.factory.to_string(),
+                args: serde_json::from_str(&args).unwrap_or(serde_json::Value::Null),
+                name: ident.name.clone(),
+                key: turn.key().map(str::to_string),
+                priority: turn.priority(),
+                retry: retry.as_ref().map(|policy| policy.spec()),
+                durable: durable.is_some(),
+                error: error.clone(),
+                attempts: attempt,
+                failed_at: crate::config::tick_label(std::time::SystemTime::now()),
+                worker: worker.id,
+                task_id: ident.id,
+            };
+            worker.keep_dead(turn.queue(), &letter).await;
+        }
+        let elapsed_ms = lifecycle::millis(begun.elapsed());
+        worker.announce(|| {
+            let task = TaskRef::from(&*ident);
+            match &outcome {
+                Outcome::Done { result } => LifecycleEvent::Done {
+                    task,
+                    result: result.clone(),
+                    elapsed_ms,
+                },
+                Outcome::Failed { error } => LifecycleEvent::Failed {
+                    task,
+                    error: error.clone(),
+                    elapsed_ms,
+                },
+                Outcome::Cancelled { stage } => LifecycleEvent::Cancelled {
+                    task,
+                    stage: *stage,
+                    elapsed_ms,
+                },
+            }
+        });
+        worker.env.metrics.record_end(&outcome);
+        worker.registry.finish(ident.id, outcome);
+        // The queue's share goes back once the end is told, so no log
+        // shows more of the queue's tasks running than it allows.
+        drop(turn);
     }
 }
 
