@@ -356,20 +356,23 @@ impl Default for CancelPolicy {
 /// listen: the store's epoch callback sees it and interrupts the guest at
 /// the next tick, even in a loop with no host calls.
 ///
-/// One allocation per task, about 200 bytes: it was a cancellation token
+/// One allocation per task of 160 bytes, woken through one `Notify` (a
+/// waiter checks what it waits for again): it was a cancellation token
 /// for each stage and a watch channel for the end, 760 bytes in three
 /// allocations, the most of what a waiting task held (docs/queues.md,
 /// "Cost").
 #[derive(Default)]
 pub(crate) struct CancelSignal {
-    cancelled: Flag,
-    /// When the task was asked to stop, and the grace period it was given
-    /// (set once, before `cancelled` is).
-    asked: OnceLock<(Instant, Duration)>,
+    cancelled: AtomicBool,
     /// Checked by the epoch callback every tick (an atomic load); its
     /// waiters are calls blocked in a host function (where epochs do not
     /// reach), woken so the runner can drop them.
-    forced: Flag,
+    forced: AtomicBool,
+    /// Told when any of `cancelled`, `forced` or `ended` is set.
+    changed: tokio::sync::Notify,
+    /// When the task was asked to stop, and the grace period it was given
+    /// (set once, before `cancelled` is).
+    asked: OnceLock<(Instant, Duration)>,
     /// The task's own signal when this one is an attempt's: cancelling or
     /// forcing the task reaches the attempt, not the other way round. A
     /// task's signal has no parent, so the chain is one link at most.
@@ -377,13 +380,20 @@ pub(crate) struct CancelSignal {
     /// For a durable task of a cluster: how long this host may go on
     /// running it (see [`Lease`]). Past it the task is fenced.
     lease: OnceLock<Arc<Lease>>,
-    /// Run once, by the first cancel (or at once, if set after it): how a
-    /// task that holds no future, one waiting in its queue, hears it.
-    on_cancel: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Told once, by the first cancel (or at once, if set after it), with
+    /// its number: how a task that holds no future (one waiting in its
+    /// queue) hears it.
+    on_cancel: std::sync::Mutex<Option<(Arc<dyn CancelHook>, u64)>>,
     /// How the task ended, once it has: set by its registry (`None`: it
     /// was withdrawn, or dropped from the registry before it ended).
     ended: OnceLock<Option<TaskState>>,
-    ended_notify: tokio::sync::Notify,
+}
+
+/// Who hears of a cancel through [`CancelSignal::on_cancel`].
+pub(crate) trait CancelHook: Send + Sync {
+    /// The task it knows as `ticket` was cancelled. Runs on the
+    /// canceller's thread: it must not block.
+    fn cancelled(&self, ticket: u64);
 }
 
 impl fmt::Debug for CancelSignal {
@@ -394,48 +404,6 @@ impl fmt::Debug for CancelSignal {
             .field("asked", &self.asked)
             .field("ended", &self.ended.get())
             .finish_non_exhaustive()
-    }
-}
-
-/// A flag set once that tasks can wait for: the part of a
-/// `CancellationToken` a task's signal uses, without its tree node.
-#[derive(Debug, Default)]
-struct Flag {
-    set: AtomicBool,
-    notify: tokio::sync::Notify,
-}
-
-impl Flag {
-    /// Sets it; whether this call did (it was not set before).
-    fn set(&self) -> bool {
-        let first = !self.set.swap(true, Ordering::AcqRel);
-        if first {
-            self.notify.notify_waiters();
-        }
-        first
-    }
-
-    fn is_set(&self) -> bool {
-        self.set.load(Ordering::Acquire)
-    }
-
-    /// Resolves once it is set.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: the flag is a state, a new call sees it.
-    async fn wait(&self) {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            // Registered before the flag is read, so a `set` between the
-            // two still wakes it.
-            notified.as_mut().enable();
-            if self.is_set() {
-                return;
-            }
-            notified.await;
-        }
     }
 }
 
@@ -523,8 +491,12 @@ impl CancelSignal {
     }
 
     pub(crate) fn cancel(&self) {
-        if self.cancelled.set() {
-            self.told_cancel();
+        if !self.cancelled.swap(true, Ordering::AcqRel) {
+            self.changed.notify_waiters();
+            let hook = self.hook().take();
+            if let Some((hook, ticket)) = hook {
+                hook.cancelled(ticket);
+            }
         }
     }
 
@@ -542,7 +514,45 @@ impl CancelSignal {
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {
-        self.cancelled.is_set() || self.parent.as_ref().is_some_and(|p| p.cancelled.is_set())
+        self.own_cancel() || self.parent.as_ref().is_some_and(|p| p.own_cancel())
+    }
+
+    fn own_cancel(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    fn own_force(&self) -> bool {
+        self.forced.load(Ordering::Acquire)
+    }
+
+    /// Resolves once `done` holds, checked whenever the signal (or its
+    /// task's) changes.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: what it waits for is a state, a new call sees it.
+    async fn until(&self, done: impl Fn(&CancelSignal) -> bool) {
+        match &self.parent {
+            None => self.own_until(&done).await,
+            Some(parent) => tokio::select! {
+                () = self.own_until(&done) => {}
+                () = parent.own_until(&done) => {}
+            },
+        }
+    }
+
+    async fn own_until(&self, done: &impl Fn(&CancelSignal) -> bool) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Registered before the state is read, so a change between
+            // the two still wakes it.
+            notified.as_mut().enable();
+            if done(self) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Resolves once `cancel` has been called (on it or its task's).
@@ -551,23 +561,18 @@ impl CancelSignal {
     ///
     /// Cancel safe: dropping it loses nothing, a new call resolves as well.
     pub(crate) async fn cancelled(&self) {
-        match &self.parent {
-            None => self.cancelled.wait().await,
-            Some(parent) => tokio::select! {
-                () = self.cancelled.wait() => {}
-                () = parent.cancelled.wait() => {}
-            },
-        }
+        self.until(CancelSignal::own_cancel).await
     }
 
     /// Cancels and also interrupts the guest at the next epoch tick.
     pub(crate) fn force(&self) {
-        self.forced.set();
+        self.forced.store(true, Ordering::Release);
+        self.changed.notify_waiters();
         self.cancel();
     }
 
     pub(crate) fn is_forced(&self) -> bool {
-        self.forced.is_set() || self.parent.as_ref().is_some_and(|p| p.forced.is_set())
+        self.own_force() || self.parent.as_ref().is_some_and(|p| p.own_force())
     }
 
     /// Resolves once `force` has been called (on it or its task's).
@@ -576,54 +581,40 @@ impl CancelSignal {
     ///
     /// Cancel safe, as [`CancelSignal::cancelled`].
     pub(crate) async fn forced(&self) {
-        match &self.parent {
-            None => self.forced.wait().await,
-            Some(parent) => tokio::select! {
-                () = self.forced.wait() => {}
-                () = parent.forced.wait() => {}
-            },
-        }
+        self.until(CancelSignal::own_force).await
     }
 
-    /// Runs `hook` at the first cancel, or now if the task was cancelled
-    /// already; it replaces a hook set before. It runs on the canceller's
-    /// thread, so it must not block.
-    pub(crate) fn on_cancel(&self, hook: Box<dyn FnOnce() + Send>) {
+    /// Tells `hook` of the first cancel (with `ticket`), or now if the
+    /// task was cancelled already; it replaces a hook set before.
+    pub(crate) fn on_cancel(&self, hook: Arc<dyn CancelHook>, ticket: u64) {
         let mut slot = self.hook();
-        // Read under the lock `told_cancel` takes after setting the flag:
+        // Read under the lock `cancel` takes after setting the flag:
         // either it finds the hook, or this sees the flag.
-        if self.cancelled.is_set() {
+        if self.own_cancel() {
             drop(slot);
-            hook();
+            hook.cancelled(ticket);
         } else {
-            *slot = Some(hook);
+            *slot = Some((hook, ticket));
         }
     }
 
-    /// Drops the hook set by [`CancelSignal::on_cancel`], unrun.
+    /// Drops the hook set by [`CancelSignal::on_cancel`], untold.
     pub(crate) fn clear_on_cancel(&self) {
         self.hook().take();
     }
 
-    fn hook(&self) -> std::sync::MutexGuard<'_, Option<Box<dyn FnOnce() + Send>>> {
+    fn hook(&self) -> std::sync::MutexGuard<'_, Option<(Arc<dyn CancelHook>, u64)>> {
         // A hook that panicked poisoned nothing it left half-done.
         self.on_cancel
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn told_cancel(&self) {
-        let hook = self.hook().take();
-        if let Some(hook) = hook {
-            hook();
-        }
-    }
-
     /// Records how the task ended (`None`: it was withdrawn without an
     /// end) and wakes who waits for it; the first call stands.
     pub(crate) fn set_ended(&self, state: Option<TaskState>) {
         if self.ended.set(state).is_ok() {
-            self.ended_notify.notify_waiters();
+            self.changed.notify_waiters();
         }
     }
 
@@ -638,14 +629,7 @@ impl CancelSignal {
     ///
     /// Cancel safe: the end is a state, a new call sees it.
     pub(crate) async fn ended(&self) {
-        loop {
-            let notified = self.ended_notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.ended.get().is_some() {
-                return;
-            }
-            notified.await;
-        }
+        self.own_until(&|signal: &CancelSignal| signal.ended.get().is_some())
+            .await
     }
 }

@@ -122,6 +122,8 @@ struct Entry<T> {
     /// Since when it may start (its submission, or its delay's end): its
     /// wait is counted from here.
     since: Instant,
+    /// It was delayed: it is in `came_due`, not `arrived`.
+    was_delayed: bool,
     /// When it may start, while it may not yet.
     due: Option<Instant>,
     /// When it next gains a level.
@@ -147,8 +149,13 @@ pub(crate) struct Dispatch<T> {
     /// The pass of the last start: where an idle key comes back.
     pass: u64,
     paused: bool,
-    /// Startable tasks by since when they wait: the oldest wait.
-    since: BTreeSet<(Instant, u64)>,
+    /// Startable tasks that were never delayed, by ticket: their order is
+    /// that of their waits' starts (a ticket's `since`), and a ticket
+    /// takes a third of the room an instant and a ticket would.
+    arrived: BTreeSet<u64>,
+    /// Startable tasks that were delayed, by since when they may start.
+    /// With `arrived`: the oldest wait.
+    came_due: BTreeSet<(Instant, u64)>,
     /// Times a start was held back by a rate (the queue's or a key's).
     throttled: u64,
     /// The instant the queue's rate held starts back until, last counted.
@@ -199,7 +206,8 @@ impl<T> Dispatch<T> {
             rate,
             pass: 0,
             paused: false,
-            since: BTreeSet::new(),
+            arrived: BTreeSet::new(),
+            came_due: BTreeSet::new(),
             throttled: 0,
             throttled_until: None,
         }
@@ -233,9 +241,16 @@ impl<T> Dispatch<T> {
 
     /// How long the task that may start and has waited longest has waited.
     pub(crate) fn oldest_wait(&self, now: Instant) -> Option<Duration> {
-        self.since
+        let arrived = self
+            .arrived
             .first()
-            .map(|(since, _)| now.saturating_duration_since(*since))
+            .map(|ticket| self.entries[ticket].since);
+        let came_due = self.came_due.first().map(|(since, _)| *since);
+        let oldest = match (arrived, came_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        oldest.map(|since| now.saturating_duration_since(since))
     }
 
     /// Times a start was held back by a rate, since the queue was made.
@@ -299,6 +314,15 @@ impl<T> Dispatch<T> {
         self.entries.get(ticket).map(|entry| &entry.item)
     }
 
+    /// Takes a startable task's entry out of the sets of waits.
+    fn unlist_startable(&mut self, entry: &Entry<T>, ticket: u64) {
+        if entry.was_delayed {
+            self.came_due.remove(&(entry.since, ticket));
+        } else {
+            self.arrived.remove(&ticket);
+        }
+    }
+
     /// Takes out every task that has not started.
     pub(crate) fn remove_all(&mut self, now: Instant) -> Vec<T> {
         let tickets: Vec<u64> = self.entries.keys().copied().collect();
@@ -317,12 +341,17 @@ impl<T> Dispatch<T> {
     /// now); its ticket is how it is [`remove`](Self::remove)d.
     pub(crate) fn push(
         &mut self,
-        key: Arc<str>,
+        key: &str,
         priority: i32,
         due: Option<Instant>,
         item: T,
         now: Instant,
     ) -> u64 {
+        // A key's tasks share its one copy.
+        let key: Arc<str> = match self.keys.get_key_value(key) {
+            Some((known, _)) => known.clone(),
+            None => key.into(),
+        };
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         let pass = self.pass;
@@ -340,6 +369,7 @@ impl<T> Dispatch<T> {
             key: key.clone(),
             level: priority,
             since: due.unwrap_or(now),
+            was_delayed: false,
             due,
             promote: None,
             item,
@@ -351,7 +381,7 @@ impl<T> Dispatch<T> {
             }
             None => {
                 state.waiting.insert((Reverse(priority), ticket));
-                self.since.insert((now, ticket));
+                self.arrived.insert(ticket);
                 entry.promote = promotion(self.rules.ageing, priority, now);
                 if let Some(at) = entry.promote {
                     self.ageing.insert((at, ticket));
@@ -378,7 +408,7 @@ impl<T> Dispatch<T> {
             }
             None => {
                 key.waiting.remove(&(Reverse(entry.level), ticket));
-                self.since.remove(&(entry.since, ticket));
+                self.unlist_startable(&entry, ticket);
             }
         }
         if let Some(at) = entry.promote {
@@ -440,7 +470,7 @@ impl<T> Dispatch<T> {
             if let Some(at) = entry.promote {
                 self.ageing.remove(&(at, ticket));
             }
-            self.since.remove(&(entry.since, ticket));
+            self.unlist_startable(&entry, ticket);
             self.settle(&key, now);
             start.push(Started {
                 ticket,
@@ -473,7 +503,8 @@ impl<T> Dispatch<T> {
                 .expect("a delayed ticket has its entry");
             entry.due = None;
             entry.since = due;
-            self.since.insert((due, ticket));
+            entry.was_delayed = true;
+            self.came_due.insert((due, ticket));
             entry.promote = promotion(self.rules.ageing, entry.level, due);
             if let Some(at) = entry.promote {
                 self.ageing.insert((at, ticket));
@@ -631,13 +662,13 @@ mod tests {
             now,
         );
         for i in 0..10_000 {
-            dispatch.push("a".into(), 0, None, i, now);
+            dispatch.push("a", 0, None, i, now);
         }
         // One of a's starts before b's arrive.
         let first = dispatch.poll(now).start;
         assert_eq!(first.len(), 1);
         for i in 0..10 {
-            dispatch.push("b".into(), 0, None, 100_000 + i, now);
+            dispatch.push("b", 0, None, 100_000 + i, now);
         }
         dispatch.finished(&first[0].key, now);
         let mut order = Vec::new();
@@ -653,7 +684,7 @@ mod tests {
         for _ in 0..100 {
             run_all(&mut dispatch, now);
         }
-        dispatch.push("c".into(), 0, None, 200_000, now);
+        dispatch.push("c", 0, None, 200_000, now);
         let next = dispatch.poll(now).start;
         assert_eq!(next[0].item, 200_000, "the new key goes first: {next:?}");
     }
@@ -670,8 +701,8 @@ mod tests {
             now,
         );
         for i in 0..5 {
-            dispatch.push("a".into(), 0, None, i, now);
-            dispatch.push("b".into(), 0, None, 10 + i, now);
+            dispatch.push("a", 0, None, i, now);
+            dispatch.push("b", 0, None, 10 + i, now);
         }
         let started = dispatch.poll(now).start;
         assert_eq!(started.len(), 3);
@@ -697,10 +728,10 @@ mod tests {
             },
             t0,
         );
-        strict.push("".into(), 0, None, 1, t0);
-        strict.push("".into(), 5, None, 2, t0);
-        strict.push("".into(), 5, None, 3, t0);
-        strict.push("".into(), -1, None, 4, t0);
+        strict.push("", 0, None, 1, t0);
+        strict.push("", 5, None, 2, t0);
+        strict.push("", 5, None, 3, t0);
+        strict.push("", -1, None, 4, t0);
         let mut order = Vec::new();
         for _ in 0..4 {
             order.extend(run_all(&mut strict, t0));
@@ -716,13 +747,13 @@ mod tests {
             t0,
         );
         let running = {
-            aged.push("".into(), 0, None, 0, t0);
+            aged.push("", 0, None, 0, t0);
             aged.poll(t0).start
         };
-        aged.push("".into(), 0, None, 1, t0);
+        aged.push("", 0, None, 1, t0);
         let later = t0 + Duration::from_secs(3);
-        aged.push("".into(), 2, None, 2, later);
-        aged.push("".into(), 4, None, 3, later);
+        aged.push("", 2, None, 2, later);
+        aged.push("", 4, None, 3, later);
         aged.finished(&running[0].key, later);
         let mut order = Vec::new();
         for _ in 0..3 {
@@ -743,7 +774,7 @@ mod tests {
             t0,
         );
         for i in 0..100 {
-            dispatch.push("".into(), 0, None, i, t0);
+            dispatch.push("", 0, None, i, t0);
         }
         // Poll at each wake for 1 s: 10 starts, one each 100 ms.
         let mut now = t0;
@@ -770,7 +801,7 @@ mod tests {
             t0,
         );
         for i in 0..10 {
-            burst.push("".into(), 0, None, i, t0);
+            burst.push("", 0, None, i, t0);
         }
         let polled = burst.poll(t0);
         assert_eq!(polled.start.len(), 5);
@@ -791,14 +822,14 @@ mod tests {
             },
             t0,
         );
-        dispatch.push("a".into(), 0, None, 0, t0);
+        dispatch.push("a", 0, None, 0, t0);
         run_all(&mut dispatch, t0);
         for i in 0..100 {
-            dispatch.push("a".into(), 0, None, i, t0);
+            dispatch.push("a", 0, None, i, t0);
             dispatch.poll(t0);
         }
         assert_eq!(dispatch.throttled(), 1, "key a was held back once");
-        dispatch.push("b".into(), 0, None, 0, t0);
+        dispatch.push("b", 0, None, 0, t0);
         for _ in 0..100 {
             dispatch.poll(t0);
         }
@@ -820,7 +851,7 @@ mod tests {
             t0,
         );
         for i in 0..2_000 {
-            dispatch.push("".into(), 0, None, i, t0);
+            dispatch.push("", 0, None, i, t0);
         }
         // Each wake 1.5 ms after the instant asked for, as a coarse timer.
         let (mut now, mut starts) = (t0, 0);
@@ -849,8 +880,8 @@ mod tests {
             t0,
         );
         for i in 0..3 {
-            dispatch.push("a".into(), 0, None, i, t0);
-            dispatch.push("b".into(), 0, None, 10 + i, t0);
+            dispatch.push("a", 0, None, i, t0);
+            dispatch.push("b", 0, None, 10 + i, t0);
         }
         assert_eq!(run_all(&mut dispatch, t0), [0, 10]);
         let polled = dispatch.poll(t0 + Duration::from_millis(999));
@@ -861,7 +892,7 @@ mod tests {
         // allow a start anyway, so a new task cannot skip the rate.
         run_all(&mut dispatch, t0 + Duration::from_secs(2));
         assert_eq!(dispatch.keys(), 2);
-        dispatch.push("a".into(), 0, None, 3, t0 + Duration::from_millis(2500));
+        dispatch.push("a", 0, None, 3, t0 + Duration::from_millis(2500));
         assert!(
             dispatch
                 .poll(t0 + Duration::from_millis(2500))
@@ -888,7 +919,7 @@ mod tests {
             t0,
         );
         for i in 0..1_000 {
-            dispatch.push(format!("k{i}").into(), 0, None, i, t0);
+            dispatch.push(&format!("k{i}"), 0, None, i, t0);
             run_all(&mut dispatch, t0);
         }
         assert_eq!(dispatch.keys(), 100);
@@ -899,8 +930,8 @@ mod tests {
         let t0 = Instant::now();
         let mut dispatch = Dispatch::new(Rules::default(), t0);
         let at = t0 + Duration::from_secs(600);
-        dispatch.push("k".into(), 0, Some(at), 1, t0);
-        let cancelled = dispatch.push("k".into(), 0, None, 2, t0);
+        dispatch.push("k", 0, Some(at), 1, t0);
+        let cancelled = dispatch.push("k", 0, None, 2, t0);
         assert_eq!(dispatch.waiting_of("k"), Some(&2));
         assert_eq!(dispatch.remove(cancelled, t0), Some(2));
         assert_eq!(dispatch.remove(cancelled, t0), None);
@@ -917,13 +948,42 @@ mod tests {
     }
 
     #[test]
+    fn the_oldest_wait_counts_a_delayed_task_from_when_it_came_due() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let rules = Rules {
+            concurrency: Some(1),
+            ..Rules::default()
+        };
+        let mut dispatch = Dispatch::new(rules, t0);
+        dispatch.push("", 0, None, 0, t0);
+        assert_eq!(dispatch.poll(t0).start.len(), 1);
+        assert_eq!(
+            dispatch.oldest_wait(t0),
+            None,
+            "the running one waits no more"
+        );
+        dispatch.push("", 0, Some(t0 + secs(10)), 1, t0);
+        let later = dispatch.push("", 0, None, 2, t0 + secs(20));
+        // Due at 10 s: it has waited longer than the one that came at 20.
+        assert!(dispatch.poll(t0 + secs(30)).start.is_empty());
+        assert_eq!(dispatch.oldest_wait(t0 + secs(30)), Some(secs(20)));
+        dispatch.finished(&Arc::from(""), t0 + secs(30));
+        let started = dispatch.poll(t0 + secs(30)).start;
+        assert_eq!(started[0].item, 1, "the delayed one came due first");
+        assert_eq!(dispatch.oldest_wait(t0 + secs(30)), Some(secs(10)));
+        assert_eq!(dispatch.remove(later, t0 + secs(30)), Some(2));
+        assert_eq!(dispatch.oldest_wait(t0 + secs(30)), None);
+    }
+
+    #[test]
     fn top_keys_are_the_most_waiting_first() {
         let t0 = Instant::now();
         let mut dispatch = Dispatch::new(Rules::default(), t0);
         dispatch.set_paused(true);
         for (key, n) in [("one", 1), ("three", 3), ("two", 2), ("four", 4)] {
             for i in 0..n {
-                dispatch.push(key.into(), 0, None, i, t0);
+                dispatch.push(key, 0, None, i, t0);
             }
         }
         let top: Vec<(String, usize)> = dispatch
@@ -938,7 +998,7 @@ mod tests {
     fn nothing_starts_while_paused() {
         let t0 = Instant::now();
         let mut dispatch = Dispatch::new(Rules::default(), t0);
-        dispatch.push("".into(), 0, None, 1, t0);
+        dispatch.push("", 0, None, 1, t0);
         dispatch.set_paused(true);
         assert!(dispatch.poll(t0).start.is_empty());
         dispatch.set_paused(false);

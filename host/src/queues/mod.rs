@@ -8,7 +8,8 @@
 //! [`Start`] there, data the queue holds until the queue's
 //! [`dispatch::Dispatch`] gives it its [`Turn`] under the queue's flow
 //! control. Only then is the task spawned; it runs holding the turn until
-//! it ends. A task cancelled while it waits is taken out ([`Leave`]). Every worker's tasks
+//! it ends. A task cancelled while it waits is taken out (the queue is
+//! its signal's [`CancelHook`]). Every worker's tasks
 //! share one dispatcher per queue, behind a mutex held only to push, pick
 //! or end (no await under it). A timer task per queue polls it when a
 //! delay or a rate comes due; a submission or a task's end polls it at
@@ -28,7 +29,7 @@ mod dispatch;
 
 use crate::config::{DEFAULT_QUEUE, Limit, LimitUnit, LimitsChange, Placement, QueueConfig};
 use crate::metrics::{QueueMetrics, queue_label};
-use crate::task::{TaskId, WorkerId};
+use crate::task::{CancelHook, TaskId, WorkerId};
 use dispatch::{Dispatch, Rules};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -244,8 +245,6 @@ pub(crate) struct Owner {
     pub(crate) worker: WorkerId,
     /// Its id.
     pub(crate) id: TaskId,
-    /// Its name, if it has one.
-    pub(crate) name: Option<String>,
 }
 
 /// How a task was placed in its queue, as resolved: its key, priority
@@ -270,6 +269,9 @@ pub(crate) trait Start: Send {
     /// (as [`Start::start`], without blocking).
     fn withdraw(self: Box<Self>);
 }
+
+/// A task given its turn, to start once the queue's lock is released.
+type Ready = (Box<dyn Start>, Turn);
 
 /// One waiting task, as the dispatcher holds it.
 struct Slot {
@@ -449,22 +451,27 @@ impl Queue {
         owner: Owner,
         resumed: bool,
     ) -> Result<Entered, Refused> {
-        // The key is read from the arguments outside the lock, under the
-        // queue's config of that moment; a limits change landing meanwhile
-        // makes it read again under the new one.
-        let mut config = self.state().config.clone();
-        let mut key = key_under(&config, placement, args)?;
         let run_at = placement.start.map(|start| start.resolve());
         let due = run_at
             .map(|at| Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default());
-        let ticket = {
+        let (ticket, key) = {
             let mut state = self.state();
-            while !Arc::ptr_eq(&config, &state.config) {
-                config = state.config.clone();
-                drop(state);
-                key = key_under(&config, placement, args)?;
-                state = self.state();
-            }
+            let key = match self.base.key_arg {
+                // Nothing to parse: read under the lock.
+                None => key_under(&state.config, placement, args)?,
+                // Read from the arguments outside the lock, under the
+                // queue's config of that moment; a limits change landing
+                // meanwhile makes it read again under the new one.
+                Some(_) => loop {
+                    let config = state.config.clone();
+                    drop(state);
+                    let key = key_under(&config, placement, args)?;
+                    state = self.state();
+                    if Arc::ptr_eq(&config, &state.config) {
+                        break key;
+                    }
+                },
+            };
             if state.settings.draining && !resumed {
                 return Err(Refused::Draining(format!(
                     "queue `{}` is draining: it takes no new task until `taskhost queue resume \
@@ -497,15 +504,11 @@ impl Queue {
                 priority: placement.priority,
                 start: None,
             };
-            let ticket = state.dispatch.push(
-                key.as_str().into(),
-                placement.priority,
-                due,
-                slot,
-                Instant::now(),
-            );
+            let ticket = state
+                .dispatch
+                .push(&key, placement.priority, due, slot, Instant::now());
             self.metrics.waiting.set(state.waiting() as i64);
-            ticket
+            (ticket, key)
         };
         // Not polled until the place is filled: a turn given before is
         // kept for it (`early`).
@@ -527,60 +530,67 @@ impl Queue {
     /// asks to be polled again. A poll that is not the timer's wakes the
     /// timer if the next wake moved earlier.
     fn poll(self: &Arc<Self>, from_timer: bool) -> Option<Instant> {
-        let now = Instant::now();
-        let mut start = Vec::new();
-        let wake = {
-            let mut state = self.state();
-            let polled = state.dispatch.poll(now);
-            let earlier = match (polled.wake, state.timer_at) {
-                (Some(wake), Some(at)) => wake < at,
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
-            if from_timer {
-                state.timer_at = polled.wake;
-            } else if earlier {
-                state.timer_at = polled.wake;
-                self.timer.notify_one();
-            }
-            if !polled.start.is_empty() {
-                let count = polled.start.len();
-                let second = now.duration_since(self.made).as_secs();
-                state.recent.add(second, count as u32);
-                self.metrics.started.inc_by(count as u64);
-            }
-            let throttled = state.dispatch.throttled();
-            if throttled > state.throttled {
-                self.metrics.throttled.inc_by(throttled - state.throttled);
-                state.throttled = throttled;
-            }
-            state.admitting += polled.start.len() as u64;
-            self.metrics.waiting.set(state.waiting() as i64);
-            self.metrics.running.set(state.running() as i64);
-            for started in polled.start {
-                self.metrics
-                    .wait_seconds
-                    .observe(started.waited.as_secs_f64());
-                let turn = Turn {
-                    queue: self.clone(),
-                    key: started.key,
-                    priority: started.item.priority,
-                    admitting: true,
-                    shared: None,
-                };
-                match started.item.start {
-                    Some(task) => start.push((task, turn)),
-                    None => {
-                        state.early.insert(started.ticket, turn);
-                    }
-                }
-            }
-            polled.wake
-        };
+        let (start, wake) = self.poll_locked(&mut self.state(), from_timer);
         for (task, turn) in start {
             task.start(turn);
         }
         wake
+    }
+
+    /// [`Queue::poll`]'s part under the lock: the tasks to start once it
+    /// is released, with their turns, and when to poll next.
+    fn poll_locked(
+        self: &Arc<Self>,
+        state: &mut State,
+        from_timer: bool,
+    ) -> (Vec<Ready>, Option<Instant>) {
+        let now = Instant::now();
+        let mut start = Vec::new();
+        let polled = state.dispatch.poll(now);
+        let earlier = match (polled.wake, state.timer_at) {
+            (Some(wake), Some(at)) => wake < at,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if from_timer {
+            state.timer_at = polled.wake;
+        } else if earlier {
+            state.timer_at = polled.wake;
+            self.timer.notify_one();
+        }
+        if !polled.start.is_empty() {
+            let count = polled.start.len();
+            let second = now.duration_since(self.made).as_secs();
+            state.recent.add(second, count as u32);
+            self.metrics.started.inc_by(count as u64);
+        }
+        let throttled = state.dispatch.throttled();
+        if throttled > state.throttled {
+            self.metrics.throttled.inc_by(throttled - state.throttled);
+            state.throttled = throttled;
+        }
+        state.admitting += polled.start.len() as u64;
+        self.metrics.waiting.set(state.waiting() as i64);
+        self.metrics.running.set(state.running() as i64);
+        for started in polled.start {
+            self.metrics
+                .wait_seconds
+                .observe(started.waited.as_secs_f64());
+            let turn = Turn {
+                queue: self.clone(),
+                key: started.key,
+                priority: started.item.priority,
+                admitting: true,
+                shared: None,
+            };
+            match started.item.start {
+                Some(task) => start.push((task, turn)),
+                None => {
+                    state.early.insert(started.ticket, turn);
+                }
+            }
+        }
+        (start, polled.wake)
     }
 
     /// The queue as it is now: app.toml's, with the run-time limits.
@@ -702,34 +712,36 @@ pub(crate) struct Waiting {
 
 impl Waiting {
     /// Leaves the task's [`Start`] in its place: the queue runs it at its
-    /// turn (now, if the turn came already). The returned [`Leave`] takes
-    /// it out again if it is cancelled before.
-    pub(crate) fn fill(mut self, task: Box<dyn Start>) -> Leave {
+    /// turn (now, if the turn came already). Returns its ticket if it
+    /// still waits, for its queue to take it out again if it is cancelled
+    /// before ([`CancelHook`]); none if it was started (or ended) here.
+    pub(crate) fn fill(mut self, task: Box<dyn Start>) -> Option<u64> {
         self.filled = true;
         let queue = self.queue.clone();
         let ticket = self.ticket;
-        let mut task = Some(task);
-        let early = {
+        let (start, early, waits) = {
             let mut state = queue.state();
             match state.dispatch.item_mut(ticket) {
                 Some(slot) => {
-                    slot.start = task.take();
-                    None
+                    slot.start = Some(task);
+                    let start = queue.poll_locked(&mut state, false).0;
+                    let waits = state.dispatch.item_mut(ticket).is_some();
+                    (start, None, waits)
                 }
-                None => Some(state.early.remove(&ticket)),
+                None => (Vec::new(), Some((task, state.early.remove(&ticket))), false),
             }
         };
-        let (Some(early), Some(task)) = (early, task) else {
-            queue.poll(false);
-            return Leave { queue, ticket };
-        };
+        for (task, turn) in start {
+            task.start(turn);
+        }
         match early {
-            Some(turn) => task.start(turn),
+            Some((task, Some(turn))) => task.start(turn),
             // Neither waiting nor started: taken out unfilled, which only
             // a cancel does.
-            None => task.withdraw(),
+            Some((task, None)) => task.withdraw(),
+            None => {}
         }
-        Leave { queue, ticket }
+        waits.then_some(ticket)
     }
 }
 
@@ -752,26 +764,20 @@ impl Drop for Waiting {
     }
 }
 
-/// How a waiting task leaves its queue before its turn: kept by its cancel
-/// hook.
-pub(crate) struct Leave {
-    queue: Arc<Queue>,
-    ticket: u64,
-}
-
-impl Leave {
+/// How a waiting task leaves its queue before its turn.
+impl CancelHook for Queue {
     /// Takes the task out of its queue and ends it ([`Start::withdraw`]),
     /// if it still waits; once given its turn it is the running task's to
     /// end, and this does nothing.
-    pub(crate) fn leave(self) {
+    fn cancelled(&self, ticket: u64) {
         let removed = {
-            let mut state = self.queue.state();
-            let removed = state.dispatch.remove(self.ticket, Instant::now());
-            self.queue.metrics.waiting.set(state.waiting() as i64);
+            let mut state = self.state();
+            let removed = state.dispatch.remove(ticket, Instant::now());
+            self.metrics.waiting.set(state.waiting() as i64);
             removed
         };
         if let Some(slot) = removed {
-            self.queue.all_waiting.fetch_sub(1, Ordering::AcqRel);
+            self.all_waiting.fetch_sub(1, Ordering::AcqRel);
             if let Some(task) = slot.start {
                 task.withdraw();
             }
@@ -852,11 +858,14 @@ impl Drop for Turn {
     fn drop(&mut self) {
         // Cancelled while it waited for room on its worker.
         self.admitted();
-        self.queue
-            .state()
-            .dispatch
-            .finished(&self.key, Instant::now());
-        self.queue.poll(false);
+        let (start, _) = {
+            let mut state = self.queue.state();
+            state.dispatch.finished(&self.key, Instant::now());
+            self.queue.poll_locked(&mut state, false)
+        };
+        for (task, turn) in start {
+            task.start(turn);
+        }
     }
 }
 
@@ -888,7 +897,6 @@ mod tests {
         Owner {
             worker: WorkerId::Index(0),
             id,
-            name: None,
         }
     }
 
@@ -905,10 +913,11 @@ mod tests {
 
     /// A filled place: its turn comes on the receiver, and it leaves its
     /// queue (as a cancel would) when the [`Leave`] is used.
-    fn wait(waiting: Waiting) -> (tokio::sync::oneshot::Receiver<Turn>, Leave) {
+    fn wait(waiting: Waiting) -> (tokio::sync::oneshot::Receiver<Turn>, u64) {
         let (send, receive) = tokio::sync::oneshot::channel();
-        let leave = waiting.fill(Box::new(Told(send)));
-        (receive, leave)
+        let ticket = waiting.ticket;
+        waiting.fill(Box::new(Told(send)));
+        (receive, ticket)
     }
 
     async fn turn(waiting: Waiting) -> Turn {
@@ -940,7 +949,7 @@ mod tests {
         assert_eq!(refused.max, 2);
         assert!(refused.what.contains("queue `q`"), "{}", refused.what);
         assert_eq!(queues.waiting(), 2);
-        first.leave();
+        queue.cancelled(first);
         assert_eq!(queues.waiting(), 1);
         // A place dropped unfilled (its task refused on the way) is given
         // back too.

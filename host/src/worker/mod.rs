@@ -214,7 +214,7 @@ struct Launch {
     factory: String,
     args: String,
     name: Option<String>,
-    retry: Option<RetryPolicy>,
+    retry: Option<Box<RetryPolicy>>,
     durable: Option<DurableRun>,
     connection: Option<u64>,
 }
@@ -226,7 +226,7 @@ impl Launch {
             factory: spec.factory,
             args: spec.args,
             name: spec.name,
-            retry: spec.retry,
+            retry: spec.retry.map(Box::new),
             durable,
             connection: spec.connection,
         }
@@ -409,7 +409,6 @@ impl WorkerCtx {
         let owner = Owner {
             worker: self.id,
             id: ident.id,
-            name: ident.name.clone(),
         };
         let (waiting, placed) = match queue.enter(&placement, &run.args, owner, resumed) {
             Ok(Entered::Waiting(waiting, placed)) => (waiting, placed),
@@ -434,11 +433,13 @@ impl WorkerCtx {
         self.adopt_durable(&run);
         let handle = run.handle.clone();
         // Its turn may come as soon as its place is filled: only then.
-        let leave = waiting.fill(Box::new(QueuedRun {
+        // A task started at once needs no hook (a cancel reaches its run).
+        if let Some(ticket) = waiting.fill(Box::new(QueuedRun {
             run,
             tracked: self.env.tracker.token(),
-        }));
-        handle.signal().on_cancel(Box::new(move || leave.leave()));
+        })) {
+            handle.signal().on_cancel(queue.clone(), ticket);
+        }
         let added = Added {
             worker: self.id,
             id: ident.id,
@@ -454,20 +455,23 @@ impl WorkerCtx {
         owner: Owner,
         placement: &crate::config::Placement,
     ) -> Result<(Added, TaskHandle), AddTaskError> {
-        let handle = self
-            .env
-            .worker(owner.worker)
-            .and_then(|worker| worker.registry.handle_of(owner.id))
-            .ok_or_else(|| {
-                AddTaskError::Invalid(format!(
-                    "task {} waited with this key in queue `{}` and is gone: submit again",
-                    owner.id, placement.queue
-                ))
-            })?;
+        let found = self.env.worker(owner.worker).and_then(|worker| {
+            let info = worker.registry.get(owner.id)?;
+            Some((
+                worker.registry.handle_of(owner.id)?,
+                info.ident.name.clone(),
+            ))
+        });
+        let (handle, name) = found.ok_or_else(|| {
+            AddTaskError::Invalid(format!(
+                "task {} waited with this key in queue `{}` and is gone: submit again",
+                owner.id, placement.queue
+            ))
+        })?;
         let added = Added {
             worker: owner.worker,
             id: owner.id,
-            name: owner.name,
+            name,
             created: false,
         };
         Ok((added, handle))
@@ -654,7 +658,7 @@ impl WorkerCtx {
             ident,
             args,
             retry,
-            durable,
+            durable: durable.map(Box::new),
             handle,
             verdict,
         })
@@ -687,8 +691,10 @@ struct Run {
     plugin: Arc<Plugin>,
     ident: Arc<TaskIdent>,
     args: String,
-    retry: Option<RetryPolicy>,
-    durable: Option<DurableRun>,
+    /// Boxed, as `durable`: most tasks have none, and a waiting task
+    /// holds this.
+    retry: Option<Box<RetryPolicy>>,
+    durable: Option<Box<DurableRun>>,
     handle: TaskHandle,
     /// Told the factory's verdict on the arguments (`add_task` waits).
     verdict: Option<oneshot::Sender<Result<(), GuestError>>>,
@@ -734,6 +740,10 @@ impl Run {
     async fn at_turn(self, mut turn: Turn) {
         let max_live = self.worker.env.app.limits.tasks_per_worker;
         let admitted = tokio::select! {
+            // Admitted at once most often: the cancel is not waited for
+            // then. A task cancelled meanwhile still never runs its
+            // factory (the runner sees the cancel first).
+            biased;
             () = async {
                 turn.share().await;
                 self.worker.registry.admit(self.ident.id, max_live).await;
