@@ -183,6 +183,9 @@ enum Job {
 /// A write waiting for its group ([`SqliteStore::write`]).
 struct Write {
     store: SqliteStore,
+    /// It runs one statement: SQLite undoes a failed statement itself,
+    /// so it needs no savepoint (two statements fewer).
+    one_statement: bool,
     /// Runs the write inside the group's transaction (or, given the
     /// reason the group could not begin, runs nothing); returns whether it
     /// failed (so its part is rolled back) and how to answer once the
@@ -278,15 +281,18 @@ fn commit_group(group: Vec<Write>) {
         match begun {
             Err(why) => {
                 for write in group {
-                    let Write { store: _, run } = write;
-                    answers.push(run(Err(&why)).1);
+                    answers.push((write.run)(Err(&why)).1);
                 }
                 Err(why)
             }
             Ok(()) => {
                 let mut failed: Option<String> = None;
                 for write in group {
-                    let Write { store: _, run } = write;
+                    let Write {
+                        store: _,
+                        one_statement,
+                        run,
+                    } = write;
                     // Once the group failed (SQLite may even have rolled
                     // it back whole, on a full disk or an I/O error: a
                     // savepoint opened now would begin a transaction of
@@ -296,7 +302,7 @@ fn commit_group(group: Vec<Write>) {
                         answers.push(run(Err(why)).1);
                         continue;
                     }
-                    if let Err(e) = run_cached(&inner.conn, "SAVEPOINT write") {
+                    if !one_statement && let Err(e) = run_cached(&inner.conn, "SAVEPOINT write") {
                         let why = format!("cannot open a savepoint: {e}");
                         answers.push(run(Err(&why)).1);
                         failed = Some(why);
@@ -310,17 +316,29 @@ fn commit_group(group: Vec<Write>) {
                         // Its caller hears that the call panicked.
                         Err(_) => (false, None),
                     };
-                    let undo = match ok {
-                        true => run_cached(&inner.conn, "RELEASE write"),
-                        false => run_cached(&inner.conn, "ROLLBACK TO write")
+                    let undo = match (one_statement, ok) {
+                        // SQLite undid its statement if it failed.
+                        (true, _) => Ok(()),
+                        (false, true) => run_cached(&inner.conn, "RELEASE write"),
+                        (false, false) => run_cached(&inner.conn, "ROLLBACK TO write")
                             .and_then(|()| run_cached(&inner.conn, "RELEASE write")),
                     };
-                    if let Err(e) = undo {
+                    if one_statement && answer.is_none() {
+                        // It panicked, perhaps after its statement ran
+                        // (none does in practice): nothing of the group
+                        // is kept.
+                        failed = Some("a write panicked".into());
+                    } else if let Err(e) = undo {
                         failed = Some(format!("cannot close a savepoint: {e}"));
                     } else if inner.conn.is_autocommit() {
                         failed = Some("SQLite rolled the group's transaction back".into());
                     }
                     answers.extend(answer);
+                }
+                if failed.is_none()
+                    && let Err(why) = tasks::trim_ended(&mut inner, store.keep_ended, &store.path)
+                {
+                    failed = Some(why);
                 }
                 let done = match failed {
                     Some(why) => Err(why),
@@ -623,6 +641,25 @@ impl SqliteStore {
         what: &'static str,
         op: impl FnOnce(&mut Inner) -> Result<T> + Send + 'static,
     ) -> TaskStoreFuture<'static, T> {
+        self.grouped(what, false, op)
+    }
+
+    /// [`SqliteStore::grouped_write`] for an `op` that runs one statement
+    /// (and nothing that fails after it): it needs no savepoint.
+    fn grouped_statement<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        op: impl FnOnce(&mut Inner) -> Result<T> + Send + 'static,
+    ) -> TaskStoreFuture<'static, T> {
+        self.grouped(what, true, op)
+    }
+
+    fn grouped<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        one_statement: bool,
+        op: impl FnOnce(&mut Inner) -> Result<T> + Send + 'static,
+    ) -> TaskStoreFuture<'static, T> {
         let metrics = self.metrics.clone();
         let waiting = Waiting::new(&metrics.waiting);
         let (answer, answered) = tokio::sync::oneshot::channel::<Result<T>>();
@@ -647,6 +684,7 @@ impl SqliteStore {
             .jobs
             .send(Job::Write(Write {
                 store: self.clone(),
+                one_statement,
                 run: Box::new(run),
             }))
             .map_err(|_| anyhow::anyhow!("the storage thread has stopped"));

@@ -110,40 +110,43 @@ impl SqliteStore {
             // gives as one past the largest it ever gave (kept in
             // sqlite_sequence): written in the one insert, not by an
             // update after it (checked below).
-            tx.prepare_cached(
-                "INSERT INTO durable_tasks
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO durable_tasks
                    (name, worker, plugin, factory, args, retry, idempotency_key, attempt, state,
                     created_ms, plugin_version, queued)
                  VALUES (coalesce(?1, 'durable-' || (
                            SELECT coalesce(max(seq), 0) + 1 FROM sqlite_sequence
                            WHERE name = 'durable_tasks')),
-                         ?2, ?3, ?4, ?5, ?6, ?7, ?10, 'live', ?8, ?9, ?11)",
-            )?
-            .execute(params![
-                task.name,
-                task.worker.to_string(),
-                task.plugin,
-                task.factory,
-                task.args,
-                retry,
-                task.idempotency_key,
-                created_ms,
-                task.plugin_version,
-                attempt,
-                queued,
-            ])?;
-            let seq = tx.last_insert_rowid();
+                         ?2, ?3, ?4, ?5, ?6, ?7, ?10, 'live', ?8, ?9, ?11)
+                 RETURNING seq, name",
+                )?
+                .query_row(
+                    params![
+                        task.name,
+                        task.worker.to_string(),
+                        task.plugin,
+                        task.factory,
+                        task.args,
+                        retry,
+                        task.idempotency_key,
+                        created_ms,
+                        task.plugin_version,
+                        attempt,
+                        queued,
+                    ],
+                    |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
+                )?;
+            let (seq, stored) = inserted;
             let name = match &task.name {
                 Some(name) => name.clone(),
                 None => format!("durable-{seq}"),
             };
-            if task.name.is_none() {
-                // Only if the seq was not the one foreseen (a row written
-                // from outside with a larger seq than any the host gave).
-                tx.prepare_cached(
-                    "UPDATE durable_tasks SET name = ?2 WHERE seq = ?1 AND name <> ?2",
-                )?
-                .execute(params![seq, name])?;
+            if stored != name {
+                // The seq was not the one foreseen (a row written from
+                // outside with a larger seq than any the host gave).
+                tx.prepare_cached("UPDATE durable_tasks SET name = ?2 WHERE seq = ?1")?
+                    .execute(params![seq, name])?;
             }
             // The record as written, built rather than read back.
             let stored = TaskRecord {
@@ -179,13 +182,7 @@ impl SqliteStore {
     }
 
     /// Records how task `seq` ended, inside the group's transaction.
-    fn ended_in(
-        inner: &mut Inner,
-        keep: u64,
-        seq: u64,
-        outcome: &Outcome,
-        stopped: bool,
-    ) -> Result<bool> {
+    fn ended_in(inner: &mut Inner, seq: u64, outcome: &Outcome, stopped: bool) -> Result<bool> {
         {
             let (state, result, error, stage) = outcome_columns(outcome);
             // A task that was stopped ended only if it is done or its
@@ -211,19 +208,8 @@ impl SqliteStore {
             if changed == 0 {
                 return Ok(false);
             }
+            // Trimmed to the retention once per group ([`trim_ended`]).
             inner.ended_tasks += 1;
-            // Retention, amortized: trim to `keep` once it is an eighth over.
-            if inner.ended_tasks > keep + keep / 8 {
-                let dropped = inner
-                    .conn
-                    .prepare_cached(
-                        "DELETE FROM durable_tasks WHERE seq IN (
-                           SELECT seq FROM durable_tasks WHERE state <> 'live'
-                           ORDER BY ended_ms, seq LIMIT ?1)",
-                    )?
-                    .execute([(inner.ended_tasks - keep) as i64])?;
-                inner.ended_tasks -= dropped as u64;
-            }
             Ok(true)
         }
     }
@@ -235,7 +221,7 @@ impl SqliteStore {
         sql: &'static str,
         params: P,
     ) -> TaskStoreFuture<'static, ()> {
-        self.grouped_write(what, move |inner| {
+        self.grouped_statement(what, move |inner| {
             inner.conn.prepare_cached(sql)?.execute(params)?;
             Ok(())
         })
@@ -266,6 +252,40 @@ impl SqliteStore {
             Ok(records)
         })
     }
+}
+
+/// Trims the ended records to `keep` once they are an eighth over
+/// (amortized), once per group of writes, before its commit. A trim that
+/// fails is logged and undone by SQLite (one statement); an error only if
+/// it took the group's transaction with it.
+pub(super) fn trim_ended(
+    inner: &mut Inner,
+    keep: u64,
+    path: &std::path::Path,
+) -> Result<(), String> {
+    if inner.ended_tasks <= keep + keep / 8 {
+        return Ok(());
+    }
+    let trimmed = inner
+        .conn
+        .prepare_cached(
+            "DELETE FROM durable_tasks WHERE seq IN (
+               SELECT seq FROM durable_tasks WHERE state <> 'live'
+               ORDER BY ended_ms, seq LIMIT ?1)",
+        )
+        .and_then(|mut delete| delete.execute([(inner.ended_tasks - keep) as i64]));
+    match trimmed {
+        Ok(dropped) => inner.ended_tasks -= dropped as u64,
+        Err(error) => tracing::warn!(
+            "database {}: cannot drop the oldest ended durable tasks past the {keep} kept \
+             ({error}); tried again at the next write",
+            path.display()
+        ),
+    }
+    if inner.conn.is_autocommit() {
+        return Err("SQLite rolled the group's transaction back".into());
+    }
+    Ok(())
 }
 
 impl TaskStore for SqliteStore {
@@ -307,9 +327,8 @@ impl TaskStore for SqliteStore {
         stopped: bool,
     ) -> TaskStoreFuture<'a, bool> {
         let outcome = outcome.clone();
-        let keep = self.keep_ended;
-        self.grouped_write("cannot record how a durable task ended", move |inner| {
-            SqliteStore::ended_in(inner, keep, seq, &outcome, stopped)
+        self.grouped_statement("cannot record how a durable task ended", move |inner| {
+            SqliteStore::ended_in(inner, seq, &outcome, stopped)
         })
     }
 
@@ -435,6 +454,48 @@ mod tests {
             .map(|record| record.name)
             .collect();
         assert_eq!(names, ["first", "third"]);
+    }
+
+    /// A one-statement write runs without a savepoint: when it fails,
+    /// SQLite undoes its statement alone, and the group commits the rest.
+    #[test]
+    fn a_failed_one_statement_write_is_undone_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 10);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let Submitted::New(kept) = runtime
+            .block_on(store.submit(&new_task(Some("kept"), None)))
+            .unwrap()
+        else {
+            panic!("a new task");
+        };
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let held = store.off_thread(move |_| hold.recv().ok());
+        let started = store.attempt_started(kept.seq, 2);
+        // Fails at its step (NOT NULL), after matching the row.
+        let failing = store.grouped_statement("cannot do the failing write", move |inner| {
+            inner
+                .conn
+                .prepare_cached("UPDATE durable_tasks SET name = NULL WHERE seq = ?1")?
+                .execute([kept.seq as i64])?;
+            Ok(())
+        });
+        let three = new_task(Some("third"), None);
+        let third = store.submit(&three);
+        release.send(()).unwrap();
+        runtime.block_on(held).unwrap();
+        let (started, failing, third) =
+            runtime.block_on(async { tokio::join!(started, failing, third) });
+        started.unwrap();
+        assert!(failing.is_err());
+        assert!(matches!(third.unwrap(), Submitted::New(_)));
+        drop(store);
+        let store = super::tests::store(dir.path(), 10);
+        let records = block(store.unfinished());
+        let seen: Vec<(String, u32)> = records.into_iter().map(|r| (r.name, r.attempt)).collect();
+        assert_eq!(seen, [("kept".to_string(), 2), ("third".to_string(), 1)]);
     }
 
     fn new_task(name: Option<&str>, key: Option<&str>) -> NewTask {
