@@ -268,11 +268,14 @@ impl Inner {
         }
     }
 
-    fn remove(&mut self, id: TaskId) {
+    /// Drops task `id`'s entry; whether it counted as live (its room is
+    /// free now).
+    fn remove(&mut self, id: TaskId) -> bool {
         let Some(entry) = self.tasks.remove(&id) else {
-            return;
+            return false;
         };
-        if !entry.info.state.is_ended() && entry.info.state != TaskState::Queued {
+        let live = !entry.info.state.is_ended() && entry.info.state != TaskState::Queued;
+        if live {
             self.live -= 1;
         }
         if let Some(name) = &entry.info.ident.name
@@ -280,6 +283,7 @@ impl Inner {
         {
             self.names.remove(name);
         }
+        live
     }
 }
 
@@ -600,7 +604,10 @@ impl TaskRegistry {
     /// Forgets a task that never ran (its arguments were refused), as if it
     /// had never been added.
     pub(crate) fn withdraw(&self, id: TaskId) {
-        self.lock().remove(id);
+        if self.lock().remove(id) {
+            // A queued task waiting for room takes it.
+            self.freed.notify_one();
+        }
     }
 
     /// Drops one ended task, as `purge` would, freeing its name; a live
@@ -669,6 +676,34 @@ mod tests {
             .expect("an ended task frees its place");
         assert_eq!(registry.purge(), 1);
         assert_eq!(registry.live_count(), 2);
+    }
+
+    /// A task withdrawn before it ran (its arguments refused) frees its
+    /// room for a queued task waiting for it: it waited on before.
+    #[tokio::test]
+    async fn a_withdrawn_task_frees_its_room_for_a_queued_one() {
+        let registry = Arc::new(TaskRegistry::new(
+            WorkerId::Index(0),
+            usize::MAX,
+            CancelPolicy::default(),
+        ));
+        let refused = registry.register(ident(None), 1).unwrap();
+        let queued = registry.register_queued(ident(None)).unwrap();
+        let admitting = tokio::spawn({
+            let registry = registry.clone();
+            async move { registry.admit(queued.id, 1).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !admitting.is_finished(),
+            "no room while the first is pending"
+        );
+        registry.withdraw(refused.id);
+        tokio::time::timeout(std::time::Duration::from_secs(30), admitting)
+            .await
+            .expect("admitted once the withdrawn task's room is free")
+            .unwrap();
+        assert_eq!(registry.live_count(), 1);
     }
 
     #[tokio::test]

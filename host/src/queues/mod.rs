@@ -156,15 +156,17 @@ impl Queues {
     /// which holds the queues (a cycle no drop would break).
     pub(crate) fn clear(&self) {
         for queue in self.by_name.values() {
-            let removed = {
+            let (removed, early) = {
                 let mut state = queue.state();
                 let removed = state.dispatch.remove_all(Instant::now());
                 queue.metrics.waiting.set(state.waiting() as i64);
-                removed
+                (removed, std::mem::take(&mut state.early))
             };
             self.waiting
                 .fetch_sub(removed.len() as u64, Ordering::AcqRel);
             drop(removed);
+            // A turn kept for a place not yet filled holds its queue too.
+            drop(early);
         }
     }
 

@@ -739,17 +739,19 @@ impl Run {
     /// on. A cancel meanwhile ends it without an instance ever made.
     async fn at_turn(self, mut turn: Turn) {
         let max_live = self.worker.env.app.limits.tasks_per_worker;
-        let admitted = tokio::select! {
-            // Admitted at once most often: the cancel is not waited for
-            // then. A task cancelled meanwhile still never runs its
-            // factory (the runner sees the cancel first).
-            biased;
-            () = async {
-                turn.share().await;
-                self.worker.registry.admit(self.ident.id, max_live).await;
-            } => true,
-            () = self.handle.signal().cancelled() => false,
-        };
+        // Cancelled before its turn was run (while it was filled, or as
+        // the host stops): it takes no room and no attempt.
+        let admitted = !self.handle.is_cancelled()
+            && tokio::select! {
+                // Admitted at once most often: the cancel is not waited
+                // for then.
+                biased;
+                () = async {
+                    turn.share().await;
+                    self.worker.registry.admit(self.ident.id, max_live).await;
+                } => true,
+                () = self.handle.signal().cancelled() => false,
+            };
         if !admitted {
             drop(turn);
             return self.withdrawn().await;
