@@ -273,26 +273,39 @@ async fn write_at(
     entry: &str,
     value: bytes::Bytes,
     revision: Option<u64>,
-) -> Result<(), String> {
+) -> Result<(), WriteError> {
     match revision {
-        Some(revision) => store
-            .update(entry, value, revision)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string()),
-        None => store
-            .create(entry, value)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string()),
+        Some(revision) => Ok(store.update(entry, value, revision).await.map(drop)?),
+        None => Ok(store.create(entry, value).await.map(drop)?),
     }
 }
 
-/// Whether a KV write failed because the entry changed since it was read
-/// (another host wrote it first): read again and retry.
-fn raced(error: &(impl std::fmt::Display + ?Sized)) -> bool {
-    let text = error.to_string();
-    text.contains("wrong last") || text.contains("already exists")
+/// Why a compare-and-swap write of an entry failed, by the error's kind
+/// (not its text, which NATS may word otherwise).
+enum WriteError {
+    /// The entry changed since it was read (another host wrote it
+    /// first): read again and retry.
+    Raced,
+    /// Anything else, as NATS said it.
+    Failed(String),
+}
+
+impl From<kv::UpdateError> for WriteError {
+    fn from(error: kv::UpdateError) -> WriteError {
+        match error.kind() {
+            kv::UpdateErrorKind::WrongLastRevision => WriteError::Raced,
+            _ => WriteError::Failed(error.to_string()),
+        }
+    }
+}
+
+impl From<kv::CreateError> for WriteError {
+    fn from(error: kv::CreateError) -> WriteError {
+        match error.kind() {
+            kv::CreateErrorKind::AlreadyExists => WriteError::Raced,
+            _ => WriteError::Failed(error.to_string()),
+        }
+    }
 }
 
 impl SharedQueues {
@@ -370,8 +383,8 @@ impl SharedQueues {
             match written {
                 Ok(()) if take => return Ok(Take::Taken),
                 Ok(()) => return Ok(Take::Wait),
-                Err(error) if raced(&error) => continue,
-                Err(error) => return Err(error),
+                Err(WriteError::Raced) => continue,
+                Err(WriteError::Failed(error)) => return Err(error),
             }
         }
     }
@@ -414,7 +427,7 @@ impl SharedQueues {
                     .slots
                     .delete_expect_revision(entry, Some(current.revision))
                     .await
-                    .map_err(|e| e.to_string());
+                    .map_err(WriteError::from);
                 if deleted.is_err() {
                     lock(&self.deleted).remove(entry);
                 }
@@ -425,12 +438,12 @@ impl SharedQueues {
                     .update(entry, value, current.revision)
                     .await
                     .map(drop)
-                    .map_err(|e| e.to_string())
+                    .map_err(WriteError::from)
             };
             match written {
                 Ok(()) => return Ok(()),
-                Err(error) if raced(&error) => continue,
-                Err(error) => return Err(error),
+                Err(WriteError::Raced) => continue,
+                Err(WriteError::Failed(error)) => return Err(error),
             }
         }
     }
@@ -475,8 +488,8 @@ impl SharedQueues {
             let written = write_at(&self.rates, entry, value, revision).await;
             match written {
                 Ok(()) => return Ok(None),
-                Err(error) if raced(&error) => continue,
-                Err(error) => return Err(error),
+                Err(WriteError::Raced) => continue,
+                Err(WriteError::Failed(error)) => return Err(error),
             }
         }
     }
