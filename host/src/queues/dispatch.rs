@@ -122,7 +122,9 @@ struct Entry<T> {
     /// Since when it may start (its submission, or its delay's end): its
     /// wait is counted from here.
     since: Instant,
-    /// It was delayed: it is in `came_due`, not `arrived`.
+    /// Its wait did not start at its push (it was delayed, or put back
+    /// by a restart with its earlier wait): it is in `came_due`, not
+    /// `arrived`.
     was_delayed: bool,
     /// When it may start, while it may not yet.
     due: Option<Instant>,
@@ -153,8 +155,8 @@ pub(crate) struct Dispatch<T> {
     /// that of their waits' starts (a ticket's `since`), and a ticket
     /// takes a third of the room an instant and a ticket would.
     arrived: BTreeSet<u64>,
-    /// Startable tasks that were delayed, by since when they may start.
-    /// With `arrived`: the oldest wait.
+    /// Startable tasks that were delayed (or put back with an earlier
+    /// wait), by since when they wait. With `arrived`: the oldest wait.
     came_due: BTreeSet<(Instant, u64)>,
     /// Times a start was held back by a rate (the queue's or a key's).
     throttled: u64,
@@ -339,11 +341,27 @@ impl<T> Dispatch<T> {
 
     /// Adds a task under `key` at `priority`, startable from `due` (or
     /// now); its ticket is how it is [`remove`](Self::remove)d.
+    #[cfg(test)]
     pub(crate) fn push(
         &mut self,
         key: &str,
         priority: i32,
         due: Option<Instant>,
+        item: T,
+        now: Instant,
+    ) -> u64 {
+        self.push_waited(key, priority, due, None, item, now)
+    }
+
+    /// [`Dispatch::push`] for a task that has waited since `since` (before
+    /// `now`: put back by a restart), so its priority has aged meanwhile
+    /// and its wait counts from then.
+    pub(crate) fn push_waited(
+        &mut self,
+        key: &str,
+        priority: i32,
+        due: Option<Instant>,
+        since: Option<Instant>,
         item: T,
         now: Instant,
     ) -> u64 {
@@ -365,11 +383,12 @@ impl<T> Dispatch<T> {
             place: Place::Aside,
         });
         let due = due.filter(|due| *due > now);
+        let since = since.filter(|since| *since < now);
         let mut entry = Entry {
             key: key.clone(),
             level: priority,
-            since: due.unwrap_or(now),
-            was_delayed: false,
+            since: due.or(since).unwrap_or(now),
+            was_delayed: since.is_some(),
             due,
             promote: None,
             item,
@@ -381,8 +400,13 @@ impl<T> Dispatch<T> {
             }
             None => {
                 state.waiting.insert((Reverse(priority), ticket));
-                self.arrived.insert(ticket);
-                entry.promote = promotion(self.rules.ageing, priority, now);
+                match since {
+                    Some(since) => self.came_due.insert((since, ticket)),
+                    None => self.arrived.insert(ticket),
+                };
+                // From an earlier wait, the levels it gained meanwhile
+                // are caught up at the next poll.
+                entry.promote = promotion(self.rules.ageing, priority, entry.since);
                 if let Some(at) = entry.promote {
                     self.ageing.insert((at, ticket));
                 }
@@ -974,6 +998,28 @@ mod tests {
         assert_eq!(dispatch.oldest_wait(t0 + secs(30)), Some(secs(10)));
         assert_eq!(dispatch.remove(later, t0 + secs(30)), Some(2));
         assert_eq!(dispatch.oldest_wait(t0 + secs(30)), None);
+    }
+
+    #[test]
+    fn a_task_put_back_with_its_earlier_wait_has_aged_and_waited_since_then() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let rules = Rules {
+            concurrency: Some(1),
+            ageing: Some(secs(1)),
+            ..Rules::default()
+        };
+        let mut dispatch = Dispatch::new(rules, t0);
+        let now = t0 + secs(100);
+        dispatch.push("", 0, None, 0, now);
+        let high = dispatch.push("", 5, None, 1, now);
+        // Submitted 50 s before the restart: 50 levels gained meanwhile.
+        dispatch.push_waited("", 0, None, Some(t0 + secs(50)), 2, now);
+        assert_eq!(dispatch.oldest_wait(now), Some(secs(50)));
+        let first = dispatch.poll(now).start;
+        assert_eq!(first[0].item, 2, "its priority aged while it was down");
+        assert_eq!(first[0].waited, secs(50));
+        assert_eq!(dispatch.remove(high, now), Some(1));
     }
 
     #[test]

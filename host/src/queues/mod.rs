@@ -443,16 +443,24 @@ impl Queue {
     /// Takes a waiting place for the task `owner` with `args`, placed as
     /// `placement` says, or refuses it: past `max_waiting`, while the
     /// queue drains, or without the key the queue goes by.
-    /// A task put back by a restart (`resumed`: it was taken before) is
-    /// neither deduplicated nor refused past `max_waiting` or while the
-    /// queue drains: nothing taken is lost.
+    /// A task put back by a restart (`resumed`: it was taken before, and
+    /// has waited since then) is neither deduplicated nor refused past
+    /// `max_waiting` or while the queue drains: nothing taken is lost. Its
+    /// wait goes on from then: its priority has aged meanwhile.
     pub(crate) fn enter(
         self: &Arc<Self>,
         placement: &Placement,
         args: &str,
         owner: Owner,
-        resumed: bool,
+        resumed: Option<SystemTime>,
     ) -> Result<Entered, Refused> {
+        let waited = resumed.map(|since| {
+            let since = run_at_or(placement, since);
+            Instant::now()
+                .checked_sub(SystemTime::now().duration_since(since).unwrap_or_default())
+                .unwrap_or_else(Instant::now)
+        });
+        let resumed = resumed.is_some();
         let run_at = placement.start.map(|start| start.resolve());
         let due = run_at
             .map(|at| Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default());
@@ -506,9 +514,14 @@ impl Queue {
                 priority: placement.priority,
                 start: None,
             };
-            let ticket = state
-                .dispatch
-                .push(&key, placement.priority, due, slot, Instant::now());
+            let ticket = state.dispatch.push_waited(
+                &key,
+                placement.priority,
+                due,
+                waited,
+                slot,
+                Instant::now(),
+            );
             self.metrics.waiting.set(state.waiting() as i64);
             (ticket, key)
         };
@@ -690,6 +703,15 @@ impl Queue {
     /// Counts a task of the queue kept as a dead letter.
     pub(crate) fn count_dead(&self) {
         self.metrics.dead.inc();
+    }
+}
+
+/// Since when a task submitted at `submitted` and placed as `placement`
+/// may start: its delay's end, if later.
+fn run_at_or(placement: &Placement, submitted: SystemTime) -> SystemTime {
+    match placement.start.map(|start| start.resolve()) {
+        Some(at) if at > submitted => at,
+        _ => submitted,
     }
 }
 
@@ -927,7 +949,7 @@ mod tests {
     }
 
     fn enter(queue: &Arc<Queue>, id: u64) -> Waiting {
-        match queue.enter(&placement(), "null", owner(id), false) {
+        match queue.enter(&placement(), "null", owner(id), None) {
             Ok(Entered::Waiting(waiting, _)) => waiting,
             _ => panic!("task {id} was not given a place"),
         }
@@ -945,7 +967,7 @@ mod tests {
         assert_eq!(queues.waiting(), 0);
         let (_first, first) = wait(enter(queue, 1));
         let _second = wait(enter(queue, 2));
-        let Err(Refused::Full(refused)) = queue.enter(&placement(), "null", owner(3), false) else {
+        let Err(Refused::Full(refused)) = queue.enter(&placement(), "null", owner(3), None) else {
             panic!("a third waiting place past max_waiting 2");
         };
         assert_eq!(refused.max, 2);
@@ -1015,7 +1037,7 @@ mod tests {
             key: Some("acme".into()),
             ..placement()
         };
-        let enter = |id| queue.enter(&keyed, "null", owner(id), false);
+        let enter = |id| queue.enter(&keyed, "null", owner(id), None);
         let Ok(Entered::Waiting(running, _)) = enter(0) else {
             panic!("the first of a key waits");
         };
@@ -1029,7 +1051,7 @@ mod tests {
             panic!("a key with one waiting answers with it");
         };
         assert_eq!(existing, owner(1));
-        let Err(Refused::Invalid(why)) = queue.enter(&placement(), "null", owner(3), false) else {
+        let Err(Refused::Invalid(why)) = queue.enter(&placement(), "null", owner(3), None) else {
             panic!("a dedupe queue needs a key");
         };
         assert!(why.contains("`dedupe`"), "{why}");
@@ -1045,8 +1067,7 @@ mod tests {
             )),
             ..placement()
         };
-        let Ok(Entered::Waiting(waiting, _)) = queue.enter(&delayed, "null", owner(0), false)
-        else {
+        let Ok(Entered::Waiting(waiting, _)) = queue.enter(&delayed, "null", owner(0), None) else {
             panic!("a delayed task waits");
         };
         let started = Instant::now();

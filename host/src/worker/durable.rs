@@ -83,7 +83,7 @@ impl WorkerCtx {
             };
             // Answered at once, as any queued task; a dedupe queue's answer
             // (a task of its key waits) leaves no record behind.
-            return match self.enqueue(plugin, spec, Some((run, false))) {
+            return match self.enqueue(plugin, spec, Some((run, None))) {
                 Ok((added, handle)) if added.created => Ok((added, handle)),
                 Ok(existing) => {
                     self.forget(&*storage, record.seq).await;
@@ -235,9 +235,11 @@ impl WorkerCtx {
             key: record.effective_key().into(),
         };
         // A queued task goes back in its queue, in submission order (the
-        // records are read oldest first), keeping its time; its attempt
-        // is counted at its turn.
+        // records are read oldest first), keeping its time and its wait
+        // since its submission (its priority has aged meanwhile); its
+        // attempt is counted at its turn.
         if let Some(queued) = &record.queued {
+            let submitted = UNIX_EPOCH + Duration::from_millis(record.created_ms);
             let spec = TaskSpec {
                 factory: record.factory,
                 args: record.args,
@@ -249,7 +251,7 @@ impl WorkerCtx {
                 queue: Some(queued.placement()),
             };
             return self
-                .enqueue(plugin, spec, Some((run, true)))
+                .enqueue(plugin, spec, Some((run, Some(submitted))))
                 .map(|(_, handle)| handle);
         }
         storage

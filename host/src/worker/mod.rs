@@ -366,13 +366,14 @@ impl WorkerCtx {
     /// whose key already has a task waiting answers with that task
     /// (`created` false) and registers nothing.
     /// A durable task (`durable`: its record, written first) waits the
-    /// same way; one put back in its queue by a restart (`resumed`) is not
-    /// refused for the queue's bounds or deduplicated: it was taken before.
+    /// same way; one put back in its queue by a restart (with the time it
+    /// was submitted) is not refused for the queue's bounds or
+    /// deduplicated: it was taken before, and its wait goes on from then.
     fn enqueue(
         self: &Arc<Self>,
         plugin: Arc<Plugin>,
         spec: TaskSpec,
-        durable: Option<(DurableRun, bool)>,
+        durable: Option<(DurableRun, Option<std::time::SystemTime>)>,
     ) -> Result<(Added, TaskHandle), AddTaskError> {
         let Some(placement) = spec.queue.clone() else {
             unreachable!("enqueue is called for a spec with a queue");
@@ -384,7 +385,7 @@ impl WorkerCtx {
         }
         let (durable, resumed) = match durable {
             Some((run, resumed)) => (Some(run), resumed),
-            None => (None, false),
+            None => (None, None),
         };
         if self.id == WorkerId::Main {
             return Err(AddTaskError::Invalid(
