@@ -1195,9 +1195,11 @@ fn durable_queued_tasks_wait_across_kill_9_in_order_and_a_delay_is_kept() {
         args.extend_from_slice(extra);
         json_of(&app.cli(&args).ok())
     };
+    let mut d1_added = None;
     for name in ["d1", "d2", "d3"] {
         let added = add(name, &[]);
         assert_eq!(added["tasks"][0]["created"], true, "{added}");
+        d1_added.get_or_insert_with(std::time::SystemTime::now);
     }
     let later = add("later", &["--delay", "3s"]);
     assert_eq!(later["tasks"][0]["name"], "later", "{later}");
@@ -1236,6 +1238,17 @@ fn durable_queued_tasks_wait_across_kill_9_in_order_and_a_delay_is_kept() {
         names,
         ["d1", "d2", "d3", "later"],
         "back in their queue, in order: {back}"
+    );
+    // d1 has waited since it was submitted, not since the restart (its
+    // priority ages from then too): the oldest wait says so. A few ms
+    // spare for the clocks' reads.
+    let asked = std::time::SystemTime::now();
+    let oldest = queue_of(&app, "one")["oldest_wait_ms"].as_u64().unwrap();
+    let since_d1 = asked.duration_since(d1_added.unwrap()).unwrap().as_millis() as u64;
+    assert!(
+        oldest + 5 >= since_d1,
+        "the oldest wait is {oldest} ms, d1 was added {since_d1} ms before: it counts from \
+         the restart"
     );
     app.cli(&["queue", "resume", "one"]).ok();
     host.wait_for(4, |l| l["event"] == "done");
