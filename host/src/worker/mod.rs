@@ -686,7 +686,7 @@ impl WorkerCtx {
 
 /// A registered task's run, from its turn (or its registration) to its
 /// end: what `start` spawns, and what a queued task's place holds while it
-/// waits (about 200 bytes, no future).
+/// waits (104 bytes, no future).
 struct Run {
     worker: Arc<WorkerCtx>,
     plugin: Arc<Plugin>,
