@@ -13,8 +13,9 @@
 //! One connection behind a mutex, used by the store's own thread, which
 //! runs every call in the order made (`SqliteStore::off_thread`). Durable
 //! tasks' writes are committed in groups: the writes queued behind one
-//! share its `BEGIN IMMEDIATE` transaction, each under a savepoint, and
-//! all are answered after its one commit (`commit_group`), so a commit's
+//! share its `BEGIN IMMEDIATE` transaction, each of more than one
+//! statement under a savepoint, and all are answered after its one commit
+//! (`commit_group`), so a commit's
 //! WAL write is paid once for many tasks. Measured with 64 submissions in
 //! flight per worker (`cargo bench -p taskhost --bench speed -- queues`):
 //! about 13 writes a commit, and durable tasks/s about 1.9x of one
@@ -250,16 +251,18 @@ fn storage_thread(path: &Path) -> Result<std::sync::mpsc::Sender<Job>> {
 }
 
 /// Runs `sql` (one statement without parameters), parsed once per
-/// connection: a group runs four of them, and parsing them each time was
-/// a visible share of the storage thread's time.
+/// connection: a group runs two of them and a savepoint's two or three per
+/// write of more than one statement, and parsing them each time was a
+/// visible share of the storage thread's time.
 fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
-/// Runs `group`'s writes in one `BEGIN IMMEDIATE` transaction, each under
-/// a savepoint (a write that fails, or panics, is rolled back alone), then
+/// Runs `group`'s writes in one `BEGIN IMMEDIATE` transaction, then
 /// commits once and answers them all: every answer comes after the commit,
-/// so a write answered is a write stored, as with a transaction each.
+/// so a write answered is a write stored, as with a transaction each. A
+/// write that fails is undone alone: by its savepoint, or, for one of one
+/// statement, by SQLite itself.
 fn commit_group(group: Vec<Write>) {
     let store = group[0].store.clone();
     let mut answers = Vec::with_capacity(group.len());
@@ -316,20 +319,24 @@ fn commit_group(group: Vec<Write>) {
                         // Its caller hears that the call panicked.
                         Err(_) => (false, None),
                     };
-                    let undo = match (one_statement, ok) {
-                        // SQLite undid its statement if it failed.
-                        (true, _) => Ok(()),
-                        (false, true) => run_cached(&inner.conn, "RELEASE write"),
-                        (false, false) => run_cached(&inner.conn, "ROLLBACK TO write")
-                            .and_then(|()| run_cached(&inner.conn, "RELEASE write")),
+                    let savepoint = |sql: &str| {
+                        run_cached(&inner.conn, sql)
+                            .map_err(|e| format!("cannot close a savepoint: {e}"))
                     };
-                    if one_statement && answer.is_none() {
+                    let closed = match (one_statement, ok, &answer) {
                         // It panicked, perhaps after its statement ran
                         // (none does in practice): nothing of the group
                         // is kept.
-                        failed = Some("a write panicked".into());
-                    } else if let Err(e) = undo {
-                        failed = Some(format!("cannot close a savepoint: {e}"));
+                        (true, _, None) => Err("a write panicked".to_string()),
+                        // SQLite undid its statement if it failed.
+                        (true, _, Some(_)) => Ok(()),
+                        (false, true, _) => savepoint("RELEASE write"),
+                        (false, false, _) => {
+                            savepoint("ROLLBACK TO write").and_then(|()| savepoint("RELEASE write"))
+                        }
+                    };
+                    if let Err(why) = closed {
+                        failed = Some(why);
                     } else if inner.conn.is_autocommit() {
                         failed = Some("SQLite rolled the group's transaction back".into());
                     }

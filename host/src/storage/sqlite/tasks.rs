@@ -84,90 +84,88 @@ impl SqliteStore {
 
     /// Records `task`, inside the group's transaction.
     fn submit_in(inner: &mut Inner, task: &NewTask) -> Result<Submitted> {
-        {
-            let tx = &inner.conn;
-            if let Some(key) = &task.idempotency_key {
-                let existing = tx
-                    .prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM durable_tasks WHERE idempotency_key = ?1"
-                    ))?
-                    .query_row([key], record)
-                    .optional()?;
-                if let Some(existing) = existing {
-                    return Ok(Submitted::Existing(existing));
-                }
+        let conn = &inner.conn;
+        if let Some(key) = &task.idempotency_key {
+            let existing = conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM durable_tasks WHERE idempotency_key = ?1"
+                ))?
+                .query_row([key], record)
+                .optional()?;
+            if let Some(existing) = existing {
+                return Ok(Submitted::Existing(existing));
             }
-            let retry = task.retry.as_ref().map(serde_json::to_string).transpose()?;
-            let queued = task
-                .queued
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()?;
-            // A queued task's first attempt is counted at its turn.
-            let attempt = if queued.is_some() { 0 } else { 1 };
-            let created_ms = now_ms();
-            // An unnamed task is named by its seq, which AUTOINCREMENT
-            // gives as one past the largest it ever gave (kept in
-            // sqlite_sequence): written in the one insert, not by an
-            // update after it (checked below).
-            let inserted = tx
-                .prepare_cached(
-                    "INSERT INTO durable_tasks
-                   (name, worker, plugin, factory, args, retry, idempotency_key, attempt, state,
-                    created_ms, plugin_version, queued)
-                 VALUES (coalesce(?1, 'durable-' || (
-                           SELECT coalesce(max(seq), 0) + 1 FROM sqlite_sequence
-                           WHERE name = 'durable_tasks')),
-                         ?2, ?3, ?4, ?5, ?6, ?7, ?10, 'live', ?8, ?9, ?11)
-                 RETURNING seq, name",
-                )?
-                .query_row(
-                    params![
-                        task.name,
-                        task.worker.to_string(),
-                        task.plugin,
-                        task.factory,
-                        task.args,
-                        retry,
-                        task.idempotency_key,
-                        created_ms,
-                        task.plugin_version,
-                        attempt,
-                        queued,
-                    ],
-                    |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
-                )?;
-            let (seq, stored) = inserted;
-            let name = match &task.name {
-                Some(name) => name.clone(),
-                None => format!("durable-{seq}"),
-            };
-            if stored != name {
-                // The seq was not the one foreseen (a row written from
-                // outside with a larger seq than any the host gave).
-                tx.prepare_cached("UPDATE durable_tasks SET name = ?2 WHERE seq = ?1")?
-                    .execute(params![seq, name])?;
-            }
-            // The record as written, built rather than read back.
-            let stored = TaskRecord {
-                seq: seq as u64,
-                name,
-                worker: task.worker,
-                plugin: task.plugin.clone(),
-                plugin_version: task.plugin_version.clone(),
-                factory: task.factory.clone(),
-                args: task.args.clone(),
-                retry: task.retry.clone(),
-                idempotency_key: task.idempotency_key.clone(),
-                attempt: attempt as u32,
-                outcome: None,
-                cancel_requested: false,
-                created_ms: created_ms as u64,
-                ended_ms: None,
-                queued: task.queued.clone(),
-            };
-            Ok(Submitted::New(stored))
         }
+        let retry = task.retry.as_ref().map(serde_json::to_string).transpose()?;
+        let queued = task
+            .queued
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()?;
+        // A queued task's first attempt is counted at its turn.
+        let attempt = if queued.is_some() { 0 } else { 1 };
+        let created_ms = now_ms();
+        // An unnamed task is named by its seq, which AUTOINCREMENT
+        // gives as one past the largest it ever gave (kept in
+        // sqlite_sequence): written in the one insert, not by an
+        // update after it (checked below).
+        let inserted = conn
+            .prepare_cached(
+                "INSERT INTO durable_tasks
+               (name, worker, plugin, factory, args, retry, idempotency_key, attempt, state,
+                created_ms, plugin_version, queued)
+             VALUES (coalesce(?1, 'durable-' || (
+                       SELECT coalesce(max(seq), 0) + 1 FROM sqlite_sequence
+                       WHERE name = 'durable_tasks')),
+                     ?2, ?3, ?4, ?5, ?6, ?7, ?10, 'live', ?8, ?9, ?11)
+             RETURNING seq, name",
+            )?
+            .query_row(
+                params![
+                    task.name,
+                    task.worker.to_string(),
+                    task.plugin,
+                    task.factory,
+                    task.args,
+                    retry,
+                    task.idempotency_key,
+                    created_ms,
+                    task.plugin_version,
+                    attempt,
+                    queued,
+                ],
+                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
+            )?;
+        let (seq, stored) = inserted;
+        let name = match &task.name {
+            Some(name) => name.clone(),
+            None => format!("durable-{seq}"),
+        };
+        if stored != name {
+            // The seq was not the one foreseen (a row written from
+            // outside with a larger seq than any the host gave).
+            conn.prepare_cached("UPDATE durable_tasks SET name = ?2 WHERE seq = ?1")?
+                .execute(params![seq, name])?;
+        }
+        // The record as written, built rather than read back.
+        let stored = TaskRecord {
+            seq: seq as u64,
+            name,
+            worker: task.worker,
+            plugin: task.plugin.clone(),
+            plugin_version: task.plugin_version.clone(),
+            factory: task.factory.clone(),
+            args: task.args.clone(),
+            retry: task.retry.clone(),
+            idempotency_key: task.idempotency_key.clone(),
+            attempt: attempt as u32,
+            outcome: None,
+            cancel_requested: false,
+            created_ms: created_ms as u64,
+            ended_ms: None,
+            queued: task.queued.clone(),
+        };
+        Ok(Submitted::New(stored))
     }
 
     pub(super) fn execute(
@@ -183,35 +181,33 @@ impl SqliteStore {
 
     /// Records how task `seq` ended, inside the group's transaction.
     fn ended_in(inner: &mut Inner, seq: u64, outcome: &Outcome, stopped: bool) -> Result<bool> {
-        {
-            let (state, result, error, stage) = outcome_columns(outcome);
-            // A task that was stopped ended only if it is done or its
-            // cancel was recorded; a cancelled outcome always was stopped.
-            let stopped = stopped || state == "cancelled";
-            let changed = inner
-                .conn
-                .prepare_cached(
-                    "UPDATE durable_tasks
-                     SET state = ?2, result = ?3, error = ?4, cancel_stage = ?5, ended_ms = ?6
-                     WHERE seq = ?1 AND state = 'live'
-                       AND (?2 = 'done' OR NOT ?7 OR cancel_requested)",
-                )?
-                .execute(params![
-                    seq as i64,
-                    state,
-                    result,
-                    error,
-                    stage,
-                    now_ms(),
-                    stopped
-                ])?;
-            if changed == 0 {
-                return Ok(false);
-            }
-            // Trimmed to the retention once per group ([`trim_ended`]).
-            inner.ended_tasks += 1;
-            Ok(true)
+        let (state, result, error, stage) = outcome_columns(outcome);
+        // A task that was stopped ended only if it is done or its
+        // cancel was recorded; a cancelled outcome always was stopped.
+        let stopped = stopped || state == "cancelled";
+        let changed = inner
+            .conn
+            .prepare_cached(
+                "UPDATE durable_tasks
+                 SET state = ?2, result = ?3, error = ?4, cancel_stage = ?5, ended_ms = ?6
+                 WHERE seq = ?1 AND state = 'live'
+                   AND (?2 = 'done' OR NOT ?7 OR cancel_requested)",
+            )?
+            .execute(params![
+                seq as i64,
+                state,
+                result,
+                error,
+                stage,
+                now_ms(),
+                stopped
+            ])?;
+        if changed == 0 {
+            return Ok(false);
         }
+        // Trimmed to the retention once per group ([`trim_ended`]).
+        inner.ended_tasks += 1;
+        Ok(true)
     }
 
     /// Runs `sql` with `params` as a grouped write (`what` names it).
