@@ -125,7 +125,7 @@ struct Entry<T> {
     /// Its wait did not start at its push (it was delayed, or put back
     /// by a restart with its earlier wait): it is in `came_due`, not
     /// `arrived`.
-    was_delayed: bool,
+    by_instant: bool,
     /// When it may start, while it may not yet.
     due: Option<Instant>,
     /// When it next gains a level.
@@ -318,7 +318,7 @@ impl<T> Dispatch<T> {
 
     /// Takes a startable task's entry out of the sets of waits.
     fn unlist_startable(&mut self, entry: &Entry<T>, ticket: u64) {
-        if entry.was_delayed {
+        if entry.by_instant {
             self.came_due.remove(&(entry.since, ticket));
         } else {
             self.arrived.remove(&ticket);
@@ -388,7 +388,7 @@ impl<T> Dispatch<T> {
             key: key.clone(),
             level: priority,
             since: due.or(since).unwrap_or(now),
-            was_delayed: since.is_some(),
+            by_instant: since.is_some(),
             due,
             promote: None,
             item,
@@ -527,7 +527,7 @@ impl<T> Dispatch<T> {
                 .expect("a delayed ticket has its entry");
             entry.due = None;
             entry.since = due;
-            entry.was_delayed = true;
+            entry.by_instant = true;
             self.came_due.insert((due, ticket));
             entry.promote = promotion(self.rules.ageing, entry.level, due);
             if let Some(at) = entry.promote {

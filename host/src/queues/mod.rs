@@ -690,6 +690,17 @@ impl Queue {
         self.state().settings.clone()
     }
 
+    /// Takes the waiting task `ticket` out of the dispatcher and the
+    /// counts, if it still waits there.
+    fn take_out(&self, state: &mut State, ticket: u64) -> Option<Slot> {
+        let removed = state.dispatch.remove(ticket, Instant::now());
+        if removed.is_some() {
+            self.all_waiting.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.waiting.set(state.waiting() as i64);
+        }
+        removed
+    }
+
     /// A task given its turn has room on its worker.
     fn leave_admitting(&self) {
         let mut state = self.state();
@@ -776,15 +787,11 @@ impl Drop for Waiting {
         }
         let (removed, early) = {
             let mut state = self.queue.state();
-            let removed = state.dispatch.remove(self.ticket, Instant::now());
-            self.queue.metrics.waiting.set(state.waiting() as i64);
+            let removed = self.queue.take_out(&mut state, self.ticket);
             (removed, state.early.remove(&self.ticket))
         };
-        if removed.is_some() {
-            self.queue.all_waiting.fetch_sub(1, Ordering::AcqRel);
-        }
         // A turn given meanwhile ends here, outside the lock.
-        drop(early);
+        drop((removed, early));
     }
 }
 
@@ -794,17 +801,9 @@ impl CancelHook for Queue {
     /// if it still waits; once given its turn it is the running task's to
     /// end, and this does nothing.
     fn cancelled(&self, ticket: u64) {
-        let removed = {
-            let mut state = self.state();
-            let removed = state.dispatch.remove(ticket, Instant::now());
-            self.metrics.waiting.set(state.waiting() as i64);
-            removed
-        };
-        if let Some(slot) = removed {
-            self.all_waiting.fetch_sub(1, Ordering::AcqRel);
-            if let Some(task) = slot.start {
-                task.withdraw();
-            }
+        let removed = self.take_out(&mut self.state(), ticket);
+        if let Some(task) = removed.and_then(|slot| slot.start) {
+            task.withdraw();
         }
     }
 }
@@ -935,8 +934,8 @@ mod tests {
         fn withdraw(self: Box<Self>) {}
     }
 
-    /// A filled place: its turn comes on the receiver, and it leaves its
-    /// queue (as a cancel would) when the [`Leave`] is used.
+    /// A filled place: its turn comes on the receiver; its ticket is how
+    /// it leaves its queue (as a cancel would, [`CancelHook`]).
     fn wait(waiting: Waiting) -> (tokio::sync::oneshot::Receiver<Turn>, u64) {
         let (send, receive) = tokio::sync::oneshot::channel();
         let ticket = waiting.ticket;

@@ -710,26 +710,25 @@ struct QueuedRun {
     tracked: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 
+impl QueuedRun {
+    /// Spawns what `task` makes of the run on its worker: tracked from
+    /// then on by its own future, so the token goes after.
+    fn spawn<F: Future<Output = ()> + Send + 'static>(self, task: impl FnOnce(Run) -> F) {
+        let QueuedRun { run, tracked } = self;
+        let worker = run.worker.clone();
+        worker.env.tracker.spawn_on(task(run), &worker.runtime);
+        drop(tracked);
+    }
+}
+
 impl crate::queues::Start for QueuedRun {
     fn start(self: Box<Self>, turn: Turn) {
-        let QueuedRun { run, tracked } = *self;
-        run.handle.signal().clear_on_cancel();
-        let worker = run.worker.clone();
-        worker
-            .env
-            .tracker
-            .spawn_on(run.at_turn(turn), &worker.runtime);
-        drop(tracked);
+        self.run.handle.signal().clear_on_cancel();
+        self.spawn(|run| run.at_turn(turn));
     }
 
     fn withdraw(self: Box<Self>) {
-        let QueuedRun { run, tracked } = *self;
-        let worker = run.worker.clone();
-        worker
-            .env
-            .tracker
-            .spawn_on(run.withdrawn(), &worker.runtime);
-        drop(tracked);
+        self.spawn(Run::withdrawn);
     }
 }
 
