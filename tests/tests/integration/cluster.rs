@@ -650,13 +650,7 @@ fn a_host_that_cannot_reach_nats_says_where_it_looked() {
 /// queue, and its durable tasks' records by name.
 fn durable_state(nats: &NatsServer, cluster: &str) -> (u64, BTreeMap<String, Value>) {
     use futures_util::StreamExt;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let client = async_nats::connect(&nats.url).await.unwrap();
-        let jetstream = async_nats::jetstream::new(client);
+    with_jetstream(nats, async |jetstream| {
         let bucket = format!("{cluster}-durable");
         let mut stream = jetstream.get_stream(&bucket).await.unwrap();
         let messages = stream.info().await.unwrap().state.messages;
@@ -855,16 +849,8 @@ fn a_build_loaded_with_cluster_runs_on_every_host_and_a_bad_digest_nowhere() {
     let mut damaged = greeter.clone();
     *damaged.last_mut().unwrap() ^= 1;
     let claimed = taskhost::cluster::rollout::digest_of(&damaged);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let client = async_nats::connect(&nats.url).await.unwrap();
-        let store = async_nats::jetstream::new(client)
-            .get_object_store("rollout-plugins")
-            .await
-            .unwrap();
+    with_jetstream(&nats, async |jetstream| {
+        let store = jetstream.get_object_store("rollout-plugins").await.unwrap();
         let meta = async_nats::jetstream::object_store::ObjectMetadata {
             name: "roll".into(),
             metadata: [("digest".to_string(), claimed.clone())].into(),
@@ -1485,15 +1471,25 @@ fn queue_on(app: &TestApp, name: &str) -> Value {
 
 /// How many messages the JetStream stream `name` holds now.
 fn stream_messages(nats: &NatsServer, name: &str) -> u64 {
+    with_jetstream(nats, async |jetstream| {
+        let mut stream = jetstream.get_stream(name).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    })
+}
+
+/// Runs `work` with a JetStream client of `nats`, on a runtime of its own
+/// (the tests are synchronous), to look at or set what the cluster keeps.
+fn with_jetstream<T>(
+    nats: &NatsServer,
+    work: impl AsyncFnOnce(async_nats::jetstream::Context) -> T,
+) -> T {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
         let client = async_nats::connect(&nats.url).await.unwrap();
-        let jetstream = async_nats::jetstream::new(client);
-        let mut stream = jetstream.get_stream(name).await.unwrap();
-        stream.info().await.unwrap().state.messages
+        work(async_nats::jetstream::new(client)).await
     })
 }
 
