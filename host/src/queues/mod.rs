@@ -943,8 +943,12 @@ mod tests {
         (receive, ticket)
     }
 
+    /// Its turn, or a failure (not a hang) if it never comes.
     async fn turn(waiting: Waiting) -> Turn {
-        wait(waiting).0.await.expect("a turn")
+        tokio::time::timeout(std::time::Duration::from_secs(30), wait(waiting).0)
+            .await
+            .expect("a turn within 30 s")
+            .expect("a turn")
     }
 
     fn enter(queue: &Arc<Queue>, id: u64) -> Waiting {
