@@ -7,6 +7,10 @@
 //! same component on the same engine (`raw.rs`). It prints a Markdown table
 //! the README carries. `SPEED_SCALE=0.1` runs a tenth of the iterations.
 
+/// The allocator the taskhost binary uses (`host/src/main.rs` says why).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod connections;
 mod guests;
 mod mass;
