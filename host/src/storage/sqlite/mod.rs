@@ -187,6 +187,8 @@ struct Write {
     /// It runs one statement: SQLite undoes a failed statement itself,
     /// so it needs no savepoint (two statements fewer).
     one_statement: bool,
+    /// Where its caller waits for the answer ([`Home`]).
+    home: Option<Home>,
     /// Runs the write inside the group's transaction (or, given the
     /// reason the group could not begin, runs nothing); returns whether it
     /// failed (so its part is rolled back) and how to answer once the
@@ -200,9 +202,101 @@ type RunWrite = Box<dyn FnOnce(Result<&mut Inner, &str>) -> (bool, Answer) + Sen
 /// Answers a write, given the error of its group's commit, if any.
 type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
 
+/// The thread and runtime a write's caller waits on. A group's answers
+/// for one thread are handed to its runtime as one task, which wakes the
+/// callers there: one wake-up of that thread for the group, not one per
+/// write. Answered one by one from the store's thread, each answer woke
+/// the caller's runtime through a write to its eventfd, and on 2 cores
+/// each such wake-up preempted the store's thread halfway through its
+/// answers (the queues bench's durable rows, `perf sched`).
+struct Home {
+    /// Tells threads apart within one group: the address of a
+    /// thread-local, unique among the threads alive.
+    thread: usize,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Home {
+    /// The calling thread's, if it runs a tokio runtime.
+    fn here() -> Option<Home> {
+        thread_local!(static MARK: u8 = const { 0 });
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let thread = MARK.with(|mark| std::ptr::from_ref(mark) as usize);
+        Some(Home { thread, runtime })
+    }
+}
+
+/// Answers `answers` (each with its caller's home, if known), given the
+/// group's commit error, if any: per thread, in one task on its runtime.
+fn deliver(answers: Vec<(Option<Home>, Answer)>, why: Option<String>) {
+    let mut homes: Vec<(Home, Answers)> = Vec::new();
+    for (home, answer) in answers {
+        let Some(home) = home else {
+            answer(why.as_deref());
+            continue;
+        };
+        match homes.iter_mut().find(|(h, _)| h.thread == home.thread) {
+            Some((_, batch)) => batch.answers.push(answer),
+            None => homes.push((
+                home,
+                Answers {
+                    answers: vec![answer],
+                    why: why.clone(),
+                },
+            )),
+        }
+    }
+    for (home, batch) in homes {
+        // A runtime shut down in the meantime drops the task unrun, and
+        // the batch answers as it is dropped.
+        drop(home.runtime.spawn(async move { batch.answer() }));
+    }
+}
+
+/// A thread's answers of one group ([`deliver`]). Dropped unanswered, it
+/// answers where it is dropped: no caller is left waiting.
+struct Answers {
+    answers: Vec<Answer>,
+    why: Option<String>,
+}
+
+impl Answers {
+    fn answer(mut self) {
+        self.answer_all();
+    }
+
+    fn answer_all(&mut self) {
+        for answer in self.answers.drain(..) {
+            answer(self.why.as_deref());
+        }
+    }
+}
+
+impl Drop for Answers {
+    fn drop(&mut self) {
+        self.answer_all();
+    }
+}
+
 /// The most writes one commit takes: enough to spread a commit's WAL
 /// write over many tasks, few enough that the first waits little.
 const MAX_GROUP: usize = 256;
+
+/// Turns off SQLite's memory statistics, before SQLite first initializes
+/// (a no-op after). With them on, every allocation SQLite makes takes one
+/// process-wide mutex to count it: 8% of the store thread's time in the
+/// queues bench's durable rows (`perf`), and nothing here reads them.
+fn without_memory_statistics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: `SQLITE_CONFIG_MEMSTATUS` takes one int. Called before
+        // SQLite initializes it applies; after, SQLite refuses it
+        // (SQLITE_MISUSE) and changes nothing, which is fine.
+        unsafe {
+            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0);
+        }
+    });
+}
 
 /// Starts the store's thread; it ends once every clone of the store (each
 /// holds a sender) is gone.
@@ -284,7 +378,7 @@ fn commit_group(group: Vec<Write>) {
         match begun {
             Err(why) => {
                 for write in group {
-                    answers.push((write.run)(Err(&why)).1);
+                    answers.push((write.home, (write.run)(Err(&why)).1));
                 }
                 Err(why)
             }
@@ -294,6 +388,7 @@ fn commit_group(group: Vec<Write>) {
                     let Write {
                         store: _,
                         one_statement,
+                        home,
                         run,
                     } = write;
                     // Once the group failed (SQLite may even have rolled
@@ -302,12 +397,12 @@ fn commit_group(group: Vec<Write>) {
                     // its own and commit), the rest run nothing and hear
                     // why.
                     if let Some(why) = &failed {
-                        answers.push(run(Err(why)).1);
+                        answers.push((home, run(Err(why)).1));
                         continue;
                     }
                     if !one_statement && let Err(e) = run_cached(&inner.conn, "SAVEPOINT write") {
                         let why = format!("cannot open a savepoint: {e}");
-                        answers.push(run(Err(&why)).1);
+                        answers.push((home, run(Err(&why)).1));
                         failed = Some(why);
                         continue;
                     }
@@ -340,7 +435,9 @@ fn commit_group(group: Vec<Write>) {
                     } else if inner.conn.is_autocommit() {
                         failed = Some("SQLite rolled the group's transaction back".into());
                     }
-                    answers.extend(answer);
+                    if let Some(answer) = answer {
+                        answers.push((home, answer));
+                    }
                 }
                 if failed.is_none()
                     && let Err(why) = tasks::trim_ended(&mut inner, store.keep_ended, &store.path)
@@ -361,10 +458,7 @@ fn commit_group(group: Vec<Write>) {
     // Before the answers: whoever hears one may count on the store's
     // clones (and the directory's lock they share) being gone.
     drop(store);
-    let why = committed.err();
-    for answer in answers {
-        answer(why.as_deref());
-    }
+    deliver(answers, committed.err());
 }
 
 /// One call counted in `taskhost_storage_calls_waiting` while it lives.
@@ -441,6 +535,7 @@ impl SqliteStore {
         }
         let path = dir.join(DATABASE_FILE);
         rename_legacy(dir, &path)?;
+        without_memory_statistics();
         let conn = Connection::open(&path)
             .with_context(|| format!("cannot open the database {}", path.display()))?;
         Self::set_up(conn, path, options, Some(lock))
@@ -449,6 +544,7 @@ impl SqliteStore {
     /// A store that lives in memory only: for benchmarks and for hosts
     /// that run no tasks.
     pub fn in_memory(limits: KvLimits) -> Result<SqliteStore> {
+        without_memory_statistics();
         let conn = Connection::open_in_memory().context("cannot open an in-memory database")?;
         let options = StoreOptions {
             kv: limits,
@@ -692,6 +788,7 @@ impl SqliteStore {
             .send(Job::Write(Write {
                 store: self.clone(),
                 one_statement,
+                home: Home::here(),
                 run: Box::new(run),
             }))
             .map_err(|_| anyhow::anyhow!("the storage thread has stopped"));
