@@ -10,8 +10,11 @@
 //! tasks of another key, against an empty queue and a direct start; the
 //! resident memory one waiting task holds; where a small key's ten tasks
 //! start among a big key's 10,000 (one slot, `per_key = 1`); and how many
-//! tasks a `rate = "100/s"` queue starts in 10 s. `SPEED_SCALE` scales the
-//! counts (not the rate window).
+//! tasks a `rate = "100/s"` queue starts in 10 s; and durable tasks per
+//! second, added to ended (fsync off), through a queue against started
+//! directly, submitted in batches of 64 per worker, with a window of 64
+//! or 1,024 in flight per worker, and one after another. `SPEED_SCALE`
+//! scales the counts (not the rate window).
 
 use super::{Components, on, percentiles, plugin, scaled, us, worker};
 use std::sync::Arc;
@@ -82,17 +85,28 @@ async fn per_second(host: &Host, n: usize, queue: Option<&'static str>) -> f64 {
     .await
 }
 
-/// Durable trivial tasks per second, added to ended, on 2 workers, 64
-/// in flight per worker: through `queue` (none: started directly). Each is
-/// recorded (fsync off) before it is answered. `together`: the 64 are
-/// submitted at once, as many clients would (their records share
-/// commits); otherwise one after another, each answered before the next
-/// is sent (one client: every record waits for a commit of its own).
+/// How a durable bench submits its tasks on each worker.
+#[derive(Clone, Copy)]
+enum Submitting {
+    /// 64 at once, then the next 64 once all 64 ended, as many clients
+    /// polling for their batch would (their records share commits).
+    Batches,
+    /// One after another, each answered before the next is sent (one
+    /// client: every record waits for a commit of its own).
+    OneByOne,
+    /// This many in flight: a new one is submitted as soon as one ends,
+    /// as steady traffic from many clients would.
+    Window(usize),
+}
+
+/// Durable trivial tasks per second, added to ended, on 2 workers: through
+/// `queue` (none: started directly), submitted as `how` says. Each is
+/// recorded (fsync off) before it is answered.
 async fn durable_per_second(
     host: &Host,
     n: usize,
     queue: Option<&'static str>,
-    together: bool,
+    how: Submitting,
 ) -> f64 {
     let per_worker = n / 2;
     let begun = std::time::Instant::now();
@@ -102,38 +116,65 @@ async fn durable_per_second(
         let plugin = plugin(&w);
         let job = w.clone();
         jobs.push(on(&w, async move {
-            let mut done = 0;
-            while done < per_worker {
-                let mut batch = Vec::new();
-                let mut submits = Vec::new();
-                for _ in 0..64.min(per_worker - done) {
-                    let spec = TaskSpec {
-                        factory: "noop".into(),
-                        args: "null".into(),
-                        durable: true,
-                        queue: queue.map(|queue| Placement {
-                            queue: queue.into(),
-                            key: None,
-                            priority: 0,
-                            start: None,
-                        }),
-                        ..TaskSpec::default()
+            let spec = move || TaskSpec {
+                factory: "noop".into(),
+                args: "null".into(),
+                durable: true,
+                queue: queue.map(|queue| Placement {
+                    queue: queue.into(),
+                    key: None,
+                    priority: 0,
+                    start: None,
+                }),
+                ..TaskSpec::default()
+            };
+            match how {
+                Submitting::Window(window) => {
+                    use futures_util::stream::{FuturesUnordered, StreamExt};
+                    let one = || {
+                        let submit = job.start_task(plugin.clone(), spec());
+                        async move {
+                            submit.await.expect("durable").ended().await;
+                        }
                     };
-                    let submit = job.start_task(plugin.clone(), spec);
-                    if together {
-                        submits.push(submit);
-                    } else {
-                        batch.push(submit.await.expect("durable"));
+                    let mut flying = FuturesUnordered::new();
+                    let mut sent = 0;
+                    while sent < per_worker.min(window) {
+                        flying.push(one());
+                        sent += 1;
+                    }
+                    while flying.next().await.is_some() {
+                        if sent < per_worker {
+                            flying.push(one());
+                            sent += 1;
+                        }
+                    }
+                    job.registry().purge();
+                }
+                Submitting::Batches | Submitting::OneByOne => {
+                    let together = matches!(how, Submitting::Batches);
+                    let mut done = 0;
+                    while done < per_worker {
+                        let mut batch = Vec::new();
+                        let mut submits = Vec::new();
+                        for _ in 0..64.min(per_worker - done) {
+                            let submit = job.start_task(plugin.clone(), spec());
+                            if together {
+                                submits.push(submit);
+                            } else {
+                                batch.push(submit.await.expect("durable"));
+                            }
+                        }
+                        for handle in futures_util::future::join_all(submits).await {
+                            batch.push(handle.expect("durable"));
+                        }
+                        done += batch.len();
+                        for mut handle in batch {
+                            handle.ended().await;
+                        }
+                        job.registry().purge();
                     }
                 }
-                for handle in futures_util::future::join_all(submits).await {
-                    batch.push(handle.expect("durable"));
-                }
-                done += batch.len();
-                for mut handle in batch {
-                    handle.ended().await;
-                }
-                job.registry().purge();
             }
         }));
     }
@@ -281,12 +322,14 @@ pub async fn run(components: &Components) {
 
     // Durable: recorded before answered, fsync off.
     let n = scaled(20_000);
-    for (together, how) in [
-        (true, "64 submitted at once per worker"),
-        (false, "submitted one after another"),
+    for (submitting, how) in [
+        (Submitting::Batches, "64 submitted at once per worker"),
+        (Submitting::Window(64), "64 in flight per worker"),
+        (Submitting::Window(1024), "1,024 in flight per worker"),
+        (Submitting::OneByOne, "submitted one after another"),
     ] {
-        let direct = durable_per_second(&host, n, None, together).await;
-        let queued = durable_per_second(&host, n, Some("free"), together).await;
+        let direct = durable_per_second(&host, n, None, submitting).await;
+        let queued = durable_per_second(&host, n, Some("free"), submitting).await;
         println!(
             "| durable trivial tasks/s, 2 workers, added to ended, fsync off, {how} | {queued:.0} | {direct:.0} | {:.2}x | at least 50,000/s |",
             queued / direct
