@@ -440,6 +440,12 @@ impl TaskRegistry {
         }
     }
 
+    /// Whether a task admitted now would find room (`max_live`): an
+    /// answer for this moment only.
+    pub(crate) fn has_room(&self, max_live: usize) -> bool {
+        self.lock().live < max_live
+    }
+
     fn try_admit(&self, id: TaskId, max_live: usize) -> bool {
         let mut inner = self.lock();
         if inner.live >= max_live {

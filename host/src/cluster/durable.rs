@@ -446,7 +446,7 @@ impl DurableQueue {
             retry: task.retry.clone(),
             idempotency_key: task.idempotency_key.clone(),
             // A queued task's first attempt is counted at its turn.
-            attempt: if task.queued.is_some() { 0 } else { 1 },
+            attempt: u32::from(task.started),
             state: PENDING.into(),
             result: None,
             error: None,

@@ -541,6 +541,24 @@ impl Queue {
         ))
     }
 
+    /// Whether a task placed as `placement` would get its turn as soon as
+    /// it enters, for this moment only: the queue has no limits, is not
+    /// paused, has nobody waiting, and the task is not delayed. A queue
+    /// with limits is not asked further (its slots may be the cluster's).
+    pub(crate) fn starts_at_once(&self, placement: &Placement) -> bool {
+        if placement.start.is_some() {
+            return false;
+        }
+        let state = self.state();
+        let config = &state.config;
+        config.concurrency.is_none()
+            && config.per_key.is_none()
+            && config.rate.is_none()
+            && config.key_rate.is_none()
+            && !state.settings.paused
+            && state.dispatch.waiting() == 0
+    }
+
     /// Starts what the dispatcher lets start now, and returns when it
     /// asks to be polled again. A poll that is not the timer's wakes the
     /// timer if the next wake moved earlier.

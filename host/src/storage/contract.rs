@@ -381,6 +381,7 @@ fn new_task(name: Option<&str>, key: Option<&str>) -> NewTask {
         retry: None,
         idempotency_key: key.map(str::to_string),
         queued: None,
+        started: true,
     }
 }
 
@@ -412,6 +413,7 @@ pub async fn tasks(store: &dyn TaskStore) {
         store
             .submit(&NewTask {
                 queued: Some(queued.clone()),
+                started: false,
                 ..new_task(Some("waiting"), None)
             })
             .await
@@ -424,6 +426,21 @@ pub async fn tasks(store: &dyn TaskStore) {
     );
     assert_eq!(first.queued, None);
     store.forget(waiting.seq).await.unwrap();
+    // One its queue starts at its submission has its first attempt in
+    // its record.
+    let at_once = record(
+        store
+            .submit(&NewTask {
+                queued: Some(queued.clone()),
+                started: true,
+                ..new_task(Some("at-once"), None)
+            })
+            .await
+            .unwrap(),
+    );
+    assert_eq!(at_once.attempt, 1, "started at its submission");
+    assert_eq!(at_once.queued.as_ref(), Some(&queued));
+    store.forget(at_once.seq).await.unwrap();
     let unnamed = record(store.submit(&new_task(None, None)).await.unwrap());
     assert_ne!(unnamed.seq, first.seq, "every record has its own number");
     assert_eq!(

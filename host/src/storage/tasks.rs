@@ -75,10 +75,13 @@ pub struct NewTask {
     /// A second submission with the same key gets the first one's record
     /// instead of a new task.
     pub idempotency_key: Option<String>,
-    /// Where it waits first, if it was submitted to a queue: it is
-    /// recorded with no attempt started, and its first attempt is counted
-    /// at its turn.
+    /// Where it waits first, if it was submitted to a queue.
     pub queued: Option<Queued>,
+    /// Its first attempt starts now: it is recorded as attempt 1. True for
+    /// a task not queued, and for a queued one its queue gives its turn at
+    /// its submission; else it is recorded with no attempt, and its first
+    /// is counted at its turn.
+    pub started: bool,
 }
 
 /// How a submission went.

@@ -49,6 +49,12 @@ impl WorkerCtx {
             Some(placement) => Some(self.queued_at(placement, &spec.args)?),
             None => None,
         };
+        // A queued task whose turn comes as it enters has its first
+        // attempt counted in its record: one write fewer than at its turn.
+        let started = match &spec.queue {
+            None => true,
+            Some(placement) => self.starts_at_once(placement),
+        };
         let env = self.env.clone();
         let _one_at_a_time = match spec.idempotency_key {
             Some(_) => Some(env.durable_submit.lock().await),
@@ -64,6 +70,7 @@ impl WorkerCtx {
             retry: spec.retry.as_ref().map(|policy| policy.spec()),
             idempotency_key: spec.idempotency_key.clone(),
             queued,
+            started,
         };
         let record = match storage.submit(&new).await.map_err(storage_error)? {
             Submitted::New(record) => record,
@@ -74,6 +81,7 @@ impl WorkerCtx {
             seq: record.seq,
             first_attempt: 1,
             key: record.effective_key().into(),
+            counted: record.queued.is_some() && record.attempt > 0,
         };
         if let Some(queued) = &record.queued {
             let spec = TaskSpec {
@@ -127,6 +135,19 @@ impl WorkerCtx {
             },
             handle,
         ))
+    }
+
+    /// Whether a task placed as `placement` would start as soon as it
+    /// enters its queue ([`crate::queues::Queue::starts_at_once`]) and find
+    /// room on this worker. A race may make it wait after all: its record
+    /// then counts one attempt that has not begun, so after a crash
+    /// during that wait it has one retry fewer, never one more.
+    fn starts_at_once(&self, placement: &crate::config::Placement) -> bool {
+        self.env
+            .queues
+            .get(&placement.queue)
+            .is_ok_and(|queue| queue.starts_at_once(placement))
+            && self.registry.has_room(self.env.app.limits.tasks_per_worker)
     }
 
     /// Where a durable task submitted with `placement` waits, resolved now:
@@ -233,6 +254,7 @@ impl WorkerCtx {
             seq: record.seq,
             first_attempt: attempt,
             key: record.effective_key().into(),
+            counted: false,
         };
         // A queued task goes back in its queue, in submission order (the
         // records are read oldest first), keeping its time and its wait

@@ -206,6 +206,9 @@ struct DurableRun {
     seq: u64,
     first_attempt: u32,
     key: Arc<str>,
+    /// Its first attempt is in its record already: a queued task whose
+    /// turn came at its submission. Its turn then writes none.
+    counted: bool,
 }
 
 /// Everything `start` needs, resolved.
@@ -818,9 +821,11 @@ impl Run {
         let mut verdict = verdict;
         let mut attempt = durable.as_ref().map_or(1, |d| d.first_attempt);
         let storage = durable.as_ref().map(|_| worker.env.storage.tasks().clone());
-        // A durable queued task's first attempt is counted at its turn.
+        // A durable queued task's first attempt is counted at its turn,
+        // unless its record counted it (its turn came at its submission).
         if turn.is_some()
             && let (Some(storage), Some(durable)) = (&storage, &durable)
+            && !durable.counted
             && let Err(error) = storage.attempt_started(durable.seq, attempt).await
         {
             tracing::error!(

@@ -8,7 +8,7 @@
 //! queue full until everything is queued, so the order does not depend on
 //! how fast the host enqueues.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use taskhost_tests::{Run, TestApp};
 
 fn json_of(run: &Run) -> Value {
@@ -1159,6 +1159,69 @@ fn keep_ended_drops_an_ended_task_once_it_is_that_old_and_frees_its_name() {
         "short",
     ])
     .ok();
+    host.stop();
+}
+
+/// A durable task whose queue gives its turn as it enters has its first
+/// attempt counted in its record (one write fewer than at its turn); one
+/// that waits is recorded with none. Killed while they run, each runs
+/// again as its next attempt.
+#[test]
+fn a_durable_task_started_as_it_enters_its_queue_counts_its_attempt_across_kill_9() {
+    let app = TestApp::new(
+        r#"
+        name = "counted"
+        [plugins.kit]
+        path = "{testkit}"
+        [[queues]]
+        name = "free"
+        [[queues]]
+        name = "one"
+        concurrency = 1
+        "#,
+    );
+    let mut host = app.spawn();
+    host.wait_until_serving();
+    let add = |name: &str, queue: &str| {
+        let added = json_of(&app.cli(&[
+            "add",
+            "kit",
+            "nap",
+            "--args",
+            r#"{"ms": 600000}"#,
+            "--name",
+            name,
+            "--queue",
+            queue,
+            "--durable",
+            "--json",
+        ]));
+        assert_eq!(added["tasks"][0]["created"], true, "{added}");
+    };
+    // `free` has no limits: its task starts as it enters. `one` holds
+    // `first` running and `second` waiting behind it.
+    add("at-once", "free");
+    add("first", "one");
+    add("second", "one");
+    host.wait_for(2, |l| l["event"] == "started");
+    host.signal("KILL");
+    let killed = host.finish();
+    assert!(
+        killed.event_of("started", "second").is_empty(),
+        "{}",
+        killed.dump()
+    );
+
+    let mut host = app.spawn();
+    host.wait_for(2, |l| l["event"] == "started");
+    let attempt = |name: &str| {
+        let shown = json_of(&app.cli(&["task", name, "--json"]));
+        (shown[0]["state"].clone(), shown[0]["attempt"].clone())
+    };
+    assert_eq!(attempt("at-once"), (json!("running"), json!(2)));
+    assert_eq!(attempt("first"), (json!("running"), json!(2)));
+    // A wait is not an attempt.
+    assert_eq!(attempt("second"), (json!("queued"), json!(1)));
     host.stop();
 }
 

@@ -102,8 +102,7 @@ impl SqliteStore {
             .as_ref()
             .map(serde_json::to_string)
             .transpose()?;
-        // A queued task's first attempt is counted at its turn.
-        let attempt = if queued.is_some() { 0 } else { 1 };
+        let attempt = u32::from(task.started);
         let created_ms = now_ms();
         // An unnamed task is named by its seq, which AUTOINCREMENT
         // gives as one past the largest it ever gave (kept in
@@ -158,7 +157,7 @@ impl SqliteStore {
             args: task.args.clone(),
             retry: task.retry.clone(),
             idempotency_key: task.idempotency_key.clone(),
-            attempt: attempt as u32,
+            attempt,
             outcome: None,
             cancel_requested: false,
             created_ms: created_ms as u64,
@@ -511,6 +510,7 @@ mod tests {
             }),
             idempotency_key: key.map(str::to_string),
             queued: None,
+            started: true,
         }
     }
 
