@@ -417,6 +417,45 @@ impl<T> Dispatch<T> {
         ticket
     }
 
+    /// Starts a task of `key` at once, if the queue bounds nothing
+    /// (no concurrency, per-key bound or rate), is not paused and has no
+    /// task that may start waiting: counted as running as [`Self::poll`]
+    /// would count it, without taking a place first. Its key, to end it
+    /// with ([`Self::finished`]); none if it has to wait (push it then).
+    pub(crate) fn start_at_once(&mut self, key: &str) -> Option<Arc<str>> {
+        let Rules {
+            concurrency: None,
+            per_key: None,
+            rate: None,
+            key_rate: None,
+            ..
+        } = self.rules
+        else {
+            return None;
+        };
+        if self.paused || !self.arrived.is_empty() || !self.came_due.is_empty() {
+            return None;
+        }
+        let key: Arc<str> = match self.keys.get_key_value(key) {
+            Some((known, _)) => known.clone(),
+            None => key.into(),
+        };
+        let pass = self.pass;
+        let state = self.keys.entry(key.clone()).or_insert_with(|| Key {
+            waiting: BTreeSet::new(),
+            delayed: BTreeSet::new(),
+            running: 0,
+            rate: None,
+            pass,
+            place: Place::Aside,
+        });
+        state.running += 1;
+        self.running += 1;
+        // None of the key waits to start: it stays where it was (aside,
+        // or nowhere yet), and `finished` settles it.
+        Some(key)
+    }
+
     /// Takes out a task that has not started (it was cancelled); none if
     /// it has started or was never here.
     pub(crate) fn remove(&mut self, ticket: u64, now: Instant) -> Option<T> {
@@ -1049,5 +1088,51 @@ mod tests {
         assert!(dispatch.poll(t0).start.is_empty());
         dispatch.set_paused(false);
         assert_eq!(run_all(&mut dispatch, t0), [1]);
+    }
+
+    #[test]
+    fn a_queue_that_bounds_nothing_starts_a_task_at_once_unless_one_waits() {
+        let t0 = Instant::now();
+        let mut dispatch: Dispatch<u32> = Dispatch::new(Rules::default(), t0);
+        let a = dispatch
+            .start_at_once("a")
+            .expect("nothing bounds or waits");
+        let again = dispatch.start_at_once("a").expect("still nothing waits");
+        assert!(Arc::ptr_eq(&a, &again), "a key's tasks share its copy");
+        assert_eq!(dispatch.running(), 2);
+        assert_eq!(dispatch.top_keys(1)[0].running, 2, "counted by its key");
+        // A limit set meanwhile counts what started at once.
+        dispatch.set_rules(
+            Rules {
+                per_key: Some(2),
+                ..Rules::default()
+            },
+            t0,
+        );
+        assert!(
+            dispatch.start_at_once("a").is_none(),
+            "the queue bounds now"
+        );
+        dispatch.push("a", 0, None, 1, t0);
+        assert!(run_all(&mut dispatch, t0).is_empty(), "key a runs 2 of 2");
+        dispatch.finished(&a, t0);
+        // (run_all ends what it starts.)
+        assert_eq!(run_all(&mut dispatch, t0), [1]);
+        dispatch.finished(&again, t0);
+        assert_eq!((dispatch.running(), dispatch.keys()), (0, 0), "all ended");
+
+        // A task that may start waits (paused): the next takes its turn
+        // after it, not at once; a delayed one does not hold it back.
+        let mut dispatch: Dispatch<u32> = Dispatch::new(Rules::default(), t0);
+        dispatch.push("", 0, Some(t0 + Duration::from_secs(60)), 1, t0);
+        assert!(dispatch.start_at_once("").is_some(), "only a delayed one");
+        dispatch.set_paused(true);
+        assert!(dispatch.start_at_once("").is_none(), "paused");
+        dispatch.set_paused(false);
+        dispatch.set_paused(true);
+        dispatch.push("", 0, None, 2, t0);
+        dispatch.set_paused(false);
+        assert!(dispatch.start_at_once("").is_none(), "task 2 waits first");
+        assert_eq!(run_all(&mut dispatch, t0), [2]);
     }
 }

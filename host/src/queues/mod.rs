@@ -393,6 +393,8 @@ pub(crate) enum Entered {
     /// It has a place, to be filled with its [`Start`]. How it was placed
     /// is for its `queued` line, not kept while it waits.
     Waiting(Waiting, Placed),
+    /// Its turn came as it entered: it starts now, with this turn.
+    Started(Turn, Placed),
     /// A `dedupe` queue already has a task of its key waiting: that task is
     /// the answer, and nothing new waits.
     Existing(Owner),
@@ -509,6 +511,35 @@ impl Queue {
                 }));
             }
             self.all_waiting.fetch_add(1, Ordering::AcqRel);
+            // A queue that bounds nothing and has nobody waiting gives the
+            // turn as the task enters, without a place: counted as a start
+            // of no wait, and as waiting for room on its worker (as any
+            // task given its turn) until admitted.
+            if !resumed
+                && due.is_none()
+                && let Some(key_of_turn) = state.dispatch.start_at_once(&key)
+            {
+                let second = Instant::now().duration_since(self.made).as_secs();
+                state.recent.add(second, 1);
+                state.admitting += 1;
+                self.metrics.started.inc();
+                self.metrics.wait_seconds.observe(0.0);
+                self.metrics.waiting.set(state.waiting() as i64);
+                self.metrics.running.set(state.running() as i64);
+                let turn = Turn {
+                    queue: self.clone(),
+                    key: key_of_turn,
+                    priority: placement.priority,
+                    admitting: true,
+                    shared: None,
+                };
+                let placed = Placed {
+                    key: (!key.is_empty()).then_some(key),
+                    priority: placement.priority,
+                    run_at,
+                };
+                return Ok(Entered::Started(turn, placed));
+            }
             let slot = Slot {
                 owner,
                 priority: placement.priority,

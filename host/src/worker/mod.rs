@@ -414,8 +414,9 @@ impl WorkerCtx {
             worker: self.id,
             id: ident.id,
         };
-        let (waiting, placed) = match queue.enter(&placement, &run.args, owner, resumed) {
-            Ok(Entered::Waiting(waiting, placed)) => (waiting, placed),
+        let (place, placed) = match queue.enter(&placement, &run.args, owner, resumed) {
+            Ok(Entered::Waiting(waiting, placed)) => (Ok(waiting), placed),
+            Ok(Entered::Started(turn, placed)) => (Err(turn), placed),
             refused => {
                 self.registry.withdraw(ident.id);
                 return Err(match refused {
@@ -423,7 +424,9 @@ impl WorkerCtx {
                     Err(Refused::Invalid(why)) => AddTaskError::Invalid(why),
                     Err(Refused::Draining(why)) => AddTaskError::Draining(why),
                     Ok(Entered::Existing(owner)) => return self.existing(owner, &placement),
-                    Ok(Entered::Waiting(..)) => unreachable!("matched above"),
+                    Ok(Entered::Waiting(..) | Entered::Started(..)) => {
+                        unreachable!("matched above")
+                    }
                 });
             }
         };
@@ -436,13 +439,20 @@ impl WorkerCtx {
         });
         self.adopt_durable(&run);
         let handle = run.handle.clone();
-        // Its turn may come as soon as its place is filled: only then.
-        // A task started at once needs no hook (a cancel reaches its run).
-        if let Some(ticket) = waiting.fill(Box::new(QueuedRun {
+        let queued = Box::new(QueuedRun {
             run,
             tracked: self.env.tracker.token(),
-        })) {
-            handle.signal().on_cancel(queue.clone(), ticket);
+        });
+        match place {
+            // Its turn may come as soon as its place is filled: only
+            // then. A task started at once needs no hook (a cancel
+            // reaches its run).
+            Ok(waiting) => {
+                if let Some(ticket) = waiting.fill(queued) {
+                    handle.signal().on_cancel(queue.clone(), ticket);
+                }
+            }
+            Err(turn) => crate::queues::Start::start(queued, turn),
         }
         let added = Added {
             worker: self.id,
