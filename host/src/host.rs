@@ -727,13 +727,26 @@ fn count(counter: &prometheus_client::metrics::counter::Counter) -> usize {
     usize::try_from(counter.get()).unwrap_or(usize::MAX)
 }
 
-/// Returns the heap's free pages to the kernel. glibc keeps what a burst of
-/// tasks freed (their registry entries, stores, WASI contexts) when live
-/// allocations sit above it: measured, ~37 MiB after 2,000 tasks and ~200
-/// MiB after 10,000, never given back. A trim costs a few ms, so it runs
-/// on an operator's purge, not on a guest's `purge-tasks`, which a task
-/// may call in a loop.
+/// Returns the heap's free pages to the kernel. The host's own allocations
+/// are mimalloc's (`main.rs`), which gives a thread's freed pages back by
+/// itself after a short delay, at that thread's next allocation;
+/// `mi_collect` does it now for the calling thread's and abandoned
+/// threads' pages. SQLite and other C code allocate through glibc, which
+/// keeps what a burst freed when live allocations sit above it (with
+/// glibc for everything: ~37 MiB after 2,000 tasks and ~200 MiB after
+/// 10,000, never given back): `malloc_trim`. A trim costs a few ms, so it
+/// runs on an operator's purge and after connections close, not on a
+/// guest's `purge-tasks`, which a task may call in a loop.
 fn give_back_heap() {
+    unsafe extern "C" {
+        /// mimalloc's (linked through the `mimalloc` crate): frees what
+        /// it holds unused (`force`: all of it).
+        fn mi_collect(force: bool);
+    }
+    // SAFETY: takes no pointers; callable from any thread at any time
+    // (a no-op on a heap that holds nothing, as in a build whose global
+    // allocator is not mimalloc).
+    unsafe { mi_collect(true) };
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks glibc's own arenas.
     unsafe {
