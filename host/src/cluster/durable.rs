@@ -445,7 +445,8 @@ impl DurableQueue {
             args: task.args.clone(),
             retry: task.retry.clone(),
             idempotency_key: task.idempotency_key.clone(),
-            // A queued task's first attempt is counted at its turn.
+            // A queued task's first attempt is counted at its turn, or
+            // here if its turn came as it entered ([`NewTask::started`]).
             attempt: u32::from(task.started),
             state: PENDING.into(),
             result: None,

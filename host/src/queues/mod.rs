@@ -8,7 +8,8 @@
 //! [`Start`] there, data the queue holds until the queue's
 //! [`dispatch::Dispatch`] gives it its [`Turn`] under the queue's flow
 //! control. Only then is the task spawned; it runs holding the turn until
-//! it ends. A task cancelled while it waits is taken out (the queue is
+//! it ends. In a queue that bounds nothing, with nobody waiting, the turn
+//! is given as the task enters, without a place ([`Entered::Started`]). A task cancelled while it waits is taken out (the queue is
 //! its signal's [`CancelHook`]). Every worker's tasks
 //! share one dispatcher per queue, behind a mutex held only to push, pick
 //! or end (no await under it). A timer task per queue polls it when a
@@ -444,7 +445,9 @@ impl Queue {
 
     /// Takes a waiting place for the task `owner` with `args`, placed as
     /// `placement` says, or refuses it: past `max_waiting`, while the
-    /// queue drains, or without the key the queue goes by.
+    /// queue drains, or without the key the queue goes by. Where the turn
+    /// is certain (the queue bounds nothing and nobody may start before
+    /// it), gives the turn instead of a place.
     /// A task put back by a restart (`resumed`: it was taken before, and
     /// has waited since then) is neither deduplicated nor refused past
     /// `max_waiting` or while the queue drains: nothing taken is lost. Its

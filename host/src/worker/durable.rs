@@ -139,9 +139,10 @@ impl WorkerCtx {
 
     /// Whether a task placed as `placement` would start as soon as it
     /// enters its queue ([`crate::queues::Queue::starts_at_once`]) and find
-    /// room on this worker. A race may make it wait after all: its record
-    /// then counts one attempt that has not begun, so after a crash
-    /// during that wait it has one retry fewer, never one more.
+    /// room on this worker. A race may make it wait after all (for room,
+    /// or a pause): its record then counts one attempt that has not begun,
+    /// so after a crash or a stop during that wait it has one retry fewer,
+    /// never one more.
     fn starts_at_once(&self, placement: &crate::config::Placement) -> bool {
         self.env
             .queues

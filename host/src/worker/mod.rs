@@ -753,7 +753,8 @@ impl Run {
     async fn at_turn(self, mut turn: Turn) {
         let max_live = self.worker.env.app.limits.tasks_per_worker;
         // Cancelled before its turn was run (while it was filled, or as
-        // the host stops): it takes no room and no attempt.
+        // the host stops): it takes no room and no attempt (a durable one
+        // whose record counted its first attempt keeps that count).
         let admitted = !self.handle.is_cancelled()
             && tokio::select! {
                 // Admitted at once most often: the cancel is not waited

@@ -1223,6 +1223,48 @@ fn a_durable_task_started_as_it_enters_its_queue_counts_its_attempt_across_kill_
     // A wait is not an attempt.
     assert_eq!(attempt("second"), (json!("queued"), json!(1)));
     host.stop();
+
+    // What the first attempt's count in the record saves: a task that
+    // starts as it enters is two storage writes (its record, its end), one
+    // counted at its turn three.
+    let app = TestApp::new(
+        r#"
+        name = "writes"
+        [plugins.kit]
+        path = "{testkit}"
+        [[queues]]
+        name = "free"
+        [[queues]]
+        name = "one"
+        concurrency = 1
+        "#,
+    );
+    let mut host = app.spawn();
+    host.wait_until_serving();
+    let calls = || {
+        app.metric("taskhost_storage_call_seconds_count")
+            .unwrap_or(0.0)
+    };
+    for (queue, writes) in [("free", 2.0), ("one", 3.0)] {
+        let before = calls();
+        let added = json_of(&app.cli(&[
+            "add",
+            "kit",
+            "nap",
+            "--args",
+            r#"{"ms": 1}"#,
+            "--name",
+            queue,
+            "--queue",
+            queue,
+            "--durable",
+            "--json",
+        ]));
+        assert_eq!(added["tasks"][0]["created"], true, "{added}");
+        host.wait_for(1, |l| l["event"] == "done" && l["task"] == queue);
+        app.await_metric("taskhost_storage_call_seconds_count", before + writes);
+    }
+    host.stop();
 }
 
 #[test]

@@ -210,18 +210,17 @@ type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
 /// each such wake-up preempted the store's thread halfway through its
 /// answers (the queues bench's durable rows, `perf sched`).
 struct Home {
-    /// Tells threads apart within one group: the address of a
-    /// thread-local, unique among the threads alive.
-    thread: usize,
+    /// Tells threads apart within one group (never reused, unlike a
+    /// thread-local's address once its thread exits).
+    thread: std::thread::ThreadId,
     runtime: tokio::runtime::Handle,
 }
 
 impl Home {
     /// The calling thread's, if it runs a tokio runtime.
     fn here() -> Option<Home> {
-        thread_local!(static MARK: u8 = const { 0 });
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        let thread = MARK.with(|mark| std::ptr::from_ref(mark) as usize);
+        let thread = std::thread::current().id();
         Some(Home { thread, runtime })
     }
 }
