@@ -63,6 +63,11 @@
 
 #![warn(unreachable_pub, missing_docs)]
 
+// The heap trim (`host::give_back_heap`) calls mimalloc's `mi_collect`:
+// linked into every build of the library (the fuzz targets, the tests),
+// not only into the binary that makes mimalloc its allocator.
+extern crate mimalloc as _;
+
 // What an embedder uses: load an app, run a host, steer it.
 pub mod application;
 pub mod cli;
