@@ -177,7 +177,6 @@ impl Host {
             storage,
             lifecycle: broadcast::channel(LIFECYCLE_BACKLOG).0,
             workers: RwLock::default(),
-            durable: Mutex::default(),
             durable_submit: tokio::sync::Mutex::new(()),
             schedules: std::sync::OnceLock::new(),
             remote: std::sync::OnceLock::new(),

@@ -230,6 +230,10 @@ struct Inner {
     /// about 160 here); a listing sorts instead.
     tasks: HashMap<TaskId, Entry>,
     names: HashMap<String, TaskId>,
+    /// Its durable tasks by record number, so a record (an idempotency
+    /// key's, a cluster's cancel) finds the task listed for it. Kept with
+    /// `tasks`: an index kept elsewhere had to be swept of purged tasks.
+    durable: HashMap<u64, TaskId>,
     /// Registered tasks that have not ended: kept as a count so the
     /// per-worker cap costs nothing per spawn.
     live: usize,
@@ -283,7 +287,22 @@ impl Inner {
         {
             self.names.remove(name);
         }
+        if let Some(seq) = entry.info.ident.durable
+            && self.durable.get(&seq) == Some(&id)
+        {
+            self.durable.remove(&seq);
+        }
         live
+    }
+
+    /// Takes `ident`'s name and record number (both free: checked first).
+    fn index(&mut self, ident: &TaskIdent) {
+        if let Some(name) = &ident.name {
+            self.names.insert(name.clone(), ident.id);
+        }
+        if let Some(seq) = ident.durable {
+            self.durable.insert(seq, ident.id);
+        }
     }
 }
 
@@ -376,12 +395,12 @@ impl TaskRegistry {
                 setting: Some("tasks_per_worker"),
             }));
         }
-        if let Some(name) = &ident.name {
-            if inner.names.contains_key(name) {
-                return Err(RegisterError::DuplicateName(name.clone()));
-            }
-            inner.names.insert(name.clone(), ident.id);
+        if let Some(name) = &ident.name
+            && inner.names.contains_key(name)
+        {
+            return Err(RegisterError::DuplicateName(name.clone()));
         }
+        inner.index(&ident);
         let signal = Arc::new(CancelSignal::default());
         let id = ident.id;
         if max_live.is_some() {
@@ -505,12 +524,12 @@ impl TaskRegistry {
     /// taken; it does not count against the live tasks.
     pub(crate) fn restore(&self, info: TaskInfo) -> Result<TaskHandle, RegisterError> {
         let mut inner = self.lock();
-        if let Some(name) = &info.ident.name {
-            if inner.names.contains_key(name) {
-                return Err(RegisterError::DuplicateName(name.clone()));
-            }
-            inner.names.insert(name.clone(), info.ident.id);
+        if let Some(name) = &info.ident.name
+            && inner.names.contains_key(name)
+        {
+            return Err(RegisterError::DuplicateName(name.clone()));
         }
+        inner.index(&info.ident);
         let id = info.ident.id;
         let signal = Arc::new(CancelSignal::default());
         signal.set_ended(Some(info.state));
@@ -569,6 +588,14 @@ impl TaskRegistry {
         inner.tasks.get(&id).map(|entry| self.handle(entry))
     }
 
+    /// A handle on the durable task of record `seq`, live or ended (until
+    /// purged).
+    pub(crate) fn handle_of_record(&self, seq: u64) -> Option<TaskHandle> {
+        let inner = self.current();
+        let id = inner.durable.get(&seq)?;
+        inner.tasks.get(id).map(|entry| self.handle(entry))
+    }
+
     /// A handle on the task named `name`, live or ended (until purged).
     pub fn handle_by_name(&self, name: &str) -> Option<TaskHandle> {
         let inner = self.current();
@@ -583,6 +610,7 @@ impl TaskRegistry {
         let Inner {
             tasks,
             names,
+            durable,
             ended,
             stale,
             ..
@@ -596,6 +624,11 @@ impl TaskRegistry {
                     && names.get(name) == Some(&id)
                 {
                     names.remove(name);
+                }
+                if let Some(seq) = entry.info.ident.durable
+                    && durable.get(&seq) == Some(&id)
+                {
+                    durable.remove(&seq);
                 }
                 entry
             })
@@ -768,6 +801,50 @@ mod tests {
             connection: None,
             queue: None,
         })
+    }
+
+    /// A durable task is found by its record while it is listed, and not
+    /// once it is dropped (purged, forgotten, withdrawn, evicted), nor by a
+    /// later listing's drop of an earlier one.
+    #[test]
+    fn a_durable_task_is_found_by_its_record_while_it_is_listed() {
+        let registry = TaskRegistry::new(WorkerId::Index(0), 1, CancelPolicy::default());
+        let durable = |seq| {
+            let mut ident = (*ident(None)).clone();
+            ident.durable = Some(seq);
+            Arc::new(ident)
+        };
+        let done = || Outcome::Done {
+            result: "null".into(),
+        };
+        let first = registry.register_unbounded(durable(7)).unwrap();
+        assert_eq!(registry.handle_of_record(7).map(|h| h.id), Some(first.id));
+        assert!(registry.handle_of_record(8).is_none());
+        registry.finish(first.id, done());
+        assert_eq!(registry.purge(), 1);
+        assert!(registry.handle_of_record(7).is_none(), "purged");
+
+        let refused = registry.register_unbounded(durable(7)).unwrap();
+        registry.withdraw(refused.id);
+        assert!(registry.handle_of_record(7).is_none(), "withdrawn");
+
+        let forgotten = registry.register_unbounded(durable(7)).unwrap();
+        registry.finish(forgotten.id, done());
+        assert!(registry.forget(forgotten.id));
+        assert!(registry.handle_of_record(7).is_none(), "forgotten");
+
+        // Retention 1: the second ended task evicts the first.
+        let evicted = registry.register_unbounded(durable(1)).unwrap();
+        registry.finish(evicted.id, done());
+        let kept = registry.register_unbounded(durable(2)).unwrap();
+        registry.finish(kept.id, done());
+        assert!(registry.handle_of_record(1).is_none(), "evicted");
+        assert_eq!(registry.handle_of_record(2).map(|h| h.id), Some(kept.id));
+
+        // Listed again (a re-run), then the older listing dropped.
+        let again = registry.register_unbounded(durable(2)).unwrap();
+        assert!(registry.forget(kept.id));
+        assert_eq!(registry.handle_of_record(2).map(|h| h.id), Some(again.id));
     }
 
     #[test]

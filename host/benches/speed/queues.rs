@@ -343,9 +343,16 @@ pub async fn run(components: &Components) {
         // Three alternating rounds, the median of each side: one round
         // moved by 10% between runs of one build.
         let (mut queued, mut direct) = (Vec::new(), Vec::new());
+        let profiled = matches!(submitting, Submitting::Window(1024));
+        if profiled {
+            super::profile("durable-1024", "enable");
+        }
         for _ in 0..3 {
             direct.push(durable_per_second(&host, n, None, submitting).await);
             queued.push(durable_per_second(&host, n, Some("free"), submitting).await);
+        }
+        if profiled {
+            super::profile("durable-1024", "disable");
         }
         let (queued, direct) = (super::median(queued), super::median(direct));
         println!(

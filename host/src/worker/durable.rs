@@ -74,7 +74,7 @@ impl WorkerCtx {
         };
         let record = match storage.submit(&new).await.map_err(storage_error)? {
             Submitted::New(record) => record,
-            Submitted::Existing(record) => return self.adopt(record).await,
+            Submitted::Existing(record) => return Box::pin(self.adopt(record)).await,
         };
         let name = record.name.clone();
         let run = DurableRun {
@@ -333,7 +333,6 @@ impl WorkerCtx {
             ident: ident.clone(),
         };
         let handle = self.registry.restore(info)?;
-        self.env.list_durable(record.seq, self.id, ident.id);
         Ok(handle)
     }
 }

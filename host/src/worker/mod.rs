@@ -28,11 +28,11 @@ use crate::registry::{AddTaskError, Added, RegisterError, TaskHandle, TaskRegist
 use crate::runner;
 use crate::task::{CancelPolicy, CancelStage, Outcome, TaskId, TaskIdent, WorkerId};
 use anyhow::{Context, Result};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
@@ -64,10 +64,6 @@ pub struct TaskEnv {
     /// Every worker of the host, the main scope included, so a durable
     /// task found by its idempotency key is found on the worker it runs on.
     pub workers: RwLock<Vec<Weak<WorkerCtx>>>,
-    /// The durable tasks this process has listed: record number -> worker
-    /// and task id. An entry whose task was purged since is stale, which
-    /// [`TaskEnv::durable_task`] checks.
-    pub durable: Mutex<HashMap<u64, (WorkerId, TaskId)>>,
     /// Held from the lookup of an idempotency key to the listing of its
     /// task, so two submissions with one key cannot both start it.
     pub durable_submit: tokio::sync::Mutex<()>,
@@ -153,35 +149,15 @@ impl TaskEnv {
 
     /// Where the durable task `seq` is listed in this process, if it is.
     pub fn durable_task(&self, seq: u64) -> Option<(Arc<WorkerCtx>, TaskHandle)> {
-        let (worker, id) = *self
-            .durable
-            .lock()
+        self.workers
+            .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&seq)?;
-        let worker = self.worker(worker)?;
-        let handle = worker.registry.handle_of(id)?;
-        Some((worker, handle))
-    }
-
-    fn list_durable(&self, seq: u64, worker: WorkerId, id: TaskId) {
-        let mut durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
-        durable.insert(seq, (worker, id));
-        // Entries of purged tasks are dropped now and then, so the map
-        // holds about what the registries list.
-        if durable.len() >= 4096 && durable.len().is_power_of_two() {
-            let workers: Vec<Arc<WorkerCtx>> = self
-                .workers
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .filter_map(Weak::upgrade)
-                .collect();
-            durable.retain(|_, (worker, id)| {
-                workers
-                    .iter()
-                    .any(|w| w.id == *worker && w.registry.get(*id).is_some())
-            });
-        }
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find_map(|worker| {
+                let handle = worker.registry.handle_of_record(seq)?;
+                Some((worker, handle))
+            })
     }
 }
 
@@ -684,7 +660,6 @@ impl WorkerCtx {
         let Some(durable) = &run.durable else {
             return;
         };
-        self.env.list_durable(durable.seq, self.id, run.ident.id);
         // In a cluster, this copy acts only while its lease holds.
         if let Some(lease) = self.env.storage.tasks().lease(durable.seq) {
             run.handle.signal().set_lease(lease);
@@ -859,7 +834,7 @@ impl Run {
                 worker.env.metrics.prepared_starts.inc();
             }
             worker.prepare_next(&plugin);
-            let run = runner::run(
+            let run = Box::pin(runner::run(
                 site,
                 &plugin,
                 ident.clone(),
@@ -880,7 +855,7 @@ impl Run {
                         });
                     }
                 },
-            )
+            ))
             .await;
             let Some(ended) = run else {
                 worker.registry.withdraw(ident.id);
