@@ -83,7 +83,7 @@ impl SqliteStore {
     }
 
     /// Records `task`, inside the group's transaction.
-    fn submit_in(inner: &mut Inner, task: &NewTask) -> Result<Submitted> {
+    fn submit_in(inner: &mut Inner, task: NewTask) -> Result<Submitted> {
         let conn = &inner.conn;
         if let Some(key) = &task.idempotency_key {
             let existing = conn
@@ -104,18 +104,19 @@ impl SqliteStore {
             .transpose()?;
         let attempt = u32::from(task.started);
         let created_ms = now_ms();
-        // An unnamed task is named by its seq, which AUTOINCREMENT
-        // gives as one past the largest it ever gave (kept in
-        // sqlite_sequence): written in the one insert, not by an
-        // update after it (checked below).
+        // An unnamed task is named by its seq, written in the one insert
+        // (so the write needs no savepoint): AUTOINCREMENT gives one past
+        // the larger of the largest seq it ever gave (kept in
+        // sqlite_sequence) and the largest in the table.
         let inserted = conn
             .prepare_cached(
                 "INSERT INTO durable_tasks
                (name, worker, plugin, factory, args, retry, idempotency_key, attempt, state,
                 created_ms, plugin_version, queued)
-             VALUES (coalesce(?1, 'durable-' || (
-                       SELECT coalesce(max(seq), 0) + 1 FROM sqlite_sequence
-                       WHERE name = 'durable_tasks')),
+             VALUES (coalesce(?1, 'durable-' || (max(
+                       coalesce((SELECT seq FROM sqlite_sequence
+                                 WHERE name = 'durable_tasks'), 0),
+                       coalesce((SELECT max(seq) FROM durable_tasks), 0)) + 1)),
                      ?2, ?3, ?4, ?5, ?6, ?7, ?10, 'live', ?8, ?9, ?11)
              RETURNING seq, name",
             )?
@@ -141,28 +142,35 @@ impl SqliteStore {
             None => format!("durable-{seq}"),
         };
         if stored != name {
-            // The seq was not the one foreseen (a row written from
-            // outside with a larger seq than any the host gave).
-            conn.prepare_cached("UPDATE durable_tasks SET name = ?2 WHERE seq = ?1")?
-                .execute(params![seq, name])?;
+            // The rule above says this cannot happen. Should SQLite
+            // ever pick another seq, the name is mended; a second
+            // statement that failed after the insert could not be
+            // undone alone (the write has no savepoint), so it panics,
+            // which takes the group's transaction with it.
+            if let Err(error) = conn
+                .prepare_cached("UPDATE durable_tasks SET name = ?2 WHERE seq = ?1")
+                .and_then(|mut update| update.execute(params![seq, name]))
+            {
+                panic!("cannot name durable task {seq} {name:?} after its insert: {error}");
+            }
         }
         // The record as written, built rather than read back.
         let stored = TaskRecord {
             seq: seq as u64,
             name,
             worker: task.worker,
-            plugin: task.plugin.clone(),
-            plugin_version: task.plugin_version.clone(),
-            factory: task.factory.clone(),
-            args: task.args.clone(),
-            retry: task.retry.clone(),
-            idempotency_key: task.idempotency_key.clone(),
+            plugin: task.plugin,
+            plugin_version: task.plugin_version,
+            factory: task.factory,
+            args: task.args,
+            retry: task.retry,
+            idempotency_key: task.idempotency_key,
             attempt,
             outcome: None,
             cancel_requested: false,
             created_ms: created_ms as u64,
             ended_ms: None,
-            queued: task.queued.clone(),
+            queued: task.queued,
         };
         Ok(Submitted::New(stored))
     }
@@ -286,8 +294,10 @@ pub(super) fn trim_ended(
 impl TaskStore for SqliteStore {
     fn submit<'a>(&'a self, task: &'a NewTask) -> TaskStoreFuture<'a, Submitted> {
         let task = task.clone();
-        self.grouped_write("cannot record a durable task", move |inner| {
-            SqliteStore::submit_in(inner, &task)
+        // One statement that changes anything (the key's lookup only
+        // reads): no savepoint, whose two statements cost as much again.
+        self.grouped_statement("cannot record a durable task", move |inner| {
+            SqliteStore::submit_in(inner, task)
         })
     }
 
@@ -424,7 +434,7 @@ mod tests {
         // Each call is sent to the store's thread when made.
         let first = store.submit(&one);
         let failing = store.grouped_write("cannot do the failing write", |inner| {
-            SqliteStore::submit_in(inner, &new_task(Some("undone"), None))?;
+            SqliteStore::submit_in(inner, new_task(Some("undone"), None))?;
             Err::<(), _>(anyhow::anyhow!("failed after its insert"))
         });
         let third = store.submit(&three);
@@ -562,6 +572,56 @@ mod tests {
         // The one row left intact reads back.
         edit("DELETE FROM durable_tasks WHERE seq = ?1", seqs[1]);
         assert_eq!(unfinished(&store).unwrap().len(), 1);
+    }
+
+    /// An unnamed task is named by the seq its insert gets, also past a
+    /// row written from outside with a larger seq than any the host gave,
+    /// and after the largest seq was dropped (never given again).
+    #[test]
+    fn an_unnamed_task_is_named_by_its_seq_whatever_was_written_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 10);
+        let submit = |store: &SqliteStore| {
+            let Submitted::New(task) = block(store.submit(&new_task(None, None))) else {
+                panic!("not new")
+            };
+            task
+        };
+        let edit = |sql: &str| {
+            store
+                .tasks_op("edit", |inner| {
+                    inner.conn.execute(sql, [])?;
+                    Ok(())
+                })
+                .unwrap();
+        };
+        let first = submit(&store);
+        assert_eq!(first.name, format!("durable-{}", first.seq));
+        edit(
+            "INSERT INTO durable_tasks (seq, name, worker, plugin, plugin_version, factory, \
+             args, attempt, state, created_ms) VALUES (1000, 'outside', '0', 'p', 'v', 'f', \
+             'null', 0, 'done', 0)",
+        );
+        // sqlite_sequence follows an explicit seq too; set it back, as
+        // a file written by another tool could have it.
+        edit("UPDATE sqlite_sequence SET seq = 1 WHERE name = 'durable_tasks'");
+        let past = submit(&store);
+        assert_eq!((past.seq, past.name.as_str()), (1001, "durable-1001"));
+        edit("DELETE FROM durable_tasks WHERE seq >= 1000");
+        let after = submit(&store);
+        assert_eq!((after.seq, after.name.as_str()), (1002, "durable-1002"));
+        let names: Vec<(u64, String)> = block_result(store.unfinished())
+            .unwrap()
+            .into_iter()
+            .map(|task| (task.seq, task.name))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (first.seq, first.name.clone()),
+                (1002, "durable-1002".to_string())
+            ]
+        );
     }
 
     #[test]
