@@ -785,8 +785,8 @@ impl DurableQueue {
 }
 
 impl TaskStore for DurableQueue {
-    fn submit<'a>(&'a self, task: &'a NewTask) -> TaskStoreFuture<'a, Submitted> {
-        Box::pin(self.submit_task(task))
+    fn submit(&self, task: NewTask) -> TaskStoreFuture<'_, Submitted> {
+        Box::pin(async move { self.submit_task(&task).await })
     }
 
     fn forget(&self, seq: u64) -> TaskStoreFuture<'_, ()> {

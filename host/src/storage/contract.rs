@@ -394,7 +394,7 @@ fn record(submitted: Submitted) -> super::TaskRecord {
 /// Runs every durable-task check against `store`, which must hold no task
 /// records yet.
 pub async fn tasks(store: &dyn TaskStore) {
-    let first = match store.submit(&new_task(Some("first"), None)).await.unwrap() {
+    let first = match store.submit(new_task(Some("first"), None)).await.unwrap() {
         Submitted::New(record) => record,
         other => panic!("submit of a new task: {other:?}"),
     };
@@ -411,7 +411,7 @@ pub async fn tasks(store: &dyn TaskStore) {
     };
     let waiting = record(
         store
-            .submit(&NewTask {
+            .submit(NewTask {
                 queued: Some(queued.clone()),
                 started: false,
                 ..new_task(Some("waiting"), None)
@@ -430,7 +430,7 @@ pub async fn tasks(store: &dyn TaskStore) {
     // its record.
     let at_once = record(
         store
-            .submit(&NewTask {
+            .submit(NewTask {
                 queued: Some(queued.clone()),
                 started: true,
                 ..new_task(Some("at-once"), None)
@@ -441,7 +441,7 @@ pub async fn tasks(store: &dyn TaskStore) {
     assert_eq!(at_once.attempt, 1, "started at its submission");
     assert_eq!(at_once.queued.as_ref(), Some(&queued));
     store.forget(at_once.seq).await.unwrap();
-    let unnamed = record(store.submit(&new_task(None, None)).await.unwrap());
+    let unnamed = record(store.submit(new_task(None, None)).await.unwrap());
     assert_ne!(unnamed.seq, first.seq, "every record has its own number");
     assert_eq!(
         unnamed.name,
@@ -450,7 +450,7 @@ pub async fn tasks(store: &dyn TaskStore) {
     );
     // Idempotency: the second submission with a key is the first one.
     let keyed = match store
-        .submit(&new_task(Some("keyed"), Some("key-1")))
+        .submit(new_task(Some("keyed"), Some("key-1")))
         .await
         .unwrap()
     {
@@ -458,7 +458,7 @@ pub async fn tasks(store: &dyn TaskStore) {
         other => panic!("submit with a new key: {other:?}"),
     };
     match store
-        .submit(&new_task(Some("keyed-again"), Some("key-1")))
+        .submit(new_task(Some("keyed-again"), Some("key-1")))
         .await
         .unwrap()
     {
@@ -559,7 +559,7 @@ pub async fn tasks(store: &dyn TaskStore) {
         );
     }
     match store
-        .submit(&new_task(Some("keyed"), Some("key-1")))
+        .submit(new_task(Some("keyed"), Some("key-1")))
         .await
         .unwrap()
     {

@@ -145,8 +145,9 @@ impl TaskRecord {
 /// A backend for durable task records.
 pub trait TaskStore: Send + Sync + 'static {
     /// Records a new task, or returns the one already submitted with the
-    /// same idempotency key.
-    fn submit<'a>(&'a self, task: &'a NewTask) -> TaskStoreFuture<'a, Submitted>;
+    /// same idempotency key. Taken whole: a store keeps its strings (the
+    /// SQLite store hands them to its thread), so none is copied.
+    fn submit(&self, task: NewTask) -> TaskStoreFuture<'_, Submitted>;
 
     /// Drops the record of a task that never ran (its factory refused its
     /// arguments, or its name was taken).

@@ -72,7 +72,7 @@ impl WorkerCtx {
             queued,
             started,
         };
-        let record = match storage.submit(&new).await.map_err(storage_error)? {
+        let record = match storage.submit(new).await.map_err(storage_error)? {
             Submitted::New(record) => record,
             Submitted::Existing(record) => return Box::pin(self.adopt(record)).await,
         };

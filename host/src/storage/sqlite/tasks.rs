@@ -292,8 +292,7 @@ pub(super) fn trim_ended(
 }
 
 impl TaskStore for SqliteStore {
-    fn submit<'a>(&'a self, task: &'a NewTask) -> TaskStoreFuture<'a, Submitted> {
-        let task = task.clone();
+    fn submit(&self, task: NewTask) -> TaskStoreFuture<'_, Submitted> {
         // One statement that changes anything (the key's lookup only
         // reads): no savepoint, whose two statements cost as much again.
         self.grouped_statement("cannot record a durable task", move |inner| {
@@ -432,12 +431,12 @@ mod tests {
         let held = store.off_thread(move |_| hold.recv().ok());
         let (one, three) = (new_task(Some("first"), None), new_task(Some("third"), None));
         // Each call is sent to the store's thread when made.
-        let first = store.submit(&one);
+        let first = store.submit(one);
         let failing = store.grouped_write("cannot do the failing write", |inner| {
             SqliteStore::submit_in(inner, new_task(Some("undone"), None))?;
             Err::<(), _>(anyhow::anyhow!("failed after its insert"))
         });
-        let third = store.submit(&three);
+        let third = store.submit(three);
         release.send(()).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -471,7 +470,7 @@ mod tests {
             .build()
             .unwrap();
         let Submitted::New(kept) = runtime
-            .block_on(store.submit(&new_task(Some("kept"), None)))
+            .block_on(store.submit(new_task(Some("kept"), None)))
             .unwrap()
         else {
             panic!("a new task");
@@ -488,7 +487,7 @@ mod tests {
             Ok(())
         });
         let three = new_task(Some("third"), None);
-        let third = store.submit(&three);
+        let third = store.submit(three);
         release.send(()).unwrap();
         runtime.block_on(held).unwrap();
         let (started, failing, third) =
@@ -534,7 +533,7 @@ mod tests {
         let store = store(dir.path(), 10);
         let mut seqs = Vec::new();
         for _ in 0..3 {
-            let Submitted::New(task) = block(store.submit(&new_task(None, None))) else {
+            let Submitted::New(task) = block(store.submit(new_task(None, None))) else {
                 panic!("not new")
             };
             seqs.push(task.seq);
@@ -582,7 +581,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path(), 10);
         let submit = |store: &SqliteStore| {
-            let Submitted::New(task) = block(store.submit(&new_task(None, None))) else {
+            let Submitted::New(task) = block(store.submit(new_task(None, None))) else {
                 panic!("not new")
             };
             task
@@ -629,13 +628,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b, c) = {
             let store = store(dir.path(), 10);
-            let Submitted::New(a) = block(store.submit(&new_task(Some("a"), None))) else {
+            let Submitted::New(a) = block(store.submit(new_task(Some("a"), None))) else {
                 panic!("not new")
             };
-            let Submitted::New(b) = block(store.submit(&new_task(None, None))) else {
+            let Submitted::New(b) = block(store.submit(new_task(None, None))) else {
                 panic!("not new")
             };
-            let Submitted::New(c) = block(store.submit(&new_task(Some("c"), None))) else {
+            let Submitted::New(c) = block(store.submit(new_task(Some("c"), None))) else {
                 panic!("not new")
             };
             assert_eq!(b.name, format!("durable-{}", b.seq));
@@ -688,10 +687,10 @@ mod tests {
     fn an_idempotency_key_is_one_task() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path(), 10);
-        let Submitted::New(first) = block(store.submit(&new_task(None, Some("k1")))) else {
+        let Submitted::New(first) = block(store.submit(new_task(None, Some("k1")))) else {
             panic!("not new")
         };
-        let Submitted::Existing(again) = block(store.submit(&new_task(Some("other"), Some("k1"))))
+        let Submitted::Existing(again) = block(store.submit(new_task(Some("other"), Some("k1"))))
         else {
             panic!("a second task was recorded")
         };
@@ -700,7 +699,7 @@ mod tests {
         // A forgotten task frees its key.
         block(store.forget(first.seq));
         assert!(matches!(
-            block(store.submit(&new_task(None, Some("k1")))),
+            block(store.submit(new_task(None, Some("k1")))),
             Submitted::New(_)
         ));
     }
@@ -710,7 +709,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path(), 8);
         for i in 0..30 {
-            let Submitted::New(task) = block(store.submit(&new_task(None, None))) else {
+            let Submitted::New(task) = block(store.submit(new_task(None, None))) else {
                 panic!("not new")
             };
             let done = Outcome::Done {
