@@ -417,23 +417,31 @@ impl<T> Dispatch<T> {
         ticket
     }
 
-    /// Starts a task of `key` at once, if the queue bounds nothing
-    /// (no concurrency, per-key bound or rate), is not paused and has no
-    /// task that may start waiting: counted as running as [`Self::poll`]
-    /// would count it, without taking a place first. Its key, to end it
-    /// with ([`Self::finished`]); none if it has to wait (push it then).
+    /// Whether a task entering now would start at once
+    /// ([`Self::start_at_once`]): the queue bounds nothing (no
+    /// concurrency, per-key bound or rate), is not paused, and has no task
+    /// that may start waiting (delayed ones do not count).
+    pub(crate) fn starts_at_once(&self) -> bool {
+        matches!(
+            self.rules,
+            Rules {
+                concurrency: None,
+                per_key: None,
+                rate: None,
+                key_rate: None,
+                ..
+            }
+        ) && !self.paused
+            && self.arrived.is_empty()
+            && self.came_due.is_empty()
+    }
+
+    /// Starts a task of `key` at once if [`Self::starts_at_once`]: counted
+    /// as running as [`Self::poll`] would count it, without taking a place
+    /// first. Its key, to end it with ([`Self::finished`]); none if it has
+    /// to wait (push it then).
     pub(crate) fn start_at_once(&mut self, key: &str) -> Option<Arc<str>> {
-        let Rules {
-            concurrency: None,
-            per_key: None,
-            rate: None,
-            key_rate: None,
-            ..
-        } = self.rules
-        else {
-            return None;
-        };
-        if self.paused || !self.arrived.is_empty() || !self.came_due.is_empty() {
+        if !self.starts_at_once() {
             return None;
         }
         let key: Arc<str> = match self.keys.get_key_value(key) {

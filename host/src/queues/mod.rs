@@ -576,21 +576,12 @@ impl Queue {
     }
 
     /// Whether a task placed as `placement` would get its turn as soon as
-    /// it enters, for this moment only: the queue has no limits, is not
-    /// paused, has nobody waiting, and the task is not delayed. A queue
-    /// with limits is not asked further (its slots may be the cluster's).
+    /// it enters, for this moment only: the task is not delayed, and its
+    /// dispatcher would start it at once ([`Dispatch::starts_at_once`]:
+    /// the rule [`Queue::enter`] applies). A queue with limits is not
+    /// asked further (its slots may be the cluster's).
     pub(crate) fn starts_at_once(&self, placement: &Placement) -> bool {
-        if placement.start.is_some() {
-            return false;
-        }
-        let state = self.state();
-        let config = &state.config;
-        config.concurrency.is_none()
-            && config.per_key.is_none()
-            && config.rate.is_none()
-            && config.key_rate.is_none()
-            && !state.settings.paused
-            && state.dispatch.waiting() == 0
+        placement.start.is_none() && self.state().dispatch.starts_at_once()
     }
 
     /// Starts what the dispatcher lets start now, and returns when it
