@@ -1133,8 +1133,12 @@ mod tests {
         // after it, not at once; a delayed one does not hold it back.
         let mut dispatch: Dispatch<u32> = Dispatch::new(Rules::default(), t0);
         dispatch.push("", 0, Some(t0 + Duration::from_secs(60)), 1, t0);
+        // What a durable submission asks first (to count its attempt in
+        // its record) says what entering then does.
+        assert!(dispatch.starts_at_once(), "only a delayed one waits");
         assert!(dispatch.start_at_once("").is_some(), "only a delayed one");
         dispatch.set_paused(true);
+        assert!(!dispatch.starts_at_once(), "paused");
         assert!(dispatch.start_at_once("").is_none(), "paused");
         dispatch.set_paused(false);
         dispatch.set_paused(true);
