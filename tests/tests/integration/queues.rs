@@ -1245,6 +1245,25 @@ fn a_durable_task_started_as_it_enters_its_queue_counts_its_attempt_across_kill_
         app.metric("taskhost_storage_call_seconds_count")
             .unwrap_or(0.0)
     };
+    // A task delayed for an hour waits in `free`: it does not hold the
+    // next back, which still starts as it enters (its record counted it
+    // as not started, one write more, while delayed tasks counted).
+    let delayed = json_of(&app.cli(&[
+        "add",
+        "kit",
+        "nap",
+        "--args",
+        r#"{"ms": 1}"#,
+        "--name",
+        "later",
+        "--queue",
+        "free",
+        "--delay",
+        "1h",
+        "--durable",
+        "--json",
+    ]));
+    assert_eq!(delayed["tasks"][0]["created"], true, "{delayed}");
     for (queue, writes) in [("free", 2.0), ("one", 3.0)] {
         let before = calls();
         let added = json_of(&app.cli(&[
