@@ -119,7 +119,8 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    /// Writes `toml` as app.toml; `{compat010}`, `{compat020}`, `{examples}`, `{greeter}`,
+    /// Writes `toml` as app.toml; `{compat010}`, `{compat020}`, `{compat030}`, `{examples}`,
+    /// `{greeter}`,
     /// `{hostile}`, `{testkit}`, `{versioned}`, `{py-examples}`,
     /// `{js-examples}`, `{py-greeter}` and `{js-greeter}` are replaced by
     /// the paths of those built plugins.
@@ -138,6 +139,7 @@ impl TestApp {
         for name in [
             "compat010",
             "compat020",
+            "compat030",
             "examples",
             "greeter",
             "hostile",

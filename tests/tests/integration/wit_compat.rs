@@ -1,7 +1,8 @@
 //! Plugins built against an older `taskhost:plugin` WIT keep loading and
-//! running: `plugins/compat010` and `plugins/compat020` are bound to the
-//! pinned copies of 0.1.0 and 0.2.0 (`wit/compat/`), not through the SDK,
-//! so they are real 0.1.0 and 0.2.0 components.
+//! running: `plugins/compat010`, `plugins/compat020` and
+//! `plugins/compat030` are bound to the pinned copies of 0.1.0, 0.2.0 and
+//! 0.3.0 (`wit/compat/`), not through the SDK, so they are real 0.1.0,
+//! 0.2.0 and 0.3.0 components.
 
 use serde_json::json;
 use taskhost_tests::TestApp;
@@ -168,6 +169,83 @@ fn a_plugin_built_against_0_2_0_lists_starts_and_cancels_tasks() {
     assert_eq!(
         run.results_of("observer"),
         vec![json!({"get": "pending", "listed": "pending", "factory": "hello"})],
+        "{}",
+        run.dump()
+    );
+    assert_eq!(
+        run.results_of("child"),
+        vec![json!({"app": "old-and-new", "who": "world", "attempt": 1})]
+    );
+    assert_eq!(
+        run.results_of("stopper"),
+        vec![json!({"state": "cancelled"})]
+    );
+    let nowhere = run.results_of("nowhere");
+    assert!(
+        nowhere[0].as_str().is_some_and(|e| e.contains("NotFound")),
+        "{nowhere:?}"
+    );
+}
+
+/// What the next WIT may change the shape of (the task listing, start-task's
+/// options, the connections interface) keeps working for a 0.3.0 plugin:
+/// it sees a task waiting in a queue as `queued`, and places the task it
+/// starts in a queue.
+#[test]
+fn a_plugin_built_against_0_3_0_lists_places_and_cancels_tasks() {
+    let app = TestApp::new(
+        r#"
+        name = "old-and-new"
+        [config]
+        who = "world"
+        [plugins.old]
+        path = "{compat030}"
+        [plugins.kit]
+        path = "{testkit}"
+        [[queues]]
+        name = "held"
+        "#,
+    );
+    let mut host = app.spawn();
+    host.wait_until_serving();
+    let add = |args: &[&str]| {
+        let mut all = vec!["add", "old"];
+        all.extend_from_slice(args);
+        app.cli(&all).ok()
+    };
+    app.cli(&["queue", "pause", "held"]).ok();
+    add(&["hello", "--name", "waiting", "--queue", "held"]);
+    add(&["observe", "--args", r#""waiting""#, "--name", "observer"]);
+    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "observer");
+    add(&["spawner", "--name", "spawner"]);
+    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "child");
+    add(&["sleeper", "--name", "sleeper"]);
+    host.wait_for(1, |l| l["message"] == "0.3.0 sleeping");
+    add(&["stopper", "--args", r#""sleeper""#, "--name", "stopper"]);
+    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "stopper");
+    add(&["no_connection", "--name", "nowhere"]);
+    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "nowhere");
+    let child = serde_json::from_str::<serde_json::Value>(
+        &app.cli(&["task", "child", "--json"]).ok().stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        child[0]["queue"], "default",
+        "placed by start-task: {child}"
+    );
+    let plugins = app.cli(&["plugins", "--json"]).ok();
+    let listed: serde_json::Value = serde_json::from_str(&plugins.stdout).unwrap();
+    let old = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "old")
+        .unwrap();
+    assert_eq!(old["wit"], "0.3.0", "{listed}");
+    let run = host.stop();
+    assert_eq!(
+        run.results_of("observer"),
+        vec![json!({"get": "queued", "listed": "queued", "factory": "hello"})],
         "{}",
         run.dump()
     );
