@@ -124,88 +124,40 @@ fn a_0_1_0_task_is_cancelled_cooperatively_and_listed_with_its_version() {
 /// task waiting in a queue is `pending` to it (0.2.0 has no `queued`).
 #[test]
 fn a_plugin_built_against_0_2_0_lists_starts_and_cancels_tasks() {
-    let app = TestApp::new(
-        r#"
-        name = "old-and-new"
-        [config]
-        who = "world"
-        [plugins.old]
-        path = "{compat020}"
-        [plugins.kit]
-        path = "{testkit}"
-        [[queues]]
-        name = "held"
-        "#,
-    );
-    let mut host = app.spawn();
-    host.wait_until_serving();
-    let add = |args: &[&str]| {
-        let mut all = vec!["add", "old"];
-        all.extend_from_slice(args);
-        app.cli(&all).ok()
-    };
-    app.cli(&["queue", "pause", "held"]).ok();
-    add(&["hello", "--name", "waiting", "--queue", "held"]);
-    add(&["observe", "--args", r#""waiting""#, "--name", "observer"]);
-    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "observer");
-    add(&["spawner", "--name", "spawner"]);
-    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "child");
-    add(&["sleeper", "--name", "sleeper"]);
-    host.wait_for(1, |l| l["message"] == "0.2.0 sleeping");
-    add(&["stopper", "--args", r#""sleeper""#, "--name", "stopper"]);
-    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "stopper");
-    add(&["no_connection", "--name", "nowhere"]);
-    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "nowhere");
-    let plugins = app.cli(&["plugins", "--json"]).ok();
-    let listed: serde_json::Value = serde_json::from_str(&plugins.stdout).unwrap();
-    let old = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "old")
-        .unwrap();
-    assert_eq!(old["wit"], "0.2.0", "{listed}");
-    let run = host.stop();
-    assert_eq!(
-        run.results_of("observer"),
-        vec![json!({"get": "pending", "listed": "pending", "factory": "hello"})],
-        "{}",
-        run.dump()
-    );
-    assert_eq!(
-        run.results_of("child"),
-        vec![json!({"app": "old-and-new", "who": "world", "attempt": 1})]
-    );
-    assert_eq!(
-        run.results_of("stopper"),
-        vec![json!({"state": "cancelled"})]
-    );
-    let nowhere = run.results_of("nowhere");
-    assert!(
-        nowhere[0].as_str().is_some_and(|e| e.contains("NotFound")),
-        "{nowhere:?}"
-    );
+    an_old_plugin_lists_starts_and_cancels_tasks("compat020", "0.2.0", "pending", None);
 }
 
-/// What the next WIT may change the shape of (the task listing, start-task's
-/// options, the connections interface) keeps working for a 0.3.0 plugin:
-/// it sees a task waiting in a queue as `queued`, and places the task it
-/// starts in a queue.
+/// The same for a 0.3.0 plugin: it sees a task waiting in a queue as
+/// `queued`, and places the task it starts in a queue.
 #[test]
 fn a_plugin_built_against_0_3_0_lists_places_and_cancels_tasks() {
-    let app = TestApp::new(
+    an_old_plugin_lists_starts_and_cancels_tasks("compat030", "0.3.0", "queued", Some("default"));
+}
+
+/// Runs `plugin` (a placeholder of [`TestApp::new`]), built against WIT
+/// `version`: a task waiting in a paused queue reads as `waiting_as` to
+/// it, the task its `spawner` starts is placed in `placed` (none: not in a
+/// queue), and cancelling and the connections interface answer as they
+/// did.
+fn an_old_plugin_lists_starts_and_cancels_tasks(
+    plugin: &str,
+    version: &str,
+    waiting_as: &str,
+    placed: Option<&str>,
+) {
+    let app = TestApp::new(&format!(
         r#"
         name = "old-and-new"
         [config]
         who = "world"
         [plugins.old]
-        path = "{compat030}"
+        path = "{{{plugin}}}"
         [plugins.kit]
-        path = "{testkit}"
+        path = "{{testkit}}"
         [[queues]]
         name = "held"
-        "#,
-    );
+        "#
+    ));
     let mut host = app.spawn();
     host.wait_until_serving();
     let add = |args: &[&str]| {
@@ -220,7 +172,8 @@ fn a_plugin_built_against_0_3_0_lists_places_and_cancels_tasks() {
     add(&["spawner", "--name", "spawner"]);
     host.wait_for(1, |l| l["event"] == "done" && l["task"] == "child");
     add(&["sleeper", "--name", "sleeper"]);
-    host.wait_for(1, |l| l["message"] == "0.3.0 sleeping");
+    let sleeping = format!("{version} sleeping");
+    host.wait_for(1, |l| l["message"] == sleeping.as_str());
     add(&["stopper", "--args", r#""sleeper""#, "--name", "stopper"]);
     host.wait_for(1, |l| l["event"] == "done" && l["task"] == "stopper");
     add(&["no_connection", "--name", "nowhere"]);
@@ -229,10 +182,7 @@ fn a_plugin_built_against_0_3_0_lists_places_and_cancels_tasks() {
         &app.cli(&["task", "child", "--json"]).ok().stdout,
     )
     .unwrap();
-    assert_eq!(
-        child[0]["queue"], "default",
-        "placed by start-task: {child}"
-    );
+    assert_eq!(child[0]["queue"].as_str(), placed, "{child}");
     let plugins = app.cli(&["plugins", "--json"]).ok();
     let listed: serde_json::Value = serde_json::from_str(&plugins.stdout).unwrap();
     let old = listed
@@ -241,11 +191,11 @@ fn a_plugin_built_against_0_3_0_lists_places_and_cancels_tasks() {
         .iter()
         .find(|p| p["name"] == "old")
         .unwrap();
-    assert_eq!(old["wit"], "0.3.0", "{listed}");
+    assert_eq!(old["wit"], version, "{listed}");
     let run = host.stop();
     assert_eq!(
         run.results_of("observer"),
-        vec![json!({"get": "queued", "listed": "queued", "factory": "hello"})],
+        vec![json!({"get": waiting_as, "listed": waiting_as, "factory": "hello"})],
         "{}",
         run.dump()
     );
