@@ -15,6 +15,27 @@ fn json_of(run: &Run) -> Value {
     serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", run.dump()))
 }
 
+/// `taskhost add kit nap --args {"ms": MS} --name NAME --queue QUEUE
+/// --durable --json` and `extra`: what it answered.
+fn add_durable_nap(app: &TestApp, name: &str, queue: &str, ms: u64, extra: &[&str]) -> Value {
+    let nap = format!(r#"{{"ms": {ms}}}"#);
+    let mut args = vec![
+        "add",
+        "kit",
+        "nap",
+        "--args",
+        &nap,
+        "--name",
+        name,
+        "--queue",
+        queue,
+        "--durable",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    json_of(&app.cli(&args).ok())
+}
+
 /// The most tasks of `queue` running at once, replaying the log's
 /// `started` and end lines in the order they were written.
 fn most_running(lines: &[Value], queue: &[&str]) -> usize {
@@ -1183,19 +1204,7 @@ fn a_durable_task_started_as_it_enters_its_queue_counts_its_attempt_across_kill_
     let mut host = app.spawn();
     host.wait_until_serving();
     let add = |name: &str, queue: &str| {
-        let added = json_of(&app.cli(&[
-            "add",
-            "kit",
-            "nap",
-            "--args",
-            r#"{"ms": 600000}"#,
-            "--name",
-            name,
-            "--queue",
-            queue,
-            "--durable",
-            "--json",
-        ]));
+        let added = add_durable_nap(&app, name, queue, 600_000, &[]);
         assert_eq!(added["tasks"][0]["created"], true, "{added}");
     };
     // `free` has no limits: its task starts as it enters. `one` holds
@@ -1248,37 +1257,11 @@ fn a_durable_task_started_as_it_enters_its_queue_counts_its_attempt_across_kill_
     // A task delayed for an hour waits in `free`: it does not hold the
     // next back, which still starts as it enters (its record counted it
     // as not started, one write more, while delayed tasks counted).
-    let delayed = json_of(&app.cli(&[
-        "add",
-        "kit",
-        "nap",
-        "--args",
-        r#"{"ms": 1}"#,
-        "--name",
-        "later",
-        "--queue",
-        "free",
-        "--delay",
-        "1h",
-        "--durable",
-        "--json",
-    ]));
+    let delayed = add_durable_nap(&app, "later", "free", 1, &["--delay", "1h"]);
     assert_eq!(delayed["tasks"][0]["created"], true, "{delayed}");
     for (queue, writes) in [("free", 2.0), ("one", 3.0)] {
         let before = calls();
-        let added = json_of(&app.cli(&[
-            "add",
-            "kit",
-            "nap",
-            "--args",
-            r#"{"ms": 1}"#,
-            "--name",
-            queue,
-            "--queue",
-            queue,
-            "--durable",
-            "--json",
-        ]));
+        let added = add_durable_nap(&app, queue, queue, 1, &[]);
         assert_eq!(added["tasks"][0]["created"], true, "{added}");
         host.wait_for(1, |l| l["event"] == "done" && l["task"] == queue);
         app.await_metric("taskhost_storage_call_seconds_count", before + writes);
@@ -1302,23 +1285,7 @@ fn durable_queued_tasks_wait_across_kill_9_in_order_and_a_delay_is_kept() {
     host.wait_until_serving();
     // Paused (kept across restarts), so none can start before the kill.
     app.cli(&["queue", "pause", "one"]).ok();
-    let add = |name: &str, extra: &[&str]| {
-        let mut args = vec![
-            "add",
-            "kit",
-            "nap",
-            "--args",
-            r#"{"ms": 1}"#,
-            "--name",
-            name,
-            "--queue",
-            "one",
-            "--durable",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        json_of(&app.cli(&args).ok())
-    };
+    let add = |name: &str, extra: &[&str]| add_durable_nap(&app, name, "one", 1, extra);
     let mut d1_added = None;
     for name in ["d1", "d2", "d3"] {
         let added = add(name, &[]);
