@@ -1183,24 +1183,25 @@ fn keep_ended_drops_an_ended_task_once_it_is_that_old_and_frees_its_name() {
     host.stop();
 }
 
+/// `free`, a queue that bounds nothing, and `one`, one task at a time.
+const FREE_AND_ONE: &str = r#"
+    name = "counted"
+    [plugins.kit]
+    path = "{testkit}"
+    [[queues]]
+    name = "free"
+    [[queues]]
+    name = "one"
+    concurrency = 1
+"#;
+
 /// A durable task whose queue gives its turn as it enters has its first
 /// attempt counted in its record (one write fewer than at its turn); one
 /// that waits is recorded with none. Killed while they run, each runs
 /// again as its next attempt.
 #[test]
 fn a_durable_task_started_as_it_enters_its_queue_counts_its_attempt_across_kill_9() {
-    let app = TestApp::new(
-        r#"
-        name = "counted"
-        [plugins.kit]
-        path = "{testkit}"
-        [[queues]]
-        name = "free"
-        [[queues]]
-        name = "one"
-        concurrency = 1
-        "#,
-    );
+    let app = TestApp::new(FREE_AND_ONE);
     let mut host = app.spawn();
     host.wait_until_serving();
     let add = |name: &str, queue: &str| {
@@ -1236,18 +1237,8 @@ fn a_durable_task_started_as_it_enters_its_queue_counts_its_attempt_across_kill_
     // What the first attempt's count in the record saves: a task that
     // starts as it enters is two storage writes (its record, its end), one
     // counted at its turn three.
-    let app = TestApp::new(
-        r#"
-        name = "writes"
-        [plugins.kit]
-        path = "{testkit}"
-        [[queues]]
-        name = "free"
-        [[queues]]
-        name = "one"
-        concurrency = 1
-        "#,
-    );
+    // A new app: the first one's `first` holds `one` for ten minutes.
+    let app = TestApp::new(FREE_AND_ONE);
     let mut host = app.spawn();
     host.wait_until_serving();
     let calls = || {
