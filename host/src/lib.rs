@@ -91,6 +91,7 @@ pub(crate) mod connection_hub;
 pub(crate) mod connections;
 pub(crate) mod dirs;
 pub mod events;
+pub(crate) mod grace;
 pub(crate) mod http;
 pub(crate) mod interface;
 pub(crate) mod keyvalue;

@@ -243,7 +243,7 @@ pub(crate) fn new_store(engine: &Engine, data: TaskData) -> Store<TaskData> {
         } else {
             Ok(UpdateDeadline::YieldCustom(
                 1,
-                Box::pin(tokio::task::yield_now()),
+                Box::pin(crate::grace::yield_to_siblings()),
             ))
         }
     });
