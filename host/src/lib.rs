@@ -94,6 +94,7 @@ pub mod events;
 pub(crate) mod grace;
 pub(crate) mod http;
 pub(crate) mod interface;
+pub(crate) mod joins;
 pub(crate) mod keyvalue;
 pub(crate) mod listener;
 pub(crate) mod logging;

@@ -8,7 +8,7 @@ use crate::control::routes;
 use crate::lifecycle::{LifecycleEvent, TaskRef};
 use crate::operations::types::{
     BuildState, CancelRequest, DispatchRequest, KeysQuery, KvPut, LoadRequest, PluginView,
-    ScheduleView, Submission, TaskFilter, Triggered,
+    ScheduleView, Submission, TaskFilter, Triggered, WaitRequest,
 };
 use crate::task::{TaskState, TaskView, WorkerId};
 use clap::{Args, Subcommand};
@@ -119,6 +119,23 @@ pub(crate) enum Verb {
         #[arg(long)]
         cluster: bool,
         /// Give up waiting after this long.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Wait until TASK has ended and show it, its result or error
+    /// included. Exits 0 if it ended done; 1 if it failed or was cancelled,
+    /// or had not ended within --timeout-ms (it goes on); 3 if the host has
+    /// no such task.
+    Wait {
+        /// The task's id on the host (digits only), or its name.
+        task: String,
+        /// With a name that tasks of several workers have: this worker's
+        /// task.
+        #[arg(long)]
+        worker: Option<WorkerId>,
+        /// Give up waiting after this long (at most an hour).
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
         #[command(flatten)]
@@ -531,6 +548,40 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 print_json(&ended);
             } else {
                 print_tasks(&ended);
+            }
+        }
+        Verb::Wait {
+            task,
+            worker,
+            timeout_ms,
+            common,
+        } => {
+            let (id, name) = match task.parse::<u64>() {
+                Ok(id) => (Some(id), None),
+                Err(_) => (None, Some(task)),
+            };
+            let request = WaitRequest {
+                id,
+                name,
+                worker,
+                timeout_ms: Some(timeout_ms),
+            };
+            let ended = connect(&common)?.call(&routes::WAIT, &[], &request).await?;
+            if common.json {
+                print_json(&ended);
+            } else {
+                print_tasks(std::slice::from_ref(&ended));
+            }
+            if ended.state != TaskState::Done {
+                let why = match (&ended.error, ended.cancel_stage) {
+                    (Some(error), _) => format!(": {}", headline(error)),
+                    (None, Some(stage)) => format!(" ({})", stage.as_str()),
+                    (None, None) => String::new(),
+                };
+                return Err(ClientError::refused(format!(
+                    "task {} ended {}{why}",
+                    ended.id, ended.state
+                )));
             }
         }
         Verb::Health { common } => {

@@ -10,7 +10,7 @@ use crate::lifecycle::LifecycleEvent;
 use crate::operations::types::{
     CancelRequest, ClusterCall, DispatchRequest, Health, KeysQuery, KvBucketView, KvEntry, KvKeys,
     KvPut, KvWritten, LoadRequest, Loaded, PluginView, Purged, QueueView, ScheduleView, TaskFilter,
-    Woken,
+    WaitRequest, Woken,
 };
 use crate::operations::{DeadLetters, DeadQuery};
 use crate::operations::{ErrorKind, OpError, Operations, Submission, Submitted};
@@ -47,6 +47,7 @@ pub(super) fn router(host: Arc<Host>, token: String) -> Router {
     Router::new()
         .route(r::LIST_TASKS.path, get(list_tasks).post(add_task))
         .route(r::CANCEL.path, post(cancel_task))
+        .route(r::WAIT.path, post(wait_task))
         .route(r::TASK.path, get(get_task))
         .route(r::PURGE.path, post(purge))
         .route(r::DISPATCH.path, post(dispatch))
@@ -218,6 +219,14 @@ async fn cancel_task(
 ) -> Answer<Vec<TaskView>> {
     let Json(request) = body.map_err(body_error)?;
     ctx.ops.cancel(request).await.map(Json)
+}
+
+async fn wait_task(
+    State(ctx): State<Ctx>,
+    body: Result<Json<WaitRequest>, JsonRejection>,
+) -> Answer<TaskView> {
+    let Json(request) = body.map_err(body_error)?;
+    ctx.ops.wait(request).await.map(Json)
 }
 
 async fn purge(State(ctx): State<Ctx>) -> Answer<Purged> {

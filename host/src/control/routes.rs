@@ -13,7 +13,7 @@ use crate::config::LimitsChange;
 use crate::operations::types::{
     CancelRequest, DeadLetters, DeadQuery, DispatchRequest, Health, KeysQuery, KvBucketView,
     KvEntry, KvKeys, KvPut, KvWritten, LoadRequest, Loaded, PluginView, Purged, QueueView,
-    ScheduleView, Submission, Submitted, TaskFilter, Woken,
+    ScheduleView, Submission, Submitted, TaskFilter, WaitRequest, Woken,
 };
 use crate::storage::StoredLetter;
 use crate::task::TaskView;
@@ -191,6 +191,10 @@ pub const SUBMIT: Route<Submission, Submitted> = Route::new(
 /// or 504 `timeout` past `timeout_ms` (10 s by default).
 pub const CANCEL: Route<CancelRequest, Vec<TaskView>> =
     Route::new(Post, "/v1/tasks/cancel", "cancel by name, wait until ended");
+/// Answers the task (by `id`, or `name`) once it has ended, result included;
+/// 504 `timeout` past `timeout_ms` (10 s by default), the task going on.
+pub const WAIT: Route<WaitRequest, TaskView> =
+    Route::new(Post, "/v1/tasks/wait", "wait until a task has ended");
 /// `{id}` is the task's number on this host; 404 `not_found` once it is purged,
 /// or if it never was.
 pub const TASK: Route<(), TaskView> = Route::new(Get, "/v1/tasks/{id}", "one task");
@@ -310,10 +314,11 @@ pub const CLUSTER_PURGE: Route<(), Vec<serde_json::Value>> =
     Route::new(Post, "/v1/cluster/purge", "drop ended tasks on every host");
 
 /// Every route, in the order the docs list them.
-pub const ALL: [Listed; 30] = [
+pub const ALL: [Listed; 31] = [
     LIST_TASKS.listed(),
     SUBMIT.listed(),
     CANCEL.listed(),
+    WAIT.listed(),
     TASK.listed(),
     PURGE.listed(),
     DISPATCH.listed(),

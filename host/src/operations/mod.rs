@@ -30,7 +30,7 @@ use types::{
     BuildState, CancelRequest, DispatchRequest, FactoryView, Health, KeysQuery, KvBucketView,
     KvEntry, KvKeys, KvPut, KvWritten, LoadRequest, Loaded, MemoryImage, NameScope, PluginView,
     Purged, QueueAction, QueueView, ScheduleAction, ScheduleView, SubmittedTask, TaskFilter,
-    Triggered, Woken,
+    Triggered, WaitRequest, Woken,
 };
 pub use types::{DeadLetters, DeadQuery};
 pub use types::{ErrorKind, OpError, Submission, Submitted};
@@ -40,6 +40,9 @@ const MAX_KEYS_PER_PAGE: usize = 10_000;
 
 /// How long a cancel or a `wait_for` dispatch waits by default.
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+
+/// The longest a `wait` may wait: a request held open holds a connection.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 /// The operations of one running host.
 pub struct Operations {
@@ -293,6 +296,92 @@ impl Operations {
                 }
             })
             .collect()
+    }
+
+    /// Waits until the task `request` names has ended (a task that has
+    /// ended answers at once) and answers it, result included; a `timeout`
+    /// error past `request.timeout_ms`, the task going on.
+    pub async fn wait(&self, request: WaitRequest) -> Result<TaskView, OpError> {
+        let timeout = request
+            .timeout_ms
+            .map_or(DEFAULT_WAIT, Duration::from_millis);
+        if timeout > MAX_WAIT {
+            return Err(OpError::bad_request(format!(
+                "timeout_ms {} is over an hour: wait again instead",
+                timeout.as_millis()
+            )));
+        }
+        let mut task = self.awaited(&request)?;
+        let what = match (&task.seen().ident.name, request.id) {
+            (Some(name), None) => format!("`{name}` (task {})", task.seen().ident.id),
+            _ => format!("task {}", task.seen().ident.id),
+        };
+        tokio::time::timeout(timeout, task.ended())
+            .await
+            .map(|info| TaskView::from(&info))
+            .map_err(|_| {
+                OpError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "{what} had not ended after {timeout:?}; it goes on (`taskhost cancel` \
+                         stops a named task)"
+                    ),
+                )
+            })
+    }
+
+    /// The task a wait names: by id on any worker, or by name (on
+    /// `worker`, or the one worker that has such a task).
+    fn awaited(&self, request: &WaitRequest) -> Result<crate::joins::Awaited, OpError> {
+        use crate::joins::Awaited;
+        let scopes = || {
+            self.host
+                .workers()
+                .map(|w| w.clone() as Arc<dyn crate::app::TaskScope>)
+        };
+        match (request.id, &request.name) {
+            (Some(id), None) => {
+                if request.worker.is_some() {
+                    return Err(OpError::bad_request(
+                        "`worker` goes with `name`: an id names one task of the host",
+                    ));
+                }
+                scopes()
+                    .find_map(|scope| Awaited::by_id(scope, id))
+                    .ok_or_else(|| OpError::new(ErrorKind::NotFound, format!("no task {id}")))
+            }
+            (None, Some(name)) => {
+                let mut found: Vec<Awaited> = scopes()
+                    .filter(|scope| {
+                        request
+                            .worker
+                            .is_none_or(|w| scope.registry().worker() == w)
+                    })
+                    .filter_map(|scope| Awaited::by_name(scope, name))
+                    .collect();
+                match found.len() {
+                    0 => Err(OpError::new(
+                        ErrorKind::NotFound,
+                        match request.worker {
+                            Some(worker) => format!("no task named `{name}` on worker {worker}"),
+                            None => format!("no task named `{name}`"),
+                        },
+                    )),
+                    1 => Ok(found.remove(0)),
+                    _ => Err(OpError::bad_request(format!(
+                        "tasks of workers {} are named `{name}`: give `worker` (--worker)",
+                        found
+                            .iter()
+                            .map(|t| t.seen().ident.worker.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))),
+                }
+            }
+            _ => Err(OpError::bad_request(
+                "name the task to wait for by `id` or by `name`, one of them",
+            )),
+        }
     }
 
     /// Drops every ended task; their cluster-scoped names are free at once.

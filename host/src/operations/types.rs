@@ -196,6 +196,27 @@ pub struct CancelRequest {
     pub timeout_ms: Option<u64>,
 }
 
+/// `POST /v1/tasks/wait`: which task to wait for (its `id`, or its
+/// `name`), and how long. The answer is the task once it has ended.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitRequest {
+    /// The task's id on this host; or give `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// The task's name; if tasks of several workers have it, give
+    /// `worker` too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// With `name`: the worker whose task it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerId>,
+    /// How long to wait (default 10 s, at most an hour); past it the
+    /// answer is 504 `timeout` and the task goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
 /// The answer to `POST /v1/purge`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Purged {

@@ -78,6 +78,76 @@ fn add_get_and_cancel_cooperatively_or_by_force() {
     assert_eq!(whirl[0]["cancel_stage"], "forced", "{whirl}");
 }
 
+/// `taskhost wait` answers a task once it has ended, its result included,
+/// by id or by name; a task that fails exits 1 saying why; a wait that
+/// runs out of time exits 1 and the task goes on; no such task exits 3.
+#[test]
+fn wait_answers_a_task_once_it_has_ended_with_its_result() {
+    let (app, _host) = steered();
+    let added = json_of(
+        &app.cli(&[
+            "add",
+            "examples",
+            "even_slower",
+            "--args",
+            r#"{"num": 30}"#,
+            "--name",
+            "slow",
+            "--json",
+        ])
+        .ok(),
+    );
+    let id = added["tasks"][0]["id"].as_u64().unwrap().to_string();
+    let ended = json_of(&app.cli(&["wait", "slow", "--json"]).ok());
+    assert_eq!(ended["state"], "done", "{ended}");
+    assert_eq!(ended["result"], "30", "{ended}");
+    // Ended already: by id, at once, as a table.
+    let table = app.cli(&["wait", &id]).ok();
+    assert!(table.stdout.contains("done"), "{}", table.dump());
+
+    app.cli(&[
+        "add",
+        "kit",
+        "fail",
+        "--args",
+        r#"{"reason": "no luck"}"#,
+        "--name",
+        "unlucky",
+    ])
+    .ok();
+    let failed = app.cli(&["wait", "unlucky"]);
+    assert_eq!(failed.code, Some(1), "{}", failed.dump());
+    assert!(
+        failed.stderr.contains("ended failed: no luck"),
+        "{}",
+        failed.dump()
+    );
+
+    // Both workers have a `resident`: which one is asked.
+    let two = app.cli(&["wait", "resident"]);
+    assert_eq!(two.code, Some(1), "{}", two.dump());
+    assert!(
+        two.stderr.contains("give `worker` (--worker)"),
+        "{}",
+        two.dump()
+    );
+    let late = app.cli(&["wait", "resident", "--worker", "1", "--timeout-ms", "50"]);
+    assert_eq!(late.code, Some(1), "{}", late.dump());
+    assert!(
+        late.stderr.contains("had not ended after 50ms; it goes on"),
+        "{}",
+        late.dump()
+    );
+    let still = json_of(
+        &app.cli(&["task", "resident", "--worker", "1", "--json"])
+            .ok(),
+    );
+    assert_eq!(still[0]["state"], "running", "{still}");
+
+    assert_eq!(app.cli(&["wait", "nobody"]).code, Some(3));
+    assert_eq!(app.cli(&["wait", "999999"]).code, Some(3));
+}
+
 #[test]
 fn purge_drops_exactly_the_ended_tasks_and_metrics_count_what_happened() {
     let (app, mut host) = steered();
