@@ -166,7 +166,53 @@ impl App {
             durable: false,
             idempotency_key: None,
             placement: None,
+            child: false,
         }
+    }
+
+    /// Waits until `task` (an id, a name of this worker, or a [`Placed`])
+    /// has ended and returns its final info: its state and its result or
+    /// error ([`TaskInfo::result_as`]). A task that has ended returns at
+    /// once. `None` when `timeout_ms` passes first: the task goes on.
+    /// Fails with a not-found [`Error`], an invalid-args one for this task
+    /// itself or its parent, a cancelled one as soon as this task is
+    /// cancelled.
+    pub fn join(
+        &self,
+        task: impl Into<TaskRef>,
+        timeout_ms: Option<u64>,
+    ) -> Result<Option<TaskInfo>> {
+        app::join(&task.into().0, timeout_ms)
+            .map(|ended| ended.map(TaskInfo::from))
+            .map_err(Error::from_wit)
+    }
+
+    /// Waits until every task of `tasks` has ended (fan-in): their final
+    /// infos in the same order; `None` when `timeout_ms` passes first. At
+    /// most 10,000 tasks.
+    pub fn join_all<T: Into<TaskRef>>(
+        &self,
+        tasks: impl IntoIterator<Item = T>,
+        timeout_ms: Option<u64>,
+    ) -> Result<Option<Vec<TaskInfo>>> {
+        let tasks: Vec<app::TaskRef> = tasks.into_iter().map(|t| t.into().0).collect();
+        app::join_all(&tasks, timeout_ms)
+            .map(|ended| ended.map(|infos| infos.into_iter().map(TaskInfo::from).collect()))
+            .map_err(Error::from_wit)
+    }
+
+    /// Waits until one task of `tasks` has ended: its index in `tasks` and
+    /// its final info (of tasks already ended, the first listed); `None`
+    /// when `timeout_ms` passes first. The others go on.
+    pub fn join_any<T: Into<TaskRef>>(
+        &self,
+        tasks: impl IntoIterator<Item = T>,
+        timeout_ms: Option<u64>,
+    ) -> Result<Option<(usize, TaskInfo)>> {
+        let tasks: Vec<app::TaskRef> = tasks.into_iter().map(|t| t.into().0).collect();
+        app::join_any(&tasks, timeout_ms)
+            .map(|ended| ended.map(|(index, info)| (index as usize, TaskInfo::from(info))))
+            .map_err(Error::from_wit)
     }
 
     /// The task of this worker named `name`, live or ended (until purged);
@@ -227,6 +273,52 @@ pub struct NewTask<'a> {
     durable: bool,
     idempotency_key: Option<&'a str>,
     placement: Option<app::Placement>,
+    child: bool,
+}
+
+/// A task to join ([`App::join`]): its id (`u64`), its name on this
+/// worker (`&str`, `String`) or where [`NewTask::start_on`] placed it
+/// ([`Placed`]).
+#[derive(Debug, Clone)]
+pub struct TaskRef(app::TaskRef);
+
+impl From<u64> for TaskRef {
+    fn from(id: u64) -> TaskRef {
+        TaskRef(app::TaskRef::Id(id))
+    }
+}
+
+impl From<&u64> for TaskRef {
+    fn from(id: &u64) -> TaskRef {
+        TaskRef(app::TaskRef::Id(*id))
+    }
+}
+
+impl From<&str> for TaskRef {
+    fn from(name: &str) -> TaskRef {
+        TaskRef(app::TaskRef::Name(name.to_string()))
+    }
+}
+
+impl From<String> for TaskRef {
+    fn from(name: String) -> TaskRef {
+        TaskRef(app::TaskRef::Name(name))
+    }
+}
+
+impl From<Placed> for TaskRef {
+    fn from(placed: Placed) -> TaskRef {
+        TaskRef(app::TaskRef::Placed(app::PlacedTask {
+            host: placed.host,
+            id: placed.id,
+        }))
+    }
+}
+
+impl From<&Placed> for TaskRef {
+    fn from(placed: &Placed) -> TaskRef {
+        TaskRef::from(placed.clone())
+    }
 }
 
 /// How a task is tried again after a failed attempt (each attempt in a
@@ -335,6 +427,15 @@ impl<'a> NewTask<'a> {
         })
     }
 
+    /// Starts it as this task's child: it is cancelled when this task is
+    /// cancelled or this attempt ends, however it ends (no child outlives
+    /// the work that started it). Not with [`NewTask::durable`], nor on
+    /// other hosts.
+    pub fn child(mut self) -> Self {
+        self.child = true;
+        self
+    }
+
     /// With [`NewTask::durable`]: a second start with the same key returns
     /// the first task's id and starts nothing.
     pub fn idempotency_key(mut self, key: &'a str) -> Self {
@@ -349,6 +450,7 @@ impl<'a> NewTask<'a> {
             && !self.durable
             && self.idempotency_key.is_none()
             && self.placement.is_none()
+            && !self.child
         {
             let args = self.args?;
             return app::add_task(self.plugin, self.factory, &args, self.name)
@@ -402,6 +504,7 @@ impl<'a> NewTask<'a> {
             durable: self.durable,
             idempotency_key: self.idempotency_key.map(str::to_string),
             placement: self.placement,
+            child: self.child,
         };
         Ok((args, options))
     }

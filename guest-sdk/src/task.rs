@@ -40,7 +40,44 @@ pub enum TaskState {
     Cancelled,
 }
 
+impl TaskInfo {
+    /// The result of a `done` task, decoded from its JSON text; an
+    /// [`Error`] naming the task's state (and why it failed) otherwise.
+    pub fn result_as<T: serde::de::DeserializeOwned>(&self) -> crate::Result<T> {
+        match (&self.state, &self.result) {
+            (TaskState::Done, Some(result)) => serde_json::from_str(result).map_err(|e| {
+                crate::Error::msg(format!(
+                    "the result of task {} ({}) is not what was asked for: {e}",
+                    self.id, self.factory
+                ))
+            }),
+            _ => Err(crate::Error::msg(format!(
+                "task {} ({}) is {}{}",
+                self.id,
+                self.factory,
+                self.state.as_str(),
+                self.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ))),
+        }
+    }
+}
+
 impl TaskState {
+    /// Its name, as the host and the logs write it (`running`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Pending => "pending",
+            TaskState::Running => "running",
+            TaskState::Done => "done",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
     /// Done, failed or cancelled.
     pub fn is_ended(self) -> bool {
         matches!(

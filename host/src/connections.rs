@@ -37,9 +37,19 @@ impl HostInterface for ConnectionsState {
         linker: &mut Linker<T>,
     ) -> anyhow::Result<()> {
         wit::add_to_linker::<T, HasConnections>(linker, Holds::<ConnectionsState>::state)
-            // Plugins built against 0.2.0 import its own version.
+            // Plugins built against 0.3.0 or 0.2.0 import their own
+            // version (0.1.0 had no connections).
             .and_then(|()| {
-                old::add_to_linker::<T, HasConnections>(linker, Holds::<ConnectionsState>::state)
+                crate::bindings::v0_3::taskhost::plugin::connections::add_to_linker::<
+                    T,
+                    HasConnections,
+                >(linker, Holds::<ConnectionsState>::state)
+            })
+            .and_then(|()| {
+                crate::bindings::v0_2::taskhost::plugin::connections::add_to_linker::<
+                    T,
+                    HasConnections,
+                >(linker, Holds::<ConnectionsState>::state)
             })
             .map_err(|e| {
                 anyhow::anyhow!("cannot add the connections interface to the linker: {e:#}")
@@ -94,47 +104,57 @@ impl wit::Host for ConnectionsState {
     }
 }
 
-use crate::bindings::v0_2::taskhost::plugin::connections as old;
+/// `connections` of an older WIT version (`$old`, its generated module),
+/// which has the same functions and messages: the current functions, its
+/// messages converted.
+macro_rules! older_connections {
+    ($old:path) => {
+        const _: () = {
+            use $old as old;
 
-/// A message of 0.2.0's `connections`, which has the same cases.
-fn message_from_old(message: old::Message) -> Message {
-    match message {
-        old::Message::Text(text) => Message::Text(text),
-        old::Message::Binary(bytes) => Message::Binary(bytes),
-    }
+            fn message_from_old(message: old::Message) -> Message {
+                match message {
+                    old::Message::Text(text) => Message::Text(text),
+                    old::Message::Binary(bytes) => Message::Binary(bytes),
+                }
+            }
+
+            fn message_to_old(message: Message) -> old::Message {
+                match message {
+                    Message::Text(text) => old::Message::Text(text),
+                    Message::Binary(bytes) => old::Message::Binary(bytes),
+                }
+            }
+
+            impl old::Host for ConnectionsState {
+                async fn recv(
+                    &mut self,
+                    id: u64,
+                ) -> wasmtime::Result<Result<Option<old::Message>, GuestError>> {
+                    let received = wit::Host::recv(self, id).await?;
+                    Ok(received.map(|message| message.map(message_to_old)))
+                }
+
+                async fn send(
+                    &mut self,
+                    id: u64,
+                    message: old::Message,
+                ) -> wasmtime::Result<Result<(), GuestError>> {
+                    wit::Host::send(self, id, message_from_old(message)).await
+                }
+
+                async fn close(
+                    &mut self,
+                    id: u64,
+                    code: u16,
+                    reason: String,
+                ) -> wasmtime::Result<Result<(), GuestError>> {
+                    wit::Host::close(self, id, code, reason).await
+                }
+            }
+        };
+    };
 }
 
-fn message_to_old(message: Message) -> old::Message {
-    match message {
-        Message::Text(text) => old::Message::Text(text),
-        Message::Binary(bytes) => old::Message::Binary(bytes),
-    }
-}
-
-/// `connections@0.2.0`: the current functions, its messages converted.
-impl old::Host for ConnectionsState {
-    async fn recv(
-        &mut self,
-        id: u64,
-    ) -> wasmtime::Result<Result<Option<old::Message>, GuestError>> {
-        let received = wit::Host::recv(self, id).await?;
-        Ok(received.map(|message| message.map(message_to_old)))
-    }
-
-    async fn send(
-        &mut self,
-        id: u64,
-        message: old::Message,
-    ) -> wasmtime::Result<Result<(), GuestError>> {
-        wit::Host::send(self, id, message_from_old(message)).await
-    }
-
-    async fn close(
-        &mut self,
-        id: u64,
-        code: u16,
-        reason: String,
-    ) -> wasmtime::Result<Result<(), GuestError>> {
-        wit::Host::close(self, id, code, reason).await
-    }
-}
+older_connections!(crate::bindings::v0_3::taskhost::plugin::connections);
+older_connections!(crate::bindings::v0_2::taskhost::plugin::connections);

@@ -7,23 +7,26 @@
 //! returns at once. Waiting is all it does: a wait that gives up (its
 //! timeout, its caller cancelled) leaves the task as it is.
 
-use crate::app::TaskScope;
-use crate::registry::TaskHandle;
+use crate::registry::{Listing, TaskHandle};
 use crate::task::{TaskId, TaskInfo, TaskState};
 use std::sync::Arc;
+
+/// The most tasks one call waits for: a join-all of more holds that many
+/// waits, and no worker holds more tasks than its `tasks_per_worker`.
+pub(crate) const MAX_JOINED: usize = 10_000;
 
 /// A task someone waits for: its handle, its record when it was found (what
 /// is answered if it is dropped from its registry before its end can be
 /// read), and the worker whose registry lists it.
 pub(crate) struct Awaited {
-    worker: Arc<dyn TaskScope>,
+    worker: Arc<dyn Listing>,
     handle: TaskHandle,
     seen: TaskInfo,
 }
 
 impl Awaited {
     /// Task `id`, if `worker` lists it.
-    pub(crate) fn by_id(worker: Arc<dyn TaskScope>, id: TaskId) -> Option<Awaited> {
+    pub(crate) fn by_id(worker: Arc<dyn Listing>, id: TaskId) -> Option<Awaited> {
         let handle = worker.registry().handle_of(id)?;
         let seen = worker.registry().get(id)?;
         Some(Awaited {
@@ -34,7 +37,7 @@ impl Awaited {
     }
 
     /// The task `worker` lists as `name`.
-    pub(crate) fn by_name(worker: Arc<dyn TaskScope>, name: &str) -> Option<Awaited> {
+    pub(crate) fn by_name(worker: Arc<dyn Listing>, name: &str) -> Option<Awaited> {
         let handle = worker.registry().handle_by_name(name)?;
         let seen = worker.registry().get(handle.id)?;
         Some(Awaited {

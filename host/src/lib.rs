@@ -14,7 +14,8 @@
 //!    `app.toml` section while [`config`] embeds it.
 //! 1. Vocabulary, no host logic: [`task`] (ids, states, [`task::TaskView`]),
 //!    [`config`] (app.toml), `bindings` (the WIT), `dirs`,
-//!    `private_files`.
+//!    `private_files`, `grace` (the clock of a cancelled task's grace
+//!    period).
 //! 2. Parts with one job each: [`lifecycle`] (the event type), [`events`]
 //!    (named events), [`registry`] (one worker's tasks, and
 //!    [`registry::TaskHandle::cancel`], the one way to cancel), `metrics`,
@@ -29,7 +30,8 @@
 //!    (the wasmtime engines, through the compile cache), `serve` (how
 //!    the two HTTP servers bound their connections) and
 //!    [`operations::types`] (the requests, answers and error of every
-//!    operation, low so that guests' calls can name them).
+//!    operation, low so that guests' calls can name them), `joins`
+//!    (waiting for a task's end, for guests' joins and the API's wait).
 //! 4. The host interfaces a task imports, one module each, owning its
 //!    state and its `add_to_linker`: `app` (the handle to the app; it
 //!    reaches the worker only through the narrow `app::TaskScope` trait,

@@ -321,6 +321,13 @@ impl Inner {
     }
 }
 
+/// What lists tasks in a [`TaskRegistry`] (a worker), as a wait for a
+/// task's end reads it back (`crate::joins`).
+pub(crate) trait Listing: Send + Sync {
+    /// The registry that lists its tasks.
+    fn registry(&self) -> &TaskRegistry;
+}
+
 /// The tasks of one worker (or of the main scope).
 pub struct TaskRegistry {
     worker: WorkerId,
@@ -815,6 +822,7 @@ mod tests {
             durable: None,
             connection: None,
             queue: None,
+            parent: None,
         })
     }
 

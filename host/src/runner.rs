@@ -85,6 +85,7 @@ pub(crate) async fn prepare(
         durable: None,
         connection: None,
         queue: None,
+        parent: None,
     });
     let data = TaskData::stand_in(ident, app.clone());
     let (engine, pre) = plugin.instantiation(engines, true);

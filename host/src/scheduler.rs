@@ -514,6 +514,7 @@ impl Scheduler {
                 }),
                 connection: None,
                 queue: config.queue.clone(),
+                parent: None,
             };
             match worker.start_task(plugin.clone(), spec).await {
                 Ok(handle) => started.push((worker, handle, name.clone())),

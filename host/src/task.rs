@@ -105,6 +105,10 @@ pub struct TaskIdent {
     /// The queue it was submitted to (`[[queues]]`); none for a task that
     /// started at once.
     pub queue: Option<Arc<str>>,
+    /// The task of this host that started it (a guest's `add-task` or
+    /// `start-task`); none for one the host, an operator or a schedule
+    /// started.
+    pub parent: Option<TaskId>,
 }
 
 impl TaskIdent {
@@ -290,6 +294,10 @@ pub struct TaskView {
     /// The queue it was submitted to; none for a task that started at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
+    /// The task of this host that started it (a guest's `add-task` or
+    /// `start-task`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<TaskId>,
     /// The host it runs on, in a listing gathered from a cluster's hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
@@ -320,6 +328,7 @@ impl From<&TaskInfo> for TaskView {
             attempt: info.attempt,
             durable: info.ident.durable.is_some(),
             queue: info.ident.queue.as_deref().map(str::to_string),
+            parent: info.ident.parent,
             host: None,
         }
     }
@@ -387,6 +396,30 @@ pub(crate) struct CancelSignal {
     /// How the task ended, once it has: set by its registry (`None`: it
     /// was withdrawn, or dropped from the registry before it ended).
     ended: OnceLock<Option<TaskState>>,
+    /// The tasks started as its children (`task-options.child`), cancelled
+    /// when it is cancelled, when an attempt of it ends and when it ends.
+    /// Boxed behind a `OnceLock`: 16 bytes for the tasks that have none.
+    children: OnceLock<Box<std::sync::Mutex<Vec<Child>>>>,
+}
+
+/// A task's child, as its parent's signal cancels it: its signal and the
+/// grace period its worker gives.
+struct Child {
+    signal: Arc<CancelSignal>,
+    grace: Duration,
+}
+
+impl Child {
+    fn cancel(&self) {
+        let signal = &self.signal;
+        if signal.end_state().is_some() || signal.is_cancelled() {
+            return;
+        }
+        signal.cancel_with_grace(self.grace);
+        if self.grace.is_zero() {
+            signal.force();
+        }
+    }
 }
 
 /// Who hears of a cancel through [`CancelSignal::on_cancel`].
@@ -497,6 +530,52 @@ impl CancelSignal {
             if let Some((hook, ticket)) = hook {
                 hook.cancelled(ticket);
             }
+            self.cancel_children();
+        }
+    }
+
+    /// The task's own signal: this one, or for an attempt's, its task's.
+    pub(crate) fn task(self: &Arc<Self>) -> &Arc<CancelSignal> {
+        self.parent.as_ref().unwrap_or(self)
+    }
+
+    /// Makes `child` (given `grace` to stop) this task's child: cancelled
+    /// with it. At once if this task is cancelled or has ended already.
+    pub(crate) fn adopt(&self, child: Arc<CancelSignal>, grace: Duration) {
+        let child = Child {
+            signal: child,
+            grace,
+        };
+        let mut children = self
+            .children
+            .get_or_init(Box::default)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Read under the lock `cancel_children` takes after the flag or
+        // the end is set: either it finds the child, or this sees them.
+        if self.own_cancel() || self.ended.get().is_some() {
+            drop(children);
+            child.cancel();
+            return;
+        }
+        // Bounded by the live tasks: ended children go as new ones come.
+        children.retain(|c| c.signal.end_state().is_none());
+        children.push(child);
+    }
+
+    /// Cancels the task's children (each with its grace period); they are
+    /// forgotten.
+    pub(crate) fn cancel_children(&self) {
+        let Some(children) = self.children.get() else {
+            return;
+        };
+        let taken = std::mem::take(
+            &mut *children
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for child in &taken {
+            child.cancel();
         }
     }
 
@@ -615,6 +694,7 @@ impl CancelSignal {
     pub(crate) fn set_ended(&self, state: Option<TaskState>) {
         if self.ended.set(state).is_ok() {
             self.changed.notify_waiters();
+            self.cancel_children();
         }
     }
 

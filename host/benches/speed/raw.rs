@@ -220,6 +220,27 @@ impl app::Host for RawData {
     ) -> Answer<Option<String>> {
         Ok(Ok(None))
     }
+    async fn join(
+        &mut self,
+        _task: app::TaskRef,
+        _timeout: Option<u64>,
+    ) -> Answer<Option<types::TaskInfo>> {
+        Ok(Err(types::Error::Failed("raw".into())))
+    }
+    async fn join_all(
+        &mut self,
+        _tasks: Vec<app::TaskRef>,
+        _timeout: Option<u64>,
+    ) -> Answer<Option<Vec<types::TaskInfo>>> {
+        Ok(Err(types::Error::Failed("raw".into())))
+    }
+    async fn join_any(
+        &mut self,
+        _tasks: Vec<app::TaskRef>,
+        _timeout: Option<u64>,
+    ) -> Answer<Option<(u32, types::TaskInfo)>> {
+        Ok(Err(types::Error::Failed("raw".into())))
+    }
 }
 
 /// A component, compiled and pre-instantiated on `engine`.

@@ -7,6 +7,7 @@
 
 mod events;
 mod identity;
+mod join;
 mod log;
 mod tasks;
 mod time;
@@ -18,7 +19,7 @@ use crate::events::EventHub;
 use crate::logging::LogGate;
 use crate::metrics::HttpMetrics;
 use crate::operations::types::{OpError, Submission, Submitted};
-use crate::registry::{AddTaskError, TaskRegistry};
+use crate::registry::{AddTaskError, Listing};
 use crate::storage::Storage;
 use crate::task::{CancelSignal, TaskId, TaskIdent};
 use prometheus_client::metrics::gauge::Gauge;
@@ -32,10 +33,8 @@ use wasmtime::component::{HasSelf, Linker};
 /// it sees of it: the worker's registry, the host's events, and starting a
 /// task beside the caller. The worker implements it, so this module (and
 /// everything below the worker) never names the worker.
-pub(crate) trait TaskScope: Send + Sync {
-    /// The tasks of the caller's worker.
-    fn registry(&self) -> &TaskRegistry;
-
+/// The tasks of the caller's worker are its [`Listing`]'s registry.
+pub(crate) trait TaskScope: Listing {
     /// The named events of the whole host.
     fn events(&self) -> &EventHub;
 
@@ -67,7 +66,22 @@ pub(crate) trait TaskScope: Send + Sync {
     /// `start-task-on`: places `submission` on other hosts of the
     /// cluster (its `host`); where each task runs.
     fn start_task_on(self: Arc<Self>, submission: Submission) -> PlacedFuture;
+
+    /// Task `id` of any worker of this host, to wait for.
+    fn awaited(&self, id: TaskId) -> Option<crate::joins::Awaited>;
+
+    /// This host's name in its cluster; none without one.
+    fn host_name(&self) -> Option<String>;
+
+    /// Waits until task `id` of `host`, another host of the cluster, has
+    /// ended.
+    fn join_on(self: Arc<Self>, host: String, id: TaskId) -> Joined;
 }
+
+/// A task of another host, once it has ended, or why it cannot be waited
+/// for.
+pub(crate) type Joined =
+    Pin<Box<dyn Future<Output = Result<crate::task::TaskView, OpError>> + Send>>;
 
 /// Where tasks started on other hosts run, or why not.
 pub(crate) type PlacedFuture = Pin<Box<dyn Future<Output = Result<Submitted, OpError>> + Send>>;
@@ -188,18 +202,21 @@ impl AppState {
 }
 
 /// Links the `app` interface (and its `types`) for stores whose data holds
-/// an [`AppState`], reached through `state`: the current version, 0.2.0 and
-/// 0.1.0, so plugins built against any of them run.
+/// an [`AppState`], reached through `state`: the current version, 0.3.0,
+/// 0.2.0 and 0.1.0, so plugins built against any of them run.
 pub(crate) fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     state: fn(&mut T) -> &mut AppState,
 ) -> anyhow::Result<()> {
     use crate::bindings::taskhost::plugin as current;
+    use crate::bindings::v0_3::taskhost::plugin as v0_3;
     use crate::bindings::{v0_1::taskhost::plugin as v0_1, v0_2::taskhost::plugin as v0_2};
     current::types::add_to_linker::<T, HasSelf<AppState>>(linker, state)
         .and_then(|()| current::app::add_to_linker::<T, HasSelf<AppState>>(linker, state))
         // Older versions' `types` declare only types: an empty instance
         // links each.
+        .and_then(|()| linker.instance("taskhost:plugin/types@0.3.0").map(drop))
+        .and_then(|()| v0_3::app::add_to_linker::<T, HasSelf<AppState>>(linker, state))
         .and_then(|()| linker.instance("taskhost:plugin/types@0.2.0").map(drop))
         .and_then(|()| v0_2::app::add_to_linker::<T, HasSelf<AppState>>(linker, state))
         .and_then(|()| linker.instance("taskhost:plugin/types@0.1.0").map(drop))
@@ -228,6 +245,39 @@ impl From<crate::bindings::v0_2::taskhost::plugin::app::TaskOptions>
             idempotency_key: old.idempotency_key,
             // 0.2.0 cannot place a task in a queue.
             placement: None,
+            child: false,
+        }
+    }
+}
+
+impl From<crate::bindings::v0_3::taskhost::plugin::app::TaskOptions>
+    for crate::bindings::taskhost::plugin::app::TaskOptions
+{
+    fn from(old: crate::bindings::v0_3::taskhost::plugin::app::TaskOptions) -> Self {
+        use crate::bindings::taskhost::plugin::app::{Placement, RetryPolicy, StartAt};
+        use crate::bindings::v0_3::taskhost::plugin::app::StartAt as OldStart;
+        Self {
+            name: old.name,
+            retry: old.retry.map(|retry| RetryPolicy {
+                attempts: retry.attempts,
+                initial_ms: retry.initial_ms,
+                max_ms: retry.max_ms,
+                exponential: retry.exponential,
+                jitter: retry.jitter,
+            }),
+            durable: old.durable,
+            idempotency_key: old.idempotency_key,
+            placement: old.placement.map(|placement| Placement {
+                queue: placement.queue,
+                key: placement.key,
+                priority: placement.priority,
+                start: placement.start.map(|start| match start {
+                    OldStart::DelayMs(ms) => StartAt::DelayMs(ms),
+                    OldStart::RunAtMs(ms) => StartAt::RunAtMs(ms),
+                }),
+            }),
+            // 0.3.0 has no children.
+            child: false,
         }
     }
 }
@@ -277,6 +327,7 @@ macro_rules! app_host {
                     factory,
                     args,
                     name,
+                    parent: Some(self.ident.id),
                     ..TaskSpec::default()
                 };
                 Ok(match self.add_task_target(plugin) {
@@ -428,14 +479,22 @@ macro_rules! since_0_2 {
             args: String,
             options: $options,
         ) -> wasmtime::Result<Result<u64, types::Error>> {
-            let spec = match tasks::spec_of(factory, args, options.into()) {
+            let options: crate::bindings::taskhost::plugin::app::TaskOptions = options.into();
+            let child = options.child;
+            let mut spec = match tasks::spec_of(factory, args, options) {
                 Ok(spec) => spec,
                 Err(error) => return Ok(Err(error)),
             };
-            Ok(match self.add_task_target(plugin) {
-                Ok((worker, plugin)) => tasks::add_task(worker, plugin, spec).await,
-                Err(error) => Err(error),
-            })
+            spec.parent = Some(self.ident.id);
+            let (worker, plugin) = match self.add_task_target(plugin) {
+                Ok(target) => target,
+                Err(error) => return Ok(Err(error)),
+            };
+            let started = tasks::add_task(worker.clone(), plugin, spec).await;
+            if let (Ok(id), true) = (&started, child) {
+                self.adopt_child(&worker, *id);
+            }
+            Ok(started)
         }
     };
 }
@@ -448,6 +507,52 @@ app_host!(
         since_0_2!(
             crate::bindings::taskhost::plugin::app::TaskOptions,
             crate::bindings::taskhost::plugin::app::PlacedTask
+        );
+
+        async fn join(
+            &mut self,
+            task: crate::bindings::taskhost::plugin::app::TaskRef,
+            timeout_ms: Option<u64>,
+        ) -> wasmtime::Result<Result<Option<types::TaskInfo>, types::Error>> {
+            Ok(match self.join_request(vec![task], timeout_ms) {
+                Ok(request) => join::join_all(request)
+                    .await
+                    .map(|ended| ended.and_then(|mut infos| infos.pop())),
+                Err(error) => Err(error),
+            })
+        }
+
+        async fn join_all(
+            &mut self,
+            tasks: Vec<crate::bindings::taskhost::plugin::app::TaskRef>,
+            timeout_ms: Option<u64>,
+        ) -> wasmtime::Result<Result<Option<Vec<types::TaskInfo>>, types::Error>> {
+            Ok(match self.join_request(tasks, timeout_ms) {
+                Ok(request) => join::join_all(request).await,
+                Err(error) => Err(error),
+            })
+        }
+
+        async fn join_any(
+            &mut self,
+            tasks: Vec<crate::bindings::taskhost::plugin::app::TaskRef>,
+            timeout_ms: Option<u64>,
+        ) -> wasmtime::Result<Result<Option<(u32, types::TaskInfo)>, types::Error>> {
+            Ok(match self.join_request(tasks, timeout_ms) {
+                Ok(request) => join::join_any(request).await,
+                Err(error) => Err(error),
+            })
+        }
+    }
+);
+app_host!(
+    crate::bindings::v0_3::taskhost::plugin::app::Host,
+    types::TaskInfo,
+    std::convert::identity,
+    {
+        since_0_2!(
+            crate::bindings::v0_3::taskhost::plugin::app::TaskOptions,
+            crate::bindings::v0_3::taskhost::plugin::app::PlacedTask
         );
     }
 );

@@ -16,7 +16,7 @@ use std::sync::Arc;
 impl AppState {
     /// The caller's worker, or `failed` for the throw-away instances that
     /// list factories at load time (they have no worker).
-    fn worker_ctx(&self) -> Result<Arc<dyn TaskScope>, GuestError> {
+    pub(super) fn worker_ctx(&self) -> Result<Arc<dyn TaskScope>, GuestError> {
         self.scope
             .clone()
             .ok_or_else(|| GuestError::Failed("no worker: tasks cannot be managed here".into()))
@@ -188,6 +188,13 @@ pub(super) fn spec_of(
                 .map_err(|e| GuestError::InvalidArgs(format!("task-options.retry: {e:#}")))
         })
         .transpose()?;
+    if options.child && options.durable {
+        return Err(GuestError::InvalidArgs(
+            "task-options.child: a durable task outlives a crash, and its parent's instance \
+             does not: it cannot be a child (drop one of the two)"
+                .into(),
+        ));
+    }
     Ok(TaskSpec {
         factory,
         args,
@@ -197,6 +204,7 @@ pub(super) fn spec_of(
         idempotency_key: options.idempotency_key,
         connection: None,
         queue: placement_of(options.placement)?,
+        parent: None,
     })
 }
 
@@ -211,6 +219,13 @@ pub(super) fn submission_of(
     options: app::TaskOptions,
     cluster_name: bool,
 ) -> Result<Submission, GuestError> {
+    if options.child {
+        return Err(GuestError::InvalidArgs(
+            "task-options.child: a task of another host cannot be a child (its parent's cancel \
+             does not travel): start it with start-task, or without `child`"
+                .into(),
+        ));
+    }
     let args = serde_json::from_str(&args)
         .map_err(|e| GuestError::InvalidArgs(format!("args are not JSON: {e}")))?;
     let retry = options.retry.map(retry_spec);
@@ -344,15 +359,32 @@ pub(super) async fn cancel_task(request: CancelRequest) -> Result<types::TaskInf
     Ok(to_wit(&info))
 }
 
+impl AppState {
+    /// Makes task `id` of `worker` (just started by this caller) its
+    /// child: cancelled when the caller's task is cancelled or its attempt
+    /// ends.
+    pub(super) fn adopt_child(&self, worker: &Arc<dyn TaskScope>, id: u64) {
+        if let Some(child) = worker.registry().handle_of(id) {
+            self.cancel
+                .task()
+                .adopt(child.signal().clone(), child.grace());
+        }
+    }
+}
+
 /// No task can have a name over the limit, and echoing one back in a
 /// not-found error would hand the guest its giant string again.
-fn check_name(name: &str) -> Result<(), GuestError> {
+pub(super) fn check_name(name: &str) -> Result<(), GuestError> {
     Limit::check_name("a task name", name).map_err(|limit| GuestError::Limit(limit.to_string()))
 }
 
 /// The guest's `task-info`: the same record as [`TaskView`], in WIT types.
 pub(super) fn to_wit(info: &TaskInfo) -> types::TaskInfo {
-    let view = TaskView::from(info);
+    view_to_wit(TaskView::from(info))
+}
+
+/// [`to_wit`] of a task as the API shows it (another host's, say).
+pub(super) fn view_to_wit(view: TaskView) -> types::TaskInfo {
     types::TaskInfo {
         id: view.id,
         name: view.name,

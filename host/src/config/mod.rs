@@ -236,6 +236,7 @@ impl TaskConfig {
             },
             connection: None,
             queue: self.queue.clone(),
+            parent: None,
         }
     }
 }
@@ -266,6 +267,9 @@ pub struct TaskSpec {
     /// and its key, priority and delay there; none: it starts at once or
     /// is refused.
     pub queue: Option<Placement>,
+    /// The id of the task that started it, for a task a guest started on
+    /// this host (`add-task`, `start-task`).
+    pub parent: Option<u64>,
 }
 
 impl fmt::Display for TaskConfig {

@@ -2,9 +2,10 @@
 //! answers when they ask ([`Submissions`], [`ClusterCalls`], [`HostPlugins`]),
 //! how answers from several hosts are joined, and the roll-out of a build.
 
-use super::types::{ClusterCall, HostBuild, LoadRequest, Loaded, Submission};
+use super::types::{ClusterCall, HostBuild, LoadRequest, Loaded, Submission, WaitRequest};
 use super::{ErrorKind, OpError, Operations, load_error};
 use crate::host::Host;
+use crate::task::TaskView;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -257,6 +258,64 @@ impl crate::cluster::Responder for ClusterCalls {
 impl crate::worker::RemoteTasks for Operations {
     fn submit(self: Arc<Self>, submission: Submission) -> crate::worker::Placed {
         Box::pin(async move { Operations::submit(&self, submission).await })
+    }
+
+    fn host_name(&self) -> String {
+        self.host
+            .cluster()
+            .map(|cluster| cluster.config().host.clone())
+            .unwrap_or_default()
+    }
+
+    fn join(self: Arc<Self>, host: String, id: u64) -> crate::app::Joined {
+        Box::pin(async move { join_on(&self.host, &host, id).await })
+    }
+}
+
+/// How long one request of a join on another host waits there before it
+/// is asked again: within the cluster's request timeout
+/// ([`crate::cluster::requests::REQUEST_TIMEOUT`], 10 s).
+const JOIN_SLICE: Duration = Duration::from_secs(8);
+
+/// Waits until task `id` of `host` has ended: its record, with its `host`.
+/// The host answers once the task ended or [`JOIN_SLICE`] passed; then
+/// it is asked again, for as long as the caller waits.
+async fn join_on(this: &Host, host: &str, id: u64) -> Result<TaskView, OpError> {
+    let cluster = this.cluster().ok_or_else(no_cluster)?;
+    let call = ClusterCall::Wait {
+        request: WaitRequest {
+            id: Some(id),
+            timeout_ms: Some(JOIN_SLICE.as_millis() as u64),
+            ..WaitRequest::default()
+        },
+    };
+    let payload = bytes::Bytes::from(serde_json::to_vec(&call).unwrap_or_default());
+    let target = crate::cluster::Target::Host(host.to_string());
+    loop {
+        let answers = cluster
+            .request(crate::cluster::Kind::Calls, &target, payload.clone())
+            .await
+            .map_err(request_error)?;
+        let Some(answer) = answers.into_iter().next() else {
+            return Err(OpError::new(
+                ErrorKind::NoHost,
+                format!("host {host} did not answer"),
+            ));
+        };
+        if (200..300).contains(&answer.status) {
+            let mut view: TaskView = serde_json::from_slice(&answer.body).map_err(|e| {
+                OpError::new(
+                    ErrorKind::Internal,
+                    format!("host {host} answered a wait for task {id} with no task: {e}"),
+                )
+            })?;
+            view.host = Some(answer.host);
+            return Ok(view);
+        }
+        let error = OpError::of_answer(answer.status, &answer.body);
+        if error.kind != ErrorKind::Timeout {
+            return Err(error);
+        }
     }
 }
 

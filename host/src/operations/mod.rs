@@ -337,7 +337,7 @@ impl Operations {
         let scopes = || {
             self.host
                 .workers()
-                .map(|w| w.clone() as Arc<dyn crate::app::TaskScope>)
+                .map(|w| w.clone() as Arc<dyn crate::registry::Listing>)
         };
         match (request.id, &request.name) {
             (Some(id), None) => {
@@ -882,6 +882,7 @@ impl Operations {
             ClusterCall::ListSchedules => serde_json::to_value(self.schedules()?),
             ClusterCall::Cancel { request } => serde_json::to_value(self.cancel(request).await?),
             ClusterCall::Purge => serde_json::to_value(self.purge().await?),
+            ClusterCall::Wait { request } => serde_json::to_value(self.wait(request).await?),
         };
         value.map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))
     }

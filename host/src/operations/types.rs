@@ -108,6 +108,7 @@ impl Submission {
             }
             .placement()
             .map_err(OpError::bad_request)?,
+            parent: None,
         })
     }
 }
@@ -261,9 +262,9 @@ pub struct PluginView {
     pub version: String,
     /// The component file it was loaded from, as the host reads it.
     pub path: PathBuf,
-    /// The `taskhost:plugin` WIT version it was built against ("0.3.0",
-    /// "0.2.0" for a plugin built before queues, or "0.1.0" before
-    /// key-value state).
+    /// The `taskhost:plugin` WIT version it was built against ("0.4.0",
+    /// "0.3.0" for a plugin built before joins, "0.2.0" before queues, or
+    /// "0.1.0" before key-value state).
     pub wit: String,
     /// Whether new tasks start from it (`serving`) or it only runs older tasks
     /// out (`draining`).
@@ -765,6 +766,12 @@ pub enum ClusterCall {
     },
     /// `POST /v1/cluster/purge`: each host drops its ended tasks.
     Purge,
+    /// `POST /v1/tasks/wait` on one host: a guest of another host joins a
+    /// task it placed there.
+    Wait {
+        /// The task, and how long this one request waits.
+        request: WaitRequest,
+    },
 }
 
 /// What went wrong, as every caller branches on it. Each kind maps once to

@@ -20,7 +20,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
 /// The world a plugin must implement, as people write it.
-pub(super) const WORLD: &str = "taskhost:plugin/plugin@0.3.0";
+pub(super) const WORLD: &str = "taskhost:plugin/plugin@0.4.0";
 
 /// How long a plugin may take to list its factories or check arguments:
 /// these calls do no real work, so a plugin that takes longer is broken.
@@ -229,6 +229,7 @@ impl PluginLoader {
             durable: None,
             connection: None,
             queue: None,
+            parent: None,
         });
         let data = TaskData::new(ident, self.app.clone(), Arc::new(CancelSignal::default()));
         // Probes run on the cold engine: they should not leave pages in

@@ -272,6 +272,7 @@ impl WorkerCtx {
                 idempotency_key: record.idempotency_key,
                 connection: None,
                 queue: Some(queued.placement()),
+                parent: None,
             };
             return self
                 .enqueue(plugin, spec, Some((run, Some(submitted))))
@@ -290,6 +291,7 @@ impl WorkerCtx {
             idempotency_key: record.idempotency_key,
             connection: None,
             queue: None,
+            parent: None,
         };
         Ok(self.start(Launch::new(plugin, spec, Some(run)), None)?)
     }
@@ -322,6 +324,7 @@ impl WorkerCtx {
             durable: Some(record.seq),
             connection: None,
             queue: None,
+            parent: None,
         });
         let info = TaskInfo {
             state: outcome.state(),

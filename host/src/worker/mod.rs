@@ -90,6 +90,13 @@ pub(crate) type Placed = Pin<Box<dyn Future<Output = Result<Submitted, OpError>>
 pub trait RemoteTasks: Send + Sync {
     /// Places `submission` (its `host`: `any`, `all` or a name).
     fn submit(self: Arc<Self>, submission: Submission) -> Placed;
+
+    /// This host's name in the cluster.
+    fn host_name(&self) -> String;
+
+    /// Waits until task `id` of `host`, another host of the cluster, has
+    /// ended: its record (a guest's join of a placed task).
+    fn join(self: Arc<Self>, host: String, id: TaskId) -> crate::app::Joined;
 }
 
 /// What guests may do to the host's schedules. The scheduler implements
@@ -196,6 +203,7 @@ struct Launch {
     retry: Option<Box<RetryPolicy>>,
     durable: Option<DurableRun>,
     connection: Option<u64>,
+    parent: Option<TaskId>,
 }
 
 impl Launch {
@@ -208,6 +216,7 @@ impl Launch {
             retry: spec.retry.map(Box::new),
             durable,
             connection: spec.connection,
+            parent: spec.parent,
         }
     }
 }
@@ -624,6 +633,7 @@ impl WorkerCtx {
             retry,
             durable,
             connection,
+            parent,
         } = launch;
         let ident = Arc::new(TaskIdent {
             id: next_task_id(),
@@ -635,6 +645,7 @@ impl WorkerCtx {
             durable: durable.as_ref().map(|d| d.seq),
             connection,
             queue,
+            parent,
         });
         let handle = match &ident.queue {
             Some(_) => self.registry.register_queued(ident.clone())?,
@@ -857,6 +868,8 @@ impl Run {
                 },
             ))
             .await;
+            // No child outlives the attempt that started it.
+            task_handle.signal().cancel_children();
             let Some(ended) = run else {
                 worker.registry.withdraw(ident.id);
                 return;
@@ -956,11 +969,13 @@ impl Run {
     }
 }
 
-impl TaskScope for WorkerCtx {
+impl crate::registry::Listing for WorkerCtx {
     fn registry(&self) -> &TaskRegistry {
         &self.registry
     }
+}
 
+impl TaskScope for WorkerCtx {
     fn events(&self) -> &EventHub {
         &self.env.events
     }
@@ -1003,6 +1018,34 @@ impl TaskScope for WorkerCtx {
                 .await
                 .map_err(GuestError::Failed)
         })
+    }
+
+    fn awaited(&self, id: TaskId) -> Option<crate::joins::Awaited> {
+        self.env
+            .workers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find_map(|worker| crate::joins::Awaited::by_id(worker, id))
+    }
+
+    fn host_name(&self) -> Option<String> {
+        let remote = self.env.remote.get().and_then(Weak::upgrade)?;
+        Some(remote.host_name())
+    }
+
+    fn join_on(self: Arc<Self>, host: String, id: TaskId) -> crate::app::Joined {
+        match self.env.remote.get().and_then(Weak::upgrade) {
+            Some(remote) => remote.join(host, id),
+            None => Box::pin(std::future::ready(Err(OpError::new(
+                ErrorKind::NoCluster,
+                format!(
+                    "task {id} is placed on host {host}, and this app has no [cluster] (or its \
+                     cluster does not serve yet)"
+                ),
+            )))),
+        }
     }
 
     fn start_task_on(self: Arc<Self>, submission: Submission) -> Placed {

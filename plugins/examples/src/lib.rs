@@ -161,6 +161,46 @@ plugin! {
         Ok(num)
     }
 
+    /// Returns `x * x`, after sleeping `ms` (default 0): the child of
+    /// `fan_out`.
+    fn square(app: &App, x: u64, ms: Option<u64>) -> Result<u64> {
+        if let Some(ms) = ms
+            && let Err(error) = app.sleep(ms)
+        {
+            if error.is_cancelled() {
+                app.info(format!("square {x}: cancelled"));
+            }
+            return Err(error);
+        }
+        x.checked_mul(x)
+            .ok_or_else(|| taskhost_guest_sdk::Error::permanent(format!("{x} squared overflows")))
+    }
+
+    /// Fan-out / fan-in: starts `n` children of `square` (`x` = 1..=n,
+    /// each sleeping `ms` first), joins them all and returns the sum of
+    /// their results (n = 100: 338,350). Its children are cancelled with
+    /// it.
+    fn fan_out(app: &App, n: u32, ms: Option<u64>) -> Result<u64> {
+        let children = (1..=u64::from(n))
+            .map(|x| {
+                app.task("square")
+                    .args(serde_json::json!({"x": x, "ms": ms}))
+                    .child()
+                    .start()
+            })
+            .collect::<Result<Vec<u64>>>()?;
+        app.info(format!("fan_out: started {n} children"));
+        let ended = app
+            .join_all(&children, None)?
+            .expect("a join with no timeout ends with the tasks");
+        let mut sum = 0u64;
+        for child in &ended {
+            sum += child.result_as::<u64>()?;
+        }
+        app.info(format!("fan_out: {n} squares sum to {sum}"));
+        Ok(sum)
+    }
+
     /// Sleeps `ms` (default an hour); if cancelled, logs `cleanup` and stops.
     fn sleeper(app: &App, ms: Option<u64>) -> Result<()> {
         match app.sleep(ms.unwrap_or(3_600_000)) {

@@ -304,6 +304,48 @@ plugin! {
         })
     }
 
+    /// Joins, and reports what it got: `{"ended": task}`, `{"timed_out":
+    /// true}` or `{"error": kind, "message"}`. `mode`: `name` (joins
+    /// `target` within `timeout_ms`), `any` (join-any of `target`'s
+    /// comma-separated names), `id` (joins the task whose id `target`
+    /// is), `self`, `parent` (starts a child that joins this task, and
+    /// reports what the child got).
+    fn join_probe(
+        app: &App,
+        mode: String,
+        target: Option<String>,
+        timeout_ms: Option<u64>,
+    ) -> Result<Value> {
+        fn report(joined: Result<Option<TaskInfo>>) -> Value {
+            match joined {
+                Ok(Some(info)) => json!({"ended": info}),
+                Ok(None) => json!({"timed_out": true}),
+                Err(error) => {
+                    json!({"error": format!("{:?}", error.kind()), "message": error.to_string()})
+                }
+            }
+        }
+        let target = target.unwrap_or_default();
+        Ok(match mode.as_str() {
+            "name" => report(app.join(target.as_str(), timeout_ms)),
+            "id" => report(app.join(target.parse::<u64>().unwrap_or(u64::MAX), timeout_ms)),
+            "self" => report(app.join(app.id(), timeout_ms)),
+            "any" => match app.join_any(target.split(','), timeout_ms) {
+                Ok(Some((index, info))) => json!({"index": index, "ended": info}),
+                other => report(other.map(|ended| ended.map(|(_, info)| info))),
+            },
+            "parent" => {
+                let child = app
+                    .task("join_probe")
+                    .args(json!({"mode": "id", "target": app.id().to_string()}))
+                    .start()?;
+                let ended = app.join(child, None)?.expect("no timeout");
+                ended.result_as::<Value>()?
+            }
+            other => return Err(Error::permanent(format!("no join_probe mode {other:?}"))),
+        })
+    }
+
     /// Cancels itself (it is named `name`) and returns what that said.
     fn cancel_self(app: &App, name: String) -> Result<Value> {
         app.cancel_task(&name)?;

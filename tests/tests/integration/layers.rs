@@ -17,7 +17,14 @@ use taskhost_tests::repo;
 const LAYERS: &[&[&str]] = &[
     &["config::value"],
     &["variables::section"],
-    &["task", "config", "bindings", "dirs", "private_files"],
+    &[
+        "task",
+        "config",
+        "bindings",
+        "dirs",
+        "private_files",
+        "grace",
+    ],
     &[
         "lifecycle",
         "events",
@@ -34,6 +41,7 @@ const LAYERS: &[&[&str]] = &[
         "serve",
         "operations::types",
         "interface",
+        "joins",
     ],
     &[
         "app",

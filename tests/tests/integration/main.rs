@@ -20,6 +20,7 @@ mod guests;
 mod hostile;
 mod hot_load_paths;
 mod http;
+mod joins;
 mod js;
 mod kv;
 mod layers;

@@ -223,6 +223,8 @@ fn the_documented_task_record_is_task_view() {
         durable: false,
         // Only for a task submitted to a queue (docs/queues.md).
         queue: None,
+        // Only for a task a guest started (docs/tasks.md).
+        parent: None,
         // Only in a listing gathered from a cluster (docs/cluster.md).
         host: None,
     };

@@ -106,7 +106,7 @@ fn a_0_1_0_task_is_cancelled_cooperatively_and_listed_with_its_version() {
     };
     assert_eq!(
         (wit("old"), wit("kit")),
-        (Some(json!("0.1.0")), Some(json!("0.3.0")))
+        (Some(json!("0.1.0")), Some(json!("0.4.0")))
     );
     let cancelled = app.cli(&["cancel", "sleeper"]);
     assert_eq!(cancelled.code, Some(0), "{}", cancelled.stderr);
