@@ -30,7 +30,12 @@ export interface TaskInfo {
   error: string | null;
   cancelStage: 'cooperative' | 'forced' | null;
   ended: boolean;
+  /** A done task's result, decoded; throws `Failed` otherwise. */
+  value(): unknown;
 }
+
+/** A task to join: its id, or its name on this worker. */
+export type TaskRef = number | bigint | string;
 
 export interface Retry {
   attempts: number;
@@ -56,6 +61,8 @@ export interface AddTaskOptions {
   delayMs?: number;
   /** Start no sooner than this Unix time, in ms. */
   runAtMs?: number;
+  /** Cancelled with this task (and when this attempt ends); not with `durable`. */
+  child?: boolean;
 }
 
 export class Cancelled extends Error {}
@@ -100,6 +107,12 @@ export class App {
   sleep(ms: number | bigint): void;
   addTask(factory: string, args?: unknown, options?: AddTaskOptions): number | bigint;
   getTask(name: string): TaskInfo;
+  /** Waits until the task has ended; null when `timeoutMs` passes first. */
+  join(task: TaskRef, options?: { timeoutMs?: number }): TaskInfo | null;
+  /** Every task's final info, in order, once all have ended; null on timeout. */
+  joinAll(tasks: Iterable<TaskRef>, options?: { timeoutMs?: number }): TaskInfo[] | null;
+  /** The first task to end, `[index, info]`; null on timeout. */
+  joinAny(tasks: Iterable<TaskRef>, options?: { timeoutMs?: number }): [number, TaskInfo] | null;
   cancelTask(name: string): TaskInfo;
   tasks(): TaskInfo[];
   purgeTasks(): number;

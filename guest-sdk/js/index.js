@@ -20,8 +20,8 @@
 // `Cancelled` again. Other host errors are `TaskhostError` subclasses; any
 // other uncaught error fails the task with its stack as the error.
 
-import * as host from 'taskhost:plugin/app@0.3.0';
-import * as connections from 'taskhost:plugin/connections@0.3.0';
+import * as host from 'taskhost:plugin/app@0.4.0';
+import * as connections from 'taskhost:plugin/connections@0.4.0';
 import * as store from 'wasi:keyvalue/store@0.2.0-draft2';
 import * as atomics from 'wasi:keyvalue/atomics@0.2.0-draft2';
 import * as wasiConfig from 'wasi:config/store@0.2.0-rc.1';
@@ -137,7 +137,31 @@ function taskInfo(info) {
     error: info.error ?? null,
     cancelStage: info.cancelStage ?? null,
     ended: state === 'done' || state === 'failed' || state === 'cancelled',
+    /** The result of a `done` task, decoded from its JSON text; throws
+     * `Failed` naming the task's state (and why it failed) otherwise. */
+    value() {
+      if (state === 'done' && info.result !== undefined && info.result !== null) {
+        return JSON.parse(info.result);
+      }
+      const why = info.error ? `: ${info.error}` : '';
+      throw new Failed(`task ${fromU64(info.id)} (${info.factory}) is ${state}${why}`);
+    },
   };
+}
+
+/** A task to join, as the WIT names it: an id (Number or BigInt), or a
+ * name. */
+function taskRef(task) {
+  if (typeof task === 'string') return { tag: 'name', val: task };
+  if (typeof task === 'number' || typeof task === 'bigint') {
+    return { tag: 'id', val: toU64(task, 'a task id') };
+  }
+  throw new InvalidArgs(`join: a task is its id (a number) or its name (a string), not ${task}`);
+}
+
+/** A timeout in milliseconds for the host, or none. */
+function timeoutOf(timeoutMs) {
+  return timeoutMs === undefined || timeoutMs === null ? undefined : toU64(timeoutMs, 'timeoutMs');
 }
 
 const encoder = new TextEncoder();
@@ -343,13 +367,14 @@ export class App {
    * initialMs, maxMs, exponential, jitter}), `durable`, `idempotencyKey`,
    * and `queue`, `key`, `priority`, `delayMs`, `runAtMs`: the task waits in
    * that queue (`default` without `queue`) until it lets it start, and the
-   * id comes at once. */
+   * id comes at once. With `child: true` it is cancelled when this task is
+   * cancelled or this attempt ends (not with `durable`). */
   addTask(factory, args = null, options = {}) {
-    const { name, plugin, retry, durable = false, idempotencyKey } = options;
+    const { name, plugin, retry, durable = false, idempotencyKey, child = false } = options;
     const { queue, key, priority, delayMs, runAtMs } = options;
     const text = JSON.stringify(args ?? null);
     const placed = [queue, key, priority, delayMs, runAtMs].some((v) => v !== undefined);
-    if (retry === undefined && !durable && idempotencyKey === undefined && !placed) {
+    if (retry === undefined && !durable && idempotencyKey === undefined && !placed && !child) {
       return fromU64(call(host.addTask, plugin, factory, text, name));
     }
     let start;
@@ -376,8 +401,33 @@ export class App {
       durable,
       idempotencyKey,
       placement,
+      child,
     };
     return fromU64(call(host.startTask, plugin, factory, text, taskOptions));
+  }
+
+  /** Waits until `task` (an id, or a name on this worker) has ended and
+   * returns its final info (`info.value()` decodes a done task's result);
+   * null when `timeoutMs` passes first (the task goes on). Throws
+   * `NotFound`, `InvalidArgs` for this task itself or its parent,
+   * `Cancelled` as soon as this task is cancelled. */
+  join(task, { timeoutMs } = {}) {
+    const ended = call(host.join, taskRef(task), timeoutOf(timeoutMs));
+    return ended === undefined || ended === null ? null : taskInfo(ended);
+  }
+
+  /** `join` for every task of `tasks` (fan-in): their final infos in the
+   * same order; null when `timeoutMs` passes first. */
+  joinAll(tasks, { timeoutMs } = {}) {
+    const ended = call(host.joinAll, Array.from(tasks, taskRef), timeoutOf(timeoutMs));
+    return ended === undefined || ended === null ? null : ended.map(taskInfo);
+  }
+
+  /** `join` for the first of `tasks` to end: `[index, info]`; null when
+   * `timeoutMs` passes first. */
+  joinAny(tasks, { timeoutMs } = {}) {
+    const ended = call(host.joinAny, Array.from(tasks, taskRef), timeoutOf(timeoutMs));
+    return ended === undefined || ended === null ? null : [ended[0], taskInfo(ended[1])];
   }
 
   getTask(name) {

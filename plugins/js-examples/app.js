@@ -54,6 +54,31 @@ export const place = task(
   { description: 'Starts noop in queue held (key, priority, a 2 s delay) and reads its state back.' },
 );
 
+export const square = task(
+  (app, { x, ms }) => {
+    if (ms > 0) app.sleep(ms);
+    return x * x;
+  },
+  {
+    description: 'Returns x * x after sleeping ms: the child of fan_out.',
+    args: { x: 'integer', ms: { type: 'integer', default: 0 } },
+  },
+);
+
+export const fan_out = task(
+  (app, { n, ms }) => {
+    const children = [];
+    for (let x = 1; x <= n; x++) {
+      children.push(app.addTask('square', { x, ms }, { child: true }));
+    }
+    return app.joinAll(children).reduce((sum, child) => sum + child.value(), 0);
+  },
+  {
+    description: 'Starts n children of square (x = 1..n), joins them all, returns the sum of their results.',
+    args: { n: 'integer', ms: { type: 'integer', default: 0 } },
+  },
+);
+
 export const auto_inject = task(
   async (app, { delay_ms }) => {
     app.sleep(delay_ms);

@@ -50,6 +50,24 @@ def place(app: App) -> dict:
 
 
 @task
+def square(app: App, x: int, ms: int = 0) -> int:
+    """Returns x * x after sleeping `ms`: the child of `fan_out`."""
+    if ms:
+        app.sleep(ms)
+    return x * x
+
+
+@task
+def fan_out(app: App, n: int, ms: int = 0) -> int:
+    """Starts `n` children of `square` (x = 1..n), joins them all and
+    returns the sum of their results."""
+    children = [
+        app.add_task("square", {"x": x, "ms": ms}, child=True) for x in range(1, n + 1)
+    ]
+    return sum(info.value() for info in app.join_all(children))
+
+
+@task
 def auto_inject(app: App, delay_ms: int = 0) -> dict:
     """Reports what the injected app knows about itself."""
     app.sleep(delay_ms)

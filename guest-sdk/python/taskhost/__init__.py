@@ -165,6 +165,14 @@ class TaskInfo:
     def ended(self) -> bool:
         return self.state in ("done", "failed", "cancelled")
 
+    def value(self) -> Any:
+        """The result of a `done` task, decoded from its JSON text; raises
+        `Failed` naming the task's state (and why it failed) otherwise."""
+        if self.state == "done" and self.result is not None:
+            return json.loads(self.result)
+        why = f": {self.error}" if self.error else ""
+        raise Failed(f"task {self.id} ({self.factory}) is {self.state}{why}")
+
     @classmethod
     def _from_wit(cls, info: Any) -> "TaskInfo":
         return cls(
@@ -182,6 +190,15 @@ class TaskInfo:
             error=info.error,
             cancel_stage=info.cancel_stage.name.lower() if info.cancel_stage else None,
         )
+
+
+def _task_ref(task: Union[int, str]) -> Any:
+    """A task to join, as the WIT names it: an id, or a name."""
+    if isinstance(task, bool) or not isinstance(task, (int, str)):
+        raise InvalidArgs(f"join: a task is its id (int) or its name (str), not {task!r}")
+    if isinstance(task, int):
+        return _app.TaskRef_Id(task)
+    return _app.TaskRef_Name(task)
 
 
 @dataclasses.dataclass
@@ -487,16 +504,25 @@ class App:
         priority: Optional[int] = None,
         delay_ms: Optional[int] = None,
         run_at_ms: Optional[int] = None,
+        child: bool = False,
     ) -> int:
         """Starts a task on this worker; returns its id once its factory
         accepted `args`. With `queue` (or `key`, `priority`, `delay_ms`,
         `run_at_ms`, which mean the `default` queue without it) it waits in
-        that queue until the queue lets it start, and the id comes at once."""
+        that queue until the queue lets it start, and the id comes at once.
+        With `child`, it is cancelled when this task is cancelled or this
+        attempt ends (not with `durable`)."""
         text = json.dumps(args)
         placed = any(
             v is not None for v in (queue, key, priority, delay_ms, run_at_ms)
         )
-        if retry is None and not durable and idempotency_key is None and not placed:
+        if (
+            retry is None
+            and not durable
+            and idempotency_key is None
+            and not placed
+            and not child
+        ):
             return _call(_app.add_task, plugin, factory, text, name)
         placement = None
         if placed:
@@ -525,8 +551,34 @@ class App:
             durable=durable,
             idempotency_key=idempotency_key,
             placement=placement,
+            child=child,
         )
         return _call(_app.start_task, plugin, factory, text, options)
+
+    def join(self, task: Union[int, str], timeout_ms: Optional[int] = None) -> Optional[TaskInfo]:
+        """Waits until `task` (an id, or a name on this worker) has ended
+        and returns its final info (`info.value()` decodes a done task's
+        result); None when `timeout_ms` passes first (the task goes on).
+        Raises `NotFound`, `InvalidArgs` for this task itself or its parent,
+        `Cancelled` as soon as this task is cancelled."""
+        ended = _call(_app.join, _task_ref(task), timeout_ms)
+        return None if ended is None else TaskInfo._from_wit(ended)
+
+    def join_all(
+        self, tasks: List[Union[int, str]], timeout_ms: Optional[int] = None
+    ) -> Optional[List[TaskInfo]]:
+        """`join` for every task of `tasks` (fan-in): their final infos in
+        the same order; None when `timeout_ms` passes first."""
+        ended = _call(_app.join_all, [_task_ref(t) for t in tasks], timeout_ms)
+        return None if ended is None else [TaskInfo._from_wit(i) for i in ended]
+
+    def join_any(
+        self, tasks: List[Union[int, str]], timeout_ms: Optional[int] = None
+    ) -> Optional[typing.Tuple[int, TaskInfo]]:
+        """`join` for the first of `tasks` to end: its index in `tasks` and
+        its final info; None when `timeout_ms` passes first."""
+        ended = _call(_app.join_any, [_task_ref(t) for t in tasks], timeout_ms)
+        return None if ended is None else (ended[0], TaskInfo._from_wit(ended[1]))
 
     def get_task(self, name: str) -> TaskInfo:
         return TaskInfo._from_wit(_call(_app.get_task, name))

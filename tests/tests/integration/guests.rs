@@ -133,6 +133,24 @@ per_language! {
         );
     }
 
+    fn a_fan_out_joins_its_children_and_sums_their_squares(lang: &Language) {
+        let run = lang
+            .app("", &lang.task("fan_out", "fan", "{ n = 10 }"))
+            .run_until_idle()
+            .ok();
+        // One fan-out per worker, each joining its own ten children.
+        assert_eq!(run.results_of("fan"), vec![json!(385); 2], "{}", run.dump());
+        assert_eq!(
+            run.events("done")
+                .iter()
+                .filter(|l| l["factory"] == "square")
+                .count(),
+            20,
+            "{}",
+            run.dump()
+        );
+    }
+
     fn a_task_is_started_in_a_queue_and_read_back_queued(lang: &Language) {
         let run = lang
             .app("[[queues]]\nname = \"held\"", &lang.task("place", "placer", "{}"))
