@@ -619,6 +619,25 @@ async fn guest_cancel(worker: Arc<WorkerCtx>, n: usize) -> Vec<Duration> {
     .await
 }
 
+/// A guest's start and join of a `noop` child on its own worker, until it
+/// ended: the bench plugin's `join_children` times `n` of them itself.
+async fn guest_join(worker: Arc<WorkerCtx>, n: usize) -> Vec<Duration> {
+    let plugin = plugin(&worker);
+    let w = worker.clone();
+    on(&worker, async move {
+        let mut handle = spawn(&w, &plugin, "join_children", &format!("{{\"n\": {n}}}"));
+        handle.ended().await;
+        let info = w.registry().get(handle.id).expect("task");
+        let Some(Outcome::Done { result }) = info.outcome else {
+            panic!("join_children: {:?}", info.outcome);
+        };
+        w.registry().purge();
+        let samples: Vec<u64> = serde_json::from_str(&result).expect("nanoseconds");
+        samples.into_iter().map(Duration::from_nanos).collect()
+    })
+    .await
+}
+
 /// Run time of one task of `factory` with `args` on a worker.
 async fn task_time(worker: Arc<WorkerCtx>, factory: &'static str, args: String) -> Duration {
     let plugin = plugin(&worker);
@@ -1098,6 +1117,7 @@ async fn main() {
         "p99 < 100 us",
     ));
     let guest_cancels = percentiles(guest_cancel(w0.clone(), n).await);
+    let guest_joins = percentiles(guest_join(w0.clone(), n).await);
     let raw_cancels = percentiles(raw_cancels);
     let n = scaled(1_000);
     print_row(latency_row(
@@ -1218,6 +1238,17 @@ async fn main() {
                     micros(sanic.cancel.p99_us)
                 ),
                 &ratio(guest_cancels.p50.as_secs_f64() * 1e6, sanic.cancel.p50_us),
+            ));
+            print_row(row(
+                "start + join of a trivial child on its own worker/loop, p50 / p99",
+                format!("{} / {}", us(guest_joins.p50), us(guest_joins.p99)),
+                "-".into(),
+                format!(
+                    "{} / {}",
+                    micros(sanic.join.p50_us),
+                    micros(sanic.join.p99_us)
+                ),
+                &ratio(guest_joins.p50.as_secs_f64() * 1e6, sanic.join.p50_us),
             ));
             print_row(row(
                 &format!("resident memory per idle task ({IDLE_TASKS} sleeping)"),

@@ -20,6 +20,9 @@ pub struct Figures {
     pub spawn: Latency,
     pub burst: Rate,
     pub cancel: Latency,
+    /// `await app.add_task(trivial(), name=...)`: a child started and
+    /// awaited.
+    pub join: Latency,
     pub idle: Memory,
 }
 
@@ -71,8 +74,10 @@ fn python() -> Result<PathBuf, String> {
 pub fn measure(spawn: usize, burst: usize, cancel: usize, idle: usize) -> Result<Figures, String> {
     let python = python()?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/speed/sanic_bench.py");
+    // The join workload is as many as the cancels: the two rows sit
+    // side by side.
     let counts = serde_json::json!({
-        "spawn": spawn, "burst": burst, "cancel": cancel, "idle": idle,
+        "spawn": spawn, "burst": burst, "cancel": cancel, "join": cancel, "idle": idle,
     });
     let out = Command::new(python)
         .arg(script)

@@ -6,7 +6,7 @@ run as taskhost's and raw wasmtime's. It starts a real Sanic app on
 loopback (one process, one loop: uvloop, as Sanic picks it), measures from
 an `after_server_start` listener, prints one JSON object and stops the app.
 
-    python sanic_bench.py '{"spawn": 20000, "burst": 100000, "cancel": 2000, "idle": 10000}'
+    python sanic_bench.py '{"spawn": 20000, "burst": 100000, "cancel": 2000, "join": 2000, "idle": 10000}'
 
 Each workload matches one of taskhost's:
 - spawn: `app.add_task(coro, name=...)` to the coroutine's first line, one
@@ -17,6 +17,9 @@ Each workload matches one of taskhost's:
   (taskhost: a guest's `cancel-task` of a sleeper on its own worker); the
   warning Sanic logs per cancelled task is turned off, as taskhost's
   lifecycle log is in the bench;
+- join: `await app.add_task(child(), name=...)` of a trivial task, start
+  to its end (taskhost: a guest's start of a `noop` child and `join` of
+  it);
 - idle: resident memory growth per sleeping named task (VmRSS).
 """
 
@@ -117,6 +120,20 @@ async def cancel(n):
     return percentiles(samples)
 
 
+async def join(n):
+    samples = []
+
+    async def child():
+        return None
+
+    for i in range(n):
+        begun = time.perf_counter_ns()
+        await app.add_task(child(), name=f"child-{i}")
+        samples.append(time.perf_counter_ns() - begun)
+        app.purge_tasks()
+    return percentiles(samples)
+
+
 async def idle(n):
     gc.collect()
     before = resident_bytes()
@@ -148,6 +165,7 @@ async def measure(app):
             ("spawn", spawn),
             ("burst", burst),
             ("cancel", cancel),
+            ("join", join),
             ("idle", idle),
         ]:
             if counts.get(name):

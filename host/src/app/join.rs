@@ -70,7 +70,9 @@ impl AppState {
                 Awaited::by_name(worker.clone(), &name).ok_or(GuestError::NotFound(name))?
             }
             app::TaskRef::Placed(app::PlacedTask { host, id }) => {
-                if worker.host_name().is_some_and(|here| here != host) {
+                // Another host's, or any host's without a cluster (then
+                // the wait says there is none).
+                if worker.host_name().is_none_or(|here| here != host) {
                     let joined = worker.clone().join_on(host.clone(), id);
                     return Ok(async move {
                         joined

@@ -71,6 +71,27 @@ plugin! {
         Ok(samples)
     }
 
+    /// `n` times: starts a `noop` child on this worker and joins it until
+    /// it has ended (its result read back), timed in nanoseconds: a
+    /// fan-out / fan-in round trip for one child, what Sanic's
+    /// `await app.add_task(coro, name=...)` does, next to `cancel_sleepers`.
+    fn join_children(app: &App, n: u32) -> Result<Vec<u64>> {
+        let mut samples = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let begun = std::time::Instant::now();
+            let child = app.task("noop").child().start()?;
+            let ended = app
+                .join(child, None)?
+                .ok_or_else(|| Error::msg("a join with no timeout timed out"))?;
+            samples.push(begun.elapsed().as_nanos() as u64);
+            if ended.state != TaskState::Done {
+                return Err(Error::msg(format!("the child ended {:?}", ended.state)));
+            }
+            app.purge_tasks();
+        }
+        Ok(samples)
+    }
+
     /// A compute kernel with a loop back-edge per step (where epoch checks
     /// go): `rounds` of xorshift64.
     fn kernel(_app: &App, rounds: u64) -> Result<u64> {

@@ -284,13 +284,15 @@ plugin! {
 
     /// Starts `nap` (`ms`) named `name` on `host` of the cluster (its name
     /// cluster-wide with `cluster_name`) and reports where it runs, or the
-    /// error's kind and message.
+    /// error's kind and message; with `join`, joins what it placed and
+    /// reports their final infos too.
     fn spread(
         app: &App,
         host: String,
         name: String,
         ms: u64,
         cluster_name: Option<bool>,
+        join: Option<bool>,
     ) -> Result<Value> {
         let task = app.task("nap").name(&name).args(json!({"ms": ms}));
         let placed = if cluster_name.unwrap_or(false) {
@@ -298,18 +300,28 @@ plugin! {
         } else {
             task.start_on(&host)
         };
-        Ok(match placed {
-            Ok(placed) => json!({"placed": placed}),
-            Err(error) => json!({"error": format!("{:?}", error.kind()), "message": error.to_string()}),
-        })
+        let placed = match placed {
+            Ok(placed) => placed,
+            Err(error) => {
+                return Ok(
+                    json!({"error": format!("{:?}", error.kind()), "message": error.to_string()}),
+                );
+            }
+        };
+        if !join.unwrap_or(false) {
+            return Ok(json!({"placed": placed}));
+        }
+        let joined = app.join_all(&placed, None)?.expect("no timeout");
+        Ok(json!({"placed": placed, "joined": joined}))
     }
 
     /// Joins, and reports what it got: `{"ended": task}`, `{"timed_out":
     /// true}` or `{"error": kind, "message"}`. `mode`: `name` (joins
     /// `target` within `timeout_ms`), `any` (join-any of `target`'s
     /// comma-separated names), `id` (joins the task whose id `target`
-    /// is), `self`, `parent` (starts a child that joins this task, and
-    /// reports what the child got).
+    /// is), `placed` (joins task `id` of host `host`, `target` being
+    /// `host:id`), `self`, `parent` (starts a child that joins this task,
+    /// and reports what the child got).
     fn join_probe(
         app: &App,
         mode: String,
@@ -330,6 +342,14 @@ plugin! {
             "name" => report(app.join(target.as_str(), timeout_ms)),
             "id" => report(app.join(target.parse::<u64>().unwrap_or(u64::MAX), timeout_ms)),
             "self" => report(app.join(app.id(), timeout_ms)),
+            "placed" => {
+                let (host, id) = target.split_once(':').unwrap_or(("", ""));
+                let placed = taskhost_guest_sdk::Placed {
+                    host: host.to_string(),
+                    id: id.parse().unwrap_or(u64::MAX),
+                };
+                report(app.join(placed, timeout_ms))
+            }
             "any" => match app.join_any(target.split(','), timeout_ms) {
                 Ok(Some((index, info))) => json!({"index": index, "ended": info}),
                 other => report(other.map(|ended| ended.map(|(_, info)| info))),

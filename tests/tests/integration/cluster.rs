@@ -1171,6 +1171,38 @@ fn a_guest_starts_tasks_on_any_host_a_named_one_or_all() {
     );
 }
 
+/// A guest joins the tasks it placed on the hosts of its cluster: the
+/// host that runs each is asked, and the join returns once each ended,
+/// with its result.
+#[test]
+fn a_guest_joins_the_tasks_it_placed_on_every_host() {
+    let nats = NatsServer::start();
+    let (a, mut running_a) = host(&nats, "joins", "a", 1, "");
+    let (b, mut running_b) = host(&nats, "joins", "b", 1, "");
+    for app in [&a, &b] {
+        await_all_serving(app, 2);
+    }
+    let fan = spread(
+        &a,
+        &mut running_a,
+        "fan",
+        json!({"host": "all", "name": "napper", "ms": 300, "join": true}),
+    );
+    let placed = fan["placed"].as_array().unwrap_or_else(|| panic!("{fan}"));
+    let joined = fan["joined"].as_array().unwrap_or_else(|| panic!("{fan}"));
+    assert_eq!(placed.len(), 2, "{fan}");
+    for (place, ended) in placed.iter().zip(joined) {
+        assert_eq!(ended["id"], place["id"], "{fan}");
+        assert_eq!(ended["name"], "napper", "{fan}");
+        assert_eq!(ended["state"], "done", "{fan}");
+        assert_eq!(ended["result"], "300", "{fan}");
+    }
+    running_b.wait_for(1, |l| l["event"] == "done" && l["task"] == "napper");
+    for running in [running_a, running_b] {
+        running.stop();
+    }
+}
+
 /// Waits (up to 10 s) until `app`'s host sees host `name` say it
 /// serves (or, with `false`, that it does not).
 fn await_serving(app: &TestApp, name: &str, want: bool) {

@@ -197,4 +197,20 @@ fn joins_of_oneself_ones_parent_or_no_task_are_refused_naming_it() {
         none["message"].as_str().unwrap().contains("nobody"),
         "{none}"
     );
+
+    // A task placed on another host, in an app with no cluster.
+    add(
+        &app,
+        "kit",
+        "join_probe",
+        r#"{"mode": "placed", "target": "b:1"}"#,
+        "abroad",
+    );
+    let abroad = result_of(&app, "abroad");
+    assert_eq!(abroad["error"], "Failed", "{abroad}");
+    let message = abroad["message"].as_str().unwrap();
+    assert!(
+        message.contains("task 1 on host b") && message.contains("no [cluster]"),
+        "{abroad}"
+    );
 }
