@@ -1063,6 +1063,18 @@ mod tests {
         })
     }
 
+    /// A registry whose tasks get 50 ms to stop once cancelled, and one
+    /// task of it (the registry holds its entry).
+    fn one_task_with_a_short_grace() -> (TaskRegistry, TaskHandle) {
+        let policy = CancelPolicy {
+            grace: Duration::from_millis(50),
+            latency: prometheus_client::metrics::histogram::Histogram::new([1.0]),
+        };
+        let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX, policy);
+        let handle = registry.register_unbounded(ident(None)).unwrap();
+        (registry, handle)
+    }
+
     fn one_thread() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -1078,12 +1090,7 @@ mod tests {
     #[test]
     fn the_wait_for_a_later_turn_is_not_part_of_the_grace_period() {
         one_thread().block_on(async {
-            let policy = CancelPolicy {
-                grace: Duration::from_millis(50),
-                latency: prometheus_client::metrics::histogram::Histogram::new([1.0]),
-            };
-            let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX, policy.clone());
-            let handle = registry.register_unbounded(ident(None)).unwrap();
+            let (_registry, handle) = one_task_with_a_short_grace();
             let supervised = handle.clone();
             let task = tokio::spawn(async move {
                 let signal = supervised.signal().clone();
@@ -1097,7 +1104,7 @@ mod tests {
             });
             tokio::task::yield_now().await;
             handle.cancel();
-            let siblings = busy_siblings(2, policy.grace * 3);
+            let siblings = busy_siblings(2, handle.grace() * 3);
             assert_eq!(task.await.unwrap(), "cleaned up");
             assert!(
                 !handle.signal().is_forced(),
@@ -1114,12 +1121,7 @@ mod tests {
     #[test]
     fn a_task_that_ignores_its_cancel_and_yields_is_forced_after_its_own_grace() {
         one_thread().block_on(async {
-            let policy = CancelPolicy {
-                grace: Duration::from_millis(50),
-                latency: prometheus_client::metrics::histogram::Histogram::new([1.0]),
-            };
-            let registry = TaskRegistry::new(WorkerId::Index(0), usize::MAX, policy.clone());
-            let handle = registry.register_unbounded(ident(None)).unwrap();
+            let (_registry, handle) = one_task_with_a_short_grace();
             let supervised = handle.clone();
             let task = tokio::spawn(async move {
                 let signal = supervised.signal().clone();
@@ -1139,11 +1141,11 @@ mod tests {
             });
             tokio::task::yield_now().await;
             handle.cancel();
-            let siblings = busy_siblings(usize::MAX, policy.grace * 2);
+            let siblings = busy_siblings(usize::MAX, handle.grace() * 2);
             let own = task.await.unwrap();
             siblings.abort();
             assert!(
-                own + Duration::from_millis(5) >= policy.grace,
+                own + Duration::from_millis(5) >= handle.grace(),
                 "forced after {own:?} of its own time"
             );
         });

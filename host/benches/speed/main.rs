@@ -600,36 +600,19 @@ async fn raw_cancel(raw: &Arc<RawPlugin>, stage: CancelStage, n: usize) -> Vec<D
         .await
 }
 
-/// A guest's `cancel-task` of a sleeper on its own worker, until it ended:
-/// the bench plugin's `cancel_sleepers` times `n` of them itself.
-async fn guest_cancel(worker: Arc<WorkerCtx>, n: usize) -> Vec<Duration> {
+/// What a bench plugin factory that times `n` of something itself
+/// measured (`cancel_sleepers`: a guest's `cancel-task` of a sleeper on
+/// its own worker, until it ended; `join_children`: a guest's start and
+/// join of a `noop` child): its samples, in nanoseconds.
+async fn guest_samples(worker: Arc<WorkerCtx>, factory: &'static str, n: usize) -> Vec<Duration> {
     let plugin = plugin(&worker);
     let w = worker.clone();
     on(&worker, async move {
-        let mut handle = spawn(&w, &plugin, "cancel_sleepers", &format!("{{\"n\": {n}}}"));
+        let mut handle = spawn(&w, &plugin, factory, &format!("{{\"n\": {n}}}"));
         handle.ended().await;
         let info = w.registry().get(handle.id).expect("task");
         let Some(Outcome::Done { result }) = info.outcome else {
-            panic!("cancel_sleepers: {:?}", info.outcome);
-        };
-        w.registry().purge();
-        let samples: Vec<u64> = serde_json::from_str(&result).expect("nanoseconds");
-        samples.into_iter().map(Duration::from_nanos).collect()
-    })
-    .await
-}
-
-/// A guest's start and join of a `noop` child on its own worker, until it
-/// ended: the bench plugin's `join_children` times `n` of them itself.
-async fn guest_join(worker: Arc<WorkerCtx>, n: usize) -> Vec<Duration> {
-    let plugin = plugin(&worker);
-    let w = worker.clone();
-    on(&worker, async move {
-        let mut handle = spawn(&w, &plugin, "join_children", &format!("{{\"n\": {n}}}"));
-        handle.ended().await;
-        let info = w.registry().get(handle.id).expect("task");
-        let Some(Outcome::Done { result }) = info.outcome else {
-            panic!("join_children: {:?}", info.outcome);
+            panic!("{factory}: {:?}", info.outcome);
         };
         w.registry().purge();
         let samples: Vec<u64> = serde_json::from_str(&result).expect("nanoseconds");
@@ -1116,8 +1099,8 @@ async fn main() {
         p99,
         "p99 < 100 us",
     ));
-    let guest_cancels = percentiles(guest_cancel(w0.clone(), n).await);
-    let guest_joins = percentiles(guest_join(w0.clone(), n).await);
+    let guest_cancels = percentiles(guest_samples(w0.clone(), "cancel_sleepers", n).await);
+    let guest_joins = percentiles(guest_samples(w0.clone(), "join_children", n).await);
     let raw_cancels = percentiles(raw_cancels);
     let n = scaled(1_000);
     print_row(latency_row(
