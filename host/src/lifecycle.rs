@@ -121,6 +121,23 @@ pub enum LifecycleEvent {
         /// Why the attempt before it failed.
         error: String,
     },
+    /// A supervised task's run ended and its `restart` policy starts it
+    /// again: restart `restart` runs after `delay_ms`, in a fresh instance,
+    /// with the same name, id and arguments.
+    Restarting {
+        /// Which task.
+        #[serde(flatten)]
+        task: TaskRef,
+        /// Which restart this is: 1 for the first.
+        restart: u32,
+        /// How long the task waits before it, in milliseconds (microsecond
+        /// precision): the policy's backoff.
+        delay_ms: f64,
+        /// Why the run ended: its error if it failed; none if it returned
+        /// a result (`restart = "always"`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// A build of `plugin` was loaded; new tasks start from it.
     PluginLoaded {
         /// The plugin's name.

@@ -221,6 +221,30 @@ pub(crate) fn lifecycle(event: &LifecycleEvent) {
                 attempt - 1
             )
         }),
+        LifecycleEvent::Restarting {
+            task,
+            restart,
+            delay_ms,
+            error,
+        } => with_task(task, |worker, task_name| {
+            let why = match error {
+                Some(error) => format!("failed: {error}"),
+                None => "ended done".to_string(),
+            };
+            tracing::warn!(
+                event = "restarting",
+                worker,
+                task = task_name,
+                task_id = task.task_id,
+                plugin = task.plugin,
+                factory = task.factory,
+                connection = task.connection,
+                restart,
+                delay_ms,
+                error,
+                "{why}; restart {restart} in {delay_ms} ms"
+            )
+        }),
         LifecycleEvent::PluginLoaded {
             plugin,
             version,

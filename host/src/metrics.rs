@@ -34,6 +34,8 @@ pub struct Metrics {
     pub prepared: Gauge,
     /// Tasks that started in an instance made ahead of demand.
     pub prepared_starts: Counter,
+    /// Supervised tasks started again (`restart = ...`), by `plugin`.
+    restarts: Family<Labels, Counter>,
     /// Times the host gave the heap's free pages back (after a purge, or
     /// after connections closed).
     pub heap_trims: Counter,
@@ -275,6 +277,7 @@ impl Metrics {
             resident: Gauge::default(),
             prepared: Gauge::default(),
             prepared_starts: Counter::default(),
+            restarts: Family::default(),
             heap_trims: Counter::default(),
             event_waiters: Gauge::default(),
             cluster_hosts: Gauge::default(),
@@ -285,6 +288,11 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("tasks_spawned", "Tasks started", metrics.spawned.clone());
+        registry.register(
+            "task_restarts",
+            "Supervised tasks started again after a run ended (restart = ...), by plugin",
+            metrics.restarts.clone(),
+        );
         registry.register(
             "tasks_done",
             "Tasks that returned a result",
@@ -487,6 +495,13 @@ impl Metrics {
             Outcome::Failed { .. } => self.failed.inc(),
             Outcome::Cancelled { .. } => self.cancelled.inc(),
         };
+    }
+
+    /// A supervised task of `plugin` is started again.
+    pub(crate) fn record_restart(&self, plugin: &str) {
+        self.restarts
+            .get_or_create(&vec![("plugin".to_string(), plugin.to_string())])
+            .inc();
     }
 
     /// One event sent to or received from the other hosts.

@@ -442,6 +442,7 @@ impl TaskRegistry {
                     ended_at: None,
                     outcome: None,
                     attempt: 1,
+                    restarts: 0,
                 },
                 signal: signal.clone(),
             },
@@ -511,6 +512,15 @@ impl TaskRegistry {
     pub(crate) fn set_attempt(&self, id: TaskId, attempt: u32) {
         if let Some(entry) = self.lock().tasks.get_mut(&id) {
             entry.info.attempt = attempt;
+        }
+    }
+
+    /// Records that the task's restart `restarts` is about to start, with
+    /// its first attempt.
+    pub(crate) fn set_restarts(&self, id: TaskId, restarts: u32) {
+        if let Some(entry) = self.lock().tasks.get_mut(&id) {
+            entry.info.restarts = restarts;
+            entry.info.attempt = 1;
         }
     }
 

@@ -270,6 +270,14 @@ async fn call(
             }
         }
     };
+    // Arguments the factory refuses, or a factory it does not have, are
+    // refused the same way by the next attempt.
+    let permanent = matches!(
+        &returned,
+        Some(Ok(Err(
+            GuestError::InvalidArgs(_) | GuestError::UnknownFactory(_)
+        )))
+    );
     let outcome = match returned {
         Some(result) => classify(result, cancel, || store.data().last_stderr_line()),
         None => Outcome::Cancelled {
@@ -277,9 +285,11 @@ async fn call(
         },
     };
     // A timed-out attempt may be tried again; one of a task that was
-    // cancelled may not, nor one the sandbox refused an HTTP request: the
-    // next attempt would be refused the same.
+    // cancelled may not, nor one the sandbox refused an HTTP request, nor
+    // one whose arguments were refused: the next attempt would be refused
+    // the same.
     let retriable = (timed_out || matches!(outcome, Outcome::Failed { .. }))
+        && !permanent
         && !handle.is_cancelled()
         && !store.data().app.stop_retrying
         && !store.data().http_denied();
@@ -290,9 +300,10 @@ async fn call(
     Some(Ended { outcome, retriable })
 }
 
-/// How one attempt of a task ended, and whether its retry policy may try
-/// again (a failure or a timeout, of a task nobody cancelled, not marked
-/// permanent by the guest's `stop-retrying`).
+/// How one attempt of a task ended, and whether its retry or restart
+/// policy may try again (a failure or a timeout, of a task nobody
+/// cancelled, not marked permanent by the guest's `stop-retrying`, nor
+/// refused by the sandbox or by its own factory's argument check).
 pub(crate) struct Ended {
     pub outcome: Outcome,
     pub retriable: bool,

@@ -498,6 +498,7 @@ impl Scheduler {
                 args: config.args.clone(),
                 name: Some(name.clone()),
                 retry: config.retry,
+                restart: None,
                 durable: config.durable,
                 // Per worker only where each worker runs the tick: an `any`
                 // run is one task whichever worker it lands on.

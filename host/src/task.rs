@@ -246,8 +246,11 @@ pub struct TaskInfo {
     pub ended_at: Option<SystemTime>,
     /// Set once the task has ended.
     pub outcome: Option<Outcome>,
-    /// Which attempt runs (or ran last): 1 unless the task was retried.
+    /// Which attempt runs (or ran last): 1 unless the task was retried
+    /// (since its last restart).
     pub attempt: u32,
+    /// How often it was restarted (`restart = ...`): 0 unless supervised.
+    pub restarts: u32,
 }
 
 /// A task as the control API, the CLI (`--json`) and scripts see it: the
@@ -285,8 +288,12 @@ pub struct TaskView {
     pub error: Option<String>,
     /// Which stage ended it, once `cancelled`.
     pub cancel_stage: Option<CancelStage>,
-    /// Which attempt runs, or ran last (1 unless retried).
+    /// Which attempt runs, or ran last (1 unless retried since its last
+    /// restart).
     pub attempt: u32,
+    /// How often it was restarted (`restart = ...`); 0 unless supervised.
+    #[serde(default)]
+    pub restarts: u32,
     /// Recorded in storage: run again after a crash, its outcome kept
     /// across restarts.
     #[serde(default)]
@@ -326,6 +333,7 @@ impl From<&TaskInfo> for TaskView {
             error,
             cancel_stage,
             attempt: info.attempt,
+            restarts: info.restarts,
             durable: info.ident.durable.is_some(),
             queue: info.ident.queue.as_deref().map(str::to_string),
             parent: info.ident.parent,

@@ -105,6 +105,8 @@ pub(crate) enum Verb {
         #[arg(long, value_parser = ["worker", "cluster"], requires = "name")]
         scope: Option<String>,
         #[command(flatten)]
+        restart: RestartFlags,
+        #[command(flatten)]
         queue: Box<QueueFlags>,
         #[command(flatten)]
         common: Common,
@@ -323,6 +325,39 @@ pub(crate) struct LimitFlags {
     key_burst: Option<u32>,
 }
 
+/// `taskhost add`'s supervision options (docs/tasks.md, "Supervised
+/// tasks"); the API's `restart` also sets the backoff.
+#[derive(clap::Args, Debug)]
+pub(crate) struct RestartFlags {
+    /// Start it again each time it ends: `always` (done or failed), or
+    /// `on-failure` (after its --retry attempts). Not after a cancel, nor
+    /// after a failure that would fail the same way (a denied HTTP
+    /// origin, `stop-retrying`). The wait doubles from 1 s to 1 min, and
+    /// starts over after a run of a minute or more.
+    #[arg(long, value_name = "WHEN", value_parser = ["always", "on-failure"], conflicts_with = "durable")]
+    restart: Option<String>,
+    /// With --restart: more than N restarts within --restart-period end
+    /// the task failed instead [default: 5].
+    #[arg(long, value_name = "N", requires = "restart")]
+    restart_intensity: Option<u32>,
+    /// With --restart: the window --restart-intensity counts restarts in
+    /// (`30s`, `10m`) [default: 1m].
+    #[arg(long, value_name = "DURATION", requires = "restart")]
+    restart_period: Option<String>,
+}
+
+impl RestartFlags {
+    /// The policy as the API takes it; none without --restart.
+    fn spec(self) -> Option<crate::config::RestartSpec> {
+        let when = self.restart?.parse().ok()?;
+        Some(crate::config::RestartSpec {
+            intensity: self.restart_intensity,
+            period: self.restart_period,
+            ..crate::config::RestartSpec::new(when)
+        })
+    }
+}
+
 /// `taskhost add`'s queue options (docs/queues.md).
 #[derive(clap::Args, Debug)]
 pub(crate) struct QueueFlags {
@@ -457,6 +492,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             idempotency_key,
             host,
             scope,
+            restart,
             queue,
             common,
         } => {
@@ -486,6 +522,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                     max: None,
                     jitter: None,
                 }),
+                restart: restart.spec(),
                 durable,
                 idempotency_key,
                 host,
@@ -1374,6 +1411,8 @@ fn parse_state(state: Option<String>) -> Result<Option<TaskState>, ClientError> 
 fn print_tasks(tasks: &[TaskView]) {
     // A listing gathered from a cluster says each task's host.
     let hosts = tasks.iter().any(|task| task.host.is_some());
+    // So does one where a supervised task was restarted: how often.
+    let restarts = tasks.iter().any(|task| task.restarts > 0);
     let rows = tasks
         .iter()
         .map(|task| {
@@ -1391,7 +1430,7 @@ fn print_tasks(tasks: &[TaskView]) {
                     .unwrap_or_default(),
                 TaskState::Pending | TaskState::Running => String::new(),
             };
-            let mut row = Vec::with_capacity(7);
+            let mut row = Vec::with_capacity(8);
             if hosts {
                 row.push(clean(task.host.as_deref().unwrap_or("-")));
             }
@@ -1404,21 +1443,23 @@ fn print_tasks(tasks: &[TaskView]) {
                     .unwrap_or_else(|| "-".into()),
                 clean(&format!("{}/{}", task.plugin, task.factory)),
                 task.state.to_string(),
-                outcome,
             ]);
+            if restarts {
+                row.push(task.restarts.to_string());
+            }
+            row.push(outcome);
             row
         })
         .collect();
-    let columns = [
-        "HOST",
-        "ID",
-        "WORKER",
-        "NAME",
-        "PLUGIN/FACTORY",
-        "STATE",
-        "OUTCOME",
-    ];
-    print_table(if hosts { &columns } else { &columns[1..] }, rows);
+    let mut columns = vec!["HOST", "ID", "WORKER", "NAME", "PLUGIN/FACTORY", "STATE"];
+    if !hosts {
+        columns.remove(0);
+    }
+    if restarts {
+        columns.push("RESTARTS");
+    }
+    columns.push("OUTCOME");
+    print_table(&columns, rows);
 }
 
 /// The line of an error that says what went wrong: its first, but for a
@@ -1532,6 +1573,22 @@ fn describe_event(event: &LifecycleEvent) -> String {
             t,
             "retrying",
             format!(": {}; attempt {attempt} in {delay_ms} ms", clean(error)),
+        ),
+        LifecycleEvent::Restarting {
+            task: t,
+            restart,
+            delay_ms,
+            error,
+        } => task(
+            t,
+            "restarting",
+            format!(
+                ": {}; restart {restart} in {delay_ms} ms",
+                match error {
+                    Some(error) => format!("failed: {}", clean(error)),
+                    None => "ended done".to_string(),
+                }
+            ),
         ),
         LifecycleEvent::PluginLoaded {
             plugin, version, ..

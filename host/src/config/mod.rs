@@ -12,6 +12,7 @@ mod grants;
 mod http_grant;
 mod limits;
 mod queues;
+mod restart;
 mod retry;
 mod routes;
 mod schedule;
@@ -30,6 +31,7 @@ pub use queues::{
     MAX_KEY_BYTES, MAX_PRIORITY, MAX_QUEUE_BOUND, MIN_PRIORITY, Placement, QueueConfig,
     QueueOptions, Rate, StartAt, check_key, key_of,
 };
+pub use restart::{DEFAULT_INTENSITY, MAX_INTENSITY, RestartPolicy, RestartSpec, RestartWhen};
 pub use retry::{Backoff, RetryPolicy, RetrySpec};
 pub use routes::{
     DEFAULT_LISTEN, HttpRoute, ListenConfig, Respond, RouteConfig, RouteKind, WebSocketRoute,
@@ -211,6 +213,8 @@ pub struct TaskConfig {
     pub scope: Scope,
     /// How it is tried again after failing; none: it is not.
     pub retry: Option<RetryPolicy>,
+    /// How it is started again once it ends (supervised); none: it is not.
+    pub restart: Option<RestartPolicy>,
     /// Recorded in storage and run to its end once, across restarts: a
     /// durable startup task that ended is not started again.
     pub durable: bool,
@@ -229,6 +233,7 @@ impl TaskConfig {
             args: self.args.to_string(),
             name: self.name.clone(),
             retry: self.retry,
+            restart: self.restart,
             durable: self.durable,
             idempotency_key: match (&self.name, self.durable) {
                 (Some(name), true) => Some(format!("app.toml/{worker}/{name}")),
@@ -254,6 +259,9 @@ pub struct TaskSpec {
     pub name: Option<String>,
     /// How it is tried again after failing; none: it is not.
     pub retry: Option<RetryPolicy>,
+    /// How it is started again once it ends (supervised); none: it is not.
+    /// Not with `durable`.
+    pub restart: Option<RestartPolicy>,
     /// Recorded in storage before it is acknowledged and run again after a
     /// crash (at least once) until it ends.
     pub durable: bool,
@@ -338,6 +346,7 @@ struct RawTask {
     #[serde(default = "worker_scope")]
     scope: Scope,
     retry: Option<RetrySpec>,
+    restart: Option<RestartSpec>,
     #[serde(default)]
     durable: bool,
     queue: Option<String>,
@@ -465,6 +474,12 @@ impl AppConfig {
                 .map(RetrySpec::policy)
                 .transpose()
                 .with_context(|| format!("{file}: tasks[{index}].retry"))?;
+            let restart = task
+                .restart
+                .as_ref()
+                .map(RestartSpec::policy)
+                .transpose()
+                .with_context(|| format!("{file}: tasks[{index}].restart"))?;
             let queue = QueueOptions {
                 queue: task.queue.as_deref(),
                 key: task.key.as_deref(),
@@ -481,6 +496,7 @@ impl AppConfig {
                 args,
                 scope: task.scope,
                 retry,
+                restart,
                 durable: task.durable,
                 queue: None,
             };
@@ -505,6 +521,17 @@ impl AppConfig {
                     bail!(
                         "{file}: {task}: a `main` task runs before the workers and waits in \
                          no queue: drop `queue`"
+                    );
+                }
+            }
+            if let Some(restart) = &task.restart {
+                check_restart(restart, task.durable)
+                    .map_err(|e| anyhow::anyhow!("{file}: {task}: {e}"))?;
+                if task.scope == Scope::Main && restart.when == RestartWhen::Always {
+                    bail!(
+                        "{file}: {task}: `restart = \"always\"` on a `main` task would never \
+                         let the workers start (they wait for `main` tasks to end): use \
+                         \"on-failure\", or `scope = \"worker\"`"
                     );
                 }
             }
@@ -648,6 +675,20 @@ impl AppConfig {
 
 /// More workers than this is a typo, not a deployment: each is an OS thread.
 pub const MAX_WORKERS: u32 = 1024;
+
+/// What a restart policy may not be combined with, wherever a task is
+/// added: a durable task runs to its end once, across crashes, which a
+/// supervisor that starts it again contradicts.
+pub fn check_restart(_restart: &RestartPolicy, durable: bool) -> Result<()> {
+    if durable {
+        bail!(
+            "`restart` and `durable` together: a durable task runs to its end once, across \
+             crashes, and a supervised one is started again each time it ends; drop one \
+             (a supervised app.toml task starts again with the host anyway)"
+        );
+    }
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {

@@ -712,6 +712,7 @@ impl Operations {
             worker: Some(worker),
             all_workers: false,
             retry: letter.retry,
+            restart: letter.restart,
             durable: letter.durable,
             idempotency_key: None,
             host: None,

@@ -47,6 +47,11 @@ pub struct Submission {
     /// jitter?}` as in app.toml.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<crate::config::RetrySpec>,
+    /// Start it again once it ends: `"always"`, `"on-failure"`, or
+    /// `{when, intensity?, period?, initial?, max?}` as in app.toml. Not
+    /// with `durable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<crate::config::RestartSpec>,
     /// Record it in the app's storage before answering, and run it again
     /// after a crash until it ends (at least once).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -91,11 +96,22 @@ impl Submission {
             .map(crate::config::RetrySpec::policy)
             .transpose()
             .map_err(|e| OpError::bad_request(format!("retry: {e:#}")))?;
+        let restart = self
+            .restart
+            .as_ref()
+            .map(crate::config::RestartSpec::policy)
+            .transpose()
+            .map_err(|e| OpError::bad_request(format!("restart: {e:#}")))?;
+        if let Some(restart) = &restart {
+            crate::config::check_restart(restart, self.durable)
+                .map_err(|e| OpError::bad_request(format!("restart: {e:#}")))?;
+        }
         Ok(crate::config::TaskSpec {
             factory: self.factory.clone(),
             args: self.args.to_string(),
             name: self.name.clone(),
             retry,
+            restart,
             durable: self.durable,
             idempotency_key: self.idempotency_key.clone(),
             connection: None,

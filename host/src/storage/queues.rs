@@ -32,6 +32,10 @@ pub struct DeadLetter {
     /// How it was tried again after failing, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<crate::config::RetrySpec>,
+    /// How it was started again once it ended, if it was supervised (it
+    /// failed past its restart intensity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<crate::config::RestartSpec>,
     /// It was durable: a retry is durable too.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub durable: bool,

@@ -268,6 +268,7 @@ impl WorkerCtx {
                 args: record.args,
                 name: Some(record.name),
                 retry,
+                restart: None,
                 durable: true,
                 idempotency_key: record.idempotency_key,
                 connection: None,
@@ -287,6 +288,7 @@ impl WorkerCtx {
             args: record.args,
             name: Some(record.name),
             retry,
+            restart: None,
             durable: true,
             idempotency_key: record.idempotency_key,
             connection: None,
@@ -333,6 +335,7 @@ impl WorkerCtx {
             ended_at: Some(record.ended_ms.map_or_else(SystemTime::now, at)),
             outcome: Some(outcome),
             attempt: record.attempt,
+            restarts: 0,
             ident: ident.clone(),
         };
         let handle = self.registry.restore(info)?;

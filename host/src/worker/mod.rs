@@ -10,12 +10,13 @@
 
 mod durable;
 mod ready;
+mod supervision;
 
 pub(crate) use durable::{recover, run_handed_over};
 
 use crate::app::{AppContext, TaskScope};
 use crate::bindings::GuestError;
-use crate::config::{Limit, LimitUnit, RetryPolicy, TaskSpec};
+use crate::config::{Limit, LimitUnit, RestartPolicy, RetryPolicy, TaskSpec};
 use crate::engine::HostEngine;
 use crate::events::EventHub;
 use crate::lifecycle::{self, LifecycleEvent, TaskRef};
@@ -200,7 +201,7 @@ struct Launch {
     factory: String,
     args: String,
     name: Option<String>,
-    retry: Option<Box<RetryPolicy>>,
+    tries: Option<Box<Tries>>,
     durable: Option<DurableRun>,
     connection: Option<u64>,
     parent: Option<TaskId>,
@@ -209,15 +210,35 @@ struct Launch {
 impl Launch {
     fn new(plugin: Arc<Plugin>, spec: TaskSpec, durable: Option<DurableRun>) -> Launch {
         Launch {
+            tries: Tries::of(&spec),
             plugin,
             factory: spec.factory,
             args: spec.args,
             name: spec.name,
-            retry: spec.retry.map(Box::new),
             durable,
             connection: spec.connection,
             parent: spec.parent,
         }
+    }
+}
+
+/// How a task is tried again: retried within a run (`retry`), started
+/// again once a run ended (`restart`). Boxed, as most tasks have neither
+/// and a waiting task holds this.
+#[derive(Debug)]
+struct Tries {
+    retry: Option<RetryPolicy>,
+    restart: Option<RestartPolicy>,
+}
+
+impl Tries {
+    fn of(spec: &TaskSpec) -> Option<Box<Tries>> {
+        (spec.retry.is_some() || spec.restart.is_some()).then(|| {
+            Box::new(Tries {
+                retry: spec.retry,
+                restart: spec.restart,
+            })
+        })
     }
 }
 
@@ -630,7 +651,7 @@ impl WorkerCtx {
             factory,
             args,
             name,
-            retry,
+            tries,
             durable,
             connection,
             parent,
@@ -658,7 +679,7 @@ impl WorkerCtx {
             plugin,
             ident,
             args,
-            retry,
+            tries,
             durable: durable.map(Box::new),
             handle,
             verdict,
@@ -691,9 +712,7 @@ struct Run {
     plugin: Arc<Plugin>,
     ident: Arc<TaskIdent>,
     args: String,
-    /// Boxed, as `durable`: most tasks have none, and a waiting task
-    /// holds this.
-    retry: Option<Box<RetryPolicy>>,
+    tries: Option<Box<Tries>>,
     durable: Option<Box<DurableRun>>,
     handle: TaskHandle,
     /// Told the factory's verdict on the arguments (`add_task` waits).
@@ -809,11 +828,19 @@ impl Run {
             plugin,
             ident,
             args,
-            retry,
+            tries,
             durable,
             handle: task_handle,
             verdict,
         } = self;
+        let retry = tries.as_ref().and_then(|tries| tries.retry);
+        let mut supervisor = tries
+            .as_ref()
+            .and_then(|tries| tries.restart)
+            .map(supervision::Supervisor::new);
+        // When the run under supervision began: a long one resets the
+        // restart backoff.
+        let mut run_began = Instant::now();
         let begun = Instant::now();
         let mut verdict = verdict;
         let mut attempt = durable.as_ref().map_or(1, |d| d.first_attempt);
@@ -874,12 +901,56 @@ impl Run {
                 worker.registry.withdraw(ident.id);
                 return;
             };
-            let (Some(policy), Outcome::Failed { error }) = (&retry, &ended.outcome) else {
-                break ended.outcome;
+            let retried = match (&retry, &ended.outcome) {
+                (Some(policy), Outcome::Failed { error })
+                    if ended.retriable && attempt < policy.attempts =>
+                {
+                    Some((policy, error))
+                }
+                _ => None,
             };
-            if !ended.retriable || attempt >= policy.attempts {
-                break ended.outcome;
-            }
+            let Some((policy, error)) = retried else {
+                let Some(supervisor) = &mut supervisor else {
+                    break ended.outcome;
+                };
+                let restartable = match &ended.outcome {
+                    Outcome::Done { .. } => !task_handle.is_cancelled(),
+                    _ => ended.retriable,
+                };
+                let now = Instant::now();
+                let (number, delay) = match supervisor.after(
+                    &ended.outcome,
+                    restartable,
+                    now.saturating_duration_since(run_began),
+                    now,
+                ) {
+                    supervision::Next::End => break ended.outcome,
+                    supervision::Next::GiveUp { error } => break Outcome::Failed { error },
+                    supervision::Next::Restart { number, delay } => (number, delay),
+                };
+                worker.announce(|| LifecycleEvent::Restarting {
+                    task: TaskRef::from(&*ident),
+                    restart: number,
+                    delay_ms: lifecycle::millis(delay),
+                    error: match &ended.outcome {
+                        Outcome::Failed { error } => Some(error.clone()),
+                        _ => None,
+                    },
+                });
+                worker.env.metrics.record_restart(&plugin.name);
+                worker.registry.set_restarts(ident.id, number);
+                // The wait is part of the task: a cancel ends it here.
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = task_handle.signal().cancelled() => {
+                        break Outcome::Cancelled { stage: CancelStage::Cooperative };
+                    }
+                }
+                // A restart is a new run: its retries start over.
+                attempt = 1;
+                run_began = Instant::now();
+                continue;
+            };
             let delay = policy.delay(attempt, random_u64());
             attempt += 1;
             worker.announce(|| LifecycleEvent::Retrying {
@@ -931,6 +1002,10 @@ impl Run {
                 key: turn.key().map(str::to_string),
                 priority: turn.priority(),
                 retry: retry.as_ref().map(|policy| policy.spec()),
+                restart: tries
+                    .as_ref()
+                    .and_then(|tries| tries.restart)
+                    .map(|policy| policy.spec()),
                 durable: durable.is_some(),
                 error: error.clone(),
                 attempts: attempt,

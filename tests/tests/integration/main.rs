@@ -36,6 +36,7 @@ mod retries;
 mod schedules;
 mod secrets;
 mod storage_contract;
+mod supervision;
 mod variables;
 mod watch;
 mod watcher;

@@ -220,6 +220,7 @@ fn the_documented_task_record_is_task_view() {
         error: None,
         cancel_stage: None,
         attempt: 1,
+        restarts: 0,
         durable: false,
         // Only for a task submitted to a queue (docs/queues.md).
         queue: None,

@@ -167,6 +167,7 @@ mod tests {
             key: Some("k".into()),
             priority: 3,
             retry: None,
+            restart: None,
             durable: false,
             error: error.into(),
             attempts: 2,
