@@ -63,6 +63,18 @@ export interface AddTaskOptions {
   runAtMs?: number;
   /** Cancelled with this task (and when this attempt ends); not with `durable`. */
   child?: boolean;
+  /** Supervised: started again each time a run ends; not with `durable`. */
+  restart?: 'always' | 'on-failure' | Restart;
+}
+
+export interface Restart {
+  when: 'always' | 'on-failure';
+  /** At most this many restarts within `periodMs` (default 5). */
+  intensity?: number;
+  periodMs?: number;
+  /** The first wait (default 1000), doubling up to `maxMs` (default 60000). */
+  initialMs?: number;
+  maxMs?: number;
 }
 
 export class Cancelled extends Error {}

@@ -20,8 +20,8 @@
 // `Cancelled` again. Other host errors are `TaskhostError` subclasses; any
 // other uncaught error fails the task with its stack as the error.
 
-import * as host from 'taskhost:plugin/app@0.4.0';
-import * as connections from 'taskhost:plugin/connections@0.4.0';
+import * as host from 'taskhost:plugin/app@0.5.0';
+import * as connections from 'taskhost:plugin/connections@0.5.0';
 import * as store from 'wasi:keyvalue/store@0.2.0-draft2';
 import * as atomics from 'wasi:keyvalue/atomics@0.2.0-draft2';
 import * as wasiConfig from 'wasi:config/store@0.2.0-rc.1';
@@ -108,6 +108,25 @@ function fromU64(value) {
 }
 
 /** A count of milliseconds (Number or BigInt) as the host's u64. */
+/** `addTask`'s `restart` option as the WIT's restart-policy. */
+function restartPolicy(restart) {
+  if (restart === undefined) return undefined;
+  const spec = typeof restart === 'string' ? { when: restart } : restart;
+  if (spec.when !== 'always' && spec.when !== 'on-failure') {
+    throw new InvalidArgs(
+      `restart.when must be 'always' or 'on-failure', got ${JSON.stringify(spec.when)}`,
+    );
+  }
+  const ms = (v, what) => (v === undefined ? undefined : toU64(v, what));
+  return {
+    when: spec.when,
+    intensity: spec.intensity,
+    periodMs: ms(spec.periodMs, 'restart.periodMs'),
+    initialMs: ms(spec.initialMs, 'restart.initialMs'),
+    maxMs: ms(spec.maxMs, 'restart.maxMs'),
+  };
+}
+
 function toU64(value, what) {
   if (typeof value === 'bigint') {
     if (value < 0n) throw new RangeError(`${what} must not be negative`);
@@ -368,13 +387,23 @@ export class App {
    * and `queue`, `key`, `priority`, `delayMs`, `runAtMs`: the task waits in
    * that queue (`default` without `queue`) until it lets it start, and the
    * id comes at once. With `child: true` it is cancelled when this task is
-   * cancelled or this attempt ends (not with `durable`). */
+   * cancelled or this attempt ends (not with `durable`). With `restart`
+   * ('always', 'on-failure', or {when, intensity, periodMs, initialMs,
+   * maxMs}) it is supervised: started again each time a run ends. */
   addTask(factory, args = null, options = {}) {
     const { name, plugin, retry, durable = false, idempotencyKey, child = false } = options;
+    const restart = restartPolicy(options.restart);
     const { queue, key, priority, delayMs, runAtMs } = options;
     const text = JSON.stringify(args ?? null);
     const placed = [queue, key, priority, delayMs, runAtMs].some((v) => v !== undefined);
-    if (retry === undefined && !durable && idempotencyKey === undefined && !placed && !child) {
+    if (
+      retry === undefined &&
+      !durable &&
+      idempotencyKey === undefined &&
+      !placed &&
+      !child &&
+      restart === undefined
+    ) {
       return fromU64(call(host.addTask, plugin, factory, text, name));
     }
     let start;
@@ -402,6 +431,7 @@ export class App {
       idempotencyKey,
       placement,
       child,
+      restart,
     };
     return fromU64(call(host.startTask, plugin, factory, text, taskOptions));
   }

@@ -167,6 +167,7 @@ impl App {
             idempotency_key: None,
             placement: None,
             child: false,
+            restart: None,
         }
     }
 
@@ -274,6 +275,7 @@ pub struct NewTask<'a> {
     idempotency_key: Option<&'a str>,
     placement: Option<app::Placement>,
     child: bool,
+    restart: Option<Restart>,
 }
 
 /// A task to join ([`App::join`]): its id (`u64`), its name on this
@@ -348,6 +350,58 @@ impl Retry {
             exponential: true,
             jitter: true,
         }
+    }
+}
+
+/// How a supervised task is started again each time a run ends
+/// ([`NewTask::restart`]; docs/tasks.md, "Supervised tasks"): the wait
+/// doubles from 1 s to 1 min over restarts in a row (starting over after a
+/// run of a minute), and more than 5 restarts within a minute end it
+/// failed, unless set otherwise. Not after a cancel, nor after a failure
+/// the next run would repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restart {
+    always: bool,
+    intensity: Option<u32>,
+    period_ms: Option<u64>,
+    initial_ms: Option<u64>,
+    max_ms: Option<u64>,
+}
+
+impl Restart {
+    /// Restarts a run that failed (after its retries, if any).
+    pub fn on_failure() -> Restart {
+        Restart {
+            always: false,
+            intensity: None,
+            period_ms: None,
+            initial_ms: None,
+            max_ms: None,
+        }
+    }
+
+    /// Restarts a run however it ended, done or failed.
+    pub fn always() -> Restart {
+        Restart {
+            always: true,
+            ..Restart::on_failure()
+        }
+    }
+
+    /// At most `restarts` (at least 1) within `period_ms`; one more ends
+    /// the task failed.
+    pub fn intensity(mut self, restarts: u32, period_ms: u64) -> Restart {
+        self.intensity = Some(restarts);
+        self.period_ms = Some(period_ms);
+        self
+    }
+
+    /// The first wait, and the longest (a run that long starts the waits
+    /// over).
+    pub fn backoff(mut self, initial_ms: u64, max_ms: u64) -> Restart {
+        self.initial_ms = Some(initial_ms);
+        self.max_ms = Some(max_ms);
+        self
     }
 }
 
@@ -436,6 +490,13 @@ impl<'a> NewTask<'a> {
         self
     }
 
+    /// Supervises it: started again each time a run ends, as `restart`
+    /// says. Not with [`NewTask::durable`].
+    pub fn restart(mut self, restart: Restart) -> Self {
+        self.restart = Some(restart);
+        self
+    }
+
     /// With [`NewTask::durable`]: a second start with the same key returns
     /// the first task's id and starts nothing.
     pub fn idempotency_key(mut self, key: &'a str) -> Self {
@@ -451,6 +512,7 @@ impl<'a> NewTask<'a> {
             && self.idempotency_key.is_none()
             && self.placement.is_none()
             && !self.child
+            && self.restart.is_none()
         {
             let args = self.args?;
             return app::add_task(self.plugin, self.factory, &args, self.name)
@@ -505,6 +567,17 @@ impl<'a> NewTask<'a> {
             idempotency_key: self.idempotency_key.map(str::to_string),
             placement: self.placement,
             child: self.child,
+            restart: self.restart.map(|r| app::RestartPolicy {
+                when: if r.always {
+                    app::RestartWhen::Always
+                } else {
+                    app::RestartWhen::OnFailure
+                },
+                intensity: r.intensity,
+                period_ms: r.period_ms,
+                initial_ms: r.initial_ms,
+                max_ms: r.max_ms,
+            }),
         };
         Ok((args, options))
     }

@@ -45,7 +45,7 @@ mod kv;
 mod task;
 mod variables;
 
-pub use app::{App, Level, NewTask, Placed, Retry, TaskRef};
+pub use app::{App, Level, NewTask, Placed, Restart, Retry, TaskRef};
 pub use connection::{Connection, Message, Request};
 pub use error::{Error, ErrorKind, Result};
 pub use http::{Http, Response};

@@ -1,6 +1,6 @@
 //! The one place that runs `bindgen!` for the `taskhost:plugin` world: the
-//! current version (`wit/plugin.wit`, 0.4.0) and every older one the host
-//! still runs ([`v0_3`], [`v0_2`], [`v0_1`]), with [`FactoriesPre`] and [`Factories`] calling a
+//! current version (`wit/plugin.wit`, 0.5.0) and every older one the host
+//! still runs ([`v0_4`], [`v0_3`], [`v0_2`], [`v0_1`]), with [`FactoriesPre`] and [`Factories`] calling a
 //! plugin's exports whichever version it was built against.
 //!
 //! Every import is async (a blocking call suspends only its task) and
@@ -24,22 +24,38 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-/// `taskhost:plugin@0.3.0`, from the pinned copy in `wit/compat/0.3.0`:
-/// its `types` are the current ones (0.4.0 changed only `app`), as are
-/// `wasi:keyvalue` and `wasi:config`.
-pub(crate) mod v0_3 {
-    wasmtime::component::bindgen!({
-        path: "../wit/compat/0.3.0",
-        world: "taskhost:plugin/plugin",
-        imports: { default: async | trappable },
-        exports: { default: async },
-        with: {
-            "taskhost:plugin/types": crate::bindings::taskhost::plugin::types,
-            "wasi:keyvalue": crate::bindings::wasi::keyvalue,
-            "wasi:config": crate::bindings::wasi::config,
-        },
-    });
+/// An older version, from its pinned copy in `wit/compat/`, whose
+/// `types`, `wasi:keyvalue` and `wasi:config` are the current ones: a
+/// version after it changed only `app` (and `connections` by version).
+macro_rules! only_app_older {
+    ($(#[$doc:meta])* $module:ident, $path:literal) => {
+        $(#[$doc])*
+        pub(crate) mod $module {
+            wasmtime::component::bindgen!({
+                path: $path,
+                world: "taskhost:plugin/plugin",
+                imports: { default: async | trappable },
+                exports: { default: async },
+                with: {
+                    "taskhost:plugin/types": crate::bindings::taskhost::plugin::types,
+                    "wasi:keyvalue": crate::bindings::wasi::keyvalue,
+                    "wasi:config": crate::bindings::wasi::config,
+                },
+            });
+        }
+    };
 }
+
+only_app_older!(
+    /// `taskhost:plugin@0.4.0` (0.5.0 added `task-options.restart`).
+    v0_4,
+    "../wit/compat/0.4.0"
+);
+only_app_older!(
+    /// `taskhost:plugin@0.3.0` (0.4.0 added joins and `task-options.child`).
+    v0_3,
+    "../wit/compat/0.3.0"
+);
 
 /// `taskhost:plugin@0.2.0`, from the pinned copy in `wit/compat/0.2.0`:
 /// its own `types` ([`v0_2_types`]); `wasi:keyvalue` and `wasi:config` are
@@ -170,6 +186,7 @@ use self::exports::taskhost::plugin::factories::FactoryInfo;
 /// `factories` export has.
 pub(crate) enum FactoriesPre<T: 'static> {
     Current(PluginPre<T>),
+    V0_4(v0_4::PluginPre<T>),
     V0_3(v0_3::PluginPre<T>),
     V0_2(v0_2::PluginPre<T>),
     V0_1(v0_1::PluginPre<T>),
@@ -182,7 +199,9 @@ impl<T: Send + 'static> FactoriesPre<T> {
         match PluginPre::new(pre.clone()) {
             Ok(current) => Ok(FactoriesPre::Current(current)),
             Err(error) => {
-                if let Ok(old) = v0_3::PluginPre::new(pre.clone()) {
+                if let Ok(old) = v0_4::PluginPre::new(pre.clone()) {
+                    Ok(FactoriesPre::V0_4(old))
+                } else if let Ok(old) = v0_3::PluginPre::new(pre.clone()) {
                     Ok(FactoriesPre::V0_3(old))
                 } else if let Ok(old) = v0_2::PluginPre::new(pre.clone()) {
                     Ok(FactoriesPre::V0_2(old))
@@ -198,7 +217,8 @@ impl<T: Send + 'static> FactoriesPre<T> {
     /// The `taskhost:plugin` version the plugin was built against.
     pub(crate) fn wit_version(&self) -> &'static str {
         match self {
-            FactoriesPre::Current(_) => "0.4.0",
+            FactoriesPre::Current(_) => "0.5.0",
+            FactoriesPre::V0_4(_) => "0.4.0",
             FactoriesPre::V0_3(_) => "0.3.0",
             FactoriesPre::V0_2(_) => "0.2.0",
             FactoriesPre::V0_1(_) => "0.1.0",
@@ -211,6 +231,7 @@ impl<T: Send + 'static> FactoriesPre<T> {
     ) -> wasmtime::Result<Factories> {
         Ok(match self {
             FactoriesPre::Current(pre) => Factories::Current(pre.instantiate_async(store).await?),
+            FactoriesPre::V0_4(pre) => Factories::V0_4(pre.instantiate_async(store).await?),
             FactoriesPre::V0_3(pre) => Factories::V0_3(pre.instantiate_async(store).await?),
             FactoriesPre::V0_2(pre) => Factories::V0_2(pre.instantiate_async(store).await?),
             FactoriesPre::V0_1(pre) => Factories::V0_1(pre.instantiate_async(store).await?),
@@ -221,6 +242,7 @@ impl<T: Send + 'static> FactoriesPre<T> {
 /// One instance's `factories` export, of either version.
 pub(crate) enum Factories {
     Current(Plugin),
+    V0_4(v0_4::Plugin),
     V0_3(v0_3::Plugin),
     V0_2(v0_2::Plugin),
     V0_1(v0_1::Plugin),
@@ -233,6 +255,11 @@ impl Factories {
     ) -> wasmtime::Result<Vec<FactoryInfo>> {
         match self {
             Factories::Current(p) => {
+                p.taskhost_plugin_factories()
+                    .call_list_factories(store)
+                    .await
+            }
+            Factories::V0_4(p) => {
                 p.taskhost_plugin_factories()
                     .call_list_factories(store)
                     .await
@@ -267,6 +294,11 @@ impl Factories {
                     .call_check(store, factory, args)
                     .await
             }
+            Factories::V0_4(p) => {
+                p.taskhost_plugin_factories()
+                    .call_check(store, factory, args)
+                    .await
+            }
             Factories::V0_3(p) => {
                 p.taskhost_plugin_factories()
                     .call_check(store, factory, args)
@@ -293,6 +325,11 @@ impl Factories {
     ) -> wasmtime::Result<Result<String, GuestError>> {
         match self {
             Factories::Current(p) => {
+                p.taskhost_plugin_factories()
+                    .call_run(store, factory, args)
+                    .await
+            }
+            Factories::V0_4(p) => {
                 p.taskhost_plugin_factories()
                     .call_run(store, factory, args)
                     .await

@@ -37,8 +37,14 @@ impl HostInterface for ConnectionsState {
         linker: &mut Linker<T>,
     ) -> anyhow::Result<()> {
         wit::add_to_linker::<T, HasConnections>(linker, Holds::<ConnectionsState>::state)
-            // Plugins built against 0.3.0 or 0.2.0 import their own
+            // Plugins built against 0.4.0, 0.3.0 or 0.2.0 import their own
             // version (0.1.0 had no connections).
+            .and_then(|()| {
+                crate::bindings::v0_4::taskhost::plugin::connections::add_to_linker::<
+                    T,
+                    HasConnections,
+                >(linker, Holds::<ConnectionsState>::state)
+            })
             .and_then(|()| {
                 crate::bindings::v0_3::taskhost::plugin::connections::add_to_linker::<
                     T,
@@ -156,5 +162,6 @@ macro_rules! older_connections {
     };
 }
 
+older_connections!(crate::bindings::v0_4::taskhost::plugin::connections);
 older_connections!(crate::bindings::v0_3::taskhost::plugin::connections);
 older_connections!(crate::bindings::v0_2::taskhost::plugin::connections);

@@ -65,6 +65,18 @@ export const square = task(
   },
 );
 
+export const supervise = task(
+  (app) =>
+    app.addTask('boom', null, {
+      name: 'supervised',
+      restart: { when: 'on-failure', intensity: 2, periodMs: 60000, initialMs: 10, maxMs: 100 },
+    }),
+  {
+    description:
+      'Starts boom as task supervised, restarted on failure (at most twice within a minute, 10 ms apart).',
+  },
+);
+
 export const fan_out = task(
   (app, { n, ms }) => {
     const children = [];

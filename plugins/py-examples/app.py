@@ -3,7 +3,7 @@ probes the tests use."""
 
 from typing import Any, Optional
 
-from taskhost import App, Cancelled, task
+from taskhost import App, Cancelled, Restart, task
 
 
 @task
@@ -65,6 +65,15 @@ def fan_out(app: App, n: int, ms: int = 0) -> int:
         app.add_task("square", {"x": x, "ms": ms}, child=True) for x in range(1, n + 1)
     ]
     return sum(info.value() for info in app.join_all(children))
+
+
+@task
+def supervise(app: App) -> int:
+    """Starts `boom` as task `supervised`, restarted on failure (at most
+    twice within a minute, 10 ms apart): it fails a third time for good."""
+    return app.add_task("boom", None, name="supervised",
+                        restart=Restart("on-failure", intensity=2, period_ms=60_000,
+                                        initial_ms=10, max_ms=100))
 
 
 @task

@@ -119,7 +119,8 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    /// Writes `toml` as app.toml; `{compat010}`, `{compat020}`, `{compat030}`, `{examples}`,
+    /// Writes `toml` as app.toml; `{compat010}`, `{compat020}`, `{compat030}`,
+    /// `{compat040}`, `{examples}`,
     /// `{greeter}`,
     /// `{hostile}`, `{testkit}`, `{versioned}`, `{py-examples}`,
     /// `{js-examples}`, `{py-greeter}` and `{js-greeter}` are replaced by
@@ -140,6 +141,7 @@ impl TestApp {
             "compat010",
             "compat020",
             "compat030",
+            "compat040",
             "examples",
             "greeter",
             "hostile",

@@ -52,6 +52,7 @@ __all__ = [
     "NotFound",
     "Permanent",
     "Response",
+    "Restart",
     "Retry",
     "TaskInfo",
     "TaskhostError",
@@ -210,6 +211,42 @@ class Retry:
     max_ms: int = 60_000
     exponential: bool = True
     jitter: bool = True
+
+
+@dataclasses.dataclass
+class Restart:
+    """How a supervised task is started again each time a run ends
+    (docs/tasks.md, "Supervised tasks"): `when` is "on-failure" or
+    "always"; bounds left None take the host's defaults (the wait doubles
+    from 1 s to 1 min; at most 5 restarts within a minute)."""
+
+    when: str = "on-failure"
+    intensity: Optional[int] = None
+    period_ms: Optional[int] = None
+    initial_ms: Optional[int] = None
+    max_ms: Optional[int] = None
+
+
+def _restart_policy(restart: Restart) -> Any:
+    whens = {
+        "always": _app.RestartWhen.ALWAYS,
+        "on-failure": _app.RestartWhen.ON_FAILURE,
+    }
+    if restart.when not in whens:
+        raise InvalidArgs(
+            f"restart.when must be \"always\" or \"on-failure\", got {restart.when!r}"
+        )
+
+    def as_int(value: Optional[int]) -> Optional[int]:
+        return None if value is None else int(value)
+
+    return _app.RestartPolicy(
+        when=whens[restart.when],
+        intensity=as_int(restart.intensity),
+        period_ms=as_int(restart.period_ms),
+        initial_ms=as_int(restart.initial_ms),
+        max_ms=as_int(restart.max_ms),
+    )
 
 
 class Bucket:
@@ -505,13 +542,15 @@ class App:
         delay_ms: Optional[int] = None,
         run_at_ms: Optional[int] = None,
         child: bool = False,
+        restart: Optional[Restart] = None,
     ) -> int:
         """Starts a task on this worker; returns its id once its factory
         accepted `args`. With `queue` (or `key`, `priority`, `delay_ms`,
         `run_at_ms`, which mean the `default` queue without it) it waits in
         that queue until the queue lets it start, and the id comes at once.
         With `child`, it is cancelled when this task is cancelled or this
-        attempt ends (not with `durable`)."""
+        attempt ends (not with `durable`). With `restart` (a `Restart`) it
+        is supervised: started again each time a run ends."""
         text = json.dumps(args)
         placed = any(
             v is not None for v in (queue, key, priority, delay_ms, run_at_ms)
@@ -522,6 +561,7 @@ class App:
             and idempotency_key is None
             and not placed
             and not child
+            and restart is None
         ):
             return _call(_app.add_task, plugin, factory, text, name)
         placement = None
@@ -552,6 +592,7 @@ class App:
             idempotency_key=idempotency_key,
             placement=placement,
             child=child,
+            restart=None if restart is None else _restart_policy(restart),
         )
         return _call(_app.start_task, plugin, factory, text, options)
 

@@ -202,19 +202,22 @@ impl AppState {
 }
 
 /// Links the `app` interface (and its `types`) for stores whose data holds
-/// an [`AppState`], reached through `state`: the current version, 0.3.0,
-/// 0.2.0 and 0.1.0, so plugins built against any of them run.
+/// an [`AppState`], reached through `state`: the current version, 0.4.0,
+/// 0.3.0, 0.2.0 and 0.1.0, so plugins built against any of them run.
 pub(crate) fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     state: fn(&mut T) -> &mut AppState,
 ) -> anyhow::Result<()> {
     use crate::bindings::taskhost::plugin as current;
     use crate::bindings::v0_3::taskhost::plugin as v0_3;
+    use crate::bindings::v0_4::taskhost::plugin as v0_4;
     use crate::bindings::{v0_1::taskhost::plugin as v0_1, v0_2::taskhost::plugin as v0_2};
     current::types::add_to_linker::<T, HasSelf<AppState>>(linker, state)
         .and_then(|()| current::app::add_to_linker::<T, HasSelf<AppState>>(linker, state))
         // Older versions' `types` declare only types: an empty instance
         // links each.
+        .and_then(|()| linker.instance("taskhost:plugin/types@0.4.0").map(drop))
+        .and_then(|()| v0_4::app::add_to_linker::<T, HasSelf<AppState>>(linker, state))
         .and_then(|()| linker.instance("taskhost:plugin/types@0.3.0").map(drop))
         .and_then(|()| v0_3::app::add_to_linker::<T, HasSelf<AppState>>(linker, state))
         .and_then(|()| linker.instance("taskhost:plugin/types@0.2.0").map(drop))
@@ -226,58 +229,84 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
 
 impl types::Host for AppState {}
 
-impl From<crate::bindings::v0_2::taskhost::plugin::app::TaskOptions>
-    for crate::bindings::taskhost::plugin::app::TaskOptions
-{
-    fn from(old: crate::bindings::v0_2::taskhost::plugin::app::TaskOptions) -> Self {
-        Self {
-            name: old.name,
-            retry: old.retry.map(
-                |retry| crate::bindings::taskhost::plugin::app::RetryPolicy {
-                    attempts: retry.attempts,
-                    initial_ms: retry.initial_ms,
-                    max_ms: retry.max_ms,
-                    exponential: retry.exponential,
-                    jitter: retry.jitter,
-                },
-            ),
-            durable: old.durable,
-            idempotency_key: old.idempotency_key,
-            // 0.2.0 cannot place a task in a queue.
-            placement: None,
-            child: false,
+use crate::bindings::v0_2::taskhost::plugin::app as app_0_2;
+use crate::bindings::v0_3::taskhost::plugin::app as app_0_3;
+use crate::bindings::v0_4::taskhost::plugin::app as app_0_4;
+
+/// An older version's `task-options` made current: `$old` is that
+/// version's `app` module; `placement` and `child` are given for the
+/// versions that have them (the others have none and `false`).
+macro_rules! current_options {
+    ($old:ident, |$options:ident| { placement: $placement:expr, child: $child:expr $(,)? }) => {
+        impl From<$old::TaskOptions> for crate::bindings::taskhost::plugin::app::TaskOptions {
+            fn from($options: $old::TaskOptions) -> Self {
+                use crate::bindings::taskhost::plugin::app::RetryPolicy;
+                Self {
+                    retry: $options.retry.as_ref().map(|retry| RetryPolicy {
+                        attempts: retry.attempts,
+                        initial_ms: retry.initial_ms,
+                        max_ms: retry.max_ms,
+                        exponential: retry.exponential,
+                        jitter: retry.jitter,
+                    }),
+                    placement: $placement,
+                    child: $child,
+                    name: $options.name,
+                    durable: $options.durable,
+                    idempotency_key: $options.idempotency_key,
+                    // Supervision came with 0.5.0.
+                    restart: None,
+                }
+            }
         }
-    }
+    };
 }
 
-impl From<crate::bindings::v0_3::taskhost::plugin::app::TaskOptions>
-    for crate::bindings::taskhost::plugin::app::TaskOptions
+/// An older version's `placement` made current (0.3.0 and 0.4.0 have one).
+macro_rules! current_placement {
+    ($old:ident, $placement:expr) => {{
+        use crate::bindings::taskhost::plugin::app::{Placement, StartAt};
+        use $old::StartAt as OldStart;
+        $placement.map(|placement| Placement {
+            queue: placement.queue,
+            key: placement.key,
+            priority: placement.priority,
+            start: placement.start.map(|start| match start {
+                OldStart::DelayMs(ms) => StartAt::DelayMs(ms),
+                OldStart::RunAtMs(ms) => StartAt::RunAtMs(ms),
+            }),
+        })
+    }};
+}
+
+current_options!(app_0_4, |options| {
+    placement: current_placement!(app_0_4, options.placement),
+    child: options.child,
+});
+current_options!(app_0_3, |options| {
+    placement: current_placement!(app_0_3, options.placement),
+    // 0.3.0 has no children.
+    child: false,
+});
+// 0.2.0 cannot place a task in a queue.
+current_options!(app_0_2, |options| {
+    placement: None,
+    child: false,
+});
+
+impl From<crate::bindings::v0_4::taskhost::plugin::app::TaskRef>
+    for crate::bindings::taskhost::plugin::app::TaskRef
 {
-    fn from(old: crate::bindings::v0_3::taskhost::plugin::app::TaskOptions) -> Self {
-        use crate::bindings::taskhost::plugin::app::{Placement, RetryPolicy, StartAt};
-        use crate::bindings::v0_3::taskhost::plugin::app::StartAt as OldStart;
-        Self {
-            name: old.name,
-            retry: old.retry.map(|retry| RetryPolicy {
-                attempts: retry.attempts,
-                initial_ms: retry.initial_ms,
-                max_ms: retry.max_ms,
-                exponential: retry.exponential,
-                jitter: retry.jitter,
+    fn from(old: crate::bindings::v0_4::taskhost::plugin::app::TaskRef) -> Self {
+        use crate::bindings::taskhost::plugin::app::{PlacedTask, TaskRef};
+        use crate::bindings::v0_4::taskhost::plugin::app::TaskRef as Old;
+        match old {
+            Old::Id(id) => TaskRef::Id(id),
+            Old::Name(name) => TaskRef::Name(name),
+            Old::Placed(placed) => TaskRef::Placed(PlacedTask {
+                host: placed.host,
+                id: placed.id,
             }),
-            durable: old.durable,
-            idempotency_key: old.idempotency_key,
-            placement: old.placement.map(|placement| Placement {
-                queue: placement.queue,
-                key: placement.key,
-                priority: placement.priority,
-                start: placement.start.map(|start| match start {
-                    OldStart::DelayMs(ms) => StartAt::DelayMs(ms),
-                    OldStart::RunAtMs(ms) => StartAt::RunAtMs(ms),
-                }),
-            }),
-            // 0.3.0 has no children.
-            child: false,
         }
     }
 }
@@ -499,6 +528,51 @@ macro_rules! since_0_2 {
     };
 }
 
+/// The functions 0.4.0 added (joins), for each version that has them:
+/// `$task_ref` is the version's `task-ref` (made current with `Into`).
+macro_rules! since_0_4 {
+    ($task_ref:ty) => {
+        async fn join(
+            &mut self,
+            task: $task_ref,
+            timeout_ms: Option<u64>,
+        ) -> wasmtime::Result<Result<Option<types::TaskInfo>, types::Error>> {
+            Ok(match self.join_request(vec![task.into()], timeout_ms) {
+                Ok(request) => join::join_all(request)
+                    .await
+                    .map(|ended| ended.and_then(|mut infos| infos.pop())),
+                Err(error) => Err(error),
+            })
+        }
+
+        async fn join_all(
+            &mut self,
+            tasks: Vec<$task_ref>,
+            timeout_ms: Option<u64>,
+        ) -> wasmtime::Result<Result<Option<Vec<types::TaskInfo>>, types::Error>> {
+            Ok(
+                match self.join_request(tasks.into_iter().map(Into::into).collect(), timeout_ms) {
+                    Ok(request) => join::join_all(request).await,
+                    Err(error) => Err(error),
+                },
+            )
+        }
+
+        async fn join_any(
+            &mut self,
+            tasks: Vec<$task_ref>,
+            timeout_ms: Option<u64>,
+        ) -> wasmtime::Result<Result<Option<(u32, types::TaskInfo)>, types::Error>> {
+            Ok(
+                match self.join_request(tasks.into_iter().map(Into::into).collect(), timeout_ms) {
+                    Ok(request) => join::join_any(request).await,
+                    Err(error) => Err(error),
+                },
+            )
+        }
+    };
+}
+
 app_host!(
     crate::bindings::taskhost::plugin::app::Host,
     types::TaskInfo,
@@ -509,40 +583,19 @@ app_host!(
             crate::bindings::taskhost::plugin::app::PlacedTask
         );
 
-        async fn join(
-            &mut self,
-            task: crate::bindings::taskhost::plugin::app::TaskRef,
-            timeout_ms: Option<u64>,
-        ) -> wasmtime::Result<Result<Option<types::TaskInfo>, types::Error>> {
-            Ok(match self.join_request(vec![task], timeout_ms) {
-                Ok(request) => join::join_all(request)
-                    .await
-                    .map(|ended| ended.and_then(|mut infos| infos.pop())),
-                Err(error) => Err(error),
-            })
-        }
-
-        async fn join_all(
-            &mut self,
-            tasks: Vec<crate::bindings::taskhost::plugin::app::TaskRef>,
-            timeout_ms: Option<u64>,
-        ) -> wasmtime::Result<Result<Option<Vec<types::TaskInfo>>, types::Error>> {
-            Ok(match self.join_request(tasks, timeout_ms) {
-                Ok(request) => join::join_all(request).await,
-                Err(error) => Err(error),
-            })
-        }
-
-        async fn join_any(
-            &mut self,
-            tasks: Vec<crate::bindings::taskhost::plugin::app::TaskRef>,
-            timeout_ms: Option<u64>,
-        ) -> wasmtime::Result<Result<Option<(u32, types::TaskInfo)>, types::Error>> {
-            Ok(match self.join_request(tasks, timeout_ms) {
-                Ok(request) => join::join_any(request).await,
-                Err(error) => Err(error),
-            })
-        }
+        since_0_4!(crate::bindings::taskhost::plugin::app::TaskRef);
+    }
+);
+app_host!(
+    crate::bindings::v0_4::taskhost::plugin::app::Host,
+    types::TaskInfo,
+    std::convert::identity,
+    {
+        since_0_2!(
+            crate::bindings::v0_4::taskhost::plugin::app::TaskOptions,
+            crate::bindings::v0_4::taskhost::plugin::app::PlacedTask
+        );
+        since_0_4!(crate::bindings::v0_4::taskhost::plugin::app::TaskRef);
     }
 );
 app_host!(

@@ -6,7 +6,7 @@ use super::TaskScope;
 use crate::bindings::GuestError;
 use crate::bindings::taskhost::plugin::{app, types};
 use crate::config::Limit;
-use crate::config::{Backoff, RetrySpec, TaskSpec};
+use crate::config::{Backoff, RestartPolicy, RestartSpec, RestartWhen, RetrySpec, TaskSpec};
 use crate::operations::types::{NameScope, Submission};
 use crate::registry::AddTaskError;
 use crate::registry::{RegisterError, TaskHandle};
@@ -112,6 +112,38 @@ fn retry_spec(retry: app::RetryPolicy) -> RetrySpec {
     }
 }
 
+/// `task-options.restart` as app.toml would write it.
+fn restart_spec(restart: app::RestartPolicy) -> RestartSpec {
+    let ms = |ms: Option<u64>| ms.map(|ms| format!("{ms}ms"));
+    RestartSpec {
+        when: match restart.when {
+            app::RestartWhen::Always => RestartWhen::Always,
+            app::RestartWhen::OnFailure => RestartWhen::OnFailure,
+        },
+        intensity: restart.intensity,
+        period: ms(restart.period_ms),
+        initial: ms(restart.initial_ms),
+        max: ms(restart.max_ms),
+    }
+}
+
+/// `task-options.restart` checked as every submission's is, with
+/// `durable`: `invalid-args` naming the field.
+fn restart_checked(
+    restart: Option<app::RestartPolicy>,
+    durable: bool,
+) -> Result<Option<(RestartSpec, RestartPolicy)>, GuestError> {
+    let Some(restart) = restart else {
+        return Ok(None);
+    };
+    let spec = restart_spec(restart);
+    let policy = spec
+        .policy()
+        .and_then(|policy| crate::config::check_restart(&policy, durable).map(|()| policy))
+        .map_err(|e| GuestError::InvalidArgs(format!("task-options.restart: {e:#}")))?;
+    Ok(Some((spec, policy)))
+}
+
 /// `task-options.placement` as the strings every submission's queue
 /// options are: a delay as `"{ms}ms"`, a time as RFC 3339. The queue's
 /// name is bounded first: a refusal echoes it.
@@ -195,12 +227,13 @@ pub(super) fn spec_of(
                 .into(),
         ));
     }
+    let restart = restart_checked(options.restart, options.durable)?.map(|(_, policy)| policy);
     Ok(TaskSpec {
         factory,
         args,
         name: options.name,
         retry,
-        restart: None,
+        restart,
         durable: options.durable,
         idempotency_key: options.idempotency_key,
         connection: None,
@@ -241,6 +274,7 @@ pub(super) fn submission_of(
     if let Some(text) = &placement {
         placement_checked(text)?;
     }
+    let restart = restart_checked(options.restart, options.durable)?.map(|(spec, _)| spec);
     Ok(Submission {
         plugin,
         factory,
@@ -249,7 +283,7 @@ pub(super) fn submission_of(
         worker: None,
         all_workers: false,
         retry,
-        restart: None,
+        restart,
         durable: options.durable,
         idempotency_key: options.idempotency_key,
         host: Some(host),

@@ -20,7 +20,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
 /// The world a plugin must implement, as people write it.
-pub(super) const WORLD: &str = "taskhost:plugin/plugin@0.4.0";
+pub(super) const WORLD: &str = "taskhost:plugin/plugin@0.5.0";
 
 /// How long a plugin may take to list its factories or check arguments:
 /// these calls do no real work, so a plugin that takes longer is broken.

@@ -1,7 +1,9 @@
 //! Factories the integration tests use to observe the host from inside a task.
 
 use serde_json::{Value, json};
-use taskhost_guest_sdk::{App, Error, Message, Request, Result, TaskInfo, TaskState, plugin};
+use taskhost_guest_sdk::{
+    App, Error, Message, Request, Restart, Result, TaskInfo, TaskState, plugin,
+};
 
 /// Polls `name` until its state satisfies `done`: for probes that must
 /// observe a state change from inside a task (there is no event for it).
@@ -637,6 +639,23 @@ plugin! {
         Ok(match task.start() {
             Ok(_) => json!({ "state": app.get_task(&name)?.state }),
             Err(error) => json!({ "error": error.to_string() }),
+        })
+    }
+
+    /// Starts `flaky` (failing every attempt) as task `name`, supervised:
+    /// restarted on failure at most `intensity` times within a minute,
+    /// 5 ms then doubling up to 50 ms apart. Returns its id, or the
+    /// error the host gave.
+    fn supervise(app: &App, name: String, intensity: u32) -> Result<Value> {
+        let started = app
+            .task("flaky")
+            .name(&name)
+            .args(json!({"fail_times": 100}))
+            .restart(Restart::on_failure().intensity(intensity, 60_000).backoff(5, 50))
+            .start();
+        Ok(match started {
+            Ok(id) => json!({ "id": id }),
+            Err(error) => json!({ "error": error.to_string(), "kind": format!("{:?}", error.kind()) }),
         })
     }
 

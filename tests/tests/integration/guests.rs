@@ -151,6 +151,31 @@ per_language! {
         );
     }
 
+    fn a_supervised_task_started_by_a_guest_is_restarted_then_given_up(lang: &Language) {
+        let run = lang
+            .app("", &lang.task("supervise", "starter", "{}"))
+            .run_until_idle();
+        assert_eq!(run.code, Some(1), "{}", run.dump());
+        // One `supervised` per worker, each restarted twice, then failed
+        // past its intensity.
+        let restarted = run.event_of("restarting", "supervised");
+        assert_eq!(restarted.len(), 4, "{}", run.dump());
+        assert!(
+            restarted.iter().all(|l| l["delay_ms"] == 10.0 || l["delay_ms"] == 20.0),
+            "{}",
+            run.dump()
+        );
+        let failed = run.event_of("failed", "supervised");
+        assert_eq!(failed.len(), 2, "{}", run.dump());
+        assert!(
+            failed.iter().all(|l| l["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("`restart.intensity`") && e.contains("blew up"))),
+            "{}",
+            run.dump()
+        );
+    }
+
     fn a_task_is_started_in_a_queue_and_read_back_queued(lang: &Language) {
         let run = lang
             .app("[[queues]]\nname = \"held\"", &lang.task("place", "placer", "{}"))

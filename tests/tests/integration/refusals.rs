@@ -69,8 +69,8 @@ fn a_component_of_another_world_is_refused_naming_what_is_missing() {
         &app,
         &[
             "plugin `odd`",
-            "odd.wasm does not implement the world `taskhost:plugin/plugin@0.4.0`",
-            "taskhost:plugin/factories@0.4.0",
+            "odd.wasm does not implement the world `taskhost:plugin/plugin@0.5.0`",
+            "taskhost:plugin/factories@0.5.0",
         ],
     );
 }

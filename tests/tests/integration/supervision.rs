@@ -257,3 +257,50 @@ fn bad_restart_policies_are_refused_at_check_naming_the_task_and_field() {
         &["\"bad\"", "never let the workers start"],
     );
 }
+
+/// WIT 0.5.0's `task-options.restart`, through the Rust SDK: a guest
+/// starts a supervised task; a bad policy is `invalid-args`, naming the
+/// field.
+#[test]
+fn a_guest_starts_a_supervised_task_and_a_bad_policy_is_refused() {
+    let run = app(&[
+        task("starter", "supervise", r#"name = "kid", intensity = 2"#, ""),
+        task(
+            "refused",
+            "supervise",
+            r#"name = "never", intensity = 0"#,
+            "",
+        ),
+    ]
+    .concat())
+    .run_until_idle();
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    let delays: Vec<Value> = restarts(&run, "kid")
+        .iter()
+        .map(|l| l["delay_ms"].clone())
+        .collect();
+    assert_eq!(delays, vec![json!(5.0), json!(10.0)], "{}", run.dump());
+    let failed = run.event_of("failed", "kid");
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("restarted 2 times within 1m"),
+        "{}",
+        run.dump()
+    );
+    let refused = &run.results_of("refused")[0];
+    assert_eq!(refused["kind"], "InvalidArgs", "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("task-options.restart: `intensity` must be at least 1"),
+        "{refused}"
+    );
+    assert!(
+        run.event_of("started", "never").is_empty(),
+        "{}",
+        run.dump()
+    );
+}

@@ -1,8 +1,7 @@
 //! Plugins built against an older `taskhost:plugin` WIT keep loading and
-//! running: `plugins/compat010`, `plugins/compat020` and
-//! `plugins/compat030` are bound to the pinned copies of 0.1.0, 0.2.0 and
-//! 0.3.0 (`wit/compat/`), not through the SDK, so they are real 0.1.0,
-//! 0.2.0 and 0.3.0 components.
+//! running: `plugins/compat010` to `plugins/compat040` are bound to the
+//! pinned copies of 0.1.0 to 0.4.0 (`wit/compat/`), not through the SDK,
+//! so they are real components of those versions.
 
 use serde_json::json;
 use taskhost_tests::TestApp;
@@ -106,7 +105,7 @@ fn a_0_1_0_task_is_cancelled_cooperatively_and_listed_with_its_version() {
     };
     assert_eq!(
         (wit("old"), wit("kit")),
-        (Some(json!("0.1.0")), Some(json!("0.4.0")))
+        (Some(json!("0.1.0")), Some(json!("0.5.0")))
     );
     let cancelled = app.cli(&["cancel", "sleeper"]);
     assert_eq!(cancelled.code, Some(0), "{}", cancelled.stderr);
@@ -132,6 +131,35 @@ fn a_plugin_built_against_0_2_0_lists_starts_and_cancels_tasks() {
 #[test]
 fn a_plugin_built_against_0_3_0_lists_places_and_cancels_tasks() {
     an_old_plugin_lists_starts_and_cancels_tasks("compat030", "0.3.0", "queued", Some("default"));
+}
+
+/// The same for a 0.4.0 plugin, whose `task-options` lack 0.5.0's
+/// `restart`; it also joins a child it started (0.4.0's `join`, with its
+/// own `task-ref`).
+#[test]
+fn a_plugin_built_against_0_4_0_lists_places_joins_and_cancels_tasks() {
+    an_old_plugin_lists_starts_and_cancels_tasks("compat040", "0.4.0", "queued", Some("default"));
+    let run = TestApp::new(
+        r#"
+        name = "old-and-new"
+        [config]
+        who = "world"
+        [plugins.old]
+        path = "{compat040}"
+        [[tasks]]
+        plugin = "old"
+        factory = "joiner"
+        name = "joiner"
+        "#,
+    )
+    .run_until_idle()
+    .ok();
+    assert_eq!(
+        run.results_of("joiner"),
+        vec![json!({"app": "old-and-new", "who": "world", "attempt": 1})],
+        "{}",
+        run.dump()
+    );
 }
 
 /// Runs `plugin` (a placeholder of [`TestApp::new`]), built against WIT
