@@ -206,6 +206,7 @@ impl Host {
             trim_due: Arc::default(),
             _ticker: ticker,
         };
+        host.load_cluster_builds().await;
         // Durable tasks first: an unfinished one runs again before any
         // startup task, and a durable startup task that ended is listed,
         // so it is found rather than started.
@@ -219,6 +220,35 @@ impl Host {
             host.main_handles.push(handle);
         }
         Ok(host)
+    }
+
+    /// A host joining a cluster serves the builds the cluster rolled out
+    /// before any of its tasks starts: otherwise its startup tasks would
+    /// start on app.toml's build, and drain there once the roll-out's watch
+    /// loaded the cluster's. A build refused here (it does not load, or
+    /// does not match its digest) is logged, and app.toml's keeps serving.
+    async fn load_cluster_builds(&self) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let serving = |name: &str| self.env.plugin(name).map(|p| p.version.to_string());
+        let latest = match cluster.rollout().latest_builds(serving).await {
+            Ok(latest) => latest,
+            Err(error) => {
+                tracing::warn!(
+                    "cannot read the builds the cluster rolled out ({error:#}): the tasks start \
+                     on app.toml's builds, and the roll-out's watch loads the cluster's later"
+                );
+                return;
+            }
+        };
+        for (name, from, fetched) in latest {
+            match fetched {
+                // A refused build is announced by the load itself.
+                Ok(bytes) => drop(self.load_plugin_bytes(&name, &from, bytes).await),
+                Err(error) => self.refuse_plugin(&name, &from, &format!("{error:#}")),
+            }
+        }
     }
 
     fn startup_tasks(&self, scope: Scope) -> impl Iterator<Item = &TaskConfig> {
@@ -560,10 +590,15 @@ impl Host {
     /// forgotten by its registry so its name is free, and started again.
     /// Returns how many were restarted.
     pub async fn restart_startup_tasks(&self, plugin: &str) -> Result<usize> {
+        // Those that move to a new build on their own are not restarted.
+        let moves = self.env.app.policy(plugin).on_load;
         let entries: Vec<(Arc<WorkerCtx>, TaskConfig, TaskHandle)> = self
             .startup_entries()
             .iter()
-            .filter(|(_, task, _)| task.plugin == plugin)
+            .filter(|(_, task, _)| {
+                task.plugin == plugin
+                    && task.on_load.unwrap_or(moves) != crate::config::OnLoad::Restart
+            })
             .cloned()
             .collect();
         let mut restarted = 0;

@@ -138,6 +138,18 @@ pub enum LifecycleEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A newer build of the task's plugin was loaded and the task (with
+    /// `on_load = "restart"`) stopped on its old one: it starts again on
+    /// build `version`, the same task, in a fresh instance.
+    Reloaded {
+        /// Which task.
+        #[serde(flatten)]
+        task: TaskRef,
+        /// The build it ran on.
+        from: String,
+        /// The build it runs on now.
+        version: String,
+    },
     /// A build of `plugin` was loaded; new tasks start from it.
     PluginLoaded {
         /// The plugin's name.

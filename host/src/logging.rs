@@ -245,6 +245,24 @@ pub(crate) fn lifecycle(event: &LifecycleEvent) {
                 "{why}; restart {restart} in {delay_ms} ms"
             )
         }),
+        LifecycleEvent::Reloaded {
+            task,
+            from,
+            version,
+        } => with_task(task, |worker, task_name| {
+            tracing::info!(
+                event = "reloaded",
+                worker,
+                task = task_name,
+                task_id = task.task_id,
+                plugin = task.plugin,
+                factory = task.factory,
+                connection = task.connection,
+                from,
+                version,
+                "moved from {from} to {version}"
+            )
+        }),
         LifecycleEvent::PluginLoaded {
             plugin,
             version,

@@ -515,6 +515,14 @@ impl TaskRegistry {
         }
     }
 
+    /// Records that the task moved to another build of its plugin: its
+    /// identity now names that build.
+    pub(crate) fn set_ident(&self, ident: Arc<TaskIdent>) {
+        if let Some(entry) = self.lock().tasks.get_mut(&ident.id) {
+            entry.info.ident = ident;
+        }
+    }
+
     /// Records that the task's restart `restarts` is about to start, with
     /// its first attempt.
     pub(crate) fn set_restarts(&self, id: TaskId, restarts: u32) {

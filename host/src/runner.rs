@@ -108,6 +108,10 @@ pub(crate) struct Attempt {
     pub number: u32,
     /// A durable task's key (`app.idempotency-key()`).
     pub idempotency_key: Option<Arc<str>>,
+    /// The attempt stops (cooperatively, then forced after the grace
+    /// period) once a newer build of its plugin is loaded, so the task can
+    /// start again on it (`on_load = "restart"`).
+    pub moves_on_load: bool,
 }
 
 /// Runs `ident.factory` of `plugin` with `args` in its own instance at
@@ -131,12 +135,14 @@ pub(crate) async fn run(
 ) -> Option<Ended> {
     let engines = site.engines;
     let timeout = site.app.policy(&ident.plugin).limits.timeout;
-    // With a time limit, the attempt gets a signal of its own, so running
-    // out of time stops this attempt and not the task's next one.
-    let cancel = match timeout {
-        Some(_) => Arc::new(CancelSignal::attempt_of(handle.signal())),
-        None => handle.signal().clone(),
+    // With a time limit, or moving to a newer build, the attempt gets a
+    // signal of its own, so running out of time or a new build stops this
+    // attempt and not the task's next one.
+    let cancel = match timeout.is_some() || attempt.moves_on_load {
+        true => Arc::new(CancelSignal::attempt_of(handle.signal())),
+        false => handle.signal().clone(),
     };
+    let replaced = attempt.moves_on_load.then(|| plugin.clone());
     let mut data =
         TaskData::new(ident.clone(), site.app.clone(), cancel.clone()).on_worker(site.scope);
     data.app.attempt = attempt.number;
@@ -149,7 +155,8 @@ pub(crate) async fn run(
         let (_slot, mut store, instance);
         (store, instance, _slot) = prepared.adopt(data);
         return call(
-            &mut store, &instance, &ident, args, handle, verdict, &cancel, timeout, started,
+            &mut store, &instance, &ident, args, handle, verdict, &cancel, timeout, replaced,
+            started,
         )
         .await;
     }
@@ -190,12 +197,13 @@ pub(crate) async fn run(
                 None => Some(Ended {
                     outcome: Outcome::Failed { error: message },
                     retriable: true,
+                    moved: false,
                 }),
             };
         }
     };
     call(
-        &mut store, &instance, &ident, args, handle, verdict, &cancel, timeout, started,
+        &mut store, &instance, &ident, args, handle, verdict, &cancel, timeout, replaced, started,
     )
     .await
 }
@@ -212,6 +220,7 @@ async fn call(
     verdict: Option<oneshot::Sender<Result<(), GuestError>>>,
     cancel: &CancelSignal,
     timeout: Option<std::time::Duration>,
+    replaced: Option<Arc<Plugin>>,
     started: impl FnOnce(),
 ) -> Option<Ended> {
     if let Some(verdict) = verdict {
@@ -237,10 +246,11 @@ async fn call(
                 stage: CancelStage::Cooperative,
             },
             retriable: false,
+            moved: false,
         });
     }
     started();
-    let mut timed_out = false;
+    let (mut timed_out, mut moved) = (false, false);
     let returned = {
         let call = factories.call_run(&mut *store, &ident.factory, args);
         tokio::pin!(call);
@@ -251,22 +261,12 @@ async fn call(
             // the guest.
             _ = cancel.forced() => None,
             _ = deadline(timeout) => {
-                // Out of time: cancelled like any task, so it may clean up
-                // within the grace period, then interrupted. Only this
-                // attempt's signal: the task's own stays as it was.
                 timed_out = true;
-                cancel.cancel();
-                tokio::select! {
-                    result = &mut call => Some(result),
-                    _ = cancel.forced() => None,
-                    _ = tokio::time::sleep(handle.grace()) => {
-                        cancel.force();
-                        tokio::select! {
-                            result = &mut call => Some(result),
-                            _ = cancel.forced() => None,
-                        }
-                    }
-                }
+                stop_attempt(&mut call, cancel, handle.grace()).await
+            }
+            _ = replaced_by_newer(replaced.as_deref()) => {
+                moved = true;
+                stop_attempt(&mut call, cancel, handle.grace()).await
             }
         }
     };
@@ -289,6 +289,7 @@ async fn call(
     // one whose arguments were refused: the next attempt would be refused
     // the same.
     let retriable = (timed_out || matches!(outcome, Outcome::Failed { .. }))
+        && !moved
         && !permanent
         && !handle.is_cancelled()
         && !store.data().app.stop_retrying
@@ -297,7 +298,42 @@ async fn call(
         Some(limit) if timed_out => after_timeout(outcome, limit),
         _ => outcome,
     };
-    Some(Ended { outcome, retriable })
+    Some(Ended {
+        outcome,
+        retriable,
+        moved: moved && !handle.is_cancelled(),
+    })
+}
+
+/// Stops an attempt that ran out of time or whose build was replaced:
+/// cancelled like any task, so it may clean up within the grace period,
+/// then interrupted. Only this attempt's signal: the task's own stays as
+/// it was. What `call` returned, or none if it was forced.
+async fn stop_attempt<F: std::future::Future + Unpin>(
+    call: &mut F,
+    cancel: &CancelSignal,
+    grace: std::time::Duration,
+) -> Option<F::Output> {
+    cancel.cancel();
+    tokio::select! {
+        result = &mut *call => Some(result),
+        _ = cancel.forced() => None,
+        _ = tokio::time::sleep(grace) => {
+            cancel.force();
+            tokio::select! {
+                result = call => Some(result),
+                _ = cancel.forced() => None,
+            }
+        }
+    }
+}
+
+/// Resolves once a newer build replaced `plugin`; never without one.
+async fn replaced_by_newer(plugin: Option<&Plugin>) {
+    match plugin {
+        Some(plugin) => plugin.replaced().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How one attempt of a task ended, and whether its retry or restart
@@ -307,6 +343,10 @@ async fn call(
 pub(crate) struct Ended {
     pub outcome: Outcome,
     pub retriable: bool,
+    /// It was stopped because a newer build of its plugin was loaded
+    /// (`on_load = "restart"`), and nobody cancelled the task: it starts
+    /// again on that build.
+    pub moved: bool,
 }
 
 /// How a task that ran out of time ended: cancelled by the timeout is a

@@ -499,6 +499,7 @@ impl Scheduler {
                 name: Some(name.clone()),
                 retry: config.retry,
                 restart: None,
+                on_load: None,
                 durable: config.durable,
                 // Per worker only where each worker runs the tick: an `any`
                 // run is one task whichever worker it lands on.

@@ -81,7 +81,9 @@ impl fmt::Display for WorkerId {
     }
 }
 
-/// Everything that identifies a task in logs and listings. Fixed at spawn.
+/// Everything that identifies a task in logs and listings. Fixed at spawn,
+/// but for its build: a task that moves to a newer one (`on_load =
+/// "restart"`) gets a new identity naming it, the same otherwise.
 #[derive(Debug, Clone)]
 pub struct TaskIdent {
     /// Unique among the host's tasks, never reused (one counter per process).

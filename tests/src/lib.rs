@@ -788,3 +788,25 @@ impl Drop for NatsServer {
         let _ = self.child.wait();
     }
 }
+
+/// Builds plugins/versioned with `tag` baked in, to a file of its own.
+///
+/// Builds of different tags share cargo's artifact path, and cargo's lock
+/// ends before `taskhost build` copies the artifact out: one build at a
+/// time, so no test copies another's tag.
+pub fn versioned(tag: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = dir.join(format!("versioned-{tag}.wasm"));
+    let status = Command::new(taskhost_bin())
+        .arg("build")
+        .arg(repo().join("plugins/versioned"))
+        .arg("--out")
+        .arg(&out)
+        .env("VERSIONED_TAG", tag)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    out
+}

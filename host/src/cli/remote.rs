@@ -266,8 +266,10 @@ pub(crate) enum Verb {
         plugin: String,
         path: std::path::PathBuf,
         /// Also restart the plugin's startup tasks (from app.toml) on the
-        /// new build: each is cancelled and started again.
-        #[arg(long, conflicts_with = "cluster")]
+        /// new build: each is cancelled and started again (with --cluster,
+        /// on every host). Tasks with `on_load = "restart"` (app.toml, or
+        /// `add --on-load restart`) move to a new build on any load.
+        #[arg(long)]
         restart_tasks: bool,
         /// Roll the build out to every host of the cluster: loaded on this
         /// host first (a build it refuses goes nowhere), then put in the
@@ -344,15 +346,21 @@ pub(crate) struct RestartFlags {
     /// (`30s`, `10m`) [default: 1m].
     #[arg(long, value_name = "DURATION", requires = "restart")]
     restart_period: Option<String>,
+    /// What a newer build of PLUGIN (`load`, `--watch`, `load --cluster`)
+    /// does to this task: `drain` (it finishes on its build) or `restart`
+    /// (cancelled cooperatively, then started again on the new build)
+    /// [default: the plugin's `on_load` in app.toml, else drain].
+    #[arg(long, value_name = "WHEN", value_parser = ["drain", "restart"])]
+    on_load: Option<String>,
 }
 
 impl RestartFlags {
     /// The policy as the API takes it; none without --restart.
-    fn spec(self) -> Option<crate::config::RestartSpec> {
-        let when = self.restart?.parse().ok()?;
+    fn spec(&self) -> Option<crate::config::RestartSpec> {
+        let when = self.restart.as_deref()?.parse().ok()?;
         Some(crate::config::RestartSpec {
             intensity: self.restart_intensity,
-            period: self.restart_period,
+            period: self.restart_period.clone(),
             ..crate::config::RestartSpec::new(when)
         })
     }
@@ -522,6 +530,10 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                     max: None,
                     jitter: None,
                 }),
+                on_load: restart
+                    .on_load
+                    .as_deref()
+                    .map(|text| text.parse().expect("clap allows only drain and restart")),
                 restart: restart.spec(),
                 durable,
                 idempotency_key,
@@ -919,6 +931,12 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 }
                 for host in &loaded.rollout {
                     match (&host.build, &host.error) {
+                        (Some(build), None) if restart_tasks => outln!(
+                            "host {}: serves {}, restarted {} startup task(s)",
+                            clean(&host.host),
+                            clean(build),
+                            host.restarted
+                        ),
                         (Some(build), None) => {
                             outln!("host {}: serves {}", clean(&host.host), clean(build))
                         }
@@ -1589,6 +1607,15 @@ fn describe_event(event: &LifecycleEvent) -> String {
                     None => "ended done".to_string(),
                 }
             ),
+        ),
+        LifecycleEvent::Reloaded {
+            task: t,
+            from,
+            version,
+        } => task(
+            t,
+            "reloaded",
+            format!(": {} -> {}", clean(from), clean(version)),
         ),
         LifecycleEvent::PluginLoaded {
             plugin, version, ..

@@ -26,6 +26,14 @@ use tokio::task::JoinHandle;
 /// The metadata key of an object's digest: `sha256:` and 64 hex digits.
 const DIGEST: &str = "digest";
 
+/// The metadata key that asks every host to restart the plugin's startup
+/// tasks on the build (`load --cluster --restart-tasks`): `"true"`.
+const RESTART_TASKS: &str = "restart_tasks";
+
+/// What [`PluginSink::load`] comes to: the build served and the startup
+/// tasks restarted, or why the build was refused.
+pub type SinkLoad = Pin<Box<dyn Future<Output = Result<(String, usize), String>> + Send>>;
+
 /// Where a host loads what the cluster rolls out: the host itself, seen
 /// from this layer.
 pub trait PluginSink: Send + Sync + 'static {
@@ -33,14 +41,11 @@ pub trait PluginSink: Send + Sync + 'static {
     /// now, if it is loaded.
     fn build_of(&self, name: &str) -> Option<String>;
 
-    /// Hot-loads `bytes` as plugin `name`; `from` says where they came
-    /// from. The build it serves now, or why it was refused.
-    fn load(
-        &self,
-        name: String,
-        from: PathBuf,
-        bytes: Vec<u8>,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+    /// Hot-loads `bytes` as plugin `name`, then with `restart_tasks`
+    /// restarts its startup tasks on it; `from` says where they came from.
+    /// The build it serves now and how many tasks it restarted, or why it
+    /// was refused.
+    fn load(&self, name: String, from: PathBuf, bytes: Vec<u8>, restart_tasks: bool) -> SinkLoad;
 
     /// Says that a build of plugin `name` from `from` was refused before
     /// it was loaded (a bad digest), as a refused load does.
@@ -63,6 +68,9 @@ pub struct RolloutReport {
     /// Why it refused the new build.
     #[serde(default)]
     pub error: Option<String>,
+    /// Startup tasks it restarted on the build (`--restart-tasks`).
+    #[serde(default)]
+    pub restarted: usize,
 }
 
 /// The digest of `bytes` as the object store's metadata holds it.
@@ -125,9 +133,10 @@ impl Rollout {
         })
     }
 
-    /// Stores `bytes` as the build of `plugin` for every host; returns its
-    /// digest.
-    pub async fn publish(&self, plugin: &str, bytes: &[u8]) -> Result<String> {
+    /// Stores `bytes` as the build of `plugin` for every host, which with
+    /// `restart_tasks` restart the plugin's startup tasks on it; returns
+    /// its digest.
+    pub async fn publish(&self, plugin: &str, bytes: &[u8], restart_tasks: bool) -> Result<String> {
         if !super::online(&self.client) {
             bail!("NATS is unreachable, so the build cannot be rolled out now");
         }
@@ -135,7 +144,10 @@ impl Rollout {
         let meta = object_store::ObjectMetadata {
             name: plugin.to_string(),
             description: Some(format!("plugin {plugin}, put by host {}", self.host)),
-            metadata: HashMap::from([(DIGEST.to_string(), digest.clone())]),
+            metadata: HashMap::from([
+                (DIGEST.to_string(), digest.clone()),
+                (RESTART_TASKS.to_string(), restart_tasks.to_string()),
+            ]),
             ..Default::default()
         };
         let mut reader = bytes;
@@ -205,12 +217,19 @@ impl Rollout {
             digest: info.metadata.get(DIGEST).cloned().unwrap_or_default(),
             build: None,
             error: None,
+            restarted: 0,
         };
-        let outcome = self.fetch_checked(&plugin, &report.digest, sink).await;
+        let restart_tasks = info.metadata.get(RESTART_TASKS).map(String::as_str) == Some("true");
+        let outcome = self
+            .fetch_checked(&plugin, &report.digest, sink.build_of(&plugin))
+            .await;
         match outcome {
             Ok(None) => report.build = sink.build_of(&plugin),
-            Ok(Some(bytes)) => match sink.load(plugin.clone(), from, bytes).await {
-                Ok(build) => report.build = Some(build),
+            Ok(Some(bytes)) => match sink.load(plugin.clone(), from, bytes, restart_tasks).await {
+                Ok((build, restarted)) => {
+                    report.build = Some(build);
+                    report.restarted = restarted;
+                }
                 Err(error) => {
                     report.build = sink.build_of(&plugin);
                     report.error = Some(error);
@@ -226,18 +245,51 @@ impl Rollout {
         self.report(&report).await;
     }
 
+    /// The latest build of each rolled-out plugin that this host does not
+    /// serve yet (`serving` says which build it serves of a plugin), with
+    /// where it came from: what a host joining the cluster loads before
+    /// any of its tasks starts. A build that cannot be fetched or does not
+    /// match its digest comes with why.
+    pub async fn latest_builds(
+        &self,
+        serving: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<(String, PathBuf, Result<Vec<u8>>)>> {
+        let mut listed = self
+            .store
+            .list()
+            .await
+            .with_context(|| format!("cannot list the plugins of {}", self.bucket))?;
+        let mut latest = Vec::new();
+        while let Some(info) = listed.next().await {
+            let info =
+                info.with_context(|| format!("cannot list the plugins of {}", self.bucket))?;
+            if info.deleted {
+                continue;
+            }
+            let plugin = info.name.clone();
+            let digest = info.metadata.get(DIGEST).cloned().unwrap_or_default();
+            let from = PathBuf::from(format!("nats:{}/{plugin}", self.bucket));
+            match self.fetch_checked(&plugin, &digest, serving(&plugin)).await {
+                Ok(None) => {}
+                Ok(Some(bytes)) => latest.push((plugin, from, Ok(bytes))),
+                Err(error) => latest.push((plugin, from, Err(error))),
+            }
+        }
+        Ok(latest)
+    }
+
     /// The object's bytes once they match its digest; none when this
-    /// host serves that build already.
+    /// host serves that build already (`serving`).
     async fn fetch_checked(
         &self,
         plugin: &str,
         digest: &str,
-        sink: &dyn PluginSink,
+        serving: Option<String>,
     ) -> Result<Option<Vec<u8>>> {
         if !digest.starts_with("sha256:") || digest.len() != "sha256:".len() + 64 {
             bail!("the object of plugin {plugin} has no sha256 digest in its metadata; refused");
         }
-        if sink.build_of(plugin).as_deref() == Some(build_of_digest(digest).as_str()) {
+        if serving.as_deref() == Some(build_of_digest(digest).as_str()) {
             return Ok(None);
         }
         let mut object = self

@@ -44,7 +44,7 @@ pub use value::{ConfigValue, MAX_SECRET_BYTES, SecretSource, read_bounded};
 
 use crate::variables::section::{RawVariables, Variables};
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -66,6 +66,8 @@ pub struct PluginPolicy {
     pub grants: Grants,
     /// `[plugins.NAME.variables]`, served by `wasi:config/store`.
     pub(crate) variables: Arc<Variables>,
+    /// What a newer build does to its running tasks (`on_load`).
+    pub on_load: OnLoad,
 }
 
 impl PluginPolicy {
@@ -76,6 +78,7 @@ impl PluginPolicy {
             limits: limits.for_task(&PluginLimits::default()),
             grants: Grants::default(),
             variables: Arc::default(),
+            on_load: OnLoad::Drain,
         }
     }
 }
@@ -88,6 +91,7 @@ impl PluginConfig {
             limits: limits.for_task(&self.limits),
             grants: self.grants.clone(),
             variables: self.variables.clone(),
+            on_load: self.on_load,
         }
     }
 }
@@ -182,6 +186,39 @@ pub struct PluginConfig {
     /// `[plugins.NAME.variables]`: what its tasks read through
     /// `wasi:config/store` (none by default).
     pub(crate) variables: Arc<Variables>,
+    /// What a newer build does to its running tasks (`on_load`; default
+    /// `drain`).
+    pub on_load: OnLoad,
+}
+
+/// What a hot-load of a plugin's newer build (`load`, `--watch`, `load
+/// --cluster`) does to its running tasks: `on_load` on `[plugins.NAME]`,
+/// or on one `[[tasks]]` entry or submission, which wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLoad {
+    /// They finish on the build they started on, which is dropped after
+    /// the last (the default).
+    #[default]
+    Drain,
+    /// Each is cancelled cooperatively (forced after its grace period)
+    /// and started again on the new build: the same task (id, name),
+    /// arguments and policies.
+    Restart,
+}
+
+impl std::str::FromStr for OnLoad {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<OnLoad, String> {
+        match text {
+            "drain" => Ok(OnLoad::Drain),
+            "restart" => Ok(OnLoad::Restart),
+            other => Err(format!(
+                "unknown on_load {other:?}: use \"drain\" or \"restart\""
+            )),
+        }
+    }
 }
 
 /// Where a startup task runs.
@@ -215,6 +252,9 @@ pub struct TaskConfig {
     pub retry: Option<RetryPolicy>,
     /// How it is started again once it ends (supervised); none: it is not.
     pub restart: Option<RestartPolicy>,
+    /// What a newer build of its plugin does to it; none: the plugin's
+    /// `on_load`.
+    pub on_load: Option<OnLoad>,
     /// Recorded in storage and run to its end once, across restarts: a
     /// durable startup task that ended is not started again.
     pub durable: bool,
@@ -234,6 +274,7 @@ impl TaskConfig {
             name: self.name.clone(),
             retry: self.retry,
             restart: self.restart,
+            on_load: self.on_load,
             durable: self.durable,
             idempotency_key: match (&self.name, self.durable) {
                 (Some(name), true) => Some(format!("app.toml/{worker}/{name}")),
@@ -262,6 +303,9 @@ pub struct TaskSpec {
     /// How it is started again once it ends (supervised); none: it is not.
     /// Not with `durable`.
     pub restart: Option<RestartPolicy>,
+    /// What a newer build of its plugin does to it; none: the plugin's
+    /// `on_load`.
+    pub on_load: Option<OnLoad>,
     /// Recorded in storage before it is acknowledged and run again after a
     /// crash (at least once) until it ends.
     pub durable: bool,
@@ -334,6 +378,7 @@ struct RawPlugin {
     grants: grants::RawGrants,
     #[serde(default)]
     variables: RawVariables,
+    on_load: Option<OnLoad>,
 }
 
 #[derive(Deserialize)]
@@ -347,6 +392,7 @@ struct RawTask {
     scope: Scope,
     retry: Option<RetrySpec>,
     restart: Option<RestartSpec>,
+    on_load: Option<OnLoad>,
     #[serde(default)]
     durable: bool,
     queue: Option<String>,
@@ -446,6 +492,7 @@ impl AppConfig {
                     limits,
                     grants,
                     variables: Arc::new(variables),
+                    on_load: plugin.on_load.unwrap_or_default(),
                 },
             );
         }
@@ -497,6 +544,7 @@ impl AppConfig {
                 scope: task.scope,
                 retry,
                 restart,
+                on_load: task.on_load,
                 durable: task.durable,
                 queue: None,
             };

@@ -126,12 +126,6 @@ pub(super) async fn roll_out(
             "`cluster` rolls a build out to a cluster's hosts, and this host has no [cluster]",
         )
     })?;
-    if request.restart_tasks {
-        return Err(OpError::bad_request(
-            "`restart_tasks` is not rolled out: load with `cluster`, then restart the startup \
-             tasks host by host",
-        ));
-    }
     let bytes = tokio::fs::read(&request.path).await.map_err(|error| {
         let message = format!(
             "plugin `{name}`: cannot read {}: {error}",
@@ -147,13 +141,24 @@ pub(super) async fn roll_out(
         .load_plugin_bytes(name, &request.path, bytes.clone())
         .await
         .map_err(load_error)?;
+    let restarted = match request.restart_tasks {
+        true => host
+            .restart_startup_tasks(name)
+            .await
+            .map_err(|error| OpError::new(ErrorKind::Refused, format!("{error:#}")))?,
+        false => 0,
+    };
     let rollout = cluster.rollout();
-    let digest = rollout.publish(name, &bytes).await.map_err(|error| {
-        OpError::new(
-            ErrorKind::Unavailable,
-            format!("plugin `{name}` was loaded on this host only: {error:#}"),
-        )
-    })?;
+    let here = cluster.config().host.clone();
+    let digest = rollout
+        .publish(name, &bytes, request.restart_tasks)
+        .await
+        .map_err(|error| {
+            OpError::new(
+                ErrorKind::Unavailable,
+                format!("plugin `{name}` was loaded on this host only: {error:#}"),
+            )
+        })?;
     let hosts: Vec<String> = cluster.hosts().into_iter().map(|beat| beat.host).collect();
     let reports = rollout.reports(name, &digest, &hosts, ROLLOUT_WAIT).await;
     let rollout = hosts
@@ -163,9 +168,16 @@ pub(super) async fn roll_out(
                 host: host.clone(),
                 build: report.build.clone(),
                 error: report.error.clone(),
+                // This host restarted its tasks before the roll-out.
+                restarted: if *host == here {
+                    restarted
+                } else {
+                    report.restarted
+                },
             },
             None => HostBuild {
                 host: host.clone(),
+                restarted: 0,
                 build: None,
                 error: Some(format!(
                     "did not say within {} s whether it loaded the build",
@@ -178,7 +190,7 @@ pub(super) async fn roll_out(
         name: plugin.name.to_string(),
         version: plugin.version.to_string(),
         path: plugin.path.clone(),
-        restarted: 0,
+        restarted,
         rollout,
     })
 }
@@ -337,14 +349,23 @@ impl crate::cluster::rollout::PluginSink for HostPlugins {
         name: String,
         from: std::path::PathBuf,
         bytes: Vec<u8>,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> {
+        restart_tasks: bool,
+    ) -> crate::cluster::rollout::SinkLoad {
         let host = self.0.upgrade();
         Box::pin(async move {
             let host = host.ok_or_else(|| "the host is stopping".to_string())?;
-            host.load_plugin_bytes(&name, &from, bytes)
+            let plugin = host
+                .load_plugin_bytes(&name, &from, bytes)
                 .await
-                .map(|plugin| plugin.version.to_string())
-                .map_err(|error| format!("{error:#}"))
+                .map_err(|error| format!("{error:#}"))?;
+            let restarted = match restart_tasks {
+                true => host
+                    .restart_startup_tasks(&name)
+                    .await
+                    .map_err(|error| format!("loaded, but {error:#}"))?,
+                false => 0,
+            };
+            Ok((plugin.version.to_string(), restarted))
         })
     }
 

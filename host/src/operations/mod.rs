@@ -713,6 +713,7 @@ impl Operations {
             all_workers: false,
             retry: letter.retry,
             restart: letter.restart,
+            on_load: None,
             durable: letter.durable,
             idempotency_key: None,
             host: None,

@@ -52,6 +52,11 @@ pub struct Submission {
     /// with `durable`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<crate::config::RestartSpec>,
+    /// What a newer build of its plugin does to it: `drain` (it finishes
+    /// on its build) or `restart` (it moves to the new one); absent, the
+    /// plugin's `on_load`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_load: Option<crate::config::OnLoad>,
     /// Record it in the app's storage before answering, and run it again
     /// after a crash until it ends (at least once).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -112,6 +117,7 @@ impl Submission {
             name: self.name.clone(),
             retry,
             restart,
+            on_load: self.on_load,
             durable: self.durable,
             idempotency_key: self.idempotency_key.clone(),
             connection: None,
@@ -338,7 +344,9 @@ pub struct LoadRequest {
     /// The component file to load, read by the host (not the caller), so a
     /// relative path is the host's; the CLI sends it absolute.
     pub path: PathBuf,
-    /// Restart the plugin's startup tasks on the new build.
+    /// Restart the plugin's startup tasks on the new build (with
+    /// `cluster`, on every host). Tasks with `on_load = "restart"` move to
+    /// it anyway.
     #[serde(default)]
     pub restart_tasks: bool,
     /// Roll the build out to every host of the cluster (loaded here first,
@@ -352,6 +360,9 @@ pub struct LoadRequest {
 pub struct HostBuild {
     /// The host's name (`[cluster] host`, by default its hostname).
     pub host: String,
+    /// Startup tasks it restarted on the build (`restart_tasks`).
+    #[serde(default)]
+    pub restarted: usize,
     /// The build it serves now; none if it did not answer in time.
     pub build: Option<String>,
     /// Why it refused the new build (the old one keeps serving there).

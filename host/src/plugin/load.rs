@@ -173,6 +173,7 @@ impl PluginLoader {
             data_bytes,
             instances,
             retired: OnceLock::new(),
+            replaced: tokio::sync::Notify::new(),
         };
         let listed = self
             .probe(&plugin, |instance, store| {

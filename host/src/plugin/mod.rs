@@ -62,6 +62,9 @@ pub struct Plugin {
     /// Set once a newer build replaced this one: where to announce that its
     /// last task ended (see [`Plugin::retire`]).
     retired: OnceLock<broadcast::Sender<LifecycleEvent>>,
+    /// Told once `retired` is set: the tasks that move to a newer build
+    /// (`on_load = "restart"`) wait for it.
+    replaced: tokio::sync::Notify,
 }
 
 impl Plugin {
@@ -96,6 +99,31 @@ impl Plugin {
     /// last task ended), `plugin_dropped` is logged and sent on `stream`.
     pub(crate) fn retire(&self, stream: broadcast::Sender<LifecycleEvent>) {
         let _ = self.retired.set(stream);
+        self.replaced.notify_waiters();
+    }
+
+    /// Whether a newer build replaced this one.
+    pub(crate) fn is_replaced(&self) -> bool {
+        self.retired.get().is_some()
+    }
+
+    /// Resolves once a newer build replaced this one.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: being replaced is a state, a new call sees it.
+    pub(crate) async fn replaced(&self) {
+        loop {
+            let notified = self.replaced.notified();
+            tokio::pin!(notified);
+            // Registered before the state is read, so a replacement
+            // between the two still wakes it.
+            notified.as_mut().enable();
+            if self.is_replaced() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The `taskhost:plugin` WIT version the component was built against.

@@ -16,7 +16,7 @@ pub(crate) use durable::{recover, run_handed_over};
 
 use crate::app::{AppContext, TaskScope};
 use crate::bindings::GuestError;
-use crate::config::{Limit, LimitUnit, RestartPolicy, RetryPolicy, TaskSpec};
+use crate::config::{Limit, LimitUnit, OnLoad, RestartPolicy, RetryPolicy, TaskSpec};
 use crate::engine::HostEngine;
 use crate::events::EventHub;
 use crate::lifecycle::{self, LifecycleEvent, TaskRef};
@@ -229,14 +229,17 @@ impl Launch {
 struct Tries {
     retry: Option<RetryPolicy>,
     restart: Option<RestartPolicy>,
+    /// Whether it moves to a newer build; none: as its plugin says.
+    on_load: Option<OnLoad>,
 }
 
 impl Tries {
     fn of(spec: &TaskSpec) -> Option<Box<Tries>> {
-        (spec.retry.is_some() || spec.restart.is_some()).then(|| {
+        (spec.retry.is_some() || spec.restart.is_some() || spec.on_load.is_some()).then(|| {
             Box::new(Tries {
                 retry: spec.retry,
                 restart: spec.restart,
+                on_load: spec.on_load,
             })
         })
     }
@@ -572,6 +575,31 @@ impl WorkerCtx {
         self.ready.forget(plugin);
     }
 
+    /// Moves a task whose build was replaced to the build its plugin
+    /// serves now: its identity names that build from here on (its
+    /// registry entry too, so listings count it there), and `reloaded` is
+    /// told. False when there is no other build to move to.
+    fn move_to_newer(&self, plugin: &mut Arc<Plugin>, ident: &mut Arc<TaskIdent>) -> bool {
+        let Some(newer) = self.env.plugin(&plugin.name) else {
+            return false;
+        };
+        if Arc::ptr_eq(&newer, plugin) {
+            return false;
+        }
+        let from = std::mem::replace(plugin, newer);
+        *ident = Arc::new(TaskIdent {
+            plugin_version: plugin.version.clone(),
+            ..TaskIdent::clone(ident)
+        });
+        self.registry.set_ident(ident.clone());
+        self.announce(|| LifecycleEvent::Reloaded {
+            task: TaskRef::from(&**ident),
+            from: from.version.to_string(),
+            version: plugin.version.to_string(),
+        });
+        true
+    }
+
     /// Logs a lifecycle step and sends it to the stream's listeners. The
     /// event (a few strings copied from the task's identity) is built only
     /// if the log or a listener will see it.
@@ -825,8 +853,8 @@ impl Run {
     async fn run(self, turn: Option<Turn>, registered: Instant) {
         let Run {
             worker,
-            plugin,
-            ident,
+            mut plugin,
+            mut ident,
             args,
             tries,
             durable,
@@ -841,6 +869,11 @@ impl Run {
         // When the run under supervision began: a long one resets the
         // restart backoff.
         let mut run_began = Instant::now();
+        let moves_on_load = tries
+            .as_ref()
+            .and_then(|tries| tries.on_load)
+            .unwrap_or(worker.env.app.policy(&plugin.name).on_load)
+            == OnLoad::Restart;
         let begun = Instant::now();
         let mut verdict = verdict;
         let mut attempt = durable.as_ref().map_or(1, |d| d.first_attempt);
@@ -862,6 +895,11 @@ impl Run {
         // factory: an earlier one may fail to instantiate.
         let started = std::sync::atomic::AtomicBool::new(false);
         let outcome = loop {
+            // A build replaced while it waited (a retry, a restart, its
+            // queue): it starts on the new one.
+            if moves_on_load && plugin.is_replaced() {
+                worker.move_to_newer(&mut plugin, &mut ident);
+            }
             let site = runner::Site {
                 engines: &worker.env.engines,
                 app: &worker.env.app,
@@ -882,6 +920,7 @@ impl Run {
                 runner::Attempt {
                     number: attempt,
                     idempotency_key: durable.as_ref().map(|d| d.key.clone()),
+                    moves_on_load,
                 },
                 || {
                     if !started.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -901,6 +940,11 @@ impl Run {
                 worker.registry.withdraw(ident.id);
                 return;
             };
+            // Stopped for a newer build: the same task goes on there, its
+            // attempt and restarts counted on.
+            if ended.moved && worker.move_to_newer(&mut plugin, &mut ident) {
+                continue;
+            }
             let retried = match (&retry, &ended.outcome) {
                 (Some(policy), Outcome::Failed { error })
                     if ended.retriable && attempt < policy.attempts =>

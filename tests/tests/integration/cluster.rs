@@ -872,6 +872,74 @@ fn a_build_loaded_with_cluster_runs_on_every_host_and_a_bad_digest_nowhere() {
     }
 }
 
+/// Issue 27 item 4: `load --cluster --restart-tasks` restarts the
+/// plugin's startup tasks on the new build on every host, and a host that
+/// joins afterwards starts its tasks on the cluster's build, not on
+/// app.toml's (before, it started them on its own build and then moved to
+/// the cluster's, leaving them draining on the stale one).
+#[test]
+fn load_cluster_restart_tasks_moves_startup_tasks_everywhere_and_a_joiner_starts_on_the_new_build()
+{
+    let nats = NatsServer::start();
+    let builds = tempfile::tempdir().unwrap();
+    let v1 = taskhost_tests::versioned("v1", builds.path());
+    let v2 = taskhost_tests::versioned("v2", builds.path());
+    let resident = format!(
+        r#"
+        [plugins.versioned]
+        path = "{}"
+        [[tasks]]
+        plugin = "versioned"
+        factory = "linger"
+        name = "resident"
+        args = {{ event = "never" }}
+        "#,
+        v1.display()
+    );
+    let mut hosts: Vec<(TestApp, Running)> = ["a", "b"]
+        .into_iter()
+        .map(|name| host(&nats, "moving", name, 1, &resident))
+        .collect();
+    for (app, running) in &mut hosts {
+        await_all_serving(app, 2);
+        running.wait_for(1, |l| l["message"] == "lingering on v1");
+    }
+    let loaded = hosts[0]
+        .0
+        .cli(&[
+            "load",
+            "versioned",
+            v2.to_str().unwrap(),
+            "--cluster",
+            "--restart-tasks",
+            "--json",
+        ])
+        .ok();
+    let loaded: Value = serde_json::from_str(loaded.stdout.trim()).unwrap();
+    let said: Vec<(&str, &Value)> = loaded["rollout"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["host"].as_str().unwrap(), &h["restarted"]))
+        .collect();
+    assert_eq!(said, [("a", &json!(1)), ("b", &json!(1))], "{loaded}");
+    for (_, running) in &mut hosts {
+        running.wait_for(1, |l| l["message"] == "lingering on v2");
+    }
+    // A host joining now loads the cluster's build before its tasks.
+    let (_c, mut running_c) = host(&nats, "moving", "c", 1, &resident);
+    running_c.wait_for(1, |l| l["message"] == "lingering on v2");
+    let run_c = running_c.stop();
+    assert!(
+        run_c.messages("lingering on v1").is_empty(),
+        "c started its task on app.toml's build: {}",
+        run_c.dump()
+    );
+    for (_, running) in hosts {
+        running.stop();
+    }
+}
+
 #[test]
 fn a_host_paused_past_ack_wait_stops_its_copy_of_a_task_rerun_elsewhere() {
     let nats = NatsServer::start();

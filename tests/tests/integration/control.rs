@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use taskhost::control::ControlState;
-use taskhost_tests::{Run, Running, TestApp, repo, taskhost_bin};
+use taskhost_tests::{Run, Running, TestApp, taskhost_bin, versioned};
 
 fn json_of(run: &Run) -> Value {
     serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", run.dump()))
@@ -410,28 +410,6 @@ fn bad_requests_get_json_errors_and_the_host_keeps_serving() {
     drop(host);
 }
 
-/// Builds plugins/versioned with `tag` baked in, to a file of its own.
-///
-/// Builds of different tags share cargo's artifact path, and cargo's lock
-/// ends before `taskhost build` copies the artifact out: one build at a
-/// time, so no test copies another's tag.
-fn versioned(tag: &str, dir: &std::path::Path) -> std::path::PathBuf {
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let out = dir.join(format!("versioned-{tag}.wasm"));
-    let status = Command::new(taskhost_bin())
-        .arg("build")
-        .arg(repo().join("plugins/versioned"))
-        .arg("--out")
-        .arg(&out)
-        .env("VERSIONED_TAG", tag)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    out
-}
-
 #[test]
 fn hot_loading_swaps_new_tasks_to_the_new_build_and_refuses_broken_ones() {
     let app = TestApp::new(
@@ -690,6 +668,100 @@ fn load_with_restart_tasks_restarts_the_plugins_startup_tasks_on_the_new_build()
     assert_eq!(
         run.event_of("cancelled", "resident").len(),
         4,
+        "{}",
+        run.dump()
+    );
+}
+
+/// Issue 27 item 4: a task with `on_load = "restart"` (app.toml, or
+/// `taskhost add --on-load restart`) moves to a new build on a plain
+/// `load`: the same task (id, name), stopped cooperatively on the old
+/// build and started again on the new; a draining task stays where it is.
+#[test]
+fn on_load_restart_moves_running_tasks_to_a_new_build_and_drain_leaves_them() {
+    let app = TestApp::new(
+        r#"
+        name = "moving"
+        [plugins.versioned]
+        path = "v1.wasm"
+        [[tasks]]
+        plugin = "versioned"
+        factory = "linger"
+        name = "mover"
+        on_load = "restart"
+        args = { event = "never" }
+        [[tasks]]
+        plugin = "versioned"
+        factory = "linger"
+        name = "stayer"
+        args = { event = "never" }
+        "#,
+    );
+    let v1 = versioned("v1", app.dir.path());
+    std::fs::copy(&v1, app.dir.path().join("v1.wasm")).unwrap();
+    let v2 = versioned("v2", app.dir.path());
+    let mut host = app.spawn();
+    host.wait_until_serving();
+    app.cli(&[
+        "add",
+        "versioned",
+        "linger",
+        "--name",
+        "added",
+        "--on-load",
+        "restart",
+        "--args",
+        r#"{"event": "never"}"#,
+    ])
+    .ok();
+    host.wait_for(3, |l| l["message"] == "lingering on v1");
+    let before = json_of(&app.cli(&["tasks", "--json"]).ok());
+    let id_of = |listed: &Value, name: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| (t["id"].clone(), t["plugin_version"].clone()))
+            .unwrap()
+    };
+
+    app.cli(&["load", "versioned", v2.to_str().unwrap()]).ok();
+    host.wait_for(2, |l| l["message"] == "lingering on v2");
+    let after = json_of(&app.cli(&["tasks", "--json"]).ok());
+    let plugins = json_of(&app.cli(&["plugins", "--json"]).ok());
+    let serving = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["state"] == "serving")
+        .unwrap();
+    for name in ["mover", "added"] {
+        let (id, version) = id_of(&after, name);
+        assert_eq!(id, id_of(&before, name).0, "{name} is the same task");
+        assert_eq!(version, serving["version"], "{name}: {after}");
+    }
+    assert_eq!(id_of(&after, "stayer"), id_of(&before, "stayer"), "{after}");
+    let draining = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["state"] == "draining")
+        .unwrap_or_else(|| panic!("v1 drains its stayer: {plugins}"));
+    assert_eq!(draining["live_tasks"], 1, "{plugins}");
+
+    host.signal("TERM");
+    let run = host.finish();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    for name in ["mover", "added"] {
+        let moved = run.event_of("reloaded", name);
+        assert_eq!(moved.len(), 1, "{}", run.dump());
+        assert_eq!(moved[0]["from"], id_of(&before, name).1, "{}", run.dump());
+        // Ended once, by the shutdown: the move was no end.
+        assert_eq!(run.event_of("cancelled", name).len(), 1, "{}", run.dump());
+    }
+    assert!(
+        run.event_of("reloaded", "stayer").is_empty(),
         "{}",
         run.dump()
     );

@@ -106,6 +106,25 @@ factroy = "nap"
 }
 
 #[test]
+fn an_unknown_on_load_is_named_with_the_values_it_takes() {
+    let app = TestApp::new(
+        r#"name = "typo"
+[plugins.kit]
+path = "{testkit}"
+on_load = "reload"
+"#,
+    );
+    assert_refused(
+        &app,
+        &[
+            "app.toml: ",
+            "line 4",
+            "`reload`, expected `drain` or `restart`",
+        ],
+    );
+}
+
+#[test]
 fn zero_workers_is_refused() {
     let app = TestApp::new("name = \"none\"\nworkers = 0\n");
     assert_refused(&app, &["app.toml: `workers` must be at least 1 (got 0)"]);

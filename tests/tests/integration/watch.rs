@@ -1,10 +1,12 @@
 //! `taskhost run --watch`: editing a plugin's source leads, without a
-//! restart, to new tasks running the new code.
+//! restart, to new tasks running the new code, and running tasks of a
+//! plugin with `on_load = "restart"` moving to it.
 
 use std::process::{Command, Stdio};
 use taskhost_tests::{Running, TestApp, repo, taskhost_bin};
 
-/// A standalone plugin crate whose `report` factory logs `running <tag>`.
+/// A standalone plugin crate whose `report` factory logs `running <tag>`,
+/// and whose `resident` logs `resident on <tag>` and runs until cancelled.
 fn write_crate(dir: &std::path::Path, tag: &str) {
     std::fs::create_dir_all(dir.join("src")).unwrap();
     std::fs::write(
@@ -27,7 +29,11 @@ fn write_crate(dir: &std::path::Path, tag: &str) {
             "use taskhost_guest_sdk::{{App, Result, plugin}};\n\n\
              plugin! {{\n    /// Says which source it was built from.\n    \
              fn report(app: &App) -> Result<()> {{\n        \
-             app.info(\"running {tag}\");\n        Ok(())\n    }}\n}}\n"
+             app.info(\"running {tag}\");\n        Ok(())\n    }}\n\n    \
+             /// Runs until cancelled.\n    \
+             fn resident(app: &App) -> Result<()> {{\n        \
+             app.info(\"resident on {tag}\");\n        \
+             loop {{\n            app.sleep(60_000)?;\n        }}\n    }}\n}}\n"
         ),
     )
     .unwrap();
@@ -40,6 +46,11 @@ fn editing_a_plugins_source_reloads_it_without_a_restart() {
         name = "watched"
         [plugins.watched]
         build = "watched"
+        on_load = "restart"
+        [[tasks]]
+        plugin = "watched"
+        factory = "resident"
+        name = "resident"
         "#,
     );
     let crate_dir = app.dir.path().join("watched");
@@ -52,6 +63,7 @@ fn editing_a_plugins_source_reloads_it_without_a_restart() {
     });
     assert_eq!(app.cli(&["add", "watched", "report"]).code, Some(0));
     host.wait_for(1, |l| l["message"] == "running first");
+    host.wait_for(1, |l| l["message"] == "resident on first");
 
     write_crate(&crate_dir, "second");
     host.wait_for(1, |l| {
@@ -59,6 +71,9 @@ fn editing_a_plugins_source_reloads_it_without_a_restart() {
     });
     assert_eq!(app.cli(&["add", "watched", "report"]).code, Some(0));
     host.wait_for(1, |l| l["message"] == "running second");
+    // The running task moved to the new build (the plugin's `on_load`).
+    host.wait_for(1, |l| l["event"] == "reloaded" && l["task"] == "resident");
+    host.wait_for(1, |l| l["message"] == "resident on second");
 
     // A source that does not compile is refused, in the log and on the
     // event stream; the last good build serves.
@@ -87,5 +102,19 @@ fn editing_a_plugins_source_reloads_it_without_a_restart() {
     host.wait_for(2, |l| l["message"] == "running second");
 
     host.signal("TERM");
-    assert_eq!(host.finish().code, Some(0));
+    let run = host.finish();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    // Moved once (the refused source moved nothing), ended once.
+    assert_eq!(
+        run.event_of("reloaded", "resident").len(),
+        1,
+        "{}",
+        run.dump()
+    );
+    assert_eq!(
+        run.event_of("cancelled", "resident").len(),
+        1,
+        "{}",
+        run.dump()
+    );
 }
