@@ -251,6 +251,43 @@ impl Host {
         }
     }
 
+    /// The app-scoped tasks (`scope = "app"`): alone, on worker 0 as
+    /// startup tasks; in a cluster, each on whichever host holds its
+    /// claim, under the claim's lease.
+    async fn start_singletons(&self, first: &Arc<WorkerCtx>) -> Result<()> {
+        let singletons: Vec<TaskConfig> = self.startup_tasks(Scope::App).cloned().collect();
+        for task in singletons {
+            let Some(cluster) = &self.cluster else {
+                let handle = self.spawn_startup(first, &task).await?;
+                self.startup_entries().push((first.clone(), task, handle));
+                continue;
+            };
+            let name = task.name.clone().unwrap_or_default();
+            let (env, worker) = (self.env.clone(), first.clone());
+            let start: crate::cluster::singletons::Starter = Arc::new(move |lease| {
+                let (env, worker, task) = (env.clone(), worker.clone(), task.clone());
+                Box::pin(async move {
+                    let plugin = env
+                        .plugin(&task.plugin)
+                        .ok_or_else(|| format!("no plugin `{}` is loaded", task.plugin))?;
+                    // A copy that ran here before (it lost the claim, or
+                    // ended) frees the name for this one.
+                    if let Some(name) = &task.name
+                        && let Some(before) = worker.registry().get_by_name(name)
+                        && before.state.is_ended()
+                    {
+                        worker.registry().forget(before.ident.id);
+                    }
+                    worker
+                        .spawn_leased(plugin, task.spec(worker.id()), lease)
+                        .map_err(|error| format!("{task}: {error}"))
+                })
+            });
+            cluster.run_singleton(name, start);
+        }
+        Ok(())
+    }
+
     fn startup_tasks(&self, scope: Scope) -> impl Iterator<Item = &TaskConfig> {
         self.config.tasks.iter().filter(move |t| t.scope == scope)
     }
@@ -320,6 +357,7 @@ impl Host {
                     .push((worker.clone(), task.clone(), handle));
             }
         }
+        self.start_singletons(&contexts[0]).await?;
         let claims = self
             .cluster
             .as_ref()

@@ -20,6 +20,7 @@ pub mod names;
 pub mod queues;
 pub mod requests;
 pub mod rollout;
+pub mod singletons;
 pub mod ticks;
 
 pub use members::HostBeat;
@@ -73,6 +74,8 @@ pub struct Cluster {
     kv: Arc<kv::ClusterKv>,
     /// Tasks for any host, taken by the hosts with room.
     any: Arc<any::AnyQueue>,
+    /// App-scoped tasks (`scope = "app"`): which host runs each.
+    singletons: Arc<singletons::Singletons>,
     /// The queues' limits, held across the hosts.
     queues: Arc<queues::SharedQueues>,
     env: Arc<TaskEnv>,
@@ -218,6 +221,11 @@ impl Cluster {
                 .await
                 .with_context(|| format!("{}: [cluster]", file.display()))?,
         );
+        let singletons = Arc::new(
+            singletons::Singletons::open(&client, config)
+                .await
+                .with_context(|| format!("{}: [cluster]", file.display()))?,
+        );
         let queues = Arc::new(
             queues::SharedQueues::open(&client, config)
                 .await
@@ -246,6 +254,7 @@ impl Cluster {
             rollout,
             kv,
             any,
+            singletons,
             queues,
             env,
             tasks: Mutex::new(tasks),
@@ -376,10 +385,21 @@ impl Cluster {
             .push(watch);
     }
 
-    /// Frees this host's names and queue slots, sends what is queued (a bounded wait),
-    /// then stops relaying.
+    /// Runs app-scoped task `name` on this host whenever it holds its
+    /// claim, starting its copy with `start` (see [`singletons`]).
+    pub fn run_singleton(&self, name: String, start: singletons::Starter) {
+        let supervisor = self.singletons.clone().supervise(name, start);
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(supervisor);
+    }
+
+    /// Frees this host's names, singletons' claims and queue slots, sends
+    /// what is queued (a bounded wait), then stops relaying.
     pub async fn leave(&self) {
         let _ = tokio::time::timeout(LEAVE_FLUSH, self.names.release_all()).await;
+        let _ = tokio::time::timeout(LEAVE_FLUSH, self.singletons.release_all()).await;
         let _ = tokio::time::timeout(LEAVE_FLUSH, self.queues.free_mine()).await;
         let _ = tokio::time::timeout(LEAVE_FLUSH, self.client.flush()).await;
         self.stop();

@@ -230,6 +230,11 @@ pub enum Scope {
     /// Once, before any worker starts; workers wait for it to end (Sanic's
     /// `main_process_start`).
     Main,
+    /// Once in the whole app: on worker 0, and in a cluster on the one
+    /// host that holds its claim, taken over by another host once that
+    /// host is gone or paused past its lease (docs/cluster.md,
+    /// "Singletons").
+    App,
 }
 
 /// One `[[tasks]]` entry.
@@ -583,6 +588,24 @@ impl AppConfig {
                     );
                 }
             }
+            if task.scope == Scope::App {
+                let why = if task.name.is_none() {
+                    Some("needs a `name`: it is how the hosts of a cluster claim its one copy")
+                } else if task.durable {
+                    Some(
+                        "and `durable` contradict: a durable task runs to its end once across \
+                         crashes, a singleton once per start of the host that holds it; drop \
+                         `durable`",
+                    )
+                } else if task.queue.is_some() {
+                    Some("waits in no queue: it starts on worker 0 of the host that holds it")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    bail!("{file}: {task}: `scope = \"app\"` {why}");
+                }
+            }
             if task.durable && task.name.is_none() {
                 bail!(
                     "{file}: {task}: a durable task needs a `name`: it is how the next start \
@@ -596,7 +619,13 @@ impl AppConfig {
                 if let Some(why) = crate::config::reserved_name(name) {
                     bail!("{file}: {task}: `name`: {why}");
                 }
-                if !names.insert((task.scope, name.clone())) {
+                // An app-scoped task runs on worker 0 beside the
+                // worker-scoped ones: one name space.
+                let space = match task.scope {
+                    Scope::App => Scope::Worker,
+                    scope => scope,
+                };
+                if !names.insert((space, name.clone())) {
                     bail!(
                         "{file}: {task}: another task in the same scope is already named \
                          {name:?}; task names must be unique within a worker"

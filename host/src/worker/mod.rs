@@ -205,6 +205,9 @@ struct Launch {
     durable: Option<DurableRun>,
     connection: Option<u64>,
     parent: Option<TaskId>,
+    /// The lease its copy acts under (a singleton's claim in a cluster):
+    /// attached before its store exists, so it is fenced from the start.
+    lease: Option<Arc<crate::task::Lease>>,
 }
 
 impl Launch {
@@ -218,6 +221,7 @@ impl Launch {
             durable,
             connection: spec.connection,
             parent: spec.parent,
+            lease: None,
         }
     }
 }
@@ -299,6 +303,20 @@ impl WorkerCtx {
             return self.enqueue(plugin, spec, None).map(|(_, handle)| handle);
         }
         Ok(self.start(Launch::new(plugin, spec, None), None)?)
+    }
+
+    /// Starts an app-scoped task (`scope = "app"`) whose claim this host
+    /// won in its cluster, under `lease`: once the claim may be another
+    /// host's, this copy is fenced (its host calls trap, it is forced).
+    pub(crate) fn spawn_leased(
+        self: &Arc<Self>,
+        plugin: Arc<Plugin>,
+        spec: TaskSpec,
+        lease: Arc<crate::task::Lease>,
+    ) -> Result<TaskHandle, AddTaskError> {
+        let mut launch = Launch::new(plugin, spec, None);
+        launch.lease = Some(lease);
+        Ok(self.start(launch, None)?)
     }
 
     /// [`WorkerCtx::spawn`] for any spec: a durable one is recorded first
@@ -650,12 +668,16 @@ impl WorkerCtx {
     /// Registers a task and starts it on this worker now.
     fn start(
         self: &Arc<Self>,
-        launch: Launch,
+        mut launch: Launch,
         verdict: Option<oneshot::Sender<Result<(), GuestError>>>,
     ) -> Result<TaskHandle, RegisterError> {
         let registered = Instant::now();
         self.check(&launch.name, &launch.factory, &launch.args)?;
+        let lease = launch.lease.take();
         let run = self.register(launch, None, verdict)?;
+        if let Some(lease) = lease {
+            run.handle.signal().set_lease(lease);
+        }
         self.adopt_durable(&run);
         let handle = run.handle.clone();
         let supervisor = run.handle.clone();
@@ -683,6 +705,7 @@ impl WorkerCtx {
             durable,
             connection,
             parent,
+            lease: _,
         } = launch;
         let ident = Arc::new(TaskIdent {
             id: next_task_id(),

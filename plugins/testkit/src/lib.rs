@@ -659,6 +659,17 @@ plugin! {
         })
     }
 
+    /// Logs `beat N` every `every_ms` until cancelled: a task whose every
+    /// step is an effect (a host call) that can be seen in the log.
+    fn heartbeat(app: &App, every_ms: u64) -> Result<()> {
+        let mut beat = 0u64;
+        loop {
+            app.info(format!("beat {beat}"));
+            app.sleep(every_ms)?;
+            beat += 1;
+        }
+    }
+
     /// Returns an error (the task fails without trapping).
     fn fail(_app: &App, reason: Option<String>) -> Result<()> {
         Err(Error::msg(reason.unwrap_or_else(|| "testkit failure on purpose".into())))

@@ -940,6 +940,114 @@ fn load_cluster_restart_tasks_moves_startup_tasks_everywhere_and_a_joiner_starts
     }
 }
 
+/// The hosts that run a copy of `name` now, as the cluster lists it.
+fn running_copies(app: &TestApp, name: &str) -> Vec<String> {
+    let listed = app.cli(&["task", name, "--cluster", "--json"]);
+    let listed: Value = serde_json::from_str(listed.stdout.trim()).unwrap_or(json!([]));
+    listed
+        .as_array()
+        .map(|tasks| {
+            tasks
+                .iter()
+                .filter(|t| t["state"] == "running")
+                .map(|t| t["host"].as_str().unwrap_or("?").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 27 item 3: `scope = "app"` runs one copy in the whole cluster;
+/// pausing its host past the lease moves it, and the paused copy does
+/// nothing once resumed (fenced: its next host call traps); killing the
+/// new holder moves it back.
+#[test]
+fn an_app_scoped_task_runs_once_in_the_cluster_and_moves_when_its_host_stops_answering() {
+    let nats = NatsServer::start();
+    let single = r#"
+        [[tasks]]
+        plugin = "kit"
+        factory = "heartbeat"
+        name = "single"
+        scope = "app"
+        args = { every_ms = 50 }
+    "#;
+    let mut hosts: Vec<(TestApp, Running)> = ["a", "b"]
+        .into_iter()
+        .map(|name| host_with(&nats, "single", name, 2, "", "ack_wait_ms = 2000", single))
+        .collect();
+    for (app, _) in &hosts {
+        await_all_serving(app, 2);
+    }
+    let mut holder = String::new();
+    poll_until(secs(30), millis(50), || {
+        let copies = running_copies(&hosts[0].0, "single");
+        match copies.as_slice() {
+            [one] => {
+                holder = one.clone();
+                Ok(())
+            }
+            other => Err(format!("copies running on {other:?}")),
+        }
+    });
+    let (held, other) = if holder == "a" { (0, 1) } else { (1, 0) };
+    // Past a whole lease, still one copy, and the other host never
+    // started one (it would be listed, running or ended).
+    hosts[held].1.wait_for(1, |l| l["message"] == "beat 50");
+    let listed = hosts[other]
+        .0
+        .cli(&["task", "single", "--cluster", "--json"])
+        .ok();
+    let listed: Value = serde_json::from_str(listed.stdout.trim()).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+
+    // The holder stops answering (SIGSTOP) past the lease: the other host
+    // takes the claim and runs the task.
+    hosts[held].1.signal("STOP");
+    hosts[other]
+        .1
+        .wait_for(1, |l| l["event"] == "started" && l["task"] == "single");
+    hosts[other].1.wait_for(1, |l| l["message"] == "beat 3");
+    let resumed_at = chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    hosts[held].1.signal("CONT");
+    // Its copy is fenced: stopped, without one more beat.
+    hosts[held].1.wait_for(1, |l| {
+        l["event"] == "cancelled" && l["task"] == "single" && l["stage"] == "forced"
+    });
+    let late: Vec<&Value> = hosts[held]
+        .1
+        .seen()
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("beat "))
+                && l["timestamp"].as_str().is_some_and(|t| *t >= *resumed_at)
+        })
+        .collect();
+    assert!(late.is_empty(), "the fenced copy acted: {late:?}");
+    assert_eq!(
+        running_copies(&hosts[other].0, "single"),
+        [hosts_name(other)]
+    );
+
+    // The new holder dies: the first host takes the task back.
+    hosts[other].1.signal("KILL");
+    hosts[held]
+        .1
+        .wait_for(2, |l| l["event"] == "started" && l["task"] == "single");
+    hosts[held].1.wait_for(1, |l| {
+        l["message"] == "app-scoped task single runs on this host"
+    });
+    let (_, running) = hosts.swap_remove(held);
+    running.stop();
+}
+
+fn hosts_name(index: usize) -> String {
+    ["a", "b"][index].to_string()
+}
+
 #[test]
 fn a_host_paused_past_ack_wait_stops_its_copy_of_a_task_rerun_elsewhere() {
     let nats = NatsServer::start();

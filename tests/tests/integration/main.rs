@@ -35,6 +35,7 @@ mod refusals;
 mod retries;
 mod schedules;
 mod secrets;
+mod singletons;
 mod storage_contract;
 mod supervision;
 mod variables;
