@@ -708,7 +708,10 @@ impl Host {
             for worker in self.workers() {
                 worker.forget_prepared(name);
             }
-            previous.retire(self.env.lifecycle.clone());
+            previous.retire(
+                self.env.lifecycle.clone(),
+                previous.version != plugin.version,
+            );
             self.retired_builds().push(Arc::downgrade(&previous));
             // Dropped here if none of its tasks runs: announced at once.
         }
@@ -736,9 +739,11 @@ impl Host {
     /// does not end), waits a bounded time for all of them, stops the
     /// workers, and says how the run went.
     pub async fn shutdown(&self, interrupted: bool) -> RunSummary {
-        // Other hosts' tasks go elsewhere from now on.
+        // Other hosts' tasks go elsewhere from now on, and no app-scoped
+        // task is claimed or started here.
         if let Some(cluster) = &self.cluster {
             cluster.stop_serving();
+            cluster.stop_singletons();
         }
         // No tick may start a task while the others are being cancelled.
         if let Some(scheduler) = &self.scheduler {

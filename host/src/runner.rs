@@ -255,6 +255,9 @@ async fn call(
         let call = factories.call_run(&mut *store, &ident.factory, args);
         tokio::pin!(call);
         tokio::select! {
+            // A call that returned is taken first: its result stands,
+            // whatever else became ready meanwhile.
+            biased;
             result = &mut call => Some(result),
             // Epochs cannot interrupt a guest blocked inside a host call (a
             // WASI poll, say): once forced, drop the call; wasmtime unwinds
@@ -298,10 +301,13 @@ async fn call(
         Some(limit) if timed_out => after_timeout(outcome, limit),
         _ => outcome,
     };
+    // A task that returned its result before the stop reached it is done,
+    // as one that beat its timeout is: it does not run again elsewhere.
+    let moved = moved && !handle.is_cancelled() && !matches!(outcome, Outcome::Done { .. });
     Some(Ended {
         outcome,
         retriable,
-        moved: moved && !handle.is_cancelled(),
+        moved,
     })
 }
 

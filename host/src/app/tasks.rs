@@ -140,7 +140,14 @@ fn restart_checked(
     let policy = spec
         .policy()
         .and_then(|policy| crate::config::check_restart(&policy, durable).map(|()| policy))
-        .map_err(|e| GuestError::InvalidArgs(format!("task-options.restart: {e:#}")))?;
+        .map_err(|e| {
+            // Named as the WIT's record names them.
+            let message = format!("{e:#}")
+                .replace("`period`", "`period-ms`")
+                .replace("`initial`", "`initial-ms`")
+                .replace("`max`", "`max-ms`");
+            GuestError::InvalidArgs(format!("task-options.restart: {message}"))
+        })?;
     Ok(Some((spec, policy)))
 }
 

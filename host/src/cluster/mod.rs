@@ -388,11 +388,14 @@ impl Cluster {
     /// Runs app-scoped task `name` on this host whenever it holds its
     /// claim, starting its copy with `start` (see [`singletons`]).
     pub fn run_singleton(&self, name: String, start: singletons::Starter) {
-        let supervisor = self.singletons.clone().supervise(name, start);
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(supervisor);
+        self.singletons.supervise(name, start);
+    }
+
+    /// Stops claiming and renewing app-scoped tasks: the host is stopping
+    /// (its copies are being cancelled; [`Cluster::leave`] frees the
+    /// claims once they ended).
+    pub fn stop_singletons(&self) {
+        self.singletons.stop();
     }
 
     /// Frees this host's names, singletons' claims and queue slots, sends

@@ -61,6 +61,10 @@ pub struct Singletons {
     /// The claims this host holds: their revision, so a stopping host
     /// frees only claims still its own.
     held: Mutex<HashMap<String, u64>>,
+    /// The loops that claim and run each singleton: stopped first when
+    /// the host stops, so a stopping host neither renews nor wins a claim
+    /// (it would start a copy after its tasks were cancelled).
+    supervisors: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// A claim this host won.
@@ -111,6 +115,7 @@ impl Singletons {
             host: config.host.clone(),
             lease: config.ack_wait,
             held: Mutex::default(),
+            supervisors: Mutex::default(),
         })
     }
 
@@ -191,6 +196,18 @@ impl Singletons {
                 Renewal::Renewed
             }
             Err(error) => match self.store.entry(&held.key).await {
+                // The write went through though its answer was lost: the
+                // claim is this host's, at that revision.
+                Ok(Some(entry))
+                    if entry.operation == kv::Operation::Put
+                        && serde_json::from_slice::<Claim>(&entry.value)
+                            .is_ok_and(|claim| claim.host == self.host) =>
+                {
+                    held.revision = entry.revision;
+                    held.lease.renew(begun, self.local_lease());
+                    self.held().insert(held.key.clone(), entry.revision);
+                    Renewal::Renewed
+                }
                 Ok(Some(entry)) if entry.revision != held.revision => {
                     self.held().remove(&held.key);
                     let holder = serde_json::from_slice::<Claim>(&entry.value)
@@ -202,6 +219,20 @@ impl Singletons {
                     Renewal::Unreachable
                 }
             },
+        }
+    }
+
+    /// Stops claiming and renewing (a host stopping): its copies are
+    /// being cancelled, and [`Singletons::release_all`] frees the claims
+    /// once they ended.
+    pub(super) fn stop(&self) {
+        for supervisor in self
+            .supervisors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            supervisor.abort();
         }
     }
 
@@ -219,63 +250,87 @@ impl Singletons {
 
     /// Runs singleton `name` here whenever this host holds its claim,
     /// starting its copy with `start`, until the host stops.
-    pub(super) fn supervise(self: Arc<Self>, name: String, start: Starter) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                let mut held = match self.try_claim(&name).await {
-                    Ok(Some(held)) => held,
-                    Ok(None) => {
-                        tokio::time::sleep(self.every()).await;
-                        continue;
-                    }
-                    Err(error) => {
-                        tracing::debug!("singleton {name}: {error:#}");
-                        tokio::time::sleep(self.every()).await;
-                        continue;
-                    }
-                };
-                let handle = match start(held.lease.clone()).await {
-                    Ok(handle) => handle,
-                    Err(error) => {
-                        tracing::error!(
-                            task = name,
-                            "app-scoped task {name} cannot start on this host ({error}); \
-                             another host may take it after the lease"
-                        );
-                        self.held().remove(&held.key);
-                        tokio::time::sleep(self.lease).await;
-                        continue;
-                    }
-                };
-                tracing::info!(
-                    task = name,
-                    host = self.host,
-                    "app-scoped task {name} runs on this host"
-                );
-                loop {
+    pub(super) fn supervise(self: &Arc<Self>, name: String, start: Starter) {
+        let supervisor = tokio::spawn(self.clone().claim_and_run(name, start));
+        self.supervisors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(supervisor);
+    }
+
+    async fn claim_and_run(self: Arc<Self>, name: String, start: Starter) {
+        // Its copy here ended (on its own, or cancelled by an operator)
+        // while this host held the claim: a claim this host wins back
+        // after a lapse (NATS was away) starts nothing.
+        let mut ended_here = false;
+        loop {
+            let mut held = match self.try_claim(&name).await {
+                Ok(Some(held)) => held,
+                Ok(None) => {
                     tokio::time::sleep(self.every()).await;
-                    match self.renew(&mut held).await {
-                        Renewal::Renewed => {}
-                        Renewal::Lost(holder) => {
-                            held.lease.revoke();
-                            handle.cancel();
-                            tracing::warn!(
-                                task = name,
-                                "app-scoped task {name}: host {holder} holds it now (this \
+                    continue;
+                }
+                Err(error) => {
+                    tracing::debug!("singleton {name}: {error:#}");
+                    tokio::time::sleep(self.every()).await;
+                    continue;
+                }
+            };
+            let started = match ended_here {
+                true => None,
+                false => Some(start(held.lease.clone()).await),
+            };
+            let mut copy = match started {
+                None => None,
+                Some(Ok(handle)) => {
+                    tracing::info!(
+                        task = name,
+                        host = self.host,
+                        "app-scoped task {name} runs on this host"
+                    );
+                    Some(handle)
+                }
+                Some(Err(error)) => {
+                    tracing::error!(
+                        task = name,
+                        "app-scoped task {name} cannot start on this host ({error}); \
+                             another host may take it after the lease"
+                    );
+                    self.held().remove(&held.key);
+                    tokio::time::sleep(self.lease).await;
+                    continue;
+                }
+            };
+            loop {
+                tokio::time::sleep(self.every()).await;
+                match self.renew(&mut held).await {
+                    Renewal::Renewed => {}
+                    Renewal::Lost(holder) => {
+                        held.lease.revoke();
+                        tracing::warn!(
+                            task = name,
+                            "app-scoped task {name}: host {holder} holds it now (this \
                                  host's claim lapsed); this copy is stopped"
-                            );
-                            break;
-                        }
-                        Renewal::Unreachable if !held.lease.holds() => {
-                            // Fenced already; it may run here again once
-                            // NATS is back and nobody took the claim.
-                            handle.cancel();
-                            break;
-                        }
-                        Renewal::Unreachable => {}
+                        );
+                        // The other host runs it from now on.
+                        ended_here = false;
+                        break;
                     }
+                    // Fenced already; it may run here again once NATS
+                    // is back and nobody took the claim.
+                    Renewal::Unreachable if !held.lease.holds() => {
+                        ended_here = copy.as_ref().is_some_and(TaskHandle::is_ended);
+                        break;
+                    }
+                    Renewal::Unreachable => {}
                 }
             }
-        })
+            // Stopped and gone before this host claims again, so a
+            // copy it starts then finds the name free.
+            if let Some(mut copy) = copy.take() {
+                copy.cancel();
+                copy.ended().await;
+            }
+        }
     }
 }

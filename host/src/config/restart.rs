@@ -24,10 +24,11 @@ pub const MAX_INTENSITY: u32 = 10_000;
 /// Longest `period`, `initial` or `max`: a day.
 pub(super) const MAX_RESTART_WAIT: Duration = Duration::from_secs(24 * 3600);
 
-/// Defaults: a task that keeps failing fast is restarted after 1 s, 2 s,
-/// 4 s ... up to 1 min, which is at most 6 restarts a minute, so the
-/// default intensity (5 within 1 min) is met only by a task that also
-/// fails the way it did within seconds of a healthy run.
+/// Defaults: a task that keeps failing at once is restarted after 1 s,
+/// 2 s, 4 s, 8 s and 16 s, and its sixth failure, about 31 s after its
+/// first, is past the default intensity (5 within 1 min): it ends failed.
+/// A task that runs a minute or more between failures restarts for ever,
+/// 1 s after each.
 pub const DEFAULT_INTENSITY: u32 = 5;
 const DEFAULT_PERIOD: Duration = Duration::from_secs(60);
 const DEFAULT_INITIAL: Duration = Duration::from_secs(1);
@@ -200,6 +201,12 @@ impl RestartSpec {
         if max < initial {
             bail!("`max` ({max:?}) must not be less than `initial` ({initial:?})");
         }
+        if period <= initial {
+            bail!(
+                "`period` ({period:?}) must be longer than `initial` ({initial:?}): no two \
+                 restarts would fall within it, so `intensity` could never stop the task"
+            );
+        }
         Ok(RestartPolicy {
             when: self.when,
             intensity,
@@ -284,6 +291,10 @@ mod tests {
                 .contains("`max`")
         );
         assert!(error("restart = { when = \"always\", every = \"1s\" }").contains("every"));
+        assert!(
+            error("restart = { when = \"always\", period = \"1s\", initial = \"2s\" }")
+                .contains("`period` (1s) must be longer than `initial` (2s)")
+        );
         assert!(error("restart = 3").contains("\"on-failure\""));
     }
 }

@@ -141,13 +141,6 @@ pub(super) async fn roll_out(
         .load_plugin_bytes(name, &request.path, bytes.clone())
         .await
         .map_err(load_error)?;
-    let restarted = match request.restart_tasks {
-        true => host
-            .restart_startup_tasks(name)
-            .await
-            .map_err(|error| OpError::new(ErrorKind::Refused, format!("{error:#}")))?,
-        false => 0,
-    };
     let rollout = cluster.rollout();
     let here = cluster.config().host.clone();
     let digest = rollout
@@ -159,6 +152,20 @@ pub(super) async fn roll_out(
                 format!("plugin `{name}` was loaded on this host only: {error:#}"),
             )
         })?;
+    // After the build is out: a restart that fails here leaves the other
+    // hosts loading (and restarting) it, and says so.
+    let restarted = match request.restart_tasks {
+        true => host.restart_startup_tasks(name).await.map_err(|error| {
+            OpError::new(
+                ErrorKind::Refused,
+                format!(
+                    "plugin `{name}` was loaded and rolled out, but its startup tasks could not \
+                     be restarted on this host: {error:#}"
+                ),
+            )
+        })?,
+        false => 0,
+    };
     let hosts: Vec<String> = cluster.hosts().into_iter().map(|beat| beat.host).collect();
     let reports = rollout.reports(name, &digest, &hosts, ROLLOUT_WAIT).await;
     let rollout = hosts
@@ -168,7 +175,7 @@ pub(super) async fn roll_out(
                 host: host.clone(),
                 build: report.build.clone(),
                 error: report.error.clone(),
-                // This host restarted its tasks before the roll-out.
+                // This host restarted its own tasks above.
                 restarted: if *host == here {
                     restarted
                 } else {

@@ -173,6 +173,7 @@ impl PluginLoader {
             data_bytes,
             instances,
             retired: OnceLock::new(),
+            superseded: std::sync::atomic::AtomicBool::new(false),
             replaced: tokio::sync::Notify::new(),
         };
         let listed = self

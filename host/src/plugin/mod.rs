@@ -62,8 +62,11 @@ pub struct Plugin {
     /// Set once a newer build replaced this one: where to announce that its
     /// last task ended (see [`Plugin::retire`]).
     retired: OnceLock<broadcast::Sender<LifecycleEvent>>,
-    /// Told once `retired` is set: the tasks that move to a newer build
-    /// (`on_load = "restart"`) wait for it.
+    /// Set (and `replaced` told) once a build with other content replaced
+    /// this one: the tasks that move to a newer build (`on_load =
+    /// "restart"`) wait for it. A load of the same content sets only
+    /// `retired`: its tasks would move to the code they run.
+    superseded: std::sync::atomic::AtomicBool,
     replaced: tokio::sync::Notify,
 }
 
@@ -97,17 +100,23 @@ impl Plugin {
 
     /// Marks this build as replaced: once nothing holds it any more (its
     /// last task ended), `plugin_dropped` is logged and sent on `stream`.
-    pub(crate) fn retire(&self, stream: broadcast::Sender<LifecycleEvent>) {
+    /// `superseded`: the build replacing it has other content (its
+    /// version differs).
+    pub(crate) fn retire(&self, stream: broadcast::Sender<LifecycleEvent>, superseded: bool) {
         let _ = self.retired.set(stream);
-        self.replaced.notify_waiters();
+        if superseded {
+            self.superseded
+                .store(true, std::sync::atomic::Ordering::Release);
+            self.replaced.notify_waiters();
+        }
     }
 
-    /// Whether a newer build replaced this one.
+    /// Whether a build with other content replaced this one.
     pub(crate) fn is_replaced(&self) -> bool {
-        self.retired.get().is_some()
+        self.superseded.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Resolves once a newer build replaced this one.
+    /// Resolves once a build with other content replaced this one.
     ///
     /// # Cancel safety
     ///

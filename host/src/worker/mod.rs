@@ -980,10 +980,13 @@ impl Run {
                 let Some(supervisor) = &mut supervisor else {
                     break ended.outcome;
                 };
-                let restartable = match &ended.outcome {
-                    Outcome::Done { .. } => !task_handle.is_cancelled(),
-                    _ => ended.retriable,
-                };
+                // Never after a cancel, whatever the attempt said (one
+                // that could not even instantiate says it may be retried).
+                let restartable = !task_handle.is_cancelled()
+                    && match &ended.outcome {
+                        Outcome::Done { .. } => true,
+                        _ => ended.retriable,
+                    };
                 let now = Instant::now();
                 let (number, delay) = match supervisor.after(
                     &ended.outcome,

@@ -749,6 +749,20 @@ fn on_load_restart_moves_running_tasks_to_a_new_build_and_drain_leaves_them() {
         .find(|p| p["state"] == "draining")
         .unwrap_or_else(|| panic!("v1 drains its stayer: {plugins}"));
     assert_eq!(draining["live_tasks"], 1, "{plugins}");
+    // The same content again moves nothing: the tasks run that code.
+    let again = app.cli(&["load", "versioned", v2.to_str().unwrap()]).ok();
+    host.wait_for(1, |l| {
+        let (message, version) = (l["message"].as_str(), l["version"].as_str());
+        l["event"] == "plugin_loaded"
+            && message
+                .zip(version)
+                .is_some_and(|(m, v)| m.ends_with(&format!("(replacing {v})")))
+    });
+    assert!(
+        again.stdout.contains("loaded versioned"),
+        "{}",
+        again.dump()
+    );
 
     host.signal("TERM");
     let run = host.finish();
