@@ -71,6 +71,26 @@ macro_rules! event_at {
     };
 }
 
+/// Logs a lifecycle event of `task` at `level` (a tracing macro's name):
+/// the fields every task line carries, then `rest` (its own fields and
+/// message).
+macro_rules! task_event {
+    ($level:ident, $event:literal, $task:expr, $($rest:tt)*) => {
+        with_task($task, |worker, task_name| {
+            tracing::$level!(
+                event = $event,
+                worker,
+                task = task_name,
+                task_id = $task.task_id,
+                plugin = $task.plugin,
+                factory = $task.factory,
+                connection = $task.connection,
+                $($rest)*
+            )
+        })
+    };
+}
+
 /// Calls `f` with the task's `worker` field value: a number, or `"main"`.
 fn with_worker<R>(worker: WorkerId, f: impl FnOnce(&dyn Value) -> R) -> R {
     match worker {
@@ -112,157 +132,113 @@ pub(crate) fn lifecycle(event: &LifecycleEvent) {
             key,
             priority,
             run_at,
-        } => with_task(task, |worker, task_name| {
-            tracing::info!(
-                event = "queued",
-                worker,
-                task = task_name,
-                task_id = task.task_id,
-                plugin = task.plugin,
-                factory = task.factory,
-                connection = task.connection,
-                queue,
-                key = key.as_deref(),
-                priority = (*priority != 0).then_some(*priority),
-                run_at = run_at.as_deref(),
-                "queued {}/{} in queue {queue}",
-                task.plugin,
-                task.factory
-            )
-        }),
-        LifecycleEvent::Started { task, version } => with_task(task, |worker, task_name| {
-            tracing::info!(
-                event = "started",
-                worker,
-                task = task_name,
-                task_id = task.task_id,
-                plugin = task.plugin,
-                factory = task.factory,
-                connection = task.connection,
-                version,
-                "started {}/{} ({version})",
-                task.plugin,
-                task.factory
-            )
-        }),
+        } => task_event!(
+            info,
+            "queued",
+            task,
+            queue,
+            key = key.as_deref(),
+            priority = (*priority != 0).then_some(*priority),
+            run_at = run_at.as_deref(),
+            "queued {}/{} in queue {queue}",
+            task.plugin,
+            task.factory
+        ),
+        LifecycleEvent::Started { task, version } => task_event!(
+            info,
+            "started",
+            task,
+            version,
+            "started {}/{} ({version})",
+            task.plugin,
+            task.factory
+        ),
         LifecycleEvent::Done {
             task,
             result,
             elapsed_ms,
-        } => with_task(task, |worker, task_name| {
-            tracing::info!(
-                event = "done",
-                worker,
-                task = task_name,
-                task_id = task.task_id,
-                plugin = task.plugin,
-                factory = task.factory,
-                connection = task.connection,
-                result,
-                elapsed_ms,
-                "done in {elapsed_ms} ms: {result}"
-            )
-        }),
+        } => task_event!(
+            info,
+            "done",
+            task,
+            result,
+            elapsed_ms,
+            "done in {elapsed_ms} ms: {result}"
+        ),
         LifecycleEvent::Failed {
             task,
             error,
             elapsed_ms,
-        } => with_task(task, |worker, task_name| {
-            tracing::error!(
-                event = "failed",
-                worker,
-                task = task_name,
-                task_id = task.task_id,
-                plugin = task.plugin,
-                factory = task.factory,
-                connection = task.connection,
-                error,
-                elapsed_ms,
-                "failed after {elapsed_ms} ms: {error}"
-            )
-        }),
+        } => task_event!(
+            error,
+            "failed",
+            task,
+            error,
+            elapsed_ms,
+            "failed after {elapsed_ms} ms: {error}"
+        ),
         LifecycleEvent::Cancelled {
             task,
             stage,
             elapsed_ms,
-        } => with_task(task, |worker, task_name| {
+        } => {
             let stage = stage.as_str();
-            tracing::info!(
-                event = "cancelled",
-                worker,
-                task = task_name,
-                task_id = task.task_id,
-                plugin = task.plugin,
-                factory = task.factory,
-                connection = task.connection,
+            task_event!(
+                info,
+                "cancelled",
+                task,
                 stage,
                 elapsed_ms,
                 "cancelled ({stage}) after {elapsed_ms} ms"
             )
-        }),
+        }
         LifecycleEvent::Retrying {
             task,
             attempt,
             delay_ms,
             error,
-        } => with_task(task, |worker, task_name| {
-            tracing::warn!(
-                event = "retrying",
-                worker,
-                task = task_name,
-                task_id = task.task_id,
-                plugin = task.plugin,
-                factory = task.factory,
-                connection = task.connection,
-                attempt,
-                delay_ms,
-                error,
-                "attempt {} failed: {error}; attempt {attempt} in {delay_ms} ms",
-                attempt - 1
-            )
-        }),
+        } => task_event!(
+            warn,
+            "retrying",
+            task,
+            attempt,
+            delay_ms,
+            error,
+            "attempt {} failed: {error}; attempt {attempt} in {delay_ms} ms",
+            attempt - 1
+        ),
         LifecycleEvent::Restarting {
             task,
             restart,
             delay_ms,
             error,
-        } => with_task(task, |worker, task_name| {
+        } => {
             let why = match error {
                 Some(error) => format!("failed: {error}"),
                 None => "ended done".to_string(),
             };
-            tracing::warn!(
-                event = "restarting",
-                worker,
-                task = task_name,
-                task_id = task.task_id,
-                plugin = task.plugin,
-                factory = task.factory,
-                connection = task.connection,
+            task_event!(
+                warn,
+                "restarting",
+                task,
                 restart,
                 delay_ms,
                 error,
                 "{why}; restart {restart} in {delay_ms} ms"
             )
-        }),
+        }
         LifecycleEvent::Reloaded {
             task,
             from,
             version,
-        } => with_task(task, |worker, task_name| {
-            tracing::info!(
-                event = "reloaded",
-                worker,
-                task = task_name,
-                task_id = task.task_id,
-                plugin = task.plugin,
-                factory = task.factory,
-                connection = task.connection,
-                from,
-                version,
-                "moved from {from} to {version}"
-            )
-        }),
+        } => task_event!(
+            info,
+            "reloaded",
+            task,
+            from,
+            version,
+            "moved from {from} to {version}"
+        ),
         LifecycleEvent::PluginLoaded {
             plugin,
             version,

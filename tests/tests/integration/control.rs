@@ -410,6 +410,14 @@ fn bad_requests_get_json_errors_and_the_host_keeps_serving() {
     drop(host);
 }
 
+/// Builds plugins/versioned twice: v1 as the app's `v1.wasm` (what its
+/// app.toml names), and v2, to be loaded over it; returns both builds.
+fn two_builds(app: &TestApp) -> (std::path::PathBuf, std::path::PathBuf) {
+    let v1 = versioned("v1", app.dir.path());
+    std::fs::copy(&v1, app.dir.path().join("v1.wasm")).unwrap();
+    (v1, versioned("v2", app.dir.path()))
+}
+
 #[test]
 fn hot_loading_swaps_new_tasks_to_the_new_build_and_refuses_broken_ones() {
     let app = TestApp::new(
@@ -420,9 +428,7 @@ fn hot_loading_swaps_new_tasks_to_the_new_build_and_refuses_broken_ones() {
         path = "v1.wasm"
         "#,
     );
-    let v1 = versioned("v1", app.dir.path());
-    std::fs::copy(&v1, app.dir.path().join("v1.wasm")).unwrap();
-    let v2 = versioned("v2", app.dir.path());
+    let (v1, v2) = two_builds(&app);
     let mut host = app.spawn();
 
     // A v1 task is running when v2 arrives.
@@ -631,9 +637,7 @@ fn load_with_restart_tasks_restarts_the_plugins_startup_tasks_on_the_new_build()
         args = { event = "never" }
         "#,
     );
-    let v1 = versioned("v1", app.dir.path());
-    std::fs::copy(&v1, app.dir.path().join("v1.wasm")).unwrap();
-    let v2 = versioned("v2", app.dir.path());
+    let (_, v2) = two_builds(&app);
     let mut host = app.spawn();
     host.wait_for(2, |l| l["message"] == "lingering on v1");
 
@@ -697,9 +701,7 @@ fn on_load_restart_moves_running_tasks_to_a_new_build_and_drain_leaves_them() {
         args = { event = "never" }
         "#,
     );
-    let v1 = versioned("v1", app.dir.path());
-    std::fs::copy(&v1, app.dir.path().join("v1.wasm")).unwrap();
-    let v2 = versioned("v2", app.dir.path());
+    let (_, v2) = two_builds(&app);
     let mut host = app.spawn();
     host.wait_until_serving();
     app.cli(&[
