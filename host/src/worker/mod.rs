@@ -1009,12 +1009,10 @@ impl Run {
                 });
                 worker.env.metrics.record_restart(&plugin.name);
                 worker.registry.set_restarts(ident.id, number);
-                // The wait is part of the task: a cancel ends it here.
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = task_handle.signal().cancelled() => {
-                        break Outcome::Cancelled { stage: CancelStage::Cooperative };
-                    }
+                if !waited_out(delay, &task_handle).await {
+                    break Outcome::Cancelled {
+                        stage: CancelStage::Cooperative,
+                    };
                 }
                 // A restart is a new run: its retries start over.
                 attempt = 1;
@@ -1030,12 +1028,10 @@ impl Run {
                 error: error.clone(),
             });
             worker.registry.set_attempt(ident.id, attempt);
-            // The wait is part of the task: a cancel ends it here.
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = task_handle.signal().cancelled() => {
-                    break Outcome::Cancelled { stage: CancelStage::Cooperative };
-                }
+            if !waited_out(delay, &task_handle).await {
+                break Outcome::Cancelled {
+                    stage: CancelStage::Cooperative,
+                };
             }
             if let (Some(storage), Some(durable)) = (&storage, &durable)
                 && let Err(error) = storage.attempt_started(durable.seq, attempt).await
@@ -1296,6 +1292,15 @@ impl Drop for Worker {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Waits `delay` before a task's retry or restart: the wait is part of
+/// the task, so a cancel ends it (false) rather than waiting it out.
+async fn waited_out(delay: std::time::Duration, task: &TaskHandle) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        () = task.signal().cancelled() => false,
     }
 }
 
