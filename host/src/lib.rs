@@ -106,6 +106,7 @@ pub(crate) mod queues;
 pub(crate) mod runner;
 pub mod scheduler;
 pub(crate) mod serve;
+pub(crate) mod sockets;
 pub mod storage;
 pub(crate) mod store;
 pub(crate) mod variables;

@@ -287,6 +287,17 @@ async fn call(
             stage: CancelStage::Forced,
         },
     };
+    // A task whose socket call the cancel failed (a blocked read of a slow
+    // query, say) and that then failed, ended because of the cancel and on
+    // its own: in whatever language, that failure is how it unwinds.
+    let outcome = match outcome {
+        Outcome::Failed { .. } if cancel.is_cancelled() && store.data().io_cut_by_cancel() => {
+            Outcome::Cancelled {
+                stage: CancelStage::Cooperative,
+            }
+        }
+        outcome => outcome,
+    };
     // A timed-out attempt may be tried again; one of a task that was
     // cancelled may not, nor one the sandbox refused an HTTP request, nor
     // one whose arguments were refused: the next attempt would be refused
@@ -296,7 +307,7 @@ async fn call(
         && !permanent
         && !handle.is_cancelled()
         && !store.data().app.stop_retrying
-        && !store.data().http_denied();
+        && !store.data().grant_denied();
     let outcome = match timeout {
         Some(limit) if timed_out => after_timeout(outcome, limit),
         _ => outcome,

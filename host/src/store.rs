@@ -12,6 +12,7 @@ use crate::http::HttpState;
 use crate::interface::{Holds, HostInterface, TaskInit};
 use crate::keyvalue::KvView;
 use crate::logging::LogGate;
+use crate::sockets::{SocketsState, SocketsView};
 use crate::task::{CancelSignal, TaskIdent};
 use crate::wasi::WasiState;
 use anyhow::Result;
@@ -28,6 +29,9 @@ pub(crate) struct TaskData {
     pub(crate) app: AppState,
     /// WASI's state, built on first use.
     wasi: WasiState,
+    /// `wasi:sockets`' state: the task's TCP sockets and their grant's
+    /// checks.
+    sockets: SocketsState,
     /// Outbound HTTP's state, built on the task's first request: most
     /// tasks send none, and a task's start should not pay for it.
     http: Option<HttpState>,
@@ -48,9 +52,15 @@ impl TaskData {
         self.cancel.is_leased()
     }
 
-    /// Whether the allow-list refused one of the task's HTTP requests.
-    pub(crate) fn http_denied(&self) -> bool {
-        self.http.as_ref().is_some_and(HttpState::denied)
+    /// Whether an allow-list refused one of the task's HTTP requests or
+    /// sockets: its next attempt would be refused the same.
+    pub(crate) fn grant_denied(&self) -> bool {
+        self.http.as_ref().is_some_and(HttpState::denied) || self.sockets.denied()
+    }
+
+    /// Whether the task's cancel failed one of its socket calls.
+    pub(crate) fn io_cut_by_cancel(&self) -> bool {
+        self.sockets.cut_by_cancel()
     }
 
     pub(crate) fn new(
@@ -72,9 +82,16 @@ impl TaskData {
             cancel: &cancel,
             connections: &app.connections,
         });
+        let sockets = SocketsState::new(&ident, &policy, &cancel);
         TaskData {
             interfaces,
-            wasi: WasiState::new(ident.clone(), policy.clone(), log.clone()),
+            wasi: WasiState::new(
+                ident.clone(),
+                policy.clone(),
+                log.clone(),
+                sockets.shared().clone(),
+            ),
+            sockets,
             http: None,
             app: AppState::new(ident, app, cancel.clone(), log),
             cancel,
@@ -142,6 +159,19 @@ impl TaskData {
     }
 }
 
+impl TaskData {
+    /// What `wasi:sockets`' replaced parts work with: their state, and
+    /// WASI's context and table.
+    fn sockets(&mut self) -> SocketsView<'_> {
+        let WasiCtxView { ctx, table } = self.wasi.view();
+        SocketsView {
+            state: &mut self.sockets,
+            ctx: ctx.sockets(),
+            table,
+        }
+    }
+}
+
 impl WasiHttpView for TaskData {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         let TaskData {
@@ -170,6 +200,7 @@ impl WasiHttpView for TaskData {
 pub(crate) fn linker(engine: &Engine) -> Result<Linker<TaskData>> {
     let mut linker = Linker::new(engine);
     crate::wasi::add_to_linker(&mut linker)?;
+    crate::sockets::add_to_linker(&mut linker, TaskData::sockets)?;
     crate::http::add_to_linker(&mut linker)?;
     crate::app::add_to_linker(&mut linker, |data: &mut TaskData| &mut data.app)?;
     crate::keyvalue::add_to_linker(&mut linker, TaskData::kv)?;

@@ -3,8 +3,10 @@
 //! WASI is deny-by-default: a plugin with no grants sees no files, no
 //! environment, no stdin and no network. A grant names exactly what is
 //! opened up, so reading app.toml tells an operator everything a plugin
-//! can touch. There is no socket grant: tasks reach the network only
-//! through outbound HTTP (`wasi:http`), to the origins `http` lists.
+//! can touch. Tasks reach the network only through outbound HTTP
+//! (`wasi:http`), to the origins `http` lists, and through TCP sockets
+//! (`wasi:sockets`), to the addresses `tcp` lists; never UDP, and never a
+//! socket that listens.
 //! Key-value buckets of the plugin's own need no grant; `kv` names the
 //! shared buckets it may open too.
 
@@ -27,6 +29,9 @@ pub struct Grants {
     /// Origins tasks may send HTTP requests to (`wasi:http`); none by
     /// default. See [`super::HttpGrant`] for the grammar.
     pub http: Vec<super::HttpGrant>,
+    /// Addresses tasks may open TCP connections to (`wasi:sockets`); none
+    /// by default. See [`super::SocketGrant`] for the grammar.
+    pub tcp: Vec<super::SocketGrant>,
     /// Shared key-value buckets tasks may open by name, besides the
     /// plugin's own buckets (which need no grant).
     pub kv: Vec<String>,
@@ -54,6 +59,8 @@ pub(super) struct RawGrants {
     stdin: bool,
     #[serde(default)]
     http: Vec<String>,
+    #[serde(default)]
+    tcp: Vec<String>,
     #[serde(default)]
     kv: Vec<String>,
 }
@@ -110,6 +117,16 @@ impl RawGrants {
                     .map_err(|error| anyhow::anyhow!("{table} http[{index}]: {error}"))
             })
             .collect::<Result<Vec<_>>>()?;
+        let mut tcp = Vec::new();
+        for (index, address) in self.tcp.iter().enumerate() {
+            let grant: super::SocketGrant = address
+                .parse()
+                .map_err(|error| anyhow::anyhow!("{table} tcp[{index}]: {error}"))?;
+            if tcp.contains(&grant) {
+                bail!("{table} tcp[{index}]: {grant} is granted twice");
+            }
+            tcp.push(grant);
+        }
         let mut shared = HashSet::new();
         for (index, bucket) in self.kv.iter().enumerate() {
             super::check_bucket_name(bucket)
@@ -123,6 +140,7 @@ impl RawGrants {
             env: self.env,
             stdin: self.stdin,
             http,
+            tcp,
             kv: self.kv,
         })
     }
@@ -135,6 +153,7 @@ impl Grants {
             && self.env.is_empty()
             && !self.stdin
             && self.http.is_empty()
+            && self.tcp.is_empty()
             && self.kv.is_empty()
     }
 }

@@ -247,6 +247,10 @@ pub struct Limits {
     /// a guest that does so traps. Together with `http_fields_bytes`, the
     /// most host memory a task's handles can hold.
     pub handles_per_task: usize,
+    /// TCP sockets one task may hold open at once (`[plugins.NAME.grants]
+    /// tcp`); creating one more fails with `new-socket-limit`. Each is a
+    /// file descriptor of the host's.
+    pub sockets_per_task: usize,
     /// Schedules the tasks of one plugin may add at run time (kept in
     /// storage, so they would otherwise outlive every restart); app.toml's
     /// own do not count.
@@ -289,6 +293,7 @@ impl Default for Limits {
             http_requests_per_task: 16,
             http_fields_bytes: 16 * 1024,
             handles_per_task: 1_000,
+            sockets_per_task: 16,
             schedules_per_plugin: 100,
             schedules_per_app: 1_000,
             kv_key_bytes: 1024,
@@ -337,6 +342,8 @@ pub struct PluginLimits {
     pub http_fields_bytes: Option<usize>,
     /// Overrides `[limits] handles_per_task` for this plugin's tasks.
     pub handles_per_task: Option<usize>,
+    /// Overrides `[limits] sockets_per_task` for this plugin's tasks.
+    pub sockets_per_task: Option<usize>,
 }
 
 /// What bounds one task, resolved from the app's and its plugin's limits.
@@ -346,6 +353,8 @@ pub struct TaskLimits {
     pub memory_bytes: usize,
     /// Resource handles the task may hold at once.
     pub handles: usize,
+    /// TCP sockets the task may hold open at once.
+    pub sockets: usize,
     /// Wall-clock time the task may run (`timeout_ms`); none: no bound.
     pub timeout: Option<Duration>,
     /// Its outbound HTTP bounds.
@@ -418,6 +427,7 @@ impl Limits {
             ("http_requests_per_task", self.http_requests_per_task),
             ("http_fields_bytes", self.http_fields_bytes),
             ("handles_per_task", self.handles_per_task),
+            ("sockets_per_task", self.sockets_per_task),
             ("schedules_per_plugin", self.schedules_per_plugin),
             ("schedules_per_app", self.schedules_per_app),
             ("kv_key_bytes", self.kv_key_bytes),
@@ -460,6 +470,7 @@ impl Limits {
                 .or(self.timeout_ms)
                 .map(Duration::from_millis),
             handles: overrides.handles_per_task.unwrap_or(self.handles_per_task),
+            sockets: overrides.sockets_per_task.unwrap_or(self.sockets_per_task),
             http: HttpLimits {
                 connect_timeout: Duration::from_millis(
                     overrides
@@ -530,6 +541,7 @@ impl PluginLimits {
                 self.http_fields_bytes.map(|v| v as u64),
             ),
             ("handles_per_task", self.handles_per_task.map(|v| v as u64)),
+            ("sockets_per_task", self.sockets_per_task.map(|v| v as u64)),
         ] {
             if value == Some(0) {
                 bail!("{table} `{key}` must be at least 1");

@@ -16,6 +16,7 @@ mod restart;
 mod retry;
 mod routes;
 mod schedule;
+mod socket_grant;
 pub(crate) mod value;
 
 pub use cluster::{ClusterAuth, ClusterConfig, ClusterTls};
@@ -39,6 +40,7 @@ pub use routes::{
 pub use schedule::{
     CatchUp, MAX_CATCH_UP, Overlap, ScheduleConfig, ScheduleScope, ScheduleSpec, When, tick_label,
 };
+pub use socket_grant::{GrantHost, SocketGrant};
 pub(crate) use value::toml_to_json;
 pub use value::{ConfigValue, MAX_SECRET_BYTES, SecretSource, read_bounded};
 

@@ -1,6 +1,7 @@
 //! WASI 0.2 as a task sees it: deny by default, with what its plugin's
-//! grants in app.toml allow (directories, environment variables, stdin),
-//! never the network, and stdout/stderr as log lines of the task. This
+//! grants in app.toml allow (directories, environment variables, stdin,
+//! TCP addresses through `crate::sockets`), and stdout/stderr as log lines
+//! of the task. This
 //! module owns the interface's state ([`WasiState`], built on first use)
 //! and its linking ([`add_to_linker`]).
 
@@ -10,6 +11,7 @@ pub(crate) use output::TaskOutput;
 
 use crate::config::{Grants, PluginPolicy};
 use crate::logging::LogGate;
+use crate::sockets::TaskSockets;
 use crate::task::TaskIdent;
 use std::sync::Arc;
 use wasmtime::component::Linker;
@@ -25,6 +27,8 @@ pub(crate) struct WasiState {
     /// plugin, not copied per task.
     policy: Arc<PluginPolicy>,
     log: Arc<LogGate>,
+    /// What the `tcp` grant's address checks share with the store.
+    sockets: Arc<TaskSockets>,
     ctx: Option<WasiCtx>,
     /// The task's stderr, once WASI exists: its last lines explain a crash.
     stderr: Option<TaskOutput>,
@@ -36,6 +40,7 @@ impl WasiState {
         ident: Arc<TaskIdent>,
         policy: Arc<PluginPolicy>,
         log: Arc<LogGate>,
+        sockets: Arc<TaskSockets>,
     ) -> WasiState {
         // Every handle the task makes (WASI's, wasi:http's, key-value's)
         // lives here: bounded, so a guest that creates them without end
@@ -47,6 +52,7 @@ impl WasiState {
             ident,
             policy,
             log,
+            sockets,
             ctx: None,
             stderr: None,
             table,
@@ -59,10 +65,17 @@ impl WasiState {
         let log = &self.log;
         let stderr = &mut self.stderr;
         let grants = &self.policy.grants;
+        let sockets = &self.sockets;
         let ctx = self.ctx.get_or_insert_with(|| {
             let errors = TaskOutput::stderr(log.clone());
             *stderr = Some(errors.clone());
-            wasi_ctx(ident, grants, TaskOutput::stdout(log.clone()), errors)
+            wasi_ctx(
+                ident,
+                grants,
+                sockets,
+                TaskOutput::stdout(log.clone()),
+                errors,
+            )
         });
         WasiCtxView {
             ctx,
@@ -94,21 +107,18 @@ pub(crate) fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> an
 }
 
 /// The WASI context of a task of a plugin with `grants`: stdout and stderr
-/// become log lines; files, environment and stdin only as granted; never
-/// the network.
+/// become log lines; files, environment, stdin and TCP addresses only as
+/// granted.
 fn wasi_ctx(
     ident: &Arc<TaskIdent>,
     grants: &Grants,
+    sockets: &Arc<TaskSockets>,
     stdout: TaskOutput,
     stderr: TaskOutput,
 ) -> WasiCtx {
     let mut builder = WasiCtxBuilder::new();
-    builder
-        .stdout(stdout)
-        .stderr(stderr)
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false);
+    builder.stdout(stdout).stderr(stderr);
+    crate::sockets::configure(&mut builder, sockets);
     if grants.stdin {
         builder.inherit_stdin();
     }

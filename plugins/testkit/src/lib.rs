@@ -670,6 +670,45 @@ plugin! {
         }
     }
 
+    /// Connects to `addr` (`host:port`; a name is looked up through the
+    /// host) with `std::net`, logs `connected to ADDR`, sends `send` and a
+    /// newline, and returns the line it reads back. It blocks in that read
+    /// until the server answers or the task is cancelled.
+    fn tcp_echo(app: &App, addr: String, send: String) -> Result<Value> {
+        use std::io::{BufRead, BufReader, Write};
+        let mut stream = std::net::TcpStream::connect(&addr)
+            .map_err(|e| Error::msg(format!("connect to {addr}: {e}")))?;
+        app.info(format!("connected to {addr}"));
+        stream
+            .write_all(format!("{send}\n").as_bytes())
+            .map_err(|e| Error::msg(format!("write to {addr}: {e}")))?;
+        let mut line = String::new();
+        BufReader::new(&stream)
+            .read_line(&mut line)
+            .map_err(|e| Error::msg(format!("read from {addr}: {e}")))?;
+        Ok(json!({ "reply": line.trim_end() }))
+    }
+
+    /// Opens `count` connections to `addr` and holds them all, `rounds`
+    /// times over (closing them between rounds): `{"opened": N}`, with the
+    /// error that stopped it if one did.
+    fn tcp_hoard(_app: &App, addr: String, count: u32, rounds: u32) -> Result<Value> {
+        let mut opened = 0;
+        for _ in 0..rounds {
+            let mut held = Vec::new();
+            for _ in 0..count {
+                match std::net::TcpStream::connect(&addr) {
+                    Ok(stream) => held.push(stream),
+                    Err(error) => {
+                        return Ok(json!({ "opened": opened, "error": error.to_string() }));
+                    }
+                }
+                opened += 1;
+            }
+        }
+        Ok(json!({ "opened": opened }))
+    }
+
     /// Returns an error (the task fails without trapping).
     fn fail(_app: &App, reason: Option<String>) -> Result<()> {
         Err(Error::msg(reason.unwrap_or_else(|| "testkit failure on purpose".into())))

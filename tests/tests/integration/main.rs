@@ -36,6 +36,7 @@ mod retries;
 mod schedules;
 mod secrets;
 mod singletons;
+mod sockets;
 mod storage_contract;
 mod supervision;
 mod variables;

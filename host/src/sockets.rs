@@ -1,0 +1,592 @@
+//! `wasi:sockets` as a task sees it: TCP connections to the addresses its
+//! plugin's `tcp` grant lists (`[plugins.NAME.grants] tcp`), and nothing
+//! else. No UDP, no socket that listens or accepts, no name lookup of a
+//! name not granted. This module owns the interface's grant check, its
+//! per-task state ([`SocketsState`]) and its linking ([`add_to_linker`]),
+//! which replaces three parts of wasmtime-wasi's own:
+//!
+//! - **Name lookups** (`ip-name-lookup`) answer only names a grant lists,
+//!   with what the host resolved them to, once per task (pinned): a guest
+//!   cannot resolve other names (a lookup is a message to a DNS server),
+//!   and the addresses it connects to are the ones the check allows, even
+//!   if the name's records change in between.
+//! - **Counting**: creating a TCP socket past `[limits] sockets_per_task`
+//!   fails with `new-socket-limit`; each socket is a file descriptor of
+//!   the host's, and every one is closed when its task ends (its store
+//!   goes).
+//! - **Cancellation**: a connected socket's streams end with an error as
+//!   soon as the task is cancelled, so a guest blocked reading (a slow
+//!   query) wakes, fails its call and ends cooperatively within its grace
+//!   period instead of being forced.
+//!
+//! The address check itself is wasmtime-wasi's `socket_addr_check`
+//! (see [`configure`]).
+
+use crate::config::{GrantHost, PluginPolicy, SocketGrant};
+use crate::task::{CancelSignal, TaskIdent};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable, ResourceType};
+use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{
+    self, HostResolveAddressStream, ResolveAddressStream,
+};
+use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, IpAddress, Network};
+use wasmtime_wasi::p2::bindings::sockets::tcp::HostTcpSocket;
+use wasmtime_wasi::p2::bindings::sockets::tcp_create_socket;
+use wasmtime_wasi::p2::{
+    DynInputStream, DynOutputStream, DynPollable, InputStream, OutputStream, Pollable, SocketError,
+    SocketResult, StreamError, StreamResult, TcpSocket, pipe,
+};
+use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtx, WasiSocketsCtxView};
+use wasmtime_wasi::{WasiCtxBuilder, async_trait};
+
+/// The `wasi:sockets/tcp` instance whose parts [`add_to_linker`] replaces:
+/// the version wasmtime-wasi links (guests' older 0.2 versions resolve to
+/// it). The sockets tests fail if it no longer matches.
+const TCP_INSTANCE: &str = "wasi:sockets/tcp@0.2.12";
+
+/// What a task's address checks share with its store: they run outside
+/// it, in wasmtime-wasi's socket calls.
+pub(crate) struct TaskSockets {
+    ident: Arc<TaskIdent>,
+    policy: Arc<PluginPolicy>,
+    /// Each granted name's addresses, resolved once for this task.
+    pins: Mutex<HashMap<String, Pinned>>,
+    /// Whether a connect or a lookup was refused: the task's failure is
+    /// then not retried (the next attempt would be refused the same).
+    denied: AtomicBool,
+}
+
+/// One name's addresses, resolved on first use.
+type Pinned = Arc<tokio::sync::OnceCell<Result<Arc<[IpAddr]>, ErrorCode>>>;
+
+impl TaskSockets {
+    /// What `name` resolves to for this task: resolved by the host on the
+    /// first call, the same addresses after.
+    async fn resolve(&self, name: &str) -> Result<Arc<[IpAddr]>, ErrorCode> {
+        let pin = self
+            .pins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        pin.get_or_init(|| async {
+            match tokio::net::lookup_host((name, 0)).await {
+                Ok(addrs) => Ok(addrs.map(|a| a.ip().to_canonical()).collect()),
+                Err(error) => {
+                    tracing::warn!(
+                        task = %self.ident.label(),
+                        task_id = self.ident.id,
+                        plugin = %self.ident.plugin,
+                        "task {} of plugin {}: granted name {name} does not resolve: {error}",
+                        self.ident.label(),
+                        self.ident.plugin,
+                    );
+                    Err(ErrorCode::NameUnresolvable)
+                }
+            }
+        })
+        .await
+        .clone()
+    }
+
+    /// Whether a grant lists `addr`: by address, or by a name that
+    /// resolved to it.
+    async fn granted(&self, addr: SocketAddr) -> bool {
+        let tcp = &self.policy.grants.tcp;
+        if tcp.iter().any(|grant| grant.names_addr(addr)) {
+            return true;
+        }
+        let ip = addr.ip().to_canonical();
+        for grant in tcp.iter().filter(|grant| grant.port == addr.port()) {
+            if let GrantHost::Name(name) = &grant.host
+                && let Ok(addrs) = self.resolve(name).await
+                && addrs.contains(&ip)
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// wasmtime-wasi's check of each use of an address.
+    async fn allows(&self, addr: SocketAddr, usage: SocketAddrUse) -> bool {
+        match usage {
+            // A connect binds first, to the wildcard address and port 0;
+            // a guest may do the same itself. Either opens nothing to
+            // anyone, and a bound socket still cannot listen (below).
+            SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+            SocketAddrUse::TcpConnect => {
+                let granted = self.granted(addr).await;
+                if !granted {
+                    self.refuse(&format!("TCP connect to {addr}"), &addr.to_string());
+                }
+                granted
+            }
+            SocketAddrUse::TcpListen => {
+                self.refuse_listen();
+                false
+            }
+            // UDP is never allowed (`allow_udp(false)`), and what accept
+            // would need (a listener) never exists.
+            _ => false,
+        }
+    }
+
+    /// Logs a refused connect or lookup with what to add to the grant.
+    fn refuse(&self, what: &str, add: &str) {
+        self.denied.store(true, Ordering::Relaxed);
+        let ident = &self.ident;
+        let plugin = &ident.plugin;
+        let granted = self.granted_list();
+        tracing::warn!(
+            task = %ident.label(),
+            task_id = ident.id,
+            plugin = %plugin,
+            "task {} of plugin {plugin}: {what} denied: not in [plugins.{plugin}.grants] tcp \
+             ({granted}); add \"{add}\" to it to allow it",
+            ident.label(),
+        );
+    }
+
+    fn refuse_listen(&self) {
+        self.denied.store(true, Ordering::Relaxed);
+        let ident = &self.ident;
+        tracing::warn!(
+            task = %ident.label(),
+            task_id = ident.id,
+            plugin = %ident.plugin,
+            "task {} of plugin {}: listening on a TCP socket denied: tasks may only connect \
+             out, to the addresses [plugins.{}.grants] tcp lists",
+            ident.label(),
+            ident.plugin,
+            ident.plugin,
+        );
+    }
+
+    fn granted_list(&self) -> String {
+        let tcp = &self.policy.grants.tcp;
+        if tcp.is_empty() {
+            return "it grants nothing".into();
+        }
+        let list: Vec<String> = tcp.iter().map(SocketGrant::to_string).collect();
+        format!("it grants {}", list.join(", "))
+    }
+}
+
+/// Opens `wasi:sockets` in `builder` as far as the plugin's `tcp` grant
+/// goes: TCP and name lookups, every address checked. Without a grant
+/// nothing is opened (`WasiCtxBuilder`'s default).
+pub(crate) fn configure(builder: &mut WasiCtxBuilder, sockets: &Arc<TaskSockets>) {
+    if sockets.policy.grants.tcp.is_empty() {
+        builder
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        return;
+    }
+    let sockets = sockets.clone();
+    builder
+        .allow_tcp(true)
+        .allow_udp(false)
+        .allow_ip_name_lookup(true)
+        .socket_addr_check(move |addr, usage| {
+            let sockets = sockets.clone();
+            Box::pin(async move { sockets.allows(addr, usage).await })
+        });
+}
+
+/// One task's sockets: what its address checks share, and how many TCP
+/// sockets it holds against its limit.
+pub(crate) struct SocketsState {
+    shared: Arc<TaskSockets>,
+    cancel: Arc<CancelSignal>,
+    /// TCP sockets the task holds now.
+    open: usize,
+    /// Set once a socket stream failed a call because of the cancel.
+    cut: Arc<AtomicBool>,
+}
+
+impl SocketsState {
+    pub(crate) fn new(
+        ident: &Arc<TaskIdent>,
+        policy: &Arc<PluginPolicy>,
+        cancel: &Arc<CancelSignal>,
+    ) -> SocketsState {
+        SocketsState {
+            shared: Arc::new(TaskSockets {
+                ident: ident.clone(),
+                policy: policy.clone(),
+                pins: Mutex::default(),
+                denied: AtomicBool::new(false),
+            }),
+            cancel: cancel.clone(),
+            open: 0,
+            cut: Arc::default(),
+        }
+    }
+
+    /// What WASI's context checks addresses with ([`configure`]).
+    pub(crate) fn shared(&self) -> &Arc<TaskSockets> {
+        &self.shared
+    }
+
+    /// Whether a connect, a listen or a name lookup was refused.
+    pub(crate) fn denied(&self) -> bool {
+        self.shared.denied.load(Ordering::Relaxed)
+    }
+
+    /// Whether the cancel failed one of the task's socket calls: a task
+    /// that then fails, failed because of the cancel, and ended by it.
+    pub(crate) fn cut_by_cancel(&self) -> bool {
+        self.cut.load(Ordering::Relaxed)
+    }
+}
+
+/// What this module's functions work with: its state and WASI's sockets
+/// context and resource table.
+pub(crate) struct SocketsView<'a> {
+    pub(crate) state: &'a mut SocketsState,
+    pub(crate) ctx: &'a mut WasiSocketsCtx,
+    pub(crate) table: &'a mut ResourceTable,
+}
+
+impl SocketsView<'_> {
+    fn wasi(&mut self) -> WasiSocketsCtxView<'_> {
+        WasiSocketsCtxView {
+            ctx: self.ctx,
+            table: self.table,
+        }
+    }
+}
+
+struct Sockets;
+
+impl HasData for Sockets {
+    type Data<'a> = SocketsView<'a>;
+}
+
+/// Replaces wasmtime-wasi's name lookups, socket creation, socket drop and
+/// `finish-connect` (see the module docs). Runs after WASI is linked.
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> SocketsView<'_>,
+) -> anyhow::Result<()> {
+    linker.allow_shadowing(true);
+    ip_name_lookup::add_to_linker::<T, Sockets>(linker, get)
+        .map_err(|e| anyhow::anyhow!("cannot link wasi:sockets/ip-name-lookup: {e:#}"))?;
+    tcp_create_socket::add_to_linker::<T, Sockets>(linker, get)
+        .map_err(|e| anyhow::anyhow!("cannot link wasi:sockets/tcp-create-socket: {e:#}"))?;
+    let mut tcp = linker.instance(TCP_INSTANCE)?;
+    tcp.resource(
+        "tcp-socket",
+        ResourceType::host::<TcpSocket>(),
+        move |mut store, rep| {
+            let mut view = get(store.data_mut());
+            HostTcpSocket::drop(&mut view.wasi(), Resource::new_own(rep))?;
+            view.state.open = view.state.open.saturating_sub(1);
+            Ok(())
+        },
+    )?;
+    tcp.func_wrap(
+        "[method]tcp-socket.finish-connect",
+        move |mut store, (this,): (Resource<TcpSocket>,)| {
+            let mut view = get(store.data_mut());
+            let connected = match HostTcpSocket::finish_connect(&mut view.wasi(), this) {
+                Ok(streams) => streams,
+                Err(error) => return Ok((Err(error_code(error)?),)),
+            };
+            let (input, output) = connected;
+            let cut = Cut {
+                cancel: view.state.cancel.clone(),
+                cut: view.state.cut.clone(),
+            };
+            let stream: &mut DynInputStream = view.table.get_mut(&input)?;
+            let inner = std::mem::replace(stream, Box::new(pipe::ClosedInputStream));
+            *stream = Box::new(CancellableInput {
+                inner,
+                cut: cut.clone(),
+            });
+            let stream: &mut DynOutputStream = view.table.get_mut(&output)?;
+            let inner = std::mem::replace(stream, Box::new(pipe::ClosedOutputStream));
+            *stream = Box::new(CancellableOutput { inner, cut });
+            Ok((Ok((input, output)),))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The guest's error code of a socket error, or the trap it stands for.
+fn error_code(error: SocketError) -> wasmtime::Result<ErrorCode> {
+    error.downcast()
+}
+
+// What the lookup and create interfaces' traits build on, as wasmtime-wasi
+// has it.
+impl network::Host for SocketsView<'_> {
+    fn convert_error_code(&mut self, error: SocketError) -> wasmtime::Result<ErrorCode> {
+        network::Host::convert_error_code(&mut self.wasi(), error)
+    }
+
+    fn network_error_code(
+        &mut self,
+        error: Resource<wasmtime_wasi::p2::IoError>,
+    ) -> wasmtime::Result<Option<ErrorCode>> {
+        network::Host::network_error_code(&mut self.wasi(), error)
+    }
+}
+
+impl network::HostNetwork for SocketsView<'_> {
+    fn drop(&mut self, network: Resource<Network>) -> wasmtime::Result<()> {
+        network::HostNetwork::drop(&mut self.wasi(), network)
+    }
+}
+
+impl tcp_create_socket::Host for SocketsView<'_> {
+    fn create_tcp_socket(
+        &mut self,
+        family: wasmtime_wasi::p2::bindings::sockets::network::IpAddressFamily,
+    ) -> SocketResult<Resource<TcpSocket>> {
+        let shared = &self.state.shared;
+        if shared.policy.grants.tcp.is_empty() {
+            shared.denied.store(true, Ordering::Relaxed);
+            let ident = &shared.ident;
+            let plugin = &ident.plugin;
+            tracing::warn!(
+                task = %ident.label(),
+                task_id = ident.id,
+                plugin = %plugin,
+                "task {} of plugin {plugin}: TCP sockets are not granted: add \
+                 tcp = [\"HOST:PORT\"] to [plugins.{plugin}.grants] for each address its \
+                 tasks may connect to",
+                ident.label(),
+            );
+            return Err(ErrorCode::AccessDenied.into());
+        }
+        let limit = shared.policy.limits.sockets;
+        if self.state.open >= limit {
+            let ident = &self.state.shared.ident;
+            tracing::warn!(
+                task = %ident.label(),
+                task_id = ident.id,
+                plugin = %ident.plugin,
+                "task {} of plugin {}: a TCP socket past the task's {limit} refused \
+                 ([limits] sockets_per_task): close sockets it no longer needs, or raise \
+                 the bound",
+                ident.label(),
+                ident.plugin,
+            );
+            return Err(ErrorCode::NewSocketLimit.into());
+        }
+        let socket = tcp_create_socket::Host::create_tcp_socket(&mut self.wasi(), family)?;
+        self.state.open += 1;
+        Ok(socket)
+    }
+}
+
+/// A name lookup's answer, in the resource table in place of
+/// wasmtime-wasi's own stream (the functions that read it are all here).
+struct Lookup {
+    state: LookupState,
+}
+
+/// What a name resolved to, for this task.
+type Answer = Result<Arc<[IpAddr]>, ErrorCode>;
+
+enum LookupState {
+    Waiting(Pin<Box<dyn Future<Output = Answer> + Send + Sync>>),
+    Answered(Result<(Arc<[IpAddr]>, usize), ErrorCode>),
+}
+
+impl Lookup {
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if let LookupState::Waiting(future) = &mut self.state {
+            let Poll::Ready(answer) = future.as_mut().poll(cx) else {
+                return Poll::Pending;
+            };
+            self.state = LookupState::Answered(answer.map(|addrs| (addrs, 0)));
+        }
+        Poll::Ready(())
+    }
+}
+
+#[async_trait]
+impl Pollable for Lookup {
+    async fn ready(&mut self) {
+        std::future::poll_fn(|cx| self.poll(cx)).await
+    }
+}
+
+fn lookup(stream: &Resource<ResolveAddressStream>) -> Resource<Lookup> {
+    Resource::new_borrow(stream.rep())
+}
+
+impl ip_name_lookup::Host for SocketsView<'_> {
+    fn resolve_addresses(
+        &mut self,
+        network: Resource<Network>,
+        name: String,
+    ) -> SocketResult<Resource<ResolveAddressStream>> {
+        // The network resource is the capability to look names up.
+        self.table.get(&network)?;
+        let literal = name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .unwrap_or(&name)
+            .parse::<IpAddr>();
+        let state = match literal {
+            // An address looks nothing up.
+            Ok(ip) => LookupState::Answered(Ok((Arc::from([ip]), 0))),
+            Err(_) => {
+                let wanted = name.trim_end_matches('.').to_ascii_lowercase();
+                let shared = self.state.shared.clone();
+                let granted = shared
+                    .policy
+                    .grants
+                    .tcp
+                    .iter()
+                    .any(|g| matches!(&g.host, GrantHost::Name(n) if *n == wanted));
+                if !granted {
+                    shared.refuse(
+                        &format!("name lookup of {name:?}"),
+                        &format!("{wanted}:PORT"),
+                    );
+                    return Err(ErrorCode::AccessDenied.into());
+                }
+                LookupState::Waiting(Box::pin(async move { shared.resolve(&wanted).await }))
+            }
+        };
+        let stream = self.table.push(Lookup { state })?;
+        Ok(Resource::new_own(stream.rep()))
+    }
+}
+
+impl HostResolveAddressStream for SocketsView<'_> {
+    fn resolve_next_address(
+        &mut self,
+        stream: Resource<ResolveAddressStream>,
+    ) -> SocketResult<Option<IpAddress>> {
+        let lookup = self.table.get_mut(&lookup(&stream))?;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if lookup.poll(&mut cx).is_pending() {
+            return Err(ErrorCode::WouldBlock.into());
+        }
+        match &mut lookup.state {
+            LookupState::Answered(Ok((addrs, next))) => {
+                let addr = addrs.get(*next).copied();
+                *next += 1;
+                Ok(addr.map(IpAddress::from))
+            }
+            LookupState::Answered(Err(code)) => Err((*code).into()),
+            LookupState::Waiting(_) => Err(ErrorCode::WouldBlock.into()),
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        stream: Resource<ResolveAddressStream>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        wasmtime_wasi::p2::subscribe(self.table, lookup(&stream))
+    }
+
+    fn drop(&mut self, stream: Resource<ResolveAddressStream>) -> wasmtime::Result<()> {
+        self.table
+            .delete(Resource::<Lookup>::new_own(stream.rep()))?;
+        Ok(())
+    }
+}
+
+/// What ends a connected socket's streams: the task's cancel, noted when
+/// it fails a call.
+#[derive(Clone)]
+struct Cut {
+    cancel: Arc<CancelSignal>,
+    cut: Arc<AtomicBool>,
+}
+
+impl Cut {
+    /// Fails the call if the task is cancelled.
+    fn check(&self) -> StreamResult<()> {
+        if !self.cancel.is_cancelled() {
+            return Ok(());
+        }
+        self.cut.store(true, Ordering::Relaxed);
+        Err(StreamError::LastOperationFailed(wasmtime::format_err!(
+            "the task was cancelled"
+        )))
+    }
+
+    /// Waits for `ready`, or the cancel.
+    async fn ready(&self, ready: impl Future<Output = ()>) {
+        tokio::select! {
+            () = ready => {}
+            () = self.cancel.cancelled() => {}
+        }
+    }
+}
+
+/// A connected socket's input, ended by the task's cancel.
+struct CancellableInput {
+    inner: DynInputStream,
+    cut: Cut,
+}
+
+#[async_trait]
+impl Pollable for CancellableInput {
+    async fn ready(&mut self) {
+        self.cut.ready(self.inner.ready()).await
+    }
+}
+
+#[async_trait]
+impl InputStream for CancellableInput {
+    fn read(&mut self, size: usize) -> StreamResult<bytes::Bytes> {
+        self.cut.check()?;
+        self.inner.read(size)
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await
+    }
+}
+
+/// A connected socket's output, ended by the task's cancel.
+struct CancellableOutput {
+    inner: DynOutputStream,
+    cut: Cut,
+}
+
+#[async_trait]
+impl Pollable for CancellableOutput {
+    async fn ready(&mut self) {
+        self.cut.ready(self.inner.ready()).await
+    }
+}
+
+#[async_trait]
+impl OutputStream for CancellableOutput {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.cut.check()?;
+        self.inner.write(bytes)
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        self.inner.flush()
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        self.cut.check()?;
+        self.inner.check_write()
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await
+    }
+}
