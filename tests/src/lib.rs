@@ -120,7 +120,7 @@ pub struct TestApp {
 
 impl TestApp {
     /// Writes `toml` as app.toml; `{compat010}`, `{compat020}`, `{compat030}`,
-    /// `{compat040}`, `{examples}`,
+    /// `{compat040}`, `{databases}`, `{examples}`,
     /// `{greeter}`,
     /// `{hostile}`, `{testkit}`, `{versioned}`, `{py-examples}`,
     /// `{js-examples}`, `{py-greeter}` and `{js-greeter}` are replaced by
@@ -142,6 +142,7 @@ impl TestApp {
             "compat020",
             "compat030",
             "compat040",
+            "databases",
             "examples",
             "greeter",
             "hostile",
@@ -809,4 +810,261 @@ pub fn versioned(tag: &str, dir: &std::path::Path) -> std::path::PathBuf {
         .unwrap();
     assert!(status.success());
     out
+}
+
+/// Where `scripts/setup-databases` found (or installed) PostgreSQL's
+/// programs and redis-server: run once per test binary.
+fn database_bins() -> &'static (PathBuf, PathBuf) {
+    static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let out = Command::new(repo().join("scripts/setup-databases"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("scripts/setup-databases runs");
+        assert!(
+            out.status.success(),
+            "scripts/setup-databases could not install PostgreSQL and Redis"
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(PathBuf::from)
+                .unwrap_or_else(|| panic!("setup-databases printed no {key}:\n{text}"))
+        };
+        (value("PG_BIN="), value("REDIS_SERVER="))
+    })
+}
+
+/// A loopback port free now (the OS picks it; a server then takes it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// A real PostgreSQL server of its own: a cluster in a temporary
+/// directory, on a free loopback port, the user `taskhost` (password
+/// `secret`, SCRAM) owning the database `shop`; stopped when dropped. Run
+/// as the `postgres` user when the tests run as root (PostgreSQL refuses
+/// root).
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    /// Its programs run as user `postgres`.
+    as_root: bool,
+}
+
+/// `program` of PostgreSQL's, as user `postgres` if `as_root`.
+fn pg_command(program: &str, as_root: bool) -> Command {
+    let bin = database_bins().0.join(program);
+    if as_root {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(bin);
+        command
+    } else {
+        Command::new(bin)
+    }
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, "secret\n").unwrap();
+        let as_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        if as_root {
+            let chown = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown runs");
+            assert!(chown.success(), "cannot hand the cluster to user postgres");
+        }
+        let run = |program: &str, args: &[&std::ffi::OsStr]| {
+            let out = pg_command(program, as_root)
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+            assert!(
+                out.status.success(),
+                "{program} failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(
+            "initdb",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-U".as_ref(),
+                "taskhost".as_ref(),
+                "--auth=scram-sha-256".as_ref(),
+                "--pwfile".as_ref(),
+                pwfile.as_os_str(),
+                "--no-sync".as_ref(),
+            ],
+        );
+        let port = free_port();
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off"
+        );
+        run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                dir.path().join("log").as_os_str(),
+                "-o".as_ref(),
+                options.as_ref(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "120".as_ref(),
+                "start".as_ref(),
+            ],
+        );
+        let postgres = Postgres { dir, port, as_root };
+        postgres.psql("postgres", "CREATE DATABASE shop");
+        postgres
+    }
+
+    /// `postgres://taskhost:secret@127.0.0.1:PORT/shop`.
+    pub fn url(&self) -> String {
+        format!("postgres://taskhost:secret@127.0.0.1:{}/shop", self.port)
+    }
+
+    fn psql_command(&self, database: &str) -> Command {
+        let mut command = Command::new("psql");
+        command
+            .env("PGPASSWORD", "secret")
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-h",
+                "127.0.0.1",
+            ])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "taskhost",
+                "-d",
+                database,
+            ]);
+        command
+    }
+
+    /// Runs `sql` in `database` with psql; returns what it printed
+    /// (unaligned, tuples only).
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = self
+            .psql_command(database)
+            .args(["-c", sql])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql failed on {sql}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// A psql session on `shop` fed by the test: write SQL to its stdin.
+    pub fn session(&self) -> Child {
+        self.psql_command("shop")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("psql starts")
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = pg_command("pg_ctl", self.as_root)
+            .args(["-D"])
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A real redis-server of its own on a free loopback port, nothing saved;
+/// killed when dropped.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = free_port();
+        let mut child = Command::new(&database_bins().1)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut seen = Vec::new();
+        let ready = lines.by_ref().map_while(Result::ok).any(|line| {
+            let ready = line.contains("Ready to accept connections");
+            seen.push(line);
+            ready
+        });
+        assert!(
+            ready,
+            "redis-server did not get ready:\n{}",
+            seen.join("\n")
+        );
+        // Keep reading, so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+        Redis { child, port }
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Runs one command with redis-cli; returns its answer.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        assert!(out.status.success(), "redis-cli {args:?} failed");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -340,8 +340,21 @@ fn run_cargo(
         .arg(manifest)
         .arg("--target-dir")
         .arg(target_dir);
-    if toolchain == Toolchain::Debian {
-        command.arg("-Zbuild-std=std,panic_abort");
+    match toolchain {
+        Toolchain::Debian => {
+            command.arg("-Zbuild-std=std,panic_abort");
+        }
+        // tokio networks on WASI only with this cfg (its WASI support is
+        // still unstable): with it, database clients built on tokio, such
+        // as tokio-postgres, work in a plugin as they are. Added to the
+        // target's rustflags from config files, not in their place, and
+        // only for wasm code (build scripts run on the host).
+        Toolchain::Rustup => {
+            command.args([
+                "--config",
+                "target.wasm32-wasip2.rustflags = [\"--cfg\", \"tokio_unstable\"]",
+            ]);
+        }
     }
     let status = match output {
         BuildOutput::Inherit => command
