@@ -122,7 +122,7 @@ impl TestApp {
     /// Writes `toml` as app.toml; `{compat010}`, `{compat020}`, `{compat030}`,
     /// `{compat040}`, `{databases}`, `{examples}`,
     /// `{greeter}`,
-    /// `{hostile}`, `{testkit}`, `{versioned}`, `{py-examples}`,
+    /// `{hostile}`, `{testkit}`, `{versioned}`, `{py-examples}`, `{py-databases}`,
     /// `{js-examples}`, `{py-greeter}` and `{js-greeter}` are replaced by
     /// the paths of those built plugins.
     pub fn new(toml: &str) -> TestApp {
@@ -149,6 +149,7 @@ impl TestApp {
             "testkit",
             "versioned",
             "py-examples",
+            "py-databases",
             "js-examples",
             "py-greeter",
             "js-greeter",

@@ -1,7 +1,8 @@
 //! Tasks reaching real databases through a `tcp` grant: a PostgreSQL
 //! cluster and a redis-server each test starts on loopback (Debian's
-//! packages, installed by `scripts/setup-databases`), and the `databases`
-//! example plugin (tokio-postgres, redis).
+//! packages, installed by `scripts/setup-databases`), and the example
+//! plugins `databases` (Rust: tokio-postgres, redis) and `py-databases`
+//! (Python: pg8000, redis-py), which have the same factories.
 
 use serde_json::{Value, json};
 use std::io::Write;
@@ -22,7 +23,10 @@ fn shop(postgres: &Postgres) {
     );
 }
 
-fn app(postgres: Option<&Postgres>, redis: Option<&Redis>, extra: &str) -> TestApp {
+/// The plugins under test, as app.toml's placeholders name them.
+const PLUGINS: [&str; 2] = ["databases", "py-databases"];
+
+fn app(plugin: &str, postgres: Option<&Postgres>, redis: Option<&Redis>, extra: &str) -> TestApp {
     let mut grants = Vec::new();
     let mut variables = Vec::new();
     if let Some(postgres) = postgres {
@@ -39,7 +43,7 @@ fn app(postgres: Option<&Postgres>, redis: Option<&Redis>, extra: &str) -> TestA
         cancel_grace_ms = 10000
         {extra}
         [plugins.databases]
-        path = "{{databases}}"
+        path = "{{{plugin}}}"
         [plugins.databases.grants]
         tcp = [{grants}]
         [plugins.databases.variables]
@@ -51,37 +55,51 @@ fn app(postgres: Option<&Postgres>, redis: Option<&Redis>, extra: &str) -> TestA
 }
 
 #[test]
-fn a_rust_task_reads_rows_from_postgres_and_writes_a_summary_row() {
+fn rust_and_python_tasks_read_rows_from_postgres_and_write_a_summary_row() {
     let postgres = Postgres::start();
     shop(&postgres);
-    let app = app(
-        Some(&postgres),
-        None,
-        r#"
-        [[tasks]]
-        plugin = "databases"
-        factory = "pg_report"
-        name = "nightly"
-        "#,
-    );
-    let run = app.run_until_idle();
-    assert_eq!(
-        run.results_of("nightly"),
-        vec![json!({"report": 1, "orders": 3, "total_cents": 8250, "top_customer": "acme"})],
-        "{}",
-        run.dump()
-    );
+    for (report, plugin) in PLUGINS.into_iter().enumerate() {
+        let app = app(
+            plugin,
+            Some(&postgres),
+            None,
+            r#"
+            [[tasks]]
+            plugin = "databases"
+            factory = "pg_report"
+            name = "nightly"
+            "#,
+        );
+        let run = app.run_until_idle();
+        assert_eq!(
+            run.results_of("nightly"),
+            vec![json!({
+                "report": report + 1,
+                "orders": 3,
+                "total_cents": 8250,
+                "top_customer": "acme",
+            })],
+            "{plugin}: {}",
+            run.dump()
+        );
+    }
     assert_eq!(
         postgres.psql(
             "shop",
-            "SELECT orders, total_cents, top_customer FROM order_reports"
+            "SELECT orders, total_cents, top_customer FROM order_reports ORDER BY id"
         ),
-        "3|8250|acme"
+        "3|8250|acme\n3|8250|acme"
     );
 }
 
 #[test]
 fn a_cancel_during_a_blocked_query_ends_the_task_cooperatively() {
+    for plugin in PLUGINS {
+        cancel_during_a_blocked_query(plugin);
+    }
+}
+
+fn cancel_during_a_blocked_query(plugin: &str) {
     let postgres = Postgres::start();
     shop(&postgres);
     // Another session holds the orders table: the report's first query
@@ -93,7 +111,7 @@ fn a_cancel_during_a_blocked_query_ends_the_task_cooperatively() {
         .unwrap()
         .write_all(b"BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE; SELECT 1;\n")
         .unwrap();
-    let app = app(Some(&postgres), None, "");
+    let app = app(plugin, Some(&postgres), None, "");
     let host = app.spawn();
     let add = app.cli(&["add", "databases", "pg_report", "--name", "report"]);
     assert_eq!(add.code, Some(0), "{}", add.dump());
@@ -113,8 +131,8 @@ fn a_cancel_during_a_blocked_query_ends_the_task_cooperatively() {
     assert_eq!(cancelled.code, Some(0), "{}", cancelled.dump());
     let ended: Value = serde_json::from_str(cancelled.stdout.trim()).unwrap();
     // Forcing would take the 10 s grace period and say `forced`.
-    assert_eq!(ended[0]["state"], "cancelled", "{ended}");
-    assert_eq!(ended[0]["cancel_stage"], "cooperative", "{ended}");
+    assert_eq!(ended[0]["state"], "cancelled", "{plugin}: {ended}");
+    assert_eq!(ended[0]["cancel_stage"], "cooperative", "{plugin}: {ended}");
     drop(holder.stdin.take());
     let _ = holder.wait();
     assert_eq!(
@@ -127,6 +145,12 @@ fn a_cancel_during_a_blocked_query_ends_the_task_cooperatively() {
 
 #[test]
 fn a_redis_counter_incremented_by_tasks_on_two_workers_ends_exact() {
+    for plugin in PLUGINS {
+        redis_counter_on_two_workers(plugin);
+    }
+}
+
+fn redis_counter_on_two_workers(plugin: &str) {
     let redis = Redis::start();
     // Each [[tasks]] entry runs once per worker: 25 entries on 2 workers.
     let tasks: String = (0..25)
@@ -142,7 +166,7 @@ fn a_redis_counter_incremented_by_tasks_on_two_workers_ends_exact() {
             )
         })
         .collect();
-    let app = app(None, Some(&redis), &format!("workers = 2\n{tasks}"));
+    let app = app(plugin, None, Some(&redis), &format!("workers = 2\n{tasks}"));
     let run = app.run_until_idle();
     let done = run.events("done");
     assert_eq!(done.len(), 50, "{}", run.dump());

@@ -171,3 +171,33 @@ fn an_unchanged_python_plugin_is_not_built_or_compiled_again() {
     assert!(!third.stderr.contains("is up to date"), "{}", third.dump());
     assert_ne!(std::fs::read(&component).unwrap(), bytes);
 }
+
+/// A dependency with no pure-Python wheel fails the build naming the
+/// pyproject.toml and why, before componentize-py runs.
+#[test]
+fn a_native_only_dependency_fails_the_build_saying_why() {
+    let app = TestApp::new(
+        r#"
+        name = "pynative"
+        [plugins.live]
+        build = "live"
+        "#,
+    );
+    let dir = app.dir.path().join("live");
+    write_python_plugin(&dir, "v1");
+    std::fs::write(
+        dir.join("pyproject.toml"),
+        "[project]\nname = \"live\"\nversion = \"0.1.0\"\n\
+         dependencies = [\"numpy==2.1.0\"]\n\n[tool.taskhost]\nmodule = \"app\"\n",
+    )
+    .unwrap();
+    let run = app.check();
+    assert_eq!(run.code, Some(2), "{}", run.dump());
+    assert!(
+        run.stderr
+            .contains("live/pyproject.toml: [project] dependencies could not be installed")
+            && run.stderr.contains("pure-Python packages only"),
+        "{}",
+        run.dump()
+    );
+}

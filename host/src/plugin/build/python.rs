@@ -55,6 +55,10 @@ const PYTHON_WIT: &[(&str, &str)] = &[
 /// The Python SDK (`guest-sdk/python`), as this taskhost ships it.
 const SDK: &str = include_str!("../../../../guest-sdk/python/taskhost/__init__.py");
 
+/// What stands in for the standard `ssl` module, which componentize-py's
+/// interpreter cannot import (it has no `_ssl`): see the file.
+const SSL_STUB: &str = include_str!("python-ssl.py");
+
 /// Whether `dir` holds a Python plugin.
 pub fn is_python_plugin(dir: &Path) -> bool {
     !dir.join("Cargo.toml").is_file() && dir.join("pyproject.toml").is_file()
@@ -66,6 +70,9 @@ struct Project {
     name: String,
     /// The module of the `@task` functions.
     module: String,
+    /// `[project] dependencies`: requirements pip installs into the
+    /// component (pure-Python packages only).
+    dependencies: Vec<String>,
 }
 
 fn read_project(dir: &Path) -> Result<Project> {
@@ -100,9 +107,23 @@ fn read_project(dir: &Path) -> Result<Project> {
         .and_then(|p| p.get("name"))
         .and_then(|n| n.as_str())
         .ok_or_else(|| anyhow!("{file}: [project] needs a `name`, which names the component"))?;
+    let dependencies = match doc.get("project").and_then(|p| p.get("dependencies")) {
+        None => Vec::new(),
+        Some(toml::Value::Array(list)) => list
+            .iter()
+            .map(|d| d.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                anyhow!("{file}: [project] dependencies must be a list of strings such as \"pg8000>=1.31\"")
+            })?,
+        Some(_) => bail!(
+            "{file}: [project] dependencies must be a list of strings such as \"pg8000>=1.31\""
+        ),
+    };
     Ok(Project {
         name: name.replace('-', "_"),
         module: module.to_string(),
+        dependencies,
     })
 }
 
@@ -130,15 +151,26 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
         b"componentize-py",
         COMPONENTIZE_PY.as_bytes(),
         SDK.as_bytes(),
+        SSL_STUB.as_bytes(),
         project.module.as_bytes(),
     ];
     fixed.extend(super::tools::wit_texts());
     fixed.extend(PYTHON_WIT.iter().map(|(_, text)| text.as_bytes()));
+    fixed.extend(project.dependencies.iter().map(|d| d.as_bytes()));
     let inputs = super::inputs::hash(&cache, dir, &out, &fixed, &[])?;
     if super::inputs::up_to_date(inputs.as_ref(), dir, options.output) {
         return Ok(out);
     }
     let tool = componentize_py(&cache, options.output)?;
+    let site = match project.dependencies.is_empty() {
+        true => None,
+        false => Some(install_dependencies(
+            &cache,
+            &dir.join("pyproject.toml"),
+            &project.dependencies,
+            options.output,
+        )?),
+    };
     if options.output == BuildOutput::Inherit {
         eprintln!(
             "taskhost: building {} with componentize-py {COMPONENTIZE_PY}",
@@ -154,10 +186,14 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
     std::fs::write(sdk.join("taskhost/__init__.py"), SDK)?;
     let entry = work.path().join("entry");
     std::fs::create_dir_all(&entry)?;
+    std::fs::write(entry.join("taskhost_ssl.py"), SSL_STUB)?;
     std::fs::write(
         entry.join("taskhost_entry.py"),
         format!(
             "# Made by `taskhost build`: the plugin's module registers its tasks.\n\
+             import sys\n\
+             try:\n    import ssl\n\
+             except ImportError:\n    import taskhost_ssl\n    sys.modules[\"ssl\"] = taskhost_ssl\n\
              import {}\nfrom taskhost import Factories\n",
             project.module
         ),
@@ -173,9 +209,11 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
         .arg("-p")
         .arg(&sdk)
         .arg("-p")
-        .arg(dir)
-        .arg("-o")
-        .arg(&component);
+        .arg(dir);
+    if let Some(site) = &site {
+        command.arg("-p").arg(site);
+    }
+    command.arg("-o").arg(&component);
     // A fixed hash seed: the interpreter's state is snapshotted into the
     // component, and with a random seed its dicts (so its bytes) differ
     // from build to build.
@@ -185,6 +223,63 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
         inputs.record()?;
     }
     Ok(out)
+}
+
+/// Installs `dependencies` (from `pyproject`) with pip, once per list,
+/// into taskhost's cache; returns the directory componentize-py then
+/// takes them from. Only wheels for any platform (`py3-none-any`): the
+/// component's interpreter cannot load a native extension, so a package
+/// that has only those fails here, named, rather than at run time.
+fn install_dependencies(
+    cache: &Path,
+    pyproject: &Path,
+    dependencies: &[String],
+    output: BuildOutput,
+) -> Result<PathBuf> {
+    use sha2::Digest;
+    let mut key = sha2::Sha256::new();
+    key.update(COMPONENTIZE_PY);
+    for dependency in dependencies {
+        key.update([0]);
+        key.update(dependency);
+    }
+    let key: String = key.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = cache.join("deps").join(key);
+    let pip = cache
+        .join(format!("componentize-py-{COMPONENTIZE_PY}"))
+        .join("bin/pip");
+    install_once(&dir, &dependencies.join(", "), |dir| {
+        let mut install = Command::new(&pip);
+        install
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-compile",
+            ])
+            .args([
+                "--only-binary=:all:",
+                "--platform",
+                "any",
+                "--implementation",
+                "py",
+            ])
+            .args(["--abi", "none", "--target"])
+            .arg(dir.join("site"))
+            .args(dependencies);
+        run(install, output, "pip install").map_err(|e| {
+            anyhow!(
+                "{}: [project] dependencies could not be installed: {e:#}\n\
+                 A Python plugin can use pure-Python packages only (wheels for any platform, \
+                 py3-none-any): the component's interpreter cannot load native extensions.",
+                pyproject.display()
+            )
+        })
+    })?;
+    Ok(dir.join("site"))
 }
 
 /// componentize-py's path, installing it into taskhost's cache the first
