@@ -86,6 +86,45 @@ enum Command {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// Run an application while you work on it: `run --watch`, and a
+    /// rebuilt plugin's running tasks restart on the new build.
+    ///
+    /// Every plugin is watched (its component, or its `build = ...`
+    /// sources): a change rebuilds and hot-loads it, and its running tasks
+    /// are cancelled and started again on the new build, as with
+    /// `on_load = "restart"` on every plugin (a `[[tasks]]` entry's own
+    /// `on_load` still wins). Stops on SIGINT/SIGTERM like `run`.
+    Dev {
+        /// The application's app.toml.
+        app: PathBuf,
+        /// Where the public listener binds (HOST:PORT), as `run --listen`.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        control: ControlArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Make a new project: a plugin with one task, and an app.toml that
+    /// runs it.
+    ///
+    /// `taskhost new rust hello` writes hello/ with the plugin (a Rust
+    /// crate, a Python project or a JavaScript package) and hello/app.toml;
+    /// then, in hello/, `taskhost check app.toml` builds and checks it,
+    /// `taskhost run --until-idle app.toml` runs its task once, and
+    /// `taskhost dev app.toml` runs it, rebuilding and restarting on every
+    /// change. A Rust project depends on the SDK this taskhost carries,
+    /// written into its cache.
+    New {
+        /// The plugin's language.
+        #[arg(value_enum)]
+        language: crate::scaffold::Language,
+        /// The project's name: its directory, its plugin and its package.
+        name: String,
+        /// Where to make the project directory [default: the current one].
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
     /// Validate app.toml and its plugins without running any task.
     ///
     /// Builds `build = ...` plugins, loads every plugin, and checks that each
@@ -309,31 +348,41 @@ async fn dispatch(command: Command) -> Result<Exit, Refused> {
             control,
             load: load_args,
         } => {
-            init_logs(&load_args.logs)?;
             let options = RunOptions {
                 until_idle,
                 control: control.options()?,
                 watch,
                 listen,
             };
-            // Before anything is built or run: a port or storage directory
-            // in use is a refusal (exit 2) with nothing started.
-            let config = AppConfig::load(&app).map_err(Refused)?;
-            if listen.is_some() && config.routes.is_empty() {
-                return Err(Refused(anyhow::anyhow!(
-                    "--listen: {} has no [[routes]], so there is nothing to listen for",
-                    app.display()
-                )));
-            }
-            let reserved = Reserved::take(&config, &options).await.map_err(Refused)?;
-            let application = load_config(config, &load_args).await?;
-            match application.run(reserved, options, shutdown_signal()).await {
-                Ok(summary) => Ok(exit_code(&summary, until_idle)),
-                Err(error) => {
-                    tracing::error!("{error:#}");
-                    Ok(Exit::Failed)
-                }
-            }
+            run_app(&app, options, &load_args, false).await
+        }
+        Command::Dev {
+            app,
+            listen,
+            control,
+            load: load_args,
+        } => {
+            let options = RunOptions {
+                until_idle: false,
+                control: control.options()?,
+                watch: true,
+                listen,
+            };
+            run_app(&app, options, &load_args, true).await
+        }
+        Command::New {
+            language,
+            name,
+            dir,
+        } => {
+            let made = crate::scaffold::new_project(language, &name, &dir).map_err(Refused)?;
+            outln!("{}", made.display());
+            eprintln!(
+                "next: cd {} && taskhost dev app.toml   (or: taskhost check app.toml; \
+                 taskhost run --until-idle app.toml)",
+                made.display()
+            );
+            Ok(Exit::Ok)
         }
         Command::Check {
             app,
@@ -361,6 +410,42 @@ async fn dispatch(command: Command) -> Result<Exit, Refused> {
             Ok(Exit::Ok)
         }
         Command::Remote(verb) => Ok(remote::run(verb).await),
+    }
+}
+
+/// `run` and `dev`: loads the app, takes its ports and storage, loads its
+/// plugins and runs it. `dev` makes every plugin's newer build restart its
+/// running tasks (`on_load = "restart"`).
+async fn run_app(
+    app: &std::path::Path,
+    options: RunOptions,
+    load_args: &LoadArgs,
+    dev: bool,
+) -> Result<Exit, Refused> {
+    init_logs(&load_args.logs)?;
+    // Before anything is built or run: a port or storage directory in use
+    // is a refusal (exit 2) with nothing started.
+    let mut config = AppConfig::load(app).map_err(Refused)?;
+    if options.listen.is_some() && config.routes.is_empty() {
+        return Err(Refused(anyhow::anyhow!(
+            "--listen: {} has no [[routes]], so there is nothing to listen for",
+            app.display()
+        )));
+    }
+    if dev {
+        for plugin in config.plugins.values_mut() {
+            plugin.on_load = crate::config::OnLoad::Restart;
+        }
+    }
+    let until_idle = options.until_idle;
+    let reserved = Reserved::take(&config, &options).await.map_err(Refused)?;
+    let application = load_config(config, load_args).await?;
+    match application.run(reserved, options, shutdown_signal()).await {
+        Ok(summary) => Ok(exit_code(&summary, until_idle)),
+        Err(error) => {
+            tracing::error!("{error:#}");
+            Ok(Exit::Failed)
+        }
     }
 }
 

@@ -31,7 +31,10 @@
 //!    the two HTTP servers bound their connections) and
 //!    [`operations::types`] (the requests, answers and error of every
 //!    operation, low so that guests' calls can name them), `joins`
-//!    (waiting for a task's end, for guests' joins and the API's wait).
+//!    (waiting for a task's end, for guests' joins and the API's wait),
+//!    `sockets` (`wasi:sockets` behind the `tcp` grant: the address
+//!    checks, pinned name lookups, counted sockets and cancellable
+//!    streams; below `wasi`, whose context it configures).
 //! 4. The host interfaces a task imports, one module each, owning its
 //!    state and its `add_to_linker`: `app` (the handle to the app; it
 //!    reaches the worker only through the narrow `app::TaskScope` trait,
@@ -58,7 +61,8 @@
 //!     endpoints), `listener` (the public routes: websockets and webhooks
 //!     that start tasks) and `watch` (hot-load on change), all over a
 //!     [`host::Host`].
-//! 14. [`application`]: app.toml -> a running host with its API and watch.
+//! 14. [`application`]: app.toml -> a running host with its API and watch;
+//!     `scaffold`: `taskhost new`'s projects.
 //! 15. [`cli`]: a thin shell over all of it: parse, call, render.
 //!
 //! docs/architecture.md walks one request through these layers.
@@ -104,6 +108,7 @@ pub(crate) mod metrics;
 pub(crate) mod private_files;
 pub(crate) mod queues;
 pub(crate) mod runner;
+pub(crate) mod scaffold;
 pub mod scheduler;
 pub(crate) mod serve;
 pub(crate) mod sockets;

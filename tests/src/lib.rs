@@ -278,8 +278,14 @@ impl TestApp {
 
     /// [`TestApp::spawn_with`] with `env` added to the host's environment.
     pub fn spawn_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Running {
+        self.spawn_verb("run", extra, env)
+    }
+
+    /// Starts `taskhost VERB --log-format json [extra] app.toml` (`run` or
+    /// `dev`) without waiting.
+    pub fn spawn_verb(&self, verb: &str, extra: &[&str], env: &[(&str, &str)]) -> Running {
         let child = Command::new(taskhost_bin())
-            .args(["run", "--log-format", "json"])
+            .args([verb, "--log-format", "json"])
             .args(extra)
             .env("TASKHOST_CONTROL_FILE", self.control_file())
             .envs(env.iter().copied())

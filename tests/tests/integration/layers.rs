@@ -42,6 +42,7 @@ const LAYERS: &[&[&str]] = &[
         "operations::types",
         "interface",
         "joins",
+        "sockets",
     ],
     &[
         "app",
@@ -60,7 +61,7 @@ const LAYERS: &[&[&str]] = &[
     &["host"],
     &["operations"],
     &["control", "listener", "watch"],
-    &["application"],
+    &["application", "scaffold"],
     &["cli"],
 ];
 

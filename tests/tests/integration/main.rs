@@ -34,6 +34,7 @@ mod queues;
 mod readme;
 mod refusals;
 mod retries;
+mod scaffold;
 mod schedules;
 mod secrets;
 mod singletons;

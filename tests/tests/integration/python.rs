@@ -201,3 +201,47 @@ fn a_native_only_dependency_fails_the_build_saying_why() {
         run.dump()
     );
 }
+
+/// `taskhost dev`: `run --watch` in which a rebuilt plugin's running tasks
+/// restart on the new build (under `run --watch` they drain on the old
+/// one, above).
+#[test]
+fn dev_restarts_a_changed_plugins_running_tasks_on_the_new_build() {
+    let app = TestApp::new(
+        r#"
+        name = "pydev"
+        [plugins.live]
+        build = "live"
+        [[tasks]]
+        plugin = "live"
+        factory = "linger"
+        name = "linger"
+        "#,
+    );
+    let dir = app.dir.path().join("live");
+    write_python_plugin(&dir, "v1");
+    let mut host = app.spawn_verb("dev", &[], &[]);
+    host.wait_for_within(
+        1,
+        |l| l["message"] == "lingering on v1",
+        std::time::Duration::from_secs(240),
+    );
+    write_python_plugin(&dir, "v2");
+    host.wait_for_within(
+        1,
+        |l| l["event"] == "reloaded" && l["task"] == "linger",
+        std::time::Duration::from_secs(240),
+    );
+    host.wait_for(1, |l| l["message"] == "lingering on v2");
+    let finished = app.cli(&["dispatch", "finish", "", "--wait-for", "1"]);
+    assert_eq!(finished.code, Some(0), "{}", finished.dump());
+    host.wait_for(1, |l| l["message"] == "finished on v2");
+    host.signal("TERM");
+    let run = host.finish();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert!(
+        run.messages("finished on v1").is_empty(),
+        "the old build's task went on: {}",
+        run.dump()
+    );
+}

@@ -220,6 +220,13 @@ fn probe(toolchain: Toolchain, crate_dir: &Path) -> Result<(), String> {
     }
 }
 
+/// Writes the WIT package this taskhost builds plugins against into
+/// `dir` (`plugin.wit` and `deps/`): `taskhost new` gives it to the Rust
+/// SDK it writes out.
+pub(crate) fn write_wit_package(dir: &Path) -> Result<()> {
+    tools::write_wit(dir)
+}
+
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_RUST_SRC: &str = "/usr/lib/rustlib/src/rust/library/Cargo.lock";
