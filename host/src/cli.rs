@@ -272,6 +272,11 @@ struct BuildArgs {
     /// [default: $TASKHOST_TARGET_DIR or ~/.cache/taskhost/wasm-target].
     #[arg(long)]
     target_dir: Option<PathBuf>,
+    /// When a Python or JavaScript build fails, show componentize-py's or
+    /// componentize-js's whole output (tool frames, node stacks) instead
+    /// of only the error in your code (file, line, message).
+    #[arg(long)]
+    verbose: bool,
 }
 
 impl BuildArgs {
@@ -281,6 +286,7 @@ impl BuildArgs {
             target_dir: self.target_dir.clone(),
             out: None,
             output: BuildOutput::Inherit,
+            verbose: self.verbose,
         }
     }
 }

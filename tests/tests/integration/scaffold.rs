@@ -74,3 +74,67 @@ fn new_refuses_a_bad_name_and_a_directory_in_use() {
         unknown.dump()
     );
 }
+
+/// Issue 28, item 5: a Python or JavaScript plugin that does not build is
+/// reported at the user's file and line, with the message and the code,
+/// and none of the tools' frames unless `--verbose` asks for them.
+#[test]
+fn build_errors_point_at_the_users_code() {
+    let dir = tempfile::tempdir().unwrap();
+    for (language, file, source, expected) in [
+        (
+            "python",
+            "app.py",
+            "from taskhost import App, task\n\n\n@task\ndef hello(app: App) -> int:\n    return 1 +\n",
+            "plugin/app.py:6: SyntaxError: invalid syntax\n    return 1 +",
+        ),
+        (
+            "python",
+            "app.py",
+            "from taskhost import App, task\n\nSETTINGS = {}[\"missing\"]\n",
+            "plugin/app.py:3: KeyError: 'missing'\n    SETTINGS = {}[\"missing\"]",
+        ),
+        (
+            "js",
+            "app.js",
+            "import { task } from 'taskhost';\nexport const hello = task((app) => { return 1 +; });\n",
+            "plugin/app.js:2:47: Unexpected \";\"\n      2 │ export const hello",
+        ),
+        (
+            "js",
+            "app.js",
+            "import { task } from 'taskhost';\n\nundefinedThing();\nexport const hello = task((app) => 1);\n",
+            "plugin/app.js:3: ReferenceError: undefinedThing is not defined",
+        ),
+    ] {
+        let name = format!("broken-{language}");
+        let project = dir.path().join(&name);
+        if !project.exists() {
+            let made = taskhost(dir.path(), &["new", language, &name]);
+            assert_eq!(made.code, Some(0), "{}", made.dump());
+        }
+        std::fs::write(project.join("plugin").join(file), source).unwrap();
+        let check = taskhost(&project, &["check", "app.toml"]);
+        assert_eq!(check.code, Some(2), "{}", check.dump());
+        assert!(
+            check.stderr.contains(expected),
+            "{expected}\n{}",
+            check.dump()
+        );
+        for noise in ["Traceback", "node_modules", "componentize.js", "/0/", "/2/"] {
+            assert!(
+                !check.stderr.contains(noise),
+                "{noise} shown:\n{}",
+                check.dump()
+            );
+        }
+        let verbose = taskhost(&project, &["check", "--verbose", "app.toml"]);
+        assert_eq!(verbose.code, Some(2), "{}", verbose.dump());
+        let tool_output = if language == "python" {
+            "Traceback"
+        } else {
+            "Node.js"
+        };
+        assert!(verbose.stderr.contains(tool_output), "{}", verbose.dump());
+    }
+}

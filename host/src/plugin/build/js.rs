@@ -176,8 +176,11 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
         .arg(&wit)
         .arg(work.path().join("bundle.js"))
         .arg(&component);
-    let out = componentize(command, options.output, "componentize-js", &component, out)
-        .with_context(|| format!("building {} (node: `{node}`)", dir.display()))?;
+    let bundle = work.path().join("bundle.js");
+    let what = format!("componentize-js (node: `{node}`)");
+    let out = componentize(command, options, &what, &component, out, |output| {
+        super::diagnose::js(output, &tools, &bundle)
+    })?;
     if let Some(inputs) = inputs {
         inputs.record()?;
     }

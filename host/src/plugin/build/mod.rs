@@ -13,6 +13,7 @@
 //! wasm std on the Debian path, are compiled once and reused by every plugin
 //! and every later build.
 
+mod diagnose;
 mod inputs;
 pub mod js;
 pub mod python;
@@ -74,6 +75,9 @@ pub struct BuildOptions {
     /// Where the build tools' output goes: to stderr (the CLI's default), or
     /// kept and shown only if the build fails.
     pub output: BuildOutput,
+    /// A failed Python or JavaScript build shows the componentizer's own
+    /// output whole, not just the user's error it found there.
+    pub verbose: bool,
 }
 
 /// Env var that forces a toolchain (`rustup` or `debian`) for every build.

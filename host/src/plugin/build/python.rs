@@ -218,7 +218,22 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<PathBuf> {
     // component, and with a random seed its dicts (so its bytes) differ
     // from build to build.
     command.env("PYTHONHASHSEED", "0");
-    let out = componentize(command, options.output, "componentize-py", &component, out)?;
+    let mut roots = vec![
+        (entry.clone(), false),
+        (sdk.clone(), false),
+        (dir.to_path_buf(), true),
+    ];
+    if let Some(site) = &site {
+        roots.push((site.clone(), false));
+    }
+    let out = componentize(
+        command,
+        options,
+        "componentize-py",
+        &component,
+        out,
+        |output| super::diagnose::python(output, &roots),
+    )?;
     if let Some(inputs) = inputs {
         inputs.record()?;
     }

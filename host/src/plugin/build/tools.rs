@@ -64,14 +64,23 @@ pub(super) fn write_files(dir: &Path, files: &[(&str, &str)]) -> Result<()> {
 /// Runs the componentizer `command`, which writes `component`, and moves
 /// what it wrote to `out` (atomically: a running host watching `out` never
 /// sees half a file). Returns `out`.
+///
+/// Unless `verbose`, its output is kept, and if it fails, `explain` picks
+/// the user's error out of it (their file, line and message: see
+/// `diagnose`); the whole output is shown only when nothing is found.
 pub(super) fn componentize(
     command: Command,
-    output: BuildOutput,
+    options: &super::BuildOptions,
     what: &str,
     component: &Path,
     out: PathBuf,
+    explain: impl FnOnce(&str) -> Option<String>,
 ) -> Result<PathBuf> {
-    run(command, output, what)?;
+    if options.verbose {
+        run(command, options.output, what)?;
+    } else {
+        run_explained(command, what, explain)?;
+    }
     let bytes = std::fs::read(component)
         .with_context(|| format!("{what} succeeded but wrote no {}", component.display()))?;
     super::write_atomically(&out, &bytes)?;
@@ -105,6 +114,32 @@ pub(super) fn run(mut command: Command, output: BuildOutput, what: &str) -> Resu
         bail!("{what} failed ({status})");
     }
     Ok(())
+}
+
+/// Runs `command` with its output kept; if it fails, the error is what
+/// `explain` finds in that output, else the whole output.
+fn run_explained(
+    mut command: Command,
+    what: &str,
+    explain: impl FnOnce(&str) -> Option<String>,
+) -> Result<()> {
+    let out = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("cannot run {what}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match explain(&text) {
+        Some(error) => bail!("{error}\n(`--verbose` shows {what}'s own output)"),
+        None => bail!("{what} failed ({}):\n{text}", out.status),
+    }
 }
 
 /// Makes `dir` hold an installed tool, running `install` into it unless a
