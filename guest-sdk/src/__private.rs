@@ -4,7 +4,7 @@ pub use serde;
 
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "taskhost:plugin/plugin",
         pub_export_macro: true,
         export_macro_name: "__taskhost_export",

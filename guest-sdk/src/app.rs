@@ -30,12 +30,30 @@ impl App {
     }
 
     /// The application's name, from `name` in app.toml.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// app.info(format!("running in {}", app.name()));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn name(&self) -> String {
         app::name()
     }
 
     /// Index of the worker this task runs on; `None` for a `scope = "main"`
     /// task, which runs once before the workers start.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// if app.worker() == Some(0) {
+    ///     app.info("the first worker");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn worker(&self) -> Option<u32> {
         app::worker()
     }
@@ -44,6 +62,15 @@ impl App {
     ///
     /// `Ok(None)` when the key is absent; an error naming the key when the
     /// value does not decode as `T`.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// // [config] greeting = "ahoy"
+    /// let greeting: String = app.config("greeting")?.unwrap_or_else(|| "hello".into());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn config<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let Some(json) = app::config(key) else {
             return Ok(None);
@@ -72,6 +99,14 @@ impl App {
     }
 
     /// Logs `message` at `level`, attributed to this task by the host.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// app.log(Level::Warn, "disk almost full");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn log(&self, level: Level, message: impl AsRef<str>) {
         let level = match level {
             Level::Trace => types::Level::Trace,
@@ -84,21 +119,53 @@ impl App {
     }
 
     /// Logs at debug level.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// app.debug(format!("step {}", 3));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn debug(&self, message: impl AsRef<str>) {
         self.log(Level::Debug, message)
     }
 
     /// Logs at info level.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// app.info("report written");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn info(&self, message: impl AsRef<str>) {
         self.log(Level::Info, message)
     }
 
     /// Logs at warn level.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// app.warn("retrying the upstream call");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn warn(&self, message: impl AsRef<str>) {
         self.log(Level::Warn, message)
     }
 
     /// Logs at error level.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// app.error("the feed answered 500");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn error(&self, message: impl AsRef<str>) {
         self.log(Level::Error, message)
     }
@@ -107,11 +174,27 @@ impl App {
     ///
     /// Fails with a cancelled [`Error`] as soon as the task is cancelled:
     /// propagate it with `?` after any cleanup.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// app.sleep(250)?; // `?`: a cancel ends the task here, cooperatively
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn sleep(&self, ms: u64) -> Result<()> {
         app::sleep(ms).map_err(Error::from_wit)
     }
 
     /// This task's id: unique in the host, never reused.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// app.info(format!("task {}", app.id()));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn id(&self) -> u64 {
         app::task_id()
     }
@@ -120,6 +203,16 @@ impl App {
     /// tried it again after a failure (each attempt in a fresh instance).
     /// With [`Error::permanent`](crate::Error::permanent), a task decides
     /// what is worth retrying.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// if app.attempt() > 1 {
+    ///     app.warn(format!("attempt {}", app.attempt()));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn attempt(&self) -> u32 {
         app::attempt()
     }
@@ -129,6 +222,16 @@ impl App {
     /// run cut off by a crash runs again from its start), so an effect it
     /// must not repeat should carry this key. `None` for a task that is
     /// not durable.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// if let Some(key) = app.idempotency_key() {
+    ///     app.info(format!("charging once, as {key}"));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn idempotency_key(&self) -> Option<String> {
         app::idempotency_key()
     }
@@ -136,6 +239,14 @@ impl App {
     /// Sanic's `app.add_task`: starts an unnamed task of `factory` (of this
     /// plugin) on this worker with `args`, and returns its id. See
     /// [`App::task`] to name it or pick another plugin.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// let id = app.add_task("slow_work", serde_json::json!({"ms": 100}))?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn add_task(&self, factory: &str, args: impl Serialize) -> Result<u64> {
         self.task(factory).args(args).start()
     }
@@ -145,17 +256,46 @@ impl App {
     /// `json!({"name": "refresh", "factory": "refresh", "every": "30s"})`
     /// (`plugin` defaults to this one). The host keeps it across restarts
     /// until [`App::remove_schedule`].
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// app.add_schedule(serde_json::json!({"name": "refresh", "factory": "refresh", "every": "30s"}))?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn add_schedule(&self, spec: impl Serialize) -> Result<()> {
         let spec = serde_json::to_string(&spec)?;
         app::add_schedule(&spec).map_err(Error::from_wit)
     }
 
     /// Removes a schedule a guest added; `false` if there was none.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// let removed: bool = app.remove_schedule("refresh")?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn remove_schedule(&self, name: &str) -> Result<bool> {
         app::remove_schedule(name).map_err(Error::from_wit)
     }
 
     /// Describes a task to start; finish with [`NewTask::start`].
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// let id = app
+    ///     .task("sync_customer")
+    ///     .name("sync-acme")
+    ///     .args(serde_json::json!({"customer": "acme"}))
+    ///     .retry(Retry::attempts(3))
+    ///     .start()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn task<'a>(&self, factory: &'a str) -> NewTask<'a> {
         NewTask {
             factory,
@@ -218,6 +358,17 @@ impl App {
 
     /// The task of this worker named `name`, live or ended (until purged);
     /// a not-found [`Error`] otherwise.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// let info = app.get_task("sync-acme")?;
+    /// if info.state.is_ended() {
+    ///     app.info(format!("ended {}", info.state.as_str()));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get_task(&self, name: &str) -> Result<TaskInfo> {
         app::get_task(name)
             .map(TaskInfo::from)
@@ -229,6 +380,15 @@ impl App {
     /// info. A task being cancelled may still call it in its cleanup and
     /// wait (to purge the target after); only once this task is forced
     /// does it return a cancelled [`Error`] at once.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// let ended = app.cancel_task("receiver")?; // returns once it has ended
+    /// app.purge_tasks();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn cancel_task(&self, name: &str) -> Result<TaskInfo> {
         app::cancel_task(name)
             .map(TaskInfo::from)
@@ -237,12 +397,30 @@ impl App {
 
     /// Every registered task of this worker, oldest first: a snapshot, safe
     /// to hold while tasks come and go.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// for task in app.tasks() {
+    ///     app.debug(format!("{:?} is {}", task.name, task.state.as_str()));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn tasks(&self) -> Vec<TaskInfo> {
         app::tasks().into_iter().map(TaskInfo::from).collect()
     }
 
     /// Drops every ended task of this worker from the registry (freeing
     /// their names); returns how many.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// let purged: u32 = app.purge_tasks();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn purge_tasks(&self) -> u32 {
         app::purge_tasks()
     }
@@ -250,6 +428,14 @@ impl App {
     /// Wakes every task, on every worker, waiting for `event`, handing each
     /// `payload`; returns how many woke. Fails with a limit [`Error`] for a
     /// payload over the app's `event_payload_bytes`.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// let woken: u32 = app.dispatch("feed.changed", r#"{"change": 7}"#)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn dispatch(&self, event: &str, payload: &str) -> Result<u32> {
         app::dispatch(event, payload).map_err(Error::from_wit)
     }
@@ -258,6 +444,17 @@ impl App {
     /// any event starting with the rest) and returns its payload; `None`
     /// if `timeout_ms` passes first. Fails with a cancelled [`Error`] when
     /// the task is cancelled.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// match app.wait_event("feed.*", Some(60_000))? {
+    ///     Some(payload) => app.info(format!("changed: {payload}")),
+    ///     None => app.info("no change within a minute"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn wait_event(&self, event: &str, timeout_ms: Option<u64>) -> Result<Option<String>> {
         app::wait_event(event, timeout_ms).map_err(Error::from_wit)
     }

@@ -3,13 +3,23 @@
 //! `request` argument is a [`Request`]; [`Request::connection`] is the
 //! connection, which any task of the plugin given its id may use too.
 //!
-//! ```ignore
+//! ```no_run
+//! # use taskhost_guest_sdk::*;
 //! fn echo(app: &App, request: Request) -> Result<()> {
 //!     let connection = request.connection()?;
 //!     while let Some(message) = connection.recv()? {
+//!         if message.as_text() == Some("bye") {
+//!             connection.close(1000, "bye")?;
+//!             break;
+//!         }
 //!         connection.send(message)?;
 //!     }
 //!     Ok(())
+//! }
+//! // Another task of the plugin reaches it by id (`Request`'s `connection`
+//! // id, passed along as an argument):
+//! fn notify(app: &App, connection: u64) -> Result<()> {
+//!     Connection::new(connection).send("an update")
 //! }
 //! ```
 //!

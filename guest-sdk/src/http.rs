@@ -53,6 +53,15 @@ impl Response {
 
 impl App {
     /// Outbound HTTP, to the origins app.toml grants this plugin.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// let response = app.http().get("https://api.example.com/status")?;
+    /// app.info(format!("{}: {}", response.status, response.text()?));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn http(&self) -> Http<'_> {
         Http { app: self }
     }
@@ -60,11 +69,29 @@ impl App {
 
 impl Http<'_> {
     /// `GET url`.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// let feed: serde_json::Value = app.http().get("https://api.example.com/feed")?.json()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get(&self, url: &str) -> Result<Response> {
         self.request("GET", url, &[], None)
     }
 
     /// `POST url` with `body` as JSON.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// let response = app
+    ///     .http()
+    ///     .post_json("https://api.example.com/events", &serde_json::json!({"seen": 3}))?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn post_json(&self, url: &str, body: &impl Serialize) -> Result<Response> {
         let body = serde_json::to_vec(body).map_err(Error::msg)?;
         self.request(

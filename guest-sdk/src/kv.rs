@@ -1,11 +1,15 @@
 //! Key-value state for tasks, over the standard `wasi:keyvalue` interfaces:
 //! values outlive the task's instance and the host process.
 //!
-//! ```ignore
+//! ```no_run
+//! # use taskhost_guest_sdk::*;
+//! # fn example(app: &App) -> Result<()> {
 //! let counters = app.kv("counters")?;
 //! let seen: u64 = counters.increment("seen", 1)? as u64;
 //! counters.set("last", &serde_json::json!({ "at": seen }))?;
 //! let last: Option<serde_json::Value> = counters.get("last")?;
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! A bucket is the plugin's own unless app.toml grants a shared bucket of
@@ -48,6 +52,14 @@ fn error(bucket: &str, error: store::Error) -> Error {
 impl App {
     /// Opens the bucket `name` (ASCII letters, digits, `-`, `_`, `.`):
     /// the plugin's own, or the shared one app.toml grants by that name.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// let counters = app.kv("counters")?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn kv(&self, name: &str) -> Result<Bucket> {
         let inner = store::open(name).map_err(|e| error(name, e))?;
         Ok(Bucket {
@@ -68,6 +80,14 @@ impl Bucket {
     }
 
     /// The value of `key` decoded from JSON; `None` when absent.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// let last: Option<serde_json::Value> = app.kv("state")?.get("last")?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         match self.get_bytes(key)? {
             None => Ok(None),
@@ -81,31 +101,79 @@ impl Bucket {
     }
 
     /// Stores `value` as JSON under `key`.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// app.kv("state")?.set("last", &serde_json::json!({"etag": "abc"}))?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn set<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<()> {
         self.set_bytes(key, &serde_json::to_vec(value)?)
     }
 
     /// The raw bytes of `key`.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// let raw: Option<Vec<u8>> = app.kv("blobs")?.get_bytes("thumbnail")?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.inner.get(key).map_err(|e| self.fail(e))
     }
 
     /// Stores raw bytes under `key`.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// app.kv("blobs")?.set_bytes("thumbnail", &[0x89, b'P', b'N', b'G'])?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn set_bytes(&self, key: &str, value: &[u8]) -> Result<()> {
         self.inner.set(key, value).map_err(|e| self.fail(e))
     }
 
     /// Removes `key`; absent keys are not an error.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// app.kv("state")?.delete("last")?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn delete(&self, key: &str) -> Result<()> {
         self.inner.delete(key).map_err(|e| self.fail(e))
     }
 
     /// Whether `key` has a value.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// let seen: bool = app.kv("state")?.exists("last")?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn exists(&self, key: &str) -> Result<bool> {
         self.inner.exists(key).map_err(|e| self.fail(e))
     }
 
     /// Every key, in byte order.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// let keys: Vec<String> = app.kv("state")?.keys()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn keys(&self) -> Result<Vec<String>> {
         let mut keys = Vec::new();
         let mut cursor = None;
@@ -124,6 +192,14 @@ impl Bucket {
 
     /// Adds `delta` to the integer at `key` (absent: 0), atomically, and
     /// returns the sum: two tasks incrementing one key never lose a step.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// let visits: i64 = app.kv("counters")?.increment("visits", 1)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn increment(&self, key: &str, delta: i64) -> Result<i64> {
         atomics::increment(&self.inner, key, delta).map_err(|e| self.fail(e))
     }
@@ -184,6 +260,14 @@ impl Bucket {
     }
 
     /// The values of `keys`, in order, as raw bytes.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// let values = app.kv("state")?.get_many(&["a".to_string(), "b".to_string()])?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         let found = batch::get_many(&self.inner, keys).map_err(|e| self.fail(e))?;
         Ok(found
@@ -193,11 +277,27 @@ impl Bucket {
     }
 
     /// Sets every pair, all or none.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// app.kv("state")?.set_many(&[("a".to_string(), b"1".to_vec()), ("b".to_string(), b"2".to_vec())])?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn set_many(&self, pairs: &[(String, Vec<u8>)]) -> Result<()> {
         batch::set_many(&self.inner, pairs).map_err(|e| self.fail(e))
     }
 
     /// Removes every key, all or none.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// app.kv("state")?.delete_many(&["a".to_string(), "b".to_string()])?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn delete_many(&self, keys: &[String]) -> Result<()> {
         batch::delete_many(&self.inner, keys).map_err(|e| self.fail(e))
     }

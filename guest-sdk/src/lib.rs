@@ -5,7 +5,7 @@
 //! and whose other parameters are the task's arguments, decoded from the JSON
 //! `args` of `app.toml` or of `add_task` by name:
 //!
-//! ```ignore
+//! ```no_run
 //! use taskhost_guest_sdk::{plugin, App, Result};
 //!
 //! plugin! {

@@ -1,9 +1,15 @@
 //! The plugin's variables (`[plugins.NAME.variables]` in app.toml), read
 //! through the standard `wasi:config/store` interface:
 //!
-//! ```ignore
+//! ```no_run
+//! # use taskhost_guest_sdk::*;
+//! # fn example(app: &App) -> Result<()> {
 //! let url = app.variable("database_url")?.ok_or_else(|| Error::msg("no database_url"))?;
-//! for (key, value) in app.variables()? { app.info(&format!("{key} is set")); }
+//! for (key, _value) in app.variables()? {
+//!     app.info(format!("{key} is set"));
+//! }
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! Values are strings (a number or a boolean in app.toml arrives as its
@@ -24,12 +30,31 @@ fn error(what: &str, error: store::Error) -> Error {
 impl App {
     /// The plugin's variable `key`; `Ok(None)` when app.toml does not set
     /// it.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// // [plugins.NAME.variables] pg_url = { env = "PG_URL" }
+    /// let url = app.variable("pg_url")?.ok_or_else(|| Error::permanent("no pg_url"))?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn variable(&self, key: &str) -> Result<Option<String>> {
         store::get(key).map_err(|e| error(&format!("variable `{key}`"), e))
     }
 
     /// All of the plugin's variables, as (name, value) pairs in no
     /// particular order.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) -> Result<()> {
+    /// for (key, _value) in app.variables()? {
+    ///     app.debug(format!("variable {key}"));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn variables(&self) -> Result<Vec<(String, String)>> {
         store::get_all().map_err(|e| error("the plugin's variables", e))
     }

@@ -47,7 +47,7 @@ const RUST_SDK: &[(&str, &str)] = &[
 const RUST_SDK_MANIFEST: &str = r#"[package]
 name = "taskhost-guest-sdk"
 description = "Write taskhost plugins as plain Rust functions"
-version = "0.1.0"
+version = "0.5.0"
 edition = "2024"
 license = "Apache-2.0"
 
@@ -142,12 +142,11 @@ fn rust_sdk() -> Result<PathBuf> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let root = crate::dirs::cache_home()?
+    let sdk = crate::dirs::cache_home()?
         .join("sdk")
         .join(format!("rust-{key}"));
-    let sdk = root.join("guest-sdk");
-    // The SDK binds `../wit` from its own directory.
-    crate::plugin::build::write_wit_package(&root.join("wit"))?;
+    // The SDK binds `wit` in its own directory.
+    crate::plugin::build::write_wit_package(&sdk.join("wit"))?;
     std::fs::create_dir_all(sdk.join("src"))
         .with_context(|| format!("cannot create {}", sdk.display()))?;
     std::fs::write(sdk.join("Cargo.toml"), RUST_SDK_MANIFEST)?;

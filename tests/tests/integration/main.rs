@@ -36,6 +36,7 @@ mod refusals;
 mod retries;
 mod scaffold;
 mod schedules;
+mod sdk_packages;
 mod secrets;
 mod singletons;
 mod sockets;
