@@ -988,6 +988,22 @@ impl Postgres {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
+    /// Creates the example plugins' tables in `shop`
+    /// (`plugins/databases/schema.sql`), empty.
+    pub fn shop_tables(&self) {
+        let out = self
+            .psql_command("shop")
+            .arg("-f")
+            .arg(repo().join("plugins/databases/schema.sql"))
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql -f schema.sql failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// A psql session on `shop` fed by the test: write SQL to its stdin.
     pub fn session(&self) -> Child {
         self.psql_command("shop")

@@ -32,16 +32,8 @@ fn setting(app: &App, given: Option<String>, name: &str) -> Result<String> {
     })
 }
 
-/// Reads every order and writes one summary row, in Postgres:
-///
-/// ```sql
-/// CREATE TABLE orders (id serial PRIMARY KEY, customer text NOT NULL,
-///                      amount_cents bigint NOT NULL);
-/// CREATE TABLE order_reports (id serial PRIMARY KEY,
-///                             made_at timestamptz NOT NULL DEFAULT now(),
-///                             orders bigint NOT NULL, total_cents bigint NOT NULL,
-///                             top_customer text);
-/// ```
+/// Reads every order and writes one summary row, in Postgres (the tables
+/// are in `schema.sql`, beside this crate's Cargo.toml).
 async fn report(url: &str) -> Result<Value> {
     let config: tokio_postgres::Config = url
         .parse()

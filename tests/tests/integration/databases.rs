@@ -10,15 +10,10 @@ use taskhost_tests::{Postgres, Redis, TestApp, millis, poll_until, secs};
 
 /// The tables `pg_report` reads and writes, with three orders.
 fn shop(postgres: &Postgres) {
+    postgres.shop_tables();
     postgres.psql(
         "shop",
-        "CREATE TABLE orders (id serial PRIMARY KEY, customer text NOT NULL, \
-                              amount_cents bigint NOT NULL); \
-         CREATE TABLE order_reports (id serial PRIMARY KEY, \
-                                     made_at timestamptz NOT NULL DEFAULT now(), \
-                                     orders bigint NOT NULL, total_cents bigint NOT NULL, \
-                                     top_customer text); \
-         INSERT INTO orders (customer, amount_cents) \
+        "INSERT INTO orders (customer, amount_cents) \
              VALUES ('acme', 1250), ('globex', 4000), ('acme', 3000);",
     );
 }

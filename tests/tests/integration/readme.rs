@@ -338,15 +338,10 @@ fn the_websocket_example_runs_as_the_readme_session_shows() {
 #[test]
 fn the_readme_database_example_runs_against_real_servers() {
     let postgres = taskhost_tests::Postgres::start();
+    postgres.shop_tables();
     postgres.psql(
         "shop",
-        "CREATE TABLE orders (id serial PRIMARY KEY, customer text NOT NULL, \
-                              amount_cents bigint NOT NULL); \
-         CREATE TABLE order_reports (id serial PRIMARY KEY, \
-                                     made_at timestamptz NOT NULL DEFAULT now(), \
-                                     orders bigint NOT NULL, total_cents bigint NOT NULL, \
-                                     top_customer text); \
-         INSERT INTO orders (customer, amount_cents) VALUES ('initech', 700);",
+        "INSERT INTO orders (customer, amount_cents) VALUES ('initech', 700);",
     );
     let redis = taskhost_tests::Redis::start();
     let toml = readme_block("## Reaching a database", "app.toml", "toml")
