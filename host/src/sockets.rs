@@ -50,16 +50,20 @@ use wasmtime_wasi::{WasiCtxBuilder, async_trait};
 /// it). The sockets tests fail if it no longer matches.
 const TCP_INSTANCE: &str = "wasi:sockets/tcp@0.2.12";
 
-/// What a task's address checks share with its store: they run outside
-/// it, in wasmtime-wasi's socket calls.
+/// What a task's address checks and socket streams share with its store:
+/// they run outside it, in wasmtime-wasi's socket calls. Made only for a
+/// plugin with a `tcp` grant, so a task of any other pays nothing for it.
 pub(crate) struct TaskSockets {
     ident: Arc<TaskIdent>,
     policy: Arc<PluginPolicy>,
+    cancel: Arc<CancelSignal>,
     /// Each granted name's addresses, resolved once for this task.
     pins: Mutex<HashMap<String, Pinned>>,
     /// Whether a connect or a lookup was refused: the task's failure is
     /// then not retried (the next attempt would be refused the same).
     denied: AtomicBool,
+    /// Set once a socket stream failed a call because of the cancel.
+    cut: AtomicBool,
 }
 
 /// One name's addresses, resolved on first use.
@@ -142,17 +146,7 @@ impl TaskSockets {
     /// Logs a refused connect or lookup with what to add to the grant.
     fn refuse(&self, what: &str, add: &str) {
         self.denied.store(true, Ordering::Relaxed);
-        let ident = &self.ident;
-        let plugin = &ident.plugin;
-        let granted = self.granted_list();
-        tracing::warn!(
-            task = %ident.label(),
-            task_id = ident.id,
-            plugin = %plugin,
-            "task {} of plugin {plugin}: {what} denied: not in [plugins.{plugin}.grants] tcp \
-             ({granted}); add \"{add}\" to it to allow it",
-            ident.label(),
-        );
+        refuse(&self.ident, &self.policy, what, add);
     }
 
     fn refuse_listen(&self) {
@@ -169,28 +163,41 @@ impl TaskSockets {
             ident.plugin,
         );
     }
+}
 
-    fn granted_list(&self) -> String {
-        let tcp = &self.policy.grants.tcp;
-        if tcp.is_empty() {
-            return "it grants nothing".into();
+/// Logs a refused connect or lookup of `ident`'s task, naming what the
+/// grant lists and what to add to it.
+fn refuse(ident: &TaskIdent, policy: &PluginPolicy, what: &str, add: &str) {
+    let plugin = &ident.plugin;
+    let tcp = &policy.grants.tcp;
+    let granted = match tcp.is_empty() {
+        true => "it grants nothing".to_string(),
+        false => {
+            let list: Vec<String> = tcp.iter().map(SocketGrant::to_string).collect();
+            format!("it grants {}", list.join(", "))
         }
-        let list: Vec<String> = tcp.iter().map(SocketGrant::to_string).collect();
-        format!("it grants {}", list.join(", "))
-    }
+    };
+    tracing::warn!(
+        task = %ident.label(),
+        task_id = ident.id,
+        plugin = %plugin,
+        "task {} of plugin {plugin}: {what} denied: not in [plugins.{plugin}.grants] tcp \
+         ({granted}); add \"{add}\" to it to allow it",
+        ident.label(),
+    );
 }
 
 /// Opens `wasi:sockets` in `builder` as far as the plugin's `tcp` grant
 /// goes: TCP and name lookups, every address checked. Without a grant
-/// nothing is opened (`WasiCtxBuilder`'s default).
-pub(crate) fn configure(builder: &mut WasiCtxBuilder, sockets: &Arc<TaskSockets>) {
-    if sockets.policy.grants.tcp.is_empty() {
+/// (`sockets` is none) nothing is opened.
+pub(crate) fn configure(builder: &mut WasiCtxBuilder, sockets: Option<&Arc<TaskSockets>>) {
+    let Some(sockets) = sockets else {
         builder
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         return;
-    }
+    };
     let sockets = sockets.clone();
     builder
         .allow_tcp(true)
@@ -202,15 +209,15 @@ pub(crate) fn configure(builder: &mut WasiCtxBuilder, sockets: &Arc<TaskSockets>
         });
 }
 
-/// One task's sockets: what its address checks share, and how many TCP
-/// sockets it holds against its limit.
+/// One task's sockets: what its address checks share (for a plugin with
+/// a `tcp` grant), and how many TCP sockets it holds against its limit.
 pub(crate) struct SocketsState {
-    shared: Arc<TaskSockets>,
-    cancel: Arc<CancelSignal>,
+    shared: Option<Arc<TaskSockets>>,
     /// TCP sockets the task holds now.
     open: usize,
-    /// Set once a socket stream failed a call because of the cancel.
-    cut: Arc<AtomicBool>,
+    /// Whether a socket or a lookup was refused here (the address checks
+    /// note theirs in `shared`).
+    denied: bool,
 }
 
 impl SocketsState {
@@ -219,40 +226,53 @@ impl SocketsState {
         policy: &Arc<PluginPolicy>,
         cancel: &Arc<CancelSignal>,
     ) -> SocketsState {
-        SocketsState {
-            shared: Arc::new(TaskSockets {
+        let shared = (!policy.grants.tcp.is_empty()).then(|| {
+            Arc::new(TaskSockets {
                 ident: ident.clone(),
                 policy: policy.clone(),
+                cancel: cancel.clone(),
                 pins: Mutex::default(),
                 denied: AtomicBool::new(false),
-            }),
-            cancel: cancel.clone(),
+                cut: AtomicBool::new(false),
+            })
+        });
+        SocketsState {
+            shared,
             open: 0,
-            cut: Arc::default(),
+            denied: false,
         }
     }
 
-    /// What WASI's context checks addresses with ([`configure`]).
-    pub(crate) fn shared(&self) -> &Arc<TaskSockets> {
-        &self.shared
+    /// What WASI's context checks addresses with ([`configure`]); none
+    /// without a `tcp` grant.
+    pub(crate) fn shared(&self) -> Option<&Arc<TaskSockets>> {
+        self.shared.as_ref()
     }
 
     /// Whether a connect, a listen or a name lookup was refused.
     pub(crate) fn denied(&self) -> bool {
-        self.shared.denied.load(Ordering::Relaxed)
+        self.denied
+            || self
+                .shared
+                .as_ref()
+                .is_some_and(|s| s.denied.load(Ordering::Relaxed))
     }
 
     /// Whether the cancel failed one of the task's socket calls: a task
     /// that then fails, failed because of the cancel, and ended by it.
     pub(crate) fn cut_by_cancel(&self) -> bool {
-        self.cut.load(Ordering::Relaxed)
+        self.shared
+            .as_ref()
+            .is_some_and(|s| s.cut.load(Ordering::Relaxed))
     }
 }
 
-/// What this module's functions work with: its state and WASI's sockets
-/// context and resource table.
+/// What this module's functions work with: its state, the task's identity
+/// and policy, and WASI's sockets context and resource table.
 pub(crate) struct SocketsView<'a> {
     pub(crate) state: &'a mut SocketsState,
+    pub(crate) ident: &'a Arc<TaskIdent>,
+    pub(crate) policy: &'a Arc<PluginPolicy>,
     pub(crate) ctx: &'a mut WasiSocketsCtx,
     pub(crate) table: &'a mut ResourceTable,
 }
@@ -303,10 +323,11 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
                 Err(error) => return Ok((Err(error_code(error)?),)),
             };
             let (input, output) = connected;
-            let cut = Cut {
-                cancel: view.state.cancel.clone(),
-                cut: view.state.cut.clone(),
+            // A connected socket was created, so the plugin has the grant.
+            let Some(shared) = view.state.shared.clone() else {
+                return Ok((Err(ErrorCode::AccessDenied),));
             };
+            let cut = Cut(shared);
             let stream: &mut DynInputStream = view.table.get_mut(&input)?;
             let inner = std::mem::replace(stream, Box::new(pipe::ClosedInputStream));
             *stream = Box::new(CancellableInput {
@@ -354,10 +375,9 @@ impl tcp_create_socket::Host for SocketsView<'_> {
         &mut self,
         family: wasmtime_wasi::p2::bindings::sockets::network::IpAddressFamily,
     ) -> SocketResult<Resource<TcpSocket>> {
-        let shared = &self.state.shared;
-        if shared.policy.grants.tcp.is_empty() {
-            shared.denied.store(true, Ordering::Relaxed);
-            let ident = &shared.ident;
+        if self.state.shared.is_none() {
+            self.state.denied = true;
+            let ident = self.ident;
             let plugin = &ident.plugin;
             tracing::warn!(
                 task = %ident.label(),
@@ -370,9 +390,9 @@ impl tcp_create_socket::Host for SocketsView<'_> {
             );
             return Err(ErrorCode::AccessDenied.into());
         }
-        let limit = shared.policy.limits.sockets;
+        let limit = self.policy.limits.sockets;
         if self.state.open >= limit {
-            let ident = &self.state.shared.ident;
+            let ident = self.ident;
             tracing::warn!(
                 task = %ident.label(),
                 task_id = ident.id,
@@ -446,20 +466,25 @@ impl ip_name_lookup::Host for SocketsView<'_> {
             Ok(ip) => LookupState::Answered(Ok((Arc::from([ip]), 0))),
             Err(_) => {
                 let wanted = name.trim_end_matches('.').to_ascii_lowercase();
-                let shared = self.state.shared.clone();
-                let granted = shared
+                let granted = self
                     .policy
                     .grants
                     .tcp
                     .iter()
                     .any(|g| matches!(&g.host, GrantHost::Name(n) if *n == wanted));
-                if !granted {
-                    shared.refuse(
-                        &format!("name lookup of {name:?}"),
-                        &format!("{wanted}:PORT"),
-                    );
-                    return Err(ErrorCode::AccessDenied.into());
-                }
+                let shared = match (&self.state.shared, granted) {
+                    (Some(shared), true) => shared.clone(),
+                    _ => {
+                        self.state.denied = true;
+                        refuse(
+                            self.ident,
+                            self.policy,
+                            &format!("name lookup of {name:?}"),
+                            &format!("{wanted}:PORT"),
+                        );
+                        return Err(ErrorCode::AccessDenied.into());
+                    }
+                };
                 LookupState::Waiting(Box::pin(async move { shared.resolve(&wanted).await }))
             }
         };
@@ -503,21 +528,18 @@ impl HostResolveAddressStream for SocketsView<'_> {
     }
 }
 
-/// What ends a connected socket's streams: the task's cancel, noted when
-/// it fails a call.
+/// What ends a connected socket's streams: the task's cancel, noted (in
+/// `cut`) when it fails a call.
 #[derive(Clone)]
-struct Cut {
-    cancel: Arc<CancelSignal>,
-    cut: Arc<AtomicBool>,
-}
+struct Cut(Arc<TaskSockets>);
 
 impl Cut {
     /// Fails the call if the task is cancelled.
     fn check(&self) -> StreamResult<()> {
-        if !self.cancel.is_cancelled() {
+        if !self.0.cancel.is_cancelled() {
             return Ok(());
         }
-        self.cut.store(true, Ordering::Relaxed);
+        self.0.cut.store(true, Ordering::Relaxed);
         Err(StreamError::LastOperationFailed(wasmtime::format_err!(
             "the task was cancelled"
         )))
@@ -527,7 +549,7 @@ impl Cut {
     async fn ready(&self, ready: impl Future<Output = ()>) {
         tokio::select! {
             () = ready => {}
-            () = self.cancel.cancelled() => {}
+            () = self.0.cancel.cancelled() => {}
         }
     }
 }

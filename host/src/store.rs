@@ -89,7 +89,7 @@ impl TaskData {
                 ident.clone(),
                 policy.clone(),
                 log.clone(),
-                sockets.shared().clone(),
+                sockets.shared().cloned(),
             ),
             sockets,
             http: None,
@@ -166,6 +166,8 @@ impl TaskData {
         let WasiCtxView { ctx, table } = self.wasi.view();
         SocketsView {
             state: &mut self.sockets,
+            ident: &self.app.ident,
+            policy: &self.policy,
             ctx: ctx.sockets(),
             table,
         }

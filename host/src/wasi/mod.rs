@@ -27,8 +27,9 @@ pub(crate) struct WasiState {
     /// plugin, not copied per task.
     policy: Arc<PluginPolicy>,
     log: Arc<LogGate>,
-    /// What the `tcp` grant's address checks share with the store.
-    sockets: Arc<TaskSockets>,
+    /// What the `tcp` grant's address checks share with the store; none
+    /// without the grant.
+    sockets: Option<Arc<TaskSockets>>,
     ctx: Option<WasiCtx>,
     /// The task's stderr, once WASI exists: its last lines explain a crash.
     stderr: Option<TaskOutput>,
@@ -40,7 +41,7 @@ impl WasiState {
         ident: Arc<TaskIdent>,
         policy: Arc<PluginPolicy>,
         log: Arc<LogGate>,
-        sockets: Arc<TaskSockets>,
+        sockets: Option<Arc<TaskSockets>>,
     ) -> WasiState {
         // Every handle the task makes (WASI's, wasi:http's, key-value's)
         // lives here: bounded, so a guest that creates them without end
@@ -65,7 +66,7 @@ impl WasiState {
         let log = &self.log;
         let stderr = &mut self.stderr;
         let grants = &self.policy.grants;
-        let sockets = &self.sockets;
+        let sockets = self.sockets.as_ref();
         let ctx = self.ctx.get_or_insert_with(|| {
             let errors = TaskOutput::stderr(log.clone());
             *stderr = Some(errors.clone());
@@ -112,7 +113,7 @@ pub(crate) fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> an
 fn wasi_ctx(
     ident: &Arc<TaskIdent>,
     grants: &Grants,
-    sockets: &Arc<TaskSockets>,
+    sockets: Option<&Arc<TaskSockets>>,
     stdout: TaskOutput,
     stderr: TaskOutput,
 ) -> WasiCtx {
