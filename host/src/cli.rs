@@ -446,7 +446,8 @@ async fn run_app(
     let until_idle = options.until_idle;
     let reserved = Reserved::take(&config, &options).await.map_err(Refused)?;
     let application = load_config(config, load_args).await?;
-    match application.run(reserved, options, shutdown_signal()).await {
+    let shutdown = shutdown_signal();
+    match application.run(reserved, options, shutdown).await {
         Ok(summary) => Ok(exit_code(&summary, until_idle)),
         Err(error) => {
             tracing::error!("{error:#}");
@@ -726,26 +727,42 @@ pub(crate) fn write_out(text: std::fmt::Arguments<'_>) {
 }
 
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Resolves at SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: the host polls it only
+/// once it runs, and a signal in between (the control API already
+/// serving, the tasks started) took the default action and killed the
+/// process, exit by signal, no cleanup (a CI run of
+/// `shutdown_signal_cancels_every_task_and_exits_zero`). Called after the
+/// plugins are loaded, so a Ctrl-C during a long build still stops it at
+/// once.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
+                (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                    one.recv().await;
+                }
+                (Err(_), Err(_)) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = interrupt.await;
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
