@@ -163,7 +163,8 @@ impl Host {
         };
         let ticker = EpochTicker::start(&[&engines.engine, &engines.cold, &engines.images])?;
         let metrics = Metrics::new(app.task_memory.clone(), app.http_metrics.clone())
-            .with_storage(storage_metrics.call_seconds, storage_metrics.waiting);
+            .with_storage(storage_metrics.call_seconds, storage_metrics.waiting)
+            .with_sockets(app.sockets_open.clone());
         let queues = crate::queues::Queues::new(&config.queues, metrics.queues.clone());
         restore_queue_settings(&queues, &storage, &config.source).await?;
         let env = Arc::new(TaskEnv {

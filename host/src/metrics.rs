@@ -464,6 +464,17 @@ impl Metrics {
     /// Registers what the storage backend measures of its calls: each
     /// call's time (waiting for SQLite's locks included) and the calls
     /// waiting now. A lock held from outside shows as calls that wait.
+    /// Registers `taskhost_sockets_open`, which tasks' sockets count in
+    /// (`crate::sockets`).
+    pub(crate) fn with_sockets(mut self, open: Gauge) -> Metrics {
+        self.registry.register(
+            "sockets_open",
+            "TCP sockets tasks hold open, host-wide ([limits] sockets_per_app bounds it)",
+            open,
+        );
+        self
+    }
+
     pub(crate) fn with_storage(mut self, call_seconds: Histogram, waiting: Gauge) -> Metrics {
         self.registry.register(
             "storage_call_seconds",

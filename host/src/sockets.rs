@@ -24,6 +24,7 @@
 
 use crate::config::{GrantHost, PluginPolicy, SocketGrant};
 use crate::task::{CancelSignal, TaskIdent};
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -64,6 +65,10 @@ pub(crate) struct TaskSockets {
     denied: AtomicBool,
     /// Set once a socket stream failed a call because of the cancel.
     cut: AtomicBool,
+    /// The sockets all tasks hold, host-wide (`taskhost_sockets_open`),
+    /// and what bounds it.
+    app_open: Gauge,
+    app_limit: usize,
 }
 
 /// One name's addresses, resolved on first use.
@@ -225,6 +230,7 @@ impl SocketsState {
         ident: &Arc<TaskIdent>,
         policy: &Arc<PluginPolicy>,
         cancel: &Arc<CancelSignal>,
+        app_open: &Gauge,
     ) -> SocketsState {
         let shared = (!policy.grants.tcp.is_empty()).then(|| {
             Arc::new(TaskSockets {
@@ -234,6 +240,8 @@ impl SocketsState {
                 pins: Mutex::default(),
                 denied: AtomicBool::new(false),
                 cut: AtomicBool::new(false),
+                app_open: app_open.clone(),
+                app_limit: policy.limits.sockets_per_app,
             })
         });
         SocketsState {
@@ -264,6 +272,17 @@ impl SocketsState {
         self.shared
             .as_ref()
             .is_some_and(|s| s.cut.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for SocketsState {
+    /// The task's store goes, and with it every socket it still held
+    /// (closed with the resource table, no drop call each): they leave
+    /// the host-wide count.
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.app_open.dec_by(self.open as i64);
+        }
     }
 }
 
@@ -310,7 +329,12 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
         move |mut store, rep| {
             let mut view = get(store.data_mut());
             HostTcpSocket::drop(&mut view.wasi(), Resource::new_own(rep))?;
-            view.state.open = view.state.open.saturating_sub(1);
+            if view.state.open > 0 {
+                view.state.open -= 1;
+                if let Some(shared) = &view.state.shared {
+                    shared.app_open.dec();
+                }
+            }
             Ok(())
         },
     )?;
@@ -375,7 +399,7 @@ impl tcp_create_socket::Host for SocketsView<'_> {
         &mut self,
         family: wasmtime_wasi::p2::bindings::sockets::network::IpAddressFamily,
     ) -> SocketResult<Resource<TcpSocket>> {
-        if self.state.shared.is_none() {
+        let Some(shared) = self.state.shared.clone() else {
             self.state.denied = true;
             let ident = self.ident;
             let plugin = &ident.plugin;
@@ -389,7 +413,7 @@ impl tcp_create_socket::Host for SocketsView<'_> {
                 ident.label(),
             );
             return Err(ErrorCode::AccessDenied.into());
-        }
+        };
         let limit = self.policy.limits.sockets;
         if self.state.open >= limit {
             let ident = self.ident;
@@ -405,7 +429,30 @@ impl tcp_create_socket::Host for SocketsView<'_> {
             );
             return Err(ErrorCode::NewSocketLimit.into());
         }
-        let socket = tcp_create_socket::Host::create_tcp_socket(&mut self.wasi(), family)?;
+        // Taken before the socket is made, given back if it is not.
+        if shared.app_open.inc() >= shared.app_limit as i64 {
+            shared.app_open.dec();
+            let ident = self.ident;
+            tracing::warn!(
+                task = %ident.label(),
+                task_id = ident.id,
+                plugin = %ident.plugin,
+                "task {} of plugin {}: a TCP socket refused: the app's tasks hold {} at once \
+                 ([limits] sockets_per_app), each a file descriptor of the host's: raise the \
+                 bound (and the process's open-file limit), or hold fewer",
+                ident.label(),
+                ident.plugin,
+                shared.app_limit,
+            );
+            return Err(ErrorCode::NewSocketLimit.into());
+        }
+        let socket = match tcp_create_socket::Host::create_tcp_socket(&mut self.wasi(), family) {
+            Ok(socket) => socket,
+            Err(error) => {
+                shared.app_open.dec();
+                return Err(error);
+            }
+        };
         self.state.open += 1;
         Ok(socket)
     }

@@ -82,7 +82,7 @@ impl TaskData {
             cancel: &cancel,
             connections: &app.connections,
         });
-        let sockets = SocketsState::new(&ident, &policy, &cancel);
+        let sockets = SocketsState::new(&ident, &policy, &cancel, &app.sockets_open);
         TaskData {
             interfaces,
             wasi: WasiState::new(

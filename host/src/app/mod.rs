@@ -102,6 +102,9 @@ pub struct AppContext {
     default_policy: Arc<PluginPolicy>,
     /// Linear memory held by live tasks, host-wide (a metric).
     pub task_memory: Gauge,
+    /// TCP sockets tasks hold open, host-wide (a metric, and what
+    /// `[limits] sockets_per_app` bounds).
+    pub sockets_open: Gauge,
     /// What tasks' outbound HTTP requests did (metrics).
     pub http_metrics: HttpMetrics,
     /// The public listener's open websocket connections, which tasks
@@ -145,6 +148,7 @@ impl AppContext {
             policies,
             default_policy: Arc::new(PluginPolicy::unlisted(&limits)),
             task_memory: Gauge::default(),
+            sockets_open: Gauge::default(),
             http_metrics: HttpMetrics::default(),
             connections: Arc::default(),
             memory_total_bytes: limits.memory_total_bytes(),

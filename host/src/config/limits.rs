@@ -251,6 +251,9 @@ pub struct Limits {
     /// tcp`); creating one more fails with `new-socket-limit`. Each is a
     /// file descriptor of the host's.
     pub sockets_per_task: usize,
+    /// TCP sockets all tasks together may hold open at once: each is a
+    /// file descriptor of the host's process.
+    pub sockets_per_app: usize,
     /// Schedules the tasks of one plugin may add at run time (kept in
     /// storage, so they would otherwise outlive every restart); app.toml's
     /// own do not count.
@@ -294,6 +297,7 @@ impl Default for Limits {
             http_fields_bytes: 16 * 1024,
             handles_per_task: 1_000,
             sockets_per_task: 16,
+            sockets_per_app: 1_000,
             schedules_per_plugin: 100,
             schedules_per_app: 1_000,
             kv_key_bytes: 1024,
@@ -355,6 +359,8 @@ pub struct TaskLimits {
     pub handles: usize,
     /// TCP sockets the task may hold open at once.
     pub sockets: usize,
+    /// TCP sockets all tasks together may hold open at once (app-wide).
+    pub sockets_per_app: usize,
     /// Wall-clock time the task may run (`timeout_ms`); none: no bound.
     pub timeout: Option<Duration>,
     /// Its outbound HTTP bounds.
@@ -428,6 +434,7 @@ impl Limits {
             ("http_fields_bytes", self.http_fields_bytes),
             ("handles_per_task", self.handles_per_task),
             ("sockets_per_task", self.sockets_per_task),
+            ("sockets_per_app", self.sockets_per_app),
             ("schedules_per_plugin", self.schedules_per_plugin),
             ("schedules_per_app", self.schedules_per_app),
             ("kv_key_bytes", self.kv_key_bytes),
@@ -471,6 +478,7 @@ impl Limits {
                 .map(Duration::from_millis),
             handles: overrides.handles_per_task.unwrap_or(self.handles_per_task),
             sockets: overrides.sockets_per_task.unwrap_or(self.sockets_per_task),
+            sockets_per_app: self.sockets_per_app,
             http: HttpLimits {
                 connect_timeout: Duration::from_millis(
                     overrides

@@ -691,11 +691,19 @@ plugin! {
 
     /// Opens `count` connections to `addr` and holds them all, `rounds`
     /// times over (closing them between rounds): `{"opened": N}`, with the
-    /// error that stopped it if one did.
-    fn tcp_hoard(_app: &App, addr: String, count: u32, rounds: u32) -> Result<Value> {
+    /// error that stopped it if one did. With `hold`, it logs `holding N`
+    /// after the last round and keeps its connections until that event.
+    fn tcp_hoard(
+        app: &App,
+        addr: String,
+        count: u32,
+        rounds: u32,
+        hold: Option<String>,
+    ) -> Result<Value> {
         let mut opened = 0;
+        let mut held = Vec::new();
         for _ in 0..rounds {
-            let mut held = Vec::new();
+            held.clear();
             for _ in 0..count {
                 match std::net::TcpStream::connect(&addr) {
                     Ok(stream) => held.push(stream),
@@ -705,6 +713,10 @@ plugin! {
                 }
                 opened += 1;
             }
+        }
+        if let Some(event) = hold {
+            app.info(format!("holding {}", held.len()));
+            app.wait_event(&event, None)?;
         }
         Ok(json!({ "opened": opened }))
     }

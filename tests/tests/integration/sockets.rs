@@ -273,3 +273,54 @@ fn a_bad_tcp_grant_or_limit_is_refused_at_check_naming_it() {
         assert!(run.stderr.contains(expected), "{expected}\n{}", run.dump());
     }
 }
+
+/// `sockets_per_app` bounds the sockets of all tasks together (each is a
+/// file descriptor of the host's), and `taskhost_sockets_open` counts
+/// them: a task that ends gives its sockets back.
+#[test]
+fn sockets_are_counted_across_the_app_and_given_back_when_a_task_ends() {
+    let (address, _) = server();
+    let addr = address.to_string();
+    let app = app(
+        &format!(r#"tcp = ["{addr}"]"#),
+        "sockets_per_task = 3\nsockets_per_app = 4",
+        "",
+    );
+    let mut host = app.spawn();
+    let hoard = |name: &str| {
+        let args = json!({"addr": addr, "count": 3, "rounds": 1, "hold": "release"}).to_string();
+        let add = app.cli(&["add", "kit", "tcp_hoard", "--name", name, "--args", &args]);
+        assert_eq!(add.code, Some(0), "{}", add.dump());
+    };
+    hoard("first");
+    host.wait_for(1, |l| l["task"] == "first" && l["message"] == "holding 3");
+    assert_eq!(app.metric("taskhost_sockets_open"), Some(3.0));
+    // One more fits in the app's four; the next is refused, naming the bound.
+    hoard("second");
+    host.wait_for(1, |l| {
+        l["task"] == "second"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("([limits] sockets_per_app)"))
+    });
+    host.wait_for(1, |l| l["task"] == "second" && l["event"] == "done");
+    let done = host
+        .seen()
+        .iter()
+        .find(|l| l["task"] == "second" && l["event"] == "done")
+        .unwrap();
+    assert_eq!(taskhost_tests::result_of(done)["opened"], 1, "{done}");
+    let released = app.cli(&["dispatch", "release", "", "--wait-for", "1"]);
+    assert_eq!(released.code, Some(0), "{}", released.dump());
+    host.wait_for(1, |l| l["task"] == "first" && l["event"] == "done");
+    app.await_metric("taskhost_sockets_open", 0.0);
+    // The app's sockets are free again.
+    hoard("third");
+    host.wait_for(1, |l| l["task"] == "third" && l["message"] == "holding 3");
+    let released = app.cli(&["dispatch", "release", "", "--wait-for", "1"]);
+    assert_eq!(released.code, Some(0), "{}", released.dump());
+    host.wait_for(1, |l| l["task"] == "third" && l["event"] == "done");
+    app.await_metric("taskhost_sockets_open", 0.0);
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
+}
