@@ -131,17 +131,13 @@ fn check_name(name: &str) -> Result<()> {
 /// Writes the Rust SDK (and the WIT it binds) into taskhost's cache, once
 /// per content; returns the SDK crate's directory.
 fn rust_sdk() -> Result<PathBuf> {
-    use sha2::Digest;
-    let mut digest = sha2::Sha256::new();
-    digest.update(RUST_SDK_MANIFEST);
-    for (file, text) in RUST_SDK {
-        digest.update(file);
-        digest.update(text);
-    }
-    let key: String = digest.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let key = crate::plugin::build::content_key(
+        std::iter::once(RUST_SDK_MANIFEST.as_bytes()).chain(
+            RUST_SDK
+                .iter()
+                .flat_map(|(file, text)| [file.as_bytes(), text.as_bytes()]),
+        ),
+    );
     let sdk = crate::dirs::cache_home()?
         .join("sdk")
         .join(format!("rust-{key}"));

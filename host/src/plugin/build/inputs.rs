@@ -168,6 +168,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// 16 hex digits of the SHA-256 of `parts`, each length-prefixed so no
+/// two lists of parts share a key: names a cache directory by what it
+/// holds.
+pub(crate) fn content_key<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut digest = Sha256::new();
+    for part in parts {
+        digest.update((part.len() as u64).to_le_bytes());
+        digest.update(part);
+    }
+    hex(&digest.finalize()[..8])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

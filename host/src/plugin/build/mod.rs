@@ -231,6 +231,8 @@ pub(crate) fn write_wit_package(dir: &Path) -> Result<()> {
     tools::write_wit(dir)
 }
 
+pub(crate) use inputs::content_key;
+
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_RUST_SRC: &str = "/usr/lib/rustlib/src/rust/library/Cargo.lock";

@@ -251,17 +251,10 @@ fn install_dependencies(
     dependencies: &[String],
     output: BuildOutput,
 ) -> Result<PathBuf> {
-    use sha2::Digest;
-    let mut key = sha2::Sha256::new();
-    key.update(COMPONENTIZE_PY);
-    for dependency in dependencies {
-        key.update([0]);
-        key.update(dependency);
-    }
-    let key: String = key.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let key = super::inputs::content_key(
+        std::iter::once(COMPONENTIZE_PY.as_bytes())
+            .chain(dependencies.iter().map(|d| d.as_bytes())),
+    );
     let dir = cache.join("deps").join(key);
     let pip = cache
         .join(format!("componentize-py-{COMPONENTIZE_PY}"))
