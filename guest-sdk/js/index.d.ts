@@ -89,6 +89,35 @@ export class DuplicateName extends TaskhostError {}
 export class UnknownPlugin extends TaskhostError {}
 export class LimitExceeded extends TaskhostError {}
 export class Permanent extends Error {}
+/** A Postgres or Redis call failed; `code` names the case. */
+export class DatabaseError extends Failed {
+  code: 'denied' | 'bad-url' | 'connection-failed' | 'query-failed' | 'conversion-failed';
+}
+
+/** A Postgres value: `int8` and `numeric` beyond 2^53 come as bigint and
+ * text; `bytea` as bytes; dates, times, json, uuid and numeric as text. */
+export type PgValue = null | boolean | number | bigint | string | Uint8Array;
+
+/** A Postgres connection the host holds. */
+export class Postgres {
+  /** Rows as objects keyed by column name. */
+  query(statement: string, params?: unknown[]): Record<string, PgValue>[];
+  /** How many rows the statement changed. */
+  execute(statement: string, params?: unknown[]): number;
+  close(): void;
+}
+
+export type RedisReply = null | number | bigint | string | boolean | Uint8Array | RedisReply[];
+
+/** A Redis connection the host holds. */
+export class Redis {
+  command(name: string, ...args: (string | number | bigint | boolean | Uint8Array)[]): RedisReply;
+  get(key: string): string | null;
+  set(key: string, value: string | number | Uint8Array): string;
+  incr(key: string, by?: number): number;
+  del(...keys: string[]): number;
+  close(): void;
+}
 
 export class Bucket {
   get<T = unknown>(key: string, fallback?: T): T;
@@ -133,6 +162,10 @@ export class App {
   addSchedule(spec: Record<string, unknown>): void;
   removeSchedule(name: string): boolean;
   kv(bucket: string): Bucket;
+  /** Connects to Postgres; the address must be in the plugin's tcp grant. */
+  postgres(url: string): Postgres;
+  /** Connects to Redis; the address must be in the plugin's tcp grant. */
+  redis(url: string): Redis;
   /** The websocket connection of a route's `request` (or by its id). */
   connection(request: Request | number): Connection;
 }

@@ -25,6 +25,8 @@ import * as connections from 'taskhost:plugin/connections@0.5.0';
 import * as store from 'wasi:keyvalue/store@0.2.0-draft2';
 import * as atomics from 'wasi:keyvalue/atomics@0.2.0-draft2';
 import * as wasiConfig from 'wasi:config/store@0.2.0-rc.1';
+import * as postgresHost from 'taskhost:db/postgres@0.1.0';
+import * as redisHost from 'taskhost:db/redis@0.1.0';
 
 /** The task is being cancelled: let it propagate (clean up in `finally`). */
 export class Cancelled extends Error {
@@ -84,17 +86,24 @@ export class Permanent extends Error {
  * it does next. */
 let cancelSeen = false;
 
+/** The WIT error (`payload`) a host call threw; a cancel is noted and
+ * thrown as `Cancelled`, anything that is not a WIT error rethrown. */
+function witError(error) {
+  const payload = error && error.payload;
+  if (!payload || typeof payload.tag !== 'string') throw error;
+  if (payload.tag === 'cancelled') {
+    cancelSeen = true;
+    throw new Cancelled();
+  }
+  return payload;
+}
+
 /** Calls a host function, turning its WIT error into the SDK's. */
 function call(fn, ...args) {
   try {
     return fn(...args);
   } catch (error) {
-    const payload = error && error.payload;
-    if (!payload || typeof payload.tag !== 'string') throw error;
-    if (payload.tag === 'cancelled') {
-      cancelSeen = true;
-      throw new Cancelled();
-    }
+    const payload = witError(error);
     const cls = BY_KIND[payload.tag] || Failed;
     throw new cls(payload.val === undefined ? payload.tag : String(payload.val));
   }
@@ -253,6 +262,181 @@ function variableCall(what, fn) {
     const payload = error && error.payload;
     if (!payload) throw error;
     throw new Failed(`cannot read ${what}: ${payload.val !== undefined ? payload.val : payload.tag}`);
+  }
+}
+
+/** A Postgres or Redis call failed. `code` is its case: `denied` (not in
+ * the plugin's `tcp` grant), `bad-url`, `connection-failed`,
+ * `query-failed` (the server refused it) or `conversion-failed`. */
+export class DatabaseError extends Failed {
+  constructor(message = '', code = 'failed') {
+    super(message);
+    this.name = 'DatabaseError';
+    this.code = code;
+  }
+}
+
+/** Calls a taskhost:db function: `limit` becomes `LimitExceeded`, a
+ * cancel `Cancelled`, the rest `DatabaseError`. */
+function dbCall(fn) {
+  try {
+    return fn();
+  } catch (error) {
+    const payload = witError(error);
+    const message = payload.val === undefined ? payload.tag : String(payload.val);
+    if (payload.tag === 'limit') throw new LimitExceeded(message);
+    throw new DatabaseError(message, payload.tag);
+  }
+}
+
+/** An s64 from the host as a Number when it fits exactly, else a BigInt. */
+function fromI64(value) {
+  const big = BigInt(value);
+  return big <= BigInt(Number.MAX_SAFE_INTEGER) && big >= BigInt(Number.MIN_SAFE_INTEGER)
+    ? Number(big)
+    : big;
+}
+
+/** A string, number, bigint or bytes as the `text`, `int64`, `float64`
+ * or `binary` case both interfaces' values have; undefined otherwise. */
+function scalar(value) {
+  switch (typeof value) {
+    case 'string':
+      return { tag: 'text', val: value };
+    case 'bigint':
+      return { tag: 'int64', val: value };
+    case 'number':
+      return Number.isSafeInteger(value) ? { tag: 'int64', val: BigInt(value) } : { tag: 'float64', val: value };
+    default:
+      return value instanceof Uint8Array ? { tag: 'binary', val: value } : undefined;
+  }
+}
+
+/** A JavaScript value as a Postgres parameter (sent as text, so the server
+ * parses it as the type its place has). */
+function pgParam(value) {
+  if (value === null || value === undefined) return { tag: 'null' };
+  if (typeof value === 'boolean') return { tag: 'boolean', val: value };
+  if (value instanceof Date) return { tag: 'text', val: value.toISOString() };
+  return scalar(value) || { tag: 'text', val: JSON.stringify(value) };
+}
+
+/** Bytes from the host as a Uint8Array, whatever view the bindings made. */
+function bytesOf(value) {
+  return value instanceof Uint8Array ? value : Uint8Array.from(value);
+}
+
+function fromPg(value) {
+  switch (value.tag) {
+    case 'null':
+      return null;
+    case 'int64':
+      return fromI64(value.val);
+    case 'binary':
+      return bytesOf(value.val);
+    default:
+      return value.val;
+  }
+}
+
+/** Closes a host resource now rather than at the task's end. */
+function dispose(resource) {
+  if (resource && typeof resource[Symbol.dispose] === 'function') resource[Symbol.dispose]();
+}
+
+/** A Postgres connection the host holds (`app.postgres(url)`). */
+export class Postgres {
+  constructor(url) {
+    this._conn = dbCall(() => postgresHost.Connection.open(url));
+  }
+
+  /** Runs `statement` with `params` (`$1`, `$2`...); returns its rows as
+   * objects keyed by column name. */
+  query(statement, params = []) {
+    const set = dbCall(() => this._conn.query(statement, params.map(pgParam)));
+    const names = set.columns.map((column) => column.name);
+    return set.rows.map((row) => {
+      const out = {};
+      row.forEach((value, i) => {
+        out[names[i]] = fromPg(value);
+      });
+      return out;
+    });
+  }
+
+  /** Runs `statement` with `params`; returns how many rows it changed.
+   * Without params it may hold several statements (a schema script). */
+  execute(statement, params = []) {
+    return fromI64(dbCall(() => this._conn.execute(statement, params.map(pgParam))));
+  }
+
+  close() {
+    dispose(this._conn);
+  }
+}
+
+/** A JavaScript value as a Redis command's argument. */
+function redisArg(value) {
+  if (typeof value === 'boolean') return { tag: 'int64', val: value ? 1n : 0n };
+  return scalar(value) || { tag: 'text', val: JSON.stringify(value) };
+}
+
+/** A reply, from its prefix-ordered elements back into nested arrays. */
+function fromReplies(replies) {
+  let next = 0;
+  const one = () => {
+    const reply = replies[next++];
+    switch (reply.tag) {
+      case 'nil':
+        return null;
+      case 'int64':
+        return fromI64(reply.val);
+      case 'array': {
+        const out = [];
+        for (let i = 0; i < reply.val; i++) out.push(one());
+        return out;
+      }
+      case 'binary':
+        return bytesOf(reply.val);
+      default:
+        return reply.val;
+    }
+  };
+  return one();
+}
+
+/** A Redis connection the host holds (`app.redis(url)`). */
+export class Redis {
+  constructor(url) {
+    this._conn = dbCall(() => redisHost.Connection.open(url));
+  }
+
+  /** Runs one command: `command('HSET', 'h', 'field', 1)`. Bulk strings
+   * come back as strings (or a Uint8Array if not UTF-8), integers as
+   * numbers, nil as null, arrays as arrays. */
+  command(name, ...args) {
+    return fromReplies(dbCall(() => this._conn.execute(name, args.map(redisArg))));
+  }
+
+  get(key) {
+    return this.command('GET', key);
+  }
+
+  set(key, value) {
+    return this.command('SET', key, value);
+  }
+
+  /** Adds `by` to the integer at `key` atomically; returns the new value. */
+  incr(key, by = 1) {
+    return this.command('INCRBY', key, by);
+  }
+
+  del(...keys) {
+    return this.command('DEL', ...keys);
+  }
+
+  close() {
+    dispose(this._conn);
   }
 }
 
@@ -511,6 +695,18 @@ export class App {
   /** Opens a key-value bucket. */
   kv(bucket) {
     return new Bucket(kvCall(store.open, bucket));
+  }
+
+  /** Connects to Postgres (`postgres://USER:PASSWORD@HOST:PORT/DB`); the
+   * address must be in the plugin's `[plugins.NAME.grants] tcp`. */
+  postgres(url) {
+    return new Postgres(url);
+  }
+
+  /** Connects to Redis (`redis://[:PASSWORD@]HOST:PORT[/DB]`); the address
+   * must be in the plugin's `[plugins.NAME.grants] tcp`. */
+  redis(url) {
+    return new Redis(url);
   }
 }
 

@@ -10,6 +10,7 @@
 
 use crate::config::PluginPolicy;
 use crate::connection_hub::ConnectionHub;
+use crate::sockets::TaskSockets;
 use crate::task::{CancelSignal, TaskIdent};
 use std::sync::Arc;
 use wasmtime::component::Linker;
@@ -24,6 +25,8 @@ pub(crate) struct TaskInit<'a> {
     pub(crate) cancel: &'a Arc<CancelSignal>,
     /// The app's open websocket connections.
     pub(crate) connections: &'a Arc<ConnectionHub>,
+    /// Its sockets' grant checks and counts; none without a `tcp` grant.
+    pub(crate) sockets: Option<&'a Arc<TaskSockets>>,
 }
 
 /// A host interface whose state is its own.

@@ -22,19 +22,20 @@
 //!    [`compile_cache`], [`storage`] (what outlives the process: key-value
 //!    state, durable tasks, schedules' and queues' state: the traits and
 //!    their SQLite backend), `connection_hub` (the listener's open
-//!    connections, as tasks see them).
+//!    connections, as tasks see them), `sockets` (`wasi:sockets` behind
+//!    the `tcp` grant: the address checks, pinned name lookups, counted
+//!    sockets and cancellable streams; below `wasi`, whose context it
+//!    configures, and `interface`, which hands its checks to the host's
+//!    own connections).
 //! 3. `queues` (the app's queues at run time: who starts next, counted in
 //!    `metrics`), `interface` (what a host interface is to the store: its state per
 //!    task and its linking; `store`'s `interfaces!` lists them), `logging`
 //!    (writes lifecycle events and task lines), [`engine`]
 //!    (the wasmtime engines, through the compile cache), `serve` (how
-//!    the two HTTP servers bound their connections) and
+//!    the two HTTP servers bound their connections),
 //!    [`operations::types`] (the requests, answers and error of every
-//!    operation, low so that guests' calls can name them), `joins`
-//!    (waiting for a task's end, for guests' joins and the API's wait),
-//!    `sockets` (`wasi:sockets` behind the `tcp` grant: the address
-//!    checks, pinned name lookups, counted sockets and cancellable
-//!    streams; below `wasi`, whose context it configures).
+//!    operation, low so that guests' calls can name them) and `joins`
+//!    (waiting for a task's end, for guests' joins and the API's wait).
 //! 4. The host interfaces a task imports, one module each, owning its
 //!    state and its `add_to_linker`: `app` (the handle to the app; it
 //!    reaches the worker only through the narrow `app::TaskScope` trait,
@@ -42,7 +43,9 @@
 //!    `http` (outbound `wasi:http` behind an allow-list), `keyvalue`
 //!    (`wasi:keyvalue` over [`storage`]) and `connections` (websocket
 //!    connections of the public listener) and `variables` (`wasi:config`:
-//!    the plugin's `[plugins.NAME.variables]`).
+//!    the plugin's `[plugins.NAME.variables]`) and `db` (`taskhost:db`:
+//!    Postgres and Redis connections the host makes behind the `tcp`
+//!    grant, for guests without sockets).
 //! 5. `store`: one task's store data, composed of the interfaces' states,
 //!    the linker that links them all, and the store's limits.
 //! 6. [`plugin`]: component files -> linked, pre-instantiated plugins.
@@ -95,6 +98,7 @@ pub(crate) mod bindings;
 pub mod compile_cache;
 pub(crate) mod connection_hub;
 pub(crate) mod connections;
+pub(crate) mod db;
 pub(crate) mod dirs;
 pub mod events;
 pub(crate) mod grace;

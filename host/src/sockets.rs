@@ -29,9 +29,10 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
+use std::time::Duration;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable, ResourceType};
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{
     self, HostResolveAddressStream, ResolveAddressStream,
@@ -65,10 +66,41 @@ pub(crate) struct TaskSockets {
     denied: AtomicBool,
     /// Set once a socket stream failed a call because of the cancel.
     cut: AtomicBool,
+    /// The sockets the task holds now: its own (`wasi:sockets`) and the
+    /// host's connections for it (`crate::db`), against `sockets_per_task`.
+    task_open: AtomicUsize,
     /// The sockets all tasks hold, host-wide (`taskhost_sockets_open`),
     /// and what bounds it.
     app_open: Gauge,
     app_limit: usize,
+}
+
+/// How long the host waits for a TCP connect it makes for a task
+/// ([`TaskSockets::connect`]); the task's cancel ends the wait sooner.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why [`TaskSockets::connect`] made no connection: the message is meant
+/// for the task's author and names the grant, the limit or the address.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// Not in the plugin's `tcp` grant.
+    Denied(String),
+    /// `sockets_per_task` or `sockets_per_app` reached.
+    Limit(String),
+    /// The name did not resolve, or no address answered.
+    Failed(String),
+    /// The task was cancelled while connecting.
+    Cancelled,
+}
+
+/// A socket the host holds for a task ([`TaskSockets::connect`]), counted
+/// against the task's and the app's bounds until dropped.
+pub(crate) struct Claim(Arc<TaskSockets>);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.0.give_back(1);
+    }
 }
 
 /// One name's addresses, resolved on first use.
@@ -148,10 +180,141 @@ impl TaskSockets {
         }
     }
 
-    /// Logs a refused connect or lookup with what to add to the grant.
-    fn refuse(&self, what: &str, add: &str) {
+    /// Logs a refused connect or lookup with what to add to the grant,
+    /// and returns the message.
+    fn refuse(&self, what: &str, add: &str) -> String {
         self.denied.store(true, Ordering::Relaxed);
-        refuse(&self.ident, &self.policy, what, add);
+        refuse(&self.ident, &self.policy, what, add)
+    }
+
+    /// Counts one more socket of the task's, or says (and logs) which
+    /// bound it would cross.
+    fn take(&self) -> Result<(), String> {
+        let ident = &self.ident;
+        let limit = self.policy.limits.sockets;
+        if self.task_open.fetch_add(1, Ordering::Relaxed) >= limit {
+            self.task_open.fetch_sub(1, Ordering::Relaxed);
+            let message = format!(
+                "task {} of plugin {}: a TCP socket past the task's {limit} refused \
+                 ([limits] sockets_per_task): close sockets it no longer needs, or raise \
+                 the bound",
+                ident.label(),
+                ident.plugin,
+            );
+            tracing::warn!(task = %ident.label(), task_id = ident.id, plugin = %ident.plugin, "{message}");
+            return Err(message);
+        }
+        if self.app_open.inc() >= self.app_limit as i64 {
+            self.give_back(1);
+            let message = format!(
+                "task {} of plugin {}: a TCP socket refused: the app's tasks hold {} at once \
+                 ([limits] sockets_per_app), each a file descriptor of the host's: raise the \
+                 bound (and the process's open-file limit), or hold fewer",
+                ident.label(),
+                ident.plugin,
+                self.app_limit,
+            );
+            tracing::warn!(task = %ident.label(), task_id = ident.id, plugin = %ident.plugin, "{message}");
+            return Err(message);
+        }
+        Ok(())
+    }
+
+    /// Counts one more socket the host holds for the task, outside
+    /// [`TaskSockets::connect`].
+    pub(crate) fn claim(self: &Arc<Self>) -> Result<Claim, String> {
+        self.take()?;
+        Ok(Claim(self.clone()))
+    }
+
+    /// Uncounts `n` sockets of the task's.
+    fn give_back(&self, n: usize) {
+        self.task_open.fetch_sub(n, Ordering::Relaxed);
+        self.app_open.dec_by(n as i64);
+    }
+
+    /// The task's cancel signal: what a call made for it must end with.
+    pub(crate) fn cancel(&self) -> &CancelSignal {
+        &self.cancel
+    }
+
+    /// Notes that the cancel failed one of the task's calls (see
+    /// [`SocketsState::cut_by_cancel`]).
+    pub(crate) fn note_cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+    }
+
+    /// Connects to `host:port` for the task, the way its own sockets
+    /// would: `host` (an address, or a name looked up once per task) must
+    /// be in the `tcp` grant, and the socket counts against
+    /// `sockets_per_task` and `sockets_per_app` until its [`Claim`] is
+    /// dropped. `what` names the caller in a refusal ("Postgres").
+    pub(crate) async fn connect(
+        self: &Arc<Self>,
+        what: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<(tokio::net::TcpStream, Claim), ConnectError> {
+        let literal = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .parse::<IpAddr>();
+        let addrs: Vec<SocketAddr> = match literal {
+            Ok(ip) => {
+                let addr = SocketAddr::new(ip, port);
+                if !self.granted(addr).await {
+                    let add = addr.to_string();
+                    return Err(ConnectError::Denied(
+                        self.refuse(&format!("{what} connection to {addr}"), &add),
+                    ));
+                }
+                vec![addr]
+            }
+            Err(_) => {
+                let name = host.trim_end_matches('.').to_ascii_lowercase();
+                let granted = self.policy.grants.tcp.iter().any(|grant| {
+                    grant.port == port && matches!(&grant.host, GrantHost::Name(n) if *n == name)
+                });
+                if !granted {
+                    let add = format!("{name}:{port}");
+                    return Err(ConnectError::Denied(
+                        self.refuse(&format!("{what} connection to {add}"), &add),
+                    ));
+                }
+                let ips = self.resolve(&name).await.map_err(|_| {
+                    ConnectError::Failed(format!("granted name {name} does not resolve"))
+                })?;
+                ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect()
+            }
+        };
+        if self.cancel.is_cancelled() {
+            return Err(ConnectError::Cancelled);
+        }
+        self.take().map_err(ConnectError::Limit)?;
+        let claim = Claim(self.clone());
+        let mut last = String::from("no address");
+        for addr in addrs {
+            let attempt =
+                tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr));
+            tokio::select! {
+                connected = attempt => match connected {
+                    Ok(Ok(stream)) => {
+                        // Small requests and answers, one at a time: sent at once.
+                        let _ = stream.set_nodelay(true);
+                        return Ok((stream, claim));
+                    }
+                    Ok(Err(error)) => last = format!("{addr}: {error}"),
+                    Err(_) => {
+                        last = format!("{addr}: no answer within {} s", CONNECT_TIMEOUT.as_secs())
+                    }
+                },
+                () = self.cancel.cancelled() => return Err(ConnectError::Cancelled),
+            }
+        }
+        Err(ConnectError::Failed(format!(
+            "{what}: cannot connect to {last}"
+        )))
     }
 
     fn refuse_listen(&self) {
@@ -171,8 +334,8 @@ impl TaskSockets {
 }
 
 /// Logs a refused connect or lookup of `ident`'s task, naming what the
-/// grant lists and what to add to it.
-fn refuse(ident: &TaskIdent, policy: &PluginPolicy, what: &str, add: &str) {
+/// grant lists and what to add to it; returns the message.
+fn refuse(ident: &TaskIdent, policy: &PluginPolicy, what: &str, add: &str) -> String {
     let plugin = &ident.plugin;
     let tcp = &policy.grants.tcp;
     let granted = match tcp.is_empty() {
@@ -182,14 +345,13 @@ fn refuse(ident: &TaskIdent, policy: &PluginPolicy, what: &str, add: &str) {
             format!("it grants {}", list.join(", "))
         }
     };
-    tracing::warn!(
-        task = %ident.label(),
-        task_id = ident.id,
-        plugin = %plugin,
+    let message = format!(
         "task {} of plugin {plugin}: {what} denied: not in [plugins.{plugin}.grants] tcp \
          ({granted}); add \"{add}\" to it to allow it",
         ident.label(),
     );
+    tracing::warn!(task = %ident.label(), task_id = ident.id, plugin = %plugin, "{message}");
+    message
 }
 
 /// Opens `wasi:sockets` in `builder` as far as the plugin's `tcp` grant
@@ -240,6 +402,7 @@ impl SocketsState {
                 pins: Mutex::default(),
                 denied: AtomicBool::new(false),
                 cut: AtomicBool::new(false),
+                task_open: AtomicUsize::new(0),
                 app_open: app_open.clone(),
                 app_limit: policy.limits.sockets_per_app,
             })
@@ -281,7 +444,7 @@ impl Drop for SocketsState {
     /// the host-wide count.
     fn drop(&mut self) {
         if let Some(shared) = &self.shared {
-            shared.app_open.dec_by(self.open as i64);
+            shared.give_back(self.open);
         }
     }
 }
@@ -332,7 +495,7 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
             if view.state.open > 0 {
                 view.state.open -= 1;
                 if let Some(shared) = &view.state.shared {
-                    shared.app_open.dec();
+                    shared.give_back(1);
                 }
             }
             Ok(())
@@ -414,42 +577,14 @@ impl tcp_create_socket::Host for SocketsView<'_> {
             );
             return Err(ErrorCode::AccessDenied.into());
         };
-        let limit = self.policy.limits.sockets;
-        if self.state.open >= limit {
-            let ident = self.ident;
-            tracing::warn!(
-                task = %ident.label(),
-                task_id = ident.id,
-                plugin = %ident.plugin,
-                "task {} of plugin {}: a TCP socket past the task's {limit} refused \
-                 ([limits] sockets_per_task): close sockets it no longer needs, or raise \
-                 the bound",
-                ident.label(),
-                ident.plugin,
-            );
-            return Err(ErrorCode::NewSocketLimit.into());
-        }
         // Taken before the socket is made, given back if it is not.
-        if shared.app_open.inc() >= shared.app_limit as i64 {
-            shared.app_open.dec();
-            let ident = self.ident;
-            tracing::warn!(
-                task = %ident.label(),
-                task_id = ident.id,
-                plugin = %ident.plugin,
-                "task {} of plugin {}: a TCP socket refused: the app's tasks hold {} at once \
-                 ([limits] sockets_per_app), each a file descriptor of the host's: raise the \
-                 bound (and the process's open-file limit), or hold fewer",
-                ident.label(),
-                ident.plugin,
-                shared.app_limit,
-            );
+        if shared.take().is_err() {
             return Err(ErrorCode::NewSocketLimit.into());
         }
         let socket = match tcp_create_socket::Host::create_tcp_socket(&mut self.wasi(), family) {
             Ok(socket) => socket,
             Err(error) => {
-                shared.app_open.dec();
+                shared.give_back(1);
                 return Err(error);
             }
         };

@@ -76,13 +76,14 @@ impl TaskData {
         );
         // One rate limit for every line of the task: app.log, stdout, stderr.
         let log = Arc::new(LogGate::new(ident.clone(), &app.limits));
+        let sockets = SocketsState::new(&ident, &policy, &cancel, &app.sockets_open);
         let interfaces = Interfaces::new(&TaskInit {
             ident: &ident,
             policy: &policy,
             cancel: &cancel,
             connections: &app.connections,
+            sockets: sockets.shared(),
         });
-        let sockets = SocketsState::new(&ident, &policy, &cancel, &app.sockets_open);
         TaskData {
             interfaces,
             wasi: WasiState::new(
@@ -125,7 +126,10 @@ impl TaskData {
     /// state: a prepared instance that did is not handed to a task, since
     /// what it opened would be the stand-in's.
     pub(crate) fn reached_out(&self) -> bool {
-        self.wasi.used() || self.http.is_some() || self.kv_handles > 0
+        self.wasi.used()
+            || self.http.is_some()
+            || self.kv_handles > 0
+            || self.interfaces.db.opened()
     }
 
     /// The task runs on the worker `scope` stands for.
@@ -247,6 +251,8 @@ interfaces! {
     connections: crate::connections::ConnectionsState,
     /// `wasi:config/store`: the plugin's `[plugins.NAME.variables]`.
     variables: crate::variables::VariablesState,
+    /// `taskhost:db`: Postgres and Redis connections the host holds.
+    db: crate::db::DbState,
 }
 
 /// A store set up the way every task's store must be: its epoch deadline

@@ -123,7 +123,7 @@ impl TestApp {
     /// `{compat040}`, `{databases}`, `{examples}`,
     /// `{greeter}`,
     /// `{hostile}`, `{testkit}`, `{versioned}`, `{py-examples}`, `{py-databases}`,
-    /// `{js-examples}`, `{py-greeter}` and `{js-greeter}` are replaced by
+    /// `{js-examples}`, `{js-databases}`, `{py-greeter}` and `{js-greeter}` are replaced by
     /// the paths of those built plugins.
     pub fn new(toml: &str) -> TestApp {
         let app = TestApp {
@@ -151,6 +151,7 @@ impl TestApp {
             "py-examples",
             "py-databases",
             "js-examples",
+            "js-databases",
             "py-greeter",
             "js-greeter",
         ] {
@@ -506,6 +507,16 @@ impl Run {
             .into_iter()
             .filter(|l| l["task"] == task)
             .collect()
+    }
+
+    /// The error of the first `failed` line of the task labelled `task`.
+    #[track_caller]
+    pub fn error_of(&self, task: &str) -> &str {
+        self.event_of("failed", task)
+            .first()
+            .unwrap_or_else(|| panic!("{task} did not fail:\n{}", self.dump()))["error"]
+            .as_str()
+            .expect("a failed line has an error")
     }
 
     /// A description for assertion messages.

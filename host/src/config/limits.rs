@@ -254,6 +254,10 @@ pub struct Limits {
     /// TCP sockets all tasks together may hold open at once: each is a
     /// file descriptor of the host's process.
     pub sockets_per_app: usize,
+    /// Largest answer one Postgres or Redis call (`taskhost:db`) may
+    /// read, in bytes as the server sends them: a call past it fails with
+    /// `limit` and its connection is closed.
+    pub db_result_bytes: usize,
     /// Schedules the tasks of one plugin may add at run time (kept in
     /// storage, so they would otherwise outlive every restart); app.toml's
     /// own do not count.
@@ -298,6 +302,7 @@ impl Default for Limits {
             handles_per_task: 1_000,
             sockets_per_task: 16,
             sockets_per_app: 1_000,
+            db_result_bytes: 16 * 1024 * 1024,
             schedules_per_plugin: 100,
             schedules_per_app: 1_000,
             kv_key_bytes: 1024,
@@ -348,6 +353,8 @@ pub struct PluginLimits {
     pub handles_per_task: Option<usize>,
     /// Overrides `[limits] sockets_per_task` for this plugin's tasks.
     pub sockets_per_task: Option<usize>,
+    /// Overrides `[limits] db_result_bytes` for this plugin's tasks.
+    pub db_result_bytes: Option<usize>,
 }
 
 /// What bounds one task, resolved from the app's and its plugin's limits.
@@ -361,6 +368,8 @@ pub struct TaskLimits {
     pub sockets: usize,
     /// TCP sockets all tasks together may hold open at once (app-wide).
     pub sockets_per_app: usize,
+    /// Largest answer of one `taskhost:db` call, in bytes.
+    pub db_result_bytes: usize,
     /// Wall-clock time the task may run (`timeout_ms`); none: no bound.
     pub timeout: Option<Duration>,
     /// Its outbound HTTP bounds.
@@ -435,6 +444,7 @@ impl Limits {
             ("handles_per_task", self.handles_per_task),
             ("sockets_per_task", self.sockets_per_task),
             ("sockets_per_app", self.sockets_per_app),
+            ("db_result_bytes", self.db_result_bytes),
             ("schedules_per_plugin", self.schedules_per_plugin),
             ("schedules_per_app", self.schedules_per_app),
             ("kv_key_bytes", self.kv_key_bytes),
@@ -479,6 +489,7 @@ impl Limits {
             handles: overrides.handles_per_task.unwrap_or(self.handles_per_task),
             sockets: overrides.sockets_per_task.unwrap_or(self.sockets_per_task),
             sockets_per_app: self.sockets_per_app,
+            db_result_bytes: overrides.db_result_bytes.unwrap_or(self.db_result_bytes),
             http: HttpLimits {
                 connect_timeout: Duration::from_millis(
                     overrides
@@ -550,6 +561,7 @@ impl PluginLimits {
             ),
             ("handles_per_task", self.handles_per_task.map(|v| v as u64)),
             ("sockets_per_task", self.sockets_per_task.map(|v| v as u64)),
+            ("db_result_bytes", self.db_result_bytes.map(|v| v as u64)),
         ] {
             if value == Some(0) {
                 bail!("{table} `{key}` must be at least 1");

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::mpsc;
-use taskhost_tests::{Run, TestApp};
+use taskhost_tests::TestApp;
 
 /// A loopback server: `/hello` (a short text), `/big` (5,000 bytes),
 /// `/echo` (POST: the body and the `x-test` header it got, as JSON),
@@ -96,14 +96,6 @@ fn get_task(name: &str, url: &str) -> String {
     )
 }
 
-fn error_of<'a>(run: &'a Run, task: &str) -> &'a str {
-    run.event_of("failed", task)
-        .first()
-        .unwrap_or_else(|| panic!("{task} did not fail:\n{}", run.dump()))["error"]
-        .as_str()
-        .unwrap()
-}
-
 #[test]
 fn allowed_origins_answer_and_anything_else_is_denied_naming_the_setting() {
     let (address, _) = server();
@@ -135,7 +127,7 @@ fn allowed_origins_answer_and_anything_else_is_denied_naming_the_setting() {
         run.dump()
     );
     for task in ["other-host", "other-port"] {
-        assert_eq!(error_of(&run, task), "ErrorCode::HttpRequestDenied");
+        assert_eq!(run.error_of(task), "ErrorCode::HttpRequestDenied");
     }
     let denial = run
         .lines
@@ -160,7 +152,7 @@ fn allowed_origins_answer_and_anything_else_is_denied_naming_the_setting() {
     // Issue 24, item 11: a URL with credentials in it passed the
     // allow-list and failed as a DNS error; now it is refused, saying why.
     assert_eq!(
-        error_of(&run, "userinfo"),
+        run.error_of("userinfo"),
         "ErrorCode::HttpRequestUriInvalid",
         "{}",
         run.dump()
@@ -183,7 +175,7 @@ fn without_an_http_grant_nothing_is_allowed() {
         &get_task("loopback", &format!("http://{address}/hello")),
     )
     .run_until_idle();
-    assert_eq!(error_of(&run, "loopback"), "ErrorCode::HttpRequestDenied");
+    assert_eq!(run.error_of("loopback"), "ErrorCode::HttpRequestDenied");
 }
 
 #[test]
@@ -200,12 +192,12 @@ fn a_large_response_and_a_silent_server_hit_their_limits() {
         &tasks,
     )
     .run_until_idle();
-    let big = error_of(&run, "big");
+    let big = run.error_of("big");
     assert!(big.contains("http_response_bytes"), "{big}");
     // Issue 24, item 11: with RUST_BACKTRACE set (as the tests run), the
     // guest's error carried the host's Rust backtrace.
     assert!(!big.contains("backtrace"), "{big}");
-    let silent = error_of(&run, "silent");
+    let silent = run.error_of("silent");
     assert!(silent.contains("Timeout"), "{silent}");
 }
 
@@ -337,7 +329,7 @@ fn a_large_request_body_and_too_many_open_requests_hit_their_limits() {
     )
     .run_until_idle();
     assert_eq!(run.results_of("small")[0]["status"], 200, "{}", run.dump());
-    let large = error_of(&run, "large");
+    let large = run.error_of("large");
     assert!(
         large.contains("larger than 10 bytes ([limits] http_request_body_bytes)"),
         "{large}"
@@ -381,7 +373,7 @@ fn a_plugin_may_have_its_own_http_limits() {
     ]
     .concat();
     let run = app(r#"http = ["http://127.0.0.1:*"]"#, "", &tasks).run_until_idle();
-    let error = error_of(&run, "kit-big");
+    let error = run.error_of("kit-big");
     assert!(error.contains("http_response_bytes"), "{error}");
     assert_eq!(
         run.results_of("examples-big")[0]["status"],

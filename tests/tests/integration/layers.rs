@@ -33,6 +33,7 @@ const LAYERS: &[&[&str]] = &[
         "compile_cache",
         "storage",
         "connection_hub",
+        "sockets",
     ],
     &[
         "queues",
@@ -42,7 +43,6 @@ const LAYERS: &[&[&str]] = &[
         "operations::types",
         "interface",
         "joins",
-        "sockets",
     ],
     &[
         "app",
@@ -51,6 +51,7 @@ const LAYERS: &[&[&str]] = &[
         "keyvalue",
         "connections",
         "variables",
+        "db",
     ],
     &["store"],
     &["plugin"],

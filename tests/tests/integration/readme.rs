@@ -345,17 +345,35 @@ fn the_readme_database_example_runs_against_real_servers() {
     );
     let redis = taskhost_tests::Redis::start();
     let toml = readme_block("## Reaching a database", "app.toml", "toml")
-        .replace("\"plugins/databases\"", "\"{databases}\"")
         .replace(":5432", &format!(":{}", postgres.port))
         .replace(":6379", &format!(":{}", redis.port));
-    let app = TestApp::new(&format!("name = \"readme\"\n{toml}"));
-    let run = app.run_until_idle();
-    assert_eq!(run.code, Some(0), "{}", run.dump());
-    assert_eq!(
-        run.results_of("nightly"),
-        vec![json!({"report": 1, "orders": 1, "total_cents": 700, "top_customer": "initech"})],
-        "{}",
-        run.dump()
+    let js = readme_block(
+        "## Reaching a database",
+        "plugins/js-databases/app.js",
+        "js",
     );
-    assert_eq!(redis.cli(&["GET", "visits"]), "1");
+    let app_js = std::fs::read_to_string(repo().join("plugins/js-databases/app.js")).unwrap();
+    assert!(
+        app_js.contains(&js),
+        "README's JavaScript is not in app.js:\n{js}"
+    );
+    // The same app.toml with the Rust plugin, then the JavaScript one.
+    for (run_number, plugin) in [(1, "{databases}"), (2, "{js-databases}")] {
+        let toml = toml.replace("\"plugins/databases\"", &format!("\"{plugin}\""));
+        let app = TestApp::new(&format!("name = \"readme\"\n{toml}"));
+        let run = app.run_until_idle();
+        assert_eq!(run.code, Some(0), "{}", run.dump());
+        assert_eq!(
+            run.results_of("nightly"),
+            vec![json!({
+                "report": run_number,
+                "orders": 1,
+                "total_cents": 700,
+                "top_customer": "initech",
+            })],
+            "{plugin}: {}",
+            run.dump()
+        );
+        assert_eq!(redis.cli(&["GET", "visits"]), run_number.to_string());
+    }
 }

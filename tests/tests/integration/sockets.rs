@@ -87,14 +87,6 @@ fn toml_inline(args: &Value) -> String {
     format!("{{ {} }}", fields.join(", "))
 }
 
-fn error_of<'a>(run: &'a Run, task: &str) -> &'a str {
-    run.event_of("failed", task)
-        .first()
-        .unwrap_or_else(|| panic!("{task} did not fail:\n{}", run.dump()))["error"]
-        .as_str()
-        .unwrap()
-}
-
 fn warning_about<'a>(run: &'a Run, task: &str) -> &'a str {
     run.lines
         .iter()
@@ -156,7 +148,7 @@ fn granted_addresses_and_names_answer_and_anything_else_is_refused_naming_the_gr
         "{refused}"
     );
     assert!(
-        error_of(&run, "other_port").contains("connect to"),
+        run.error_of("other_port").contains("connect to"),
         "{}",
         run.dump()
     );
@@ -166,7 +158,7 @@ fn granted_addresses_and_names_answer_and_anything_else_is_refused_naming_the_gr
         refused.contains("name lookup of \"example.invalid\" denied"),
         "{refused}"
     );
-    error_of(&run, "other_name");
+    run.error_of("other_name");
     // A plugin without the grant has no sockets at all.
     let refused = warning_about(&run, "ungranted");
     assert!(
@@ -174,7 +166,7 @@ fn granted_addresses_and_names_answer_and_anything_else_is_refused_naming_the_gr
             && refused.contains("[plugins.plain.grants]"),
         "{refused}"
     );
-    error_of(&run, "ungranted");
+    run.error_of("ungranted");
     // Refused tasks are not retried: the next attempt would be refused too.
     assert_eq!(run.events("retrying").len(), 0, "{}", run.dump());
 }

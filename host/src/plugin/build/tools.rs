@@ -39,6 +39,18 @@ const WIT: &[(&str, &str)] = &[
         "deps/keyvalue/world.wit",
         include_str!("../../../../wit/deps/keyvalue/world.wit"),
     ),
+    (
+        "deps/db/types.wit",
+        include_str!("../../../../wit/deps/db/types.wit"),
+    ),
+    (
+        "deps/db/postgres.wit",
+        include_str!("../../../../wit/deps/db/postgres.wit"),
+    ),
+    (
+        "deps/db/redis.wit",
+        include_str!("../../../../wit/deps/db/redis.wit"),
+    ),
 ];
 
 /// The WIT files' texts, for a build's input digest.
