@@ -537,6 +537,11 @@ impl Host {
         &self.config
     }
 
+    /// Where every task's kept log lines count (`[limits] task_log_bytes`).
+    pub(crate) fn log_book(&self) -> &Arc<crate::task_log::LogBook> {
+        &self.env.app.log_book
+    }
+
     /// The Prometheus text exposition of this host's metrics.
     pub fn metrics_text(&self) -> String {
         let plugins: Vec<(String, String)> = self

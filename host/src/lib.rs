@@ -11,7 +11,9 @@
 //! 0. Below the vocabulary: `config::value` (a `[config]` value or secret,
 //!    the bounded file read) and, above it, `variables::section` (the
 //!    `[plugins.NAME.variables]` table), so that a host interface owns its
-//!    `app.toml` section while [`config`] embeds it.
+//!    `app.toml` section while [`config`] embeds it; `task_log` (each
+//!    task's kept log lines and the budget they share), which a task's
+//!    signal holds.
 //! 1. Vocabulary, no host logic: [`task`] (ids, states, [`task::TaskView`]),
 //!    [`config`] (app.toml), `bindings` (the WIT), `dirs`,
 //!    `private_files`, `grace` (the clock of a cancelled task's grace
@@ -118,6 +120,7 @@ pub(crate) mod serve;
 pub(crate) mod sockets;
 pub mod storage;
 pub(crate) mod store;
+pub(crate) mod task_log;
 pub(crate) mod variables;
 pub(crate) mod wasi;
 pub(crate) mod watch;

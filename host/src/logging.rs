@@ -10,7 +10,8 @@
 use crate::bindings::Level;
 use crate::config::Limits;
 use crate::lifecycle::{LifecycleEvent, TaskRef};
-use crate::task::{TaskIdent, WorkerId};
+use crate::task::{CancelSignal, TaskIdent, WorkerId};
+use crate::task_log::LogBook;
 use anyhow::Result;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -112,6 +113,17 @@ pub(crate) fn task_line(ident: &TaskIdent, level: Level, message: &str) {
             "{message}"
         )
     })
+}
+
+/// A level as the kept log and the API name it.
+pub(crate) fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::Trace => "trace",
+        Level::Debug => "debug",
+        Level::Info => "info",
+        Level::Warn => "warn",
+        Level::Error => "error",
+    }
 }
 
 /// Whether [`lifecycle`] would write anything: false when logging is off or
@@ -434,6 +446,9 @@ where
 /// rate, and one line says how many it lost.
 pub(crate) struct LogGate {
     ident: Arc<TaskIdent>,
+    /// Where the admitted lines are kept for reading back: the task's
+    /// signal (which holds its log) and the book it counts in.
+    keep: Option<(Arc<CancelSignal>, Arc<LogBook>)>,
     rate: f64,
     burst: f64,
     bucket: Mutex<Bucket>,
@@ -499,10 +514,17 @@ impl Bucket {
 }
 
 impl LogGate {
-    pub(crate) fn new(ident: Arc<TaskIdent>, limits: &Limits) -> LogGate {
+    /// A gate whose admitted lines are also kept in `keep`'s task log
+    /// (none: only written out).
+    pub(crate) fn new(
+        ident: Arc<TaskIdent>,
+        limits: &Limits,
+        keep: Option<(Arc<CancelSignal>, Arc<LogBook>)>,
+    ) -> LogGate {
         let burst = f64::from(limits.log_burst_lines);
         LogGate {
             ident,
+            keep,
             rate: f64::from(limits.log_lines_per_second),
             burst,
             bucket: Mutex::new(Bucket {
@@ -526,12 +548,19 @@ impl LogGate {
             Admit::Line => {}
             Admit::NoteThenLine(dropped) => self.report_dropped(dropped),
         }
+        self.emit(level, message);
+    }
+
+    /// Writes a line out and keeps it.
+    fn emit(&self, level: Level, message: &str) {
         task_line(&self.ident, level, message);
+        if let Some((signal, book)) = &self.keep {
+            signal.log(book).push(level_name(level), message);
+        }
     }
 
     fn report_dropped(&self, dropped: u64) {
-        task_line(
-            &self.ident,
+        self.emit(
             Level::Warn,
             &format!(
                 "{dropped} log line(s) dropped: more than {} per second after a burst of {} \

@@ -615,6 +615,17 @@ impl TaskRegistry {
         self.current().tasks.get(&id).map(|e| e.info.clone())
     }
 
+    /// The task's kept log lines (none if it logged none) and its signal
+    /// (to wait for its end), while it is listed.
+    pub(crate) fn log(
+        &self,
+        id: TaskId,
+    ) -> Option<(Option<Arc<crate::task_log::TaskLog>>, Arc<CancelSignal>)> {
+        let inner = self.current();
+        let entry = inner.tasks.get(&id)?;
+        Some((entry.signal.kept_log().cloned(), entry.signal.clone()))
+    }
+
     /// The task named `name`, live or ended (until purged).
     pub fn get_by_name(&self, name: &str) -> Option<TaskInfo> {
         let inner = self.current();

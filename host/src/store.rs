@@ -75,7 +75,11 @@ impl TaskData {
             app.task_memory.clone(),
         );
         // One rate limit for every line of the task: app.log, stdout, stderr.
-        let log = Arc::new(LogGate::new(ident.clone(), &app.limits));
+        let log = Arc::new(LogGate::new(
+            ident.clone(),
+            &app.limits,
+            Some((cancel.clone(), app.log_book.clone())),
+        ));
         let sockets = SocketsState::new(&ident, &policy, &cancel, &app.sockets_open);
         let interfaces = Interfaces::new(&TaskInit {
             ident: &ident,

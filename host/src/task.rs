@@ -375,7 +375,7 @@ impl Default for CancelPolicy {
 /// listen: the store's epoch callback sees it and interrupts the guest at
 /// the next tick, even in a loop with no host calls.
 ///
-/// One allocation per task of 160 bytes, woken through one `Notify` (a
+/// One allocation per task of 176 bytes, woken through one `Notify` (a
 /// waiter checks what it waits for again): it was a cancellation token
 /// for each stage and a watch channel for the end, 760 bytes in three
 /// allocations, the most of what a waiting task held (docs/queues.md,
@@ -410,6 +410,10 @@ pub(crate) struct CancelSignal {
     /// when it is cancelled, when an attempt of it ends and when it ends.
     /// Boxed behind a `OnceLock`: 16 bytes for the tasks that have none.
     children: OnceLock<Box<std::sync::Mutex<Vec<Child>>>>,
+    /// The task's kept log lines (`crate::task_log`), made at its first
+    /// line: held here because the registry's record holds the signal, so
+    /// the lines go when the record does.
+    log: OnceLock<Arc<crate::task_log::TaskLog>>,
 }
 
 /// A task's child, as its parent's signal cancels it: its signal and the
@@ -600,6 +604,21 @@ impl CancelSignal {
     /// cancel with a grace period reached it.
     pub(crate) fn asked(&self) -> Option<(Instant, Duration)> {
         self.asked.get().copied()
+    }
+
+    /// The task's kept log lines, made in `book` at the first call (an
+    /// attempt's signal answers its task's).
+    pub(crate) fn log(
+        &self,
+        book: &Arc<crate::task_log::LogBook>,
+    ) -> &Arc<crate::task_log::TaskLog> {
+        let task = self.parent.as_deref().unwrap_or(self);
+        task.log.get_or_init(|| crate::task_log::TaskLog::new(book))
+    }
+
+    /// The task's kept log lines, if it logged any.
+    pub(crate) fn kept_log(&self) -> Option<&Arc<crate::task_log::TaskLog>> {
+        self.parent.as_deref().unwrap_or(self).log.get()
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {

@@ -112,6 +112,8 @@ pub struct AppContext {
     pub connections: Arc<crate::connection_hub::ConnectionHub>,
     /// What `task_memory` may reach (`memory_total_mb`, resolved once).
     pub memory_total_bytes: u64,
+    /// Every task's kept log lines, against `[limits] task_log_bytes`.
+    pub(crate) log_book: Arc<crate::task_log::LogBook>,
 }
 
 impl std::fmt::Debug for AppContext {
@@ -152,6 +154,7 @@ impl AppContext {
             http_metrics: HttpMetrics::default(),
             connections: Arc::default(),
             memory_total_bytes: limits.memory_total_bytes(),
+            log_book: crate::task_log::LogBook::new(limits.task_log_lines, limits.task_log_bytes),
         }
     }
 

@@ -7,8 +7,8 @@ use crate::control::client::{Client, ClientError};
 use crate::control::routes;
 use crate::lifecycle::{LifecycleEvent, TaskRef};
 use crate::operations::types::{
-    BuildState, CancelRequest, DispatchRequest, KeysQuery, KvPut, LoadRequest, PluginView,
-    ScheduleView, Submission, TaskFilter, Triggered, WaitRequest,
+    BuildState, CancelRequest, DispatchRequest, KeysQuery, KvPut, LoadRequest, LogsQuery,
+    PluginView, ScheduleView, Submission, TaskFilter, Triggered, WaitRequest,
 };
 use crate::task::{TaskState, TaskView, WorkerId};
 use clap::{Args, Subcommand};
@@ -140,6 +140,27 @@ pub(crate) enum Verb {
         /// Give up waiting after this long (at most an hour).
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print a task's kept log lines: what it logged through `app.log`,
+    /// stdout and stderr, with their times and levels.
+    ///
+    /// A task keeps its last `[limits] task_log_lines` lines (1,000), and
+    /// all tasks together at most `task_log_bytes` (64 MiB); an ended
+    /// task's lines go when it is purged. With --follow, new lines are
+    /// printed as they come until the task ends. With --json, one line
+    /// of JSON per log line (`seq`, `at_ms`, `level`, `message`).
+    Logs {
+        /// The task's id on the host (digits only), or its name.
+        task: String,
+        /// With a name that tasks of several workers have: this worker's
+        /// task.
+        #[arg(long)]
+        worker: Option<WorkerId>,
+        /// Keep printing new lines until the task ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -598,6 +619,19 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             } else {
                 print_tasks(&ended);
             }
+        }
+        Verb::Logs {
+            task,
+            worker,
+            follow,
+            common,
+        } => {
+            let client = connect(&common)?;
+            let id = match task.parse::<u64>() {
+                Ok(id) => id,
+                Err(_) => task_id_by_name(&client, &task, worker).await?,
+            };
+            print_logs(&client, id, follow, common.json).await?;
         }
         Verb::Wait {
             task,
@@ -1403,6 +1437,78 @@ async fn list_tasks(
 }
 
 /// A listing gathered from a cluster's hosts, entry by entry.
+/// The id of the task named `name` (on `worker`, if given): one task, or
+/// an error that says what to pass.
+async fn task_id_by_name(
+    client: &Client,
+    name: &str,
+    worker: Option<WorkerId>,
+) -> Result<u64, ClientError> {
+    let filter = TaskFilter {
+        worker: worker.map(|w| w.to_string()),
+        name: Some(name.to_string()),
+        ..TaskFilter::default()
+    };
+    let tasks = list_tasks(client, false, &filter).await?;
+    match tasks.as_slice() {
+        [] => Err(ClientError::not_found(format!("no task named `{name}`"))),
+        [task] => Ok(task.id),
+        several => {
+            let workers: Vec<String> = several.iter().map(|t| t.worker.to_string()).collect();
+            Err(ClientError::refused(format!(
+                "tasks of workers {} are named `{name}`: pass --worker, or the task's id",
+                workers.join(", ")
+            )))
+        }
+    }
+}
+
+/// Prints task `id`'s kept log lines; with `follow`, new ones as they come
+/// until it has ended.
+async fn print_logs(client: &Client, id: u64, follow: bool, json: bool) -> Result<(), ClientError> {
+    let id_text = id.to_string();
+    let mut after = 0;
+    let mut first = true;
+    loop {
+        let query = LogsQuery {
+            after: Some(after),
+            limit: None,
+            wait_ms: follow.then_some(10_000),
+        };
+        let page = client.call(&routes::TASK_LOGS, &[&id_text], &query).await?;
+        if first && page.dropped > 0 && !json {
+            eprintln!(
+                "({} older line(s) of task {id} are no longer kept: [limits] task_log_lines, \
+                 task_log_bytes)",
+                page.dropped
+            );
+        }
+        first = false;
+        for line in &page.lines {
+            if json {
+                print_json(line);
+            } else {
+                let at = chrono::DateTime::from_timestamp_millis(line.at_ms as i64)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                    .unwrap_or_default();
+                outln!(
+                    "{at} {:>5} {}",
+                    line.level.to_uppercase(),
+                    clean(&line.message)
+                );
+            }
+        }
+        after = page.lines.last().map_or(after, |line| line.seq);
+        // More than one page kept: read on at once.
+        if page.last > after && !page.lines.is_empty() {
+            continue;
+        }
+        if !follow || page.ended {
+            return Ok(());
+        }
+    }
+}
+
 fn from_hosts<T: serde::de::DeserializeOwned>(
     entries: Vec<serde_json::Value>,
 ) -> Result<Vec<T>, ClientError> {

@@ -258,6 +258,12 @@ pub struct Limits {
     /// read, in bytes as the server sends them: a call past it fails with
     /// `limit` and its connection is closed.
     pub db_result_bytes: usize,
+    /// Log lines each task keeps for reading back (`taskhost logs`, the
+    /// API, the dashboard): its last ones.
+    pub task_log_lines: usize,
+    /// Bytes all tasks' kept log lines may take together; past it the
+    /// oldest line host-wide goes first.
+    pub task_log_bytes: usize,
     /// Schedules the tasks of one plugin may add at run time (kept in
     /// storage, so they would otherwise outlive every restart); app.toml's
     /// own do not count.
@@ -303,6 +309,8 @@ impl Default for Limits {
             sockets_per_task: 16,
             sockets_per_app: 1_000,
             db_result_bytes: 16 * 1024 * 1024,
+            task_log_lines: 1_000,
+            task_log_bytes: 64 * 1024 * 1024,
             schedules_per_plugin: 100,
             schedules_per_app: 1_000,
             kv_key_bytes: 1024,
@@ -445,6 +453,8 @@ impl Limits {
             ("sockets_per_task", self.sockets_per_task),
             ("sockets_per_app", self.sockets_per_app),
             ("db_result_bytes", self.db_result_bytes),
+            ("task_log_lines", self.task_log_lines),
+            ("task_log_bytes", self.task_log_bytes),
             ("schedules_per_plugin", self.schedules_per_plugin),
             ("schedules_per_app", self.schedules_per_app),
             ("kv_key_bytes", self.kv_key_bytes),

@@ -9,8 +9,8 @@ use crate::host::Host;
 use crate::lifecycle::LifecycleEvent;
 use crate::operations::types::{
     CancelRequest, ClusterCall, DispatchRequest, Health, KeysQuery, KvBucketView, KvEntry, KvKeys,
-    KvPut, KvWritten, LoadRequest, Loaded, PluginView, Purged, QueueView, ScheduleView, TaskFilter,
-    WaitRequest, Woken,
+    KvPut, KvWritten, LoadRequest, Loaded, LogsQuery, PluginView, Purged, QueueView, ScheduleView,
+    TaskFilter, TaskLogs, WaitRequest, Woken,
 };
 use crate::operations::{DeadLetters, DeadQuery};
 use crate::operations::{ErrorKind, OpError, Operations, Submission, Submitted};
@@ -49,6 +49,7 @@ pub(super) fn router(host: Arc<Host>, token: String) -> Router {
         .route(r::CANCEL.path, post(cancel_task))
         .route(r::WAIT.path, post(wait_task))
         .route(r::TASK.path, get(get_task))
+        .route(r::TASK_LOGS.path, get(task_logs))
         .route(r::PURGE.path, post(purge))
         .route(r::DISPATCH.path, post(dispatch))
         .route(r::PLUGINS.path, get(list_plugins))
@@ -195,6 +196,15 @@ async fn list_tasks(
 
 async fn get_task(State(ctx): State<Ctx>, Path(id): Path<String>) -> Answer<TaskView> {
     ctx.ops.task(&id).map(Json)
+}
+
+async fn task_logs(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> Answer<TaskLogs> {
+    let Query(query) = query.map_err(query_error)?;
+    ctx.ops.task_logs(&id, &query).await.map(Json)
 }
 
 /// 201 when a task was created, 200 when a durable submission's key named

@@ -12,8 +12,8 @@
 use crate::config::LimitsChange;
 use crate::operations::types::{
     CancelRequest, DeadLetters, DeadQuery, DispatchRequest, Health, KeysQuery, KvBucketView,
-    KvEntry, KvKeys, KvPut, KvWritten, LoadRequest, Loaded, PluginView, Purged, QueueView,
-    ScheduleView, Submission, Submitted, TaskFilter, WaitRequest, Woken,
+    KvEntry, KvKeys, KvPut, KvWritten, LoadRequest, Loaded, LogsQuery, PluginView, Purged,
+    QueueView, ScheduleView, Submission, Submitted, TaskFilter, TaskLogs, WaitRequest, Woken,
 };
 use crate::storage::StoredLetter;
 use crate::task::TaskView;
@@ -198,6 +198,9 @@ pub const WAIT: Route<WaitRequest, TaskView> =
 /// `{id}` is the task's number on this host; 404 `not_found` once it is purged,
 /// or if it never was.
 pub const TASK: Route<(), TaskView> = Route::new(Get, "/v1/tasks/{id}", "one task");
+/// `GET /v1/tasks/{id}/logs?after=&limit=&wait_ms=`.
+pub const TASK_LOGS: Route<LogsQuery, TaskLogs> =
+    Route::new(Get, "/v1/tasks/{id}/logs", "a task's kept log lines");
 /// Drops the ended tasks of every worker, and the kept records of ended durable
 /// tasks; their names are free again.
 pub const PURGE: Route<(), Purged> = Route::new(Post, "/v1/purge", "drop ended tasks");

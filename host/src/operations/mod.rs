@@ -28,9 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use types::{
     BuildState, CancelRequest, DispatchRequest, FactoryView, Health, KeysQuery, KvBucketView,
-    KvEntry, KvKeys, KvPut, KvWritten, LoadRequest, Loaded, MemoryImage, NameScope, PluginView,
-    Purged, QueueAction, QueueView, ScheduleAction, ScheduleView, SubmittedTask, TaskFilter,
-    Triggered, WaitRequest, Woken,
+    KvEntry, KvKeys, KvPut, KvWritten, LoadRequest, Loaded, LogLineView, LogsQuery, MemoryImage,
+    NameScope, PluginView, Purged, QueueAction, QueueView, ScheduleAction, ScheduleView,
+    SubmittedTask, TaskFilter, TaskLogs, Triggered, WaitRequest, Woken,
 };
 pub use types::{DeadLetters, DeadQuery};
 pub use types::{ErrorKind, OpError, Submission, Submitted};
@@ -248,6 +248,77 @@ impl Operations {
             .find_map(|w| w.registry().get(id))
             .map(|t| TaskView::from(&t))
             .ok_or_else(|| OpError::new(ErrorKind::NotFound, format!("no task {id}")))
+    }
+
+    /// A task's kept log lines after `query.after`; with `wait_ms`, waits
+    /// that long for a first one while the task runs.
+    pub async fn task_logs(&self, id: &str, query: &LogsQuery) -> Result<TaskLogs, OpError> {
+        const MOST_LINES: usize = 10_000;
+        const LONGEST_WAIT: Duration = Duration::from_secs(30);
+        let id: u64 = id
+            .parse()
+            .map_err(|_| OpError::bad_request(format!("task id must be a number, not {id:?}")))?;
+        let limit = query.limit.unwrap_or(1_000);
+        if !(1..=MOST_LINES).contains(&limit) {
+            return Err(OpError::bad_request(format!(
+                "limit must be between 1 and {MOST_LINES}, not {limit}"
+            )));
+        }
+        let after = query.after.unwrap_or(0);
+        let find = || {
+            self.host
+                .workers()
+                .find_map(|w| w.registry().log(id))
+                .ok_or_else(|| OpError::new(ErrorKind::NotFound, format!("no task {id}")))
+        };
+        let (mut log, signal) = find()?;
+        if let Some(wait_ms) = query.wait_ms
+            && signal.end_state().is_none()
+            && log
+                .as_ref()
+                .is_none_or(|log| log.page(after, 1).lines.is_empty())
+        {
+            let wait = Duration::from_millis(wait_ms).min(LONGEST_WAIT);
+            let book = self.host.log_book();
+            // The task's log is made here if it has none yet, so its first
+            // line wakes this wait.
+            let waited = signal.log(book).clone();
+            let _ = tokio::time::timeout(wait, async {
+                tokio::select! {
+                    () = waited.added_after(after) => {}
+                    () = signal.ended() => {}
+                }
+            })
+            .await;
+            log = Some(waited);
+        }
+        let ended = signal.end_state().is_some();
+        let page = log.map(|log| log.page(after, limit));
+        Ok(match page {
+            Some(page) => TaskLogs {
+                task: id,
+                lines: page
+                    .lines
+                    .into_iter()
+                    .map(|line| LogLineView {
+                        seq: line.seq,
+                        at_ms: line.at_ms,
+                        level: line.level.to_string(),
+                        message: line.message,
+                    })
+                    .collect(),
+                last: page.last,
+                dropped: page.dropped,
+                ended,
+            },
+            None => TaskLogs {
+                task: id,
+                lines: Vec::new(),
+                last: 0,
+                dropped: 0,
+                ended,
+            },
+        })
     }
 
     /// Cancels the tasks named `request.name` (on one worker or all) and

@@ -577,6 +577,55 @@ pub struct TaskFilter {
     pub name: Option<String>,
 }
 
+/// `GET /v1/tasks/{id}/logs?after=&limit=&wait_ms=`: which of a task's
+/// kept log lines to read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// Only lines numbered after this (the `last` of the previous answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+    /// Lines per answer: default 1,000, at most 10,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// With no line after `after` yet and the task not ended, wait this
+    /// long (at most 30,000 ms) for one: how `taskhost logs --follow`
+    /// follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+/// One kept log line of a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLineView {
+    /// Its number in the task's log, from 1.
+    pub seq: u64,
+    /// When it was logged (milliseconds since the Unix epoch).
+    pub at_ms: u64,
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    /// What the task logged (or wrote to stdout or stderr).
+    pub message: String,
+}
+
+/// A task's kept log lines (`taskhost logs`, `GET /v1/tasks/{id}/logs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskLogs {
+    /// The task's id.
+    pub task: u64,
+    /// The lines asked for, oldest first.
+    pub lines: Vec<LogLineView>,
+    /// The number of the task's last line so far (0: none): ask for the
+    /// lines after it next.
+    pub last: u64,
+    /// How many of its oldest lines are no longer kept (`[limits]
+    /// task_log_lines`, `task_log_bytes`).
+    pub dropped: u64,
+    /// Whether the task has ended: a follower stops once it has read
+    /// every line of an ended task.
+    pub ended: bool,
+}
+
 /// `GET /v1/kv/{bucket}?after=&limit=`: a page of a bucket's keys.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

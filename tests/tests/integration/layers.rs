@@ -15,7 +15,7 @@ use taskhost_tests::repo;
 
 /// The layers of `host/src/lib.rs`, bottom first.
 const LAYERS: &[&[&str]] = &[
-    &["config::value"],
+    &["config::value", "task_log"],
     &["variables::section"],
     &[
         "task",

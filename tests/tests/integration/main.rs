@@ -42,6 +42,7 @@ mod singletons;
 mod sockets;
 mod storage_contract;
 mod supervision;
+mod task_logs;
 mod variables;
 mod watch;
 mod watcher;
