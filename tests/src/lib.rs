@@ -4,6 +4,8 @@
 
 pub mod routes;
 
+mod browser;
+pub use browser::Browser;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -830,32 +832,38 @@ pub fn versioned(tag: &str, dir: &std::path::Path) -> std::path::PathBuf {
     out
 }
 
+/// Runs `scripts/<script>` (which installs what it must) and returns the
+/// paths it printed for `keys` (`KEY=path` lines), in their order.
+pub(crate) fn setup_script<const N: usize>(script: &str, keys: [&str; N]) -> [PathBuf; N] {
+    let out = Command::new(repo().join("scripts").join(script))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("scripts/{script} runs: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/{script} could not install what it installs"
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    keys.map(|key| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("{script} printed no {key}=:\n{text}"))
+    })
+}
+
 /// Where `scripts/setup-databases` found (or installed) PostgreSQL's
 /// programs and redis-server: run once per test binary.
 fn database_bins() -> &'static (PathBuf, PathBuf) {
     static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     BINS.get_or_init(|| {
-        let out = Command::new(repo().join("scripts/setup-databases"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("scripts/setup-databases runs");
-        assert!(
-            out.status.success(),
-            "scripts/setup-databases could not install PostgreSQL and Redis"
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let value = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .map(PathBuf::from)
-                .unwrap_or_else(|| panic!("setup-databases printed no {key}:\n{text}"))
-        };
-        (value("PG_BIN="), value("REDIS_SERVER="))
+        let [pg, redis] = setup_script("setup-databases", ["PG_BIN", "REDIS_SERVER"]);
+        (pg, redis)
     })
 }
 
 /// A loopback port free now (the OS picks it; a server then takes it).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")

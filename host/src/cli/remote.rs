@@ -477,7 +477,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 worker: worker.map(|w| w.to_string()),
                 state: parse_state(state)?,
                 plugin,
-                name: None,
+                ..TaskFilter::default()
             };
             let tasks = list_tasks(&connect(&common)?, cluster, &filter).await?;
             let shown = &tasks[tasks.len() - limit.unwrap_or(tasks.len()).min(tasks.len())..];

@@ -3,6 +3,7 @@
 //! and writes the answer or the error as JSON. The paths and their types
 //! are [`super::routes`].
 
+use super::dashboard::{self, Access, Sessions};
 use super::{body_limit, kv_body_limit};
 use crate::config::LimitsChange;
 use crate::host::Host;
@@ -32,19 +33,34 @@ use tokio_stream::wrappers::BroadcastStream;
 struct Ctx {
     ops: Arc<Operations>,
     token: Arc<str>,
+    /// The read-only token (GET requests only); none: there is none.
+    read_token: Option<Arc<str>>,
+    /// The dashboard's signed-in sessions.
+    sessions: Arc<Sessions>,
 }
 
 type Answer<T> = Result<Json<T>, OpError>;
 
-pub(super) fn router(host: Arc<Host>, token: String) -> Router {
+pub(super) fn router(host: Arc<Host>, token: String, read_token: Option<String>) -> Router {
     let body_limit = body_limit(&host.config().limits);
     let kv_body_limit = DefaultBodyLimit::max(kv_body_limit(&host.config().limits));
     let ctx = Ctx {
         ops: Operations::new(host),
         token: token.into(),
+        read_token: read_token.map(Into::into),
+        sessions: Arc::default(),
     };
     use super::routes as r;
     Router::new()
+        .route("/ui", get(|| async { dashboard::asset("") }))
+        .route("/ui/", get(|| async { dashboard::asset("") }))
+        .route("/ui/login", post(sign_in))
+        .route("/ui/logout", post(sign_out))
+        .route("/ui/session", get(session))
+        .route(
+            "/ui/{file}",
+            get(|Path(file): Path<String>| async move { dashboard::asset(&file) }),
+        )
         .route(r::LIST_TASKS.path, get(list_tasks).post(add_task))
         .route(r::CANCEL.path, post(cancel_task))
         .route(r::WAIT.path, post(wait_task))
@@ -163,26 +179,94 @@ async fn authorize(
     next: Next,
 ) -> Response {
     // Health is for probes that hold no token; it tells only ok or degraded.
-    if request.uri().path() == super::routes::HEALTH.path {
+    // The dashboard's page and its sign-in hold no data and check their own.
+    let path = request.uri().path();
+    if path == super::routes::HEALTH.path || path == "/ui" || path.starts_with("/ui/") {
         return next.run(request).await;
     }
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if same(token.as_bytes(), ctx.token.as_bytes()) => next.run(request).await,
-        Some(_) => OpError::new(ErrorKind::Unauthorized, "wrong token").into_response(),
-        None => OpError::new(
-            ErrorKind::Unauthorized,
-            "missing `Authorization: Bearer <token>` (the token is in the host's control file)",
-        )
-        .into_response(),
+    let access = match presented {
+        Some(token) => ctx
+            .access_of(token)
+            .ok_or_else(|| OpError::new(ErrorKind::Unauthorized, "wrong token"))
+            .and_then(|access| access.allows(request.method()).map(|()| access)),
+        None => match ctx.sessions.authorize(&headers, request.method()) {
+            Some(access) => access,
+            None => Err(OpError::new(
+                ErrorKind::Unauthorized,
+                "missing `Authorization: Bearer <token>` (the token is in the host's control \
+                 file)",
+            )),
+        },
+    };
+    match access {
+        Ok(_) => next.run(request).await,
+        Err(error) => error.into_response(),
     }
 }
 
+impl Ctx {
+    /// What `token` may do: none if it is neither token.
+    fn access_of(&self, token: &str) -> Option<Access> {
+        if same(token.as_bytes(), self.token.as_bytes()) {
+            Some(Access::Full)
+        } else if self
+            .read_token
+            .as_ref()
+            .is_some_and(|read| same(token.as_bytes(), read.as_bytes()))
+        {
+            Some(Access::ReadOnly)
+        } else {
+            None
+        }
+    }
+}
+
+/// `POST /ui/login` `{"token"}`: either token starts a dashboard session
+/// (a cookie; the answer has its access and CSRF value).
+async fn sign_in(
+    State(ctx): State<Ctx>,
+    body: Result<Json<SignIn>, JsonRejection>,
+) -> Result<Response, OpError> {
+    let Json(body) = body.map_err(body_error)?;
+    let access = ctx.access_of(body.token.trim()).ok_or_else(|| {
+        OpError::new(
+            ErrorKind::Unauthorized,
+            "wrong token: use the `token` (or `read_token`) of the host's control file",
+        )
+    })?;
+    let (view, cookie) = ctx.sessions.sign_in(access)?;
+    Ok(([(header::SET_COOKIE, cookie)], Json(view)).into_response())
+}
+
+/// `POST /ui/logout`: ends the session.
+async fn sign_out(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    let cookie = ctx.sessions.sign_out(&headers);
+    ([(header::SET_COOKIE, cookie)], StatusCode::NO_CONTENT).into_response()
+}
+
+/// `GET /ui/session`: the session the cookie names, or 401.
+async fn session(State(ctx): State<Ctx>, headers: HeaderMap) -> Result<Response, OpError> {
+    let view = ctx
+        .sessions
+        .current(&headers)
+        .ok_or_else(|| OpError::new(ErrorKind::Unauthorized, "not signed in"))?;
+    let app = ctx.ops.host().config().name.clone();
+    Ok(Json(serde_json::json!({ "session": view, "app": app })).into_response())
+}
+
+/// A sign-in's body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignIn {
+    token: String,
+}
+
 /// Compares without stopping at the first difference.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -9,6 +9,7 @@
 mod address;
 mod api;
 pub mod client;
+mod dashboard;
 pub mod routes;
 mod state_file;
 
@@ -46,7 +47,7 @@ pub fn kv_body_limit(limits: &crate::config::Limits) -> usize {
 /// carry `token` as its bearer token. [`serve`] puts it on a socket; the
 /// fuzz targets call it directly.
 pub fn router(host: Arc<Host>, token: String) -> axum::Router {
-    api::router(host, token)
+    api::router(host, token, None)
 }
 
 /// Where and how to serve the control API.
@@ -122,12 +123,13 @@ pub async fn serve(
     let state = ControlState {
         address: address.to_string(),
         token,
+        read_token: Some(state_file::new_token()?),
         pid: std::process::id(),
         app: host.config().name.clone(),
     };
     state.write(&options.state_file)?;
     let metrics = host.server_metrics().clone();
-    let router = api::router(host, state.token.clone());
+    let router = api::router(host, state.token.clone(), state.read_token.clone());
     crate::serve::raise_open_files();
     let limits = crate::serve::ConnectionLimits {
         max_connections: crate::serve::CONTROL_CONNECTIONS,
@@ -142,10 +144,14 @@ pub async fn serve(
             crate::serve::spawn(listener, router, limits, "control", metrics)
         }
     };
+    let dashboard = match &address {
+        ControlAddress::Tcp(addr) => format!("; dashboard at http://{addr}/ui"),
+        ControlAddress::Unix(_) => String::new(),
+    };
     tracing::info!(
         control = %address,
         state_file = %options.state_file.display(),
-        "control API on {address} (token in {})",
+        "control API on {address} (token in {}){dashboard}",
         options.state_file.display()
     );
     Ok(ControlServer {

@@ -16,6 +16,11 @@ pub struct ControlState {
     pub address: String,
     /// The bearer token every request needs.
     pub token: String,
+    /// A token that may only read (GET requests, the event stream, the
+    /// dashboard without its actions): for a team that looks without
+    /// steering. Absent in the files of hosts older than it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_token: Option<String>,
     /// The host's process: with the token, how a reader tells a live host
     /// from the stale file of a crashed one.
     pub pid: u32,

@@ -215,11 +215,25 @@ impl Operations {
 
     /// The tasks of this host that `filter` selects.
     pub fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskView>, OpError> {
+        const MOST_TASKS: usize = 10_000;
         let worker = filter.worker.as_deref().map(parse_worker).transpose()?;
-        Ok(self
-            .host
-            .tasks()
+        if let Some(limit) = filter.limit
+            && !(1..=MOST_TASKS).contains(&limit)
+        {
+            return Err(OpError::bad_request(format!(
+                "limit must be between 1 and {MOST_TASKS}, not {limit}"
+            )));
+        }
+        if filter.before.is_some() && filter.limit.is_none() {
+            return Err(OpError::bad_request("`before` pages: it needs `limit`"));
+        }
+        let mut tasks = self.host.tasks();
+        if filter.limit.is_some() {
+            tasks.sort_unstable_by_key(|t| std::cmp::Reverse(t.ident.id));
+        }
+        Ok(tasks
             .into_iter()
+            .filter(|t| filter.before.is_none_or(|before| t.ident.id < before))
             .filter(|t| worker.is_none_or(|w| t.ident.worker == w))
             .filter(|t| filter.state.is_none_or(|s| t.state == s))
             .filter(|t| {
@@ -234,6 +248,13 @@ impl Operations {
                     .as_deref()
                     .is_none_or(|n| t.ident.name.as_deref() == Some(n))
             })
+            .filter(|t| {
+                filter
+                    .factory
+                    .as_deref()
+                    .is_none_or(|f| t.ident.factory == f)
+            })
+            .take(filter.limit.unwrap_or(usize::MAX))
             .map(|t| TaskView::from(&t))
             .collect())
     }

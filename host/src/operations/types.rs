@@ -575,6 +575,17 @@ pub struct TaskFilter {
     /// Only tasks so named (on any worker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Only tasks of the factory so named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factory: Option<String>,
+    /// A page: at most this many tasks (1 to 10,000), the newest first
+    /// (highest ids). Without it, every task selected, oldest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// With `limit`: only tasks whose id is below this (the last id of
+    /// the previous page), for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
 }
 
 /// `GET /v1/tasks/{id}/logs?after=&limit=&wait_ms=`: which of a task's
@@ -868,6 +879,9 @@ pub enum ErrorKind {
     TooLarge,
     /// No token, or the wrong one.
     Unauthorized,
+    /// A token (or a dashboard session) that may not do this: a read-only
+    /// one steering, or a dashboard action without its CSRF header.
+    Forbidden,
     /// No such endpoint.
     NoRoute,
     /// The endpoint does not take that method.
@@ -918,12 +932,13 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, for tests and for [`ErrorKind::parse`].
-    pub const ALL: [ErrorKind; 26] = [
+    pub const ALL: [ErrorKind; 27] = [
         ErrorKind::BadRequest,
         ErrorKind::BadBody,
         ErrorKind::BadMediaType,
         ErrorKind::TooLarge,
         ErrorKind::Unauthorized,
+        ErrorKind::Forbidden,
         ErrorKind::NoRoute,
         ErrorKind::MethodNotAllowed,
         ErrorKind::NotFound,
@@ -953,6 +968,7 @@ impl ErrorKind {
             ErrorKind::BadRequest | ErrorKind::BadBody | ErrorKind::BadMediaType => "bad_request",
             ErrorKind::TooLarge => "too_large",
             ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
             ErrorKind::NoRoute => "no_route",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::NotFound => "not_found",
@@ -991,6 +1007,7 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest => 400,
             ErrorKind::Unauthorized => 401,
+            ErrorKind::Forbidden => 403,
             ErrorKind::NoRoute
             | ErrorKind::NotFound
             | ErrorKind::NoWorker
@@ -1016,7 +1033,8 @@ impl ErrorKind {
             400 => ErrorKind::BadRequest,
             415 => ErrorKind::BadMediaType,
             422 => ErrorKind::BadBody,
-            401 | 403 => ErrorKind::Unauthorized,
+            401 => ErrorKind::Unauthorized,
+            403 => ErrorKind::Forbidden,
             404 => ErrorKind::NotFound,
             405 => ErrorKind::MethodNotAllowed,
             409 => ErrorKind::Conflict,

@@ -75,6 +75,7 @@ fn a_stale_file_pointing_at_an_unrelated_listener_does_not_block_a_start() {
     let stale = ControlState {
         address: squatter.local_addr().unwrap().to_string(),
         token: "from-a-crashed-host".into(),
+        read_token: None,
         pid: std::process::id(),
         app: "crashed".into(),
     };

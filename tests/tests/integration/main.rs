@@ -12,6 +12,7 @@ mod compile_cache;
 mod connections;
 mod control;
 mod control_file;
+mod dashboard;
 mod databases;
 mod durable;
 mod events;
