@@ -862,6 +862,14 @@ fn database_bins() -> &'static (PathBuf, PathBuf) {
     })
 }
 
+/// Held while a test runs an app of `examples/` as it is: they all keep
+/// their state in `examples/.taskhost`, which one host at a time may use
+/// (a second is refused: "in use by another taskhost").
+pub fn examples_storage() -> std::sync::MutexGuard<'static, ()> {
+    static STORAGE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    STORAGE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A loopback port free now (the OS picks it; a server then takes it).
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

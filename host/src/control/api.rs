@@ -3,7 +3,7 @@
 //! and writes the answer or the error as JSON. The paths and their types
 //! are [`super::routes`].
 
-use super::dashboard::{self, Access, Sessions};
+use super::dashboard::{self, Access, Sessions, same};
 use super::{body_limit, kv_body_limit};
 use crate::config::LimitsChange;
 use crate::host::Host;
@@ -263,11 +263,6 @@ async fn session(State(ctx): State<Ctx>, headers: HeaderMap) -> Result<Response,
 #[serde(deny_unknown_fields)]
 struct SignIn {
     token: String,
-}
-
-/// Compares without stopping at the first difference.
-pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn list_tasks(

@@ -8,6 +8,7 @@ use taskhost_tests::{TestApp, repo, result_of, taskhost_bin};
 
 #[test]
 fn demo_app_runs_worker_tasks_once_per_worker_after_the_main_task() {
+    let _storage = taskhost_tests::examples_storage();
     let scratch = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(taskhost_bin())
         .args(["run", "--until-idle", "--log-format", "json"])

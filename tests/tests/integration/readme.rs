@@ -158,6 +158,7 @@ fn the_readme_python_and_javascript_examples_run() {
 /// by side, building each plugin from source as it says.
 #[test]
 fn the_polyglot_example_runs_three_languages_side_by_side() {
+    let _storage = taskhost_tests::examples_storage();
     let scratch = tempfile::tempdir().unwrap();
     let run = taskhost_tests::Run::from(
         std::process::Command::new("timeout")
@@ -248,6 +249,7 @@ fn the_documented_task_record_is_task_view() {
 /// with what it received.
 #[test]
 fn the_websocket_example_runs_as_the_readme_session_shows() {
+    let _storage = taskhost_tests::examples_storage();
     let example = std::fs::read_to_string(repo().join("examples/websocket.toml")).unwrap();
     let shown = readme_block(
         "## Connections and webhooks",
