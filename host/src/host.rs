@@ -162,9 +162,16 @@ impl Host {
             None => storage,
         };
         let ticker = EpochTicker::start(&[&engines.engine, &engines.cold, &engines.images])?;
-        let metrics = Metrics::new(app.task_memory.clone(), app.http_metrics.clone())
+        let mut metrics = Metrics::new(app.task_memory.clone(), app.http_metrics.clone())
             .with_storage(storage_metrics.call_seconds, storage_metrics.waiting)
             .with_sockets(app.sockets_open.clone());
+        if let Some(telemetry) = &config.telemetry {
+            let traces = crate::metrics::TraceMetrics::default();
+            metrics = metrics.with_traces(&traces);
+            let exporter = crate::telemetry::Telemetry::start(telemetry, &config.name, traces)
+                .context("cannot start the trace exporter ([telemetry])")?;
+            app.set_telemetry(Arc::new(exporter));
+        }
         let queues = crate::queues::Queues::new(&config.queues, metrics.queues.clone());
         restore_queue_settings(&queues, &storage, &config.source).await?;
         let env = Arc::new(TaskEnv {
@@ -795,6 +802,10 @@ impl Host {
         // Last: what the ending tasks dispatched still reaches the others.
         if let Some(cluster) = &self.cluster {
             cluster.leave().await;
+        }
+        // The ended tasks' spans go before the process does.
+        if let Some(telemetry) = env.app.telemetry().cloned() {
+            let _ = tokio::task::spawn_blocking(move || telemetry.flush()).await;
         }
         RunSummary {
             done: count(&env.metrics.done),

@@ -15,6 +15,7 @@
 use crate::config::{HttpLimits, PluginPolicy};
 use crate::metrics::HttpMetrics;
 use crate::task::{CancelSignal, TaskIdent};
+use crate::telemetry::{Attr, SpanKind, SpanRecord, Telemetry};
 use http_body_util::{BodyExt, Limited};
 use std::future::Future;
 use std::sync::Arc;
@@ -47,6 +48,8 @@ struct Hooks {
     /// A request was refused by the allow-list: a retry cannot change
     /// that, so the task's retry policy does not try again.
     denied: bool,
+    /// Where each request's span goes (`[telemetry]`).
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl HttpState {
@@ -55,6 +58,7 @@ impl HttpState {
         policy: Arc<PluginPolicy>,
         cancel: Arc<CancelSignal>,
         metrics: HttpMetrics,
+        telemetry: Option<Arc<Telemetry>>,
     ) -> HttpState {
         // What one `fields` handle may hold; `handles_per_task` bounds how
         // many there are.
@@ -70,6 +74,7 @@ impl HttpState {
                 metrics,
                 open: None,
                 denied: false,
+                telemetry,
             },
         }
     }
@@ -123,7 +128,7 @@ impl WasiHttpHooks for Hooks {
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Sent {
-        let uri = request.uri();
+        let uri = request.uri().clone();
         let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
         let default_port = if scheme == "http" { 80 } else { 443 };
         let port = uri.port_u16().unwrap_or(default_port);
@@ -209,7 +214,7 @@ impl WasiHttpHooks for Hooks {
         // the request's failure name the limit instead.
         let body_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (limited_ident, flag, message) = (ident.clone(), body_over.clone(), too_large.clone());
-        let request = request.map(move |body| {
+        let mut request = request.map(move |body| {
             Limited::new(body, request_limit)
                 .map_err(move |error| match error.downcast::<Error>() {
                     Ok(error) => *error,
@@ -234,6 +239,33 @@ impl WasiHttpHooks for Hooks {
         let limit = self.limits.response_bytes;
         let method = request.method().clone();
         let metrics = self.metrics.clone();
+        // The request's own span in the task's trace, named to the server
+        // in `traceparent` (a guest's own header of that name is replaced).
+        let span = ident.trace.map(|trace| {
+            let context = crate::trace_context::TraceParent {
+                span_id: crate::trace_context::new_span_id(),
+                ..trace.span
+            };
+            if let Ok(value) = http::HeaderValue::from_str(&context.header()) {
+                request.headers_mut().insert("traceparent", value);
+            }
+            ClientSpan {
+                telemetry: self.telemetry.clone().filter(|_| context.sampled),
+                context,
+                parent: trace.span.span_id,
+                start: std::time::SystemTime::now(),
+                name: format!("HTTP {method}"),
+                attributes: vec![
+                    ("http.request.method", Attr::Text(method.to_string())),
+                    ("url.scheme", Attr::Text(scheme.clone())),
+                    (
+                        "server.address",
+                        Attr::Text(uri.host().unwrap_or_default().to_string()),
+                    ),
+                    ("server.port", Attr::Int(i64::from(port))),
+                ],
+            }
+        });
         Box::new(async move {
             if cancel.is_cancelled() {
                 return Err(cancelled());
@@ -245,10 +277,12 @@ impl WasiHttpHooks for Hooks {
                     Ok(sent) => sent,
                     Err(_) if body_over.load(Ordering::Relaxed) => {
                         metrics.record(&ident.plugin, None, begun.elapsed());
+                        ClientSpan::end(span, None, Some(too_large.clone()));
                         return Err(limit_error(too_large));
                     }
                     Err(error) => {
                         metrics.record(&ident.plugin, None, begun.elapsed());
+                        ClientSpan::end(span, None, Some(error.to_string()));
                         tracing::debug!(
                             task = %ident.label(),
                             plugin = %ident.plugin,
@@ -264,6 +298,7 @@ impl WasiHttpHooks for Hooks {
             };
             let status = response.status().as_u16();
             metrics.record(&ident.plugin, Some(status), begun.elapsed());
+            ClientSpan::end(span, Some(status), None);
             // One debug line per request, once its body is done with.
             let mut done = RequestLog {
                 ident: ident.clone(),
@@ -365,4 +400,45 @@ fn limit_error(message: String) -> Error {
 /// What a request of a cancelled task fails with.
 fn cancelled() -> Error {
     Error::InternalError(Some("the task was cancelled".into()))
+}
+
+/// An outbound request's span, recorded when its answer's head (or its
+/// failure) arrives.
+struct ClientSpan {
+    /// None when the trace is not sampled or telemetry is off: the header
+    /// still goes out, no span is recorded.
+    telemetry: Option<Arc<Telemetry>>,
+    context: crate::trace_context::TraceParent,
+    parent: [u8; 8],
+    start: std::time::SystemTime,
+    name: String,
+    attributes: Vec<(&'static str, Attr)>,
+}
+
+impl ClientSpan {
+    fn end(span: Option<ClientSpan>, status: Option<u16>, error: Option<String>) {
+        let Some(mut span) = span else { return };
+        let Some(telemetry) = span.telemetry.take() else {
+            return;
+        };
+        if let Some(status) = status {
+            span.attributes
+                .push(("http.response.status_code", Attr::Int(i64::from(status))));
+        }
+        let error = error.or_else(|| {
+            status
+                .filter(|status| *status >= 500)
+                .map(|status| format!("the server answered {status}"))
+        });
+        telemetry.record(SpanRecord {
+            context: span.context,
+            parent_span_id: Some(span.parent),
+            name: span.name,
+            kind: SpanKind::Client,
+            start: span.start,
+            end: std::time::SystemTime::now(),
+            attributes: span.attributes,
+            error,
+        });
+    }
 }

@@ -13,7 +13,9 @@
 //!    `[plugins.NAME.variables]` table), so that a host interface owns its
 //!    `app.toml` section while [`config`] embeds it; `task_log` (each
 //!    task's kept log lines and the budget they share), which a task's
-//!    signal holds.
+//!    signal holds; [`trace_context`] (W3C `traceparent`: a task's place
+//!    in its trace, which app.toml's task specs and a task's identity
+//!    carry).
 //! 1. Vocabulary, no host logic: [`task`] (ids, states, [`task::TaskView`]),
 //!    [`config`] (app.toml), `bindings` (the WIT), `dirs`,
 //!    `private_files`, `grace` (the clock of a cancelled task's grace
@@ -36,8 +38,10 @@
 //!    (the wasmtime engines, through the compile cache), `serve` (how
 //!    the two HTTP servers bound their connections),
 //!    [`operations::types`] (the requests, answers and error of every
-//!    operation, low so that guests' calls can name them) and `joins`
-//!    (waiting for a task's end, for guests' joins and the API's wait).
+//!    operation, low so that guests' calls can name them), `joins`
+//!    (waiting for a task's end, for guests' joins and the API's wait) and
+//!    `telemetry` (the OTLP trace exporter: spans of tasks and of their
+//!    outbound calls, batched on a thread of its own).
 //! 4. The host interfaces a task imports, one module each, owning its
 //!    state and its `add_to_linker`: `app` (the handle to the app; it
 //!    reaches the worker only through the narrow `app::TaskScope` trait,
@@ -121,6 +125,8 @@ pub(crate) mod sockets;
 pub mod storage;
 pub(crate) mod store;
 pub(crate) mod task_log;
+pub(crate) mod telemetry;
+pub mod trace_context;
 pub(crate) mod variables;
 pub(crate) mod wasi;
 pub(crate) mod watch;

@@ -210,6 +210,18 @@ impl Default for Metrics {
     }
 }
 
+/// What the trace exporter did with spans (`[telemetry]`). Cloning shares
+/// the counters.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TraceMetrics {
+    /// Spans the collector took.
+    pub(crate) exported: Counter,
+    /// Spans dropped because the exporter's queue was full.
+    pub(crate) dropped: Counter,
+    /// Spans in posts that failed (the collector down or refusing).
+    pub(crate) failed: Counter,
+}
+
 /// What tasks' outbound HTTP requests did, by plugin. Cloning shares the
 /// counters: every task's store holds a clone.
 #[derive(Debug, Clone)]
@@ -471,6 +483,25 @@ impl Metrics {
             "sockets_open",
             "TCP sockets tasks hold open, host-wide ([limits] sockets_per_app bounds it)",
             open,
+        );
+        self
+    }
+
+    pub(crate) fn with_traces(mut self, traces: &TraceMetrics) -> Metrics {
+        self.registry.register(
+            "trace_spans_exported",
+            "Spans the OTLP collector took ([telemetry])",
+            traces.exported.clone(),
+        );
+        self.registry.register(
+            "trace_spans_dropped",
+            "Spans dropped because the exporter's queue was full ([telemetry] queue_spans)",
+            traces.dropped.clone(),
+        );
+        self.registry.register(
+            "trace_spans_failed",
+            "Spans in posts to the OTLP collector that failed",
+            traces.failed.clone(),
         );
         self
     }

@@ -852,6 +852,7 @@ mod tests {
             connection: None,
             queue: None,
             parent: None,
+            trace: None,
         })
     }
 

@@ -86,6 +86,7 @@ pub(crate) async fn prepare(
         connection: None,
         queue: None,
         parent: None,
+        trace: None,
     });
     let data = TaskData::stand_in(ident, app.clone());
     let (engine, pre) = plugin.instantiation(engines, true);

@@ -500,6 +500,7 @@ impl Scheduler {
                 retry: config.retry,
                 restart: None,
                 on_load: None,
+                trace: None,
                 durable: config.durable,
                 // Per worker only where each worker runs the tick: an `any`
                 // run is one task whichever worker it lands on.

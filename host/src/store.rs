@@ -198,6 +198,7 @@ impl WasiHttpView for TaskData {
                 policy.clone(),
                 cancel.clone(),
                 app.app.http_metrics.clone(),
+                app.app.telemetry().cloned(),
             )
         });
         http.view(wasi.table())

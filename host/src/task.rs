@@ -111,6 +111,8 @@ pub struct TaskIdent {
     /// `start-task`); none for one the host, an operator or a schedule
     /// started.
     pub parent: Option<TaskId>,
+    /// Its place in its trace (`[telemetry]`); none without telemetry.
+    pub trace: Option<crate::trace_context::TaskTrace>,
 }
 
 impl TaskIdent {

@@ -691,11 +691,11 @@ impl Drop for Running {
     }
 }
 
-/// A loopback HTTP server on its own thread answering `GET /hello` with
-/// "hello from the test server" and `POST /echo` with the body it got, and
-/// never answering `GET /slow`; its address.
-pub fn hello_server() -> std::net::SocketAddr {
-    use axum::routing::{get, post};
+/// Serves the router `make` builds (given the address it will serve on)
+/// on 127.0.0.1, on a thread and runtime of its own; its address.
+pub fn serve(
+    make: impl FnOnce(std::net::SocketAddr) -> axum::Router + Send + 'static,
+) -> std::net::SocketAddr {
     let (bound, address) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -704,15 +704,25 @@ pub fn hello_server() -> std::net::SocketAddr {
             .unwrap();
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            bound.send(listener.local_addr().unwrap()).unwrap();
-            let app = axum::Router::new()
-                .route("/hello", get(|| async { "hello from the test server" }))
-                .route("/echo", post(|body: String| async move { body }))
-                .route("/slow", get(std::future::pending::<String>));
-            axum::serve(listener, app).await.unwrap();
+            let at = listener.local_addr().unwrap();
+            bound.send(at).unwrap();
+            axum::serve(listener, make(at)).await.unwrap();
         });
     });
     address.recv().unwrap()
+}
+
+/// A loopback HTTP server on its own thread answering `GET /hello` with
+/// "hello from the test server" and `POST /echo` with the body it got, and
+/// never answering `GET /slow`; its address.
+pub fn hello_server() -> std::net::SocketAddr {
+    use axum::routing::{get, post};
+    serve(|_| {
+        axum::Router::new()
+            .route("/hello", get(|| async { "hello from the test server" }))
+            .route("/echo", post(|body: String| async move { body }))
+            .route("/slow", get(std::future::pending::<String>))
+    })
 }
 
 /// The `nats-server` executable, installed by `scripts/setup-nats` on

@@ -114,6 +114,8 @@ pub struct AppContext {
     pub memory_total_bytes: u64,
     /// Every task's kept log lines, against `[limits] task_log_bytes`.
     pub(crate) log_book: Arc<crate::task_log::LogBook>,
+    /// The trace exporter (`[telemetry]`), once the host started it.
+    telemetry: std::sync::OnceLock<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl std::fmt::Debug for AppContext {
@@ -155,7 +157,18 @@ impl AppContext {
             connections: Arc::default(),
             memory_total_bytes: limits.memory_total_bytes(),
             log_book: crate::task_log::LogBook::new(limits.task_log_lines, limits.task_log_bytes),
+            telemetry: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The trace exporter, if `[telemetry]` is on and the host started.
+    pub(crate) fn telemetry(&self) -> Option<&Arc<crate::telemetry::Telemetry>> {
+        self.telemetry.get()
+    }
+
+    /// Hands the host's trace exporter to every task (once).
+    pub(crate) fn set_telemetry(&self, telemetry: Arc<crate::telemetry::Telemetry>) {
+        let _ = self.telemetry.set(telemetry);
     }
 
     /// The `[config]` value of `key` as JSON text (what `app.config(key)`
@@ -364,6 +377,7 @@ macro_rules! app_host {
                     args,
                     name,
                     parent: Some(self.ident.id),
+                    trace: self.ident.trace.map(|trace| trace.span),
                     ..TaskSpec::default()
                 };
                 Ok(match self.add_task_target(plugin) {
@@ -522,6 +536,7 @@ macro_rules! since_0_2 {
                 Err(error) => return Ok(Err(error)),
             };
             spec.parent = Some(self.ident.id);
+            spec.trace = self.ident.trace.map(|trace| trace.span);
             let (worker, plugin) = match self.add_task_target(plugin) {
                 Ok(target) => target,
                 Err(error) => return Ok(Err(error)),

@@ -247,6 +247,7 @@ pub(super) fn spec_of(
         connection: None,
         queue: placement_of(options.placement)?,
         parent: None,
+        trace: None,
     })
 }
 
@@ -306,6 +307,7 @@ pub(super) fn submission_of(
         priority: placement.as_ref().and_then(|p| p.priority),
         delay: placement.as_ref().and_then(|p| p.delay.clone()),
         run_at: placement.and_then(|p| p.run_at),
+        traceparent: None,
     })
 }
 

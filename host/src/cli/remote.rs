@@ -104,8 +104,12 @@ pub(crate) enum Verb {
         /// refused) [default: worker].
         #[arg(long, value_parser = ["worker", "cluster"], requires = "name")]
         scope: Option<String>,
+        /// A W3C traceparent (`00-<trace id>-<span id>-01`): the task's
+        /// span joins that trace ([telemetry], docs/telemetry.md).
+        #[arg(long, value_name = "HEADER")]
+        traceparent: Option<String>,
         #[command(flatten)]
-        restart: RestartFlags,
+        restart: Box<RestartFlags>,
         #[command(flatten)]
         queue: Box<QueueFlags>,
         #[command(flatten)]
@@ -521,6 +525,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             idempotency_key,
             host,
             scope,
+            traceparent,
             restart,
             queue,
             common,
@@ -568,6 +573,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 priority,
                 delay,
                 run_at,
+                traceparent,
             };
             let added = connect(&common)?
                 .call(&routes::SUBMIT, &[], &request)

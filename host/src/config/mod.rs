@@ -17,6 +17,7 @@ mod retry;
 mod routes;
 mod schedule;
 mod socket_grant;
+mod telemetry;
 pub(crate) mod value;
 
 pub use cluster::{ClusterAuth, ClusterConfig, ClusterTls};
@@ -41,6 +42,7 @@ pub use schedule::{
     CatchUp, MAX_CATCH_UP, Overlap, ScheduleConfig, ScheduleScope, ScheduleSpec, When, tick_label,
 };
 pub use socket_grant::{GrantHost, SocketGrant};
+pub use telemetry::TelemetryConfig;
 pub(crate) use value::toml_to_json;
 pub use value::{ConfigValue, MAX_SECRET_BYTES, SecretSource, read_bounded};
 
@@ -130,6 +132,8 @@ pub struct AppConfig {
     /// `[cluster]`: the NATS this host shares the app over; none for a
     /// host on its own.
     pub cluster: Option<ClusterConfig>,
+    /// `[telemetry]`: OpenTelemetry traces; none: no spans are made.
+    pub telemetry: Option<TelemetryConfig>,
 }
 
 /// `[storage]`: where key-value state and durable tasks live.
@@ -290,6 +294,7 @@ impl TaskConfig {
             connection: None,
             queue: self.queue.clone(),
             parent: None,
+            trace: None,
         }
     }
 }
@@ -310,6 +315,9 @@ pub struct TaskSpec {
     /// How it is started again once it ends (supervised); none: it is not.
     /// Not with `durable`.
     pub restart: Option<RestartPolicy>,
+    /// The trace it joins (a webhook request's `traceparent`, its parent
+    /// task's span); none: it starts its own, if tracing is on.
+    pub trace: Option<crate::trace_context::TraceParent>,
     /// What a newer build of its plugin does to it; none: the plugin's
     /// `on_load`.
     pub on_load: Option<OnLoad>,
@@ -368,6 +376,7 @@ struct RawApp {
     #[serde(default)]
     routes: Vec<routes::RawRoute>,
     cluster: Option<cluster::RawCluster>,
+    telemetry: Option<telemetry::RawTelemetry>,
 }
 
 fn one() -> i64 {
@@ -719,8 +728,13 @@ impl AppConfig {
             .cluster
             .map(|cluster| cluster.checked(&file.to_string(), base))
             .transpose()?;
+        let telemetry = raw
+            .telemetry
+            .map(|telemetry| telemetry.checked(&file.to_string()))
+            .transpose()?;
         Ok(AppConfig {
             cluster,
+            telemetry,
             source: source.to_path_buf(),
             name: raw.name,
             workers,

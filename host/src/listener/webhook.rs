@@ -188,6 +188,14 @@ async fn answer(route: &Route, remote: SocketAddr, request: Request) -> Response
                 priority: 0,
                 start: None,
             }),
+        // The caller's trace (W3C `traceparent`): the task's span joins
+        // it. A malformed header starts a trace of its own, as the spec
+        // asks of a receiver.
+        trace: parts
+            .headers
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .and_then(crate::trace_context::TraceParent::parse),
         ..TaskSpec::default()
     };
     let host = &route.shared.host;

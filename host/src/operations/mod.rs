@@ -815,6 +815,7 @@ impl Operations {
             priority: Some(i64::from(letter.priority)),
             delay: None,
             run_at: None,
+            traceparent: None,
         };
         let submitted = self.submit_here(submission).await?;
         if let Err(error) = self.host.storage().queues().remove_dead(id).await {

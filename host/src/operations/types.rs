@@ -90,6 +90,10 @@ pub struct Submission {
     /// Start no sooner than this time (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<String>,
+    /// A W3C `traceparent`: the task's span joins that trace, under that
+    /// span (`[telemetry]`; ignored without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Submission {
@@ -131,6 +135,18 @@ impl Submission {
             .placement()
             .map_err(OpError::bad_request)?,
             parent: None,
+            trace: self
+                .traceparent
+                .as_deref()
+                .map(|header| {
+                    crate::trace_context::TraceParent::parse(header).ok_or_else(|| {
+                        OpError::bad_request(format!(
+                            "traceparent {header:?} is not a W3C traceparent \
+                             (00-<32 hex>-<16 hex>-<2 hex>)"
+                        ))
+                    })
+                })
+                .transpose()?,
         })
     }
 }

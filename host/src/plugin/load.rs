@@ -232,6 +232,7 @@ impl PluginLoader {
             connection: None,
             queue: None,
             parent: None,
+            trace: None,
         });
         let data = TaskData::new(ident, self.app.clone(), Arc::new(CancelSignal::default()));
         // Probes run on the cold engine: they should not leave pages in

@@ -275,6 +275,7 @@ impl WorkerCtx {
                 connection: None,
                 queue: Some(queued.placement()),
                 parent: None,
+                trace: None,
             };
             return self
                 .enqueue(plugin, spec, Some((run, Some(submitted))))
@@ -296,6 +297,7 @@ impl WorkerCtx {
             connection: None,
             queue: None,
             parent: None,
+            trace: None,
         };
         Ok(self.start(Launch::new(plugin, spec, Some(run)), None)?)
     }
@@ -329,6 +331,7 @@ impl WorkerCtx {
             connection: None,
             queue: None,
             parent: None,
+            trace: None,
         });
         let info = TaskInfo {
             state: outcome.state(),

@@ -205,6 +205,8 @@ struct Launch {
     durable: Option<DurableRun>,
     connection: Option<u64>,
     parent: Option<TaskId>,
+    /// The trace it joins (see `TaskSpec::trace`).
+    trace: Option<crate::trace_context::TraceParent>,
     /// The lease its copy acts under (a singleton's claim in a cluster):
     /// attached before its store exists, so it is fenced from the start.
     lease: Option<Arc<crate::task::Lease>>,
@@ -221,6 +223,7 @@ impl Launch {
             durable,
             connection: spec.connection,
             parent: spec.parent,
+            trace: spec.trace,
             lease: None,
         }
     }
@@ -705,8 +708,16 @@ impl WorkerCtx {
             durable,
             connection,
             parent,
+            trace,
             lease: _,
         } = launch;
+        // Its span's place, fixed now: child tasks and outbound calls name
+        // it as their parent before it ends.
+        let trace = self
+            .env
+            .app
+            .telemetry()
+            .map(|telemetry| crate::trace_context::TaskTrace::start(trace, telemetry.sample));
         let ident = Arc::new(TaskIdent {
             id: next_task_id(),
             name,
@@ -718,6 +729,7 @@ impl WorkerCtx {
             connection,
             queue,
             parent,
+            trace,
         });
         let handle = match &ident.queue {
             Some(_) => self.registry.register_queued(ident.clone())?,
@@ -1102,6 +1114,17 @@ impl Run {
                 },
             }
         });
+        if let (Some(trace), Some(telemetry)) = (ident.trace, worker.env.app.telemetry())
+            && trace.span.sampled
+        {
+            telemetry.record(crate::telemetry::task_span(
+                &ident,
+                trace,
+                attempt,
+                &outcome,
+                begun.elapsed(),
+            ));
+        }
         worker.env.metrics.record_end(&outcome);
         worker.registry.finish(ident.id, outcome);
         // The queue's share goes back once the end is told, so no log

@@ -129,6 +129,17 @@ plugin! {
         }
     }
 
+    /// A webhook route's task for the trace tests: GETs `url` (the route's
+    /// `args`), then starts a child task (`nap`) and waits for it; returns
+    /// the GET's status.
+    fn traced_hook(app: &App, request: Request, url: String) -> Result<Value> {
+        let _ = request;
+        let (status, _) = http_get_raw(&url).map_err(Error::msg)?;
+        let child = app.task("nap").args(json!({"ms": 1})).child().start()?;
+        app.join(child, None)?;
+        Ok(json!(status))
+    }
+
     /// Sends `count` GETs of `url` at once, then reads each answer:
     /// returns per request `"200"` or the error it got.
     fn http_parallel(_app: &App, url: String, count: u32) -> Result<Value> {

@@ -15,7 +15,7 @@ use taskhost_tests::repo;
 
 /// The layers of `host/src/lib.rs`, bottom first.
 const LAYERS: &[&[&str]] = &[
-    &["config::value", "task_log"],
+    &["config::value", "task_log", "trace_context"],
     &["variables::section"],
     &[
         "task",
@@ -43,6 +43,7 @@ const LAYERS: &[&[&str]] = &[
         "operations::types",
         "interface",
         "joins",
+        "telemetry",
     ],
     &[
         "app",

@@ -44,6 +44,7 @@ mod sockets;
 mod storage_contract;
 mod supervision;
 mod task_logs;
+mod telemetry;
 mod variables;
 mod watch;
 mod watcher;

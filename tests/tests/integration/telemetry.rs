@@ -1,0 +1,164 @@
+//! OpenTelemetry traces (`[telemetry]`) sent to a real OTLP/HTTP receiver
+//! of the test's own, which decodes the protobuf with the OpenTelemetry
+//! project's message types: a webhook request's `traceparent` reaches the
+//! task's span, its outbound HTTP call's span and the header the loopback
+//! server received, and a child task's span is the task's child.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::routing::{get, post};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use taskhost_tests::routes::start;
+use taskhost_tests::{TestApp, millis, poll_until, secs};
+
+/// What the receiver and the loopback server saw.
+#[derive(Default)]
+struct Seen {
+    spans: Vec<Span>,
+    service_names: Vec<String>,
+    traceparents: Vec<String>,
+}
+
+/// An OTLP/HTTP receiver (`POST /v1/traces`) and a plain server (`GET
+/// /hello`, noting its `traceparent`) on one loopback port.
+fn receiver() -> (SocketAddr, Arc<Mutex<Seen>>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let (traces, hello) = (seen.clone(), seen.clone());
+    let address = taskhost_tests::serve(move |_| {
+        Router::new()
+            .route(
+                "/v1/traces",
+                post(move |body: Bytes| async move {
+                    let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                    let mut seen = traces.lock().unwrap();
+                    for resource in request.resource_spans {
+                        for attribute in resource.resource.into_iter().flat_map(|r| r.attributes) {
+                            if attribute.key == "service.name" {
+                                seen.service_names.push(format!("{:?}", attribute.value));
+                            }
+                        }
+                        for scope in resource.scope_spans {
+                            seen.spans.extend(scope.spans);
+                        }
+                    }
+                    ""
+                }),
+            )
+            .route(
+                "/hello",
+                get(move |headers: axum::http::HeaderMap| async move {
+                    if let Some(value) = headers.get("traceparent") {
+                        hello
+                            .lock()
+                            .unwrap()
+                            .traceparents
+                            .push(value.to_str().unwrap().to_string());
+                    }
+                    "hello"
+                }),
+            )
+    });
+    (address, seen)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn attribute(span: &Span, key: &str) -> String {
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .map(|a| format!("{:?}", a.value))
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_webhooks_trace_reaches_its_task_its_http_call_and_its_child_task() {
+    let (otlp, seen) = receiver();
+    let app = TestApp::new(&format!(
+        r#"
+        name = "traced"
+        [telemetry]
+        otlp = "http://{otlp}"
+        batch_ms = 50
+        [plugins.kit]
+        path = "{{testkit}}"
+        [plugins.kit.grants]
+        http = ["http://127.0.0.1:{port}"]
+        [[routes]]
+        http = "POST /hooks/traced"
+        plugin = "kit"
+        factory = "traced_hook"
+        args = {{ url = "http://{otlp}/hello" }}
+        respond = "result"
+        "#,
+        port = otlp.port(),
+    ));
+    let (host, listen) = start(&app);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let answer = ureq::post(&format!("http://{listen}/hooks/traced"))
+        .set("traceparent", &format!("00-{trace_id}-{caller_span}-01"))
+        .send_string("{}")
+        .expect("the webhook answers");
+    assert_eq!(answer.into_string().unwrap(), "200");
+    // The task, its HTTP call and its child: three spans, batched within
+    // 50 ms of their ends.
+    poll_until(secs(60), millis(20), || {
+        match seen.lock().unwrap().spans.len() {
+            n if n >= 3 => Ok(()),
+            n => Err(format!("{n} spans so far")),
+        }
+    });
+    let seen = seen.lock().unwrap();
+    let find = |name: &str| -> &Span {
+        seen.spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no span {name}: {:?}",
+                    seen.spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+                )
+            })
+    };
+    let task = find("task kit/traced_hook");
+    let call = find("HTTP GET");
+    let child = find("task kit/nap");
+    // One trace, the caller's.
+    for span in [task, call, child] {
+        assert_eq!(hex(&span.trace_id), trace_id, "{}", span.name);
+    }
+    // The task under the caller's span; the call and the child under the task's.
+    assert_eq!(hex(&task.parent_span_id), caller_span);
+    assert_eq!(call.parent_span_id, task.span_id);
+    assert_eq!(child.parent_span_id, task.span_id);
+    // The server was told the call's span.
+    assert_eq!(
+        seen.traceparents,
+        [format!("00-{trace_id}-{}-01", hex(&call.span_id))]
+    );
+    assert!(
+        attribute(task, "taskhost.outcome").contains("done"),
+        "{task:?}"
+    );
+    assert!(
+        attribute(call, "http.response.status_code").contains("200"),
+        "{call:?}"
+    );
+    assert!(task.start_time_unix_nano <= call.start_time_unix_nano);
+    assert!(call.end_time_unix_nano <= task.end_time_unix_nano);
+    assert!(
+        seen.service_names.iter().all(|n| n.contains("traced")),
+        "{:?}",
+        seen.service_names
+    );
+    drop(seen);
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
+}
