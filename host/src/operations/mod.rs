@@ -254,6 +254,13 @@ impl Operations {
                     .as_deref()
                     .is_none_or(|f| t.ident.factory == f)
             })
+            .filter(|t| {
+                filter
+                    .queue
+                    .as_deref()
+                    .is_none_or(|q| t.ident.queue.as_deref() == Some(q))
+            })
+            .filter(|t| filter.parent.is_none_or(|p| t.ident.parent == Some(p)))
             .take(filter.limit.unwrap_or(usize::MAX))
             .map(|t| TaskView::from(&t))
             .collect())

@@ -594,6 +594,13 @@ pub struct TaskFilter {
     /// Only tasks of the factory so named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub factory: Option<String>,
+    /// Only tasks waiting or started in this queue (`[[queues]]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Only tasks started by the task with this id (its children, and the
+    /// other tasks it added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<u64>,
     /// A page: at most this many tasks (1 to 10,000), the newest first
     /// (highest ids). Without it, every task selected, oldest first.
     #[serde(default, skip_serializing_if = "Option::is_none")]

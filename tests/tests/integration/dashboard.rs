@@ -274,6 +274,31 @@ fn the_read_token_reads_and_pages_tasks_but_cannot_steer() {
         Some(read),
     );
     assert_eq!(ids(&named), [1]);
+    let (_, none) = call(&base, "GET", "/v1/tasks?limit=10&parent=1", Some(read));
+    assert_eq!(ids(&none), [] as [u64; 0]);
+    // A task that starts a child: listed by its parent's id.
+    let parent = app.cli(&[
+        "add",
+        "testkit",
+        "join_probe",
+        "--args",
+        r#"{"mode": "parent"}"#,
+        "--name",
+        "parent",
+        "--json",
+    ]);
+    let parent = serde_json::from_str::<Value>(&parent.stdout).unwrap()["tasks"][0]["id"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(app.cli(&["wait", "parent"]).code, Some(0));
+    let (_, children) = call(
+        &base,
+        "GET",
+        &format!("/v1/tasks?limit=10&parent={parent}"),
+        Some(read),
+    );
+    assert_eq!(children.as_array().unwrap().len(), 1, "{children}");
+    assert_eq!(children[0]["factory"], "join_probe");
     let (status, bad) = call(&base, "GET", "/v1/tasks?before=4", Some(read));
     assert_eq!(status, 400, "{bad}");
     // It cannot change anything; no token or a wrong one reads nothing.

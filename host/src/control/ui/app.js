@@ -243,10 +243,11 @@ async function tasksPage(params) {
     plugin: params.get('plugin') || '',
     factory: params.get('factory') || '',
     name: params.get('name') || '',
+    queue: params.get('queue') || '',
   };
   let before = null;
   const stateSelect = el('select', { id: 'filter-state' }, ...STATES.map((s) => el('option', { value: s, selected: s === filter.state }, s || 'any state')));
-  const inputs = ['plugin', 'factory', 'name'].map((key) => el('input', { id: `filter-${key}`, placeholder: key, value: filter[key] }));
+  const inputs = ['plugin', 'factory', 'name', 'queue'].map((key) => el('input', { id: `filter-${key}`, placeholder: key, value: filter[key] }));
   const form = el('form', { class: 'filters' }, stateSelect, ...inputs, el('button', { type: 'submit' }, 'Filter'));
   form.addEventListener('submit', (event) => {
     event.preventDefault();
@@ -332,10 +333,17 @@ async function taskPage(id) {
     }, { id: 'start-again' }));
   }
   actions.append(message);
+  const children = await api('GET', `/v1/tasks?parent=${task.id}&limit=100`);
+  const childList = children.length
+    ? el('div', {}, el('h2', {}, 'Tasks it started'),
+      el('table', { id: 'task-children' }, el('tbody', {}, ...children.map((c) => el('tr', { class: 'row', 'data-task': c.id, onclick: () => { location.hash = `#/task/${c.id}`; } },
+        el('td', {}, c.id), el('td', {}, c.name || ''), el('td', {}, `${c.plugin} / ${c.factory}`), el('td', {}, stateCell(c.state)))))))
+    : null;
   page(
     el('h1', {}, `Task ${task.name || task.id}`),
     actions,
     dl,
+    childList,
     task.result !== null && task.result !== undefined ? el('div', {}, el('h2', {}, 'Result'), el('pre', { id: 'task-result' }, task.result)) : null,
     task.error ? el('div', {}, el('h2', {}, 'Error'), el('pre', { id: 'task-error' }, task.error)) : null,
     el('h2', {}, 'Log'),
