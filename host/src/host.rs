@@ -446,10 +446,32 @@ impl Host {
     /// crash.
     pub async fn cancel_task(&self, worker: WorkerId, name: &str) -> Result<TaskInfo, CancelError> {
         let ctx = self.worker(worker).ok_or(CancelError::NoWorker(worker))?;
-        let mut handle = ctx
+        let handle = ctx
             .registry()
             .handle_by_name(name)
             .ok_or_else(|| CancelError::NotFound(name.to_string()))?;
+        self.cancel_handle(ctx, handle, name).await
+    }
+
+    /// Cancels the task with id `id` (whichever worker lists it, named or
+    /// not) and waits until it has ended, as [`Host::cancel_task`] does.
+    pub async fn cancel_task_by_id(&self, id: u64) -> Result<TaskInfo, CancelError> {
+        let found = self
+            .workers()
+            .find_map(|w| w.registry().handle_of(id).map(|handle| (w.clone(), handle)));
+        let Some((ctx, handle)) = found else {
+            return Err(CancelError::NotFound(format!("task {id}")));
+        };
+        self.cancel_handle(&ctx, handle, &format!("task {id}"))
+            .await
+    }
+
+    async fn cancel_handle(
+        &self,
+        ctx: &Arc<WorkerCtx>,
+        mut handle: TaskHandle,
+        name: &str,
+    ) -> Result<TaskInfo, CancelError> {
         let durable = ctx.registry().get(handle.id).and_then(|i| i.ident.durable);
         if let (Some(seq), false) = (durable, handle.is_ended()) {
             self.storage()

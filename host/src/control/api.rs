@@ -66,6 +66,7 @@ pub(super) fn router(host: Arc<Host>, token: String, read_token: Option<String>)
         .route(r::WAIT.path, post(wait_task))
         .route(r::TASK.path, get(get_task))
         .route(r::TASK_LOGS.path, get(task_logs))
+        .route(r::CANCEL_ID.path, post(cancel_by_id))
         .route(r::PURGE.path, post(purge))
         .route(r::DISPATCH.path, post(dispatch))
         .route(r::PLUGINS.path, get(list_plugins))
@@ -275,6 +276,10 @@ async fn list_tasks(
 
 async fn get_task(State(ctx): State<Ctx>, Path(id): Path<String>) -> Answer<TaskView> {
     ctx.ops.task(&id).map(Json)
+}
+
+async fn cancel_by_id(State(ctx): State<Ctx>, Path(id): Path<String>) -> Answer<TaskView> {
+    ctx.ops.cancel_by_id(&id).await.map(Json)
 }
 
 async fn task_logs(

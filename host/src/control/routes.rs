@@ -198,6 +198,12 @@ pub const WAIT: Route<WaitRequest, TaskView> =
 /// `{id}` is the task's number on this host; 404 `not_found` once it is purged,
 /// or if it never was.
 pub const TASK: Route<(), TaskView> = Route::new(Get, "/v1/tasks/{id}", "one task");
+/// `POST /v1/tasks/{id}/cancel`.
+pub const CANCEL_ID: Route<(), TaskView> = Route::new(
+    Post,
+    "/v1/tasks/{id}/cancel",
+    "cancel one task by id, wait until ended",
+);
 /// `GET /v1/tasks/{id}/logs?after=&limit=&wait_ms=`.
 pub const TASK_LOGS: Route<LogsQuery, TaskLogs> =
     Route::new(Get, "/v1/tasks/{id}/logs", "a task's kept log lines");

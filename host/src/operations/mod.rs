@@ -397,6 +397,29 @@ impl Operations {
             .collect()
     }
 
+    /// Cancels the task with id `id` (named or not) and waits (10 s at
+    /// most) until it has ended: its final view.
+    pub async fn cancel_by_id(&self, id: &str) -> Result<TaskView, OpError> {
+        let id: u64 = id
+            .parse()
+            .map_err(|_| OpError::bad_request(format!("task id must be a number, not {id:?}")))?;
+        let ended = tokio::time::timeout(DEFAULT_WAIT, self.host.cancel_task_by_id(id))
+            .await
+            .map_err(|_| {
+                OpError::new(
+                    ErrorKind::Timeout,
+                    format!("task {id} had not ended after {DEFAULT_WAIT:?}"),
+                )
+            })?;
+        match ended {
+            Ok(info) => Ok(TaskView::from(&info)),
+            Err(CancelError::Storage(message)) => Err(OpError::new(ErrorKind::Storage, message)),
+            Err(CancelError::NotFound(_) | CancelError::NoWorker(_)) => {
+                Err(OpError::new(ErrorKind::NotFound, format!("no task {id}")))
+            }
+        }
+    }
+
     /// Waits until the task `request` names has ended (a task that has
     /// ended answers at once) and answers it, result included; a `timeout`
     /// error past `request.timeout_ms`, the task going on.

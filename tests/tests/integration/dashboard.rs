@@ -310,6 +310,30 @@ fn the_read_token_reads_and_pages_tasks_but_cannot_steer() {
     );
     assert_eq!(call(&base, "GET", "/v1/tasks", None).0, 401);
     assert_eq!(call(&base, "GET", "/v1/tasks", Some("wrong")).0, 401);
+    // An unnamed task is cancelled by its id; the read token may not.
+    let unnamed = app.cli(&[
+        "add",
+        "testkit",
+        "heartbeat",
+        "--args",
+        r#"{"every_ms": 50}"#,
+        "--json",
+    ]);
+    let unnamed = serde_json::from_str::<Value>(&unnamed.stdout).unwrap()["tasks"][0]["id"]
+        .as_u64()
+        .unwrap();
+    let path = format!("/v1/tasks/{unnamed}/cancel");
+    assert_eq!(call(&base, "POST", &path, Some(read)).0, 403);
+    let (status, ended) = call(&base, "POST", &path, Some(&state.token));
+    assert_eq!(
+        (status, &ended["state"]),
+        (200, &json!("cancelled")),
+        "{ended}"
+    );
+    assert_eq!(
+        call(&base, "POST", "/v1/tasks/999999/cancel", Some(&state.token)).0,
+        404
+    );
     assert_eq!(call(&base, "POST", "/v1/purge", Some(&state.token)).0, 200);
     host.signal("TERM");
     assert_eq!(host.finish().code, Some(0));

@@ -302,11 +302,11 @@ async function taskPage(id) {
   const ended = ['done', 'failed', 'cancelled'].includes(task.state);
   const actions = el('div', { class: 'filters' });
   const message = el('span', { class: 'muted', id: 'action-result' });
-  if (!ended && task.name) {
+  if (!ended) {
     actions.append(action('Cancel', async () => {
       message.textContent = 'cancelling…';
       try {
-        await api('POST', '/v1/tasks/cancel', { name: task.name, worker: task.worker });
+        await api('POST', `/v1/tasks/${task.id}/cancel`);
         await route();
       } catch (error) {
         message.textContent = error.message;
