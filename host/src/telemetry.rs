@@ -26,7 +26,7 @@ use opentelemetry_proto::tonic::trace::v1::{
     ResourceSpans, ScopeSpans, Span, Status, span, status,
 };
 use prost::Message;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long one post to the collector may take.
@@ -66,17 +66,44 @@ pub(crate) struct SpanRecord {
     pub(crate) error: Option<String>,
 }
 
-enum Message_ {
-    Span(Box<SpanRecord>),
-    Flush(std::sync::mpsc::Sender<()>),
+/// The spans waiting for the exporter. The exporter thread is woken when
+/// a batch is full (or asked to flush), not per span: a wake per span
+/// (a channel's) cost the workers a futex call each.
+struct Queue {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    capacity: usize,
+    batch: usize,
+}
+
+#[derive(Default)]
+struct Pending {
+    spans: Vec<SpanRecord>,
+    /// Who waits for a flush to be done.
+    flushes: Vec<std::sync::mpsc::Sender<()>>,
+    /// The host is gone: send what is left and stop.
+    closed: bool,
+}
+
+impl Queue {
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The exporter: a bounded queue and the thread that empties it.
 pub(crate) struct Telemetry {
-    queue: SyncSender<Message_>,
+    queue: Arc<Queue>,
     /// `[telemetry] sample`: the share of new traces recorded.
     pub(crate) sample: f64,
     metrics: TraceMetrics,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.queue.pending().closed = true;
+        self.queue.wake.notify_one();
+    }
 }
 
 impl Telemetry {
@@ -88,7 +115,12 @@ impl Telemetry {
         app: &str,
         metrics: TraceMetrics,
     ) -> std::io::Result<Telemetry> {
-        let (queue, spans) = std::sync::mpsc::sync_channel(config.queue_spans);
+        let queue = Arc::new(Queue {
+            pending: Mutex::default(),
+            wake: Condvar::new(),
+            capacity: config.queue_spans,
+            batch: config.batch_spans,
+        });
         let resource = Resource {
             attributes: vec![
                 attribute(
@@ -116,9 +148,10 @@ impl Telemetry {
             metrics: metrics.clone(),
             last_complaint: None,
         };
+        let spans = queue.clone();
         std::thread::Builder::new()
             .name("taskhost-traces".into())
-            .spawn(move || exporter.run(spans))?;
+            .spawn(move || exporter.run(&spans))?;
         Ok(Telemetry {
             queue,
             sample: config.sample,
@@ -129,11 +162,20 @@ impl Telemetry {
     /// Hands `span` to the exporter, or drops it (counted) if the queue is
     /// full: never waits.
     pub(crate) fn record(&self, span: SpanRecord) {
-        match self.queue.try_send(Message_::Span(Box::new(span))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.metrics.dropped.inc();
-            }
+        let mut pending = self.queue.pending();
+        if pending.spans.len() >= self.queue.capacity {
+            drop(pending);
+            self.metrics.dropped.inc();
+            return;
+        }
+        // The first span starts the exporter's `batch_ms` clock; a full
+        // batch goes at once. Other spans wake nobody.
+        let first = pending.spans.is_empty();
+        pending.spans.push(span);
+        let full = pending.spans.len() == self.queue.batch;
+        drop(pending);
+        if first || full {
+            self.queue.wake.notify_one();
         }
     }
 
@@ -141,9 +183,9 @@ impl Telemetry {
     /// a host about to exit.
     pub(crate) fn flush(&self) {
         let (done, flushed) = std::sync::mpsc::channel();
-        if self.queue.send(Message_::Flush(done)).is_ok() {
-            let _ = flushed.recv_timeout(FLUSH_TIMEOUT);
-        }
+        self.queue.pending().flushes.push(done);
+        self.queue.wake.notify_one();
+        let _ = flushed.recv_timeout(FLUSH_TIMEOUT);
     }
 }
 
@@ -264,7 +306,7 @@ struct Exporter {
 }
 
 impl Exporter {
-    fn run(mut self, queue: Receiver<Message_>) {
+    fn run(mut self, queue: &Queue) {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -278,45 +320,49 @@ impl Exporter {
         let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http();
-        let mut batch: Vec<SpanRecord> = Vec::new();
-        let mut first_at: Option<Instant> = None;
         loop {
-            let wait = first_at.map_or(Duration::from_secs(3600), |at| {
-                self.batch_delay.saturating_sub(at.elapsed())
-            });
-            match queue.recv_timeout(wait) {
-                Ok(Message_::Span(span)) => {
-                    first_at.get_or_insert_with(Instant::now);
-                    batch.push(*span);
-                    if batch.len() >= self.batch_spans {
-                        runtime.block_on(self.post(&client, std::mem::take(&mut batch)));
-                        first_at = None;
+            // Until a batch is full, a flush is asked or the host went; at
+            // most `batch_ms` with spans waiting.
+            let (spans, flushes, closed) = {
+                let mut pending = queue.pending();
+                // When this batch's first span was seen waiting.
+                let mut first_seen: Option<Instant> = None;
+                while pending.spans.len() < self.batch_spans
+                    && pending.flushes.is_empty()
+                    && !pending.closed
+                {
+                    let left = if pending.spans.is_empty() {
+                        Duration::from_secs(3600)
+                    } else {
+                        let seen = *first_seen.get_or_insert_with(Instant::now);
+                        self.batch_delay.saturating_sub(seen.elapsed())
+                    };
+                    if left.is_zero() {
+                        break;
                     }
+                    pending = queue
+                        .wake
+                        .wait_timeout(pending, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
                 }
-                Ok(Message_::Flush(done)) => {
-                    // What is queued behind nothing: the batch, and any
-                    // spans that came in meanwhile.
-                    while let Ok(Message_::Span(span)) = queue.try_recv() {
-                        batch.push(*span);
-                    }
-                    for chunk in std::mem::take(&mut batch).chunks(self.batch_spans) {
-                        runtime.block_on(self.post(&client, chunk.to_vec()));
-                    }
-                    first_at = None;
-                    let _ = done.send(());
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    if !batch.is_empty() {
-                        runtime.block_on(self.post(&client, std::mem::take(&mut batch)));
-                    }
-                    first_at = None;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    if !batch.is_empty() {
-                        runtime.block_on(self.post(&client, std::mem::take(&mut batch)));
-                    }
-                    return;
-                }
+                (
+                    std::mem::take(&mut pending.spans),
+                    std::mem::take(&mut pending.flushes),
+                    pending.closed,
+                )
+            };
+            let mut spans = spans;
+            while !spans.is_empty() {
+                let rest = spans.split_off(spans.len().min(self.batch_spans));
+                runtime.block_on(self.post(&client, spans));
+                spans = rest;
+            }
+            for done in flushes {
+                let _ = done.send(());
+            }
+            if closed {
+                return;
             }
         }
     }

@@ -89,19 +89,41 @@ pub struct TaskTrace {
     pub parent_span_id: Option<[u8; 8]>,
 }
 
+/// 64 random bits: splitmix64 over a per-thread state seeded once from
+/// the OS. A getrandom call per id (three per task) cost a system call
+/// each on the workers' hot path; ids need to be unique and unguessable
+/// enough to tell traces apart, not secret.
+fn random_u64() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut seed = [0u8; 8];
+            if getrandom::fill(&mut seed).is_err() {
+                // No randomness: the time and the thread still differ.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64);
+                seed = nanos.to_be_bytes();
+            }
+            u64::from_be_bytes(seed)
+        });
+    }
+    STATE.with(|state| {
+        let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(next);
+        let mut z = next;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
 /// A fresh span id (random, never all zero).
 pub fn new_span_id() -> [u8; 8] {
     loop {
-        let mut id = [0u8; 8];
-        if getrandom::fill(&mut id).is_err() {
-            // No randomness: a time-based id still tells spans apart.
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64);
-            return nanos.max(1).to_be_bytes();
-        }
-        if id != [0; 8] {
-            return id;
+        let id = random_u64();
+        if id != 0 {
+            return id.to_be_bytes();
         }
     }
 }

@@ -18,6 +18,7 @@ mod queues;
 mod raw;
 mod sanic;
 mod scaling;
+mod traces;
 
 use raw::RawPlugin;
 use std::path::{Path, PathBuf};
@@ -901,6 +902,10 @@ async fn main() {
     }
     if std::env::args().any(|arg| arg == "queues") {
         queues::run(&components).await;
+        return;
+    }
+    if std::env::args().any(|arg| arg == "traces") {
+        traces::run(&components).await;
         return;
     }
     println!("| measure | taskhost | raw wasmtime | ratio | target |");
