@@ -241,7 +241,7 @@ impl WasiHttpHooks for Hooks {
         let metrics = self.metrics.clone();
         // The request's own span in the task's trace, named to the server
         // in `traceparent` (a guest's own header of that name is replaced).
-        let span = ident.trace.map(|trace| {
+        let span = ident.trace.as_deref().map(|trace| {
             let context = crate::trace_context::TraceParent {
                 span_id: crate::trace_context::new_span_id(),
                 ..trace.span

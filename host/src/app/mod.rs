@@ -377,7 +377,7 @@ macro_rules! app_host {
                     args,
                     name,
                     parent: Some(self.ident.id),
-                    trace: self.ident.trace.map(|trace| trace.span),
+                    trace: self.ident.trace.as_ref().map(|trace| trace.span),
                     ..TaskSpec::default()
                 };
                 Ok(match self.add_task_target(plugin) {
@@ -536,7 +536,7 @@ macro_rules! since_0_2 {
                 Err(error) => return Ok(Err(error)),
             };
             spec.parent = Some(self.ident.id);
-            spec.trace = self.ident.trace.map(|trace| trace.span);
+            spec.trace = self.ident.trace.as_ref().map(|trace| trace.span);
             let (worker, plugin) = match self.add_task_target(plugin) {
                 Ok(target) => target,
                 Err(error) => return Ok(Err(error)),

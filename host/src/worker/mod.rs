@@ -713,11 +713,12 @@ impl WorkerCtx {
         } = launch;
         // Its span's place, fixed now: child tasks and outbound calls name
         // it as their parent before it ends.
-        let trace = self
-            .env
-            .app
-            .telemetry()
-            .map(|telemetry| crate::trace_context::TaskTrace::start(trace, telemetry.sample));
+        let trace = self.env.app.telemetry().map(|telemetry| {
+            Box::new(crate::trace_context::TaskTrace::start(
+                trace,
+                telemetry.sample,
+            ))
+        });
         let ident = Arc::new(TaskIdent {
             id: next_task_id(),
             name,
@@ -1114,7 +1115,8 @@ impl Run {
                 },
             }
         });
-        if let (Some(trace), Some(telemetry)) = (ident.trace, worker.env.app.telemetry())
+        if let (Some(&trace), Some(telemetry)) =
+            (ident.trace.as_deref(), worker.env.app.telemetry())
             && trace.span.sampled
         {
             telemetry.record(crate::telemetry::task_span(
