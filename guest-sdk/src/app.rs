@@ -236,6 +236,25 @@ impl App {
         app::idempotency_key()
     }
 
+    /// The task's W3C `traceparent` when the host traces (`[telemetry]` in
+    /// app.toml): the task's own span, to name as the parent of spans the
+    /// guest makes itself or of a header it sends by other means. The host
+    /// already puts one on every outbound HTTP request; none when tracing
+    /// is off. It is the `TRACEPARENT` environment variable, as
+    /// OpenTelemetry's environment carrier names it.
+    ///
+    /// ```no_run
+    /// # use taskhost_guest_sdk::*;
+    /// # fn example(app: &App) {
+    /// if let Some(parent) = app.traceparent() {
+    ///     app.log(Level::Info, format!("in trace {}", &parent[3..35]));
+    /// }
+    /// # }
+    /// ```
+    pub fn traceparent(&self) -> Option<String> {
+        std::env::var("TRACEPARENT").ok()
+    }
+
     /// Sanic's `app.add_task`: starts an unnamed task of `factory` (of this
     /// plugin) on this worker with `args`, and returns its id. See
     /// [`App::task`] to name it or pick another plugin.

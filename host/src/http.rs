@@ -15,7 +15,7 @@
 use crate::config::{HttpLimits, PluginPolicy};
 use crate::metrics::HttpMetrics;
 use crate::task::{CancelSignal, TaskIdent};
-use crate::telemetry::{Attr, SpanKind, SpanRecord, Telemetry};
+use crate::telemetry::{Attr, CallSpan, SpanKind, Telemetry};
 use http_body_util::{BodyExt, Limited};
 use std::future::Future;
 use std::sync::Arc;
@@ -241,31 +241,32 @@ impl WasiHttpHooks for Hooks {
         let metrics = self.metrics.clone();
         // The request's own span in the task's trace, named to the server
         // in `traceparent` (a guest's own header of that name is replaced).
-        let span = ident.trace.as_deref().map(|trace| {
-            let context = crate::trace_context::TraceParent {
-                span_id: crate::trace_context::new_span_id(),
-                ..trace.span
-            };
-            if let Ok(value) = http::HeaderValue::from_str(&context.header()) {
-                request.headers_mut().insert("traceparent", value);
-            }
-            ClientSpan {
-                telemetry: self.telemetry.clone().filter(|_| context.sampled),
-                context,
-                parent: trace.span.span_id,
-                start: std::time::SystemTime::now(),
-                name: format!("HTTP {method}"),
-                attributes: vec![
-                    ("http.request.method", Attr::Text(method.to_string())),
-                    ("url.scheme", Attr::Text(scheme.clone())),
-                    (
-                        "server.address",
-                        Attr::Text(uri.host().unwrap_or_default().to_string()),
-                    ),
-                    ("server.port", Attr::Int(i64::from(port))),
-                ],
-            }
+        let span = CallSpan::start(
+            self.telemetry.as_ref(),
+            &ident,
+            SpanKind::Client,
+            format!("HTTP {method}"),
+        )
+        .map(|span| {
+            span.with("http.request.method", Attr::Text(method.to_string()))
+                .with("url.scheme", Attr::Text(scheme.clone()))
+                .with(
+                    "server.address",
+                    Attr::Text(uri.host().unwrap_or_default().to_string()),
+                )
+                .with("server.port", Attr::Int(i64::from(port)))
         });
+        // An unrecorded trace still travels: the task's span is then the
+        // server's parent.
+        let parent = span
+            .as_ref()
+            .map(CallSpan::context)
+            .or_else(|| ident.trace.as_deref().map(|trace| trace.span));
+        if let Some(parent) = parent
+            && let Ok(value) = http::HeaderValue::from_str(&parent.header())
+        {
+            request.headers_mut().insert("traceparent", value);
+        }
         Box::new(async move {
             if cancel.is_cancelled() {
                 return Err(cancelled());
@@ -277,12 +278,12 @@ impl WasiHttpHooks for Hooks {
                     Ok(sent) => sent,
                     Err(_) if body_over.load(Ordering::Relaxed) => {
                         metrics.record(&ident.plugin, None, begun.elapsed());
-                        ClientSpan::end(span, None, Some(too_large.clone()));
+                        end_span(span, None, Some(too_large.clone()));
                         return Err(limit_error(too_large));
                     }
                     Err(error) => {
                         metrics.record(&ident.plugin, None, begun.elapsed());
-                        ClientSpan::end(span, None, Some(error.to_string()));
+                        end_span(span, None, Some(error.to_string()));
                         tracing::debug!(
                             task = %ident.label(),
                             plugin = %ident.plugin,
@@ -294,11 +295,14 @@ impl WasiHttpHooks for Hooks {
                         return Err(error);
                     }
                 },
-                () = cancel.cancelled() => return Err(cancelled()),
+                () = cancel.cancelled() => {
+                    end_span(span, None, Some("the task was cancelled".into()));
+                    return Err(cancelled());
+                }
             };
             let status = response.status().as_u16();
             metrics.record(&ident.plugin, Some(status), begun.elapsed());
-            ClientSpan::end(span, Some(status), None);
+            end_span(span, Some(status), None);
             // One debug line per request, once its body is done with.
             let mut done = RequestLog {
                 ident: ident.clone(),
@@ -402,43 +406,18 @@ fn cancelled() -> Error {
     Error::InternalError(Some("the task was cancelled".into()))
 }
 
-/// An outbound request's span, recorded when its answer's head (or its
-/// failure) arrives.
-struct ClientSpan {
-    /// None when the trace is not sampled or telemetry is off: the header
-    /// still goes out, no span is recorded.
-    telemetry: Option<Arc<Telemetry>>,
-    context: crate::trace_context::TraceParent,
-    parent: [u8; 8],
-    start: std::time::SystemTime,
-    name: String,
-    attributes: Vec<(&'static str, Attr)>,
-}
-
-impl ClientSpan {
-    fn end(span: Option<ClientSpan>, status: Option<u16>, error: Option<String>) {
-        let Some(mut span) = span else { return };
-        let Some(telemetry) = span.telemetry.take() else {
-            return;
-        };
-        if let Some(status) = status {
-            span.attributes
-                .push(("http.response.status_code", Attr::Int(i64::from(status))));
-        }
-        let error = error.or_else(|| {
-            status
-                .filter(|status| *status >= 500)
-                .map(|status| format!("the server answered {status}"))
-        });
-        telemetry.record(SpanRecord {
-            context: span.context,
-            parent_span_id: Some(span.parent),
-            name: span.name,
-            kind: SpanKind::Client,
-            start: span.start,
-            end: std::time::SystemTime::now(),
-            attributes: span.attributes,
-            error,
-        });
+/// Records an outbound request's span when its answer's head (or its
+/// failure) arrives: a 5xx is an error, as OpenTelemetry's HTTP
+/// conventions have it for clients.
+fn end_span(span: Option<CallSpan>, status: Option<u16>, error: Option<String>) {
+    let Some(mut span) = span else { return };
+    if let Some(status) = status {
+        span.set("http.response.status_code", Attr::Int(i64::from(status)));
     }
+    let error = error.or_else(|| {
+        status
+            .filter(|status| *status >= 500)
+            .map(|status| format!("the server answered {status}"))
+    });
+    span.end(error);
 }

@@ -12,6 +12,7 @@ use crate::config::PluginPolicy;
 use crate::connection_hub::ConnectionHub;
 use crate::sockets::TaskSockets;
 use crate::task::{CancelSignal, TaskIdent};
+use crate::telemetry::Telemetry;
 use std::sync::Arc;
 use wasmtime::component::Linker;
 
@@ -27,6 +28,8 @@ pub(crate) struct TaskInit<'a> {
     pub(crate) connections: &'a Arc<ConnectionHub>,
     /// Its sockets' grant checks and counts; none without a `tcp` grant.
     pub(crate) sockets: Option<&'a Arc<TaskSockets>>,
+    /// Where its calls' spans go (`[telemetry]`); none: tracing is off.
+    pub(crate) telemetry: Option<&'a Arc<Telemetry>>,
 }
 
 /// A host interface whose state is its own.

@@ -19,6 +19,7 @@ use crate::bindings::wasi::keyvalue::{atomics, batch, store};
 use crate::config::PluginPolicy;
 use crate::storage::{BucketId, KvError, KvStore, Swap};
 use crate::task::TaskIdent;
+use crate::telemetry::{Attr, CallSpan, SpanKind, Telemetry};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
@@ -39,6 +40,8 @@ pub(crate) struct KvView<'a> {
     pub table: &'a mut ResourceTable,
     /// Bucket and CAS handles the task holds now.
     pub handles: &'a mut u32,
+    /// Where each call's span goes (`[telemetry]`).
+    pub telemetry: Option<&'a Arc<Telemetry>>,
 }
 
 /// What a guest's `bucket` handle stands for (kept in the table; the
@@ -129,7 +132,10 @@ impl KvView<'_> {
             Ok(storage) => storage,
             Err(error) => return Ok(Err(error)),
         };
-        let read = match storage.get_versioned(&bucket, &key).await {
+        let span = self.span("kv get", &bucket);
+        let read = storage.get_versioned(&bucket, &key).await;
+        CallSpan::end_with(span, &read);
+        let read = match read {
             Ok(read) => read,
             Err(error) => return Ok(Err(self.error(error))),
         };
@@ -137,6 +143,14 @@ impl KvView<'_> {
             bucket,
             key,
             version: read.map(|read| read.version),
+        })
+    }
+
+    /// A call's span (`[telemetry]`): `kv OP`, naming its bucket.
+    fn span(&self, op: &'static str, bucket: &BucketId) -> Option<CallSpan> {
+        CallSpan::start(self.telemetry, self.ident, SpanKind::Client, op).map(|span| {
+            span.with("db.system.name", Attr::Text("taskhost.kv".into()))
+                .with("db.namespace", Attr::Text(bucket.to_string()))
         })
     }
 
@@ -215,7 +229,9 @@ impl store::HostBucket for KvView<'_> {
     ) -> KvResult<Option<Vec<u8>>> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
+        let span = self.span("kv get", &id);
         let got = storage.get(&id, &key).await;
+        CallSpan::end_with(span, &got);
         Ok(got.map_err(|e| self.error(e)))
     }
 
@@ -227,21 +243,27 @@ impl store::HostBucket for KvView<'_> {
     ) -> KvResult<()> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
+        let span = self.span("kv set", &id);
         let set = storage.set(&id, &key, &value).await;
+        CallSpan::end_with(span, &set);
         Ok(set.map_err(|e| self.error(e)))
     }
 
     async fn delete(&mut self, bucket: Resource<store::Bucket>, key: String) -> KvResult<()> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
+        let span = self.span("kv delete", &id);
         let deleted = storage.delete(&id, &key).await;
+        CallSpan::end_with(span, &deleted);
         Ok(deleted.map(drop).map_err(|e| self.error(e)))
     }
 
     async fn exists(&mut self, bucket: Resource<store::Bucket>, key: String) -> KvResult<bool> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
+        let span = self.span("kv exists", &id);
         let got = storage.get(&id, &key).await;
+        CallSpan::end_with(span, &got);
         Ok(got.map(|v| v.is_some()).map_err(|e| self.error(e)))
     }
 
@@ -252,9 +274,11 @@ impl store::HostBucket for KvView<'_> {
     ) -> KvResult<store::KeyResponse> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
+        let span = self.span("kv list_keys", &id);
         let page = storage
             .list_keys(&id, cursor.as_deref(), KEYS_PER_PAGE)
             .await;
+        CallSpan::end_with(span, &page);
         Ok(page
             .map(|page| store::KeyResponse {
                 keys: page.keys,
@@ -280,7 +304,9 @@ impl atomics::Host for KvView<'_> {
     ) -> KvResult<i64> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
+        let span = self.span("kv increment", &id);
         let sum = storage.increment(&id, &key, delta).await;
+        CallSpan::end_with(span, &sum);
         Ok(sum.map_err(|e| self.error(e)))
     }
 
@@ -297,10 +323,16 @@ impl atomics::Host for KvView<'_> {
             Ok(storage) => storage,
             Err(error) => return Ok(Err(atomics::CasError::StoreError(error))),
         };
+        let span = self.span("kv swap", &cas.bucket);
         let swapped = storage
             .swap(&cas.bucket, &cas.key, cas.version, &value)
             .await
             .map_err(|e| self.error(e));
+        if let Some(mut span) = span {
+            let changed = matches!(swapped, Ok(Swap::Changed(_)));
+            span.set("taskhost.kv.swapped", Attr::Text((!changed).to_string()));
+            span.end(swapped.as_ref().err().map(|e| format!("{e:?}")));
+        }
         Ok(match swapped {
             Ok(Swap::Done) => Ok(()),
             // The spec asks for a handle at the latest version, so the
@@ -331,7 +363,9 @@ impl atomics::HostCas for KvView<'_> {
         let handle = self.table.get(&handle)?;
         let (bucket, key) = (handle.bucket.clone(), handle.key.clone());
         let storage = storage!(self);
+        let span = self.span("kv get", &bucket);
         let value = storage.get(&bucket, &key).await;
+        CallSpan::end_with(span, &value);
         Ok(value.map_err(|e| self.error(e)))
     }
 
@@ -351,7 +385,9 @@ impl batch::Host for KvView<'_> {
     ) -> KvResult<Vec<Option<(String, Vec<u8>)>>> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
+        let span = self.span("kv get_many", &id);
         let values = storage.get_many(&id, &keys).await;
+        CallSpan::end_with(span, &values);
         Ok(values.map_err(|e| self.error(e)).map(|values| {
             keys.into_iter()
                 .zip(values)
@@ -367,7 +403,9 @@ impl batch::Host for KvView<'_> {
     ) -> KvResult<()> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
+        let span = self.span("kv set_many", &id);
         let set = storage.set_many(&id, &key_values).await;
+        CallSpan::end_with(span, &set);
         Ok(set.map_err(|e| self.error(e)))
     }
 
@@ -378,7 +416,9 @@ impl batch::Host for KvView<'_> {
     ) -> KvResult<()> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
+        let span = self.span("kv delete_many", &id);
         let deleted = storage.delete_many(&id, &keys).await;
+        CallSpan::end_with(span, &deleted);
         Ok(deleted.map_err(|e| self.error(e)))
     }
 }

@@ -31,18 +31,20 @@
 //!    sockets and cancellable streams; below `wasi`, whose context it
 //!    configures, and `interface`, which hands its checks to the host's
 //!    own connections).
-//! 3. `queues` (the app's queues at run time: who starts next, counted in
+//! 3. `telemetry` (the OTLP trace exporter: spans of tasks and of the
+//!    calls they make out of the sandbox, batched on a thread of its own),
+//!    below `interface` so that every host interface records its calls'
+//!    spans.
+//! 4. `queues` (the app's queues at run time: who starts next, counted in
 //!    `metrics`), `interface` (what a host interface is to the store: its state per
 //!    task and its linking; `store`'s `interfaces!` lists them), `logging`
 //!    (writes lifecycle events and task lines), [`engine`]
 //!    (the wasmtime engines, through the compile cache), `serve` (how
 //!    the two HTTP servers bound their connections),
 //!    [`operations::types`] (the requests, answers and error of every
-//!    operation, low so that guests' calls can name them), `joins`
-//!    (waiting for a task's end, for guests' joins and the API's wait) and
-//!    `telemetry` (the OTLP trace exporter: spans of tasks and of their
-//!    outbound calls, batched on a thread of its own).
-//! 4. The host interfaces a task imports, one module each, owning its
+//!    operation, low so that guests' calls can name them) and `joins`
+//!    (waiting for a task's end, for guests' joins and the API's wait).
+//! 5. The host interfaces a task imports, one module each, owning its
 //!    state and its `add_to_linker`: `app` (the handle to the app; it
 //!    reaches the worker only through the narrow `app::TaskScope` trait,
 //!    which the worker implements), `wasi` (WASI 0.2, deny by default),
@@ -52,27 +54,27 @@
 //!    the plugin's `[plugins.NAME.variables]`) and `db` (`taskhost:db`:
 //!    Postgres and Redis connections the host makes behind the `tcp`
 //!    grant, for guests without sockets).
-//! 5. `store`: one task's store data, composed of the interfaces' states,
+//! 6. `store`: one task's store data, composed of the interfaces' states,
 //!    the linker that links them all, and the store's limits.
-//! 6. [`plugin`]: component files -> linked, pre-instantiated plugins.
-//! 7. `runner`: one task in its own instance, to its outcome.
-//! 8. `worker`: threads with a registry each, starting tasks.
-//! 9. [`scheduler`]: `[[schedules]]`, a loop each, starting tasks on the
-//!    workers; in a cluster a tick runs where it is claimed, through the
-//!    narrow [`scheduler::TickClaims`] the cluster implements.
-//! 10. [`cluster`]: several hosts as one app over NATS (`[cluster]`): the
+//! 7. [`plugin`]: component files -> linked, pre-instantiated plugins.
+//! 8. `runner`: one task in its own instance, to its outcome.
+//! 9. `worker`: threads with a registry each, starting tasks.
+//! 10. [`scheduler`]: `[[schedules]]`, a loop each, starting tasks on the
+//!     workers; in a cluster a tick runs where it is claimed, through the
+//!     narrow [`scheduler::TickClaims`] the cluster implements.
+//! 11. [`cluster`]: several hosts as one app over NATS (`[cluster]`): the
 //!     connection and the storage backends on it, claims (names, ticks),
 //!     requests between hosts, events relayed, roll-out.
-//! 11. [`host`]: the workers of a running app.
-//! 12. [`operations`]: every operation a caller may perform on the host,
+//! 12. [`host`]: the workers of a running app.
+//! 13. [`operations`]: every operation a caller may perform on the host,
 //!     typed, placed on this host or the cluster's.
-//! 13. [`control`] (the HTTP API; [`control::routes`] is its table of
+//! 14. [`control`] (the HTTP API; [`control::routes`] is its table of
 //!     endpoints), `listener` (the public routes: websockets and webhooks
 //!     that start tasks) and `watch` (hot-load on change), all over a
 //!     [`host::Host`].
-//! 14. [`application`]: app.toml -> a running host with its API and watch;
+//! 15. [`application`]: app.toml -> a running host with its API and watch;
 //!     `scaffold`: `taskhost new`'s projects.
-//! 15. [`cli`]: a thin shell over all of it: parse, call, render.
+//! 16. [`cli`]: a thin shell over all of it: parse, call, render.
 //!
 //! docs/architecture.md walks one request through these layers.
 

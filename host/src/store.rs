@@ -87,6 +87,7 @@ impl TaskData {
             cancel: &cancel,
             connections: &app.connections,
             sockets: sockets.shared(),
+            telemetry: app.telemetry(),
         });
         TaskData {
             interfaces,
@@ -163,6 +164,7 @@ impl TaskData {
             storage: self.app.scope.as_ref().map(|scope| scope.storage().kv()),
             table: self.wasi.table(),
             handles: &mut self.kv_handles,
+            telemetry: self.app.app.telemetry(),
         }
     }
 }

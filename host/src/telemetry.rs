@@ -40,8 +40,11 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) enum SpanKind {
     /// A task: work the host does.
     Internal,
-    /// An outbound call (HTTP) a task makes.
+    /// An outbound call (HTTP, a database, key-value, a hop to another
+    /// host) a task makes and waits for.
     Client,
+    /// A task handed to the host to run (started, not awaited).
+    Producer,
 }
 
 /// An attribute's value.
@@ -236,6 +239,90 @@ pub(crate) fn task_span(
     }
 }
 
+/// The span of one call a task makes out of its sandbox (an HTTP request,
+/// a key-value or database call, a wait, starting a task, a hop to another
+/// host): begun with the call, recorded when it ends. None, and nothing
+/// allocated, without telemetry or when the task's trace is not sampled.
+pub(crate) struct CallSpan {
+    telemetry: Arc<Telemetry>,
+    context: TraceParent,
+    parent: [u8; 8],
+    start: SystemTime,
+    name: std::borrow::Cow<'static, str>,
+    kind: SpanKind,
+    attributes: Vec<(&'static str, Attr)>,
+}
+
+impl CallSpan {
+    /// A span under `ident`'s task span, if it is recorded.
+    pub(crate) fn start(
+        telemetry: Option<&Arc<Telemetry>>,
+        ident: &TaskIdent,
+        kind: SpanKind,
+        name: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Option<CallSpan> {
+        let trace = ident.trace.as_deref().filter(|trace| trace.span.sampled)?;
+        Some(CallSpan {
+            telemetry: telemetry?.clone(),
+            context: TraceParent {
+                span_id: crate::trace_context::new_span_id(),
+                ..trace.span
+            },
+            parent: trace.span.span_id,
+            start: SystemTime::now(),
+            name: name.into(),
+            kind,
+            attributes: Vec::new(),
+        })
+    }
+
+    /// Adds an attribute.
+    pub(crate) fn with(mut self, key: &'static str, value: Attr) -> CallSpan {
+        self.attributes.push((key, value));
+        self
+    }
+
+    /// Adds an attribute to a span already begun.
+    pub(crate) fn set(&mut self, key: &'static str, value: Attr) {
+        self.attributes.push((key, value));
+    }
+
+    /// This span as the parent of what it starts (a `traceparent`).
+    pub(crate) fn context(&self) -> TraceParent {
+        self.context
+    }
+
+    /// Records the span, failed with `error` if there is one.
+    pub(crate) fn end(self, error: Option<String>) {
+        let CallSpan {
+            telemetry,
+            context,
+            parent,
+            start,
+            name,
+            kind,
+            attributes,
+        } = self;
+        telemetry.record(SpanRecord {
+            context,
+            parent_span_id: Some(parent),
+            name: name.into_owned(),
+            kind,
+            start,
+            end: SystemTime::now(),
+            attributes,
+            error,
+        });
+    }
+
+    /// Ends `span` (if any) with `result`'s error.
+    pub(crate) fn end_with<T, E: std::fmt::Display>(span: Option<CallSpan>, result: &Result<T, E>) {
+        if let Some(span) = span {
+            span.end(result.as_ref().err().map(ToString::to_string));
+        }
+    }
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_string())
@@ -272,6 +359,7 @@ impl SpanRecord {
             kind: match self.kind {
                 SpanKind::Internal => span::SpanKind::Internal,
                 SpanKind::Client => span::SpanKind::Client,
+                SpanKind::Producer => span::SpanKind::Producer,
             } as i32,
             start_time_unix_nano: nanos(self.start),
             end_time_unix_nano: nanos(self.end),

@@ -481,6 +481,14 @@ class App:
         """A durable task's key, for effects that must not happen twice."""
         return _app.idempotency_key()
 
+    def traceparent(self) -> Optional[str]:
+        """The task's W3C `traceparent` when the host traces (`[telemetry]`):
+        its own span, to name as the parent of spans made here. None when
+        tracing is off. It is the `TRACEPARENT` environment variable."""
+        import os
+
+        return os.environ.get("TRACEPARENT")
+
     def stop_retrying(self) -> None:
         """Makes this attempt's failure final."""
         _app.stop_retrying()

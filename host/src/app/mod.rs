@@ -22,6 +22,7 @@ use crate::operations::types::{OpError, Submission, Submitted};
 use crate::registry::{AddTaskError, Listing};
 use crate::storage::Storage;
 use crate::task::{CancelSignal, TaskId, TaskIdent};
+use crate::telemetry::{Attr, CallSpan, SpanKind};
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::future::Future;
@@ -202,6 +203,34 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
+    /// A span of a call this task makes (`[telemetry]`), if its trace is
+    /// recorded.
+    fn span(&self, kind: SpanKind, name: std::borrow::Cow<'static, str>) -> Option<CallSpan> {
+        CallSpan::start(self.app.telemetry(), &self.ident, kind, name)
+    }
+
+    /// The span of starting a task of `plugin`/`factory`: the parent of
+    /// that task's own span.
+    fn start_span(&self, plugin: &str, factory: &str) -> Option<CallSpan> {
+        self.span(
+            SpanKind::Producer,
+            format!("start task {plugin}/{factory}").into(),
+        )
+    }
+
+    /// The trace a task this one starts joins: under `span` (the start's
+    /// own) if it is recorded, else under this task's span.
+    fn child_trace(&self, span: Option<&CallSpan>) -> Option<crate::trace_context::TraceParent> {
+        span.map(CallSpan::context)
+            .or_else(|| self.ident.trace.as_ref().map(|trace| trace.span))
+    }
+
+    /// The span of a join of `tasks` tasks.
+    fn join_span(&self, tasks: usize) -> Option<CallSpan> {
+        self.span(SpanKind::Internal, "join".into())
+            .map(|span| span.with("taskhost.tasks", Attr::Int(tasks as i64)))
+    }
+
     pub(crate) fn new(
         ident: Arc<TaskIdent>,
         app: Arc<AppContext>,
@@ -358,7 +387,12 @@ macro_rules! app_host {
             }
 
             async fn sleep(&mut self, ms: u64) -> wasmtime::Result<Result<(), types::Error>> {
-                Ok(time::sleep(self.cancel.clone(), ms).await)
+                let span = self.span(SpanKind::Internal, "sleep".into()).map(|span| {
+                    span.with("taskhost.sleep_ms", Attr::Int(i64::try_from(ms).unwrap_or(i64::MAX)))
+                });
+                let slept = time::sleep(self.cancel.clone(), ms).await;
+                CallSpan::end_with(span, &slept);
+                Ok(slept)
             }
 
             async fn task_id(&mut self) -> wasmtime::Result<u64> {
@@ -372,18 +406,22 @@ macro_rules! app_host {
                 args: String,
                 name: Option<String>,
             ) -> wasmtime::Result<Result<u64, types::Error>> {
+                let (worker, plugin) = match self.add_task_target(plugin) {
+                    Ok(target) => target,
+                    Err(error) => return Ok(Err(error)),
+                };
+                let span = self.start_span(&plugin, &factory);
                 let spec = TaskSpec {
                     factory,
                     args,
                     name,
                     parent: Some(self.ident.id),
-                    trace: self.ident.trace.as_ref().map(|trace| trace.span),
+                    trace: self.child_trace(span.as_ref()),
                     ..TaskSpec::default()
                 };
-                Ok(match self.add_task_target(plugin) {
-                    Ok((worker, plugin)) => tasks::add_task(worker, plugin, spec).await,
-                    Err(error) => Err(error),
-                })
+                let added = tasks::add_task(worker, plugin, spec).await;
+                CallSpan::end_with(span, &added);
+                Ok(added)
             }
 
             async fn get_task(
@@ -429,7 +467,18 @@ macro_rules! app_host {
                         "no worker: events cannot be awaited here".into(),
                     )));
                 };
-                Ok(events::wait_event(scope.clone(), self.cancel.clone(), event, timeout_ms).await)
+                let span = self
+                    .span(SpanKind::Internal, "wait event".into())
+                    .map(|span| span.with("taskhost.event", Attr::Text(event.clone())));
+                let waited =
+                    events::wait_event(scope.clone(), self.cancel.clone(), event, timeout_ms).await;
+                if let Some(mut span) = span {
+                    if let Ok(woken) = &waited {
+                        span.set("taskhost.woken", Attr::Text(woken.is_some().to_string()));
+                    }
+                    span.end(waited.as_ref().err().map(ToString::to_string));
+                }
+                Ok(waited)
             }
         }
     };
@@ -475,7 +524,13 @@ macro_rules! since_0_2 {
                 Ok(target) => target,
                 Err(error) => return Ok(Err(error)),
             };
-            let submission = match tasks::submission_of(
+            let span = self
+                .span(
+                    SpanKind::Producer,
+                    format!("start task {plugin}/{factory} on {host}").into(),
+                )
+                .map(|span| span.with("taskhost.target_host", Attr::Text(host.clone())));
+            let mut submission = match tasks::submission_of(
                 host,
                 plugin,
                 factory,
@@ -486,14 +541,26 @@ macro_rules! since_0_2 {
                 Ok(submission) => submission,
                 Err(error) => return Ok(Err(error)),
             };
+            // The trace goes along to whichever host runs the task.
+            submission.traceparent = self.child_trace(span.as_ref()).map(|trace| trace.header());
             let about = (
                 submission.plugin.clone(),
                 submission.factory.clone(),
                 submission.name.clone(),
             );
-            Ok(worker
-                .start_task_on(submission)
-                .await
+            let placed = worker.start_task_on(submission).await;
+            if let Some(mut span) = span {
+                if let Ok(submitted) = &placed {
+                    let hosts: Vec<&str> = submitted
+                        .tasks
+                        .iter()
+                        .filter_map(|task| task.host.as_deref())
+                        .collect();
+                    span.set("taskhost.placed_on", Attr::Text(hosts.join(",")));
+                }
+                span.end(placed.as_ref().err().map(|error| error.message.clone()));
+            }
+            Ok(placed
                 .map(|submitted| {
                     submitted
                         .tasks
@@ -536,12 +603,14 @@ macro_rules! since_0_2 {
                 Err(error) => return Ok(Err(error)),
             };
             spec.parent = Some(self.ident.id);
-            spec.trace = self.ident.trace.as_ref().map(|trace| trace.span);
             let (worker, plugin) = match self.add_task_target(plugin) {
                 Ok(target) => target,
                 Err(error) => return Ok(Err(error)),
             };
+            let span = self.start_span(&plugin, &spec.factory);
+            spec.trace = self.child_trace(span.as_ref());
             let started = tasks::add_task(worker.clone(), plugin, spec).await;
+            CallSpan::end_with(span, &started);
             if let (Ok(id), true) = (&started, child) {
                 self.adopt_child(&worker, *id);
             }
@@ -559,12 +628,15 @@ macro_rules! since_0_4 {
             task: $task_ref,
             timeout_ms: Option<u64>,
         ) -> wasmtime::Result<Result<Option<types::TaskInfo>, types::Error>> {
-            Ok(match self.join_request(vec![task.into()], timeout_ms) {
+            let span = self.join_span(1);
+            let joined = match self.join_request(vec![task.into()], timeout_ms) {
                 Ok(request) => join::join_all(request)
                     .await
                     .map(|ended| ended.and_then(|mut infos| infos.pop())),
                 Err(error) => Err(error),
-            })
+            };
+            CallSpan::end_with(span, &joined);
+            Ok(joined)
         }
 
         async fn join_all(
@@ -572,12 +644,14 @@ macro_rules! since_0_4 {
             tasks: Vec<$task_ref>,
             timeout_ms: Option<u64>,
         ) -> wasmtime::Result<Result<Option<Vec<types::TaskInfo>>, types::Error>> {
-            Ok(
+            let span = self.join_span(tasks.len());
+            let joined =
                 match self.join_request(tasks.into_iter().map(Into::into).collect(), timeout_ms) {
                     Ok(request) => join::join_all(request).await,
                     Err(error) => Err(error),
-                },
-            )
+                };
+            CallSpan::end_with(span, &joined);
+            Ok(joined)
         }
 
         async fn join_any(
@@ -585,12 +659,14 @@ macro_rules! since_0_4 {
             tasks: Vec<$task_ref>,
             timeout_ms: Option<u64>,
         ) -> wasmtime::Result<Result<Option<(u32, types::TaskInfo)>, types::Error>> {
-            Ok(
+            let span = self.join_span(tasks.len());
+            let joined =
                 match self.join_request(tasks.into_iter().map(Into::into).collect(), timeout_ms) {
                     Ok(request) => join::join_any(request).await,
                     Err(error) => Err(error),
-                },
-            )
+                };
+            CallSpan::end_with(span, &joined);
+            Ok(joined)
         }
     };
 }

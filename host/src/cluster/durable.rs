@@ -86,6 +86,9 @@ struct StoredTask {
     /// Where it waits before it starts, if it was submitted to a queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     queued: Option<crate::storage::Queued>,
+    /// The trace its runs join (a W3C `traceparent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
 }
 
 const PENDING: &str = "pending";
@@ -113,6 +116,7 @@ impl StoredTask {
             created_ms: self.created_ms,
             ended_ms: self.ended_ms,
             queued: self.queued.clone(),
+            traceparent: self.traceparent.clone(),
         }
     }
 
@@ -458,6 +462,7 @@ impl DurableQueue {
             created_ms: now_ms(),
             ended_ms: None,
             queued: task.queued.clone(),
+            traceparent: task.traceparent.clone(),
         };
         let jetstream = jetstream::new(self.client.clone());
         // The key is the message id, so that JetStream takes one of two

@@ -22,6 +22,7 @@ use crate::bindings::taskhost::db::types::{self, Error};
 use crate::interface::{Holds, HostInterface, TaskInit};
 use crate::sockets::{Claim, ConnectError, TaskSockets};
 use crate::task::TaskIdent;
+use crate::telemetry::{Attr, CallSpan, SpanKind, Telemetry};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -43,6 +44,8 @@ pub(crate) struct DbState {
     result_limit: usize,
     table: ResourceTable,
     opened: bool,
+    /// Where each call's span goes (`[telemetry]`).
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl HostInterface for DbState {
@@ -53,6 +56,7 @@ impl HostInterface for DbState {
             result_limit: task.policy.limits.db_result_bytes,
             table: ResourceTable::new(),
             opened: false,
+            telemetry: task.telemetry.cloned(),
         }
     }
 
@@ -73,6 +77,35 @@ impl HostInterface for DbState {
 impl types::Host for DbState {}
 
 impl DbState {
+    /// A call's span (`[telemetry]`), as OpenTelemetry's database
+    /// conventions name one: `db.system.name`, the operation and, for
+    /// SQL, the statement (its parameters never: they go apart).
+    pub(super) fn span(
+        &self,
+        system: &'static str,
+        operation: &str,
+        query: Option<&str>,
+    ) -> Option<CallSpan> {
+        let span = CallSpan::start(
+            self.telemetry.as_ref(),
+            &self.ident,
+            SpanKind::Client,
+            format!("{system} {operation}"),
+        )?;
+        let mut span = span
+            .with("db.system.name", Attr::Text(system.into()))
+            .with("db.operation.name", Attr::Text(operation.into()));
+        if let Some(query) = query {
+            // A statement is the guest's text: kept to its first KiB.
+            let mut end = query.len().min(1024);
+            while !query.is_char_boundary(end) {
+                end -= 1;
+            }
+            span.set("db.query.text", Attr::Text(query[..end].into()));
+        }
+        Some(span)
+    }
+
     /// Opens a connection to `host:port` for the task, or says why not.
     async fn connect(&mut self, what: &str, host: &str, port: u16) -> Result<Connected, Error> {
         let Some(sockets) = &self.sockets else {

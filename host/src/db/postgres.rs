@@ -10,6 +10,7 @@ use crate::bindings::taskhost::db::postgres::{
     Column, Connection, Host, HostConnection, RowSet, Value,
 };
 use crate::bindings::taskhost::db::types::Error;
+use crate::telemetry::CallSpan;
 use bytes::{BufMut, BytesMut};
 use std::error::Error as StdError;
 use std::fmt::Write as _;
@@ -100,13 +101,16 @@ impl HostConnection for DbState {
         statement: String,
         params: Vec<Value>,
     ) -> DbResult<RowSet> {
+        let span = self.span("postgresql", "query", Some(&statement));
         let connection = self.table.get_mut(&handle(&connection))?;
         if let Err(error) = connection.link.begin() {
             return Ok(Err(error));
         }
         let sockets = connection.link.sockets.clone();
         let ran = race(&sockets, query(&connection.client, &statement, params)).await;
-        Ok(connection.finish(ran))
+        let answer = connection.finish(ran);
+        CallSpan::end_with(span, &answer);
+        Ok(answer)
     }
 
     async fn execute(
@@ -115,13 +119,16 @@ impl HostConnection for DbState {
         statement: String,
         params: Vec<Value>,
     ) -> DbResult<u64> {
+        let span = self.span("postgresql", "execute", Some(&statement));
         let connection = self.table.get_mut(&handle(&connection))?;
         if let Err(error) = connection.link.begin() {
             return Ok(Err(error));
         }
         let sockets = connection.link.sockets.clone();
         let ran = race(&sockets, execute(&connection.client, &statement, params)).await;
-        Ok(connection.finish(ran))
+        let answer = connection.finish(ran);
+        CallSpan::end_with(span, &answer);
+        Ok(answer)
     }
 
     async fn drop(&mut self, connection: Resource<Connection>) -> wasmtime::Result<()> {

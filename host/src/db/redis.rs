@@ -4,6 +4,7 @@
 use super::{DbState, Link, Raced, race};
 use crate::bindings::taskhost::db::redis::{Argument, Connection, Host, HostConnection, Reply};
 use crate::bindings::taskhost::db::types::Error;
+use crate::telemetry::CallSpan;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, Value};
 use wasmtime::component::Resource;
@@ -83,12 +84,13 @@ impl HostConnection for DbState {
         command: String,
         arguments: Vec<Argument>,
     ) -> DbResult<Vec<Reply>> {
+        let name = command.trim().to_ascii_uppercase();
+        let span = self.span("redis", &name, None);
         let entry: Resource<RedisConnection> = Resource::new_borrow(connection.rep());
         let entry = self.table.get_mut(&entry)?;
         if let Err(error) = entry.link.begin() {
             return Ok(Err(error));
         }
-        let name = command.trim().to_ascii_uppercase();
         if REFUSED.contains(&name.as_str()) {
             return Ok(Err(Error::QueryFailed(format!(
                 "{name} is not offered: it turns the connection into a subscriber, whose \
@@ -107,7 +109,7 @@ impl HostConnection for DbState {
         let sockets = entry.link.sockets.clone();
         let mut redis = entry.connection.clone();
         let ran = race(&sockets, cmd.query_async::<Value>(&mut redis)).await;
-        Ok(match ran {
+        let answer = match ran {
             Raced::Done(Ok(value)) => {
                 let mut replies = Vec::new();
                 flatten(value, &mut replies).map(|()| replies)
@@ -123,7 +125,9 @@ impl HostConnection for DbState {
                 }
             }
             Raced::Cancelled => Err(entry.link.cancelled()),
-        })
+        };
+        CallSpan::end_with(span, &answer);
+        Ok(answer)
     }
 
     async fn drop(&mut self, connection: Resource<Connection>) -> wasmtime::Result<()> {

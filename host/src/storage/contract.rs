@@ -382,6 +382,7 @@ fn new_task(name: Option<&str>, key: Option<&str>) -> NewTask {
         idempotency_key: key.map(str::to_string),
         queued: None,
         started: true,
+        traceparent: None,
     }
 }
 
@@ -449,14 +450,21 @@ pub async fn tasks(store: &dyn TaskStore) {
         "an unnamed task is named by its number"
     );
     // Idempotency: the second submission with a key is the first one.
+    // (This one also carries a trace, which its record keeps.)
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let keyed = match store
-        .submit(new_task(Some("keyed"), Some("key-1")))
+        .submit(NewTask {
+            traceparent: Some(trace.into()),
+            ..new_task(Some("keyed"), Some("key-1"))
+        })
         .await
         .unwrap()
     {
         Submitted::New(record) => record,
         other => panic!("submit with a new key: {other:?}"),
     };
+    assert_eq!(keyed.traceparent.as_deref(), Some(trace));
+    assert_eq!(first.traceparent, None);
     match store
         .submit(new_task(Some("keyed-again"), Some("key-1")))
         .await

@@ -82,6 +82,10 @@ pub struct NewTask {
     /// its submission; else it is recorded with no attempt, and its first
     /// is counted at its turn.
     pub started: bool,
+    /// The trace its runs join (a W3C `traceparent`: the webhook request's
+    /// or parent task's span), so a run after a restart or on another host
+    /// continues the same trace.
+    pub traceparent: Option<String>,
 }
 
 /// How a submission went.
@@ -130,6 +134,8 @@ pub struct TaskRecord {
     pub ended_ms: Option<u64>,
     /// Where it waits before it starts, if it was submitted to a queue.
     pub queued: Option<Queued>,
+    /// The trace its runs join ([`NewTask::traceparent`]).
+    pub traceparent: Option<String>,
 }
 
 impl TaskRecord {

@@ -107,6 +107,9 @@ pub(crate) fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> an
         .map_err(|e| anyhow::anyhow!("cannot add WASI to the linker: {e:#}"))
 }
 
+/// The environment variable that carries a task's `traceparent`.
+const TRACEPARENT: &str = "TRACEPARENT";
+
 /// The WASI context of a task of a plugin with `grants`: stdout and stderr
 /// become log lines; files, environment, stdin and TCP addresses only as
 /// granted.
@@ -123,10 +126,21 @@ fn wasi_ctx(
     if grants.stdin {
         builder.inherit_stdin();
     }
+    // The task's own trace context, as OpenTelemetry's environment
+    // carrier names it: a guest's own spans (or its SDK's `traceparent()`)
+    // join the task's trace under the task's span. A host variable of that
+    // name, even granted, would name the wrong parent.
+    let trace = ident.trace.as_deref().map(|trace| trace.span.header());
     for name in &grants.env {
+        if trace.is_some() && name == TRACEPARENT {
+            continue;
+        }
         if let Ok(value) = std::env::var(name) {
             builder.env(name, value);
         }
+    }
+    if let Some(trace) = trace {
+        builder.env(TRACEPARENT, trace);
     }
     for dir in &grants.dirs {
         let perms = if dir.write {

@@ -71,6 +71,7 @@ impl WorkerCtx {
             idempotency_key: spec.idempotency_key.clone(),
             queued,
             started,
+            traceparent: spec.trace.map(|trace| trace.header()),
         };
         let record = match storage.submit(new).await.map_err(storage_error)? {
             Submitted::New(record) => record,
@@ -275,7 +276,7 @@ impl WorkerCtx {
                 connection: None,
                 queue: Some(queued.placement()),
                 parent: None,
-                trace: None,
+                trace: record_trace(record.traceparent.as_deref()),
             };
             return self
                 .enqueue(plugin, spec, Some((run, Some(submitted))))
@@ -297,7 +298,7 @@ impl WorkerCtx {
             connection: None,
             queue: None,
             parent: None,
-            trace: None,
+            trace: record_trace(record.traceparent.as_deref()),
         };
         Ok(self.start(Launch::new(plugin, spec, Some(run)), None)?)
     }
@@ -450,4 +451,10 @@ pub(crate) async fn run_handed_over(
         worker.registry.forget(info.ident.id);
     }
     worker.resume(record).await
+}
+
+/// The trace a durable task's record says its runs join: a run after a
+/// restart (or on another host) continues the trace its submission began.
+fn record_trace(traceparent: Option<&str>) -> Option<crate::trace_context::TraceParent> {
+    traceparent.and_then(crate::trace_context::TraceParent::parse)
 }

@@ -130,14 +130,16 @@ plugin! {
     }
 
     /// A webhook route's task for the trace tests: GETs `url` (the route's
-    /// `args`), then starts a child task (`nap`) and waits for it; returns
-    /// the GET's status.
+    /// `args`), counts in bucket `traced`, then starts a child task (`nap`)
+    /// and waits for it; returns the GET's status and the task's
+    /// `traceparent`.
     fn traced_hook(app: &App, request: Request, url: String) -> Result<Value> {
         let _ = request;
         let (status, _) = http_get_raw(&url).map_err(Error::msg)?;
+        app.kv("traced")?.increment("calls", 1)?;
         let child = app.task("nap").args(json!({"ms": 1})).child().start()?;
         app.join(child, None)?;
-        Ok(json!(status))
+        Ok(json!({"status": status, "traceparent": app.traceparent()}))
     }
 
     /// Sends `count` GETs of `url` at once, then reads each answer:

@@ -35,6 +35,7 @@ const LAYERS: &[&[&str]] = &[
         "connection_hub",
         "sockets",
     ],
+    &["telemetry"],
     &[
         "queues",
         "logging",
@@ -43,7 +44,6 @@ const LAYERS: &[&[&str]] = &[
         "operations::types",
         "interface",
         "joins",
-        "telemetry",
     ],
     &[
         "app",

@@ -2,7 +2,9 @@
 //! of the test's own, which decodes the protobuf with the OpenTelemetry
 //! project's message types: a webhook request's `traceparent` reaches the
 //! task's span, its outbound HTTP call's span and the header the loopback
-//! server received, and a child task's span is the task's child.
+//! server received, the spans of its key-value call, its child's start,
+//! its join and the child's sleep, and the guest's own `TRACEPARENT`; a
+//! child task's span is the child of the span that started it.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -106,12 +108,14 @@ fn a_webhooks_trace_reaches_its_task_its_http_call_and_its_child_task() {
         .set("traceparent", &format!("00-{trace_id}-{caller_span}-01"))
         .send_string("{}")
         .expect("the webhook answers");
-    assert_eq!(answer.into_string().unwrap(), "200");
-    // The task, its HTTP call and its child: three spans, batched within
-    // 50 ms of their ends.
+    let answer: serde_json::Value = answer.into_json().unwrap();
+    assert_eq!(answer["status"], 200, "{answer}");
+    // The task, its HTTP call, its key-value call, the start of its child
+    // and its join, the child and the child's sleep: seven spans, batched
+    // within 50 ms of their ends.
     poll_until(secs(60), millis(20), || {
         match seen.lock().unwrap().spans.len() {
-            n if n >= 3 => Ok(()),
+            n if n >= 7 => Ok(()),
             n => Err(format!("{n} spans so far")),
         }
     });
@@ -129,15 +133,37 @@ fn a_webhooks_trace_reaches_its_task_its_http_call_and_its_child_task() {
     };
     let task = find("task kit/traced_hook");
     let call = find("HTTP GET");
+    let kv = find("kv increment");
+    let start_child = find("start task kit/nap");
+    let join = find("join");
     let child = find("task kit/nap");
+    let sleep = find("sleep");
     // One trace, the caller's.
-    for span in [task, call, child] {
+    for span in [task, call, kv, start_child, join, child, sleep] {
         assert_eq!(hex(&span.trace_id), trace_id, "{}", span.name);
     }
-    // The task under the caller's span; the call and the child under the task's.
+    // The task under the caller's span; what it did under the task's; the
+    // child under the span that started it, its sleep under the child's.
     assert_eq!(hex(&task.parent_span_id), caller_span);
-    assert_eq!(call.parent_span_id, task.span_id);
-    assert_eq!(child.parent_span_id, task.span_id);
+    for span in [call, kv, start_child, join] {
+        assert_eq!(span.parent_span_id, task.span_id, "{}", span.name);
+    }
+    assert_eq!(child.parent_span_id, start_child.span_id);
+    assert_eq!(sleep.parent_span_id, child.span_id);
+    assert!(
+        attribute(kv, "db.namespace").contains("kit/traced"),
+        "{kv:?}"
+    );
+    assert!(
+        attribute(sleep, "taskhost.sleep_ms").contains('1'),
+        "{sleep:?}"
+    );
+    // The guest saw its own span as its `traceparent` (TRACEPARENT).
+    assert_eq!(
+        answer["traceparent"],
+        format!("00-{trace_id}-{}-01", hex(&task.span_id)),
+        "{answer}"
+    );
     // The server was told the call's span.
     assert_eq!(
         seen.traceparents,

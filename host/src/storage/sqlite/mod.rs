@@ -52,8 +52,9 @@ const LEGACY_FILE: &str = "kv.sqlite3";
 
 /// The layout this build reads and writes (`PRAGMA user_version`): 1 had
 /// key-value state only, 2 adds durable tasks, 3 schedules, 4 queues'
-/// settings and dead letters, 5 where a durable task waits (`queued`).
-const SCHEMA_VERSION: i64 = 5;
+/// settings and dead letters, 5 where a durable task waits (`queued`), 6
+/// the trace a durable task's runs join (`traceparent`).
+const SCHEMA_VERSION: i64 = 6;
 
 /// Values are blobs in a rowid table (SQLite keeps big blobs out of the
 /// key's b-tree that way); `buckets` keeps each bucket's key and byte
@@ -130,6 +131,10 @@ CREATE INDEX dead_letters_by_queue ON dead_letters (queue, id);
 /// Where a durable task waits before it starts (layout 5): JSON of a
 /// `storage::Queued`, null for a task that was not queued.
 const QUEUED_COLUMN: &str = "ALTER TABLE durable_tasks ADD COLUMN queued TEXT;";
+
+/// The trace a durable task's runs join (layout 6): a W3C `traceparent`,
+/// null without one.
+const TRACE_COLUMN: &str = "ALTER TABLE durable_tasks ADD COLUMN traceparent TEXT;";
 
 /// How a store is opened: the key-value limits, whether commits wait for
 /// the disk, and how many ended durable tasks it keeps.
@@ -630,32 +635,37 @@ impl SqliteStore {
             0 => conn
                 .execute_batch(&format!(
                     "BEGIN; {SCHEMA} {TASKS_SCHEMA} {SCHEDULES_SCHEMA} {QUEUES_SCHEMA} \
-                     {QUEUED_COLUMN} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                     {QUEUED_COLUMN} {TRACE_COLUMN} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .with_context(|| format!("{file}: cannot create the tables"))?,
             1 => conn
                 .execute_batch(&format!(
                     "BEGIN; {TASKS_SCHEMA} {SCHEDULES_SCHEMA} {QUEUES_SCHEMA} \
-                     {QUEUED_COLUMN} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                     {QUEUED_COLUMN} {TRACE_COLUMN} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .with_context(|| format!("{file}: cannot add the durable task table"))?,
             2 => conn
                 .execute_batch(&format!(
-                    "BEGIN; {SCHEDULES_SCHEMA} {QUEUES_SCHEMA} {QUEUED_COLUMN} \
+                    "BEGIN; {SCHEDULES_SCHEMA} {QUEUES_SCHEMA} {QUEUED_COLUMN} {TRACE_COLUMN} \
                      PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .with_context(|| format!("{file}: cannot add the schedule table"))?,
             3 => conn
                 .execute_batch(&format!(
-                    "BEGIN; {QUEUES_SCHEMA} {QUEUED_COLUMN} \
+                    "BEGIN; {QUEUES_SCHEMA} {QUEUED_COLUMN} {TRACE_COLUMN} \
                      PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .with_context(|| format!("{file}: cannot add the queue tables"))?,
             4 => conn
                 .execute_batch(&format!(
-                    "BEGIN; {QUEUED_COLUMN} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {QUEUED_COLUMN} {TRACE_COLUMN} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .with_context(|| format!("{file}: cannot add the durable tasks' queue column"))?,
+            5 => conn
+                .execute_batch(&format!(
+                    "BEGIN; {TRACE_COLUMN} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .with_context(|| format!("{file}: cannot add the durable tasks' trace column"))?,
             SCHEMA_VERSION => {}
             newer => bail!(
                 "{file}: written by a newer taskhost (layout {newer}; this one reads layout \

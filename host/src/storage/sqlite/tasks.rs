@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 const COLUMNS: &str = "seq, name, worker, plugin, factory, args, retry, idempotency_key, attempt, \
                        state, cancel_requested, result, error, cancel_stage, created_ms, ended_ms, \
-                       plugin_version, queued";
+                       plugin_version, queued, traceparent";
 
 fn record(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
     let worker: String = row.get(2)?;
@@ -53,6 +53,7 @@ fn record(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
             .map(|text| serde_json::from_str(&text))
             .transpose()
             .map_err(|_| bad_column(17, "queue placement"))?,
+        traceparent: row.get(18)?,
     })
 }
 
@@ -112,12 +113,12 @@ impl SqliteStore {
             .prepare_cached(
                 "INSERT INTO durable_tasks
                (name, worker, plugin, factory, args, retry, idempotency_key, attempt, state,
-                created_ms, plugin_version, queued)
+                created_ms, plugin_version, queued, traceparent)
              VALUES (coalesce(?1, 'durable-' || (max(
                        coalesce((SELECT seq FROM sqlite_sequence
                                  WHERE name = 'durable_tasks'), 0),
                        coalesce((SELECT max(seq) FROM durable_tasks), 0)) + 1)),
-                     ?2, ?3, ?4, ?5, ?6, ?7, ?10, 'live', ?8, ?9, ?11)
+                     ?2, ?3, ?4, ?5, ?6, ?7, ?10, 'live', ?8, ?9, ?11, ?12)
              RETURNING seq, name",
             )?
             .query_row(
@@ -133,6 +134,7 @@ impl SqliteStore {
                     task.plugin_version,
                     attempt,
                     queued,
+                    task.traceparent,
                 ],
                 |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
             )?;
@@ -171,6 +173,7 @@ impl SqliteStore {
             created_ms: created_ms as u64,
             ended_ms: None,
             queued: task.queued,
+            traceparent: task.traceparent,
         };
         Ok(Submitted::New(stored))
     }
@@ -520,6 +523,7 @@ mod tests {
             idempotency_key: key.map(str::to_string),
             queued: None,
             started: true,
+            traceparent: None,
         }
     }
 
