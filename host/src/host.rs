@@ -168,8 +168,10 @@ impl Host {
         if let Some(telemetry) = &config.telemetry {
             let traces = crate::metrics::TraceMetrics::default();
             metrics = metrics.with_traces(&traces);
-            let exporter = crate::telemetry::Telemetry::start(telemetry, &config.name, traces)
-                .context("cannot start the trace exporter ([telemetry])")?;
+            let instance = config.cluster.as_ref().map(|cluster| cluster.host.as_str());
+            let exporter =
+                crate::telemetry::Telemetry::start(telemetry, &config.name, instance, traces)
+                    .context("cannot start the trace exporter ([telemetry])")?;
             app.set_telemetry(Arc::new(exporter));
         }
         let queues = crate::queues::Queues::new(&config.queues, metrics.queues.clone());

@@ -111,11 +111,13 @@ impl Drop for Telemetry {
 
 impl Telemetry {
     /// Starts the exporter thread for `config`; spans carry
-    /// `service_name` (the app's, unless the config names one) and
-    /// `host.name`.
+    /// `service_name` (the app's, unless the config names one),
+    /// `host.name` and, in a cluster, the host's name there as
+    /// `service.instance.id` (the hosts of a cluster are one service).
     pub(crate) fn start(
         config: &TelemetryConfig,
         app: &str,
+        instance: Option<&str>,
         metrics: TraceMetrics,
     ) -> std::io::Result<Telemetry> {
         let queue = Arc::new(Queue {
@@ -124,7 +126,7 @@ impl Telemetry {
             capacity: config.queue_spans,
             batch: config.batch_spans,
         });
-        let resource = Resource {
+        let mut resource = Resource {
             attributes: vec![
                 attribute(
                     "service.name",
@@ -143,6 +145,12 @@ impl Telemetry {
             ],
             ..Default::default()
         };
+        if let Some(instance) = instance {
+            resource.attributes.push(attribute(
+                "service.instance.id",
+                Attr::Text(instance.to_string()),
+            ));
+        }
         let exporter = Exporter {
             url: format!("{}/v1/traces", config.otlp),
             batch_spans: config.batch_spans,
@@ -551,7 +559,7 @@ mod tests {
             service_name: None,
         };
         let metrics = TraceMetrics::default();
-        let telemetry = Telemetry::start(&config, "app", metrics.clone()).unwrap();
+        let telemetry = Telemetry::start(&config, "app", None, metrics.clone()).unwrap();
         let begun = Instant::now();
         for _ in 0..1000 {
             telemetry.record(span());

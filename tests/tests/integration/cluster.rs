@@ -1974,3 +1974,67 @@ fn an_operators_queue_change_on_one_host_holds_on_every_host_and_later_ones() {
     running_b.stop();
     running_c.stop();
 }
+
+/// A trace crosses hosts: a guest on host `a` starts a task on host `b`,
+/// and `b`'s span of that task is the child of `a`'s span of the start,
+/// in the trace the caller began; each host names itself in its spans
+/// (`service.instance.id`).
+#[test]
+fn a_trace_follows_a_task_a_guest_starts_on_another_host() {
+    use crate::telemetry::{hex, receiver};
+    let (otlp, seen) = receiver();
+    let nats = NatsServer::start();
+    let telemetry = format!("[telemetry]\notlp = \"http://{otlp}\"\nbatch_ms = 50");
+    let (a, mut running_a) = host(&nats, "traces", "a", 1, &telemetry);
+    let (b, mut running_b) = host(&nats, "traces", "b", 1, &telemetry);
+    for app in [&a, &b] {
+        await_all_serving(app, 2);
+    }
+    let trace_id = "5b8efff798038103d269b633813fc60c";
+    let caller_span = "eee19b7ec3c1b174";
+    a.cli(&[
+        "add",
+        "kit",
+        "spread",
+        "--args",
+        &json!({"host": "b", "name": "over-there", "ms": 1, "join": true}).to_string(),
+        "--name",
+        "hop",
+        "--traceparent",
+        &format!("00-{trace_id}-{caller_span}-01"),
+    ])
+    .ok();
+    running_a.wait_for(1, |l| l["event"] == "done" && l["task"] == "hop");
+    running_b.wait_for(1, |l| l["event"] == "done" && l["task"] == "over-there");
+    let names = ["task kit/spread", "start task kit/nap on b", "task kit/nap"];
+    poll_until(secs(60), millis(20), || {
+        let seen = seen.lock().unwrap();
+        match names
+            .iter()
+            .all(|name| seen.spans.iter().any(|s| s.name == *name))
+        {
+            true => Ok(()),
+            false => Err(format!("{} spans so far", seen.spans.len())),
+        }
+    });
+    let seen = seen.lock().unwrap();
+    let [spread, start, remote] = names.map(|name| seen.span(name));
+    for span in [spread, start, remote] {
+        assert_eq!(hex(&span.trace_id), trace_id, "{}", span.name);
+    }
+    assert_eq!(hex(&spread.parent_span_id), caller_span);
+    assert_eq!(start.parent_span_id, spread.span_id);
+    assert_eq!(
+        remote.parent_span_id, start.span_id,
+        "b's task under a's start"
+    );
+    let instance =
+        |span: &opentelemetry_proto::tonic::trace::v1::Span| seen.instances[&span.span_id].clone();
+    assert!(instance(spread).contains("\"a\""), "{}", instance(spread));
+    assert!(instance(start).contains("\"a\""), "{}", instance(start));
+    assert!(instance(remote).contains("\"b\""), "{}", instance(remote));
+    drop(seen);
+    for running in [running_a, running_b] {
+        running.stop();
+    }
+}

@@ -19,15 +19,33 @@ use taskhost_tests::{TestApp, millis, poll_until, secs};
 
 /// What the receiver and the loopback server saw.
 #[derive(Default)]
-struct Seen {
-    spans: Vec<Span>,
+pub(crate) struct Seen {
+    pub(crate) spans: Vec<Span>,
     service_names: Vec<String>,
+    /// Each span's sender's `service.instance.id` (a cluster host's name),
+    /// by span id.
+    pub(crate) instances: std::collections::HashMap<Vec<u8>, String>,
     traceparents: Vec<String>,
+}
+
+impl Seen {
+    /// The span so named, or a panic listing those there are.
+    pub(crate) fn span(&self, name: &str) -> &Span {
+        self.spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no span {name}: {:?}",
+                    self.spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+                )
+            })
+    }
 }
 
 /// An OTLP/HTTP receiver (`POST /v1/traces`) and a plain server (`GET
 /// /hello`, noting its `traceparent`) on one loopback port.
-fn receiver() -> (SocketAddr, Arc<Mutex<Seen>>) {
+pub(crate) fn receiver() -> (SocketAddr, Arc<Mutex<Seen>>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let (traces, hello) = (seen.clone(), seen.clone());
     let address = taskhost_tests::serve(move |_| {
@@ -38,13 +56,21 @@ fn receiver() -> (SocketAddr, Arc<Mutex<Seen>>) {
                     let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
                     let mut seen = traces.lock().unwrap();
                     for resource in request.resource_spans {
+                        let mut instance = String::new();
                         for attribute in resource.resource.into_iter().flat_map(|r| r.attributes) {
                             if attribute.key == "service.name" {
                                 seen.service_names.push(format!("{:?}", attribute.value));
                             }
+                            if attribute.key == "service.instance.id" {
+                                instance = format!("{:?}", attribute.value);
+                            }
                         }
                         for scope in resource.scope_spans {
-                            seen.spans.extend(scope.spans);
+                            for span in scope.spans {
+                                seen.instances
+                                    .insert(span.span_id.clone(), instance.clone());
+                                seen.spans.push(span);
+                            }
                         }
                     }
                     ""
@@ -67,11 +93,11 @@ fn receiver() -> (SocketAddr, Arc<Mutex<Seen>>) {
     (address, seen)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn attribute(span: &Span, key: &str) -> String {
+pub(crate) fn attribute(span: &Span, key: &str) -> String {
     span.attributes
         .iter()
         .find(|a| a.key == key)
@@ -120,17 +146,7 @@ fn a_webhooks_trace_reaches_its_task_its_http_call_and_its_child_task() {
         }
     });
     let seen = seen.lock().unwrap();
-    let find = |name: &str| -> &Span {
-        seen.spans
-            .iter()
-            .find(|s| s.name == name)
-            .unwrap_or_else(|| {
-                panic!(
-                    "no span {name}: {:?}",
-                    seen.spans.iter().map(|s| &s.name).collect::<Vec<_>>()
-                )
-            })
-    };
+    let find = |name: &str| seen.span(name);
     let task = find("task kit/traced_hook");
     let call = find("HTTP GET");
     let kv = find("kv increment");
@@ -183,6 +199,71 @@ fn a_webhooks_trace_reaches_its_task_its_http_call_and_its_child_task() {
         seen.service_names.iter().all(|n| n.contains("traced")),
         "{:?}",
         seen.service_names
+    );
+    drop(seen);
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
+}
+
+/// A durable task's record keeps the trace it was submitted under: after
+/// `kill -9` and a restart, its next run's span is in that trace, under
+/// the same parent.
+#[test]
+fn a_durable_task_run_again_after_kill_9_stays_in_its_trace() {
+    let (otlp, seen) = receiver();
+    let app = TestApp::new(&format!(
+        r#"
+        name = "traced"
+        [telemetry]
+        otlp = "http://{otlp}"
+        batch_ms = 50
+        [plugins.kit]
+        path = "{{testkit}}"
+        "#,
+    ));
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let caller_span = "b7ad6b7169203331";
+    let mut host = app.spawn();
+    let added = app.cli(&[
+        "add",
+        "kit",
+        "nap",
+        "--args",
+        r#"{"ms": 600000}"#,
+        "--name",
+        "kept",
+        "--durable",
+        "--traceparent",
+        &format!("00-{trace_id}-{caller_span}-01"),
+    ]);
+    assert_eq!(added.code, Some(0), "{}", added.stderr);
+    host.wait_for(1, |l| l["event"] == "started" && l["task"] == "kept");
+    host.signal("KILL");
+    host.finish();
+
+    let mut host = app.spawn();
+    host.wait_for(1, |l| l["event"] == "started" && l["task"] == "kept");
+    let cancelled = app.cli(&["cancel", "kept", "--json"]);
+    assert_eq!(cancelled.code, Some(0), "{}", cancelled.stderr);
+    host.wait_for(1, |l| l["event"] == "cancelled" && l["task"] == "kept");
+    poll_until(secs(60), millis(20), || {
+        let seen = seen.lock().unwrap();
+        match seen.spans.iter().any(|s| s.name == "task kit/nap") {
+            true => Ok(()),
+            false => Err(format!("{} spans so far", seen.spans.len())),
+        }
+    });
+    let seen = seen.lock().unwrap();
+    let task = seen.span("task kit/nap");
+    assert_eq!(hex(&task.trace_id), trace_id);
+    assert_eq!(hex(&task.parent_span_id), caller_span);
+    assert!(
+        attribute(task, "taskhost.attempts").contains('2'),
+        "the run after the restart is attempt 2: {task:?}"
+    );
+    assert!(
+        attribute(task, "taskhost.outcome").contains("cancelled"),
+        "{task:?}"
     );
     drop(seen);
     host.signal("TERM");
