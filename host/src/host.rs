@@ -427,6 +427,42 @@ impl Host {
             .collect()
     }
 
+    /// The tasks `keep` selects, oldest first; with `newest`, only that
+    /// many, the newest first. Only what is returned is copied: a page of
+    /// 100 of 100,000 kept tasks copies 100, after a pass over the ids.
+    pub fn select_tasks(
+        &self,
+        keep: impl Fn(&TaskInfo) -> bool,
+        newest: Option<usize>,
+    ) -> Vec<TaskInfo> {
+        let Some(newest) = newest else {
+            let mut tasks: Vec<TaskInfo> = self
+                .workers()
+                .flat_map(|w| w.registry().matching(&keep))
+                .collect();
+            tasks.sort_unstable_by_key(|t| t.ident.id);
+            return tasks;
+        };
+        let workers: Vec<&Arc<WorkerCtx>> = self.workers().collect();
+        let mut ids: Vec<(crate::task::TaskId, usize)> = Vec::new();
+        for (index, worker) in workers.iter().enumerate() {
+            worker.registry().visit(|t| {
+                if keep(t) {
+                    ids.push((t.ident.id, index));
+                }
+            });
+        }
+        if ids.len() > newest {
+            ids.select_nth_unstable_by_key(newest - 1, |(id, _)| std::cmp::Reverse(*id));
+            ids.truncate(newest);
+        }
+        ids.sort_unstable_by_key(|(id, _)| std::cmp::Reverse(*id));
+        // A task purged since the pass is left out.
+        ids.into_iter()
+            .filter_map(|(id, index)| workers[index].registry().get(id))
+            .collect()
+    }
+
     /// Starts a task on `worker`, as a guest's `add-task` would. A durable
     /// spec is recorded before this returns; its idempotency key may
     /// answer with a task that exists (`created` false).

@@ -599,14 +599,28 @@ impl TaskRegistry {
 
     /// Every registered task, oldest first.
     pub fn snapshot(&self) -> Vec<TaskInfo> {
-        let mut tasks: Vec<TaskInfo> = self
-            .current()
-            .tasks
-            .values()
-            .map(|e| e.info.clone())
-            .collect();
+        let mut tasks = self.matching(|_| true);
         tasks.sort_unstable_by_key(|info| info.ident.id);
         tasks
+    }
+
+    /// The registered tasks `keep` selects, in no order: only those are
+    /// copied.
+    pub(crate) fn matching(&self, keep: impl Fn(&TaskInfo) -> bool) -> Vec<TaskInfo> {
+        self.current()
+            .tasks
+            .values()
+            .filter(|e| keep(&e.info))
+            .map(|e| e.info.clone())
+            .collect()
+    }
+
+    /// Shows `see` every registered task, in no order, under the
+    /// registry's lock: `see` must not wait or call back into it.
+    pub(crate) fn visit(&self, mut see: impl FnMut(&TaskInfo)) {
+        for entry in self.current().tasks.values() {
+            see(&entry.info);
+        }
     }
 
     /// A snapshot of task `id`, live or ended (until purged); none for another
@@ -853,6 +867,7 @@ mod tests {
             queue: None,
             parent: None,
             trace: None,
+            args: crate::task::ShownArgs::default(),
         })
     }
 

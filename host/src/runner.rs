@@ -87,6 +87,7 @@ pub(crate) async fn prepare(
         queue: None,
         parent: None,
         trace: None,
+        args: crate::task::ShownArgs::default(),
     });
     let data = TaskData::stand_in(ident, app.clone());
     let (engine, pre) = plugin.instantiation(engines, true);

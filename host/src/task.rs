@@ -114,6 +114,43 @@ pub struct TaskIdent {
     /// Its place in its trace (`[telemetry]`); none without telemetry.
     /// Boxed: 8 bytes, not 40, on every task of a host that traces nothing.
     pub trace: Option<Box<crate::trace_context::TaskTrace>>,
+    /// Its arguments (JSON text) as listings show them: the first
+    /// [`ARGS_SHOWN`] bytes, so an ended task kept for its listing holds a
+    /// few KiB at most, not up to `[limits] args_bytes`.
+    pub args: ShownArgs,
+}
+
+/// How much of a task's arguments its identity keeps for listings.
+pub const ARGS_SHOWN: usize = 4096;
+
+/// A task's arguments as listings show them: the whole text, or its
+/// first [`ARGS_SHOWN`] bytes and a mark that there was more.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShownArgs {
+    /// The arguments' JSON text, or its beginning.
+    pub text: Arc<str>,
+    /// The text is the beginning only.
+    pub cut: bool,
+}
+
+impl ShownArgs {
+    /// What is kept of `args`.
+    pub fn of(args: &str) -> ShownArgs {
+        if args.len() <= ARGS_SHOWN {
+            return ShownArgs {
+                text: args.into(),
+                cut: false,
+            };
+        }
+        let mut end = ARGS_SHOWN;
+        while !args.is_char_boundary(end) {
+            end -= 1;
+        }
+        ShownArgs {
+            text: args[..end].into(),
+            cut: true,
+        }
+    }
 }
 
 impl TaskIdent {
@@ -313,6 +350,12 @@ pub struct TaskView {
     /// The host it runs on, in a listing gathered from a cluster's hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Its arguments, as JSON text: the first 4 KiB ([`ARGS_SHOWN`]).
+    #[serde(default)]
+    pub args: String,
+    /// True when `args` is only their beginning.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub args_truncated: bool,
 }
 
 impl From<&TaskInfo> for TaskView {
@@ -343,6 +386,8 @@ impl From<&TaskInfo> for TaskView {
             queue: info.ident.queue.as_deref().map(str::to_string),
             parent: info.ident.parent,
             host: None,
+            args: info.ident.args.text.to_string(),
+            args_truncated: info.ident.args.cut,
         }
     }
 }

@@ -13,6 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod connections;
 mod guests;
+mod listing;
 mod mass;
 mod queues;
 mod raw;
@@ -902,6 +903,10 @@ async fn main() {
     }
     if std::env::args().any(|arg| arg == "queues") {
         queues::run(&components).await;
+        return;
+    }
+    if std::env::args().any(|arg| arg == "listing") {
+        listing::run(&components).await;
         return;
     }
     if std::env::args().any(|arg| arg == "traces") {

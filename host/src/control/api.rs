@@ -90,6 +90,7 @@ pub(super) fn router(host: Arc<Host>, token: String, read_token: Option<String>)
         .route(r::DISCARD_DEAD.path, delete(discard_dead))
         .route(r::STREAM.path, get(stream))
         .route(r::HOSTS.path, get(list_hosts))
+        .route(r::SUMMARY.path, get(summary))
         .route(r::HEALTH.path, get(health))
         .route(r::CLUSTER_TASKS.path, get(cluster_tasks))
         .route(r::CLUSTER_PLUGINS.path, get(cluster_plugins))
@@ -408,6 +409,10 @@ async fn discard_dead(State(ctx): State<Ctx>, Path(id): Path<String>) -> Answer<
 
 async fn health(State(ctx): State<Ctx>) -> Json<Health> {
     Json(ctx.ops.health())
+}
+
+async fn summary(State(ctx): State<Ctx>) -> Answer<crate::operations::types::TaskSummary> {
+    Ok(Json(ctx.ops.summary()))
 }
 
 async fn list_hosts(State(ctx): State<Ctx>) -> Answer<Vec<crate::cluster::HostBeat>> {

@@ -287,6 +287,14 @@ pub const DISCARD_DEAD: Route<(), StoredLetter> =
 /// `subscribed` first; it ends only with the host.
 pub const STREAM: Route<(), ()> =
     Route::new(Get, "/v1/stream", "lifecycle events (Server-Sent Events)");
+/// This host's tasks counted by state, failed in the last hour and done in
+/// the last minute: what the dashboard's overview shows, at the cost of a
+/// count however many tasks are kept.
+pub const SUMMARY: Route<(), crate::operations::types::TaskSummary> = Route::new(
+    Get,
+    "/v1/summary",
+    "task counts by state, failed in the last hour, done in the last minute",
+);
 /// The hosts of this host's cluster, as their heartbeats say; 404 `no_cluster`
 /// without `[cluster]`.
 pub const HOSTS: Route<(), Vec<crate::cluster::HostBeat>> =
@@ -323,7 +331,7 @@ pub const CLUSTER_PURGE: Route<(), Vec<serde_json::Value>> =
     Route::new(Post, "/v1/cluster/purge", "drop ended tasks on every host");
 
 /// Every route, in the order the docs list them.
-pub const ALL: [Listed; 31] = [
+pub const ALL: [Listed; 32] = [
     LIST_TASKS.listed(),
     SUBMIT.listed(),
     CANCEL.listed(),
@@ -347,6 +355,7 @@ pub const ALL: [Listed; 31] = [
     RETRY_DEAD.listed(),
     DISCARD_DEAD.listed(),
     STREAM.listed(),
+    SUMMARY.listed(),
     HOSTS.listed(),
     HEALTH.listed(),
     METRICS.listed(),

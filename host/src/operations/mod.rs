@@ -213,6 +213,45 @@ impl Operations {
         Err(error)
     }
 
+    /// This host's tasks counted: by state, failed in the last hour, done
+    /// in the last minute.
+    pub fn summary(&self) -> types::TaskSummary {
+        use crate::task::TaskState;
+        let now = std::time::SystemTime::now();
+        let since = |age: u64| now.checked_sub(std::time::Duration::from_secs(age));
+        let (hour, minute) = (since(3600), since(60));
+        let mut summary = types::TaskSummary::default();
+        let mut counts = [0usize; 6];
+        let states = [
+            TaskState::Queued,
+            TaskState::Pending,
+            TaskState::Running,
+            TaskState::Done,
+            TaskState::Failed,
+            TaskState::Cancelled,
+        ];
+        // Counted in place: no task is copied.
+        for worker in self.host.workers() {
+            worker.registry().visit(|task| {
+                if let Some(i) = states.iter().position(|s| *s == task.state) {
+                    counts[i] += 1;
+                }
+                let ended_after = |at: Option<std::time::SystemTime>| {
+                    task.ended_at.zip(at).is_some_and(|(ended, at)| ended >= at)
+                };
+                match task.state {
+                    TaskState::Failed if ended_after(hour) => summary.failed_last_hour += 1,
+                    TaskState::Done if ended_after(minute) => summary.done_last_minute += 1,
+                    _ => {}
+                }
+            });
+        }
+        for (state, count) in states.iter().zip(counts) {
+            summary.states.insert(state.as_str().to_string(), count);
+        }
+        summary
+    }
+
     /// The tasks of this host that `filter` selects.
     pub fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskView>, OpError> {
         const MOST_TASKS: usize = 10_000;
@@ -227,42 +266,31 @@ impl Operations {
         if filter.before.is_some() && filter.limit.is_none() {
             return Err(OpError::bad_request("`before` pages: it needs `limit`"));
         }
-        let mut tasks = self.host.tasks();
-        if filter.limit.is_some() {
-            tasks.sort_unstable_by_key(|t| std::cmp::Reverse(t.ident.id));
+        if let Some(host) = &filter.host {
+            let Some(cluster) = self.host.cluster() else {
+                return Err(OpError::bad_request(
+                    "`host` picks a host of a cluster, and this host has no [cluster]: drop `host`",
+                ));
+            };
+            if cluster.config().host != *host {
+                return Ok(Vec::new());
+            }
         }
-        Ok(tasks
-            .into_iter()
-            .filter(|t| filter.before.is_none_or(|before| t.ident.id < before))
-            .filter(|t| worker.is_none_or(|w| t.ident.worker == w))
-            .filter(|t| filter.state.is_none_or(|s| t.state == s))
-            .filter(|t| {
-                filter
-                    .plugin
-                    .as_deref()
-                    .is_none_or(|p| &*t.ident.plugin == p)
-            })
-            .filter(|t| {
-                filter
-                    .name
-                    .as_deref()
-                    .is_none_or(|n| t.ident.name.as_deref() == Some(n))
-            })
-            .filter(|t| {
-                filter
-                    .factory
-                    .as_deref()
-                    .is_none_or(|f| t.ident.factory == f)
-            })
-            .filter(|t| {
-                filter
-                    .queue
-                    .as_deref()
-                    .is_none_or(|q| t.ident.queue.as_deref() == Some(q))
-            })
-            .filter(|t| filter.parent.is_none_or(|p| t.ident.parent == Some(p)))
-            .take(filter.limit.unwrap_or(usize::MAX))
-            .map(|t| TaskView::from(&t))
+        let keep = |t: &crate::task::TaskInfo| {
+            filter.before.is_none_or(|before| t.ident.id < before)
+                && worker.is_none_or(|w| t.ident.worker == w)
+                && filter.state.is_none_or(|s| t.state == s)
+                && (filter.plugin.as_deref()).is_none_or(|p| &*t.ident.plugin == p)
+                && (filter.name.as_deref()).is_none_or(|n| t.ident.name.as_deref() == Some(n))
+                && (filter.factory.as_deref()).is_none_or(|f| t.ident.factory == f)
+                && (filter.queue.as_deref()).is_none_or(|q| t.ident.queue.as_deref() == Some(q))
+                && filter.parent.is_none_or(|p| t.ident.parent == Some(p))
+        };
+        Ok(self
+            .host
+            .select_tasks(keep, filter.limit)
+            .iter()
+            .map(TaskView::from)
             .collect())
     }
 

@@ -256,6 +256,19 @@ pub struct WaitRequest {
     pub timeout_ms: Option<u64>,
 }
 
+/// `GET /v1/summary`: this host's tasks counted, for the dashboard's
+/// overview, without sending the tasks themselves.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TaskSummary {
+    /// Tasks in the registries now, by state (every state named, zero
+    /// included).
+    pub states: std::collections::BTreeMap<String, usize>,
+    /// Tasks that ended `failed` in the last hour (of those still kept).
+    pub failed_last_hour: usize,
+    /// Tasks that ended `done` in the last minute (of those still kept).
+    pub done_last_minute: usize,
+}
+
 /// The answer to `POST /v1/purge`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Purged {
@@ -609,6 +622,10 @@ pub struct TaskFilter {
     /// the previous page), for the next page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<u64>,
+    /// Only the tasks of the cluster's host so named (`[cluster] host`):
+    /// with `/v1/cluster/tasks`, one host's tasks, paged by its ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// `GET /v1/tasks/{id}/logs?after=&limit=&wait_ms=`: which of a task's

@@ -233,6 +233,7 @@ impl PluginLoader {
             queue: None,
             parent: None,
             trace: None,
+            args: crate::task::ShownArgs::default(),
         });
         let data = TaskData::new(ident, self.app.clone(), Arc::new(CancelSignal::default()));
         // Probes run on the cold engine: they should not leave pages in

@@ -333,6 +333,7 @@ impl WorkerCtx {
             queue: None,
             parent: None,
             trace: None,
+            args: crate::task::ShownArgs::of(&record.args),
         });
         let info = TaskInfo {
             state: outcome.state(),

@@ -731,6 +731,7 @@ impl WorkerCtx {
             queue,
             parent,
             trace,
+            args: crate::task::ShownArgs::of(&args),
         });
         let handle = match &ident.queue {
             Some(_) => self.registry.register_queued(ident.clone())?,

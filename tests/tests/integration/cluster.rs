@@ -2034,6 +2034,17 @@ fn a_trace_follows_a_task_a_guest_starts_on_another_host() {
     assert!(instance(start).contains("\"a\""), "{}", instance(start));
     assert!(instance(remote).contains("\"b\""), "{}", instance(remote));
     drop(seen);
+    // The dashboard's host filter: one host's tasks, asked of any host.
+    let (api, _) = Api::of(&a);
+    let on_b = api.get(&format!("{}?host=b&limit=10", routes::CLUSTER_TASKS.path));
+    let names: Vec<&str> = on_b
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(names, ["over-there"], "{on_b}");
+    assert_eq!(on_b[0]["host"], "b", "{on_b}");
     for running in [running_a, running_b] {
         running.stop();
     }

@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 use taskhost::control::ControlState;
-use taskhost_tests::{Browser, TestApp, repo};
+use taskhost_tests::{Browser, TestApp, millis, poll_until, repo, secs};
 
 fn app() -> TestApp {
     TestApp::new(
@@ -107,6 +107,9 @@ async fn the_dashboard_shows_tasks_live_cancels_and_pauses_in_a_real_browser() {
     browser.find(&row).await.click().await.unwrap();
     browser.text_when("#task-state", |t| t == "running").await;
     browser
+        .text_when("#task-args", |t| t.contains("every_ms"))
+        .await;
+    browser
         .text_when("#task-logs", |t| t.contains("beat 2"))
         .await;
     browser.screenshot(&shots.join("task.png")).await;
@@ -117,6 +120,14 @@ async fn the_dashboard_shows_tasks_live_cancels_and_pauses_in_a_real_browser() {
     let listed = app.cli(&["task", "live", "--json"]);
     let listed: Value = serde_json::from_str(&listed.stdout).unwrap();
     assert_eq!(listed[0]["state"], "cancelled");
+    // Ended, it can start again with its own arguments, already filled in.
+    let again = browser
+        .find("#start-args")
+        .await
+        .prop("value")
+        .await
+        .unwrap();
+    assert_eq!(again.as_deref(), Some(r#"{"every_ms":100}"#));
 
     // The failed Python task: its traceback, naming the guest's function.
     let failed = app.cli(&["task", "python-boom", "--json"]);
@@ -301,6 +312,24 @@ fn the_read_token_reads_and_pages_tasks_but_cannot_steer() {
     assert_eq!(children[0]["factory"], "join_probe");
     let (status, bad) = call(&base, "GET", "/v1/tasks?before=4", Some(read));
     assert_eq!(status, 400, "{bad}");
+    // `host` picks a cluster's host; this one has no cluster.
+    let (status, bad) = call(&base, "GET", "/v1/tasks?host=a", Some(read));
+    assert_eq!(status, 400, "{bad}");
+    assert!(bad.to_string().contains("[cluster]"), "{bad}");
+    // Each task shows its arguments.
+    assert_eq!(named[0]["args"], r#"{"ms":1}"#, "{named}");
+    // The overview's counts, without the tasks: every nap, the parent and
+    // its child (which joins the parent, so it ends last) end done.
+    poll_until(secs(60), millis(20), || {
+        match call(&base, "GET", "/v1/summary", Some(read)) {
+            (200, summary) if summary["states"]["done"] == 7 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let (_, summary) = call(&base, "GET", "/v1/summary", Some(read));
+    assert_eq!(summary["states"]["running"], 0, "{summary}");
+    assert_eq!(summary["done_last_minute"], 7, "{summary}");
+    assert_eq!(summary["failed_last_hour"], 0, "{summary}");
     // It cannot change anything; no token or a wrong one reads nothing.
     let (status, refused) = call(&base, "POST", "/v1/purge", Some(read));
     assert_eq!(

@@ -229,6 +229,9 @@ fn the_documented_task_record_is_task_view() {
         parent: None,
         // Only in a listing gathered from a cluster (docs/cluster.md).
         host: None,
+        args: "{}".into(),
+        // Only when the arguments are longer than 4 KiB.
+        args_truncated: false,
     };
     let fields: Vec<String> = serde_json::to_value(&view)
         .unwrap()

@@ -195,20 +195,16 @@ async function route() {
 
 async function overview() {
   const render = async () => {
-    const running = await api('GET', '/v1/tasks?state=running&limit=10000');
-    const failed = await api('GET', '/v1/tasks?state=failed&limit=10000');
-    const done = await api('GET', '/v1/tasks?state=done&limit=10000');
-    const hourAgo = Date.now() - 3600_000;
-    const minuteAgo = Date.now() - 60_000;
-    const failedHour = failed.filter((t) => (t.ended_at_ms || 0) >= hourAgo).length;
-    const doneMinute = done.filter((t) => (t.ended_at_ms || 0) >= minuteAgo).length;
+    // Counted by the host: the tasks themselves are not sent.
+    const summary = await api('GET', '/v1/summary');
     const card = (id, n, label) => el('div', { class: 'card' }, el('div', { class: 'n', id }, n), el('div', { class: 'muted' }, label));
     page(
       el('h1', {}, 'Overview'),
       el('div', { class: 'cards' },
-        card('running-count', running.length, 'running'),
-        card('failed-hour', failedHour, 'failed in the last hour'),
-        card('throughput', (doneMinute / 60).toFixed(2), 'done per second (last minute)')),
+        card('running-count', summary.states.running, 'running'),
+        card('queued-count', summary.states.queued, 'queued'),
+        card('failed-hour', summary.failed_last_hour, 'failed in the last hour'),
+        card('throughput', (summary.done_last_minute / 60).toFixed(2), 'done per second (last minute)')),
       dispatchForm(),
     );
   };
@@ -245,36 +241,57 @@ async function tasksPage(params) {
     name: params.get('name') || '',
     queue: params.get('queue') || '',
   };
+  // In a cluster: this host's tasks, one other host's, or every host's.
+  const host = params.get('host') || '';
+  let hosts = null;
+  try {
+    hosts = await api('GET', '/v1/hosts');
+  } catch {
+    hosts = null; // no cluster
+  }
   let before = null;
   const stateSelect = el('select', { id: 'filter-state' }, ...STATES.map((s) => el('option', { value: s, selected: s === filter.state }, s || 'any state')));
   const inputs = ['plugin', 'factory', 'name', 'queue'].map((key) => el('input', { id: `filter-${key}`, placeholder: key, value: filter[key] }));
-  const form = el('form', { class: 'filters' }, stateSelect, ...inputs, el('button', { type: 'submit' }, 'Filter'));
+  const hostSelect = hosts && el('select', { id: 'filter-host' },
+    el('option', { value: '', selected: host === '' }, 'this host'),
+    el('option', { value: 'all', selected: host === 'all' }, 'every host'),
+    ...hosts.map((h) => el('option', { value: h.host, selected: host === h.host }, h.host)));
+  const form = el('form', { class: 'filters' }, stateSelect, ...inputs, hostSelect, el('button', { type: 'submit' }, 'Filter'));
   form.addEventListener('submit', (event) => {
     event.preventDefault();
     const next = new URLSearchParams();
     if (stateSelect.value) next.set('state', stateSelect.value);
     for (const input of inputs) if (input.value) next.set(input.placeholder, input.value);
+    if (hostSelect && hostSelect.value) next.set('host', hostSelect.value);
     location.hash = `#/tasks/${next.toString()}`;
   });
   const body = el('tbody', { id: 'task-rows' });
   const more = el('button', { type: 'button', id: 'older' }, 'Older');
-  const table = el('table', {}, el('thead', {}, el('tr', {}, ...['id', 'name', 'plugin / factory', 'worker', 'state', 'started', 'ran'].map((h) => el('th', {}, h)))), body);
+  const columns = ['id', 'name', 'plugin / factory', 'worker', 'state', 'started', 'ran'];
+  if (host) columns.push('host');
+  const table = el('table', {}, el('thead', {}, el('tr', {}, ...columns.map((h) => el('th', {}, h)))), body);
   page(el('h1', {}, 'Tasks'), form, table, more);
 
   const query = () => {
     const q = new URLSearchParams({ limit: String(PAGE) });
     for (const [k, v] of Object.entries(filter)) if (v) q.set(k, v);
+    if (host && host !== 'all') q.set('host', host);
     if (before !== null) q.set('before', String(before));
     return q.toString();
   };
-  const row = (t) => el('tr', { class: 'row', 'data-task': t.id, onclick: () => { location.hash = `#/task/${t.id}`; } },
+  // Another host's task opens on that host's own dashboard: its log and
+  // actions are there.
+  const row = (t) => el('tr', { class: 'row', 'data-task': t.id, onclick: t.host ? null : () => { location.hash = `#/task/${t.id}`; } },
     el('td', {}, t.id), el('td', {}, t.name || ''), el('td', {}, `${t.plugin} / ${t.factory}`),
-    el('td', {}, t.worker), el('td', {}, stateCell(t.state)), el('td', {}, time(t.started_at_ms)), el('td', {}, elapsed(t)));
+    el('td', {}, t.worker), el('td', {}, stateCell(t.state)), el('td', {}, time(t.started_at_ms)), el('td', {}, elapsed(t)),
+    host ? el('td', { class: 'task-host' }, t.host || '') : null);
   const load = async (append) => {
-    const tasks = await api('GET', `/v1/tasks?${query()}`);
+    const path = host ? '/v1/cluster/tasks' : '/v1/tasks';
+    const tasks = await api('GET', `${path}?${query()}`);
     if (!append) body.replaceChildren();
     body.append(...tasks.map(row));
-    more.hidden = tasks.length < PAGE;
+    // Ids are each host's own: every host's newest, unpaged.
+    more.hidden = tasks.length < PAGE || host === 'all';
     if (tasks.length) before = tasks[tasks.length - 1].id;
   };
   more.addEventListener('click', () => load(true));
@@ -314,8 +331,9 @@ async function taskPage(id) {
     }, { id: 'cancel', class: 'danger' }));
   }
   if (ended) {
-    // The task record does not keep arguments: they are given here.
-    const args = el('input', { id: 'start-args', value: '{}', size: 40, 'aria-label': 'arguments (JSON)' });
+    // Its own arguments, unless the record kept only their beginning.
+    const kept = task.args && !task.args_truncated ? task.args : '{}';
+    const args = el('input', { id: 'start-args', value: kept, size: 40, 'aria-label': 'arguments (JSON)' });
     actions.append(args);
     actions.append(action('Start again', async () => {
       try {
@@ -343,6 +361,8 @@ async function taskPage(id) {
     el('h1', {}, `Task ${task.name || task.id}`),
     actions,
     dl,
+    el('h2', {}, 'Arguments'),
+    el('pre', { id: 'task-args' }, task.args || '', task.args_truncated ? ' … (the first 4 KiB)' : ''),
     childList,
     task.result !== null && task.result !== undefined ? el('div', {}, el('h2', {}, 'Result'), el('pre', { id: 'task-result' }, task.result)) : null,
     task.error ? el('div', {}, el('h2', {}, 'Error'), el('pre', { id: 'task-error' }, task.error)) : null,
