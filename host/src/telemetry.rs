@@ -19,12 +19,8 @@ use crate::config::TelemetryConfig;
 use crate::metrics::TraceMetrics;
 use crate::task::{Outcome, TaskIdent};
 use crate::trace_context::{TaskTrace, TraceParent};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    ResourceSpans, ScopeSpans, Span, Status, span, status,
-};
 use prost::Message;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -60,13 +56,31 @@ pub(crate) struct SpanRecord {
     /// Its trace and its own id (`span_id`).
     pub(crate) context: TraceParent,
     pub(crate) parent_span_id: Option<[u8; 8]>,
-    pub(crate) name: String,
     pub(crate) kind: SpanKind,
     pub(crate) start: SystemTime,
     pub(crate) end: SystemTime,
-    pub(crate) attributes: Vec<(&'static str, Attr)>,
+    pub(crate) body: SpanBody,
     /// Set when it failed: the span's status is then `error`.
     pub(crate) error: Option<String>,
+}
+
+/// What a span says besides its ids and times.
+#[derive(Debug, Clone)]
+pub(crate) enum SpanBody {
+    /// A task's span: its name and attributes are read from its identity
+    /// when the span is encoded, on the exporter's thread. A worker ending
+    /// a task copies no string for its span.
+    Task {
+        ident: Arc<TaskIdent>,
+        attempts: u32,
+        /// `done`, `failed` or `cancelled`.
+        outcome: &'static str,
+    },
+    /// A call's span, named and described by its caller.
+    Call {
+        name: std::borrow::Cow<'static, str>,
+        attributes: Vec<(&'static str, Attr)>,
+    },
 }
 
 /// The spans waiting for the exporter. The exporter thread is woken when
@@ -151,11 +165,17 @@ impl Telemetry {
                 Attr::Text(instance.to_string()),
             ));
         }
+        let scope = InstrumentationScope {
+            name: "taskhost".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        };
         let exporter = Exporter {
             url: format!("{}/v1/traces", config.otlp),
             batch_spans: config.batch_spans,
             batch_delay: config.batch_delay,
-            resource,
+            resource: resource.encode_to_vec(),
+            scope: scope.encode_to_vec(),
             metrics: metrics.clone(),
             last_complaint: None,
         };
@@ -203,7 +223,7 @@ impl Telemetry {
 /// A task's span, once it ended after `ran`: its plugin, factory, build,
 /// worker, attempts and outcome.
 pub(crate) fn task_span(
-    ident: &TaskIdent,
+    ident: &Arc<TaskIdent>,
     trace: TaskTrace,
     attempts: u32,
     outcome: &Outcome,
@@ -217,32 +237,17 @@ pub(crate) fn task_span(
             ("cancelled", Some(format!("cancelled ({})", stage.as_str())))
         }
     };
-    let mut attributes = vec![
-        ("taskhost.plugin", Attr::Text(ident.plugin.to_string())),
-        ("taskhost.factory", Attr::Text(ident.factory.clone())),
-        (
-            "taskhost.build",
-            Attr::Text(ident.plugin_version.to_string()),
-        ),
-        ("taskhost.worker", Attr::Text(ident.worker.to_string())),
-        (
-            "taskhost.task_id",
-            Attr::Int(i64::try_from(ident.id).unwrap_or(i64::MAX)),
-        ),
-        ("taskhost.attempts", Attr::Int(i64::from(attempts))),
-        ("taskhost.outcome", Attr::Text(state.into())),
-    ];
-    if let Some(name) = &ident.name {
-        attributes.push(("taskhost.task", Attr::Text(name.clone())));
-    }
     SpanRecord {
         context: trace.span,
         parent_span_id: trace.parent_span_id,
-        name: format!("task {}/{}", ident.plugin, ident.factory),
         kind: SpanKind::Internal,
         start: end.checked_sub(ran).unwrap_or(end),
         end,
-        attributes,
+        body: SpanBody::Task {
+            ident: ident.clone(),
+            attempts,
+            outcome: state,
+        },
         error,
     }
 }
@@ -314,11 +319,10 @@ impl CallSpan {
         telemetry.record(SpanRecord {
             context,
             parent_span_id: Some(parent),
-            name: name.into_owned(),
             kind,
             start,
             end: SystemTime::now(),
-            attributes,
+            body: SpanBody::Call { name, attributes },
             error,
         });
     }
@@ -353,41 +357,147 @@ fn nanos(at: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-impl SpanRecord {
-    fn into_otlp(self) -> Span {
-        Span {
-            trace_id: self.context.trace_id.to_vec(),
-            span_id: self.context.span_id.to_vec(),
-            parent_span_id: self
-                .parent_span_id
-                .map(|id| id.to_vec())
-                .unwrap_or_default(),
-            flags: 0x100 | u32::from(self.context.sampled),
-            name: self.name,
-            kind: match self.kind {
-                SpanKind::Internal => span::SpanKind::Internal,
-                SpanKind::Client => span::SpanKind::Client,
-                SpanKind::Producer => span::SpanKind::Producer,
-            } as i32,
-            start_time_unix_nano: nanos(self.start),
-            end_time_unix_nano: nanos(self.end),
-            attributes: self
-                .attributes
-                .into_iter()
-                .map(|(key, value)| attribute(key, value))
-                .collect(),
-            status: Some(match self.error {
-                Some(message) => Status {
-                    message,
-                    code: status::StatusCode::Error as i32,
-                },
-                None => Status {
-                    message: String::new(),
-                    code: status::StatusCode::Ok as i32,
-                },
-            }),
-            ..Default::default()
+/// OTLP's protobuf, written straight from the records: the spans of a
+/// batch cost no intermediate message (a `Span` of `opentelemetry-proto`
+/// is a dozen allocations: each key, each value, each id). The field
+/// numbers are those of `opentelemetry/proto/trace/v1/trace.proto`; the
+/// tests decode the output with `opentelemetry-proto`'s own types.
+mod encode {
+    use super::{Attr, SpanBody, SpanKind, SpanRecord, nanos};
+    use opentelemetry_proto::tonic::trace::v1::{span, status};
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+
+    /// A length-delimited field: bytes, a string or an encoded message.
+    pub(super) fn delimited(tag: u32, content: &[u8], buf: &mut Vec<u8>) {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(content.len() as u64, buf);
+        buf.extend_from_slice(content);
+    }
+
+    fn varint(tag: u32, value: u64, buf: &mut Vec<u8>) {
+        encode_key(tag, WireType::Varint, buf);
+        encode_varint(value, buf);
+    }
+
+    fn fixed64(tag: u32, value: u64, buf: &mut Vec<u8>) {
+        encode_key(tag, WireType::SixtyFourBit, buf);
+        buf.extend_from_slice(&value.to_le_bytes());
+    }
+
+    fn fixed32(tag: u32, value: u32, buf: &mut Vec<u8>) {
+        encode_key(tag, WireType::ThirtyTwoBit, buf);
+        buf.extend_from_slice(&value.to_le_bytes());
+    }
+
+    /// An attribute's value as it is encoded.
+    enum Value<'a> {
+        Text(&'a str),
+        Int(i64),
+    }
+
+    /// A `KeyValue` (key 1, `AnyValue` 2: `string_value` 1 or
+    /// `int_value` 3) as a span's attribute (field 9).
+    fn attribute(key: &str, value: Value<'_>, buf: &mut Vec<u8>) {
+        let any_len = match value {
+            Value::Text(text) => 1 + encoded_len_varint(text.len() as u64) + text.len(),
+            Value::Int(n) => 1 + encoded_len_varint(n as u64),
+        };
+        let pair_len = 1
+            + encoded_len_varint(key.len() as u64)
+            + key.len()
+            + 1
+            + encoded_len_varint(any_len as u64)
+            + any_len;
+        encode_key(9, WireType::LengthDelimited, buf);
+        encode_varint(pair_len as u64, buf);
+        delimited(1, key.as_bytes(), buf);
+        encode_key(2, WireType::LengthDelimited, buf);
+        encode_varint(any_len as u64, buf);
+        match value {
+            Value::Text(text) => delimited(1, text.as_bytes(), buf),
+            Value::Int(n) => varint(3, n as u64, buf),
         }
+    }
+
+    /// Appends `record` as a `Span` message's fields.
+    pub(super) fn span(record: &SpanRecord, buf: &mut Vec<u8>) {
+        delimited(1, &record.context.trace_id, buf);
+        delimited(2, &record.context.span_id, buf);
+        if let Some(parent) = &record.parent_span_id {
+            delimited(4, parent, buf);
+        }
+        match &record.body {
+            SpanBody::Task { ident, .. } => {
+                let (plugin, factory) = (&*ident.plugin, ident.factory.as_str());
+                encode_key(5, WireType::LengthDelimited, buf);
+                encode_varint((6 + plugin.len() + factory.len()) as u64, buf);
+                buf.extend_from_slice(b"task ");
+                buf.extend_from_slice(plugin.as_bytes());
+                buf.push(b'/');
+                buf.extend_from_slice(factory.as_bytes());
+            }
+            SpanBody::Call { name, .. } => delimited(5, name.as_bytes(), buf),
+        }
+        let kind = match record.kind {
+            SpanKind::Internal => span::SpanKind::Internal,
+            SpanKind::Client => span::SpanKind::Client,
+            SpanKind::Producer => span::SpanKind::Producer,
+        };
+        varint(6, kind as u64, buf);
+        fixed64(7, nanos(record.start), buf);
+        fixed64(8, nanos(record.end), buf);
+        match &record.body {
+            SpanBody::Task {
+                ident,
+                attempts,
+                outcome,
+            } => {
+                attribute("taskhost.plugin", Value::Text(&ident.plugin), buf);
+                attribute("taskhost.factory", Value::Text(&ident.factory), buf);
+                attribute("taskhost.build", Value::Text(&ident.plugin_version), buf);
+                let worker = match ident.worker {
+                    crate::task::WorkerId::Main => std::borrow::Cow::Borrowed("main"),
+                    crate::task::WorkerId::Index(i) => std::borrow::Cow::Owned(i.to_string()),
+                };
+                attribute("taskhost.worker", Value::Text(&worker), buf);
+                let id = i64::try_from(ident.id).unwrap_or(i64::MAX);
+                attribute("taskhost.task_id", Value::Int(id), buf);
+                attribute("taskhost.attempts", Value::Int(i64::from(*attempts)), buf);
+                attribute("taskhost.outcome", Value::Text(outcome), buf);
+                if let Some(name) = &ident.name {
+                    attribute("taskhost.task", Value::Text(name), buf);
+                }
+            }
+            SpanBody::Call { attributes, .. } => {
+                for (key, value) in attributes {
+                    let value = match value {
+                        Attr::Text(text) => Value::Text(text),
+                        Attr::Int(n) => Value::Int(*n),
+                    };
+                    attribute(key, value, buf);
+                }
+            }
+        }
+        // Status (15): `message` 2, `code` 3.
+        let (code, message) = match &record.error {
+            Some(message) => (status::StatusCode::Error, message.as_str()),
+            None => (status::StatusCode::Ok, ""),
+        };
+        let status_len = if message.is_empty() {
+            0
+        } else {
+            1 + encoded_len_varint(message.len() as u64) + message.len()
+        } + 1
+            + encoded_len_varint(code as u64);
+        encode_key(15, WireType::LengthDelimited, buf);
+        encode_varint(status_len as u64, buf);
+        if !message.is_empty() {
+            delimited(2, message.as_bytes(), buf);
+        }
+        varint(3, code as u64, buf);
+        // Flags (16): the trace flags' low byte, and bit 8 ("is the
+        // parent remote" known).
+        fixed32(16, 0x100 | u32::from(record.context.sampled), buf);
     }
 }
 
@@ -396,12 +506,35 @@ struct Exporter {
     url: String,
     batch_spans: usize,
     batch_delay: Duration,
-    resource: Resource,
+    /// The encoded `Resource` (this host) and `InstrumentationScope`
+    /// (taskhost), the same in every post.
+    resource: Vec<u8>,
+    scope: Vec<u8>,
     metrics: TraceMetrics,
     last_complaint: Option<Instant>,
 }
 
 impl Exporter {
+    /// An `ExportTraceServiceRequest` of `spans`: one `ResourceSpans`
+    /// (1) of this host's resource (1) and one `ScopeSpans` (2) of
+    /// taskhost's scope (1) and the spans (2).
+    fn encode(&self, spans: &[SpanRecord]) -> Vec<u8> {
+        let mut scope_spans = Vec::with_capacity(256 * spans.len() + 64);
+        encode::delimited(1, &self.scope, &mut scope_spans);
+        let mut one = Vec::with_capacity(512);
+        for record in spans {
+            one.clear();
+            encode::span(record, &mut one);
+            encode::delimited(2, &one, &mut scope_spans);
+        }
+        let mut resource_spans = Vec::with_capacity(scope_spans.len() + self.resource.len() + 16);
+        encode::delimited(1, &self.resource, &mut resource_spans);
+        encode::delimited(2, &scope_spans, &mut resource_spans);
+        let mut request = Vec::with_capacity(resource_spans.len() + 8);
+        encode::delimited(1, &resource_spans, &mut request);
+        request
+    }
+
     fn run(mut self, queue: &Queue) {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -471,22 +604,8 @@ impl Exporter {
         C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
     {
         let count = spans.len() as u64;
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(self.resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "taskhost".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
-                    spans: spans.into_iter().map(SpanRecord::into_otlp).collect(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        let body = request.encode_to_vec();
+        let body = self.encode(&spans);
+        drop(spans);
         let outcome = match http::Request::post(&self.url)
             .header(http::header::CONTENT_TYPE, "application/x-protobuf")
             .body(http_body_util::Full::new(bytes::Bytes::from(body)))
@@ -528,18 +647,53 @@ impl Exporter {
 mod tests {
     use super::*;
     use crate::trace_context::{TaskTrace, TraceParent};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{span, status};
 
     fn span() -> SpanRecord {
         let trace = TaskTrace::start(None, 1.0);
         SpanRecord {
             context: trace.span,
             parent_span_id: None,
-            name: "task p/f".into(),
-            kind: SpanKind::Internal,
+            kind: SpanKind::Client,
             start: SystemTime::now(),
             end: SystemTime::now(),
-            attributes: vec![("taskhost.attempts", Attr::Int(1))],
+            body: SpanBody::Call {
+                name: "kv get".into(),
+                attributes: vec![
+                    ("db.namespace", Attr::Text("p/state".into())),
+                    ("taskhost.tasks", Attr::Int(-3)),
+                ],
+            },
             error: None,
+        }
+    }
+
+    fn exporter() -> Exporter {
+        Exporter {
+            url: String::new(),
+            batch_spans: 1,
+            batch_delay: Duration::from_millis(1),
+            resource: Resource {
+                attributes: vec![attribute("service.name", Attr::Text("app".into()))],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            scope: InstrumentationScope {
+                name: "taskhost".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            metrics: TraceMetrics::default(),
+            last_complaint: None,
+        }
+    }
+
+    fn text(value: &Option<AnyValue>) -> String {
+        match value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(any_value::Value::StringValue(text)) => text.clone(),
+            Some(any_value::Value::IntValue(n)) => n.to_string(),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -574,25 +728,108 @@ mod tests {
     }
 
     #[test]
-    fn a_span_becomes_the_otlp_span_with_its_ids_status_and_attributes() {
+    fn spans_encode_as_opentelemetry_protos_own_types_decode_them() {
         let parent =
             TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
-        let mut record = span();
-        record.context = TraceParent {
+        let mut call = span();
+        call.context = TraceParent {
             span_id: [1; 8],
             ..parent
         };
-        record.parent_span_id = Some(parent.span_id);
-        record.error = Some("boom".into());
-        let otlp = record.into_otlp();
-        assert_eq!(otlp.trace_id, parent.trace_id.to_vec());
-        assert_eq!(otlp.span_id, vec![1; 8]);
-        assert_eq!(otlp.parent_span_id, parent.span_id.to_vec());
-        let status = otlp.status.unwrap();
+        call.parent_span_id = Some(parent.span_id);
+        call.error = Some("boom".into());
+        let ident = Arc::new(TaskIdent {
+            id: 42,
+            name: Some("nightly".into()),
+            worker: crate::task::WorkerId::Index(1),
+            plugin: "reports".into(),
+            plugin_version: "sha256:0123456789ab".into(),
+            factory: "build".into(),
+            durable: None,
+            connection: None,
+            queue: None,
+            parent: None,
+            trace: None,
+            args: crate::task::ShownArgs::default(),
+        });
+        let task = task_span(
+            &ident,
+            TaskTrace {
+                span: TraceParent {
+                    span_id: [2; 8],
+                    ..parent
+                },
+                parent_span_id: None,
+            },
+            3,
+            &Outcome::Done {
+                result: "null".into(),
+            },
+            Duration::from_millis(5),
+        );
+        let body = exporter().encode(&[call, task]);
+        let request = ExportTraceServiceRequest::decode(body.as_slice()).expect("decodes");
+        let resource = &request.resource_spans[0];
+        assert_eq!(
+            resource.resource.as_ref().unwrap().attributes[0].key,
+            "service.name"
+        );
+        let scope = &resource.scope_spans[0];
+        assert_eq!(scope.scope.as_ref().unwrap().name, "taskhost");
+        let [call, task] = &scope.spans[..] else {
+            panic!("{:?}", scope.spans)
+        };
+        assert_eq!(call.trace_id, parent.trace_id.to_vec());
+        assert_eq!(call.span_id, vec![1; 8]);
+        assert_eq!(call.parent_span_id, parent.span_id.to_vec());
+        assert_eq!(call.name, "kv get");
+        assert_eq!(call.kind, span::SpanKind::Client as i32);
+        assert_eq!(call.flags, 0x101);
+        assert!(call.start_time_unix_nano > 0);
+        let status = call.status.as_ref().unwrap();
         assert_eq!(
             (status.code, status.message.as_str()),
             (status::StatusCode::Error as i32, "boom")
         );
-        assert_eq!(otlp.attributes[0].key, "taskhost.attempts");
+        let attributes: Vec<(String, String)> = call
+            .attributes
+            .iter()
+            .map(|a| (a.key.clone(), text(&a.value)))
+            .collect();
+        assert_eq!(
+            attributes,
+            [
+                ("db.namespace".to_string(), "p/state".to_string()),
+                ("taskhost.tasks".to_string(), "-3".to_string())
+            ]
+        );
+        assert_eq!(task.name, "task reports/build");
+        assert_eq!(task.kind, span::SpanKind::Internal as i32);
+        assert!(task.parent_span_id.is_empty());
+        assert_eq!(
+            task.status.as_ref().unwrap().code,
+            status::StatusCode::Ok as i32
+        );
+        assert_eq!(
+            task.end_time_unix_nano - task.start_time_unix_nano,
+            5_000_000
+        );
+        let attributes: Vec<(String, String)> = task
+            .attributes
+            .iter()
+            .map(|a| (a.key.clone(), text(&a.value)))
+            .collect();
+        let want = [
+            ("taskhost.plugin", "reports"),
+            ("taskhost.factory", "build"),
+            ("taskhost.build", "sha256:0123456789ab"),
+            ("taskhost.worker", "1"),
+            ("taskhost.task_id", "42"),
+            ("taskhost.attempts", "3"),
+            ("taskhost.outcome", "done"),
+            ("taskhost.task", "nightly"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(attributes, want);
     }
 }
