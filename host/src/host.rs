@@ -77,6 +77,8 @@ pub struct Host {
     startup: Mutex<Vec<(Arc<WorkerCtx>, TaskConfig, TaskHandle)>>,
     /// Builds replaced by a hot-load, while their tasks drain.
     retired: Mutex<Vec<Weak<Plugin>>>,
+    /// The last [`LOAD_HISTORY`] loads and refusals, oldest first.
+    loads: Mutex<std::collections::VecDeque<LoadRecord>>,
     /// The schedules, once the workers started.
     scheduler: Option<Arc<Scheduler>>,
     /// This host's membership in its cluster (`[cluster]`); none alone.
@@ -84,6 +86,21 @@ pub struct Host {
     /// Set while a heap trim is due (see [`Host::trim_heap_soon`]).
     trim_due: Arc<std::sync::atomic::AtomicBool>,
     _ticker: EpochTicker,
+}
+
+/// Loads and refusals a host remembers for `GET /v1/loads` (the
+/// dashboard's hot-load history): the newest ones, a few KiB each at most.
+pub const LOAD_HISTORY: usize = 100;
+
+/// A build loaded or refused: the lifecycle event the stream carried
+/// (`plugin_loaded`, `plugin_refused`), and when.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LoadRecord {
+    /// When (Unix ms).
+    pub at_ms: u64,
+    /// What happened: the event as the stream sent it.
+    #[serde(flatten)]
+    pub event: LifecycleEvent,
 }
 
 /// One loaded build of a plugin, as [`Host::builds`] lists it.
@@ -212,6 +229,7 @@ impl Host {
             main_handles: Vec::new(),
             startup: Mutex::default(),
             retired: Mutex::default(),
+            loads: Mutex::default(),
             scheduler: None,
             trim_due: Arc::default(),
             _ticker: ticker,
@@ -771,7 +789,7 @@ impl Host {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), plugin.clone());
-        self.announce(LifecycleEvent::PluginLoaded {
+        self.remember_load(LifecycleEvent::PluginLoaded {
             plugin: name.to_string(),
             version: plugin.version.to_string(),
             path: plugin.path.clone(),
@@ -795,11 +813,33 @@ impl Host {
     /// plugin `name` from `path` (a component, or a crate that did not
     /// build) was refused and the loaded version keeps serving.
     pub fn refuse_plugin(&self, name: &str, path: &Path, error: &dyn std::fmt::Display) {
-        self.announce(LifecycleEvent::PluginRefused {
+        self.remember_load(LifecycleEvent::PluginRefused {
             plugin: name.to_string(),
             path: path.to_path_buf(),
             error: format!("{error:#}"),
         });
+    }
+
+    /// Announces a load or a refusal and keeps it in the history.
+    fn remember_load(&self, event: LifecycleEvent) {
+        let record = LoadRecord {
+            at_ms: crate::task::unix_millis(std::time::SystemTime::now()),
+            event: event.clone(),
+        };
+        {
+            let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+            if loads.len() == LOAD_HISTORY {
+                loads.pop_front();
+            }
+            loads.push_back(record);
+        }
+        self.announce(event);
+    }
+
+    /// The last [`LOAD_HISTORY`] loads and refusals, newest first.
+    pub fn loads(&self) -> Vec<LoadRecord> {
+        let loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+        loads.iter().rev().cloned().collect()
     }
 
     /// Logs a lifecycle event and sends it to the stream's listeners.

@@ -91,6 +91,7 @@ pub(super) fn router(host: Arc<Host>, token: String, read_token: Option<String>)
         .route(r::STREAM.path, get(stream))
         .route(r::HOSTS.path, get(list_hosts))
         .route(r::SUMMARY.path, get(summary))
+        .route(r::LOADS.path, get(loads))
         .route(r::HEALTH.path, get(health))
         .route(r::CLUSTER_TASKS.path, get(cluster_tasks))
         .route(r::CLUSTER_PLUGINS.path, get(cluster_plugins))
@@ -409,6 +410,10 @@ async fn discard_dead(State(ctx): State<Ctx>, Path(id): Path<String>) -> Answer<
 
 async fn health(State(ctx): State<Ctx>) -> Json<Health> {
     Json(ctx.ops.health())
+}
+
+async fn loads(State(ctx): State<Ctx>) -> Answer<Vec<crate::host::LoadRecord>> {
+    Ok(Json(ctx.ops.loads()))
 }
 
 async fn summary(State(ctx): State<Ctx>) -> Answer<crate::operations::types::TaskSummary> {

@@ -287,6 +287,13 @@ pub const DISCARD_DEAD: Route<(), StoredLetter> =
 /// `subscribed` first; it ends only with the host.
 pub const STREAM: Route<(), ()> =
     Route::new(Get, "/v1/stream", "lifecycle events (Server-Sent Events)");
+/// This host's last 100 plugin loads and refusals, newest first: each the
+/// stream's `plugin_loaded` or `plugin_refused` event with its `at_ms`.
+pub const LOADS: Route<(), Vec<crate::host::LoadRecord>> = Route::new(
+    Get,
+    "/v1/loads",
+    "the last 100 plugin loads and refusals (hot-load history)",
+);
 /// This host's tasks counted by state, failed in the last hour and done in
 /// the last minute: what the dashboard's overview shows, at the cost of a
 /// count however many tasks are kept.
@@ -331,7 +338,7 @@ pub const CLUSTER_PURGE: Route<(), Vec<serde_json::Value>> =
     Route::new(Post, "/v1/cluster/purge", "drop ended tasks on every host");
 
 /// Every route, in the order the docs list them.
-pub const ALL: [Listed; 32] = [
+pub const ALL: [Listed; 33] = [
     LIST_TASKS.listed(),
     SUBMIT.listed(),
     CANCEL.listed(),
@@ -356,6 +363,7 @@ pub const ALL: [Listed; 32] = [
     DISCARD_DEAD.listed(),
     STREAM.listed(),
     SUMMARY.listed(),
+    LOADS.listed(),
     HOSTS.listed(),
     HEALTH.listed(),
     METRICS.listed(),

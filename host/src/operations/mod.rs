@@ -213,6 +213,11 @@ impl Operations {
         Err(error)
     }
 
+    /// This host's last plugin loads and refusals, newest first.
+    pub fn loads(&self) -> Vec<crate::host::LoadRecord> {
+        self.host.loads()
+    }
+
     /// This host's tasks counted: by state, failed in the last hour, done
     /// in the last minute.
     pub fn summary(&self) -> types::TaskSummary {

@@ -170,6 +170,10 @@ async fn the_dashboard_shows_tasks_live_cancels_and_pauses_in_a_real_browser() {
     let schedules: Value = serde_json::from_str(&schedules.stdout).unwrap();
     assert_eq!(schedules[0]["paused"], true, "{schedules}");
 
+    // A hot-load refused: the plugins page's history says why.
+    let broken = app.file("broken.wasm", b"not a component");
+    let refused = app.cli(&["load", "testkit", broken.to_str().unwrap()]);
+    assert_ne!(refused.code, Some(0), "{}", refused.dump());
     browser
         .client
         .goto(&format!("{base}/ui#/plugins"))
@@ -178,6 +182,8 @@ async fn the_dashboard_shows_tasks_live_cancels_and_pauses_in_a_real_browser() {
     browser
         .text_when("#page table", |t| t.contains("testkit"))
         .await;
+    let history = browser.text_when("#loads", |t| t.contains("refused")).await;
+    assert!(history.contains("broken.wasm"), "{history}");
     browser.screenshot(&shots.join("plugins.png")).await;
 
     // Everything the pages loaded came from the host itself.

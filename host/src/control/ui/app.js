@@ -424,6 +424,10 @@ async function schedulesPage() {
 
 async function pluginsPage() {
   const plugins = await api('GET', '/v1/plugins');
+  const loads = await api('GET', '/v1/loads');
+  const outcome = (l) => (l.event === 'plugin_loaded'
+    ? (l.replaces ? `loaded, replacing ${l.replaces}` : 'loaded')
+    : `refused: ${l.error}`);
   page(
     el('h1', {}, 'Plugins'),
     el('table', {},
@@ -431,6 +435,12 @@ async function pluginsPage() {
       el('tbody', {}, ...plugins.map((p) => el('tr', {},
         el('td', {}, p.name), el('td', {}, p.version), el('td', {}, p.state), el('td', {}, p.live_tasks),
         el('td', {}, p.wit), el('td', {}, (p.factories || []).map((f) => f.name).join(', ')))))),
+    el('h2', {}, 'Hot-load history'),
+    el('table', { id: 'loads' },
+      el('thead', {}, el('tr', {}, ...['when', 'plugin', 'build', 'file', 'outcome'].map((h) => el('th', {}, h)))),
+      el('tbody', {}, ...loads.map((l) => el('tr', { class: l.event === 'plugin_refused' ? 'refused' : '' },
+        el('td', {}, time(l.at_ms)), el('td', {}, l.plugin), el('td', {}, l.version || ''),
+        el('td', {}, l.path), el('td', { class: 'load-outcome' }, outcome(l)))))),
   );
 }
 
