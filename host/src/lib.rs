@@ -42,8 +42,10 @@
 //!    (the wasmtime engines, through the compile cache), `serve` (how
 //!    the two HTTP servers bound their connections),
 //!    [`operations::types`] (the requests, answers and error of every
-//!    operation, low so that guests' calls can name them) and `joins`
-//!    (waiting for a task's end, for guests' joins and the API's wait).
+//!    operation, low so that guests' calls can name them), `joins`
+//!    (waiting for a task's end, for guests' joins and the API's wait) and
+//!    `journal` (a resuming task's journal at run time: replay, then
+//!    record).
 //! 5. The host interfaces a task imports, one module each, owning its
 //!    state and its `add_to_linker`: `app` (the handle to the app; it
 //!    reaches the worker only through the narrow `app::TaskScope` trait,
@@ -113,6 +115,7 @@ pub(crate) mod grace;
 pub(crate) mod http;
 pub(crate) mod interface;
 pub(crate) mod joins;
+pub(crate) mod journal;
 pub(crate) mod keyvalue;
 pub(crate) mod listener;
 pub(crate) mod logging;

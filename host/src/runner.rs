@@ -114,6 +114,8 @@ pub(crate) struct Attempt {
     /// period) once a newer build of its plugin is loaded, so the task can
     /// start again on it (`on_load = "restart"`).
     pub moves_on_load: bool,
+    /// A resuming task's journal (`durable = "resume"`).
+    pub journal: Option<Arc<crate::journal::Journal>>,
 }
 
 /// Runs `ident.factory` of `plugin` with `args` in its own instance at
@@ -149,6 +151,9 @@ pub(crate) async fn run(
         TaskData::new(ident.clone(), site.app.clone(), cancel.clone()).on_worker(site.scope);
     data.app.attempt = attempt.number;
     data.app.idempotency_key = attempt.idempotency_key;
+    if let Some(journal) = attempt.journal {
+        data.journaled(journal);
+    }
     let prepared = site
         .prepared
         .filter(|prepared| Arc::ptr_eq(&prepared.plugin, plugin));

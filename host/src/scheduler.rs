@@ -502,6 +502,7 @@ impl Scheduler {
                 on_load: None,
                 trace: None,
                 durable: config.durable,
+                resume: false,
                 // Per worker only where each worker runs the tick: an `any`
                 // run is one task whichever worker it lands on.
                 idempotency_key: config.durable.then(|| match config.scope {

@@ -137,6 +137,13 @@ impl TaskData {
             || self.interfaces.db.opened()
     }
 
+    /// The task resumes from `journal` (`durable = "resume"`): its host
+    /// calls and randomness come from it while it replays.
+    pub(crate) fn journaled(&mut self, journal: Arc<crate::journal::Journal>) {
+        self.wasi.journaled(journal.clone());
+        self.app.journal = Some(journal);
+    }
+
     /// The task runs on the worker `scope` stands for.
     pub(crate) fn on_worker(mut self, scope: Arc<dyn TaskScope>) -> TaskData {
         self.app.scope = Some(scope);

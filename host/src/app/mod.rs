@@ -200,6 +200,9 @@ pub(crate) struct AppState {
     pub(crate) stop_retrying: bool,
     /// A durable task's idempotency key (`idempotency-key`).
     pub(crate) idempotency_key: Option<Arc<str>>,
+    /// A resuming task's journal (`durable = "resume"`): its calls are
+    /// answered from it while it replays, and recorded after.
+    pub(crate) journal: Option<Arc<crate::journal::Journal>>,
 }
 
 impl AppState {
@@ -246,6 +249,7 @@ impl AppState {
             attempt: 1,
             stop_retrying: false,
             idempotency_key: None,
+            journal: None,
         }
     }
 }
@@ -390,6 +394,11 @@ macro_rules! app_host {
                 let span = self.span(SpanKind::Internal, "sleep".into()).map(|span| {
                     span.with("taskhost.sleep_ms", Attr::Int(i64::try_from(ms).unwrap_or(i64::MAX)))
                 });
+                // A resuming task sleeps until the end its journal gives.
+                let ms = match &self.journal {
+                    Some(journal) => crate::journal::sleep_until(journal, ms).await?,
+                    None => ms,
+                };
                 let slept = time::sleep(self.cancel.clone(), ms).await;
                 CallSpan::end_with(span, &slept);
                 Ok(slept)

@@ -243,6 +243,7 @@ pub(super) fn spec_of(
         restart,
         on_load: None,
         durable: options.durable,
+        resume: false,
         idempotency_key: options.idempotency_key,
         connection: None,
         queue: placement_of(options.placement)?,
@@ -294,7 +295,7 @@ pub(super) fn submission_of(
         retry,
         restart,
         on_load: None,
-        durable: options.durable,
+        durable: options.durable.into(),
         idempotency_key: options.idempotency_key,
         host: Some(host),
         scope: if cluster_name {

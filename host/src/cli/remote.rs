@@ -86,6 +86,11 @@ pub(crate) enum Verb {
         /// kept across restarts).
         #[arg(long)]
         durable: bool,
+        /// Durable, and after a crash resumed from the journal of its host
+        /// calls instead of run again from its start: what it did is not
+        /// done again (docs/durable.md). Implies --durable.
+        #[arg(long)]
+        resume: bool,
         /// With --durable: a second `add` with the same KEY starts nothing
         /// and shows the first one's task.
         #[arg(
@@ -165,6 +170,21 @@ pub(crate) enum Verb {
         /// Keep printing new lines until the task ends.
         #[arg(long, short = 'f')]
         follow: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Show a resuming task's journal (`durable = "resume"`, `add
+    /// --resume`): each host call it made, in order, with when, how long
+    /// it took and the size of its recorded answer. After a crash the task
+    /// replays these steps instead of performing them again
+    /// (docs/durable.md). With --json, the API's answer.
+    Journal {
+        /// The task's id on the host (digits only), or its name.
+        task: String,
+        /// With a name that tasks of several workers have: this worker's
+        /// task.
+        #[arg(long)]
+        worker: Option<WorkerId>,
         #[command(flatten)]
         common: Common,
     },
@@ -522,6 +542,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             all_workers,
             retry,
             durable,
+            resume,
             idempotency_key,
             host,
             scope,
@@ -561,7 +582,11 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                     .as_deref()
                     .map(|text| text.parse().expect("clap allows only drain and restart")),
                 restart: restart.spec(),
-                durable,
+                durable: match (durable, resume) {
+                    (_, true) => crate::config::Durability::Resume,
+                    (true, false) => crate::config::Durability::Rerun,
+                    (false, false) => crate::config::Durability::None,
+                },
                 idempotency_key,
                 host,
                 scope: match scope.as_deref() {
@@ -638,6 +663,48 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
                 Err(_) => task_id_by_name(&client, &task, worker).await?,
             };
             print_logs(&client, id, follow, common.json).await?;
+        }
+        Verb::Journal {
+            task,
+            worker,
+            common,
+        } => {
+            let client = connect(&common)?;
+            let id = match task.parse::<u64>() {
+                Ok(id) => id,
+                Err(_) => task_id_by_name(&client, &task, worker).await?,
+            };
+            let journal = client
+                .call(&routes::TASK_JOURNAL, &[&id.to_string()], &())
+                .await?;
+            if common.json {
+                print_json(&journal);
+            } else {
+                outln!(
+                    "{:>5}  {:<24}  {:>10}  {:>9}  call",
+                    "step",
+                    "at",
+                    "took",
+                    "bytes"
+                );
+                for step in &journal.steps {
+                    let at = chrono::DateTime::from_timestamp_millis(step.at_ms as i64)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                        .unwrap_or_default();
+                    outln!(
+                        "{:>5}  {at:<24}  {:>8.3}ms  {:>9}  {}",
+                        step.index,
+                        step.micros as f64 / 1e3,
+                        step.bytes,
+                        clean(&step.call)
+                    );
+                }
+                outln!(
+                    "{} step(s), {} bytes (task {id})",
+                    journal.steps.len(),
+                    journal.bytes
+                );
+            }
         }
         Verb::Wait {
             task,

@@ -117,6 +117,9 @@ impl StoredTask {
             ended_ms: self.ended_ms,
             queued: self.queued.clone(),
             traceparent: self.traceparent.clone(),
+            // No journal here: a task that resumes is refused at its
+            // submission (`TaskStore::keeps_journals`).
+            resume: false,
         }
     }
 

@@ -264,6 +264,9 @@ pub struct Limits {
     /// Bytes all tasks' kept log lines may take together; past it the
     /// oldest line host-wide goes first.
     pub task_log_bytes: usize,
+    /// Bytes one resuming task's journal may hold (`durable = "resume"`:
+    /// each host call and its answer): a call past it fails the task.
+    pub journal_bytes: usize,
     /// Schedules the tasks of one plugin may add at run time (kept in
     /// storage, so they would otherwise outlive every restart); app.toml's
     /// own do not count.
@@ -311,6 +314,7 @@ impl Default for Limits {
             db_result_bytes: 16 * 1024 * 1024,
             task_log_lines: 1_000,
             task_log_bytes: 64 * 1024 * 1024,
+            journal_bytes: 64 * 1024 * 1024,
             schedules_per_plugin: 100,
             schedules_per_app: 1_000,
             kv_key_bytes: 1024,
@@ -455,6 +459,7 @@ impl Limits {
             ("db_result_bytes", self.db_result_bytes),
             ("task_log_lines", self.task_log_lines),
             ("task_log_bytes", self.task_log_bytes),
+            ("journal_bytes", self.journal_bytes),
             ("schedules_per_plugin", self.schedules_per_plugin),
             ("schedules_per_app", self.schedules_per_app),
             ("kv_key_bytes", self.kv_key_bytes),

@@ -287,6 +287,7 @@ impl TaskConfig {
             restart: self.restart,
             on_load: self.on_load,
             durable: self.durable,
+            resume: false,
             idempotency_key: match (&self.name, self.durable) {
                 (Some(name), true) => Some(format!("app.toml/{worker}/{name}")),
                 _ => None,
@@ -296,6 +297,83 @@ impl TaskConfig {
             parent: None,
             trace: None,
         }
+    }
+}
+
+/// How a task outlives its host: `durable` as app.toml and the API write
+/// it. `false` (none), `true` or `"rerun"` (recorded, run again from its
+/// start after a crash), `"resume"` (recorded, and resumed after a crash
+/// from the journal of its host calls: docs/durable.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// It lives and dies with its host.
+    #[default]
+    None,
+    /// Run again from its start after a crash (at least once).
+    Rerun,
+    /// Resumed from its journal after a crash.
+    Resume,
+}
+
+impl Durability {
+    /// Whether it is recorded at all.
+    pub fn is_durable(self) -> bool {
+        self != Durability::None
+    }
+
+    /// For `skip_serializing_if`: the default is not written.
+    pub fn is_none(&self) -> bool {
+        *self == Durability::None
+    }
+}
+
+impl From<bool> for Durability {
+    fn from(durable: bool) -> Durability {
+        if durable {
+            Durability::Rerun
+        } else {
+            Durability::None
+        }
+    }
+}
+
+impl serde::Serialize for Durability {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Durability::None => serializer.serialize_bool(false),
+            Durability::Rerun => serializer.serialize_bool(true),
+            Durability::Resume => serializer.serialize_str("resume"),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Durability {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Durability, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Durability;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false, \"rerun\" or \"resume\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, durable: bool) -> Result<Durability, E> {
+                Ok(if durable {
+                    Durability::Rerun
+                } else {
+                    Durability::None
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Durability, E> {
+                match text {
+                    "rerun" => Ok(Durability::Rerun),
+                    "resume" => Ok(Durability::Resume),
+                    other => Err(E::custom(format!(
+                        "durable {other:?}: write true, false, \"rerun\" (run again from the \
+                         start after a crash) or \"resume\" (resume from its journal)"
+                    ))),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visit)
     }
 }
 
@@ -324,6 +402,9 @@ pub struct TaskSpec {
     /// Recorded in storage before it is acknowledged and run again after a
     /// crash (at least once) until it ends.
     pub durable: bool,
+    /// With `durable`: after a crash it resumes from its journal instead
+    /// of running again from its start.
+    pub resume: bool,
     /// Durable only: a second submission with the same key is the same
     /// task.
     pub idempotency_key: Option<String>,

@@ -66,6 +66,7 @@ pub(super) fn router(host: Arc<Host>, token: String, read_token: Option<String>)
         .route(r::WAIT.path, post(wait_task))
         .route(r::TASK.path, get(get_task))
         .route(r::TASK_LOGS.path, get(task_logs))
+        .route(r::TASK_JOURNAL.path, get(task_journal))
         .route(r::CANCEL_ID.path, post(cancel_by_id))
         .route(r::PURGE.path, post(purge))
         .route(r::DISPATCH.path, post(dispatch))
@@ -282,6 +283,13 @@ async fn get_task(State(ctx): State<Ctx>, Path(id): Path<String>) -> Answer<Task
 
 async fn cancel_by_id(State(ctx): State<Ctx>, Path(id): Path<String>) -> Answer<TaskView> {
     ctx.ops.cancel_by_id(&id).await.map(Json)
+}
+
+async fn task_journal(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+) -> Answer<crate::operations::types::TaskJournal> {
+    ctx.ops.task_journal(&id).await.map(Json)
 }
 
 async fn task_logs(

@@ -207,6 +207,13 @@ pub const CANCEL_ID: Route<(), TaskView> = Route::new(
 /// `GET /v1/tasks/{id}/logs?after=&limit=&wait_ms=`.
 pub const TASK_LOGS: Route<LogsQuery, TaskLogs> =
     Route::new(Get, "/v1/tasks/{id}/logs", "a task's kept log lines");
+/// `GET /v1/tasks/{id}/journal`: a resuming task's journal; 404 for a task
+/// that keeps none.
+pub const TASK_JOURNAL: Route<(), crate::operations::types::TaskJournal> = Route::new(
+    Get,
+    "/v1/tasks/{id}/journal",
+    "a resuming task's journal of host calls",
+);
 /// Drops the ended tasks of every worker, and the kept records of ended durable
 /// tasks; their names are free again.
 pub const PURGE: Route<(), Purged> = Route::new(Post, "/v1/purge", "drop ended tasks");
@@ -338,7 +345,7 @@ pub const CLUSTER_PURGE: Route<(), Vec<serde_json::Value>> =
     Route::new(Post, "/v1/cluster/purge", "drop ended tasks on every host");
 
 /// Every route, in the order the docs list them.
-pub const ALL: [Listed; 33] = [
+pub const ALL: [Listed; 34] = [
     LIST_TASKS.listed(),
     SUBMIT.listed(),
     CANCEL.listed(),
@@ -362,6 +369,7 @@ pub const ALL: [Listed; 33] = [
     RETRY_DEAD.listed(),
     DISCARD_DEAD.listed(),
     STREAM.listed(),
+    TASK_JOURNAL.listed(),
     SUMMARY.listed(),
     LOADS.listed(),
     HOSTS.listed(),

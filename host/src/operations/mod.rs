@@ -311,6 +311,46 @@ impl Operations {
             .ok_or_else(|| OpError::new(ErrorKind::NotFound, format!("no task {id}")))
     }
 
+    /// A resuming task's journal: its steps, without their answers.
+    pub async fn task_journal(&self, id: &str) -> Result<types::TaskJournal, OpError> {
+        let view = self.task(id)?;
+        let task = self
+            .host
+            .workers()
+            .find_map(|w| w.registry().get(view.id))
+            .ok_or_else(|| OpError::new(ErrorKind::NotFound, format!("no task {id}")))?;
+        let Some(seq) = task.ident.durable else {
+            return Err(OpError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "task {id} keeps no journal: it is not durable (only a task started with \
+                     durable = \"resume\" has one)"
+                ),
+            ));
+        };
+        let steps = self
+            .host
+            .storage()
+            .tasks()
+            .steps(seq)
+            .await
+            .map_err(|e| OpError::new(ErrorKind::Storage, format!("task {id}: {e:#}")))?;
+        Ok(types::TaskJournal {
+            task: view.id,
+            bytes: steps.iter().map(|s| s.size() as u64).sum(),
+            steps: steps
+                .into_iter()
+                .map(|step| types::JournalStepView {
+                    index: step.index,
+                    bytes: step.outcome.len() as u64,
+                    call: step.call,
+                    at_ms: step.at_ms,
+                    micros: step.micros,
+                })
+                .collect(),
+        })
+    }
+
     /// A task's kept log lines after `query.after`; with `wait_ms`, waits
     /// that long for a first one while the task runs.
     pub async fn task_logs(&self, id: &str, query: &LogsQuery) -> Result<TaskLogs, OpError> {
@@ -869,7 +909,7 @@ impl Operations {
             retry: letter.retry,
             restart: letter.restart,
             on_load: None,
-            durable: letter.durable,
+            durable: letter.durable.into(),
             idempotency_key: None,
             host: None,
             scope: NameScope::Worker,

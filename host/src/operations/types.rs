@@ -58,9 +58,10 @@ pub struct Submission {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_load: Option<crate::config::OnLoad>,
     /// Record it in the app's storage before answering, and run it again
-    /// after a crash until it ends (at least once).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub durable: bool,
+    /// after a crash until it ends: `true` (or `"rerun"`: from its start,
+    /// at least once) or `"resume"` (from the journal of its host calls).
+    #[serde(default, skip_serializing_if = "crate::config::Durability::is_none")]
+    pub durable: crate::config::Durability,
     /// Durable only: a second request with the same key answers with the
     /// first one's task (status 200, `created` false) and starts nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,7 +113,7 @@ impl Submission {
             .transpose()
             .map_err(|e| OpError::bad_request(format!("restart: {e:#}")))?;
         if let Some(restart) = &restart {
-            crate::config::check_restart(restart, self.durable)
+            crate::config::check_restart(restart, self.durable.is_durable())
                 .map_err(|e| OpError::bad_request(format!("restart: {e:#}")))?;
         }
         Ok(crate::config::TaskSpec {
@@ -122,7 +123,8 @@ impl Submission {
             retry,
             restart,
             on_load: self.on_load,
-            durable: self.durable,
+            durable: self.durable.is_durable(),
+            resume: self.durable == crate::config::Durability::Resume,
             idempotency_key: self.idempotency_key.clone(),
             connection: None,
             queue: crate::config::QueueOptions {
@@ -657,6 +659,34 @@ pub struct LogLineView {
     pub level: String,
     /// What the task logged (or wrote to stdout or stderr).
     pub message: String,
+}
+
+/// A resuming task's journal (`taskhost journal`, `GET
+/// /v1/tasks/{id}/journal`): the host calls it made, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskJournal {
+    /// The task's id.
+    pub task: u64,
+    /// Its steps, oldest first.
+    pub steps: Vec<JournalStepView>,
+    /// Bytes the journal holds (calls and answers), against `[limits]
+    /// journal_bytes`.
+    pub bytes: u64,
+}
+
+/// One step of a journal as the API shows it: the call, not its answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalStepView {
+    /// Its place, from 0.
+    pub index: u32,
+    /// The call (`sleep 500`, `seed`, ...).
+    pub call: String,
+    /// When it was made (Unix ms).
+    pub at_ms: u64,
+    /// How long the call took, in microseconds.
+    pub micros: u64,
+    /// The size of its recorded answer, in bytes.
+    pub bytes: u64,
 }
 
 /// A task's kept log lines (`taskhost logs`, `GET /v1/tasks/{id}/logs`).

@@ -383,6 +383,7 @@ fn new_task(name: Option<&str>, key: Option<&str>) -> NewTask {
         queued: None,
         started: true,
         traceparent: None,
+        resume: false,
     }
 }
 

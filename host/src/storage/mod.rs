@@ -39,6 +39,7 @@
 //! it survives a power cut. `docs/speed.md` says what each costs.
 
 pub mod contract;
+pub mod journal;
 pub mod kv;
 pub mod queues;
 pub mod schedules;
@@ -55,6 +56,7 @@ pub use sqlite::{DATABASE_FILE, SqliteStore, StorageMetrics, StoreOptions};
 use std::sync::Arc;
 pub use tasks::Queued;
 
+pub use journal::{JournalStep, NoJournals};
 pub use tasks::{NewTask, Submitted, TaskRecord, TaskStore, TaskStoreFuture};
 
 /// A backend cannot be reached now (a cluster's NATS is away): nothing

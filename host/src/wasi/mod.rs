@@ -34,6 +34,8 @@ pub(crate) struct WasiState {
     /// The task's stderr, once WASI exists: its last lines explain a crash.
     stderr: Option<TaskOutput>,
     table: ResourceTable,
+    /// A resuming task's journal: its randomness is seeded from it.
+    journal: Option<Arc<crate::journal::Journal>>,
 }
 
 impl WasiState {
@@ -57,6 +59,7 @@ impl WasiState {
             ctx: None,
             stderr: None,
             table,
+            journal: None,
         }
     }
 
@@ -67,21 +70,31 @@ impl WasiState {
         let stderr = &mut self.stderr;
         let grants = &self.policy.grants;
         let sockets = self.sockets.as_ref();
+        let journal = self.journal.as_deref();
         let ctx = self.ctx.get_or_insert_with(|| {
             let errors = TaskOutput::stderr(log.clone());
             *stderr = Some(errors.clone());
-            wasi_ctx(
+            let mut builder = wasi_ctx(
                 ident,
                 grants,
                 sockets,
                 TaskOutput::stdout(log.clone()),
                 errors,
-            )
+            );
+            if let Some(journal) = journal {
+                seed_from(&mut builder, journal.seed());
+            }
+            builder.build()
         });
         WasiCtxView {
             ctx,
             table: &mut self.table,
         }
+    }
+
+    /// Seeds the task's randomness from `journal` (a resuming task's).
+    pub(crate) fn journaled(&mut self, journal: Arc<crate::journal::Journal>) {
+        self.journal = Some(journal);
     }
 
     /// Whether the task has made a WASI call (the context exists).
@@ -119,7 +132,7 @@ fn wasi_ctx(
     sockets: Option<&Arc<TaskSockets>>,
     stdout: TaskOutput,
     stderr: TaskOutput,
-) -> WasiCtx {
+) -> WasiCtxBuilder {
     let mut builder = WasiCtxBuilder::new();
     builder.stdout(stdout).stderr(stderr);
     crate::sockets::configure(&mut builder, sockets);
@@ -160,5 +173,20 @@ fn wasi_ctx(
             );
         }
     }
-    builder.build()
+    builder
+}
+
+/// A resuming task's randomness: `wasi:random`'s generators and seed, all
+/// drawn from the journal's `seed`, so they give the same values on
+/// replay as in the run that was cut short.
+fn seed_from(builder: &mut WasiCtxBuilder, seed: [u8; 32]) {
+    use rand::SeedableRng;
+    let mut insecure = seed;
+    insecure[0] ^= 0x5a;
+    builder
+        .secure_random(rand::rngs::StdRng::from_seed(seed))
+        .insecure_random(rand::rngs::StdRng::from_seed(insecure))
+        .insecure_random_seed(u128::from_le_bytes(
+            seed[16..].try_into().expect("16 bytes"),
+        ));
 }

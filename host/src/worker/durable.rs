@@ -24,6 +24,24 @@ fn storage_error(error: anyhow::Error) -> AddTaskError {
 }
 
 impl WorkerCtx {
+    /// The journal of resuming task `seq` for its next attempt: as
+    /// recorded, or emptied first when `afresh` (a retry).
+    pub(super) async fn journal(
+        &self,
+        seq: u64,
+        afresh: bool,
+    ) -> Result<Arc<crate::journal::Journal>, String> {
+        let store = self.records();
+        if afresh {
+            store.clear_steps(seq).await.map_err(|error| {
+                format!("cannot empty the task's journal for its retry: {error:#}")
+            })?;
+        }
+        crate::journal::Journal::open(store, seq, self.env.app.limits.journal_bytes)
+            .await
+            .map_err(|error| format!("cannot read the task's journal: {error:#}"))
+    }
+
     /// Where durable tasks are recorded.
     fn records(&self) -> Arc<dyn TaskStore> {
         self.env.storage.tasks().clone()
@@ -41,6 +59,11 @@ impl WorkerCtx {
         check: bool,
     ) -> Result<(Added, TaskHandle), AddTaskError> {
         let storage = self.records();
+        if spec.resume && !storage.keeps_journals() {
+            return Err(AddTaskError::Invalid(
+                crate::storage::NoJournals.to_string(),
+            ));
+        }
         // Bounds first: a task over them is refused without a record.
         self.check(&spec.name, &spec.factory, &spec.args)?;
         // So is one its queue refuses (no such queue, no key); its key and
@@ -72,6 +95,7 @@ impl WorkerCtx {
             queued,
             started,
             traceparent: spec.trace.map(|trace| trace.header()),
+            resume: spec.resume,
         };
         let record = match storage.submit(new).await.map_err(storage_error)? {
             Submitted::New(record) => record,
@@ -83,6 +107,7 @@ impl WorkerCtx {
             first_attempt: 1,
             key: record.effective_key().into(),
             counted: record.queued.is_some() && record.attempt > 0,
+            resume: record.resume,
         };
         if let Some(queued) = &record.queued {
             let spec = TaskSpec {
@@ -257,6 +282,7 @@ impl WorkerCtx {
             first_attempt: attempt,
             key: record.effective_key().into(),
             counted: false,
+            resume: record.resume,
         };
         // A queued task goes back in its queue, in submission order (the
         // records are read oldest first), keeping its time and its wait
@@ -272,6 +298,7 @@ impl WorkerCtx {
                 restart: None,
                 on_load: None,
                 durable: true,
+                resume: record.resume,
                 idempotency_key: record.idempotency_key,
                 connection: None,
                 queue: Some(queued.placement()),
@@ -294,6 +321,7 @@ impl WorkerCtx {
             restart: None,
             on_load: None,
             durable: true,
+            resume: record.resume,
             idempotency_key: record.idempotency_key,
             connection: None,
             queue: None,

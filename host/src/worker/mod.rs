@@ -193,6 +193,8 @@ struct DurableRun {
     /// Its first attempt is in its record already: a queued task whose
     /// turn came at its submission. Its turn then writes none.
     counted: bool,
+    /// It resumes from its journal (`durable = "resume"`).
+    resume: bool,
 }
 
 /// Everything `start` needs, resolved.
@@ -947,6 +949,21 @@ impl Run {
                 worker.env.metrics.prepared_starts.inc();
             }
             worker.prepare_next(&plugin);
+            // A resuming task's attempt replays its journal: the one a
+            // crash cut short. A retry after a failure starts afresh (its
+            // replay would only fail again the same way).
+            let journal = match &durable {
+                Some(durable) if durable.resume => {
+                    match worker
+                        .journal(durable.seq, attempt > durable.first_attempt)
+                        .await
+                    {
+                        Ok(journal) => Some(journal),
+                        Err(error) => break Outcome::Failed { error },
+                    }
+                }
+                _ => None,
+            };
             let run = Box::pin(runner::run(
                 site,
                 &plugin,
@@ -958,6 +975,7 @@ impl Run {
                     number: attempt,
                     idempotency_key: durable.as_ref().map(|d| d.key.clone()),
                     moves_on_load,
+                    journal,
                 },
                 || {
                     if !started.swap(true, std::sync::atomic::Ordering::Relaxed) {

@@ -156,6 +156,20 @@ plugin! {
         Ok(json!(answers))
     }
 
+    /// For the resume tests (`durable = "resume"`): draws a random number
+    /// (logs `random R`), then sleeps each of `pauses` (ms) in turn with
+    /// `app.sleep`, logging `slept I` after each; returns the number and
+    /// its attempt.
+    fn resumable(app: &App, pauses: Vec<u64>) -> Result<Value> {
+        let random = wasi::random::random::get_random_u64();
+        app.info(format!("random {random}"));
+        for (i, pause) in pauses.iter().enumerate() {
+            app.sleep(*pause)?;
+            app.info(format!("slept {}", i + 1));
+        }
+        Ok(json!({"random": random, "attempt": app.attempt()}))
+    }
+
     /// Returns the `[config]` value of `key` as the task's result.
     fn config_value(app: &App, key: String) -> Result<Option<serde_json::Value>> {
         let value: Option<serde_json::Value> = app.config(&key)?;

@@ -305,3 +305,93 @@ fn a_stop_is_not_an_end_even_for_a_task_that_fails_on_it_but_a_cancel_is() {
         second.dump()
     );
 }
+
+/// The number a `resumable` task logged (`random R`) in `lines`.
+fn random_logged(lines: &[Value], task: &str) -> Option<u64> {
+    lines.iter().find_map(|l| {
+        (l["task"] == task)
+            .then(|| l["message"].as_str()?.strip_prefix("random ")?.parse().ok())
+            .flatten()
+    })
+}
+
+/// `durable = "resume"`: a task killed with `kill -9` resumes from its
+/// journal. The sleeps it finished are not slept again, the one the crash
+/// cut short lasts only what was left of it, its random number is the one
+/// it drew before the crash, and its journal holds each step once.
+#[test]
+fn a_resuming_task_killed_mid_sleep_resumes_from_its_journal() {
+    let app = app();
+    let mut host = app.spawn();
+    let added = app.cli(&[
+        "add",
+        "kit",
+        "resumable",
+        "--args",
+        r#"{"pauses": [100, 100, 12000]}"#,
+        "--name",
+        "resumer",
+        "--resume",
+        "--json",
+    ]);
+    assert_eq!(added.code, Some(0), "{}", added.dump());
+    host.wait_for(1, |l| l["task"] == "resumer" && l["message"] == "slept 2");
+    // The last sleep's end is journaled before it begins.
+    let (api, _) = Api::of(&app);
+    let journal = |api: &Api| -> Value {
+        let id = api.get(&format!("{}?name=resumer", routes::LIST_TASKS.path))[0]["id"].clone();
+        api.get(&routes::TASK_JOURNAL.path.replace("{id}", &id.to_string()))
+    };
+    taskhost_tests::poll_until(taskhost_tests::secs(30), taskhost_tests::millis(20), || {
+        let steps = journal(&api)["steps"].as_array().map_or(0, Vec::len);
+        if steps == 4 {
+            Ok(())
+        } else {
+            Err(format!("{steps} steps"))
+        }
+    });
+    // Part of the last sleep passes before the crash: there is no event
+    // to wait for, the time passing is the point.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    host.signal("KILL");
+    let first = host.finish();
+    let drawn = random_logged(&first.lines, "resumer").expect("the first run drew a number");
+
+    let mut host = app.spawn();
+    host.wait_for(1, |l| l["event"] == "started" && l["task"] == "resumer");
+    let restarted = std::time::Instant::now();
+    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "resumer");
+    let resumed_in = restarted.elapsed();
+    let (api, _) = Api::of(&app);
+    let done = api.get(&format!("{}?name=resumer", routes::LIST_TASKS.path));
+    let result: Value = serde_json::from_str(done[0]["result"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        result["random"], drawn,
+        "the same number on replay: {result}"
+    );
+    assert_eq!(result["attempt"], 2, "{result}");
+    // About 6 s of the 12 s sleep were left; run again from its start the
+    // task would sleep 12.2 s.
+    assert!(
+        resumed_in < std::time::Duration::from_secs(10),
+        "resumed in {resumed_in:?}"
+    );
+    let journal = journal(&api);
+    let calls: Vec<&str> = journal["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["call"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        calls,
+        ["seed", "sleep 100", "sleep 100", "sleep 12000"],
+        "{journal}"
+    );
+    // The CLI shows the same steps.
+    let shown = app.cli(&["journal", "resumer"]);
+    assert_eq!(shown.code, Some(0), "{}", shown.dump());
+    assert!(shown.stdout.contains("sleep 12000"), "{}", shown.stdout);
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
+}

@@ -44,6 +44,7 @@ const LAYERS: &[&[&str]] = &[
         "operations::types",
         "interface",
         "joins",
+        "journal",
     ],
     &[
         "app",

@@ -53,8 +53,9 @@ const LEGACY_FILE: &str = "kv.sqlite3";
 /// The layout this build reads and writes (`PRAGMA user_version`): 1 had
 /// key-value state only, 2 adds durable tasks, 3 schedules, 4 queues'
 /// settings and dead letters, 5 where a durable task waits (`queued`), 6
-/// the trace a durable task's runs join (`traceparent`).
-const SCHEMA_VERSION: i64 = 6;
+/// the trace a durable task's runs join (`traceparent`), 7 journals of
+/// durable tasks that resume (`resume`, `journal`).
+const SCHEMA_VERSION: i64 = 7;
 
 /// Values are blobs in a rowid table (SQLite keeps big blobs out of the
 /// key's b-tree that way); `buckets` keeps each bucket's key and byte
@@ -135,6 +136,26 @@ const QUEUED_COLUMN: &str = "ALTER TABLE durable_tasks ADD COLUMN queued TEXT;";
 /// The trace a durable task's runs join (layout 6): a W3C `traceparent`,
 /// null without one.
 const TRACE_COLUMN: &str = "ALTER TABLE durable_tasks ADD COLUMN traceparent TEXT;";
+
+/// Durable tasks that resume, and their journals (layout 7): a row per
+/// step, keyed by the task's record and the step's index; dropped with the
+/// record.
+const JOURNAL_SCHEMA: &str = "
+ALTER TABLE durable_tasks ADD COLUMN resume INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE journal (
+    seq INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    call TEXT NOT NULL,
+    outcome BLOB NOT NULL,
+    at_ms INTEGER NOT NULL,
+    micros INTEGER NOT NULL,
+    PRIMARY KEY (seq, step)
+) WITHOUT ROWID;
+CREATE TRIGGER journal_follows_its_task AFTER DELETE ON durable_tasks
+BEGIN
+    DELETE FROM journal WHERE seq = old.seq;
+END;
+";
 
 /// How a store is opened: the key-value limits, whether commits wait for
 /// the disk, and how many ended durable tasks it keeps.
@@ -635,37 +656,42 @@ impl SqliteStore {
             0 => conn
                 .execute_batch(&format!(
                     "BEGIN; {SCHEMA} {TASKS_SCHEMA} {SCHEDULES_SCHEMA} {QUEUES_SCHEMA} \
-                     {QUEUED_COLUMN} {TRACE_COLUMN} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                     {QUEUED_COLUMN} {TRACE_COLUMN} {JOURNAL_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .with_context(|| format!("{file}: cannot create the tables"))?,
             1 => conn
                 .execute_batch(&format!(
                     "BEGIN; {TASKS_SCHEMA} {SCHEDULES_SCHEMA} {QUEUES_SCHEMA} \
-                     {QUEUED_COLUMN} {TRACE_COLUMN} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                     {QUEUED_COLUMN} {TRACE_COLUMN} {JOURNAL_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .with_context(|| format!("{file}: cannot add the durable task table"))?,
             2 => conn
                 .execute_batch(&format!(
-                    "BEGIN; {SCHEDULES_SCHEMA} {QUEUES_SCHEMA} {QUEUED_COLUMN} {TRACE_COLUMN} \
+                    "BEGIN; {SCHEDULES_SCHEMA} {QUEUES_SCHEMA} {QUEUED_COLUMN} {TRACE_COLUMN} {JOURNAL_SCHEMA} \
                      PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .with_context(|| format!("{file}: cannot add the schedule table"))?,
             3 => conn
                 .execute_batch(&format!(
-                    "BEGIN; {QUEUES_SCHEMA} {QUEUED_COLUMN} {TRACE_COLUMN} \
+                    "BEGIN; {QUEUES_SCHEMA} {QUEUED_COLUMN} {TRACE_COLUMN} {JOURNAL_SCHEMA} \
                      PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .with_context(|| format!("{file}: cannot add the queue tables"))?,
             4 => conn
                 .execute_batch(&format!(
-                    "BEGIN; {QUEUED_COLUMN} {TRACE_COLUMN} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {QUEUED_COLUMN} {TRACE_COLUMN} {JOURNAL_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .with_context(|| format!("{file}: cannot add the durable tasks' queue column"))?,
             5 => conn
                 .execute_batch(&format!(
-                    "BEGIN; {TRACE_COLUMN} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {TRACE_COLUMN} {JOURNAL_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .with_context(|| format!("{file}: cannot add the durable tasks' trace column"))?,
+            6 => conn
+                .execute_batch(&format!(
+                    "BEGIN; {JOURNAL_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .with_context(|| format!("{file}: cannot add the journal table"))?,
             SCHEMA_VERSION => {}
             newer => bail!(
                 "{file}: written by a newer taskhost (layout {newer}; this one reads layout \
@@ -786,14 +812,6 @@ impl SqliteStore {
     /// thread, committed with the writes queued with it
     /// ([`commit_group`]): `op` runs inside the group's transaction, so it
     /// opens none of its own.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "every durable write is one statement today; a write of more (and its \
-                      savepoint) stays possible and tested"
-        )
-    )]
     fn grouped_write<T: Send + 'static>(
         &self,
         what: &'static str,

@@ -5,6 +5,7 @@
 
 use super::{Inner, SqliteStore};
 use crate::config::RetrySpec;
+use crate::storage::journal::JournalStep;
 use crate::storage::tasks::{
     NewTask, Submitted, TaskRecord, TaskStore, TaskStoreFuture, outcome_columns,
     outcome_from_columns,
@@ -17,7 +18,7 @@ use std::time::SystemTime;
 
 const COLUMNS: &str = "seq, name, worker, plugin, factory, args, retry, idempotency_key, attempt, \
                        state, cancel_requested, result, error, cancel_stage, created_ms, ended_ms, \
-                       plugin_version, queued, traceparent";
+                       plugin_version, queued, traceparent, resume";
 
 fn record(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
     let worker: String = row.get(2)?;
@@ -54,6 +55,7 @@ fn record(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
             .transpose()
             .map_err(|_| bad_column(17, "queue placement"))?,
         traceparent: row.get(18)?,
+        resume: row.get::<_, i64>(19)? != 0,
     })
 }
 
@@ -113,12 +115,12 @@ impl SqliteStore {
             .prepare_cached(
                 "INSERT INTO durable_tasks
                (name, worker, plugin, factory, args, retry, idempotency_key, attempt, state,
-                created_ms, plugin_version, queued, traceparent)
+                created_ms, plugin_version, queued, traceparent, resume)
              VALUES (coalesce(?1, 'durable-' || (max(
                        coalesce((SELECT seq FROM sqlite_sequence
                                  WHERE name = 'durable_tasks'), 0),
                        coalesce((SELECT max(seq) FROM durable_tasks), 0)) + 1)),
-                     ?2, ?3, ?4, ?5, ?6, ?7, ?10, 'live', ?8, ?9, ?11, ?12)
+                     ?2, ?3, ?4, ?5, ?6, ?7, ?10, 'live', ?8, ?9, ?11, ?12, ?13)
              RETURNING seq, name",
             )?
             .query_row(
@@ -135,6 +137,7 @@ impl SqliteStore {
                     attempt,
                     queued,
                     task.traceparent,
+                    task.resume,
                 ],
                 |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
             )?;
@@ -174,6 +177,7 @@ impl SqliteStore {
             ended_ms: None,
             queued: task.queued,
             traceparent: task.traceparent,
+            resume: task.resume,
         };
         Ok(Submitted::New(stored))
     }
@@ -371,6 +375,66 @@ impl TaskStore for SqliteStore {
         })
     }
 
+    fn keeps_journals(&self) -> bool {
+        true
+    }
+
+    fn append_steps(&self, seq: u64, steps: Vec<JournalStep>) -> TaskStoreFuture<'_, ()> {
+        // One group's write, under a savepoint: all the steps or none.
+        self.grouped_write("cannot append to a durable task's journal", move |inner| {
+            let mut insert = inner.conn.prepare_cached(
+                "INSERT INTO journal (seq, step, call, outcome, at_ms, micros)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for step in steps {
+                insert
+                    .execute(params![
+                        seq as i64,
+                        step.index,
+                        step.call,
+                        step.outcome,
+                        step.at_ms as i64,
+                        step.micros as i64
+                    ])
+                    .with_context(|| {
+                        format!("step {} of durable task {seq}'s journal", step.index)
+                    })?;
+            }
+            Ok(())
+        })
+    }
+
+    fn clear_steps(&self, seq: u64) -> TaskStoreFuture<'_, ()> {
+        self.write_row(
+            "cannot empty a durable task's journal",
+            "DELETE FROM journal WHERE seq = ?1",
+            [seq as i64],
+        )
+    }
+
+    fn steps(&self, seq: u64) -> TaskStoreFuture<'_, Vec<JournalStep>> {
+        self.tasks(move |store| {
+            store.tasks_op("cannot read a durable task's journal", |inner| {
+                let mut select = inner.conn.prepare_cached(
+                    "SELECT step, call, outcome, at_ms, micros FROM journal
+                     WHERE seq = ?1 ORDER BY step",
+                )?;
+                let steps = select
+                    .query_map([seq as i64], |row| {
+                        Ok(JournalStep {
+                            index: row.get(0)?,
+                            call: row.get(1)?,
+                            outcome: row.get(2)?,
+                            at_ms: row.get::<_, i64>(3)? as u64,
+                            micros: row.get::<_, i64>(4)? as u64,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(steps)
+            })
+        })
+    }
+
     fn purge_ended(&self) -> TaskStoreFuture<'_, u64> {
         self.tasks(move |store| {
             store.tasks_op("cannot purge the ended durable tasks", |inner| {
@@ -524,6 +588,7 @@ mod tests {
             queued: None,
             started: true,
             traceparent: None,
+            resume: false,
         }
     }
 

@@ -1,0 +1,364 @@
+//! A resuming task's journal at run time (`durable = "resume"`): the host
+//! calls it made, read back from storage when it starts again, answer its
+//! calls in order (replay) until they are used up; from then on every call
+//! is performed and appended before its answer reaches the guest.
+//!
+//! Two kinds of steps:
+//! - **calls** (`sleep`, key-value, HTTP, ...), whose answer the guest acts
+//!   on: appended and committed before the answer is given. On replay the
+//!   guest must make the same call at the same place, or the task fails
+//!   `nondeterministic`, naming the step and both calls;
+//! - **the seed** of the task's randomness, drawn once: WASI's generators
+//!   are seeded from it, so random values are the same on replay. It is
+//!   buffered and committed with the next call: a value no call depended
+//!   on may differ after a crash, as if it had never been drawn.
+//!
+//! A journal holds at most `[limits] journal_bytes` (calls and answers);
+//! an append past it fails the task, naming the limit.
+
+use crate::storage::{JournalStep, TaskStore};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// The seed's step: its call, and its place (the first step, drawn when
+/// the task's first run begins).
+const SEED: &str = "seed";
+
+/// Why a journaled call cannot go on: the task fails with this.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum JournalError {
+    /// The guest made another call than the one recorded at this step.
+    #[error(
+        "nondeterministic: step {step} of the journal recorded `{recorded}`, and the task now \
+         made `{now}`: a task that resumes must make the same host calls in the same order \
+         on replay (randomness, clocks and answers come from the journal; anything else it \
+         reads must not change what it calls)"
+    )]
+    Nondeterministic {
+        step: u32,
+        recorded: String,
+        now: String,
+    },
+    /// The journal is full.
+    #[error(
+        "limit: the task's journal holds at most {limit} bytes ([limits] journal_bytes) and \
+         step {step} (`{call}`) would take it past that: raise the limit, or make fewer or \
+         smaller host calls"
+    )]
+    Limit {
+        limit: usize,
+        step: u32,
+        call: String,
+    },
+    /// The step could not be committed: the call was not answered.
+    #[error("the task's journal could not be written: {0}")]
+    Storage(String),
+}
+
+/// One task's journal.
+pub(crate) struct Journal {
+    /// The task's record.
+    seq: u64,
+    store: Arc<dyn TaskStore>,
+    /// `[limits] journal_bytes`.
+    limit: usize,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Recorded calls not replayed yet, in order.
+    recorded: VecDeque<JournalStep>,
+    /// The next step's index.
+    next: u32,
+    /// Steps made but not committed (the seed), written with the next call.
+    pending: Vec<JournalStep>,
+    /// What the journal holds, pending steps included.
+    bytes: usize,
+    /// The seed of the task's randomness.
+    seed: Option<[u8; 32]>,
+}
+
+/// The wall clock, in Unix ms.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Journal {
+    /// The journal of task `seq`, as recorded so far.
+    pub(crate) async fn open(
+        store: Arc<dyn TaskStore>,
+        seq: u64,
+        limit: usize,
+    ) -> anyhow::Result<Arc<Journal>> {
+        let steps = store.steps(seq).await?;
+        let bytes = steps.iter().map(JournalStep::size).sum();
+        let next = steps.last().map_or(0, |step| step.index + 1);
+        let mut recorded: VecDeque<JournalStep> = steps.into();
+        let seed = match recorded.front() {
+            Some(step) if step.call == SEED => {
+                let step = recorded.pop_front().expect("a first step");
+                <[u8; 32]>::try_from(step.outcome.as_slice()).ok()
+            }
+            _ => None,
+        };
+        Ok(Arc::new(Journal {
+            seq,
+            store,
+            limit,
+            state: Mutex::new(State {
+                recorded,
+                next,
+                pending: Vec::new(),
+                bytes,
+                seed,
+            }),
+        }))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The seed of the task's randomness: the recorded one, or a new one
+    /// (recorded with the next call).
+    pub(crate) fn seed(&self) -> [u8; 32] {
+        let mut state = self.state();
+        if let Some(seed) = state.seed {
+            return seed;
+        }
+        let mut seed = [0u8; 32];
+        if getrandom::fill(&mut seed).is_err() {
+            // No OS randomness: the time still differs per task.
+            seed[..16].copy_from_slice(
+                &SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+                    .to_le_bytes(),
+            );
+            seed[16..24].copy_from_slice(&self.seq.to_le_bytes());
+        }
+        state.seed = Some(seed);
+        let step = JournalStep {
+            index: state.next,
+            call: SEED.into(),
+            outcome: seed.to_vec(),
+            at_ms: now_ms(),
+            micros: 0,
+        };
+        state.next += 1;
+        state.bytes += step.size();
+        state.pending.push(step);
+        seed
+    }
+
+    /// The recorded answer to `call` when the journal still has steps to
+    /// replay; none when the task runs live (then the caller performs the
+    /// call and [records](Journal::record) it).
+    pub(crate) fn replay(&self, call: &str) -> Result<Option<Vec<u8>>, JournalError> {
+        let mut state = self.state();
+        let Some(step) = state.recorded.front() else {
+            return Ok(None);
+        };
+        if step.call != call {
+            return Err(JournalError::Nondeterministic {
+                step: step.index,
+                recorded: step.call.clone(),
+                now: call.to_string(),
+            });
+        }
+        let step = state.recorded.pop_front().expect("a recorded step");
+        Ok(Some(step.outcome))
+    }
+
+    /// Appends `call` and its `outcome` (with any step made before it)
+    /// and waits until they are committed; `began` is when the call was
+    /// made.
+    pub(crate) async fn record(
+        &self,
+        call: String,
+        outcome: Vec<u8>,
+        began: Instant,
+    ) -> Result<(), JournalError> {
+        let steps = {
+            let mut state = self.state();
+            let step = JournalStep {
+                index: state.next,
+                call,
+                outcome,
+                at_ms: now_ms(),
+                micros: began.elapsed().as_micros() as u64,
+            };
+            if state.bytes + step.size() > self.limit {
+                return Err(JournalError::Limit {
+                    limit: self.limit,
+                    step: step.index,
+                    call: step.call,
+                });
+            }
+            state.next += 1;
+            state.bytes += step.size();
+            let mut steps = std::mem::take(&mut state.pending);
+            steps.push(step);
+            steps
+        };
+        self.store
+            .append_steps(self.seq, steps)
+            .await
+            .map_err(|error| JournalError::Storage(format!("{error:#}")))
+    }
+}
+
+/// `app.sleep(ms)` of a resuming task: the time it ends is journaled
+/// before it begins, so a sleep a crash cut short lasts only what was
+/// left of it after the restart, and one that ended is not slept again.
+pub(crate) async fn sleep_until(journal: &Journal, ms: u64) -> Result<u64, JournalError> {
+    journaled(
+        journal,
+        format!("sleep {ms}"),
+        async { now_ms().saturating_add(ms) },
+        |until| until.to_string().into_bytes(),
+        |bytes| std::str::from_utf8(bytes).ok()?.parse().ok(),
+    )
+    .await
+    .map(|until| until.saturating_sub(now_ms()))
+}
+
+/// Runs a journaled call: its recorded answer when replaying (`decode`
+/// reads it), else `live`'s, recorded (`encode` writes it) before it is
+/// returned.
+pub(crate) async fn journaled<T, F>(
+    journal: &Journal,
+    call: String,
+    live: F,
+    encode: impl FnOnce(&T) -> Vec<u8>,
+    decode: impl FnOnce(&[u8]) -> Option<T>,
+) -> Result<T, JournalError>
+where
+    F: std::future::Future<Output = T>,
+{
+    if let Some(recorded) = journal.replay(&call)? {
+        return decode(&recorded).ok_or_else(|| {
+            JournalError::Storage(format!(
+                "the recorded answer to `{call}` does not read back (the journal was changed \
+                 outside taskhost)"
+            ))
+        });
+    }
+    let began = Instant::now();
+    let answer = live.await;
+    journal.record(call, encode(&answer), began).await?;
+    Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{KvLimits, NewTask, SqliteStore, StoreOptions, Submitted};
+
+    fn store(dir: &std::path::Path) -> Arc<dyn TaskStore> {
+        let kv = KvLimits {
+            key_bytes: 16,
+            value_bytes: 16,
+            keys_per_bucket: 4,
+            bytes_per_plugin: 64,
+        };
+        let options = StoreOptions {
+            kv,
+            fsync: false,
+            keep_ended: 10,
+        };
+        Arc::new(SqliteStore::open(dir, options).unwrap())
+    }
+
+    async fn task(store: &Arc<dyn TaskStore>) -> u64 {
+        let task = NewTask {
+            name: None,
+            worker: crate::task::WorkerId::Index(0),
+            plugin: "p".into(),
+            plugin_version: "v".into(),
+            factory: "f".into(),
+            args: "null".into(),
+            retry: None,
+            idempotency_key: None,
+            queued: None,
+            started: true,
+            traceparent: None,
+            resume: true,
+        };
+        match store.submit(task).await.unwrap() {
+            Submitted::New(record) => record.seq,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn call(journal: &Journal, call: &str, answer: &str) -> Result<String, JournalError> {
+        let answer = answer.to_string();
+        journaled(
+            journal,
+            call.into(),
+            async { answer },
+            |a| a.as_bytes().to_vec(),
+            |b| String::from_utf8(b.to_vec()).ok(),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_journal_replays_its_calls_then_records_and_names_a_call_that_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let seq = task(&store).await;
+        // The first run: a seed, two calls; a third is cut off by a crash.
+        let first = Journal::open(store.clone(), seq, 1 << 20).await.unwrap();
+        let seed = first.seed();
+        assert_eq!(call(&first, "kv get a", "1").await.unwrap(), "1");
+        assert_eq!(call(&first, "sleep 5", "99").await.unwrap(), "99");
+        // The run after it: the same seed and answers, whatever live says.
+        let second = Journal::open(store.clone(), seq, 1 << 20).await.unwrap();
+        assert_eq!(second.seed(), seed);
+        assert_eq!(call(&second, "kv get a", "2").await.unwrap(), "1");
+        assert_eq!(call(&second, "sleep 5", "100").await.unwrap(), "99");
+        // Used up: live, and recorded.
+        assert_eq!(call(&second, "kv get b", "3").await.unwrap(), "3");
+        let steps: Vec<String> = store
+            .steps(seq)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.call)
+            .collect();
+        assert_eq!(steps, ["seed", "kv get a", "sleep 5", "kv get b"]);
+        // A third run that calls something else at step 2 fails there.
+        let third = Journal::open(store.clone(), seq, 1 << 20).await.unwrap();
+        call(&third, "kv get a", "").await.unwrap();
+        let error = call(&third, "sleep 6", "").await.unwrap_err();
+        assert!(
+            matches!(&error, JournalError::Nondeterministic { step: 2, .. }),
+            "{error}"
+        );
+        let said = error.to_string();
+        assert!(
+            said.contains("sleep 5") && said.contains("sleep 6"),
+            "{said}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_journal_refuses_the_step_and_names_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let seq = task(&store).await;
+        let journal = Journal::open(store.clone(), seq, 64).await.unwrap();
+        call(&journal, "kv get a", "short").await.unwrap();
+        let error = call(&journal, "kv get b", &"x".repeat(100))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, JournalError::Limit { limit: 64, .. }), "{error}");
+        assert!(error.to_string().contains("journal_bytes"), "{error}");
+        // Nothing of the refused step was written.
+        assert_eq!(store.steps(seq).await.unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,42 @@
+//! Journals of durable tasks that resume (`durable = "resume"`): each host
+//! call such a task makes, with what it answered, appended before the
+//! answer reaches the guest. After a crash the task runs again on the
+//! build it began with and its calls are answered from here, in order,
+//! until the journal is used up (`crate::journal` replays them).
+//!
+//! A journal belongs to its task's record ([`super::TaskRecord`]): it is
+//! dropped with the record, so an ended task's steps can be read (`taskhost
+//! journal TASK`) for as long as its record is kept.
+
+/// One step of a task's journal: a call and what it answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalStep {
+    /// Its place in the task's journal, from 0.
+    pub index: u32,
+    /// What was called, with what decides its answer (`sleep 500`, `kv get
+    /// BUCKET KEY`): compared with the call the guest makes on replay.
+    pub call: String,
+    /// What the call answered, as the interface that made it encodes it.
+    pub outcome: Vec<u8>,
+    /// When it was made (Unix ms).
+    pub at_ms: u64,
+    /// How long it took, in microseconds.
+    pub micros: u64,
+}
+
+impl JournalStep {
+    /// What the step costs a journal's bound: its call and its outcome.
+    pub fn size(&self) -> usize {
+        self.call.len() + self.outcome.len()
+    }
+}
+
+/// A backend that keeps no journals (a cluster's, for now): a task that
+/// resumes is refused there, naming the mode to use instead.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this host's storage keeps no journals (a cluster's JetStream does not yet): \
+     `durable = \"resume\"` needs one host's SQLite file; use `durable = true` (run again \
+     from the start) here"
+)]
+pub struct NoJournals;
