@@ -13,6 +13,7 @@
 //! that follows one makes a new request, checked like the first.
 
 use crate::config::{HttpLimits, PluginPolicy};
+use crate::journal::{Journal, JournalError};
 use crate::metrics::HttpMetrics;
 use crate::task::{CancelSignal, TaskIdent};
 use crate::telemetry::{Attr, CallSpan, SpanKind, Telemetry};
@@ -50,6 +51,9 @@ struct Hooks {
     denied: bool,
     /// Where each request's span goes (`[telemetry]`).
     telemetry: Option<Arc<Telemetry>>,
+    /// A resuming task's journal and idempotency key: its requests are
+    /// answered from the journal while it replays.
+    journal: Option<(Arc<Journal>, Arc<str>)>,
 }
 
 impl HttpState {
@@ -59,6 +63,7 @@ impl HttpState {
         cancel: Arc<CancelSignal>,
         metrics: HttpMetrics,
         telemetry: Option<Arc<Telemetry>>,
+        journal: Option<(Arc<Journal>, Arc<str>)>,
     ) -> HttpState {
         // What one `fields` handle may hold; `handles_per_task` bounds how
         // many there are.
@@ -75,6 +80,7 @@ impl HttpState {
                 open: None,
                 denied: false,
                 telemetry,
+                journal,
             },
         }
     }
@@ -237,6 +243,7 @@ impl WasiHttpHooks for Hooks {
         };
         let cancel = self.cancel.clone();
         let limit = self.limits.response_bytes;
+        let begun_at = Instant::now();
         let method = request.method().clone();
         let metrics = self.metrics.clone();
         // The request's own span in the task's trace, named to the server
@@ -266,6 +273,34 @@ impl WasiHttpHooks for Hooks {
             && let Ok(value) = http::HeaderValue::from_str(&parent.header())
         {
             request.headers_mut().insert("traceparent", value);
+        }
+        if let Some((journal, key)) = self.journal.clone() {
+            let sending = Sending {
+                journal,
+                key,
+                options,
+                limit,
+                cancel,
+                guard,
+            };
+            return Box::new(async move {
+                let sent = sending.send(request).await;
+                match &sent {
+                    Ok((response, _)) => {
+                        metrics.record(
+                            &ident.plugin,
+                            Some(response.status().as_u16()),
+                            begun_at.elapsed(),
+                        );
+                        end_span(span, Some(response.status().as_u16()), None);
+                    }
+                    Err(error) => {
+                        metrics.record(&ident.plugin, None, begun_at.elapsed());
+                        end_span(span, None, Some(error.to_string()));
+                    }
+                }
+                sent
+            });
         }
         Box::new(async move {
             if cancel.is_cancelled() {
@@ -420,4 +455,202 @@ fn end_span(span: Option<CallSpan>, status: Option<u16>, error: Option<String>) 
             .map(|status| format!("the server answered {status}"))
     });
     span.end(error);
+}
+
+/// A resuming task's request (`durable = "resume"`, docs/durable.md): its
+/// body is read whole, an intent step is journaled before anything is
+/// sent, and the whole answer (status, headers, body) is journaled before
+/// the guest sees it. On replay a request whose answer is recorded is not
+/// sent at all; one whose intent is recorded without its answer (the
+/// host died in between) is sent again with the same `Idempotency-Key`
+/// header (`TASKKEY/STEP`), which a server that honours it answers once.
+struct Sending {
+    journal: Arc<Journal>,
+    key: Arc<str>,
+    options: RequestOptions,
+    limit: usize,
+    cancel: Arc<CancelSignal>,
+    guard: OpenRequest,
+}
+
+/// A journal error as the guest's request fails with it; the journal
+/// keeps it too, and the task fails with it at the attempt's end.
+fn journal_failed(error: JournalError) -> Error {
+    Error::InternalError(Some(error.to_string()))
+}
+
+impl Sending {
+    async fn send(
+        self,
+        request: http::Request<WasiBody>,
+    ) -> Result<
+        (
+            http::Response<WasiBody>,
+            Box<dyn Future<Output = Result<(), Error>> + Send>,
+        ),
+        Error,
+    > {
+        let Sending {
+            journal,
+            key,
+            options,
+            limit,
+            cancel,
+            guard,
+        } = self;
+        let (mut parts, body) = request.into_parts();
+        let body = body.collect().await?.to_bytes();
+        let digest = {
+            use sha2::Digest;
+            let hash = sha2::Sha256::digest(&body);
+            hash[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let target = format!("{} {} body:{digest}", parts.method, parts.uri);
+        let intent_call = format!("http intent {target}");
+        let answer_call = format!("http {target}");
+        let intent = match journal.replay(&intent_call).map_err(journal_failed)? {
+            Some((index, _)) => index,
+            None => journal
+                .record(intent_call, Vec::new(), Instant::now())
+                .await
+                .map_err(journal_failed)?,
+        };
+        let ready: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async { Ok(()) });
+        if let Some((_, recorded)) = journal.replay(&answer_call).map_err(journal_failed)? {
+            drop(guard);
+            return decode_answer(&recorded).map(|response| (response, ready));
+        }
+        if let Ok(value) = http::HeaderValue::from_str(&format!("{key}/{intent}")) {
+            parts.headers.insert("idempotency-key", value);
+        }
+        let request = http::Request::from_parts(
+            parts,
+            http_body_util::Full::new(body)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        let began = Instant::now();
+        let answer = tokio::select! {
+            answer = receive(request, options, limit) => answer,
+            () = cancel.cancelled() => return Err(cancelled()),
+        };
+        drop(guard);
+        let encoded = encode_answer(&answer);
+        journal
+            .record(answer_call, encoded, began)
+            .await
+            .map_err(journal_failed)?;
+        answer.map(|(status, headers, body)| (response_of(status, headers, body), ready))
+    }
+}
+
+/// A response as the journal keeps it: status, headers, whole body.
+type Answer = Result<(u16, Vec<(String, Vec<u8>)>, bytes::Bytes), Error>;
+
+/// Sends `request` and reads its answer whole (at most `limit` bytes).
+async fn receive(
+    request: http::Request<WasiBody>,
+    options: RequestOptions,
+    limit: usize,
+) -> Answer {
+    let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+    // The connection's own future runs while the body is read.
+    let io = tokio::spawn(io);
+    let (parts, body) = response.into_parts();
+    let body = Limited::new(body, limit).collect().await.map_err(|error| {
+        match error.downcast::<Error>() {
+            Ok(error) => *error,
+            Err(_) => limit_error(format!(
+                "the response body is larger than {limit} bytes ([limits] http_response_bytes)"
+            )),
+        }
+    })?;
+    io.abort();
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+        .collect();
+    Ok((parts.status.as_u16(), headers, body.to_bytes()))
+}
+
+fn response_of(
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    body: bytes::Bytes,
+) -> http::Response<WasiBody> {
+    let mut response = http::Response::new(
+        http_body_util::Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_bytes(&value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
+/// An answer as a journal step keeps it: `0` and the error's text, or `1`,
+/// the status (2 bytes), the header count (4), each header's name and
+/// value (each a 4-byte length and its bytes), then the body.
+fn encode_answer(answer: &Answer) -> Vec<u8> {
+    let put = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(bytes);
+    };
+    match answer {
+        Err(error) => {
+            let mut out = vec![0];
+            out.extend_from_slice(error.to_string().as_bytes());
+            out
+        }
+        Ok((status, headers, body)) => {
+            let mut out = vec![1];
+            out.extend_from_slice(&status.to_le_bytes());
+            out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
+            for (name, value) in headers {
+                put(&mut out, name.as_bytes());
+                put(&mut out, value);
+            }
+            out.extend_from_slice(body);
+            out
+        }
+    }
+}
+
+fn decode_answer(bytes: &[u8]) -> Result<http::Response<WasiBody>, Error> {
+    let unreadable =
+        || Error::InternalError(Some("a journaled HTTP answer does not read back".into()));
+    let (&kind, rest) = bytes.split_first().ok_or_else(unreadable)?;
+    if kind == 0 {
+        return Err(Error::InternalError(Some(
+            String::from_utf8_lossy(rest).into_owned(),
+        )));
+    }
+    let mut at = 0;
+    let mut take = |n: usize| -> Result<&[u8], Error> {
+        let part = rest.get(at..at + n).ok_or_else(unreadable)?;
+        at += n;
+        Ok(part)
+    };
+    let status = u16::from_le_bytes(take(2)?.try_into().map_err(|_| unreadable())?);
+    let count = u32::from_le_bytes(take(4)?.try_into().map_err(|_| unreadable())?);
+    let mut headers = Vec::new();
+    for _ in 0..count {
+        let len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| unreadable())?) as usize;
+        let name = String::from_utf8_lossy(take(len)?).into_owned();
+        let len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| unreadable())?) as usize;
+        headers.push((name, take(len)?.to_vec()));
+    }
+    let body = bytes::Bytes::copy_from_slice(&rest[at..]);
+    Ok(response_of(status, headers, body))
 }

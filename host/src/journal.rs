@@ -77,6 +77,11 @@ struct State {
     bytes: usize,
     /// The seed of the task's randomness.
     seed: Option<[u8; 32]>,
+    /// What stopped the journal: every later call fails with it, and the
+    /// attempt fails with it once it ends (a call whose error reached the
+    /// guest as an interface's error, an HTTP failure, still fails the
+    /// task).
+    failed: Option<JournalError>,
 }
 
 /// The wall clock, in Unix ms.
@@ -114,6 +119,7 @@ impl Journal {
                 pending: Vec::new(),
                 bytes,
                 seed,
+                failed: None,
             }),
         }))
     }
@@ -154,36 +160,45 @@ impl Journal {
         seed
     }
 
-    /// The recorded answer to `call` when the journal still has steps to
-    /// replay; none when the task runs live (then the caller performs the
-    /// call and [records](Journal::record) it).
-    pub(crate) fn replay(&self, call: &str) -> Result<Option<Vec<u8>>, JournalError> {
+    /// The recorded answer to `call` (and its step's index) when the
+    /// journal still has steps to replay; none when the task runs live
+    /// (then the caller performs the call and [records](Journal::record)
+    /// it).
+    pub(crate) fn replay(&self, call: &str) -> Result<Option<(u32, Vec<u8>)>, JournalError> {
         let mut state = self.state();
+        if let Some(failed) = &state.failed {
+            return Err(failed.clone());
+        }
         let Some(step) = state.recorded.front() else {
             return Ok(None);
         };
         if step.call != call {
-            return Err(JournalError::Nondeterministic {
+            let error = JournalError::Nondeterministic {
                 step: step.index,
                 recorded: step.call.clone(),
                 now: call.to_string(),
-            });
+            };
+            state.failed = Some(error.clone());
+            return Err(error);
         }
         let step = state.recorded.pop_front().expect("a recorded step");
-        Ok(Some(step.outcome))
+        Ok(Some((step.index, step.outcome)))
     }
 
     /// Appends `call` and its `outcome` (with any step made before it)
     /// and waits until they are committed; `began` is when the call was
-    /// made.
+    /// made. Returns the step's index.
     pub(crate) async fn record(
         &self,
         call: String,
         outcome: Vec<u8>,
         began: Instant,
-    ) -> Result<(), JournalError> {
-        let steps = {
+    ) -> Result<u32, JournalError> {
+        let (index, steps) = {
             let mut state = self.state();
+            if let Some(failed) = &state.failed {
+                return Err(failed.clone());
+            }
             let step = JournalStep {
                 index: state.next,
                 call,
@@ -192,22 +207,32 @@ impl Journal {
                 micros: began.elapsed().as_micros() as u64,
             };
             if state.bytes + step.size() > self.limit {
-                return Err(JournalError::Limit {
+                let error = JournalError::Limit {
                     limit: self.limit,
                     step: step.index,
                     call: step.call,
-                });
+                };
+                state.failed = Some(error.clone());
+                return Err(error);
             }
             state.next += 1;
             state.bytes += step.size();
+            let index = step.index;
             let mut steps = std::mem::take(&mut state.pending);
             steps.push(step);
-            steps
+            (index, steps)
         };
-        self.store
-            .append_steps(self.seq, steps)
-            .await
-            .map_err(|error| JournalError::Storage(format!("{error:#}")))
+        if let Err(error) = self.store.append_steps(self.seq, steps).await {
+            let error = JournalError::Storage(format!("{error:#}"));
+            self.state().failed = Some(error.clone());
+            return Err(error);
+        }
+        Ok(index)
+    }
+
+    /// What stopped the journal, if anything did: the attempt fails with it.
+    pub(crate) fn failed(&self) -> Option<JournalError> {
+        self.state().failed.clone()
     }
 }
 
@@ -239,7 +264,7 @@ pub(crate) async fn journaled<T, F>(
 where
     F: std::future::Future<Output = T>,
 {
-    if let Some(recorded) = journal.replay(&call)? {
+    if let Some((_, recorded)) = journal.replay(&call)? {
         return decode(&recorded).ok_or_else(|| {
             JournalError::Storage(format!(
                 "the recorded answer to `{call}` does not read back (the journal was changed \
@@ -356,7 +381,10 @@ mod tests {
         let error = call(&journal, "kv get b", &"x".repeat(100))
             .await
             .unwrap_err();
-        assert!(matches!(error, JournalError::Limit { limit: 64, .. }), "{error}");
+        assert!(
+            matches!(error, JournalError::Limit { limit: 64, .. }),
+            "{error}"
+        );
         assert!(error.to_string().contains("journal_bytes"), "{error}");
         // Nothing of the refused step was written.
         assert_eq!(store.steps(seq).await.unwrap().len(), 1);

@@ -208,6 +208,7 @@ impl WasiHttpView for TaskData {
                 cancel.clone(),
                 app.app.http_metrics.clone(),
                 app.app.telemetry().cloned(),
+                app.journal.clone().zip(app.idempotency_key.clone()),
             )
         });
         http.view(wasi.table())

@@ -964,6 +964,7 @@ impl Run {
                 }
                 _ => None,
             };
+            let stopped_by = journal.clone();
             let run = Box::pin(runner::run(
                 site,
                 &plugin,
@@ -991,10 +992,19 @@ impl Run {
             .await;
             // No child outlives the attempt that started it.
             task_handle.signal().cancel_children();
-            let Some(ended) = run else {
+            let Some(mut ended) = run else {
                 worker.registry.withdraw(ident.id);
                 return;
             };
+            // A journal that stopped (a call that differs from the one
+            // recorded, a full journal, a failed write) fails the attempt,
+            // whatever the guest made of the error it was given.
+            if let Some(error) = stopped_by.as_deref().and_then(|j| j.failed()) {
+                ended.retriable = matches!(error, crate::journal::JournalError::Storage(_));
+                ended.outcome = Outcome::Failed {
+                    error: error.to_string(),
+                };
+            }
             // Stopped for a newer build: the same task goes on there, its
             // attempt and restarts counted on.
             if ended.moved && worker.move_to_newer(&mut plugin, &mut ident) {

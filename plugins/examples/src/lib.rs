@@ -145,6 +145,28 @@ plugin! {
         Ok(name)
     }
 
+    /// POSTs `{"step": i}` to `url` for i in 1..=`steps`, sleeping
+    /// `pause_ms` between them; returns `steps`. The stable example of a
+    /// task that resumes after a crash instead of running again
+    /// (`taskhost add examples post_steps --resume`, docs/durable.md): the
+    /// POSTs made before the crash are not made again.
+    fn post_steps(app: &App, url: String, steps: u32, pause_ms: u64) -> Result<u32> {
+        for step in 1..=steps {
+            if step > 1 {
+                app.sleep(pause_ms)?;
+            }
+            let response = app.http().post_json(&url, &serde_json::json!({"step": step}))?;
+            if response.status >= 300 {
+                return Err(taskhost_guest_sdk::Error::msg(format!(
+                    "step {step}: {url} answered {}",
+                    response.status
+                )));
+            }
+            app.info(format!("step {step} of {steps} posted"));
+        }
+        Ok(steps)
+    }
+
     /// Does some slow work (sleeps `ms`, default 100) and reports it.
     fn slow_work(app: &App, ms: Option<u64>) -> Result<()> {
         app.sleep(ms.unwrap_or(100))?;

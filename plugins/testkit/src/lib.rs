@@ -170,6 +170,15 @@ plugin! {
         Ok(json!({"random": random, "attempt": app.attempt()}))
     }
 
+    /// A task that cannot resume: its first sleep depends on its attempt
+    /// (`100 * attempt` ms), then it sleeps a minute. Resumed after a
+    /// crash, its first call differs from the journal's.
+    fn drifting(app: &App) -> Result<()> {
+        app.sleep(100 * u64::from(app.attempt()))?;
+        app.sleep(60_000)?;
+        Ok(())
+    }
+
     /// Returns the `[config]` value of `key` as the task's result.
     fn config_value(app: &App, key: String) -> Result<Option<serde_json::Value>> {
         let value: Option<serde_json::Value> = app.config(&key)?;

@@ -395,3 +395,152 @@ fn a_resuming_task_killed_mid_sleep_resumes_from_its_journal() {
     host.signal("TERM");
     assert_eq!(host.finish().code, Some(0));
 }
+
+/// What the POST server saw: every request's step and idempotency key.
+#[derive(Default)]
+struct Posts {
+    seen: Vec<(u64, String)>,
+}
+
+/// A loopback server that takes `POST /steps` (`{"step": i}`), answering a
+/// repeated `Idempotency-Key` as it did the first time (as a payments API
+/// does), and tells `third` when step 3 arrives.
+fn post_server(
+    third: std::sync::mpsc::Sender<()>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Posts>>,
+) {
+    let posts = std::sync::Arc::new(std::sync::Mutex::new(Posts::default()));
+    let kept = posts.clone();
+    let third = std::sync::Mutex::new(Some(third));
+    let third = std::sync::Arc::new(third);
+    let address = taskhost_tests::serve(move |_| {
+        axum::Router::new().route(
+            "/steps",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let (kept, third) = (kept.clone(), third.clone());
+                    async move {
+                        let step = serde_json::from_slice::<Value>(&body).unwrap()["step"]
+                            .as_u64()
+                            .unwrap();
+                        let key = headers
+                            .get("idempotency-key")
+                            .map(|v| v.to_str().unwrap().to_string())
+                            .unwrap_or_default();
+                        kept.lock().unwrap().seen.push((step, key));
+                        if step == 3
+                            && let Some(third) = third.lock().unwrap().take()
+                        {
+                            let _ = third.send(());
+                        }
+                        "ok"
+                    }
+                },
+            ),
+        )
+    });
+    (address, posts)
+}
+
+/// The acceptance of resuming (issue 30): `post_steps` POSTing 5 times
+/// with sleeps between, `kill -9` right after the server saw the third
+/// POST, then a restart: the server has taken exactly 5 steps, 1 to 5,
+/// each once (a POST whose answer the crash kept from the journal is sent
+/// again with the same `Idempotency-Key`, which the server honours), and
+/// the task ends with an uninterrupted run's result.
+#[test]
+fn post_steps_killed_after_its_third_post_resumes_and_posts_each_step_once() {
+    let (third, saw_third) = std::sync::mpsc::channel();
+    let (server, posts) = post_server(third);
+    let app = TestApp::new(&format!(
+        r#"
+        name = "resumes"
+        [plugins.examples]
+        path = "{{examples}}"
+        [plugins.examples.grants]
+        http = ["http://127.0.0.1:{port}"]
+        "#,
+        port = server.port(),
+    ));
+    let host = app.spawn();
+    let added = app.cli(&[
+        "add",
+        "examples",
+        "post_steps",
+        "--args",
+        &json!({"url": format!("http://{server}/steps"), "steps": 5, "pause_ms": 300}).to_string(),
+        "--name",
+        "poster",
+        "--resume",
+    ]);
+    assert_eq!(added.code, Some(0), "{}", added.dump());
+    saw_third
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the third POST arrives");
+    host.signal("KILL");
+    host.finish();
+
+    let mut host = app.spawn();
+    host.wait_for(1, |l| l["event"] == "done" && l["task"] == "poster");
+    let (api, _) = Api::of(&app);
+    let done = api.get(&format!("{}?name=poster", routes::LIST_TASKS.path));
+    assert_eq!(done[0]["result"], "5", "{done}");
+    let posts = posts.lock().unwrap();
+    // Each step taken once: by its key, whatever was sent twice.
+    let mut taken: Vec<(u64, String)> = posts.seen.clone();
+    taken.sort();
+    taken.dedup();
+    let steps: Vec<u64> = taken.iter().map(|(step, _)| *step).collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5], "{:?}", posts.seen);
+    assert!(
+        taken.iter().all(|(_, key)| !key.is_empty()),
+        "every POST of a resuming task carries its key: {:?}",
+        posts.seen
+    );
+    // Sent again at most once: the one the crash cut short.
+    assert!(posts.seen.len() <= 6, "{:?}", posts.seen);
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
+}
+
+/// A task that calls differently on replay fails `nondeterministic`,
+/// naming the step and both calls, and is not tried again.
+#[test]
+fn a_task_that_calls_differently_on_replay_fails_naming_the_step() {
+    let app = app();
+    let mut host = app.spawn();
+    let added = app.cli(&["add", "kit", "drifting", "--name", "drifter", "--resume"]);
+    assert_eq!(added.code, Some(0), "{}", added.dump());
+    host.wait_for(1, |l| l["event"] == "started" && l["task"] == "drifter");
+    let (api, _) = Api::of(&app);
+    // Both sleeps journaled: the first ended, the second began.
+    taskhost_tests::poll_until(taskhost_tests::secs(30), taskhost_tests::millis(20), || {
+        let id = api.get(&format!("{}?name=drifter", routes::LIST_TASKS.path))[0]["id"].clone();
+        let journal = api.get(&routes::TASK_JOURNAL.path.replace("{id}", &id.to_string()));
+        match journal["steps"].as_array().map_or(0, Vec::len) {
+            2 => Ok(()),
+            n => Err(format!("{n} steps: {journal}")),
+        }
+    });
+    host.signal("KILL");
+    host.finish();
+
+    let mut host = app.spawn();
+    host.wait_for(1, |l| l["event"] == "failed" && l["task"] == "drifter");
+    let failed = host
+        .seen()
+        .iter()
+        .find(|l| l["event"] == "failed" && l["task"] == "drifter")
+        .unwrap()
+        .clone();
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("nondeterministic"), "{error}");
+    assert!(
+        error.contains("step 0") && error.contains("sleep 100") && error.contains("sleep 200"),
+        "{error}"
+    );
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
+}
