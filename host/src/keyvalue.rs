@@ -42,6 +42,9 @@ pub(crate) struct KvView<'a> {
     pub handles: &'a mut u32,
     /// Where each call's span goes (`[telemetry]`).
     pub telemetry: Option<&'a Arc<Telemetry>>,
+    /// A resuming task's journal: its calls are answered from it while it
+    /// replays, and recorded after.
+    pub journal: Option<&'a Arc<crate::journal::Journal>>,
 }
 
 /// What a guest's `bucket` handle stands for (kept in the table; the
@@ -80,7 +83,7 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
 
 type KvResult<T> = wasmtime::Result<Result<T, store::Error>>;
 
-impl KvView<'_> {
+impl<'a> KvView<'a> {
     fn storage(&self) -> Result<Arc<dyn KvStore>, store::Error> {
         self.storage.cloned().ok_or_else(|| {
             store::Error::Other(
@@ -132,18 +135,73 @@ impl KvView<'_> {
             Ok(storage) => storage,
             Err(error) => return Ok(Err(error)),
         };
-        let span = self.span("kv get", &bucket);
+        let ctx = self.ctx();
+        let span = ctx.span("kv get", &bucket);
         let read = storage.get_versioned(&bucket, &key).await;
         CallSpan::end_with(span, &read);
         let read = match read {
             Ok(read) => read,
-            Err(error) => return Ok(Err(self.error(error))),
+            Err(error) => return Ok(Err(ctx.error(error))),
         };
         self.push_cas(CasHandle {
             bucket,
             key,
             version: read.map(|read| read.version),
         })
+    }
+
+    /// What a call's future needs of the view: `Sync` parts only, so the
+    /// future is `Send` while the view (which holds the resource table)
+    /// is not `Sync`.
+    fn ctx(&self) -> Ctx<'a> {
+        Ctx {
+            ident: self.ident,
+            telemetry: self.telemetry,
+            journal: self.journal,
+        }
+    }
+}
+
+/// The parts of a [`KvView`] a call's future uses.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    ident: &'a TaskIdent,
+    telemetry: Option<&'a Arc<Telemetry>>,
+    journal: Option<&'a Arc<crate::journal::Journal>>,
+}
+
+impl Ctx<'_> {
+    /// `live` (the call `call` names) for a resuming task: answered from
+    /// its journal while it replays, else performed and recorded; for any
+    /// other task, performed. A journal that stops traps the task.
+    async fn journaled<T>(
+        &self,
+        call: impl FnOnce() -> String,
+        live: impl std::future::Future<Output = Result<T, store::Error>>,
+    ) -> KvResult<T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let Some(journal) = self.journal else {
+            return Ok(live.await);
+        };
+        let text = |error: &store::Error| match error {
+            store::Error::Other(message) => message.clone(),
+            other => format!("{other:?}"),
+        };
+        let answer = crate::journal::journaled(
+            journal,
+            call(),
+            live,
+            |answer| serde_json::to_vec(&answer.as_ref().map_err(text)).unwrap_or_default(),
+            |bytes| {
+                serde_json::from_slice::<Result<T, String>>(bytes)
+                    .ok()
+                    .map(|answer| answer.map_err(store::Error::Other))
+            },
+        )
+        .await?;
+        Ok(answer)
     }
 
     /// A call's span (`[telemetry]`): `kv OP`, naming its bucket.
@@ -185,6 +243,14 @@ impl KvView<'_> {
             other => store::Error::Other(other.to_string()),
         }
     }
+}
+
+/// A value's digest in a journaled call: a set of another value at the
+/// same place of a replay is a different call.
+fn digest(value: &[u8]) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(value);
+    hash[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The storage, or the guest's error from the enclosing call when there is
@@ -229,10 +295,14 @@ impl store::HostBucket for KvView<'_> {
     ) -> KvResult<Option<Vec<u8>>> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
-        let span = self.span("kv get", &id);
-        let got = storage.get(&id, &key).await;
-        CallSpan::end_with(span, &got);
-        Ok(got.map_err(|e| self.error(e)))
+        let ctx = self.ctx();
+        ctx.journaled(|| format!("kv get {id} {key}"), async {
+            let span = ctx.span("kv get", &id);
+            let got = storage.get(&id, &key).await;
+            CallSpan::end_with(span, &got);
+            got.map_err(|e| ctx.error(e))
+        })
+        .await
     }
 
     async fn set(
@@ -243,28 +313,40 @@ impl store::HostBucket for KvView<'_> {
     ) -> KvResult<()> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
-        let span = self.span("kv set", &id);
-        let set = storage.set(&id, &key, &value).await;
-        CallSpan::end_with(span, &set);
-        Ok(set.map_err(|e| self.error(e)))
+        let ctx = self.ctx();
+        ctx.journaled(|| format!("kv set {id} {key} {}", digest(&value)), async {
+            let span = ctx.span("kv set", &id);
+            let set = storage.set(&id, &key, &value).await;
+            CallSpan::end_with(span, &set);
+            set.map_err(|e| ctx.error(e))
+        })
+        .await
     }
 
     async fn delete(&mut self, bucket: Resource<store::Bucket>, key: String) -> KvResult<()> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
-        let span = self.span("kv delete", &id);
-        let deleted = storage.delete(&id, &key).await;
-        CallSpan::end_with(span, &deleted);
-        Ok(deleted.map(drop).map_err(|e| self.error(e)))
+        let ctx = self.ctx();
+        ctx.journaled(|| format!("kv delete {id} {key}"), async {
+            let span = ctx.span("kv delete", &id);
+            let deleted = storage.delete(&id, &key).await;
+            CallSpan::end_with(span, &deleted);
+            deleted.map(drop).map_err(|e| ctx.error(e))
+        })
+        .await
     }
 
     async fn exists(&mut self, bucket: Resource<store::Bucket>, key: String) -> KvResult<bool> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
-        let span = self.span("kv exists", &id);
-        let got = storage.get(&id, &key).await;
-        CallSpan::end_with(span, &got);
-        Ok(got.map(|v| v.is_some()).map_err(|e| self.error(e)))
+        let ctx = self.ctx();
+        ctx.journaled(|| format!("kv exists {id} {key}"), async {
+            let span = ctx.span("kv exists", &id);
+            let got = storage.get(&id, &key).await;
+            CallSpan::end_with(span, &got);
+            got.map(|v| v.is_some()).map_err(|e| ctx.error(e))
+        })
+        .await
     }
 
     async fn list_keys(
@@ -274,17 +356,20 @@ impl store::HostBucket for KvView<'_> {
     ) -> KvResult<store::KeyResponse> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
-        let span = self.span("kv list_keys", &id);
-        let page = storage
-            .list_keys(&id, cursor.as_deref(), KEYS_PER_PAGE)
-            .await;
-        CallSpan::end_with(span, &page);
-        Ok(page
-            .map(|page| store::KeyResponse {
-                keys: page.keys,
-                cursor: page.next,
+        let ctx = self.ctx();
+        let call = || format!("kv list_keys {id} {}", cursor.as_deref().unwrap_or(""));
+        let page = ctx
+            .journaled(call, async {
+                let span = ctx.span("kv list_keys", &id);
+                let page = storage
+                    .list_keys(&id, cursor.as_deref(), KEYS_PER_PAGE)
+                    .await;
+                CallSpan::end_with(span, &page);
+                page.map(|page| (page.keys, page.next))
+                    .map_err(|e| ctx.error(e))
             })
-            .map_err(|e| self.error(e)))
+            .await?;
+        Ok(page.map(|(keys, cursor)| store::KeyResponse { keys, cursor }))
     }
 
     async fn drop(&mut self, bucket: Resource<store::Bucket>) -> wasmtime::Result<()> {
@@ -304,10 +389,14 @@ impl atomics::Host for KvView<'_> {
     ) -> KvResult<i64> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
-        let span = self.span("kv increment", &id);
-        let sum = storage.increment(&id, &key, delta).await;
-        CallSpan::end_with(span, &sum);
-        Ok(sum.map_err(|e| self.error(e)))
+        let ctx = self.ctx();
+        ctx.journaled(|| format!("kv increment {id} {key} {delta}"), async {
+            let span = ctx.span("kv increment", &id);
+            let sum = storage.increment(&id, &key, delta).await;
+            CallSpan::end_with(span, &sum);
+            sum.map_err(|e| ctx.error(e))
+        })
+        .await
     }
 
     async fn swap(
@@ -323,11 +412,12 @@ impl atomics::Host for KvView<'_> {
             Ok(storage) => storage,
             Err(error) => return Ok(Err(atomics::CasError::StoreError(error))),
         };
-        let span = self.span("kv swap", &cas.bucket);
+        let ctx = self.ctx();
+        let span = ctx.span("kv swap", &cas.bucket);
         let swapped = storage
             .swap(&cas.bucket, &cas.key, cas.version, &value)
             .await
-            .map_err(|e| self.error(e));
+            .map_err(|e| ctx.error(e));
         if let Some(mut span) = span {
             let changed = matches!(swapped, Ok(Swap::Changed(_)));
             span.set("taskhost.kv.swapped", Attr::Text((!changed).to_string()));
@@ -363,10 +453,11 @@ impl atomics::HostCas for KvView<'_> {
         let handle = self.table.get(&handle)?;
         let (bucket, key) = (handle.bucket.clone(), handle.key.clone());
         let storage = storage!(self);
-        let span = self.span("kv get", &bucket);
+        let ctx = self.ctx();
+        let span = ctx.span("kv get", &bucket);
         let value = storage.get(&bucket, &key).await;
         CallSpan::end_with(span, &value);
-        Ok(value.map_err(|e| self.error(e)))
+        Ok(value.map_err(|e| ctx.error(e)))
     }
 
     async fn drop(&mut self, cas: Resource<atomics::Cas>) -> wasmtime::Result<()> {
@@ -385,15 +476,20 @@ impl batch::Host for KvView<'_> {
     ) -> KvResult<Vec<Option<(String, Vec<u8>)>>> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
-        let span = self.span("kv get_many", &id);
-        let values = storage.get_many(&id, &keys).await;
-        CallSpan::end_with(span, &values);
-        Ok(values.map_err(|e| self.error(e)).map(|values| {
-            keys.into_iter()
-                .zip(values)
-                .map(|(key, value)| value.map(|value| (key, value)))
-                .collect()
-        }))
+        let ctx = self.ctx();
+        ctx.journaled(|| format!("kv get_many {id} {}", keys.join(",")), async {
+            let span = ctx.span("kv get_many", &id);
+            let values = storage.get_many(&id, &keys).await;
+            CallSpan::end_with(span, &values);
+            values.map_err(|e| ctx.error(e)).map(|values| {
+                keys.iter()
+                    .cloned()
+                    .zip(values)
+                    .map(|(key, value)| value.map(|value| (key, value)))
+                    .collect()
+            })
+        })
+        .await
     }
 
     async fn set_many(
@@ -403,10 +499,21 @@ impl batch::Host for KvView<'_> {
     ) -> KvResult<()> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
-        let span = self.span("kv set_many", &id);
-        let set = storage.set_many(&id, &key_values).await;
-        CallSpan::end_with(span, &set);
-        Ok(set.map_err(|e| self.error(e)))
+        let ctx = self.ctx();
+        let call = || {
+            let pairs: Vec<String> = key_values
+                .iter()
+                .map(|(key, value)| format!("{key}={}", digest(value)))
+                .collect();
+            format!("kv set_many {id} {}", pairs.join(","))
+        };
+        ctx.journaled(call, async {
+            let span = ctx.span("kv set_many", &id);
+            let set = storage.set_many(&id, &key_values).await;
+            CallSpan::end_with(span, &set);
+            set.map_err(|e| ctx.error(e))
+        })
+        .await
     }
 
     async fn delete_many(
@@ -416,9 +523,16 @@ impl batch::Host for KvView<'_> {
     ) -> KvResult<()> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
-        let span = self.span("kv delete_many", &id);
-        let deleted = storage.delete_many(&id, &keys).await;
-        CallSpan::end_with(span, &deleted);
-        Ok(deleted.map_err(|e| self.error(e)))
+        let ctx = self.ctx();
+        ctx.journaled(
+            || format!("kv delete_many {id} {}", keys.join(",")),
+            async {
+                let span = ctx.span("kv delete_many", &id);
+                let deleted = storage.delete_many(&id, &keys).await;
+                CallSpan::end_with(span, &deleted);
+                deleted.map_err(|e| ctx.error(e))
+            },
+        )
+        .await
     }
 }

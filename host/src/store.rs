@@ -172,6 +172,7 @@ impl TaskData {
             table: self.wasi.table(),
             handles: &mut self.kv_handles,
             telemetry: self.app.app.telemetry(),
+            journal: self.app.journal.as_ref(),
         }
     }
 }

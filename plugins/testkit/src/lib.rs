@@ -157,17 +157,20 @@ plugin! {
     }
 
     /// For the resume tests (`durable = "resume"`): draws a random number
-    /// (logs `random R`), then sleeps each of `pauses` (ms) in turn with
-    /// `app.sleep`, logging `slept I` after each; returns the number and
-    /// its attempt.
+    /// (logs `random R`), increments `runs` in bucket `resume`, then
+    /// sleeps each of `pauses` (ms) in turn with `app.sleep`, logging
+    /// `slept I` after each; returns the number, its attempt and the
+    /// count.
     fn resumable(app: &App, pauses: Vec<u64>) -> Result<Value> {
         let random = wasi::random::random::get_random_u64();
         app.info(format!("random {random}"));
+        // Counted once per task, however often it is resumed.
+        let runs = app.kv("resume")?.increment("runs", 1)?;
         for (i, pause) in pauses.iter().enumerate() {
             app.sleep(*pause)?;
             app.info(format!("slept {}", i + 1));
         }
-        Ok(json!({"random": random, "attempt": app.attempt()}))
+        Ok(json!({"random": random, "attempt": app.attempt(), "runs": runs}))
     }
 
     /// A task that cannot resume: its first sleep depends on its attempt

@@ -344,7 +344,7 @@ fn a_resuming_task_killed_mid_sleep_resumes_from_its_journal() {
     };
     taskhost_tests::poll_until(taskhost_tests::secs(30), taskhost_tests::millis(20), || {
         let steps = journal(&api)["steps"].as_array().map_or(0, Vec::len);
-        if steps == 4 {
+        if steps == 5 {
             Ok(())
         } else {
             Err(format!("{steps} steps"))
@@ -363,13 +363,26 @@ fn a_resuming_task_killed_mid_sleep_resumes_from_its_journal() {
     host.wait_for(1, |l| l["event"] == "done" && l["task"] == "resumer");
     let resumed_in = restarted.elapsed();
     let (api, _) = Api::of(&app);
+    // The line is written as the task ends; its record follows.
+    let waited = app.cli(&["wait", "resumer", "--json"]);
+    assert_eq!(waited.code, Some(0), "{}", waited.dump());
     let done = api.get(&format!("{}?name=resumer", routes::LIST_TASKS.path));
-    let result: Value = serde_json::from_str(done[0]["result"].as_str().unwrap()).unwrap();
+    let result: Value = serde_json::from_str(
+        done[0]["result"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{done}")),
+    )
+    .unwrap();
     assert_eq!(
         result["random"], drawn,
         "the same number on replay: {result}"
     );
     assert_eq!(result["attempt"], 2, "{result}");
+    // Its key-value increment was answered from the journal, not made
+    // again.
+    assert_eq!(result["runs"], 1, "{result}");
+    let stored = app.cli(&["kv", "get", "kit/resume", "runs"]);
+    assert_eq!(stored.stdout.trim(), "1", "{}", stored.dump());
     // About 6 s of the 12 s sleep were left; run again from its start the
     // task would sleep 12.2 s.
     assert!(
@@ -385,7 +398,13 @@ fn a_resuming_task_killed_mid_sleep_resumes_from_its_journal() {
         .collect();
     assert_eq!(
         calls,
-        ["seed", "sleep 100", "sleep 100", "sleep 12000"],
+        [
+            "seed",
+            "kv increment kit/resume runs 1",
+            "sleep 100",
+            "sleep 100",
+            "sleep 12000"
+        ],
         "{journal}"
     );
     // The CLI shows the same steps.
@@ -485,6 +504,9 @@ fn post_steps_killed_after_its_third_post_resumes_and_posts_each_step_once() {
     let mut host = app.spawn();
     host.wait_for(1, |l| l["event"] == "done" && l["task"] == "poster");
     let (api, _) = Api::of(&app);
+    // The line is written as the task ends; its record follows.
+    let waited = app.cli(&["wait", "poster", "--json"]);
+    assert_eq!(waited.code, Some(0), "{}", waited.dump());
     let done = api.get(&format!("{}?name=poster", routes::LIST_TASKS.path));
     assert_eq!(done[0]["result"], "5", "{done}");
     let posts = posts.lock().unwrap();
