@@ -3,15 +3,19 @@
 //! calls in order (replay) until they are used up; from then on every call
 //! is performed and appended before its answer reaches the guest.
 //!
-//! Two kinds of steps:
+//! Three kinds of steps:
 //! - **calls** (`sleep`, key-value, HTTP, ...), whose answer the guest acts
 //!   on: appended and committed before the answer is given. On replay the
 //!   guest must make the same call at the same place, or the task fails
 //!   `nondeterministic`, naming the step and both calls;
+//! - **clock readings** (`wasi:clocks`' wall and monotonic clocks), in
+//!   order among the calls, read back on replay the same way;
 //! - **the seed** of the task's randomness, drawn once: WASI's generators
-//!   are seeded from it, so random values are the same on replay. It is
-//!   buffered and committed with the next call: a value no call depended
-//!   on may differ after a crash, as if it had never been drawn.
+//!   are seeded from it, so random values are the same on replay.
+//!
+//! Readings and the seed are buffered and committed with the next call: a
+//! value no call depended on may differ after a crash, as if it had never
+//! been read.
 //!
 //! A journal holds at most `[limits] journal_bytes` (calls and answers);
 //! an append past it fails the task, naming the limit.
@@ -21,9 +25,49 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// The seed's step: its call, and its place (the first step, drawn when
-/// the task's first run begins).
+/// The seed's step: drawn when the task first reaches WASI, and read
+/// back whatever its place.
 const SEED: &str = "seed";
+
+/// A wall-clock reading's step.
+pub(crate) const WALL: &str = "clock wall";
+
+/// A monotonic-clock reading's step.
+pub(crate) const MONOTONIC: &str = "clock monotonic";
+
+/// `wasi:clocks/wall-clock` of a resuming task: its readings come from
+/// the journal while it replays.
+pub(crate) struct WallClock(pub(crate) Arc<Journal>);
+
+impl wasmtime_wasi::HostWallClock for WallClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(1)
+    }
+
+    fn now(&self) -> std::time::Duration {
+        let live = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        std::time::Duration::from_nanos(self.0.clock(WALL, live))
+    }
+}
+
+/// `wasi:clocks/monotonic-clock` of a resuming task.
+pub(crate) struct MonotonicClock {
+    pub(crate) journal: Arc<Journal>,
+    pub(crate) zero: Instant,
+}
+
+impl wasmtime_wasi::HostMonotonicClock for MonotonicClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        let live = self.zero.elapsed().as_nanos() as u64;
+        self.journal.clock(MONOTONIC, live)
+    }
+}
 
 /// Why a journaled call cannot go on: the task fails with this.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -63,6 +107,7 @@ pub(crate) struct Journal {
     store: Arc<dyn TaskStore>,
     /// `[limits] journal_bytes`.
     limit: usize,
+    metrics: crate::metrics::JournalMetrics,
     state: Mutex<State>,
 }
 
@@ -77,6 +122,10 @@ struct State {
     bytes: usize,
     /// The seed of the task's randomness.
     seed: Option<[u8; 32]>,
+    /// The last monotonic reading replayed, and what live readings add
+    /// after the replay (a new process's clock may read less).
+    last_monotonic: u64,
+    monotonic_offset: Option<u64>,
     /// What stopped the journal: every later call fails with it, and the
     /// attempt fails with it once it ends (a call whose error reached the
     /// guest as an interface's error, an HTTP failure, still fails the
@@ -97,28 +146,37 @@ impl Journal {
         store: Arc<dyn TaskStore>,
         seq: u64,
         limit: usize,
+        metrics: crate::metrics::JournalMetrics,
     ) -> anyhow::Result<Arc<Journal>> {
         let steps = store.steps(seq).await?;
         let bytes = steps.iter().map(JournalStep::size).sum();
         let next = steps.last().map_or(0, |step| step.index + 1);
-        let mut recorded: VecDeque<JournalStep> = steps.into();
-        let seed = match recorded.front() {
-            Some(step) if step.call == SEED => {
-                let step = recorded.pop_front().expect("a first step");
-                <[u8; 32]>::try_from(step.outcome.as_slice()).ok()
-            }
-            _ => None,
-        };
+        // The seed is drawn when the task first reaches WASI, wherever
+        // that is among its calls: it is taken out of the replay.
+        let mut seed = None;
+        let recorded: VecDeque<JournalStep> = steps
+            .into_iter()
+            .filter(|step| {
+                if step.call != SEED {
+                    return true;
+                }
+                seed = <[u8; 32]>::try_from(step.outcome.as_slice()).ok();
+                false
+            })
+            .collect();
         Ok(Arc::new(Journal {
             seq,
             store,
             limit,
+            metrics,
             state: Mutex::new(State {
                 recorded,
                 next,
                 pending: Vec::new(),
                 bytes,
                 seed,
+                last_monotonic: 0,
+                monotonic_offset: None,
                 failed: None,
             }),
         }))
@@ -160,6 +218,64 @@ impl Journal {
         seed
     }
 
+    /// A clock reading (`kind`: `clock wall` or `clock monotonic`, in
+    /// nanoseconds): the recorded one while the journal replays, else
+    /// `live`, kept as a step that is committed with the next call (a
+    /// reading no call depended on may differ after a crash). A monotonic
+    /// reading never goes back across the switch from replay to live.
+    pub(crate) fn clock(&self, kind: &'static str, live: u64) -> u64 {
+        let mut state = self.state();
+        if state.failed.is_some() {
+            return live;
+        }
+        if let Some(step) = state.recorded.front() {
+            if step.call != kind {
+                let error = JournalError::Nondeterministic {
+                    step: step.index,
+                    recorded: step.call.clone(),
+                    now: kind.to_string(),
+                };
+                state.failed = Some(error);
+                return live;
+            }
+            let step = state.recorded.pop_front().expect("a recorded step");
+            self.metrics.replayed.inc();
+            let value = <[u8; 8]>::try_from(step.outcome.as_slice())
+                .map(u64::from_le_bytes)
+                .unwrap_or(live);
+            if kind == MONOTONIC {
+                state.last_monotonic = value;
+            }
+            return value;
+        }
+        let value = if kind == MONOTONIC {
+            let behind = state.last_monotonic.saturating_sub(live);
+            let offset = *state.monotonic_offset.get_or_insert(behind);
+            live.saturating_add(offset)
+        } else {
+            live
+        };
+        let step = JournalStep {
+            index: state.next,
+            call: kind.into(),
+            outcome: value.to_le_bytes().to_vec(),
+            at_ms: now_ms(),
+            micros: 0,
+        };
+        if state.bytes + step.size() > self.limit {
+            state.failed = Some(JournalError::Limit {
+                limit: self.limit,
+                step: step.index,
+                call: step.call,
+            });
+            return value;
+        }
+        state.next += 1;
+        state.bytes += step.size();
+        state.pending.push(step);
+        value
+    }
+
     /// The recorded answer to `call` (and its step's index) when the
     /// journal still has steps to replay; none when the task runs live
     /// (then the caller performs the call and [records](Journal::record)
@@ -182,6 +298,7 @@ impl Journal {
             return Err(error);
         }
         let step = state.recorded.pop_front().expect("a recorded step");
+        self.metrics.replayed.inc();
         Ok(Some((step.index, step.outcome)))
     }
 
@@ -222,11 +339,13 @@ impl Journal {
             steps.push(step);
             (index, steps)
         };
+        let count = steps.len() as u64;
         if let Err(error) = self.store.append_steps(self.seq, steps).await {
             let error = JournalError::Storage(format!("{error:#}"));
             self.state().failed = Some(error.clone());
             return Err(error);
         }
+        self.metrics.appended.inc_by(count);
         Ok(index)
     }
 
@@ -337,12 +456,16 @@ mod tests {
         let store = store(dir.path());
         let seq = task(&store).await;
         // The first run: a seed, two calls; a third is cut off by a crash.
-        let first = Journal::open(store.clone(), seq, 1 << 20).await.unwrap();
+        let first = Journal::open(store.clone(), seq, 1 << 20, Default::default())
+            .await
+            .unwrap();
         let seed = first.seed();
         assert_eq!(call(&first, "kv get a", "1").await.unwrap(), "1");
         assert_eq!(call(&first, "sleep 5", "99").await.unwrap(), "99");
         // The run after it: the same seed and answers, whatever live says.
-        let second = Journal::open(store.clone(), seq, 1 << 20).await.unwrap();
+        let second = Journal::open(store.clone(), seq, 1 << 20, Default::default())
+            .await
+            .unwrap();
         assert_eq!(second.seed(), seed);
         assert_eq!(call(&second, "kv get a", "2").await.unwrap(), "1");
         assert_eq!(call(&second, "sleep 5", "100").await.unwrap(), "99");
@@ -357,7 +480,9 @@ mod tests {
             .collect();
         assert_eq!(steps, ["seed", "kv get a", "sleep 5", "kv get b"]);
         // A third run that calls something else at step 2 fails there.
-        let third = Journal::open(store.clone(), seq, 1 << 20).await.unwrap();
+        let third = Journal::open(store.clone(), seq, 1 << 20, Default::default())
+            .await
+            .unwrap();
         call(&third, "kv get a", "").await.unwrap();
         let error = call(&third, "sleep 6", "").await.unwrap_err();
         assert!(
@@ -372,11 +497,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn clock_readings_replay_in_order_and_the_monotonic_clock_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let seq = task(&store).await;
+        let first = Journal::open(store.clone(), seq, 1 << 20, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(first.clock(WALL, 1_000), 1_000);
+        assert_eq!(first.clock(MONOTONIC, 500), 500);
+        // Readings are committed with the next call.
+        call(&first, "sleep 1", "0").await.unwrap();
+        // A new process: its clocks read otherwise.
+        let second = Journal::open(store.clone(), seq, 1 << 20, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(second.clock(WALL, 9_999), 1_000);
+        assert_eq!(second.clock(MONOTONIC, 20), 500);
+        call(&second, "sleep 1", "x").await.unwrap();
+        // Live again: the monotonic clock goes on from where it was.
+        assert_eq!(second.clock(MONOTONIC, 30), 500);
+        assert_eq!(second.clock(MONOTONIC, 40), 510);
+        assert_eq!(second.clock(WALL, 9_999), 9_999);
+        // Readings out of order are a different run.
+        let third = Journal::open(store.clone(), seq, 1 << 20, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(third.clock(MONOTONIC, 7), 7);
+        let failed = third.failed().expect("stopped");
+        assert!(failed.to_string().contains("clock wall"), "{failed}");
+    }
+
+    #[tokio::test]
     async fn a_full_journal_refuses_the_step_and_names_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
         let seq = task(&store).await;
-        let journal = Journal::open(store.clone(), seq, 64).await.unwrap();
+        let journal = Journal::open(store.clone(), seq, 64, Default::default())
+            .await
+            .unwrap();
         call(&journal, "kv get a", "short").await.unwrap();
         let error = call(&journal, "kv get b", &"x".repeat(100))
             .await

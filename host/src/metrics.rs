@@ -39,6 +39,9 @@ pub struct Metrics {
     /// Times the host gave the heap's free pages back (after a purge, or
     /// after connections closed).
     pub heap_trims: Counter,
+    /// Steps resuming tasks appended to their journals, and answered from
+    /// them on replay (`durable = "resume"`).
+    pub journal: JournalMetrics,
     /// Tasks waiting for an event on this host (set when scraped).
     pub event_waiters: Gauge,
     /// Hosts of the cluster heard from lately, this one included (set
@@ -210,6 +213,15 @@ impl Default for Metrics {
     }
 }
 
+/// What resuming tasks' journals did. Cloning shares the counters.
+#[derive(Debug, Clone, Default)]
+pub struct JournalMetrics {
+    /// Steps committed to journals.
+    pub appended: Counter,
+    /// Steps answered from journals.
+    pub replayed: Counter,
+}
+
 /// What the trace exporter did with spans (`[telemetry]`). Cloning shares
 /// the counters.
 #[derive(Debug, Clone, Default)]
@@ -291,6 +303,7 @@ impl Metrics {
             prepared_starts: Counter::default(),
             restarts: Family::default(),
             heap_trims: Counter::default(),
+            journal: JournalMetrics::default(),
             event_waiters: Gauge::default(),
             cluster_hosts: Gauge::default(),
             cluster_events: Family::default(),
@@ -414,6 +427,16 @@ impl Metrics {
             "heap_trims",
             "Times the host gave the heap's free pages back to the kernel (after a purge, or after connections closed)",
             metrics.heap_trims.clone(),
+        );
+        registry.register(
+            "journal_steps_appended",
+            "Steps resuming tasks appended to their journals (durable = \"resume\")",
+            metrics.journal.appended.clone(),
+        );
+        registry.register(
+            "journal_steps_replayed",
+            "Steps of resuming tasks answered from their journals after a restart",
+            metrics.journal.replayed.clone(),
         );
         registry.register(
             "event_waiters",

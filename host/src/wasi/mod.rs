@@ -70,7 +70,7 @@ impl WasiState {
         let stderr = &mut self.stderr;
         let grants = &self.policy.grants;
         let sockets = self.sockets.as_ref();
-        let journal = self.journal.as_deref();
+        let journal = self.journal.as_ref();
         let ctx = self.ctx.get_or_insert_with(|| {
             let errors = TaskOutput::stderr(log.clone());
             *stderr = Some(errors.clone());
@@ -83,6 +83,12 @@ impl WasiState {
             );
             if let Some(journal) = journal {
                 seed_from(&mut builder, journal.seed());
+                builder
+                    .wall_clock(crate::journal::WallClock(journal.clone()))
+                    .monotonic_clock(crate::journal::MonotonicClock {
+                        journal: journal.clone(),
+                        zero: std::time::Instant::now(),
+                    });
             }
             builder.build()
         });

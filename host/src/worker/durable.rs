@@ -37,9 +37,14 @@ impl WorkerCtx {
                 format!("cannot empty the task's journal for its retry: {error:#}")
             })?;
         }
-        crate::journal::Journal::open(store, seq, self.env.app.limits.journal_bytes)
-            .await
-            .map_err(|error| format!("cannot read the task's journal: {error:#}"))
+        crate::journal::Journal::open(
+            store,
+            seq,
+            self.env.app.limits.journal_bytes,
+            self.env.metrics.journal.clone(),
+        )
+        .await
+        .map_err(|error| format!("cannot read the task's journal: {error:#}"))
     }
 
     /// Where durable tasks are recorded.

@@ -407,6 +407,9 @@ fn a_resuming_task_killed_mid_sleep_resumes_from_its_journal() {
         ],
         "{journal}"
     );
+    // The restarted host answered the 4 calls of the first run from the
+    // journal (the seed is read, not replayed).
+    app.await_metric("taskhost_journal_steps_replayed_total", 4.0);
     // The CLI shows the same steps.
     let shown = app.cli(&["journal", "resumer"]);
     assert_eq!(shown.code, Some(0), "{}", shown.dump());
