@@ -529,6 +529,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_seed_drawn_after_other_calls_is_read_back_and_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let seq = task(&store).await;
+        let first = Journal::open(store.clone(), seq, 1 << 20, Default::default())
+            .await
+            .unwrap();
+        call(&first, "sleep 1", "a").await.unwrap();
+        let seed = first.seed();
+        call(&first, "sleep 2", "b").await.unwrap();
+        let second = Journal::open(store.clone(), seq, 1 << 20, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(call(&second, "sleep 1", "").await.unwrap(), "a");
+        assert_eq!(second.seed(), seed);
+        assert_eq!(call(&second, "sleep 2", "").await.unwrap(), "b");
+    }
+
+    #[tokio::test]
     async fn a_full_journal_refuses_the_step_and_names_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
