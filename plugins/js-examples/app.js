@@ -273,3 +273,21 @@ export default {
     return args;
   },
 };
+
+export const resumable = task(
+  (app, { short_ms, long_ms }) => {
+    const drawn = Math.floor(Math.random() * 2 ** 48);
+    const now = Date.now();
+    app.info(`drew ${drawn} at ${now}`);
+    const runs = app.kv('resume').increment('runs', 1);
+    [short_ms, short_ms, long_ms].forEach((pause, i) => {
+      app.sleep(pause);
+      app.info(`slept ${i + 1}`);
+    });
+    return { drawn, at: now, runs, attempt: app.attempt() };
+  },
+  {
+    description: 'For the resume tests: draws a random number and reads the clock (logging both), counts a run in bucket `resume`, sleeps short_ms twice and long_ms once; returns what it drew and read, the count and its attempt.',
+    args: { short_ms: { type: 'integer', default: 100 }, long_ms: { type: 'integer', default: 8000 } },
+  },
+);

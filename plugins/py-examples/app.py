@@ -224,3 +224,22 @@ def tour(app: App) -> dict:
         "purged": purged >= 1,
         "greeting": app.config("greeting"),
     }
+
+
+@task
+def resumable(app: App, short_ms: int = 100, long_ms: int = 8000) -> dict:
+    """For the resume tests (`durable = "resume"`): draws a random number
+    and reads the clock (logging both), counts a run in bucket `resume`,
+    then sleeps short_ms twice and long_ms once, logging `slept I` after
+    each; returns what it drew and read, the count and its attempt."""
+    import random
+    import time
+
+    drawn = random.getrandbits(48)
+    now = time.time_ns()
+    app.info(f"drew {drawn} at {now}")
+    runs = app.kv("resume").increment("runs", 1)
+    for i, pause in enumerate([short_ms, short_ms, long_ms]):
+        app.sleep(pause)
+        app.info(f"slept {i + 1}")
+    return {"drawn": drawn, "at": now, "runs": runs, "attempt": app.attempt()}

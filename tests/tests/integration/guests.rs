@@ -401,6 +401,69 @@ per_language! {
         let run = host.finish();
         assert_eq!(run.code, Some(0), "{}", run.dump());
     }
+
+    // `durable = "resume"` for the language's guest: killed with `kill -9`
+    // in its last sleep, it resumes; what it drew from its random
+    // module and read from its clock before the crash are what it reads
+    // on replay, its key-value count is not made again, and its sleeps
+    // are not slept again.
+    fn a_resuming_task_draws_and_reads_the_same_after_kill_9(lang: &Language) {
+        use taskhost::control::routes;
+        let app = lang.app("", "");
+        let short = lang.short;
+        let mut host = app.spawn();
+        let added = app.cli(&[
+            "add",
+            short,
+            "resumable",
+            "--args",
+            r#"{"short_ms": 100, "long_ms": 8000}"#,
+            "--name",
+            "resumer",
+            "--resume",
+        ]);
+        assert_eq!(added.code, Some(0), "{}", added.dump());
+        host.wait_for(1, |l| l["task"] == "resumer" && l["message"] == "slept 2");
+        let (api, _) = taskhost_tests::Api::of(&app);
+        let journal = |api: &taskhost_tests::Api| -> Value {
+            let id = api.get(&format!("{}?name=resumer", routes::LIST_TASKS.path))[0]["id"].clone();
+            api.get(&routes::TASK_JOURNAL.path.replace("{id}", &id.to_string()))
+        };
+        taskhost_tests::poll_until(taskhost_tests::secs(30), taskhost_tests::millis(20), || {
+            let journal = journal(&api);
+            let calls = journal["steps"].as_array().cloned().unwrap_or_default();
+            match calls.iter().any(|s| s["call"] == "sleep 8000") {
+                true => Ok(()),
+                false => Err(format!("{journal}")),
+            }
+        });
+        let before = host
+            .seen()
+            .iter()
+            .find_map(|l| {
+                (l["task"] == "resumer")
+                    .then(|| l["message"].as_str()?.strip_prefix("drew ").map(String::from))
+                    .flatten()
+            })
+            .expect("the first run drew and read");
+        host.signal("KILL");
+        host.finish();
+
+        let host = app.spawn();
+        let waited = app.cli(&["wait", "resumer", "--json"]);
+        assert_eq!(waited.code, Some(0), "{}", waited.dump());
+        let done = api_after(&app).get(&format!("{}?name=resumer", routes::LIST_TASKS.path));
+        assert_eq!(done[0]["state"], "done", "{done}");
+        let result: Value = serde_json::from_str(done[0]["result"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            format!("{} at {}", result["drawn"], result["at"]),
+            before,
+            "the same number and time on replay: {result}"
+        );
+        assert_eq!(result["runs"], 1, "{result}");
+        assert_eq!(result["attempt"], 2, "{result}");
+        host.stop();
+    }
 }
 
 /// What each SDK says of the cancels in `run`: Python's never lets a
@@ -416,4 +479,9 @@ fn assert_sdk_cancels(lang: &Language, run: &Run) {
         ),
         _ => assert_eq!(run.messages("caught Cancelled").len(), 2, "{}", run.dump()),
     }
+}
+
+/// The API of `app`'s host (after a restart: its token changed).
+fn api_after(app: &TestApp) -> taskhost_tests::Api {
+    taskhost_tests::Api::of(app).0
 }
