@@ -382,7 +382,20 @@ macro_rules! app_host {
             }
 
             async fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-                Ok(self.app_config(&key))
+                let value = self.app_config(&key);
+                // A resuming task reads the value it read before the crash,
+                // whatever app.toml says now.
+                let Some(journal) = &self.journal else {
+                    return Ok(value);
+                };
+                Ok(crate::journal::journaled(
+                    journal,
+                    format!("config {key}"),
+                    async move { value },
+                    |value| serde_json::to_vec(value).unwrap_or_default(),
+                    |bytes| serde_json::from_slice(bytes).ok(),
+                )
+                .await?)
             }
 
             async fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
@@ -479,8 +492,27 @@ macro_rules! app_host {
                 let span = self
                     .span(SpanKind::Internal, "wait event".into())
                     .map(|span| span.with("taskhost.event", Attr::Text(event.clone())));
-                let waited =
-                    events::wait_event(scope.clone(), self.cancel.clone(), event, timeout_ms).await;
+                let call = format!("wait event {event} {timeout_ms:?}");
+                let replayed = match &self.journal {
+                    Some(journal) => journal.replay(&call)?,
+                    None => None,
+                };
+                let waited = match replayed {
+                    // What the wait got before the crash (a cancel is never
+                    // recorded: a stop must not end the resumed task).
+                    Some((_, recorded)) => Ok(serde_json::from_slice(&recorded).unwrap_or(None)),
+                    None => {
+                        let began = std::time::Instant::now();
+                        let waited =
+                            events::wait_event(scope.clone(), self.cancel.clone(), event, timeout_ms)
+                                .await;
+                        if let (Some(journal), Ok(payload)) = (&self.journal, &waited) {
+                            let recorded = serde_json::to_vec(payload).unwrap_or_default();
+                            journal.record(call, recorded, began).await?;
+                        }
+                        waited
+                    }
+                };
                 if let Some(mut span) = span {
                     if let Ok(woken) = &waited {
                         span.set("taskhost.woken", Attr::Text(woken.is_some().to_string()));

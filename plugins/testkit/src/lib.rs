@@ -173,6 +173,17 @@ plugin! {
         Ok(json!({"random": random, "attempt": app.attempt(), "runs": runs}))
     }
 
+    /// For the resume tests: waits for `event`, logs `got PAYLOAD`, reads
+    /// `[config] greeting`, then sleeps `ms`; returns the payload and the
+    /// greeting.
+    fn event_then_sleep(app: &App, event: String, ms: u64) -> Result<Value> {
+        let got = app.wait_event(&event, None)?.unwrap_or_default();
+        app.info(format!("got {got}"));
+        let greeting: Option<String> = app.config("greeting")?;
+        app.sleep(ms)?;
+        Ok(json!({"got": got, "greeting": greeting}))
+    }
+
     /// A task that cannot resume: its first sleep depends on its attempt
     /// (`100 * attempt` ms), then it sleeps a minute. Resumed after a
     /// crash, its first call differs from the journal's.

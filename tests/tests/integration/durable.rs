@@ -569,3 +569,59 @@ fn a_task_that_calls_differently_on_replay_fails_naming_the_step() {
     host.signal("TERM");
     assert_eq!(host.finish().code, Some(0));
 }
+
+/// A resuming task's event and config value come from its journal: after
+/// the restart it does not wait for the event again (nobody dispatches it),
+/// and it reads the greeting app.toml had before, not the one it has now.
+#[test]
+fn a_resumed_task_gets_its_event_and_config_from_the_journal() {
+    let app = TestApp::new(
+        r#"
+        name = "durable"
+        [plugins.kit]
+        path = "{testkit}"
+        [config]
+        greeting = "before"
+        "#,
+    );
+    let mut host = app.spawn();
+    let added = app.cli(&[
+        "add",
+        "kit",
+        "event_then_sleep",
+        "--args",
+        r#"{"event": "go", "ms": 4000}"#,
+        "--name",
+        "waiter",
+        "--resume",
+    ]);
+    assert_eq!(added.code, Some(0), "{}", added.dump());
+    let dispatched = app.cli(&["dispatch", "go", "first", "--wait-for", "1"]);
+    assert_eq!(dispatched.code, Some(0), "{}", dispatched.dump());
+    host.wait_for(1, |l| l["task"] == "waiter" && l["message"] == "got first");
+    let (api, _) = Api::of(&app);
+    taskhost_tests::poll_until(taskhost_tests::secs(30), taskhost_tests::millis(20), || {
+        let id = api.get(&format!("{}?name=waiter", routes::LIST_TASKS.path))[0]["id"].clone();
+        let journal = api.get(&routes::TASK_JOURNAL.path.replace("{id}", &id.to_string()));
+        let calls = journal["steps"].as_array().cloned().unwrap_or_default();
+        match calls.iter().any(|s| s["call"] == "sleep 4000") {
+            true => Ok(()),
+            false => Err(format!("{journal}")),
+        }
+    });
+    host.signal("KILL");
+    host.finish();
+    // app.toml changes while the host is down.
+    let toml = std::fs::read_to_string(app.path()).unwrap();
+    std::fs::write(app.path(), toml.replace("\"before\"", "\"after\"")).unwrap();
+
+    let host = app.spawn();
+    let waited = app.cli(&["wait", "waiter", "--json"]);
+    assert_eq!(waited.code, Some(0), "{}", waited.dump());
+    let done = Api::of(&app)
+        .0
+        .get(&format!("{}?name=waiter", routes::LIST_TASKS.path));
+    let result: Value = serde_json::from_str(done[0]["result"].as_str().unwrap()).unwrap();
+    assert_eq!(result, json!({"got": "first", "greeting": "before"}));
+    host.stop();
+}
