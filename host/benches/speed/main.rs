@@ -13,6 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod connections;
 mod guests;
+mod journal;
 mod listing;
 mod mass;
 mod queues;
@@ -903,6 +904,10 @@ async fn main() {
     }
     if std::env::args().any(|arg| arg == "queues") {
         queues::run(&components).await;
+        return;
+    }
+    if std::env::args().any(|arg| arg == "journal") {
+        journal::run(&components).await;
         return;
     }
     if std::env::args().any(|arg| arg == "listing") {

@@ -269,6 +269,9 @@ pub struct TaskConfig {
     /// Recorded in storage and run to its end once, across restarts: a
     /// durable startup task that ended is not started again.
     pub durable: bool,
+    /// With `durable`: resumed from its journal after a crash
+    /// (`durable = "resume"`).
+    pub resume: bool,
     /// The queue it waits in until the queue lets it start, and its key,
     /// priority and delay there; none: it starts with its worker.
     pub queue: Option<Placement>,
@@ -287,7 +290,7 @@ impl TaskConfig {
             restart: self.restart,
             on_load: self.on_load,
             durable: self.durable,
-            resume: false,
+            resume: self.resume,
             idempotency_key: match (&self.name, self.durable) {
                 (Some(name), true) => Some(format!("app.toml/{worker}/{name}")),
                 _ => None,
@@ -491,7 +494,7 @@ struct RawTask {
     restart: Option<RestartSpec>,
     on_load: Option<OnLoad>,
     #[serde(default)]
-    durable: bool,
+    durable: Durability,
     queue: Option<String>,
     key: Option<String>,
     priority: Option<i64>,
@@ -642,7 +645,8 @@ impl AppConfig {
                 retry,
                 restart,
                 on_load: task.on_load,
-                durable: task.durable,
+                durable: task.durable.is_durable(),
+                resume: task.durable == Durability::Resume,
                 queue: None,
             };
             let queue = queue.map_err(|e| anyhow::anyhow!("{file}: {task}: {e}"))?;
@@ -879,6 +883,32 @@ mod tests {
             .to_string();
         assert!(err.starts_with("app.toml: "), "{err}");
         assert!(err.contains("unknown field `workerz`"), "{err}");
+    }
+
+    #[test]
+    fn durable_is_true_false_rerun_or_resume_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.wasm"), b"").unwrap();
+        let task = |durable: &str| {
+            AppConfig::parse(
+                &format!(
+                    "name = \"x\"\n[plugins.p]\npath = \"p.wasm\"\n[[tasks]]\nplugin = \"p\"\n\
+                     factory = \"f\"\nname = \"t\"\ndurable = {durable}\n"
+                ),
+                Path::new("app.toml"),
+                dir.path(),
+            )
+            .map(|config| (config.tasks[0].durable, config.tasks[0].resume))
+        };
+        assert_eq!(task("true").unwrap(), (true, false));
+        assert_eq!(task("\"rerun\"").unwrap(), (true, false));
+        assert_eq!(task("\"resume\"").unwrap(), (true, true));
+        assert_eq!(task("false").unwrap(), (false, false));
+        let err = format!("{:#}", task("\"later\"").unwrap_err());
+        assert!(
+            err.contains("\"rerun\"") && err.contains("\"resume\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -92,6 +92,18 @@ plugin! {
         Ok(samples)
     }
 
+    /// `n` `app.sleep(0)` calls, then a sleep of `then_ms`: for the
+    /// journal's cost (each sleep of a resuming task is a journaled step).
+    fn sleeps(app: &App, n: u64, then_ms: Option<u64>) -> Result<u64> {
+        for _ in 0..n {
+            app.sleep(0)?;
+        }
+        if let Some(ms) = then_ms {
+            app.sleep(ms)?;
+        }
+        Ok(n)
+    }
+
     /// A compute kernel with a loop back-edge per step (where epoch checks
     /// go): `rounds` of xorshift64.
     fn kernel(_app: &App, rounds: u64) -> Result<u64> {
