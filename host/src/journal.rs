@@ -358,6 +358,43 @@ impl Journal {
         Ok(index)
     }
 
+    /// Appends a read's step (`call` and its `outcome`) without waiting:
+    /// it is committed with the next call that waits. A read changes
+    /// nothing outside the task, so only what follows it needs it
+    /// recorded first; a crash before then loses a read nothing depended
+    /// on.
+    pub(crate) fn defer(
+        &self,
+        call: String,
+        outcome: Vec<u8>,
+        began: Instant,
+    ) -> Result<(), JournalError> {
+        let mut state = self.state();
+        if let Some(failed) = &state.failed {
+            return Err(failed.clone());
+        }
+        let step = JournalStep {
+            index: state.next,
+            call,
+            outcome,
+            at_ms: now_ms(),
+            micros: began.elapsed().as_micros() as u64,
+        };
+        if state.bytes + step.size() > self.limit {
+            let error = JournalError::Limit {
+                limit: self.limit,
+                step: step.index,
+                call: step.call,
+            };
+            state.failed = Some(error.clone());
+            return Err(error);
+        }
+        state.next += 1;
+        state.bytes += step.size();
+        state.pending.push(step);
+        Ok(())
+    }
+
     /// What stopped the journal, if anything did: the attempt fails with it.
     pub(crate) fn failed(&self) -> Option<JournalError> {
         self.state().failed.clone()
@@ -377,6 +414,33 @@ pub(crate) async fn sleep_until(journal: &Journal, ms: u64) -> Result<u64, Journ
     )
     .await
     .map(|until| until.saturating_sub(now_ms()))
+}
+
+/// Runs a journaled read (a call that changes nothing outside the task):
+/// its recorded answer when replaying, else `live`'s, recorded with the
+/// next call that waits ([`Journal::defer`]).
+pub(crate) async fn journaled_read<T, F>(
+    journal: &Journal,
+    call: String,
+    live: F,
+    encode: impl FnOnce(&T) -> Vec<u8>,
+    decode: impl FnOnce(&[u8]) -> Option<T>,
+) -> Result<T, JournalError>
+where
+    F: std::future::Future<Output = T>,
+{
+    if let Some((_, recorded)) = journal.replay(&call)? {
+        return decode(&recorded).ok_or_else(|| {
+            JournalError::Storage(format!(
+                "the recorded answer to `{call}` does not read back (the journal was changed \
+                 outside taskhost)"
+            ))
+        });
+    }
+    let began = Instant::now();
+    let answer = live.await;
+    journal.defer(call, encode(&answer), began)?;
+    Ok(answer)
 }
 
 /// Runs a journaled call: its recorded answer when replaying (`decode`

@@ -176,6 +176,7 @@ impl Ctx<'_> {
     /// other task, performed. A journal that stops traps the task.
     async fn journaled<T>(
         &self,
+        read: bool,
         call: impl FnOnce() -> String,
         live: impl std::future::Future<Output = Result<T, store::Error>>,
     ) -> KvResult<T>
@@ -189,18 +190,20 @@ impl Ctx<'_> {
             store::Error::Other(message) => message.clone(),
             other => format!("{other:?}"),
         };
-        let answer = crate::journal::journaled(
-            journal,
-            call(),
-            live,
-            |answer| serde_json::to_vec(&answer.as_ref().map_err(text)).unwrap_or_default(),
-            |bytes| {
-                serde_json::from_slice::<Result<T, String>>(bytes)
-                    .ok()
-                    .map(|answer| answer.map_err(store::Error::Other))
-            },
-        )
-        .await?;
+        let encode = |answer: &Result<T, store::Error>| {
+            serde_json::to_vec(&answer.as_ref().map_err(text)).unwrap_or_default()
+        };
+        let decode = |bytes: &[u8]| {
+            serde_json::from_slice::<Result<T, String>>(bytes)
+                .ok()
+                .map(|answer| answer.map_err(store::Error::Other))
+        };
+        // A read is committed with the next call that waits; a write
+        // before its answer is given.
+        let answer = match read {
+            true => crate::journal::journaled_read(journal, call(), live, encode, decode).await?,
+            false => crate::journal::journaled(journal, call(), live, encode, decode).await?,
+        };
         Ok(answer)
     }
 
@@ -296,7 +299,7 @@ impl store::HostBucket for KvView<'_> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
         let ctx = self.ctx();
-        ctx.journaled(|| format!("kv get {id} {key}"), async {
+        ctx.journaled(true, || format!("kv get {id} {key}"), async {
             let span = ctx.span("kv get", &id);
             let got = storage.get(&id, &key).await;
             CallSpan::end_with(span, &got);
@@ -314,12 +317,16 @@ impl store::HostBucket for KvView<'_> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
         let ctx = self.ctx();
-        ctx.journaled(|| format!("kv set {id} {key} {}", digest(&value)), async {
-            let span = ctx.span("kv set", &id);
-            let set = storage.set(&id, &key, &value).await;
-            CallSpan::end_with(span, &set);
-            set.map_err(|e| ctx.error(e))
-        })
+        ctx.journaled(
+            false,
+            || format!("kv set {id} {key} {}", digest(&value)),
+            async {
+                let span = ctx.span("kv set", &id);
+                let set = storage.set(&id, &key, &value).await;
+                CallSpan::end_with(span, &set);
+                set.map_err(|e| ctx.error(e))
+            },
+        )
         .await
     }
 
@@ -327,7 +334,7 @@ impl store::HostBucket for KvView<'_> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
         let ctx = self.ctx();
-        ctx.journaled(|| format!("kv delete {id} {key}"), async {
+        ctx.journaled(false, || format!("kv delete {id} {key}"), async {
             let span = ctx.span("kv delete", &id);
             let deleted = storage.delete(&id, &key).await;
             CallSpan::end_with(span, &deleted);
@@ -340,7 +347,7 @@ impl store::HostBucket for KvView<'_> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
         let ctx = self.ctx();
-        ctx.journaled(|| format!("kv exists {id} {key}"), async {
+        ctx.journaled(true, || format!("kv exists {id} {key}"), async {
             let span = ctx.span("kv exists", &id);
             let got = storage.get(&id, &key).await;
             CallSpan::end_with(span, &got);
@@ -359,7 +366,7 @@ impl store::HostBucket for KvView<'_> {
         let ctx = self.ctx();
         let call = || format!("kv list_keys {id} {}", cursor.as_deref().unwrap_or(""));
         let page = ctx
-            .journaled(call, async {
+            .journaled(true, call, async {
                 let span = ctx.span("kv list_keys", &id);
                 let page = storage
                     .list_keys(&id, cursor.as_deref(), KEYS_PER_PAGE)
@@ -390,12 +397,16 @@ impl atomics::Host for KvView<'_> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
         let ctx = self.ctx();
-        ctx.journaled(|| format!("kv increment {id} {key} {delta}"), async {
-            let span = ctx.span("kv increment", &id);
-            let sum = storage.increment(&id, &key, delta).await;
-            CallSpan::end_with(span, &sum);
-            sum.map_err(|e| ctx.error(e))
-        })
+        ctx.journaled(
+            false,
+            || format!("kv increment {id} {key} {delta}"),
+            async {
+                let span = ctx.span("kv increment", &id);
+                let sum = storage.increment(&id, &key, delta).await;
+                CallSpan::end_with(span, &sum);
+                sum.map_err(|e| ctx.error(e))
+            },
+        )
         .await
     }
 
@@ -477,18 +488,22 @@ impl batch::Host for KvView<'_> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
         let ctx = self.ctx();
-        ctx.journaled(|| format!("kv get_many {id} {}", keys.join(",")), async {
-            let span = ctx.span("kv get_many", &id);
-            let values = storage.get_many(&id, &keys).await;
-            CallSpan::end_with(span, &values);
-            values.map_err(|e| ctx.error(e)).map(|values| {
-                keys.iter()
-                    .cloned()
-                    .zip(values)
-                    .map(|(key, value)| value.map(|value| (key, value)))
-                    .collect()
-            })
-        })
+        ctx.journaled(
+            true,
+            || format!("kv get_many {id} {}", keys.join(",")),
+            async {
+                let span = ctx.span("kv get_many", &id);
+                let values = storage.get_many(&id, &keys).await;
+                CallSpan::end_with(span, &values);
+                values.map_err(|e| ctx.error(e)).map(|values| {
+                    keys.iter()
+                        .cloned()
+                        .zip(values)
+                        .map(|(key, value)| value.map(|value| (key, value)))
+                        .collect()
+                })
+            },
+        )
         .await
     }
 
@@ -507,7 +522,7 @@ impl batch::Host for KvView<'_> {
                 .collect();
             format!("kv set_many {id} {}", pairs.join(","))
         };
-        ctx.journaled(call, async {
+        ctx.journaled(false, call, async {
             let span = ctx.span("kv set_many", &id);
             let set = storage.set_many(&id, &key_values).await;
             CallSpan::end_with(span, &set);
@@ -525,6 +540,7 @@ impl batch::Host for KvView<'_> {
         let storage = storage!(self);
         let ctx = self.ctx();
         ctx.journaled(
+            false,
             || format!("kv delete_many {id} {}", keys.join(",")),
             async {
                 let span = ctx.span("kv delete_many", &id);

@@ -2,13 +2,14 @@
 //!
 //!     cargo bench -p taskhost --bench speed -- journal
 //!
-//! One task making N `app.sleep(0)` calls (10,000; `SPEED_SCALE` scales
-//! it), timed from its submission to its end, three ways on one host
-//! (SQLite, `fsync = false`): not durable, durable (run again), and
-//! resuming (each call a journaled step, committed before it returns).
-//! The difference per call is the journal's cost. Then replay: a resuming
-//! task makes its N calls and sleeps an hour; the host stops, a new one
-//! starts on the same file and the time until the N + 1 steps are
+//! One task making N host calls (10,000; `SPEED_SCALE` scales it), timed
+//! from its submission to its end, not durable and resuming, on one host
+//! (SQLite, `fsync = false`), for two kinds of call: a read
+//! (`app.config`, whose step is committed with the next call that waits)
+//! and a write (a key-value set, whose step is committed before it
+//! returns). The difference per call is the journal's cost. Then replay:
+//! a resuming task makes N reads and sleeps an hour; the host stops, a new
+//! one starts on the same file and the time until the N + 1 steps are
 //! answered from the journal is timed.
 
 use super::{Components, launch, median, scaled, worker};
@@ -23,6 +24,7 @@ use taskhost::operations::types::{Submission, WaitRequest};
 fn config(components: &Components, storage: &Path) -> AppConfig {
     let text = format!(
         "name = \"speed\"\nworkers = 2\n\
+         [config]\ngreeting = \"hi\"\n\
          [storage]\npath = {:?}\n\
          [plugins.bench]\npath = {:?}\n",
         storage.display().to_string(),
@@ -31,22 +33,32 @@ fn config(components: &Components, storage: &Path) -> AppConfig {
     AppConfig::parse(&text, Path::new("speed.toml"), Path::new(".")).expect("config")
 }
 
-fn submission(n: usize, durable: serde_json::Value, then_ms: Option<u64>) -> Submission {
+fn submission(
+    kind: &str,
+    n: usize,
+    durable: serde_json::Value,
+    then_ms: Option<u64>,
+) -> Submission {
     serde_json::from_value(json!({
         "plugin": "bench",
-        "factory": "sleeps",
-        "args": {"n": n, "then_ms": then_ms},
+        "factory": "journaled_calls",
+        "args": {"kind": kind, "n": n, "then_ms": then_ms},
         "durable": durable,
         "worker": 0,
     }))
     .expect("submission")
 }
 
-/// From the submission of `n` calls to the task's end.
-async fn timed(ops: &Arc<Operations>, n: usize, durable: serde_json::Value) -> Duration {
+/// From the submission of `n` calls of `kind` to the task's end.
+async fn timed(
+    ops: &Arc<Operations>,
+    kind: &str,
+    n: usize,
+    durable: serde_json::Value,
+) -> Duration {
     let begun = Instant::now();
     let submitted = ops
-        .submit(submission(n, durable, None))
+        .submit(submission(kind, n, durable, None))
         .await
         .expect("submit");
     let ended = ops
@@ -70,39 +82,40 @@ pub(crate) async fn run(components: &Components) {
     let dir = tempfile::tempdir().unwrap();
     let host = Arc::new(launch(config(components, dir.path())).await);
     let ops = Operations::new(host.clone());
-    timed(&ops, n / 10, json!("resume")).await; // warm up
-    let (mut plain, mut rerun, mut resume) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..3 {
-        plain.push(us(timed(&ops, n, json!(false)).await));
-        rerun.push(us(timed(&ops, n, json!(true)).await));
-        resume.push(us(timed(&ops, n, json!("resume")).await));
-    }
-    let (plain, rerun, resume) = (median(plain), median(rerun), median(resume));
-    println!("| {n} `app.sleep(0)` calls, one task (median of 3) | time | per call |");
-    println!("|---|---|---|");
-    for (what, t) in [
-        ("not durable", plain),
-        ("durable (run again)", rerun),
-        ("resuming (each call journaled)", resume),
+    println!("| {n} calls of one task (median of 3) | not durable | resuming | journal per call |");
+    println!("|---|---|---|---|");
+    for (kind, what) in [
+        (
+            "read",
+            "`app.config` reads (committed with the next call that waits)",
+        ),
+        ("write", "key-value sets (each committed before it returns)"),
     ] {
-        println!("| {what} | {:.1} ms | {:.2} us |", t / 1e3, t / n as f64);
+        timed(&ops, kind, n / 10, json!("resume")).await; // warm up
+        let (mut plain, mut resume) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            plain.push(us(timed(&ops, kind, n, json!(false)).await));
+            resume.push(us(timed(&ops, kind, n, json!("resume")).await));
+        }
+        let (plain, resume) = (median(plain), median(resume));
+        println!(
+            "| {what} | {:.2} us | {:.2} us | {:.2} us |",
+            plain / n as f64,
+            resume / n as f64,
+            (resume - plain) / n as f64
+        );
     }
-    println!(
-        "| the journal's cost per call (resuming minus not durable) | | {:.2} us |",
-        (resume - plain) / n as f64
-    );
 
-    // Replay: n steps and a sleep begun, then a stop and a new host.
-    let submitted = ops
-        .submit(submission(n, json!("resume"), Some(3_600_000)))
+    // Replay: n reads and a sleep begun, then a stop and a new host.
+    ops.submit(submission("read", n, json!("resume"), Some(3_600_000)))
         .await
         .expect("submit");
     let appended = || worker(&host, 0).env().metrics.journal.appended.get();
+    // Its reads are committed with its sleep's step, all at once.
     let before = appended();
     while appended() < before + n as u64 + 1 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let _ = submitted;
     host.shutdown(false).await;
     drop(ops);
     drop(host);
@@ -114,7 +127,7 @@ pub(crate) async fn run(components: &Components) {
     }
     let took = begun.elapsed();
     println!(
-        "| a new host started and {} steps replayed | {:.1} ms | {:.2} us |",
+        "| replay: a new host started and {} steps answered from the journal | {:.1} ms in all | | {:.2} us per step |",
         n + 1,
         took.as_secs_f64() * 1e3,
         us(took) / (n + 1) as f64

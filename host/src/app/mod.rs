@@ -388,7 +388,7 @@ macro_rules! app_host {
                 let Some(journal) = &self.journal else {
                     return Ok(value);
                 };
-                Ok(crate::journal::journaled(
+                Ok(crate::journal::journaled_read(
                     journal,
                     format!("config {key}"),
                     async move { value },

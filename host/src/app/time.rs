@@ -14,6 +14,15 @@ pub(super) async fn sleep(cancel: Arc<CancelSignal>, ms: u64) -> Result<(), Gues
     if cancel.is_cancelled() {
         return Err(GuestError::Cancelled);
     }
+    // No time to wait: a yield to the worker's other tasks, not a timer
+    // (whose tick is a millisecond).
+    if ms == 0 {
+        tokio::task::yield_now().await;
+        return match cancel.is_cancelled() {
+            true => Err(GuestError::Cancelled),
+            false => Ok(()),
+        };
+    }
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(()),
         _ = cancel.cancelled() => Err(GuestError::Cancelled),

@@ -92,11 +92,18 @@ plugin! {
         Ok(samples)
     }
 
-    /// `n` `app.sleep(0)` calls, then a sleep of `then_ms`: for the
-    /// journal's cost (each sleep of a resuming task is a journaled step).
-    fn sleeps(app: &App, n: u64, then_ms: Option<u64>) -> Result<u64> {
-        for _ in 0..n {
-            app.sleep(0)?;
+    /// For the journal's cost: `n` host calls of one kind (`read`: an
+    /// `app.config` read; `write`: a key-value set), then a sleep of
+    /// `then_ms` if given. Each is a journaled step of a resuming task.
+    fn journaled_calls(app: &App, kind: String, n: u64, then_ms: Option<u64>) -> Result<u64> {
+        let bucket = app.kv("bench")?;
+        for i in 0..n {
+            match kind.as_str() {
+                "read" => {
+                    let _: Option<serde_json::Value> = app.config("greeting")?;
+                }
+                _ => bucket.set("k", &i)?,
+            }
         }
         if let Some(ms) = then_ms {
             app.sleep(ms)?;
