@@ -264,24 +264,9 @@ impl Journal {
         } else {
             live
         };
-        let step = JournalStep {
-            index: state.next,
-            call: kind.into(),
-            outcome: value.to_le_bytes().to_vec(),
-            at_ms: now_ms(),
-            micros: 0,
-        };
-        if state.bytes + step.size() > self.limit {
-            state.failed = Some(JournalError::Limit {
-                limit: self.limit,
-                step: step.index,
-                call: step.call,
-            });
-            return value;
-        }
-        state.next += 1;
-        state.bytes += step.size();
-        state.pending.push(step);
+        drop(state);
+        // A full journal stops it (kept in `failed`); the reading stands.
+        let _ = self.defer(kind.into(), value.to_le_bytes().to_vec(), Instant::now());
         value
     }
 
@@ -320,34 +305,8 @@ impl Journal {
         outcome: Vec<u8>,
         began: Instant,
     ) -> Result<u32, JournalError> {
-        let (index, steps) = {
-            let mut state = self.state();
-            if let Some(failed) = &state.failed {
-                return Err(failed.clone());
-            }
-            let step = JournalStep {
-                index: state.next,
-                call,
-                outcome,
-                at_ms: now_ms(),
-                micros: began.elapsed().as_micros() as u64,
-            };
-            if state.bytes + step.size() > self.limit {
-                let error = JournalError::Limit {
-                    limit: self.limit,
-                    step: step.index,
-                    call: step.call,
-                };
-                state.failed = Some(error.clone());
-                return Err(error);
-            }
-            state.next += 1;
-            state.bytes += step.size();
-            let index = step.index;
-            let mut steps = std::mem::take(&mut state.pending);
-            steps.push(step);
-            (index, steps)
-        };
+        let index = self.defer(call, outcome, began)?;
+        let steps = std::mem::take(&mut self.state().pending);
         let count = steps.len() as u64;
         if let Err(error) = self.store.append_steps(self.seq, steps).await {
             let error = JournalError::Storage(format!("{error:#}"));
@@ -363,12 +322,13 @@ impl Journal {
     /// nothing outside the task, so only what follows it needs it
     /// recorded first; a crash before then loses a read nothing depended
     /// on.
+    /// Returns the step's index.
     pub(crate) fn defer(
         &self,
         call: String,
         outcome: Vec<u8>,
         began: Instant,
-    ) -> Result<(), JournalError> {
+    ) -> Result<u32, JournalError> {
         let mut state = self.state();
         if let Some(failed) = &state.failed {
             return Err(failed.clone());
@@ -391,8 +351,9 @@ impl Journal {
         }
         state.next += 1;
         state.bytes += step.size();
+        let index = step.index;
         state.pending.push(step);
-        Ok(())
+        Ok(index)
     }
 
     /// What stopped the journal, if anything did: the attempt fails with it.
@@ -429,18 +390,7 @@ pub(crate) async fn journaled_read<T, F>(
 where
     F: std::future::Future<Output = T>,
 {
-    if let Some((_, recorded)) = journal.replay(&call)? {
-        return decode(&recorded).ok_or_else(|| {
-            JournalError::Storage(format!(
-                "the recorded answer to `{call}` does not read back (the journal was changed \
-                 outside taskhost)"
-            ))
-        });
-    }
-    let began = Instant::now();
-    let answer = live.await;
-    journal.defer(call, encode(&answer), began)?;
-    Ok(answer)
+    answered(journal, call, live, encode, decode, false).await
 }
 
 /// Runs a journaled call: its recorded answer when replaying (`decode`
@@ -456,6 +406,22 @@ pub(crate) async fn journaled<T, F>(
 where
     F: std::future::Future<Output = T>,
 {
+    answered(journal, call, live, encode, decode, true).await
+}
+
+/// [`journaled`] (`wait`: committed before it returns) or
+/// [`journaled_read`].
+async fn answered<T, F>(
+    journal: &Journal,
+    call: String,
+    live: F,
+    encode: impl FnOnce(&T) -> Vec<u8>,
+    decode: impl FnOnce(&[u8]) -> Option<T>,
+    wait: bool,
+) -> Result<T, JournalError>
+where
+    F: std::future::Future<Output = T>,
+{
     if let Some((_, recorded)) = journal.replay(&call)? {
         return decode(&recorded).ok_or_else(|| {
             JournalError::Storage(format!(
@@ -466,7 +432,10 @@ where
     }
     let began = Instant::now();
     let answer = live.await;
-    journal.record(call, encode(&answer), began).await?;
+    match wait {
+        true => journal.record(call, encode(&answer), began).await?,
+        false => journal.defer(call, encode(&answer), began)?,
+    };
     Ok(answer)
 }
 
