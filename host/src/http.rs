@@ -511,19 +511,28 @@ impl Sending {
         let target = format!("{} {} body:{digest}", parts.method, parts.uri);
         let intent_call = format!("http intent {target}");
         let answer_call = format!("http {target}");
-        let intent = match journal.replay(&intent_call).map_err(journal_failed)? {
-            Some((index, _)) => index,
-            None => journal
-                .record(intent_call, Vec::new(), Instant::now())
-                .await
-                .map_err(journal_failed)?,
+        // The intent's nonce makes its Idempotency-Key: the same when the
+        // request is sent again after a crash (it is read back), another
+        // for a retry's (which starts a journal afresh).
+        let (intent, nonce) = match journal.replay(&intent_call).map_err(journal_failed)? {
+            Some((index, nonce)) => (index, nonce),
+            None => {
+                let mut nonce = [0u8; 8];
+                let _ = getrandom::fill(&mut nonce);
+                let index = journal
+                    .record(intent_call, nonce.to_vec(), Instant::now())
+                    .await
+                    .map_err(journal_failed)?;
+                (index, nonce.to_vec())
+            }
         };
+        let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
         let ready: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async { Ok(()) });
         if let Some((_, recorded)) = journal.replay(&answer_call).map_err(journal_failed)? {
             drop(guard);
             return decode_answer(&recorded).map(|response| (response, ready));
         }
-        if let Ok(value) = http::HeaderValue::from_str(&format!("{key}/{intent}")) {
+        if let Ok(value) = http::HeaderValue::from_str(&format!("{key}/{intent}-{nonce}")) {
             parts.headers.insert("idempotency-key", value);
         }
         let request = http::Request::from_parts(
@@ -557,8 +566,15 @@ async fn receive(
     limit: usize,
 ) -> Answer {
     let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
-    // The connection's own future runs while the body is read.
-    let io = tokio::spawn(io);
+    // The connection's own future runs while the body is read, and stops
+    // with it however the read ends.
+    struct Connection(tokio::task::JoinHandle<Result<(), Error>>);
+    impl Drop for Connection {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _connection = Connection(tokio::spawn(io));
     let (parts, body) = response.into_parts();
     let body = Limited::new(body, limit).collect().await.map_err(|error| {
         match error.downcast::<Error>() {
@@ -568,7 +584,6 @@ async fn receive(
             )),
         }
     })?;
-    io.abort();
     let headers = parts
         .headers
         .iter()

@@ -110,6 +110,10 @@ pub(crate) struct Journal {
     /// `[limits] journal_bytes`.
     limit: usize,
     metrics: crate::metrics::JournalMetrics,
+    /// The task's cancel: once it fires (an operator's cancel, the host
+    /// stopping) nothing more is recorded, so a resumed run replays only
+    /// what the task did before it was stopped.
+    cancel: Arc<crate::task::CancelSignal>,
     state: Mutex<State>,
 }
 
@@ -154,6 +158,7 @@ impl Journal {
         seq: u64,
         limit: usize,
         metrics: crate::metrics::JournalMetrics,
+        cancel: Arc<crate::task::CancelSignal>,
     ) -> anyhow::Result<Arc<Journal>> {
         let steps = store.steps(seq).await?;
         let bytes = steps.iter().map(JournalStep::size).sum();
@@ -185,6 +190,7 @@ impl Journal {
             store,
             limit,
             metrics,
+            cancel,
             state: Mutex::new(State {
                 recorded,
                 walls,
@@ -306,9 +312,15 @@ impl Journal {
         began: Instant,
     ) -> Result<u32, JournalError> {
         let index = self.defer(call, outcome, began)?;
-        let steps = std::mem::take(&mut self.state().pending);
-        let count = steps.len() as u64;
-        if let Err(error) = self.store.append_steps(self.seq, steps).await {
+        // Queued under the lock, so steps reach the store in their order
+        // whichever thread records them.
+        let (appended, count) = {
+            let mut state = self.state();
+            let steps = std::mem::take(&mut state.pending);
+            let count = steps.len() as u64;
+            (self.store.append_steps(self.seq, steps), count)
+        };
+        if let Err(error) = appended.await {
             let error = JournalError::Storage(format!("{error:#}"));
             self.state().failed = Some(error.clone());
             return Err(error);
@@ -332,6 +344,9 @@ impl Journal {
         let mut state = self.state();
         if let Some(failed) = &state.failed {
             return Err(failed.clone());
+        }
+        if self.cancel.is_cancelled() {
+            return Ok(state.next);
         }
         let step = JournalStep {
             index: state.next,
@@ -498,16 +513,28 @@ mod tests {
         let store = store(dir.path());
         let seq = task(&store).await;
         // The first run: a seed, two calls; a third is cut off by a crash.
-        let first = Journal::open(store.clone(), seq, 1 << 20, Default::default())
-            .await
-            .unwrap();
+        let first = Journal::open(
+            store.clone(),
+            seq,
+            1 << 20,
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
         let seed = first.seed();
         assert_eq!(call(&first, "kv get a", "1").await.unwrap(), "1");
         assert_eq!(call(&first, "sleep 5", "99").await.unwrap(), "99");
         // The run after it: the same seed and answers, whatever live says.
-        let second = Journal::open(store.clone(), seq, 1 << 20, Default::default())
-            .await
-            .unwrap();
+        let second = Journal::open(
+            store.clone(),
+            seq,
+            1 << 20,
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(second.seed(), seed);
         assert_eq!(call(&second, "kv get a", "2").await.unwrap(), "1");
         assert_eq!(call(&second, "sleep 5", "100").await.unwrap(), "99");
@@ -522,9 +549,15 @@ mod tests {
             .collect();
         assert_eq!(steps, ["seed", "kv get a", "sleep 5", "kv get b"]);
         // A third run that calls something else at step 2 fails there.
-        let third = Journal::open(store.clone(), seq, 1 << 20, Default::default())
-            .await
-            .unwrap();
+        let third = Journal::open(
+            store.clone(),
+            seq,
+            1 << 20,
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
         call(&third, "kv get a", "").await.unwrap();
         let error = call(&third, "sleep 6", "").await.unwrap_err();
         assert!(
@@ -543,17 +576,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
         let seq = task(&store).await;
-        let first = Journal::open(store.clone(), seq, 1 << 20, Default::default())
-            .await
-            .unwrap();
+        let first = Journal::open(
+            store.clone(),
+            seq,
+            1 << 20,
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(first.clock(WALL, 1_000), 1_000);
         assert_eq!(first.clock(MONOTONIC, 500), 500);
         // Readings are committed with the next call.
         call(&first, "sleep 1", "0").await.unwrap();
         // A new process: its clocks read otherwise.
-        let second = Journal::open(store.clone(), seq, 1 << 20, Default::default())
-            .await
-            .unwrap();
+        let second = Journal::open(
+            store.clone(),
+            seq,
+            1 << 20,
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(second.clock(WALL, 9_999), 1_000);
         assert_eq!(second.clock(MONOTONIC, 20), 500);
         call(&second, "sleep 1", "x").await.unwrap();
@@ -563,9 +608,15 @@ mod tests {
         assert_eq!(second.clock(WALL, 9_999), 9_999);
         // Each clock is read back in its own order, whatever the order
         // between them (an engine reads its clocks for its own ends).
-        let third = Journal::open(store.clone(), seq, 1 << 20, Default::default())
-            .await
-            .unwrap();
+        let third = Journal::open(
+            store.clone(),
+            seq,
+            1 << 20,
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(third.clock(MONOTONIC, 7), 500);
         assert_eq!(third.clock(WALL, 7), 1_000);
         assert!(third.failed().is_none());
@@ -576,18 +627,60 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
         let seq = task(&store).await;
-        let first = Journal::open(store.clone(), seq, 1 << 20, Default::default())
-            .await
-            .unwrap();
+        let first = Journal::open(
+            store.clone(),
+            seq,
+            1 << 20,
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
         call(&first, "sleep 1", "a").await.unwrap();
         let seed = first.seed();
         call(&first, "sleep 2", "b").await.unwrap();
-        let second = Journal::open(store.clone(), seq, 1 << 20, Default::default())
-            .await
-            .unwrap();
+        let second = Journal::open(
+            store.clone(),
+            seq,
+            1 << 20,
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(call(&second, "sleep 1", "").await.unwrap(), "a");
         assert_eq!(second.seed(), seed);
         assert_eq!(call(&second, "sleep 2", "").await.unwrap(), "b");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_recorded_once_the_task_is_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let seq = task(&store).await;
+        let cancel = Arc::new(crate::task::CancelSignal::default());
+        let journal = Journal::open(
+            store.clone(),
+            seq,
+            1 << 20,
+            Default::default(),
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        call(&journal, "sleep 1", "a").await.unwrap();
+        // The host stops: what the task does on its way out (a write after
+        // a cancelled call) is not what a resumed run must replay.
+        cancel.cancel();
+        call(&journal, "kv set status failed", "").await.unwrap();
+        let steps: Vec<String> = store
+            .steps(seq)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.call)
+            .collect();
+        assert_eq!(steps, ["sleep 1"]);
     }
 
     #[tokio::test]
@@ -595,9 +688,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
         let seq = task(&store).await;
-        let journal = Journal::open(store.clone(), seq, 64, Default::default())
-            .await
-            .unwrap();
+        let journal = Journal::open(
+            store.clone(),
+            seq,
+            64,
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
         call(&journal, "kv get a", "short").await.unwrap();
         let error = call(&journal, "kv get b", &"x".repeat(100))
             .await

@@ -408,9 +408,10 @@ macro_rules! app_host {
                     span.with("taskhost.sleep_ms", Attr::Int(i64::try_from(ms).unwrap_or(i64::MAX)))
                 });
                 // A resuming task sleeps until the end its journal gives.
+                // (A sleep of 0 is a yield: nothing to journal.)
                 let ms = match &self.journal {
-                    Some(journal) => crate::journal::sleep_until(journal, ms).await?,
-                    None => ms,
+                    Some(journal) if ms > 0 => crate::journal::sleep_until(journal, ms).await?,
+                    _ => ms,
                 };
                 let slept = time::sleep(self.cancel.clone(), ms).await;
                 CallSpan::end_with(span, &slept);

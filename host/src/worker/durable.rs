@@ -30,6 +30,7 @@ impl WorkerCtx {
         &self,
         seq: u64,
         afresh: bool,
+        cancel: Arc<crate::task::CancelSignal>,
     ) -> Result<Arc<crate::journal::Journal>, String> {
         let store = self.records();
         if afresh {
@@ -42,6 +43,7 @@ impl WorkerCtx {
             seq,
             self.env.app.limits.journal_bytes,
             self.env.metrics.journal.clone(),
+            cancel,
         )
         .await
         .map_err(|error| format!("cannot read the task's journal: {error:#}"))

@@ -954,10 +954,9 @@ impl Run {
             // replay would only fail again the same way).
             let journal = match &durable {
                 Some(durable) if durable.resume => {
-                    match worker
-                        .journal(durable.seq, attempt > durable.first_attempt)
-                        .await
-                    {
+                    let afresh = attempt > durable.first_attempt;
+                    let cancel = task_handle.signal().clone();
+                    match worker.journal(durable.seq, afresh, cancel).await {
                         Ok(journal) => Some(journal),
                         Err(error) => break Outcome::Failed { error },
                     }
