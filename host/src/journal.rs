@@ -495,6 +495,19 @@ mod tests {
         }
     }
 
+    /// The journal of task `seq` as a run of it opens it (1 MiB).
+    async fn reopen(store: &Arc<dyn TaskStore>, seq: u64) -> Arc<Journal> {
+        Journal::open(
+            store.clone(),
+            seq,
+            1 << 20,
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+    }
+
     async fn call(journal: &Journal, call: &str, answer: &str) -> Result<String, JournalError> {
         let answer = answer.to_string();
         journaled(
@@ -513,28 +526,12 @@ mod tests {
         let store = store(dir.path());
         let seq = task(&store).await;
         // The first run: a seed, two calls; a third is cut off by a crash.
-        let first = Journal::open(
-            store.clone(),
-            seq,
-            1 << 20,
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        let first = reopen(&store, seq).await;
         let seed = first.seed();
         assert_eq!(call(&first, "kv get a", "1").await.unwrap(), "1");
         assert_eq!(call(&first, "sleep 5", "99").await.unwrap(), "99");
         // The run after it: the same seed and answers, whatever live says.
-        let second = Journal::open(
-            store.clone(),
-            seq,
-            1 << 20,
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        let second = reopen(&store, seq).await;
         assert_eq!(second.seed(), seed);
         assert_eq!(call(&second, "kv get a", "2").await.unwrap(), "1");
         assert_eq!(call(&second, "sleep 5", "100").await.unwrap(), "99");
@@ -549,15 +546,7 @@ mod tests {
             .collect();
         assert_eq!(steps, ["seed", "kv get a", "sleep 5", "kv get b"]);
         // A third run that calls something else at step 2 fails there.
-        let third = Journal::open(
-            store.clone(),
-            seq,
-            1 << 20,
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        let third = reopen(&store, seq).await;
         call(&third, "kv get a", "").await.unwrap();
         let error = call(&third, "sleep 6", "").await.unwrap_err();
         assert!(
@@ -576,29 +565,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
         let seq = task(&store).await;
-        let first = Journal::open(
-            store.clone(),
-            seq,
-            1 << 20,
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        let first = reopen(&store, seq).await;
         assert_eq!(first.clock(WALL, 1_000), 1_000);
         assert_eq!(first.clock(MONOTONIC, 500), 500);
         // Readings are committed with the next call.
         call(&first, "sleep 1", "0").await.unwrap();
         // A new process: its clocks read otherwise.
-        let second = Journal::open(
-            store.clone(),
-            seq,
-            1 << 20,
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        let second = reopen(&store, seq).await;
         assert_eq!(second.clock(WALL, 9_999), 1_000);
         assert_eq!(second.clock(MONOTONIC, 20), 500);
         call(&second, "sleep 1", "x").await.unwrap();
@@ -608,15 +581,7 @@ mod tests {
         assert_eq!(second.clock(WALL, 9_999), 9_999);
         // Each clock is read back in its own order, whatever the order
         // between them (an engine reads its clocks for its own ends).
-        let third = Journal::open(
-            store.clone(),
-            seq,
-            1 << 20,
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        let third = reopen(&store, seq).await;
         assert_eq!(third.clock(MONOTONIC, 7), 500);
         assert_eq!(third.clock(WALL, 7), 1_000);
         assert!(third.failed().is_none());
@@ -627,27 +592,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
         let seq = task(&store).await;
-        let first = Journal::open(
-            store.clone(),
-            seq,
-            1 << 20,
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        let first = reopen(&store, seq).await;
         call(&first, "sleep 1", "a").await.unwrap();
         let seed = first.seed();
         call(&first, "sleep 2", "b").await.unwrap();
-        let second = Journal::open(
-            store.clone(),
-            seq,
-            1 << 20,
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        let second = reopen(&store, seq).await;
         assert_eq!(call(&second, "sleep 1", "").await.unwrap(), "a");
         assert_eq!(second.seed(), seed);
         assert_eq!(call(&second, "sleep 2", "").await.unwrap(), "b");

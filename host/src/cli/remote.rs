@@ -658,10 +658,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             common,
         } => {
             let client = connect(&common)?;
-            let id = match task.parse::<u64>() {
-                Ok(id) => id,
-                Err(_) => task_id_by_name(&client, &task, worker).await?,
-            };
+            let id = task_id(&client, &task, worker).await?;
             print_logs(&client, id, follow, common.json).await?;
         }
         Verb::Journal {
@@ -670,10 +667,7 @@ async fn execute(verb: Verb) -> Result<(), ClientError> {
             common,
         } => {
             let client = connect(&common)?;
-            let id = match task.parse::<u64>() {
-                Ok(id) => id,
-                Err(_) => task_id_by_name(&client, &task, worker).await?,
-            };
+            let id = task_id(&client, &task, worker).await?;
             let journal = client
                 .call(&routes::TASK_JOURNAL, &[&id.to_string()], &())
                 .await?;
@@ -1512,6 +1506,18 @@ async fn list_tasks(
 /// A listing gathered from a cluster's hosts, entry by entry.
 /// The id of the task named `name` (on `worker`, if given): one task, or
 /// an error that says what to pass.
+/// A task given as its id (digits only) or its name: its id.
+async fn task_id(
+    client: &Client,
+    task: &str,
+    worker: Option<WorkerId>,
+) -> Result<u64, ClientError> {
+    match task.parse::<u64>() {
+        Ok(id) => Ok(id),
+        Err(_) => task_id_by_name(client, task, worker).await,
+    }
+}
+
 async fn task_id_by_name(
     client: &Client,
     name: &str,
