@@ -26,6 +26,8 @@ pub struct Application {
     loader: PluginLoader,
     app: Arc<AppContext>,
     plugins: BTreeMap<String, Arc<Plugin>>,
+    /// Their components, which the launch hands to the storage to keep.
+    components: BTreeMap<String, Vec<u8>>,
 }
 
 /// How long shutdown waits, beyond the grace period, for the public
@@ -111,6 +113,7 @@ impl Application {
         let file = config.source.display().to_string();
 
         let mut plugins = BTreeMap::new();
+        let mut components = BTreeMap::new();
         for (name, plugin) in &config.plugins {
             let path = match &plugin.source {
                 PluginSource::File(path) => path.clone(),
@@ -127,7 +130,8 @@ impl Application {
                 .load(name, &path)
                 .await
                 .with_context(|| format!("{file}: [plugins.{name}]"))?;
-            plugins.insert(name.clone(), Arc::new(loaded));
+            plugins.insert(name.clone(), Arc::new(loaded.plugin));
+            components.insert(name.clone(), loaded.component);
         }
 
         for task in &config.tasks {
@@ -174,6 +178,7 @@ impl Application {
             loader,
             app,
             plugins,
+            components,
         })
     }
 
@@ -209,6 +214,7 @@ impl Application {
             self.loader,
             self.app,
             self.plugins,
+            self.components,
             crate::storage::Storage::sqlite(store),
             metrics,
         )

@@ -8,7 +8,7 @@ use crate::engine::EpochTicker;
 use crate::events::EventHub;
 use crate::lifecycle::LifecycleEvent;
 use crate::metrics::Metrics;
-use crate::plugin::{LoadError, Plugin, PluginLoader};
+use crate::plugin::{LoadError, Loaded, Plugin, PluginLoader};
 use crate::registry::{AddTaskError, Added, TaskHandle};
 use crate::scheduler::Scheduler;
 use crate::task::{TaskInfo, TaskState, WorkerId};
@@ -66,7 +66,6 @@ pub enum CancelError {
 /// A running application.
 pub struct Host {
     config: AppConfig,
-    loader: PluginLoader,
     env: Arc<TaskEnv>,
     main: Worker,
     workers: Vec<Worker>,
@@ -162,6 +161,7 @@ impl Host {
         loader: PluginLoader,
         app: Arc<AppContext>,
         plugins: BTreeMap<String, Arc<Plugin>>,
+        components: BTreeMap<String, Vec<u8>>,
         storage: crate::storage::Storage,
         storage_metrics: crate::storage::StorageMetrics,
     ) -> Result<Host> {
@@ -209,7 +209,16 @@ impl Host {
             remote: std::sync::OnceLock::new(),
             stopping: AtomicBool::new(false),
             queues,
+            loader,
+            first_builds: Mutex::default(),
         });
+        // Each loaded build is kept (once) while a task that resumes may
+        // need it.
+        for (name, component) in components {
+            if let Some(plugin) = env.plugin(&name) {
+                env.keep_build(&plugin, component).await;
+            }
+        }
         // Joined before any task runs, so waiters hear the other hosts'
         // events from the start.
         let cluster = match connection {
@@ -222,7 +231,6 @@ impl Host {
         let mut host = Host {
             cluster,
             config,
-            loader,
             env,
             main,
             workers: Vec::new(),
@@ -242,6 +250,9 @@ impl Host {
             .await
             .with_context(|| format!("{}: [storage]", host.config.source.display()))?;
         host.main_handles.extend(recovered);
+        // The builds no unfinished task began on go once it has resumed
+        // (those that run now hold theirs).
+        host.env.drop_builds().await;
         let main_tasks: Vec<TaskConfig> = host.startup_tasks(Scope::Main).cloned().collect();
         for task in &main_tasks {
             let handle = host.spawn_startup(host.main.ctx(), task).await?;
@@ -691,9 +702,20 @@ impl Host {
         });
         let mut retired = self.retired_builds();
         retired.retain(|build| build.strong_count() > 0);
+        // The builds resumed tasks run on (loaded again from storage) are
+        // draining too.
+        let resumed: Vec<Arc<Plugin>> = self
+            .env
+            .first_builds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
         let draining: Vec<Build> = retired
             .iter()
             .filter_map(Weak::upgrade)
+            .chain(resumed)
             .map(|plugin| Build {
                 live_tasks: count(&plugin),
                 serving: false,
@@ -753,8 +775,8 @@ impl Host {
     /// that does not compile or does not fit the world is refused and the
     /// old version keeps serving.
     pub async fn load_plugin(&self, name: &str, path: &Path) -> Result<Arc<Plugin>, LoadError> {
-        let loaded = self.loader.load(name, path).await;
-        self.install_plugin(name, path, loaded)
+        let loaded = self.env.loader.load(name, path).await;
+        self.install_plugin(name, path, loaded).await
     }
 
     /// [`Host::load_plugin`] for a component in memory (a cluster's
@@ -765,19 +787,24 @@ impl Host {
         from: &Path,
         bytes: Vec<u8>,
     ) -> Result<Arc<Plugin>, LoadError> {
-        let loaded = self.loader.load_component(name, from, bytes).await;
-        self.install_plugin(name, from, loaded)
+        let loaded = self.env.loader.load_component(name, from, bytes).await;
+        self.install_plugin(name, from, loaded).await
     }
 
-    /// Swaps a loaded build in, or says why it was refused.
-    fn install_plugin(
+    /// Swaps a loaded build in, or says why it was refused. Its component
+    /// is kept first, so a task that resumes is never begun on a build
+    /// the storage does not have.
+    async fn install_plugin(
         &self,
         name: &str,
         path: &Path,
-        loaded: Result<Plugin, LoadError>,
+        loaded: Result<Loaded, LoadError>,
     ) -> Result<Arc<Plugin>, LoadError> {
         let plugin = match loaded {
-            Ok(plugin) => Arc::new(plugin),
+            Ok(Loaded { plugin, component }) => {
+                self.env.keep_build(&plugin, component).await;
+                Arc::new(plugin)
+            }
             Err(error) => {
                 self.refuse_plugin(name, path, &error);
                 return Err(error);
@@ -805,6 +832,8 @@ impl Host {
             );
             self.retired_builds().push(Arc::downgrade(&previous));
             // Dropped here if none of its tasks runs: announced at once.
+            drop(previous);
+            self.env.drop_builds().await;
         }
         Ok(plugin)
     }

@@ -41,6 +41,16 @@ pub enum LoadError {
     Refused(anyhow::Error),
 }
 
+/// A plugin just loaded, with the component it was loaded from: kept by
+/// the host's storage so that a task resuming from its journal can run
+/// again on this build once another replaced it.
+pub struct Loaded {
+    /// The plugin, ready to start tasks from.
+    pub plugin: Plugin,
+    /// The component's bytes.
+    pub component: Vec<u8>,
+}
+
 /// Loads plugins for one engine, with the imports every task gets: WASI p2
 /// (capabilities decided per task, see `app::TaskData`) and the `app` handle.
 pub struct PluginLoader {
@@ -79,7 +89,7 @@ impl PluginLoader {
     /// Reads, compiles and links the component at `path` as plugin `name`,
     /// then asks it for its factories. Reading and compiling happen off the
     /// async threads: a slow disk or a big component stalls nothing else.
-    pub async fn load(&self, name: &str, path: &Path) -> Result<Plugin, LoadError> {
+    pub async fn load(&self, name: &str, path: &Path) -> Result<Loaded, LoadError> {
         check_plugin_name(name).map_err(LoadError::Refused)?;
         let file = path.display();
         let owned = path.to_path_buf();
@@ -110,7 +120,7 @@ impl PluginLoader {
         name: &str,
         from: &Path,
         bytes: Vec<u8>,
-    ) -> Result<Plugin, LoadError> {
+    ) -> Result<Loaded, LoadError> {
         check_plugin_name(name).map_err(LoadError::Refused)?;
         self.load_bytes(name, from, bytes)
             .await
@@ -118,7 +128,7 @@ impl PluginLoader {
     }
 
     /// [`PluginLoader::load`] once the file is read.
-    async fn load_bytes(&self, name: &str, path: &Path, bytes: Vec<u8>) -> Result<Plugin> {
+    async fn load_bytes(&self, name: &str, path: &Path, bytes: Vec<u8>) -> Result<Loaded> {
         let file = path.display();
         if !wasmparser::Parser::is_component(&bytes) {
             if wasmparser::Parser::is_core_wasm(&bytes) {
@@ -135,9 +145,10 @@ impl PluginLoader {
         // Reading the data segments of an 18 MB component and compiling
         // are CPU-bound: keep them off the async threads.
         let engines = self.engines.clone();
-        let (data_bytes, components) = tokio::task::spawn_blocking(move || {
+        let (data_bytes, components, bytes) = tokio::task::spawn_blocking(move || {
             let data_bytes = data_segment_bytes(&bytes);
-            (data_bytes, compile(&engines, &bytes, data_bytes))
+            let compiled = compile(&engines, &bytes, data_bytes);
+            (data_bytes, compiled, bytes)
         })
         .await
         .context("compiler thread failed")?;
@@ -189,7 +200,10 @@ impl PluginLoader {
                 description: f.description,
             })
             .collect();
-        Ok(plugin)
+        Ok(Loaded {
+            plugin,
+            component: bytes,
+        })
     }
 
     /// Asks the plugin whether `args` (JSON text) suit `factory`, without

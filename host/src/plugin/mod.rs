@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::broadcast;
 
 pub use crate::config::MAX_COMPONENT_BYTES;
-pub use load::{LoadError, PluginLoader, read_component};
+pub use load::{LoadError, Loaded, PluginLoader, read_component};
 
 /// One factory a plugin offers.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -237,6 +237,35 @@ pub trait TaskStore: Send + Sync + 'static {
         let _ = seq;
         Box::pin(async { Ok(Vec::new()) })
     }
+
+    /// Keeps `component`, build `version` (`sha256:...`, as
+    /// [`crate::task::TaskIdent::plugin_version`]) of plugin `plugin`, so
+    /// that a task resuming from its journal runs again on the build it
+    /// began with ([`super::journal`]); nothing when it is kept already.
+    /// A backend that keeps no journals keeps no builds.
+    fn keep_build(
+        &self,
+        plugin: &str,
+        version: &str,
+        component: Vec<u8>,
+    ) -> TaskStoreFuture<'_, ()> {
+        let _ = (plugin, version, component);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The component of build `version`, if it is kept.
+    fn kept_build(&self, version: &str) -> TaskStoreFuture<'_, Option<Vec<u8>>> {
+        let _ = version;
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Drops the kept builds that neither are in `serving` (the versions
+    /// loaded now) nor began an unfinished task that resumes; returns how
+    /// many went.
+    fn drop_builds(&self, serving: Vec<String>) -> TaskStoreFuture<'_, u64> {
+        let _ = serving;
+        Box::pin(async { Ok(0) })
+    }
 }
 
 /// How an outcome is stored: state, result, error, cancel stage.

@@ -268,10 +268,7 @@ impl WorkerCtx {
     /// Runs an unfinished durable task again, as its next attempt.
     async fn resume(self: &Arc<Self>, record: TaskRecord) -> Result<TaskHandle, AddTaskError> {
         let storage = self.records();
-        let plugin = self
-            .env
-            .plugin(&record.plugin)
-            .ok_or_else(|| AddTaskError::UnknownPlugin(record.plugin.clone()))?;
+        let plugin = self.env.build_of(&record).await?;
         let retry = match record.retry.as_ref().map(RetrySpec::policy).transpose() {
             Ok(retry) => retry,
             Err(error) => {

@@ -8,6 +8,7 @@
 //! Durable tasks (recorded in storage, run again after a crash) start here
 //! too, through `durable`.
 
+mod builds;
 mod durable;
 mod ready;
 mod supervision;
@@ -79,6 +80,11 @@ pub struct TaskEnv {
     pub stopping: AtomicBool,
     /// The app's queues (`[[queues]]`), shared by every worker.
     pub(crate) queues: Queues,
+    /// Loads plugins: hot-loads, and the builds resuming tasks began on.
+    pub(crate) loader: crate::plugin::PluginLoader,
+    /// The replaced builds loaded again for tasks that resume on them
+    /// (`builds`), by version, while one of their tasks holds them.
+    pub(crate) first_builds: std::sync::Mutex<std::collections::HashMap<String, Weak<Plugin>>>,
 }
 
 /// What starting tasks on other hosts resolves to: where each runs, or

@@ -570,6 +570,83 @@ fn a_task_that_calls_differently_on_replay_fails_naming_the_step() {
     assert_eq!(host.finish().code, Some(0));
 }
 
+/// A task that resumes runs again on the build it began with: after the
+/// crash app.toml points its plugin at another component (one without
+/// the task's factory), and the task still resumes and ends on its first
+/// build, which the storage kept, while new tasks get the new one.
+#[test]
+fn a_resuming_task_resumes_on_the_build_it_began_with() {
+    let app = app();
+    let host = app.spawn();
+    let added = app.cli(&[
+        "add",
+        "kit",
+        "resumable",
+        "--args",
+        r#"{"pauses": [100, 3000]}"#,
+        "--name",
+        "first-build",
+        "--resume",
+    ]);
+    assert_eq!(added.code, Some(0), "{}", added.dump());
+    let (api, _) = Api::of(&app);
+    let task =
+        |api: &Api| api.get(&format!("{}?name=first-build", routes::LIST_TASKS.path))[0].clone();
+    let began_on = task(&api)["plugin_version"].as_str().unwrap().to_string();
+    taskhost_tests::poll_until(taskhost_tests::secs(30), taskhost_tests::millis(20), || {
+        let id = task(&api)["id"].clone();
+        let journal = api.get(&routes::TASK_JOURNAL.path.replace("{id}", &id.to_string()));
+        let calls = journal["steps"].as_array().cloned().unwrap_or_default();
+        match calls.iter().any(|s| s["call"] == "sleep 3000") {
+            true => Ok(()),
+            false => Err(format!("{journal}")),
+        }
+    });
+    host.signal("KILL");
+    let first = host.finish();
+    let drawn = random_logged(&first.lines, "first-build").expect("the first run drew a number");
+    // Another component serves as `kit` from now on.
+    let toml = std::fs::read_to_string(app.path()).unwrap();
+    let testkit = taskhost_tests::plugin("testkit").display().to_string();
+    let examples = taskhost_tests::plugin("examples").display().to_string();
+    std::fs::write(app.path(), toml.replace(&testkit, &examples)).unwrap();
+
+    let mut host = app.spawn();
+    let waited = app.cli(&["wait", "first-build", "--json"]);
+    assert_eq!(waited.code, Some(0), "{}", waited.dump());
+    let (api, _) = Api::of(&app);
+    let done = task(&api);
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["plugin_version"], began_on.as_str(), "{done}");
+    let result: Value = serde_json::from_str(done["result"].as_str().unwrap()).unwrap();
+    assert_eq!(result["random"], drawn, "{result}");
+    assert_eq!(result["attempt"], 2, "{result}");
+    let resumes_on = |l: &Value| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("first-build resumes on build"))
+    };
+    host.wait_for(1, resumes_on);
+    let said = host.seen().iter().find(|l| resumes_on(l)).unwrap();
+    assert!(
+        said["message"].as_str().unwrap().contains(&began_on),
+        "{said}"
+    );
+    // New tasks start on the build serving now, which has no such factory.
+    let serving = api.get(routes::PLUGINS.path);
+    let kit = serving
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "kit")
+        .unwrap_or_else(|| panic!("{serving}"));
+    assert_ne!(kit["version"], began_on.as_str(), "{kit}");
+    let refused = app.cli(&["add", "kit", "resumable", "--resume"]);
+    assert_ne!(refused.code, Some(0), "{}", refused.dump());
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
+}
+
 /// A resuming task's event and config value come from its journal: after
 /// the restart it does not wait for the event again (nobody dispatches it),
 /// and it reads the greeting app.toml had before, not the one it has now.

@@ -54,8 +54,9 @@ const LEGACY_FILE: &str = "kv.sqlite3";
 /// key-value state only, 2 adds durable tasks, 3 schedules, 4 queues'
 /// settings and dead letters, 5 where a durable task waits (`queued`), 6
 /// the trace a durable task's runs join (`traceparent`), 7 journals of
-/// durable tasks that resume (`resume`, `journal`).
-const SCHEMA_VERSION: i64 = 7;
+/// durable tasks that resume (`resume`, `journal`), 8 the builds they
+/// began on (`builds`).
+const SCHEMA_VERSION: i64 = 8;
 
 /// Values are blobs in a rowid table (SQLite keeps big blobs out of the
 /// key's b-tree that way); `buckets` keeps each bucket's key and byte
@@ -156,6 +157,31 @@ BEGIN
     DELETE FROM journal WHERE seq = old.seq;
 END;
 ";
+
+/// The builds resuming tasks began on (layout 8): a component per version,
+/// kept while it is loaded or an unfinished task that resumes began on it
+/// (`TaskStore::keep_build`, `drop_builds`).
+const BUILDS_SCHEMA: &str = "
+CREATE TABLE builds (
+    version TEXT PRIMARY KEY,
+    plugin TEXT NOT NULL,
+    component BLOB NOT NULL,
+    kept_ms INTEGER NOT NULL
+);
+";
+
+/// How each layout is reached from the one before: `LAYOUTS[n]` takes a
+/// file of layout `n` to `n + 1`, saying what it adds (for the error).
+const LAYOUTS: [(&str, &str); SCHEMA_VERSION as usize] = [
+    ("create the tables", SCHEMA),
+    ("add the durable task table", TASKS_SCHEMA),
+    ("add the schedule table", SCHEDULES_SCHEMA),
+    ("add the queue tables", QUEUES_SCHEMA),
+    ("add the durable tasks' queue column", QUEUED_COLUMN),
+    ("add the durable tasks' trace column", TRACE_COLUMN),
+    ("add the journal table", JOURNAL_SCHEMA),
+    ("add the table of kept builds", BUILDS_SCHEMA),
+];
 
 /// How a store is opened: the key-value limits, whether commits wait for
 /// the disk, and how many ended durable tasks it keeps.
@@ -653,50 +679,23 @@ impl SqliteStore {
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .with_context(|| format!("{file}: not a readable SQLite database"))?;
         match version {
-            0 => conn
-                .execute_batch(&format!(
-                    "BEGIN; {SCHEMA} {TASKS_SCHEMA} {SCHEDULES_SCHEMA} {QUEUES_SCHEMA} \
-                     {QUEUED_COLUMN} {TRACE_COLUMN} {JOURNAL_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            0..SCHEMA_VERSION => {
+                // Every step from the file's layout to this one, in one
+                // transaction: a file is at one layout or the next, never
+                // in between.
+                let steps = &LAYOUTS[version as usize..];
+                let sql: String = steps.iter().map(|(_, sql)| *sql).collect();
+                conn.execute_batch(&format!(
+                    "BEGIN; {sql} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
-                .with_context(|| format!("{file}: cannot create the tables"))?,
-            1 => conn
-                .execute_batch(&format!(
-                    "BEGIN; {TASKS_SCHEMA} {SCHEDULES_SCHEMA} {QUEUES_SCHEMA} \
-                     {QUEUED_COLUMN} {TRACE_COLUMN} {JOURNAL_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                ))
-                .with_context(|| format!("{file}: cannot add the durable task table"))?,
-            2 => conn
-                .execute_batch(&format!(
-                    "BEGIN; {SCHEDULES_SCHEMA} {QUEUES_SCHEMA} {QUEUED_COLUMN} {TRACE_COLUMN} {JOURNAL_SCHEMA} \
-                     PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                ))
-                .with_context(|| format!("{file}: cannot add the schedule table"))?,
-            3 => conn
-                .execute_batch(&format!(
-                    "BEGIN; {QUEUES_SCHEMA} {QUEUED_COLUMN} {TRACE_COLUMN} {JOURNAL_SCHEMA} \
-                     PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                ))
-                .with_context(|| format!("{file}: cannot add the queue tables"))?,
-            4 => conn
-                .execute_batch(&format!(
-                    "BEGIN; {QUEUED_COLUMN} {TRACE_COLUMN} {JOURNAL_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                ))
-                .with_context(|| format!("{file}: cannot add the durable tasks' queue column"))?,
-            5 => conn
-                .execute_batch(&format!(
-                    "BEGIN; {TRACE_COLUMN} {JOURNAL_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                ))
-                .with_context(|| format!("{file}: cannot add the durable tasks' trace column"))?,
-            6 => conn
-                .execute_batch(&format!(
-                    "BEGIN; {JOURNAL_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                ))
-                .with_context(|| format!("{file}: cannot add the journal table"))?,
+                .with_context(|| format!("{file}: cannot {}", steps[0].0))?
+            }
             SCHEMA_VERSION => {}
-            newer => bail!(
+            newer if newer > SCHEMA_VERSION => bail!(
                 "{file}: written by a newer taskhost (layout {newer}; this one reads layout \
                  {SCHEMA_VERSION}): run that taskhost, or move the file away"
             ),
+            broken => bail!("{file}: not a taskhost database (layout {broken})"),
         }
         let last: i64 = conn
             .query_row("SELECT coalesce(max(version), 0) FROM entries", [], |row| {

@@ -435,6 +435,70 @@ impl TaskStore for SqliteStore {
         })
     }
 
+    fn keep_build(
+        &self,
+        plugin: &str,
+        version: &str,
+        component: Vec<u8>,
+    ) -> TaskStoreFuture<'_, ()> {
+        let (plugin, version) = (plugin.to_string(), version.to_string());
+        self.tasks(move |store| {
+            store.tasks_op("cannot keep a plugin's build", |inner| {
+                // Looked up first: a build loaded again (every start) is
+                // not written again.
+                let kept = inner
+                    .conn
+                    .prepare_cached("SELECT 1 FROM builds WHERE version = ?1")?
+                    .exists([&version])?;
+                if !kept {
+                    inner
+                        .conn
+                        .prepare_cached(
+                            "INSERT OR IGNORE INTO builds (version, plugin, component, kept_ms)
+                             VALUES (?1, ?2, ?3, ?4)",
+                        )?
+                        .execute(params![
+                            version,
+                            plugin,
+                            component,
+                            unix_millis(SystemTime::now()) as i64
+                        ])
+                        .with_context(|| format!("build {version} of plugin `{plugin}`"))?;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    fn kept_build(&self, version: &str) -> TaskStoreFuture<'_, Option<Vec<u8>>> {
+        let version = version.to_string();
+        self.tasks(move |store| {
+            store.tasks_op("cannot read a kept build", |inner| {
+                Ok(inner
+                    .conn
+                    .prepare_cached("SELECT component FROM builds WHERE version = ?1")?
+                    .query_row([&version], |row| row.get(0))
+                    .optional()?)
+            })
+        })
+    }
+
+    fn drop_builds(&self, serving: Vec<String>) -> TaskStoreFuture<'_, u64> {
+        self.tasks(move |store| {
+            store.tasks_op("cannot drop the kept builds no task needs", |inner| {
+                let serving = serde_json::to_string(&serving)?;
+                let dropped = inner.conn.execute(
+                    "DELETE FROM builds
+                     WHERE version NOT IN (SELECT value FROM json_each(?1))
+                       AND version NOT IN (SELECT plugin_version FROM durable_tasks
+                                           WHERE resume = 1 AND state = 'live')",
+                    [serving],
+                )?;
+                Ok(dropped as u64)
+            })
+        })
+    }
+
     fn purge_ended(&self) -> TaskStoreFuture<'_, u64> {
         self.tasks(move |store| {
             store.tasks_op("cannot purge the ended durable tasks", |inner| {
@@ -796,5 +860,35 @@ mod tests {
         );
         assert_eq!(block(store.purge_ended()), kept.len() as u64);
         assert!(block(store.recently_ended(100)).is_empty());
+    }
+
+    /// A build is kept once, read back whole, and dropped once it neither
+    /// serves nor began an unfinished task that resumes.
+    #[test]
+    fn a_build_is_kept_while_it_serves_or_a_resuming_task_began_on_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 10);
+        block(store.keep_build("kit", "1", vec![1; 1000]));
+        block(store.keep_build("kit", "1", vec![9; 10]));
+        block(store.keep_build("kit", "2", vec![2; 10]));
+        assert_eq!(block(store.kept_build("1")), Some(vec![1; 1000]));
+        assert_eq!(block(store.kept_build("3")), None);
+        // A resuming task began on build 1 (`new_task`'s version).
+        let resuming = NewTask {
+            resume: true,
+            ..new_task(Some("resumes"), None)
+        };
+        let Submitted::New(record) = block(store.submit(resuming)) else {
+            panic!("not new");
+        };
+        // 2 serves: neither goes.
+        assert_eq!(block(store.drop_builds(vec!["2".into()])), 0);
+        // 3 serves now: 2 goes, 1 stays for the task.
+        assert_eq!(block(store.drop_builds(vec!["3".into()])), 1);
+        assert_eq!(block(store.kept_build("2")), None);
+        let outcome = Outcome::Done { result: "1".into() };
+        block(store.ended(record.seq, &outcome, false));
+        assert_eq!(block(store.drop_builds(vec!["3".into()])), 1);
+        assert_eq!(block(store.kept_build("1")), None);
     }
 }
