@@ -570,6 +570,57 @@ fn a_task_that_calls_differently_on_replay_fails_naming_the_step() {
     assert_eq!(host.finish().code, Some(0));
 }
 
+/// `[limits] journal_bytes` bounds a resuming task's journal: the call
+/// that would take it past the limit fails the task, naming the limit,
+/// the step and the call, and what the journal holds stays under it.
+#[test]
+fn a_journal_past_its_limit_fails_its_task_naming_the_limit() {
+    let app = TestApp::new(
+        r#"
+        name = "durable"
+        [plugins.kit]
+        path = "{testkit}"
+        [limits]
+        journal_bytes = 300
+        "#,
+    );
+    let host = app.spawn();
+    let pauses = serde_json::to_string(&json!({ "pauses": vec![1; 40] })).unwrap();
+    let added = app.cli(&[
+        "add",
+        "kit",
+        "resumable",
+        "--args",
+        &pauses,
+        "--name",
+        "chatty",
+        "--resume",
+    ]);
+    assert_eq!(added.code, Some(0), "{}", added.dump());
+    let waited = app.cli(&["wait", "chatty", "--json"]);
+    let ended: Value =
+        serde_json::from_str(&waited.stdout).unwrap_or_else(|_| panic!("{}", waited.dump()));
+    assert_eq!(ended["state"], "failed", "{ended}");
+    let error = ended["error"].as_str().unwrap();
+    assert!(
+        error.contains("at most 300 bytes ([limits] journal_bytes)") && error.contains("`sleep 1`"),
+        "{error}"
+    );
+    let (api, _) = Api::of(&app);
+    let journal = api.get(
+        &routes::TASK_JOURNAL
+            .path
+            .replace("{id}", &ended["id"].to_string()),
+    );
+    let steps = journal["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{journal}"));
+    // The seed, the increment and some of the sleeps, not all 40.
+    assert!(steps.len() > 2 && steps.len() < 40, "{journal}");
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
+}
+
 /// A task that resumes runs again on the build it began with: after the
 /// crash app.toml points its plugin at another component (one without
 /// the task's factory), and the task still resumes and ends on its first
