@@ -500,39 +500,17 @@ impl Sending {
         } = self;
         let (mut parts, body) = request.into_parts();
         let body = body.collect().await?.to_bytes();
-        let digest = {
-            use sha2::Digest;
-            let hash = sha2::Sha256::digest(&body);
-            hash[..8]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        };
+        let digest = crate::journal::digest(&body);
         let target = format!("{} {} body:{digest}", parts.method, parts.uri);
         let intent_call = format!("http intent {target}");
         let answer_call = format!("http {target}");
-        // The intent's nonce makes its Idempotency-Key: the same when the
-        // request is sent again after a crash (it is read back), another
-        // for a retry's (which starts a journal afresh).
-        let (intent, nonce) = match journal.replay(&intent_call).map_err(journal_failed)? {
-            Some((index, nonce)) => (index, nonce),
-            None => {
-                let mut nonce = [0u8; 8];
-                let _ = getrandom::fill(&mut nonce);
-                let index = journal
-                    .record(intent_call, nonce.to_vec(), Instant::now())
-                    .await
-                    .map_err(journal_failed)?;
-                (index, nonce.to_vec())
-            }
-        };
-        let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+        let mark = journal.intent(intent_call).await.map_err(journal_failed)?;
         let ready: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async { Ok(()) });
         if let Some((_, recorded)) = journal.replay(&answer_call).map_err(journal_failed)? {
             drop(guard);
             return decode_answer(&recorded).map(|response| (response, ready));
         }
-        if let Ok(value) = http::HeaderValue::from_str(&format!("{key}/{intent}-{nonce}")) {
+        if let Ok(value) = http::HeaderValue::from_str(&format!("{key}/{mark}")) {
             parts.headers.insert("idempotency-key", value);
         }
         let request = http::Request::from_parts(

@@ -22,6 +22,7 @@
 //! A journal holds at most `[limits] journal_bytes` (calls and answers);
 //! an append past it fails the task, naming the limit.
 
+use crate::private_files::hex;
 use crate::storage::{JournalStep, TaskStore};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -371,10 +372,38 @@ impl Journal {
         Ok(index)
     }
 
+    /// Journals the intent to make an effect outside the task (`call`:
+    /// an HTTP request, a task's start) before it is made, and returns
+    /// its mark, `STEP-NONCE`: under the task's idempotency key, the
+    /// effect's own key. Read back on replay, so an effect the host may
+    /// have made before a crash is made again under the same key (and
+    /// taken once by whoever honours it); a retry's journal starts
+    /// afresh, so its effects get marks of their own.
+    pub(crate) async fn intent(&self, call: String) -> Result<String, JournalError> {
+        let (step, nonce) = match self.replay(&call)? {
+            Some(recorded) => recorded,
+            None => {
+                let mut nonce = [0u8; 8];
+                let _ = getrandom::fill(&mut nonce);
+                let step = self.record(call, nonce.to_vec(), Instant::now()).await?;
+                (step, nonce.to_vec())
+            }
+        };
+        Ok(format!("{step}-{}", hex(&nonce)))
+    }
+
     /// What stopped the journal, if anything did: the attempt fails with it.
     pub(crate) fn failed(&self) -> Option<JournalError> {
         self.state().failed.clone()
     }
+}
+
+/// The first 16 hex digits of `bytes`' SHA-256: what a journaled call
+/// names of a value, a body or arguments it carries, so the same call
+/// with other data at the same place of a replay is a different call.
+pub(crate) fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(bytes)[..8])
 }
 
 /// `app.sleep(ms)` of a resuming task: the time it ends is journaled

@@ -248,14 +248,6 @@ impl Ctx<'_> {
     }
 }
 
-/// A value's digest in a journaled call: a set of another value at the
-/// same place of a replay is a different call.
-fn digest(value: &[u8]) -> String {
-    use sha2::Digest;
-    let hash = sha2::Sha256::digest(value);
-    hash[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The storage, or the guest's error from the enclosing call when there is
 /// none.
 macro_rules! storage {
@@ -319,7 +311,7 @@ impl store::HostBucket for KvView<'_> {
         let ctx = self.ctx();
         ctx.journaled(
             false,
-            || format!("kv set {id} {key} {}", digest(&value)),
+            || format!("kv set {id} {key} {}", crate::journal::digest(&value)),
             async {
                 let span = ctx.span("kv set", &id);
                 let set = storage.set(&id, &key, &value).await;
@@ -518,7 +510,7 @@ impl batch::Host for KvView<'_> {
         let call = || {
             let pairs: Vec<String> = key_values
                 .iter()
-                .map(|(key, value)| format!("{key}={}", digest(value)))
+                .map(|(key, value)| format!("{key}={}", crate::journal::digest(value)))
                 .collect();
             format!("kv set_many {id} {}", pairs.join(","))
         };

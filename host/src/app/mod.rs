@@ -434,7 +434,7 @@ macro_rules! app_host {
                     Err(error) => return Ok(Err(error)),
                 };
                 let span = self.start_span(&plugin, &factory);
-                let spec = TaskSpec {
+                let mut spec = TaskSpec {
                     factory,
                     args,
                     name,
@@ -442,6 +442,9 @@ macro_rules! app_host {
                     trace: self.child_trace(span.as_ref()),
                     ..TaskSpec::default()
                 };
+                if let Err(error) = self.journal_start(&plugin, &mut spec).await? {
+                    return Ok(Err(error));
+                }
                 let added = tasks::add_task(worker, plugin, spec).await;
                 CallSpan::end_with(span, &added);
                 Ok(added)
@@ -649,6 +652,9 @@ macro_rules! since_0_2 {
                 Ok(target) => target,
                 Err(error) => return Ok(Err(error)),
             };
+            if let Err(error) = self.journal_start(&plugin, &mut spec).await? {
+                return Ok(Err(error));
+            }
             let span = self.start_span(&plugin, &spec.factory);
             spec.trace = self.child_trace(span.as_ref());
             let started = tasks::add_task(worker.clone(), plugin, spec).await;

@@ -408,6 +408,47 @@ pub(super) async fn cancel_task(request: CancelRequest) -> Result<types::TaskInf
 }
 
 impl AppState {
+    /// What a resuming task's start of another task does first (docs/
+    /// durable.md, "Tasks it starts"): the start's intent is journaled,
+    /// and the task started is durable and resumes too, under an
+    /// idempotency key made of this task's key and the intent's mark
+    /// (unless the guest gave one). So the start made again on replay
+    /// finds the task the first run started, running or ended, and
+    /// answers with it instead of starting another; a join of it then
+    /// waits for its end, or reads it from its record. Nothing for a task
+    /// that does not resume.
+    pub(super) async fn journal_start(
+        &self,
+        plugin: &str,
+        spec: &mut TaskSpec,
+    ) -> wasmtime::Result<Result<(), GuestError>> {
+        let Some(journal) = &self.journal else {
+            return Ok(Ok(()));
+        };
+        if spec.restart.is_some() {
+            return Ok(Err(GuestError::InvalidArgs(
+                "task-options.restart: a task a resuming task starts is durable (so that its \
+                 start is made once), and a durable task is not restarted: drop `restart`, or \
+                 give it a retry policy"
+                    .into(),
+            )));
+        }
+        let what = serde_json::json!([spec.name, spec.idempotency_key, spec.args]).to_string();
+        let call = format!(
+            "start task {plugin}/{} {}",
+            spec.factory,
+            crate::journal::digest(what.as_bytes())
+        );
+        let mark = journal.intent(call).await?;
+        spec.durable = true;
+        spec.resume = true;
+        if spec.idempotency_key.is_none() {
+            let parent = self.idempotency_key.as_deref().unwrap_or_default();
+            spec.idempotency_key = Some(format!("started-by/{parent}/{mark}"));
+        }
+        Ok(Ok(()))
+    }
+
     /// Makes task `id` of `worker` (just started by this caller) its
     /// child: cancelled when the caller's task is cancelled or its attempt
     /// ends.

@@ -407,7 +407,11 @@ pub(crate) async fn recover(workers: &[Arc<WorkerCtx>]) -> Result<Vec<TaskHandle
         let Some(worker) = place(record.worker) else {
             continue;
         };
-        // Already listed: a `main` task found it by its key and ran it.
+        // Held as a keyed submission holds it: a task resumed above may
+        // be replaying the start of this one (its key), and must find it
+        // listed, or list it itself, not both.
+        let _one_at_a_time = env.durable_submit.lock().await;
+        // Already listed: a task found it by its key and ran it.
         if env.durable_task(record.seq).is_some() {
             continue;
         }
@@ -444,6 +448,7 @@ pub(crate) async fn recover(workers: &[Arc<WorkerCtx>]) -> Result<Vec<TaskHandle
         let Some(worker) = place(record.worker) else {
             continue;
         };
+        let _one_at_a_time = env.durable_submit.lock().await;
         if env.durable_task(record.seq).is_some() {
             continue;
         }

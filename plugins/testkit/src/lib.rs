@@ -173,6 +173,21 @@ plugin! {
         Ok(json!({"random": random, "attempt": app.attempt(), "runs": runs}))
     }
 
+    /// For the resume tests: starts two `resumable` tasks (with `short`
+    /// and `long` pauses), joins each in turn, and returns their results
+    /// in start order.
+    fn starts_children(app: &App, short: Vec<u64>, long: Vec<u64>) -> Result<Value> {
+        let first = app.task("resumable").args(json!({"pauses": short})).start()?;
+        let second = app.task("resumable").args(json!({"pauses": long})).start()?;
+        let mut results = Vec::new();
+        for id in [first, second] {
+            let ended = app.join(id, None)?.expect("no timeout");
+            let result = ended.result.clone().ok_or_else(|| Error::msg(format!("{ended:?}")))?;
+            results.push(serde_json::from_str::<Value>(&result)?);
+        }
+        Ok(json!({"children": results, "attempt": app.attempt()}))
+    }
+
     /// For the resume tests: waits for `event`, logs `got PAYLOAD`, reads
     /// `[config] greeting`, then sleeps `ms`; returns the payload and the
     /// greeting.

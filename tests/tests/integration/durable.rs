@@ -621,6 +621,84 @@ fn a_journal_past_its_limit_fails_its_task_naming_the_limit() {
     assert_eq!(host.finish().code, Some(0));
 }
 
+/// The tasks a resuming task starts are started once: killed while one
+/// child had ended and the other slept, the parent replays both starts
+/// and gets the same two tasks back (the ended one's result from its
+/// record; the sleeping one resumed from its own journal), and no third
+/// is started: the children's key-value increments were made twice in
+/// all, not more.
+#[test]
+fn a_resumed_task_starts_its_children_once_and_joins_them() {
+    let app = app();
+    let host = app.spawn();
+    let added = app.cli(&[
+        "add",
+        "kit",
+        "starts_children",
+        "--args",
+        r#"{"short": [10], "long": [100, 4000]}"#,
+        "--name",
+        "parent",
+        "--resume",
+    ]);
+    assert_eq!(added.code, Some(0), "{}", added.dump());
+    let (api, _) = Api::of(&app);
+    let children = |api: &Api| -> Vec<Value> {
+        api.get(&format!("{}?factory=resumable", routes::LIST_TASKS.path))
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    taskhost_tests::poll_until(taskhost_tests::secs(30), taskhost_tests::millis(20), || {
+        let children = children(&api);
+        let done = children.iter().filter(|c| c["state"] == "done").count();
+        let sleeping = children.iter().any(|c| {
+            let journal = api.get(
+                &routes::TASK_JOURNAL
+                    .path
+                    .replace("{id}", &c["id"].to_string()),
+            );
+            journal["steps"]
+                .as_array()
+                .is_some_and(|steps| steps.iter().any(|s| s["call"] == "sleep 4000"))
+        });
+        match (done, sleeping) {
+            (1, true) => Ok(()),
+            _ => Err(format!("{children:?}")),
+        }
+    });
+    host.signal("KILL");
+    host.finish();
+
+    let host = app.spawn();
+    let waited = app.cli(&["wait", "parent", "--json"]);
+    assert_eq!(waited.code, Some(0), "{}", waited.dump());
+    let (api, _) = Api::of(&app);
+    let parent = api.get(&format!("{}?name=parent", routes::LIST_TASKS.path))[0].clone();
+    assert_eq!(parent["state"], "done", "{parent}");
+    let result: Value = serde_json::from_str(parent["result"].as_str().unwrap()).unwrap();
+    assert_eq!(result["attempt"], 2, "{result}");
+    let runs: Vec<u64> = result["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|child| child["runs"].as_u64().unwrap())
+        .collect();
+    let mut sorted = runs.clone();
+    sorted.sort();
+    assert_eq!(sorted, [1, 2], "each child counted once: {result}");
+    let stored = app.cli(&["kv", "get", "kit/resume", "runs"]);
+    assert_eq!(stored.stdout.trim(), "2", "{}", stored.dump());
+    // The restarted host lists the same two children, no third.
+    let children = children(&api);
+    assert_eq!(children.len(), 2, "{children:?}");
+    assert!(
+        children.iter().all(|c| c["state"] == "done"),
+        "{children:?}"
+    );
+    host.stop();
+}
+
 /// A task that resumes runs again on the build it began with: after the
 /// crash app.toml points its plugin at another component (one without
 /// the task's factory), and the task still resumes and ends on its first
