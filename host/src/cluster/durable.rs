@@ -29,7 +29,9 @@
 use super::members::Members;
 use crate::config::{ClusterConfig, RetrySpec};
 use crate::storage::tasks::{outcome_columns, outcome_from_columns};
-use crate::storage::{NewTask, Submitted, TaskRecord, TaskStore, TaskStoreFuture, Unavailable};
+use crate::storage::{
+    JournalStep, NewTask, Submitted, TaskRecord, TaskStore, TaskStoreFuture, Unavailable,
+};
 use crate::task::{Outcome, WorkerId};
 use crate::worker::TaskEnv;
 use anyhow::{Context, Result, anyhow, bail};
@@ -89,6 +91,9 @@ struct StoredTask {
     /// The trace its runs join (a W3C `traceparent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     traceparent: Option<String>,
+    /// It resumes from its journal (`super::journal`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    resume: bool,
 }
 
 const PENDING: &str = "pending";
@@ -117,9 +122,7 @@ impl StoredTask {
             ended_ms: self.ended_ms,
             queued: self.queued.clone(),
             traceparent: self.traceparent.clone(),
-            // No journal here: a task that resumes is refused at its
-            // submission (`TaskStore::keeps_journals`).
-            resume: false,
+            resume: self.resume,
         }
     }
 
@@ -184,6 +187,8 @@ pub struct DurableQueue {
     /// The leases of the tasks this process runs (see
     /// [`crate::task::Lease`]).
     leases: Mutex<HashMap<u64, Arc<crate::task::Lease>>>,
+    /// The journals of the tasks that resume.
+    journals: super::journal::Journals,
 }
 
 impl DurableQueue {
@@ -234,6 +239,7 @@ impl DurableQueue {
             held: Mutex::default(),
             unrecorded: Mutex::default(),
             leases: Mutex::default(),
+            journals: super::journal::Journals::open(client, &config.name).await?,
         };
         queue.consumer(&config.host).await?;
         Ok(queue)
@@ -466,6 +472,7 @@ impl DurableQueue {
             ended_ms: None,
             queued: task.queued.clone(),
             traceparent: task.traceparent.clone(),
+            resume: task.resume,
         };
         let jetstream = jetstream::new(self.client.clone());
         // The key is the message id, so that JetStream takes one of two
@@ -602,11 +609,14 @@ impl DurableQueue {
         if let Some(message) = self.release(seq) {
             let _ = message.ack_with(AckKind::Term).await;
         }
-        if let Some((task, _)) = self.read(seq).await?
-            && let Some(key) = &task.idempotency_key
-        {
-            self.purge_record(&idempotency_key(&self.scoped_key(key)))
-                .await?;
+        if let Some((task, _)) = self.read(seq).await? {
+            if let Some(key) = &task.idempotency_key {
+                self.purge_record(&idempotency_key(&self.scoped_key(key)))
+                    .await?;
+            }
+            if task.resume {
+                self.journals.drop(seq).await?;
+            }
         }
         self.purge_record(&task_key(seq)).await?;
         // Not delivered yet, it is still in the stream.
@@ -780,6 +790,9 @@ impl DurableQueue {
                 self.purge_record(&idempotency_key(&self.scoped_key(key)))
                     .await?;
             }
+            if task.resume {
+                self.journals.drop(task.seq).await?;
+            }
             self.purge_record(&task_key(task.seq)).await?;
         }
         Ok(ended.len() as u64)
@@ -853,6 +866,40 @@ impl TaskStore for DurableQueue {
 
     fn purge_ended(&self) -> TaskStoreFuture<'_, u64> {
         Box::pin(self.purge_ended_here())
+    }
+
+    fn keeps_journals(&self) -> bool {
+        true
+    }
+
+    /// Refused from a copy whose lease lapsed: another host may run the
+    /// task now, and its journal is that host's.
+    fn append_steps(&self, seq: u64, steps: Vec<JournalStep>) -> TaskStoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.online()?;
+            if !self.lease_of(seq).is_some_and(|lease| lease.holds()) {
+                bail!(
+                    "this host's lease of durable task {seq} lapsed (the host was paused, or \
+                     cut off from NATS, past `ack_wait`): another host may run the task now, \
+                     so this copy's journal takes no more steps"
+                );
+            }
+            self.journals.append(seq, &steps).await
+        })
+    }
+
+    fn clear_steps(&self, seq: u64) -> TaskStoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.online()?;
+            self.journals.clear(seq).await
+        })
+    }
+
+    fn steps(&self, seq: u64) -> TaskStoreFuture<'_, Vec<JournalStep>> {
+        Box::pin(async move {
+            self.online()?;
+            self.journals.steps(seq).await
+        })
     }
 
     fn lease(&self, seq: u64) -> Option<Arc<crate::task::Lease>> {

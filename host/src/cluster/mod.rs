@@ -14,6 +14,7 @@
 pub mod any;
 pub mod durable;
 mod events;
+mod journal;
 pub mod kv;
 pub mod members;
 pub mod names;

@@ -589,6 +589,72 @@ pub async fn tasks(store: &dyn TaskStore) {
     );
 }
 
+/// Runs the journal checks against `store` if it keeps journals: steps
+/// read back as appended, in order, across appends; emptied for a retry;
+/// dropped with their record.
+pub async fn journals(store: &dyn TaskStore) {
+    if !store.keeps_journals() {
+        return;
+    }
+    let step = |index: u32, call: &str, outcome: &[u8]| super::JournalStep {
+        index,
+        call: call.into(),
+        outcome: outcome.to_vec(),
+        at_ms: 1_796_477_400_000 + u64::from(index),
+        micros: 7,
+    };
+    let task = record(
+        store
+            .submit(NewTask {
+                resume: true,
+                ..new_task(Some("journaled"), None)
+            })
+            .await
+            .unwrap(),
+    );
+    assert!(task.resume, "a resuming task's record says so");
+    assert!(
+        store.steps(task.seq).await.unwrap().is_empty(),
+        "a new journal"
+    );
+    // Any bytes, a group of steps at once.
+    let first = vec![
+        step(0, "seed", &[0, 255, 10, 13]),
+        step(1, "sleep 5", b"17"),
+    ];
+    store.append_steps(task.seq, first.clone()).await.unwrap();
+    store
+        .append_steps(task.seq, vec![step(2, "kv get b k", b"")])
+        .await
+        .unwrap();
+    let mut all = first;
+    all.push(step(2, "kv get b k", b""));
+    assert_eq!(
+        store.steps(task.seq).await.unwrap(),
+        all,
+        "steps as appended"
+    );
+    store.clear_steps(task.seq).await.unwrap();
+    assert!(
+        store.steps(task.seq).await.unwrap().is_empty(),
+        "emptied for a retry"
+    );
+    store
+        .append_steps(task.seq, vec![step(0, "sleep 1", b"1")])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.steps(task.seq).await.unwrap().len(),
+        1,
+        "appended afresh"
+    );
+    store.forget(task.seq).await.unwrap();
+    assert!(
+        store.steps(task.seq).await.unwrap().is_empty(),
+        "a journal goes with its record"
+    );
+}
+
 /// Runs every schedule check against `store`.
 pub async fn schedules(store: &dyn ScheduleStore) {
     assert_eq!(

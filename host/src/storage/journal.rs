@@ -31,12 +31,12 @@ impl JournalStep {
     }
 }
 
-/// A backend that keeps no journals (a cluster's, for now): a task that
-/// resumes is refused there, naming the mode to use instead.
+/// A backend that keeps no journals (both of taskhost's keep them; one
+/// to come may not): a task that resumes is refused there, naming the
+/// mode to use instead.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "this host's storage keeps no journals (a cluster's JetStream does not yet): \
-     `durable = \"resume\"` needs one host's SQLite file; use `durable = true` (run again \
-     from the start) here"
+    "this host's storage keeps no journals: `durable = \"resume\"` needs one that does; use \
+     `durable = true` (run again from the start) here"
 )]
 pub struct NoJournals;

@@ -2049,3 +2049,119 @@ fn a_trace_follows_a_task_a_guest_starts_on_another_host() {
         running.stop();
     }
 }
+
+/// An app.toml section with the `examples` plugin allowed to reach
+/// `server`.
+fn examples_reaching(server: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+        [plugins.examples]
+        path = "{{examples}}"
+        [plugins.examples.grants]
+        http = ["http://127.0.0.1:{port}"]
+        "#,
+        port = server.port()
+    )
+}
+
+/// Starts `post_steps` on `app`'s host as a resuming durable task named
+/// `poster`, POSTing `steps` steps to `server`.
+fn add_poster(app: &TestApp, server: std::net::SocketAddr, steps: u64) {
+    let args = json!({"url": format!("http://{server}/steps"), "steps": steps, "pause_ms": 300});
+    app.cli(&[
+        "add",
+        "examples",
+        "post_steps",
+        "--args",
+        &args.to_string(),
+        "--name",
+        "poster",
+        "--resume",
+    ])
+    .ok();
+}
+
+/// Issue 30, the cluster variant: a resuming task whose host is killed
+/// after its third POST resumes on another host from the journal its
+/// first host kept in JetStream: each step is taken once, and it ends
+/// with an uninterrupted run's result.
+#[test]
+fn a_resuming_task_whose_host_dies_resumes_on_another_host() {
+    let nats = NatsServer::start();
+    let (third, saw_third) = std::sync::mpsc::channel();
+    let (server, posts) = super::durable::post_server(third);
+    let rest = examples_reaching(server);
+    let (a, running_a) = host_with(&nats, "resumes", "a", 1, "", "ack_wait_ms = 2000", &rest);
+    let (b, mut running_b) = host_with(&nats, "resumes", "b", 1, "", "ack_wait_ms = 2000", &rest);
+    for app in [&a, &b] {
+        await_all_serving(app, 2);
+    }
+    add_poster(&a, server, 5);
+    saw_third
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the third POST arrives");
+    running_a.signal("KILL");
+    running_a.finish();
+
+    running_b.wait_for(1, |l| l["event"] == "done" && l["task"] == "poster");
+    let done = running_b
+        .seen()
+        .iter()
+        .find(|l| l["event"] == "done" && l["task"] == "poster")
+        .unwrap()
+        .clone();
+    assert_eq!(done["result"], "5", "{done}");
+    super::durable::each_step_taken_once(&posts.lock().unwrap(), 5);
+    let (_, records) = durable_state(&nats, "resumes");
+    assert_eq!(records["poster"]["host"], "b", "{records:?}");
+    assert_eq!(records["poster"]["attempt"], 2, "{records:?}");
+    // b replayed what a journaled: at least the three POSTs' intents and
+    // answers, and the sleeps between them.
+    let replayed = b
+        .metric("taskhost_journal_steps_replayed_total")
+        .unwrap_or(0.0);
+    assert!(replayed >= 6.0, "replayed {replayed}");
+    running_b.stop();
+}
+
+/// Issue 30: a host paused past `ack_wait` while its resuming task sleeps
+/// between POSTs. b takes the task over and resumes it from the journal;
+/// when a wakes, its copy is fenced: it neither POSTs nor appends to the
+/// journal b now extends, and b's run ends with every step taken once.
+#[test]
+fn a_paused_hosts_copy_of_a_resuming_task_cannot_act_after_another_resumed_it() {
+    let nats = NatsServer::start();
+    let (third, saw_third) = std::sync::mpsc::channel();
+    let (server, posts) = super::durable::post_server(third);
+    let rest = examples_reaching(server);
+    let (a, mut running_a) = host_with(&nats, "paused", "a", 1, "", "ack_wait_ms = 2000", &rest);
+    let (b, mut running_b) = host_with(&nats, "paused", "b", 1, "", "ack_wait_ms = 2000", &rest);
+    for app in [&a, &b] {
+        await_all_serving(app, 2);
+    }
+    add_poster(&a, server, 8);
+    saw_third
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the third POST arrives");
+    running_a.signal("STOP");
+    running_b.wait_for(1, |l| l["event"] == "done" && l["task"] == "poster");
+    let after_b = posts.lock().unwrap().seen.len();
+    running_a.signal("CONT");
+    // a finds its lease gone: its copy stops without a POST.
+    running_a.wait_for(1, |l| {
+        l["task"] == "poster" && (l["event"] == "cancelled" || l["event"] == "failed")
+    });
+    assert_eq!(
+        posts.lock().unwrap().seen.len(),
+        after_b,
+        "a's stale copy acted after the pause: {:?}",
+        posts.lock().unwrap().seen
+    );
+    super::durable::each_step_taken_once(&posts.lock().unwrap(), 8);
+    let (_, records) = durable_state(&nats, "paused");
+    assert_eq!(records["poster"]["state"], "done", "{records:?}");
+    assert_eq!(records["poster"]["host"], "b", "{records:?}");
+    for running in [running_a, running_b] {
+        running.stop();
+    }
+}

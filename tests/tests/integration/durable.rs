@@ -420,14 +420,14 @@ fn a_resuming_task_killed_mid_sleep_resumes_from_its_journal() {
 
 /// What the POST server saw: every request's step and idempotency key.
 #[derive(Default)]
-struct Posts {
-    seen: Vec<(u64, String)>,
+pub(crate) struct Posts {
+    pub(crate) seen: Vec<(u64, String)>,
 }
 
 /// A loopback server that takes `POST /steps` (`{"step": i}`), answering a
 /// repeated `Idempotency-Key` as it did the first time (as a payments API
 /// does), and tells `third` when step 3 arrives.
-fn post_server(
+pub(crate) fn post_server(
     third: std::sync::mpsc::Sender<()>,
 ) -> (
     std::net::SocketAddr,
@@ -512,22 +512,32 @@ fn post_steps_killed_after_its_third_post_resumes_and_posts_each_step_once() {
     assert_eq!(waited.code, Some(0), "{}", waited.dump());
     let done = api.get(&format!("{}?name=poster", routes::LIST_TASKS.path));
     assert_eq!(done[0]["result"], "5", "{done}");
-    let posts = posts.lock().unwrap();
-    // Each step taken once: by its key, whatever was sent twice.
+    each_step_taken_once(&posts.lock().unwrap(), 5);
+    host.signal("TERM");
+    assert_eq!(host.finish().code, Some(0));
+}
+
+/// What `post_server` saw of `post_steps` with `steps` steps, interrupted
+/// once: each step taken once by its key (whatever was sent twice), every
+/// POST with a key, and at most one sent again (the one the crash cut
+/// short).
+pub(crate) fn each_step_taken_once(posts: &Posts, steps: u64) {
     let mut taken: Vec<(u64, String)> = posts.seen.clone();
     taken.sort();
     taken.dedup();
-    let steps: Vec<u64> = taken.iter().map(|(step, _)| *step).collect();
-    assert_eq!(steps, [1, 2, 3, 4, 5], "{:?}", posts.seen);
+    let taken_steps: Vec<u64> = taken.iter().map(|(step, _)| *step).collect();
+    assert_eq!(
+        taken_steps,
+        (1..=steps).collect::<Vec<_>>(),
+        "{:?}",
+        posts.seen
+    );
     assert!(
         taken.iter().all(|(_, key)| !key.is_empty()),
         "every POST of a resuming task carries its key: {:?}",
         posts.seen
     );
-    // Sent again at most once: the one the crash cut short.
-    assert!(posts.seen.len() <= 6, "{:?}", posts.seen);
-    host.signal("TERM");
-    assert_eq!(host.finish().code, Some(0));
+    assert!(posts.seen.len() as u64 <= steps + 1, "{:?}", posts.seen);
 }
 
 /// A task that calls differently on replay fails `nondeterministic`,

@@ -47,5 +47,6 @@ fn the_jetstream_backends_keep_the_storage_contract() {
         let storage = connection.storage(local);
         contract::kv(&**storage.kv()).await;
         contract::tasks(&**storage.tasks()).await;
+        contract::journals(&**storage.tasks()).await;
     });
 }

@@ -1500,6 +1500,7 @@ mod tests {
     fn keeps_the_durable_task_contract() {
         let store = SqliteStore::in_memory(limits()).unwrap();
         run(crate::storage::contract::tasks(&store));
+        run(crate::storage::contract::journals(&store));
     }
 
     #[test]
