@@ -12,6 +12,7 @@
 //! ([`add_to_linker`]). Redirects are never followed by the host: a guest
 //! that follows one makes a new request, checked like the first.
 
+use crate::config::Uncertain;
 use crate::config::{HttpLimits, PluginPolicy};
 use crate::journal::{Journal, JournalError};
 use crate::metrics::HttpMetrics;
@@ -282,6 +283,7 @@ impl WasiHttpHooks for Hooks {
                 limit,
                 cancel,
                 guard,
+                uncertain: self.policy.http_uncertain,
             };
             return Box::new(async move {
                 let sent = sending.send(request).await;
@@ -471,6 +473,9 @@ struct Sending {
     limit: usize,
     cancel: Arc<CancelSignal>,
     guard: OpenRequest,
+    /// What a request begun before a crash, with no answer recorded,
+    /// does: sent again, or the task fails (`http_uncertain`).
+    uncertain: Uncertain,
 }
 
 /// A journal error as the guest's request fails with it; the journal
@@ -497,6 +502,7 @@ impl Sending {
             limit,
             cancel,
             guard,
+            uncertain,
         } = self;
         let (mut parts, body) = request.into_parts();
         let body = body.collect().await?.to_bytes();
@@ -504,12 +510,23 @@ impl Sending {
         let target = format!("{} {} body:{digest}", parts.method, parts.uri);
         let intent_call = format!("http intent {target}");
         let answer_call = format!("http {target}");
-        let mark = journal.intent(intent_call).await.map_err(journal_failed)?;
+        let intent = journal.intent(intent_call).await.map_err(journal_failed)?;
         let ready: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async { Ok(()) });
         if let Some((_, recorded)) = journal.replay(&answer_call).map_err(journal_failed)? {
             drop(guard);
             return decode_answer(&recorded).map(|response| (response, ready));
         }
+        // Sent before the crash, no answer recorded: it may have reached
+        // the server.
+        if intent.replayed && uncertain == Uncertain::Fail {
+            drop(guard);
+            return Err(journal_failed(journal.stop(JournalError::Uncertain {
+                step: intent.step,
+                call: intent.call,
+                policy: "the plugin's `http_uncertain = \"fail\"`",
+            })));
+        }
+        let mark = intent.mark;
         if let Ok(value) = http::HeaderValue::from_str(&format!("{key}/{mark}")) {
             parts.headers.insert("idempotency-key", value);
         }

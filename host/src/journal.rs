@@ -98,6 +98,18 @@ pub(crate) enum JournalError {
         step: u32,
         call: String,
     },
+    /// An effect begun before a crash has no recorded answer, and its
+    /// policy says not to make it again.
+    #[error(
+        "uncertain: step {step} of the journal (`{call}`) was begun before the host stopped and \
+         its answer was not recorded, so it may or may not have taken effect; {policy} says not \
+         to make it again (`resend` makes it again under the same idempotency key)"
+    )]
+    Uncertain {
+        step: u32,
+        call: String,
+        policy: &'static str,
+    },
     /// The step could not be committed: the call was not answered.
     #[error("the task's journal could not be written: {0}")]
     Storage(String),
@@ -379,23 +391,49 @@ impl Journal {
     /// have made before a crash is made again under the same key (and
     /// taken once by whoever honours it); a retry's journal starts
     /// afresh, so its effects get marks of their own.
-    pub(crate) async fn intent(&self, call: String) -> Result<String, JournalError> {
-        let (step, nonce) = match self.replay(&call)? {
-            Some(recorded) => recorded,
+    /// Whether the intent was replayed comes along: one replayed whose
+    /// effect's answer is not recorded next is *uncertain*.
+    pub(crate) async fn intent(&self, call: String) -> Result<Intent, JournalError> {
+        let (step, nonce, replayed) = match self.replay(&call)? {
+            Some((step, nonce)) => (step, nonce, true),
             None => {
                 let mut nonce = [0u8; 8];
                 let _ = getrandom::fill(&mut nonce);
-                let step = self.record(call, nonce.to_vec(), Instant::now()).await?;
-                (step, nonce.to_vec())
+                let step = self
+                    .record(call.clone(), nonce.to_vec(), Instant::now())
+                    .await?;
+                (step, nonce.to_vec(), false)
             }
         };
-        Ok(format!("{step}-{}", hex(&nonce)))
+        Ok(Intent {
+            mark: format!("{step}-{}", hex(&nonce)),
+            step,
+            call,
+            replayed,
+        })
+    }
+
+    /// Stops the journal with `error` (an uncertain effect its policy
+    /// will not make again): the call and the attempt fail with it.
+    pub(crate) fn stop(&self, error: JournalError) -> JournalError {
+        self.state().failed.get_or_insert(error).clone()
     }
 
     /// What stopped the journal, if anything did: the attempt fails with it.
     pub(crate) fn failed(&self) -> Option<JournalError> {
         self.state().failed.clone()
     }
+}
+
+/// An effect's journaled intent ([`Journal::intent`]).
+pub(crate) struct Intent {
+    /// `STEP-NONCE`: the effect's key under the task's.
+    pub(crate) mark: String,
+    /// The intent's step, and its call.
+    pub(crate) step: u32,
+    pub(crate) call: String,
+    /// Read back from the journal: the effect was begun before a crash.
+    pub(crate) replayed: bool,
 }
 
 /// The first 16 hex digits of `bytes`' SHA-256: what a journaled call

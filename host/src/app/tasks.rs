@@ -439,7 +439,9 @@ impl AppState {
             spec.factory,
             crate::journal::digest(what.as_bytes())
         );
-        let mark = journal.intent(call).await?;
+        // A start made again finds the task the first run started, by
+        // its key: never uncertain.
+        let mark = journal.intent(call).await?.mark;
         spec.durable = true;
         spec.resume = true;
         if spec.idempotency_key.is_none() {

@@ -72,6 +72,9 @@ pub struct PluginPolicy {
     pub(crate) variables: Arc<Variables>,
     /// What a newer build does to its running tasks (`on_load`).
     pub on_load: OnLoad,
+    /// What a resuming task's HTTP request begun before a crash, with no
+    /// answer recorded, does on replay (`http_uncertain`).
+    pub http_uncertain: Uncertain,
 }
 
 impl PluginPolicy {
@@ -83,6 +86,7 @@ impl PluginPolicy {
             grants: Grants::default(),
             variables: Arc::default(),
             on_load: OnLoad::Drain,
+            http_uncertain: Uncertain::Resend,
         }
     }
 }
@@ -96,6 +100,7 @@ impl PluginConfig {
             grants: self.grants.clone(),
             variables: self.variables.clone(),
             on_load: self.on_load,
+            http_uncertain: self.http_uncertain,
         }
     }
 }
@@ -195,6 +200,24 @@ pub struct PluginConfig {
     /// What a newer build does to its running tasks (`on_load`; default
     /// `drain`).
     pub on_load: OnLoad,
+    /// `http_uncertain` (default `resend`).
+    pub http_uncertain: Uncertain,
+}
+
+/// What a resuming task's effect does on replay when the journal says it
+/// was begun before a crash but holds no answer (the host died between
+/// sending and recording): it may or may not have taken effect.
+/// `http_uncertain` on `[plugins.NAME]` decides for HTTP requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Uncertain {
+    /// Sent again, under the same `Idempotency-Key` (the default): a
+    /// server that honours the header takes it once.
+    #[default]
+    Resend,
+    /// Not sent again: the task fails `uncertain`, naming the request,
+    /// for someone to look at (its retry policy still applies).
+    Fail,
 }
 
 /// What a hot-load of a plugin's newer build (`load`, `--watch`, `load
@@ -479,6 +502,8 @@ struct RawPlugin {
     #[serde(default)]
     variables: RawVariables,
     on_load: Option<OnLoad>,
+    #[serde(default)]
+    http_uncertain: Uncertain,
 }
 
 #[derive(Deserialize)]
@@ -593,6 +618,7 @@ impl AppConfig {
                     grants,
                     variables: Arc::new(variables),
                     on_load: plugin.on_load.unwrap_or_default(),
+                    http_uncertain: plugin.http_uncertain,
                 },
             );
         }

@@ -540,6 +540,87 @@ pub(crate) fn each_step_taken_once(posts: &Posts, steps: u64) {
     assert!(posts.seen.len() as u64 <= steps + 1, "{:?}", posts.seen);
 }
 
+/// `http_uncertain = "fail"`: the host killed while `post_steps`' third
+/// POST waits for its answer; on replay that POST's intent is in the
+/// journal and its answer is not, so the task fails `uncertain`, naming
+/// the request, and the POST is not sent again.
+#[test]
+fn an_uncertain_post_fails_its_task_when_the_policy_says_so() {
+    let (third, saw_third) = std::sync::mpsc::channel::<()>();
+    let third = std::sync::Arc::new(std::sync::Mutex::new(Some(third)));
+    let steps = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = steps.clone();
+    // Step 3 is never answered: the host dies while it waits.
+    let server = taskhost_tests::serve(move |_| {
+        axum::Router::new().route(
+            "/steps",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let (seen, third) = (seen.clone(), third.clone());
+                async move {
+                    let step = serde_json::from_slice::<Value>(&body).unwrap()["step"]
+                        .as_u64()
+                        .unwrap();
+                    seen.lock().unwrap().push(step);
+                    if step == 3 {
+                        if let Some(third) = third.lock().unwrap().take() {
+                            let _ = third.send(());
+                        }
+                        std::future::pending::<()>().await;
+                    }
+                    "ok"
+                }
+            }),
+        )
+    });
+    let app = TestApp::new(&format!(
+        r#"
+        name = "uncertain"
+        [plugins.examples]
+        path = "{{examples}}"
+        http_uncertain = "fail"
+        [plugins.examples.grants]
+        http = ["http://127.0.0.1:{port}"]
+        "#,
+        port = server.port(),
+    ));
+    let host = app.spawn();
+    let added = app.cli(&[
+        "add",
+        "examples",
+        "post_steps",
+        "--args",
+        &json!({"url": format!("http://{server}/steps"), "steps": 5, "pause_ms": 10}).to_string(),
+        "--name",
+        "poster",
+        "--resume",
+    ]);
+    assert_eq!(added.code, Some(0), "{}", added.dump());
+    saw_third
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the third POST arrives");
+    host.signal("KILL");
+    host.finish();
+
+    let host = app.spawn();
+    let waited = app.cli(&["wait", "poster", "--json"]);
+    let ended: Value =
+        serde_json::from_str(&waited.stdout).unwrap_or_else(|_| panic!("{}", waited.dump()));
+    assert_eq!(ended["state"], "failed", "{ended}");
+    let error = ended["error"].as_str().unwrap();
+    assert!(
+        error.contains("uncertain")
+            && error.contains("http intent POST")
+            && error.contains("http_uncertain"),
+        "{error}"
+    );
+    assert_eq!(
+        *steps.lock().unwrap(),
+        [1, 2, 3],
+        "step 3 is not sent again"
+    );
+    host.stop();
+}
+
 /// A task that calls differently on replay fails `nondeterministic`,
 /// naming the step and both calls, and is not tried again.
 #[test]
