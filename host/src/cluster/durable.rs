@@ -189,6 +189,8 @@ pub struct DurableQueue {
     leases: Mutex<HashMap<u64, Arc<crate::task::Lease>>>,
     /// The journals of the tasks that resume.
     journals: super::journal::Journals,
+    /// The builds they began on.
+    builds: super::builds::Builds,
 }
 
 impl DurableQueue {
@@ -240,6 +242,7 @@ impl DurableQueue {
             unrecorded: Mutex::default(),
             leases: Mutex::default(),
             journals: super::journal::Journals::open(client, &config.name).await?,
+            builds: super::builds::Builds::open(client, &config.name, &config.host).await?,
         };
         queue.consumer(&config.host).await?;
         Ok(queue)
@@ -899,6 +902,27 @@ impl TaskStore for DurableQueue {
         Box::pin(async move {
             self.online()?;
             self.journals.steps(seq).await
+        })
+    }
+
+    fn keep_build(
+        &self,
+        plugin: &str,
+        version: &str,
+        component: Vec<u8>,
+    ) -> TaskStoreFuture<'_, ()> {
+        let (plugin, version) = (plugin.to_string(), version.to_string());
+        Box::pin(async move {
+            self.online()?;
+            self.builds.keep(&plugin, &version, &component).await
+        })
+    }
+
+    fn kept_build(&self, version: &str) -> TaskStoreFuture<'_, Option<Vec<u8>>> {
+        let version = version.to_string();
+        Box::pin(async move {
+            self.online()?;
+            self.builds.kept(&version).await
         })
     }
 

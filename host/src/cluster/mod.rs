@@ -12,6 +12,7 @@
 //!   ([`any`]).
 
 pub mod any;
+mod builds;
 pub mod durable;
 mod events;
 mod journal;

@@ -2050,13 +2050,13 @@ fn a_trace_follows_a_task_a_guest_starts_on_another_host() {
     }
 }
 
-/// An app.toml section with the `examples` plugin allowed to reach
-/// `server`.
-fn examples_reaching(server: std::net::SocketAddr) -> String {
+/// An app.toml section with the `examples` plugin (the component of
+/// placeholder `component`) allowed to reach `server`.
+fn examples_reaching(server: std::net::SocketAddr, component: &str) -> String {
     format!(
         r#"
         [plugins.examples]
-        path = "{{examples}}"
+        path = "{component}"
         [plugins.examples.grants]
         http = ["http://127.0.0.1:{port}"]
         "#,
@@ -2084,15 +2084,18 @@ fn add_poster(app: &TestApp, server: std::net::SocketAddr, steps: u64) {
 /// Issue 30, the cluster variant: a resuming task whose host is killed
 /// after its third POST resumes on another host from the journal its
 /// first host kept in JetStream: each step is taken once, and it ends
-/// with an uninterrupted run's result.
+/// with an uninterrupted run's result. Host b serves another component
+/// as `examples` (one without `post_steps`): the task resumes there on
+/// the build it began with, which a kept in the cluster.
 #[test]
 fn a_resuming_task_whose_host_dies_resumes_on_another_host() {
     let nats = NatsServer::start();
     let (third, saw_third) = std::sync::mpsc::channel();
     let (server, posts) = super::durable::post_server(third);
-    let rest = examples_reaching(server);
-    let (a, running_a) = host_with(&nats, "resumes", "a", 1, "", "ack_wait_ms = 2000", &rest);
-    let (b, mut running_b) = host_with(&nats, "resumes", "b", 1, "", "ack_wait_ms = 2000", &rest);
+    let on_a = examples_reaching(server, "{examples}");
+    let (a, running_a) = host_with(&nats, "resumes", "a", 1, "", "ack_wait_ms = 2000", &on_a);
+    let on_b = examples_reaching(server, "{testkit}");
+    let (b, mut running_b) = host_with(&nats, "resumes", "b", 1, "", "ack_wait_ms = 2000", &on_b);
     for app in [&a, &b] {
         await_all_serving(app, 2);
     }
@@ -2121,6 +2124,12 @@ fn a_resuming_task_whose_host_dies_resumes_on_another_host() {
         .metric("taskhost_journal_steps_replayed_total")
         .unwrap_or(0.0);
     assert!(replayed >= 6.0, "replayed {replayed}");
+    assert!(
+        running_b.seen().iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("poster resumes on build"))),
+        "b resumed it on a's build"
+    );
     running_b.stop();
 }
 
@@ -2133,7 +2142,7 @@ fn a_paused_hosts_copy_of_a_resuming_task_cannot_act_after_another_resumed_it() 
     let nats = NatsServer::start();
     let (third, saw_third) = std::sync::mpsc::channel();
     let (server, posts) = super::durable::post_server(third);
-    let rest = examples_reaching(server);
+    let rest = examples_reaching(server, "{examples}");
     let (a, mut running_a) = host_with(&nats, "paused", "a", 1, "", "ack_wait_ms = 2000", &rest);
     let (b, mut running_b) = host_with(&nats, "paused", "b", 1, "", "ack_wait_ms = 2000", &rest);
     for app in [&a, &b] {
