@@ -276,8 +276,21 @@ impl WasiHttpHooks for Hooks {
             request.headers_mut().insert("traceparent", value);
         }
         if let Some((journal, key)) = self.journal.clone() {
+            // The intent takes its place now, in the order the guest began
+            // its requests, whichever of them is answered first.
+            let intent = match journal.reserve(format!("http intent {method} {uri}")) {
+                Ok(intent) => intent,
+                Err(error) => {
+                    let error = journal_failed(error);
+                    return Box::new(async move {
+                        drop(guard);
+                        Err(error)
+                    });
+                }
+            };
             let sending = Sending {
                 journal,
+                intent,
                 key,
                 options,
                 limit,
@@ -459,15 +472,19 @@ fn end_span(span: Option<CallSpan>, status: Option<u16>, error: Option<String>) 
     span.end(error);
 }
 
-/// A resuming task's request (`durable = "resume"`, docs/durable.md): its
-/// body is read whole, an intent step is journaled before anything is
-/// sent, and the whole answer (status, headers, body) is journaled before
-/// the guest sees it. On replay a request whose answer is recorded is not
+/// A resuming task's request (`durable = "resume"`, docs/durable.md): an
+/// intent step takes its place when the guest begins the request (so
+/// concurrent requests keep the guest's order on replay) and is
+/// committed before anything is sent; the body is read whole, and the
+/// whole answer (status, headers, body) is journaled, keyed by its
+/// intent, before the guest sees it. On replay a request whose answer is recorded is not
 /// sent at all; one whose intent is recorded without its answer (the
 /// host died in between) is sent again with the same `Idempotency-Key`
 /// header (`TASKKEY/STEP`), which a server that honours it answers once.
 struct Sending {
     journal: Arc<Journal>,
+    /// Its intent, reserved when the request was begun.
+    intent: crate::journal::Intent,
     key: Arc<str>,
     options: RequestOptions,
     limit: usize,
@@ -497,6 +514,7 @@ impl Sending {
     > {
         let Sending {
             journal,
+            intent,
             key,
             options,
             limit,
@@ -505,14 +523,22 @@ impl Sending {
             uncertain,
         } = self;
         let (mut parts, body) = request.into_parts();
-        let body = body.collect().await?.to_bytes();
+        let body = tokio::select! {
+            body = body.collect() => body?.to_bytes(),
+            () = cancel.cancelled() => return Err(cancelled()),
+        };
         let digest = crate::journal::digest(&body);
-        let target = format!("{} {} body:{digest}", parts.method, parts.uri);
-        let intent_call = format!("http intent {target}");
-        let answer_call = format!("http {target}");
-        let intent = journal.intent(intent_call).await.map_err(journal_failed)?;
+        let answer_call = crate::journal::answer_call(
+            intent.step,
+            &format!("http {} {} body:{digest}", parts.method, parts.uri),
+        );
+        // The intent is committed before anything is sent.
+        journal.commit().await.map_err(journal_failed)?;
         let ready: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async { Ok(()) });
-        if let Some((_, recorded)) = journal.replay(&answer_call).map_err(journal_failed)? {
+        if let Some(recorded) = journal
+            .replay_answer(intent.step, &answer_call)
+            .map_err(journal_failed)?
+        {
             drop(guard);
             return decode_answer(&recorded).map(|response| (response, ready));
         }

@@ -24,7 +24,7 @@
 
 use crate::private_files::hex;
 use crate::storage::{JournalStep, TaskStore};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -138,6 +138,10 @@ struct State {
     /// own ends (its timers, its collector) in an order of its own.
     walls: VecDeque<u64>,
     monotonics: VecDeque<u64>,
+    /// Recorded answers to effects begun concurrently (HTTP requests),
+    /// by their intent's step: an answer is recorded when it comes, so
+    /// answers follow their intents, not one another, in the journal.
+    answers: HashMap<u32, JournalStep>,
     /// The next step's index.
     next: u32,
     /// Steps made but not committed (the seed), written with the next call.
@@ -186,18 +190,19 @@ impl Journal {
                 .map(u64::from_le_bytes)
                 .ok()
         };
-        let recorded: VecDeque<JournalStep> = steps
-            .into_iter()
-            .filter(|step| {
-                match step.call.as_str() {
-                    SEED => seed = <[u8; 32]>::try_from(step.outcome.as_slice()).ok(),
-                    WALL => walls.extend(reading(step)),
-                    MONOTONIC => monotonics.extend(reading(step)),
-                    _ => return true,
-                }
-                false
-            })
-            .collect();
+        let mut answers = HashMap::new();
+        let mut recorded = VecDeque::new();
+        for step in steps {
+            match step.call.as_str() {
+                SEED => seed = <[u8; 32]>::try_from(step.outcome.as_slice()).ok(),
+                WALL => walls.extend(reading(&step)),
+                MONOTONIC => monotonics.extend(reading(&step)),
+                call => match answer_of(call) {
+                    Some(intent) => drop(answers.insert(intent, step)),
+                    None => recorded.push_back(step),
+                },
+            }
+        }
         Ok(Arc::new(Journal {
             seq,
             store,
@@ -208,6 +213,7 @@ impl Journal {
                 recorded,
                 walls,
                 monotonics,
+                answers,
                 next,
                 pending: Vec::new(),
                 bytes,
@@ -325,10 +331,22 @@ impl Journal {
         began: Instant,
     ) -> Result<u32, JournalError> {
         let index = self.defer(call, outcome, began)?;
+        self.commit().await?;
+        Ok(index)
+    }
+
+    /// Commits the steps made and not committed yet, and waits for it.
+    pub(crate) async fn commit(&self) -> Result<(), JournalError> {
         // Queued under the lock, so steps reach the store in their order
         // whichever thread records them.
         let (appended, count) = {
             let mut state = self.state();
+            if let Some(failed) = &state.failed {
+                return Err(failed.clone());
+            }
+            if state.pending.is_empty() {
+                return Ok(());
+            }
             let steps = std::mem::take(&mut state.pending);
             let count = steps.len() as u64;
             (self.store.append_steps(self.seq, steps), count)
@@ -339,7 +357,7 @@ impl Journal {
             return Err(error);
         }
         self.metrics.appended.inc_by(count);
-        Ok(index)
+        Ok(())
     }
 
     /// Appends a read's step (`call` and its `outcome`) without waiting:
@@ -394,14 +412,22 @@ impl Journal {
     /// Whether the intent was replayed comes along: one replayed whose
     /// effect's answer is not recorded next is *uncertain*.
     pub(crate) async fn intent(&self, call: String) -> Result<Intent, JournalError> {
+        let intent = self.reserve(call)?;
+        self.commit().await?;
+        Ok(intent)
+    }
+
+    /// [`Journal::intent`] in two halves, for effects begun concurrently
+    /// (HTTP requests): the intent takes its place now, in the order the
+    /// guest began them, and is [committed](Journal::commit) before the
+    /// effect is made.
+    pub(crate) fn reserve(&self, call: String) -> Result<Intent, JournalError> {
         let (step, nonce, replayed) = match self.replay(&call)? {
             Some((step, nonce)) => (step, nonce, true),
             None => {
                 let mut nonce = [0u8; 8];
                 let _ = getrandom::fill(&mut nonce);
-                let step = self
-                    .record(call.clone(), nonce.to_vec(), Instant::now())
-                    .await?;
+                let step = self.defer(call.clone(), nonce.to_vec(), Instant::now())?;
                 (step, nonce.to_vec(), false)
             }
         };
@@ -411,6 +437,35 @@ impl Journal {
             call,
             replayed,
         })
+    }
+
+    /// The recorded answer to the effect whose intent is step `intent`,
+    /// `call` naming it ([`answer_call`]); none if none was recorded. An
+    /// answer recorded for another call (the same request with another
+    /// body) stops the journal `nondeterministic`.
+    pub(crate) fn replay_answer(
+        &self,
+        intent: u32,
+        call: &str,
+    ) -> Result<Option<Vec<u8>>, JournalError> {
+        let mut state = self.state();
+        if let Some(failed) = &state.failed {
+            return Err(failed.clone());
+        }
+        let Some(step) = state.answers.remove(&intent) else {
+            return Ok(None);
+        };
+        if step.call != call {
+            let error = JournalError::Nondeterministic {
+                step: step.index,
+                recorded: step.call,
+                now: call.to_string(),
+            };
+            state.failed = Some(error.clone());
+            return Err(error);
+        }
+        self.metrics.replayed.inc();
+        Ok(Some(step.outcome))
     }
 
     /// Stops the journal with `error` (an uncertain effect its policy
@@ -423,6 +478,20 @@ impl Journal {
     pub(crate) fn failed(&self) -> Option<JournalError> {
         self.state().failed.clone()
     }
+}
+
+/// The prefix of an answer step's call ([`answer_call`]).
+const ANSWER: &str = "answer of step ";
+
+/// The call of the answer to the effect whose intent is step `intent`:
+/// `what` names what decides the answer (an HTTP request's body digest).
+pub(crate) fn answer_call(intent: u32, what: &str) -> String {
+    format!("{ANSWER}{intent} {what}")
+}
+
+/// The intent step an answer step's call names, if it is one.
+fn answer_of(call: &str) -> Option<u32> {
+    call.strip_prefix(ANSWER)?.split(' ').next()?.parse().ok()
 }
 
 /// An effect's journaled intent ([`Journal::intent`]).

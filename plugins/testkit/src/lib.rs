@@ -173,6 +173,22 @@ plugin! {
         Ok(json!({"random": random, "attempt": app.attempt(), "runs": runs}))
     }
 
+    /// For the resume tests: begins a GET of each of `urls` at once,
+    /// reads their answers in that order, then sleeps `ms`; returns each
+    /// answer's body (or error).
+    fn parallel_then_sleep(app: &App, urls: Vec<String>, ms: u64) -> Result<Value> {
+        let pending: Vec<_> = urls.iter().map(|url| http_start(url)).collect();
+        let bodies: Vec<String> = pending
+            .into_iter()
+            .map(|sent| match sent.and_then(http_finish) {
+                Ok((_, body)) => body,
+                Err(error) => error,
+            })
+            .collect();
+        app.sleep(ms)?;
+        Ok(json!(bodies))
+    }
+
     /// For the resume tests: starts two `resumable` tasks (with `short`
     /// and `long` pauses), joins each in turn, and returns their results
     /// in start order.

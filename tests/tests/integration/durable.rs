@@ -621,6 +621,81 @@ fn an_uncertain_post_fails_its_task_when_the_policy_says_so() {
     host.stop();
 }
 
+/// Requests a resuming task begins at once are answered on replay as
+/// they were, whatever order their answers came in: four GETs answered
+/// slowest-first-begun last, then a sleep the host is killed in. Their
+/// answers used to be matched in the order they were recorded, so the
+/// replay failed `nondeterministic`.
+#[test]
+fn concurrent_requests_of_a_resumed_task_are_answered_from_the_journal() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    let server = taskhost_tests::serve(move |_| {
+        axum::Router::new().route(
+            "/slow/{ms}",
+            axum::routing::get(move |axum::extract::Path(ms): axum::extract::Path<u64>| {
+                let kept = kept.clone();
+                async move {
+                    kept.lock().unwrap().push(ms);
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    ms.to_string()
+                }
+            }),
+        )
+    });
+    let app = TestApp::new(&format!(
+        r#"
+        name = "parallel"
+        [plugins.kit]
+        path = "{{testkit}}"
+        [plugins.kit.grants]
+        http = ["http://127.0.0.1:{port}"]
+        "#,
+        port = server.port(),
+    ));
+    let host = app.spawn();
+    let urls: Vec<String> = [900, 600, 300, 0]
+        .iter()
+        .map(|ms| format!("http://{server}/slow/{ms}"))
+        .collect();
+    let args = json!({"urls": urls, "ms": 4000}).to_string();
+    let added = app.cli(&[
+        "add",
+        "kit",
+        "parallel_then_sleep",
+        "--args",
+        &args,
+        "--name",
+        "fan",
+        "--resume",
+    ]);
+    assert_eq!(added.code, Some(0), "{}", added.dump());
+    let (api, _) = Api::of(&app);
+    taskhost_tests::poll_until(taskhost_tests::secs(30), taskhost_tests::millis(20), || {
+        let id = api.get(&format!("{}?name=fan", routes::LIST_TASKS.path))[0]["id"].clone();
+        let journal = api.get(&routes::TASK_JOURNAL.path.replace("{id}", &id.to_string()));
+        let calls = journal["steps"].as_array().cloned().unwrap_or_default();
+        match calls.iter().any(|s| s["call"] == "sleep 4000") {
+            true => Ok(()),
+            false => Err(format!("{journal}")),
+        }
+    });
+    host.signal("KILL");
+    host.finish();
+
+    let host = app.spawn();
+    let waited = app.cli(&["wait", "fan", "--json"]);
+    let ended: Value =
+        serde_json::from_str(&waited.stdout).unwrap_or_else(|_| panic!("{}", waited.dump()));
+    assert_eq!(ended["state"], "done", "{ended}");
+    let result: Value = serde_json::from_str(ended["result"].as_str().unwrap()).unwrap();
+    assert_eq!(result, json!(["900", "600", "300", "0"]));
+    let mut sent = seen.lock().unwrap().clone();
+    sent.sort();
+    assert_eq!(sent, [0, 300, 600, 900], "each request sent once");
+    host.stop();
+}
+
 /// A task that calls differently on replay fails `nondeterministic`,
 /// naming the step and both calls, and is not tried again.
 #[test]
