@@ -23,7 +23,7 @@
 //! an append past it fails the task, naming the limit.
 
 use crate::private_files::hex;
-use crate::storage::{JournalStep, TaskStore};
+use crate::storage::{JournalStep, StepsToAppend, TaskStore};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -335,6 +335,83 @@ impl Journal {
         Ok(index)
     }
 
+    /// Records `call`, a write whose store appends the journal's steps in
+    /// the transaction that makes it (`KvStore::write_journaled`), so a
+    /// crash keeps both or neither: `write` gets the steps (those made
+    /// before it, and its own, whose outcome the store fills in) and
+    /// starts the write; it answers with the call's answer and its
+    /// outcome's size, none when that did not fit (nothing was written).
+    pub(crate) async fn record_within<T, F>(
+        &self,
+        call: String,
+        write: impl FnOnce(StepsToAppend) -> F,
+    ) -> Result<T, JournalError>
+    where
+        F: std::future::Future<Output = Result<(T, Option<usize>), String>>,
+    {
+        let began = Instant::now();
+        // Started under the lock, as a commit is, so steps reach the
+        // store in their order.
+        let (written, index, count) = {
+            let mut state = self.state();
+            if let Some(failed) = &state.failed {
+                return Err(failed.clone());
+            }
+            let index = state.next;
+            let own = (!self.cancel.is_cancelled()).then(|| JournalStep {
+                index,
+                call: call.clone(),
+                outcome: Vec::new(),
+                at_ms: now_ms(),
+                micros: 0,
+            });
+            let used = state.bytes + call.len();
+            if own.is_some() && used > self.limit {
+                let error = JournalError::Limit {
+                    limit: self.limit,
+                    step: index,
+                    call,
+                };
+                state.failed = Some(error.clone());
+                return Err(error);
+            }
+            if own.is_some() {
+                state.next += 1;
+            }
+            let before = std::mem::take(&mut state.pending);
+            let count = (before.len() + usize::from(own.is_some())) as u64;
+            let steps = StepsToAppend {
+                seq: self.seq,
+                before,
+                own,
+                room: self.limit - used.min(self.limit),
+                began,
+            };
+            (write(steps), index, count)
+        };
+        match written.await {
+            Ok((answer, Some(bytes))) => {
+                self.state().bytes += call.len() + bytes;
+                self.metrics.appended.inc_by(count);
+                Ok(answer)
+            }
+            Ok((_, None)) => {
+                let error = JournalError::Limit {
+                    limit: self.limit,
+                    step: index,
+                    call,
+                };
+                self.state().failed = Some(error.clone());
+                Err(error)
+            }
+            Err(error) => {
+                let error = JournalError::Storage(error);
+                self.state().failed = Some(error.clone());
+                Err(error)
+            }
+        }
+    }
+
     /// Commits the steps made and not committed yet, and waits for it.
     pub(crate) async fn commit(&self) -> Result<(), JournalError> {
         // Queued under the lock, so steps reach the store in their order
@@ -560,6 +637,24 @@ where
     answered(journal, call, live, encode, decode, true).await
 }
 
+/// The recorded answer to `call` (`decode` reads it) while the journal
+/// replays; none once it runs live.
+pub(crate) fn replayed<T>(
+    journal: &Journal,
+    call: &str,
+    decode: impl FnOnce(&[u8]) -> Option<T>,
+) -> Result<Option<T>, JournalError> {
+    let Some((_, recorded)) = journal.replay(call)? else {
+        return Ok(None);
+    };
+    decode(&recorded).map(Some).ok_or_else(|| {
+        JournalError::Storage(format!(
+            "the recorded answer to `{call}` does not read back (the journal was changed \
+             outside taskhost)"
+        ))
+    })
+}
+
 /// [`journaled`] (`wait`: committed before it returns) or
 /// [`journaled_read`].
 async fn answered<T, F>(
@@ -573,13 +668,8 @@ async fn answered<T, F>(
 where
     F: std::future::Future<Output = T>,
 {
-    if let Some((_, recorded)) = journal.replay(&call)? {
-        return decode(&recorded).ok_or_else(|| {
-            JournalError::Storage(format!(
-                "the recorded answer to `{call}` does not read back (the journal was changed \
-                 outside taskhost)"
-            ))
-        });
+    if let Some(answer) = replayed(journal, &call, decode)? {
+        return Ok(answer);
     }
     let began = Instant::now();
     let answer = live.await;

@@ -17,6 +17,7 @@
 
 use crate::bindings::wasi::keyvalue::{atomics, batch, store};
 use crate::config::PluginPolicy;
+use crate::storage::kv::{EncodeAnswer, KvWrite, KvWritten};
 use crate::storage::{BucketId, KvError, KvStore, Swap};
 use crate::task::TaskIdent;
 use crate::telemetry::{Attr, CallSpan, SpanKind, Telemetry};
@@ -193,11 +194,6 @@ impl Ctx<'_> {
         let encode = |answer: &Result<T, store::Error>| {
             serde_json::to_vec(&answer.as_ref().map_err(text)).unwrap_or_default()
         };
-        let decode = |bytes: &[u8]| {
-            serde_json::from_slice::<Result<T, String>>(bytes)
-                .ok()
-                .map(|answer| answer.map_err(store::Error::Other))
-        };
         // A read is committed with the next call that waits; a write
         // before its answer is given.
         let answer = match read {
@@ -205,6 +201,55 @@ impl Ctx<'_> {
             false => crate::journal::journaled(journal, call(), live, encode, decode).await?,
         };
         Ok(answer)
+    }
+
+    /// A write (`write()`, which `live` makes) for a resuming task: on a
+    /// store that journals writes ([`KvStore::write_journaled`]) the write
+    /// and its step commit in one transaction, so a resumed task never
+    /// makes it twice; elsewhere as [`Ctx::journaled`]. `project` makes
+    /// the guest's answer of the store's.
+    #[allow(clippy::too_many_arguments)]
+    async fn journaled_write<T>(
+        &self,
+        storage: &Arc<dyn KvStore>,
+        bucket: &BucketId,
+        op: &'static str,
+        call: impl FnOnce() -> String,
+        write: impl FnOnce() -> KvWrite,
+        project: fn(KvWritten) -> T,
+        live: impl std::future::Future<Output = Result<T, store::Error>>,
+    ) -> KvResult<T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + 'static,
+    {
+        let Some(journal) = self.journal else {
+            return Ok(live.await);
+        };
+        if !storage.journals_writes() {
+            return self.journaled(false, call, live).await;
+        }
+        let call = call();
+        if let Some(answer) = crate::journal::replayed(journal, &call, decode::<T>)? {
+            return Ok(answer);
+        }
+        let span = self.span(op, bucket);
+        let encode: EncodeAnswer = Box::new(move |answer| {
+            let answer = answer.as_ref().map(|written| project(*written));
+            serde_json::to_vec(&answer.map_err(guest_text)).unwrap_or_default()
+        });
+        let answer = journal
+            .record_within(call, |steps| {
+                let written = storage.write_journaled(bucket, write(), steps, encode);
+                async move {
+                    written
+                        .await
+                        .map(|journaled| (journaled.answer, journaled.outcome_bytes))
+                        .map_err(|error| error.to_string())
+                }
+            })
+            .await?;
+        CallSpan::end_with(span, &answer);
+        Ok(answer.map(project).map_err(|error| self.error(error)))
     }
 
     /// A call's span (`[telemetry]`): `kv OP`, naming its bucket.
@@ -218,6 +263,7 @@ impl Ctx<'_> {
     /// The guest's error for a storage error; a limit is logged too, since
     /// the operator is the one who can raise it.
     fn error(&self, error: KvError) -> store::Error {
+        let text = guest_text(&error);
         match error {
             KvError::Limit(limit) => {
                 tracing::warn!(
@@ -228,7 +274,7 @@ impl Ctx<'_> {
                     self.ident.label(),
                     self.ident.plugin,
                 );
-                store::Error::Other(format!("limit: {limit}"))
+                store::Error::Other(text)
             }
             KvError::Storage(message) => {
                 // The details (the database's path among them) are the
@@ -241,11 +287,30 @@ impl Ctx<'_> {
                     self.ident.label(),
                     self.ident.plugin,
                 );
-                store::Error::Other("the key-value storage failed (the host log says why)".into())
+                store::Error::Other(text)
             }
-            other => store::Error::Other(other.to_string()),
+            _ => store::Error::Other(text),
         }
     }
+}
+
+/// What the guest is told of a storage error: the details of a failed
+/// store (the database's path among them) are the operator's, not the
+/// sandboxed guest's.
+fn guest_text(error: &KvError) -> String {
+    match error {
+        KvError::Limit(limit) => format!("limit: {limit}"),
+        KvError::Storage(_) => "the key-value storage failed (the host log says why)".into(),
+        other => other.to_string(),
+    }
+}
+
+/// A journaled answer as [`Ctx::journaled`] encodes it: JSON of the
+/// answer or the guest's error text.
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<Result<T, store::Error>> {
+    serde_json::from_slice::<Result<T, String>>(bytes)
+        .ok()
+        .map(|answer| answer.map_err(store::Error::Other))
 }
 
 /// The storage, or the guest's error from the enclosing call when there is
@@ -309,9 +374,16 @@ impl store::HostBucket for KvView<'_> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
         let ctx = self.ctx();
-        ctx.journaled(
-            false,
+        ctx.journaled_write(
+            &storage,
+            &id,
+            "kv set",
             || format!("kv set {id} {key} {}", crate::journal::digest(&value)),
+            || KvWrite::Set {
+                key: key.clone(),
+                value: value.clone(),
+            },
+            |_| (),
             async {
                 let span = ctx.span("kv set", &id);
                 let set = storage.set(&id, &key, &value).await;
@@ -326,12 +398,20 @@ impl store::HostBucket for KvView<'_> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
         let ctx = self.ctx();
-        ctx.journaled(false, || format!("kv delete {id} {key}"), async {
-            let span = ctx.span("kv delete", &id);
-            let deleted = storage.delete(&id, &key).await;
-            CallSpan::end_with(span, &deleted);
-            deleted.map(drop).map_err(|e| ctx.error(e))
-        })
+        ctx.journaled_write(
+            &storage,
+            &id,
+            "kv delete",
+            || format!("kv delete {id} {key}"),
+            || KvWrite::Delete { key: key.clone() },
+            |_| (),
+            async {
+                let span = ctx.span("kv delete", &id);
+                let deleted = storage.delete(&id, &key).await;
+                CallSpan::end_with(span, &deleted);
+                deleted.map(drop).map_err(|e| ctx.error(e))
+            },
+        )
         .await
     }
 
@@ -389,9 +469,19 @@ impl atomics::Host for KvView<'_> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
         let ctx = self.ctx();
-        ctx.journaled(
-            false,
+        ctx.journaled_write(
+            &storage,
+            &id,
+            "kv increment",
             || format!("kv increment {id} {key} {delta}"),
+            || KvWrite::Increment {
+                key: key.clone(),
+                delta,
+            },
+            |written| match written {
+                KvWritten::Sum(sum) => sum,
+                KvWritten::Done => 0,
+            },
             async {
                 let span = ctx.span("kv increment", &id);
                 let sum = storage.increment(&id, &key, delta).await;
@@ -514,12 +604,20 @@ impl batch::Host for KvView<'_> {
                 .collect();
             format!("kv set_many {id} {}", pairs.join(","))
         };
-        ctx.journaled(false, call, async {
-            let span = ctx.span("kv set_many", &id);
-            let set = storage.set_many(&id, &key_values).await;
-            CallSpan::end_with(span, &set);
-            set.map_err(|e| ctx.error(e))
-        })
+        ctx.journaled_write(
+            &storage,
+            &id,
+            "kv set_many",
+            call,
+            || KvWrite::SetMany(key_values.clone()),
+            |_| (),
+            async {
+                let span = ctx.span("kv set_many", &id);
+                let set = storage.set_many(&id, &key_values).await;
+                CallSpan::end_with(span, &set);
+                set.map_err(|e| ctx.error(e))
+            },
+        )
         .await
     }
 
@@ -531,9 +629,13 @@ impl batch::Host for KvView<'_> {
         let id = self.bucket(&bucket)?;
         let storage = storage!(self);
         let ctx = self.ctx();
-        ctx.journaled(
-            false,
+        ctx.journaled_write(
+            &storage,
+            &id,
+            "kv delete_many",
             || format!("kv delete_many {id} {}", keys.join(",")),
+            || KvWrite::DeleteMany(keys.clone()),
+            |_| (),
             async {
                 let span = ctx.span("kv delete_many", &id);
                 let deleted = storage.delete_many(&id, &keys).await;

@@ -31,6 +31,24 @@ impl JournalStep {
     }
 }
 
+/// Steps a store appends in the transaction of a call's own effect (a
+/// key-value write, `super::KvStore::write_journaled`).
+#[derive(Debug)]
+pub struct StepsToAppend {
+    /// The task's record.
+    pub seq: u64,
+    /// The steps made before the call and not committed yet.
+    pub before: Vec<JournalStep>,
+    /// The call's own step, its outcome left for the store to fill in
+    /// (none once the task was cancelled: nothing more is recorded).
+    pub own: Option<JournalStep>,
+    /// The bytes the own step's outcome may take within the journal's
+    /// bound.
+    pub room: usize,
+    /// When the call began: its step's duration is counted to its end.
+    pub began: std::time::Instant,
+}
+
 /// A backend that keeps no journals (both of taskhost's keep them; one
 /// to come may not): a task that resumes is refused there, naming the
 /// mode to use instead.

@@ -82,6 +82,85 @@ pub trait KvStore: Send + Sync + 'static {
 
     /// Every bucket that holds a key, by name.
     fn buckets(&self) -> KvFuture<'_, Vec<BucketStats>>;
+
+    /// Whether [`KvStore::write_journaled`] makes a write and its journal
+    /// steps in one transaction. Without it, a resuming task's write is
+    /// made, then its step appended (a crash between the two makes it
+    /// again on replay).
+    fn journals_writes(&self) -> bool {
+        false
+    }
+
+    /// Makes `write` and appends `steps` to task `steps.seq`'s journal in
+    /// one transaction: a crash keeps both or neither, so a resumed task
+    /// never makes a write twice. The write's own step gets the outcome
+    /// `encode` makes of its answer; past `steps.room`, both are undone.
+    /// Only called where [`KvStore::journals_writes`].
+    fn write_journaled<'a>(
+        &'a self,
+        bucket: &'a BucketId,
+        write: KvWrite,
+        steps: super::journal::StepsToAppend,
+        encode: EncodeAnswer,
+    ) -> KvFuture<'a, Journaled> {
+        let _ = (bucket, write, steps, encode);
+        Box::pin(async {
+            Err(KvError::Storage(
+                "this store does not journal writes".into(),
+            ))
+        })
+    }
+}
+
+/// A write a resuming task makes ([`KvStore::write_journaled`]).
+#[derive(Debug, Clone)]
+pub enum KvWrite {
+    /// `set`.
+    Set {
+        /// The key.
+        key: String,
+        /// Its new value.
+        value: Vec<u8>,
+    },
+    /// `delete`.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// `increment`.
+    Increment {
+        /// The key.
+        key: String,
+        /// What is added.
+        delta: i64,
+    },
+    /// `set-many`: every pair, all or none.
+    SetMany(Vec<(String, Vec<u8>)>),
+    /// `delete-many`: every key, all or none.
+    DeleteMany(Vec<String>),
+}
+
+/// What a [`KvWrite`] answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum KvWritten {
+    /// A set, a delete or a batch.
+    Done,
+    /// An increment's new value.
+    Sum(i64),
+}
+
+/// How a write's answer is kept as its journal step's outcome.
+pub type EncodeAnswer = Box<dyn FnOnce(&Result<KvWritten, KvError>) -> Vec<u8> + Send>;
+
+/// How [`KvStore::write_journaled`] went: the write's answer, and the
+/// size of its step's outcome, or none when it did not fit the journal's
+/// room (then nothing was written).
+#[derive(Debug)]
+pub struct Journaled {
+    /// The write's answer.
+    pub answer: Result<KvWritten, KvError>,
+    /// Its step's outcome's size; none: it did not fit, nothing written.
+    pub outcome_bytes: Option<usize>,
 }
 
 /// A value and its version.

@@ -56,7 +56,7 @@ pub use sqlite::{DATABASE_FILE, SqliteStore, StorageMetrics, StoreOptions};
 use std::sync::Arc;
 pub use tasks::Queued;
 
-pub use journal::{JournalStep, NoJournals};
+pub use journal::{JournalStep, NoJournals, StepsToAppend};
 pub use tasks::{NewTask, Submitted, TaskRecord, TaskStore, TaskStoreFuture};
 
 /// A backend cannot be reached now (a cluster's NATS is away): nothing

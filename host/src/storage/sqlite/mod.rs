@@ -24,8 +24,10 @@
 //! directory, so versions (for compare-and-swap) can be handed out from
 //! memory.
 
+use super::journal::StepsToAppend;
 use super::kv::{
-    BucketId, BucketStats, KeyPage, KvError, KvFuture, KvLimits, KvStore, Swap, Versioned,
+    BucketId, BucketStats, EncodeAnswer, Journaled, KeyPage, KvError, KvFuture, KvLimits, KvStore,
+    KvWrite, KvWritten, Swap, Versioned,
 };
 use crate::config::{Limit, LimitUnit};
 use crate::private_files::create_private_dir;
@@ -968,6 +970,46 @@ struct Writer<'t, 'c> {
 }
 
 impl Writer<'_, '_> {
+    /// Adds `delta` to the decimal integer at `key` (none counts as 0).
+    fn increment(&mut self, bucket: &BucketId, key: &str, delta: i64) -> Result<i64, KvError> {
+        let current = match get_value(self.tx, &bucket.to_string(), key)? {
+            None => 0,
+            Some(found) => parse_integer(&found.value).ok_or_else(|| KvError::NotAnInteger {
+                key: key.to_string(),
+            })?,
+        };
+        let sum = current
+            .checked_add(delta)
+            .ok_or_else(|| KvError::Overflow {
+                key: key.to_string(),
+                delta,
+            })?;
+        self.put(bucket, key, sum.to_string().as_bytes())?;
+        Ok(sum)
+    }
+
+    /// Makes `write`.
+    fn apply(&mut self, bucket: &BucketId, write: &KvWrite) -> Result<KvWritten, KvError> {
+        match write {
+            KvWrite::Set { key, value } => self.put(bucket, key, value)?,
+            KvWrite::Delete { key } => drop(self.remove(bucket, key)?),
+            KvWrite::Increment { key, delta } => {
+                return self.increment(bucket, key, *delta).map(KvWritten::Sum);
+            }
+            KvWrite::SetMany(entries) => {
+                for (key, value) in entries {
+                    self.put(bucket, key, value)?;
+                }
+            }
+            KvWrite::DeleteMany(keys) => {
+                for key in keys {
+                    self.remove(bucket, key)?;
+                }
+            }
+        }
+        Ok(KvWritten::Done)
+    }
+
     fn put(&mut self, bucket: &BucketId, key: &str, value: &[u8]) -> Result<(), KvError> {
         self.limits.check_write(key, value)?;
         let id = bucket.to_string();
@@ -1138,24 +1180,70 @@ impl SqliteStore {
     }
 
     fn increment_now(&self, bucket: &BucketId, key: &str, delta: i64) -> Result<i64, KvError> {
-        let id = bucket.to_string();
-        self.write(|writer| {
-            let current = match get_value(writer.tx, &id, key)? {
-                None => 0,
-                Some(found) => {
-                    parse_integer(&found.value).ok_or_else(|| KvError::NotAnInteger {
-                        key: key.to_string(),
-                    })?
+        self.write(|writer| writer.increment(bucket, key, delta))
+    }
+
+    /// [`KvStore::write_journaled`]: the write under a savepoint (undone
+    /// alone when it fails: its error is the answer journaled), then the
+    /// steps, in one transaction.
+    fn write_journaled_now(
+        &self,
+        bucket: &BucketId,
+        write: &KvWrite,
+        steps: StepsToAppend,
+        encode: EncodeAnswer,
+    ) -> Result<Journaled, KvError> {
+        self.locked(|inner, limits| {
+            let tx = inner
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch("SAVEPOINT kv_write")?;
+            let answer = Writer {
+                tx: &tx,
+                limits,
+                next_version: &mut inner.next_version,
+            }
+            .apply(bucket, write);
+            if answer.is_err() {
+                tx.execute_batch("ROLLBACK TO kv_write")?;
+            }
+            tx.execute_batch("RELEASE kv_write")?;
+            let mut rows = steps.before;
+            let mut outcome_bytes = 0;
+            if let Some(mut own) = steps.own {
+                own.outcome = encode(&answer);
+                own.micros = steps.began.elapsed().as_micros() as u64;
+                if own.outcome.len() > steps.room {
+                    // Dropped, the transaction undoes the write too.
+                    return Ok(Journaled {
+                        answer,
+                        outcome_bytes: None,
+                    });
                 }
-            };
-            let sum = current
-                .checked_add(delta)
-                .ok_or_else(|| KvError::Overflow {
-                    key: key.to_string(),
-                    delta,
-                })?;
-            writer.put(bucket, key, sum.to_string().as_bytes())?;
-            Ok(sum)
+                outcome_bytes = own.outcome.len();
+                rows.push(own);
+            }
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO journal (seq, step, call, outcome, at_ms, micros)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for step in rows {
+                    insert.execute(params![
+                        steps.seq as i64,
+                        step.index,
+                        step.call,
+                        step.outcome,
+                        step.at_ms as i64,
+                        step.micros as i64
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(Journaled {
+                answer,
+                outcome_bytes: Some(outcome_bytes),
+            })
         })
     }
 
@@ -1313,6 +1401,21 @@ impl KvStore for SqliteStore {
 
     fn buckets(&self) -> KvFuture<'_, Vec<BucketStats>> {
         self.kv(|store| store.buckets_now())
+    }
+
+    fn journals_writes(&self) -> bool {
+        true
+    }
+
+    fn write_journaled<'a>(
+        &'a self,
+        bucket: &'a BucketId,
+        write: KvWrite,
+        steps: StepsToAppend,
+        encode: EncodeAnswer,
+    ) -> KvFuture<'a, Journaled> {
+        let bucket = bucket.clone();
+        self.kv(move |store| store.write_journaled_now(&bucket, &write, steps, encode))
     }
 }
 
@@ -1507,5 +1610,96 @@ mod tests {
     fn keeps_the_schedule_contract() {
         let store = SqliteStore::in_memory(limits()).unwrap();
         run(crate::storage::contract::schedules(&store));
+    }
+
+    /// A resuming task's write and its journal steps commit together: the
+    /// answer is journaled with the write (an error answer too, with the
+    /// write undone), and a step past the journal's room undoes both.
+    #[test]
+    fn a_journaled_write_and_its_steps_commit_together() {
+        use crate::storage::{JournalStep, NewTask, StepsToAppend, Submitted, TaskStore};
+        let store = SqliteStore::in_memory(limits()).unwrap();
+        run(async {
+            let task = NewTask {
+                name: None,
+                worker: crate::task::WorkerId::Index(0),
+                plugin: "p".into(),
+                plugin_version: "1".into(),
+                factory: "f".into(),
+                args: "{}".into(),
+                retry: None,
+                idempotency_key: None,
+                queued: None,
+                started: true,
+                traceparent: None,
+                resume: true,
+            };
+            let Submitted::New(task) = store.submit(task).await.unwrap() else {
+                panic!("not new");
+            };
+            let step = |index: u32, call: &str| JournalStep {
+                index,
+                call: call.into(),
+                outcome: Vec::new(),
+                at_ms: 1,
+                micros: 0,
+            };
+            let steps = |before: Vec<JournalStep>, own: JournalStep, room: usize| StepsToAppend {
+                seq: task.seq,
+                before,
+                own: Some(own),
+                room,
+                began: std::time::Instant::now(),
+            };
+            let encode: fn() -> EncodeAnswer =
+                || Box::new(|answer| format!("{answer:?}").into_bytes());
+            let b = BucketId::private("p", "b").unwrap();
+            let increment = |delta| KvWrite::Increment {
+                key: "n".into(),
+                delta,
+            };
+            let done = store
+                .write_journaled(
+                    &b,
+                    increment(5),
+                    steps(vec![step(0, "seed")], step(1, "inc"), 100),
+                    encode(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(done.answer.unwrap(), KvWritten::Sum(5));
+            let journal = store.steps(task.seq).await.unwrap();
+            assert_eq!(journal.len(), 2, "{journal:?}");
+            assert_eq!(journal[1].outcome, b"Ok(Sum(5))");
+            // Past the room: neither the write nor the step.
+            let over = store
+                .write_journaled(&b, increment(1), steps(vec![], step(2, "inc"), 3), encode())
+                .await
+                .unwrap();
+            assert_eq!(over.outcome_bytes, None);
+            assert_eq!(store.get(&b, "n").await.unwrap().unwrap(), b"5");
+            assert_eq!(store.steps(task.seq).await.unwrap().len(), 2);
+            // A refused write: its error is the answer journaled.
+            store.set(&b, "text", b"x").await.unwrap();
+            let refused = store
+                .write_journaled(
+                    &b,
+                    KvWrite::Increment {
+                        key: "text".into(),
+                        delta: 1,
+                    },
+                    steps(vec![], step(2, "inc text"), 1000),
+                    encode(),
+                )
+                .await
+                .unwrap();
+            assert!(matches!(refused.answer, Err(KvError::NotAnInteger { .. })));
+            assert_eq!(store.get(&b, "text").await.unwrap().unwrap(), b"x");
+            let journal = store.steps(task.seq).await.unwrap();
+            assert!(
+                String::from_utf8_lossy(&journal[2].outcome).contains("NotAnInteger"),
+                "{journal:?}"
+            );
+        });
     }
 }
