@@ -562,6 +562,11 @@ impl Sending {
                 .map_err(|never| match never {})
                 .boxed_unsync(),
         );
+        // Cancelled meanwhile: not sent (it would not be recorded, and
+        // would be sent again when the task resumes).
+        if cancel.is_cancelled() {
+            return Err(cancelled());
+        }
         let began = Instant::now();
         let answer = tokio::select! {
             answer = receive(request, options, limit) => answer,

@@ -110,6 +110,14 @@ pub(crate) enum JournalError {
         call: String,
         policy: &'static str,
     },
+    /// The task was cancelled: a resuming task makes no more effects
+    /// (one made now would not be recorded, and would be made again when
+    /// it resumes).
+    #[error(
+        "cancelled: a resuming task makes no more writes, requests or starts once it is \
+         cancelled (they would be made again when it resumes)"
+    )]
+    Cancelled,
     /// The step could not be committed: the call was not answered.
     #[error("the task's journal could not be written: {0}")]
     Storage(String),
@@ -128,6 +136,10 @@ pub(crate) struct Journal {
     /// what the task did before it was stopped.
     cancel: Arc<crate::task::CancelSignal>,
     state: Mutex<State>,
+    /// Held by a commit until its steps are stored: a commit that finds
+    /// nothing left to take knows that whatever took its steps has
+    /// stored them.
+    committing: tokio::sync::Mutex<()>,
 }
 
 struct State {
@@ -209,6 +221,7 @@ impl Journal {
             limit,
             metrics,
             cancel,
+            committing: tokio::sync::Mutex::new(()),
             state: Mutex::new(State {
                 recorded,
                 walls,
@@ -350,6 +363,7 @@ impl Journal {
         F: std::future::Future<Output = Result<(T, Option<usize>), String>>,
     {
         let began = Instant::now();
+        let _turn = self.committing.lock().await;
         // Started under the lock, as a commit is, so steps reach the
         // store in their order.
         let (written, index, count) = {
@@ -357,8 +371,11 @@ impl Journal {
             if let Some(failed) = &state.failed {
                 return Err(failed.clone());
             }
+            if self.cancel.is_cancelled() {
+                return Err(JournalError::Cancelled);
+            }
             let index = state.next;
-            let own = (!self.cancel.is_cancelled()).then(|| JournalStep {
+            let own = Some(JournalStep {
                 index,
                 call: call.clone(),
                 outcome: Vec::new(),
@@ -366,7 +383,7 @@ impl Journal {
                 micros: 0,
             });
             let used = state.bytes + call.len();
-            if own.is_some() && used > self.limit {
+            if used > self.limit {
                 let error = JournalError::Limit {
                     limit: self.limit,
                     step: index,
@@ -375,11 +392,9 @@ impl Journal {
                 state.failed = Some(error.clone());
                 return Err(error);
             }
-            if own.is_some() {
-                state.next += 1;
-            }
+            state.next += 1;
             let before = std::mem::take(&mut state.pending);
-            let count = (before.len() + usize::from(own.is_some())) as u64;
+            let count = before.len() as u64 + 1;
             let steps = StepsToAppend {
                 seq: self.seq,
                 before,
@@ -414,6 +429,7 @@ impl Journal {
 
     /// Commits the steps made and not committed yet, and waits for it.
     pub(crate) async fn commit(&self) -> Result<(), JournalError> {
+        let _turn = self.committing.lock().await;
         // Queued under the lock, so steps reach the store in their order
         // whichever thread records them.
         let (appended, count) = {
@@ -501,6 +517,7 @@ impl Journal {
     pub(crate) fn reserve(&self, call: String) -> Result<Intent, JournalError> {
         let (step, nonce, replayed) = match self.replay(&call)? {
             Some((step, nonce)) => (step, nonce, true),
+            None if self.cancel.is_cancelled() => return Err(JournalError::Cancelled),
             None => {
                 let mut nonce = [0u8; 8];
                 let _ = getrandom::fill(&mut nonce);
@@ -594,6 +611,11 @@ pub(crate) fn digest(bytes: &[u8]) -> String {
 /// before it begins, so a sleep a crash cut short lasts only what was
 /// left of it after the restart, and one that ended is not slept again.
 pub(crate) async fn sleep_until(journal: &Journal, ms: u64) -> Result<u64, JournalError> {
+    // A sleep changes nothing outside: once cancelled it is not recorded,
+    // and the sleep itself answers `cancelled`.
+    if journal.cancel.is_cancelled() && journal.state().recorded.is_empty() {
+        return Ok(ms);
+    }
     journaled(
         journal,
         format!("sleep {ms}"),
@@ -670,6 +692,11 @@ where
 {
     if let Some(answer) = replayed(journal, &call, decode)? {
         return Ok(answer);
+    }
+    // An effect after a cancel would not be recorded, and would be made
+    // again when the task resumes.
+    if wait && journal.cancel.is_cancelled() {
+        return Err(JournalError::Cancelled);
     }
     let began = Instant::now();
     let answer = live.await;
@@ -845,9 +872,19 @@ mod tests {
         .unwrap();
         call(&journal, "sleep 1", "a").await.unwrap();
         // The host stops: what the task does on its way out (a write after
-        // a cancelled call) is not what a resumed run must replay.
+        // a cancelled call) is not what a resumed run must replay, and is
+        // refused rather than made unrecorded (it would be made again
+        // when the task resumes).
         cancel.cancel();
-        call(&journal, "kv set status failed", "").await.unwrap();
+        assert!(matches!(
+            call(&journal, "kv set status failed", "").await,
+            Err(JournalError::Cancelled)
+        ));
+        assert!(matches!(
+            journal.intent("http intent POST /x".into()).await,
+            Err(JournalError::Cancelled)
+        ));
+        assert_eq!(sleep_until(&journal, 50).await.unwrap(), 50);
         let steps: Vec<String> = store
             .steps(seq)
             .await

@@ -17,6 +17,7 @@
 
 use crate::bindings::wasi::keyvalue::{atomics, batch, store};
 use crate::config::PluginPolicy;
+use crate::journal::JournalError;
 use crate::storage::kv::{EncodeAnswer, KvWrite, KvWritten};
 use crate::storage::{BucketId, KvError, KvStore, Swap};
 use crate::task::TaskIdent;
@@ -197,10 +198,13 @@ impl Ctx<'_> {
         // A read is committed with the next call that waits; a write
         // before its answer is given.
         let answer = match read {
-            true => crate::journal::journaled_read(journal, call(), live, encode, decode).await?,
-            false => crate::journal::journaled(journal, call(), live, encode, decode).await?,
+            true => crate::journal::journaled_read(journal, call(), live, encode, decode).await,
+            false => crate::journal::journaled(journal, call(), live, encode, decode).await,
         };
-        Ok(answer)
+        match answer {
+            Err(JournalError::Cancelled) => Ok(Err(cancelled())),
+            answer => Ok(answer?),
+        }
     }
 
     /// A write (`write()`, which `live` makes) for a resuming task: on a
@@ -237,7 +241,7 @@ impl Ctx<'_> {
             let answer = answer.as_ref().map(|written| project(*written));
             serde_json::to_vec(&answer.map_err(guest_text)).unwrap_or_default()
         });
-        let answer = journal
+        let answer = match journal
             .record_within(call, |steps| {
                 let written = storage.write_journaled(bucket, write(), steps, encode);
                 async move {
@@ -247,7 +251,11 @@ impl Ctx<'_> {
                         .map_err(|error| error.to_string())
                 }
             })
-            .await?;
+            .await
+        {
+            Err(JournalError::Cancelled) => return Ok(Err(cancelled())),
+            answer => answer?,
+        };
         CallSpan::end_with(span, &answer);
         Ok(answer.map(project).map_err(|error| self.error(error)))
     }
@@ -292,6 +300,11 @@ impl Ctx<'_> {
             _ => store::Error::Other(text),
         }
     }
+}
+
+/// A resuming task's write after its cancel: refused, not made.
+fn cancelled() -> store::Error {
+    store::Error::Other(JournalError::Cancelled.to_string())
 }
 
 /// What the guest is told of a storage error: the details of a failed

@@ -441,7 +441,13 @@ impl AppState {
         );
         // A start made again finds the task the first run started, by
         // its key: never uncertain.
-        let mark = journal.intent(call).await?.mark;
+        let mark = match journal.intent(call).await {
+            Ok(intent) => intent.mark,
+            Err(crate::journal::JournalError::Cancelled) => {
+                return Ok(Err(GuestError::Cancelled));
+            }
+            Err(error) => return Err(error.into()),
+        };
         spec.durable = true;
         spec.resume = true;
         if spec.idempotency_key.is_none() {

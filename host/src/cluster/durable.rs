@@ -430,6 +430,20 @@ impl DurableQueue {
         }
     }
 
+    /// Whether this copy of task `seq` may write its journal: NATS is
+    /// reachable and its lease holds.
+    fn may_write_journal(&self, seq: u64) -> Result<()> {
+        self.online()?;
+        if !self.lease_of(seq).is_some_and(|lease| lease.holds()) {
+            bail!(
+                "this host's lease of durable task {seq} lapsed (the host was paused, or cut \
+                 off from NATS, past `ack_wait`): another host may run the task now, so this \
+                 copy's journal takes no more steps"
+            );
+        }
+        Ok(())
+    }
+
     /// The key a submission's idempotency key is kept under: app.toml's
     /// durable startup tasks (`app.toml/WORKER/NAME`) run on every host,
     /// so theirs are this host's own; any other key is the cluster's.
@@ -878,22 +892,22 @@ impl TaskStore for DurableQueue {
     /// Refused from a copy whose lease lapsed: another host may run the
     /// task now, and its journal is that host's.
     fn append_steps(&self, seq: u64, steps: Vec<JournalStep>) -> TaskStoreFuture<'_, ()> {
+        if let Err(refused) = self.may_write_journal(seq) {
+            return Box::pin(async { Err(refused) });
+        }
+        // Started now: appends reach JetStream in the order they are
+        // made, and one whose caller stops waiting is still made whole.
+        let appended = self.journals.start_append(seq, steps);
         Box::pin(async move {
-            self.online()?;
-            if !self.lease_of(seq).is_some_and(|lease| lease.holds()) {
-                bail!(
-                    "this host's lease of durable task {seq} lapsed (the host was paused, or \
-                     cut off from NATS, past `ack_wait`): another host may run the task now, \
-                     so this copy's journal takes no more steps"
-                );
-            }
-            self.journals.append(seq, &steps).await
+            appended
+                .await
+                .map_err(|error| anyhow!("durable task {seq}'s journal append stopped: {error}"))?
         })
     }
 
     fn clear_steps(&self, seq: u64) -> TaskStoreFuture<'_, ()> {
         Box::pin(async move {
-            self.online()?;
+            self.may_write_journal(seq)?;
             self.journals.clear(seq).await
         })
     }

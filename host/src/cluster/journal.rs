@@ -21,7 +21,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One step as the cluster keeps it: the one serde type of the steps in a
@@ -67,8 +67,21 @@ impl StoredStep {
 /// up (the messages are there: only a stalled server is waited for).
 const READ_WAIT: Duration = Duration::from_secs(10);
 
-/// The cluster's journals, as this host sees them.
-pub(super) struct Journals {
+/// The cluster's journals, as this host sees them. Cloning shares them:
+/// an append runs on a task of its own, so a caller that stops waiting
+/// does not stop it halfway.
+#[derive(Clone)]
+pub(super) struct Journals(Arc<Shared>);
+
+impl std::ops::Deref for Journals {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub(super) struct Shared {
     jetstream: jetstream::Context,
     stream: stream::Stream,
     /// `{name}.journal`.
@@ -93,14 +106,26 @@ impl Journals {
             })
             .await
             .with_context(|| format!("cannot open the JetStream stream {name} of journals"))?;
-        Ok(Journals {
+        Ok(Journals(Arc::new(Shared {
             jetstream,
             stream,
             prefix,
             tails: Mutex::default(),
-        })
+        })))
     }
 
+    /// [`Shared::append`], started now on a task of its own.
+    pub(super) fn start_append(
+        &self,
+        seq: u64,
+        steps: Vec<JournalStep>,
+    ) -> tokio::task::JoinHandle<Result<()>> {
+        let journals = self.clone();
+        tokio::spawn(async move { journals.append(seq, &steps).await })
+    }
+}
+
+impl Shared {
     fn subject(&self, seq: u64) -> String {
         format!("{}.{seq}", self.prefix)
     }

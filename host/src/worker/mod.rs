@@ -914,11 +914,14 @@ impl Run {
         // When the run under supervision began: a long one resets the
         // restart backoff.
         let mut run_began = Instant::now();
+        // A resuming task stays on the build it began with: its journal
+        // is that build's calls.
         let moves_on_load = tries
             .as_ref()
             .and_then(|tries| tries.on_load)
             .unwrap_or(worker.env.app.policy(&plugin.name).on_load)
-            == OnLoad::Restart;
+            == OnLoad::Restart
+            && !durable.as_ref().is_some_and(|d| d.resume);
         let begun = Instant::now();
         let mut verdict = verdict;
         let mut attempt = durable.as_ref().map_or(1, |d| d.first_attempt);
