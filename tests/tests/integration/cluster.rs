@@ -2064,23 +2064,6 @@ fn examples_reaching(server: std::net::SocketAddr, component: &str) -> String {
     )
 }
 
-/// Starts `post_steps` on `app`'s host as a resuming durable task named
-/// `poster`, POSTing `steps` steps to `server`.
-fn add_poster(app: &TestApp, server: std::net::SocketAddr, steps: u64) {
-    let args = json!({"url": format!("http://{server}/steps"), "steps": steps, "pause_ms": 300});
-    app.cli(&[
-        "add",
-        "examples",
-        "post_steps",
-        "--args",
-        &args.to_string(),
-        "--name",
-        "poster",
-        "--resume",
-    ])
-    .ok();
-}
-
 /// Issue 30, the cluster variant: a resuming task whose host is killed
 /// after its third POST resumes on another host from the journal its
 /// first host kept in JetStream: each step is taken once, and it ends
@@ -2099,7 +2082,7 @@ fn a_resuming_task_whose_host_dies_resumes_on_another_host() {
     for app in [&a, &b] {
         await_all_serving(app, 2);
     }
-    add_poster(&a, server, 5);
+    super::durable::add_poster(&a, server, 5, 300);
     saw_third
         .recv_timeout(std::time::Duration::from_secs(120))
         .expect("the third POST arrives");
@@ -2148,7 +2131,7 @@ fn a_paused_hosts_copy_of_a_resuming_task_cannot_act_after_another_resumed_it() 
     for app in [&a, &b] {
         await_all_serving(app, 2);
     }
-    add_poster(&a, server, 8);
+    super::durable::add_poster(&a, server, 8, 300);
     saw_third
         .recv_timeout(std::time::Duration::from_secs(120))
         .expect("the third POST arrives");

@@ -306,6 +306,59 @@ fn a_stop_is_not_an_end_even_for_a_task_that_fails_on_it_but_a_cancel_is() {
     );
 }
 
+/// The journal of the task named `name` (`GET /v1/tasks/{id}/journal`).
+fn journal_of(api: &Api, name: &str) -> Value {
+    let id = api.get(&format!("{}?name={name}", routes::LIST_TASKS.path))[0]["id"].clone();
+    api.get(&routes::TASK_JOURNAL.path.replace("{id}", &id.to_string()))
+}
+
+/// Waits (up to 30 s) until the journal of the task named `name` holds a
+/// step of `call`: the task got that far, recorded.
+fn await_journaled(api: &Api, name: &str, call: &str) {
+    taskhost_tests::poll_until(taskhost_tests::secs(30), taskhost_tests::millis(20), || {
+        let journal = journal_of(api, name);
+        let steps = journal["steps"].as_array().cloned().unwrap_or_default();
+        match steps.iter().any(|s| s["call"] == call) {
+            true => Ok(()),
+            false => Err(format!("{journal}")),
+        }
+    });
+}
+
+/// An app with the `examples` plugin allowed to reach `server`, with
+/// `fields` among its `[plugins.examples]` keys.
+fn poster_app(server: std::net::SocketAddr, fields: &str) -> TestApp {
+    TestApp::new(&format!(
+        r#"
+        name = "resumes"
+        [plugins.examples]
+        path = "{{examples}}"
+        {fields}
+        [plugins.examples.grants]
+        http = ["http://127.0.0.1:{port}"]
+        "#,
+        port = server.port(),
+    ))
+}
+
+/// Starts `post_steps` on `app`'s host as a resuming task named
+/// `poster`: `steps` POSTs to `server`, `pause_ms` apart.
+pub(crate) fn add_poster(app: &TestApp, server: std::net::SocketAddr, steps: u64, pause_ms: u64) {
+    let args =
+        json!({"url": format!("http://{server}/steps"), "steps": steps, "pause_ms": pause_ms});
+    let added = app.cli(&[
+        "add",
+        "examples",
+        "post_steps",
+        "--args",
+        &args.to_string(),
+        "--name",
+        "poster",
+        "--resume",
+    ]);
+    assert_eq!(added.code, Some(0), "{}", added.dump());
+}
+
 /// The number a `resumable` task logged (`random R`) in `lines`.
 fn random_logged(lines: &[Value], task: &str) -> Option<u64> {
     lines.iter().find_map(|l| {
@@ -338,10 +391,7 @@ fn a_resuming_task_killed_mid_sleep_resumes_from_its_journal() {
     host.wait_for(1, |l| l["task"] == "resumer" && l["message"] == "slept 2");
     // The last sleep's end is journaled before it begins.
     let (api, _) = Api::of(&app);
-    let journal = |api: &Api| -> Value {
-        let id = api.get(&format!("{}?name=resumer", routes::LIST_TASKS.path))[0]["id"].clone();
-        api.get(&routes::TASK_JOURNAL.path.replace("{id}", &id.to_string()))
-    };
+    let journal = |api: &Api| journal_of(api, "resumer");
     taskhost_tests::poll_until(taskhost_tests::secs(30), taskhost_tests::millis(20), || {
         let steps = journal(&api)["steps"].as_array().map_or(0, Vec::len);
         if steps == 5 {
@@ -476,28 +526,9 @@ pub(crate) fn post_server(
 fn post_steps_killed_after_its_third_post_resumes_and_posts_each_step_once() {
     let (third, saw_third) = std::sync::mpsc::channel();
     let (server, posts) = post_server(third);
-    let app = TestApp::new(&format!(
-        r#"
-        name = "resumes"
-        [plugins.examples]
-        path = "{{examples}}"
-        [plugins.examples.grants]
-        http = ["http://127.0.0.1:{port}"]
-        "#,
-        port = server.port(),
-    ));
+    let app = poster_app(server, "");
     let host = app.spawn();
-    let added = app.cli(&[
-        "add",
-        "examples",
-        "post_steps",
-        "--args",
-        &json!({"url": format!("http://{server}/steps"), "steps": 5, "pause_ms": 300}).to_string(),
-        "--name",
-        "poster",
-        "--resume",
-    ]);
-    assert_eq!(added.code, Some(0), "{}", added.dump());
+    add_poster(&app, server, 5, 300);
     saw_third
         .recv_timeout(std::time::Duration::from_secs(120))
         .expect("the third POST arrives");
@@ -572,29 +603,9 @@ fn an_uncertain_post_fails_its_task_when_the_policy_says_so() {
             }),
         )
     });
-    let app = TestApp::new(&format!(
-        r#"
-        name = "uncertain"
-        [plugins.examples]
-        path = "{{examples}}"
-        http_uncertain = "fail"
-        [plugins.examples.grants]
-        http = ["http://127.0.0.1:{port}"]
-        "#,
-        port = server.port(),
-    ));
+    let app = poster_app(server, r#"http_uncertain = "fail""#);
     let host = app.spawn();
-    let added = app.cli(&[
-        "add",
-        "examples",
-        "post_steps",
-        "--args",
-        &json!({"url": format!("http://{server}/steps"), "steps": 5, "pause_ms": 10}).to_string(),
-        "--name",
-        "poster",
-        "--resume",
-    ]);
-    assert_eq!(added.code, Some(0), "{}", added.dump());
+    add_poster(&app, server, 5, 10);
     saw_third
         .recv_timeout(std::time::Duration::from_secs(120))
         .expect("the third POST arrives");
@@ -671,15 +682,7 @@ fn concurrent_requests_of_a_resumed_task_are_answered_from_the_journal() {
     ]);
     assert_eq!(added.code, Some(0), "{}", added.dump());
     let (api, _) = Api::of(&app);
-    taskhost_tests::poll_until(taskhost_tests::secs(30), taskhost_tests::millis(20), || {
-        let id = api.get(&format!("{}?name=fan", routes::LIST_TASKS.path))[0]["id"].clone();
-        let journal = api.get(&routes::TASK_JOURNAL.path.replace("{id}", &id.to_string()));
-        let calls = journal["steps"].as_array().cloned().unwrap_or_default();
-        match calls.iter().any(|s| s["call"] == "sleep 4000") {
-            true => Ok(()),
-            false => Err(format!("{journal}")),
-        }
-    });
+    await_journaled(&api, "fan", "sleep 4000");
     host.signal("KILL");
     host.finish();
 
@@ -707,14 +710,7 @@ fn a_task_that_calls_differently_on_replay_fails_naming_the_step() {
     host.wait_for(1, |l| l["event"] == "started" && l["task"] == "drifter");
     let (api, _) = Api::of(&app);
     // Both sleeps journaled: the first ended, the second began.
-    taskhost_tests::poll_until(taskhost_tests::secs(30), taskhost_tests::millis(20), || {
-        let id = api.get(&format!("{}?name=drifter", routes::LIST_TASKS.path))[0]["id"].clone();
-        let journal = api.get(&routes::TASK_JOURNAL.path.replace("{id}", &id.to_string()));
-        match journal["steps"].as_array().map_or(0, Vec::len) {
-            2 => Ok(()),
-            n => Err(format!("{n} steps: {journal}")),
-        }
-    });
+    await_journaled(&api, "drifter", "sleep 60000");
     host.signal("KILL");
     host.finish();
 
@@ -888,15 +884,7 @@ fn a_resuming_task_resumes_on_the_build_it_began_with() {
     let task =
         |api: &Api| api.get(&format!("{}?name=first-build", routes::LIST_TASKS.path))[0].clone();
     let began_on = task(&api)["plugin_version"].as_str().unwrap().to_string();
-    taskhost_tests::poll_until(taskhost_tests::secs(30), taskhost_tests::millis(20), || {
-        let id = task(&api)["id"].clone();
-        let journal = api.get(&routes::TASK_JOURNAL.path.replace("{id}", &id.to_string()));
-        let calls = journal["steps"].as_array().cloned().unwrap_or_default();
-        match calls.iter().any(|s| s["call"] == "sleep 3000") {
-            true => Ok(()),
-            false => Err(format!("{journal}")),
-        }
-    });
+    await_journaled(&api, "first-build", "sleep 3000");
     host.signal("KILL");
     let first = host.finish();
     let drawn = random_logged(&first.lines, "first-build").expect("the first run drew a number");
@@ -972,15 +960,7 @@ fn a_resumed_task_gets_its_event_and_config_from_the_journal() {
     assert_eq!(dispatched.code, Some(0), "{}", dispatched.dump());
     host.wait_for(1, |l| l["task"] == "waiter" && l["message"] == "got first");
     let (api, _) = Api::of(&app);
-    taskhost_tests::poll_until(taskhost_tests::secs(30), taskhost_tests::millis(20), || {
-        let id = api.get(&format!("{}?name=waiter", routes::LIST_TASKS.path))[0]["id"].clone();
-        let journal = api.get(&routes::TASK_JOURNAL.path.replace("{id}", &id.to_string()));
-        let calls = journal["steps"].as_array().cloned().unwrap_or_default();
-        match calls.iter().any(|s| s["call"] == "sleep 4000") {
-            true => Ok(()),
-            false => Err(format!("{journal}")),
-        }
-    });
+    await_journaled(&api, "waiter", "sleep 4000");
     host.signal("KILL");
     host.finish();
     // app.toml changes while the host is down.
