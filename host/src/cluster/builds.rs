@@ -32,17 +32,12 @@ impl Builds {
     ) -> Result<Builds> {
         let jetstream = jetstream::new(client.clone());
         let bucket = format!("{cluster}-builds");
-        let store = match jetstream.get_object_store(&bucket).await {
-            Ok(store) => store,
-            Err(_) => jetstream
-                .create_object_store(object_store::Config {
-                    bucket: bucket.clone(),
-                    description: Some("taskhost: the builds resuming tasks began on".into()),
-                    ..Default::default()
-                })
-                .await
-                .with_context(|| format!("cannot open the JetStream object store {bucket}"))?,
-        };
+        let store = super::object_store(
+            &jetstream,
+            &bucket,
+            "taskhost: the builds resuming tasks began on",
+        )
+        .await?;
         Ok(Builds {
             store,
             bucket,

@@ -48,6 +48,26 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long leaving waits for what is still queued to reach NATS.
 const LEAVE_FLUSH: Duration = Duration::from_secs(2);
 
+/// The JetStream object store `bucket`, made (with `description`) if it
+/// does not exist yet.
+async fn object_store(
+    jetstream: &async_nats::jetstream::Context,
+    bucket: &str,
+    description: &str,
+) -> Result<async_nats::jetstream::object_store::ObjectStore> {
+    if let Ok(store) = jetstream.get_object_store(bucket).await {
+        return Ok(store);
+    }
+    jetstream
+        .create_object_store(async_nats::jetstream::object_store::Config {
+            bucket: bucket.to_string(),
+            description: Some(description.to_string()),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("cannot open the JetStream object store {bucket}"))
+}
+
 /// Whether `client` is connected now. While it is not, the client would
 /// queue what it is given and send it once back, maybe long after anyone
 /// waited for it: a task request, a name's claim, a stale event. So every

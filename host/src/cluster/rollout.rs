@@ -102,17 +102,12 @@ impl Rollout {
     pub(super) async fn open(client: &async_nats::Client, config: &ClusterConfig) -> Result<Self> {
         let jetstream = jetstream::new(client.clone());
         let bucket = format!("{}-plugins", config.name);
-        let store = match jetstream.get_object_store(&bucket).await {
-            Ok(store) => store,
-            Err(_) => jetstream
-                .create_object_store(object_store::Config {
-                    bucket: bucket.clone(),
-                    description: Some("taskhost: plugins rolled out to every host".into()),
-                    ..Default::default()
-                })
-                .await
-                .with_context(|| format!("cannot open the JetStream object store {bucket}"))?,
-        };
+        let store = super::object_store(
+            &jetstream,
+            &bucket,
+            "taskhost: plugins rolled out to every host",
+        )
+        .await?;
         let reports_bucket = format!("{}-rollout", config.name);
         let reports = jetstream
             .create_or_update_key_value(kv::Config {
