@@ -319,7 +319,22 @@ pub(crate) fn new_store(engine: &Engine, data: TaskData) -> Store<TaskData> {
 pub(crate) fn fence(store: &mut Store<TaskData>) {
     store.call_hook(|cx, hook| {
         if matches!(hook, wasmtime::CallHook::CallingHost) && cx.data().cancel.is_fenced() {
-            cx.data().cancel.force();
+            let data = cx.data();
+            if !data.cancel.is_forced() {
+                // Said once, before the forced cancel's own line, so the log
+                // tells a fenced copy from one cancelled by hand.
+                let ident = &data.app.ident;
+                tracing::warn!(
+                    task = ident.name.as_deref().unwrap_or(""),
+                    task_id = ident.id,
+                    "task {} (id {}): this host's lease lapsed (the host was paused or cut off \
+                     from NATS past `ack_wait`), so its copy stops at its next host call; \
+                     another host may run the task now",
+                    ident.name.as_deref().unwrap_or("(unnamed)"),
+                    ident.id
+                );
+            }
+            data.cancel.force();
             return Err(wasmtime::Trap::Interrupt.into());
         }
         Ok(())
