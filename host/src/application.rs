@@ -105,6 +105,7 @@ impl Application {
         let engine = build_engine(&EngineSettings {
             max_instances: config.limits.instances,
             warm_instances: config.limits.warm_instances,
+            warm_image_instances: config.limits.warm_image_instances,
             max_wasm_stack: config.limits.wasm_stack_bytes(),
             ..engine_settings.clone()
         })?;

@@ -16,12 +16,14 @@
 //!
 //! A plugin whose data segments exceed [`IMAGE_THRESHOLD`] (a Python
 //! component holds an 11 MB interpreter snapshot) runs on the *image*
-//! engine instead: its memory image is mapped copy-on-write, so a task pays
+//! engines instead: its memory image is mapped copy-on-write, so a task pays
 //! only for the pages it writes, not for copying the whole snapshot into
-//! fresh pages. Its instances are allocated on demand: such a component has
-//! a dozen or more core instances, which a pool sized for small plugins
-//! would run out of, and its per-task cost is its page faults and its
-//! interpreter's first call, not the allocation.
+//! fresh pages. Two again: a small *warm image* pool, sized for components
+//! of a dozen core instances, whose freed slots keep the image mapped and
+//! copy back only the pages their task wrote (so the next task of that
+//! plugin takes no page fault on them: a trivial JavaScript task took 198
+//! faults on demand, 83 with the pool's 32 slots), and past it instances allocated
+//! on demand, which keep nothing once freed.
 //!
 //! Choices, and why (figures in shared/notes/wasmtime-48-facts.md):
 //! - epoch interruption, not fuel: a relaxed atomic load per loop back-edge,
@@ -54,6 +56,9 @@ pub struct EngineSettings {
     pub max_instances: u32,
     /// Slots of the warm pool.
     pub warm_instances: u32,
+    /// Slots of the warm image pool (large-image plugins: Python,
+    /// JavaScript); 0 runs every such task on demand.
+    pub warm_image_instances: u32,
     /// Wasm stack per task, in bytes; deeper recursion traps.
     pub max_wasm_stack: usize,
     /// Where compiled components are cached; `None` compiles every time.
@@ -65,6 +70,7 @@ impl Default for EngineSettings {
         EngineSettings {
             max_instances: 1000,
             warm_instances: 128,
+            warm_image_instances: 32,
             max_wasm_stack: 512 * 1024,
             compile_cache: None,
         }
@@ -81,8 +87,14 @@ pub struct HostEngine {
     /// The engine of plugins with large memory images (copy-on-write, on
     /// demand).
     pub images: Engine,
+    /// The warm image pool's engine, where large-image tasks start while
+    /// it has a free slot; none when `warm_image_instances` is 0 or the
+    /// pool could not be reserved.
+    pub warm_images: Option<Engine>,
     /// Free slots of the warm pool.
     pub warm_slots: Arc<WarmSlots>,
+    /// Free slots of the warm image pool.
+    pub warm_image_slots: Arc<WarmSlots>,
     /// The compile cache, opened at [`EngineSettings::compile_cache`]; none
     /// without one: every load compiles.
     pub cache: Option<Arc<CompileCache>>,
@@ -105,6 +117,30 @@ const MEMORIES_PER_TASK: usize = 2;
 pub fn warm_resident_bound(warm_instances: u32) -> u64 {
     warm_instances as u64
         * (MEMORIES_PER_TASK * WARM_KEEP_RESIDENT + WARM_STACK_KEEP_RESIDENT) as u64
+}
+
+/// Written bytes of a freed warm image slot's memory kept resident and
+/// copied back from the image (found by the pagemap scan): a trivial
+/// Python task writes about 700 KiB of its interpreter's memory, a
+/// JavaScript one about 330 KiB.
+const IMAGE_KEEP_RESIDENT: usize = 1 << 20;
+
+/// Kept bytes of each of a freed warm image slot's tables: a Python
+/// component's function table holds 5,810 entries (45 KiB), a JavaScript
+/// one's 7,738 (60 KiB).
+const IMAGE_TABLE_KEEP_RESIDENT: usize = 64 << 10;
+
+/// Tables per slot of the warm image pool: componentize-py's components
+/// define one function table and their adapter shims a few more.
+const IMAGE_TABLES_PER_TASK: usize = 8;
+
+/// The most the warm image pool keeps resident once its tasks have ended,
+/// in bytes: per slot, its memories', tables' and stack's kept pages.
+pub fn warm_image_resident_bound(warm_image_instances: u32) -> u64 {
+    warm_image_instances as u64
+        * (MEMORIES_PER_TASK * IMAGE_KEEP_RESIDENT
+            + IMAGE_TABLES_PER_TASK * IMAGE_TABLE_KEEP_RESIDENT
+            + WARM_STACK_KEEP_RESIDENT) as u64
 }
 
 /// The warm pool's free slots: a task takes one if it can, and gives it
@@ -240,11 +276,30 @@ pub fn build_engine(settings: &EngineSettings) -> Result<HostEngine> {
     let images = Engine::new(&image_config(settings))
         .map_err(anyhow::Error::from)
         .context("cannot create the wasmtime engine for large memory images")?;
+    let warm_images = match settings.warm_image_instances {
+        0 => None,
+        slots => match Engine::new(&warm_image_config(settings, slots)) {
+            Ok(engine) => Some(engine),
+            Err(error) => {
+                tracing::warn!(
+                    "warm image pool of {slots} slots unavailable ({error:#}): Python and \
+                     JavaScript tasks run on demand, about 1.8x slower. Lower [limits] \
+                     warm_image_instances or lift `ulimit -v`"
+                );
+                None
+            }
+        },
+    };
     Ok(HostEngine {
         engine,
         cold,
         images,
         warm_slots: WarmSlots::new(settings.warm_instances),
+        warm_image_slots: WarmSlots::new(match warm_images {
+            Some(_) => settings.warm_image_instances,
+            None => 0,
+        }),
+        warm_images,
         cache,
     })
 }
@@ -311,16 +366,47 @@ fn cold_config(settings: &EngineSettings) -> Config {
 pub const IMAGE_THRESHOLD: u64 = 1 << 20;
 
 /// The configuration of the image engine: copy-on-write memory images,
-/// instances allocated on demand. A pool of its own measured the same
-/// (`cargo bench --bench speed -- guests`, one session: an idle Python task
-/// 0.90 MiB proportional set size pooled, 0.88 on demand; spawn p50 884 and
-/// 854 us), and on demand there is no pool to size for components of a
-/// dozen core instances, nor more address space to reserve.
+/// instances allocated on demand (where large-image tasks run past the
+/// warm image pool): nothing to size, no address space reserved, and a
+/// freed instance keeps nothing.
 fn image_config(settings: &EngineSettings) -> Config {
     let mut config = base_config(settings);
     config
         .memory_init_cow(true)
         .allocation_strategy(InstanceAllocationStrategy::OnDemand);
+    config
+}
+
+/// The configuration of the warm image engine: [`image_config`]'s
+/// copy-on-write images in a pool of `slots` slots sized for components of
+/// a dozen core instances, whose freed slots keep their image mapped and
+/// reset only the pages their task wrote (up to [`IMAGE_KEEP_RESIDENT`]
+/// per memory). Measured (`cargo bench --bench speed -- guests`, one
+/// session, `GUESTS_WARM_IMAGE` 0 to 128): trivial tasks on 2 workers,
+/// JavaScript 1,689/s on demand, 3,530/s with 32 slots, 3,670/s with 64;
+/// Python 1,040, 1,282 and 1,321/s. 32 is the default: past it the gain
+/// is small and each slot may keep 2.6 MiB.
+fn warm_image_config(settings: &EngineSettings, slots: u32) -> Config {
+    let mut config = base_config(settings);
+    let mut pool = PoolingAllocationConfig::default();
+    // Python's component instantiates 14 core modules and as many shims.
+    pool.total_component_instances(slots)
+        .total_core_instances(slots.saturating_mul(48))
+        .total_memories(slots.saturating_mul(MEMORIES_PER_TASK as u32))
+        .total_tables(slots.saturating_mul(IMAGE_TABLES_PER_TASK as u32))
+        .total_stacks(slots)
+        .max_memories_per_module(MEMORIES_PER_TASK as u32)
+        .max_tables_per_module(2)
+        .linear_memory_keep_resident(IMAGE_KEEP_RESIDENT)
+        .table_keep_resident(IMAGE_TABLE_KEEP_RESIDENT)
+        .async_stack_keep_resident(WARM_STACK_KEEP_RESIDENT)
+        // Every freed slot stays affine to its plugin's image: the next
+        // task of that plugin maps nothing.
+        .max_unused_warm_slots(slots)
+        .pagemap_scan(wasmtime::Enabled::Auto);
+    config
+        .memory_init_cow(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
 }
 
@@ -417,7 +503,7 @@ pub struct WorstCase {
     pub task_memory: u64,
     /// Stacks and bookkeeping of that many live tasks.
     pub stacks: u64,
-    /// What the warm pool keeps once tasks have ended.
+    /// What the warm pools keep once tasks have ended.
     pub warm_kept: u64,
     /// What the public listener's connections and requests may buffer
     /// (set by whoever knows the routes: zero here).
@@ -428,13 +514,16 @@ impl WorstCase {
     /// The worst case `limits` allow; `listener` is left at zero for whoever
     /// knows the routes.
     pub fn of(limits: &crate::config::Limits) -> WorstCase {
-        let tasks = u64::from(limits.instances) + u64::from(limits.warm_instances);
+        let tasks = u64::from(limits.instances)
+            + u64::from(limits.warm_instances)
+            + u64::from(limits.warm_image_instances);
         let per_task = limits.wasm_stack_bytes() as u64 + TASK_OVERHEAD;
         WorstCase {
             tasks,
             task_memory: limits.memory_total_bytes(),
             stacks: tasks.saturating_mul(per_task),
-            warm_kept: warm_resident_bound(limits.warm_instances),
+            warm_kept: warm_resident_bound(limits.warm_instances)
+                + warm_image_resident_bound(limits.warm_image_instances),
             listener: 0,
         }
     }

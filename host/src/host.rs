@@ -178,7 +178,9 @@ impl Host {
             Some(connection) => connection.storage(storage),
             None => storage,
         };
-        let ticker = EpochTicker::start(&[&engines.engine, &engines.cold, &engines.images])?;
+        let mut ticked = vec![&engines.engine, &engines.cold, &engines.images];
+        ticked.extend(&engines.warm_images);
+        let ticker = EpochTicker::start(&ticked)?;
         let mut metrics = Metrics::new(app.task_memory.clone(), app.http_metrics.clone())
             .with_storage(storage_metrics.call_seconds, storage_metrics.waiting)
             .with_sockets(app.sockets_open.clone());

@@ -170,7 +170,7 @@ pub(crate) async fn run(
     // Declared before the store, so dropped after it: the slot is free
     // again only once the instance has given it back.
     let mut warm_slot = match plugin.has_large_image() {
-        true => None,
+        true => engines.warm_image_slots.take(),
         false => engines.warm_slots.take(),
     };
     let (engine, pre) = plugin.instantiation(engines, warm_slot.is_some());
@@ -183,7 +183,7 @@ pub(crate) async fn run(
             .is_some()
     {
         // A component larger than the warm pool's slots expect: run it
-        // in the cold pool instead.
+        // in the cold pool (or, for a large image, on demand) instead.
         let (engine, pre) = plugin.instantiation(engines, false);
         store = new_store(engine, store.into_data());
         drop(warm_slot.take());

@@ -45,8 +45,9 @@ const IDLE_TASKS: usize = 10_000;
 /// Under `perf record --control fifo:CTL -D -1`, with `SPEED_PERF_CTL=CTL`
 /// and `SPEED_PROFILE=SECTION`: records only that section of the bench
 /// (`spawn`, `raw-spawn`, `throughput-1`, `throughput-2`, `raw-throughput-1`,
-/// `raw-throughput-2`, `cancel`, `raw-cancel`, `mass`, and the
-/// queues bench's `durable-1024`), not the
+/// `raw-throughput-2`, `cancel`, `raw-cancel`, `mass`, the queues
+/// bench's `durable-1024`, and the guests bench's 2-worker throughput of
+/// each guest, `guests-rust`, `guests-python`, `guests-js`), not the
 /// set-up around it, and the bench stops after it.
 fn profile(section: &str, command: &str) {
     let (Ok(fifo), Ok(wanted)) = (

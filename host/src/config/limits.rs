@@ -201,6 +201,14 @@ pub struct Limits {
     /// (`engine::warm_resident_bound`, 576 KiB each). Tasks past it run in
     /// the cold pool (`instances`), which gives all memory back.
     pub warm_instances: u32,
+    /// Slots of the warm image pool, where tasks of large-image plugins
+    /// (Python, JavaScript) start while one is free: a freed slot keeps
+    /// its plugin's image mapped and the pages its task wrote, so the next
+    /// task starts with fewer page faults (`engine::warm_image_resident_bound`,
+    /// 2.6 MiB each at most). Tasks past it are instantiated on demand; 0
+    /// runs them all so and saves the pool's second copy of each
+    /// large-image plugin's compiled code.
+    pub warm_image_instances: u32,
     /// Live tasks one worker may hold; `add_task` past it fails with `limit`.
     pub tasks_per_worker: usize,
     /// Live tasks the whole app may hold, across workers.
@@ -293,6 +301,7 @@ impl Default for Limits {
             wasm_stack_kb: 512,
             instances: 10_000,
             warm_instances: 128,
+            warm_image_instances: 32,
             tasks_per_worker: 10_000,
             tasks_per_app: 100_000,
             ended_tasks_per_worker: 10_000,
@@ -426,6 +435,9 @@ fn check_timeout_ms(table: &str, timeout_ms: Option<u64>) -> Result<()> {
     Ok(())
 }
 
+/// The most slots `warm_image_instances` may ask for.
+const MAX_WARM_IMAGE_INSTANCES: u32 = 1024;
+
 impl Limits {
     /// Checks every bound; `file` names app.toml in the error.
     pub(super) fn checked(self, file: &str) -> Result<Limits> {
@@ -470,6 +482,14 @@ impl Limits {
             if value == 0 {
                 bail!("{table} `{key}` must be at least 1");
             }
+        }
+        if self.warm_image_instances > MAX_WARM_IMAGE_INSTANCES {
+            bail!(
+                "{table} `warm_image_instances` must be at most {MAX_WARM_IMAGE_INSTANCES} (each \
+                 slot reserves 8 GiB of address space and may keep 2.6 MiB resident), got {}; \
+                 tasks past the pool still run, instantiated on demand",
+                self.warm_image_instances
+            );
         }
         if self.kv_value_bytes > MAX_KV_VALUE_BYTES {
             bail!(

@@ -57,6 +57,8 @@ pub struct PluginLoader {
     engines: HostEngine,
     /// For the warm engine, the cold one and the image one.
     linkers: [Linker<TaskData>; 3],
+    /// For the warm image engine, when there is one.
+    warm_image_linker: Option<Linker<TaskData>>,
     app: Arc<AppContext>,
 }
 
@@ -70,6 +72,7 @@ impl PluginLoader {
                 linker(&engines.cold)?,
                 linker(&engines.images)?,
             ],
+            warm_image_linker: engines.warm_images.as_ref().map(linker).transpose()?,
             engines: engines.clone(),
             app,
         })
@@ -173,7 +176,13 @@ impl PluginLoader {
                 warm: link(&self.linkers[0], warm)?,
                 cold: link(&self.linkers[1], cold)?,
             },
-            Compiled::Image(component) => Instances::Image(link(&self.linkers[2], component)?),
+            Compiled::Image { warm, cold } => Instances::Image {
+                warm: match (warm, &self.warm_image_linker) {
+                    (Some(warm), Some(linker)) => Some(link(linker, warm)?),
+                    _ => None,
+                },
+                cold: link(&self.linkers[2], cold)?,
+            },
         };
 
         let mut plugin = Plugin {
@@ -275,8 +284,15 @@ impl PluginLoader {
 
 /// A component compiled for the engines its tasks will run on.
 enum Compiled {
-    Pooled { warm: Component, cold: Component },
-    Image(Component),
+    Pooled {
+        warm: Component,
+        cold: Component,
+    },
+    /// `warm` for the warm image pool, when the host has one.
+    Image {
+        warm: Option<Component>,
+        cold: Component,
+    },
 }
 
 /// `bytes` compiled for the image engine when its data segments exceed
@@ -293,19 +309,26 @@ fn compile(engines: &HostEngine, bytes: &[u8], data_bytes: u64) -> wasmtime::Res
             Ok((component, artifact))
         }
     };
+    // The second engine of a pair takes what the first compiled.
+    let also_for = |engine: &Engine, artifact: Option<&Vec<u8>>| {
+        // SAFETY: the artifact was serialized by this process from code it
+        // compiled, or read from a cache entry whose MAC proves the same.
+        match artifact.map(|artifact| unsafe { Component::deserialize(engine, artifact) }) {
+            Some(Ok(component)) => Ok(component),
+            // An engine fallen back to on-demand allocation may disagree.
+            _ => Component::from_binary(engine, bytes),
+        }
+    };
     if data_bytes > IMAGE_THRESHOLD {
-        return Ok(Compiled::Image(cached(&engines.images)?.0));
+        let (cold, artifact) = cached(&engines.images)?;
+        let warm = match &engines.warm_images {
+            Some(engine) => Some(also_for(engine, artifact.as_ref())?),
+            None => None,
+        };
+        return Ok(Compiled::Image { warm, cold });
     }
     let (warm, artifact) = cached(&engines.engine)?;
-    // SAFETY: the artifact was serialized by this process from code it
-    // compiled, or read from a cache entry whose MAC proves the same.
-    let deserialized =
-        artifact.map(|artifact| unsafe { Component::deserialize(&engines.cold, artifact) });
-    let cold = match deserialized {
-        Some(Ok(cold)) => cold,
-        // An engine fallen back to on-demand allocation may disagree.
-        _ => Component::from_binary(&engines.cold, bytes)?,
-    };
+    let cold = also_for(&engines.cold, artifact.as_ref())?;
     Ok(Compiled::Pooled { warm, cold })
 }
 

@@ -38,9 +38,13 @@ pub(crate) enum Instances {
         warm: FactoriesPre<TaskData>,
         cold: FactoriesPre<TaskData>,
     },
-    /// A large memory image (an interpreter's snapshot): the image engine,
-    /// which maps it copy-on-write.
-    Image(FactoriesPre<TaskData>),
+    /// A large memory image (an interpreter's snapshot), mapped
+    /// copy-on-write: the warm image pool while it has a free slot (none
+    /// when the host has no such pool), else on demand.
+    Image {
+        warm: Option<FactoriesPre<TaskData>>,
+        cold: FactoriesPre<TaskData>,
+    },
 }
 
 /// A loaded plugin, ready to start tasks from.
@@ -79,13 +83,14 @@ impl Plugin {
     /// Whether its tasks run on the image engine (and so take no slot of
     /// the warm pool).
     pub fn has_large_image(&self) -> bool {
-        matches!(self.instances, Instances::Image(_))
+        matches!(self.instances, Instances::Image { .. })
     }
 
     /// The engine a task of this plugin is instantiated on, and the
-    /// pre-instantiated component for it: the warm pool's when `warm` (a
-    /// warm slot is held), else the cold pool's; a large-image plugin's
-    /// always.
+    /// pre-instantiated component for it: the warm pool's (or, for a
+    /// large-image plugin, the warm image pool's) when `warm` (a slot of
+    /// that pool is held), else the cold pool's (or the on-demand image
+    /// engine's).
     pub(crate) fn instantiation<'a>(
         &'a self,
         engines: &'a HostEngine,
@@ -94,7 +99,16 @@ impl Plugin {
         match &self.instances {
             Instances::Pooled { warm: pre, .. } if warm => (&engines.engine, pre),
             Instances::Pooled { cold, .. } => (&engines.cold, cold),
-            Instances::Image(pre) => (&engines.images, pre),
+            Instances::Image {
+                warm: Some(pre), ..
+            } if warm => (
+                engines
+                    .warm_images
+                    .as_ref()
+                    .expect("a warm image component comes with its engine"),
+                pre,
+            ),
+            Instances::Image { cold, .. } => (&engines.images, cold),
         }
     }
 
@@ -139,7 +153,7 @@ impl Plugin {
     pub fn wit_version(&self) -> &'static str {
         match &self.instances {
             Instances::Pooled { warm, .. } => warm.wit_version(),
-            Instances::Image(pre) => pre.wit_version(),
+            Instances::Image { cold, .. } => cold.wit_version(),
         }
     }
 

@@ -382,6 +382,28 @@ per_language! {
         assert_sdk_cancels(lang, &run);
     }
 
+    fn tasks_past_the_warm_image_pool_run_on_demand_and_any_is_forced(lang: &Language) {
+        // One warm image slot, two spinners (one per worker): one spins in
+        // the slot, the other on demand, and a forced cancel reaches both
+        // engines' instances.
+        let app = lang.app(
+            "[limits]\nwarm_image_instances = 1",
+            &lang.task("spinner", "spinner", "{}"),
+        );
+        let mut host = app.spawn();
+        host.wait_for(2, |l| l["event"] == "started" && l["task"] == "spinner");
+        for worker in ["0", "1"] {
+            let forced = app.cli(&["cancel", "spinner", "--worker", worker, "--json"]);
+            let forced: Value = serde_json::from_str(forced.stdout.trim()).unwrap();
+            assert_eq!(forced[0]["cancel_stage"], "forced", "{forced}");
+        }
+        // The freed slot takes the next task.
+        app.cli(&["add", lang.short, "noop", "--name", "after"]).ok();
+        host.wait_for(1, |l| l["event"] == "done" && l["task"] == "after");
+        host.signal("TERM");
+        host.finish();
+    }
+
     fn a_feed_serves_the_seeds_websocket_session(lang: &Language) {
         let app = lang.app(
             &format!(
