@@ -90,7 +90,7 @@ pub(crate) async fn prepare(
         args: crate::task::ShownArgs::default(),
     });
     let data = TaskData::stand_in(ident, app.clone());
-    let (engine, pre) = plugin.instantiation(engines, true);
+    let (engine, pre) = plugin.instantiation(engines, true).ok()?;
     let mut store = new_store(engine, data);
     let instance = pre.instantiate_async(&mut store).await.ok()?;
     if store.data().reached_out() {
@@ -173,7 +173,10 @@ pub(crate) async fn run(
         true => engines.warm_image_slots.take(),
         false => engines.warm_slots.take(),
     };
-    let (engine, pre) = plugin.instantiation(engines, warm_slot.is_some());
+    let (engine, pre) = match plugin.instantiation(engines, warm_slot.is_some()) {
+        Ok(chosen) => chosen,
+        Err(why) => return not_instantiated(&plugin.name, why, verdict),
+    };
     let mut store = new_store(engine, data);
     let mut instantiated = pre.instantiate_async(&mut store).await;
     if warm_slot.is_some()
@@ -184,7 +187,10 @@ pub(crate) async fn run(
     {
         // A component larger than the warm pool's slots expect: run it
         // in the cold pool (or, for a large image, on demand) instead.
-        let (engine, pre) = plugin.instantiation(engines, false);
+        let (engine, pre) = match plugin.instantiation(engines, false) {
+            Ok(chosen) => chosen,
+            Err(why) => return not_instantiated(&plugin.name, why, verdict),
+        };
         store = new_store(engine, store.into_data());
         drop(warm_slot.take());
         instantiated = pre.instantiate_async(&mut store).await;
@@ -192,27 +198,38 @@ pub(crate) async fn run(
     let instance = match instantiated {
         Ok(instance) => instance,
         Err(error) => {
-            let mut message = format!("cannot instantiate plugin `{}`: {error:#}", plugin.name);
+            let mut message = format!("{error:#}");
             if let Some(hint) = crate::engine::mapping_refused_hint(&error) {
                 message = format!("{message} ({hint})");
             }
-            return match verdict {
-                Some(verdict) => {
-                    let _ = verdict.send(Err(GuestError::Failed(message)));
-                    None
-                }
-                None => Some(Ended {
-                    outcome: Outcome::Failed { error: message },
-                    retriable: true,
-                    moved: false,
-                }),
-            };
+            return not_instantiated(&plugin.name, &message, verdict);
         }
     };
     call(
         &mut store, &instance, &ident, args, handle, verdict, &cancel, timeout, replaced, started,
     )
     .await
+}
+
+/// A task whose instance could not be made: its check's verdict says
+/// so, or it ends failed (and may be retried), naming `plugin` and `why`.
+fn not_instantiated(
+    plugin: &str,
+    why: &str,
+    verdict: Option<oneshot::Sender<Result<(), GuestError>>>,
+) -> Option<Ended> {
+    let message = format!("cannot instantiate plugin `{plugin}`: {why}");
+    match verdict {
+        Some(verdict) => {
+            let _ = verdict.send(Err(GuestError::Failed(message)));
+            None
+        }
+        None => Some(Ended {
+            outcome: Outcome::Failed { error: message },
+            retriable: true,
+            moved: false,
+        }),
+    }
 }
 
 /// The calls of a task into its instance: the argument check (with a

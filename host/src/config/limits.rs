@@ -205,9 +205,9 @@ pub struct Limits {
     /// (Python, JavaScript) start while one is free: a freed slot keeps
     /// its plugin's image mapped and the pages its task wrote, so the next
     /// task starts with fewer page faults (`engine::warm_image_resident_bound`,
-    /// 2.6 MiB each at most). Tasks past it are instantiated on demand; 0
-    /// runs them all so and saves the pool's second copy of each
-    /// large-image plugin's compiled code.
+    /// 2.6 MiB each at most). Tasks past it are instantiated on demand
+    /// (from a second copy of the plugin's compiled code, made when a task
+    /// first overflows the pool); 0 runs them all so.
     pub warm_image_instances: u32,
     /// Live tasks one worker may hold; `add_task` past it fails with `limit`.
     pub tasks_per_worker: usize,

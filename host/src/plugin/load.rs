@@ -1,6 +1,6 @@
 //! Component file -> [`Plugin`], refusing anything that is not one of ours.
 
-use super::{Factory, Instances, Plugin};
+use super::{Factory, Instances, LazyPre, Plugin};
 use crate::app::AppContext;
 use crate::bindings::{Factories, FactoriesPre, GuestError};
 use crate::compile_cache::CompileCache;
@@ -158,31 +158,52 @@ impl PluginLoader {
         let components =
             components.map_err(|e| anyhow!("plugin `{name}`: {file} does not compile: {e:#}"))?;
 
-        let link = |linker: &Linker<TaskData>, component: &Component| {
-            let instance_pre = linker.instantiate_pre(component).map_err(|e| {
-                anyhow!(
-                    "plugin `{name}`: {file} needs an import taskhost does not provide \
-                     (plugins may import `taskhost:plugin/app` and `connections`, WASI 0.2, \
-                     `wasi:http`, `wasi:keyvalue@0.2.0-draft2` and \
-                     `wasi:config/store@0.2.0-rc.1`): {e:#}"
-                )
-            })?;
-            FactoriesPre::new(instance_pre).map_err(|e| {
-                anyhow!("plugin `{name}`: {file} does not implement the world `{WORLD}`: {e:#}")
-            })
-        };
+        let file = file.to_string();
+        let linked =
+            |linker: &Linker<TaskData>, component: &Component| link(linker, component, name, &file);
         let instances = match &components {
             Compiled::Pooled { warm, cold } => Instances::Pooled {
-                warm: link(&self.linkers[0], warm)?,
-                cold: link(&self.linkers[1], cold)?,
+                warm: linked(&self.linkers[0], warm)?,
+                cold: linked(&self.linkers[1], cold)?,
             },
-            Compiled::Image { warm, cold } => Instances::Image {
-                warm: match (warm, &self.warm_image_linker) {
-                    (Some(warm), Some(linker)) => Some(link(linker, warm)?),
-                    _ => None,
-                },
-                cold: link(&self.linkers[2], cold)?,
+            Compiled::Image {
+                warm: Some(warm),
+                cold: None,
+            } if let Some(linker) = &self.warm_image_linker => {
+                // The on-demand copy of the code is made from the pool's
+                // the first time a task overflows the pool (or never).
+                let (warm, engine) = (warm.clone(), self.engines.images.clone());
+                let (linker_on_demand, name, file) =
+                    (self.linkers[2].clone(), name.to_string(), file.clone());
+                Instances::Image {
+                    warm: Some(linked(linker, &warm)?),
+                    cold: LazyPre::later(move || {
+                        let copied = warm.serialize().and_then(|artifact| {
+                            // SAFETY: serialized just now by this process,
+                            // from code it compiled or verified.
+                            unsafe { Component::deserialize(&engine, &artifact) }
+                        });
+                        // The two engines share one configuration of code:
+                        // a refusal is not expected, and names the plugin.
+                        let cold = copied.map_err(|e| {
+                            anyhow!(
+                                "plugin `{name}`: {file}: cannot copy its code to the \
+                                 on-demand engine: {e:#}"
+                            )
+                        })?;
+                        link(&linker_on_demand, &cold, &name, &file)
+                    }),
+                }
+            }
+            Compiled::Image {
+                cold: Some(cold), ..
+            } => Instances::Image {
+                warm: None,
+                cold: LazyPre::ready(linked(&self.linkers[2], cold)?),
             },
+            Compiled::Image { .. } => {
+                bail!("plugin `{name}`: {file} was compiled for no engine")
+            }
         };
 
         let mut plugin = Plugin {
@@ -260,8 +281,16 @@ impl PluginLoader {
         });
         let data = TaskData::new(ident, self.app.clone(), Arc::new(CancelSignal::default()));
         // Probes run on the cold engine: they should not leave pages in
-        // the warm pool.
-        let (engine, pre) = plugin.instantiation(&self.engines, false);
+        // the warm pool. A large-image plugin's probe takes a warm image
+        // slot if one is free (its next task will want that slot's
+        // pages), so that its on-demand copy is made only if ever needed.
+        let image_slot = match plugin.has_large_image() {
+            true => self.engines.warm_image_slots.take(),
+            false => None,
+        };
+        let (engine, pre) = plugin
+            .instantiation(&self.engines, image_slot.is_some())
+            .map_err(|why| anyhow!("{why}"))?;
         let mut store = crate::store::new_store(engine, data);
         let work = async {
             let instance = match pre.instantiate_async(&mut store).await {
@@ -282,16 +311,38 @@ impl PluginLoader {
     }
 }
 
+/// `component` linked to `linker`'s imports and checked against the
+/// plugin world: errors name plugin `name` and its `file`.
+fn link(
+    linker: &Linker<TaskData>,
+    component: &Component,
+    name: &str,
+    file: &str,
+) -> Result<FactoriesPre<TaskData>> {
+    let instance_pre = linker.instantiate_pre(component).map_err(|e| {
+        anyhow!(
+            "plugin `{name}`: {file} needs an import taskhost does not provide \
+             (plugins may import `taskhost:plugin/app` and `connections`, WASI 0.2, \
+             `wasi:http`, `wasi:keyvalue@0.2.0-draft2` and \
+             `wasi:config/store@0.2.0-rc.1`): {e:#}"
+        )
+    })?;
+    FactoriesPre::new(instance_pre).map_err(|e| {
+        anyhow!("plugin `{name}`: {file} does not implement the world `{WORLD}`: {e:#}")
+    })
+}
+
 /// A component compiled for the engines its tasks will run on.
 enum Compiled {
     Pooled {
         warm: Component,
         cold: Component,
     },
-    /// `warm` for the warm image pool, when the host has one.
+    /// For the warm image pool when the host has one (the on-demand copy
+    /// is made from it when first needed), else for the on-demand engine.
     Image {
         warm: Option<Component>,
-        cold: Component,
+        cold: Option<Component>,
     },
 }
 
@@ -320,12 +371,16 @@ fn compile(engines: &HostEngine, bytes: &[u8], data_bytes: u64) -> wasmtime::Res
         }
     };
     if data_bytes > IMAGE_THRESHOLD {
-        let (cold, artifact) = cached(&engines.images)?;
-        let warm = match &engines.warm_images {
-            Some(engine) => Some(also_for(engine, artifact.as_ref())?),
-            None => None,
-        };
-        return Ok(Compiled::Image { warm, cold });
+        return Ok(match &engines.warm_images {
+            Some(engine) => Compiled::Image {
+                warm: Some(cached(engine)?.0),
+                cold: None,
+            },
+            None => Compiled::Image {
+                warm: None,
+                cold: Some(cached(&engines.images)?.0),
+            },
+        });
     }
     let (warm, artifact) = cached(&engines.engine)?;
     let cold = also_for(&engines.cold, artifact.as_ref())?;

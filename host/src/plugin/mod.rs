@@ -43,8 +43,56 @@ pub(crate) enum Instances {
     /// when the host has no such pool), else on demand.
     Image {
         warm: Option<FactoriesPre<TaskData>>,
-        cold: FactoriesPre<TaskData>,
+        cold: LazyPre,
     },
+}
+
+/// A pre-instantiated component made when first needed: a large-image
+/// plugin's on-demand copy, which a host with a warm image pool makes only
+/// once a task overflows the pool (each copy of a Python component's code
+/// holds about 35 MB resident).
+pub(crate) struct LazyPre {
+    made: OnceLock<std::result::Result<FactoriesPre<TaskData>, String>>,
+    #[allow(clippy::type_complexity)]
+    make: std::sync::Mutex<
+        Option<Box<dyn FnOnce() -> anyhow::Result<FactoriesPre<TaskData>> + Send>>,
+    >,
+}
+
+impl LazyPre {
+    pub(crate) fn ready(pre: FactoriesPre<TaskData>) -> LazyPre {
+        let made = OnceLock::new();
+        let _ = made.set(Ok(pre));
+        LazyPre {
+            made,
+            make: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn later(
+        make: impl FnOnce() -> anyhow::Result<FactoriesPre<TaskData>> + Send + 'static,
+    ) -> LazyPre {
+        LazyPre {
+            made: OnceLock::new(),
+            make: std::sync::Mutex::new(Some(Box::new(make))),
+        }
+    }
+
+    /// The component, made now if it was not yet (blocking: a copy of the
+    /// compiled code, tens of milliseconds for a Python component, once);
+    /// the error of making it, for every caller, if that failed.
+    fn get(&self) -> std::result::Result<&FactoriesPre<TaskData>, &str> {
+        self.made
+            .get_or_init(|| {
+                let make = self.make.lock().unwrap_or_else(|e| e.into_inner()).take();
+                match make {
+                    Some(make) => make().map_err(|e| format!("{e:#}")),
+                    None => Err("made already".to_string()),
+                }
+            })
+            .as_ref()
+            .map_err(String::as_str)
+    }
 }
 
 /// A loaded plugin, ready to start tasks from.
@@ -91,12 +139,14 @@ impl Plugin {
     /// large-image plugin, the warm image pool's) when `warm` (a slot of
     /// that pool is held), else the cold pool's (or the on-demand image
     /// engine's).
+    /// Fails only if a large-image plugin's on-demand copy could not be
+    /// made.
     pub(crate) fn instantiation<'a>(
         &'a self,
         engines: &'a HostEngine,
         warm: bool,
-    ) -> (&'a wasmtime::Engine, &'a FactoriesPre<TaskData>) {
-        match &self.instances {
+    ) -> std::result::Result<(&'a wasmtime::Engine, &'a FactoriesPre<TaskData>), &'a str> {
+        Ok(match &self.instances {
             Instances::Pooled { warm: pre, .. } if warm => (&engines.engine, pre),
             Instances::Pooled { cold, .. } => (&engines.cold, cold),
             Instances::Image {
@@ -108,8 +158,8 @@ impl Plugin {
                     .expect("a warm image component comes with its engine"),
                 pre,
             ),
-            Instances::Image { cold, .. } => (&engines.images, cold),
-        }
+            Instances::Image { cold, .. } => (&engines.images, cold.get()?),
+        })
     }
 
     /// Marks this build as replaced: once nothing holds it any more (its
@@ -153,7 +203,12 @@ impl Plugin {
     pub fn wit_version(&self) -> &'static str {
         match &self.instances {
             Instances::Pooled { warm, .. } => warm.wit_version(),
-            Instances::Image { cold, .. } => cold.wit_version(),
+            Instances::Image {
+                warm: Some(pre), ..
+            } => pre.wit_version(),
+            Instances::Image { cold, .. } => {
+                cold.get().map_or("unknown", FactoriesPre::wit_version)
+            }
         }
     }
 
