@@ -178,6 +178,7 @@ impl PluginLoader {
                 Instances::Image {
                     warm: Some(linked(linker, &warm)?),
                     cold: LazyPre::later(move || {
+                        let begun = std::time::Instant::now();
                         let copied = warm.serialize().and_then(|artifact| {
                             // SAFETY: serialized just now by this process,
                             // from code it compiled or verified.
@@ -191,7 +192,15 @@ impl PluginLoader {
                                  on-demand engine: {e:#}"
                             )
                         })?;
-                        link(&linker_on_demand, &cold, &name, &file)
+                        let linked = link(&linker_on_demand, &cold, &name, &file)?;
+                        tracing::info!(
+                            plugin = name,
+                            "plugin `{name}`: a task found the warm image pool full, so its \
+                             code was copied for tasks instantiated on demand ({:.0} ms, once \
+                             per build)",
+                            begun.elapsed().as_secs_f64() * 1e3
+                        );
+                        Ok(linked)
                     }),
                 }
             }
