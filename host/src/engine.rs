@@ -397,6 +397,9 @@ fn warm_image_config(settings: &EngineSettings, slots: u32) -> Config {
         .total_stacks(slots)
         .max_memories_per_module(MEMORIES_PER_TASK as u32)
         .max_tables_per_module(2)
+        // As many entries as a task may grow a table to on demand: a slot
+        // reserves them (address space only) and keeps 64 KiB resident.
+        .table_elements(MAX_TABLE_ELEMENTS)
         .linear_memory_keep_resident(IMAGE_KEEP_RESIDENT)
         .table_keep_resident(IMAGE_TABLE_KEEP_RESIDENT)
         .async_stack_keep_resident(WARM_STACK_KEEP_RESIDENT)
@@ -409,6 +412,11 @@ fn warm_image_config(settings: &EngineSettings, slots: u32) -> Config {
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
 }
+
+/// Table elements one task may grow a table to (the store's limiter
+/// enforces it; the warm image pool reserves it): function tables of real
+/// programs hold thousands, not millions.
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 /// Bytes of data segments in all the core modules of `component`: what
 /// each new instance would copy without a copy-on-write image.
@@ -497,7 +505,9 @@ const TASK_OVERHEAD: u64 = 128 << 10;
 /// The most memory an app's tasks can make the host hold, by part.
 #[derive(Debug, Clone, Copy)]
 pub struct WorstCase {
-    /// Live tasks at once (`instances` plus the warm pool).
+    /// Live tasks at once in the pools (`instances` plus the warm pools;
+    /// large-image tasks past the warm image pool are instantiated on
+    /// demand and bounded only by `tasks_per_worker` and `tasks_per_app`).
     pub tasks: u64,
     /// All linear memory of live tasks together (`memory_total_mb`).
     pub task_memory: u64,

@@ -175,7 +175,7 @@ pub(crate) async fn run(
     };
     let (engine, pre) = match plugin.instantiation(engines, warm_slot.is_some()) {
         Ok(chosen) => chosen,
-        Err(why) => return not_instantiated(&plugin.name, why, verdict),
+        Err(why) => return not_instantiated(&plugin.name, &why, verdict),
     };
     let mut store = new_store(engine, data);
     let mut instantiated = pre.instantiate_async(&mut store).await;
@@ -189,7 +189,7 @@ pub(crate) async fn run(
         // in the cold pool (or, for a large image, on demand) instead.
         let (engine, pre) = match plugin.instantiation(engines, false) {
             Ok(chosen) => chosen,
-            Err(why) => return not_instantiated(&plugin.name, why, verdict),
+            Err(why) => return not_instantiated(&plugin.name, &why, verdict),
         };
         store = new_store(engine, store.into_data());
         drop(warm_slot.take());

@@ -8,6 +8,7 @@
 
 use crate::app::{AppContext, AppState, TaskScope};
 use crate::config::PluginPolicy;
+use crate::engine::MAX_TABLE_ELEMENTS;
 use crate::http::HttpState;
 use crate::interface::{Holds, HostInterface, TaskInit};
 use crate::keyvalue::KvView;
@@ -340,10 +341,6 @@ pub(crate) fn fence(store: &mut Store<TaskData>) {
         Ok(())
     });
 }
-
-/// Table elements one task may grow a table to: function tables of real
-/// programs hold thousands, not millions.
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 /// Bounds the linear memory of one task's store, across all its memories,
 /// and keeps the host-wide gauge of task memory current. Dropped with the

@@ -148,9 +148,10 @@ impl PluginLoader {
         // Reading the data segments of an 18 MB component and compiling
         // are CPU-bound: keep them off the async threads.
         let engines = self.engines.clone();
+        let plugin_name = name.to_string();
         let (data_bytes, components, bytes) = tokio::task::spawn_blocking(move || {
             let data_bytes = data_segment_bytes(&bytes);
-            let compiled = compile(&engines, &bytes, data_bytes);
+            let compiled = compile(&engines, &bytes, data_bytes, &plugin_name);
             (data_bytes, compiled, bytes)
         })
         .await
@@ -188,8 +189,8 @@ impl PluginLoader {
                         // a refusal is not expected, and names the plugin.
                         let cold = copied.map_err(|e| {
                             anyhow!(
-                                "plugin `{name}`: {file}: cannot copy its code to the \
-                                 on-demand engine: {e:#}"
+                                "the warm image pool is full and {file}'s code could not be \
+                                 copied for instances on demand: {e:#}"
                             )
                         })?;
                         let linked = link(&linker_on_demand, &cold, &name, &file)?;
@@ -301,8 +302,23 @@ impl PluginLoader {
             .instantiation(&self.engines, image_slot.is_some())
             .map_err(|why| anyhow!("{why}"))?;
         let mut store = crate::store::new_store(engine, data);
-        let work = async {
-            let instance = match pre.instantiate_async(&mut store).await {
+        let work = async move {
+            let mut instantiated = pre.instantiate_async(&mut store).await;
+            if image_slot.is_some()
+                && let Err(error) = &instantiated
+                && error
+                    .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some()
+            {
+                // Larger than the warm image pool's slots: on demand, as
+                // its tasks will be.
+                let (engine, pre) = plugin
+                    .instantiation(&self.engines, false)
+                    .map_err(wasmtime::Error::msg)?;
+                store = crate::store::new_store(engine, store.into_data());
+                instantiated = pre.instantiate_async(&mut store).await;
+            }
+            let instance = match instantiated {
                 Ok(instance) => instance,
                 Err(error) => {
                     return Err(match crate::engine::mapping_refused_hint(&error) {
@@ -360,7 +376,12 @@ enum Compiled {
 /// cache) and the cold one. Warm and cold share one configuration of
 /// compiled code, so the cold one deserializes what the warm one compiled
 /// (or the cache held) rather than compiling it again.
-fn compile(engines: &HostEngine, bytes: &[u8], data_bytes: u64) -> wasmtime::Result<Compiled> {
+fn compile(
+    engines: &HostEngine,
+    bytes: &[u8],
+    data_bytes: u64,
+    name: &str,
+) -> wasmtime::Result<Compiled> {
     let cached = |engine: &Engine| match &engines.cache {
         Some(cache) => cache.compiled(engine, bytes),
         None => {
@@ -380,15 +401,27 @@ fn compile(engines: &HostEngine, bytes: &[u8], data_bytes: u64) -> wasmtime::Res
         }
     };
     if data_bytes > IMAGE_THRESHOLD {
-        return Ok(match &engines.warm_images {
-            Some(engine) => Compiled::Image {
-                warm: Some(cached(engine)?.0),
-                cold: None,
-            },
-            None => Compiled::Image {
-                warm: None,
-                cold: Some(cached(&engines.images)?.0),
-            },
+        if let Some(engine) = &engines.warm_images {
+            match cached(engine) {
+                Ok((warm, _)) => {
+                    return Ok(Compiled::Image {
+                        warm: Some(warm),
+                        cold: None,
+                    });
+                }
+                // The pool's slots bound what one instance may hold (core
+                // instances, tables and their entries, memories): a
+                // component past them runs on demand, as all did before.
+                Err(error) => tracing::warn!(
+                    plugin = name,
+                    "plugin `{name}` does not fit the warm image pool's slots ({error:#}): \
+                     its tasks are instantiated on demand"
+                ),
+            }
+        }
+        return Ok(Compiled::Image {
+            warm: None,
+            cold: Some(cached(&engines.images)?.0),
         });
     }
     let (warm, artifact) = cached(&engines.engine)?;

@@ -52,25 +52,24 @@ pub(crate) enum Instances {
 /// once a task overflows the pool (each copy of a Python component's code
 /// holds about 35 MB resident).
 pub(crate) struct LazyPre {
-    made: OnceLock<std::result::Result<FactoriesPre<TaskData>, String>>,
+    made: OnceLock<FactoriesPre<TaskData>>,
+    /// Makes it; held while making, so that one caller makes it and the
+    /// others wait. A failure is not kept: the next caller tries again (a
+    /// refused mapping may be passing).
     #[allow(clippy::type_complexity)]
-    make: std::sync::Mutex<
-        Option<Box<dyn FnOnce() -> anyhow::Result<FactoriesPre<TaskData>> + Send>>,
-    >,
+    make: std::sync::Mutex<Option<Box<dyn Fn() -> anyhow::Result<FactoriesPre<TaskData>> + Send>>>,
 }
 
 impl LazyPre {
     pub(crate) fn ready(pre: FactoriesPre<TaskData>) -> LazyPre {
-        let made = OnceLock::new();
-        let _ = made.set(Ok(pre));
         LazyPre {
-            made,
+            made: OnceLock::from(pre),
             make: std::sync::Mutex::new(None),
         }
     }
 
     pub(crate) fn later(
-        make: impl FnOnce() -> anyhow::Result<FactoriesPre<TaskData>> + Send + 'static,
+        make: impl Fn() -> anyhow::Result<FactoriesPre<TaskData>> + Send + 'static,
     ) -> LazyPre {
         LazyPre {
             made: OnceLock::new(),
@@ -79,19 +78,21 @@ impl LazyPre {
     }
 
     /// The component, made now if it was not yet (blocking: a copy of the
-    /// compiled code, tens of milliseconds for a Python component, once);
-    /// the error of making it, for every caller, if that failed.
-    fn get(&self) -> std::result::Result<&FactoriesPre<TaskData>, &str> {
-        self.made
-            .get_or_init(|| {
-                let make = self.make.lock().unwrap_or_else(|e| e.into_inner()).take();
-                match make {
-                    Some(make) => make().map_err(|e| format!("{e:#}")),
-                    None => Err("made already".to_string()),
-                }
-            })
-            .as_ref()
-            .map_err(String::as_str)
+    /// compiled code, about 50 ms for a Python component, once); why not,
+    /// if making it failed.
+    fn get(&self) -> std::result::Result<&FactoriesPre<TaskData>, String> {
+        if let Some(pre) = self.made.get() {
+            return Ok(pre);
+        }
+        let make = self.make.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pre) = self.made.get() {
+            return Ok(pre);
+        }
+        let Some(make) = make.as_ref() else {
+            return Err("no engine to instantiate it on (a bug: please report it)".to_string());
+        };
+        let pre = make().map_err(|e| format!("{e:#}"))?;
+        Ok(self.made.get_or_init(|| pre))
     }
 }
 
@@ -145,7 +146,7 @@ impl Plugin {
         &'a self,
         engines: &'a HostEngine,
         warm: bool,
-    ) -> std::result::Result<(&'a wasmtime::Engine, &'a FactoriesPre<TaskData>), &'a str> {
+    ) -> std::result::Result<(&'a wasmtime::Engine, &'a FactoriesPre<TaskData>), String> {
         Ok(match &self.instances {
             Instances::Pooled { warm: pre, .. } if warm => (&engines.engine, pre),
             Instances::Pooled { cold, .. } => (&engines.cold, cold),
