@@ -413,6 +413,17 @@ fn warm_image_config(settings: &EngineSettings, slots: u32) -> Config {
     config
 }
 
+/// Whether an instantiation failed because its pool had no room for it
+/// (a component past what one slot holds): the caller tries the next
+/// engine, as a task past the warm pools runs in the cold one.
+pub(crate) fn pool_was_full<T>(instantiated: &wasmtime::Result<T>) -> bool {
+    instantiated.as_ref().is_err_and(|error| {
+        error
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+    })
+}
+
 /// Table elements one task may grow a table to (the store's limiter
 /// enforces it; the warm image pool reserves it): function tables of real
 /// programs hold thousands, not millions.

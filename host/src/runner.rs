@@ -179,12 +179,7 @@ pub(crate) async fn run(
     };
     let mut store = new_store(engine, data);
     let mut instantiated = pre.instantiate_async(&mut store).await;
-    if warm_slot.is_some()
-        && let Err(error) = &instantiated
-        && error
-            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
-            .is_some()
-    {
+    if warm_slot.is_some() && crate::engine::pool_was_full(&instantiated) {
         // A component larger than the warm pool's slots expect: run it
         // in the cold pool (or, for a large image, on demand) instead.
         let (engine, pre) = match plugin.instantiation(engines, false) {

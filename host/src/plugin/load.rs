@@ -304,12 +304,7 @@ impl PluginLoader {
         let mut store = crate::store::new_store(engine, data);
         let work = async move {
             let mut instantiated = pre.instantiate_async(&mut store).await;
-            if image_slot.is_some()
-                && let Err(error) = &instantiated
-                && error
-                    .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
-                    .is_some()
-            {
+            if image_slot.is_some() && crate::engine::pool_was_full(&instantiated) {
                 // Larger than the warm image pool's slots: on demand, as
                 // its tasks will be.
                 let (engine, pre) = plugin
