@@ -185,8 +185,7 @@ enum Listener {
 impl Listener {
     async fn bind(address: &ControlAddress) -> Result<Listener> {
         match address {
-            ControlAddress::Tcp(addr) => tokio::net::TcpListener::bind(addr)
-                .await
+            ControlAddress::Tcp(addr) => crate::serve::bind_tcp(*addr)
                 .map(Listener::Tcp)
                 .with_context(|| format!("cannot bind the control API to {addr}")),
             #[cfg(unix)]

@@ -103,9 +103,8 @@ pub(crate) async fn bind(
             format!("{}: [listen] address", source.display()),
         ),
     };
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("{from}: cannot bind {address}"))?;
+    let listener =
+        serve::bind_tcp(address).with_context(|| format!("{from}: cannot bind {address}"))?;
     Ok(BoundListener { listener })
 }
 

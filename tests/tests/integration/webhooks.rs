@@ -484,3 +484,73 @@ fn silent_and_trickling_clients_cannot_exhaust_the_listeners() {
     assert_eq!(status, 202, "{answer}");
     host.stop();
 }
+
+/// A burst of clients past the listener's cap waits in the kernel's
+/// accept queue, [`ACCEPT_BACKLOG`] deep, rather than having its SYNs
+/// dropped. Before the fix the listener listened with std's 128: with the
+/// accept loop paused at its cap, the 130th connect hung (its SYN dropped
+/// and retransmitted for as long as the cap held), and 1,000 websocket
+/// clients opened at once lost a second to the retransmit.
+///
+/// [`ACCEPT_BACKLOG`]: taskhost's `serve::ACCEPT_BACKLOG`, 4,096
+#[test]
+fn a_burst_past_the_cap_waits_in_the_accept_queue() {
+    use std::net::TcpStream;
+    use std::time::Duration;
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(4096);
+    // Past 128 three times over, within what the kernel allows.
+    let burst = 400.min(somaxconn.saturating_sub(8));
+    assert!(
+        burst > 130,
+        "net.core.somaxconn is {somaxconn}: too small to tell a backlog of 128 from a larger one"
+    );
+    let app = TestApp::new(
+        r#"
+        name = "burst"
+        [plugins.kit]
+        path = "{testkit}"
+        [listen]
+        max_connections = 1
+        max_requests = 1
+        header_timeout = "60s"
+        [[routes]]
+        http = "POST /hooks/accept"
+        plugin = "kit"
+        factory = "hook_probe"
+        "#,
+    );
+    let (mut host, address) = start(&app);
+    let (api, _) = Api::of(&app);
+    let open = |api: &Api| api.metric("taskhost_server_connections{server=\"public\"}");
+    // Two silent clients fill the cap (1 + 1): the accept loop stops.
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(address).unwrap())
+        .collect();
+    poll_until(secs(30), millis(20), || match open(&api) {
+        2.0 => Ok(()),
+        n => Err(format!("{n} public connections open")),
+    });
+    // Each of the burst is connected by the kernel at once; none waits
+    // for a SYN retransmit (1 s, then 3 s, 7 s...).
+    let patience = Duration::from_secs(5);
+    let mut burst_streams = Vec::with_capacity(burst);
+    for i in 0..burst {
+        match TcpStream::connect_timeout(&address, patience) {
+            Ok(stream) => burst_streams.push(stream),
+            Err(error) => panic!(
+                "connection {} of {burst}, past the cap of 2, was not queued within \
+                 {patience:?}: {error}",
+                i + 1
+            ),
+        }
+    }
+    assert_eq!(open(&api), 2.0, "the cap still holds");
+    drop(held);
+    drop(burst_streams);
+    let (status, answer) = send(address, "POST", "/hooks/accept", &[JSON], "{}");
+    assert_eq!(status, 202, "{answer}");
+    host.stop();
+}
