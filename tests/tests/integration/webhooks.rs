@@ -522,7 +522,7 @@ fn a_burst_past_the_cap_waits_in_the_accept_queue() {
         factory = "hook_probe"
         "#,
     );
-    let (mut host, address) = start(&app);
+    let (host, address) = start(&app);
     let (api, _) = Api::of(&app);
     let open = |api: &Api| api.metric("taskhost_server_connections{server=\"public\"}");
     // Two silent clients fill the cap (1 + 1): the accept loop stops.
