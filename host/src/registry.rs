@@ -143,7 +143,12 @@ impl TaskHandle {
     /// (it waits on the signal) whatever the task is blocked in, so its turn
     /// always comes. Nor does the time the task then waits for later turns
     /// count ([`crate::grace`]).
-    pub(crate) async fn supervise<F: Future>(&self, task: F) -> F::Output {
+    ///
+    /// Takes the task pinned where its caller holds it: an `async fn` that
+    /// takes a future by value and pins it keeps two copies of it in its
+    /// own state (measured: 3,080 bytes per task for a 1,320-byte task, on
+    /// the heap of every live task).
+    pub(crate) async fn supervise<F: Future>(&self, mut task: std::pin::Pin<&mut F>) -> F::Output {
         let signal = &self.signal;
         let clock = OnceLock::new();
         let enforce = async {
@@ -161,7 +166,6 @@ impl TaskHandle {
             signal.force();
             std::future::pending::<()>().await
         };
-        let mut task = std::pin::pin!(task);
         let task = std::future::poll_fn(|cx| match clock.get() {
             Some(clock) => clock.poll(task.as_mut(), cx),
             None => task.as_mut().poll(cx),
@@ -1059,7 +1063,7 @@ mod tests {
                 // Its worker is busy elsewhere for a while after the cancel:
                 // this task's first turn comes only when `turn` is notified.
                 turn.notified().await;
-                supervised.supervise(signal.forced()).await;
+                supervised.supervise(std::pin::pin!(signal.forced())).await;
             })
         };
         tokio::task::yield_now().await;
@@ -1140,11 +1144,11 @@ mod tests {
             let task = tokio::spawn(async move {
                 let signal = supervised.signal().clone();
                 supervised
-                    .supervise(async {
+                    .supervise(std::pin::pin!(async {
                         signal.cancelled().await;
                         crate::grace::yield_to_siblings().await;
                         "cleaned up"
-                    })
+                    }))
                     .await
             });
             tokio::task::yield_now().await;
@@ -1171,7 +1175,7 @@ mod tests {
             let task = tokio::spawn(async move {
                 let signal = supervised.signal().clone();
                 supervised
-                    .supervise(async {
+                    .supervise(std::pin::pin!(async {
                         signal.cancelled().await;
                         let mut own = Duration::ZERO;
                         while !signal.is_forced() {
@@ -1181,7 +1185,7 @@ mod tests {
                             crate::grace::yield_to_siblings().await;
                         }
                         own
-                    })
+                    }))
                     .await
             });
             tokio::task::yield_now().await;

@@ -45,7 +45,8 @@ const IDLE_TASKS: usize = 10_000;
 /// Under `perf record --control fifo:CTL -D -1`, with `SPEED_PERF_CTL=CTL`
 /// and `SPEED_PROFILE=SECTION`: records only that section of the bench
 /// (`spawn`, `raw-spawn`, `throughput-1`, `throughput-2`, `raw-throughput-1`,
-/// `raw-throughput-2`, `cancel`, `raw-cancel`, `mass`, the queues
+/// `raw-throughput-2`, `cancel`, `raw-cancel`, `guest-cancel` (a guest's
+/// `cancel-task` of a sleeper, the Sanic row), `mass`, the queues
 /// bench's `durable-1024`, and the guests bench's 2-worker throughput of
 /// each guest, `guests-rust`, `guests-python`, `guests-js`), not the
 /// set-up around it, and the bench stops after it.
@@ -1115,7 +1116,9 @@ async fn main() {
         p99,
         "p99 < 100 us",
     ));
+    profile("guest-cancel", "enable");
     let guest_cancels = percentiles(guest_samples(w0.clone(), "cancel_sleepers", n).await);
+    profile("guest-cancel", "disable");
     let guest_joins = percentiles(guest_samples(w0.clone(), "join_children", n).await);
     let raw_cancels = percentiles(raw_cancels);
     let n = scaled(1_000);

@@ -693,7 +693,10 @@ impl WorkerCtx {
         let handle = run.handle.clone();
         let supervisor = run.handle.clone();
         self.env.tracker.spawn_on(
-            async move { supervisor.supervise(run.run(None, registered)).await },
+            async move {
+                let task = std::pin::pin!(run.run(None, registered));
+                supervisor.supervise(task).await
+            },
             &self.runtime,
         );
         Ok(handle)
@@ -851,9 +854,8 @@ impl Run {
         turn.admitted();
         let supervisor = self.handle.clone();
         // Its start is timed from its turn, not its wait.
-        supervisor
-            .supervise(self.run(Some(turn), Instant::now()))
-            .await
+        let task = std::pin::pin!(self.run(Some(turn), Instant::now()));
+        supervisor.supervise(task).await
     }
 
     /// A queued task cancelled before it ran: it ends `cancelled`. A
