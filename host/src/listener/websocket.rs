@@ -214,7 +214,9 @@ async fn serve(
     };
     metrics.opened(&route.label);
     let worker = route.shared.next_worker();
-    let started = host.add_task(worker, &route.config.plugin, spec).await;
+    // Boxed, as the end below is: rustc keeps an await's state beside the
+    // others', so each would stay in this future for the connection's life.
+    let started = Box::pin(host.add_task(worker, &route.config.plugin, spec)).await;
     let task = started.map(|added| {
         host.worker(added.worker)
             .and_then(|w| w.registry().handle_of(added.id))
@@ -278,7 +280,7 @@ async fn serve(
     )
     .await;
     metrics.closed(&route.label);
-    finish(&route, id, &name, worker, handle, end, incoming).await;
+    Box::pin(finish(&route, id, &name, worker, handle, end, incoming)).await;
 }
 
 /// Drives one connection until it is over from the socket's side.
