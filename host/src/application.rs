@@ -28,6 +28,9 @@ pub struct Application {
     plugins: BTreeMap<String, Arc<Plugin>>,
     /// Their components, which the launch hands to the storage to keep.
     components: BTreeMap<String, Vec<u8>>,
+    /// When loading began, before any build: a watch started later
+    /// rebuilds what changed since (an edit made while the app started).
+    loading_began: std::time::SystemTime,
 }
 
 /// How long shutdown waits, beyond the grace period, for the public
@@ -102,6 +105,7 @@ impl Application {
         engine_settings: &EngineSettings,
         build_options: &BuildOptions,
     ) -> Result<Application> {
+        let loading_began = std::time::SystemTime::now();
         let engine = build_engine(&EngineSettings {
             max_instances: config.limits.instances,
             warm_instances: config.limits.warm_instances,
@@ -180,6 +184,7 @@ impl Application {
             app,
             plugins,
             components,
+            loading_began,
         })
     }
 
@@ -222,10 +227,15 @@ impl Application {
         .await
     }
 
-    /// Splits off how plugins are built, which outlives the launch (watch).
-    async fn launch_keeping_build(self, store: SqliteStore) -> Result<(Host, BuildOptions)> {
+    /// Splits off how plugins are built, and since when, which outlive the
+    /// launch (watch).
+    async fn launch_keeping_build(
+        self,
+        store: SqliteStore,
+    ) -> Result<(Host, BuildOptions, std::time::SystemTime)> {
         let build_options = self.build_options.clone();
-        Ok((self.launch_on(store).await?, build_options))
+        let since = self.loading_began;
+        Ok((self.launch_on(store).await?, build_options, since))
     }
 
     /// The whole life of `taskhost run`: main tasks, then workers with their
@@ -245,7 +255,7 @@ impl Application {
             control: bound_control,
             listener: bound_listener,
         } = reserved;
-        let (mut host, build_options) = self.launch_keeping_build(store).await?;
+        let (mut host, build_options, loading_began) = self.launch_keeping_build(store).await?;
         let main_result = tokio::select! {
             result = host.main_tasks_ended() => Some(result),
             _ = &mut shutdown => None,
@@ -314,7 +324,7 @@ impl Application {
         };
         let _watch = if options.watch {
             let config = host.config().clone();
-            match crate::watch::start(host.clone(), &config, build_options) {
+            match crate::watch::start(host.clone(), &config, build_options, loading_began) {
                 Ok(watch) => Some(watch),
                 Err(error) => {
                     host.shutdown(false).await;

@@ -77,13 +77,17 @@ impl Target {
     }
 }
 
-/// Starts watching every plugin of `config`.
+/// Starts watching every plugin of `config`. A source changed since
+/// `since` (when loading began: the build may have read it before the
+/// change, and the watch began after) counts as changed now.
 pub(crate) fn start(
     host: Arc<Host>,
     config: &AppConfig,
     build_options: BuildOptions,
+    since: std::time::SystemTime,
 ) -> Result<Watch> {
     let (changes, mut changed) = mpsc::unbounded_channel::<PathBuf>();
+    let early = changes.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
             && matches!(
@@ -141,6 +145,13 @@ pub(crate) fn start(
         "watching {} plugin(s) for changes",
         targets.len()
     );
+    for target in &targets {
+        for root in &target.roots {
+            if let Some(path) = changed_since(root, since, target, 0) {
+                let _ = early.send(path);
+            }
+        }
+    }
 
     let task = tokio::spawn(async move {
         while let Some(first) = changed.recv().await {
@@ -161,6 +172,38 @@ pub(crate) fn start(
     Ok(Watch {
         _watcher: watcher,
         task,
+    })
+}
+
+/// How deep [`changed_since`] looks into a plugin's directory.
+const MAX_DEPTH: usize = 16;
+
+/// A source under `path` (a file, or a directory walked to [`MAX_DEPTH`],
+/// past build output, dependencies and hidden directories) of `target`
+/// modified at or after `since`, if there is one.
+fn changed_since(
+    path: &Path,
+    since: std::time::SystemTime,
+    target: &Target,
+    depth: usize,
+) -> Option<PathBuf> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        let modified = meta.modified().ok()?;
+        return (modified >= since && target.concerns(path)).then(|| path.to_path_buf());
+    }
+    if !meta.is_dir() || depth >= MAX_DEPTH {
+        return None;
+    }
+    std::fs::read_dir(path).ok()?.flatten().find_map(|entry| {
+        let name = entry.file_name();
+        let skipped = name.to_str().is_none_or(|name| {
+            name.starts_with('.') || matches!(name, "node_modules" | "target" | "__pycache__")
+        });
+        match skipped {
+            true => None,
+            false => changed_since(&entry.path(), since, target, depth + 1),
+        }
     })
 }
 

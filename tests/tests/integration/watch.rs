@@ -6,7 +6,8 @@ use std::process::{Command, Stdio};
 use taskhost_tests::{Running, TestApp, repo, taskhost_bin};
 
 /// A standalone plugin crate whose `report` factory logs `running <tag>`,
-/// and whose `resident` logs `resident on <tag>` and runs until cancelled.
+/// whose `resident` logs `resident on <tag>` and runs until cancelled, and
+/// whose `pause` logs `pausing` and returns after 5 s.
 fn write_crate(dir: &std::path::Path, tag: &str) {
     std::fs::create_dir_all(dir.join("src")).unwrap();
     std::fs::write(
@@ -33,7 +34,10 @@ fn write_crate(dir: &std::path::Path, tag: &str) {
              /// Runs until cancelled.\n    \
              fn resident(app: &App) -> Result<()> {{\n        \
              app.info(\"resident on {tag}\");\n        \
-             loop {{\n            app.sleep(60_000)?;\n        }}\n    }}\n}}\n"
+             loop {{\n            app.sleep(60_000)?;\n        }}\n    }}\n\n    \
+             /// Returns after 5 s.\n    \
+             fn pause(app: &App) -> Result<()> {{\n        \
+             app.info(\"pausing\");\n        app.sleep(5_000)?;\n        Ok(())\n    }}\n}}\n"
         ),
     )
     .unwrap();
@@ -117,4 +121,47 @@ fn editing_a_plugins_source_reloads_it_without_a_restart() {
         "{}",
         run.dump()
     );
+}
+
+/// A source edited while the app starts (after its build read it, before
+/// the watch began: here, while a `main` task holds the workers back) is
+/// rebuilt once the watch begins. Before the fix the edit was missed until
+/// the next one: `python::dev_restarts_...` failed that way in CI, its v2
+/// written 6 ms before the watch began.
+#[test]
+fn a_source_edited_while_the_app_starts_is_rebuilt_once_the_watch_begins() {
+    let app = TestApp::new(
+        r#"
+        name = "watched"
+        [plugins.watched]
+        build = "watched"
+        [[tasks]]
+        plugin = "watched"
+        factory = "pause"
+        name = "pause"
+        scope = "main"
+        "#,
+    );
+    let crate_dir = app.dir.path().join("watched");
+    write_crate(&crate_dir, "first");
+    let mut host = app.spawn_with(&["--watch"]);
+    // Built first: the first build of the crate may take a while.
+    let build = std::time::Duration::from_secs(240);
+    host.wait_for_within(1, |l| l["message"] == "pausing", build);
+    write_crate(&crate_dir, "second");
+    host.wait_for(1, |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("watching 1 plugin"))
+    });
+    host.wait_for_within(
+        1,
+        |l| l["event"] == "plugin_loaded" && l["plugin"] == "watched",
+        build,
+    );
+    assert_eq!(app.cli(&["add", "watched", "report"]).code, Some(0));
+    host.wait_for(1, |l| l["message"] == "running second");
+    host.signal("TERM");
+    let run = host.finish();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
 }
