@@ -59,8 +59,8 @@ pub(crate) const CONTROL_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// since 5.4). tokio, mio and std listen with 128: a burst past that (or
 /// past a paused accept loop) had its SYNs dropped, and each of those
 /// clients waited out a 1 s retransmit. Measured at c40b745, 1,000
-/// websocket connections opened at once: 2 runs of 5 overflowed the queue
-/// (722 drops) and took 1.26-1.47 s instead of 72-80 ms.
+/// websocket connections opened at once: 4 runs of 9 overflowed the queue
+/// (722 drops in one) and took 1.1-1.5 s instead of ~136 ms.
 /// Queued connections hold kernel memory only, not a descriptor of ours.
 pub(crate) const ACCEPT_BACKLOG: u32 = 4096;
 

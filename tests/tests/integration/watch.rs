@@ -149,11 +149,32 @@ fn a_source_edited_while_the_app_starts_is_rebuilt_once_the_watch_begins() {
     let build = std::time::Duration::from_secs(240);
     host.wait_for_within(1, |l| l["message"] == "pausing", build);
     write_crate(&crate_dir, "second");
+    let edited: chrono::DateTime<chrono::Utc> = std::fs::metadata(crate_dir.join("src/lib.rs"))
+        .and_then(|meta| meta.modified())
+        .expect("the edit's mtime")
+        .into();
     host.wait_for(1, |l| {
         l["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("watching 1 plugin"))
     });
+    // The case under test: the edit came before the watch began (a later
+    // one is seen by the watcher itself, fix or no fix).
+    let began = host
+        .seen()
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("watching 1 plugin"))
+        })
+        .and_then(|l| l["timestamp"].as_str())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .expect("the watch's timestamp");
+    assert!(
+        edited < began,
+        "the edit ({edited}) came after the watch began ({began}): the 5 s pause was too short"
+    );
     host.wait_for_within(
         1,
         |l| l["event"] == "plugin_loaded" && l["plugin"] == "watched",
