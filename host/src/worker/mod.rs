@@ -1112,7 +1112,8 @@ impl Run {
         // its pages are cold anyway. Any other's now: it is hot in cache,
         // and the next task of a stream reuses its slot (deferred, the 64
         // trivial tasks of a bench batch each held their slot until all
-        // had run: 0.49-0.62x raw on one worker, 0.67-0.91x before). None
+        // had run: 0.49-0.78x raw on one worker in 9 runs, 0.67-0.92x
+        // before). None
         // is held across a write to storage: its slot could serve a task.
         if durable.is_some() || !matches!(outcome, Outcome::Cancelled { .. }) {
             spent = None;
