@@ -629,6 +629,86 @@ mod tests {
         assert!(!releases.next_done().await);
     }
 
+    /// The warm image pool resets every page a task wrote in place, however
+    /// scattered: upstream wasmtime 48 resets only the first 32 disjoint
+    /// runs of written pages and decommits the rest, which the next task
+    /// faults in again (vendor/README.md). Failed before the vendored fix:
+    /// 32 of the 64 pages faulted again.
+    #[test]
+    fn a_warm_image_slot_keeps_every_page_its_task_wrote() {
+        use wasmtime::{Engine, Instance, Module, PoolingAllocationConfig, Store};
+        if !PoolingAllocationConfig::is_pagemap_scan_available() {
+            eprintln!("skipped: this kernel has no PAGEMAP_SCAN (Linux 6.7+)");
+            return;
+        }
+        // One byte of image data in each of 128 pages, so all 512 KiB are
+        // the image's; `touch` writes every other page: 64 disjoint runs.
+        let data: String = (0..128)
+            .map(|page| format!("(data (i32.const {}) \"\\07\")\n", page * 4096))
+            .collect();
+        let wat = format!(
+            r#"(module
+                (memory (export "memory") 16)
+                {data}
+                (func (export "touch")
+                    (local $page i32)
+                    (loop $next
+                        (i32.store8 (i32.mul (local.get $page) (i32.const 4096)) (i32.const 9))
+                        (local.set $page (i32.add (local.get $page) (i32.const 2)))
+                        (br_if $next (i32.lt_u (local.get $page) (i32.const 128)))))
+                (func (export "pristine") (result i32)
+                    (local $page i32)
+                    (loop $next
+                        (if (i32.ne (i32.load8_u (i32.mul (local.get $page) (i32.const 4096)))
+                                    (i32.const 7))
+                            (then (return (i32.const 0))))
+                        (local.set $page (i32.add (local.get $page) (i32.const 1)))
+                        (br_if $next (i32.lt_u (local.get $page) (i32.const 128))))
+                    (i32.const 1)))"#
+        );
+        let engine = Engine::new(&super::warm_image_config(
+            &super::EngineSettings::default(),
+            1,
+        ))
+        .unwrap();
+        let module = Module::new(&engine, wat::parse_str(&wat).unwrap()).unwrap();
+        let run = || {
+            let mut store = Store::new(&engine, ());
+            store.set_epoch_deadline(u64::MAX / 2);
+            let instance = Instance::new(&mut store, &module, &[]).unwrap();
+            let pristine = instance
+                .get_typed_func::<(), i32>(&mut store, "pristine")
+                .unwrap()
+                .call(&mut store, ())
+                .unwrap();
+            let touch = instance
+                .get_typed_func::<(), ()>(&mut store, "touch")
+                .unwrap();
+            let before = minor_faults_of_this_thread();
+            touch.call(&mut store, ()).unwrap();
+            (pristine, minor_faults_of_this_thread() - before)
+        };
+        let (pristine, _) = run();
+        assert_eq!(pristine, 1, "a fresh slot holds the image");
+        // The one slot again, reset after the first task.
+        let (pristine, faults) = run();
+        assert_eq!(pristine, 1, "the reset slot holds the image again");
+        assert!(
+            faults < 8,
+            "{faults} of the 64 written pages faulted again: the reset decommitted them"
+        );
+    }
+
+    fn minor_faults_of_this_thread() -> i64 {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage fills the struct it is given.
+        let usage = unsafe {
+            assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()), 0);
+            usage.assume_init()
+        };
+        usage.ru_minflt
+    }
+
     /// Polls `future` once with a waker that does nothing.
     fn poll_once<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> Option<F::Output> {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

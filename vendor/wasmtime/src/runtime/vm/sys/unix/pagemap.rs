@@ -211,10 +211,12 @@ impl PageMap {
 ///   a region of memory to store a list of `page_region` structures. Below this
 ///   is always `MAX_REGIONS`. If there are more than this number of disjoint
 ///   regions of memory that need to be reported then the ioctl will also return
-///   early without reaching the end of memory. Note that this means that all
-///   further memory will be `decommit`'d with reported regions still going to
-///   `reset_manually`. This is arguably something we should detect and improve
-///   in Wasmtime, but for now `MAX_REGIONS` is hardcoded.
+///   early without reaching the end of memory. The scan is then resumed from
+///   its `walk_end` (with what is left of `max_pages`), so every written page
+///   up to `keep_resident` is reset in place however scattered the writes.
+///   (taskhost's copy: upstream decommits everything past the 32nd region, so
+///   a guest whose writes are scattered, like an interpreter's heap, faults
+///   the same pages in again on every instantiation.)
 ///
 /// In the end this ends up being a "more clever" version of this function than
 /// the one in the `pagemap_disabled` module. By using `PAGEMAP_SCAN` we can
@@ -282,67 +284,91 @@ pub unsafe fn reset_with_pagemap(
     const MAX_REGIONS: usize = 32;
     let mut storage = [MaybeUninit::uninit(); MAX_REGIONS];
 
-    let scan_arg = PageMapScanBuilder::new(ptr::slice_from_raw_parts(ptr, len.byte_count()))
-        .max_pages(keep_resident.byte_count() / host_page_size)
-        // We specifically want pages that are NOT backed by the zero page or
-        // backed by files. Such pages mean that they haven't changed from their
-        // original contents, so they're inverted.
-        .category_inverted(Categories::PFNZERO | Categories::FILE)
-        // Search for pages that are written and present as those are the dirty
-        // pages. Additionally search for the zero page/file page as those are
-        // inverted above meaning we're searching for pages that specifically
-        // don't have those flags.
-        .category_mask(
-            Categories::WRITTEN | Categories::PRESENT | Categories::PFNZERO | Categories::FILE,
-        )
-        // Don't return any categories back. This helps group regions together
-        // since the reported set of categories is always empty and we otherwise
-        // aren't looking for anything in particular.
-        .return_mask(Categories::empty())
-        .build(&mut storage);
-
-    // SAFETY: this should be a safe ioctl as we control the fd we're operating
-    // on plus all of `scan_arg`, but this relies on `Ioctl` below being the
-    // correct implementation and such.
-    let result = match unsafe { ioctl(&pagemap.0, scan_arg) } {
-        Ok(result) => result,
-
-        // If the ioctl fails for whatever reason, we at least tried, so fall
-        // back to the default behavior.
-        //
-        // SAFETY: the safety requirement of
-        // `pagemap_disabled::reset_with_pagemap` is the same as this function.
-        Err(err) => unsafe {
-            log::warn!("failed pagemap scan {err}");
-            return crate::runtime::vm::pagemap_disabled::reset_with_pagemap(
-                None,
-                ptr,
-                len,
-                keep_resident,
-                reset_manually,
-                decommit,
-            );
-        },
-    };
-
-    // For all regions that were written in the scan reset them manually, then
-    // afterwards decommit everything else.
+    // For all regions that were written in the scan reset them manually.
+    // When the region buffer fills before the end of memory, scan on from
+    // where the kernel stopped; once the end or `keep_resident` is reached,
+    // decommit everything after the walk.
+    let end = ptr.addr() + len.byte_count();
+    let mut start = ptr;
+    let mut pages_left = keep_resident.byte_count() / host_page_size;
     let mut bytes_resident = 0;
-    for region in result.regions() {
-        // SAFETY: we're relying on Linux to pass in valid region ranges within
-        // the `ptr/len` we specified to the original syscall.
-        unsafe {
-            reset_manually(&mut *region.region().cast_mut());
-        }
-        bytes_resident += region.len();
-    }
+    loop {
+        let scan_arg =
+            PageMapScanBuilder::new(ptr::slice_from_raw_parts(start, end - start.addr()))
+                .max_pages(pages_left)
+                // We specifically want pages that are NOT backed by the zero
+                // page or backed by files. Such pages mean that they haven't
+                // changed from their original contents, so they're inverted.
+                .category_inverted(Categories::PFNZERO | Categories::FILE)
+                // Search for pages that are written and present as those are
+                // the dirty pages. Additionally search for the zero page/file
+                // page as those are inverted above meaning we're searching
+                // for pages that specifically don't have those flags.
+                .category_mask(
+                    Categories::WRITTEN | Categories::PRESENT | Categories::PFNZERO | Categories::FILE,
+                )
+                // Don't return any categories back. This helps group regions
+                // together since the reported set of categories is always
+                // empty and we otherwise aren't looking for anything in
+                // particular.
+                .return_mask(Categories::empty())
+                .build(&mut storage);
 
-    // Report everything after `walk_end` to the end of memory as memory that
-    // must be decommitted as the scan didn't reach it. Note that if `walk_end`
-    // is already at the end of memory then the byte size of the decommitted
-    // memory here will be 0 meaning that this is a noop.
-    let scan_size = result.walk_end().addr() - ptr.addr();
-    decommit(result.walk_end().cast_mut(), len.byte_count() - scan_size);
+        // SAFETY: this should be a safe ioctl as we control the fd we're
+        // operating on plus all of `scan_arg`, but this relies on `Ioctl`
+        // below being the correct implementation and such.
+        let result = match unsafe { ioctl(&pagemap.0, scan_arg) } {
+            Ok(result) => result,
+
+            // If the ioctl fails for whatever reason, we at least tried, so
+            // fall back to the default behavior for what is left.
+            //
+            // SAFETY: the safety requirement of
+            // `pagemap_disabled::reset_with_pagemap` is the same as this
+            // function, and `start..end` is within `ptr..ptr + len`.
+            Err(err) => unsafe {
+                log::warn!("failed pagemap scan {err}");
+                let rest = HostAlignedByteCount::new(end - start.addr())
+                    .expect("the scan resumes at page boundaries");
+                let keep = HostAlignedByteCount::new(pages_left * host_page_size)
+                    .expect("a whole number of pages");
+                return bytes_resident
+                    + crate::runtime::vm::pagemap_disabled::reset_with_pagemap(
+                        None,
+                        start,
+                        rest,
+                        keep,
+                        reset_manually,
+                        decommit,
+                    );
+            },
+        };
+
+        let mut pages_found = 0;
+        for region in result.regions() {
+            // SAFETY: we're relying on Linux to pass in valid region ranges
+            // within the `ptr/len` we specified to the original syscall.
+            unsafe {
+                reset_manually(&mut *region.region().cast_mut());
+            }
+            bytes_resident += region.len();
+            pages_found += region.len() / host_page_size;
+        }
+        pages_left = pages_left.saturating_sub(pages_found);
+        let walk_end = result.walk_end().cast_mut();
+        let stopped_for_room = result.regions().len() == MAX_REGIONS;
+        if walk_end.addr() < end && stopped_for_room && pages_left > 0 {
+            start = walk_end;
+            continue;
+        }
+
+        // Report everything after `walk_end` to the end of memory as memory
+        // that must be decommitted as the scan didn't reach it. Note that if
+        // `walk_end` is already at the end of memory then the byte size of
+        // the decommitted memory here will be 0 meaning that this is a noop.
+        decommit(walk_end, end - walk_end.addr());
+        break;
+    }
 
     bytes_resident
 }
