@@ -46,15 +46,16 @@ impl Prepared {
     /// Hands the instance to the task whose store data is `data`: the
     /// stand-in identity goes, the memory the instantiation grew is now
     /// the task's (and counted in `taskhost_task_memory_bytes` from now
-    /// on), and the epoch deadline starts afresh, so the first call is
-    /// not made to yield for the ticks the instance spent waiting.
+    /// on), and the epoch deadline starts afresh, so the first turn is not
+    /// cut short by the ticks the instance spent waiting.
     fn adopt(mut self, data: TaskData) -> (Store<TaskData>, Factories, WarmSlot) {
         if data.is_leased() {
             crate::store::fence(&mut self.store);
         }
         let stand_in = std::mem::replace(self.store.data_mut(), data);
         self.store.data_mut().adopt_memory(stand_in);
-        self.store.set_epoch_deadline(1);
+        self.store
+            .set_epoch_deadline(crate::store::FIRST_TURN_TICKS);
         (self.store, self.instance, self._slot)
     }
 }

@@ -272,6 +272,18 @@ interfaces! {
     db: crate::db::DbState,
 }
 
+/// Epoch ticks from a task's store being made (or a prepared instance
+/// being handed to its task) to the end of its first turn. With 1, the
+/// first turn ended at the next tick, anywhere 0-1 ms away: in a burst of
+/// short tasks (a JavaScript task runs 0.3-0.7 ms here) about half were
+/// stopped partway and sent behind every task of the burst not yet
+/// started, each holding its instance meanwhile. The burst then held more
+/// instances than the warm image pool's 32 slots, and the tasks past it
+/// ran on demand, each faulting its interpreter's pages in afresh: of the
+/// guests bench's 2,000 trivial Python tasks, 1,052 ran on demand with 1
+/// and 21 with 2 (throughput 391-613/s against 1,257-1,684/s).
+pub(crate) const FIRST_TURN_TICKS: u64 = 2;
+
 /// A store set up the way every task's store must be: its epoch deadline
 /// callback yields to the worker's other tasks each tick (fairness), and
 /// interrupts the guest once its cancellation has been forced.
@@ -281,12 +293,16 @@ interfaces! {
 /// sleeping task next to a spinner wakes within a tick. A plain re-queue
 /// keeps the run queue busy, and tokio then checks timers only every 61
 /// polls (61 ms with one spinner).
+///
+/// A task's first turn ends at the second tick after its store is made,
+/// not the first ([`FIRST_TURN_TICKS`]), so it lasts at least one whole
+/// tick (1-2 ms); later turns end at the next tick.
 pub(crate) fn new_store(engine: &Engine, data: TaskData) -> Store<TaskData> {
     // The lease is attached when the task registers, before its store.
     let leased = data.cancel.is_leased();
     let mut store = Store::new(engine, data);
     store.limiter(|data| &mut data.memory);
-    store.set_epoch_deadline(1);
+    store.set_epoch_deadline(FIRST_TURN_TICKS);
     store.epoch_deadline_callback(|cx| {
         let cancel = &cx.data().cancel;
         if cancel.is_forced() {
@@ -414,5 +430,100 @@ impl ResourceLimiter for MemoryBudget {
 impl Drop for MemoryBudget {
     fn drop(&mut self) {
         self.gauge_sub(self.used);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::WorkerId;
+    use std::future::Future;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use wasmtime::{Config, Linker as CoreLinker, Module};
+
+    /// Whether a guest that advances the epoch `ticks` times from its
+    /// store's start, then runs through a loop header, is sent to the back
+    /// of its worker's queue (its call is pending) or finishes at once.
+    fn yields_after(ticks: u32) -> bool {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).unwrap();
+        let module = Module::new(
+            &engine,
+            wat::parse_str(
+                r#"(module
+                    (import "host" "tick" (func $tick))
+                    (func (export "run") (param $ticks i32)
+                        (loop $next
+                            (if (local.get $ticks)
+                                (then
+                                    (call $tick)
+                                    (local.set $ticks (i32.sub (local.get $ticks) (i32.const 1)))
+                                    (br $next))))))"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let ticked = Arc::new(AtomicU32::new(0));
+        let mut linker = CoreLinker::<TaskData>::new(&engine);
+        let counter = ticked.clone();
+        linker
+            .func_wrap(
+                "host",
+                "tick",
+                move |caller: wasmtime::Caller<'_, TaskData>| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    caller.engine().increment_epoch();
+                },
+            )
+            .unwrap();
+        let config = crate::config::AppConfig::parse(
+            "name = \"deadline\"\n",
+            std::path::Path::new("app.toml"),
+            std::path::Path::new("/nonexistent"),
+        )
+        .unwrap();
+        let ident = Arc::new(TaskIdent {
+            id: 1,
+            name: None,
+            worker: WorkerId::Main,
+            plugin: "p".into(),
+            plugin_version: "1".into(),
+            factory: "run".into(),
+            durable: None,
+            connection: None,
+            queue: None,
+            parent: None,
+            trace: None,
+            args: crate::task::ShownArgs::default(),
+        });
+        let data = TaskData::stand_in(ident, Arc::new(AppContext::new(&config)));
+        let mut store = new_store(&engine, data);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let instance = linker.instantiate_async(&mut store, &module).await.unwrap();
+            let run = instance
+                .get_typed_func::<u32, ()>(&mut store, "run")
+                .unwrap();
+            let call = run.call_async(&mut store, ticks);
+            tokio::pin!(call);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let pending = call.as_mut().poll(&mut cx).is_pending();
+            assert_eq!(ticked.load(Ordering::Relaxed), ticks);
+            pending
+        })
+    }
+
+    /// A task's first turn lasts at least one whole tick: with the next
+    /// tick as its deadline (as before), a burst of short tasks had about
+    /// half of them stopped partway, each holding its instance while every
+    /// task of the burst not yet started ran first (docs/speed.md). Failed
+    /// before: `yields_after(1)` was true.
+    #[test]
+    fn a_first_turn_runs_through_one_tick_and_yields_at_the_next() {
+        assert!(!yields_after(1), "the first tick does not end the turn");
+        assert!(yields_after(2), "the second does");
     }
 }
