@@ -860,18 +860,8 @@ mod tests {
 
     fn ident(name: Option<&str>) -> Arc<TaskIdent> {
         Arc::new(TaskIdent {
-            id: next_task_id(),
             name: name.map(String::from),
-            worker: WorkerId::Index(0),
-            plugin: "p".into(),
-            plugin_version: "v".into(),
-            factory: "f".into(),
-            durable: None,
-            connection: None,
-            queue: None,
-            parent: None,
-            trace: None,
-            args: crate::task::ShownArgs::default(),
+            ..TaskIdent::for_tests(next_task_id(), "p", "f")
         })
     }
 

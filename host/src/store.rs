@@ -436,7 +436,6 @@ impl Drop for MemoryBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::WorkerId;
     use std::future::Future;
     use std::sync::atomic::{AtomicU32, Ordering};
     use wasmtime::{Config, Linker as CoreLinker, Module};
@@ -483,20 +482,7 @@ mod tests {
             std::path::Path::new("/nonexistent"),
         )
         .unwrap();
-        let ident = Arc::new(TaskIdent {
-            id: 1,
-            name: None,
-            worker: WorkerId::Main,
-            plugin: "p".into(),
-            plugin_version: "1".into(),
-            factory: "run".into(),
-            durable: None,
-            connection: None,
-            queue: None,
-            parent: None,
-            trace: None,
-            args: crate::task::ShownArgs::default(),
-        });
+        let ident = Arc::new(TaskIdent::for_tests(1, "p", "run"));
         let data = TaskData::stand_in(ident, Arc::new(AppContext::new(&config)));
         let mut store = new_store(&engine, data);
         let runtime = tokio::runtime::Builder::new_current_thread()

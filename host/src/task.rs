@@ -120,6 +120,28 @@ pub struct TaskIdent {
     pub args: ShownArgs,
 }
 
+#[cfg(test)]
+impl TaskIdent {
+    /// An identity for unit tests: unnamed, on worker 0, started by the
+    /// host, with only its plugin and factory given.
+    pub(crate) fn for_tests(id: TaskId, plugin: &str, factory: &str) -> TaskIdent {
+        TaskIdent {
+            id,
+            name: None,
+            worker: WorkerId::Index(0),
+            plugin: plugin.into(),
+            plugin_version: "v".into(),
+            factory: factory.into(),
+            durable: None,
+            connection: None,
+            queue: None,
+            parent: None,
+            trace: None,
+            args: ShownArgs::default(),
+        }
+    }
+}
+
 /// How much of a task's arguments its identity keeps for listings.
 pub const ARGS_SHOWN: usize = 4096;
 

@@ -739,18 +739,10 @@ mod tests {
         call.parent_span_id = Some(parent.span_id);
         call.error = Some("boom".into());
         let ident = Arc::new(TaskIdent {
-            id: 42,
             name: Some("nightly".into()),
             worker: crate::task::WorkerId::Index(1),
-            plugin: "reports".into(),
             plugin_version: "sha256:0123456789ab".into(),
-            factory: "build".into(),
-            durable: None,
-            connection: None,
-            queue: None,
-            parent: None,
-            trace: None,
-            args: crate::task::ShownArgs::default(),
+            ..TaskIdent::for_tests(42, "reports", "build")
         });
         let task = task_span(
             &ident,
