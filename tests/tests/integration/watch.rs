@@ -153,21 +153,18 @@ fn a_source_edited_while_the_app_starts_is_rebuilt_once_the_watch_begins() {
         .and_then(|meta| meta.modified())
         .expect("the edit's mtime")
         .into();
-    host.wait_for(1, |l| {
+    let watching = |l: &serde_json::Value| {
         l["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("watching 1 plugin"))
-    });
+    };
+    host.wait_for(1, watching);
     // The case under test: the edit came before the watch began (a later
     // one is seen by the watcher itself, fix or no fix).
     let began = host
         .seen()
         .iter()
-        .find(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("watching 1 plugin"))
-        })
+        .find(|l| watching(l))
         .and_then(|l| l["timestamp"].as_str())
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .expect("the watch's timestamp");
