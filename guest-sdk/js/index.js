@@ -842,11 +842,81 @@ function resultText(result) {
 }
 
 /**
+ * Takes, once, the path every task's call takes through componentize-js's
+ * export glue, while componentize-js snapshots the plugin (this module is
+ * evaluated then), so that no task's fresh instance does it again.
+ *
+ * SpiderMonkey makes a realm's standard classes (String, the typed arrays,
+ * DataView, Promise, the async function machinery) the first time a script
+ * uses them. The export glue (an async function that decodes the
+ * arguments from linear memory, awaits the factory and encodes the
+ * result) runs in a global of its own, which nothing used before the
+ * snapshot: every task made those classes again. A `perf` profile of
+ * trivial JavaScript tasks put a third of the host's time in
+ * `js::GlobalObject::resolveConstructor` before this; the same warm-up in
+ * this module's own global moved nothing (its classes were made by the
+ * plugin's own top level).
+ *
+ * The glue's global is reached through an imported host function (the
+ * glue made it, so its `Function` is the glue's). Nothing here calls the
+ * host: no task is running. If a componentize-js release lays its globals
+ * out otherwise, the warm-up does less, never more.
+ */
+function warmUp() {
+  try {
+    const glue = host.name.constructor;
+    if (glue !== Function) glue(GLUE_WARM_UP)();
+  } catch {
+    // Only a warm-up: a task still runs without it.
+  }
+}
+
+/** The glue global's property that says the warm-up ran there (a test
+ * reads it: a componentize-js release that moves the glue would drop it). */
+const GLUE_WARMED = '__taskhostWarmedUp';
+
+/** What the export glue does for a call, run in the glue's global. */
+const GLUE_WARM_UP = `
+  for (const name of Object.getOwnPropertyNames(globalThis)) {
+    try {
+      void globalThis[name];
+    } catch {}
+  }
+  const s = 'warm-up';
+  let codes = 0;
+  for (let i = 0; i < s.length; i++) codes += s.charCodeAt(i);
+  const memory = new ArrayBuffer(64);
+  const text = new TextDecoder().decode(new Uint8Array(memory, 0, 8));
+  new TextEncoder().encodeInto('warm-up', new Uint8Array(memory, 8, 16));
+  const view = new DataView(memory);
+  view.setInt8(0, 0, true);
+  view.setUint32(4, text.length + codes, true);
+  void (view.buffer === memory);
+  const call = async (result) => {
+    let ret;
+    try {
+      const value = await result;
+      ret = value !== null && typeof value === 'object' ? value : { tag: 'ok', val: value };
+    } catch (e) {
+      ret = { tag: 'err', val: e };
+    }
+    switch (ret.tag) {
+      case 'ok': return view.getUint32(4, true);
+      default: return 0;
+    }
+  };
+  call('x');
+  call(Promise.resolve('y')).then(() => {}, () => {});
+  globalThis[${JSON.stringify(GLUE_WARMED)}] = true;
+`;
+
+/**
  * The plugin's `factories` export for a module's exports: every export
  * made with `task()` (and every function of a default-exported object) is
  * a factory. `taskhost build` calls it; plugins do not need to.
  */
 export function factoriesFrom(module) {
+  warmUp();
   const found = new Map();
   const add = (name, fn) => {
     const factory = new Factory(name, fn);

@@ -2,6 +2,7 @@
 // and probes the tests use. `taskhost build plugins/js-examples` makes
 // js_examples.wasm; every `task()` export is a factory named after it.
 import { task, Cancelled } from 'taskhost';
+import * as hostApp from 'taskhost:plugin/app@0.5.0';
 
 export const slow_work = task(
   (app, { ms }) => {
@@ -122,6 +123,12 @@ export const sleeper = task(
     description: 'Sleeps; when cancelled, cleans up in `finally` and records it in the bucket `cleanup`.',
     args: { ms: { type: 'integer', default: 60000 }, marker: 'string?' },
   },
+);
+
+export const glue_warmed = task(
+  // The export glue's global, reached as the SDK's warm-up reaches it.
+  () => hostApp.name.constructor('return globalThis.__taskhostWarmedUp === true')(),
+  { description: "Whether the SDK warmed componentize-js's export glue in the snapshot (a test reads it)." },
 );
 
 export const noop = task(() => {}, { description: 'Does nothing: what a task costs by itself (the speed bench).' });

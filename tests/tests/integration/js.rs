@@ -15,3 +15,22 @@ fn plain_functions_of_a_default_export_are_factories() {
     assert_eq!(run.code, Some(0), "{}", run.dump());
     assert_eq!(run.results_of("echo")[0], json!({"anything": [1, 2]}));
 }
+
+/// The SDK warms componentize-js's export glue while the plugin is
+/// snapshotted, in the glue's own global (a third of a trivial task's time
+/// went to making that global's standard classes in every instance). A
+/// componentize-js release that moves the glue makes this fail, where the
+/// only other sign would be the speed bench.
+#[test]
+fn the_export_glue_is_warmed_in_the_snapshot() {
+    let run = JS
+        .app("", &JS.task("glue_warmed", "warmed", "{}"))
+        .run_until_idle();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_eq!(
+        run.results_of("warmed"),
+        vec![json!(true); 2],
+        "{}",
+        run.dump()
+    );
+}
