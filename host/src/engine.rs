@@ -699,6 +699,75 @@ mod tests {
         );
     }
 
+    /// Function references made while an instance starts (an element
+    /// segment at an imported offset, as componentize-py's libraries have)
+    /// and by `ref.func` call the functions they name, both from wasm
+    /// (`call_indirect`, through the body's pointer) and from the host
+    /// (through the array-call trampoline's). The vendored wasmtime makes
+    /// them from offsets its modules find at load (vendor/README.md).
+    #[test]
+    fn function_references_call_the_functions_they_name() {
+        use wasmtime::{Engine, Global, GlobalType, Instance, Module, Mutability, Store, Val};
+        let wat = r#"(module
+            (import "env" "base" (global $base i32))
+            (table 16 funcref)
+            (func $decoy (result i32) (i32.const 99))
+            (func $one (result i32) (i32.const 1))
+            (func $two (result i32) (i32.const 2))
+            (func $three (result i32) (i32.const 3))
+            (func $four (result i32) (i32.add (call $decoy) (i32.const -95)))
+            (elem (global.get $base) func $one $two $three)
+            (elem declare func $four)
+            (func (export "call") (param i32) (result i32)
+                (call_indirect (result i32) (local.get 0)))
+            (func (export "four") (result funcref) (ref.func $four))
+            (func (export "get") (param i32) (result funcref) (table.get (local.get 0))))"#;
+        let engine = Engine::new(&super::pooled_config(&super::EngineSettings::default())).unwrap();
+        let module = Module::new(&engine, wat::parse_str(wat).unwrap()).unwrap();
+        let mut store = Store::new(&engine, ());
+        store.set_epoch_deadline(u64::MAX / 2);
+        let base = Global::new(
+            &mut store,
+            GlobalType::new(wasmtime::ValType::I32, Mutability::Const),
+            Val::I32(5),
+        )
+        .unwrap();
+        let instance = Instance::new(&mut store, &module, &[base.into()]).unwrap();
+        let call = instance
+            .get_typed_func::<i32, i32>(&mut store, "call")
+            .unwrap();
+        let from_wasm: Vec<i32> = (5..8).map(|i| call.call(&mut store, i).unwrap()).collect();
+        assert_eq!(
+            from_wasm,
+            [1, 2, 3],
+            "call_indirect through the segment's entries"
+        );
+        let get = instance
+            .get_typed_func::<i32, Option<wasmtime::Func>>(&mut store, "get")
+            .unwrap();
+        let four = instance
+            .get_typed_func::<(), Option<wasmtime::Func>>(&mut store, "four")
+            .unwrap();
+        let mut funcs: Vec<wasmtime::Func> = (5..8)
+            .map(|i| get.call(&mut store, i).unwrap().expect("an entry"))
+            .collect();
+        funcs.push(four.call(&mut store, ()).unwrap().expect("ref.func"));
+        let from_host: Vec<i32> = funcs
+            .iter()
+            .map(|f| {
+                f.typed::<(), i32>(&store)
+                    .unwrap()
+                    .call(&mut store, ())
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            from_host,
+            [1, 2, 3, 4],
+            "the host calls through the trampolines"
+        );
+    }
+
     fn minor_faults_of_this_thread() -> i64 {
         let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
         // SAFETY: getrusage fills the struct it is given.

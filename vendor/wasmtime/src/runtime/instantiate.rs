@@ -11,7 +11,7 @@ use alloc::sync::Arc;
 use core::ops::Range;
 use core::str;
 use wasmtime_environ::{
-    CompiledFunctionsTable, CompiledModuleInfo, DefinedFuncIndex, FilePos, FuncIndex, FuncKey,
+    CompiledFunctionsTable, CompiledModuleInfo, DefinedFuncIndex, EntityRef, FilePos, FuncIndex, FuncKey,
     FunctionLoc, FunctionName, Metadata, Module, ModuleInternedTypeIndex, StaticModuleIndex,
 };
 
@@ -25,6 +25,22 @@ pub struct CompiledModule {
     index: Arc<CompiledFunctionsTable>,
     /// Sorted list, by function index, of names we have for this module.
     func_names: Vec<FunctionName>,
+    /// taskhost patch: by `DefinedFuncIndex`, the text offsets of the
+    /// function's array-to-wasm trampoline and of its body
+    /// ([`FuncRefOffsets`]), found once here rather than with two
+    /// `func_loc` searches for every `VMFuncRef` an instance makes.
+    func_ref_offsets: Vec<FuncRefOffsets>,
+}
+
+/// taskhost patch: where a defined function's `VMFuncRef` points, as offsets
+/// in the text section; `None` for a function without an array-to-wasm
+/// trampoline (one that never escapes, so never gets a `VMFuncRef`).
+#[derive(Clone, Copy)]
+pub struct FuncRefOffsets {
+    /// The array-to-wasm trampoline's offset.
+    pub array_call: Option<u32>,
+    /// The function body's offset.
+    pub wasm_call: u32,
 }
 
 impl CompiledModule {
@@ -58,7 +74,22 @@ impl CompiledModule {
             meta: info.meta,
             index,
             func_names: info.func_names,
+            func_ref_offsets: Vec::new(),
         };
+        ret.func_ref_offsets = ret
+            .module
+            .defined_func_indices()
+            .map(|i| {
+                let module = ret.module_index();
+                FuncRefOffsets {
+                    array_call: ret
+                        .index
+                        .func_loc(FuncKey::ArrayToWasmTrampoline(module, i))
+                        .map(|loc| loc.start),
+                    wasm_call: ret.func_loc(FuncKey::DefinedWasmFunction(module, i)).start,
+                }
+            })
+            .collect();
         ret.register_profiling(profiler)?;
 
         Ok(ret)
@@ -163,6 +194,13 @@ impl CompiledModule {
             }
             _ => None,
         }
+    }
+
+    /// taskhost patch: the text offsets a defined function's `VMFuncRef`
+    /// points to.
+    #[inline]
+    pub fn func_ref_offsets(&self, index: DefinedFuncIndex) -> FuncRefOffsets {
+        self.func_ref_offsets[index.index()]
     }
 
     /// Gets the function location information for a given function index.

@@ -18,7 +18,7 @@ use crate::runtime::vm::{
     VMStoreRawPtr, VmPtr, VmSafe, WasmFault, catch_unwind_and_record_trap,
 };
 use crate::store::{InstanceId, StoreId, StoreInstanceId, StoreOpaque, StoreResourceLimiter};
-use crate::vm::{VMWasmCallFunction, ValRaw};
+use crate::vm::{VMArrayCallFunction, VMWasmCallFunction, ValRaw};
 use alloc::sync::Arc;
 use core::alloc::Layout;
 use core::marker;
@@ -880,6 +880,35 @@ impl Instance {
         let func = &module.functions[index];
         let type_index = func.signature.unwrap_engine_type_index();
         let vmctx_offset = self.offsets().vmctx_func_ref(func.func_ref);
+
+        // taskhost patch: a store's code is the engine's own unless guest
+        // debugging gives each store a private copy, so without the `debug`
+        // feature the `VMFuncRef` is made from the engine's text and the
+        // offsets the module found when it was loaded, not from two
+        // registry lookups and two `func_loc` searches per function. A
+        // componentize-py component's instances make 5,809 of these at
+        // every instantiation; they were 60% of a trivial Python task's time.
+        #[cfg(not(feature = "debug"))]
+        {
+            let runtime_module = self
+                .runtime_module()
+                .expect("funcref impossible in fake module");
+            let offsets = runtime_module
+                .compiled_module()
+                .func_ref_offsets(def_index);
+            if let Some(array_call) = offsets.array_call {
+                let text = runtime_module.engine_code().text();
+                let array_call = NonNull::from(&text[array_call as usize]).cast();
+                let wasm_call = NonNull::from(&text[offsets.wasm_call as usize])
+                    .cast::<VMWasmCallFunction>();
+                // SAFETY: the offsets are this function's, found by the
+                // same `func_loc` the lookup below makes.
+                return unsafe {
+                    self.write_funcref(type_index, vmctx_offset, array_call, wasm_call)
+                };
+            }
+        }
+
         let array_to_wasm_key = FuncKey::ArrayToWasmTrampoline(module.module_index, def_index);
         let wasm_key = FuncKey::DefinedWasmFunction(module.module_index, def_index);
         // SAFETY: the type/offset/keys here are all valid for the defined
@@ -967,20 +996,29 @@ impl Instance {
         )
         .expect("module not in store");
 
-        let array_call =
-            VmPtr::from(NonNull::from(module_with_code.function(array_to_wasm_key)).cast());
+        let array_call = NonNull::from(module_with_code.function(array_to_wasm_key)).cast();
+        let wasm_call = NonNull::from(module_with_code.function(wasm_key)).cast();
 
-        let wasm_call = Some(VmPtr::from(
-            NonNull::new(
-                module_with_code
-                    .function(wasm_key)
-                    .as_ptr()
-                    .cast::<VMWasmCallFunction>()
-                    .cast_mut(),
-            )
-            .unwrap(),
-        ));
+        // SAFETY: the caller's contract is `write_funcref`'s.
+        unsafe { self.write_funcref(type_index, vmctx_offset, array_call, wasm_call) }
+    }
 
+    /// Writes the `VMFuncRef` at `vmctx_offset` and returns a pointer to it
+    /// (taskhost patch: split out of `initialize_and_return_funcref`).
+    ///
+    /// # Safety
+    ///
+    /// As for `initialize_and_return_funcref`: the type, offset and code
+    /// pointers must all be the function's.
+    unsafe fn write_funcref(
+        self: Pin<&mut Self>,
+        type_index: VMSharedTypeIndex,
+        vmctx_offset: u32,
+        array_call: NonNull<VMArrayCallFunction>,
+        wasm_call: NonNull<VMWasmCallFunction>,
+    ) -> Option<NonNull<VMFuncRef>> {
+        let array_call = VmPtr::from(array_call);
+        let wasm_call = Some(VmPtr::from(wasm_call));
         let vmctx = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
 
         // SAFETY: the offset calculated here should be correct with
