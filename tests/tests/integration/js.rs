@@ -9,11 +9,8 @@ use serde_json::json;
 /// both languages do is tested once per language in `guests.rs`).
 #[test]
 fn plain_functions_of_a_default_export_are_factories() {
-    let run = JS
-        .app("", &JS.task("plain_echo", "echo", "{ anything = [1, 2] }"))
-        .run_until_idle();
-    assert_eq!(run.code, Some(0), "{}", run.dump());
-    assert_eq!(run.results_of("echo")[0], json!({"anything": [1, 2]}));
+    let results = results_of("plain_echo", "{ anything = [1, 2] }");
+    assert_eq!(results[0], json!({"anything": [1, 2]}));
 }
 
 /// The SDK warms componentize-js's export glue while the plugin is
@@ -23,14 +20,13 @@ fn plain_functions_of_a_default_export_are_factories() {
 /// only other sign would be the speed bench.
 #[test]
 fn the_export_glue_is_warmed_in_the_snapshot() {
-    let run = JS
-        .app("", &JS.task("glue_warmed", "warmed", "{}"))
-        .run_until_idle();
+    assert_eq!(results_of("glue_warmed", "{}"), vec![json!(true); 2]);
+}
+
+/// The results of a task of `factory` with `args`, one per worker, once
+/// the app has run until idle (and exited 0).
+fn results_of(factory: &str, args: &str) -> Vec<serde_json::Value> {
+    let run = JS.app("", &JS.task(factory, "t", args)).run_until_idle();
     assert_eq!(run.code, Some(0), "{}", run.dump());
-    assert_eq!(
-        run.results_of("warmed"),
-        vec![json!(true); 2],
-        "{}",
-        run.dump()
-    );
+    run.results_of("t")
 }
