@@ -13,8 +13,9 @@
 //!
 //! An entry is named by a SHA-256 of the component's bytes and of every
 //! engine setting that shapes compiled code (wasmtime's
-//! `precompile_compatibility_hash`, which includes its version), so a
-//! changed component, configuration or wasmtime never loads stale code.
+//! `precompile_compatibility_hash`, which includes its version, and the
+//! format our vendored copy of it adds), so a changed component,
+//! configuration or wasmtime never loads stale code.
 
 use crate::private_files::{
     create_private_dir, create_work_file, hex, open_nofollow, write_atomically,
@@ -32,6 +33,13 @@ use wasmtime::component::Component;
 
 /// First bytes of every entry: the format and its version.
 const MAGIC: &[u8; 8] = b"thcache1";
+
+/// What our vendored wasmtime adds to a compiled module's serialized form
+/// (vendor/README.md: `Module::lazy_table_segments`), hashed into every
+/// entry's name. wasmtime checks only its version (48.0.8, unchanged) when
+/// it deserializes, so without this an entry written by a build before the
+/// change would be read by one after it, field by field out of step.
+const VENDORED_FORMAT: &str = "wasmtime-environ 48.0.8 with lazy_table_segments";
 
 /// Length of the MAC that follows the magic.
 const MAC_LEN: usize = 32;
@@ -126,6 +134,7 @@ impl CompileCache {
     pub fn entry_path(&self, engine: &Engine, component: &[u8]) -> PathBuf {
         let mut hasher = HashInto(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
+        VENDORED_FORMAT.hash(&mut hasher);
         let mut digest = hasher.0;
         digest.update(component);
         self.dir

@@ -768,6 +768,111 @@ mod tests {
         );
     }
 
+    /// Element segments at an imported offset are applied lazily by the
+    /// vendored wasmtime (vendor/README.md): each one's range is recorded
+    /// into the table's defining instance when its instance is created, and
+    /// an element's function is made when it is first read. The table must
+    /// still read as the segments' in-order application would have left it:
+    /// later segments, instances and the startup function's segments win,
+    /// bounds trap at the segment that is out of them, and a copy or a read
+    /// from the host sees the same functions.
+    #[test]
+    fn segments_applied_lazily_leave_the_table_as_applied_in_order() {
+        use wasmtime::{Engine, Global, GlobalType, Instance, Module, Mutability, Store, Val};
+        // Slots 0-5 precomputed by the defining module.
+        let owner = r#"(module
+            (table $t (export "t") 16 funcref)
+            (func $a0 (result i32) (i32.const 100)) (func $a1 (result i32) (i32.const 101))
+            (func $a2 (result i32) (i32.const 102)) (func $a3 (result i32) (i32.const 103))
+            (func $a4 (result i32) (i32.const 104)) (func $a5 (result i32) (i32.const 105))
+            (elem (i32.const 0) func $a0 $a1 $a2 $a3 $a4 $a5)
+            (func (export "call") (param i32) (result i32)
+                (call_indirect (result i32) (local.get 0)))
+            (func (export "copy") (param i32 i32 i32)
+                (table.copy (local.get 0) (local.get 1) (local.get 2))))"#;
+        // Two lazy segments (at `base`, 2: slots 2-4; then slot 4), then
+        // two the startup function applies (slots 3 and 6).
+        let user = r#"(module
+            (import "env" "t" (table $t 16 funcref))
+            (import "env" "base" (global $base i32))
+            (func $b0 (result i32) (i32.const 200)) (func $b1 (result i32) (i32.const 201))
+            (func $b2 (result i32) (i32.const 202)) (func $b3 (result i32) (i32.const 203))
+            (func $e (result i32) (i32.const 299))
+            (elem (table $t) (global.get $base) func $b0 $b1 $b2)
+            (elem (table $t) (i32.const 4) func $b3)
+            (elem (table $t) (i32.const 3) funcref (ref.func $e))
+            (elem (table $t) (i32.const 6) func $b1)
+            (func (export "call") (param i32) (result i32)
+                (call_indirect (result i32) (local.get 0))))"#;
+        // A later instance's lazy segment, at `base` 3.
+        let later = r#"(module
+            (import "env" "t" (table $t 16 funcref))
+            (import "env" "base" (global $base i32))
+            (func $c0 (result i32) (i32.const 300))
+            (elem (table $t) (global.get $base) func $c0))"#;
+        // Slot 0, then a segment past the table's end: the instance traps
+        // there, with slot 0 already written.
+        let past_the_end = r#"(module
+            (import "env" "t" (table $t 16 funcref))
+            (func $d0 (result i32) (i32.const 400))
+            (elem (table $t) (i32.const 0) func $d0)
+            (elem (table $t) (i32.const 15) func $d0 $d0))"#;
+        let engine = Engine::new(&super::pooled_config(&super::EngineSettings::default())).unwrap();
+        let module = |wat: &str| Module::new(&engine, wat::parse_str(wat).unwrap()).unwrap();
+        let mut store = Store::new(&engine, ());
+        store.set_epoch_deadline(u64::MAX / 2);
+        let base = |store: &mut Store<()>, value| {
+            Global::new(
+                store,
+                GlobalType::new(wasmtime::ValType::I32, Mutability::Const),
+                Val::I32(value),
+            )
+            .unwrap()
+        };
+        let owner = Instance::new(&mut store, &module(owner), &[]).unwrap();
+        let table = owner.get_table(&mut store, "t").unwrap();
+        let two = base(&mut store, 2);
+        let user = Instance::new(&mut store, &module(user), &[table.into(), two.into()]).unwrap();
+        let three = base(&mut store, 3);
+        Instance::new(&mut store, &module(later), &[table.into(), three.into()]).unwrap();
+        let trap = Instance::new(&mut store, &module(past_the_end), &[table.into()])
+            .expect_err("a segment past the table's end traps");
+        assert_eq!(
+            trap.downcast_ref::<wasmtime::Trap>(),
+            Some(&wasmtime::Trap::TableOutOfBounds),
+            "{trap:#}"
+        );
+
+        let expected = [400, 101, 200, 300, 203, 105, 201];
+        for instance in [owner, user] {
+            let call = instance
+                .get_typed_func::<i32, i32>(&mut store, "call")
+                .unwrap();
+            let got: Vec<i32> = (0..7).map(|i| call.call(&mut store, i).unwrap()).collect();
+            assert_eq!(got, expected, "call_indirect through the table");
+            let uninitialized = call.call(&mut store, 7).expect_err("slot 7 is null");
+            assert_eq!(
+                uninitialized.downcast_ref::<wasmtime::Trap>(),
+                Some(&wasmtime::Trap::IndirectCallToNull)
+            );
+        }
+        let copy = owner
+            .get_typed_func::<(i32, i32, i32), ()>(&mut store, "copy")
+            .unwrap();
+        copy.call(&mut store, (8, 0, 7)).unwrap();
+        let from_host: Vec<i32> = (8..15)
+            .map(|i| {
+                let func = table.get(&mut store, i).unwrap();
+                let func = func.as_func().unwrap().expect("a function");
+                func.typed::<(), i32>(&store)
+                    .unwrap()
+                    .call(&mut store, ())
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(from_host, expected, "a copy, read from the host");
+    }
+
     fn minor_faults_of_this_thread() -> i64 {
         let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
         // SAFETY: getrusage fills the struct it is given.

@@ -201,6 +201,15 @@ pub struct Module {
     /// to be infallible as part of [`ModuleTranslation::finalize_table_init`].
     pub table_initialization: TryPrimaryMap<DefinedTableIndex, TryVec<FuncIndex>>,
 
+    /// taskhost patch: active element segments of function indices that the
+    /// runtime applies lazily, in this order, when the instance is created
+    /// and before its startup function runs (see
+    /// `ModuleTranslation::try_func_table_init`). Each one's `elements` are
+    /// `TableSegmentElements::Functions`, its table a funcref table, and its
+    /// offset an `i32.const`, an `i64.const` or the `global.get` of an
+    /// imported global.
+    pub lazy_table_segments: TryVec<TableSegment>,
+
     /// WebAssembly linear memory initializer.
     ///
     /// This will track how memory is initialized, either exclusively via
@@ -306,6 +315,7 @@ impl Module {
             exports: Default::default(),
             startup: ModuleStartup::None,
             table_initialization: Default::default(),
+            lazy_table_segments: Default::default(),
             memory_initialization: Default::default(),
             passive_elements: Default::default(),
             runtime_data: Default::default(),
@@ -614,6 +624,7 @@ impl TypeTrace for Module {
             exports: _,
             startup,
             table_initialization: _,
+            lazy_table_segments: _,
             memory_initialization: _,
             passive_elements: _,
             runtime_data: _,
@@ -666,6 +677,7 @@ impl TypeTrace for Module {
             exports: _,
             startup,
             table_initialization: _,
+            lazy_table_segments: _,
             memory_initialization: _,
             passive_elements: _,
             runtime_data: _,

@@ -1558,7 +1558,47 @@ impl ModuleTranslation<'_> {
             // advance the iterator to see the next segment
             let _ = segments.next();
         }
+
+        // taskhost patch: the segments that follow, up to the first that
+        // is not a list of functions at a const or imported offset into a
+        // funcref table, are left for the runtime to apply lazily: it checks
+        // their bounds and records them when the instance is created, and
+        // makes each element's function reference when the element is first
+        // read. Upstream applies them in the startup function, making every
+        // element's reference at every instantiation: a componentize-py
+        // component's libraries place 5,415 at imported `__table_base`
+        // offsets, of which a trivial task calls a few. Only a run of them
+        // right after the precomputed ones keeps the order in which segments
+        // overwrite each other: precomputed (at allocation), lazy (at
+        // creation), then the startup function's.
+        while let Some(segment) = segments.peek() {
+            if !self.is_lazy_table_segment(segment) {
+                break;
+            }
+            let segment = segments.next().unwrap();
+            self.module.lazy_table_segments.push(segment).panic_on_oom();
+        }
+
         self.table_initialization.segments = segments.try_collect().panic_on_oom();
+    }
+
+    /// taskhost patch: whether the runtime can apply `segment` lazily (see
+    /// the end of [`Self::try_func_table_init`]).
+    fn is_lazy_table_segment(&self, segment: &TableSegment) -> bool {
+        let table = &self.module.tables[segment.table_index];
+        if table.ref_type.heap_type.top() != WasmHeapTopType::Func {
+            return false;
+        }
+        if !matches!(segment.elements, TableSegmentElements::Functions(_)) {
+            return false;
+        }
+        match segment.offset.ops() {
+            &[ConstOp::I32Const(_)] | &[ConstOp::I64Const(_)] => true,
+            // Only an imported global's value is known before the startup
+            // function runs (a defined one may be initialized by it).
+            &[ConstOp::GlobalGet(global)] => self.module.is_imported_global(global),
+            _ => false,
+        }
     }
 
     /// Helper function to ratchet the `startup` function for this module as

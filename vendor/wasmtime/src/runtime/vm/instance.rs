@@ -38,6 +38,7 @@ use wasmtime_environ::{
     RuntimeDataIndex, TableIndex, TagIndex, VMCONTEXT_MAGIC, VMOffsets, VMSharedTypeIndex,
     WasmRefType, packed_option::ReservedValue,
 };
+use wasmtime_environ::{ConstOp, IndexType, TableSegmentElements, Trap};
 #[cfg(feature = "wmemcheck")]
 use wasmtime_wmemcheck::Wmemcheck;
 
@@ -133,6 +134,11 @@ pub struct Instance {
     // but that type is currently footgun-y / isn't actually OOM-safe yet.
     passive_elements: TryVec<PassiveElementSegment>,
 
+    /// taskhost patch: element segments recorded into this instance's
+    /// defined tables to be applied lazily, oldest first (see
+    /// [`Instance::apply_lazy_table_segments`]).
+    lazy_segments: TryVec<LazySegment>,
+
     // TODO: add support for multiple memories; `wmemcheck_state` corresponds to
     // memory 0.
     #[cfg(feature = "wmemcheck")]
@@ -206,6 +212,7 @@ impl Instance {
             memories: TryPrimaryMap::default(),
             tables: TryPrimaryMap::default(),
             passive_elements,
+            lazy_segments: TryVec::new(),
             #[cfg(feature = "wmemcheck")]
             wmemcheck_state,
             store: None,
@@ -1154,12 +1161,20 @@ impl Instance {
                 // determine the function that is going to be initialized. Note
                 // that `i` may be outside the limits of the static
                 // initialization so it's a fallible `get` instead of an index.
-                let module = self.env_module();
-                let precomputed = &module.table_initialization[idx];
-                // Panicking here helps catch bugs rather than silently truncating by accident.
-                let func_index = precomputed.get(usize::try_from(i).unwrap()).cloned();
-                let func_ref = func_index
-                    .and_then(|func_index| self.as_mut().get_func_ref(registry, func_index));
+                // taskhost patch: a segment recorded later overwrote the
+                // precomputed contents, so the latest recorded segment that
+                // covers `i` names its function.
+                let func_ref = match self.as_mut().lazy_segment_func_ref(registry, idx, i) {
+                    Some(func_ref) => func_ref,
+                    None => {
+                        let module = self.env_module();
+                        let precomputed = &module.table_initialization[idx];
+                        // Panicking here helps catch bugs rather than silently truncating by accident.
+                        let func_index = precomputed.get(usize::try_from(i).unwrap()).cloned();
+                        func_index
+                            .and_then(|func_index| self.as_mut().get_func_ref(registry, func_index))
+                    }
+                };
                 self.as_mut().tables_mut()[idx]
                     .1
                     .set_func(i, func_ref)
@@ -1168,6 +1183,109 @@ impl Instance {
         }
 
         self.get_defined_table(idx)
+    }
+
+    /// taskhost patch: the function reference element `i` of defined table
+    /// `idx` gets from the latest segment recorded over it, if one covers it.
+    fn lazy_segment_func_ref(
+        self: Pin<&mut Self>,
+        registry: &ModuleRegistry,
+        idx: DefinedTableIndex,
+        i: u64,
+    ) -> Option<Option<NonNull<VMFuncRef>>> {
+        let found = self
+            .lazy_segments
+            .iter()
+            .rev()
+            .find(|s| s.table == idx && s.start <= i && i < s.end)?;
+        let (source, segment, at) = (found.source, found.segment, i - found.start);
+        // SAFETY: the recorded instance is in this instance's store (it
+        // imported this table) and lives as long as the store.
+        let mut source = unsafe { self.sibling_vmctx_mut(source.as_non_null()) };
+        let func = match &source.env_module().lazy_table_segments[segment].elements {
+            TableSegmentElements::Functions(funcs) => funcs[usize::try_from(at).unwrap()],
+            TableSegmentElements::Expressions { .. } => unreachable!("lazy segments are functions"),
+        };
+        Some(source.as_mut().get_func_ref(registry, func))
+    }
+
+    /// taskhost patch: applies this instance's module's lazy element segments
+    /// (`wasmtime_environ::Module::lazy_table_segments`), in order, before
+    /// its startup function runs (which applies the segments after them).
+    ///
+    /// Each segment's bounds are checked now, as the startup function would
+    /// have (the first out of bounds traps, and nothing after it is applied).
+    /// In a table that initializes lazily its range is then cleared to
+    /// "uninitialized" (so that it overrides what earlier segments or
+    /// instances put there) and recorded in the instance that defines the
+    /// table; an element's function reference is made when the element is
+    /// first read (`get_defined_table_with_lazy_init`). In a table that does
+    /// not, its elements are set now.
+    pub(crate) fn apply_lazy_table_segments(
+        mut self: Pin<&mut Self>,
+        registry: &ModuleRegistry,
+    ) -> Result<()> {
+        let module = self.env_module().clone();
+        if module.lazy_table_segments.is_empty() {
+            return Ok(());
+        }
+        let source = SendSyncPtr::new(self.vmctx());
+        for (segment_index, segment) in module.lazy_table_segments.iter().enumerate() {
+            let TableSegmentElements::Functions(funcs) = &segment.elements else {
+                unreachable!("lazy segments are functions");
+            };
+            let index64 = module.tables[segment.table_index].idx_type == IndexType::I64;
+            let start = match segment.offset.ops() {
+                &[ConstOp::I32Const(offset)] => u64::from(offset.cast_unsigned()),
+                &[ConstOp::I64Const(offset)] => offset.cast_unsigned(),
+                &[ConstOp::GlobalGet(global)] => {
+                    let definition = self.imported_global(global).from.as_non_null();
+                    // SAFETY: an imported global's definition is valid for
+                    // as long as this instance, and validation made its type
+                    // the table's index type.
+                    unsafe {
+                        let definition = definition.as_ref();
+                        match index64 {
+                            true => *definition.as_u64(),
+                            false => u64::from(*definition.as_u32()),
+                        }
+                    }
+                }
+                _ => unreachable!("lazy segments have a const or imported offset"),
+            };
+            let end = start
+                .checked_add(u64::try_from(funcs.len()).unwrap())
+                .ok_or(Trap::TableOutOfBounds)?;
+            let (table_index, mut owner) = self
+                .as_mut()
+                .defined_table_index_and_instance(segment.table_index);
+            let table = &mut owner.as_mut().tables_mut()[table_index].1;
+            if end > u64::try_from(table.size()).unwrap() {
+                return Err(Trap::TableOutOfBounds.into());
+            }
+            if table.clear_funcs_for_lazy_init(start, end) {
+                // SAFETY: the field is not structurally pinned.
+                let segments = unsafe { &mut owner.get_unchecked_mut().lazy_segments };
+                segments.push(LazySegment {
+                    table: table_index,
+                    start,
+                    end,
+                    source,
+                    segment: segment_index,
+                })?;
+                continue;
+            }
+            for (i, func) in funcs.iter().enumerate() {
+                let func_ref = self.as_mut().get_func_ref(registry, *func);
+                let (table_index, owner) = self
+                    .as_mut()
+                    .defined_table_index_and_instance(segment.table_index);
+                owner.tables_mut()[table_index]
+                    .1
+                    .set_func(start + u64::try_from(i).unwrap(), func_ref)?;
+            }
+        }
+        Ok(())
     }
 
     /// Get a locally-defined table.
@@ -1896,6 +2014,23 @@ impl<T: InstanceLayout> Drop for OwnedInstance<T> {
             alloc::alloc::dealloc(self.instance.as_ptr().cast(), layout);
         }
     }
+}
+
+/// taskhost patch: an element segment recorded into a defined table, whose
+/// elements are made when first read
+/// ([`Instance::apply_lazy_table_segments`]).
+#[derive(Debug)]
+struct LazySegment {
+    /// The table it was applied to, defined by the instance that holds this.
+    table: DefinedTableIndex,
+    /// The elements it covers: `start..end`.
+    start: u64,
+    end: u64,
+    /// The instance whose module holds the segment; its functions are the
+    /// ones the segment names.
+    source: SendSyncPtr<VMContext>,
+    /// Its index in that module's `lazy_table_segments`.
+    segment: usize,
 }
 
 #[derive(Debug)]

@@ -768,6 +768,19 @@ impl Table {
         Ok(())
     }
 
+    /// taskhost patch: clears elements `start..end` (in bounds) to
+    /// "uninitialized", so that their next read initializes them lazily;
+    /// false, with nothing changed, if this table does not initialize lazily.
+    pub fn clear_funcs_for_lazy_init(&mut self, start: u64, end: u64) -> bool {
+        let (funcrefs, lazy_init) = self.funcrefs_mut();
+        if !lazy_init {
+            return false;
+        }
+        let range = usize::try_from(start).unwrap()..usize::try_from(end).unwrap();
+        funcrefs[range].fill(MaybeTaggedFuncRef(None));
+        true
+    }
+
     /// Same as [`Self::set_func`] except for GC references.
     pub fn set_gc_ref(
         &mut self,
