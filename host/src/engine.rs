@@ -873,6 +873,39 @@ mod tests {
         assert_eq!(from_host, expected, "a copy, read from the host");
     }
 
+    /// A table whose initial value is an expression is filled by the
+    /// startup function before its segments are applied, so its segments
+    /// stay there too (the first lazy version applied them before, and the
+    /// fill overwrote them: `[2, 2]`).
+    #[test]
+    fn a_segment_over_a_table_filled_with_an_initial_value_is_kept() {
+        use wasmtime::{Engine, Func, Global, GlobalType, Instance, Module, Mutability, Store, Val};
+        let wat = r#"(module
+            (import "env" "g" (global $g funcref))
+            (table $t 4 funcref (global.get $g))
+            (func $f (result i32) (i32.const 1))
+            (elem (table $t) (i32.const 0) func $f)
+            (func (export "call") (param i32) (result i32)
+                (call_indirect $t (result i32) (local.get 0))))"#;
+        let engine = Engine::new(&super::pooled_config(&super::EngineSettings::default())).unwrap();
+        let module = Module::new(&engine, wat::parse_str(wat).unwrap()).unwrap();
+        let mut store = Store::new(&engine, ());
+        store.set_epoch_deadline(u64::MAX / 2);
+        let two = Func::wrap(&mut store, || 2i32);
+        let g = Global::new(
+            &mut store,
+            GlobalType::new(wasmtime::ValType::FUNCREF, Mutability::Const),
+            Val::FuncRef(Some(two)),
+        )
+        .unwrap();
+        let instance = Instance::new(&mut store, &module, &[g.into()]).unwrap();
+        let call = instance
+            .get_typed_func::<i32, i32>(&mut store, "call")
+            .unwrap();
+        let got: Vec<i32> = (0..2).map(|i| call.call(&mut store, i).unwrap()).collect();
+        assert_eq!(got, [1, 2], "the segment over the fill, the fill past it");
+    }
+
     fn minor_faults_of_this_thread() -> i64 {
         let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
         // SAFETY: getrusage fills the struct it is given.

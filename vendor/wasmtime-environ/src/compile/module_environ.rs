@@ -1592,6 +1592,14 @@ impl ModuleTranslation<'_> {
         if !matches!(segment.elements, TableSegmentElements::Functions(_)) {
             return false;
         }
+        // A defined table with an initial value the startup function fills
+        // in: that fill comes before every segment, so a segment applied
+        // before the startup function would be overwritten by it.
+        if let Some(defined) = self.module.defined_table_index(segment.table_index) {
+            if let TableInitialValue::Expr(_) = self.table_initialization.initial_values[defined] {
+                return false;
+            }
+        }
         match segment.offset.ops() {
             &[ConstOp::I32Const(_)] | &[ConstOp::I64Const(_)] => true,
             // Only an imported global's value is known before the startup

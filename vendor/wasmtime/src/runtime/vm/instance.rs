@@ -9,16 +9,16 @@ use crate::runtime::vm::export::{Export, ExportMemory};
 use crate::runtime::vm::memory::{Memory, RuntimeMemoryCreator};
 use crate::runtime::vm::table::{Table, TableElementType};
 use crate::runtime::vm::vmcontext::{
-    VMBuiltinFunctionsArray, VMContext, VMFuncRef, VMFunctionImport, VMGlobalDefinition,
-    VMGlobalImport, VMMemoryDefinition, VMMemoryImport, VMOpaqueContext, VMStoreContext,
-    VMTableDefinition, VMTableImport, VMTagDefinition, VMTagImport,
+    VMArrayCallFunction, VMBuiltinFunctionsArray, VMContext, VMFuncRef, VMFunctionImport,
+    VMGlobalDefinition, VMGlobalImport, VMMemoryDefinition, VMMemoryImport, VMOpaqueContext,
+    VMStoreContext, VMTableDefinition, VMTableImport, VMTagDefinition, VMTagImport,
 };
 use crate::runtime::vm::{
     GcStore, HostResult, Imports, ModuleRuntimeInfo, SendSyncPtr, VMGcRef, VMGlobalKind, VMStore,
     VMStoreRawPtr, VmPtr, VmSafe, WasmFault, catch_unwind_and_record_trap,
 };
 use crate::store::{InstanceId, StoreId, StoreInstanceId, StoreOpaque, StoreResourceLimiter};
-use crate::vm::{VMArrayCallFunction, VMWasmCallFunction, ValRaw};
+use crate::vm::{VMWasmCallFunction, ValRaw};
 use alloc::sync::Arc;
 use core::alloc::Layout;
 use core::marker;
@@ -900,14 +900,12 @@ impl Instance {
             let runtime_module = self
                 .runtime_module()
                 .expect("funcref impossible in fake module");
-            let offsets = runtime_module
-                .compiled_module()
-                .func_ref_offsets(def_index);
+            let offsets = runtime_module.compiled_module().func_ref_offsets(def_index);
             if let Some(array_call) = offsets.array_call {
                 let text = runtime_module.engine_code().text();
                 let array_call = NonNull::from(&text[array_call as usize]).cast();
-                let wasm_call = NonNull::from(&text[offsets.wasm_call as usize])
-                    .cast::<VMWasmCallFunction>();
+                let wasm_call =
+                    NonNull::from(&text[offsets.wasm_call as usize]).cast::<VMWasmCallFunction>();
                 // SAFETY: the offsets are this function's, found by the
                 // same `func_loc` the lookup below makes.
                 return unsafe {
@@ -1259,12 +1257,19 @@ impl Instance {
             let (table_index, mut owner) = self
                 .as_mut()
                 .defined_table_index_and_instance(segment.table_index);
-            let table = &mut owner.as_mut().tables_mut()[table_index].1;
-            if end > u64::try_from(table.size()).unwrap() {
+            if end > u64::try_from(owner.as_mut().tables_mut()[table_index].1.size()).unwrap() {
                 return Err(Trap::TableOutOfBounds.into());
             }
-            if table.clear_funcs_for_lazy_init(start, end) {
-                // SAFETY: the field is not structurally pinned.
+            // SAFETY: the field is not structurally pinned.
+            let segments = unsafe { &mut owner.as_mut().get_unchecked_mut().lazy_segments };
+            // Room first: a range cleared and then not recorded would read
+            // as whatever an older segment put there.
+            segments.reserve(1)?;
+            if owner.as_mut().tables_mut()[table_index]
+                .1
+                .clear_funcs_for_lazy_init(start, end)
+            {
+                // SAFETY: as above.
                 let segments = unsafe { &mut owner.get_unchecked_mut().lazy_segments };
                 segments.push(LazySegment {
                     table: table_index,
