@@ -11,8 +11,9 @@ use alloc::sync::Arc;
 use core::ops::Range;
 use core::str;
 use wasmtime_environ::{
-    CompiledFunctionsTable, CompiledModuleInfo, DefinedFuncIndex, EntityRef, FilePos, FuncIndex, FuncKey,
-    FunctionLoc, FunctionName, Metadata, Module, ModuleInternedTypeIndex, StaticModuleIndex,
+    CompiledFunctionsTable, CompiledModuleInfo, DefinedFuncIndex, EntityRef, FilePos, FuncIndex,
+    FuncKey, FunctionLoc, FunctionName, Metadata, Module, ModuleInternedTypeIndex,
+    StaticModuleIndex,
 };
 
 /// A compiled wasm module, ready to be instantiated.
@@ -76,20 +77,21 @@ impl CompiledModule {
             func_names: info.func_names,
             func_ref_offsets: Vec::new(),
         };
-        ret.func_ref_offsets = ret
-            .module
-            .defined_func_indices()
-            .map(|i| {
-                let module = ret.module_index();
-                FuncRefOffsets {
+        // Read only without the `debug` feature (`initialize_defined_funcref`).
+        if cfg!(not(feature = "debug")) {
+            let module = ret.module_index();
+            ret.func_ref_offsets = ret
+                .module
+                .defined_func_indices()
+                .map(|i| FuncRefOffsets {
                     array_call: ret
                         .index
                         .func_loc(FuncKey::ArrayToWasmTrampoline(module, i))
                         .map(|loc| loc.start),
                     wasm_call: ret.func_loc(FuncKey::DefinedWasmFunction(module, i)).start,
-                }
-            })
-            .collect();
+                })
+                .collect();
+        }
         ret.register_profiling(profiler)?;
 
         Ok(ret)
