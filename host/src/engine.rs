@@ -879,7 +879,9 @@ mod tests {
     /// fill overwrote them: `[2, 2]`).
     #[test]
     fn a_segment_over_a_table_filled_with_an_initial_value_is_kept() {
-        use wasmtime::{Engine, Func, Global, GlobalType, Instance, Module, Mutability, Store, Val};
+        use wasmtime::{
+            Engine, Func, Global, GlobalType, Instance, Module, Mutability, Store, Val,
+        };
         let wat = r#"(module
             (import "env" "g" (global $g funcref))
             (table $t 4 funcref (global.get $g))
