@@ -1223,10 +1223,10 @@ impl Instance {
         mut self: Pin<&mut Self>,
         registry: &ModuleRegistry,
     ) -> Result<()> {
-        let module = self.env_module().clone();
-        if module.lazy_table_segments.is_empty() {
+        if self.env_module().lazy_table_segments.is_empty() {
             return Ok(());
         }
+        let module = self.env_module().clone();
         let source = SendSyncPtr::new(self.vmctx());
         for (segment_index, segment) in module.lazy_table_segments.iter().enumerate() {
             let TableSegmentElements::Functions(funcs) = &segment.elements else {
