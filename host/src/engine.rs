@@ -707,7 +707,7 @@ mod tests {
     /// them from offsets its modules find at load (vendor/README.md).
     #[test]
     fn function_references_call_the_functions_they_name() {
-        use wasmtime::{Engine, Global, GlobalType, Instance, Module, Mutability, Store, Val};
+        use wasmtime::{Global, GlobalType, Instance, Module, Mutability, Val};
         let wat = r#"(module
             (import "env" "base" (global $base i32))
             (table 16 funcref)
@@ -722,10 +722,9 @@ mod tests {
                 (call_indirect (result i32) (local.get 0)))
             (func (export "four") (result funcref) (ref.func $four))
             (func (export "get") (param i32) (result funcref) (table.get (local.get 0))))"#;
-        let engine = Engine::new(&super::pooled_config(&super::EngineSettings::default())).unwrap();
+        let engine = pooled_engine();
         let module = Module::new(&engine, wat::parse_str(wat).unwrap()).unwrap();
-        let mut store = Store::new(&engine, ());
-        store.set_epoch_deadline(u64::MAX / 2);
+        let mut store = store_without_deadline(&engine);
         let base = Global::new(
             &mut store,
             GlobalType::new(wasmtime::ValType::I32, Mutability::Const),
@@ -778,7 +777,7 @@ mod tests {
     /// from the host sees the same functions.
     #[test]
     fn segments_applied_lazily_leave_the_table_as_applied_in_order() {
-        use wasmtime::{Engine, Global, GlobalType, Instance, Module, Mutability, Store, Val};
+        use wasmtime::{Global, GlobalType, Instance, Module, Mutability, Store, Val};
         // Slots 0-5 precomputed by the defining module.
         let owner = r#"(module
             (table $t (export "t") 16 funcref)
@@ -817,10 +816,9 @@ mod tests {
             (func $d0 (result i32) (i32.const 400))
             (elem (table $t) (i32.const 0) func $d0)
             (elem (table $t) (i32.const 15) func $d0 $d0))"#;
-        let engine = Engine::new(&super::pooled_config(&super::EngineSettings::default())).unwrap();
+        let engine = pooled_engine();
         let module = |wat: &str| Module::new(&engine, wat::parse_str(wat).unwrap()).unwrap();
-        let mut store = Store::new(&engine, ());
-        store.set_epoch_deadline(u64::MAX / 2);
+        let mut store = store_without_deadline(&engine);
         let base = |store: &mut Store<()>, value| {
             Global::new(
                 store,
@@ -879,9 +877,7 @@ mod tests {
     /// fill overwrote them: `[2, 2]`).
     #[test]
     fn a_segment_over_a_table_filled_with_an_initial_value_is_kept() {
-        use wasmtime::{
-            Engine, Func, Global, GlobalType, Instance, Module, Mutability, Store, Val,
-        };
+        use wasmtime::{Func, Global, GlobalType, Instance, Module, Mutability, Val};
         let wat = r#"(module
             (import "env" "g" (global $g funcref))
             (table $t 4 funcref (global.get $g))
@@ -889,10 +885,9 @@ mod tests {
             (elem (table $t) (i32.const 0) func $f)
             (func (export "call") (param i32) (result i32)
                 (call_indirect $t (result i32) (local.get 0))))"#;
-        let engine = Engine::new(&super::pooled_config(&super::EngineSettings::default())).unwrap();
+        let engine = pooled_engine();
         let module = Module::new(&engine, wat::parse_str(wat).unwrap()).unwrap();
-        let mut store = Store::new(&engine, ());
-        store.set_epoch_deadline(u64::MAX / 2);
+        let mut store = store_without_deadline(&engine);
         let two = Func::wrap(&mut store, || 2i32);
         let g = Global::new(
             &mut store,
@@ -906,6 +901,19 @@ mod tests {
             .unwrap();
         let got: Vec<i32> = (0..2).map(|i| call.call(&mut store, i).unwrap()).collect();
         assert_eq!(got, [1, 2], "the segment over the fill, the fill past it");
+    }
+
+    /// The warm engine's configuration with the defaults: what the table
+    /// and function-reference tests instantiate in.
+    fn pooled_engine() -> wasmtime::Engine {
+        wasmtime::Engine::new(&super::pooled_config(&super::EngineSettings::default())).unwrap()
+    }
+
+    /// A store whose epoch deadline is far enough never to interrupt a test.
+    fn store_without_deadline(engine: &wasmtime::Engine) -> wasmtime::Store<()> {
+        let mut store = wasmtime::Store::new(engine, ());
+        store.set_epoch_deadline(u64::MAX / 2);
+        store
     }
 
     fn minor_faults_of_this_thread() -> i64 {
