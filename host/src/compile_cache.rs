@@ -39,7 +39,8 @@ const MAGIC: &[u8; 8] = b"thcache1";
 /// entry's name. wasmtime checks only its version (48.0.8, unchanged) when
 /// it deserializes, so without this an entry written by a build before the
 /// change would be read by one after it, field by field out of step.
-const VENDORED_FORMAT: &str = "wasmtime-environ 48.0.8 with lazy_table_segments";
+const VENDORED_FORMAT: &str =
+    "wasmtime-environ 48.0.8 with lazy_table_segments, VMFuncRefs outside the VMContext";
 
 /// Length of the MAC that follows the magic.
 const MAC_LEN: usize = 32;

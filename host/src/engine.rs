@@ -767,6 +767,85 @@ mod tests {
         );
     }
 
+    /// The vendored wasmtime keeps an instance's function references in
+    /// chunks of 16 made as they are first asked for, not in its
+    /// `VMContext` (vendor/README.md). References made in any order, across
+    /// many chunks, from a lazy segment, a constant-offset one, `ref.func`
+    /// and exports, must each call its own function, and one made before
+    /// later chunks were must still do so after them.
+    #[test]
+    fn function_references_across_chunks_each_call_their_own_function() {
+        use wasmtime::{Global, GlobalType, Instance, Module, Mutability, Val};
+        const FUNCS: i32 = 70;
+        let mut wat = String::from(
+            r#"(module
+            (import "env" "base" (global $base i32))
+            (table 160 funcref)"#,
+        );
+        for i in 0..FUNCS {
+            wat.push_str(&format!(
+                "\n(func $f{i} (export \"f{i}\") (result i32) (i32.const {i}))"
+            ));
+        }
+        let all: Vec<String> = (0..FUNCS).map(|i| format!("$f{i}")).collect();
+        wat.push_str(&format!(
+            r#"
+            (elem (global.get $base) func {})
+            (elem (i32.const 150) func $f69 $f33 $f0)
+            (elem declare func $f47)
+            (func (export "call") (param i32) (result i32)
+                (call_indirect (result i32) (local.get 0)))
+            (func (export "ref") (result funcref) (ref.func $f47)))"#,
+            all.join(" ")
+        ));
+        let engine = pooled_engine();
+        let module = Module::new(&engine, wat::parse_str(&wat).unwrap()).unwrap();
+        let mut store = store_without_deadline(&engine);
+        let base = Global::new(
+            &mut store,
+            GlobalType::new(wasmtime::ValType::I32, Mutability::Const),
+            Val::I32(10),
+        )
+        .unwrap();
+        let instance = Instance::new(&mut store, &module, &[base.into()]).unwrap();
+        let call = instance
+            .get_typed_func::<i32, i32>(&mut store, "call")
+            .unwrap();
+        // One reference first, kept while the others' chunks are made.
+        let first = instance
+            .get_typed_func::<(), i32>(&mut store, "f65")
+            .unwrap();
+        assert_eq!(call.call(&mut store, 10 + 65).unwrap(), 65);
+        // Scattered, then every one, through the table and as exports.
+        for i in [3, 64, 17, 48, 31, 0, 69, 16, 15] {
+            assert_eq!(call.call(&mut store, 10 + i).unwrap(), i, "element {i}");
+        }
+        for i in 0..FUNCS {
+            assert_eq!(call.call(&mut store, 10 + i).unwrap(), i, "element {i}");
+            let export = instance
+                .get_typed_func::<(), i32>(&mut store, &format!("f{i}"))
+                .unwrap();
+            assert_eq!(export.call(&mut store, ()).unwrap(), i, "export f{i}");
+        }
+        let constant: Vec<i32> = (150..153)
+            .map(|slot| call.call(&mut store, slot).unwrap())
+            .collect();
+        assert_eq!(constant, [69, 33, 0], "the constant-offset segment");
+        let reference = instance
+            .get_typed_func::<(), Option<wasmtime::Func>>(&mut store, "ref")
+            .unwrap()
+            .call(&mut store, ())
+            .unwrap()
+            .expect("ref.func");
+        let reference = reference.typed::<(), i32>(&store).unwrap();
+        assert_eq!(reference.call(&mut store, ()).unwrap(), 47, "ref.func");
+        assert_eq!(
+            first.call(&mut store, ()).unwrap(),
+            65,
+            "the first reference"
+        );
+    }
+
     /// Element segments at an imported offset are applied lazily by the
     /// vendored wasmtime (vendor/README.md): each one's range is recorded
     /// into the table's defining instance when its instance is created, and

@@ -981,10 +981,11 @@ impl<P: PtrSize> From<VMOffsetsFields<P>> for VMOffsets<P> {
             size(defined_tags)
                 = cmul(ret.num_defined_tags, ret.ptr.vm_tag_definition().size()),
             align(u32::from(ret.ptr.size())),
-            size(defined_func_refs) = cmul(
-                ret.num_escaped_funcs,
-                ret.ptr.vm_func_ref().size(),
-            ),
+            // taskhost patch: the runtime keeps escaped functions'
+            // `VMFuncRef`s outside the `VMContext`, in chunks made as they
+            // are asked for (wasmtime's `Instance::func_ref_slot`), so they
+            // take no room here.
+            size(defined_func_refs) = 0u32,
             size(startup_func_ref) = if ret.has_startup_func {
                 ret.ptr.vm_func_ref().size()
             } else {
@@ -1193,11 +1194,14 @@ impl<P: PtrSize> VMOffsets<P> {
 
     /// Return the offset to the `VMFuncRef` for the given function
     /// index (either imported or defined).
+    ///
+    /// taskhost patch: there is none; escaped functions' `VMFuncRef`s live
+    /// outside the `VMContext` (see `size(defined_func_refs)`), so this
+    /// panics rather than return an offset into other fields.
     #[inline]
     pub fn vmctx_func_ref(&self, index: FuncRefIndex) -> u32 {
-        assert!(!index.is_reserved_value());
-        assert!(index.as_u32() < self.num_escaped_funcs);
-        self.vmctx_func_refs_begin() + index.as_u32() * u32::from(self.ptr.vm_func_ref().size())
+        let _ = index;
+        panic!("taskhost patch: `VMFuncRef`s are kept outside the `VMContext`")
     }
 
     /// Returns the offset to the `VMFuncRef` for the module startup function.

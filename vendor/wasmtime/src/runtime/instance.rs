@@ -715,6 +715,17 @@ impl OwnedImports {
         Ok(())
     }
 
+    /// taskhost patch: pushes a function import made by
+    /// `vm::Instance::defined_function_import`.
+    #[cfg(all(feature = "component-model", not(feature = "debug")))]
+    pub(crate) fn push_function_import(
+        &mut self,
+        import: crate::runtime::vm::VMFunctionImport,
+    ) -> Result<(), OutOfMemory> {
+        self.functions.push(import)?;
+        Ok(())
+    }
+
     /// Note that this is unsafe as the validity of `item` is not verified and
     /// it contains a bunch of raw pointers.
     #[cfg(feature = "component-model")]

@@ -617,6 +617,29 @@ pub(crate) fn lookup_vmdef(
     }
 }
 
+/// taskhost patch: the `VMFunctionImport` for `def` when it is a function
+/// defined by a core instance of this component, made without writing that
+/// instance's `VMFuncRef` (`Instance::defined_function_import`).
+#[cfg(not(feature = "debug"))]
+fn defined_function_import(
+    store: &mut StoreOpaque,
+    id: ComponentInstanceId,
+    def: &CoreDef,
+) -> Option<crate::runtime::vm::VMFunctionImport> {
+    let CoreDef::Export(export) = def else {
+        return None;
+    };
+    let ExportItem::Index(EntityIndex::Function(index)) = export.item else {
+        return None;
+    };
+    let id = store
+        .store_data_mut()
+        .component_instance_mut(id)
+        .instance(export.instance);
+    let (instance, _) = store.instance_and_module_registry_mut(id);
+    instance.defined_function_import(index)
+}
+
 /// Translates a `CoreExport<T>`, an export of some core instance within
 /// this component, to the actual runtime definition of that item.
 pub(crate) fn lookup_vmexport<T>(
@@ -972,6 +995,15 @@ impl<'a> Instantiator<'a> {
             if cfg!(debug_assertions) {
                 let (imp_module, imp_name, expected) = imports.next().unwrap();
                 self.assert_type_matches(store, module, arg, imp_module, imp_name, expected);
+            }
+
+            // taskhost patch: a function defined by a core instance is linked
+            // without writing that instance's `VMFuncRef` for it
+            // (`Instance::defined_function_import` says why).
+            #[cfg(not(feature = "debug"))]
+            if let Some(import) = defined_function_import(store, self.id, arg) {
+                self.core_imports.push_function_import(import)?;
+                continue;
             }
 
             // The unsafety here should be ok since the `export` is loaded

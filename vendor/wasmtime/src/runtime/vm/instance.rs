@@ -22,6 +22,7 @@ use crate::vm::{VMWasmCallFunction, ValRaw};
 use alloc::sync::Arc;
 use core::alloc::Layout;
 use core::marker;
+use core::mem::MaybeUninit;
 use core::ops::Range;
 use core::pin::Pin;
 use core::ptr::NonNull;
@@ -33,9 +34,9 @@ use wasmtime_environ::ModuleInternedTypeIndex;
 use wasmtime_environ::error::OutOfMemory;
 use wasmtime_environ::{
     Abi, DefinedFuncIndex, DefinedGlobalIndex, DefinedMemoryIndex, DefinedTableIndex,
-    DefinedTagIndex, EntityIndex, EntityRef, FuncIndex, FuncKey, GlobalConstValue, GlobalIndex,
-    HostPtr, MemoryIndex, MemoryInitialization, ModuleStartup, PassiveElemIndex, PtrSize,
-    RuntimeDataIndex, TableIndex, TagIndex, VMCONTEXT_MAGIC, VMOffsets, VMSharedTypeIndex,
+    DefinedTagIndex, EntityIndex, EntityRef, FuncIndex, FuncKey, FuncRefIndex, GlobalConstValue,
+    GlobalIndex, HostPtr, MemoryIndex, MemoryInitialization, ModuleStartup, PassiveElemIndex,
+    PtrSize, RuntimeDataIndex, TableIndex, TagIndex, VMCONTEXT_MAGIC, VMOffsets, VMSharedTypeIndex,
     WasmRefType, packed_option::ReservedValue,
 };
 use wasmtime_environ::{ConstOp, IndexType, TableSegmentElements, Trap};
@@ -44,6 +45,15 @@ use wasmtime_wmemcheck::Wmemcheck;
 
 mod allocator;
 pub use allocator::*;
+
+/// taskhost patch: `VMFuncRef`s per chunk of [`Instance::func_ref_slot`]:
+/// 512 bytes, so a task that fills in a few scattered references holds a few
+/// small chunks, and the chunk table costs half a byte per escaped function.
+const FUNC_REFS_PER_CHUNK: usize = 16;
+
+/// taskhost patch: a chunk of an instance's `VMFuncRef`s, each written
+/// before it is read (see [`Instance::func_ref_slot`]).
+type FuncRefChunk = [MaybeUninit<VMFuncRef>; FUNC_REFS_PER_CHUNK];
 
 /// A type that roughly corresponds to a WebAssembly instance, but is also used
 /// for host-defined objects.
@@ -139,6 +149,12 @@ pub struct Instance {
     /// [`Instance::apply_lazy_table_segments`]).
     lazy_segments: TryVec<LazySegment>,
 
+    /// taskhost patch: this instance's `VMFuncRef`s, in chunks of
+    /// [`FUNC_REFS_PER_CHUNK`] made the first time one of theirs is asked
+    /// for, where upstream gives every escaped function a `VMFuncRef` in the
+    /// `VMContext` (see [`Instance::func_ref_slot`]).
+    func_ref_chunks: TryVec<Option<Box<FuncRefChunk>>>,
+
     // TODO: add support for multiple memories; `wmemcheck_state` corresponds to
     // memory 0.
     #[cfg(feature = "wmemcheck")]
@@ -179,6 +195,11 @@ impl Instance {
         let module = req.runtime_info.env_module();
         let memory_tys = &module.memories;
         let mut passive_elements = TryVec::with_capacity(module.passive_elements.len())?;
+        let chunks = module.num_escaped_funcs.div_ceil(FUNC_REFS_PER_CHUNK);
+        let mut func_ref_chunks = TryVec::with_capacity(chunks)?;
+        for _ in 0..chunks {
+            func_ref_chunks.push(None)?;
+        }
 
         #[cfg(feature = "wmemcheck")]
         let wmemcheck_state = if req.store.engine().config().wmemcheck {
@@ -213,6 +234,7 @@ impl Instance {
             tables: TryPrimaryMap::default(),
             passive_elements,
             lazy_segments: TryVec::new(),
+            func_ref_chunks,
             #[cfg(feature = "wmemcheck")]
             wmemcheck_state,
             store: None,
@@ -875,18 +897,49 @@ impl Instance {
         }
     }
 
+    /// taskhost patch: what an importer's `VMFunctionImport` holds for this
+    /// instance's function `index` when it is defined here, made from the
+    /// offsets the module found at load without writing this instance's
+    /// `VMFuncRef` for it. Linking a componentize-py component's 14 core
+    /// instances imports about 1,400 functions; each used to write the
+    /// exporter's `VMFuncRef` (32 bytes somewhere in a 218 KB array) only
+    /// to copy it, which left most pages of those arrays written: heap that
+    /// every live task kept. `None` for an imported function, without
+    /// the offsets (the `debug` feature), or without a trampoline: the
+    /// caller then takes the `VMFuncRef` path.
+    #[cfg(all(feature = "component-model", not(feature = "debug")))]
+    pub(crate) fn defined_function_import(&self, index: FuncIndex) -> Option<VMFunctionImport> {
+        let module = self.env_module();
+        let def_index = module.defined_func_index(index)?;
+        let runtime_module = self.runtime_module()?;
+        let offsets = runtime_module.compiled_module().func_ref_offsets(def_index);
+        let array_call = offsets.array_call?;
+        let text = runtime_module.engine_code().text();
+        let array_call: NonNull<VMArrayCallFunction> =
+            NonNull::from(&text[array_call as usize]).cast();
+        let wasm_call: NonNull<VMWasmCallFunction> =
+            NonNull::from(&text[offsets.wasm_call as usize]).cast();
+        Some(VMFunctionImport {
+            array_call: VmPtr::from(array_call),
+            wasm_call: VmPtr::from(wasm_call),
+            type_index: module.functions[index].signature.unwrap_engine_type_index(),
+            vmctx: VMOpaqueContext::from_vmcontext(self.vmctx()).into(),
+        })
+    }
+
     /// Initializes a defined function's `VMFuncRef` in-place and then returns a
     /// pointer to that location.
     fn initialize_defined_funcref(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         registry: &ModuleRegistry,
         def_index: DefinedFuncIndex,
     ) -> Option<NonNull<VMFuncRef>> {
         let module = self.env_module();
-        let index = module.func_index(def_index);
-        let func = &module.functions[index];
+        let module_index = module.module_index;
+        let func = &module.functions[module.func_index(def_index)];
         let type_index = func.signature.unwrap_engine_type_index();
-        let vmctx_offset = self.offsets().vmctx_func_ref(func.func_ref);
+        let func_ref = func.func_ref;
+        let slot = self.as_mut().func_ref_slot(func_ref);
 
         // taskhost patch: a store's code is the engine's own unless guest
         // debugging gives each store a private copy, so without the `debug`
@@ -908,21 +961,19 @@ impl Instance {
                     NonNull::from(&text[offsets.wasm_call as usize]).cast::<VMWasmCallFunction>();
                 // SAFETY: the offsets are this function's, found by the
                 // same `func_loc` the lookup below makes.
-                return unsafe {
-                    self.write_funcref(type_index, vmctx_offset, array_call, wasm_call)
-                };
+                return unsafe { self.write_funcref(type_index, slot, array_call, wasm_call) };
             }
         }
 
-        let array_to_wasm_key = FuncKey::ArrayToWasmTrampoline(module.module_index, def_index);
-        let wasm_key = FuncKey::DefinedWasmFunction(module.module_index, def_index);
-        // SAFETY: the type/offset/keys here are all valid for the defined
+        let array_to_wasm_key = FuncKey::ArrayToWasmTrampoline(module_index, def_index);
+        let wasm_key = FuncKey::DefinedWasmFunction(module_index, def_index);
+        // SAFETY: the type/slot/keys here are all valid for the defined
         // function at `def_index`.
         unsafe {
             self.initialize_and_return_funcref(
                 registry,
                 type_index,
-                vmctx_offset,
+                slot,
                 array_to_wasm_key,
                 wasm_key,
             )
@@ -943,13 +994,15 @@ impl Instance {
         let vmctx_offset = self.offsets().vmctx_startup_func_ref();
         let array_to_wasm_key = FuncKey::ModuleStartup(Abi::Array, module.module_index);
         let wasm_key = FuncKey::ModuleStartup(Abi::Wasm, module.module_index);
-        // SAFETY: the type/offset/keys here are all valid for the module
+        // SAFETY: the offset is the startup function's slot in the vmctx.
+        let slot = unsafe { self.vmctx_plus_offset_raw::<VMFuncRef>(vmctx_offset) };
+        // SAFETY: the type/slot/keys here are all valid for the module
         // startup function.
         unsafe {
             self.initialize_and_return_funcref(
                 registry,
                 type_index,
-                vmctx_offset,
+                slot,
                 array_to_wasm_key,
                 wasm_key,
             )
@@ -957,19 +1010,20 @@ impl Instance {
     }
 
     /// Common implementation of initializing a `VMFuncRef` stored within this
-    /// instance's `VMContext`.
+    /// instance (taskhost patch: at `slot`, in the `VMContext` for the
+    /// startup function, in [`Instance::func_ref_slot`]'s chunks otherwise).
     ///
     /// # Safety
     ///
     /// This function requires that `type_index` accurately describes this
-    /// function and `vmctx_offset` is indeed the correct offset for the
-    /// functions here. Effectively all the arguments here must be "logically
+    /// function and `slot` is indeed this instance's slot for the
+    /// function here. Effectively all the arguments here must be "logically
     /// correct" for the `VMFuncRef` being initialized.
     unsafe fn initialize_and_return_funcref(
         self: Pin<&mut Self>,
         registry: &ModuleRegistry,
         type_index: VMSharedTypeIndex,
-        vmctx_offset: u32,
+        slot: NonNull<VMFuncRef>,
         array_to_wasm_key: FuncKey,
         wasm_key: FuncKey,
     ) -> Option<NonNull<VMFuncRef>> {
@@ -1005,20 +1059,20 @@ impl Instance {
         let wasm_call = NonNull::from(module_with_code.function(wasm_key)).cast();
 
         // SAFETY: the caller's contract is `write_funcref`'s.
-        unsafe { self.write_funcref(type_index, vmctx_offset, array_call, wasm_call) }
+        unsafe { self.write_funcref(type_index, slot, array_call, wasm_call) }
     }
 
-    /// Writes the `VMFuncRef` at `vmctx_offset` and returns a pointer to it
+    /// Writes the `VMFuncRef` at `slot` and returns a pointer to it
     /// (taskhost patch: split out of `initialize_and_return_funcref`).
     ///
     /// # Safety
     ///
-    /// As for `initialize_and_return_funcref`: the type, offset and code
+    /// As for `initialize_and_return_funcref`: the type, slot and code
     /// pointers must all be the function's.
     unsafe fn write_funcref(
         self: Pin<&mut Self>,
         type_index: VMSharedTypeIndex,
-        vmctx_offset: u32,
+        slot: NonNull<VMFuncRef>,
         array_call: NonNull<VMArrayCallFunction>,
         wasm_call: NonNull<VMWasmCallFunction>,
     ) -> Option<NonNull<VMFuncRef>> {
@@ -1026,14 +1080,9 @@ impl Instance {
         let wasm_call = Some(VmPtr::from(wasm_call));
         let vmctx = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
 
-        // SAFETY: the offset calculated here should be correct with
-        // `self.offsets`
-        let func_ref_ptr = unsafe { self.vmctx_plus_offset_raw::<VMFuncRef>(vmctx_offset) };
-
-        // SAFETY: the `func_ref_ptr` should be valid as it's within our
-        // `VMContext` area.
+        // SAFETY: `slot` is this instance's, live as long as it is.
         unsafe {
-            func_ref_ptr.write(VMFuncRef {
+            slot.write(VMFuncRef {
                 array_call,
                 wasm_call,
                 vmctx,
@@ -1041,7 +1090,28 @@ impl Instance {
             });
         }
 
-        Some(func_ref_ptr)
+        Some(slot)
+    }
+
+    /// taskhost patch: where this instance keeps the `VMFuncRef` of the
+    /// escaped function `index`, making its chunk the first time.
+    ///
+    /// Upstream places every escaped function's `VMFuncRef` in the
+    /// `VMContext`, 32 bytes each: a componentize-py component's instances
+    /// have 9,700 (6,812 in its libpython), 310 KB of the 405 KB of
+    /// `VMContext`s each Python task allocated, of which a task fills in a
+    /// few hundred. Compiled code never addresses them in the `VMContext`
+    /// (it reaches a `VMFuncRef` through a table entry, an import or a
+    /// libcall's result), so they can live anywhere that stays put for the
+    /// instance's life: boxed chunks, never moved, freed with the instance.
+    fn func_ref_slot(self: Pin<&mut Self>, index: FuncRefIndex) -> NonNull<VMFuncRef> {
+        let index = index.as_u32() as usize;
+        // SAFETY: not moving data out of `self`.
+        let chunks = &mut unsafe { self.get_unchecked_mut() }.func_ref_chunks;
+        let chunk = chunks[index / FUNC_REFS_PER_CHUNK].get_or_insert_with(|| {
+            Box::new([const { MaybeUninit::uninit() }; FUNC_REFS_PER_CHUNK])
+        });
+        NonNull::from(&mut chunk[index % FUNC_REFS_PER_CHUNK]).cast()
     }
 
     /// Get the passive elements segment at the given index.
