@@ -707,7 +707,6 @@ mod tests {
     /// them from offsets its modules find at load (vendor/README.md).
     #[test]
     fn function_references_call_the_functions_they_name() {
-        use wasmtime::{Global, GlobalType, Instance, Module, Mutability, Val};
         let wat = r#"(module
             (import "env" "base" (global $base i32))
             (table 16 funcref)
@@ -722,16 +721,7 @@ mod tests {
                 (call_indirect (result i32) (local.get 0)))
             (func (export "four") (result funcref) (ref.func $four))
             (func (export "get") (param i32) (result funcref) (table.get (local.get 0))))"#;
-        let engine = pooled_engine();
-        let module = Module::new(&engine, wat::parse_str(wat).unwrap()).unwrap();
-        let mut store = store_without_deadline(&engine);
-        let base = Global::new(
-            &mut store,
-            GlobalType::new(wasmtime::ValType::I32, Mutability::Const),
-            Val::I32(5),
-        )
-        .unwrap();
-        let instance = Instance::new(&mut store, &module, &[base.into()]).unwrap();
+        let (mut store, instance) = instance_at_base(wat, 5);
         let call = instance
             .get_typed_func::<i32, i32>(&mut store, "call")
             .unwrap();
@@ -775,7 +765,6 @@ mod tests {
     /// later chunks were must still do so after them.
     #[test]
     fn function_references_across_chunks_each_call_their_own_function() {
-        use wasmtime::{Global, GlobalType, Instance, Module, Mutability, Val};
         const FUNCS: i32 = 70;
         let mut wat = String::from(
             r#"(module
@@ -798,16 +787,7 @@ mod tests {
             (func (export "ref") (result funcref) (ref.func $f47)))"#,
             all.join(" ")
         ));
-        let engine = pooled_engine();
-        let module = Module::new(&engine, wat::parse_str(&wat).unwrap()).unwrap();
-        let mut store = store_without_deadline(&engine);
-        let base = Global::new(
-            &mut store,
-            GlobalType::new(wasmtime::ValType::I32, Mutability::Const),
-            Val::I32(10),
-        )
-        .unwrap();
-        let instance = Instance::new(&mut store, &module, &[base.into()]).unwrap();
+        let (mut store, instance) = instance_at_base(&wat, 10);
         let call = instance
             .get_typed_func::<i32, i32>(&mut store, "call")
             .unwrap();
@@ -986,6 +966,23 @@ mod tests {
     /// and function-reference tests instantiate in.
     fn pooled_engine() -> wasmtime::Engine {
         wasmtime::Engine::new(&super::pooled_config(&super::EngineSettings::default())).unwrap()
+    }
+
+    /// An instance of `wat` (which imports its table offset as the constant
+    /// global `env.base`) with `base` given, on the pooled engine.
+    fn instance_at_base(wat: &str, base: i32) -> (wasmtime::Store<()>, wasmtime::Instance) {
+        use wasmtime::{Global, GlobalType, Instance, Module, Mutability, Val, ValType};
+        let engine = pooled_engine();
+        let module = Module::new(&engine, wat::parse_str(wat).unwrap()).unwrap();
+        let mut store = store_without_deadline(&engine);
+        let base = Global::new(
+            &mut store,
+            GlobalType::new(ValType::I32, Mutability::Const),
+            Val::I32(base),
+        )
+        .unwrap();
+        let instance = Instance::new(&mut store, &module, &[base.into()]).unwrap();
+        (store, instance)
     }
 
     /// A store whose epoch deadline is far enough never to interrupt a test.
