@@ -826,6 +826,108 @@ mod tests {
         );
     }
 
+    /// A component links a function one core instance defines into another
+    /// without making the exporter's `VMFuncRef` (vendored wasmtime:
+    /// `defined_function_import`). The import must call the function in
+    /// its own instance, with its own state (a wrong `vmctx` would read
+    /// another instance's global), whether called directly or through a
+    /// table, and two instances of one component must not share anything.
+    #[test]
+    fn a_function_linked_between_core_instances_runs_in_its_own() {
+        use wasmtime::component::{Component, Linker};
+        // `get` sits past the first chunk of A's references.
+        let pads: String = (0..20)
+            .map(|i| format!("(func (export \"p{i}\") (result i32) (i32.const {i}))\n"))
+            .collect();
+        let wat = format!(
+            r#"(component
+                (core module $A
+                    (global $g (mut i32) (i32.const 0))
+                    {pads}
+                    (func (export "set") (param i32) (global.set $g (local.get 0)))
+                    (func (export "get") (result i32) (global.get $g)))
+                (core instance $a (instantiate $A))
+                (core module $B
+                    (import "a" "p3" (func $p3 (result i32)))
+                    (import "a" "get" (func $get (result i32)))
+                    (table 2 funcref)
+                    (elem (i32.const 0) func $get $p3)
+                    (func (export "call") (param i32) (result i32)
+                        (call_indirect (result i32) (local.get 0)))
+                    (func (export "direct") (result i32) (call $get)))
+                (core instance $b (instantiate $B (with "a" (instance $a))))
+                (func (export "set") (param "v" s32) (canon lift (core func $a "set")))
+                (func (export "call") (param "slot" s32) (result s32)
+                    (canon lift (core func $b "call")))
+                (func (export "direct") (result s32) (canon lift (core func $b "direct"))))"#
+        );
+        let engine = pooled_engine();
+        let component = Component::new(&engine, wat::parse_str(&wat).unwrap()).unwrap();
+        let linker = Linker::<()>::new(&engine);
+        let mut store = store_without_deadline(&engine);
+        let instances: Vec<_> = (0..2)
+            .map(|_| linker.instantiate(&mut store, &component).unwrap())
+            .collect();
+        for (instance, value) in instances.iter().zip([7, 9]) {
+            let set = instance
+                .get_typed_func::<(i32,), ()>(&mut store, "set")
+                .unwrap();
+            set.call(&mut store, (value,)).unwrap();
+        }
+        for (instance, value) in instances.iter().zip([7, 9]) {
+            let call = instance
+                .get_typed_func::<(i32,), (i32,)>(&mut store, "call")
+                .unwrap();
+            let direct = instance
+                .get_typed_func::<(), (i32,)>(&mut store, "direct")
+                .unwrap();
+            assert_eq!(
+                call.call(&mut store, (0,)).unwrap(),
+                (value,),
+                "through the table"
+            );
+            assert_eq!(
+                call.call(&mut store, (1,)).unwrap(),
+                (3,),
+                "p3 through the table"
+            );
+            assert_eq!(
+                direct.call(&mut store, ()).unwrap(),
+                (value,),
+                "called directly"
+            );
+        }
+    }
+
+    /// The pooling allocator's limit on an instance's size still counts the
+    /// function references the vendored wasmtime keeps outside the
+    /// `VMContext`, so a module whose instances could make more of them
+    /// than the limit allows is refused at load, naming them, as upstream
+    /// refuses it; otherwise each instance could hold 32 bytes per escaped
+    /// function that no limit counts.
+    #[test]
+    fn the_pool_counts_function_references_in_an_instance_size() {
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_core_instances(4)
+            .total_memories(4)
+            .total_tables(4)
+            .max_core_instance_size(64 << 10);
+        let mut config = wasmtime::Config::new();
+        config.allocation_strategy(pool);
+        let engine = wasmtime::Engine::new(&config).unwrap();
+        let module = |funcs: usize| {
+            let mut wat = String::from("(module");
+            for i in 0..funcs {
+                wat.push_str(&format!("\n(func (export \"f{i}\"))"));
+            }
+            wat.push(')');
+            wasmtime::Module::new(&engine, wat::parse_str(&wat).unwrap())
+        };
+        module(100).expect("100 references fit in 64 KiB");
+        let error = format!("{:#}", module(4_000).unwrap_err());
+        assert!(error.contains("function references"), "{error}");
+    }
+
     /// Element segments at an imported offset are applied lazily by the
     /// vendored wasmtime (vendor/README.md): each one's range is recorded
     /// into the table's defining instance when its instance is created, and

@@ -55,6 +55,45 @@ const FUNC_REFS_PER_CHUNK: usize = 16;
 /// before it is read (see [`Instance::func_ref_slot`]).
 type FuncRefChunk = [MaybeUninit<VMFuncRef>; FUNC_REFS_PER_CHUNK];
 
+/// taskhost patch: an instance's chunks of `VMFuncRef`s, each made the
+/// first time one of its references is asked for and freed with the
+/// instance.
+///
+/// They are held as raw pointers, not `Box`es, so that handing out a slot
+/// never makes a `&mut` into a chunk: under Rust's aliasing model that would
+/// invalidate the pointers to its other slots already stored in tables,
+/// imports and `Func`s.
+struct FuncRefChunks(TryVec<Option<NonNull<FuncRefChunk>>>);
+
+// SAFETY: the chunks are owned, like a `Box`'s contents; what is shared
+// through their pointers is `VMFuncRef`s, which upstream shares the same way
+// from the `VMContext`.
+unsafe impl Send for FuncRefChunks {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for FuncRefChunks {}
+
+impl FuncRefChunks {
+    /// The most bytes the chunks of a module with `escaped` escaped
+    /// functions can hold: what the pooling allocator counts in an
+    /// instance's size, where upstream counts their room in the `VMContext`.
+    pub(crate) fn max_bytes(escaped: u32) -> usize {
+        let chunks = (escaped as usize).div_ceil(FUNC_REFS_PER_CHUNK);
+        chunks * (mem::size_of::<FuncRefChunk>() + mem::size_of::<Option<NonNull<FuncRefChunk>>>())
+    }
+}
+
+impl Drop for FuncRefChunks {
+    fn drop(&mut self) {
+        for chunk in self.0.iter_mut() {
+            if let Some(chunk) = chunk.take() {
+                // SAFETY: made by `Box::into_raw` in `func_ref_slot`, freed
+                // only here.
+                drop(unsafe { Box::from_raw(chunk.as_ptr()) });
+            }
+        }
+    }
+}
+
 /// A type that roughly corresponds to a WebAssembly instance, but is also used
 /// for host-defined objects.
 ///
@@ -153,7 +192,7 @@ pub struct Instance {
     /// [`FUNC_REFS_PER_CHUNK`] made the first time one of theirs is asked
     /// for, where upstream gives every escaped function a `VMFuncRef` in the
     /// `VMContext` (see [`Instance::func_ref_slot`]).
-    func_ref_chunks: TryVec<Option<Box<FuncRefChunk>>>,
+    func_ref_chunks: FuncRefChunks,
 
     // TODO: add support for multiple memories; `wmemcheck_state` corresponds to
     // memory 0.
@@ -234,7 +273,7 @@ impl Instance {
             tables: TryPrimaryMap::default(),
             passive_elements,
             lazy_segments: TryVec::new(),
-            func_ref_chunks,
+            func_ref_chunks: FuncRefChunks(func_ref_chunks),
             #[cfg(feature = "wmemcheck")]
             wmemcheck_state,
             store: None,
@@ -1104,14 +1143,37 @@ impl Instance {
     /// (it reaches a `VMFuncRef` through a table entry, an import or a
     /// libcall's result), so they can live anywhere that stays put for the
     /// instance's life: boxed chunks, never moved, freed with the instance.
+    ///
+    /// A chunk's allocation is the one place that can fail after the
+    /// instance was made, where upstream's room in the `VMContext` was
+    /// allocated with it; its callers cannot return an error (a `None`
+    /// reference means null), so failing to allocate 512 bytes panics,
+    /// which wasmtime carries out of the guest to the embedder, rather
+    /// than aborting the process.
     fn func_ref_slot(self: Pin<&mut Self>, index: FuncRefIndex) -> NonNull<VMFuncRef> {
         let index = index.as_u32() as usize;
+        debug_assert!(index < self.env_module().num_escaped_funcs);
         // SAFETY: not moving data out of `self`.
-        let chunks = &mut unsafe { self.get_unchecked_mut() }.func_ref_chunks;
-        let chunk = chunks[index / FUNC_REFS_PER_CHUNK].get_or_insert_with(|| {
-            Box::new([const { MaybeUninit::uninit() }; FUNC_REFS_PER_CHUNK])
-        });
-        NonNull::from(&mut chunk[index % FUNC_REFS_PER_CHUNK]).cast()
+        let chunks = &mut unsafe { self.get_unchecked_mut() }.func_ref_chunks.0;
+        let chunk = match chunks[index / FUNC_REFS_PER_CHUNK] {
+            Some(chunk) => chunk,
+            None => {
+                let chunk: Box<FuncRefChunk> =
+                    try_new([const { MaybeUninit::uninit() }; FUNC_REFS_PER_CHUNK])
+                        .expect("out of memory for an instance's function references");
+                // SAFETY: `Box::into_raw` never returns null.
+                let chunk = unsafe { NonNull::new_unchecked(Box::into_raw(chunk)) };
+                chunks[index / FUNC_REFS_PER_CHUNK] = Some(chunk);
+                chunk
+            }
+        };
+        // SAFETY: in bounds of the chunk; no reference into it is made.
+        unsafe {
+            chunk
+                .cast::<MaybeUninit<VMFuncRef>>()
+                .add(index % FUNC_REFS_PER_CHUNK)
+                .cast()
+        }
     }
 
     /// Get the passive elements segment at the given index.

@@ -54,7 +54,7 @@ use crate::config::PoolingAllocationConfig;
 use crate::prelude::*;
 use crate::runtime::vm::{
     CompiledModuleId, Memory, Table,
-    instance::Instance,
+    instance::{FuncRefChunks, Instance},
     mpk::{self, ProtectionKey, ProtectionMask},
     sys::vm::PageMap,
 };
@@ -322,8 +322,13 @@ impl PoolingInstanceAllocator {
     }
 
     fn validate_core_instance_size(&self, offsets: &VMOffsets<HostPtr>) -> Result<()> {
-        let layout = Instance::alloc_layout(offsets);
-        if layout.size() <= self.core_instance_size() {
+        // taskhost patch: an instance's `VMFuncRef`s are kept outside its
+        // `VMContext`, made on demand (`Instance::func_ref_slot`); the most
+        // they can take is counted here, as upstream counts their room in
+        // the `VMContext`, so this limit still bounds an instance's memory.
+        let func_refs = FuncRefChunks::max_bytes(offsets.num_escaped_funcs);
+        let size = Instance::alloc_layout(offsets).size() + func_refs;
+        if size <= self.core_instance_size() {
             return Ok(());
         }
 
@@ -338,11 +343,11 @@ impl PoolingInstanceAllocator {
             "instance allocation for this module \
              requires {} bytes which exceeds the configured maximum \
              of {} bytes; breakdown of allocation requirement:\n\n",
-            layout.size(),
+            size,
             self.core_instance_size(),
         );
 
-        let mut remaining = layout.size();
+        let mut remaining = size;
         let mut push = |name: &str, bytes: usize| {
             assert!(remaining >= bytes);
             remaining -= bytes;
@@ -353,10 +358,10 @@ impl PoolingInstanceAllocator {
             // otherwise it's not particularly interesting to learn about 5
             // different fields that are all 8 or 0 bytes. Only try to report
             // the "major" sources of bytes here.
-            if bytes > layout.size() / 20 {
+            if bytes > size / 20 {
                 message.push_str(&format!(
                     " * {:.02}% - {} bytes - {}\n",
-                    ((bytes as f32) / (layout.size() as f32)) * 100.0,
+                    ((bytes as f32) / (size as f32)) * 100.0,
                     bytes,
                     name,
                 ));
@@ -368,9 +373,11 @@ impl PoolingInstanceAllocator {
 
         // Afterwards the `VMContext`'s regions are why we're requesting bytes,
         // so ask it for descriptions on each region's byte size.
-        for (desc, size) in offsets.region_sizes() {
-            push(desc, size as usize);
+        for (desc, region) in offsets.region_sizes() {
+            push(desc, region as usize);
         }
+
+        push("function references (made on demand, at most)", func_refs);
 
         // double-check we accounted for all the bytes
         assert_eq!(remaining, 0);
@@ -529,7 +536,10 @@ unsafe impl InstanceAllocator for PoolingInstanceAllocator {
                     num_core_instances += 1;
                     num_memories += module.num_defined_memories();
                     num_tables += module.num_defined_tables();
-                    core_instances_aggregate_size += layout.size();
+                    // taskhost patch: with its function references, as in
+                    // `validate_core_instance_size`.
+                    core_instances_aggregate_size +=
+                        layout.size() + FuncRefChunks::max_bytes(offsets.num_escaped_funcs);
                 }
                 LowerImport { .. }
                 | ExtractMemory(_)
