@@ -244,6 +244,22 @@ struct EngineArgs {
     /// Compile every component at load, ignoring the cache.
     #[arg(long, conflicts_with = "compile_cache")]
     no_compile_cache: bool,
+    /// Most MiB the compile cache's entries may hold: past it, the least
+    /// recently loaded go (a compiled Python or JavaScript plugin takes
+    /// 30-60 MiB, a Rust one about 1).
+    #[arg(
+        long,
+        value_name = "MIB",
+        env = "TASKHOST_COMPILE_CACHE_MAX_MB",
+        default_value_t = default_cache_mb(),
+        value_parser = clap::value_parser!(u64).range(1..=(1 << 30))
+    )]
+    compile_cache_max_mb: u64,
+}
+
+/// [`crate::compile_cache::DEFAULT_MAX_BYTES`] in MiB.
+const fn default_cache_mb() -> u64 {
+    crate::compile_cache::DEFAULT_MAX_BYTES >> 20
 }
 
 impl EngineArgs {
@@ -258,6 +274,7 @@ impl EngineArgs {
         };
         Ok(EngineSettings {
             compile_cache,
+            compile_cache_max_bytes: self.compile_cache_max_mb << 20,
             ..EngineSettings::default()
         })
     }
@@ -697,6 +714,17 @@ fn print_check(application: &Application, from: std::time::SystemTime) {
             if cache.unwritten() > 0 {
                 line += &format!(", {} could not be stored", cache.unwritten());
             }
+            if cache.evicted() > 0 {
+                line += &format!(
+                    ", {} least recently used entr(ies) removed",
+                    cache.evicted()
+                );
+            }
+            line += &format!(
+                "; it holds {} of its {} (--compile-cache-max-mb)",
+                mib(cache.stored_bytes()),
+                mib(cache.max_bytes())
+            );
             outln!("{line}");
         }
         None => outln!("  compile cache: off"),

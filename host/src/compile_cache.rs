@@ -16,6 +16,13 @@
 //! `precompile_compatibility_hash`, which includes its version, and the
 //! format our vendored copy of it adds), so a changed component,
 //! configuration or wasmtime never loads stale code.
+//!
+//! Each new component, configuration or taskhost version adds an entry
+//! (a compiled Python plugin is tens of MB) and nothing else would ever
+//! remove the old ones, so the cache is bounded: after each write, the
+//! entries least recently used (written or loaded: a load refreshes an
+//! entry's modification time) are removed until the rest fit under its
+//! limit (`--compile-cache-max-mb`).
 
 use crate::private_files::{
     create_private_dir, create_work_file, hex, open_nofollow, write_atomically,
@@ -23,11 +30,13 @@ use crate::private_files::{
 use anyhow::{Context, Result, anyhow, bail};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::hash::Hash;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -63,16 +72,26 @@ const STALE_WORK: Duration = Duration::from_secs(600);
 /// [`crate::config::MAX_COMPONENT_BYTES`].
 const MAX_ENTRY_BYTES: u64 = 4 * crate::config::MAX_COMPONENT_BYTES;
 
+/// The cache's default limit on the bytes of its entries: a few dozen
+/// compiled Python or JavaScript plugins (30-60 MB each), hundreds of Rust
+/// ones.
+pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// An open compile cache and what it did since it was opened.
 pub struct CompileCache {
     dir: PathBuf,
     key: [u8; 32],
+    max_bytes: u64,
+    /// Entries this host loaded or wrote: if the limit makes it remove
+    /// one of these, the limit is below what this host runs, and says so.
+    used: Mutex<HashSet<PathBuf>>,
     hits: AtomicUsize,
     misses: AtomicUsize,
     rejected: AtomicUsize,
     unwritten: AtomicUsize,
+    evicted: AtomicUsize,
 }
 
 impl std::fmt::Debug for CompileCache {
@@ -84,10 +103,12 @@ impl std::fmt::Debug for CompileCache {
 }
 
 impl CompileCache {
-    /// Opens (creating it, private to this user) the cache at `dir`, and
-    /// removes work files that crashed hosts left behind. Fails if the
-    /// directory or its key could be written or read by another user.
-    pub fn open(dir: &Path) -> Result<CompileCache> {
+    /// Opens (creating it, private to this user) the cache at `dir`,
+    /// removes work files that crashed hosts left behind, and the least
+    /// recently used entries past `max_bytes` (a limit lowered since the
+    /// last run takes effect at once). Fails if the directory or its key
+    /// could be written or read by another user.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<CompileCache> {
         create_private_dir(dir)
             .with_context(|| format!("cannot create the compile cache {}", dir.display()))?;
         check_private_dir(dir)?;
@@ -95,12 +116,16 @@ impl CompileCache {
         let cache = CompileCache {
             dir: dir.to_path_buf(),
             key,
+            max_bytes,
+            used: Mutex::new(HashSet::new()),
             hits: AtomicUsize::new(0),
             misses: AtomicUsize::new(0),
             rejected: AtomicUsize::new(0),
             unwritten: AtomicUsize::new(0),
+            evicted: AtomicUsize::new(0),
         };
         cache.remove_stale_work();
+        cache.evict(None);
         Ok(cache)
     }
 
@@ -129,6 +154,21 @@ impl CompileCache {
     /// Compiles that could not be stored (a full disk, say).
     pub fn unwritten(&self) -> usize {
         self.unwritten.load(Ordering::Relaxed)
+    }
+
+    /// Entries removed to keep the cache under its limit.
+    pub fn evicted(&self) -> usize {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// The limit on the bytes of its entries.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// The bytes its entries hold now.
+    pub fn stored_bytes(&self) -> u64 {
+        self.entries().iter().map(|entry| entry.bytes).sum()
     }
 
     /// The path of the entry for `component` compiled by `engine`.
@@ -162,6 +202,7 @@ impl CompileCache {
                 match unsafe { Component::deserialize(engine, &artifact) } {
                     Ok(loaded) => {
                         self.hits.fetch_add(1, Ordering::Relaxed);
+                        self.mark_used(&path);
                         return Ok((loaded, Some(artifact)));
                     }
                     Err(error) => self.reject(&path, &format!("{error:#}")),
@@ -180,15 +221,123 @@ impl CompileCache {
                 return Ok((compiled, None));
             }
         };
-        if let Err(error) = self.write(&path, &artifact) {
-            self.unwritten.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                "compile cache: cannot store {}: {error:#}; the component was compiled and \
-                 runs, it will be compiled again next time",
-                path.display()
-            );
+        match self.write(&path, &artifact) {
+            Ok(()) => {
+                self.mark_used(&path);
+                self.evict(Some(&path));
+            }
+            Err(error) => {
+                self.unwritten.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "compile cache: cannot store {}: {error:#}; the component was compiled and \
+                     runs, it will be compiled again next time",
+                    path.display()
+                );
+            }
         }
         Ok((compiled, Some(artifact)))
+    }
+
+    /// Records that this host uses the entry at `path` and makes it the
+    /// most recently used: its modification time is what eviction orders
+    /// entries by. A failure only makes it older than it is.
+    fn mark_used(&self, path: &Path) {
+        if let Ok(file) = open_nofollow(path) {
+            let _ = file.set_modified(SystemTime::now());
+        }
+        self.used
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(path.to_path_buf());
+    }
+
+    /// The entries in the directory, with their sizes and last uses.
+    fn entries(&self) -> Vec<Entry> {
+        let Ok(listing) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        listing
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().ends_with(ENTRY_SUFFIX))
+            .filter_map(|entry| {
+                let meta = entry.metadata().ok().filter(|m| m.is_file())?;
+                Some(Entry {
+                    path: entry.path(),
+                    bytes: meta.len(),
+                    used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                })
+            })
+            .collect()
+    }
+
+    /// Removes the least recently used entries until the rest fit under
+    /// the limit, never `keep` (the entry just written: the host runs it).
+    /// Another host sharing the directory may remove an entry this one is
+    /// about to read: that read is a miss, and compiles.
+    fn evict(&self, keep: Option<&Path>) {
+        let mut entries = self.entries();
+        let mut total: u64 = entries.iter().map(|entry| entry.bytes).sum();
+        if total <= self.max_bytes {
+            return;
+        }
+        // Oldest first; the name breaks ties, so every host agrees.
+        entries.sort_by(|a, b| (a.used, &a.path).cmp(&(b.used, &b.path)));
+        let limit_mb = self.max_bytes >> 20;
+        for entry in entries {
+            if total <= self.max_bytes {
+                break;
+            }
+            if Some(entry.path.as_path()) == keep {
+                continue;
+            }
+            match std::fs::remove_file(&entry.path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    tracing::warn!(
+                        "compile cache: cannot remove {} to stay under its limit: {error}",
+                        entry.path.display()
+                    );
+                    continue;
+                }
+            }
+            total -= entry.bytes;
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+            let ours = self
+                .used
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .contains(&entry.path);
+            if ours {
+                tracing::warn!(
+                    "compile cache: removed {} ({} KiB), a component this host loaded, to stay \
+                     under {limit_mb} MiB: the next start compiles it again; raise \
+                     --compile-cache-max-mb",
+                    entry.path.display(),
+                    entry.bytes >> 10
+                );
+            } else {
+                tracing::info!(
+                    "compile cache: removed the least recently used entry {} ({} KiB) to stay \
+                     under {limit_mb} MiB (--compile-cache-max-mb)",
+                    entry.path.display(),
+                    entry.bytes >> 10
+                );
+            }
+        }
+        if total > self.max_bytes {
+            tracing::warn!(
+                "compile cache {}: its entries hold {} MiB, more than its limit of {limit_mb} \
+                 MiB{}; raise --compile-cache-max-mb",
+                self.dir.display(),
+                total >> 20,
+                if keep.is_some() {
+                    " (the entry just written is kept: this host runs it)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
 
     fn reject(&self, path: &Path, reason: &str) {
@@ -280,6 +429,14 @@ impl CompileCache {
             }
         }
     }
+}
+
+/// An entry as eviction sees it.
+struct Entry {
+    path: PathBuf,
+    bytes: u64,
+    /// Its modification time: when it was last written or loaded.
+    used: SystemTime,
 }
 
 /// Feeds what a `Hash` impl writes into a SHA-256.
@@ -418,7 +575,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bytes = wat::parse_str(COMPONENT).unwrap();
         let engine = engine();
-        let cache = CompileCache::open(dir.path()).unwrap();
+        let cache = CompileCache::open(dir.path(), DEFAULT_MAX_BYTES).unwrap();
         cache.compiled(&engine, &bytes).unwrap();
         cache.compiled(&engine, &bytes).unwrap();
         assert_eq!((cache.hits(), cache.misses()), (1, 1));
@@ -441,7 +598,9 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o775)).unwrap();
-        let error = CompileCache::open(dir.path()).unwrap_err().to_string();
+        let error = CompileCache::open(dir.path(), DEFAULT_MAX_BYTES)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("mode 0775"), "{error}");
         assert!(error.contains("chmod go-w"), "{error}");
     }
@@ -460,8 +619,85 @@ mod tests {
             .unwrap()
             .set_modified(old)
             .unwrap();
-        CompileCache::open(dir.path()).unwrap();
+        CompileCache::open(dir.path(), DEFAULT_MAX_BYTES).unwrap();
         assert!(!stale.exists());
         assert!(fresh.exists());
+    }
+
+    /// Sets the last use of the entry for `component` to `age` ago.
+    fn age(cache: &CompileCache, component: &[u8], age: Duration) {
+        std::fs::File::options()
+            .write(true)
+            .open(cache.entry_path(&engine(), component))
+            .unwrap()
+            .set_modified(SystemTime::now() - age)
+            .unwrap();
+    }
+
+    fn components() -> Vec<Vec<u8>> {
+        [
+            "(component)",
+            "(component (core module))",
+            "(component (core module (func)))",
+            "(component (core module (func) (func)))",
+        ]
+        .iter()
+        .map(|wat| wat::parse_str(wat).unwrap())
+        .collect()
+    }
+
+    /// The cache is bounded: past its limit the least recently used entries
+    /// go, where a load counts as a use, and the entry just written stays.
+    #[test]
+    fn the_least_recently_used_entries_go_past_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let [a, b, c, d] = <[Vec<u8>; 4]>::try_from(components()).unwrap();
+        let size = |cache: &CompileCache, component: &[u8]| {
+            std::fs::metadata(cache.entry_path(&engine, component))
+                .unwrap()
+                .len()
+        };
+        let cache = CompileCache::open(dir.path(), DEFAULT_MAX_BYTES).unwrap();
+        for component in [&a, &b, &c, &d] {
+            cache.compiled(&engine, component).unwrap();
+        }
+        let sizes = [&a, &b, &c, &d].map(|component| size(&cache, component));
+        assert_eq!(cache.stored_bytes(), sizes.iter().sum::<u64>());
+        std::fs::remove_file(cache.entry_path(&engine, &d)).unwrap();
+        // a is the oldest, then b, then c.
+        for (component, hours) in [(&a, 3), (&b, 2), (&c, 1)] {
+            age(&cache, component, Duration::from_secs(hours * 3600));
+        }
+
+        // Opening with a limit that b and c fit under removes a.
+        let limit = sizes[1] + sizes[2];
+        let cache = CompileCache::open(dir.path(), limit).unwrap();
+        assert_eq!(cache.evicted(), 1);
+        assert!(!cache.entry_path(&engine, &a).exists());
+        assert_eq!(cache.stored_bytes(), limit);
+
+        // Loading b makes it newer than c; writing d then removes c, the
+        // least recently used, and keeps b and d.
+        let limit = sizes[1] + sizes[2].max(sizes[3]);
+        let cache = CompileCache::open(dir.path(), limit).unwrap();
+        assert_eq!(cache.evicted(), 0);
+        cache.compiled(&engine, &b).unwrap();
+        cache.compiled(&engine, &d).unwrap();
+        assert_eq!((cache.hits(), cache.misses(), cache.evicted()), (1, 1, 1));
+        assert!(!cache.entry_path(&engine, &c).exists());
+        assert!(cache.entry_path(&engine, &b).exists());
+        assert!(cache.entry_path(&engine, &d).exists());
+
+        // An entry larger than the limit is still written and kept (the
+        // host runs it), and everything else goes.
+        let cache = CompileCache::open(dir.path(), 1).unwrap();
+        assert_eq!(cache.evicted(), 2);
+        cache.compiled(&engine, &a).unwrap();
+        assert_eq!(cache.stored_bytes(), sizes[0]);
+        assert!(
+            dir.path().join(KEY_FILE).exists(),
+            "the key is not an entry"
+        );
     }
 }

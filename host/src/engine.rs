@@ -63,6 +63,9 @@ pub struct EngineSettings {
     pub max_wasm_stack: usize,
     /// Where compiled components are cached; `None` compiles every time.
     pub compile_cache: Option<PathBuf>,
+    /// The compile cache's limit on the bytes of its entries; past it the
+    /// least recently used go.
+    pub compile_cache_max_bytes: u64,
 }
 
 impl Default for EngineSettings {
@@ -73,6 +76,7 @@ impl Default for EngineSettings {
             warm_image_instances: 32,
             max_wasm_stack: 512 * 1024,
             compile_cache: None,
+            compile_cache_max_bytes: crate::compile_cache::DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -305,7 +309,10 @@ fn check_map_count(settings: &EngineSettings) {
 /// warning, since a slower host beats no host.
 pub fn build_engine(settings: &EngineSettings) -> Result<HostEngine> {
     let cache = match &settings.compile_cache {
-        Some(dir) => Some(Arc::new(CompileCache::open(dir)?)),
+        Some(dir) => Some(Arc::new(CompileCache::open(
+            dir,
+            settings.compile_cache_max_bytes,
+        )?)),
         None => None,
     };
     check_map_count(settings);

@@ -127,6 +127,61 @@ fn a_damaged_entry_is_compiled_again_and_the_host_runs() {
     }
 }
 
+/// The cache is bounded (`--compile-cache-max-mb`): an old entry that no
+/// longer fits under the limit goes; the one this app loads stays.
+#[test]
+fn entries_past_the_limit_are_removed_least_recently_used_first() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().to_str().unwrap();
+    let app = TestApp::new(EXAMPLES);
+    let check = app.run_taskhost(&["check", "--compile-cache", dir]);
+    assert_eq!(check.code, Some(0), "{}", check.dump());
+    let stored = entries(cache.path());
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let ours = std::fs::metadata(&stored[0]).unwrap().len();
+    let limit_mb = ours.div_ceil(1 << 20);
+
+    // An entry of another component, last used a day ago, too big to fit
+    // beside ours under a limit ours fits under.
+    let old = cache.path().join(format!("{}.cwasm", "0".repeat(64)));
+    std::fs::write(&old, vec![0u8; 2 << 20]).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(86_400))
+        .unwrap();
+
+    let limit = limit_mb.to_string();
+    let check = app.run_taskhost(&[
+        "check",
+        "--compile-cache",
+        dir,
+        "--compile-cache-max-mb",
+        &limit,
+    ]);
+    assert_eq!(check.code, Some(0), "{}", check.dump());
+    assert!(
+        check
+            .stdout
+            .contains("1 hit(s), 0 miss(es), 1 least recently used entr(ies) removed; it holds")
+            && check.stdout.contains(&format!("of its {limit_mb} MiB")),
+        "{}",
+        check.dump()
+    );
+    assert!(!old.exists(), "the old entry is gone");
+    assert_eq!(entries(cache.path()), stored, "ours is kept");
+
+    let help = app.run_taskhost(&["check", "--help"]);
+    assert!(
+        help.stdout.contains("--compile-cache-max-mb"),
+        "{}",
+        help.dump()
+    );
+    let zero = app.run_taskhost(&["check", "--compile-cache-max-mb", "0"]);
+    assert_eq!(zero.code, Some(2), "{}", zero.dump());
+}
+
 #[cfg(unix)]
 #[test]
 fn a_cache_directory_others_can_write_is_refused() {
