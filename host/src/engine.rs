@@ -37,6 +37,9 @@
 
 use crate::compile_cache::CompileCache;
 use anyhow::{Context, Result};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,6 +107,97 @@ pub struct HostEngine {
     pub cache: Option<Arc<CompileCache>>,
     /// Instances of ended tasks not given back to their pool yet.
     pub(crate) releases: Arc<Releases>,
+    /// Instances made, by pool, and the warm pools' free slots.
+    pub(crate) pools: PoolMetrics,
+}
+
+/// The pool a task's instance came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pool {
+    /// The warm pool (`[limits] warm_instances`).
+    Warm,
+    /// The cold pool: the rest of `[limits] instances`.
+    Cold,
+    /// The warm image pool of large-image plugins (Python, JavaScript;
+    /// `[limits] warm_image_instances`).
+    WarmImages,
+    /// A large image past the warm image pool, instantiated on demand.
+    OnDemand,
+}
+
+impl Pool {
+    const ALL: [Pool; 4] = [Pool::Warm, Pool::Cold, Pool::WarmImages, Pool::OnDemand];
+
+    /// Its `pool` label in the metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Pool::Warm => "warm",
+            Pool::Cold => "cold",
+            Pool::WarmImages => "warm_images",
+            Pool::OnDemand => "on_demand",
+        }
+    }
+
+    /// The pool of an instance of a plugin with or without a large image,
+    /// made with or without a warm slot.
+    pub(crate) fn of(large_image: bool, warm_slot: bool) -> Pool {
+        match (large_image, warm_slot) {
+            (false, true) => Pool::Warm,
+            (false, false) => Pool::Cold,
+            (true, true) => Pool::WarmImages,
+            (true, false) => Pool::OnDemand,
+        }
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+fn pool_label(pool: &str) -> Labels {
+    vec![("pool".to_string(), pool.to_string())]
+}
+
+/// Instances made for tasks, by the pool they came from, and the free
+/// slots of the two warm pools: whether `[limits] warm_instances` and
+/// `warm_image_instances` fit the load, since a task past them starts in
+/// the cold pool or on demand, slower (docs/speed.md). Registered by
+/// [`crate::metrics::Metrics::with_pools`]; cloning shares the series.
+#[derive(Clone, Debug)]
+pub(crate) struct PoolMetrics {
+    pub(crate) made: Family<Labels, Counter>,
+    pub(crate) free: Family<Labels, Gauge>,
+    /// `made`'s series, made once: counting a task's instance takes one
+    /// atomic add, no label lookup.
+    by_pool: Arc<[Counter; 4]>,
+}
+
+impl PoolMetrics {
+    fn new() -> PoolMetrics {
+        let made = Family::<Labels, Counter>::default();
+        let by_pool =
+            Arc::new(Pool::ALL.map(|pool| made.get_or_create(&pool_label(pool.label())).clone()));
+        PoolMetrics {
+            made,
+            free: Family::default(),
+            by_pool,
+        }
+    }
+
+    /// Counts an instance made in `pool`.
+    pub(crate) fn made(&self, pool: Pool) {
+        self.by_pool[pool as usize].inc();
+    }
+
+    /// Sets the free-slot gauges from the pools (when scraped).
+    pub(crate) fn set_free(&self, engines: &HostEngine) {
+        for (pool, slots) in [
+            ("warm", &engines.warm_slots),
+            ("warm_images", &engines.warm_image_slots),
+        ] {
+            self.free
+                .get_or_create(&pool_label(pool))
+                .set(i64::from(slots.free()));
+        }
+    }
 }
 
 /// Instances of tasks whose end has been told but whose stores are not
@@ -212,6 +306,11 @@ impl WarmSlots {
         Arc::new(WarmSlots {
             free: std::sync::atomic::AtomicU32::new(slots),
         })
+    }
+
+    /// Slots free now.
+    pub fn free(&self) -> u32 {
+        self.free.load(Ordering::Relaxed)
     }
 
     /// A slot, if one is free.
@@ -357,6 +456,7 @@ pub fn build_engine(settings: &EngineSettings) -> Result<HostEngine> {
         warm_images,
         cache,
         releases: Arc::default(),
+        pools: PoolMetrics::new(),
     })
 }
 

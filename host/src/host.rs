@@ -183,7 +183,8 @@ impl Host {
         let ticker = EpochTicker::start(&ticked)?;
         let mut metrics = Metrics::new(app.task_memory.clone(), app.http_metrics.clone())
             .with_storage(storage_metrics.call_seconds, storage_metrics.waiting)
-            .with_sockets(app.sockets_open.clone());
+            .with_sockets(app.sockets_open.clone())
+            .with_pools(&engines.pools);
         if let Some(telemetry) = &config.telemetry {
             let traces = crate::metrics::TraceMetrics::default();
             metrics = metrics.with_traces(&traces);
@@ -648,6 +649,7 @@ impl Host {
             .map(|p| (p.name.to_string(), p.version.to_string()))
             .collect();
         let metrics = &self.env.metrics;
+        self.env.engines.pools.set_free(&self.env.engines);
         metrics
             .event_waiters
             .set(i64::try_from(self.env.events.waiting()).unwrap_or(i64::MAX));

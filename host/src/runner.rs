@@ -94,6 +94,7 @@ pub(crate) async fn prepare(
     let (engine, pre) = plugin.instantiation(engines, true).ok()?;
     let mut store = new_store(engine, data);
     let instance = pre.instantiate_async(&mut store).await.ok()?;
+    engines.pools.made(crate::engine::Pool::Warm);
     if store.data().reached_out() {
         return None;
     }
@@ -273,7 +274,11 @@ async fn instantiate(
         instantiated = pre.instantiate_async(&mut store).await;
     }
     match instantiated {
-        Ok(instance) => Ok((warm_slot, store, instance)),
+        Ok(instance) => {
+            let pool = crate::engine::Pool::of(plugin.has_large_image(), warm_slot.is_some());
+            engines.pools.made(pool);
+            Ok((warm_slot, store, instance))
+        }
         Err(error) => {
             let mut message = format!("{error:#}");
             if let Some(hint) = crate::engine::mapping_refused_hint(&error) {

@@ -550,6 +550,66 @@ fn await_metric(app: &TestApp, name: &str, want: f64) {
     app.await_metric(name, want);
 }
 
+/// `/metrics` says which pool each task's instance came from and how many
+/// warm slots are free, so an operator sees when tasks start cold because
+/// `[limits] warm_instances` is too small for the load.
+#[test]
+fn the_metrics_count_instances_by_pool_and_the_free_warm_slots() {
+    let app = TestApp::new(
+        r#"
+        name = "pools"
+        workers = 1
+        [limits]
+        warm_instances = 1
+        [plugins.kit]
+        path = "{testkit}"
+        "#,
+    );
+    let mut host = app.spawn();
+    let made = |pool: &str| {
+        metric(
+            &app,
+            &format!("taskhost_instances_total{{pool=\"{pool}\"}}"),
+        )
+    };
+    let free = || metric(&app, r#"taskhost_warm_slots_free{pool="warm"}"#);
+    let sleep = |name: &str| {
+        app.cli(&[
+            "add",
+            "kit",
+            "nap",
+            "--args",
+            r#"{"ms": 600000}"#,
+            "--name",
+            name,
+        ])
+        .ok();
+    };
+    assert_eq!(free(), 1.0, "none taken yet");
+    assert_eq!(made("warm"), 0.0);
+
+    // The first sleeper takes the one warm slot; with none left, no
+    // instance is made ahead of the next task.
+    sleep("first");
+    host.wait_for(1, |l| l["event"] == "started" && l["task"] == "first");
+    assert_eq!((made("warm"), made("cold"), free()), (1.0, 0.0, 0.0));
+    assert_eq!(metric(&app, "taskhost_prepared_instances"), 0.0);
+
+    // The second starts in the cold pool.
+    sleep("second");
+    host.wait_for(1, |l| l["event"] == "started" && l["task"] == "second");
+    assert_eq!((made("warm"), made("cold"), free()), (1.0, 1.0, 0.0));
+    assert_eq!((made("warm_images"), made("on_demand")), (0.0, 0.0));
+
+    // An ended task's slot is free again.
+    app.cli(&["cancel", "first"]).ok();
+    app.await_metric(r#"taskhost_warm_slots_free{pool="warm"}"#, 1.0);
+    app.cli(&["cancel", "second"]).ok();
+    host.signal("TERM");
+    let run = host.finish();
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+}
+
 #[test]
 fn a_task_started_in_an_instance_made_ahead_of_demand_is_wholly_itself() {
     let app = TestApp::new(

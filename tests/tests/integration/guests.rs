@@ -339,6 +339,13 @@ per_language! {
                     .as_str()
                     .is_some_and(|t| t.starts_with("receiver:"))
         });
+        // A large image: every instance came from the warm image pool.
+        let made = |pool: &str| {
+            app.metric(&format!("taskhost_instances_total{{pool=\"{pool}\"}}"))
+                .unwrap_or(0.0)
+        };
+        assert!(made("warm_images") >= 8.0, "{}", made("warm_images"));
+        assert_eq!((made("warm"), made("cold"), made("on_demand")), (0.0, 0.0, 0.0));
         // The sleeper's cleanup runs in its `finally`, whatever catches the
         // cancel on the way: it ends cancelled, cooperatively.
         let cancelled = app.cli(&["cancel", "sleeper", "--worker", "0", "--json"]);
