@@ -241,6 +241,21 @@ impl TestApp {
         )
     }
 
+    /// Adds a task of `plugin`'s `nap` (testkit) that sleeps for ten
+    /// minutes, named `name`: a task that stays live until cancelled.
+    pub fn add_sleeper(&self, plugin: &str, name: &str) -> Run {
+        self.cli(&[
+            "add",
+            plugin,
+            "nap",
+            "--args",
+            r#"{"ms": 600000}"#,
+            "--name",
+            name,
+        ])
+        .ok()
+    }
+
     /// A metric's value from this app's running host (`taskhost
     /// metrics`); none while it is not in the text (a labelled counter
     /// not counted yet).

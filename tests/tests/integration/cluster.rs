@@ -1496,16 +1496,7 @@ fn tasks_for_any_host_go_to_the_hosts_with_room() {
     await_serving(&b, "a", true);
     // a is full.
     for name in ["full-1", "full-2"] {
-        a.cli(&[
-            "add",
-            "kit",
-            "nap",
-            "--args",
-            r#"{"ms": 600000}"#,
-            "--name",
-            name,
-        ])
-        .ok();
+        a.add_sleeper("kit", name);
     }
     // Every task for any host goes to b, asked of a or of b: a takes none
     // (a queue group would have given a about half, each refused).

@@ -573,30 +573,18 @@ fn the_metrics_count_instances_by_pool_and_the_free_warm_slots() {
         )
     };
     let free = || metric(&app, r#"taskhost_warm_slots_free{pool="warm"}"#);
-    let sleep = |name: &str| {
-        app.cli(&[
-            "add",
-            "kit",
-            "nap",
-            "--args",
-            r#"{"ms": 600000}"#,
-            "--name",
-            name,
-        ])
-        .ok();
-    };
     assert_eq!(free(), 1.0, "none taken yet");
     assert_eq!(made("warm"), 0.0);
 
     // The first sleeper takes the one warm slot; with none left, no
     // instance is made ahead of the next task.
-    sleep("first");
+    app.add_sleeper("kit", "first");
     host.wait_for(1, |l| l["event"] == "started" && l["task"] == "first");
     assert_eq!((made("warm"), made("cold"), free()), (1.0, 0.0, 0.0));
     assert_eq!(metric(&app, "taskhost_prepared_instances"), 0.0);
 
     // The second starts in the cold pool.
-    sleep("second");
+    app.add_sleeper("kit", "second");
     host.wait_for(1, |l| l["event"] == "started" && l["task"] == "second");
     assert_eq!((made("warm"), made("cold"), free()), (1.0, 1.0, 0.0));
     assert_eq!((made("warm_images"), made("on_demand")), (0.0, 0.0));
@@ -647,16 +635,7 @@ fn a_task_started_in_an_instance_made_ahead_of_demand_is_wholly_itself() {
     // A task in a prepared instance owns the memory that instance grew
     // while it lives, and gives all of it back when it ends.
     await_metric(&app, "taskhost_prepared_instances", 1.0);
-    app.cli(&[
-        "add",
-        "kit",
-        "nap",
-        "--args",
-        r#"{"ms": 600000}"#,
-        "--name",
-        "third",
-    ])
-    .ok();
+    app.add_sleeper("kit", "third");
     host.wait_for(1, |l| l["event"] == "started" && l["task"] == "third");
     assert_eq!(metric(&app, "taskhost_prepared_starts_total"), 2.0);
     assert!(metric(&app, "taskhost_task_memory_bytes") > 0.0);
