@@ -184,7 +184,7 @@ impl Host {
         let mut metrics = Metrics::new(app.task_memory.clone(), app.http_metrics.clone())
             .with_storage(storage_metrics.call_seconds, storage_metrics.waiting)
             .with_sockets(app.sockets_open.clone())
-            .with_pools(&engines.pools);
+            .with_pools(engines.pools.made.clone(), engines.pools.free.clone());
         if let Some(telemetry) = &config.telemetry {
             let traces = crate::metrics::TraceMetrics::default();
             metrics = metrics.with_traces(&traces);

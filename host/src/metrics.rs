@@ -510,21 +510,26 @@ impl Metrics {
         self
     }
 
-    /// Registers `taskhost_instances_total{pool}` and
-    /// `taskhost_warm_slots_free{pool}` (`crate::engine::PoolMetrics`).
-    pub(crate) fn with_pools(mut self, pools: &crate::engine::PoolMetrics) -> Metrics {
+    /// Registers `taskhost_instances_total{pool}` (`made`) and
+    /// `taskhost_warm_slots_free{pool}` (`free`), which the engine's pools
+    /// keep (`engine::PoolMetrics`).
+    pub(crate) fn with_pools(
+        mut self,
+        made: Family<Labels, Counter>,
+        free: Family<Labels, Gauge>,
+    ) -> Metrics {
         self.registry.register(
             "instances",
             "Instances made for tasks, by pool: warm ([limits] warm_instances), cold (the rest \
              of [limits] instances), warm_images ([limits] warm_image_instances, Python and \
              JavaScript plugins) and on_demand (large images past it, slower to start)",
-            pools.made.clone(),
+            made,
         );
         self.registry.register(
             "warm_slots_free",
             "Free slots of the warm pool and the warm image pool (set when scraped); at 0, \
              tasks start in the cold pool or on demand",
-            pools.free.clone(),
+            free,
         );
         self
     }
